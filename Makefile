@@ -1,0 +1,79 @@
+# Chaperone — developer entry points. Every target installs what it needs first, idempotently.
+#   make demo    run the main job on a local control plane
+#   make test    lint, typecheck and the whole test suite (what CI runs)
+#   make bench   benchmarks against direct PostgreSQL and PgBouncer, ratios into bench/results.json
+SHELL := /usr/bin/env bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+include tools.env
+
+TOOLS_BIN := $(CURDIR)/.tools/bin
+# Node 24 comes from the `node` dev dependency; tools come from .tools/bin.
+export PATH := $(CURDIR)/node_modules/.bin:$(TOOLS_BIN):$(PATH)
+export CHAPERONE_TOOLS_BIN := $(TOOLS_BIN)
+
+NPM_STAMP := node_modules/.package-lock.json
+
+.PHONY: help
+help: ## Show the targets.
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-10s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: prerequisites
+prerequisites:
+	@command -v npm >/dev/null || { echo "make: 'npm' is not on PATH; install Node.js (any version with npm 10+; the repo brings Node 24 itself)" >&2; exit 1; }
+	@command -v go >/dev/null || { echo "make: 'go' is not on PATH; install Go 1.26+ (tools are built from the Go module proxy)" >&2; exit 1; }
+
+$(NPM_STAMP): package.json package-lock.json */package.json | prerequisites
+	npm ci --no-audit --no-fund
+	@touch $@
+
+.PHONY: deps
+deps: $(NPM_STAMP) ## Install npm dependencies (npm ci) when package-lock.json changed.
+
+.PHONY: tools
+tools: prerequisites ## Build kube-apiserver launcher, kubectl, opa and helm into the per-machine cache, link .tools/bin.
+	@scripts/tools.sh
+
+.PHONY: packages
+packages: ## Install Debian packages the tests need (postgresql, pgbouncer) when missing.
+	@scripts/debian-packages.sh
+
+.PHONY: generate
+generate: deps ## Regenerate crds/ from the schemas in api/src.
+	node api/scripts/generate-crds.ts
+
+.PHONY: build
+build: deps ## Typecheck and compile every package to dist/ (for images).
+	tsc -p tsconfig.build.json
+
+.PHONY: lint
+lint: deps ## eslint, prettier --check and the TypeScript typecheck.
+	eslint .
+	prettier --check .
+	tsc -p tsconfig.json --noEmit
+	@command -v gofmt >/dev/null && test -z "$$(gofmt -l e2e/controlplane)" || { echo "gofmt: e2e/controlplane needs formatting" >&2; exit 1; }
+
+.PHONY: test
+test: deps tools packages lint ## Lint, then every test against a real control plane and PostgreSQL.
+	node e2e/run-tests.ts
+
+.PHONY: test-unit
+test-unit: deps ## Only the tests that need neither control plane nor PostgreSQL.
+	node e2e/run-tests.ts --unit
+
+.PHONY: demo
+demo: deps tools packages ## Start a local control plane and PostgreSQL and walk through Chaperone.
+	node e2e/demo.ts
+
+.PHONY: bench
+bench: deps tools packages ## Run the benchmarks; ratios to direct PostgreSQL and PgBouncer in bench/results.json.
+	node bench/run.ts
+
+.PHONY: clean
+clean: ## Remove build output and .tools (the per-machine tool cache is kept).
+	rm -rf dist */dist .tools e2e/.run
+
+.PHONY: clean-cache
+clean-cache: ## Also remove this machine's tool cache (forces a full rebuild).
+	rm -rf "$${CHAPERONE_TOOLS_CACHE:-$${XDG_CACHE_HOME:-$$HOME/.cache}/chaperone}"

@@ -1,0 +1,90 @@
+// ApprovalRequest: a command held by an approve rule, waiting for human decisions. Created by the sidecar;
+// decisions are appended by approvers, whose identity is the one the API server authenticated.
+import { Type, type Static, StringEnum, DateTime, Conditions, dnsSubdomain } from './schema.ts';
+import { Identity } from './identity.ts';
+import { COMMAND_KINDS } from './audit-record.ts';
+import type { KubernetesObject } from './meta.ts';
+
+export const APPROVAL_PHASES = ['Pending', 'Approved', 'Denied', 'Expired', 'Cancelled'] as const;
+
+export const ApprovalRequestSpec = Type.Object(
+  {
+    resource: Type.String({ description: 'ProtectedResource the command targets.', ...dnsSubdomain }),
+    session: Type.String({ description: 'Session the command belongs to.', ...dnsSubdomain }),
+    requester: Identity,
+    command: Type.Object(
+      {
+        kind: StringEnum(COMMAND_KINDS, { description: 'Protocol family.' }),
+        text: Type.String({ description: 'The held statement or request line.', maxLength: 16384 }),
+        parameters: Type.Optional(
+          Type.Array(Type.String({ description: 'A bound parameter (masked as in audit records).', maxLength: 1024 }), {
+            description: 'Bound parameters.',
+            maxItems: 64,
+          }),
+        ),
+      },
+      { description: 'What is waiting.' },
+    ),
+    policy: Type.Object(
+      {
+        name: Type.String({ description: 'AccessPolicy that required approval.', maxLength: 256 }),
+        rule: Type.String({ description: 'Rule id.', maxLength: 256 }),
+        bundleDigest: Type.Optional(Type.String({ description: 'Bundle digest in force.', maxLength: 80 })),
+      },
+      { description: 'The rule that held the command.' },
+    ),
+    requiredApprovals: Type.Integer({ description: 'Distinct approvals needed.', minimum: 1, maximum: 10 }),
+    approverGroups: Type.Optional(
+      Type.Array(Type.String({ description: 'A group.', maxLength: 256 }), { description: 'Groups allowed to decide.', maxItems: 32 }),
+    ),
+    approvers: Type.Optional(
+      Type.Array(Type.String({ description: 'A user name.', maxLength: 256 }), { description: 'Users allowed to decide.', maxItems: 32 }),
+    ),
+    allowSelfApproval: Type.Boolean({ description: 'Whether the requester chain may approve.', default: false }),
+    expiresTime: DateTime({ description: 'When the request expires unanswered.' }),
+  },
+  {
+    description: 'The held command and who may decide it. Immutable.',
+    'x-kubernetes-validations': [{ rule: 'self == oldSelf', message: 'spec is immutable' }],
+  },
+);
+export type ApprovalRequestSpec = Static<typeof ApprovalRequestSpec>;
+
+export const ApprovalDecision = Type.Object(
+  {
+    approver: Type.Object(
+      {
+        username: Type.String({ description: 'User name as authenticated by the API server.', maxLength: 256 }),
+        uid: Type.Optional(Type.String({ description: 'User UID as authenticated by the API server.', maxLength: 256 })),
+        groups: Type.Optional(
+          Type.Array(Type.String({ description: 'A group.', maxLength: 256 }), { description: 'Groups.', maxItems: 64 }),
+        ),
+      },
+      { description: 'Who decided; admission checks it equals the requesting user.' },
+    ),
+    decision: StringEnum(['approve', 'deny'], { description: 'approve or deny.' }),
+    time: DateTime({ description: 'When.' }),
+    comment: Type.Optional(Type.String({ description: 'Why.', maxLength: 1024 })),
+  },
+  { description: 'One approver decision.' },
+);
+
+export const ApprovalRequestStatus = Type.Object(
+  {
+    phase: StringEnum(APPROVAL_PHASES, { description: 'Pending until decided, expired or cancelled.' }),
+    decisions: Type.Optional(
+      Type.Array(ApprovalDecision, {
+        description: 'Decisions, append-only.',
+        maxItems: 32,
+        'x-kubernetes-validations': [
+          { rule: 'size(self) >= size(oldSelf) && oldSelf.all(o, o in self)', message: 'decisions are append-only' },
+        ],
+      }),
+    ),
+    conditions: Type.Optional(Conditions('Conditions of the request.')),
+  },
+  { description: 'Observed state of the request.' },
+);
+export type ApprovalRequestStatus = Static<typeof ApprovalRequestStatus>;
+
+export type ApprovalRequest = KubernetesObject<'ApprovalRequest', ApprovalRequestSpec, ApprovalRequestStatus>;

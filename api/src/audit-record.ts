@@ -1,0 +1,122 @@
+// The audit record: one event of a session, hash-chained to the one before it. Version 1.
+// Field meanings, the canonical form and the chain are specified in docs/audit.md.
+import { Type, type Static, StringEnum } from './schema.ts';
+import { Identity } from './identity.ts';
+
+export const AUDIT_RECORD_VERSION = 1;
+
+export const AUDIT_EVENT_TYPES = [
+  'session.start',
+  'session.end',
+  'command.decision',
+  'command.outcome',
+  'approval.requested',
+  'approval.decided',
+  'auth.failure',
+  'policy.loaded',
+  'audit.gap',
+] as const;
+export type AuditEventType = (typeof AUDIT_EVENT_TYPES)[number];
+
+export const COMMAND_KINDS = ['sql', 'kubernetes', 'http'] as const;
+export const OUTCOME_STATUSES = ['success', 'error', 'denied', 'cancelled'] as const;
+
+/** Longest statement text kept in a record; longer text is cut and `truncated` set (the hash covers the cut text). */
+export const MAX_COMMAND_TEXT = 8192;
+
+const hashString = (description: string) =>
+  Type.String({ description, maxLength: 80, pattern: '^sha256:[0-9a-f]{64}$' });
+
+export const AuditRecord = Type.Object(
+  {
+    v: Type.Integer({ description: 'Record format version.', minimum: 1, maximum: 1 }),
+    seq: Type.Integer({ description: 'Position in the session, from 1, contiguous across continuation objects.', minimum: 1 }),
+    time: Type.String({
+      description: 'UTC time of the event with microseconds, e.g. 2026-11-27T10:00:00.000001Z.',
+      maxLength: 32,
+      pattern: '^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\\.[0-9]{6}Z$',
+    }),
+    type: StringEnum(AUDIT_EVENT_TYPES, { description: 'Event type.' }),
+    identity: Type.Optional(Identity),
+    source: Type.Optional(
+      Type.Object(
+        {
+          address: Type.Optional(Type.String({ description: 'Client address as seen by the sidecar.', maxLength: 128 })),
+          applicationName: Type.Optional(Type.String({ description: 'Client application name.', maxLength: 256 })),
+          user: Type.Optional(Type.String({ description: 'User name the client asked for (recorded, never trusted).', maxLength: 256 })),
+          database: Type.Optional(Type.String({ description: 'Database the client asked for.', maxLength: 256 })),
+        },
+        { description: 'Where the session came from, on session.start.' },
+      ),
+    ),
+    command: Type.Optional(
+      Type.Object(
+        {
+          id: Type.Integer({ description: 'Command number within the session, shared by its decision and outcome.', minimum: 1 }),
+          kind: StringEnum(COMMAND_KINDS, { description: 'Protocol family of the command.' }),
+          text: Type.String({ description: 'Statement or request line as sent (cut to 8192 bytes).', maxLength: 16384 }),
+          truncated: Type.Optional(Type.Boolean({ description: 'Whether text was cut.' })),
+          parameters: Type.Optional(
+            Type.Array(Type.String({ description: 'A parameter value (masked where a masking rule covers it).', maxLength: 1024 }), {
+              description: 'Bound parameters of an extended-protocol statement; null values are the string "NULL".',
+              maxItems: 64,
+            }),
+          ),
+          statementKinds: Type.Optional(
+            Type.Array(Type.String({ description: 'A statement kind.', maxLength: 32 }), {
+              description: 'Kinds of the statements in the command.',
+              maxItems: 64,
+            }),
+          ),
+          relations: Type.Optional(
+            Type.Array(Type.String({ description: 'A schema-qualified relation.', maxLength: 256 }), {
+              description: 'Relations the command references.',
+              maxItems: 64,
+            }),
+          ),
+        },
+        { description: 'The command, on command.* and approval.* events.' },
+      ),
+    ),
+    decision: Type.Optional(
+      Type.Object(
+        {
+          result: StringEnum(['allow', 'deny', 'approve'], { description: 'What the policy decided.' }),
+          policy: Type.Optional(Type.String({ description: 'AccessPolicy (namespace/name) that decided.', maxLength: 256 })),
+          rule: Type.Optional(Type.String({ description: 'Rule id that decided.', maxLength: 256 })),
+          bundleDigest: Type.Optional(hashString('Digest of the policy bundle in force.')),
+          reasons: Type.Optional(
+            Type.Array(Type.String({ description: 'A reason.', maxLength: 1024 }), { description: 'Why.', maxItems: 16 }),
+          ),
+          approval: Type.Optional(Type.String({ description: 'ApprovalRequest name, when one was involved.', maxLength: 253 })),
+        },
+        { description: 'The policy decision, on command.decision.' },
+      ),
+    ),
+    outcome: Type.Optional(
+      Type.Object(
+        {
+          status: StringEnum(OUTCOME_STATUSES, { description: 'How the command ended.' }),
+          code: Type.Optional(Type.String({ description: 'SQLSTATE or HTTP status code.', maxLength: 16 })),
+          message: Type.Optional(Type.String({ description: 'Error message, if any.', maxLength: 1024 })),
+          rows: Type.Optional(Type.Integer({ description: 'Rows returned or affected.', minimum: 0 })),
+          durationMicros: Type.Optional(Type.Integer({ description: 'Time from forward to completion, µs.', minimum: 0 })),
+        },
+        { description: 'The result, on command.outcome.' },
+      ),
+    ),
+    gap: Type.Optional(
+      Type.Object(
+        {
+          lostRecords: Type.Integer({ description: 'How many records could not be made durable.', minimum: 0 }),
+          reason: Type.String({ description: 'Why.', maxLength: 1024 }),
+        },
+        { description: 'A hole in the trail under FailOpen, on audit.gap.' },
+      ),
+    ),
+    prevHash: hashString('Hash of the previous record (of the previous session of the pod, for seq 1).'),
+    hash: hashString('sha256 over the canonical form of this record without the hash field.'),
+  },
+  { description: 'One audit record. Immutable once written.' },
+);
+export type AuditRecord = Static<typeof AuditRecord>;

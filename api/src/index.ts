@@ -1,0 +1,10 @@
+// Public surface of @chaperone/api: the types the operator, sidecar and CLI share.
+export * from './meta.ts';
+export * from './schema.ts';
+export * from './identity.ts';
+export * from './protected-resource.ts';
+export * from './access-policy.ts';
+export * from './session.ts';
+export * from './approval-request.ts';
+export * from './audit-record.ts';
+export * from './crds.ts';

@@ -1,0 +1,191 @@
+// ProtectedResource: a target system (PostgreSQL, the Kubernetes API, an HTTP service) that agents reach
+// only through the sidecar. Written by the platform team.
+import {
+  Type,
+  type Static,
+  StringEnum,
+  Conditions,
+  SecretKeyRef,
+  Duration,
+  DateTime,
+  dnsSubdomain,
+} from './schema.ts';
+import type { KubernetesObject } from './meta.ts';
+
+export const RESOURCE_TYPES = ['postgres', 'kubernetes', 'http'] as const;
+export type ResourceType = (typeof RESOURCE_TYPES)[number];
+
+export const TLS_MODES = ['disable', 'require', 'verify-ca', 'verify-full'] as const;
+export type TlsMode = (typeof TLS_MODES)[number];
+
+export const AUDIT_FAILURE_MODES = ['FailClosed', 'FailOpen'] as const;
+export type AuditFailureMode = (typeof AUDIT_FAILURE_MODES)[number];
+
+/** Default local port the sidecar listens on for each resource type, when `listenPort` is not set. */
+export const DEFAULT_LISTEN_PORTS: Readonly<Record<ResourceType, number>> = {
+  postgres: 5432,
+  kubernetes: 6443,
+  http: 8080,
+};
+
+export const ProtectedResourceSpec = Type.Object(
+  {
+    type: StringEnum(RESOURCE_TYPES, {
+      description: 'Protocol of the target: postgres, kubernetes or http. Immutable.',
+      'x-kubernetes-validations': [{ rule: 'self == oldSelf', message: 'type is immutable' }],
+    }),
+    endpoint: Type.Object(
+      {
+        host: Type.Optional(
+          Type.String({ description: 'Host name or IP address of a postgres target.', minLength: 1, maxLength: 253 }),
+        ),
+        port: Type.Optional(
+          Type.Integer({
+            description: 'TCP port of a postgres target. Default 5432.',
+            minimum: 1,
+            maximum: 65535,
+            default: 5432,
+          }),
+        ),
+        database: Type.Optional(
+          Type.String({
+            description: 'Database the sidecar connects to on a postgres target.',
+            minLength: 1,
+            maxLength: 63,
+          }),
+        ),
+        url: Type.Optional(
+          Type.String({
+            description: 'Base URL of a kubernetes or http target, for example https://api.example.com.',
+            minLength: 1,
+            maxLength: 2048,
+            'x-kubernetes-validations': [
+              { rule: "self.startsWith('https://') || self.startsWith('http://')", message: 'url must be http(s)' },
+              { rule: 'isURL(self)', message: 'url must be a valid URL' },
+            ],
+          }),
+        ),
+      },
+      { description: 'Where the target is reached from the sidecar.' },
+    ),
+    tls: Type.Optional(
+      Type.Object(
+        {
+          mode: StringEnum(TLS_MODES, {
+            description:
+              'How the sidecar secures its upstream connection, with libpq sslmode semantics. Default verify-full.',
+            default: 'verify-full',
+          }),
+          caSecretRef: Type.Optional(
+            SecretKeyRef('Secret key holding the PEM CA bundle that signs the target certificate.', 'ca.crt'),
+          ),
+          serverName: Type.Optional(
+            Type.String({
+              description: 'Name expected in the target certificate, when it differs from the endpoint host.',
+              maxLength: 253,
+            }),
+          ),
+        },
+        {
+          description: 'TLS settings of the upstream connection.',
+          'x-kubernetes-validations': [
+            {
+              rule: "self.mode != 'verify-ca' || has(self.caSecretRef)",
+              message: 'verify-ca needs caSecretRef',
+              fieldPath: '.caSecretRef',
+            },
+          ],
+        },
+      ),
+    ),
+    credentialSecretRef: Type.Optional(
+      Type.Object(
+        {
+          name: Type.String({ description: 'Name of the Secret in this namespace.', ...dnsSubdomain }),
+          usernameKey: Type.String({
+            description: 'Key holding the user name. Default username.',
+            default: 'username',
+            maxLength: 253,
+          }),
+          passwordKey: Type.String({
+            description: 'Key holding the password or bearer token. Default password.',
+            default: 'password',
+            maxLength: 253,
+          }),
+        },
+        {
+          description:
+            'Secret with the credential the sidecar uses upstream. Mounted only into the sidecar, never into agent containers.',
+        },
+      ),
+    ),
+    listenPort: Type.Optional(
+      Type.Integer({
+        description:
+          'Port the sidecar listens on inside the pod (loopback). Default by type: postgres 5432, kubernetes 6443, http 8080.',
+        minimum: 1024,
+        maximum: 65535,
+      }),
+    ),
+    audit: Type.Object(
+      {
+        failureMode: StringEnum(AUDIT_FAILURE_MODES, {
+          description:
+            'What happens when audit records cannot be made durable: FailClosed denies new commands, FailOpen lets them run and records the gap. Default FailClosed (NIST AU-5).',
+          default: 'FailClosed',
+        }),
+        retention: Duration({
+          description: 'How long Session objects of this resource are kept before the retention controller removes them. Default 720h.',
+          default: '720h',
+        }),
+      },
+      { description: 'Audit settings for sessions on this resource.', default: { failureMode: 'FailClosed', retention: '720h' } },
+    ),
+  },
+  {
+    description: 'Desired state of a ProtectedResource.',
+    'x-kubernetes-validations': [
+      {
+        rule: "self.type != 'postgres' || (has(self.endpoint.host) && has(self.endpoint.database))",
+        message: 'a postgres resource needs endpoint.host and endpoint.database',
+        fieldPath: '.endpoint',
+      },
+      {
+        rule: "self.type == 'postgres' || has(self.endpoint.url)",
+        message: 'a kubernetes or http resource needs endpoint.url',
+        fieldPath: '.endpoint',
+      },
+      {
+        rule: "self.type != 'postgres' || !has(self.endpoint.url)",
+        message: 'endpoint.url is not used by a postgres resource',
+        fieldPath: '.endpoint.url',
+      },
+      {
+        rule: "self.type != 'postgres' || has(self.credentialSecretRef)",
+        message: 'a postgres resource needs credentialSecretRef',
+        fieldPath: '.credentialSecretRef',
+      },
+    ],
+  },
+);
+export type ProtectedResourceSpec = Static<typeof ProtectedResourceSpec>;
+
+export const ProtectedResourceStatus = Type.Object(
+  {
+    observedGeneration: Type.Optional(
+      Type.Integer({ description: 'The .metadata.generation last reconciled.', format: 'int64', minimum: 0 }),
+    ),
+    conditions: Type.Optional(Conditions('Current state: Ready, with reasons such as SecretNotFound or InvalidEndpoint.')),
+    credentialVersion: Type.Optional(
+      Type.String({
+        description: 'Hash of the credential Secret content last seen, so sidecars can tell when it changed.',
+        maxLength: 128,
+      }),
+    ),
+    lastCheckedTime: Type.Optional(DateTime({ description: 'When the reference was last checked.' })),
+  },
+  { description: 'Observed state of a ProtectedResource.' },
+);
+export type ProtectedResourceStatus = Static<typeof ProtectedResourceStatus>;
+
+export type ProtectedResource = KubernetesObject<'ProtectedResource', ProtectedResourceSpec, ProtectedResourceStatus>;

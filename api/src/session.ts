@@ -1,0 +1,107 @@
+// Session: the audit trail of one client session, written by the sidecar. Records are bounded per object;
+// a long session continues in linked objects (part 1, 2, ...). See docs/audit.md.
+import { Type, type Static, StringEnum, DateTime, dnsSubdomain } from './schema.ts';
+import { Identity } from './identity.ts';
+import { AuditRecord } from './audit-record.ts';
+import { RESOURCE_TYPES } from './protected-resource.ts';
+import type { KubernetesObject } from './meta.ts';
+
+/** Hard cap on records in one Session object; the writer also keeps the object under SESSION_MAX_BYTES. */
+export const SESSION_MAX_RECORDS = 256;
+/** The writer starts a continuation object before a Session's serialized size passes this (etcd allows 1.5 MiB). */
+export const SESSION_MAX_BYTES = 512 * 1024;
+
+const immutable = [{ rule: 'self == oldSelf', message: 'is immutable' }] as const;
+
+export const SessionSpec = Type.Object(
+  {
+    sessionId: Type.String({
+      description: 'Identifier shared by every part of one client session.',
+      maxLength: 64,
+      'x-kubernetes-validations': immutable,
+    }),
+    part: Type.Integer({
+      description: 'Index of this object within the session, from 0.',
+      minimum: 0,
+      'x-kubernetes-validations': immutable,
+    }),
+    previousPart: Type.Optional(
+      Type.String({
+        description: 'Name of the Session object this one continues.',
+        ...dnsSubdomain,
+        'x-kubernetes-validations': immutable,
+      }),
+    ),
+    pod: Type.Object(
+      {
+        name: Type.String({ description: 'Pod name.', ...dnsSubdomain }),
+        uid: Type.Optional(Type.String({ description: 'Pod UID.', maxLength: 64 })),
+        container: Type.Optional(Type.String({ description: 'Agent container, when known.', maxLength: 63 })),
+      },
+      { description: 'Pod whose sidecar wrote this session.', 'x-kubernetes-validations': immutable },
+    ),
+    resource: Type.Object(
+      {
+        name: Type.String({ description: 'ProtectedResource name.', ...dnsSubdomain }),
+        type: StringEnum(RESOURCE_TYPES, { description: 'ProtectedResource type.' }),
+      },
+      { description: 'ProtectedResource the session used.', 'x-kubernetes-validations': immutable },
+    ),
+    identity: { ...Identity, 'x-kubernetes-validations': immutable },
+    startTime: DateTime({ description: 'When the session started.', 'x-kubernetes-validations': immutable }),
+    records: Type.Array(AuditRecord, {
+      description: 'Audit records, append-only, ordered by seq.',
+      maxItems: SESSION_MAX_RECORDS,
+      'x-kubernetes-list-type': 'map',
+      'x-kubernetes-list-map-keys': ['seq'],
+      'x-kubernetes-validations': [
+        {
+          rule: 'oldSelf.all(o, self.exists(n, n.seq == o.seq))',
+          message: 'records are append-only and cannot be removed',
+        },
+        {
+          rule: 'self.all(r, r.seq >= self[0].seq) && (size(self) == 0 || self[size(self) - 1].seq == self[0].seq + size(self) - 1)',
+          message: 'records must be ordered by seq with no gaps',
+        },
+      ],
+    }),
+    head: Type.Optional(
+      Type.Object(
+        {
+          seq: Type.Integer({ description: 'seq of the last record covered.', minimum: 0 }),
+          hash: Type.String({ description: 'hash of that record.', maxLength: 80 }),
+          signature: Type.String({ description: 'Compact JWS (EdDSA) over the head; see docs/audit.md.', maxLength: 4096 }),
+          keyId: Type.String({ description: 'Identifier of the signing key.', maxLength: 256 }),
+        },
+        { description: 'Signed chain head at the last flush.' },
+      ),
+    ),
+  },
+  { description: 'Identity of the session and its records.' },
+);
+export type SessionSpec = Static<typeof SessionSpec>;
+
+export const SESSION_PHASES = ['Active', 'Continued', 'Closed', 'Abandoned'] as const;
+
+export const SessionStatus = Type.Object(
+  {
+    phase: StringEnum(SESSION_PHASES, {
+      description: 'Active while open; Continued when a later part took over; Closed at the end; Abandoned if the sidecar vanished.',
+    }),
+    endTime: Type.Optional(DateTime({ description: 'When the session (or this part) ended.' })),
+    counters: Type.Object(
+      {
+        commands: Type.Integer({ description: 'Commands decided.', minimum: 0, default: 0 }),
+        allowed: Type.Integer({ description: 'Commands allowed.', minimum: 0, default: 0 }),
+        denied: Type.Integer({ description: 'Commands denied.', minimum: 0, default: 0 }),
+        held: Type.Integer({ description: 'Commands held for approval.', minimum: 0, default: 0 }),
+        errors: Type.Integer({ description: 'Commands that failed upstream.', minimum: 0, default: 0 }),
+      },
+      { description: 'Counts over the whole session up to this part.' },
+    ),
+  },
+  { description: 'Observed state of the session.' },
+);
+export type SessionStatus = Static<typeof SessionStatus>;
+
+export type Session = KubernetesObject<'Session', SessionSpec, SessionStatus>;

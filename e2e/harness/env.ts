@@ -1,0 +1,69 @@
+// The environment variables through which global setup hands the shared servers to test files.
+import type { TestContext } from 'node:test';
+
+export const ENV = {
+  runDir: 'CHAPERONE_TEST_RUN_DIR',
+  kubeconfig: 'CHAPERONE_TEST_KUBECONFIG',
+  apiServer: 'CHAPERONE_TEST_API_SERVER',
+  issuer: 'CHAPERONE_TEST_ISSUER',
+  apiCa: 'CHAPERONE_TEST_API_CA',
+  pgHost: 'CHAPERONE_TEST_PG_HOST',
+  pgPort: 'CHAPERONE_TEST_PG_PORT',
+  pgUser: 'CHAPERONE_TEST_PG_USER',
+  pgPassword: 'CHAPERONE_TEST_PG_PASSWORD',
+  pgDatabase: 'CHAPERONE_TEST_PG_DATABASE',
+  pgCa: 'CHAPERONE_TEST_PG_CA',
+  pgSocketDir: 'CHAPERONE_TEST_PG_SOCKET_DIR',
+} as const;
+
+function required(name: string): string {
+  const value = process.env[name];
+  if (value === undefined || value === '') {
+    throw new Error(`${name} is not set: run tests through \`make test\` (node --test with e2e/harness/global-setup.ts)`);
+  }
+  return value;
+}
+
+export interface ControlPlaneEnv {
+  kubeconfig: string;
+  server: string;
+  issuer: string;
+  caFile: string;
+}
+
+export function controlPlaneEnv(): ControlPlaneEnv {
+  return {
+    kubeconfig: required(ENV.kubeconfig),
+    server: required(ENV.apiServer),
+    issuer: required(ENV.issuer),
+    caFile: required(ENV.apiCa),
+  };
+}
+
+export interface PostgresEnv {
+  host: string;
+  port: number;
+  user: string;
+  password: string;
+  database: string;
+  caFile: string;
+  socketDir: string;
+}
+
+export function postgresEnv(): PostgresEnv {
+  return {
+    host: required(ENV.pgHost),
+    port: Number(required(ENV.pgPort)),
+    user: required(ENV.pgUser),
+    password: required(ENV.pgPassword),
+    database: required(ENV.pgDatabase),
+    caFile: required(ENV.pgCa),
+    socketDir: required(ENV.pgSocketDir),
+  };
+}
+
+/** A directory for one test's files inside the run directory, removed with the run. */
+export function testDir(t: TestContext): string {
+  const safe = t.fullName.replace(/[^a-zA-Z0-9]+/g, '-').slice(0, 80);
+  return `${required(ENV.runDir)}/tests/${safe}-${process.pid}`;
+}

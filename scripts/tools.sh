@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Builds the pinned tools into a per-machine cache and links them into .tools/bin:
+#   controlplane  etcd + kube-apiserver + kube-controller-manager launcher (e2e/controlplane)
+#   kubectl       of the same Kubernetes version
+#   opa, helm     from their Go modules
+# A tool already in the cache is linked, never rebuilt. The cache is keyed by version (and, for the
+# launcher, by a hash of its source), so a fresh clone on the same machine reuses it.
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=../tools.env
+source "$repo/tools.env"
+cache=${CHAPERONE_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/chaperone}
+bin="$repo/.tools/bin"
+mkdir -p "$cache" "$bin"
+
+command -v go >/dev/null || { echo "tools: 'go' is not on PATH; install Go 1.26 or newer (the tools are built from the Go module proxy)" >&2; exit 1; }
+
+cp_dir="$repo/e2e/controlplane"
+pinned=$(awk '($1=="require" && $2=="k8s.io/kubernetes") {print $3} ($1=="k8s.io/kubernetes" && $2 ~ /^v/) {print $2}' "$cp_dir/go.mod")
+if [[ "$pinned" != "$KUBERNETES_VERSION" ]]; then
+  echo "tools: e2e/controlplane/go.mod requires k8s.io/kubernetes $pinned but tools.env pins $KUBERNETES_VERSION" >&2
+  exit 1
+fi
+
+ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$KUBERNETES_VERSION -X k8s.io/client-go/pkg/version.gitVersion=$KUBERNETES_VERSION -X k8s.io/component-base/version.gitTreeState=clean"
+
+# build NAME DIR BUILD-COMMAND...: runs the command with $out set to a temporary file and moves it into
+# DIR/NAME on success, so an interrupted build never leaves a half-written binary in the cache.
+build() {
+  local name=$1 dir=$2; shift 2
+  if [[ ! -x "$dir/$name" ]]; then
+    echo "tools: building $name into $dir (first time on this machine; this takes a while)" >&2
+    mkdir -p "$dir"
+    local start=$SECONDS
+    out=$(mktemp "$dir/.$name.XXXXXX")
+    if ! "$@"; then rm -f "$out"; echo "tools: building $name failed" >&2; exit 1; fi
+    chmod +x "$out" && mv -f "$out" "$dir/$name"
+    echo "tools: built $name in $((SECONDS - start))s" >&2
+  fi
+  ln -sfn "$dir/$name" "$bin/$name"
+}
+
+go_build_controlplane() { (cd "$cp_dir" && go build -trimpath -ldflags "$ldflags" -o "$out" .); }
+go_build_kubectl() { (cd "$cp_dir" && go build -trimpath -ldflags "$ldflags" -o "$out" k8s.io/kubernetes/cmd/kubectl); }
+go_install() { # module@version cmd-path
+  local tmp; tmp=$(mktemp -d)
+  GOBIN="$tmp" go install -trimpath -ldflags "-s -w" "$1" && mv -f "$tmp/$2" "$out"
+  local rc=$?; rm -rf "$tmp"; return $rc
+}
+
+exec 9>"$cache/.lock"
+flock 9
+
+cp_key=$(cat "$cp_dir/go.mod" "$cp_dir/go.sum" "$cp_dir"/*.go <(go env GOVERSION) | sha256sum | cut -c1-16)
+build controlplane "$cache/controlplane-$KUBERNETES_VERSION-$cp_key" go_build_controlplane
+build kubectl "$cache/kubectl-$KUBERNETES_VERSION" go_build_kubectl
+build opa "$cache/opa-$OPA_VERSION" go_install "github.com/open-policy-agent/opa@$OPA_VERSION" opa
+build helm "$cache/helm-$HELM_VERSION" go_install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" helm
