@@ -56,11 +56,7 @@ lint: deps ## eslint, prettier --check and the TypeScript typecheck.
 
 .PHONY: test
 test: deps tools packages lint ## Lint, then every test against a real control plane and PostgreSQL.
-	node e2e/run-tests.ts
-
-.PHONY: test-unit
-test-unit: deps ## Only the tests that need neither control plane nor PostgreSQL.
-	node e2e/run-tests.ts --unit
+	npm test --silent
 
 .PHONY: demo
 demo: deps tools packages ## Start a local control plane and PostgreSQL and walk through Chaperone.

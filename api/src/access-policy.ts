@@ -37,22 +37,40 @@ export type StatementKind = (typeof STATEMENT_KINDS)[number];
 export const MASKING_STRATEGIES = ['redact', 'hash', 'partial', 'null'] as const;
 export type MaskingStrategy = (typeof MASKING_STRATEGIES)[number];
 
-export const CONTENT_DETECTORS = ['email', 'credit-card', 'us-ssn', 'phone', 'iban', 'ipv4', 'jwt', 'secret-key'] as const;
+export const CONTENT_DETECTORS = [
+  'email',
+  'credit-card',
+  'us-ssn',
+  'phone',
+  'iban',
+  'ipv4',
+  'jwt',
+  'secret-key',
+] as const;
 export type ContentDetector = (typeof CONTENT_DETECTORS)[number];
 
 export const WEEKDAYS = ['Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat', 'Sun'] as const;
 
 const patternList = (description: string, maxItems = 64) =>
-  Type.Optional(Type.Array(Type.String({ description: 'A pattern; * matches any run of characters.', maxLength: 253 }), { description, maxItems }));
+  Type.Optional(
+    Type.Array(Type.String({ description: 'A pattern; * matches any run of characters.', maxLength: 253 }), {
+      description,
+      maxItems,
+    }),
+  );
 
-const clockTime = (description: string) =>
-  Type.String({ description, pattern: '^([01][0-9]|2[0-3]):[0-5][0-9]$' });
+const clockTime = (description: string) => Type.String({ description, pattern: '^([01][0-9]|2[0-3]):[0-5][0-9]$' });
 
 export const SubjectMatcher = Type.Object(
   {
-    issuer: Type.Optional(Type.String({ description: 'Token issuer the identity must come from (exact).', maxLength: 2048 })),
+    issuer: Type.Optional(
+      Type.String({ description: 'Token issuer the identity must come from (exact).', maxLength: 2048 }),
+    ),
     subject: Type.Optional(
-      Type.String({ description: 'Pattern for the current subject, for example system:serviceaccount:ci:*.', maxLength: 512 }),
+      Type.String({
+        description: 'Pattern for the current subject, for example system:serviceaccount:ci:*.',
+        maxLength: 512,
+      }),
     ),
     actor: Type.Optional(
       Type.String({
@@ -90,10 +108,14 @@ export const RuleMatch = Type.Object(
               maxItems: STATEMENT_KINDS.length,
             }),
           ),
-          relations: patternList('Relations matched as schema.table patterns; a statement matches if any relation does.'),
+          relations: patternList(
+            'Relations matched as schema.table patterns; a statement matches if any relation does.',
+          ),
           functions: patternList('Functions matched as schema.name patterns; a statement matches if it calls any.'),
           sideEffects: Type.Optional(
-            Type.Boolean({ description: 'When set, matches only statements whose side-effect flag equals this value.' }),
+            Type.Boolean({
+              description: 'When set, matches only statements whose side-effect flag equals this value.',
+            }),
           ),
         },
         { description: 'SQL statement matcher (postgres resources).' },
@@ -135,14 +157,21 @@ export const TimeWindow = Type.Object(
     ),
     start: clockTime('Start of the window, HH:MM, inclusive.'),
     end: clockTime('End of the window, HH:MM, exclusive. Earlier than start means the window crosses midnight.'),
-    timeZone: Type.String({ description: 'IANA time zone of start and end. Default UTC.', default: 'UTC', maxLength: 64 }),
+    timeZone: Type.String({
+      description: 'IANA time zone of start and end. Default UTC.',
+      default: 'UTC',
+      maxLength: 64,
+    }),
   },
   { description: 'A recurring window of time.' },
 );
 
 export const PolicyRule = Type.Object(
   {
-    name: Type.String({ description: 'Rule id, unique within the policy; decisions and audit records name it.', ...dnsSubdomain }),
+    name: Type.String({
+      description: 'Rule id, unique within the policy; decisions and audit records name it.',
+      ...dnsSubdomain,
+    }),
     decision: StringEnum(DECISIONS, { description: 'allow, deny, or approve (hold for human approval).' }),
     match: RuleMatch,
     when: Type.Optional(
@@ -155,7 +184,9 @@ export const PolicyRule = Type.Object(
         { description: 'Conditions on the request context.' },
       ),
     ),
-    message: Type.Optional(Type.String({ description: 'Message shown to the client when this rule denies.', maxLength: 1024 })),
+    message: Type.Optional(
+      Type.String({ description: 'Message shown to the client when this rule denies.', maxLength: 1024 }),
+    ),
   },
   { description: 'An ordered rule; the first rule that matches decides.' },
 );
@@ -172,7 +203,8 @@ export const MaskingRule = Type.Object(
       }),
     ),
     strategy: StringEnum(MASKING_STRATEGIES, {
-      description: 'redact (fixed mask), hash (keyed SHA-256 prefix, stable for joins), partial (keep the last 4), null.',
+      description:
+        'redact (fixed mask), hash (keyed SHA-256 prefix, stable for joins), partial (keep the last 4), null.',
       default: 'redact',
     }),
   },
@@ -236,7 +268,10 @@ export const AccessPolicySpec = Type.Object(
             maximum: 10,
             default: 1,
           }),
-          timeout: Duration({ description: 'How long a held command waits for approval. Default 15m.', default: '15m' }),
+          timeout: Duration({
+            description: 'How long a held command waits for approval. Default 15m.',
+            default: '15m',
+          }),
           allowSelfApproval: Type.Boolean({
             description: 'Whether anyone in the requester chain may approve. Default false.',
             default: false,
@@ -263,7 +298,8 @@ export const AccessPolicySpec = Type.Object(
     ),
     rego: Type.Optional(
       Type.String({
-        description: 'Optional raw Rego module evaluated after the declarative rules (package and entrypoints in docs/policy.md).',
+        description:
+          'Optional raw Rego module evaluated after the declarative rules (package and entrypoints in docs/policy.md).',
         maxLength: 65536,
       }),
     ),

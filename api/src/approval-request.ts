@@ -35,10 +35,16 @@ export const ApprovalRequestSpec = Type.Object(
     ),
     requiredApprovals: Type.Integer({ description: 'Distinct approvals needed.', minimum: 1, maximum: 10 }),
     approverGroups: Type.Optional(
-      Type.Array(Type.String({ description: 'A group.', maxLength: 256 }), { description: 'Groups allowed to decide.', maxItems: 32 }),
+      Type.Array(Type.String({ description: 'A group.', maxLength: 256 }), {
+        description: 'Groups allowed to decide.',
+        maxItems: 32,
+      }),
     ),
     approvers: Type.Optional(
-      Type.Array(Type.String({ description: 'A user name.', maxLength: 256 }), { description: 'Users allowed to decide.', maxItems: 32 }),
+      Type.Array(Type.String({ description: 'A user name.', maxLength: 256 }), {
+        description: 'Users allowed to decide.',
+        maxItems: 32,
+      }),
     ),
     allowSelfApproval: Type.Boolean({ description: 'Whether the requester chain may approve.', default: false }),
     expiresTime: DateTime({ description: 'When the request expires unanswered.' }),
@@ -55,9 +61,14 @@ export const ApprovalDecision = Type.Object(
     approver: Type.Object(
       {
         username: Type.String({ description: 'User name as authenticated by the API server.', maxLength: 256 }),
-        uid: Type.Optional(Type.String({ description: 'User UID as authenticated by the API server.', maxLength: 256 })),
+        uid: Type.Optional(
+          Type.String({ description: 'User UID as authenticated by the API server.', maxLength: 256 }),
+        ),
         groups: Type.Optional(
-          Type.Array(Type.String({ description: 'A group.', maxLength: 256 }), { description: 'Groups.', maxItems: 64 }),
+          Type.Array(Type.String({ description: 'A group.', maxLength: 256 }), {
+            description: 'Groups.',
+            maxItems: 64,
+          }),
         ),
       },
       { description: 'Who decided; admission checks it equals the requesting user.' },

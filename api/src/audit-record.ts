@@ -30,7 +30,10 @@ const hashString = (description: string) =>
 export const AuditRecord = Type.Object(
   {
     v: Type.Integer({ description: 'Record format version.', minimum: 1, maximum: 1 }),
-    seq: Type.Integer({ description: 'Position in the session, from 1, contiguous across continuation objects.', minimum: 1 }),
+    seq: Type.Integer({
+      description: 'Position in the session, from 1, contiguous across continuation objects.',
+      minimum: 1,
+    }),
     time: Type.String({
       description: 'UTC time of the event with microseconds, e.g. 2026-11-27T10:00:00.000001Z.',
       maxLength: 32,
@@ -41,9 +44,13 @@ export const AuditRecord = Type.Object(
     source: Type.Optional(
       Type.Object(
         {
-          address: Type.Optional(Type.String({ description: 'Client address as seen by the sidecar.', maxLength: 128 })),
+          address: Type.Optional(
+            Type.String({ description: 'Client address as seen by the sidecar.', maxLength: 128 }),
+          ),
           applicationName: Type.Optional(Type.String({ description: 'Client application name.', maxLength: 256 })),
-          user: Type.Optional(Type.String({ description: 'User name the client asked for (recorded, never trusted).', maxLength: 256 })),
+          user: Type.Optional(
+            Type.String({ description: 'User name the client asked for (recorded, never trusted).', maxLength: 256 }),
+          ),
           database: Type.Optional(Type.String({ description: 'Database the client asked for.', maxLength: 256 })),
         },
         { description: 'Where the session came from, on session.start.' },
@@ -52,15 +59,27 @@ export const AuditRecord = Type.Object(
     command: Type.Optional(
       Type.Object(
         {
-          id: Type.Integer({ description: 'Command number within the session, shared by its decision and outcome.', minimum: 1 }),
+          id: Type.Integer({
+            description: 'Command number within the session, shared by its decision and outcome.',
+            minimum: 1,
+          }),
           kind: StringEnum(COMMAND_KINDS, { description: 'Protocol family of the command.' }),
-          text: Type.String({ description: 'Statement or request line as sent (cut to 8192 bytes).', maxLength: 16384 }),
+          text: Type.String({
+            description: 'Statement or request line as sent (cut to 8192 bytes).',
+            maxLength: 16384,
+          }),
           truncated: Type.Optional(Type.Boolean({ description: 'Whether text was cut.' })),
           parameters: Type.Optional(
-            Type.Array(Type.String({ description: 'A parameter value (masked where a masking rule covers it).', maxLength: 1024 }), {
-              description: 'Bound parameters of an extended-protocol statement; null values are the string "NULL".',
-              maxItems: 64,
-            }),
+            Type.Array(
+              Type.String({
+                description: 'A parameter value (masked where a masking rule covers it).',
+                maxLength: 1024,
+              }),
+              {
+                description: 'Bound parameters of an extended-protocol statement; null values are the string "NULL".',
+                maxItems: 64,
+              },
+            ),
           ),
           statementKinds: Type.Optional(
             Type.Array(Type.String({ description: 'A statement kind.', maxLength: 32 }), {
@@ -82,13 +101,20 @@ export const AuditRecord = Type.Object(
       Type.Object(
         {
           result: StringEnum(['allow', 'deny', 'approve'], { description: 'What the policy decided.' }),
-          policy: Type.Optional(Type.String({ description: 'AccessPolicy (namespace/name) that decided.', maxLength: 256 })),
+          policy: Type.Optional(
+            Type.String({ description: 'AccessPolicy (namespace/name) that decided.', maxLength: 256 }),
+          ),
           rule: Type.Optional(Type.String({ description: 'Rule id that decided.', maxLength: 256 })),
           bundleDigest: Type.Optional(hashString('Digest of the policy bundle in force.')),
           reasons: Type.Optional(
-            Type.Array(Type.String({ description: 'A reason.', maxLength: 1024 }), { description: 'Why.', maxItems: 16 }),
+            Type.Array(Type.String({ description: 'A reason.', maxLength: 1024 }), {
+              description: 'Why.',
+              maxItems: 16,
+            }),
           ),
-          approval: Type.Optional(Type.String({ description: 'ApprovalRequest name, when one was involved.', maxLength: 253 })),
+          approval: Type.Optional(
+            Type.String({ description: 'ApprovalRequest name, when one was involved.', maxLength: 253 }),
+          ),
         },
         { description: 'The policy decision, on command.decision.' },
       ),
@@ -100,7 +126,9 @@ export const AuditRecord = Type.Object(
           code: Type.Optional(Type.String({ description: 'SQLSTATE or HTTP status code.', maxLength: 16 })),
           message: Type.Optional(Type.String({ description: 'Error message, if any.', maxLength: 1024 })),
           rows: Type.Optional(Type.Integer({ description: 'Rows returned or affected.', minimum: 0 })),
-          durationMicros: Type.Optional(Type.Integer({ description: 'Time from forward to completion, µs.', minimum: 0 })),
+          durationMicros: Type.Optional(
+            Type.Integer({ description: 'Time from forward to completion, µs.', minimum: 0 }),
+          ),
         },
         { description: 'The result, on command.outcome.' },
       ),

@@ -6,7 +6,9 @@ export const Actor = Type.Object(
   {
     subject: Type.String({ description: 'Subject (sub claim) of this actor.', maxLength: 512 }),
     issuer: Type.Optional(Type.String({ description: 'Issuer of the token that named this actor.', maxLength: 2048 })),
-    kind: Type.Optional(Type.String({ description: 'Agent kind claimed for this actor, e.g. ci or ai-agent.', maxLength: 63 })),
+    kind: Type.Optional(
+      Type.String({ description: 'Agent kind claimed for this actor, e.g. ci or ai-agent.', maxLength: 63 }),
+    ),
   },
   { description: 'One link of a delegation chain.' },
 );

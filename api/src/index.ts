@@ -8,3 +8,4 @@ export * from './session.ts';
 export * from './approval-request.ts';
 export * from './audit-record.ts';
 export * from './crds.ts';
+export * from './policy.ts';

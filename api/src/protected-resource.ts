@@ -1,15 +1,6 @@
 // ProtectedResource: a target system (PostgreSQL, the Kubernetes API, an HTTP service) that agents reach
 // only through the sidecar. Written by the platform team.
-import {
-  Type,
-  type Static,
-  StringEnum,
-  Conditions,
-  SecretKeyRef,
-  Duration,
-  DateTime,
-  dnsSubdomain,
-} from './schema.ts';
+import { Type, type Static, StringEnum, Conditions, SecretKeyRef, Duration, DateTime, dnsSubdomain } from './schema.ts';
 import type { KubernetesObject } from './meta.ts';
 
 export const RESOURCE_TYPES = ['postgres', 'kubernetes', 'http'] as const;
@@ -135,11 +126,15 @@ export const ProtectedResourceSpec = Type.Object(
           default: 'FailClosed',
         }),
         retention: Duration({
-          description: 'How long Session objects of this resource are kept before the retention controller removes them. Default 720h.',
+          description:
+            'How long Session objects of this resource are kept before the retention controller removes them. Default 720h.',
           default: '720h',
         }),
       },
-      { description: 'Audit settings for sessions on this resource.', default: { failureMode: 'FailClosed', retention: '720h' } },
+      {
+        description: 'Audit settings for sessions on this resource.',
+        default: { failureMode: 'FailClosed', retention: '720h' },
+      },
     ),
   },
   {
@@ -175,7 +170,9 @@ export const ProtectedResourceStatus = Type.Object(
     observedGeneration: Type.Optional(
       Type.Integer({ description: 'The .metadata.generation last reconciled.', format: 'int64', minimum: 0 }),
     ),
-    conditions: Type.Optional(Conditions('Current state: Ready, with reasons such as SecretNotFound or InvalidEndpoint.')),
+    conditions: Type.Optional(
+      Conditions('Current state: Ready, with reasons such as SecretNotFound or InvalidEndpoint.'),
+    ),
     credentialVersion: Type.Optional(
       Type.String({
         description: 'Hash of the credential Secret content last seen, so sidecars can tell when it changed.',

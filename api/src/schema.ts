@@ -56,9 +56,12 @@ export const Condition = Type.Object(
     type: Type.String({
       description: 'Type of condition in CamelCase, for example Ready.',
       maxLength: 316,
-      pattern: '^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$',
+      pattern:
+        '^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$',
     }),
-    status: StringEnum(['True', 'False', 'Unknown'], { description: 'Status of the condition: True, False or Unknown.' }),
+    status: StringEnum(['True', 'False', 'Unknown'], {
+      description: 'Status of the condition: True, False or Unknown.',
+    }),
     observedGeneration: Type.Optional(
       Type.Integer({
         description: 'The .metadata.generation the condition was set for.',

@@ -49,18 +49,19 @@ export const SessionSpec = Type.Object(
     ),
     identity: { ...Identity, 'x-kubernetes-validations': immutable },
     startTime: DateTime({ description: 'When the session started.', 'x-kubernetes-validations': immutable }),
+    // An atomic list (not a map-list): the API server's validation ratcheting treats map-lists as
+    // unordered sets, so a reordering of records would skip these rules. Atomic lists compare in order.
     records: Type.Array(AuditRecord, {
       description: 'Audit records, append-only, ordered by seq.',
       maxItems: SESSION_MAX_RECORDS,
-      'x-kubernetes-list-type': 'map',
-      'x-kubernetes-list-map-keys': ['seq'],
+      'x-kubernetes-list-type': 'atomic',
       'x-kubernetes-validations': [
         {
-          rule: 'oldSelf.all(o, self.exists(n, n.seq == o.seq))',
-          message: 'records are append-only and cannot be removed',
+          rule: 'size(self) >= size(oldSelf) && self.slice(0, size(oldSelf)) == oldSelf',
+          message: 'records are append-only: existing records cannot be changed, removed or reordered',
         },
         {
-          rule: 'self.all(r, r.seq >= self[0].seq) && (size(self) == 0 || self[size(self) - 1].seq == self[0].seq + size(self) - 1)',
+          rule: 'self.map(r, r.seq).isSorted() && self.all(r, self.exists_one(n, n.seq == r.seq)) && (size(self) == 0 || self[size(self) - 1].seq - self[0].seq == size(self) - 1)',
           message: 'records must be ordered by seq with no gaps',
         },
       ],
@@ -70,7 +71,10 @@ export const SessionSpec = Type.Object(
         {
           seq: Type.Integer({ description: 'seq of the last record covered.', minimum: 0 }),
           hash: Type.String({ description: 'hash of that record.', maxLength: 80 }),
-          signature: Type.String({ description: 'Compact JWS (EdDSA) over the head; see docs/audit.md.', maxLength: 4096 }),
+          signature: Type.String({
+            description: 'Compact JWS (EdDSA) over the head; see docs/audit.md.',
+            maxLength: 4096,
+          }),
           keyId: Type.String({ description: 'Identifier of the signing key.', maxLength: 256 }),
         },
         { description: 'Signed chain head at the last flush.' },
@@ -86,7 +90,8 @@ export const SESSION_PHASES = ['Active', 'Continued', 'Closed', 'Abandoned'] as 
 export const SessionStatus = Type.Object(
   {
     phase: StringEnum(SESSION_PHASES, {
-      description: 'Active while open; Continued when a later part took over; Closed at the end; Abandoned if the sidecar vanished.',
+      description:
+        'Active while open; Continued when a later part took over; Closed at the end; Abandoned if the sidecar vanished.',
     }),
     endTime: Type.Optional(DateTime({ description: 'When the session (or this part) ended.' })),
     counters: Type.Object(

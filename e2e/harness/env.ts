@@ -19,7 +19,9 @@ export const ENV = {
 function required(name: string): string {
   const value = process.env[name];
   if (value === undefined || value === '') {
-    throw new Error(`${name} is not set: run tests through \`make test\` (node --test with e2e/harness/global-setup.ts)`);
+    throw new Error(
+      `${name} is not set: run tests through \`make test\` (node --test with e2e/harness/global-setup.ts)`,
+    );
   }
   return value;
 }

@@ -43,7 +43,9 @@ export async function globalSetup(): Promise<void> {
     [ENV.pgSocketDir]: p.socketDir,
   });
   await applyCrds(c.kubeconfig);
-  console.log(`harness: control plane ${c.server} and PostgreSQL 127.0.0.1:${p.port} ready in ${Date.now() - started} ms`);
+  console.log(
+    `harness: control plane ${c.server} and PostgreSQL 127.0.0.1:${p.port} ready in ${Date.now() - started} ms`,
+  );
 }
 
 export async function globalTeardown(): Promise<void> {

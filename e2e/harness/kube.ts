@@ -42,7 +42,12 @@ export async function applyCrds(kubeconfig: string): Promise<void> {
  * derived from the test name so failures are easy to trace in the API server.
  */
 export async function createTestNamespace(t: TestContext, labels: Record<string, string> = {}): Promise<string> {
-  const base = t.name.toLowerCase().replace(/[^a-z0-9]+/g, '-').replace(/^-+|-+$/g, '').slice(0, 40) || 'test';
+  const base =
+    t.name
+      .toLowerCase()
+      .replace(/[^a-z0-9]+/g, '-')
+      .replace(/^-+|-+$/g, '')
+      .slice(0, 40) || 'test';
   const name = `${base}-${randomBytes(3).toString('hex')}`;
   const core = kubeConfig().makeApiClient(k8s.CoreV1Api);
   await core.createNamespace({ body: { metadata: { name, labels: { 'chaperone.dev/test': 'true', ...labels } } } });

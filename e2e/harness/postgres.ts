@@ -65,13 +65,55 @@ function writeTlsFiles(dir: string): { caFile: string; certFile: string; keyFile
   const certFile = join(dir, 'server.crt');
   const ext = join(dir, 'server.ext');
   const openssl = (...args: string[]) => execFileSync('openssl', args, { stdio: ['ignore', 'ignore', 'pipe'] });
-  openssl('req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '30',
-    '-subj', '/CN=chaperone-test-postgres-ca', '-keyout', caKey, '-out', caFile);
-  openssl('req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-subj', '/CN=localhost',
-    '-keyout', keyFile, '-out', csr);
+  openssl(
+    'req',
+    '-x509',
+    '-newkey',
+    'ec',
+    '-pkeyopt',
+    'ec_paramgen_curve:prime256v1',
+    '-nodes',
+    '-days',
+    '30',
+    '-subj',
+    '/CN=chaperone-test-postgres-ca',
+    '-keyout',
+    caKey,
+    '-out',
+    caFile,
+  );
+  openssl(
+    'req',
+    '-newkey',
+    'ec',
+    '-pkeyopt',
+    'ec_paramgen_curve:prime256v1',
+    '-nodes',
+    '-subj',
+    '/CN=localhost',
+    '-keyout',
+    keyFile,
+    '-out',
+    csr,
+  );
   writeFileSync(ext, 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n');
-  openssl('x509', '-req', '-in', csr, '-CA', caFile, '-CAkey', caKey, '-CAcreateserial', '-days', '30',
-    '-extfile', ext, '-out', certFile);
+  openssl(
+    'x509',
+    '-req',
+    '-in',
+    csr,
+    '-CA',
+    caFile,
+    '-CAkey',
+    caKey,
+    '-CAcreateserial',
+    '-days',
+    '30',
+    '-extfile',
+    ext,
+    '-out',
+    certFile,
+  );
   return { caFile, certFile, keyFile };
 }
 
@@ -98,7 +140,18 @@ export async function startPostgres(runDir: string): Promise<PostgresCluster> {
 
   execFileSync(
     join(bin, 'initdb'),
-    ['-D', dataDir, '-U', superuser, '--auth-local=trust', '--auth-host=reject', '-E', 'UTF8', '--locale=C.UTF-8', '-N'],
+    [
+      '-D',
+      dataDir,
+      '-U',
+      superuser,
+      '--auth-local=trust',
+      '--auth-host=reject',
+      '-E',
+      'UTF8',
+      '--locale=C.UTF-8',
+      '-N',
+    ],
     { ...asOwner, stdio: ['ignore', 'ignore', 'pipe'] },
   );
   const port = await freePort();
@@ -119,19 +172,32 @@ export async function startPostgres(runDir: string): Promise<PostgresCluster> {
   const child = spawn(
     join(bin, 'postgres'),
     [
-      '-D', dataDir,
-      '-c', `port=${port}`,
-      '-c', 'listen_addresses=127.0.0.1',
-      '-c', `unix_socket_directories=${socketDir}`,
-      '-c', 'ssl=on',
-      '-c', `ssl_cert_file=${tls.certFile}`,
-      '-c', `ssl_key_file=${tls.keyFile}`,
-      '-c', 'password_encryption=scram-sha-256',
-      '-c', 'max_connections=200',
-      '-c', 'fsync=off',
-      '-c', 'synchronous_commit=off',
-      '-c', 'full_page_writes=off',
-      '-c', 'shared_buffers=128MB',
+      '-D',
+      dataDir,
+      '-c',
+      `port=${port}`,
+      '-c',
+      'listen_addresses=127.0.0.1',
+      '-c',
+      `unix_socket_directories=${socketDir}`,
+      '-c',
+      'ssl=on',
+      '-c',
+      `ssl_cert_file=${tls.certFile}`,
+      '-c',
+      `ssl_key_file=${tls.keyFile}`,
+      '-c',
+      'password_encryption=scram-sha-256',
+      '-c',
+      'max_connections=200',
+      '-c',
+      'fsync=off',
+      '-c',
+      'synchronous_commit=off',
+      '-c',
+      'full_page_writes=off',
+      '-c',
+      'shared_buffers=128MB',
     ],
     { ...asOwner, stdio: ['ignore', 'pipe', 'pipe'] },
   );
@@ -141,20 +207,42 @@ export async function startPostgres(runDir: string): Promise<PostgresCluster> {
   child.stderr.pipe(log);
 
   const psql = (sql: string, database = 'postgres'): string =>
-    execFileSync('psql', ['-X', '-q', '-A', '-t', '-v', 'ON_ERROR_STOP=1', '-h', socketDir, '-p', String(port), '-U', superuser, '-d', database, '-c', sql], {
-      encoding: 'utf8',
-      stdio: ['ignore', 'pipe', 'pipe'],
-      ...asOwner,
-    });
+    execFileSync(
+      'psql',
+      [
+        '-X',
+        '-q',
+        '-A',
+        '-t',
+        '-v',
+        'ON_ERROR_STOP=1',
+        '-h',
+        socketDir,
+        '-p',
+        String(port),
+        '-U',
+        superuser,
+        '-d',
+        database,
+        '-c',
+        sql,
+      ],
+      {
+        encoding: 'utf8',
+        stdio: ['ignore', 'pipe', 'pipe'],
+        ...asOwner,
+      },
+    );
 
   const deadline = Date.now() + 60_000;
   for (;;) {
-    if (child.exitCode !== null) throw new Error(`postgres exited with ${child.exitCode}:\n${readFileSync(logFile, 'utf8')}`);
+    if (child.exitCode !== null)
+      throw new Error(`postgres exited with ${child.exitCode}:\n${readFileSync(logFile, 'utf8')}`);
     try {
       psql('select 1');
       break;
     } catch (err) {
-      if (Date.now() > deadline) throw new Error(`postgres not ready in 60s: ${String(err)}`);
+      if (Date.now() > deadline) throw new Error('postgres not ready in 60s', { cause: err });
       await new Promise((r) => setTimeout(r, 100));
     }
   }

@@ -1,5 +1,6 @@
 // Process bookkeeping shared by the harness: where a run keeps its state, how servers it started are
 // found again, and how servers left behind by a run that was killed (SIGKILL, OOM) are removed.
+import type { ChildProcess } from 'node:child_process';
 import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -57,7 +58,7 @@ function reapDeadRuns(): void {
 }
 
 /** Resolves when the process exits, or rejects after `ms`. */
-export function waitForExit(child: import('node:child_process').ChildProcess, ms: number): Promise<void> {
+export function waitForExit(child: ChildProcess, ms: number): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
@@ -71,7 +72,7 @@ export function waitForExit(child: import('node:child_process').ChildProcess, ms
 }
 
 /** Sends SIGTERM, then SIGKILL if the process is still there after `graceMs`. */
-export async function stopProcess(child: import('node:child_process').ChildProcess, graceMs = 15_000): Promise<void> {
+export async function stopProcess(child: ChildProcess, graceMs = 15_000): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return;
   child.kill('SIGTERM');
   try {

@@ -1,0 +1,180 @@
+// The contract between compiled AccessPolicy bundles and the sidecar that evaluates them
+// (docs/policy.md). Each AccessPolicy compiles to one WebAssembly module with the entrypoint
+// POLICY_ENTRYPOINT; the sidecar evaluates every bundle that applies to its resource and combines the
+// results with combineDecisions (deny beats approve beats allow).
+import type { Actor } from './identity.ts';
+import type { Decision, MaskingStrategy, ContentDetector, StatementKind } from './access-policy.ts';
+import type { ResourceType } from './protected-resource.ts';
+
+/** Version of the input document; bumped on incompatible change. */
+export const POLICY_INPUT_VERSION = 1;
+/** Rego entrypoint every bundle exports (package chaperone.policy, rule `result`). */
+export const POLICY_ENTRYPOINT = 'chaperone/policy/result';
+/** Package a raw Rego module of an AccessPolicy must declare. */
+export const CUSTOM_REGO_PACKAGE = 'chaperone.custom';
+
+export interface PolicyIdentity {
+  readonly subject: string;
+  readonly issuer: string;
+  readonly groups: readonly string[];
+  /** Agent kind of the current subject (chaperone.dev/agent-kind claim), if any. */
+  readonly kind?: string;
+  /** Delegating actors, nearest first. */
+  readonly chain: readonly Actor[];
+  /** chain.length, for rules on delegation depth. */
+  readonly depth: number;
+}
+
+export interface SqlStatementFacts {
+  readonly kind: StatementKind;
+  /** schema.table of every relation referenced (unqualified names get the session's first search_path schema, default public). */
+  readonly relations: readonly string[];
+  /** schema.name of every function called (pg_catalog for built-ins). */
+  readonly functions: readonly string[];
+  /** True when the statement can change data, schema, sessions or the server (writes, nextval, DO, ...). */
+  readonly sideEffects: boolean;
+}
+
+export interface SqlCommand {
+  readonly type: 'sql';
+  /** Every statement of the command (a simple query may carry several); each is decided. */
+  readonly statements: readonly SqlStatementFacts[];
+}
+
+export interface KubernetesCommand {
+  readonly type: 'kubernetes';
+  readonly verb: string;
+  readonly apiGroup: string;
+  readonly resource: string;
+  readonly subresource: string;
+  readonly namespace: string;
+  readonly name: string;
+}
+
+export interface HttpCommand {
+  readonly type: 'http';
+  readonly method: string;
+  readonly path: string;
+}
+
+export type PolicyCommand = SqlCommand | KubernetesCommand | HttpCommand;
+
+export interface ZonedTime {
+  /** Mon..Sun */
+  readonly weekday: string;
+  /** Minutes since local midnight, 0..1439. */
+  readonly minute: number;
+}
+
+export interface PolicyInput {
+  readonly version: typeof POLICY_INPUT_VERSION;
+  readonly identity: PolicyIdentity;
+  readonly resource: {
+    readonly name: string;
+    readonly namespace: string;
+    readonly type: ResourceType;
+    readonly labels: Readonly<Record<string, string>>;
+  };
+  readonly command: PolicyCommand;
+  readonly session: {
+    readonly id: string;
+    readonly applicationName: string;
+    readonly clientAddress: string;
+    readonly inTransaction: boolean;
+  };
+  readonly time: {
+    readonly unixMillis: number;
+    /** Local weekday and minute in every time zone the bundle's manifest lists (always UTC). */
+    readonly zones: Readonly<Record<string, ZonedTime>>;
+  };
+}
+
+export interface MaskingInstruction {
+  /** policy/rule that asked for it. */
+  readonly rule: string;
+  readonly columns: readonly string[];
+  readonly detectors: readonly ContentDetector[];
+  readonly strategy: MaskingStrategy;
+}
+
+export interface ApprovalRequirement {
+  readonly approverGroups: readonly string[];
+  readonly approvers: readonly string[];
+  readonly requiredApprovals: number;
+  readonly timeoutSeconds: number;
+  readonly allowSelfApproval: boolean;
+}
+
+/** What one compiled policy returns for one input. */
+export interface PolicyResult {
+  /** False when the policy's subjects do not cover the identity; such a result is ignored. */
+  readonly applicable: boolean;
+  readonly decision: Decision;
+  /** Rule id that decided, or "default" when no rule matched, or "rego" for the raw module. */
+  readonly rule: string;
+  readonly reasons: readonly string[];
+  readonly message?: string;
+  readonly approval?: ApprovalRequirement;
+  readonly masking: readonly MaskingInstruction[];
+}
+
+/** The sidecar's decision after combining every applicable policy. */
+export interface CombinedDecision {
+  readonly decision: Decision;
+  /** namespace/name of the deciding policy ("" when no policy applied). */
+  readonly policy: string;
+  readonly rule: string;
+  readonly bundleDigest: string;
+  readonly reasons: readonly string[];
+  readonly message?: string;
+  readonly approval?: ApprovalRequirement;
+  readonly masking: readonly MaskingInstruction[];
+}
+
+export interface EvaluatedPolicy {
+  /** namespace/name */
+  readonly policy: string;
+  readonly bundleDigest: string;
+  readonly result: PolicyResult;
+}
+
+const STRICTNESS: Readonly<Record<Decision, number>> = { allow: 0, approve: 1, deny: 2 };
+
+/**
+ * Combines the results of every policy on a resource: deny beats approve beats allow; with no
+ * applicable policy the answer is deny (rule "no-policy"). Ties keep the first policy in the order given
+ * (callers sort by policy name so the result is deterministic). Masking is the union over allowing and
+ * approving policies, because every policy's masking must hold for the data it lets through.
+ */
+export function combineDecisions(evaluated: readonly EvaluatedPolicy[]): CombinedDecision {
+  const applicable = evaluated.filter((e) => e.result.applicable);
+  const first = applicable[0];
+  if (first === undefined) {
+    return {
+      decision: 'deny',
+      policy: '',
+      rule: 'no-policy',
+      bundleDigest: '',
+      reasons: ['no AccessPolicy covers this identity on this resource'],
+      masking: [],
+    };
+  }
+  let winner = first;
+  for (const e of applicable) {
+    if (STRICTNESS[e.result.decision] > STRICTNESS[winner.result.decision]) winner = e;
+  }
+  const masking =
+    winner.result.decision === 'deny'
+      ? []
+      : applicable.filter((e) => e.result.decision !== 'deny').flatMap((e) => e.result.masking);
+  return {
+    decision: winner.result.decision,
+    policy: winner.policy,
+    rule: winner.result.rule,
+    bundleDigest: winner.bundleDigest,
+    reasons: winner.result.reasons,
+    ...(winner.result.message === undefined ? {} : { message: winner.result.message }),
+    ...(winner.result.approval === undefined ? {} : { approval: winner.result.approval }),
+    masking,
+  };
+}
