@@ -2,6 +2,7 @@
 // (TokenRequest), serves its JWKS, and jose verifies the token for audience `chaperone` only.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { request, type RequestOptions } from 'node:https';
 import * as k8s from '@kubernetes/client-node';
 import { createLocalJWKSet, jwtVerify, decodeProtectedHeader, errors } from 'jose';
 import { createTestNamespace, kubeConfig } from './harness/kube.ts';
@@ -9,16 +10,15 @@ import { controlPlaneEnv } from './harness/env.ts';
 
 async function fetchJwks(kc: k8s.KubeConfig): Promise<unknown> {
   // The admin client certificate authenticates; the JWKS endpoint is also open to service accounts.
-  const opts: { headers?: Record<string, string> } & Record<string, unknown> = {};
+  const opts: RequestOptions = {};
   await kc.applyToHTTPSOptions(opts);
-  const { Agent, request } = await import('node:https');
   const url = new URL('/openid/v1/jwks', controlPlaneEnv().server);
   return new Promise((resolve, reject) => {
-    const req = request(url, { ...opts, agent: new Agent(opts) }, (res) => {
+    const req = request(url, opts, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));
       res.on('end', () => {
-        if (res.statusCode !== 200) reject(new Error(`jwks: HTTP ${res.statusCode}`));
+        if (res.statusCode !== 200) reject(new Error(`jwks: HTTP ${String(res.statusCode)}`));
         else resolve(JSON.parse(Buffer.concat(chunks).toString('utf8')));
       });
     });
