@@ -64,10 +64,12 @@ export const AuditRecord = Type.Object(
             minimum: 1,
           }),
           kind: StringEnum(COMMAND_KINDS, { description: 'Protocol family of the command.' }),
-          text: Type.String({
-            description: 'Statement or request line as sent (cut to 8192 bytes).',
-            maxLength: 16384,
-          }),
+          text: Type.Optional(
+            Type.String({
+              description: 'Statement or request line as sent (cut to 8192 bytes); on decision and approval records.',
+              maxLength: 16384,
+            }),
+          ),
           truncated: Type.Optional(Type.Boolean({ description: 'Whether text was cut.' })),
           parameters: Type.Optional(
             Type.Array(

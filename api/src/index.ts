@@ -9,3 +9,4 @@ export * from './approval-request.ts';
 export * from './audit-record.ts';
 export * from './crds.ts';
 export * from './policy.ts';
+export * from './audit-chain.ts';

@@ -1,0 +1,188 @@
+// The sidecar's configuration file (YAML), validated once at start. Every option, its default and its
+// meaning is documented in docs/sidecar-config.md; the operator renders this file into injected pods, and
+// running the sidecar by hand against any PostgreSQL is supported (docs/standalone.md).
+import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
+import { parse } from 'yaml';
+import { Type, type Static } from '@sinclair/typebox';
+import { Value } from '@sinclair/typebox/value';
+import { AUDIT_FAILURE_MODES, TLS_MODES } from '@chaperone/api';
+
+const literalUnion = <const T extends readonly string[]>(values: T, description: string) =>
+  Type.Union(
+    values.map((v: T[number]) => Type.Literal(v)),
+    { description },
+  );
+
+const HostPort = Type.String({
+  description: 'host:port to listen on, e.g. 127.0.0.1:5432.',
+  pattern: '^(\\[[0-9a-fA-F:]+\\]|[^:\\s]+):[0-9]{1,5}$',
+});
+
+export const PostgresListenerConfig = Type.Object(
+  {
+    name: Type.String({ description: 'ProtectedResource name; recorded in every audit record.', minLength: 1 }),
+    type: Type.Literal('postgres'),
+    listen: HostPort,
+    /** Client-facing TLS. Without it the listener must be on loopback, because clients send their token as a cleartext password. */
+    tls: Type.Optional(
+      Type.Object({
+        certFile: Type.String({ description: 'PEM certificate for client connections.' }),
+        keyFile: Type.String({ description: 'PEM private key for client connections.' }),
+      }),
+    ),
+    upstream: Type.Object({
+      host: Type.String({ minLength: 1 }),
+      port: Type.Integer({ minimum: 1, maximum: 65535, default: 5432 }),
+      database: Type.String({ minLength: 1 }),
+      tls: Type.Object(
+        {
+          mode: literalUnion(TLS_MODES, 'libpq sslmode semantics; default verify-full.'),
+          caFile: Type.Optional(Type.String()),
+          serverName: Type.Optional(Type.String()),
+        },
+        { default: { mode: 'verify-full' } },
+      ),
+      usernameFile: Type.String({ description: 'File holding the upstream user name (mounted Secret key).' }),
+      passwordFile: Type.String({
+        description: 'File holding the upstream password; re-read for every new upstream connection.',
+      }),
+    }),
+    resource: Type.Object(
+      {
+        namespace: Type.String({ default: 'default' }),
+        labels: Type.Record(Type.String(), Type.String(), { default: {} }),
+      },
+      { default: {} },
+    ),
+    auditFailureMode: literalUnion(AUDIT_FAILURE_MODES, 'FailClosed (default) or FailOpen.'),
+    /** Largest frontend message accepted, bytes. Default 64 MiB; PostgreSQL itself allows 1 GiB. */
+    maxMessageBytes: Type.Integer({ minimum: 1024, maximum: 1 << 30, default: 64 * 1024 * 1024 }),
+    /** How long a client has to finish startup and authentication, ms. Default 10 s. */
+    authTimeoutMs: Type.Integer({ minimum: 100, default: 10_000 }),
+  },
+  { additionalProperties: false },
+);
+export type PostgresListenerConfig = Static<typeof PostgresListenerConfig>;
+
+export const TrustedIssuerConfig = Type.Object(
+  {
+    issuer: Type.String({ minLength: 1, description: 'Expected iss claim.' }),
+    jwksUrl: Type.Optional(
+      Type.String({ description: 'JWKS URL (https), fetched and cached; refetched on unknown kid.' }),
+    ),
+    jwksFile: Type.Optional(Type.String({ description: 'JWKS file, re-read when it changes.' })),
+    jwksCaFile: Type.Optional(Type.String({ description: 'CA bundle for the JWKS URL.' })),
+    jwksBearerTokenFile: Type.Optional(
+      Type.String({ description: 'Token sent when fetching the JWKS (the API server may require authentication).' }),
+    ),
+    audiences: Type.Array(Type.String(), { minItems: 1, default: ['chaperone'] }),
+    algorithms: Type.Array(Type.String(), { minItems: 1, default: ['RS256', 'ES256', 'EdDSA'] }),
+  },
+  { additionalProperties: false },
+);
+export type TrustedIssuerConfig = Static<typeof TrustedIssuerConfig>;
+
+export const SidecarConfig = Type.Object(
+  {
+    pod: Type.Object(
+      {
+        namespace: Type.String({ default: '' }),
+        name: Type.String({ default: '' }),
+        uid: Type.String({ default: '' }),
+      },
+      { default: {} },
+    ),
+    listeners: Type.Array(PostgresListenerConfig, { minItems: 1 }),
+    policy: Type.Object({
+      /** Directory of compiled bundles (`<key>.wasm` + `<key>.manifest.json`), watched and hot-reloaded. */
+      bundleDir: Type.String(),
+      /** How often the directory is re-checked in addition to file-system events, ms. Default 1000. */
+      pollIntervalMs: Type.Integer({ minimum: 100, default: 1000 }),
+      /** Decision cache entries per listener. Default 10000; 0 disables caching. */
+      decisionCacheSize: Type.Integer({ minimum: 0, default: 10_000 }),
+    }),
+    identity: Type.Object({
+      issuers: Type.Array(TrustedIssuerConfig, { minItems: 1 }),
+      clockToleranceSeconds: Type.Integer({ minimum: 0, maximum: 300, default: 5 }),
+    }),
+    audit: Type.Object(
+      {
+        /** `-` for stdout, else a file path; records are JSON lines. */
+        path: Type.String({ default: '-' }),
+      },
+      { default: {} },
+    ),
+    metrics: Type.Object(
+      {
+        /** host:port of the Prometheus endpoint; empty disables it. Default 127.0.0.1:9090. */
+        listen: Type.String({ default: '127.0.0.1:9090' }),
+      },
+      { default: {} },
+    ),
+    log: Type.Object(
+      { level: literalUnion(['debug', 'info', 'warn', 'error'] as const, 'Default info.') },
+      { default: { level: 'info' } },
+    ),
+  },
+  { additionalProperties: false },
+);
+export type SidecarConfig = Static<typeof SidecarConfig>;
+
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+export function parseHostPort(value: string): { host: string; port: number } {
+  const i = value.lastIndexOf(':');
+  const host = value.slice(0, i).replace(/^\[|\]$/g, '');
+  return { host, port: Number(value.slice(i + 1)) };
+}
+
+export function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || (isIP(host) === 4 && host.startsWith('127.'));
+}
+
+/** Validates a parsed configuration document, applying defaults. Throws ConfigError listing every problem. */
+export function validateConfig(document: unknown): SidecarConfig {
+  const withDefaults = Value.Default(SidecarConfig, structuredClone(document ?? {}));
+  const errors = [...Value.Errors(SidecarConfig, withDefaults)].map((e) => `${e.path || '/'}: ${e.message}`);
+  if (errors.length > 0) throw new ConfigError(`invalid configuration:\n  ${errors.join('\n  ')}`);
+  const config = withDefaults as SidecarConfig;
+  const problems: string[] = [];
+  const names = new Set<string>();
+  for (const [i, l] of config.listeners.entries()) {
+    if (names.has(l.name)) problems.push(`/listeners/${i}/name: duplicate listener ${l.name}`);
+    names.add(l.name);
+    const { host, port } = parseHostPort(l.listen);
+    if (port < 1 || port > 65535) problems.push(`/listeners/${i}/listen: port out of range`);
+    if (l.tls === undefined && !isLoopback(host)) {
+      problems.push(
+        `/listeners/${i}/listen: ${host} is not loopback and no tls is set; clients send their token as a password, so off-loopback listeners need TLS`,
+      );
+    }
+    if (l.upstream.tls.mode === 'verify-ca' && l.upstream.tls.caFile === undefined) {
+      problems.push(`/listeners/${i}/upstream/tls: verify-ca needs caFile`);
+    }
+  }
+  for (const [i, issuer] of config.identity.issuers.entries()) {
+    if ((issuer.jwksUrl === undefined) === (issuer.jwksFile === undefined)) {
+      problems.push(`/identity/issuers/${i}: set exactly one of jwksUrl and jwksFile`);
+    }
+    if (issuer.algorithms.some((a) => a.toLowerCase() === 'none' || a.startsWith('HS'))) {
+      problems.push(`/identity/issuers/${i}/algorithms: only asymmetric algorithms are allowed`);
+    }
+  }
+  if (problems.length > 0) throw new ConfigError(`invalid configuration:\n  ${problems.join('\n  ')}`);
+  return config;
+}
+
+export function loadConfig(path: string): SidecarConfig {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    throw new ConfigError(`cannot read configuration ${path}: ${(err as Error).message}`, { cause: err });
+  }
+  return validateConfig(parse(text));
+}

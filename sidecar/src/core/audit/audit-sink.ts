@@ -1,0 +1,74 @@
+// Where audit records go. The sink is the one interface every engine writes through: JSON lines to a file
+// or stdout here; the durable spool and the Session writer sit behind the same interface.
+import { createWriteStream, type WriteStream } from 'node:fs';
+import type { AuditRecord } from '@chaperone/api';
+import canonicalize from 'canonicalize';
+
+/** Which session a record belongs to; not part of the hashed record, the Session object carries it. */
+export interface SessionRef {
+  readonly sessionId: string;
+  readonly resource: string;
+  readonly namespace: string;
+  readonly pod: string;
+}
+
+export interface AuditSink {
+  /** Accepts one record. Records of one session arrive in seq order. */
+  write(session: SessionRef, record: AuditRecord): void;
+  /** Resolves when everything written so far is handed to the destination. */
+  flush(): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** One JSON object per line: `{"session": {...}, "record": {...}}` with the record in canonical (JCS) form. */
+export function formatJsonLine(session: SessionRef, record: AuditRecord): string {
+  return `{"session":${canonicalize(session) ?? '{}'},"record":${canonicalize(record) ?? '{}'}}\n`;
+}
+
+export class JsonLinesSink implements AuditSink {
+  private readonly stream: WriteStream | NodeJS.WriteStream;
+  private readonly ownsStream: boolean;
+
+  /** `path` is a file (appended to) or `-` for stdout. */
+  constructor(path: string) {
+    if (path === '-') {
+      this.stream = process.stdout;
+      this.ownsStream = false;
+    } else {
+      this.stream = createWriteStream(path, { flags: 'a' });
+      this.ownsStream = true;
+    }
+  }
+
+  write(session: SessionRef, record: AuditRecord): void {
+    this.stream.write(formatJsonLine(session, record));
+  }
+
+  flush(): Promise<void> {
+    return new Promise((resolve) => {
+      if (this.stream.writableLength === 0) resolve();
+      else this.stream.once('drain', resolve);
+    });
+  }
+
+  async close(): Promise<void> {
+    await this.flush();
+    if (this.ownsStream) {
+      await new Promise<void>((resolve) => (this.stream as WriteStream).end(resolve));
+    }
+  }
+}
+
+/** Keeps records in memory; for tests and for the bench's audit-on runs that measure the proxy alone. */
+export class MemorySink implements AuditSink {
+  readonly records: { session: SessionRef; record: AuditRecord }[] = [];
+  write(session: SessionRef, record: AuditRecord): void {
+    this.records.push({ session, record });
+  }
+  flush(): Promise<void> {
+    return Promise.resolve();
+  }
+  close(): Promise<void> {
+    return Promise.resolve();
+  }
+}

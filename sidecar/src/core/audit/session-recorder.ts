@@ -1,0 +1,55 @@
+// Builds one session's audit records: assigns seq and microsecond UTC time, links each record to the
+// previous one by hash, and hands it to the sink. Engines describe what happened; this makes it a record.
+import {
+  AUDIT_RECORD_VERSION,
+  GENESIS_HASH,
+  formatAuditTime,
+  hashRecord,
+  nowMicros,
+  type AuditRecord,
+  type UnhashedRecord,
+} from '@chaperone/api';
+import type { AuditSink, SessionRef } from './audit-sink.ts';
+
+export type RecordContent = Omit<AuditRecord, 'v' | 'seq' | 'time' | 'prevHash' | 'hash'>;
+
+export class SessionRecorder {
+  readonly session: SessionRef;
+  private readonly sink: AuditSink;
+  private readonly clock: () => bigint;
+  private seq = 0;
+  private prevHash: string;
+  private commandId = 0;
+
+  constructor(sink: AuditSink, session: SessionRef, options: { prevHash?: string; clock?: () => bigint } = {}) {
+    this.sink = sink;
+    this.session = session;
+    this.prevHash = options.prevHash ?? GENESIS_HASH;
+    this.clock = options.clock ?? nowMicros;
+  }
+
+  /** Allocates the id shared by a command's decision and outcome records. */
+  nextCommandId(): number {
+    this.commandId += 1;
+    return this.commandId;
+  }
+
+  get lastHash(): string {
+    return this.prevHash;
+  }
+
+  record(content: RecordContent): AuditRecord {
+    this.seq += 1;
+    const unhashed: UnhashedRecord = {
+      v: AUDIT_RECORD_VERSION,
+      seq: this.seq,
+      time: formatAuditTime(this.clock()),
+      ...content,
+      prevHash: this.prevHash,
+    };
+    const record: AuditRecord = { ...unhashed, hash: hashRecord(unhashed) };
+    this.prevHash = record.hash;
+    this.sink.write(this.session, record);
+    return record;
+  }
+}

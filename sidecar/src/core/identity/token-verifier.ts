@@ -1,0 +1,277 @@
+// Verifies the identity token an agent presents (as its Postgres password, or a bearer token) and turns
+// it into an Identity: subject, issuer, groups, agent kind and the RFC 8693 delegation chain (`act`).
+// Trust comes only from the configured issuers' keys; the startup user name is never identity.
+import { createHash } from 'node:crypto';
+import { readFileSync, statSync } from 'node:fs';
+import { request } from 'node:https';
+import { createLocalJWKSet, decodeProtectedHeader, errors, jwtVerify, type JSONWebKeySet, type JWTPayload } from 'jose';
+import type { Actor, Identity } from '@chaperone/api';
+import type { TrustedIssuerConfig } from '../../config.ts';
+
+/** Claim naming the kind of agent (ci, ai-agent, script, human) in tokens Chaperone issues. */
+export const AGENT_KIND_CLAIM = 'chaperone.dev/agent-kind';
+const MAX_TOKEN_BYTES = 16 * 1024;
+const MAX_CHAIN = 16;
+
+export class AuthenticationFailed extends Error {
+  override name = 'AuthenticationFailed';
+  /** Machine-readable reason, also the metrics label: expired, not-yet-valid, audience, issuer, algorithm, signature, unknown-key, malformed, jwks-unavailable. */
+  readonly reason: string;
+  constructor(reason: string, message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.reason = reason;
+  }
+}
+
+/** sha256 of a token, the only form in which a token may appear in logs and records. */
+export function tokenHash(token: string): string {
+  return `sha256:${createHash('sha256').update(token).digest('hex')}`;
+}
+
+interface KeySource {
+  keys(): Promise<ReturnType<typeof createLocalJWKSet>>;
+  /** Called when no key matched: a remote source refetches (rate-limited) so rotated keys are picked up. */
+  refresh(): Promise<boolean>;
+}
+
+class FileKeySource implements KeySource {
+  private mtimeMs = -1;
+  private set: ReturnType<typeof createLocalJWKSet> | undefined;
+  private readonly path: string;
+  constructor(path: string) {
+    this.path = path;
+  }
+  keys(): Promise<ReturnType<typeof createLocalJWKSet>> {
+    const mtime = statSync(this.path).mtimeMs;
+    if (this.set === undefined || mtime !== this.mtimeMs) {
+      this.set = createLocalJWKSet(JSON.parse(readFileSync(this.path, 'utf8')) as JSONWebKeySet);
+      this.mtimeMs = mtime;
+    }
+    return Promise.resolve(this.set);
+  }
+  refresh(): Promise<boolean> {
+    this.mtimeMs = -1;
+    return Promise.resolve(true);
+  }
+}
+
+class RemoteKeySource implements KeySource {
+  private set: ReturnType<typeof createLocalJWKSet> | undefined;
+  private fetchedAt = 0;
+  private inflight: Promise<void> | undefined;
+  private readonly url: string;
+  private readonly caFile: string | undefined;
+  private readonly bearerTokenFile: string | undefined;
+  private readonly now: () => number;
+  constructor(url: string, caFile: string | undefined, bearerTokenFile: string | undefined, now: () => number) {
+    this.url = url;
+    this.caFile = caFile;
+    this.bearerTokenFile = bearerTokenFile;
+    this.now = now;
+  }
+
+  async keys(): Promise<ReturnType<typeof createLocalJWKSet>> {
+    // Keys are cached for 5 minutes; rotation in between is handled by refresh() on an unknown kid.
+    if (this.set === undefined || this.now() - this.fetchedAt > 300_000) await this.fetch();
+    if (this.set === undefined) throw new AuthenticationFailed('jwks-unavailable', 'token issuer keys are unavailable');
+    return this.set;
+  }
+
+  async refresh(): Promise<boolean> {
+    if (this.now() - this.fetchedAt < 10_000) return false; // at most one refetch per 10 s, so bad kids can't hammer the issuer
+    await this.fetch();
+    return true;
+  }
+
+  private fetch(): Promise<void> {
+    this.inflight ??= this.download()
+      .then((jwks) => {
+        this.set = createLocalJWKSet(jwks);
+        this.fetchedAt = this.now();
+      })
+      .finally(() => {
+        this.inflight = undefined;
+      });
+    return this.inflight;
+  }
+
+  private download(): Promise<JSONWebKeySet> {
+    const headers: Record<string, string> = { accept: 'application/json' };
+    if (this.bearerTokenFile !== undefined) {
+      headers.authorization = `Bearer ${readFileSync(this.bearerTokenFile, 'utf8').trim()}`;
+    }
+    const ca = this.caFile === undefined ? undefined : readFileSync(this.caFile);
+    return new Promise((resolve, reject) => {
+      const req = request(this.url, { headers, ...(ca === undefined ? {} : { ca }), timeout: 5000 }, (res) => {
+        const chunks: Buffer[] = [];
+        let size = 0;
+        res.on('data', (c: Buffer) => {
+          size += c.length;
+          if (size > 1024 * 1024) req.destroy(new Error('JWKS larger than 1 MiB'));
+          else chunks.push(c);
+        });
+        res.on('end', () => {
+          if (res.statusCode !== 200) {
+            reject(new AuthenticationFailed('jwks-unavailable', `JWKS fetch returned HTTP ${String(res.statusCode)}`));
+            return;
+          }
+          try {
+            resolve(JSON.parse(Buffer.concat(chunks).toString('utf8')) as JSONWebKeySet);
+          } catch (err) {
+            reject(new AuthenticationFailed('jwks-unavailable', 'JWKS is not JSON', { cause: err }));
+          }
+        });
+      });
+      req.on('timeout', () => req.destroy(new Error('JWKS fetch timed out')));
+      req.on('error', (err) => {
+        reject(new AuthenticationFailed('jwks-unavailable', `JWKS fetch failed: ${err.message}`, { cause: err }));
+      });
+      req.end();
+    });
+  }
+}
+
+interface TrustedIssuer {
+  config: TrustedIssuerConfig;
+  source: KeySource;
+}
+
+export interface TokenVerifierOptions {
+  issuers: readonly TrustedIssuerConfig[];
+  clockToleranceSeconds: number;
+  /** Injected clock, ms since epoch. */
+  now?: () => number;
+}
+
+export class TokenVerifier {
+  private readonly issuers = new Map<string, TrustedIssuer>();
+  private readonly now: () => number;
+  private readonly clockTolerance: number;
+
+  constructor(options: TokenVerifierOptions) {
+    this.now = options.now ?? Date.now;
+    this.clockTolerance = options.clockToleranceSeconds;
+    for (const config of options.issuers) {
+      const source =
+        config.jwksFile !== undefined
+          ? new FileKeySource(config.jwksFile)
+          : new RemoteKeySource(config.jwksUrl ?? '', config.jwksCaFile, config.jwksBearerTokenFile, this.now);
+      this.issuers.set(config.issuer, { config, source });
+    }
+  }
+
+  /** Verifies `token`; resolves to the caller's Identity or rejects with AuthenticationFailed. */
+  async verify(token: string): Promise<Identity> {
+    if (token.length === 0 || token.length > MAX_TOKEN_BYTES) {
+      throw new AuthenticationFailed('malformed', 'identity token missing or too long');
+    }
+    let header: ReturnType<typeof decodeProtectedHeader>;
+    let unverified: JWTPayload;
+    try {
+      header = decodeProtectedHeader(token);
+      const part = token.split('.')[1] ?? '';
+      unverified = JSON.parse(Buffer.from(part, 'base64url').toString('utf8')) as JWTPayload;
+    } catch (err) {
+      throw new AuthenticationFailed('malformed', 'identity token is not a JWT', { cause: err });
+    }
+    // The issuer picks the key set; the signature check below is what makes the claim trustworthy.
+    const trusted = typeof unverified.iss === 'string' ? this.issuers.get(unverified.iss) : undefined;
+    if (trusted === undefined) throw new AuthenticationFailed('issuer', 'identity token issuer is not trusted');
+    if (header.alg === undefined || !trusted.config.algorithms.includes(header.alg)) {
+      throw new AuthenticationFailed('algorithm', `identity token algorithm ${String(header.alg)} is not allowed`);
+    }
+    const options = {
+      issuer: trusted.config.issuer,
+      audience: trusted.config.audiences,
+      algorithms: trusted.config.algorithms,
+      clockTolerance: this.clockTolerance,
+      currentDate: new Date(this.now()),
+      requiredClaims: ['exp', 'sub'],
+    };
+    let payload: JWTPayload;
+    try {
+      ({ payload } = await jwtVerify(token, await trusted.source.keys(), options));
+    } catch (err) {
+      if (err instanceof errors.JWKSNoMatchingKey && (await trusted.source.refresh())) {
+        try {
+          ({ payload } = await jwtVerify(token, await trusted.source.keys(), options));
+        } catch (retryErr) {
+          throw mapJoseError(retryErr);
+        }
+      } else {
+        throw mapJoseError(err);
+      }
+    }
+    return identityFromClaims(payload, token);
+  }
+}
+
+function mapJoseError(err: unknown): AuthenticationFailed {
+  if (err instanceof AuthenticationFailed) return err;
+  if (err instanceof errors.JWTExpired)
+    return new AuthenticationFailed('expired', 'identity token has expired', { cause: err });
+  if (err instanceof errors.JWTClaimValidationFailed) {
+    const reason =
+      err.claim === 'nbf'
+        ? 'not-yet-valid'
+        : err.claim === 'aud'
+          ? 'audience'
+          : err.claim === 'iss'
+            ? 'issuer'
+            : 'claims';
+    const what = reason === 'not-yet-valid' ? 'is not valid yet' : `has an unacceptable ${err.claim} claim`;
+    return new AuthenticationFailed(reason, `identity token ${what}`, { cause: err });
+  }
+  if (err instanceof errors.JWKSNoMatchingKey) {
+    return new AuthenticationFailed('unknown-key', 'identity token key id is not among the issuer keys', {
+      cause: err,
+    });
+  }
+  if (err instanceof errors.JWSSignatureVerificationFailed) {
+    return new AuthenticationFailed('signature', 'identity token signature is invalid', { cause: err });
+  }
+  if (err instanceof errors.JOSEAlgNotAllowed || err instanceof errors.JOSENotSupported) {
+    return new AuthenticationFailed('algorithm', 'identity token algorithm is not allowed', { cause: err });
+  }
+  return new AuthenticationFailed('malformed', 'identity token could not be verified', { cause: err });
+}
+
+function stringClaim(value: unknown): string | undefined {
+  return typeof value === 'string' && value.length <= 512 ? value : undefined;
+}
+
+/** Builds the Identity from verified claims; `act` claims nest outward (RFC 8693 §4.1). */
+export function identityFromClaims(payload: JWTPayload, token: string): Identity {
+  const subject = stringClaim(payload.sub) ?? '';
+  const issuer = stringClaim(payload.iss) ?? '';
+  const groups = Array.isArray(payload.groups)
+    ? payload.groups.filter((g): g is string => typeof g === 'string').slice(0, 64)
+    : [];
+  // Kubernetes adds these groups at authentication time rather than in the token.
+  const sa = /^system:serviceaccount:([^:]+):[^:]+$/.exec(subject);
+  if (sa !== null) groups.push('system:serviceaccounts', `system:serviceaccounts:${sa[1] ?? ''}`);
+  const chain: Actor[] = [];
+  let act: unknown = payload.act;
+  while (typeof act === 'object' && act !== null && chain.length < MAX_CHAIN) {
+    const a = act as Record<string, unknown>;
+    const actorSubject = stringClaim(a.sub);
+    if (actorSubject === undefined) break;
+    const actor: Actor = { subject: actorSubject };
+    const actorIssuer = stringClaim(a.iss);
+    if (actorIssuer !== undefined) actor.issuer = actorIssuer;
+    const actorKind = stringClaim(a[AGENT_KIND_CLAIM]);
+    if (actorKind !== undefined) actor.kind = actorKind;
+    chain.push(actor);
+    act = a.act;
+  }
+  const claims: Record<string, string> = {};
+  const k8s = payload['kubernetes.io'] as { pod?: { name?: unknown; uid?: unknown }; namespace?: unknown } | undefined;
+  if (typeof k8s?.pod?.name === 'string') claims['pod.name'] = k8s.pod.name;
+  if (typeof k8s?.pod?.uid === 'string') claims['pod.uid'] = k8s.pod.uid;
+  if (typeof k8s?.namespace === 'string') claims.namespace = k8s.namespace;
+  const identity: Identity = { subject, issuer, groups, chain, tokenHash: tokenHash(token) };
+  const kind = stringClaim(payload[AGENT_KIND_CLAIM]);
+  if (kind !== undefined) identity.kind = kind;
+  if (Object.keys(claims).length > 0) identity.claims = claims;
+  return identity;
+}
