@@ -10,3 +10,4 @@ export * from './audit-record.ts';
 export * from './crds.ts';
 export * from './policy.ts';
 export * from './audit-chain.ts';
+export * from './policy-bundle.ts';
