@@ -155,7 +155,7 @@ export function validateConfig(document: unknown): SidecarConfig {
     if (names.has(l.name)) problems.push(`/listeners/${i}/name: duplicate listener ${l.name}`);
     names.add(l.name);
     const { host, port } = parseHostPort(l.listen);
-    if (port < 1 || port > 65535) problems.push(`/listeners/${i}/listen: port out of range`);
+    if (port > 65535) problems.push(`/listeners/${i}/listen: port out of range`);
     if (l.tls === undefined && !isLoopback(host)) {
       problems.push(
         `/listeners/${i}/listen: ${host} is not loopback and no tls is set; clients send their token as a password, so off-loopback listeners need TLS`,

@@ -28,10 +28,18 @@ export function createLogger(options: LoggerOptions): Logger {
     write(`${JSON.stringify({ time: now().toISOString(), level, msg, ...base, ...fields }, errorReplacer)}\n`);
   };
   return {
-    debug: (m, f) => { emit('debug', m, f); },
-    info: (m, f) => { emit('info', m, f); },
-    warn: (m, f) => { emit('warn', m, f); },
-    error: (m, f) => { emit('error', m, f); },
+    debug: (m, f) => {
+      emit('debug', m, f);
+    },
+    info: (m, f) => {
+      emit('info', m, f);
+    },
+    warn: (m, f) => {
+      emit('warn', m, f);
+    },
+    error: (m, f) => {
+      emit('error', m, f);
+    },
     child: (fields) => createLogger({ ...options, base: { ...base, ...fields } }),
   };
 }

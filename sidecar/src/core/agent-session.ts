@@ -1,0 +1,201 @@
+// One authenticated agent session on one protected resource, protocol-neutral: engines turn traffic into
+// commands, this decides them with the policy engine and writes the audit records. It never imports an
+// engine. Every decision and every outcome becomes exactly one record.
+import { randomUUID } from 'node:crypto';
+import {
+  MAX_COMMAND_TEXT,
+  type AuditRecord,
+  type CombinedDecision,
+  type Identity,
+  type PolicyCommand,
+  type PolicyIdentity,
+  type ResourceType,
+} from '@chaperone/api';
+import type { PolicyEngine } from './policy/policy-engine.ts';
+import type { AuditSink } from './audit/audit-sink.ts';
+import { SessionRecorder } from './audit/session-recorder.ts';
+import type { SidecarMetrics } from './observability/metrics.ts';
+
+export interface ResourceContext {
+  readonly name: string;
+  readonly namespace: string;
+  readonly type: ResourceType;
+  readonly labels: Readonly<Record<string, string>>;
+}
+
+export interface SessionSource {
+  readonly address: string;
+  readonly applicationName: string;
+  readonly user: string;
+  readonly database: string;
+}
+
+export interface CommandDescription {
+  readonly command: PolicyCommand;
+  /** Stable key of what the decision depends on (the analysed facts), for the decision cache. */
+  readonly fingerprint: string;
+  /** Text recorded (cut to MAX_COMMAND_TEXT bytes). */
+  readonly text: string;
+  readonly parameters?: readonly string[];
+  readonly statementKinds?: readonly string[];
+  readonly relations?: readonly string[];
+}
+
+export interface DecidedCommand {
+  readonly id: number;
+  readonly decision: CombinedDecision;
+  readonly startedAt: bigint;
+}
+
+export interface CommandOutcome {
+  readonly status: 'success' | 'error' | 'denied' | 'cancelled';
+  readonly code?: string;
+  readonly message?: string;
+  readonly rows?: number;
+}
+
+export interface AgentSessionOptions {
+  readonly policy: PolicyEngine;
+  readonly sink: AuditSink;
+  readonly metrics: SidecarMetrics;
+  readonly listener: string;
+  readonly resource: ResourceContext;
+  readonly pod: { readonly name: string; readonly namespace: string };
+  readonly identity: Identity;
+  readonly source: SessionSource;
+}
+
+/** The policy view of an identity: the verified identity plus its delegation depth. */
+export function policyIdentity(identity: Identity): PolicyIdentity {
+  const chain = identity.chain ?? [];
+  return {
+    subject: identity.subject,
+    issuer: identity.issuer,
+    groups: identity.groups ?? [],
+    ...(identity.kind === undefined ? {} : { kind: identity.kind }),
+    chain,
+    depth: chain.length,
+  };
+}
+
+/** Cuts text to at most `max` UTF-8 bytes without splitting a character. */
+export function truncateUtf8(text: string, max = MAX_COMMAND_TEXT): { text: string; truncated: boolean } {
+  if (text.length <= max / 4 || Buffer.byteLength(text) <= max) return { text, truncated: false };
+  const buf = Buffer.from(text).subarray(0, max);
+  // Drop a trailing partial character (continuation bytes 10xxxxxx and its lead byte).
+  let end = buf.length;
+  while (end > 0 && ((buf[end - 1] ?? 0) & 0xc0) === 0x80) end--;
+  if (end > 0 && ((buf[end - 1] ?? 0) & 0x80) !== 0) end--;
+  return { text: buf.subarray(0, end).toString('utf8'), truncated: true };
+}
+
+export class AgentSession {
+  readonly id = randomUUID();
+  readonly identity: Identity;
+  readonly recorder: SessionRecorder;
+  readonly counters = { commands: 0, allowed: 0, denied: 0, held: 0, errors: 0 };
+  private readonly options: AgentSessionOptions;
+  private readonly policyId: PolicyIdentity;
+  private readonly resourceView: {
+    name: string;
+    namespace: string;
+    type: ResourceType;
+    labels: Readonly<Record<string, string>>;
+  };
+  private ended = false;
+
+  constructor(options: AgentSessionOptions) {
+    this.options = options;
+    this.identity = options.identity;
+    this.policyId = policyIdentity(options.identity);
+    this.resourceView = { ...options.resource };
+    this.recorder = new SessionRecorder(options.sink, {
+      sessionId: this.id,
+      resource: options.resource.name,
+      namespace: options.pod.namespace,
+      pod: options.pod.name,
+    });
+    this.write({ type: 'session.start', identity: options.identity, source: { ...options.source } });
+  }
+
+  /** Decides a command against every loaded policy and records the decision. */
+  decide(description: CommandDescription, facts: { inTransaction: boolean }): DecidedCommand {
+    const startedAt = process.hrtime.bigint();
+    const decision = this.options.policy.decide(
+      {
+        identity: this.policyId,
+        resource: this.resourceView,
+        command: description.command,
+        session: {
+          id: this.id,
+          applicationName: this.options.source.applicationName,
+          clientAddress: this.options.source.address,
+          inTransaction: facts.inTransaction,
+        },
+      },
+      description.fingerprint,
+    );
+    const listener = this.options.listener;
+    this.options.metrics.decisionSeconds.observe(
+      { listener, cached: 'unknown' },
+      Number(process.hrtime.bigint() - startedAt) / 1e9,
+    );
+    this.options.metrics.statements.inc({ listener, decision: decision.decision });
+    this.counters.commands += 1;
+    if (decision.decision === 'allow') this.counters.allowed += 1;
+    else if (decision.decision === 'deny') this.counters.denied += 1;
+    else this.counters.held += 1;
+
+    const id = this.recorder.nextCommandId();
+    const { text, truncated } = truncateUtf8(description.text);
+    this.write({
+      type: 'command.decision',
+      command: {
+        id,
+        kind: description.command.type,
+        text,
+        ...(truncated ? { truncated } : {}),
+        ...(description.parameters === undefined ? {} : { parameters: [...description.parameters] }),
+        ...(description.statementKinds === undefined ? {} : { statementKinds: [...description.statementKinds] }),
+        ...(description.relations === undefined ? {} : { relations: [...description.relations].slice(0, 64) }),
+      },
+      decision: {
+        result: decision.decision,
+        ...(decision.policy === '' ? {} : { policy: decision.policy }),
+        rule: decision.rule,
+        ...(decision.bundleDigest === '' ? {} : { bundleDigest: decision.bundleDigest }),
+        ...(decision.reasons.length === 0
+          ? {}
+          : { reasons: decision.reasons.slice(0, 16).map((r) => r.slice(0, 1024)) }),
+      },
+    });
+    return { id, decision, startedAt };
+  }
+
+  /** Records how a decided command ended. */
+  complete(command: DecidedCommand, kind: PolicyCommand['type'], outcome: CommandOutcome): void {
+    if (outcome.status === 'error') this.counters.errors += 1;
+    this.write({
+      type: 'command.outcome',
+      command: { id: command.id, kind },
+      outcome: {
+        status: outcome.status,
+        ...(outcome.code === undefined ? {} : { code: outcome.code }),
+        ...(outcome.message === undefined ? {} : { message: outcome.message.slice(0, 1024) }),
+        ...(outcome.rows === undefined ? {} : { rows: outcome.rows }),
+        durationMicros: Number((process.hrtime.bigint() - command.startedAt) / 1000n),
+      },
+    });
+  }
+
+  end(reason: string): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.write({ type: 'session.end', outcome: { status: 'success', message: reason } });
+  }
+
+  private write(content: Parameters<SessionRecorder['record']>[0]): AuditRecord {
+    this.options.metrics.auditRecords.inc({ listener: this.options.listener });
+    return this.recorder.record(content);
+  }
+}

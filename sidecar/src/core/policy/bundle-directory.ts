@@ -1,0 +1,94 @@
+// Loads policy bundles from a directory (a mounted ConfigMap per AccessPolicy, one subdirectory each with
+// policy.wasm and manifest.json) and hands changes to the PolicyEngine. The directory is polled: ConfigMap
+// volumes update by swapping a symlink, which file-system events report unreliably, and a poll of a few
+// small files per second is cheap. A bundle is reloaded only when its manifest digest changes.
+import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { BUNDLE_MANIFEST_FILE, BUNDLE_WASM_FILE, type BundleManifestFile } from '@chaperone/api';
+import type { PolicyBundle, PolicyEngine } from './policy-engine.ts';
+import type { Logger } from '../observability/logger.ts';
+
+/** Reads every bundle under `dir`; a subdirectory that cannot be read is reported, not skipped silently. */
+export function readBundleDirectory(dir: string): { bundles: PolicyBundle[]; errors: string[] } {
+  const bundles: PolicyBundle[] = [];
+  const errors: string[] = [];
+  let entries: string[];
+  try {
+    entries = readdirSync(dir)
+      .filter((e) => !e.startsWith('.'))
+      .sort();
+  } catch (err) {
+    return { bundles, errors: [`cannot read ${dir}: ${(err as Error).message}`] };
+  }
+  for (const entry of entries) {
+    const path = join(dir, entry);
+    try {
+      if (!statSync(path).isDirectory()) continue;
+      const file = JSON.parse(readFileSync(join(path, BUNDLE_MANIFEST_FILE), 'utf8')) as BundleManifestFile;
+      bundles.push({ wasm: readFileSync(join(path, BUNDLE_WASM_FILE)), manifest: file.manifest, digest: file.digest });
+    } catch (err) {
+      errors.push(`${entry}: ${(err as Error).message}`);
+    }
+  }
+  return { bundles, errors };
+}
+
+export interface BundleWatcherOptions {
+  readonly dir: string;
+  readonly engine: PolicyEngine;
+  readonly logger: Logger;
+  readonly pollIntervalMs: number;
+  readonly onReload?: (result: 'success' | 'error', digests: readonly string[]) => void;
+}
+
+export class BundleWatcher {
+  private readonly options: BundleWatcherOptions;
+  private timer: NodeJS.Timeout | undefined;
+  private lastKey = '';
+  private running: Promise<void> | undefined;
+
+  constructor(options: BundleWatcherOptions) {
+    this.options = options;
+  }
+
+  /** Loads the bundles once (awaited, so the sidecar never serves without its policies) and starts polling. */
+  async start(): Promise<void> {
+    await this.check();
+    this.timer = setInterval(() => {
+      void this.check();
+    }, this.options.pollIntervalMs);
+    this.timer.unref();
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
+  }
+
+  /** Reloads when the set of bundle digests changed. */
+  check(): Promise<void> {
+    this.running ??= this.reload().finally(() => {
+      this.running = undefined;
+    });
+    return this.running;
+  }
+
+  private async reload(): Promise<void> {
+    const { bundles, errors } = readBundleDirectory(this.options.dir);
+    const key = bundles.map((b) => `${b.manifest.policy}@${b.digest}`).join(',') + `|${errors.join(',')}`;
+    if (key === this.lastKey) return;
+    for (const e of errors) this.options.logger.error('policy bundle unreadable', { error: e });
+    await this.options.engine.replaceBundles(bundles);
+    this.lastKey = key;
+    const statuses = this.options.engine.bundles();
+    const failed = statuses.filter((s) => s.error !== undefined);
+    for (const f of failed)
+      this.options.logger.error('policy bundle failed to load', { policy: f.policy, error: f.error });
+    this.options.logger.info('policy bundles loaded', {
+      bundles: statuses.map((s) => ({ policy: s.policy, digest: s.digest })),
+    });
+    this.options.onReload?.(
+      failed.length === 0 && errors.length === 0 ? 'success' : 'error',
+      statuses.map((s) => s.digest),
+    );
+  }
+}

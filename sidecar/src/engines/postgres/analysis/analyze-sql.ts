@@ -1,0 +1,736 @@
+// SQL statement analysis with libpg-query, the real PostgreSQL parser compiled to WebAssembly. Turns a
+// simple-query string (or one extended-protocol Parse) into the SqlStatementFacts the policy decides on,
+// one per statement. Pure and synchronous after loadSqlParser(); createSqlAnalyzer adds a cache.
+//
+// Classification (README.md in this folder is the full reference; keep both in step):
+//
+// | statement                                              | kind                 | sideEffects            |
+// | ------------------------------------------------------ | -------------------- | ---------------------- |
+// | SELECT, VALUES, TABLE, FETCH, MOVE, CLOSE              | select               | if a function has them |
+// | SELECT with a writing CTE anywhere                     | strongest write (1)  | true                   |
+// | SELECT ... FOR UPDATE/SHARE (anywhere in the tree)     | lock                 | true                   |
+// | SELECT ... INTO, CREATE TABLE AS, CREATE MATVIEW       | ddl                  | true                   |
+// | INSERT / UPDATE / DELETE / MERGE (plus writing CTEs)   | strongest write (1)  | true                   |
+// | COPY ... FROM                                          | copy-from            | true                   |
+// | COPY ... TO STDOUT                                     | copy-to (2)          | if its query has them  |
+// | COPY ... TO file / PROGRAM, COPY FROM PROGRAM          | copy-to / copy-from  | true                   |
+// | EXPLAIN (no ANALYZE)                                   | explain              | if a user fn is called |
+// | EXPLAIN ANALYZE <stmt>                                 | inner kind (3)       | as the inner statement |
+// | PREPARE x AS <stmt>                                    | inner kind           | as the inner statement |
+// | DECLARE c CURSOR FOR <stmt>                            | inner kind           | as the inner statement |
+// | EXECUTE x                                              | execute              | true (4)               |
+// | DEALLOCATE x / ALL                                     | prepare              | false                  |
+// | BEGIN, START, COMMIT, ROLLBACK, SAVEPOINT, RELEASE     | transaction          | false (5)              |
+// | PREPARE TRANSACTION, COMMIT/ROLLBACK PREPARED          | transaction          | true                   |
+// | SET TRANSACTION, SET SESSION CHARACTERISTICS           | transaction          | false (5)              |
+// | SET/RESET ROLE, SESSION AUTHORIZATION; RESET ALL       | dcl                  | true                   |
+// | DISCARD ALL (resets role and session authorization)    | dcl                  | true                   |
+// | other SET / RESET, SET CONSTRAINTS                     | set                  | false (6)              |
+// | GRANT, REVOKE, roles, ALTER DEFAULT PRIVILEGES,        | dcl                  | true                   |
+// |   owners, REASSIGN/DROP OWNED, row-level security      |                      |                        |
+// | CREATE / ALTER / DROP / COMMENT / SECURITY LABEL,      | ddl                  | true                   |
+// |   TRUNCATE (7), ALTER SYSTEM, CREATE/DROP DATABASE     |                      |                        |
+// | VACUUM, ANALYZE, CLUSTER, REINDEX, CHECKPOINT, REFRESH | maintenance          | true                   |
+// | LISTEN, UNLISTEN / NOTIFY                              | listen / notify      | true                   |
+// | LOCK                                                   | lock                 | true                   |
+// | SHOW                                                   | show                 | false                  |
+// | DO / CALL                                              | do / call            | true                   |
+// | DISCARD PLANS/SEQUENCES/TEMP, LOAD                     | utility              | true                   |
+// | anything else                                          | other                | true                   |
+//
+// (1) strongest by ddl/dcl > delete > update > merge > insert. (2) a bulk read. (3) EXPLAIN ANALYZE of a
+// plain SELECT stays `explain`. (4) the engine decides EXECUTE on the facts remembered from the PREPARE
+// (`executes` names it). (5) except READ WRITE, which turns off a server-side read-only guard.
+// (6) except settings that change how the server lexes text or weaken a guard (PARSER_SENSITIVE_SETTINGS,
+// GUARD_SETTINGS). (7) TRUNCATE is ddl, the stricter choice: it skips row triggers, takes an ACCESS
+// EXCLUSIVE lock and a policy allowing `delete` on a table should not allow emptying it.
+import { createHash } from 'node:crypto';
+import { fingerprintSync, loadModule, parseSync } from 'libpg-query';
+import type { SqlStatementFacts, StatementKind } from '@chaperone/api';
+import { PG_CATALOG_FUNCTIONS, PG_CATALOG_RELATIONS } from './pg-catalog.ts';
+import { RELATION_ARGUMENT_FUNCTIONS, functionHasSideEffects } from './side-effects.ts';
+
+/** What a transaction-control statement does, so the engine can track the transaction state. */
+export type TransactionAction =
+  | 'begin'
+  | 'commit'
+  | 'rollback'
+  | 'savepoint'
+  | 'release'
+  | 'rollback-to'
+  | 'prepare-transaction'
+  | 'commit-prepared'
+  | 'rollback-prepared';
+
+/** A SET / RESET, so the engine can track search_path and refuse parser-sensitive settings. */
+export interface SettingChange {
+  /** Lower-case setting name (`role`, `search_path`, ...); `transaction` / `session characteristics` for those forms; `all` for RESET ALL. */
+  readonly name: string;
+  /** `set` a value, `default` (SET x TO DEFAULT), `reset`, `reset-all`, `current` (SET x FROM CURRENT). */
+  readonly action: 'set' | 'default' | 'reset' | 'reset-all' | 'current';
+  /** The values as text, in order (search_path lists every schema). */
+  readonly values: readonly string[];
+  /** SET LOCAL: ends with the transaction. */
+  readonly local: boolean;
+}
+
+export interface AnalyzedStatement extends SqlStatementFacts {
+  /** This statement's source text (from the parser's statement location and length), trimmed. */
+  readonly text: string;
+  /** libpg-query fingerprint: equal for statements that differ only in constants and whitespace. */
+  readonly fingerprint: string;
+  /** PREPARE name AS ...: the facts are the inner statement's. */
+  readonly prepares?: string;
+  /** EXECUTE name. */
+  readonly executes?: string;
+  /** DEALLOCATE name; `*` for DEALLOCATE ALL. */
+  readonly deallocates?: string;
+  readonly transaction?: TransactionAction;
+  /** Savepoint name (savepoint, release, rollback-to) or global transaction id (two-phase forms). */
+  readonly transactionName?: string;
+  /** COMMIT / ROLLBACK AND CHAIN: a new transaction starts at once. */
+  readonly chain?: boolean;
+  readonly listens?: string;
+  /** UNLISTEN channel; `*` for UNLISTEN *. */
+  readonly unlistens?: string;
+  /** NOTIFY channel, or pg_notify's channel when it is a literal. */
+  readonly notifies?: string;
+  readonly setting?: SettingChange;
+}
+
+export interface SqlSyntaxError {
+  readonly message: string;
+  /** 1-based character position in the whole text, as in an ErrorResponse `P` field. */
+  readonly position?: number;
+}
+
+export type SqlAnalysis =
+  | { readonly ok: true; readonly statements: readonly AnalyzedStatement[] }
+  | { readonly ok: false; readonly error: SqlSyntaxError };
+
+export interface AnalyzeOptions {
+  /**
+   * The session's effective search_path (what current_schemas(false) returns). Unqualified relations and
+   * non-built-in functions resolve to its first schema; `$user` entries are skipped. Default ['public'].
+   */
+  readonly searchPath?: readonly string[];
+  /** schema.name of non-pg_catalog functions known to have no side effects. Default none. */
+  readonly safeFunctions?: ReadonlySet<string>;
+}
+
+/** Settings whose value changes how the server lexes later text, so the proxy's parse would diverge. */
+export const PARSER_SENSITIVE_SETTINGS: ReadonlySet<string> = new Set([
+  'standard_conforming_strings',
+  'client_encoding',
+  'backslash_quote',
+]);
+
+/** Settings that switch off a server-side guard (read-only transactions, triggers and foreign keys). */
+export const GUARD_SETTINGS: ReadonlySet<string> = new Set([
+  'default_transaction_read_only',
+  'transaction_read_only',
+  'session_replication_role',
+]);
+
+const DCL_SETTINGS: ReadonlySet<string> = new Set(['role', 'session_authorization']);
+
+/** Loads the WebAssembly parser; call once at start-up before analyzeSql. */
+export async function loadSqlParser(): Promise<void> {
+  await loadModule();
+}
+
+type Json = Readonly<Record<string, unknown>>;
+
+const isRecord = (v: unknown): v is Json => typeof v === 'object' && v !== null && !Array.isArray(v);
+const record = (v: unknown): Json => (isRecord(v) ? v : {});
+const list = (v: unknown): readonly unknown[] => (Array.isArray(v) ? v : []);
+const text = (v: unknown): string | undefined => (typeof v === 'string' ? v : undefined);
+
+/** The single `{ NodeType: body }` entry of a wrapped parse-tree node. */
+function unwrap(node: unknown): { readonly type: string; readonly body: Json } | undefined {
+  if (!isRecord(node)) return undefined;
+  for (const type in node) return { type, body: record(node[type]) };
+  return undefined;
+}
+
+/** The text of a String node (`{ String: { sval } }`), as used in qualified names. */
+function stringNode(node: unknown): string | undefined {
+  const n = unwrap(node);
+  return n?.type === 'String' ? (text(n.body.sval) ?? '') : undefined;
+}
+
+/** The value of an A_Const as text (integers, floats, booleans, strings); undefined for NULL or others. */
+function constText(node: unknown): string | undefined {
+  const n = unwrap(node);
+  if (n === undefined) return undefined;
+  if (n.type === 'String') return text(n.body.sval) ?? '';
+  if (n.type === 'Integer') return String(typeof n.body.ival === 'number' ? n.body.ival : 0);
+  if (n.type !== 'A_Const') return undefined;
+  const c = n.body;
+  if (isRecord(c.sval)) return text(c.sval.sval) ?? '';
+  // Protocol-buffer JSON omits zero and false, so `ival: {}` is 0.
+  if (isRecord(c.ival)) return String(typeof c.ival.ival === 'number' ? c.ival.ival : 0);
+  if (isRecord(c.fval)) return text(c.fval.fval) ?? '0';
+  if (isRecord(c.boolval)) return c.boolval.boolval === true ? 'true' : 'false';
+  return undefined;
+}
+
+const FALSE_WORDS: ReadonlySet<string> = new Set(['false', 'off', '0', 'no']);
+const TRUE_WORDS: ReadonlySet<string> = new Set(['true', 'on', '1', 'yes']);
+
+/** Boolean DefElem option (EXPLAIN ANALYZE, read-only flags); a bare option means true. */
+function optionIsTrue(defElem: Json): boolean {
+  if (defElem.arg === undefined) return true;
+  const value = constText(defElem.arg);
+  return value === undefined || !FALSE_WORDS.has(value.toLowerCase());
+}
+
+function findOption(options: unknown, name: string): Json | undefined {
+  for (const o of list(options)) {
+    const n = unwrap(o);
+    if (n?.type === 'DefElem' && n.body.defname === name) return n.body;
+  }
+  return undefined;
+}
+
+/** Splits a regclass literal such as `Public."My Table"` into identifiers the way the server does. */
+export function parseQualifiedName(value: string): readonly string[] | undefined {
+  const parts: string[] = [];
+  let i = 0;
+  for (;;) {
+    let part = '';
+    if (value[i] === '"') {
+      i++;
+      for (;;) {
+        if (i >= value.length) return undefined;
+        if (value[i] === '"') {
+          if (value[i + 1] === '"') {
+            part += '"';
+            i += 2;
+            continue;
+          }
+          i++;
+          break;
+        }
+        part += value.charAt(i);
+        i++;
+      }
+    } else {
+      const start = i;
+      while (i < value.length && value[i] !== '.' && value[i] !== '"') i++;
+      part = value.slice(start, i).trim().toLowerCase();
+      if (part === '') return undefined;
+    }
+    parts.push(part);
+    if (i >= value.length) return parts;
+    if (value[i] !== '.') return undefined;
+    i++;
+  }
+}
+
+type WriteKind = 'insert' | 'merge' | 'update' | 'delete' | 'ddl';
+const WRITE_RANK: Readonly<Record<WriteKind, number>> = { insert: 1, merge: 2, update: 3, delete: 4, ddl: 5 };
+const WRITE_NODES: Readonly<Record<string, WriteKind>> = {
+  InsertStmt: 'insert',
+  UpdateStmt: 'update',
+  DeleteStmt: 'delete',
+  MergeStmt: 'merge',
+};
+
+/** Walks one statement's parse tree collecting relations, functions and effects. */
+class FactCollector {
+  readonly relations = new Set<string>();
+  readonly functions = new Set<string>();
+  strongestWrite: WriteKind | undefined;
+  locksRows = false;
+  selectInto = false;
+  sideEffects = false;
+  /** A function outside pg_catalog (or shadowable) is called: EXPLAIN may run it while planning. */
+  callsUserFunction = false;
+  notifies: string | undefined;
+  private readonly defaultSchema: string;
+  private readonly pgCatalogFirst: boolean;
+  private readonly safeFunctions: ReadonlySet<string>;
+
+  constructor(searchPath: readonly string[], safeFunctions: ReadonlySet<string>) {
+    // pg_catalog objects resolve through the name lists; pg_temp and $user may not exist.
+    const schemas = searchPath.filter((s) => s !== '$user' && s !== '"$user"' && s !== 'pg_temp');
+    const userSchemas = schemas.filter((s) => s !== 'pg_catalog');
+    this.defaultSchema = userSchemas[0] ?? 'public';
+    // pg_catalog is searched first unless search_path names it after another schema.
+    const at = schemas.indexOf('pg_catalog');
+    this.pgCatalogFirst = at <= 0;
+    this.safeFunctions = safeFunctions;
+  }
+
+  addWrite(kind: WriteKind): void {
+    if (this.strongestWrite === undefined || WRITE_RANK[kind] > WRITE_RANK[this.strongestWrite]) {
+      this.strongestWrite = kind;
+    }
+  }
+
+  addRelation(schema: string | undefined, name: string): void {
+    if (schema !== undefined) this.relations.add(`${schema}.${name}`);
+    else if (PG_CATALOG_RELATIONS.has(name)) this.relations.add(`pg_catalog.${name}`);
+    else this.relations.add(`${this.defaultSchema}.${name}`);
+  }
+
+  /** A RangeVar; unqualified names that a CTE in scope defines are not relations. */
+  addRangeVar(rangeVar: Json, scope: ReadonlySet<string>, isTarget = false): void {
+    const name = text(rangeVar.relname);
+    if (name === undefined) return;
+    const schema = text(rangeVar.schemaname);
+    if (schema === undefined && !isTarget && scope.has(name)) return;
+    this.addRelation(schema, name);
+  }
+
+  addRelationLiteral(value: string): void {
+    const parts = parseQualifiedName(value);
+    if (parts === undefined) return;
+    const name = parts[parts.length - 1];
+    if (name === undefined) return;
+    this.addRelation(parts.length > 1 ? parts[parts.length - 2] : undefined, name);
+  }
+
+  addFunctionCall(call: Json): void {
+    const parts = list(call.funcname).map((p) => stringNode(p) ?? '');
+    const name = parts[parts.length - 1];
+    if (name === undefined) return;
+    let schema = parts.length > 1 ? parts[parts.length - 2] : undefined;
+    let shadowable = false;
+    if (schema === undefined) {
+      if (PG_CATALOG_FUNCTIONS.has(name)) {
+        schema = 'pg_catalog';
+        shadowable = !this.pgCatalogFirst;
+      } else {
+        schema = this.defaultSchema;
+      }
+    }
+    this.functions.add(`${schema}.${name}`);
+    if (shadowable || schema !== 'pg_catalog') this.callsUserFunction = true;
+    if (shadowable || functionHasSideEffects(schema, name, this.safeFunctions)) this.sideEffects = true;
+    if (schema !== 'pg_catalog') return;
+    const first = constText(list(call.args)[0]);
+    if (first === undefined) return;
+    if (RELATION_ARGUMENT_FUNCTIONS.has(name)) this.addRelationLiteral(first);
+    if (name === 'pg_notify') this.notifies = first;
+  }
+
+  /** Visits a WITH clause and returns the scope its statement body sees. */
+  private visitWith(withClause: Json, scope: ReadonlySet<string>): ReadonlySet<string> {
+    const ctes = list(withClause.ctes).map((c) => record(record(c).CommonTableExpr));
+    const names = ctes.map((c) => text(c.ctename) ?? '');
+    const all = new Set([...scope, ...names]);
+    ctes.forEach((cte, i) => {
+      // Without RECURSIVE a CTE sees only the ones before it; a same-named table is a real relation.
+      this.visit(cte, withClause.recursive === true ? all : new Set([...scope, ...names.slice(0, i)]));
+    });
+    return all;
+  }
+
+  visit(value: unknown, scope: ReadonlySet<string>): void {
+    if (Array.isArray(value)) {
+      for (const v of value) this.visit(v, scope);
+      return;
+    }
+    if (!isRecord(value)) return;
+    // RangeVar is the only parse node with a relname; it appears both wrapped and unwrapped.
+    if (typeof value.relname === 'string') {
+      this.addRangeVar(value, scope);
+      return;
+    }
+    const inner = isRecord(value.withClause) ? this.visitWith(value.withClause, scope) : scope;
+    for (const key in value) {
+      if (key === 'withClause') continue;
+      const child = value[key];
+      switch (key) {
+        case 'FuncCall':
+          this.addFunctionCall(record(child));
+          break;
+        case 'TypeCast':
+          this.visitTypeCast(record(child));
+          break;
+        case 'InsertStmt':
+        case 'UpdateStmt':
+        case 'DeleteStmt':
+        case 'MergeStmt': {
+          const kind = WRITE_NODES[key];
+          if (kind !== undefined) this.addWrite(kind);
+          // The target of a write is always a table, never a CTE of the same name.
+          this.addRangeVar(record(record(child).relation), inner, true);
+          break;
+        }
+        case 'lockingClause':
+          // FOR UPDATE OF names FROM items (often aliases), not further relations.
+          if (list(child).length > 0) this.locksRows = true;
+          continue;
+        case 'intoClause':
+          if (isRecord(child)) this.selectInto = true;
+          break;
+      }
+      this.visit(child, inner);
+    }
+  }
+
+  private visitTypeCast(cast: Json): void {
+    const names = list(record(cast.typeName).names).map((n) => stringNode(n));
+    if (names[names.length - 1] !== 'regclass') return;
+    const value = constText(cast.arg);
+    if (value !== undefined && unwrap(cast.arg)?.type === 'A_Const') this.addRelationLiteral(value);
+  }
+}
+
+/** Relation-like object types of DROP / COMMENT / SECURITY LABEL, whose names are String lists. */
+const RELATION_OBJECT_TYPES: ReadonlySet<string> = new Set([
+  'OBJECT_TABLE',
+  'OBJECT_VIEW',
+  'OBJECT_MATVIEW',
+  'OBJECT_SEQUENCE',
+  'OBJECT_INDEX',
+  'OBJECT_FOREIGN_TABLE',
+]);
+
+const DDL_STATEMENTS: ReadonlySet<string> = new Set([
+  'CreateSchemaStmt',
+  'ReplicaIdentityStmt',
+  'AlterCollationStmt',
+  'AlterDomainStmt',
+  'CreateStmt',
+  'CreateTableSpaceStmt',
+  'DropTableSpaceStmt',
+  'AlterTableSpaceOptionsStmt',
+  'AlterTableMoveAllStmt',
+  'CreateExtensionStmt',
+  'AlterExtensionStmt',
+  'AlterExtensionContentsStmt',
+  'CreateFdwStmt',
+  'AlterFdwStmt',
+  'CreateForeignServerStmt',
+  'AlterForeignServerStmt',
+  'CreateForeignTableStmt',
+  'CreateUserMappingStmt',
+  'AlterUserMappingStmt',
+  'DropUserMappingStmt',
+  'ImportForeignSchemaStmt',
+  'CreateAmStmt',
+  'CreateTrigStmt',
+  'CreateEventTrigStmt',
+  'AlterEventTrigStmt',
+  'CreatePLangStmt',
+  'CreateSeqStmt',
+  'AlterSeqStmt',
+  'DefineStmt',
+  'CreateDomainStmt',
+  'CreateOpClassStmt',
+  'CreateOpFamilyStmt',
+  'AlterOpFamilyStmt',
+  'TruncateStmt',
+  'CommentStmt',
+  'SecLabelStmt',
+  'IndexStmt',
+  'CreateStatsStmt',
+  'AlterStatsStmt',
+  'CreateFunctionStmt',
+  'AlterFunctionStmt',
+  'RenameStmt',
+  'AlterObjectDependsStmt',
+  'AlterObjectSchemaStmt',
+  'AlterOperatorStmt',
+  'AlterTypeStmt',
+  'RuleStmt',
+  'CompositeTypeStmt',
+  'CreateEnumStmt',
+  'CreateRangeStmt',
+  'AlterEnumStmt',
+  'ViewStmt',
+  'CreatedbStmt',
+  'AlterDatabaseStmt',
+  'AlterDatabaseRefreshCollStmt',
+  'AlterDatabaseSetStmt',
+  'DropdbStmt',
+  'AlterSystemStmt',
+  'CreateTableAsStmt',
+  'CreateConversionStmt',
+  'CreateCastStmt',
+  'CreateTransformStmt',
+  'AlterTSDictionaryStmt',
+  'AlterTSConfigurationStmt',
+  'CreatePublicationStmt',
+  'AlterPublicationStmt',
+  'CreateSubscriptionStmt',
+  'AlterSubscriptionStmt',
+  'DropSubscriptionStmt',
+]);
+
+const DCL_STATEMENTS: ReadonlySet<string> = new Set([
+  'GrantStmt',
+  'GrantRoleStmt',
+  'AlterDefaultPrivilegesStmt',
+  'CreateRoleStmt',
+  'AlterRoleStmt',
+  'AlterRoleSetStmt',
+  'DropRoleStmt',
+  'DropOwnedStmt',
+  'ReassignOwnedStmt',
+  'AlterOwnerStmt',
+  'CreatePolicyStmt',
+  'AlterPolicyStmt',
+]);
+
+/** ALTER TABLE sub-commands that change who may do what (ownership, row-level security). */
+const DCL_ALTER_TABLE_COMMANDS: ReadonlySet<string> = new Set([
+  'AT_ChangeOwner',
+  'AT_EnableRowSecurity',
+  'AT_DisableRowSecurity',
+  'AT_ForceRowSecurity',
+  'AT_NoForceRowSecurity',
+]);
+
+const MAINTENANCE_STATEMENTS: ReadonlySet<string> = new Set([
+  'VacuumStmt',
+  'ClusterStmt',
+  'ReindexStmt',
+  'CheckPointStmt',
+  'RefreshMatViewStmt',
+]);
+
+const TRANSACTION_ACTIONS: Readonly<Record<string, TransactionAction>> = {
+  TRANS_STMT_BEGIN: 'begin',
+  TRANS_STMT_START: 'begin',
+  TRANS_STMT_COMMIT: 'commit',
+  TRANS_STMT_ROLLBACK: 'rollback',
+  TRANS_STMT_SAVEPOINT: 'savepoint',
+  TRANS_STMT_RELEASE: 'release',
+  TRANS_STMT_ROLLBACK_TO: 'rollback-to',
+  TRANS_STMT_PREPARE: 'prepare-transaction',
+  TRANS_STMT_COMMIT_PREPARED: 'commit-prepared',
+  TRANS_STMT_ROLLBACK_PREPARED: 'rollback-prepared',
+};
+
+const SETTING_ACTIONS: Readonly<Record<string, SettingChange['action']>> = {
+  VAR_SET_VALUE: 'set',
+  VAR_SET_MULTI: 'set',
+  VAR_SET_DEFAULT: 'default',
+  VAR_SET_CURRENT: 'current',
+  VAR_RESET: 'reset',
+  VAR_RESET_ALL: 'reset-all',
+};
+
+type Extras = Omit<AnalyzedStatement, keyof SqlStatementFacts | 'text' | 'fingerprint'>;
+type Classified = SqlStatementFacts & Extras;
+
+/** Transaction modes: READ WRITE (transaction_read_only = 0) switches off a server read-only guard. */
+function readWriteRequested(options: unknown): boolean {
+  const readOnly = findOption(options, 'transaction_read_only');
+  return readOnly !== undefined && !optionIsTrue(readOnly);
+}
+
+function classifySetting(set: Json): Classified {
+  const action = SETTING_ACTIONS[text(set.kind) ?? ''] ?? 'set';
+  // Setting names are case-insensitive to the server: SET "ROLE" = x sets role.
+  const name = action === 'reset-all' ? 'all' : (text(set.name) ?? '').toLowerCase();
+  const values: string[] = [];
+  for (const arg of list(set.args)) {
+    const value = constText(arg);
+    if (value !== undefined) values.push(value);
+  }
+  const setting: SettingChange = { name, action, values, local: set.is_local === true };
+  const facts = { relations: [], functions: [], setting };
+  // RESET ALL resets role and session_authorization as well.
+  if (DCL_SETTINGS.has(name) || action === 'reset-all') return { kind: 'dcl', sideEffects: true, ...facts };
+  if (name === 'transaction' || name === 'session characteristics') {
+    return { kind: 'transaction', sideEffects: readWriteRequested(set.args), ...facts };
+  }
+  let sideEffects = PARSER_SENSITIVE_SETTINGS.has(name);
+  if (GUARD_SETTINGS.has(name)) {
+    // Only switching a guard on is harmless; off, DEFAULT and RESET may switch it off.
+    const value = (values[0] ?? '').toLowerCase();
+    const on = name === 'session_replication_role' ? value === 'origin' : TRUE_WORDS.has(value);
+    sideEffects = !(action === 'set' && on);
+  }
+  return { kind: 'set', sideEffects, ...facts };
+}
+
+function qualifiedList(node: unknown): readonly string[] {
+  const n = unwrap(node);
+  if (n?.type !== 'List') return [];
+  return list(n.body.items).map((i) => stringNode(i) ?? '');
+}
+
+/** Classifies one statement node. `scope` is empty at top level. */
+function classify(node: unknown, collect: FactCollector): Classified {
+  const n = unwrap(node);
+  if (n === undefined) return { kind: 'other', relations: [], functions: [], sideEffects: true };
+  const { type, body } = n;
+  const noScope: ReadonlySet<string> = new Set();
+  const facts = (kind: StatementKind, sideEffects: boolean): Classified => ({
+    kind,
+    relations: [...collect.relations],
+    functions: [...collect.functions],
+    sideEffects: sideEffects || collect.sideEffects,
+    ...(collect.notifies === undefined ? {} : { notifies: collect.notifies }),
+  });
+  const inner = (query: unknown, extra: Extras): Classified => ({ ...classify(query, collect), ...extra });
+
+  switch (type) {
+    case 'SelectStmt': {
+      collect.visit(node, noScope);
+      if (collect.selectInto) return facts('ddl', true);
+      if (collect.strongestWrite !== undefined) return facts(collect.strongestWrite, true);
+      if (collect.locksRows) return facts('lock', true);
+      return facts('select', false);
+    }
+    case 'InsertStmt':
+    case 'UpdateStmt':
+    case 'DeleteStmt':
+    case 'MergeStmt':
+      collect.visit(node, noScope);
+      return facts(collect.strongestWrite ?? 'other', true);
+    case 'CopyStmt': {
+      collect.visit(node, noScope);
+      if (collect.strongestWrite !== undefined) return facts(collect.strongestWrite, true);
+      const toFileOrProgram = body.is_program === true || text(body.filename) !== undefined;
+      if (body.is_from === true) return facts('copy-from', true);
+      return facts('copy-to', toFileOrProgram || collect.locksRows);
+    }
+    case 'ExplainStmt': {
+      const analyze = findOption(body.options, 'analyze');
+      if (analyze !== undefined && optionIsTrue(analyze)) {
+        const executed = classify(body.query, collect);
+        return executed.kind === 'select' ? { ...executed, kind: 'explain' } : executed;
+      }
+      collect.visit(body.query, noScope);
+      // Planning can run non-volatile user functions on constant arguments.
+      return facts('explain', collect.callsUserFunction);
+    }
+    case 'PrepareStmt':
+      return inner(body.query, { prepares: text(body.name) ?? '' });
+    case 'DeclareCursorStmt':
+      return inner(body.query, {});
+    case 'ExecuteStmt':
+      collect.visit(body.params, noScope);
+      return { ...facts('execute', true), executes: text(body.name) ?? '' };
+    case 'DeallocateStmt':
+      return { ...facts('prepare', false), deallocates: body.isall === true ? '*' : (text(body.name) ?? '') };
+    case 'FetchStmt':
+    case 'ClosePortalStmt':
+      // The cursor's query was decided when it was declared.
+      return facts('select', false);
+    case 'TransactionStmt': {
+      const action = TRANSACTION_ACTIONS[text(body.kind) ?? ''];
+      const twoPhase =
+        action === 'prepare-transaction' || action === 'commit-prepared' || action === 'rollback-prepared';
+      const name = text(body.savepoint_name) ?? text(body.gid);
+      return {
+        ...facts('transaction', twoPhase || readWriteRequested(body.options)),
+        ...(action === undefined ? {} : { transaction: action }),
+        ...(name === undefined ? {} : { transactionName: name }),
+        ...(body.chain === true ? { chain: true } : {}),
+      };
+    }
+    case 'VariableSetStmt':
+      return classifySetting(body);
+    case 'VariableShowStmt':
+      return facts('show', false);
+    case 'ConstraintsSetStmt':
+      return facts('set', false);
+    case 'DiscardStmt':
+      return facts(body.target === 'DISCARD_ALL' ? 'dcl' : 'utility', true);
+    case 'LoadStmt':
+      return facts('utility', true);
+    case 'DoStmt':
+      return facts('do', true);
+    case 'CallStmt':
+      collect.addFunctionCall(record(body.funccall));
+      collect.visit(body.funccall, noScope);
+      return facts('call', true);
+    case 'ListenStmt':
+      return { ...facts('listen', true), listens: text(body.conditionname) ?? '' };
+    case 'UnlistenStmt':
+      return { ...facts('listen', true), unlistens: text(body.conditionname) ?? '*' };
+    case 'NotifyStmt':
+      return { ...facts('notify', true), notifies: text(body.conditionname) ?? '' };
+    case 'LockStmt':
+      collect.visit(node, noScope);
+      return facts('lock', true);
+  }
+
+  collect.visit(node, noScope);
+  if (type === 'DropStmt' || type === 'CommentStmt' || type === 'SecLabelStmt') {
+    const objtype = text(type === 'DropStmt' ? body.removeType : body.objtype) ?? '';
+    if (RELATION_OBJECT_TYPES.has(objtype)) {
+      const objects = type === 'DropStmt' ? list(body.objects) : [body.object];
+      for (const o of objects) {
+        const parts = qualifiedList(o);
+        const name = parts[parts.length - 1];
+        if (name !== undefined) collect.addRelation(parts.length > 1 ? parts[parts.length - 2] : undefined, name);
+      }
+    }
+    return facts(objtype === 'OBJECT_POLICY' ? 'dcl' : 'ddl', true);
+  }
+  if (type === 'AlterTableStmt') {
+    const dcl = list(body.cmds).some((c) =>
+      DCL_ALTER_TABLE_COMMANDS.has(text(record(record(c).AlterTableCmd).subtype) ?? ''),
+    );
+    return facts(dcl ? 'dcl' : 'ddl', true);
+  }
+  if (DDL_STATEMENTS.has(type)) return facts('ddl', true);
+  if (DCL_STATEMENTS.has(type)) return facts('dcl', true);
+  if (MAINTENANCE_STATEMENTS.has(type)) return facts('maintenance', true);
+  return facts('other', true);
+}
+
+interface SqlErrorLike {
+  readonly message: string;
+  readonly sqlDetails?: { readonly cursorPosition?: number };
+}
+
+function syntaxError(error: unknown): SqlSyntaxError {
+  if (!(error instanceof Error)) return { message: String(error) };
+  const details = (error as SqlErrorLike).sqlDetails;
+  const cursor = details?.cursorPosition;
+  return typeof cursor === 'number' ? { message: error.message, position: cursor + 1 } : { message: error.message };
+}
+
+function fingerprintOf(statement: string): string {
+  try {
+    return fingerprintSync(statement);
+  } catch {
+    // Cannot happen for text the parser accepted; a content hash keeps the field total.
+    return createHash('sha256').update(statement).digest('hex').slice(0, 16);
+  }
+}
+
+const EMPTY_SET: ReadonlySet<string> = new Set();
+const DEFAULT_SEARCH_PATH: readonly string[] = ['public'];
+
+/**
+ * Parses `sql` with the real PostgreSQL parser and returns the facts of every statement in it, or the
+ * syntax error. Never throws: anything the parser or the walk cannot handle (including WebAssembly
+ * traps on absurd input) is reported as an error, so the caller fails closed. An empty or comment-only
+ * string has no statements. Text containing NUL is refused: the server would stop reading at it.
+ */
+export function analyzeSql(sql: string, options: AnalyzeOptions = {}): SqlAnalysis {
+  if (sql.includes('\0')) return { ok: false, error: { message: 'query text contains a NUL character' } };
+  if (sql.trim() === '') return { ok: true, statements: [] };
+  const searchPath = options.searchPath ?? DEFAULT_SEARCH_PATH;
+  const safeFunctions = options.safeFunctions ?? EMPTY_SET;
+  try {
+    const tree: unknown = parseSync(sql);
+    // Statement locations are byte offsets into the UTF-8 text.
+    const bytes = Buffer.byteLength(sql) === sql.length ? undefined : Buffer.from(sql, 'utf8');
+    const statements: AnalyzedStatement[] = [];
+    for (const raw of list(record(tree).stmts)) {
+      const r = record(raw);
+      const start = typeof r.stmt_location === 'number' ? r.stmt_location : 0;
+      const length = typeof r.stmt_len === 'number' && r.stmt_len > 0 ? r.stmt_len : undefined;
+      const end = length === undefined ? undefined : start + length;
+      const source = (bytes === undefined ? sql.slice(start, end) : bytes.subarray(start, end).toString('utf8')).trim();
+      const classified = classify(r.stmt, new FactCollector(searchPath, safeFunctions));
+      statements.push({ ...classified, text: source, fingerprint: fingerprintOf(source) });
+    }
+    return { ok: true, statements };
+  } catch (error) {
+    return { ok: false, error: syntaxError(error) };
+  }
+}

@@ -1,0 +1,910 @@
+// One client connection through the PostgreSQL engine: startup and token authentication, the upstream
+// login with the sidecar's own credential, then the relay. Client→upstream messages are decoded because
+// policy gates them; upstream→client bytes are forwarded raw and only the frames that complete a command
+// (CommandComplete, ErrorResponse, ReadyForQuery, ...) are looked at.
+//
+// Denials are sent *through* the upstream: a denied statement is replaced by a cheap statement that fails
+// to parse, and the upstream's ErrorResponse for it is replaced by ours (SQLSTATE 42501). Responses
+// therefore stay in pipeline order, and PostgreSQL itself puts an open transaction into the failed state
+// and discards the rest of an extended-protocol batch until Sync, exactly as for any other error.
+import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import type { Duplex } from 'node:stream';
+import { TLSSocket, type SecureContext } from 'node:tls';
+import type { Socket } from 'node:net';
+import type { Identity, SqlStatementFacts } from '@chaperone/api';
+import { AgentSession, type CommandOutcome, type DecidedCommand } from '../../core/agent-session.ts';
+import { AuthenticationFailed, tokenHash } from '../../core/identity/token-verifier.ts';
+import { SessionRecorder } from '../../core/audit/session-recorder.ts';
+import type { PostgresListenerContext } from './postgres-listener.ts';
+import type { AnalyzedStatement } from './analysis/analyze-sql.ts';
+import { PARSER_SENSITIVE_SETTINGS } from './analysis/analyze-sql.ts';
+import { FrontendDecoder } from './protocol/frontend-decoder.ts';
+import {
+  readPasswordString,
+  protocolNegotiation,
+  type FrontendMessage,
+  type StartupMessage,
+  type Bind,
+  type CancelRequest,
+} from './protocol/frontend-messages.ts';
+import { ProtocolViolation } from './protocol/protocol-violation.ts';
+import {
+  AUTHENTICATION_CLEARTEXT_PASSWORD,
+  AUTHENTICATION_OK,
+  backendKeyData,
+  errorResponse,
+  negotiateProtocolVersion,
+  parameterStatus,
+  readyForQuery,
+  sslResponse,
+} from './protocol/backend-encoder.ts';
+import { BackendCode, type ErrorFields, type TransactionStatus } from './protocol/backend-messages.ts';
+import {
+  BackendScanner,
+  decodeCommandComplete,
+  decodeErrorFields,
+  decodeReadyForQuery,
+} from './protocol/backend-scanner.ts';
+import { encodeExecute, encodeParse, encodeQuery } from './protocol/frontend-encoder.ts';
+import { UpstreamError, type UpstreamConnection } from './protocol/upstream-connection.ts';
+
+/** Statement text that fails in the upstream's parser at once; its error is replaced by the denial. */
+const FAILING_SQL = 'CHAPERONE_DENIED';
+/** Portal name no client can have created (names starting with a NUL cannot be sent). */
+const MISSING_PORTAL = 'chaperone\u0001denied';
+
+/** Startup parameters passed to the upstream; anything else (notably `options`) could change privileges or parsing. */
+const PASSED_PARAMETERS: ReadonlySet<string> = new Set([
+  'application_name',
+  'client_encoding',
+  'datestyle',
+  'timezone',
+  'intervalstyle',
+  'extra_float_digits',
+  'search_path',
+  'statement_timeout',
+  'lock_timeout',
+  'idle_in_transaction_session_timeout',
+]);
+const SAFE_CLIENT_ENCODINGS: ReadonlySet<string> = new Set(['utf8', 'utf-8', 'unicode', 'sql_ascii']);
+
+const INTEREST: readonly BackendCode[] = [
+  BackendCode.CommandComplete,
+  BackendCode.ErrorResponse,
+  BackendCode.ReadyForQuery,
+  BackendCode.EmptyQueryResponse,
+  BackendCode.PortalSuspended,
+  BackendCode.ParseComplete,
+  BackendCode.BindComplete,
+  BackendCode.CloseComplete,
+  BackendCode.RowDescription,
+  BackendCode.NoData,
+];
+
+/** What the proxy expects the upstream to answer, in pipeline order. */
+interface ResponseUnit {
+  readonly kind: 'query' | 'parse' | 'bind' | 'describe' | 'execute' | 'close' | 'sync';
+  /** The decided command this unit reports the outcome of. */
+  readonly command?: DecidedCommand;
+  /** Our ErrorResponse frame, sent instead of the upstream's error for the substituted message. */
+  readonly denial?: Buffer;
+  rows: number;
+  error?: ErrorFields;
+}
+
+interface PreparedStatement {
+  readonly text: string;
+  readonly analysis: readonly AnalyzedStatement[] | undefined;
+  /** Our ErrorResponse when the statement could not be analysed; every use is denied with it. */
+  readonly refusal?: Buffer;
+}
+
+type Phase = 'startup' | 'authenticating' | 'connecting' | 'ready' | 'closed';
+
+export class PostgresConnection {
+  private readonly ctx: PostgresListenerContext;
+  private client: Duplex;
+  private readonly rawClient: Socket;
+  private readonly decoder: FrontendDecoder;
+  private phase: Phase = 'startup';
+  private startup: StartupMessage | undefined;
+  private upstream: UpstreamConnection | undefined;
+  private session: AgentSession | undefined;
+  private readonly scanner = new BackendScanner({ interest: INTEREST });
+  private readonly units: ResponseUnit[] = [];
+  private unitHead = 0;
+  /** After an extended-protocol error the upstream ignores messages until Sync; so do we. */
+  private skipUntilSync = false;
+  private transactionStatus: TransactionStatus = 'I';
+  private readonly statements = new Map<string, PreparedStatement>();
+  private readonly portals = new Map<string, { statement: PreparedStatement; params: readonly string[] }>();
+  /** SQL-level PREPARE name → analysed inner statement, so EXECUTE name is decided as what it runs. */
+  private readonly sqlPrepared = new Map<string, AnalyzedStatement>();
+  private searchPath: readonly string[] = ['public'];
+  private busy = false;
+  private authTimer: NodeJS.Timeout | undefined;
+  /** Client-facing cancel key; the upstream's own key never leaves the sidecar. */
+  readonly cancelKey = { processId: randomBytes(4).readInt32BE(0) & 0x7fffffff, secretKey: randomBytes(4) };
+
+  constructor(ctx: PostgresListenerContext, socket: Socket) {
+    this.ctx = ctx;
+    this.rawClient = socket;
+    this.client = socket;
+    this.decoder = new FrontendDecoder({ maxMessageLength: ctx.config.maxMessageBytes });
+    socket.setNoDelay(true);
+    socket.on('data', this.onClientData);
+    socket.on('error', () => {
+      this.close('client connection error');
+    });
+    socket.on('close', () => {
+      this.close('client disconnected');
+    });
+    this.authTimer = setTimeout(() => {
+      this.fatal('08006', 'authentication timed out');
+    }, ctx.config.authTimeoutMs);
+  }
+
+  /** A method, not a field read, because handlers called in between may have closed the connection. */
+  private isClosed(): boolean {
+    return this.phase === 'closed';
+  }
+
+  private get logger() {
+    return this.ctx.logger;
+  }
+
+  // ---- client → sidecar ---------------------------------------------------------------------------
+
+  private readonly onClientData = (chunk: Buffer): void => {
+    this.ctx.metrics.bytes.inc({ listener: this.ctx.config.name, direction: 'client_to_upstream' }, chunk.length);
+    try {
+      this.decoder.push(chunk);
+    } catch (err) {
+      this.protocolError(err);
+      return;
+    }
+    this.drain();
+  };
+
+  /** Handles decoded messages until the decoder is empty or a step has to wait. */
+  private drain(): void {
+    if (this.busy || this.phase === 'closed') return;
+    const upstream = this.upstream?.socket;
+    upstream?.cork();
+    try {
+      for (;;) {
+        let msg: FrontendMessage | null;
+        try {
+          msg = this.decoder.next();
+        } catch (err) {
+          this.protocolError(err);
+          return;
+        }
+        if (msg === null) break;
+        const wait = this.handle(msg);
+        if (wait !== undefined) {
+          this.busy = true;
+          this.client.pause();
+          wait.then(
+            () => {
+              this.busy = false;
+              if (this.phase !== 'closed') {
+                this.client.resume();
+                this.drain();
+              }
+            },
+            (err: unknown) => {
+              this.busy = false;
+              this.internalError(err);
+            },
+          );
+          return;
+        }
+        if (this.isClosed()) return;
+      }
+    } finally {
+      upstream?.uncork();
+    }
+  }
+
+  /** Handles one message; returns a promise when the connection must wait for it before the next. */
+  private handle(msg: FrontendMessage): Promise<void> | undefined {
+    switch (this.phase) {
+      case 'startup':
+        return this.handleStartup(msg);
+      case 'authenticating':
+        if (msg.type !== 'PasswordMessage') {
+          throw new ProtocolViolation(`expected a password message, got ${msg.type}`);
+        }
+        return this.authenticate(readPasswordString(msg));
+      case 'ready':
+        this.handleReady(msg);
+        return undefined;
+      case 'connecting':
+      case 'closed':
+        return undefined;
+    }
+  }
+
+  private handleStartup(msg: FrontendMessage): Promise<void> | undefined {
+    switch (msg.type) {
+      case 'SSLRequest':
+        this.startTls();
+        return undefined;
+      case 'GSSENCRequest':
+        this.client.write(sslResponse(false));
+        return undefined;
+      case 'CancelRequest':
+        return this.forwardCancel(msg);
+      case 'StartupMessage':
+        return this.beginAuthentication(msg);
+      default:
+        throw new ProtocolViolation(`unexpected ${msg.type} before startup`);
+    }
+  }
+
+  private startTls(): void {
+    const secureContext: SecureContext | undefined = this.ctx.tls;
+    if (secureContext === undefined || this.client !== this.rawClient) {
+      this.client.write(sslResponse(false));
+      return;
+    }
+    this.rawClient.write(sslResponse(true));
+    this.rawClient.removeListener('data', this.onClientData);
+    const tlsSocket = new TLSSocket(this.rawClient, { isServer: true, secureContext });
+    tlsSocket.on('data', this.onClientData);
+    tlsSocket.on('error', () => {
+      this.close('client TLS error');
+    });
+    this.client = tlsSocket;
+  }
+
+  private async forwardCancel(msg: CancelRequest): Promise<void> {
+    // A cancel request carries no identity: its 8-byte key is the credential, as in PostgreSQL itself.
+    const target = this.ctx.findByCancelKey(msg.processId, msg.secretKey);
+    this.close('cancel request handled');
+    if (target !== undefined) await target.cancelUpstream();
+  }
+
+  /** Sends a CancelRequest for this session to the upstream with the upstream's own key. */
+  async cancelUpstream(): Promise<void> {
+    const key = this.upstream?.backendKey;
+    if (key == null) return;
+    const up = this.ctx.config.upstream;
+    try {
+      await this.ctx.sendCancel(up.host, up.port, this.ctx.upstreamTls(), key.processId, key.secretKey);
+      this.logger.info('cancel forwarded', { sessionId: this.session?.id });
+    } catch (err) {
+      this.logger.warn('cancel failed', { sessionId: this.session?.id, error: err });
+    }
+  }
+
+  private beginAuthentication(msg: StartupMessage): Promise<void> | undefined {
+    this.startup = msg;
+    if (msg.majorVersion !== 3) {
+      this.fatal('0A000', `unsupported frontend protocol ${String(msg.majorVersion)}.${String(msg.minorVersion)}`);
+      return undefined;
+    }
+    if (msg.parameters.has('replication')) {
+      this.fatal('42501', 'replication connections are not allowed through the chaperone sidecar');
+      return undefined;
+    }
+    const encoding = msg.parameters.get('client_encoding');
+    if (encoding !== undefined && !SAFE_CLIENT_ENCODINGS.has(encoding.toLowerCase())) {
+      // The sidecar decodes statements as UTF-8; a multibyte client encoding could hide text from analysis.
+      this.fatal('0A000', `client_encoding ${encoding} is not supported through the chaperone sidecar; use UTF8`);
+      return undefined;
+    }
+    const negotiation = protocolNegotiation(msg);
+    if (negotiation !== null) {
+      this.client.write(negotiateProtocolVersion(negotiation.newestMinorVersion, negotiation.unrecognizedOptions));
+    }
+    // The agent's identity token is its password; the listener is on loopback or TLS (config enforces it).
+    this.phase = 'authenticating';
+    this.client.write(AUTHENTICATION_CLEARTEXT_PASSWORD);
+    return undefined;
+  }
+
+  private async authenticate(token: string): Promise<void> {
+    const listener = this.ctx.config.name;
+    let identity: Identity;
+    try {
+      identity = await this.ctx.verifier.verify(token);
+    } catch (err) {
+      const failure =
+        err instanceof AuthenticationFailed
+          ? err
+          : new AuthenticationFailed('malformed', 'identity token could not be verified');
+      this.ctx.metrics.authFailures.inc({ listener, reason: failure.reason });
+      this.logger.warn('authentication failed', {
+        reason: failure.reason,
+        tokenHash: tokenHash(token),
+        client: this.rawClient.remoteAddress,
+      });
+      this.recordAuthFailure(failure);
+      this.fatal('28P01', `chaperone: authentication failed: ${failure.message}`);
+      return;
+    }
+    this.phase = 'connecting';
+    const startup = this.startup;
+    const parameters: [string, string][] = [];
+    for (const [name, value] of startup?.parameters ?? []) {
+      if (PASSED_PARAMETERS.has(name.toLowerCase())) parameters.push([name, value]);
+    }
+    const searchPath = startup?.parameters.get('search_path');
+    if (searchPath !== undefined) this.searchPath = searchPath.split(',').map((s) => s.trim().replace(/^"|"$/g, ''));
+    const up = this.ctx.config.upstream;
+    try {
+      // Credential files are read per connection, so a rotated Secret reaches new connections.
+      this.upstream = await this.ctx.connect({
+        host: up.host,
+        port: up.port,
+        database: up.database,
+        user: readFileSync(up.usernameFile, 'utf8').trim(),
+        password: readFileSync(up.passwordFile, 'utf8').replace(/\r?\n$/, ''),
+        tls: this.ctx.upstreamTls(),
+        parameters,
+      });
+    } catch (err) {
+      const reason = err instanceof UpstreamError ? err.reason : 'connect';
+      this.logger.error('upstream connection failed', { reason, error: err, subject: identity.subject });
+      this.fatal('08006', `chaperone: could not connect to the protected database (${reason})`);
+      return;
+    }
+    if (this.isClosed()) {
+      // The client went away (or timed out) while the upstream login was in flight.
+      this.upstream.socket.destroy();
+      return;
+    }
+    clearTimeout(this.authTimer);
+    this.session = new AgentSession({
+      policy: this.ctx.policy,
+      sink: this.ctx.sink,
+      metrics: this.ctx.metrics,
+      listener,
+      resource: this.ctx.resource,
+      pod: this.ctx.pod,
+      identity,
+      source: {
+        address: `${this.rawClient.remoteAddress ?? ''}:${String(this.rawClient.remotePort ?? '')}`,
+        applicationName: startup?.parameters.get('application_name') ?? '',
+        user: startup?.parameters.get('user') ?? '',
+        database: startup?.parameters.get('database') ?? '',
+      },
+    });
+    this.ctx.register(this);
+    const upstream = this.upstream.socket;
+    upstream.on('data', this.onUpstreamData);
+    upstream.on('error', () => {
+      this.fatal('08006', 'chaperone: connection to the protected database was lost');
+    });
+    upstream.on('close', () => {
+      this.fatal('08006', 'chaperone: the protected database closed the connection');
+    });
+    upstream.on('drain', () => {
+      this.client.resume();
+    });
+    this.client.on('drain', () => {
+      upstream.resume();
+    });
+    const greeting: Buffer[] = [AUTHENTICATION_OK];
+    for (const [name, value] of this.upstream.parameters) greeting.push(parameterStatus(name, value));
+    greeting.push(backendKeyData(this.cancelKey.processId, this.cancelKey.secretKey));
+    greeting.push(readyForQuery(this.upstream.transactionStatus));
+    this.transactionStatus = this.upstream.transactionStatus;
+    this.client.write(Buffer.concat(greeting));
+    this.phase = 'ready';
+    upstream.resume();
+    this.logger.info('session started', {
+      sessionId: this.session.id,
+      subject: identity.subject,
+      chain: identity.chain?.map((a) => a.subject),
+      tokenHash: identity.tokenHash,
+    });
+  }
+
+  private recordAuthFailure(failure: AuthenticationFailed): void {
+    const recorder = new SessionRecorder(this.ctx.sink, {
+      sessionId: `auth-${this.cancelKey.processId.toString(16)}-${Date.now().toString(36)}`,
+      resource: this.ctx.config.name,
+      namespace: this.ctx.pod.namespace,
+      pod: this.ctx.pod.name,
+    });
+    recorder.record({
+      type: 'auth.failure',
+      source: {
+        address: `${this.rawClient.remoteAddress ?? ''}:${String(this.rawClient.remotePort ?? '')}`,
+        applicationName: this.startup?.parameters.get('application_name') ?? '',
+        user: this.startup?.parameters.get('user') ?? '',
+        database: this.startup?.parameters.get('database') ?? '',
+      },
+      outcome: { status: 'denied', code: '28P01', message: `${failure.reason}: ${failure.message}` },
+    });
+  }
+
+  // ---- the relay ----------------------------------------------------------------------------------
+
+  private forward(frame: Buffer): void {
+    const upstream = this.upstream?.socket;
+    if (upstream === undefined) return;
+    if (!upstream.write(frame)) this.client.pause();
+  }
+
+  private pushUnit(unit: Omit<ResponseUnit, 'rows'>): void {
+    this.units.push({ ...unit, rows: 0 });
+  }
+
+  private handleReady(msg: FrontendMessage): void {
+    switch (msg.type) {
+      case 'Query':
+        this.handleQuery(msg.query, msg.frame);
+        return;
+      case 'Parse':
+        this.handleParse(msg.name, msg.query, msg.frame);
+        return;
+      case 'Bind':
+        this.handleBind(msg);
+        return;
+      case 'Execute':
+        this.handleExecute(msg.portal, msg.frame);
+        return;
+      case 'Describe':
+        this.forward(msg.frame);
+        if (!this.skipUntilSync) this.pushUnit({ kind: 'describe' });
+        return;
+      case 'Close':
+        if (msg.kind === 'S') this.statements.delete(msg.name);
+        else this.portals.delete(msg.name);
+        this.forward(msg.frame);
+        if (!this.skipUntilSync) this.pushUnit({ kind: 'close' });
+        return;
+      case 'Sync':
+        this.forward(msg.frame);
+        this.skipUntilSync = false;
+        this.pushUnit({ kind: 'sync' });
+        return;
+      case 'Flush':
+      case 'CopyData':
+      case 'CopyDone':
+      case 'CopyFail':
+        this.forward(msg.frame);
+        return;
+      case 'FunctionCall': {
+        // The fast-path interface calls any function by OID, out of sight of statement analysis.
+        const denial = this.denialFrame('42501', 'chaperone: the fast-path function call interface is not allowed');
+        this.forward(encodeQuery(FAILING_SQL));
+        this.pushUnit({ kind: 'query', denial });
+        return;
+      }
+      case 'Terminate':
+        this.forward(msg.frame);
+        this.close('client terminated the session');
+        return;
+      default:
+        throw new ProtocolViolation(`unexpected ${msg.type} message during a session`);
+    }
+  }
+
+  private analyse(text: string): { statements: readonly AnalyzedStatement[] } | { refusal: Buffer } {
+    const analysis = this.ctx.analyzer.analyze(text, this.searchPath);
+    if (!analysis.ok) {
+      // Fail closed: a statement the sidecar cannot parse is never forwarded.
+      return {
+        refusal: this.errorFrame({
+          severity: 'ERROR',
+          code: '42601',
+          message: `chaperone: statement not analysable: ${analysis.error.message}`,
+          ...(analysis.error.position === undefined ? {} : { position: String(analysis.error.position) }),
+        }),
+      };
+    }
+    for (const s of analysis.statements) {
+      if (s.setting !== undefined && PARSER_SENSITIVE_SETTINGS.has(s.setting.name)) {
+        return {
+          refusal: this.denialFrame(
+            '42501',
+            `chaperone: changing ${s.setting.name} is not allowed (it changes how statements are read)`,
+          ),
+        };
+      }
+    }
+    return { statements: analysis.statements.map((s) => this.resolveSqlExecute(s)) };
+  }
+
+  /** EXECUTE name is decided as the statement PREPARE name stored; unknown names keep kind `execute`. */
+  private resolveSqlExecute(s: AnalyzedStatement): AnalyzedStatement {
+    if (s.executes === undefined) return s;
+    const prepared = this.sqlPrepared.get(s.executes);
+    return prepared === undefined ? s : { ...prepared, text: s.text, fingerprint: s.fingerprint, executes: s.executes };
+  }
+
+  /** Tracks session state the analysis depends on, once a statement is allowed to run. */
+  private noteAllowed(statements: readonly AnalyzedStatement[]): void {
+    for (const s of statements) {
+      if (s.prepares !== undefined) this.sqlPrepared.set(s.prepares, s);
+      if (s.deallocates !== undefined) {
+        if (s.deallocates === '*') this.sqlPrepared.clear();
+        else this.sqlPrepared.delete(s.deallocates);
+      }
+      if (s.setting?.name === 'search_path' && s.setting.action === 'set' && s.setting.values.length > 0) {
+        this.searchPath = s.setting.values;
+      }
+    }
+  }
+
+  private decide(
+    text: string,
+    statements: readonly AnalyzedStatement[],
+    parameters?: readonly string[],
+  ): DecidedCommand {
+    const session = this.session;
+    if (session === undefined) throw new Error('no session');
+    const facts: SqlStatementFacts[] = statements.map((s) => ({
+      kind: s.kind,
+      relations: s.relations,
+      functions: s.functions,
+      sideEffects: s.sideEffects,
+    }));
+    return session.decide(
+      {
+        command: { type: 'sql', statements: facts },
+        fingerprint: factsFingerprint(facts),
+        text,
+        ...(parameters === undefined ? {} : { parameters }),
+        statementKinds: [...new Set(statements.map((s) => s.kind))],
+        relations: [...new Set(statements.flatMap((s) => s.relations))],
+      },
+      { inTransaction: this.transactionStatus !== 'I' },
+    );
+  }
+
+  private handleQuery(text: string, frame: Buffer): void {
+    if (this.skipUntilSync) {
+      this.forward(frame);
+      return;
+    }
+    const analysed = this.analyse(text);
+    if ('refusal' in analysed) {
+      const command = this.decideRefused(text);
+      this.forward(encodeQuery(FAILING_SQL));
+      this.pushUnit({ kind: 'query', command, denial: analysed.refusal });
+      return;
+    }
+    if (analysed.statements.length === 0) {
+      this.forward(frame); // empty query: EmptyQueryResponse, nothing to decide
+      this.pushUnit({ kind: 'query' });
+      return;
+    }
+    const command = this.decide(text, analysed.statements);
+    const denial = this.denialFor(command);
+    if (denial === undefined) {
+      this.noteAllowed(analysed.statements);
+      this.forward(frame);
+      this.pushUnit({ kind: 'query', command });
+    } else {
+      this.forward(encodeQuery(FAILING_SQL));
+      this.pushUnit({ kind: 'query', command, denial });
+    }
+  }
+
+  /** Records a decision for a statement refused before policy (unparsable or a forbidden setting). */
+  private decideRefused(text: string): DecidedCommand {
+    const session = this.session;
+    if (session === undefined) throw new Error('no session');
+    return session.decide(
+      {
+        command: { type: 'sql', statements: [{ kind: 'other', relations: [], functions: [], sideEffects: true }] },
+        fingerprint: 'refused',
+        text,
+        statementKinds: ['other'],
+      },
+      { inTransaction: this.transactionStatus !== 'I' },
+    );
+  }
+
+  private handleParse(name: string, text: string, frame: Buffer): void {
+    if (this.skipUntilSync) {
+      this.forward(frame);
+      return;
+    }
+    const analysed = this.analyse(text);
+    if ('refusal' in analysed) {
+      this.statements.set(name, { text, analysis: undefined, refusal: analysed.refusal });
+      const command = this.decideRefused(text);
+      this.forward(encodeParse(name, FAILING_SQL));
+      this.pushUnit({ kind: 'parse', command, denial: analysed.refusal });
+      return;
+    }
+    const statement: PreparedStatement = { text, analysis: analysed.statements };
+    // Decide at Parse so a forbidden statement is never prepared; each Execute is decided again (cached),
+    // so a policy change reaches prepared statements too.
+    if (analysed.statements.length > 0) {
+      const command = this.decide(text, analysed.statements);
+      const denial = this.denialFor(command);
+      if (denial !== undefined) {
+        this.statements.set(name, { text, analysis: analysed.statements, refusal: denial });
+        this.forward(encodeParse(name, FAILING_SQL));
+        this.pushUnit({ kind: 'parse', command, denial });
+        return;
+      }
+      this.session?.complete(command, 'sql', { status: 'success', message: 'prepared' });
+    }
+    this.statements.set(name, statement);
+    this.forward(frame);
+    this.pushUnit({ kind: 'parse' });
+  }
+
+  private handleBind(msg: Bind): void {
+    this.forward(msg.frame);
+    if (this.skipUntilSync) return;
+    const statement = this.statements.get(msg.statement);
+    if (statement !== undefined) {
+      this.portals.set(msg.portal, { statement, params: auditParameters(msg) });
+    }
+    this.pushUnit({ kind: 'bind' });
+  }
+
+  private handleExecute(portalName: string, frame: Buffer): void {
+    if (this.skipUntilSync) {
+      this.forward(frame);
+      return;
+    }
+    const portal = this.portals.get(portalName);
+    const analysis = portal?.statement.analysis;
+    if (portal === undefined || analysis === undefined || analysis.length === 0) {
+      // Unknown portal (the upstream will report it) or an empty statement: nothing to decide.
+      this.forward(frame);
+      this.pushUnit({ kind: 'execute' });
+      return;
+    }
+    const command = this.decide(portal.statement.text, analysis, portal.params);
+    const denial = this.denialFor(command);
+    if (denial === undefined) {
+      this.noteAllowed(analysis);
+      this.forward(frame);
+      this.pushUnit({ kind: 'execute', command });
+    } else {
+      this.forward(encodeExecute(MISSING_PORTAL, 0));
+      this.pushUnit({ kind: 'execute', command, denial });
+    }
+  }
+
+  private denialFor(command: DecidedCommand): Buffer | undefined {
+    const d = command.decision;
+    if (d.decision === 'allow') return undefined;
+    const who = d.policy === '' ? 'no policy' : `policy ${d.policy}`;
+    if (d.decision === 'approve') {
+      // Holding for approval arrives with the approvals feature; until then an approve rule denies.
+      return this.denialFrame(
+        '42501',
+        `chaperone: statement requires approval (${who}, rule ${d.rule}); approvals are not enabled on this sidecar`,
+      );
+    }
+    const why = d.message ?? d.reasons.join('; ');
+    return this.errorFrame({
+      severity: 'ERROR',
+      code: '42501',
+      message: `chaperone: permission denied by ${who}, rule ${d.rule}${why === '' ? '' : `: ${why}`}`,
+      ...(d.bundleDigest === '' ? {} : { detail: `policy bundle ${d.bundleDigest}` }),
+      hint: 'The statement was not sent to the database. Ask the owner of the AccessPolicy if you need it.',
+    });
+  }
+
+  private denialFrame(code: string, message: string): Buffer {
+    return this.errorFrame({ severity: 'ERROR', code, message });
+  }
+
+  private errorFrame(fields: ErrorFields): Buffer {
+    return errorResponse(fields);
+  }
+
+  // ---- upstream → client --------------------------------------------------------------------------
+
+  private readonly onUpstreamData = (chunk: Buffer): void => {
+    this.ctx.metrics.bytes.inc({ listener: this.ctx.config.name, direction: 'upstream_to_client' }, chunk.length);
+    const client = this.client;
+    client.cork();
+    try {
+      this.scanner.push(chunk);
+      for (let seg = this.scanner.next(); seg !== null; seg = this.scanner.next()) {
+        if (seg.kind === 'raw') {
+          this.toClient(seg.bytes);
+          continue;
+        }
+        const out = this.onFrame(seg.code, seg.frame);
+        this.toClient(out);
+      }
+    } catch (err) {
+      this.logger.error('upstream protocol error', { sessionId: this.session?.id, error: err });
+      this.fatal('08P01', 'chaperone: the protected database sent an invalid message');
+    } finally {
+      client.uncork();
+    }
+  };
+
+  private toClient(bytes: Buffer): void {
+    if (bytes.length === 0) return;
+    if (!this.client.write(bytes)) this.upstream?.socket.pause();
+  }
+
+  private headUnit(): ResponseUnit | undefined {
+    return this.units[this.unitHead];
+  }
+
+  private shiftUnit(): ResponseUnit | undefined {
+    const unit = this.units[this.unitHead];
+    if (unit === undefined) return undefined;
+    this.unitHead += 1;
+    if (this.unitHead > 1024 && this.unitHead * 2 > this.units.length) {
+      this.units.splice(0, this.unitHead);
+      this.unitHead = 0;
+    }
+    return unit;
+  }
+
+  /** Looks at one interesting frame; returns the bytes to send to the client in its place. */
+  private onFrame(code: BackendCode, frame: Buffer): Buffer {
+    const unit = this.headUnit();
+    switch (code) {
+      case BackendCode.CommandComplete: {
+        if (unit !== undefined) {
+          unit.rows += decodeCommandComplete(frame).rows ?? 0;
+          if (unit.kind === 'execute') this.finish(this.shiftUnit(), 'success');
+        }
+        return frame;
+      }
+      case BackendCode.EmptyQueryResponse:
+      case BackendCode.PortalSuspended:
+        if (unit?.kind === 'execute') this.finish(this.shiftUnit(), 'success');
+        return frame;
+      case BackendCode.ParseComplete:
+      case BackendCode.BindComplete:
+      case BackendCode.CloseComplete:
+      case BackendCode.NoData:
+      case BackendCode.RowDescription:
+        if (unit !== undefined && expectsCompletion(unit.kind, code)) this.shiftUnit();
+        return frame;
+      case BackendCode.ErrorResponse:
+        return this.onError(unit, frame);
+      case BackendCode.ReadyForQuery: {
+        this.transactionStatus = decodeReadyForQuery(frame);
+        // Whatever is still queued up to here belonged to this Sync/Query and got no response of its own.
+        for (let u = this.shiftUnit(); u !== undefined; u = this.shiftUnit()) {
+          if (u.kind === 'query' || u.kind === 'sync') {
+            if (u.kind === 'query') this.finish(u, u.error === undefined ? 'success' : 'error');
+            break;
+          }
+          this.finish(u, 'cancelled');
+        }
+        return frame;
+      }
+      default:
+        return frame;
+    }
+  }
+
+  private onError(unit: ResponseUnit | undefined, frame: Buffer): Buffer {
+    if (unit === undefined) return frame; // e.g. a FATAL error before shutdown
+    if (unit.kind === 'query') {
+      // In a simple query the error ends the statements; ReadyForQuery completes the unit.
+      unit.error =
+        unit.denial === undefined ? decodeErrorFields(frame) : { severity: 'ERROR', code: '42501', message: 'denied' };
+      return unit.denial ?? frame;
+    }
+    // Extended protocol: this message failed and the upstream now skips everything until Sync.
+    const failed = this.shiftUnit();
+    if (failed !== undefined) {
+      failed.error = failed.denial === undefined ? decodeErrorFields(frame) : undefined;
+      this.finish(failed, failed.denial === undefined ? 'error' : 'denied');
+    }
+    let syncQueued = false;
+    for (let u = this.headUnit(); u !== undefined; u = this.headUnit()) {
+      if (u.kind === 'sync') {
+        syncQueued = true;
+        break;
+      }
+      this.finish(this.shiftUnit(), 'cancelled');
+    }
+    if (!syncQueued) this.skipUntilSync = true;
+    return failed?.denial ?? frame;
+  }
+
+  private finish(unit: ResponseUnit | undefined, status: CommandOutcome['status']): void {
+    const command = unit?.command;
+    if (unit === undefined || command === undefined || this.session === undefined) return;
+    if (unit.denial !== undefined) {
+      this.session.complete(command, 'sql', { status: 'denied', code: '42501' });
+      return;
+    }
+    const error = unit.error;
+    this.session.complete(command, 'sql', {
+      status: error === undefined ? status : error.code === '57014' ? 'cancelled' : 'error',
+      ...(error === undefined ? {} : { code: error.code, message: error.message }),
+      rows: unit.rows,
+    });
+  }
+
+  // ---- errors and teardown ------------------------------------------------------------------------
+
+  private protocolError(err: unknown): void {
+    this.ctx.metrics.protocolErrors.inc({ listener: this.ctx.config.name });
+    const message = err instanceof ProtocolViolation ? err.message : 'invalid message';
+    this.logger.warn('protocol violation', {
+      sessionId: this.session?.id,
+      message,
+      client: this.rawClient.remoteAddress,
+    });
+    this.fatal('08P01', `chaperone: protocol violation: ${message}`);
+  }
+
+  private internalError(err: unknown): void {
+    this.logger.error('internal error', { sessionId: this.session?.id, error: err });
+    this.fatal('XX000', 'chaperone: internal error');
+  }
+
+  /** Sends a FATAL ErrorResponse in the client's protocol, once, and closes the connection. */
+  private fatal(code: string, message: string): void {
+    if (this.phase === 'closed') return;
+    if (this.client.writable) {
+      this.client.end(errorResponse({ severity: 'FATAL', code, message }));
+    }
+    this.close(message);
+  }
+
+  close(reason: string): void {
+    if (this.phase === 'closed') return;
+    this.phase = 'closed';
+    clearTimeout(this.authTimer);
+    this.ctx.unregister(this);
+    // Outstanding commands never got their responses.
+    for (let u = this.shiftUnit(); u !== undefined; u = this.shiftUnit()) this.finish(u, 'cancelled');
+    this.session?.end(reason);
+    const upstream = this.upstream?.socket;
+    if (upstream !== undefined) {
+      upstream.removeAllListeners('close');
+      upstream.removeAllListeners('error');
+      upstream.on('error', () => undefined);
+      upstream.end();
+      setTimeout(() => upstream.destroy(), 1000).unref();
+    }
+    if (!this.client.destroyed) {
+      this.client.end();
+      setTimeout(() => this.client.destroy(), 1000).unref();
+    }
+  }
+}
+
+function expectsCompletion(kind: ResponseUnit['kind'], code: BackendCode): boolean {
+  switch (kind) {
+    case 'parse':
+      return code === BackendCode.ParseComplete;
+    case 'bind':
+      return code === BackendCode.BindComplete;
+    case 'close':
+      return code === BackendCode.CloseComplete;
+    case 'describe':
+      return code === BackendCode.RowDescription || code === BackendCode.NoData;
+    default:
+      return false;
+  }
+}
+
+/** The key of what a decision depends on: statement facts, not literal values. */
+export function factsFingerprint(facts: readonly SqlStatementFacts[]): string {
+  let key = '';
+  for (const f of facts) {
+    key += `${f.kind}|${f.relations.join(',')}|${f.functions.join(',')}|${f.sideEffects ? 1 : 0};`;
+  }
+  return key;
+}
+
+/** Bound parameters as recorded: text values as sent (cut to 1 KiB), binary ones as hex, NULL as "NULL". */
+export function auditParameters(bind: Bind): string[] {
+  return bind.params.slice(0, 64).map((p, i) => {
+    if (p === null) return 'NULL';
+    const format = bind.paramFormats.length === 1 ? bind.paramFormats[0] : bind.paramFormats[i];
+    const text = format === 1 ? `\\x${p.subarray(0, 512).toString('hex')}` : p.subarray(0, 1024).toString('utf8');
+    return text;
+  });
+}

@@ -1,0 +1,340 @@
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { Parser } from 'pg-protocol/dist/parser.js';
+import type { BackendMessage } from 'pg-protocol/dist/messages.js';
+import { AuthCode, BackendCode } from './backend-messages.ts';
+import {
+  BackendScanner,
+  decodeAuthentication,
+  decodeBackendKeyData,
+  decodeCommandComplete,
+  decodeCopyResponse,
+  decodeDataRow,
+  decodeErrorFields,
+  decodeNegotiateProtocolVersion,
+  decodeNotificationResponse,
+  decodeParameterStatus,
+  decodeReadyForQuery,
+  decodeRowDescription,
+  scanChunk,
+  type BackendScannerOptions,
+} from './backend-scanner.ts';
+import { ProtocolViolation } from './protocol-violation.ts';
+import { cstr, i16, i32, i8, msg, prng, u32 } from './test-wire.ts';
+
+const field = (name: string, table: number, attr: number, type: number, size: number, fmt: number): Buffer =>
+  Buffer.concat([cstr(name), u32(table), i16(attr), u32(type), i16(size), i32(-1), i16(fmt)]);
+const row = (...values: (string | null)[]): Buffer =>
+  msg(
+    'D',
+    i16(values.length),
+    ...values.map((v) => (v === null ? i32(-1) : Buffer.concat([i32(Buffer.byteLength(v)), Buffer.from(v)]))),
+  );
+
+/** A realistic server → client stream, frame by frame. */
+const frames: Buffer[] = [
+  msg('R', i32(0)),
+  msg('S', cstr('server_version'), cstr('15.8')),
+  msg('K', i32(77), i32(12345)),
+  msg('Z', Buffer.from('I')),
+  msg('T', i16(2), field('id', 16384, 1, 23, 4, 0), field('ssn', 16384, 2, 25, -1, 0)),
+  row('1', '123-45-6789'),
+  row('2', null),
+  row('3', 'secret'),
+  msg('C', cstr('SELECT 3')),
+  msg('N', i8(0x53), cstr('NOTICE'), i8(0x43), cstr('00000'), i8(0x4d), cstr('hi'), i8(0)),
+  msg('A', i32(77), cstr('chan'), cstr('payload')),
+  msg('1'),
+  msg('2'),
+  msg('n'),
+  msg('s'),
+  msg('H', i8(0), i16(1), i16(0)),
+  msg('d', Buffer.from('x\n')),
+  msg('c'),
+  msg('C', cstr('COPY 1')),
+  msg('E', i8(0x53), cstr('ERROR'), i8(0x43), cstr('57014'), i8(0x4d), cstr('canceling statement'), i8(0)),
+  msg('Z', Buffer.from('E')),
+];
+const stream = Buffer.concat(frames);
+
+interface ScanResult {
+  readonly output: Buffer;
+  readonly frames: string[];
+}
+
+function scan(chunks: Buffer[], options: BackendScannerOptions): ScanResult {
+  const s = new BackendScanner(options);
+  const out: Buffer[] = [];
+  const seen: string[] = [];
+  for (const c of chunks) {
+    for (const b of scanChunk(s, c, (code, frame) => {
+      assert.equal(frame[0], code);
+      seen.push(frame.toString('hex'));
+      return undefined;
+    })) {
+      out.push(Buffer.from(b));
+    }
+  }
+  assert.ok(s.atFrameBoundary);
+  return { output: Buffer.concat(out), frames: seen };
+}
+
+const interestSets: BackendCode[][] = [
+  [],
+  Object.values(BackendCode),
+  [BackendCode.DataRow],
+  [BackendCode.RowDescription, BackendCode.CommandComplete, BackendCode.ReadyForQuery, BackendCode.ErrorResponse],
+  [BackendCode.Authentication, BackendCode.CopyData],
+];
+
+describe('BackendScanner', () => {
+  for (const interest of interestSets) {
+    const label = interest.map((c) => String.fromCharCode(c)).join('') || 'nothing';
+    it(`with interest in ${label}: output equals input at every split point and byte by byte`, () => {
+      const interesting = new Set<number>(interest);
+      const expectedFrames = frames.filter((f) => interesting.has(f[0] ?? 0)).map((f) => f.toString('hex'));
+      const check = (chunks: Buffer[], what: string): void => {
+        const r = scan(chunks, { interest });
+        assert.deepEqual(r.output, stream, what);
+        assert.deepEqual(r.frames, expectedFrames, what);
+      };
+      check([stream], 'whole');
+      for (let i = 0; i <= stream.length; i++) check([stream.subarray(0, i), stream.subarray(i)], `split at ${i}`);
+      check(
+        [...stream].map((b) => Buffer.from([b])),
+        'byte by byte',
+      );
+    });
+  }
+
+  it('random multi-way splits agree (seeded)', () => {
+    const rand = prng(42);
+    for (let iter = 0; iter < 500; iter++) {
+      const chunks: Buffer[] = [];
+      for (let pos = 0; pos < stream.length;) {
+        const n = 1 + Math.floor(rand() * 40);
+        chunks.push(stream.subarray(pos, pos + n));
+        pos += n;
+      }
+      const interest = interestSets[iter % interestSets.length] ?? [];
+      assert.deepEqual(scan(chunks, { interest }).output, stream);
+    }
+  });
+
+  it('coalesces uninteresting frames into one raw view of the chunk', () => {
+    const s = new BackendScanner({ interest: [BackendCode.ReadyForQuery] });
+    s.push(stream);
+    const first = s.next();
+    assert.ok(first?.kind === 'raw');
+    assert.equal(first.bytes.buffer, stream.buffer, 'a view, not a copy');
+    assert.equal(
+      first.bytes.length,
+      frames.slice(0, 3).reduce((n, f) => n + f.length, 0),
+    );
+    const z = s.next();
+    assert.ok(z?.kind === 'frame' && z.code === BackendCode.ReadyForQuery);
+    assert.equal(decodeReadyForQuery(z.frame), 'I');
+  });
+
+  it('replaces one DataRow; every other byte is the original', () => {
+    const masked = row('3', '******');
+    for (let i = 0; i <= stream.length; i += 7) {
+      const s = new BackendScanner({ interest: [BackendCode.DataRow] });
+      const out: Buffer[] = [];
+      for (const chunk of [stream.subarray(0, i), stream.subarray(i)]) {
+        out.push(
+          ...scanChunk(s, chunk, (_code, frame) => {
+            const values = decodeDataRow(frame);
+            return values[1]?.toString() === 'secret' ? masked : undefined;
+          }),
+        );
+      }
+      const expected = Buffer.concat(frames.map((f) => (f.equals(row('3', 'secret')) ? masked : f)));
+      assert.deepEqual(Buffer.concat(out), expected, `split at ${i}`);
+      assert.notDeepEqual(expected, stream);
+    }
+  });
+
+  it('streams a large uninteresting DataRow without buffering it', () => {
+    const big = msg('D', i16(1), i32(1 << 20), Buffer.alloc(1 << 20, 0x61));
+    const s = new BackendScanner({ interest: [BackendCode.ReadyForQuery], maxBufferedFrameLength: 1024 });
+    let forwarded = 0;
+    for (let pos = 0; pos < big.length; pos += 65536) {
+      const chunk = big.subarray(pos, pos + 65536);
+      s.push(chunk);
+      const seg = s.next();
+      assert.ok(seg?.kind === 'raw');
+      assert.equal(seg.bytes.length, chunk.length, 'forwarded as soon as it arrives');
+      forwarded += seg.bytes.length;
+      assert.equal(s.next(), null);
+    }
+    assert.equal(forwarded, big.length);
+    s.push(msg('Z', Buffer.from('I')));
+    assert.equal(s.next()?.kind, 'frame');
+  });
+
+  it('rejects an interesting frame over the buffering limit, from its header', () => {
+    const s = new BackendScanner({ interest: [BackendCode.DataRow], maxBufferedFrameLength: 1024 });
+    s.push(Buffer.concat([Buffer.from('D'), i32(1025)]));
+    assert.throws(() => s.next(), /exceeds the 1024-byte buffering limit/);
+    assert.throws(() => s.next(), ProtocolViolation, 'unusable after an error');
+  });
+
+  it('rejects unknown type bytes and short lengths', () => {
+    const bad = (bytes: Buffer, re: RegExp, interest: BackendCode[] = []): void => {
+      const s = new BackendScanner({ interest });
+      s.push(bytes);
+      assert.throws(
+        () => {
+          while (s.next() !== null);
+        },
+        (e: unknown) => e instanceof ProtocolViolation && re.test(e.message),
+      );
+    };
+    bad(Buffer.from('Q'), /invalid backend message type Q/);
+    bad(Buffer.concat([msg('Z', Buffer.from('I')), Buffer.from([0xff])]), /invalid backend message type 0xff/);
+    bad(Buffer.concat([Buffer.from('D'), i32(3)]), /invalid backend message length 3/);
+    bad(Buffer.concat([Buffer.from('D'), i32(-5)]), /invalid backend message length -5/, [BackendCode.DataRow]);
+  });
+
+  it('applies an interest change at the next frame, even when a header straddles chunks', () => {
+    const s = new BackendScanner({ interest: [] });
+    const z = msg('Z', Buffer.from('I'));
+    s.push(z.subarray(0, 2));
+    const first = s.next();
+    assert.ok(first?.kind === 'raw' && first.bytes.length === 2);
+    s.setInterested(BackendCode.ReadyForQuery, true);
+    const out = scanChunk(s, Buffer.concat([z.subarray(2), z]), () => undefined);
+    assert.deepEqual(Buffer.concat([first.bytes, ...out]), Buffer.concat([z, z]));
+    assert.ok(s.isInterested(BackendCode.ReadyForQuery));
+  });
+
+  it('hands back unread bytes at a frame boundary', () => {
+    const s = new BackendScanner({ interest: [BackendCode.ReadyForQuery] });
+    s.push(Buffer.concat([msg('Z', Buffer.from('I')), msg('S', cstr('a'), cstr('b'))]));
+    assert.equal(s.next()?.kind, 'frame');
+    assert.deepEqual(s.detachRemainder(), msg('S', cstr('a'), cstr('b')));
+    assert.equal(s.next(), null);
+  });
+});
+
+describe('backend frame decoders', () => {
+  it('agree with pg-protocol on RowDescription and DataRow', () => {
+    const t = frames[4] ?? Buffer.alloc(0);
+    const fields = decodeRowDescription(t);
+    assert.deepEqual(fields, [
+      { name: 'id', tableOid: 16384, columnAttr: 1, typeOid: 23, typeSize: 4, typeModifier: -1, format: 0 },
+      { name: 'ssn', tableOid: 16384, columnAttr: 2, typeOid: 25, typeSize: -1, typeModifier: -1, format: 0 },
+    ]);
+    const parsed: BackendMessage[] = [];
+    new Parser().parse(Buffer.concat([t, frames[5] ?? Buffer.alloc(0), frames[6] ?? Buffer.alloc(0)]), (m) => {
+      parsed.push(m);
+    });
+    const pgFields = (parsed[0] as unknown as { fields: { name: string; dataTypeID: number; tableID: number }[] })
+      .fields;
+    assert.deepEqual(
+      pgFields.map((f) => [f.name, f.tableID, f.dataTypeID]),
+      fields.map((f) => [f.name, f.tableOid, f.typeOid]),
+    );
+    for (const [i, frame] of [frames[5], frames[6]].entries()) {
+      const ours = decodeDataRow(frame ?? Buffer.alloc(0)).map((v) => (v === null ? null : v.toString()));
+      assert.deepEqual(ours, (parsed[i + 1] as unknown as { fields: (string | null)[] }).fields);
+    }
+  });
+
+  it('decode CommandComplete tags and row counts', () => {
+    const cc = (tag: string): unknown => decodeCommandComplete(msg('C', cstr(tag)));
+    assert.deepEqual(cc('SELECT 3'), { tag: 'SELECT 3', command: 'SELECT', rows: 3 });
+    assert.deepEqual(cc('INSERT 0 5'), { tag: 'INSERT 0 5', command: 'INSERT', rows: 5 });
+    assert.deepEqual(cc('UPDATE 0'), { tag: 'UPDATE 0', command: 'UPDATE', rows: 0 });
+    assert.deepEqual(cc('CREATE TABLE'), { tag: 'CREATE TABLE', command: 'CREATE TABLE', rows: null });
+    assert.deepEqual(cc('BEGIN'), { tag: 'BEGIN', command: 'BEGIN', rows: null });
+  });
+
+  it('decode errors, notices, status, parameters, keys, notifications, COPY and auth', () => {
+    assert.deepEqual(decodeErrorFields(frames[19] ?? Buffer.alloc(0)), {
+      severity: 'ERROR',
+      code: '57014',
+      message: 'canceling statement',
+    });
+    assert.deepEqual(
+      decodeErrorFields(
+        msg(
+          'N',
+          i8(0x53),
+          cstr('WARNING'),
+          i8(0x56),
+          cstr('WARNING'),
+          i8(0x43),
+          cstr('01000'),
+          i8(0x4d),
+          cstr('m'),
+          i8(0x44),
+          cstr('d'),
+          i8(0x74),
+          cstr('tbl'),
+          i8(0x5a),
+          cstr('future'),
+          i8(0),
+        ),
+      ),
+      {
+        severity: 'WARNING',
+        severityNonLocalized: 'WARNING',
+        code: '01000',
+        message: 'm',
+        detail: 'd',
+        table: 'tbl',
+        extra: { Z: 'future' },
+      },
+    );
+    assert.equal(decodeReadyForQuery(msg('Z', Buffer.from('T'))), 'T');
+    assert.throws(() => decodeReadyForQuery(msg('Z', Buffer.from('X'))), ProtocolViolation);
+    assert.deepEqual(decodeParameterStatus(frames[1] ?? Buffer.alloc(0)), { name: 'server_version', value: '15.8' });
+    const key = decodeBackendKeyData(frames[2] ?? Buffer.alloc(0));
+    assert.equal(key.processId, 77);
+    assert.deepEqual(key.secretKey, i32(12345));
+    assert.throws(() => decodeBackendKeyData(msg('K', i32(1), i16(1))), /cancel key of 2 bytes/);
+    assert.deepEqual(decodeNotificationResponse(frames[10] ?? Buffer.alloc(0)), {
+      processId: 77,
+      channel: 'chan',
+      payload: 'payload',
+    });
+    assert.deepEqual(decodeCopyResponse(frames[15] ?? Buffer.alloc(0)), {
+      direction: 'out',
+      format: 0,
+      columnFormats: [0],
+    });
+    assert.deepEqual(decodeCopyResponse(msg('G', i8(1), i16(2), i16(1), i16(1))), {
+      direction: 'in',
+      format: 1,
+      columnFormats: [1, 1],
+    });
+    assert.deepEqual(decodeAuthentication(msg('R', i32(0))), { code: AuthCode.Ok });
+    assert.deepEqual(decodeAuthentication(msg('R', i32(5), Buffer.from([1, 2, 3, 4]))), {
+      code: AuthCode.MD5Password,
+      salt: Buffer.from([1, 2, 3, 4]),
+    });
+    assert.deepEqual(decodeAuthentication(msg('R', i32(10), cstr('SCRAM-SHA-256'), i8(0))), {
+      code: AuthCode.SASL,
+      mechanisms: ['SCRAM-SHA-256'],
+    });
+    assert.throws(() => decodeAuthentication(msg('R', i32(99))), /unknown request code 99/);
+    assert.deepEqual(decodeNegotiateProtocolVersion(msg('v', i32(0), i32(1), cstr('_pq_.x'))), {
+      newestMinorVersion: 0,
+      unrecognizedOptions: ['_pq_.x'],
+    });
+  });
+
+  it('reject malformed frames', () => {
+    assert.throws(() => decodeDataRow(msg('T', i16(0))), /expected D/);
+    assert.throws(() => decodeDataRow(msg('D', i16(2), i32(1), Buffer.from('a'))), /columns extends past/);
+    assert.throws(() => decodeDataRow(msg('D', i16(1), i32(5), Buffer.from('a'))), /column 1 extends past/);
+    assert.throws(() => decodeDataRow(msg('D', i16(-1))), /negative column count/);
+    assert.throws(() => decodeDataRow(Buffer.concat([Buffer.from('D'), i32(99), i16(0)])), /length field mismatch/);
+    assert.throws(() => decodeRowDescription(msg('T', i16(1), cstr('x'))), /past the end/);
+    assert.throws(() => decodeRowDescription(msg('T', i16(1000))), /fields extends past/);
+    assert.throws(() => decodeErrorFields(msg('E', i8(0x53), Buffer.from('ERROR'))), /missing its NUL/);
+    assert.throws(() => decodeCommandComplete(msg('C', Buffer.from('SELECT 1'))), /missing its NUL/);
+  });
+});

@@ -1,0 +1,90 @@
+// Wires the sidecar together from a validated configuration: identity, policy bundles, audit sink,
+// metrics and one engine listener per configured resource. Returns a handle that stops everything.
+import type { Server } from 'node:http';
+import type { SidecarConfig } from './config.ts';
+import { parseHostPort } from './config.ts';
+import { JsonLinesSink, type AuditSink } from './core/audit/audit-sink.ts';
+import { TokenVerifier } from './core/identity/token-verifier.ts';
+import { createLogger, type Logger } from './core/observability/logger.ts';
+import { createSidecarMetrics, serveMetrics, type SidecarMetrics } from './core/observability/metrics.ts';
+import { BundleWatcher } from './core/policy/bundle-directory.ts';
+import { PolicyEngine } from './core/policy/policy-engine.ts';
+import { loadSqlParser } from './engines/postgres/analysis/analyze-sql.ts';
+import { createSqlAnalyzer } from './engines/postgres/analysis/sql-analyzer.ts';
+import { PostgresListener } from './engines/postgres/postgres-listener.ts';
+
+export interface RunningSidecar {
+  readonly listeners: readonly { name: string; host: string; port: number }[];
+  readonly metricsAddress: { host: string; port: number } | undefined;
+  readonly policy: PolicyEngine;
+  readonly metrics: SidecarMetrics;
+  /** Re-reads the bundle directory now instead of at the next poll. */
+  reloadPolicies(): Promise<void>;
+  close(): Promise<void>;
+}
+
+export interface StartOptions {
+  readonly logger?: Logger;
+  readonly sink?: AuditSink;
+}
+
+export async function startSidecar(config: SidecarConfig, options: StartOptions = {}): Promise<RunningSidecar> {
+  const logger = options.logger ?? createLogger({ level: config.log.level, base: { component: 'chaperone-sidecar' } });
+  const metrics = createSidecarMetrics();
+  const sink = options.sink ?? new JsonLinesSink(config.audit.path);
+  const policy = new PolicyEngine({ cacheSize: config.policy.decisionCacheSize });
+  const watcher = new BundleWatcher({
+    dir: config.policy.bundleDir,
+    engine: policy,
+    logger,
+    pollIntervalMs: config.policy.pollIntervalMs,
+    onReload: (result) => metrics.bundleReloads.inc({ result }),
+  });
+  await Promise.all([loadSqlParser(), watcher.start()]);
+  const verifier = new TokenVerifier({
+    issuers: config.identity.issuers,
+    clockToleranceSeconds: config.identity.clockToleranceSeconds,
+  });
+  const analyzer = createSqlAnalyzer({ cacheSize: 4096 });
+  const pod = { name: config.pod.name, namespace: config.pod.namespace };
+
+  const listeners: PostgresListener[] = [];
+  const addresses: { name: string; host: string; port: number }[] = [];
+  let metricsServer: Server | undefined;
+  try {
+    for (const l of config.listeners) {
+      const listener = new PostgresListener({ config: l, pod, verifier, policy, sink, metrics, logger, analyzer });
+      const address = await listener.listen();
+      listeners.push(listener);
+      addresses.push({ name: l.name, ...address });
+    }
+    if (config.metrics.listen !== '') {
+      const { host, port } = parseHostPort(config.metrics.listen);
+      metricsServer = await serveMetrics(metrics.registry, host, port);
+    }
+  } catch (err) {
+    watcher.stop();
+    await Promise.allSettled(listeners.map((l) => l.close()));
+    throw err;
+  }
+  const metricsAddr = metricsServer?.address();
+  return {
+    listeners: addresses,
+    metricsAddress:
+      metricsAddr === undefined || metricsAddr === null || typeof metricsAddr === 'string'
+        ? undefined
+        : { host: metricsAddr.address, port: metricsAddr.port },
+    policy,
+    metrics,
+    reloadPolicies: () => watcher.check(),
+    async close() {
+      watcher.stop();
+      await Promise.allSettled(listeners.map((l) => l.close()));
+      await new Promise<void>((resolve) => {
+        if (metricsServer === undefined) resolve();
+        else metricsServer.close(() => resolve());
+      });
+      await sink.close();
+    },
+  };
+}
