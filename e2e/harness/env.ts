@@ -1,4 +1,5 @@
 // The environment variables through which global setup hands the shared servers to test files.
+import { readFileSync } from 'node:fs';
 import type { TestContext } from 'node:test';
 
 export const ENV = {
@@ -68,4 +69,24 @@ export function postgresEnv(): PostgresEnv {
 export function testDir(t: TestContext): string {
   const safe = t.fullName.replace(/[^a-zA-Z0-9]+/g, '-').slice(0, 80);
   return `${required(ENV.runDir)}/tests/${safe}-${process.pid}`;
+}
+
+/** Client options for node-postgres to reach the harness PostgreSQL directly as the test role over TLS. */
+export function directPgOptions(database?: string): {
+  host: string;
+  port: number;
+  user: string;
+  password: string;
+  database: string;
+  ssl: { ca: string; servername: string };
+} {
+  const pg = postgresEnv();
+  return {
+    host: pg.host,
+    port: pg.port,
+    user: pg.user,
+    password: pg.password,
+    database: database ?? pg.database,
+    ssl: { ca: readFileSync(pg.caFile, 'utf8'), servername: 'localhost' },
+  };
 }

@@ -250,7 +250,8 @@ export async function startPostgres(runDir: string): Promise<PostgresCluster> {
   const user = 'chaperone_test';
   const database = 'chaperone_test';
   const password = randomBytes(18).toString('base64url');
-  psql(`create role ${user} login password '${password}'`);
+  // CREATEDB lets each test file work in a database of its own.
+  psql(`create role ${user} login createdb password '${password}'`);
   psql(`create database ${database} owner ${user}`);
 
   return {

@@ -96,7 +96,8 @@ class RemoteKeySource implements KeySource {
   }
 
   private download(): Promise<JSONWebKeySet> {
-    const headers: Record<string, string> = { accept: 'application/json' };
+    // The API server serves its JWKS as application/jwk-set+json and answers 406 to application/json alone.
+    const headers: Record<string, string> = { accept: 'application/jwk-set+json, application/json' };
     if (this.bearerTokenFile !== undefined) {
       headers.authorization = `Bearer ${readFileSync(this.bearerTokenFile, 'utf8').trim()}`;
     }
