@@ -15,7 +15,10 @@ async function adminQuery(sql: string): Promise<void> {
   }
 }
 
-/** Creates a database, runs `setupSql` in it (directly, not through a sidecar) and drops it after the test. */
+/**
+ * Creates a database, runs `setupSql` in it (directly, not through a sidecar) and drops it after the test.
+ * The drop forces sessions off, so a test ends its own clients in its body, not in later `after` hooks.
+ */
 export async function createTestDatabase(t: TestContext, setupSql?: string): Promise<string> {
   const name = `t_${randomBytes(5).toString('hex')}`;
   await adminQuery(`create database ${name}`);
