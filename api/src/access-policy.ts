@@ -109,9 +109,11 @@ export const RuleMatch = Type.Object(
             }),
           ),
           relations: patternList(
-            'Relations matched as schema.table patterns; a statement matches if any relation does.',
+            'Relations as schema.table patterns. deny and approve rules match when any relation matches; allow rules only when every relation does.',
           ),
-          functions: patternList('Functions matched as schema.name patterns; a statement matches if it calls any.'),
+          functions: patternList(
+            'Functions as schema.name patterns. deny and approve rules match when any called function matches; allow rules only when every one does.',
+          ),
           sideEffects: Type.Optional(
             Type.Boolean({
               description: 'When set, matches only statements whose side-effect flag equals this value.',
