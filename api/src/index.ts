@@ -11,3 +11,4 @@ export * from './crds.ts';
 export * from './policy.ts';
 export * from './audit-chain.ts';
 export * from './policy-bundle.ts';
+export * from './audit-signature.ts';

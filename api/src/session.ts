@@ -66,6 +66,25 @@ export const SessionSpec = Type.Object(
         },
       ],
     }),
+    signer: Type.Optional(
+      Type.Object(
+        {
+          keyId: Type.String({ description: 'Identifier of the signing key (kid of the JWK).', maxLength: 256 }),
+          publicKey: Type.String({
+            description: 'The Ed25519 public key of the writing sidecar as a JSON Web Key (JSON text).',
+            maxLength: 1024,
+          }),
+          certificate: Type.Optional(
+            Type.String({
+              description:
+                'Compact JWS by the operator binding keyId and publicKey to the pod (docs/audit.md, Trust model).',
+              maxLength: 8192,
+            }),
+          ),
+        },
+        { description: "The key that signs this session's chain heads.", 'x-kubernetes-validations': immutable },
+      ),
+    ),
     head: Type.Optional(
       Type.Object(
         {

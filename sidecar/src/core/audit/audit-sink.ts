@@ -12,9 +12,27 @@ export interface SessionRef {
   readonly pod: string;
 }
 
+/** Thrown by AuditSink.write when a record cannot be accepted (NIST AU-5): the spool is full or the disk failed. */
+export class AuditUnavailable extends Error {
+  override name = 'AuditUnavailable';
+  readonly reason: 'spool-full' | 'disk-error' | 'closed';
+  constructor(reason: 'spool-full' | 'disk-error' | 'closed', message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.reason = reason;
+  }
+}
+
 export interface AuditSink {
-  /** Accepts one record. Records of one session arrive in seq order. */
+  /**
+   * Accepts one record. Records of one session arrive in seq order. Throws AuditUnavailable when the record
+   * cannot be accepted; the caller decides (per the resource's audit failure mode) what that means.
+   */
   write(session: SessionRef, record: AuditRecord): void;
+  /**
+   * Resolves when every record written so far is on durable storage (group commit); undefined when that is
+   * already so or the sink has no durability of its own. Engines forward a command only after this.
+   */
+  whenDurable(): Promise<void> | undefined;
   /** Resolves when everything written so far is handed to the destination. */
   flush(): Promise<void>;
   close(): Promise<void>;
@@ -44,6 +62,10 @@ export class JsonLinesSink implements AuditSink {
     this.stream.write(formatJsonLine(session, record));
   }
 
+  whenDurable(): undefined {
+    return undefined;
+  }
+
   flush(): Promise<void> {
     return new Promise((resolve) => {
       if (this.stream.writableLength === 0) resolve();
@@ -64,6 +86,9 @@ export class MemorySink implements AuditSink {
   readonly records: { session: SessionRef; record: AuditRecord }[] = [];
   write(session: SessionRef, record: AuditRecord): void {
     this.records.push({ session, record });
+  }
+  whenDurable(): undefined {
+    return undefined;
   }
   flush(): Promise<void> {
     return Promise.resolve();
