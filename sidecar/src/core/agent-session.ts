@@ -121,6 +121,15 @@ export class AgentSession {
   /** Decides a command against every loaded policy and records the decision. */
   decide(description: CommandDescription, facts: { inTransaction: boolean }): DecidedCommand {
     const startedAt = process.hrtime.bigint();
+    return this.record(description, this.evaluate(description, facts), startedAt);
+  }
+
+  /**
+   * Decides without recording: for checks whose effect is recorded later (a Parse is recorded when its
+   * statement executes, or when it is denied).
+   */
+  evaluate(description: CommandDescription, facts: { inTransaction: boolean }): CombinedDecision {
+    const startedAt = process.hrtime.bigint();
     const decision = this.options.policy.decide(
       {
         identity: this.policyId,
@@ -140,7 +149,16 @@ export class AgentSession {
       { listener, cached: 'unknown' },
       Number(process.hrtime.bigint() - startedAt) / 1e9,
     );
-    this.options.metrics.statements.inc({ listener, decision: decision.decision });
+    return decision;
+  }
+
+  /** Records a decision made by evaluate() and counts it. */
+  record(
+    description: CommandDescription,
+    decision: CombinedDecision,
+    startedAt = process.hrtime.bigint(),
+  ): DecidedCommand {
+    this.options.metrics.statements.inc({ listener: this.options.listener, decision: decision.decision });
     this.counters.commands += 1;
     if (decision.decision === 'allow') this.counters.allowed += 1;
     else if (decision.decision === 'deny') this.counters.denied += 1;

@@ -13,7 +13,12 @@ import type { Duplex } from 'node:stream';
 import { TLSSocket, type SecureContext } from 'node:tls';
 import type { Socket } from 'node:net';
 import type { Identity, SqlStatementFacts } from '@chaperone/api';
-import { AgentSession, type CommandOutcome, type DecidedCommand } from '../../core/agent-session.ts';
+import {
+  AgentSession,
+  type CommandDescription,
+  type CommandOutcome,
+  type DecidedCommand,
+} from '../../core/agent-session.ts';
 import { AuthenticationFailed, tokenHash } from '../../core/identity/token-verifier.ts';
 import { SessionRecorder } from '../../core/audit/session-recorder.ts';
 import type { PostgresListenerContext } from './postgres-listener.ts';
@@ -533,6 +538,27 @@ export class PostgresConnection {
     }
   }
 
+  private describe(
+    text: string,
+    statements: readonly AnalyzedStatement[],
+    parameters?: readonly string[],
+  ): CommandDescription {
+    const facts: SqlStatementFacts[] = statements.map((s) => ({
+      kind: s.kind,
+      relations: s.relations,
+      functions: s.functions,
+      sideEffects: s.sideEffects,
+    }));
+    return {
+      command: { type: 'sql', statements: facts },
+      fingerprint: factsFingerprint(facts),
+      text,
+      ...(parameters === undefined ? {} : { parameters }),
+      statementKinds: [...new Set(statements.map((s) => s.kind))],
+      relations: [...new Set(statements.flatMap((s) => s.relations))],
+    };
+  }
+
   private decide(
     text: string,
     statements: readonly AnalyzedStatement[],
@@ -540,23 +566,9 @@ export class PostgresConnection {
   ): DecidedCommand {
     const session = this.session;
     if (session === undefined) throw new Error('no session');
-    const facts: SqlStatementFacts[] = statements.map((s) => ({
-      kind: s.kind,
-      relations: s.relations,
-      functions: s.functions,
-      sideEffects: s.sideEffects,
-    }));
-    return session.decide(
-      {
-        command: { type: 'sql', statements: facts },
-        fingerprint: factsFingerprint(facts),
-        text,
-        ...(parameters === undefined ? {} : { parameters }),
-        statementKinds: [...new Set(statements.map((s) => s.kind))],
-        relations: [...new Set(statements.flatMap((s) => s.relations))],
-      },
-      { inTransaction: this.transactionStatus !== 'I' },
-    );
+    return session.decide(this.describe(text, statements, parameters), {
+      inTransaction: this.transactionStatus !== 'I',
+    });
   }
 
   private handleQuery(text: string, frame: Buffer): void {
@@ -619,16 +631,19 @@ export class PostgresConnection {
     const statement: PreparedStatement = { text, analysis: analysed.statements };
     // Decide at Parse so a forbidden statement is never prepared; each Execute is decided again (cached),
     // so a policy change reaches prepared statements too.
-    if (analysed.statements.length > 0) {
-      const command = this.decide(text, analysed.statements);
-      const denial = this.denialFor(command);
-      if (denial !== undefined) {
+    const session = this.session;
+    if (analysed.statements.length > 0 && session !== undefined) {
+      const description = this.describe(text, analysed.statements);
+      const decision = session.evaluate(description, { inTransaction: this.transactionStatus !== 'I' });
+      if (decision.decision !== 'allow') {
+        // Only a refusal is recorded here; an allowed statement is recorded at each Execute, with its parameters.
+        const command = session.record(description, decision);
+        const denial = this.denialFor(command) ?? this.denialFrame('42501', 'chaperone: denied');
         this.statements.set(name, { text, analysis: analysed.statements, refusal: denial });
         this.forward(encodeParse(name, FAILING_SQL));
         this.pushUnit({ kind: 'parse', command, denial });
         return;
       }
-      this.session?.complete(command, 'sql', { status: 'success', message: 'prepared' });
     }
     this.statements.set(name, statement);
     this.forward(frame);
@@ -638,10 +653,13 @@ export class PostgresConnection {
   private handleBind(msg: Bind): void {
     this.forward(msg.frame);
     if (this.skipUntilSync) return;
-    const statement = this.statements.get(msg.statement);
-    if (statement !== undefined) {
-      this.portals.set(msg.portal, { statement, params: auditParameters(msg) });
-    }
+    // Protocol-level Bind may name a statement created by SQL PREPARE: it is decided as what it holds.
+    const sqlPrepared = this.sqlPrepared.get(msg.statement);
+    const statement =
+      this.statements.get(msg.statement) ??
+      (sqlPrepared === undefined ? undefined : { text: sqlPrepared.text, analysis: [sqlPrepared] });
+    if (statement === undefined) this.portals.delete(msg.portal);
+    else this.portals.set(msg.portal, { statement, params: auditParameters(msg) });
     this.pushUnit({ kind: 'bind' });
   }
 
@@ -651,9 +669,21 @@ export class PostgresConnection {
       return;
     }
     const portal = this.portals.get(portalName);
-    const analysis = portal?.statement.analysis;
-    if (portal === undefined || analysis === undefined || analysis.length === 0) {
-      // Unknown portal (the upstream will report it) or an empty statement: nothing to decide.
+    if (portal === undefined) {
+      // A portal this sidecar did not see bound (e.g. a cursor opened by SQL DECLARE) has no analysis to
+      // decide on: fail closed rather than run it unseen.
+      const command = this.decideRefused(`EXECUTE PORTAL ${JSON.stringify(portalName)}`);
+      this.forward(encodeExecute(MISSING_PORTAL, 0));
+      this.pushUnit({
+        kind: 'execute',
+        command,
+        denial: this.denialFrame('42501', 'chaperone: executing a portal the sidecar did not see bound is not allowed'),
+      });
+      return;
+    }
+    const analysis = portal.statement.analysis;
+    if (analysis === undefined || analysis.length === 0) {
+      // An empty statement (EmptyQueryResponse) or one refused at Parse (the upstream reports that).
       this.forward(frame);
       this.pushUnit({ kind: 'execute' });
       return;
