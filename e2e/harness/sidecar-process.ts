@@ -1,0 +1,237 @@
+// Starts the real sidecar (the chaperone-sidecar bin) as a child process in front of a PostgreSQL server:
+// policies compiled by the real OPA binary into a bundle directory, a throwaway token issuer, JSON-lines
+// audit and logs in a directory of the caller's choosing. Used by the test harness (startTestSidecar) and
+// by the benchmarks (bench/run.ts), so both exercise the sidecar exactly as it is deployed.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createWriteStream, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { stringify } from 'yaml';
+import { BUNDLE_MANIFEST_FILE, BUNDLE_WASM_FILE, type AccessPolicySpec, type AuditRecord } from '@chaperone/api';
+import { compilePolicy } from '../../operator/src/policy/compile-policy.ts';
+import { stopProcess } from './processes.ts';
+import { createTestIssuer, type TestIssuer } from './tokens.ts';
+import { REPO_ROOT } from './tools.ts';
+
+export const SIDECAR_BIN = join(REPO_ROOT, 'sidecar', 'src', 'bin', 'chaperone-sidecar.ts');
+
+/** Allows everything; the policy for tests that exercise the protocol rather than the rules. */
+export const ALLOW_ALL: AccessPolicySpec = {
+  resources: { names: ['test-db'] },
+  rules: [{ name: 'everything', decision: 'allow', match: {} }],
+  defaultDecision: 'deny',
+};
+
+/** Compiles `spec` with OPA and writes it as bundle `name` into `bundleDir` (atomically, like a ConfigMap update). */
+export async function writePolicyBundle(
+  bundleDir: string,
+  name: string,
+  spec: AccessPolicySpec,
+  namespace = 'default',
+): Promise<string> {
+  const compiled = await compilePolicy({ namespace, name, spec });
+  if (!compiled.ok) throw new Error(`policy ${name} does not compile: ${JSON.stringify(compiled.errors)}`);
+  const tmp = join(bundleDir, `.${name}.tmp-${process.pid}`);
+  rmSync(tmp, { recursive: true, force: true });
+  mkdirSync(tmp, { recursive: true });
+  writeFileSync(join(tmp, BUNDLE_WASM_FILE), compiled.wasm);
+  writeFileSync(
+    join(tmp, BUNDLE_MANIFEST_FILE),
+    JSON.stringify({ manifest: compiled.manifest, digest: compiled.digest }),
+  );
+  rmSync(join(bundleDir, name), { recursive: true, force: true });
+  renameSync(tmp, join(bundleDir, name));
+  return compiled.digest;
+}
+
+/** The PostgreSQL server the sidecar logs in to with its own credential. */
+export interface SidecarUpstream {
+  /** Host name the sidecar connects to; `localhost` matches the harness server certificate for verify-full. */
+  readonly host?: string;
+  readonly port: number;
+  readonly database: string;
+  readonly user: string;
+  readonly password: string;
+  readonly caFile: string;
+  /** libpq sslmode semantics; default verify-full against `caFile`. */
+  readonly tlsMode?: 'disable' | 'require' | 'verify-ca' | 'verify-full';
+}
+
+export interface SidecarProcessOptions {
+  /** Directory for the config, bundles, JWKS, credentials, audit file and log; created if missing. */
+  readonly dir: string;
+  readonly upstream: SidecarUpstream;
+  /** Bundles by name; default one bundle `allow-all` with ALLOW_ALL. */
+  readonly policies?: Record<string, AccessPolicySpec>;
+  /** Extra trusted issuers in the config's identity.issuers form. */
+  readonly extraIssuers?: Record<string, unknown>[];
+  /** Overrides of the listener config. */
+  readonly listener?: Record<string, unknown>;
+  /** Extra keys of the config's `audit` section (spoolDir, kubernetes, ...); `path` stays the JSON-lines file. */
+  readonly audit?: Record<string, unknown>;
+  /** Sidecar log level; default debug (what tests want to read on failure). */
+  readonly logLevel?: 'debug' | 'info' | 'warn' | 'error';
+  /** Entry point run with `node` instead of the chaperone-sidecar bin (same `--config FILE` interface). */
+  readonly bin?: string;
+  /** Environment of the sidecar process; default this process's. */
+  readonly env?: NodeJS.ProcessEnv;
+  /** Extra node options placed before the bin, e.g. `--cpu-prof`. */
+  readonly nodeArgs?: readonly string[];
+  /** Called with the child's pid as soon as it is spawned (for crash-safe bookkeeping). */
+  readonly onSpawn?: (pid: number) => void;
+}
+
+export interface SidecarProcess {
+  readonly host: string;
+  readonly port: number;
+  readonly metricsPort: number;
+  readonly issuer: TestIssuer;
+  readonly dir: string;
+  readonly bundleDir: string;
+  readonly auditFile: string;
+  readonly logFile: string;
+  readonly process: ChildProcess;
+  /** Environment for libpq clients (psql, pgbench) to connect through the sidecar with `token`. */
+  libpqEnv(token: string, extra?: Record<string, string>): NodeJS.ProcessEnv;
+  /** Every audit record written so far, in order. */
+  records(): { session: { sessionId: string }; record: AuditRecord }[];
+  logs(): string;
+  stop(): Promise<void>;
+}
+
+interface ReadyLine {
+  listeners: { port: number; host: string }[];
+  metrics: { port: number };
+}
+
+/** Writes the configuration, spawns the sidecar and resolves once it has reported `ready`. */
+export async function spawnSidecar(options: SidecarProcessOptions): Promise<SidecarProcess> {
+  const { dir, upstream } = options;
+  const bundleDir = join(dir, 'bundles');
+  mkdirSync(bundleDir, { recursive: true });
+  for (const [name, spec] of Object.entries(options.policies ?? { 'allow-all': ALLOW_ALL })) {
+    await writePolicyBundle(bundleDir, name, spec);
+  }
+  const issuer = await createTestIssuer(join(dir, 'jwks.json'));
+  writeFileSync(join(dir, 'username'), upstream.user);
+  writeFileSync(join(dir, 'password'), upstream.password);
+  const auditFile = join(dir, 'audit.jsonl');
+  const logFile = join(dir, 'sidecar.log');
+  const config = {
+    pod: { namespace: 'tests', name: 'test-pod', uid: 'test-pod-uid' },
+    listeners: [
+      {
+        name: 'test-db',
+        type: 'postgres',
+        listen: '127.0.0.1:0',
+        upstream: {
+          host: upstream.host ?? 'localhost',
+          port: upstream.port,
+          database: upstream.database,
+          tls: { mode: upstream.tlsMode ?? 'verify-full', caFile: upstream.caFile },
+          usernameFile: join(dir, 'username'),
+          passwordFile: join(dir, 'password'),
+        },
+        resource: { namespace: 'default', labels: {} },
+        auditFailureMode: 'FailClosed',
+        ...options.listener,
+      },
+    ],
+    policy: { bundleDir, pollIntervalMs: 200 },
+    identity: {
+      issuers: [
+        { issuer: issuer.issuer, jwksFile: issuer.jwksFile, audiences: ['chaperone'], algorithms: ['RS256'] },
+        ...(options.extraIssuers ?? []),
+      ],
+    },
+    audit: { path: auditFile, ...options.audit },
+    metrics: { listen: '127.0.0.1:0' },
+    log: { level: options.logLevel ?? 'debug' },
+  };
+  const configFile = join(dir, 'sidecar.yaml');
+  writeFileSync(configFile, stringify(config));
+  const log = createWriteStream(logFile);
+  const child = spawn(
+    process.execPath,
+    [...(options.nodeArgs ?? []), options.bin ?? SIDECAR_BIN, '--config', configFile],
+    {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      ...(options.env === undefined ? {} : { env: options.env }),
+    },
+  );
+  if (child.pid !== undefined) options.onSpawn?.(child.pid);
+  child.stdout.pipe(log);
+  let ready: ReadyLine;
+  try {
+    ready = await new Promise<ReadyLine>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`sidecar not ready in 30s; see ${logFile}`)), 30_000);
+      createInterface({ input: child.stderr }).on('line', (line) => {
+        log.write(`${line}\n`);
+        if (line.includes('"msg":"ready"')) {
+          clearTimeout(timer);
+          resolve(JSON.parse(line) as ReadyLine);
+        }
+      });
+      child.once('error', (err) => {
+        clearTimeout(timer);
+        reject(err);
+      });
+      child.once('exit', (code) => {
+        clearTimeout(timer);
+        reject(new Error(`sidecar exited with ${String(code)}: ${readFileSync(logFile, 'utf8')}`));
+      });
+    });
+  } catch (err) {
+    // Never leave a half-started sidecar behind.
+    await stopProcess(child, 5_000).catch(() => undefined);
+    log.end();
+    throw err;
+  }
+  const listener = ready.listeners[0];
+  if (listener === undefined) {
+    await stopProcess(child, 5_000).catch(() => undefined);
+    log.end();
+    throw new Error('sidecar reported no listener');
+  }
+  return {
+    host: listener.host,
+    port: listener.port,
+    metricsPort: ready.metrics.port,
+    issuer,
+    dir,
+    bundleDir,
+    auditFile,
+    logFile,
+    process: child,
+    libpqEnv(token, extra = {}) {
+      return {
+        ...process.env,
+        PGHOST: listener.host,
+        PGPORT: String(listener.port),
+        PGUSER: 'agent',
+        PGDATABASE: 'agent-db',
+        PGPASSWORD: token,
+        PGSSLMODE: 'disable',
+        PGAPPNAME: 'chaperone-test',
+        ...extra,
+      };
+    },
+    records() {
+      let text: string;
+      try {
+        text = readFileSync(auditFile, 'utf8');
+      } catch {
+        return [];
+      }
+      return text
+        .split('\n')
+        .filter((l) => l !== '')
+        .map((l) => JSON.parse(l) as { session: { sessionId: string }; record: AuditRecord });
+    },
+    logs: () => readFileSync(logFile, 'utf8'),
+    async stop() {
+      await stopProcess(child, 10_000);
+      log.end();
+    },
+  };
+}
