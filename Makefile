@@ -39,6 +39,10 @@ tools: prerequisites ## Build kube-apiserver launcher, kubectl, opa and helm int
 packages: ## Install Debian packages the tests need (postgresql, pgbouncer) when missing.
 	@scripts/debian-packages.sh
 
+.PHONY: drivers
+drivers: ## Install psycopg and the PostgreSQL JDBC driver (driver tests) into the per-machine cache, link .tools/drivers.
+	@scripts/drivers.sh
+
 .PHONY: generate
 generate: deps ## Regenerate crds/ from the schemas in api/src.
 	node api/scripts/generate-crds.ts
@@ -55,7 +59,7 @@ lint: deps ## eslint, prettier --check and the TypeScript typecheck.
 	@command -v gofmt >/dev/null && test -z "$$(gofmt -l e2e/controlplane)" || { echo "gofmt: e2e/controlplane needs formatting" >&2; exit 1; }
 
 .PHONY: test
-test: deps tools packages lint ## Lint, then every test against a real control plane and PostgreSQL.
+test: deps tools packages drivers lint ## Lint, then every test against a real control plane and PostgreSQL.
 	npm test --silent
 
 .PHONY: demo

@@ -38,9 +38,9 @@ export async function verifyChainHead(
     return importJWK(jwk, 'EdDSA');
   });
   if (protectedHeader.alg !== 'EdDSA') throw new Error(`unexpected algorithm ${protectedHeader.alg}`);
-  const head = JSON.parse(new TextDecoder().decode(payload)) as ChainHead;
+  const head = JSON.parse(new TextDecoder().decode(payload)) as Partial<ChainHead>;
   if (head.typ !== CHAIN_HEAD_TYPE) throw new Error('not a chain head');
-  return head;
+  return head as ChainHead;
 }
 
 function canonicalHead(head: ChainHead): string {

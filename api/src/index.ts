@@ -12,3 +12,4 @@ export * from './policy.ts';
 export * from './audit-chain.ts';
 export * from './policy-bundle.ts';
 export * from './audit-signature.ts';
+export * from './duration.ts';

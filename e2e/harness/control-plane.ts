@@ -31,16 +31,25 @@ interface ReadyLine {
   dataDir: string;
 }
 
-export async function startControlPlane(runDir: string, options: { timeoutMs?: number } = {}): Promise<ControlPlane> {
+export interface ControlPlaneOptions {
+  timeoutMs?: number;
+  /**
+   * API server port; default a free one. Restarting on the same `runDir` reuses its etcd data and PKI, so
+   * passing the old port (from `server`) gives clients that keep their kubeconfig the same endpoint back.
+   */
+  port?: number;
+}
+
+export async function startControlPlane(runDir: string, options: ControlPlaneOptions = {}): Promise<ControlPlane> {
   const binary = toolPath('controlplane');
   const dataDir = join(runDir, 'controlplane');
   const kubeconfig = join(runDir, 'admin.kubeconfig');
   const logFile = join(runDir, 'controlplane.log');
-  const log = createWriteStream(logFile);
+  const log = createWriteStream(logFile, { flags: 'a' });
   // stdin stays open as a pipe: if this process dies, the pipe closes and the control plane stops itself.
-  const child = spawn(binary, ['--data-dir', dataDir, '--kubeconfig', kubeconfig, '--exit-on-stdin-close'], {
-    stdio: ['pipe', 'pipe', 'pipe'],
-  });
+  const args = ['--data-dir', dataDir, '--kubeconfig', kubeconfig, '--exit-on-stdin-close'];
+  if (options.port !== undefined) args.push('--port', String(options.port));
+  const child = spawn(binary, args, { stdio: ['pipe', 'pipe', 'pipe'] });
   if (child.pid === undefined) throw new Error(`could not start ${binary}`);
   recordServer(runDir, 'controlplane', child.pid);
   child.stderr.pipe(log);

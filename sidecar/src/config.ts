@@ -108,10 +108,35 @@ export const SidecarConfig = Type.Object(
     }),
     audit: Type.Object(
       {
-        /** `-` for stdout, else a file path; records are JSON lines. */
+        /** `-` for stdout, else a file path; records are JSON lines. The sink when `spoolDir` is unset. */
         path: Type.String({ default: '-' }),
+        /**
+         * Directory of the durable spool. When set, records are group-committed to it before a command is
+         * forwarded and written into Session objects (docs/audit-durability.md). Default unset: JSON lines only.
+         */
+        spoolDir: Type.Optional(Type.String({ minLength: 1 })),
+        /** Bound of the spool, bytes; a full spool refuses records (FailClosed resources deny). Default 256 MiB. */
+        spoolMaxBytes: Type.Integer({ minimum: 64 * 1024, default: 256 * 1024 * 1024 }),
+        /** Time between writes of spooled records into Session objects, ms. Default 1000. */
+        flushIntervalMs: Type.Integer({ minimum: 10, maximum: 60_000, default: 1000 }),
+        /** With `spoolDir`: also write every record as JSON lines to `path` (an export for a SIEM). Default false. */
+        exportJsonLines: Type.Boolean({ default: false }),
+        /** Where Session objects are written (needed with `spoolDir`). */
+        kubernetes: Type.Optional(
+          Type.Object(
+            {
+              /** Kubeconfig file; default in-cluster (the pod's service-account token). */
+              kubeconfig: Type.Optional(Type.String({ minLength: 1 })),
+              /** Namespace of the Session objects; default the pod's namespace. */
+              namespace: Type.Optional(Type.String({ minLength: 1, maxLength: 63 })),
+            },
+            { additionalProperties: false },
+          ),
+        ),
+        /** Ed25519 private JWK that signs chain heads; generated when absent. Default `<spoolDir>/signing-key.jwk`. */
+        signingKeyFile: Type.Optional(Type.String({ minLength: 1 })),
       },
-      { default: {} },
+      { default: {}, additionalProperties: false },
     ),
     metrics: Type.Object(
       {
@@ -171,6 +196,12 @@ export function validateConfig(document: unknown): SidecarConfig {
     }
     if (issuer.algorithms.some((a) => a.toLowerCase() === 'none' || a.startsWith('HS'))) {
       problems.push(`/identity/issuers/${i}/algorithms: only asymmetric algorithms are allowed`);
+    }
+  }
+  if (config.audit.spoolDir !== undefined) {
+    const namespace = config.audit.kubernetes?.namespace ?? config.pod.namespace;
+    if (namespace === '') {
+      problems.push('/audit/kubernetes/namespace: set it (or pod.namespace) when audit.spoolDir is set');
     }
   }
   if (problems.length > 0) throw new ConfigError(`invalid configuration:\n  ${problems.join('\n  ')}`);

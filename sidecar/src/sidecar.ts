@@ -3,7 +3,11 @@
 import type { Server } from 'node:http';
 import type { SidecarConfig } from './config.ts';
 import { parseHostPort } from './config.ts';
+import { join } from 'node:path';
 import { JsonLinesSink, type AuditSink } from './core/audit/audit-sink.ts';
+import { DurableAuditSink } from './core/audit/durable-audit-sink.ts';
+import { KubernetesSessionStore } from './core/audit/session-store.ts';
+import { loadOrCreateSigningKey } from './core/audit/signing-key.ts';
 import { TokenVerifier } from './core/identity/token-verifier.ts';
 import { createLogger, type Logger } from './core/observability/logger.ts';
 import { createSidecarMetrics, serveMetrics, type SidecarMetrics } from './core/observability/metrics.ts';
@@ -28,10 +32,44 @@ export interface StartOptions {
   readonly sink?: AuditSink;
 }
 
+/**
+ * The audit sink the configuration asks for: JSON lines by default; with `audit.spoolDir` the durable spool
+ * and Session writer (optionally also exporting JSON lines).
+ */
+export async function createAuditSink(
+  config: SidecarConfig,
+  logger: Logger,
+  metrics: SidecarMetrics,
+): Promise<AuditSink> {
+  const audit = config.audit;
+  if (audit.spoolDir === undefined) return new JsonLinesSink(audit.path);
+  const namespace = audit.kubernetes?.namespace ?? config.pod.namespace;
+  const signingKey = await loadOrCreateSigningKey(audit.signingKeyFile ?? join(audit.spoolDir, 'signing-key.jwk'));
+  const types = new Map(config.listeners.map((l) => [l.name, l.type]));
+  const sink = DurableAuditSink.open({
+    spoolDir: join(audit.spoolDir, 'spool'),
+    spoolMaxBytes: audit.spoolMaxBytes,
+    flushIntervalMs: audit.flushIntervalMs,
+    store: new KubernetesSessionStore({
+      ...(audit.kubernetes?.kubeconfig === undefined ? {} : { kubeconfig: audit.kubernetes.kubeconfig }),
+      namespace,
+      host: config.pod.name,
+    }),
+    signingKey,
+    pod: { name: config.pod.name, namespace: config.pod.namespace, uid: config.pod.uid },
+    resourceType: (name) => types.get(name) ?? 'postgres',
+    logger: logger.child({ component: 'audit' }),
+    registry: metrics.registry,
+    ...(audit.exportJsonLines ? { also: new JsonLinesSink(audit.path) } : {}),
+  });
+  logger.info('durable audit trail', { spoolDir: audit.spoolDir, namespace, keyId: signingKey.keyId });
+  return sink;
+}
+
 export async function startSidecar(config: SidecarConfig, options: StartOptions = {}): Promise<RunningSidecar> {
   const logger = options.logger ?? createLogger({ level: config.log.level, base: { component: 'chaperone-sidecar' } });
   const metrics = createSidecarMetrics();
-  const sink = options.sink ?? new JsonLinesSink(config.audit.path);
+  const sink = options.sink ?? (await createAuditSink(config, logger, metrics));
   const policy = new PolicyEngine({ cacheSize: config.policy.decisionCacheSize });
   const watcher = new BundleWatcher({
     dir: config.policy.bundleDir,
@@ -65,6 +103,7 @@ export async function startSidecar(config: SidecarConfig, options: StartOptions 
   } catch (err) {
     watcher.stop();
     await Promise.allSettled(listeners.map((l) => l.close()));
+    if (options.sink === undefined) await sink.close().catch(() => undefined);
     throw err;
   }
   const metricsAddr = metricsServer?.address();

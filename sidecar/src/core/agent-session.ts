@@ -12,7 +12,8 @@ import {
   type ResourceType,
 } from '@chaperone/api';
 import type { PolicyEngine } from './policy/policy-engine.ts';
-import type { AuditSink } from './audit/audit-sink.ts';
+import { AuditUnavailable, type AuditSink } from './audit/audit-sink.ts';
+import { auditMetrics } from './audit/audit-metrics.ts';
 import { SessionRecorder } from './audit/session-recorder.ts';
 import type { SidecarMetrics } from './observability/metrics.ts';
 
@@ -63,6 +64,12 @@ export interface AgentSessionOptions {
   readonly pod: { readonly name: string; readonly namespace: string };
   readonly identity: Identity;
   readonly source: SessionSource;
+  /**
+   * What a refused audit write means (NIST AU-5). FailClosed (default): decide() throws AuditUnavailable
+   * and the engine denies the command. FailOpen: the command goes ahead, the lost records are counted and
+   * an `audit.gap` record says how many once writing works again.
+   */
+  readonly auditFailureMode?: 'FailClosed' | 'FailOpen';
 }
 
 /** The policy view of an identity: the verified identity plus its delegation depth. */
@@ -103,6 +110,9 @@ export class AgentSession {
     labels: Readonly<Record<string, string>>;
   };
   private ended = false;
+  /** Records refused by the sink and not yet reported in an audit.gap record. */
+  private lost = 0;
+  private lostReason = '';
 
   constructor(options: AgentSessionOptions) {
     this.options = options;
@@ -115,7 +125,12 @@ export class AgentSession {
       namespace: options.pod.namespace,
       pod: options.pod.name,
     });
-    this.write({ type: 'session.start', identity: options.identity, source: { ...options.source } });
+    this.write({ type: 'session.start', identity: options.identity, source: { ...options.source } }, true);
+  }
+
+  /** Records refused so far and not yet reported in an audit.gap record (FailOpen). */
+  get lostRecords(): number {
+    return this.lost;
   }
 
   /** Decides a command against every loaded policy and records the decision. */
@@ -166,27 +181,30 @@ export class AgentSession {
 
     const id = this.recorder.nextCommandId();
     const { text, truncated } = truncateUtf8(description.text);
-    this.write({
-      type: 'command.decision',
-      command: {
-        id,
-        kind: description.command.type,
-        text,
-        ...(truncated ? { truncated } : {}),
-        ...(description.parameters === undefined ? {} : { parameters: [...description.parameters] }),
-        ...(description.statementKinds === undefined ? {} : { statementKinds: [...description.statementKinds] }),
-        ...(description.relations === undefined ? {} : { relations: [...description.relations].slice(0, 64) }),
+    this.write(
+      {
+        type: 'command.decision',
+        command: {
+          id,
+          kind: description.command.type,
+          text,
+          ...(truncated ? { truncated } : {}),
+          ...(description.parameters === undefined ? {} : { parameters: [...description.parameters] }),
+          ...(description.statementKinds === undefined ? {} : { statementKinds: [...description.statementKinds] }),
+          ...(description.relations === undefined ? {} : { relations: [...description.relations].slice(0, 64) }),
+        },
+        decision: {
+          result: decision.decision,
+          ...(decision.policy === '' ? {} : { policy: decision.policy }),
+          rule: decision.rule,
+          ...(decision.bundleDigest === '' ? {} : { bundleDigest: decision.bundleDigest }),
+          ...(decision.reasons.length === 0
+            ? {}
+            : { reasons: decision.reasons.slice(0, 16).map((r) => r.slice(0, 1024)) }),
+        },
       },
-      decision: {
-        result: decision.decision,
-        ...(decision.policy === '' ? {} : { policy: decision.policy }),
-        rule: decision.rule,
-        ...(decision.bundleDigest === '' ? {} : { bundleDigest: decision.bundleDigest }),
-        ...(decision.reasons.length === 0
-          ? {}
-          : { reasons: decision.reasons.slice(0, 16).map((r) => r.slice(0, 1024)) }),
-      },
-    });
+      true,
+    );
     return { id, decision, startedAt };
   }
 
@@ -212,8 +230,31 @@ export class AgentSession {
     this.write({ type: 'session.end', outcome: { status: 'success', message: reason } });
   }
 
-  private write(content: Parameters<SessionRecorder['record']>[0]): AuditRecord {
-    this.options.metrics.auditRecords.inc({ listener: this.options.listener });
-    return this.recorder.record(content);
+  /**
+   * Writes one record. A refused write (AuditUnavailable) propagates only when `gate` is set (the record
+   * gates a command or the session) and the resource is FailClosed; otherwise it is counted as lost and
+   * reported by an audit.gap record before the next record that can be written.
+   */
+  private write(content: Parameters<SessionRecorder['record']>[0], gate = false): AuditRecord | undefined {
+    const listener = this.options.listener;
+    const failOpen = this.options.auditFailureMode === 'FailOpen';
+    try {
+      if (this.lost > 0) {
+        this.recorder.record({ type: 'audit.gap', gap: { lostRecords: this.lost, reason: this.lostReason } });
+        this.options.metrics.auditRecords.inc({ listener });
+        this.lost = 0;
+        this.lostReason = '';
+      }
+      const record = this.recorder.record(content);
+      this.options.metrics.auditRecords.inc({ listener });
+      return record;
+    } catch (err) {
+      if (!(err instanceof AuditUnavailable)) throw err;
+      if (gate && !failOpen) throw err;
+      this.lost += 1;
+      this.lostReason = `${err.reason}: ${err.message}`.slice(0, 1024);
+      auditMetrics(this.options.metrics.registry).lostRecords.inc({ listener });
+      return undefined;
+    }
   }
 }

@@ -38,18 +38,22 @@ export class SessionRecorder {
     return this.prevHash;
   }
 
+  /**
+   * Builds the next record and writes it. If the sink refuses it (AuditUnavailable), the chain does not
+   * advance: the next record takes the same seq, so a refused record leaves no hole in the chain.
+   */
   record(content: RecordContent): AuditRecord {
-    this.seq += 1;
     const unhashed: UnhashedRecord = {
       v: AUDIT_RECORD_VERSION,
-      seq: this.seq,
+      seq: this.seq + 1,
       time: formatAuditTime(this.clock()),
       ...content,
       prevHash: this.prevHash,
     };
     const record: AuditRecord = { ...unhashed, hash: hashRecord(unhashed) };
-    this.prevHash = record.hash;
     this.sink.write(this.session, record);
+    this.seq = record.seq;
+    this.prevHash = record.hash;
     return record;
   }
 }

@@ -21,6 +21,8 @@ import {
 } from '../../core/agent-session.ts';
 import { AuthenticationFailed, tokenHash } from '../../core/identity/token-verifier.ts';
 import { SessionRecorder } from '../../core/audit/session-recorder.ts';
+import { AuditUnavailable } from '../../core/audit/audit-sink.ts';
+import { SIDECAR_ERRORS } from '../../core/errors.ts';
 import type { PostgresListenerContext } from './postgres-listener.ts';
 import type { AnalyzedStatement } from './analysis/analyze-sql.ts';
 import { PARSER_SENSITIVE_SETTINGS } from './analysis/analyze-sql.ts';
@@ -85,15 +87,20 @@ const INTEREST: readonly BackendCode[] = [
   BackendCode.CloseComplete,
   BackendCode.RowDescription,
   BackendCode.NoData,
+  BackendCode.CopyInResponse,
+  BackendCode.NotificationResponse,
 ];
 
 /** What the proxy expects the upstream to answer, in pipeline order. */
 interface ResponseUnit {
-  readonly kind: 'query' | 'parse' | 'bind' | 'describe' | 'execute' | 'close' | 'sync';
+  /** `copy-end` marks where the client ended a COPY before the upstream's CopyInResponse arrived. */
+  readonly kind: 'query' | 'parse' | 'bind' | 'describe' | 'execute' | 'close' | 'sync' | 'copy-end';
   /** The decided command this unit reports the outcome of. */
   readonly command?: DecidedCommand;
   /** Our ErrorResponse frame, sent instead of the upstream's error for the substituted message. */
   readonly denial?: Buffer;
+  /** SQLSTATE of `denial` in the outcome record, when not 42501. */
+  readonly denialCode?: string;
   rows: number;
   error?: ErrorFields;
 }
@@ -121,6 +128,8 @@ export class PostgresConnection {
   private unitHead = 0;
   /** After an extended-protocol error the upstream ignores messages until Sync; so do we. */
   private skipUntilSync = false;
+  /** The upstream entered copy-in and the client has not sent CopyDone/CopyFail yet. */
+  private clientInCopyIn = false;
   private transactionStatus: TransactionStatus = 'I';
   private readonly statements = new Map<string, PreparedStatement>();
   private readonly portals = new Map<string, { statement: PreparedStatement; params: readonly string[] }>();
@@ -162,6 +171,8 @@ export class PostgresConnection {
   // ---- client → sidecar ---------------------------------------------------------------------------
 
   private readonly onClientData = (chunk: Buffer): void => {
+    // After a FATAL the connection is only waiting for its socket to close; nothing more is read.
+    if (this.phase === 'closed') return;
     this.ctx.metrics.bytes.inc({ listener: this.ctx.config.name, direction: 'client_to_upstream' }, chunk.length);
     try {
       this.decoder.push(chunk);
@@ -187,7 +198,14 @@ export class PostgresConnection {
           return;
         }
         if (msg === null) break;
-        const wait = this.handle(msg);
+        let wait: Promise<void> | undefined;
+        try {
+          wait = this.handle(msg);
+        } catch (err) {
+          if (err instanceof ProtocolViolation) this.protocolError(err);
+          else this.internalError(err);
+          return;
+        }
         if (wait !== undefined) {
           this.busy = true;
           this.client.pause();
@@ -224,8 +242,7 @@ export class PostgresConnection {
         }
         return this.authenticate(readPasswordString(msg));
       case 'ready':
-        this.handleReady(msg);
-        return undefined;
+        return this.handleReady(msg);
       case 'connecting':
       case 'closed':
         return undefined;
@@ -363,21 +380,35 @@ export class PostgresConnection {
       return;
     }
     clearTimeout(this.authTimer);
-    this.session = new AgentSession({
-      policy: this.ctx.policy,
-      sink: this.ctx.sink,
-      metrics: this.ctx.metrics,
-      listener,
-      resource: this.ctx.resource,
-      pod: this.ctx.pod,
-      identity,
-      source: {
-        address: `${this.rawClient.remoteAddress ?? ''}:${String(this.rawClient.remotePort ?? '')}`,
-        applicationName: startup?.parameters.get('application_name') ?? '',
-        user: startup?.parameters.get('user') ?? '',
-        database: startup?.parameters.get('database') ?? '',
-      },
-    });
+    try {
+      this.session = new AgentSession({
+        policy: this.ctx.policy,
+        sink: this.ctx.sink,
+        metrics: this.ctx.metrics,
+        listener,
+        resource: this.ctx.resource,
+        pod: this.ctx.pod,
+        identity,
+        source: {
+          address: `${this.rawClient.remoteAddress ?? ''}:${String(this.rawClient.remotePort ?? '')}`,
+          applicationName: startup?.parameters.get('application_name') ?? '',
+          user: startup?.parameters.get('user') ?? '',
+          database: startup?.parameters.get('database') ?? '',
+        },
+        auditFailureMode: this.ctx.config.auditFailureMode,
+      });
+    } catch (err) {
+      if (!(err instanceof AuditUnavailable)) throw err;
+      // FailClosed and the session.start record was refused: no session without a trail (NIST AU-5).
+      this.upstream.socket.destroy();
+      const why =
+        err.reason === 'spool-full' ? 'spool full' : err.reason === 'disk-error' ? 'disk error' : 'shutting down';
+      this.fatal(
+        SIDECAR_ERRORS.AuditUnavailable.sqlState,
+        `chaperone: audit trail unavailable (${why}); resource is fail-closed`,
+      );
+      return;
+    }
     this.ctx.register(this);
     const upstream = this.upstream.socket;
     upstream.on('data', this.onUpstreamData);
@@ -416,6 +447,15 @@ export class PostgresConnection {
       namespace: this.ctx.pod.namespace,
       pod: this.ctx.pod.name,
     });
+    try {
+      this.recordAuthFailureWith(recorder, failure);
+    } catch (err) {
+      // The connection is refused anyway; the log line above is what remains of it.
+      if (!(err instanceof AuditUnavailable)) throw err;
+    }
+  }
+
+  private recordAuthFailureWith(recorder: SessionRecorder, failure: AuthenticationFailed): void {
     recorder.record({
       type: 'auth.failure',
       source: {
@@ -440,11 +480,11 @@ export class PostgresConnection {
     this.units.push({ ...unit, rows: 0 });
   }
 
-  private handleReady(msg: FrontendMessage): void {
+  /** Returns a promise when a statement waits for its audit record to be durable before it is forwarded. */
+  private handleReady(msg: FrontendMessage): Promise<void> | undefined {
     switch (msg.type) {
       case 'Query':
-        this.handleQuery(msg.query, msg.frame);
-        return;
+        return this.handleQuery(msg.query, msg.frame);
       case 'Parse':
         this.handleParse(msg.name, msg.query, msg.frame);
         return;
@@ -452,8 +492,7 @@ export class PostgresConnection {
         this.handleBind(msg);
         return;
       case 'Execute':
-        this.handleExecute(msg.portal, msg.frame);
-        return;
+        return this.handleExecute(msg.portal, msg.frame);
       case 'Describe':
         this.forward(msg.frame);
         if (!this.skipUntilSync) this.pushUnit({ kind: 'describe' });
@@ -466,13 +505,20 @@ export class PostgresConnection {
         return;
       case 'Sync':
         this.forward(msg.frame);
+        // PostgreSQL ignores Sync during copy-in (libpq sends one right after an extended-protocol COPY
+        // FROM STDIN's Execute), so such a Sync gets no ReadyForQuery and must not be waited for.
+        if (this.clientInCopyIn) return;
         this.skipUntilSync = false;
         this.pushUnit({ kind: 'sync' });
         return;
-      case 'Flush':
-      case 'CopyData':
       case 'CopyDone':
       case 'CopyFail':
+        this.forward(msg.frame);
+        if (this.clientInCopyIn) this.clientInCopyIn = false;
+        else this.pushUnit({ kind: 'copy-end' }); // copy-in not seen yet: CopyInResponse will find this marker
+        return;
+      case 'Flush':
+      case 'CopyData':
         this.forward(msg.frame);
         return;
       case 'FunctionCall': {
@@ -571,53 +617,117 @@ export class PostgresConnection {
     });
   }
 
-  private handleQuery(text: string, frame: Buffer): void {
+  private handleQuery(text: string, frame: Buffer): Promise<void> | undefined {
     if (this.skipUntilSync) {
-      this.forward(frame);
-      return;
+      // The upstream discards messages until Sync, so what is sent here never runs. It is a failing
+      // statement anyway: if the proxy's view of the stream were ever wrong, this fails closed, not open.
+      this.forward(encodeQuery(FAILING_SQL));
+      return undefined;
     }
     const analysed = this.analyse(text);
     if ('refusal' in analysed) {
       const command = this.decideRefused(text);
       this.forward(encodeQuery(FAILING_SQL));
       this.pushUnit({ kind: 'query', command, denial: analysed.refusal });
-      return;
+      return undefined;
     }
     if (analysed.statements.length === 0) {
       this.forward(frame); // empty query: EmptyQueryResponse, nothing to decide
       this.pushUnit({ kind: 'query' });
-      return;
+      return undefined;
     }
-    const command = this.decide(text, analysed.statements);
+    let command: DecidedCommand;
+    try {
+      command = this.decide(text, analysed.statements);
+    } catch (err) {
+      this.forward(encodeQuery(FAILING_SQL));
+      this.pushUnit({ kind: 'query', denial: this.auditDenial(err), denialCode: '53100' });
+      return undefined;
+    }
     const denial = this.denialFor(command);
-    if (denial === undefined) {
-      this.noteAllowed(analysed.statements);
-      this.forward(frame);
-      this.pushUnit({ kind: 'query', command });
-    } else {
+    if (denial !== undefined) {
       this.forward(encodeQuery(FAILING_SQL));
       this.pushUnit({ kind: 'query', command, denial });
+      return undefined;
     }
+    const statements = analysed.statements;
+    return this.whenAudited(
+      () => {
+        this.noteAllowed(statements);
+        this.forward(frame);
+        this.pushUnit({ kind: 'query', command });
+      },
+      (auditDenial) => {
+        this.forward(encodeQuery(FAILING_SQL));
+        this.pushUnit({ kind: 'query', command, denial: auditDenial, denialCode: '53100' });
+      },
+    );
+  }
+
+  /**
+   * Runs `forward` once the sink has the command's decision record on durable storage: at once when it
+   * already is (the allocation-free fast path), else when the group commit completes, returning the promise
+   * so the drain loop pauses the client meanwhile. If the record cannot be made durable, a FailClosed
+   * resource gets `deny` (53100) instead; a FailOpen one forwards anyway.
+   */
+  private whenAudited(forward: () => void, deny: (denial: Buffer) => void): Promise<void> | undefined {
+    const durable = this.ctx.sink.whenDurable();
+    if (durable === undefined) {
+      forward();
+      return undefined;
+    }
+    return durable.then(
+      () => {
+        if (!this.isClosed()) forward();
+      },
+      (err: unknown) => {
+        if (this.isClosed()) return;
+        if (err instanceof AuditUnavailable && this.ctx.config.auditFailureMode === 'FailOpen') forward();
+        else deny(this.auditDenial(err));
+      },
+    );
+  }
+
+  /** The denial for a command whose record the audit sink refused (FailClosed, NIST AU-5); rethrows anything else. */
+  private auditDenial(err: unknown): Buffer {
+    if (!(err instanceof AuditUnavailable)) throw err;
+    const why =
+      err.reason === 'spool-full' ? 'spool full' : err.reason === 'disk-error' ? 'disk error' : 'shutting down';
+    this.logger.warn('statement denied: audit trail unavailable', { sessionId: this.session?.id, reason: err.reason });
+    this.ctx.metrics.statements.inc({ listener: this.ctx.config.name, decision: 'error' });
+    return this.errorFrame({
+      severity: 'ERROR',
+      code: SIDECAR_ERRORS.AuditUnavailable.sqlState,
+      message: `chaperone: audit trail unavailable (${why}); resource is fail-closed`,
+      detail: err.message,
+      hint: 'The statement was not sent to the database. Retry when the audit trail has room again.',
+    });
   }
 
   /** Records a decision for a statement refused before policy (unparsable or a forbidden setting). */
-  private decideRefused(text: string): DecidedCommand {
+  private decideRefused(text: string): DecidedCommand | undefined {
     const session = this.session;
     if (session === undefined) throw new Error('no session');
-    return session.decide(
-      {
-        command: { type: 'sql', statements: [{ kind: 'other', relations: [], functions: [], sideEffects: true }] },
-        fingerprint: 'refused',
-        text,
-        statementKinds: ['other'],
-      },
-      { inTransaction: this.transactionStatus !== 'I' },
-    );
+    try {
+      return session.decide(
+        {
+          command: { type: 'sql', statements: [{ kind: 'other', relations: [], functions: [], sideEffects: true }] },
+          fingerprint: 'refused',
+          text,
+          statementKinds: ['other'],
+        },
+        { inTransaction: this.transactionStatus !== 'I' },
+      );
+    } catch (err) {
+      // Refused either way; only the record is missing (the sink could not take it: FailClosed).
+      if (err instanceof AuditUnavailable) return undefined;
+      throw err;
+    }
   }
 
   private handleParse(name: string, text: string, frame: Buffer): void {
     if (this.skipUntilSync) {
-      this.forward(frame);
+      this.forward(encodeParse(name, FAILING_SQL)); // discarded upstream; fails closed (see handleQuery)
       return;
     }
     const analysed = this.analyse(text);
@@ -637,8 +747,15 @@ export class PostgresConnection {
       const decision = session.evaluate(description, { inTransaction: this.transactionStatus !== 'I' });
       if (decision.decision !== 'allow') {
         // Only a refusal is recorded here; an allowed statement is recorded at each Execute, with its parameters.
-        const command = session.record(description, decision);
-        const denial = this.denialFor(command) ?? this.denialFrame('42501', 'chaperone: denied');
+        let command: DecidedCommand | undefined;
+        try {
+          command = session.record(description, decision);
+        } catch (err) {
+          if (!(err instanceof AuditUnavailable)) throw err; // refused either way; only the record is missing
+        }
+        const denial =
+          (command === undefined ? undefined : this.denialFor(command)) ??
+          this.denialFrame('42501', 'chaperone: denied');
         this.statements.set(name, { text, analysis: analysed.statements, refusal: denial });
         this.forward(encodeParse(name, FAILING_SQL));
         this.pushUnit({ kind: 'parse', command, denial });
@@ -663,10 +780,10 @@ export class PostgresConnection {
     this.pushUnit({ kind: 'bind' });
   }
 
-  private handleExecute(portalName: string, frame: Buffer): void {
+  private handleExecute(portalName: string, frame: Buffer): Promise<void> | undefined {
     if (this.skipUntilSync) {
-      this.forward(frame);
-      return;
+      this.forward(encodeExecute(MISSING_PORTAL, 0)); // discarded upstream; fails closed (see handleQuery)
+      return undefined;
     }
     const portal = this.portals.get(portalName);
     if (portal === undefined) {
@@ -679,25 +796,46 @@ export class PostgresConnection {
         command,
         denial: this.denialFrame('42501', 'chaperone: executing a portal the sidecar did not see bound is not allowed'),
       });
-      return;
+      return undefined;
+    }
+    if (portal.statement.refusal !== undefined) {
+      // Refused (and recorded) at Parse; the upstream never prepared it and reports that itself.
+      this.forward(encodeExecute(MISSING_PORTAL, 0));
+      this.pushUnit({ kind: 'execute' });
+      return undefined;
     }
     const analysis = portal.statement.analysis;
     if (analysis === undefined || analysis.length === 0) {
       // An empty statement (EmptyQueryResponse) or one refused at Parse (the upstream reports that).
       this.forward(frame);
       this.pushUnit({ kind: 'execute' });
-      return;
+      return undefined;
     }
-    const command = this.decide(portal.statement.text, analysis, portal.params);
+    let command: DecidedCommand;
+    try {
+      command = this.decide(portal.statement.text, analysis, portal.params);
+    } catch (err) {
+      this.forward(encodeExecute(MISSING_PORTAL, 0));
+      this.pushUnit({ kind: 'execute', denial: this.auditDenial(err), denialCode: '53100' });
+      return undefined;
+    }
     const denial = this.denialFor(command);
-    if (denial === undefined) {
-      this.noteAllowed(analysis);
-      this.forward(frame);
-      this.pushUnit({ kind: 'execute', command });
-    } else {
+    if (denial !== undefined) {
       this.forward(encodeExecute(MISSING_PORTAL, 0));
       this.pushUnit({ kind: 'execute', command, denial });
+      return undefined;
     }
+    return this.whenAudited(
+      () => {
+        this.noteAllowed(analysis);
+        this.forward(frame);
+        this.pushUnit({ kind: 'execute', command });
+      },
+      (auditDenial) => {
+        this.forward(encodeExecute(MISSING_PORTAL, 0));
+        this.pushUnit({ kind: 'execute', command, denial: auditDenial, denialCode: '53100' });
+      },
+    );
   }
 
   private denialFor(command: DecidedCommand): Buffer | undefined {
@@ -795,6 +933,11 @@ export class PostgresConnection {
       case BackendCode.RowDescription:
         if (unit !== undefined && expectsCompletion(unit.kind, code)) this.shiftUnit();
         return frame;
+      case BackendCode.CopyInResponse:
+        this.onCopyIn();
+        return frame;
+      case BackendCode.NotificationResponse:
+        return this.rewriteNotifierPid(frame);
       case BackendCode.ErrorResponse:
         return this.onError(unit, frame);
       case BackendCode.ReadyForQuery: {
@@ -814,6 +957,35 @@ export class PostgresConnection {
     }
   }
 
+  /**
+   * The upstream entered copy-in. Syncs the client sent since its COPY began are ignored by PostgreSQL, so
+   * their units are dropped, up to the client's CopyDone/CopyFail if it already arrived; otherwise Syncs are
+   * not queued until it does.
+   */
+  private onCopyIn(): void {
+    const head = this.unitHead;
+    let end = -1;
+    for (let i = head + 1; i < this.units.length; i++) {
+      if (this.units[i]?.kind === 'copy-end') {
+        end = i;
+        break;
+      }
+    }
+    const limit = end === -1 ? this.units.length : end + 1;
+    const kept = this.units.slice(head + 1, limit).filter((u) => u.kind !== 'sync' && u.kind !== 'copy-end');
+    this.units.splice(head + 1, limit - head - 1, ...kept);
+    if (end === -1) this.clientInCopyIn = true;
+  }
+
+  /** NotificationResponses from this session's own backend carry the pid the client knows: ours. */
+  private rewriteNotifierPid(frame: Buffer): Buffer {
+    const key = this.upstream?.backendKey;
+    if (key == null || frame.length < 9 || frame.readInt32BE(5) !== key.processId) return frame;
+    const copy = Buffer.from(frame);
+    copy.writeInt32BE(this.cancelKey.processId, 5);
+    return copy;
+  }
+
   private onError(unit: ResponseUnit | undefined, frame: Buffer): Buffer {
     if (unit === undefined) return frame; // e.g. a FATAL error before shutdown
     if (unit.kind === 'query') {
@@ -824,9 +996,12 @@ export class PostgresConnection {
     }
     // Extended protocol: this message failed and the upstream now skips everything until Sync.
     const failed = this.shiftUnit();
+    let cause: ErrorFields | undefined;
     if (failed !== undefined) {
       failed.error = failed.denial === undefined ? decodeErrorFields(frame) : undefined;
       this.finish(failed, failed.denial === undefined ? 'error' : 'denied');
+      // A Parse or Bind failed: the Execute that follows in this batch failed because of it.
+      if (failed.command === undefined && failed.denial === undefined) cause = failed.error;
     }
     let syncQueued = false;
     for (let u = this.headUnit(); u !== undefined; u = this.headUnit()) {
@@ -834,7 +1009,14 @@ export class PostgresConnection {
         syncQueued = true;
         break;
       }
-      this.finish(this.shiftUnit(), 'cancelled');
+      const skipped = this.shiftUnit();
+      if (cause !== undefined && skipped?.kind === 'execute' && skipped.command !== undefined) {
+        skipped.error = cause;
+        cause = undefined;
+        this.finish(skipped, 'error');
+      } else {
+        this.finish(skipped, 'cancelled');
+      }
     }
     if (!syncQueued) this.skipUntilSync = true;
     return failed?.denial ?? frame;
@@ -844,7 +1026,7 @@ export class PostgresConnection {
     const command = unit?.command;
     if (unit === undefined || command === undefined || this.session === undefined) return;
     if (unit.denial !== undefined) {
-      this.session.complete(command, 'sql', { status: 'denied', code: '42501' });
+      this.session.complete(command, 'sql', { status: 'denied', code: unit.denialCode ?? '42501' });
       return;
     }
     const error = unit.error;

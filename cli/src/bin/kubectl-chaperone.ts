@@ -1,0 +1,70 @@
+#!/usr/bin/env node
+// kubectl-chaperone: the kubectl plugin (`kubectl chaperone ...` once it is on PATH).
+import { parseArgs } from 'node:util';
+import { OUTPUT_FORMATS, PolicyTestInputError, runPolicyTest, type OutputFormat } from '../commands/policy-test.ts';
+
+const HELP = `Usage: kubectl chaperone COMMAND
+
+Commands:
+  policy test -f POLICY.yaml -i CASES.yaml [-o table|json|yaml]
+      Compile AccessPolicies locally with opa, as the operator does, and evaluate each case with the
+      sidecar's policy engine. Prints CASE, EXPECTED, GOT, RULE, RESULT; exits 1 if any case fails or a
+      policy does not compile, 2 on usage errors.
+
+      -f, --filename FILE   AccessPolicy YAML (repeatable; multi-document files allowed)
+      -i, --inputs FILE     test cases (see examples/policy-tests/)
+      -o, --output FORMAT   table (default), json or yaml
+          --opa PATH        opa binary (default: $CHAPERONE_OPA, else the repository's .tools/bin/opa)
+
+  -h, --help   show this help`;
+
+function usage(message: string): never {
+  console.error(`kubectl-chaperone: ${message}\n\n${HELP}`);
+  process.exit(2);
+}
+
+let parsed;
+try {
+  parsed = parseArgs({
+    options: {
+      filename: { type: 'string', short: 'f', multiple: true },
+      inputs: { type: 'string', short: 'i' },
+      output: { type: 'string', short: 'o' },
+      opa: { type: 'string' },
+      help: { type: 'boolean', short: 'h' },
+    },
+    allowPositionals: true,
+    strict: true,
+  });
+} catch (err) {
+  usage(err instanceof Error ? err.message : String(err));
+}
+const { values, positionals } = parsed;
+
+if (values.help === true || positionals.length === 0) {
+  console.log(HELP);
+  process.exit(values.help === true ? 0 : 2);
+}
+if (positionals.join(' ') !== 'policy test') usage(`unknown command: ${positionals.join(' ')}`);
+const output = values.output ?? 'table';
+if (!(OUTPUT_FORMATS as readonly string[]).includes(output)) usage(`--output must be table, json or yaml`);
+if (values.filename === undefined || values.filename.length === 0) usage('policy test needs -f POLICY.yaml');
+if (values.inputs === undefined) usage('policy test needs -i CASES.yaml');
+
+try {
+  const outcome = await runPolicyTest({
+    policyFiles: values.filename,
+    inputsFile: values.inputs,
+    output: output as OutputFormat,
+    ...(values.opa === undefined ? {} : { opaPath: values.opa }),
+  });
+  process.stdout.write(outcome.stdout);
+  process.stderr.write(outcome.stderr);
+  process.exitCode = outcome.exitCode;
+} catch (err) {
+  if (err instanceof PolicyTestInputError) {
+    console.error(`error: ${err.message}`);
+    process.exit(1);
+  }
+  throw err;
+}

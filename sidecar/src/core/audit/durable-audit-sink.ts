@@ -1,0 +1,197 @@
+// The durable audit sink: every record goes first into the local spool (group-committed with fdatasync,
+// so `whenDurable()` tells an engine when it may forward a command) and then, in batches, into Session
+// objects by the SessionWriter. Spool entries are acknowledged, and their segments deleted, only once
+// their records are in Kubernetes; on start the spool is replayed, and the writer skips what is already
+// there. See docs/audit-durability.md.
+import type { AuditRecord, ResourceType } from '@chaperone/api';
+import type { Registry } from 'prom-client';
+import type { Logger } from '../observability/logger.ts';
+import { auditMetrics, type AuditMetrics } from './audit-metrics.ts';
+import { AuditUnavailable, type AuditSink, type SessionRef } from './audit-sink.ts';
+import { SessionWriter, type SessionWriterOptions } from './session-writer.ts';
+import type { SessionStore } from './session-store.ts';
+import type { SigningKey } from './signing-key.ts';
+import { Spool } from './spool.ts';
+
+/** Records that may use the spool's reserve: they describe what already happened and cannot be refused. */
+const PRIORITY_TYPES: ReadonlySet<AuditRecord['type']> = new Set(['command.outcome', 'session.end']);
+const HIGH_WATER = 0.8;
+const LOW_WATER = 0.7;
+
+export interface DurableAuditSinkOptions {
+  readonly spoolDir: string;
+  /** Bound of the spool, bytes (audit.spoolMaxBytes). */
+  readonly spoolMaxBytes: number;
+  /** Spool segment size; default min(16 MiB, spoolMaxBytes / 8). */
+  readonly spoolSegmentBytes?: number;
+  readonly flushIntervalMs: number;
+  readonly store: SessionStore;
+  readonly signingKey: SigningKey;
+  readonly pod: { readonly name: string; readonly namespace: string; readonly uid?: string };
+  readonly resourceType: (resource: string) => ResourceType;
+  readonly logger: Logger;
+  /** Registry the audit metrics are registered on (the sidecar's). */
+  readonly registry?: Registry;
+  /** A second sink every record is also written to (the JSON-lines export). */
+  readonly also?: AuditSink;
+  /** How long close() waits for the writer to empty the spool before leaving the rest for the next start, ms. Default 5000. */
+  readonly closeTimeoutMs?: number;
+  /** Tuning of the Session writer (tests and the bench). */
+  readonly writer?: Partial<
+    Pick<
+      SessionWriterOptions,
+      'maxRecordsPerPart' | 'maxBytesPerPart' | 'backoffInitialMs' | 'backoffMaxMs' | 'concurrency' | 'eventIntervalMs'
+    >
+  >;
+}
+
+export class DurableAuditSink implements AuditSink {
+  readonly spool: Spool;
+  readonly writer: SessionWriter;
+  private readonly logger: Logger;
+  private readonly metrics: AuditMetrics | undefined;
+  private readonly also: AuditSink | undefined;
+  private readonly closeTimeoutMs: number;
+  private readonly highBytes: number;
+  private readonly lowBytes: number;
+  private high = false;
+  private full = false;
+  private closed = false;
+
+  private constructor(options: DurableAuditSinkOptions, spool: Spool) {
+    this.spool = spool;
+    this.logger = options.logger;
+    this.metrics = options.registry === undefined ? undefined : auditMetrics(options.registry);
+    this.also = options.also;
+    this.closeTimeoutMs = options.closeTimeoutMs ?? 5000;
+    this.highBytes = spool.maxBytes * HIGH_WATER;
+    this.lowBytes = spool.maxBytes * LOW_WATER;
+    this.metrics?.spoolMaxBytes.set(spool.maxBytes);
+    this.writer = new SessionWriter({
+      ...options.writer,
+      store: options.store,
+      signingKey: options.signingKey,
+      pod: options.pod,
+      resourceType: options.resourceType,
+      logger: options.logger,
+      ...(this.metrics === undefined ? {} : { metrics: this.metrics }),
+      flushIntervalMs: options.flushIntervalMs,
+      onAcknowledge: (id) => {
+        this.spool.acknowledge(id);
+        this.metrics?.spoolBytes.set(this.spool.usedBytes);
+        this.checkPressure();
+      },
+    });
+  }
+
+  /** Opens the spool, hands every unacknowledged record to the writer and starts flushing. */
+  static open(options: DurableAuditSinkOptions): DurableAuditSink {
+    // Memoized per registry: the same object the constructor gets.
+    const metrics = options.registry === undefined ? undefined : auditMetrics(options.registry);
+    const { spool, entries, repairs } = Spool.open({
+      dir: options.spoolDir,
+      maxBytes: options.spoolMaxBytes,
+      ...(options.spoolSegmentBytes === undefined ? {} : { segmentBytes: options.spoolSegmentBytes }),
+      onCommit: (_entries, _bytes, seconds) => {
+        metrics?.fsyncSeconds.observe(seconds);
+      },
+      onError: (err) => {
+        options.logger.error('audit spool I/O error', { error: err, dir: options.spoolDir });
+      },
+    });
+    const sink = new DurableAuditSink(options, spool);
+    for (const r of repairs) options.logger.warn('audit spool repaired on replay', { repair: r });
+    let replayed = 0;
+    for (const e of entries) {
+      let parsed: { s: SessionRef; r: AuditRecord };
+      try {
+        parsed = JSON.parse(e.payload.toString('utf8')) as { s: SessionRef; r: AuditRecord };
+      } catch (err) {
+        options.logger.error('unreadable audit spool entry skipped', { id: e.id, error: err });
+        continue;
+      }
+      sink.writer.enqueue(e.id, parsed.s, parsed.r, true);
+      replayed += 1;
+    }
+    if (replayed > 0) {
+      options.logger.info('audit spool replayed', { records: replayed, spoolBytes: spool.usedBytes });
+    }
+    sink.metrics?.spoolBytes.set(spool.usedBytes);
+    sink.writer.start();
+    return sink;
+  }
+
+  write(session: SessionRef, record: AuditRecord): void {
+    let id: number;
+    try {
+      id = this.spool.append(Buffer.from(JSON.stringify({ s: session, r: record })), PRIORITY_TYPES.has(record.type));
+    } catch (err) {
+      if (err instanceof AuditUnavailable) this.refused(err);
+      throw err;
+    }
+    this.writer.enqueue(id, session, record);
+    this.also?.write(session, record);
+    if (!this.high && this.spool.usedBytes >= this.highBytes) this.checkPressure();
+  }
+
+  whenDurable(): Promise<void> | undefined {
+    return this.spool.whenDurable();
+  }
+
+  async flush(): Promise<void> {
+    await this.spool.whenDurable();
+    await this.writer.flush();
+    await this.also?.flush();
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.spool.whenDurable()?.catch(() => undefined);
+    const emptied = await this.writer.flush(this.closeTimeoutMs);
+    await this.writer.stop();
+    await this.spool.close();
+    if (!emptied) {
+      this.logger.warn('audit records left in the spool for the next start', {
+        pendingRecords: this.writer.pendingRecords,
+      });
+    }
+    await this.also?.close();
+  }
+
+  private refused(err: AuditUnavailable): void {
+    this.metrics?.spoolRejected.inc({ reason: err.reason });
+    if (err.reason !== 'spool-full' || this.full) return;
+    this.full = true;
+    this.logger.error('audit spool full: records are refused (fail-closed resources deny statements)', {
+      spoolBytes: this.spool.usedBytes,
+      spoolMaxBytes: this.spool.maxBytes,
+      pendingRecords: this.writer.pendingRecords,
+    });
+    this.writer.podEvent({
+      type: 'Warning',
+      reason: 'AuditSpoolFull',
+      message: `The audit spool is full (${String(this.spool.usedBytes)} of ${String(this.spool.maxBytes)} bytes): records cannot be accepted until Session objects can be written; fail-closed resources deny statements.`,
+    });
+  }
+
+  private checkPressure(): void {
+    const used = this.spool.usedBytes;
+    if (!this.high && used >= this.highBytes) {
+      this.high = true;
+      this.logger.warn('audit spool above 80 %', { spoolBytes: used, spoolMaxBytes: this.spool.maxBytes });
+      this.writer.podEvent({
+        type: 'Warning',
+        reason: 'AuditSpoolHigh',
+        message: `The audit spool is ${String(Math.round((used / this.spool.maxBytes) * 100))} % full: Session objects are not being written fast enough.`,
+      });
+    } else if (this.high && used < this.lowBytes) {
+      this.high = false;
+      this.logger.info('audit spool below 70 % again', { spoolBytes: used });
+    }
+    if (this.full && used < this.highBytes) {
+      this.full = false;
+      this.logger.info('audit spool has room again', { spoolBytes: used });
+    }
+  }
+}

@@ -1,0 +1,212 @@
+// Where the Session writer puts Session objects: the interface the writer needs (so its logic is tested
+// against the real API server and reasoned about without it) and its implementation with
+// @kubernetes/client-node. Records are appended with a JSON Patch guarded by a `test` of the
+// resourceVersion, so a retry after a lost response can never append twice: it fails, and the writer
+// re-reads the object and skips what is already there.
+import {
+  ApiException,
+  CoreV1Api,
+  CustomObjectsApi,
+  KubeConfig,
+  PatchStrategy,
+  setHeaderOptions,
+} from '@kubernetes/client-node';
+import { GROUP, VERSION, type AuditRecord, type Session, type SessionSpec, type SessionStatus } from '@chaperone/api';
+
+export const SESSION_PLURAL = 'sessions';
+export const SESSION_ID_LABEL = 'chaperone.dev/session-id';
+
+export type StoreErrorKind = 'conflict' | 'exists' | 'not-found' | 'rejected' | 'unavailable';
+
+/** A failed store call, classified for the writer's retry decision. */
+export class SessionStoreError extends Error {
+  override name = 'SessionStoreError';
+  readonly kind: StoreErrorKind;
+  readonly status: number | undefined;
+  constructor(kind: StoreErrorKind, message: string, status?: number, options?: ErrorOptions) {
+    super(message, options);
+    this.kind = kind;
+    this.status = status;
+  }
+}
+
+export interface StoreEvent {
+  readonly involved: { kind: string; apiVersion: string; namespace: string; name: string; uid?: string };
+  readonly type: 'Normal' | 'Warning';
+  readonly reason: string;
+  readonly message: string;
+}
+
+export interface SessionStore {
+  readonly namespace: string;
+  /** Every part of one session (by label), ordered by spec.part. */
+  listParts(sessionId: string): Promise<Session[]>;
+  create(session: Session): Promise<Session>;
+  /** Appends records and sets spec.head, only if the object is still at `resourceVersion`. */
+  append(
+    name: string,
+    resourceVersion: string,
+    records: readonly AuditRecord[],
+    head: NonNullable<SessionSpec['head']>,
+  ): Promise<Session>;
+  patchStatus(name: string, status: SessionStatus): Promise<void>;
+  event(event: StoreEvent): Promise<void>;
+}
+
+export interface KubernetesSessionStoreOptions {
+  /** Path of a kubeconfig; absent means in-cluster (service account token and CA). */
+  readonly kubeconfig?: string;
+  readonly namespace: string;
+  /** Deadline of one API call, ms. Default 10 s. */
+  readonly requestTimeoutMs?: number;
+  /** Component named in Events. */
+  readonly component?: string;
+  /** Host (pod name) named in Events. */
+  readonly host?: string;
+}
+
+const JSON_PATCH = setHeaderOptions('Content-Type', PatchStrategy.JsonPatch);
+const MERGE_PATCH = setHeaderOptions('Content-Type', PatchStrategy.MergePatch);
+
+export class KubernetesSessionStore implements SessionStore {
+  readonly namespace: string;
+  private readonly custom: CustomObjectsApi;
+  private readonly core: CoreV1Api;
+  private readonly timeoutMs: number;
+  private readonly component: string;
+  private readonly host: string;
+
+  constructor(options: KubernetesSessionStoreOptions) {
+    const kc = new KubeConfig();
+    if (options.kubeconfig === undefined) kc.loadFromCluster();
+    else kc.loadFromFile(options.kubeconfig);
+    this.namespace = options.namespace;
+    this.custom = kc.makeApiClient(CustomObjectsApi);
+    this.core = kc.makeApiClient(CoreV1Api);
+    this.timeoutMs = options.requestTimeoutMs ?? 10_000;
+    this.component = options.component ?? 'chaperone-sidecar';
+    this.host = options.host ?? '';
+  }
+
+  async listParts(sessionId: string): Promise<Session[]> {
+    const list = (await this.call('list', () =>
+      this.custom.listNamespacedCustomObject({
+        group: GROUP,
+        version: VERSION,
+        namespace: this.namespace,
+        plural: SESSION_PLURAL,
+        labelSelector: `${SESSION_ID_LABEL}=${sessionId}`,
+      }),
+    )) as { items?: Session[] };
+    return (list.items ?? []).filter((s) => s.spec.sessionId === sessionId).sort((a, b) => a.spec.part - b.spec.part);
+  }
+
+  async create(session: Session): Promise<Session> {
+    return (await this.call('create', () =>
+      this.custom.createNamespacedCustomObject({
+        group: GROUP,
+        version: VERSION,
+        namespace: this.namespace,
+        plural: SESSION_PLURAL,
+        body: session,
+      }),
+    )) as Session;
+  }
+
+  async append(
+    name: string,
+    resourceVersion: string,
+    records: readonly AuditRecord[],
+    head: NonNullable<SessionSpec['head']>,
+  ): Promise<Session> {
+    const ops: unknown[] = [{ op: 'test', path: '/metadata/resourceVersion', value: resourceVersion }];
+    for (const r of records) ops.push({ op: 'add', path: '/spec/records/-', value: r });
+    ops.push({ op: 'add', path: '/spec/head', value: head });
+    return (await this.call('append', () =>
+      this.custom.patchNamespacedCustomObject(
+        { group: GROUP, version: VERSION, namespace: this.namespace, plural: SESSION_PLURAL, name, body: ops },
+        JSON_PATCH,
+      ),
+    )) as Session;
+  }
+
+  async patchStatus(name: string, status: SessionStatus): Promise<void> {
+    await this.call('status', () =>
+      this.custom.patchNamespacedCustomObjectStatus(
+        { group: GROUP, version: VERSION, namespace: this.namespace, plural: SESSION_PLURAL, name, body: { status } },
+        MERGE_PATCH,
+      ),
+    );
+  }
+
+  async event(event: StoreEvent): Promise<void> {
+    const now = new Date();
+    await this.call('event', () =>
+      this.core.createNamespacedEvent({
+        namespace: event.involved.namespace,
+        body: {
+          metadata: { generateName: `${event.involved.name.slice(0, 200)}.`, namespace: event.involved.namespace },
+          involvedObject: event.involved,
+          type: event.type,
+          reason: event.reason,
+          message: event.message.slice(0, 1024),
+          source: { component: this.component, ...(this.host === '' ? {} : { host: this.host }) },
+          firstTimestamp: now,
+          lastTimestamp: now,
+          count: 1,
+          reportingComponent: this.component,
+          reportingInstance: this.host,
+        },
+      }),
+    );
+  }
+
+  private async call<T>(what: string, fn: () => Promise<T>): Promise<T> {
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      return await Promise.race([
+        fn(),
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(() => {
+            reject(new SessionStoreError('unavailable', `${what}: no answer within ${String(this.timeoutMs)} ms`));
+          }, this.timeoutMs);
+        }),
+      ]);
+    } catch (err) {
+      throw classify(what, err);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+}
+
+function classify(what: string, err: unknown): SessionStoreError {
+  if (err instanceof SessionStoreError) return err;
+  if (err instanceof ApiException) {
+    const code = (err as ApiException<unknown>).code;
+    const body: unknown = (err as ApiException<unknown>).body;
+    let message = `${what}: HTTP ${String(code)}`;
+    try {
+      const parsed = (typeof body === 'string' ? JSON.parse(body) : body) as { message?: string } | undefined;
+      if (parsed?.message !== undefined) message = `${message}: ${parsed.message}`;
+    } catch {
+      // not a Status
+    }
+    // A failed `test` op of a JSON Patch is 422 with "the server rejected our request due to an error in
+    // our request"/"testing value"; a CEL rejection is 422 too: both mean "re-read and start over".
+    const kind: StoreErrorKind =
+      code === 409
+        ? message.includes('already exists')
+          ? 'exists'
+          : 'conflict'
+        : code === 404
+          ? 'not-found'
+          : code === 422 || code === 400
+            ? 'rejected'
+            : code === 429 || code >= 500
+              ? 'unavailable'
+              : 'rejected';
+    return new SessionStoreError(kind, message, code, { cause: err });
+  }
+  return new SessionStoreError('unavailable', `${what}: ${(err as Error).message}`, undefined, { cause: err });
+}

@@ -1,0 +1,640 @@
+// Writes spooled audit records into Session objects (api/src/session.ts): one object per part of a
+// session, created with its first records and then only appended to (the CRD's CEL rules reject anything
+// else). A part holds at most SESSION_MAX_RECORDS records and stays under SESSION_MAX_BYTES; then the
+// session continues in part N+1, which names part N in `previousPart`, and part N's phase becomes
+// `Continued`. Every write carries a freshly signed chain head. Object names are deterministic, so after a
+// restart the writer finds the parts already written and skips every record whose seq is already there.
+//
+// The writer never drops a record: when the API server is unavailable it backs off and retries while the
+// records wait in the spool, and it acknowledges spool entries only once they are in Kubernetes.
+import {
+  API_VERSION,
+  SESSION_MAX_BYTES,
+  SESSION_MAX_RECORDS,
+  signChainHead,
+  type AuditRecord,
+  type Identity,
+  type ResourceType,
+  type Session,
+  type SessionSpec,
+  type SessionStatus,
+} from '@chaperone/api';
+import type { Logger } from '../observability/logger.ts';
+import type { AuditMetrics } from './audit-metrics.ts';
+import type { SessionRef } from './audit-sink.ts';
+import type { SigningKey } from './signing-key.ts';
+import { SESSION_ID_LABEL, SessionStoreError, type SessionStore, type StoreEvent } from './session-store.ts';
+
+export interface SessionWriterOptions {
+  readonly store: SessionStore;
+  readonly signingKey: SigningKey;
+  /** The pod whose sidecar writes; spec.pod of every Session. */
+  readonly pod: { readonly name: string; readonly namespace: string; readonly uid?: string };
+  /** ProtectedResource type of a listener (resource) name. */
+  readonly resourceType: (resource: string) => ResourceType;
+  readonly logger: Logger;
+  readonly metrics?: AuditMetrics;
+  /** Called with the highest spool entry id below which every record is in Kubernetes. */
+  readonly onAcknowledge?: (entryId: number) => void;
+  /** Time between flushes, ms. Default 1000. */
+  readonly flushIntervalMs?: number;
+  /** Records per part. Default SESSION_MAX_RECORDS (256). */
+  readonly maxRecordsPerPart?: number;
+  /** Serialized bytes per part the writer stays under. Default SESSION_MAX_BYTES less 64 KiB for metadata. */
+  readonly maxBytesPerPart?: number;
+  /** Backoff after a failed write: first and largest delay, ms. Default 250 and 5000. */
+  readonly backoffInitialMs?: number;
+  readonly backoffMaxMs?: number;
+  /** Sessions written at once. Default 4. */
+  readonly concurrency?: number;
+  /** Shortest time between two flush-failure Events, ms. Default 60 s. */
+  readonly eventIntervalMs?: number;
+  readonly now?: () => Date;
+}
+
+interface Queued {
+  readonly id: number;
+  readonly record: AuditRecord;
+  readonly bytes: number;
+}
+
+interface Part {
+  readonly name: string;
+  readonly part: number;
+  resourceVersion: string;
+  records: number;
+  bytes: number;
+  lastSeq: number;
+}
+
+type Counters = SessionStatus['counters'];
+
+interface SessionState {
+  readonly ref: SessionRef;
+  readonly queue: Queued[];
+  head: number;
+  /** Whether the parts in Kubernetes are known (always so for a session first seen live in this process). */
+  synced: boolean;
+  current: Part | undefined;
+  counters: Counters;
+  identity: Identity | undefined;
+  startTime: string | undefined;
+  endTime: string | undefined;
+  lastTime: string | undefined;
+  ended: boolean;
+  /** Replayed from the spool of an earlier process: nobody will end it, so it is marked Abandoned. */
+  abandoned: boolean;
+  statusDirty: boolean;
+  failures: number;
+  retryAt: number;
+  firstFailureAt: number;
+  busy: boolean;
+  /** Short object names collided with another session's objects: use the whole session id. */
+  longNames: boolean;
+}
+
+const ACKNOWLEDGE_EVERY = 256;
+const UNAUTHENTICATED: Identity = { subject: 'unauthenticated', issuer: '' };
+
+/** Adds one record to a session's counters (commands, allowed, denied, held, errors). */
+export function countRecord(counters: Counters, record: AuditRecord): void {
+  if (record.type === 'command.decision') {
+    counters.commands += 1;
+    const result = record.decision?.result;
+    if (result === 'allow') counters.allowed += 1;
+    else if (result === 'deny') counters.denied += 1;
+    else if (result === 'approve') counters.held += 1;
+  } else if (record.type === 'command.outcome' && record.outcome?.status === 'error') {
+    counters.errors += 1;
+  }
+}
+
+/**
+ * Deterministic name of part `part` of a session: `<resource>-<first 12 hex of sessionId>-<part>`, or with
+ * the whole id when `long` (after a collision of the short name with another session's object).
+ */
+export function sessionObjectName(resource: string, sessionId: string, part: number, long = false): string {
+  const id = sessionId
+    .toLowerCase()
+    .replace(/[^a-z0-9]/g, '')
+    .slice(0, long ? 64 : 12);
+  const suffix = `-${id}-${String(part)}`;
+  const base =
+    resource
+      .toLowerCase()
+      .replace(/[^a-z0-9.-]+/g, '-')
+      .replace(/^[^a-z0-9]+/, '')
+      .replace(/[^a-z0-9]+$/, '')
+      .slice(0, 253 - suffix.length) || 'session';
+  return `${base.replace(/[^a-z0-9]+$/, '')}${suffix}`;
+}
+
+export class SessionWriter {
+  private readonly options: SessionWriterOptions;
+  private readonly store: SessionStore;
+  private readonly logger: Logger;
+  private readonly sessions = new Map<string, SessionState>();
+  private readonly intervalMs: number;
+  private readonly maxRecords: number;
+  private readonly maxBytes: number;
+  private readonly now: () => Date;
+  private timer: NodeJS.Timeout | undefined;
+  private running: Promise<void> | undefined;
+  private rerun = false;
+  private stopped = false;
+  private pending = 0;
+  private sinceKick = 0;
+  private lastEnqueuedId = 0;
+  private acknowledged = 0;
+  private lastFailureEvent = 0;
+  private failingSince = 0;
+  private readonly waiters: { id: number; resolve: () => void }[] = [];
+
+  constructor(options: SessionWriterOptions) {
+    this.options = options;
+    this.store = options.store;
+    this.logger = options.logger;
+    this.intervalMs = options.flushIntervalMs ?? 1000;
+    this.maxRecords = options.maxRecordsPerPart ?? SESSION_MAX_RECORDS;
+    this.maxBytes = options.maxBytesPerPart ?? SESSION_MAX_BYTES - 64 * 1024;
+    this.now = options.now ?? (() => new Date());
+  }
+
+  /** Records accepted and not yet in Kubernetes. */
+  get pendingRecords(): number {
+    return this.pending;
+  }
+
+  /** Starts the periodic flush. */
+  start(): void {
+    this.schedule(this.intervalMs);
+  }
+
+  /**
+   * Queues one record of `session` (spool entry `id`). `replayed` marks records read back from the spool
+   * of an earlier process: their parts may already exist, and their sessions are over.
+   */
+  enqueue(id: number, session: SessionRef, record: AuditRecord, replayed = false): void {
+    let s = this.sessions.get(session.sessionId);
+    if (s === undefined) {
+      s = {
+        ref: session,
+        queue: [],
+        head: 0,
+        // A session that starts here cannot have objects yet; anything else must be looked up first.
+        synced: !replayed && record.seq === 1,
+        current: undefined,
+        counters: { commands: 0, allowed: 0, denied: 0, held: 0, errors: 0 },
+        identity: undefined,
+        startTime: undefined,
+        endTime: undefined,
+        lastTime: undefined,
+        ended: false,
+        abandoned: replayed,
+        statusDirty: false,
+        failures: 0,
+        retryAt: 0,
+        firstFailureAt: 0,
+        busy: false,
+        longNames: false,
+      };
+      this.sessions.set(session.sessionId, s);
+    }
+    if (record.type === 'session.start') {
+      s.identity ??= record.identity;
+      s.startTime ??= record.time;
+    }
+    if (record.type === 'session.end') {
+      s.ended = true;
+      s.endTime = record.time;
+    }
+    s.lastTime = record.time;
+    s.queue.push({ id, record, bytes: JSON.stringify(record).length + 1 });
+    this.pending += 1;
+    this.lastEnqueuedId = Math.max(this.lastEnqueuedId, id);
+    this.options.metrics?.pendingRecords.set(this.pending);
+    this.sinceKick += 1;
+    if (this.sinceKick >= this.maxRecords && this.running === undefined && !this.stopped) {
+      // A full part is waiting: write it now rather than at the next tick.
+      this.sinceKick = 0;
+      this.schedule(0);
+    }
+  }
+
+  /** Resolves once every record queued so far is in Kubernetes, or after `timeoutMs` (then false). */
+  async flush(timeoutMs = Infinity): Promise<boolean> {
+    const target = this.lastEnqueuedId;
+    if (this.acknowledged >= target) return true;
+    let resolve: () => void = () => undefined;
+    const promise = new Promise<void>((res) => {
+      resolve = res;
+    });
+    this.waiters.push({ id: target, resolve });
+    this.schedule(0);
+    if (timeoutMs === Infinity) {
+      await promise;
+      return true;
+    }
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = await Promise.race([
+      promise.then(() => false),
+      new Promise<boolean>((r) => {
+        timer = setTimeout(() => r(true), timeoutMs);
+      }),
+    ]);
+    clearTimeout(timer);
+    return !timedOut;
+  }
+
+  /** Stops flushing (after the flush in progress). Records still queued stay in the spool. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    await this.running;
+  }
+
+  private schedule(ms: number): void {
+    if (this.stopped) return;
+    if (this.running !== undefined) {
+      if (ms === 0) this.rerun = true;
+      return;
+    }
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => {
+      void this.run();
+    }, ms);
+  }
+
+  private async run(): Promise<void> {
+    if (this.running !== undefined) return;
+    this.rerun = false;
+    this.sinceKick = 0;
+    this.running = this.flushOnce().catch((err: unknown) => {
+      this.logger.error('audit flush failed unexpectedly', { error: err });
+    });
+    await this.running;
+    this.running = undefined;
+    const more = this.wantsRerun();
+    this.schedule(more ? 0 : this.intervalMs);
+  }
+
+  /** A flush was asked for while one ran, or a full part's worth of records arrived meanwhile. */
+  private wantsRerun(): boolean {
+    return this.rerun || this.sinceKick >= this.maxRecords;
+  }
+
+  private async flushOnce(): Promise<void> {
+    const now = Date.now();
+    const ready: SessionState[] = [];
+    for (const s of this.sessions.values()) {
+      if (!s.busy && (s.head < s.queue.length || s.statusDirty) && s.retryAt <= now) ready.push(s);
+    }
+    let next = 0;
+    const worker = async () => {
+      while (next < ready.length) {
+        const s = ready[next] as SessionState;
+        next += 1;
+        await this.flushSession(s);
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(this.options.concurrency ?? 4, ready.length) }, worker));
+    this.acknowledge();
+    for (const [id, s] of this.sessions) {
+      if (s.head >= s.queue.length && !s.statusDirty && !s.busy && (s.ended || s.abandoned)) this.sessions.delete(id);
+    }
+  }
+
+  private acknowledge(): void {
+    let ack = this.lastEnqueuedId;
+    for (const s of this.sessions.values()) {
+      const first = s.queue[s.head];
+      if (first !== undefined) ack = Math.min(ack, first.id - 1);
+    }
+    if (ack > this.acknowledged) {
+      this.acknowledged = ack;
+      this.options.onAcknowledge?.(ack);
+    }
+    for (let i = this.waiters.length - 1; i >= 0; i--) {
+      const w = this.waiters[i];
+      if (w !== undefined && w.id <= ack) {
+        this.waiters.splice(i, 1);
+        w.resolve();
+      }
+    }
+  }
+
+  private async flushSession(s: SessionState): Promise<void> {
+    s.busy = true;
+    try {
+      if (!s.synced) await this.sync(s);
+      let written = 0;
+      while (s.head < s.queue.length) {
+        const cur = s.current;
+        const first = s.queue[s.head] as Queued;
+        if (cur !== undefined && first.record.seq <= cur.lastSeq) {
+          // Already written (a replayed duplicate): never append a seq twice.
+          s.head += 1;
+          this.pending -= 1;
+          continue;
+        }
+        if (cur === undefined) {
+          await this.createPart(s, 0, undefined);
+        } else if (first.record.seq !== cur.lastSeq + 1 || !this.fits(cur, first)) {
+          // Full (or the next record does not follow on: a part must hold a contiguous run of seq).
+          await this.continuePart(s, cur);
+        } else {
+          await this.appendRecords(s, cur);
+        }
+        written += 1;
+        if (written % ACKNOWLEDGE_EVERY === 0) this.acknowledge();
+      }
+      if (s.statusDirty && s.current !== undefined) {
+        await this.store.patchStatus(s.current.name, this.status(s));
+        this.options.metrics?.sessionObjects.inc({ operation: 'status' });
+        s.statusDirty = false;
+      }
+      if (s.failures > 0) this.recovered(s);
+    } catch (err) {
+      this.failed(s, err);
+    } finally {
+      s.busy = false;
+    }
+  }
+
+  private fits(part: Part, q: Queued): boolean {
+    return part.records < this.maxRecords && part.bytes + q.bytes <= this.maxBytes;
+  }
+
+  /** Takes queued records that fit into `part` (a fresh part when `part` is undefined). */
+  private take(s: SessionState, part: Part | undefined, baseBytes: number): Queued[] {
+    const batch: Queued[] = [];
+    let records = part?.records ?? 0;
+    let bytes = part?.bytes ?? baseBytes;
+    let seq = part?.lastSeq;
+    for (let i = s.head; i < s.queue.length; i++) {
+      const q = s.queue[i] as Queued;
+      if (records >= this.maxRecords || bytes + q.bytes > this.maxBytes) break;
+      if (seq !== undefined && q.record.seq !== seq + 1) break;
+      batch.push(q);
+      records += 1;
+      bytes += q.bytes;
+      seq = q.record.seq;
+    }
+    return batch;
+  }
+
+  private consume(s: SessionState, batch: readonly Queued[]): void {
+    for (const q of batch) countRecord(s.counters, q.record);
+    s.head += batch.length;
+    if (s.head > 1024 && s.head * 2 > s.queue.length) {
+      s.queue.splice(0, s.head);
+      s.head = 0;
+    }
+    this.pending -= batch.length;
+    s.statusDirty = true;
+    this.options.metrics?.flushedRecords.inc(batch.length);
+    this.options.metrics?.pendingRecords.set(this.pending);
+  }
+
+  private async head(name: string, s: SessionState, last: AuditRecord): Promise<NonNullable<SessionSpec['head']>> {
+    const key = this.options.signingKey;
+    const signature = await signChainHead(
+      {
+        typ: 'chaperone.dev/chain-head/v1',
+        sessionId: s.ref.sessionId,
+        object: `${this.store.namespace}/${name}`,
+        seq: last.seq,
+        hash: last.hash,
+        signedAt: this.now().toISOString(),
+      },
+      key.privateJwk,
+    );
+    return { seq: last.seq, hash: last.hash, signature, keyId: key.keyId };
+  }
+
+  private async createPart(s: SessionState, part: number, previousPart: string | undefined): Promise<void> {
+    const name = sessionObjectName(s.ref.resource, s.ref.sessionId, part, s.longNames);
+    const podName = this.options.pod.name === '' ? 'unknown' : this.options.pod.name;
+    const key = this.options.signingKey;
+    const spec: Omit<SessionSpec, 'records' | 'head'> = {
+      sessionId: s.ref.sessionId,
+      part,
+      ...(previousPart === undefined ? {} : { previousPart }),
+      pod: {
+        name: podName,
+        ...(this.options.pod.uid === undefined || this.options.pod.uid === '' ? {} : { uid: this.options.pod.uid }),
+      },
+      resource: { name: s.ref.resource, type: this.options.resourceType(s.ref.resource) },
+      identity: s.identity ?? UNAUTHENTICATED,
+      startTime: s.startTime ?? (s.queue[s.head] as Queued).record.time,
+      // The certificate (the operator's binding of this key to the pod) is added once the operator issues it.
+      signer: { keyId: key.keyId, publicKey: JSON.stringify(key.publicJwk) },
+    };
+    const baseBytes = JSON.stringify(spec).length + 2048;
+    const batch = this.take(s, undefined, baseBytes);
+    const last = (batch[batch.length - 1] as Queued).record;
+    const created = await this.createOrDetectCollision(s, {
+      apiVersion: API_VERSION,
+      kind: 'Session',
+      metadata: {
+        name,
+        namespace: this.store.namespace,
+        labels: {
+          [SESSION_ID_LABEL]: s.ref.sessionId,
+          'chaperone.dev/resource': s.ref.resource.slice(0, 63),
+          'chaperone.dev/part': String(part),
+        },
+      },
+      spec: { ...spec, records: batch.map((q) => q.record), head: await this.head(name, s, last) },
+    } satisfies Session);
+    this.options.metrics?.sessionObjects.inc({ operation: 'create' });
+    s.current = {
+      name,
+      part,
+      resourceVersion: created.metadata.resourceVersion ?? '',
+      records: batch.length,
+      bytes: baseBytes + batch.reduce((n, q) => n + q.bytes, 0),
+      lastSeq: last.seq,
+    };
+    this.consume(s, batch);
+  }
+
+  private async createOrDetectCollision(s: SessionState, session: Session): Promise<Session> {
+    try {
+      return await this.store.create(session);
+    } catch (err) {
+      if (err instanceof SessionStoreError && err.kind === 'exists' && !s.longNames) {
+        const mine = await this.store.listParts(s.ref.sessionId);
+        if (!mine.some((p) => p.metadata.name === session.metadata.name)) {
+          // Another session's object has this name (same first 12 hex digits): switch to full-id names.
+          this.logger.warn('session object name taken by another session; using the full session id', {
+            sessionId: s.ref.sessionId,
+            name: session.metadata.name,
+          });
+          s.longNames = true;
+        }
+      }
+      throw err;
+    }
+  }
+
+  private async appendRecords(s: SessionState, cur: Part): Promise<void> {
+    const batch = this.take(s, cur, 0);
+    const last = (batch[batch.length - 1] as Queued).record;
+    const updated = await this.store.append(
+      cur.name,
+      cur.resourceVersion,
+      batch.map((q) => q.record),
+      await this.head(cur.name, s, last),
+    );
+    this.options.metrics?.sessionObjects.inc({ operation: 'append' });
+    cur.resourceVersion = updated.metadata.resourceVersion ?? '';
+    cur.records += batch.length;
+    cur.bytes += batch.reduce((n, q) => n + q.bytes, 0);
+    cur.lastSeq = last.seq;
+    this.consume(s, batch);
+  }
+
+  private async continuePart(s: SessionState, cur: Part): Promise<void> {
+    // Create the next part first: if the process dies in between, the next sync finds the newest part
+    // and marks the older one Continued then.
+    const counters = { ...s.counters };
+    await this.createPart(s, cur.part + 1, cur.name);
+    await this.store.patchStatus(cur.name, {
+      phase: 'Continued',
+      ...(s.lastTime === undefined ? {} : { endTime: s.lastTime }),
+      counters,
+    });
+    this.options.metrics?.sessionObjects.inc({ operation: 'status' });
+  }
+
+  /** Reads the parts already in Kubernetes and drops queued records they hold. */
+  private async sync(s: SessionState): Promise<void> {
+    const parts = await this.store.listParts(s.ref.sessionId);
+    const counters: Counters = { commands: 0, allowed: 0, denied: 0, held: 0, errors: 0 };
+    let lastSeq = 0;
+    for (const p of parts) {
+      for (const r of p.spec.records) {
+        countRecord(counters, r);
+        lastSeq = Math.max(lastSeq, r.seq);
+      }
+    }
+    s.counters = counters;
+    const latest = parts[parts.length - 1];
+    if (latest === undefined) {
+      s.current = undefined;
+    } else {
+      s.identity ??= latest.spec.identity;
+      s.startTime ??= latest.spec.startTime;
+      const records = latest.spec.records;
+      s.current = {
+        name: latest.metadata.name ?? sessionObjectName(s.ref.resource, s.ref.sessionId, latest.spec.part, s.longNames),
+        part: latest.spec.part,
+        resourceVersion: latest.metadata.resourceVersion ?? '',
+        records: records.length,
+        bytes: JSON.stringify(latest.spec).length + 2048,
+        lastSeq: records[records.length - 1]?.seq ?? 0,
+      };
+      // A part left Active by a process that died between creating its successor and updating it.
+      for (const p of parts.slice(0, -1)) {
+        if (p.status?.phase !== 'Continued' && p.metadata.name !== undefined) {
+          await this.store.patchStatus(p.metadata.name, {
+            phase: 'Continued',
+            counters: p.status?.counters ?? { commands: 0, allowed: 0, denied: 0, held: 0, errors: 0 },
+          });
+        }
+      }
+    }
+    let dropped = 0;
+    while (s.head < s.queue.length && (s.queue[s.head] as Queued).record.seq <= lastSeq) {
+      s.head += 1;
+      dropped += 1;
+    }
+    if (dropped > 0) {
+      this.pending -= dropped;
+      this.options.metrics?.pendingRecords.set(this.pending);
+      this.logger.info('audit records already in Kubernetes skipped', { sessionId: s.ref.sessionId, dropped, lastSeq });
+    }
+    s.statusDirty = true;
+    s.synced = true;
+  }
+
+  private status(s: SessionState): SessionStatus {
+    const done = s.head >= s.queue.length;
+    const phase = s.ended && done ? 'Closed' : s.abandoned && done ? 'Abandoned' : 'Active';
+    const endTime = phase === 'Closed' ? s.endTime : phase === 'Abandoned' ? s.lastTime : undefined;
+    return { phase, ...(endTime === undefined ? {} : { endTime }), counters: { ...s.counters } };
+  }
+
+  private failed(s: SessionState, err: unknown): void {
+    const kind = err instanceof SessionStoreError ? err.kind : 'unavailable';
+    // Anything but "unreachable" means our view of the objects may be wrong: read them again first.
+    if (kind !== 'unavailable') s.synced = false;
+    s.failures += 1;
+    if (s.failures === 1) s.firstFailureAt = Date.now();
+    const initial = this.options.backoffInitialMs ?? 250;
+    const max = this.options.backoffMaxMs ?? 5000;
+    const delay = Math.min(max, initial * 2 ** Math.min(s.failures - 1, 16));
+    s.retryAt = Date.now() + delay * (0.75 + Math.random() * 0.5);
+    const reason = kind === 'unavailable' ? 'unavailable' : kind === 'rejected' ? 'rejected' : 'conflict';
+    this.options.metrics?.flushFailures.inc({ reason });
+    const fields = {
+      sessionId: s.ref.sessionId,
+      object: s.current?.name,
+      failures: s.failures,
+      retryInMs: Math.round(s.retryAt - Date.now()),
+      pendingRecords: this.pending,
+      error: err,
+    };
+    // A conflict after a lost response is routine and resolved by the re-read; say so quietly once.
+    if (kind === 'conflict' && s.failures === 1) this.logger.info('audit flush conflict; re-reading session', fields);
+    else this.logger.warn('audit flush failed; records stay in the spool', fields);
+    if (this.failingSince === 0) this.failingSince = Date.now();
+    if (Date.now() - this.lastFailureEvent >= (this.options.eventIntervalMs ?? 60_000) && kind !== 'conflict') {
+      this.lastFailureEvent = Date.now();
+      this.emit(s, {
+        type: 'Warning',
+        reason: 'AuditFlushFailed',
+        message: `Audit records could not be written to Session objects (${(err as Error).message}); ${String(this.pending)} records wait in the sidecar's spool and are retried.`,
+      });
+    }
+  }
+
+  private recovered(s: SessionState): void {
+    const seconds = Math.round((Date.now() - s.firstFailureAt) / 1000);
+    this.logger.info('audit flush recovered', { sessionId: s.ref.sessionId, failures: s.failures, seconds });
+    if (this.failingSince !== 0 && this.lastFailureEvent !== 0) {
+      this.emit(s, {
+        type: 'Normal',
+        reason: 'AuditFlushRecovered',
+        message: `Audit records are written to Session objects again after ${String(seconds)} s.`,
+      });
+    }
+    this.failingSince = 0;
+    s.failures = 0;
+    s.retryAt = 0;
+  }
+
+  /** Posts an Event about the sidecar's audit trail on its pod. */
+  podEvent(event: Omit<StoreEvent, 'involved'>): void {
+    this.emit(undefined, event);
+  }
+
+  /** Posts an Event on the session's current part, or on the pod when no part exists yet. */
+  private emit(s: SessionState | undefined, event: Omit<StoreEvent, 'involved'>): void {
+    const involved =
+      s?.current === undefined
+        ? {
+            kind: 'Pod',
+            apiVersion: 'v1',
+            namespace: this.options.pod.namespace,
+            name: this.options.pod.name,
+            ...(this.options.pod.uid === undefined || this.options.pod.uid === '' ? {} : { uid: this.options.pod.uid }),
+          }
+        : { kind: 'Session', apiVersion: API_VERSION, namespace: this.store.namespace, name: s.current.name };
+    if (involved.name === '' || involved.namespace === '') return;
+    this.store.event({ ...event, involved }).catch((err: unknown) => {
+      this.logger.debug('could not post event', { reason: event.reason, error: err });
+    });
+  }
+}

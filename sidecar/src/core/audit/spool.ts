@@ -1,0 +1,463 @@
+// The local audit spool: an append-only log of framed entries in segment files, made durable by group
+// commit (one fdatasync per batch; appends made while a batch is being synced join the next one) and
+// bounded in size. Entries are deleted a whole segment at a time once acknowledged (they are in Kubernetes).
+// After a crash, `Spool.open` returns every unacknowledged entry and truncates a torn tail write.
+//
+// Frame: u32 payload length | u32 CRC-32 of (id, payload) | u32 id high | u32 id low | payload.
+// Ids are explicit and contiguous from 1 across the spool's life; the acknowledged id lives in `ack`.
+// See docs/audit-durability.md.
+import {
+  closeSync,
+  fdatasync,
+  fsync,
+  ftruncateSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  readdirSync,
+  renameSync,
+  statSync,
+  unlinkSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
+import { join } from 'node:path';
+import { crc32 } from 'node:zlib';
+import { AuditUnavailable } from './audit-sink.ts';
+
+export const FRAME_HEADER_BYTES = 16;
+/** Largest payload accepted; a length above this in a header marks the frame as corrupt. */
+export const MAX_ENTRY_BYTES = 16 * 1024 * 1024;
+const SEGMENT_PREFIX = 'segment-';
+const SEGMENT_SUFFIX = '.log';
+const ACK_FILE = 'ack';
+
+export interface SpoolOptions {
+  /** Directory of the segment files; created if missing. One spool per directory. */
+  readonly dir: string;
+  /** Bound on the bytes of unacknowledged entries (segments on disk plus pending batches). */
+  readonly maxBytes: number;
+  /** Segment size at which a new segment starts. Default min(16 MiB, maxBytes / 8). */
+  readonly segmentBytes?: number;
+  /** Bytes only `priority` appends may use (outcome and end records). Default maxBytes / 16. */
+  readonly reserveBytes?: number;
+  /** How long after a failed write appends keep failing with `disk-error` before the next try, ms. Default 1000. */
+  readonly writeRetryMs?: number;
+  /** Called after each batch is durable, with its size and how long the fdatasync took (seconds). */
+  readonly onCommit?: (entries: number, bytes: number, syncSeconds: number) => void;
+  /** Called when a write or fsync fails. */
+  readonly onError?: (err: Error) => void;
+}
+
+export interface SpoolEntry {
+  readonly id: number;
+  /** A view into the segment read at open; valid as long as the caller keeps it. */
+  readonly payload: Buffer;
+}
+
+export interface SpoolOpenResult {
+  readonly spool: Spool;
+  /** Every unacknowledged entry found on disk, in id order. */
+  readonly entries: SpoolEntry[];
+  /** What replay had to repair (torn tail truncated, corrupt frames), for the log. */
+  readonly repairs: string[];
+}
+
+interface Segment {
+  readonly base: number;
+  readonly path: string;
+  /** Last durable id in the segment (base - 1 when empty). */
+  last: number;
+  bytes: number;
+}
+
+interface Batch {
+  readonly promise: Promise<void>;
+  readonly resolve: () => void;
+  readonly reject: (err: unknown) => void;
+}
+
+function newBatch(): Batch {
+  let resolve: () => void = () => undefined;
+  let reject: (err: unknown) => void = () => undefined;
+  const promise = new Promise<void>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  // A batch nobody awaits must not become an unhandled rejection; awaiting callers still see the error.
+  promise.catch(() => undefined);
+  return { promise, resolve, reject };
+}
+
+export function encodeFrame(id: number, payload: Buffer): Buffer {
+  const frame = Buffer.allocUnsafe(FRAME_HEADER_BYTES + payload.length);
+  frame.writeUInt32BE(payload.length, 0);
+  frame.writeUInt32BE(Math.floor(id / 0x1_0000_0000), 8);
+  frame.writeUInt32BE(id >>> 0, 12);
+  payload.copy(frame, FRAME_HEADER_BYTES);
+  frame.writeUInt32BE(crc32(frame.subarray(8)), 4);
+  return frame;
+}
+
+/** Decodes the frames of one segment; stops at the first incomplete or corrupt frame and reports where. */
+export function decodeFrames(data: Buffer): { entries: SpoolEntry[]; validBytes: number; problem?: string } {
+  const entries: SpoolEntry[] = [];
+  let offset = 0;
+  while (offset < data.length) {
+    if (data.length - offset < FRAME_HEADER_BYTES) {
+      return { entries, validBytes: offset, problem: `incomplete frame header at ${String(offset)}` };
+    }
+    const length = data.readUInt32BE(offset);
+    if (length > MAX_ENTRY_BYTES) {
+      return {
+        entries,
+        validBytes: offset,
+        problem: `implausible frame length ${String(length)} at ${String(offset)}`,
+      };
+    }
+    const end = offset + FRAME_HEADER_BYTES + length;
+    if (end > data.length) {
+      return { entries, validBytes: offset, problem: `incomplete frame at ${String(offset)}` };
+    }
+    if (crc32(data.subarray(offset + 8, end)) !== data.readUInt32BE(offset + 4)) {
+      return { entries, validBytes: offset, problem: `CRC mismatch at ${String(offset)}` };
+    }
+    const id = data.readUInt32BE(offset + 8) * 0x1_0000_0000 + data.readUInt32BE(offset + 12);
+    entries.push({ id, payload: data.subarray(offset + FRAME_HEADER_BYTES, end) });
+    offset = end;
+  }
+  return { entries, validBytes: offset };
+}
+
+function segmentName(base: number): string {
+  return `${SEGMENT_PREFIX}${String(base).padStart(16, '0')}${SEGMENT_SUFFIX}`;
+}
+
+export class Spool {
+  readonly dir: string;
+  readonly maxBytes: number;
+  private readonly segmentBytes: number;
+  private readonly reserveBytes: number;
+  private readonly writeRetryMs: number;
+  private readonly onCommit: SpoolOptions['onCommit'];
+  private readonly onError: SpoolOptions['onError'];
+  /** Closed segments, oldest first; the active one is separate. */
+  private readonly segments: Segment[] = [];
+  private active: Segment | undefined;
+  private activeFd = -1;
+  private nextId: number;
+  private acked: number;
+  private durable: number;
+  private used = 0;
+  private pending: Buffer[] = [];
+  private pendingBytes = 0;
+  private pendingBatch: Batch | undefined;
+  private committing: Batch | undefined;
+  private scheduled = false;
+  private writeFailedUntil = 0;
+  private syncFailed: Error | undefined;
+  private closed = false;
+
+  private constructor(options: SpoolOptions, nextId: number, acked: number) {
+    this.dir = options.dir;
+    this.maxBytes = options.maxBytes;
+    this.segmentBytes = options.segmentBytes ?? Math.min(16 * 1024 * 1024, Math.floor(options.maxBytes / 8));
+    this.reserveBytes = options.reserveBytes ?? Math.floor(options.maxBytes / 16);
+    this.writeRetryMs = options.writeRetryMs ?? 1000;
+    this.onCommit = options.onCommit;
+    this.onError = options.onError;
+    this.nextId = nextId;
+    this.acked = acked;
+    this.durable = nextId - 1;
+  }
+
+  /** Opens (or creates) the spool in `options.dir` and reads back every unacknowledged entry. */
+  static open(options: SpoolOptions): SpoolOpenResult {
+    mkdirSync(options.dir, { recursive: true, mode: 0o700 });
+    let acked = 0;
+    try {
+      const text = readFileSync(join(options.dir, ACK_FILE), 'utf8').trim();
+      if (/^[0-9]+$/.test(text)) acked = Number(text);
+    } catch {
+      // No acknowledgement yet.
+    }
+    const names = readdirSync(options.dir)
+      .filter((n) => n.startsWith(SEGMENT_PREFIX) && n.endsWith(SEGMENT_SUFFIX))
+      .sort();
+    const entries: SpoolEntry[] = [];
+    const repairs: string[] = [];
+    const kept: Segment[] = [];
+    let maxId = acked;
+    for (const name of names) {
+      const path = join(options.dir, name);
+      const base = Number(name.slice(SEGMENT_PREFIX.length, -SEGMENT_SUFFIX.length));
+      const data = readFileSync(path);
+      const decoded = decodeFrames(data);
+      if (decoded.problem !== undefined) {
+        // A torn tail (the process died mid-write) or damage: keep what verifies, cut the rest off.
+        repairs.push(`${name}: ${decoded.problem}; truncated ${String(data.length - decoded.validBytes)} bytes`);
+        const fd = openSync(path, 'r+');
+        try {
+          ftruncateSync(fd, decoded.validBytes);
+        } finally {
+          closeSync(fd);
+        }
+      }
+      let last = base - 1;
+      for (const e of decoded.entries) {
+        if (e.id <= maxId && e.id > acked) {
+          repairs.push(`${name}: entry ${String(e.id)} out of order; skipped`);
+          continue;
+        }
+        last = Math.max(last, e.id);
+        if (e.id > acked) {
+          if (e.id !== maxId + 1) repairs.push(`${name}: entries ${String(maxId + 1)}..${String(e.id - 1)} missing`);
+          entries.push(e);
+        }
+        maxId = Math.max(maxId, e.id);
+      }
+      if (last <= acked) {
+        unlinkSync(path);
+        continue;
+      }
+      kept.push({ base, path, last, bytes: decoded.validBytes });
+    }
+    const spool = new Spool(options, maxId + 1, acked);
+    for (const s of kept) {
+      spool.segments.push(s);
+      spool.used += s.bytes;
+    }
+    return { spool, entries, repairs };
+  }
+
+  /** Bytes of unacknowledged entries, on disk and pending. */
+  get usedBytes(): number {
+    return this.used;
+  }
+
+  /** Highest id known to be on durable storage. */
+  get durableId(): number {
+    return this.durable;
+  }
+
+  /** Highest id appended so far. */
+  get lastId(): number {
+    return this.nextId - 1;
+  }
+
+  get acknowledgedId(): number {
+    return this.acked;
+  }
+
+  /**
+   * Appends one entry to the current batch and returns its id. `priority` entries may use the reserve
+   * kept back from ordinary ones, so the outcome of a command already let through can still be recorded.
+   * Throws AuditUnavailable (`spool-full`, `disk-error`, `closed`) when the entry cannot be accepted.
+   */
+  append(payload: Buffer, priority = false): number {
+    if (this.closed) throw new AuditUnavailable('closed', 'audit spool is closed');
+    if (this.syncFailed !== undefined) {
+      throw new AuditUnavailable('disk-error', `audit spool cannot sync: ${this.syncFailed.message}`);
+    }
+    if (this.writeFailedUntil !== 0) {
+      if (Date.now() < this.writeFailedUntil) {
+        throw new AuditUnavailable('disk-error', 'audit spool write failed recently');
+      }
+      this.writeFailedUntil = 0;
+    }
+    const size = FRAME_HEADER_BYTES + payload.length;
+    if (payload.length > MAX_ENTRY_BYTES) throw new AuditUnavailable('disk-error', 'audit entry too large');
+    const limit = priority ? this.maxBytes : this.maxBytes - this.reserveBytes;
+    if (this.used + size > limit) {
+      throw new AuditUnavailable(
+        'spool-full',
+        `audit spool is full (${String(this.used)} of ${String(this.maxBytes)} bytes unacknowledged)`,
+      );
+    }
+    const id = this.nextId;
+    this.nextId += 1;
+    this.pending.push(encodeFrame(id, payload));
+    this.pendingBytes += size;
+    this.used += size;
+    if (this.committing === undefined && !this.scheduled) {
+      this.scheduled = true;
+      setImmediate(this.commit);
+    }
+    return id;
+  }
+
+  /**
+   * Resolves when every entry appended so far is durable (rejects with AuditUnavailable if its batch
+   * failed); undefined when nothing is waiting, so callers on the fast path allocate nothing.
+   */
+  whenDurable(): Promise<void> | undefined {
+    if (this.pending.length > 0) {
+      this.pendingBatch ??= newBatch();
+      return this.pendingBatch.promise;
+    }
+    return this.committing?.promise;
+  }
+
+  /** Marks every entry up to `id` as delivered; whole segments at or below it are deleted. */
+  acknowledge(id: number): void {
+    const upTo = Math.min(id, this.durable);
+    if (upTo <= this.acked) return;
+    this.acked = upTo;
+    while (this.segments.length > 0 && (this.segments[0]?.last ?? Infinity) <= upTo) {
+      const s = this.segments.shift();
+      if (s !== undefined) this.removeSegment(s);
+    }
+    const active = this.active;
+    if (
+      active !== undefined &&
+      active.last <= upTo &&
+      this.committing === undefined &&
+      this.pending.length === 0 &&
+      active.bytes > 0
+    ) {
+      // Everything in the active segment is delivered: drop it so its space comes back now.
+      closeSync(this.activeFd);
+      this.activeFd = -1;
+      this.active = undefined;
+      this.removeSegment(active);
+    }
+    try {
+      const tmp = join(this.dir, `${ACK_FILE}.tmp`);
+      writeFileSync(tmp, `${String(upTo)}\n`);
+      renameSync(tmp, join(this.dir, ACK_FILE));
+    } catch (err) {
+      // Only an optimisation: without it replay re-sends entries the writer then skips as already present.
+      this.onError?.(err as Error);
+    }
+  }
+
+  /** Waits for pending batches and closes the files. Appends after this throw `closed`. */
+  async close(): Promise<void> {
+    this.closed = true;
+    for (let b = this.whenDurable(); b !== undefined; b = this.whenDurable()) {
+      await b.catch(() => undefined);
+    }
+    if (this.activeFd >= 0) closeSync(this.activeFd);
+    this.activeFd = -1;
+  }
+
+  private removeSegment(s: Segment): void {
+    try {
+      unlinkSync(s.path);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') this.onError?.(err as Error);
+    }
+    this.used -= s.bytes;
+  }
+
+  private readonly commit = (): void => {
+    this.scheduled = false;
+    if (this.pending.length === 0 || this.committing !== undefined) return;
+    const frames = this.pending;
+    const bytes = this.pendingBytes;
+    const batch = this.pendingBatch ?? newBatch();
+    const lastId = this.nextId - 1;
+    const firstId = lastId - frames.length + 1;
+    this.pending = [];
+    this.pendingBytes = 0;
+    this.pendingBatch = undefined;
+    this.committing = batch;
+
+    let createdSegment = false;
+    let segment: Segment;
+    let startOffset = 0;
+    try {
+      if (this.active !== undefined && this.active.bytes > 0 && this.active.bytes + bytes > this.segmentBytes) {
+        closeSync(this.activeFd);
+        this.activeFd = -1;
+        this.segments.push(this.active);
+        this.active = undefined;
+      }
+      if (this.active === undefined) {
+        const path = join(this.dir, segmentName(firstId));
+        this.activeFd = openSync(path, 'a', 0o600);
+        this.active = { base: firstId, path, last: firstId - 1, bytes: statSync(path).size };
+        createdSegment = true;
+      }
+      segment = this.active;
+      startOffset = segment.bytes;
+      const data = frames.length === 1 ? (frames[0] as Buffer) : Buffer.concat(frames, bytes);
+      let written = 0;
+      while (written < data.length) written += writeSync(this.activeFd, data, written);
+    } catch (err) {
+      this.failWrite(err as Error, batch, bytes, startOffset);
+      return;
+    }
+    const started = process.hrtime.bigint();
+    const syncDir = createdSegment;
+    fdatasync(this.activeFd, (err) => {
+      if (err !== null) {
+        this.failSync(err, batch);
+        return;
+      }
+      const finish = () => {
+        segment.last = lastId;
+        segment.bytes += bytes;
+        this.durable = lastId;
+        this.committing = undefined;
+        this.onCommit?.(frames.length, bytes, Number(process.hrtime.bigint() - started) / 1e9);
+        batch.resolve();
+        if (this.pending.length > 0) this.commit();
+      };
+      if (!syncDir) {
+        finish();
+        return;
+      }
+      // A new segment's directory entry must be durable too, or a crash could lose the whole file.
+      let dirFd: number;
+      try {
+        dirFd = openSync(this.dir, 'r');
+      } catch (dirErr) {
+        this.failSync(dirErr as Error, batch);
+        return;
+      }
+      fsync(dirFd, (dirErr) => {
+        closeSync(dirFd);
+        if (dirErr !== null) this.failSync(dirErr, batch);
+        else finish();
+      });
+    });
+  };
+
+  private failWrite(err: Error, batch: Batch, bytes: number, startOffset: number): void {
+    // Cut a partial write back off so the segment stays a clean sequence of frames; the batch is lost.
+    if (this.activeFd >= 0) {
+      try {
+        ftruncateSync(this.activeFd, startOffset);
+      } catch {
+        // The replay's torn-tail check covers it.
+      }
+    }
+    this.used -= bytes;
+    this.writeFailedUntil = Date.now() + this.writeRetryMs;
+    this.committing = undefined;
+    this.onError?.(err);
+    batch.reject(new AuditUnavailable('disk-error', `audit spool write failed: ${err.message}`, { cause: err }));
+    this.failPending(err);
+  }
+
+  private failSync(err: Error, batch: Batch): void {
+    // After a failed fsync the page cache can no longer be trusted (the kernel may have dropped the
+    // dirty pages); the spool refuses everything from now on.
+    this.syncFailed = err;
+    this.committing = undefined;
+    this.onError?.(err);
+    batch.reject(new AuditUnavailable('disk-error', `audit spool fsync failed: ${err.message}`, { cause: err }));
+    this.failPending(err);
+  }
+
+  private failPending(err: Error): void {
+    if (this.pending.length === 0) return;
+    const batch = this.pendingBatch;
+    this.used -= this.pendingBytes;
+    this.pending = [];
+    this.pendingBytes = 0;
+    this.pendingBatch = undefined;
+    batch?.reject(new AuditUnavailable('disk-error', `audit spool write failed: ${err.message}`, { cause: err }));
+  }
+}
