@@ -2,10 +2,30 @@
 // kubectl-chaperone: the kubectl plugin (`kubectl chaperone ...` once it is on PATH).
 import { parseArgs } from 'node:util';
 import { OUTPUT_FORMATS, PolicyTestInputError, runPolicyTest, type OutputFormat } from '../commands/policy-test.ts';
+import { run as runSessions } from '../commands/sessions.ts';
+import { run as runVerify } from '../commands/verify.ts';
+import { run as runEvidence } from '../commands/evidence.ts';
+
+// The auditor's commands parse their own flags; `policy test` is parsed below.
+const auditCommands: Record<string, typeof runVerify> = {
+  sessions: runSessions,
+  verify: runVerify,
+  evidence: runEvidence,
+};
+const auditCommand = auditCommands[process.argv[2] ?? ''];
+if (auditCommand !== undefined) process.exit(await auditCommand(process.argv.slice(3), process));
 
 const HELP = `Usage: kubectl chaperone COMMAND
 
 Commands:
+  sessions [--identity P] [--actor P] [--resource P] [--since T] [--until T] [--decision D] [-n NS|-A] [-o json|yaml]
+      List Session trails (kubectl-style table); \`sessions show SESSION\` prints one as a timeline.
+  verify SESSION | --all [--trusted-keys JWKS] [--baseline EVIDENCE] [-n NS|-A] [-o json|yaml]
+      Verify hash chains, links between parts and sessions, and head signatures; exit 0 clean, 1 problems.
+  evidence export [--from T] [--to T] -o FILE | evidence verify FILE
+      Export records, signatures, keys, the verification report and a NIST control map; verify offline.
+  (each of these prints its own flags with --help)
+
   policy test -f POLICY.yaml -i CASES.yaml [-o table|json|yaml]
       Compile AccessPolicies locally with opa, as the operator does, and evaluate each case with the
       sidecar's policy engine. Prints CASE, EXPECTED, GOT, RULE, RESULT; exits 1 if any case fails or a

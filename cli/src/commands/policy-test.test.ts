@@ -116,7 +116,7 @@ describe('kubectl chaperone policy test', () => {
   it('rejects bad usage with exit code 2 and bad input files with exit code 1', async () => {
     assert.equal((await run(['policy', 'test', '-i', CASES])).code, 2);
     assert.equal((await run(['policy', 'test', '-f', POLICY, '-i', CASES, '-o', 'wide'])).code, 2);
-    assert.equal((await run(['sessions'])).code, 2);
+    assert.equal((await run(['frobnicate'])).code, 2);
     const help = await run(['--help']);
     assert.equal(help.code, 0);
     assert.match(help.stdout, /policy test -f POLICY\.yaml -i CASES\.yaml/);

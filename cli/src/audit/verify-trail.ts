@@ -1,0 +1,614 @@
+// Verifies an audit trail: the Session objects of one or more sessions (every part), their hash chains,
+// the links between continuation parts and between sessions of one pod, and the signed chain heads.
+// Pure: takes objects and keys, returns a report; fetching and printing live in the commands.
+// What each check proves, and what it cannot, is in docs/audit.md ("Verification").
+import { isDeepStrictEqual } from 'node:util';
+import {
+  GENESIS_HASH,
+  verifyChain,
+  verifyChainHead,
+  type AuditRecord,
+  type ChainHead,
+  type Session,
+} from '@chaperone/api';
+import type { JWK } from 'jose';
+
+export const TRAIL_PROBLEM_KINDS = [
+  /** A record's content does not match its hash: the record was edited. */
+  'hash-mismatch',
+  /** A record's prevHash does not match the record before it: a record was removed or inserted. */
+  'broken-link',
+  /** seq jumps forward: records were removed. */
+  'seq-gap',
+  /** seq goes backwards or repeats: records were reordered or duplicated. */
+  'seq-order',
+  /** The part this one continues (spec.previousPart) is gone, or a part index is missing. */
+  'part-missing',
+  /** A part says it was continued (or is not the last index) but no later part exists. */
+  'continuation-deleted',
+  /** The first record of a part does not continue the last record of the previous part. */
+  'part-link',
+  /** Two objects claim the same part of one session, or parts disagree on who they continue. */
+  'part-conflict',
+  /** The first record of a session links to a record of the pod that no present session holds. */
+  'session-missing',
+  /** No signer or no signed head on a part that has records. */
+  'signature-missing',
+  /** The head signature does not verify with the part's signer key. */
+  'signature-invalid',
+  /** The signed head does not match the records (edited or truncated after signing) or the object. */
+  'head-mismatch',
+  /** The head is signed by a key other than the one the part names, or one not in the trusted set. */
+  'untrusted-key',
+  /** Records after the signed head: not (yet) covered by a signature. */
+  'unsigned-records',
+  /** Unsigned Session fields that must agree with signed records (identity, sessionId, part) do not. */
+  'metadata-mismatch',
+  /** A session that is not open has no session.end record: its end may have been removed. */
+  'session-truncated',
+  /** Present in a baseline export but missing or rolled back now. */
+  'baseline-mismatch',
+] as const;
+export type TrailProblemKind = (typeof TRAIL_PROBLEM_KINDS)[number];
+
+export interface TrailProblem {
+  /** error: evidence of alteration or removal; warning: cannot be proven either way (see detail). */
+  readonly severity: 'error' | 'warning';
+  readonly kind: TrailProblemKind;
+  readonly sessionId: string;
+  /** namespace/name of the Session object, when the problem is about one object. */
+  readonly object?: string;
+  readonly part?: number;
+  readonly seq?: number;
+  readonly detail: string;
+}
+
+export interface VerifiedSession {
+  readonly sessionId: string;
+  readonly namespace: string;
+  readonly pod: string;
+  readonly resource: string;
+  readonly subject: string;
+  /** Object names in part order. */
+  readonly parts: readonly string[];
+  readonly records: number;
+  readonly firstSeq?: number;
+  readonly lastSeq?: number;
+  readonly lastHash?: string;
+  /** seq of the last record covered by a valid head signature in the last part. */
+  readonly signedThrough?: number;
+  readonly keyIds: readonly string[];
+  /** namespace/name of the session this one links to through its first record, when linked. */
+  readonly previousSession?: string;
+  readonly ok: boolean;
+}
+
+export interface TrailReport {
+  readonly ok: boolean;
+  readonly checkedAt: string;
+  readonly sessions: readonly VerifiedSession[];
+  readonly problems: readonly TrailProblem[];
+  readonly summary: {
+    readonly sessions: number;
+    readonly objects: number;
+    readonly records: number;
+    readonly errors: number;
+    readonly warnings: number;
+  };
+  /** How keys were trusted: pinned (a trusted set was given) or self-asserted (spec.signer only). */
+  readonly keyTrust: 'pinned' | 'self-asserted';
+}
+
+/** What an earlier export saw of one Session object; verify against it to detect deletion and rollback. */
+export interface BaselineHead {
+  readonly object: string;
+  readonly sessionId: string;
+  readonly seq: number;
+  readonly hash: string;
+}
+
+export interface VerifyTrailOptions {
+  /**
+   * Trusted Ed25519 public JWKs (with kid). When given, every head must be signed by one of them; when
+   * absent, each part's own spec.signer key is used and the report says the keys were self-asserted.
+   */
+  readonly trustedKeys?: readonly (JWK & { kid?: string })[];
+  /** Retention of a ProtectedResource (namespace, name) in milliseconds, to tell expiry from deletion. */
+  readonly retentionFor?: (namespace: string, resource: string) => number | undefined;
+  /**
+   * Record hashes known to exist outside the Sessions given (`namespace/pod/hash`), e.g. the sessions an
+   * evidence export left out of its time window; a first record linking to one of them is linked.
+   */
+  readonly externalHashes?: ReadonlySet<string>;
+  /** Heads seen by an earlier export; each must still be present with the same hash. */
+  readonly baseline?: readonly BaselineHead[];
+  /** Default: now. */
+  readonly now?: Date;
+}
+
+const objectName = (s: Session) => `${s.metadata.namespace ?? ''}/${s.metadata.name ?? ''}`;
+
+/** Verifies every session in `sessions` (all parts of all sessions in scope). */
+export async function verifyTrail(
+  sessions: readonly Session[],
+  options: VerifyTrailOptions = {},
+): Promise<TrailReport> {
+  const now = options.now ?? new Date();
+  const problems: TrailProblem[] = [];
+  const bySession = new Map<string, [Session, ...Session[]]>();
+  for (const s of sessions) {
+    const list = bySession.get(s.spec.sessionId);
+    if (list === undefined) bySession.set(s.spec.sessionId, [s]);
+    else list.push(s);
+  }
+  const byName = new Map(sessions.map((s) => [objectName(s), s]));
+
+  const verified: VerifiedSession[] = [];
+  for (const [sessionId, parts] of bySession) {
+    parts.sort((a, b) => a.spec.part - b.spec.part || objectName(a).localeCompare(objectName(b)));
+    verified.push(await verifyOneSession(sessionId, parts, byName, options, problems));
+  }
+
+  const linked = linkPodSessions(verified, bySession, options, now, problems);
+  if (options.baseline !== undefined) checkBaseline(options.baseline, byName, problems);
+
+  const failed = new Set(problems.filter((p) => p.severity === 'error').map((p) => p.sessionId));
+  const result = linked.map((v) => ({ ...v, ok: !failed.has(v.sessionId) }));
+  result.sort((a, b) => a.namespace.localeCompare(b.namespace) || (a.parts[0] ?? '').localeCompare(b.parts[0] ?? ''));
+  const errors = problems.filter((p) => p.severity === 'error').length;
+  problems.sort(
+    (a, b) =>
+      a.sessionId.localeCompare(b.sessionId) ||
+      (a.part ?? -1) - (b.part ?? -1) ||
+      (a.seq ?? 0) - (b.seq ?? 0) ||
+      a.kind.localeCompare(b.kind),
+  );
+  return {
+    ok: errors === 0,
+    checkedAt: now.toISOString(),
+    sessions: result,
+    problems,
+    summary: {
+      sessions: result.length,
+      objects: sessions.length,
+      records: sessions.reduce((n, s) => n + s.spec.records.length, 0),
+      errors,
+      warnings: problems.length - errors,
+    },
+    keyTrust: options.trustedKeys === undefined ? 'self-asserted' : 'pinned',
+  };
+}
+
+/** The report limited to some sessions (by sessionId), with its summary recounted. */
+export function restrictReport(report: TrailReport, sessionIds: ReadonlySet<string>): TrailReport {
+  const sessions = report.sessions.filter((s) => sessionIds.has(s.sessionId));
+  const problems = report.problems.filter((p) => sessionIds.has(p.sessionId));
+  const errors = problems.filter((p) => p.severity === 'error').length;
+  return {
+    ...report,
+    ok: errors === 0,
+    sessions,
+    problems,
+    summary: {
+      sessions: sessions.length,
+      objects: sessions.reduce((n, s) => n + s.parts.length, 0),
+      records: sessions.reduce((n, s) => n + s.records, 0),
+      errors,
+      warnings: problems.length - errors,
+    },
+  };
+}
+
+async function verifyOneSession(
+  sessionId: string,
+  parts: readonly [Session, ...Session[]],
+  byName: ReadonlyMap<string, Session>,
+  options: VerifyTrailOptions,
+  problems: TrailProblem[],
+): Promise<VerifiedSession> {
+  const add = (p: Omit<TrailProblem, 'sessionId' | 'severity'> & { severity?: TrailProblem['severity'] }) =>
+    problems.push({ severity: 'error', sessionId, ...p });
+  const first = parts[0];
+  const namespace = first.metadata.namespace ?? '';
+  const keyIds = new Set<string>();
+  let signedThrough: number | undefined;
+
+  // Part structure: indexes 0..n without holes, each continuing the one before by name.
+  const seenIndex = new Map<number, Session>();
+  for (const p of parts) {
+    const other = seenIndex.get(p.spec.part);
+    if (other !== undefined) {
+      add({
+        kind: 'part-conflict',
+        object: objectName(p),
+        part: p.spec.part,
+        detail: `${objectName(other)} and ${objectName(p)} both claim part ${p.spec.part}`,
+      });
+    }
+    seenIndex.set(p.spec.part, p);
+  }
+  for (const p of parts) {
+    const name = objectName(p);
+    if (p.spec.part === 0) {
+      if (p.spec.previousPart !== undefined) {
+        add({ kind: 'part-conflict', object: name, part: 0, detail: 'part 0 names a previous part' });
+      }
+      continue;
+    }
+    if (p.spec.previousPart === undefined) {
+      add({
+        kind: 'part-missing',
+        object: name,
+        part: p.spec.part,
+        detail: `part ${p.spec.part} does not name the part it continues`,
+      });
+      continue;
+    }
+    const prevName = `${p.metadata.namespace ?? ''}/${p.spec.previousPart}`;
+    const prev = byName.get(prevName);
+    if (prev === undefined) {
+      add({
+        kind: 'part-missing',
+        object: name,
+        part: p.spec.part,
+        seq: p.spec.records[0]?.seq,
+        detail: `continues ${prevName} (part ${p.spec.part - 1}), which no longer exists: a part was deleted`,
+      });
+    } else if (prev.spec.sessionId !== sessionId || prev.spec.part !== p.spec.part - 1) {
+      add({
+        kind: 'part-conflict',
+        object: name,
+        part: p.spec.part,
+        detail: `continues ${prevName}, which is part ${prev.spec.part} of session ${prev.spec.sessionId}`,
+      });
+    }
+  }
+  const lastPart = parts.at(-1) ?? first;
+  for (let i = 0; i < lastPart.spec.part; i++) {
+    if (!seenIndex.has(i) && !parts.some((p) => p.spec.part === i + 1)) {
+      // A hole not already reported through the next part's previousPart.
+      add({ kind: 'part-missing', part: i, detail: `part ${i} of the session is missing` });
+    }
+  }
+  if (lastPart.status?.phase === 'Continued') {
+    add({
+      kind: 'continuation-deleted',
+      object: objectName(lastPart),
+      part: lastPart.spec.part,
+      seq: lastPart.spec.records.at(-1)?.seq,
+      detail: `${objectName(lastPart)} was continued by part ${lastPart.spec.part + 1}, which no longer exists: a continuation was deleted`,
+    });
+  }
+
+  // Records of each part, and the links between parts.
+  let prev: AuditRecord | undefined;
+  let prevPartName: string | undefined;
+  for (const p of parts) {
+    const name = objectName(p);
+    const records = p.spec.records;
+    for (const c of verifyChain(records)) {
+      add({ kind: c.problem, object: name, part: p.spec.part, seq: c.seq, detail: c.detail });
+    }
+    const head = records[0];
+    if (head !== undefined && prev !== undefined) {
+      if (head.seq !== prev.seq + 1) {
+        add({
+          kind: head.seq > prev.seq + 1 ? 'seq-gap' : 'seq-order',
+          object: name,
+          part: p.spec.part,
+          seq: head.seq,
+          detail: `part starts at seq ${head.seq} but ${prevPartName ?? 'the previous part'} ends at seq ${prev.seq}`,
+        });
+      }
+      if (head.prevHash !== prev.hash) {
+        add({
+          kind: 'part-link',
+          object: name,
+          part: p.spec.part,
+          seq: head.seq,
+          detail: `first record does not link to the last record of ${prevPartName ?? 'the previous part'} (prevHash ${head.prevHash}, expected ${prev.hash})`,
+        });
+      }
+    }
+    if (p.spec.part === 0 && head !== undefined && head.seq !== 1) {
+      add({
+        kind: 'seq-gap',
+        object: name,
+        part: 0,
+        seq: head.seq,
+        detail: `session starts at seq ${head.seq}: records 1..${head.seq - 1} were removed`,
+      });
+    }
+    if (p.spec.part === 0 && head !== undefined && head.type !== 'session.start' && head.type !== 'auth.failure') {
+      add({
+        kind: 'metadata-mismatch',
+        object: name,
+        part: 0,
+        seq: head.seq,
+        detail: 'first record is not session.start',
+      });
+    }
+    if (
+      head?.type === 'session.start' &&
+      head.identity !== undefined &&
+      !isDeepStrictEqual(head.identity, p.spec.identity)
+    ) {
+      add({
+        kind: 'metadata-mismatch',
+        object: name,
+        part: p.spec.part,
+        seq: head.seq,
+        detail: 'spec.identity differs from the identity in the signed session.start record',
+      });
+    }
+    if (p.spec.part > 0 && !isDeepStrictEqual(p.spec.identity, first.spec.identity)) {
+      add({ kind: 'metadata-mismatch', object: name, part: p.spec.part, detail: 'spec.identity differs from part 0' });
+    }
+    const signed = await checkHead(p, sessionId, options, add);
+    if (signed !== undefined) {
+      if (p.spec.signer !== undefined) keyIds.add(p.spec.signer.keyId);
+      if (p === lastPart) signedThrough = signed;
+    }
+    if (records.length > 0) {
+      prev = records[records.length - 1];
+      prevPartName = name;
+    }
+  }
+
+  const last = prev;
+  const phase = lastPart.status?.phase;
+  if (last !== undefined && last.type !== 'session.end' && (phase === 'Closed' || phase === undefined)) {
+    add({
+      severity: phase === 'Closed' ? 'error' : 'warning',
+      kind: 'session-truncated',
+      object: objectName(lastPart),
+      part: lastPart.spec.part,
+      seq: last.seq,
+      detail: `session is ${phase ?? 'without status'} but its last record (seq ${last.seq}) is ${last.type}, not session.end: records after it may have been removed`,
+    });
+  }
+  const all = parts.flatMap((p) => p.spec.records);
+  return {
+    sessionId,
+    namespace,
+    pod: first.spec.pod.name,
+    resource: first.spec.resource.name,
+    subject: first.spec.identity.subject,
+    parts: parts.map((p) => p.metadata.name ?? ''),
+    records: all.length,
+    firstSeq: all[0]?.seq,
+    lastSeq: last?.seq,
+    lastHash: last?.hash,
+    signedThrough,
+    keyIds: [...keyIds],
+    ok: true,
+  };
+}
+
+/** Checks one part's signed head; returns the seq it covers when valid. */
+async function checkHead(
+  p: Session,
+  sessionId: string,
+  options: VerifyTrailOptions,
+  add: (p: Omit<TrailProblem, 'sessionId' | 'severity'> & { severity?: TrailProblem['severity'] }) => void,
+): Promise<number | undefined> {
+  const name = objectName(p);
+  const part = p.spec.part;
+  const records = p.spec.records;
+  const { signer, head } = p.spec;
+  if (signer === undefined || head === undefined) {
+    if (records.length > 0) {
+      add({
+        kind: 'signature-missing',
+        object: name,
+        part,
+        detail: `${records.length} record(s) but no ${signer === undefined ? 'signer' : 'signed head'}`,
+      });
+    }
+    return undefined;
+  }
+  let signerKey: JWK & { kid?: string };
+  try {
+    signerKey = JSON.parse(signer.publicKey) as JWK & { kid?: string };
+  } catch {
+    add({ kind: 'signature-invalid', object: name, part, detail: 'spec.signer.publicKey is not JSON' });
+    return undefined;
+  }
+  signerKey = { ...signerKey, kid: signer.keyId };
+  if (head.keyId !== signer.keyId) {
+    add({
+      kind: 'untrusted-key',
+      object: name,
+      part,
+      detail: `head names key ${head.keyId} but the part's signer is ${signer.keyId}`,
+    });
+  }
+  let keys: readonly (JWK & { kid?: string })[] = [signerKey];
+  if (options.trustedKeys !== undefined) {
+    const pinned = options.trustedKeys.find((k) => k.kid === signer.keyId);
+    if (pinned === undefined || pinned.x !== signerKey.x || pinned.crv !== signerKey.crv) {
+      add({
+        kind: 'untrusted-key',
+        object: name,
+        part,
+        detail: `signer key ${signer.keyId} is not in the trusted key set${pinned === undefined ? '' : ' (same kid, different key)'}`,
+      });
+      return undefined;
+    }
+    keys = [pinned];
+  }
+  let payload: ChainHead;
+  try {
+    payload = await verifyChainHead(head.signature, keys);
+  } catch (err) {
+    add({
+      kind: 'signature-invalid',
+      object: name,
+      part,
+      seq: head.seq,
+      detail: `head signature does not verify with key ${signer.keyId}: ${(err as Error).message}`,
+    });
+    return undefined;
+  }
+  if (payload.seq !== head.seq || payload.hash !== head.hash) {
+    add({
+      kind: 'head-mismatch',
+      object: name,
+      part,
+      seq: head.seq,
+      detail: `spec.head (seq ${head.seq}) differs from the signed head (seq ${payload.seq}, ${payload.hash})`,
+    });
+  }
+  if (payload.sessionId !== sessionId || payload.object !== name) {
+    add({
+      kind: 'head-mismatch',
+      object: name,
+      part,
+      detail: `signed head belongs to ${payload.object} of session ${payload.sessionId}, not this object`,
+    });
+  }
+  const covered = records.find((r) => r.seq === payload.seq);
+  if (covered === undefined) {
+    add({
+      kind: 'head-mismatch',
+      object: name,
+      part,
+      seq: payload.seq,
+      detail: `signed head covers seq ${payload.seq}, which is not in this part: records were removed after signing`,
+    });
+    return undefined;
+  }
+  if (covered.hash !== payload.hash) {
+    add({
+      kind: 'head-mismatch',
+      object: name,
+      part,
+      seq: payload.seq,
+      detail: `record ${payload.seq} has hash ${covered.hash} but the signed head says ${payload.hash}: the chain was rewritten after signing`,
+    });
+    return undefined;
+  }
+  const after = records.filter((r) => r.seq > payload.seq);
+  if (after.length > 0) {
+    add({
+      severity: p.status?.phase === 'Active' ? 'warning' : 'error',
+      kind: 'unsigned-records',
+      object: name,
+      part,
+      seq: after[0]?.seq,
+      detail: `${after.length} record(s) after the signed head (seq ${payload.seq}) carry no signature`,
+    });
+  }
+  return payload.seq;
+}
+
+/**
+ * Sessions of one pod chain through their first record: its prevHash is a hash of the pod's previous
+ * session (GENESIS_HASH for a pod's first session, or when the writer does not link sessions — today's
+ * sidecar starts every session at GENESIS_HASH, so this check only bites once it links them). A link to a
+ * hash no present session holds means a whole session was removed, unless retention explains it: the
+ * linking session started before the horizon (no problem), or it is the pod's oldest remaining session
+ * (a warning: pruning and deletion of the oldest sessions look the same without a baseline export).
+ */
+function linkPodSessions(
+  verified: VerifiedSession[],
+  bySession: ReadonlyMap<string, Session[]>,
+  options: VerifyTrailOptions,
+  now: Date,
+  problems: TrailProblem[],
+): VerifiedSession[] {
+  const hashes = new Map<string, { session: VerifiedSession; seq: number }>();
+  for (const v of verified) {
+    for (const part of bySession.get(v.sessionId) ?? []) {
+      for (const r of part.spec.records) hashes.set(`${v.namespace}/${v.pod}/${r.hash}`, { session: v, seq: r.seq });
+    }
+  }
+  const firstTime = new Map(
+    verified.map((v) => {
+      const first = bySession.get(v.sessionId)?.find((p) => p.spec.part === 0)?.spec.records[0];
+      return [v.sessionId, first === undefined ? Infinity : Date.parse(first.time)];
+    }),
+  );
+  return verified.map((v) => {
+    const part0 = bySession.get(v.sessionId)?.find((p) => p.spec.part === 0);
+    const r1 = part0?.spec.records[0];
+    if (r1?.seq !== 1 || r1.prevHash === GENESIS_HASH) return v;
+    const key = `${v.namespace}/${v.pod}/${r1.prevHash}`;
+    const found = hashes.get(key);
+    if (found !== undefined && found.session.sessionId !== v.sessionId) {
+      return { ...v, previousSession: `${found.session.namespace}/${found.session.parts.at(-1) ?? ''}` };
+    }
+    if (options.externalHashes?.has(key) === true) return v;
+    const retentionMs = options.retentionFor?.(v.namespace, v.resource);
+    const started = Date.parse(r1.time);
+    const horizon = retentionMs === undefined ? undefined : new Date(now.getTime() - retentionMs).toISOString();
+    const oldestOfPod = !verified.some(
+      (o) =>
+        o !== v && o.namespace === v.namespace && o.pod === v.pod && (firstTime.get(o.sessionId) ?? Infinity) < started,
+    );
+    const base = {
+      kind: 'session-missing' as const,
+      sessionId: v.sessionId,
+      object: `${v.namespace}/${v.parts[0] ?? ''}`,
+      part: 0,
+      seq: 1,
+    };
+    if (retentionMs !== undefined && started < now.getTime() - retentionMs) {
+      // The predecessor ended before this session started, so it is past the horizon: pruned, as it should be.
+    } else if (horizon !== undefined && oldestOfPod) {
+      problems.push({
+        ...base,
+        severity: 'warning',
+        detail:
+          `the first record links to ${r1.prevHash}, a session of pod ${v.pod} that is no longer present. This is the pod's oldest ` +
+          `remaining session, so retention (horizon ${horizon}) may have removed its predecessor; deletion of a pod's oldest ` +
+          'sessions cannot be told apart from that without an earlier export (verify --baseline)',
+      });
+    } else {
+      problems.push({
+        ...base,
+        severity: 'error',
+        detail:
+          `the first record links to ${r1.prevHash}, a record of an earlier session of pod ${v.pod} that no present Session holds: ` +
+          `a whole session was deleted${oldestOfPod ? '' : ' (older sessions of the pod are still present, so retention did not remove it)'}`,
+      });
+    }
+    return v;
+  });
+}
+
+function checkBaseline(
+  baseline: readonly BaselineHead[],
+  byName: ReadonlyMap<string, Session>,
+  problems: TrailProblem[],
+): void {
+  for (const b of baseline) {
+    const now = byName.get(b.object);
+    if (now === undefined) {
+      problems.push({
+        severity: 'error',
+        kind: 'baseline-mismatch',
+        sessionId: b.sessionId,
+        object: b.object,
+        seq: b.seq,
+        detail: `${b.object} was in the baseline (through seq ${b.seq}) and is gone (deleted, or expired under retention)`,
+      });
+      continue;
+    }
+    const r = now.spec.records.find((x) => x.seq === b.seq);
+    if (r?.hash !== b.hash) {
+      problems.push({
+        severity: 'error',
+        kind: 'baseline-mismatch',
+        sessionId: b.sessionId,
+        object: b.object,
+        part: now.spec.part,
+        seq: b.seq,
+        detail:
+          r === undefined
+            ? `the baseline saw seq ${b.seq}; it is no longer there (rolled back or removed)`
+            : `the baseline saw seq ${b.seq} with hash ${b.hash}; it now has ${r.hash}`,
+      });
+    }
+  }
+}

@@ -1,0 +1,152 @@
+// kubectl chaperone evidence export|verify: the audit trail of a time window as one self-contained JSON
+// file, and its offline verification (no cluster needed).
+import { readFile, writeFile } from 'node:fs/promises';
+import { parseArgs } from 'node:util';
+import { stringify } from 'yaml';
+import {
+  CLUSTER_OPTIONS,
+  connect,
+  describeError,
+  listSessions,
+  retentionByResource,
+  type CommandIo,
+} from '../audit/cluster.ts';
+import { buildEvidence, evidenceDigest, serializeEvidence, verifyEvidence } from '../audit/evidence.ts';
+import { renderReport } from '../audit/render-report.ts';
+import { parseTimeFlag } from '../audit/session-view.ts';
+import { loadTrustedKeys } from '../audit/trusted-keys.ts';
+
+export const EVIDENCE_USAGE = `Usage:
+  kubectl chaperone evidence export -o FILE [--from TIME] [--to TIME] [-n NS | -A] [--trusted-keys FILE]
+      Writes every session overlapping [from, to] (all parts), the signed heads, the public keys, the
+      verification report and the NIST SP 800-53 map to FILE (canonical JSON; its sha256 is printed).
+      TIME is RFC 3339 or a duration before now (e.g. 720h). Exit 1 if the trail does not verify (the file
+      is still written, with the problems in its report).
+  kubectl chaperone evidence verify FILE [--trusted-keys FILE] [-o json|yaml]
+      Recomputes every hash, link and signature from the file alone. Exit 0 verified, 1 not.
+`;
+
+export async function run(args: string[], io: CommandIo, now: Date = new Date()): Promise<number> {
+  const [sub, ...rest] = args;
+  if (sub === 'export') return exportEvidence(rest, io, now);
+  if (sub === 'verify') return verifyFile(rest, io);
+  if (sub === '--help' || sub === '-h' || sub === 'help') {
+    io.stdout.write(EVIDENCE_USAGE);
+    return 0;
+  }
+  io.stderr.write(`error: evidence needs export or verify\n\n${EVIDENCE_USAGE}`);
+  return 2;
+}
+
+async function exportEvidence(args: string[], io: CommandIo, now: Date): Promise<number> {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args,
+      options: {
+        ...CLUSTER_OPTIONS,
+        output: { type: 'string', short: 'o' },
+        from: { type: 'string' },
+        to: { type: 'string' },
+        'trusted-keys': { type: 'string' },
+      },
+    }));
+  } catch (err) {
+    io.stderr.write(`error: ${(err as Error).message}\n\n${EVIDENCE_USAGE}`);
+    return 2;
+  }
+  if (values.output === undefined) {
+    io.stderr.write(`error: evidence export needs -o FILE\n`);
+    return 2;
+  }
+  try {
+    const from = values.from === undefined ? undefined : parseTimeFlag(values.from, now);
+    const to = values.to === undefined ? undefined : parseTimeFlag(values.to, now);
+    const trustedKeys =
+      values['trusted-keys'] === undefined ? undefined : await loadTrustedKeys(values['trusted-keys']);
+    const cluster = connect({
+      kubeconfig: values.kubeconfig,
+      context: values.context,
+      namespace: values.namespace,
+      allNamespaces: values['all-namespaces'],
+    });
+    const sessions = await listSessions(cluster);
+    const retention = await retentionByResource(cluster);
+    const context = cluster.kc.getContextObject(cluster.kc.getCurrentContext());
+    const bundle = await buildEvidence(sessions, {
+      from,
+      to,
+      namespaces: cluster.namespace === undefined ? 'all' : [cluster.namespace],
+      source: {
+        server: cluster.kc.getCurrentCluster()?.server,
+        context: context?.name,
+        user: context?.user,
+      },
+      retention,
+      trustedKeys,
+      now,
+    });
+    const text = serializeEvidence(bundle);
+    await writeFile(values.output, text, { mode: 0o600 });
+    const { summary } = bundle.report;
+    io.stdout.write(
+      `wrote ${values.output}: ${summary.sessions} session(s), ${summary.objects} object(s), ${summary.records} record(s), ` +
+        `${bundle.keys.length} key(s); ${bundle.report.ok ? 'verified' : `NOT verified (${summary.errors} error(s))`}\n` +
+        `${evidenceDigest(text)}  ${values.output}\n`,
+    );
+    return bundle.report.ok ? 0 : 1;
+  } catch (err) {
+    io.stderr.write(`error: ${describeError(err)}\n`);
+    return 1;
+  }
+}
+
+async function verifyFile(args: string[], io: CommandIo): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args,
+      allowPositionals: true,
+      options: { output: { type: 'string', short: 'o' }, 'trusted-keys': { type: 'string' } },
+    });
+  } catch (err) {
+    io.stderr.write(`error: ${(err as Error).message}\n\n${EVIDENCE_USAGE}`);
+    return 2;
+  }
+  const { values, positionals } = parsed;
+  const file = positionals[0];
+  if (file === undefined || positionals.length > 1) {
+    io.stderr.write(`error: evidence verify needs exactly one FILE\n`);
+    return 2;
+  }
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (err) {
+    io.stderr.write(`error: ${(err as Error).message}\n`);
+    return 1;
+  }
+  try {
+    const trustedKeys =
+      values['trusted-keys'] === undefined ? undefined : await loadTrustedKeys(values['trusted-keys']);
+    const check = await verifyEvidence(text, { trustedKeys });
+    if (values.output === 'json' || values.output === 'yaml') {
+      const doc = {
+        ok: check.ok,
+        digest: evidenceDigest(text),
+        inconsistencies: check.inconsistencies,
+        report: check.report,
+      };
+      io.stdout.write(values.output === 'json' ? `${JSON.stringify(doc, null, 2)}\n` : stringify(doc));
+    } else {
+      io.stdout.write(`${file}: ${evidenceDigest(text)}\n`);
+      io.stdout.write(renderReport(check.report));
+      for (const i of check.inconsistencies) io.stdout.write(`INCONSISTENT: ${i}\n`);
+      if (check.inconsistencies.length > 0) io.stdout.write('NOT VERIFIED: the evidence file contradicts itself.\n');
+    }
+    return check.ok ? 0 : 1;
+  } catch (err) {
+    io.stderr.write(`error: ${file}: ${(err as Error).message}\n`);
+    return 1;
+  }
+}

@@ -1,0 +1,208 @@
+// Turns a stored, injected pod spec into a running local sidecar, the way a kubelet would: every volume
+// the sidecar container mounts is filled from the API server (Secrets, ConfigMaps, downward API fields,
+// TokenRequest tokens bound to the pod) into a temporary root that mirrors the mount paths, the config's
+// paths are rewritten under that root, and `node sidecar/src/bin/chaperone-sidecar.ts --config` starts.
+// Only these rewrites differ from a cluster: paths under the root, the JWKS URL (no in-cluster DNS
+// here), and port 0 for metrics.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createWriteStream, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { createInterface } from 'node:readline';
+import type * as k8s from '@kubernetes/client-node';
+import { parse, stringify } from 'yaml';
+import { SIDECAR_CONTAINER } from '../../operator/src/injection/constants.ts';
+import { controlPlaneEnv } from '../harness/env.ts';
+import { stopProcess } from '../harness/processes.ts';
+import { SIDECAR_BIN } from '../harness/sidecar.ts';
+
+export interface MaterialisedSidecar {
+  readonly root: string;
+  readonly configFile: string;
+  readonly process: ChildProcess;
+  readonly logFile: string;
+  stop(): Promise<void>;
+}
+
+/** A TokenRequest token bound to the pod, as a projected serviceAccountToken source would hold it. */
+export async function podToken(core: k8s.CoreV1Api, pod: k8s.V1Pod, audience: string | undefined): Promise<string> {
+  const token = await core.createNamespacedServiceAccountToken({
+    namespace: pod.metadata?.namespace ?? '',
+    name: pod.spec?.serviceAccountName ?? 'default',
+    body: {
+      spec: {
+        ...(audience === undefined || audience === '' ? { audiences: [] } : { audiences: [audience] }),
+        expirationSeconds: 3600,
+        boundObjectRef: { apiVersion: 'v1', kind: 'Pod', name: pod.metadata?.name ?? '', uid: pod.metadata?.uid ?? '' },
+      },
+    },
+  });
+  const value = token.status?.token;
+  if (value === undefined) throw new Error('TokenRequest returned no token');
+  return value;
+}
+
+function fieldOf(pod: k8s.V1Pod, fieldPath: string): string {
+  const annotation = /^metadata\.annotations\['(.+)'\]$/.exec(fieldPath);
+  if (annotation?.[1] !== undefined) return pod.metadata?.annotations?.[annotation[1]] ?? '';
+  if (fieldPath === 'metadata.namespace') return pod.metadata?.namespace ?? '';
+  if (fieldPath === 'metadata.name') return pod.metadata?.name ?? '';
+  if (fieldPath === 'metadata.uid') return pod.metadata?.uid ?? '';
+  throw new Error(`materialiser does not know field ${fieldPath}`);
+}
+
+function write(path: string, content: string | Buffer): void {
+  mkdirSync(dirname(path), { recursive: true });
+  writeFileSync(path, content);
+}
+
+/** Fills one volume into `dir` (the mount path under the root), the way the kubelet would. */
+async function fillVolume(core: k8s.CoreV1Api, pod: k8s.V1Pod, volume: k8s.V1Volume, dir: string): Promise<void> {
+  const namespace = pod.metadata?.namespace ?? '';
+  mkdirSync(dir, { recursive: true });
+  if (volume.emptyDir !== undefined) return;
+  const downward = (items: k8s.V1DownwardAPIVolumeFile[]) => {
+    for (const item of items) write(join(dir, item.path), fieldOf(pod, item.fieldRef?.fieldPath ?? ''));
+  };
+  if (volume.downwardAPI !== undefined) {
+    downward(volume.downwardAPI.items ?? []);
+    return;
+  }
+  for (const source of volume.projected?.sources ?? []) {
+    if (source.secret !== undefined) {
+      const secret = await core.readNamespacedSecret({ namespace, name: source.secret.name ?? '' });
+      for (const item of source.secret.items ?? []) {
+        const value = secret.data?.[item.key];
+        if (value === undefined) throw new Error(`Secret ${source.secret.name ?? ''} has no key ${item.key}`);
+        write(join(dir, item.path), Buffer.from(value, 'base64'));
+      }
+    } else if (source.configMap !== undefined) {
+      let cm: k8s.V1ConfigMap | undefined;
+      try {
+        cm = await core.readNamespacedConfigMap({ namespace, name: source.configMap.name ?? '' });
+      } catch (err) {
+        if (source.configMap.name === 'kube-root-ca.crt') {
+          // Published by kube-controller-manager; stand in with the API server CA when it has not yet.
+          for (const item of source.configMap.items ?? [])
+            write(join(dir, item.path), readFileSync(controlPlaneEnv().caFile));
+          continue;
+        }
+        if (source.configMap.optional === true) continue;
+        throw err;
+      }
+      for (const item of source.configMap.items ?? []) {
+        const text = cm.data?.[item.key];
+        const binary = cm.binaryData?.[item.key];
+        if (text !== undefined) write(join(dir, item.path), text);
+        else if (binary !== undefined) write(join(dir, item.path), Buffer.from(binary, 'base64'));
+      }
+    } else if (source.downwardAPI !== undefined) {
+      downward(source.downwardAPI.items ?? []);
+    } else if (source.serviceAccountToken !== undefined) {
+      write(join(dir, source.serviceAccountToken.path), await podToken(core, pod, source.serviceAccountToken.audience));
+    }
+  }
+}
+
+/** Re-roots every absolute path in the config that lies under one of the container's mounts. */
+function reroot(value: unknown, root: string, mountPaths: readonly string[]): unknown {
+  if (typeof value === 'string') {
+    return mountPaths.some((m) => value === m || value.startsWith(`${m}/`)) ? join(root, value) : value;
+  }
+  if (Array.isArray(value)) return value.map((v: unknown) => reroot(v, root, mountPaths));
+  if (value !== null && typeof value === 'object') {
+    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, reroot(v, root, mountPaths)]));
+  }
+  return value;
+}
+
+export async function materialiseVolumes(
+  core: k8s.CoreV1Api,
+  pod: k8s.V1Pod,
+  containerName: string,
+  root: string,
+): Promise<k8s.V1Container> {
+  const container = [...(pod.spec?.initContainers ?? []), ...(pod.spec?.containers ?? [])].find(
+    (c) => c.name === containerName,
+  );
+  if (container === undefined) throw new Error(`pod has no container ${containerName}`);
+  const volumes = new Map((pod.spec?.volumes ?? []).map((v) => [v.name, v]));
+  for (const mount of container.volumeMounts ?? []) {
+    const volume = volumes.get(mount.name);
+    if (volume === undefined) throw new Error(`mount ${mount.name} has no volume`);
+    if (mount.subPath !== undefined) {
+      const staging = join(root, '.volumes', mount.name);
+      await fillVolume(core, pod, volume, staging);
+      write(join(root, mount.mountPath), readFileSync(join(staging, mount.subPath)));
+    } else {
+      await fillVolume(core, pod, volume, join(root, mount.mountPath));
+    }
+  }
+  return container;
+}
+
+/** Materialises the sidecar's volumes under `root`; call `start` after adding anything else (policy bundles). */
+export async function materialiseSidecar(
+  core: k8s.CoreV1Api,
+  pod: k8s.V1Pod,
+  root: string,
+): Promise<{ config: Record<string, unknown>; configFile: string; start(): Promise<MaterialisedSidecar> }> {
+  const sidecar = await materialiseVolumes(core, pod, SIDECAR_CONTAINER, root);
+  const args = sidecar.args ?? [];
+  const configPath = args[args.indexOf('--config') + 1];
+  if (configPath === undefined) throw new Error('sidecar has no --config argument');
+  const mountPaths = (sidecar.volumeMounts ?? []).map((m) => m.mountPath);
+  const config = reroot(parse(readFileSync(join(root, configPath), 'utf8')), root, mountPaths) as Record<
+    string,
+    unknown
+  >;
+  const identity = config.identity as { issuers: { jwksUrl?: string }[] };
+  for (const issuer of identity.issuers) {
+    if (issuer.jwksUrl !== undefined) issuer.jwksUrl = new URL('/openid/v1/jwks', controlPlaneEnv().server).toString();
+  }
+  config.metrics = { listen: '127.0.0.1:0' };
+  config.log = { level: 'debug' };
+  const configFile = join(root, 'materialised-sidecar.yaml');
+  writeFileSync(configFile, stringify(config));
+  return {
+    config,
+    configFile,
+    async start() {
+      const logFile = join(root, 'sidecar.log');
+      const log = createWriteStream(logFile);
+      const child = spawn(process.execPath, [SIDECAR_BIN, '--config', configFile], {
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      child.stdout.pipe(log);
+      try {
+        await new Promise<void>((resolve, reject) => {
+          const timer = setTimeout(() => reject(new Error(`sidecar not ready in 30 s; see ${logFile}`)), 30_000);
+          createInterface({ input: child.stderr }).on('line', (line) => {
+            log.write(`${line}\n`);
+            if (line.includes('"msg":"ready"')) {
+              clearTimeout(timer);
+              resolve();
+            }
+          });
+          child.once('exit', (code) => {
+            clearTimeout(timer);
+            reject(new Error(`sidecar exited with ${String(code)}: ${readFileSync(logFile, 'utf8')}`));
+          });
+        });
+      } catch (err) {
+        await stopProcess(child, 5_000).catch(() => undefined);
+        log.end();
+        throw err;
+      }
+      return {
+        root,
+        configFile,
+        process: child,
+        logFile,
+        async stop() {
+          await stopProcess(child, 10_000);
+          log.end();
+        },
+      };
+    },
+  };
+}

@@ -1,0 +1,435 @@
+// The injector: (pod, namespace, ProtectedResources, policies, settings) → a minimal RFC 6902 patch, a
+// refusal, or nothing. Pure and synchronous, so the admission hot path is a map lookup plus this function.
+//
+// Ensure-semantics: every operation is emitted only when the pod lacks what it adds, so a second call on
+// the patched pod (reinvocationPolicy IfNeeded) returns an empty patch, and containers that a later webhook
+// added still get the agent environment. docs/injection.md explains each piece and why.
+import { createHash } from 'node:crypto';
+import type {
+  V1Container,
+  V1EnvVar,
+  V1Pod,
+  V1Volume,
+  V1VolumeMount,
+  V1VolumeProjection,
+} from '@kubernetes/client-node';
+import type { ProtectedResource } from '@chaperone/api';
+import { BUNDLE_MANIFEST_FILE, BUNDLE_WASM_FILE } from '@chaperone/api';
+import { policyConfigMapName } from '../controllers/access-policy-controller.ts';
+import {
+  AGENT_IDENTITY_DIR,
+  AGENT_KUBECONFIG_FILE,
+  AGENT_TOKEN_AUDIENCE,
+  AGENT_TOKEN_FILE,
+  ALWAYS_EXCLUDED_NAMESPACES,
+  ANNOTATION_AGENT_KUBECONFIG,
+  ANNOTATION_INJECT,
+  ANNOTATION_INJECTED,
+  ANNOTATION_RESOURCES,
+  ANNOTATION_SIDECAR_CONFIG,
+  LABEL_STRICT,
+  SIDECAR_API_ACCESS_DIR,
+  SIDECAR_CONFIG_FILE,
+  SIDECAR_CONFIG_PATH,
+  SIDECAR_CONTAINER,
+  SIDECAR_CREDENTIALS_DIR,
+  SIDECAR_POLICIES_DIR,
+  VOLUME_AGENT_IDENTITY,
+  VOLUME_CONFIG,
+  VOLUME_CREDENTIALS,
+  VOLUME_POLICIES,
+  VOLUME_SIDECAR_API_ACCESS,
+} from './constants.ts';
+import {
+  agentContainers,
+  credentialSecretNames,
+  hasSidecar,
+  isAutomountTokenVolume,
+  isolationViolations,
+  strictViolations,
+} from './inspect-pod.ts';
+import { pointer, type JsonPatchOperation } from './json-patch.ts';
+import {
+  SIDECAR_ENGINES,
+  credentialPaths,
+  listenPortOf,
+  renderAgentKubeconfig,
+  renderSidecarConfigYaml,
+} from './render-sidecar-config.ts';
+import type { InjectionSettings } from './settings.ts';
+
+export interface InjectionInput {
+  readonly pod: V1Pod;
+  readonly namespace: string;
+  readonly namespaceLabels: Readonly<Record<string, string>>;
+  /** The pod's ProtectedResources, resolved from its annotation, in annotation order. */
+  readonly resources: readonly ProtectedResource[];
+  /** Names of the AccessPolicies of the namespace that cover any of the resources (bundles to mount). */
+  readonly policies: readonly string[];
+  readonly settings: InjectionSettings;
+}
+
+export type InjectionResult =
+  | { readonly kind: 'skip'; readonly reason: string }
+  | { readonly kind: 'patch'; readonly patch: JsonPatchOperation[]; readonly warnings: string[] }
+  | { readonly kind: 'deny'; readonly code: number; readonly message: string };
+
+export function isStrictNamespace(labels: Readonly<Record<string, string>>): boolean {
+  return labels[LABEL_STRICT] === 'true';
+}
+
+/** Whether the injector looks at this pod at all: opted in, and not in a namespace it never touches. */
+export function injectionRequested(pod: V1Pod, namespace: string, settings: InjectionSettings): boolean {
+  if (ALWAYS_EXCLUDED_NAMESPACES.includes(namespace) || namespace === settings.operatorNamespace) return false;
+  return pod.metadata?.annotations?.[ANNOTATION_INJECT] === 'true';
+}
+
+const deny = (code: number, message: string): InjectionResult => ({ kind: 'deny', code, message });
+
+export function renderPodPatch(input: InjectionInput): InjectionResult {
+  const { pod, namespace, settings } = input;
+  if (ALWAYS_EXCLUDED_NAMESPACES.includes(namespace) || namespace === settings.operatorNamespace) {
+    return { kind: 'skip', reason: `namespace ${namespace} is never injected` };
+  }
+  if (!injectionRequested(pod, namespace, settings)) {
+    return { kind: 'skip', reason: `annotation ${ANNOTATION_INJECT} is not "true"` };
+  }
+  const strict = isStrictNamespace(input.namespaceLabels);
+  const warnings: string[] = [];
+  if (strict) {
+    const problems = strictViolations(pod);
+    if (problems.length > 0) {
+      return deny(
+        403,
+        `chaperone strict mode (namespace label ${LABEL_STRICT}=true) refuses this pod: ${problems.join('; ')}`,
+      );
+    }
+  }
+  if (input.resources.length === 0) {
+    return deny(
+      400,
+      `annotation ${ANNOTATION_INJECT} is "true" but ${ANNOTATION_RESOURCES} names no ProtectedResource`,
+    );
+  }
+
+  const ports = new Map<number, string>([[settings.metricsPort, 'the sidecar metrics endpoint']]);
+  for (const r of input.resources) {
+    const port = listenPortOf(r);
+    const taken = ports.get(port);
+    if (taken !== undefined) {
+      return deny(
+        400,
+        `ProtectedResource ${r.metadata.name ?? ''} listens on port ${String(port)}, already used by ${taken}; set a distinct spec.listenPort`,
+      );
+    }
+    ports.set(port, `ProtectedResource ${r.metadata.name ?? ''}`);
+  }
+  const served = input.resources.filter((r) => SIDECAR_ENGINES.includes(r.spec.type));
+  for (const r of input.resources) {
+    if (!SIDECAR_ENGINES.includes(r.spec.type)) {
+      warnings.push(
+        `chaperone: ProtectedResource ${r.metadata.name ?? ''} is of type ${r.spec.type}, which this sidecar version does not serve yet; agents are pointed at it but nothing listens`,
+      );
+    }
+  }
+  if (served.length === 0) {
+    return deny(
+      400,
+      `none of the ProtectedResources ${input.resources.map((r) => r.metadata.name ?? '').join(', ')} has a type this sidecar serves (${SIDECAR_ENGINES.join(', ')})`,
+    );
+  }
+
+  const automountVolumes = new Set((pod.spec?.volumes ?? []).filter(isAutomountTokenVolume).map((v) => v.name));
+  const isolation = isolationViolations(pod, credentialSecretNames(input.resources), automountVolumes);
+  if (isolation.length > 0) {
+    if (strict) return deny(403, `chaperone strict mode refuses this pod: ${isolation.join('; ')}`);
+    warnings.push(...isolation.map((p) => `chaperone: ${p}`));
+  }
+
+  const ops: JsonPatchOperation[] = [];
+  const kubernetesResource = input.resources.find((r) => r.spec.type === 'kubernetes');
+  const alreadyInjected = hasSidecar(pod);
+
+  // 1. No API-server token for agents: drop the automounted volume and its mounts, and turn automount off.
+  removeAutomountVolumes(pod, automountVolumes, ops);
+  if (pod.spec?.automountServiceAccountToken !== false) {
+    ops.push({
+      op: pod.spec?.automountServiceAccountToken === undefined ? 'add' : 'replace',
+      path: '/spec/automountServiceAccountToken',
+      value: false,
+    });
+  }
+
+  // 2. Agents: the identity volume, and env pointing every client at the sidecar.
+  const agentEnv = renderAgentEnv(input.resources);
+  const agentMount: V1VolumeMount = { name: VOLUME_AGENT_IDENTITY, mountPath: AGENT_IDENTITY_DIR, readOnly: true };
+  for (const { list, index, container } of agentContainers(pod)) {
+    ensureEnv(container, pointer('spec', list, index), agentEnv, ops);
+    ensureMount(container, pointer('spec', list, index), agentMount, ops);
+  }
+
+  // 3. Volumes (only those missing) and, unless present, the sidecar itself and its annotations.
+  const volumes: V1Volume[] = [agentIdentityVolume(settings, kubernetesResource !== undefined)];
+  const annotations: Record<string, string> = {};
+  if (!alreadyInjected) {
+    const configYaml = renderSidecarConfigYaml({
+      namespace,
+      podName: pod.metadata?.name ?? '',
+      resources: served,
+      settings,
+    });
+    annotations[ANNOTATION_SIDECAR_CONFIG] = configYaml;
+    if (kubernetesResource !== undefined) {
+      annotations[ANNOTATION_AGENT_KUBECONFIG] = renderAgentKubeconfig(namespace, kubernetesResource);
+    }
+    annotations[ANNOTATION_INJECTED] = injectionHash(annotations, settings);
+    volumes.push(
+      configVolume(),
+      credentialsVolume(served),
+      policiesVolume(input.policies),
+      sidecarApiAccessVolume(settings),
+    );
+  }
+  ensureVolumes(pod, volumes, automountVolumes, ops);
+  ensureAnnotations(pod, annotations, ops);
+  if (!alreadyInjected) {
+    // First, so the proxy is up (startup probe) before any agent init container runs.
+    const sidecar = sidecarContainer(settings);
+    ops.push(
+      pod.spec?.initContainers === undefined
+        ? { op: 'add', path: '/spec/initContainers', value: [sidecar] }
+        : { op: 'add', path: '/spec/initContainers/0', value: sidecar },
+    );
+  }
+  return { kind: 'patch', patch: ops, warnings };
+}
+
+/** Env of agent containers. The first postgres resource gets the libpq variables; every one gets a CHAPERONE_ entry. */
+export function renderAgentEnv(resources: readonly ProtectedResource[]): V1EnvVar[] {
+  const env: V1EnvVar[] = [{ name: 'CHAPERONE_TOKEN_FILE', value: `${AGENT_IDENTITY_DIR}/${AGENT_TOKEN_FILE}` }];
+  env.push({
+    name: 'CHAPERONE_RESOURCES',
+    value: resources.map((r) => `${r.metadata.name ?? ''}=127.0.0.1:${String(listenPortOf(r))}`).join(','),
+  });
+  const pg = resources.find((r) => r.spec.type === 'postgres');
+  if (pg !== undefined) {
+    env.push(
+      { name: 'PGHOST', value: '127.0.0.1' },
+      { name: 'PGPORT', value: String(listenPortOf(pg)) },
+      // The hop is loopback inside the pod; the sidecar speaks TLS upstream.
+      { name: 'PGSSLMODE', value: 'disable' },
+      { name: 'PGUSER', value: 'agent' },
+      { name: 'PGDATABASE', value: pg.spec.endpoint.database ?? '' },
+    );
+  }
+  if (resources.some((r) => r.spec.type === 'kubernetes')) {
+    env.push({ name: 'KUBECONFIG', value: `${AGENT_IDENTITY_DIR}/${AGENT_KUBECONFIG_FILE}` });
+  }
+  return env;
+}
+
+function injectionHash(annotations: Record<string, string>, settings: InjectionSettings): string {
+  const h = createHash('sha256');
+  h.update(settings.image).update('\0');
+  for (const key of Object.keys(annotations).sort())
+    h.update(key)
+      .update('\0')
+      .update(annotations[key] ?? '')
+      .update('\0');
+  return h.digest('hex').slice(0, 16);
+}
+
+function removeAutomountVolumes(pod: V1Pod, names: ReadonlySet<string>, ops: JsonPatchOperation[]): void {
+  if (names.size === 0) return;
+  for (const list of ['initContainers', 'containers'] as const) {
+    for (const [ci, c] of (pod.spec?.[list] ?? []).entries()) {
+      const mounts = c.volumeMounts ?? [];
+      for (let mi = mounts.length - 1; mi >= 0; mi--) {
+        if (names.has(mounts[mi]?.name ?? ''))
+          ops.push({ op: 'remove', path: pointer('spec', list, ci, 'volumeMounts', mi) });
+      }
+    }
+  }
+  const volumes = pod.spec?.volumes ?? [];
+  for (let vi = volumes.length - 1; vi >= 0; vi--) {
+    if (names.has(volumes[vi]?.name ?? '')) ops.push({ op: 'remove', path: pointer('spec', 'volumes', vi) });
+  }
+}
+
+function ensureEnv(
+  container: V1Container,
+  base: string,
+  desired: readonly V1EnvVar[],
+  ops: JsonPatchOperation[],
+): void {
+  const existing = container.env;
+  if (existing === undefined) {
+    ops.push({ op: 'add', path: `${base}/env`, value: desired });
+    return;
+  }
+  for (const want of desired) {
+    const i = existing.findIndex((e) => e.name === want.name);
+    const have = existing[i];
+    if (have === undefined) ops.push({ op: 'add', path: `${base}/env/-`, value: want });
+    else if (have.value !== want.value || have.valueFrom !== undefined) {
+      ops.push({ op: 'replace', path: `${base}/env/${String(i)}`, value: want });
+    }
+  }
+}
+
+function ensureMount(container: V1Container, base: string, mount: V1VolumeMount, ops: JsonPatchOperation[]): void {
+  const mounts = container.volumeMounts;
+  if (mounts?.some((m) => m.name === mount.name) === true) return;
+  // An array emptied by the removals above still exists, so appending is right then too.
+  if (mounts === undefined) ops.push({ op: 'add', path: `${base}/volumeMounts`, value: [mount] });
+  else ops.push({ op: 'add', path: `${base}/volumeMounts/-`, value: mount });
+}
+
+function ensureVolumes(pod: V1Pod, wanted: V1Volume[], removed: ReadonlySet<string>, ops: JsonPatchOperation[]): void {
+  const existing = pod.spec?.volumes;
+  const missing = wanted.filter((w) => existing?.some((v) => v.name === w.name && !removed.has(v.name)) !== true);
+  if (missing.length === 0) return;
+  if (existing === undefined) {
+    ops.push({ op: 'add', path: '/spec/volumes', value: missing });
+    return;
+  }
+  for (const v of missing) ops.push({ op: 'add', path: '/spec/volumes/-', value: v });
+}
+
+function ensureAnnotations(pod: V1Pod, wanted: Record<string, string>, ops: JsonPatchOperation[]): void {
+  const existing = pod.metadata?.annotations;
+  if (Object.keys(wanted).length === 0) return;
+  if (existing === undefined) {
+    ops.push({ op: 'add', path: '/metadata/annotations', value: wanted });
+    return;
+  }
+  for (const [key, value] of Object.entries(wanted)) {
+    if (existing[key] !== value) ops.push({ op: 'add', path: pointer('metadata', 'annotations', key), value });
+  }
+}
+
+function fieldOfAnnotation(key: string): string {
+  return `metadata.annotations['${key}']`;
+}
+
+function agentIdentityVolume(settings: InjectionSettings, withKubeconfig: boolean): V1Volume {
+  const sources: V1VolumeProjection[] = [
+    {
+      serviceAccountToken: {
+        audience: AGENT_TOKEN_AUDIENCE,
+        expirationSeconds: settings.tokenExpirationSeconds,
+        path: AGENT_TOKEN_FILE,
+      },
+    },
+  ];
+  if (withKubeconfig) {
+    sources.push({
+      downwardAPI: {
+        items: [
+          { path: AGENT_KUBECONFIG_FILE, fieldRef: { fieldPath: fieldOfAnnotation(ANNOTATION_AGENT_KUBECONFIG) } },
+        ],
+      },
+    });
+  }
+  return { name: VOLUME_AGENT_IDENTITY, projected: { sources, defaultMode: 0o444 } };
+}
+
+function configVolume(): V1Volume {
+  return {
+    name: VOLUME_CONFIG,
+    downwardAPI: {
+      items: [{ path: SIDECAR_CONFIG_FILE, fieldRef: { fieldPath: fieldOfAnnotation(ANNOTATION_SIDECAR_CONFIG) } }],
+      defaultMode: 0o444,
+    },
+  };
+}
+
+function credentialsVolume(resources: readonly ProtectedResource[]): V1Volume {
+  const sources: V1VolumeProjection[] = [];
+  for (const r of resources) {
+    const name = r.metadata.name ?? '';
+    const paths = credentialPaths(name);
+    const ref = r.spec.credentialSecretRef;
+    if (ref !== undefined) {
+      sources.push({
+        secret: {
+          name: ref.name,
+          items: [
+            { key: ref.usernameKey, path: paths.username },
+            { key: ref.passwordKey, path: paths.password },
+          ],
+        },
+      });
+    }
+    const ca = r.spec.tls?.caSecretRef;
+    if (ca !== undefined) sources.push({ secret: { name: ca.name, items: [{ key: ca.key, path: paths.ca }] } });
+  }
+  // The sidecar runs as a non-root UID without a pod-wide fsGroup, so files must be world-readable inside
+  // the one container that mounts them; no agent container mounts this volume.
+  return { name: VOLUME_CREDENTIALS, projected: { sources, defaultMode: 0o444 } };
+}
+
+function policiesVolume(policies: readonly string[]): V1Volume {
+  if (policies.length === 0) return { name: VOLUME_POLICIES, emptyDir: { sizeLimit: '1Mi' } };
+  return {
+    name: VOLUME_POLICIES,
+    projected: {
+      defaultMode: 0o444,
+      sources: policies.map((p) => ({
+        configMap: {
+          name: policyConfigMapName(p),
+          // A policy that has not compiled yet must not keep the pod from starting: the sidecar denies
+          // everything until a bundle appears.
+          optional: true,
+          items: [
+            { key: BUNDLE_WASM_FILE, path: `${p}/${BUNDLE_WASM_FILE}` },
+            { key: BUNDLE_MANIFEST_FILE, path: `${p}/${BUNDLE_MANIFEST_FILE}` },
+          ],
+        },
+      })),
+    },
+  };
+}
+
+function sidecarApiAccessVolume(settings: InjectionSettings): V1Volume {
+  return {
+    name: VOLUME_SIDECAR_API_ACCESS,
+    projected: {
+      defaultMode: 0o444,
+      sources: [
+        { serviceAccountToken: { expirationSeconds: settings.tokenExpirationSeconds, path: 'token' } },
+        { configMap: { name: 'kube-root-ca.crt', items: [{ key: 'ca.crt', path: 'ca.crt' }] } },
+        { downwardAPI: { items: [{ path: 'namespace', fieldRef: { fieldPath: 'metadata.namespace' } }] } },
+      ],
+    },
+  };
+}
+
+export function sidecarContainer(settings: InjectionSettings): V1Container {
+  const probe = { httpGet: { path: '/healthz', port: settings.metricsPort } };
+  return {
+    name: SIDECAR_CONTAINER,
+    image: settings.image,
+    imagePullPolicy: settings.imagePullPolicy,
+    args: ['--config', SIDECAR_CONFIG_PATH],
+    restartPolicy: 'Always',
+    ports: [{ name: 'chaperone-mtr', containerPort: settings.metricsPort, protocol: 'TCP' }],
+    startupProbe: { ...probe, periodSeconds: 1, failureThreshold: 60 },
+    readinessProbe: { ...probe, periodSeconds: 5, failureThreshold: 3 },
+    resources: settings.resources,
+    securityContext: {
+      runAsNonRoot: true,
+      runAsUser: settings.runAsUser,
+      allowPrivilegeEscalation: false,
+      readOnlyRootFilesystem: true,
+      capabilities: { drop: ['ALL'] },
+      seccompProfile: { type: 'RuntimeDefault' },
+    },
+    volumeMounts: [
+      { name: VOLUME_CONFIG, mountPath: SIDECAR_CONFIG_PATH, subPath: SIDECAR_CONFIG_FILE, readOnly: true },
+      { name: VOLUME_CREDENTIALS, mountPath: SIDECAR_CREDENTIALS_DIR, readOnly: true },
+      { name: VOLUME_POLICIES, mountPath: SIDECAR_POLICIES_DIR, readOnly: true },
+      { name: VOLUME_SIDECAR_API_ACCESS, mountPath: SIDECAR_API_ACCESS_DIR, readOnly: true },
+    ],
+  };
+}

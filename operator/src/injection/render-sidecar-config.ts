@@ -1,0 +1,105 @@
+// Renders the sidecar's YAML configuration (docs/sidecar-config.md, sidecar/src/config.ts) for one pod from
+// its ProtectedResources. Pure: every path it names is a mount the pod patch creates in the sidecar only.
+import { stringify } from 'yaml';
+import { DEFAULT_LISTEN_PORTS, type ProtectedResource, type ResourceType } from '@chaperone/api';
+import {
+  AGENT_IDENTITY_DIR,
+  AGENT_TOKEN_FILE,
+  SIDECAR_API_ACCESS_DIR,
+  SIDECAR_CREDENTIALS_DIR,
+  SIDECAR_POLICIES_DIR,
+} from './constants.ts';
+import type { InjectionSettings } from './settings.ts';
+
+/** Resource types the sidecar has an engine for today; the others are refused or skipped with a warning. */
+export const SIDECAR_ENGINES: readonly ResourceType[] = ['postgres'];
+
+export function listenPortOf(resource: ProtectedResource): number {
+  return resource.spec.listenPort ?? DEFAULT_LISTEN_PORTS[resource.spec.type];
+}
+
+/** Files of one resource inside the sidecar's credentials volume (projected from Secrets). */
+export function credentialPaths(resourceName: string): { username: string; password: string; ca: string } {
+  return {
+    username: `${resourceName}/username`,
+    password: `${resourceName}/password`,
+    ca: `${resourceName}/ca.crt`,
+  };
+}
+
+export interface RenderSidecarConfigInput {
+  readonly namespace: string;
+  /** Pod name when known at admission; empty for generateName'd pods (their tokens carry the name). */
+  readonly podName: string;
+  /** Resources the sidecar has an engine for, in annotation order. */
+  readonly resources: readonly ProtectedResource[];
+  readonly settings: InjectionSettings;
+}
+
+export function renderSidecarConfig(input: RenderSidecarConfigInput): Record<string, unknown> {
+  const { settings } = input;
+  return {
+    pod: { namespace: input.namespace, name: input.podName, uid: '' },
+    listeners: input.resources.map((r) => {
+      const name = r.metadata.name ?? '';
+      const spec = r.spec;
+      const paths = credentialPaths(name);
+      const tlsMode = spec.tls?.mode ?? 'verify-full';
+      return {
+        name,
+        type: spec.type,
+        listen: `127.0.0.1:${String(listenPortOf(r))}`,
+        upstream: {
+          host: spec.endpoint.host ?? '',
+          port: spec.endpoint.port ?? 5432,
+          database: spec.endpoint.database ?? '',
+          tls: {
+            mode: tlsMode,
+            ...(spec.tls?.caSecretRef === undefined ? {} : { caFile: `${SIDECAR_CREDENTIALS_DIR}/${paths.ca}` }),
+            ...(spec.tls?.serverName === undefined ? {} : { serverName: spec.tls.serverName }),
+          },
+          usernameFile: `${SIDECAR_CREDENTIALS_DIR}/${paths.username}`,
+          passwordFile: `${SIDECAR_CREDENTIALS_DIR}/${paths.password}`,
+        },
+        resource: { namespace: input.namespace, labels: { ...(r.metadata.labels ?? {}) } },
+        auditFailureMode: spec.audit.failureMode,
+      };
+    }),
+    policy: { bundleDir: SIDECAR_POLICIES_DIR },
+    identity: {
+      issuers: [
+        {
+          issuer: settings.issuer,
+          jwksUrl: settings.jwksUrl,
+          jwksCaFile: `${SIDECAR_API_ACCESS_DIR}/ca.crt`,
+          jwksBearerTokenFile: `${SIDECAR_API_ACCESS_DIR}/token`,
+          audiences: ['chaperone'],
+          algorithms: ['RS256', 'ES256'],
+        },
+      ],
+    },
+    audit: { path: '-' },
+    // Probes come from the kubelet on the pod IP, so /healthz cannot be loopback-only.
+    metrics: { listen: `0.0.0.0:${String(settings.metricsPort)}` },
+    log: { level: settings.logLevel },
+  };
+}
+
+export function renderSidecarConfigYaml(input: RenderSidecarConfigInput): string {
+  return stringify(renderSidecarConfig(input));
+}
+
+/**
+ * The agents' kubeconfig for a kubernetes resource: the sidecar's loopback listener and the agent's own
+ * audience-bound token (re-read by kubectl and client-go on every request, so rotation just works).
+ */
+export function renderAgentKubeconfig(namespace: string, resource: ProtectedResource): string {
+  return stringify({
+    apiVersion: 'v1',
+    kind: 'Config',
+    clusters: [{ name: 'chaperone', cluster: { server: `http://127.0.0.1:${String(listenPortOf(resource))}` } }],
+    users: [{ name: 'agent', user: { tokenFile: `${AGENT_IDENTITY_DIR}/${AGENT_TOKEN_FILE}` } }],
+    contexts: [{ name: 'chaperone', context: { cluster: 'chaperone', user: 'agent', namespace } }],
+    'current-context': 'chaperone',
+  });
+}

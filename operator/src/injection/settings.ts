@@ -1,0 +1,63 @@
+// Operator settings that shape every injected pod. Validated once at start (validateInjectionSettings);
+// each option's default is stated next to it and in docs/injection.md.
+import type { V1ResourceRequirements } from '@kubernetes/client-node';
+
+export interface InjectionSettings {
+  /** Sidecar image. Required; pin it by digest in production. */
+  readonly image: string;
+  /** Default IfNotPresent. */
+  readonly imagePullPolicy: 'Always' | 'IfNotPresent' | 'Never';
+  /** Namespace the operator runs in; never injected. */
+  readonly operatorNamespace: string;
+  /** `iss` of the API server's service-account tokens (`--service-account-issuer`). Default https://kubernetes.default.svc.cluster.local. */
+  readonly issuer: string;
+  /** Where the sidecar fetches the API server's JWKS. Default https://kubernetes.default.svc/openid/v1/jwks. */
+  readonly jwksUrl: string;
+  /** Port of the sidecar's /metrics and /healthz (probes reach it on the pod IP). Default 9091. */
+  readonly metricsPort: number;
+  /** Lifetime requested for projected tokens, seconds (kubelet refreshes at 80 %). Default 3600. */
+  readonly tokenExpirationSeconds: number;
+  /** Sidecar resources. Default requests 50m CPU / 64Mi, limit 256Mi memory. */
+  readonly resources: V1ResourceRequirements;
+  /** UID the sidecar runs as. Default 65532 (distroless nonroot). */
+  readonly runAsUser: number;
+  /** Sidecar log level. Default info. */
+  readonly logLevel: 'debug' | 'info' | 'warn' | 'error';
+}
+
+export const DEFAULT_INJECTION_SETTINGS: Omit<InjectionSettings, 'image' | 'operatorNamespace'> = {
+  imagePullPolicy: 'IfNotPresent',
+  issuer: 'https://kubernetes.default.svc.cluster.local',
+  jwksUrl: 'https://kubernetes.default.svc/openid/v1/jwks',
+  metricsPort: 9091,
+  tokenExpirationSeconds: 3600,
+  resources: { requests: { cpu: '50m', memory: '64Mi' }, limits: { memory: '256Mi' } },
+  runAsUser: 65532,
+  logLevel: 'info',
+};
+
+export class InjectionSettingsError extends Error {
+  override name = 'InjectionSettingsError';
+}
+
+/** Applies defaults and checks every field; throws listing every problem. */
+export function validateInjectionSettings(
+  input: Partial<InjectionSettings> & Pick<InjectionSettings, 'image' | 'operatorNamespace'>,
+): InjectionSettings {
+  const settings: InjectionSettings = { ...DEFAULT_INJECTION_SETTINGS, ...input };
+  const problems: string[] = [];
+  if (settings.image.trim() === '') problems.push('image: required');
+  if (settings.operatorNamespace.trim() === '') problems.push('operatorNamespace: required');
+  if (!/^https?:\/\//.test(settings.jwksUrl)) problems.push('jwksUrl: must be an http(s) URL');
+  if (settings.issuer === '') problems.push('issuer: required');
+  if (!Number.isInteger(settings.metricsPort) || settings.metricsPort < 1024 || settings.metricsPort > 65535) {
+    problems.push('metricsPort: an integer in 1024..65535');
+  }
+  // The API server refuses projected tokens shorter than 10 minutes.
+  if (!Number.isInteger(settings.tokenExpirationSeconds) || settings.tokenExpirationSeconds < 600) {
+    problems.push('tokenExpirationSeconds: an integer >= 600');
+  }
+  if (!Number.isInteger(settings.runAsUser) || settings.runAsUser < 1) problems.push('runAsUser: a non-root UID');
+  if (problems.length > 0) throw new InjectionSettingsError(`invalid injection settings: ${problems.join('; ')}`);
+  return settings;
+}

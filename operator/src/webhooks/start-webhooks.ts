@@ -1,0 +1,156 @@
+// Wires the admission side of the operator: admission cache (informers), webhook certificates (Secret,
+// rotation, caBundle), the HTTPS server, and optionally the webhook registration. Every replica runs
+// this (admission is not leader-elected); certificate renewal is safe from any replica. Used by the
+// operator bin and, in-process, by the e2e tests and the benchmark.
+import {
+  AdmissionregistrationV1Api,
+  CoreV1Api,
+  type KubeConfig,
+  type V1LabelSelectorRequirement,
+} from '@kubernetes/client-node';
+import type { Registry } from 'prom-client';
+import { WebhookCertificates, type ServingMaterial } from '../certificates/webhook-certificates.ts';
+import type { InjectionSettings } from '../injection/settings.ts';
+import type { Logger } from '../observability/logger.ts';
+import { startAdmissionCache, type AdmissionCache } from './admission-cache.ts';
+import { startAdmissionServer, type AdmissionOutcome, type AdmissionServer } from './admission-server.ts';
+import { createPodMutator, createPodValidator } from './pod-admission.ts';
+import {
+  DEFAULT_MUTATING_NAME,
+  DEFAULT_VALIDATING_NAME,
+  MUTATE_PATH,
+  VALIDATE_PATH,
+  applyWebhookConfigurations,
+  deleteWebhookConfigurations,
+  type WebhookEndpoint,
+} from './webhook-registration.ts';
+
+export interface InjectionWebhooksOptions {
+  readonly kubeConfig: KubeConfig;
+  readonly logger: Logger;
+  /** Validated with validateInjectionSettings. */
+  readonly settings: InjectionSettings;
+  /** Default 0.0.0.0:9443. */
+  readonly host?: string;
+  readonly port?: number;
+  /** Registry for the admission metrics (pass the operator's registry). */
+  readonly registry?: Registry;
+  readonly certificates: {
+    /** Default settings.operatorNamespace. */
+    readonly namespace?: string;
+    /** Default chaperone-webhook-tls. */
+    readonly secretName?: string;
+    /** SANs; in a cluster <service>.<namespace>.svc (and .svc.cluster.local). */
+    readonly dnsNames: readonly string[];
+    readonly ipAddresses?: readonly string[];
+    readonly caLifetimeMs?: number;
+    readonly leafLifetimeMs?: number;
+    readonly checkIntervalMs?: number;
+  };
+  /** Register the webhook configurations from this process. Omit when Helm renders them. */
+  readonly registration?: {
+    /** "self" registers this server's own https://host:port (tests, single-host setups). */
+    readonly endpoint: WebhookEndpoint | 'self';
+    readonly mutatingName?: string;
+    readonly validatingName?: string;
+    readonly extraNamespaceSelector?: readonly V1LabelSelectorRequirement[];
+    /** Delete the configurations on stop (tests). Default false: a stopped replica must not disable admission. */
+    readonly deleteOnStop?: boolean;
+  };
+  /** Names of configurations whose caBundle is kept in step when registration is done elsewhere (Helm). */
+  readonly webhookConfigurationNames?: { readonly mutating: string; readonly validating: string };
+  readonly onReview?: (path: string, outcome: AdmissionOutcome, seconds: number) => void;
+}
+
+export interface InjectionWebhooks {
+  readonly server: AdmissionServer;
+  readonly certificates: WebhookCertificates;
+  readonly cache: AdmissionCache;
+  readonly names: { readonly mutating: string; readonly validating: string };
+  stop(): Promise<void>;
+}
+
+export async function startInjectionWebhooks(options: InjectionWebhooksOptions): Promise<InjectionWebhooks> {
+  const { kubeConfig, logger, settings } = options;
+  const log = logger.child({ component: 'admission' });
+  const names = {
+    mutating:
+      options.registration?.mutatingName ?? options.webhookConfigurationNames?.mutating ?? DEFAULT_MUTATING_NAME,
+    validating:
+      options.registration?.validatingName ?? options.webhookConfigurationNames?.validating ?? DEFAULT_VALIDATING_NAME,
+  };
+  const admissionRegistration = kubeConfig.makeApiClient(AdmissionregistrationV1Api);
+  const cache = await startAdmissionCache({ kubeConfig, logger: log });
+  let server: AdmissionServer | undefined;
+  const certificates = new WebhookCertificates({
+    core: kubeConfig.makeApiClient(CoreV1Api),
+    admissionRegistration,
+    namespace: options.certificates.namespace ?? settings.operatorNamespace,
+    secretName: options.certificates.secretName ?? 'chaperone-webhook-tls',
+    dnsNames: options.certificates.dnsNames,
+    ...(options.certificates.ipAddresses === undefined ? {} : { ipAddresses: options.certificates.ipAddresses }),
+    mutatingWebhookConfigurations: [names.mutating],
+    validatingWebhookConfigurations: [names.validating],
+    ...(options.certificates.caLifetimeMs === undefined ? {} : { caLifetimeMs: options.certificates.caLifetimeMs }),
+    ...(options.certificates.leafLifetimeMs === undefined
+      ? {}
+      : { leafLifetimeMs: options.certificates.leafLifetimeMs }),
+    ...(options.certificates.checkIntervalMs === undefined
+      ? {}
+      : { checkIntervalMs: options.certificates.checkIntervalMs }),
+    logger: log,
+    onChange: (m: ServingMaterial) => server?.setCertificate(m.certPem, m.keyPem),
+  });
+  let material: ServingMaterial;
+  try {
+    material = await certificates.start();
+    const lookups = { lookups: cache, settings, logger: log };
+    server = await startAdmissionServer({
+      host: options.host ?? '0.0.0.0',
+      port: options.port ?? 9443,
+      certPem: material.certPem,
+      keyPem: material.keyPem,
+      handlers: { [MUTATE_PATH]: createPodMutator(lookups), [VALIDATE_PATH]: createPodValidator(lookups) },
+      logger: log,
+      ...(options.registry === undefined ? {} : { registry: options.registry }),
+      ...(options.onReview === undefined ? {} : { onReview: options.onReview }),
+    });
+    if (options.registration !== undefined) {
+      await applyWebhookConfigurations(admissionRegistration, {
+        endpoint:
+          options.registration.endpoint === 'self'
+            ? { url: `https://${server.host}:${String(server.port)}` }
+            : options.registration.endpoint,
+        caBundlePem: certificates.current().caBundlePem,
+        operatorNamespace: settings.operatorNamespace,
+        mutatingName: names.mutating,
+        validatingName: names.validating,
+        ...(options.registration.extraNamespaceSelector === undefined
+          ? {}
+          : { extraNamespaceSelector: options.registration.extraNamespaceSelector }),
+      });
+    }
+  } catch (err) {
+    certificates.stop();
+    await server?.close();
+    await cache.stop();
+    throw err;
+  }
+  const running = server;
+  return {
+    server: running,
+    certificates,
+    cache,
+    names,
+    async stop() {
+      certificates.stop();
+      if (options.registration?.deleteOnStop === true) {
+        await deleteWebhookConfigurations(admissionRegistration, names).catch((err: unknown) =>
+          log.warn('could not delete webhook configurations', { error: err }),
+        );
+      }
+      await running.close();
+      await cache.stop();
+    },
+  };
+}
