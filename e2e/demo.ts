@@ -1,44 +1,201 @@
 // `make demo`: starts a local control plane and PostgreSQL, installs the CRDs and examples, and walks
-// through what Chaperone does, printing each step and the real output of kubectl and psql.
+// through what Chaperone does, printing each step and the real output of kubectl and psql. Then the real
+// components end to end: the operator bin (policy compiler, injection webhooks registered by URL), an
+// annotated Job injected by the webhook, the injected sidecar started as a local process from the stored
+// pod spec (there is no kubelet here), psql as the agent with only the agent container's env and token, a
+// policy change reaching a live session, and the auditor's view.
 // Everything it starts is stopped at the end (or on Ctrl-C); pass --keep to leave it running until Ctrl-C.
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { createWriteStream, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { setTimeout as sleep } from 'node:timers/promises';
+import * as k8s from '@kubernetes/client-node';
+import { SIDECAR_CONTAINER, VOLUME_POLICIES } from '../operator/src/injection/constants.ts';
 import { startControlPlane, type ControlPlane } from './harness/control-plane.ts';
-import { startPostgres, type PostgresCluster } from './harness/postgres.ts';
-import { createRunDirectory } from './harness/processes.ts';
+import { ENV } from './harness/env.ts';
 import { applyCrds } from './harness/kube.ts';
+import {
+  materialiseSidecar,
+  materialiseVolumes,
+  refreshVolume,
+  type MaterialisedSidecar,
+} from './harness/materialise-pod.ts';
+import { freePort, startPostgres, type PostgresCluster } from './harness/postgres.ts';
+import { createRunDirectory, stopProcess } from './harness/processes.ts';
 import { REPO_ROOT, toolPath } from './harness/tools.ts';
-import { rmSync } from 'node:fs';
 
 const keep = process.argv.includes('--keep');
+const started = Date.now();
 let controlPlane: ControlPlane | undefined;
 let postgres: PostgresCluster | undefined;
+let operator: ChildProcess | undefined;
+let sidecar: MaterialisedSidecar | undefined;
+let liveSession: ChildProcess | undefined;
+let kubeletTimer: NodeJS.Timeout | undefined;
+let operatorStopping = false;
 const runDir = createRunDirectory();
 
+const bold = (s: string) => `\x1b[1m${s}\x1b[0m`;
+const dim = (s: string) => `\x1b[2m${s}\x1b[0m`;
+let stepNumber = 0;
+
 function step(title: string): void {
-  console.log(`\n\x1b[1m== ${title}\x1b[0m`);
+  stepNumber++;
+  console.log(`\n${bold(`== ${String(stepNumber)}. ${title}`)}`);
 }
 
-function show(command: string, args: string[], env: NodeJS.ProcessEnv = process.env): string {
-  console.log(`\x1b[2m$ ${[command.split('/').at(-1), ...args].join(' ')}\x1b[0m`);
-  const out = execFileSync(command, args, { encoding: 'utf8', env, stdio: ['ignore', 'pipe', 'pipe'] });
+function note(text: string): void {
+  console.log(`\x1b[36m# ${text}\x1b[0m`);
+}
+
+function show(
+  command: string,
+  args: string[],
+  options: { env?: NodeJS.ProcessEnv; input?: string; display?: string } = {},
+): string {
+  const shown = options.display ?? [command.split('/').at(-1), ...args].join(' ');
+  if (options.input === undefined) console.log(dim(`$ ${shown}`));
+  else console.log(dim(`$ ${shown} <<EOF\n${options.input.trimEnd()}\nEOF`));
+  const out = execFileSync(command, args, {
+    encoding: 'utf8',
+    env: options.env ?? process.env,
+    stdio: [options.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
+    ...(options.input === undefined ? {} : { input: options.input }),
+  });
   process.stdout.write(out);
   return out;
 }
 
+/** Runs a command that is expected to fail and prints its stderr (the point of the step). */
+function showFailure(
+  command: string,
+  args: string[],
+  options: { env?: NodeJS.ProcessEnv; input?: string; display?: string; lastLine?: boolean } = {},
+): string {
+  try {
+    show(command, args, options);
+  } catch (err) {
+    const stderr = String((err as { stderr?: string }).stderr ?? err).trim();
+    // kubectl repeats its discovery errors before the one that matters.
+    console.log(options.lastLine === true ? (stderr.split('\n').at(-1) ?? '') : stderr);
+    return stderr;
+  }
+  throw new Error(`${options.display ?? command} succeeded but was expected to fail`);
+}
+
+async function until<T>(what: string, fn: () => Promise<T | undefined> | T | undefined, ms = 60_000): Promise<T> {
+  const deadline = Date.now() + ms;
+  let last: unknown;
+  for (;;) {
+    try {
+      const value = await fn();
+      if (value !== undefined) return value;
+    } catch (err) {
+      last = err;
+    }
+    if (Date.now() > deadline) {
+      throw new Error(
+        `timed out waiting for ${what}${last === undefined ? '' : `: ${last instanceof Error ? last.message : JSON.stringify(last)}`}`,
+      );
+    }
+    await sleep(200);
+  }
+}
+
 async function cleanup(): Promise<void> {
+  clearInterval(kubeletTimer);
+  liveSession?.kill('SIGTERM');
+  await sidecar?.stop().catch(() => undefined);
+  operatorStopping = true;
+  if (operator !== undefined) await stopProcess(operator, 10_000).catch(() => undefined);
   await Promise.allSettled([controlPlane?.stop(), postgres?.stop()]);
   rmSync(runDir, { recursive: true, force: true });
 }
 
-process.once('SIGINT', () => void cleanup().finally(() => process.exit(130)));
+const interrupt = { requested: false };
+process.once('SIGINT', () => {
+  interrupt.requested = true;
+  console.log('\ninterrupted; stopping everything the demo started');
+  void cleanup().finally(() => process.exit(130));
+});
+
+/**
+ * Waits until the operator logged every given message since `from` (an index into its log), then prints
+ * those lines compactly. (The demo's commands run synchronously, so the log is read between them.)
+ */
+async function printOperatorLog(lines: readonly string[], messages: readonly string[], from = 0): Promise<void> {
+  await until(`the operator to log ${messages.join(', ')}`, () =>
+    messages.every((m) => lines.slice(from).some((l) => l.includes(`"msg":"${m}"`))) ? true : undefined,
+  );
+  for (const line of lines.slice(from)) {
+    try {
+      const { time, level, msg, component: _c, ...fields } = JSON.parse(line) as Record<string, unknown>;
+      if (typeof msg !== 'string' || !messages.includes(msg)) continue;
+      const rest = Object.entries(fields)
+        .filter(([k]) => !['controller', 'reconcileID', 'identity', 'key'].includes(k))
+        .map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`)
+        .join(' ');
+      console.log(dim(`operator log: ${String(time).slice(11, 23)} ${String(level)} ${msg} ${rest}`));
+    } catch {
+      // not a JSON log line
+    }
+  }
+}
+
+/** The claims of a JWT (no verification: the sidecar verifies; this only shows what the token says). */
+function claims(token: string): Record<string, unknown> {
+  return JSON.parse(Buffer.from(token.split('.')[1] ?? '', 'base64url').toString('utf8')) as Record<string, unknown>;
+}
+
+/** psql as a long-lived process driven through its stdin: one client session, statement by statement. */
+function startLiveSession(env: NodeJS.ProcessEnv): { run(sql: string): Promise<void>; close(): Promise<void> } {
+  const child = spawn('psql', ['-X', '-v', 'VERBOSITY=verbose'], { env, stdio: ['pipe', 'pipe', 'pipe'] });
+  liveSession = child;
+  let out = '';
+  let err = '';
+  child.stdout.on('data', (d: Buffer) => (out += d.toString('utf8')));
+  child.stderr.on('data', (d: Buffer) => (err += d.toString('utf8')));
+  const MARK = '--chaperone-demo-done--';
+  return {
+    async run(sql) {
+      console.log(dim(`psql> ${sql}`));
+      child.stdin.write(`${sql}\n\\echo ${MARK}\n`);
+      await until('psql to answer', () => (out.includes(MARK) ? true : undefined), 30_000);
+      await sleep(50); // stderr of the same statement may arrive just after stdout
+      const text = (out.replace(`${MARK}\n`, '') + err).trimEnd();
+      out = '';
+      err = '';
+      if (text !== '') console.log(text);
+    },
+    async close() {
+      child.stdin.end('\\q\n');
+      await new Promise((resolve) => child.once('exit', resolve));
+      liveSession = undefined;
+    },
+  };
+}
 
 try {
   step('Starting a local control plane (etcd + kube-apiserver + controller manager) and PostgreSQL');
   [controlPlane, postgres] = await Promise.all([startControlPlane(runDir), startPostgres(runDir)]);
   console.log(`API server ${controlPlane.server}, PostgreSQL 127.0.0.1:${postgres.port} (TLS, scram-sha-256)`);
+  // The harness helpers (kube clients, the pod materialiser) find the servers through these, as in tests.
+  Object.assign(process.env, {
+    [ENV.runDir]: runDir,
+    [ENV.kubeconfig]: controlPlane.kubeconfig,
+    [ENV.apiServer]: controlPlane.server,
+    [ENV.issuer]: controlPlane.issuer,
+    [ENV.apiCa]: controlPlane.caFile,
+    KUBECONFIG: controlPlane.kubeconfig,
+  });
+  console.log(dim(`$ export KUBECONFIG=${controlPlane.kubeconfig}`));
   const kubectl = toolPath('kubectl');
-  const kube = (...args: string[]) => show(kubectl, ['--kubeconfig', controlPlane!.kubeconfig, ...args]);
+  const kube = (...args: string[]) => show(kubectl, args);
+  const kubeIn = (input: string, ...args: string[]) => show(kubectl, args, { input });
+  const kc = new k8s.KubeConfig();
+  kc.loadFromFile(controlPlane.kubeconfig);
+  const core = kc.makeApiClient(k8s.CoreV1Api);
 
   step('Installing the Chaperone CRDs');
   await applyCrds(controlPlane.kubeconfig);
@@ -55,43 +212,24 @@ try {
   kube('get', 'sessions', '-n', 'demo', '-o', 'wide');
 
   step('The API server enforces the schema: a postgres resource without a host is refused');
-  try {
-    execFileSync(kubectl, ['--kubeconfig', controlPlane.kubeconfig, 'apply', '-n', 'demo', '-f', '-'], {
-      input:
-        'apiVersion: chaperone.dev/v1alpha1\nkind: ProtectedResource\nmetadata: {name: broken}\nspec:\n  type: postgres\n  endpoint: {database: x}\n  credentialSecretRef: {name: s}\n',
-      encoding: 'utf8',
-      stdio: ['pipe', 'pipe', 'pipe'],
-    });
-    throw new Error('the API server accepted an invalid ProtectedResource');
-  } catch (err) {
-    console.log(String((err as { stderr?: string }).stderr ?? err).trim());
-  }
+  showFailure(kubectl, ['apply', '-n', 'demo', '-f', '-'], {
+    input:
+      'apiVersion: chaperone.dev/v1alpha1\nkind: ProtectedResource\nmetadata: {name: broken}\nspec:\n  type: postgres\n  endpoint: {database: x}\n  credentialSecretRef: {name: s}\n',
+  });
 
   step('Records are append-only: removing a record from a Session is refused');
-  try {
-    execFileSync(
-      kubectl,
-      [
-        '--kubeconfig',
-        controlPlane.kubeconfig,
-        'patch',
-        'session',
-        'orders-db-4f1c2a',
-        '-n',
-        'demo',
-        '--type=json',
-        '-p',
-        '[{"op":"remove","path":"/spec/records/0"}]',
-      ],
-      { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] },
-    );
-    throw new Error('the API server accepted a record removal');
-  } catch (err) {
-    console.log(String((err as { stderr?: string }).stderr ?? err).trim());
-  }
+  showFailure(kubectl, [
+    'patch',
+    'session',
+    'orders-db-4f1c2a',
+    '-n',
+    'demo',
+    '--type=json',
+    '-p',
+    '[{"op":"remove","path":"/spec/records/0"}]',
+  ]);
 
-  step('PostgreSQL is reachable over verify-full TLS with scram-sha-256');
-  show('psql', ['-X', '-c', 'select current_user, ssl, version as tls from pg_stat_ssl where pid = pg_backend_pid()'], {
+  const direct = {
     ...process.env,
     PGHOST: 'localhost',
     PGPORT: String(postgres.port),
@@ -100,13 +238,381 @@ try {
     PGDATABASE: postgres.database,
     PGSSLMODE: 'verify-full',
     PGSSLROOTCERT: postgres.caFile,
+  };
+  step('PostgreSQL is reachable over verify-full TLS with scram-sha-256; seeding the orders database');
+  show('psql', ['-X', '-c', 'select current_user, ssl, version as tls from pg_stat_ssl where pid = pg_backend_pid()'], {
+    env: direct,
   });
+  show(
+    'psql',
+    [
+      '-X',
+      '-q',
+      '-c',
+      `create table orders (id int primary key, customer_id int, status text, total numeric(10,2));
+create table customers (id int primary key, name text, email text);
+insert into customers values (1, 'Ada Lovelace', 'ada@example.com'), (2, 'Grace Hopper', 'grace@example.com');
+insert into orders values (1001, 1, 'shipped', 129.90), (1002, 2, 'pending', 42.00), (1003, 1, 'pending', 7.50);`,
+    ],
+    { env: direct },
+  );
+
+  // ---- The real components, end to end -------------------------------------------------------------
+  step('Starting the operator (the chaperone-operator bin) scoped to namespace ci, webhooks registered by URL');
+  note('a CI namespace opted in to injection by label; the operator namespace holds its webhook certificate');
+  kube('create', 'namespace', 'chaperone-system');
+  kube('create', 'namespace', 'ci');
+  kube('label', 'namespace', 'ci', 'chaperone.dev/injection=enabled');
+  const webhookPort = await freePort();
+  const operatorArgs = [
+    '--namespace',
+    'ci',
+    '--metrics-bind-address',
+    '127.0.0.1:0',
+    '--enable-webhooks',
+    '--sidecar-image',
+    'ghcr.io/chaperone/chaperone-sidecar:dev',
+    '--service-account-issuer',
+    controlPlane.issuer,
+    '--webhook-host',
+    '127.0.0.1',
+    '--webhook-port',
+    String(webhookPort),
+    '--webhook-url',
+    `https://127.0.0.1:${String(webhookPort)}`,
+  ];
+  console.log(dim(`$ chaperone-operator ${operatorArgs.join(' ')} &`));
+  const operatorLog: string[] = [];
+  const operatorLogFile = createWriteStream(join(runDir, 'operator.log'));
+  operator = spawn(process.execPath, [join(REPO_ROOT, 'operator/src/bin/chaperone-operator.ts'), ...operatorArgs], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  const operatorProcess = operator;
+  createInterface({ input: operatorProcess.stderr! }).on('line', (line) => {
+    operatorLog.push(line);
+    operatorLogFile.write(`${line}\n`);
+  });
+  const operatorExit = new Promise<number | null>((resolve) => operatorProcess.once('exit', resolve));
+  void operatorExit.then((code) => {
+    if (operator !== undefined && !operatorStopping) {
+      console.error(`operator exited unexpectedly (${String(code)}):\n${operatorLog.slice(-20).join('\n')}`);
+    }
+  });
+  await until('the operator to start', () =>
+    operatorLog.some((l) => l.includes('"msg":"operator started"')) ? true : undefined,
+  );
+  await printOperatorLog(operatorLog, ['admission webhook server listening', 'operator started']);
+  kube('get', 'mutatingwebhookconfiguration,validatingwebhookconfiguration');
+
+  step('The platform team protects orders-db: a credential Secret, a CA Secret, a ProtectedResource');
+  const listenPort = await freePort();
+  const secretsDir = join(runDir, 'secrets');
+  mkdirSync(secretsDir, { recursive: true });
+  writeFileSync(join(secretsDir, 'username'), postgres.user);
+  writeFileSync(join(secretsDir, 'password'), postgres.password);
+  kube(
+    'create',
+    'secret',
+    'generic',
+    'orders-db-credentials',
+    '-n',
+    'ci',
+    `--from-file=username=${join(secretsDir, 'username')}`,
+    `--from-file=password=${join(secretsDir, 'password')}`,
+  );
+  kube('create', 'secret', 'generic', 'orders-db-ca', '-n', 'ci', `--from-file=ca.crt=${postgres.caFile}`);
+  kubeIn(
+    `apiVersion: chaperone.dev/v1alpha1
+kind: ProtectedResource
+metadata:
+  name: orders-db
+  labels: {data-classification: confidential}
+spec:
+  type: postgres
+  endpoint: {host: localhost, port: ${String(postgres.port)}, database: ${postgres.database}}
+  tls: {mode: verify-full, caSecretRef: {name: orders-db-ca, key: ca.crt}}
+  credentialSecretRef: {name: orders-db-credentials}
+  listenPort: ${String(listenPort)}
+  audit: {failureMode: FailClosed, retention: 2160h}
+`,
+    'apply',
+    '-n',
+    'ci',
+    '-f',
+    '-',
+  );
+
+  step('The security team applies the example AccessPolicy; the operator compiles it to WebAssembly');
+  let logMark = operatorLog.length;
+  kube('apply', '-n', 'ci', '-f', join(REPO_ROOT, 'examples/accesspolicy-readonly.yaml'));
+  kube('wait', '-n', 'ci', '--for=condition=Ready', 'accesspolicy/orders-readonly', '--timeout=60s');
+  await printOperatorLog(operatorLog, ['policy compiled'], logMark);
+  kube('get', 'accesspolicy', '-n', 'ci', '-o', 'wide');
+  kube('get', 'configmap', '-n', 'ci', '-l', 'app.kubernetes.io/component=policy-bundle');
+
+  step('A CI Job opts in with two annotations; the webhook injects the sidecar into its pod');
+  logMark = operatorLog.length;
+  kubeIn(
+    `apiVersion: batch/v1
+kind: Job
+metadata: {name: nightly-report}
+spec:
+  backoffLimit: 0
+  template:
+    metadata:
+      annotations:
+        chaperone.dev/inject: "true"
+        chaperone.dev/resources: orders-db
+    spec:
+      restartPolicy: Never
+      containers:
+        - name: agent
+          image: postgres:17
+          command: [sh, -c, 'PGPASSWORD="$(cat "$CHAPERONE_TOKEN_FILE")" psql -c "select count(*) from orders"']
+`,
+    'apply',
+    '-n',
+    'ci',
+    '-f',
+    '-',
+  );
+  const pod = await until('the Job controller to create the pod', async () => {
+    const pods = await core.listNamespacedPod({ namespace: 'ci', labelSelector: 'job-name=nightly-report' });
+    return pods.items[0];
+  });
+  const podName = pod.metadata?.name ?? '';
+  kube('get', 'pods', '-n', 'ci', '-o', 'wide');
+  note(`what the webhook changed, from kubectl get pod ${podName} -n ci -o json:`);
+  const summary = summarisePod(pod);
+  console.log(summary);
+  note('the sidecar configuration the injector rendered (an annotation, projected into the sidecar as a file):');
+  kube('get', 'pod', podName, '-n', 'ci', '-o', `jsonpath={.metadata.annotations.chaperone\\.dev/sidecar-config}`);
+
+  step('No kubelet here: starting the injected sidecar as a local process from the stored pod spec');
+  note('its volumes are filled from the API server as a kubelet would (Secrets, policy ConfigMap, downward');
+  note('API, pod-bound tokens); only paths under a temp root, the JWKS URL and the metrics port differ');
+  const root = join(runDir, 'pod');
+  const materialised = await materialiseSidecar(core, pod, root);
+  console.log(dim(`$ chaperone-sidecar --config ${materialised.configFile} &`));
+  sidecar = await materialised.start();
+  const sidecarLog = () => readFileSync(sidecar!.logFile, 'utf8').split('\n');
+  await until('the sidecar log', () => (sidecarLog().some((l) => l.includes('"msg":"ready"')) ? true : undefined));
+  for (const line of sidecarLog()) {
+    if (line.includes('"msg":"policy bundles loaded"') || line.includes('"msg":"ready"')) console.log(dim(line));
+  }
+  // The kubelet refreshes projected ConfigMaps within its sync period (about a minute by default); this
+  // stand-in does it every second, atomically, as the kubelet's atomic writer does.
+  let refreshing = false;
+  kubeletTimer = setInterval(() => {
+    if (refreshing) return;
+    refreshing = true;
+    void refreshVolume(core, pod, SIDECAR_CONTAINER, VOLUME_POLICIES, root)
+      .catch(() => undefined)
+      .finally(() => (refreshing = false));
+  }, 1000);
+
+  step('The agent: psql with only the agent container env and its audience-bound token');
+  const agentRoot = join(root, 'agent');
+  const agent = await materialiseVolumes(core, pod, 'agent', agentRoot);
+  const agentEnv = Object.fromEntries((agent.env ?? []).map((e) => [e.name, e.value ?? '']));
+  const tokenFile = join(agentRoot, agentEnv.CHAPERONE_TOKEN_FILE ?? '');
+  for (const [k, v] of Object.entries(agentEnv)) console.log(`${k}=${v}`);
+  const token = readFileSync(tokenFile, 'utf8');
+  const c = claims(token);
+  const bound = (c['kubernetes.io'] as { pod?: { name?: string } } | undefined)?.pod?.name;
+  console.log(
+    `token: aud=${JSON.stringify(c.aud)} sub=${String(c.sub)} bound to pod ${String(bound)}, ` +
+      `expires ${new Date(Number(c.exp) * 1000).toISOString()}`,
+  );
+  note('the API server rejects that token (wrong audience): the agent has no way to read the Secret');
+  const tokenOnly = ['--server', controlPlane.server, '--certificate-authority', controlPlane.caFile];
+  showFailure(kubectl, [...tokenOnly, '--token', token, 'get', 'secret', 'orders-db-credentials', '-n', 'ci'], {
+    env: { PATH: process.env.PATH ?? '', HOME: runDir },
+    lastLine: true,
+    display: `kubectl ${tokenOnly.join(' ')} --token "$(cat $CHAPERONE_TOKEN_FILE)" get secret orders-db-credentials -n ci`,
+  });
+  const agentProcessEnv = {
+    PATH: process.env.PATH ?? '',
+    HOME: process.env.HOME ?? '/tmp',
+    ...agentEnv,
+    PGPASSWORD: token,
+  };
+  const psqlAsAgent = (sql: string, fail = false) =>
+    (fail ? showFailure : show)('psql', ['-X', '-v', 'VERBOSITY=verbose', '-c', sql], {
+      env: agentProcessEnv,
+      display: `PGPASSWORD="$(cat $CHAPERONE_TOKEN_FILE)" psql -c "${sql}"`,
+    });
+  note('an allowed read (rule reads):');
+  psqlAsAgent('select id, status, total from orders order by id');
+  note('a denied write (rule deny-ddl): SQLSTATE 42501, naming the policy and the rule');
+  psqlAsAgent('drop table orders', true);
+  note('and one no rule allows (the default decision, deny):');
+  psqlAsAgent("update orders set status = 'refunded' where id = 1002", true);
+
+  step('A policy change reaches a live session: same connection, new decision');
+  const live = startLiveSession(agentProcessEnv);
+  await live.run('select pg_backend_pid() as upstream_pid, count(*) as customers from customers;');
+  const before = currentDigest(kubectl);
+  note('the security team forbids customer data to CI jobs, while that session stays open:');
+  const patchedAt = Date.now();
+  logMark = operatorLog.length;
+  kube(
+    'patch',
+    'accesspolicy',
+    'orders-readonly',
+    '-n',
+    'ci',
+    '--type=json',
+    '-p',
+    '[{"op":"add","path":"/spec/rules/0","value":{"name":"no-customer-data","decision":"deny",' +
+      '"match":{"sql":{"relations":["public.customers"]}},"message":"Customer data is off limits for CI jobs."}}]',
+  );
+  const after = await until('the operator to publish the new digest', () => {
+    const d = currentDigest(kubectl);
+    return d !== before ? d : undefined;
+  });
+  await printOperatorLog(operatorLog, ['policy compiled'], logMark);
+  kube('get', 'accesspolicy', '-n', 'ci', '-o', 'wide');
+  await until(
+    'the sidecar to load the new bundle',
+    () =>
+      sidecarLog().some((l) => l.includes('"msg":"policy bundles loaded"') && l.includes(after)) ? true : undefined,
+    30_000,
+  );
+  console.log(
+    dim(
+      sidecarLog()
+        .filter((l) => l.includes('"msg":"policy bundles loaded"'))
+        .at(-1) ?? '',
+    ),
+  );
+  console.log(
+    `sidecar enforces ${after.slice(0, 19)}… ${((Date.now() - patchedAt) / 1000).toFixed(1)} s after the edit`,
+  );
+  await live.run('select pg_backend_pid() as upstream_pid, count(*) as customers from customers;');
+  await live.run('select pg_backend_pid() as upstream_pid, count(*) as orders from orders;');
+  await live.close();
+  note('same upstream backend pid: the connection was never dropped; the new rule applied to its next statement');
+
+  step("The auditor's view");
+  const lines = sidecarLog().filter((l) => l.startsWith('{"session":'));
+  const records = lines.map((l) => JSON.parse(l) as { session: Record<string, unknown>; record: AuditRecordLine });
+  const decisions = records.filter((r) => r.record.type === 'command.decision');
+  note(
+    `the sidecar wrote ${String(records.length)} hash-chained audit records as JSON lines on stdout ` +
+      `(audit.path "-"), ${String(decisions.length)} of them decisions; the live session's, compactly:`,
+  );
+  const liveId = decisions.at(-1)?.session.sessionId;
+  const start = records.find((r) => r.session.sessionId === liveId && r.record.type === 'session.start')?.record;
+  console.log(
+    `session ${String(liveId)}: subject ${String(start?.identity?.subject)} ` +
+      `(pod ${String(start?.identity?.claims?.['pod.name'])}, verified against ${String(start?.identity?.issuer)})`,
+  );
+  for (const { session, record } of decisions.filter((d) => d.session.sessionId === liveId)) {
+    console.log(JSON.stringify(compactRecord(session, record)));
+  }
+  note('one record in full:');
+  console.log(JSON.stringify(decisions.at(-2)?.record, null, 2));
+  note('Session objects (kubectl get sessions, kubectl chaperone sessions show, kubectl chaperone verify --all)');
+  note('come with the durable audit writer: the sidecar has it (audit.spoolDir, docs/audit-durability.md), but');
+  note('the injector does not enable it in the configuration it renders yet, so these records are not in etcd.');
 
   if (keep) {
     step(`Left running; KUBECONFIG=${controlPlane.kubeconfig}. Press Ctrl-C to stop.`);
     await new Promise(() => undefined);
   }
   step('Done; stopping everything the demo started');
+  clearInterval(kubeletTimer);
+  await sidecar.stop();
+  sidecar = undefined;
+  operatorStopping = true;
+  operatorProcess.kill('SIGTERM');
+  const code = await operatorExit;
+  operator = undefined;
+  console.log(
+    `operator: SIGTERM → exit ${String(code)}; sidecar stopped; stopping the control plane (up to 30 s) and PostgreSQL`,
+  );
+  if (code !== 0) throw new Error(`the operator exited with ${String(code)}`);
+  console.log(`demo took ${((Date.now() - started) / 1000).toFixed(0)} s`);
+} catch (err) {
+  // Ctrl-C tears the servers down under the running step; its error is not news.
+  if (interrupt.requested) await new Promise(() => undefined);
+  console.error(`\n\x1b[31mdemo failed: ${err instanceof Error ? err.message : String(err)}\x1b[0m`);
+  const stderr = (err as { stderr?: string }).stderr;
+  if (typeof stderr === 'string' && stderr !== '') console.error(stderr);
+  process.exitCode = 1;
 } finally {
-  if (!keep) await cleanup();
+  if (!keep || process.exitCode === 1) await cleanup();
+}
+
+function currentDigest(kubectl: string): string {
+  return execFileSync(
+    kubectl,
+    ['get', 'accesspolicy', 'orders-readonly', '-n', 'ci', '-o', 'jsonpath={.status.bundle.digest}'],
+    { encoding: 'utf8' },
+  ).trim();
+}
+
+/** The injected parts of a pod, compactly: sidecar, agent env and mounts, volumes, token automount. */
+function summarisePod(pod: k8s.V1Pod): string {
+  const spec = pod.spec;
+  const lines: string[] = [];
+  const sidecarContainer = spec?.initContainers?.find((ic) => ic.name === SIDECAR_CONTAINER);
+  if (sidecarContainer !== undefined) {
+    lines.push(
+      `initContainers[0]: ${sidecarContainer.name} image=${String(sidecarContainer.image)} ` +
+        `restartPolicy=${String(sidecarContainer.restartPolicy)} (native sidecar) args=${JSON.stringify(sidecarContainer.args)}`,
+      `  mounts: ${(sidecarContainer.volumeMounts ?? []).map((m) => `${m.name}→${m.mountPath}`).join(', ')}`,
+    );
+  }
+  for (const container of spec?.containers ?? []) {
+    lines.push(
+      `containers: ${container.name}`,
+      `  env: ${(container.env ?? []).map((e) => `${e.name}=${e.value ?? '(ref)'}`).join(' ')}`,
+      `  mounts: ${(container.volumeMounts ?? []).map((m) => `${m.name}→${m.mountPath}`).join(', ') || '(none)'}`,
+    );
+  }
+  lines.push('volumes:');
+  for (const v of spec?.volumes ?? []) {
+    const sources = (v.projected?.sources ?? []).map((s) =>
+      s.secret !== undefined
+        ? `secret ${String(s.secret.name)}`
+        : s.configMap !== undefined
+          ? `configMap ${String(s.configMap.name)}`
+          : s.serviceAccountToken !== undefined
+            ? `token aud=${s.serviceAccountToken.audience ?? '(API server)'}`
+            : 'downwardAPI',
+    );
+    const kind =
+      v.projected !== undefined ? `projected: ${sources.join(', ')}` : v.downwardAPI ? 'downwardAPI' : 'emptyDir';
+    lines.push(`  ${v.name}: ${kind}`);
+  }
+  lines.push(`automountServiceAccountToken: ${String(spec?.automountServiceAccountToken)}`);
+  lines.push(`annotations: ${Object.keys(pod.metadata?.annotations ?? {}).join(', ')}`);
+  return lines.join('\n');
+}
+
+interface AuditRecordLine {
+  readonly seq: number;
+  readonly time: string;
+  readonly type: string;
+  readonly identity?: { subject?: string; issuer?: string; claims?: Record<string, string> };
+  readonly command?: { text?: string };
+  readonly decision?: { result?: string; rule?: string; bundleDigest?: string };
+  readonly hash?: string;
+}
+
+/** The fields of a decision record an auditor reads first. */
+function compactRecord(session: Record<string, unknown>, r: AuditRecordLine): Record<string, unknown> {
+  return {
+    session: String(session.sessionId).slice(0, 8),
+    seq: r.seq,
+    time: r.time,
+    who: r.identity?.subject,
+    sql: r.command?.text,
+    decision: r.decision?.result,
+    rule: r.decision?.rule,
+    bundle: r.decision?.bundleDigest?.slice(0, 19),
+    hash: r.hash?.slice(0, 19),
+  };
 }

@@ -14,7 +14,7 @@ import { VOLUME_CREDENTIALS } from '../../operator/src/injection/constants.ts';
 import { postgresEnv, testDir } from '../harness/env.ts';
 import { writePolicyBundle } from '../harness/sidecar.ts';
 import { agentPod, createPostgresResource, startWebhookFixture, type WebhookFixture } from './injection-fixture.ts';
-import { materialiseSidecar, materialiseVolumes } from './materialise-pod.ts';
+import { materialiseSidecar, materialiseVolumes } from '../harness/materialise-pod.ts';
 
 let fx: WebhookFixture;
 before(async () => {

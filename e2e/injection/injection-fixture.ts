@@ -130,7 +130,7 @@ export const CA_SECRET = 'orders-db-ca';
  * localhost as its certificate names), with the credential and CA Secrets it references.
  */
 export async function createPostgresResource(
-  fixture: WebhookFixture,
+  fixture: Pick<WebhookFixture, 'core' | 'custom'>,
   namespace: string,
   options: { name?: string; listenPort?: number } = {},
 ): Promise<string> {

@@ -1,11 +1,14 @@
-// Wires the operator together: API clients, metrics server, Event recorder, the AccessPolicy controller,
-// and optional leader election. Used by bin/chaperone-operator.ts and, in-process, by the tests.
+// Wires the operator together: API clients, metrics server, Event recorder, the leader-only controllers
+// (AccessPolicy, session retention), optional leader election, and the injection webhooks, which every
+// replica serves (admission is not leader-elected). Used by bin/chaperone-operator.ts and, in-process, by
+// the tests.
 import { CoordinationV1Api, CoreV1Api, CustomObjectsApi, type KubeConfig } from '@kubernetes/client-node';
 import type { Clock } from './controller/clock.ts';
 import type { Controller } from './controller/controller.ts';
 import { createEventRecorder } from './controller/event-recorder.ts';
 import { defaultIdentity, LeaderElector } from './controller/leader-election.ts';
 import { createAccessPolicyController, FIELD_MANAGER } from './controllers/access-policy-controller.ts';
+import { createSessionRetentionController } from './controllers/session-retention-controller.ts';
 import type { CompileOptions } from './policy/compile-policy.ts';
 import type { Logger } from './observability/logger.ts';
 import {
@@ -14,6 +17,11 @@ import {
   type MetricsServer,
   type OperatorMetrics,
 } from './observability/metrics.ts';
+import {
+  startInjectionWebhooks,
+  type InjectionWebhooks,
+  type InjectionWebhooksOptions,
+} from './webhooks/start-webhooks.ts';
 
 export interface OperatorOptions {
   readonly kubeConfig: KubeConfig;
@@ -40,6 +48,10 @@ export interface OperatorOptions {
   /** Default 60 seconds. */
   readonly reconcileTimeoutMs?: number;
   readonly compileOptions?: CompileOptions;
+  /** Session retention pass per namespace, in milliseconds (sooner when a session expires earlier). Default 300 000. */
+  readonly retentionIntervalMs?: number;
+  /** Serve the injection webhooks (on every replica, leader or not). Default: off. */
+  readonly webhooks?: Omit<InjectionWebhooksOptions, 'kubeConfig' | 'logger' | 'registry'>;
   readonly logger: Logger;
   readonly metrics?: OperatorMetrics;
   readonly clock?: Clock;
@@ -50,6 +62,8 @@ export interface RunningOperator {
   readonly metrics: OperatorMetrics;
   /** Bound address of the metrics server, when it runs. */
   readonly metricsAddress: string | undefined;
+  /** The admission side, when webhooks are enabled. */
+  readonly webhooks: InjectionWebhooks | undefined;
   /** Whether this replica runs the reconcilers now. */
   isLeader(): boolean;
   /** Resolves when the operator stopped on its own: leadership lost (reason "lost"). */
@@ -73,7 +87,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
     logger,
     ...(options.clock === undefined ? {} : { clock: options.clock }),
   });
-  let controller: Controller | undefined;
+  let controllers: Controller[] | undefined;
   let leading = false;
   const newController = () =>
     createAccessPolicyController({
@@ -90,15 +104,45 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
       ...(options.compileOptions === undefined ? {} : { compileOptions: options.compileOptions }),
       ...(options.clock === undefined ? {} : { clock: options.clock }),
     });
-  const startController = async () => {
+  const newRetentionController = () =>
+    createSessionRetentionController({
+      kubeConfig,
+      custom,
+      logger,
+      metrics,
+      ...(options.namespace === undefined ? {} : { namespace: options.namespace }),
+      ...(options.retentionIntervalMs === undefined ? {} : { intervalMs: options.retentionIntervalMs }),
+      ...(options.clock === undefined ? {} : { clock: options.clock }),
+    });
+  const startControllers = async () => {
     leading = true;
-    controller = newController();
-    await controller.start();
+    const started = [newController(), newRetentionController()];
+    controllers = started;
+    await Promise.all(started.map((c) => c.start()));
+  };
+  const stopControllers = async () => {
+    const running = controllers ?? [];
+    await Promise.all(running.map((c) => c.stop()));
   };
 
+  // Admission first: every replica serves it, standbys included, and a replica that cannot serve it
+  // (certificates, cache) must not start at all.
+  const webhooks =
+    options.webhooks === undefined
+      ? undefined
+      : await startInjectionWebhooks({ ...options.webhooks, kubeConfig, logger, registry: metrics.registry });
+
   const bind = options.metricsBindAddress ?? ':8080';
-  const server: MetricsServer | undefined =
-    bind === '0' ? undefined : await serveMetrics(metrics.registry, bind, () => controller !== undefined);
+  // Ready: with webhooks, once admission is served (every replica, so the webhook Service reaches
+  // standbys too); without, once this replica runs its controllers.
+  const ready = () => webhooks !== undefined || controllers !== undefined;
+  let server: MetricsServer | undefined;
+  try {
+    server = bind === '0' ? undefined : await serveMetrics(metrics.registry, bind, ready);
+  } catch (err) {
+    await webhooks?.stop();
+    throw err;
+  }
 
   let resolveDone: (reason: 'lost') => void = () => undefined;
   const done = new Promise<'lost'>((resolve) => {
@@ -124,7 +168,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
       ...(options.clock === undefined ? {} : { clock: options.clock }),
       onStartedLeading: () => {
         metrics.isLeader.set(label, 1);
-        startController().catch((err: unknown) => {
+        startControllers().catch((err: unknown) => {
           logger.error('controller failed to start', { error: err });
         });
       },
@@ -133,7 +177,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
         leading = false;
         // A replica that lost the Lease must stop reconciling at once: another one may already lead.
         if (reason === 'lost') {
-          void controller?.stop().finally(() => {
+          void stopControllers().finally(() => {
             resolveDone('lost');
           });
         }
@@ -144,13 +188,21 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
     });
     void elector.start();
   } else {
-    await startController();
+    try {
+      await startControllers();
+    } catch (err) {
+      await stopControllers();
+      await webhooks?.stop();
+      await server?.close();
+      throw err;
+    }
   }
   logger.info('operator started', {
     identity,
     namespace: options.namespace ?? '(all)',
     leaderElect: options.leaderElect === true,
     metrics: server?.address,
+    webhooks: webhooks === undefined ? undefined : `https://${webhooks.server.host}:${String(webhooks.server.port)}`,
   });
 
   let stopping: Promise<void> | undefined;
@@ -158,13 +210,16 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
     identity,
     metrics,
     metricsAddress: server?.address,
+    webhooks,
     isLeader: () => leading,
     done,
     stop() {
       stopping ??= (async () => {
-        // Reconcilers first, so the Lease is released only once nothing is writing any more.
-        await controller?.stop();
+        // Reconcilers first, so the Lease is released only once nothing is writing any more. Admission
+        // stops with the process (the webhook configurations stay: other replicas keep serving).
+        await stopControllers();
         await elector?.stop();
+        await webhooks?.stop();
         await server?.close();
         logger.info('operator stopped');
       })();

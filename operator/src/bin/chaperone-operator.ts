@@ -1,15 +1,23 @@
 #!/usr/bin/env node
-// chaperone-operator: compiles AccessPolicies into WebAssembly bundles and publishes them to sidecars.
+// chaperone-operator: compiles AccessPolicies into WebAssembly bundles and publishes them to sidecars,
+// prunes expired Sessions, and (with --enable-webhooks) serves the sidecar-injection webhooks.
+import { isIP } from 'node:net';
 import { parseArgs } from 'node:util';
 import { KubeConfig } from '@kubernetes/client-node';
+import { LABEL_INJECTION } from '../injection/constants.ts';
+import { InjectionSettingsError, validateInjectionSettings } from '../injection/settings.ts';
 import { createLogger, isLogLevel } from '../observability/logger.ts';
-import { startOperator } from '../operator.ts';
+import { startOperator, type OperatorOptions } from '../operator.ts';
+import { DEFAULT_MUTATING_NAME, DEFAULT_VALIDATING_NAME } from '../webhooks/webhook-registration.ts';
 
 const HELP = `Usage: chaperone-operator [options]
 
 Watches AccessPolicy objects, compiles each with OPA into a WebAssembly bundle and publishes it as the
-ConfigMap chaperone-policy-<name> that sidecars mount; reports the result in the policy's status
-(docs/operator.md).
+ConfigMap chaperone-policy-<name> that sidecars mount, and reports the result in the policy's status;
+deletes Session objects past their ProtectedResource's audit retention. Both run only on the leader.
+With --enable-webhooks every replica also serves the admission webhooks that inject the sidecar into pods
+annotated chaperone.dev/inject=true in namespaces labelled ${LABEL_INJECTION}=enabled (docs/operator.md,
+docs/injection.md).
 
 Options:
       --kubeconfig FILE               kubeconfig to use (default: $KUBECONFIG, else in-cluster, else ~/.kube/config)
@@ -22,19 +30,40 @@ Options:
       --workers N                     concurrent reconciles (default: 2)
       --resync-period SECONDS         revisit every policy this often (default: 600)
       --opa PATH                      opa binary (default: $CHAPERONE_OPA, else .tools/bin/opa)
+      --retention-interval SECONDS    prune expired Sessions of each namespace this often; sooner when a
+                                      session expires earlier, at most every hour (default: 300)
       --log-level LEVEL               debug, info, warn or error (default: info)
   -h, --help                          show this help
 
-Signals: SIGTERM and SIGINT stop the reconcilers, release the Lease and exit 0. Losing the Lease exits 1.`;
+Admission webhooks:
+      --enable-webhooks               serve the pod injection and validation webhooks (every replica)
+      --sidecar-image IMAGE           image of the injected sidecar (required with --enable-webhooks)
+      --service-account-issuer URL    the API server's --service-account-issuer, trusted by sidecars
+                                      (default: https://kubernetes.default.svc.cluster.local)
+      --webhook-host HOST             address the webhook server binds (default: 0.0.0.0)
+      --webhook-port PORT             port of the webhook server (default: 9443)
+      --webhook-service-name NAME     Service in front of the webhooks; names the serving certificate
+                                      <name>.<operator namespace>.svc (default: chaperone-webhook)
+      --operator-namespace NS         namespace the operator runs in: holds the webhook certificate Secret,
+                                      is never injected (default: $POD_NAMESPACE, else chaperone-system)
+      --webhook-url BASE              local development: register the webhook configurations by this URL
+                                      (for example https://127.0.0.1:9443) instead of expecting Helm-rendered
+                                      ones; with --namespace they select only that namespace
+      --mutating-webhook-configuration NAME    (default: ${DEFAULT_MUTATING_NAME})
+      --validating-webhook-configuration NAME  (default: ${DEFAULT_VALIDATING_NAME})
+                                      names of the webhook configurations whose caBundle the operator keeps
+                                      in step (and which it registers with --webhook-url)
+
+Signals: SIGTERM and SIGINT stop the reconcilers and the webhook server, release the Lease and exit 0.
+Losing the Lease exits 1.`;
 
 function fail(message: string): never {
   console.error(`chaperone-operator: ${message}\n\n${HELP}`);
   process.exit(2);
 }
 
-let values;
-try {
-  ({ values } = parseArgs({
+const parse = () =>
+  parseArgs({
     options: {
       kubeconfig: { type: 'string' },
       namespace: { type: 'string' },
@@ -45,12 +74,26 @@ try {
       workers: { type: 'string' },
       'resync-period': { type: 'string' },
       opa: { type: 'string' },
+      'retention-interval': { type: 'string' },
       'log-level': { type: 'string' },
+      'enable-webhooks': { type: 'boolean' },
+      'sidecar-image': { type: 'string' },
+      'service-account-issuer': { type: 'string' },
+      'webhook-host': { type: 'string' },
+      'webhook-port': { type: 'string' },
+      'webhook-service-name': { type: 'string' },
+      'operator-namespace': { type: 'string' },
+      'webhook-url': { type: 'string' },
+      'mutating-webhook-configuration': { type: 'string' },
+      'validating-webhook-configuration': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
     strict: true,
     allowPositionals: false,
-  }));
+  });
+let values: ReturnType<typeof parse>['values'];
+try {
+  ({ values } = parse());
 } catch (err) {
   fail(err instanceof Error ? err.message : String(err));
 }
@@ -70,6 +113,91 @@ const positiveInt = (flag: string, raw: string | undefined): number | undefined 
 };
 const workers = positiveInt('workers', values.workers);
 const resyncSeconds = positiveInt('resync-period', values['resync-period']);
+const retentionSeconds = positiveInt('retention-interval', values['retention-interval']);
+
+const WEBHOOK_ONLY = [
+  'sidecar-image',
+  'service-account-issuer',
+  'webhook-host',
+  'webhook-port',
+  'webhook-service-name',
+  'operator-namespace',
+  'webhook-url',
+  'mutating-webhook-configuration',
+  'validating-webhook-configuration',
+] as const;
+
+/** The webhook options from the flags, or undefined without --enable-webhooks. Exits 2 on a bad combination. */
+function webhookOptions(): OperatorOptions['webhooks'] {
+  if (values['enable-webhooks'] !== true) {
+    const stray = WEBHOOK_ONLY.filter((flag) => values[flag] !== undefined);
+    if (stray.length > 0) {
+      fail(`${stray.map((f) => `--${f}`).join(', ')} ${stray.length === 1 ? 'needs' : 'need'} --enable-webhooks`);
+    }
+    return undefined;
+  }
+  const image = values['sidecar-image'];
+  if (image === undefined || image.trim() === '') fail('--enable-webhooks needs --sidecar-image');
+  const port = values['webhook-port'] === undefined ? 9443 : Number(values['webhook-port']);
+  if (!Number.isInteger(port) || port < 1 || port > 65535) fail('--webhook-port must be a port number (1..65535)');
+  const operatorNamespace = values['operator-namespace'] ?? process.env.POD_NAMESPACE ?? 'chaperone-system';
+  if (values.namespace !== undefined && values.namespace === operatorNamespace) {
+    fail(`--namespace ${values.namespace} is the operator namespace, which is never injected; use another one`);
+  }
+  let settings;
+  try {
+    settings = validateInjectionSettings({
+      image,
+      operatorNamespace,
+      ...(values['service-account-issuer'] === undefined ? {} : { issuer: values['service-account-issuer'] }),
+    });
+  } catch (err) {
+    if (err instanceof InjectionSettingsError) fail(err.message);
+    throw err;
+  }
+  const service = values['webhook-service-name'] ?? 'chaperone-webhook';
+  const dnsNames = [`${service}.${operatorNamespace}.svc`, `${service}.${operatorNamespace}.svc.cluster.local`];
+  const ipAddresses: string[] = [];
+  const names = {
+    mutating: values['mutating-webhook-configuration'] ?? DEFAULT_MUTATING_NAME,
+    validating: values['validating-webhook-configuration'] ?? DEFAULT_VALIDATING_NAME,
+  };
+  let registration: NonNullable<OperatorOptions['webhooks']>['registration'];
+  const url = values['webhook-url'];
+  if (url !== undefined) {
+    let parsed: URL;
+    try {
+      parsed = new URL(url);
+    } catch {
+      fail(`--webhook-url ${url} is not a URL`);
+    }
+    if (parsed.protocol !== 'https:') fail('--webhook-url must be an https:// URL (the API server requires TLS)');
+    // The serving certificate must name the host the API server dials.
+    const host = parsed.hostname.replace(/^\[|\]$/g, '');
+    if (isIP(host) === 0) dnsNames.push(host);
+    else ipAddresses.push(host);
+    registration = {
+      endpoint: { url: url.replace(/\/$/, '') },
+      mutatingName: names.mutating,
+      validatingName: names.validating,
+      ...(values.namespace === undefined
+        ? {}
+        : {
+            extraNamespaceSelector: [
+              { key: 'kubernetes.io/metadata.name', operator: 'In', values: [values.namespace] },
+            ],
+          }),
+    };
+  }
+  return {
+    settings,
+    host: values['webhook-host'] ?? '0.0.0.0',
+    port,
+    certificates: { namespace: operatorNamespace, dnsNames, ...(ipAddresses.length > 0 ? { ipAddresses } : {}) },
+    ...(registration === undefined ? { webhookConfigurationNames: names } : { registration }),
+  };
+}
+const webhooks = webhookOptions();
 
 const logger = createLogger({ level, base: { component: 'chaperone-operator' } });
 const kubeConfig = new KubeConfig();
@@ -95,6 +223,8 @@ try {
     ...(workers === undefined ? {} : { workers }),
     ...(resyncSeconds === undefined ? {} : { resyncPeriodMs: resyncSeconds * 1000 }),
     ...(values.opa === undefined ? {} : { compileOptions: { opaPath: values.opa } }),
+    ...(retentionSeconds === undefined ? {} : { retentionIntervalMs: retentionSeconds * 1000 }),
+    ...(webhooks === undefined ? {} : { webhooks }),
   });
   let stopping = false;
   const stop = () => {

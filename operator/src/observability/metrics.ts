@@ -19,6 +19,7 @@ export interface OperatorMetrics {
   readonly isLeader: Gauge<'lease'>;
   readonly policyCompiles: Counter<'result'>;
   readonly policyCompileSeconds: Histogram;
+  readonly sessionsPruned: Counter<'namespace'>;
 }
 
 export function createOperatorMetrics(options: { defaultMetrics?: boolean } = {}): OperatorMetrics {
@@ -80,6 +81,12 @@ export function createOperatorMetrics(options: { defaultMetrics?: boolean } = {}
       name: 'chaperone_policy_compile_duration_seconds',
       help: 'Time to render and compile one AccessPolicy.',
       buckets: [0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers,
+    }),
+    sessionsPruned: new Counter({
+      name: 'chaperone_sessions_pruned_total',
+      help: 'Session objects deleted by the retention controller because their retention expired, by namespace.',
+      labelNames: ['namespace'],
       registers,
     }),
   };

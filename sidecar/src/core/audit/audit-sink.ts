@@ -39,13 +39,23 @@ export interface AuditSink {
 }
 
 /** One JSON object per line: `{"session": {...}, "record": {...}}` with the record in canonical (JCS) form. */
+const sessionJson = new WeakMap<SessionRef, string>();
+
 export function formatJsonLine(session: SessionRef, record: AuditRecord): string {
-  return `{"session":${canonicalize(session) ?? '{}'},"record":${canonicalize(record) ?? '{}'}}\n`;
+  // A session's reference is the same object for all its records: canonicalise it once.
+  let ref = sessionJson.get(session);
+  if (ref === undefined) {
+    ref = canonicalize(session) ?? '{}';
+    sessionJson.set(session, ref);
+  }
+  return `{"session":${ref},"record":${canonicalize(record) ?? '{}'}}\n`;
 }
 
 export class JsonLinesSink implements AuditSink {
   private readonly stream: WriteStream | NodeJS.WriteStream;
   private readonly ownsStream: boolean;
+  private pending: string[] = [];
+  private scheduled = false;
 
   /** `path` is a file (appended to) or `-` for stdout. */
   constructor(path: string) {
@@ -58,19 +68,31 @@ export class JsonLinesSink implements AuditSink {
     }
   }
 
+  /** Lines are collected and written once per event-loop turn: one write for all records of a burst. */
   write(session: SessionRef, record: AuditRecord): void {
-    this.stream.write(formatJsonLine(session, record));
+    this.pending.push(formatJsonLine(session, record));
+    if (!this.scheduled) {
+      this.scheduled = true;
+      setImmediate(this.writePending);
+    }
   }
+
+  private readonly writePending = (): void => {
+    this.scheduled = false;
+    if (this.pending.length === 0) return;
+    const text = this.pending.join('');
+    this.pending = [];
+    this.stream.write(text);
+  };
 
   whenDurable(): undefined {
     return undefined;
   }
 
   flush(): Promise<void> {
-    return new Promise((resolve) => {
-      if (this.stream.writableLength === 0) resolve();
-      else this.stream.once('drain', resolve);
-    });
+    this.writePending();
+    // The callback of a write runs once everything before it has been handed to the file.
+    return new Promise((resolve) => this.stream.write('', () => resolve()));
   }
 
   async close(): Promise<void> {

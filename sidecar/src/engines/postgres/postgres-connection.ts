@@ -173,7 +173,7 @@ export class PostgresConnection {
   private readonly onClientData = (chunk: Buffer): void => {
     // After a FATAL the connection is only waiting for its socket to close; nothing more is read.
     if (this.phase === 'closed') return;
-    this.ctx.metrics.bytes.inc({ listener: this.ctx.config.name, direction: 'client_to_upstream' }, chunk.length);
+    this.ctx.bytesFromClients.inc(chunk.length);
     try {
       this.decoder.push(chunk);
     } catch (err) {
@@ -870,7 +870,7 @@ export class PostgresConnection {
   // ---- upstream → client --------------------------------------------------------------------------
 
   private readonly onUpstreamData = (chunk: Buffer): void => {
-    this.ctx.metrics.bytes.inc({ listener: this.ctx.config.name, direction: 'upstream_to_client' }, chunk.length);
+    this.ctx.bytesToClients.inc(chunk.length);
     const client = this.client;
     client.cork();
     try {

@@ -38,6 +38,9 @@ export interface PostgresListenerOptions {
 export interface PostgresListenerContext extends PostgresListenerOptions {
   readonly resource: ResourceContext;
   readonly tls: SecureContext | undefined;
+  /** chaperone_bytes_total children bound to this listener once: the hot path skips label hashing. */
+  readonly bytesFromClients: { inc(value: number): void };
+  readonly bytesToClients: { inc(value: number): void };
   upstreamTls(): UpstreamTlsOptions;
   connect(options: UpstreamConnectOptions): Promise<UpstreamConnection>;
   sendCancel: typeof sendCancelRequest;
@@ -58,6 +61,8 @@ export class PostgresListener implements PostgresListenerContext {
   readonly resource: ResourceContext;
   readonly tls: SecureContext | undefined;
   readonly sendCancel = sendCancelRequest;
+  readonly bytesFromClients: { inc(value: number): void };
+  readonly bytesToClients: { inc(value: number): void };
   private readonly server: Server;
   private readonly open = new Set<PostgresConnection>();
   private readonly byCancelKey = new Map<number, PostgresConnection>();
@@ -72,6 +77,8 @@ export class PostgresListener implements PostgresListenerContext {
     this.metrics = options.metrics;
     this.logger = options.logger.child({ listener: options.config.name, engine: 'postgres' });
     this.analyzer = options.analyzer;
+    this.bytesFromClients = options.metrics.bytes.labels(options.config.name, 'client_to_upstream');
+    this.bytesToClients = options.metrics.bytes.labels(options.config.name, 'upstream_to_client');
     this.resource = {
       name: options.config.name,
       namespace: options.config.resource.namespace,

@@ -4,16 +4,33 @@
 // paths are rewritten under that root, and `node sidecar/src/bin/chaperone-sidecar.ts --config` starts.
 // Only these rewrites differ from a cluster: paths under the root, the JWKS URL (no in-cluster DNS
 // here), and port 0 for metrics.
+//
+// Volumes are written like the kubelet's atomic writer does: the files go into a fresh hidden directory
+// `..<timestamp>`, the symlink `..data` is swapped to it with a rename, and each top-level entry is a
+// symlink through `..data`. So refreshVolume (what the kubelet does when a ConfigMap or Secret changes)
+// replaces a volume's content atomically under a reader that is polling it, as a policy bundle directory is.
+// Used by the injection tests and by `make demo`.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createWriteStream, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import {
+  createWriteStream,
+  lstatSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import type * as k8s from '@kubernetes/client-node';
 import { parse, stringify } from 'yaml';
 import { SIDECAR_CONTAINER } from '../../operator/src/injection/constants.ts';
-import { controlPlaneEnv } from '../harness/env.ts';
-import { stopProcess } from '../harness/processes.ts';
-import { SIDECAR_BIN } from '../harness/sidecar.ts';
+import { controlPlaneEnv } from './env.ts';
+import { stopProcess } from './processes.ts';
+import { SIDECAR_BIN } from './sidecar.ts';
 
 export interface MaterialisedSidecar {
   readonly root: string;
@@ -55,11 +72,49 @@ function write(path: string, content: string | Buffer): void {
   writeFileSync(path, content);
 }
 
-/** Fills one volume into `dir` (the mount path under the root), the way the kubelet would. */
+/**
+ * Fills one volume into `dir` (the mount path under the root), the way the kubelet's atomic writer would:
+ * content in a new `..<timestamp>` directory, `..data` swapped to it by rename, entries linked through it.
+ */
 async function fillVolume(core: k8s.CoreV1Api, pod: k8s.V1Pod, volume: k8s.V1Volume, dir: string): Promise<void> {
-  const namespace = pod.metadata?.namespace ?? '';
   mkdirSync(dir, { recursive: true });
   if (volume.emptyDir !== undefined) return;
+  const stamp = `..${new Date().toISOString().replace(/[:.]/g, '_')}.${randomBytes(4).toString('hex')}`;
+  const staging = join(dir, stamp);
+  try {
+    await fillContent(core, pod, volume, staging);
+  } catch (err) {
+    rmSync(staging, { recursive: true, force: true });
+    throw err;
+  }
+  const tmp = join(dir, '..data_tmp');
+  rmSync(tmp, { force: true });
+  symlinkSync(stamp, tmp);
+  renameSync(tmp, join(dir, '..data'));
+  const entries = new Set(readdirSync(staging));
+  for (const entry of entries) {
+    const link = join(dir, entry);
+    let exists = true;
+    try {
+      lstatSync(link);
+    } catch {
+      exists = false;
+    }
+    if (!exists) symlinkSync(join('..data', entry), link);
+  }
+  for (const entry of readdirSync(dir)) {
+    if (entry.startsWith('..') && entry !== '..data' && entry !== stamp) {
+      rmSync(join(dir, entry), { recursive: true, force: true });
+    } else if (!entry.startsWith('.') && !entries.has(entry)) {
+      rmSync(join(dir, entry), { force: true });
+    }
+  }
+}
+
+/** Writes a volume's files into `dir` (a fresh directory). */
+async function fillContent(core: k8s.CoreV1Api, pod: k8s.V1Pod, volume: k8s.V1Volume, dir: string): Promise<void> {
+  const namespace = pod.metadata?.namespace ?? '';
+  mkdirSync(dir, { recursive: true });
   const downward = (items: k8s.V1DownwardAPIVolumeFile[]) => {
     for (const item of items) write(join(dir, item.path), fieldOf(pod, item.fieldRef?.fieldPath ?? ''));
   };
@@ -138,6 +193,28 @@ export async function materialiseVolumes(
     }
   }
   return container;
+}
+
+/**
+ * Re-reads one volume of a container from the API server and swaps it in atomically, as the kubelet does
+ * when a projected ConfigMap or Secret changes (subPath mounts are never updated, as in a cluster).
+ */
+export async function refreshVolume(
+  core: k8s.CoreV1Api,
+  pod: k8s.V1Pod,
+  containerName: string,
+  volumeName: string,
+  root: string,
+): Promise<void> {
+  const container = [...(pod.spec?.initContainers ?? []), ...(pod.spec?.containers ?? [])].find(
+    (c) => c.name === containerName,
+  );
+  const mount = container?.volumeMounts?.find((m) => m.name === volumeName && m.subPath === undefined);
+  const volume = pod.spec?.volumes?.find((v) => v.name === volumeName);
+  if (mount === undefined || volume === undefined) {
+    throw new Error(`container ${containerName} has no whole-volume mount of ${volumeName}`);
+  }
+  await fillVolume(core, pod, volume, join(root, mount.mountPath));
 }
 
 /** Materialises the sidecar's volumes under `root`; call `start` after adding anything else (policy bundles). */
