@@ -28,6 +28,7 @@ import { cpus, loadavg, totalmem, release } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { runPolicyDecisionBench, type PolicyDecisionBenchResult } from './policy-decision.ts';
+import { runAdmissionBench } from './admission.ts';
 import { formatProfileSummary, summariseProfile, type ProfileSummary } from './cpu-profile.ts';
 import { freePort, startPostgres, type PostgresCluster } from '../e2e/harness/postgres.ts';
 import { createRunDirectory, recordServer, stopProcess } from '../e2e/harness/processes.ts';
@@ -532,6 +533,12 @@ async function benchmark(): Promise<void> {
     `  uncached p50 ${fmt(policy.uncached.p50, 2)} µs, p99 ${fmt(policy.uncached.p99, 2)} µs; cached p50 ${fmt(policy.cached.p50, 2)} µs, p99 ${fmt(policy.cached.p99, 2)} µs (${policy.iterations} decisions each)`,
   );
 
+  console.log('bench: admission latency, 50 pod creations per second for 10 s (own control plane)');
+  const admission = await runAdmissionBench();
+  console.log(
+    `  webhook p50 ${fmt(admission.webhook.p50Ms, 2)} ms, p99 ${fmt(admission.webhook.p99Ms, 2)} ms; end-to-end p50 ${fmt(admission.endToEnd.p50Ms, 2)} ms, p99 ${fmt(admission.endToEnd.p99Ms, 2)} ms; ${admission.created} pods, ${admission.failed} failed (target webhook p99 ≤ ${admission.targetP99Ms} ms: ${admission.met ? 'met' : 'not met'})`,
+  );
+
   const pg = await setUp();
   const pgVersion = pg.superuserSql('select version()').trim();
   const bouncer = await startPgbouncer(join(runDir ?? '', 'pgbouncer'), pg);
@@ -631,6 +638,7 @@ async function benchmark(): Promise<void> {
     rounds,
     ratios,
     policyDecision: policy,
+    admission,
     sidecarAudit: { records: audit.lines, bytes: audit.bytes, pgbenchTransactions: sidecarTxns },
     targets: checks,
     allTargetsMet: checks.every((c) => c.met),
