@@ -29,6 +29,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { runPolicyDecisionBench, type PolicyDecisionBenchResult } from './policy-decision.ts';
 import { runAdmissionBench } from './admission.ts';
+import { runAuditBench } from './audit.ts';
 import { formatProfileSummary, summariseProfile, type ProfileSummary } from './cpu-profile.ts';
 import { freePort, startPostgres, type PostgresCluster } from '../e2e/harness/postgres.ts';
 import { createRunDirectory, recordServer, stopProcess } from '../e2e/harness/processes.ts';
@@ -539,6 +540,12 @@ async function benchmark(): Promise<void> {
     `  webhook p50 ${fmt(admission.webhook.p50Ms, 2)} ms, p99 ${fmt(admission.webhook.p99Ms, 2)} ms; end-to-end p50 ${fmt(admission.endToEnd.p50Ms, 2)} ms, p99 ${fmt(admission.endToEnd.p99Ms, 2)} ms; ${admission.created} pods, ${admission.failed} failed (target webhook p99 ≤ ${admission.targetP99Ms} ms: ${admission.met ? 'met' : 'not met'})`,
   );
 
+  console.log('bench: durable audit: spool throughput, flush into Session objects, latency added per statement');
+  const durableAudit = await runAuditBench();
+  console.log(
+    `  spool ${fmt(durableAudit.spoolRecordsPerSecond)} records/s (target ≥ 20000); flush ${fmt(durableAudit.flushRecordsPerSecond)} records/s (target ≥ 2000); added per statement p50 ${fmt(durableAudit.statementLatencyMicros.p50)} µs, p99 ${fmt(durableAudit.statementLatencyMicros.p99)} µs (target p99 ≤ 2000 µs)`,
+  );
+
   const pg = await setUp();
   const pgVersion = pg.superuserSql('select version()').trim();
   const bouncer = await startPgbouncer(join(runDir ?? '', 'pgbouncer'), pg);
@@ -639,6 +646,7 @@ async function benchmark(): Promise<void> {
     ratios,
     policyDecision: policy,
     admission,
+    durableAudit,
     sidecarAudit: { records: audit.lines, bytes: audit.bytes, pgbenchTransactions: sidecarTxns },
     targets: checks,
     allTargetsMet: checks.every((c) => c.met),

@@ -94,6 +94,7 @@ export class DurableAuditSink implements AuditSink {
       ...(options.spoolSegmentBytes === undefined ? {} : { segmentBytes: options.spoolSegmentBytes }),
       onCommit: (_entries, _bytes, seconds) => {
         metrics?.fsyncSeconds.observe(seconds);
+        metrics?.spoolBytes.set(spool.usedBytes);
       },
       onError: (err) => {
         options.logger.error('audit spool I/O error', { error: err, dir: options.spoolDir });

@@ -91,6 +91,8 @@ interface SessionState {
   busy: boolean;
   /** Short object names collided with another session's objects: use the whole session id. */
   longNames: boolean;
+  /** Earlier parts whose `Continued` status is still to be written (the write failed). */
+  continued: { name: string; status: SessionStatus }[];
 }
 
 const ACKNOWLEDGE_EVERY = 256;
@@ -197,6 +199,7 @@ export class SessionWriter {
         firstFailureAt: 0,
         busy: false,
         longNames: false,
+        continued: [],
       };
       this.sessions.set(session.sessionId, s);
     }
@@ -314,6 +317,8 @@ export class SessionWriter {
       this.acknowledged = ack;
       this.options.onAcknowledge?.(ack);
     }
+    // flush() promises "in Kubernetes": records and the status that describes them.
+    for (const s of this.sessions.values()) if (s.statusDirty || s.continued.length > 0) return;
     for (let i = this.waiters.length - 1; i >= 0; i--) {
       const w = this.waiters[i];
       if (w !== undefined && w.id <= ack) {
@@ -327,6 +332,7 @@ export class SessionWriter {
     s.busy = true;
     try {
       if (!s.synced) await this.sync(s);
+      await this.markContinued(s);
       let written = 0;
       while (s.head < s.queue.length) {
         const cur = s.current;
@@ -348,6 +354,8 @@ export class SessionWriter {
         written += 1;
         if (written % ACKNOWLEDGE_EVERY === 0) this.acknowledge();
       }
+      // Give the spool its space back as soon as this session's records are in.
+      if (written > 0) this.acknowledge();
       if (s.statusDirty && s.current !== undefined) {
         await this.store.patchStatus(s.current.name, this.status(s));
         this.options.metrics?.sessionObjects.inc({ operation: 'status' });
@@ -498,14 +506,24 @@ export class SessionWriter {
   private async continuePart(s: SessionState, cur: Part): Promise<void> {
     // Create the next part first: if the process dies in between, the next sync finds the newest part
     // and marks the older one Continued then.
-    const counters = { ...s.counters };
-    await this.createPart(s, cur.part + 1, cur.name);
-    await this.store.patchStatus(cur.name, {
+    const status: SessionStatus = {
       phase: 'Continued',
       ...(s.lastTime === undefined ? {} : { endTime: s.lastTime }),
-      counters,
-    });
-    this.options.metrics?.sessionObjects.inc({ operation: 'status' });
+      counters: { ...s.counters },
+    };
+    await this.createPart(s, cur.part + 1, cur.name);
+    s.continued.push({ name: cur.name, status });
+    await this.markContinued(s);
+  }
+
+  /** Writes the `Continued` status of earlier parts (kept until it succeeds, so an outage cannot lose it). */
+  private async markContinued(s: SessionState): Promise<void> {
+    while (s.continued.length > 0) {
+      const next = s.continued[0] as { name: string; status: SessionStatus };
+      await this.store.patchStatus(next.name, next.status);
+      this.options.metrics?.sessionObjects.inc({ operation: 'status' });
+      s.continued.shift();
+    }
   }
 
   /** Reads the parts already in Kubernetes and drops queued records they hold. */

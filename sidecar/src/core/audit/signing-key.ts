@@ -2,7 +2,8 @@
 // file; generated on first start when the file is absent (into the spool directory by default), so a
 // restarted sidecar keeps signing with the same key. The kid is the RFC 7638 thumbprint.
 import { generateKeyPairSync } from 'node:crypto';
-import { readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { dirname } from 'node:path';
 import { calculateJwkThumbprint, type JWK } from 'jose';
 
 export interface SigningKey {
@@ -26,6 +27,7 @@ export async function loadOrCreateSigningKey(file: string): Promise<SigningKey> 
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') {
       throw new SigningKeyError(`cannot read signing key ${file}: ${(err as Error).message}`, { cause: err });
     }
+    mkdirSync(dirname(file), { recursive: true, mode: 0o700 });
     const { privateKey } = generateKeyPairSync('ed25519');
     jwk = privateKey.export({ format: 'jwk' });
     jwk.kid = await calculateJwkThumbprint({ kty: 'OKP', crv: 'Ed25519', x: jwk.x ?? '' });
