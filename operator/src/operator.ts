@@ -1,13 +1,20 @@
 // Wires the operator together: API clients, metrics server, Event recorder, the leader-only controllers
-// (AccessPolicy, session retention), optional leader election, and the injection webhooks, which every
+// (AccessPolicy, ProtectedResource with the sidecars' RBAC, session retention), optional leader election, and the injection webhooks, which every
 // replica serves (admission is not leader-elected). Used by bin/chaperone-operator.ts and, in-process, by
 // the tests.
-import { CoordinationV1Api, CoreV1Api, CustomObjectsApi, type KubeConfig } from '@kubernetes/client-node';
+import {
+  CoordinationV1Api,
+  CoreV1Api,
+  CustomObjectsApi,
+  RbacAuthorizationV1Api,
+  type KubeConfig,
+} from '@kubernetes/client-node';
 import type { Clock } from './controller/clock.ts';
 import type { Controller } from './controller/controller.ts';
 import { createEventRecorder } from './controller/event-recorder.ts';
 import { defaultIdentity, LeaderElector } from './controller/leader-election.ts';
 import { createAccessPolicyController, FIELD_MANAGER } from './controllers/access-policy-controller.ts';
+import { createProtectedResourceController } from './controllers/protected-resource-controller.ts';
 import { createSessionRetentionController } from './controllers/session-retention-controller.ts';
 import type { CompileOptions } from './policy/compile-policy.ts';
 import type { Logger } from './observability/logger.ts';
@@ -114,9 +121,24 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
       ...(options.retentionIntervalMs === undefined ? {} : { intervalMs: options.retentionIntervalMs }),
       ...(options.clock === undefined ? {} : { clock: options.clock }),
     });
+  const newResourceController = () =>
+    createProtectedResourceController({
+      kubeConfig,
+      custom,
+      core,
+      rbac: kubeConfig.makeApiClient(RbacAuthorizationV1Api),
+      events,
+      logger,
+      metrics,
+      ...(options.namespace === undefined ? {} : { namespace: options.namespace }),
+      ...(options.workers === undefined ? {} : { workers: options.workers }),
+      ...(options.resyncPeriodMs === undefined ? {} : { resyncPeriodMs: options.resyncPeriodMs }),
+      ...(options.reconcileTimeoutMs === undefined ? {} : { reconcileTimeoutMs: options.reconcileTimeoutMs }),
+      ...(options.clock === undefined ? {} : { clock: options.clock }),
+    });
   const startControllers = async () => {
     leading = true;
-    const started = [newController(), newRetentionController()];
+    const started = [newController(), newResourceController(), newRetentionController()];
     controllers = started;
     await Promise.all(started.map((c) => c.start()));
   };

@@ -1,0 +1,262 @@
+// The ProtectedResource controller against the real API server: a missing Secret is Ready=False
+// SecretNotFound with an Event; creating it makes the resource Ready with a credentialVersion; rotating the
+// password changes the version; re-reconciling writes nothing; a missing key and an invalid CA are
+// reported; the sidecar Role and RoleBinding follow the injected pods of the namespace.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as k8s from '@kubernetes/client-node';
+import { GROUP, VERSION, type ProtectedResource } from '@chaperone/api';
+import { createLogger } from '../../operator/src/observability/logger.ts';
+import { startOperator } from '../../operator/src/operator.ts';
+import { ANNOTATION_INJECTED } from '../../operator/src/injection/constants.ts';
+import { SIDECAR_RULES } from '../../operator/src/controllers/protected-resource-controller.ts';
+import { createTestNamespace, kubeConfig, statusOf } from '../harness/kube.ts';
+
+const DEADLINE_MS = 30_000;
+const PLURAL = 'protectedresources';
+
+const kc = kubeConfig();
+const custom = kc.makeApiClient(k8s.CustomObjectsApi);
+const core = kc.makeApiClient(k8s.CoreV1Api);
+const rbac = kc.makeApiClient(k8s.RbacAuthorizationV1Api);
+
+async function poll<T>(what: string, fn: () => Promise<T | undefined>, deadlineMs = DEADLINE_MS): Promise<T> {
+  const until = Date.now() + deadlineMs;
+  let last: unknown;
+  for (;;) {
+    try {
+      const value = await fn();
+      if (value !== undefined) return value;
+    } catch (err) {
+      last = err;
+    }
+    if (Date.now() > until) {
+      const why = last === undefined ? '' : `: ${last instanceof Error ? last.message : JSON.stringify(last)}`;
+      assert.fail(`timed out waiting for ${what}${why}`);
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+function postgresResource(name: string, secret: string, extra: Partial<ProtectedResource['spec']> = {}): unknown {
+  return {
+    apiVersion: `${GROUP}/${VERSION}`,
+    kind: 'ProtectedResource',
+    metadata: { name },
+    spec: {
+      type: 'postgres',
+      endpoint: { host: 'orders-db.example.svc', port: 5432, database: 'orders' },
+      credentialSecretRef: { name: secret },
+      ...extra,
+    },
+  };
+}
+
+async function getResource(namespace: string, name: string): Promise<ProtectedResource> {
+  return (await custom.getNamespacedCustomObject({
+    group: GROUP,
+    version: VERSION,
+    namespace,
+    plural: PLURAL,
+    name,
+  })) as ProtectedResource;
+}
+
+async function createResource(namespace: string, body: unknown): Promise<void> {
+  await custom.createNamespacedCustomObject({ group: GROUP, version: VERSION, namespace, plural: PLURAL, body });
+}
+
+const ready = (r: ProtectedResource) => r.status?.conditions?.find((c) => c.type === 'Ready');
+
+function waitFor(
+  namespace: string,
+  name: string,
+  what: string,
+  accept: (r: ProtectedResource) => boolean,
+): Promise<ProtectedResource> {
+  return poll(`${namespace}/${name} ${what}`, async () => {
+    const r = await getResource(namespace, name);
+    return r.status?.observedGeneration === r.metadata.generation && accept(r) ? r : undefined;
+  });
+}
+
+function secret(name: string, data: Record<string, string>): k8s.V1Secret {
+  return { metadata: { name }, stringData: data };
+}
+
+async function readOrUndefined<T>(read: () => Promise<T>): Promise<T | undefined> {
+  try {
+    return await read();
+  } catch (err) {
+    if (statusOf(err)?.code === 404) return undefined;
+    throw err;
+  }
+}
+
+test('ProtectedResource controller resolves references, tracks the credential and manages sidecar RBAC', async (t) => {
+  const namespace = await createTestNamespace(t);
+  const lines: string[] = [];
+  const logger = createLogger({ level: 'debug', write: (l) => lines.push(l) });
+  const operator = await startOperator({
+    kubeConfig: kc,
+    namespace,
+    logger,
+    metricsBindAddress: '127.0.0.1:0',
+    identity: 'e2e-protected-resource',
+  });
+  t.after(async () => {
+    await operator.stop();
+  });
+  let completed = false;
+  t.after(() => {
+    if (!completed || process.env.CHAPERONE_TEST_VERBOSE !== undefined)
+      console.log(`operator logs:\n${lines.join('')}`);
+  });
+
+  await t.test('a missing Secret is Ready=False SecretNotFound with an Event', async () => {
+    await createResource(namespace, postgresResource('orders-db', 'orders-cred'));
+    const r = await waitFor(namespace, 'orders-db', 'Ready=False', (x) => ready(x)?.status === 'False');
+    const c = ready(r);
+    assert.equal(c?.reason, 'SecretNotFound');
+    assert.match(c.message, /Secret "orders-cred" \(spec\.credentialSecretRef\) not found/);
+    assert.equal(r.status?.credentialVersion, undefined);
+    assert.ok(r.status?.lastCheckedTime !== undefined);
+    const event = await poll('a SecretNotFound event', async () => {
+      const list = await core.listNamespacedEvent({
+        namespace,
+        fieldSelector: 'involvedObject.kind=ProtectedResource,involvedObject.name=orders-db',
+      });
+      return list.items.find((e) => e.reason === 'SecretNotFound');
+    });
+    assert.equal(event.type, 'Warning');
+    assert.match(event.message ?? '', /orders-cred/);
+  });
+
+  let firstVersion = '';
+  await t.test('creating the Secret makes it Ready with a credentialVersion', async () => {
+    await core.createNamespacedSecret({
+      namespace,
+      body: secret('orders-cred', { username: 'app', password: 's3cret' }),
+    });
+    const started = Date.now();
+    const r = await waitFor(namespace, 'orders-db', 'Ready=True', (x) => ready(x)?.status === 'True');
+    t.diagnostic(`Ready=True ${Date.now() - started} ms after the Secret was created`);
+    assert.equal(ready(r)?.reason, 'Resolved');
+    firstVersion = r.status?.credentialVersion ?? '';
+    assert.match(firstVersion, /^sha256:[0-9a-f]{64}$/);
+    assert.ok(!lines.join('').includes('s3cret'), 'the password never reaches the logs');
+  });
+
+  await t.test('rotating the password changes credentialVersion', async () => {
+    await core.patchNamespacedSecret(
+      { namespace, name: 'orders-cred', body: { stringData: { password: 'rotated' } } },
+      k8s.setHeaderOptions('Content-Type', k8s.PatchStrategy.MergePatch),
+    );
+    const r = await waitFor(
+      namespace,
+      'orders-db',
+      'a new credentialVersion',
+      (x) => x.status?.credentialVersion !== undefined && x.status.credentialVersion !== firstVersion,
+    );
+    assert.equal(ready(r)?.status, 'True');
+  });
+
+  await t.test('re-reconciling an unchanged resource writes nothing', async () => {
+    const annotated = (await custom.patchNamespacedCustomObject(
+      {
+        group: GROUP,
+        version: VERSION,
+        namespace,
+        plural: PLURAL,
+        name: 'orders-db',
+        body: { metadata: { annotations: { touched: 'yes' } } },
+      },
+      k8s.setHeaderOptions('Content-Type', k8s.PatchStrategy.MergePatch),
+    )) as ProtectedResource;
+    await new Promise((r) => setTimeout(r, 1000));
+    const after = await getResource(namespace, 'orders-db');
+    assert.equal(after.metadata.resourceVersion, annotated.metadata.resourceVersion);
+  });
+
+  await t.test('a missing key is SecretKeyMissing naming the key', async () => {
+    await createResource(
+      namespace,
+      postgresResource('no-key', 'orders-cred', {
+        credentialSecretRef: { name: 'orders-cred', usernameKey: 'username', passwordKey: 'token' },
+      }),
+    );
+    const r = await waitFor(namespace, 'no-key', 'Ready=False', (x) => ready(x)?.status === 'False');
+    assert.equal(ready(r)?.reason, 'SecretKeyMissing');
+    assert.match(ready(r)?.message ?? '', /Secret "orders-cred" has no key "token"/);
+  });
+
+  await t.test('a CA that is not a PEM certificate is InvalidCA', async () => {
+    await core.createNamespacedSecret({ namespace, body: secret('bad-ca', { 'ca.crt': 'not a certificate' }) });
+    await createResource(
+      namespace,
+      postgresResource('bad-ca', 'orders-cred', {
+        tls: { mode: 'verify-full', caSecretRef: { name: 'bad-ca', key: 'ca.crt' } },
+      }),
+    );
+    const r = await waitFor(namespace, 'bad-ca', 'Ready=False', (x) => ready(x)?.status === 'False');
+    assert.equal(ready(r)?.reason, 'InvalidCA');
+    assert.match(ready(r)?.message ?? '', /Secret "bad-ca".*holds no PEM certificate/);
+  });
+
+  await t.test('the sidecar Role and RoleBinding follow the injected pods', async () => {
+    const role = await poll('the Role', () =>
+      readOrUndefined(() => rbac.readNamespacedRole({ namespace, name: 'chaperone-sidecar' })),
+    );
+    assert.deepEqual(
+      role.rules?.map((r) => ({ apiGroups: r.apiGroups, resources: r.resources, verbs: r.verbs })),
+      SIDECAR_RULES,
+    );
+    assert.equal(role.metadata?.labels?.['app.kubernetes.io/managed-by'], 'chaperone-operator');
+    assert.equal(role.metadata.ownerReferences?.length, 3, 'owned by every ProtectedResource of the namespace');
+
+    await core.createNamespacedServiceAccount({ namespace, body: { metadata: { name: 'agent' } } });
+    await core.createNamespacedPod({
+      namespace,
+      body: {
+        metadata: { name: 'agent-0', annotations: { [ANNOTATION_INJECTED]: 'abc123' } },
+        spec: { serviceAccountName: 'agent', containers: [{ name: 'agent', image: 'busybox' }] },
+      },
+    });
+    // Not injected: its account is not bound.
+    await core.createNamespacedPod({
+      namespace,
+      body: { metadata: { name: 'plain' }, spec: { containers: [{ name: 'c', image: 'busybox' }] } },
+    });
+    const binding = await poll('the RoleBinding with the agent account', async () => {
+      const b = await readOrUndefined(() => rbac.readNamespacedRoleBinding({ namespace, name: 'chaperone-sidecar' }));
+      return b?.subjects?.some((s) => s.name === 'agent') === true ? b : undefined;
+    });
+    assert.deepEqual(
+      binding.subjects?.map((s) => ({ kind: s.kind, name: s.name, namespace: s.namespace })),
+      [{ kind: 'ServiceAccount', name: 'agent', namespace }],
+    );
+    assert.deepEqual(
+      { apiGroup: binding.roleRef.apiGroup, kind: binding.roleRef.kind, name: binding.roleRef.name },
+      {
+        apiGroup: 'rbac.authorization.k8s.io',
+        kind: 'Role',
+        name: 'chaperone-sidecar',
+      },
+    );
+
+    await core.deleteNamespacedPod({ namespace, name: 'agent-0', gracePeriodSeconds: 0 });
+    await poll('the RoleBinding without subjects', async () => {
+      const b = await rbac.readNamespacedRoleBinding({ namespace, name: 'chaperone-sidecar' });
+      return (b.subjects ?? []).length === 0 ? true : undefined;
+    });
+
+    for (const name of ['orders-db', 'no-key', 'bad-ca'])
+      await custom.deleteNamespacedCustomObject({ group: GROUP, version: VERSION, namespace, plural: PLURAL, name });
+    await poll('the Role and RoleBinding to be removed', async () => {
+      const r = await readOrUndefined(() => rbac.readNamespacedRole({ namespace, name: 'chaperone-sidecar' }));
+      const b = await readOrUndefined(() => rbac.readNamespacedRoleBinding({ namespace, name: 'chaperone-sidecar' }));
+      return r === undefined && b === undefined ? true : undefined;
+    });
+  });
+  completed = true;
+});
