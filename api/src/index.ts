@@ -13,3 +13,4 @@ export * from './audit-chain.ts';
 export * from './policy-bundle.ts';
 export * from './audit-signature.ts';
 export * from './duration.ts';
+export * from './logger.ts';
