@@ -62,7 +62,7 @@ test('durable audit: 60 s without the API server during 5,000 statements, then e
   assert.equal(v.records.length, 2 * STATEMENTS + 2, 'start, a decision and an outcome per statement, end');
   assert.deepEqual(
     v.records,
-    sidecar.records().map((line) => line.record),
+    (await sidecar.settledRecords()).map((line) => line.record),
   );
   const status = lastStatus(v);
   assert.deepEqual(status.counters, expectedCounters(v.records));

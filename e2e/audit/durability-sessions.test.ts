@@ -67,7 +67,7 @@ test('durable audit: psql and node-postgres sessions land in Session objects wit
 
   // The same records as the JSON-lines export, per session, in order and each once.
   const exported = new Map<string, unknown[]>();
-  for (const line of sidecar.records()) {
+  for (const line of await sidecar.settledRecords()) {
     const list = exported.get(line.session.sessionId) ?? [];
     list.push(line.record);
     exported.set(line.session.sessionId, list);

@@ -3,7 +3,7 @@
 // audit and logs in a directory of the caller's choosing. Used by the test harness (startTestSidecar) and
 // by the benchmarks (bench/run.ts), so both exercise the sidecar exactly as it is deployed.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createWriteStream, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { createWriteStream, mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { stringify } from 'yaml';
@@ -95,6 +95,11 @@ export interface SidecarProcess {
   libpqEnv(token: string, extra?: Record<string, string>): NodeJS.ProcessEnv;
   /** Every audit record written so far, in order. */
   records(): { session: { sessionId: string }; record: AuditRecord }[];
+  /**
+   * The records once the file has stopped growing for a moment: the sidecar writes records in batches
+   * (one write per event-loop turn), so the last ones can trail a client's last answer slightly.
+   */
+  settledRecords(): Promise<{ session: { sessionId: string }; record: AuditRecord }[]>;
   logs(): string;
   stop(): Promise<void>;
 }
@@ -193,6 +198,18 @@ export async function spawnSidecar(options: SidecarProcessOptions): Promise<Side
     log.end();
     throw new Error('sidecar reported no listener');
   }
+  const readRecords = (): { session: { sessionId: string }; record: AuditRecord }[] => {
+    let text: string;
+    try {
+      text = readFileSync(auditFile, 'utf8');
+    } catch {
+      return [];
+    }
+    return text
+      .split('\n')
+      .filter((l) => l !== '')
+      .map((l) => JSON.parse(l) as { session: { sessionId: string }; record: AuditRecord });
+  };
   return {
     host: listener.host,
     port: listener.port,
@@ -216,17 +233,23 @@ export async function spawnSidecar(options: SidecarProcessOptions): Promise<Side
         ...extra,
       };
     },
-    records() {
-      let text: string;
-      try {
-        text = readFileSync(auditFile, 'utf8');
-      } catch {
-        return [];
+    records: readRecords,
+    async settledRecords() {
+      const size = () => {
+        try {
+          return statSync(auditFile).size;
+        } catch {
+          return -1;
+        }
+      };
+      let last = size();
+      for (let quiet = 0; quiet < 2;) {
+        await new Promise((r) => setTimeout(r, 100));
+        const now = size();
+        quiet = now === last ? quiet + 1 : 0;
+        last = now;
       }
-      return text
-        .split('\n')
-        .filter((l) => l !== '')
-        .map((l) => JSON.parse(l) as { session: { sessionId: string }; record: AuditRecord });
+      return readRecords();
     },
     logs: () => readFileSync(logFile, 'utf8'),
     async stop() {

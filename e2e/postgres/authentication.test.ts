@@ -51,7 +51,7 @@ test('token attacks fail authentication with 28P01 and a clear message, and are 
       `${name} was accepted`,
     );
   }
-  const failures = sidecar.records().filter((r) => r.record.type === 'auth.failure');
+  const failures = (await sidecar.settledRecords()).filter((r) => r.record.type === 'auth.failure');
   assert.equal(failures.length, Object.keys(attacks).length);
   for (const f of failures) assert.equal(f.record.outcome?.code, '28P01');
   // The good path still works.
@@ -101,7 +101,7 @@ test('a TokenRequest token from the control plane authenticates through the API 
   const r = await client.query<{ one: number }>('select 1 as one');
   assert.equal(r.rows[0]?.one, 1);
   await client.end();
-  const start = sidecar.records().find((x) => x.record.type === 'session.start');
+  const start = (await sidecar.settledRecords()).find((x) => x.record.type === 'session.start');
   assert.equal(start?.record.identity?.subject, `system:serviceaccount:${ns}:agent`);
   assert.equal(start.record.identity.issuer, cp.issuer);
 

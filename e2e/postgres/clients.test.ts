@@ -62,11 +62,9 @@ test('node-postgres: simple and extended protocol, prepared statements, transact
   await c.end();
 
   // The prepared insert was audited with its bound parameters, once per execution.
-  const decisions = sidecar
-    .records()
-    .filter(
-      (r) => r.record.type === 'command.decision' && r.record.command?.text?.includes('insert into items (id, name'),
-    );
+  const decisions = (await sidecar.settledRecords()).filter(
+    (r) => r.record.type === 'command.decision' && r.record.command?.text?.includes('insert into items (id, name'),
+  );
   assert.deepEqual(
     decisions.filter((d) => d.record.command?.parameters !== undefined).map((d) => d.record.command?.parameters),
     [
@@ -148,9 +146,9 @@ test('psql: Ctrl-C sends a CancelRequest that really cancels pg_sleep', async (t
   assert.notEqual(code, 0);
   assert.match(stderr, /canceling statement due to user request/);
   assert.ok(Date.now() - started < 30_000, 'the statement ended long before its 60 s');
-  const outcome = sidecar
-    .records()
-    .find((r) => r.record.type === 'command.outcome' && r.record.outcome?.code === '57014');
+  const outcome = (await sidecar.settledRecords()).find(
+    (r) => r.record.type === 'command.outcome' && r.record.outcome?.code === '57014',
+  );
   assert.equal(outcome?.record.outcome?.status, 'cancelled');
 });
 

@@ -194,7 +194,7 @@ test('psycopg 3: server-side binding, pipelines, savepoints, COPY, LISTEN/NOTIFY
   passed(run, 'close');
 
   // The audit trail: the cancelled sleep and the reader's denials, with the parameters as bound.
-  const all = sidecar.records();
+  const all = await sidecar.settledRecords();
   const records = all.map((r) => r.record);
   const sleep = records.find((r) => r.type === 'command.decision' && r.command?.text === 'select pg_sleep(30)');
   assert.ok(sleep, 'no decision for select pg_sleep(30)');
@@ -274,7 +274,7 @@ test('pgJDBC: prepared statements, batches, savepoints, CopyManager, notificatio
   passed(run, 'close');
 
   // The audit trail: each prepared execution decided with its bound parameters, the batch too.
-  const all = sidecar.records();
+  const all = await sidecar.settledRecords();
   const records = all.map((r) => r.record);
   const bound = records
     .filter(
@@ -347,8 +347,7 @@ test('libpq extended-protocol COPY FROM STDIN keeps the sidecar in step: later d
     { first: outcome('denied_delete_1'), second: outcome('denied_delete_2'), rows: passed(run, 'count').count },
     { first: { sqlstate: '42501', command: '' }, second: { sqlstate: '42501', command: '' }, rows: 3 },
   );
-  const deletes = sidecar
-    .records()
+  const deletes = (await sidecar.settledRecords())
     .map((r) => r.record)
     .filter((r) => r.type === 'command.decision' && r.command?.text === 'delete from copy_target');
   assert.deepEqual(

@@ -40,7 +40,7 @@ test('an edited policy takes effect on a live session within 5 s, and the connec
     // Same backend: the connection was never dropped.
     assert.equal((await c.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]?.pid, pid);
 
-    const decisions = sidecar.records().filter((r) => r.record.type === 'command.decision');
+    const decisions = (await sidecar.settledRecords()).filter((r) => r.record.type === 'command.decision');
     const lastDeny = decisions.findLast((r) => r.record.decision?.result === 'deny');
     assert.equal(lastDeny?.record.decision?.policy, 'default/team');
     assert.equal(lastDeny.record.decision.rule, 'default');

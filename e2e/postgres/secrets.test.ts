@@ -221,6 +221,6 @@ test('secrets: no client byte, log line or audit line carries the upstream passw
     [{ label: 'upstream password', forms: encodings(env.password) }, ...tokenSecrets],
     'audit file',
   );
-  const auditTypes = sidecar.records().map((r) => r.record.type);
+  const auditTypes = (await sidecar.settledRecords()).map((r) => r.record.type);
   assert.equal(auditTypes.filter((ty) => ty === 'auth.failure').length, refused.length);
 });
