@@ -46,6 +46,7 @@ import {
 import type { PolicySource } from '../policy/render-rego.ts';
 import { systemClock, type Clock } from '../controller/clock.ts';
 import { conditionsEqual, findCondition, rfc3339, setCondition } from '../controller/conditions.ts';
+import { patchStatus } from '../controller/status-patch.ts';
 import { Controller } from '../controller/controller.ts';
 import type { EventRecorder } from '../controller/event-recorder.ts';
 import {
@@ -399,26 +400,15 @@ export class AccessPolicyReconciler implements Reconciler {
    * precondition: a conflict means the policy changed meanwhile, and the retry computes from the new one.
    */
   private async writeStatus(policy: AccessPolicy, status: AccessPolicyStatus): Promise<void> {
-    const namespace = policy.metadata.namespace ?? '';
-    const name = policy.metadata.name ?? '';
-    const resourceVersion = policy.metadata.resourceVersion ?? '';
-    await this.options.custom.patchNamespacedCustomObjectStatus(
-      {
-        group: GROUP,
-        version: VERSION,
-        plural: ACCESS_POLICY_PLURAL,
-        namespace,
-        name,
-        fieldManager: FIELD_MANAGER,
-        body: {
-          metadata: { resourceVersion },
-          // null deletes a field in a merge patch: a recovered policy drops its old errors.
-          status: { ...status, bundle: status.bundle ?? null, errors: status.errors ?? null },
-        },
-      },
-      setHeaderOptions('Content-Type', PatchStrategy.MergePatch),
-    );
-    this.writtenOver.set(objectKey(namespace, name), resourceVersion);
+    // null deletes a field in a merge patch: a recovered policy drops its old errors.
+    const resourceVersion = await patchStatus({
+      custom: this.options.custom,
+      plural: ACCESS_POLICY_PLURAL,
+      fieldManager: FIELD_MANAGER,
+      object: policy,
+      status: { ...status, bundle: status.bundle ?? null, errors: status.errors ?? null },
+    });
+    this.writtenOver.set(objectKey(policy.metadata.namespace ?? '', policy.metadata.name ?? ''), resourceVersion);
   }
 }
 

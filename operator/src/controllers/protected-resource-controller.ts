@@ -41,6 +41,7 @@ import {
 import { API_VERSION, GROUP, VERSION, type ProtectedResource, type ProtectedResourceStatus } from '@chaperone/api';
 import { systemClock, type Clock } from '../controller/clock.ts';
 import { conditionsEqual, findCondition, rfc3339, setCondition } from '../controller/conditions.ts';
+import { patchStatus } from '../controller/status-patch.ts';
 import { Controller } from '../controller/controller.ts';
 import type { EventRecorder } from '../controller/event-recorder.ts';
 import {
@@ -418,26 +419,15 @@ export class ProtectedResourceReconciler implements Reconciler {
   }
 
   private async writeStatus(resource: ProtectedResource, status: ProtectedResourceStatus): Promise<void> {
-    const namespace = resource.metadata.namespace ?? '';
-    const name = resource.metadata.name ?? '';
-    const resourceVersion = resource.metadata.resourceVersion ?? '';
-    await this.options.custom.patchNamespacedCustomObjectStatus(
-      {
-        group: GROUP,
-        version: VERSION,
-        plural: PROTECTED_RESOURCE_PLURAL,
-        namespace,
-        name,
-        fieldManager: FIELD_MANAGER,
-        body: {
-          metadata: { resourceVersion },
-          // null deletes the field in a merge patch: an unresolved credential has no version.
-          status: { ...status, credentialVersion: status.credentialVersion ?? null },
-        },
-      },
-      setHeaderOptions('Content-Type', PatchStrategy.MergePatch),
-    );
-    this.writtenOver.set(objectKey(namespace, name), resourceVersion);
+    // null deletes the field in a merge patch: an unresolved credential has no version.
+    const resourceVersion = await patchStatus({
+      custom: this.options.custom,
+      plural: PROTECTED_RESOURCE_PLURAL,
+      fieldManager: FIELD_MANAGER,
+      object: resource,
+      status: { ...status, credentialVersion: status.credentialVersion ?? null },
+    });
+    this.writtenOver.set(objectKey(resource.metadata.namespace ?? '', resource.metadata.name ?? ''), resourceVersion);
   }
 
   private async reconcileRbac(namespace: string, context: ReconcileContext): Promise<void> {
