@@ -529,9 +529,7 @@ spec:
   operatorProcess.kill('SIGTERM');
   const code = await operatorExit;
   operator = undefined;
-  console.log(
-    `operator: SIGTERM → exit ${String(code)}; sidecar stopped; stopping the control plane (up to 30 s) and PostgreSQL`,
-  );
+  console.log(`operator: SIGTERM → exit ${String(code)}; sidecar stopped; stopping the control plane and PostgreSQL`);
   if (code !== 0) throw new Error(`the operator exited with ${String(code)}`);
   console.log(`demo took ${((Date.now() - started) / 1000).toFixed(0)} s`);
 } catch (err) {
