@@ -1,4 +1,5 @@
 // The environment variables through which global setup hands the shared servers to test files.
+import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import type { TestContext } from 'node:test';
 
@@ -89,4 +90,17 @@ export function directPgOptions(database?: string): {
     database: database ?? pg.database,
     ssl: { ca: readFileSync(pg.caFile, 'utf8'), servername: 'localhost' },
   };
+}
+
+/**
+ * Runs SQL as the superuser `postgres` over the harness cluster's Unix socket (pg_hba trusts only that
+ * socket) and returns psql's unaligned, tuples-only output.
+ */
+export function superuserSql(sql: string): string {
+  const pg = postgresEnv();
+  return execFileSync(
+    'psql',
+    ['-X', '-A', '-t', '-h', pg.socketDir, '-p', String(pg.port), '-U', 'postgres', '-d', 'postgres', '-c', sql],
+    { encoding: 'utf8' },
+  );
 }

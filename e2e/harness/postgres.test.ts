@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import pg from 'pg';
-import { postgresEnv } from './env.ts';
+import { postgresEnv, superuserSql } from './env.ts';
 
 const env = postgresEnv();
 
@@ -65,27 +65,6 @@ test('node-postgres connects over TLS with scram-sha-256 and the wrong password 
 });
 
 test('the test role authenticates with scram-sha-256, not md5', () => {
-  const method = execFileSync(
-    'psql',
-    [
-      '-X',
-      '-A',
-      '-t',
-      '-h',
-      env.socketDir,
-      '-p',
-      String(env.port),
-      '-U',
-      'postgres',
-      '-d',
-      'postgres',
-      '-c',
-      `select left(rolpassword, 14) from pg_authid where rolname = '${env.user}'`,
-    ],
-    {
-      encoding: 'utf8',
-      ...(process.getuid?.() === 0 ? { uid: Number(execFileSync('id', ['-u', 'postgres']).toString()) } : {}),
-    },
-  );
+  const method = superuserSql(`select left(rolpassword, 14) from pg_authid where rolname = '${env.user}'`);
   assert.equal(method.trim(), 'SCRAM-SHA-256$');
 });

@@ -15,6 +15,7 @@ import { startOperator, type RunningOperator } from '../../operator/src/operator
 import { PolicyEngine } from '../../sidecar/src/core/policy/policy-engine.ts';
 import { readBundleDirectory } from '../../sidecar/src/core/policy/bundle-directory.ts';
 import { controlPlaneEnv, testDir } from '../harness/env.ts';
+import { poll } from '../harness/poll.ts';
 import { createTestNamespace, kubeConfig, statusOf } from '../harness/kube.ts';
 import { stopProcess } from '../harness/processes.ts';
 import { REPO_ROOT } from '../harness/tools.ts';
@@ -30,24 +31,6 @@ const kc = kubeConfig();
 const custom = kc.makeApiClient(k8s.CustomObjectsApi);
 const core = kc.makeApiClient(k8s.CoreV1Api);
 const coordination = kc.makeApiClient(k8s.CoordinationV1Api);
-
-async function poll<T>(what: string, fn: () => Promise<T | undefined>, deadlineMs = DEADLINE_MS): Promise<T> {
-  const until = Date.now() + deadlineMs;
-  let last: unknown;
-  for (;;) {
-    try {
-      const value = await fn();
-      if (value !== undefined) return value;
-    } catch (err) {
-      last = err;
-    }
-    if (Date.now() > until) {
-      const why = last === undefined ? '' : `: ${last instanceof Error ? last.message : JSON.stringify(last)}`;
-      assert.fail(`timed out waiting for ${what}${why}`);
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 function policyBody(name: string, rego?: string): AccessPolicy {
   return {

@@ -10,33 +10,15 @@ import { createLogger } from '../../operator/src/observability/logger.ts';
 import { startOperator } from '../../operator/src/operator.ts';
 import { ANNOTATION_INJECTED } from '../../operator/src/injection/constants.ts';
 import { SIDECAR_RULES } from '../../operator/src/controllers/protected-resource-controller.ts';
+import { poll } from '../harness/poll.ts';
 import { createTestNamespace, kubeConfig, statusOf } from '../harness/kube.ts';
 
-const DEADLINE_MS = 30_000;
 const PLURAL = 'protectedresources';
 
 const kc = kubeConfig();
 const custom = kc.makeApiClient(k8s.CustomObjectsApi);
 const core = kc.makeApiClient(k8s.CoreV1Api);
 const rbac = kc.makeApiClient(k8s.RbacAuthorizationV1Api);
-
-async function poll<T>(what: string, fn: () => Promise<T | undefined>, deadlineMs = DEADLINE_MS): Promise<T> {
-  const until = Date.now() + deadlineMs;
-  let last: unknown;
-  for (;;) {
-    try {
-      const value = await fn();
-      if (value !== undefined) return value;
-    } catch (err) {
-      last = err;
-    }
-    if (Date.now() > until) {
-      const why = last === undefined ? '' : `: ${last instanceof Error ? last.message : JSON.stringify(last)}`;
-      assert.fail(`timed out waiting for ${what}${why}`);
-    }
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 function postgresResource(name: string, secret: string, extra: Partial<ProtectedResource['spec']> = {}): unknown {
   return {

@@ -5,12 +5,11 @@
 // carry the `sha256:` hash of every failed token, proving the hashing path ran.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
 import { createHash, createHmac, pbkdf2Sync } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createServer, connect, type AddressInfo, type Server } from 'node:net';
 import pg from 'pg';
-import { postgresEnv } from '../harness/env.ts';
+import { postgresEnv, superuserSql } from '../harness/env.ts';
 import { READ_ONLY, startTestSidecar, type RunningTestSidecar } from '../harness/sidecar.ts';
 import { RawClient, errorFields, msg, parseBackend, passwordMessage, startupMessage } from './raw-client.ts';
 
@@ -53,25 +52,7 @@ function encodings(secret: Buffer | string): string[] {
 /** SCRAM-SHA-256 keys of the upstream role, from its stored verifier (read as superuser over the Unix socket). */
 function scramKeys(): { label: string; value: Buffer }[] {
   const env = postgresEnv();
-  const verifier = execFileSync(
-    'psql',
-    [
-      '-X',
-      '-A',
-      '-t',
-      '-h',
-      env.socketDir,
-      '-p',
-      String(env.port),
-      '-U',
-      'postgres',
-      '-d',
-      'postgres',
-      '-c',
-      `select rolpassword from pg_authid where rolname = '${env.user}'`,
-    ],
-    { encoding: 'utf8' },
-  ).trim();
+  const verifier = superuserSql(`select rolpassword from pg_authid where rolname = '${env.user}'`).trim();
   const m = /^SCRAM-SHA-256\$(\d+):([^$]+)\$([^:]+):(.+)$/.exec(verifier);
   assert.ok(m, `upstream role has a SCRAM verifier (got ${verifier.slice(0, 14)}…)`);
   const [, iterations, salt, storedKey, serverKey] = m;
