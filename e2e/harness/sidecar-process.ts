@@ -3,7 +3,16 @@
 // audit and logs in a directory of the caller's choosing. Used by the test harness (startTestSidecar) and
 // by the benchmarks (bench/run.ts), so both exercise the sidecar exactly as it is deployed.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createWriteStream, mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import {
+  createWriteStream,
+  mkdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { stringify } from 'yaml';
@@ -22,6 +31,8 @@ export const ALLOW_ALL: AccessPolicySpec = {
   defaultDecision: 'deny',
 };
 
+let bundleVersions = 0;
+
 /** Compiles `spec` with OPA and writes it as bundle `name` into `bundleDir` (atomically, like a ConfigMap update). */
 export async function writePolicyBundle(
   bundleDir: string,
@@ -31,16 +42,19 @@ export async function writePolicyBundle(
 ): Promise<string> {
   const compiled = await compilePolicy({ namespace, name, spec });
   if (!compiled.ok) throw new Error(`policy ${name} does not compile: ${JSON.stringify(compiled.errors)}`);
-  const tmp = join(bundleDir, `.${name}.tmp-${process.pid}`);
-  rmSync(tmp, { recursive: true, force: true });
-  mkdirSync(tmp, { recursive: true });
-  writeFileSync(join(tmp, BUNDLE_WASM_FILE), compiled.wasm);
+  // Like the kubelet's ConfigMap volumes: the new version goes into a fresh directory and a symlink is
+  // renamed over the bundle's name, so the sidecar's poll never sees the bundle missing or half-written.
+  const version = `.${name}.${process.pid}.${String(bundleVersions++)}`;
+  mkdirSync(join(bundleDir, version));
+  writeFileSync(join(bundleDir, version, BUNDLE_WASM_FILE), compiled.wasm);
   writeFileSync(
-    join(tmp, BUNDLE_MANIFEST_FILE),
+    join(bundleDir, version, BUNDLE_MANIFEST_FILE),
     JSON.stringify({ manifest: compiled.manifest, digest: compiled.digest }),
   );
-  rmSync(join(bundleDir, name), { recursive: true, force: true });
-  renameSync(tmp, join(bundleDir, name));
+  const link = join(bundleDir, `.${name}.link-${process.pid}`);
+  rmSync(link, { force: true });
+  symlinkSync(version, link);
+  renameSync(link, join(bundleDir, name));
   return compiled.digest;
 }
 

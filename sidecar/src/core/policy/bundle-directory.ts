@@ -4,33 +4,57 @@
 // small files per second is cheap. A bundle is reloaded only when its manifest digest changes.
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { BUNDLE_MANIFEST_FILE, BUNDLE_WASM_FILE, type BundleManifestFile } from '@chaperone/api';
+import { BUNDLE_MANIFEST_FILE, BUNDLE_WASM_FILE, bundleDigest, type BundleManifestFile } from '@chaperone/api';
 import type { PolicyBundle, PolicyEngine } from './policy-engine.ts';
 import type { Logger } from '../observability/logger.ts';
 
-/** Reads every bundle under `dir`; a subdirectory that cannot be read is reported, not skipped silently. */
-export function readBundleDirectory(dir: string): { bundles: PolicyBundle[]; errors: string[] } {
+export interface BundleDirectoryContents {
+  readonly bundles: PolicyBundle[];
+  /** One line per unreadable entry, starting with the entry's name. */
+  readonly errors: string[];
+  /** Entry (subdirectory) name → bundle read from it. */
+  readonly byEntry: Map<string, PolicyBundle>;
+  /** Entries present but unreadable. */
+  readonly unreadable: string[];
+}
+
+/**
+ * Reads every bundle under `dir`; a subdirectory that cannot be read is reported, not skipped silently.
+ * A bundle whose digest is not in `verifiedDigests` is checked against its bytes, so a read that straddles
+ * an update (new manifest, old module) is reported as unreadable instead of loaded as a broken bundle.
+ */
+export function readBundleDirectory(
+  dir: string,
+  verifiedDigests: ReadonlySet<string> = new Set(),
+): BundleDirectoryContents {
   const bundles: PolicyBundle[] = [];
   const errors: string[] = [];
+  const byEntry = new Map<string, PolicyBundle>();
+  const unreadable: string[] = [];
   let entries: string[];
   try {
     entries = readdirSync(dir)
       .filter((e) => !e.startsWith('.'))
       .sort();
   } catch (err) {
-    return { bundles, errors: [`cannot read ${dir}: ${(err as Error).message}`] };
+    return { bundles, errors: [`cannot read ${dir}: ${(err as Error).message}`], byEntry, unreadable };
   }
   for (const entry of entries) {
     const path = join(dir, entry);
     try {
       if (!statSync(path).isDirectory()) continue;
       const file = JSON.parse(readFileSync(join(path, BUNDLE_MANIFEST_FILE), 'utf8')) as BundleManifestFile;
-      bundles.push({ wasm: readFileSync(join(path, BUNDLE_WASM_FILE)), manifest: file.manifest, digest: file.digest });
+      const bundle = { wasm: readFileSync(join(path, BUNDLE_WASM_FILE)), manifest: file.manifest, digest: file.digest };
+      if (!verifiedDigests.has(bundle.digest) && bundleDigest(bundle.wasm, bundle.manifest) !== bundle.digest)
+        throw new Error('contents do not match the manifest digest');
+      bundles.push(bundle);
+      byEntry.set(entry, bundle);
     } catch (err) {
       errors.push(`${entry}: ${(err as Error).message}`);
+      unreadable.push(entry);
     }
   }
-  return { bundles, errors };
+  return { bundles, errors, byEntry, unreadable };
 }
 
 export interface BundleWatcherOptions {
@@ -45,6 +69,8 @@ export class BundleWatcher {
   private readonly options: BundleWatcherOptions;
   private timer: NodeJS.Timeout | undefined;
   private lastKey = '';
+  /** The bundle last read from each entry, kept while that entry is unreadable. */
+  private lastGood = new Map<string, PolicyBundle>();
   private running: Promise<void> | undefined;
 
   constructor(options: BundleWatcherOptions) {
@@ -73,7 +99,18 @@ export class BundleWatcher {
   }
 
   private async reload(): Promise<void> {
-    const { bundles, errors } = readBundleDirectory(this.options.dir);
+    const verified = new Set([...this.lastGood.values()].map((b) => b.digest));
+    const { bundles, errors, byEntry, unreadable } = readBundleDirectory(this.options.dir, verified);
+    // An entry caught mid-update by a writer that does not swap atomically keeps its previous bundle
+    // until it reads cleanly; only an entry that is gone is dropped.
+    for (const entry of unreadable) {
+      const previous = this.lastGood.get(entry);
+      if (previous !== undefined) {
+        bundles.push(previous);
+        byEntry.set(entry, previous);
+      }
+    }
+    this.lastGood = byEntry;
     const key = bundles.map((b) => `${b.manifest.policy}@${b.digest}`).join(',') + `|${errors.join(',')}`;
     if (key === this.lastKey) return;
     for (const e of errors) this.options.logger.error('policy bundle unreadable', { error: e });
