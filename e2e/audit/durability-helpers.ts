@@ -103,9 +103,15 @@ export interface VerifiedSession {
 /**
  * Groups Session objects by sessionId and checks each session as an auditor would: parts 0..n linked by
  * previousPart, one continuous hash chain over all parts, every part's head signed by its signer's key and
- * naming the part's last record. Fails the test on any problem.
+ * naming the part's last record; and, unless `podLinks` is false (records made up by the test), that the
+ * sessions of each pod form one chain: exactly one starts at GENESIS_HASH and every other links to the
+ * first record of a different session of the pod. Fails the test on any problem.
  */
-export async function verifySessions(sessions: readonly Session[], namespace: string): Promise<VerifiedSession[]> {
+export async function verifySessions(
+  sessions: readonly Session[],
+  namespace: string,
+  options: { podLinks?: boolean } = {},
+): Promise<VerifiedSession[]> {
   const byId = new Map<string, Session[]>();
   for (const s of sessions) {
     const list = byId.get(s.spec.sessionId) ?? [];
@@ -124,7 +130,11 @@ export async function verifySessions(sessions: readonly Session[], namespace: st
       assert.ok(p.spec.records.length > 0);
       records.push(...p.spec.records);
     });
-    assert.deepEqual(verifyChain(records, GENESIS_HASH), [], `session ${sessionId}: chain verifies`);
+    assert.deepEqual(
+      verifyChain(records, options.podLinks === false ? GENESIS_HASH : undefined),
+      [],
+      `session ${sessionId}: chain verifies`,
+    );
     assert.deepEqual(
       records.map((r) => r.seq),
       records.map((_, i) => i + 1),
@@ -146,7 +156,29 @@ export async function verifySessions(sessions: readonly Session[], namespace: st
     }
     result.push({ sessionId, parts, records });
   }
+  if (options.podLinks !== false) checkPodLinks(result);
   return result;
+}
+
+function checkPodLinks(sessions: readonly VerifiedSession[]): void {
+  const byPod = Map.groupBy(sessions, (v) => v.parts[0]?.spec.pod.name ?? '');
+  for (const [pod, ofPod] of byPod) {
+    const firsts = new Set(ofPod.map((v) => v.records[0]?.hash));
+    const predecessors = ofPod.map((v) => v.records[0]?.prevHash ?? '');
+    assert.equal(
+      predecessors.filter((h) => h === GENESIS_HASH).length,
+      1,
+      `pod ${pod}: exactly one session starts the pod's chain`,
+    );
+    for (const h of predecessors.filter((p) => p !== GENESIS_HASH)) {
+      assert.ok(firsts.has(h), `pod ${pod}: a session links to ${h}, the first record of another session`);
+    }
+    assert.equal(
+      new Set(predecessors).size,
+      predecessors.length,
+      `pod ${pod}: no two sessions link to one predecessor`,
+    );
+  }
 }
 
 /** The last part of a verified session and its status (both must exist). */

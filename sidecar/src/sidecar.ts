@@ -6,6 +6,7 @@ import { parseHostPort } from './config.ts';
 import { join } from 'node:path';
 import { JsonLinesSink, type AuditSink } from './core/audit/audit-sink.ts';
 import { DurableAuditSink } from './core/audit/durable-audit-sink.ts';
+import { PodChain } from './core/audit/pod-chain.ts';
 import { KubernetesSessionStore } from './core/audit/session-store.ts';
 import { loadOrCreateSigningKey } from './core/audit/signing-key.ts';
 import { TokenVerifier } from './core/identity/token-verifier.ts';
@@ -50,11 +51,7 @@ export async function createAuditSink(
     spoolDir: join(audit.spoolDir, 'spool'),
     spoolMaxBytes: audit.spoolMaxBytes,
     flushIntervalMs: audit.flushIntervalMs,
-    store: new KubernetesSessionStore({
-      ...(audit.kubernetes?.kubeconfig === undefined ? {} : { kubeconfig: audit.kubernetes.kubeconfig }),
-      namespace,
-      host: config.pod.name,
-    }),
+    store: new KubernetesSessionStore({ ...audit.kubernetes, namespace, host: config.pod.name }),
     signingKey,
     pod: { name: config.pod.name, namespace: config.pod.namespace, uid: config.pod.uid },
     resourceType: (name) => types.get(name) ?? 'postgres',
@@ -62,7 +59,12 @@ export async function createAuditSink(
     registry: metrics.registry,
     ...(audit.exportJsonLines ? { also: new JsonLinesSink(audit.path) } : {}),
   });
-  logger.info('durable audit trail', { spoolDir: audit.spoolDir, namespace, keyId: signingKey.keyId });
+  logger.info('durable audit trail', {
+    spoolDir: audit.spoolDir,
+    namespace,
+    server: audit.kubernetes?.server ?? audit.kubernetes?.kubeconfig,
+    keyId: signingKey.keyId,
+  });
   return sink;
 }
 
@@ -70,6 +72,11 @@ export async function startSidecar(config: SidecarConfig, options: StartOptions 
   const logger = options.logger ?? createLogger({ level: config.log.level, base: { component: 'chaperone-sidecar' } });
   const metrics = createSidecarMetrics();
   const sink = options.sink ?? (await createAuditSink(config, logger, metrics));
+  // With a spool the head is kept beside it, so sessions stay linked across sidecar restarts in one pod.
+  const podChain =
+    config.audit.spoolDir === undefined
+      ? PodChain.inMemory(config.pod)
+      : PodChain.open(config.pod, join(config.audit.spoolDir, 'pod-chain-head.json'), logger);
   const policy = new PolicyEngine({ cacheSize: config.policy.decisionCacheSize });
   const watcher = new BundleWatcher({
     dir: config.policy.bundleDir,
@@ -91,7 +98,17 @@ export async function startSidecar(config: SidecarConfig, options: StartOptions 
   let metricsServer: Server | undefined;
   try {
     for (const l of config.listeners) {
-      const listener = new PostgresListener({ config: l, pod, verifier, policy, sink, metrics, logger, analyzer });
+      const listener = new PostgresListener({
+        config: l,
+        pod,
+        verifier,
+        policy,
+        sink,
+        podChain,
+        metrics,
+        logger,
+        analyzer,
+      });
       const address = await listener.listen();
       listeners.push(listener);
       addresses.push({ name: l.name, ...address });

@@ -504,8 +504,8 @@ async function checkHead(
 
 /**
  * Sessions of one pod chain through their first record: its prevHash is a hash of the pod's previous
- * session (GENESIS_HASH for a pod's first session, or when the writer does not link sessions — today's
- * sidecar starts every session at GENESIS_HASH, so this check only bites once it links them). A link to a
+ * session (the sidecar links to the first record of the session that started before it; GENESIS_HASH for
+ * a pod's first session; any record of the pod is accepted, for other writers). A link to a
  * hash no present session holds means a whole session was removed, unless retention explains it: the
  * linking session started before the horizon (no problem), or it is the pod's oldest remaining session
  * (a warning: pruning and deletion of the oldest sessions look the same without a baseline export).

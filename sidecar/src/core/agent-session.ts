@@ -13,6 +13,7 @@ import {
 } from '@chaperone/api';
 import type { PolicyEngine } from './policy/policy-engine.ts';
 import { AuditUnavailable, type AuditSink } from './audit/audit-sink.ts';
+import type { PodChain } from './audit/pod-chain.ts';
 import { auditMetrics } from './audit/audit-metrics.ts';
 import { SessionRecorder } from './audit/session-recorder.ts';
 import type { SidecarMetrics } from './observability/metrics.ts';
@@ -58,6 +59,8 @@ export interface CommandOutcome {
 export interface AgentSessionOptions {
   readonly policy: PolicyEngine;
   readonly sink: AuditSink;
+  /** Links this session's first record to the pod's previous session. */
+  readonly podChain: PodChain;
   readonly metrics: SidecarMetrics;
   readonly listener: string;
   readonly resource: ResourceContext;
@@ -119,12 +122,16 @@ export class AgentSession {
     this.identity = options.identity;
     this.policyId = policyIdentity(options.identity);
     this.resourceView = { ...options.resource };
-    this.recorder = new SessionRecorder(options.sink, {
-      sessionId: this.id,
-      resource: options.resource.name,
-      namespace: options.pod.namespace,
-      pod: options.pod.name,
-    });
+    this.recorder = new SessionRecorder(
+      options.sink,
+      {
+        sessionId: this.id,
+        resource: options.resource.name,
+        namespace: options.pod.namespace,
+        pod: options.pod.name,
+      },
+      options.podChain,
+    );
     this.write({ type: 'session.start', identity: options.identity, source: { ...options.source } }, true);
   }
 

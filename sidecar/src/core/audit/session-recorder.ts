@@ -1,8 +1,8 @@
 // Builds one session's audit records: assigns seq and microsecond UTC time, links each record to the
-// previous one by hash, and hands it to the sink. Engines describe what happened; this makes it a record.
+// previous one by hash (the first to the pod's previous session, through the PodChain), and hands it to
+// the sink. Engines describe what happened; this makes it a record.
 import {
   AUDIT_RECORD_VERSION,
-  GENESIS_HASH,
   formatAuditTime,
   hashRecord,
   nowMicros,
@@ -10,6 +10,7 @@ import {
   type UnhashedRecord,
 } from '@chaperone/api';
 import type { AuditSink, SessionRef } from './audit-sink.ts';
+import type { PodChain } from './pod-chain.ts';
 
 export type RecordContent = Omit<AuditRecord, 'v' | 'seq' | 'time' | 'prevHash' | 'hash'>;
 
@@ -17,14 +18,16 @@ export class SessionRecorder {
   readonly session: SessionRef;
   private readonly sink: AuditSink;
   private readonly clock: () => bigint;
+  private readonly chain: PodChain;
   private seq = 0;
-  private prevHash: string;
+  /** Unset until the first record: a session links to the pod's newest session when it records, not when it opens. */
+  private prevHash: string | undefined;
   private commandId = 0;
 
-  constructor(sink: AuditSink, session: SessionRef, options: { prevHash?: string; clock?: () => bigint } = {}) {
+  constructor(sink: AuditSink, session: SessionRef, chain: PodChain, options: { clock?: () => bigint } = {}) {
     this.sink = sink;
     this.session = session;
-    this.prevHash = options.prevHash ?? GENESIS_HASH;
+    this.chain = chain;
     this.clock = options.clock ?? nowMicros;
   }
 
@@ -34,8 +37,9 @@ export class SessionRecorder {
     return this.commandId;
   }
 
+  /** Hash of the last record written; the pod chain's head before the first. */
   get lastHash(): string {
-    return this.prevHash;
+    return this.prevHash ?? this.chain.head;
   }
 
   /**
@@ -48,12 +52,13 @@ export class SessionRecorder {
       seq: this.seq + 1,
       time: formatAuditTime(this.clock()),
       ...content,
-      prevHash: this.prevHash,
+      prevHash: this.lastHash,
     };
     const record: AuditRecord = { ...unhashed, hash: hashRecord(unhashed) };
     this.sink.write(this.session, record);
     this.seq = record.seq;
     this.prevHash = record.hash;
+    if (record.seq === 1) this.chain.advance(record.hash);
     return record;
   }
 }

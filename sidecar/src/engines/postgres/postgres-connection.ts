@@ -384,6 +384,7 @@ export class PostgresConnection {
       this.session = new AgentSession({
         policy: this.ctx.policy,
         sink: this.ctx.sink,
+        podChain: this.ctx.podChain,
         metrics: this.ctx.metrics,
         listener,
         resource: this.ctx.resource,
@@ -441,12 +442,16 @@ export class PostgresConnection {
   }
 
   private recordAuthFailure(failure: AuthenticationFailed): void {
-    const recorder = new SessionRecorder(this.ctx.sink, {
-      sessionId: `auth-${this.cancelKey.processId.toString(16)}-${Date.now().toString(36)}`,
-      resource: this.ctx.config.name,
-      namespace: this.ctx.pod.namespace,
-      pod: this.ctx.pod.name,
-    });
+    const recorder = new SessionRecorder(
+      this.ctx.sink,
+      {
+        sessionId: `auth-${this.cancelKey.processId.toString(16)}-${Date.now().toString(36)}`,
+        resource: this.ctx.config.name,
+        namespace: this.ctx.pod.namespace,
+        pod: this.ctx.pod.name,
+      },
+      this.ctx.podChain,
+    );
     try {
       this.recordAuthFailureWith(recorder, failure);
     } catch (err) {

@@ -9,6 +9,7 @@ import type { PostgresListenerConfig } from '../../config.ts';
 import { parseHostPort } from '../../config.ts';
 import type { ResourceContext } from '../../core/agent-session.ts';
 import type { AuditSink } from '../../core/audit/audit-sink.ts';
+import type { PodChain } from '../../core/audit/pod-chain.ts';
 import type { TokenVerifier } from '../../core/identity/token-verifier.ts';
 import type { Logger } from '../../core/observability/logger.ts';
 import type { SidecarMetrics } from '../../core/observability/metrics.ts';
@@ -29,6 +30,7 @@ export interface PostgresListenerOptions {
   readonly verifier: TokenVerifier;
   readonly policy: PolicyEngine;
   readonly sink: AuditSink;
+  readonly podChain: PodChain;
   readonly metrics: SidecarMetrics;
   readonly logger: Logger;
   readonly analyzer: SqlAnalyzer;
@@ -55,6 +57,7 @@ export class PostgresListener implements PostgresListenerContext {
   readonly verifier: TokenVerifier;
   readonly policy: PolicyEngine;
   readonly sink: AuditSink;
+  readonly podChain: PodChain;
   readonly metrics: SidecarMetrics;
   readonly logger: Logger;
   readonly analyzer: SqlAnalyzer;
@@ -74,6 +77,7 @@ export class PostgresListener implements PostgresListenerContext {
     this.verifier = options.verifier;
     this.policy = options.policy;
     this.sink = options.sink;
+    this.podChain = options.podChain;
     this.metrics = options.metrics;
     this.logger = options.logger.child({ listener: options.config.name, engine: 'postgres' });
     this.analyzer = options.analyzer;
