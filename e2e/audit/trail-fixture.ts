@@ -50,6 +50,8 @@ export interface TrailOptions {
   readonly start?: Date;
   /** Default true: a session.end record and phase Closed. */
   readonly closed?: boolean;
+  /** The operator's certificate for the signer key, written into spec.signer. */
+  readonly certificate?: string;
 }
 
 export const DEFAULT_IDENTITY: Identity = {
@@ -121,7 +123,11 @@ export async function buildTrail(options: TrailOptions): Promise<Session[]> {
         identity: structuredClone(options.identity ?? DEFAULT_IDENTITY),
         startTime: `${start.toISOString().slice(0, 19)}Z`,
         records: chunk,
-        signer: { keyId: options.signer.kid, publicKey: JSON.stringify(options.signer.publicJwk) },
+        signer: {
+          keyId: options.signer.kid,
+          publicKey: JSON.stringify(options.signer.publicJwk),
+          ...(options.certificate === undefined ? {} : { certificate: options.certificate }),
+        },
         head: await signHead(options.namespace, name, sessionId, last, options.signer),
       },
       status: {

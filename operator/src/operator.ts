@@ -3,12 +3,17 @@
 // replica serves (admission is not leader-elected). Used by bin/chaperone-operator.ts and, in-process, by
 // the tests.
 import {
+  AuthenticationV1Api,
   CoordinationV1Api,
   CoreV1Api,
   CustomObjectsApi,
   RbacAuthorizationV1Api,
   type KubeConfig,
 } from '@kubernetes/client-node';
+import { SIGNER_CERTIFICATION_PATH } from '@chaperone/api';
+import { loadOrCreateAuditAuthority, type AuditAuthority } from './audit/audit-authority.ts';
+import { CheckpointWriter } from './audit/checkpoint-writer.ts';
+import { createSignerCertificationHandler } from './audit/signer-certification.ts';
 import type { Clock } from './controller/clock.ts';
 import type { Controller } from './controller/controller.ts';
 import { createEventRecorder } from './controller/event-recorder.ts';
@@ -57,6 +62,12 @@ export interface OperatorOptions {
   readonly compileOptions?: CompileOptions;
   /** Session retention pass per namespace, in milliseconds (sooner when a session expires earlier). Default 300 000. */
   readonly retentionIntervalMs?: number;
+  /**
+   * The audit authority (docs/audit.md, Trust model): its key in a Secret of `namespace`, the signer
+   * certification endpoint on the webhook server (with webhooks), and checkpoints by the leader.
+   * Default: off.
+   */
+  readonly audit?: { readonly namespace: string; readonly checkpointIntervalMs?: number };
   /** Serve the injection webhooks (on every replica, leader or not). Default: off. */
   readonly webhooks?: Omit<InjectionWebhooksOptions, 'kubeConfig' | 'logger' | 'registry'>;
   readonly logger: Logger;
@@ -71,6 +82,10 @@ export interface RunningOperator {
   readonly metricsAddress: string | undefined;
   /** The admission side, when webhooks are enabled. */
   readonly webhooks: InjectionWebhooks | undefined;
+  /** The audit authority, when enabled. */
+  readonly authority: AuditAuthority | undefined;
+  /** The checkpoint writer while this replica leads (audit enabled). */
+  checkpoints(): CheckpointWriter | undefined;
   /** Whether this replica runs the reconcilers now. */
   isLeader(): boolean;
   /** Resolves when the operator stopped on its own: leadership lost (reason "lost"). */
@@ -95,7 +110,10 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
     ...(options.clock === undefined ? {} : { clock: options.clock }),
   });
   let controllers: Controller[] | undefined;
+  let checkpointWriter: CheckpointWriter | undefined;
   let leading = false;
+  const authority =
+    options.audit === undefined ? undefined : await loadOrCreateAuditAuthority(core, options.audit.namespace, logger);
   const newController = () =>
     createAccessPolicyController({
       kubeConfig,
@@ -140,11 +158,23 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
     leading = true;
     const started = [newController(), newResourceController(), newRetentionController()];
     controllers = started;
-    await Promise.all(started.map((c) => c.start()));
+    if (authority !== undefined && options.audit !== undefined) {
+      checkpointWriter = new CheckpointWriter({
+        core,
+        custom,
+        authority,
+        storeNamespace: options.audit.namespace,
+        ...(options.namespace === undefined ? {} : { namespace: options.namespace }),
+        ...(options.audit.checkpointIntervalMs === undefined ? {} : { intervalMs: options.audit.checkpointIntervalMs }),
+        logger: logger.child({ component: 'audit-checkpoints' }),
+        metrics,
+      });
+    }
+    await Promise.all([...started.map((c) => c.start()), checkpointWriter?.start()]);
   };
   const stopControllers = async () => {
     const running = controllers ?? [];
-    await Promise.all(running.map((c) => c.stop()));
+    await Promise.all([...running.map((c) => c.stop()), checkpointWriter?.stop()]);
   };
 
   // Admission first: every replica serves it, standbys included, and a replica that cannot serve it
@@ -152,7 +182,25 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
   const webhooks =
     options.webhooks === undefined
       ? undefined
-      : await startInjectionWebhooks({ ...options.webhooks, kubeConfig, logger, registry: metrics.registry });
+      : await startInjectionWebhooks({
+          ...options.webhooks,
+          kubeConfig,
+          logger,
+          registry: metrics.registry,
+          ...(authority === undefined
+            ? {}
+            : {
+                routes: {
+                  [SIGNER_CERTIFICATION_PATH]: createSignerCertificationHandler({
+                    authority,
+                    authentication: kubeConfig.makeApiClient(AuthenticationV1Api),
+                    core,
+                    logger: logger.child({ component: 'signer-certification' }),
+                    registry: metrics.registry,
+                  }),
+                },
+              }),
+        });
 
   const bind = options.metricsBindAddress ?? ':8080';
   // Ready: with webhooks, once admission is served (every replica, so the webhook Service reaches
@@ -233,6 +281,8 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
     metrics,
     metricsAddress: server?.address,
     webhooks,
+    authority,
+    checkpoints: () => (leading ? checkpointWriter : undefined),
     isLeader: () => leading,
     done,
     stop() {

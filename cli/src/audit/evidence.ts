@@ -14,7 +14,7 @@ export const EVIDENCE_VERSION = 1;
 export interface EvidenceKey {
   readonly kid: string;
   readonly jwk: JWK;
-  /** Whether an operator certificate accompanied the key (not verified yet: docs/audit.md, Trust model). */
+  /** The operator's certificate for the key, when it had one (verified against the authority keys). */
   readonly certificate?: string;
   /** namespace/name of the Session objects whose heads this key signs. */
   readonly objects: readonly string[];
@@ -54,6 +54,8 @@ export interface EvidenceBundle {
   readonly anchors: readonly string[];
   /** Retention (ms) per namespace/resource at export time. */
   readonly retention: Readonly<Record<string, number>>;
+  /** The operator's audit authority at export: its public keys and the checkpoints read (oldest first). */
+  readonly authority?: { readonly keys: readonly JWK[]; readonly checkpoints: readonly string[] };
   readonly report: TrailReport;
   readonly nist: readonly NistEvidence[];
 }
@@ -65,6 +67,8 @@ export interface ExportOptions {
   readonly source: EvidenceBundle['source'];
   readonly retention: ReadonlyMap<string, number>;
   readonly trustedKeys?: VerifyTrailOptions['trustedKeys'];
+  readonly authorityKeys?: VerifyTrailOptions['authorityKeys'];
+  readonly checkpoints?: readonly string[];
   readonly now?: Date;
 }
 
@@ -102,7 +106,13 @@ function trimMetadata(m: ObjectMeta): ObjectMeta {
 export async function buildEvidence(all: readonly Session[], options: ExportOptions): Promise<EvidenceBundle> {
   const now = options.now ?? new Date();
   const retentionFor = (ns: string, r: string) => options.retention.get(`${ns}/${r}`);
-  const fullReport = await verifyTrail(all, { retentionFor, trustedKeys: options.trustedKeys, now });
+  const fullReport = await verifyTrail(all, {
+    retentionFor,
+    trustedKeys: options.trustedKeys,
+    authorityKeys: options.authorityKeys,
+    checkpoints: options.checkpoints,
+    now,
+  });
 
   const bySession = new Map<string, Session[]>();
   for (const s of all) bySession.set(s.spec.sessionId, [...(bySession.get(s.spec.sessionId) ?? []), s]);
@@ -171,6 +181,9 @@ export async function buildEvidence(all: readonly Session[], options: ExportOpti
     keys: [...keys].map(([kid, k]) => ({ kid, ...k })),
     anchors,
     retention,
+    ...(options.authorityKeys === undefined
+      ? {}
+      : { authority: { keys: options.authorityKeys, checkpoints: options.checkpoints ?? [] } }),
     report,
     nist: nistMap(sessions.flatMap((s) => s.spec.records)),
   };
@@ -198,7 +211,12 @@ export interface EvidenceCheck {
 /** Verifies an evidence file offline: recomputes everything from the sessions and keys it carries. */
 export async function verifyEvidence(
   text: string,
-  options: { trustedKeys?: VerifyTrailOptions['trustedKeys']; now?: Date } = {},
+  options: {
+    trustedKeys?: VerifyTrailOptions['trustedKeys'];
+    /** Pinned authority keys; default the ones the file carries. */
+    authorityKeys?: VerifyTrailOptions['authorityKeys'];
+    now?: Date;
+  } = {},
 ): Promise<EvidenceCheck> {
   const bundle = JSON.parse(text) as Partial<EvidenceBundle>;
   if (bundle.kind !== EVIDENCE_KIND || bundle.version !== EVIDENCE_VERSION) {
@@ -208,8 +226,14 @@ export async function verifyEvidence(
   const retention = bundle.retention ?? {};
   // Retention is judged as of export: a session that was present then cannot have expired before it.
   const exportedAt = bundle.generatedAt === undefined ? undefined : new Date(bundle.generatedAt);
+  const inFile = new Set(sessions.map((s) => s.spec.sessionId));
+  const authorityKeys = options.authorityKeys ?? bundle.authority?.keys;
   const report = await verifyTrail(sessions, {
     trustedKeys: options.trustedKeys,
+    authorityKeys,
+    checkpoints: bundle.authority?.checkpoints,
+    // The export checked the checkpoints against every Session; offline, only the sessions in the file.
+    checkpointScope: (e) => inFile.has(e.sessionId),
     retentionFor: (ns, r) => retention[`${ns}/${r}`],
     externalHashes: new Set(bundle.anchors ?? []),
     now: options.now ?? exportedAt,

@@ -2,7 +2,8 @@
 // it is (object, part, seq) and what it means.
 import type { TrailProblem, TrailReport } from './verify-trail.ts';
 
-export function renderReport(report: TrailReport): string {
+/** `authority`: where the audit authority's keys came from, when the report used them. */
+export function renderReport(report: TrailReport, authority?: 'pinned' | 'cluster' | 'none'): string {
   const out: string[] = [];
   const { summary } = report;
   for (const s of report.sessions) {
@@ -23,6 +24,16 @@ export function renderReport(report: TrailReport): string {
     `${summary.sessions} session(s), ${summary.objects} object(s), ${summary.records} record(s): ` +
       `${summary.errors} error(s), ${summary.warnings} warning(s).`,
   );
+  for (const c of report.checkpoints) {
+    out.push(`Checkpoint ${c.index} of ${c.time}: ${c.sessions} head(s) stated by the operator, checked.`);
+  }
+  if (report.keyTrust === 'certified') {
+    out.push(
+      authority === 'cluster'
+        ? "Keys: certified by the operator's audit authority, whose key was read from the cluster. Pin it with --authority-keys to rule out a replaced authority."
+        : "Keys: certified by the operator's audit authority (pinned key).",
+    );
+  }
   if (report.keyTrust === 'self-asserted') {
     out.push(
       'Keys: self-asserted (each Session names its own signer key). Pin keys with --trusted-keys to rule out a trail rewritten and re-signed with another key.',

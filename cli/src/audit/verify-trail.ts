@@ -7,8 +7,13 @@ import {
   GENESIS_HASH,
   verifyChain,
   verifyChainHead,
+  verifyCheckpoint,
+  checkpointDigest,
+  verifySignerCertificate,
   type AuditRecord,
   type ChainHead,
+  type Checkpoint,
+  type CheckpointEntry,
   type Session,
 } from '@chaperone/api';
 import type { JWK } from 'jose';
@@ -48,6 +53,14 @@ export const TRAIL_PROBLEM_KINDS = [
   'session-truncated',
   /** Present in a baseline export but missing or rolled back now. */
   'baseline-mismatch',
+  /** The signer's certificate does not verify with the authority key or names another key or pod. */
+  'certificate-invalid',
+  /** The authority key is known but the signer has no certificate (a warning unless certificates are required). */
+  'uncertified-key',
+  /** A checkpoint does not verify with the authority key, or its chain to the one before is broken. */
+  'checkpoint-invalid',
+  /** A head stated in a signed operator checkpoint is missing or rolled back now. */
+  'checkpoint-mismatch',
 ] as const;
 export type TrailProblemKind = (typeof TRAIL_PROBLEM_KINDS)[number];
 
@@ -95,8 +108,13 @@ export interface TrailReport {
     readonly errors: number;
     readonly warnings: number;
   };
-  /** How keys were trusted: pinned (a trusted set was given) or self-asserted (spec.signer only). */
-  readonly keyTrust: 'pinned' | 'self-asserted';
+  /**
+   * How keys were trusted: pinned (a trusted set was given), certified (by the operator's audit authority,
+   * whose keys were given) or self-asserted (spec.signer only).
+   */
+  readonly keyTrust: 'pinned' | 'certified' | 'self-asserted';
+  /** Checkpoints that verified, newest last: when and how many heads each stated. */
+  readonly checkpoints: readonly { readonly index: number; readonly time: string; readonly sessions: number }[];
 }
 
 /** What an earlier export saw of one Session object; verify against it to detect deletion and rollback. */
@@ -122,6 +140,17 @@ export interface VerifyTrailOptions {
   readonly externalHashes?: ReadonlySet<string>;
   /** Heads seen by an earlier export; each must still be present with the same hash. */
   readonly baseline?: readonly BaselineHead[];
+  /**
+   * Public keys of the operator's audit authority. When given (and no trustedKeys), a signer key is
+   * trusted through its certificate, which must bind it to the Session's pod.
+   */
+  readonly authorityKeys?: readonly (JWK & { kid?: string })[];
+  /** With authorityKeys: a signer without a certificate is an error rather than a warning. */
+  readonly requireCertified?: boolean;
+  /** Operator checkpoints (compact JWS, oldest first); every head they state must still be present. */
+  readonly checkpoints?: readonly string[];
+  /** Which checkpoint entries are in scope (e.g. one namespace); default all of them. */
+  readonly checkpointScope?: (entry: CheckpointEntry) => boolean;
   /** Default: now. */
   readonly now?: Date;
 }
@@ -150,7 +179,9 @@ export async function verifyTrail(
   }
 
   const linked = linkPodSessions(verified, bySession, options, now, problems);
-  if (options.baseline !== undefined) checkBaseline(options.baseline, byName, problems);
+  if (options.baseline !== undefined)
+    checkHeadsPresent(options.baseline, byName, problems, 'baseline-mismatch', 'the baseline');
+  const checkpoints = await checkCheckpoints(options, byName, problems);
 
   const failed = new Set(problems.filter((p) => p.severity === 'error').map((p) => p.sessionId));
   const result = linked.map((v) => ({ ...v, ok: !failed.has(v.sessionId) }));
@@ -175,7 +206,13 @@ export async function verifyTrail(
       errors,
       warnings: problems.length - errors,
     },
-    keyTrust: options.trustedKeys === undefined ? 'self-asserted' : 'pinned',
+    keyTrust:
+      options.trustedKeys !== undefined
+        ? 'pinned'
+        : options.authorityKeys !== undefined
+          ? 'certified'
+          : 'self-asserted',
+    checkpoints,
   };
 }
 
@@ -436,6 +473,8 @@ async function checkHead(
       return undefined;
     }
     keys = [pinned];
+  } else if (options.authorityKeys !== undefined) {
+    if (!(await checkCertificate(p, signerKey, options, add))) return undefined;
   }
   let payload: ChainHead;
   try {
@@ -577,21 +616,24 @@ function linkPodSessions(
   });
 }
 
-function checkBaseline(
-  baseline: readonly BaselineHead[],
+/** Every head `source` saw must still be there with the same hash (deletion and rollback checks). */
+function checkHeadsPresent(
+  heads: readonly BaselineHead[],
   byName: ReadonlyMap<string, Session>,
   problems: TrailProblem[],
+  kind: 'baseline-mismatch' | 'checkpoint-mismatch',
+  source: string,
 ): void {
-  for (const b of baseline) {
+  for (const b of heads) {
     const now = byName.get(b.object);
     if (now === undefined) {
       problems.push({
         severity: 'error',
-        kind: 'baseline-mismatch',
+        kind,
         sessionId: b.sessionId,
         object: b.object,
         seq: b.seq,
-        detail: `${b.object} was in the baseline (through seq ${b.seq}) and is gone (deleted, or expired under retention)`,
+        detail: `${b.object} was in ${source} (through seq ${b.seq}) and is gone (deleted, or expired under retention)`,
       });
       continue;
     }
@@ -599,16 +641,113 @@ function checkBaseline(
     if (r?.hash !== b.hash) {
       problems.push({
         severity: 'error',
-        kind: 'baseline-mismatch',
+        kind,
         sessionId: b.sessionId,
         object: b.object,
         part: now.spec.part,
         seq: b.seq,
         detail:
           r === undefined
-            ? `the baseline saw seq ${b.seq}; it is no longer there (rolled back or removed)`
-            : `the baseline saw seq ${b.seq} with hash ${b.hash}; it now has ${r.hash}`,
+            ? `${source} saw seq ${b.seq}; it is no longer there (rolled back or removed)`
+            : `${source} saw seq ${b.seq} with hash ${b.hash}; it now has ${r.hash}`,
       });
     }
   }
+}
+
+/**
+ * Verifies a part's signer certificate against the authority keys: signed by the authority, for this key,
+ * for this Session's pod. Returns false when the signer must not be trusted.
+ */
+async function checkCertificate(
+  p: Session,
+  signerKey: JWK & { kid?: string },
+  options: VerifyTrailOptions,
+  add: (p: Omit<TrailProblem, 'sessionId' | 'severity'> & { severity?: TrailProblem['severity'] }) => void,
+): Promise<boolean> {
+  const name = objectName(p);
+  const part = p.spec.part;
+  const jws = p.spec.signer?.certificate;
+  if (jws === undefined) {
+    add({
+      severity: options.requireCertified === true ? 'error' : 'warning',
+      kind: 'uncertified-key',
+      object: name,
+      part,
+      detail: `signer key ${String(signerKey.kid)} has no certificate from the operator: it is self-asserted`,
+    });
+    return options.requireCertified !== true;
+  }
+  const fail = (detail: string) => {
+    add({ kind: 'certificate-invalid', object: name, part, detail });
+    return false;
+  };
+  let certificate;
+  try {
+    certificate = await verifySignerCertificate(jws, options.authorityKeys ?? []);
+  } catch (err) {
+    return fail(`the signer certificate does not verify with the authority keys: ${(err as Error).message}`);
+  }
+  if (certificate.keyId !== signerKey.kid || certificate.x !== signerKey.x) {
+    return fail(`the certificate is for key ${certificate.keyId}, not the signer key ${String(signerKey.kid)}`);
+  }
+  const pod = p.spec.pod;
+  const namespace = p.metadata.namespace ?? '';
+  if (
+    certificate.pod.namespace !== namespace ||
+    certificate.pod.name !== pod.name ||
+    (pod.uid !== undefined && certificate.pod.uid !== pod.uid)
+  ) {
+    return fail(
+      `the certificate binds the key to pod ${certificate.pod.namespace}/${certificate.pod.name} (uid ${certificate.pod.uid}), ` +
+        `but the Session says ${namespace}/${pod.name}${pod.uid === undefined ? '' : ` (uid ${pod.uid})`}`,
+    );
+  }
+  return true;
+}
+
+/** Verifies each checkpoint and its link to the one before, then requires every head it states. */
+async function checkCheckpoints(
+  options: VerifyTrailOptions,
+  byName: ReadonlyMap<string, Session>,
+  problems: TrailProblem[],
+): Promise<TrailReport['checkpoints']> {
+  const verified: TrailReport['checkpoints'][number][] = [];
+  if (options.checkpoints === undefined || options.checkpoints.length === 0) return verified;
+  const invalid = (detail: string) =>
+    problems.push({ severity: 'error', kind: 'checkpoint-invalid', sessionId: '', detail });
+  if (options.authorityKeys === undefined) {
+    invalid('checkpoints were given but no authority keys to verify them');
+    return verified;
+  }
+  let previous: { checkpoint: Checkpoint; digest: string } | undefined;
+  for (const jws of options.checkpoints) {
+    let checkpoint: Checkpoint;
+    try {
+      checkpoint = await verifyCheckpoint(jws, options.authorityKeys);
+    } catch (err) {
+      invalid(`a checkpoint does not verify with the authority keys: ${(err as Error).message}`);
+      continue;
+    }
+    if (
+      previous !== undefined &&
+      checkpoint.index === previous.checkpoint.index + 1 &&
+      checkpoint.previous !== previous.digest
+    ) {
+      invalid(
+        `checkpoint ${checkpoint.index} does not link to checkpoint ${previous.checkpoint.index}: a checkpoint was replaced`,
+      );
+    }
+    previous = { checkpoint, digest: checkpointDigest(jws) };
+    verified.push({ index: checkpoint.index, time: checkpoint.time, sessions: checkpoint.sessions.length });
+    const inScope = checkpoint.sessions.filter((e) => options.checkpointScope?.(e) ?? true);
+    checkHeadsPresent(
+      inScope,
+      byName,
+      problems,
+      'checkpoint-mismatch',
+      `checkpoint ${checkpoint.index} (${checkpoint.time})`,
+    );
+  }
+  return verified;
 }

@@ -12,6 +12,7 @@ import {
   type CommandIo,
 } from '../audit/cluster.ts';
 import { buildEvidence, evidenceDigest, serializeEvidence, verifyEvidence } from '../audit/evidence.ts';
+import { AUTHORITY_OPTIONS, AUTHORITY_USAGE, loadAuthority } from '../audit/authority.ts';
 import { renderReport } from '../audit/render-report.ts';
 import { parseTimeFlag } from '../audit/session-view.ts';
 import { loadTrustedKeys } from '../audit/trusted-keys.ts';
@@ -21,10 +22,14 @@ export const EVIDENCE_USAGE = `Usage:
       Writes every session overlapping [from, to] (all parts), the signed heads, the public keys, the
       verification report and the NIST SP 800-53 map to FILE (canonical JSON; its sha256 is printed).
       TIME is RFC 3339 or a duration before now (e.g. 720h). Exit 1 if the trail does not verify (the file
-      is still written, with the problems in its report).
-  kubectl chaperone evidence verify FILE [--trusted-keys FILE] [-o json|yaml]
-      Recomputes every hash, link and signature from the file alone. Exit 0 verified, 1 not.
-`;
+      is still written, with the problems in its report). The operator's audit authority keys and its
+      newest checkpoint are included when the cluster has them.
+  kubectl chaperone evidence verify FILE [--trusted-keys FILE] [--authority-keys FILE] [-o json|yaml]
+      Recomputes every hash, link, signature, certificate and checkpoint from the file alone (with the
+      authority keys the file carries unless --authority-keys pins them). Exit 0 verified, 1 not.
+
+Authority flags (export):
+${AUTHORITY_USAGE}`;
 
 export async function run(args: string[], io: CommandIo, now: Date = new Date()): Promise<number> {
   const [sub, ...rest] = args;
@@ -49,6 +54,7 @@ async function exportEvidence(args: string[], io: CommandIo, now: Date): Promise
         from: { type: 'string' },
         to: { type: 'string' },
         'trusted-keys': { type: 'string' },
+        ...AUTHORITY_OPTIONS,
       },
     }));
   } catch (err) {
@@ -72,6 +78,7 @@ async function exportEvidence(args: string[], io: CommandIo, now: Date): Promise
     });
     const sessions = await listSessions(cluster);
     const retention = await retentionByResource(cluster);
+    const authority = await loadAuthority(values, cluster);
     const context = cluster.kc.getContextObject(cluster.kc.getCurrentContext());
     const bundle = await buildEvidence(sessions, {
       from,
@@ -84,6 +91,8 @@ async function exportEvidence(args: string[], io: CommandIo, now: Date): Promise
       },
       retention,
       trustedKeys,
+      authorityKeys: authority.keys,
+      checkpoints: authority.checkpoints,
       now,
     });
     const text = serializeEvidence(bundle);
@@ -107,7 +116,11 @@ async function verifyFile(args: string[], io: CommandIo): Promise<number> {
     parsed = parseArgs({
       args,
       allowPositionals: true,
-      options: { output: { type: 'string', short: 'o' }, 'trusted-keys': { type: 'string' } },
+      options: {
+        output: { type: 'string', short: 'o' },
+        'trusted-keys': { type: 'string' },
+        'authority-keys': { type: 'string' },
+      },
     });
   } catch (err) {
     io.stderr.write(`error: ${(err as Error).message}\n\n${EVIDENCE_USAGE}`);
@@ -129,7 +142,9 @@ async function verifyFile(args: string[], io: CommandIo): Promise<number> {
   try {
     const trustedKeys =
       values['trusted-keys'] === undefined ? undefined : await loadTrustedKeys(values['trusted-keys']);
-    const check = await verifyEvidence(text, { trustedKeys });
+    const authorityKeys =
+      values['authority-keys'] === undefined ? undefined : await loadTrustedKeys(values['authority-keys']);
+    const check = await verifyEvidence(text, { trustedKeys, authorityKeys });
     if (values.output === 'json' || values.output === 'yaml') {
       const doc = {
         ok: check.ok,
@@ -140,7 +155,7 @@ async function verifyFile(args: string[], io: CommandIo): Promise<number> {
       io.stdout.write(values.output === 'json' ? `${JSON.stringify(doc, null, 2)}\n` : stringify(doc));
     } else {
       io.stdout.write(`${file}: ${evidenceDigest(text)}\n`);
-      io.stdout.write(renderReport(check.report));
+      io.stdout.write(renderReport(check.report, values['authority-keys'] === undefined ? 'cluster' : 'pinned'));
       for (const i of check.inconsistencies) io.stdout.write(`INCONSISTENT: ${i}\n`);
       if (check.inconsistencies.length > 0) io.stdout.write('NOT VERIFIED: the evidence file contradicts itself.\n');
     }

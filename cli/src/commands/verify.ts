@@ -12,6 +12,7 @@ import {
   type CommandIo,
 } from '../audit/cluster.ts';
 import type { EvidenceBundle } from '../audit/evidence.ts';
+import { AUTHORITY_OPTIONS, AUTHORITY_USAGE, loadAuthority } from '../audit/authority.ts';
 import { renderReport } from '../audit/render-report.ts';
 import { groupSessions } from '../audit/session-view.ts';
 import { loadTrustedKeys } from '../audit/trusted-keys.ts';
@@ -23,13 +24,14 @@ export const VERIFY_USAGE = `Usage:
   kubectl chaperone verify --all [flags]     every session in the namespace (-A: in every namespace)
 
 Checks every record's hash, the hash links and seq continuity within and across continuation parts, the
-links between sessions of one pod, and each part's signed chain head. Exit 0: verified; 1: altered or
-incomplete (the report says what and where); 2: usage.
+links between sessions of one pod, each part's signed chain head, each signer's certificate from the
+operator's audit authority, and that every head in the operator's newest checkpoint is still there.
+Exit 0: verified; 1: altered or incomplete (the report says what and where); 2: usage.
 
 Flags:
   --trusted-keys FILE     JWKS of sidecar keys to trust (default: each Session's own spec.signer key)
   --baseline FILE         an earlier evidence export; every head it saw must still be there, unchanged
-  -n, --namespace NS      namespace (default: the context's)
+${AUTHORITY_USAGE}  -n, --namespace NS      namespace (default: the context's)
   -A, --all-namespaces    every namespace (with --all)
   -o, --output FORMAT     json or yaml (the structured report)
   --kubeconfig FILE, --context NAME
@@ -47,6 +49,7 @@ export async function run(args: string[], io: CommandIo): Promise<number> {
         output: { type: 'string', short: 'o' },
         'trusted-keys': { type: 'string' },
         baseline: { type: 'string' },
+        ...AUTHORITY_OPTIONS,
         help: { type: 'boolean', short: 'h' },
       },
     });
@@ -81,9 +84,15 @@ export async function run(args: string[], io: CommandIo): Promise<number> {
     });
     const sessions = await listSessions(cluster);
     const retention = await retentionByResource(cluster);
+    const authority = await loadAuthority(values, cluster);
+    const namespace = cluster.namespace;
     let report = await verifyTrail(sessions, {
       trustedKeys,
       baseline,
+      authorityKeys: authority.keys,
+      checkpoints: authority.checkpoints,
+      requireCertified: values['require-certified'] === true,
+      checkpointScope: (e) => namespace === undefined || e.object.startsWith(`${namespace}/`),
       retentionFor: (ns, r) => retention.get(`${ns}/${r}`),
     });
     if (target !== undefined) {
@@ -100,7 +109,7 @@ export async function run(args: string[], io: CommandIo): Promise<number> {
     }
     if (output === 'json') io.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
     else if (output === 'yaml') io.stdout.write(stringify(report));
-    else io.stdout.write(renderReport(report));
+    else io.stdout.write(renderReport(report, authority.source));
     return report.ok ? 0 : 1;
   } catch (err) {
     io.stderr.write(`error: ${describeError(err)}\n`);

@@ -4,6 +4,7 @@
 import { isIP } from 'node:net';
 import { parseArgs } from 'node:util';
 import { KubeConfig } from '@kubernetes/client-node';
+import { SIGNER_CERTIFICATION_PATH } from '@chaperone/api';
 import { LABEL_INJECTION } from '../injection/constants.ts';
 import { InjectionSettingsError, validateInjectionSettings } from '../injection/settings.ts';
 import { createLogger, isLogLevel } from '../observability/logger.ts';
@@ -54,6 +55,17 @@ Admission webhooks:
                                       names of the webhook configurations whose caBundle the operator keeps
                                       in step (and which it registers with --webhook-url)
 
+Audit authority (docs/audit.md, Trust model):
+      --enable-audit-authority        keep an Ed25519 authority key (Secret chaperone-audit-authority, public
+                                      JWKS in the ConfigMap of the same name); with --enable-webhooks, certify
+                                      sidecar signing keys at ${SIGNER_CERTIFICATION_PATH} after a TokenReview
+                                      of the pod-bound token; on the leader, sign checkpoints of every
+                                      Session head (ConfigMap chaperone-audit-checkpoint, and the log)
+      --audit-namespace NS            where the authority Secret and ConfigMaps live (default:
+                                      --operator-namespace, else $POD_NAMESPACE, else chaperone-system)
+      --checkpoint-interval SECONDS   time between checkpoints; none is written when nothing changed
+                                      (default: 300)
+
 Signals: SIGTERM and SIGINT stop the reconcilers and the webhook server, release the Lease and exit 0.
 Losing the Lease exits 1.`;
 
@@ -86,6 +98,9 @@ const parse = () =>
       'webhook-url': { type: 'string' },
       'mutating-webhook-configuration': { type: 'string' },
       'validating-webhook-configuration': { type: 'string' },
+      'enable-audit-authority': { type: 'boolean' },
+      'audit-namespace': { type: 'string' },
+      'checkpoint-interval': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
     strict: true,
@@ -114,6 +129,19 @@ const positiveInt = (flag: string, raw: string | undefined): number | undefined 
 const workers = positiveInt('workers', values.workers);
 const resyncSeconds = positiveInt('resync-period', values['resync-period']);
 const retentionSeconds = positiveInt('retention-interval', values['retention-interval']);
+const checkpointSeconds = positiveInt('checkpoint-interval', values['checkpoint-interval']);
+if (values['enable-audit-authority'] !== true) {
+  const stray = (['audit-namespace', 'checkpoint-interval'] as const).filter((flag) => values[flag] !== undefined);
+  if (stray.length > 0) fail(`${stray.map((f) => `--${f}`).join(', ')} need --enable-audit-authority`);
+}
+const audit: OperatorOptions['audit'] =
+  values['enable-audit-authority'] === true
+    ? {
+        namespace:
+          values['audit-namespace'] ?? values['operator-namespace'] ?? process.env.POD_NAMESPACE ?? 'chaperone-system',
+        ...(checkpointSeconds === undefined ? {} : { checkpointIntervalMs: checkpointSeconds * 1000 }),
+      }
+    : undefined;
 
 const WEBHOOK_ONLY = [
   'sidecar-image',
@@ -225,6 +253,7 @@ try {
     ...(values.opa === undefined ? {} : { compileOptions: { opaPath: values.opa } }),
     ...(retentionSeconds === undefined ? {} : { retentionIntervalMs: retentionSeconds * 1000 }),
     ...(webhooks === undefined ? {} : { webhooks }),
+    ...(audit === undefined ? {} : { audit }),
   });
   let stopping = false;
   const stop = () => {

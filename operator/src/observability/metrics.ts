@@ -20,6 +20,8 @@ export interface OperatorMetrics {
   readonly policyCompiles: Counter<'result'>;
   readonly policyCompileSeconds: Histogram;
   readonly sessionsPruned: Counter<'namespace'>;
+  readonly checkpoints: Counter<'result'>;
+  readonly checkpointSessions: Gauge;
 }
 
 export function createOperatorMetrics(options: { defaultMetrics?: boolean } = {}): OperatorMetrics {
@@ -87,6 +89,17 @@ export function createOperatorMetrics(options: { defaultMetrics?: boolean } = {}
       name: 'chaperone_sessions_pruned_total',
       help: 'Session objects deleted by the retention controller because their retention expired, by namespace.',
       labelNames: ['namespace'],
+      registers,
+    }),
+    checkpoints: new Counter({
+      name: 'chaperone_audit_checkpoints_total',
+      help: 'Audit checkpoints, by result (written, unchanged, error).',
+      labelNames: ['result'],
+      registers,
+    }),
+    checkpointSessions: new Gauge({
+      name: 'chaperone_audit_checkpoint_objects',
+      help: 'Session objects whose signed heads the newest audit checkpoint states.',
       registers,
     }),
   };

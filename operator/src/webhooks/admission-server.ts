@@ -29,6 +29,8 @@ export interface AdmissionServerOptions {
   readonly keyPem: string;
   /** Handlers by path, e.g. { '/mutate-pods': ..., '/validate-pods': ... }. */
   readonly handlers: Readonly<Record<string, AdmissionHandler>>;
+  /** Other endpoints served on the same listener, by path (the signer certification endpoint). */
+  readonly routes?: Readonly<Record<string, (req: IncomingMessage, res: ServerResponse) => void>>;
   /** Registry for the admission metrics; default a fresh one. Pass the operator's to serve them together. */
   readonly registry?: Registry;
   readonly logger: Logger;
@@ -72,6 +74,11 @@ export async function startAdmissionServer(options: AdmissionServerOptions): Pro
     const path = (req.url ?? '/').split('?')[0] ?? '/';
     if (req.method === 'GET' && (path === '/healthz' || path === '/readyz')) {
       res.writeHead(200, { 'content-type': 'text/plain' }).end('ok');
+      return;
+    }
+    const route = options.routes?.[path];
+    if (route !== undefined) {
+      route(req, res);
       return;
     }
     const handler = options.handlers[path];

@@ -13,7 +13,12 @@ import { WebhookCertificates, type ServingMaterial } from '../certificates/webho
 import type { InjectionSettings } from '../injection/settings.ts';
 import type { Logger } from '../observability/logger.ts';
 import { startAdmissionCache, type AdmissionCache } from './admission-cache.ts';
-import { startAdmissionServer, type AdmissionOutcome, type AdmissionServer } from './admission-server.ts';
+import {
+  startAdmissionServer,
+  type AdmissionOutcome,
+  type AdmissionServer,
+  type AdmissionServerOptions,
+} from './admission-server.ts';
 import { createPodMutator, createPodValidator } from './pod-admission.ts';
 import {
   DEFAULT_MUTATING_NAME,
@@ -60,6 +65,8 @@ export interface InjectionWebhooksOptions {
   /** Names of configurations whose caBundle is kept in step when registration is done elsewhere (Helm). */
   readonly webhookConfigurationNames?: { readonly mutating: string; readonly validating: string };
   readonly onReview?: (path: string, outcome: AdmissionOutcome, seconds: number) => void;
+  /** Other endpoints on the same HTTPS listener (the signer certification endpoint). */
+  readonly routes?: AdmissionServerOptions['routes'];
 }
 
 export interface InjectionWebhooks {
@@ -114,6 +121,7 @@ export async function startInjectionWebhooks(options: InjectionWebhooksOptions):
       logger: log,
       ...(options.registry === undefined ? {} : { registry: options.registry }),
       ...(options.onReview === undefined ? {} : { onReview: options.onReview }),
+      ...(options.routes === undefined ? {} : { routes: options.routes }),
     });
     if (options.registration !== undefined) {
       await applyWebhookConfigurations(admissionRegistration, {

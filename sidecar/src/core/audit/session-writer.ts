@@ -435,8 +435,12 @@ export class SessionWriter {
       resource: { name: s.ref.resource, type: this.options.resourceType(s.ref.resource) },
       identity: s.identity ?? UNAUTHENTICATED,
       startTime: s.startTime ?? (s.queue[s.head] as Queued).record.time,
-      // The certificate (the operator's binding of this key to the pod) is added once the operator issues it.
-      signer: { keyId: key.keyId, publicKey: JSON.stringify(key.publicJwk) },
+      // The operator's binding of this key to the pod, in every part created once it has been issued.
+      signer: {
+        keyId: key.keyId,
+        publicKey: JSON.stringify(key.publicJwk),
+        ...(key.certificate === undefined ? {} : { certificate: key.certificate }),
+      },
     };
     const baseBytes = JSON.stringify(spec).length + 2048;
     const batch = this.take(s, undefined, baseBytes);

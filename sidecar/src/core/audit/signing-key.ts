@@ -12,6 +12,8 @@ export interface SigningKey {
   readonly privateJwk: JWK & { kid: string };
   /** Public JWK (kty, crv, x, kid), written into Session spec.signer.publicKey. */
   readonly publicJwk: JWK & { kid: string };
+  /** The operator's certificate for this key (compact JWS), once it has issued one. */
+  certificate?: string;
 }
 
 export class SigningKeyError extends Error {
