@@ -3,14 +3,15 @@
 // components end to end: the operator bin (policy compiler, injection webhooks registered by URL), an
 // annotated Job injected by the webhook, the injected sidecar started as a local process from the stored
 // pod spec (there is no kubelet here), psql as the agent with only the agent container's env and token, a
-// policy change reaching a live session, and the auditor's view.
+// policy change reaching a live session, and the auditor's view of the Session objects the sidecar wrote.
 // Everything it starts is stopped at the end (or on Ctrl-C); pass --keep to leave it running until Ctrl-C.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { createWriteStream, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { createWriteStream, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { delimiter, dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
 import * as k8s from '@kubernetes/client-node';
+import { GROUP, VERSION, type Session } from '@chaperone/api';
 import { SIDECAR_CONTAINER, VOLUME_POLICIES } from '../operator/src/injection/constants.ts';
 import { startControlPlane, type ControlPlane } from './harness/control-plane.ts';
 import { ENV } from './harness/env.ts';
@@ -390,7 +391,8 @@ spec:
 
   step('No kubelet here: starting the injected sidecar as a local process from the stored pod spec');
   note('its volumes are filled from the API server as a kubelet would (Secrets, policy ConfigMap, downward');
-  note('API, pod-bound tokens); only paths under a temp root, the JWKS URL and the metrics port differ');
+  note('API, pod-bound tokens), and its env too (POD_NAME, KUBERNETES_SERVICE_HOST); only paths under a temp');
+  note('root, the JWKS URL and the metrics port differ');
   const root = join(runDir, 'pod');
   const materialised = await materialiseSidecar(core, pod, root);
   console.log(dim(`$ chaperone-sidecar --config ${materialised.configFile} &`));
@@ -398,7 +400,8 @@ spec:
   const sidecarLog = () => readFileSync(sidecar!.logFile, 'utf8').split('\n');
   await until('the sidecar log', () => (sidecarLog().some((l) => l.includes('"msg":"ready"')) ? true : undefined));
   for (const line of sidecarLog()) {
-    if (line.includes('"msg":"policy bundles loaded"') || line.includes('"msg":"ready"')) console.log(dim(line));
+    if (['"msg":"policy bundles loaded"', '"msg":"durable audit trail"', '"msg":"ready"'].some((m) => line.includes(m)))
+      console.log(dim(line));
   }
   // The kubelet refreshes projected ConfigMaps within its sync period (about a minute by default); this
   // stand-in does it every second, atomically, as the kubelet's atomic writer does.
@@ -437,11 +440,14 @@ spec:
     ...agentEnv,
     PGPASSWORD: token,
   };
-  const psqlAsAgent = (sql: string, fail = false) =>
-    (fail ? showFailure : show)('psql', ['-X', '-v', 'VERBOSITY=verbose', '-c', sql], {
+  let agentSessions = 0;
+  const psqlAsAgent = (sql: string, fail = false) => {
+    agentSessions++;
+    return (fail ? showFailure : show)('psql', ['-X', '-v', 'VERBOSITY=verbose', '-c', sql], {
       env: agentProcessEnv,
       display: `PGPASSWORD="$(cat $CHAPERONE_TOKEN_FILE)" psql -c "${sql}"`,
     });
+  };
   note('an allowed read (rule reads):');
   psqlAsAgent('select id, status, total from orders order by id');
   note('a denied write (rule deny-ddl): SQLSTATE 42501, naming the policy and the rule');
@@ -451,6 +457,7 @@ spec:
 
   step('A policy change reaches a live session: same connection, new decision');
   const live = startLiveSession(agentProcessEnv);
+  agentSessions++;
   await live.run('select pg_backend_pid() as upstream_pid, count(*) as customers from customers;');
   const before = currentDigest(kubectl);
   note('the security team forbids customer data to CI jobs, while that session stays open:');
@@ -494,28 +501,44 @@ spec:
   await live.close();
   note('same upstream backend pid: the connection was never dropped; the new rule applied to its next statement');
 
-  step("The auditor's view");
-  const lines = sidecarLog().filter((l) => l.startsWith('{"session":'));
-  const records = lines.map((l) => JSON.parse(l) as { session: Record<string, unknown>; record: AuditRecordLine });
-  const decisions = records.filter((r) => r.record.type === 'command.decision');
-  note(
-    `the sidecar wrote ${String(records.length)} hash-chained audit records as JSON lines on stdout ` +
-      `(audit.path "-"), ${String(decisions.length)} of them decisions; the live session's, compactly:`,
+  step("The auditor's view: the Session objects the sidecar wrote");
+  note("every record was fdatasync'ed to the sidecar's spool (an emptyDir) before its statement went on, and");
+  note('the sidecar writes them into Session objects with its own pod-bound token, about once a second;');
+  note(`waiting for the ${String(agentSessions)} client sessions of the agent to be Closed in the API server`);
+  const custom = kc.makeApiClient(k8s.CustomObjectsApi);
+  const sessions = await until(
+    'the sidecar to write the sessions into Session objects',
+    async () => {
+      const list = (await custom.listNamespacedCustomObject({
+        group: GROUP,
+        version: VERSION,
+        namespace: 'ci',
+        plural: 'sessions',
+      })) as { items: Session[] };
+      const closed = list.items.filter((item) => item.status?.phase === 'Closed');
+      return closed.length >= agentSessions ? list.items : undefined;
+    },
+    30_000,
   );
-  const liveId = decisions.at(-1)?.session.sessionId;
-  const start = records.find((r) => r.session.sessionId === liveId && r.record.type === 'session.start')?.record;
-  console.log(
-    `session ${String(liveId)}: subject ${String(start?.identity?.subject)} ` +
-      `(pod ${String(start?.identity?.claims?.['pod.name'])}, verified against ${String(start?.identity?.issuer)})`,
-  );
-  for (const { session, record } of decisions.filter((d) => d.session.sessionId === liveId)) {
-    console.log(JSON.stringify(compactRecord(session, record)));
-  }
-  note('one record in full:');
-  console.log(JSON.stringify(decisions.at(-2)?.record, null, 2));
-  note('Session objects (kubectl get sessions, kubectl chaperone sessions show, kubectl chaperone verify --all)');
-  note('come with the durable audit writer: the sidecar has it (audit.spoolDir, docs/audit-durability.md), but');
-  note('the injector does not enable it in the configuration it renders yet, so these records are not in etcd.');
+  note("the operator bound the chaperone-sidecar Role (create and patch Sessions) to the pod's service account:");
+  kube('get', 'rolebinding', 'chaperone-sidecar', '-n', 'ci', '-o', 'wide');
+  kube('get', 'sessions', '-n', 'ci');
+  // kubectl finds plugins on PATH; the plugin's `#!/usr/bin/env node` finds this Node.js first.
+  const pluginDir = join(runDir, 'bin');
+  mkdirSync(pluginDir, { recursive: true });
+  symlinkSync(join(REPO_ROOT, 'cli/src/bin/kubectl-chaperone.ts'), join(pluginDir, 'kubectl-chaperone'));
+  const pluginEnv = {
+    ...process.env,
+    PATH: [pluginDir, dirname(process.execPath), process.env.PATH ?? ''].join(delimiter),
+  };
+  const chaperone = (...args: string[]) => show(kubectl, ['chaperone', ...args], { env: pluginEnv });
+  chaperone('sessions', '-n', 'ci');
+  const newest = sessions.reduce((a, b) => ((a.spec.records[0]?.time ?? '') > (b.spec.records[0]?.time ?? '') ? a : b));
+  note('the live session, with the policy change in the middle of it:');
+  chaperone('sessions', 'show', newest.metadata.name ?? '', '-n', 'ci');
+  note('every record hash, the hash links and the signed chain heads, checked against the API server:');
+  chaperone('verify', '--all', '-n', 'ci');
+  console.log('kubectl chaperone verify: exit 0');
 
   if (keep) {
     step(`Left running; KUBECONFIG=${controlPlane.kubeconfig}. Press Ctrl-C to stop.`);
@@ -560,6 +583,7 @@ function summarisePod(pod: k8s.V1Pod): string {
     lines.push(
       `initContainers[0]: ${sidecarContainer.name} image=${String(sidecarContainer.image)} ` +
         `restartPolicy=${String(sidecarContainer.restartPolicy)} (native sidecar) args=${JSON.stringify(sidecarContainer.args)}`,
+      `  env: ${(sidecarContainer.env ?? []).map((e) => `${e.name}=(${e.valueFrom?.fieldRef?.fieldPath ?? 'ref'})`).join(' ')}`,
       `  mounts: ${(sidecarContainer.volumeMounts ?? []).map((m) => `${m.name}→${m.mountPath}`).join(', ')}`,
     );
   }
@@ -582,35 +606,14 @@ function summarisePod(pod: k8s.V1Pod): string {
             : 'downwardAPI',
     );
     const kind =
-      v.projected !== undefined ? `projected: ${sources.join(', ')}` : v.downwardAPI ? 'downwardAPI' : 'emptyDir';
+      v.projected !== undefined
+        ? `projected: ${sources.join(', ')}`
+        : v.downwardAPI
+          ? 'downwardAPI'
+          : `emptyDir sizeLimit=${v.emptyDir?.sizeLimit ?? '(none)'}`;
     lines.push(`  ${v.name}: ${kind}`);
   }
   lines.push(`automountServiceAccountToken: ${String(spec?.automountServiceAccountToken)}`);
   lines.push(`annotations: ${Object.keys(pod.metadata?.annotations ?? {}).join(', ')}`);
   return lines.join('\n');
-}
-
-interface AuditRecordLine {
-  readonly seq: number;
-  readonly time: string;
-  readonly type: string;
-  readonly identity?: { subject?: string; issuer?: string; claims?: Record<string, string> };
-  readonly command?: { text?: string };
-  readonly decision?: { result?: string; rule?: string; bundleDigest?: string };
-  readonly hash?: string;
-}
-
-/** The fields of a decision record an auditor reads first. */
-function compactRecord(session: Record<string, unknown>, r: AuditRecordLine): Record<string, unknown> {
-  return {
-    session: String(session.sessionId).slice(0, 8),
-    seq: r.seq,
-    time: r.time,
-    who: r.identity?.subject,
-    sql: r.command?.text,
-    decision: r.decision?.result,
-    rule: r.decision?.rule,
-    bundle: r.decision?.bundleDigest?.slice(0, 19),
-    hash: r.hash?.slice(0, 19),
-  };
 }

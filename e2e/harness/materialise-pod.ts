@@ -1,9 +1,10 @@
 // Turns a stored, injected pod spec into a running local sidecar, the way a kubelet would: every volume
 // the sidecar container mounts is filled from the API server (Secrets, ConfigMaps, downward API fields,
 // TokenRequest tokens bound to the pod) into a temporary root that mirrors the mount paths, the config's
-// paths are rewritten under that root, and `node sidecar/src/bin/chaperone-sidecar.ts --config` starts.
-// Only these rewrites differ from a cluster: paths under the root, the JWKS URL (no in-cluster DNS
-// here), and port 0 for metrics.
+// paths are rewritten under that root, and `node sidecar/src/bin/chaperone-sidecar.ts --config` starts
+// with the container's env (downward-API fields resolved) and KUBERNETES_SERVICE_HOST/PORT naming the
+// API server, as the kubelet sets them. Only these rewrites differ from a cluster: paths under the root,
+// the JWKS URL (no in-cluster DNS here), and port 0 for metrics.
 //
 // Volumes are written like the kubelet's atomic writer does: the files go into a fresh hidden directory
 // `..<timestamp>`, the symlink `..data` is swapped to it with a rename, and each top-level entry is a
@@ -70,6 +71,21 @@ function fieldOf(pod: k8s.V1Pod, fieldPath: string): string {
 function write(path: string, content: string | Buffer): void {
   mkdirSync(dirname(path), { recursive: true });
   writeFileSync(path, content);
+}
+
+/** A container's environment as the kubelet sets it: its env entries, and the in-cluster API server address. */
+export function containerEnv(pod: k8s.V1Pod, container: k8s.V1Container): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const e of container.env ?? []) {
+    if (e.value !== undefined) env[e.name] = e.value;
+    else if (e.valueFrom?.fieldRef !== undefined) env[e.name] = fieldOf(pod, e.valueFrom.fieldRef.fieldPath);
+    else throw new Error(`materialiser does not know the source of env ${e.name}`);
+  }
+  // The kubelet gives every container the address of the kubernetes Service; here, the local API server.
+  const server = new URL(controlPlaneEnv().server);
+  env.KUBERNETES_SERVICE_HOST = server.hostname.replace(/^\[|\]$/g, '');
+  env.KUBERNETES_SERVICE_PORT = server.port === '' ? '443' : server.port;
+  return env;
 }
 
 /**
@@ -248,6 +264,7 @@ export async function materialiseSidecar(
       const log = createWriteStream(logFile);
       const child = spawn(process.execPath, [SIDECAR_BIN, '--config', configFile], {
         stdio: ['ignore', 'pipe', 'pipe'],
+        env: { ...process.env, ...containerEnv(pod, sidecar) },
       });
       child.stdout.pipe(log);
       try {

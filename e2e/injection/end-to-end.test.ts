@@ -1,18 +1,33 @@
-// The whole path from an annotation to a query: the webhook injects a pod; its stored spec is materialised
-// (sidecar volumes filled from the API server, config rewritten only under a temp root) and the sidecar
-// runs locally with exactly that config; psql, as the agent, uses only the agent container's env and its
-// audience-bound token. It reaches PostgreSQL through the sidecar, and has no credential to go around it.
-import { after, before, test } from 'node:test';
+// The whole path from an annotation to a query and its audit trail: the webhook injects a generateName'd
+// pod; its stored spec is materialised (sidecar volumes filled from the API server, config rewritten only
+// under a temp root) and the sidecar runs locally with exactly that config and the container's env; psql,
+// as the agent, uses only the agent container's env and its audience-bound token. It reaches PostgreSQL
+// through the sidecar, and has no credential to go around it. The sidecar writes the session into a
+// Session object with its own pod-bound token, under the admission policy that only a pod's own sidecar
+// may, and `kubectl chaperone verify` accepts the trail.
+import { after, before, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { GROUP, VERSION, type AccessPolicySpec, type ProtectedResource } from '@chaperone/api';
-import { VOLUME_CREDENTIALS } from '../../operator/src/injection/constants.ts';
-import { postgresEnv, testDir } from '../harness/env.ts';
+import * as k8s from '@kubernetes/client-node';
+import { parseAllDocuments } from 'yaml';
+import { GROUP, VERSION, type AccessPolicySpec, type ProtectedResource, type Session } from '@chaperone/api';
+import {
+  injectedServiceAccounts,
+  sidecarRole,
+  sidecarRoleBinding,
+} from '../../operator/src/controllers/protected-resource-controller.ts';
+import { ANNOTATION_SIDECAR_CONFIG, VOLUME_CREDENTIALS } from '../../operator/src/injection/constants.ts';
+import { buildTrail, createSigner } from '../audit/trail-fixture.ts';
+import { runCli } from '../audit/run-cli.ts';
+import { controlPlaneEnv, postgresEnv, testDir } from '../harness/env.ts';
+import { statusOf } from '../harness/kube.ts';
+import { poll } from '../harness/poll.ts';
 import { writePolicyBundle } from '../harness/sidecar.ts';
+import { REPO_ROOT } from '../harness/tools.ts';
 import { agentPod, createPostgresResource, startWebhookFixture, type WebhookFixture } from './injection-fixture.ts';
 import { materialiseSidecar, materialiseVolumes } from '../harness/materialise-pod.ts';
 
@@ -36,13 +51,62 @@ function psql(env: NodeJS.ProcessEnv, sql: string) {
   return spawnSync('psql', ['-X', '-A', '-t', '-c', sql], { env, encoding: 'utf8', timeout: 30_000 });
 }
 
+/**
+ * The Session writers policy of config/admission, bound to one namespace only (the control plane is shared
+ * with other test files, whose Sessions are written by test clients). Removed when the test ends.
+ */
+async function protectSessionsOf(t: TestContext, namespace: string): Promise<void> {
+  const admission = fx.kc.makeApiClient(k8s.AdmissionregistrationV1Api);
+  const documents = parseAllDocuments(
+    readFileSync(join(REPO_ROOT, 'config', 'admission', 'session-protection.yaml'), 'utf8'),
+  ).map((d) => d.toJS() as { kind: string; metadata: { name: string } });
+  const policy = documents.find(
+    (d) => d.kind === 'ValidatingAdmissionPolicy' && d.metadata.name === 'chaperone-session-writers',
+  ) as k8s.V1ValidatingAdmissionPolicy | undefined;
+  assert.ok(policy?.metadata);
+  const name = `chaperone-session-writers-${namespace}`;
+  policy.metadata.name = name;
+  await admission.createValidatingAdmissionPolicy({ body: policy });
+  t.after(() => admission.deleteValidatingAdmissionPolicy({ name }).then(() => undefined));
+  await admission.createValidatingAdmissionPolicyBinding({
+    body: {
+      metadata: { name },
+      spec: {
+        policyName: name,
+        validationActions: ['Deny'],
+        matchResources: { namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': namespace } } },
+      },
+    },
+  });
+  t.after(() => admission.deleteValidatingAdmissionPolicyBinding({ name }).then(() => undefined));
+  // Enforced once the API server has loaded and type-checked it: until then an administrator may write.
+  const [probe] = await buildTrail({ name: 'probe', namespace, signer: await createSigner() });
+  assert.ok(probe);
+  const { status: _status, ...body } = probe;
+  await poll('the Session writers policy to be enforced', () =>
+    fx.custom
+      .createNamespacedCustomObject({
+        group: GROUP,
+        version: VERSION,
+        namespace,
+        plural: 'sessions',
+        body,
+        dryRun: 'All',
+      })
+      .then(
+        () => undefined,
+        (err: unknown) => (statusOf(err)?.code === 403 ? true : undefined),
+      ),
+  );
+}
+
 const ALLOW_ORDERS: AccessPolicySpec = {
   resources: { names: ['orders-db'] },
   rules: [{ name: 'everything', decision: 'allow', match: {} }],
   defaultDecision: 'deny',
 };
 
-test('an injected agent reaches PostgreSQL through its materialised sidecar and not around it', async (t) => {
+test('an injected agent reaches PostgreSQL only through its sidecar, which records it in Session objects', async (t) => {
   const ns = await fx.namespace(t);
   const listenPort = await freePort();
   await createPostgresResource(fx, ns, { listenPort });
@@ -68,8 +132,13 @@ test('an injected agent reaches PostgreSQL through its materialised sidecar and 
   })) as ProtectedResource;
   for (let i = 0; i < 100 && fx.webhooks.cache.policiesCovering(ns, [resource]).length === 0; i++) await sleep(100);
 
-  await fx.core.createNamespacedPod({ namespace: ns, body: agentPod('agent', 'orders-db') });
-  const pod = await fx.core.readNamespacedPod({ namespace: ns, name: 'agent' });
+  // generateName, as Deployments and Jobs do: the injector cannot know the name, the sidecar learns it.
+  const body = agentPod('agent', 'orders-db');
+  body.metadata = { generateName: 'agent-', annotations: body.metadata?.annotations ?? {} };
+  const created = await fx.core.createNamespacedPod({ namespace: ns, body });
+  const podName = created.metadata?.name ?? '';
+  const pod = await fx.core.readNamespacedPod({ namespace: ns, name: podName });
+  assert.match(pod.metadata?.annotations?.[ANNOTATION_SIDECAR_CONFIG] ?? '', /^ {2}name: ""$/m);
   const policiesVolume = pod.spec?.volumes?.find((v) => v.name === 'chaperone-policies');
   assert.equal(policiesVolume?.projected?.sources?.[0]?.configMap?.name, 'chaperone-policy-allow-orders');
 
@@ -80,6 +149,14 @@ test('an injected agent reaches PostgreSQL through its materialised sidecar and 
   // No operator controller runs here: compile the bundle into the mounted bundle directory ourselves.
   const bundleDir = (sidecar.config.policy as { bundleDir: string }).bundleDir;
   await writePolicyBundle(bundleDir, 'allow-orders', ALLOW_ORDERS, ns);
+  // Nor does the ProtectedResource controller: grant the Role it would, to the service account it would.
+  const rbac = fx.kc.makeApiClient(k8s.RbacAuthorizationV1Api);
+  await rbac.createNamespacedRole({ namespace: ns, body: sidecarRole(ns, [resource]) });
+  await rbac.createNamespacedRoleBinding({
+    namespace: ns,
+    body: sidecarRoleBinding(ns, [resource], injectedServiceAccounts([pod])),
+  });
+  await protectSessionsOf(t, ns);
   const running = await sidecar.start();
   t.after(() => running.stop());
 
@@ -116,9 +193,39 @@ test('an injected agent reaches PostgreSQL through its materialised sidecar and 
   );
   assert.notEqual(withoutPassword.status, 0);
 
-  // The sidecar's audit records (stdout, JSON lines) name the agent: the pod's service account, from
-  // the pod-bound token.
-  const subject = `system:serviceaccount:${ns}:default`;
-  for (let i = 0; i < 50 && !readFileSync(running.logFile, 'utf8').includes(subject); i++) await sleep(100);
-  assert.ok(readFileSync(running.logFile, 'utf8').includes(subject), 'audit records carry the agent identity');
+  // The session reaches a Session object of the pod's namespace within a flush interval or so, written by
+  // the sidecar with its own pod-bound token (the admission policy refuses any other writer).
+  const sessions = await poll('the sidecar to close its session in a Session', async () => {
+    const list = (await fx.custom.listNamespacedCustomObject({
+      group: GROUP,
+      version: VERSION,
+      namespace: ns,
+      plural: 'sessions',
+    })) as { items: Session[] };
+    return list.items.some((s) => s.status?.phase === 'Closed') ? list.items : undefined;
+  }).catch((err: unknown) => {
+    const problems = readFileSync(running.logFile, 'utf8')
+      .split('\n')
+      .filter((l) => /"level":"(warn|error)"/.test(l));
+    throw new Error(`${String(err)}\nsidecar warnings:\n${problems.slice(-5).join('\n')}`, { cause: err });
+  });
+  assert.equal(sessions.length, 1, 'one client session, one Session object');
+  const [session] = sessions;
+  assert.ok(session);
+  assert.deepEqual(session.spec.pod, { name: podName, uid: pod.metadata?.uid ?? '' });
+  assert.equal(session.spec.resource.name, 'orders-db');
+  assert.deepEqual(
+    session.spec.records.map((r) => r.type),
+    ['session.start', 'command.decision', 'command.outcome', 'session.end'],
+    'a decision and an outcome for the one statement',
+  );
+  const decision = session.spec.records.find((r) => r.type === 'command.decision');
+  assert.equal(decision?.command?.text, 'select current_user, 40 + 2');
+  assert.equal(decision.decision?.result, 'allow');
+  // The agent is the pod's service account, from its pod-bound token.
+  assert.equal(session.spec.identity.subject, `system:serviceaccount:${ns}:default`);
+  assert.deepEqual(session.status?.counters, { commands: 1, allowed: 1, denied: 0, held: 0, errors: 0 });
+
+  const verify = await runCli(['verify', '--all', '-n', ns, '--kubeconfig', controlPlaneEnv().kubeconfig]);
+  assert.equal(verify.code, 0, `kubectl chaperone verify:\n${verify.stdout}${verify.stderr}`);
 });

@@ -13,6 +13,7 @@ import {
   LABEL_INJECTION,
   SIDECAR_CONTAINER,
   VOLUME_AGENT_IDENTITY,
+  VOLUME_AUDIT,
   VOLUME_CREDENTIALS,
   VOLUME_SIDECAR_API_ACCESS,
 } from '../../operator/src/injection/constants.ts';
@@ -69,6 +70,13 @@ function assertInjected(pod: k8s.V1Pod, expectedAgents: string[]): void {
   assert.ok(sidecar.volumeMounts?.some((m) => m.name === VOLUME_CREDENTIALS));
   assert.ok(sidecar.volumeMounts?.some((m) => m.name === VOLUME_SIDECAR_API_ACCESS));
   assert.ok(carriesApiServerToken(volumes.get(VOLUME_SIDECAR_API_ACCESS) ?? { name: '' }));
+  assert.ok(volumes.get(VOLUME_AUDIT)?.emptyDir?.sizeLimit, 'the audit spool is a bounded emptyDir');
+  assert.ok(sidecar.volumeMounts?.some((m) => m.name === VOLUME_AUDIT && m.readOnly !== true));
+  assert.deepEqual(
+    (sidecar.env ?? []).map((e) => `${e.name}=${e.valueFrom?.fieldRef?.fieldPath ?? ''}`),
+    ['POD_NAME=metadata.name', 'POD_NAMESPACE=metadata.namespace', 'POD_UID=metadata.uid'],
+    'the sidecar learns its pod from the downward API',
+  );
   const identity = volumes.get(VOLUME_AGENT_IDENTITY);
   assert.equal(identity?.projected?.sources?.[0]?.serviceAccountToken?.audience, 'chaperone');
 
@@ -83,6 +91,7 @@ function assertInjected(pod: k8s.V1Pod, expectedAgents: string[]): void {
     for (const mount of container.volumeMounts ?? []) {
       assert.notEqual(mount.name, VOLUME_CREDENTIALS, `${container.name} must not mount credentials`);
       assert.notEqual(mount.name, VOLUME_SIDECAR_API_ACCESS, `${container.name} must not mount the sidecar token`);
+      assert.notEqual(mount.name, VOLUME_AUDIT, `${container.name} must not mount the audit spool`);
       const volume = volumes.get(mount.name);
       assert.ok(volume === undefined || !carriesApiServerToken(volume), `${container.name} has no API-server token`);
       assert.ok(
@@ -390,16 +399,21 @@ describe('strict mode', () => {
     assert.match(status.message ?? '', /cannot change/);
   });
 
-  test('the validating webhook refuses an ephemeral container targeting the sidecar', async (t) => {
+  test('the validating webhook refuses ephemeral containers targeting the sidecar or mounting its volumes', async (t) => {
     const ns = await fx.namespace(t, { strict: true });
     await createPostgresResource(fx, ns, { listenPort: LISTEN_PORT });
     await createPod(ns, agentPod('debugged', 'orders-db'));
     const pod = await fx.core.readNamespacedPod({ namespace: ns, name: 'debugged' });
     assert.ok(pod.spec);
-    pod.spec.ephemeralContainers = [{ name: 'debugger', image: 'busybox', targetContainerName: SIDECAR_CONTAINER }];
+    pod.spec.ephemeralContainers = [
+      { name: 'debugger', image: 'busybox', targetContainerName: SIDECAR_CONTAINER },
+      // The audit volume holds the sidecar's signing key.
+      { name: 'snooper', image: 'busybox', volumeMounts: [{ name: VOLUME_AUDIT, mountPath: '/spool' }] },
+    ];
     const status = await rejection(
       fx.core.replaceNamespacedPodEphemeralcontainers({ namespace: ns, name: 'debugged', body: pod }),
     );
     assert.match(status.message ?? '', /ephemeral container debugger targets chaperone-sidecar/);
+    assert.match(status.message ?? '', /ephemeral container snooper mounts chaperone-audit/);
   });
 });

@@ -85,6 +85,7 @@ export type TrustedIssuerConfig = Static<typeof TrustedIssuerConfig>;
 
 export const SidecarConfig = Type.Object(
   {
+    /** The pod written into every audit record; empty fields are taken from POD_ENV (downward API). */
     pod: Type.Object(
       {
         namespace: Type.String({ default: '' }),
@@ -121,12 +122,21 @@ export const SidecarConfig = Type.Object(
         flushIntervalMs: Type.Integer({ minimum: 10, maximum: 60_000, default: 1000 }),
         /** With `spoolDir`: also write every record as JSON lines to `path` (an export for a SIEM). Default false. */
         exportJsonLines: Type.Boolean({ default: false }),
-        /** Where Session objects are written (needed with `spoolDir`). */
+        /**
+         * Where Session objects are written (needed with `spoolDir`): a kubeconfig file, or in-cluster access
+         * (server from KUBERNETES_SERVICE_HOST/PORT, the service-account token and CA) with each part overridable.
+         */
         kubernetes: Type.Optional(
           Type.Object(
             {
-              /** Kubeconfig file; default in-cluster (the pod's service-account token). */
+              /** Kubeconfig file; excludes server, tokenFile and caFile. */
               kubeconfig: Type.Optional(Type.String({ minLength: 1 })),
+              /** API server URL; default https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT. */
+              server: Type.Optional(Type.String({ pattern: '^https?://' })),
+              /** Bearer token file, re-read every minute (the kubelet rotates projected tokens); default in-cluster. */
+              tokenFile: Type.Optional(Type.String({ minLength: 1 })),
+              /** CA bundle of the API server; default in-cluster. */
+              caFile: Type.Optional(Type.String({ minLength: 1 })),
               /** Namespace of the Session objects; default the pod's namespace. */
               namespace: Type.Optional(Type.String({ minLength: 1, maxLength: 63 })),
             },
@@ -154,6 +164,23 @@ export const SidecarConfig = Type.Object(
 );
 export type SidecarConfig = Static<typeof SidecarConfig>;
 
+/** The process environment, as far as the configuration reads it. */
+export type ConfigEnvironment = Readonly<Record<string, string | undefined>>;
+
+/**
+ * Downward-API variables that fill `pod.*` where the file leaves it empty: at admission the injector knows
+ * no generateName'd pod's name and no pod's uid, so it sets these on the sidecar container instead.
+ */
+export const POD_ENV = { namespace: 'POD_NAMESPACE', name: 'POD_NAME', uid: 'POD_UID' } as const;
+
+/** In-cluster API access: the kubelet sets these variables and projects the token and CA (as client-go reads them). */
+export const IN_CLUSTER = {
+  hostEnv: 'KUBERNETES_SERVICE_HOST',
+  portEnv: 'KUBERNETES_SERVICE_PORT',
+  tokenFile: '/var/run/secrets/kubernetes.io/serviceaccount/token',
+  caFile: '/var/run/secrets/kubernetes.io/serviceaccount/ca.crt',
+} as const;
+
 export class ConfigError extends Error {
   override name = 'ConfigError';
 }
@@ -168,13 +195,19 @@ export function isLoopback(host: string): boolean {
   return host === 'localhost' || host === '::1' || (isIP(host) === 4 && host.startsWith('127.'));
 }
 
-/** Validates a parsed configuration document, applying defaults. Throws ConfigError listing every problem. */
-export function validateConfig(document: unknown): SidecarConfig {
+/**
+ * Validates a parsed configuration document, applying defaults, including those only the environment
+ * knows (POD_ENV, the in-cluster API server). Throws ConfigError listing every problem.
+ */
+export function validateConfig(document: unknown, env: ConfigEnvironment = {}): SidecarConfig {
   const withDefaults = Value.Default(SidecarConfig, structuredClone(document ?? {}));
   const errors = [...Value.Errors(SidecarConfig, withDefaults)].map((e) => `${e.path || '/'}: ${e.message}`);
   if (errors.length > 0) throw new ConfigError(`invalid configuration:\n  ${errors.join('\n  ')}`);
   const config = withDefaults as SidecarConfig;
   const problems: string[] = [];
+  for (const key of ['namespace', 'name', 'uid'] as const) {
+    if (config.pod[key] === '') config.pod[key] = env[POD_ENV[key]] ?? '';
+  }
   const names = new Set<string>();
   for (const [i, l] of config.listeners.entries()) {
     if (names.has(l.name)) problems.push(`/listeners/${i}/name: duplicate listener ${l.name}`);
@@ -201,19 +234,53 @@ export function validateConfig(document: unknown): SidecarConfig {
   if (config.audit.spoolDir !== undefined) {
     const namespace = config.audit.kubernetes?.namespace ?? config.pod.namespace;
     if (namespace === '') {
-      problems.push('/audit/kubernetes/namespace: set it (or pod.namespace) when audit.spoolDir is set');
+      problems.push(
+        `/audit/kubernetes/namespace: set it (or pod.namespace, or ${POD_ENV.namespace}) when audit.spoolDir is set`,
+      );
     }
+    // Sessions name the pod whose sidecar wrote them, and admission checks it against the writer's token.
+    if (config.pod.name === '') {
+      problems.push(`/pod/name: set it (or ${POD_ENV.name}) when audit.spoolDir is set`);
+    }
+    problems.push(...resolveApiAccess(config, env));
   }
   if (problems.length > 0) throw new ConfigError(`invalid configuration:\n  ${problems.join('\n  ')}`);
   return config;
 }
 
-export function loadConfig(path: string): SidecarConfig {
+/** Completes `audit.kubernetes`: a kubeconfig, or server, tokenFile and caFile with in-cluster defaults. */
+function resolveApiAccess(config: SidecarConfig, env: ConfigEnvironment): string[] {
+  const access = config.audit.kubernetes ?? {};
+  if (access.kubeconfig !== undefined) {
+    const others = (['server', 'tokenFile', 'caFile'] as const).filter((k) => access[k] !== undefined);
+    return others.length === 0 ? [] : [`/audit/kubernetes: kubeconfig excludes ${others.join(', ')}`];
+  }
+  let server = access.server;
+  if (server === undefined) {
+    const host = env[IN_CLUSTER.hostEnv] ?? '';
+    const port = env[IN_CLUSTER.portEnv] ?? '';
+    if (host === '' || port === '') {
+      return [
+        `/audit/kubernetes/server: not set, and ${IN_CLUSTER.hostEnv}/${IN_CLUSTER.portEnv} are not in the environment; outside a pod, set server or kubeconfig`,
+      ];
+    }
+    server = `https://${isIP(host) === 6 ? `[${host}]` : host}:${port}`;
+  }
+  config.audit.kubernetes = {
+    ...access,
+    server,
+    tokenFile: access.tokenFile ?? IN_CLUSTER.tokenFile,
+    caFile: access.caFile ?? IN_CLUSTER.caFile,
+  };
+  return [];
+}
+
+export function loadConfig(path: string, env: ConfigEnvironment = process.env): SidecarConfig {
   let text: string;
   try {
     text = readFileSync(path, 'utf8');
   } catch (err) {
     throw new ConfigError(`cannot read configuration ${path}: ${(err as Error).message}`, { cause: err });
   }
-  return validateConfig(parse(text));
+  return validateConfig(parse(text), env);
 }

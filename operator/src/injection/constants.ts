@@ -25,6 +25,7 @@ export const VOLUME_CREDENTIALS = 'chaperone-credentials';
 export const VOLUME_POLICIES = 'chaperone-policies';
 export const VOLUME_SIDECAR_API_ACCESS = 'chaperone-sidecar-api-access';
 export const VOLUME_AGENT_IDENTITY = 'chaperone-agent-identity';
+export const VOLUME_AUDIT = 'chaperone-audit';
 
 /** Everything the sidecar reads lives under these paths; the agent never has them mounted. */
 export const SIDECAR_CONFIG_DIR = '/etc/chaperone/config';
@@ -35,6 +36,17 @@ export const SIDECAR_CREDENTIALS_DIR = '/etc/chaperone/credentials';
 export const SIDECAR_POLICIES_DIR = '/etc/chaperone/policies';
 /** The standard in-cluster path, so the sidecar's Kubernetes client finds its token, CA and namespace. */
 export const SIDECAR_API_ACCESS_DIR = '/var/run/secrets/kubernetes.io/serviceaccount';
+/** The audit spool, Session writer state and the signing key: writable, and the sidecar's alone. */
+export const SIDECAR_AUDIT_DIR = '/var/lib/chaperone/audit';
+/**
+ * Downward-API env of the sidecar container, read by the sidecar where its config leaves `pod.*` empty
+ * (POD_ENV in sidecar/src/config.ts): a generateName'd pod has no name at admission, and no pod a uid.
+ */
+export const SIDECAR_POD_ENV: Readonly<Record<string, string>> = {
+  POD_NAME: 'metadata.name',
+  POD_NAMESPACE: 'metadata.namespace',
+  POD_UID: 'metadata.uid',
+};
 
 /** Agent side: the audience-bound identity token and, for kubernetes resources, the kubeconfig. */
 export const AGENT_IDENTITY_DIR = '/var/run/secrets/chaperone';

@@ -1,12 +1,13 @@
 // The injector as a pure function: the patch applies, the rendered config passes the sidecar's own
-// validator, a second call on the patched pod is empty, and the refusals say what is wrong.
+// validator (with the env a kubelet would give the sidecar), a second call on the patched pod is empty,
+// and the refusals say what is wrong.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { V1Pod } from '@kubernetes/client-node';
 import { parse } from 'yaml';
 import type { ProtectedResource } from '@chaperone/api';
 import { validateConfig } from '../../../sidecar/src/config.ts';
-import { ANNOTATION_SIDECAR_CONFIG, SIDECAR_CONTAINER } from './constants.ts';
+import { ANNOTATION_SIDECAR_CONFIG, SIDECAR_CONTAINER, VOLUME_AUDIT, VOLUME_SIDECAR_API_ACCESS } from './constants.ts';
 import type { JsonPatchOperation } from './json-patch.ts';
 import { renderPodPatch, type InjectionInput } from './render-pod-patch.ts';
 import { validateInjectionSettings } from './settings.ts';
@@ -37,6 +38,17 @@ function applyPatch<T>(doc: T, patch: readonly JsonPatchOperation[]): T {
 }
 
 const settings = validateInjectionSettings({ image: 'sidecar:test', operatorNamespace: 'chaperone-system' });
+
+/** The env a kubelet gives the sidecar: its downward-API fields, resolved for `fields`, and the in-cluster API server. */
+function kubeletEnv(patched: V1Pod, fields: Record<string, string>): Record<string, string> {
+  const sidecar = patched.spec?.initContainers?.find((c) => c.name === SIDECAR_CONTAINER);
+  const env = (sidecar?.env ?? []).map((e) => [
+    e.name,
+    fields[e.valueFrom?.fieldRef?.fieldPath ?? ''] ?? e.value ?? '',
+  ]);
+  return { ...Object.fromEntries(env), KUBERNETES_SERVICE_HOST: '10.96.0.1', KUBERNETES_SERVICE_PORT: '443' };
+}
+const podFields = { 'metadata.name': 'agent', 'metadata.namespace': 'ci', 'metadata.uid': '5e0b3c1a-uid' };
 
 const resource = (name: string, extra: Partial<ProtectedResource['spec']> = {}): ProtectedResource => ({
   apiVersion: 'chaperone.dev/v1alpha1',
@@ -95,7 +107,10 @@ test('the patch applies, the config validates with the sidecar, and a second pas
     patched.spec.containers[0]?.volumeMounts?.map((m) => m.name),
     ['chaperone-agent-identity'],
   );
-  const config = validateConfig(parse(patched.metadata?.annotations?.[ANNOTATION_SIDECAR_CONFIG] ?? ''));
+  const config = validateConfig(
+    parse(patched.metadata?.annotations?.[ANNOTATION_SIDECAR_CONFIG] ?? ''),
+    kubeletEnv(patched, podFields),
+  );
   assert.equal(config.listeners[0]?.upstream.passwordFile, '/etc/chaperone/credentials/orders/password');
   assert.equal(config.listeners[0].upstream.tls.caFile, '/etc/chaperone/credentials/orders/ca.crt');
   assert.deepEqual(config.listeners[0].resource.labels, { tier: 'gold' });
@@ -122,4 +137,72 @@ test('refusals: port clash, strict mode, no resources', () => {
   assert.match(strict.kind === 'deny' ? strict.message : '', /hostNetwork is true/);
   const none = renderPodPatch(input(pod(), { resources: [] }));
   assert.match(none.kind === 'deny' ? none.message : '', /names no ProtectedResource/);
+});
+
+test('a generateName pod: the sidecar learns its pod from the downward API and writes Sessions with its own token', () => {
+  const generated = pod();
+  generated.metadata = { generateName: 'nightly-report-', annotations: pod().metadata?.annotations ?? {} };
+  const result = renderPodPatch(input(generated));
+  assert.equal(result.kind, 'patch');
+  const patched = applyPatch(generated, result.patch);
+  const sidecar = patched.spec?.initContainers?.[0];
+  assert.equal(sidecar?.name, SIDECAR_CONTAINER);
+  const rendered: unknown = parse(patched.metadata?.annotations?.[ANNOTATION_SIDECAR_CONFIG] ?? '');
+
+  // Without the kubelet's env the sidecar says what is missing, and where it would come from.
+  assert.throws(
+    () => validateConfig(rendered),
+    (err: Error) =>
+      err.message.includes('/pod/name: set it (or POD_NAME) when audit.spoolDir is set') &&
+      err.message.includes('KUBERNETES_SERVICE_HOST/KUBERNETES_SERVICE_PORT are not in the environment'),
+  );
+  const fields = { ...podFields, 'metadata.name': 'nightly-report-x7k2p' };
+  const config = validateConfig(rendered, kubeletEnv(patched, fields));
+  assert.deepEqual(config.pod, { namespace: 'ci', name: 'nightly-report-x7k2p', uid: '5e0b3c1a-uid' });
+  assert.equal(config.audit.exportJsonLines, false);
+  assert.equal(config.audit.spoolMaxBytes, 256 * 1024 * 1024);
+  assert.deepEqual(config.audit.kubernetes, {
+    server: 'https://10.96.0.1:443',
+    tokenFile: '/var/run/secrets/kubernetes.io/serviceaccount/token',
+    caFile: '/var/run/secrets/kubernetes.io/serviceaccount/ca.crt',
+  });
+
+  // The spool is a writable emptyDir in the sidecar alone, a little larger than the spool bound.
+  const mounts = sidecar.volumeMounts ?? [];
+  const spoolMount = mounts.find((m) => m.mountPath === config.audit.spoolDir);
+  assert.equal(spoolMount?.name, VOLUME_AUDIT);
+  assert.notEqual(spoolMount.readOnly, true);
+  const volumes = new Map((patched.spec?.volumes ?? []).map((v) => [v.name, v]));
+  assert.deepEqual(volumes.get(VOLUME_AUDIT), { name: VOLUME_AUDIT, emptyDir: { sizeLimit: '320Mi' } });
+  assert.ok(!patched.spec?.containers.some((c) => c.volumeMounts?.some((m) => m.name === VOLUME_AUDIT)));
+  // Sessions are written with the sidecar's projected token: the API server's own audience, bound to the pod.
+  const tokenMount = mounts.find((m) => config.audit.kubernetes?.tokenFile === `${m.mountPath}/token`);
+  assert.equal(tokenMount?.name, VOLUME_SIDECAR_API_ACCESS);
+  const token = volumes.get(VOLUME_SIDECAR_API_ACCESS)?.projected?.sources?.find((s) => s.serviceAccountToken);
+  assert.equal(token?.serviceAccountToken?.audience, undefined);
+});
+
+test('settings: the spool bound sizes the emptyDir, and JSON lines on stdout are opt-in', () => {
+  const exporting = validateInjectionSettings({
+    image: 'sidecar:test',
+    operatorNamespace: 'chaperone-system',
+    auditSpoolMaxBytes: 64 * 1024 * 1024,
+    auditExportJsonLines: true,
+  });
+  const result = renderPodPatch(input(pod(), { settings: exporting }));
+  assert.equal(result.kind, 'patch');
+  const patched = applyPatch(pod(), result.patch);
+  const config = validateConfig(
+    parse(patched.metadata?.annotations?.[ANNOTATION_SIDECAR_CONFIG] ?? ''),
+    kubeletEnv(patched, podFields),
+  );
+  assert.equal(config.audit.exportJsonLines, true);
+  assert.equal(config.audit.path, '-');
+  assert.equal(config.audit.spoolMaxBytes, 64 * 1024 * 1024);
+  const volume = patched.spec?.volumes?.find((v) => v.name === VOLUME_AUDIT);
+  assert.equal(volume?.emptyDir?.sizeLimit, '80Mi');
+  assert.throws(
+    () => validateInjectionSettings({ image: 'x', operatorNamespace: 'y', auditSpoolMaxBytes: 1000 }),
+    /auditSpoolMaxBytes: an integer >= 65536/,
+  );
 });

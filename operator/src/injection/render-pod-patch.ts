@@ -29,12 +29,15 @@ import {
   ANNOTATION_SIDECAR_CONFIG,
   LABEL_STRICT,
   SIDECAR_API_ACCESS_DIR,
+  SIDECAR_AUDIT_DIR,
   SIDECAR_CONFIG_FILE,
   SIDECAR_CONFIG_PATH,
   SIDECAR_CONTAINER,
   SIDECAR_CREDENTIALS_DIR,
+  SIDECAR_POD_ENV,
   SIDECAR_POLICIES_DIR,
   VOLUME_AGENT_IDENTITY,
+  VOLUME_AUDIT,
   VOLUME_CONFIG,
   VOLUME_CREDENTIALS,
   VOLUME_POLICIES,
@@ -188,6 +191,7 @@ export function renderPodPatch(input: InjectionInput): InjectionResult {
       credentialsVolume(served),
       policiesVolume(input.policies),
       sidecarApiAccessVolume(settings),
+      auditVolume(settings),
     );
   }
   ensureVolumes(pod, volumes, automountVolumes, ops);
@@ -405,6 +409,17 @@ function sidecarApiAccessVolume(settings: InjectionSettings): V1Volume {
   };
 }
 
+/**
+ * The audit spool. An emptyDir survives container restarts (the spool replays what was not yet in a
+ * Session), not the pod. Its sizeLimit is 25 % above the spool bound, which counts only unacknowledged
+ * records: a partly acknowledged segment (at most 1/8 of the bound), the signing key and small state files
+ * come on top, and exceeding the limit gets the pod evicted.
+ */
+function auditVolume(settings: InjectionSettings): V1Volume {
+  const mebibytes = Math.ceil((settings.auditSpoolMaxBytes * 1.25) / (1024 * 1024));
+  return { name: VOLUME_AUDIT, emptyDir: { sizeLimit: `${String(mebibytes)}Mi` } };
+}
+
 export function sidecarContainer(settings: InjectionSettings): V1Container {
   const probe = { httpGet: { path: '/healthz', port: settings.metricsPort } };
   return {
@@ -412,6 +427,7 @@ export function sidecarContainer(settings: InjectionSettings): V1Container {
     image: settings.image,
     imagePullPolicy: settings.imagePullPolicy,
     args: ['--config', SIDECAR_CONFIG_PATH],
+    env: Object.entries(SIDECAR_POD_ENV).map(([name, fieldPath]) => ({ name, valueFrom: { fieldRef: { fieldPath } } })),
     restartPolicy: 'Always',
     ports: [{ name: 'chaperone-mtr', containerPort: settings.metricsPort, protocol: 'TCP' }],
     startupProbe: { ...probe, periodSeconds: 1, failureThreshold: 60 },
@@ -430,6 +446,7 @@ export function sidecarContainer(settings: InjectionSettings): V1Container {
       { name: VOLUME_CREDENTIALS, mountPath: SIDECAR_CREDENTIALS_DIR, readOnly: true },
       { name: VOLUME_POLICIES, mountPath: SIDECAR_POLICIES_DIR, readOnly: true },
       { name: VOLUME_SIDECAR_API_ACCESS, mountPath: SIDECAR_API_ACCESS_DIR, readOnly: true },
+      { name: VOLUME_AUDIT, mountPath: SIDECAR_AUDIT_DIR },
     ],
   };
 }

@@ -6,6 +6,7 @@ import {
   AGENT_IDENTITY_DIR,
   AGENT_TOKEN_FILE,
   SIDECAR_API_ACCESS_DIR,
+  SIDECAR_AUDIT_DIR,
   SIDECAR_CREDENTIALS_DIR,
   SIDECAR_POLICIES_DIR,
 } from './constants.ts';
@@ -29,7 +30,7 @@ export function credentialPaths(resourceName: string): { username: string; passw
 
 export interface RenderSidecarConfigInput {
   readonly namespace: string;
-  /** Pod name when known at admission; empty for generateName'd pods (their tokens carry the name). */
+  /** Pod name when known at admission; empty for generateName'd pods (the sidecar then reads POD_NAME). */
   readonly podName: string;
   /** Resources the sidecar has an engine for, in annotation order. */
   readonly resources: readonly ProtectedResource[];
@@ -78,7 +79,16 @@ export function renderSidecarConfig(input: RenderSidecarConfigInput): Record<str
         },
       ],
     },
-    audit: { path: '-' },
+    // The durable trail: records are spooled in the sidecar's emptyDir and written into Session objects
+    // with the sidecar's own pod-bound token (admission checks that token against spec.pod.name). The
+    // server is in-cluster, from the kubelet's KUBERNETES_SERVICE_HOST/PORT; the files are named so that
+    // every path the sidecar reads is in this config.
+    audit: {
+      spoolDir: SIDECAR_AUDIT_DIR,
+      spoolMaxBytes: settings.auditSpoolMaxBytes,
+      kubernetes: { tokenFile: `${SIDECAR_API_ACCESS_DIR}/token`, caFile: `${SIDECAR_API_ACCESS_DIR}/ca.crt` },
+      ...(settings.auditExportJsonLines ? { exportJsonLines: true, path: '-' } : {}),
+    },
     // Probes come from the kubelet on the pod IP, so /healthz cannot be loopback-only.
     metrics: { listen: `0.0.0.0:${String(settings.metricsPort)}` },
     log: { level: settings.logLevel },

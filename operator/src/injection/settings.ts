@@ -23,6 +23,13 @@ export interface InjectionSettings {
   readonly runAsUser: number;
   /** Sidecar log level. Default info. */
   readonly logLevel: 'debug' | 'info' | 'warn' | 'error';
+  /**
+   * Bound of the sidecar's audit spool, bytes (audit.spoolMaxBytes): what it holds while the API server is
+   * unreachable. The spool's emptyDir gets a sizeLimit 25 % above it. Default 256 MiB.
+   */
+  readonly auditSpoolMaxBytes: number;
+  /** Also print every audit record as JSON lines on the sidecar's stdout (for a log-shipping SIEM). Default false. */
+  readonly auditExportJsonLines: boolean;
 }
 
 export const DEFAULT_INJECTION_SETTINGS: Omit<InjectionSettings, 'image' | 'operatorNamespace'> = {
@@ -34,6 +41,8 @@ export const DEFAULT_INJECTION_SETTINGS: Omit<InjectionSettings, 'image' | 'oper
   resources: { requests: { cpu: '50m', memory: '64Mi' }, limits: { memory: '256Mi' } },
   runAsUser: 65532,
   logLevel: 'info',
+  auditSpoolMaxBytes: 256 * 1024 * 1024,
+  auditExportJsonLines: false,
 };
 
 export class InjectionSettingsError extends Error {
@@ -58,6 +67,10 @@ export function validateInjectionSettings(
     problems.push('tokenExpirationSeconds: an integer >= 600');
   }
   if (!Number.isInteger(settings.runAsUser) || settings.runAsUser < 1) problems.push('runAsUser: a non-root UID');
+  // The sidecar's own minimum for audit.spoolMaxBytes.
+  if (!Number.isInteger(settings.auditSpoolMaxBytes) || settings.auditSpoolMaxBytes < 64 * 1024) {
+    problems.push('auditSpoolMaxBytes: an integer >= 65536');
+  }
   if (problems.length > 0) throw new InjectionSettingsError(`invalid injection settings: ${problems.join('; ')}`);
   return settings;
 }

@@ -11,6 +11,7 @@ import {
   LABEL_INJECTION_ENABLED,
   LABEL_STRICT,
   SIDECAR_CONTAINER,
+  VOLUME_AUDIT,
   VOLUME_CREDENTIALS,
   VOLUME_SIDECAR_API_ACCESS,
 } from '../injection/constants.ts';
@@ -115,7 +116,8 @@ export function createPodValidator(options: PodWebhookOptions): AdmissionHandler
           );
         }
         for (const m of c.volumeMounts ?? []) {
-          if (m.name === VOLUME_CREDENTIALS || m.name === VOLUME_SIDECAR_API_ACCESS) {
+          // The audit volume holds the key that signs the sidecar's chain heads.
+          if (m.name === VOLUME_CREDENTIALS || m.name === VOLUME_SIDECAR_API_ACCESS || m.name === VOLUME_AUDIT) {
             problems.push(`ephemeral container ${c.name} mounts ${m.name}`);
           }
         }

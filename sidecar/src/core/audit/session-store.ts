@@ -54,8 +54,14 @@ export interface SessionStore {
 }
 
 export interface KubernetesSessionStoreOptions {
-  /** Path of a kubeconfig; absent means in-cluster (service account token and CA). */
+  /** Path of a kubeconfig; absent means `server` with `tokenFile` and `caFile`, or else client-node's in-cluster. */
   readonly kubeconfig?: string;
+  /** API server URL (the sidecar config resolves it, in a pod from KUBERNETES_SERVICE_HOST/PORT). */
+  readonly server?: string;
+  /** Bearer token file, re-read every minute, so the kubelet's rotation of a projected token is picked up. */
+  readonly tokenFile?: string;
+  /** CA bundle of the API server. */
+  readonly caFile?: string;
   readonly namespace: string;
   /** Deadline of one API call, ms. Default 10 s. */
   readonly requestTimeoutMs?: number;
@@ -78,8 +84,15 @@ export class KubernetesSessionStore implements SessionStore {
 
   constructor(options: KubernetesSessionStoreOptions) {
     const kc = new KubeConfig();
-    if (options.kubeconfig === undefined) kc.loadFromCluster();
-    else kc.loadFromFile(options.kubeconfig);
+    if (options.kubeconfig !== undefined) kc.loadFromFile(options.kubeconfig);
+    else if (options.server === undefined) kc.loadFromCluster();
+    else {
+      // A `tokenFile` auth provider is what loadFromCluster uses too: client-node re-reads the file every 60 s.
+      kc.loadFromClusterAndUser(
+        { name: 'api-server', server: options.server, skipTLSVerify: false, caFile: options.caFile },
+        { name: 'service-account', authProvider: { name: 'tokenFile', config: { tokenFile: options.tokenFile } } },
+      );
+    }
     this.namespace = options.namespace;
     this.custom = kc.makeApiClient(CustomObjectsApi);
     this.core = kc.makeApiClient(CoreV1Api);

@@ -1,0 +1,86 @@
+// What the sidecar configuration takes from the environment: the pod's identity (downward API) where the
+// file leaves it empty, and the in-cluster API server for the durable audit trail.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { ConfigError, validateConfig } from './config.ts';
+
+const base = {
+  listeners: [
+    {
+      name: 'orders-db',
+      type: 'postgres',
+      listen: '127.0.0.1:5432',
+      upstream: {
+        host: 'db',
+        database: 'orders',
+        usernameFile: '/etc/chaperone/credentials/username',
+        passwordFile: '/etc/chaperone/credentials/password',
+      },
+      auditFailureMode: 'FailClosed',
+    },
+  ],
+  policy: { bundleDir: '/etc/chaperone/policies' },
+  identity: { issuers: [{ issuer: 'https://issuer', jwksFile: '/etc/chaperone/jwks.json' }] },
+};
+const durable = { ...base, audit: { spoolDir: '/var/lib/chaperone/audit' } };
+const inCluster = { KUBERNETES_SERVICE_HOST: '10.96.0.1', KUBERNETES_SERVICE_PORT: '443' };
+const downward = { POD_NAME: 'job-x7k2p', POD_NAMESPACE: 'ci', POD_UID: 'uid-1' };
+
+test('empty pod fields come from POD_NAME, POD_NAMESPACE and POD_UID; values in the file win', () => {
+  assert.deepEqual(validateConfig(base, downward).pod, { namespace: 'ci', name: 'job-x7k2p', uid: 'uid-1' });
+  const named = validateConfig({ ...base, pod: { namespace: 'ci', name: 'agent' } }, downward);
+  assert.deepEqual(named.pod, { namespace: 'ci', name: 'agent', uid: 'uid-1' });
+  assert.deepEqual(validateConfig(base).pod, { namespace: '', name: '', uid: '' });
+});
+
+test('the durable trail needs a pod name, a namespace and a way to the API server, and says where each comes from', () => {
+  assert.throws(
+    () => validateConfig(durable),
+    (err: unknown) => {
+      assert.ok(err instanceof ConfigError);
+      assert.match(err.message, /\/audit\/kubernetes\/namespace: set it \(or pod\.namespace, or POD_NAMESPACE\)/);
+      assert.match(err.message, /\/pod\/name: set it \(or POD_NAME\)/);
+      assert.match(err.message, /\/audit\/kubernetes\/server: not set, and KUBERNETES_SERVICE_HOST/);
+      return true;
+    },
+  );
+  const config = validateConfig(durable, { ...downward, ...inCluster });
+  assert.deepEqual(config.audit.kubernetes, {
+    server: 'https://10.96.0.1:443',
+    tokenFile: '/var/run/secrets/kubernetes.io/serviceaccount/token',
+    caFile: '/var/run/secrets/kubernetes.io/serviceaccount/ca.crt',
+  });
+  const ipv6 = validateConfig(durable, {
+    ...downward,
+    KUBERNETES_SERVICE_HOST: 'fd00::1',
+    KUBERNETES_SERVICE_PORT: '443',
+  });
+  assert.equal(ipv6.audit.kubernetes?.server, 'https://[fd00::1]:443');
+});
+
+test('explicit API access: server and files as given, or a kubeconfig alone', () => {
+  const explicit = validateConfig(
+    {
+      ...durable,
+      pod: { namespace: 'ci', name: 'agent' },
+      audit: { ...durable.audit, kubernetes: { server: 'https://api:6443', tokenFile: '/run/token' } },
+    },
+    inCluster,
+  );
+  assert.deepEqual(explicit.audit.kubernetes, {
+    server: 'https://api:6443',
+    tokenFile: '/run/token',
+    caFile: '/var/run/secrets/kubernetes.io/serviceaccount/ca.crt',
+  });
+  const kubeconfig = { ...durable, pod: { namespace: 'ci', name: 'agent' } };
+  const fromFile = validateConfig({ ...kubeconfig, audit: { ...durable.audit, kubernetes: { kubeconfig: '/k' } } });
+  assert.deepEqual(fromFile.audit.kubernetes, { kubeconfig: '/k' });
+  assert.throws(
+    () =>
+      validateConfig({
+        ...kubeconfig,
+        audit: { ...durable.audit, kubernetes: { kubeconfig: '/k', server: 'https://api', caFile: '/ca' } },
+      }),
+    /\/audit\/kubernetes: kubeconfig excludes server, caFile/,
+  );
+});
