@@ -14,7 +14,14 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import * as k8s from '@kubernetes/client-node';
 import { parseAllDocuments } from 'yaml';
-import { GROUP, VERSION, type AccessPolicySpec, type ProtectedResource, type Session } from '@chaperone/api';
+import {
+  GROUP,
+  VERSION,
+  verifySignerCertificate,
+  type AccessPolicySpec,
+  type ProtectedResource,
+  type Session,
+} from '@chaperone/api';
 import {
   injectedServiceAccounts,
   sidecarRole,
@@ -33,7 +40,7 @@ import { materialiseSidecar, materialiseVolumes } from '../harness/materialise-p
 
 let fx: WebhookFixture;
 before(async () => {
-  fx = await startWebhookFixture();
+  fx = await startWebhookFixture({ audit: true });
 });
 after(async () => {
   await fx.stop();
@@ -226,6 +233,26 @@ test('an injected agent reaches PostgreSQL only through its sidecar, which recor
   assert.equal(session.spec.identity.subject, `system:serviceaccount:${ns}:default`);
   assert.deepEqual(session.status?.counters, { commands: 1, allowed: 1, denied: 0, held: 0, errors: 0 });
 
-  const verify = await runCli(['verify', '--all', '-n', ns, '--kubeconfig', controlPlaneEnv().kubeconfig]);
+  // The sidecar had its key certified by the operator for exactly this pod before writing.
+  const authority = fx.authority;
+  assert.ok(authority !== undefined);
+  const certificate = await verifySignerCertificate(session.spec.signer?.certificate ?? '', [authority.publicJwk]);
+  assert.deepEqual(certificate.pod, { namespace: ns, name: podName, uid: pod.metadata?.uid ?? '' });
+  assert.equal(certificate.keyId, session.spec.signer?.keyId);
+
+  const verify = await runCli([
+    'verify',
+    '--all',
+    '-n',
+    ns,
+    '--kubeconfig',
+    controlPlaneEnv().kubeconfig,
+    '--authority-namespace',
+    fx.operatorNamespace,
+    '--require-certified',
+    '-o',
+    'json',
+  ]);
   assert.equal(verify.code, 0, `kubectl chaperone verify:\n${verify.stdout}${verify.stderr}`);
+  assert.equal((JSON.parse(verify.stdout) as { keyTrust: string }).keyTrust, 'certified');
 });

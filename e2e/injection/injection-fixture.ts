@@ -6,7 +6,9 @@ import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { TestContext } from 'node:test';
 import * as k8s from '@kubernetes/client-node';
-import { GROUP, VERSION, type ProtectedResourceSpec } from '@chaperone/api';
+import { GROUP, SIGNER_CERTIFICATION_PATH, VERSION, type ProtectedResourceSpec } from '@chaperone/api';
+import { loadOrCreateAuditAuthority, type AuditAuthority } from '../../operator/src/audit/audit-authority.ts';
+import { createSignerCertificationHandler } from '../../operator/src/audit/signer-certification.ts';
 import { LABEL_INJECTION, LABEL_INJECTION_ENABLED, LABEL_STRICT } from '../../operator/src/injection/constants.ts';
 import { validateInjectionSettings, type InjectionSettings } from '../../operator/src/injection/settings.ts';
 import { silentLogger, createLogger } from '../../operator/src/observability/logger.ts';
@@ -24,6 +26,8 @@ export interface WebhookFixture {
   readonly operatorNamespace: string;
   readonly settings: InjectionSettings;
   readonly webhooks: InjectionWebhooks;
+  /** The audit authority whose certification endpoint the webhooks serve (with `audit: true`). */
+  readonly authority: AuditAuthority | undefined;
   readonly kc: k8s.KubeConfig;
   readonly core: k8s.CoreV1Api;
   readonly apps: k8s.AppsV1Api;
@@ -40,6 +44,8 @@ export interface FixtureOptions {
   readonly checkIntervalMs?: number;
   readonly onReview?: (path: string, outcome: AdmissionOutcome, seconds: number) => void;
   readonly debugLogs?: boolean;
+  /** Serve the signer certification endpoint of an audit authority kept in the operator namespace. */
+  readonly audit?: boolean;
 }
 
 export async function startWebhookFixture(options: FixtureOptions = {}): Promise<WebhookFixture> {
@@ -56,11 +62,27 @@ export async function startWebhookFixture(options: FixtureOptions = {}): Promise
     issuer: controlPlaneEnv().issuer,
   });
   let webhooks: InjectionWebhooks;
+  let authority: AuditAuthority | undefined;
+  const logger = options.debugLogs === true ? createLogger({ level: 'debug' }) : silentLogger;
   try {
+    authority = options.audit === true ? await loadOrCreateAuditAuthority(core, operatorNamespace, logger) : undefined;
     webhooks = await startInjectionWebhooks({
       kubeConfig: kc,
-      logger: options.debugLogs === true ? createLogger({ level: 'debug' }) : silentLogger,
+      logger,
       settings,
+      ...(authority === undefined
+        ? {}
+        : {
+            signerCertificationPath: SIGNER_CERTIFICATION_PATH,
+            routes: {
+              [SIGNER_CERTIFICATION_PATH]: createSignerCertificationHandler({
+                authority,
+                authentication: kc.makeApiClient(k8s.AuthenticationV1Api),
+                core,
+                logger,
+              }),
+            },
+          }),
       host: '127.0.0.1',
       port: 0,
       certificates: {
@@ -88,6 +110,7 @@ export async function startWebhookFixture(options: FixtureOptions = {}): Promise
     operatorNamespace,
     settings,
     webhooks,
+    authority,
     kc,
     core,
     apps: kc.makeApiClient(k8s.AppsV1Api),

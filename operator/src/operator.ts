@@ -190,6 +190,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
           ...(authority === undefined
             ? {}
             : {
+                signerCertificationPath: SIGNER_CERTIFICATION_PATH,
                 routes: {
                   [SIGNER_CERTIFICATION_PATH]: createSignerCertificationHandler({
                     authority,

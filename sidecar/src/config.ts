@@ -145,6 +145,26 @@ export const SidecarConfig = Type.Object(
         ),
         /** Ed25519 private JWK that signs chain heads; generated when absent. Default `<spoolDir>/signing-key.jwk`. */
         signingKeyFile: Type.Optional(Type.String({ minLength: 1 })),
+        /**
+         * The operator's signer certification endpoint (docs/audit.md, Trust model). With `spoolDir`: the
+         * sidecar asks it to certify the signing key before serving, and keeps asking in the background.
+         */
+        certification: Type.Optional(
+          Type.Object(
+            {
+              /** https URL of POST /audit/v1/certify on the operator's webhook Service. */
+              url: Type.String({ pattern: '^https://' }),
+              /** CA bundle of the operator's serving certificate (file, or `ca` inline PEM); default the system roots. */
+              caFile: Type.Optional(Type.String({ minLength: 1 })),
+              ca: Type.Optional(Type.String({ minLength: 1 })),
+              /** The pod-bound token to present; default audit.kubernetes.tokenFile, else the in-cluster token. */
+              tokenFile: Type.Optional(Type.String({ minLength: 1 })),
+              /** How long start-up waits for the certificate before serving without it. Default 10. */
+              waitSeconds: Type.Integer({ minimum: 0, maximum: 300, default: 10 }),
+            },
+            { additionalProperties: false },
+          ),
+        ),
       },
       { default: {}, additionalProperties: false },
     ),

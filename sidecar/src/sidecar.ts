@@ -8,7 +8,10 @@ import { JsonLinesSink, type AuditSink } from './core/audit/audit-sink.ts';
 import { DurableAuditSink } from './core/audit/durable-audit-sink.ts';
 import { PodChain } from './core/audit/pod-chain.ts';
 import { KubernetesSessionStore } from './core/audit/session-store.ts';
+import { SignerCertifier } from './core/audit/signer-certification.ts';
 import { loadOrCreateSigningKey } from './core/audit/signing-key.ts';
+
+const IN_CLUSTER_TOKEN_FILE = '/var/run/secrets/kubernetes.io/serviceaccount/token';
 import { TokenVerifier } from './core/identity/token-verifier.ts';
 import { createLogger, type Logger } from './core/observability/logger.ts';
 import { createSidecarMetrics, serveMetrics, type SidecarMetrics } from './core/observability/metrics.ts';
@@ -46,6 +49,20 @@ export async function createAuditSink(
   if (audit.spoolDir === undefined) return new JsonLinesSink(audit.path);
   const namespace = audit.kubernetes?.namespace ?? config.pod.namespace;
   const signingKey = await loadOrCreateSigningKey(audit.signingKeyFile ?? join(audit.spoolDir, 'signing-key.jwk'));
+  const certification = audit.certification;
+  let certifier: SignerCertifier | undefined;
+  if (certification !== undefined) {
+    // Before the first Session part is written, so that (normally) every part carries the certificate.
+    certifier = new SignerCertifier({
+      url: certification.url,
+      ...(certification.caFile === undefined ? {} : { caFile: certification.caFile }),
+      ...(certification.ca === undefined ? {} : { ca: certification.ca }),
+      tokenFile: certification.tokenFile ?? audit.kubernetes?.tokenFile ?? IN_CLUSTER_TOKEN_FILE,
+      signingKey,
+      logger: logger.child({ component: 'signer-certification' }),
+    });
+    await certifier.start(certification.waitSeconds * 1000);
+  }
   const types = new Map(config.listeners.map((l) => [l.name, l.type]));
   const sink = DurableAuditSink.open({
     spoolDir: join(audit.spoolDir, 'spool'),
@@ -58,12 +75,14 @@ export async function createAuditSink(
     logger: logger.child({ component: 'audit' }),
     registry: metrics.registry,
     ...(audit.exportJsonLines ? { also: new JsonLinesSink(audit.path) } : {}),
+    ...(certifier === undefined ? {} : { onClose: () => certifier.stop() }),
   });
   logger.info('durable audit trail', {
     spoolDir: audit.spoolDir,
     namespace,
     server: audit.kubernetes?.server ?? audit.kubernetes?.kubeconfig,
     keyId: signingKey.keyId,
+    certified: signingKey.certificate !== undefined,
   });
   return sink;
 }

@@ -206,3 +206,30 @@ test('settings: the spool bound sizes the emptyDir, and JSON lines on stdout are
     /auditSpoolMaxBytes: an integer >= 65536/,
   );
 });
+
+test("signer certification: the sidecar is pointed at the operator's endpoint with its CA and its own pod-bound token", () => {
+  const endpoint = {
+    url: 'https://chaperone-webhook.chaperone-system.svc:443/audit/v1/certify',
+    caPem: '-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n',
+  };
+  const result = renderPodPatch(input(pod(), { signerCertification: endpoint }));
+  assert.equal(result.kind, 'patch');
+  const patched = applyPatch(pod(), result.patch);
+  const config = validateConfig(
+    parse(patched.metadata?.annotations?.[ANNOTATION_SIDECAR_CONFIG] ?? ''),
+    kubeletEnv(patched, podFields),
+  );
+  assert.equal(config.audit.certification?.url, endpoint.url);
+  assert.equal(config.audit.certification.ca, endpoint.caPem);
+  assert.equal(config.audit.certification.tokenFile, config.audit.kubernetes?.tokenFile);
+  assert.equal(config.audit.certification.waitSeconds, 10);
+
+  const without = renderPodPatch(input(pod()));
+  assert.equal(without.kind, 'patch');
+  const plain = applyPatch(pod(), without.patch);
+  const plainConfig = validateConfig(
+    parse(plain.metadata?.annotations?.[ANNOTATION_SIDECAR_CONFIG] ?? ''),
+    kubeletEnv(plain, podFields),
+  );
+  assert.equal(plainConfig.audit.certification, undefined);
+});

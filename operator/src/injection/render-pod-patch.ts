@@ -58,6 +58,7 @@ import {
   listenPortOf,
   renderAgentKubeconfig,
   renderSidecarConfigYaml,
+  type SignerCertificationEndpoint,
 } from './render-sidecar-config.ts';
 import type { InjectionSettings } from './settings.ts';
 
@@ -70,6 +71,8 @@ export interface InjectionInput {
   /** Names of the AccessPolicies of the namespace that cover any of the resources (bundles to mount). */
   readonly policies: readonly string[];
   readonly settings: InjectionSettings;
+  /** Rendered into the sidecar config when the operator certifies signer keys. */
+  readonly signerCertification?: SignerCertificationEndpoint;
 }
 
 export type InjectionResult =
@@ -180,6 +183,7 @@ export function renderPodPatch(input: InjectionInput): InjectionResult {
       podName: pod.metadata?.name ?? '',
       resources: served,
       settings,
+      ...(input.signerCertification === undefined ? {} : { signerCertification: input.signerCertification }),
     });
     annotations[ANNOTATION_SIDECAR_CONFIG] = configYaml;
     if (kubernetesResource !== undefined) {

@@ -35,6 +35,13 @@ export interface RenderSidecarConfigInput {
   /** Resources the sidecar has an engine for, in annotation order. */
   readonly resources: readonly ProtectedResource[];
   readonly settings: InjectionSettings;
+  /** The operator's signer certification endpoint and the CA of its serving certificate, when it runs one. */
+  readonly signerCertification?: SignerCertificationEndpoint;
+}
+
+export interface SignerCertificationEndpoint {
+  readonly url: string;
+  readonly caPem: string;
 }
 
 export function renderSidecarConfig(input: RenderSidecarConfigInput): Record<string, unknown> {
@@ -88,6 +95,16 @@ export function renderSidecarConfig(input: RenderSidecarConfigInput): Record<str
       spoolMaxBytes: settings.auditSpoolMaxBytes,
       kubernetes: { tokenFile: `${SIDECAR_API_ACCESS_DIR}/token`, caFile: `${SIDECAR_API_ACCESS_DIR}/ca.crt` },
       ...(settings.auditExportJsonLines ? { exportJsonLines: true, path: '-' } : {}),
+      // The same pod-bound token proves the pod to the operator (TokenReview) when it certifies the key.
+      ...(input.signerCertification === undefined
+        ? {}
+        : {
+            certification: {
+              url: input.signerCertification.url,
+              ca: input.signerCertification.caPem,
+              tokenFile: `${SIDECAR_API_ACCESS_DIR}/token`,
+            },
+          }),
     },
     // Probes come from the kubelet on the pod IP, so /healthz cannot be loopback-only.
     metrics: { listen: `0.0.0.0:${String(settings.metricsPort)}` },

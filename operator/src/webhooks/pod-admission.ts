@@ -24,6 +24,7 @@ import {
 } from '../injection/inspect-pod.ts';
 import { injectionRequested, isStrictNamespace, renderPodPatch } from '../injection/render-pod-patch.ts';
 import type { InjectionSettings } from '../injection/settings.ts';
+import type { SignerCertificationEndpoint } from '../injection/render-sidecar-config.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { AdmissionLookups } from './admission-cache.ts';
 import { allow, allowWithPatch, refuse, type AdmissionRequest, type AdmissionResponse } from './admission-review.ts';
@@ -33,6 +34,8 @@ export interface PodWebhookOptions {
   readonly lookups: AdmissionLookups;
   readonly settings: InjectionSettings;
   readonly logger: Logger;
+  /** The operator's signer certification endpoint now (its CA rotates), when it runs one. */
+  readonly signerCertification?: () => SignerCertificationEndpoint;
 }
 
 function isPod(request: AdmissionRequest): boolean {
@@ -78,6 +81,7 @@ export function createPodMutator(options: PodWebhookOptions): AdmissionHandler {
       resources: resolved.resources,
       policies: lookups.policiesCovering(namespace, resolved.resources),
       settings,
+      ...(options.signerCertification === undefined ? {} : { signerCertification: options.signerCertification() }),
     });
     switch (result.kind) {
       case 'skip':

@@ -67,6 +67,11 @@ export interface InjectionWebhooksOptions {
   readonly onReview?: (path: string, outcome: AdmissionOutcome, seconds: number) => void;
   /** Other endpoints on the same HTTPS listener (the signer certification endpoint). */
   readonly routes?: AdmissionServerOptions['routes'];
+  /**
+   * Path of the signer certification endpoint among `routes`: injected sidecars are told to use it, at
+   * this server's registered address (URL, Service, or its own address), with this server's CA.
+   */
+  readonly signerCertificationPath?: string;
 }
 
 export interface InjectionWebhooks {
@@ -111,7 +116,30 @@ export async function startInjectionWebhooks(options: InjectionWebhooksOptions):
   let material: ServingMaterial;
   try {
     material = await certificates.start();
-    const lookups = { lookups: cache, settings, logger: log };
+    const certificationPath = options.signerCertificationPath;
+    const lookups = {
+      lookups: cache,
+      settings,
+      logger: log,
+      ...(certificationPath === undefined
+        ? {}
+        : {
+            signerCertification: () => ({
+              url: `${baseUrl()}${certificationPath}`,
+              caPem: certificates.current().caBundlePem,
+            }),
+          }),
+    };
+    // Where pods reach this server: the registered URL, the Service, or (self-registered) its own address.
+    const baseUrl = (): string => {
+      const endpoint = options.registration?.endpoint;
+      if (endpoint === undefined || endpoint === 'self') {
+        if (endpoint === 'self' && server !== undefined) return `https://${server.host}:${String(server.port)}`;
+        return `https://${options.certificates.dnsNames[0] ?? 'chaperone-webhook'}`;
+      }
+      if ('url' in endpoint) return endpoint.url.replace(/\/$/, '');
+      return `https://${endpoint.service.name}.${endpoint.service.namespace}.svc:${String(endpoint.service.port ?? 443)}`;
+    };
     server = await startAdmissionServer({
       host: options.host ?? '0.0.0.0',
       port: options.port ?? 9443,

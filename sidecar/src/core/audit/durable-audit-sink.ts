@@ -36,6 +36,8 @@ export interface DurableAuditSinkOptions {
   readonly also?: AuditSink;
   /** How long close() waits for the writer to empty the spool before leaving the rest for the next start, ms. Default 5000. */
   readonly closeTimeoutMs?: number;
+  /** Called once when the sink closes (stops helpers that live as long as it, such as the certifier). */
+  readonly onClose?: () => void;
   /** Tuning of the Session writer (tests and the bench). */
   readonly writer?: Partial<
     Pick<
@@ -52,6 +54,7 @@ export class DurableAuditSink implements AuditSink {
   private readonly metrics: AuditMetrics | undefined;
   private readonly also: AuditSink | undefined;
   private readonly closeTimeoutMs: number;
+  private readonly onClose: (() => void) | undefined;
   private readonly highBytes: number;
   private readonly lowBytes: number;
   private high = false;
@@ -64,6 +67,7 @@ export class DurableAuditSink implements AuditSink {
     this.metrics = options.registry === undefined ? undefined : auditMetrics(options.registry);
     this.also = options.also;
     this.closeTimeoutMs = options.closeTimeoutMs ?? 5000;
+    this.onClose = options.onClose;
     this.highBytes = spool.maxBytes * HIGH_WATER;
     this.lowBytes = spool.maxBytes * LOW_WATER;
     this.metrics?.spoolMaxBytes.set(spool.maxBytes);
@@ -148,6 +152,7 @@ export class DurableAuditSink implements AuditSink {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    this.onClose?.();
     await this.spool.whenDurable()?.catch(() => undefined);
     const emptied = await this.writer.flush(this.closeTimeoutMs);
     await this.writer.stop();

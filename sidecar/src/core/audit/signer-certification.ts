@@ -13,8 +13,9 @@ import type { SigningKey } from './signing-key.ts';
 export interface SignerCertificationOptions {
   /** https URL of the operator's certification endpoint. */
   readonly url: string;
-  /** CA bundle (PEM) that signs the operator's serving certificate; default the system roots. */
+  /** CA bundle (PEM) that signs the operator's serving certificate, as a file or inline; default the system roots. */
   readonly caFile?: string;
+  readonly ca?: string;
   /** The pod-bound service-account token (re-read on every attempt: it rotates). */
   readonly tokenFile: string;
   readonly signingKey: SigningKey;
@@ -33,7 +34,7 @@ export class CertificationError extends Error {
 /** One certification request; resolves to the compact JWS certificate. */
 export function requestSignerCertificate(options: SignerCertificationOptions): Promise<string> {
   const token = readFileSync(options.tokenFile, 'utf8').trim();
-  const ca = options.caFile === undefined ? undefined : readFileSync(options.caFile, 'utf8');
+  const ca = options.ca ?? (options.caFile === undefined ? undefined : readFileSync(options.caFile, 'utf8'));
   const body = JSON.stringify({ publicKey: options.signingKey.publicJwk });
   return new Promise((resolve, reject) => {
     const req = request(
