@@ -281,6 +281,10 @@ insert into orders values (1001, 1, 'shipped', 129.90), (1002, 2, 'pending', 42.
     String(webhookPort),
     '--webhook-url',
     `https://127.0.0.1:${String(webhookPort)}`,
+    // The audit authority certifies each sidecar's signing key and signs checkpoints of every Session head.
+    '--enable-audit-authority',
+    '--checkpoint-interval',
+    '1',
   ];
   console.log(dim(`$ chaperone-operator ${operatorArgs.join(' ')} &`));
   const operatorLog: string[] = [];
@@ -536,8 +540,32 @@ spec:
   const newest = sessions.reduce((a, b) => ((a.spec.records[0]?.time ?? '') > (b.spec.records[0]?.time ?? '') ? a : b));
   note('the live session, with the policy change in the middle of it:');
   chaperone('sessions', 'show', newest.metadata.name ?? '', '-n', 'ci');
-  note('every record hash, the hash links and the signed chain heads, checked against the API server:');
-  chaperone('verify', '--all', '-n', 'ci');
+  note("the sidecar's signing key, certified by the operator after a TokenReview of the pod's own token:");
+  const signer = newest.spec.signer;
+  console.log(
+    `  key ${signer?.keyId ?? '?'}, certificate ${signer?.certificate === undefined ? 'MISSING' : 'present'}`,
+  );
+  await until(
+    "the operator's checkpoint to state every session head",
+    async () => {
+      const cm = await kc
+        .makeApiClient(k8s.CoreV1Api)
+        .readNamespacedConfigMap({ namespace: 'chaperone-system', name: 'chaperone-audit-checkpoint' })
+        .catch(() => undefined);
+      const jws = cm?.data?.['checkpoint.jws'];
+      if (jws === undefined) return undefined;
+      const stated = JSON.parse(Buffer.from(jws.split('.')[1] ?? '', 'base64url').toString('utf8')) as {
+        sessions: { object: string }[];
+      };
+      return sessions.every((x) => stated.sessions.some((e) => e.object === `ci/${x.metadata.name ?? ''}`))
+        ? true
+        : undefined;
+    },
+    30_000,
+  );
+  note('every record hash, the hash links, the signed chain heads, the key certificates and the');
+  note("operator's newest checkpoint, checked against the API server:");
+  chaperone('verify', '--all', '-n', 'ci', '--require-certified');
   console.log('kubectl chaperone verify: exit 0');
 
   if (keep) {
