@@ -9,6 +9,7 @@ import type { AccessPolicySpec } from '@chaperone/api';
 import { createTestDatabase } from '../harness/databases.ts';
 import { controlPlaneEnv } from '../harness/env.ts';
 import { createTestNamespace, kubectl } from '../harness/kube.ts';
+import { runCli } from './run-cli.ts';
 import {
   expectedCounters,
   lastStatus,
@@ -93,6 +94,22 @@ test('durable audit: psql and node-postgres sessions land in Session objects wit
   const table = await kubectl(['get', 'sessions', '-n', namespace]);
   assert.match(table, /IDENTITY\s+RESOURCE\s+COMMANDS\s+DENIED\s+PHASE/);
   assert.match(table, /system:serviceaccount:ci:runner\s+test-db\s+5\s+1\s+Closed/);
+
+  // And each statement's decision and outcome in `kubectl chaperone sessions show`.
+  const psqlPart = psqlSession.parts[0].metadata.name;
+  assert.ok(psqlPart !== undefined);
+  const shown = await runCli(['sessions', 'show', psqlPart, '-n', namespace], {
+    KUBECONFIG: kubeconfig,
+  });
+  assert.equal(shown.code, 0, shown.stderr);
+  const lines = shown.stdout.split('\n');
+  assert.equal(lines.filter((l) => /\bcommand\.decision\b/.test(l)).length, 5);
+  assert.equal(lines.filter((l) => /\bcommand\.outcome\b/.test(l)).length, 5);
+  assert.ok(lines.some((l) => /command\.decision .*create table nope.*DENY by rule default of default\/reads/.test(l)));
+  assert.ok(
+    lines.some((l) => /command\.outcome .*error 22012/.test(l)),
+    'select 1/0 fails with division_by_zero',
+  );
 });
 
 test('durable audit: a session of more than 256 records continues in linked parts', async (t) => {
