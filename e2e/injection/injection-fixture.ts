@@ -6,9 +6,9 @@ import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { TestContext } from 'node:test';
 import * as k8s from '@kubernetes/client-node';
-import { GROUP, SIGNER_CERTIFICATION_PATH, VERSION, type ProtectedResourceSpec } from '@chaperone/api';
+import { GROUP, VERSION, type ProtectedResourceSpec } from '@chaperone/api';
 import { loadOrCreateAuditAuthority, type AuditAuthority } from '../../operator/src/audit/audit-authority.ts';
-import { createSignerCertificationHandler } from '../../operator/src/audit/signer-certification.ts';
+import { signerCertificationWebhookOptions } from '../../operator/src/audit/signer-certification.ts';
 import { LABEL_INJECTION, LABEL_INJECTION_ENABLED, LABEL_STRICT } from '../../operator/src/injection/constants.ts';
 import { validateInjectionSettings, type InjectionSettings } from '../../operator/src/injection/settings.ts';
 import { silentLogger, createLogger } from '../../operator/src/observability/logger.ts';
@@ -70,19 +70,7 @@ export async function startWebhookFixture(options: FixtureOptions = {}): Promise
       kubeConfig: kc,
       logger,
       settings,
-      ...(authority === undefined
-        ? {}
-        : {
-            signerCertificationPath: SIGNER_CERTIFICATION_PATH,
-            routes: {
-              [SIGNER_CERTIFICATION_PATH]: createSignerCertificationHandler({
-                authority,
-                authentication: kc.makeApiClient(k8s.AuthenticationV1Api),
-                core,
-                logger,
-              }),
-            },
-          }),
+      ...(authority === undefined ? {} : signerCertificationWebhookOptions({ authority, kubeConfig: kc, logger })),
       host: '127.0.0.1',
       port: 0,
       certificates: {

@@ -3,17 +3,15 @@
 // replica serves (admission is not leader-elected). Used by bin/chaperone-operator.ts and, in-process, by
 // the tests.
 import {
-  AuthenticationV1Api,
   CoordinationV1Api,
   CoreV1Api,
   CustomObjectsApi,
   RbacAuthorizationV1Api,
   type KubeConfig,
 } from '@kubernetes/client-node';
-import { SIGNER_CERTIFICATION_PATH } from '@chaperone/api';
 import { loadOrCreateAuditAuthority, type AuditAuthority } from './audit/audit-authority.ts';
 import { CheckpointWriter } from './audit/checkpoint-writer.ts';
-import { createSignerCertificationHandler } from './audit/signer-certification.ts';
+import { signerCertificationWebhookOptions } from './audit/signer-certification.ts';
 import type { Clock } from './controller/clock.ts';
 import type { Controller } from './controller/controller.ts';
 import { createEventRecorder } from './controller/event-recorder.ts';
@@ -189,18 +187,12 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
           registry: metrics.registry,
           ...(authority === undefined
             ? {}
-            : {
-                signerCertificationPath: SIGNER_CERTIFICATION_PATH,
-                routes: {
-                  [SIGNER_CERTIFICATION_PATH]: createSignerCertificationHandler({
-                    authority,
-                    authentication: kubeConfig.makeApiClient(AuthenticationV1Api),
-                    core,
-                    logger: logger.child({ component: 'signer-certification' }),
-                    registry: metrics.registry,
-                  }),
-                },
-              }),
+            : signerCertificationWebhookOptions({
+                authority,
+                kubeConfig,
+                logger: logger.child({ component: 'signer-certification' }),
+                registry: metrics.registry,
+              })),
         });
 
   const bind = options.metricsBindAddress ?? ':8080';

@@ -10,16 +10,14 @@ import {
   AUDIT_CHECKPOINT_NAME,
   CHECKPOINT_TYPE,
   GENESIS_HASH,
-  GROUP,
-  VERSION,
   checkpointDigest,
   signCheckpoint,
   verifyCheckpoint,
   type Checkpoint,
   type CheckpointEntry,
-  type Session,
 } from '@chaperone/api';
 import type { Logger } from '../observability/logger.ts';
+import { listSessions } from './list-sessions.ts';
 import type { OperatorMetrics } from '../observability/metrics.ts';
 import type { AuditAuthority } from './audit-authority.ts';
 
@@ -146,31 +144,7 @@ export class CheckpointWriter {
   }
 
   private async listHeads(): Promise<CheckpointEntry[]> {
-    const { custom, namespace } = this.options;
-    const items: Session[] = [];
-    let cont: string | undefined;
-    do {
-      const page = (
-        namespace === undefined
-          ? await custom.listClusterCustomObject({
-              group: GROUP,
-              version: VERSION,
-              plural: 'sessions',
-              limit: 500,
-              _continue: cont,
-            })
-          : await custom.listNamespacedCustomObject({
-              group: GROUP,
-              version: VERSION,
-              namespace,
-              plural: 'sessions',
-              limit: 500,
-              _continue: cont,
-            })
-      ) as { items?: Session[]; metadata?: { continue?: string } };
-      items.push(...(page.items ?? []));
-      cont = page.metadata?.continue === '' ? undefined : page.metadata?.continue;
-    } while (cont !== undefined);
+    const items = await listSessions(this.options.custom, this.options.namespace);
     return items
       .filter((s) => s.spec.head !== undefined)
       .map((s) => ({

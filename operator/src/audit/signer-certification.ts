@@ -4,10 +4,15 @@
 // that pod (api/src/audit-signature.ts). Verifiers then trust a Session's key because the operator vouched
 // for the pod it came from, not because the Session says so. Errors are Kubernetes Status bodies.
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { AuthenticationV1Api, CoreV1Api } from '@kubernetes/client-node';
+import { AuthenticationV1Api, CoreV1Api, type KubeConfig } from '@kubernetes/client-node';
 import { calculateJwkThumbprint } from 'jose';
 import { Counter, type Registry } from 'prom-client';
-import { SIGNER_CERTIFICATE_TYPE, signSignerCertificate, type SignerCertificate } from '@chaperone/api';
+import {
+  SIGNER_CERTIFICATE_TYPE,
+  SIGNER_CERTIFICATION_PATH,
+  signSignerCertificate,
+  type SignerCertificate,
+} from '@chaperone/api';
 import { SIDECAR_CONTAINER } from '../injection/constants.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { AuditAuthority } from './audit-authority.ts';
@@ -174,5 +179,22 @@ export function createSignerCertificationHandler(
         }
       },
     );
+  };
+}
+
+/** The webhook-server options that serve the certification endpoint and point injected sidecars at it. */
+export function signerCertificationWebhookOptions(
+  options: Omit<SignerCertificationOptions, 'authentication' | 'core'> & { readonly kubeConfig: KubeConfig },
+): { signerCertificationPath: string; routes: Record<string, (req: IncomingMessage, res: ServerResponse) => void> } {
+  const { kubeConfig, ...rest } = options;
+  return {
+    signerCertificationPath: SIGNER_CERTIFICATION_PATH,
+    routes: {
+      [SIGNER_CERTIFICATION_PATH]: createSignerCertificationHandler({
+        ...rest,
+        authentication: kubeConfig.makeApiClient(AuthenticationV1Api),
+        core: kubeConfig.makeApiClient(CoreV1Api),
+      }),
+    },
   };
 }

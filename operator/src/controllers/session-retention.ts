@@ -10,6 +10,7 @@
 // Deletions are allowed only for the operator's service account (config/admission/session-protection.yaml).
 import type { CustomObjectsApi } from '@kubernetes/client-node';
 import { GROUP, VERSION, parseGoDuration, type ProtectedResource, type Session } from '@chaperone/api';
+import { listSessions } from '../audit/list-sessions.ts';
 
 /** Retention in milliseconds for a ProtectedResource name of the namespace, or undefined to keep everything. */
 export type RetentionFor = (resourceName: string) => number | undefined;
@@ -23,11 +24,6 @@ export interface PruneResult {
   readonly nextExpiry?: Date;
 }
 
-interface SessionList {
-  items?: Session[];
-  metadata?: { continue?: string };
-}
-
 /** Deletes expired Sessions of one namespace; `now` is injected so tests and the controller control it. */
 export async function pruneExpiredSessions(
   client: CustomObjectsApi,
@@ -35,20 +31,7 @@ export async function pruneExpiredSessions(
   now: Date,
   retentionFor: RetentionFor,
 ): Promise<PruneResult> {
-  const sessions: Session[] = [];
-  let cont: string | undefined;
-  do {
-    const page = (await client.listNamespacedCustomObject({
-      group: GROUP,
-      version: VERSION,
-      namespace,
-      plural: 'sessions',
-      limit: 500,
-      _continue: cont,
-    })) as SessionList;
-    sessions.push(...(page.items ?? []));
-    cont = page.metadata?.continue === '' ? undefined : page.metadata?.continue;
-  } while (cont !== undefined);
+  const sessions = await listSessions(client, namespace);
 
   const bySession = new Map<string, [Session, ...Session[]]>();
   for (const s of sessions) {
