@@ -49,7 +49,7 @@ export function renderReport(report: TrailReport, authority?: 'pinned' | 'cluste
 
 export function renderProblem(p: TrailProblem): string {
   const where = [
-    p.object ?? `session ${p.sessionId}`,
+    p.object ?? (p.sessionId === '' ? 'checkpoints' : `session ${p.sessionId}`),
     p.part === undefined ? undefined : `part ${p.part}`,
     p.seq === undefined ? undefined : `seq ${p.seq}`,
   ]

@@ -68,6 +68,7 @@ export interface TrailProblem {
   /** error: evidence of alteration or removal; warning: cannot be proven either way (see detail). */
   readonly severity: 'error' | 'warning';
   readonly kind: TrailProblemKind;
+  /** Empty for problems of the checkpoints themselves (checkpoint-invalid). */
   readonly sessionId: string;
   /** namespace/name of the Session object, when the problem is about one object. */
   readonly object?: string;
