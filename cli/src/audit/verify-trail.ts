@@ -220,7 +220,8 @@ export async function verifyTrail(
 /** The report limited to some sessions (by sessionId), with its summary recounted. */
 export function restrictReport(report: TrailReport, sessionIds: ReadonlySet<string>): TrailReport {
   const sessions = report.sessions.filter((s) => sessionIds.has(s.sessionId));
-  const problems = report.problems.filter((p) => sessionIds.has(p.sessionId));
+  // Problems of the checkpoints themselves concern every session.
+  const problems = report.problems.filter((p) => p.sessionId === '' || sessionIds.has(p.sessionId));
   const errors = problems.filter((p) => p.severity === 'error').length;
   return {
     ...report,
