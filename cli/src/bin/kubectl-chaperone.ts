@@ -9,6 +9,8 @@ import { run as runEvidence } from '../commands/evidence.ts';
 // The auditor's commands parse their own flags; `policy test` is parsed below.
 const auditCommands: Record<string, typeof runVerify> = {
   sessions: runSessions,
+  // `show SESSION` is `sessions show SESSION`.
+  show: (args, io) => runSessions(['show', ...args], io),
   verify: runVerify,
   evidence: runEvidence,
 };
@@ -19,9 +21,12 @@ const HELP = `Usage: kubectl chaperone COMMAND
 
 Commands:
   sessions [--identity P] [--actor P] [--resource P] [--since T] [--until T] [--decision D] [-n NS|-A] [-o json|yaml]
-      List Session trails (kubectl-style table); \`sessions show SESSION\` prints one as a timeline.
-  verify SESSION | --all [--trusted-keys JWKS] [--baseline EVIDENCE] [-n NS|-A] [-o json|yaml]
-      Verify hash chains, links between parts and sessions, and head signatures; exit 0 clean, 1 problems.
+      List Session trails (kubectl-style table).
+  show SESSION [-n NS] [-o json|yaml]   (also \`sessions show SESSION\`)
+      One session as a timeline: identity, delegation chain, every record.
+  verify SESSION | --all [--trusted-keys JWKS] [--authority-keys JWKS] [--baseline EVIDENCE] [-n NS|-A] [-o json|yaml]
+      Verify hash chains, links between parts and sessions, head signatures, key certificates and the
+      operator's checkpoints; exit 0 clean, 1 problems.
   evidence export [--from T] [--to T] -o FILE | evidence verify FILE
       Export records, signatures, keys, the verification report and a NIST control map; verify offline.
   (each of these prints its own flags with --help)
