@@ -100,6 +100,50 @@ test("the chart's webhook configurations are the ones the operator renders", asy
   assert.ok(!policies.includes('chaperone-system:chaperone-operator'));
 });
 
+test('with certManager.enabled, cert-manager issues the certificate the operator serves and injects caBundle', async () => {
+  const manifests = await helmTemplate('chap', 'chaperone-system', { 'certManager.enabled': 'true' });
+  const certificate = manifests.find((m) => m.kind === 'Certificate') as unknown as {
+    spec: { secretName: string; dnsNames: string[]; issuerRef: { name: string; kind: string } };
+  };
+  assert.deepEqual(certificate.spec.dnsNames, [
+    'chap-chaperone-webhook.chaperone-system.svc',
+    'chap-chaperone-webhook.chaperone-system.svc.cluster.local',
+  ]);
+  assert.deepEqual(certificate.spec.issuerRef, { name: 'chap-chaperone-webhook', kind: 'Issuer' });
+  assert.ok(manifests.some((m) => m.kind === 'Issuer'));
+  const deployment = manifests.find((m) => m.kind === 'Deployment') as unknown as k8s.V1Deployment;
+  const pod = deployment.spec?.template.spec;
+  assert.ok(pod !== undefined);
+  assert.ok(pod.containers[0]?.args?.includes('--webhook-cert-dir=/etc/chaperone/webhook-tls'));
+  const volume = pod.volumes?.find((v) => v.secret?.secretName === certificate.spec.secretName);
+  assert.ok(volume !== undefined, 'the Certificate Secret is mounted');
+  assert.ok(
+    pod.containers[0]?.volumeMounts?.some(
+      (m) => m.name === volume.name && m.mountPath === '/etc/chaperone/webhook-tls',
+    ),
+  );
+  for (const kind of ['MutatingWebhookConfiguration', 'ValidatingWebhookConfiguration']) {
+    const config = manifests.find((m) => m.kind === kind) as unknown as k8s.V1MutatingWebhookConfiguration;
+    assert.equal(
+      config.metadata?.annotations?.['cert-manager.io/inject-ca-from'],
+      'chaperone-system/chap-chaperone-webhook',
+    );
+    assert.equal(config.webhooks?.[0]?.clientConfig.caBundle, undefined);
+  }
+  // The operator leaves the webhook configurations alone in this mode, so it may not change them.
+  const role = manifests.find((m) => m.kind === 'ClusterRole') as unknown as k8s.V1ClusterRole;
+  assert.ok(!(role.rules ?? []).some((r) => r.apiGroups?.includes('admissionregistration.k8s.io')));
+
+  const withIssuer = await helmTemplate('chap', 'chaperone-system', {
+    'certManager.enabled': 'true',
+    'certManager.issuerRef.name': 'corp-ca',
+    'certManager.issuerRef.kind': 'ClusterIssuer',
+  });
+  assert.ok(!withIssuer.some((m) => m.kind === 'Issuer'));
+  const issued = withIssuer.find((m) => m.kind === 'Certificate') as unknown as typeof certificate;
+  assert.deepEqual(issued.spec.issuerRef, { name: 'corp-ca', kind: 'ClusterIssuer' });
+});
+
 test('the operator runs under exactly the chart RBAC, with the chart arguments', { timeout: 240_000 }, async (t) => {
   const kc = kubeConfig();
   const core = kc.makeApiClient(k8s.CoreV1Api);

@@ -5,6 +5,7 @@ import assert from 'node:assert/strict';
 import { X509Certificate } from 'node:crypto';
 import * as k8s from '@kubernetes/client-node';
 import { splitPemBundle } from '../../operator/src/certificates/certificate-authority.ts';
+import { WebhookCertificates } from '../../operator/src/certificates/webhook-certificates.ts';
 import { ANNOTATION_INJECTED } from '../../operator/src/injection/constants.ts';
 import { agentPod, createPostgresResource, startWebhookFixture, type WebhookFixture } from './injection-fixture.ts';
 
@@ -43,8 +44,10 @@ test('leaf and CA rotation while pods keep being created: every admission succee
   try {
     // Natural renewals: wait for two leaves after the first.
     while (fingerprints.size < 3) await new Promise((r) => setTimeout(r, 200));
+    const managed = fx.webhooks.certificates;
+    assert.ok(managed instanceof WebhookCertificates, 'the operator manages its own certificates here');
     for (let i = 0; i < caRotations; i++) {
-      await fx.webhooks.certificates.reconcile({ rotateCa: true });
+      await managed.reconcile({ rotateCa: true });
       fingerprints.add(fx.webhooks.certificates.current().fingerprint);
       const before = created;
       while (created < before + 10) await new Promise((r) => setTimeout(r, 50));

@@ -49,3 +49,11 @@ app.kubernetes.io/component: operator
 {{- define "chaperone.validatingWebhookName" -}}
 {{- printf "%s-pod-validator" (include "chaperone.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
+
+{{/* With cert-manager, its CA injector writes caBundle from the webhook Certificate. */}}
+{{- define "chaperone.caInjection" -}}
+{{- if .Values.certManager.enabled -}}
+annotations:
+  cert-manager.io/inject-ca-from: {{ printf "%s/%s" .Release.Namespace (include "chaperone.webhookServiceName" .) }}
+{{- end -}}
+{{- end -}}

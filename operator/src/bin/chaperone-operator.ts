@@ -43,6 +43,10 @@ Admission webhooks:
                                       (default: https://kubernetes.default.svc.cluster.local)
       --webhook-host HOST             address the webhook server binds (default: 0.0.0.0)
       --webhook-port PORT             port of the webhook server (default: 9443)
+      --webhook-cert-dir DIR          serve tls.crt/tls.key from this mounted directory (re-read when it
+                                      changes; ca.crt goes to sidecars) instead of managing a CA and the
+                                      Secret chaperone-webhook-tls: cert-manager owns the certificate and
+                                      its CA injector writes caBundle
       --webhook-service-name NAME     Service in front of the webhooks; names the serving certificate
                                       <name>.<operator namespace>.svc (default: chaperone-webhook)
       --operator-namespace NS         namespace the operator runs in: holds the webhook certificate Secret,
@@ -94,6 +98,7 @@ const parse = () =>
       'webhook-host': { type: 'string' },
       'webhook-port': { type: 'string' },
       'webhook-service-name': { type: 'string' },
+      'webhook-cert-dir': { type: 'string' },
       'operator-namespace': { type: 'string' },
       'webhook-url': { type: 'string' },
       'mutating-webhook-configuration': { type: 'string' },
@@ -149,6 +154,7 @@ const WEBHOOK_ONLY = [
   'webhook-host',
   'webhook-port',
   'webhook-service-name',
+  'webhook-cert-dir',
   'operator-namespace',
   'webhook-url',
   'mutating-webhook-configuration',
@@ -221,7 +227,12 @@ function webhookOptions(): OperatorOptions['webhooks'] {
     settings,
     host: values['webhook-host'] ?? '0.0.0.0',
     port,
-    certificates: { namespace: operatorNamespace, dnsNames, ...(ipAddresses.length > 0 ? { ipAddresses } : {}) },
+    certificates: {
+      namespace: operatorNamespace,
+      dnsNames,
+      ...(ipAddresses.length > 0 ? { ipAddresses } : {}),
+      ...(values['webhook-cert-dir'] === undefined ? {} : { dir: values['webhook-cert-dir'] }),
+    },
     ...(registration === undefined ? { webhookConfigurationNames: names } : { registration }),
   };
 }

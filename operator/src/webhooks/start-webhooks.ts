@@ -9,6 +9,7 @@ import {
   type V1LabelSelectorRequirement,
 } from '@kubernetes/client-node';
 import type { Registry } from 'prom-client';
+import { MountedCertificates } from '../certificates/mounted-certificates.ts';
 import { WebhookCertificates, type ServingMaterial } from '../certificates/webhook-certificates.ts';
 import type { InjectionSettings } from '../injection/settings.ts';
 import type { Logger } from '../observability/logger.ts';
@@ -51,6 +52,11 @@ export interface InjectionWebhooksOptions {
     readonly caLifetimeMs?: number;
     readonly leafLifetimeMs?: number;
     readonly checkIntervalMs?: number;
+    /**
+     * Serve tls.crt/tls.key (and ca.crt for sidecars) from this mounted directory instead: another issuer
+     * (cert-manager) owns the certificate and writes caBundle. The other fields are then unused.
+     */
+    readonly dir?: string;
   };
   /** Register the webhook configurations from this process. Omit when Helm renders them. */
   readonly registration?: {
@@ -76,7 +82,7 @@ export interface InjectionWebhooksOptions {
 
 export interface InjectionWebhooks {
   readonly server: AdmissionServer;
-  readonly certificates: WebhookCertificates;
+  readonly certificates: WebhookCertificates | MountedCertificates;
   readonly cache: AdmissionCache;
   readonly names: { readonly mutating: string; readonly validating: string };
   stop(): Promise<void>;
@@ -94,25 +100,32 @@ export async function startInjectionWebhooks(options: InjectionWebhooksOptions):
   const admissionRegistration = kubeConfig.makeApiClient(AdmissionregistrationV1Api);
   const cache = await startAdmissionCache({ kubeConfig, logger: log });
   let server: AdmissionServer | undefined;
-  const certificates = new WebhookCertificates({
-    core: kubeConfig.makeApiClient(CoreV1Api),
-    admissionRegistration,
-    namespace: options.certificates.namespace ?? settings.operatorNamespace,
-    secretName: options.certificates.secretName ?? 'chaperone-webhook-tls',
-    dnsNames: options.certificates.dnsNames,
-    ...(options.certificates.ipAddresses === undefined ? {} : { ipAddresses: options.certificates.ipAddresses }),
-    mutatingWebhookConfigurations: [names.mutating],
-    validatingWebhookConfigurations: [names.validating],
-    ...(options.certificates.caLifetimeMs === undefined ? {} : { caLifetimeMs: options.certificates.caLifetimeMs }),
-    ...(options.certificates.leafLifetimeMs === undefined
-      ? {}
-      : { leafLifetimeMs: options.certificates.leafLifetimeMs }),
-    ...(options.certificates.checkIntervalMs === undefined
-      ? {}
-      : { checkIntervalMs: options.certificates.checkIntervalMs }),
-    logger: log,
-    onChange: (m: ServingMaterial) => server?.setCertificate(m.certPem, m.keyPem),
-  });
+  const onChange = (m: ServingMaterial) => server?.setCertificate(m.certPem, m.keyPem);
+  const certificateDir = options.certificates.dir;
+  const certificates =
+    certificateDir !== undefined
+      ? new MountedCertificates({ dir: certificateDir, logger: log, onChange })
+      : new WebhookCertificates({
+          core: kubeConfig.makeApiClient(CoreV1Api),
+          admissionRegistration,
+          namespace: options.certificates.namespace ?? settings.operatorNamespace,
+          secretName: options.certificates.secretName ?? 'chaperone-webhook-tls',
+          dnsNames: options.certificates.dnsNames,
+          ...(options.certificates.ipAddresses === undefined ? {} : { ipAddresses: options.certificates.ipAddresses }),
+          mutatingWebhookConfigurations: [names.mutating],
+          validatingWebhookConfigurations: [names.validating],
+          ...(options.certificates.caLifetimeMs === undefined
+            ? {}
+            : { caLifetimeMs: options.certificates.caLifetimeMs }),
+          ...(options.certificates.leafLifetimeMs === undefined
+            ? {}
+            : { leafLifetimeMs: options.certificates.leafLifetimeMs }),
+          ...(options.certificates.checkIntervalMs === undefined
+            ? {}
+            : { checkIntervalMs: options.certificates.checkIntervalMs }),
+          logger: log,
+          onChange,
+        });
   let material: ServingMaterial;
   try {
     material = await certificates.start();
