@@ -1,9 +1,12 @@
 // The hash chain over audit records. Each record's hash is sha256 over the RFC 8785 (JCS) canonical JSON
 // of the record without its `hash` field; `prevHash` links it to the record before it (the previous
 // session of the pod for seq 1, or GENESIS_HASH). Any implementation can recompute it (docs/audit.md).
-import { createHash } from 'node:crypto';
+import { createHash, hash as cryptoHash } from 'node:crypto';
 import canonicalize from 'canonicalize';
 import type { AuditRecord } from './audit-record.ts';
+import { jcs, jcsMembersAround } from './jcs.ts';
+
+export { jcs } from './jcs.ts';
 
 export const GENESIS_HASH = `sha256:${'0'.repeat(64)}`;
 
@@ -21,8 +24,64 @@ export function hashRecord(record: UnhashedRecord | AuditRecord): string {
   return `sha256:${createHash('sha256').update(canonicalRecord(record)).digest('hex')}`;
 }
 
+/** A record with its hash, and its canonical (JCS) text including the hash. */
+export interface SealedRecord {
+  readonly record: AuditRecord;
+  readonly canonical: string;
+}
+
+/**
+ * Adds the hash to a record and returns its canonical text as well, so that writing the record (JSON lines,
+ * the spool) does not serialise it again: the record is canonicalised once, and the text with `hash` is
+ * that text with the hash member inserted at its sorted place. The hash is the one hashRecord computes.
+ */
+export function sealRecord(unhashed: UnhashedRecord): SealedRecord {
+  const parts = jcsMembersAround(unhashed, 'hash');
+  if (parts === undefined) {
+    // Not a plain object of plain data (or it has a hash already): the reference path, same result.
+    const record: AuditRecord = { ...unhashed, hash: hashRecord(unhashed) };
+    return { record, canonical: jcs(record) ?? '{}' };
+  }
+  const { before, after } = parts;
+  const unhashedText = before === '' || after === '' ? `{${before}${after}}` : `{${before},${after}}`;
+  const hash = `sha256:${cryptoHash('sha256', unhashedText, 'hex')}`;
+  const hashMember = `"hash":${JSON.stringify(hash)}`;
+  return {
+    record: { ...unhashed, hash },
+    canonical: `{${before === '' ? '' : `${before},`}${hashMember}${after === '' ? '' : `,${after}`}}`,
+  };
+}
+
+/** The JCS text of a record with its hash (what JSON-lines output and the spool carry). */
+export function canonicalRecordText(record: AuditRecord): string {
+  return jcs(record) ?? '{}';
+}
+
+/** The last whole second formatAuditTime formatted, and its `YYYY-MM-DDTHH:MM:SS` text. */
+let lastSecond = Number.NaN;
+let lastSecondText = '';
+const MAX_FAST_SECOND = 253402300799; // 9999-12-31T23:59:59Z: toISOString has four-digit years up to here
+
 /** UTC time with microseconds, e.g. 2026-11-27T10:00:00.000001Z, from epoch microseconds. */
 export function formatAuditTime(epochMicros: bigint): string {
+  const n = Number(epochMicros);
+  // Records come in bursts within one second: the date part is formatted once per second.
+  if (n >= 0 && Number.isSafeInteger(n)) {
+    const micros = n % 1000000;
+    const second = (n - micros) / 1000000;
+    if (second <= MAX_FAST_SECOND) {
+      if (second !== lastSecond) {
+        lastSecondText = new Date(second * 1000).toISOString().slice(0, 19);
+        lastSecond = second;
+      }
+      return `${lastSecondText}.${String(micros).padStart(6, '0')}Z`;
+    }
+  }
+  return formatAuditTimeSlow(epochMicros);
+}
+
+/** The general form (and the reference formatAuditTime is tested against). */
+export function formatAuditTimeSlow(epochMicros: bigint): string {
   const millis = Number(epochMicros / 1000n);
   const micros = Number(epochMicros % 1000000n);
   return `${new Date(millis).toISOString().slice(0, 19)}.${String(micros).padStart(6, '0')}Z`;

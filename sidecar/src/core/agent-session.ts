@@ -99,6 +99,11 @@ export function truncateUtf8(text: string, max = MAX_COMMAND_TEXT): { text: stri
   return { text: buf.subarray(0, end).toString('utf8'), truncated: true };
 }
 
+/** A frozen array is immutable and can be shared by records; anything else is copied. */
+function ownCopy(values: readonly string[]): string[] {
+  return Object.isFrozen(values) ? (values as string[]) : [...values];
+}
+
 export class AgentSession {
   readonly id = randomUUID();
   readonly identity: Identity;
@@ -188,47 +193,39 @@ export class AgentSession {
 
     const id = this.recorder.nextCommandId();
     const { text, truncated } = truncateUtf8(description.text);
-    this.write(
-      {
-        type: 'command.decision',
-        command: {
-          id,
-          kind: description.command.type,
-          text,
-          ...(truncated ? { truncated } : {}),
-          ...(description.parameters === undefined ? {} : { parameters: [...description.parameters] }),
-          ...(description.statementKinds === undefined ? {} : { statementKinds: [...description.statementKinds] }),
-          ...(description.relations === undefined ? {} : { relations: [...description.relations].slice(0, 64) }),
-        },
-        decision: {
-          result: decision.decision,
-          ...(decision.policy === '' ? {} : { policy: decision.policy }),
-          rule: decision.rule,
-          ...(decision.bundleDigest === '' ? {} : { bundleDigest: decision.bundleDigest }),
-          ...(decision.reasons.length === 0
-            ? {}
-            : { reasons: decision.reasons.slice(0, 16).map((r) => r.slice(0, 1024)) }),
-        },
-      },
-      true,
-    );
+    // Built field by field rather than with conditional spreads (this runs for every statement), in the
+    // sorted key order of the canonical form, so the recorder serialises it with one JSON.stringify.
+    const command: NonNullable<AuditRecord['command']> = { id, kind: description.command.type };
+    if (description.parameters !== undefined) command.parameters = [...description.parameters];
+    // Frozen arrays (the engine shares them between statements) go into the record as they are.
+    if (description.relations !== undefined) {
+      const relations = description.relations;
+      command.relations = relations.length > 64 ? relations.slice(0, 64) : ownCopy(relations);
+    }
+    if (description.statementKinds !== undefined) command.statementKinds = ownCopy(description.statementKinds);
+    command.text = text;
+    if (truncated) command.truncated = truncated;
+    const result = {} as NonNullable<AuditRecord['decision']>;
+    if (decision.bundleDigest !== '') result.bundleDigest = decision.bundleDigest;
+    if (decision.policy !== '') result.policy = decision.policy;
+    if (decision.reasons.length > 0) result.reasons = decision.reasons.slice(0, 16).map((r) => r.slice(0, 1024));
+    result.result = decision.decision;
+    result.rule = decision.rule;
+    this.write({ command, decision: result, type: 'command.decision' }, true);
     return { id, decision, startedAt };
   }
 
   /** Records how a decided command ended. */
   complete(command: DecidedCommand, kind: PolicyCommand['type'], outcome: CommandOutcome): void {
     if (outcome.status === 'error') this.counters.errors += 1;
-    this.write({
-      type: 'command.outcome',
-      command: { id: command.id, kind },
-      outcome: {
-        status: outcome.status,
-        ...(outcome.code === undefined ? {} : { code: outcome.code }),
-        ...(outcome.message === undefined ? {} : { message: outcome.message.slice(0, 1024) }),
-        ...(outcome.rows === undefined ? {} : { rows: outcome.rows }),
-        durationMicros: Number((process.hrtime.bigint() - command.startedAt) / 1000n),
-      },
-    });
+    // In the sorted key order of the canonical form (see record()).
+    const recorded = {} as NonNullable<AuditRecord['outcome']>;
+    if (outcome.code !== undefined) recorded.code = outcome.code;
+    recorded.durationMicros = Number((process.hrtime.bigint() - command.startedAt) / 1000n);
+    if (outcome.message !== undefined) recorded.message = outcome.message.slice(0, 1024);
+    if (outcome.rows !== undefined) recorded.rows = outcome.rows;
+    recorded.status = outcome.status;
+    this.write({ command: { id: command.id, kind }, outcome: recorded, type: 'command.outcome' });
   }
 
   end(reason: string): void {

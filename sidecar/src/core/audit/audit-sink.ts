@@ -1,8 +1,7 @@
 // Where audit records go. The sink is the one interface every engine writes through: JSON lines to a file
 // or stdout here; the durable spool and the Session writer sit behind the same interface.
 import { createWriteStream, type WriteStream } from 'node:fs';
-import type { AuditRecord } from '@chaperone/api';
-import canonicalize from 'canonicalize';
+import { canonicalRecordText, jcs, type AuditRecord } from '@chaperone/api';
 
 /** Which session a record belongs to; not part of the hashed record, the Session object carries it. */
 export interface SessionRef {
@@ -26,8 +25,10 @@ export interface AuditSink {
   /**
    * Accepts one record. Records of one session arrive in seq order. Throws AuditUnavailable when the record
    * cannot be accepted; the caller decides (per the resource's audit failure mode) what that means.
+   * `canonical` is the record's JCS text when the caller has it (SessionRecorder computed it to hash the
+   * record): sinks that write the canonical form use it instead of serialising the record again.
    */
-  write(session: SessionRef, record: AuditRecord): void;
+  write(session: SessionRef, record: AuditRecord, canonical?: string): void;
   /**
    * Resolves when every record written so far is on durable storage (group commit); undefined when that is
    * already so or the sink has no durability of its own. Engines forward a command only after this.
@@ -38,17 +39,24 @@ export interface AuditSink {
   close(): Promise<void>;
 }
 
-/** One JSON object per line: `{"session": {...}, "record": {...}}` with the record in canonical (JCS) form. */
 const sessionJson = new WeakMap<SessionRef, string>();
 
-export function formatJsonLine(session: SessionRef, record: AuditRecord): string {
-  // A session's reference is the same object for all its records: canonicalise it once.
+/** The canonical (JCS) text of a session reference; a session's reference is one object, canonicalised once. */
+export function sessionRefJson(session: SessionRef): string {
   let ref = sessionJson.get(session);
   if (ref === undefined) {
-    ref = canonicalize(session) ?? '{}';
+    ref = jcs(session) ?? '{}';
     sessionJson.set(session, ref);
   }
-  return `{"session":${ref},"record":${canonicalize(record) ?? '{}'}}\n`;
+  return ref;
+}
+
+/**
+ * One JSON object per line: `{"session": {...}, "record": {...}}` with the record in canonical (JCS) form;
+ * `canonical` is that form when the caller has it already (AuditSink.write).
+ */
+export function formatJsonLine(session: SessionRef, record: AuditRecord, canonical?: string): string {
+  return `{"session":${sessionRefJson(session)},"record":${canonical ?? canonicalRecordText(record)}}\n`;
 }
 
 export class JsonLinesSink implements AuditSink {
@@ -69,8 +77,8 @@ export class JsonLinesSink implements AuditSink {
   }
 
   /** Lines are collected and written once per event-loop turn: one write for all records of a burst. */
-  write(session: SessionRef, record: AuditRecord): void {
-    this.pending.push(formatJsonLine(session, record));
+  write(session: SessionRef, record: AuditRecord, canonical?: string): void {
+    this.pending.push(formatJsonLine(session, record, canonical));
     if (!this.scheduled) {
       this.scheduled = true;
       setImmediate(this.writePending);

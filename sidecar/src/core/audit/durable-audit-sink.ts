@@ -3,11 +3,11 @@
 // objects by the SessionWriter. Spool entries are acknowledged, and their segments deleted, only once
 // their records are in Kubernetes; on start the spool is replayed, and the writer skips what is already
 // there. See docs/audit-durability.md.
-import type { AuditRecord, ResourceType } from '@chaperone/api';
+import { canonicalRecordText, type AuditRecord, type ResourceType } from '@chaperone/api';
 import type { Registry } from 'prom-client';
 import type { Logger } from '../observability/logger.ts';
 import { auditMetrics, type AuditMetrics } from './audit-metrics.ts';
-import { AuditUnavailable, type AuditSink, type SessionRef } from './audit-sink.ts';
+import { AuditUnavailable, sessionRefJson, type AuditSink, type SessionRef } from './audit-sink.ts';
 import { SessionWriter, type SessionWriterOptions } from './session-writer.ts';
 import type { SessionStore } from './session-store.ts';
 import type { SigningKey } from './signing-key.ts';
@@ -126,16 +126,19 @@ export class DurableAuditSink implements AuditSink {
     return sink;
   }
 
-  write(session: SessionRef, record: AuditRecord): void {
+  write(session: SessionRef, record: AuditRecord, canonical?: string): void {
     let id: number;
+    const text = canonical ?? canonicalRecordText(record);
     try {
-      id = this.spool.append(Buffer.from(JSON.stringify({ s: session, r: record })), PRIORITY_TYPES.has(record.type));
+      // `{"s": session, "r": record}`, both in canonical form (the record's is the text it was hashed from).
+      const payload = `{"s":${sessionRefJson(session)},"r":${text}}`;
+      id = this.spool.append(Buffer.from(payload), PRIORITY_TYPES.has(record.type));
     } catch (err) {
       if (err instanceof AuditUnavailable) this.refused(err);
       throw err;
     }
     this.writer.enqueue(id, session, record);
-    this.also?.write(session, record);
+    this.also?.write(session, record, text);
     if (!this.high && this.spool.usedBytes >= this.highBytes) this.checkPressure();
   }
 

@@ -4,8 +4,8 @@
 import {
   AUDIT_RECORD_VERSION,
   formatAuditTime,
-  hashRecord,
   nowMicros,
+  sealRecord,
   type AuditRecord,
   type UnhashedRecord,
 } from '@chaperone/api';
@@ -54,8 +54,9 @@ export class SessionRecorder {
       ...content,
       prevHash: this.lastHash,
     };
-    const record: AuditRecord = { ...unhashed, hash: hashRecord(unhashed) };
-    this.sink.write(this.session, record);
+    // Canonicalised once: the sink writes the text the hash was computed over (plus the hash member).
+    const { record, canonical } = sealRecord(unhashed);
+    this.sink.write(this.session, record, canonical);
     this.seq = record.seq;
     this.prevHash = record.hash;
     if (record.seq === 1) this.chain.advance(record.hash);

@@ -12,7 +12,7 @@ import { readFileSync } from 'node:fs';
 import type { Duplex } from 'node:stream';
 import { TLSSocket, type SecureContext } from 'node:tls';
 import type { Socket } from 'node:net';
-import type { Identity, SqlStatementFacts } from '@chaperone/api';
+import type { Identity, PolicyCommand, SqlStatementFacts } from '@chaperone/api';
 import {
   AgentSession,
   type CommandDescription,
@@ -26,6 +26,7 @@ import { SIDECAR_ERRORS } from '../../core/errors.ts';
 import type { PostgresListenerContext } from './postgres-listener.ts';
 import type { AnalyzedStatement } from './analysis/analyze-sql.ts';
 import { PARSER_SENSITIVE_SETTINGS } from './analysis/analyze-sql.ts';
+import { factsSource } from './analysis/sql-analyzer.ts';
 import { FrontendDecoder } from './protocol/frontend-decoder.ts';
 import {
   readPasswordString,
@@ -565,6 +566,9 @@ export class PostgresConnection {
         };
       }
     }
+    // Most strings run no EXECUTE: the analysis is used as it is (the same array for the same analysis,
+    // which lets describe() reuse what it derived from it).
+    if (!analysis.statements.some((s) => s.executes !== undefined)) return { statements: analysis.statements };
     return { statements: analysis.statements.map((s) => this.resolveSqlExecute(s)) };
   }
 
@@ -594,20 +598,23 @@ export class PostgresConnection {
     statements: readonly AnalyzedStatement[],
     parameters?: readonly string[],
   ): CommandDescription {
-    const facts: SqlStatementFacts[] = statements.map((s) => ({
-      kind: s.kind,
-      relations: s.relations,
-      functions: s.functions,
-      sideEffects: s.sideEffects,
-    }));
-    return {
-      command: { type: 'sql', statements: facts },
-      fingerprint: factsFingerprint(facts),
-      text,
-      ...(parameters === undefined ? {} : { parameters }),
-      statementKinds: [...new Set(statements.map((s) => s.kind))],
-      relations: [...new Set(statements.flatMap((s) => s.relations))],
-    };
+    const facts = describeFacts(statements);
+    return parameters === undefined
+      ? {
+          command: facts.command,
+          fingerprint: facts.fingerprint,
+          text,
+          statementKinds: facts.statementKinds,
+          relations: facts.relations,
+        }
+      : {
+          command: facts.command,
+          fingerprint: facts.fingerprint,
+          text,
+          parameters,
+          statementKinds: facts.statementKinds,
+          relations: facts.relations,
+        };
   }
 
   private decide(
@@ -1105,6 +1112,39 @@ function expectsCompletion(kind: ResponseUnit['kind'], code: BackendCode): boole
     default:
       return false;
   }
+}
+
+/** What describe() derives from a list of analysed statements; the same for every use of one analysis. */
+interface DescribedFacts {
+  readonly command: PolicyCommand;
+  readonly fingerprint: string;
+  readonly statementKinds: readonly string[];
+  readonly relations: readonly string[];
+}
+
+/**
+ * Keyed by the analysis's statement array (factsSource: texts that share a cache entry share one), so a
+ * prepared statement executed again, a repeated string and the same statement with other literals
+ * reuse the policy input and fingerprint instead of deriving them per statement. Frozen: they are shared.
+ */
+const describedFacts = new WeakMap<readonly AnalyzedStatement[], DescribedFacts>();
+
+function describeFacts(statements: readonly AnalyzedStatement[]): DescribedFacts {
+  const source = factsSource(statements);
+  let described = describedFacts.get(source);
+  if (described === undefined) {
+    const facts: SqlStatementFacts[] = statements.map((s) =>
+      Object.freeze({ kind: s.kind, relations: s.relations, functions: s.functions, sideEffects: s.sideEffects }),
+    );
+    described = Object.freeze({
+      command: Object.freeze({ type: 'sql' as const, statements: Object.freeze(facts) }),
+      fingerprint: factsFingerprint(facts),
+      statementKinds: Object.freeze([...new Set(statements.map((s) => s.kind))]),
+      relations: Object.freeze([...new Set(statements.flatMap((s) => s.relations))]),
+    });
+    describedFacts.set(source, described);
+  }
+  return described;
 }
 
 /** The key of what a decision depends on: statement facts, not literal values. */

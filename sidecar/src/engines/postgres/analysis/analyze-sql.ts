@@ -159,8 +159,16 @@ function stringNode(node: unknown): string | undefined {
   return n?.type === 'String' ? (text(n.body.sval) ?? '') : undefined;
 }
 
+/**
+ * How many times the analysis looked at a constant's value (constText). A result that never did is the
+ * same for every text that differs from it only in literal values, which lets sql-analyzer.ts share it
+ * between such texts. Every fact derived from a constant's value must be read through constText.
+ */
+let constantReads = 0;
+
 /** The value of an A_Const as text (integers, floats, booleans, strings); undefined for NULL or others. */
 function constText(node: unknown): string | undefined {
+  constantReads++;
   const n = unwrap(node);
   if (n === undefined) return undefined;
   if (n.type === 'String') return text(n.body.sval) ?? '';
@@ -310,9 +318,12 @@ class FactCollector {
     if (shadowable || schema !== 'pg_catalog') this.callsUserFunction = true;
     if (shadowable || functionHasSideEffects(schema, name, this.safeFunctions)) this.sideEffects = true;
     if (schema !== 'pg_catalog') return;
+    // Only these read their first argument's value (nextval('seq') names a relation).
+    const relationArgument = RELATION_ARGUMENT_FUNCTIONS.has(name);
+    if (!relationArgument && name !== 'pg_notify') return;
     const first = constText(list(call.args)[0]);
     if (first === undefined) return;
-    if (RELATION_ARGUMENT_FUNCTIONS.has(name)) this.addRelationLiteral(first);
+    if (relationArgument) this.addRelationLiteral(first);
     if (name === 'pg_notify') this.notifies = first;
   }
 
@@ -711,26 +722,101 @@ const DEFAULT_SEARCH_PATH: readonly string[] = ['public'];
  * string has no statements. Text containing NUL is refused: the server would stop reading at it.
  */
 export function analyzeSql(sql: string, options: AnalyzeOptions = {}): SqlAnalysis {
-  if (sql.includes('\0')) return { ok: false, error: { message: 'query text contains a NUL character' } };
-  if (sql.trim() === '') return { ok: true, statements: [] };
+  return analyze(sql, options, false).analysis;
+}
+
+/** analyzeSql plus what sql-analyzer.ts needs to decide whether the result depends on literal values. */
+export interface DetailedAnalysis {
+  readonly analysis: SqlAnalysis;
+  /**
+   * Per statement, [start, end) of its `text` in `sql` (UTF-16 offsets): start0, end0, start1, ...;
+   * undefined when the analysis failed or a statement's text is not such a slice.
+   */
+  readonly spans: readonly number[] | undefined;
+  /** Whether any fact was derived from a constant's value (SET values, '...'::regclass, nextval('s'), ...). */
+  readonly readsConstants: boolean;
+  /** UTF-8 byte offsets of every A_Const node of the parse tree (where the parser saw each constant). */
+  readonly constantLocations: ReadonlySet<number>;
+}
+
+/** analyzeSql with the statement spans, whether constants were read, and where the parse tree has constants. */
+export function analyzeSqlDetailed(sql: string, options: AnalyzeOptions = {}): DetailedAnalysis {
+  return analyze(sql, options, true);
+}
+
+const NO_LOCATIONS: ReadonlySet<number> = new Set();
+
+function analyze(sql: string, options: AnalyzeOptions, detailed: boolean): DetailedAnalysis {
+  const failed = (error: SqlSyntaxError): DetailedAnalysis => ({
+    analysis: { ok: false, error },
+    spans: undefined,
+    readsConstants: true,
+    constantLocations: NO_LOCATIONS,
+  });
+  if (sql.includes('\0')) return failed({ message: 'query text contains a NUL character' });
+  if (sql.trim() === '') {
+    return {
+      analysis: { ok: true, statements: [] },
+      spans: [],
+      readsConstants: false,
+      constantLocations: NO_LOCATIONS,
+    };
+  }
   const searchPath = options.searchPath ?? DEFAULT_SEARCH_PATH;
   const safeFunctions = options.safeFunctions ?? EMPTY_SET;
+  const readsBefore = constantReads;
   try {
     const tree: unknown = parseSync(sql);
     // Statement locations are byte offsets into the UTF-8 text.
     const bytes = Buffer.byteLength(sql) === sql.length ? undefined : Buffer.from(sql, 'utf8');
     const statements: AnalyzedStatement[] = [];
+    let spans: number[] | undefined = detailed ? [] : undefined;
     for (const raw of list(record(tree).stmts)) {
       const r = record(raw);
       const start = typeof r.stmt_location === 'number' ? r.stmt_location : 0;
       const length = typeof r.stmt_len === 'number' && r.stmt_len > 0 ? r.stmt_len : undefined;
       const end = length === undefined ? undefined : start + length;
-      const source = (bytes === undefined ? sql.slice(start, end) : bytes.subarray(start, end).toString('utf8')).trim();
+      const untrimmed = bytes === undefined ? sql.slice(start, end) : bytes.subarray(start, end).toString('utf8');
+      const source = untrimmed.trim();
+      if (spans !== undefined) {
+        const charStart = bytes === undefined ? start : bytes.subarray(0, start).toString('utf8').length;
+        const spanStart = charStart + (untrimmed.length - untrimmed.trimStart().length);
+        const spanEnd = spanStart + source.length;
+        if (sql.slice(spanStart, spanEnd) === source) spans.push(spanStart, spanEnd);
+        else spans = undefined;
+      }
       const classified = classify(r.stmt, new FactCollector(searchPath, safeFunctions));
       statements.push({ ...classified, text: source, fingerprint: fingerprintOf(source) });
     }
-    return { ok: true, statements };
+    return {
+      analysis: { ok: true, statements },
+      spans,
+      readsConstants: constantReads !== readsBefore,
+      constantLocations: detailed ? collectConstantLocations(tree) : NO_LOCATIONS,
+    };
   } catch (error) {
-    return { ok: false, error: syntaxError(error) };
+    return failed(syntaxError(error));
   }
+}
+
+/** Byte offsets of every A_Const in a parse tree. */
+function collectConstantLocations(tree: unknown): ReadonlySet<number> {
+  const locations = new Set<number>();
+  const visit = (value: unknown): void => {
+    if (Array.isArray(value)) {
+      for (const v of value) visit(v);
+      return;
+    }
+    if (!isRecord(value)) return;
+    for (const key in value) {
+      const child = value[key];
+      if (key === 'A_Const' && isRecord(child)) {
+        // Protocol-buffer JSON omits a zero location.
+        locations.add(typeof child.location === 'number' ? child.location : 0);
+      }
+      visit(child);
+    }
+  };
+  visit(tree);
+  return locations;
 }
