@@ -16,7 +16,7 @@ import { createTestNamespace } from '../harness/kube.ts';
 import { customObjects, expectedCounters, lastStatus, listSessions, verifySessions } from './durability-helpers.ts';
 
 /** A session's records built by hand: start, `commands` decision/outcome pairs, end. */
-function sessionRecords(commands: number, textBytes = 20): AuditRecord[] {
+function sessionRecords(commands: number, textLength = 20, fill = 'x'): AuditRecord[] {
   const out: AuditRecord[] = [];
   let prev = GENESIS_HASH;
   const push = (content: Omit<UnhashedRecord, 'v' | 'seq' | 'time' | 'prevHash'>) => {
@@ -37,7 +37,7 @@ function sessionRecords(commands: number, textBytes = 20): AuditRecord[] {
     const result = i % 10 === 0 ? 'deny' : 'allow';
     push({
       type: 'command.decision',
-      command: { id: i, kind: 'sql', text: `select ${'x'.repeat(textBytes)} -- ${String(i)}` },
+      command: { id: i, kind: 'sql', text: `select '${fill.repeat(textLength)}' -- ${String(i)}` },
       decision: { result, rule: 'r' },
     });
     push({
@@ -86,7 +86,8 @@ test('session writer: continuation parts by count and by bytes, chain and signed
   const namespace = await createTestNamespace(t);
   const { w, acks } = await writer(t, namespace, { maxBytesPerPart: 160 * 1024 });
   const small = sessionRecords(300); // 602 records: 256 + 256 + 90
-  const big = sessionRecords(200, 2000); // ~2 KiB decisions: the byte bound cuts parts before 256 records
+  // ~2 KiB decisions in UTF-8 (700 three-byte characters): the byte bound cuts parts before 256 records.
+  const big = sessionRecords(200, 700, '数');
   const a = ref('0a1b2c3d-0000-4000-8000-000000000001', namespace);
   // Same first 12 hex digits: the short object names collide, and the writer falls back to full-id names.
   const b = ref('0a1b2c3d-0000-4000-8000-000000000002', namespace);
@@ -113,7 +114,7 @@ test('session writer: continuation parts by count and by bytes, chain and signed
   assert.ok(vb.parts.length >= 3, `byte-bounded parts: ${String(vb.parts.length)}`);
   for (const p of vb.parts) {
     assert.ok(p.spec.records.length < 256);
-    assert.ok(JSON.stringify(p).length < 160 * 1024);
+    assert.ok(Buffer.byteLength(JSON.stringify(p)) < 160 * 1024, 'the bound is in UTF-8 bytes, not characters');
   }
   const status = lastStatus(va);
   assert.equal(status.phase, 'Closed');

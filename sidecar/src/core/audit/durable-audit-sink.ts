@@ -137,7 +137,7 @@ export class DurableAuditSink implements AuditSink {
       if (err instanceof AuditUnavailable) this.refused(err);
       throw err;
     }
-    this.writer.enqueue(id, session, record);
+    this.writer.enqueue(id, session, record, false, Buffer.byteLength(text));
     this.also?.write(session, record, text);
     if (!this.high && this.spool.usedBytes >= this.highBytes) this.checkPressure();
   }

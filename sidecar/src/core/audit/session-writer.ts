@@ -174,9 +174,10 @@ export class SessionWriter {
 
   /**
    * Queues one record of `session` (spool entry `id`). `replayed` marks records read back from the spool
-   * of an earlier process: their parts may already exist, and their sessions are over.
+   * of an earlier process: their parts may already exist, and their sessions are over. `serializedLength`
+   * is the record's JSON size in UTF-8 bytes when the caller has it (sizing parts; computed otherwise).
    */
-  enqueue(id: number, session: SessionRef, record: AuditRecord, replayed = false): void {
+  enqueue(id: number, session: SessionRef, record: AuditRecord, replayed = false, serializedLength?: number): void {
     let s = this.sessions.get(session.sessionId);
     if (s === undefined) {
       s = {
@@ -212,7 +213,7 @@ export class SessionWriter {
       s.endTime = record.time;
     }
     s.lastTime = record.time;
-    s.queue.push({ id, record, bytes: JSON.stringify(record).length + 1 });
+    s.queue.push({ id, record, bytes: (serializedLength ?? Buffer.byteLength(JSON.stringify(record))) + 1 });
     this.pending += 1;
     this.lastEnqueuedId = Math.max(this.lastEnqueuedId, id);
     this.options.metrics?.pendingRecords.set(this.pending);
@@ -442,7 +443,7 @@ export class SessionWriter {
         ...(key.certificate === undefined ? {} : { certificate: key.certificate }),
       },
     };
-    const baseBytes = JSON.stringify(spec).length + 2048;
+    const baseBytes = Buffer.byteLength(JSON.stringify(spec)) + 2048;
     const batch = this.take(s, undefined, baseBytes);
     const last = (batch[batch.length - 1] as Queued).record;
     const created = await this.createOrDetectCollision(s, {
@@ -554,7 +555,7 @@ export class SessionWriter {
         part: latest.spec.part,
         resourceVersion: latest.metadata.resourceVersion ?? '',
         records: records.length,
-        bytes: JSON.stringify(latest.spec).length + 2048,
+        bytes: Buffer.byteLength(JSON.stringify(latest.spec)) + 2048,
         lastSeq: records[records.length - 1]?.seq ?? 0,
       };
       // A part left Active by a process that died between creating its successor and updating it.
