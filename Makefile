@@ -44,7 +44,7 @@ drivers: ## Install psycopg and the PostgreSQL JDBC driver (driver tests) into t
 	@scripts/drivers.sh
 
 .PHONY: generate
-generate: deps ## Regenerate crds/ from the schemas in api/src.
+generate: deps ## Regenerate crds/ from the schemas in api/src and copy CRDs and admission policies into charts/chaperone.
 	node api/scripts/generate-crds.ts
 
 .PHONY: build
