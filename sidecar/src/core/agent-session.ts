@@ -6,6 +6,7 @@ import {
   MAX_COMMAND_TEXT,
   type AuditRecord,
   type CombinedDecision,
+  type MaskingInstruction,
   type Identity,
   type PolicyCommand,
   type PolicyIdentity,
@@ -14,6 +15,7 @@ import {
 import type { PolicyEngine } from './policy/policy-engine.ts';
 import { AuditUnavailable, type AuditSink } from './audit/audit-sink.ts';
 import type { PodChain } from './audit/pod-chain.ts';
+import { createValueMasker, PROCESS_HASH_KEY, type ValueMasker } from './masking/mask-value.ts';
 import { auditMetrics } from './audit/audit-metrics.ts';
 import { SessionRecorder } from './audit/session-recorder.ts';
 import type { SidecarMetrics } from './observability/metrics.ts';
@@ -102,6 +104,23 @@ export function truncateUtf8(text: string, max = MAX_COMMAND_TEXT): { text: stri
 /** A frozen array is immutable and can be shared by records; anything else is copied. */
 function ownCopy(values: readonly string[]): string[] {
   return Object.isFrozen(values) ? (values as string[]) : [...values];
+}
+
+/** One masker per masking list (decisions are cached, so the list object repeats). */
+const maskers = new WeakMap<readonly MaskingInstruction[], ValueMasker | undefined>();
+
+/**
+ * The bound parameters as recorded: masked where the decision's masking rules cover them
+ * (core/masking/mask-value.ts says how), as they are otherwise.
+ */
+function maskParameters(parameters: readonly string[], decision: CombinedDecision): string[] {
+  if (decision.masking.length === 0) return [...parameters];
+  let masker = maskers.get(decision.masking);
+  if (!maskers.has(decision.masking)) {
+    masker = createValueMasker(decision.masking, PROCESS_HASH_KEY);
+    maskers.set(decision.masking, masker);
+  }
+  return masker === undefined ? [...parameters] : parameters.map((p) => (p === 'NULL' ? p : masker.mask(p)));
 }
 
 export class AgentSession {
@@ -196,7 +215,7 @@ export class AgentSession {
     // Built field by field rather than with conditional spreads (this runs for every statement), in the
     // sorted key order of the canonical form, so the recorder serialises it with one JSON.stringify.
     const command: NonNullable<AuditRecord['command']> = { id, kind: description.command.type };
-    if (description.parameters !== undefined) command.parameters = [...description.parameters];
+    if (description.parameters !== undefined) command.parameters = maskParameters(description.parameters, decision);
     // Frozen arrays (the engine shares them between statements) go into the record as they are.
     if (description.relations !== undefined) {
       const relations = description.relations;

@@ -1,0 +1,59 @@
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import type { MaskingInstruction } from '@chaperone/api';
+import { applyStrategy, createValueMasker, REDACTED } from './mask-value.ts';
+
+const KEY = Buffer.alloc(32, 7);
+
+function masker(instruction: Partial<MaskingInstruction>) {
+  const m = createValueMasker(
+    [{ rule: 'team/p/m', columns: [], detectors: [], strategy: 'redact', ...instruction }],
+    KEY,
+  );
+  assert.ok(m !== undefined);
+  return m;
+}
+
+describe('createValueMasker', () => {
+  it('masks what each detector finds, and only that', () => {
+    const cases: [MaskingInstruction['detectors'][number], string, string][] = [
+      ['email', 'write to ada@example.com today', `write to ${REDACTED} today`],
+      ['credit-card', 'card 4111 1111 1111 1111 ok', `card ${REDACTED} ok`],
+      ['credit-card', 'order 4111 1111 1111 1112', 'order 4111 1111 1111 1112'], // fails Luhn
+      ['us-ssn', 'ssn 123-45-6789', `ssn ${REDACTED}`],
+      ['us-ssn', 'ssn 000-45-6789', 'ssn 000-45-6789'],
+      ['iban', 'pay DE89370400440532013000 now', `pay ${REDACTED} now`],
+      ['iban', 'pay DE89370400440532013001 now', 'pay DE89370400440532013001 now'], // bad check digits
+      ['ipv4', 'from 10.1.2.3:5432', `from ${REDACTED}:5432`],
+      ['ipv4', 'version 1.2.3', 'version 1.2.3'],
+      ['jwt', 'eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJlLXZhbHVl', REDACTED],
+      ['secret-key', 'key=AKIAIOSFODNN7EXAMPLE', `key=${REDACTED}`],
+      ['phone', 'call +1 415 555 2671', `call ${REDACTED}`],
+    ];
+    for (const [detector, input, expected] of cases) {
+      assert.equal(masker({ detectors: [detector] }).mask(input), expected, `${detector}: ${input}`);
+    }
+    assert.equal(masker({ detectors: ['email'] }).mask('no personal data'), 'no personal data');
+  });
+
+  it('a rule with column patterns masks whole values (the column of a parameter is not known)', () => {
+    const m = masker({ columns: ['public.customers.email'], detectors: ['ipv4'], strategy: 'partial' });
+    assert.equal(m.mask('plain text value'), '************alue');
+  });
+
+  it('strategies: redact, null, partial, keyed hash', () => {
+    assert.equal(applyStrategy('redact', 'secret', KEY), REDACTED);
+    assert.equal(applyStrategy('null', 'secret', KEY), 'NULL');
+    assert.equal(applyStrategy('partial', '4111111111111111', KEY), '************1111');
+    assert.equal(applyStrategy('partial', 'abc', KEY), '***');
+    const hashed = applyStrategy('hash', 'ada@example.com', KEY);
+    assert.match(hashed, /^hmac:[0-9a-f]{16}$/);
+    assert.equal(applyStrategy('hash', 'ada@example.com', KEY), hashed, 'stable for one key (joins)');
+    assert.notEqual(applyStrategy('hash', 'ada@example.com', Buffer.alloc(32, 8)), hashed, 'keyed');
+    assert.equal(masker({ detectors: ['email'], strategy: 'hash' }).mask('ada@example.com'), hashed);
+  });
+
+  it('no instructions: no masker', () => {
+    assert.equal(createValueMasker([], KEY), undefined);
+  });
+});
