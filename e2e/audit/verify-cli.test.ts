@@ -97,6 +97,7 @@ test('sessions, show, verify and evidence against the API server', async (t) => 
       shown.stdout,
       /\s4 {2}command\.decision\s+#2 sql "drop table orders" {2}=> DENY by rule r1 of default\/orders/,
     );
+    assert.match(shown.stdout, /Signed by:\s+\S+ \(self-asserted key\)/);
     // `kubectl chaperone show` is the same command.
     const alias = await cli('show', 'report-2-1', '-n', ns);
     assert.equal(alias.code, 0, alias.stderr);

@@ -255,4 +255,14 @@ test('an injected agent reaches PostgreSQL only through its sidecar, which recor
   ]);
   assert.equal(verify.code, 0, `kubectl chaperone verify:\n${verify.stdout}${verify.stderr}`);
   assert.equal((JSON.parse(verify.stdout) as { keyTrust: string }).keyTrust, 'certified');
+  const shown = await runCli([
+    'show',
+    session.metadata.name ?? '',
+    '-n',
+    ns,
+    '--kubeconfig',
+    controlPlaneEnv().kubeconfig,
+  ]);
+  assert.equal(shown.code, 0, shown.stderr);
+  assert.match(shown.stdout, /Signed by:\s+\S+ \(key certified by the operator\)/);
 });

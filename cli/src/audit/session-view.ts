@@ -214,7 +214,11 @@ export function describeSession(g: SessionGroup): string {
     );
   }
   const signers = [...new Set(g.parts.map((p) => p.spec.signer?.keyId).filter((k) => k !== undefined))];
-  out.push(`Signed by:    ${signers.length === 0 ? '-' : signers.join(', ')}`);
+  // Whether the operator certified the key; `verify` checks the certificate, this only shows it is there.
+  const certified = g.parts.every((p) => p.spec.signer?.certificate !== undefined);
+  out.push(
+    `Signed by:    ${signers.length === 0 ? '-' : `${signers.join(', ')} (${certified ? 'key certified by the operator' : 'self-asserted key'})`}`,
+  );
   const head = last.spec.head;
   out.push(`Head:         ${head === undefined ? '-' : `seq ${head.seq} ${head.hash}`}`, '', 'Records:');
   for (const r of g.records) out.push(`  ${describeRecord(r)}`);
