@@ -28,6 +28,8 @@ export interface AuditSidecarOptions {
   readonly flushIntervalMs?: number;
   readonly policies?: Record<string, AccessPolicySpec>;
   readonly listener?: Record<string, unknown>;
+  /** More audit configuration (e.g. certification). */
+  readonly audit?: Record<string, unknown>;
 }
 
 /** Starts the real sidecar with `audit.spoolDir` and the Session writer; stopped when the test ends. */
@@ -52,6 +54,7 @@ export async function startAuditSidecar(t: TestContext, options: AuditSidecarOpt
       exportJsonLines: true,
       flushIntervalMs: options.flushIntervalMs ?? 200,
       ...(options.spoolMaxBytes === undefined ? {} : { spoolMaxBytes: options.spoolMaxBytes }),
+      ...options.audit,
     },
     logLevel: 'info',
   });

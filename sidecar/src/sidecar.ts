@@ -77,6 +77,14 @@ export async function createAuditSink(
     ...(audit.exportJsonLines ? { also: new JsonLinesSink(audit.path) } : {}),
     ...(certifier === undefined ? {} : { onClose: () => certifier.stop() }),
   });
+  if (certifier !== undefined && signingKey.certificate === undefined) {
+    // Sessions written now carry a self-asserted key; say so where the pod's owner looks first.
+    sink.writer.podEvent({
+      type: 'Warning',
+      reason: 'SignerNotCertified',
+      message: `The operator has not certified this sidecar's signing key (${signingKey.keyId}) yet; Sessions are written with a self-asserted key until it does (retrying).`,
+    });
+  }
   logger.info('durable audit trail', {
     spoolDir: audit.spoolDir,
     namespace,
