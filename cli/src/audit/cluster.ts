@@ -2,6 +2,7 @@
 // KUBECONFIG, then ~/.kube/config; --context; namespace from -n or the context), and the reads they need.
 import * as k8s from '@kubernetes/client-node';
 import { GROUP, VERSION, parseGoDuration, type ProtectedResource, type Session } from '@chaperone/api';
+import { loadAuthority, type Authority, type AuthorityFlags } from './authority.ts';
 
 /** Where command output goes; process.stdout and process.stderr fit. */
 export interface CommandIo {
@@ -9,11 +10,12 @@ export interface CommandIo {
   readonly stderr: { write(text: string): unknown };
 }
 
+/** The values of CLUSTER_OPTIONS as parseArgs returns them. */
 export interface ClusterFlags {
-  readonly kubeconfig?: string;
-  readonly context?: string;
-  readonly namespace?: string;
-  readonly allNamespaces?: boolean;
+  readonly kubeconfig?: string | undefined;
+  readonly context?: string | undefined;
+  readonly namespace?: string | undefined;
+  readonly 'all-namespaces'?: boolean | undefined;
 }
 
 /** parseArgs option descriptors shared by every command that talks to the cluster. */
@@ -37,7 +39,7 @@ export function connect(flags: ClusterFlags): Cluster {
   else kc.loadFromDefault();
   if (flags.context !== undefined) kc.setCurrentContext(flags.context);
   const contextNamespace = kc.getContextObject(kc.getCurrentContext())?.namespace;
-  const namespace = flags.allNamespaces === true ? undefined : (flags.namespace ?? contextNamespace ?? 'default');
+  const namespace = flags['all-namespaces'] === true ? undefined : (flags.namespace ?? contextNamespace ?? 'default');
   return { kc, namespace, custom: kc.makeApiClient(k8s.CustomObjectsApi) };
 }
 
@@ -72,6 +74,20 @@ async function listAll<T>(cluster: Cluster, plural: string): Promise<T[]> {
     cont = page.metadata?.continue === '' ? undefined : page.metadata?.continue;
   } while (cont !== undefined);
   return items;
+}
+
+/** What verify and evidence export read: every Session in scope, retention, the audit authority. */
+export async function readTrail(flags: ClusterFlags & AuthorityFlags): Promise<{
+  cluster: Cluster;
+  sessions: Session[];
+  retention: Map<string, number>;
+  authority: Authority;
+}> {
+  const cluster = connect(flags);
+  const sessions = await listSessions(cluster);
+  const retention = await retentionByResource(cluster);
+  const authority = await loadAuthority(flags, cluster);
+  return { cluster, sessions, retention, authority };
 }
 
 export function listSessions(cluster: Cluster): Promise<Session[]> {

@@ -3,16 +3,9 @@
 import { readFile, writeFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { stringify } from 'yaml';
-import {
-  CLUSTER_OPTIONS,
-  connect,
-  describeError,
-  listSessions,
-  retentionByResource,
-  type CommandIo,
-} from '../audit/cluster.ts';
+import { CLUSTER_OPTIONS, readTrail, describeError, type CommandIo } from '../audit/cluster.ts';
 import { buildEvidence, evidenceDigest, serializeEvidence, verifyEvidence } from '../audit/evidence.ts';
-import { AUTHORITY_OPTIONS, AUTHORITY_USAGE, loadAuthority } from '../audit/authority.ts';
+import { AUTHORITY_OPTIONS, AUTHORITY_USAGE } from '../audit/authority.ts';
 import { renderReport } from '../audit/render-report.ts';
 import { parseTimeFlag } from '../audit/session-view.ts';
 import { loadTrustedKeys } from '../audit/trusted-keys.ts';
@@ -70,15 +63,7 @@ async function exportEvidence(args: string[], io: CommandIo, now: Date): Promise
     const to = values.to === undefined ? undefined : parseTimeFlag(values.to, now);
     const trustedKeys =
       values['trusted-keys'] === undefined ? undefined : await loadTrustedKeys(values['trusted-keys']);
-    const cluster = connect({
-      kubeconfig: values.kubeconfig,
-      context: values.context,
-      namespace: values.namespace,
-      allNamespaces: values['all-namespaces'],
-    });
-    const sessions = await listSessions(cluster);
-    const retention = await retentionByResource(cluster);
-    const authority = await loadAuthority(values, cluster);
+    const { cluster, sessions, retention, authority } = await readTrail(values);
     const context = cluster.kc.getContextObject(cluster.kc.getCurrentContext());
     const bundle = await buildEvidence(sessions, {
       from,

@@ -85,12 +85,7 @@ export async function run(args: string[], io: CommandIo, now: Date = new Date())
   }
 
   try {
-    const cluster = connect({
-      kubeconfig: values.kubeconfig,
-      context: values.context,
-      namespace: values.namespace,
-      allNamespaces: values['all-namespaces'],
-    });
+    const cluster = connect(values);
     const groups = groupSessions(await listSessions(cluster));
     if (sub === 'show') {
       const found = findSession(groups, target ?? '');

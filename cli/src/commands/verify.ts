@@ -3,16 +3,9 @@
 import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { stringify } from 'yaml';
-import {
-  CLUSTER_OPTIONS,
-  connect,
-  describeError,
-  listSessions,
-  retentionByResource,
-  type CommandIo,
-} from '../audit/cluster.ts';
+import { CLUSTER_OPTIONS, readTrail, describeError, type CommandIo } from '../audit/cluster.ts';
 import type { EvidenceBundle } from '../audit/evidence.ts';
-import { AUTHORITY_OPTIONS, AUTHORITY_USAGE, loadAuthority } from '../audit/authority.ts';
+import { AUTHORITY_OPTIONS, AUTHORITY_USAGE } from '../audit/authority.ts';
 import { renderReport } from '../audit/render-report.ts';
 import { groupSessions } from '../audit/session-view.ts';
 import { loadTrustedKeys } from '../audit/trusted-keys.ts';
@@ -76,15 +69,7 @@ export async function run(args: string[], io: CommandIo): Promise<number> {
     const trustedKeys =
       values['trusted-keys'] === undefined ? undefined : await loadTrustedKeys(values['trusted-keys']);
     const baseline = values.baseline === undefined ? undefined : await loadBaseline(values.baseline);
-    const cluster = connect({
-      kubeconfig: values.kubeconfig,
-      context: values.context,
-      namespace: values.namespace,
-      allNamespaces: values['all-namespaces'],
-    });
-    const sessions = await listSessions(cluster);
-    const retention = await retentionByResource(cluster);
-    const authority = await loadAuthority(values, cluster);
+    const { cluster, sessions, retention, authority } = await readTrail(values);
     const namespace = cluster.namespace;
     let report = await verifyTrail(sessions, {
       trustedKeys,
