@@ -28,6 +28,7 @@ import { cpus, loadavg, totalmem, release } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { runPolicyDecisionBench, type PolicyDecisionBenchResult } from './policy-decision.ts';
+import { runSqlAnalysisBench } from './sql-analysis.ts';
 import { runAdmissionBench } from './admission.ts';
 import { runAuditBench } from './audit.ts';
 import { formatProfileSummary, summariseProfile, type ProfileSummary } from './cpu-profile.ts';
@@ -534,6 +535,12 @@ async function benchmark(): Promise<void> {
     `  uncached p50 ${fmt(policy.uncached.p50, 2)} µs, p99 ${fmt(policy.uncached.p99, 2)} µs; cached p50 ${fmt(policy.cached.p50, 2)} µs, p99 ${fmt(policy.cached.p99, 2)} µs (${policy.iterations} decisions each)`,
   );
 
+  console.log('bench: SQL analysis per statement (in-process)');
+  const sqlAnalysis = await runSqlAnalysisBench();
+  console.log(
+    `  analyzeSql ${fmt(sqlAnalysis.uncachedMicros, 2)} µs; cache hit ${fmt(sqlAnalysis.cacheHitMicros, 3)} µs; new literal each time ${fmt(sqlAnalysis.newLiteralNormalisedMicros, 2)} µs (exact-text keys ${fmt(sqlAnalysis.newLiteralExactMicros, 2)} µs)`,
+  );
+
   console.log('bench: admission latency, 50 pod creations per second for 10 s (own control plane)');
   const admission = await runAdmissionBench();
   console.log(
@@ -645,6 +652,7 @@ async function benchmark(): Promise<void> {
     rounds,
     ratios,
     policyDecision: policy,
+    sqlAnalysis,
     admission,
     durableAudit,
     sidecarAudit: { records: audit.lines, bytes: audit.bytes, pgbenchTransactions: sidecarTxns },

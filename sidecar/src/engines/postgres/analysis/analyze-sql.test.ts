@@ -330,7 +330,8 @@ const CASES: readonly Case[] = [
     sql: 'SELECT 1; /* c */ DELETE FROM a -- tail',
     expect: [
       { kind: 'select', text: 'SELECT 1' },
-      { kind: 'delete', text: 'DELETE FROM a -- tail' },
+      // PostgreSQL 15's grammar starts a statement right after the previous semicolon (18 skips comments).
+      { kind: 'delete', text: '/* c */ DELETE FROM a -- tail' },
     ],
   },
   {

@@ -45,10 +45,16 @@
 // GUARD_SETTINGS). (7) TRUNCATE is ddl, the stricter choice: it skips row triggers, takes an ACCESS
 // EXCLUSIVE lock and a policy allowing `delete` on a table should not allow emptying it.
 import { createHash } from 'node:crypto';
-import { fingerprintSync, loadModule, parseSync } from 'libpg-query';
 import type { SqlStatementFacts, StatementKind } from '@chaperone/api';
 import { PG_CATALOG_FUNCTIONS, PG_CATALOG_RELATIONS } from './pg-catalog.ts';
 import { RELATION_ARGUMENT_FUNCTIONS, functionHasSideEffects } from './side-effects.ts';
+import {
+  DEFAULT_SERVER_MAJOR,
+  fingerprintStatement,
+  loadSqlGrammars,
+  sqlGrammar,
+  unsupportedServerReason,
+} from './sql-grammar.ts';
 
 /** What a transaction-control statement does, so the engine can track the transaction state. */
 export type TransactionAction =
@@ -102,6 +108,8 @@ export interface SqlSyntaxError {
   readonly message: string;
   /** 1-based character position in the whole text, as in an ErrorResponse `P` field. */
   readonly position?: number;
+  /** Set when the text was not parsed because the server's major version has no grammar here. */
+  readonly unsupportedServerMajor?: number;
 }
 
 export type SqlAnalysis =
@@ -116,6 +124,12 @@ export interface AnalyzeOptions {
   readonly searchPath?: readonly string[];
   /** schema.name of non-pg_catalog functions known to have no side effects. Default none. */
   readonly safeFunctions?: ReadonlySet<string>;
+  /**
+   * The upstream server's major version (from its `server_version` ParameterStatus, see serverMajorOf):
+   * the text is parsed with that major's grammar. A major outside SUPPORTED_SERVER_MAJORS fails every
+   * analysis (`unsupportedServerMajor`). Default DEFAULT_SERVER_MAJOR (15).
+   */
+  readonly serverMajor?: number;
 }
 
 /** Settings whose value changes how the server lexes later text, so the proxy's parse would diverge. */
@@ -134,9 +148,9 @@ export const GUARD_SETTINGS: ReadonlySet<string> = new Set([
 
 const DCL_SETTINGS: ReadonlySet<string> = new Set(['role', 'session_authorization']);
 
-/** Loads the WebAssembly parser; call once at start-up before analyzeSql. */
+/** Loads the WebAssembly parsers of every supported major; call once at start-up before analyzeSql. */
 export async function loadSqlParser(): Promise<void> {
-  await loadModule();
+  await loadSqlGrammars();
 }
 
 type Json = Readonly<Record<string, unknown>>;
@@ -183,22 +197,34 @@ function constText(node: unknown): string | undefined {
   return undefined;
 }
 
-const FALSE_WORDS: ReadonlySet<string> = new Set(['false', 'off', '0', 'no']);
 const TRUE_WORDS: ReadonlySet<string> = new Set(['true', 'on', '1', 'yes']);
 
-/** Boolean DefElem option (EXPLAIN ANALYZE, read-only flags); a bare option means true. */
+/**
+ * Whether a boolean DefElem option is on, as PostgreSQL's defGetBoolean reads it: no value, `true`, `on`
+ * and 1 are true; `false`, `off` and 0 are false (case-insensitive); anything else is an error on the server
+ * and is taken as true here, so EXPLAIN (ANALYZE <odd value>) is decided as if it executed.
+ */
 function optionIsTrue(defElem: Json): boolean {
   if (defElem.arg === undefined) return true;
   const value = constText(defElem.arg);
-  return value === undefined || !FALSE_WORDS.has(value.toLowerCase());
+  if (value === undefined) return true;
+  const lower = value.toLowerCase();
+  return !(lower === 'false' || lower === 'off' || (lower === '0' && unwrap(defElem.arg)?.type !== 'String'));
 }
 
-function findOption(options: unknown, name: string): Json | undefined {
+/**
+ * The last option named `name`. PostgreSQL applies the options of EXPLAIN, BEGIN / START TRANSACTION, SET
+ * TRANSACTION and SET SESSION CHARACTERISTICS one after the other, so a repeated option's last value
+ * wins: EXPLAIN (ANALYZE false, ANALYZE true) executes, BEGIN READ ONLY, READ WRITE is read-write
+ * (checked against PostgreSQL 15; COPY instead refuses repeated options).
+ */
+function lastOption(options: unknown, name: string): Json | undefined {
+  let found: Json | undefined;
   for (const o of list(options)) {
     const n = unwrap(o);
-    if (n?.type === 'DefElem' && n.body.defname === name) return n.body;
+    if (n?.type === 'DefElem' && n.body.defname === name) found = n.body;
   }
-  return undefined;
+  return found;
 }
 
 /** Splits a regclass literal such as `Public."My Table"` into identifiers the way the server does. */
@@ -530,10 +556,15 @@ const SETTING_ACTIONS: Readonly<Record<string, SettingChange['action']>> = {
 type Extras = Omit<AnalyzedStatement, keyof SqlStatementFacts | 'text' | 'fingerprint'>;
 type Classified = SqlStatementFacts & Extras;
 
-/** Transaction modes: READ WRITE (transaction_read_only = 0) switches off a server read-only guard. */
+/**
+ * Transaction modes: READ WRITE (transaction_read_only = 0) switches off a server read-only guard. The
+ * grammar writes READ ONLY / READ WRITE as the integer 1 / 0; only a last mode that is exactly 1 keeps the
+ * guard, anything else counts as READ WRITE.
+ */
 function readWriteRequested(options: unknown): boolean {
-  const readOnly = findOption(options, 'transaction_read_only');
-  return readOnly !== undefined && !optionIsTrue(readOnly);
+  const readOnly = lastOption(options, 'transaction_read_only');
+  if (readOnly === undefined) return false;
+  return readOnly.arg === undefined || constText(readOnly.arg) !== '1';
 }
 
 function classifySetting(set: Json): Classified {
@@ -605,7 +636,7 @@ function classify(node: unknown, collect: FactCollector): Classified {
       return facts('copy-to', toFileOrProgram || collect.locksRows);
     }
     case 'ExplainStmt': {
-      const analyze = findOption(body.options, 'analyze');
+      const analyze = lastOption(body.options, 'analyze');
       if (analyze !== undefined && optionIsTrue(analyze)) {
         const executed = classify(body.query, collect);
         return executed.kind === 'select' ? { ...executed, kind: 'explain' } : executed;
@@ -622,7 +653,8 @@ function classify(node: unknown, collect: FactCollector): Classified {
       collect.visit(body.params, noScope);
       return { ...facts('execute', true), executes: text(body.name) ?? '' };
     case 'DeallocateStmt':
-      return { ...facts('prepare', false), deallocates: body.isall === true ? '*' : (text(body.name) ?? '') };
+      // DEALLOCATE ALL: no name (PostgreSQL 15), `isall` (17+).
+      return { ...facts('prepare', false), deallocates: body.isall === true ? '*' : (text(body.name) ?? '*') };
     case 'FetchStmt':
     case 'ClosePortalStmt':
       // The cursor's query was decided when it was declared.
@@ -704,12 +736,9 @@ function syntaxError(error: unknown): SqlSyntaxError {
 }
 
 function fingerprintOf(statement: string): string {
-  try {
-    return fingerprintSync(statement);
-  } catch {
-    // Cannot happen for text the parser accepted; a content hash keeps the field total.
-    return createHash('sha256').update(statement).digest('hex').slice(0, 16);
-  }
+  // Text another major's grammar accepted may not parse for the fingerprinter; a content hash keeps the
+  // field total.
+  return fingerprintStatement(statement) ?? createHash('sha256').update(statement).digest('hex').slice(0, 16);
 }
 
 const EMPTY_SET: ReadonlySet<string> = new Set();
@@ -753,6 +782,12 @@ function analyze(sql: string, options: AnalyzeOptions, detailed: boolean): Detai
     readsConstants: true,
     constantLocations: NO_LOCATIONS,
   });
+  const serverMajor = options.serverMajor ?? DEFAULT_SERVER_MAJOR;
+  const grammar = sqlGrammar(serverMajor);
+  if (grammar === undefined) {
+    const reason = unsupportedServerReason(String(serverMajor)) ?? 'unsupported server version';
+    return failed({ message: reason, unsupportedServerMajor: serverMajor });
+  }
   if (sql.includes('\0')) return failed({ message: 'query text contains a NUL character' });
   if (sql.trim() === '') {
     return {
@@ -766,7 +801,7 @@ function analyze(sql: string, options: AnalyzeOptions, detailed: boolean): Detai
   const safeFunctions = options.safeFunctions ?? EMPTY_SET;
   const readsBefore = constantReads;
   try {
-    const tree: unknown = parseSync(sql);
+    const tree: unknown = grammar.parse(sql);
     // Statement locations are byte offsets into the UTF-8 text.
     const bytes = Buffer.byteLength(sql) === sql.length ? undefined : Buffer.from(sql, 'utf8');
     const statements: AnalyzedStatement[] = [];

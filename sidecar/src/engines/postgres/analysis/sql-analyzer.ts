@@ -14,6 +14,7 @@
 import { analyzeSql, analyzeSqlDetailed } from './analyze-sql.ts';
 import type { AnalyzedStatement, DetailedAnalysis, SqlAnalysis } from './analyze-sql.ts';
 import { keyToTextOffset, normalizeLiterals, textToKeyOffset, type NormalizedText } from './literal-normalizer.ts';
+import { DEFAULT_SERVER_MAJOR, serverMajorOf, unsupportedServerReason } from './sql-grammar.ts';
 
 export interface SqlAnalyzerOptions {
   /** Most analyses kept; least recently used are evicted first. Default 1000; 0 disables the cache. */
@@ -24,6 +25,32 @@ export interface SqlAnalyzerOptions {
   readonly safeFunctions?: readonly string[];
   /** Share analyses between texts that differ only in literal values (see above). Default true. */
   readonly normalizeLiterals?: boolean;
+  /**
+   * The upstream's major version: statements are parsed with that major's grammar (sql-grammar.ts).
+   * createSqlAnalyzer throws UnsupportedServerVersion for a major it cannot model. Default 15.
+   */
+  readonly serverMajor?: number;
+}
+
+/** What the cache did, for tests and metrics: every analyze call counts once. */
+export interface SqlAnalyzerStats {
+  /** Answered from an entry for the same text. */
+  readonly hits: number;
+  /** Answered from an entry made for another text with the same literal-normalised key. */
+  readonly sharedHits: number;
+  /** Parsed (not cached, or not cacheable). */
+  readonly misses: number;
+}
+
+/** The upstream's major version has no grammar here; the session must be refused (fail closed). */
+export class UnsupportedServerVersion extends Error {
+  override readonly name = 'UnsupportedServerVersion';
+  readonly serverVersion: string;
+
+  constructor(serverVersion: string, reason: string) {
+    super(reason);
+    this.serverVersion = serverVersion;
+  }
 }
 
 export interface SqlAnalyzer {
@@ -34,6 +61,10 @@ export interface SqlAnalyzer {
   analyze(text: string, searchPath?: readonly string[]): SqlAnalysis;
   /** Entries currently cached. */
   readonly size: number;
+  /** The major version whose grammar this analyzer parses with. */
+  readonly serverMajor: number;
+  /** Cache counters since creation (clear() keeps them). */
+  readonly stats: SqlAnalyzerStats;
   clear(): void;
 }
 
@@ -146,7 +177,12 @@ export function createSqlAnalyzer(options: SqlAnalyzerOptions = {}): SqlAnalyzer
   const maxCachedTextLength = options.maxCachedTextLength ?? 16384;
   const normalize = options.normalizeLiterals ?? true;
   if (!Number.isInteger(cacheSize) || cacheSize < 0) throw new RangeError('cacheSize must be a non-negative integer');
+  const serverMajor = options.serverMajor ?? DEFAULT_SERVER_MAJOR;
+  const unsupported = unsupportedServerReason(String(serverMajor));
+  if (unsupported !== undefined) throw new UnsupportedServerVersion(String(serverMajor), unsupported);
   const safeFunctions: ReadonlySet<string> = new Set(options.safeFunctions ?? []);
+  const analyzeOptions = { safeFunctions, serverMajor };
+  const stats = { hits: 0, sharedHits: 0, misses: 0 };
   // Map iteration order is insertion order: the first key is the least recently used.
   const cache = new Map<string, Entry>();
 
@@ -170,7 +206,10 @@ export function createSqlAnalyzer(options: SqlAnalyzerOptions = {}): SqlAnalyzer
 
   return {
     analyze(text: string, searchPath: readonly string[] = DEFAULT_SEARCH_PATH): SqlAnalysis {
-      if (cacheSize === 0 || text.length > maxCachedTextLength) return analyzeSql(text, { searchPath, safeFunctions });
+      if (cacheSize === 0 || text.length > maxCachedTextLength) {
+        stats.misses++;
+        return analyzeSql(text, { ...analyzeOptions, searchPath });
+      }
       // JSON escapes newlines, so the first raw newline separates the search path from the text. Exact
       // keys start with E, normalised ones with N: the two can never collide.
       const path = JSON.stringify(searchPath);
@@ -178,9 +217,14 @@ export function createSqlAnalyzer(options: SqlAnalyzerOptions = {}): SqlAnalyzer
       if (normalized !== undefined && normalized.literals.length > 0) {
         const sharedKey = `N${path}\n${normalized.key}`;
         const entry = lookup(sharedKey);
-        if (entry instanceof SharedEntry) return entry.for(text, normalized);
+        if (entry instanceof SharedEntry) {
+          if (text === entry.source) stats.hits++;
+          else stats.sharedHits++;
+          return entry.for(text, normalized);
+        }
         if (entry === undefined) {
-          const detail = analyzeSqlDetailed(text, { searchPath, safeFunctions });
+          stats.misses++;
+          const detail = analyzeSqlDetailed(text, { ...analyzeOptions, searchPath });
           const keySpans = shareableSpans(detail, normalized, text);
           if (keySpans !== undefined && detail.analysis.ok) {
             store(sharedKey, new SharedEntry(text, detail.analysis, keySpans));
@@ -194,16 +238,53 @@ export function createSqlAnalyzer(options: SqlAnalyzerOptions = {}): SqlAnalyzer
       }
       const key = `E${path}\n${text}`;
       const hit = lookup(key);
-      if (hit !== undefined && hit !== LITERAL_DEPENDENT && !(hit instanceof SharedEntry)) return hit;
-      const result = analyzeSql(text, { searchPath, safeFunctions });
+      if (hit !== undefined && hit !== LITERAL_DEPENDENT && !(hit instanceof SharedEntry)) {
+        stats.hits++;
+        return hit;
+      }
+      stats.misses++;
+      const result = analyzeSql(text, { ...analyzeOptions, searchPath });
       store(key, result);
       return result;
     },
     get size() {
       return cache.size;
     },
+    serverMajor,
+    get stats(): SqlAnalyzerStats {
+      return { ...stats };
+    },
     clear() {
       cache.clear();
+    },
+  };
+}
+
+/** One analyzer per upstream major version, created on first use with the same options. */
+export interface SqlAnalyzers {
+  /**
+   * The analyzer for an upstream that reported `serverVersion` (its `server_version` ParameterStatus).
+   * Throws UnsupportedServerVersion when that major has no grammar here: refuse the session.
+   */
+  forServerVersion(serverVersion: string): SqlAnalyzer;
+}
+
+/** Analyzers per server major version (createSqlAnalyzer options apply to each; serverMajor is ignored). */
+export function createSqlAnalyzers(options: Omit<SqlAnalyzerOptions, 'serverMajor'> = {}): SqlAnalyzers {
+  const byMajor = new Map<number, SqlAnalyzer>();
+  return {
+    forServerVersion(serverVersion: string): SqlAnalyzer {
+      const unsupported = unsupportedServerReason(serverVersion);
+      const major = serverMajorOf(serverVersion);
+      if (unsupported !== undefined || major === undefined) {
+        throw new UnsupportedServerVersion(serverVersion, unsupported ?? 'unsupported server version');
+      }
+      let analyzer = byMajor.get(major);
+      if (analyzer === undefined) {
+        analyzer = createSqlAnalyzer({ ...options, serverMajor: major });
+        byMajor.set(major, analyzer);
+      }
+      return analyzer;
     },
   };
 }
