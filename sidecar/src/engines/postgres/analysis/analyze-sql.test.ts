@@ -1,7 +1,7 @@
 import { before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import type { StatementKind } from '@chaperone/api';
-import { analyzeSql, loadSqlParser, parseQualifiedName } from './analyze-sql.ts';
+import { analyzeSql, loadSqlParser, parseQualifiedName, resolveSqlExecute } from './analyze-sql.ts';
 import type { AnalyzedStatement, AnalyzeOptions } from './analyze-sql.ts';
 import { READ_CORPUS, WRITE_CORPUS } from './write-corpus.ts';
 
@@ -408,6 +408,57 @@ describe('analyzeSql', () => {
   it('treats functions listed in safeFunctions as side-effect free', () => {
     const [s] = statementsOf('SELECT app.f(1)', { safeFunctions: new Set(['app.f']) });
     assert.equal(s?.sideEffects, false);
+  });
+});
+
+describe('resolveSqlExecute', () => {
+  const prepared = (): AnalyzedStatement => {
+    const [prepare] = statementsOf('PREPARE r(int) AS SELECT owner FROM accounts WHERE id = $1');
+    assert.ok(prepare);
+    return prepare;
+  };
+
+  it('decides EXECUTE as the prepared statement plus its own arguments', () => {
+    const prepare = prepared();
+    const [execute] = statementsOf('EXECUTE r(public.bump(1))');
+    assert.ok(execute);
+    assert.deepEqual(execute.executeArguments, {
+      kind: 'execute',
+      relations: [],
+      functions: ['public.bump'],
+      sideEffects: true,
+    });
+    const resolved = resolveSqlExecute(execute, prepare);
+    assert.equal(resolved.kind, 'select');
+    assert.equal(resolved.sideEffects, true, 'the argument calls a side-effecting function');
+    assert.deepEqual(resolved.relations, ['public.accounts']);
+    assert.deepEqual(resolved.functions, ['public.bump']);
+    assert.equal(resolved.text, 'EXECUTE r(public.bump(1))');
+    assert.equal(resolved.executes, 'r');
+    assert.equal(resolved.prepares, undefined);
+  });
+
+  it('adds relations read by argument subqueries and keeps plain arguments harmless', () => {
+    const prepare = prepared();
+    const [plain] = statementsOf('EXECUTE r(1)');
+    assert.ok(plain);
+    const resolved = resolveSqlExecute(plain, prepare);
+    assert.equal(resolved.sideEffects, false);
+    assert.deepEqual(resolved.relations, ['public.accounts']);
+    const [reads] = statementsOf('EXECUTE r((SELECT id FROM secret.creds LIMIT 1))');
+    assert.ok(reads);
+    assert.deepEqual(resolveSqlExecute(reads, prepare).relations, ['public.accounts', 'secret.creds']);
+    const [seq] = statementsOf("EXECUTE r(nextval('s'))");
+    assert.ok(seq);
+    assert.equal(resolveSqlExecute(seq, prepare).sideEffects, true);
+  });
+
+  it('leaves an EXECUTE of an unknown name, and other statements, as they are', () => {
+    const prepare = prepared();
+    const [execute] = statementsOf('EXECUTE r(1)');
+    assert.ok(execute);
+    assert.equal(resolveSqlExecute(execute, undefined), execute);
+    assert.equal(resolveSqlExecute(prepare, prepare), prepare);
   });
 });
 

@@ -89,6 +89,11 @@ export interface AnalyzedStatement extends SqlStatementFacts {
   readonly prepares?: string;
   /** EXECUTE name. */
   readonly executes?: string;
+  /**
+   * EXECUTE name (args): the facts of the argument expressions alone (they run before the prepared
+   * statement does: `EXECUTE r(bump(1))` calls bump). resolveSqlExecute merges them with the PREPARE's.
+   */
+  readonly executeArguments?: SqlStatementFacts;
   /** DEALLOCATE name; `*` for DEALLOCATE ALL. */
   readonly deallocates?: string;
   readonly transaction?: TransactionAction;
@@ -649,9 +654,20 @@ function classify(node: unknown, collect: FactCollector): Classified {
       return inner(body.query, { prepares: text(body.name) ?? '' });
     case 'DeclareCursorStmt':
       return inner(body.query, {});
-    case 'ExecuteStmt':
+    case 'ExecuteStmt': {
       collect.visit(body.params, noScope);
-      return { ...facts('execute', true), executes: text(body.name) ?? '' };
+      const args = facts('execute', false);
+      return {
+        ...facts('execute', true),
+        executes: text(body.name) ?? '',
+        executeArguments: {
+          kind: 'execute',
+          relations: args.relations,
+          functions: args.functions,
+          sideEffects: args.sideEffects,
+        },
+      };
+    }
     case 'DeallocateStmt':
       // DEALLOCATE ALL: no name (PostgreSQL 15), `isall` (17+).
       return { ...facts('prepare', false), deallocates: body.isall === true ? '*' : (text(body.name) ?? '*') };
@@ -854,4 +870,30 @@ function collectConstantLocations(tree: unknown): ReadonlySet<number> {
   };
   visit(tree);
   return locations;
+}
+
+/**
+ * The facts an `EXECUTE name (args)` runs with: the statement `PREPARE name` stored (its kind and facts)
+ * plus the EXECUTE's own argument expressions (their relations, functions and side effects), with the
+ * EXECUTE's text and fingerprint. Without a known PREPARE the EXECUTE is returned as it is (kind
+ * `execute`, side-effecting). Statements that are not an EXECUTE are returned unchanged.
+ */
+export function resolveSqlExecute(
+  execute: AnalyzedStatement,
+  prepared: AnalyzedStatement | undefined,
+): AnalyzedStatement {
+  if (execute.executes === undefined || prepared === undefined) return execute;
+  const args = execute.executeArguments;
+  const union = (a: readonly string[], b: readonly string[] | undefined): readonly string[] =>
+    b === undefined || b.length === 0 ? a : [...new Set([...a, ...b])];
+  const { prepares: _prepares, executeArguments: _arguments, ...preparedFacts } = prepared;
+  return {
+    ...preparedFacts,
+    relations: union(prepared.relations, args?.relations),
+    functions: union(prepared.functions, args?.functions),
+    sideEffects: prepared.sideEffects || args === undefined || args.sideEffects,
+    text: execute.text,
+    fingerprint: execute.fingerprint,
+    executes: execute.executes,
+  };
 }

@@ -1,0 +1,356 @@
+// The session state the analysis depends on, taken from the server or pinned, never guessed from the
+// statements the sidecar forwarded (a SET in a transaction that rolls back, SET LOCAL, a SET in the same
+// Query string as the SELECT, a function calling set_config, and mixed-case startup parameters all make a
+// forwarded-statement model differ from what the server kept).
+//
+// - Settings the server reports (ParameterStatus: client_encoding, server_encoding, server_version,
+//   standard_conforming_strings, default_transaction_read_only, session_authorization, ...) are taken from
+//   its reports, at startup and whenever they change: ServerReportedState.
+// - search_path is not reported by PostgreSQL 15 (ParameterStatus carries it only from 18 on), so it is
+//   pinned: the sidecar sends the ProtectedResource's schema in the upstream StartupMessage (a startup value
+//   is also what RESET and DISCARD ALL return to, and it overrides ALTER ROLE / ALTER DATABASE ... SET) and
+//   refuses every statement that sets it (settingRefusal). set_config() is on the side-effect deny-list.
+// - Startup parameters are GUC names, case-insensitive to the server and applied in order; the upstream
+//   StartupMessage is built from them by upstreamStartupParameters, lower-cased, last value wins, with
+//   the pinned values forced.
+import { clientEncodingRefusal, serverEncodingRefusal } from './client-encoding.ts';
+import type { AnalyzedStatement } from './analyze-sql.ts';
+import { serverMajorOf, unsupportedServerReason } from './sql-grammar.ts';
+
+/** What the sidecar enforces on every session of one listener. */
+export interface SessionPins {
+  /**
+   * The one schema unqualified names resolve to (after pg_catalog, which PostgreSQL searches first).
+   * A single schema: with several, the analysis cannot tell which one holds a name. Default `public`.
+   */
+  readonly schema: string;
+  /**
+   * Start the session with default_transaction_read_only=on and refuse every way of turning it off:
+   * for sessions whose effective policies grant no write (the database then refuses a write the analysis
+   * missed).
+   */
+  readonly readOnly: boolean;
+}
+
+export const DEFAULT_PINNED_SCHEMA = 'public';
+
+/** The search_path the analysis resolves names with: the pinned schema (pg_catalog is implicit and first). */
+export function pinnedSearchPath(pins: SessionPins): readonly string[] {
+  return [pins.schema];
+}
+
+/** Startup parameters the client may choose; passed to the upstream with lower-case names. */
+const PASSED_SETTINGS: ReadonlySet<string> = new Set([
+  'application_name',
+  'datestyle',
+  'timezone',
+  'intervalstyle',
+  'extra_float_digits',
+  'statement_timeout',
+  'lock_timeout',
+  'idle_in_transaction_session_timeout',
+  'default_transaction_isolation',
+]);
+
+/**
+ * Startup parameters the sidecar sets itself; a client asking for another value is refused (rather than
+ * silently given something else). Protocol fields (user, database) and ones the sidecar ignores on
+ * purpose are not settings.
+ */
+const PINNED_SETTINGS: ReadonlySet<string> = new Set([
+  'client_encoding',
+  'search_path',
+  'standard_conforming_strings',
+  'default_transaction_read_only',
+]);
+
+/** Startup parameters that are refused outright: they change privileges, replication or the lexer. */
+const REFUSED_SETTINGS: ReadonlyMap<string, string> = new Map([
+  ['replication', 'replication connections are not allowed through the chaperone sidecar'],
+  ['role', 'the role cannot be chosen at startup through the chaperone sidecar'],
+  ['session_authorization', 'the session user cannot be chosen at startup through the chaperone sidecar'],
+  ['backslash_quote', 'backslash_quote changes how statements are read and cannot be set through the sidecar'],
+  ['transaction_read_only', 'transaction_read_only cannot be set at startup through the chaperone sidecar'],
+  ['session_replication_role', 'session_replication_role cannot be set through the chaperone sidecar'],
+]);
+
+/** Parameters of the StartupMessage that are not settings: the sidecar uses its own user and database. */
+const PROTOCOL_FIELDS: ReadonlySet<string> = new Set(['user', 'database']);
+
+export type StartupParameters =
+  | { readonly ok: true; readonly parameters: readonly (readonly [string, string])[] }
+  | { readonly ok: false; readonly reason: string };
+
+/** Splits a libpq `options` value the way the server does (pg_split_opts): whitespace, backslash escapes. */
+function splitOptions(options: string): string[] {
+  const words: string[] = [];
+  let i = 0;
+  while (i < options.length) {
+    while (i < options.length && /\s/.test(options.charAt(i))) i++;
+    if (i >= options.length) break;
+    let word = '';
+    while (i < options.length && !/\s/.test(options.charAt(i))) {
+      if (options[i] === '\\' && i + 1 < options.length) i++;
+      word += options.charAt(i);
+      i++;
+    }
+    words.push(word);
+  }
+  return words;
+}
+
+/**
+ * The settings in an `options` startup parameter: only `-c name=value`, `-cname=value` and
+ * `--name=value` (dashes in the name read as underscores, as the server does). Any other switch (`-O`,
+ * `-d`, `-e`, ...) changes settings the sidecar cannot model and is refused.
+ */
+function optionSettings(options: string): readonly (readonly [string, string])[] | string {
+  const settings: [string, string][] = [];
+  const words = splitOptions(options);
+  for (let i = 0; i < words.length; i++) {
+    const word = words[i] as string;
+    let assignment: string | undefined;
+    if (word === '-c') assignment = words[++i];
+    else if (word.startsWith('--')) assignment = word.slice(2);
+    else if (word.startsWith('-c')) assignment = word.slice(2);
+    else
+      return `the startup option ${JSON.stringify(word)} is not supported through the chaperone sidecar (only -c name=value)`;
+    const at = assignment?.indexOf('=') ?? -1;
+    if (assignment === undefined || at <= 0) {
+      return `the startup option ${JSON.stringify(word)} needs name=value`;
+    }
+    settings.push([assignment.slice(0, at).replaceAll('-', '_'), assignment.slice(at + 1)]);
+  }
+  return settings;
+}
+
+/** Quotes a schema name for a search_path value. */
+function quoteIdentifier(name: string): string {
+  return `"${name.replaceAll('"', '""')}"`;
+}
+
+/** Splits a search_path value into schema names the way the server does (commas, quoted names kept). */
+export function parseSearchPath(value: string): readonly string[] | undefined {
+  const names: string[] = [];
+  let i = 0;
+  const skipSpace = () => {
+    while (i < value.length && /\s/.test(value.charAt(i))) i++;
+  };
+  skipSpace();
+  if (i >= value.length) return names;
+  for (;;) {
+    skipSpace();
+    let name = '';
+    if (value[i] === '"') {
+      i++;
+      for (;;) {
+        if (i >= value.length) return undefined;
+        if (value[i] === '"') {
+          if (value[i + 1] !== '"') break;
+          i++;
+        }
+        name += value.charAt(i);
+        i++;
+      }
+      i++;
+    } else {
+      const start = i;
+      while (i < value.length && value[i] !== ',' && !/\s/.test(value.charAt(i))) i++;
+      name = value.slice(start, i).toLowerCase();
+      if (name === '') return undefined;
+    }
+    names.push(name);
+    skipSpace();
+    if (i >= value.length) return names;
+    if (value[i] !== ',') return undefined;
+    i++;
+  }
+}
+
+/**
+ * The parameters of the upstream StartupMessage for a client's StartupMessage parameters (in the order
+ * sent, names in any case, possibly repeated), or why the session is refused. Names are lower-cased and
+ * the last value of a name wins, as in the server; `options` is expanded; the pinned settings are always
+ * sent (client_encoding=UTF8, standard_conforming_strings=on, search_path=the pinned schema,
+ * default_transaction_read_only=on for read-only sessions); a client asking for another value of one of
+ * them, or for a refused setting, is refused; other unknown parameters are dropped.
+ */
+export function upstreamStartupParameters(
+  client: Iterable<readonly [string, string]>,
+  pins: SessionPins,
+): StartupParameters {
+  const settings = new Map<string, string>();
+  for (const [rawName, value] of client) {
+    const name = rawName.toLowerCase();
+    if (PROTOCOL_FIELDS.has(name)) continue;
+    if (name === 'options') {
+      const parsed = optionSettings(value);
+      if (typeof parsed === 'string') return { ok: false, reason: parsed };
+      for (const [n, v] of parsed) settings.set(n.toLowerCase(), v);
+      continue;
+    }
+    settings.set(name, value);
+  }
+  const pinned = new Map<string, string>([
+    ['client_encoding', 'UTF8'],
+    ['standard_conforming_strings', 'on'],
+    ['search_path', quoteIdentifier(pins.schema)],
+  ]);
+  if (pins.readOnly) pinned.set('default_transaction_read_only', 'on');
+  const parameters: [string, string][] = [];
+  for (const [name, value] of settings) {
+    const refused = REFUSED_SETTINGS.get(name);
+    if (refused !== undefined) return { ok: false, reason: refused };
+    if (PINNED_SETTINGS.has(name)) {
+      const reason = pinnedValueRefusal(name, value, pins);
+      if (reason !== undefined) return { ok: false, reason };
+      continue;
+    }
+    if (PASSED_SETTINGS.has(name)) parameters.push([name, value]);
+  }
+  for (const [name, value] of pinned) parameters.push([name, value]);
+  return { ok: true, parameters };
+}
+
+const ON_WORDS: ReadonlySet<string> = new Set(['on', 'true', 'yes', '1']);
+const OFF_WORDS: ReadonlySet<string> = new Set(['off', 'false', 'no', '0']);
+
+/** Why a client's startup value of a pinned setting cannot be honoured; undefined when it equals the pin. */
+function pinnedValueRefusal(name: string, value: string, pins: SessionPins): string | undefined {
+  switch (name) {
+    case 'client_encoding':
+      return clientEncodingRefusal(value);
+    case 'standard_conforming_strings':
+      return ON_WORDS.has(value.trim().toLowerCase())
+        ? undefined
+        : 'standard_conforming_strings must stay on through the chaperone sidecar (it changes how strings are read)';
+    case 'search_path': {
+      const path = parseSearchPath(value);
+      if (path !== undefined && path.length === 1 && path[0] === pins.schema) return undefined;
+      return `search_path is pinned to ${quoteIdentifier(pins.schema)} by the chaperone sidecar; ${JSON.stringify(value)} cannot be used`;
+    }
+    case 'default_transaction_read_only':
+      if (!pins.readOnly && OFF_WORDS.has(value.trim().toLowerCase())) return undefined;
+      if (pins.readOnly && ON_WORDS.has(value.trim().toLowerCase())) return undefined;
+      return pins.readOnly
+        ? 'this session is read-only (its policies grant no write); default_transaction_read_only cannot be turned off'
+        : 'default_transaction_read_only cannot be set at startup through the chaperone sidecar';
+    default:
+      return undefined;
+  }
+}
+
+/**
+ * The settings the server reports (ParameterStatus), checked as they arrive: during startup and after any
+ * statement that changed one. A refusal means the session no longer reads statements as the server does
+ * (or lost its read-only guard) and must end with a FATAL.
+ */
+export class ServerReportedState {
+  private readonly pins: SessionPins;
+  private readonly values = new Map<string, string>();
+
+  constructor(pins: SessionPins) {
+    this.pins = pins;
+  }
+
+  /** Records a ParameterStatus; returns why the session must end, or undefined. */
+  note(name: string, value: string): string | undefined {
+    this.values.set(name.toLowerCase(), value);
+    switch (name.toLowerCase()) {
+      case 'client_encoding':
+        return clientEncodingRefusal(value);
+      case 'server_encoding':
+        return serverEncodingRefusal(value);
+      case 'server_version':
+        return unsupportedServerReason(value);
+      case 'standard_conforming_strings':
+        return value === 'on'
+          ? undefined
+          : 'the server turned standard_conforming_strings off; the sidecar would read strings differently from the server';
+      case 'default_transaction_read_only':
+        return this.pins.readOnly && value !== 'on'
+          ? 'the server reports default_transaction_read_only off in a read-only session'
+          : undefined;
+      default:
+        return undefined;
+    }
+  }
+
+  /**
+   * Why the startup reports are not enough to run the session (a setting the sidecar needs was not
+   * reported); call once at ReadyForQuery after authentication.
+   */
+  startupRefusal(): string | undefined {
+    for (const name of ['server_version', 'server_encoding', 'client_encoding', 'standard_conforming_strings']) {
+      if (!this.values.has(name)) return `the server did not report ${name}; the sidecar cannot model the session`;
+    }
+    if (this.pins.readOnly && this.values.get('default_transaction_read_only') !== 'on') {
+      return 'the server did not confirm default_transaction_read_only=on for a read-only session';
+    }
+    return undefined;
+  }
+
+  /** The server's major version (from server_version), for the analyzer; undefined before it was reported. */
+  get serverMajor(): number | undefined {
+    const version = this.values.get('server_version');
+    return version === undefined ? undefined : serverMajorOf(version);
+  }
+
+  /** The last reported value of a setting (names case-insensitive). */
+  get(name: string): string | undefined {
+    return this.values.get(name.toLowerCase());
+  }
+}
+
+/** Settings that keep the analysis and the server reading statements alike: pinned, never changed. */
+const LEXER_SETTINGS: ReadonlySet<string> = new Set([
+  'client_encoding',
+  'standard_conforming_strings',
+  'backslash_quote',
+  'search_path',
+]);
+
+/** Settings that keep the database's own read-only guard up in a read-only session. */
+const READ_ONLY_GUARDS: ReadonlySet<string> = new Set([
+  'default_transaction_read_only',
+  'transaction_read_only',
+  'session_replication_role',
+]);
+
+/**
+ * Why a statement may not run in a session with these pins, whatever the policy says; undefined when it
+ * may. SET (any form, LOCAL too) of a pinned setting is refused; RESET and SET ... TO DEFAULT return to
+ * the startup value, which is the pin, and are allowed. In a read-only session, anything that could turn
+ * the read-only guard off is refused: SET of the guard settings to another value, BEGIN / START
+ * TRANSACTION / SET TRANSACTION / SET SESSION CHARACTERISTICS with READ WRITE as their last mode.
+ */
+export function settingRefusal(statement: AnalyzedStatement, pins: SessionPins): string | undefined {
+  const setting = statement.setting;
+  if (setting !== undefined) {
+    const changes = setting.action === 'set' || setting.action === 'current';
+    if (LEXER_SETTINGS.has(setting.name) && changes) {
+      return setting.name === 'search_path'
+        ? `search_path is pinned to ${quoteIdentifier(pins.schema)} by the chaperone sidecar and cannot be changed`
+        : `changing ${setting.name} is not allowed (it changes how statements are read)`;
+    }
+    if (pins.readOnly && READ_ONLY_GUARDS.has(setting.name)) {
+      const value = (setting.values[0] ?? '').toLowerCase();
+      // RESET returns default_transaction_read_only to its startup value, the pinned `on`.
+      const keepsGuard =
+        setting.action === 'set'
+          ? setting.name === 'session_replication_role'
+            ? value === 'origin'
+            : ON_WORDS.has(value)
+          : setting.name === 'default_transaction_read_only' && setting.action !== 'current';
+      if (!keepsGuard) return `this session is read-only; ${setting.name} cannot be changed`;
+    }
+    const transactionModes = setting.name === 'transaction' || setting.name === 'session characteristics';
+    if (pins.readOnly && transactionModes && statement.sideEffects) {
+      return 'this session is read-only; READ WRITE transactions are not allowed';
+    }
+  }
+  if (pins.readOnly && statement.transaction === 'begin' && statement.sideEffects) {
+    return 'this session is read-only; READ WRITE transactions are not allowed';
+  }
+  return undefined;
+}
