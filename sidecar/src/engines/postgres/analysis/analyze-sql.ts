@@ -46,7 +46,7 @@
 // EXCLUSIVE lock and a policy allowing `delete` on a table should not allow emptying it.
 import { createHash } from 'node:crypto';
 import type { SqlStatementFacts, StatementKind } from '@chaperone/api';
-import { PG_CATALOG_FUNCTIONS, PG_CATALOG_RELATIONS } from './pg-catalog.ts';
+import { PG_CATALOG_FUNCTIONS, PG_CATALOG_OPERATORS, PG_CATALOG_RELATIONS, PG_CATALOG_TYPES } from './pg-catalog.ts';
 import { RELATION_ARGUMENT_FUNCTIONS, functionHasSideEffects } from './side-effects.ts';
 import {
   DEFAULT_SERVER_MAJOR,
@@ -142,6 +142,8 @@ export const PARSER_SENSITIVE_SETTINGS: ReadonlySet<string> = new Set([
   'standard_conforming_strings',
   'client_encoding',
   'backslash_quote',
+  // Which schema an unqualified name is in: pinned for the session (session-state.ts), never changed.
+  'search_path',
 ]);
 
 /** Settings that switch off a server-side guard (read-only transactions, triggers and foreign keys). */
@@ -392,6 +394,16 @@ class FactCollector {
         case 'TypeCast':
           this.visitTypeCast(record(child));
           break;
+        case 'A_Expr':
+          // BETWEEN forms carry the keyword as their name; the comparisons they expand to are built-in.
+          if (!(text(record(child).kind) ?? '').includes('BETWEEN')) {
+            this.visitOperator(list(record(child).name));
+          }
+          break;
+        case 'SortBy':
+          // ORDER BY x USING op
+          this.visitOperator(list(record(child).useOp));
+          break;
         case 'InsertStmt':
         case 'UpdateStmt':
         case 'DeleteStmt':
@@ -414,8 +426,31 @@ class FactCollector {
     }
   }
 
+  /**
+   * An operator runs a function. One that pg_catalog does not have by that name, or one named in another
+   * schema (OPERATOR(public.===)), is user-defined and may run any SQL. (A user-defined operator that
+   * reuses a built-in name for other argument types cannot be told apart without the catalog: docs.)
+   */
+  private visitOperator(name: readonly unknown[]): void {
+    if (name.length === 0) return;
+    const parts = name.map((p) => stringNode(p) ?? '');
+    const operator = parts[parts.length - 1] ?? '';
+    const schema = parts.length > 1 ? parts[parts.length - 2] : undefined;
+    if ((schema !== undefined && schema !== 'pg_catalog') || !PG_CATALOG_OPERATORS.has(operator)) {
+      this.sideEffects = true;
+      this.callsUserFunction = true;
+    }
+  }
+
   private visitTypeCast(cast: Json): void {
     const names = list(record(cast.typeName).names).map((n) => stringNode(n));
+    // A cast to a type outside pg_catalog can run user code: a domain's CHECK constraint, a cast function.
+    const typeName = names[names.length - 1] ?? '';
+    const typeSchema = names.length > 1 ? names[names.length - 2] : undefined;
+    if (typeSchema === undefined ? !PG_CATALOG_TYPES.has(typeName) : typeSchema !== 'pg_catalog') {
+      this.sideEffects = true;
+      this.callsUserFunction = true;
+    }
     if (names[names.length - 1] !== 'regclass') return;
     const value = constText(cast.arg);
     if (value !== undefined && unwrap(cast.arg)?.type === 'A_Const') this.addRelationLiteral(value);
