@@ -170,6 +170,32 @@ describe('invalid objects are rejected with the field that is wrong', () => {
       field: 'spec.tls.caSecretRef',
     },
     {
+      name: 'http ProtectedResource with a read-only credential',
+      object: () =>
+        variant('ProtectedResource', 'http-ro', (s) => {
+          s.type = 'http';
+          s.endpoint = { url: 'https://x.example.com' };
+          s.readOnlyCredentialSecretRef = { name: 'ro' };
+        }),
+      field: 'spec.readOnlyCredentialSecretRef',
+      message: /postgres resource only/,
+    },
+    {
+      name: 'read-only credential that is the main credential',
+      object: () =>
+        variant('ProtectedResource', 'same-ro', (s) => {
+          s.readOnlyCredentialSecretRef = { name: s.credentialSecretRef.name };
+        }),
+      field: 'spec.readOnlyCredentialSecretRef',
+      message: /another credential/,
+    },
+    {
+      name: 'search path in a system schema',
+      object: () => variant('ProtectedResource', 'pg-schema', (s) => (s.searchPath = 'pg_catalog')),
+      field: 'spec.searchPath',
+      message: /system schema/,
+    },
+    {
       name: 'retention that is not a duration',
       object: () => variant('ProtectedResource', 'bad-retention', (s) => (s.audit.retention = 'forever')),
       field: 'spec.audit.retention',

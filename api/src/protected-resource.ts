@@ -110,6 +110,38 @@ export const ProtectedResourceSpec = Type.Object(
         },
       ),
     ),
+    readOnlyCredentialSecretRef: Type.Optional(
+      Type.Object(
+        {
+          name: Type.String({ description: 'Name of the Secret in this namespace.', ...dnsSubdomain }),
+          usernameKey: Type.String({
+            description: 'Key holding the user name. Default username.',
+            default: 'username',
+            maxLength: 253,
+          }),
+          passwordKey: Type.String({
+            description: 'Key holding the password. Default password.',
+            default: 'password',
+            maxLength: 253,
+          }),
+        },
+        {
+          description:
+            'Secret with a second, least-privilege credential of a postgres target (a role that may only read, with default_transaction_read_only=on). The sidecar logs in with it for sessions whose effective policies grant no write, so PostgreSQL itself refuses a write the statement analysis missed. Mounted only into the sidecar. See docs/postgres-engine.md.',
+        },
+      ),
+    ),
+    searchPath: Type.Optional(
+      Type.String({
+        description:
+          'The one schema unqualified names of a postgres target resolve to. The sidecar pins search_path to it for every session and refuses statements that change it (PostgreSQL 15 does not report search_path changes, so the sidecar cannot follow them). Default public.',
+        minLength: 1,
+        maxLength: 63,
+        'x-kubernetes-validations': [
+          { rule: "!self.startsWith('pg_')", message: 'searchPath cannot be a system schema (pg_*)' },
+        ],
+      }),
+    ),
     listenPort: Type.Optional(
       Type.Integer({
         description:
@@ -154,6 +186,21 @@ export const ProtectedResourceSpec = Type.Object(
         rule: "self.type != 'postgres' || !has(self.endpoint.url)",
         message: 'endpoint.url is not used by a postgres resource',
         fieldPath: '.endpoint.url',
+      },
+      {
+        rule: "self.type == 'postgres' || !has(self.readOnlyCredentialSecretRef)",
+        message: 'readOnlyCredentialSecretRef is used by a postgres resource only',
+        fieldPath: '.readOnlyCredentialSecretRef',
+      },
+      {
+        rule: "self.type == 'postgres' || !has(self.searchPath)",
+        message: 'searchPath is used by a postgres resource only',
+        fieldPath: '.searchPath',
+      },
+      {
+        rule: '!has(self.readOnlyCredentialSecretRef) || !has(self.credentialSecretRef) || self.readOnlyCredentialSecretRef.name != self.credentialSecretRef.name || self.readOnlyCredentialSecretRef.usernameKey != self.credentialSecretRef.usernameKey',
+        message: 'readOnlyCredentialSecretRef must name another credential than credentialSecretRef',
+        fieldPath: '.readOnlyCredentialSecretRef',
       },
       {
         rule: "self.type != 'postgres' || has(self.credentialSecretRef)",

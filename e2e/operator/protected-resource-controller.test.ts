@@ -240,5 +240,41 @@ test('ProtectedResource controller resolves references, tracks the credential an
       return r === undefined && b === undefined ? true : undefined;
     });
   });
+
+  await t.test('a read-only credential is resolved too, and rotating it changes credentialVersion', async () => {
+    await core.createNamespacedSecret({ namespace, body: secret('main-cred', { username: 'owner', password: 'a' }) });
+    await createResource(
+      namespace,
+      postgresResource('with-reader', 'main-cred', {
+        readOnlyCredentialSecretRef: { name: 'reader-cred', usernameKey: 'username', passwordKey: 'password' },
+      }),
+    );
+    const missing = await waitFor(namespace, 'with-reader', 'Ready=False', (x) => ready(x)?.status === 'False');
+    assert.equal(ready(missing)?.reason, 'SecretNotFound');
+    assert.match(ready(missing)?.message ?? '', /Secret "reader-cred" \(spec\.readOnlyCredentialSecretRef\) not found/);
+
+    await core.createNamespacedSecret({
+      namespace,
+      body: secret('reader-cred', { username: 'reader', password: 'b' }),
+    });
+    const resolved = await waitFor(namespace, 'with-reader', 'Ready=True', (x) => ready(x)?.status === 'True');
+    assert.match(ready(resolved)?.message ?? '', /Secret main-cred, Secret reader-cred/);
+    const version = resolved.status?.credentialVersion ?? '';
+    await core.patchNamespacedSecret(
+      { namespace, name: 'reader-cred', body: { stringData: { password: 'rotated' } } },
+      k8s.setHeaderOptions('Content-Type', k8s.PatchStrategy.MergePatch),
+    );
+    await waitFor(namespace, 'with-reader', 'a new credentialVersion', (x) => {
+      const v = x.status?.credentialVersion;
+      return v !== undefined && v !== version;
+    });
+    await custom.deleteNamespacedCustomObject({
+      group: GROUP,
+      version: VERSION,
+      namespace,
+      plural: PLURAL,
+      name: 'with-reader',
+    });
+  });
   completed = true;
 });

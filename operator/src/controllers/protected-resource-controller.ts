@@ -169,16 +169,20 @@ export function resolve(resource: ProtectedResource, lookup: (name: string) => V
   if (problem !== undefined) return { ready: false, reason: REASON_INVALID_ENDPOINT, message: problem };
 
   let version: string | undefined;
-  const cred = spec.credentialSecretRef;
-  if (cred !== undefined) {
+  const parts: [string, Buffer][] = [];
+  const credentials = [
+    ['credentialSecretRef', spec.credentialSecretRef],
+    ['readOnlyCredentialSecretRef', spec.readOnlyCredentialSecretRef],
+  ] as const;
+  for (const [refField, cred] of credentials) {
+    if (cred === undefined) continue;
     const secret = lookup(cred.name);
     if (secret === undefined)
       return {
         ready: false,
         reason: REASON_SECRET_NOT_FOUND,
-        message: `Secret ${JSON.stringify(cred.name)} (spec.credentialSecretRef) not found in namespace ${namespace}`,
+        message: `Secret ${JSON.stringify(cred.name)} (spec.${refField}) not found in namespace ${namespace}`,
       };
-    const parts: [string, Buffer][] = [];
     for (const [field, key] of [
       ['usernameKey', cred.usernameKey],
       ['passwordKey', cred.passwordKey],
@@ -188,12 +192,13 @@ export function resolve(resource: ProtectedResource, lookup: (name: string) => V
         return {
           ready: false,
           reason: REASON_SECRET_KEY_MISSING,
-          message: `Secret ${JSON.stringify(cred.name)} has ${value === undefined ? 'no' : 'an empty'} key ${JSON.stringify(key)} (spec.credentialSecretRef.${field})`,
+          message: `Secret ${JSON.stringify(cred.name)} has ${value === undefined ? 'no' : 'an empty'} key ${JSON.stringify(key)} (spec.${refField}.${field})`,
         };
-      parts.push([key, value]);
+      // The read-only credential's parts are prefixed, so rotating either one changes the version.
+      parts.push([refField === 'credentialSecretRef' ? key : `read-only/${key}`, value]);
     }
-    version = credentialVersion(parts);
   }
+  if (parts.length > 0) version = credentialVersion(parts);
 
   const ca = spec.tls?.caSecretRef;
   if (ca !== undefined) {
@@ -219,7 +224,9 @@ export function resolve(resource: ProtectedResource, lookup: (name: string) => V
         message: `key ${JSON.stringify(ca.key)} of Secret ${JSON.stringify(ca.name)} (spec.tls.caSecretRef) ${bad}`,
       };
   }
-  const refs = [cred?.name, ca?.name].filter((n) => n !== undefined);
+  const refs = [...new Set([spec.credentialSecretRef?.name, spec.readOnlyCredentialSecretRef?.name, ca?.name])].filter(
+    (n) => n !== undefined,
+  );
   return {
     ready: true,
     message: refs.length === 0 ? 'endpoint is valid' : `references resolved: Secret ${refs.join(', Secret ')}`,
@@ -229,7 +236,11 @@ export function resolve(resource: ProtectedResource, lookup: (name: string) => V
 
 /** Names of the Secrets a resource references. */
 export function referencedSecrets(resource: ProtectedResource): string[] {
-  const names = [resource.spec.credentialSecretRef?.name, resource.spec.tls?.caSecretRef?.name];
+  const names = [
+    resource.spec.credentialSecretRef?.name,
+    resource.spec.readOnlyCredentialSecretRef?.name,
+    resource.spec.tls?.caSecretRef?.name,
+  ];
   return names.filter((n) => n !== undefined);
 }
 

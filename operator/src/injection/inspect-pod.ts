@@ -68,6 +68,7 @@ export function credentialSecretNames(resources: readonly ProtectedResource[]): 
   const names = new Set<string>();
   for (const r of resources) {
     if (r.spec.credentialSecretRef !== undefined) names.add(r.spec.credentialSecretRef.name);
+    if (r.spec.readOnlyCredentialSecretRef !== undefined) names.add(r.spec.readOnlyCredentialSecretRef.name);
   }
   return names;
 }

@@ -233,3 +233,25 @@ test("signer certification: the sidecar is pointed at the operator's endpoint wi
   );
   assert.equal(plainConfig.audit.certification, undefined);
 });
+
+test('a read-only credential is mounted into the sidecar only, beside the main one', () => {
+  const withReader = resource('orders', {
+    readOnlyCredentialSecretRef: { name: 'db-reader', usernameKey: 'user', passwordKey: 'pass' },
+  });
+  const result = renderPodPatch(input(pod(), { resources: [withReader] }));
+  assert.equal(result.kind, 'patch');
+  const patched = applyPatch(pod(), result.patch);
+  const credentials = patched.spec?.volumes?.find((v) =>
+    v.projected?.sources?.some((s) => s.secret?.name === 'db-reader'),
+  );
+  assert.ok(credentials, 'the read-only Secret is projected');
+  const reader = credentials.projected?.sources?.find((s) => s.secret?.name === 'db-reader');
+  assert.deepEqual(reader?.secret?.items, [
+    { key: 'user', path: 'orders/read-only/username' },
+    { key: 'pass', path: 'orders/read-only/password' },
+  ]);
+  const mountedBy = [...(patched.spec?.initContainers ?? []), ...(patched.spec?.containers ?? [])]
+    .filter((c) => c.volumeMounts?.some((m) => m.name === credentials.name))
+    .map((c) => c.name);
+  assert.deepEqual(mountedBy, [SIDECAR_CONTAINER]);
+});

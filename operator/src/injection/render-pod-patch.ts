@@ -369,6 +369,18 @@ function credentialsVolume(resources: readonly ProtectedResource[]): V1Volume {
         },
       });
     }
+    const readOnly = r.spec.readOnlyCredentialSecretRef;
+    if (readOnly !== undefined) {
+      sources.push({
+        secret: {
+          name: readOnly.name,
+          items: [
+            { key: readOnly.usernameKey, path: paths.readOnlyUsername },
+            { key: readOnly.passwordKey, path: paths.readOnlyPassword },
+          ],
+        },
+      });
+    }
     const ca = r.spec.tls?.caSecretRef;
     if (ca !== undefined) sources.push({ secret: { name: ca.name, items: [{ key: ca.key, path: paths.ca }] } });
   }

@@ -20,10 +20,18 @@ export function listenPortOf(resource: ProtectedResource): number {
 }
 
 /** Files of one resource inside the sidecar's credentials volume (projected from Secrets). */
-export function credentialPaths(resourceName: string): { username: string; password: string; ca: string } {
+export function credentialPaths(resourceName: string): {
+  username: string;
+  password: string;
+  readOnlyUsername: string;
+  readOnlyPassword: string;
+  ca: string;
+} {
   return {
     username: `${resourceName}/username`,
     password: `${resourceName}/password`,
+    readOnlyUsername: `${resourceName}/read-only/username`,
+    readOnlyPassword: `${resourceName}/read-only/password`,
     ca: `${resourceName}/ca.crt`,
   };
 }
