@@ -5,6 +5,8 @@ import { OUTPUT_FORMATS, PolicyTestInputError, runPolicyTest, type OutputFormat 
 import { run as runSessions } from '../commands/sessions.ts';
 import { run as runVerify } from '../commands/verify.ts';
 import { run as runEvidence } from '../commands/evidence.ts';
+import { run as runAuditVerify } from '../commands/audit-verify.ts';
+import { runPolicyCompile } from '../commands/policy-compile.ts';
 
 // The auditor's commands parse their own flags; `policy test` is parsed below.
 const auditCommands: Record<string, typeof runVerify> = {
@@ -13,6 +15,7 @@ const auditCommands: Record<string, typeof runVerify> = {
   show: (args, io) => runSessions(['show', ...args], io),
   verify: runVerify,
   evidence: runEvidence,
+  audit: runAuditVerify,
 };
 const auditCommand = auditCommands[process.argv[2] ?? ''];
 if (auditCommand !== undefined) process.exit(await auditCommand(process.argv.slice(3), process));
@@ -29,6 +32,8 @@ Commands:
       operator's checkpoints; exit 0 clean, 1 problems.
   evidence export [--from T] [--to T] -o FILE | evidence verify FILE
       Export records, signatures, keys, the verification report and a NIST control map; verify offline.
+  audit verify FILE... [-o json|yaml]
+      Verify JSON-lines audit files a sidecar wrote (audit.path): hashes, links, seq continuity.
   (each of these prints its own flags with --help)
 
   policy test -f POLICY.yaml -i CASES.yaml [-o table|json|yaml]
@@ -40,6 +45,11 @@ Commands:
       -i, --inputs FILE     test cases (see examples/policy-tests/)
       -o, --output FORMAT   table (default), json or yaml
           --opa PATH        opa binary (default: $CHAPERONE_OPA, else the repository's .tools/bin/opa)
+
+  policy compile -f POLICY.yaml -o DIR [--opa PATH]
+      Compile AccessPolicies with opa, as the operator does, into bundle directories DIR/NAME
+      (policy.wasm, manifest.json) for a standalone sidecar's policies.bundleDir. Exits 1 if a policy
+      does not compile (nothing is written then), 2 on usage errors.
 
   -h, --help   show this help`;
 
@@ -69,6 +79,26 @@ const { values, positionals } = parsed;
 if (values.help === true || positionals.length === 0) {
   console.log(HELP);
   process.exit(values.help === true ? 0 : 2);
+}
+if (positionals.join(' ') === 'policy compile') {
+  if (values.filename === undefined || values.filename.length === 0) usage('policy compile needs -f POLICY.yaml');
+  if (values.output === undefined) usage('policy compile needs -o DIR');
+  try {
+    const outcome = await runPolicyCompile({
+      policyFiles: values.filename,
+      outputDir: values.output,
+      ...(values.opa === undefined ? {} : { opaPath: values.opa }),
+    });
+    process.stdout.write(outcome.stdout);
+    process.stderr.write(outcome.stderr);
+    process.exit(outcome.exitCode);
+  } catch (err) {
+    if (err instanceof PolicyTestInputError) {
+      console.error(`error: ${err.message}`);
+      process.exit(1);
+    }
+    throw err;
+  }
 }
 if (positionals.join(' ') !== 'policy test') usage(`unknown command: ${positionals.join(' ')}`);
 const output = values.output ?? 'table';

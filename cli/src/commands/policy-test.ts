@@ -252,23 +252,47 @@ function describeProblem(p: CompileProblem): string {
   return `${where}${p.code === undefined ? '' : `${p.code}: `}${p.message}`;
 }
 
-export async function runPolicyTest(options: PolicyTestOptions): Promise<PolicyTestOutcome> {
-  const policies = loadPolicies(options.policyFiles);
-  const bundles: PolicyBundle[] = [];
-  const compileErrors: string[] = [];
+/** An AccessPolicy compiled exactly as the operator compiles it. */
+export interface CompiledPolicy {
+  readonly namespace: string;
+  readonly name: string;
+  readonly bundle: PolicyBundle;
+}
+
+/**
+ * Compiles every AccessPolicy of the files with opa, as the operator does. Errors name the policy and, where
+ * opa gives them, the line and column.
+ */
+export async function compilePolicyFiles(
+  files: readonly string[],
+  opaPath?: string,
+): Promise<{
+  readonly policies: readonly AccessPolicy[];
+  readonly compiled: CompiledPolicy[];
+  readonly errors: string[];
+}> {
+  const policies = loadPolicies(files);
+  const compiled: CompiledPolicy[] = [];
+  const errors: string[] = [];
   for (const policy of policies) {
     const namespace = policy.metadata.namespace ?? 'default';
     const name = policy.metadata.name ?? '';
     const result = await compilePolicy(
       { namespace, name, spec: policy.spec },
-      options.opaPath === undefined ? {} : { opaPath: options.opaPath },
+      opaPath === undefined ? {} : { opaPath },
     );
     if (!result.ok) {
-      for (const p of result.errors) compileErrors.push(`AccessPolicy ${namespace}/${name}: ${describeProblem(p)}`);
+      for (const p of result.errors) errors.push(`AccessPolicy ${namespace}/${name}: ${describeProblem(p)}`);
       continue;
     }
-    bundles.push({ wasm: result.wasm, manifest: result.manifest, digest: result.digest });
+    compiled.push({ namespace, name, bundle: { wasm: result.wasm, manifest: result.manifest, digest: result.digest } });
   }
+  return { policies, compiled, errors };
+}
+
+export async function runPolicyTest(options: PolicyTestOptions): Promise<PolicyTestOutcome> {
+  const { policies, compiled, errors: compileErrors } = await compilePolicyFiles(options.policyFiles, options.opaPath);
+  const bundles = compiled.map((c) => c.bundle);
   if (compileErrors.length > 0) {
     return { exitCode: 1, stdout: '', stderr: `${compileErrors.map((e) => `error: ${e}`).join('\n')}\n` };
   }
