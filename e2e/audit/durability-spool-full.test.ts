@@ -1,12 +1,14 @@
 // A full spool (Session objects cannot be written: their namespace does not exist yet, and the spool is
-// small). FailClosed: statements are denied with 53100 and a clear message, the session stays usable, and
-// statements are allowed again once the writer empties the spool. FailOpen: statements go on, the lost
+// small). FailClosed: writes are refused with 53100 and a clear message before they reach PostgreSQL (the
+// table holds exactly the accepted INSERTs), the session stays usable, and writes are allowed again once
+// the writer empties the spool. FailOpen: statements go on, the lost
 // records are counted, and an audit.gap record says so once records can be written again.
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import * as k8s from '@kubernetes/client-node';
 import pg from 'pg';
-import { controlPlaneEnv } from '../harness/env.ts';
+import { createTestDatabase } from '../harness/databases.ts';
+import { controlPlaneEnv, directPgOptions } from '../harness/env.ts';
 import { createTestNamespace, kubeConfig } from '../harness/kube.ts';
 import { listSessions, startAuditSidecar, verifySessions, waitFor } from './durability-helpers.ts';
 
@@ -25,46 +27,63 @@ async function laterNamespace(t: TestContext): Promise<{ name: string; create: (
   };
 }
 
-test('durable audit: spool full on a FailClosed resource denies with 53100, and allows again once there is room', async (t) => {
+test('durable audit: spool full on a FailClosed resource refuses writes with 53100 before they run, and allows again once there is room', async (t) => {
   const { kubeconfig } = controlPlaneEnv();
   const ns = await laterNamespace(t);
+  const database = await createTestDatabase(t, 'create table notes (n int primary key)');
   const sidecar = await startAuditSidecar(t, {
     kubeconfig,
     namespace: ns.name,
+    database,
     spoolMaxBytes: 64 * 1024,
     listener: { auditFailureMode: 'FailClosed' },
   });
   const token = await sidecar.issuer.sign({ sub: 'system:serviceaccount:ci:full' }, { expiresIn: 3600 });
   const c = new pg.Client({ host: sidecar.host, port: sidecar.port, user: 'agent', password: token, database: 'a' });
   await c.connect();
-  let refusal: (Error & { code?: string; hint?: string }) | undefined;
-  let allowed = 0;
-  for (let i = 0; i < 2000 && refusal === undefined; i++) {
+  // Every statement inserts a value of its own, so the table says exactly which statements ran.
+  const accepted: number[] = [];
+  const refused: number[] = [];
+  const insert = async (n: number): Promise<void> => {
     try {
-      await c.query(`select ${String(i)} as n`);
-      allowed += 1;
+      await c.query(`insert into notes values (${String(n)})`);
+      accepted.push(n);
     } catch (err) {
-      refusal = err as Error & { code?: string };
+      const e = err as Error & { code?: string };
+      assert.equal(e.code, '53100', `insert ${String(n)}: ${e.message}`);
+      assert.equal(e.message, 'chaperone: audit trail unavailable (spool full); resource is fail-closed');
+      refused.push(n);
     }
-  }
-  assert.ok(refusal !== undefined, 'the spool filled up');
-  assert.equal(refusal.code, '53100');
-  assert.equal(refusal.message, 'chaperone: audit trail unavailable (spool full); resource is fail-closed');
-  assert.ok(allowed > 10);
-  // The session stays usable and keeps refusing while the spool is full.
-  await assert.rejects(c.query('select 42'), (err: Error & { code?: string }) => err.code === '53100');
+  };
+  let n = 0;
+  while (refused.length === 0 && n < 2000) await insert(n++);
+  assert.equal(refused.length, 1, 'the spool filled up');
+  assert.ok(accepted.length > 10);
+  // The session stays usable and keeps refusing every write while the spool is full.
+  for (let i = 0; i < 20; i++) await insert(n++);
+  assert.equal(refused.length, 21, 'every write after the spool filled was refused');
+
+  const tableNow = async (): Promise<number[]> => {
+    const direct = new pg.Client(directPgOptions(database));
+    await direct.connect();
+    try {
+      return (await direct.query<{ n: number }>('select n from notes order by n')).rows.map((r) => r.n);
+    } finally {
+      await direct.end();
+    }
+  };
+  // None of the refused INSERTs reached PostgreSQL: the table holds exactly the accepted ones.
+  assert.deepEqual(await tableNow(), accepted);
 
   await ns.create();
-  await waitFor('statements allowed again', async () => {
-    try {
-      await c.query('select 1');
-      return true;
-    } catch (err) {
-      if ((err as { code?: string }).code !== '53100') throw err;
-      return undefined;
-    }
+  await waitFor('writes allowed again', async () => {
+    const before = accepted.length;
+    await insert(n++);
+    return accepted.length > before ? true : undefined;
   });
   await c.end();
+  assert.deepEqual(await tableNow(), accepted, 'while waiting for room, refused writes did not run either');
+  assert.ok(refused.every((r) => !accepted.includes(r)));
 
   const sessions = await waitFor('the session closed', async () => {
     const list = await listSessions(kubeconfig, ns.name);
@@ -72,7 +91,12 @@ test('durable audit: spool full on a FailClosed resource denies with 53100, and 
   });
   const [v] = await verifySessions(sessions, ns.name); // refused records left no hole in the chain
   assert.ok(v !== undefined);
-  assert.ok(!v.records.some((r) => r.command?.text === 'select 42'), 'a refused statement has no record');
+  const texts = v.records.filter((r) => r.type === 'command.decision').map((r) => r.command?.text);
+  assert.deepEqual(
+    texts,
+    accepted.map((a) => `insert into notes values (${String(a)})`),
+    'each statement that ran has its decision record, in order; a refused one has none',
+  );
   assert.ok(!v.records.some((r) => r.type === 'audit.gap'), 'FailClosed loses nothing');
   const metrics = await (await fetch(`http://127.0.0.1:${String(sidecar.metricsPort)}/metrics`)).text();
   assert.match(metrics, /chaperone_audit_spool_rejected_total\{reason="spool-full"\} [1-9]/);

@@ -32,10 +32,12 @@ import {
 const SEED = Number(process.env.CHAPERONE_FUZZ_SEED ?? 0x5eed_2026);
 const FRAMES = 10_000;
 const CONCURRENCY = 16;
-/** Longest any one hostile connection may take before the sidecar has ended it. */
-const CONNECTION_TIMEOUT_MS = 5_000;
-/** The whole run stops scheduling new frames after this, and fails if it had to. */
-const RUN_BUDGET_MS = 90_000;
+/**
+ * A failure bound, not an expectation: the sidecar answers and ends a hostile connection as soon as it has
+ * read the bytes; a connection still open after this long is reported as hung (a case that passes never
+ * waits for it).
+ */
+const CONNECTION_TIMEOUT_MS = 60_000;
 const LEGIT_EVERY = 300;
 
 const SUBJECT = 'system:serviceaccount:ci:fuzzer';
@@ -519,7 +521,7 @@ function describe(m: BackendMessage): string {
 
 /** Checks what the sidecar sent after the first hostile byte against the category's expectation. */
 function check(c: Case, received: Buffer, end: RawClient['end']): string | undefined {
-  if (end === 'open') return `the sidecar did not close the connection within ${CONNECTION_TIMEOUT_MS} ms`;
+  if (end === 'open') return `the sidecar had not closed the connection after ${CONNECTION_TIMEOUT_MS} ms (hung)`;
   let messages: BackendMessage[];
   try {
     messages = parseBackend(received, c.expect.kind === 'fatal' ? (c.expect.sslAnswers ?? 0) : 0).messages;
@@ -673,11 +675,10 @@ test(`hostile bytes: ${FRAMES} seeded frames (seed ${SEED}) each end only their 
   let completed = 0;
   let pings = 1;
   let crashed: string | undefined;
-  const deadline = Date.now() + RUN_BUDGET_MS;
   const inFlight = new Map<number, Case>();
 
   const worker = async (): Promise<void> => {
-    while (next < cases.length && crashed === undefined && Date.now() < deadline) {
+    while (next < cases.length && crashed === undefined) {
       const index = next++;
       const c = cases[index] as Case;
       inFlight.set(index, c);
@@ -720,7 +721,7 @@ test(`hostile bytes: ${FRAMES} seeded frames (seed ${SEED}) each end only their 
   await Promise.all(Array.from({ length: CONCURRENCY }, worker));
 
   assert.equal(crashed, undefined, crashed);
-  assert.equal(next, cases.length, `run budget of ${RUN_BUDGET_MS} ms exhausted after ${next} frames`);
+  assert.equal(completed, cases.length, 'every frame was sent and ended');
   t.diagnostic(
     `${cases.length} frames, ${perCategory.size} categories, ${fatal08Count} ended with FATAL 08P01, ${pings} pings`,
   );

@@ -4,6 +4,7 @@ import assert from 'node:assert/strict';
 import * as k8s from '@kubernetes/client-node';
 import { createTestNamespace, kubeConfig } from '../../../e2e/harness/kube.ts';
 import { silentLogger } from '../observability/logger.ts';
+import { FakeClock } from './fake-clock.test-helpers.ts';
 import { LeaderElector, type LeaderElectionOptions } from './leader-election.ts';
 
 const TIMINGS = { leaseDurationMs: 1500, renewDeadlineMs: 1000, retryPeriodMs: 200 };
@@ -41,28 +42,43 @@ test('one candidate leads, renews, and hands over at once when it releases the L
   const a = candidate(namespace, 'a');
   t.after(() => a.elector.stop());
   await until('a to lead', () => a.elector.isLeader);
-  const b = candidate(namespace, 'b');
+  // b runs on a clock of its own that moves only when the test says: whatever b does, it did not wait
+  // for the Lease to expire.
+  const clock = new FakeClock();
+  const b = candidate(namespace, 'b', { clock });
   t.after(() => b.elector.stop());
   const first = (await lease(namespace)).spec;
   assert.ok(first !== undefined);
   assert.equal(first.holderIdentity, 'a');
   assert.equal(first.leaseDurationSeconds, 2);
   assert.equal(first.leaseTransitions, 0);
-  // Several lease durations pass: a keeps renewing, so b never takes over.
-  await new Promise((r) => setTimeout(r, 2500));
-  assert.equal(b.elector.isLeader, false);
+  // b is between attempts when its only timer is pending; each attempt reads the real Lease.
+  const betweenAttempts = () => until('b to finish an attempt', () => clock.pendingTimers === 1);
+  // a keeps renewing: each time a has renewed, b's clock moves on a quarter second and b tries again. Ten
+  // tries span more than the lease duration on b's clock, so only a's renewals keep b from taking over.
+  await betweenAttempts();
+  for (let i = 0; i < 10; i++) {
+    const seen = (await lease(namespace)).metadata?.resourceVersion;
+    await until('a to renew', async () => (await lease(namespace)).metadata?.resourceVersion !== seen);
+    await clock.advance(250);
+    await betweenAttempts();
+    assert.equal(b.elector.isLeader, false, `b took over a renewed Lease on try ${String(i + 1)}`);
+  }
   assert.equal(b.elector.observedLeader, 'a');
   const renewed = (await lease(namespace)).spec;
-  assert.ok(renewed !== undefined);
-  assert.equal(renewed.holderIdentity, 'a');
+  assert.equal(renewed?.holderIdentity, 'a');
   assert.notEqual(String(renewed.renewTime), String(first.renewTime), 'renewTime moves on');
 
-  const released = Date.now();
   await a.elector.stop();
   assert.deepEqual(a.events, ['started', 'stopped:stopped']);
-  await until('b to lead', () => b.elector.isLeader);
-  // Well within the 2 s lease duration: b took over because a emptied the holder, not by expiry.
-  t.diagnostic(`handover took ${Date.now() - released} ms`);
+  assert.equal((await lease(namespace)).spec?.holderIdentity, '', 'a emptied the holder');
+  // b's next attempt, a retry period later on its clock, takes the free Lease: long before it could expire.
+  const before = clock.now();
+  await until('b to lead', async () => {
+    if (clock.pendingTimers === 1) await clock.advance(250);
+    return b.elector.isLeader;
+  });
+  assert.ok(clock.now() - before < 2000, 'b took over within a lease duration of its own clock');
   const taken = (await lease(namespace)).spec;
   assert.ok(taken !== undefined);
   assert.equal(taken.holderIdentity, 'b');
@@ -71,19 +87,34 @@ test('one candidate leads, renews, and hands over at once when it releases the L
   assert.equal((await lease(namespace)).spec?.holderIdentity, '');
 });
 
-test('a candidate takes an abandoned Lease only after it expires', async (t) => {
+test('a candidate takes an abandoned Lease only after it expires on its own clock', async (t) => {
   const namespace = await createTestNamespace(t);
   const a = candidate(namespace, 'a', { releaseOnStop: false });
   await until('a to lead', () => a.elector.isLeader);
   await a.elector.stop(); // a "crashes": it stops renewing without releasing
   assert.equal((await lease(namespace)).spec?.holderIdentity, 'a');
-  const abandoned = Date.now();
-  const b = candidate(namespace, 'b');
+  const clock = new FakeClock();
+  const seen = clock.now();
+  const b = candidate(namespace, 'b', { clock });
   t.after(() => b.elector.stop());
-  await until('b to lead', () => b.elector.isLeader);
-  const waited = Date.now() - abandoned;
-  // b measures expiry from when it first saw the Lease, on its own clock: at least the lease duration.
-  assert.ok(waited >= 1900, `b waited ${waited} ms`);
+  // b is between attempts when its only timer is pending; each attempt reads the real Lease.
+  const betweenAttempts = () => until('b to finish an attempt', () => clock.pendingTimers === 1);
+  await betweenAttempts();
+  // Every attempt before the lease duration (2 s) has passed on b's clock leaves the Lease to a.
+  while (clock.now() - seen + 250 < 2000) {
+    await clock.advance(250);
+    await betweenAttempts();
+    assert.equal(b.elector.isLeader, false, `b took the Lease ${String(clock.now() - seen)} ms after first seeing it`);
+  }
+  assert.equal((await lease(namespace)).spec?.holderIdentity, 'a');
+  await until('b to lead once the Lease has expired', async () => {
+    if (clock.pendingTimers === 1) await clock.advance(250);
+    return b.elector.isLeader;
+  });
+  assert.ok(clock.now() - seen >= 2000, 'b took over only after the lease duration on its own clock');
+  const taken = (await lease(namespace)).spec;
+  assert.equal(taken?.holderIdentity, 'b');
+  assert.equal(taken.leaseTransitions, 1);
 });
 
 test('a leader that finds the Lease taken over stops leading', async (t) => {
