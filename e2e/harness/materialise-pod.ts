@@ -38,6 +38,8 @@ export interface MaterialisedSidecar {
   readonly configFile: string;
   readonly process: ChildProcess;
   readonly logFile: string;
+  /** Port of the sidecar's /metrics on 127.0.0.1 (from its ready line). */
+  readonly metricsPort: number;
   stop(): Promise<void>;
 }
 
@@ -82,6 +84,54 @@ export function containerEnv(pod: k8s.V1Pod, container: k8s.V1Container): Record
     else throw new Error(`materialiser does not know the source of env ${e.name}`);
   }
   // The kubelet gives every container the address of the kubernetes Service; here, the local API server.
+  const server = new URL(controlPlaneEnv().server);
+  env.KUBERNETES_SERVICE_HOST = server.hostname.replace(/^\[|\]$/g, '');
+  env.KUBERNETES_SERVICE_PORT = server.port === '' ? '443' : server.port;
+  return env;
+}
+
+/**
+ * A container's environment with every source resolved as the kubelet resolves it: literal values,
+ * downward-API fields, Secret and ConfigMap keys, and envFrom. Unlike containerEnv (what the sidecar is
+ * started with), nothing is refused: this is what a container would see, for tests that look at it.
+ */
+export async function resolvedContainerEnv(
+  core: k8s.CoreV1Api,
+  pod: k8s.V1Pod,
+  container: k8s.V1Container,
+): Promise<Record<string, string>> {
+  const namespace = pod.metadata?.namespace ?? '';
+  const env: Record<string, string> = {};
+  const secretData = async (name: string) =>
+    Object.fromEntries(
+      Object.entries((await core.readNamespacedSecret({ namespace, name })).data ?? {}).map(([k, v]) => [
+        k,
+        Buffer.from(v, 'base64').toString('utf8'),
+      ]),
+    );
+  const configMapData = async (name: string) => (await core.readNamespacedConfigMap({ namespace, name })).data ?? {};
+  for (const from of container.envFrom ?? []) {
+    const prefix = from.prefix ?? '';
+    const data =
+      from.secretRef !== undefined
+        ? await secretData(from.secretRef.name ?? '')
+        : from.configMapRef !== undefined
+          ? await configMapData(from.configMapRef.name ?? '')
+          : {};
+    for (const [k, v] of Object.entries(data)) env[`${prefix}${k}`] = v;
+  }
+  for (const e of container.env ?? []) {
+    const source = e.valueFrom;
+    if (source?.secretKeyRef !== undefined) {
+      env[e.name] = (await secretData(source.secretKeyRef.name ?? ''))[source.secretKeyRef.key] ?? '';
+    } else if (source?.configMapKeyRef !== undefined) {
+      env[e.name] = (await configMapData(source.configMapKeyRef.name ?? ''))[source.configMapKeyRef.key] ?? '';
+    } else if (source?.fieldRef !== undefined) {
+      env[e.name] = fieldOf(pod, source.fieldRef.fieldPath);
+    } else {
+      env[e.name] = e.value ?? '';
+    }
+  }
   const server = new URL(controlPlaneEnv().server);
   env.KUBERNETES_SERVICE_HOST = server.hostname.replace(/^\[|\]$/g, '');
   env.KUBERNETES_SERVICE_PORT = server.port === '' ? '443' : server.port;
@@ -136,6 +186,23 @@ async function fillContent(core: k8s.CoreV1Api, pod: k8s.V1Pod, volume: k8s.V1Vo
   };
   if (volume.downwardAPI !== undefined) {
     downward(volume.downwardAPI.items ?? []);
+    return;
+  }
+  // Whole Secret and ConfigMap volumes: every key as a file unless items pick some.
+  if (volume.secret !== undefined) {
+    const secret = await core.readNamespacedSecret({ namespace, name: volume.secret.secretName ?? '' });
+    const data = secret.data ?? {};
+    const items = volume.secret.items ?? Object.keys(data).map((key) => ({ key, path: key }));
+    for (const item of items) write(join(dir, item.path), Buffer.from(data[item.key] ?? '', 'base64'));
+    return;
+  }
+  if (volume.configMap !== undefined) {
+    const cm = await core.readNamespacedConfigMap({ namespace, name: volume.configMap.name ?? '' });
+    const keys = [...Object.keys(cm.data ?? {}), ...Object.keys(cm.binaryData ?? {})];
+    for (const item of volume.configMap.items ?? keys.map((key) => ({ key, path: key }))) {
+      const text = cm.data?.[item.key];
+      write(join(dir, item.path), text ?? Buffer.from(cm.binaryData?.[item.key] ?? '', 'base64'));
+    }
     return;
   }
   for (const source of volume.projected?.sources ?? []) {
@@ -266,15 +333,18 @@ export async function materialiseSidecar(
         stdio: ['ignore', 'pipe', 'pipe'],
         env: { ...process.env, ...containerEnv(pod, sidecar) },
       });
-      child.stdout.pipe(log);
+      child.stdout.pipe(log, { end: false });
+      // 'close' comes after the exit and after every byte of stdout and stderr was read (and written to the log).
+      const outputRead = new Promise<void>((resolve) => child.once('close', () => resolve()));
+      let metricsPort: number;
       try {
-        await new Promise<void>((resolve, reject) => {
+        metricsPort = await new Promise<number>((resolve, reject) => {
           const timer = setTimeout(() => reject(new Error(`sidecar not ready in 30 s; see ${logFile}`)), 30_000);
           createInterface({ input: child.stderr }).on('line', (line) => {
             log.write(`${line}\n`);
             if (line.includes('"msg":"ready"')) {
               clearTimeout(timer);
-              resolve();
+              resolve((JSON.parse(line) as { metrics: { port: number } }).metrics.port);
             }
           });
           child.once('exit', (code) => {
@@ -292,9 +362,12 @@ export async function materialiseSidecar(
         configFile,
         process: child,
         logFile,
+        metricsPort,
+        /** Stops the process; resolves once its whole output is in the log file. */
         async stop() {
           await stopProcess(child, 10_000);
-          log.end();
+          await outputRead;
+          if (!log.writableEnded) await new Promise<void>((resolve) => log.end(resolve));
         },
       };
     },

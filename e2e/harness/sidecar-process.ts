@@ -179,7 +179,9 @@ export async function spawnSidecar(options: SidecarProcessOptions): Promise<Side
     },
   );
   if (child.pid !== undefined) options.onSpawn?.(child.pid);
-  child.stdout.pipe(log);
+  child.stdout.pipe(log, { end: false });
+  // 'close' comes after the exit and after every byte of stdout and stderr was read (and written to the log).
+  const outputRead = new Promise<void>((resolve) => child.once('close', () => resolve()));
   let ready: ReadyLine;
   try {
     ready = await new Promise<ReadyLine>((resolve, reject) => {
@@ -266,9 +268,11 @@ export async function spawnSidecar(options: SidecarProcessOptions): Promise<Side
       return readRecords();
     },
     logs: () => readFileSync(logFile, 'utf8'),
+    /** Stops the process; resolves once its whole output is in the log file. */
     async stop() {
       await stopProcess(child, 10_000);
-      log.end();
+      await outputRead;
+      if (!log.writableEnded) await new Promise<void>((resolve) => log.end(resolve));
     },
   };
 }

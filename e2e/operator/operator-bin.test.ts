@@ -4,11 +4,6 @@
 // Session, and exits 0 on SIGTERM.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { join } from 'node:path';
-import { createInterface } from 'node:readline';
-import { setTimeout as sleep } from 'node:timers/promises';
 import * as k8s from '@kubernetes/client-node';
 import { GROUP, VERSION, type AccessPolicy, type Session } from '@chaperone/api';
 import {
@@ -18,52 +13,19 @@ import {
   SIDECAR_CONTAINER,
   VOLUME_POLICIES,
 } from '../../operator/src/injection/constants.ts';
-import { controlPlaneEnv } from '../harness/env.ts';
 import { createTestNamespace, kubeConfig } from '../harness/kube.ts';
-import { freePort } from '../harness/postgres.ts';
-import { stopProcess, waitForExit } from '../harness/processes.ts';
-import { REPO_ROOT } from '../harness/tools.ts';
+import { startOperatorProcess, TEST_SIDECAR_IMAGE } from '../harness/operator-process.ts';
+import { poll as pollUntil } from '../harness/poll.ts';
 import { agentPod, createPostgresResource, waitForServiceAccount } from '../injection/injection-fixture.ts';
 import { buildTrail, createSigner, createTrail } from '../audit/trail-fixture.ts';
 
-const DEADLINE_MS = 30_000;
 const DAY = 24 * 3_600_000;
-
-async function poll<T>(what: string, fn: () => Promise<T | undefined>, logs: readonly string[]): Promise<T> {
-  const until = Date.now() + DEADLINE_MS;
-  let last: unknown;
-  for (;;) {
-    try {
-      const value = await fn();
-      if (value !== undefined) return value;
-    } catch (err) {
-      last = err;
-    }
-    if (Date.now() > until) {
-      const why = last === undefined ? '' : `: ${last instanceof Error ? last.message : JSON.stringify(last)}`;
-      assert.fail(`timed out waiting for ${what}${why}\noperator logs:\n${logs.join('\n')}`);
-    }
-    await sleep(100);
-  }
-}
 
 test('chaperone-operator binary: webhooks registered by URL inject a pod; retention prunes; SIGTERM exits 0', async (t) => {
   const kc = kubeConfig();
   const core = kc.makeApiClient(k8s.CoreV1Api);
   const custom = kc.makeApiClient(k8s.CustomObjectsApi);
   const admission = kc.makeApiClient(k8s.AdmissionregistrationV1Api);
-  const instance = randomBytes(4).toString('hex');
-  const operatorNamespace = `chaperone-system-${instance}`;
-  const names = { mutating: `chaperone-pod-injector-${instance}`, validating: `chaperone-pod-validator-${instance}` };
-  await core.createNamespace({
-    body: { metadata: { name: operatorNamespace, labels: { 'chaperone.dev/test': 'true' } } },
-  });
-  t.after(async () => {
-    await core.deleteNamespace({ name: operatorNamespace }).catch(() => undefined);
-    // A stopped operator leaves its configurations (other replicas may serve); the test removes its own.
-    await admission.deleteMutatingWebhookConfiguration({ name: names.mutating }).catch(() => undefined);
-    await admission.deleteValidatingWebhookConfiguration({ name: names.validating }).catch(() => undefined);
-  });
   const ns = await createTestNamespace(t, { [LABEL_INJECTION]: LABEL_INJECTION_ENABLED });
   await waitForServiceAccount(core, ns, 'default');
   await createPostgresResource({ core, custom }, ns);
@@ -75,54 +37,15 @@ test('chaperone-operator binary: webhooks registered by URL inject a pod; retent
   const recent = await buildTrail({ name: 'recent', namespace: ns, signer, start: new Date(now - DAY) });
   for (const s of [expired, recent]) await createTrail(kc, s);
 
-  const port = await freePort();
-  const child = spawn(
-    process.execPath,
-    [
-      join(REPO_ROOT, 'operator/src/bin/chaperone-operator.ts'),
-      '--kubeconfig',
-      controlPlaneEnv().kubeconfig,
-      '--namespace',
-      ns,
-      '--leader-elect',
-      '--metrics-bind-address',
-      '127.0.0.1:0',
-      '--retention-interval',
-      '2',
-      '--enable-webhooks',
-      '--sidecar-image',
-      'ghcr.io/chaperone/chaperone-sidecar:test',
-      '--service-account-issuer',
-      controlPlaneEnv().issuer,
-      '--operator-namespace',
-      operatorNamespace,
-      '--webhook-host',
-      '127.0.0.1',
-      '--webhook-port',
-      String(port),
-      '--webhook-url',
-      `https://127.0.0.1:${String(port)}`,
-      '--mutating-webhook-configuration',
-      names.mutating,
-      '--validating-webhook-configuration',
-      names.validating,
-      '--log-level',
-      'debug',
-    ],
-    { stdio: ['ignore', 'ignore', 'pipe'] },
-  );
-  const logs: string[] = [];
-  createInterface({ input: child.stderr }).on('line', (line) => logs.push(line));
-  let exited = false;
-  t.after(async () => {
-    if (!exited) await stopProcess(child);
-  });
+  const operator = await startOperatorProcess(t, { namespace: ns, extraArgs: ['--retention-interval', '2'] });
+  const { names } = operator;
+  const port = operator.webhookPort;
+  const logs = operator.logs();
+  const poll = <T>(what: string, fn: () => Promise<T | undefined>, lines: readonly string[]): Promise<T> =>
+    pollUntil(what, fn).catch((err: unknown) => {
+      throw new Error(`${String(err)}\noperator logs:\n${lines.join('\n')}`, { cause: err });
+    });
 
-  await poll(
-    'the operator to start',
-    () => Promise.resolve(logs.some((l) => l.includes('"msg":"operator started"')) || undefined),
-    logs,
-  );
   const mutating = await admission.readMutatingWebhookConfiguration({ name: names.mutating });
   const webhook = mutating.webhooks?.[0];
   assert.equal(webhook?.clientConfig.url, `https://127.0.0.1:${String(port)}/mutate-pods`);
@@ -184,7 +107,7 @@ test('chaperone-operator binary: webhooks registered by URL inject a pod; retent
   const sidecar = pod.spec?.initContainers?.[0];
   assert.equal(sidecar?.name, SIDECAR_CONTAINER);
   assert.equal(sidecar.restartPolicy, 'Always');
-  assert.equal(sidecar.image, 'ghcr.io/chaperone/chaperone-sidecar:test');
+  assert.equal(sidecar.image, TEST_SIDECAR_IMAGE);
   assert.ok(pod.metadata?.annotations?.[ANNOTATION_INJECTED] !== undefined);
   assert.equal(pod.spec?.automountServiceAccountToken, false);
   const agentEnv = new Map((pod.spec.containers.at(0)?.env ?? []).map((e) => [e.name, e.value]));
@@ -213,9 +136,6 @@ test('chaperone-operator binary: webhooks registered by URL inject a pod; retent
   assert.ok(logs.some((l) => l.includes('"msg":"pruned expired sessions"')));
 
   // SIGTERM: reconcilers and admission stop, the Lease is released, exit 0.
-  child.kill('SIGTERM');
-  await waitForExit(child, 30_000);
-  exited = true;
-  assert.equal(child.exitCode, 0, `exit code; logs:\n${logs.join('\n')}`);
+  assert.equal(await operator.terminate(), 0, `exit code; logs:\n${logs.join('\n')}`);
   assert.ok(logs.some((l) => l.includes('"msg":"operator stopped"')));
 });

@@ -9,8 +9,8 @@ import { GROUP, VERSION, type ProtectedResource } from '@chaperone/api';
 import { createLogger } from '../../operator/src/observability/logger.ts';
 import { startOperator } from '../../operator/src/operator.ts';
 import { ANNOTATION_INJECTED } from '../../operator/src/injection/constants.ts';
-import { SIDECAR_RULES } from '../../operator/src/controllers/protected-resource-controller.ts';
 import { poll } from '../harness/poll.ts';
+import { EXPECTED_SIDECAR_RULES } from './expected-sidecar-rbac.ts';
 import { createTestNamespace, kubeConfig, statusOf } from '../harness/kube.ts';
 
 const PLURAL = 'protectedresources';
@@ -191,7 +191,7 @@ test('ProtectedResource controller resolves references, tracks the credential an
     );
     assert.deepEqual(
       role.rules?.map((r) => ({ apiGroups: r.apiGroups, resources: r.resources, verbs: r.verbs })),
-      SIDECAR_RULES,
+      EXPECTED_SIDECAR_RULES,
     );
     assert.equal(role.metadata?.labels?.['app.kubernetes.io/managed-by'], 'chaperone-operator');
     assert.equal(role.metadata.ownerReferences?.length, 3, 'owned by every ProtectedResource of the namespace');

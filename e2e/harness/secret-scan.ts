@@ -1,0 +1,87 @@
+// Looking for secrets where they must not be: the forms in which a credential could plausibly leak (plain,
+// base64, base64url, hex, and for the upstream PostgreSQL role its md5 and SCRAM-SHA-256 material), and an
+// assertion that none of them occurs in a haystack (client bytes, logs, records, objects, metrics).
+import assert from 'node:assert/strict';
+import { createHash, createHmac, pbkdf2Sync } from 'node:crypto';
+import { postgresEnv, superuserSql } from './env.ts';
+
+export interface Secret {
+  readonly label: string;
+  /** Text forms searched for (hex ones case-insensitively). */
+  readonly forms: readonly string[];
+  /** Raw bytes also searched for in binary haystacks. */
+  readonly raw?: Buffer;
+}
+
+/** The forms in which a secret could plausibly leak: plain, base64, base64url, hex. */
+export function encodings(secret: Buffer | string): string[] {
+  const b = Buffer.isBuffer(secret) ? secret : Buffer.from(secret, 'utf8');
+  const forms = [
+    b.toString('base64'),
+    b.toString('base64').replace(/=+$/, ''),
+    b.toString('base64url'),
+    b.toString('hex'),
+  ];
+  if (!Buffer.isBuffer(secret)) forms.unshift(secret);
+  return [...new Set(forms)];
+}
+
+/** A secret string searched for in every encoding. */
+export function secretOf(label: string, value: string): Secret {
+  return { label, forms: encodings(value) };
+}
+
+/** SCRAM-SHA-256 keys of the upstream role, from its stored verifier (read as superuser over the Unix socket). */
+export function scramKeys(): { label: string; value: Buffer }[] {
+  const env = postgresEnv();
+  const verifier = superuserSql(`select rolpassword from pg_authid where rolname = '${env.user}'`).trim();
+  const m = /^SCRAM-SHA-256\$(\d+):([^$]+)\$([^:]+):(.+)$/.exec(verifier);
+  assert.ok(m, `upstream role has a SCRAM verifier (got ${verifier.slice(0, 14)}…)`);
+  const [, iterations, salt, storedKey, serverKey] = m;
+  const salted = pbkdf2Sync(env.password, Buffer.from(salt ?? '', 'base64'), Number(iterations), 32, 'sha256');
+  const clientKey = createHmac('sha256', salted).update('Client Key').digest();
+  return [
+    { label: 'SCRAM SaltedPassword', value: salted },
+    { label: 'SCRAM ClientKey', value: clientKey },
+    { label: 'SCRAM StoredKey', value: Buffer.from(storedKey ?? '', 'base64') },
+    { label: 'SCRAM ServerKey', value: Buffer.from(serverKey ?? '', 'base64') },
+  ];
+}
+
+/**
+ * Every credential of the upstream PostgreSQL role: its password in every encoding, md5(password + user)
+ * and the SCRAM keys derived from the password.
+ */
+export function upstreamCredentials(): Secret[] {
+  const env = postgresEnv();
+  const md5 = `md5${createHash('md5')
+    .update(env.password + env.user)
+    .digest('hex')}`;
+  return [
+    secretOf('upstream password', env.password),
+    { label: 'md5(password + user)', forms: [md5, md5.slice(3)] },
+    ...scramKeys().map((k) => ({ label: k.label, forms: encodings(k.value), raw: k.value })),
+  ];
+}
+
+/** Which of `secrets` occur in `haystack`: `label (as form…)` per finding; empty when none. */
+export function findSecrets(haystack: Buffer | string, secrets: readonly Secret[]): string[] {
+  const text = Buffer.isBuffer(haystack) ? haystack.toString('latin1') : haystack;
+  const lower = text.toLowerCase();
+  const found: string[] = [];
+  for (const s of secrets) {
+    for (const form of s.forms) {
+      if (form === '') continue;
+      // Hex is checked case-insensitively; the other forms are case-sensitive.
+      const hit = /^[0-9a-f]+$/.test(form) ? lower.includes(form) : text.includes(form);
+      if (hit) found.push(`${s.label} (as ${form.slice(0, 12)}…)`);
+    }
+    if (Buffer.isBuffer(haystack) && s.raw !== undefined && haystack.includes(s.raw)) found.push(`raw ${s.label}`);
+  }
+  return found;
+}
+
+export function assertAbsent(haystack: Buffer | string, secrets: readonly Secret[], where: string): void {
+  const found = findSecrets(haystack, secrets);
+  assert.deepEqual(found, [], `${where} contains secrets`);
+}
