@@ -9,6 +9,11 @@ deterministic, so a JWS over fixed bytes with a fixed key is a fixed string).
 
     python3 api/testdata/make-known-answer.py > api/testdata/known-answer.json
 
+With `rehash`, it reads audit records as JSON lines on stdin and prints, for each, the sha256 of its
+RFC 8785 form without `hash` (e2e/audit/known-answer.test.ts re-hashes records a live sidecar wrote):
+
+    python3 api/testdata/make-known-answer.py rehash < records.jsonl
+
 Every key is derived from a fixed label, so re-running reproduces the file byte for byte.
 The keys are test keys: published here, trusted by nothing but these tests.
 """
@@ -330,5 +335,17 @@ def main():
     sys.stdout.write("\n")
 
 
+def rehash():
+    for line in sys.stdin:
+        if line.strip() == "":
+            continue
+        record = json.loads(line)
+        record.pop("hash", None)
+        print(sha256_prefixed(jcs(record).encode("utf-8")))
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["rehash"]:
+        rehash()
+    else:
+        main()
