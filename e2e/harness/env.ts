@@ -16,6 +16,7 @@ export const ENV = {
   pgDatabase: 'CHAPERONE_TEST_PG_DATABASE',
   pgCa: 'CHAPERONE_TEST_PG_CA',
   pgSocketDir: 'CHAPERONE_TEST_PG_SOCKET_DIR',
+  pgLogFile: 'CHAPERONE_TEST_PG_LOG_FILE',
 } as const;
 
 function required(name: string): string {
@@ -52,6 +53,8 @@ export interface PostgresEnv {
   database: string;
   caFile: string;
   socketDir: string;
+  /** The server's log (stderr), with `user@database` on every line. */
+  logFile: string;
 }
 
 export function postgresEnv(): PostgresEnv {
@@ -63,6 +66,7 @@ export function postgresEnv(): PostgresEnv {
     database: required(ENV.pgDatabase),
     caFile: required(ENV.pgCa),
     socketDir: required(ENV.pgSocketDir),
+    logFile: required(ENV.pgLogFile),
   };
 }
 

@@ -41,6 +41,7 @@ export async function globalSetup(): Promise<void> {
     [ENV.pgDatabase]: p.database,
     [ENV.pgCa]: p.caFile,
     [ENV.pgSocketDir]: p.socketDir,
+    [ENV.pgLogFile]: p.logFile,
   });
   await applyCrds(c.kubeconfig);
   console.log(

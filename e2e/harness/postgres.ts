@@ -198,6 +198,9 @@ export async function startPostgres(runDir: string): Promise<PostgresCluster> {
       'full_page_writes=off',
       '-c',
       'shared_buffers=128MB',
+      // Who and which database on every line, so a test can read its own statements from the server log.
+      '-c',
+      'log_line_prefix=%m [%p] %q%u@%d ',
     ],
     { ...asOwner, stdio: ['ignore', 'pipe', 'pipe'] },
   );

@@ -1,9 +1,11 @@
 // A read-only policy against the corpus of tricky writes, through the real sidecar to a real PostgreSQL:
 // every write is denied with 42501 before it reaches the server, the next statement on the same
 // connection works, every read is allowed, and each statement yields exactly one decision record and one
-// outcome record with the same command id.
+// outcome record with the same command id. "Never reached the server" is read from the server itself: with
+// log_statement = all for the test's database, PostgreSQL's own log holds every read and no denied write.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import pg from 'pg';
 import {
   CORPUS_SCHEMA_SQL,
@@ -12,11 +14,14 @@ import {
 } from '../../sidecar/src/engines/postgres/analysis/write-corpus.ts';
 import { READ_ONLY, startTestSidecar } from '../harness/sidecar.ts';
 import { createTestDatabase } from '../harness/databases.ts';
-import { directPgOptions } from '../harness/env.ts';
+import { directPgOptions, postgresEnv, superuserSql } from '../harness/env.ts';
+import { poll } from '../harness/poll.ts';
 
 test('read-only policy: every corpus write is denied with 42501, every read allowed, each audited once', async (t) => {
   assert.ok(WRITE_CORPUS.length >= 40, 'the issue asks for at least 40 tricky statements');
   const database = await createTestDatabase(t, CORPUS_SCHEMA_SQL);
+  // Every statement of a session of this database goes to the server log (from the next login on).
+  superuserSql(`alter database ${database} set log_statement = 'all'`);
   const sidecar = await startTestSidecar(t, { policies: { 'read-only': READ_ONLY }, database });
   const token = await sidecar.issuer.sign({ sub: 'system:serviceaccount:ci:reader' });
   const client = new pg.Client({
@@ -55,7 +60,32 @@ test('read-only policy: every corpus write is denied with 42501, every read allo
     sent.push({ sql: entry.sql, expect: 'allow' });
   }
 
-  // Nothing the corpus tried reached the server: the data is exactly as the schema script left it.
+  // The server's own record of what it was asked to run: every statement logged for this database.
+  const marker = `select 'end of corpus ${database}' as marker`;
+  await client.query(marker);
+  const executed = await poll('the server log to show the last statement', () => {
+    const logged = statementsLogged(database);
+    return Promise.resolve(logged.includes(marker) ? logged : undefined);
+  });
+  const reachedServer = new Set(executed);
+  const allowed = new Set(sent.filter((s) => s.expect === 'allow').map((s) => s.sql));
+  // What the server ran besides the allowed statements holds no denied statement, not even inside another.
+  const others = executed.filter((text) => !allowed.has(text) && text !== marker);
+  t.diagnostic(
+    `the server ran ${String(others.length)} statements besides the allowed ones: ${[...new Set(others)].join(' | ')}`,
+  );
+  assert.deepEqual(
+    WRITE_CORPUS.filter((entry) => others.some((text) => text.includes(entry.sql))).map((entry) => entry.sql),
+    [],
+    'denied statements that PostgreSQL was asked to run',
+  );
+  assert.deepEqual(
+    READ_CORPUS.filter((entry) => !reachedServer.has(entry.sql)).map((entry) => entry.sql),
+    [],
+    'allowed statements missing from the server log',
+  );
+
+  // Nothing the corpus tried changed the data: it is exactly as the schema script left it.
   const direct = new pg.Client(directPgOptions(database));
   await direct.connect();
   try {
@@ -73,6 +103,7 @@ test('read-only policy: every corpus write is denied with 42501, every read allo
   }
 
   // Audit: one session; per statement exactly one decision and one outcome, in order, ids matching.
+  sent.push({ sql: marker, expect: 'allow' });
   await client.end();
   await waitFor(() => sidecar.records().some((r) => r.record.type === 'session.end'));
   const records = sidecar.records().map((r) => r.record);
@@ -92,6 +123,28 @@ test('read-only policy: every corpus write is denied with 42501, every read allo
     assert.equal(outcome.outcome?.status, s.expect === 'deny' ? 'denied' : 'success', s.sql);
   }
 });
+
+/**
+ * The statements PostgreSQL logged for `database` (log_statement = all): the text after `statement: ` or
+ * `execute <name>: `, continuation lines (tab-indented) joined back with newlines.
+ */
+function statementsLogged(database: string): string[] {
+  const entries: string[] = [];
+  let current: string | undefined;
+  for (const line of readFileSync(postgresEnv().logFile, 'utf8').split('\n')) {
+    if (/^\d{4}-\d\d-\d\d /.test(line)) {
+      if (current !== undefined) entries.push(current);
+      const m = new RegExp(
+        `^\\S+ \\S+ \\S+ \\[\\d+\\] [^@ ]*@${database} LOG:  (?:statement|execute [^:]*): (.*)$`,
+      ).exec(line);
+      current = m?.[1];
+    } else if (current !== undefined && line.startsWith('\t')) {
+      current += `\n${line.slice(1)}`;
+    }
+  }
+  if (current !== undefined) entries.push(current);
+  return entries;
+}
 
 async function waitFor(condition: () => boolean, timeoutMs = 10_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
