@@ -144,6 +144,10 @@ test('ProtectedResource controller resolves references, tracks the credential an
   });
 
   await t.test('re-reconciling an unchanged resource writes nothing', async () => {
+    // The controller logs each finished reconcile of a key: wait for the one the annotation causes.
+    const reconciles = () =>
+      lines.filter((l) => l.includes('"msg":"reconciled') && l.includes(`"key":"${namespace}/orders-db"`)).length;
+    const before = reconciles();
     const annotated = (await custom.patchNamespacedCustomObject(
       {
         group: GROUP,
@@ -155,7 +159,9 @@ test('ProtectedResource controller resolves references, tracks the credential an
       },
       k8s.setHeaderOptions('Content-Type', k8s.PatchStrategy.MergePatch),
     )) as ProtectedResource;
-    await new Promise((r) => setTimeout(r, 1000));
+    await poll('a reconcile of orders-db after the annotation', () =>
+      Promise.resolve(reconciles() > before ? true : undefined),
+    );
     const after = await getResource(namespace, 'orders-db');
     assert.equal(after.metadata.resourceVersion, annotated.metadata.resourceVersion);
   });
