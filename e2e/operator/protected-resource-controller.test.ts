@@ -4,12 +4,16 @@
 // reported; the sidecar Role and RoleBinding follow the injected pods of the namespace.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import * as k8s from '@kubernetes/client-node';
+import { parseAllDocuments } from 'yaml';
 import { GROUP, VERSION, type ProtectedResource } from '@chaperone/api';
 import { createLogger } from '../../operator/src/observability/logger.ts';
 import { startOperator } from '../../operator/src/operator.ts';
 import { ANNOTATION_INJECTED } from '../../operator/src/injection/constants.ts';
 import { poll } from '../harness/poll.ts';
+import { REPO_ROOT } from '../harness/tools.ts';
 import { EXPECTED_SIDECAR_RULES } from './expected-sidecar-rbac.ts';
 import { createTestNamespace, kubeConfig, statusOf } from '../harness/kube.ts';
 
@@ -199,6 +203,10 @@ test('ProtectedResource controller resolves references, tracks the credential an
       role.rules?.map((r) => ({ apiGroups: r.apiGroups, resources: r.resources, verbs: r.verbs })),
       EXPECTED_SIDECAR_RULES,
     );
+    const documented = parseAllDocuments(readFileSync(join(REPO_ROOT, 'config', 'rbac', 'sidecar-role.yaml'), 'utf8'))
+      .map((d) => d.toJS() as k8s.V1Role & { kind: string })
+      .find((d) => d.kind === 'Role');
+    assert.deepEqual(documented?.rules, EXPECTED_SIDECAR_RULES, 'config/rbac/sidecar-role.yaml says the same');
     assert.equal(role.metadata?.labels?.['app.kubernetes.io/managed-by'], 'chaperone-operator');
     assert.equal(role.metadata.ownerReferences?.length, 3, 'owned by every ProtectedResource of the namespace');
 
