@@ -5,6 +5,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, connect, type AddressInfo } from 'node:net';
 import pg from 'pg';
+import { poll } from '../harness/poll.ts';
 import { READ_ONLY, startTestSidecar, type RunningTestSidecar } from '../harness/sidecar.ts';
 
 interface Sample {
@@ -101,19 +102,17 @@ test('metrics: counters, histogram and health after known allowed, denied and fa
   await assert.rejects(failed.connect(), { code: '28P01' });
 
   // The sidecar counts bytes as it reads them; wait until it has seen the clients' closing bytes (Terminate).
-  let text = '';
-  for (let i = 0; i < 50; i++) {
+  const text = await poll('the sidecar to count the bytes the clients sent', async () => {
     const res = await fetch(`http://127.0.0.1:${sidecar.metricsPort}/metrics`);
     assert.equal(res.status, 200);
     assert.match(res.headers.get('content-type') ?? '', /^text\/plain; version=0\.0\.4/);
-    text = await res.text();
-    if (
-      sum(parseExposition(text).samples, 'chaperone_bytes_total', { ...listener, direction: 'client_to_upstream' }) >=
-      tap.sent()
-    )
-      break;
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
+    const body = await res.text();
+    const counted = sum(parseExposition(body).samples, 'chaperone_bytes_total', {
+      ...listener,
+      direction: 'client_to_upstream',
+    });
+    return counted >= tap.sent() ? body : undefined;
+  });
   const { samples, types } = parseExposition(text);
 
   assert.equal(types.get('chaperone_connections_total'), 'counter');
