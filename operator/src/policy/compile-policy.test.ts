@@ -1,11 +1,13 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { execFileSync } from 'node:child_process';
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { loadPolicy } from '@open-policy-agent/opa-wasm';
 import type { AccessPolicySpec } from '@chaperone/api';
-import { compilePolicy, hostBuiltins } from './compile-policy.ts';
+import { gunzipSync } from 'node:zlib';
+import { compilePolicy, defaultOpaPath, hostBuiltins, readTarEntry } from './compile-policy.ts';
 import type { CompileProblem, CompileResult } from './compile-policy.ts';
 import { globToRegex, renderRego } from './render-rego.ts';
 
@@ -186,9 +188,50 @@ describe('globToRegex', () => {
     ['/a**', 'path', '/abc/d', true],
     ['/(x)+', 'path', '/(x)+', true],
   ];
-  for (const [pattern, mode, value, expected] of cases) {
-    it(`${pattern} (${mode}) ${expected ? 'matches' : 'does not match'} ${value}`, () => {
-      assert.equal(new RegExp(globToRegex(pattern, mode).replace('(?s)', ''), 's').test(value), expected);
-    });
-  }
+  // The expressions run inside OPA: with RE2 in `opa eval` (Go) and with the RE2 build inside the Wasm module
+  // the sidecar evaluates; both are asked, not JavaScript's regular expressions.
+  const input = { cases: cases.map(([pattern, mode, value]) => ({ regex: globToRegex(pattern, mode), value })) };
+  const module = 'package glob\n\nmatches := [regex.match(c.regex, c.value) | some c in input.cases]\n';
+  const expected = cases.map((c) => c[3]);
+  const names = cases.map(
+    ([pattern, mode, value, want]) => `${pattern} (${mode}) ${want ? 'matches' : 'does not match'} ${value}`,
+  );
+  const inOpa = async (): Promise<{ go: boolean[]; wasm: boolean[] }> => {
+    const dir = await mkdtemp(join(tmpdir(), 'chaperone-glob-'));
+    try {
+      await writeFile(join(dir, 'glob.rego'), module);
+      await writeFile(join(dir, 'input.json'), JSON.stringify(input));
+      const opa = defaultOpaPath();
+      const evaluated = JSON.parse(
+        execFileSync(
+          opa,
+          ['eval', '--format', 'json', '--data', 'glob.rego', '--input', 'input.json', 'data.glob.matches'],
+          {
+            cwd: dir,
+            encoding: 'utf8',
+          },
+        ),
+      ) as { result: { expressions: { value: boolean[] }[] }[] };
+      execFileSync(
+        opa,
+        ['build', '--target', 'wasm', '--entrypoint', 'glob/matches', '--output', 'b.tar.gz', 'glob.rego'],
+        {
+          cwd: dir,
+        },
+      );
+      const wasm = readTarEntry(gunzipSync(await readFile(join(dir, 'b.tar.gz'))), '/policy.wasm');
+      assert.ok(wasm !== undefined);
+      const policy = await loadPolicy(wasm);
+      const result = policy.evaluate(input) as { result: boolean[] }[];
+      return { go: evaluated.result[0]?.expressions[0]?.value ?? [], wasm: result[0]?.result ?? [] };
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  };
+  it('every case, evaluated by OPA itself (Go and Wasm)', async () => {
+    const { go, wasm } = await inOpa();
+    const wrong = (got: boolean[]) => names.filter((_, i) => got[i] !== expected[i]);
+    assert.deepEqual(wrong(go), [], 'opa eval');
+    assert.deepEqual(wrong(wasm), [], 'the Wasm module, as the sidecar evaluates it');
+  });
 });
