@@ -44,8 +44,8 @@ test('one candidate leads, renews, and hands over at once when it releases the L
   await until('a to lead', () => a.elector.isLeader);
   // b runs on a clock of its own that moves only when the test says: whatever b does, it did not wait
   // for the Lease to expire.
-  const clock = new FakeClock();
-  const b = candidate(namespace, 'b', { clock });
+  const fakeClock = new FakeClock();
+  const b = candidate(namespace, 'b', { clock: fakeClock });
   t.after(() => b.elector.stop());
   const first = (await lease(namespace)).spec;
   assert.ok(first !== undefined);
@@ -53,14 +53,14 @@ test('one candidate leads, renews, and hands over at once when it releases the L
   assert.equal(first.leaseDurationSeconds, 2);
   assert.equal(first.leaseTransitions, 0);
   // b is between attempts when its only timer is pending; each attempt reads the real Lease.
-  const betweenAttempts = () => until('b to finish an attempt', () => clock.pendingTimers === 1);
-  // a keeps renewing: each time a has renewed, b's clock moves on a quarter second and b tries again. Ten
-  // tries span more than the lease duration on b's clock, so only a's renewals keep b from taking over.
+  const betweenAttempts = () => until('b to finish an attempt', () => fakeClock.pendingTimers === 1);
+  // a keeps renewing: each time a has renewed, b's fake clock moves on a quarter second and b tries again. Ten
+  // tries span more than the lease duration on b's fake clock, so only a's renewals keep b from taking over.
   await betweenAttempts();
   for (let i = 0; i < 10; i++) {
     const seen = (await lease(namespace)).metadata?.resourceVersion;
     await until('a to renew', async () => (await lease(namespace)).metadata?.resourceVersion !== seen);
-    await clock.advance(250);
+    await fakeClock.advance(250);
     await betweenAttempts();
     assert.equal(b.elector.isLeader, false, `b took over a renewed Lease on try ${String(i + 1)}`);
   }
@@ -72,13 +72,13 @@ test('one candidate leads, renews, and hands over at once when it releases the L
   await a.elector.stop();
   assert.deepEqual(a.events, ['started', 'stopped:stopped']);
   assert.equal((await lease(namespace)).spec?.holderIdentity, '', 'a emptied the holder');
-  // b's next attempt, a retry period later on its clock, takes the free Lease: long before it could expire.
-  const before = clock.now();
+  // b's next attempt, a retry period later on its fake clock, takes the free Lease: long before it could expire.
+  const before = fakeClock.now();
   await until('b to lead', async () => {
-    if (clock.pendingTimers === 1) await clock.advance(250);
+    if (fakeClock.pendingTimers === 1) await fakeClock.advance(250);
     return b.elector.isLeader;
   });
-  assert.ok(clock.now() - before < 2000, 'b took over within a lease duration of its own clock');
+  assert.ok(fakeClock.now() - before < 2000, 'b took over within a lease duration of its own fake clock');
   const taken = (await lease(namespace)).spec;
   assert.ok(taken !== undefined);
   assert.equal(taken.holderIdentity, 'b');
@@ -87,31 +87,35 @@ test('one candidate leads, renews, and hands over at once when it releases the L
   assert.equal((await lease(namespace)).spec?.holderIdentity, '');
 });
 
-test('a candidate takes an abandoned Lease only after it expires on its own clock', async (t) => {
+test('a candidate takes an abandoned Lease only after it expires on its own fake clock', async (t) => {
   const namespace = await createTestNamespace(t);
   const a = candidate(namespace, 'a', { releaseOnStop: false });
   await until('a to lead', () => a.elector.isLeader);
   await a.elector.stop(); // a "crashes": it stops renewing without releasing
   assert.equal((await lease(namespace)).spec?.holderIdentity, 'a');
-  const clock = new FakeClock();
-  const seen = clock.now();
-  const b = candidate(namespace, 'b', { clock });
+  const fakeClock = new FakeClock();
+  const seen = fakeClock.now();
+  const b = candidate(namespace, 'b', { clock: fakeClock });
   t.after(() => b.elector.stop());
   // b is between attempts when its only timer is pending; each attempt reads the real Lease.
-  const betweenAttempts = () => until('b to finish an attempt', () => clock.pendingTimers === 1);
+  const betweenAttempts = () => until('b to finish an attempt', () => fakeClock.pendingTimers === 1);
   await betweenAttempts();
-  // Every attempt before the lease duration (2 s) has passed on b's clock leaves the Lease to a.
-  while (clock.now() - seen + 250 < 2000) {
-    await clock.advance(250);
+  // Every attempt before the lease duration (2 s) has passed on b's fake clock leaves the Lease to a.
+  while (fakeClock.now() - seen + 250 < 2000) {
+    await fakeClock.advance(250);
     await betweenAttempts();
-    assert.equal(b.elector.isLeader, false, `b took the Lease ${String(clock.now() - seen)} ms after first seeing it`);
+    assert.equal(
+      b.elector.isLeader,
+      false,
+      `b took the Lease ${String(fakeClock.now() - seen)} ms after first seeing it`,
+    );
   }
   assert.equal((await lease(namespace)).spec?.holderIdentity, 'a');
   await until('b to lead once the Lease has expired', async () => {
-    if (clock.pendingTimers === 1) await clock.advance(250);
+    if (fakeClock.pendingTimers === 1) await fakeClock.advance(250);
     return b.elector.isLeader;
   });
-  assert.ok(clock.now() - seen >= 2000, 'b took over only after the lease duration on its own clock');
+  assert.ok(fakeClock.now() - seen >= 2000, 'b took over only after the lease duration on its own fake clock');
   const taken = (await lease(namespace)).spec;
   assert.equal(taken?.holderIdentity, 'b');
   assert.equal(taken.leaseTransitions, 1);
