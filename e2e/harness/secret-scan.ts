@@ -31,37 +31,44 @@ export function secretOf(label: string, value: string): Secret {
   return { label, forms: encodings(value) };
 }
 
-/** SCRAM-SHA-256 keys of the upstream role, from its stored verifier (read as superuser over the Unix socket). */
-export function scramKeys(): { label: string; value: Buffer }[] {
-  const env = postgresEnv();
-  const verifier = superuserSql(`select rolpassword from pg_authid where rolname = '${env.user}'`).trim();
+/** SCRAM-SHA-256 keys of a role from its stored verifier (read as superuser over the Unix socket). */
+export function scramKeys(
+  user = postgresEnv().user,
+  password = postgresEnv().password,
+): { label: string; value: Buffer }[] {
+  const verifier = superuserSql(`select rolpassword from pg_authid where rolname = '${user}'`).trim();
   const m = /^SCRAM-SHA-256\$(\d+):([^$]+)\$([^:]+):(.+)$/.exec(verifier);
-  assert.ok(m, `upstream role has a SCRAM verifier (got ${verifier.slice(0, 14)}…)`);
+  assert.ok(m, `role ${user} has a SCRAM verifier (got ${verifier.slice(0, 14)}…)`);
   const [, iterations, salt, storedKey, serverKey] = m;
-  const salted = pbkdf2Sync(env.password, Buffer.from(salt ?? '', 'base64'), Number(iterations), 32, 'sha256');
+  const salted = pbkdf2Sync(password, Buffer.from(salt ?? '', 'base64'), Number(iterations), 32, 'sha256');
   const clientKey = createHmac('sha256', salted).update('Client Key').digest();
   return [
-    { label: 'SCRAM SaltedPassword', value: salted },
-    { label: 'SCRAM ClientKey', value: clientKey },
-    { label: 'SCRAM StoredKey', value: Buffer.from(storedKey ?? '', 'base64') },
-    { label: 'SCRAM ServerKey', value: Buffer.from(serverKey ?? '', 'base64') },
+    { label: `${user} SCRAM SaltedPassword`, value: salted },
+    { label: `${user} SCRAM ClientKey`, value: clientKey },
+    { label: `${user} SCRAM StoredKey`, value: Buffer.from(storedKey ?? '', 'base64') },
+    { label: `${user} SCRAM ServerKey`, value: Buffer.from(serverKey ?? '', 'base64') },
   ];
 }
 
 /**
- * Every credential of the upstream PostgreSQL role: its password in every encoding, md5(password + user)
- * and the SCRAM keys derived from the password.
+ * Every credential of a PostgreSQL role of the harness server: its password in every encoding,
+ * md5(password + user) and the SCRAM keys derived from the password.
  */
-export function upstreamCredentials(): Secret[] {
-  const env = postgresEnv();
+export function credentialsOf(user: string, password: string): Secret[] {
   const md5 = `md5${createHash('md5')
-    .update(env.password + env.user)
+    .update(password + user)
     .digest('hex')}`;
   return [
-    secretOf('upstream password', env.password),
-    { label: 'md5(password + user)', forms: [md5, md5.slice(3)] },
-    ...scramKeys().map((k) => ({ label: k.label, forms: encodings(k.value), raw: k.value })),
+    secretOf(`${user}'s password`, password),
+    { label: `md5(${user}'s password + user)`, forms: [md5, md5.slice(3)] },
+    ...scramKeys(user, password).map((k) => ({ label: k.label, forms: encodings(k.value), raw: k.value })),
   ];
+}
+
+/** Every credential of the upstream role the harness sidecars log in as. */
+export function upstreamCredentials(): Secret[] {
+  const env = postgresEnv();
+  return credentialsOf(env.user, env.password);
 }
 
 /** Which of `secrets` occur in `haystack`: `label (as form…)` per finding; empty when none. */

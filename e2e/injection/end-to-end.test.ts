@@ -14,6 +14,7 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { mkdirSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { request } from 'node:https';
 import { join } from 'node:path';
@@ -35,18 +36,19 @@ import {
   LABEL_INJECTION,
   LABEL_INJECTION_ENABLED,
   SIDECAR_API_ACCESS_DIR,
+  SIDECAR_CREDENTIALS_DIR,
   SIDECAR_CONTAINER,
   VOLUME_POLICIES,
 } from '../../operator/src/injection/constants.ts';
 import { buildTrail, createSigner } from '../audit/trail-fixture.ts';
 import { runCli } from '../audit/run-cli.ts';
-import { controlPlaneEnv, postgresEnv, testDir } from '../harness/env.ts';
+import { controlPlaneEnv, postgresEnv, superuserSql, testDir } from '../harness/env.ts';
 import { createTestNamespace, kubeConfig, statusOf } from '../harness/kube.ts';
 import { materialiseSidecar, materialiseVolumes, resolvedContainerEnv } from '../harness/materialise-pod.ts';
 import { startOperatorProcess, type OperatorProcess } from '../harness/operator-process.ts';
 import { poll } from '../harness/poll.ts';
 import { freePort } from '../harness/postgres.ts';
-import { findSecrets, secretOf, upstreamCredentials, type Secret } from '../harness/secret-scan.ts';
+import { credentialsOf, findSecrets, secretOf, type Secret } from '../harness/secret-scan.ts';
 import { REPO_ROOT } from '../harness/tools.ts';
 import { EXPECTED_SIDECAR_RULES } from '../operator/expected-sidecar-rbac.ts';
 import { agentPod, createPostgresResource, CREDENTIAL_SECRET, waitForServiceAccount } from './injection-fixture.ts';
@@ -162,6 +164,40 @@ test('an injected agent reaches PostgreSQL only through its sidecar, under the r
   await waitForServiceAccount(core, ns, 'default');
   const listenPort = await freePort();
   await createPostgresResource({ core, custom }, ns, { listenPort });
+  // A second, least-privilege login of the same server (readOnlyCredentialSecretRef): mounted into the
+  // sidecar beside the first, and just as absent from the agent.
+  const readOnly = { user: `ro_${randomBytes(5).toString('hex')}`, password: randomBytes(18).toString('base64url') };
+  superuserSql(`create role ${readOnly.user} login password '${readOnly.password}'`);
+  t.after(() => {
+    superuserSql(`drop role if exists ${readOnly.user}`);
+  });
+  await core.createNamespacedSecret({
+    namespace: ns,
+    body: {
+      metadata: { name: 'orders-db-read-only' },
+      stringData: { username: readOnly.user, password: readOnly.password },
+    },
+  });
+  await custom.patchNamespacedCustomObject(
+    {
+      group: GROUP,
+      version: VERSION,
+      namespace: ns,
+      plural: 'protectedresources',
+      name: 'orders-db',
+      body: {
+        spec: {
+          readOnlyCredentialSecretRef: {
+            name: 'orders-db-read-only',
+            usernameKey: 'username',
+            passwordKey: 'password',
+          },
+        },
+      },
+    },
+    k8s.setHeaderOptions('Content-Type', k8s.PatchStrategy.MergePatch),
+  );
+  const upstreamUsers = [{ user: postgresEnv().user, password: postgresEnv().password }, readOnly];
   await custom.createNamespacedCustomObject({
     group: GROUP,
     version: VERSION,
@@ -282,11 +318,16 @@ test('an injected agent reaches PostgreSQL only through its sidecar, under the r
   });
 
   await t.test('credential isolation: nothing the agent holds is an upstream credential', async () => {
-    const credentials = upstreamCredentials();
+    // Both upstream logins are in the pod: in the sidecar's credentials volume.
+    assert.equal(
+      readFileSync(join(root, SIDECAR_CREDENTIALS_DIR, 'orders-db', 'read-only', 'password'), 'utf8'),
+      readOnly.password,
+    );
+    const credentials = upstreamUsers.flatMap((u) => credentialsOf(u.user, u.password));
     const leaks = held.flatMap((h) => findSecrets(h.value, credentials).map((f) => `${h.where}: ${f}`));
     assert.deepEqual(leaks, [], 'an agent env value or file holds an upstream credential');
 
-    // From the outside: each value (and each line of it) tried as the upstream user's password, straight
+    // From the outside: each value (and each line of it) tried as each upstream user's password, straight
     // at PostgreSQL. Every attempt must fail authentication (28P01), whatever the value is.
     const candidates = new Set<string>();
     for (const h of held) {
@@ -296,11 +337,11 @@ test('an injected agent reaches PostgreSQL only through its sidecar, under the r
     candidates.delete('');
     assert.ok(candidates.size >= 5, `only ${String(candidates.size)} values to try`);
     const logins: string[] = [];
-    for (const password of candidates) {
+    for (const [user, password] of upstreamUsers.flatMap((u) => [...candidates].map((c) => [u.user, c] as const))) {
       const direct = new pg.Client({
         host: pgEnv.host,
         port: pgEnv.port,
-        user: pgEnv.user,
+        user,
         password,
         database: pgEnv.database,
         ssl: { ca: readFileSync(pgEnv.caFile, 'utf8'), servername: 'localhost' },
@@ -309,14 +350,15 @@ test('an injected agent reaches PostgreSQL only through its sidecar, under the r
       direct.on('error', () => undefined);
       try {
         await direct.connect();
-        logins.push(`${password.slice(0, 12)}…: logged in`);
+        logins.push(`${user} with ${password.slice(0, 12)}…: logged in`);
         await direct.end();
       } catch (err) {
         const code = (err as { code?: string }).code;
-        if (code !== '28P01') logins.push(`${password.slice(0, 12)}…: ${String(code)} ${(err as Error).message}`);
+        if (code !== '28P01')
+          logins.push(`${user} with ${password.slice(0, 12)}…: ${String(code)} ${(err as Error).message}`);
       }
     }
-    assert.deepEqual(logins, [], `every value is refused as ${pgEnv.user}'s password with 28P01`);
+    assert.deepEqual(logins, [], "every value is refused as each upstream user's password with 28P01");
 
     // And by construction: no Secret reaches an agent container, by env or by volume.
     const volumes = new Map((pod.spec?.volumes ?? []).map((v) => [v.name, v]));
@@ -520,7 +562,7 @@ test('an injected agent reaches PostgreSQL only through its sidecar, under the r
     assert.ok(authorityJwk.d !== undefined && signingKey.d !== undefined && webhookKey.includes('PRIVATE KEY'));
     const webhookKeyBody = webhookKey.split('\n').filter((l) => l !== '' && !l.startsWith('-----'));
     const secrets: Secret[] = [
-      ...upstreamCredentials(),
+      ...upstreamUsers.flatMap((u) => credentialsOf(u.user, u.password)),
       secretOf("the agent's identity token", agentToken),
       secretOf("the sidecar's service-account token", sidecarToken),
       secretOf("the sidecar's JWKS bearer token", jwksBearerToken),
