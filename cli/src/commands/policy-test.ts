@@ -3,6 +3,7 @@
 // The compiler and the engine are imported from the operator and the sidecar by relative path: nothing
 // is copied, so the CLI cannot drift from what runs in the cluster.
 import { readFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
 import { parseAllDocuments, stringify } from 'yaml';
 import {
   DECISIONS,
@@ -15,6 +16,8 @@ import {
 import { compilePolicy, type CompileProblem } from '../../../operator/src/policy/compile-policy.ts';
 import { PolicyEngine, type PolicyBundle } from '../../../sidecar/src/core/policy/policy-engine.ts';
 import { formatTable } from '../table.ts';
+import type { CommandIo } from '../audit/cluster.ts';
+import { executableDir, findOpa, OpaNotFoundError, opaVersionWarning, repositoryOpa } from '../opa.ts';
 
 export const OUTPUT_FORMATS = ['table', 'json', 'yaml'] as const;
 export type OutputFormat = (typeof OUTPUT_FORMATS)[number];
@@ -362,5 +365,70 @@ function render(report: PolicyTestReport, output: OutputFormat): string {
           r.passed ? 'PASS' : 'FAIL',
         ]),
       );
+  }
+}
+
+export const POLICY_TEST_USAGE = `Usage:
+  kubectl chaperone policy test -f POLICY.yaml -i CASES.yaml [-o table|json|yaml] [--opa PATH]
+
+Compiles AccessPolicies locally with opa, as the operator does, and evaluates each case with the sidecar's
+policy engine. Prints CASE, EXPECTED, GOT, RULE, RESULT. Exit 0: every case passed; 1: a case failed, a
+policy does not compile or a file cannot be read; 2: usage.
+
+Flags:
+  -f, --filename FILE   AccessPolicy YAML (repeatable; multi-document files and v1 Lists allowed)
+  -i, --inputs FILE     test cases (see examples/policy-tests/)
+  -o, --output FORMAT   table (default), json or yaml
+      --opa PATH        the opa binary (default: $CHAPERONE_OPA, else opa beside kubectl-chaperone,
+                        else opa on PATH)
+`;
+
+/** kubectl chaperone policy test: flags in, exit code out. */
+export async function run(args: string[], io: CommandIo): Promise<number> {
+  const usage = (message: string): number => {
+    io.stderr.write(`error: ${message}\n\n${POLICY_TEST_USAGE}`);
+    return 2;
+  };
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args,
+      options: {
+        filename: { type: 'string', short: 'f', multiple: true },
+        inputs: { type: 'string', short: 'i' },
+        output: { type: 'string', short: 'o' },
+        opa: { type: 'string' },
+      },
+    }));
+  } catch (err) {
+    return usage((err as Error).message);
+  }
+  const { filename, inputs, output = 'table' } = values;
+  if (!(OUTPUT_FORMATS as readonly string[]).includes(output)) return usage('--output must be table, json or yaml');
+  if (filename === undefined || filename.length === 0) return usage('policy test needs -f POLICY.yaml');
+  if (inputs === undefined) return usage('policy test needs -i CASES.yaml');
+  try {
+    const opa = findOpa({
+      flag: values.opa,
+      env: process.env,
+      executableDir: executableDir(),
+      repositoryOpa: repositoryOpa(),
+    });
+    io.stderr.write(await opaVersionWarning(opa));
+    const outcome = await runPolicyTest({
+      policyFiles: filename,
+      inputsFile: inputs,
+      output: output as OutputFormat,
+      opaPath: opa.path,
+    });
+    io.stdout.write(outcome.stdout);
+    io.stderr.write(outcome.stderr);
+    return outcome.exitCode;
+  } catch (err) {
+    if (err instanceof PolicyTestInputError || err instanceof OpaNotFoundError) {
+      io.stderr.write(`error: ${err.message}\n`);
+      return 1;
+    }
+    throw err;
   }
 }
