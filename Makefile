@@ -51,6 +51,10 @@ generate: deps ## Regenerate crds/ from the schemas in api/src and copy CRDs and
 build: deps ## Typecheck and compile every package to dist/ (for images).
 	tsc -p tsconfig.build.json
 
+.PHONY: cli
+cli: deps ## Build kubectl-chaperone as one executable for this machine into dist/cli (skipped when unchanged).
+	node cli/scripts/build.ts
+
 .PHONY: lint
 lint: deps ## eslint, prettier --check and the TypeScript typecheck.
 	eslint .
