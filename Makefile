@@ -55,6 +55,11 @@ build: deps ## Typecheck and compile every package to dist/ (for images).
 cli: deps ## Build kubectl-chaperone as one executable for this machine into dist/cli (skipped when unchanged).
 	node cli/scripts/build.ts
 
+.PHONY: release
+release: deps tools ## Release artefacts of VERSION=x.y.z into dist/release/VERSION (SIGNING_KEY=ed25519.pem signs them).
+	@test -n "$(VERSION)" || { echo "make release needs VERSION=x.y.z (and a CHANGELOG.md entry for it)" >&2; exit 2; }
+	node scripts/release.ts --version "$(VERSION)" $(if $(SIGNING_KEY),--signing-key "$(SIGNING_KEY)") $(if $(RELEASE_BASE_URL),--base-url "$(RELEASE_BASE_URL)")
+
 .PHONY: lint
 lint: deps ## eslint, prettier --check and the TypeScript typecheck.
 	eslint .

@@ -3,6 +3,7 @@
 #   controlplane  etcd + kube-apiserver + kube-controller-manager launcher (e2e/controlplane)
 #   kubectl       of the same Kubernetes version
 #   opa, helm     from their Go modules
+#   krew          the kubectl plugin manager (the release test installs kubectl-chaperone with it)
 # A tool already in the cache is linked, never rebuilt. The cache is keyed by version (and, for the
 # launcher, by a hash of its source), so a fresh clone on the same machine reuses it.
 set -euo pipefail
@@ -56,3 +57,4 @@ build controlplane "$cache/controlplane-$KUBERNETES_VERSION-$cp_key" go_build_co
 build kubectl "$cache/kubectl-$KUBERNETES_VERSION" go_build_kubectl
 build opa "$cache/opa-$OPA_VERSION" go_install "github.com/open-policy-agent/opa@$OPA_VERSION" opa
 build helm "$cache/helm-$HELM_VERSION" go_install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" helm
+build krew "$cache/krew-$KREW_VERSION" go_install "sigs.k8s.io/krew/cmd/krew@$KREW_VERSION" krew
