@@ -125,7 +125,7 @@ export async function bundle(settings: BuildSettings, outDir: string): Promise<B
   return { file, packages };
 }
 
-/** The node binary to build a platform's executable from, fetched from the npm registry when needed. */
+/** The node binary to build a platform's executable from: this machine's, or fetched from the npm registry. */
 export async function nodeBinary(platform: Platform): Promise<string> {
   const version = pinnedNodeVersion();
   if (platform === `${process.platform}-${process.arch}`) {
@@ -136,6 +136,15 @@ export async function nodeBinary(platform: Platform): Promise<string> {
     }
     return process.execPath;
   }
+  return fetchNode(platform, version);
+}
+
+/**
+ * bin/node of the node-PLATFORM@version npm package (the official build, as the `node` package installs
+ * it), unpacked once per machine into the tool cache. npm checks the tarball against the registry's
+ * integrity hash.
+ */
+export async function fetchNode(platform: Platform, version: string): Promise<string> {
   const dir = join(cacheDir(), `node-${platform}-${version}`);
   const binary = join(dir, 'package', 'bin', 'node');
   if (existsSync(binary)) return binary;
