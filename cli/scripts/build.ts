@@ -33,7 +33,7 @@ const ENTRY = join(REPO, 'cli', 'src', 'bin', 'kubectl-chaperone.ts');
 /** The sentinel Node's SEA support looks for (documented in Node's single-executable-applications). */
 const SEA_FUSE = 'NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2';
 /** Bump to rebuild every cached executable when this script's output changes for the same inputs. */
-const BUILD_FORMAT = 1;
+const BUILD_FORMAT = 2;
 
 export const PLATFORMS = ['linux-x64', 'linux-arm64'] as const;
 export type Platform = (typeof PLATFORMS)[number];
@@ -198,13 +198,16 @@ export async function executable(bundleFile: string, node: string, output: strin
   try {
     const blob = join(work, 'sea.blob');
     const config = join(work, 'sea-config.json');
+    // The blob records the main script's path as given: a relative one keeps the executable the same
+    // wherever it is built (and stack traces free of build paths).
+    copyFileSync(bundleFile, join(work, 'kubectl-chaperone.cjs'));
     // No code cache and no snapshot: both are specific to the machine that makes them, and the blob
     // made here also goes into the other platforms' node binaries.
     writeFileSync(
       config,
       JSON.stringify({
-        main: bundleFile,
-        output: blob,
+        main: 'kubectl-chaperone.cjs',
+        output: 'sea.blob',
         disableExperimentalSEAWarning: true,
         useSnapshot: false,
         useCodeCache: false,
