@@ -25,6 +25,7 @@ import {
   pinnedNodeVersion,
   pinnedOpaVersion,
   REPO,
+  toolsCache,
   type Platform,
 } from '../cli/scripts/build.ts';
 
@@ -109,30 +110,23 @@ async function git(...args: string[]): Promise<string> {
   return stdout.trim();
 }
 
-function cacheDir(): string {
-  return (
-    process.env.CHAPERONE_TOOLS_CACHE ??
-    join(process.env.XDG_CACHE_HOME ?? join(process.env.HOME ?? '/tmp', '.cache'), 'chaperone')
-  );
-}
-
 /** A static (CGO_ENABLED=0) opa of the pinned version for a platform, built once per machine. */
 async function staticOpa(platform: Platform): Promise<string> {
   const version = `v${pinnedOpaVersion()}`;
   const { os, arch } = GO_PLATFORM[platform];
-  const dir = join(cacheDir(), `opa-${version}-${os}-${arch}-static`);
+  const dir = join(toolsCache(), `opa-${version}-${os}-${arch}-static`);
   const binary = join(dir, 'opa');
   if (existsSync(binary)) return binary;
   log(`building a static opa ${version} for ${os}/${arch} (once per machine; takes a few minutes)`);
-  const gopath = join(cacheDir(), `.gopath-${process.pid}`);
+  const gopath = join(toolsCache(), `.gopath-${process.pid}`);
   const modcache = await goModCache();
   try {
     mkdirSync(dir, { recursive: true });
-    // go install puts a cross-compiled binary under GOPATH/bin/GOOS_GOARCH (GOBIN must be unset for that).
+    // GOBIN must be unset: go install refuses to put cross-compiled binaries there.
     await exec(
       'flock',
       [
-        join(cacheDir(), '.lock'),
+        join(toolsCache(), '.lock'),
         'go',
         'install',
         '-trimpath',
@@ -153,9 +147,9 @@ async function staticOpa(platform: Platform): Promise<string> {
         maxBuffer: 16 << 20,
       },
     );
-    const hostPlatform = `${process.platform === 'linux' ? 'linux' : process.platform}/${process.arch === 'x64' ? 'amd64' : process.arch}`;
-    const built =
-      hostPlatform === `${os}/${arch}` ? join(gopath, 'bin', 'opa') : join(gopath, 'bin', `${os}_${arch}`, 'opa');
+    // go install puts a cross-compiled binary under GOPATH/bin/GOOS_GOARCH, a native one in GOPATH/bin.
+    const cross = join(gopath, 'bin', `${os}_${arch}`, 'opa');
+    const built = existsSync(cross) ? cross : join(gopath, 'bin', 'opa');
     cpSync(built, `${binary}.tmp`);
     await exec('mv', ['-f', `${binary}.tmp`, binary]);
   } finally {

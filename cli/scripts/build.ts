@@ -58,14 +58,20 @@ export function pinnedOpaVersion(): string {
   return line[1];
 }
 
-function cacheDir(): string {
-  const base =
-    process.env.CHAPERONE_TOOLS_CACHE ?? join(process.env.XDG_CACHE_HOME ?? join(homeDir(), '.cache'), 'chaperone');
-  return base;
+/** The Node.js floor of the npm package (cli/package.json engines, ">=x.y.z"); the bundle targets it. */
+export function nodeFloor(): string {
+  const pkg = JSON.parse(readFileSync(join(REPO, 'cli', 'package.json'), 'utf8')) as { engines?: { node?: string } };
+  const floor = /^>=(\d+\.\d+\.\d+)$/.exec(pkg.engines?.node ?? '')?.[1];
+  if (floor === undefined) throw new Error('cli/package.json engines.node must read ">=x.y.z"');
+  return floor;
 }
 
-function homeDir(): string {
-  return process.env.HOME ?? tmpdir();
+/** The per-machine tool cache scripts/tools.sh uses (CHAPERONE_TOOLS_CACHE, else ~/.cache/chaperone). */
+export function toolsCache(): string {
+  return (
+    process.env.CHAPERONE_TOOLS_CACHE ??
+    join(process.env.XDG_CACHE_HOME ?? join(process.env.HOME ?? tmpdir(), '.cache'), 'chaperone')
+  );
 }
 
 function sha256(...parts: (string | Buffer)[]): string {
@@ -95,7 +101,7 @@ export async function bundle(settings: BuildSettings, outDir: string): Promise<B
     entryPoints: [ENTRY],
     bundle: true,
     platform: 'node',
-    target: 'node22',
+    target: `node${nodeFloor()}`,
     format: 'cjs',
     write: false,
     metafile: true,
@@ -145,7 +151,7 @@ export async function nodeBinary(platform: Platform): Promise<string> {
  * integrity hash.
  */
 export async function fetchNode(platform: Platform, version: string): Promise<string> {
-  const dir = join(cacheDir(), `node-${platform}-${version}`);
+  const dir = join(toolsCache(), `node-${platform}-${version}`);
   const binary = join(dir, 'package', 'bin', 'node');
   if (existsSync(binary)) return binary;
   mkdirSync(dir, { recursive: true });

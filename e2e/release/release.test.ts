@@ -21,7 +21,7 @@ import {
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { parse, parseAllDocuments } from 'yaml';
-import { fetchNode } from '../../cli/scripts/build.ts';
+import { fetchNode, nodeFloor, toolsCache } from '../../cli/scripts/build.ts';
 import { changelogEntry, ReleaseError } from '../../scripts/release.ts';
 import { createTestNamespace, kubeConfig, kubectl } from '../harness/kube.ts';
 import { REPO_ROOT, toolPath } from '../harness/tools.ts';
@@ -51,14 +51,6 @@ function runIn(
       },
     );
   });
-}
-
-/** The per-machine tool cache (scripts/tools.sh, scripts/debian-packages.sh). */
-function toolsCache(): string {
-  return (
-    process.env.CHAPERONE_TOOLS_CACHE ??
-    join(process.env.XDG_CACHE_HOME ?? join(process.env.HOME ?? '/root', '.cache'), 'chaperone')
-  );
 }
 
 /** A command in a clean environment (env -i) with only PATH and HOME. */
@@ -332,9 +324,7 @@ test('the release artefacts install and verify as users use them', { timeout: 1_
   });
 
   await t.test('the npm package runs on the oldest Node.js its engines allow, against the API server', async (st) => {
-    const manifest = JSON.parse(readFileSync(join(REPO_ROOT, 'cli', 'package.json'), 'utf8'));
-    const floor = /^>=(\d+\.\d+\.\d+)$/.exec(manifest.engines.node)?.[1];
-    assert.ok(floor !== undefined, `cli/package.json engines.node is ">=x.y.z": ${manifest.engines.node}`);
+    const floor = nodeFloor();
     const node = await fetchNode('linux-x64', floor);
     const prefix = join(root, 'npm-global');
     const install = await runIn('npm', [
