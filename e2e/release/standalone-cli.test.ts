@@ -128,22 +128,37 @@ test('the single executable works as a kubectl plugin without Node.js or the rep
     assert.match(cut.stdout, /continuation-deleted/);
   });
 
-  await t.test('policy test says what it needs, then runs with opa beside the executable', async () => {
-    for (const name of ['orders-readonly.yaml', 'orders-readonly.cases.yaml']) {
-      copyFileSync(join(REPO_ROOT, 'examples', 'policy-tests', name), join(work, name));
-    }
-    const args = ['policy', 'test', '-f', 'orders-readonly.yaml', '-i', 'orders-readonly.cases.yaml'];
-    const missing = await chaperone(...args);
-    assert.equal(missing.code, 1);
-    assert.match(
-      missing.stderr,
-      /^error: policy test compiles policies with the opa binary .* none was found: not beside kubectl-chaperone/,
-    );
+  await t.test(
+    'policy test says what it needs, then runs (and policy compile writes bundles) with opa beside the executable',
+    async () => {
+      for (const name of ['orders-readonly.yaml', 'orders-readonly.cases.yaml']) {
+        copyFileSync(join(REPO_ROOT, 'examples', 'policy-tests', name), join(work, name));
+      }
+      const args = ['policy', 'test', '-f', 'orders-readonly.yaml', '-i', 'orders-readonly.cases.yaml'];
+      const missing = await chaperone(...args);
+      assert.equal(missing.code, 1);
+      assert.match(
+        missing.stderr,
+        /^error: policy test compiles policies with the opa binary .* none was found: not beside kubectl-chaperone/,
+      );
 
-    copyFileSync(realpathSync(toolPath('opa')), join(bin, 'opa'));
-    const passed = await chaperone(...args);
-    assert.equal(passed.code, 0, passed.stdout + passed.stderr);
-    assert.match(passed.stdout, /^CASE +EXPECTED +GOT +RULE +RESULT\n/);
-    assert.equal(passed.stderr, '8 passed, 0 failed\n', 'the opa beside it is the pinned version: no warning');
-  });
+      copyFileSync(realpathSync(toolPath('opa')), join(bin, 'opa'));
+      const passed = await chaperone(...args);
+      assert.equal(passed.code, 0, passed.stdout + passed.stderr);
+      assert.match(passed.stdout, /^CASE +EXPECTED +GOT +RULE +RESULT\n/);
+      assert.equal(passed.stderr, '8 passed, 0 failed\n', 'the opa beside it is the pinned version: no warning');
+
+      const compiled = await chaperone('policy', 'compile', '-f', 'orders-readonly.yaml', '-o', 'bundles');
+      assert.equal(compiled.code, 0, compiled.stdout + compiled.stderr);
+      assert.match(
+        compiled.stdout,
+        /^POLICY +BUNDLE +DIGEST\nshop\/orders-readonly +bundles\/orders-readonly +sha256:[0-9a-f]{64}\n$/,
+      );
+      assert.ok(
+        readFileSync(join(work, 'bundles', 'orders-readonly', 'policy.wasm'))
+          .subarray(0, 4)
+          .equals(Buffer.from('\0asm')),
+      );
+    },
+  );
 });
