@@ -97,6 +97,7 @@ export async function runPolicyDecisionBench(iterations = 20_000): Promise<Polic
     issuer: 'https://kubernetes.default.svc',
     groups: ['system:serviceaccounts', 'system:serviceaccounts:ci'],
     kind: 'ci',
+    actor: { subject: 'system:serviceaccount:ci:runner', kind: 'ci' },
     chain: [{ subject: 'system:serviceaccount:ci:runner', kind: 'ci' }],
     depth: 1,
   };

@@ -168,6 +168,26 @@ export const TimeWindow = Type.Object(
   { description: 'A recurring window of time.' },
 );
 
+export const ActorCondition = Type.Object(
+  {
+    subjects: patternList("The party's subject matches one of these patterns.", 32),
+    issuers: Type.Optional(
+      Type.Array(Type.String({ description: 'An issuer (exact).', maxLength: 2048 }), {
+        description: 'The party was authenticated by one of these issuers.',
+        maxItems: 16,
+      }),
+    ),
+    kinds: Type.Optional(
+      Type.Array(Type.String({ description: 'An agent kind such as ci, ai-agent, script, human.', maxLength: 63 }), {
+        description: 'The party has one of these agent kinds.',
+        maxItems: 16,
+      }),
+    ),
+  },
+  { description: 'A party of the delegation chain. All set fields must match the same party.' },
+);
+export type ActorCondition = Static<typeof ActorCondition>;
+
 export const PolicyRule = Type.Object(
   {
     name: Type.String({
@@ -181,6 +201,29 @@ export const PolicyRule = Type.Object(
         {
           timeWindows: Type.Optional(
             Type.Array(TimeWindow, { description: 'The rule applies only inside one of these windows.', maxItems: 16 }),
+          ),
+          actor: Type.Optional({
+            ...ActorCondition,
+            description: 'The party acting now matches: the current actor, or the subject when nothing was delegated.',
+          }),
+          anyActor: Type.Optional({
+            ...ActorCondition,
+            description:
+              'Some party of the verified chain matches: the subject or any actor, current or earlier (goes past RFC 8693 §4.1, docs/policy.md).',
+          }),
+          minDelegationDepth: Type.Optional(
+            Type.Integer({
+              description: 'The chain has at least this many actors (1 = any delegated identity).',
+              minimum: 1,
+              maximum: 16,
+            }),
+          ),
+          scopes: Type.Optional(
+            Type.Array(Type.String({ description: 'A scope.', maxLength: 256 }), {
+              description:
+                'The token carries one of these scopes. A token the exchange did not narrow carries every scope.',
+              maxItems: 32,
+            }),
           ),
         },
         { description: 'Conditions on the request context.' },

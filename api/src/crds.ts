@@ -1,4 +1,4 @@
-// The four CustomResourceDefinitions, built from the schemas in this package. `npm run generate` writes
+// The CustomResourceDefinitions, built from the schemas in this package. `npm run generate` writes
 // them to crds/; a test fails when the files and this code disagree.
 import { stringify } from 'yaml';
 import { Type, type TSchema } from './schema.ts';
@@ -7,6 +7,9 @@ import { ProtectedResourceSpec, ProtectedResourceStatus } from './protected-reso
 import { AccessPolicySpec, AccessPolicyStatus } from './access-policy.ts';
 import { SessionSpec, SessionStatus } from './session.ts';
 import { ApprovalRequestSpec, ApprovalRequestStatus } from './approval-request.ts';
+import { TrustedIssuerSpec, TrustedIssuerStatus } from './trusted-issuer.ts';
+import { DelegationPolicySpec, DelegationPolicyStatus } from './delegation-policy.ts';
+import { TokenExchangeLogSpec, TokenExchangeLogStatus } from './token-exchange-log.ts';
 
 export interface PrinterColumn {
   name: string;
@@ -147,6 +150,52 @@ export const KINDS: readonly KindDefinition[] = [
       },
       { name: 'Phase', type: 'string', jsonPath: '.status.phase', description: 'Pending, Approved, Denied, Expired.' },
       { name: 'Expires', type: 'date', jsonPath: '.spec.expiresTime', description: 'Expiry.' },
+      ageColumn,
+    ],
+  },
+  {
+    kind: 'TrustedIssuer',
+    plural: 'trustedissuers',
+    singular: 'trustedissuer',
+    shortNames: ['tiss'],
+    description:
+      "An issuer whose tokens Chaperone's token exchange accepts (the cluster's service-account issuer, an external OIDC issuer), and the agent kinds it assigns. Read only from the exchange's namespace.",
+    spec: TrustedIssuerSpec,
+    status: TrustedIssuerStatus,
+    columns: [
+      { name: 'Issuer', type: 'string', jsonPath: '.spec.issuer', description: 'iss of the tokens.' },
+      { name: 'Type', type: 'string', jsonPath: '.spec.type', description: 'kubernetes or oidc.' },
+      { name: 'Keys', type: 'integer', jsonPath: '.status.keys', description: 'Keys last fetched.', priority: 1 },
+      readyColumn,
+      reasonColumn,
+      ageColumn,
+    ],
+  },
+  {
+    kind: 'DelegationPolicy',
+    plural: 'delegationpolicies',
+    singular: 'delegationpolicy',
+    shortNames: ['dpol'],
+    description:
+      "Who may act for whom through Chaperone's token exchange (RFC 8693), how deep a delegation chain may grow and what a delegated token may carry. Read only from the exchange's namespace.",
+    spec: DelegationPolicySpec,
+    status: DelegationPolicyStatus,
+    columns: [readyColumn, reasonColumn, ageColumn],
+  },
+  {
+    kind: 'TokenExchangeLog',
+    plural: 'tokenexchangelogs',
+    singular: 'tokenexchangelog',
+    shortNames: ['txlog'],
+    description:
+      'Tamper-evident evidence of issued tokens: the hash-chained exchange records of one operator replica, with a signed head.',
+    spec: TokenExchangeLogSpec,
+    status: TokenExchangeLogStatus,
+    columns: [
+      { name: 'Replica', type: 'string', jsonPath: '.spec.replica', description: 'Operator replica.' },
+      { name: 'Part', type: 'integer', jsonPath: '.spec.part', description: 'Continuation index.' },
+      { name: 'Records', type: 'integer', jsonPath: '.status.records', description: 'Records in this part.' },
+      { name: 'Phase', type: 'string', jsonPath: '.status.phase', description: 'Log phase.' },
       ageColumn,
     ],
   },

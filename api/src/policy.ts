@@ -2,7 +2,7 @@
 // (docs/policy.md). Each AccessPolicy compiles to one WebAssembly module with the entrypoint
 // POLICY_ENTRYPOINT; the sidecar evaluates every bundle that applies to its resource and combines the
 // results with combineDecisions (deny beats approve beats allow).
-import type { Actor } from './identity.ts';
+import { currentActor, type Actor, type Identity } from './identity.ts';
 import type { Decision, MaskingStrategy, ContentDetector, StatementKind } from './access-policy.ts';
 import type { ResourceType } from './protected-resource.ts';
 
@@ -13,16 +13,44 @@ export const POLICY_ENTRYPOINT = 'chaperone/policy/result';
 /** Package a raw Rego module of an AccessPolicy must declare. */
 export const CUSTOM_REGO_PACKAGE = 'chaperone.custom';
 
+/**
+ * Who is asking, as policy sees it. `subject` is the party on whose behalf the session runs (the top of
+ * the chain); `actor` is the party acting now; `chain` every actor, current first. Policies may use every
+ * earlier actor, not only the current one: Chaperone goes past RFC 8693 §4.1, which calls prior actors
+ * informational only, because it verified the whole chain at every hop (docs/policy.md, Delegation).
+ */
 export interface PolicyIdentity {
   readonly subject: string;
   readonly issuer: string;
   readonly groups: readonly string[];
-  /** Agent kind of the current subject (chaperone.dev/agent-kind claim), if any. */
+  /** Agent kind of the subject (assigned by the token exchange, or the chaperone.dev/agent-kind claim), if any. */
   readonly kind?: string;
-  /** Delegating actors, nearest first. */
+  /** The party acting now: chain[0], or the subject itself when nothing was delegated. */
+  readonly actor: Actor;
+  /** Actors acting for the subject, the current actor first, then each earlier one. */
   readonly chain: readonly Actor[];
   /** chain.length, for rules on delegation depth. */
   readonly depth: number;
+  /** Scopes the token was narrowed to; absent when it was not narrowed (it then carries every scope). */
+  readonly scopes?: readonly string[];
+  /** Resource URIs the token was narrowed to; absent when it was not narrowed. */
+  readonly resources?: readonly string[];
+}
+
+/** The policy view of a verified identity. */
+export function toPolicyIdentity(identity: Identity): PolicyIdentity {
+  const chain = identity.chain ?? [];
+  return {
+    subject: identity.subject,
+    issuer: identity.issuer,
+    groups: identity.groups ?? [],
+    ...(identity.kind === undefined ? {} : { kind: identity.kind }),
+    actor: currentActor(identity),
+    chain,
+    depth: chain.length,
+    ...(identity.scopes === undefined ? {} : { scopes: identity.scopes }),
+    ...(identity.resources === undefined ? {} : { resources: identity.resources }),
+  };
 }
 
 export interface SqlStatementFacts {

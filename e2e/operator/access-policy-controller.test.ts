@@ -188,7 +188,7 @@ test('AccessPolicy controller compiles, publishes, reports errors, recovers and 
     await engine.replaceBundles(bundles);
     assert.deepEqual(engine.bundles(), [{ policy: `${namespace}/orders`, digest: bundle.digest }]);
     const decision = engine.decide({
-      identity: { subject: 'a', issuer: 'i', groups: [], chain: [], depth: 0 },
+      identity: { subject: 'a', issuer: 'i', groups: [], actor: { subject: 'a', issuer: 'i' }, chain: [], depth: 0 },
       resource: { name: 'orders-db', namespace, type: 'postgres', labels: {} },
       command: {
         type: 'sql',

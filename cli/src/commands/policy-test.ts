@@ -152,13 +152,18 @@ function normaliseCase(raw: unknown, defaults: Json, index: number, namespace: s
     throw new PolicyTestInputError(`${where}: identity.subject is required`);
   }
   const chain = Array.isArray(id.chain) ? (id.chain as PolicyIdentity['chain']) : [];
+  const issuer = typeof id.issuer === 'string' ? id.issuer : 'https://kubernetes.default.svc';
+  const kind = typeof id.kind === 'string' ? { kind: id.kind } : {};
   const identity: PolicyIdentity = {
     subject: id.subject,
-    issuer: typeof id.issuer === 'string' ? id.issuer : 'https://kubernetes.default.svc',
+    issuer,
     groups: stringList(id.groups, `${where}: identity.groups`),
-    ...(typeof id.kind === 'string' ? { kind: id.kind } : {}),
+    ...kind,
+    // The acting party: the current actor, or the subject when the case delegates nothing.
+    actor: chain[0] ?? { subject: id.subject, issuer, ...kind },
     chain,
     depth: typeof id.depth === 'number' ? id.depth : chain.length,
+    ...(Array.isArray(id.scopes) ? { scopes: stringList(id.scopes, `${where}: identity.scopes`) } : {}),
   };
   const res = isObject(merged.resource) ? merged.resource : undefined;
   if (res === undefined || typeof res.name !== 'string') {

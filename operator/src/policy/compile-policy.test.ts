@@ -153,7 +153,7 @@ describe('compilePolicy', () => {
     const policy = await loadPolicy(r.wasm);
     const input = {
       version: 1,
-      identity: { subject: 's', issuer: 'i', groups: [], chain: [], depth: 0 },
+      identity: { subject: 's', issuer: 'i', groups: [], actor: { subject: 's' }, chain: [], depth: 0 },
       resource: { name: 'db', namespace: 'team', type: 'http', labels: {} },
       command: { type: 'http', method: 'GET', path: hostile.toWellFormed() },
       session: { id: '', applicationName: '', clientAddress: '', inTransaction: false },

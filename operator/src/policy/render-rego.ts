@@ -3,7 +3,7 @@
 // module as a JSON literal, never as raw text, and the output depends only on the spec, so the same spec
 // always renders the same bytes (and the compiled bundle gets the same digest).
 import type { BundleManifest } from '@chaperone/api';
-import type { AccessPolicySpec, MaskingRule, PolicyRule, ApprovalRequirement } from '@chaperone/api';
+import type { AccessPolicySpec, ActorCondition, MaskingRule, PolicyRule, ApprovalRequirement } from '@chaperone/api';
 import { POLICY_ENTRYPOINT, CUSTOM_REGO_PACKAGE, WEEKDAYS } from '@chaperone/api';
 
 export interface PolicySource {
@@ -305,13 +305,70 @@ function renderRule(rule: PolicyRule, index: number, ctx: RuleContext): string[]
   }
   const windows = renderTimeWindows(rule, index, ctx);
   if (windows.length > 0) conds.push(`rule_${index}_when`);
+  const chain = renderChainConditions(rule, index, ctx);
+  conds.push(...chain.conds);
   const header = `# rules[${index}] ${regoLiteral(rule.name)} -> ${rule.decision}`;
   const arg = usesStatement ? 'st' : '_';
   const def =
     conds.length === 0
       ? [`rule_${index}(_) := true`]
       : [`rule_${index}(${arg}) if {`, ...conds.map((c) => '\t' + c), '}'];
-  return [header, ...def, '', ...windows];
+  return [header, ...def, '', ...windows, ...chain.helpers];
+}
+
+/** Body lines matching party `p` against an actor condition (all set fields). */
+function partyConditions(c: ActorCondition, ctx: RuleContext): string[] {
+  const lines: string[] = [];
+  if (nonEmpty(c.subjects)) lines.push(`${ctx.helpers.helper(c.subjects, 'plain')}(p.subject)`);
+  if (nonEmpty(c.issuers)) lines.push(`p.issuer in ${regoSet(c.issuers)}`);
+  if (nonEmpty(c.kinds)) lines.push(`p.kind in ${regoSet(c.kinds)}`);
+  return lines;
+}
+
+/**
+ * Conditions on the verified delegation chain (when.actor, when.anyActor, when.minDelegationDepth,
+ * when.scopes): the rule's extra body lines and the helper rules they call.
+ */
+function renderChainConditions(
+  rule: PolicyRule,
+  index: number,
+  ctx: RuleContext,
+): { conds: string[]; helpers: string[] } {
+  const when = rule.when;
+  const conds: string[] = [];
+  const helpers: string[] = [];
+  const party = (tag: string, c: ActorCondition): string => {
+    const name = `rule_${index}_${tag}`;
+    const lines = partyConditions(c, ctx);
+    if (lines.length === 0) helpers.push(`${name}(p) if is_object(p)`, '');
+    else helpers.push(`${name}(p) if {`, ...lines.map((l) => '\t' + l), '}', '');
+    return name;
+  };
+  if (when?.actor !== undefined) conds.push(`${party('actor', when.actor)}(input.identity.actor)`);
+  if (when?.anyActor !== undefined) {
+    const name = party('any_actor', when.anyActor);
+    conds.push('some p in chain_parties', `${name}(p)`);
+  }
+  if (when?.minDelegationDepth !== undefined) {
+    conds.push(`input.identity.depth >= ${Math.trunc(when.minDelegationDepth)}`);
+  }
+  if (when?.scopes !== undefined && when.scopes.length > 0) {
+    const name = `rule_${index}_scopes`;
+    helpers.push(
+      '# A token the exchange did not narrow carries every scope.',
+      // `not input.x` (a reference) is true when x is undefined; `not f(input.x)` is not (OPA rewrites the
+      // argument out of the negation), and valid_scopes makes scopes an array when it is defined.
+      `${name} if not input.identity.scopes`,
+      '',
+      `${name} if {`,
+      '\tsome s in input.identity.scopes',
+      `\ts in ${regoSet(when.scopes)}`,
+      '}',
+      '',
+    );
+    conds.push(name);
+  }
+  return { conds, helpers };
 }
 
 /**
@@ -385,6 +442,23 @@ export function renderRego(source: PolicySource): RenderedPolicy {
     '\tis_array(input.identity.groups)',
     '\tis_array(input.identity.chain)',
     '\tis_number(input.identity.depth)',
+    '\tis_string(input.identity.actor.subject)',
+    '\tvalid_scopes',
+    '}',
+    '',
+    'valid_scopes if not input.identity.scopes',
+    '',
+    'valid_scopes if is_array(input.identity.scopes)',
+    '',
+    '# Every party of the verified chain: the subject, then each actor (current first).',
+    'chain_parties := array.concat([subject_party], input.identity.chain)',
+    '',
+    'subject_party := {"subject": input.identity.subject, "issuer": input.identity.issuer, "kind": input.identity.kind} if {',
+    '\tis_string(input.identity.kind)',
+    '}',
+    '',
+    'subject_party := {"subject": input.identity.subject, "issuer": input.identity.issuer} if {',
+    '\tnot input.identity.kind',
     '}',
     '',
     'input_errors contains "input.command is malformed" if not valid_command',

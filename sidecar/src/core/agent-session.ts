@@ -11,6 +11,7 @@ import {
   type PolicyCommand,
   type PolicyIdentity,
   type ResourceType,
+  toPolicyIdentity,
 } from '@chaperone/api';
 import type { PolicyEngine } from './policy/policy-engine.ts';
 import { AuditUnavailable, type AuditSink } from './audit/audit-sink.ts';
@@ -77,17 +78,9 @@ export interface AgentSessionOptions {
   readonly auditFailureMode?: 'FailClosed' | 'FailOpen';
 }
 
-/** The policy view of an identity: the verified identity plus its delegation depth. */
+/** The policy view of an identity: subject, acting party, the whole verified chain and its depth. */
 export function policyIdentity(identity: Identity): PolicyIdentity {
-  const chain = identity.chain ?? [];
-  return {
-    subject: identity.subject,
-    issuer: identity.issuer,
-    groups: identity.groups ?? [],
-    ...(identity.kind === undefined ? {} : { kind: identity.kind }),
-    chain,
-    depth: chain.length,
-  };
+  return toPolicyIdentity(identity);
 }
 
 /** Cuts text to at most `max` UTF-8 bytes without splitting a character. */

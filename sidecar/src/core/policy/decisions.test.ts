@@ -155,6 +155,35 @@ const POLICIES: Readonly<Record<string, AccessPolicySpec>> = {
     rules: [{ name: 'all', decision: 'deny', match: {} }],
   }),
   otherResource: spec({ resources: { names: ['other-db'] }, rules: [{ name: 'all', decision: 'deny', match: {} }] }),
+  chain: spec({
+    rules: [
+      {
+        name: 'no-ai-writes',
+        decision: 'deny',
+        match: { sql: { sideEffects: true } },
+        when: { anyActor: { kinds: ['ai-agent'] } },
+      },
+      {
+        name: 'scripts-no-ddl',
+        decision: 'deny',
+        match: { sql: { statementKinds: ['ddl'] } },
+        when: { actor: { kinds: ['script'], issuers: ['https://spire.example'] } },
+      },
+      {
+        name: 'deep-reads-only',
+        decision: 'deny',
+        match: { sql: { sideEffects: true } },
+        when: { minDelegationDepth: 3 },
+      },
+      {
+        name: 'writes-need-scope',
+        decision: 'allow',
+        match: { sql: { sideEffects: true } },
+        when: { scopes: ['db:write'] },
+      },
+      { name: 'reads', decision: 'allow', match: { sql: { sideEffects: false } } },
+    ],
+  }),
 };
 
 interface Expect {
@@ -700,6 +729,130 @@ const CASES: readonly Case[] = [
     policies: [],
     command: sql(sel),
     expect: { decision: 'deny', rule: 'no-policy' },
+  },
+  // The verified delegation chain (when.actor, when.anyActor, when.minDelegationDepth, when.scopes)
+  {
+    name: 'chain: an undelegated CI subject writes',
+    policies: ['chain'],
+    command: stmt('insert', ['public.orders'], [], true),
+    req: { identity: identity({ kind: 'ci' }) },
+    expect: { decision: 'allow', rule: 'writes-need-scope' },
+  },
+  {
+    name: 'chain: an AI agent as the current actor may not write',
+    policies: ['chain'],
+    command: stmt('insert', ['public.orders'], [], true),
+    req: { identity: identity({ kind: 'ci', chain: [{ subject: 'agent:writer', kind: 'ai-agent' }] }) },
+    expect: { decision: 'deny', rule: 'no-ai-writes' },
+  },
+  {
+    name: 'chain: an AI agent as an earlier actor still forbids writes (past RFC 8693 §4.1)',
+    policies: ['chain'],
+    command: stmt('update', ['public.orders'], [], true),
+    req: {
+      identity: identity({
+        kind: 'ci',
+        chain: [
+          { subject: 'script:etl', kind: 'script' },
+          { subject: 'agent:writer', kind: 'ai-agent' },
+        ],
+      }),
+    },
+    expect: { decision: 'deny', rule: 'no-ai-writes' },
+  },
+  {
+    name: 'chain: an AI agent as the subject itself is a party of the chain',
+    policies: ['chain'],
+    command: stmt('insert', ['public.orders'], [], true),
+    req: { identity: identity({ kind: 'ai-agent' }) },
+    expect: { decision: 'deny', rule: 'no-ai-writes' },
+  },
+  {
+    name: 'chain: the AI agent may still read',
+    policies: ['chain'],
+    command: sel,
+    req: { identity: identity({ chain: [{ subject: 'agent:writer', kind: 'ai-agent' }] }) },
+    expect: { decision: 'allow', rule: 'reads' },
+  },
+  {
+    name: 'chain: when.actor matches the current actor only',
+    policies: ['chain'],
+    command: stmt('ddl', ['public.t'], [], true),
+    req: {
+      identity: identity({
+        chain: [
+          { subject: 'script:etl', kind: 'script', issuer: 'https://spire.example' },
+          { subject: 'human:bob', kind: 'human' },
+        ],
+      }),
+    },
+    expect: { decision: 'deny', rule: 'scripts-no-ddl' },
+  },
+  {
+    name: 'chain: an earlier script is not the current actor',
+    policies: ['chain'],
+    command: stmt('ddl', ['public.t'], [], true),
+    req: {
+      identity: identity({
+        chain: [
+          { subject: 'human:bob', kind: 'human' },
+          { subject: 'script:etl', kind: 'script', issuer: 'https://spire.example' },
+        ],
+      }),
+    },
+    expect: { decision: 'allow', rule: 'writes-need-scope' },
+  },
+  {
+    name: 'chain: when.actor needs every set field of the same party (issuer differs)',
+    policies: ['chain'],
+    command: stmt('ddl', ['public.t'], [], true),
+    req: { identity: identity({ chain: [{ subject: 'script:etl', kind: 'script', issuer: 'https://other' }] }) },
+    expect: { decision: 'allow', rule: 'writes-need-scope' },
+  },
+  {
+    name: 'chain: depth 3 is read-only',
+    policies: ['chain'],
+    command: stmt('delete', ['public.t'], [], true),
+    req: {
+      identity: identity({ chain: [{ subject: 'a', kind: 'human' }, { subject: 'b' }, { subject: 'c' }] }),
+    },
+    expect: { decision: 'deny', rule: 'deep-reads-only' },
+  },
+  {
+    name: 'chain: a token narrowed to read scopes gets no write rule',
+    policies: ['chain'],
+    command: stmt('insert', ['public.t'], [], true),
+    req: { identity: identity({ scopes: ['db:read'] }) },
+    expect: { decision: 'deny', rule: 'default' },
+  },
+  {
+    name: 'chain: a token narrowed to the write scope writes',
+    policies: ['chain'],
+    command: stmt('insert', ['public.t'], [], true),
+    req: { identity: identity({ scopes: ['db:read', 'db:write'] }) },
+    expect: { decision: 'allow', rule: 'writes-need-scope' },
+  },
+  {
+    name: 'chain: an identity without an acting party is malformed',
+    policies: ['chain'],
+    command: sel,
+    req: {
+      identity: {
+        subject: 'x',
+        issuer: DEFAULT_ISSUER,
+        groups: [],
+        chain: [],
+        depth: 0,
+      } as unknown as PolicyRequest['identity'],
+    },
+    expect: { decision: 'deny', rule: 'invalid-input', reason: /identity is malformed/ },
+  },
+  {
+    name: 'chain: scopes that are not a list are malformed',
+    policies: ['chain'],
+    command: sel,
+    req: { identity: { ...identity(), scopes: 'db:write' } as unknown as PolicyRequest['identity'] },
+    expect: { decision: 'deny', rule: 'invalid-input', reason: /identity is malformed/ },
   },
   // Malformed input (the engine sends what it is given; the policy fails closed)
   {

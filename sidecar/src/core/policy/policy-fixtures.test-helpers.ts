@@ -16,10 +16,14 @@ export const DEFAULT_ISSUER = 'https://kubernetes.default.svc';
 
 export function identity(overrides: Partial<PolicyIdentity> = {}): PolicyIdentity {
   const chain = overrides.chain ?? [];
+  const subject = overrides.subject ?? 'system:serviceaccount:ci:builder';
+  const issuer = overrides.issuer ?? DEFAULT_ISSUER;
+  const kind = overrides.kind === undefined ? {} : { kind: overrides.kind };
   return {
-    subject: 'system:serviceaccount:ci:builder',
-    issuer: DEFAULT_ISSUER,
+    subject,
+    issuer,
     groups: ['dev'],
+    actor: chain[0] ?? { subject, issuer, ...kind },
     chain,
     depth: chain.length,
     ...overrides,
