@@ -194,7 +194,7 @@ export const KINDS: readonly KindDefinition[] = [
     columns: [
       { name: 'Replica', type: 'string', jsonPath: '.spec.replica', description: 'Operator replica.' },
       { name: 'Part', type: 'integer', jsonPath: '.spec.part', description: 'Continuation index.' },
-      { name: 'Records', type: 'integer', jsonPath: '.status.records', description: 'Records in this part.' },
+      { name: 'Head', type: 'integer', jsonPath: '.spec.head.seq', description: 'seq of the last record written.' },
       { name: 'Phase', type: 'string', jsonPath: '.status.phase', description: 'Log phase.' },
       ageColumn,
     ],

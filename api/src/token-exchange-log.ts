@@ -83,7 +83,6 @@ export const TokenExchangeLogStatus = Type.Object(
     phase: StringEnum(EXCHANGE_LOG_PHASES, {
       description: 'Active while the replica appends; Continued when a later part took over; Closed at shutdown.',
     }),
-    records: Type.Integer({ description: 'Records in this part.', minimum: 0 }),
   },
   { description: 'Observed state of the log part.' },
 );

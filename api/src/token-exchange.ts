@@ -45,7 +45,10 @@ export const EXTENSION_PARAMETERS = {
   mayAct: 'may_act',
 } as const;
 
-/** Standard error codes of the token endpoint (RFC 6749 §5.2, RFC 8693 §2.2.2). */
+/**
+ * Error codes of the token endpoint: RFC 6749 §5.2 and RFC 8693 §2.2.2, plus the two RFC 6749 §4.1.2.1
+ * codes for a server that cannot answer (evidence cannot be written, an issuer's keys cannot be fetched).
+ */
 export const OAUTH_ERRORS = [
   'invalid_request',
   'invalid_client',
@@ -54,6 +57,8 @@ export const OAUTH_ERRORS = [
   'unsupported_grant_type',
   'invalid_scope',
   'invalid_target',
+  'server_error',
+  'temporarily_unavailable',
 ] as const;
 export type OAuthErrorCode = (typeof OAUTH_ERRORS)[number];
 

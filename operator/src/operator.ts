@@ -12,6 +12,11 @@ import {
 import { loadOrCreateAuditAuthority, type AuditAuthority } from './audit/audit-authority.ts';
 import { CheckpointWriter } from './audit/checkpoint-writer.ts';
 import { signerCertificationWebhookOptions } from './audit/signer-certification.ts';
+import {
+  startTokenExchange,
+  type RunningTokenExchange,
+  type TokenExchangeOptions,
+} from './identity/start-token-exchange.ts';
 import type { Clock } from './controller/clock.ts';
 import type { Controller } from './controller/controller.ts';
 import { createEventRecorder } from './controller/event-recorder.ts';
@@ -66,6 +71,11 @@ export interface OperatorOptions {
    * Default: off.
    */
   readonly audit?: { readonly namespace: string; readonly checkpointIntervalMs?: number };
+  /**
+   * The token exchange (docs/identity.md), served on the webhook HTTPS server by every replica; needs
+   * `webhooks`. Default: off.
+   */
+  readonly tokenExchange?: Omit<TokenExchangeOptions, 'kubeConfig' | 'logger' | 'registry' | 'replica'>;
   /** Serve the injection webhooks (on every replica, leader or not). Default: off. */
   readonly webhooks?: Omit<InjectionWebhooksOptions, 'kubeConfig' | 'logger' | 'registry'>;
   readonly logger: Logger;
@@ -82,6 +92,8 @@ export interface RunningOperator {
   readonly webhooks: InjectionWebhooks | undefined;
   /** The audit authority, when enabled. */
   readonly authority: AuditAuthority | undefined;
+  /** The token exchange, when enabled. */
+  readonly tokenExchange: RunningTokenExchange | undefined;
   /** The checkpoint writer while this replica leads (audit enabled). */
   checkpoints(): CheckpointWriter | undefined;
   /** Whether this replica runs the reconcilers now. */
@@ -175,25 +187,47 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
     await Promise.all([...running.map((c) => c.stop()), checkpointWriter?.stop()]);
   };
 
-  // Admission first: every replica serves it, standbys included, and a replica that cannot serve it
-  // (certificates, cache) must not start at all.
-  const webhooks =
-    options.webhooks === undefined
+  if (options.tokenExchange !== undefined && options.webhooks === undefined) {
+    throw new Error('the token exchange is served on the webhook server: enable webhooks too');
+  }
+  const tokenExchange =
+    options.tokenExchange === undefined
       ? undefined
-      : await startInjectionWebhooks({
-          ...options.webhooks,
+      : await startTokenExchange({
+          ...options.tokenExchange,
           kubeConfig,
           logger,
           registry: metrics.registry,
-          ...(authority === undefined
-            ? {}
-            : signerCertificationWebhookOptions({
-                authority,
-                kubeConfig,
-                logger: logger.child({ component: 'signer-certification' }),
-                registry: metrics.registry,
-              })),
+          replica: identity,
         });
+  const certification =
+    authority === undefined
+      ? undefined
+      : signerCertificationWebhookOptions({
+          authority,
+          kubeConfig,
+          logger: logger.child({ component: 'signer-certification' }),
+          registry: metrics.registry,
+        });
+  // Admission first: every replica serves it, standbys included, and a replica that cannot serve it
+  // (certificates, cache) must not start at all.
+  let webhooks: InjectionWebhooks | undefined;
+  try {
+    webhooks =
+      options.webhooks === undefined
+        ? undefined
+        : await startInjectionWebhooks({
+            ...options.webhooks,
+            kubeConfig,
+            logger,
+            registry: metrics.registry,
+            ...(certification === undefined ? {} : certification),
+            routes: { ...certification?.routes, ...tokenExchange?.routes },
+          });
+  } catch (err) {
+    await tokenExchange?.stop();
+    throw err;
+  }
 
   const bind = options.metricsBindAddress ?? ':8080';
   // Ready: with webhooks, once admission is served (every replica, so the webhook Service reaches
@@ -204,6 +238,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
     server = bind === '0' ? undefined : await serveMetrics(metrics.registry, bind, ready);
   } catch (err) {
     await webhooks?.stop();
+    await tokenExchange?.stop();
     throw err;
   }
 
@@ -256,6 +291,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
     } catch (err) {
       await stopControllers();
       await webhooks?.stop();
+      await tokenExchange?.stop();
       await server?.close();
       throw err;
     }
@@ -275,6 +311,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
     metricsAddress: server?.address,
     webhooks,
     authority,
+    tokenExchange,
     checkpoints: () => (leading ? checkpointWriter : undefined),
     isLeader: () => leading,
     done,
@@ -285,6 +322,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
         await stopControllers();
         await elector?.stop();
         await webhooks?.stop();
+        await tokenExchange?.stop();
         await server?.close();
         logger.info('operator stopped');
       })();

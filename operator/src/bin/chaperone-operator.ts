@@ -70,6 +70,20 @@ Audit authority (docs/audit.md, Trust model):
       --checkpoint-interval SECONDS   time between checkpoints; none is written when nothing changed
                                       (default: 300)
 
+Token exchange (docs/identity.md):
+      --enable-token-exchange         serve the RFC 8693 token exchange on the webhook server (every replica;
+                                      needs --enable-webhooks): POST <url>/identity/v1/token, its JWKS and
+                                      discovery document; signing keys in the Secret
+                                      chaperone-token-exchange-keys, rotated daily; evidence in
+                                      TokenExchangeLog objects
+      --token-exchange-namespace NS   where TrustedIssuers, DelegationPolicies, keys and logs live; only
+                                      objects there count (default: --operator-namespace)
+      --token-exchange-url URL        https base URL clients and sidecars use; the issuer is
+                                      <url>/identity/v1 (default: --webhook-url, else
+                                      https://<webhook service>.<operator namespace>.svc)
+      --token-exchange-max-lifetime SECONDS
+                                      longest lifetime of any issued token (default: 3600)
+
 Signals: SIGTERM and SIGINT stop the reconcilers and the webhook server, release the Lease and exit 0.
 Losing the Lease exits 1.`;
 
@@ -106,6 +120,10 @@ const parse = () =>
       'enable-audit-authority': { type: 'boolean' },
       'audit-namespace': { type: 'string' },
       'checkpoint-interval': { type: 'string' },
+      'enable-token-exchange': { type: 'boolean' },
+      'token-exchange-namespace': { type: 'string' },
+      'token-exchange-url': { type: 'string' },
+      'token-exchange-max-lifetime': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
     strict: true,
@@ -238,6 +256,29 @@ function webhookOptions(): OperatorOptions['webhooks'] {
 }
 const webhooks = webhookOptions();
 
+/** The token exchange options from the flags, or undefined without --enable-token-exchange. */
+function tokenExchangeOptions(): OperatorOptions['tokenExchange'] {
+  const flags = ['token-exchange-namespace', 'token-exchange-url', 'token-exchange-max-lifetime'] as const;
+  if (values['enable-token-exchange'] !== true) {
+    const stray = flags.filter((flag) => values[flag] !== undefined);
+    if (stray.length > 0) fail(`${stray.map((f) => `--${f}`).join(', ')} need --enable-token-exchange`);
+    return undefined;
+  }
+  if (webhooks === undefined)
+    fail('--enable-token-exchange needs --enable-webhooks (it is served on the webhook server)');
+  const operatorNamespace = values['operator-namespace'] ?? process.env.POD_NAMESPACE ?? 'chaperone-system';
+  const service = values['webhook-service-name'] ?? 'chaperone-webhook';
+  const url = values['token-exchange-url'] ?? values['webhook-url'] ?? `https://${service}.${operatorNamespace}.svc`;
+  if (!url.startsWith('https://') || !URL.canParse(url)) fail('--token-exchange-url must be an https:// URL');
+  const maxLifetime = positiveInt('token-exchange-max-lifetime', values['token-exchange-max-lifetime']);
+  return {
+    namespace: values['token-exchange-namespace'] ?? operatorNamespace,
+    url,
+    ...(maxLifetime === undefined ? {} : { maxLifetimeMs: maxLifetime * 1000 }),
+  };
+}
+const tokenExchange = tokenExchangeOptions();
+
 const logger = createLogger({ level, base: { component: 'chaperone-operator' } });
 const kubeConfig = new KubeConfig();
 try {
@@ -265,6 +306,7 @@ try {
     ...(retentionSeconds === undefined ? {} : { retentionIntervalMs: retentionSeconds * 1000 }),
     ...(webhooks === undefined ? {} : { webhooks }),
     ...(audit === undefined ? {} : { audit }),
+    ...(tokenExchange === undefined ? {} : { tokenExchange }),
   });
   let stopping = false;
   const stop = () => {
