@@ -73,6 +73,13 @@ export const TrustedIssuerConfig = Type.Object(
     ),
     jwksFile: Type.Optional(Type.String({ description: 'JWKS file, re-read when it changes.' })),
     jwksCaFile: Type.Optional(Type.String({ description: 'CA bundle for the JWKS URL.' })),
+    jwksCa: Type.Optional(Type.String({ minLength: 1, description: 'CA bundle for the JWKS URL, inline PEM.' })),
+    tokenExchange: Type.Optional(
+      Type.Boolean({
+        description:
+          "Chaperone's token exchange: its tokens name the subject's original issuer and the exchange that issued them (docs/identity.md). Default false.",
+      }),
+    ),
     jwksBearerTokenFile: Type.Optional(
       Type.String({ description: 'Token sent when fetching the JWKS (the API server may require authentication).' }),
     ),
@@ -246,6 +253,9 @@ export function validateConfig(document: unknown, env: ConfigEnvironment = {}): 
   for (const [i, issuer] of config.identity.issuers.entries()) {
     if ((issuer.jwksUrl === undefined) === (issuer.jwksFile === undefined)) {
       problems.push(`/identity/issuers/${i}: set exactly one of jwksUrl and jwksFile`);
+    }
+    if (issuer.jwksCa !== undefined && issuer.jwksCaFile !== undefined) {
+      problems.push(`/identity/issuers/${i}: set at most one of jwksCa and jwksCaFile`);
     }
     if (issuer.algorithms.some((a) => a.toLowerCase() === 'none' || a.startsWith('HS'))) {
       problems.push(`/identity/issuers/${i}/algorithms: only asymmetric algorithms are allowed`);

@@ -128,7 +128,8 @@ export async function startSidecar(config: SidecarConfig, options: StartOptions 
       const listener = new PostgresListener({
         config: l,
         pod,
-        verifier,
+        // Tokens the exchange narrowed to other resources are refused on this one.
+        verifier: verifier.forResource({ namespace: l.resource.namespace, name: l.name }),
         policy,
         sink,
         podChain,

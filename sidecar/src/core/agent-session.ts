@@ -148,8 +148,9 @@ export class AgentSession {
         pod: options.pod.name,
       },
       options.podChain,
+      { identity: options.identity },
     );
-    this.write({ type: 'session.start', identity: options.identity, source: { ...options.source } }, true);
+    this.write({ type: 'session.start', source: { ...options.source } }, true);
   }
 
   /** Records refused so far and not yet reported in an audit.gap record (FailOpen). */

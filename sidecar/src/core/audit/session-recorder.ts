@@ -1,12 +1,14 @@
 // Builds one session's audit records: assigns seq and microsecond UTC time, links each record to the
-// previous one by hash (the first to the pod's previous session, through the PodChain), and hands it to
-// the sink. Engines describe what happened; this makes it a record.
+// previous one by hash (the first to the pod's previous session, through the PodChain), puts the session's
+// verified identity (with its whole delegation chain) into every record, and hands it to the sink. Engines
+// describe what happened; this makes it a record.
 import {
   AUDIT_RECORD_VERSION,
   formatAuditTime,
   nowMicros,
   sealRecord,
   type AuditRecord,
+  type Identity,
   type UnhashedRecord,
 } from '@chaperone/api';
 import type { AuditSink, SessionRef } from './audit-sink.ts';
@@ -24,11 +26,20 @@ export class SessionRecorder {
   private prevHash: string | undefined;
   private commandId = 0;
 
-  constructor(sink: AuditSink, session: SessionRef, chain: PodChain, options: { clock?: () => bigint } = {}) {
+  /** The verified identity every record of the session carries (its whole delegation chain). */
+  private readonly identity: Identity | undefined;
+
+  constructor(
+    sink: AuditSink,
+    session: SessionRef,
+    chain: PodChain,
+    options: { clock?: () => bigint; identity?: Identity } = {},
+  ) {
     this.sink = sink;
     this.session = session;
     this.chain = chain;
     this.clock = options.clock ?? nowMicros;
+    this.identity = options.identity;
   }
 
   /** Allocates the id shared by a command's decision and outcome records. */
@@ -51,6 +62,7 @@ export class SessionRecorder {
       v: AUDIT_RECORD_VERSION,
       seq: this.seq + 1,
       time: formatAuditTime(this.clock()),
+      ...(this.identity === undefined ? {} : { identity: this.identity }),
       ...content,
       prevHash: this.lastHash,
     };

@@ -1,21 +1,23 @@
 // Verifies the identity token an agent presents (as its Postgres password, or a bearer token) and turns
-// it into an Identity: subject, issuer, groups, agent kind and the RFC 8693 delegation chain (`act`).
-// Trust comes only from the configured issuers' keys; the startup user name is never identity.
+// it into an Identity: subject, issuer, groups, agent kind and the RFC 8693 delegation chain (`act`), plus
+// what Chaperone's token exchange narrowed the token to (resources, scopes) and which exchange issued it.
+// A token narrowed to resources is refused on any other resource. Trust comes only from the configured
+// issuers' keys; the startup user name is never identity.
 import { createHash } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import { request } from 'node:https';
 import { createLocalJWKSet, decodeProtectedHeader, errors, jwtVerify, type JSONWebKeySet, type JWTPayload } from 'jose';
-import type { Actor, Identity } from '@chaperone/api';
+import { CLAIMS, resourceUri, type Actor, type Identity } from '@chaperone/api';
 import type { TrustedIssuerConfig } from '../../config.ts';
 
 /** Claim naming the kind of agent (ci, ai-agent, script, human) in tokens Chaperone issues. */
-export const AGENT_KIND_CLAIM = 'chaperone.dev/agent-kind';
+export const AGENT_KIND_CLAIM = CLAIMS.agentKind;
 const MAX_TOKEN_BYTES = 16 * 1024;
 const MAX_CHAIN = 16;
 
 export class AuthenticationFailed extends Error {
   override name = 'AuthenticationFailed';
-  /** Machine-readable reason, also the metrics label: expired, not-yet-valid, audience, issuer, algorithm, signature, unknown-key, malformed, jwks-unavailable. */
+  /** Machine-readable reason, also the metrics label: expired, not-yet-valid, audience, issuer, algorithm, signature, unknown-key, malformed, jwks-unavailable, resource. */
   readonly reason: string;
   constructor(reason: string, message: string, options?: ErrorOptions) {
     super(message, options);
@@ -63,9 +65,17 @@ class RemoteKeySource implements KeySource {
   private readonly caFile: string | undefined;
   private readonly bearerTokenFile: string | undefined;
   private readonly now: () => number;
-  constructor(url: string, caFile: string | undefined, bearerTokenFile: string | undefined, now: () => number) {
+  private readonly ca: string | undefined;
+  constructor(
+    url: string,
+    caFile: string | undefined,
+    bearerTokenFile: string | undefined,
+    now: () => number,
+    ca?: string,
+  ) {
     this.url = url;
     this.caFile = caFile;
+    this.ca = ca;
     this.bearerTokenFile = bearerTokenFile;
     this.now = now;
   }
@@ -101,7 +111,7 @@ class RemoteKeySource implements KeySource {
     if (this.bearerTokenFile !== undefined) {
       headers.authorization = `Bearer ${readFileSync(this.bearerTokenFile, 'utf8').trim()}`;
     }
-    const ca = this.caFile === undefined ? undefined : readFileSync(this.caFile);
+    const ca = this.caFile === undefined ? this.ca : readFileSync(this.caFile);
     return new Promise((resolve, reject) => {
       const req = request(this.url, { headers, ...(ca === undefined ? {} : { ca }), timeout: 5000 }, (res) => {
         const chunks: Buffer[] = [];
@@ -144,21 +154,46 @@ export interface TokenVerifierOptions {
   now?: () => number;
 }
 
+/** The protected resource a verifier admits tokens for. */
+export interface ResourceRef {
+  readonly namespace: string;
+  readonly name: string;
+}
+
 export class TokenVerifier {
-  private readonly issuers = new Map<string, TrustedIssuer>();
+  private readonly issuers: Map<string, TrustedIssuer>;
   private readonly now: () => number;
   private readonly clockTolerance: number;
+  /** URI of the resource this verifier serves; tokens narrowed to other resources are refused. */
+  private readonly resource: string | undefined;
 
-  constructor(options: TokenVerifierOptions) {
+  constructor(options: TokenVerifierOptions, shared?: { issuers: Map<string, TrustedIssuer>; resource: string }) {
     this.now = options.now ?? Date.now;
     this.clockTolerance = options.clockToleranceSeconds;
+    this.resource = shared?.resource;
+    if (shared !== undefined) {
+      this.issuers = shared.issuers;
+      return;
+    }
+    this.issuers = new Map();
     for (const config of options.issuers) {
       const source =
         config.jwksFile !== undefined
           ? new FileKeySource(config.jwksFile)
-          : new RemoteKeySource(config.jwksUrl ?? '', config.jwksCaFile, config.jwksBearerTokenFile, this.now);
+          : new RemoteKeySource(config.jwksUrl ?? '', config.jwksCaFile, config.jwksBearerTokenFile, this.now, config.jwksCa);
       this.issuers.set(config.issuer, { config, source });
     }
+  }
+
+  /**
+   * A verifier for one protected resource, sharing this one's issuers and key caches: a token that the
+   * token exchange narrowed to resources must name this one (urn:chaperone:resource:<namespace>:<name>).
+   */
+  forResource(resource: ResourceRef): TokenVerifier {
+    return new TokenVerifier(
+      { issuers: [], clockToleranceSeconds: this.clockTolerance, now: this.now },
+      { issuers: this.issuers, resource: resourceUri(resource.namespace, resource.name) },
+    );
   }
 
   /** Verifies `token`; resolves to the caller's Identity or rejects with AuthenticationFailed. */
@@ -203,7 +238,21 @@ export class TokenVerifier {
         throw mapJoseError(err);
       }
     }
-    return identityFromClaims(payload, token);
+    let identity: Identity;
+    try {
+      identity = identityFromClaims(payload, token, trusted.config.tokenExchange === true);
+    } catch (err) {
+      throw new AuthenticationFailed('malformed', `identity token claims are malformed: ${(err as Error).message}`, {
+        cause: err,
+      });
+    }
+    if (this.resource !== undefined && identity.resources !== undefined && !identity.resources.includes(this.resource)) {
+      throw new AuthenticationFailed(
+        'resource',
+        `identity token is narrowed to other resources and not valid for ${this.resource}`,
+      );
+    }
+    return identity;
   }
 }
 
@@ -241,10 +290,21 @@ function stringClaim(value: unknown): string | undefined {
   return typeof value === 'string' && value.length <= 512 ? value : undefined;
 }
 
-/** Builds the Identity from verified claims; `act` claims nest outward (RFC 8693 §4.1). */
-export function identityFromClaims(payload: JWTPayload, token: string): Identity {
+function stringList(value: unknown, what: string): string[] {
+  if (!Array.isArray(value) || value.length > 64 || !value.every((v) => typeof v === 'string' && v.length <= 512)) {
+    throw new Error(`${what} is not a list of at most 64 strings`);
+  }
+  return value as string[];
+}
+
+/**
+ * Builds the Identity from verified claims; `act` claims nest outward (RFC 8693 §4.1), the current actor
+ * outermost. `exchange`: the issuer is Chaperone's token exchange, whose `chaperone.dev/subject-issuer`
+ * names the issuer that authenticated the subject and whose every actor names its issuer. The object is
+ * built with its keys in sorted order at every level, so audit records carrying it canonicalise fast.
+ */
+export function identityFromClaims(payload: JWTPayload, token: string, exchange = false): Identity {
   const subject = stringClaim(payload.sub) ?? '';
-  const issuer = stringClaim(payload.iss) ?? '';
   const groups = Array.isArray(payload.groups)
     ? payload.groups.filter((g): g is string => typeof g === 'string').slice(0, 64)
     : [];
@@ -256,23 +316,57 @@ export function identityFromClaims(payload: JWTPayload, token: string): Identity
   while (typeof act === 'object' && act !== null && chain.length < MAX_CHAIN) {
     const a = act as Record<string, unknown>;
     const actorSubject = stringClaim(a.sub);
-    if (actorSubject === undefined) break;
-    const actor: Actor = { subject: actorSubject };
+    if (actorSubject === undefined) {
+      if (exchange) throw new Error('an act claim without sub');
+      break;
+    }
     const actorIssuer = stringClaim(a.iss);
-    if (actorIssuer !== undefined) actor.issuer = actorIssuer;
+    if (exchange && actorIssuer === undefined) throw new Error('an act claim without iss');
     const actorKind = stringClaim(a[AGENT_KIND_CLAIM]);
+    const actor = {} as Actor;
+    if (actorIssuer !== undefined) actor.issuer = actorIssuer;
     if (actorKind !== undefined) actor.kind = actorKind;
+    actor.subject = actorSubject;
     chain.push(actor);
     act = a.act;
   }
+  if (exchange && act !== undefined && chain.length >= MAX_CHAIN) throw new Error('the act chain is too deep');
   const claims: Record<string, string> = {};
   const k8s = payload['kubernetes.io'] as { pod?: { name?: unknown; uid?: unknown }; namespace?: unknown } | undefined;
+  if (typeof k8s?.namespace === 'string') claims.namespace = k8s.namespace;
   if (typeof k8s?.pod?.name === 'string') claims['pod.name'] = k8s.pod.name;
   if (typeof k8s?.pod?.uid === 'string') claims['pod.uid'] = k8s.pod.uid;
-  if (typeof k8s?.namespace === 'string') claims.namespace = k8s.namespace;
-  const identity: Identity = { subject, issuer, groups, chain, tokenHash: tokenHash(token) };
+  let issuer = stringClaim(payload.iss) ?? '';
+  let link: Identity['exchange'];
+  if (exchange) {
+    const subjectIssuer = stringClaim(payload[CLAIMS.subjectIssuer]);
+    if (subjectIssuer === undefined) throw new Error(`no ${CLAIMS.subjectIssuer} claim`);
+    issuer = subjectIssuer;
+    const e = payload[CLAIMS.exchange] as { id?: unknown; record?: unknown } | undefined;
+    const id = stringClaim(e?.id);
+    const record = stringClaim(e?.record);
+    if (id === undefined || record === undefined) throw new Error(`no ${CLAIMS.exchange} claim`);
+    link = { id, record };
+  }
+  const resourcesClaim = payload[CLAIMS.resources];
+  const resources = resourcesClaim === undefined ? undefined : stringList(resourcesClaim, CLAIMS.resources);
+  let scopes: string[] | undefined;
+  if (payload.scope !== undefined) {
+    if (typeof payload.scope !== 'string') throw new Error('scope is not a string');
+    scopes = [...new Set(payload.scope.split(' ').filter((s) => s !== ''))].slice(0, 64);
+  }
+  // Keys in sorted order (see above).
+  const identity = {} as Identity;
+  identity.chain = chain;
+  if (Object.keys(claims).length > 0) identity.claims = claims;
+  if (link !== undefined) identity.exchange = link;
+  identity.groups = groups;
+  identity.issuer = issuer;
   const kind = stringClaim(payload[AGENT_KIND_CLAIM]);
   if (kind !== undefined) identity.kind = kind;
-  if (Object.keys(claims).length > 0) identity.claims = claims;
+  if (resources !== undefined) identity.resources = resources;
+  if (scopes !== undefined) identity.scopes = scopes;
+  identity.subject = subject;
+  identity.tokenHash = tokenHash(token);
   return identity;
 }
