@@ -180,7 +180,13 @@ export class TokenVerifier {
       const source =
         config.jwksFile !== undefined
           ? new FileKeySource(config.jwksFile)
-          : new RemoteKeySource(config.jwksUrl ?? '', config.jwksCaFile, config.jwksBearerTokenFile, this.now, config.jwksCa);
+          : new RemoteKeySource(
+              config.jwksUrl ?? '',
+              config.jwksCaFile,
+              config.jwksBearerTokenFile,
+              this.now,
+              config.jwksCa,
+            );
       this.issuers.set(config.issuer, { config, source });
     }
   }
@@ -246,7 +252,11 @@ export class TokenVerifier {
         cause: err,
       });
     }
-    if (this.resource !== undefined && identity.resources !== undefined && !identity.resources.includes(this.resource)) {
+    if (
+      this.resource !== undefined &&
+      identity.resources !== undefined &&
+      !identity.resources.includes(this.resource)
+    ) {
       throw new AuthenticationFailed(
         'resource',
         `identity token is narrowed to other resources and not valid for ${this.resource}`,
