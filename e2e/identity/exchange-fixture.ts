@@ -111,7 +111,7 @@ function send(
       res.on('data', (c: Buffer) => chunks.push(c));
       res.on('end', () => {
         const text = Buffer.concat(chunks).toString('utf8');
-        let parsed: Record<string, unknown> = {};
+        let parsed: Record<string, unknown>;
         try {
           parsed = text === '' ? {} : (JSON.parse(text) as Record<string, unknown>);
         } catch {

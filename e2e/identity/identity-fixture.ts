@@ -2,7 +2,7 @@
 // TokenRequest tokens are bound to it), an external OIDC issuer for AI agents and scripts, and the
 // TrustedIssuers and DelegationPolicy the platform team would apply for them.
 import type { TestContext } from 'node:test';
-import * as k8s from '@kubernetes/client-node';
+import type * as k8s from '@kubernetes/client-node';
 import { resourceUri, type DelegationPolicySpec } from '@chaperone/api';
 import { controlPlaneEnv } from '../harness/env.ts';
 import { createTestNamespace } from '../harness/kube.ts';
