@@ -33,8 +33,10 @@ function readForm(req: IncomingMessage): Promise<URLSearchParams> {
     req.on('data', (chunk: Buffer) => {
       size += chunk.length;
       if (size > MAX_BODY_BYTES) {
+        // Stop reading; the caller answers 413 and then closes the connection.
+        req.removeAllListeners('data');
+        req.pause();
         reject(new ExchangeRefusal('invalid_request', 'body-too-large', 'request body over 64 KiB', { status: 413 }));
-        req.destroy();
         return;
       }
       chunks.push(chunk);
@@ -75,12 +77,17 @@ export function tokenExchangeRoutes(options: TokenEndpointOptions): Record<strin
       .then(
         (result) => send(res, 200, result.response, NO_STORE),
         (err: unknown) => {
-          refuse(
-            res,
+          const refusal =
             err instanceof ExchangeRefusal
               ? err
-              : new ExchangeRefusal('server_error', 'internal', 'the token exchange failed'),
-          );
+              : new ExchangeRefusal('server_error', 'internal', 'the token exchange failed');
+          if (refusal.status === 413) {
+            // The rest of the body is never read: answer, then drop the connection.
+            res.on('finish', () => req.destroy());
+            refuse(res, refusal, { connection: 'close' });
+            return;
+          }
+          refuse(res, refusal);
         },
       );
   };
