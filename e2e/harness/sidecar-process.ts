@@ -77,6 +77,8 @@ export interface SidecarProcessOptions {
   readonly upstream: SidecarUpstream;
   /** Bundles by name; default one bundle `allow-all` with ALLOW_ALL. */
   readonly policies?: Record<string, AccessPolicySpec>;
+  /** Namespace the bundles are compiled for (the listener's resource namespace). Default `default`. */
+  readonly policyNamespace?: string;
   /** Extra trusted issuers in the config's identity.issuers form. */
   readonly extraIssuers?: Record<string, unknown>[];
   /** Overrides of the listener config. */
@@ -129,7 +131,7 @@ export async function spawnSidecar(options: SidecarProcessOptions): Promise<Side
   const bundleDir = join(dir, 'bundles');
   mkdirSync(bundleDir, { recursive: true });
   for (const [name, spec] of Object.entries(options.policies ?? { 'allow-all': ALLOW_ALL })) {
-    await writePolicyBundle(bundleDir, name, spec);
+    await writePolicyBundle(bundleDir, name, spec, options.policyNamespace);
   }
   const issuer = await createTestIssuer(join(dir, 'jwks.json'));
   writeFileSync(join(dir, 'username'), upstream.user);
