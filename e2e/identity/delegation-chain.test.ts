@@ -216,7 +216,7 @@ test('a CI job, an AI agent and a script: each level attributed with the full ch
       (r: AuditRecord) => r.type === 'command.decision' && r.command?.statementKinds?.includes('insert') === true,
     );
     assert.equal(insert?.decision?.result, level.writes ? 'allow' : 'deny', level.name);
-    assert.equal(insert.decision?.rule, level.writes ? 'everything-else' : 'no-ai-writes');
+    assert.equal(insert.decision.rule, level.writes ? 'everything-else' : 'no-ai-writes');
   }
 
   await t.test('a child token used on a resource outside its scope is refused', async () => {
