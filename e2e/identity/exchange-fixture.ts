@@ -134,6 +134,8 @@ export interface ExchangeFixtureOptions {
   readonly keyPublishDelayMs?: number;
   readonly keyRefreshIntervalMs?: number;
   readonly maxLifetimeMs?: number;
+  /** Base URL the issuer names; default this replica's own address (replicas of one exchange share it). */
+  readonly issuerUrl?: string;
 }
 
 export async function startExchangeFixture(
@@ -181,7 +183,7 @@ export async function startExchangeFixture(
     },
     tokenExchange: {
       namespace,
-      url,
+      url: options.issuerUrl ?? url,
       ...(options.now === undefined ? {} : { now: options.now }),
       ...(options.keyPublishDelayMs === undefined ? {} : { keyPublishDelayMs: options.keyPublishDelayMs }),
       ...(options.keyRefreshIntervalMs === undefined ? {} : { keyRefreshIntervalMs: options.keyRefreshIntervalMs }),

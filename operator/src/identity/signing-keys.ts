@@ -123,8 +123,9 @@ export class SigningKeyRing {
   signingKey(): ExchangeSigningKey {
     const now = this.now();
     const published = this.stored.filter((k) => Date.parse(k.createdAt) + this.publishDelayMs <= now);
-    // On first start no key has been published for long; nobody can have cached an older JWKS either.
-    const chosen = published.at(-1) ?? this.stored.at(-1);
+    // Right after the first key was created none has been published for long; then the oldest key, which
+    // has been published longest (a key added by a rotation moments later must still wait its turn).
+    const chosen = published.at(-1) ?? this.stored[0];
     if (chosen === undefined) throw new Error('token exchange keys are not loaded');
     return {
       kid: chosen.kid,
