@@ -10,6 +10,7 @@ import { EVIDENCE_USAGE, run as runEvidence } from './commands/evidence.ts';
 import { POLICY_COMPILE_USAGE, run as runPolicyCompile } from './commands/policy-compile.ts';
 import { POLICY_TEST_USAGE, run as runPolicyTest } from './commands/policy-test.ts';
 import { SESSIONS_USAGE, run as runSessions } from './commands/sessions.ts';
+import { TOKEN_USAGE, run as runToken } from './commands/token.ts';
 import { VERIFY_USAGE, run as runVerify } from './commands/verify.ts';
 
 export interface Command {
@@ -85,6 +86,27 @@ export const COMMANDS: readonly Command[] = [
     summary: "Compile AccessPolicies into bundle directories for a standalone sidecar's policies.bundleDir",
     usage: POLICY_COMPILE_USAGE,
     run: runPolicyCompile,
+  },
+  {
+    name: 'token exchange',
+    synopsis: '--url ISSUER --subject-token-file FILE [--actor-token-file FILE] [--resource R]... [--scope S]',
+    summary: 'Mint a narrower child token through the token exchange (RFC 8693) and print it, for PGPASSWORD',
+    usage: TOKEN_USAGE,
+    run: (args, io) => runToken(['exchange', ...args], io),
+  },
+  {
+    name: 'token log',
+    synopsis: '[--exchange-namespace NS] [--verify] [-o json|yaml]',
+    summary: 'List the exchange records; --verify checks their chains and signed heads',
+    usage: TOKEN_USAGE,
+    run: (args, io) => runToken(['log', ...args], io),
+  },
+  {
+    name: 'token trace',
+    synopsis: 'SESSION|EXCHANGE_ID [-n NS] [--exchange-namespace NS]',
+    summary: "Follow a session's token back through every exchange to the token the chain started from",
+    usage: TOKEN_USAGE,
+    run: (args, io) => runToken(['trace', ...args], io),
   },
   {
     name: 'version',

@@ -15,6 +15,7 @@ import pg from 'pg';
 import { SignJWT } from 'jose';
 import { CLAIMS, type AccessPolicySpec, type AuditRecord, type Session } from '@chaperone/api';
 import { listSessions, verifySessions, waitFor } from '../audit/durability-helpers.ts';
+import { runCli } from '../audit/run-cli.ts';
 import { createTestDatabase } from '../harness/databases.ts';
 import { controlPlaneEnv, directPgOptions, postgresEnv, testDir } from '../harness/env.ts';
 import { podToken } from '../harness/materialise-pod.ts';
@@ -266,5 +267,49 @@ test('a CI job, an AI agent and a script: each level attributed with the full ch
     const r = await psql(orders.libpqEnv(await stranger.sign({ sub: subject })), 'select 1;\n');
     assert.match(r.stderr, /FATAL:\s+chaperone: authentication failed: identity token issuer is not trusted/);
     await recordedRefusal(orders, 'issuer');
+  });
+
+  await t.test('kubectl chaperone token trace follows the script session back to the CI pod token', async () => {
+    const scriptSession = verified.find((v) =>
+      v.records.some((r) => r.type === 'session.start' && r.source?.applicationName === 'level-script'),
+    );
+    const name = scriptSession?.parts[0]?.metadata.name ?? '';
+    const env = { KUBECONFIG: controlPlaneEnv().kubeconfig };
+    const args = ['token', 'trace', name, '-n', world.namespace, '--exchange-namespace', ex.namespace];
+    const r = await runCli(args, env);
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+    const lines = r.stdout.split('\n');
+    assert.match(
+      lines[0] ?? '',
+      new RegExp(`^Session ${name}: ${subject} -> agent:report-writer -> script:etl \\(acting: script:etl\\)$`),
+    );
+    assert.match(
+      r.stdout,
+      /exchange .* under .*\/ci\/agents-to-scripts-and-agents\n\s+system:serviceaccount:.* delegated to script:etl \(script\); chain depth 2/,
+    );
+    assert.match(
+      r.stdout,
+      /exchange .* under .*\/ci\/ci-to-agents\n\s+system:serviceaccount:.* delegated to agent:report-writer \(ai-agent\); chain depth 1/,
+    );
+    assert.match(
+      r.stdout,
+      new RegExp(
+        `root\\s+subject token sha256:[0-9a-f]{64} from ${controlPlaneEnv().issuer.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}`,
+      ),
+    );
+    // Evidence removed is evidence missing: the trace says so and fails.
+    await ex.operator.tokenExchange?.log.stop();
+    for (const log of await ex.logs()) {
+      await ex.custom.deleteNamespacedCustomObject({
+        group: 'chaperone.dev',
+        version: 'v1alpha1',
+        namespace: ex.namespace,
+        plural: 'tokenexchangelogs',
+        name: log.metadata.name ?? '',
+      });
+    }
+    const gone = await runCli(args, env);
+    assert.equal(gone.code, 1);
+    assert.match(gone.stdout, /MISSING\s+exchange record [0-9a-f-]+: deleted, or in another namespace/);
   });
 });

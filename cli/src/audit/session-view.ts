@@ -1,6 +1,6 @@
 // Session objects as the auditor sees them: parts grouped into sessions, filters, the list table and the
 // readable timeline of `kubectl chaperone sessions show`.
-import { parseGoDuration, type AuditRecord, type Session } from '@chaperone/api';
+import { parseGoDuration, type AuditRecord, type Identity, type Session } from '@chaperone/api';
 
 /** One client session: its parts in order (part 0 first when present). */
 export interface SessionGroup {
@@ -135,10 +135,10 @@ export function sessionTable(groups: readonly SessionGroup[], allNamespaces: boo
   return table(allNamespaces ? ['NAMESPACE', ...header] : header, rows);
 }
 
-/** One line per record: time, seq, event and what it says. */
-export function describeRecord(r: AuditRecord): string {
+/** One line per record: time, seq, event and what it says (its identity only where it differs from `session`'s). */
+export function describeRecord(r: AuditRecord, session?: Identity): string {
   const parts: string[] = [];
-  if (r.identity !== undefined) {
+  if (r.identity !== undefined && (session === undefined || JSON.stringify(r.identity) !== JSON.stringify(session))) {
     const chain = (r.identity.chain ?? []).map((a) => a.subject);
     parts.push(`identity ${[r.identity.subject, ...chain].join(' <- ')}`);
   }
@@ -192,13 +192,18 @@ export function describeSession(g: SessionGroup): string {
   if (id.groups !== undefined && id.groups.length > 0) out.push(`Groups:       ${id.groups.join(', ')}`);
   const chain = id.chain ?? [];
   if (chain.length > 0) {
-    out.push('Chain:        (nearest first)');
+    out.push('Chain:        (current actor first; every record carries it)');
     chain.forEach((a, i) => {
       out.push(
         `  ${i + 1}. ${a.subject}${a.kind === undefined ? '' : ` (${a.kind})`}${a.issuer === undefined ? '' : ` from ${a.issuer}`}`,
       );
     });
   }
+  if (id.exchange !== undefined) {
+    out.push(`Exchange:     ${id.exchange.id} (record ${id.exchange.record}; kubectl chaperone token trace)`);
+  }
+  if (id.resources !== undefined) out.push(`Narrowed to:  ${id.resources.join(', ')}`);
+  if (id.scopes !== undefined) out.push(`Scopes:       ${id.scopes.join(' ') || '(none)'}`);
   out.push(
     `Pod:          ${spec.pod.name}${spec.pod.uid === undefined ? '' : ` (uid ${spec.pod.uid})`}${spec.pod.container === undefined ? '' : `, container ${spec.pod.container}`}`,
     `Resource:     ${spec.resource.name} (${spec.resource.type})`,
@@ -221,6 +226,6 @@ export function describeSession(g: SessionGroup): string {
   );
   const head = last.spec.head;
   out.push(`Head:         ${head === undefined ? '-' : `seq ${head.seq} ${head.hash}`}`, '', 'Records:');
-  for (const r of g.records) out.push(`  ${describeRecord(r)}`);
+  for (const r of g.records) out.push(`  ${describeRecord(r, id)}`);
   return `${out.join('\n')}\n`;
 }
