@@ -31,6 +31,7 @@ import { runPolicyDecisionBench, type PolicyDecisionBenchResult } from './policy
 import { runSqlAnalysisBench } from './sql-analysis.ts';
 import { runAdmissionBench } from './admission.ts';
 import { runAuditBench } from './audit.ts';
+import { runTokenExchangeBench } from './token-exchange.ts';
 import { formatProfileSummary, summariseProfile, type ProfileSummary } from './cpu-profile.ts';
 import { freePort, startPostgres, type PostgresCluster } from '../e2e/harness/postgres.ts';
 import { createRunDirectory, recordServer, stopProcess } from '../e2e/harness/processes.ts';
@@ -547,6 +548,18 @@ async function benchmark(): Promise<void> {
     `  webhook p50 ${fmt(admission.webhook.p50Ms, 2)} ms, p99 ${fmt(admission.webhook.p99Ms, 2)} ms; end-to-end p50 ${fmt(admission.endToEnd.p50Ms, 2)} ms, p99 ${fmt(admission.endToEnd.p99Ms, 2)} ms; ${admission.created} pods, ${admission.failed} failed (target webhook p99 ≤ ${admission.targetP99Ms} ms: ${admission.met ? 'met' : 'not met'})`,
   );
 
+  console.log('bench: token exchange latency over HTTPS, evidence written before each answer (own control plane)');
+  const tokenExchange = await runTokenExchangeBench();
+  for (const [name, r] of Object.entries({
+    'pod token -> AI agent': tokenExchange.saSubject,
+    'child token -> script': tokenExchange.childSubject,
+    'child token -> script, 8 in flight': tokenExchange.concurrent,
+  })) {
+    console.log(
+      `  ${name}: p50 ${fmt(r.p50Ms, 2)} ms, p99 ${fmt(r.p99Ms, 2)} ms, ${fmt(r.perSecond)} exchanges/s (${r.requests} requests)`,
+    );
+  }
+
   console.log('bench: durable audit: spool throughput, flush into Session objects, latency added per statement');
   const durableAudit = await runAuditBench();
   console.log(
@@ -654,6 +667,7 @@ async function benchmark(): Promise<void> {
     policyDecision: policy,
     sqlAnalysis,
     admission,
+    tokenExchange,
     durableAudit,
     sidecarAudit: { records: audit.lines, bytes: audit.bytes, pgbenchTransactions: sidecarTxns },
     targets: checks,

@@ -223,6 +223,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
             registry: metrics.registry,
             ...(certification === undefined ? {} : certification),
             routes: { ...certification?.routes, ...tokenExchange?.routes },
+            ...(tokenExchange === undefined ? {} : { tokenExchangeIssuer: tokenExchange.issuer }),
           });
   } catch (err) {
     await tokenExchange?.stop();

@@ -255,3 +255,37 @@ test('a read-only credential is mounted into the sidecar only, beside the main o
     .map((c) => c.name);
   assert.deepEqual(mountedBy, [SIDECAR_CONTAINER]);
 });
+
+test("token exchange: the sidecar trusts the operator's exchange, with its JWKS on the webhook server and its CA", () => {
+  const endpoint = {
+    issuer: 'https://chaperone-webhook.chaperone-system.svc/identity/v1',
+    jwksUrl: 'https://chaperone-webhook.chaperone-system.svc:443/identity/v1/jwks',
+    caPem: '-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n',
+  };
+  const result = renderPodPatch(input(pod(), { tokenExchange: endpoint }));
+  assert.equal(result.kind, 'patch');
+  const patched = applyPatch(pod(), result.patch);
+  const config = validateConfig(
+    parse(patched.metadata?.annotations?.[ANNOTATION_SIDECAR_CONFIG] ?? ''),
+    kubeletEnv(patched, podFields),
+  );
+  const exchange = config.identity.issuers.find((i) => i.issuer === endpoint.issuer);
+  assert.deepEqual(
+    { ...exchange },
+    {
+      issuer: endpoint.issuer,
+      jwksUrl: endpoint.jwksUrl,
+      jwksCa: endpoint.caPem,
+      tokenExchange: true,
+      audiences: ['chaperone'],
+      algorithms: ['ES256'],
+    },
+  );
+  const without = renderPodPatch(input(pod()));
+  assert.equal(without.kind, 'patch');
+  const plain = validateConfig(
+    parse(applyPatch(pod(), without.patch).metadata?.annotations?.[ANNOTATION_SIDECAR_CONFIG] ?? ''),
+    kubeletEnv(applyPatch(pod(), without.patch), podFields),
+  );
+  assert.equal(plain.identity.issuers.length, 1, 'only the service-account issuer without the exchange');
+});

@@ -59,6 +59,7 @@ import {
   renderAgentKubeconfig,
   renderSidecarConfigYaml,
   type SignerCertificationEndpoint,
+  type TokenExchangeEndpoint,
 } from './render-sidecar-config.ts';
 import type { InjectionSettings } from './settings.ts';
 
@@ -73,6 +74,8 @@ export interface InjectionInput {
   readonly settings: InjectionSettings;
   /** Rendered into the sidecar config when the operator certifies signer keys. */
   readonly signerCertification?: SignerCertificationEndpoint;
+  /** Rendered into the sidecar config (a trusted issuer) when the operator runs the token exchange. */
+  readonly tokenExchange?: TokenExchangeEndpoint;
 }
 
 export type InjectionResult =
@@ -184,6 +187,7 @@ export function renderPodPatch(input: InjectionInput): InjectionResult {
       resources: served,
       settings,
       ...(input.signerCertification === undefined ? {} : { signerCertification: input.signerCertification }),
+      ...(input.tokenExchange === undefined ? {} : { tokenExchange: input.tokenExchange }),
     });
     annotations[ANNOTATION_SIDECAR_CONFIG] = configYaml;
     if (kubernetesResource !== undefined) {

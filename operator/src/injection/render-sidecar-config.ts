@@ -45,6 +45,14 @@ export interface RenderSidecarConfigInput {
   readonly settings: InjectionSettings;
   /** The operator's signer certification endpoint and the CA of its serving certificate, when it runs one. */
   readonly signerCertification?: SignerCertificationEndpoint;
+  /** The operator's token exchange (docs/identity.md), whose delegated tokens the sidecar then accepts. */
+  readonly tokenExchange?: TokenExchangeEndpoint;
+}
+
+export interface TokenExchangeEndpoint {
+  readonly issuer: string;
+  readonly jwksUrl: string;
+  readonly caPem: string;
 }
 
 export interface SignerCertificationEndpoint {
@@ -92,6 +100,18 @@ export function renderSidecarConfig(input: RenderSidecarConfigInput): Record<str
           audiences: ['chaperone'],
           algorithms: ['RS256', 'ES256'],
         },
+        ...(input.tokenExchange === undefined
+          ? []
+          : [
+              {
+                issuer: input.tokenExchange.issuer,
+                jwksUrl: input.tokenExchange.jwksUrl,
+                jwksCa: input.tokenExchange.caPem,
+                tokenExchange: true,
+                audiences: ['chaperone'],
+                algorithms: ['ES256'],
+              },
+            ]),
       ],
     },
     // The durable trail: records are spooled in the sidecar's emptyDir and written into Session objects

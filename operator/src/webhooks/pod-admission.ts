@@ -24,7 +24,7 @@ import {
 } from '../injection/inspect-pod.ts';
 import { injectionRequested, isStrictNamespace, renderPodPatch } from '../injection/render-pod-patch.ts';
 import type { InjectionSettings } from '../injection/settings.ts';
-import type { SignerCertificationEndpoint } from '../injection/render-sidecar-config.ts';
+import type { SignerCertificationEndpoint, TokenExchangeEndpoint } from '../injection/render-sidecar-config.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { AdmissionLookups } from './admission-cache.ts';
 import { allow, allowWithPatch, refuse, type AdmissionRequest, type AdmissionResponse } from './admission-review.ts';
@@ -36,6 +36,8 @@ export interface PodWebhookOptions {
   readonly logger: Logger;
   /** The operator's signer certification endpoint now (its CA rotates), when it runs one. */
   readonly signerCertification?: () => SignerCertificationEndpoint;
+  /** The operator's token exchange now (its CA rotates), when it runs one. */
+  readonly tokenExchange?: () => TokenExchangeEndpoint;
 }
 
 function isPod(request: AdmissionRequest): boolean {
@@ -82,6 +84,7 @@ export function createPodMutator(options: PodWebhookOptions): AdmissionHandler {
       policies: lookups.policiesCovering(namespace, resolved.resources),
       settings,
       ...(options.signerCertification === undefined ? {} : { signerCertification: options.signerCertification() }),
+      ...(options.tokenExchange === undefined ? {} : { tokenExchange: options.tokenExchange() }),
     });
     switch (result.kind) {
       case 'skip':

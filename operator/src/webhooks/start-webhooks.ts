@@ -9,6 +9,7 @@ import {
   type V1LabelSelectorRequirement,
 } from '@kubernetes/client-node';
 import type { Registry } from 'prom-client';
+import { TOKEN_EXCHANGE_PATHS } from '@chaperone/api';
 import { MountedCertificates } from '../certificates/mounted-certificates.ts';
 import { WebhookCertificates, type ServingMaterial } from '../certificates/webhook-certificates.ts';
 import type { InjectionSettings } from '../injection/settings.ts';
@@ -78,6 +79,8 @@ export interface InjectionWebhooksOptions {
    * this server's registered address (URL, Service, or its own address), with this server's CA.
    */
   readonly signerCertificationPath?: string;
+  /** iss of the operator's token exchange among `routes`: injected sidecars trust it (JWKS at this server). */
+  readonly tokenExchangeIssuer?: string;
 }
 
 export interface InjectionWebhooks {
@@ -139,6 +142,15 @@ export async function startInjectionWebhooks(options: InjectionWebhooksOptions):
         : {
             signerCertification: () => ({
               url: `${baseUrl()}${certificationPath}`,
+              caPem: certificates.current().caBundlePem,
+            }),
+          }),
+      ...(options.tokenExchangeIssuer === undefined
+        ? {}
+        : {
+            tokenExchange: () => ({
+              issuer: options.tokenExchangeIssuer ?? '',
+              jwksUrl: `${baseUrl()}${TOKEN_EXCHANGE_PATHS.jwks}`,
               caPem: certificates.current().caBundlePem,
             }),
           }),
