@@ -25,6 +25,7 @@ import {
 import { freePort, startPostgres, type PostgresCluster } from './harness/postgres.ts';
 import { createRunDirectory, stopProcess } from './harness/processes.ts';
 import { REPO_ROOT, toolPath } from './harness/tools.ts';
+import { nestedAgents } from './identity/demo-nested-agents.ts';
 
 const keep = process.argv.includes('--keep');
 const started = Date.now();
@@ -285,6 +286,8 @@ insert into orders values (1001, 1, 'shipped', 129.90), (1002, 2, 'pending', 42.
     '--enable-audit-authority',
     '--checkpoint-interval',
     '1',
+    // The RFC 8693 token exchange for nested agents (docs/identity.md), on the same HTTPS server.
+    '--enable-token-exchange',
   ];
   console.log(dim(`$ chaperone-operator ${operatorArgs.join(' ')} &`));
   const operatorLog: string[] = [];
@@ -504,6 +507,23 @@ spec:
   await live.run('select pg_backend_pid() as upstream_pid, count(*) as orders from orders;');
   await live.close();
   note('same upstream backend pid: the connection was never dropped; the new rule applied to its next statement');
+
+  agentSessions += await nestedAgents({
+    step,
+    note,
+    show,
+    showFailure,
+    until,
+    kube,
+    kubeIn,
+    custom: kc.makeApiClient(k8s.CustomObjectsApi),
+    core,
+    runDir,
+    issuer: controlPlane.issuer,
+    webhookPort,
+    podTokenFile: tokenFile,
+    agentEnv: agentProcessEnv,
+  });
 
   step("The auditor's view: the Session objects the sidecar wrote");
   note("every record was fdatasync'ed to the sidecar's spool (an emptyDir) before its statement went on, and");

@@ -315,9 +315,12 @@ export async function materialiseSidecar(
     string,
     unknown
   >;
-  const identity = config.identity as { issuers: { jwksUrl?: string }[] };
+  const identity = config.identity as { issuers: { jwksUrl?: string; tokenExchange?: boolean }[] };
   for (const issuer of identity.issuers) {
-    if (issuer.jwksUrl !== undefined) issuer.jwksUrl = new URL('/openid/v1/jwks', controlPlaneEnv().server).toString();
+    // The cluster's issuer is reached at the API server here; the token exchange's URL is already local.
+    if (issuer.jwksUrl !== undefined && issuer.tokenExchange !== true) {
+      issuer.jwksUrl = new URL('/openid/v1/jwks', controlPlaneEnv().server).toString();
+    }
   }
   config.metrics = { listen: '127.0.0.1:0' };
   config.log = { level: 'debug' };
