@@ -372,7 +372,12 @@ test('kubectl shows printer columns and lists every kind under the chaperone cat
   for (const column of ['IDENTITY', 'RESOURCE', 'COMMANDS', 'DENIED', 'PHASE', 'AGE']) {
     assert.match(header, new RegExp(`\\b${column}\\b`), `sessions table lacks ${column}: ${header}`);
   }
-  assert.match(sessions, /sess-1\s+chaperone:agent:report-writer\s+orders-db/);
+  for (const column of ['ACTOR']) assert.match(header, new RegExp(`\\b${column}\\b`));
+  // The subject on whose behalf, then the current actor of the delegation chain.
+  assert.match(
+    sessions,
+    /sess-1\s+system:serviceaccount:ci:nightly-report\s+chaperone:agent:report-writer\s+orders-db/,
+  );
 
   const resources = await kubectl(['get', 'pres', '-n', ns]);
   assert.match(resources, /orders-db\s+postgres\s+orders-db\.databases\.svc\.cluster\.local\s+FailClosed/);

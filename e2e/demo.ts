@@ -2,8 +2,9 @@
 // through what Chaperone does, printing each step and the real output of kubectl and psql. Then the real
 // components end to end: the operator bin (policy compiler, injection webhooks registered by URL), an
 // annotated Job injected by the webhook, the injected sidecar started as a local process from the stored
-// pod spec (there is no kubelet here), psql as the agent with only the agent container's env and token, a
-// policy change reaching a live session, and the auditor's view of the Session objects the sidecar wrote.
+// pod spec (there is no kubelet here), psql as the agent with only the agent container's env and token,
+// nested agents through the token exchange (e2e/identity/demo-nested-agents.ts), a policy change reaching a
+// live session, and the auditor's view of the Session objects the sidecar wrote.
 // Everything it starts is stopped at the end (or on Ctrl-C); pass --keep to leave it running until Ctrl-C.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { createWriteStream, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
@@ -462,6 +463,23 @@ spec:
   note('and one no rule allows (the default decision, deny):');
   psqlAsAgent("update orders set status = 'refunded' where id = 1002", true);
 
+  agentSessions += await nestedAgents({
+    step,
+    note,
+    show,
+    showFailure,
+    until,
+    kube,
+    kubeIn,
+    custom: kc.makeApiClient(k8s.CustomObjectsApi),
+    core,
+    runDir,
+    issuer: controlPlane.issuer,
+    webhookPort,
+    podTokenFile: tokenFile,
+    agentEnv: agentProcessEnv,
+  });
+
   step('A policy change reaches a live session: same connection, new decision');
   const live = startLiveSession(agentProcessEnv);
   agentSessions++;
@@ -507,23 +525,6 @@ spec:
   await live.run('select pg_backend_pid() as upstream_pid, count(*) as orders from orders;');
   await live.close();
   note('same upstream backend pid: the connection was never dropped; the new rule applied to its next statement');
-
-  agentSessions += await nestedAgents({
-    step,
-    note,
-    show,
-    showFailure,
-    until,
-    kube,
-    kubeIn,
-    custom: kc.makeApiClient(k8s.CustomObjectsApi),
-    core,
-    runDir,
-    issuer: controlPlane.issuer,
-    webhookPort,
-    podTokenFile: tokenFile,
-    agentEnv: agentProcessEnv,
-  });
 
   step("The auditor's view: the Session objects the sidecar wrote");
   note("every record was fdatasync'ed to the sidecar's spool (an emptyDir) before its statement went on, and");

@@ -120,6 +120,12 @@ export const KINDS: readonly KindDefinition[] = [
     status: SessionStatus,
     columns: [
       { name: 'Identity', type: 'string', jsonPath: '.spec.identity.subject', description: 'Verified subject.' },
+      {
+        name: 'Actor',
+        type: 'string',
+        jsonPath: '.spec.identity.chain[0].subject',
+        description: 'Current actor of a delegated identity (the whole chain is in spec.identity.chain).',
+      },
       { name: 'Resource', type: 'string', jsonPath: '.spec.resource.name', description: 'ProtectedResource used.' },
       { name: 'Part', type: 'integer', jsonPath: '.spec.part', description: 'Continuation index.', priority: 1 },
       { name: 'Commands', type: 'integer', jsonPath: '.status.counters.commands', description: 'Commands decided.' },
