@@ -26,8 +26,13 @@ import type { Logger } from '../observability/logger.ts';
 import { SIGNING_ALGORITHM } from './signing-keys.ts';
 
 export const EXCHANGE_LOG_PLURAL = 'tokenexchangelogs';
-/** A part is continued before its records pass this many bytes (etcd allows 1.5 MiB per object). */
-const MAX_PART_BYTES = 512 * 1024;
+/**
+ * A part is continued after this many records or before its records pass this many bytes. Smaller than
+ * the CRD's cap (EXCHANGE_LOG_MAX_RECORDS): every append makes the API server validate the whole object
+ * (schema and the append-only CEL rule), and an exchange waits for its append, so parts stay small.
+ */
+const MAX_PART_RECORDS = 64;
+const MAX_PART_BYTES = 128 * 1024;
 const JSON_PATCH = setHeaderOptions('Content-Type', PatchStrategy.JsonPatch);
 const MERGE_PATCH = setHeaderOptions('Content-Type', PatchStrategy.MergePatch);
 
@@ -82,6 +87,7 @@ export class ExchangeLog {
   private writing: Promise<void> | undefined;
   private backoffMs = 0;
   private stopped = false;
+  private phases: Promise<void> = Promise.resolve();
 
   constructor(options: ExchangeLogOptions) {
     this.options = options;
@@ -156,7 +162,13 @@ export class ExchangeLog {
     for (const p of this.queue.splice(0)) {
       if (!p.settled) p.reject(new EvidenceUnavailable('the exchange log stopped before the record was written'));
     }
-    if (this.part !== undefined) await this.setPhase(this.part.name, 'Closed').catch(() => undefined);
+    if (this.part !== undefined) this.phaseLater(this.part.name, 'Closed');
+    await this.phases;
+  }
+
+  /** Status updates in order (an earlier Active never lands after Closed), off the exchange's path. */
+  private phaseLater(name: string, phase: 'Active' | 'Continued' | 'Closed'): void {
+    this.phases = this.phases.then(() => this.setPhase(name, phase)).catch(() => undefined);
   }
 
   private kick(): void {
@@ -187,11 +199,12 @@ export class ExchangeLog {
     let part = this.part;
     const first = this.queue[0];
     if (first === undefined) return;
-    if (part !== undefined && (part.records >= EXCHANGE_LOG_MAX_RECORDS || part.bytes + first.bytes > MAX_PART_BYTES)) {
-      await this.setPhase(part.name, 'Continued').catch(() => undefined);
+    if (part !== undefined && (part.records >= MAX_PART_RECORDS || part.bytes + first.bytes > MAX_PART_BYTES)) {
+      // Status is not evidence: written beside the appends, never delaying an exchange.
+      this.phaseLater(part.name, 'Continued');
       part = undefined;
     }
-    const room = EXCHANGE_LOG_MAX_RECORDS - (part?.records ?? 0);
+    const room = Math.min(MAX_PART_RECORDS, EXCHANGE_LOG_MAX_RECORDS) - (part?.records ?? 0);
     let bytes = part?.bytes ?? 0;
     const batch: Pending[] = [];
     for (const p of this.queue) {
@@ -247,7 +260,7 @@ export class ExchangeLog {
         records: records.length,
         bytes,
       };
-      await this.setPhase(name, 'Active').catch(() => undefined);
+      this.phaseLater(name, 'Active');
     } else {
       const head = await this.signHead(part.name, last);
       const ops: unknown[] = [{ op: 'test', path: '/metadata/resourceVersion', value: part.resourceVersion }];
