@@ -262,6 +262,21 @@ test('token exchange: delegation with narrowing, every refusal, hostile requests
     assert.equal((claimsOf(accepted).act as { sub: string }).sub, 'agent:report-writer');
   });
 
+  await t.test(
+    'refused: a delegated token presented as an actor token (a delegate hiding behind its principal)',
+    async () => {
+      // The agent holds `child` (sub = the CI job): as an actor token it would make the CI job the actor.
+      const narrowedCi = await ex.exchange(ci, { resources: [ordersDb] });
+      issued.push(narrowedCi);
+      refused(
+        await ex.post(exchangeForm(narrowedCi, { actor: child })),
+        'invalid_grant',
+        'actor-is-delegated',
+        /actor_token was issued by the token exchange; an actor presents its own token/,
+      );
+    },
+  );
+
   await t.test('refused: an actor no DelegationPolicy rule names', async () => {
     refused(
       await ex.post(exchangeForm(ci, { actor: scriptToken })),

@@ -292,6 +292,16 @@ export class TokenExchangeService {
       authenticator.authenticate(request.subjectToken, 'subject_token'),
       request.actorToken === undefined ? undefined : authenticator.authenticate(request.actorToken, 'actor_token'),
     ]);
+    // An actor proves itself with its own credential. A token the exchange issued names its *subject*, not
+    // whoever holds it: accepted as an actor token, it would let a delegate act under its principal's name
+    // and drop itself from the chain.
+    if (actor?.own === true) {
+      throw new ExchangeRefusal(
+        'invalid_grant',
+        'actor-is-delegated',
+        'actor_token was issued by the token exchange; an actor presents its own token from a trusted issuer',
+      );
+    }
     const now = this.now();
     const grant = decideExchange(subject, actor, request.ask, this.options.policies(), this.options.settings, now);
     const key = this.options.signingKey();
