@@ -4,6 +4,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { AuthenticationFailed, TokenVerifier, tokenHash } from './token-verifier.ts';
+import { CLAIMS, jcs, resourceUri } from '@chaperone/api';
 import { createTestIssuer } from '../../../../e2e/harness/tokens.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'chaperone-token-test-'));
@@ -68,4 +69,81 @@ test('every token attack is refused with its reason', async () => {
       return true;
     });
   }
+});
+
+test("tokens of Chaperone's exchange: the subject's original issuer, the exchange link, narrowing, strict chains", async () => {
+  const issuer = await createTestIssuer(join(dir, `jwks-${Math.random()}.json`), 'https://exchange.test/identity/v1');
+  const verifier = new TokenVerifier({
+    issuers: [
+      {
+        issuer: issuer.issuer,
+        jwksFile: issuer.jwksFile,
+        audiences: ['chaperone'],
+        algorithms: ['RS256'],
+        tokenExchange: true,
+      },
+    ],
+    clockToleranceSeconds: 5,
+  });
+  const ordersDb = resourceUri('shop', 'orders-db');
+  const claims = {
+    sub: 'system:serviceaccount:ci:runner',
+    [CLAIMS.subjectIssuer]: 'https://kubernetes.default.svc',
+    [CLAIMS.agentKind]: 'ci',
+    act: {
+      sub: 'script:etl',
+      iss: 'https://agents.test',
+      [CLAIMS.agentKind]: 'script',
+      act: { sub: 'agent:writer', iss: 'https://agents.test', [CLAIMS.agentKind]: 'ai-agent' },
+    },
+    scope: 'db:read db:read',
+    [CLAIMS.resources]: [ordersDb],
+    [CLAIMS.exchange]: { id: 'jti-1', record: `sha256:${'a'.repeat(64)}` },
+  };
+  const token = await issuer.sign(claims);
+  const identity = await verifier.forResource({ namespace: 'shop', name: 'orders-db' }).verify(token);
+  assert.equal(identity.issuer, 'https://kubernetes.default.svc', 'the issuer that authenticated the subject');
+  assert.equal(identity.kind, 'ci');
+  assert.deepEqual(identity.chain, [
+    { issuer: 'https://agents.test', kind: 'script', subject: 'script:etl' },
+    { issuer: 'https://agents.test', kind: 'ai-agent', subject: 'agent:writer' },
+  ]);
+  assert.deepEqual(identity.exchange, { id: 'jti-1', record: `sha256:${'a'.repeat(64)}` });
+  assert.deepEqual(identity.scopes, ['db:read']);
+  assert.deepEqual(identity.resources, [ordersDb]);
+  assert.equal(jcs(identity), JSON.stringify(identity), 'keys sorted: records carrying it canonicalise as they are');
+
+  await assert.rejects(
+    verifier.forResource({ namespace: 'shop', name: 'billing-db' }).verify(token),
+    (err) => err instanceof AuthenticationFailed && err.reason === 'resource' && /billing-db/.test(err.message),
+  );
+  const unnarrowed = await issuer.sign({ ...claims, [CLAIMS.resources]: undefined });
+  assert.equal(
+    (await verifier.forResource({ namespace: 'shop', name: 'billing-db' }).verify(unnarrowed)).resources,
+    undefined,
+  );
+  for (const [name, broken] of Object.entries({
+    'an actor without iss': { ...claims, act: { sub: 'agent:writer' } },
+    'no subject issuer': { ...claims, [CLAIMS.subjectIssuer]: undefined },
+    'no exchange link': { ...claims, [CLAIMS.exchange]: undefined },
+    'resources not a list': { ...claims, [CLAIMS.resources]: ordersDb },
+  })) {
+    await assert.rejects(verifier.verify(await issuer.sign(broken)), (err) => {
+      assert.ok(err instanceof AuthenticationFailed, name);
+      assert.equal(err.reason, 'malformed', name);
+      return true;
+    });
+  }
+});
+
+test('another issuer cannot name the subject issuer: only the exchange is believed about it', async () => {
+  const { issuer, verifier } = await setup();
+  const identity = await verifier.verify(
+    await issuer.sign({
+      sub: 'system:serviceaccount:kube-system:admin',
+      [CLAIMS.subjectIssuer]: 'https://kubernetes.default.svc',
+    }),
+  );
+  assert.equal(identity.issuer, issuer.issuer);
+  assert.equal(identity.exchange, undefined);
 });
