@@ -554,6 +554,7 @@ async function benchmark(): Promise<void> {
     'pod token -> AI agent': tokenExchange.saSubject,
     'child token -> script': tokenExchange.childSubject,
     'child token -> script, 8 in flight': tokenExchange.concurrent,
+    'yardstick: one small API server write': tokenExchange.apiWrite,
   })) {
     console.log(
       `  ${name}: p50 ${fmt(r.p50Ms, 2)} ms, p99 ${fmt(r.p99Ms, 2)} ms, ${fmt(r.perSecond)} exchanges/s (${r.requests} requests)`,

@@ -5,6 +5,8 @@
 //   sa-subject     a pod's service-account token delegates to an AI agent (TokenReview + JWKS), sequential
 //   child-subject  that child token delegates to a script (the exchange's own key + JWKS), sequential
 //   concurrent     child-subject with 8 requests in flight (evidence writes shared)
+// and, as a yardstick, a small ConfigMap patch to the same API server (the evidence write is one such
+// write, of a larger object, per batch of exchanges).
 //
 //   node bench/token-exchange.ts [--requests 300]
 //
@@ -45,6 +47,8 @@ export interface TokenExchangeBenchResult {
   readonly saSubject: ExchangeLatency;
   readonly childSubject: ExchangeLatency;
   readonly concurrent: ExchangeLatency;
+  /** Yardstick: one small write to the same API server (a ConfigMap annotation patch), sequential. */
+  readonly apiWrite: ExchangeLatency;
   /** Evidence records written (one per issued token) and the TokenExchangeLog objects holding them. */
   readonly records: number;
   readonly logObjects: number;
@@ -238,6 +242,19 @@ export async function runTokenExchangeBench(options: { requests?: number } = {})
       }),
     );
     const concurrent = summarise(samples, concurrency, performance.now() - started);
+    // The API server's own cost for a small write on this machine now, to read the numbers above against.
+    await core.createNamespacedConfigMap({ namespace, body: { metadata: { name: 'yardstick' } } });
+    const writes: number[] = [];
+    const writesStarted = performance.now();
+    for (let i = 0; i < Math.min(requests, 100); i++) {
+      const t0 = performance.now();
+      await core.patchNamespacedConfigMap(
+        { namespace, name: 'yardstick', body: { metadata: { annotations: { n: String(i) } } } },
+        k8s.setHeaderOptions('Content-Type', k8s.PatchStrategy.MergePatch),
+      );
+      writes.push(performance.now() - t0);
+    }
+    const apiWrite = summarise(writes, 1, performance.now() - writesStarted);
     const logs = (await custom.listNamespacedCustomObject({
       group: GROUP,
       version: VERSION,
@@ -248,6 +265,7 @@ export async function runTokenExchangeBench(options: { requests?: number } = {})
       saSubject,
       childSubject,
       concurrent,
+      apiWrite,
       records: logs.items.reduce((n, l) => n + l.spec.records.length, 0),
       logObjects: logs.items.length,
     };
