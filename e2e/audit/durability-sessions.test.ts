@@ -92,7 +92,7 @@ test('durable audit: psql and node-postgres sessions land in Session objects wit
 
   // The auditor's view.
   const table = await kubectl(['get', 'sessions', '-n', namespace]);
-  assert.match(table, /IDENTITY\s+RESOURCE\s+COMMANDS\s+DENIED\s+PHASE/);
+  assert.match(table, /IDENTITY\s+ACTOR\s+RESOURCE\s+COMMANDS\s+DENIED\s+PHASE/);
   assert.match(table, /system:serviceaccount:ci:runner\s+test-db\s+5\s+1\s+Closed/);
 
   // And each statement's decision and outcome in `kubectl chaperone sessions show`.

@@ -165,7 +165,7 @@ test('two replicas: shared keys, JWKS from either, rotation with overlap, retire
       await a.operator.tokenExchange?.keys.refresh();
       await b.operator.tokenExchange?.keys.refresh();
       assert.deepEqual(await jwksKids(a), [secondKid]);
-      assert.deepEqual(await jwksKids(b), [secondKid]);
+      assert.deepEqual(await jwksKids(b), [secondKid], 'a refresh reads the Secret after it was asked for');
       const cm = await a.core.readNamespacedConfigMap({ namespace: a.namespace, name: PUBLIC_KEYS_CONFIGMAP });
       const archive = parsePublished(cm.data?.[JWKS_FILE]).map((k) => k.kid);
       assert.ok(archive.includes(firstKid ?? '') && archive.includes(secondKid), 'evidence keys are kept');

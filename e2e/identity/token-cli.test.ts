@@ -137,4 +137,22 @@ test('kubectl chaperone token exchange, the documented curl call, token log --ve
       /^verified: 2 records in 1 streams; chains intact, heads signed by published keys$/,
     );
   });
+
+  await t.test('a deleted log part: the exchange goes on in a new part, and --verify reports the hole', async () => {
+    for (const log of await ex.logs()) {
+      await ex.custom.deleteNamespacedCustomObject({
+        group: 'chaperone.dev',
+        version: 'v1alpha1',
+        namespace: ex.namespace,
+        plural: 'tokenexchangelogs',
+        name: log.metadata.name ?? '',
+      });
+    }
+    const after = await ex.exchange(await world.ciToken(), { resources: [world.resource('orders-db')] });
+    assert.equal(claimsOf(after).sub, `system:serviceaccount:${world.namespace}:ci-runner`);
+    const r = await runCli(['token', 'log', '--exchange-namespace', ex.namespace, '--verify'], env);
+    assert.equal(r.code, 1, r.stdout + r.stderr);
+    assert.match(r.stdout, /PROBLEM\s+stream [0-9a-f]+: part 0 is missing/);
+    assert.match(r.stdout, /PROBLEM\s+stream [0-9a-f]+: records before seq 3 are missing/);
+  });
 });

@@ -93,7 +93,7 @@ export class SigningKeyRing {
   private resourceVersion = '';
   private localSet: ReturnType<typeof createLocalJWKSet> | undefined;
   private timer: NodeJS.Timeout | undefined;
-  private refreshing: Promise<void> | undefined;
+  private refreshing: Promise<void> = Promise.resolve();
 
   constructor(options: SigningKeyRingOptions) {
     this.options = options;
@@ -146,12 +146,14 @@ export class SigningKeyRing {
     return this.localSet;
   }
 
-  /** Re-reads the Secret (creating it when absent), then rotates and retires keys when due. */
+  /**
+   * Re-reads the Secret (creating it when absent), then rotates and retires keys when due. Calls run one
+   * after another, and each reads the Secret after it was called: a caller never gets an older state.
+   */
   refresh(): Promise<void> {
-    this.refreshing ??= this.doRefresh().finally(() => {
-      this.refreshing = undefined;
-    });
-    return this.refreshing;
+    const run = this.refreshing.catch(() => undefined).then(() => this.doRefresh());
+    this.refreshing = run;
+    return run;
   }
 
   /** Adds a new key now (it signs once published); used when rotation is due, and by operators on demand. */
