@@ -132,10 +132,9 @@ export async function runAuditBench(
       store,
       signingKey: key,
       pod: { name: 'bench-pod', namespace },
-      resourceType: () => 'postgres',
       logger: silentLogger,
     });
-    const ref: SessionRef = { sessionId: `latency-${String(Date.now())}`, resource: 'bench-db', namespace, pod: 'p' };
+    const ref: SessionRef = { sessionId: `latency-${String(Date.now())}`, resource: 'bench-db', resourceType: 'postgres', namespace, pod: 'p' };
     const latency: number[] = [];
     const rs = records(statements * 2);
     for (let i = 0; i < rs.length; i += 2) {
@@ -154,8 +153,7 @@ export async function runAuditBench(
         store,
         signingKey: key,
         pod: { name: 'bench-pod', namespace },
-        resourceType: () => 'postgres',
-        logger: silentLogger,
+          logger: silentLogger,
         flushIntervalMs: 100,
       });
       const sessions = 8;
@@ -164,6 +162,7 @@ export async function runAuditBench(
       const refs: SessionRef[] = Array.from({ length: sessions }, (_, i) => ({
         sessionId: `${tag}${String(i).padStart(7, '0')}-0000-4000-8000-${String(Date.now()).padStart(12, '0')}`,
         resource: 'bench-db',
+        resourceType: 'postgres',
         namespace,
         pod: 'bench-pod',
       }));

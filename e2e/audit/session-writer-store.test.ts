@@ -64,7 +64,6 @@ async function writer(t: Parameters<typeof testDir>[0], namespace: string, extra
     store: new KubernetesSessionStore({ kubeconfig: controlPlaneEnv().kubeconfig, namespace }),
     signingKey: key,
     pod: { name: 'agent-pod', namespace, uid: 'uid-1' },
-    resourceType: () => 'postgres',
     logger: process.env.CHAPERONE_AUDIT_TEST_DEBUG === undefined ? silentLogger : createLogger({ level: 'debug' }),
     onAcknowledge: (id) => acks.push(id),
     flushIntervalMs: 50,
@@ -78,6 +77,7 @@ async function writer(t: Parameters<typeof testDir>[0], namespace: string, extra
 const ref = (sessionId: string, namespace: string): SessionRef => ({
   sessionId,
   resource: 'orders-db',
+  resourceType: 'postgres',
   namespace,
   pod: 'agent-pod',
 });

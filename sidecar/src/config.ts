@@ -65,6 +65,10 @@ export const PostgresListenerConfig = Type.Object(
 );
 export type PostgresListenerConfig = Static<typeof PostgresListenerConfig>;
 
+/** One listener: the resource it protects and how, per engine (`type`). More types arrive with their engines. */
+export const ListenerConfig = PostgresListenerConfig;
+export type ListenerConfig = PostgresListenerConfig;
+
 export const TrustedIssuerConfig = Type.Object(
   {
     issuer: Type.String({ minLength: 1, description: 'Expected iss claim.' }),
@@ -101,7 +105,7 @@ export const SidecarConfig = Type.Object(
       },
       { default: {} },
     ),
-    listeners: Type.Array(PostgresListenerConfig, { minItems: 1 }),
+    listeners: Type.Array(ListenerConfig, { minItems: 1 }),
     policy: Type.Object({
       /** Directory of compiled bundles (`<key>.wasm` + `<key>.manifest.json`), watched and hot-reloaded. */
       bundleDir: Type.String(),

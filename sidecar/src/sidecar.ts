@@ -1,5 +1,6 @@
 // Wires the sidecar together from a validated configuration: identity, policy bundles, audit sink,
-// metrics and one engine listener per configured resource. Returns a handle that stops everything.
+// metrics and, per configured resource, a listener served by the engine registered for its type
+// (engines/registry.ts). Returns a handle that stops everything.
 import type { Server } from 'node:http';
 import type { SidecarConfig } from './config.ts';
 import { parseHostPort } from './config.ts';
@@ -17,9 +18,9 @@ import { createLogger, type Logger } from './core/observability/logger.ts';
 import { createSidecarMetrics, serveMetrics, type SidecarMetrics } from './core/observability/metrics.ts';
 import { BundleWatcher } from './core/policy/bundle-directory.ts';
 import { PolicyEngine } from './core/policy/policy-engine.ts';
-import { loadSqlParser } from './engines/postgres/analysis/analyze-sql.ts';
-import { createSqlAnalyzer } from './engines/postgres/analysis/sql-analyzer.ts';
-import { PostgresListener } from './engines/postgres/postgres-listener.ts';
+import type { Engine, EngineServices } from './core/engine.ts';
+import { ResourceListener } from './core/resource-listener.ts';
+import { ENGINES } from './engines/registry.ts';
 
 export interface RunningSidecar {
   readonly listeners: readonly { name: string; host: string; port: number }[];
@@ -63,7 +64,6 @@ export async function createAuditSink(
     });
     await certifier.start(certification.waitSeconds * 1000);
   }
-  const types = new Map(config.listeners.map((l) => [l.name, l.type]));
   const sink = DurableAuditSink.open({
     spoolDir: join(audit.spoolDir, 'spool'),
     spoolMaxBytes: audit.spoolMaxBytes,
@@ -71,7 +71,6 @@ export async function createAuditSink(
     store: new KubernetesSessionStore({ ...audit.kubernetes, namespace, host: config.pod.name }),
     signingKey,
     pod: { name: config.pod.name, namespace: config.pod.namespace, uid: config.pod.uid },
-    resourceType: (name) => types.get(name) ?? 'postgres',
     logger: logger.child({ component: 'audit' }),
     registry: metrics.registry,
     ...(audit.exportJsonLines ? { also: new JsonLinesSink(audit.path) } : {}),
@@ -112,31 +111,35 @@ export async function startSidecar(config: SidecarConfig, options: StartOptions 
     pollIntervalMs: config.policy.pollIntervalMs,
     onReload: (result) => metrics.bundleReloads.inc({ result }),
   });
-  await Promise.all([loadSqlParser(), watcher.start()]);
+  // One engine per type in use, initialised once (a parser to load, ...).
+  const engines = new Map<string, Engine>();
+  for (const l of config.listeners) {
+    if (!engines.has(l.type)) engines.set(l.type, ENGINES[l.type]());
+  }
+  await Promise.all([...[...engines.values()].map((e) => e.init()), watcher.start()]);
   const verifier = new TokenVerifier({
     issuers: config.identity.issuers,
     clockToleranceSeconds: config.identity.clockToleranceSeconds,
   });
-  const analyzer = createSqlAnalyzer({ cacheSize: 4096 });
-  const pod = { name: config.pod.name, namespace: config.pod.namespace };
+  const services: EngineServices = {
+    pod: { name: config.pod.name, namespace: config.pod.namespace },
+    verifier,
+    policy,
+    sink,
+    podChain,
+    metrics,
+    logger,
+  };
 
-  const listeners: PostgresListener[] = [];
+  const listeners: ResourceListener[] = [];
   const addresses: { name: string; host: string; port: number }[] = [];
   let metricsServer: Server | undefined;
   try {
     for (const l of config.listeners) {
-      const listener = new PostgresListener({
-        config: l,
-        pod,
-        // Tokens the exchange narrowed to other resources are refused on this one.
-        verifier: verifier.forResource({ namespace: l.resource.namespace, name: l.name }),
-        policy,
-        sink,
-        podChain,
-        metrics,
-        logger,
-        analyzer,
-      });
+      const engine = engines.get(l.type) as Engine;
+      // Tokens the exchange narrowed to other resources are refused on this one.
+      const verifierHere = verifier.forResource({ namespace: l.resource.namespace, name: l.name });
+      const listener = new ResourceListener(l, engine.bind(l, { ...services, verifier: verifierHere }), services);
       const address = await listener.listen();
       listeners.push(listener);
       addresses.push({ name: l.name, ...address });

@@ -1,6 +1,7 @@
 // One authenticated agent session on one protected resource, protocol-neutral: engines turn traffic into
-// commands, this decides them with the policy engine and writes the audit records. It never imports an
-// engine. Every decision and every outcome becomes exactly one record.
+// commands (core/command.ts), this decides them with the policy engine and writes the audit records. It
+// never imports an engine. Every decision and every outcome becomes exactly one record, and what a refused
+// record means (the resource's audit failure mode, NIST AU-5) is decided here and nowhere else.
 import { randomUUID } from 'node:crypto';
 import {
   MAX_COMMAND_TEXT,
@@ -20,6 +21,19 @@ import { createValueMasker, PROCESS_HASH_KEY, type ValueMasker } from './masking
 import { auditMetrics } from './audit/audit-metrics.ts';
 import { SessionRecorder } from './audit/session-recorder.ts';
 import type { SidecarMetrics } from './observability/metrics.ts';
+import {
+  CLEAR,
+  type AuditClearance,
+  type CommandDescription,
+  type CommandOutcome,
+  type DecidedCommand,
+  type SettledClearance,
+} from './command.ts';
+
+export type { CommandDescription, CommandOutcome, DecidedCommand } from './command.ts';
+
+/** What the session needs of the policy engine (PolicyEngine; a fixed decider in unit tests). */
+export type PolicyDecider = Pick<PolicyEngine, 'decide'>;
 
 export interface ResourceContext {
   readonly name: string;
@@ -35,32 +49,8 @@ export interface SessionSource {
   readonly database: string;
 }
 
-export interface CommandDescription {
-  readonly command: PolicyCommand;
-  /** Stable key of what the decision depends on (the analysed facts), for the decision cache. */
-  readonly fingerprint: string;
-  /** Text recorded (cut to MAX_COMMAND_TEXT bytes). */
-  readonly text: string;
-  readonly parameters?: readonly string[];
-  readonly statementKinds?: readonly string[];
-  readonly relations?: readonly string[];
-}
-
-export interface DecidedCommand {
-  readonly id: number;
-  readonly decision: CombinedDecision;
-  readonly startedAt: bigint;
-}
-
-export interface CommandOutcome {
-  readonly status: 'success' | 'error' | 'denied' | 'cancelled';
-  readonly code?: string;
-  readonly message?: string;
-  readonly rows?: number;
-}
-
 export interface AgentSessionOptions {
-  readonly policy: PolicyEngine;
+  readonly policy: PolicyDecider;
   readonly sink: AuditSink;
   /** Links this session's first record to the pod's previous session. */
   readonly podChain: PodChain;
@@ -71,9 +61,10 @@ export interface AgentSessionOptions {
   readonly identity: Identity;
   readonly source: SessionSource;
   /**
-   * What a refused audit write means (NIST AU-5). FailClosed (default): decide() throws AuditUnavailable
-   * and the engine denies the command. FailOpen: the command goes ahead, the lost records are counted and
-   * an `audit.gap` record says how many once writing works again.
+   * What a refused audit write means (NIST AU-5). FailClosed (default): the constructor throws
+   * AuditUnavailable (no session without a trail) and decide() returns the command with a `refused`
+   * clearance. FailOpen: the command goes ahead, the lost records are counted and an `audit.gap` record
+   * says how many once writing works again.
    */
   readonly auditFailureMode?: 'FailClosed' | 'FailOpen';
 }
@@ -144,13 +135,16 @@ export class AgentSession {
       {
         sessionId: this.id,
         resource: options.resource.name,
+        resourceType: options.resource.type,
         namespace: options.pod.namespace,
         pod: options.pod.name,
       },
       options.podChain,
       { identity: options.identity },
     );
-    this.write({ type: 'session.start', source: { ...options.source } }, true);
+    const refusal = this.write({ type: 'session.start', source: { ...options.source } }, true);
+    // FailClosed: no session without a trail.
+    if (refusal !== undefined) throw refusal;
   }
 
   /** Records refused so far and not yet reported in an audit.gap record (FailOpen). */
@@ -158,7 +152,11 @@ export class AgentSession {
     return this.lost;
   }
 
-  /** Decides a command against every loaded policy and records the decision. */
+  /**
+   * Decides a command against every loaded policy and records the decision. The result says whether the
+   * command may run as far as the audit trail is concerned (`audit`); the engine acts on that and on the
+   * decision and never looks at the failure mode itself.
+   */
   decide(description: CommandDescription, facts: { inTransaction: boolean }): DecidedCommand {
     const startedAt = process.hrtime.bigint();
     return this.record(description, this.evaluate(description, facts), startedAt);
@@ -192,7 +190,7 @@ export class AgentSession {
     return decision;
   }
 
-  /** Records a decision made by evaluate() and counts it. */
+  /** Records a decision made by evaluate() and counts it; `audit` as for decide(). */
   record(
     description: CommandDescription,
     decision: CombinedDecision,
@@ -224,12 +222,43 @@ export class AgentSession {
     if (decision.reasons.length > 0) result.reasons = decision.reasons.slice(0, 16).map((r) => r.slice(0, 1024));
     result.result = decision.decision;
     result.rule = decision.rule;
-    this.write({ command, decision: result, type: 'command.decision' }, true);
-    return { id, decision, startedAt };
+    const refusal = this.write({ command, decision: result, type: 'command.decision' }, true);
+    if (refusal !== undefined) return { id, decision, startedAt, recorded: false, audit: this.refuse(refusal) };
+    return { id, decision, startedAt, recorded: true, audit: this.clearance() };
+  }
+
+  /**
+   * Once the record is written: clear now, or when the sink's group commit settles (FailOpen forgives a
+   * failed one). Never rejects: a commit that fails in any way leaves the record not durable.
+   */
+  private clearance(): AuditClearance {
+    const durable = this.options.sink.whenDurable();
+    if (durable === undefined) return CLEAR;
+    return {
+      state: 'pending',
+      settled: durable.then(
+        (): SettledClearance => CLEAR,
+        (err: unknown): SettledClearance => {
+          if (this.options.auditFailureMode === 'FailOpen') return CLEAR;
+          return this.refuse(
+            err instanceof AuditUnavailable
+              ? err
+              : new AuditUnavailable('disk-error', 'the audit record could not be made durable', { cause: err }),
+          );
+        },
+      ),
+    };
+  }
+
+  private refuse(error: AuditUnavailable): SettledClearance {
+    this.options.metrics.statements.inc({ listener: this.options.listener, decision: 'error' });
+    return { state: 'refused', error };
   }
 
   /** Records how a decided command ended. */
   complete(command: DecidedCommand, kind: PolicyCommand['type'], outcome: CommandOutcome): void {
+    // A command whose decision record was refused has no trail to continue.
+    if (!command.recorded) return;
     if (outcome.status === 'error') this.counters.errors += 1;
     // In the sorted key order of the canonical form (see record()).
     const recorded = {} as NonNullable<AuditRecord['outcome']>;
@@ -248,11 +277,11 @@ export class AgentSession {
   }
 
   /**
-   * Writes one record. A refused write (AuditUnavailable) propagates only when `gate` is set (the record
-   * gates a command or the session) and the resource is FailClosed; otherwise it is counted as lost and
-   * reported by an audit.gap record before the next record that can be written.
+   * Writes one record. A refused write (AuditUnavailable) is returned when `gate` is set (the record gates
+   * a command) and the resource is FailClosed, and thrown for the session.start record then; otherwise it is
+   * counted as lost and reported by an audit.gap record before the next record that can be written.
    */
-  private write(content: Parameters<SessionRecorder['record']>[0], gate = false): AuditRecord | undefined {
+  private write(content: Parameters<SessionRecorder['record']>[0], gate = false): AuditUnavailable | undefined {
     const listener = this.options.listener;
     const failOpen = this.options.auditFailureMode === 'FailOpen';
     try {
@@ -262,12 +291,12 @@ export class AgentSession {
         this.lost = 0;
         this.lostReason = '';
       }
-      const record = this.recorder.record(content);
+      this.recorder.record(content);
       this.options.metrics.auditRecords.inc({ listener });
-      return record;
+      return undefined;
     } catch (err) {
       if (!(err instanceof AuditUnavailable)) throw err;
-      if (gate && !failOpen) throw err;
+      if (gate && !failOpen) return err;
       this.lost += 1;
       this.lostReason = `${err.reason}: ${err.message}`.slice(0, 1024);
       auditMetrics(this.options.metrics.registry).lostRecords.inc({ listener });

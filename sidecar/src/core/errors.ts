@@ -1,7 +1,9 @@
-// The catalogue of errors the sidecar reports to clients, with stable ids. Engines translate an entry into
-// their protocol in one place (a PostgreSQL ErrorResponse with the SQLSTATE here; an HTTP status with a
-// Kubernetes Status body for the HTTP engines). docs/errors.md lists every entry; a test keeps the two in
-// step.
+// The catalogue of errors the sidecar reports to clients, with stable ids. The core says *which* error and
+// what it says (a SidecarError); each engine translates that into its protocol in one place (the PostgreSQL
+// engine's error-responses.ts: an ErrorResponse with the SQLSTATE here; an HTTP status with a Kubernetes
+// Status body for the HTTP engines). docs/errors.md lists every entry; a test keeps the two in step.
+import type { CombinedDecision } from '@chaperone/api';
+import type { AuditUnavailable } from './audit/audit-sink.ts';
 
 export interface CatalogueEntry {
   /** SQLSTATE for the PostgreSQL engine. */
@@ -120,3 +122,48 @@ export const SIDECAR_ERRORS = {
 } as const satisfies Record<string, CatalogueEntry>;
 
 export type SidecarErrorId = keyof typeof SIDECAR_ERRORS;
+
+/** One error as the core words it; the engine adds the protocol (SQLSTATE and severity, or HTTP status). */
+export interface SidecarError {
+  readonly id: SidecarErrorId;
+  /** Starts with `chaperone:` so clients, log readers and auditors can tell it from the target's own errors. */
+  readonly message: string;
+  readonly detail?: string;
+  readonly hint?: string;
+  /** 1-based character position in the command text the error refers to. */
+  readonly position?: number;
+}
+
+/** The error for a command the policy did not allow: names the policy, the rule and the bundle digest. */
+export function policyRefusal(decision: CombinedDecision): SidecarError {
+  const who = decision.policy === '' ? 'no policy' : `policy ${decision.policy}`;
+  if (decision.decision === 'approve') {
+    // Holding for approval arrives with the approvals feature; until then an approve rule denies.
+    return {
+      id: 'ApprovalRequired',
+      message: `chaperone: statement requires approval (${who}, rule ${decision.rule}); approvals are not enabled on this sidecar`,
+    };
+  }
+  const why = decision.message ?? decision.reasons.join('; ');
+  const refusal = {
+    id: decision.policy === '' ? 'NoPolicy' : 'PolicyDenied',
+    message: `chaperone: permission denied by ${who}, rule ${decision.rule}${why === '' ? '' : `: ${why}`}`,
+    hint: 'The statement was not sent to the database. Ask the owner of the AccessPolicy if you need it.',
+  } as const;
+  return decision.bundleDigest === '' ? refusal : { ...refusal, detail: `policy bundle ${decision.bundleDigest}` };
+}
+
+/** The error for a command whose decision record the audit trail could not take on a FailClosed resource (NIST AU-5). */
+export function auditRefusal(error: AuditUnavailable): SidecarError {
+  return {
+    id: 'AuditUnavailable',
+    message: `chaperone: audit trail unavailable (${auditUnavailableReason(error)}); resource is fail-closed`,
+    detail: error.message,
+    hint: 'The statement was not sent to the database. Retry when the audit trail has room again.',
+  };
+}
+
+/** The reason of an AuditUnavailable in the words of the error messages. */
+export function auditUnavailableReason(error: AuditUnavailable): string {
+  return error.reason === 'spool-full' ? 'spool full' : error.reason === 'disk-error' ? 'disk error' : 'shutting down';
+}

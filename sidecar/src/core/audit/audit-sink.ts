@@ -1,12 +1,14 @@
 // Where audit records go. The sink is the one interface every engine writes through: JSON lines to a file
 // or stdout here; the durable spool and the Session writer sit behind the same interface.
 import { createWriteStream, type WriteStream } from 'node:fs';
-import { canonicalRecordText, jcs, type AuditRecord } from '@chaperone/api';
+import { canonicalRecordText, jcs, type AuditRecord, type ResourceType } from '@chaperone/api';
 
 /** Which session a record belongs to; not part of the hashed record, the Session object carries it. */
 export interface SessionRef {
   readonly sessionId: string;
   readonly resource: string;
+  /** The resource's type (spec.resource.type of its Session objects). */
+  readonly resourceType: ResourceType;
   readonly namespace: string;
   readonly pod: string;
 }

@@ -3,7 +3,7 @@
 // objects by the SessionWriter. Spool entries are acknowledged, and their segments deleted, only once
 // their records are in Kubernetes; on start the spool is replayed, and the writer skips what is already
 // there. See docs/audit-durability.md.
-import { canonicalRecordText, type AuditRecord, type ResourceType } from '@chaperone/api';
+import { canonicalRecordText, type AuditRecord } from '@chaperone/api';
 import type { Registry } from 'prom-client';
 import type { Logger } from '../observability/logger.ts';
 import { auditMetrics, type AuditMetrics } from './audit-metrics.ts';
@@ -16,6 +16,8 @@ import { Spool } from './spool.ts';
 /** Records that may use the spool's reserve: they describe what already happened and cannot be refused. */
 const PRIORITY_TYPES: ReadonlySet<AuditRecord['type']> = new Set(['command.outcome', 'session.end']);
 const HIGH_WATER = 0.8;
+/** A session reference as read back from the spool. */
+type SpooledRef = Omit<SessionRef, 'resourceType'> & Partial<Pick<SessionRef, 'resourceType'>>;
 const LOW_WATER = 0.7;
 
 export interface DurableAuditSinkOptions {
@@ -28,7 +30,6 @@ export interface DurableAuditSinkOptions {
   readonly store: SessionStore;
   readonly signingKey: SigningKey;
   readonly pod: { readonly name: string; readonly namespace: string; readonly uid?: string };
-  readonly resourceType: (resource: string) => ResourceType;
   readonly logger: Logger;
   /** Registry the audit metrics are registered on (the sidecar's). */
   readonly registry?: Registry;
@@ -76,7 +77,6 @@ export class DurableAuditSink implements AuditSink {
       store: options.store,
       signingKey: options.signingKey,
       pod: options.pod,
-      resourceType: options.resourceType,
       logger: options.logger,
       ...(this.metrics === undefined ? {} : { metrics: this.metrics }),
       flushIntervalMs: options.flushIntervalMs,
@@ -108,14 +108,16 @@ export class DurableAuditSink implements AuditSink {
     for (const r of repairs) options.logger.warn('audit spool repaired on replay', { repair: r });
     let replayed = 0;
     for (const e of entries) {
-      let parsed: { s: SessionRef; r: AuditRecord };
+      let parsed: { s: SpooledRef; r: AuditRecord };
       try {
-        parsed = JSON.parse(e.payload.toString('utf8')) as { s: SessionRef; r: AuditRecord };
+        parsed = JSON.parse(e.payload.toString('utf8')) as { s: SpooledRef; r: AuditRecord };
       } catch (err) {
         options.logger.error('unreadable audit spool entry skipped', { id: e.id, error: err });
         continue;
       }
-      sink.writer.enqueue(e.id, parsed.s, parsed.r, true);
+      // Entries spooled before references carried the resource type were all PostgreSQL's (the only engine then).
+      const ref: SessionRef = { ...parsed.s, resourceType: parsed.s.resourceType ?? 'postgres' };
+      sink.writer.enqueue(e.id, ref, parsed.r, true);
       replayed += 1;
     }
     if (replayed > 0) {

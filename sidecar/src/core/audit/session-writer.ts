@@ -14,7 +14,6 @@ import {
   signChainHead,
   type AuditRecord,
   type Identity,
-  type ResourceType,
   type Session,
   type SessionSpec,
   type SessionStatus,
@@ -30,8 +29,6 @@ export interface SessionWriterOptions {
   readonly signingKey: SigningKey;
   /** The pod whose sidecar writes; spec.pod of every Session. */
   readonly pod: { readonly name: string; readonly namespace: string; readonly uid?: string };
-  /** ProtectedResource type of a listener (resource) name. */
-  readonly resourceType: (resource: string) => ResourceType;
   readonly logger: Logger;
   readonly metrics?: AuditMetrics;
   /** Called with the highest spool entry id below which every record is in Kubernetes. */
@@ -433,7 +430,7 @@ export class SessionWriter {
         name: podName,
         ...(this.options.pod.uid === undefined || this.options.pod.uid === '' ? {} : { uid: this.options.pod.uid }),
       },
-      resource: { name: s.ref.resource, type: this.options.resourceType(s.ref.resource) },
+      resource: { name: s.ref.resource, type: s.ref.resourceType },
       identity: s.identity ?? UNAUTHENTICATED,
       startTime: s.startTime ?? (s.queue[s.head] as Queued).record.time,
       // The operator's binding of this key to the pod, in every part created once it has been issued.

@@ -1,0 +1,52 @@
+// The protocol-neutral command: what an engine makes of one unit of traffic (a SQL string, an Execute, an
+// HTTP request) for the core to decide and record, and what the core hands back. Engines build a
+// CommandDescription, AgentSession.decide returns a DecidedCommand, the engine reports a CommandOutcome.
+import type { CombinedDecision, PolicyCommand } from '@chaperone/api';
+import type { AuditUnavailable } from './audit/audit-sink.ts';
+
+export interface CommandDescription {
+  readonly command: PolicyCommand;
+  /** Stable key of what the decision depends on (the analysed facts), for the decision cache. */
+  readonly fingerprint: string;
+  /** Text recorded (cut to MAX_COMMAND_TEXT bytes). */
+  readonly text: string;
+  readonly parameters?: readonly string[];
+  readonly statementKinds?: readonly string[];
+  readonly relations?: readonly string[];
+}
+
+/**
+ * Whether a decided command may run as far as the audit trail is concerned (NIST AU-5). The session
+ * decides it once, from the sink's answer and the resource's audit failure mode; engines only act on it.
+ * - `clear`: the decision record is durable (or the sink has no durability of its own, or the resource is
+ *   FailOpen and the record was lost, which an `audit.gap` record will say);
+ * - `pending`: the record is waiting for the sink's group commit; `settled` says which of the other two;
+ * - `refused`: FailClosed and the record cannot be made durable: the command must not run.
+ */
+export type AuditClearance =
+  | { readonly state: 'clear' }
+  | { readonly state: 'pending'; readonly settled: Promise<SettledClearance> }
+  | { readonly state: 'refused'; readonly error: AuditUnavailable };
+
+export type SettledClearance = Exclude<AuditClearance, { state: 'pending' }>;
+
+/** The clearance of every command whose record needs no wait; shared, so the hot path allocates nothing for it. */
+export const CLEAR: SettledClearance = Object.freeze({ state: 'clear' });
+
+export interface DecidedCommand {
+  /** Shared by the command's decision and outcome records. */
+  readonly id: number;
+  readonly decision: CombinedDecision;
+  readonly startedAt: bigint;
+  /** False when the decision record was refused (FailClosed): the command has no trail, so no outcome is recorded. */
+  readonly recorded: boolean;
+  readonly audit: AuditClearance;
+}
+
+export interface CommandOutcome {
+  readonly status: 'success' | 'error' | 'denied' | 'cancelled';
+  /** The protocol's own code (a SQLSTATE, an HTTP status). */
+  readonly code?: string;
+  readonly message?: string;
+  readonly rows?: number;
+}

@@ -1,0 +1,53 @@
+// The seam between the protocol-neutral core and the protocol engines. An engine is registered by the
+// ProtectedResource type it speaks (engines/registry.ts); the sidecar binds it to each configured resource
+// and a core ResourceListener hands it every accepted socket. Per connection, the engine decodes traffic
+// into protocol-neutral commands (core/command.ts), asks its AgentSession to decide and record them, applies
+// the verdict in its own protocol and reports each command's outcome. The core never imports an engine.
+import type { Socket } from 'node:net';
+import type { ResourceType } from '@chaperone/api';
+import type { AuditSink } from './audit/audit-sink.ts';
+import type { PodChain } from './audit/pod-chain.ts';
+import type { TokenVerifier } from './identity/token-verifier.ts';
+import type { Logger } from './observability/logger.ts';
+import type { SidecarMetrics } from './observability/metrics.ts';
+import type { PolicyEngine } from './policy/policy-engine.ts';
+
+/** What the core lends every engine: identity, policy, the audit trail, metrics and logging. */
+export interface EngineServices {
+  readonly pod: { readonly name: string; readonly namespace: string };
+  readonly verifier: TokenVerifier;
+  readonly policy: PolicyEngine;
+  readonly sink: AuditSink;
+  readonly podChain: PodChain;
+  readonly metrics: SidecarMetrics;
+  readonly logger: Logger;
+}
+
+/** The part of a listener's configuration the core reads; everything else belongs to the engine. */
+export interface ResourceListenerConfig {
+  /** The ProtectedResource's name: the listener's name in logs, metrics and audit records. */
+  readonly name: string;
+  readonly type: ResourceType;
+  /** host:port. */
+  readonly listen: string;
+}
+
+/** One client connection, as the listener that accepted it sees it. */
+export interface ConnectionHandler {
+  /** Ends the connection (the sidecar is shutting down); outstanding commands are recorded as cancelled. */
+  close(reason: string): void;
+}
+
+/** An engine bound to one resource. */
+export interface ResourceEndpoint {
+  /** Takes over an accepted socket; called once per connection. */
+  accept(socket: Socket): ConnectionHandler;
+}
+
+export interface Engine<Config extends ResourceListenerConfig = ResourceListenerConfig> {
+  readonly type: Config['type'];
+  /** Loads what the engine needs once per process (a parser, ...), before any of its listeners opens. */
+  init(): Promise<void>;
+  /** Binds the engine to one configured resource; throws on configuration it cannot use (unreadable files). */
+  bind(config: Config, services: EngineServices): ResourceEndpoint;
+}

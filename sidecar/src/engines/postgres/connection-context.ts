@@ -1,0 +1,43 @@
+// What one PostgreSQL client connection needs from the resource it was accepted for (postgres-engine.ts
+// implements it). An interface of its own, so the connection and the engine do not import each other.
+import type { SecureContext } from 'node:tls';
+import type { PostgresListenerConfig } from '../../config.ts';
+import type { ResourceContext } from '../../core/agent-session.ts';
+import type { EngineServices } from '../../core/engine.ts';
+import type { Logger } from '../../core/observability/logger.ts';
+import type { SqlAnalyzer } from './analysis/sql-analyzer.ts';
+import type {
+  UpstreamConnectOptions,
+  UpstreamConnection,
+  UpstreamTlsOptions,
+  sendCancelRequest,
+} from './protocol/upstream-connection.ts';
+
+/** A connection's client-facing cancel key (BackendKeyData), and how to cancel what it runs. */
+export interface CancelTarget {
+  readonly cancelKey: { readonly processId: number; readonly secretKey: Buffer };
+  /** Sends a CancelRequest for this session to the upstream with the upstream's own key. */
+  cancelUpstream(): Promise<void>;
+}
+
+export interface ConnectionContext {
+  readonly config: PostgresListenerConfig;
+  readonly services: EngineServices;
+  /** The resource as policy input and records name it. */
+  readonly resource: ResourceContext;
+  /** The services' logger, labelled with this listener. */
+  readonly logger: Logger;
+  readonly analyzer: SqlAnalyzer;
+  /** Client-facing TLS, when the listener has it. */
+  readonly tls: SecureContext | undefined;
+  /** chaperone_bytes_total children bound to this listener once: the hot path skips label hashing. */
+  readonly bytesFromClients: { inc(value: number): void };
+  readonly bytesToClients: { inc(value: number): void };
+  upstreamTls(): UpstreamTlsOptions;
+  connect(options: UpstreamConnectOptions): Promise<UpstreamConnection>;
+  readonly sendCancel: typeof sendCancelRequest;
+  /** The listener's table of client-facing cancel keys. */
+  register(connection: CancelTarget): void;
+  unregister(connection: CancelTarget): void;
+  findByCancelKey(processId: number, secretKey: Buffer): CancelTarget | undefined;
+}

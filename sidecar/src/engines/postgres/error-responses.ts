@@ -1,0 +1,42 @@
+// The one place where the PostgreSQL engine turns the sidecar's errors (core/errors.ts) into wire bytes: the
+// SQLSTATE and the severity come from the catalogue, the words from the SidecarError. It also names the few
+// SQLSTATEs of the upstream's own errors the engine reads. No other file of the engine spells a SQLSTATE.
+import { SIDECAR_ERRORS, type SidecarError, type SidecarErrorId } from '../../core/errors.ts';
+import { errorResponse } from './protocol/backend-encoder.ts';
+
+/** One of our ErrorResponses, sent in place of the upstream's answer to a substituted message. */
+export interface Denial {
+  readonly frame: Buffer;
+  /** Its SQLSTATE, for the command's outcome record. */
+  readonly code: string;
+}
+
+/** SQLSTATE query_canceled: the upstream's error for a cancelled statement, recorded as `cancelled`. */
+export const QUERY_CANCELED = '57014';
+
+/**
+ * The ErrorResponse for an error of the catalogue. Severity FATAL when the connection ends with it: always
+ * for the catalogue's fatal entries, and for any error that refuses the session itself (an AuditUnavailable
+ * at session start); ERROR when only the command fails.
+ */
+export function errorResponseFor(error: SidecarError, endsConnection = SIDECAR_ERRORS[error.id].fatal): Buffer {
+  const entry = SIDECAR_ERRORS[error.id];
+  return errorResponse({
+    severity: endsConnection ? 'FATAL' : 'ERROR',
+    code: entry.sqlState,
+    message: error.message,
+    ...(error.detail === undefined ? {} : { detail: error.detail }),
+    ...(error.hint === undefined ? {} : { hint: error.hint }),
+    ...(error.position === undefined ? {} : { position: String(error.position) }),
+  });
+}
+
+/** A refusal of one command, delivered in place of the upstream's error for its substitute. */
+export function denial(error: SidecarError): Denial {
+  return { frame: errorResponseFor(error, false), code: SIDECAR_ERRORS[error.id].sqlState };
+}
+
+/** The SQLSTATE of a catalogue entry, for records that carry one without a frame. */
+export function sqlStateOf(id: SidecarErrorId): string {
+  return SIDECAR_ERRORS[id].sqlState;
+}

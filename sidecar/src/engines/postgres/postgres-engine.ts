@@ -1,0 +1,110 @@
+// The PostgreSQL engine (core/engine.ts): loads the SQL parser once per process, and for each configured
+// resource binds an endpoint that keeps the resource's TLS context, upstream settings and the table of
+// client-facing cancel keys (so a CancelRequest on a new connection reaches the right upstream session),
+// and turns every accepted socket into a PostgresConnection.
+import type { Socket } from 'node:net';
+import { readFileSync } from 'node:fs';
+import { createSecureContext, type SecureContext } from 'node:tls';
+import { timingSafeEqual } from 'node:crypto';
+import type { PostgresListenerConfig } from '../../config.ts';
+import type { ResourceContext } from '../../core/agent-session.ts';
+import type { Engine, EngineServices, ResourceEndpoint } from '../../core/engine.ts';
+import type { Logger } from '../../core/observability/logger.ts';
+import { loadSqlParser } from './analysis/analyze-sql.ts';
+import { createSqlAnalyzer, type SqlAnalyzer } from './analysis/sql-analyzer.ts';
+import type { CancelTarget, ConnectionContext } from './connection-context.ts';
+import { PostgresConnection } from './postgres-connection.ts';
+import {
+  connectUpstream,
+  sendCancelRequest,
+  type UpstreamConnectOptions,
+  type UpstreamConnection,
+  type UpstreamTlsOptions,
+} from './protocol/upstream-connection.ts';
+
+/** Analyses kept per process (shared by every PostgreSQL resource of the sidecar). */
+const ANALYSIS_CACHE_SIZE = 4096;
+
+export function createPostgresEngine(): Engine<PostgresListenerConfig> {
+  let analyzer: SqlAnalyzer | undefined;
+  return {
+    type: 'postgres',
+    async init() {
+      await loadSqlParser();
+      analyzer = createSqlAnalyzer({ cacheSize: ANALYSIS_CACHE_SIZE });
+    },
+    bind(config, services) {
+      if (analyzer === undefined) throw new Error('the PostgreSQL engine is bound before init()');
+      return new PostgresEndpoint(config, services, analyzer);
+    },
+  };
+}
+
+class PostgresEndpoint implements ResourceEndpoint, ConnectionContext {
+  readonly config: PostgresListenerConfig;
+  readonly services: EngineServices;
+  readonly resource: ResourceContext;
+  readonly logger: Logger;
+  readonly analyzer: SqlAnalyzer;
+  readonly tls: SecureContext | undefined;
+  readonly sendCancel = sendCancelRequest;
+  readonly bytesFromClients: { inc(value: number): void };
+  readonly bytesToClients: { inc(value: number): void };
+  private readonly byCancelKey = new Map<number, CancelTarget>();
+  private readonly upstreamCa: string | undefined;
+
+  constructor(config: PostgresListenerConfig, services: EngineServices, analyzer: SqlAnalyzer) {
+    this.config = config;
+    this.services = services;
+    this.analyzer = analyzer;
+    this.logger = services.logger.child({ listener: config.name, engine: 'postgres' });
+    this.bytesFromClients = services.metrics.bytes.labels(config.name, 'client_to_upstream');
+    this.bytesToClients = services.metrics.bytes.labels(config.name, 'upstream_to_client');
+    this.resource = {
+      name: config.name,
+      namespace: config.resource.namespace,
+      type: config.type,
+      labels: config.resource.labels,
+    };
+    const tls = config.tls;
+    this.tls =
+      tls === undefined
+        ? undefined
+        : createSecureContext({ cert: readFileSync(tls.certFile), key: readFileSync(tls.keyFile) });
+    const caFile = config.upstream.tls.caFile;
+    this.upstreamCa = caFile === undefined ? undefined : readFileSync(caFile, 'utf8');
+  }
+
+  accept(socket: Socket): PostgresConnection {
+    return new PostgresConnection(this, socket);
+  }
+
+  upstreamTls(): UpstreamTlsOptions {
+    const t = this.config.upstream.tls;
+    return {
+      mode: t.mode,
+      ...(this.upstreamCa === undefined ? {} : { ca: this.upstreamCa }),
+      ...(t.serverName === undefined ? {} : { servername: t.serverName }),
+    };
+  }
+
+  connect(options: UpstreamConnectOptions): Promise<UpstreamConnection> {
+    return connectUpstream(options);
+  }
+
+  register(connection: CancelTarget): void {
+    this.byCancelKey.set(connection.cancelKey.processId, connection);
+  }
+
+  unregister(connection: CancelTarget): void {
+    if (this.byCancelKey.get(connection.cancelKey.processId) === connection) {
+      this.byCancelKey.delete(connection.cancelKey.processId);
+    }
+  }
+
+  findByCancelKey(processId: number, secretKey: Buffer): CancelTarget | undefined {
+    const c = this.byCancelKey.get(processId);
+    if (c === undefined || secretKey.length !== c.cancelKey.secretKey.length) return undefined;
+    return timingSafeEqual(secretKey, c.cancelKey.secretKey) ? c : undefined;
+  }
+}

@@ -1,0 +1,192 @@
+// The response tracker on its own: frames built by the simple test helper (test-wire.ts), commands as
+// plain objects, outcomes collected from the callback. No sockets.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import type { CombinedDecision } from '@chaperone/api';
+import type { CommandOutcome, DecidedCommand } from '../../core/command.ts';
+import { ResponseTracker, TRACKED_FRAMES } from './response-tracker.ts';
+import type { Denial } from './error-responses.ts';
+import { BackendCode } from './protocol/backend-messages.ts';
+import { cstr, i8, msg } from './protocol/test-wire.ts';
+
+const ALLOW: CombinedDecision = {
+  decision: 'allow',
+  policy: 'p',
+  rule: 'r',
+  bundleDigest: '',
+  reasons: [],
+  masking: [],
+};
+
+function command(id: number): DecidedCommand {
+  return { id, decision: ALLOW, startedAt: 0n, recorded: true, audit: { state: 'clear' } };
+}
+
+function tracker(): { t: ResponseTracker; outcomes: [number, CommandOutcome][] } {
+  const outcomes: [number, CommandOutcome][] = [];
+  const t = new ResponseTracker({ onOutcome: (c, o) => outcomes.push([c.id, o]) });
+  return { t, outcomes };
+}
+
+const complete = (tag: string): Buffer => msg('C', cstr(tag));
+const ready = (status: 'I' | 'T' | 'E'): Buffer => msg('Z', Buffer.from(status));
+const error = (code: string, message: string): Buffer =>
+  msg('E', i8(0x53), cstr('ERROR'), i8(0x43), cstr(code), i8(0x4d), cstr(message), i8(0));
+const parseComplete = msg('1');
+const bindComplete = msg('2');
+const noData = msg('n');
+const ourDenial: Denial = { frame: Buffer.from('our denial'), code: '42501' };
+
+/** Feeds frames as the connection would (only the tracked ones), returning what goes to the client. */
+function feed(t: ResponseTracker, ...frames: Buffer[]): Buffer[] {
+  return frames.map((f) => t.onFrame(f[0] as BackendCode, f));
+}
+
+test('tracked frames are the ones that complete or fail a unit; DataRows stream raw by default', () => {
+  for (const code of [BackendCode.CommandComplete, BackendCode.ErrorResponse, BackendCode.ReadyForQuery]) {
+    assert.ok(TRACKED_FRAMES.includes(code));
+  }
+  assert.ok(!TRACKED_FRAMES.includes(BackendCode.DataRow));
+  assert.equal(tracker().t.wantsDataRows, false);
+});
+
+test('a simple query: rows are counted from CommandComplete, the outcome comes at ReadyForQuery', () => {
+  const { t, outcomes } = tracker();
+  t.expect('query', command(1));
+  const out = feed(t, complete('SELECT 3'), complete('INSERT 0 2'));
+  assert.deepEqual(outcomes, [], 'no outcome before ReadyForQuery');
+  feed(t, ready('T'));
+  assert.deepEqual(outcomes, [[1, { status: 'success', rows: 5 }]]);
+  assert.equal(t.transactionStatus, 'T');
+  assert.deepEqual(out, [complete('SELECT 3'), complete('INSERT 0 2')], 'frames pass unchanged');
+  assert.equal(t.pending, 0);
+});
+
+test('a denied simple query: the upstream error is replaced by ours and recorded as denied with its code', () => {
+  const { t, outcomes } = tracker();
+  t.expect('query', command(7), ourDenial);
+  const [sent] = feed(t, error('42601', 'syntax error at or near "CHAPERONE_DENIED"'));
+  assert.equal(sent, ourDenial.frame);
+  feed(t, ready('I'));
+  assert.deepEqual(outcomes, [[7, { status: 'denied', code: '42501' }]]);
+});
+
+test('an upstream error in a simple query is recorded with its SQLSTATE; 57014 is a cancel', () => {
+  const { t, outcomes } = tracker();
+  t.expect('query', command(1));
+  t.expect('query', command(2));
+  const e1 = error('23505', 'duplicate key');
+  assert.equal(feed(t, e1)[0], e1, 'the upstream error passes through');
+  feed(t, ready('E'), error('57014', 'canceling statement due to user request'), ready('I'));
+  assert.deepEqual(outcomes, [
+    [1, { status: 'error', code: '23505', message: 'duplicate key', rows: 0 }],
+    [2, { status: 'cancelled', code: '57014', message: 'canceling statement due to user request', rows: 0 }],
+  ]);
+});
+
+test('extended protocol: Parse/Bind/Describe/Execute/Sync complete in order; the Execute outcome comes at CommandComplete', () => {
+  const { t, outcomes } = tracker();
+  t.expect('parse');
+  t.expect('bind');
+  t.expect('describe');
+  t.expect('execute', command(3));
+  t.sync();
+  feed(t, parseComplete, bindComplete, noData);
+  assert.equal(t.pending, 2);
+  feed(t, complete('UPDATE 4'));
+  assert.deepEqual(outcomes, [[3, { status: 'success', rows: 4 }]]);
+  feed(t, ready('I'));
+  assert.equal(t.pending, 0);
+});
+
+test('an error in an extended batch fails the message, cancels the rest until Sync, and blames the Execute of a failed Parse', () => {
+  const { t, outcomes } = tracker();
+  t.expect('parse'); // fails upstream
+  t.expect('bind');
+  t.expect('execute', command(1));
+  t.expect('execute', command(2));
+  t.sync();
+  feed(t, error('42P01', 'relation "nope" does not exist'));
+  assert.deepEqual(outcomes, [
+    [1, { status: 'error', code: '42P01', message: 'relation "nope" does not exist', rows: 0 }],
+    [2, { status: 'cancelled', rows: 0 }],
+  ]);
+  assert.equal(t.discardingUntilSync, false, 'the Sync was already queued');
+  feed(t, ready('I'));
+  assert.equal(t.pending, 0);
+});
+
+test('an extended error before the client sent Sync: messages are discarded until the Sync arrives', () => {
+  const { t, outcomes } = tracker();
+  t.expect('execute', command(1), ourDenial);
+  const [sent] = feed(t, error('34000', 'portal "chaperone\u0001denied" does not exist'));
+  assert.equal(sent, ourDenial.frame);
+  assert.deepEqual(outcomes, [[1, { status: 'denied', code: '42501' }]]);
+  assert.equal(t.discardingUntilSync, true);
+  t.sync();
+  assert.equal(t.discardingUntilSync, false);
+  feed(t, ready('I'));
+  assert.equal(t.pending, 0);
+});
+
+test('COPY: a Sync sent during copy-in gets no ReadyForQuery and is not waited for', () => {
+  const { t, outcomes } = tracker();
+  t.expect('parse');
+  t.expect('bind');
+  t.expect('execute', command(1));
+  t.sync(); // libpq's Sync right after an extended COPY FROM STDIN: ignored by PostgreSQL in copy-in
+  feed(t, parseComplete, bindComplete, msg('G', i8(0), Buffer.from([0, 0])));
+  t.sync(); // still in copy-in: not queued
+  t.copyEnd();
+  t.sync();
+  feed(t, complete('COPY 10'), ready('I'));
+  assert.deepEqual(outcomes, [[1, { status: 'success', rows: 10 }]]);
+  assert.equal(t.pending, 0);
+});
+
+test('COPY: a CopyDone that arrives before the upstream entered copy-in drops the Syncs in between', () => {
+  const { t, outcomes } = tracker();
+  t.expect('query', command(1));
+  t.copyEnd();
+  t.sync();
+  feed(t, msg('G', i8(0), Buffer.from([0, 0])), complete('COPY 2'), ready('I'));
+  assert.deepEqual(outcomes, [[1, { status: 'success', rows: 2 }]]);
+  assert.equal(t.pending, 1, 'the Sync after the CopyDone still waits for its ReadyForQuery');
+});
+
+test('cancelAll records every command still waiting as cancelled', () => {
+  const { t, outcomes } = tracker();
+  t.expect('query', command(1));
+  t.expect('execute', command(2));
+  t.expect('parse');
+  t.cancelAll();
+  assert.deepEqual(outcomes, [
+    [1, { status: 'cancelled', rows: 0 }],
+    [2, { status: 'cancelled', rows: 0 }],
+  ]);
+  assert.equal(t.pending, 0);
+});
+
+test('DataRow interest: a unit with a RowRewriter sees its own rows and no other unit’s', () => {
+  const { t } = tracker();
+  const row = (v: string): Buffer => msg('D', Buffer.from([0, 1]), Buffer.from([0, 0, 0, v.length]), Buffer.from(v));
+  t.expect('query', command(1));
+  t.expect('query', command(2), undefined, (frame) => row(`masked:${frame.length}`));
+  assert.equal(t.wantsDataRows, true);
+  const first = row('abc');
+  assert.equal(feed(t, first)[0], first, 'the first command has no rewriter: its row passes');
+  feed(t, complete('SELECT 1'), ready('I'));
+  const [masked] = feed(t, row('secret'));
+  assert.deepEqual(masked, row(`masked:${row('secret').length}`));
+  feed(t, complete('SELECT 1'), ready('I'));
+  assert.equal(t.wantsDataRows, false, 'interest ends with the last rewriting unit');
+});
+
+test('thousands of pipelined units keep order and bounded memory', () => {
+  const { t, outcomes } = tracker();
+  for (let i = 1; i <= 5000; i++) t.expect('execute', command(i));
+  for (let i = 1; i <= 5000; i++) feed(t, complete('SELECT 1'));
+  assert.equal(outcomes.length, 5000);
+  assert.ok(outcomes.every(([id], i) => id === i + 1));
+  assert.equal(t.pending, 0);
+});

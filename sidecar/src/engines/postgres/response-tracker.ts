@@ -1,0 +1,276 @@
+// What the PostgreSQL engine expects the upstream to answer, in pipeline order, and how each decided command
+// ended. Pure: the connection tells it what it forwarded (expect, sync, copyEnd) and shows it the few
+// upstream frames it registered interest in (onFrame); it returns the bytes to send the client in their
+// place and reports outcomes through a callback. No sockets, no timers: tested on its own.
+//
+// Denials travel through the upstream (statement-gate.ts): the substituted message fails there, and the
+// upstream's ErrorResponse for it is replaced here by the unit's Denial, so responses keep pipeline order and
+// PostgreSQL's own failed-transaction and skip-until-Sync semantics hold.
+import type { CommandOutcome, DecidedCommand } from '../../core/command.ts';
+import { QUERY_CANCELED, type Denial } from './error-responses.ts';
+import { BackendCode, type ErrorFields, type TransactionStatus } from './protocol/backend-messages.ts';
+import { decodeCommandComplete, decodeErrorFields, decodeReadyForQuery } from './protocol/backend-scanner.ts';
+
+/** The kinds of client message that get a response of their own; `copy-end` marks a COPY the client ended. */
+export type UnitKind = 'query' | 'parse' | 'bind' | 'describe' | 'execute' | 'close' | 'sync' | 'copy-end';
+
+/**
+ * Rewrites the DataRows of one command's result (result masking plugs in here). Called for every DataRow
+ * while its unit is the head of the pipeline; returns the frame to send instead.
+ */
+export type RowRewriter = (dataRow: Buffer) => Buffer;
+
+/** Backend frames the tracker must see whole; everything else streams to the client untouched. */
+export const TRACKED_FRAMES: readonly BackendCode[] = [
+  BackendCode.CommandComplete,
+  BackendCode.ErrorResponse,
+  BackendCode.ReadyForQuery,
+  BackendCode.EmptyQueryResponse,
+  BackendCode.PortalSuspended,
+  BackendCode.ParseComplete,
+  BackendCode.BindComplete,
+  BackendCode.CloseComplete,
+  BackendCode.RowDescription,
+  BackendCode.NoData,
+  BackendCode.CopyInResponse,
+];
+
+interface ResponseUnit {
+  readonly kind: UnitKind;
+  /** The decided command whose outcome this unit reports. */
+  readonly command: DecidedCommand | undefined;
+  /** Our ErrorResponse, sent instead of the upstream's error for the substituted message. */
+  readonly denial: Denial | undefined;
+  readonly rows: RowRewriter | undefined;
+  rowCount: number;
+  error: ErrorFields | undefined;
+}
+
+export interface ResponseTrackerOptions {
+  /** Called once for every decided command, when its outcome is known. */
+  readonly onOutcome: (command: DecidedCommand, outcome: CommandOutcome) => void;
+  /** Transaction status from the upstream's ReadyForQuery at login. */
+  readonly transactionStatus?: TransactionStatus;
+}
+
+export class ResponseTracker {
+  private readonly onOutcome: ResponseTrackerOptions['onOutcome'];
+  private readonly units: ResponseUnit[] = [];
+  private head = 0;
+  /** After an extended-protocol error the upstream ignores messages until Sync; so do we. */
+  private skipping = false;
+  /** The upstream entered copy-in and the client has not sent CopyDone/CopyFail yet. */
+  private clientInCopyIn = false;
+  /** Units queued that carry a RowRewriter. */
+  private rewriters = 0;
+  /** From the upstream's latest ReadyForQuery. */
+  transactionStatus: TransactionStatus;
+
+  constructor(options: ResponseTrackerOptions) {
+    this.onOutcome = options.onOutcome;
+    this.transactionStatus = options.transactionStatus ?? 'I';
+  }
+
+  /**
+   * True after an extended-protocol error until the client's next Sync: the upstream discards what the
+   * client sends meanwhile, so nothing is decided and no response is expected.
+   */
+  get discardingUntilSync(): boolean {
+    return this.skipping;
+  }
+
+  /** True while some queued command has a RowRewriter: DataRows must then be shown to onFrame. */
+  get wantsDataRows(): boolean {
+    return this.rewriters > 0;
+  }
+
+  /** Responses still expected. */
+  get pending(): number {
+    return this.units.length - this.head;
+  }
+
+  // ---- what the client sent --------------------------------------------------------------------
+
+  /** The connection forwarded a message (or its substitute) that the upstream answers. */
+  expect(kind: UnitKind, command?: DecidedCommand, denial?: Denial, rows?: RowRewriter): void {
+    if (rows !== undefined) this.rewriters += 1;
+    this.units.push({ kind, command, denial, rows, rowCount: 0, error: undefined });
+  }
+
+  /** The client sent Sync. */
+  sync(): void {
+    // PostgreSQL ignores Sync during copy-in (libpq sends one right after an extended-protocol COPY FROM
+    // STDIN's Execute), so such a Sync gets no ReadyForQuery and must not be waited for.
+    if (this.clientInCopyIn) return;
+    this.skipping = false;
+    this.expect('sync');
+  }
+
+  /** The client sent CopyDone or CopyFail. */
+  copyEnd(): void {
+    if (this.clientInCopyIn) this.clientInCopyIn = false;
+    else this.expect('copy-end'); // copy-in not seen yet: CopyInResponse will find this marker
+  }
+
+  // ---- what the upstream answered --------------------------------------------------------------
+
+  /** Looks at one frame of a tracked type (or a DataRow while wantsDataRows); returns the bytes to send in its place. */
+  onFrame(code: BackendCode, frame: Buffer): Buffer {
+    const unit = this.units[this.head];
+    switch (code) {
+      case BackendCode.DataRow:
+        return unit?.rows === undefined ? frame : unit.rows(frame);
+      case BackendCode.CommandComplete:
+        if (unit !== undefined) {
+          unit.rowCount += decodeCommandComplete(frame).rows ?? 0;
+          if (unit.kind === 'execute') this.finish(this.shift(), 'success');
+        }
+        return frame;
+      case BackendCode.EmptyQueryResponse:
+      case BackendCode.PortalSuspended:
+        if (unit?.kind === 'execute') this.finish(this.shift(), 'success');
+        return frame;
+      case BackendCode.ParseComplete:
+      case BackendCode.BindComplete:
+      case BackendCode.CloseComplete:
+      case BackendCode.NoData:
+      case BackendCode.RowDescription:
+        if (unit !== undefined && completes(unit.kind, code)) this.shift();
+        return frame;
+      case BackendCode.CopyInResponse:
+        this.onCopyIn();
+        return frame;
+      case BackendCode.ErrorResponse:
+        return this.onError(unit, frame);
+      case BackendCode.ReadyForQuery:
+        this.transactionStatus = decodeReadyForQuery(frame);
+        // Whatever is still queued up to here belonged to this Sync/Query and got no response of its own.
+        for (let u = this.shift(); u !== undefined; u = this.shift()) {
+          if (u.kind === 'query' || u.kind === 'sync') {
+            if (u.kind === 'query') this.finish(u, u.error === undefined ? 'success' : 'error');
+            break;
+          }
+          this.finish(u, 'cancelled');
+        }
+        return frame;
+      default:
+        return frame;
+    }
+  }
+
+  /** The connection ends: every command still waiting for its response is recorded as cancelled. */
+  cancelAll(): void {
+    for (let u = this.shift(); u !== undefined; u = this.shift()) this.finish(u, 'cancelled');
+  }
+
+  // ---- internals -------------------------------------------------------------------------------
+
+  private shift(): ResponseUnit | undefined {
+    const unit = this.units[this.head];
+    if (unit === undefined) return undefined;
+    this.head += 1;
+    if (unit.rows !== undefined) this.rewriters -= 1;
+    if (this.head === this.units.length) {
+      // Drained (the common case after every ReadyForQuery): reuse the array from the start.
+      this.units.length = 0;
+      this.head = 0;
+    } else if (this.head > 1024 && this.head * 2 > this.units.length) {
+      this.units.splice(0, this.head);
+      this.head = 0;
+    }
+    return unit;
+  }
+
+  /**
+   * The upstream entered copy-in. Syncs the client sent since its COPY began are ignored by PostgreSQL, so
+   * their units are dropped, up to the client's CopyDone/CopyFail if it already arrived; otherwise Syncs are
+   * not queued until it does.
+   */
+  private onCopyIn(): void {
+    const head = this.head;
+    let end = -1;
+    for (let i = head + 1; i < this.units.length; i++) {
+      if (this.units[i]?.kind === 'copy-end') {
+        end = i;
+        break;
+      }
+    }
+    const limit = end === -1 ? this.units.length : end + 1;
+    const kept = this.units.slice(head + 1, limit).filter((u) => u.kind !== 'sync' && u.kind !== 'copy-end');
+    this.units.splice(head + 1, limit - head - 1, ...kept);
+    if (end === -1) this.clientInCopyIn = true;
+  }
+
+  private onError(unit: ResponseUnit | undefined, frame: Buffer): Buffer {
+    if (unit === undefined) return frame; // e.g. a FATAL error before shutdown
+    if (unit.kind === 'query') {
+      // In a simple query the error ends the statements; ReadyForQuery completes the unit.
+      unit.error = unit.denial === undefined ? decodeErrorFields(frame) : DENIED;
+      return unit.denial?.frame ?? frame;
+    }
+    // Extended protocol: this message failed and the upstream now skips everything until Sync.
+    const failed = this.shift();
+    let cause: ErrorFields | undefined;
+    if (failed !== undefined) {
+      failed.error = failed.denial === undefined ? decodeErrorFields(frame) : undefined;
+      this.finish(failed, failed.denial === undefined ? 'error' : 'denied');
+      // A Parse or Bind failed: the Execute that follows in this batch failed because of it.
+      if (failed.command === undefined && failed.denial === undefined) cause = failed.error;
+    }
+    let syncQueued = false;
+    for (let u = this.units[this.head]; u !== undefined; u = this.units[this.head]) {
+      if (u.kind === 'sync') {
+        syncQueued = true;
+        break;
+      }
+      const skipped = this.shift();
+      if (cause !== undefined && skipped?.kind === 'execute' && skipped.command !== undefined) {
+        skipped.error = cause;
+        cause = undefined;
+        this.finish(skipped, 'error');
+      } else {
+        this.finish(skipped, 'cancelled');
+      }
+    }
+    if (!syncQueued) this.skipping = true;
+    return failed?.denial?.frame ?? frame;
+  }
+
+  private finish(unit: ResponseUnit | undefined, status: CommandOutcome['status']): void {
+    const command = unit?.command;
+    if (unit === undefined || command === undefined) return;
+    if (unit.denial !== undefined) {
+      this.onOutcome(command, { status: 'denied', code: unit.denial.code });
+      return;
+    }
+    const error = unit.error;
+    if (error === undefined) {
+      this.onOutcome(command, { status, rows: unit.rowCount });
+      return;
+    }
+    this.onOutcome(command, {
+      status: error.code === QUERY_CANCELED ? 'cancelled' : 'error',
+      code: error.code,
+      message: error.message,
+      rows: unit.rowCount,
+    });
+  }
+}
+
+/** Marks a simple query whose error was our denial (the outcome record takes the denial's code). */
+const DENIED: ErrorFields = Object.freeze({ severity: 'ERROR', code: '', message: 'denied' });
+
+function completes(kind: UnitKind, code: BackendCode): boolean {
+  switch (kind) {
+    case 'parse':
+      return code === BackendCode.ParseComplete;
+    case 'bind':
+      return code === BackendCode.BindComplete;
+    case 'close':
+      return code === BackendCode.CloseComplete;
+    case 'describe':
+      return code === BackendCode.RowDescription || code === BackendCode.NoData;
+    default:
+      return false;
+  }
+}

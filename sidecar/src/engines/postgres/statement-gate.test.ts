@@ -1,0 +1,351 @@
+// The statement gate on its own: the real SQL analyzer, a real AgentSession writing into an in-memory sink,
+// and a fixed policy decider (the policy engine has tests of its own). No sockets.
+import { before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import type { AuditRecord, CombinedDecision, Decision, Identity, SqlCommand } from '@chaperone/api';
+import { AgentSession, type PolicyDecider } from '../../core/agent-session.ts';
+import { AuditUnavailable, MemorySink, type AuditSink, type SessionRef } from '../../core/audit/audit-sink.ts';
+import { PodChain } from '../../core/audit/pod-chain.ts';
+import { silentLogger } from '../../core/observability/logger.ts';
+import { createSidecarMetrics } from '../../core/observability/metrics.ts';
+import type { PolicyRequest } from '../../core/policy/policy-engine.ts';
+import { loadSqlParser } from './analysis/analyze-sql.ts';
+import { createSqlAnalyzer } from './analysis/sql-analyzer.ts';
+import { StatementGate, substituteFrame, type GateVerdict, type SettledVerdict } from './statement-gate.ts';
+import type { TransactionStatus } from './protocol/backend-messages.ts';
+import type { Bind } from './protocol/frontend-messages.ts';
+
+before(async () => {
+  await loadSqlParser();
+});
+
+const IDENTITY: Identity = {
+  subject: 'system:serviceaccount:ci:agent',
+  issuer: 'https://issuer',
+  tokenHash: 'sha256:00',
+};
+
+/** Allows reads; denies writes and anything touching public.secret; asks for approval on public.approve_me. */
+class FixedDecider implements PolicyDecider {
+  readonly requests: PolicyRequest[] = [];
+  decide(request: PolicyRequest): CombinedDecision {
+    this.requests.push(request);
+    const statements = (request.command as SqlCommand).statements;
+    const relations = statements.flatMap((s) => s.relations);
+    let decision: Decision = 'allow';
+    let rule = 'reads';
+    if (relations.includes('public.approve_me')) [decision, rule] = ['approve', 'needs-approval'];
+    if (statements.some((s) => s.sideEffects) || relations.includes('public.secret'))
+      [decision, rule] = ['deny', 'no-writes'];
+    return { decision, policy: 'team/read-only', rule, bundleDigest: 'sha256:abc', reasons: [], masking: [] };
+  }
+}
+
+/** A sink the test controls: it can refuse writes, and with `groupCommit` every write waits for settle(). */
+class TestSink implements AuditSink {
+  readonly records: { session: SessionRef; record: AuditRecord }[] = [];
+  refuse: AuditUnavailable | undefined;
+  private readonly groupCommit: boolean;
+  private pending: { promise: Promise<void>; resolve: () => void; reject: (err: unknown) => void } | undefined;
+  constructor(groupCommit = false) {
+    this.groupCommit = groupCommit;
+  }
+  write(session: SessionRef, record: AuditRecord): void {
+    if (this.refuse !== undefined) throw this.refuse;
+    this.records.push({ session, record });
+  }
+  whenDurable(): Promise<void> | undefined {
+    if (!this.groupCommit) return undefined;
+    // One commit for everything written since the last one settled, as the spool does.
+    this.pending ??= Promise.withResolvers();
+    return this.pending.promise;
+  }
+  settle(err?: unknown): void {
+    if (err === undefined) this.pending?.resolve();
+    else this.pending?.reject(err);
+    this.pending = undefined;
+  }
+  flush(): Promise<void> {
+    return Promise.resolve();
+  }
+  close(): Promise<void> {
+    return Promise.resolve();
+  }
+}
+
+function setup(options: { sink?: MemorySink | TestSink; failOpen?: boolean; searchPath?: string[] } = {}) {
+  const sink = options.sink ?? new MemorySink();
+  const policy = new FixedDecider();
+  const upstream: { transactionStatus: TransactionStatus } = { transactionStatus: 'I' };
+  const session = new AgentSession({
+    policy,
+    sink,
+    podChain: PodChain.inMemory({ namespace: 'ns', name: 'pod' }),
+    metrics: createSidecarMetrics({ defaultMetrics: false }),
+    listener: 'orders-db',
+    resource: { name: 'orders-db', namespace: 'ns', type: 'postgres', labels: {} },
+    pod: { name: 'pod', namespace: 'ns' },
+    identity: IDENTITY,
+    source: { address: '127.0.0.1:1', applicationName: 'test', user: 'u', database: 'd' },
+    auditFailureMode: options.failOpen === true ? 'FailOpen' : 'FailClosed',
+  });
+  const gate = new StatementGate({
+    analyzer: createSqlAnalyzer(),
+    session,
+    upstream,
+    logger: silentLogger,
+    ...(options.searchPath === undefined ? {} : { searchPath: options.searchPath }),
+  });
+  return { gate, session, policy, upstream, sink };
+}
+
+/** The records written. */
+function records(sink: MemorySink | TestSink): AuditRecord[] {
+  return sink.records.map((r) => r.record);
+}
+
+/** ErrorResponse fields by code letter, read the simple way. */
+function errorFields(frame: Buffer | undefined): Record<string, string> {
+  assert.ok(frame !== undefined);
+  assert.equal(String.fromCharCode(frame[0] as number), 'E');
+  const fields: Record<string, string> = {};
+  let at = 5;
+  while (frame[at] !== 0) {
+    const end = frame.indexOf(0, at + 1);
+    fields[String.fromCharCode(frame[at] as number)] = frame.subarray(at + 1, end).toString('utf8');
+    at = end + 1;
+  }
+  return fields;
+}
+
+function settled(verdict: GateVerdict): SettledVerdict {
+  assert.notEqual(verdict.action, 'hold');
+  return verdict as SettledVerdict;
+}
+
+function held(verdict: GateVerdict): Promise<SettledVerdict> {
+  if (verdict.action !== 'hold') assert.fail(`expected a hold, got ${verdict.action}`);
+  return verdict.until;
+}
+
+function bind(portal: string, statement: string, ...params: (string | null)[]): Bind {
+  return {
+    type: 'Bind',
+    frame: Buffer.alloc(0),
+    portal,
+    statement,
+    paramFormats: [],
+    params: params.map((p) => (p === null ? null : Buffer.from(p))),
+    resultFormats: [],
+  };
+}
+
+test('an allowed query is forwarded with its recorded decision', () => {
+  const { gate, sink } = setup();
+  const v = settled(gate.query('SELECT * FROM orders WHERE id = 1'));
+  assert.equal(v.action, 'forward');
+  assert.equal(v.command?.decision.decision, 'allow');
+  assert.equal(v.command.recorded, true);
+  const [decision] = records(sink).filter((r) => r.type === 'command.decision');
+  assert.ok(decision?.command !== undefined);
+  assert.equal(decision.command.text, 'SELECT * FROM orders WHERE id = 1');
+  assert.deepEqual(decision.command.relations, ['public.orders']);
+  assert.equal(decision.decision?.result, 'allow');
+});
+
+test('a denied query is substituted, with a 42501 denial naming the policy, rule and bundle', () => {
+  const { gate, sink } = setup();
+  const v = settled(gate.query('DELETE FROM orders'));
+  assert.equal(v.action, 'substitute');
+  assert.equal(v.command?.decision.decision, 'deny');
+  const f = errorFields(v.denial?.frame);
+  assert.equal(f.S, 'ERROR');
+  assert.equal(f.C, '42501');
+  assert.match(f.M ?? '', /^chaperone: permission denied by policy team\/read-only, rule no-writes/);
+  assert.equal(f.D, 'policy bundle sha256:abc');
+  assert.equal(
+    records(sink)
+      .filter((r) => r.type === 'command.decision')
+      .at(-1)?.decision?.result,
+    'deny',
+  );
+});
+
+test('a whole string is refused when one of its statements is: the read next to a write does not run', () => {
+  const { gate } = setup();
+  assert.equal(settled(gate.query('SELECT 1; DELETE FROM orders')).action, 'substitute');
+});
+
+test('an approve rule denies with ApprovalRequired while approvals are not enabled', () => {
+  const { gate } = setup();
+  const v = settled(gate.query('SELECT * FROM approve_me'));
+  assert.equal(v.action, 'substitute');
+  assert.match(errorFields(v.denial?.frame).M ?? '', /requires approval .*rule needs-approval/);
+});
+
+test('text the parser cannot read is refused with 42601 and its position, recorded as kind other', () => {
+  const { gate, sink } = setup();
+  const v = settled(gate.query('SELEC * FROM orders'));
+  assert.equal(v.action, 'substitute');
+  const f = errorFields(v.denial?.frame);
+  assert.equal(f.C, '42601');
+  assert.equal(f.P, '1');
+  assert.deepEqual(records(sink).at(-1)?.command?.statementKinds, ['other']);
+});
+
+test('changing a parser-sensitive setting is refused before policy', () => {
+  const { gate, policy } = setup();
+  const v = settled(gate.query('SET standard_conforming_strings = off'));
+  assert.equal(v.action, 'substitute');
+  assert.match(errorFields(v.denial?.frame).M ?? '', /changing standard_conforming_strings is not allowed/);
+  assert.equal(policy.requests.length, 1, 'only the refusal record went through decide (kind other)');
+});
+
+test('an empty query is forwarded without a decision', () => {
+  const { gate, policy } = setup();
+  const v = settled(gate.query(' ; '));
+  assert.deepEqual(v, { action: 'forward', command: undefined });
+  assert.equal(policy.requests.length, 0);
+});
+
+test('Parse: allowed statements are prepared unrecorded and decided at every Execute with their parameters', () => {
+  const { gate, sink, policy } = setup();
+  assert.deepEqual(gate.parse('s1', 'SELECT * FROM orders WHERE id = $1'), { action: 'forward', command: undefined });
+  assert.equal(records(sink).filter((r) => r.type === 'command.decision').length, 0);
+  gate.bind(bind('', 's1', '42'));
+  const first = settled(gate.execute(''));
+  gate.bind(bind('', 's1', null));
+  const second = settled(gate.execute(''));
+  assert.equal(first.action, 'forward');
+  assert.equal(second.action, 'forward');
+  const decisions = records(sink).filter((r) => r.type === 'command.decision');
+  assert.deepEqual(
+    decisions.map((r) => r.command?.parameters),
+    [['42'], ['NULL']],
+  );
+  assert.equal(policy.requests.length, 3, 'decided at Parse and at each Execute');
+});
+
+test('Parse of a forbidden statement is substituted and recorded; its Execute lets the upstream report the missing statement', () => {
+  const { gate, sink } = setup();
+  const v = gate.parse('bad', 'UPDATE orders SET paid = true');
+  assert.equal(v.action, 'substitute');
+  assert.equal(v.denial?.code, '42501');
+  assert.equal(records(sink).filter((r) => r.type === 'command.decision').length, 1);
+  gate.bind(bind('p', 'bad'));
+  assert.deepEqual(gate.execute('p'), { action: 'substitute', command: undefined, denial: undefined });
+});
+
+test('Execute of a portal the sidecar did not see bound fails closed', () => {
+  const { gate } = setup();
+  const v = settled(gate.execute('cursor_from_declare'));
+  assert.equal(v.action, 'substitute');
+  assert.match(errorFields(v.denial?.frame).M ?? '', /portal the sidecar did not see bound/);
+  assert.equal(v.command?.recorded, true);
+});
+
+test('Close forgets a statement: binding it again finds nothing, so its Execute fails closed', () => {
+  const { gate } = setup();
+  gate.parse('s', 'SELECT 1');
+  gate.close('S', 's');
+  gate.bind(bind('p', 's'));
+  assert.equal(settled(gate.execute('p')).action, 'substitute');
+});
+
+test('SQL EXECUTE is decided as what PREPARE stored; a Bind may name a SQL-prepared statement too', () => {
+  const { gate } = setup();
+  assert.equal(
+    settled(gate.query('PREPARE w AS DELETE FROM orders')).action,
+    'substitute',
+    'the PREPARE itself is a write',
+  );
+  assert.equal(settled(gate.query('PREPARE r AS SELECT * FROM secret')).action, 'substitute');
+  assert.equal(settled(gate.query('PREPARE ok AS SELECT * FROM orders')).action, 'forward');
+  assert.equal(settled(gate.query('EXECUTE ok')).action, 'forward');
+  gate.bind(bind('p', 'ok'));
+  assert.equal(settled(gate.execute('p')).action, 'forward');
+});
+
+test('search_path changes take effect once the SET is allowed, and relations are qualified with it', () => {
+  const { gate, sink } = setup({ searchPath: ['app'] });
+  settled(gate.query('SELECT * FROM t'));
+  assert.deepEqual(records(sink).at(-1)?.command?.relations, ['app.t']);
+  settled(gate.query('SET search_path = other, public'));
+  settled(gate.query('SELECT * FROM t'));
+  assert.deepEqual(records(sink).at(-1)?.command?.relations, ['other.t']);
+});
+
+test('the policy sees whether a transaction is open, from the upstream status', () => {
+  const { gate, policy, upstream } = setup();
+  gate.query('SELECT 1');
+  upstream.transactionStatus = 'T';
+  gate.query('SELECT 1');
+  assert.deepEqual(
+    policy.requests.map((r) => r.session.inTransaction),
+    [false, true],
+  );
+});
+
+test('the fast-path FunctionCall is always refused', () => {
+  const { gate } = setup();
+  const v = gate.functionCall();
+  assert.equal(v.action, 'substitute');
+  assert.match(errorFields(v.denial?.frame).M ?? '', /fast-path/);
+});
+
+test('with a group-committing sink an allowed query is held until its record is durable, then forwarded', async () => {
+  const sink = new TestSink(true);
+  const { gate } = setup({ sink });
+  const v = held(gate.query('SELECT 1'));
+  const denied = gate.query('DELETE FROM orders');
+  assert.equal(denied.action, 'substitute', 'a denial is not held: nothing runs either way');
+  sink.settle();
+  assert.equal((await v).action, 'forward');
+});
+
+test('FailClosed: a record that cannot be made durable turns the held query into a 53100 denial', async () => {
+  const sink = new TestSink(true);
+  const { gate } = setup({ sink });
+  const v = held(gate.query('SELECT 1'));
+  sink.settle(new AuditUnavailable('disk-error', 'fdatasync failed'));
+  const after = await v;
+  const f = errorFields(after.action === 'substitute' ? after.denial?.frame : undefined);
+  assert.equal(f.C, '53100');
+  assert.match(f.M ?? '', /audit trail unavailable \(disk error\); resource is fail-closed/);
+});
+
+test('FailOpen: the same failed commit lets the held query through', async () => {
+  const sink = new TestSink(true);
+  const { gate } = setup({ sink, failOpen: true });
+  const v = held(gate.query('SELECT 1'));
+  sink.settle(new AuditUnavailable('disk-error', 'fdatasync failed'));
+  assert.equal((await v).action, 'forward');
+});
+
+test('FailClosed: a sink that refuses the record denies at once with 53100, and the command has no trail', () => {
+  const sink = new TestSink();
+  const { gate } = setup({ sink });
+  sink.refuse = new AuditUnavailable('spool-full', 'spool is full');
+  const v = settled(gate.query('SELECT 1'));
+  assert.equal(v.action, 'substitute');
+  assert.equal(v.denial?.code, '53100');
+  assert.equal(v.command?.recorded, false);
+});
+
+test('FailOpen: a refused record is lost, counted and the query runs; the next record written is the audit.gap', () => {
+  const sink = new TestSink();
+  const { gate, session } = setup({ sink, failOpen: true });
+  sink.refuse = new AuditUnavailable('spool-full', 'spool is full');
+  assert.equal(settled(gate.query('SELECT 1')).action, 'forward');
+  assert.equal(session.lostRecords, 1);
+  sink.refuse = undefined;
+  gate.query('SELECT 2');
+  const types = records(sink).map((r) => r.type);
+  assert.deepEqual(types.slice(-2), ['audit.gap', 'command.decision']);
+});
+
+test('substitutes fail upstream: an unknown statement, a portal no client can name', () => {
+  assert.match(substituteFrame('Query').toString('latin1'), /CHAPERONE_DENIED/);
+  assert.match(substituteFrame('Parse', 'stmt').toString('latin1'), /stmt\0CHAPERONE_DENIED/);
+  assert.ok(substituteFrame('Execute').includes(Buffer.from('chaperone\u0001denied')));
+});

@@ -1,0 +1,273 @@
+// The one gate every SQL-carrying client message passes (Query, Parse, Bind, Execute, FunctionCall):
+// analyse → describe → decide and record (AgentSession) → a verdict the connection applies:
+// - forward: send the client's frame as it is;
+// - substitute: send a message that fails in the upstream instead, and our Denial in place of its error
+//   (so responses keep pipeline order and PostgreSQL's own failed-transaction semantics hold);
+// - hold: wait for a promise that settles into one of the other two (the audit trail's group commit today;
+//   an approval later).
+// It keeps the session state the analysis depends on (prepared statements, portals, SQL-level PREPAREs,
+// search_path). No sockets: tested on its own.
+import type { AgentSession } from '../../core/agent-session.ts';
+import type { DecidedCommand, SettledClearance } from '../../core/command.ts';
+import { auditRefusal, policyRefusal } from '../../core/errors.ts';
+import type { Logger } from '../../core/observability/logger.ts';
+import type { AnalyzedStatement } from './analysis/analyze-sql.ts';
+import { PARSER_SENSITIVE_SETTINGS } from './analysis/analyze-sql.ts';
+import type { SqlAnalyzer } from './analysis/sql-analyzer.ts';
+import { denial, type Denial } from './error-responses.ts';
+import type { TransactionStatus } from './protocol/backend-messages.ts';
+import { encodeExecute, encodeParse, encodeQuery } from './protocol/frontend-encoder.ts';
+import type { Bind } from './protocol/frontend-messages.ts';
+import { auditParameters, describeRefused, describeStatements } from './sql-command.ts';
+
+export type GateVerdict =
+  | { readonly action: 'forward'; readonly command: DecidedCommand | undefined }
+  /** `denial` undefined: the upstream's own error for the substitute is what the client should see. */
+  | { readonly action: 'substitute'; readonly command: DecidedCommand | undefined; readonly denial: Denial | undefined }
+  | { readonly action: 'hold'; readonly until: Promise<SettledVerdict> };
+
+export type SettledVerdict = Exclude<GateVerdict, { action: 'hold' }>;
+
+/** Forward, with no decided command (an empty query, a Parse decided again at Execute). */
+const FORWARD: SettledVerdict = Object.freeze({ action: 'forward', command: undefined });
+/** Substitute and let the upstream's own error through (an Execute of a statement refused at Parse). */
+const SUBSTITUTE_UPSTREAM_ERROR: SettledVerdict = Object.freeze({
+  action: 'substitute',
+  command: undefined,
+  denial: undefined,
+});
+
+/** Statement text that fails in the upstream's parser at once; its error is replaced by the denial. */
+const FAILING_SQL = 'CHAPERONE_DENIED';
+/** Portal name no client can have created (names starting with a NUL cannot be sent). */
+const MISSING_PORTAL = 'chaperone\u0001denied';
+const FAILING_QUERY = encodeQuery(FAILING_SQL);
+const FAILING_EXECUTE = encodeExecute(MISSING_PORTAL, 0);
+
+/**
+ * What is sent upstream instead of a refused message of this kind: a message that fails at once there. Also
+ * sent for messages the upstream discards (after an extended-protocol error until Sync): if the proxy's view
+ * of the stream were ever wrong, that fails closed, not open.
+ */
+export function substituteFrame(type: 'Query' | 'Parse' | 'Execute' | 'FunctionCall', statementName = ''): Buffer {
+  switch (type) {
+    case 'Query':
+    case 'FunctionCall':
+      return FAILING_QUERY;
+    case 'Parse':
+      return encodeParse(statementName, FAILING_SQL);
+    case 'Execute':
+      return FAILING_EXECUTE;
+  }
+}
+
+interface PreparedStatement {
+  readonly text: string;
+  readonly analysis: readonly AnalyzedStatement[] | undefined;
+  /** Our denial when the statement was refused at Parse; every use of it fails upstream. */
+  readonly refusal?: Denial;
+}
+
+export interface StatementGateOptions {
+  readonly analyzer: SqlAnalyzer;
+  readonly session: AgentSession;
+  /** Where the upstream's transaction status is kept (the response tracker): policy input `inTransaction`. */
+  readonly upstream: { readonly transactionStatus: TransactionStatus };
+  readonly logger: Logger;
+  /** search_path the client asked for at startup; default ['public']. */
+  readonly searchPath?: readonly string[];
+}
+
+export class StatementGate {
+  private readonly analyzer: SqlAnalyzer;
+  private readonly session: AgentSession;
+  private readonly upstream: StatementGateOptions['upstream'];
+  private readonly logger: Logger;
+  private readonly statements = new Map<string, PreparedStatement>();
+  private readonly portals = new Map<string, { statement: PreparedStatement; params: readonly string[] }>();
+  /** SQL-level PREPARE name → analysed inner statement, so EXECUTE name is decided as what it runs. */
+  private readonly sqlPrepared = new Map<string, AnalyzedStatement>();
+  private searchPath: readonly string[];
+
+  constructor(options: StatementGateOptions) {
+    this.analyzer = options.analyzer;
+    this.session = options.session;
+    this.upstream = options.upstream;
+    this.logger = options.logger;
+    this.searchPath = options.searchPath ?? ['public'];
+  }
+
+  /** A simple Query: the whole string is decided at once; any refusal refuses all of it. */
+  query(text: string): GateVerdict {
+    const statements = this.analyse(text);
+    if (isDenial(statements)) return this.refuse(text, statements);
+    if (statements.length === 0) return FORWARD; // empty query: EmptyQueryResponse, nothing to decide
+    return this.decide(this.session.decide(describeStatements(text, statements), this.facts()), statements);
+  }
+
+  /**
+   * Parse: a forbidden statement is never prepared. Only a refusal is recorded here; an allowed statement is
+   * decided again and recorded at each Execute, with its parameters, so a policy change reaches it too.
+   */
+  parse(name: string, text: string): SettledVerdict {
+    const statements = this.analyse(text);
+    if (isDenial(statements)) {
+      this.statements.set(name, { text, analysis: undefined, refusal: statements });
+      return this.refuse(text, statements);
+    }
+    if (statements.length > 0) {
+      const description = describeStatements(text, statements);
+      const decision = this.session.evaluate(description, this.facts());
+      if (decision.decision !== 'allow') {
+        const command = this.session.record(description, decision);
+        const refusal = denial(policyRefusal(decision));
+        this.statements.set(name, { text, analysis: statements, refusal });
+        return { action: 'substitute', command, denial: refusal };
+      }
+    }
+    this.statements.set(name, { text, analysis: statements });
+    return FORWARD;
+  }
+
+  /** Bind: remembers which statement (and which parameters) a portal runs. */
+  bind(msg: Bind): void {
+    // Protocol-level Bind may name a statement created by SQL PREPARE: it is decided as what it holds.
+    const sqlPrepared = this.sqlPrepared.get(msg.statement);
+    const statement =
+      this.statements.get(msg.statement) ??
+      (sqlPrepared === undefined ? undefined : { text: sqlPrepared.text, analysis: [sqlPrepared] });
+    if (statement === undefined) this.portals.delete(msg.portal);
+    else this.portals.set(msg.portal, { statement, params: auditParameters(msg) });
+  }
+
+  /** Execute: decided (again) as the portal's statement with its bound parameters. */
+  execute(portalName: string): GateVerdict {
+    const portal = this.portals.get(portalName);
+    if (portal === undefined) {
+      // A portal this sidecar did not see bound (e.g. a cursor opened by SQL DECLARE) has no analysis to
+      // decide on: fail closed rather than run it unseen.
+      const refusal = denial({
+        id: 'UnknownPortal',
+        message: 'chaperone: executing a portal the sidecar did not see bound is not allowed',
+      });
+      return this.refuse(`EXECUTE PORTAL ${JSON.stringify(portalName)}`, refusal);
+    }
+    const statement = portal.statement;
+    // Refused (and recorded) at Parse; the upstream never prepared it and reports that itself.
+    if (statement.refusal !== undefined) return SUBSTITUTE_UPSTREAM_ERROR;
+    const analysis = statement.analysis;
+    if (analysis === undefined || analysis.length === 0) return FORWARD; // empty statement: EmptyQueryResponse
+    const description = describeStatements(statement.text, analysis, portal.params);
+    return this.decide(this.session.decide(description, this.facts()), analysis);
+  }
+
+  /** Close of a statement ('S') or portal ('P'). */
+  close(kind: 'S' | 'P', name: string): void {
+    if (kind === 'S') this.statements.delete(name);
+    else this.portals.delete(name);
+  }
+
+  /** The fast-path interface calls any function by OID, out of sight of statement analysis. */
+  functionCall(): SettledVerdict {
+    return {
+      action: 'substitute',
+      command: undefined,
+      denial: denial({
+        id: 'FastPathRefused',
+        message: 'chaperone: the fast-path function call interface is not allowed',
+      }),
+    };
+  }
+
+  // ---- internals -------------------------------------------------------------------------------
+
+  private facts(): { inTransaction: boolean } {
+    return this.upstream.transactionStatus === 'I' ? NOT_IN_TRANSACTION : IN_TRANSACTION;
+  }
+
+  /** The verdict for a decided command: refused by the audit trail, by policy, or cleared (now or later). */
+  private decide(command: DecidedCommand, statements: readonly AnalyzedStatement[]): GateVerdict {
+    const audit = command.audit;
+    if (audit.state === 'refused') return this.settle(command, audit, statements);
+    if (command.decision.decision !== 'allow') {
+      return { action: 'substitute', command, denial: denial(policyRefusal(command.decision)) };
+    }
+    if (audit.state === 'clear') return this.settle(command, audit, statements);
+    return { action: 'hold', until: audit.settled.then((settled) => this.settle(command, settled, statements)) };
+  }
+
+  private settle(
+    command: DecidedCommand,
+    audit: SettledClearance,
+    statements: readonly AnalyzedStatement[],
+  ): SettledVerdict {
+    if (audit.state === 'refused') {
+      this.logger.warn('statement denied: audit trail unavailable', {
+        sessionId: this.session.id,
+        reason: audit.error.reason,
+      });
+      return { action: 'substitute', command, denial: denial(auditRefusal(audit.error)) };
+    }
+    this.noteAllowed(statements);
+    return { action: 'forward', command };
+  }
+
+  /** Records a command refused before policy (unparsable text, a forbidden setting, an unknown portal). */
+  private refuse(text: string, refusal: Denial): SettledVerdict {
+    // Refused either way; when the record itself is refused (FailClosed) the command just has no trail.
+    return { action: 'substitute', command: this.session.decide(describeRefused(text), this.facts()), denial: refusal };
+  }
+
+  /** The statements of a text, or the denial of a text that must not reach the upstream. */
+  private analyse(text: string): readonly AnalyzedStatement[] | Denial {
+    const analysis = this.analyzer.analyze(text, this.searchPath);
+    if (!analysis.ok) {
+      // Fail closed: a statement the sidecar cannot parse is never forwarded.
+      return denial({
+        id: 'Unanalysable',
+        message: `chaperone: statement not analysable: ${analysis.error.message}`,
+        ...(analysis.error.position === undefined ? {} : { position: analysis.error.position }),
+      });
+    }
+    for (const s of analysis.statements) {
+      if (s.setting !== undefined && PARSER_SENSITIVE_SETTINGS.has(s.setting.name)) {
+        return denial({
+          id: 'ParserSettingRefused',
+          message: `chaperone: changing ${s.setting.name} is not allowed (it changes how statements are read)`,
+        });
+      }
+    }
+    // Most strings run no EXECUTE: the analysis is used as it is (the same array for the same analysis,
+    // which lets describeStatements reuse what it derived from it).
+    if (!analysis.statements.some((s) => s.executes !== undefined)) return analysis.statements;
+    return analysis.statements.map((s) => this.resolveSqlExecute(s));
+  }
+
+  /** EXECUTE name is decided as the statement PREPARE name stored; unknown names keep kind `execute`. */
+  private resolveSqlExecute(s: AnalyzedStatement): AnalyzedStatement {
+    if (s.executes === undefined) return s;
+    const prepared = this.sqlPrepared.get(s.executes);
+    return prepared === undefined ? s : { ...prepared, text: s.text, fingerprint: s.fingerprint, executes: s.executes };
+  }
+
+  /** Tracks session state the analysis depends on, once a statement is allowed to run. */
+  private noteAllowed(statements: readonly AnalyzedStatement[]): void {
+    for (const s of statements) {
+      if (s.prepares !== undefined) this.sqlPrepared.set(s.prepares, s);
+      if (s.deallocates !== undefined) {
+        if (s.deallocates === '*') this.sqlPrepared.clear();
+        else this.sqlPrepared.delete(s.deallocates);
+      }
+      if (s.setting?.name === 'search_path' && s.setting.action === 'set' && s.setting.values.length > 0) {
+        this.searchPath = s.setting.values;
+      }
+    }
+  }
+}
+
+const IN_TRANSACTION = Object.freeze({ inTransaction: true });
+const NOT_IN_TRANSACTION = Object.freeze({ inTransaction: false });
+
+function isDenial(analysed: readonly AnalyzedStatement[] | Denial): analysed is Denial {
+  return !Array.isArray(analysed);
+}
