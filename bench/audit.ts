@@ -7,13 +7,15 @@ import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { GENESIS_HASH, hashRecord, type AuditRecord, type UnhashedRecord } from '@chaperone/api';
-import { DurableAuditSink } from '../sidecar/src/core/audit/durable-audit-sink.ts';
-import { SessionWriter } from '../sidecar/src/core/audit/session-writer.ts';
-import { KubernetesSessionStore } from '../sidecar/src/core/audit/session-store.ts';
-import { loadOrCreateSigningKey } from '../sidecar/src/core/audit/signing-key.ts';
-import { Spool } from '../sidecar/src/core/audit/spool.ts';
-import { silentLogger } from '../sidecar/src/core/observability/logger.ts';
-import type { SessionRef } from '../sidecar/src/core/audit/audit-sink.ts';
+import { silentLogger } from '@chaperone/api';
+import {
+  DurableAuditSink,
+  KubernetesSessionStore,
+  SessionWriter,
+  Spool,
+  loadOrCreateSigningKey,
+  type SessionRef,
+} from '@chaperone/sidecar/audit';
 import { startControlPlane } from '../e2e/harness/control-plane.ts';
 import { applyCrds, kubectl } from '../e2e/harness/kube.ts';
 
@@ -134,7 +136,13 @@ export async function runAuditBench(
       pod: { name: 'bench-pod', namespace },
       logger: silentLogger,
     });
-    const ref: SessionRef = { sessionId: `latency-${String(Date.now())}`, resource: 'bench-db', resourceType: 'postgres', namespace, pod: 'p' };
+    const ref: SessionRef = {
+      sessionId: `latency-${String(Date.now())}`,
+      resource: 'bench-db',
+      resourceType: 'postgres',
+      namespace,
+      pod: 'p',
+    };
     const latency: number[] = [];
     const rs = records(statements * 2);
     for (let i = 0; i < rs.length; i += 2) {
@@ -153,7 +161,7 @@ export async function runAuditBench(
         store,
         signingKey: key,
         pod: { name: 'bench-pod', namespace },
-          logger: silentLogger,
+        logger: silentLogger,
         flushIntervalMs: 100,
       });
       const sessions = 8;

@@ -1,9 +1,8 @@
 // Policy decision latency: a realistic 10-rule AccessPolicy compiled by the real opa binary, evaluated by
 // the sidecar's PolicyEngine in WebAssembly. Run: node bench/policy-decision.ts
 import type { AccessPolicySpec, PolicyIdentity, SqlCommand } from '@chaperone/api';
-import { compilePolicy } from '../operator/src/policy/compile-policy.ts';
-import { PolicyEngine } from '../sidecar/src/core/policy/policy-engine.ts';
-import type { PolicyRequest } from '../sidecar/src/core/policy/policy-engine.ts';
+import { compilePolicy } from '@chaperone/operator/policy-compiler';
+import { PolicyEngine, type PolicyRequest } from '@chaperone/sidecar/policy-engine';
 
 export interface Percentiles {
   readonly p50: number;

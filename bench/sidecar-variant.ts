@@ -3,9 +3,9 @@
 // formatting and writing them. Same command line and `ready` line as sidecar/src/bin/chaperone-sidecar.ts.
 import { parseArgs } from 'node:util';
 import type { AuditRecord } from '@chaperone/api';
-import { loadConfig } from '../sidecar/src/config.ts';
-import { startSidecar } from '../sidecar/src/sidecar.ts';
-import type { AuditSink, SessionRef } from '../sidecar/src/core/audit/audit-sink.ts';
+import { startSidecar } from '@chaperone/sidecar';
+import type { AuditSink, SessionRef } from '@chaperone/sidecar/audit';
+import { loadConfig } from '@chaperone/sidecar/config';
 
 /** Counts records and drops them. */
 class NullSink implements AuditSink {

@@ -17,10 +17,10 @@ import {
   type RunningTokenExchange,
   type TokenExchangeOptions,
 } from './identity/start-token-exchange.ts';
-import type { Clock } from './controller/clock.ts';
-import type { Controller } from './controller/controller.ts';
-import { createEventRecorder } from './controller/event-recorder.ts';
-import { defaultIdentity, LeaderElector } from './controller/leader-election.ts';
+import type { Clock } from './controller-runtime/clock.ts';
+import type { Controller } from './controller-runtime/controller.ts';
+import { createEventRecorder } from './controller-runtime/event-recorder.ts';
+import { defaultIdentity, LeaderElector } from './controller-runtime/leader-election.ts';
 import { createAccessPolicyController, FIELD_MANAGER } from './controllers/access-policy-controller.ts';
 import { createProtectedResourceController } from './controllers/protected-resource-controller.ts';
 import { createSessionRetentionController } from './controllers/session-retention-controller.ts';

@@ -2,7 +2,6 @@
 // KUBECONFIG, then ~/.kube/config; --context; namespace from -n or the context), and the reads they need.
 import * as k8s from '@kubernetes/client-node';
 import { GROUP, VERSION, parseGoDuration, type ProtectedResource, type Session } from '@chaperone/api';
-import { loadAuthority, type Authority, type AuthorityFlags } from './authority.ts';
 
 /** Where command output goes; process.stdout and process.stderr fit. */
 export interface CommandIo {
@@ -74,20 +73,6 @@ async function listAll<T>(cluster: Cluster, plural: string): Promise<T[]> {
     cont = page.metadata?.continue === '' ? undefined : page.metadata?.continue;
   } while (cont !== undefined);
   return items;
-}
-
-/** What verify and evidence export read: every Session in scope, retention, the audit authority. */
-export async function readTrail(flags: ClusterFlags & AuthorityFlags): Promise<{
-  cluster: Cluster;
-  sessions: Session[];
-  retention: Map<string, number>;
-  authority: Authority;
-}> {
-  const cluster = connect(flags);
-  const sessions = await listSessions(cluster);
-  const retention = await retentionByResource(cluster);
-  const authority = await loadAuthority(flags, cluster);
-  return { cluster, sessions, retention, authority };
 }
 
 export function listSessions(cluster: Cluster): Promise<Session[]> {

@@ -3,7 +3,8 @@
 import { readFile, writeFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { stringify } from 'yaml';
-import { CLUSTER_OPTIONS, readTrail, describeError, type CommandIo } from '../audit/cluster.ts';
+import { CLUSTER_OPTIONS, describeError, type CommandIo } from '../audit/cluster.ts';
+import { readTrail } from '../audit/read-trail.ts';
 import { buildEvidence, evidenceDigest, serializeEvidence, verifyEvidence } from '../audit/evidence.ts';
 import { AUTHORITY_OPTIONS, AUTHORITY_USAGE } from '../audit/authority.ts';
 import { renderReport } from '../audit/render-report.ts';

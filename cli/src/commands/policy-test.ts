@@ -1,7 +1,7 @@
 // kubectl chaperone policy test: compiles AccessPolicies locally, exactly as the operator does, and
 // evaluates test cases with the sidecar's PolicyEngine, so a policy can be tested before it is applied.
-// The compiler and the engine are imported from the operator and the sidecar by relative path: nothing
-// is copied, so the CLI cannot drift from what runs in the cluster.
+// The compiler and the engine are the operator's and the sidecar's own, imported through their packages'
+// entry points: nothing is copied, so the CLI cannot drift from what runs in the cluster.
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { parseAllDocuments, stringify } from 'yaml';
@@ -13,8 +13,8 @@ import {
   type PolicyIdentity,
   type PolicyInput,
 } from '@chaperone/api';
-import { compilePolicy, type CompileProblem } from '../../../operator/src/policy/compile-policy.ts';
-import { PolicyEngine, type PolicyBundle } from '../../../sidecar/src/core/policy/policy-engine.ts';
+import { compilePolicy, type CompileProblem } from '@chaperone/operator/policy-compiler';
+import { PolicyEngine, type PolicyBundle } from '@chaperone/sidecar/policy-engine';
 import { formatTable } from '../table.ts';
 import type { CommandIo } from '../audit/cluster.ts';
 import { executableDir, findOpa, OpaNotFoundError, opaVersionWarning, repositoryOpa } from '../opa.ts';

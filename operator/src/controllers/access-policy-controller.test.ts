@@ -7,10 +7,10 @@ import {
   bundleConfigMap,
   bundleSize,
   compileFailureMessage,
-  policyConfigMapName,
   statusEqual,
   statusErrors,
 } from './access-policy-controller.ts';
+import { policyConfigMapName } from '../policy/bundle-configmap-name.ts';
 
 const policy: AccessPolicy = {
   apiVersion: 'chaperone.dev/v1alpha1',

@@ -44,11 +44,12 @@ import {
   type CompileResult,
 } from '../policy/compile-policy.ts';
 import type { PolicySource } from '../policy/render-rego.ts';
-import { systemClock, type Clock } from '../controller/clock.ts';
-import { conditionsEqual, findCondition, rfc3339, setCondition } from '../controller/conditions.ts';
-import { patchStatus } from '../controller/status-patch.ts';
-import { Controller } from '../controller/controller.ts';
-import type { EventRecorder } from '../controller/event-recorder.ts';
+import { policyConfigMapName } from '../policy/bundle-configmap-name.ts';
+import { systemClock, type Clock } from '../controller-runtime/clock.ts';
+import { conditionsEqual, findCondition, rfc3339, setCondition } from '../controller-runtime/conditions.ts';
+import { patchStatus } from '../controller-runtime/status-patch.ts';
+import { Controller } from '../controller-runtime/controller.ts';
+import type { EventRecorder } from '../controller-runtime/event-recorder.ts';
 import {
   TerminalError,
   objectKey,
@@ -56,15 +57,14 @@ import {
   type ReconcileRequest,
   type ReconcileResult,
   type Reconciler,
-} from '../controller/reconcile.ts';
-import { InformerSource, keyOfOwner } from '../controller/source.ts';
+} from '../controller-runtime/reconcile.ts';
+import { InformerSource, keyOfOwner } from '../controller-runtime/source.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { OperatorMetrics } from '../observability/metrics.ts';
 
 export const CONTROLLER_NAME = 'accesspolicy';
 export const FIELD_MANAGER = 'chaperone-operator';
 export const ACCESS_POLICY_PLURAL = 'accesspolicies';
-export const CONFIGMAP_PREFIX = 'chaperone-policy-';
 export const READY = 'Ready';
 export const REASON_COMPILED = 'Compiled';
 export const REASON_COMPILE_FAILED = 'CompileFailed';
@@ -84,14 +84,6 @@ export const MAX_BUNDLE_BYTES = 1_000_000;
 const MAX_STATUS_ERRORS = 32;
 const MAX_ERROR_MESSAGE = 4096;
 const COMPILE_CACHE_SIZE = 512;
-
-/** chaperone-policy-<name>; names too long for that get a truncated name plus a hash, still unique. */
-export function policyConfigMapName(policyName: string): string {
-  const name = `${CONFIGMAP_PREFIX}${policyName}`;
-  if (name.length <= 253) return name;
-  const hash = createHash('sha256').update(policyName).digest('hex').slice(0, 10);
-  return `${name.slice(0, 253 - 11).replace(/[.-]+$/, '')}-${hash}`;
-}
 
 /** The desired ConfigMap for a compiled policy, as the object server-side apply receives. */
 export function bundleConfigMap(

@@ -39,19 +39,19 @@ import {
   type RbacV1Subject,
 } from '@kubernetes/client-node';
 import { API_VERSION, GROUP, VERSION, type ProtectedResource, type ProtectedResourceStatus } from '@chaperone/api';
-import { systemClock, type Clock } from '../controller/clock.ts';
-import { conditionsEqual, findCondition, rfc3339, setCondition } from '../controller/conditions.ts';
-import { patchStatus } from '../controller/status-patch.ts';
-import { Controller } from '../controller/controller.ts';
-import type { EventRecorder } from '../controller/event-recorder.ts';
+import { systemClock, type Clock } from '../controller-runtime/clock.ts';
+import { conditionsEqual, findCondition, rfc3339, setCondition } from '../controller-runtime/conditions.ts';
+import { patchStatus } from '../controller-runtime/status-patch.ts';
+import { Controller } from '../controller-runtime/controller.ts';
+import type { EventRecorder } from '../controller-runtime/event-recorder.ts';
 import {
   objectKey,
   type ReconcileContext,
   type ReconcileRequest,
   type ReconcileResult,
   type Reconciler,
-} from '../controller/reconcile.ts';
-import { InformerSource } from '../controller/source.ts';
+} from '../controller-runtime/reconcile.ts';
+import { InformerSource } from '../controller-runtime/source.ts';
 import { ANNOTATION_INJECTED } from '../injection/constants.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { OperatorMetrics } from '../observability/metrics.ts';

@@ -1,5 +1,5 @@
 // The session-retention controller: a small reconciler keyed by namespace, in the style of the
-// AccessPolicy controller (operator/src/controller/). Its one source watches ProtectedResources and maps
+// AccessPolicy controller (operator/src/controller-runtime/). Its one source watches ProtectedResources and maps
 // each to its namespace, so a namespace is pruned when one of its resources appears or changes (a new
 // retention applies at once). Every reconcile prunes that namespace with pruneExpiredSessions
 // (session-retention.ts) and asks to be requeued after the retention interval, or sooner when a kept
@@ -13,10 +13,10 @@ import {
   type ObjectCache,
 } from '@kubernetes/client-node';
 import { GROUP, VERSION, type ProtectedResource } from '@chaperone/api';
-import { systemClock, type Clock } from '../controller/clock.ts';
-import { Controller } from '../controller/controller.ts';
-import type { Reconciler, ReconcileContext, ReconcileRequest, ReconcileResult } from '../controller/reconcile.ts';
-import { InformerSource } from '../controller/source.ts';
+import { systemClock, type Clock } from '../controller-runtime/clock.ts';
+import { Controller } from '../controller-runtime/controller.ts';
+import type { Reconciler, ReconcileContext, ReconcileRequest, ReconcileResult } from '../controller-runtime/reconcile.ts';
+import { InformerSource } from '../controller-runtime/source.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { OperatorMetrics } from '../observability/metrics.ts';
 import { pruneExpiredSessions, retentionFromResources } from './session-retention.ts';

@@ -15,8 +15,8 @@ import {
 } from '@kubernetes/client-node';
 import type { Registry } from 'prom-client';
 import { GROUP, TOKEN_EXCHANGE_BASE_PATH, VERSION, type DelegationPolicy, type TrustedIssuer } from '@chaperone/api';
-import { setCondition, conditionsEqual, type ConditionUpdate } from '../controller/conditions.ts';
-import { patchStatus } from '../controller/status-patch.ts';
+import { setCondition, conditionsEqual, type ConditionUpdate } from '../controller-runtime/conditions.ts';
+import { patchStatus } from '../controller-runtime/status-patch.ts';
 import type { Logger } from '../observability/logger.ts';
 import { ExchangeLog } from './exchange-log.ts';
 import type { FetchReport } from './oidc-keys.ts';

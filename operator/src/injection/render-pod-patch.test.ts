@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import type { V1Pod } from '@kubernetes/client-node';
 import { parse } from 'yaml';
 import type { ProtectedResource } from '@chaperone/api';
-import { validateConfig } from '../../../sidecar/src/config.ts';
+import { validateConfig } from '@chaperone/sidecar/config';
 import { ANNOTATION_SIDECAR_CONFIG, SIDECAR_CONTAINER, VOLUME_AUDIT, VOLUME_SIDECAR_API_ACCESS } from './constants.ts';
 import type { JsonPatchOperation } from './json-patch.ts';
 import { renderPodPatch, type InjectionInput } from './render-pod-patch.ts';

@@ -15,7 +15,7 @@ import type {
 } from '@kubernetes/client-node';
 import type { ProtectedResource } from '@chaperone/api';
 import { BUNDLE_MANIFEST_FILE, BUNDLE_WASM_FILE } from '@chaperone/api';
-import { policyConfigMapName } from '../controllers/access-policy-controller.ts';
+import { policyConfigMapName } from '../policy/bundle-configmap-name.ts';
 import {
   AGENT_IDENTITY_DIR,
   AGENT_KUBECONFIG_FILE,

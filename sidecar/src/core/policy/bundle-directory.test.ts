@@ -4,7 +4,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BUNDLE_MANIFEST_FILE, BUNDLE_WASM_FILE } from '@chaperone/api';
-import { compilePolicy } from '../../../../operator/src/policy/compile-policy.ts';
+import { compilePolicy } from '@chaperone/operator/policy-compiler';
 import { silentLogger } from '../observability/logger.ts';
 import { BundleWatcher } from './bundle-directory.ts';
 import { PolicyEngine } from './policy-engine.ts';

@@ -3,7 +3,7 @@
 import { before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import type { AccessPolicySpec, CombinedDecision, PolicyCommand, SqlStatementFacts } from '@chaperone/api';
-import { compilePolicy } from '../../../../operator/src/policy/compile-policy.ts';
+import { compilePolicy } from '@chaperone/operator/policy-compiler';
 import { PolicyEngine } from './policy-engine.ts';
 import type { PolicyBundle, PolicyRequest } from './policy-engine.ts';
 import { DEFAULT_ISSUER, http, identity, kube, request, spec, sql, stmt } from './policy-fixtures.test-helpers.ts';

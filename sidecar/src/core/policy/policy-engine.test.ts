@@ -5,7 +5,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
-import { compilePolicy, defaultOpaPath, readTarEntry } from '../../../../operator/src/policy/compile-policy.ts';
+import { compilePolicy, defaultOpaPath, readTarEntry } from '@chaperone/operator/policy-compiler';
 import { DecisionCache } from './decision-cache.ts';
 import { PolicyEngine, bundleDigest } from './policy-engine.ts';
 import type { BundleManifest, PolicyBundle } from './policy-engine.ts';
