@@ -14,7 +14,7 @@ import {
   SessionWriter,
   Spool,
   loadOrCreateSigningKey,
-  type SessionRef,
+  type RecordOrigin,
 } from '@chaperone/sidecar/audit';
 import { startControlPlane } from '../e2e/harness/control-plane.ts';
 import { applyCrds, kubectl } from '../e2e/harness/kube.ts';
@@ -136,7 +136,7 @@ export async function runAuditBench(
       pod: { name: 'bench-pod', namespace },
       logger: silentLogger,
     });
-    const ref: SessionRef = {
+    const ref: RecordOrigin = {
       sessionId: `latency-${String(Date.now())}`,
       resource: 'bench-db',
       resourceType: 'postgres',
@@ -167,7 +167,7 @@ export async function runAuditBench(
       const sessions = 8;
       const stream = records(Math.ceil(flushRecords / sessions));
       let n = 0;
-      const refs: SessionRef[] = Array.from({ length: sessions }, (_, i) => ({
+      const refs: RecordOrigin[] = Array.from({ length: sessions }, (_, i) => ({
         sessionId: `${tag}${String(i).padStart(7, '0')}-0000-4000-8000-${String(Date.now()).padStart(12, '0')}`,
         resource: 'bench-db',
         resourceType: 'postgres',

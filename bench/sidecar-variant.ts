@@ -4,13 +4,13 @@
 import { parseArgs } from 'node:util';
 import type { AuditRecord } from '@chaperone/api';
 import { startSidecar } from '@chaperone/sidecar';
-import type { AuditSink, SessionRef } from '@chaperone/sidecar/audit';
+import type { AuditSink, RecordOrigin } from '@chaperone/sidecar/audit';
 import { loadConfig } from '@chaperone/sidecar/config';
 
 /** Counts records and drops them. */
 class NullSink implements AuditSink {
   count = 0;
-  write(_session: SessionRef, _record: AuditRecord): void {
+  write(_session: RecordOrigin, _record: AuditRecord): void {
     this.count += 1;
   }
   whenDurable(): undefined {

@@ -10,7 +10,7 @@ import { SessionWriter } from '../../sidecar/src/core/audit/session-writer.ts';
 import { KubernetesSessionStore } from '../../sidecar/src/core/audit/session-store.ts';
 import { loadOrCreateSigningKey } from '../../sidecar/src/core/audit/signing-key.ts';
 import { createLogger, silentLogger } from '../../sidecar/src/core/observability/logger.ts';
-import type { SessionRef } from '../../sidecar/src/core/audit/audit-sink.ts';
+import type { RecordOrigin } from '../../sidecar/src/core/audit/audit-sink.ts';
 import { controlPlaneEnv, testDir } from '../harness/env.ts';
 import { createTestNamespace } from '../harness/kube.ts';
 import { customObjects, expectedCounters, lastStatus, listSessions, verifySessions } from './durability-helpers.ts';
@@ -74,7 +74,7 @@ async function writer(t: Parameters<typeof testDir>[0], namespace: string, extra
   return { w, acks, key };
 }
 
-const ref = (sessionId: string, namespace: string): SessionRef => ({
+const ref = (sessionId: string, namespace: string): RecordOrigin => ({
   sessionId,
   resource: 'orders-db',
   resourceType: 'postgres',

@@ -19,7 +19,7 @@ import { AuditUnavailable, type AuditSink } from './audit/audit-sink.ts';
 import type { PodChain } from './audit/pod-chain.ts';
 import { createValueMasker, PROCESS_HASH_KEY, type ValueMasker } from './masking/mask-value.ts';
 import { auditMetrics } from './audit/audit-metrics.ts';
-import { SessionRecorder } from './audit/session-recorder.ts';
+import { RecordChain } from './audit/record-chain.ts';
 import type { SidecarMetrics } from './observability/metrics.ts';
 import {
   CLEAR,
@@ -42,7 +42,8 @@ export interface ResourceContext {
   readonly labels: Readonly<Record<string, string>>;
 }
 
-export interface SessionSource {
+/** Where the client connects from and what it asked for at startup (session.start, auth.failure). */
+export interface ClientSource {
   readonly address: string;
   readonly applicationName: string;
   readonly user: string;
@@ -59,7 +60,7 @@ export interface AgentSessionOptions {
   readonly resource: ResourceContext;
   readonly pod: { readonly name: string; readonly namespace: string };
   readonly identity: Identity;
-  readonly source: SessionSource;
+  readonly source: ClientSource;
   /**
    * What a refused audit write means (NIST AU-5). FailClosed (default): the constructor throws
    * AuditUnavailable (no session without a trail) and decide() returns the command with a `refused`
@@ -110,7 +111,7 @@ function maskParameters(parameters: readonly string[], decision: CombinedDecisio
 export class AgentSession {
   readonly id = randomUUID();
   readonly identity: Identity;
-  readonly recorder: SessionRecorder;
+  private readonly records: RecordChain;
   readonly counters = { commands: 0, allowed: 0, denied: 0, held: 0, errors: 0 };
   private readonly options: AgentSessionOptions;
   private readonly policyId: PolicyIdentity;
@@ -130,7 +131,7 @@ export class AgentSession {
     this.identity = options.identity;
     this.policyId = policyIdentity(options.identity);
     this.resourceView = { ...options.resource };
-    this.recorder = new SessionRecorder(
+    this.records = new RecordChain(
       options.sink,
       {
         sessionId: this.id,
@@ -202,10 +203,10 @@ export class AgentSession {
     else if (decision.decision === 'deny') this.counters.denied += 1;
     else this.counters.held += 1;
 
-    const id = this.recorder.nextCommandId();
+    const id = this.records.nextCommandId();
     const { text, truncated } = truncateUtf8(description.text);
     // Built field by field rather than with conditional spreads (this runs for every statement), in the
-    // sorted key order of the canonical form, so the recorder serialises it with one JSON.stringify.
+    // sorted key order of the canonical form, so the chain serialises it with one JSON.stringify.
     const command: NonNullable<AuditRecord['command']> = { id, kind: description.command.type };
     if (description.parameters !== undefined) command.parameters = maskParameters(description.parameters, decision);
     // Frozen arrays (the engine shares them between statements) go into the record as they are.
@@ -281,17 +282,17 @@ export class AgentSession {
    * a command) and the resource is FailClosed, and thrown for the session.start record then; otherwise it is
    * counted as lost and reported by an audit.gap record before the next record that can be written.
    */
-  private write(content: Parameters<SessionRecorder['record']>[0], gate = false): AuditUnavailable | undefined {
+  private write(content: Parameters<RecordChain['record']>[0], gate = false): AuditUnavailable | undefined {
     const listener = this.options.listener;
     const failOpen = this.options.auditFailureMode === 'FailOpen';
     try {
       if (this.lost > 0) {
-        this.recorder.record({ type: 'audit.gap', gap: { lostRecords: this.lost, reason: this.lostReason } });
+        this.records.record({ type: 'audit.gap', gap: { lostRecords: this.lost, reason: this.lostReason } });
         this.options.metrics.auditRecords.inc({ listener });
         this.lost = 0;
         this.lostReason = '';
       }
-      this.recorder.record(content);
+      this.records.record(content);
       this.options.metrics.auditRecords.inc({ listener });
       return undefined;
     } catch (err) {

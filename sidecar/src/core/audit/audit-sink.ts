@@ -3,8 +3,8 @@
 import { createWriteStream, type WriteStream } from 'node:fs';
 import { canonicalRecordText, jcs, type AuditRecord, type ResourceType } from '@chaperone/api';
 
-/** Which session a record belongs to; not part of the hashed record, the Session object carries it. */
-export interface SessionRef {
+/** Where a record comes from: the agent session, its resource and pod. Not part of the hashed record; the Session objects carry it. */
+export interface RecordOrigin {
   readonly sessionId: string;
   readonly resource: string;
   /** The resource's type (spec.resource.type of its Session objects). */
@@ -27,10 +27,10 @@ export interface AuditSink {
   /**
    * Accepts one record. Records of one session arrive in seq order. Throws AuditUnavailable when the record
    * cannot be accepted; the caller decides (per the resource's audit failure mode) what that means.
-   * `canonical` is the record's JCS text when the caller has it (SessionRecorder computed it to hash the
+   * `canonical` is the record's JCS text when the caller has it (RecordChain computed it to hash the
    * record): sinks that write the canonical form use it instead of serialising the record again.
    */
-  write(session: SessionRef, record: AuditRecord, canonical?: string): void;
+  write(session: RecordOrigin, record: AuditRecord, canonical?: string): void;
   /**
    * Resolves when every record written so far is on durable storage (group commit); undefined when that is
    * already so or the sink has no durability of its own. Engines forward a command only after this.
@@ -41,10 +41,10 @@ export interface AuditSink {
   close(): Promise<void>;
 }
 
-const sessionJson = new WeakMap<SessionRef, string>();
+const sessionJson = new WeakMap<RecordOrigin, string>();
 
 /** The canonical (JCS) text of a session reference; a session's reference is one object, canonicalised once. */
-export function sessionRefJson(session: SessionRef): string {
+export function recordOriginJson(session: RecordOrigin): string {
   let ref = sessionJson.get(session);
   if (ref === undefined) {
     ref = jcs(session) ?? '{}';
@@ -57,8 +57,8 @@ export function sessionRefJson(session: SessionRef): string {
  * One JSON object per line: `{"session": {...}, "record": {...}}` with the record in canonical (JCS) form;
  * `canonical` is that form when the caller has it already (AuditSink.write).
  */
-export function formatJsonLine(session: SessionRef, record: AuditRecord, canonical?: string): string {
-  return `{"session":${sessionRefJson(session)},"record":${canonical ?? canonicalRecordText(record)}}\n`;
+export function formatJsonLine(session: RecordOrigin, record: AuditRecord, canonical?: string): string {
+  return `{"session":${recordOriginJson(session)},"record":${canonical ?? canonicalRecordText(record)}}\n`;
 }
 
 export class JsonLinesSink implements AuditSink {
@@ -79,7 +79,7 @@ export class JsonLinesSink implements AuditSink {
   }
 
   /** Lines are collected and written once per event-loop turn: one write for all records of a burst. */
-  write(session: SessionRef, record: AuditRecord, canonical?: string): void {
+  write(session: RecordOrigin, record: AuditRecord, canonical?: string): void {
     this.pending.push(formatJsonLine(session, record, canonical));
     if (!this.scheduled) {
       this.scheduled = true;
@@ -115,8 +115,8 @@ export class JsonLinesSink implements AuditSink {
 
 /** Keeps records in memory; for tests and for the bench's audit-on runs that measure the proxy alone. */
 export class MemorySink implements AuditSink {
-  readonly records: { session: SessionRef; record: AuditRecord }[] = [];
-  write(session: SessionRef, record: AuditRecord): void {
+  readonly records: { session: RecordOrigin; record: AuditRecord }[] = [];
+  write(session: RecordOrigin, record: AuditRecord): void {
     this.records.push({ session, record });
   }
   whenDurable(): undefined {

@@ -7,7 +7,7 @@ import { canonicalRecordText, type AuditRecord } from '@chaperone/api';
 import type { Registry } from 'prom-client';
 import type { Logger } from '../observability/logger.ts';
 import { auditMetrics, type AuditMetrics } from './audit-metrics.ts';
-import { AuditUnavailable, sessionRefJson, type AuditSink, type SessionRef } from './audit-sink.ts';
+import { AuditUnavailable, recordOriginJson, type AuditSink, type RecordOrigin } from './audit-sink.ts';
 import { SessionWriter, type SessionWriterOptions } from './session-writer.ts';
 import type { SessionStore } from './session-store.ts';
 import type { SigningKey } from './signing-key.ts';
@@ -17,7 +17,7 @@ import { Spool } from './spool.ts';
 const PRIORITY_TYPES: ReadonlySet<AuditRecord['type']> = new Set(['command.outcome', 'session.end']);
 const HIGH_WATER = 0.8;
 /** A session reference as read back from the spool. */
-type SpooledRef = Omit<SessionRef, 'resourceType'> & Partial<Pick<SessionRef, 'resourceType'>>;
+type SpooledOrigin = Omit<RecordOrigin, 'resourceType'> & Partial<Pick<RecordOrigin, 'resourceType'>>;
 const LOW_WATER = 0.7;
 
 export interface DurableAuditSinkOptions {
@@ -108,15 +108,15 @@ export class DurableAuditSink implements AuditSink {
     for (const r of repairs) options.logger.warn('audit spool repaired on replay', { repair: r });
     let replayed = 0;
     for (const e of entries) {
-      let parsed: { s: SpooledRef; r: AuditRecord };
+      let parsed: { s: SpooledOrigin; r: AuditRecord };
       try {
-        parsed = JSON.parse(e.payload.toString('utf8')) as { s: SpooledRef; r: AuditRecord };
+        parsed = JSON.parse(e.payload.toString('utf8')) as { s: SpooledOrigin; r: AuditRecord };
       } catch (err) {
         options.logger.error('unreadable audit spool entry skipped', { id: e.id, error: err });
         continue;
       }
       // Entries spooled before references carried the resource type were all PostgreSQL's (the only engine then).
-      const ref: SessionRef = { ...parsed.s, resourceType: parsed.s.resourceType ?? 'postgres' };
+      const ref: RecordOrigin = { ...parsed.s, resourceType: parsed.s.resourceType ?? 'postgres' };
       sink.writer.enqueue(e.id, ref, parsed.r, true);
       replayed += 1;
     }
@@ -128,12 +128,12 @@ export class DurableAuditSink implements AuditSink {
     return sink;
   }
 
-  write(session: SessionRef, record: AuditRecord, canonical?: string): void {
+  write(session: RecordOrigin, record: AuditRecord, canonical?: string): void {
     let id: number;
     const text = canonical ?? canonicalRecordText(record);
     try {
       // `{"s": session, "r": record}`, both in canonical form (the record's is the text it was hashed from).
-      const payload = `{"s":${sessionRefJson(session)},"r":${text}}`;
+      const payload = `{"s":${recordOriginJson(session)},"r":${text}}`;
       id = this.spool.append(Buffer.from(payload), PRIORITY_TYPES.has(record.type));
     } catch (err) {
       if (err instanceof AuditUnavailable) this.refused(err);

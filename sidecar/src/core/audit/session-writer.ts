@@ -20,7 +20,7 @@ import {
 } from '@chaperone/api';
 import type { Logger } from '../observability/logger.ts';
 import type { AuditMetrics } from './audit-metrics.ts';
-import type { SessionRef } from './audit-sink.ts';
+import type { RecordOrigin } from './audit-sink.ts';
 import type { SigningKey } from './signing-key.ts';
 import { SESSION_ID_LABEL, SessionStoreError, type SessionStore, type StoreEvent } from './session-store.ts';
 
@@ -67,7 +67,7 @@ interface Part {
 type Counters = SessionStatus['counters'];
 
 interface SessionState {
-  readonly ref: SessionRef;
+  readonly ref: RecordOrigin;
   readonly queue: Queued[];
   head: number;
   /** Whether the parts in Kubernetes are known (always so for a session first seen live in this process). */
@@ -174,7 +174,7 @@ export class SessionWriter {
    * of an earlier process: their parts may already exist, and their sessions are over. `serializedLength`
    * is the record's JSON size in UTF-8 bytes when the caller has it (sizing parts; computed otherwise).
    */
-  enqueue(id: number, session: SessionRef, record: AuditRecord, replayed = false, serializedLength?: number): void {
+  enqueue(id: number, session: RecordOrigin, record: AuditRecord, replayed = false, serializedLength?: number): void {
     let s = this.sessions.get(session.sessionId);
     if (s === undefined) {
       s = {

@@ -6,9 +6,9 @@
 import { readFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
 import type { Identity } from '@chaperone/api';
-import { AgentSession, type SessionSource } from '../../core/agent-session.ts';
+import { AgentSession, type ClientSource } from '../../core/agent-session.ts';
 import { AuditUnavailable } from '../../core/audit/audit-sink.ts';
-import { SessionRecorder } from '../../core/audit/session-recorder.ts';
+import { RecordChain } from '../../core/audit/record-chain.ts';
 import { auditUnavailableReason, type SidecarError } from '../../core/errors.ts';
 import { AuthenticationFailed, tokenHash } from '../../core/identity/token-verifier.ts';
 import type { ConnectionContext } from './connection-context.ts';
@@ -74,7 +74,7 @@ export function startupSearchPath(msg: StartupMessage): readonly string[] | unde
 }
 
 /** Who the client says it is, as recorded in session.start and auth.failure. */
-export function sessionSource(msg: StartupMessage | undefined, socket: Socket): SessionSource {
+export function sessionSource(msg: StartupMessage | undefined, socket: Socket): ClientSource {
   return {
     address: `${socket.remoteAddress ?? ''}:${String(socket.remotePort ?? '')}`,
     applicationName: msg?.parameters.get('application_name') ?? '',
@@ -90,7 +90,7 @@ export function sessionSource(msg: StartupMessage | undefined, socket: Socket): 
 export async function verifyToken(
   ctx: ConnectionContext,
   token: string,
-  source: SessionSource,
+  source: ClientSource,
   cancelKey: number,
 ): Promise<Identity> {
   try {
@@ -117,10 +117,10 @@ export async function verifyToken(
 function recordAuthFailure(
   ctx: ConnectionContext,
   failure: AuthenticationFailed,
-  source: SessionSource,
+  source: ClientSource,
   cancelKey: number,
 ): void {
-  const recorder = new SessionRecorder(
+  const chain = new RecordChain(
     ctx.services.sink,
     {
       sessionId: `auth-${cancelKey.toString(16)}-${Date.now().toString(36)}`,
@@ -132,7 +132,7 @@ function recordAuthFailure(
     ctx.services.podChain,
   );
   try {
-    recorder.record({
+    chain.record({
       type: 'auth.failure',
       source: { ...source },
       outcome: {
@@ -182,7 +182,7 @@ export async function loginUpstream(
 }
 
 /** Opens the session (its session.start record); throws StartupRefused on a FailClosed resource whose trail refuses it. */
-export function openSession(ctx: ConnectionContext, identity: Identity, source: SessionSource): AgentSession {
+export function openSession(ctx: ConnectionContext, identity: Identity, source: ClientSource): AgentSession {
   try {
     return new AgentSession({
       policy: ctx.services.policy,

@@ -62,7 +62,7 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
   private phase: Phase = 'startup';
   private startup: StartupMessage | undefined;
   private upstream: UpstreamConnection | undefined;
-  private session: AgentSession | undefined;
+  private agentSession: AgentSession | undefined;
   private gate: StatementGate | undefined;
   private tracker: ResponseTracker | undefined;
   private readonly scanner = new BackendScanner({ interest: [...TRACKED_FRAMES, BackendCode.NotificationResponse] });
@@ -242,9 +242,9 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
     const up = this.ctx.config.upstream;
     try {
       await this.ctx.sendCancel(up.host, up.port, this.ctx.upstreamTls(), key.processId, key.secretKey);
-      this.ctx.logger.info('cancel forwarded', { sessionId: this.session?.id });
+      this.ctx.logger.info('cancel forwarded', { sessionId: this.agentSession?.id });
     } catch (err) {
-      this.ctx.logger.warn('cancel failed', { sessionId: this.session?.id, error: err });
+      this.ctx.logger.warn('cancel failed', { sessionId: this.agentSession?.id, error: err });
     }
   }
 
@@ -275,7 +275,7 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
       this.fatal(err.refusal);
       return;
     }
-    this.session = session;
+    this.agentSession = session;
     const tracker = new ResponseTracker({
       transactionStatus: upstream.transactionStatus,
       onOutcome: (command, outcome) => session.complete(command, 'sql', outcome),
@@ -421,7 +421,7 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
         else this.toClient(tracker.onFrame(seg.code, seg.frame));
       }
     } catch (err) {
-      this.ctx.logger.error('upstream protocol error', { sessionId: this.session?.id, error: err });
+      this.ctx.logger.error('upstream protocol error', { sessionId: this.agentSession?.id, error: err });
       this.fatal({
         id: 'UpstreamProtocolViolation',
         message: 'chaperone: the protected database sent an invalid message',
@@ -451,7 +451,7 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
     this.ctx.services.metrics.protocolErrors.inc({ listener: this.ctx.config.name });
     const message = err instanceof ProtocolViolation ? err.message : 'invalid message';
     this.ctx.logger.warn('protocol violation', {
-      sessionId: this.session?.id,
+      sessionId: this.agentSession?.id,
       message,
       client: this.rawClient.remoteAddress,
     });
@@ -459,7 +459,7 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
   }
 
   private internalError(err: unknown): void {
-    this.ctx.logger.error('internal error', { sessionId: this.session?.id, error: err });
+    this.ctx.logger.error('internal error', { sessionId: this.agentSession?.id, error: err });
     this.fatal({ id: 'Internal', message: 'chaperone: internal error' });
   }
 
@@ -477,7 +477,7 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
     this.ctx.unregister(this);
     // Outstanding commands never got their responses.
     this.tracker?.cancelAll();
-    this.session?.end(reason);
+    this.agentSession?.end(reason);
     const upstream = this.upstream?.socket;
     if (upstream !== undefined) {
       upstream.removeAllListeners('close');

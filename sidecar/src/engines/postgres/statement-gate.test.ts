@@ -4,7 +4,7 @@ import { before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { AuditRecord, CombinedDecision, Decision, Identity, SqlCommand } from '@chaperone/api';
 import { AgentSession, type PolicyDecider } from '../../core/agent-session.ts';
-import { AuditUnavailable, MemorySink, type AuditSink, type SessionRef } from '../../core/audit/audit-sink.ts';
+import { AuditUnavailable, MemorySink, type AuditSink, type RecordOrigin } from '../../core/audit/audit-sink.ts';
 import { PodChain } from '../../core/audit/pod-chain.ts';
 import { silentLogger } from '../../core/observability/logger.ts';
 import { createSidecarMetrics } from '../../core/observability/metrics.ts';
@@ -43,14 +43,14 @@ class FixedDecider implements PolicyDecider {
 
 /** A sink the test controls: it can refuse writes, and with `groupCommit` every write waits for settle(). */
 class TestSink implements AuditSink {
-  readonly records: { session: SessionRef; record: AuditRecord }[] = [];
+  readonly records: { session: RecordOrigin; record: AuditRecord }[] = [];
   refuse: AuditUnavailable | undefined;
   private readonly groupCommit: boolean;
   private pending: { promise: Promise<void>; resolve: () => void; reject: (err: unknown) => void } | undefined;
   constructor(groupCommit = false) {
     this.groupCommit = groupCommit;
   }
-  write(session: SessionRef, record: AuditRecord): void {
+  write(session: RecordOrigin, record: AuditRecord): void {
     if (this.refuse !== undefined) throw this.refuse;
     this.records.push({ session, record });
   }

@@ -80,7 +80,7 @@ export interface StatementGateOptions {
 
 export class StatementGate {
   private readonly analyzer: SqlAnalyzer;
-  private readonly session: AgentSession;
+  private readonly agentSession: AgentSession;
   private readonly upstream: StatementGateOptions['upstream'];
   private readonly logger: Logger;
   private readonly statements = new Map<string, PreparedStatement>();
@@ -91,7 +91,7 @@ export class StatementGate {
 
   constructor(options: StatementGateOptions) {
     this.analyzer = options.analyzer;
-    this.session = options.session;
+    this.agentSession = options.session;
     this.upstream = options.upstream;
     this.logger = options.logger;
     this.searchPath = options.searchPath ?? ['public'];
@@ -102,7 +102,7 @@ export class StatementGate {
     const statements = this.analyse(text);
     if (isDenial(statements)) return this.refuse(text, statements);
     if (statements.length === 0) return FORWARD; // empty query: EmptyQueryResponse, nothing to decide
-    return this.decide(this.session.decide(describeStatements(text, statements), this.facts()), statements);
+    return this.decide(this.agentSession.decide(describeStatements(text, statements), this.facts()), statements);
   }
 
   /**
@@ -117,9 +117,9 @@ export class StatementGate {
     }
     if (statements.length > 0) {
       const description = describeStatements(text, statements);
-      const decision = this.session.evaluate(description, this.facts());
+      const decision = this.agentSession.evaluate(description, this.facts());
       if (decision.decision !== 'allow') {
-        const command = this.session.record(description, decision);
+        const command = this.agentSession.record(description, decision);
         const refusal = denial(policyRefusal(decision));
         this.statements.set(name, { text, analysis: statements, refusal });
         return { action: 'substitute', command, denial: refusal };
@@ -158,7 +158,7 @@ export class StatementGate {
     const analysis = statement.analysis;
     if (analysis === undefined || analysis.length === 0) return FORWARD; // empty statement: EmptyQueryResponse
     const description = describeStatements(statement.text, analysis, portal.params);
-    return this.decide(this.session.decide(description, this.facts()), analysis);
+    return this.decide(this.agentSession.decide(description, this.facts()), analysis);
   }
 
   /** Close of a statement ('S') or portal ('P'). */
@@ -203,7 +203,7 @@ export class StatementGate {
   ): SettledVerdict {
     if (audit.state === 'refused') {
       this.logger.warn('statement denied: audit trail unavailable', {
-        sessionId: this.session.id,
+        sessionId: this.agentSession.id,
         reason: audit.error.reason,
       });
       return { action: 'substitute', command, denial: denial(auditRefusal(audit.error)) };
@@ -215,7 +215,11 @@ export class StatementGate {
   /** Records a command refused before policy (unparsable text, a forbidden setting, an unknown portal). */
   private refuse(text: string, refusal: Denial): SettledVerdict {
     // Refused either way; when the record itself is refused (FailClosed) the command just has no trail.
-    return { action: 'substitute', command: this.session.decide(describeRefused(text), this.facts()), denial: refusal };
+    return {
+      action: 'substitute',
+      command: this.agentSession.decide(describeRefused(text), this.facts()),
+      denial: refusal,
+    };
   }
 
   /** The statements of a text, or the denial of a text that must not reach the upstream. */

@@ -1,7 +1,7 @@
-// Builds one session's audit records: assigns seq and microsecond UTC time, links each record to the
-// previous one by hash (the first to the pod's previous session, through the PodChain), puts the session's
-// verified identity (with its whole delegation chain) into every record, and hands it to the sink. Engines
-// describe what happened; this makes it a record.
+// The chain of one agent session's audit records: assigns seq and microsecond UTC time, links each record
+// to the previous one by hash (the first to the pod's previous session, through the PodChain), puts the
+// session's verified identity (with its whole delegation chain) into every record, and hands it to the sink.
+// Engines describe what happened; this makes it a record.
 import {
   AUDIT_RECORD_VERSION,
   formatAuditTime,
@@ -11,13 +11,13 @@ import {
   type Identity,
   type UnhashedRecord,
 } from '@chaperone/api';
-import type { AuditSink, SessionRef } from './audit-sink.ts';
+import type { AuditSink, RecordOrigin } from './audit-sink.ts';
 import type { PodChain } from './pod-chain.ts';
 
 export type RecordContent = Omit<AuditRecord, 'v' | 'seq' | 'time' | 'prevHash' | 'hash'>;
 
-export class SessionRecorder {
-  readonly session: SessionRef;
+export class RecordChain {
+  readonly origin: RecordOrigin;
   private readonly sink: AuditSink;
   private readonly clock: () => bigint;
   private readonly chain: PodChain;
@@ -31,12 +31,12 @@ export class SessionRecorder {
 
   constructor(
     sink: AuditSink,
-    session: SessionRef,
+    origin: RecordOrigin,
     chain: PodChain,
     options: { clock?: () => bigint; identity?: Identity } = {},
   ) {
     this.sink = sink;
-    this.session = session;
+    this.origin = origin;
     this.chain = chain;
     this.clock = options.clock ?? nowMicros;
     this.identity = options.identity;
@@ -68,7 +68,7 @@ export class SessionRecorder {
     };
     // Canonicalised once: the sink writes the text the hash was computed over (plus the hash member).
     const { record, canonical } = sealRecord(unhashed);
-    this.sink.write(this.session, record, canonical);
+    this.sink.write(this.origin, record, canonical);
     this.seq = record.seq;
     this.prevHash = record.hash;
     if (record.seq === 1) this.chain.advance(record.hash);
