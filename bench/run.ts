@@ -1,6 +1,7 @@
-// `make bench`: pgbench -S against direct PostgreSQL, PgBouncer (session mode) and the Chaperone sidecar
-// (allow-all policy, audit on) in one run on one throwaway PostgreSQL, plus the policy decision latency
-// benchmark. Prints a table, checks the targets (reported, never fatal) and writes bench/results.json.
+// `make bench`: pgbench -S against direct PostgreSQL, PgBouncer (session mode), a bare Node.js byte pipe
+// (bench/byte-pipe.ts, the runtime's floor) and the Chaperone sidecar (allow-all policy, audit on) in one
+// run on one throwaway PostgreSQL, plus the policy decision, admission and durable audit benchmarks. Prints
+// a table, checks the targets (reported, never fatal) and writes bench/results.json.
 //
 //   node bench/run.ts              the full benchmark (about 5 minutes)
 //   node bench/run.ts --quick      2 s per run, to check the plumbing
@@ -43,7 +44,7 @@ import {
 } from '../e2e/harness/sidecar-process.ts';
 import { postgresBinDir, REPO_ROOT } from '../e2e/harness/tools.ts';
 
-type Target = 'direct' | 'pgbouncer' | 'sidecar';
+type Target = 'direct' | 'pgbouncer' | 'pipe' | 'sidecar';
 type Mode = 'simple' | 'prepared' | 'extended';
 
 interface RunResult {
@@ -65,14 +66,26 @@ interface RunResult {
   readonly loadavgAfter: readonly number[];
 }
 
+/** One (mode, clients) shape of one run; results.json keys them `<mode>-c<clients>` (e.g. `simple-c8`). */
 interface Ratio {
   readonly mode: Mode;
   readonly clients: number;
-  readonly sidecarOverPgbouncerTps: number;
-  readonly sidecarOverDirectTps: number;
-  readonly pgbouncerOverDirectTps: number;
-  /** Average latency the sidecar adds over PgBouncer, µs. */
-  readonly addedLatencyUsOverPgbouncer: number;
+  /** Median-round TPS of each target. */
+  readonly tps: Readonly<Record<Target, number>>;
+  /** Median-round average latency of each target, µs. */
+  readonly latencyUs: Readonly<Record<Target, number>>;
+  /** CPU time of the proxy process per transaction, µs (user + system). */
+  readonly proxyCpuUsPerTxn: {
+    readonly pgbouncer: number | undefined;
+    readonly pipe: number | undefined;
+    readonly sidecar: number | undefined;
+  };
+  /** Sidecar TPS divided by each other target's. */
+  readonly sidecarTpsOver: { readonly pgbouncer: number; readonly pipe: number; readonly direct: number };
+  /** Average latency the sidecar adds over each other target, µs. */
+  readonly sidecarAddedLatencyUsOver: { readonly pgbouncer: number; readonly pipe: number; readonly direct: number };
+  readonly pgbouncerTpsOverDirect: number;
+  readonly pipeTpsOverPgbouncer: number;
 }
 
 interface TargetCheck {
@@ -99,10 +112,10 @@ const SCALE = 10;
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? (args.quick === true ? 1 : 3));
 const MEASURED_SECONDS = Number(process.env.BENCH_SECONDS ?? (args.quick === true ? 2 : 5));
 const EXTENDED_SECONDS = Math.max(1, Math.round((MEASURED_SECONDS * 3) / 5));
-const WARMUP_SECONDS = args.quick === true ? 1 : 3;
+const WARMUP_SECONDS = args.quick === true ? 2 : 3;
 const CLIENTS = [1, 8] as const;
 const MODES: readonly Mode[] = ['simple', 'prepared', 'extended'];
-const TARGETS: readonly Target[] = ['direct', 'pgbouncer', 'sidecar'];
+const TARGETS: readonly Target[] = ['direct', 'pgbouncer', 'pipe', 'sidecar'];
 const RESULTS_FILE = join(REPO_ROOT, 'bench', 'results.json');
 const PROFILE_DIR = join(REPO_ROOT, 'tmp', 'bench-profiles');
 
@@ -111,6 +124,7 @@ const PROFILE_DIR = join(REPO_ROOT, 'tmp', 'bench-profiles');
 const children = new Set<ChildProcess>();
 let postgres: PostgresCluster | undefined;
 let pgbouncer: ChildProcess | undefined;
+let bytePipe: ChildProcess | undefined;
 let sidecar: SidecarProcess | undefined;
 let runDir: string | undefined;
 let cleaning: Promise<void> | undefined;
@@ -125,10 +139,12 @@ function cleanup(): Promise<void> {
     const stops: Promise<unknown>[] = [];
     if (sidecar !== undefined) stops.push(sidecar.stop());
     if (pgbouncer !== undefined) stops.push(stopProcess(pgbouncer, 5_000));
+    if (bytePipe !== undefined) stops.push(stopProcess(bytePipe, 5_000));
     await Promise.allSettled(stops);
     if (postgres !== undefined) await postgres.stop().catch(() => undefined);
     sidecar = undefined;
     pgbouncer = undefined;
+    bytePipe = undefined;
     postgres = undefined;
     if (runDir !== undefined && process.env.CHAPERONE_KEEP_RUN_DIR === undefined) {
       rmSync(runDir, { recursive: true, force: true });
@@ -306,6 +322,30 @@ async function startPgbouncer(dir: string, pg: PostgresCluster): Promise<{ port:
   }
 }
 
+// ---- the bare Node.js byte pipe -------------------------------------------------------------------------
+
+async function startBytePipe(pg: PostgresCluster): Promise<{ port: number }> {
+  const child = spawn(
+    process.execPath,
+    [join(REPO_ROOT, 'bench', 'byte-pipe.ts'), '--listen', '127.0.0.1:0', '--upstream', `127.0.0.1:${pg.port}`],
+    { stdio: ['ignore', 'ignore', 'pipe'] },
+  );
+  if (child.pid === undefined) throw new Error('could not start the byte pipe');
+  bytePipe = child;
+  recordServer(runDir ?? '', 'byte-pipe', child.pid);
+  let output = '';
+  return new Promise((resolve, reject) => {
+    child.stderr.setEncoding('utf8').on('data', (d: string) => {
+      output += d;
+      const line = output.split('\n').find((l) => l.includes('"ready"'));
+      if (line !== undefined) resolve({ port: (JSON.parse(line) as { port: number }).port });
+    });
+    child.once('exit', (code) => {
+      reject(new Error(`the byte pipe exited with ${String(code)}:\n${output}`));
+    });
+  });
+}
+
 // ---- pgbench --------------------------------------------------------------------------------------------
 
 function parseNumber(text: string, pattern: RegExp, what: string): number {
@@ -399,54 +439,101 @@ function computeRatios(runs: readonly RunResult[]): Ratio[] {
         runs.find((r) => r.target === target && r.mode === mode && r.clients === clients);
       const direct = find('direct');
       const bouncer = find('pgbouncer');
+      const pipe = find('pipe');
       const side = find('sidecar');
-      if (direct === undefined || bouncer === undefined || side === undefined) continue;
+      if (direct === undefined || bouncer === undefined || pipe === undefined || side === undefined) continue;
+      const us = (r: RunResult) => r.latencyMs * 1000;
       ratios.push({
         mode,
         clients,
-        sidecarOverPgbouncerTps: side.tps / bouncer.tps,
-        sidecarOverDirectTps: side.tps / direct.tps,
-        pgbouncerOverDirectTps: bouncer.tps / direct.tps,
-        addedLatencyUsOverPgbouncer: (side.latencyMs - bouncer.latencyMs) * 1000,
+        tps: { direct: direct.tps, pgbouncer: bouncer.tps, pipe: pipe.tps, sidecar: side.tps },
+        latencyUs: { direct: us(direct), pgbouncer: us(bouncer), pipe: us(pipe), sidecar: us(side) },
+        proxyCpuUsPerTxn: {
+          pgbouncer: bouncer.proxyCpuUsPerTxn,
+          pipe: pipe.proxyCpuUsPerTxn,
+          sidecar: side.proxyCpuUsPerTxn,
+        },
+        sidecarTpsOver: { pgbouncer: side.tps / bouncer.tps, pipe: side.tps / pipe.tps, direct: side.tps / direct.tps },
+        sidecarAddedLatencyUsOver: {
+          pgbouncer: us(side) - us(bouncer),
+          pipe: us(side) - us(pipe),
+          direct: us(side) - us(direct),
+        },
+        pgbouncerTpsOverDirect: bouncer.tps / direct.tps,
+        pipeTpsOverPgbouncer: pipe.tps / bouncer.tps,
       });
     }
   }
   return ratios;
 }
 
+/** The ratios under stable keys, `<mode>-c<clients>`, for results.json. */
+function ratiosByShape(ratios: readonly Ratio[]): Record<string, Ratio> {
+  return Object.fromEntries(ratios.map((r) => [`${r.mode}-c${String(r.clients)}`, r]));
+}
+
 function printRatios(ratios: readonly Ratio[]): void {
-  console.log(
-    `\n${'mode'.padEnd(9)} ${'clients'.padStart(7)} ${'sidecar/pgbouncer'.padStart(17)} ${'sidecar/direct'.padStart(14)} ${'pgbouncer/direct'.padStart(16)} ${'sidecar added µs vs pgbouncer'.padStart(29)}`,
-  );
+  const head = [
+    'sidecar/pgbouncer',
+    'sidecar/pipe',
+    'sidecar/direct',
+    'pipe/pgbouncer',
+    '+µs vs pgbouncer',
+    '+µs vs pipe',
+  ];
+  console.log(`\n${'mode'.padEnd(9)} ${'clients'.padStart(7)} ${head.map((h) => h.padStart(17)).join(' ')}`);
   for (const r of ratios) {
-    console.log(
-      `${r.mode.padEnd(9)} ${String(r.clients).padStart(7)} ${fmt(r.sidecarOverPgbouncerTps, 3).padStart(17)} ${fmt(r.sidecarOverDirectTps, 3).padStart(14)} ${fmt(r.pgbouncerOverDirectTps, 3).padStart(16)} ${fmt(r.addedLatencyUsOverPgbouncer, 1).padStart(29)}`,
-    );
+    const cells = [
+      fmt(r.sidecarTpsOver.pgbouncer, 3),
+      fmt(r.sidecarTpsOver.pipe, 3),
+      fmt(r.sidecarTpsOver.direct, 3),
+      fmt(r.pipeTpsOverPgbouncer, 3),
+      fmt(r.sidecarAddedLatencyUsOver.pgbouncer, 1),
+      fmt(r.sidecarAddedLatencyUsOver.pipe, 1),
+    ];
+    console.log(`${r.mode.padEnd(9)} ${String(r.clients).padStart(7)} ${cells.map((c) => c.padStart(17)).join(' ')}`);
   }
 }
 
-function checkTargets(ratios: readonly Ratio[], policy: PolicyDecisionBenchResult | undefined): TargetCheck[] {
+function checkTargets(
+  ratios: readonly Ratio[],
+  policy: PolicyDecisionBenchResult | undefined,
+  flushRecordsPerSecond: number | undefined,
+): TargetCheck[] {
   const checks: TargetCheck[] = [];
   const ratio = (mode: Mode, clients: number) => ratios.find((r) => r.mode === mode && r.clients === clients);
-  const simple8 = ratio('simple', 8);
-  if (simple8 !== undefined) {
-    const v = simple8.sidecarOverPgbouncerTps;
-    checks.push({ name: 'sidecar/PgBouncer TPS, simple, -c 8', target: '≥ 0.5', measured: v, met: v >= 0.5 });
-  }
-  const prepared8 = ratio('prepared', 8);
-  if (prepared8 !== undefined) {
-    const v = prepared8.sidecarOverPgbouncerTps;
-    checks.push({ name: 'sidecar/PgBouncer TPS, prepared, -c 8', target: '≥ 0.8', measured: v, met: v >= 0.8 });
+  for (const [mode, target] of [
+    ['simple', 0.5],
+    ['prepared', 0.8],
+  ] as const) {
+    const r = ratio(mode, 8);
+    if (r === undefined) continue;
+    const v = r.sidecarTpsOver.pgbouncer;
+    checks.push({ name: `sidecar/PgBouncer TPS, ${mode}, -c 8`, target: `≥ ${target}`, measured: v, met: v >= target });
   }
   for (const mode of ['simple', 'prepared'] as const) {
     const r = ratio(mode, 1);
     if (r === undefined) continue;
-    const v = r.addedLatencyUsOverPgbouncer;
+    const v = r.sidecarAddedLatencyUsOver.pgbouncer;
     checks.push({
       name: `added avg latency over PgBouncer, ${mode}, -c 1 (µs)`,
       target: '≤ 60',
       measured: v,
       met: v <= 60,
+    });
+  }
+  for (const mode of ['simple', 'prepared'] as const) {
+    const r = ratio(mode, 8);
+    if (r === undefined) continue;
+    const v = r.sidecarTpsOver.pipe;
+    checks.push({ name: `sidecar/bare pipe TPS, ${mode}, -c 8`, target: '≥ 0.8', measured: v, met: v >= 0.8 });
+  }
+  if (flushRecordsPerSecond !== undefined) {
+    checks.push({
+      name: 'flush into Session objects (records/s)',
+      target: '≥ 2000',
+      measured: flushRecordsPerSecond,
+      met: flushRecordsPerSecond >= 2000,
     });
   }
   if (policy !== undefined) {
@@ -570,23 +657,26 @@ async function benchmark(): Promise<void> {
   const pg = await setUp();
   const pgVersion = pg.superuserSql('select version()').trim();
   const bouncer = await startPgbouncer(join(runDir ?? '', 'pgbouncer'), pg);
+  const pipe = await startBytePipe(pg);
   const side = await startSidecar(pg, join(runDir ?? '', 'sidecar'));
   sidecar = side;
-  const totalSeconds = ((MEASURED_SECONDS * 4 + EXTENDED_SECONDS * 2) * ROUNDS + WARMUP_SECONDS * 2) * 3;
+  const totalSeconds = ((MEASURED_SECONDS * 4 + EXTENDED_SECONDS * 2) * ROUNDS + WARMUP_SECONDS * 2) * TARGETS.length;
   // The token is pgbench's password; it must outlive every connection the bench opens.
   const token = await sidecarToken(side, totalSeconds + 3600);
   const envs: Record<Target, NodeJS.ProcessEnv> = {
     direct: directEnv(pg),
     pgbouncer: { ...directEnv(pg), PGPORT: String(bouncer.port) },
+    pipe: { ...directEnv(pg), PGPORT: String(pipe.port) },
     sidecar: side.libpqEnv(token, { PGAPPNAME: 'chaperone-bench' }),
   };
   const proxyPid: Record<Target, number | undefined> = {
     direct: undefined,
     pgbouncer: pgbouncer?.pid,
+    pipe: bytePipe?.pid,
     sidecar: side.process.pid,
   };
   console.log(
-    `bench: PostgreSQL 127.0.0.1:${pg.port}, PgBouncer 127.0.0.1:${bouncer.port}, sidecar ${side.host}:${side.port}; ` +
+    `bench: PostgreSQL 127.0.0.1:${pg.port}, PgBouncer 127.0.0.1:${bouncer.port}, byte pipe 127.0.0.1:${pipe.port}, sidecar ${side.host}:${side.port}; ` +
       `about ${Math.round(totalSeconds / 60)} min of pgbench`,
   );
 
@@ -621,7 +711,7 @@ async function benchmark(): Promise<void> {
   const audit = countLines(side.auditFile);
   const sidecarTxns = transactionsByTarget.get('sidecar') ?? 0;
   const ratios = computeRatios(runs);
-  const checks = checkTargets(ratios, policy);
+  const checks = checkTargets(ratios, policy, durableAudit.flushRecordsPerSecond);
   const loadAfter = uptime();
 
   printRuns(runs);
@@ -660,11 +750,12 @@ async function benchmark(): Promise<void> {
       pgbench: 'pgbench -n -S -M <mode> -c <clients> -j <1|2> -T <seconds>; runs = median-TPS round of rounds',
       direct: 'TCP 127.0.0.1, sslmode=disable, scram-sha-256',
       pgbouncer: 'session pooling, auth_type scram-sha-256, TCP 127.0.0.1 both sides, no TLS',
+      pipe: 'bench/byte-pipe.ts: net.Socket pipe() both ways, TCP 127.0.0.1 both sides, no TLS; SCRAM passes through',
       sidecar: 'allow-all policy, audit JSON lines to a file, log level info, upstream TLS verify-full + SCRAM',
     },
     runs,
     rounds,
-    ratios,
+    ratios: ratiosByShape(ratios),
     policyDecision: policy,
     sqlAnalysis,
     admission,

@@ -23,6 +23,7 @@ import {
 } from './client-startup.ts';
 import type { CancelTarget, ConnectionContext } from './connection-context.ts';
 import { errorResponseFor } from './error-responses.ts';
+import { OutboundBytes } from './outbound-bytes.ts';
 import { ResponseTracker, TRACKED_FRAMES, type UnitKind } from './response-tracker.ts';
 import { StatementGate, substituteFrame, type GateVerdict, type SettledVerdict } from './statement-gate.ts';
 import {
@@ -66,6 +67,9 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
   private gate: StatementGate | undefined;
   private tracker: ResponseTracker | undefined;
   private readonly scanner = new BackendScanner({ interest: [...TRACKED_FRAMES, BackendCode.NotificationResponse] });
+  /** What this turn forwards upstream and sends to the client: each leaves in one write (outbound-bytes.ts). */
+  private readonly toUpstream = new OutboundBytes();
+  private readonly toClientBytes = new OutboundBytes();
   private busy = false;
   private authTimer: NodeJS.Timeout | undefined;
   /** Client-facing cancel key; the upstream's own key never leaves the sidecar. */
@@ -112,8 +116,6 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
   /** Handles decoded messages until the decoder is empty or a step has to wait. */
   private drain(): void {
     if (this.busy || this.phase === 'closed') return;
-    const upstream = this.upstream?.socket;
-    upstream?.cork();
     try {
       for (;;) {
         let msg: FrontendMessage | null;
@@ -139,7 +141,7 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
         if (this.isClosed()) return;
       }
     } finally {
-      upstream?.uncork();
+      this.flushUpstream();
     }
   }
 
@@ -318,10 +320,15 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
 
   // ---- the relay ----------------------------------------------------------------------------------
 
+  /** Queues bytes for the upstream; they leave together when the drain loop (or a held step) ends. */
   private forward(frame: Buffer): void {
+    this.toUpstream.push(frame);
+  }
+
+  private flushUpstream(): void {
     const upstream = this.upstream?.socket;
-    if (upstream === undefined) return;
-    if (!upstream.write(frame)) this.client.pause();
+    if (upstream === undefined || upstream.destroyed) return;
+    if (!this.toUpstream.flushTo(upstream)) this.client.pause();
   }
 
   /** Returns a promise when a verdict is on hold (the statement waits for its audit record to be durable). */
@@ -375,6 +382,7 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
         return;
       case 'Terminate':
         this.forward(msg.frame);
+        this.flushUpstream();
         this.close('client terminated the session');
         return;
       default:
@@ -386,7 +394,9 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
   private apply(verdict: GateVerdict, type: GatedMessage, frame: Buffer, name?: string): Promise<void> | undefined {
     if (verdict.action === 'hold') {
       return verdict.until.then((settled) => {
-        if (!this.isClosed()) this.applySettled(settled, type, frame, name);
+        if (this.isClosed()) return;
+        this.applySettled(settled, type, frame, name);
+        this.flushUpstream();
       });
     }
     this.applySettled(verdict, type, frame, name);
@@ -408,33 +418,29 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
 
   private readonly onUpstreamData = (chunk: Buffer): void => {
     this.ctx.bytesToClients.inc(chunk.length);
-    const client = this.client;
     const tracker = this.tracker as ResponseTracker;
-    client.cork();
+    const out = this.toClientBytes;
     try {
       // DataRows are looked at only while a queued command rewrites its rows (result masking).
       this.scanner.setInterested(BackendCode.DataRow, tracker.wantsDataRows);
       this.scanner.push(chunk);
       for (let seg = this.scanner.next(); seg !== null; seg = this.scanner.next()) {
-        if (seg.kind === 'raw') this.toClient(seg.bytes);
-        else if (seg.code === BackendCode.NotificationResponse) this.toClient(this.rewriteNotifierPid(seg.frame));
-        else this.toClient(tracker.onFrame(seg.code, seg.frame));
+        if (seg.kind === 'raw') out.push(seg.bytes);
+        else if (seg.code === BackendCode.NotificationResponse) out.push(this.rewriteNotifierPid(seg.frame));
+        else out.push(tracker.onFrame(seg.code, seg.frame));
       }
     } catch (err) {
+      out.flushTo(this.client); // what came before the bad frame, then the FATAL
       this.ctx.logger.error('upstream protocol error', { sessionId: this.agentSession?.id, error: err });
       this.fatal({
         id: 'UpstreamProtocolViolation',
         message: 'chaperone: the protected database sent an invalid message',
       });
-    } finally {
-      client.uncork();
+      return;
     }
+    // Usually the chunk as it was read: nothing in it was replaced.
+    if (!out.flushTo(this.client)) this.upstream?.socket.pause();
   };
-
-  private toClient(bytes: Buffer): void {
-    if (bytes.length === 0) return;
-    if (!this.client.write(bytes)) this.upstream?.socket.pause();
-  }
 
   /** NotificationResponses from this session's own backend carry the pid the client knows: ours. */
   private rewriteNotifierPid(frame: Buffer): Buffer {

@@ -1,0 +1,72 @@
+// Collects the bytes a connection sends one way during one turn, so they leave in as few socket writes as
+// possible. Most of what the proxy forwards are views of the chunk it just read (frames the decoder or the
+// scanner returned unchanged), in order: consecutive views of one buffer are merged back into one view, so
+// an upstream chunk that needed no rewriting is written as the very chunk that was read, and a client
+// chunk of Bind/Execute/Sync goes upstream as one write (one TLS record) instead of three. Pure: it hands
+// the result to a writer function.
+//
+// Lifetime: the views it holds alias the chunks they came from and must be taken (take/flushTo) before
+// those chunks can be reused; Node does not reuse a socket's read buffers, so within a turn this holds.
+
+/** Above this many bytes, pieces are written as they are (corked: one writev) rather than copied into one. */
+const CONCAT_LIMIT = 16 * 1024;
+
+export class OutboundBytes {
+  private readonly pieces: Buffer[] = [];
+  /** The run being extended: its first view, and where it ends in that view's ArrayBuffer. */
+  private runHead: Buffer | undefined;
+  private runEnd = 0;
+  private bytes = 0;
+
+  /** Bytes collected and not taken yet. */
+  get length(): number {
+    return this.bytes;
+  }
+
+  push(piece: Buffer): void {
+    if (piece.length === 0) return;
+    this.bytes += piece.length;
+    const head = this.runHead;
+    if (head !== undefined && piece.buffer === head.buffer && piece.byteOffset === this.runEnd) {
+      this.runEnd += piece.length;
+      return;
+    }
+    this.closeRun();
+    this.runHead = piece;
+    this.runEnd = piece.byteOffset + piece.length;
+  }
+
+  /** The collected bytes as few Buffers as possible (one, when they were one run), and empties the collector. */
+  take(): Buffer[] {
+    this.closeRun();
+    const out = this.pieces.splice(0, this.pieces.length);
+    this.bytes = 0;
+    return out;
+  }
+
+  /**
+   * Writes what was collected with `write`, as one Buffer when small; `cork`/`uncork` wrap several writes of
+   * large pieces so they still leave in one writev. Returns false when a write asked for backpressure.
+   */
+  flushTo(sink: { write(b: Buffer): boolean; cork(): void; uncork(): void }): boolean {
+    if (this.bytes === 0) return true;
+    const total = this.bytes;
+    const pieces = this.take();
+    if (pieces.length === 1) return sink.write(pieces[0] as Buffer);
+    if (total <= CONCAT_LIMIT) return sink.write(Buffer.concat(pieces, total));
+    let ok = true;
+    sink.cork();
+    for (const p of pieces) ok = sink.write(p) && ok;
+    sink.uncork();
+    return ok;
+  }
+
+  private closeRun(): void {
+    const head = this.runHead;
+    if (head === undefined) return;
+    const length = this.runEnd - head.byteOffset;
+    // The run is `head` itself unless later views were merged into it.
+    this.pieces.push(length === head.length ? head : Buffer.from(head.buffer, head.byteOffset, length));
+    this.runHead = undefined;
+  }
+}
