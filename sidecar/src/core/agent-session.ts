@@ -14,13 +14,13 @@ import {
   type ResourceType,
   toPolicyIdentity,
 } from '@chaperone/api';
-import type { PolicyEngine } from './policy/policy-engine.ts';
+import type { PolicyEngine, PolicyRequest } from './policy/policy-engine.ts';
 import { AuditUnavailable, type AuditSink } from './audit/audit-sink.ts';
 import type { PodChain } from './audit/pod-chain.ts';
 import { createValueMasker, PROCESS_HASH_KEY, type ValueMasker } from './masking/mask-value.ts';
 import { auditMetrics } from './audit/audit-metrics.ts';
 import { RecordChain } from './audit/record-chain.ts';
-import type { SidecarMetrics } from './observability/metrics.ts';
+import { listenerCommandMetrics, type ListenerCommandMetrics, type SidecarMetrics } from './observability/metrics.ts';
 import {
   CLEAR,
   type AuditClearance,
@@ -121,6 +121,9 @@ export class AgentSession {
     type: ResourceType;
     labels: Readonly<Record<string, string>>;
   };
+  private readonly metrics: ListenerCommandMetrics;
+  /** The policy input's `session` member, outside and inside a transaction block (built once). */
+  private readonly sessionFacts: readonly [PolicyRequest['session'], PolicyRequest['session']];
   private ended = false;
   /** Records refused by the sink and not yet reported in an audit.gap record. */
   private lost = 0;
@@ -131,6 +134,15 @@ export class AgentSession {
     this.identity = options.identity;
     this.policyId = policyIdentity(options.identity);
     this.resourceView = { ...options.resource };
+    this.metrics = listenerCommandMetrics(options.metrics, options.listener);
+    const session = (inTransaction: boolean): PolicyRequest['session'] =>
+      Object.freeze({
+        id: this.id,
+        applicationName: options.source.applicationName,
+        clientAddress: options.source.address,
+        inTransaction,
+      });
+    this.sessionFacts = [session(false), session(true)];
     this.records = new RecordChain(
       options.sink,
       {
@@ -174,20 +186,11 @@ export class AgentSession {
         identity: this.policyId,
         resource: this.resourceView,
         command: description.command,
-        session: {
-          id: this.id,
-          applicationName: this.options.source.applicationName,
-          clientAddress: this.options.source.address,
-          inTransaction: facts.inTransaction,
-        },
+        session: this.sessionFacts[facts.inTransaction ? 1 : 0],
       },
       description.fingerprint,
     );
-    const listener = this.options.listener;
-    this.options.metrics.decisionSeconds.observe(
-      { listener, cached: 'unknown' },
-      Number(process.hrtime.bigint() - startedAt) / 1e9,
-    );
+    this.metrics.decisionSeconds.observe(Number(process.hrtime.bigint() - startedAt) / 1e9);
     return decision;
   }
 
@@ -197,7 +200,7 @@ export class AgentSession {
     decision: CombinedDecision,
     startedAt = process.hrtime.bigint(),
   ): DecidedCommand {
-    this.options.metrics.statements.inc({ listener: this.options.listener, decision: decision.decision });
+    this.metrics.statements[decision.decision].inc();
     this.counters.commands += 1;
     if (decision.decision === 'allow') this.counters.allowed += 1;
     else if (decision.decision === 'deny') this.counters.denied += 1;
@@ -252,7 +255,7 @@ export class AgentSession {
   }
 
   private refuse(error: AuditUnavailable): SettledClearance {
-    this.options.metrics.statements.inc({ listener: this.options.listener, decision: 'error' });
+    this.metrics.statements.error.inc();
     return { state: 'refused', error };
   }
 
@@ -288,12 +291,12 @@ export class AgentSession {
     try {
       if (this.lost > 0) {
         this.records.record({ type: 'audit.gap', gap: { lostRecords: this.lost, reason: this.lostReason } });
-        this.options.metrics.auditRecords.inc({ listener });
+        this.metrics.auditRecords.inc();
         this.lost = 0;
         this.lostReason = '';
       }
       this.records.record(content);
-      this.options.metrics.auditRecords.inc({ listener });
+      this.metrics.auditRecords.inc();
       return undefined;
     } catch (err) {
       if (!(err instanceof AuditUnavailable)) throw err;

@@ -81,6 +81,39 @@ export function createSidecarMetrics(options: { defaultMetrics?: boolean } = {})
   };
 }
 
+/** The per-command metric children of one listener, label values bound once (prom-client hashes labels per call otherwise). */
+export interface ListenerCommandMetrics {
+  readonly statements: Readonly<Record<'allow' | 'deny' | 'approve' | 'error', { inc(): void }>>;
+  readonly decisionSeconds: { observe(seconds: number): void };
+  readonly auditRecords: { inc(): void };
+}
+
+const bound = new WeakMap<SidecarMetrics, Map<string, ListenerCommandMetrics>>();
+
+/** The command metrics of `listener`, created once per metrics registry and listener. */
+export function listenerCommandMetrics(metrics: SidecarMetrics, listener: string): ListenerCommandMetrics {
+  let byListener = bound.get(metrics);
+  if (byListener === undefined) {
+    byListener = new Map();
+    bound.set(metrics, byListener);
+  }
+  let m = byListener.get(listener);
+  if (m === undefined) {
+    m = {
+      statements: {
+        allow: metrics.statements.labels(listener, 'allow'),
+        deny: metrics.statements.labels(listener, 'deny'),
+        approve: metrics.statements.labels(listener, 'approve'),
+        error: metrics.statements.labels(listener, 'error'),
+      },
+      decisionSeconds: metrics.decisionSeconds.labels(listener, 'unknown'),
+      auditRecords: metrics.auditRecords.labels(listener),
+    };
+    byListener.set(listener, m);
+  }
+  return m;
+}
+
 /** Serves /metrics (and /healthz) on host:port; resolves once listening. */
 export async function serveMetrics(registry: Registry, host: string, port: number): Promise<Server> {
   const server = createServer((req, res) => {
