@@ -9,6 +9,7 @@ import { loadConfig } from '@chaperone/sidecar/config';
 
 /** Counts records and drops them. */
 class NullSink implements AuditSink {
+  readonly deferrable = true;
   count = 0;
   write(_session: RecordOrigin, _record: AuditRecord): void {
     this.count += 1;

@@ -19,7 +19,7 @@ import { AuditUnavailable, type AuditSink } from './audit/audit-sink.ts';
 import type { PodChain } from './audit/pod-chain.ts';
 import { createValueMasker, PROCESS_HASH_KEY, type ValueMasker } from './masking/mask-value.ts';
 import { auditMetrics } from './audit/audit-metrics.ts';
-import { RecordChain } from './audit/record-chain.ts';
+import { RecordChain, type RecordContent } from './audit/record-chain.ts';
 import { listenerCommandMetrics, type ListenerCommandMetrics, type SidecarMetrics } from './observability/metrics.ts';
 import {
   CLEAR,
@@ -125,6 +125,9 @@ export class AgentSession {
   /** The policy input's `session` member, outside and inside a transaction block (built once). */
   private readonly sessionFacts: readonly [PolicyRequest['session'], PolicyRequest['session']];
   private ended = false;
+  /** Records whose writing waits until the engine's current step is done (see writeSoon). */
+  private readonly soon: RecordContent[] = [];
+  private soonScheduled = false;
   /** Records refused by the sink and not yet reported in an audit.gap record. */
   private lost = 0;
   private lostReason = '';
@@ -226,7 +229,13 @@ export class AgentSession {
     if (decision.reasons.length > 0) result.reasons = decision.reasons.slice(0, 16).map((r) => r.slice(0, 1024));
     result.result = decision.decision;
     result.rule = decision.rule;
-    const refusal = this.write({ command, decision: result, type: 'command.decision' }, true);
+    const content: RecordContent = { command, decision: result, type: 'command.decision' };
+    if (this.options.sink.deferrable) {
+      // Nothing to wait for and nothing can be refused: the record is made after the command is on its way.
+      this.writeSoon(content);
+      return { id, decision, startedAt, recorded: true, audit: CLEAR };
+    }
+    const refusal = this.write(content, true);
     if (refusal !== undefined) return { id, decision, startedAt, recorded: false, audit: this.refuse(refusal) };
     return { id, decision, startedAt, recorded: true, audit: this.clearance() };
   }
@@ -271,7 +280,8 @@ export class AgentSession {
     if (outcome.message !== undefined) recorded.message = outcome.message.slice(0, 1024);
     if (outcome.rows !== undefined) recorded.rows = outcome.rows;
     recorded.status = outcome.status;
-    this.write({ command: { id: command.id, kind }, outcome: recorded, type: 'command.outcome' });
+    // An outcome gates nothing: it is recorded once the engine has passed the response on.
+    this.writeSoon({ command: { id: command.id, kind }, outcome: recorded, type: 'command.outcome' });
   }
 
   end(reason: string): void {
@@ -281,12 +291,40 @@ export class AgentSession {
   }
 
   /**
+   * Queues a record to be written when the engine's current synchronous step returns (a microtask): by then
+   * the bytes it forwarded are handed to the socket, so hashing and formatting the record add nothing to the
+   * command's latency. Order is kept: every immediate write first writes what is queued.
+   */
+  private writeSoon(content: RecordContent): void {
+    this.soon.push(content);
+    if (this.soonScheduled) return;
+    this.soonScheduled = true;
+    queueMicrotask(this.writeQueued);
+  }
+
+  private readonly writeQueued = (): void => {
+    this.soonScheduled = false;
+    for (let content = this.soon.shift(); content !== undefined; content = this.soon.shift()) {
+      try {
+        this.writeNow(content);
+      } catch (err) {
+        // Not the engine's step any more, so nothing can fail closed here: count it as a lost record.
+        this.lose(err instanceof Error ? err.message : String(err));
+      }
+    }
+  };
+
+  /**
    * Writes one record. A refused write (AuditUnavailable) is returned when `gate` is set (the record gates
    * a command) and the resource is FailClosed, and thrown for the session.start record then; otherwise it is
    * counted as lost and reported by an audit.gap record before the next record that can be written.
    */
-  private write(content: Parameters<RecordChain['record']>[0], gate = false): AuditUnavailable | undefined {
-    const listener = this.options.listener;
+  private write(content: RecordContent, gate = false): AuditUnavailable | undefined {
+    if (this.soon.length > 0) this.writeQueued();
+    return this.writeNow(content, gate);
+  }
+
+  private writeNow(content: RecordContent, gate = false): AuditUnavailable | undefined {
     const failOpen = this.options.auditFailureMode === 'FailOpen';
     try {
       if (this.lost > 0) {
@@ -301,10 +339,14 @@ export class AgentSession {
     } catch (err) {
       if (!(err instanceof AuditUnavailable)) throw err;
       if (gate && !failOpen) return err;
-      this.lost += 1;
-      this.lostReason = `${err.reason}: ${err.message}`.slice(0, 1024);
-      auditMetrics(this.options.metrics.registry).lostRecords.inc({ listener });
+      this.lose(`${err.reason}: ${err.message}`);
       return undefined;
     }
+  }
+
+  private lose(reason: string): void {
+    this.lost += 1;
+    this.lostReason = reason.slice(0, 1024);
+    auditMetrics(this.options.metrics.registry).lostRecords.inc({ listener: this.options.listener });
   }
 }

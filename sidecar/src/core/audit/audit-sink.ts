@@ -25,6 +25,12 @@ export class AuditUnavailable extends Error {
 
 export interface AuditSink {
   /**
+   * True when the sink neither refuses records nor makes them durable (JSON lines): what it is given may be
+   * written after the command it describes was forwarded, off the latency path. A sink that can refuse a
+   * record or must have it on disk first (the durable spool) is written before.
+   */
+  readonly deferrable: boolean;
+  /**
    * Accepts one record. Records of one session arrive in seq order. Throws AuditUnavailable when the record
    * cannot be accepted; the caller decides (per the resource's audit failure mode) what that means.
    * `canonical` is the record's JCS text when the caller has it (RecordChain computed it to hash the
@@ -71,6 +77,7 @@ const JSON_LINES_BATCH_MS = 10;
 const JSON_LINES_BATCH_CHARS = 256 * 1024;
 
 export class JsonLinesSink implements AuditSink {
+  readonly deferrable = true;
   private readonly stream: WriteStream | NodeJS.WriteStream;
   private readonly ownsStream: boolean;
   private pending: string[] = [];
@@ -127,6 +134,8 @@ export class JsonLinesSink implements AuditSink {
 
 /** Keeps records in memory; for tests and for the bench's audit-on runs that measure the proxy alone. */
 export class MemorySink implements AuditSink {
+  /** Written at once, so tests see a record as soon as the call that makes it returns. */
+  readonly deferrable = false;
   readonly records: { session: RecordOrigin; record: AuditRecord }[] = [];
   write(session: RecordOrigin, record: AuditRecord): void {
     this.records.push({ session, record });

@@ -49,6 +49,8 @@ export interface DurableAuditSinkOptions {
 }
 
 export class DurableAuditSink implements AuditSink {
+  /** Decision records must be on disk before their command runs. */
+  readonly deferrable = false;
   readonly spool: Spool;
   readonly writer: SessionWriter;
   private readonly logger: Logger;

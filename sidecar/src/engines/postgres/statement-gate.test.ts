@@ -43,6 +43,7 @@ class FixedDecider implements PolicyDecider {
 
 /** A sink the test controls: it can refuse writes, and with `groupCommit` every write waits for settle(). */
 class TestSink implements AuditSink {
+  readonly deferrable = false;
   readonly records: { session: RecordOrigin; record: AuditRecord }[] = [];
   refuse: AuditUnavailable | undefined;
   private readonly groupCommit: boolean;
