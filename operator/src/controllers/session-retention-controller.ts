@@ -15,7 +15,12 @@ import {
 import { GROUP, VERSION, type ProtectedResource } from '@chaperone/api';
 import { systemClock, type Clock } from '../controller-runtime/clock.ts';
 import { Controller } from '../controller-runtime/controller.ts';
-import type { Reconciler, ReconcileContext, ReconcileRequest, ReconcileResult } from '../controller-runtime/reconcile.ts';
+import type {
+  Reconciler,
+  ReconcileContext,
+  ReconcileRequest,
+  ReconcileResult,
+} from '../controller-runtime/reconcile.ts';
 import { InformerSource } from '../controller-runtime/source.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { OperatorMetrics } from '../observability/metrics.ts';
