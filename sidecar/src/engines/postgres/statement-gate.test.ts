@@ -25,7 +25,7 @@ const IDENTITY: Identity = {
   tokenHash: 'sha256:00',
 };
 
-/** Allows reads; denies writes and anything touching public.secret; asks for approval on public.approve_me. */
+/** Allows reads and SETs; denies other side effects and anything touching public.secret; approval on public.approve_me. */
 class FixedDecider implements PolicyDecider {
   readonly requests: PolicyRequest[] = [];
   decide(request: PolicyRequest): CombinedDecision {
@@ -35,7 +35,7 @@ class FixedDecider implements PolicyDecider {
     let decision: Decision = 'allow';
     let rule = 'reads';
     if (relations.includes('public.approve_me')) [decision, rule] = ['approve', 'needs-approval'];
-    if (statements.some((s) => s.sideEffects) || relations.includes('public.secret'))
+    if (statements.some((s) => s.sideEffects && s.kind !== 'set') || relations.includes('public.secret'))
       [decision, rule] = ['deny', 'no-writes'];
     return { decision, policy: 'team/read-only', rule, bundleDigest: 'sha256:abc', reasons: [], masking: [] };
   }
@@ -267,13 +267,15 @@ test('SQL EXECUTE is decided as what PREPARE stored; a Bind may name a SQL-prepa
   assert.equal(settled(gate.execute('p')).action, 'forward');
 });
 
-test('search_path changes take effect once the SET is allowed, and relations are qualified with it', () => {
+test('relations are qualified with the startup search_path, which a SET cannot change', () => {
   const { gate, sink } = setup({ searchPath: ['app'] });
   settled(gate.query('SELECT * FROM t'));
   assert.deepEqual(records(sink).at(-1)?.command?.relations, ['app.t']);
-  settled(gate.query('SET search_path = other, public'));
+  const set = settled(gate.query('SET search_path = other, public'));
+  assert.equal(set.action, 'substitute');
+  assert.match(errorFields(set.denial?.frame).M ?? '', /search_path/);
   settled(gate.query('SELECT * FROM t'));
-  assert.deepEqual(records(sink).at(-1)?.command?.relations, ['other.t']);
+  assert.deepEqual(records(sink).at(-1)?.command?.relations, ['app.t']);
 });
 
 test('the policy sees whether a transaction is open, from the upstream status', () => {
