@@ -174,7 +174,7 @@ export class AgentSession {
    * decision and never looks at the failure mode itself.
    */
   decide(description: CommandDescription, facts: { inTransaction: boolean }): DecidedCommand {
-    const startedAt = process.hrtime.bigint();
+    const startedAt = performance.now();
     return this.record(description, this.evaluate(description, facts), startedAt);
   }
 
@@ -183,7 +183,7 @@ export class AgentSession {
    * statement executes, or when it is denied).
    */
   evaluate(description: CommandDescription, facts: { inTransaction: boolean }): CombinedDecision {
-    const startedAt = process.hrtime.bigint();
+    const startedAt = performance.now();
     const decision = this.options.policy.decide(
       {
         identity: this.policyId,
@@ -193,16 +193,12 @@ export class AgentSession {
       },
       description.fingerprint,
     );
-    this.metrics.decisionSeconds.observe(Number(process.hrtime.bigint() - startedAt) / 1e9);
+    this.metrics.decisionSeconds.observe((performance.now() - startedAt) / 1e3);
     return decision;
   }
 
   /** Records a decision made by evaluate() and counts it; `audit` as for decide(). */
-  record(
-    description: CommandDescription,
-    decision: CombinedDecision,
-    startedAt = process.hrtime.bigint(),
-  ): DecidedCommand {
+  record(description: CommandDescription, decision: CombinedDecision, startedAt = performance.now()): DecidedCommand {
     this.metrics.statements[decision.decision].inc();
     this.counters.commands += 1;
     if (decision.decision === 'allow') this.counters.allowed += 1;
@@ -276,7 +272,7 @@ export class AgentSession {
     // In the sorted key order of the canonical form (see record()).
     const recorded = {} as NonNullable<AuditRecord['outcome']>;
     if (outcome.code !== undefined) recorded.code = outcome.code;
-    recorded.durationMicros = Number((process.hrtime.bigint() - command.startedAt) / 1000n);
+    recorded.durationMicros = Math.round((performance.now() - command.startedAt) * 1000);
     if (outcome.message !== undefined) recorded.message = outcome.message.slice(0, 1024);
     if (outcome.rows !== undefined) recorded.rows = outcome.rows;
     recorded.status = outcome.status;

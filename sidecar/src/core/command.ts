@@ -37,7 +37,8 @@ export interface DecidedCommand {
   /** Shared by the command's decision and outcome records. */
   readonly id: number;
   readonly decision: CombinedDecision;
-  readonly startedAt: bigint;
+  /** performance.now() when the command was decided (a number: no BigInt per statement), ms. */
+  readonly startedAt: number;
   /** False when the decision record was refused (FailClosed): the command has no trail, so no outcome is recorded. */
   readonly recorded: boolean;
   readonly audit: AuditClearance;

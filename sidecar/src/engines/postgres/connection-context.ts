@@ -30,7 +30,7 @@ export interface ConnectionContext {
   readonly analyzer: SqlAnalyzer;
   /** Client-facing TLS, when the listener has it. */
   readonly tls: SecureContext | undefined;
-  /** chaperone_bytes_total children bound to this listener once: the hot path skips label hashing. */
+  /** chaperone_bytes_total children of this listener, counted locally (core/observability/metrics.ts). */
   readonly bytesFromClients: { inc(value: number): void };
   readonly bytesToClients: { inc(value: number): void };
   upstreamTls(): UpstreamTlsOptions;

@@ -10,6 +10,7 @@ import type { PostgresListenerConfig } from '../../config.ts';
 import type { ResourceContext } from '../../core/agent-session.ts';
 import type { Engine, EngineServices, ResourceEndpoint } from '../../core/engine.ts';
 import type { Logger } from '../../core/observability/logger.ts';
+import { localCounter, type LocalCounter } from '../../core/observability/metrics.ts';
 import { loadSqlParser } from './analysis/analyze-sql.ts';
 import { createSqlAnalyzer, type SqlAnalyzer } from './analysis/sql-analyzer.ts';
 import type { CancelTarget, ConnectionContext } from './connection-context.ts';
@@ -48,8 +49,8 @@ class PostgresEndpoint implements ResourceEndpoint, ConnectionContext {
   readonly analyzer: SqlAnalyzer;
   readonly tls: SecureContext | undefined;
   readonly sendCancel = sendCancelRequest;
-  readonly bytesFromClients: { inc(value: number): void };
-  readonly bytesToClients: { inc(value: number): void };
+  readonly bytesFromClients: LocalCounter;
+  readonly bytesToClients: LocalCounter;
   private readonly byCancelKey = new Map<number, CancelTarget>();
   private readonly upstreamCa: string | undefined;
 
@@ -58,8 +59,14 @@ class PostgresEndpoint implements ResourceEndpoint, ConnectionContext {
     this.services = services;
     this.analyzer = analyzer;
     this.logger = services.logger.child({ listener: config.name, engine: 'postgres' });
-    this.bytesFromClients = services.metrics.bytes.labels(config.name, 'client_to_upstream');
-    this.bytesToClients = services.metrics.bytes.labels(config.name, 'upstream_to_client');
+    this.bytesFromClients = localCounter(services.metrics.bytes, {
+      listener: config.name,
+      direction: 'client_to_upstream',
+    });
+    this.bytesToClients = localCounter(services.metrics.bytes, {
+      listener: config.name,
+      direction: 'upstream_to_client',
+    });
     this.resource = {
       name: config.name,
       namespace: config.resource.namespace,

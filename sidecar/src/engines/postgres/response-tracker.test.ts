@@ -19,7 +19,7 @@ const ALLOW: CombinedDecision = {
 };
 
 function command(id: number): DecidedCommand {
-  return { id, decision: ALLOW, startedAt: 0n, recorded: true, audit: { state: 'clear' } };
+  return { id, decision: ALLOW, startedAt: 0, recorded: true, audit: { state: 'clear' } };
 }
 
 function tracker(): { t: ResponseTracker; outcomes: [number, CommandOutcome][] } {
