@@ -1,0 +1,146 @@
+// AgentSession on its own: a fixed decider, sinks the test controls. Where records are written (at once or
+// right after the engine's step), in which order, and what a refused record means per failure mode.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { verifyChain, type AuditRecord, type CombinedDecision } from '@chaperone/api';
+import { AgentSession } from './agent-session.ts';
+import { AuditUnavailable, type AuditSink, type RecordOrigin } from './audit/audit-sink.ts';
+import { PodChain } from './audit/pod-chain.ts';
+import type { CommandDescription } from './command.ts';
+import { createSidecarMetrics } from './observability/metrics.ts';
+
+class ListSink implements AuditSink {
+  readonly records: AuditRecord[] = [];
+  refuse: AuditUnavailable | undefined;
+  readonly deferrable: boolean;
+  constructor(deferrable: boolean) {
+    this.deferrable = deferrable;
+  }
+  write(_origin: RecordOrigin, record: AuditRecord): void {
+    if (this.refuse !== undefined) throw this.refuse;
+    this.records.push(record);
+  }
+  whenDurable(): undefined {
+    return undefined;
+  }
+  flush(): Promise<void> {
+    return Promise.resolve();
+  }
+  close(): Promise<void> {
+    return Promise.resolve();
+  }
+}
+
+const ALLOW: CombinedDecision = {
+  decision: 'allow',
+  policy: 'p',
+  rule: 'r',
+  bundleDigest: '',
+  reasons: [],
+  masking: [],
+};
+const SELECT: CommandDescription = {
+  command: {
+    type: 'sql',
+    statements: [{ kind: 'select', relations: ['public.t'], functions: [], sideEffects: false }],
+  },
+  fingerprint: 'select|public.t||0;',
+  text: 'SELECT * FROM t',
+};
+
+function session(sink: ListSink, mode: 'FailClosed' | 'FailOpen' = 'FailClosed'): AgentSession {
+  return new AgentSession({
+    policy: { decide: () => ALLOW },
+    sink,
+    podChain: PodChain.inMemory({ namespace: 'ns', name: 'pod' }),
+    metrics: createSidecarMetrics({ defaultMetrics: false }),
+    listener: 'db',
+    resource: { name: 'db', namespace: 'ns', type: 'postgres', labels: {} },
+    pod: { name: 'pod', namespace: 'ns' },
+    identity: { subject: 'agent', issuer: 'https://issuer' },
+    source: { address: '127.0.0.1:1', applicationName: 'a', user: 'u', database: 'd' },
+    auditFailureMode: mode,
+  });
+}
+
+const afterStep = (): Promise<void> => new Promise((resolve) => queueMicrotask(resolve));
+
+test('with a deferrable sink the decision record is made right after the step, cleared at once', async () => {
+  const sink = new ListSink(true);
+  const s = session(sink);
+  assert.deepEqual(
+    sink.records.map((r) => r.type),
+    ['session.start'],
+  );
+  const command = s.decide(SELECT, { inTransaction: false });
+  assert.equal(command.audit.state, 'clear');
+  assert.equal(sink.records.length, 1, 'not yet: the engine has not handed its bytes on');
+  await afterStep();
+  assert.deepEqual(
+    sink.records.map((r) => r.type),
+    ['session.start', 'command.decision'],
+  );
+});
+
+test('records keep their order and one chain whether written at once or after the step', async () => {
+  for (const deferrable of [true, false]) {
+    const sink = new ListSink(deferrable);
+    const s = session(sink);
+    const first = s.decide(SELECT, { inTransaction: false });
+    s.complete(first, 'sql', { status: 'success', rows: 1 });
+    const second = s.decide(SELECT, { inTransaction: true });
+    s.complete(second, 'sql', { status: 'error', code: '23505', message: 'duplicate key' });
+    s.end('client disconnected'); // written at once, after everything queued before it
+    assert.deepEqual(
+      sink.records.map((r) => [r.type, r.command?.id]),
+      [
+        ['session.start', undefined],
+        ['command.decision', 1],
+        ['command.outcome', 1],
+        ['command.decision', 2],
+        ['command.outcome', 2],
+        ['session.end', undefined],
+      ],
+      `deferrable ${String(deferrable)}`,
+    );
+    assert.deepEqual(verifyChain(sink.records, sink.records[0]?.prevHash), []);
+    await afterStep();
+    assert.equal(sink.records.length, 6, 'nothing written twice');
+  }
+});
+
+test('FailClosed: a refused session.start refuses the session; a refused decision refuses the command', () => {
+  const sink = new ListSink(false);
+  sink.refuse = new AuditUnavailable('spool-full', 'full');
+  assert.throws(() => session(sink), AuditUnavailable);
+  sink.refuse = undefined;
+  const s = session(sink);
+  sink.refuse = new AuditUnavailable('spool-full', 'full');
+  const command = s.decide(SELECT, { inTransaction: false });
+  assert.equal(command.audit.state, 'refused');
+  assert.equal(command.recorded, false);
+  sink.refuse = undefined;
+  s.complete(command, 'sql', { status: 'denied', code: '53100' });
+  s.end('done');
+  assert.deepEqual(
+    sink.records.map((r) => r.type),
+    ['session.start', 'session.end'],
+    'no outcome for a command without its decision record',
+  );
+});
+
+test('FailOpen: a refused decision is lost and the command goes ahead; the gap is recorded before the next record', () => {
+  const sink = new ListSink(false);
+  const s = session(sink, 'FailOpen');
+  sink.refuse = new AuditUnavailable('disk-error', 'EIO');
+  const command = s.decide(SELECT, { inTransaction: false });
+  assert.equal(command.audit.state, 'clear');
+  assert.equal(s.lostRecords, 1);
+  sink.refuse = undefined;
+  s.end('done');
+  assert.deepEqual(
+    sink.records.map((r) => r.type),
+    ['session.start', 'audit.gap', 'session.end'],
+  );
+  assert.equal(sink.records[1]?.gap?.lostRecords, 1);
+});
