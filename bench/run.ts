@@ -103,6 +103,8 @@ const { values: args } = parseArgs({
     'profile-variant': { type: 'string' },
     /** With --profile: only the CPU profiles, not the variant table. */
     'profiles-only': { type: 'boolean' },
+    /** With --profile: also measure the sidecar of another checkout (its root directory), interleaved. */
+    baseline: { type: 'string' },
   },
   strict: true,
 });
@@ -126,6 +128,8 @@ let postgres: PostgresCluster | undefined;
 let pgbouncer: ChildProcess | undefined;
 let bytePipe: ChildProcess | undefined;
 let sidecar: SidecarProcess | undefined;
+/** Sidecars of the --profile variant table, all running at once. */
+const variantSidecars = new Set<SidecarProcess>();
 let runDir: string | undefined;
 let cleaning: Promise<void> | undefined;
 /** Set by the signal handlers (an object, so control-flow narrowing does not assume it stays false). */
@@ -138,6 +142,7 @@ function cleanup(): Promise<void> {
     }
     const stops: Promise<unknown>[] = [];
     if (sidecar !== undefined) stops.push(sidecar.stop());
+    for (const s of variantSidecars) stops.push(s.stop());
     if (pgbouncer !== undefined) stops.push(stopProcess(pgbouncer, 5_000));
     if (bytePipe !== undefined) stops.push(stopProcess(bytePipe, 5_000));
     await Promise.allSettled(stops);
@@ -774,6 +779,8 @@ interface Variant {
   readonly description: string;
   readonly upstreamTls: boolean;
   readonly nullSink: boolean;
+  /** Entry point of another checkout's sidecar (--baseline), run as shipped. */
+  readonly bin?: string;
 }
 
 /** Sidecar configurations that each remove one cost, to see how much of the overhead it is. */
@@ -846,47 +853,73 @@ async function profile(): Promise<void> {
 }
 
 function variantOptions(v: Variant): Partial<Pick<SidecarProcessOptions, 'bin' | 'env'>> {
+  if (v.bin !== undefined) return { bin: v.bin };
   return {
     ...(v.nullSink ? { bin: join(REPO_ROOT, 'bench', 'sidecar-variant.ts') } : {}),
     env: { ...process.env, CHAPERONE_BENCH_SINK: v.nullSink ? 'null' : '' },
   };
 }
 
+/**
+ * PgBouncer, the bare pipe and every sidecar variant (plus --baseline), all running at once and measured
+ * interleaved, shape by shape, so drifting load on a shared machine hits them alike.
+ */
 async function compareVariants(
   pg: PostgresCluster,
   shapes: readonly { mode: Mode; clients: number }[],
   seconds: number,
   variantRows: { variant: string; run: RunResult }[],
 ): Promise<void> {
-  // Reference: PgBouncer, same shapes.
   const bouncer = await startPgbouncer(join(runDir ?? '', 'pgbouncer'), pg);
-  const bouncerEnv = { ...directEnv(pg), PGPORT: String(bouncer.port) };
-  await pgbench('pgbouncer', bouncerEnv, 'simple', 8, WARMUP_SECONDS, pgbouncer?.pid);
-  for (const shape of shapes) {
-    const r = await pgbench('pgbouncer', bouncerEnv, shape.mode, shape.clients, seconds, pgbouncer?.pid);
-    variantRows.push({ variant: 'pgbouncer', run: r });
+  const pipe = await startBytePipe(pg);
+  const variants: Variant[] = [...VARIANTS];
+  if (args.baseline !== undefined) {
+    const bin = join(args.baseline, 'sidecar', 'src', 'bin', 'chaperone-sidecar.ts');
+    variants.push({
+      name: 'baseline',
+      description: `as shipped in ${args.baseline}`,
+      upstreamTls: true,
+      nullSink: false,
+      bin,
+    });
   }
-  if (pgbouncer !== undefined) await stopProcess(pgbouncer, 5_000);
-  pgbouncer = undefined;
-
-  // Sidecar variants, without the profiler.
-  for (const v of VARIANTS) {
+  const targets: { name: string; target: Target; env: NodeJS.ProcessEnv; pid: number | undefined }[] = [
+    {
+      name: 'pgbouncer',
+      target: 'pgbouncer',
+      env: { ...directEnv(pg), PGPORT: String(bouncer.port) },
+      pid: pgbouncer?.pid,
+    },
+    { name: 'pipe', target: 'pipe', env: { ...directEnv(pg), PGPORT: String(pipe.port) }, pid: bytePipe?.pid },
+  ];
+  for (const v of variants) {
     const side = await startSidecar(
       pg,
       join(runDir ?? '', `sidecar-${v.name.replace(/\W+/g, '-')}`),
       variantOptions(v),
       v.upstreamTls ? 'verify-full' : 'disable',
     );
-    sidecar = side;
-    const env = side.libpqEnv(await sidecarToken(side, 3600));
-    await pgbench('sidecar', env, 'simple', 8, WARMUP_SECONDS, side.process.pid);
-    for (const shape of shapes) {
-      const r = await pgbench('sidecar', env, shape.mode, shape.clients, seconds, side.process.pid);
-      variantRows.push({ variant: v.name, run: r });
-    }
-    await side.stop();
-    sidecar = undefined;
+    variantSidecars.add(side);
+    targets.push({
+      name: v.name,
+      target: 'sidecar',
+      env: side.libpqEnv(await sidecarToken(side, 3600)),
+      pid: side.process.pid,
+    });
   }
+  for (const t of targets) await pgbench(t.target, t.env, 'simple', 8, WARMUP_SECONDS, t.pid);
+  for (const shape of shapes) {
+    for (const t of targets) {
+      const r = await pgbench(t.target, t.env, shape.mode, shape.clients, seconds, t.pid);
+      variantRows.push({ variant: t.name, run: r });
+    }
+  }
+  for (const s of variantSidecars) await s.stop();
+  variantSidecars.clear();
+  if (pgbouncer !== undefined) await stopProcess(pgbouncer, 5_000);
+  pgbouncer = undefined;
+  if (bytePipe !== undefined) await stopProcess(bytePipe, 5_000);
+  bytePipe = undefined;
   console.log(
     `\n${'variant'.padEnd(16)} ${'mode'.padEnd(9)} ${'clients'.padStart(7)} ${'TPS'.padStart(8)} ${'avg lat ms'.padStart(10)} ${'proxy CPU µs/txn (user+sys)'.padStart(27)}`,
   );
