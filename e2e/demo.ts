@@ -13,16 +13,11 @@ import { createInterface } from 'node:readline';
 import { setTimeout as sleep } from 'node:timers/promises';
 import * as k8s from '@kubernetes/client-node';
 import { GROUP, VERSION, type Session } from '@chaperone/api';
-import { SIDECAR_CONTAINER, VOLUME_POLICIES } from '../operator/src/injection/constants.ts';
 import { startControlPlane, type ControlPlane } from './harness/control-plane.ts';
 import { ENV } from './harness/env.ts';
 import { applyCrds } from './harness/kube.ts';
-import {
-  materialiseSidecar,
-  materialiseVolumes,
-  refreshVolume,
-  type MaterialisedSidecar,
-} from './harness/materialise-pod.ts';
+import { SIDECAR_CONTAINER } from '../operator/src/injection/constants.ts';
+import { materialiseSidecar, materialiseVolumes, type MaterialisedSidecar } from './harness/materialise-pod.ts';
 import { freePort, startPostgres, type PostgresCluster } from './harness/postgres.ts';
 import { createRunDirectory, stopProcess } from './harness/processes.ts';
 import { REPO_ROOT, toolPath } from './harness/tools.ts';
@@ -35,7 +30,6 @@ let postgres: PostgresCluster | undefined;
 let operator: ChildProcess | undefined;
 let sidecar: MaterialisedSidecar | undefined;
 let liveSession: ChildProcess | undefined;
-let kubeletTimer: NodeJS.Timeout | undefined;
 let operatorStopping = false;
 const runDir = createRunDirectory();
 
@@ -107,7 +101,6 @@ async function until<T>(what: string, fn: () => Promise<T | undefined> | T | und
 }
 
 async function cleanup(): Promise<void> {
-  clearInterval(kubeletTimer);
   liveSession?.kill('SIGTERM');
   await sidecar?.stop().catch(() => undefined);
   operatorStopping = true;
@@ -398,7 +391,7 @@ spec:
   kube('get', 'pod', podName, '-n', 'ci', '-o', `jsonpath={.metadata.annotations.chaperone\\.dev/sidecar-config}`);
 
   step('No kubelet here: starting the injected sidecar as a local process from the stored pod spec');
-  note('its volumes are filled from the API server as a kubelet would (Secrets, policy ConfigMap, downward');
+  note('its volumes are filled from the API server as a kubelet would (Secrets, downward');
   note('API, pod-bound tokens), and its env too (POD_NAME, KUBERNETES_SERVICE_HOST); only paths under a temp');
   note('root, the JWKS URL and the metrics port differ');
   const root = join(runDir, 'pod');
@@ -411,16 +404,7 @@ spec:
     if (['"msg":"policy bundles loaded"', '"msg":"durable audit trail"', '"msg":"ready"'].some((m) => line.includes(m)))
       console.log(dim(line));
   }
-  // The kubelet refreshes projected ConfigMaps within its sync period (about a minute by default); this
-  // stand-in does it every second, atomically, as the kubelet's atomic writer does.
-  let refreshing = false;
-  kubeletTimer = setInterval(() => {
-    if (refreshing) return;
-    refreshing = true;
-    void refreshVolume(core, pod, SIDECAR_CONTAINER, VOLUME_POLICIES, root)
-      .catch(() => undefined)
-      .finally(() => (refreshing = false));
-  }, 1000);
+  // Policies need no kubelet: the sidecar watches its namespace's signed policy set through the API.
 
   step('The agent: psql with only the agent container env and its audience-bound token');
   const agentRoot = join(root, 'agent');
@@ -594,7 +578,6 @@ spec:
     await new Promise(() => undefined);
   }
   step('Done; stopping everything the demo started');
-  clearInterval(kubeletTimer);
   await sidecar.stop();
   sidecar = undefined;
   operatorStopping = true;

@@ -5,7 +5,7 @@ import { Type, type TSchema } from './schema.ts';
 import { GROUP, VERSION } from './meta.ts';
 import { ProtectedResourceSpec, ProtectedResourceStatus } from './protected-resource.ts';
 import { AccessPolicySpec, AccessPolicyStatus } from './access-policy.ts';
-import { SessionSpec, SessionStatus } from './session.ts';
+import { SESSION_OBJECT_RULES, SessionSpec, SessionStatus } from './session.ts';
 import { ApprovalRequestSpec, ApprovalRequestStatus } from './approval-request.ts';
 import { TrustedIssuerSpec, TrustedIssuerStatus } from './trusted-issuer.ts';
 import { DelegationPolicySpec, DelegationPolicyStatus } from './delegation-policy.ts';
@@ -29,6 +29,8 @@ interface KindDefinition {
   status: TSchema;
   columns: PrinterColumn[];
   specRequired?: boolean;
+  /** CEL rules over the whole object (spec and status together). */
+  rules?: readonly { readonly rule: string; readonly message: string }[];
 }
 
 const readyColumn: PrinterColumn = {
@@ -118,6 +120,7 @@ export const KINDS: readonly KindDefinition[] = [
       'The tamper-evident audit trail of one agent session through a Chaperone sidecar: identity with its delegation chain and hash-chained, signed records.',
     spec: SessionSpec,
     status: SessionStatus,
+    rules: SESSION_OBJECT_RULES,
     columns: [
       { name: 'Identity', type: 'string', jsonPath: '.spec.identity.subject', description: 'Verified subject.' },
       {
@@ -218,7 +221,10 @@ export function customResourceDefinition(def: KindDefinition): Record<string, un
       spec: def.spec,
       status: Type.Optional(def.status),
     },
-    { description: def.description },
+    {
+      description: def.description,
+      ...(def.rules === undefined ? {} : { 'x-kubernetes-validations': def.rules.map((r) => ({ ...r })) }),
+    },
   );
   return {
     apiVersion: 'apiextensions.k8s.io/v1',

@@ -16,5 +16,6 @@ export * from './policy.ts';
 export * from './audit-chain.ts';
 export * from './policy-bundle.ts';
 export * from './audit-signature.ts';
+export * from './operator-statements.ts';
 export * from './duration.ts';
 export * from './logger.ts';

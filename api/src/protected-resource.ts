@@ -92,7 +92,14 @@ export const ProtectedResourceSpec = Type.Object(
     credentialSecretRef: Type.Optional(
       Type.Object(
         {
-          name: Type.String({ description: 'Name of the Secret in this namespace.', ...dnsSubdomain }),
+          name: Type.String({ description: 'Name of the Secret.', ...dnsSubdomain }),
+          namespace: Type.Optional(
+            Type.String({
+              description:
+                "Namespace of the Secret when it is not this one: the operator's credential namespace, from which the credential is delivered to attested sidecars only (docs/injection.md). The Secret must list this namespace in its annotation chaperone.dev/allowed-namespaces.",
+              maxLength: 63,
+            }),
+          ),
           usernameKey: Type.String({
             description: 'Key holding the user name. Default username.',
             default: 'username',

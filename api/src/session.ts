@@ -35,6 +35,13 @@ export const SessionSpec = Type.Object(
     pod: Type.Object(
       {
         name: Type.String({ description: 'Pod name.', ...dnsSubdomain }),
+        namespace: Type.Optional(
+          Type.String({
+            description:
+              'Pod namespace, when the Session is kept in another namespace (an audit namespace, docs/audit.md).',
+            maxLength: 63,
+          }),
+        ),
         uid: Type.Optional(Type.String({ description: 'Pod UID.', maxLength: 64 })),
         container: Type.Optional(Type.String({ description: 'Agent container, when known.', maxLength: 63 })),
       },
@@ -65,6 +72,11 @@ export const SessionSpec = Type.Object(
           // of a Session, status patches included, and a quadratic rule made a 256-record write take ~1 s.
           rule: 'self.map(r, r.seq).isSorted() && self.map(r, r.seq).distinct().size() == size(self) && (size(self) == 0 || self[size(self) - 1].seq - self[0].seq == size(self) - 1)',
           message: 'records must be ordered by seq with no gaps',
+        },
+        {
+          // A closed session stays closed: nothing follows session.end (an append after it is refused).
+          rule: "self.filter(r, r.type == 'session.end').size() == 0 || (self.filter(r, r.type == 'session.end').size() == 1 && self[size(self) - 1].type == 'session.end')",
+          message: 'no record may follow session.end: a closed session stays closed',
         },
       ],
     }),
@@ -126,8 +138,41 @@ export const SessionStatus = Type.Object(
       { description: 'Counts over the whole session up to this part.' },
     ),
   },
-  { description: 'Observed state of the session.' },
+  {
+    description: 'Observed state of the session.',
+    'x-kubernetes-validations': [
+      {
+        rule: "oldSelf.phase == 'Active' || self.phase == oldSelf.phase",
+        message: 'phase Continued, Closed and Abandoned are final: a session does not go back',
+      },
+      {
+        rule: '!has(oldSelf.endTime) || (has(self.endTime) && self.endTime == oldSelf.endTime)',
+        message: 'endTime is immutable once set',
+      },
+    ],
+  },
 );
+
+/** Rules over the whole Session object (spec and status together). */
+export const SESSION_OBJECT_RULES = [
+  { rule: '!has(oldSelf.status) || has(self.status)', message: 'status cannot be removed once written' },
+] as const;
 export type SessionStatus = Static<typeof SessionStatus>;
 
 export type Session = KubernetesObject<'Session', SessionSpec, SessionStatus>;
+
+/**
+ * Adds one record to a session's counters (status.counters): what the writer counts and what verifiers
+ * recount from the records. Decisions count commands and their result; failed outcomes count errors.
+ */
+export function countRecord(counters: SessionStatus['counters'], record: AuditRecord): void {
+  if (record.type === 'command.decision') {
+    counters.commands += 1;
+    const result = record.decision?.result;
+    if (result === 'allow') counters.allowed += 1;
+    else if (result === 'deny') counters.denied += 1;
+    else if (result === 'approve') counters.held += 1;
+  } else if (record.type === 'command.outcome' && record.outcome?.status === 'error') {
+    counters.errors += 1;
+  }
+}

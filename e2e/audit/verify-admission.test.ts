@@ -13,11 +13,15 @@ import { applyCrds, kubectl, statusOf } from '../harness/kube.ts';
 import { testDir } from '../harness/env.ts';
 import { poll } from '../harness/poll.ts';
 import { REPO_ROOT } from '../harness/tools.ts';
+import { kubeletToken } from '../harness/identities.ts';
 import { buildTrail, createSigner } from './trail-fixture.ts';
 
 const NS = 'agents';
 const OPERATOR_NS = 'chaperone-system';
 const OPERATOR_SA = 'chaperone-operator';
+
+/** This test's own control plane (its kubelets' identities are signed by its CA). */
+let privateControlPlane: ControlPlane | undefined;
 
 interface Env {
   cp: ControlPlane;
@@ -36,18 +40,14 @@ function tokenConfig(cp: ControlPlane, token: string): k8s.KubeConfig {
 }
 
 async function token(admin: k8s.KubeConfig, namespace: string, sa: string, pod?: k8s.V1Pod): Promise<string> {
+  // Pod-bound tokens come from the kubelet of the pod's node (config/admission refuses anyone else).
+  if (pod !== undefined) return kubeletToken(pod, undefined, privateControlPlane);
   const core = admin.makeApiClient(k8s.CoreV1Api);
   const res = await core.createNamespacedServiceAccountToken({
     namespace,
     name: sa,
     body: {
-      spec: {
-        audiences: [],
-        expirationSeconds: 3600,
-        ...(pod === undefined
-          ? {}
-          : { boundObjectRef: { apiVersion: 'v1', kind: 'Pod', name: pod.metadata?.name, uid: pod.metadata?.uid } }),
-      },
+      spec: { audiences: [], expirationSeconds: 3600 },
     },
   });
   assert.ok(res.status?.token);
@@ -80,6 +80,7 @@ test('admission protection of Sessions and approval decisions', { timeout: 300_0
   mkdirSync(dir, { recursive: true });
   const cp = await startControlPlane(dir);
   t.after(() => cp.stop());
+  privateControlPlane = cp;
   const admin = new k8s.KubeConfig();
   admin.loadFromFile(cp.kubeconfig);
   await applyCrds(cp.kubeconfig);
@@ -122,14 +123,24 @@ test('admission protection of Sessions and approval decisions', { timeout: 300_0
   });
   const podBody = (name: string): k8s.V1Pod => ({
     metadata: { name },
-    spec: { serviceAccountName: 'agent', containers: [{ name: 'agent', image: 'example.invalid/agent:1' }] },
+    spec: {
+      serviceAccountName: 'agent',
+      nodeName: 'node-agents',
+      containers: [{ name: 'agent', image: 'example.invalid/agent:1' }],
+    },
   });
   const podA = await core.createNamespacedPod({ namespace: NS, body: podBody('agent-a') });
   const podB = await core.createNamespacedPod({ namespace: NS, body: podBody('agent-b') });
 
   const signer = await createSigner();
-  const trail = async (name: string, pod: k8s.V1Pod, uid = pod.metadata?.uid) => {
-    const [s] = await buildTrail({ name, namespace: NS, signer, pod: { name: pod.metadata?.name ?? '', uid } });
+  const trail = async (name: string, pod: k8s.V1Pod, uid = pod.metadata?.uid, closed = true) => {
+    const [s] = await buildTrail({
+      name,
+      namespace: NS,
+      signer,
+      pod: { name: pod.metadata?.name ?? '', uid },
+      closed,
+    });
     const { status: _status, ...body } = s!;
     return body;
   };
@@ -146,7 +157,8 @@ test('admission protection of Sessions and approval decisions', { timeout: 300_0
   const sidecarA = tokenConfig(env.cp, await token(admin, NS, 'agent', podA));
 
   await t.test("the pod's sidecar writes and appends to its own Session", async () => {
-    const body = await trail('a-1', podA);
+    // Still open: nothing may follow a session.end (the CRD refuses it), so the append comes before it.
+    const body = await trail('a-1', podA, podA.metadata?.uid, false);
     await create(sidecarA, body);
     const [longer] = await buildTrail({
       name: 'a-1',
@@ -239,7 +251,8 @@ test('admission protection of Sessions and approval decisions', { timeout: 300_0
         expiresTime: new Date(Date.now() + 3_600_000).toISOString().replace(/\.\d+Z$/, 'Z'),
       },
     };
-    const client = sessionsOf(admin);
+    // Filed by the sidecar holding the command, as the sidecar would.
+    const client = sessionsOf(sidecarA);
     await client.createNamespacedCustomObject({
       group: GROUP,
       version: VERSION,

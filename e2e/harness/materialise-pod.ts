@@ -30,6 +30,7 @@ import type * as k8s from '@kubernetes/client-node';
 import { parse, stringify } from 'yaml';
 import { SIDECAR_CONTAINER } from '../../operator/src/injection/constants.ts';
 import { controlPlaneEnv } from './env.ts';
+import { kubeletToken } from './identities.ts';
 import { stopProcess } from './processes.ts';
 import { SIDECAR_BIN } from './sidecar.ts';
 
@@ -43,8 +44,13 @@ export interface MaterialisedSidecar {
   stop(): Promise<void>;
 }
 
-/** A TokenRequest token bound to the pod, as a projected serviceAccountToken source would hold it. */
+/**
+ * A TokenRequest token bound to the pod, as a projected serviceAccountToken source would hold it. For a
+ * pod bound to a node it is requested as that node's kubelet (what config/admission/sidecar-identity.yaml
+ * requires of pod-bound tokens); for an unscheduled pod, as the test's administrator.
+ */
 export async function podToken(core: k8s.CoreV1Api, pod: k8s.V1Pod, audience: string | undefined): Promise<string> {
+  if (pod.spec?.nodeName !== undefined && pod.spec.nodeName !== '') return kubeletToken(pod, audience);
   const token = await core.createNamespacedServiceAccountToken({
     namespace: pod.metadata?.namespace ?? '',
     name: pod.spec?.serviceAccountName ?? 'default',

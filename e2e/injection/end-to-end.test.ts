@@ -25,7 +25,10 @@ import {
   AUDIT_AUTHORITY_JWKS_KEY,
   AUDIT_AUTHORITY_NAME,
   GROUP,
+  POLICY_SET_CONFIGMAP,
+  POLICY_SET_KEY,
   VERSION,
+  verifyPolicySet,
   verifySignerCertificate,
   type AccessPolicy,
   type AccessPolicySpec,
@@ -38,8 +41,8 @@ import {
   SIDECAR_API_ACCESS_DIR,
   SIDECAR_CREDENTIALS_DIR,
   SIDECAR_CONTAINER,
-  VOLUME_POLICIES,
 } from '../../operator/src/injection/constants.ts';
+import { parseJwks } from '../../operator/src/audit/audit-authority.ts';
 import { buildTrail, createSigner } from '../audit/trail-fixture.ts';
 import { runCli } from '../audit/run-cli.ts';
 import { controlPlaneEnv, postgresEnv, superuserSql, testDir } from '../harness/env.ts';
@@ -50,7 +53,7 @@ import { poll } from '../harness/poll.ts';
 import { freePort } from '../harness/postgres.ts';
 import { credentialsOf, findSecrets, secretOf, type Secret } from '../harness/secret-scan.ts';
 import { REPO_ROOT } from '../harness/tools.ts';
-import { EXPECTED_SIDECAR_RULES } from '../operator/expected-sidecar-rbac.ts';
+import { expectedSidecarRules } from '../operator/expected-sidecar-rbac.ts';
 import { agentPod, createPostgresResource, CREDENTIAL_SECRET, waitForServiceAccount } from './injection-fixture.ts';
 
 const ALLOW_ORDERS: AccessPolicySpec = {
@@ -233,14 +236,13 @@ test('an injected agent reaches PostgreSQL only through its sidecar, under the r
     return p.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True') === true ? p : undefined;
   }).catch(failWithLogs);
   assert.match(policy.status?.bundle?.digest ?? '', /^sha256:/);
-  await poll('the admission webhook to mount the policy bundle', async () => {
-    const probe = await core.createNamespacedPod({
-      namespace: ns,
-      body: agentPod('probe', 'orders-db'),
-      dryRun: 'All',
-    });
-    const volume = probe.spec?.volumes?.find((v) => v.name === VOLUME_POLICIES);
-    return volume?.projected?.sources?.some((s) => s.configMap?.name === 'chaperone-policy-allow-orders') === true
+  await poll('the signed policy set to name the policy', async () => {
+    const set = await core.readNamespacedConfigMap({ namespace: ns, name: POLICY_SET_CONFIGMAP });
+    const keys = parseJwks(
+      (await core.readNamespacedConfigMap({ namespace: operator.operatorNamespace, name: AUDIT_AUTHORITY_NAME }))
+        .data?.[AUDIT_AUTHORITY_JWKS_KEY] ?? '',
+    );
+    return verifyPolicySet(set.data?.[POLICY_SET_KEY] ?? '', keys).policies.some((p) => p.name === 'allow-orders')
       ? true
       : undefined;
   }).catch(failWithLogs);
@@ -264,7 +266,7 @@ test('an injected agent reaches PostgreSQL only through its sidecar, under the r
   const root = join(testDir(t), 'root');
   rmSync(root, { recursive: true, force: true });
   mkdirSync(root, { recursive: true });
-  // The bundle comes from the ConfigMap the controller wrote, through the pod's projected volume.
+  // The bundles come from the ConfigMaps the controller wrote, through the API: the signed policy set.
   const materialised = await materialiseSidecar(core, pod, root);
   await protectSessionsOf(t, kc, ns);
   const sidecar = await materialised.start();
@@ -395,10 +397,15 @@ test('an injected agent reaches PostgreSQL only through its sidecar, under the r
   await t.test('least privilege: the sidecar Role as written out, and its token refused the rest', async () => {
     const role = await rbac.readNamespacedRole({ namespace: ns, name: 'chaperone-sidecar' });
     assert.deepEqual(
-      role.rules?.map((r) => ({ apiGroups: r.apiGroups, resources: r.resources, verbs: r.verbs })),
-      EXPECTED_SIDECAR_RULES,
+      role.rules?.map((r) => ({
+        apiGroups: r.apiGroups,
+        resources: r.resources,
+        ...(r.resourceNames === undefined ? {} : { resourceNames: r.resourceNames }),
+        verbs: r.verbs,
+      })),
+      expectedSidecarRules(['allow-orders']),
     );
-    assert.ok(!(role.rules ?? []).some((r) => r.resourceNames !== undefined || r.nonResourceURLs !== undefined));
+    assert.ok(!(role.rules ?? []).some((r) => r.nonResourceURLs !== undefined));
 
     // The real API server, with the sidecar's own pod-bound token.
     const asSidecar = new k8s.KubeConfig();
@@ -458,6 +465,8 @@ test('an injected agent reaches PostgreSQL only through its sidecar, under the r
       'read Sessions of another namespace': sessionsIn(operator.operatorNamespace),
       'read ConfigMaps of another namespace': () =>
         sCore.listNamespacedConfigMap({ namespace: operator.operatorNamespace }),
+      'list the ConfigMaps of its namespace (it reads its policy set by name only)': () =>
+        sCore.listNamespacedConfigMap({ namespace: ns }),
       'read the audit authority Secret': () =>
         sCore.readNamespacedSecret({ namespace: operator.operatorNamespace, name: AUDIT_AUTHORITY_NAME }),
       'list Namespaces': () => sCore.listNamespace(),

@@ -5,14 +5,26 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as k8s from '@kubernetes/client-node';
-import { GROUP, VERSION, type AccessPolicy, type Session } from '@chaperone/api';
+import {
+  AUDIT_AUTHORITY_JWKS_KEY,
+  AUDIT_AUTHORITY_NAME,
+  GROUP,
+  POLICY_SET_CONFIGMAP,
+  POLICY_SET_KEY,
+  SEAL_ANNOTATION,
+  VERSION,
+  verifyPolicySet,
+  type AccessPolicy,
+  type Session,
+} from '@chaperone/api';
 import {
   ANNOTATION_INJECTED,
   LABEL_INJECTION,
   LABEL_INJECTION_ENABLED,
   SIDECAR_CONTAINER,
-  VOLUME_POLICIES,
 } from '../../operator/src/injection/constants.ts';
+import { parseJwks } from '../../operator/src/audit/audit-authority.ts';
+import { sealProblems } from '../../operator/src/injection/sealed-pod.ts';
 import { createTestNamespace, kubeConfig } from '../harness/kube.ts';
 import { startOperatorProcess, TEST_SIDECAR_IMAGE } from '../harness/operator-process.ts';
 import { poll as pollUntil } from '../harness/poll.ts';
@@ -90,25 +102,35 @@ test('chaperone-operator binary: webhooks registered by URL inject a pod; retent
   );
   assert.match(policy.status?.bundle?.digest ?? '', /^sha256:/);
 
-  // ... and the webhook injects an annotated pod, mounting that policy's bundle.
-  await poll(
-    'the policy in the admission cache (a pod created now mounts its bundle)',
+  // ... publishes it in the namespace's policy set, signed with the operator's key ...
+  const authorityKeys = parseJwks(
+    (await core.readNamespacedConfigMap({ namespace: operator.operatorNamespace, name: AUDIT_AUTHORITY_NAME })).data?.[
+      AUDIT_AUTHORITY_JWKS_KEY
+    ] ?? '',
+  );
+  const policySet = await poll(
+    'the signed policy set naming the policy',
     async () => {
-      await core.deleteNamespacedPod({ namespace: ns, name: 'probe' }).catch(() => undefined);
-      const probe = await core.createNamespacedPod({ namespace: ns, body: agentPod('probe', 'orders-db') });
-      const volume = probe.spec?.volumes?.find((v) => v.name === VOLUME_POLICIES);
-      return volume?.projected?.sources?.some((s) => s.configMap?.name === 'chaperone-policy-reads') === true
-        ? true
-        : undefined;
+      const cm = await core.readNamespacedConfigMap({ namespace: ns, name: POLICY_SET_CONFIGMAP });
+      const set = verifyPolicySet(cm.data?.[POLICY_SET_KEY] ?? '', authorityKeys);
+      return set.policies.some((p) => p.name === 'reads') ? set : undefined;
     },
     logs,
   );
+  assert.deepEqual(policySet.policies, [
+    { name: 'reads', configMap: 'chaperone-policy-reads', digest: policy.status?.bundle?.digest },
+  ]);
+  assert.equal(policySet.namespace, ns);
+
+  // ... and the webhook injects an annotated pod, sealing the sidecar it renders.
   const pod = await core.createNamespacedPod({ namespace: ns, body: agentPod('agent', 'orders-db') });
   const sidecar = pod.spec?.initContainers?.[0];
   assert.equal(sidecar?.name, SIDECAR_CONTAINER);
   assert.equal(sidecar.restartPolicy, 'Always');
   assert.equal(sidecar.image, TEST_SIDECAR_IMAGE);
   assert.ok(pod.metadata?.annotations?.[ANNOTATION_INJECTED] !== undefined);
+  assert.ok(pod.metadata.annotations[SEAL_ANNOTATION] !== undefined);
+  assert.deepEqual(sealProblems(pod, ns, authorityKeys), [], 'the stored pod matches its seal');
   assert.equal(pod.spec?.automountServiceAccountToken, false);
   const agentEnv = new Map((pod.spec.containers.at(0)?.env ?? []).map((e) => [e.name, e.value]));
   assert.equal(agentEnv.get('PGHOST'), '127.0.0.1');

@@ -1,7 +1,8 @@
 // The ProtectedResource controller against the real API server: a missing Secret is Ready=False
 // SecretNotFound with an Event; creating it makes the resource Ready with a credentialVersion; rotating the
 // password changes the version; re-reconciling writes nothing; a missing key and an invalid CA are
-// reported; the sidecar Role and RoleBinding follow the injected pods of the namespace.
+// reported; the sidecar Role and RoleBinding follow the attested pods of the namespace (sealed by the
+// operator; an injector annotation anyone can write earns nothing).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
@@ -12,6 +13,10 @@ import { GROUP, VERSION, type ProtectedResource } from '@chaperone/api';
 import { createLogger } from '../../operator/src/observability/logger.ts';
 import { startOperator } from '../../operator/src/operator.ts';
 import { ANNOTATION_INJECTED } from '../../operator/src/injection/constants.ts';
+import { applyJsonPatch } from '../../operator/src/injection/json-patch.ts';
+import { renderPodPatch } from '../../operator/src/injection/render-pod-patch.ts';
+import { validateInjectionSettings } from '../../operator/src/injection/settings.ts';
+import { statementSigner } from '@chaperone/api';
 import { poll } from '../harness/poll.ts';
 import { REPO_ROOT } from '../harness/tools.ts';
 import { EXPECTED_SIDECAR_RULES } from './expected-sidecar-rbac.ts';
@@ -89,6 +94,8 @@ test('ProtectedResource controller resolves references, tracks the credential an
     logger,
     metricsBindAddress: '127.0.0.1:0',
     identity: 'e2e-protected-resource',
+    // The operator's key: pods are attested against its seals.
+    audit: { namespace },
   });
   t.after(async () => {
     await operator.stop();
@@ -200,7 +207,12 @@ test('ProtectedResource controller resolves references, tracks the credential an
       readOrUndefined(() => rbac.readNamespacedRole({ namespace, name: 'chaperone-sidecar' })),
     );
     assert.deepEqual(
-      role.rules?.map((r) => ({ apiGroups: r.apiGroups, resources: r.resources, verbs: r.verbs })),
+      role.rules?.map((r) => ({
+        apiGroups: r.apiGroups,
+        resources: r.resources,
+        ...(r.resourceNames === undefined ? {} : { resourceNames: r.resourceNames }),
+        verbs: r.verbs,
+      })),
       EXPECTED_SIDECAR_RULES,
     );
     const documented = parseAllDocuments(readFileSync(join(REPO_ROOT, 'config', 'rbac', 'sidecar-role.yaml'), 'utf8'))
@@ -211,13 +223,33 @@ test('ProtectedResource controller resolves references, tracks the credential an
     assert.equal(role.metadata.ownerReferences?.length, 3, 'owned by every ProtectedResource of the namespace');
 
     await core.createNamespacedServiceAccount({ namespace, body: { metadata: { name: 'agent' } } });
+    await core.createNamespacedServiceAccount({ namespace, body: { metadata: { name: 'pretender' } } });
+    // Annotated as injected by whoever created it, with no sidecar the operator sealed: not bound.
     await core.createNamespacedPod({
       namespace,
       body: {
-        metadata: { name: 'agent-0', annotations: { [ANNOTATION_INJECTED]: 'abc123' } },
-        spec: { serviceAccountName: 'agent', containers: [{ name: 'agent', image: 'busybox' }] },
+        metadata: { name: 'pretender-0', annotations: { [ANNOTATION_INJECTED]: 'abc123' } },
+        spec: { serviceAccountName: 'pretender', containers: [{ name: 'agent', image: 'busybox' }] },
       },
     });
+    // Injected and sealed with the operator's key (the webhook's rendering, without a webhook here).
+    const authority = operator.authority;
+    assert.ok(authority !== undefined);
+    const agent: k8s.V1Pod = {
+      metadata: { name: 'agent-0', annotations: { 'chaperone.dev/inject': 'true' } },
+      spec: { serviceAccountName: 'agent', containers: [{ name: 'agent', image: 'busybox' }] },
+    };
+    const injected = renderPodPatch({
+      pod: agent,
+      namespace,
+      namespaceLabels: {},
+      resources: [await getResource(namespace, 'orders-db')],
+      settings: validateInjectionSettings({ image: 'sidecar:test', operatorNamespace: 'chaperone-system' }),
+      signer: statementSigner(authority.privateJwk),
+      operatorKeys: authority.publicKeys,
+    });
+    assert.ok(injected.kind === 'patch');
+    await core.createNamespacedPod({ namespace, body: applyJsonPatch(agent, injected.patch) });
     // Not injected: its account is not bound.
     await core.createNamespacedPod({
       namespace,

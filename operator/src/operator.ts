@@ -9,6 +9,12 @@ import {
   RbacAuthorizationV1Api,
   type KubeConfig,
 } from '@kubernetes/client-node';
+
+import type { IncomingMessage, ServerResponse } from 'node:http';
+
+/** Label of the namespace Sessions are kept in when the operator writes them (config/admission). */
+export const AUDIT_NAMESPACE_LABEL = 'chaperone.dev/audit-namespace';
+import { CREDENTIAL_DELIVERY_PATH, SESSION_PROXY_PATH, statementSigner } from '@chaperone/api';
 import { loadOrCreateAuditAuthority, type AuditAuthority } from './audit/audit-authority.ts';
 import { CheckpointWriter } from './audit/checkpoint-writer.ts';
 import { signerCertificationWebhookOptions } from './audit/signer-certification.ts';
@@ -17,6 +23,9 @@ import {
   type RunningTokenExchange,
   type TokenExchangeOptions,
 } from './identity/start-token-exchange.ts';
+import { createSessionProxyHandler } from './audit/session-proxy.ts';
+import { createCredentialDeliveryHandler } from './credentials/credential-delivery.ts';
+import { validateInjectionSettings } from './injection/settings.ts';
 import type { Clock } from './controller-runtime/clock.ts';
 import type { Controller } from './controller-runtime/controller.ts';
 import { createEventRecorder } from './controller-runtime/event-recorder.ts';
@@ -76,6 +85,19 @@ export interface OperatorOptions {
    * `webhooks`. Default: off.
    */
   readonly tokenExchange?: Omit<TokenExchangeOptions, 'kubeConfig' | 'logger' | 'registry' | 'replica'>;
+  /**
+   * Keep Sessions in an audit namespace (labelled chaperone.dev/audit-namespace=true): injected sidecars
+   * hand them to the operator's Session proxy, which attests each sidecar and writes them there; sidecars
+   * get no right on Sessions (docs/audit.md, "Evidence out of the editors' reach"). Needs the webhooks.
+   * Default: sidecars write Sessions in their own namespace.
+   */
+  readonly sessions?: { readonly auditNamespace: string };
+  /**
+   * Deliver credentials kept in this namespace to attested sidecars (ProtectedResources naming a Secret of it
+   * with credentialSecretRef.namespace), instead of mounting Secrets of the agents' namespace (docs/injection.md).
+   * Needs the webhooks. Default: off.
+   */
+  readonly credentials?: { readonly namespace: string };
   /** Serve the injection webhooks (on every replica, leader or not). Default: off. */
   readonly webhooks?: Omit<InjectionWebhooksOptions, 'kubeConfig' | 'logger' | 'registry'>;
   readonly logger: Logger;
@@ -90,7 +112,7 @@ export interface RunningOperator {
   readonly metricsAddress: string | undefined;
   /** The admission side, when webhooks are enabled. */
   readonly webhooks: InjectionWebhooks | undefined;
-  /** The audit authority, when enabled. */
+  /** The operator's key (audit authority), when audit or webhooks are enabled. */
   readonly authority: AuditAuthority | undefined;
   /** The token exchange, when enabled. */
   readonly tokenExchange: RunningTokenExchange | undefined;
@@ -122,8 +144,12 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
   let controllers: Controller[] | undefined;
   let checkpointWriter: CheckpointWriter | undefined;
   let leading = false;
+  // The operator's key: it certifies sidecar keys and signs checkpoints (audit authority), seals injected
+  // sidecars (webhooks) and signs policy sets (AccessPolicy controller). Kept in the audit namespace, else
+  // the operator namespace of the webhooks; without either, policy sets are published unsigned.
+  const keyNamespace = options.audit?.namespace ?? options.webhooks?.settings.operatorNamespace;
   const authority =
-    options.audit === undefined ? undefined : await loadOrCreateAuditAuthority(core, options.audit.namespace, logger);
+    keyNamespace === undefined ? undefined : await loadOrCreateAuditAuthority(core, keyNamespace, logger);
   const newController = () =>
     createAccessPolicyController({
       kubeConfig,
@@ -138,6 +164,9 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
       ...(options.reconcileTimeoutMs === undefined ? {} : { reconcileTimeoutMs: options.reconcileTimeoutMs }),
       ...(options.compileOptions === undefined ? {} : { compileOptions: options.compileOptions }),
       ...(options.clock === undefined ? {} : { clock: options.clock }),
+      ...(authority === undefined
+        ? {}
+        : { signer: statementSigner(authority.privateJwk), publicKeys: authority.publicKeys }),
     });
   const newRetentionController = () =>
     createSessionRetentionController({
@@ -163,6 +192,9 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
       ...(options.resyncPeriodMs === undefined ? {} : { resyncPeriodMs: options.resyncPeriodMs }),
       ...(options.reconcileTimeoutMs === undefined ? {} : { reconcileTimeoutMs: options.reconcileTimeoutMs }),
       ...(options.clock === undefined ? {} : { clock: options.clock }),
+      ...(authority === undefined ? {} : { publicKeys: authority.publicKeys }),
+      ...(options.sessions === undefined ? {} : { sessionsInPodNamespace: false }),
+      ...(options.credentials === undefined ? {} : { credentialNamespace: options.credentials.namespace }),
     });
   const startControllers = async () => {
     leading = true;
@@ -190,6 +222,10 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
   if (options.tokenExchange !== undefined && options.webhooks === undefined) {
     throw new Error('the token exchange is served on the webhook server: enable webhooks too');
   }
+  if ((options.sessions !== undefined || options.credentials !== undefined) && options.webhooks === undefined) {
+    throw new Error('keeping Sessions in an audit namespace and delivering credentials need the webhooks');
+  }
+  if (options.sessions !== undefined) await checkAuditNamespace(core, options.sessions.auditNamespace, logger);
   const tokenExchange =
     options.tokenExchange === undefined
       ? undefined
@@ -200,29 +236,30 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
           registry: metrics.registry,
           replica: identity,
         });
-  const certification =
-    authority === undefined
-      ? undefined
-      : signerCertificationWebhookOptions({
-          authority,
-          kubeConfig,
-          logger: logger.child({ component: 'signer-certification' }),
-          registry: metrics.registry,
-        });
+  const sidecarRoutes =
+    authority === undefined ? undefined : operatorRoutes(options, authority, kubeConfig, logger, metrics);
   // Admission first: every replica serves it, standbys included, and a replica that cannot serve it
   // (certificates, cache) must not start at all.
   let webhooks: InjectionWebhooks | undefined;
   try {
     webhooks =
-      options.webhooks === undefined
+      options.webhooks === undefined || authority === undefined
         ? undefined
         : await startInjectionWebhooks({
             ...options.webhooks,
+            settings: validateInjectionSettings({
+              ...options.webhooks.settings,
+              ...(options.sessions === undefined ? {} : { sessionNamespace: options.sessions.auditNamespace }),
+              ...(options.credentials === undefined ? {} : { credentialNamespace: options.credentials.namespace }),
+            }),
             kubeConfig,
             logger,
             registry: metrics.registry,
-            ...(certification === undefined ? {} : certification),
-            routes: { ...certification?.routes, ...tokenExchange?.routes },
+            authority,
+            ...(sidecarRoutes?.signerCertificationPath === undefined
+              ? {}
+              : { signerCertificationPath: sidecarRoutes.signerCertificationPath }),
+            routes: { ...sidecarRoutes?.routes, ...tokenExchange?.routes },
             ...(tokenExchange === undefined ? {} : { tokenExchangeIssuer: tokenExchange.issuer }),
           });
   } catch (err) {
@@ -330,4 +367,57 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
       return stopping;
     },
   };
+}
+
+/** The endpoints sidecars call on the webhook server: certification, the Session proxy, credential delivery. */
+function operatorRoutes(
+  options: OperatorOptions,
+  authority: AuditAuthority,
+  kubeConfig: KubeConfig,
+  logger: Logger,
+  metrics: OperatorMetrics,
+): Pick<InjectionWebhooksOptions, 'routes' | 'signerCertificationPath'> {
+  const certification =
+    options.audit === undefined
+      ? undefined
+      : signerCertificationWebhookOptions({
+          authority,
+          kubeConfig,
+          logger: logger.child({ component: 'signer-certification' }),
+          registry: metrics.registry,
+        });
+  const routes: Record<string, (req: IncomingMessage, res: ServerResponse) => void> = { ...certification?.routes };
+  if (options.sessions !== undefined) {
+    routes[SESSION_PROXY_PATH] = createSessionProxyHandler({
+      kubeConfig,
+      auditNamespace: options.sessions.auditNamespace,
+      publicKeys: () => authority.publicKeys,
+      logger: logger.child({ component: 'session-proxy' }),
+      registry: metrics.registry,
+    });
+  }
+  if (options.credentials !== undefined) {
+    routes[CREDENTIAL_DELIVERY_PATH] = createCredentialDeliveryHandler({
+      kubeConfig,
+      credentialNamespace: options.credentials.namespace,
+      publicKeys: () => authority.publicKeys,
+      logger: logger.child({ component: 'credential-delivery' }),
+      registry: metrics.registry,
+    });
+  }
+  return {
+    routes,
+    ...(certification === undefined ? {} : { signerCertificationPath: certification.signerCertificationPath }),
+  };
+}
+
+/** The Session writers policy accepts the operator's writes only in a namespace labelled as the audit namespace. */
+async function checkAuditNamespace(core: CoreV1Api, name: string, logger: Logger): Promise<void> {
+  const namespace = await core.readNamespace({ name }).catch(() => undefined);
+  if (namespace?.metadata?.labels?.[AUDIT_NAMESPACE_LABEL] !== 'true') {
+    logger.error('the audit namespace is missing or not labelled; Session writes into it will be refused', {
+      namespace: name,
+      label: `${AUDIT_NAMESPACE_LABEL}=true`,
+    });
+  }
 }

@@ -94,6 +94,30 @@ export const TrustedIssuerConfig = Type.Object(
 );
 export type TrustedIssuerConfig = Static<typeof TrustedIssuerConfig>;
 
+/**
+ * How the sidecar reaches the API server: a kubeconfig file, or in-cluster access (server from
+ * KUBERNETES_SERVICE_HOST/PORT, the service-account token and CA) with each part overridable.
+ */
+const apiAccessFields = {
+  /** Kubeconfig file; excludes server, tokenFile and caFile. */
+  kubeconfig: Type.Optional(Type.String({ minLength: 1 })),
+  /** API server URL; default https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT. */
+  server: Type.Optional(Type.String({ pattern: '^https?://' })),
+  /** Bearer token file, re-read every minute (the kubelet rotates projected tokens); default in-cluster. */
+  tokenFile: Type.Optional(Type.String({ minLength: 1 })),
+  /** CA bundle of the API server; default in-cluster. */
+  caFile: Type.Optional(Type.String({ minLength: 1 })),
+};
+
+/** How the sidecar trusts and authenticates to an operator endpoint. */
+const operatorTrustFields = {
+  /** CA bundle of the operator's serving certificate (file, or `ca` inline PEM); default the system roots. */
+  caFile: Type.Optional(Type.String({ minLength: 1 })),
+  ca: Type.Optional(Type.String({ minLength: 1 })),
+  /** The pod-bound token to present; default the in-cluster token. */
+  tokenFile: Type.Optional(Type.String({ minLength: 1 })),
+};
+
 export const SidecarConfig = Type.Object(
   {
     /** The pod written into every audit record; empty fields are taken from POD_ENV (downward API). */
@@ -106,14 +130,48 @@ export const SidecarConfig = Type.Object(
       { default: {} },
     ),
     listeners: Type.Array(ListenerConfig, { minItems: 1 }),
-    policy: Type.Object({
-      /** Directory of compiled bundles (`<key>.wasm` + `<key>.manifest.json`), watched and hot-reloaded. */
-      bundleDir: Type.String(),
-      /** How often the directory is re-checked in addition to file-system events, ms. Default 1000. */
-      pollIntervalMs: Type.Integer({ minimum: 100, default: 1000 }),
-      /** Decision cache entries per listener. Default 10000; 0 disables caching. */
-      decisionCacheSize: Type.Integer({ minimum: 0, default: 10_000 }),
-    }),
+    policy: Type.Object(
+      {
+        /** Directory of compiled bundles (`<key>.wasm` + `<key>.manifest.json`), watched and hot-reloaded. Standalone use. */
+        bundleDir: Type.Optional(Type.String()),
+        /**
+         * The namespace's signed policy set through the API (what injected sidecars use, docs/policy.md
+         * "Delivery"): the ConfigMap is watched, the bundles it names are fetched, and a set is loaded only
+         * when signed by one of `trustedKeys`, for this namespace, and newer than the one loaded.
+         */
+        kubernetes: Type.Optional(
+          Type.Object(
+            {
+              /** Name of the policy-set ConfigMap. Default chaperone-policies. */
+              configMap: Type.String({ minLength: 1, default: 'chaperone-policies' }),
+              /** Namespace of the ConfigMap; default the pod's namespace. */
+              namespace: Type.Optional(Type.String({ minLength: 1, maxLength: 63 })),
+              ...apiAccessFields,
+              /** Full re-read in addition to the watch, seconds. Default 300. */
+              resyncSeconds: Type.Integer({ minimum: 5, default: 300 }),
+            },
+            { additionalProperties: false },
+          ),
+        ),
+        /** Ed25519 public JWKs (with kid) of the operator; required with `kubernetes`. */
+        trustedKeys: Type.Optional(
+          Type.Array(
+            Type.Object({
+              kty: Type.Literal('OKP'),
+              crv: Type.Literal('Ed25519'),
+              x: Type.String({ minLength: 43, maxLength: 43 }),
+              kid: Type.String({ minLength: 1 }),
+            }),
+            { minItems: 1 },
+          ),
+        ),
+        /** How often the bundle directory is re-checked, ms. Default 1000. */
+        pollIntervalMs: Type.Integer({ minimum: 100, default: 1000 }),
+        /** Decision cache entries per listener. Default 10000; 0 disables caching. */
+        decisionCacheSize: Type.Integer({ minimum: 0, default: 10_000 }),
+      },
+      { additionalProperties: false },
+    ),
     identity: Type.Object({
       issuers: Type.Array(TrustedIssuerConfig, { minItems: 1 }),
       clockToleranceSeconds: Type.Integer({ minimum: 0, maximum: 300, default: 5 }),
@@ -140,14 +198,7 @@ export const SidecarConfig = Type.Object(
         kubernetes: Type.Optional(
           Type.Object(
             {
-              /** Kubeconfig file; excludes server, tokenFile and caFile. */
-              kubeconfig: Type.Optional(Type.String({ minLength: 1 })),
-              /** API server URL; default https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT. */
-              server: Type.Optional(Type.String({ pattern: '^https?://' })),
-              /** Bearer token file, re-read every minute (the kubelet rotates projected tokens); default in-cluster. */
-              tokenFile: Type.Optional(Type.String({ minLength: 1 })),
-              /** CA bundle of the API server; default in-cluster. */
-              caFile: Type.Optional(Type.String({ minLength: 1 })),
+              ...apiAccessFields,
               /** Namespace of the Session objects; default the pod's namespace. */
               namespace: Type.Optional(Type.String({ minLength: 1, maxLength: 63 })),
             },
@@ -156,6 +207,21 @@ export const SidecarConfig = Type.Object(
         ),
         /** Ed25519 private JWK that signs chain heads; generated when absent. Default `<spoolDir>/signing-key.jwk`. */
         signingKeyFile: Type.Optional(Type.String({ minLength: 1 })),
+        /**
+         * Write Sessions through the operator instead of the API server (docs/audit.md, "Evidence out of the
+         * editors' reach"): the operator attests the sidecar and writes into the audit namespace named by
+         * audit.kubernetes.namespace, where the agents' editors (and this sidecar's account) have no rights.
+         */
+        operator: Type.Optional(
+          Type.Object(
+            {
+              /** https URL of POST /audit/v1/sessions on the operator's webhook Service. */
+              url: Type.String({ pattern: '^https://' }),
+              ...operatorTrustFields,
+            },
+            { additionalProperties: false },
+          ),
+        ),
         /**
          * The operator's signer certification endpoint (docs/audit.md, Trust model). With `spoolDir`: the
          * sidecar asks it to certify the signing key before serving, and keeps asking in the background.
@@ -178,6 +244,27 @@ export const SidecarConfig = Type.Object(
         ),
       },
       { default: {}, additionalProperties: false },
+    ),
+    /**
+     * Delivered credentials (docs/injection.md): the operator hands the listed resources' credentials to this
+     * sidecar after attesting it; they are written under `dir` (`<resource>/username|password|ca.crt`), where
+     * the listeners' usernameFile/passwordFile/caFile point, and refreshed every `refreshSeconds`.
+     */
+    credentials: Type.Optional(
+      Type.Object(
+        {
+          /** https URL of POST /credentials/v1/fetch on the operator's webhook Service. */
+          url: Type.String({ pattern: '^https://' }),
+          ...operatorTrustFields,
+          dir: Type.String({ minLength: 1 }),
+          resources: Type.Array(Type.String({ minLength: 1 }), { minItems: 1 }),
+          /** Default 60. */
+          refreshSeconds: Type.Integer({ minimum: 5, default: 60 }),
+          /** How long start-up waits for the credentials. Default 30. */
+          waitSeconds: Type.Integer({ minimum: 0, maximum: 300, default: 30 }),
+        },
+        { additionalProperties: false },
+      ),
     ),
     metrics: Type.Object(
       {
@@ -276,37 +363,57 @@ export function validateConfig(document: unknown, env: ConfigEnvironment = {}): 
     if (config.pod.name === '') {
       problems.push(`/pod/name: set it (or ${POD_ENV.name}) when audit.spoolDir is set`);
     }
-    problems.push(...resolveApiAccess(config, env));
+    const resolved = resolveApiAccess(config.audit.kubernetes ?? {}, env, '/audit/kubernetes');
+    if (typeof resolved === 'string') problems.push(resolved);
+    else config.audit.kubernetes = resolved;
+  }
+  const policy = config.policy;
+  if ((policy.bundleDir === undefined) === (policy.kubernetes === undefined)) {
+    problems.push('/policy: set exactly one of bundleDir and kubernetes');
+  }
+  if (policy.kubernetes !== undefined) {
+    if (policy.trustedKeys === undefined) {
+      problems.push('/policy/trustedKeys: required with policy.kubernetes (policy sets are loaded only when signed)');
+    }
+    policy.kubernetes.namespace ??= config.pod.namespace === '' ? undefined : config.pod.namespace;
+    if (policy.kubernetes.namespace === undefined) {
+      problems.push(`/policy/kubernetes/namespace: set it (or pod.namespace, or ${POD_ENV.namespace})`);
+    }
+    const resolved = resolveApiAccess(policy.kubernetes, env, '/policy/kubernetes');
+    if (typeof resolved === 'string') problems.push(resolved);
+    else policy.kubernetes = resolved;
+  } else if (policy.trustedKeys !== undefined) {
+    problems.push('/policy/trustedKeys: applies to policy.kubernetes only');
   }
   if (problems.length > 0) throw new ConfigError(`invalid configuration:\n  ${problems.join('\n  ')}`);
   return config;
 }
 
-/** Completes `audit.kubernetes`: a kubeconfig, or server, tokenFile and caFile with in-cluster defaults. */
-function resolveApiAccess(config: SidecarConfig, env: ConfigEnvironment): string[] {
-  const access = config.audit.kubernetes ?? {};
+/** API access completed: a kubeconfig, or server, tokenFile and caFile with in-cluster defaults; or a problem. */
+function resolveApiAccess<T extends { kubeconfig?: string; server?: string; tokenFile?: string; caFile?: string }>(
+  access: T,
+  env: ConfigEnvironment,
+  path: string,
+): T | string {
   if (access.kubeconfig !== undefined) {
     const others = (['server', 'tokenFile', 'caFile'] as const).filter((k) => access[k] !== undefined);
-    return others.length === 0 ? [] : [`/audit/kubernetes: kubeconfig excludes ${others.join(', ')}`];
+    return others.length === 0 ? access : `${path}: kubeconfig excludes ${others.join(', ')}`;
   }
   let server = access.server;
   if (server === undefined) {
     const host = env[IN_CLUSTER.hostEnv] ?? '';
     const port = env[IN_CLUSTER.portEnv] ?? '';
     if (host === '' || port === '') {
-      return [
-        `/audit/kubernetes/server: not set, and ${IN_CLUSTER.hostEnv}/${IN_CLUSTER.portEnv} are not in the environment; outside a pod, set server or kubeconfig`,
-      ];
+      return `${path}/server: not set, and ${IN_CLUSTER.hostEnv}/${IN_CLUSTER.portEnv} are not in the environment; outside a pod, set server or kubeconfig`;
     }
     server = `https://${isIP(host) === 6 ? `[${host}]` : host}:${port}`;
   }
-  config.audit.kubernetes = {
+  return {
     ...access,
     server,
     tokenFile: access.tokenFile ?? IN_CLUSTER.tokenFile,
     caFile: access.caFile ?? IN_CLUSTER.caFile,
   };
-  return [];
 }
 
 export function loadConfig(path: string, env: ConfigEnvironment = process.env): SidecarConfig {

@@ -9,6 +9,8 @@ import { JsonLinesSink, type AuditSink } from './core/audit/audit-sink.ts';
 import { DurableAuditSink } from './core/audit/durable-audit-sink.ts';
 import { PodChain } from './core/audit/pod-chain.ts';
 import { KubernetesSessionStore } from './core/audit/session-store.ts';
+import { OperatorSessionStore } from './core/audit/operator-session-store.ts';
+import { CredentialFetcher } from './core/credentials/credential-fetcher.ts';
 import { SignerCertifier } from './core/audit/signer-certification.ts';
 import { loadOrCreateSigningKey } from './core/audit/signing-key.ts';
 
@@ -17,6 +19,7 @@ import { TokenVerifier } from './core/identity/token-verifier.ts';
 import { createLogger, type Logger } from './core/observability/logger.ts';
 import { createSidecarMetrics, serveMetrics, type SidecarMetrics } from './core/observability/metrics.ts';
 import { BundleWatcher } from './core/policy/bundle-directory.ts';
+import { PolicySetSource } from './core/policy/policy-set-source.ts';
 import { PolicyEngine } from './core/policy/policy-engine.ts';
 import type { Engine, EngineServices } from './core/engine.ts';
 import { ResourceListener } from './core/resource-listener.ts';
@@ -68,7 +71,14 @@ export async function createAuditSink(
     spoolDir: join(audit.spoolDir, 'spool'),
     spoolMaxBytes: audit.spoolMaxBytes,
     flushIntervalMs: audit.flushIntervalMs,
-    store: new KubernetesSessionStore({ ...audit.kubernetes, namespace, host: config.pod.name }),
+    store:
+      audit.operator === undefined
+        ? new KubernetesSessionStore({ ...audit.kubernetes, namespace, host: config.pod.name })
+        : new OperatorSessionStore({
+            ...audit.operator,
+            tokenFile: audit.operator.tokenFile ?? audit.kubernetes?.tokenFile ?? IN_CLUSTER_TOKEN_FILE,
+            namespace,
+          }),
     signingKey,
     pod: { name: config.pod.name, namespace: config.pod.namespace, uid: config.pod.uid },
     logger: logger.child({ component: 'audit' }),
@@ -97,6 +107,18 @@ export async function createAuditSink(
 export async function startSidecar(config: SidecarConfig, options: StartOptions = {}): Promise<RunningSidecar> {
   const logger = options.logger ?? createLogger({ level: config.log.level, base: { component: 'chaperone-sidecar' } });
   const metrics = createSidecarMetrics();
+  // Delivered credentials first: the listeners read them for every upstream connection.
+  const delivery = config.credentials;
+  const credentials =
+    delivery === undefined
+      ? undefined
+      : new CredentialFetcher({
+          ...delivery,
+          tokenFile: delivery.tokenFile ?? config.audit.kubernetes?.tokenFile ?? IN_CLUSTER_TOKEN_FILE,
+          refreshMs: delivery.refreshSeconds * 1000,
+          logger: logger.child({ component: 'credentials' }),
+        });
+  await credentials?.start(delivery?.waitSeconds === undefined ? 0 : delivery.waitSeconds * 1000);
   const sink = options.sink ?? (await createAuditSink(config, logger, metrics));
   // With a spool the head is kept beside it, so sessions stay linked across sidecar restarts in one pod.
   const podChain =
@@ -104,13 +126,27 @@ export async function startSidecar(config: SidecarConfig, options: StartOptions 
       ? PodChain.inMemory(config.pod)
       : PodChain.open(config.pod, join(config.audit.spoolDir, 'pod-chain-head.json'), logger);
   const policy = new PolicyEngine({ cacheSize: config.policy.decisionCacheSize });
-  const watcher = new BundleWatcher({
-    dir: config.policy.bundleDir,
-    engine: policy,
-    logger,
-    pollIntervalMs: config.policy.pollIntervalMs,
-    onReload: (result) => metrics.bundleReloads.inc({ result }),
-  });
+  const policySet = config.policy.kubernetes;
+  const watcher =
+    policySet === undefined
+      ? new BundleWatcher({
+          dir: config.policy.bundleDir ?? '',
+          engine: policy,
+          logger,
+          pollIntervalMs: config.policy.pollIntervalMs,
+          onReload: (result) => metrics.bundleReloads.inc({ result }),
+        })
+      : new PolicySetSource({
+          configMap: policySet.configMap,
+          namespace: policySet.namespace ?? config.pod.namespace,
+          access: policySet,
+          trustedKeys: config.policy.trustedKeys ?? [],
+          engine: policy,
+          logger: logger.child({ component: 'policy-set' }),
+          resyncMs: policySet.resyncSeconds * 1000,
+          pod: { name: config.pod.name, uid: config.pod.uid },
+          onReload: (result) => metrics.bundleReloads.inc({ result }),
+        });
   // One engine per type in use, initialised once (a parser to load, ...).
   const engines = new Map<string, Engine>();
   for (const l of config.listeners) {
@@ -150,6 +186,7 @@ export async function startSidecar(config: SidecarConfig, options: StartOptions 
     }
   } catch (err) {
     watcher.stop();
+    credentials?.stop();
     await Promise.allSettled(listeners.map((l) => l.close()));
     if (options.sink === undefined) await sink.close().catch(() => undefined);
     throw err;
@@ -166,6 +203,7 @@ export async function startSidecar(config: SidecarConfig, options: StartOptions 
     reloadPolicies: () => watcher.check(),
     async close() {
       watcher.stop();
+      credentials?.stop();
       await Promise.allSettled(listeners.map((l) => l.close()));
       await new Promise<void>((resolve) => {
         if (metricsServer === undefined) resolve();

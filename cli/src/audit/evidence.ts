@@ -6,7 +6,7 @@ import { createHash } from 'node:crypto';
 import canonicalize from 'canonicalize';
 import { API_VERSION, GENESIS_HASH, type AuditRecord, type ObjectMeta, type Session } from '@chaperone/api';
 import type { JWK } from 'jose';
-import { restrictReport, verifyTrail, type TrailReport, type VerifyTrailOptions } from './verify-trail.ts';
+import { podHashKey, restrictReport, verifyTrail, type TrailReport, type VerifyTrailOptions } from './verify-trail.ts';
 
 export const EVIDENCE_KIND = 'chaperone.dev/evidence';
 export const EVIDENCE_VERSION = 1;
@@ -129,15 +129,11 @@ export async function buildEvidence(all: readonly Session[], options: ExportOpti
     }))
     .sort((a, b) => objectName(a).localeCompare(objectName(b)));
 
-  const keptHashes = new Set(
-    sessions.flatMap((s) => s.spec.records.map((r) => `${s.metadata.namespace ?? ''}/${s.spec.pod.name}/${r.hash}`)),
-  );
-  const allHashes = new Set(
-    all.flatMap((s) => s.spec.records.map((r) => `${s.metadata.namespace ?? ''}/${s.spec.pod.name}/${r.hash}`)),
-  );
+  const keptHashes = new Set(sessions.flatMap((s) => s.spec.records.map((r) => podHashKey(s, r.hash))));
+  const allHashes = new Set(all.flatMap((s) => s.spec.records.map((r) => podHashKey(s, r.hash))));
   const anchors = sessions
     .filter((s) => s.spec.part === 0 && s.spec.records[0]?.seq === 1 && s.spec.records[0].prevHash !== GENESIS_HASH)
-    .map((s) => `${s.metadata.namespace ?? ''}/${s.spec.pod.name}/${s.spec.records[0]?.prevHash ?? ''}`)
+    .map((s) => podHashKey(s, s.spec.records[0]?.prevHash ?? ''))
     .filter((k) => !keptHashes.has(k) && allHashes.has(k));
 
   const report: TrailReport = restrictReport(fullReport, kept);

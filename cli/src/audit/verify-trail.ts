@@ -5,6 +5,7 @@
 import { isDeepStrictEqual } from 'node:util';
 import {
   GENESIS_HASH,
+  countRecord,
   verifyChain,
   verifyChainHead,
   verifyCheckpoint,
@@ -51,6 +52,10 @@ export const TRAIL_PROBLEM_KINDS = [
   'metadata-mismatch',
   /** A session that is not open has no session.end record: its end may have been removed. */
   'session-truncated',
+  /** Records after session.end (in the same part or in a later one): a closed session was continued. */
+  'records-after-end',
+  /** The Session's status contradicts its signed records (phase, endTime or counters). */
+  'status-mismatch',
   /** Present in a baseline export but missing or rolled back now. */
   'baseline-mismatch',
   /** The signer's certificate does not verify with the authority key or names another key or pod. */
@@ -80,6 +85,8 @@ export interface TrailProblem {
 export interface VerifiedSession {
   readonly sessionId: string;
   readonly namespace: string;
+  /** The pod's namespace: the Session's own, or spec.pod.namespace when kept in an audit namespace. */
+  readonly podNamespace: string;
   readonly pod: string;
   readonly resource: string;
   readonly subject: string;
@@ -154,9 +161,40 @@ export interface VerifyTrailOptions {
   readonly checkpointScope?: (entry: CheckpointEntry) => boolean;
   /** Default: now. */
   readonly now?: Date;
+  /**
+   * How long after signing the head that covers session.end a session may still be Active (the writer sets
+   * Closed right after that write). Later, Active with a session.end is an error. Default 2 minutes.
+   */
+  readonly closeGraceMs?: number;
 }
 
+/** Problems that make the records themselves untrustworthy (then their status is not compared with them). */
+const INTEGRITY: ReadonlySet<TrailProblemKind> = new Set<TrailProblemKind>([
+  'hash-mismatch',
+  'broken-link',
+  'seq-gap',
+  'seq-order',
+  'part-missing',
+  'part-link',
+  'part-conflict',
+  'signature-missing',
+  'signature-invalid',
+  'head-mismatch',
+  'untrusted-key',
+  'certificate-invalid',
+]);
+
 const objectName = (s: Session) => `${s.metadata.namespace ?? ''}/${s.metadata.name ?? ''}`;
+
+/** The namespace of the Session's pod: spec.pod.namespace when the Session is kept in an audit namespace. */
+export function podNamespaceOf(s: Session): string {
+  return s.spec.pod.namespace ?? s.metadata.namespace ?? '';
+}
+
+/** `<pod namespace>/<pod>/<hash>`: how records of one pod are named across sessions (pod chains, anchors). */
+export function podHashKey(s: Session, hash: string): string {
+  return `${podNamespaceOf(s)}/${s.spec.pod.name}/${hash}`;
+}
 
 /** Verifies every session in `sessions` (all parts of all sessions in scope). */
 export async function verifyTrail(
@@ -176,7 +214,7 @@ export async function verifyTrail(
   const verified: VerifiedSession[] = [];
   for (const [sessionId, parts] of bySession) {
     parts.sort((a, b) => a.spec.part - b.spec.part || objectName(a).localeCompare(objectName(b)));
-    verified.push(await verifyOneSession(sessionId, parts, byName, options, problems));
+    verified.push(await verifyOneSession(sessionId, parts, byName, { ...options, now }, problems));
   }
 
   const linked = linkPodSessions(verified, bySession, options, now, problems);
@@ -251,6 +289,7 @@ async function verifyOneSession(
   const namespace = first.metadata.namespace ?? '';
   const keyIds = new Set<string>();
   let signedThrough: number | undefined;
+  let lastSignedAt: string | undefined;
 
   // Part structure: indexes 0..n without holes, each continuing the one before by name.
   const seenIndex = new Map<number, Session>();
@@ -386,7 +425,10 @@ async function verifyOneSession(
     const signed = await checkHead(p, sessionId, options, add);
     if (signed !== undefined) {
       if (p.spec.signer !== undefined) keyIds.add(p.spec.signer.keyId);
-      if (p === lastPart) signedThrough = signed;
+      if (p === lastPart) {
+        signedThrough = signed.seq;
+        lastSignedAt = signed.signedAt;
+      }
     }
     if (records.length > 0) {
       prev = records[records.length - 1];
@@ -406,10 +448,14 @@ async function verifyOneSession(
       detail: `session is ${phase ?? 'without status'} but its last record (seq ${last.seq}) is ${last.type}, not session.end: records after it may have been removed`,
     });
   }
+  // Status is compared with the records only when they are authentic; altered records are reported already.
+  const authentic = !problems.some((p) => p.sessionId === sessionId && p.severity === 'error' && INTEGRITY.has(p.kind));
+  checkClosedStaysClosed(parts, lastSignedAt, { ...options, now: options.now ?? new Date() }, authentic, add);
   const all = parts.flatMap((p) => p.spec.records);
   return {
     sessionId,
     namespace,
+    podNamespace: podNamespaceOf(first),
     pod: first.spec.pod.name,
     resource: first.spec.resource.name,
     subject: first.spec.identity.subject,
@@ -424,13 +470,98 @@ async function verifyOneSession(
   };
 }
 
-/** Checks one part's signed head; returns the seq it covers when valid. */
+/**
+ * A closed session stays closed, and its status tells the truth about its signed records: nothing follows
+ * session.end (in its part or a later one); a session with a session.end is not Active long after the head
+ * covering it was signed, nor Abandoned; Closed carries the end's time; finished parts count what their
+ * records say (status.counters, cumulative up to each part).
+ */
+function checkClosedStaysClosed(
+  parts: readonly Session[],
+  lastSignedAt: string | undefined,
+  options: VerifyTrailOptions & { now: Date },
+  compareStatus: boolean,
+  add: (p: Omit<TrailProblem, 'sessionId' | 'severity'> & { severity?: TrailProblem['severity'] }) => void,
+): void {
+  let end: { record: AuditRecord; part: Session } | undefined;
+  const counters = { commands: 0, allowed: 0, denied: 0, held: 0, errors: 0 };
+  for (const p of parts) {
+    for (const r of p.spec.records) {
+      if (end !== undefined) {
+        add({
+          kind: 'records-after-end',
+          object: objectName(p),
+          part: p.spec.part,
+          seq: r.seq,
+          detail: `record ${String(r.seq)} (${r.type}) follows session.end (seq ${String(end.record.seq)} in ${objectName(end.part)}): a closed session was continued`,
+        });
+        break;
+      }
+      countRecord(counters, r);
+      if (r.type === 'session.end') end = { record: r, part: p };
+    }
+    const status = p.status;
+    if (
+      compareStatus &&
+      status !== undefined &&
+      status.phase !== 'Active' &&
+      !isDeepStrictEqual(status.counters, counters)
+    ) {
+      add({
+        kind: 'status-mismatch',
+        object: objectName(p),
+        part: p.spec.part,
+        detail: `status.counters ${JSON.stringify(status.counters)} differ from what the records up to this part count (${JSON.stringify(counters)})`,
+      });
+    }
+  }
+  const last = parts.at(-1);
+  const phase = last?.status?.phase;
+  if (!compareStatus || last === undefined || end === undefined) return;
+  const name = objectName(last);
+  if (phase === 'Abandoned' || phase === 'Continued') {
+    add({
+      kind: 'status-mismatch',
+      object: name,
+      part: last.spec.part,
+      seq: end.record.seq,
+      detail: `the session ended (session.end, seq ${String(end.record.seq)}) but its last part is ${phase}`,
+    });
+  } else if (phase === 'Active') {
+    const signedAt = lastSignedAt === undefined ? undefined : Date.parse(lastSignedAt);
+    const late = signedAt !== undefined && options.now.getTime() - signedAt > (options.closeGraceMs ?? 2 * 60_000);
+    add({
+      severity: late ? 'error' : 'warning',
+      kind: 'status-mismatch',
+      object: name,
+      part: last.spec.part,
+      seq: end.record.seq,
+      detail: late
+        ? `the session ended (session.end signed at ${lastSignedAt ?? ''}) but its status says Active: the status was set back`
+        : 'the session ended but its status still says Active (the sidecar may not have written Closed yet)',
+    });
+  } else if (phase === 'Closed') {
+    const endTime = last.status?.endTime;
+    const second = (t: string) => Math.floor(Date.parse(t) / 1000);
+    if (endTime !== undefined && second(endTime) !== second(end.record.time)) {
+      add({
+        kind: 'status-mismatch',
+        object: name,
+        part: last.spec.part,
+        seq: end.record.seq,
+        detail: `status.endTime ${endTime} is not the time of the signed session.end record (${end.record.time})`,
+      });
+    }
+  }
+}
+
+/** Checks one part's signed head; returns the seq it covers and when it was signed, when valid. */
 async function checkHead(
   p: Session,
   sessionId: string,
   options: VerifyTrailOptions,
   add: (p: Omit<TrailProblem, 'sessionId' | 'severity'> & { severity?: TrailProblem['severity'] }) => void,
-): Promise<number | undefined> {
+): Promise<{ seq: number; signedAt: string } | undefined> {
   const name = objectName(p);
   const part = p.spec.part;
   const records = p.spec.records;
@@ -540,7 +671,7 @@ async function checkHead(
       detail: `${after.length} record(s) after the signed head (seq ${payload.seq}) carry no signature`,
     });
   }
-  return payload.seq;
+  return { seq: payload.seq, signedAt: payload.signedAt };
 }
 
 /**
@@ -561,7 +692,7 @@ function linkPodSessions(
   const hashes = new Map<string, { session: VerifiedSession; seq: number }>();
   for (const v of verified) {
     for (const part of bySession.get(v.sessionId) ?? []) {
-      for (const r of part.spec.records) hashes.set(`${v.namespace}/${v.pod}/${r.hash}`, { session: v, seq: r.seq });
+      for (const r of part.spec.records) hashes.set(podHashKey(part, r.hash), { session: v, seq: r.seq });
     }
   }
   const firstTime = new Map(
@@ -574,7 +705,7 @@ function linkPodSessions(
     const part0 = bySession.get(v.sessionId)?.find((p) => p.spec.part === 0);
     const r1 = part0?.spec.records[0];
     if (r1?.seq !== 1 || r1.prevHash === GENESIS_HASH) return v;
-    const key = `${v.namespace}/${v.pod}/${r1.prevHash}`;
+    const key = `${v.podNamespace}/${v.pod}/${r1.prevHash}`;
     const found = hashes.get(key);
     if (found !== undefined && found.session.sessionId !== v.sessionId) {
       return { ...v, previousSession: `${found.session.namespace}/${found.session.parts.at(-1) ?? ''}` };
@@ -585,7 +716,10 @@ function linkPodSessions(
     const horizon = retentionMs === undefined ? undefined : new Date(now.getTime() - retentionMs).toISOString();
     const oldestOfPod = !verified.some(
       (o) =>
-        o !== v && o.namespace === v.namespace && o.pod === v.pod && (firstTime.get(o.sessionId) ?? Infinity) < started,
+        o !== v &&
+        o.podNamespace === v.podNamespace &&
+        o.pod === v.pod &&
+        (firstTime.get(o.sessionId) ?? Infinity) < started,
     );
     const base = {
       kind: 'session-missing' as const,
@@ -694,7 +828,7 @@ async function checkCertificate(
     return fail(`the certificate is for key ${certificate.keyId}, not the signer key ${String(signerKey.kid)}`);
   }
   const pod = p.spec.pod;
-  const namespace = p.metadata.namespace ?? '';
+  const namespace = podNamespaceOf(p);
   if (
     certificate.pod.namespace !== namespace ||
     certificate.pod.name !== pod.name ||

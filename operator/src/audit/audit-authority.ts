@@ -15,6 +15,8 @@ export interface AuditAuthority {
   readonly keyId: string;
   readonly privateJwk: JWK & { kid: string };
   readonly publicJwk: JWK & { kid: string };
+  /** Every public key published in the JWKS ConfigMap (earlier keys too), the current one included. */
+  readonly publicKeys: readonly (JWK & { kid: string })[];
 }
 
 function statusOf(err: unknown): number | undefined {
@@ -68,12 +70,19 @@ export async function loadOrCreateAuditAuthority(
     }
   }
   const publicJwk = { kty: 'OKP', crv: 'Ed25519', x: privateJwk.x ?? '', kid: privateJwk.kid };
-  await publishPublicKey(core, namespace, publicJwk);
-  return { keyId: privateJwk.kid, privateJwk, publicJwk };
+  const publicKeys = await publishPublicKey(core, namespace, publicJwk);
+  return { keyId: privateJwk.kid, privateJwk, publicJwk, publicKeys };
 }
 
-/** Adds the public key to the ConfigMap's JWKS (earlier keys stay, so old certificates keep verifying). */
-async function publishPublicKey(core: CoreV1Api, namespace: string, publicJwk: JWK & { kid: string }): Promise<void> {
+/**
+ * Adds the public key to the ConfigMap's JWKS (earlier keys stay, so old certificates keep verifying);
+ * returns every key published.
+ */
+async function publishPublicKey(
+  core: CoreV1Api,
+  namespace: string,
+  publicJwk: JWK & { kid: string },
+): Promise<(JWK & { kid: string })[]> {
   let existing: V1ConfigMap | undefined;
   try {
     existing = await core.readNamespacedConfigMap({ namespace, name: AUDIT_AUTHORITY_NAME });
@@ -81,7 +90,7 @@ async function publishPublicKey(core: CoreV1Api, namespace: string, publicJwk: J
     if (statusOf(err) !== 404) throw err;
   }
   const keys = existing === undefined ? [] : parseJwks(existing.data?.[AUDIT_AUTHORITY_JWKS_KEY] ?? '{"keys":[]}');
-  if (keys.some((k) => k.kid === publicJwk.kid)) return;
+  if (keys.some((k) => k.kid === publicJwk.kid)) return keys;
   const data = { [AUDIT_AUTHORITY_JWKS_KEY]: JSON.stringify({ keys: [...keys, publicJwk] }, null, 2) };
   if (existing === undefined) {
     try {
@@ -94,15 +103,16 @@ async function publishPublicKey(core: CoreV1Api, namespace: string, publicJwk: J
       });
     } catch (err) {
       if (statusOf(err) !== 409) throw err;
-      await publishPublicKey(core, namespace, publicJwk);
+      return publishPublicKey(core, namespace, publicJwk);
     }
-    return;
+    return [publicJwk];
   }
   await core.replaceNamespacedConfigMap({
     namespace,
     name: AUDIT_AUTHORITY_NAME,
     body: { metadata: existing.metadata, data: { ...existing.data, ...data } },
   });
+  return [...keys, publicJwk];
 }
 
 export function parseJwks(text: string): (JWK & { kid: string })[] {

@@ -84,6 +84,17 @@ Token exchange (docs/identity.md):
       --token-exchange-max-lifetime SECONDS
                                       longest lifetime of any issued token (default: 3600)
 
+Evidence and credentials out of the agents' editors' reach (docs/audit.md, docs/injection.md; need
+--enable-webhooks):
+      --audit-session-namespace NS    keep Sessions in NS (labelled chaperone.dev/audit-namespace=true):
+                                      injected sidecars hand their records to the operator, which attests
+                                      them and writes the Sessions there; sidecars get no right on Sessions
+                                      (default: each sidecar writes Sessions in its own namespace)
+      --credential-namespace NS       deliver the credentials of ProtectedResources whose
+                                      credentialSecretRef names a Secret of NS (annotated
+                                      chaperone.dev/allowed-namespaces) to attested sidecars in strict
+                                      namespaces, instead of mounting Secrets (default: off)
+
 Signals: SIGTERM and SIGINT stop the reconcilers and the webhook server, release the Lease and exit 0.
 Losing the Lease exits 1.`;
 
@@ -124,6 +135,8 @@ const parse = () =>
       'token-exchange-namespace': { type: 'string' },
       'token-exchange-url': { type: 'string' },
       'token-exchange-max-lifetime': { type: 'string' },
+      'audit-session-namespace': { type: 'string' },
+      'credential-namespace': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
     strict: true,
@@ -177,6 +190,8 @@ const WEBHOOK_ONLY = [
   'webhook-url',
   'mutating-webhook-configuration',
   'validating-webhook-configuration',
+  'audit-session-namespace',
+  'credential-namespace',
 ] as const;
 
 /** The webhook options from the flags, or undefined without --enable-webhooks. Exits 2 on a bad combination. */
@@ -307,6 +322,12 @@ try {
     ...(webhooks === undefined ? {} : { webhooks }),
     ...(audit === undefined ? {} : { audit }),
     ...(tokenExchange === undefined ? {} : { tokenExchange }),
+    ...(values['audit-session-namespace'] === undefined
+      ? {}
+      : { sessions: { auditNamespace: values['audit-session-namespace'] } }),
+    ...(values['credential-namespace'] === undefined
+      ? {}
+      : { credentials: { namespace: values['credential-namespace'] } }),
   });
   let stopping = false;
   const stop = () => {

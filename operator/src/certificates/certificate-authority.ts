@@ -74,6 +74,43 @@ export interface IssueServingOptions {
 }
 
 export async function issueServingCertificate(options: IssueServingOptions): Promise<IssuedCertificate> {
+  return issueLeaf(options, {
+    subject: `CN=${options.commonName}`,
+    usage: x509.ExtendedKeyUsage.serverAuth,
+    altNames: [
+      ...options.dnsNames.map((value) => ({ type: 'dns' as const, value })),
+      ...options.ipAddresses.map((value) => ({ type: 'ip' as const, value })),
+    ],
+  });
+}
+
+export interface IssueClientOptions {
+  readonly ca: Pick<IssuedCertificate, 'certPem' | 'keyPem'>;
+  /** The user name the API server takes from the certificate (CN). */
+  readonly user: string;
+  /** Its groups (O, one each). */
+  readonly groups: readonly string[];
+  readonly lifetimeMs: number;
+  readonly now: Date;
+}
+
+/**
+ * A client certificate for an API server that trusts `ca` as its client CA (--client-ca-file): the user
+ * is the CN, the groups the O attributes. The test harness uses it for users and kubelets.
+ */
+export async function issueClientCertificate(options: IssueClientOptions): Promise<IssuedCertificate> {
+  const escape = (value: string) => value.replace(/[,+"\\<>;=]/g, (c) => `\\${c}`);
+  return issueLeaf(options, {
+    subject: [`CN=${escape(options.user)}`, ...options.groups.map((g) => `O=${escape(g)}`)].join(', '),
+    usage: x509.ExtendedKeyUsage.clientAuth,
+    altNames: [],
+  });
+}
+
+async function issueLeaf(
+  options: { ca: Pick<IssuedCertificate, 'certPem' | 'keyPem'>; lifetimeMs: number; now: Date },
+  leaf: { subject: string; usage: string; altNames: { type: 'dns' | 'ip'; value: string }[] },
+): Promise<IssuedCertificate> {
   const keys = await generateKeys();
   const caCert = new x509.X509Certificate(options.ca.certPem);
   const caKey = createPrivateKey(options.ca.keyPem).toCryptoKey({ name: 'ECDSA', namedCurve: 'P-256' }, false, [
@@ -85,7 +122,7 @@ export async function issueServingCertificate(options: IssueServingOptions): Pro
   const cert = await x509.X509CertificateGenerator.create(
     {
       serialNumber: serial(),
-      subject: `CN=${options.commonName}`,
+      subject: leaf.subject,
       issuer: caCert.subject,
       notBefore,
       notAfter,
@@ -95,11 +132,8 @@ export async function issueServingCertificate(options: IssueServingOptions): Pro
       extensions: [
         new x509.BasicConstraintsExtension(false, undefined, true),
         new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
-        new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth], false),
-        new x509.SubjectAlternativeNameExtension([
-          ...options.dnsNames.map((value) => ({ type: 'dns' as const, value })),
-          ...options.ipAddresses.map((value) => ({ type: 'ip' as const, value })),
-        ]),
+        new x509.ExtendedKeyUsageExtension([leaf.usage], false),
+        ...(leaf.altNames.length === 0 ? [] : [new x509.SubjectAlternativeNameExtension(leaf.altNames)]),
         await x509.AuthorityKeyIdentifierExtension.create(caCert, false, webcrypto),
         await x509.SubjectKeyIdentifierExtension.create(keys.publicKey, false, webcrypto),
       ],

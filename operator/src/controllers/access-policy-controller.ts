@@ -8,11 +8,15 @@
 //   3. success → server-side apply ConfigMap chaperone-policy-<name> (binaryData policy.wasm, data
 //      manifest.json, controller ownerReference) unless the cache already holds that digest, then write
 //      status (observedGeneration, bundle, Ready=True Compiled) unless it already says exactly that;
+//      The ConfigMap counts as published only when its bytes hash to the digest: one overwritten in place
+//      (same digest annotation, other bundle) is put back, with a Warning Event BundleRestored;
 //   4. failure → status Ready=False CompileFailed with the first error's line and column in the message
 //      and every error in status.errors, a Warning Event CompileFailed, and a TerminalError (no retry until
 //      the policy changes). The last good ConfigMap is left alone: sidecars keep enforcing the last
 //      policy that compiled rather than losing every rule of a resource because of a typo.
 // An unchanged policy therefore costs no writes at all, which keeps resyncs cheap.
+// A second kind of key, namespace/:policy-set, publishes the namespace's signed policy set (policy-set.ts),
+// what injected sidecars load; every policy change and every change to that ConfigMap enqueues it.
 import { createHash } from 'node:crypto';
 import {
   ApiException,
@@ -32,11 +36,16 @@ import {
   BUNDLE_MANIFEST_FILE,
   BUNDLE_WASM_FILE,
   GROUP,
+  POLICY_SET_CONFIGMAP,
   VERSION,
+  bundleDigest,
   type AccessPolicy,
   type AccessPolicyStatus,
   type BundleManifestFile,
+  type PolicySetEntry,
+  type StatementSigner,
 } from '@chaperone/api';
+import type { JWK } from 'jose';
 import {
   compilePolicy,
   type CompileOptions,
@@ -58,9 +67,10 @@ import {
   type ReconcileResult,
   type Reconciler,
 } from '../controller-runtime/reconcile.ts';
-import { InformerSource, keyOfOwner } from '../controller-runtime/source.ts';
+import { InformerSource, keyOfObject, keyOfOwner } from '../controller-runtime/source.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { OperatorMetrics } from '../observability/metrics.ts';
+import { POLICY_SET_COMPONENT, POLICY_SET_KEY_NAME, PolicySetPublisher } from './policy-set.ts';
 
 export const CONTROLLER_NAME = 'accesspolicy';
 export const FIELD_MANAGER = 'chaperone-operator';
@@ -74,8 +84,9 @@ export const LABEL_COMPONENT = 'app.kubernetes.io/component';
 export const LABEL_POLICY = 'chaperone.dev/policy';
 export const ANNOTATION_DIGEST = 'chaperone.dev/bundle-digest';
 export const ANNOTATION_POLICY = 'chaperone.dev/policy';
-/** Selects the ConfigMaps this controller writes. */
-export const BUNDLE_SELECTOR = `${LABEL_MANAGED_BY}=${FIELD_MANAGER},${LABEL_COMPONENT}=policy-bundle`;
+export const REASON_BUNDLE_RESTORED = 'BundleRestored';
+/** Selects the ConfigMaps this controller writes: one per policy, and each namespace's policy set. */
+export const BUNDLE_SELECTOR = `${LABEL_MANAGED_BY}=${FIELD_MANAGER},${LABEL_COMPONENT} in (policy-bundle,${POLICY_SET_COMPONENT})`;
 /**
  * Largest bundle (wasm plus manifest.json) published. The API server rejects ConfigMaps whose data and
  * binaryData exceed 1 MiB; the rest is headroom for metadata.
@@ -178,6 +189,20 @@ export function statusEqual(a: AccessPolicyStatus | undefined, b: AccessPolicySt
   );
 }
 
+/** Whether the ConfigMap holds exactly the bundle with this digest (annotation, manifest and bytes). */
+export function holdsBundle(configMap: V1ConfigMap, digest: string): boolean {
+  if (configMap.metadata?.annotations?.[ANNOTATION_DIGEST] !== digest) return false;
+  const wasm = configMap.binaryData?.[BUNDLE_WASM_FILE];
+  const manifestText = configMap.data?.[BUNDLE_MANIFEST_FILE];
+  if (wasm === undefined || manifestText === undefined) return false;
+  try {
+    const file = JSON.parse(manifestText) as BundleManifestFile;
+    return file.digest === digest && bundleDigest(Buffer.from(wasm, 'base64'), file.manifest) === digest;
+  } catch {
+    return false;
+  }
+}
+
 function isControlledBy(configMap: V1ConfigMap, policy: AccessPolicy): boolean {
   return (
     configMap.metadata?.ownerReferences?.some((r) => r.controller === true && r.uid === policy.metadata.uid) ?? false
@@ -199,6 +224,10 @@ export interface AccessPolicyReconcilerOptions {
   readonly compile?: (source: PolicySource) => Promise<CompileResult>;
   readonly compileOptions?: CompileOptions;
   readonly clock?: Clock;
+  /** The operator's key: signs each namespace's policy set. Without it no set is published. */
+  readonly signer?: StatementSigner;
+  /** The operator's public keys, to recognise its own sets. */
+  readonly publicKeys?: readonly (JWK & { kid?: string })[];
 }
 
 export class AccessPolicyReconciler implements Reconciler {
@@ -211,12 +240,34 @@ export class AccessPolicyReconciler implements Reconciler {
    */
   private readonly writtenOver = new Map<string, string>();
 
+  private readonly policySets: PolicySetPublisher | undefined;
+
   constructor(options: AccessPolicyReconcilerOptions) {
     this.options = options;
     this.clock = options.clock ?? systemClock;
+    this.policySets =
+      options.signer === undefined
+        ? undefined
+        : new PolicySetPublisher({
+            core: options.core,
+            policies: options.policies,
+            configMaps: options.configMaps,
+            signer: options.signer,
+            publicKeys: options.publicKeys ?? [],
+            events: options.events,
+            fieldManager: FIELD_MANAGER,
+            labels: { [LABEL_MANAGED_BY]: FIELD_MANAGER, [LABEL_COMPONENT]: POLICY_SET_COMPONENT },
+            published: (policy) => this.publishedEntry(policy),
+            now: () => this.clock.now(),
+            onTampered: () => this.options.metrics?.tamperedConfigMaps.inc({ kind: 'policy-set' }),
+          });
   }
 
   async reconcile(request: ReconcileRequest, context: ReconcileContext): Promise<ReconcileResult | undefined> {
+    if (request.name === POLICY_SET_KEY_NAME) {
+      const requeueAfterMs = await this.policySets?.reconcile(request.namespace, context);
+      return requeueAfterMs === undefined ? undefined : { requeueAfterMs };
+    }
     const key = objectKey(request.namespace, request.name);
     const policy = this.options.policies.get(request.name, request.namespace);
     if (policy === undefined) {
@@ -374,15 +425,53 @@ export class AccessPolicyReconciler implements Reconciler {
     throw new TerminalError(`policy does not compile: ${message}`);
   }
 
-  /** The cache is consulted first; when it disagrees, a live read rules out a stale cache. */
+  /**
+   * Whether the policy's ConfigMap holds this bundle (bytes included). The cache is consulted first; when
+   * it disagrees, a live read rules out a stale cache. A ConfigMap of this policy that claims the digest
+   * but holds other bytes was overwritten by someone else: it is reported, and then rewritten.
+   */
   private async isPublished(namespace: string, name: string, digest: string, policy: AccessPolicy): Promise<boolean> {
-    const matches = (cm: V1ConfigMap | undefined) =>
-      cm !== undefined && cm.metadata?.annotations?.[ANNOTATION_DIGEST] === digest && isControlledBy(cm, policy);
-    if (matches(this.options.configMaps.get(name, namespace))) return true;
+    const cached = this.options.configMaps.get(name, namespace);
+    if (cached !== undefined && isControlledBy(cached, policy) && holdsBundle(cached, digest)) return true;
+    let live: V1ConfigMap;
     try {
-      return matches(await this.options.core.readNamespacedConfigMap({ name, namespace }));
+      live = await this.options.core.readNamespacedConfigMap({ name, namespace });
     } catch (err) {
       if (isStatus(err, 404)) return false;
+      throw err;
+    }
+    if (isControlledBy(live, policy) && holdsBundle(live, digest)) return true;
+    const claimed = policy.status?.bundle?.digest;
+    if (
+      claimed !== undefined &&
+      live.metadata?.annotations?.[ANNOTATION_DIGEST] === claimed &&
+      !holdsBundle(live, claimed)
+    ) {
+      this.options.metrics?.tamperedConfigMaps.inc({ kind: 'policy-bundle' });
+      await this.options.events.record(
+        policy,
+        'Warning',
+        REASON_BUNDLE_RESTORED,
+        `ConfigMap ${namespace}/${name} no longer held the bundle ${claimed} the operator published; it is being restored (sidecars load only bundles the signed policy set names)`,
+      );
+    }
+    return false;
+  }
+
+  /** The policy's published bundle as a policy-set entry, when its ConfigMap holds the digest in its status. */
+  private async publishedEntry(policy: AccessPolicy): Promise<PolicySetEntry | undefined> {
+    const digest = policy.status?.bundle?.digest;
+    const name = policy.status?.bundle?.configMapName;
+    const namespace = policy.metadata.namespace ?? '';
+    if (digest === undefined || name === undefined) return undefined;
+    const entry = { name: policy.metadata.name ?? '', configMap: name, digest };
+    const cached = this.options.configMaps.get(name, namespace);
+    if (cached !== undefined && isControlledBy(cached, policy) && holdsBundle(cached, digest)) return entry;
+    try {
+      const live = await this.options.core.readNamespacedConfigMap({ name, namespace });
+      return isControlledBy(live, policy) && holdsBundle(live, digest) ? entry : undefined;
+    } catch (err) {
+      if (isStatus(err, 404)) return undefined;
       throw err;
     }
   }
@@ -423,6 +512,14 @@ export interface AccessPolicyControllerOptions {
   readonly reconcileTimeoutMs?: number;
   readonly compileOptions?: CompileOptions;
   readonly clock?: Clock;
+  /** The operator's key and public keys: each namespace's policy set is signed with it. */
+  readonly signer?: StatementSigner;
+  readonly publicKeys?: readonly (JWK & { kid?: string })[];
+}
+
+/** The key of a namespace's policy set in the queue. */
+export function policySetKey(namespace: string): string {
+  return objectKey(namespace, POLICY_SET_KEY_NAME);
 }
 
 /**
@@ -462,13 +559,23 @@ export function createAccessPolicyController(options: AccessPolicyControllerOpti
   const policies = new InformerSource({
     name: 'accesspolicies',
     informer: policyInformer,
+    primary: true,
+    map: (obj) => [
+      ...keyOfObject(obj),
+      ...(options.signer === undefined ? [] : [policySetKey(obj.metadata?.namespace ?? '')]),
+    ],
     logger: sourceLogger,
     ...(options.clock === undefined ? {} : { clock: options.clock }),
   });
   const configMaps = new InformerSource({
     name: 'configmaps',
     informer: configMapInformer,
-    map: keyOfOwner(API_VERSION, 'AccessPolicy'),
+    map: (cm) =>
+      cm.metadata?.name === POLICY_SET_CONFIGMAP
+        ? options.signer === undefined
+          ? []
+          : [policySetKey(cm.metadata.namespace ?? '')]
+        : keyOfOwner(API_VERSION, 'AccessPolicy')(cm),
     logger: sourceLogger,
     ...(options.clock === undefined ? {} : { clock: options.clock }),
   });
@@ -481,6 +588,8 @@ export function createAccessPolicyController(options: AccessPolicyControllerOpti
     metrics: options.metrics,
     ...(options.compileOptions === undefined ? {} : { compileOptions: options.compileOptions }),
     ...(options.clock === undefined ? {} : { clock: options.clock }),
+    ...(options.signer === undefined ? {} : { signer: options.signer }),
+    ...(options.publicKeys === undefined ? {} : { publicKeys: options.publicKeys }),
   });
   return new Controller({
     name: CONTROLLER_NAME,

@@ -10,7 +10,9 @@
 //     InvalidEndpoint; a Warning Event (reason = condition reason) when the resource becomes not ready.
 //   * namespace/:sidecar-rbac (":" cannot occur in an object name): server-side apply the Role and
 //     RoleBinding chaperone-sidecar of that namespace while it has ProtectedResources, the binding's
-//     subjects being the service accounts of injected pods; delete both when the last resource goes.
+//     subjects being the service accounts of attested pods (a sidecar sealed by the operator that nothing
+//     else in the pod can reach; an annotation anyone can write is not enough); delete both when the last
+//     resource goes. The Role reads ConfigMaps by name only: the policy set and the namespace's bundles.
 //     Both carry an ownerReference (not controller) to every ProtectedResource of the namespace, so the
 //     garbage collector removes them too if the operator is not running.
 // Secrets are watched and mapped to the resources of their namespace that reference them, pods to their
@@ -52,10 +54,13 @@ import {
   type Reconciler,
 } from '../controller-runtime/reconcile.ts';
 import { InformerSource } from '../controller-runtime/source.ts';
-import { ANNOTATION_INJECTED } from '../injection/constants.ts';
+import { POLICY_SET_CONFIGMAP, type AccessPolicy } from '@chaperone/api';
+import { attestationProblems, injectorNamesIn, type PublicKeys } from '../injection/sealed-pod.ts';
+import { ANNOTATION_ALLOWED_NAMESPACES, secretAllows } from '../credentials/credential-delivery.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { OperatorMetrics } from '../observability/metrics.ts';
-import { FIELD_MANAGER, LABEL_COMPONENT, LABEL_MANAGED_BY } from './access-policy-controller.ts';
+import { ACCESS_POLICY_PLURAL, FIELD_MANAGER, LABEL_COMPONENT, LABEL_MANAGED_BY } from './access-policy-controller.ts';
+import { policyConfigMapName } from '../policy/bundle-configmap-name.ts';
 
 export const CONTROLLER_NAME = 'protectedresource';
 export const PROTECTED_RESOURCE_PLURAL = 'protectedresources';
@@ -65,6 +70,7 @@ export const REASON_SECRET_NOT_FOUND = 'SecretNotFound';
 export const REASON_SECRET_KEY_MISSING = 'SecretKeyMissing';
 export const REASON_INVALID_CA = 'InvalidCA';
 export const REASON_INVALID_ENDPOINT = 'InvalidEndpoint';
+export const REASON_SECRET_NOT_ALLOWED = 'SecretNotAllowed';
 /** Name of the Role and RoleBinding written in each namespace with ProtectedResources. */
 export const SIDECAR_RBAC_NAME = 'chaperone-sidecar';
 export const SIDECAR_RBAC_COMPONENT = 'sidecar-rbac';
@@ -76,15 +82,28 @@ export const RBAC_KEY_NAME = ':sidecar-rbac';
 /**
  * What the sidecar's service account may do; the same rules as config/rbac/sidecar-role.yaml. No update
  * and no delete on sessions: the sidecar appends (patch) and closes (status) but cannot rewrite history.
+ * ConfigMaps are readable by name only: the namespace's policy set and the bundles of its policies. When
+ * Sessions are kept in an audit namespace (the operator writes them for the sidecars), the sidecar has no
+ * rights on Sessions at all, so nobody acting as its service account can read them.
  */
-export const SIDECAR_RULES: readonly V1PolicyRule[] = [
-  { apiGroups: [GROUP], resources: ['sessions'], verbs: ['create', 'get', 'list', 'watch', 'patch'] },
-  { apiGroups: [GROUP], resources: ['sessions/status'], verbs: ['get', 'patch'] },
-  { apiGroups: [GROUP], resources: ['approvalrequests'], verbs: ['create', 'get', 'list', 'watch'] },
-  { apiGroups: [GROUP], resources: ['accesspolicies', 'protectedresources'], verbs: ['get', 'list', 'watch'] },
-  { apiGroups: [''], resources: ['configmaps'], verbs: ['get', 'list', 'watch'] },
-  { apiGroups: [''], resources: ['events'], verbs: ['create'] },
-];
+export function sidecarRules(
+  policyNames: readonly string[],
+  options: { readonly sessions?: boolean } = {},
+): V1PolicyRule[] {
+  const configMaps = [POLICY_SET_CONFIGMAP, ...[...policyNames].sort().map(policyConfigMapName)];
+  return [
+    ...(options.sessions === false
+      ? []
+      : [
+          { apiGroups: [GROUP], resources: ['sessions'], verbs: ['create', 'get', 'list', 'watch', 'patch'] },
+          { apiGroups: [GROUP], resources: ['sessions/status'], verbs: ['get', 'patch'] },
+        ]),
+    { apiGroups: [GROUP], resources: ['approvalrequests'], verbs: ['create', 'get', 'list', 'watch'] },
+    { apiGroups: [GROUP], resources: ['accesspolicies', 'protectedresources'], verbs: ['get', 'list', 'watch'] },
+    { apiGroups: [''], resources: ['configmaps'], resourceNames: configMaps, verbs: ['get', 'list', 'watch'] },
+    { apiGroups: [''], resources: ['events'], verbs: ['create'] },
+  ];
+}
 
 export function rbacKey(namespace: string): string {
   return objectKey(namespace, RBAC_KEY_NAME);
@@ -161,8 +180,16 @@ export function caProblem(pem: Buffer): string | undefined {
   return undefined;
 }
 
-/** Checks every reference of the resource against the Secrets at hand (lookup returns undefined when absent). */
-export function resolve(resource: ProtectedResource, lookup: (name: string) => V1Secret | undefined): Resolution {
+/**
+ * Checks every reference of the resource against the Secrets at hand (lookup by name and namespace returns
+ * undefined when absent). A credential Secret of another namespace must be in `credentialNamespace` and
+ * allow the resource's namespace (annotation chaperone.dev/allowed-namespaces).
+ */
+export function resolve(
+  resource: ProtectedResource,
+  lookup: (name: string, namespace: string) => V1Secret | undefined,
+  credentialNamespace?: string,
+): Resolution {
   const { spec } = resource;
   const namespace = resource.metadata.namespace ?? '';
   const problem = endpointProblem(spec);
@@ -176,12 +203,29 @@ export function resolve(resource: ProtectedResource, lookup: (name: string) => V
   ] as const;
   for (const [refField, cred] of credentials) {
     if (cred === undefined) continue;
-    const secret = lookup(cred.name);
+    // Only the main credential may live in the credential namespace (delivered to attested sidecars).
+    const delivered = 'namespace' in cred ? cred.namespace : undefined;
+    const secretNamespace = delivered ?? namespace;
+    if (delivered !== undefined && delivered !== credentialNamespace) {
+      return {
+        ready: false,
+        reason: REASON_SECRET_NOT_ALLOWED,
+        message: `spec.${refField}.namespace ${delivered} is not the operator's credential namespace (${credentialNamespace ?? 'none configured'})`,
+      };
+    }
+    const secret = lookup(cred.name, secretNamespace);
+    if (secret !== undefined && delivered !== undefined && !secretAllows(secret, namespace)) {
+      return {
+        ready: false,
+        reason: REASON_SECRET_NOT_ALLOWED,
+        message: `Secret ${JSON.stringify(cred.name)} of namespace ${delivered} does not list ${namespace} in its annotation ${ANNOTATION_ALLOWED_NAMESPACES}`,
+      };
+    }
     if (secret === undefined)
       return {
         ready: false,
         reason: REASON_SECRET_NOT_FOUND,
-        message: `Secret ${JSON.stringify(cred.name)} (spec.${refField}) not found in namespace ${namespace}`,
+        message: `Secret ${JSON.stringify(cred.name)} (spec.${refField}) not found in namespace ${secretNamespace}`,
       };
     for (const [field, key] of [
       ['usernameKey', cred.usernameKey],
@@ -202,7 +246,7 @@ export function resolve(resource: ProtectedResource, lookup: (name: string) => V
 
   const ca = spec.tls?.caSecretRef;
   if (ca !== undefined) {
-    const secret = lookup(ca.name);
+    const secret = lookup(ca.name, namespace);
     if (secret === undefined)
       return {
         ready: false,
@@ -274,18 +318,28 @@ function ownerReferences(resources: readonly ProtectedResource[]): V1OwnerRefere
     .sort((a, b) => a.uid.localeCompare(b.uid));
 }
 
-/** The service accounts of the injected pods (the injector's annotation present), sorted and unique. */
-export function injectedServiceAccounts(pods: readonly V1Pod[]): string[] {
+/**
+ * The service accounts of the attested pods, sorted and unique: pods whose sidecar the operator sealed and
+ * that nothing else in the pod can reach. Without the operator's keys nothing is attested.
+ */
+export function attestedServiceAccounts(pods: readonly V1Pod[], publicKeys: PublicKeys | undefined): string[] {
   const names = new Set<string>();
+  if (publicKeys === undefined) return [];
   for (const pod of pods) {
-    if (pod.metadata?.annotations?.[ANNOTATION_INJECTED] === undefined) continue;
+    if (injectorNamesIn(pod).length === 0) continue;
     if (pod.status?.phase === 'Succeeded' || pod.status?.phase === 'Failed') continue;
+    if (attestationProblems(pod, pod.metadata?.namespace ?? '', publicKeys).length > 0) continue;
     names.add(pod.spec?.serviceAccountName ?? 'default');
   }
   return [...names].sort();
 }
 
-export function sidecarRole(namespace: string, resources: readonly ProtectedResource[]): V1Role {
+export function sidecarRole(
+  namespace: string,
+  resources: readonly ProtectedResource[],
+  policyNames: readonly string[] = [],
+  options: { readonly sessions?: boolean } = {},
+): V1Role {
   return {
     apiVersion: 'rbac.authorization.k8s.io/v1',
     kind: 'Role',
@@ -295,7 +349,7 @@ export function sidecarRole(namespace: string, resources: readonly ProtectedReso
       labels: RBAC_LABELS,
       ownerReferences: ownerReferences(resources),
     },
-    rules: SIDECAR_RULES.map((r) => ({ apiGroups: r.apiGroups ?? [], resources: r.resources ?? [], verbs: r.verbs })),
+    rules: sidecarRules(policyNames, options),
   };
 }
 
@@ -333,7 +387,12 @@ function upToDate<T extends { metadata?: { labels?: Record<string, string>; owne
 }
 
 const rulesOf = (role: V1Role) =>
-  (role.rules ?? []).map((r) => ({ apiGroups: r.apiGroups ?? [], resources: r.resources ?? [], verbs: r.verbs }));
+  (role.rules ?? []).map((r) => ({
+    apiGroups: r.apiGroups ?? [],
+    resources: r.resources ?? [],
+    ...(r.resourceNames === undefined ? {} : { resourceNames: r.resourceNames }),
+    verbs: r.verbs,
+  }));
 const bindingOf = (binding: V1RoleBinding) => ({
   roleRef: { apiGroup: binding.roleRef.apiGroup, kind: binding.roleRef.kind, name: binding.roleRef.name },
   subjects: (binding.subjects ?? []).map((s) => ({ kind: s.kind, name: s.name, namespace: s.namespace })),
@@ -345,10 +404,18 @@ export interface ProtectedResourceReconcilerOptions {
   readonly resources: ObjectCache<ProtectedResource>;
   readonly secrets: ObjectCache<V1Secret>;
   readonly pods: ObjectCache<V1Pod>;
+  readonly policies: ObjectCache<AccessPolicy>;
   readonly roles: ObjectCache<V1Role>;
   readonly roleBindings: ObjectCache<V1RoleBinding>;
   readonly events: EventRecorder;
   readonly clock?: Clock;
+  /** The operator's public keys: pods are attested against them. */
+  readonly publicKeys?: PublicKeys;
+  /** Whether sidecars write Sessions in their own namespace (default) rather than through the operator. */
+  readonly sessionsInPodNamespace?: boolean;
+  /** The credential namespace and its Secrets (delivered credentials), when configured. */
+  readonly credentialNamespace?: string;
+  readonly credentialSecrets?: ObjectCache<V1Secret>;
 }
 
 export class ProtectedResourceReconciler implements Reconciler {
@@ -381,7 +448,14 @@ export class ProtectedResourceReconciler implements Reconciler {
     }
     this.writtenOver.delete(key);
 
-    const resolution = resolve(resource, (name) => this.options.secrets.get(name, request.namespace));
+    const resolution = resolve(
+      resource,
+      (name, namespace) =>
+        namespace === this.options.credentialNamespace
+          ? this.options.credentialSecrets?.get(name, namespace)
+          : this.options.secrets.get(name, namespace),
+      this.options.credentialNamespace,
+    );
     const generation = resource.metadata.generation ?? 0;
     const status = resource.status;
     const now = new Date(this.clock.now());
@@ -461,8 +535,11 @@ export class ProtectedResourceReconciler implements Reconciler {
       if (liveRole !== undefined || liveBinding !== undefined) context.logger.info('sidecar RBAC removed');
       return;
     }
-    const role = sidecarRole(namespace, resources);
-    const accounts = injectedServiceAccounts(this.options.pods.list(namespace));
+    const policies = this.options.policies.list(namespace).map((p) => p.metadata.name ?? '');
+    const role = sidecarRole(namespace, resources, policies, {
+      sessions: this.options.sessionsInPodNamespace ?? true,
+    });
+    const accounts = attestedServiceAccounts(this.options.pods.list(namespace), this.options.publicKeys);
     const binding = sidecarRoleBinding(namespace, resources, accounts);
     const apply = setHeaderOptions('Content-Type', PatchStrategy.ServerSideApply);
     if (!upToDate(liveRole, role, rulesOf)) {
@@ -496,6 +573,10 @@ export interface ProtectedResourceControllerOptions {
   readonly resyncPeriodMs?: number;
   readonly reconcileTimeoutMs?: number;
   readonly clock?: Clock;
+  readonly publicKeys?: PublicKeys;
+  readonly sessionsInPodNamespace?: boolean;
+  /** Delivered credentials live here (watched too, so a rotation or a changed allow-list shows at once). */
+  readonly credentialNamespace?: string;
 }
 
 /**
@@ -525,8 +606,28 @@ export function createProtectedResourceController(options: ProtectedResourceCont
   const secretInformer = makeInformer<V1Secret>(kubeConfig, path('/api/v1', 'secrets'), () =>
     namespace === undefined ? core.listSecretForAllNamespaces() : core.listNamespacedSecret({ namespace }),
   );
+  const credentialNamespace = options.credentialNamespace;
+  const credentialSecretInformer =
+    credentialNamespace === undefined
+      ? undefined
+      : makeInformer<V1Secret>(kubeConfig, `/api/v1/namespaces/${credentialNamespace}/secrets`, () =>
+          core.listNamespacedSecret({ namespace: credentialNamespace }),
+        );
   const podInformer = makeInformer<V1Pod>(kubeConfig, path('/api/v1', 'pods'), () =>
     namespace === undefined ? core.listPodForAllNamespaces() : core.listNamespacedPod({ namespace }),
+  );
+  const policyInformer = makeInformer<KubernetesObject>(
+    kubeConfig,
+    path(base, ACCESS_POLICY_PLURAL),
+    async () =>
+      (namespace === undefined
+        ? await custom.listClusterCustomObject({ group: GROUP, version: VERSION, plural: ACCESS_POLICY_PLURAL })
+        : await custom.listNamespacedCustomObject({
+            group: GROUP,
+            version: VERSION,
+            namespace,
+            plural: ACCESS_POLICY_PLURAL,
+          })) as KubernetesListObject<KubernetesObject>,
   );
   const rbacBase = '/apis/rbac.authorization.k8s.io/v1';
   const roleInformer = makeInformer<V1Role>(
@@ -570,10 +671,37 @@ export function createProtectedResourceController(options: ProtectedResourceCont
       logger: sourceLogger,
       ...clock,
     }),
+    ...(credentialSecretInformer === undefined
+      ? []
+      : [
+          new InformerSource({
+            name: 'credential-secrets',
+            informer: credentialSecretInformer,
+            // Resources of every watched namespace may name a Secret of the credential namespace.
+            map: (secret: V1Secret) =>
+              resources
+                .list()
+                .filter(
+                  (r) =>
+                    r.spec.credentialSecretRef?.namespace === credentialNamespace &&
+                    r.spec.credentialSecretRef?.name === secret.metadata?.name,
+                )
+                .map((r) => objectKey(r.metadata.namespace ?? '', r.metadata.name ?? '')),
+            logger: sourceLogger,
+            ...clock,
+          }),
+        ]),
     new InformerSource({
       name: 'pods',
       informer: podInformer,
-      map: (pod) => (pod.metadata?.annotations?.[ANNOTATION_INJECTED] === undefined ? [] : [rbacKey(ns(pod))]),
+      map: (pod) => (injectorNamesIn(pod).length === 0 ? [] : [rbacKey(ns(pod))]),
+      logger: sourceLogger,
+      ...clock,
+    }),
+    new InformerSource({
+      name: 'accesspolicies',
+      informer: policyInformer,
+      map: (policy) => [rbacKey(ns(policy))],
       logger: sourceLogger,
       ...clock,
     }),
@@ -598,10 +726,15 @@ export function createProtectedResourceController(options: ProtectedResourceCont
     resources,
     secrets: secretInformer,
     pods: podInformer,
+    policies: policyInformer as unknown as ObjectCache<AccessPolicy>,
     roles: roleInformer,
     roleBindings: roleBindingInformer,
     events: options.events,
     ...clock,
+    ...(options.publicKeys === undefined ? {} : { publicKeys: options.publicKeys }),
+    ...(options.sessionsInPodNamespace === undefined ? {} : { sessionsInPodNamespace: options.sessionsInPodNamespace }),
+    ...(credentialNamespace === undefined ? {} : { credentialNamespace }),
+    ...(credentialSecretInformer === undefined ? {} : { credentialSecrets: credentialSecretInformer }),
   });
   return new Controller({
     name: CONTROLLER_NAME,

@@ -4,6 +4,7 @@
 import type { V1Container, V1Pod, V1Volume } from '@kubernetes/client-node';
 import type { ProtectedResource } from '@chaperone/api';
 import { AGENT_TOKEN_AUDIENCE, ANNOTATION_RESOURCES, SIDECAR_CONTAINER } from './constants.ts';
+import { containerSecurityProblems, namespaceSharingProblems, volumeProblems } from './pod-security.ts';
 
 export type ContainerList = 'containers' | 'initContainers';
 
@@ -126,32 +127,14 @@ export function isolationViolations(
 }
 
 /**
- * What strict mode refuses: every way one container of the pod could read another's files or memory, or
- * leave the pod's own network namespace (the sidecar's listeners are on the pod's loopback).
+ * What strict mode refuses in any pod: every way one container of the pod could read another's files or
+ * memory, or leave the pod's own network namespace (the sidecar's listeners are on the pod's loopback).
+ * Allow-lists (pod-security.ts): volume types, capabilities and security-context values.
  */
 export function strictViolations(pod: V1Pod): string[] {
-  const spec = pod.spec;
-  const problems: string[] = [];
-  if (spec?.shareProcessNamespace === true) {
-    problems.push('shareProcessNamespace is true (agents could read the sidecar credentials through /proc)');
-  }
-  if (spec?.hostPID === true)
-    problems.push('hostPID is true (agents could read the sidecar credentials through /proc)');
-  if (spec?.hostIPC === true) problems.push('hostIPC is true');
-  if (spec?.hostNetwork === true) {
-    problems.push("hostNetwork is true (the sidecar's loopback listeners would be reachable from the whole node)");
-  }
-  for (const v of spec?.volumes ?? []) {
-    if (v.hostPath !== undefined)
-      problems.push(`volume ${v.name} is a hostPath (node files, including other pods' volumes)`);
-  }
+  const problems = [...namespaceSharingProblems(pod), ...volumeProblems(pod)];
   for (const { container } of agentContainers(pod)) {
-    const sc = container.securityContext;
-    if (sc?.privileged === true) problems.push(`container ${container.name} is privileged`);
-    const added = sc?.capabilities?.add ?? [];
-    for (const cap of ['SYS_PTRACE', 'CAP_SYS_PTRACE', 'SYS_ADMIN', 'CAP_SYS_ADMIN', 'ALL']) {
-      if (added.includes(cap)) problems.push(`container ${container.name} adds capability ${cap}`);
-    }
+    problems.push(...containerSecurityProblems(container, `container ${container.name}`));
   }
   return problems;
 }

@@ -3,13 +3,15 @@
 // and the refusals say what is wrong.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { generateKeyPairSync } from 'node:crypto';
 import type { V1Pod } from '@kubernetes/client-node';
 import { parse } from 'yaml';
-import type { ProtectedResource } from '@chaperone/api';
+import { SEAL_ANNOTATION, statementSigner, type ProtectedResource } from '@chaperone/api';
 import { validateConfig } from '@chaperone/sidecar/config';
 import { ANNOTATION_SIDECAR_CONFIG, SIDECAR_CONTAINER, VOLUME_AUDIT, VOLUME_SIDECAR_API_ACCESS } from './constants.ts';
 import type { JsonPatchOperation } from './json-patch.ts';
 import { renderPodPatch, type InjectionInput } from './render-pod-patch.ts';
+import { attestationProblems, sealProblems } from './sealed-pod.ts';
 import { validateInjectionSettings } from './settings.ts';
 
 /** A deliberately small RFC 6902 applier (add/replace/remove) for the patches the injector emits. */
@@ -38,6 +40,16 @@ function applyPatch<T>(doc: T, patch: readonly JsonPatchOperation[]): T {
 }
 
 const settings = validateInjectionSettings({ image: 'sidecar:test', operatorNamespace: 'chaperone-system' });
+
+/** The operator's key, as the audit authority holds it. */
+function operatorKey(kid: string) {
+  const privateJwk = { ...generateKeyPairSync('ed25519').privateKey.export({ format: 'jwk' }), kid };
+  return {
+    signer: statementSigner(privateJwk),
+    publicJwk: { kty: 'OKP', crv: 'Ed25519', x: privateJwk.x ?? '', kid },
+  };
+}
+const operator = operatorKey('operator-key');
 
 /** The env a kubelet gives the sidecar: its downward-API fields, resolved for `fields`, and the in-cluster API server. */
 function kubeletEnv(patched: V1Pod, fields: Record<string, string>): Record<string, string> {
@@ -91,8 +103,9 @@ const input = (p: V1Pod, overrides: Partial<InjectionInput> = {}): InjectionInpu
   namespace: 'ci',
   namespaceLabels: {},
   resources: [resource('orders')],
-  policies: ['orders-policy'],
   settings,
+  signer: operator.signer,
+  operatorKeys: [operator.publicJwk],
   ...overrides,
 });
 
@@ -288,4 +301,118 @@ test("token exchange: the sidecar trusts the operator's exchange, with its JWKS 
     kubeletEnv(applyPatch(pod(), without.patch), podFields),
   );
   assert.equal(plain.identity.issuers.length, 1, 'only the service-account issuer without the exchange');
+});
+
+test("the injector seals what it renders, with the API server's defaults written out", () => {
+  const result = renderPodPatch(input(pod()));
+  assert.equal(result.kind, 'patch');
+  const patched = applyPatch(pod(), result.patch);
+  assert.ok(patched.metadata?.annotations?.[SEAL_ANNOTATION]);
+  assert.deepEqual(attestationProblems(patched, 'ci', [operator.publicJwk]), []);
+  const sidecar = patched.spec?.initContainers?.[0];
+  // What kube-apiserver 1.37 defaults, so that the stored container hashes like the rendered one.
+  assert.equal(sidecar?.terminationMessagePath, '/dev/termination-log');
+  assert.equal(sidecar.terminationMessagePolicy, 'File');
+  assert.deepEqual(sidecar.startupProbe?.httpGet?.scheme, 'HTTP');
+  assert.equal(sidecar.readinessProbe?.timeoutSeconds, 1);
+  assert.ok(sidecar.env?.every((e) => e.valueFrom?.fieldRef?.apiVersion === 'v1'));
+  // Another namespace, another key, a changed image: the seal no longer holds.
+  assert.match(sealProblems(patched, 'prod', [operator.publicJwk]).join(), /issued for namespace ci, not prod/);
+  assert.match(
+    sealProblems(patched, 'ci', [operatorKey('operator-key').publicJwk]).join(),
+    /does not verify with the operator's key/,
+  );
+  const swapped = structuredClone(patched);
+  const container = swapped.spec?.initContainers?.[0];
+  assert.ok(container);
+  container.image = 'attacker/sidecar:latest';
+  assert.match(sealProblems(swapped, 'ci', [operator.publicJwk]).join(), /differ from what the operator rendered/);
+  // Resources are not sealed: in-place resize does not break the seal.
+  container.image = sidecar.image ?? '';
+  container.resources = { limits: { memory: '1Gi' } };
+  assert.deepEqual(sealProblems(swapped, 'ci', [operator.publicJwk]), []);
+});
+
+test("a pod that brings the injector's names without the operator's seal is refused", () => {
+  const own = pod({
+    initContainers: [
+      {
+        name: SIDECAR_CONTAINER,
+        image: 'attacker/image',
+        volumeMounts: [{ name: 'creds', mountPath: '/creds' }],
+      },
+    ],
+    volumes: [{ name: 'creds', secret: { secretName: 'db-creds' } }],
+  });
+  const refused = renderPodPatch(input(own));
+  assert.ok(refused.kind === 'deny');
+  assert.match(refused.message, /sets container chaperone-sidecar, which only the injector may set/);
+  for (const volume of ['chaperone-audit', 'chaperone-credentials', 'chaperone-agent-identity']) {
+    const preset = pod({ volumes: [{ name: volume, emptyDir: {} }] });
+    const result = renderPodPatch(input(preset));
+    assert.match(result.kind === 'deny' ? result.message : '', new RegExp(`volume ${volume}`));
+  }
+  const annotated = pod();
+  Object.assign(annotated.metadata?.annotations ?? {}, { [SEAL_ANNOTATION]: 'x.y.z' });
+  assert.equal(renderPodPatch(input(annotated)).kind, 'deny');
+  // A genuine injected pod copied under the same namespace is recognised; altered, it is refused.
+  const genuine = renderPodPatch(input(pod()));
+  assert.equal(genuine.kind, 'patch');
+  const copy = applyPatch(pod(), genuine.patch);
+  assert.deepEqual(renderPodPatch(input(copy)), { kind: 'patch', patch: [], warnings: [] });
+  const altered = structuredClone(copy);
+  const sidecar = altered.spec?.initContainers?.[0];
+  assert.ok(sidecar);
+  sidecar.args = ['--config', '/tmp/mine.yaml'];
+  assert.equal(renderPodPatch(input(altered)).kind, 'deny');
+});
+
+test('attestation: allow-lists for volumes, capabilities and token audiences; strict mode refuses, otherwise a warning', () => {
+  const strict = { namespaceLabels: { 'chaperone.dev/strict': 'true' } };
+  const cases: [string, Partial<V1Pod['spec']>, RegExp][] = [
+    ['hostPath', { volumes: [{ name: 'node', hostPath: { path: '/' } }] }, /volume node is a hostPath/],
+    ['gitRepo', { volumes: [{ name: 'src', gitRepo: { repository: 'x' } }] }, /volume src uses gitRepo/],
+    ['shareProcessNamespace', { shareProcessNamespace: true }, /shareProcessNamespace is true/],
+  ];
+  for (const [what, spec, pattern] of cases) {
+    const refused = renderPodPatch(input(pod(spec), strict));
+    assert.match(refused.kind === 'deny' ? refused.message : '', pattern, what);
+  }
+  const withAgent = (
+    agent: Partial<NonNullable<V1Pod['spec']>['containers'][number]>,
+    volumes: NonNullable<V1Pod['spec']>['volumes'] = [],
+  ) => pod({ containers: [{ name: 'agent', image: 'x', ...agent }], volumes });
+  for (const [agent, pattern] of [
+    [{ securityContext: { privileged: true } }, /container agent is privileged/],
+    [{ securityContext: { capabilities: { add: ['SYS_PTRACE'] } } }, /adds capability SYS_PTRACE/],
+    [{ securityContext: { capabilities: { add: ['CAP_NET_ADMIN'] } } }, /adds capability CAP_NET_ADMIN/],
+    [{ securityContext: { procMount: 'Unmasked' } }, /procMount Unmasked/],
+  ] as [Partial<NonNullable<V1Pod['spec']>['containers'][number]>, RegExp][]) {
+    const refused = renderPodPatch(input(withAgent(agent), strict));
+    assert.match(refused.kind === 'deny' ? refused.message : '', pattern);
+  }
+  // A default capability is fine.
+  assert.equal(
+    renderPodPatch(input(withAgent({ securityContext: { capabilities: { add: ['NET_BIND_SERVICE'] } } }), strict)).kind,
+    'patch',
+  );
+  // Agents may carry only the "chaperone" audience: the issuer URL is as good as the API server's own.
+  for (const audience of ['https://kubernetes.default.svc.cluster.local', 'vault', '']) {
+    const tokened = withAgent({ volumeMounts: [{ name: 'tok', mountPath: '/tok' }] }, [
+      { name: 'tok', projected: { sources: [{ serviceAccountToken: { path: 't', audience } }] } },
+    ]);
+    const refused = renderPodPatch(input(tokened, strict));
+    assert.match(
+      refused.kind === 'deny' ? refused.message : '',
+      /agents (may hold|get) only the (audience )?"chaperone" token/,
+      audience,
+    );
+    const warned = renderPodPatch(input(tokened));
+    assert.ok(warned.kind === 'patch');
+    assert.match(warned.warnings.join(), /cannot be attested/);
+  }
+  const chaperoneAudience = withAgent({ volumeMounts: [{ name: 'tok', mountPath: '/tok' }] }, [
+    { name: 'tok', projected: { sources: [{ serviceAccountToken: { path: 't', audience: 'chaperone' } }] } },
+  ]);
+  assert.equal(renderPodPatch(input(chaperoneAudience, strict)).kind, 'patch');
 });

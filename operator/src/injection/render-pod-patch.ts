@@ -13,9 +13,8 @@ import type {
   V1VolumeMount,
   V1VolumeProjection,
 } from '@kubernetes/client-node';
-import type { ProtectedResource } from '@chaperone/api';
-import { BUNDLE_MANIFEST_FILE, BUNDLE_WASM_FILE } from '@chaperone/api';
-import { policyConfigMapName } from '../policy/bundle-configmap-name.ts';
+import type { ProtectedResource, StatementSigner } from '@chaperone/api';
+import { SEAL_ANNOTATION } from '@chaperone/api';
 import {
   AGENT_IDENTITY_DIR,
   AGENT_KUBECONFIG_FILE,
@@ -35,29 +34,29 @@ import {
   SIDECAR_CONTAINER,
   SIDECAR_CREDENTIALS_DIR,
   SIDECAR_POD_ENV,
-  SIDECAR_POLICIES_DIR,
   VOLUME_AGENT_IDENTITY,
   VOLUME_AUDIT,
   VOLUME_CONFIG,
   VOLUME_CREDENTIALS,
-  VOLUME_POLICIES,
   VOLUME_SIDECAR_API_ACCESS,
 } from './constants.ts';
 import {
   agentContainers,
   credentialSecretNames,
-  hasSidecar,
   isAutomountTokenVolume,
   isolationViolations,
   strictViolations,
 } from './inspect-pod.ts';
 import { pointer, type JsonPatchOperation } from './json-patch.ts';
+import { injectorNamesIn, sealPod, sealProblems, sidecarIsolationProblems, type PublicKeys } from './sealed-pod.ts';
 import {
   SIDECAR_ENGINES,
   credentialPaths,
+  isDelivered,
   listenPortOf,
   renderAgentKubeconfig,
   renderSidecarConfigYaml,
+  type OperatorEndpoint,
   type SignerCertificationEndpoint,
   type TokenExchangeEndpoint,
 } from './render-sidecar-config.ts';
@@ -69,13 +68,20 @@ export interface InjectionInput {
   readonly namespaceLabels: Readonly<Record<string, string>>;
   /** The pod's ProtectedResources, resolved from its annotation, in annotation order. */
   readonly resources: readonly ProtectedResource[];
-  /** Names of the AccessPolicies of the namespace that cover any of the resources (bundles to mount). */
-  readonly policies: readonly string[];
   readonly settings: InjectionSettings;
   /** Rendered into the sidecar config when the operator certifies signer keys. */
   readonly signerCertification?: SignerCertificationEndpoint;
   /** Rendered into the sidecar config (a trusted issuer) when the operator runs the token exchange. */
   readonly tokenExchange?: TokenExchangeEndpoint;
+  /** The operator's HTTPS server: the Session proxy and credential delivery, when the settings use them. */
+  readonly operatorEndpoint?: OperatorEndpoint;
+  /** The operator's key: it seals the rendered sidecar (annotation chaperone.dev/seal). */
+  readonly signer: StatementSigner;
+  /**
+   * The operator's public keys: a pod that already carries a seal is recognised as injected only when the
+   * seal verifies with them, and the sidecar is told to trust policy sets signed by them.
+   */
+  readonly operatorKeys: PublicKeys;
 }
 
 export type InjectionResult =
@@ -148,6 +154,45 @@ export function renderPodPatch(input: InjectionInput): InjectionResult {
     );
   }
 
+  const delivered = served.filter(isDelivered);
+  if (delivered.length > 0) {
+    const wrong = delivered.filter((r) => r.spec.credentialSecretRef?.namespace !== settings.credentialNamespace);
+    if (wrong.length > 0) {
+      return deny(
+        400,
+        `ProtectedResource ${wrong.map((r) => r.metadata.name ?? '').join(', ')} names a credential Secret of another namespace, and the operator delivers credentials only from ${settings.credentialNamespace ?? '(no credential namespace configured)'}`,
+      );
+    }
+    const readOnly = delivered.filter((r) => r.spec.readOnlyCredentialSecretRef !== undefined);
+    if (readOnly.length > 0) {
+      return deny(
+        400,
+        `ProtectedResource ${readOnly.map((r) => r.metadata.name ?? '').join(', ')} has a delivered credential and a readOnlyCredentialSecretRef; the read-only credential is not delivered (yet): drop one of the two`,
+      );
+    }
+    if (delivered.length !== served.length) {
+      return deny(
+        400,
+        `the pod's ProtectedResources mix delivered credentials (${delivered.map((r) => r.metadata.name ?? '').join(', ')}) with mounted ones; use one kind per pod`,
+      );
+    }
+  }
+  if ((delivered.length > 0 || settings.sessionNamespace !== undefined) && input.operatorEndpoint === undefined) {
+    return deny(500, 'chaperone: the operator endpoint for the Session proxy and credential delivery is not known');
+  }
+
+  // The injector's own output (re-invocation, or a copy of an injected pod) carries a seal that verifies;
+  // anything else that uses the injector's names is a pod trying to bring its own "sidecar".
+  const reserved = injectorNamesIn(pod);
+  const sealed = reserved.length > 0 ? sealProblems(pod, namespace, input.operatorKeys) : [];
+  const alreadyInjected = reserved.length > 0 && sealed.length === 0;
+  if (reserved.length > 0 && !alreadyInjected) {
+    return deny(
+      403,
+      `chaperone: the pod sets ${reserved.join(', ')}, which only the injector may set (${sealed.join('; ')})`,
+    );
+  }
+
   const automountVolumes = new Set((pod.spec?.volumes ?? []).filter(isAutomountTokenVolume).map((v) => v.name));
   const isolation = isolationViolations(pod, credentialSecretNames(input.resources), automountVolumes);
   if (isolation.length > 0) {
@@ -157,7 +202,6 @@ export function renderPodPatch(input: InjectionInput): InjectionResult {
 
   const ops: JsonPatchOperation[] = [];
   const kubernetesResource = input.resources.find((r) => r.spec.type === 'kubernetes');
-  const alreadyInjected = hasSidecar(pod);
 
   // 1. No API-server token for agents: drop the automounted volume and its mounts, and turn automount off.
   removeAutomountVolumes(pod, automountVolumes, ops);
@@ -177,43 +221,81 @@ export function renderPodPatch(input: InjectionInput): InjectionResult {
     ensureMount(container, pointer('spec', list, index), agentMount, ops);
   }
 
-  // 3. Volumes (only those missing) and, unless present, the sidecar itself and its annotations.
+  // 3. Volumes (only those missing) and, unless present, the sidecar itself, its annotations and the seal.
   const volumes: V1Volume[] = [agentIdentityVolume(settings, kubernetesResource !== undefined)];
-  const annotations: Record<string, string> = {};
-  if (!alreadyInjected) {
-    const configYaml = renderSidecarConfigYaml({
-      namespace,
-      podName: pod.metadata?.name ?? '',
-      resources: served,
-      settings,
-      ...(input.signerCertification === undefined ? {} : { signerCertification: input.signerCertification }),
-      ...(input.tokenExchange === undefined ? {} : { tokenExchange: input.tokenExchange }),
-    });
-    annotations[ANNOTATION_SIDECAR_CONFIG] = configYaml;
-    if (kubernetesResource !== undefined) {
-      annotations[ANNOTATION_AGENT_KUBECONFIG] = renderAgentKubeconfig(namespace, kubernetesResource);
+  if (alreadyInjected) {
+    const attestation = sidecarIsolationProblems(pod);
+    if (attestation.length > 0) {
+      if (strict) return deny(403, `chaperone strict mode refuses this pod: ${attestation.join('; ')}`);
+      warnings.push(`chaperone: this pod's sidecar cannot be attested (${attestation.join('; ')})`);
     }
-    annotations[ANNOTATION_INJECTED] = injectionHash(annotations, settings);
-    volumes.push(
-      configVolume(),
-      credentialsVolume(served),
-      policiesVolume(input.policies),
-      sidecarApiAccessVolume(settings),
-      auditVolume(settings),
+    ensureVolumes(pod, volumes, automountVolumes, ops);
+    return { kind: 'patch', patch: ops, warnings };
+  }
+  const annotations: Record<string, string> = {};
+  const configYaml = renderSidecarConfigYaml({
+    namespace,
+    podName: pod.metadata?.name ?? '',
+    resources: served,
+    settings,
+    operatorKeys: input.operatorKeys,
+    ...(input.signerCertification === undefined ? {} : { signerCertification: input.signerCertification }),
+    ...(input.tokenExchange === undefined ? {} : { tokenExchange: input.tokenExchange }),
+    ...(input.operatorEndpoint === undefined ? {} : { operatorEndpoint: input.operatorEndpoint }),
+  });
+  annotations[ANNOTATION_SIDECAR_CONFIG] = configYaml;
+  if (kubernetesResource !== undefined) {
+    annotations[ANNOTATION_AGENT_KUBECONFIG] = renderAgentKubeconfig(namespace, kubernetesResource);
+  }
+  annotations[ANNOTATION_INJECTED] = injectionHash(annotations, settings);
+  const sidecarVolumes = [
+    configVolume(),
+    credentialsVolume(served),
+    sidecarApiAccessVolume(settings),
+    auditVolume(settings),
+  ];
+  volumes.push(...sidecarVolumes);
+  const sidecar = sidecarContainer(settings, { deliveredCredentials: delivered.length > 0 });
+  // The seal: what the operator rendered, exactly as the API server stores it (the renderer writes the
+  // server's defaults out), signed with the operator's key. Everything that trusts a sidecar checks it.
+  annotations[SEAL_ANNOTATION] = sealPod(
+    { metadata: { annotations }, spec: { containers: [], initContainers: [sidecar], volumes: sidecarVolumes } },
+    namespace,
+    input.signer,
+  );
+
+  // Whether the finished pod will be attested: no other container may reach the sidecar.
+  const attestation = sidecarIsolationProblems(predictInjected(pod, automountVolumes, volumes, sidecar));
+  if (attestation.length > 0) {
+    if (strict) return deny(403, `chaperone strict mode refuses this pod: ${attestation.join('; ')}`);
+    warnings.push(
+      `chaperone: this pod's sidecar cannot be attested (${attestation.join('; ')}); the operator will not certify its key, accept its Sessions or deliver credentials to it`,
     );
   }
+
   ensureVolumes(pod, volumes, automountVolumes, ops);
   ensureAnnotations(pod, annotations, ops);
-  if (!alreadyInjected) {
-    // First, so the proxy is up (startup probe) before any agent init container runs.
-    const sidecar = sidecarContainer(settings);
-    ops.push(
-      pod.spec?.initContainers === undefined
-        ? { op: 'add', path: '/spec/initContainers', value: [sidecar] }
-        : { op: 'add', path: '/spec/initContainers/0', value: sidecar },
-    );
-  }
+  // First, so the proxy is up (startup probe) before any agent init container runs.
+  ops.push(
+    pod.spec?.initContainers === undefined
+      ? { op: 'add', path: '/spec/initContainers', value: [sidecar] }
+      : { op: 'add', path: '/spec/initContainers/0', value: sidecar },
+  );
   return { kind: 'patch', patch: ops, warnings };
+}
+
+/** The pod as it will be stored, as far as the attestation checks look: automount gone, volumes and sidecar in. */
+function predictInjected(pod: V1Pod, automount: ReadonlySet<string>, volumes: V1Volume[], sidecar: V1Container): V1Pod {
+  const predicted = structuredClone(pod);
+  predicted.spec ??= { containers: [] };
+  const spec = predicted.spec;
+  for (const c of [...spec.containers, ...(spec.initContainers ?? [])]) {
+    c.volumeMounts = (c.volumeMounts ?? []).filter((m) => !automount.has(m.name));
+  }
+  spec.initContainers = [sidecar, ...(spec.initContainers ?? [])];
+  spec.volumes = [...(spec.volumes ?? []).filter((v) => !automount.has(v.name)), ...volumes];
+  spec.automountServiceAccountToken = false;
+  return predicted;
 }
 
 /** Env of agent containers. The first postgres resource gets the libpq variables; every one gets a CHAPERONE_ entry. */
@@ -350,13 +432,21 @@ function configVolume(): V1Volume {
   return {
     name: VOLUME_CONFIG,
     downwardAPI: {
-      items: [{ path: SIDECAR_CONFIG_FILE, fieldRef: { fieldPath: fieldOfAnnotation(ANNOTATION_SIDECAR_CONFIG) } }],
+      items: [
+        {
+          path: SIDECAR_CONFIG_FILE,
+          fieldRef: { apiVersion: 'v1', fieldPath: fieldOfAnnotation(ANNOTATION_SIDECAR_CONFIG) },
+        },
+      ],
       defaultMode: 0o444,
     },
   };
 }
 
 function credentialsVolume(resources: readonly ProtectedResource[]): V1Volume {
+  // Delivered credentials are written by the sidecar itself into memory; nothing comes from a Secret here.
+  if (resources.some(isDelivered))
+    return { name: VOLUME_CREDENTIALS, emptyDir: { medium: 'Memory', sizeLimit: '1Mi' } };
   const sources: V1VolumeProjection[] = [];
   for (const r of resources) {
     const name = r.metadata.name ?? '';
@@ -393,28 +483,6 @@ function credentialsVolume(resources: readonly ProtectedResource[]): V1Volume {
   return { name: VOLUME_CREDENTIALS, projected: { sources, defaultMode: 0o444 } };
 }
 
-function policiesVolume(policies: readonly string[]): V1Volume {
-  if (policies.length === 0) return { name: VOLUME_POLICIES, emptyDir: { sizeLimit: '1Mi' } };
-  return {
-    name: VOLUME_POLICIES,
-    projected: {
-      defaultMode: 0o444,
-      sources: policies.map((p) => ({
-        configMap: {
-          name: policyConfigMapName(p),
-          // A policy that has not compiled yet must not keep the pod from starting: the sidecar denies
-          // everything until a bundle appears.
-          optional: true,
-          items: [
-            { key: BUNDLE_WASM_FILE, path: `${p}/${BUNDLE_WASM_FILE}` },
-            { key: BUNDLE_MANIFEST_FILE, path: `${p}/${BUNDLE_MANIFEST_FILE}` },
-          ],
-        },
-      })),
-    },
-  };
-}
-
 function sidecarApiAccessVolume(settings: InjectionSettings): V1Volume {
   return {
     name: VOLUME_SIDECAR_API_ACCESS,
@@ -423,7 +491,11 @@ function sidecarApiAccessVolume(settings: InjectionSettings): V1Volume {
       sources: [
         { serviceAccountToken: { expirationSeconds: settings.tokenExpirationSeconds, path: 'token' } },
         { configMap: { name: 'kube-root-ca.crt', items: [{ key: 'ca.crt', path: 'ca.crt' }] } },
-        { downwardAPI: { items: [{ path: 'namespace', fieldRef: { fieldPath: 'metadata.namespace' } }] } },
+        {
+          downwardAPI: {
+            items: [{ path: 'namespace', fieldRef: { apiVersion: 'v1', fieldPath: 'metadata.namespace' } }],
+          },
+        },
       ],
     },
   };
@@ -440,19 +512,35 @@ function auditVolume(settings: InjectionSettings): V1Volume {
   return { name: VOLUME_AUDIT, emptyDir: { sizeLimit: `${String(mebibytes)}Mi` } };
 }
 
-export function sidecarContainer(settings: InjectionSettings): V1Container {
-  const probe = { httpGet: { path: '/healthz', port: settings.metricsPort } };
+/**
+ * The sidecar container. Every field the API server would default is written out, so that the stored
+ * container equals the rendered one byte for byte (JCS) and the seal over it can be checked as is.
+ */
+export function sidecarContainer(
+  settings: InjectionSettings,
+  options: { readonly deliveredCredentials?: boolean } = {},
+): V1Container {
+  const probe = {
+    httpGet: { path: '/healthz', port: settings.metricsPort, scheme: 'HTTP' },
+    timeoutSeconds: 1,
+    successThreshold: 1,
+  };
   return {
     name: SIDECAR_CONTAINER,
     image: settings.image,
     imagePullPolicy: settings.imagePullPolicy,
     args: ['--config', SIDECAR_CONFIG_PATH],
-    env: Object.entries(SIDECAR_POD_ENV).map(([name, fieldPath]) => ({ name, valueFrom: { fieldRef: { fieldPath } } })),
+    env: Object.entries(SIDECAR_POD_ENV).map(([name, fieldPath]) => ({
+      name,
+      valueFrom: { fieldRef: { apiVersion: 'v1', fieldPath } },
+    })),
     restartPolicy: 'Always',
     ports: [{ name: 'chaperone-mtr', containerPort: settings.metricsPort, protocol: 'TCP' }],
     startupProbe: { ...probe, periodSeconds: 1, failureThreshold: 60 },
     readinessProbe: { ...probe, periodSeconds: 5, failureThreshold: 3 },
     resources: settings.resources,
+    terminationMessagePath: '/dev/termination-log',
+    terminationMessagePolicy: 'File',
     securityContext: {
       runAsNonRoot: true,
       runAsUser: settings.runAsUser,
@@ -463,8 +551,13 @@ export function sidecarContainer(settings: InjectionSettings): V1Container {
     },
     volumeMounts: [
       { name: VOLUME_CONFIG, mountPath: SIDECAR_CONFIG_PATH, subPath: SIDECAR_CONFIG_FILE, readOnly: true },
-      { name: VOLUME_CREDENTIALS, mountPath: SIDECAR_CREDENTIALS_DIR, readOnly: true },
-      { name: VOLUME_POLICIES, mountPath: SIDECAR_POLICIES_DIR, readOnly: true },
+      // Writable only when the sidecar writes the credentials the operator delivers.
+      {
+        name: VOLUME_CREDENTIALS,
+        mountPath: SIDECAR_CREDENTIALS_DIR,
+        // (false is the API server's zero value: it is not stored, so it is not rendered either.)
+        ...(options.deliveredCredentials === true ? {} : { readOnly: true }),
+      },
       { name: VOLUME_SIDECAR_API_ACCESS, mountPath: SIDECAR_API_ACCESS_DIR, readOnly: true },
       { name: VOLUME_AUDIT, mountPath: SIDECAR_AUDIT_DIR },
     ],

@@ -1,15 +1,22 @@
 // Renders the sidecar's YAML configuration (docs/sidecar-config.md, sidecar/src/config.ts) for one pod from
 // its ProtectedResources. Pure: every path it names is a mount the pod patch creates in the sidecar only.
 import { stringify } from 'yaml';
-import { DEFAULT_LISTEN_PORTS, type ProtectedResource, type ResourceType } from '@chaperone/api';
+import {
+  CREDENTIAL_DELIVERY_PATH,
+  DEFAULT_LISTEN_PORTS,
+  POLICY_SET_CONFIGMAP,
+  SESSION_PROXY_PATH,
+  type ProtectedResource,
+  type ResourceType,
+} from '@chaperone/api';
 import {
   AGENT_IDENTITY_DIR,
   AGENT_TOKEN_FILE,
   SIDECAR_API_ACCESS_DIR,
   SIDECAR_AUDIT_DIR,
   SIDECAR_CREDENTIALS_DIR,
-  SIDECAR_POLICIES_DIR,
 } from './constants.ts';
+import type { PublicKeys } from './sealed-pod.ts';
 import type { InjectionSettings } from './settings.ts';
 
 /** Resource types the sidecar has an engine for today; the others are refused or skipped with a warning. */
@@ -43,10 +50,14 @@ export interface RenderSidecarConfigInput {
   /** Resources the sidecar has an engine for, in annotation order. */
   readonly resources: readonly ProtectedResource[];
   readonly settings: InjectionSettings;
+  /** The operator's public keys, pinned as the only signers of policy sets the sidecar accepts. */
+  readonly operatorKeys: PublicKeys;
   /** The operator's signer certification endpoint and the CA of its serving certificate, when it runs one. */
   readonly signerCertification?: SignerCertificationEndpoint;
   /** The operator's token exchange (docs/identity.md), whose delegated tokens the sidecar then accepts. */
   readonly tokenExchange?: TokenExchangeEndpoint;
+  /** The operator's HTTPS server, for the Session proxy and credential delivery when settings ask for them. */
+  readonly operatorEndpoint?: OperatorEndpoint;
 }
 
 export interface TokenExchangeEndpoint {
@@ -60,8 +71,22 @@ export interface SignerCertificationEndpoint {
   readonly caPem: string;
 }
 
+/** Where sidecars reach the operator's HTTPS server, and its CA (the Session proxy, credential delivery). */
+export interface OperatorEndpoint {
+  readonly baseUrl: string;
+  readonly caPem: string;
+}
+
+/** Whether the resource's credential is delivered by the operator (a Secret of another namespace). */
+export function isDelivered(resource: ProtectedResource): boolean {
+  return resource.spec.credentialSecretRef?.namespace !== undefined;
+}
+
 export function renderSidecarConfig(input: RenderSidecarConfigInput): Record<string, unknown> {
   const { settings } = input;
+  const tokenFile = `${SIDECAR_API_ACCESS_DIR}/token`;
+  const operator = input.operatorEndpoint;
+  const delivered = input.resources.filter(isDelivered).map((r) => r.metadata.name ?? '');
   return {
     pod: { namespace: input.namespace, name: input.podName, uid: '' },
     listeners: input.resources.map((r) => {
@@ -89,7 +114,16 @@ export function renderSidecarConfig(input: RenderSidecarConfigInput): Record<str
         auditFailureMode: spec.audit.failureMode,
       };
     }),
-    policy: { bundleDir: SIDECAR_POLICIES_DIR },
+    // Policies arrive through the API: the namespace's signed policy set (one ConfigMap, watched, readable
+    // by name only) and the bundles it names, verified against the operator's keys pinned here.
+    policy: {
+      kubernetes: {
+        configMap: POLICY_SET_CONFIGMAP,
+        tokenFile: `${SIDECAR_API_ACCESS_DIR}/token`,
+        caFile: `${SIDECAR_API_ACCESS_DIR}/ca.crt`,
+      },
+      trustedKeys: input.operatorKeys.map((k) => ({ kty: k.kty, crv: k.crv, x: k.x, kid: k.kid })),
+    },
     identity: {
       issuers: [
         {
@@ -121,7 +155,15 @@ export function renderSidecarConfig(input: RenderSidecarConfigInput): Record<str
     audit: {
       spoolDir: SIDECAR_AUDIT_DIR,
       spoolMaxBytes: settings.auditSpoolMaxBytes,
-      kubernetes: { tokenFile: `${SIDECAR_API_ACCESS_DIR}/token`, caFile: `${SIDECAR_API_ACCESS_DIR}/ca.crt` },
+      kubernetes: {
+        tokenFile,
+        caFile: `${SIDECAR_API_ACCESS_DIR}/ca.crt`,
+        ...(settings.sessionNamespace === undefined ? {} : { namespace: settings.sessionNamespace }),
+      },
+      // In an audit namespace the operator writes the Sessions, after attesting this sidecar.
+      ...(settings.sessionNamespace === undefined || operator === undefined
+        ? {}
+        : { operator: { url: `${operator.baseUrl}${SESSION_PROXY_PATH}`, ca: operator.caPem, tokenFile } }),
       ...(settings.auditExportJsonLines ? { exportJsonLines: true, path: '-' } : {}),
       // The same pod-bound token proves the pod to the operator (TokenReview) when it certifies the key.
       ...(input.signerCertification === undefined
@@ -134,6 +176,18 @@ export function renderSidecarConfig(input: RenderSidecarConfigInput): Record<str
             },
           }),
     },
+    // Credentials of another namespace are delivered by the operator into the sidecar's memory volume.
+    ...(delivered.length === 0 || operator === undefined
+      ? {}
+      : {
+          credentials: {
+            url: `${operator.baseUrl}${CREDENTIAL_DELIVERY_PATH}`,
+            ca: operator.caPem,
+            tokenFile,
+            dir: SIDECAR_CREDENTIALS_DIR,
+            resources: delivered,
+          },
+        }),
     // Probes come from the kubelet on the pod IP, so /healthz cannot be loopback-only.
     metrics: { listen: `0.0.0.0:${String(settings.metricsPort)}` },
     log: { level: settings.logLevel },

@@ -30,6 +30,16 @@ export interface InjectionSettings {
   readonly auditSpoolMaxBytes: number;
   /** Also print every audit record as JSON lines on the sidecar's stdout (for a log-shipping SIEM). Default false. */
   readonly auditExportJsonLines: boolean;
+  /**
+   * The audit namespace: sidecars hand their Sessions to the operator, which writes them there (docs/audit.md,
+   * "Evidence out of the editors' reach"). Default unset: sidecars write Sessions in their own namespace.
+   */
+  readonly sessionNamespace?: string;
+  /**
+   * The credential namespace: ProtectedResources whose credentialSecretRef names it get their credential
+   * delivered to attested sidecars instead of a mounted Secret (docs/injection.md). Default unset.
+   */
+  readonly credentialNamespace?: string;
 }
 
 export const DEFAULT_INJECTION_SETTINGS: Omit<InjectionSettings, 'image' | 'operatorNamespace'> = {
@@ -70,6 +80,11 @@ export function validateInjectionSettings(
   // The sidecar's own minimum for audit.spoolMaxBytes.
   if (!Number.isInteger(settings.auditSpoolMaxBytes) || settings.auditSpoolMaxBytes < 64 * 1024) {
     problems.push('auditSpoolMaxBytes: an integer >= 65536');
+  }
+  const dnsLabel = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
+  for (const key of ['sessionNamespace', 'credentialNamespace'] as const) {
+    const value = settings[key];
+    if (value !== undefined && !dnsLabel.test(value)) problems.push(`${key}: a namespace name`);
   }
   if (problems.length > 0) throw new InjectionSettingsError(`invalid injection settings: ${problems.join('; ')}`);
   return settings;

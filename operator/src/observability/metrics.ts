@@ -22,6 +22,7 @@ export interface OperatorMetrics {
   readonly sessionsPruned: Counter<'namespace'>;
   readonly checkpoints: Counter<'result'>;
   readonly checkpointSessions: Gauge;
+  readonly tamperedConfigMaps: Counter<'kind'>;
 }
 
 export function createOperatorMetrics(options: { defaultMetrics?: boolean } = {}): OperatorMetrics {
@@ -100,6 +101,12 @@ export function createOperatorMetrics(options: { defaultMetrics?: boolean } = {}
     checkpointSessions: new Gauge({
       name: 'chaperone_audit_checkpoint_objects',
       help: 'Session objects whose signed heads the newest audit checkpoint states.',
+      registers,
+    }),
+    tamperedConfigMaps: new Counter({
+      name: 'chaperone_policy_configmaps_restored_total',
+      help: 'Policy ConfigMaps found altered by someone else and restored, by kind (policy-bundle, policy-set).',
+      labelNames: ['kind'],
       registers,
     }),
   };

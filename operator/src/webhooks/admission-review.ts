@@ -10,6 +10,13 @@ export interface AdmissionRequest {
   readonly name?: string;
   readonly namespace?: string;
   readonly operation: 'CREATE' | 'UPDATE' | 'DELETE' | 'CONNECT';
+  /** The requester as the API server authenticated it. */
+  readonly userInfo?: {
+    readonly username?: string;
+    readonly uid?: string;
+    readonly groups?: readonly string[];
+    readonly extra?: Record<string, string[]>;
+  };
   readonly object?: unknown;
   readonly oldObject?: unknown;
   readonly dryRun?: boolean;

@@ -5,11 +5,13 @@
 import {
   AdmissionregistrationV1Api,
   CoreV1Api,
+  CustomObjectsApi,
   type KubeConfig,
   type V1LabelSelectorRequirement,
 } from '@kubernetes/client-node';
 import type { Registry } from 'prom-client';
-import { TOKEN_EXCHANGE_PATHS } from '@chaperone/api';
+import { TOKEN_EXCHANGE_PATHS, statementSigner } from '@chaperone/api';
+import { loadOrCreateAuditAuthority, type AuditAuthority } from '../audit/audit-authority.ts';
 import { MountedCertificates } from '../certificates/mounted-certificates.ts';
 import { WebhookCertificates, type ServingMaterial } from '../certificates/webhook-certificates.ts';
 import type { InjectionSettings } from '../injection/settings.ts';
@@ -21,12 +23,15 @@ import {
   type AdmissionServer,
   type AdmissionServerOptions,
 } from './admission-server.ts';
-import { createPodMutator, createPodValidator } from './pod-admission.ts';
+import { createPodMutator, createPodValidator, createSealValidator } from './pod-admission.ts';
+import { createSessionValidator } from './session-admission.ts';
 import {
   DEFAULT_MUTATING_NAME,
   DEFAULT_VALIDATING_NAME,
   MUTATE_PATH,
   VALIDATE_PATH,
+  VALIDATE_SEALED_PATH,
+  VALIDATE_SESSIONS_PATH,
   applyWebhookConfigurations,
   deleteWebhookConfigurations,
   type WebhookEndpoint,
@@ -37,6 +42,11 @@ export interface InjectionWebhooksOptions {
   readonly logger: Logger;
   /** Validated with validateInjectionSettings. */
   readonly settings: InjectionSettings;
+  /**
+   * The operator's key (the audit authority's), which seals injected sidecars. Default: loaded from, or
+   * created in, the Secret chaperone-audit-authority of settings.operatorNamespace.
+   */
+  readonly authority?: AuditAuthority;
   /** Default 0.0.0.0:9443. */
   readonly host?: string;
   readonly port?: number;
@@ -87,6 +97,8 @@ export interface InjectionWebhooks {
   readonly server: AdmissionServer;
   readonly certificates: WebhookCertificates | MountedCertificates;
   readonly cache: AdmissionCache;
+  /** The key that seals injected sidecars. */
+  readonly authority: AuditAuthority;
   readonly names: { readonly mutating: string; readonly validating: string };
   stop(): Promise<void>;
 }
@@ -101,6 +113,10 @@ export async function startInjectionWebhooks(options: InjectionWebhooksOptions):
       options.registration?.validatingName ?? options.webhookConfigurationNames?.validating ?? DEFAULT_VALIDATING_NAME,
   };
   const admissionRegistration = kubeConfig.makeApiClient(AdmissionregistrationV1Api);
+  const authority =
+    options.authority ??
+    (await loadOrCreateAuditAuthority(kubeConfig.makeApiClient(CoreV1Api), settings.operatorNamespace, log));
+  const operatorKey = { signer: statementSigner(authority.privateJwk), publicKeys: authority.publicKeys };
   const cache = await startAdmissionCache({ kubeConfig, logger: log });
   let server: AdmissionServer | undefined;
   const onChange = (m: ServingMaterial) => server?.setCertificate(m.certPem, m.keyPem);
@@ -137,6 +153,8 @@ export async function startInjectionWebhooks(options: InjectionWebhooksOptions):
       lookups: cache,
       settings,
       logger: log,
+      operatorKey,
+      operatorEndpoint: () => ({ baseUrl: baseUrl(), caPem: certificates.current().caBundlePem }),
       ...(certificationPath === undefined
         ? {}
         : {
@@ -170,7 +188,16 @@ export async function startInjectionWebhooks(options: InjectionWebhooksOptions):
       port: options.port ?? 9443,
       certPem: material.certPem,
       keyPem: material.keyPem,
-      handlers: { [MUTATE_PATH]: createPodMutator(lookups), [VALIDATE_PATH]: createPodValidator(lookups) },
+      handlers: {
+        [MUTATE_PATH]: createPodMutator(lookups),
+        [VALIDATE_PATH]: createPodValidator(lookups),
+        [VALIDATE_SEALED_PATH]: createSealValidator(lookups),
+        [VALIDATE_SESSIONS_PATH]: createSessionValidator({
+          core: kubeConfig.makeApiClient(CoreV1Api),
+          custom: kubeConfig.makeApiClient(CustomObjectsApi),
+          publicKeys: () => authority.publicKeys,
+        }),
+      },
       logger: log,
       ...(options.registry === undefined ? {} : { registry: options.registry }),
       ...(options.onReview === undefined ? {} : { onReview: options.onReview }),
@@ -202,6 +229,7 @@ export async function startInjectionWebhooks(options: InjectionWebhooksOptions):
     server: running,
     certificates,
     cache,
+    authority,
     names,
     async stop() {
       certificates.stop();

@@ -10,6 +10,7 @@ import {
   type V1MutatingWebhookConfiguration,
   type V1ValidatingWebhookConfiguration,
 } from '@kubernetes/client-node';
+import { GROUP } from '@chaperone/api';
 import {
   ALWAYS_EXCLUDED_NAMESPACES,
   LABEL_INJECTION,
@@ -21,6 +22,8 @@ export const DEFAULT_MUTATING_NAME = 'chaperone-pod-injector';
 export const DEFAULT_VALIDATING_NAME = 'chaperone-pod-validator';
 export const MUTATE_PATH = '/mutate-pods';
 export const VALIDATE_PATH = '/validate-pods';
+export const VALIDATE_SEALED_PATH = '/validate-sealed-pods';
+export const VALIDATE_SESSIONS_PATH = '/validate-sessions';
 const MANAGED_BY = { 'app.kubernetes.io/managed-by': 'chaperone-operator' };
 
 export type WebhookEndpoint =
@@ -113,6 +116,53 @@ export function renderWebhookConfigurations(options: WebhookRegistrationOptions)
           namespaceSelector: {
             matchExpressions: [{ key: LABEL_STRICT, operator: 'In', values: ['true'] }, excluded, ...extra],
           },
+          failurePolicy: 'Fail',
+          matchPolicy: 'Equivalent',
+          sideEffects: 'None',
+          timeoutSeconds,
+          admissionReviewVersions: ['v1'],
+        },
+        {
+          // Every injection namespace, strict or not: a sealed sidecar never changes (its image included),
+          // and no ephemeral container reaches it.
+          name: 'seal.pods.chaperone.dev',
+          clientConfig: clientConfig(options.endpoint, VALIDATE_SEALED_PATH, options.caBundlePem),
+          rules: [
+            {
+              apiGroups: [''],
+              apiVersions: ['v1'],
+              operations: ['UPDATE'],
+              resources: ['pods', 'pods/ephemeralcontainers', 'pods/resize'],
+              scope: 'Namespaced',
+            },
+          ],
+          namespaceSelector: {
+            matchExpressions: [
+              { key: LABEL_INJECTION, operator: 'In', values: [LABEL_INJECTION_ENABLED] },
+              excluded,
+              ...extra,
+            ],
+          },
+          failurePolicy: 'Fail',
+          matchPolicy: 'Equivalent',
+          sideEffects: 'None',
+          timeoutSeconds,
+          admissionReviewVersions: ['v1'],
+        },
+        {
+          // Sessions are written only by attested sidecars, and a closed session is not continued.
+          name: 'sessions.chaperone.dev',
+          clientConfig: clientConfig(options.endpoint, VALIDATE_SESSIONS_PATH, options.caBundlePem),
+          rules: [
+            {
+              apiGroups: [GROUP],
+              apiVersions: ['*'],
+              operations: ['CREATE', 'UPDATE'],
+              resources: ['sessions', 'sessions/status'],
+              scope: 'Namespaced',
+            },
+          ],
+          namespaceSelector: { matchExpressions: [excluded, ...extra] },
           failurePolicy: 'Fail',
           matchPolicy: 'Equivalent',
           sideEffects: 'None',

@@ -193,6 +193,23 @@ export class KubernetesSessionStore implements SessionStore {
   }
 }
 
+/** How the writer treats a refused call, from its HTTP status (and, for 409, whether the object exists). */
+export function storeErrorKind(code: number, message: string): StoreErrorKind {
+  // A failed `test` op of a JSON Patch is 422 with "the server rejected our request due to an error in
+  // our request"/"testing value"; a CEL rejection is 422 too: both mean "re-read and start over".
+  return code === 409
+    ? message.includes('already exists')
+      ? 'exists'
+      : 'conflict'
+    : code === 404
+      ? 'not-found'
+      : code === 422 || code === 400
+        ? 'rejected'
+        : code === 429 || code >= 500
+          ? 'unavailable'
+          : 'rejected';
+}
+
 function classify(what: string, err: unknown): SessionStoreError {
   if (err instanceof SessionStoreError) return err;
   if (err instanceof ApiException) {
@@ -205,21 +222,7 @@ function classify(what: string, err: unknown): SessionStoreError {
     } catch {
       // not a Status
     }
-    // A failed `test` op of a JSON Patch is 422 with "the server rejected our request due to an error in
-    // our request"/"testing value"; a CEL rejection is 422 too: both mean "re-read and start over".
-    const kind: StoreErrorKind =
-      code === 409
-        ? message.includes('already exists')
-          ? 'exists'
-          : 'conflict'
-        : code === 404
-          ? 'not-found'
-          : code === 422 || code === 400
-            ? 'rejected'
-            : code === 429 || code >= 500
-              ? 'unavailable'
-              : 'rejected';
-    return new SessionStoreError(kind, message, code, { cause: err });
+    return new SessionStoreError(storeErrorKind(code, message), message, code, { cause: err });
   }
   return new SessionStoreError('unavailable', `${what}: ${(err as Error).message}`, undefined, { cause: err });
 }

@@ -17,6 +17,7 @@ import {
   type Session,
   type SessionSpec,
   type SessionStatus,
+  countRecord,
 } from '@chaperone/api';
 import type { Logger } from '../observability/logger.ts';
 import type { AuditMetrics } from './audit-metrics.ts';
@@ -94,19 +95,6 @@ interface SessionState {
 
 const ACKNOWLEDGE_EVERY = 256;
 const UNAUTHENTICATED: Identity = { subject: 'unauthenticated', issuer: '' };
-
-/** Adds one record to a session's counters (commands, allowed, denied, held, errors). */
-export function countRecord(counters: Counters, record: AuditRecord): void {
-  if (record.type === 'command.decision') {
-    counters.commands += 1;
-    const result = record.decision?.result;
-    if (result === 'allow') counters.allowed += 1;
-    else if (result === 'deny') counters.denied += 1;
-    else if (result === 'approve') counters.held += 1;
-  } else if (record.type === 'command.outcome' && record.outcome?.status === 'error') {
-    counters.errors += 1;
-  }
-}
 
 /**
  * Deterministic name of part `part` of a session: `<resource>-<first 12 hex of sessionId>-<part>`, or with
@@ -428,6 +416,10 @@ export class SessionWriter {
       ...(previousPart === undefined ? {} : { previousPart }),
       pod: {
         name: podName,
+        // Named only when the Sessions live elsewhere (an audit namespace): otherwise it is the object's own.
+        ...(this.options.pod.namespace === '' || this.options.pod.namespace === this.store.namespace
+          ? {}
+          : { namespace: this.options.pod.namespace }),
         ...(this.options.pod.uid === undefined || this.options.pod.uid === '' ? {} : { uid: this.options.pod.uid }),
       },
       resource: { name: s.ref.resource, type: s.ref.resourceType },

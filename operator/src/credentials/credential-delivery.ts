@@ -1,0 +1,224 @@
+// POST /credentials/v1/fetch: the upstream credential of a ProtectedResource, delivered to an attested
+// sidecar only (docs/injection.md, "Credentials out of the editors' reach"). The credential Secret lives in
+// a namespace the agents' editors cannot read (the operator's --credential-namespace); a ProtectedResource
+// names it with credentialSecretRef.namespace, and the Secret says which namespaces may use it
+// (annotation chaperone.dev/allowed-namespaces, comma-separated; nothing is allowed without it). The
+// operator answers a sidecar when:
+//   * its pod-bound token authenticates and its pod is attested (pod-attestation.ts),
+//   * the pod's namespace is strict (chaperone.dev/strict=true: no ephemeral container, no changed sidecar
+//     can reach what the sidecar holds),
+//   * the resource is one of the listeners of the sidecar's sealed configuration,
+//   * the ProtectedResource of the pod's namespace names a Secret of the credential namespace that allows
+//     the pod's namespace.
+// The answer carries the username, the password and the CA (when the resource names one), base64; the
+// operator logs a hash of the credential, never the values.
+import { createHash } from 'node:crypto';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import {
+  ApiException,
+  AuthenticationV1Api,
+  CoreV1Api,
+  CustomObjectsApi,
+  type KubeConfig,
+  type V1Secret,
+} from '@kubernetes/client-node';
+import { Counter, type Registry } from 'prom-client';
+import { parse } from 'yaml';
+import { GROUP, VERSION, type ProtectedResource } from '@chaperone/api';
+import { ANNOTATION_SIDECAR_CONFIG, LABEL_STRICT } from '../injection/constants.ts';
+import type { PublicKeys } from '../injection/sealed-pod.ts';
+import type { Logger } from '../observability/logger.ts';
+import { bearerToken, PodAttestor, Refused, statusBody } from '../audit/pod-attestation.ts';
+
+/** Annotation of a delivered credential Secret: the namespaces whose ProtectedResources may use it. */
+export const ANNOTATION_ALLOWED_NAMESPACES = 'chaperone.dev/allowed-namespaces';
+
+export interface DeliveredCredential {
+  /** base64 of each value. */
+  readonly username: string;
+  readonly password: string;
+  readonly ca?: string;
+}
+
+export interface CredentialDeliveryOptions {
+  readonly kubeConfig: KubeConfig;
+  /** The namespace delivered credentials live in. */
+  readonly credentialNamespace: string;
+  readonly publicKeys: () => PublicKeys;
+  readonly logger: Logger;
+  readonly registry?: Registry;
+}
+
+/** Whether a Secret of the credential namespace allows `namespace` (its allowed-namespaces annotation). */
+export function secretAllows(secret: V1Secret, namespace: string): boolean {
+  const allowed = secret.metadata?.annotations?.[ANNOTATION_ALLOWED_NAMESPACES] ?? '';
+  return allowed
+    .split(',')
+    .map((n) => n.trim())
+    .includes(namespace);
+}
+
+function readJson(req: IncomingMessage): Promise<unknown> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on('data', (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > 4096) {
+        reject(new Refused(413, 'RequestEntityTooLarge', 'request body over 4096 bytes'));
+        req.destroy();
+        return;
+      }
+      chunks.push(chunk);
+    });
+    req.on('end', () => {
+      try {
+        resolve(JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown);
+      } catch {
+        reject(new Refused(400, 'BadRequest', 'body is not JSON'));
+      }
+    });
+    req.on('error', reject);
+  });
+}
+
+const notFound = (err: unknown) => err instanceof ApiException && (err as ApiException<unknown>).code === 404;
+
+export function createCredentialDeliveryHandler(
+  options: CredentialDeliveryOptions,
+): (req: IncomingMessage, res: ServerResponse) => void {
+  const { kubeConfig, credentialNamespace } = options;
+  const core = kubeConfig.makeApiClient(CoreV1Api);
+  const custom = kubeConfig.makeApiClient(CustomObjectsApi);
+  const attestor = new PodAttestor({
+    authentication: kubeConfig.makeApiClient(AuthenticationV1Api),
+    core,
+    publicKeys: options.publicKeys,
+    // Each delivery sees the pod as it is now.
+    tokenCacheMs: 0,
+  });
+  const deliveries = new Counter({
+    name: 'chaperone_credential_deliveries_total',
+    help: 'Credentials delivered to attested sidecars, by result (delivered, or the refusal reason).',
+    labelNames: ['result'],
+    registers: options.registry === undefined ? [] : [options.registry],
+  });
+
+  const deliver = async (
+    req: IncomingMessage,
+  ): Promise<{ body: DeliveredCredential; log: Record<string, unknown> }> => {
+    if (req.method !== 'POST') throw new Refused(400, 'BadRequest', 'use POST');
+    const token = bearerToken(req);
+    const body = (await readJson(req)) as { resource?: unknown } | null;
+    const resourceName = body?.resource;
+    if (typeof resourceName !== 'string' || !/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/.test(resourceName)) {
+      throw new Refused(400, 'BadRequest', 'resource (a ProtectedResource name) is required');
+    }
+    const pod = await attestor.attest(token);
+    const namespace = await core.readNamespace({ name: pod.namespace });
+    if (namespace.metadata?.labels?.[LABEL_STRICT] !== 'true') {
+      throw new Refused(
+        403,
+        'Forbidden',
+        `credentials are delivered only into strict namespaces (label ${LABEL_STRICT}=true); ${pod.namespace} is not`,
+      );
+    }
+    // The sealed configuration (the seal covers it) names the resources this sidecar serves.
+    const config = parse(pod.pod.metadata?.annotations?.[ANNOTATION_SIDECAR_CONFIG] ?? '') as {
+      listeners?: { name?: string }[];
+    } | null;
+    if (!(config?.listeners ?? []).some((l) => l.name === resourceName)) {
+      throw new Refused(
+        403,
+        'Forbidden',
+        `the sidecar of pod ${pod.namespace}/${pod.name} does not serve ${resourceName}`,
+      );
+    }
+    const resource = (await custom
+      .getNamespacedCustomObject({
+        group: GROUP,
+        version: VERSION,
+        namespace: pod.namespace,
+        plural: 'protectedresources',
+        name: resourceName,
+      })
+      .catch((err: unknown) => {
+        if (notFound(err))
+          throw new Refused(404, 'NotFound', `ProtectedResource ${pod.namespace}/${resourceName} not found`);
+        throw err;
+      })) as ProtectedResource;
+    const ref = resource.spec.credentialSecretRef;
+    if (ref?.namespace !== credentialNamespace) {
+      throw new Refused(
+        403,
+        'Forbidden',
+        `ProtectedResource ${pod.namespace}/${resourceName} does not name a Secret of the credential namespace ${credentialNamespace}`,
+      );
+    }
+    const secret = await core
+      .readNamespacedSecret({ namespace: credentialNamespace, name: ref.name })
+      .catch((err: unknown) => {
+        if (notFound(err)) throw new Refused(404, 'NotFound', `Secret ${credentialNamespace}/${ref.name} not found`);
+        throw err;
+      });
+    if (!secretAllows(secret, pod.namespace)) {
+      throw new Refused(
+        403,
+        'Forbidden',
+        `Secret ${credentialNamespace}/${ref.name} does not allow namespace ${pod.namespace} (annotation ${ANNOTATION_ALLOWED_NAMESPACES})`,
+      );
+    }
+    const username = secret.data?.[ref.usernameKey];
+    const password = secret.data?.[ref.passwordKey];
+    if (username === undefined || password === undefined) {
+      throw new Refused(
+        404,
+        'NotFound',
+        `Secret ${credentialNamespace}/${ref.name} lacks ${ref.usernameKey} or ${ref.passwordKey}`,
+      );
+    }
+    let ca: string | undefined;
+    const caRef = resource.spec.tls?.caSecretRef;
+    if (caRef !== undefined) {
+      const caSecret = await core.readNamespacedSecret({ namespace: pod.namespace, name: caRef.name });
+      ca = caSecret.data?.[caRef.key];
+    }
+    const hash = createHash('sha256').update(username).update('\0').update(password).digest('hex').slice(0, 16);
+    return {
+      body: { username, password, ...(ca === undefined ? {} : { ca }) },
+      log: {
+        pod: `${pod.namespace}/${pod.name}`,
+        resource: resourceName,
+        secret: `${credentialNamespace}/${ref.name}`,
+        credentialHash: hash,
+      },
+    };
+  };
+
+  return (req, res) => {
+    deliver(req).then(
+      ({ body, log }) => {
+        deliveries.inc({ result: 'delivered' });
+        options.logger.info('credential delivered', log);
+        res
+          .writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store' })
+          .end(JSON.stringify(body));
+      },
+      (err: unknown) => {
+        const refused =
+          err instanceof Refused
+            ? err
+            : new Refused(500, 'InternalError', `delivery failed: ${(err as Error).message}`);
+        deliveries.inc({ result: refused.reason });
+        const fields = { code: refused.code, reason: refused.message };
+        if (refused.code >= 500) options.logger.error('credential delivery failed', fields);
+        else options.logger.info('credential delivery refused', fields);
+        if (!res.headersSent) {
+          res
+            .writeHead(refused.code, { 'content-type': 'application/json' })
+            .end(statusBody(refused.code, refused.reason, refused.message));
+        }
+      },
+    );
+  };
+}
