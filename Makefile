@@ -1,6 +1,7 @@
 # Chaperone — developer entry points. Every target installs what it needs first, idempotently.
 #   make demo    run the main job on a local control plane
-#   make test    lint, typecheck and the whole test suite (what CI runs)
+#   make test    lint, typecheck and the whole test suite (what CI runs), including the story on real pods
+#   make images  the operator, sidecar and agent images, built without a registry into .images/
 #   make bench   benchmarks against direct PostgreSQL and PgBouncer, ratios into bench/results.json
 SHELL := /usr/bin/env bash
 .SHELLFLAGS := -euo pipefail -c
@@ -39,6 +40,15 @@ tools: prerequisites ## Build kube-apiserver launcher, kubectl, opa and helm int
 packages: ## Install Debian packages the tests need (postgresql, pgbouncer) when missing.
 	@scripts/debian-packages.sh
 
+.PHONY: node
+node: tools ## Everything the local node needs: containerd, runc, CNI plugins, iptables (Debian); kubelet, kube-scheduler, kube-proxy, CoreDNS (Go module proxy, cached).
+	@scripts/debian-packages.sh node
+	@scripts/tools.sh node
+
+.PHONY: images
+images: deps tools packages ## Build the operator, sidecar, agent (and the node's pause) images into .images/, reproducibly, without a registry.
+	node images/build-images.ts
+
 .PHONY: drivers
 drivers: ## Install psycopg and the PostgreSQL JDBC driver (driver tests) into the per-machine cache, link .tools/drivers.
 	@scripts/drivers.sh
@@ -68,11 +78,11 @@ lint: deps ## eslint, prettier --check and the TypeScript typecheck.
 	@command -v gofmt >/dev/null && test -z "$$(gofmt -l e2e/controlplane)" || { echo "gofmt: e2e/controlplane needs formatting" >&2; exit 1; }
 
 .PHONY: test
-test: deps tools packages drivers lint ## Lint, then every test against a real control plane and PostgreSQL.
+test: deps tools packages drivers node images lint ## Lint, then every test against a real control plane and PostgreSQL; the story on a local node.
 	npm test --silent
 
 .PHONY: demo
-demo: deps tools packages ## Start a local control plane and PostgreSQL and walk through Chaperone.
+demo: deps tools packages node images ## Start a local control plane, node and PostgreSQL and walk through Chaperone on real pods.
 	node e2e/demo.ts
 
 .PHONY: bench
@@ -80,8 +90,8 @@ bench: deps tools packages ## Run the benchmarks; ratios to direct PostgreSQL an
 	node bench/run.ts
 
 .PHONY: clean
-clean: ## Remove build output and .tools (the per-machine tool cache is kept).
-	rm -rf dist */dist .tools e2e/.run
+clean: ## Remove build output, .images and .tools (the per-machine tool cache is kept).
+	rm -rf dist */dist .tools .images e2e/.run
 
 .PHONY: clean-cache
 clean-cache: ## Also remove this machine's tool cache (forces a full rebuild).

@@ -3,7 +3,7 @@ import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['**/node_modules/**', '**/dist/**', '.tools/**', 'charts/**', 'e2e/controlplane/**'] },
+  { ignores: ['**/node_modules/**', '**/dist/**', '.tools/**', '.images/**', 'charts/**', 'e2e/controlplane/**'] },
   js.configs.recommended,
   ...tseslint.configs.strictTypeChecked,
   {
@@ -31,7 +31,7 @@ export default tseslint.config(
   },
   {
     // Tests, benchmarks and command-line entry points talk to a terminal on purpose.
-    files: ['**/*.test.ts', 'e2e/**', 'bench/**', 'cli/**', '**/bin/**', '**/scripts/**'],
+    files: ['**/*.test.ts', 'e2e/**', 'bench/**', 'cli/**', 'images/**', '**/bin/**', '**/scripts/**'],
     rules: { 'no-console': 'off' },
   },
   {

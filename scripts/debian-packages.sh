@@ -1,18 +1,40 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests and benchmarks use, when they are missing:
-#   postgresql (server, psql, pgbench), pgbouncer (benchmark yardstick), qemu-user-static (the release test
-#   runs the linux/arm64 kubectl-chaperone with it), and an arm64 sysroot for that (below).
+#   (default)  postgresql (server, psql, pgbench), pgbouncer (benchmark yardstick), openssl,
+#              qemu-user-static (the release test runs the linux/arm64 kubectl-chaperone with it), and an
+#              arm64 sysroot for that (below)
+#   node       what the local node runs (e2e/harness/node.ts): containerd, runc, the CNI plugins,
+#              iptables (kube-proxy and the bridge plugin's masquerading, inside the node's own network
+#              namespace), and util-linux's unshare/nsenter
 # Idempotent: with everything present it only checks and prints nothing.
 set -euo pipefail
 
+group=${1:-tests}
 missing=()
-pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
-[[ -n "$pg_bin" && -x "$pg_bin/initdb" && -x "$pg_bin/postgres" ]] || missing+=(postgresql)
-command -v psql >/dev/null || missing+=(postgresql-client)
-command -v pgbench >/dev/null || missing+=(postgresql-contrib)
-[[ -x /usr/sbin/pgbouncer ]] || command -v pgbouncer >/dev/null || missing+=(pgbouncer)
-command -v openssl >/dev/null || missing+=(openssl)
-command -v qemu-aarch64-static >/dev/null || missing+=(qemu-user-static)
+services=()
+case "$group" in
+  tests)
+    pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+    [[ -n "$pg_bin" && -x "$pg_bin/initdb" && -x "$pg_bin/postgres" ]] || missing+=(postgresql)
+    command -v psql >/dev/null || missing+=(postgresql-client)
+    command -v pgbench >/dev/null || missing+=(postgresql-contrib)
+    [[ -x /usr/sbin/pgbouncer ]] || command -v pgbouncer >/dev/null || missing+=(pgbouncer)
+    command -v openssl >/dev/null || missing+=(openssl)
+    command -v qemu-aarch64-static >/dev/null || missing+=(qemu-user-static)
+    services=(postgresql pgbouncer)
+    ;;
+  node)
+    command -v containerd >/dev/null || missing+=(containerd)
+    command -v runc >/dev/null || missing+=(runc)
+    [[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/host-local && -x /usr/lib/cni/loopback ]] || missing+=(containernetworking-plugins)
+    command -v iptables >/dev/null || missing+=(iptables)
+    command -v unshare >/dev/null && command -v nsenter >/dev/null || missing+=(util-linux)
+    command -v ip >/dev/null || missing+=(iproute2)
+    command -v openssl >/dev/null || missing+=(openssl)
+    services=(containerd)
+    ;;
+  *) echo "debian-packages: unknown group '$group' (tests or node)" >&2; exit 2 ;;
+esac
 
 # The arm64 C runtime (glibc, libstdc++, libgcc) from Debian's arm64 packages, unpacked into the tool
 # cache, not installed: qemu-aarch64-static -L uses it as the root of the arm64 executable. apt reads and
@@ -39,8 +61,11 @@ arm64_sysroot() {
   fi
 }
 
+# What each group needs beyond packages.
+finish() { if [[ "$group" == tests ]]; then arm64_sysroot; fi; }
+
 if [[ ${#missing[@]} -eq 0 ]]; then
-  arm64_sysroot
+  finish
   exit 0
 fi
 
@@ -57,8 +82,8 @@ export DEBIAN_FRONTEND=noninteractive
 "${sudo[@]}" apt-get update -qq
 "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # The Debian packages start system services; the tests run their own throwaway servers instead.
-for svc in postgresql pgbouncer; do
+for svc in "${services[@]}"; do
   if command -v systemctl >/dev/null && systemctl is-active --quiet "$svc" 2>/dev/null; then "${sudo[@]}" systemctl stop "$svc" || true; fi
   if command -v service >/dev/null; then "${sudo[@]}" service "$svc" stop >/dev/null 2>&1 || true; fi
 done
-arm64_sysroot
+finish

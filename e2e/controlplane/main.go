@@ -1,7 +1,10 @@
 // Command controlplane runs a Kubernetes control plane on loopback for Chaperone's tests and demo:
 // embedded etcd and kube-apiserver in this process, kube-controller-manager in a child process of the
 // same binary (the two components keep process-wide state that must not be shared). There is no
-// scheduler and no kubelet: pods are stored and stay Pending, which is all the tests need.
+// scheduler and no kubelet here: pods are stored and stay Pending, which is all most tests need. The
+// local node (e2e/harness/node.ts: containerd, kubelet, kube-proxy, kube-scheduler, CoreDNS) joins this
+// control plane when a test or the demo needs pods to run; the controllers it relies on (node lifecycle,
+// EndpointSlices, pod garbage collection) run here, idle while there is no node.
 //
 // It generates a CA, serving and client certificates and service-account signing keys under
 // --data-dir, waits for /readyz, then writes an admin kubeconfig to --kubeconfig (atomically, so a
@@ -191,6 +194,14 @@ func apiserverArgs(o options, etcdURL, serverURL string, p pkiFiles) []string {
 		"--service-cluster-ip-range=10.96.0.0/16",
 		"--authorization-mode=Node,RBAC",
 		"--enable-admission-plugins=NamespaceLifecycle,ServiceAccount,NodeRestriction,MutatingAdmissionWebhook,ValidatingAdmissionWebhook,ValidatingAdmissionPolicy",
+		// Webhooks behind a Service are dialled at the Service's endpoint (pod) addresses rather than its
+		// ClusterIP: this process runs on the host, outside the node's network, where only pod addresses
+		// are routed (e2e/harness/node.ts), as with API servers outside the pod network in managed clusters.
+		"--enable-aggregator-routing=true",
+		// Logs, exec and port-forward reach the kubelet with a client certificate it verifies against this CA.
+		"--kubelet-client-certificate=" + p.kubeletClientCert,
+		"--kubelet-client-key=" + p.kubeletClientKey,
+		"--kubelet-preferred-address-types=InternalIP",
 		"--allow-privileged=true",
 		"--endpoint-reconciler-type=none",
 		"--profiling=false",
@@ -215,14 +226,17 @@ func startControllerManager(o options, kubeconfig string, p pkiFiles) (*exec.Cmd
 		"--root-ca-file="+p.caCert,
 		"--cluster-signing-cert-file="+p.caCert,
 		"--cluster-signing-key-file="+p.caKey,
-		// Only the controllers that make sense without nodes: service accounts and their CA bundle,
-		// namespaces, garbage collection, workload controllers that create Pods, RBAC aggregation, CSRs.
+		// Service accounts and their CA bundle, namespaces, garbage collection, workload controllers that
+		// create Pods, RBAC aggregation, CSRs; and for the local node: node lifecycle (lifts the not-ready
+		// taint once the kubelet reports Ready), taint eviction, pod garbage collection and EndpointSlices
+		// (Services in front of pods: kube-proxy, CoreDNS and webhook routing read them).
 		"--controllers=serviceaccount-controller,root-ca-certificate-publisher-controller,namespace-controller,"+
 			"garbage-collector-controller,deployment-controller,replicaset-controller,replicationcontroller-controller,"+
 			"statefulset-controller,job-controller,cronjob-controller,ttl-after-finished-controller,"+
 			"clusterrole-aggregation-controller,resourcequota-controller,disruption-controller,"+
 			"certificatesigningrequest-signing-controller,certificatesigningrequest-approving-controller,"+
-			"certificatesigningrequest-cleaner-controller",
+			"certificatesigningrequest-cleaner-controller,node-lifecycle-controller,taint-eviction-controller,"+
+			"pod-garbage-collector-controller,endpointslice-controller,endpoints-controller",
 		"--v="+strconv.Itoa(o.verbosity),
 	)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
@@ -325,6 +339,8 @@ type pkiFiles struct {
 	servingCert, servingKey string
 	adminCert, adminKey     string
 	saPublic, saPrivate     string
+	// kube-apiserver's client identity towards kubelets (system:masters, like kubeadm's apiserver-kubelet-client).
+	kubeletClientCert, kubeletClientKey string
 }
 
 // writePKI creates a CA, an API server serving certificate for loopback, an admin client certificate in
@@ -335,6 +351,7 @@ func writePKI(dir string) (pkiFiles, error) {
 		servingCert: filepath.Join(dir, "apiserver.crt"), servingKey: filepath.Join(dir, "apiserver.key"),
 		adminCert: filepath.Join(dir, "admin.crt"), adminKey: filepath.Join(dir, "admin.key"),
 		saPublic: filepath.Join(dir, "sa.pub"), saPrivate: filepath.Join(dir, "sa.key"),
+		kubeletClientCert: filepath.Join(dir, "apiserver-kubelet-client.crt"), kubeletClientKey: filepath.Join(dir, "apiserver-kubelet-client.key"),
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return p, err
@@ -388,6 +405,12 @@ func writePKI(dir string) (pkiFiles, error) {
 	}
 	if err := leaf(p.adminCert, p.adminKey, &x509.Certificate{
 		Subject:     pkix.Name{CommonName: "chaperone-admin", Organization: []string{"system:masters"}},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}); err != nil {
+		return p, err
+	}
+	if err := leaf(p.kubeletClientCert, p.kubeletClientKey, &x509.Certificate{
+		Subject:     pkix.Name{CommonName: "kube-apiserver-kubelet-client", Organization: []string{"system:masters"}},
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	}); err != nil {
 		return p, err
