@@ -1,0 +1,497 @@
+// The whole story on real pods, as a user lives it: `helm install` of charts/chaperone with the images
+// `make images` built, on a local node (containerd, kubelet, kube-proxy, kube-scheduler, CoreDNS; see
+// e2e/harness/node.ts) joined to the harness's control plane. The operator runs as two pods with leader
+// election and serves its webhooks through its Service; a ProtectedResource for the harness's PostgreSQL
+// (reached from pods through a selector-less Service); a read-only AccessPolicy; an annotated Job. The
+// webhook injects the native sidecar, the kubelet runs it before the agent and stops it after; the
+// agent (psql in the agent image) reaches PostgreSQL only through the sidecar with its projected token:
+// reads allowed, a write denied with 42501, going around the sidecar fails. The sidecar pod writes the
+// Sessions under the chart's admission policy and `kubectl chaperone verify --require-certified` passes.
+import { after, before, test, type TestContext } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import * as k8s from '@kubernetes/client-node';
+import { parseAllDocuments } from 'yaml';
+import {
+  AUDIT_AUTHORITY_JWKS_KEY,
+  AUDIT_AUTHORITY_NAME,
+  GROUP,
+  VERSION,
+  verifySignerCertificate,
+  type AccessPolicy,
+  type AccessPolicySpec,
+  type Session,
+} from '@chaperone/api';
+import {
+  ANNOTATION_INJECT,
+  ANNOTATION_RESOURCES,
+  LABEL_INJECTION,
+  LABEL_INJECTION_ENABLED,
+  SIDECAR_CONTAINER,
+  VOLUME_CREDENTIALS,
+} from '../../operator/src/injection/constants.ts';
+import { runCli } from '../audit/run-cli.ts';
+import { buildTrail, createSigner } from '../audit/trail-fixture.ts';
+import { createTestDatabase } from '../harness/databases.ts';
+import { ENV, controlPlaneEnv, postgresEnv } from '../harness/env.ts';
+import { createTestNamespace, kubeConfig, kubectl, statusOf } from '../harness/kube.ts';
+import {
+  LOCAL_NODE_NAME,
+  LOCAL_NODE_TOLERATION,
+  builtImageRef,
+  startLocalNode,
+  type LocalNode,
+} from '../harness/node.ts';
+import { poll } from '../harness/poll.ts';
+import { REPO_ROOT, toolPath } from '../harness/tools.ts';
+
+const run = promisify(execFile);
+const CHART = join(REPO_ROOT, 'charts', 'chaperone');
+/** Pods start on a shared 2-core machine: images unpack, Node.js starts, probes pass. */
+const POD_DEADLINE_MS = 240_000;
+
+let node: LocalNode;
+before(async () => {
+  const cp = controlPlaneEnv();
+  node = await startLocalNode({
+    runDir: process.env[ENV.runDir] ?? '',
+    controlPlane: { kubeconfig: cp.kubeconfig, server: cp.server, caFile: cp.caFile },
+    log: (line) => console.log(line),
+  });
+});
+after(async () => {
+  await node.stop();
+});
+
+const kc = kubeConfig();
+const core = kc.makeApiClient(k8s.CoreV1Api);
+const apps = kc.makeApiClient(k8s.AppsV1Api);
+const batch = kc.makeApiClient(k8s.BatchV1Api);
+const coordination = kc.makeApiClient(k8s.CoordinationV1Api);
+const discovery = kc.makeApiClient(k8s.DiscoveryV1Api);
+const admission = kc.makeApiClient(k8s.AdmissionregistrationV1Api);
+const custom = kc.makeApiClient(k8s.CustomObjectsApi);
+
+/** The Kubernetes version tools.env pins (what the harness's control plane runs). */
+function kubernetesVersion(): string {
+  const pinned = /^KUBERNETES_VERSION=v?(\S+)$/m.exec(readFileSync(join(REPO_ROOT, 'tools.env'), 'utf8'))?.[1];
+  assert.ok(pinned);
+  return pinned;
+}
+
+async function helm(args: string[]): Promise<string> {
+  const { stdout } = await run(toolPath('helm'), ['--kubeconfig', controlPlaneEnv().kubeconfig, ...args], {
+    maxBuffer: 16 * 1024 * 1024,
+  });
+  return stdout;
+}
+
+/** Why a pod is not where we wait for it to be: its status and the events about it. */
+async function describePods(namespace: string): Promise<string> {
+  const out = await kubectl(['get', 'pods', '-n', namespace, '-o', 'wide']).catch((e: unknown) => String(e));
+  const events = await kubectl(['get', 'events', '-n', namespace, '--sort-by=.lastTimestamp']).catch((e: unknown) =>
+    String(e),
+  );
+  return `${out}\n${events}\nkubelet:\n${node.logs('kubelet').split('\n').slice(-15).join('\n')}`;
+}
+
+/**
+ * The chart's own admission policies (Session writers and deletion, approval decisions), rendered for
+ * this release but bound to the story's namespace only: the control plane is shared with test files that
+ * write Sessions as test clients. Removed when the test ends.
+ */
+async function installChartAdmissionPolicies(t: TestContext, release: string, system: string, namespace: string) {
+  const rendered = await helm([
+    'template',
+    release,
+    CHART,
+    '--namespace',
+    system,
+    '--kube-version',
+    kubernetesVersion(),
+    '--show-only',
+    'templates/admission-policies.yaml',
+  ]);
+  const documents = parseAllDocuments(rendered)
+    .map((d) => d.toJS() as k8s.KubernetesObject | null)
+    .filter((d): d is k8s.KubernetesObject => d !== null);
+  const suffix = `-${namespace}`;
+  for (const doc of documents) {
+    const name = `${doc.metadata?.name ?? ''}${suffix}`;
+    (doc.metadata ??= {}).name = name;
+    if (doc.kind === 'ValidatingAdmissionPolicy') {
+      const policy = doc as k8s.V1ValidatingAdmissionPolicy;
+      await admission.createValidatingAdmissionPolicy({ body: policy });
+      t.after(() => admission.deleteValidatingAdmissionPolicy({ name }).then(() => undefined));
+    } else if (doc.kind === 'ValidatingAdmissionPolicyBinding') {
+      const binding = doc as k8s.V1ValidatingAdmissionPolicyBinding;
+      assert.ok(binding.spec);
+      binding.spec.policyName = `${binding.spec.policyName}${suffix}`;
+      const matchResources = binding.spec.matchResources ?? {};
+      matchResources.namespaceSelector = { matchLabels: { 'kubernetes.io/metadata.name': namespace } };
+      binding.spec.matchResources = matchResources;
+      await admission.createValidatingAdmissionPolicyBinding({ body: binding });
+      t.after(() => admission.deleteValidatingAdmissionPolicyBinding({ name }).then(() => undefined));
+    }
+  }
+  assert.ok(
+    documents.some((d) => d.kind === 'ValidatingAdmissionPolicy'),
+    'the chart renders admission policies',
+  );
+  // Enforced once the API server has loaded them: an administrator's Session write is refused from then on.
+  const [probe] = await buildTrail({ name: 'probe', namespace, signer: await createSigner() });
+  assert.ok(probe);
+  const { status: _status, ...body } = probe;
+  await poll('the Session writers policy to be enforced', () =>
+    custom
+      .createNamespacedCustomObject({
+        group: GROUP,
+        version: VERSION,
+        namespace,
+        plural: 'sessions',
+        body,
+        dryRun: 'All',
+      })
+      .then(
+        () => undefined,
+        (err: unknown) => (statusOf(err)?.code === 403 ? true : undefined),
+      ),
+  );
+}
+
+const READ_ONLY_ORDERS: AccessPolicySpec = {
+  resources: { names: ['orders-db'] },
+  rules: [
+    {
+      name: 'reads',
+      decision: 'allow',
+      match: { sql: { statementKinds: ['select', 'show', 'set', 'transaction'], sideEffects: false } },
+    },
+  ],
+  defaultDecision: 'deny',
+};
+
+/** The agent's script: a read, a write, and an attempt to go around the sidecar, each marked in its log. */
+function agentScript(directHost: string): string {
+  return [
+    'export PGPASSWORD="$(cat "$CHAPERONE_TOKEN_FILE")"',
+    'echo "== read"',
+    "psql -X -A -t -c 'select item from orders order by id' || exit 10",
+    'echo "== write"',
+    'if psql -X -A -t -v VERBOSITY=verbose -v ON_ERROR_STOP=1 -c "insert into orders values (3, \'plum\')" 2>&1; then exit 11; fi',
+    'echo "== around"',
+    `if PGHOST=${directHost} PGPORT=5432 PGSSLMODE=require PGCONNECT_TIMEOUT=10 psql -X -A -t -c 'select 1' 2>&1; then exit 12; fi`,
+    'echo "== done"',
+  ].join('\n');
+}
+
+test('helm install on a local node, then an annotated Job reads through its injected sidecar and is audited', async (t) => {
+  const suffix = randomBytes(3).toString('hex');
+  const release = `story-${suffix}`;
+  const system = `chaperone-story-${suffix}`;
+  const ns = await createTestNamespace(t, { [LABEL_INJECTION]: LABEL_INJECTION_ENABLED });
+  const cp = controlPlaneEnv();
+
+  // 1. helm install, with the images `make images` imported into the node and the chart's defaults
+  // otherwise: two replicas, leader election, webhooks behind their Service, audit authority. Scoped to
+  // the story's namespace, because other test files share this control plane.
+  const operatorImage = builtImageRef('operator');
+  const sidecarImage = builtImageRef('sidecar');
+  const split = (ref: string) => ({
+    repository: ref.slice(0, ref.lastIndexOf(':')),
+    tag: ref.slice(ref.lastIndexOf(':') + 1),
+  });
+  t.after(async () => {
+    await helm(['uninstall', release, '--namespace', system, '--wait', '--timeout', '2m']).catch(() => undefined);
+    await core.deleteNamespace({ name: system }).catch(() => undefined);
+  });
+  await helm([
+    'install',
+    release,
+    CHART,
+    '--namespace',
+    system,
+    '--create-namespace',
+    '--wait',
+    '--timeout',
+    `${String(POD_DEADLINE_MS / 1000)}s`,
+    '--set',
+    `image.repository=${split(operatorImage).repository}`,
+    '--set',
+    `image.tag=${split(operatorImage).tag}`,
+    '--set',
+    `sidecarImage.repository=${split(sidecarImage).repository}`,
+    '--set',
+    `sidecarImage.tag=${split(sidecarImage).tag}`,
+    '--set',
+    `serviceAccountIssuer=${cp.issuer}`,
+    '--set',
+    `watchNamespace=${ns}`,
+    '--set',
+    'admissionPolicies.enabled=false',
+    '--set-json',
+    `tolerations=${JSON.stringify([LOCAL_NODE_TOLERATION])}`,
+  ]).catch(async (err: unknown) => {
+    throw new Error(`helm install failed: ${String(err)}\n${await describePods(system)}`, { cause: err });
+  });
+
+  const deployment = (await apps.listNamespacedDeployment({ namespace: system })).items[0];
+  assert.ok(deployment?.metadata?.name);
+  assert.equal(deployment.status?.readyReplicas, 2, 'both operator replicas pass their readiness probe');
+  const operatorPods = (
+    await core.listNamespacedPod({ namespace: system, labelSelector: `app.kubernetes.io/instance=${release}` })
+  ).items;
+  assert.equal(operatorPods.length, 2);
+  for (const pod of operatorPods) {
+    assert.equal(pod.status?.phase, 'Running');
+    assert.equal(pod.spec?.nodeName, LOCAL_NODE_NAME, 'scheduled onto the local node and run by its kubelet');
+    const container = pod.status.containerStatuses?.[0];
+    assert.equal(container?.ready, true);
+    assert.equal(container.image, operatorImage);
+    // runAsNonRoot with no runAsUser in the pod: the kubelet ran it only because the image's USER is 65532.
+    assert.equal(pod.spec.securityContext?.runAsNonRoot, true);
+    assert.equal(pod.spec.containers[0]?.securityContext?.readOnlyRootFilesystem, true);
+  }
+  // Leader election: one replica holds the Lease.
+  const lease = await poll('an operator replica to hold the leader Lease', async () => {
+    const leases = await coordination.listNamespacedLease({ namespace: system });
+    return leases.items.find((l) =>
+      operatorPods.some((p) => l.spec?.holderIdentity?.includes(p.metadata?.name ?? '-')),
+    );
+  });
+  assert.ok(lease.spec?.holderIdentity);
+  // The webhook Service has both replicas as endpoints; the operator wrote its CA into the configuration.
+  const webhookService = `${release}-chaperone-webhook`;
+  const slices = await discovery.listNamespacedEndpointSlice({
+    namespace: system,
+    labelSelector: `kubernetes.io/service-name=${webhookService}`,
+  });
+  assert.equal(slices.items.flatMap((s) => s.endpoints).filter((e) => e?.conditions?.ready === true).length, 2);
+  const mutating = await poll('the operator to write its CA into the mutating webhook', async () => {
+    const config = await admission.readMutatingWebhookConfiguration({ name: `${release}-chaperone-pod-injector` });
+    return (config.webhooks?.[0]?.clientConfig.caBundle ?? '') === '' ? undefined : config;
+  });
+  assert.equal(mutating.webhooks?.[0]?.clientConfig.service?.name, webhookService);
+
+  await installChartAdmissionPolicies(t, release, system, ns);
+
+  // 2. The harness's PostgreSQL as an external database behind a Service without a selector, as a
+  // platform team would publish one: pods resolve postgres.<ns>.svc through CoreDNS and reach it
+  // through kube-proxy. Its certificate names `localhost`: the resource says so (tls.serverName).
+  const pg = postgresEnv();
+  const exposed = await node.exposeHostPort(pg.port);
+  await core.createNamespacedService({
+    namespace: ns,
+    body: { metadata: { name: 'postgres' }, spec: { ports: [{ name: 'postgres', port: 5432, protocol: 'TCP' }] } },
+  });
+  await discovery.createNamespacedEndpointSlice({
+    namespace: ns,
+    body: {
+      metadata: { name: 'postgres-1', labels: { 'kubernetes.io/service-name': 'postgres' } },
+      addressType: 'IPv4',
+      endpoints: [{ addresses: [exposed.host], conditions: { ready: true } }],
+      ports: [{ name: 'postgres', port: exposed.port, protocol: 'TCP' }],
+    },
+  });
+  const database = await createTestDatabase(
+    t,
+    "create table orders (id int primary key, item text not null); insert into orders values (1, 'apple'), (2, 'pear');",
+  );
+  await core.createNamespacedSecret({
+    namespace: ns,
+    body: { metadata: { name: 'orders-db-credentials' }, stringData: { username: pg.user, password: pg.password } },
+  });
+  await core.createNamespacedSecret({
+    namespace: ns,
+    body: { metadata: { name: 'orders-db-ca' }, stringData: { 'ca.crt': readFileSync(pg.caFile, 'utf8') } },
+  });
+  await custom.createNamespacedCustomObject({
+    group: GROUP,
+    version: VERSION,
+    namespace: ns,
+    plural: 'protectedresources',
+    body: {
+      apiVersion: `${GROUP}/${VERSION}`,
+      kind: 'ProtectedResource',
+      metadata: { name: 'orders-db' },
+      spec: {
+        type: 'postgres',
+        endpoint: { host: `postgres.${ns}.svc`, port: 5432, database },
+        tls: { mode: 'verify-full', serverName: 'localhost', caSecretRef: { name: 'orders-db-ca', key: 'ca.crt' } },
+        credentialSecretRef: { name: 'orders-db-credentials', usernameKey: 'username', passwordKey: 'password' },
+      },
+    },
+  });
+
+  // 3. The policy, compiled by the operator's leader (opa in its image) into a bundle ConfigMap.
+  await custom.createNamespacedCustomObject({
+    group: GROUP,
+    version: VERSION,
+    namespace: ns,
+    plural: 'accesspolicies',
+    body: {
+      apiVersion: `${GROUP}/${VERSION}`,
+      kind: 'AccessPolicy',
+      metadata: { name: 'orders-read-only' },
+      spec: READ_ONLY_ORDERS,
+    },
+  });
+  await poll(
+    'the operator pods to compile the policy into its bundle ConfigMap',
+    async () => {
+      const policy = (await custom.getNamespacedCustomObject({
+        group: GROUP,
+        version: VERSION,
+        namespace: ns,
+        plural: 'accesspolicies',
+        name: 'orders-read-only',
+      })) as AccessPolicy;
+      const bundle = policy.status?.bundle;
+      if (bundle === undefined) return undefined;
+      return core.readNamespacedConfigMap({ namespace: ns, name: bundle.configMapName });
+    },
+    POD_DEADLINE_MS,
+  );
+  await poll('the ProtectedResource controller to grant the sidecar its Role', async () => {
+    const roles = await kc.makeApiClient(k8s.RbacAuthorizationV1Api).listNamespacedRole({ namespace: ns });
+    return roles.items.length > 0 ? true : undefined;
+  });
+
+  // 4. An annotated Job. The agent image has psql and kubectl; it knows nothing of Chaperone.
+  const agentImage = builtImageRef('agent');
+  await batch.createNamespacedJob({
+    namespace: ns,
+    body: {
+      metadata: { name: 'orders-report' },
+      spec: {
+        backoffLimit: 0,
+        template: {
+          metadata: {
+            labels: { app: 'orders-report' },
+            annotations: { [ANNOTATION_INJECT]: 'true', [ANNOTATION_RESOURCES]: 'orders-db' },
+          },
+          spec: {
+            restartPolicy: 'Never',
+            tolerations: [LOCAL_NODE_TOLERATION],
+            containers: [{ name: 'agent', image: agentImage, args: ['-c', agentScript(`postgres.${ns}.svc`)] }],
+          },
+        },
+      },
+    },
+  });
+  const job = await poll(
+    'the Job to finish',
+    async () => {
+      const j = await batch.readNamespacedJob({ namespace: ns, name: 'orders-report' });
+      return (j.status?.succeeded ?? 0) + (j.status?.failed ?? 0) > 0 ? j : undefined;
+    },
+    POD_DEADLINE_MS,
+  )
+    .then((j) => {
+      if (j.status?.succeeded !== 1) throw new Error('the Job failed');
+      return j;
+    })
+    .catch(async (err: unknown) => {
+      const logs = await kubectl(['logs', '-n', ns, 'job/orders-report', '--all-containers']).catch((e: unknown) =>
+        String(e),
+      );
+      throw new Error(`${String(err)}\n${await describePods(ns)}\nlogs:\n${logs}`, { cause: err });
+    });
+  assert.equal(job.status?.succeeded, 1);
+
+  // 5. The pod as the kubelet ran it: the sidecar injected as a native sidecar, started first, stopped
+  // after the agent finished; the agent holds no credential.
+  const [pod] = (await core.listNamespacedPod({ namespace: ns, labelSelector: 'app=orders-report' })).items;
+  assert.ok(pod?.metadata?.name);
+  assert.equal(pod.status?.phase, 'Succeeded');
+  assert.equal(pod.spec?.nodeName, LOCAL_NODE_NAME);
+  const sidecarSpec = pod.spec.initContainers?.find((c) => c.name === SIDECAR_CONTAINER);
+  assert.equal(sidecarSpec?.restartPolicy, 'Always', 'a native sidecar');
+  assert.equal(sidecarSpec.image, sidecarImage);
+  const sidecarStatus = pod.status.initContainerStatuses?.find((c) => c.name === SIDECAR_CONTAINER);
+  const sidecarEnded = sidecarStatus?.state?.terminated;
+  assert.ok(sidecarEnded, 'the kubelet stopped the sidecar when the Job finished');
+  assert.equal(sidecarEnded.exitCode, 0, 'the sidecar shut down cleanly on SIGTERM');
+  const agentEnded = pod.status.containerStatuses?.find((c) => c.name === 'agent')?.state?.terminated;
+  assert.ok(agentEnded);
+  assert.equal(agentEnded.exitCode, 0);
+  assert.ok(
+    (sidecarEnded.startedAt?.getTime() ?? Infinity) <= (agentEnded.startedAt?.getTime() ?? 0),
+    'the sidecar started before the agent',
+  );
+  const agentSpec = pod.spec.containers.find((c) => c.name === 'agent');
+  assert.ok(!(agentSpec?.volumeMounts ?? []).some((m) => m.name === VOLUME_CREDENTIALS));
+  assert.ok(!(agentSpec?.env ?? []).some((e) => e.valueFrom?.secretKeyRef !== undefined));
+
+  // 6. What the agent saw: its reads, a denial of its write, no way around the sidecar.
+  const logs = await kubectl(['logs', '-n', ns, pod.metadata.name, '-c', 'agent']);
+  const section = (name: string) => logs.split(`== ${name}\n`)[1]?.split('\n== ')[0] ?? '';
+  assert.equal(section('read').trim(), 'apple\npear');
+  assert.match(section('write'), /ERROR:\s+42501/);
+  assert.match(section('around'), /authentication failed|does not exist|no pg_hba\.conf entry/);
+  assert.match(logs, /== done/);
+  const rows = await run('psql', [
+    '-X',
+    '-A',
+    '-t',
+    '-c',
+    'select count(*) from orders',
+    `host=127.0.0.1 port=${String(pg.port)} dbname=${database} user=${pg.user} password=${pg.password} sslmode=require`,
+  ]);
+  assert.equal(rows.stdout.trim(), '2', 'the denied write never reached PostgreSQL');
+
+  // 7. The audit trail, written by the sidecar pod itself under the chart's admission policy.
+  const sessions = await poll(
+    'the sidecar to write both sessions as Closed Session objects',
+    async () => {
+      const list = (await custom.listNamespacedCustomObject({
+        group: GROUP,
+        version: VERSION,
+        namespace: ns,
+        plural: 'sessions',
+      })) as { items: Session[] };
+      const closed = list.items.filter((s) => s.status?.phase === 'Closed');
+      return closed.length >= 2 ? closed : undefined;
+    },
+    POD_DEADLINE_MS,
+  );
+  const decisions = sessions
+    .flatMap((s) => s.spec.records)
+    .filter((r) => r.type === 'command.decision')
+    .map((r) => [r.command?.text, r.decision?.result]);
+  assert.deepEqual(decisions.sort(), [
+    ["insert into orders values (3, 'plum')", 'deny'],
+    ['select item from orders order by id', 'allow'],
+  ]);
+  const authorityJwks = JSON.parse(
+    (await core.readNamespacedConfigMap({ namespace: system, name: AUDIT_AUTHORITY_NAME })).data?.[
+      AUDIT_AUTHORITY_JWKS_KEY
+    ] ?? '{"keys":[]}',
+  ) as { keys: Parameters<typeof verifySignerCertificate>[1] };
+  for (const session of sessions) {
+    assert.deepEqual(session.spec.pod, { name: pod.metadata.name, uid: pod.metadata.uid ?? '' });
+    assert.equal(session.spec.identity.subject, `system:serviceaccount:${ns}:default`);
+    // The operator pods certified the sidecar's key for exactly this pod, over the webhook Service.
+    const certificate = await verifySignerCertificate(session.spec.signer?.certificate ?? '', authorityJwks.keys);
+    assert.deepEqual(certificate.pod, { namespace: ns, name: pod.metadata.name, uid: pod.metadata.uid ?? '' });
+  }
+  const verify = await runCli([
+    'verify',
+    '--all',
+    '-n',
+    ns,
+    '--kubeconfig',
+    cp.kubeconfig,
+    '--authority-namespace',
+    system,
+    '--require-certified',
+    '-o',
+    'json',
+  ]);
+  assert.equal(verify.code, 0, `kubectl chaperone verify:\n${verify.stdout}${verify.stderr}`);
+  assert.equal((JSON.parse(verify.stdout) as { keyTrust: string }).keyTrust, 'certified');
+});
