@@ -32,6 +32,7 @@ import {
   mkdirSync,
   readFileSync,
   readdirSync,
+  readlinkSync,
   rmSync,
   rmdirSync,
   writeFileSync,
@@ -121,6 +122,8 @@ export interface LocalNode {
   readonly dir: string;
   /** containerd's socket (for `ctr -a SOCKET -n k8s.io ...`). */
   readonly containerdSocket: string;
+  /** Where the node lives on the host: its namespaces' init, the namespaces, its cgroup root, the host end of its link. */
+  readonly host: NodeHostHandles;
   /** Makes a server on 127.0.0.1:port reachable from pods at hostIp:port (the same port number when free). */
   exposeHostPort(port: number): Promise<{ host: string; port: number }>;
   importImages(archives: readonly string[]): Promise<void>;
@@ -129,6 +132,17 @@ export interface LocalNode {
   /** Runs a command inside the node's namespaces (for example `iptables-save`) and returns its stdout. */
   exec(command: string, args: readonly string[]): Promise<string>;
   stop(): Promise<void>;
+}
+
+export interface NodeHostHandles {
+  /** Host pid of the init of the node's PID namespace (killing it ends every process of the node). */
+  readonly initPid: number;
+  /** The node's namespaces as /proc/PID/ns links read them, e.g. `pid:[4026532301]`. */
+  readonly namespaces: { readonly pid: string; readonly mnt: string; readonly net: string };
+  /** Name of the kubelet's cgroup root in every hierarchy. */
+  readonly cgroupRoot: string;
+  /** Host end of the node's veth pair. */
+  readonly veth: string;
 }
 
 export type NodeComponent = 'containerd' | 'kubelet' | 'kube-proxy' | 'kube-scheduler' | 'coredns';
@@ -156,8 +170,13 @@ function run(command: string, args: readonly string[]): string {
   return execFileSync(command, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
 }
 
-/** Kills what a killed harness left of its nodes: processes still in their cgroups, the cgroups, network claims. */
-export function reapDeadNodes(): void {
+/**
+ * Removes what a killed harness left of its nodes: processes still in their cgroups, the cgroups, network
+ * claims, and (given the run directory) node directories whose owner is gone. Every namespace dies with its
+ * init when the owner's pipe closes, and the veth pair and the host's route with the network namespace;
+ * what is left here is what the kernel does not remove by itself. startLocalNode calls it first.
+ */
+export function reapDeadNodes(runDir?: string): void {
   for (const root of nodeCgroupRoots()) {
     const owner = Number(/^chaperone-node-(\d+)-/.exec(root)?.[1]);
     if (Number.isInteger(owner) && owner > 0 && owner !== process.pid && isAlive(owner)) continue;
@@ -170,6 +189,35 @@ export function reapDeadNodes(): void {
       rmSync(join(NETWORK_CLAIMS, claim), { recursive: true, force: true });
     }
     if (readdirSync(NETWORK_CLAIMS).length === 0) rmSync(NETWORK_CLAIMS, { recursive: true, force: true });
+  }
+  if (runDir !== undefined && existsSync(runDir)) {
+    for (const entry of readdirSync(runDir)) {
+      const owner = Number(/^node-(\d+)-\d+$/.exec(entry)?.[1]);
+      if (!Number.isInteger(owner) || owner <= 0 || owner === process.pid || isAlive(owner)) continue;
+      // Its init exits when the owner's pipe closes; should it still be there, end it (and so the node).
+      const init = Number(readIfPresent(join(runDir, entry, 'init.pid')));
+      if (Number.isInteger(init) && init > 0 && readIfPresent(`/proc/${String(init)}/cmdline`) === INIT_CMDLINE) {
+        try {
+          process.kill(init, 'SIGKILL');
+        } catch {
+          // gone meanwhile
+        }
+      }
+      rmSync(join(runDir, entry), { recursive: true, force: true });
+      rmSync(join(runDir, `node-${String(owner)}.server-pid`), { force: true });
+    }
+  }
+}
+
+/** The node namespace init's command line, as /proc/PID/cmdline shows it. */
+const INIT_SCRIPT = 'echo ready; read -r _';
+const INIT_CMDLINE = ['/bin/sh', '-c', INIT_SCRIPT, ''].join('\0');
+
+function readIfPresent(path: string): string | undefined {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch {
+    return undefined;
   }
 }
 
@@ -412,7 +460,7 @@ export async function startLocalNode(options: LocalNodeOptions): Promise<LocalNo
   // Set once this run's node lock is ours: waiting for another test file's node is not slowness.
   let deadline: number;
   let started: number;
-  reapDeadNodes();
+  reapDeadNodes(options.runDir);
   const index = claimNetwork();
   const hostIp = `10.213.${index}.1`;
   const nodeIp = `10.213.${index}.2`;
@@ -434,6 +482,7 @@ export async function startLocalNode(options: LocalNodeOptions): Promise<LocalNo
   const children: ChildProcess[] = [];
   let init: { flock: ChildProcess; pid: number } | undefined;
   let runningInit = 0;
+  let namespaces: NodeHostHandles['namespaces'];
   const kc = new k8s.KubeConfig();
   kc.loadFromFile(options.controlPlane.kubeconfig);
   const core = kc.makeApiClient(k8s.CoreV1Api);
@@ -477,6 +526,7 @@ export async function startLocalNode(options: LocalNodeOptions): Promise<LocalNo
     } catch {
       // another node's claim is there, or the directory is gone
     }
+    rmSync(join(options.runDir, `node-${String(process.pid)}.server-pid`), { force: true });
     if (process.env.CHAPERONE_KEEP_RUN_DIR === undefined) rmSync(dir, { recursive: true, force: true });
   };
 
@@ -498,7 +548,7 @@ export async function startLocalNode(options: LocalNodeOptions): Promise<LocalNo
         '--',
         '/bin/sh',
         '-c',
-        'echo ready; read -r _',
+        INIT_SCRIPT,
       ],
       { stdio: ['pipe', 'pipe', 'pipe'] },
     );
@@ -516,6 +566,8 @@ export async function startLocalNode(options: LocalNodeOptions): Promise<LocalNo
     const initPid = nsInitPid(flock.pid ?? 0);
     init = { flock, pid: initPid };
     runningInit = initPid;
+    const nsLink = (kind: string) => readlinkSync(`/proc/${String(initPid)}/ns/${kind}`);
+    namespaces = { pid: nsLink('pid'), mnt: nsLink('mnt'), net: nsLink('net') };
     recordServer(options.runDir, `node-${String(process.pid)}`, initPid);
     writeFileSync(join(dir, 'init.pid'), String(initPid));
     createCgroupRoot(cgroupRoot);
@@ -571,6 +623,8 @@ export async function startLocalNode(options: LocalNodeOptions): Promise<LocalNo
       writeFileSync(join(dir, `${name}.kubeconfig`), kubeconfig(server, caFile, pki, name));
     }
     writeConfigs({ dir, socket, nodeIp, podCidr, cgroupRoot, caFile });
+    // A Node object left by a killed run would report its old kubelet's Ready until marked stale.
+    await core.deleteNode({ name: LOCAL_NODE_NAME, gracePeriodSeconds: 0 }).catch(() => undefined);
     await applyNodeObjects(kc, { hostIp, apiPort: apiForwarder.port });
 
     // 5. The programs, inside the namespaces.
@@ -684,6 +738,7 @@ export async function startLocalNode(options: LocalNodeOptions): Promise<LocalNo
     podCidr,
     dir,
     containerdSocket: socket,
+    host: { initPid: runningInit, namespaces, cgroupRoot, veth },
     async exposeHostPort(port) {
       const forwarder = await forwardTcp(hostIp, port, port).catch(() => forwardTcp(hostIp, 0, port));
       forwarders.push(forwarder);
