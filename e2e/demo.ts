@@ -6,7 +6,7 @@
 // nested agents through the token exchange (e2e/identity/demo-nested-agents.ts), a policy change reaching a
 // live session, and the auditor's view of the Session objects the sidecar wrote.
 // Everything it starts is stopped at the end (or on Ctrl-C); pass --keep to leave it running until Ctrl-C.
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { createWriteStream, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { delimiter, dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -18,6 +18,7 @@ import { ENV } from './harness/env.ts';
 import { applyCrds } from './harness/kube.ts';
 import { SIDECAR_CONTAINER } from '../operator/src/injection/constants.ts';
 import { materialiseSidecar, materialiseVolumes, type MaterialisedSidecar } from './harness/materialise-pod.ts';
+import { LOCAL_NODE_TOLERATION, builtImageRef, startLocalNode, type LocalNode } from './harness/node.ts';
 import { freePort, startPostgres, type PostgresCluster } from './harness/postgres.ts';
 import { createRunDirectory, stopProcess } from './harness/processes.ts';
 import { REPO_ROOT, toolPath } from './harness/tools.ts';
@@ -30,6 +31,7 @@ let postgres: PostgresCluster | undefined;
 let operator: ChildProcess | undefined;
 let sidecar: MaterialisedSidecar | undefined;
 let liveSession: ChildProcess | undefined;
+let node: LocalNode | undefined;
 let operatorStopping = false;
 const runDir = createRunDirectory();
 
@@ -105,6 +107,8 @@ async function cleanup(): Promise<void> {
   await sidecar?.stop().catch(() => undefined);
   operatorStopping = true;
   if (operator !== undefined) await stopProcess(operator, 10_000).catch(() => undefined);
+  // The node first, while the API server it tidies up after runs.
+  await node?.stop().catch(() => undefined);
   await Promise.allSettled([controlPlane?.stop(), postgres?.stop()]);
   rmSync(runDir, { recursive: true, force: true });
 }
@@ -145,9 +149,19 @@ function claims(token: string): Record<string, unknown> {
 }
 
 /** psql as a long-lived process driven through its stdin: one client session, statement by statement. */
-function startLiveSession(env: NodeJS.ProcessEnv): { run(sql: string): Promise<void>; close(): Promise<void> } {
+function startLiveSession(env: NodeJS.ProcessEnv): LiveSession {
   const child = spawn('psql', ['-X', '-v', 'VERBOSITY=verbose'], { env, stdio: ['pipe', 'pipe', 'pipe'] });
   liveSession = child;
+  return driveSession(child);
+}
+
+interface LiveSession {
+  run(sql: string): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** Drives a psql child process through its stdin, printing each statement's answer. */
+function driveSession(child: ChildProcessWithoutNullStreams): LiveSession {
   let out = '';
   let err = '';
   child.stdout.on('data', (d: Buffer) => (out += d.toString('utf8')));
@@ -253,6 +267,100 @@ insert into orders values (1001, 1, 'shipped', 129.90), (1002, 2, 'pending', 42.
     { env: direct },
   );
 
+  const demo: DemoContext = { controlPlane, postgres, kubectl, kube, kubeIn, kc, core };
+  let finish: () => Promise<void>;
+  node = process.argv.includes('--no-node') ? undefined : await startNodeOrExplain(controlPlane);
+  if (node === undefined) finish = await localProcessDemo(demo);
+  else finish = await realPodsDemo(demo, node);
+
+  if (keep) {
+    step(`Left running; KUBECONFIG=${controlPlane.kubeconfig}. Press Ctrl-C to stop.`);
+    await new Promise(() => undefined);
+  }
+  step('Done; stopping everything the demo started');
+  await finish();
+  console.log(`demo took ${((Date.now() - started) / 1000).toFixed(0)} s`);
+} catch (err) {
+  // Ctrl-C tears the servers down under the running step; its error is not news.
+  if (interrupt.requested) await new Promise(() => undefined);
+  console.error(`\n\x1b[31mdemo failed: ${err instanceof Error ? err.message : String(err)}\x1b[0m`);
+  const stderr = (err as { stderr?: string }).stderr;
+  if (typeof stderr === 'string' && stderr !== '') console.error(stderr);
+  process.exitCode = 1;
+} finally {
+  if (!keep || process.exitCode === 1) await cleanup();
+}
+
+function currentDigest(kubectl: string): string {
+  return execFileSync(
+    kubectl,
+    ['get', 'accesspolicy', 'orders-readonly', '-n', 'ci', '-o', 'jsonpath={.status.bundle.digest}'],
+    { encoding: 'utf8' },
+  ).trim();
+}
+
+/** The injected parts of a pod, compactly: sidecar, agent env and mounts, volumes, token automount. */
+function summarisePod(pod: k8s.V1Pod): string {
+  const spec = pod.spec;
+  const lines: string[] = [];
+  const sidecarContainer = spec?.initContainers?.find((ic) => ic.name === SIDECAR_CONTAINER);
+  if (sidecarContainer !== undefined) {
+    lines.push(
+      `initContainers[0]: ${sidecarContainer.name} image=${String(sidecarContainer.image)} ` +
+        `restartPolicy=${String(sidecarContainer.restartPolicy)} (native sidecar) args=${JSON.stringify(sidecarContainer.args)}`,
+      `  env: ${(sidecarContainer.env ?? []).map((e) => `${e.name}=(${e.valueFrom?.fieldRef?.fieldPath ?? 'ref'})`).join(' ')}`,
+      `  mounts: ${(sidecarContainer.volumeMounts ?? []).map((m) => `${m.name}→${m.mountPath}`).join(', ')}`,
+    );
+  }
+  for (const container of spec?.containers ?? []) {
+    lines.push(
+      `containers: ${container.name}`,
+      `  env: ${(container.env ?? []).map((e) => `${e.name}=${e.value ?? '(ref)'}`).join(' ')}`,
+      `  mounts: ${(container.volumeMounts ?? []).map((m) => `${m.name}→${m.mountPath}`).join(', ') || '(none)'}`,
+    );
+  }
+  lines.push('volumes:');
+  for (const v of spec?.volumes ?? []) {
+    const sources = (v.projected?.sources ?? []).map((s) =>
+      s.secret !== undefined
+        ? `secret ${String(s.secret.name)}`
+        : s.configMap !== undefined
+          ? `configMap ${String(s.configMap.name)}`
+          : s.serviceAccountToken !== undefined
+            ? `token aud=${s.serviceAccountToken.audience ?? '(API server)'}`
+            : 'downwardAPI',
+    );
+    const kind =
+      v.projected !== undefined
+        ? `projected: ${sources.join(', ')}`
+        : v.downwardAPI
+          ? 'downwardAPI'
+          : `emptyDir sizeLimit=${v.emptyDir?.sizeLimit ?? '(none)'}`;
+    lines.push(`  ${v.name}: ${kind}`);
+  }
+  lines.push(`automountServiceAccountToken: ${String(spec?.automountServiceAccountToken)}`);
+  lines.push(`annotations: ${Object.keys(pod.metadata?.annotations ?? {}).join(', ')}`);
+  return lines.join('\n');
+}
+
+/** What both ways through the demo share: the servers and kubectl. */
+interface DemoContext {
+  readonly controlPlane: ControlPlane;
+  readonly postgres: PostgresCluster;
+  readonly kubectl: string;
+  readonly kube: (...args: string[]) => string;
+  readonly kubeIn: (input: string, ...args: string[]) => string;
+  readonly kc: k8s.KubeConfig;
+  readonly core: k8s.CoreV1Api;
+}
+
+/**
+ * Without a node (it could not start here, or --no-node): the operator bin as a local process with its
+ * webhooks registered by URL, and the injected sidecar started as a local process from the stored pod spec.
+ * Returns how to stop what it started.
+ */
+async function localProcessDemo(demo: DemoContext): Promise<() => Promise<void>> {
+  const { controlPlane, postgres, kubectl, kube, kubeIn, kc, core } = demo;
   // ---- The real components, end to end -------------------------------------------------------------
   step('Starting the operator (the chaperone-operator bin) scoped to namespace ci, webhooks registered by URL');
   note('a CI namespace opted in to injection by label; the operator namespace holds its webhook certificate');
@@ -353,7 +461,6 @@ spec:
   kube('get', 'configmap', '-n', 'ci', '-l', 'app.kubernetes.io/component=policy-bundle');
 
   step('A CI Job opts in with two annotations; the webhook injects the sidecar into its pod');
-  logMark = operatorLog.length;
   kubeIn(
     `apiVersion: batch/v1
 kind: Job
@@ -573,79 +680,334 @@ spec:
   chaperone('verify', '--all', '-n', 'ci', '--require-certified');
   console.log('kubectl chaperone verify: exit 0');
 
-  if (keep) {
-    step(`Left running; KUBECONFIG=${controlPlane.kubeconfig}. Press Ctrl-C to stop.`);
-    await new Promise(() => undefined);
-  }
-  step('Done; stopping everything the demo started');
-  await sidecar.stop();
-  sidecar = undefined;
-  operatorStopping = true;
-  operatorProcess.kill('SIGTERM');
-  const code = await operatorExit;
-  operator = undefined;
-  console.log(`operator: SIGTERM → exit ${String(code)}; sidecar stopped; stopping the control plane and PostgreSQL`);
-  if (code !== 0) throw new Error(`the operator exited with ${String(code)}`);
-  console.log(`demo took ${((Date.now() - started) / 1000).toFixed(0)} s`);
-} catch (err) {
-  // Ctrl-C tears the servers down under the running step; its error is not news.
-  if (interrupt.requested) await new Promise(() => undefined);
-  console.error(`\n\x1b[31mdemo failed: ${err instanceof Error ? err.message : String(err)}\x1b[0m`);
-  const stderr = (err as { stderr?: string }).stderr;
-  if (typeof stderr === 'string' && stderr !== '') console.error(stderr);
-  process.exitCode = 1;
-} finally {
-  if (!keep || process.exitCode === 1) await cleanup();
+  return async () => {
+    await sidecar?.stop();
+    sidecar = undefined;
+    operatorStopping = true;
+    operatorProcess.kill('SIGTERM');
+    const code = await operatorExit;
+    operator = undefined;
+    console.log(`operator: SIGTERM → exit ${String(code)}; sidecar stopped; stopping the control plane and PostgreSQL`);
+    if (code !== 0) throw new Error(`the operator exited with ${String(code)}`);
+  };
 }
 
-function currentDigest(kubectl: string): string {
-  return execFileSync(
-    kubectl,
-    ['get', 'accesspolicy', 'orders-readonly', '-n', 'ci', '-o', 'jsonpath={.status.bundle.digest}'],
-    { encoding: 'utf8' },
-  ).trim();
+/**
+ * Starts the local node, or says why it cannot and returns undefined (the demo then runs the sidecar as a
+ * local process instead). The node needs root, containerd and the rest (`make node`) and images (`make images`).
+ */
+async function startNodeOrExplain(controlPlane: ControlPlane): Promise<LocalNode | undefined> {
+  step(
+    'Starting a local node: containerd, kubelet, kube-proxy, kube-scheduler and CoreDNS, in namespaces of their own',
+  );
+  note('the images `make images` built (no registry) are imported into its containerd');
+  try {
+    const started = await startLocalNode({
+      runDir,
+      controlPlane: { kubeconfig: controlPlane.kubeconfig, server: controlPlane.server, caFile: controlPlane.caFile },
+      log: (line) => console.log(dim(line)),
+    });
+    show(toolPath('kubectl'), ['get', 'nodes', '-o', 'wide']);
+    return started;
+  } catch (err) {
+    note(`the local node could not start: ${err instanceof Error ? err.message.split('\n')[0] : String(err)}`);
+    note('continuing without it: the operator and the sidecar run as local processes');
+    return undefined;
+  }
 }
 
-/** The injected parts of a pod, compactly: sidecar, agent env and mounts, volumes, token automount. */
-function summarisePod(pod: k8s.V1Pod): string {
-  const spec = pod.spec;
-  const lines: string[] = [];
-  const sidecarContainer = spec?.initContainers?.find((ic) => ic.name === SIDECAR_CONTAINER);
-  if (sidecarContainer !== undefined) {
-    lines.push(
-      `initContainers[0]: ${sidecarContainer.name} image=${String(sidecarContainer.image)} ` +
-        `restartPolicy=${String(sidecarContainer.restartPolicy)} (native sidecar) args=${JSON.stringify(sidecarContainer.args)}`,
-      `  env: ${(sidecarContainer.env ?? []).map((e) => `${e.name}=(${e.valueFrom?.fieldRef?.fieldPath ?? 'ref'})`).join(' ')}`,
-      `  mounts: ${(sidecarContainer.volumeMounts ?? []).map((m) => `${m.name}→${m.mountPath}`).join(', ')}`,
-    );
-  }
-  for (const container of spec?.containers ?? []) {
-    lines.push(
-      `containers: ${container.name}`,
-      `  env: ${(container.env ?? []).map((e) => `${e.name}=${e.value ?? '(ref)'}`).join(' ')}`,
-      `  mounts: ${(container.volumeMounts ?? []).map((m) => `${m.name}→${m.mountPath}`).join(', ') || '(none)'}`,
-    );
-  }
-  lines.push('volumes:');
-  for (const v of spec?.volumes ?? []) {
-    const sources = (v.projected?.sources ?? []).map((s) =>
-      s.secret !== undefined
-        ? `secret ${String(s.secret.name)}`
-        : s.configMap !== undefined
-          ? `configMap ${String(s.configMap.name)}`
-          : s.serviceAccountToken !== undefined
-            ? `token aud=${s.serviceAccountToken.audience ?? '(API server)'}`
-            : 'downwardAPI',
-    );
-    const kind =
-      v.projected !== undefined
-        ? `projected: ${sources.join(', ')}`
-        : v.downwardAPI
-          ? 'downwardAPI'
-          : `emptyDir sizeLimit=${v.emptyDir?.sizeLimit ?? '(none)'}`;
-    lines.push(`  ${v.name}: ${kind}`);
-  }
-  lines.push(`automountServiceAccountToken: ${String(spec?.automountServiceAccountToken)}`);
-  lines.push(`annotations: ${Object.keys(pod.metadata?.annotations ?? {}).join(', ')}`);
-  return lines.join('\n');
+/**
+ * On the local node: helm install of the chart with the real images, the operator as two pods, an agent
+ * Deployment whose pod the webhook injects and the kubelet runs, psql inside the agent container through
+ * its sidecar, a policy change reaching a live session, and the auditor's view. Returns how to stop.
+ */
+async function realPodsDemo(demo: DemoContext, localNode: LocalNode): Promise<() => Promise<void>> {
+  const { controlPlane, postgres, kubectl, kube, kubeIn, kc, core } = demo;
+  const helm = toolPath('helm');
+  const ref = (image: string) => {
+    const r = builtImageRef(image);
+    return { repository: r.slice(0, r.lastIndexOf(':')), tag: r.slice(r.lastIndexOf(':') + 1) };
+  };
+
+  step('helm install: the chart with the operator and sidecar images `make images` built');
+  note('two operator replicas (leader election), webhooks behind their Service, the audit authority; the');
+  note("node's taint is tolerated (it keeps other pods off this test node); the issuer is this API server's");
+  const values = [
+    ['image.repository', ref('operator').repository],
+    ['image.tag', ref('operator').tag],
+    ['sidecarImage.repository', ref('sidecar').repository],
+    ['sidecarImage.tag', ref('sidecar').tag],
+    ['serviceAccountIssuer', controlPlane.issuer],
+    ['auditAuthority.checkpointIntervalSeconds', '5'],
+  ];
+  show(helm, [
+    'install',
+    'chaperone',
+    join(REPO_ROOT, 'charts', 'chaperone'),
+    '--namespace',
+    'chaperone-system',
+    '--create-namespace',
+    '--wait',
+    '--timeout',
+    '5m',
+    ...values.flatMap(([k, v]) => ['--set', `${k ?? ''}=${v ?? ''}`]),
+    '--set-json',
+    `tolerations=${JSON.stringify([LOCAL_NODE_TOLERATION])}`,
+  ]);
+  kube('get', 'pods', '-n', 'chaperone-system', '-o', 'wide');
+  kube('get', 'lease', '-n', 'chaperone-system');
+  kube('get', 'endpointslices', '-n', 'chaperone-system');
+  kube('get', 'mutatingwebhookconfiguration,validatingwebhookconfiguration,validatingadmissionpolicy');
+
+  step('The platform team publishes orders-db to the cluster and protects it');
+  note('PostgreSQL runs on this machine; pods reach it as postgres.ci.svc (a Service without a selector, as');
+  note('for any database outside the cluster), through CoreDNS and kube-proxy. Its certificate names');
+  note('localhost, which the resource says (tls.serverName); the sidecar verifies it against the CA Secret.');
+  const exposed = await localNode.exposeHostPort(postgres.port);
+  kube('create', 'namespace', 'ci');
+  kube('label', 'namespace', 'ci', 'chaperone.dev/injection=enabled');
+  kubeIn(
+    `apiVersion: v1
+kind: Service
+metadata: {name: postgres}
+spec:
+  ports: [{name: postgres, port: 5432}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: postgres-1
+  labels: {kubernetes.io/service-name: postgres}
+addressType: IPv4
+endpoints: [{addresses: ["${exposed.host}"]}]
+ports: [{name: postgres, port: ${String(exposed.port)}}]
+`,
+    'apply',
+    '-n',
+    'ci',
+    '-f',
+    '-',
+  );
+  const secretsDir = join(runDir, 'secrets');
+  mkdirSync(secretsDir, { recursive: true });
+  writeFileSync(join(secretsDir, 'username'), postgres.user);
+  writeFileSync(join(secretsDir, 'password'), postgres.password);
+  kube(
+    'create',
+    'secret',
+    'generic',
+    'orders-db-credentials',
+    '-n',
+    'ci',
+    `--from-file=username=${join(secretsDir, 'username')}`,
+    `--from-file=password=${join(secretsDir, 'password')}`,
+  );
+  kube('create', 'secret', 'generic', 'orders-db-ca', '-n', 'ci', `--from-file=ca.crt=${postgres.caFile}`);
+  kubeIn(
+    `apiVersion: chaperone.dev/v1alpha1
+kind: ProtectedResource
+metadata:
+  name: orders-db
+  labels: {data-classification: confidential}
+spec:
+  type: postgres
+  endpoint: {host: postgres.ci.svc, port: 5432, database: ${postgres.database}}
+  tls: {mode: verify-full, serverName: localhost, caSecretRef: {name: orders-db-ca, key: ca.crt}}
+  credentialSecretRef: {name: orders-db-credentials}
+  audit: {failureMode: FailClosed, retention: 2160h}
+`,
+    'apply',
+    '-n',
+    'ci',
+    '-f',
+    '-',
+  );
+
+  step('The security team applies the example AccessPolicy; the operator pods compile it with opa');
+  kube('apply', '-n', 'ci', '-f', join(REPO_ROOT, 'examples/accesspolicy-readonly.yaml'));
+  kube('wait', '-n', 'ci', '--for=condition=Ready', 'accesspolicy/orders-readonly', '--timeout=120s');
+  kube('get', 'accesspolicy', '-n', 'ci', '-o', 'wide');
+
+  step('An agent Deployment opts in with two annotations; the kubelet runs the injected sidecar first');
+  kubeIn(
+    `apiVersion: apps/v1
+kind: Deployment
+metadata: {name: report-agent}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: report-agent}}
+  template:
+    metadata:
+      labels: {app: report-agent}
+      annotations:
+        chaperone.dev/inject: "true"
+        chaperone.dev/resources: orders-db
+    spec:
+      tolerations: [{key: ${LOCAL_NODE_TOLERATION.key ?? ''}, operator: Exists, effect: NoSchedule}]
+      containers:
+        - name: agent
+          image: ${builtImageRef('agent')}
+          args: [-c, 'exec sleep infinity']
+`,
+    'apply',
+    '-n',
+    'ci',
+    '-f',
+    '-',
+  );
+  kube('rollout', 'status', 'deployment/report-agent', '-n', 'ci', '--timeout=300s');
+  note('the operator (two replicas) and the agent pod with its sidecar (READY 2/2), all run by the kubelet:');
+  kube('get', 'pods', '-A', '-o', 'wide');
+  const pod = await until('the agent pod', async () => {
+    const pods = await core.listNamespacedPod({ namespace: 'ci', labelSelector: 'app=report-agent' });
+    return pods.items.find((p) => p.status?.phase === 'Running');
+  });
+  const podName = pod.metadata?.name ?? '';
+  note(`what the webhook changed, from kubectl get pod ${podName} -n ci -o json:`);
+  console.log(summarisePod(pod));
+
+  step('The agent: psql inside the agent container, with only its env and its audience-bound token');
+  const inAgent = ['exec', '-n', 'ci', podName, '-c', 'agent', '--'];
+  // The agent image has a shell, psql and kubectl; nothing else.
+  const printEnv =
+    'for v in PGHOST PGPORT PGUSER PGDATABASE PGSSLMODE CHAPERONE_TOKEN_FILE CHAPERONE_RESOURCES; do eval "echo $v=\\$$v"; done';
+  show(kubectl, [...inAgent, 'sh', '-c', printEnv], {
+    display: `kubectl exec ${podName} -c agent -- sh -c '${printEnv}'`,
+  });
+  let agentSessions = 0;
+  const psqlInAgent = (sql: string, fail = false) => {
+    agentSessions++;
+    const script = `PGPASSWORD="$(cat "$CHAPERONE_TOKEN_FILE")" psql -X -v VERBOSITY=verbose -c "${sql}"`;
+    return (fail ? showFailure : show)(kubectl, [...inAgent, 'sh', '-c', script], {
+      display: `kubectl exec ${podName} -c agent -- sh -c '${script}'`,
+    });
+  };
+  note('an allowed read (rule reads):');
+  psqlInAgent('select id, status, total from orders order by id');
+  note('a denied write (rule deny-ddl): SQLSTATE 42501, naming the policy and the rule');
+  psqlInAgent('drop table orders', true);
+  note('and one no rule allows (the default decision, deny):');
+  psqlInAgent("update orders set status = 'refunded' where id = 1002", true);
+  note('around the sidecar, straight at postgres.ci.svc: the token is no PostgreSQL password');
+  const around =
+    'PGHOST=postgres.ci.svc PGSSLMODE=require PGPASSWORD="$(cat "$CHAPERONE_TOKEN_FILE")" psql -X -c "select 1"';
+  showFailure(kubectl, [...inAgent, 'sh', '-c', around], {
+    display: `kubectl exec ${podName} -c agent -- sh -c '${around}'`,
+  });
+
+  step('A policy change reaches a live session: same connection, new decision');
+  const live = startLiveSessionIn(kubectl, [
+    'exec',
+    '-i',
+    ...inAgent.slice(1),
+    'sh',
+    '-c',
+    'PGPASSWORD="$(cat "$CHAPERONE_TOKEN_FILE")" exec psql -X -v VERBOSITY=verbose',
+  ]);
+  agentSessions++;
+  await live.run('select pg_backend_pid() as upstream_pid, count(*) as customers from customers;');
+  const before = currentDigest(kubectl);
+  note('the security team forbids customer data to CI jobs, while that session stays open:');
+  const patchedAt = Date.now();
+  kube(
+    'patch',
+    'accesspolicy',
+    'orders-readonly',
+    '-n',
+    'ci',
+    '--type=json',
+    '-p',
+    '[{"op":"add","path":"/spec/rules/0","value":{"name":"no-customer-data","decision":"deny",' +
+      '"match":{"sql":{"relations":["public.customers"]}},"message":"Customer data is off limits for CI jobs."}}]',
+  );
+  const after = await until('the operator to publish the new digest', () => {
+    const d = currentDigest(kubectl);
+    return d !== before ? d : undefined;
+  });
+  kube('get', 'accesspolicy', '-n', 'ci', '-o', 'wide');
+  note('the kubelet refreshes the projected bundle ConfigMap in the pod; the sidecar reloads it:');
+  const sidecarLogs = () =>
+    execFileSync(kubectl, ['logs', '-n', 'ci', podName, '-c', SIDECAR_CONTAINER], { encoding: 'utf8' });
+  const loaded = await until(
+    'the sidecar to load the new bundle',
+    () =>
+      sidecarLogs()
+        .split('\n')
+        .find((l) => l.includes('"msg":"policy bundles loaded"') && l.includes(after)),
+    180_000,
+  );
+  console.log(dim(loaded));
+  console.log(
+    `sidecar enforces ${after.slice(0, 19)}… ${((Date.now() - patchedAt) / 1000).toFixed(1)} s after the edit`,
+  );
+  await live.run('select pg_backend_pid() as upstream_pid, count(*) as customers from customers;');
+  await live.run('select pg_backend_pid() as upstream_pid, count(*) as orders from orders;');
+  await live.close();
+  note('same upstream backend pid: the connection was never dropped; the new rule applied to its next statement');
+
+  step("The auditor's view: the Session objects the sidecar pod wrote");
+  note('the sidecar writes them with its own pod-bound token; the chart installed the admission policy that');
+  note(`only a pod's own sidecar may. Waiting for the agent's ${String(agentSessions)} client sessions to be Closed:`);
+  const custom = kc.makeApiClient(k8s.CustomObjectsApi);
+  const sessions = await until(
+    'the sidecar to write the sessions into Session objects',
+    async () => {
+      const list = (await custom.listNamespacedCustomObject({
+        group: GROUP,
+        version: VERSION,
+        namespace: 'ci',
+        plural: 'sessions',
+      })) as { items: Session[] };
+      const closed = list.items.filter((item) => item.status?.phase === 'Closed');
+      return closed.length >= agentSessions ? list.items : undefined;
+    },
+    60_000,
+  );
+  kube('get', 'sessions', '-n', 'ci');
+  const pluginDir = join(runDir, 'bin');
+  mkdirSync(pluginDir, { recursive: true });
+  symlinkSync(join(REPO_ROOT, 'cli/src/bin/kubectl-chaperone.ts'), join(pluginDir, 'kubectl-chaperone'));
+  const pluginEnv = {
+    ...process.env,
+    PATH: [pluginDir, dirname(process.execPath), process.env.PATH ?? ''].join(delimiter),
+  };
+  const chaperone = (...args: string[]) => show(kubectl, ['chaperone', ...args], { env: pluginEnv });
+  chaperone('sessions', '-n', 'ci');
+  const newest = sessions.reduce((a, b) => ((a.spec.records[0]?.time ?? '') > (b.spec.records[0]?.time ?? '') ? a : b));
+  note('the live session, with the policy change in the middle of it:');
+  chaperone('sessions', 'show', newest.metadata.name ?? '', '-n', 'ci');
+  await until(
+    "the operator's checkpoint to state every session head",
+    async () => {
+      const cm = await core
+        .readNamespacedConfigMap({ namespace: 'chaperone-system', name: 'chaperone-audit-checkpoint' })
+        .catch(() => undefined);
+      const jws = cm?.data?.['checkpoint.jws'];
+      if (jws === undefined) return undefined;
+      const stated = JSON.parse(Buffer.from(jws.split('.')[1] ?? '', 'base64url').toString('utf8')) as {
+        sessions: { object: string }[];
+      };
+      return sessions.every((x) => stated.sessions.some((e) => e.object === `ci/${x.metadata.name ?? ''}`))
+        ? true
+        : undefined;
+    },
+    60_000,
+  );
+  note('every record hash, the hash links, the signed chain heads, the key certificates the operator pods');
+  note("issued and the operator's newest checkpoint, checked against the API server:");
+  chaperone('verify', '--all', '-n', 'ci', '--require-certified');
+  console.log('kubectl chaperone verify: exit 0');
+
+  return async () => {
+    await localNode.stop();
+    node = undefined;
+    console.log('local node stopped (every pod, mount and network of it); stopping the control plane and PostgreSQL');
+  };
+}
+
+/** psql in a pod through `kubectl exec -i`: one client session, statement by statement, as startLiveSession does locally. */
+function startLiveSessionIn(kubectl: string, args: string[]): LiveSession {
+  const child = spawn(kubectl, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+  liveSession = child;
+  return driveSession(child);
 }

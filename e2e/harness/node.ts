@@ -44,6 +44,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import * as k8s from '@kubernetes/client-node';
 import { RUN_ROOT, isAlive, recordServer, waitForExit } from './processes.ts';
+import { freePort } from './postgres.ts';
 import { forwardTcp, type TcpForwarder } from './tcp-forwarder.ts';
 import { REPO_ROOT, toolPath } from './tools.ts';
 
@@ -628,13 +629,18 @@ export async function startLocalNode(options: LocalNodeOptions): Promise<LocalNo
     await applyNodeObjects(kc, { hostIp, apiPort: apiForwarder.port });
 
     // 5. The programs, inside the namespaces.
-    const start = (name: NodeComponent, binary: string, args: string[], env: NodeJS.ProcessEnv = {}) => {
+    const start = (
+      name: NodeComponent,
+      binary: string,
+      args: string[],
+      env: NodeJS.ProcessEnv = {},
+      namespaces = ['--mount', '--net', '--pid'],
+    ) => {
       const out = createWriteStream(join(logDir, `${name}.log`));
-      const child = spawn(
-        'nsenter',
-        ['--target', String(initPid), '--mount', '--net', '--pid', '--wd=/', '--', binary, ...args],
-        { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } },
-      );
+      const child = spawn('nsenter', ['--target', String(initPid), ...namespaces, '--wd=/', '--', binary, ...args], {
+        stdio: ['ignore', 'pipe', 'pipe'],
+        env: { ...process.env, ...env },
+      });
       child.stdout.pipe(out);
       child.stderr.pipe(out);
       children.push(child);
@@ -671,22 +677,32 @@ export async function startLocalNode(options: LocalNodeOptions): Promise<LocalNo
     ]);
     start('kube-proxy', toolPath('kube-proxy'), ['--config', join(dir, 'kube-proxy.yaml'), '--v=1']);
     start('coredns', toolPath('coredns'), ['-conf', join(dir, 'Corefile')]);
+    // The scheduler is control plane: it runs beside the API server (host network, 127.0.0.1), only in
+    // the node's PID namespace so that it ends with the node.
     const schedulerKubeconfig = join(dir, 'kube-scheduler.kubeconfig');
-    start('kube-scheduler', toolPath('kube-scheduler'), [
-      '--kubeconfig',
-      schedulerKubeconfig,
-      '--authentication-kubeconfig',
-      schedulerKubeconfig,
-      '--authorization-kubeconfig',
-      schedulerKubeconfig,
-      // The launcher's API server has no front-proxy (requestheader) CA to look up.
-      '--authentication-skip-lookup',
-      '--leader-elect=false',
-      '--bind-address',
-      nodeIp,
-      '--secure-port',
-      '10259',
-    ]);
+    writeFileSync(schedulerKubeconfig, kubeconfig(options.controlPlane.server, caFile, pki, 'kube-scheduler'));
+    const schedulerPort = await freePort();
+    start(
+      'kube-scheduler',
+      toolPath('kube-scheduler'),
+      [
+        '--kubeconfig',
+        schedulerKubeconfig,
+        '--authentication-kubeconfig',
+        schedulerKubeconfig,
+        '--authorization-kubeconfig',
+        schedulerKubeconfig,
+        // The launcher's API server has no front-proxy (requestheader) CA to look up.
+        '--authentication-skip-lookup',
+        '--leader-elect=false',
+        '--bind-address',
+        '127.0.0.1',
+        '--secure-port',
+        String(schedulerPort),
+      ],
+      {},
+      ['--pid'],
+    );
     await imports;
     log(`local node: containerd up, images imported (${Date.now() - started} ms)`);
 
@@ -722,7 +738,7 @@ export async function startLocalNode(options: LocalNodeOptions): Promise<LocalNo
     await until(
       'kube-scheduler ready',
       deadline,
-      async () => ((await probe(`https://${nodeIp}:10259/readyz`)) === 200 ? true : undefined),
+      async () => ((await probe(`https://127.0.0.1:${String(schedulerPort)}/readyz`)) === 200 ? true : undefined),
       () => tail(join(logDir, 'kube-scheduler.log')),
     );
     log(`local node: ${LOCAL_NODE_NAME} Ready at ${nodeIp} (${Date.now() - started} ms)`);
@@ -917,6 +933,8 @@ resolvConf: /etc/resolv.conf
 registerWithTaints:
 - {key: ${LOCAL_NODE_TAINT.key}, effect: ${LOCAL_NODE_TAINT.effect}}
 failSwapOn: false
+# Pods resync (and projected ConfigMap volumes, such as policy bundles, refresh) every 10 s instead of 1 min.
+syncFrequency: 10s
 makeIPTablesUtilChains: false
 serializeImagePulls: false
 # Tests share the host's disk with everything else: never evict for disk pressure, never collect images.
