@@ -75,7 +75,7 @@ lint: deps ## eslint, prettier --check and the TypeScript typecheck.
 	eslint .
 	prettier --check .
 	tsc -p tsconfig.json --noEmit
-	@command -v gofmt >/dev/null && test -z "$$(gofmt -l e2e/controlplane)" || { echo "gofmt: e2e/controlplane needs formatting" >&2; exit 1; }
+	@command -v gofmt >/dev/null && test -z "$$(gofmt -l e2e/controlplane e2e/coredns images/pause)" || { echo "gofmt: e2e/controlplane, e2e/coredns or images/pause needs formatting" >&2; exit 1; }
 
 .PHONY: test
 test: deps tools packages drivers node images lint ## Lint, then every test against a real control plane and PostgreSQL; the story on a local node.
