@@ -68,29 +68,38 @@ export interface NodeTraces {
   readonly directory: boolean;
 }
 
-/** What is left of one node (all empty/false once it is gone). */
+function readOr(path: string, fallback: string): string {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch {
+    return fallback;
+  }
+}
+
+/**
+ * What is left of one node (all empty/false once it is gone). A process is the node's when it is in one of
+ * its namespaces and is its unshare or init, names the node's directory, or sits in its cgroups: the kernel
+ * reuses the numbers of namespaces that are gone, so another node started since may have the same ones.
+ */
 export function nodeTraces(node: NodeHostHandles, dir: string): NodeTraces {
   const processes: string[] = [];
   for (const entry of readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
-    for (const kind of ['pid', 'mnt', 'net'] as const) {
-      let link: string;
+    const inNamespace = (['pid', 'mnt', 'net'] as const).some((kind) => {
       try {
-        link = readlinkSync(`/proc/${entry}/ns/${kind}`);
+        return readlinkSync(`/proc/${entry}/ns/${kind}`) === node.namespaces[kind];
       } catch {
-        continue;
+        return false;
       }
-      if (link === node.namespaces[kind]) {
-        let command = '';
-        try {
-          command = readFileSync(`/proc/${entry}/cmdline`, 'utf8').replaceAll('\0', ' ').trim();
-        } catch {
-          // exited meanwhile
-        }
-        processes.push(`${entry} ${command}`);
-        break;
-      }
-    }
+    });
+    if (!inNamespace) continue;
+    const command = readOr(`/proc/${entry}/cmdline`, '').replaceAll('\0', ' ').trim();
+    const ours =
+      Number(entry) === node.initPid ||
+      Number(entry) === node.unsharePid ||
+      command.includes(dir) ||
+      readOr(`/proc/${entry}/cgroup`, '').includes(`/${node.cgroupRoot}/`);
+    if (ours) processes.push(`${entry} ${command}`);
   }
   // cgroup v1 and hybrid: one hierarchy per directory; v2 alone: /sys/fs/cgroup itself.
   const cgroups = ['', ...readdirSync('/sys/fs/cgroup')]

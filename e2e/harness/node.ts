@@ -138,6 +138,8 @@ export interface LocalNode {
 export interface NodeHostHandles {
   /** Host pid of the init of the node's PID namespace (killing it ends every process of the node). */
   readonly initPid: number;
+  /** Host pid of the unshare that created the namespaces (the init's parent). */
+  readonly unsharePid: number;
   /** The node's namespaces as /proc/PID/ns links read them, e.g. `pid:[4026532301]`. */
   readonly namespaces: { readonly pid: string; readonly mnt: string; readonly net: string };
   /** Name of the kubelet's cgroup root in every hierarchy. */
@@ -483,6 +485,7 @@ export async function startLocalNode(options: LocalNodeOptions): Promise<LocalNo
   const children: ChildProcess[] = [];
   let init: { flock: ChildProcess; pid: number } | undefined;
   let runningInit = 0;
+  let runningUnshare: number;
   let namespaces: NodeHostHandles['namespaces'];
   const kc = new k8s.KubeConfig();
   kc.loadFromFile(options.controlPlane.kubeconfig);
@@ -564,7 +567,8 @@ export async function startLocalNode(options: LocalNodeOptions): Promise<LocalNo
     });
     started = Date.now();
     deadline = started + (options.timeoutMs ?? 180_000);
-    const initPid = nsInitPid(flock.pid ?? 0);
+    const { unshare: unsharePid, init: initPid } = nsInitPid(flock.pid ?? 0);
+    runningUnshare = unsharePid;
     init = { flock, pid: initPid };
     runningInit = initPid;
     const nsLink = (kind: string) => readlinkSync(`/proc/${String(initPid)}/ns/${kind}`);
@@ -754,7 +758,7 @@ export async function startLocalNode(options: LocalNodeOptions): Promise<LocalNo
     podCidr,
     dir,
     containerdSocket: socket,
-    host: { initPid: runningInit, namespaces, cgroupRoot, veth },
+    host: { initPid: runningInit, unsharePid: runningUnshare, namespaces, cgroupRoot, veth },
     async exposeHostPort(port) {
       const forwarder = await forwardTcp(hostIp, port, port).catch(() => forwardTcp(hostIp, 0, port));
       forwarders.push(forwarder);
@@ -775,7 +779,7 @@ export async function startLocalNode(options: LocalNodeOptions): Promise<LocalNo
 }
 
 /** The host pid of the namespace's init: the child of unshare, the child of flock. */
-function nsInitPid(flockPid: number): number {
+function nsInitPid(flockPid: number): { unshare: number; init: number } {
   const childrenOf = (pid: number): number[] => {
     try {
       return readFileSync(`/proc/${String(pid)}/task/${String(pid)}/children`, 'utf8')
@@ -789,8 +793,8 @@ function nsInitPid(flockPid: number): number {
   };
   const unshare = childrenOf(flockPid)[0];
   const init = unshare === undefined ? undefined : childrenOf(unshare)[0];
-  if (init === undefined) throw new Error('could not find the node namespace init process');
-  return init;
+  if (unshare === undefined || init === undefined) throw new Error('could not find the node namespace init process');
+  return { unshare, init };
 }
 
 const COREDNS_USER = 'chaperone:local-node:coredns';
