@@ -1,10 +1,12 @@
 // `make demo`: starts a local control plane and PostgreSQL, installs the CRDs and examples, and walks
 // through what Chaperone does, printing each step and the real output of kubectl and psql. Then the real
-// components end to end: the operator bin (policy compiler, injection webhooks registered by URL), an
-// annotated Job injected by the webhook, the injected sidecar started as a local process from the stored
-// pod spec (there is no kubelet here), psql as the agent with only the agent container's env and token,
-// nested agents through the token exchange (e2e/identity/demo-nested-agents.ts), a policy change reaching a
-// live session, and the auditor's view of the Session objects the sidecar wrote.
+// components end to end on real pods: a local node (e2e/harness/node.ts), `helm install` of the chart with
+// the images `make images` built (the operator as two pods), an agent Deployment injected by the webhook
+// and run by the kubelet with its sidecar, psql inside the agent container with only its env and token, a
+// policy change reaching a live session, and the auditor's view of the Session objects the sidecar wrote.
+// When the node cannot start (or with --no-node), the same story with the operator bin and the injected
+// sidecar as local processes (the sidecar started from the stored pod spec), plus nested agents through the
+// token exchange (e2e/identity/demo-nested-agents.ts), which the chart does not enable yet.
 // Everything it starts is stopped at the end (or on Ctrl-C); pass --keep to leave it running until Ctrl-C.
 import { execFileSync, spawn, type ChildProcess, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { createWriteStream, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
