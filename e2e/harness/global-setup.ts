@@ -5,6 +5,7 @@
 import { rmSync } from 'node:fs';
 import { startControlPlane, type ControlPlane } from './control-plane.ts';
 import { startPostgres, type PostgresCluster } from './postgres.ts';
+import { reapDeadNodes } from './node.ts';
 import { createRunDirectory } from './processes.ts';
 import { applyCrds } from './kube.ts';
 import { ENV } from './env.ts';
@@ -15,6 +16,9 @@ let runDir: string | undefined;
 
 export async function globalSetup(): Promise<void> {
   runDir = createRunDirectory();
+  // A killed run's local node left cgroup directories (its processes died with it); remove them now,
+  // whether or not this run starts a node.
+  reapDeadNodes();
   process.once('SIGINT', () => void stopAll().finally(() => process.exit(130)));
   process.once('SIGTERM', () => void stopAll().finally(() => process.exit(143)));
   const started = Date.now();
