@@ -3,8 +3,9 @@
 // the same tree give the same bytes, so the same inputs give the same image digest.
 //
 // The archive is an OCI image layout (oci-layout, index.json, blobs/sha256/…) that also carries
-// Docker's manifest.json, like `docker save` writes since Docker 25. So `ctr images import` (containerd),
-// `kind load image-archive`, `docker load` and `skopeo copy oci-archive:` all read it.
+// Docker's manifest.json, like `docker save` writes since Docker 25: `ctr images import` (containerd; the
+// local node imports every image that way) reads it, and so, by format, do `kind load image-archive`,
+// `docker load` and `skopeo copy oci-archive:` (not run on these machines).
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import {
