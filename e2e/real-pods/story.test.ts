@@ -7,6 +7,7 @@
 // agent (psql in the agent image) reaches PostgreSQL only through the sidecar with its projected token:
 // reads allowed, a write denied with 42501, going around the sidecar fails. The sidecar pod writes the
 // Sessions under the chart's admission policy and `kubectl chaperone verify --require-certified` passes.
+// Both namespaces enforce the restricted Pod Security Standard.
 import { after, before, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
@@ -163,6 +164,8 @@ async function installChartAdmissionPolicies(t: TestContext, release: string, sy
   );
 }
 
+const RESTRICTED = { 'pod-security.kubernetes.io/enforce': 'restricted' } as const;
+
 const READ_ONLY_ORDERS: AccessPolicySpec = {
   resources: { names: ['orders-db'] },
   rules: [
@@ -193,7 +196,10 @@ test('helm install on a local node, then an annotated Job reads through its inje
   const suffix = randomBytes(3).toString('hex');
   const release = `story-${suffix}`;
   const system = `chaperone-story-${suffix}`;
-  const ns = await createTestNamespace(t, { [LABEL_INJECTION]: LABEL_INJECTION_ENABLED });
+  // Both namespaces enforce the restricted Pod Security Standard: the operator pods and the injected
+  // sidecar must pass it for real, not only look as if they would.
+  const ns = await createTestNamespace(t, { [LABEL_INJECTION]: LABEL_INJECTION_ENABLED, ...RESTRICTED });
+  await core.createNamespace({ body: { metadata: { name: system, labels: { ...RESTRICTED } } } });
   const cp = controlPlaneEnv();
 
   // 1. helm install, with the images `make images` imported into the node and the chart's defaults
@@ -215,7 +221,6 @@ test('helm install on a local node, then an annotated Job reads through its inje
     CHART,
     '--namespace',
     system,
-    '--create-namespace',
     '--wait',
     '--timeout',
     `${String(POD_DEADLINE_MS / 1000)}s`,
@@ -278,6 +283,21 @@ test('helm install on a local node, then an annotated Job reads through its inje
   assert.equal(mutating.webhooks?.[0]?.clientConfig.service?.name, webhookService);
 
   await installChartAdmissionPolicies(t, release, system, ns);
+  // The restricted standard is enforced here: a pod that does not meet it is refused.
+  const unrestricted = await core
+    .createNamespacedPod({
+      namespace: system,
+      dryRun: 'All',
+      body: {
+        metadata: { name: 'unrestricted' },
+        spec: { containers: [{ name: 'c', image: builtImageRef('agent') }] },
+      },
+    })
+    .then(
+      () => undefined,
+      (err: unknown) => statusOf(err)?.message,
+    );
+  assert.match(unrestricted ?? 'admitted', /violates PodSecurity "restricted/);
 
   // 2. The harness's PostgreSQL as an external database behind a Service without a selector, as a
   // platform team would publish one: pods resolve postgres.<ns>.svc through CoreDNS and reach it
@@ -377,7 +397,19 @@ test('helm install on a local node, then an annotated Job reads through its inje
           spec: {
             restartPolicy: 'Never',
             tolerations: [LOCAL_NODE_TOLERATION],
-            containers: [{ name: 'agent', image: agentImage, args: ['-c', agentScript(`postgres.${ns}.svc`)] }],
+            containers: [
+              {
+                name: 'agent',
+                image: agentImage,
+                args: ['-c', agentScript(`postgres.${ns}.svc`)],
+                securityContext: {
+                  runAsNonRoot: true,
+                  allowPrivilegeEscalation: false,
+                  capabilities: { drop: ['ALL'] },
+                  seccompProfile: { type: 'RuntimeDefault' },
+                },
+              },
+            ],
           },
         },
       },
