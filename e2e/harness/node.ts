@@ -506,6 +506,7 @@ export async function startLocalNode(options: LocalNodeOptions): Promise<LocalNo
       rbac.deleteClusterRoleBinding({ name: COREDNS_RBAC }),
       rbac.deleteClusterRole({ name: COREDNS_RBAC }),
     ]);
+    mark('API objects deleted');
     if (init !== undefined) {
       // SIGKILL to the namespace's init: the kernel kills every process of the node with it.
       try {
@@ -513,7 +514,6 @@ export async function startLocalNode(options: LocalNodeOptions): Promise<LocalNo
       } catch {
         // already gone
       }
-      mark('API objects deleted');
       await waitForExit(init.flock, 30_000).catch(() => undefined);
       mark('namespaces gone');
     }
