@@ -313,4 +313,14 @@ function main(): void {
   }
 }
 
-if (process.argv[1] !== undefined && realpathSync(process.argv[1]) === realpathSync(import.meta.filename)) main();
+if (runAsProgram()) main();
+
+/** Whether this file is the program node was started with (not a module imported by another). */
+function runAsProgram(): boolean {
+  try {
+    return realpathSync(process.argv[1] ?? '') === realpathSync(import.meta.filename);
+  } catch {
+    // argv[1] is not a path (a glob given to node --test, for example)
+    return false;
+  }
+}

@@ -70,7 +70,17 @@ function serve(host: string, port: number, targetPort: number): void {
   process.stdin.once('end', () => process.exit(0));
 }
 
-if (process.argv[1] !== undefined && realpathSync(process.argv[1]) === realpathSync(import.meta.filename)) {
+if (runAsProgram()) {
   const [host, port, target] = process.argv.slice(2);
   serve(host ?? '127.0.0.1', Number(port), Number(target));
+}
+
+/** Whether this file is the program node was started with (not a module imported by another). */
+function runAsProgram(): boolean {
+  try {
+    return realpathSync(process.argv[1] ?? '') === realpathSync(import.meta.filename);
+  } catch {
+    // argv[1] is not a path (a glob given to node --test, for example)
+    return false;
+  }
 }
