@@ -5,9 +5,14 @@
 // (reached from pods through a selector-less Service); a read-only AccessPolicy; an annotated Job. The
 // webhook injects the native sidecar, the kubelet runs it before the agent and stops it after; the
 // agent (psql in the agent image) reaches PostgreSQL only through the sidecar with its projected token:
-// reads allowed, a write denied with 42501, going around the sidecar fails. The sidecar pod writes the
-// Sessions under the chart's admission policy and `kubectl chaperone verify --require-certified` passes.
-// Both namespaces enforce the restricted Pod Security Standard.
+// reads allowed, a write denied with 42501, going around the sidecar fails; then an AccessPolicy created
+// while the agent's psql session is open reaches the running sidecar through the signed policy set and
+// denies the session's next statement. At the chart's highest trust level (docs/audit.md, "Trust
+// levels"): the agents' namespace is strict (sealed pods), the credential lives in the chart's credential
+// namespace and the operator delivers it to the attested sidecar, and the operator writes the Sessions
+// into the chart's audit namespace; `kubectl chaperone verify --require-certified` passes there. The
+// sidecar's pod-bound tokens come from the node's kubelet, the only minter the chart's admission policy
+// allows. Both namespaces with pods enforce the restricted Pod Security Standard.
 import { after, before, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
@@ -32,6 +37,7 @@ import {
   ANNOTATION_RESOURCES,
   LABEL_INJECTION,
   LABEL_INJECTION_ENABLED,
+  LABEL_STRICT,
   SIDECAR_CONTAINER,
   VOLUME_CREDENTIALS,
 } from '../../operator/src/injection/constants.ts';
@@ -101,11 +107,17 @@ async function describePods(namespace: string): Promise<string> {
 }
 
 /**
- * The chart's own admission policies (Session writers and deletion, approval decisions), rendered for
- * this release but bound to the story's namespace only: the control plane is shared with test files that
- * write Sessions as test clients. Removed when the test ends.
+ * The chart's own admission policies (Session writers and deletion, approval decisions, pod-bound tokens
+ * from kubelets only, no exec into the sidecar), rendered for this release but bound to the story's
+ * namespaces only: the control plane is shared with test files that write Sessions and request tokens as
+ * test clients. Removed when the test ends.
  */
-async function installChartAdmissionPolicies(t: TestContext, release: string, system: string, namespace: string) {
+async function installChartAdmissionPolicies(
+  t: TestContext,
+  release: string,
+  system: string,
+  namespaces: readonly string[],
+) {
   const rendered = await helm([
     'template',
     release,
@@ -120,7 +132,7 @@ async function installChartAdmissionPolicies(t: TestContext, release: string, sy
   const documents = parseAllDocuments(rendered)
     .map((d) => d.toJS() as k8s.KubernetesObject | null)
     .filter((d): d is k8s.KubernetesObject => d !== null);
-  const suffix = `-${namespace}`;
+  const suffix = `-${namespaces[0] ?? ''}`;
   for (const doc of documents) {
     const name = `${doc.metadata?.name ?? ''}${suffix}`;
     (doc.metadata ??= {}).name = name;
@@ -133,7 +145,9 @@ async function installChartAdmissionPolicies(t: TestContext, release: string, sy
       assert.ok(binding.spec);
       binding.spec.policyName = `${binding.spec.policyName}${suffix}`;
       const matchResources = binding.spec.matchResources ?? {};
-      matchResources.namespaceSelector = { matchLabels: { 'kubernetes.io/metadata.name': namespace } };
+      matchResources.namespaceSelector = {
+        matchExpressions: [{ key: 'kubernetes.io/metadata.name', operator: 'In', values: [...namespaces] }],
+      };
       binding.spec.matchResources = matchResources;
       await admission.createValidatingAdmissionPolicyBinding({ body: binding });
       t.after(() => admission.deleteValidatingAdmissionPolicyBinding({ name }).then(() => undefined));
@@ -144,24 +158,26 @@ async function installChartAdmissionPolicies(t: TestContext, release: string, sy
     'the chart renders admission policies',
   );
   // Enforced once the API server has loaded them: an administrator's Session write is refused from then on.
-  const [probe] = await buildTrail({ name: 'probe', namespace, signer: await createSigner() });
-  assert.ok(probe);
-  const { status: _status, ...body } = probe;
-  await poll('the Session writers policy to be enforced', () =>
-    custom
-      .createNamespacedCustomObject({
-        group: GROUP,
-        version: VERSION,
-        namespace,
-        plural: 'sessions',
-        body,
-        dryRun: 'All',
-      })
-      .then(
-        () => undefined,
-        (err: unknown) => (statusOf(err)?.code === 403 ? true : undefined),
-      ),
-  );
+  for (const namespace of namespaces) {
+    const [probe] = await buildTrail({ name: 'probe', namespace, signer: await createSigner() });
+    assert.ok(probe);
+    const { status: _status, ...body } = probe;
+    await poll(`the Session writers policy to be enforced in ${namespace}`, () =>
+      custom
+        .createNamespacedCustomObject({
+          group: GROUP,
+          version: VERSION,
+          namespace,
+          plural: 'sessions',
+          body,
+          dryRun: 'All',
+        })
+        .then(
+          () => undefined,
+          (err: unknown) => (statusOf(err)?.code === 403 ? true : undefined),
+        ),
+    );
+  }
 }
 
 const RESTRICTED = { 'pod-security.kubernetes.io/enforce': 'restricted' } as const;
@@ -178,7 +194,25 @@ const READ_ONLY_ORDERS: AccessPolicySpec = {
   defaultDecision: 'deny',
 };
 
-/** The agent's script: a read, a write, and an attempt to go around the sidecar, each marked in its log. */
+/** Created while the agent's live session is open: no more reads of orders. */
+const NO_ORDERS: AccessPolicySpec = {
+  resources: { names: ['orders-db'] },
+  rules: [
+    {
+      name: 'orders-closed',
+      decision: 'deny',
+      match: { sql: { relations: ['public.orders'] } },
+      message: 'orders are closed for the night',
+    },
+  ],
+  defaultDecision: 'allow',
+};
+
+/**
+ * The agent's script: a read, a write, and an attempt to go around the sidecar; then one live psql
+ * session repeating a read every second (`\watch` stops when a statement fails), which the policy
+ * created meanwhile ends. Each part marked in its log.
+ */
 function agentScript(directHost: string): string {
   return [
     'export PGPASSWORD="$(cat "$CHAPERONE_TOKEN_FILE")"',
@@ -188,6 +222,9 @@ function agentScript(directHost: string): string {
     'if psql -X -A -t -v VERBOSITY=verbose -v ON_ERROR_STOP=1 -c "insert into orders values (3, \'plum\')" 2>&1; then exit 11; fi',
     'echo "== around"',
     `if PGHOST=${directHost} PGPORT=5432 PGSSLMODE=require PGCONNECT_TIMEOUT=10 psql -X -A -t -c 'select 1' 2>&1; then exit 12; fi`,
+    'echo "== live"',
+    // One connection, fed through stdin (psql's \watch repeats the query buffer of its input).
+    `printf '%s\\n' "select 'live', pg_backend_pid(), count(*) from orders \\\\watch 1" | psql -X -A -t -v VERBOSITY=verbose 2>&1`,
     'echo "== done"',
   ].join('\n');
 }
@@ -196,9 +233,17 @@ test('helm install on a local node, then an annotated Job reads through its inje
   const suffix = randomBytes(3).toString('hex');
   const release = `story-${suffix}`;
   const system = `chaperone-story-${suffix}`;
-  // Both namespaces enforce the restricted Pod Security Standard: the operator pods and the injected
-  // sidecar must pass it for real, not only look as if they would.
-  const ns = await createTestNamespace(t, { [LABEL_INJECTION]: LABEL_INJECTION_ENABLED, ...RESTRICTED });
+  // The chart creates these two (values auditNamespace and credentials) and keeps them on uninstall.
+  const auditNamespace = `chaperone-audit-${suffix}`;
+  const credentialNamespace = `chaperone-credentials-${suffix}`;
+  // Both namespaces with pods enforce the restricted Pod Security Standard: the operator pods and the
+  // injected sidecar must pass it for real, not only look as if they would. The agents' namespace is
+  // strict: only sealed pods whose sidecar is alone with its token are admitted.
+  const ns = await createTestNamespace(t, {
+    [LABEL_INJECTION]: LABEL_INJECTION_ENABLED,
+    [LABEL_STRICT]: 'true',
+    ...RESTRICTED,
+  });
   await core.createNamespace({ body: { metadata: { name: system, labels: { ...RESTRICTED } } } });
   const cp = controlPlaneEnv();
 
@@ -213,7 +258,9 @@ test('helm install on a local node, then an annotated Job reads through its inje
   });
   t.after(async () => {
     await helm(['uninstall', release, '--namespace', system, '--wait', '--timeout', '2m']).catch(() => undefined);
-    await core.deleteNamespace({ name: system }).catch(() => undefined);
+    for (const name of [system, auditNamespace, credentialNamespace]) {
+      await core.deleteNamespace({ name }).catch(() => undefined);
+    }
   });
   await helm([
     'install',
@@ -238,6 +285,10 @@ test('helm install on a local node, then an annotated Job reads through its inje
     `watchNamespace=${ns}`,
     '--set',
     'admissionPolicies.enabled=false',
+    '--set',
+    `auditNamespace.name=${auditNamespace}`,
+    '--set',
+    `credentials.namespace=${credentialNamespace}`,
     '--set-json',
     `tolerations=${JSON.stringify([LOCAL_NODE_TOLERATION])}`,
   ]).catch(async (err: unknown) => {
@@ -282,7 +333,7 @@ test('helm install on a local node, then an annotated Job reads through its inje
   });
   assert.equal(mutating.webhooks?.[0]?.clientConfig.service?.name, webhookService);
 
-  await installChartAdmissionPolicies(t, release, system, ns);
+  await installChartAdmissionPolicies(t, release, system, [ns, auditNamespace]);
   // The restricted standard is enforced here: a pod that does not meet it is refused.
   const unrestricted = await core
     .createNamespacedPod({
@@ -321,9 +372,14 @@ test('helm install on a local node, then an annotated Job reads through its inje
     t,
     "create table orders (id int primary key, item text not null); insert into orders values (1, 'apple'), (2, 'pear');",
   );
+  // The credential lives in the chart's credential namespace, allowed for the agents' namespace only: the
+  // operator delivers it to the attested sidecar; no Secret of the agents' namespace holds it.
   await core.createNamespacedSecret({
-    namespace: ns,
-    body: { metadata: { name: 'orders-db-credentials' }, stringData: { username: pg.user, password: pg.password } },
+    namespace: credentialNamespace,
+    body: {
+      metadata: { name: 'orders-db', annotations: { 'chaperone.dev/allowed-namespaces': ns } },
+      stringData: { username: pg.user, password: pg.password },
+    },
   });
   await core.createNamespacedSecret({
     namespace: ns,
@@ -342,7 +398,12 @@ test('helm install on a local node, then an annotated Job reads through its inje
         type: 'postgres',
         endpoint: { host: `postgres.${ns}.svc`, port: 5432, database },
         tls: { mode: 'verify-full', serverName: 'localhost', caSecretRef: { name: 'orders-db-ca', key: 'ca.crt' } },
-        credentialSecretRef: { name: 'orders-db-credentials', usernameKey: 'username', passwordKey: 'password' },
+        credentialSecretRef: {
+          name: 'orders-db',
+          namespace: credentialNamespace,
+          usernameKey: 'username',
+          passwordKey: 'password',
+        },
       },
     },
   });
@@ -415,6 +476,31 @@ test('helm install on a local node, then an annotated Job reads through its inje
       },
     },
   });
+  const diagnose = async (err: unknown): Promise<never> => {
+    const logs = await kubectl(['logs', '-n', ns, 'job/orders-report', '--all-containers']).catch((e: unknown) =>
+      String(e),
+    );
+    throw new Error(`${String(err)}\n${await describePods(ns)}\nlogs:\n${logs}`, { cause: err });
+  };
+
+  // 5. While the agent's live session reads through the running sidecar, the security team creates a
+  // second policy. The operator compiles it and signs a new policy set; the sidecar, watching the set
+  // through the API with its own token, loads it; the session's next read is denied on the same connection.
+  await poll(
+    "the agent's live session to read through the sidecar",
+    async () => {
+      const out = await kubectl(['logs', '-n', ns, 'job/orders-report', '-c', 'agent']).catch(() => '');
+      return /^live\|\d+\|2$/m.test(out.split('== live\n')[1] ?? '') ? true : undefined;
+    },
+    POD_DEADLINE_MS,
+  ).catch(diagnose);
+  await custom.createNamespacedCustomObject({
+    group: GROUP,
+    version: VERSION,
+    namespace: ns,
+    plural: 'accesspolicies',
+    body: { apiVersion: `${GROUP}/${VERSION}`, kind: 'AccessPolicy', metadata: { name: 'no-orders' }, spec: NO_ORDERS },
+  });
   const job = await poll(
     'the Job to finish',
     async () => {
@@ -427,15 +513,10 @@ test('helm install on a local node, then an annotated Job reads through its inje
       if (j.status?.succeeded !== 1) throw new Error('the Job failed');
       return j;
     })
-    .catch(async (err: unknown) => {
-      const logs = await kubectl(['logs', '-n', ns, 'job/orders-report', '--all-containers']).catch((e: unknown) =>
-        String(e),
-      );
-      throw new Error(`${String(err)}\n${await describePods(ns)}\nlogs:\n${logs}`, { cause: err });
-    });
+    .catch(diagnose);
   assert.equal(job.status?.succeeded, 1);
 
-  // 5. The pod as the kubelet ran it: the sidecar injected as a native sidecar, started first, stopped
+  // 6. The pod as the kubelet ran it: the sidecar injected as a native sidecar, started first, stopped
   // after the agent finished; the agent holds no credential.
   const [pod] = (await core.listNamespacedPod({ namespace: ns, labelSelector: 'app=orders-report' })).items;
   assert.ok(pod?.metadata?.name);
@@ -459,12 +540,20 @@ test('helm install on a local node, then an annotated Job reads through its inje
   assert.ok(!(agentSpec?.volumeMounts ?? []).some((m) => m.name === VOLUME_CREDENTIALS));
   assert.ok(!(agentSpec?.env ?? []).some((e) => e.valueFrom?.secretKeyRef !== undefined));
 
-  // 6. What the agent saw: its reads, a denial of its write, no way around the sidecar.
+  // 7. What the agent saw: its reads, a denial of its write, no way around the sidecar, and its live
+  // session denied by the policy created after it started, on the connection it had all along.
   const logs = await kubectl(['logs', '-n', ns, pod.metadata.name, '-c', 'agent']);
   const section = (name: string) => logs.split(`== ${name}\n`)[1]?.split('\n== ')[0] ?? '';
   assert.equal(section('read').trim(), 'apple\npear');
   assert.match(section('write'), /ERROR:\s+42501/);
   assert.match(section('around'), /authentication failed|does not exist|no pg_hba\.conf entry/);
+  const live = section('live').split('\n');
+  const denial = live.findIndex((line) => /ERROR:\s+42501/.test(line));
+  assert.ok(denial > 0, `the live session read, then was denied:\n${section('live')}`);
+  const reads = live.slice(0, denial).filter((line) => line.startsWith('live|'));
+  assert.ok(reads.length > 0);
+  assert.equal(new Set(reads).size, 1, 'every read on the same upstream backend, with the same answer');
+  assert.match(live.slice(denial).join('\n'), /no-orders, rule orders-closed: orders are closed for the night/);
   assert.match(logs, /== done/);
   const rows = await run('psql', [
     '-X',
@@ -476,28 +565,44 @@ test('helm install on a local node, then an annotated Job reads through its inje
   ]);
   assert.equal(rows.stdout.trim(), '2', 'the denied write never reached PostgreSQL');
 
-  // 7. The audit trail, written by the sidecar pod itself under the chart's admission policy.
+  // 8. The audit trail: the sidecar's records, written by the operator into the audit namespace for the
+  // attested sidecar (the Session proxy) under the chart's admission policy; nothing in the agents' namespace.
   const sessions = await poll(
-    'the sidecar to write both sessions as Closed Session objects',
+    'the three sessions as Closed Session objects in the audit namespace',
     async () => {
       const list = (await custom.listNamespacedCustomObject({
         group: GROUP,
         version: VERSION,
-        namespace: ns,
+        namespace: auditNamespace,
         plural: 'sessions',
       })) as { items: Session[] };
       const closed = list.items.filter((s) => s.status?.phase === 'Closed');
-      return closed.length >= 2 ? closed : undefined;
+      return closed.length >= 3 ? closed : undefined;
     },
     POD_DEADLINE_MS,
   );
+  const local = (await custom.listNamespacedCustomObject({
+    group: GROUP,
+    version: VERSION,
+    namespace: ns,
+    plural: 'sessions',
+  })) as { items: Session[] };
+  assert.equal(local.items.length, 0, "no Session is kept in the agents' namespace");
   const decisions = sessions
     .flatMap((s) => s.spec.records)
     .filter((r) => r.type === 'command.decision')
-    .map((r) => [r.command?.text, r.decision?.result]);
-  assert.deepEqual(decisions.sort(), [
-    ["insert into orders values (3, 'plum')", 'deny'],
-    ['select item from orders order by id', 'allow'],
+    // psql sends the \watch query with the blank before the backslash.
+    .map((r) => [r.command?.text?.trim(), r.decision?.result, r.decision?.policy, r.decision?.rule]);
+  const liveRead = "select 'live', pg_backend_pid(), count(*) from orders";
+  assert.deepEqual(decisions.filter(([text]) => text !== liveRead).sort(), [
+    ["insert into orders values (3, 'plum')", 'deny', `${ns}/orders-read-only`, 'default'],
+    ['select item from orders order by id', 'allow', `${ns}/orders-read-only`, 'reads'],
+  ]);
+  const liveDecisions = decisions.filter(([text]) => text === liveRead).map(([, result]) => result);
+  assert.deepEqual(liveDecisions, [...liveDecisions.slice(0, -1).map(() => 'allow'), 'deny']);
+  assert.deepEqual(decisions.find(([text, result]) => text === liveRead && result === 'deny')?.slice(2), [
+    `${ns}/no-orders`,
+    'orders-closed',
   ]);
   const authorityJwks = JSON.parse(
     (await core.readNamespacedConfigMap({ namespace: system, name: AUDIT_AUTHORITY_NAME })).data?.[
@@ -505,7 +610,7 @@ test('helm install on a local node, then an annotated Job reads through its inje
     ] ?? '{"keys":[]}',
   ) as { keys: Parameters<typeof verifySignerCertificate>[1] };
   for (const session of sessions) {
-    assert.deepEqual(session.spec.pod, { name: pod.metadata.name, uid: pod.metadata.uid ?? '' });
+    assert.deepEqual(session.spec.pod, { name: pod.metadata.name, namespace: ns, uid: pod.metadata.uid ?? '' });
     assert.equal(session.spec.identity.subject, `system:serviceaccount:${ns}:default`);
     // The operator pods certified the sidecar's key for exactly this pod, over the webhook Service.
     const certificate = await verifySignerCertificate(session.spec.signer?.certificate ?? '', authorityJwks.keys);
@@ -515,7 +620,7 @@ test('helm install on a local node, then an annotated Job reads through its inje
     'verify',
     '--all',
     '-n',
-    ns,
+    auditNamespace,
     '--kubeconfig',
     cp.kubeconfig,
     '--authority-namespace',
