@@ -867,6 +867,8 @@ spec:
   const podName = pod.metadata?.name ?? '';
   note(`what the webhook changed, from kubectl get pod ${podName} -n ci -o json:`);
   console.log(summarisePod(pod));
+  note("both tokens in the pod are bound to it and minted by this node's kubelet: the chart's admission policy");
+  note('chaperone-pod-bound-tokens refuses pod-bound TokenRequests from anyone but a node');
 
   step('The agent: psql inside the agent container, with only its env and its audience-bound token');
   const inAgent = ['exec', '-n', 'ci', podName, '-c', 'agent', '--'];
@@ -927,7 +929,7 @@ spec:
     return d !== before ? d : undefined;
   });
   kube('get', 'accesspolicy', '-n', 'ci', '-o', 'wide');
-  note('the kubelet refreshes the projected bundle ConfigMap in the pod; the sidecar reloads it:');
+  note('the operator signs a new policy set; the sidecar, watching it through the API, loads the new bundle:');
   const sidecarLogs = () =>
     execFileSync(kubectl, ['logs', '-n', 'ci', podName, '-c', SIDECAR_CONTAINER], { encoding: 'utf8' });
   const loaded = await until(

@@ -937,7 +937,7 @@ resolvConf: /etc/resolv.conf
 registerWithTaints:
 - {key: ${LOCAL_NODE_TAINT.key}, effect: ${LOCAL_NODE_TAINT.effect}}
 failSwapOn: false
-# Pods resync (and projected ConfigMap volumes, such as policy bundles, refresh) every 10 s instead of 1 min.
+# Pods resync (and mounted Secrets, such as a rotated credential, refresh) every 10 s instead of 1 min.
 syncFrequency: 10s
 makeIPTablesUtilChains: false
 serializeImagePulls: false
