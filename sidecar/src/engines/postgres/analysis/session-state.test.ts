@@ -108,6 +108,20 @@ describe('upstreamStartupParameters', () => {
       [['options', '-c noequals']],
     ];
     for (const params of refused) assert.equal(startup(params).ok, false, JSON.stringify(params));
+    // Privileges and the read-only guard are 42501 to the client; what the sidecar cannot model is 0A000.
+    const privilege = (params: [string, string][], pins?: SessionPins): boolean | undefined => {
+      const result = startup(params, pins);
+      return result.ok ? undefined : result.privilege;
+    };
+    assert.equal(privilege([['replication', 'database']]), true);
+    assert.equal(privilege([['options', '-c role=postgres']]), true);
+    assert.equal(privilege([['Session_Authorization', 'postgres']]), true);
+    assert.equal(privilege([['options', '-c session_replication_role=replica']]), true);
+    assert.equal(privilege([['default_transaction_read_only', 'off']], READ_ONLY), true);
+    assert.equal(privilege([['Client_Encoding', 'SJIS']]), false);
+    assert.equal(privilege([['options', '-O']]), false);
+    assert.equal(privilege([['Backslash_Quote', 'on']]), false);
+    assert.equal(privilege([['search_path', 'secret']]), false);
     assert.equal(startup([['default_transaction_read_only', 'off']], READ_ONLY).ok, false);
     assert.equal(startup([['options', '-c default_transaction_read_only=off']], READ_ONLY).ok, false);
     assert.equal(startup([['default_transaction_read_only', 'on']], READ_ONLY).ok, true);

@@ -79,7 +79,21 @@ const PROTOCOL_FIELDS: ReadonlySet<string> = new Set(['user', 'database']);
 
 export type StartupParameters =
   | { readonly ok: true; readonly parameters: readonly (readonly [string, string])[] }
-  | { readonly ok: false; readonly reason: string };
+  /**
+   * `privilege`: the parameter would change privileges or switch off the read-only guard (refuse with
+   * 42501); otherwise the sidecar cannot honour it and still read statements as the server does (0A000).
+   */
+  | { readonly ok: false; readonly reason: string; readonly privilege: boolean };
+
+/** Refused startup settings that are about privileges rather than how statements are read. */
+const PRIVILEGE_SETTINGS: ReadonlySet<string> = new Set([
+  'replication',
+  'role',
+  'session_authorization',
+  'transaction_read_only',
+  'session_replication_role',
+  'default_transaction_read_only',
+]);
 
 /** Splits a libpq `options` value the way the server does (pg_split_opts): whitespace, backslash escapes. */
 function splitOptions(options: string): string[] {
@@ -185,7 +199,7 @@ export function upstreamStartupParameters(
     if (PROTOCOL_FIELDS.has(name)) continue;
     if (name === 'options') {
       const parsed = optionSettings(value);
-      if (typeof parsed === 'string') return { ok: false, reason: parsed };
+      if (typeof parsed === 'string') return { ok: false, reason: parsed, privilege: false };
       for (const [n, v] of parsed) settings.set(n.toLowerCase(), v);
       continue;
     }
@@ -200,10 +214,10 @@ export function upstreamStartupParameters(
   const parameters: [string, string][] = [];
   for (const [name, value] of settings) {
     const refused = REFUSED_SETTINGS.get(name);
-    if (refused !== undefined) return { ok: false, reason: refused };
+    if (refused !== undefined) return { ok: false, reason: refused, privilege: PRIVILEGE_SETTINGS.has(name) };
     if (PINNED_SETTINGS.has(name)) {
       const reason = pinnedValueRefusal(name, value, pins);
-      if (reason !== undefined) return { ok: false, reason };
+      if (reason !== undefined) return { ok: false, reason, privilege: PRIVILEGE_SETTINGS.has(name) };
       continue;
     }
     if (PASSED_SETTINGS.has(name)) parameters.push([name, value]);
