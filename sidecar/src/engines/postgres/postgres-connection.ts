@@ -18,7 +18,7 @@ import { randomBytes } from 'node:crypto';
 import type { Duplex } from 'node:stream';
 import { TLSSocket } from 'node:tls';
 import type { Socket } from 'node:net';
-import type { AgentSession, SessionEnding } from '../../core/agent-session.ts';
+import { policyIdentity, type AgentSession, type SessionEnding } from '../../core/agent-session.ts';
 import type { ConnectionHandler } from '../../core/engine.ts';
 import type { SidecarError } from '../../core/errors.ts';
 import {
@@ -352,7 +352,17 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
       session = openSession(this.ctx, identity, source);
       this.agentSession = session;
       // Sessions whose policies grant no write run read-only in the database too (write-grant.ts).
-      pins = this.pins(!policiesGrantWrite(session));
+      const mayWrite = policiesGrantWrite(this.ctx.services.policy, {
+        identity: policyIdentity(identity),
+        resource: this.ctx.resource,
+        session: {
+          id: session.id,
+          applicationName: source.applicationName,
+          clientAddress: source.address,
+          inTransaction: false,
+        },
+      });
+      pins = this.pins(!mayWrite);
       const parameters = upstreamStartupParameters(startup.parameters, pins);
       if (!parameters.ok) throw new StartupRefused(startupParameterRefusal(parameters));
       const login = pins.readOnly && this.ctx.config.upstream.readOnlyUsernameFile !== undefined ? 'read-only' : 'full';

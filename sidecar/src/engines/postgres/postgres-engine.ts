@@ -27,13 +27,21 @@ import {
 /** Analyses kept per process (shared by every PostgreSQL resource of the sidecar). */
 const ANALYSIS_CACHE_SIZE = 4096;
 
-export function createPostgresEngine(): Engine<PostgresListenerConfig> {
+export interface PostgresEngineOptions {
+  /**
+   * The analyzers to use instead of the engine's own (created at init). For tests that show what the
+   * database-enforced layer does when the analysis misses a statement.
+   */
+  readonly analyzers?: () => SqlAnalyzers;
+}
+
+export function createPostgresEngine(options: PostgresEngineOptions = {}): Engine<PostgresListenerConfig> {
   let analyzers: SqlAnalyzers | undefined;
   return {
     type: 'postgres',
     async init() {
       await loadSqlParser();
-      analyzers = createSqlAnalyzers({ cacheSize: ANALYSIS_CACHE_SIZE });
+      analyzers = options.analyzers?.() ?? createSqlAnalyzers({ cacheSize: ANALYSIS_CACHE_SIZE });
     },
     bind(config, services) {
       if (analyzers === undefined) throw new Error('the PostgreSQL engine is bound before init()');

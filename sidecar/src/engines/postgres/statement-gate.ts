@@ -43,9 +43,16 @@ const FAILING_QUERY = encodeQuery(FAILING_SQL);
  */
 const FAILING_EXECUTE = Buffer.from([
   0x45, // 'E'
-  0x00, 0x00, 0x00, 0x0a, // length: itself, the name and its NUL, maxRows
-  0xff, 0x00, // portal name: one invalid byte
-  0x00, 0x00, 0x00, 0x00, // maxRows 0
+  0x00,
+  0x00,
+  0x00,
+  0x0a, // length: itself, the name and its NUL, maxRows
+  0xff,
+  0x00, // portal name: one invalid byte
+  0x00,
+  0x00,
+  0x00,
+  0x00, // maxRows 0
 ]);
 
 /**

@@ -11,8 +11,8 @@
 // refuse every form of them that would lift the guard (analysis/session-state.ts, settingRefusal). Any
 // probe allowed, or held for approval, means the session may write.
 import { STATEMENT_KINDS, type SqlStatementFacts, type StatementKind } from '@chaperone/api';
-import type { AgentSession } from '../../core/agent-session.ts';
-import type { CommandDescription } from '../../core/command.ts';
+import type { PolicyDecider } from '../../core/agent-session.ts';
+import type { PolicyRequest } from '../../core/policy/policy-engine.ts';
 import { factsFingerprint } from './sql-command.ts';
 
 /** Kinds that read (or only steer the session); everything else needs write access. */
@@ -28,22 +28,26 @@ const NON_WRITING_KINDS: ReadonlySet<StatementKind> = new Set([
 /** Reads that write when a called function has side effects. */
 const READS_WITH_SIDE_EFFECTS: readonly StatementKind[] = ['select', 'explain', 'copy-to'];
 
-function probe(kind: StatementKind, sideEffects: boolean): CommandDescription {
+interface Probe {
+  readonly command: PolicyRequest['command'];
+  readonly fingerprint: string;
+}
+
+function probe(kind: StatementKind, sideEffects: boolean): Probe {
   const facts: SqlStatementFacts[] = [{ kind, relations: [], functions: [], sideEffects }];
-  return {
-    command: { type: 'sql', statements: facts },
-    fingerprint: factsFingerprint(facts),
-    text: `-- write probe: ${kind}`,
-  };
+  return { command: { type: 'sql', statements: facts }, fingerprint: factsFingerprint(facts) };
 }
 
 /** The probe commands, built once. */
-export const WRITE_PROBES: readonly CommandDescription[] = [
+export const WRITE_PROBES: readonly Probe[] = [
   ...STATEMENT_KINDS.filter((k) => !NON_WRITING_KINDS.has(k)).flatMap((k) => [probe(k, true), probe(k, false)]),
   ...READS_WITH_SIDE_EFFECTS.map((k) => probe(k, true)),
 ];
 
-/** Whether any policy in force could allow (or hold for approval) a write in this session. Records nothing. */
-export function policiesGrantWrite(session: Pick<AgentSession, 'evaluate'>): boolean {
-  return WRITE_PROBES.some((p) => session.evaluate(p, { inTransaction: false }).decision !== 'deny');
+/**
+ * Whether any policy in force could allow (or hold for approval) a write for this identity, resource and
+ * session. Asks the policy engine directly: a probe is not a command, so it is neither recorded nor counted.
+ */
+export function policiesGrantWrite(policy: PolicyDecider, request: Omit<PolicyRequest, 'command'>): boolean {
+  return WRITE_PROBES.some((p) => policy.decide({ ...request, command: p.command }, p.fingerprint).decision !== 'deny');
 }
