@@ -1,12 +1,14 @@
 // The startup phase of a PostgreSQL client connection, up to the first ReadyForQuery: what a StartupMessage
-// may ask for, verifying the identity token (the client's password), the upstream login with the sidecar's
-// own credential, opening the AgentSession, and the greeting. The connection drives the socket; this says
-// what to do. Every refusal is a SidecarError the connection sends as a FATAL ErrorResponse (thrown, in the
-// asynchronous steps, as StartupRefused).
+// may ask for, verifying the identity token (the client's password), opening the AgentSession, the session's
+// pins (read-only when its policies grant no write), the upstream login with the sidecar's own credential
+// (or its least-privilege one) and the pinned settings, the check of what the server reports, and the
+// greeting. The connection drives the socket; this says what to do. Every refusal is a SidecarError the
+// connection sends as a FATAL ErrorResponse (thrown, in the asynchronous steps, as StartupRefused); refusals
+// before a session exists are recorded as auth.failure records of their own.
 import { readFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
 import type { Identity } from '@chaperone/api';
-import { AgentSession, type ClientSource } from '../../core/agent-session.ts';
+import { AgentSession, policyIdentity, type ClientSource } from '../../core/agent-session.ts';
 import { AuditUnavailable } from '../../core/audit/audit-sink.ts';
 import { RecordChain } from '../../core/audit/record-chain.ts';
 import { auditUnavailableReason, type SidecarError } from '../../core/errors.ts';
@@ -16,7 +18,15 @@ import { sqlStateOf } from './error-responses.ts';
 import { AUTHENTICATION_OK, backendKeyData, parameterStatus, readyForQuery } from './protocol/backend-encoder.ts';
 import type { StartupMessage } from './protocol/frontend-messages.ts';
 import { UpstreamError, type UpstreamConnection } from './protocol/upstream-connection.ts';
-import { upstreamStartupParameters, type SessionPins, type StartupParameters } from './analysis/session-state.ts';
+import {
+  DEFAULT_PINNED_SCHEMA,
+  ServerReportedState,
+  upstreamStartupParameters,
+  type SessionPins,
+  type StartupParameters,
+} from './analysis/session-state.ts';
+import { UnsupportedServerVersion, type SqlAnalyzer } from './analysis/sql-analyzer.ts';
+import { policiesGrantWrite } from './write-grant.ts';
 
 /** A refusal during startup; the connection sends `refusal` as a FATAL ErrorResponse and closes. */
 export class StartupRefused extends Error {
@@ -203,4 +213,73 @@ export function greeting(upstream: UpstreamConnection, cancelKey: { processId: n
   frames.push(backendKeyData(cancelKey.processId, cancelKey.secretKey));
   frames.push(readyForQuery(upstream.transactionStatus));
   return Buffer.concat(frames);
+}
+
+/** The pins of a session on this listener: its pinned schema, and whether it is read-only. */
+export function listenerPins(ctx: ConnectionContext, readOnly: boolean): SessionPins {
+  return { schema: ctx.config.searchPath || DEFAULT_PINNED_SCHEMA, readOnly };
+}
+
+/** The pins of an opened session: read-only when its policies grant no write (write-grant.ts). */
+export function sessionPins(
+  ctx: ConnectionContext,
+  identity: Identity,
+  session: AgentSession,
+  source: ClientSource,
+): SessionPins {
+  const mayWrite = policiesGrantWrite(ctx.services.policy, {
+    identity: policyIdentity(identity),
+    resource: ctx.resource,
+    session: {
+      id: session.id,
+      applicationName: source.applicationName,
+      clientAddress: source.address,
+      inTransaction: false,
+    },
+  });
+  return listenerPins(ctx, !mayWrite);
+}
+
+/**
+ * Logs in upstream with the pinned startup parameters: with the least-privilege credential for a read-only
+ * session when the listener has one. Throws StartupRefused when the client's parameters cannot be honoured
+ * under these pins (a read-only session refuses more than the check before authentication did).
+ */
+export async function loginPinned(
+  ctx: ConnectionContext,
+  startup: StartupMessage,
+  pins: SessionPins,
+  subject: string,
+): Promise<UpstreamConnection> {
+  const parameters = upstreamStartupParameters(startup.parameters, pins);
+  if (!parameters.ok) throw new StartupRefused(startupParameterRefusal(parameters));
+  const login = pins.readOnly && ctx.config.upstream.readOnlyUsernameFile !== undefined ? 'read-only' : 'full';
+  ctx.logger.debug('upstream login', { subject, login, readOnly: pins.readOnly });
+  return loginUpstream(ctx, parameters.parameters, login, subject);
+}
+
+/**
+ * The server's reports up to its first ReadyForQuery, checked against what the analysis assumes; throws
+ * StartupRefused (UnsupportedServer) when the session cannot run.
+ */
+export function checkServerReports(upstream: UpstreamConnection, pins: SessionPins): ServerReportedState {
+  const state = new ServerReportedState(pins);
+  for (const [name, value] of upstream.parameters) {
+    const refusal = state.note(name, value);
+    if (refusal !== undefined) throw new StartupRefused(serverStateRefusal(refusal));
+  }
+  const missing = state.startupRefusal();
+  if (missing !== undefined) throw new StartupRefused(serverStateRefusal(missing));
+  return state;
+}
+
+/** The analyzer of the upstream's major version; a version without a grammar here refuses the session. */
+export function analyzerFor(ctx: ConnectionContext, state: ServerReportedState): SqlAnalyzer {
+  const version = state.get('server_version') ?? '';
+  try {
+    return ctx.analyzers.forServerVersion(version);
+  } catch (err) {
+    if (!(err instanceof UnsupportedServerVersion)) throw err;
+    throw new StartupRefused(serverStateRefusal(err.message));
+  }
 }

@@ -18,25 +18,23 @@ import { randomBytes } from 'node:crypto';
 import type { Duplex } from 'node:stream';
 import { TLSSocket } from 'node:tls';
 import type { Socket } from 'node:net';
-import { policyIdentity, type AgentSession, type SessionEnding } from '../../core/agent-session.ts';
+import type { AgentSession, SessionEnding } from '../../core/agent-session.ts';
 import type { ConnectionHandler } from '../../core/engine.ts';
 import type { SidecarError } from '../../core/errors.ts';
+import type { ServerReportedState, SessionPins } from './analysis/session-state.ts';
+import type { SqlAnalyzer } from './analysis/sql-analyzer.ts';
 import {
-  DEFAULT_PINNED_SCHEMA,
-  ServerReportedState,
-  upstreamStartupParameters,
-  type SessionPins,
-} from './analysis/session-state.ts';
-import { UnsupportedServerVersion, type SqlAnalyzer } from './analysis/sql-analyzer.ts';
-import {
+  analyzerFor,
+  checkServerReports,
   greeting,
-  loginUpstream,
+  listenerPins,
+  loginPinned,
   openSession,
   recordRefusedConnection,
   refuseStartup,
   serverStateRefusal,
+  sessionPins,
   sessionSource,
-  startupParameterRefusal,
   StartupRefused,
   verifyToken,
 } from './client-startup.ts';
@@ -62,7 +60,6 @@ import {
 } from './protocol/frontend-messages.ts';
 import { ProtocolViolation } from './protocol/protocol-violation.ts';
 import type { UpstreamConnection } from './protocol/upstream-connection.ts';
-import { policiesGrantWrite } from './write-grant.ts';
 
 type Phase = 'startup' | 'authenticating' | 'connecting' | 'ready' | 'closed';
 
@@ -269,7 +266,7 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
           });
           return undefined;
         }
-        const refusal = refuseStartup(msg, this.pins(false));
+        const refusal = refuseStartup(msg, listenerPins(this.ctx, false));
         if (refusal !== undefined) {
           this.refuseConnection(refusal);
           return undefined;
@@ -319,11 +316,6 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
     if (target !== undefined) await target.cancelUpstream();
   }
 
-  /** The pins of a session on this listener. */
-  private pins(readOnly: boolean): SessionPins {
-    return { schema: this.ctx.config.searchPath || DEFAULT_PINNED_SCHEMA, readOnly };
-  }
-
   async cancelUpstream(): Promise<void> {
     const key = this.upstream?.backendKey;
     if (key == null) return;
@@ -351,22 +343,8 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
       this.phase = 'connecting';
       session = openSession(this.ctx, identity, source);
       this.agentSession = session;
-      // Sessions whose policies grant no write run read-only in the database too (write-grant.ts).
-      const mayWrite = policiesGrantWrite(this.ctx.services.policy, {
-        identity: policyIdentity(identity),
-        resource: this.ctx.resource,
-        session: {
-          id: session.id,
-          applicationName: source.applicationName,
-          clientAddress: source.address,
-          inTransaction: false,
-        },
-      });
-      pins = this.pins(!mayWrite);
-      const parameters = upstreamStartupParameters(startup.parameters, pins);
-      if (!parameters.ok) throw new StartupRefused(startupParameterRefusal(parameters));
-      const login = pins.readOnly && this.ctx.config.upstream.readOnlyUsernameFile !== undefined ? 'read-only' : 'full';
-      upstream = await loginUpstream(this.ctx, parameters.parameters, login, identity.subject);
+      pins = sessionPins(this.ctx, identity, session, source);
+      upstream = await loginPinned(this.ctx, startup, pins, identity.subject);
       this.upstream = upstream;
       if (this.isClosed()) {
         // The client went away (or timed out) while the upstream login was in flight.
@@ -374,17 +352,10 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
         return;
       }
       // What the server reported before its first ReadyForQuery, checked before AuthenticationOk reaches the client.
-      const state = new ServerReportedState(pins);
-      for (const [name, value] of upstream.parameters) {
-        const refusal = state.note(name, value);
-        if (refusal !== undefined) throw new StartupRefused(serverStateRefusal(refusal));
-      }
-      const missing = state.startupRefusal();
-      if (missing !== undefined) throw new StartupRefused(serverStateRefusal(missing));
-      analyzer = this.analyzerFor(state.get('server_version') ?? '');
+      const state = checkServerReports(upstream, pins);
+      analyzer = analyzerFor(this.ctx, state);
       this.serverState = state;
       clearTimeout(this.authTimer);
-      this.ctx.logger.debug('upstream session', { sessionId: session.id, login, readOnly: pins.readOnly });
     } catch (err) {
       if (!(err instanceof StartupRefused)) throw err;
       this.fatal(err.refusal);
@@ -422,16 +393,6 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
       tokenHash: identity.tokenHash,
       readOnly: pins.readOnly,
     });
-  }
-
-  /** The analyzer of the upstream's major version; a version without a grammar here refuses the session. */
-  private analyzerFor(serverVersion: string): SqlAnalyzer {
-    try {
-      return this.ctx.analyzers.forServerVersion(serverVersion);
-    } catch (err) {
-      if (!(err instanceof UnsupportedServerVersion)) throw err;
-      throw new StartupRefused(serverStateRefusal(err.message));
-    }
   }
 
   // ---- the relay ----------------------------------------------------------------------------------
