@@ -389,3 +389,47 @@ test('a statement kind the analysis is blind to: the policy lets the DELETE thro
   await w.query('DELETE FROM victim');
   assert.equal(await count(), 0);
 });
+
+test('set_config() is SET by another name: a policy that allows side effects still cannot move search_path or the role', async (t) => {
+  const database = await createTestDatabase(
+    t,
+    `CREATE SCHEMA secret;
+     CREATE TABLE public.creds (v text); INSERT INTO public.creds VALUES ('public');
+     CREATE TABLE secret.creds (v text); INSERT INTO secret.creds VALUES ('secret');`,
+  );
+  // Everything except the secret schema: side effects allowed, so only the pins stop set_config.
+  const allButSecret: AccessPolicySpec = {
+    resources: { names: ['test-db'] },
+    rules: [
+      { name: 'not-secret', decision: 'deny', match: { sql: { relations: ['secret.*'] } } },
+      { name: 'everything-else', decision: 'allow', match: {} },
+    ],
+    defaultDecision: 'deny',
+  };
+  const sidecar = await startTestSidecar(t, { policies: { 'all-but-secret': allButSecret }, database });
+  const client = await agent(t, sidecar);
+  await assert.rejects(client.query('SELECT * FROM secret.creds'), { code: '42501' });
+  for (const sql of [
+    "SELECT set_config('search_path', 'secret', false)",
+    "SELECT set_config('SEARCH_PATH', 'secret, public', false)",
+    "SELECT pg_catalog.set_config('search_path', 'secret', true)",
+    "SELECT set_config(s, 'secret', false) FROM (VALUES ('search_path')) AS v(s)",
+    "SELECT 1 FROM creds WHERE set_config('search_path', 'secret', false) IS NOT NULL",
+    "SELECT set_config('role', 'postgres', false)",
+    "SELECT set_config('standard_conforming_strings', 'off', false)",
+    "SELECT set_config('client_encoding', 'SJIS', false)",
+  ]) {
+    await assert.rejects(client.query(sql), (err: Error & { code?: string }) => {
+      assert.equal(err.code, '42501', `${sql} → ${err.message}`);
+      assert.match(err.message, /^chaperone: (search_path is pinned|set_config\(\)|changing \w+ is not allowed)/, sql);
+      return true;
+    });
+  }
+  const r = await client.query<{ v: string }>('SELECT v FROM creds');
+  assert.deepEqual(
+    r.rows.map((x) => x.v),
+    ['public'],
+    'the unqualified name is still the pinned schema',
+  );
+  assert.equal(await show(client, 'search_path'), '"public"');
+});

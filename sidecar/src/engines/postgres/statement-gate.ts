@@ -244,7 +244,7 @@ export class StatementGate {
       });
     }
     for (const s of analysis.statements) {
-      if (s.setting === undefined && s.transaction !== 'begin') continue;
+      if (s.setting === undefined && s.configures === undefined && s.transaction !== 'begin') continue;
       const refusal = settingRefusal(s, this.pins);
       if (refusal !== undefined) return denial({ id: 'SettingRefused', message: `chaperone: ${refusal}` });
     }

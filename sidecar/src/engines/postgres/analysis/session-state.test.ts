@@ -228,4 +228,30 @@ describe('settingRefusal', () => {
       assert.equal(settingRefusal(statement(sql), READ_ONLY), undefined, sql);
     }
   });
+
+  it('refuses set_config() of the same settings, since it is SET by another name, and of the role', () => {
+    for (const sql of [
+      "SELECT set_config('search_path', 'secret', false)",
+      "SELECT set_config('Search_Path', 'secret', true)",
+      "SELECT pg_catalog.set_config('client_encoding', 'SJIS', false)",
+      "SELECT 1 WHERE set_config('standard_conforming_strings', 'off', false) IS NOT NULL",
+      "SELECT set_config('backslash_quote', 'on', false)",
+      "SELECT set_config('role', 'postgres', false)",
+      "SELECT set_config('session_authorization', 'postgres', false)",
+      "SELECT set_config(name, 'x', false) FROM pg_settings",
+      'PREPARE s(text) AS SELECT set_config($1, $2, false)',
+      "EXECUTE late(set_config('search_path', 'secret', false)::int)",
+      "SELECT * FROM accounts WHERE id = (SELECT length(set_config('search_path', 'secret', false)))",
+    ]) {
+      assert.notEqual(settingRefusal(statement(sql), PINS), undefined, sql);
+    }
+    const guard = "SELECT set_config('default_transaction_read_only', 'off', false)";
+    assert.notEqual(settingRefusal(statement(guard), READ_ONLY), undefined);
+    assert.equal(settingRefusal(statement(guard), PINS), undefined, 'a writer session: up to the policy');
+    assert.equal(settingRefusal(statement("SELECT set_config('application_name', 'x', false)"), READ_ONLY), undefined);
+    assert.deepEqual(statement("SELECT set_config('A', '1', false), set_config(x, '2', true) FROM t").configures, [
+      'a',
+      '*',
+    ]);
+  });
 });

@@ -331,14 +331,40 @@ const READ_ONLY_GUARDS: ReadonlySet<string> = new Set([
   'session_replication_role',
 ]);
 
+/** Settings whose change through set_config() changes privileges: SET ROLE by another name. */
+const PRIVILEGE_CHANGES: ReadonlySet<string> = new Set(['role', 'session_authorization']);
+
+/**
+ * Why a `set_config(name, ...)` call may not run: set_config is SET by another name, so it may not change a
+ * pinned setting, a read-only session's guard, or (since the policy sees a SELECT, not a SET ROLE) the
+ * role; a name that is not a literal cannot be checked and is refused.
+ */
+function setConfigRefusal(name: string, pins: SessionPins): string | undefined {
+  if (name === '*') {
+    return 'set_config() with a setting name that is not a literal cannot be checked and is not allowed';
+  }
+  if (name === 'search_path') {
+    return `search_path is pinned to ${quoteIdentifier(pins.schema)} by the chaperone sidecar and cannot be changed`;
+  }
+  if (LEXER_SETTINGS.has(name)) return `changing ${name} is not allowed (it changes how statements are read)`;
+  if (PRIVILEGE_CHANGES.has(name)) return `set_config() of ${name} is not allowed (it changes privileges)`;
+  if (pins.readOnly && READ_ONLY_GUARDS.has(name)) return `this session is read-only; ${name} cannot be changed`;
+  return undefined;
+}
+
 /**
  * Why a statement may not run in a session with these pins, whatever the policy says; undefined when it
  * may. SET (any form, LOCAL too) of a pinned setting is refused; RESET and SET ... TO DEFAULT return to
  * the startup value, which is the pin, and are allowed. In a read-only session, anything that could turn
  * the read-only guard off is refused: SET of the guard settings to another value, BEGIN / START
  * TRANSACTION / SET TRANSACTION / SET SESSION CHARACTERISTICS with READ WRITE as their last mode.
+ * set_config() calls of the same settings are refused the same way (setConfigRefusal).
  */
 export function settingRefusal(statement: AnalyzedStatement, pins: SessionPins): string | undefined {
+  for (const name of statement.configures ?? []) {
+    const refusal = setConfigRefusal(name, pins);
+    if (refusal !== undefined) return refusal;
+  }
   const setting = statement.setting;
   if (setting !== undefined) {
     const changes = setting.action === 'set' || setting.action === 'current';
