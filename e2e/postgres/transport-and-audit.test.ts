@@ -376,8 +376,22 @@ test('a cancel request matching no session is recorded; a session ended by a FAT
   await owner.end();
   await assert.rejects(killed.query('SELECT 1'));
 
-  const records = await recordsWhen(sidecar, (r) => r.filter((x) => x.type === 'session.end').length >= 2);
-  const cancelRecord = records.find((r) => r.type === 'auth.failure');
+  // A protocol violation before authentication (a startup packet of an impossible length).
+  const garbage = await RawClient.connect(sidecar.host, sidecar.port);
+  t.after(() => garbage.destroy());
+  garbage.write(Buffer.from([0x7f, 0xff, 0xff, 0xff, 0, 0, 0, 0]));
+  assert.ok(await garbage.untilMessage('E', WAIT));
+  assert.equal(errors(garbage)[0]?.code, '08P01');
+
+  const records = await recordsWhen(
+    sidecar,
+    (r) => r.filter((x) => x.type === 'session.end').length >= 2 && r.some((x) => x.outcome?.code === '08P01'),
+  );
+  assert.ok(
+    records.some((r) => r.type === 'auth.failure' && r.outcome?.code === '08P01'),
+    'the startup protocol violation is recorded',
+  );
+  const cancelRecord = records.find((r) => r.type === 'auth.failure' && r.outcome?.code === '28000');
   assert.equal(cancelRecord?.outcome?.code, '28000');
   assert.match(cancelRecord.outcome.message ?? '', /cancel request for process 12345 matches no session/);
   const ends = records.filter((r) => r.type === 'session.end').map((r) => [r.outcome?.status, r.outcome?.code]);
@@ -385,4 +399,20 @@ test('a cancel request matching no session is recorded; a session ended by a FAT
     ['error', '08006'],
     ['error', '08P01'],
   ]);
+});
+
+test('a client that never finishes authentication is refused with 08006 when authTimeoutMs passes, and recorded', async (t) => {
+  const sidecar = await startTestSidecar(t, { policies: { 'read-only': READ_ONLY }, listener: { authTimeoutMs: 500 } });
+  const c = await RawClient.connect(sidecar.host, sidecar.port);
+  t.after(() => c.destroy());
+  c.write(startupMessage());
+  assert.ok(await c.untilMessage('E', WAIT), 'no FATAL after the deadline');
+  const [error] = errors(c);
+  assert.equal(error?.code, '08006');
+  assert.match(error.message, /authentication timed out/);
+  const records = await recordsWhen(sidecar, (r) => r.some((x) => x.type === 'auth.failure'));
+  assert.deepEqual(
+    records.map((r) => [r.type, r.outcome?.status, r.outcome?.code]),
+    [['auth.failure', 'denied', '08006']],
+  );
 });

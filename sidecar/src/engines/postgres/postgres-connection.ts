@@ -39,7 +39,7 @@ import {
   verifyToken,
 } from './client-startup.ts';
 import type { CancelTarget, ConnectionContext } from './connection-context.ts';
-import { errorResponseFor, sqlStateOf } from './error-responses.ts';
+import { errorResponseFor, sessionEnding } from './error-responses.ts';
 import { OutboundBytes } from './outbound-bytes.ts';
 import { ResponseTracker, TRACKED_FRAMES, type UnitKind } from './response-tracker.ts';
 import { StatementGate, substituteFrame, type GateVerdict, type SettledVerdict } from './statement-gate.ts';
@@ -72,17 +72,6 @@ const UNIT_OF: Readonly<Record<GatedMessage, UnitKind>> = {
   FunctionCall: 'query',
 };
 
-/** FATALs that end a session as a refusal (`denied`) rather than a failure (`error`). */
-const REFUSALS: ReadonlySet<SidecarError['id']> = new Set([
-  'StartupParameterRefused',
-  'StartupParameterUnsupported',
-  'UnsupportedServer',
-  'AuditUnavailable',
-  'AuthenticationFailed',
-  'TlsRequired',
-  'TooManyUnauthenticated',
-]);
-
 export class PostgresConnection implements CancelTarget, ConnectionHandler {
   private readonly ctx: ConnectionContext;
   private client: Duplex;
@@ -99,6 +88,8 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
   });
   /** The server's reported settings, checked as they change. */
   private serverState: ServerReportedState | undefined;
+  /** Whether this connection's refusal before any session was recorded already (auth.failure). */
+  private refusalRecorded = false;
   /** The client address while this connection counts against maxUnauthenticatedPerSource. */
   private unauthenticatedFrom: string | undefined;
   /** What this turn forwards upstream and sends to the client: each leaves in one write (outbound-bytes.ts). */
@@ -151,8 +142,15 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
       message: error.message,
       client: this.rawClient.remoteAddress,
     });
-    recordRefusedConnection(this.ctx, sessionSource(this.startup, this.rawClient), this.cancelKey.processId, error);
+    this.recordRefusal(error);
     this.fatal(error);
+  }
+
+  /** Records a refusal of a connection that has no session (a session records its end itself). */
+  private recordRefusal(error: SidecarError): void {
+    if (this.refusalRecorded || this.agentSession !== undefined) return;
+    this.refusalRecorded = true;
+    recordRefusedConnection(this.ctx, sessionSource(this.startup, this.rawClient), this.cancelKey.processId, error);
   }
 
   /** A method, not a field read, because handlers called in between may have closed the connection. */
@@ -564,8 +562,11 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
    */
   private fatal(error: SidecarError): void {
     if (this.phase === 'closed') return;
+    // Before a session exists (a protocol violation or timeout in startup): an auth.failure record. A
+    // rejected token was recorded by verifyToken.
+    if (error.id !== 'AuthenticationFailed') this.recordRefusal(error);
     if (this.client.writable) this.client.end(errorResponseFor(error, true));
-    this.close(error.message, { status: REFUSALS.has(error.id) ? 'denied' : 'error', code: sqlStateOf(error.id) });
+    this.close(error.message, sessionEnding(error));
   }
 
   close(reason: string, ending?: SessionEnding): void {
