@@ -422,10 +422,22 @@ test('set_config() is SET by another name: a policy that allows side effects sti
     "SELECT set_config('role', 'postgres', false)",
     "SELECT set_config('standard_conforming_strings', 'off', false)",
     "SELECT set_config('client_encoding', 'SJIS', false)",
+    "SELECT set_config($$search_path$$, 'secret', false)",
+    "SELECT set_config(E'search\\x5fpath', 'secret', false)",
+    "SELECT set_config(U&'search\\005Fpath', 'secret', false)",
+    "SELECT set_config('search_' || 'path', 'secret', false)",
+    "SET SCHEMA 'secret'",
+    'SET LOCAL search_path = secret',
+    "SET NAMES 'SJIS'",
+    "SELECT * FROM creds WHERE 'x' = set_config('search_path', 'secret', true)",
   ]) {
     await assert.rejects(client.query(sql), (err: Error & { code?: string }) => {
       assert.equal(err.code, '42501', `${sql} → ${err.message}`);
-      assert.match(err.message, /^chaperone: (search_path is pinned|set_config\(\)|changing \w+ is not allowed)/, sql);
+      assert.match(
+        err.message,
+        /^chaperone: (search_path is pinned|set_config\(\)|changing \w+ is not allowed)/,
+        `${sql} → ${err.message}`,
+      );
       return true;
     });
   }
