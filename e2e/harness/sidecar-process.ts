@@ -69,6 +69,8 @@ export interface SidecarUpstream {
   readonly caFile: string;
   /** libpq sslmode semantics; default verify-full against `caFile`. */
   readonly tlsMode?: 'disable' | 'require' | 'verify-ca' | 'verify-full';
+  /** The least-privilege login for sessions whose policies grant no write (readOnlyUsernameFile/PasswordFile). */
+  readonly readOnly?: { readonly user: string; readonly password: string };
 }
 
 export interface SidecarProcessOptions {
@@ -136,6 +138,10 @@ export async function spawnSidecar(options: SidecarProcessOptions): Promise<Side
   const issuer = await createTestIssuer(join(dir, 'jwks.json'));
   writeFileSync(join(dir, 'username'), upstream.user);
   writeFileSync(join(dir, 'password'), upstream.password);
+  if (upstream.readOnly !== undefined) {
+    writeFileSync(join(dir, 'read-only-username'), upstream.readOnly.user);
+    writeFileSync(join(dir, 'read-only-password'), upstream.readOnly.password);
+  }
   const auditFile = join(dir, 'audit.jsonl');
   const logFile = join(dir, 'sidecar.log');
   const config = {
@@ -152,6 +158,12 @@ export async function spawnSidecar(options: SidecarProcessOptions): Promise<Side
           tls: { mode: upstream.tlsMode ?? 'verify-full', caFile: upstream.caFile },
           usernameFile: join(dir, 'username'),
           passwordFile: join(dir, 'password'),
+          ...(upstream.readOnly === undefined
+            ? {}
+            : {
+                readOnlyUsernameFile: join(dir, 'read-only-username'),
+                readOnlyPasswordFile: join(dir, 'read-only-password'),
+              }),
         },
         resource: { namespace: 'default', labels: {} },
         auditFailureMode: 'FailClosed',

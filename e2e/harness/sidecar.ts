@@ -31,12 +31,18 @@ export interface SidecarOptions {
   listener?: Record<string, unknown>;
   /** Upstream database the sidecar logs in to; default the harness database. */
   database?: string;
+  /** The least-privilege login for sessions whose policies grant no write. */
+  readOnly?: { user: string; password: string };
+  /** Entry point run instead of the chaperone-sidecar bin (same command line). */
+  bin?: string;
+  /** Tells apart several sidecars of one test: each gets its own directory (config, bundles, audit file). */
+  instance?: string;
 }
 
 export async function startTestSidecar(t: TestContext, options: SidecarOptions = {}): Promise<RunningTestSidecar> {
   const pg = postgresEnv();
   const running = await spawnSidecar({
-    dir: testDir(t),
+    dir: options.instance === undefined ? testDir(t) : `${testDir(t)}-${options.instance}`,
     upstream: {
       host: 'localhost',
       port: pg.port,
@@ -44,10 +50,12 @@ export async function startTestSidecar(t: TestContext, options: SidecarOptions =
       user: pg.user,
       password: pg.password,
       caFile: pg.caFile,
+      ...(options.readOnly === undefined ? {} : { readOnly: options.readOnly }),
     },
     ...(options.policies === undefined ? {} : { policies: options.policies }),
     ...(options.extraIssuers === undefined ? {} : { extraIssuers: options.extraIssuers }),
     ...(options.listener === undefined ? {} : { listener: options.listener }),
+    ...(options.bin === undefined ? {} : { bin: options.bin }),
     logLevel: 'debug',
   });
   t.after(() => running.stop());

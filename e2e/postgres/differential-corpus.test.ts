@@ -238,13 +238,18 @@ test('least-privilege login: PostgreSQL refuses the writes the analysis cannot s
   const before = await databaseState(database);
 
   const upstream = { port: env.port, database, password, caFile: env.caFile };
+  // The owner as the resource credential, the reader as its least-privilege one: a read-only policy's
+  // sessions log in as the reader.
+  const owner = directPgOptions(database);
   const readOnly = await spawnSidecar({
     dir: `${testDir(t)}-read-public`,
-    upstream: { ...upstream, user: role },
+    upstream: { ...upstream, user: owner.user, password: owner.password, readOnly: { user: role, password } },
     policies: { 'read-public': READ_PUBLIC },
   });
   t.after(() => readOnly.stop());
   const client = await agentClient(t, readOnly);
+  const login = await client.query<{ u: string }>('SELECT current_user AS u');
+  assert.equal(login.rows[0]?.u, role, 'the read-only session logs in with the least-privilege credential');
   for (const attempt of OWNER_OBJECT_WRITES) {
     const label = `${attempt.why}: ${attempt.sql}`;
     await assert.rejects(
@@ -264,7 +269,8 @@ test('least-privilege login: PostgreSQL refuses the writes the analysis cannot s
   assert.equal(reads.rows[0]?.n, '2', 'reads still work');
   await client.end();
 
-  // Even a policy that allows everything cannot make this login write.
+  // Even a policy that allows everything cannot make a read-only login write (a resource whose only
+  // credential is the reader).
   const allowAll = await spawnSidecar({
     dir: `${testDir(t)}-allow-all`,
     upstream: { ...upstream, user: role },

@@ -42,7 +42,7 @@ test('read-only policy: every corpus write is denied with 42501, every read allo
         assert.equal(err.code, '42501', `${entry.why}: ${entry.sql} → ${err.message}`);
         assert.match(
           err.message,
-          /^chaperone: (permission denied by policy default\/read-only|changing \w+ is not allowed)/,
+          /^chaperone: (permission denied by policy default\/read-only|changing \w+ is not allowed|this session is read-only|search_path is pinned)/,
         );
         return true;
       },

@@ -47,7 +47,18 @@ export const PostgresListenerConfig = Type.Object(
       passwordFile: Type.String({
         description: 'File holding the upstream password; re-read for every new upstream connection.',
       }),
+      readOnlyUsernameFile: Type.Optional(
+        Type.String({
+          description:
+            'File holding the user name of a least-privilege login (SELECT only): used for sessions whose policies grant no write.',
+        }),
+      ),
+      readOnlyPasswordFile: Type.Optional(
+        Type.String({ description: 'File holding the password of the least-privilege login; re-read per connection.' }),
+      ),
     }),
+    /** The one schema unqualified names resolve to; search_path is pinned to it for every session. */
+    searchPath: Type.String({ minLength: 1, maxLength: 63, default: 'public' }),
     resource: Type.Object(
       {
         namespace: Type.String({ default: 'default' }),
@@ -60,6 +71,10 @@ export const PostgresListenerConfig = Type.Object(
     maxMessageBytes: Type.Integer({ minimum: 1024, maximum: 1 << 30, default: 64 * 1024 * 1024 }),
     /** How long a client has to finish startup and authentication, ms. Default 10 s. */
     authTimeoutMs: Type.Integer({ minimum: 100, default: 10_000 }),
+    /** Largest message accepted before authentication (the password message carries the token), bytes. Default 16 KiB. */
+    maxUnauthenticatedMessageBytes: Type.Integer({ minimum: 1024, maximum: 1 << 20, default: 16 * 1024 }),
+    /** Connections from one client address that may be in startup or authentication at once. Default 16. */
+    maxUnauthenticatedPerSource: Type.Integer({ minimum: 1, default: 16 }),
   },
   { additionalProperties: false },
 );
@@ -339,6 +354,12 @@ export function validateConfig(document: unknown, env: ConfigEnvironment = {}): 
     }
     if (l.upstream.tls.mode === 'verify-ca' && l.upstream.tls.caFile === undefined) {
       problems.push(`/listeners/${i}/upstream/tls: verify-ca needs caFile`);
+    }
+    if ((l.upstream.readOnlyUsernameFile === undefined) !== (l.upstream.readOnlyPasswordFile === undefined)) {
+      problems.push(`/listeners/${i}/upstream: set both readOnlyUsernameFile and readOnlyPasswordFile, or neither`);
+    }
+    if (l.searchPath.startsWith('pg_')) {
+      problems.push(`/listeners/${i}/searchPath: a system schema (pg_*) cannot be the pinned schema`);
     }
   }
   for (const [i, issuer] of config.identity.issuers.entries()) {

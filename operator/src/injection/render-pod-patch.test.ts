@@ -267,6 +267,28 @@ test('a read-only credential is mounted into the sidecar only, beside the main o
     .filter((c) => c.volumeMounts?.some((m) => m.name === credentials.name))
     .map((c) => c.name);
   assert.deepEqual(mountedBy, [SIDECAR_CONTAINER]);
+  // The sidecar config names the mounted files, and the pinned schema.
+  const config = validateConfig(
+    parse(patched.metadata?.annotations?.[ANNOTATION_SIDECAR_CONFIG] ?? ''),
+    kubeletEnv(patched, podFields),
+  );
+  const mountPath = [...(patched.spec?.initContainers ?? []), ...(patched.spec?.containers ?? [])]
+    .find((c) => c.name === SIDECAR_CONTAINER)
+    ?.volumeMounts?.find((m) => m.name === credentials.name)?.mountPath;
+  assert.ok(mountPath !== undefined);
+  assert.equal(config.listeners[0]?.upstream.readOnlyUsernameFile, `${mountPath}/orders/read-only/username`);
+  assert.equal(config.listeners[0].upstream.readOnlyPasswordFile, `${mountPath}/orders/read-only/password`);
+  assert.equal(config.listeners[0].searchPath, 'public', 'the default pinned schema');
+
+  const pinned = renderPodPatch(input(pod(), { resources: [resource('orders', { searchPath: 'reporting' })] }));
+  assert.equal(pinned.kind, 'patch');
+  const pinnedPod = applyPatch(pod(), pinned.patch);
+  const pinnedConfig = validateConfig(
+    parse(pinnedPod.metadata?.annotations?.[ANNOTATION_SIDECAR_CONFIG] ?? ''),
+    kubeletEnv(pinnedPod, podFields),
+  );
+  assert.equal(pinnedConfig.listeners[0]?.searchPath, 'reporting');
+  assert.equal(pinnedConfig.listeners[0].upstream.readOnlyUsernameFile, undefined);
 });
 
 test("token exchange: the sidecar trusts the operator's exchange, with its JWKS on the webhook server and its CA", () => {

@@ -109,7 +109,15 @@ export function renderSidecarConfig(input: RenderSidecarConfigInput): Record<str
           },
           usernameFile: `${SIDECAR_CREDENTIALS_DIR}/${paths.username}`,
           passwordFile: `${SIDECAR_CREDENTIALS_DIR}/${paths.password}`,
+          // The least-privilege login for sessions whose policies grant no write (render-pod-patch.ts mounts it).
+          ...(spec.readOnlyCredentialSecretRef === undefined
+            ? {}
+            : {
+                readOnlyUsernameFile: `${SIDECAR_CREDENTIALS_DIR}/${paths.readOnlyUsername}`,
+                readOnlyPasswordFile: `${SIDECAR_CREDENTIALS_DIR}/${paths.readOnlyPassword}`,
+              }),
         },
+        ...(spec.searchPath === undefined ? {} : { searchPath: spec.searchPath }),
         resource: { namespace: input.namespace, labels: { ...(r.metadata.labels ?? {}) } },
         auditFailureMode: spec.audit.failureMode,
       };

@@ -144,3 +144,23 @@ test('FailOpen: a refused decision is lost and the command goes ahead; the gap i
   );
   assert.equal(sink.records[1]?.gap?.lostRecords, 1);
 });
+
+test('session.end says how the session ended: in order by default, or the error that ended it', () => {
+  const sink = new ListSink(false);
+  session(sink).end('client terminated the session');
+  const broken = session(sink);
+  broken.end('chaperone: protocol violation: bad frame', { status: 'error', code: '08P01' });
+  broken.end('closed again', { status: 'success' }); // once only
+  session(sink).end('chaperone: the server turned standard_conforming_strings off', {
+    status: 'denied',
+    code: '0A000',
+  });
+  assert.deepEqual(
+    sink.records.filter((r) => r.type === 'session.end').map((r) => r.outcome),
+    [
+      { message: 'client terminated the session', status: 'success' },
+      { code: '08P01', message: 'chaperone: protocol violation: bad frame', status: 'error' },
+      { code: '0A000', message: 'chaperone: the server turned standard_conforming_strings off', status: 'denied' },
+    ],
+  );
+});

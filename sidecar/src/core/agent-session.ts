@@ -32,6 +32,14 @@ import {
 
 export type { CommandDescription, CommandOutcome, DecidedCommand } from './command.ts';
 
+/** How a session ended, for its session.end record. */
+export interface SessionEnding {
+  readonly status: 'success' | 'error' | 'denied';
+  /** The SQLSTATE or HTTP status of the error that ended it. */
+  readonly code?: string;
+}
+const ENDED_IN_ORDER: SessionEnding = Object.freeze({ status: 'success' });
+
 /** What the session needs of the policy engine (PolicyEngine; a fixed decider in unit tests). */
 export type PolicyDecider = Pick<PolicyEngine, 'decide'>;
 
@@ -280,10 +288,19 @@ export class AgentSession {
     this.writeSoon({ command: { id: command.id, kind }, outcome: recorded, type: 'command.outcome' });
   }
 
-  end(reason: string): void {
+  /**
+   * Records the end of the session and how it ended: `success` when the client or the sidecar closed it in
+   * order, `error` when it broke (a protocol violation, the upstream lost), `denied` when the sidecar ended
+   * it as a refusal; `code` is the error's SQLSTATE or HTTP status.
+   */
+  end(reason: string, how: SessionEnding = ENDED_IN_ORDER): void {
     if (this.ended) return;
     this.ended = true;
-    this.write({ type: 'session.end', outcome: { status: 'success', message: reason } });
+    const outcome = {} as NonNullable<AuditRecord['outcome']>;
+    if (how.code !== undefined) outcome.code = how.code;
+    outcome.message = reason.slice(0, 1024);
+    outcome.status = how.status;
+    this.write({ type: 'session.end', outcome });
   }
 
   /**

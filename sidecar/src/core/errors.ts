@@ -40,12 +40,12 @@ export const SIDECAR_ERRORS = {
     fatal: false,
     summary: 'The statement could not be parsed; it is never forwarded.',
   },
-  ParserSettingRefused: {
+  SettingRefused: {
     sqlState: '42501',
     httpStatus: 403,
     fatal: false,
     summary:
-      'A SET of standard_conforming_strings, client_encoding or backslash_quote (they change how later text is read).',
+      "A SET the session's pins forbid: search_path, client_encoding, standard_conforming_strings, backslash_quote; in a read-only session, anything that turns the read-only guard off.",
   },
   FastPathRefused: {
     sqlState: '42501',
@@ -77,17 +77,44 @@ export const SIDECAR_ERRORS = {
     fatal: true,
     summary: 'Startup and authentication took longer than authTimeoutMs.',
   },
-  ReplicationRefused: {
+  StartupParameterRefused: {
     sqlState: '42501',
     httpStatus: 403,
     fatal: true,
-    summary: 'Replication connections are not proxied.',
+    summary:
+      'A startup parameter that changes privileges or the read-only guard (replication, role, session_authorization, session_replication_role, transaction_read_only; default_transaction_read_only in a read-only session).',
   },
-  UnsupportedEncoding: {
+  StartupParameterUnsupported: {
     sqlState: '0A000',
     httpStatus: 400,
     fatal: true,
-    summary: 'A client_encoding other than UTF8 or SQL_ASCII.',
+    summary:
+      'A startup parameter the sidecar cannot honour and still read statements as the server does (client_encoding other than UTF8, another search_path, standard_conforming_strings off, backslash_quote, options other than -c).',
+  },
+  UnsupportedServer: {
+    sqlState: '0A000',
+    httpStatus: 502,
+    fatal: true,
+    summary:
+      'The protected database reports a version, encoding or setting the analysis cannot model (no grammar for its major, server_encoding not UTF8, standard_conforming_strings off, a read-only session without its guard).',
+  },
+  TlsRequired: {
+    sqlState: '08P01',
+    httpStatus: 400,
+    fatal: true,
+    summary: 'A plaintext startup on a listener that has tls configured.',
+  },
+  CancelRefused: {
+    sqlState: '28000',
+    httpStatus: 403,
+    fatal: true,
+    summary: 'A CancelRequest whose key matches no session: recorded, and (as PostgreSQL does) never answered.',
+  },
+  TooManyUnauthenticated: {
+    sqlState: '53300',
+    httpStatus: 429,
+    fatal: true,
+    summary: 'More connections from one client address in startup or authentication than maxUnauthenticatedPerSource.',
   },
   UnsupportedProtocol: {
     sqlState: '0A000',

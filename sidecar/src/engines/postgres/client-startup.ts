@@ -1,12 +1,14 @@
 // The startup phase of a PostgreSQL client connection, up to the first ReadyForQuery: what a StartupMessage
-// may ask for, verifying the identity token (the client's password), the upstream login with the sidecar's
-// own credential, opening the AgentSession, and the greeting. The connection drives the socket; this says
-// what to do. Every refusal is a SidecarError the connection sends as a FATAL ErrorResponse (thrown, in the
-// asynchronous steps, as StartupRefused).
+// may ask for, verifying the identity token (the client's password), opening the AgentSession, the session's
+// pins (read-only when its policies grant no write), the upstream login with the sidecar's own credential
+// (or its least-privilege one) and the pinned settings, the check of what the server reports, and the
+// greeting. The connection drives the socket; this says what to do. Every refusal is a SidecarError the
+// connection sends as a FATAL ErrorResponse (thrown, in the asynchronous steps, as StartupRefused); refusals
+// before a session exists are recorded as auth.failure records of their own.
 import { readFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
 import type { Identity } from '@chaperone/api';
-import { AgentSession, type ClientSource } from '../../core/agent-session.ts';
+import { AgentSession, policyIdentity, type ClientSource } from '../../core/agent-session.ts';
 import { AuditUnavailable } from '../../core/audit/audit-sink.ts';
 import { RecordChain } from '../../core/audit/record-chain.ts';
 import { auditUnavailableReason, type SidecarError } from '../../core/errors.ts';
@@ -16,6 +18,15 @@ import { sqlStateOf } from './error-responses.ts';
 import { AUTHENTICATION_OK, backendKeyData, parameterStatus, readyForQuery } from './protocol/backend-encoder.ts';
 import type { StartupMessage } from './protocol/frontend-messages.ts';
 import { UpstreamError, type UpstreamConnection } from './protocol/upstream-connection.ts';
+import {
+  DEFAULT_PINNED_SCHEMA,
+  ServerReportedState,
+  upstreamStartupParameters,
+  type SessionPins,
+  type StartupParameters,
+} from './analysis/session-state.ts';
+import { UnsupportedServerVersion, type SqlAnalyzer } from './analysis/sql-analyzer.ts';
+import { policiesGrantWrite } from './write-grant.ts';
 
 /** A refusal during startup; the connection sends `refusal` as a FATAL ErrorResponse and closes. */
 export class StartupRefused extends Error {
@@ -27,50 +38,30 @@ export class StartupRefused extends Error {
   }
 }
 
-/** Startup parameters passed to the upstream; anything else (notably `options`) could change privileges or parsing. */
-const PASSED_PARAMETERS: ReadonlySet<string> = new Set([
-  'application_name',
-  'client_encoding',
-  'datestyle',
-  'timezone',
-  'intervalstyle',
-  'extra_float_digits',
-  'search_path',
-  'statement_timeout',
-  'lock_timeout',
-  'idle_in_transaction_session_timeout',
-]);
-const SAFE_CLIENT_ENCODINGS: ReadonlySet<string> = new Set(['utf8', 'utf-8', 'unicode', 'sql_ascii']);
-
 /** Why a StartupMessage is refused before authentication; undefined when it may go on. */
-export function refuseStartup(msg: StartupMessage): SidecarError | undefined {
+export function refuseStartup(msg: StartupMessage, pins: SessionPins): SidecarError | undefined {
   if (msg.majorVersion !== 3) {
     return {
       id: 'UnsupportedProtocol',
       message: `unsupported frontend protocol ${String(msg.majorVersion)}.${String(msg.minorVersion)}`,
     };
   }
-  if (msg.parameters.has('replication')) {
-    return {
-      id: 'ReplicationRefused',
-      message: 'replication connections are not allowed through the chaperone sidecar',
-    };
-  }
-  const encoding = msg.parameters.get('client_encoding');
-  if (encoding !== undefined && !SAFE_CLIENT_ENCODINGS.has(encoding.toLowerCase())) {
-    // The sidecar decodes statements as UTF-8; a multibyte client encoding could hide text from analysis.
-    return {
-      id: 'UnsupportedEncoding',
-      message: `client_encoding ${encoding} is not supported through the chaperone sidecar; use UTF8`,
-    };
-  }
-  return undefined;
+  // Checked again with the session's own pins once the identity is known (a read-only session refuses more).
+  const parameters = upstreamStartupParameters(msg.parameters, pins);
+  return parameters.ok ? undefined : startupParameterRefusal(parameters);
 }
 
-/** The search_path the client asked for at startup, as a list of schemas. */
-export function startupSearchPath(msg: StartupMessage): readonly string[] | undefined {
-  const searchPath = msg.parameters.get('search_path');
-  return searchPath?.split(',').map((s) => s.trim().replace(/^"|"$/g, ''));
+/** The FATAL for a refused upstreamStartupParameters result. */
+export function startupParameterRefusal(result: Extract<StartupParameters, { ok: false }>): SidecarError {
+  return {
+    id: result.privilege ? 'StartupParameterRefused' : 'StartupParameterUnsupported',
+    message: `chaperone: ${result.reason}`,
+  };
+}
+
+/** The FATAL for a server report (ParameterStatus) the session cannot run with. */
+export function serverStateRefusal(reason: string): SidecarError {
+  return { id: 'UnsupportedServer', message: `chaperone: ${reason}` };
 }
 
 /** Who the client says it is, as recorded in session.start and auth.failure. */
@@ -106,7 +97,10 @@ export async function verifyToken(
       tokenHash: tokenHash(token),
       client: source.address,
     });
-    recordAuthFailure(ctx, failure, source, cancelKey);
+    recordRefusedConnection(ctx, source, cancelKey, {
+      id: 'AuthenticationFailed',
+      message: `${failure.reason}: ${failure.message}`,
+    });
     throw new StartupRefused({
       id: 'AuthenticationFailed',
       message: `chaperone: authentication failed: ${failure.message}`,
@@ -114,11 +108,17 @@ export async function verifyToken(
   }
 }
 
-function recordAuthFailure(
+/**
+ * Records a connection refused before it became a session (a rejected token, a refused startup parameter,
+ * a plaintext startup on a TLS listener, too many unauthenticated connections, a cancel request matching no
+ * session) as an `auth.failure` record of its own one-record trail. The connection is refused whatever the
+ * trail says; when the record itself is refused, the log line is what remains of it.
+ */
+export function recordRefusedConnection(
   ctx: ConnectionContext,
-  failure: AuthenticationFailed,
   source: ClientSource,
   cancelKey: number,
+  refusal: SidecarError,
 ): void {
   const chain = new RecordChain(
     ctx.services.sink,
@@ -135,45 +135,45 @@ function recordAuthFailure(
     chain.record({
       type: 'auth.failure',
       source: { ...source },
-      outcome: {
-        status: 'denied',
-        code: sqlStateOf('AuthenticationFailed'),
-        message: `${failure.reason}: ${failure.message}`,
-      },
+      outcome: { status: 'denied', code: sqlStateOf(refusal.id), message: refusal.message.slice(0, 1024) },
     });
   } catch (err) {
-    // The connection is refused anyway; the log line is what remains of it.
     if (!(err instanceof AuditUnavailable)) throw err;
+    ctx.logger.warn('refused connection not recorded: audit trail unavailable', { client: source.address });
   }
 }
 
+/** Which upstream login a session uses: the resource's credential, or its least-privilege one. */
+export type UpstreamLogin = 'full' | 'read-only';
+
 /**
- * Logs in upstream with the sidecar's own credential, passing only the allowed startup parameters. The
- * credential files are read per connection, so a rotated Secret reaches new connections.
+ * Logs in upstream with the sidecar's own credential (or its least-privilege one), sending `parameters`
+ * (upstreamStartupParameters: the client's allowed settings plus the pins). The credential files are read
+ * per connection, so a rotated Secret reaches new connections.
  */
 export async function loginUpstream(
   ctx: ConnectionContext,
-  msg: StartupMessage | undefined,
+  parameters: readonly (readonly [string, string])[],
+  login: UpstreamLogin,
   subject: string,
 ): Promise<UpstreamConnection> {
-  const parameters: [string, string][] = [];
-  for (const [name, value] of msg?.parameters ?? []) {
-    if (PASSED_PARAMETERS.has(name.toLowerCase())) parameters.push([name, value]);
-  }
   const up = ctx.config.upstream;
+  const usernameFile = login === 'read-only' ? up.readOnlyUsernameFile : up.usernameFile;
+  const passwordFile = login === 'read-only' ? up.readOnlyPasswordFile : up.passwordFile;
+  if (usernameFile === undefined || passwordFile === undefined) throw new Error(`no ${login} credential configured`);
   try {
     return await ctx.connect({
       host: up.host,
       port: up.port,
       database: up.database,
-      user: readFileSync(up.usernameFile, 'utf8').trim(),
-      password: readFileSync(up.passwordFile, 'utf8').replace(/\r?\n$/, ''),
+      user: readFileSync(usernameFile, 'utf8').trim(),
+      password: readFileSync(passwordFile, 'utf8').replace(/\r?\n$/, ''),
       tls: ctx.upstreamTls(),
       parameters,
     });
   } catch (err) {
     const reason = err instanceof UpstreamError ? err.reason : 'connect';
-    ctx.logger.error('upstream connection failed', { reason, error: err, subject });
+    ctx.logger.error('upstream connection failed', { reason, error: err, subject, login });
     throw new StartupRefused({
       id: 'UpstreamUnavailable',
       message: `chaperone: could not connect to the protected database (${reason})`,
@@ -213,4 +213,73 @@ export function greeting(upstream: UpstreamConnection, cancelKey: { processId: n
   frames.push(backendKeyData(cancelKey.processId, cancelKey.secretKey));
   frames.push(readyForQuery(upstream.transactionStatus));
   return Buffer.concat(frames);
+}
+
+/** The pins of a session on this listener: its pinned schema, and whether it is read-only. */
+export function listenerPins(ctx: ConnectionContext, readOnly: boolean): SessionPins {
+  return { schema: ctx.config.searchPath || DEFAULT_PINNED_SCHEMA, readOnly };
+}
+
+/** The pins of an opened session: read-only when its policies grant no write (write-grant.ts). */
+export function sessionPins(
+  ctx: ConnectionContext,
+  identity: Identity,
+  session: AgentSession,
+  source: ClientSource,
+): SessionPins {
+  const mayWrite = policiesGrantWrite(ctx.services.policy, {
+    identity: policyIdentity(identity),
+    resource: ctx.resource,
+    session: {
+      id: session.id,
+      applicationName: source.applicationName,
+      clientAddress: source.address,
+      inTransaction: false,
+    },
+  });
+  return listenerPins(ctx, !mayWrite);
+}
+
+/**
+ * Logs in upstream with the pinned startup parameters: with the least-privilege credential for a read-only
+ * session when the listener has one. Throws StartupRefused when the client's parameters cannot be honoured
+ * under these pins (a read-only session refuses more than the check before authentication did).
+ */
+export async function loginPinned(
+  ctx: ConnectionContext,
+  startup: StartupMessage,
+  pins: SessionPins,
+  subject: string,
+): Promise<UpstreamConnection> {
+  const parameters = upstreamStartupParameters(startup.parameters, pins);
+  if (!parameters.ok) throw new StartupRefused(startupParameterRefusal(parameters));
+  const login = pins.readOnly && ctx.config.upstream.readOnlyUsernameFile !== undefined ? 'read-only' : 'full';
+  ctx.logger.debug('upstream login', { subject, login, readOnly: pins.readOnly });
+  return loginUpstream(ctx, parameters.parameters, login, subject);
+}
+
+/**
+ * The server's reports up to its first ReadyForQuery, checked against what the analysis assumes; throws
+ * StartupRefused (UnsupportedServer) when the session cannot run.
+ */
+export function checkServerReports(upstream: UpstreamConnection, pins: SessionPins): ServerReportedState {
+  const state = new ServerReportedState(pins);
+  for (const [name, value] of upstream.parameters) {
+    const refusal = state.note(name, value);
+    if (refusal !== undefined) throw new StartupRefused(serverStateRefusal(refusal));
+  }
+  const missing = state.startupRefusal();
+  if (missing !== undefined) throw new StartupRefused(serverStateRefusal(missing));
+  return state;
+}
+
+/** The analyzer of the upstream's major version; a version without a grammar here refuses the session. */
+export function analyzerFor(ctx: ConnectionContext, state: ServerReportedState): SqlAnalyzer {
+  const version = state.get('server_version') ?? '';
+  try {
+    return ctx.analyzers.forServerVersion(version);
+  } catch (err) {
+    if (!(err instanceof UnsupportedServerVersion)) throw err;
+    throw new StartupRefused(serverStateRefusal(err.message));
+  }
 }

@@ -5,7 +5,7 @@ import type { PostgresListenerConfig } from '../../config.ts';
 import type { ResourceContext } from '../../core/agent-session.ts';
 import type { EngineServices } from '../../core/engine.ts';
 import type { Logger } from '../../core/observability/logger.ts';
-import type { SqlAnalyzer } from './analysis/sql-analyzer.ts';
+import type { SqlAnalyzers } from './analysis/sql-analyzer.ts';
 import type {
   UpstreamConnectOptions,
   UpstreamConnection,
@@ -27,7 +27,8 @@ export interface ConnectionContext {
   readonly resource: ResourceContext;
   /** The services' logger, labelled with this listener. */
   readonly logger: Logger;
-  readonly analyzer: SqlAnalyzer;
+  /** The analyzer per upstream major version (one per process, shared by every resource). */
+  readonly analyzers: SqlAnalyzers;
   /** Client-facing TLS, when the listener has it. */
   readonly tls: SecureContext | undefined;
   /** chaperone_bytes_total children of this listener, counted locally (core/observability/metrics.ts). */
@@ -40,4 +41,11 @@ export interface ConnectionContext {
   register(connection: CancelTarget): void;
   unregister(connection: CancelTarget): void;
   findByCancelKey(processId: number, secretKey: Buffer): CancelTarget | undefined;
+  /**
+   * Counts a connection from `address` that has not authenticated yet; false when that address already
+   * has maxUnauthenticatedPerSource of them (the connection is then refused, and not counted).
+   */
+  admitUnauthenticated(address: string): boolean;
+  /** Ends the count of an admitted connection: it authenticated, or closed. Call once per admission. */
+  releaseUnauthenticated(address: string): void;
 }

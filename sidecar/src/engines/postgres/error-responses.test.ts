@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { SIDECAR_ERRORS, type SidecarErrorId } from '../../core/errors.ts';
-import { denial, errorResponseFor } from './error-responses.ts';
+import { denial, errorResponseFor, sessionEnding } from './error-responses.ts';
 
 /** ErrorResponse fields by code letter, read the simple way. */
 function fields(frame: Buffer): Record<string, string> {
@@ -37,4 +37,23 @@ test('a denial carries detail, hint and position, and the SQLSTATE its outcome r
   const d = denial({ id: 'Unanalysable', message: 'chaperone: x', detail: 'd', hint: 'h', position: 7 });
   assert.equal(d.code, '42601');
   assert.deepEqual(fields(d.frame), { S: 'ERROR', V: 'ERROR', C: '42601', M: 'chaperone: x', D: 'd', H: 'h', P: '7' });
+});
+
+test('a session ended by a FATAL is recorded as a refusal or as a failure, with the SQLSTATE', () => {
+  assert.deepEqual(sessionEnding({ id: 'UnsupportedServer', message: 'chaperone: x' }), {
+    status: 'denied',
+    code: '0A000',
+  });
+  assert.deepEqual(sessionEnding({ id: 'StartupParameterRefused', message: 'chaperone: x' }), {
+    status: 'denied',
+    code: '42501',
+  });
+  assert.deepEqual(sessionEnding({ id: 'ProtocolViolation', message: 'chaperone: x' }), {
+    status: 'error',
+    code: '08P01',
+  });
+  assert.deepEqual(sessionEnding({ id: 'UpstreamUnavailable', message: 'chaperone: x' }), {
+    status: 'error',
+    code: '08006',
+  });
 });

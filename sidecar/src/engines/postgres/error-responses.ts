@@ -1,6 +1,7 @@
 // The one place where the PostgreSQL engine turns the sidecar's errors (core/errors.ts) into wire bytes: the
 // SQLSTATE and the severity come from the catalogue, the words from the SidecarError. It also names the few
 // SQLSTATEs of the upstream's own errors the engine reads. No other file of the engine spells a SQLSTATE.
+import type { SessionEnding } from '../../core/agent-session.ts';
 import { SIDECAR_ERRORS, type SidecarError, type SidecarErrorId } from '../../core/errors.ts';
 import { errorResponse } from './protocol/backend-encoder.ts';
 
@@ -39,4 +40,20 @@ export function denial(error: SidecarError): Denial {
 /** The SQLSTATE of a catalogue entry, for records that carry one without a frame. */
 export function sqlStateOf(id: SidecarErrorId): string {
   return SIDECAR_ERRORS[id].sqlState;
+}
+
+/** FATALs that end a session as a refusal (`denied`) rather than a failure (`error`). */
+const REFUSALS: ReadonlySet<SidecarErrorId> = new Set([
+  'StartupParameterRefused',
+  'StartupParameterUnsupported',
+  'UnsupportedServer',
+  'AuditUnavailable',
+  'AuthenticationFailed',
+  'TlsRequired',
+  'TooManyUnauthenticated',
+]);
+
+/** How a session ended by this FATAL is recorded (its session.end outcome). */
+export function sessionEnding(error: SidecarError): SessionEnding {
+  return { status: REFUSALS.has(error.id) ? 'denied' : 'error', code: sqlStateOf(error.id) };
 }

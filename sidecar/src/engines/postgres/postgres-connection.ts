@@ -4,25 +4,42 @@
 // here, and the response tracker is told what the upstream will answer. Upstream bytes are forwarded raw;
 // only the frames the tracker needs are looked at (protocol/backend-scanner.ts), and it reports each
 // command's outcome to the AgentSession. Backpressure is propagated both ways.
+//
+// The sidecar decides what the server will execute (docs/postgres-engine.md): the upstream session is
+// started with the pinned settings (analysis/session-state.ts), every ParameterStatus the server sends is
+// checked against what the analysis assumes (a change that makes it read statements differently ends the
+// session), and statements are parsed with the grammar of the server's major version.
+//
+// The sidecar decides what the server will execute (docs/postgres-engine.md): the upstream session is
+// started with the pinned settings (analysis/session-state.ts), every ParameterStatus the server sends is
+// checked against what the analysis assumes (a change that makes it read statements differently ends the
+// session), and statements are parsed with the grammar of the server's major version.
 import { randomBytes } from 'node:crypto';
 import type { Duplex } from 'node:stream';
 import { TLSSocket } from 'node:tls';
 import type { Socket } from 'node:net';
-import type { AgentSession } from '../../core/agent-session.ts';
+import type { AgentSession, SessionEnding } from '../../core/agent-session.ts';
 import type { ConnectionHandler } from '../../core/engine.ts';
 import type { SidecarError } from '../../core/errors.ts';
+import type { ServerReportedState, SessionPins } from './analysis/session-state.ts';
+import type { SqlAnalyzer } from './analysis/sql-analyzer.ts';
 import {
+  analyzerFor,
+  checkServerReports,
   greeting,
-  loginUpstream,
+  listenerPins,
+  loginPinned,
   openSession,
+  recordRefusedConnection,
   refuseStartup,
+  serverStateRefusal,
+  sessionPins,
   sessionSource,
-  startupSearchPath,
   StartupRefused,
   verifyToken,
 } from './client-startup.ts';
 import type { CancelTarget, ConnectionContext } from './connection-context.ts';
-import { errorResponseFor } from './error-responses.ts';
+import { errorResponseFor, sessionEnding } from './error-responses.ts';
 import { OutboundBytes } from './outbound-bytes.ts';
 import { ResponseTracker, TRACKED_FRAMES, type UnitKind } from './response-tracker.ts';
 import { StatementGate, substituteFrame, type GateVerdict, type SettledVerdict } from './statement-gate.ts';
@@ -32,7 +49,7 @@ import {
   sslResponse,
 } from './protocol/backend-encoder.ts';
 import { BackendCode } from './protocol/backend-messages.ts';
-import { BackendScanner } from './protocol/backend-scanner.ts';
+import { BackendScanner, decodeParameterStatus } from './protocol/backend-scanner.ts';
 import { FrontendDecoder } from './protocol/frontend-decoder.ts';
 import {
   protocolNegotiation,
@@ -66,7 +83,15 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
   private agentSession: AgentSession | undefined;
   private gate: StatementGate | undefined;
   private tracker: ResponseTracker | undefined;
-  private readonly scanner = new BackendScanner({ interest: [...TRACKED_FRAMES, BackendCode.NotificationResponse] });
+  private readonly scanner = new BackendScanner({
+    interest: [...TRACKED_FRAMES, BackendCode.NotificationResponse, BackendCode.ParameterStatus],
+  });
+  /** The server's reported settings, checked as they change. */
+  private serverState: ServerReportedState | undefined;
+  /** Whether this connection's refusal before any session was recorded already (auth.failure). */
+  private refusalRecorded = false;
+  /** The client address while this connection counts against maxUnauthenticatedPerSource. */
+  private unauthenticatedFrom: string | undefined;
   /** What this turn forwards upstream and sends to the client: each leaves in one write (outbound-bytes.ts). */
   private readonly toUpstream = new OutboundBytes();
   private readonly toClientBytes = new OutboundBytes();
@@ -79,7 +104,8 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
     this.ctx = ctx;
     this.rawClient = socket;
     this.client = socket;
-    this.decoder = new FrontendDecoder({ maxMessageLength: ctx.config.maxMessageBytes });
+    // Until the client has authenticated, its messages are small (the password message holds a token).
+    this.decoder = new FrontendDecoder({ maxMessageLength: ctx.config.maxUnauthenticatedMessageBytes });
     socket.setNoDelay(true);
     socket.on('data', this.onClientData);
     socket.on('error', () => {
@@ -91,6 +117,40 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
     this.authTimer = setTimeout(() => {
       this.fatal({ id: 'AuthenticationTimeout', message: 'authentication timed out' });
     }, ctx.config.authTimeoutMs);
+    const address = socket.remoteAddress ?? '';
+    if (!ctx.admitUnauthenticated(address)) {
+      this.refuseConnection({
+        id: 'TooManyUnauthenticated',
+        message: `chaperone: too many connections from ${address} are still authenticating (at most ${String(ctx.config.maxUnauthenticatedPerSource)})`,
+      });
+      return;
+    }
+    this.unauthenticatedFrom = address;
+  }
+
+  /** This connection no longer counts as unauthenticated (it authenticated, or it closed). */
+  private releaseUnauthenticated(): void {
+    if (this.unauthenticatedFrom === undefined) return;
+    this.ctx.releaseUnauthenticated(this.unauthenticatedFrom);
+    this.unauthenticatedFrom = undefined;
+  }
+
+  /** Refuses a connection that is not a session yet: an auth.failure record, then the FATAL. */
+  private refuseConnection(error: SidecarError): void {
+    this.ctx.logger.warn('connection refused', {
+      id: error.id,
+      message: error.message,
+      client: this.rawClient.remoteAddress,
+    });
+    this.recordRefusal(error);
+    this.fatal(error);
+  }
+
+  /** Records a refusal of a connection that has no session (a session records its end itself). */
+  private recordRefusal(error: SidecarError): void {
+    if (this.refusalRecorded || this.agentSession !== undefined) return;
+    this.refusalRecorded = true;
+    recordRefusedConnection(this.ctx, sessionSource(this.startup, this.rawClient), this.cancelKey.processId, error);
   }
 
   /** A method, not a field read, because handlers called in between may have closed the connection. */
@@ -196,9 +256,17 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
         return this.forwardCancel(msg);
       case 'StartupMessage': {
         this.startup = msg;
-        const refusal = refuseStartup(msg);
+        if (this.ctx.tls !== undefined && this.client === this.rawClient) {
+          // The token would travel in clear: refused before it is asked for.
+          this.refuseConnection({
+            id: 'TlsRequired',
+            message: 'chaperone: this listener requires TLS (connect with sslmode=require or stronger)',
+          });
+          return undefined;
+        }
+        const refusal = refuseStartup(msg, listenerPins(this.ctx, false));
         if (refusal !== undefined) {
-          this.fatal(refusal);
+          this.refuseConnection(refusal);
           return undefined;
         }
         const negotiation = protocolNegotiation(msg);
@@ -234,6 +302,14 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
   private async forwardCancel(msg: CancelRequest): Promise<void> {
     // A cancel request carries no identity: its 8-byte key is the credential, as in PostgreSQL itself.
     const target = this.ctx.findByCancelKey(msg.processId, msg.secretKey);
+    if (target === undefined) {
+      // A guessed or stale key: recorded, since trying keys is how a cancel would be abused.
+      this.ctx.logger.warn('cancel request matches no session', { client: this.rawClient.remoteAddress });
+      recordRefusedConnection(this.ctx, sessionSource(undefined, this.rawClient), this.cancelKey.processId, {
+        id: 'CancelRefused',
+        message: `chaperone: cancel request for process ${String(msg.processId)} matches no session`,
+      });
+    }
     this.close('cancel request handled');
     if (target !== undefined) await target.cancelUpstream();
   }
@@ -251,46 +327,44 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
   }
 
   private async authenticate(token: string): Promise<void> {
-    const source = sessionSource(this.startup, this.rawClient);
+    const startup = this.startup as StartupMessage;
+    const source = sessionSource(startup, this.rawClient);
     let session: AgentSession;
     let upstream: UpstreamConnection;
+    let analyzer: SqlAnalyzer;
+    let pins: SessionPins;
     try {
       const identity = await verifyToken(this.ctx, token, source, this.cancelKey.processId);
       if (this.isClosed()) return; // the client went away, or timed out, during verification
+      this.releaseUnauthenticated();
+      this.decoder.setMaxMessageLength(this.ctx.config.maxMessageBytes);
       this.phase = 'connecting';
-      upstream = await loginUpstream(this.ctx, this.startup, identity.subject);
+      session = openSession(this.ctx, identity, source);
+      this.agentSession = session;
+      pins = sessionPins(this.ctx, identity, session, source);
+      upstream = await loginPinned(this.ctx, startup, pins, identity.subject);
       this.upstream = upstream;
       if (this.isClosed()) {
         // The client went away (or timed out) while the upstream login was in flight.
         upstream.socket.destroy();
         return;
       }
+      // What the server reported before its first ReadyForQuery, checked before AuthenticationOk reaches the client.
+      const state = checkServerReports(upstream, pins);
+      analyzer = analyzerFor(this.ctx, state);
+      this.serverState = state;
       clearTimeout(this.authTimer);
-      try {
-        session = openSession(this.ctx, identity, source);
-      } catch (err) {
-        upstream.socket.destroy();
-        throw err;
-      }
     } catch (err) {
       if (!(err instanceof StartupRefused)) throw err;
       this.fatal(err.refusal);
       return;
     }
-    this.agentSession = session;
     const tracker = new ResponseTracker({
       transactionStatus: upstream.transactionStatus,
       onOutcome: (command, outcome) => session.complete(command, 'sql', outcome),
     });
     this.tracker = tracker;
-    const searchPath = this.startup === undefined ? undefined : startupSearchPath(this.startup);
-    this.gate = new StatementGate({
-      analyzer: this.ctx.analyzer,
-      session,
-      upstream: tracker,
-      logger: this.ctx.logger,
-      ...(searchPath === undefined ? {} : { searchPath }),
-    });
+    this.gate = new StatementGate({ analyzer, session, upstream: tracker, logger: this.ctx.logger, pins });
     this.ctx.register(this);
     const socket = upstream.socket;
     socket.on('data', this.onUpstreamData);
@@ -315,6 +389,7 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
       subject: identity.subject,
       chain: identity.chain?.map((a) => a.subject),
       tokenHash: identity.tokenHash,
+      readOnly: pins.readOnly,
     });
   }
 
@@ -351,7 +426,7 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
         this.forward(substituteFrame('Execute'));
         return;
       case 'FunctionCall':
-        return this.apply(gate.functionCall(), 'FunctionCall', msg.frame);
+        return this.apply(gate.functionCall(msg.functionOid), 'FunctionCall', msg.frame);
       case 'Bind':
         this.forward(msg.frame);
         if (discarding) return;
@@ -427,7 +502,19 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
       for (let seg = this.scanner.next(); seg !== null; seg = this.scanner.next()) {
         if (seg.kind === 'raw') out.push(seg.bytes);
         else if (seg.code === BackendCode.NotificationResponse) out.push(this.rewriteNotifierPid(seg.frame));
-        else out.push(tracker.onFrame(seg.code, seg.frame));
+        else if (seg.code === BackendCode.ParameterStatus) {
+          const { name, value } = decodeParameterStatus(seg.frame);
+          const refusal = this.serverState?.note(name, value);
+          if (refusal !== undefined) {
+            // The server now reads statements differently from the analysis (or dropped the read-only
+            // guard): nothing more may reach it. What came before the report goes to the client.
+            out.flushTo(this.client);
+            this.ctx.logger.warn('server state refused', { sessionId: this.agentSession?.id, name, value });
+            this.fatal(serverStateRefusal(refusal));
+            return;
+          }
+          out.push(seg.frame);
+        } else out.push(tracker.onFrame(seg.code, seg.frame));
       }
     } catch (err) {
       out.flushTo(this.client); // what came before the bad frame, then the FATAL
@@ -469,21 +556,28 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
     this.fatal({ id: 'Internal', message: 'chaperone: internal error' });
   }
 
-  /** Sends a FATAL ErrorResponse in the client's protocol, once, and closes the connection. */
+  /**
+   * Sends a FATAL ErrorResponse in the client's protocol, once, and closes the connection; the session's
+   * end record carries the error: `denied` for a refusal, `error` for a failure.
+   */
   private fatal(error: SidecarError): void {
     if (this.phase === 'closed') return;
+    // Before a session exists (a protocol violation or timeout in startup): an auth.failure record. A
+    // rejected token was recorded by verifyToken.
+    if (error.id !== 'AuthenticationFailed') this.recordRefusal(error);
     if (this.client.writable) this.client.end(errorResponseFor(error, true));
-    this.close(error.message);
+    this.close(error.message, sessionEnding(error));
   }
 
-  close(reason: string): void {
+  close(reason: string, ending?: SessionEnding): void {
     if (this.phase === 'closed') return;
     this.phase = 'closed';
     clearTimeout(this.authTimer);
+    this.releaseUnauthenticated();
     this.ctx.unregister(this);
     // Outstanding commands never got their responses.
     this.tracker?.cancelAll();
-    this.agentSession?.end(reason);
+    this.agentSession?.end(reason, ending);
     const upstream = this.upstream?.socket;
     if (upstream !== undefined) {
       upstream.removeAllListeners('close');

@@ -1,7 +1,8 @@
-// The PostgreSQL engine (core/engine.ts): loads the SQL parser once per process, and for each configured
-// resource binds an endpoint that keeps the resource's TLS context, upstream settings and the table of
-// client-facing cancel keys (so a CancelRequest on a new connection reaches the right upstream session),
-// and turns every accepted socket into a PostgresConnection.
+// The PostgreSQL engine (core/engine.ts): loads the SQL parser once per process (one analyzer per upstream
+// major version, shared by every resource), and for each configured resource binds an endpoint that keeps
+// the resource's TLS context, upstream settings, the table of client-facing cancel keys (so a CancelRequest
+// on a new connection reaches the right upstream session) and the count of unauthenticated connections per
+// client address, and turns every accepted socket into a PostgresConnection.
 import type { Socket } from 'node:net';
 import { readFileSync } from 'node:fs';
 import { createSecureContext, type SecureContext } from 'node:tls';
@@ -12,7 +13,7 @@ import type { Engine, EngineServices, ResourceEndpoint } from '../../core/engine
 import type { Logger } from '../../core/observability/logger.ts';
 import { localCounter, type LocalCounter } from '../../core/observability/metrics.ts';
 import { loadSqlParser } from './analysis/analyze-sql.ts';
-import { createSqlAnalyzer, type SqlAnalyzer } from './analysis/sql-analyzer.ts';
+import { createSqlAnalyzers, type SqlAnalyzers } from './analysis/sql-analyzer.ts';
 import type { CancelTarget, ConnectionContext } from './connection-context.ts';
 import { PostgresConnection } from './postgres-connection.ts';
 import {
@@ -26,17 +27,25 @@ import {
 /** Analyses kept per process (shared by every PostgreSQL resource of the sidecar). */
 const ANALYSIS_CACHE_SIZE = 4096;
 
-export function createPostgresEngine(): Engine<PostgresListenerConfig> {
-  let analyzer: SqlAnalyzer | undefined;
+export interface PostgresEngineOptions {
+  /**
+   * The analyzers to use instead of the engine's own (created at init). For tests that show what the
+   * database-enforced layer does when the analysis misses a statement.
+   */
+  readonly analyzers?: () => SqlAnalyzers;
+}
+
+export function createPostgresEngine(options: PostgresEngineOptions = {}): Engine<PostgresListenerConfig> {
+  let analyzers: SqlAnalyzers | undefined;
   return {
     type: 'postgres',
     async init() {
       await loadSqlParser();
-      analyzer = createSqlAnalyzer({ cacheSize: ANALYSIS_CACHE_SIZE });
+      analyzers = options.analyzers?.() ?? createSqlAnalyzers({ cacheSize: ANALYSIS_CACHE_SIZE });
     },
     bind(config, services) {
-      if (analyzer === undefined) throw new Error('the PostgreSQL engine is bound before init()');
-      return new PostgresEndpoint(config, services, analyzer);
+      if (analyzers === undefined) throw new Error('the PostgreSQL engine is bound before init()');
+      return new PostgresEndpoint(config, services, analyzers);
     },
   };
 }
@@ -46,18 +55,19 @@ class PostgresEndpoint implements ResourceEndpoint, ConnectionContext {
   readonly services: EngineServices;
   readonly resource: ResourceContext;
   readonly logger: Logger;
-  readonly analyzer: SqlAnalyzer;
+  readonly analyzers: SqlAnalyzers;
   readonly tls: SecureContext | undefined;
   readonly sendCancel = sendCancelRequest;
   readonly bytesFromClients: LocalCounter;
   readonly bytesToClients: LocalCounter;
   private readonly byCancelKey = new Map<number, CancelTarget>();
+  private readonly unauthenticated = new Map<string, number>();
   private readonly upstreamCa: string | undefined;
 
-  constructor(config: PostgresListenerConfig, services: EngineServices, analyzer: SqlAnalyzer) {
+  constructor(config: PostgresListenerConfig, services: EngineServices, analyzers: SqlAnalyzers) {
     this.config = config;
     this.services = services;
-    this.analyzer = analyzer;
+    this.analyzers = analyzers;
     this.logger = services.logger.child({ listener: config.name, engine: 'postgres' });
     this.bytesFromClients = localCounter(services.metrics.bytes, {
       listener: config.name,
@@ -107,6 +117,19 @@ class PostgresEndpoint implements ResourceEndpoint, ConnectionContext {
     if (this.byCancelKey.get(connection.cancelKey.processId) === connection) {
       this.byCancelKey.delete(connection.cancelKey.processId);
     }
+  }
+
+  admitUnauthenticated(address: string): boolean {
+    const count = this.unauthenticated.get(address) ?? 0;
+    if (count >= this.config.maxUnauthenticatedPerSource) return false;
+    this.unauthenticated.set(address, count + 1);
+    return true;
+  }
+
+  releaseUnauthenticated(address: string): void {
+    const count = this.unauthenticated.get(address) ?? 0;
+    if (count <= 1) this.unauthenticated.delete(address);
+    else this.unauthenticated.set(address, count - 1);
   }
 
   findByCancelKey(processId: number, secretKey: Buffer): CancelTarget | undefined {

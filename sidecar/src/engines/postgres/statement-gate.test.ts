@@ -11,6 +11,7 @@ import { createSidecarMetrics } from '../../core/observability/metrics.ts';
 import type { PolicyRequest } from '../../core/policy/policy-engine.ts';
 import { loadSqlParser } from './analysis/analyze-sql.ts';
 import { createSqlAnalyzer } from './analysis/sql-analyzer.ts';
+import type { SessionPins } from './analysis/session-state.ts';
 import { StatementGate, substituteFrame, type GateVerdict, type SettledVerdict } from './statement-gate.ts';
 import type { TransactionStatus } from './protocol/backend-messages.ts';
 import type { Bind } from './protocol/frontend-messages.ts';
@@ -74,7 +75,7 @@ class TestSink implements AuditSink {
   }
 }
 
-function setup(options: { sink?: MemorySink | TestSink; failOpen?: boolean; searchPath?: string[] } = {}) {
+function setup(options: { sink?: MemorySink | TestSink; failOpen?: boolean; pins?: SessionPins } = {}) {
   const sink = options.sink ?? new MemorySink();
   const policy = new FixedDecider();
   const upstream: { transactionStatus: TransactionStatus } = { transactionStatus: 'I' };
@@ -95,7 +96,7 @@ function setup(options: { sink?: MemorySink | TestSink; failOpen?: boolean; sear
     session,
     upstream,
     logger: silentLogger,
-    ...(options.searchPath === undefined ? {} : { searchPath: options.searchPath }),
+    pins: options.pins ?? { schema: 'public', readOnly: false },
   });
   return { gate, session, policy, upstream, sink };
 }
@@ -198,8 +199,39 @@ test('changing a parser-sensitive setting is refused before policy', () => {
   const { gate, policy } = setup();
   const v = settled(gate.query('SET standard_conforming_strings = off'));
   assert.equal(v.action, 'substitute');
-  assert.match(errorFields(v.denial?.frame).M ?? '', /changing standard_conforming_strings is not allowed/);
+  assert.equal(v.denial?.code, '42501');
+  assert.match(errorFields(v.denial.frame).M ?? '', /changing standard_conforming_strings is not allowed/);
   assert.equal(policy.requests.length, 1, 'only the refusal record went through decide (kind other)');
+});
+
+test('a read-only session refuses every way of lifting the guard, and allows the ways of keeping it', () => {
+  const { gate } = setup({ pins: { schema: 'public', readOnly: true } });
+  for (const sql of [
+    'SET default_transaction_read_only = off',
+    'SET SESSION default_transaction_read_only TO false',
+    'SET LOCAL transaction_read_only = off',
+    "SET session_replication_role = 'replica'",
+    'BEGIN READ WRITE',
+    'START TRANSACTION READ ONLY, READ WRITE',
+    'SET TRANSACTION READ WRITE',
+    'SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE',
+    'SELECT 1; SET default_transaction_read_only = 0',
+  ]) {
+    const v = settled(gate.query(sql));
+    assert.equal(v.action, 'substitute', sql);
+    assert.equal(v.denial?.code, '42501', sql);
+    assert.match(errorFields(v.denial.frame).M ?? '', /^chaperone: this session is read-only/, sql);
+  }
+  for (const sql of [
+    'SET default_transaction_read_only = on',
+    'RESET default_transaction_read_only',
+    'BEGIN READ ONLY',
+  ]) {
+    assert.equal(settled(gate.query(sql)).action, 'forward', sql);
+  }
+  // The same statements in a session that may write are up to the policy.
+  const writer = setup().gate;
+  assert.equal(settled(writer.query('SET default_transaction_read_only = off')).action, 'forward');
 });
 
 test('an empty query is forwarded without a decision', () => {
@@ -227,14 +259,23 @@ test('Parse: allowed statements are prepared unrecorded and decided at every Exe
   assert.equal(policy.requests.length, 3, 'decided at Parse and at each Execute');
 });
 
-test('Parse of a forbidden statement is substituted and recorded; its Execute lets the upstream report the missing statement', () => {
+test('Parse of a forbidden statement is substituted and recorded; its Execute is refused and recorded with the same reason', () => {
   const { gate, sink } = setup();
   const v = gate.parse('bad', 'UPDATE orders SET paid = true');
   assert.equal(v.action, 'substitute');
   assert.equal(v.denial?.code, '42501');
   assert.equal(records(sink).filter((r) => r.type === 'command.decision').length, 1);
   gate.bind(bind('p', 'bad'));
-  assert.deepEqual(gate.execute('p'), { action: 'substitute', command: undefined, denial: undefined });
+  // The upstream may still hold an older statement named "bad": the Execute must fail with our denial
+  // (never the upstream's error about the substitute's internal portal name).
+  const execute = settled(gate.execute('p'));
+  assert.equal(execute.action, 'substitute');
+  assert.equal(execute.denial, v.denial);
+  assert.equal(execute.command?.recorded, true);
+  const decisions = records(sink).filter((r) => r.type === 'command.decision');
+  assert.equal(decisions.length, 2);
+  assert.equal(decisions[1]?.command?.text, 'UPDATE orders SET paid = true');
+  assert.equal(decisions[1].decision?.result, 'deny');
 });
 
 test('Execute of a portal the sidecar did not see bound fails closed', () => {
@@ -267,8 +308,8 @@ test('SQL EXECUTE is decided as what PREPARE stored; a Bind may name a SQL-prepa
   assert.equal(settled(gate.execute('p')).action, 'forward');
 });
 
-test('relations are qualified with the startup search_path, which a SET cannot change', () => {
-  const { gate, sink } = setup({ searchPath: ['app'] });
+test('relations are qualified with the pinned schema, which a SET cannot change', () => {
+  const { gate, sink } = setup({ pins: { schema: 'app', readOnly: false } });
   settled(gate.query('SELECT * FROM t'));
   assert.deepEqual(records(sink).at(-1)?.command?.relations, ['app.t']);
   const set = settled(gate.query('SET search_path = other, public'));
@@ -289,11 +330,28 @@ test('the policy sees whether a transaction is open, from the upstream status', 
   );
 });
 
-test('the fast-path FunctionCall is always refused', () => {
-  const { gate } = setup();
-  const v = gate.functionCall();
+test('the fast-path FunctionCall is always refused, and recorded', () => {
+  const { gate, sink } = setup();
+  const v = gate.functionCall(764);
   assert.equal(v.action, 'substitute');
   assert.match(errorFields(v.denial?.frame).M ?? '', /fast-path/);
+  const decision = records(sink).at(-1);
+  assert.equal(decision?.type, 'command.decision');
+  assert.equal(decision.command?.text, 'FUNCTION CALL 764');
+  assert.equal(decision.decision?.result, 'deny');
+});
+
+test('EXECUTE of a harmless PREPARE is decided with its own arguments (they run too)', () => {
+  const { gate } = setup();
+  assert.equal(settled(gate.query('PREPARE late(int) AS SELECT $1')).action, 'forward');
+  assert.equal(settled(gate.query('EXECUTE late(1)')).action, 'forward');
+  for (const sql of [
+    'EXECUTE late(bump(1))',
+    "EXECUTE late(setval('s', 7)::int)",
+    'EXECUTE late((SELECT 1 FROM secret))',
+  ]) {
+    assert.equal(settled(gate.query(sql)).action, 'substitute', sql);
+  }
 });
 
 test('with a group-committing sink an allowed query is held until its record is durable, then forwarded', async () => {
@@ -347,8 +405,11 @@ test('FailOpen: a refused record is lost, counted and the query runs; the next r
   assert.deepEqual(types.slice(-2), ['audit.gap', 'command.decision']);
 });
 
-test('substitutes fail upstream: an unknown statement, a portal no client can name', () => {
+test('substitutes fail upstream: an unknown statement, a portal name that is not UTF-8', () => {
   assert.match(substituteFrame('Query').toString('latin1'), /CHAPERONE_DENIED/);
   assert.match(substituteFrame('Parse', 'stmt').toString('latin1'), /stmt\0CHAPERONE_DENIED/);
-  assert.ok(substituteFrame('Execute').includes(Buffer.from('chaperone\u0001denied')));
+  const execute = substituteFrame('Execute');
+  // 'E', length 10, the portal name 0xFF (invalid UTF-8: no client can have such a portal), maxRows 0.
+  assert.deepEqual([...execute], [0x45, 0, 0, 0, 10, 0xff, 0, 0, 0, 0, 0]);
+  assert.equal(execute.readInt32BE(1), execute.length - 1);
 });

@@ -5,18 +5,19 @@
 //   (so responses keep pipeline order and PostgreSQL's own failed-transaction semantics hold);
 // - hold: wait for a promise that settles into one of the other two (the audit trail's group commit today;
 //   an approval later).
-// It keeps the session state the analysis depends on (prepared statements, portals, SQL-level PREPAREs,
-// search_path). No sockets: tested on its own.
+// It keeps the session state the analysis depends on (prepared statements, portals, SQL-level PREPAREs);
+// search_path is pinned (analysis/session-state.ts), never tracked from forwarded statements, and every
+// statement the session's pins forbid is refused before policy (settingRefusal). No sockets: tested on its own.
 import type { AgentSession } from '../../core/agent-session.ts';
 import type { DecidedCommand, SettledClearance } from '../../core/command.ts';
 import { auditRefusal, policyRefusal } from '../../core/errors.ts';
 import type { Logger } from '../../core/observability/logger.ts';
-import type { AnalyzedStatement } from './analysis/analyze-sql.ts';
-import { PARSER_SENSITIVE_SETTINGS } from './analysis/analyze-sql.ts';
+import { resolveSqlExecute, type AnalyzedStatement } from './analysis/analyze-sql.ts';
+import { pinnedSearchPath, settingRefusal, type SessionPins } from './analysis/session-state.ts';
 import type { SqlAnalyzer } from './analysis/sql-analyzer.ts';
 import { denial, type Denial } from './error-responses.ts';
 import type { TransactionStatus } from './protocol/backend-messages.ts';
-import { encodeExecute, encodeParse, encodeQuery } from './protocol/frontend-encoder.ts';
+import { encodeParse, encodeQuery } from './protocol/frontend-encoder.ts';
 import type { Bind } from './protocol/frontend-messages.ts';
 import { auditParameters, describeRefused, describeStatements } from './sql-command.ts';
 
@@ -30,19 +31,29 @@ export type SettledVerdict = Exclude<GateVerdict, { action: 'hold' }>;
 
 /** Forward, with no decided command (an empty query, a Parse decided again at Execute). */
 const FORWARD: SettledVerdict = Object.freeze({ action: 'forward', command: undefined });
-/** Substitute and let the upstream's own error through (an Execute of a statement refused at Parse). */
-const SUBSTITUTE_UPSTREAM_ERROR: SettledVerdict = Object.freeze({
-  action: 'substitute',
-  command: undefined,
-  denial: undefined,
-});
 
 /** Statement text that fails in the upstream's parser at once; its error is replaced by the denial. */
 const FAILING_SQL = 'CHAPERONE_DENIED';
-/** Portal name no client can have created (names starting with a NUL cannot be sent). */
-const MISSING_PORTAL = 'chaperone\u0001denied';
 const FAILING_QUERY = encodeQuery(FAILING_SQL);
-const FAILING_EXECUTE = encodeExecute(MISSING_PORTAL, 0);
+/**
+ * An Execute whose portal name is not valid UTF-8 (the byte 0xFF): the server refuses the message itself
+ * ("invalid byte sequence", the client encoding is pinned to UTF8), so it fails whatever portals exist. No
+ * client can create a portal of that name (a Bind naming it fails the same way, and SQL text must be valid
+ * UTF-8), unlike any printable name, which a client could Bind or DECLARE to have a substitute run it.
+ */
+const FAILING_EXECUTE = Buffer.from([
+  0x45, // 'E'
+  0x00,
+  0x00,
+  0x00,
+  0x0a, // length: itself, the name and its NUL, maxRows
+  0xff,
+  0x00, // portal name: one invalid byte
+  0x00,
+  0x00,
+  0x00,
+  0x00, // maxRows 0
+]);
 
 /**
  * What is sent upstream instead of a refused message of this kind: a message that fails at once there. Also
@@ -74,8 +85,8 @@ export interface StatementGateOptions {
   /** Where the upstream's transaction status is kept (the response tracker): policy input `inTransaction`. */
   readonly upstream: { readonly transactionStatus: TransactionStatus };
   readonly logger: Logger;
-  /** search_path the client asked for at startup; default ['public']. */
-  readonly searchPath?: readonly string[];
+  /** What the sidecar enforces on this session: the pinned schema, the read-only guard. */
+  readonly pins: SessionPins;
 }
 
 export class StatementGate {
@@ -87,14 +98,16 @@ export class StatementGate {
   private readonly portals = new Map<string, { statement: PreparedStatement; params: readonly string[] }>();
   /** SQL-level PREPARE name → analysed inner statement, so EXECUTE name is decided as what it runs. */
   private readonly sqlPrepared = new Map<string, AnalyzedStatement>();
-  private searchPath: readonly string[];
+  private readonly pins: SessionPins;
+  private readonly searchPath: readonly string[];
 
   constructor(options: StatementGateOptions) {
     this.analyzer = options.analyzer;
     this.agentSession = options.session;
     this.upstream = options.upstream;
     this.logger = options.logger;
-    this.searchPath = options.searchPath ?? ['public'];
+    this.pins = options.pins;
+    this.searchPath = pinnedSearchPath(options.pins);
   }
 
   /** A simple Query: the whole string is decided at once; any refusal refuses all of it. */
@@ -153,8 +166,9 @@ export class StatementGate {
       return this.refuse(`EXECUTE PORTAL ${JSON.stringify(portalName)}`, refusal);
     }
     const statement = portal.statement;
-    // Refused (and recorded) at Parse; the upstream never prepared it and reports that itself.
-    if (statement.refusal !== undefined) return SUBSTITUTE_UPSTREAM_ERROR;
+    // Refused (and recorded) at Parse. The upstream may still hold an older statement of that name (the
+    // refused Parse failed there), so the Execute is refused and recorded too, with the Parse's reason.
+    if (statement.refusal !== undefined) return this.refuse(statement.text, statement.refusal);
     const analysis = statement.analysis;
     if (analysis === undefined || analysis.length === 0) return FORWARD; // empty statement: EmptyQueryResponse
     const description = describeStatements(statement.text, analysis, portal.params);
@@ -167,16 +181,12 @@ export class StatementGate {
     else this.portals.delete(name);
   }
 
-  /** The fast-path interface calls any function by OID, out of sight of statement analysis. */
-  functionCall(): SettledVerdict {
-    return {
-      action: 'substitute',
-      command: undefined,
-      denial: denial({
-        id: 'FastPathRefused',
-        message: 'chaperone: the fast-path function call interface is not allowed',
-      }),
-    };
+  /** The fast-path interface calls any function by OID, out of sight of statement analysis: refused and recorded. */
+  functionCall(functionOid: number): SettledVerdict {
+    return this.refuse(
+      `FUNCTION CALL ${String(functionOid)}`,
+      denial({ id: 'FastPathRefused', message: 'chaperone: the fast-path function call interface is not allowed' }),
+    );
   }
 
   // ---- internals -------------------------------------------------------------------------------
@@ -234,12 +244,9 @@ export class StatementGate {
       });
     }
     for (const s of analysis.statements) {
-      if (s.setting !== undefined && PARSER_SENSITIVE_SETTINGS.has(s.setting.name)) {
-        return denial({
-          id: 'ParserSettingRefused',
-          message: `chaperone: changing ${s.setting.name} is not allowed (it changes how statements are read)`,
-        });
-      }
+      if (s.setting === undefined && s.configures === undefined && s.transaction !== 'begin') continue;
+      const refusal = settingRefusal(s, this.pins);
+      if (refusal !== undefined) return denial({ id: 'SettingRefused', message: `chaperone: ${refusal}` });
     }
     // Most strings run no EXECUTE: the analysis is used as it is (the same array for the same analysis,
     // which lets describeStatements reuse what it derived from it).
@@ -247,11 +254,13 @@ export class StatementGate {
     return analysis.statements.map((s) => this.resolveSqlExecute(s));
   }
 
-  /** EXECUTE name is decided as the statement PREPARE name stored; unknown names keep kind `execute`. */
+  /**
+   * EXECUTE name is decided as the statement PREPARE name stored together with the EXECUTE's own argument
+   * expressions (which run too); unknown names keep kind `execute`.
+   */
   private resolveSqlExecute(s: AnalyzedStatement): AnalyzedStatement {
     if (s.executes === undefined) return s;
-    const prepared = this.sqlPrepared.get(s.executes);
-    return prepared === undefined ? s : { ...prepared, text: s.text, fingerprint: s.fingerprint, executes: s.executes };
+    return resolveSqlExecute(s, this.sqlPrepared.get(s.executes));
   }
 
   /** Tracks session state the analysis depends on, once a statement is allowed to run. */
@@ -261,9 +270,6 @@ export class StatementGate {
       if (s.deallocates !== undefined) {
         if (s.deallocates === '*') this.sqlPrepared.clear();
         else this.sqlPrepared.delete(s.deallocates);
-      }
-      if (s.setting?.name === 'search_path' && s.setting.action === 'set' && s.setting.values.length > 0) {
-        this.searchPath = s.setting.values;
       }
     }
   }

@@ -107,6 +107,12 @@ export interface AnalyzedStatement extends SqlStatementFacts {
   /** NOTIFY channel, or pg_notify's channel when it is a literal. */
   readonly notifies?: string;
   readonly setting?: SettingChange;
+  /**
+   * Settings a `set_config(name, value, is_local)` call in the statement changes: the lower-case name when
+   * it is a literal, `*` when it is not (a parameter, a column, an expression). set_config is SET by
+   * another name, so the session's pins refuse the same settings through it (session-state.ts).
+   */
+  readonly configures?: readonly string[];
 }
 
 export interface SqlSyntaxError {
@@ -289,6 +295,8 @@ class FactCollector {
   /** A function outside pg_catalog (or shadowable) is called: EXPLAIN may run it while planning. */
   callsUserFunction = false;
   notifies: string | undefined;
+  /** set_config targets: lower-case literal names, `*` for a name that is not a literal. */
+  readonly configures = new Set<string>();
   private readonly defaultSchema: string;
   private readonly pgCatalogFirst: boolean;
   private readonly safeFunctions: ReadonlySet<string>;
@@ -351,6 +359,10 @@ class FactCollector {
     if (shadowable || schema !== 'pg_catalog') this.callsUserFunction = true;
     if (shadowable || functionHasSideEffects(schema, name, this.safeFunctions)) this.sideEffects = true;
     if (schema !== 'pg_catalog') return;
+    if (name === 'set_config') {
+      this.configures.add(constText(list(call.args)[0])?.toLowerCase() ?? '*');
+      return;
+    }
     // Only these read their first argument's value (nextval('seq') names a relation).
     const relationArgument = RELATION_ARGUMENT_FUNCTIONS.has(name);
     if (!relationArgument && name !== 'pg_notify') return;
@@ -651,6 +663,7 @@ function classify(node: unknown, collect: FactCollector): Classified {
     functions: [...collect.functions],
     sideEffects: sideEffects || collect.sideEffects,
     ...(collect.notifies === undefined ? {} : { notifies: collect.notifies }),
+    ...(collect.configures.size === 0 ? {} : { configures: [...collect.configures] }),
   });
   const inner = (query: unknown, extra: Extras): Classified => ({ ...classify(query, collect), ...extra });
 

@@ -1,21 +1,14 @@
 // The analysis side of the differential corpus: each attempt, decided the way the engine decides (a
-// deliberately independent model of the connection and of the corpus's read-only policy), gets the
-// verdict the corpus records. Two connection models are checked: the engine as it is (EXECUTE takes the
-// PREPARE's facts) and the engine with this folder's pieces wired in (resolveSqlExecute, settingRefusal
-// with a pinned schema in a read-only session), so wiring them in cannot break the corpus.
+// deliberately independent model of the connection and of the corpus's read-only policy: EXECUTE resolved
+// with resolveSqlExecute, settingRefusal with the pinned schema in a read-only session, since the policy
+// grants no write), gets the verdict the corpus records. The e2e test runs the same corpus through the
+// real sidecar.
 import { before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import {
-  PARSER_SENSITIVE_SETTINGS,
-  analyzeSql,
-  loadSqlParser,
-  resolveSqlExecute,
-  type AnalyzedStatement,
-} from './analyze-sql.ts';
+import { analyzeSql, loadSqlParser, resolveSqlExecute, type AnalyzedStatement } from './analyze-sql.ts';
 import {
   DIFFERENTIAL_CLASSES,
   DIFFERENTIAL_CORPUS,
-  NEEDS_CONNECTION_WIRING,
   OWNER_OBJECT_WRITES,
   type DifferentialAttempt,
 } from './differential-corpus.ts';
@@ -33,26 +26,16 @@ function policyAllows(s: AnalyzedStatement): boolean {
   return READ_KINDS.has(s.kind) && !s.sideEffects && s.relations.every((r) => READ_SCHEMAS.test(r));
 }
 
-type Model = 'as-is' | 'wired';
-
 /** A session: the PREPAREs the engine remembers, and how it decides a Query string. */
 class ModelSession {
   private readonly prepared = new Map<string, AnalyzedStatement>();
-  private readonly model: Model;
-
-  constructor(model: Model) {
-    this.model = model;
-  }
 
   decide(sql: string): 'deny' | 'allow' | 'unparsable' {
     const analysis = analyzeSql(sql);
     if (!analysis.ok) return 'unparsable';
     const statements = analysis.statements.map((s) => this.resolve(s));
     for (const s of statements) {
-      if (s.setting !== undefined && PARSER_SENSITIVE_SETTINGS.has(s.setting.name)) return 'deny';
-      if (this.model === 'wired' && settingRefusal(s, { schema: 'public', readOnly: true }) !== undefined) {
-        return 'deny';
-      }
+      if (settingRefusal(s, { schema: 'public', readOnly: true }) !== undefined) return 'deny';
     }
     if (!statements.every(policyAllows)) return 'deny';
     for (const s of statements) {
@@ -65,15 +48,12 @@ class ModelSession {
 
   private resolve(s: AnalyzedStatement): AnalyzedStatement {
     if (s.executes === undefined) return s;
-    const prepared = this.prepared.get(s.executes);
-    if (this.model === 'wired') return resolveSqlExecute(s, prepared);
-    // postgres-connection.ts today: the PREPARE's facts replace the EXECUTE's.
-    return prepared === undefined ? s : { ...prepared, text: s.text, fingerprint: s.fingerprint, executes: s.executes };
+    return resolveSqlExecute(s, this.prepared.get(s.executes));
   }
 }
 
-function checkInOrder(attempts: readonly DifferentialAttempt[], model: Model): void {
-  const session = new ModelSession(model);
+function checkInOrder(attempts: readonly DifferentialAttempt[]): void {
+  const session = new ModelSession();
   for (const attempt of attempts) {
     assert.equal(session.decide(attempt.sql), attempt.expect, `${attempt.class}: ${attempt.why}: ${attempt.sql}`);
   }
@@ -96,27 +76,19 @@ describe('differential corpus', () => {
   });
 
   it('every attempt parses with the PostgreSQL 15 grammar (refusals are decisions, not syntax errors)', () => {
-    for (const a of [...DIFFERENTIAL_CORPUS, ...NEEDS_CONNECTION_WIRING, ...OWNER_OBJECT_WRITES]) {
+    for (const a of [...DIFFERENTIAL_CORPUS, ...OWNER_OBJECT_WRITES]) {
       const result = analyzeSql(a.sql);
       assert.ok(result.ok, `${a.sql}: ${result.ok ? '' : result.error.message}`);
     }
   });
 
-  it('gets the recorded verdict from the engine as it is', () => {
-    checkInOrder(DIFFERENTIAL_CORPUS, 'as-is');
-  });
-
-  it('gets the recorded verdict once the pieces of this folder are wired in', () => {
-    checkInOrder(DIFFERENTIAL_CORPUS, 'wired');
-  });
-
-  it('closes the EXECUTE-argument attempts once resolveSqlExecute is wired in', () => {
-    checkInOrder(NEEDS_CONNECTION_WIRING, 'wired');
+  it('gets the recorded verdict from the engine (EXECUTE arguments included, pins of a read-only session)', () => {
+    checkInOrder(DIFFERENTIAL_CORPUS);
   });
 
   it('cannot see writes through owner-defined objects (the database-enforced layer must refuse them)', () => {
     // Documented limits: these read as harmless; the e2e test shows PostgreSQL refusing them when the
     // upstream login is a least-privilege role.
-    checkInOrder(OWNER_OBJECT_WRITES, 'wired');
+    checkInOrder(OWNER_OBJECT_WRITES);
   });
 });

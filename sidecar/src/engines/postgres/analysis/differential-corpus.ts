@@ -15,8 +15,9 @@
 // was run as a non-superuser database owner against DIFFERENTIAL_SCHEMA_SQL in a scratch database, and
 // none failed with a syntax error (some fail at run time: permissions, missing extension, no transaction).
 //
-// Entries run in order on one connection (EXECUTE p_ok(2) uses the PREPARE before it). Not here, because
-// they need the connection wiring of phase 2: NEEDS_CONNECTION_WIRING below.
+// Entries run in order on one connection (EXECUTE p_ok(2) uses the PREPARE before it). Startup parameters
+// (Client_Encoding=SJIS, Search_Path=secret, options=-c ..., options=-O) are attempts of their own, through
+// a raw client: e2e/postgres/session-pins.test.ts.
 import { CORPUS_SCHEMA_SQL } from './write-corpus.ts';
 
 export const DIFFERENTIAL_CLASSES = [
@@ -148,6 +149,21 @@ export const DIFFERENTIAL_CORPUS: readonly DifferentialAttempt[] = [
   ),
   allow('options', 'EXPLAIN (ANALYZE true, ANALYZE true) SELECT count(*) FROM accounts', 'executes a plain read'),
   // --- Dropped expressions: every expression a statement carries is analysed ---------------------------
+  // A statement prepared by an earlier Query string: its EXECUTE's own arguments run too (resolveSqlExecute).
+  allow('expressions', 'PREPARE late(int) AS SELECT $1', 'prepares a harmless statement'),
+  allow('expressions', 'EXECUTE late(2)', 'a constant argument'),
+  deny('expressions', 'EXECUTE late(bump(1))', 'EXECUTE arguments of a statement prepared earlier run'),
+  deny('expressions', "EXECUTE late(setval('accounts_seq', 7)::int)", 'setval as a later EXECUTE argument'),
+  deny(
+    'expressions',
+    'EXECUTE late((SELECT count(*)::int FROM secret.creds))',
+    'a read of another schema in an argument',
+  ),
+  deny('expressions', "EXECUTE late(nextval('accounts_seq')::int)", 'nextval as a later EXECUTE argument'),
+  deny('expressions', 'EXECUTE late((SELECT bump(1)))', 'a writing function in a sub-select argument'),
+  deny('expressions', 'EXECUTE late(pg_try_advisory_lock(1)::int)', 'a session-state function as an argument'),
+  deny('expressions', "EXECUTE late(length(pg_read_file('/etc/hostname')))", 'a server file read as an argument'),
+  allow('expressions', 'DEALLOCATE late', 'housekeeping'),
   deny('expressions', 'PREPARE r(int) AS SELECT $1; EXECUTE r(bump(1))', 'EXECUTE arguments run'),
   deny(
     'expressions',
@@ -420,25 +436,6 @@ export const DIFFERENTIAL_CORPUS: readonly DifferentialAttempt[] = [
   deny('copy', 'COPY accounts (id) FROM STDIN', 'loads rows'),
   deny('copy', 'COPY (DELETE FROM audit_log RETURNING *) TO STDOUT', 'write inside COPY'),
   deny('copy', 'COPY secret.creds TO STDOUT', 'bulk read of another schema'),
-];
-
-/**
- * Attempts that pass only once the connection uses this folder's pieces (phase 2 of issue 9); the unit
- * test checks the analysis side of each. Run in order. Startup-parameter attempts are in
- * session-state.test.ts (upstreamStartupParameters: `Client_Encoding=SJIS`, `Search_Path=secret`,
- * `options=-c client_encoding=SJIS`).
- */
-export const NEEDS_CONNECTION_WIRING: readonly DifferentialAttempt[] = [
-  allow('expressions', 'PREPARE late(int) AS SELECT $1', 'prepares a harmless statement'),
-  // postgres-connection.ts resolveSqlExecute replaces the EXECUTE's facts with the PREPARE's and drops the
-  // arguments; analysis/resolveSqlExecute keeps them.
-  deny('expressions', 'EXECUTE late(bump(1))', 'EXECUTE arguments of a statement prepared earlier run'),
-  deny('expressions', "EXECUTE late(setval('accounts_seq', 7)::int)", 'setval as a later EXECUTE argument'),
-  deny(
-    'expressions',
-    'EXECUTE late((SELECT count(*)::int FROM secret.creds))',
-    'a read of another schema in an argument',
-  ),
 ];
 
 /**

@@ -108,6 +108,20 @@ describe('upstreamStartupParameters', () => {
       [['options', '-c noequals']],
     ];
     for (const params of refused) assert.equal(startup(params).ok, false, JSON.stringify(params));
+    // Privileges and the read-only guard are 42501 to the client; what the sidecar cannot model is 0A000.
+    const privilege = (params: [string, string][], pins?: SessionPins): boolean | undefined => {
+      const result = startup(params, pins);
+      return result.ok ? undefined : result.privilege;
+    };
+    assert.equal(privilege([['replication', 'database']]), true);
+    assert.equal(privilege([['options', '-c role=postgres']]), true);
+    assert.equal(privilege([['Session_Authorization', 'postgres']]), true);
+    assert.equal(privilege([['options', '-c session_replication_role=replica']]), true);
+    assert.equal(privilege([['default_transaction_read_only', 'off']], READ_ONLY), true);
+    assert.equal(privilege([['Client_Encoding', 'SJIS']]), false);
+    assert.equal(privilege([['options', '-O']]), false);
+    assert.equal(privilege([['Backslash_Quote', 'on']]), false);
+    assert.equal(privilege([['search_path', 'secret']]), false);
     assert.equal(startup([['default_transaction_read_only', 'off']], READ_ONLY).ok, false);
     assert.equal(startup([['options', '-c default_transaction_read_only=off']], READ_ONLY).ok, false);
     assert.equal(startup([['default_transaction_read_only', 'on']], READ_ONLY).ok, true);
@@ -213,5 +227,31 @@ describe('settingRefusal', () => {
     ]) {
       assert.equal(settingRefusal(statement(sql), READ_ONLY), undefined, sql);
     }
+  });
+
+  it('refuses set_config() of the same settings, since it is SET by another name, and of the role', () => {
+    for (const sql of [
+      "SELECT set_config('search_path', 'secret', false)",
+      "SELECT set_config('Search_Path', 'secret', true)",
+      "SELECT pg_catalog.set_config('client_encoding', 'SJIS', false)",
+      "SELECT 1 WHERE set_config('standard_conforming_strings', 'off', false) IS NOT NULL",
+      "SELECT set_config('backslash_quote', 'on', false)",
+      "SELECT set_config('role', 'postgres', false)",
+      "SELECT set_config('session_authorization', 'postgres', false)",
+      "SELECT set_config(name, 'x', false) FROM pg_settings",
+      'PREPARE s(text) AS SELECT set_config($1, $2, false)',
+      "EXECUTE late(set_config('search_path', 'secret', false)::int)",
+      "SELECT * FROM accounts WHERE id = (SELECT length(set_config('search_path', 'secret', false)))",
+    ]) {
+      assert.notEqual(settingRefusal(statement(sql), PINS), undefined, sql);
+    }
+    const guard = "SELECT set_config('default_transaction_read_only', 'off', false)";
+    assert.notEqual(settingRefusal(statement(guard), READ_ONLY), undefined);
+    assert.equal(settingRefusal(statement(guard), PINS), undefined, 'a writer session: up to the policy');
+    assert.equal(settingRefusal(statement("SELECT set_config('application_name', 'x', false)"), READ_ONLY), undefined);
+    assert.deepEqual(statement("SELECT set_config('A', '1', false), set_config(x, '2', true) FROM t").configures, [
+      'a',
+      '*',
+    ]);
   });
 });

@@ -79,7 +79,21 @@ const PROTOCOL_FIELDS: ReadonlySet<string> = new Set(['user', 'database']);
 
 export type StartupParameters =
   | { readonly ok: true; readonly parameters: readonly (readonly [string, string])[] }
-  | { readonly ok: false; readonly reason: string };
+  /**
+   * `privilege`: the parameter would change privileges or switch off the read-only guard (refuse with
+   * 42501); otherwise the sidecar cannot honour it and still read statements as the server does (0A000).
+   */
+  | { readonly ok: false; readonly reason: string; readonly privilege: boolean };
+
+/** Refused startup settings that are about privileges rather than how statements are read. */
+const PRIVILEGE_SETTINGS: ReadonlySet<string> = new Set([
+  'replication',
+  'role',
+  'session_authorization',
+  'transaction_read_only',
+  'session_replication_role',
+  'default_transaction_read_only',
+]);
 
 /** Splits a libpq `options` value the way the server does (pg_split_opts): whitespace, backslash escapes. */
 function splitOptions(options: string): string[] {
@@ -185,7 +199,7 @@ export function upstreamStartupParameters(
     if (PROTOCOL_FIELDS.has(name)) continue;
     if (name === 'options') {
       const parsed = optionSettings(value);
-      if (typeof parsed === 'string') return { ok: false, reason: parsed };
+      if (typeof parsed === 'string') return { ok: false, reason: parsed, privilege: false };
       for (const [n, v] of parsed) settings.set(n.toLowerCase(), v);
       continue;
     }
@@ -200,10 +214,10 @@ export function upstreamStartupParameters(
   const parameters: [string, string][] = [];
   for (const [name, value] of settings) {
     const refused = REFUSED_SETTINGS.get(name);
-    if (refused !== undefined) return { ok: false, reason: refused };
+    if (refused !== undefined) return { ok: false, reason: refused, privilege: PRIVILEGE_SETTINGS.has(name) };
     if (PINNED_SETTINGS.has(name)) {
       const reason = pinnedValueRefusal(name, value, pins);
-      if (reason !== undefined) return { ok: false, reason };
+      if (reason !== undefined) return { ok: false, reason, privilege: PRIVILEGE_SETTINGS.has(name) };
       continue;
     }
     if (PASSED_SETTINGS.has(name)) parameters.push([name, value]);
@@ -317,14 +331,40 @@ const READ_ONLY_GUARDS: ReadonlySet<string> = new Set([
   'session_replication_role',
 ]);
 
+/** Settings whose change through set_config() changes privileges: SET ROLE by another name. */
+const PRIVILEGE_CHANGES: ReadonlySet<string> = new Set(['role', 'session_authorization']);
+
+/**
+ * Why a `set_config(name, ...)` call may not run: set_config is SET by another name, so it may not change a
+ * pinned setting, a read-only session's guard, or (since the policy sees a SELECT, not a SET ROLE) the
+ * role; a name that is not a literal cannot be checked and is refused.
+ */
+function setConfigRefusal(name: string, pins: SessionPins): string | undefined {
+  if (name === '*') {
+    return 'set_config() with a setting name that is not a literal cannot be checked and is not allowed';
+  }
+  if (name === 'search_path') {
+    return `search_path is pinned to ${quoteIdentifier(pins.schema)} by the chaperone sidecar and cannot be changed`;
+  }
+  if (LEXER_SETTINGS.has(name)) return `changing ${name} is not allowed (it changes how statements are read)`;
+  if (PRIVILEGE_CHANGES.has(name)) return `set_config() of ${name} is not allowed (it changes privileges)`;
+  if (pins.readOnly && READ_ONLY_GUARDS.has(name)) return `this session is read-only; ${name} cannot be changed`;
+  return undefined;
+}
+
 /**
  * Why a statement may not run in a session with these pins, whatever the policy says; undefined when it
  * may. SET (any form, LOCAL too) of a pinned setting is refused; RESET and SET ... TO DEFAULT return to
  * the startup value, which is the pin, and are allowed. In a read-only session, anything that could turn
  * the read-only guard off is refused: SET of the guard settings to another value, BEGIN / START
  * TRANSACTION / SET TRANSACTION / SET SESSION CHARACTERISTICS with READ WRITE as their last mode.
+ * set_config() calls of the same settings are refused the same way (setConfigRefusal).
  */
 export function settingRefusal(statement: AnalyzedStatement, pins: SessionPins): string | undefined {
+  for (const name of statement.configures ?? []) {
+    const refusal = setConfigRefusal(name, pins);
+    if (refusal !== undefined) return refusal;
+  }
   const setting = statement.setting;
   if (setting !== undefined) {
     const changes = setting.action === 'set' || setting.action === 'current';

@@ -49,6 +49,13 @@ export interface FrontendDecoderOptions {
   readonly initialPhase?: 'startup' | 'regular';
 }
 
+function checkedMaxLength(max: number): number {
+  if (!Number.isInteger(max) || max < 4 || max > 0x7fffffff) {
+    throw new RangeError(`maxMessageLength must be an integer in [4, 2^31-1], got ${max}`);
+  }
+  return max;
+}
+
 /** Smallest buffer allocated for a frame that straddles chunks; grows by doubling up to the frame size. */
 const MIN_PARTIAL_CAPACITY = 256;
 
@@ -70,7 +77,7 @@ const MIN_PARTIAL_CAPACITY = 256;
  * later call throws again, because the stream can no longer be framed. Close the connection.
  */
 export class FrontendDecoder {
-  private readonly maxMessageLength: number;
+  private maxMessageLength: number;
   private currentPhase: FrontendDecoderPhase;
   private failure: ProtocolViolation | null = null;
 
@@ -87,12 +94,16 @@ export class FrontendDecoder {
   private gssRequested = false;
 
   constructor(options: FrontendDecoderOptions = {}) {
-    const max = options.maxMessageLength ?? DEFAULT_MAX_MESSAGE_LENGTH;
-    if (!Number.isInteger(max) || max < 4 || max > 0x7fffffff) {
-      throw new RangeError(`maxMessageLength must be an integer in [4, 2^31-1], got ${max}`);
-    }
-    this.maxMessageLength = max;
+    this.maxMessageLength = checkedMaxLength(options.maxMessageLength ?? DEFAULT_MAX_MESSAGE_LENGTH);
     this.currentPhase = options.initialPhase ?? 'startup';
+  }
+
+  /**
+   * Changes the cap on later messages' length fields: a connection keeps it small until the client has
+   * authenticated (a password message holds a token, not 64 MiB) and raises it afterwards.
+   */
+  setMaxMessageLength(max: number): void {
+    this.maxMessageLength = checkedMaxLength(max);
   }
 
   /** The phase the next message will be decoded in. */
