@@ -8,7 +8,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { TestContext } from 'node:test';
 import pg from 'pg';
-import { evidenceSchemaSql } from '@chaperone/api';
+import { evidenceSchemaSql, type AuditRecord, type Session } from '@chaperone/api';
 import { directPgOptions, postgresEnv, testDir } from '../harness/env.ts';
 
 export interface EvidenceRole {
@@ -25,6 +25,10 @@ export interface EvidenceDatabase {
   readonly auditor: EvidenceRole;
   /** `audit.evidenceStore` of a sidecar configuration that writes as the writer role over TLS. */
   readonly sidecarConfig: Record<string, unknown>;
+  /** The same through another loopback port (a forwarder in front of the server). */
+  sidecarConfigAt(port: number): Record<string, unknown>;
+  /** Sessions with their records filled in from the store, as the auditor role reads them (seq order). */
+  withRecords(sessions: readonly Session[]): Promise<Session[]>;
   /** A connection URL for `kubectl chaperone verify --evidence-store` (password through PGPASSWORD). */
   readonly auditorUrl: string;
   /** Runs SQL in the evidence database as the superuser (what a database administrator can do). */
@@ -52,7 +56,8 @@ function psql(database: string, sql: string): string {
       '-d',
       database,
     ],
-    { encoding: 'utf8', input: sql },
+    // stderr is kept (not echoed): a refused statement's error is in the thrown error's message.
+    { encoding: 'utf8', input: sql, stdio: ['pipe', 'pipe', 'pipe'] },
   );
 }
 
@@ -88,29 +93,37 @@ export function createEvidenceDatabase(t: TestContext): EvidenceDatabase {
   const passwordFile = join(dir, 'writer-password');
   writeFileSync(passwordFile, `${writer.password}\n`, { mode: 0o600 });
   const direct = directPgOptions(database);
+  const connectAs = async (role: EvidenceRole) => {
+    const c = new pg.Client({ ...direct, user: role.user, password: role.password });
+    await c.connect();
+    clients.push(c);
+    return c;
+  };
+  const sidecarConfigAt = (port: number) => ({
+    postgres: { host: 'localhost', port, database, user: writer.user, passwordFile, caFile: env.caFile },
+  });
   return {
     database,
     location: `localhost:${String(env.port)}/${database}`,
     owner,
     writer,
     auditor,
-    sidecarConfig: {
-      postgres: {
-        host: 'localhost',
-        port: env.port,
-        database,
-        user: writer.user,
-        passwordFile,
-        caFile: env.caFile,
-      },
+    sidecarConfig: sidecarConfigAt(env.port),
+    sidecarConfigAt,
+    withRecords: async (sessions) => {
+      const c = await connectAs(auditor);
+      const result: Session[] = [];
+      for (const s of sessions) {
+        const { rows } = await c.query<{ record: string }>(
+          'select record from chaperone.audit_records where session_id = $1 order by seq, time',
+          [s.spec.sessionId],
+        );
+        result.push({ ...s, spec: { ...s.spec, records: rows.map((r) => JSON.parse(r.record) as AuditRecord) } });
+      }
+      return result;
     },
     auditorUrl: `postgresql://${auditor.user}@localhost:${String(env.port)}/${database}?sslmode=verify-full&sslrootcert=${encodeURIComponent(env.caFile)}`,
     superuser: (sql) => psql(database, sql),
-    connect: async (role) => {
-      const c = new pg.Client({ ...direct, user: role.user, password: role.password });
-      await c.connect();
-      clients.push(c);
-      return c;
-    },
+    connect: connectAs,
   };
 }

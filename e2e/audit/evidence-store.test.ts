@@ -6,10 +6,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import pg from 'pg';
-import { evidencePartitionSql, type AuditRecord, type Session } from '@chaperone/api';
+import { evidencePartitionSql, type Session } from '@chaperone/api';
 import { controlPlaneEnv } from '../harness/env.ts';
 import { createTestNamespace } from '../harness/kube.ts';
-import { createEvidenceDatabase, type EvidenceDatabase } from './evidence-store-fixture.ts';
+import { createEvidenceDatabase } from './evidence-store-fixture.ts';
 import { customObjects, listSessions, startAuditSidecar, verifySessions, waitFor } from './durability-helpers.ts';
 import { runCli } from './run-cli.ts';
 
@@ -88,20 +88,6 @@ test('evidence store: records are append-only for the writer, the auditor and th
   db.superuser(`set role ${db.owner};\ndrop table chaperone.audit_records_20261224;`);
 });
 
-/** Sessions with their records filled in from the store, as the auditor role reads them. */
-async function withRecords(db: EvidenceDatabase, sessions: readonly Session[]): Promise<Session[]> {
-  const c = await db.connect(db.auditor);
-  const result: Session[] = [];
-  for (const s of sessions) {
-    const { rows } = await c.query<{ record: string }>(
-      'select record from chaperone.audit_records where session_id = $1 order by seq',
-      [s.spec.sessionId],
-    );
-    result.push({ ...s, spec: { ...s.spec, records: rows.map((r) => JSON.parse(r.record) as AuditRecord) } });
-  }
-  return result;
-}
-
 test('evidence store: a sidecar keeps records in the store, Sessions keep signed heads, verify detects tampering in the store', async (t) => {
   const db = createEvidenceDatabase(t);
   const namespace = await createTestNamespace(t);
@@ -134,7 +120,7 @@ test('evidence store: a sidecar keeps records in the store, Sessions keep signed
     assert.equal(s.spec.part, 0, 'one object per session, however long');
   }
   // What the store holds is exactly what the sidecar wrote, each record once, signed by the heads.
-  const filled = await withRecords(db, sessions);
+  const filled = await db.withRecords(sessions);
   const verified = await verifySessions(filled, namespace);
   const stored = verified.flatMap((v) => v.records);
   const written = (await sidecar.settledRecords()).map((l) => l.record);
