@@ -6,7 +6,7 @@
 // records stored per second and the API server's share of the work.
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { evidenceSchemaSql } from '@chaperone/api';
 import { startControlPlane, type ControlPlane } from '../e2e/harness/control-plane.ts';
@@ -16,7 +16,12 @@ import { ALLOW_ALL, spawnSidecar, type SidecarProcess } from '../e2e/harness/sid
 import { postgresBinDir } from '../e2e/harness/tools.ts';
 
 export interface EvidencePgbenchRun {
-  readonly target: 'json-lines' | 'evidence-store';
+  /**
+   * json-lines: the yardstick; evidence-store: Kubernetes mode with the store; session-objects: records in
+   * Session objects (no store), for comparison; evidence-store-tmpfs-spool: a diagnostic, the same with the
+   * spool on tmpfs (its fdatasync does not reach a disk), to separate the disk's sync latency from the rest.
+   */
+  readonly target: 'json-lines' | 'evidence-store' | 'session-objects' | 'evidence-store-tmpfs-spool';
   readonly seconds: number;
   readonly tps: number;
   readonly transactions: number;
@@ -28,13 +33,24 @@ export interface EvidenceStoreBenchResult {
   readonly runs: readonly EvidencePgbenchRun[];
   /** Median evidence-store TPS over median JSON-lines TPS (target ≥ 0.9). */
   readonly ratio: number;
+  /** The same for the diagnostic with the spool on tmpfs, and for records in Session objects. */
+  readonly tmpfsSpoolRatio: number;
+  readonly sessionObjectsRatio: number;
   /** Statements refused because the trail was unavailable (53100) during the evidence-store runs (target 0). */
   readonly failClosedRefusals: number;
+  /** The same for the sidecar keeping records in Session objects (for comparison). */
+  readonly sessionObjectsRefusals: number;
   /** Records in the store after the single-sidecar runs, and per second of evidence-store pgbench. */
   readonly storedRecords: number;
   readonly storedRecordsPerSecond: number;
   /** Session object writes by operation during the single-sidecar runs. */
   readonly apiWrites: Record<string, number>;
+  /**
+   * Mean time of one group commit (fdatasync) of the spool and of one batch insert into the store during the
+   * evidence-store runs, ms: the spool's fsync is what each statement waits for (docs/audit-durability.md).
+   */
+  readonly spoolFsyncMeanMs: number;
+  readonly storeInsertMeanMs: number;
   readonly fleet: {
     readonly sidecars: number;
     readonly seconds: number;
@@ -112,9 +128,20 @@ function pgbench(
 }
 
 async function metric(s: SidecarProcess, name: string, labels = ''): Promise<number> {
-  const text = await (await fetch(`http://127.0.0.1:${String(s.metricsPort)}/metrics`)).text();
+  let text: string;
+  // A sidecar starved of CPU on a loaded machine can miss a connect deadline: ask again.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      text = await (await fetch(`http://127.0.0.1:${String(s.metricsPort)}/metrics`)).text();
+      break;
+    } catch (err) {
+      if (attempt >= 5 || s.process.exitCode !== null)
+        throw new Error(`metrics of ${s.dir}: ${String(err)}`, { cause: err });
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+  }
   const escaped = `${name}${labels}`.replace(/[{}"=]/g, (c) => `\\${c}`);
-  const m = new RegExp(`^${escaped} ([0-9.e+]+)$`, 'm').exec(text);
+  const m = new RegExp(`^${escaped} ([0-9.e+-]+)$`, 'm').exec(text);
   return Number(m?.[1] ?? 0);
 }
 
@@ -184,31 +211,41 @@ export async function runEvidenceStoreBench(options: EvidenceStoreBenchOptions):
       password: pg.password,
       caFile: pg.caFile,
     };
-    const start = async (name: string, store: boolean): Promise<SidecarProcess> => {
+    const start = async (
+      name: string,
+      mode: 'json-lines' | 'store' | 'sessions',
+      spoolBase?: string,
+    ): Promise<SidecarProcess> => {
       const dir = join(runDir, name);
       const s = await spawnSidecar({
         dir,
         upstream,
+        // Ten sidecars starting sessions at once on a loaded machine can take longer than the default 10 s.
+        listener: { authTimeoutMs: 60_000 },
         policies: { 'allow-all': ALLOW_ALL },
         logLevel: 'info',
-        ...(store
-          ? {
+        ...(mode === 'json-lines'
+          ? {}
+          : {
               audit: {
-                spoolDir: join(dir, 'audit'),
+                spoolDir: join(spoolBase ?? dir, 'audit'),
                 kubernetes: { kubeconfig: cp.kubeconfig, namespace },
-                evidenceStore: {
-                  postgres: {
-                    host: 'localhost',
-                    port: pg.port,
-                    database,
-                    user: writer,
-                    passwordFile,
-                    caFile: pg.caFile,
-                  },
-                },
+                ...(mode === 'store'
+                  ? {
+                      evidenceStore: {
+                        postgres: {
+                          host: 'localhost',
+                          port: pg.port,
+                          database,
+                          user: writer,
+                          passwordFile,
+                          caFile: pg.caFile,
+                        },
+                      },
+                    }
+                  : {}),
               },
-            }
-          : {}),
+            }),
       });
       sidecars.push(s);
       options.onSidecar?.(s);
@@ -216,21 +253,33 @@ export async function runEvidenceStoreBench(options: EvidenceStoreBenchOptions):
     };
     const token = (s: SidecarProcess) =>
       s.issuer.sign({ sub: 'system:serviceaccount:bench:pgbench' }, { expiresIn: 3 * 3600 });
-    const yardstick = await start('evidence-yardstick', false);
-    const stored = await start('evidence-sidecar', true);
+    const yardstick = await start('evidence-yardstick', 'json-lines');
+    const stored = await start('evidence-sidecar', 'store');
+    const embedded = await start('evidence-session-objects', 'sessions');
+    const tmpfsSpool = mkdtempSync('/dev/shm/chaperone-bench-spool-');
+    const onTmpfs = await start('evidence-tmpfs-spool', 'store', tmpfsSpool);
     const envs = {
       'json-lines': yardstick.libpqEnv(await token(yardstick), { PGAPPNAME: 'chaperone-bench' }),
       'evidence-store': stored.libpqEnv(await token(stored), { PGAPPNAME: 'chaperone-bench' }),
+      'session-objects': embedded.libpqEnv(await token(embedded), { PGAPPNAME: 'chaperone-bench' }),
+      'evidence-store-tmpfs-spool': onTmpfs.libpqEnv(await token(onTmpfs), { PGAPPNAME: 'chaperone-bench' }),
     } as const;
+    const targets = ['json-lines', 'evidence-store', 'session-objects', 'evidence-store-tmpfs-spool'] as const;
     // Warm both paths up (JIT, caches, the writer's first Session objects).
-    for (const target of ['json-lines', 'evidence-store'] as const) await pgbench(envs[target], 8, 5);
+    for (const target of targets) await pgbench(envs[target], 8, 5);
     await drained(stored);
     const rowsBefore = Number(pg.superuserSql('select count(*) from chaperone.audit_records', database).trim());
     const writesBefore = await apiWrites(stored);
     const refusedBefore = await metric(stored, 'chaperone_audit_spool_rejected_total', '{reason="spool-full"}');
+    const mean = async (histogram: string) => ({
+      sum: await metric(stored, `${histogram}_sum`),
+      count: await metric(stored, `${histogram}_count`),
+    });
+    const fsyncBefore = await mean('chaperone_audit_spool_fsync_duration_seconds');
+    const insertBefore = await mean('chaperone_audit_store_insert_duration_seconds');
     const runs: EvidencePgbenchRun[] = [];
     for (let round = 0; round < options.rounds; round++) {
-      for (const target of ['json-lines', 'evidence-store'] as const) {
+      for (const target of targets) {
         const r = { target, ...(await pgbench(envs[target], 8, options.seconds)) };
         runs.push(r);
         console.log(
@@ -238,12 +287,18 @@ export async function runEvidenceStoreBench(options: EvidenceStoreBenchOptions):
         );
       }
     }
+    const fsyncAfter = await mean('chaperone_audit_spool_fsync_duration_seconds');
     await drained(stored);
+    const insertAfter = await mean('chaperone_audit_store_insert_duration_seconds');
+    const meanMs = (a: { sum: number; count: number }, b: { sum: number; count: number }) =>
+      ((b.sum - a.sum) / Math.max(1, b.count - a.count)) * 1000;
     const rowsAfter = Number(pg.superuserSql('select count(*) from chaperone.audit_records', database).trim());
     const writesAfter = await apiWrites(stored);
     const storeRuns = runs.filter((r) => r.target === 'evidence-store');
-    const ratio =
-      median(storeRuns.map((r) => r.tps)) / median(runs.filter((r) => r.target === 'json-lines').map((r) => r.tps));
+    const yardstickTps = median(runs.filter((r) => r.target === 'json-lines').map((r) => r.tps));
+    const ratioOf = (target: EvidencePgbenchRun['target']) =>
+      median(runs.filter((r) => r.target === target).map((r) => r.tps)) / yardstickTps;
+    const ratio = ratioOf('evidence-store');
     const failClosedRefusals =
       (await metric(stored, 'chaperone_audit_spool_rejected_total', '{reason="spool-full"}')) -
       refusedBefore +
@@ -252,15 +307,21 @@ export async function runEvidenceStoreBench(options: EvidenceStoreBenchOptions):
     const apiWritesDone = Object.fromEntries(
       Object.entries(writesAfter).map(([k, v]) => [k, v - (writesBefore[k] ?? 0)]),
     );
-    for (const s of [yardstick, stored]) await s.stop();
+    const sessionObjectsRefusals = await metric(
+      embedded,
+      'chaperone_audit_spool_rejected_total',
+      '{reason="spool-full"}',
+    );
+    for (const s of [yardstick, stored, embedded, onTmpfs]) await s.stop();
+    rmSync(tmpfsSpool, { recursive: true, force: true });
 
     // The fleet: N sidecars at once, one pgbench -c 1 each, one API server, one store.
     const fleet: SidecarProcess[] = [];
-    for (let i = 0; i < options.fleetSidecars; i++) fleet.push(await start(`evidence-fleet-${String(i)}`, true));
+    for (let i = 0; i < options.fleetSidecars; i++) fleet.push(await start(`evidence-fleet-${String(i)}`, 'store'));
     const fleetEnvs = await Promise.all(
       fleet.map(async (s) => s.libpqEnv(await token(s), { PGAPPNAME: 'chaperone-bench' })),
     );
-    await Promise.all(fleetEnvs.map((env) => pgbench(env, 1, 3)));
+    for (const env of fleetEnvs) await pgbench(env, 1, 2);
     await Promise.all(fleet.map((s) => drained(s)));
     const fleetRowsBefore = Number(pg.superuserSql('select count(*) from chaperone.audit_records', database).trim());
     const fleetWritesBefore = await Promise.all(fleet.map(apiWrites));
@@ -287,10 +348,15 @@ export async function runEvidenceStoreBench(options: EvidenceStoreBenchOptions):
     const result: EvidenceStoreBenchResult = {
       runs,
       ratio,
+      tmpfsSpoolRatio: ratioOf('evidence-store-tmpfs-spool'),
+      sessionObjectsRatio: ratioOf('session-objects'),
       failClosedRefusals,
+      sessionObjectsRefusals,
       storedRecords,
       storedRecordsPerSecond: storedRecords / (options.seconds * options.rounds),
       apiWrites: apiWritesDone,
+      spoolFsyncMeanMs: meanMs(fsyncBefore, fsyncAfter),
+      storeInsertMeanMs: meanMs(insertBefore, insertAfter),
       fleet: {
         sidecars: options.fleetSidecars,
         seconds: options.fleetSeconds,

@@ -604,8 +604,11 @@ async function evidenceBench(pg: PostgresCluster): Promise<EvidenceStoreBenchRes
   });
   const f = e.fleet;
   console.log(
-    `  evidence store ÷ JSON lines TPS ${fmt(e.ratio, 3)} (target ≥ 0.9), fail-closed refusals ${String(e.failClosedRefusals)}; ` +
-      `${String(e.storedRecords)} records stored, ${fmt(e.storedRecordsPerSecond)} records/s; Session writes ${JSON.stringify(e.apiWrites)}`,
+    `  evidence store ÷ JSON lines TPS ${fmt(e.ratio, 3)} (target ≥ 0.9), fail-closed refusals ${String(e.failClosedRefusals)} ` +
+      `(records in Session objects, for comparison: ratio ${fmt(e.sessionObjectsRatio, 3)}, ${String(e.sessionObjectsRefusals)} refusals; ` +
+      `diagnostic, evidence store with the spool on tmpfs: ratio ${fmt(e.tmpfsSpoolRatio, 3)}); ` +
+      `${String(e.storedRecords)} records stored, ${fmt(e.storedRecordsPerSecond)} records/s; Session writes ${JSON.stringify(e.apiWrites)}; ` +
+      `mean spool fsync ${fmt(e.spoolFsyncMeanMs, 2)} ms, mean store insert ${fmt(e.storeInsertMeanMs, 1)} ms`,
   );
   console.log(
     `  ${String(f.sidecars)} sidecars at once: ${fmt(f.tps)} tps together, ${fmt(f.recordsPerSecond)} records/s stored and signed, ` +

@@ -111,7 +111,6 @@ interface SessionState {
   storedThrough: number;
 }
 
-const ACKNOWLEDGE_EVERY = 256;
 const UNAUTHENTICATED: Identity = { subject: 'unauthenticated', issuer: '' };
 
 /**
@@ -372,12 +371,16 @@ export class SessionWriter {
           await this.appendRecords(s, cur);
         }
         written += 1;
-        if (written % ACKNOWLEDGE_EVERY === 0) this.acknowledge();
+        // Give the spool its space back after every write: under steady load this loop may not end soon.
+        this.acknowledge();
       }
       // Give the spool its space back as soon as this session's records are in.
       if (written > 0) this.acknowledge();
       if (s.statusDirty && s.current !== undefined) {
-        await this.store.patchStatus(s.current.name, this.status(s));
+        const cur = s.current;
+        // The status write moves the object's resourceVersion: keep it, or the next guarded append is refused.
+        const resourceVersion = await this.store.patchStatus(cur.name, this.status(s));
+        if (resourceVersion !== undefined) cur.resourceVersion = resourceVersion;
         this.options.metrics?.sessionObjects.inc({ operation: 'status' });
         s.statusDirty = false;
       }
@@ -561,16 +564,21 @@ export class SessionWriter {
       resource: ref.resource,
     };
     let written = 0;
-    while (s.head < s.queue.length) {
+    // What is queued now, not what arrives meanwhile: the flush ends, the status is written, and the next
+    // flush (at once, when a batch's worth arrived) takes the rest.
+    let remaining = s.queue.length - s.head;
+    while (s.head < s.queue.length && remaining > 0) {
       const cur = s.current;
       const first = s.queue[s.head] as Queued;
       if (cur !== undefined && first.record.seq <= cur.lastSeq) {
         // Signed already (a replayed duplicate).
+        remaining -= 1;
         s.head += 1;
         this.pending -= 1;
         continue;
       }
-      const batch = s.queue.slice(s.head, s.head + this.kickRecords);
+      const batch = s.queue.slice(s.head, s.head + Math.min(this.kickRecords, remaining));
+      remaining -= batch.length;
       const last = (batch[batch.length - 1] as Queued).record;
       const unstored = batch.filter((q) => q.record.seq > s.storedThrough);
       if (unstored.length > 0) {
@@ -590,6 +598,7 @@ export class SessionWriter {
         this.consume(s, batch);
       }
       written += 1;
+      this.acknowledge();
     }
     return written;
   }
@@ -714,7 +723,7 @@ export class SessionWriter {
       this.emit(s, {
         type: 'Warning',
         reason: 'AuditFlushFailed',
-        message: `Audit records could not be written to Session objects (${(err as Error).message}); ${String(this.pending)} records wait in the sidecar's spool and are retried.`,
+        message: `Audit records could not be written to ${this.evidence === undefined ? 'Session objects' : 'the evidence store and Session heads'} (${(err as Error).message}); ${String(this.pending)} records wait in the sidecar's spool and are retried.`,
       });
     }
   }
