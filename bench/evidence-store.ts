@@ -41,6 +41,7 @@ export interface EvidenceStoreBenchResult {
   /** The same for the sidecar keeping records in Session objects (for comparison). */
   readonly sessionObjectsRefusals: number;
   /** Records in the store after the single-sidecar runs, and per second of evidence-store pgbench. */
+  /** Records the evidence-store sidecar stored (and covered by a written head) during its runs. */
   readonly storedRecords: number;
   readonly storedRecordsPerSecond: number;
   /** Session object writes by operation during the single-sidecar runs. */
@@ -268,7 +269,8 @@ export async function runEvidenceStoreBench(options: EvidenceStoreBenchOptions):
     // Warm both paths up (JIT, caches, the writer's first Session objects).
     for (const target of targets) await pgbench(envs[target], 8, 5);
     await drained(stored);
-    const rowsBefore = Number(pg.superuserSql('select count(*) from chaperone.audit_records', database).trim());
+    // The tmpfs diagnostic writes into the same store: count this sidecar's records by its own metric.
+    const flushedBefore = await metric(stored, 'chaperone_audit_flushed_records_total');
     const writesBefore = await apiWrites(stored);
     const refusedBefore = await metric(stored, 'chaperone_audit_spool_rejected_total', '{reason="spool-full"}');
     const mean = async (histogram: string) => ({
@@ -292,7 +294,7 @@ export async function runEvidenceStoreBench(options: EvidenceStoreBenchOptions):
     const insertAfter = await mean('chaperone_audit_store_insert_duration_seconds');
     const meanMs = (a: { sum: number; count: number }, b: { sum: number; count: number }) =>
       ((b.sum - a.sum) / Math.max(1, b.count - a.count)) * 1000;
-    const rowsAfter = Number(pg.superuserSql('select count(*) from chaperone.audit_records', database).trim());
+    const flushedAfter = await metric(stored, 'chaperone_audit_flushed_records_total');
     const writesAfter = await apiWrites(stored);
     const storeRuns = runs.filter((r) => r.target === 'evidence-store');
     const yardstickTps = median(runs.filter((r) => r.target === 'json-lines').map((r) => r.tps));
@@ -303,7 +305,7 @@ export async function runEvidenceStoreBench(options: EvidenceStoreBenchOptions):
       (await metric(stored, 'chaperone_audit_spool_rejected_total', '{reason="spool-full"}')) -
       refusedBefore +
       storeRuns.reduce((n, r) => n + r.failed, 0);
-    const storedRecords = rowsAfter - rowsBefore;
+    const storedRecords = flushedAfter - flushedBefore;
     const apiWritesDone = Object.fromEntries(
       Object.entries(writesAfter).map(([k, v]) => [k, v - (writesBefore[k] ?? 0)]),
     );

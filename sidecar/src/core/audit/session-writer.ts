@@ -351,9 +351,11 @@ export class SessionWriter {
       if (!s.synced) await this.sync(s);
       await this.markContinued(s);
       let written = 0;
-      if (this.evidence !== undefined && s.current?.stored !== false)
-        written = await this.flushToStore(s, this.evidence);
-      while (s.head < s.queue.length) {
+      // A session begun in Session objects before a store was configured stays in them.
+      const evidence = s.current?.stored === false ? undefined : this.evidence;
+      const inStore = evidence !== undefined;
+      if (evidence !== undefined) written = await this.flushToStore(s, evidence);
+      while (!inStore && s.head < s.queue.length) {
         const cur = s.current;
         const first = s.queue[s.head] as Queued;
         if (cur !== undefined && first.record.seq <= cur.lastSeq) {
