@@ -6,6 +6,7 @@
 //   node bench/run.ts              the full benchmark (about 5 minutes)
 //   node bench/run.ts --quick      2 s per run, to check the plumbing
 //   node bench/run.ts --profile    sidecar only, under `node --cpu-prof`, with a flat profile summary
+//   node bench/run.ts --evidence   only the evidence store in Kubernetes mode against the JSON-lines sidecar
 //
 // BENCH_SECONDS overrides the duration of the measured simple/prepared runs. Exit status: 0 when every run
 // completed (met or not), 1 when a run failed, 130/143 when interrupted. Every process started here is
@@ -32,6 +33,7 @@ import { runPolicyDecisionBench, type PolicyDecisionBenchResult } from './policy
 import { runSqlAnalysisBench } from './sql-analysis.ts';
 import { runAdmissionBench } from './admission.ts';
 import { runAuditBench } from './audit.ts';
+import { runEvidenceStoreBench, type EvidenceStoreBenchResult } from './evidence-store.ts';
 import { runTokenExchangeBench } from './token-exchange.ts';
 import { formatProfileSummary, summariseProfile, type ProfileSummary } from './cpu-profile.ts';
 import { freePort, startPostgres, type PostgresCluster } from '../e2e/harness/postgres.ts';
@@ -105,6 +107,8 @@ const { values: args } = parseArgs({
     'profiles-only': { type: 'boolean' },
     /** With --profile: also measure the sidecar of another checkout (its root directory), interleaved. */
     baseline: { type: 'string' },
+    /** Only the evidence-store benchmark (and the JSON-lines yardstick it is measured against). */
+    evidence: { type: 'boolean' },
   },
   strict: true,
 });
@@ -119,6 +123,11 @@ const CLIENTS = [1, 8] as const;
 const MODES: readonly Mode[] = ['simple', 'prepared', 'extended'];
 const TARGETS: readonly Target[] = ['direct', 'pgbouncer', 'pipe', 'sidecar'];
 const RESULTS_FILE = join(REPO_ROOT, 'bench', 'results.json');
+/** Seconds of each evidence-store pgbench run (the issue asks for at least 60), rounds, and the fleet run. */
+const EVIDENCE_SECONDS = Number(process.env.BENCH_EVIDENCE_SECONDS ?? (args.quick === true ? 5 : 60));
+const EVIDENCE_ROUNDS = Number(process.env.BENCH_EVIDENCE_ROUNDS ?? 1);
+const FLEET_SIDECARS = 10;
+const FLEET_SECONDS = Number(process.env.BENCH_FLEET_SECONDS ?? (args.quick === true ? 5 : 30));
 const PROFILE_DIR = join(REPO_ROOT, 'tmp', 'bench-profiles');
 
 // ---- process bookkeeping: everything started here is stopped by PID ------------------------------------
@@ -504,8 +513,10 @@ function checkTargets(
   ratios: readonly Ratio[],
   policy: PolicyDecisionBenchResult | undefined,
   flushRecordsPerSecond: number | undefined,
+  evidence?: EvidenceStoreBenchResult,
 ): TargetCheck[] {
   const checks: TargetCheck[] = [];
+  if (evidence !== undefined) checks.push(...evidenceChecks(evidence));
   const ratio = (mode: Mode, clients: number) => ratios.find((r) => r.mode === mode && r.clients === clients);
   for (const [mode, target] of [
     ['simple', 0.5],
@@ -556,6 +567,72 @@ function checkTargets(
     });
   }
   return checks;
+}
+
+function evidenceChecks(e: EvidenceStoreBenchResult): TargetCheck[] {
+  return [
+    {
+      name: 'evidence store / JSON lines TPS, simple, -c 8',
+      target: '≥ 0.9',
+      measured: e.ratio,
+      met: e.ratio >= 0.9,
+    },
+    {
+      name: 'evidence store: fail-closed refusals',
+      target: '= 0',
+      measured: e.failClosedRefusals,
+      met: e.failClosedRefusals === 0,
+    },
+  ];
+}
+
+async function evidenceBench(pg: PostgresCluster): Promise<EvidenceStoreBenchResult> {
+  console.log(
+    `bench: evidence store (Kubernetes mode) against the JSON-lines sidecar, pgbench -S -c 8, ${String(EVIDENCE_SECONDS)} s each, ${String(EVIDENCE_ROUNDS)} round(s); then ${String(FLEET_SIDECARS)} sidecars at once for ${String(FLEET_SECONDS)} s`,
+  );
+  const e = await runEvidenceStoreBench({
+    pg,
+    runDir: runDir ?? '',
+    seconds: EVIDENCE_SECONDS,
+    rounds: EVIDENCE_ROUNDS,
+    fleetSidecars: FLEET_SIDECARS,
+    fleetSeconds: FLEET_SECONDS,
+    onSidecar: (s) => {
+      variantSidecars.add(s);
+      if (s.process.pid !== undefined) recordServer(runDir ?? '', `sidecar-${String(s.process.pid)}`, s.process.pid);
+    },
+  });
+  const f = e.fleet;
+  console.log(
+    `  evidence store ÷ JSON lines TPS ${fmt(e.ratio, 3)} (target ≥ 0.9), fail-closed refusals ${String(e.failClosedRefusals)} ` +
+      `(records in Session objects, for comparison: ratio ${fmt(e.sessionObjectsRatio, 3)}, ${String(e.sessionObjectsRefusals)} refusals; ` +
+      `diagnostic, evidence store with the spool on tmpfs: ratio ${fmt(e.tmpfsSpoolRatio, 3)}); ` +
+      `${String(e.storedRecords)} records stored, ${fmt(e.storedRecordsPerSecond)} records/s; Session writes ${JSON.stringify(e.apiWrites)}; ` +
+      `mean spool fsync ${fmt(e.spoolFsyncMeanMs, 2)} ms, mean store insert ${fmt(e.storeInsertMeanMs, 1)} ms`,
+  );
+  console.log(
+    `  ${String(f.sidecars)} sidecars at once: ${fmt(f.tps)} tps together, ${fmt(f.recordsPerSecond)} records/s stored and signed, ` +
+      `${fmt(f.apiWritesPerSecond, 1)} Session writes/s (${fmt(f.recordsPerApiWrite)} records per write); CPU: control plane ${fmt(f.apiServerCpuSeconds, 1)} s, ` +
+      `sidecars ${fmt(f.sidecarsCpuSeconds, 1)} s (API server share ${fmt(f.apiServerCpuShare * 100, 1)} %); refusals ${String(f.failClosedRefusals)}`,
+  );
+  return e;
+}
+
+async function evidenceOnly(): Promise<void> {
+  const loadBefore = uptime();
+  const pg = await setUp();
+  const e = await evidenceBench(pg);
+  printTargets(evidenceChecks(e));
+  const loadAfter = uptime();
+  console.log(`
+load: before ${loadBefore}
+      after  ${loadAfter}`);
+  const file = join(REPO_ROOT, 'bench', 'results-evidence.json');
+  writeFileSync(
+    file,
+    `${JSON.stringify({ uptimeBefore: loadBefore, uptimeAfter: loadAfter, evidenceStore: e }, null, 2)}\n`,
+  );
+  console.log(`bench: results in ${file}`);
 }
 
 function printTargets(checks: readonly TargetCheck[]): void {
@@ -715,8 +792,11 @@ async function benchmark(): Promise<void> {
 
   const audit = countLines(side.auditFile);
   const sidecarTxns = transactionsByTarget.get('sidecar') ?? 0;
+  await side.stop();
+  sidecar = undefined;
+  const evidenceStore = await evidenceBench(pg);
   const ratios = computeRatios(runs);
-  const checks = checkTargets(ratios, policy, durableAudit.flushRecordsPerSecond);
+  const checks = checkTargets(ratios, policy, durableAudit.flushRecordsPerSecond, evidenceStore);
   const loadAfter = uptime();
 
   printRuns(runs);
@@ -766,6 +846,7 @@ async function benchmark(): Promise<void> {
     admission,
     tokenExchange,
     durableAudit,
+    evidenceStore,
     sidecarAudit: { records: audit.lines, bytes: audit.bytes, pgbenchTransactions: sidecarTxns },
     targets: checks,
     allTargetsMet: checks.every((c) => c.met),
@@ -933,6 +1014,7 @@ async function compareVariants(
 let status = 0;
 try {
   if (args.profile === true) await profile();
+  else if (args.evidence === true) await evidenceOnly();
   else await benchmark();
 } catch (err) {
   // An interrupt kills pgbench under a run; the signal handler reports that and sets the exit status.

@@ -4,6 +4,7 @@ import { Type, type Static, StringEnum, DateTime, dnsSubdomain } from './schema.
 import { Identity } from './identity.ts';
 import { AuditRecord } from './audit-record.ts';
 import { RESOURCE_TYPES } from './protected-resource.ts';
+import { EVIDENCE_STORE_TYPES } from './evidence-store.ts';
 import type { KubernetesObject } from './meta.ts';
 
 /** Hard cap on records in one Session object; the writer also keeps the object under SESSION_MAX_BYTES. */
@@ -99,6 +100,22 @@ export const SessionSpec = Type.Object(
         { description: "The key that signs this session's chain heads.", 'x-kubernetes-validations': immutable },
       ),
     ),
+    store: Type.Optional(
+      Type.Object(
+        {
+          type: StringEnum(EVIDENCE_STORE_TYPES, { description: 'Kind of evidence store.' }),
+          location: Type.String({
+            description: 'Where the store is (host:port/database for postgres); never a credential.',
+            maxLength: 512,
+          }),
+        },
+        {
+          description:
+            "The evidence store holding this session's records (docs/evidence-store.md); the object then keeps no records, only the signed head.",
+          'x-kubernetes-validations': immutable,
+        },
+      ),
+    ),
     head: Type.Optional(
       Type.Object(
         {
@@ -114,7 +131,19 @@ export const SessionSpec = Type.Object(
       ),
     ),
   },
-  { description: 'Identity of the session and its records.' },
+  {
+    description: 'Identity of the session and its records.',
+    'x-kubernetes-validations': [
+      {
+        rule: '!has(self.store) || size(self.records) == 0',
+        message: 'a session kept in an evidence store has no records in the object',
+      },
+      {
+        rule: 'has(self.store) == has(oldSelf.store)',
+        message: 'store cannot be added or removed',
+      },
+    ],
+  },
 );
 export type SessionSpec = Static<typeof SessionSpec>;
 

@@ -220,6 +220,36 @@ export const SidecarConfig = Type.Object(
             { additionalProperties: false },
           ),
         ),
+        /**
+         * Keep records in an evidence store instead of in Session objects, which then carry only signed heads
+         * and status (docs/evidence-store.md). With `spoolDir` only. Default unset: records in Session objects.
+         */
+        evidenceStore: Type.Optional(
+          Type.Object(
+            {
+              postgres: Type.Object(
+                {
+                  host: Type.String({ minLength: 1 }),
+                  /** Default 5432. */
+                  port: Type.Integer({ minimum: 1, maximum: 65535, default: 5432 }),
+                  database: Type.String({ minLength: 1 }),
+                  /** The store's writer role (INSERT only). */
+                  user: Type.String({ minLength: 1 }),
+                  /** File with the writer role's password (a Secret key mounted into the sidecar alone). */
+                  passwordFile: Type.Optional(Type.String({ minLength: 1 })),
+                  /** CA bundle of the server's certificate; TLS with verify-full when set. */
+                  caFile: Type.Optional(Type.String({ minLength: 1 })),
+                  /** Name the server's certificate must carry; default host. */
+                  serverName: Type.Optional(Type.String({ minLength: 1 })),
+                },
+                { additionalProperties: false },
+              ),
+              /** Records per insert, each batch covered by one head written to its Session. Default 4096. */
+              batchRecords: Type.Integer({ minimum: 1, maximum: 65_536, default: 4096 }),
+            },
+            { additionalProperties: false },
+          ),
+        ),
         /** Ed25519 private JWK that signs chain heads; generated when absent. Default `<spoolDir>/signing-key.jwk`. */
         signingKeyFile: Type.Optional(Type.String({ minLength: 1 })),
         /**
@@ -372,6 +402,15 @@ export function validateConfig(document: unknown, env: ConfigEnvironment = {}): 
     if (issuer.algorithms.some((a) => a.toLowerCase() === 'none' || a.startsWith('HS'))) {
       problems.push(`/identity/issuers/${i}/algorithms: only asymmetric algorithms are allowed`);
     }
+  }
+  if (config.audit.evidenceStore !== undefined && config.audit.spoolDir === undefined) {
+    problems.push('/audit/evidenceStore: needs audit.spoolDir (records reach the store through the spool)');
+  }
+  const storeHost = config.audit.evidenceStore?.postgres.host;
+  if (storeHost !== undefined && config.audit.evidenceStore?.postgres.caFile === undefined && !isLoopback(storeHost)) {
+    problems.push(
+      `/audit/evidenceStore/postgres/caFile: ${storeHost} is not loopback; the store is reached over TLS only`,
+    );
   }
   if (config.audit.spoolDir !== undefined) {
     const namespace = config.audit.kubernetes?.namespace ?? config.pod.namespace;

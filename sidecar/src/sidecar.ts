@@ -9,6 +9,7 @@ import { JsonLinesSink, type AuditSink } from './core/audit/audit-sink.ts';
 import { DurableAuditSink } from './core/audit/durable-audit-sink.ts';
 import { PodChain } from './core/audit/pod-chain.ts';
 import { KubernetesSessionStore } from './core/audit/session-store.ts';
+import { PostgresEvidenceStore } from './core/audit/evidence-store.ts';
 import { OperatorSessionStore } from './core/audit/operator-session-store.ts';
 import { CredentialFetcher } from './core/credentials/credential-fetcher.ts';
 import { SignerCertifier } from './core/audit/signer-certification.ts';
@@ -67,8 +68,18 @@ export async function createAuditSink(
     });
     await certifier.start(certification.waitSeconds * 1000);
   }
+  const storeConfig = audit.evidenceStore;
+  const auditLogger = logger.child({ component: 'audit' });
+  const evidence =
+    storeConfig === undefined
+      ? undefined
+      : new PostgresEvidenceStore({
+          ...storeConfig.postgres,
+          onIdleError: (err) => auditLogger.warn('evidence store connection failed while idle', { error: err }),
+        });
   const sink = DurableAuditSink.open({
     spoolDir: join(audit.spoolDir, 'spool'),
+    ...(evidence === undefined ? {} : { evidence, writer: { storeBatchRecords: storeConfig?.batchRecords } }),
     spoolMaxBytes: audit.spoolMaxBytes,
     flushIntervalMs: audit.flushIntervalMs,
     store:
@@ -81,7 +92,7 @@ export async function createAuditSink(
           }),
     signingKey,
     pod: { name: config.pod.name, namespace: config.pod.namespace, uid: config.pod.uid },
-    logger: logger.child({ component: 'audit' }),
+    logger: auditLogger,
     registry: metrics.registry,
     ...(audit.exportJsonLines ? { also: new JsonLinesSink(audit.path) } : {}),
     ...(certifier === undefined ? {} : { onClose: () => certifier.stop() }),
@@ -99,6 +110,7 @@ export async function createAuditSink(
     namespace,
     server: audit.kubernetes?.server ?? audit.kubernetes?.kubeconfig,
     keyId: signingKey.keyId,
+    evidenceStore: evidence?.location.location,
     certified: signingKey.certificate !== undefined,
   });
   return sink;

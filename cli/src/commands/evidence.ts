@@ -7,6 +7,7 @@ import { CLUSTER_OPTIONS, describeError, type CommandIo } from '../audit/cluster
 import { readTrail } from '../audit/read-trail.ts';
 import { buildEvidence, evidenceDigest, serializeEvidence, verifyEvidence } from '../audit/evidence.ts';
 import { AUTHORITY_OPTIONS, AUTHORITY_USAGE } from '../audit/authority.ts';
+import { EVIDENCE_STORE_OPTIONS, EVIDENCE_STORE_USAGE } from '../audit/evidence-records.ts';
 import { renderReport } from '../audit/render-report.ts';
 import { parseTimeFlag } from '../audit/session-view.ts';
 import { loadTrustedKeys } from '../audit/trusted-keys.ts';
@@ -23,7 +24,7 @@ export const EVIDENCE_USAGE = `Usage:
       authority keys the file carries unless --authority-keys pins them). Exit 0 verified, 1 not.
 
 Authority flags (export):
-${AUTHORITY_USAGE}`;
+${AUTHORITY_USAGE}${EVIDENCE_STORE_USAGE}`;
 
 export async function run(args: string[], io: CommandIo, now: Date = new Date()): Promise<number> {
   const [sub, ...rest] = args;
@@ -49,6 +50,7 @@ async function exportEvidence(args: string[], io: CommandIo, now: Date): Promise
         to: { type: 'string' },
         'trusted-keys': { type: 'string' },
         ...AUTHORITY_OPTIONS,
+        ...EVIDENCE_STORE_OPTIONS,
       },
     }));
   } catch (err) {

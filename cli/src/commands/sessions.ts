@@ -6,6 +6,7 @@ import { parseArgs } from 'node:util';
 import { stringify } from 'yaml';
 import type { Session } from '@chaperone/api';
 import { CLUSTER_OPTIONS, connect, describeError, listSessions, type CommandIo } from '../audit/cluster.ts';
+import { EVIDENCE_STORE_OPTIONS, EVIDENCE_STORE_USAGE, withStoredRecords } from '../audit/evidence-records.ts';
 import {
   describeSession,
   filterSessions,
@@ -33,7 +34,7 @@ Flags:
   -o, --output FORMAT     json or yaml (the Session objects)
   --kubeconfig FILE       kubeconfig (default: $KUBECONFIG, then ~/.kube/config)
   --context NAME          kubeconfig context
-`;
+${EVIDENCE_STORE_USAGE}`;
 
 const DECISIONS = ['allow', 'deny', 'approve'] as const;
 
@@ -52,6 +53,7 @@ export async function run(args: string[], io: CommandIo, now: Date = new Date())
         since: { type: 'string' },
         until: { type: 'string' },
         decision: { type: 'string' },
+        ...EVIDENCE_STORE_OPTIONS,
         help: { type: 'boolean', short: 'h' },
       },
     });
@@ -86,7 +88,16 @@ export async function run(args: string[], io: CommandIo, now: Date = new Date())
 
   try {
     const cluster = connect(values);
-    const groups = groupSessions(await listSessions(cluster));
+    let sessions = await listSessions(cluster);
+    // Records kept in an evidence store are read from it when asked to; the list works from the objects.
+    const stored = sessions.filter((x) => x.spec.store !== undefined).length;
+    if (values['evidence-store'] !== undefined) sessions = await withStoredRecords(sessions, values['evidence-store']);
+    else if (stored > 0 && (sub === 'show' || decision !== undefined)) {
+      io.stderr.write(
+        `note: ${String(stored)} Session(s) keep their records in an evidence store; pass --evidence-store URL to see them\n`,
+      );
+    }
+    const groups = groupSessions(sessions);
     if (sub === 'show') {
       const found = findSession(groups, target ?? '');
       if (found.length === 0) {

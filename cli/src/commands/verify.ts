@@ -7,6 +7,7 @@ import { CLUSTER_OPTIONS, describeError, type CommandIo } from '../audit/cluster
 import { readTrail } from '../audit/read-trail.ts';
 import type { EvidenceBundle } from '../audit/evidence.ts';
 import { AUTHORITY_OPTIONS, AUTHORITY_USAGE } from '../audit/authority.ts';
+import { EVIDENCE_STORE_OPTIONS, EVIDENCE_STORE_USAGE } from '../audit/evidence-records.ts';
 import { renderReport } from '../audit/render-report.ts';
 import { groupSessions } from '../audit/session-view.ts';
 import { loadTrustedKeys } from '../audit/trusted-keys.ts';
@@ -25,7 +26,7 @@ Exit 0: verified; 1: altered or incomplete (the report says what and where); 2: 
 Flags:
   --trusted-keys FILE     JWKS of sidecar keys to trust (default: each Session's own spec.signer key)
   --baseline FILE         an earlier evidence export; every head it saw must still be there, unchanged
-${AUTHORITY_USAGE}  -n, --namespace NS      namespace (default: the context's)
+${AUTHORITY_USAGE}${EVIDENCE_STORE_USAGE}  -n, --namespace NS      namespace (default: the context's)
   -A, --all-namespaces    every namespace (with --all)
   -o, --output FORMAT     json or yaml (the structured report)
   --kubeconfig FILE, --context NAME
@@ -44,6 +45,7 @@ export async function run(args: string[], io: CommandIo): Promise<number> {
         'trusted-keys': { type: 'string' },
         baseline: { type: 'string' },
         ...AUTHORITY_OPTIONS,
+        ...EVIDENCE_STORE_OPTIONS,
         help: { type: 'boolean', short: 'h' },
       },
     });

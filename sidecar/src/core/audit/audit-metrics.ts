@@ -12,6 +12,8 @@ export interface AuditMetrics {
   readonly flushFailures: Counter<'reason'>;
   readonly sessionObjects: Counter<'operation'>;
   readonly lostRecords: Counter<'listener'>;
+  /** Evidence-store mode: time of one batch insert. */
+  readonly storeSeconds?: Histogram;
 }
 
 const byRegistry = new WeakMap<Registry, AuditMetrics>();
@@ -51,7 +53,7 @@ export function auditMetrics(registry: Registry): AuditMetrics {
     }),
     flushedRecords: new Counter({
       name: 'chaperone_audit_flushed_records_total',
-      help: 'Audit records written to Session objects.',
+      help: 'Audit records written to Session objects (or, with an evidence store, stored and covered by a written head).',
       registers,
     }),
     flushFailures: new Counter({
@@ -62,7 +64,7 @@ export function auditMetrics(registry: Registry): AuditMetrics {
     }),
     sessionObjects: new Counter({
       name: 'chaperone_audit_session_object_writes_total',
-      help: 'Session object writes, by operation (create, append, status).',
+      help: 'Session object writes, by operation (create, append, head, status).',
       labelNames: ['operation'],
       registers,
     }),
@@ -70,6 +72,12 @@ export function auditMetrics(registry: Registry): AuditMetrics {
       name: 'chaperone_audit_lost_records_total',
       help: 'Audit records lost under FailOpen because the trail was unavailable (each gap is also recorded).',
       labelNames: ['listener'],
+      registers,
+    }),
+    storeSeconds: new Histogram({
+      name: 'chaperone_audit_store_insert_duration_seconds',
+      help: 'Time of one batch insert into the evidence store.',
+      buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10],
       registers,
     }),
   };

@@ -9,6 +9,7 @@ import type { Logger } from '../observability/logger.ts';
 import { auditMetrics, type AuditMetrics } from './audit-metrics.ts';
 import { AuditUnavailable, recordOriginJson, type AuditSink, type RecordOrigin } from './audit-sink.ts';
 import { SessionWriter, type SessionWriterOptions } from './session-writer.ts';
+import type { EvidenceStore } from './evidence-store.ts';
 import type { SessionStore } from './session-store.ts';
 import type { SigningKey } from './signing-key.ts';
 import { Spool } from './spool.ts';
@@ -28,6 +29,8 @@ export interface DurableAuditSinkOptions {
   readonly spoolSegmentBytes?: number;
   readonly flushIntervalMs: number;
   readonly store: SessionStore;
+  /** Keep records in this evidence store and only signed heads in Session objects (docs/evidence-store.md). */
+  readonly evidence?: EvidenceStore;
   readonly signingKey: SigningKey;
   readonly pod: { readonly name: string; readonly namespace: string; readonly uid?: string };
   readonly logger: Logger;
@@ -43,7 +46,13 @@ export interface DurableAuditSinkOptions {
   readonly writer?: Partial<
     Pick<
       SessionWriterOptions,
-      'maxRecordsPerPart' | 'maxBytesPerPart' | 'backoffInitialMs' | 'backoffMaxMs' | 'concurrency' | 'eventIntervalMs'
+      | 'maxRecordsPerPart'
+      | 'maxBytesPerPart'
+      | 'backoffInitialMs'
+      | 'backoffMaxMs'
+      | 'concurrency'
+      | 'eventIntervalMs'
+      | 'storeBatchRecords'
     >
   >;
 }
@@ -58,6 +67,7 @@ export class DurableAuditSink implements AuditSink {
   private readonly also: AuditSink | undefined;
   private readonly closeTimeoutMs: number;
   private readonly onClose: (() => void) | undefined;
+  private readonly evidence: EvidenceStore | undefined;
   private readonly highBytes: number;
   private readonly lowBytes: number;
   private high = false;
@@ -71,12 +81,14 @@ export class DurableAuditSink implements AuditSink {
     this.also = options.also;
     this.closeTimeoutMs = options.closeTimeoutMs ?? 5000;
     this.onClose = options.onClose;
+    this.evidence = options.evidence;
     this.highBytes = spool.maxBytes * HIGH_WATER;
     this.lowBytes = spool.maxBytes * LOW_WATER;
     this.metrics?.spoolMaxBytes.set(spool.maxBytes);
     this.writer = new SessionWriter({
       ...options.writer,
       store: options.store,
+      ...(options.evidence === undefined ? {} : { evidence: options.evidence }),
       signingKey: options.signingKey,
       pod: options.pod,
       logger: options.logger,
@@ -141,7 +153,7 @@ export class DurableAuditSink implements AuditSink {
       if (err instanceof AuditUnavailable) this.refused(err);
       throw err;
     }
-    this.writer.enqueue(id, session, record, false, Buffer.byteLength(text));
+    this.writer.enqueue(id, session, record, false, Buffer.byteLength(text), text);
     this.also?.write(session, record, text);
     if (!this.high && this.spool.usedBytes >= this.highBytes) this.checkPressure();
   }
@@ -164,6 +176,7 @@ export class DurableAuditSink implements AuditSink {
     const emptied = await this.writer.flush(this.closeTimeoutMs);
     await this.writer.stop();
     await this.spool.close();
+    await this.evidence?.close().catch(() => undefined);
     if (!emptied) {
       this.logger.warn('audit records left in the spool for the next start', {
         pendingRecords: this.writer.pendingRecords,

@@ -56,8 +56,9 @@ export class OperatorSessionStore implements SessionStore {
     return (await this.call('append', { op: 'append', name, resourceVersion, records, head })) as Session;
   }
 
-  async patchStatus(name: string, status: SessionStatus): Promise<void> {
-    await this.call('status', { op: 'status', name, status });
+  async patchStatus(name: string, status: SessionStatus): Promise<string | undefined> {
+    const updated = (await this.call('status', { op: 'status', name, status })) as Partial<Session> | undefined;
+    return updated?.metadata?.resourceVersion;
   }
 
   async event(event: StoreEvent): Promise<void> {

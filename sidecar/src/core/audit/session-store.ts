@@ -49,7 +49,8 @@ export interface SessionStore {
     records: readonly AuditRecord[],
     head: NonNullable<SessionSpec['head']>,
   ): Promise<Session>;
-  patchStatus(name: string, status: SessionStatus): Promise<void>;
+  /** Merges `status`; returns the object's new resourceVersion when the answer carries it. */
+  patchStatus(name: string, status: SessionStatus): Promise<string | undefined>;
   event(event: StoreEvent): Promise<void>;
 }
 
@@ -143,13 +144,14 @@ export class KubernetesSessionStore implements SessionStore {
     )) as Session;
   }
 
-  async patchStatus(name: string, status: SessionStatus): Promise<void> {
-    await this.call('status', () =>
+  async patchStatus(name: string, status: SessionStatus): Promise<string | undefined> {
+    const updated = (await this.call('status', () =>
       this.custom.patchNamespacedCustomObjectStatus(
         { group: GROUP, version: VERSION, namespace: this.namespace, plural: SESSION_PLURAL, name, body: { status } },
         MERGE_PATCH,
       ),
-    );
+    )) as Partial<Session> | undefined;
+    return updated?.metadata?.resourceVersion;
   }
 
   async event(event: StoreEvent): Promise<void> {

@@ -7,8 +7,15 @@
 //
 // The writer never drops a record: when the API server is unavailable it backs off and retries while the
 // records wait in the spool, and it acknowledges spool entries only once they are in Kubernetes.
+//
+// With an evidence store (docs/evidence-store.md) records go into the store instead, in large batches, and
+// the session's one Session object keeps no records, only the signed head (and status): per batch the
+// writer inserts the records, then signs and writes the head that covers them, and acknowledges spool
+// entries only after both. A batch whose head could not be written is inserted again on retry (a no-op for
+// rows already there), so neither an outage of the store nor of the API server loses a record.
 import {
   API_VERSION,
+  canonicalRecordText,
   SESSION_MAX_BYTES,
   SESSION_MAX_RECORDS,
   signChainHead,
@@ -22,6 +29,7 @@ import {
 import type { Logger } from '../observability/logger.ts';
 import type { AuditMetrics } from './audit-metrics.ts';
 import type { RecordOrigin } from './audit-sink.ts';
+import type { EvidenceStore } from './evidence-store.ts';
 import type { SigningKey } from './signing-key.ts';
 import { SESSION_ID_LABEL, SessionStoreError, type SessionStore, type StoreEvent } from './session-store.ts';
 
@@ -48,17 +56,25 @@ export interface SessionWriterOptions {
   /** Shortest time between two flush-failure Events, ms. Default 60 s. */
   readonly eventIntervalMs?: number;
   readonly now?: () => Date;
+  /** Keep records in this evidence store; Session objects then carry only heads and status. Default none. */
+  readonly evidence?: EvidenceStore;
+  /** With an evidence store: records inserted (and covered by one head) per batch. Default 4096. */
+  readonly storeBatchRecords?: number;
 }
 
 interface Queued {
   readonly id: number;
   readonly record: AuditRecord;
   readonly bytes: number;
+  /** The canonical text, when the caller had it (the evidence store keeps exactly the text hashed). */
+  readonly text: string | undefined;
 }
 
 interface Part {
   readonly name: string;
   readonly part: number;
+  /** Its records are in the evidence store (spec.store), not in the object. */
+  readonly stored: boolean;
   resourceVersion: string;
   records: number;
   bytes: number;
@@ -91,9 +107,10 @@ interface SessionState {
   longNames: boolean;
   /** Earlier parts whose `Continued` status is still to be written (the write failed). */
   continued: { name: string; status: SessionStatus }[];
+  /** With an evidence store: the highest seq inserted whose head may still be unwritten. */
+  storedThrough: number;
 }
 
-const ACKNOWLEDGE_EVERY = 256;
 const UNAUTHENTICATED: Identity = { subject: 'unauthenticated', issuer: '' };
 
 /**
@@ -124,6 +141,9 @@ export class SessionWriter {
   private readonly intervalMs: number;
   private readonly maxRecords: number;
   private readonly maxBytes: number;
+  private readonly evidence: EvidenceStore | undefined;
+  /** Records that make a flush start at once rather than at the next tick. */
+  private readonly kickRecords: number;
   private readonly now: () => Date;
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<void> | undefined;
@@ -144,6 +164,9 @@ export class SessionWriter {
     this.intervalMs = options.flushIntervalMs ?? 1000;
     this.maxRecords = options.maxRecordsPerPart ?? SESSION_MAX_RECORDS;
     this.maxBytes = options.maxBytesPerPart ?? SESSION_MAX_BYTES - 64 * 1024;
+    this.evidence = options.evidence;
+    // With a store, heads (API writes) follow batches: kick per batch, not per Session part.
+    this.kickRecords = this.evidence === undefined ? this.maxRecords : (options.storeBatchRecords ?? 4096);
     this.now = options.now ?? (() => new Date());
   }
 
@@ -162,7 +185,14 @@ export class SessionWriter {
    * of an earlier process: their parts may already exist, and their sessions are over. `serializedLength`
    * is the record's JSON size in UTF-8 bytes when the caller has it (sizing parts; computed otherwise).
    */
-  enqueue(id: number, session: RecordOrigin, record: AuditRecord, replayed = false, serializedLength?: number): void {
+  enqueue(
+    id: number,
+    session: RecordOrigin,
+    record: AuditRecord,
+    replayed = false,
+    serializedLength?: number,
+    text?: string,
+  ): void {
     let s = this.sessions.get(session.sessionId);
     if (s === undefined) {
       s = {
@@ -186,6 +216,7 @@ export class SessionWriter {
         busy: false,
         longNames: false,
         continued: [],
+        storedThrough: 0,
       };
       this.sessions.set(session.sessionId, s);
     }
@@ -198,12 +229,12 @@ export class SessionWriter {
       s.endTime = record.time;
     }
     s.lastTime = record.time;
-    s.queue.push({ id, record, bytes: (serializedLength ?? Buffer.byteLength(JSON.stringify(record))) + 1 });
+    s.queue.push({ id, record, bytes: (serializedLength ?? Buffer.byteLength(JSON.stringify(record))) + 1, text });
     this.pending += 1;
     this.lastEnqueuedId = Math.max(this.lastEnqueuedId, id);
     this.options.metrics?.pendingRecords.set(this.pending);
     this.sinceKick += 1;
-    if (this.sinceKick >= this.maxRecords && this.running === undefined && !this.stopped) {
+    if (this.sinceKick >= this.kickRecords && this.running === undefined && !this.stopped) {
       // A full part is waiting: write it now rather than at the next tick.
       this.sinceKick = 0;
       this.schedule(0);
@@ -269,7 +300,7 @@ export class SessionWriter {
 
   /** A flush was asked for while one ran, or a full part's worth of records arrived meanwhile. */
   private wantsRerun(): boolean {
-    return this.rerun || this.sinceKick >= this.maxRecords;
+    return this.rerun || this.sinceKick >= this.kickRecords;
   }
 
   private async flushOnce(): Promise<void> {
@@ -320,7 +351,11 @@ export class SessionWriter {
       if (!s.synced) await this.sync(s);
       await this.markContinued(s);
       let written = 0;
-      while (s.head < s.queue.length) {
+      // A session begun in Session objects before a store was configured stays in them.
+      const evidence = s.current?.stored === false ? undefined : this.evidence;
+      const inStore = evidence !== undefined;
+      if (evidence !== undefined) written = await this.flushToStore(s, evidence);
+      while (!inStore && s.head < s.queue.length) {
         const cur = s.current;
         const first = s.queue[s.head] as Queued;
         if (cur !== undefined && first.record.seq <= cur.lastSeq) {
@@ -338,12 +373,16 @@ export class SessionWriter {
           await this.appendRecords(s, cur);
         }
         written += 1;
-        if (written % ACKNOWLEDGE_EVERY === 0) this.acknowledge();
+        // Give the spool its space back after every write: under steady load this loop may not end soon.
+        this.acknowledge();
       }
       // Give the spool its space back as soon as this session's records are in.
       if (written > 0) this.acknowledge();
       if (s.statusDirty && s.current !== undefined) {
-        await this.store.patchStatus(s.current.name, this.status(s));
+        const cur = s.current;
+        // The status write moves the object's resourceVersion: keep it, or the next guarded append is refused.
+        const resourceVersion = await this.store.patchStatus(cur.name, this.status(s));
+        if (resourceVersion !== undefined) cur.resourceVersion = resourceVersion;
         this.options.metrics?.sessionObjects.inc({ operation: 'status' });
         s.statusDirty = false;
       }
@@ -406,7 +445,16 @@ export class SessionWriter {
     return { seq: last.seq, hash: last.hash, signature, keyId: key.keyId };
   }
 
-  private async createPart(s: SessionState, part: number, previousPart: string | undefined): Promise<void> {
+  /**
+   * Creates part `part` with the queued records that fit, or, with `stored` (records already in the evidence
+   * store), the session's one object: no records, the store's location and the head covering `stored`.
+   */
+  private async createPart(
+    s: SessionState,
+    part: number,
+    previousPart: string | undefined,
+    stored?: readonly Queued[],
+  ): Promise<void> {
     const name = sessionObjectName(s.ref.resource, s.ref.sessionId, part, s.longNames);
     const podName = this.options.pod.name === '' ? 'unknown' : this.options.pod.name;
     const key = this.options.signingKey;
@@ -433,8 +481,9 @@ export class SessionWriter {
       },
     };
     const baseBytes = Buffer.byteLength(JSON.stringify(spec)) + 2048;
-    const batch = this.take(s, undefined, baseBytes);
+    const batch = stored ?? this.take(s, undefined, baseBytes);
     const last = (batch[batch.length - 1] as Queued).record;
+    const store = stored === undefined ? undefined : this.evidence?.location;
     const created = await this.createOrDetectCollision(s, {
       apiVersion: API_VERSION,
       kind: 'Session',
@@ -447,12 +496,18 @@ export class SessionWriter {
           'chaperone.dev/part': String(part),
         },
       },
-      spec: { ...spec, records: batch.map((q) => q.record), head: await this.head(name, s, last) },
+      spec: {
+        ...spec,
+        ...(store === undefined ? {} : { store }),
+        records: store === undefined ? batch.map((q) => q.record) : [],
+        head: await this.head(name, s, last),
+      },
     } satisfies Session);
     this.options.metrics?.sessionObjects.inc({ operation: 'create' });
     s.current = {
       name,
       part,
+      stored: store !== undefined,
       resourceVersion: created.metadata.resourceVersion ?? '',
       records: batch.length,
       bytes: baseBytes + batch.reduce((n, q) => n + q.bytes, 0),
@@ -497,6 +552,59 @@ export class SessionWriter {
     this.consume(s, batch);
   }
 
+  /**
+   * Evidence-store mode: inserts the queued records in batches and after each writes the signed head that
+   * covers it into the session's Session object (created with the first batch). Returns batches written.
+   */
+  private async flushToStore(s: SessionState, evidence: EvidenceStore): Promise<number> {
+    const ref = s.ref;
+    const session = {
+      sessionId: ref.sessionId,
+      namespace: this.store.namespace,
+      podNamespace: this.options.pod.namespace === '' ? ref.namespace : this.options.pod.namespace,
+      pod: this.options.pod.name === '' ? ref.pod : this.options.pod.name,
+      resource: ref.resource,
+    };
+    let written = 0;
+    // What is queued now, not what arrives meanwhile: the flush ends, the status is written, and the next
+    // flush (at once, when a batch's worth arrived) takes the rest.
+    let remaining = s.queue.length - s.head;
+    while (s.head < s.queue.length && remaining > 0) {
+      const cur = s.current;
+      const first = s.queue[s.head] as Queued;
+      if (cur !== undefined && first.record.seq <= cur.lastSeq) {
+        // Signed already (a replayed duplicate).
+        remaining -= 1;
+        s.head += 1;
+        this.pending -= 1;
+        continue;
+      }
+      const batch = s.queue.slice(s.head, s.head + Math.min(this.kickRecords, remaining));
+      remaining -= batch.length;
+      const last = (batch[batch.length - 1] as Queued).record;
+      const unstored = batch.filter((q) => q.record.seq > s.storedThrough);
+      if (unstored.length > 0) {
+        const started = process.hrtime.bigint();
+        await evidence.append(session, unstored, canonicalRecordText);
+        this.options.metrics?.storeSeconds?.observe(Number(process.hrtime.bigint() - started) / 1e9);
+        s.storedThrough = Math.max(s.storedThrough, last.seq);
+      }
+      if (cur === undefined) {
+        await this.createPart(s, 0, undefined, batch);
+      } else {
+        const updated = await this.store.append(cur.name, cur.resourceVersion, [], await this.head(cur.name, s, last));
+        this.options.metrics?.sessionObjects.inc({ operation: 'head' });
+        cur.resourceVersion = updated.metadata.resourceVersion ?? '';
+        cur.records += batch.length;
+        cur.lastSeq = last.seq;
+        this.consume(s, batch);
+      }
+      written += 1;
+      this.acknowledge();
+    }
+    return written;
+  }
+
   private async continuePart(s: SessionState, cur: Part): Promise<void> {
     // Create the next part first: if the process dies in between, the next sync finds the newest part
     // and marks the older one Continued then.
@@ -531,8 +639,17 @@ export class SessionWriter {
         lastSeq = Math.max(lastSeq, r.seq);
       }
     }
-    s.counters = counters;
     const latest = parts[parts.length - 1];
+    if (latest?.spec.store !== undefined) {
+      // Records are in the evidence store: what the head signs is written; count it there.
+      lastSeq = latest.spec.head?.seq ?? 0;
+      const evidence = this.evidence;
+      if (evidence === undefined)
+        throw new Error(`${latest.metadata.name ?? ''} keeps its records in an evidence store, and none is configured`);
+      const stored = await evidence.counters(s.ref.sessionId, lastSeq);
+      Object.assign(counters, stored);
+    }
+    s.counters = counters;
     if (latest === undefined) {
       s.current = undefined;
     } else {
@@ -542,10 +659,11 @@ export class SessionWriter {
       s.current = {
         name: latest.metadata.name ?? sessionObjectName(s.ref.resource, s.ref.sessionId, latest.spec.part, s.longNames),
         part: latest.spec.part,
+        stored: latest.spec.store !== undefined,
         resourceVersion: latest.metadata.resourceVersion ?? '',
         records: records.length,
         bytes: Buffer.byteLength(JSON.stringify(latest.spec)) + 2048,
-        lastSeq: records[records.length - 1]?.seq ?? 0,
+        lastSeq: latest.spec.store === undefined ? (records[records.length - 1]?.seq ?? 0) : lastSeq,
       };
       // A part left Active by a process that died between creating its successor and updating it.
       for (const p of parts.slice(0, -1)) {
@@ -607,7 +725,7 @@ export class SessionWriter {
       this.emit(s, {
         type: 'Warning',
         reason: 'AuditFlushFailed',
-        message: `Audit records could not be written to Session objects (${(err as Error).message}); ${String(this.pending)} records wait in the sidecar's spool and are retried.`,
+        message: `Audit records could not be written to ${this.evidence === undefined ? 'Session objects' : 'the evidence store and Session heads'} (${(err as Error).message}); ${String(this.pending)} records wait in the sidecar's spool and are retried.`,
       });
     }
   }

@@ -1,0 +1,51 @@
+// The evidence store's schema text: role names are checked before they are written into GRANTs, the
+// append-only guards and grants are all there, and a record becomes the row verifiers and counters read.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { evidencePartitionSql, evidenceRow, evidenceSchemaSql, EVIDENCE_TABLE } from './evidence-store.ts';
+
+test('evidenceSchemaSql refuses role names that are not plain identifiers', () => {
+  for (const bad of ['writer; drop table x', 'Writer', '1writer', 'a"b', '', 'x'.repeat(64)]) {
+    assert.throws(() => evidenceSchemaSql({ writer: bad, auditor: 'auditor' }), /not a plain SQL identifier/);
+    assert.throws(() => evidenceSchemaSql({ writer: 'writer', auditor: bad }), /not a plain SQL identifier/);
+  }
+});
+
+test('evidenceSchemaSql grants the writer INSERT only and the auditor SELECT only, behind append-only triggers', () => {
+  const sql = evidenceSchemaSql({ writer: 'w', auditor: 'a' }, new Date('2026-12-04T12:00:00Z'), 2);
+  assert.match(sql, new RegExp(`grant insert on ${EVIDENCE_TABLE} to w;`));
+  assert.match(sql, new RegExp(`grant select on ${EVIDENCE_TABLE} to a;`));
+  assert.doesNotMatch(sql, /grant (update|delete|truncate|all)/i);
+  assert.match(sql, /before update or delete on chaperone\.audit_records\s+for each row/);
+  assert.match(sql, /before truncate on chaperone\.audit_records\s+for each statement/);
+  // Yesterday to two days ahead, each with its own TRUNCATE guard.
+  for (const day of ['20261203', '20261204', '20261205', '20261206']) {
+    assert.match(sql, new RegExp(`create table if not exists chaperone\\.audit_records_${day} partition of`));
+  }
+  assert.doesNotMatch(sql, /audit_records_20261207/);
+});
+
+test('evidencePartitionSql covers one UTC day', () => {
+  const sql = evidencePartitionSql(new Date('2026-12-31T23:59:59Z'));
+  assert.match(sql, /for values from \('2026-12-31 00:00:00\+00'\) to \('2027-01-01 00:00:00\+00'\)/);
+});
+
+test('evidenceRow keeps what counters count: decision result, outcome status', () => {
+  const base = { v: 1, seq: 2, time: '2026-12-04T10:00:00.000001Z', prevHash: 'sha256:p', hash: 'sha256:h' } as const;
+  const decision = evidenceRow('s', {
+    ...base,
+    type: 'command.decision',
+    decision: { result: 'deny', policy: 'p', rule: 'r', bundleDigest: 'd' },
+  });
+  assert.deepEqual(decision, {
+    sessionId: 's',
+    seq: 2,
+    time: base.time,
+    type: 'command.decision',
+    result: 'deny',
+    hash: 'sha256:h',
+    prevHash: 'sha256:p',
+  });
+  assert.equal(evidenceRow('s', { ...base, type: 'command.outcome', outcome: { status: 'error' } }).result, 'error');
+  assert.equal(evidenceRow('s', { ...base, type: 'session.start' }).result, null);
+});

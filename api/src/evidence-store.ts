@@ -1,0 +1,179 @@
+// The evidence store: audit records kept in an append-only PostgreSQL table instead of in Session objects,
+// which then carry only the signed chain heads (docs/evidence-store.md). This module is the schema both
+// sides share: the table the sidecar appends to, the SQL that creates it with its roles and append-only
+// guards, and the row a record becomes. Pure: no database client here (the sidecar and the CLI bring theirs).
+import type { AuditRecord } from './audit-record.ts';
+
+/** Schema and table of the records, fixed so verifiers find them in any evidence database. */
+export const EVIDENCE_SCHEMA = 'chaperone';
+export const EVIDENCE_TABLE = `${EVIDENCE_SCHEMA}.audit_records`;
+/** SECURITY DEFINER function: a session's counters through a seq, callable by the writer (which cannot SELECT). */
+export const EVIDENCE_COUNTERS_FUNCTION = `${EVIDENCE_SCHEMA}.session_counters`;
+
+export const EVIDENCE_STORE_TYPES = ['postgres'] as const;
+export type EvidenceStoreType = (typeof EVIDENCE_STORE_TYPES)[number];
+
+/** Where a Session's records are (spec.store): the store type and its location, never a credential. */
+export interface EvidenceLocation {
+  readonly type: EvidenceStoreType;
+  /** `host:port/database` of the evidence database. */
+  readonly location: string;
+}
+
+/** The roles of an evidence database (docs/evidence-store.md, "Who can do what"). */
+export interface EvidenceRoles {
+  /** What sidecars log in as: INSERT into the table and EXECUTE of the counters function, nothing else. */
+  readonly writer: string;
+  /** What auditors and `kubectl chaperone verify` log in as: SELECT only. */
+  readonly auditor: string;
+}
+
+const IDENTIFIER = /^[a-z_][a-z0-9_]{0,62}$/;
+
+function ident(name: string): string {
+  if (!IDENTIFIER.test(name)) throw new Error(`not a plain SQL identifier: ${JSON.stringify(name)}`);
+  return name;
+}
+
+/** One row of the records table: the canonical text as hashed plus the columns an auditor filters on. */
+export interface EvidenceRow {
+  readonly sessionId: string;
+  readonly seq: number;
+  readonly time: string;
+  readonly type: string;
+  /** decision.result of a decision, outcome.status of an outcome (what the counters count). */
+  readonly result: string | null;
+  readonly hash: string;
+  readonly prevHash: string;
+}
+
+export function evidenceRow(sessionId: string, record: AuditRecord): EvidenceRow {
+  return {
+    sessionId,
+    seq: record.seq,
+    time: record.time,
+    type: record.type,
+    result: record.decision?.result ?? record.outcome?.status ?? null,
+    hash: record.hash,
+    prevHash: record.prevHash,
+  };
+}
+
+/** The UTC day `time` falls on, as YYYY-MM-DD. */
+function day(time: Date): string {
+  return time.toISOString().slice(0, 10);
+}
+
+/** DDL of the daily partition holding `date` (idempotent), with the TRUNCATE guard partitions need of their own. */
+export function evidencePartitionSql(date: Date): string {
+  const from = new Date(Date.UTC(date.getUTCFullYear(), date.getUTCMonth(), date.getUTCDate()));
+  const to = new Date(from.getTime() + 86_400_000);
+  const name = `${EVIDENCE_TABLE}_${day(from).replaceAll('-', '')}`;
+  const bare = name.slice(EVIDENCE_SCHEMA.length + 1);
+  return `
+create table if not exists ${name} partition of ${EVIDENCE_TABLE}
+  for values from ('${day(from)} 00:00:00+00') to ('${day(to)} 00:00:00+00');
+do $$ begin
+  if not exists (select 1 from pg_trigger where tgname = 'audit_records_no_truncate' and tgrelid = '${name}'::regclass) then
+    create trigger audit_records_no_truncate before truncate on ${name}
+      for each statement execute function ${EVIDENCE_SCHEMA}.refuse_change();
+  end if;
+end $$;
+comment on table ${name} is 'Audit records of ${day(from)} (UTC); dropped whole by retention (${bare}).';`;
+}
+
+/**
+ * DDL that prepares an evidence database (idempotent): the schema, the records table partitioned by day of
+ * the record's time with a default partition as a safety net, the append-only guards (no UPDATE, DELETE or
+ * TRUNCATE privilege for anyone but the owner, and triggers that refuse them even to the owner), the
+ * counters function, and the privileges of the writer and auditor roles, which must exist. Run it as the
+ * role that is to own the table (it alone may add and drop partitions; never a sidecar's). Partitions for `days` days from `now` are created; `evidencePartitionSql` adds later ones.
+ */
+export function evidenceSchemaSql(roles: EvidenceRoles, now = new Date(), days = 7): string {
+  const writer = ident(roles.writer);
+  const auditor = ident(roles.auditor);
+  const partitions: string[] = [];
+  for (let i = -1; i <= days; i++) partitions.push(evidencePartitionSql(new Date(now.getTime() + i * 86_400_000)));
+  return `
+create schema if not exists ${EVIDENCE_SCHEMA};
+revoke all on schema ${EVIDENCE_SCHEMA} from public;
+create table if not exists ${EVIDENCE_TABLE} (
+  session_id text not null,
+  seq bigint not null check (seq >= 1),
+  time timestamptz not null,
+  type text not null,
+  result text,
+  hash text not null,
+  prev_hash text not null,
+  namespace text not null,
+  pod_namespace text not null,
+  pod text not null,
+  resource text not null,
+  record text not null,
+  stored_at timestamptz not null default statement_timestamp(),
+  primary key (session_id, seq, time)
+) partition by range (time);
+comment on table ${EVIDENCE_TABLE} is 'Chaperone audit records, append-only; record is the canonical JSON that hash covers (docs/audit.md).';
+create table if not exists ${EVIDENCE_TABLE}_default partition of ${EVIDENCE_TABLE} default;
+create index if not exists audit_records_namespace_time on ${EVIDENCE_TABLE} (namespace, time);
+create or replace function ${EVIDENCE_SCHEMA}.refuse_change() returns trigger language plpgsql as $$
+begin
+  raise exception 'chaperone audit records are append-only: % refused', tg_op
+    using errcode = 'insufficient_privilege';
+end $$;
+do $$ begin
+  if not exists (select 1 from pg_trigger where tgname = 'audit_records_append_only' and tgrelid = '${EVIDENCE_TABLE}'::regclass) then
+    create trigger audit_records_append_only before update or delete on ${EVIDENCE_TABLE}
+      for each row execute function ${EVIDENCE_SCHEMA}.refuse_change();
+  end if;
+  if not exists (select 1 from pg_trigger where tgname = 'audit_records_no_truncate' and tgrelid = '${EVIDENCE_TABLE}'::regclass) then
+    create trigger audit_records_no_truncate before truncate on ${EVIDENCE_TABLE}
+      for each statement execute function ${EVIDENCE_SCHEMA}.refuse_change();
+  end if;
+end $$;
+do $$ begin
+  if not exists (select 1 from pg_trigger where tgname = 'audit_records_no_truncate' and tgrelid = '${EVIDENCE_TABLE}_default'::regclass) then
+    create trigger audit_records_no_truncate before truncate on ${EVIDENCE_TABLE}_default
+      for each statement execute function ${EVIDENCE_SCHEMA}.refuse_change();
+  end if;
+end $$;
+${partitions.join('\n')}
+create or replace function ${EVIDENCE_COUNTERS_FUNCTION}(p_session text, p_through bigint)
+  returns table (commands bigint, allowed bigint, denied bigint, held bigint, errors bigint)
+  language sql stable security definer set search_path = pg_catalog, pg_temp as $$
+  select count(*) filter (where type = 'command.decision'),
+         count(*) filter (where type = 'command.decision' and result = 'allow'),
+         count(*) filter (where type = 'command.decision' and result = 'deny'),
+         count(*) filter (where type = 'command.decision' and result = 'approve'),
+         count(*) filter (where type = 'command.outcome' and result = 'error')
+    from ${EVIDENCE_TABLE} where session_id = p_session and seq <= p_through
+$$;
+revoke all on function ${EVIDENCE_COUNTERS_FUNCTION}(text, bigint) from public;
+revoke all on ${EVIDENCE_TABLE} from public;
+grant usage on schema ${EVIDENCE_SCHEMA} to ${writer}, ${auditor};
+grant insert on ${EVIDENCE_TABLE} to ${writer};
+grant execute on function ${EVIDENCE_COUNTERS_FUNCTION}(text, bigint) to ${writer};
+grant select on ${EVIDENCE_TABLE} to ${auditor};
+`;
+}
+
+/** The insert the sidecar runs: one statement per batch, a replayed record (same session, seq, time) is a no-op. */
+export const EVIDENCE_INSERT_SQL = `insert into ${EVIDENCE_TABLE}
+  (session_id, seq, time, type, result, hash, prev_hash, namespace, pod_namespace, pod, resource, record)
+select $1, r.seq, r.time, r.type, r.result, r.hash, r.prev_hash, $2, $3, $4, $5, r.record
+  from unnest($6::bigint[], $7::timestamptz[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[])
+    as r (seq, time, type, result, hash, prev_hash, record)
+on conflict do nothing`;
+
+/** What verifiers read: every row of some sessions, in seq order (duplicates of a seq next to each other). */
+export const EVIDENCE_SELECT_SQL = `select session_id, seq, record from ${EVIDENCE_TABLE}
+  where session_id = any($1::text[]) order by session_id, seq, time, hash`;
+
+/** A session's counters (status.counters of its Session). */
+export interface EvidenceCounters {
+  commands: number;
+  allowed: number;
+  denied: number;
+  held: number;
+  errors: number;
+}

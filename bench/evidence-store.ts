@@ -1,0 +1,389 @@
+// The evidence store in Kubernetes mode (issue 18, docs/evidence-store.md): pgbench -S -c 8 through a
+// sidecar that spools every record durably, appends it to the evidence store (a database of its own on the
+// bench's PostgreSQL, written by an INSERT-only role) and writes signed heads into Session objects on a
+// private control plane, against the same pgbench through the JSON-lines sidecar (the yardstick), in the
+// same run, alternating. Then 10 such sidecars at once against one API server and one store: aggregate
+// records stored per second and the API server's share of the work.
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { evidenceSchemaSql } from '@chaperone/api';
+import { startControlPlane, type ControlPlane } from '../e2e/harness/control-plane.ts';
+import { applyCrds, kubectl } from '../e2e/harness/kube.ts';
+import type { PostgresCluster } from '../e2e/harness/postgres.ts';
+import { ALLOW_ALL, spawnSidecar, type SidecarProcess } from '../e2e/harness/sidecar-process.ts';
+import { postgresBinDir } from '../e2e/harness/tools.ts';
+
+export interface EvidencePgbenchRun {
+  /**
+   * json-lines: the yardstick; evidence-store: Kubernetes mode with the store; session-objects: records in
+   * Session objects (no store), for comparison; evidence-store-tmpfs-spool: a diagnostic, the same with the
+   * spool on tmpfs (its fdatasync does not reach a disk), to separate the disk's sync latency from the rest.
+   */
+  readonly target: 'json-lines' | 'evidence-store' | 'session-objects' | 'evidence-store-tmpfs-spool';
+  readonly seconds: number;
+  readonly tps: number;
+  readonly transactions: number;
+  readonly failed: number;
+  readonly latencyMs: number;
+}
+
+export interface EvidenceStoreBenchResult {
+  readonly runs: readonly EvidencePgbenchRun[];
+  /** Median evidence-store TPS over median JSON-lines TPS (target ≥ 0.9). */
+  readonly ratio: number;
+  /** The same for the diagnostic with the spool on tmpfs, and for records in Session objects. */
+  readonly tmpfsSpoolRatio: number;
+  readonly sessionObjectsRatio: number;
+  /** Statements refused because the trail was unavailable (53100) during the evidence-store runs (target 0). */
+  readonly failClosedRefusals: number;
+  /** The same for the sidecar keeping records in Session objects (for comparison). */
+  readonly sessionObjectsRefusals: number;
+  /** Records in the store after the single-sidecar runs, and per second of evidence-store pgbench. */
+  /** Records the evidence-store sidecar stored (and covered by a written head) during its runs. */
+  readonly storedRecords: number;
+  readonly storedRecordsPerSecond: number;
+  /** Session object writes by operation during the single-sidecar runs. */
+  readonly apiWrites: Record<string, number>;
+  /**
+   * Mean time of one group commit (fdatasync) of the spool and of one batch insert into the store during the
+   * evidence-store runs, ms: the spool's fsync is what each statement waits for (docs/audit-durability.md).
+   */
+  readonly spoolFsyncMeanMs: number;
+  readonly storeInsertMeanMs: number;
+  readonly fleet: {
+    readonly sidecars: number;
+    readonly seconds: number;
+    readonly tps: number;
+    /** Records stored (and covered by a written head) per second, all sidecars together. */
+    readonly recordsPerSecond: number;
+    /** Session object writes (create, head, status) per second, all sidecars together. */
+    readonly apiWritesPerSecond: number;
+    readonly recordsPerApiWrite: number;
+    /** CPU seconds of the control plane (kube-apiserver with etcd) and of the sidecars during the run. */
+    readonly apiServerCpuSeconds: number;
+    readonly sidecarsCpuSeconds: number;
+    /** The control plane's share of the CPU the audit path used (control plane ÷ (control plane + sidecars)). */
+    readonly apiServerCpuShare: number;
+    readonly failClosedRefusals: number;
+  };
+  readonly target: { readonly ratio: 0.9; readonly met: boolean };
+}
+
+function cpuSeconds(pid: number | undefined): number {
+  if (pid === undefined) return 0;
+  try {
+    const fields =
+      readFileSync(`/proc/${String(pid)}/stat`, 'utf8')
+        .split(') ')[1]
+        ?.split(' ') ?? [];
+    // utime, stime, cutime, cstime (fields 14-17 of stat; 12-15 after the command name)
+    const ticks = [11, 12, 13, 14].reduce((n, i) => n + Number(fields[i] ?? 0), 0);
+    return ticks / 100;
+  } catch {
+    return 0;
+  }
+}
+
+function pgbench(
+  env: NodeJS.ProcessEnv,
+  clients: number,
+  seconds: number,
+): Promise<Omit<EvidencePgbenchRun, 'target'>> {
+  const bin = join(postgresBinDir(), 'pgbench');
+  const argv = [
+    '-n',
+    '-S',
+    '-M',
+    'simple',
+    '-c',
+    String(clients),
+    '-j',
+    String(Math.min(2, clients)),
+    '-T',
+    String(seconds),
+  ];
+  return new Promise((resolve, reject) => {
+    const child = spawn(bin, argv, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (out += d.toString()));
+    child.on('error', reject);
+    child.on('close', () => {
+      const num = (re: RegExp) => Number(re.exec(out)?.[1] ?? NaN);
+      const transactions = num(/number of transactions actually processed: (\d+)/);
+      if (Number.isNaN(transactions)) {
+        reject(new Error(`pgbench failed:\n${out}`));
+        return;
+      }
+      resolve({
+        seconds,
+        tps: num(/tps = ([\d.]+) \(without initial connection time\)/),
+        transactions,
+        failed: Number(/number of failed transactions: (\d+)/.exec(out)?.[1] ?? 0),
+        latencyMs: num(/latency average = ([\d.]+) ms/),
+      });
+    });
+  });
+}
+
+async function metric(s: SidecarProcess, name: string, labels = ''): Promise<number> {
+  let text: string;
+  // A sidecar starved of CPU on a loaded machine can miss a connect deadline: ask again.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      text = await (await fetch(`http://127.0.0.1:${String(s.metricsPort)}/metrics`)).text();
+      break;
+    } catch (err) {
+      if (attempt >= 5 || s.process.exitCode !== null)
+        throw new Error(`metrics of ${s.dir}: ${String(err)}`, { cause: err });
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+  }
+  const escaped = `${name}${labels}`.replace(/[{}"=]/g, (c) => `\\${c}`);
+  const m = new RegExp(`^${escaped} ([0-9.e+-]+)$`, 'm').exec(text);
+  return Number(m?.[1] ?? 0);
+}
+
+async function apiWrites(s: SidecarProcess): Promise<Record<string, number>> {
+  const result: Record<string, number> = {};
+  for (const op of ['create', 'head', 'append', 'status']) {
+    result[op] = await metric(s, 'chaperone_audit_session_object_writes_total', `{operation="${op}"}`);
+  }
+  return result;
+}
+
+/** Waits until the sidecar has nothing pending (every record stored and signed), up to `timeoutMs`. */
+async function drained(s: SidecarProcess, timeoutMs = 300_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if ((await metric(s, 'chaperone_audit_pending_records')) === 0) return;
+    await new Promise((r) => setTimeout(r, 500));
+  }
+  throw new Error('the sidecar did not drain its spool into the evidence store in time');
+}
+
+function median(values: readonly number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.floor((sorted.length - 1) / 2)] ?? 0;
+}
+
+export interface EvidenceStoreBenchOptions {
+  readonly pg: PostgresCluster;
+  readonly runDir: string;
+  /** Seconds of each measured pgbench run (≥ 60 for the issue's target). */
+  readonly seconds: number;
+  /** Rounds of (JSON lines, evidence store), alternating. */
+  readonly rounds: number;
+  readonly fleetSidecars: number;
+  readonly fleetSeconds: number;
+  /** Called with each sidecar's PID (so the runner can stop it on interrupt). */
+  readonly onSidecar?: (s: SidecarProcess) => void;
+}
+
+export async function runEvidenceStoreBench(options: EvidenceStoreBenchOptions): Promise<EvidenceStoreBenchResult> {
+  const { pg, runDir } = options;
+  const id = randomBytes(3).toString('hex');
+  const database = `evidence_${id}`;
+  const writer = `evidence_${id}_writer`;
+  const auditor = `evidence_${id}_auditor`;
+  const password = randomBytes(12).toString('hex');
+  pg.superuserSql(`create role ${writer} login password '${password}'`);
+  pg.superuserSql(`create role ${auditor} nologin`);
+  pg.superuserSql(`create database ${database}`);
+  pg.superuserSql(evidenceSchemaSql({ writer, auditor }), database);
+  const passwordFile = join(runDir, 'evidence-writer-password');
+  writeFileSync(passwordFile, password, { mode: 0o600 });
+
+  const cpDir = join(runDir, 'evidence-control-plane');
+  mkdirSync(cpDir, { recursive: true });
+  const cp: ControlPlane = await startControlPlane(cpDir);
+  const sidecars: SidecarProcess[] = [];
+  try {
+    await applyCrds(cp.kubeconfig);
+    const namespace = 'evidence-bench';
+    await kubectl(['create', 'namespace', namespace], { kubeconfig: cp.kubeconfig });
+    const upstream = {
+      host: 'localhost',
+      port: pg.port,
+      database: pg.database,
+      user: pg.user,
+      password: pg.password,
+      caFile: pg.caFile,
+    };
+    const start = async (
+      name: string,
+      mode: 'json-lines' | 'store' | 'sessions',
+      spoolBase?: string,
+    ): Promise<SidecarProcess> => {
+      const dir = join(runDir, name);
+      const s = await spawnSidecar({
+        dir,
+        upstream,
+        // Ten sidecars starting sessions at once on a loaded machine can take longer than the default 10 s.
+        listener: { authTimeoutMs: 60_000 },
+        policies: { 'allow-all': ALLOW_ALL },
+        logLevel: 'info',
+        ...(mode === 'json-lines'
+          ? {}
+          : {
+              audit: {
+                spoolDir: join(spoolBase ?? dir, 'audit'),
+                kubernetes: { kubeconfig: cp.kubeconfig, namespace },
+                ...(mode === 'store'
+                  ? {
+                      evidenceStore: {
+                        postgres: {
+                          host: 'localhost',
+                          port: pg.port,
+                          database,
+                          user: writer,
+                          passwordFile,
+                          caFile: pg.caFile,
+                        },
+                      },
+                    }
+                  : {}),
+              },
+            }),
+      });
+      sidecars.push(s);
+      options.onSidecar?.(s);
+      return s;
+    };
+    const token = (s: SidecarProcess) =>
+      s.issuer.sign({ sub: 'system:serviceaccount:bench:pgbench' }, { expiresIn: 3 * 3600 });
+    const yardstick = await start('evidence-yardstick', 'json-lines');
+    const stored = await start('evidence-sidecar', 'store');
+    const embedded = await start('evidence-session-objects', 'sessions');
+    const tmpfsSpool = mkdtempSync('/dev/shm/chaperone-bench-spool-');
+    const onTmpfs = await start('evidence-tmpfs-spool', 'store', tmpfsSpool);
+    const envs = {
+      'json-lines': yardstick.libpqEnv(await token(yardstick), { PGAPPNAME: 'chaperone-bench' }),
+      'evidence-store': stored.libpqEnv(await token(stored), { PGAPPNAME: 'chaperone-bench' }),
+      'session-objects': embedded.libpqEnv(await token(embedded), { PGAPPNAME: 'chaperone-bench' }),
+      'evidence-store-tmpfs-spool': onTmpfs.libpqEnv(await token(onTmpfs), { PGAPPNAME: 'chaperone-bench' }),
+    } as const;
+    const targets = ['json-lines', 'evidence-store', 'session-objects', 'evidence-store-tmpfs-spool'] as const;
+    // Warm both paths up (JIT, caches, the writer's first Session objects).
+    for (const target of targets) await pgbench(envs[target], 8, 5);
+    await drained(stored);
+    // The tmpfs diagnostic writes into the same store: count this sidecar's records by its own metric.
+    const flushedBefore = await metric(stored, 'chaperone_audit_flushed_records_total');
+    const writesBefore = await apiWrites(stored);
+    const refusedBefore = await metric(stored, 'chaperone_audit_spool_rejected_total', '{reason="spool-full"}');
+    const mean = async (histogram: string) => ({
+      sum: await metric(stored, `${histogram}_sum`),
+      count: await metric(stored, `${histogram}_count`),
+    });
+    const fsyncBefore = await mean('chaperone_audit_spool_fsync_duration_seconds');
+    const insertBefore = await mean('chaperone_audit_store_insert_duration_seconds');
+    const runs: EvidencePgbenchRun[] = [];
+    for (let round = 0; round < options.rounds; round++) {
+      for (const target of targets) {
+        const r = { target, ...(await pgbench(envs[target], 8, options.seconds)) };
+        runs.push(r);
+        console.log(
+          `  ${target.padEnd(14)} -c 8 round ${String(round + 1)}/${String(options.rounds)}: ${r.tps.toFixed(0)} tps, ${r.latencyMs.toFixed(3)} ms, ${String(r.failed)} failed`,
+        );
+      }
+    }
+    const fsyncAfter = await mean('chaperone_audit_spool_fsync_duration_seconds');
+    await drained(stored);
+    const insertAfter = await mean('chaperone_audit_store_insert_duration_seconds');
+    const meanMs = (a: { sum: number; count: number }, b: { sum: number; count: number }) =>
+      ((b.sum - a.sum) / Math.max(1, b.count - a.count)) * 1000;
+    const flushedAfter = await metric(stored, 'chaperone_audit_flushed_records_total');
+    const writesAfter = await apiWrites(stored);
+    const storeRuns = runs.filter((r) => r.target === 'evidence-store');
+    const yardstickTps = median(runs.filter((r) => r.target === 'json-lines').map((r) => r.tps));
+    const ratioOf = (target: EvidencePgbenchRun['target']) =>
+      median(runs.filter((r) => r.target === target).map((r) => r.tps)) / yardstickTps;
+    const ratio = ratioOf('evidence-store');
+    const failClosedRefusals =
+      (await metric(stored, 'chaperone_audit_spool_rejected_total', '{reason="spool-full"}')) -
+      refusedBefore +
+      storeRuns.reduce((n, r) => n + r.failed, 0);
+    const storedRecords = flushedAfter - flushedBefore;
+    const apiWritesDone = Object.fromEntries(
+      Object.entries(writesAfter).map(([k, v]) => [k, v - (writesBefore[k] ?? 0)]),
+    );
+    const sessionObjectsRefusals = await metric(
+      embedded,
+      'chaperone_audit_spool_rejected_total',
+      '{reason="spool-full"}',
+    );
+    for (const s of [yardstick, stored, embedded, onTmpfs]) await s.stop();
+    rmSync(tmpfsSpool, { recursive: true, force: true });
+
+    // The fleet: N sidecars at once, one pgbench -c 1 each, one API server, one store.
+    const fleet: SidecarProcess[] = [];
+    for (let i = 0; i < options.fleetSidecars; i++) fleet.push(await start(`evidence-fleet-${String(i)}`, 'store'));
+    const fleetEnvs = await Promise.all(
+      fleet.map(async (s) => s.libpqEnv(await token(s), { PGAPPNAME: 'chaperone-bench' })),
+    );
+    for (const env of fleetEnvs) await pgbench(env, 1, 2);
+    await Promise.all(fleet.map((s) => drained(s)));
+    const fleetRowsBefore = Number(pg.superuserSql('select count(*) from chaperone.audit_records', database).trim());
+    const fleetWritesBefore = await Promise.all(fleet.map(apiWrites));
+    const cpCpuBefore = cpuSeconds(cp.process.pid);
+    const sidecarCpuBefore = fleet.reduce((n, s) => n + cpuSeconds(s.process.pid), 0);
+    const started = Date.now();
+    const fleetRuns = await Promise.all(fleetEnvs.map((env) => pgbench(env, 1, options.fleetSeconds)));
+    await Promise.all(fleet.map((s) => drained(s)));
+    const elapsed = (Date.now() - started) / 1000;
+    const cpCpu = cpuSeconds(cp.process.pid) - cpCpuBefore;
+    const sidecarCpu = fleet.reduce((n, s) => n + cpuSeconds(s.process.pid), 0) - sidecarCpuBefore;
+    const fleetRows =
+      Number(pg.superuserSql('select count(*) from chaperone.audit_records', database).trim()) - fleetRowsBefore;
+    const fleetWritesAfter = await Promise.all(fleet.map(apiWrites));
+    const fleetApiWrites = fleetWritesAfter.reduce(
+      (n, w, i) => n + Object.entries(w).reduce((m, [k, v]) => m + v - (fleetWritesBefore[i]?.[k] ?? 0), 0),
+      0,
+    );
+    let fleetRefusals = fleetRuns.reduce((n, r) => n + r.failed, 0);
+    for (const s of fleet)
+      fleetRefusals += await metric(s, 'chaperone_audit_spool_rejected_total', '{reason="spool-full"}');
+    for (const s of fleet) await s.stop();
+
+    const result: EvidenceStoreBenchResult = {
+      runs,
+      ratio,
+      tmpfsSpoolRatio: ratioOf('evidence-store-tmpfs-spool'),
+      sessionObjectsRatio: ratioOf('session-objects'),
+      failClosedRefusals,
+      sessionObjectsRefusals,
+      storedRecords,
+      storedRecordsPerSecond: storedRecords / (options.seconds * options.rounds),
+      apiWrites: apiWritesDone,
+      spoolFsyncMeanMs: meanMs(fsyncBefore, fsyncAfter),
+      storeInsertMeanMs: meanMs(insertBefore, insertAfter),
+      fleet: {
+        sidecars: options.fleetSidecars,
+        seconds: options.fleetSeconds,
+        tps: fleetRuns.reduce((n, r) => n + r.tps, 0),
+        // Until the last record is stored and signed (the drain is inside the window).
+        recordsPerSecond: fleetRows / elapsed,
+        apiWritesPerSecond: fleetApiWrites / elapsed,
+        recordsPerApiWrite: fleetRows / Math.max(1, fleetApiWrites),
+        apiServerCpuSeconds: cpCpu,
+        sidecarsCpuSeconds: sidecarCpu,
+        apiServerCpuShare: cpCpu / Math.max(1e-9, cpCpu + sidecarCpu),
+        failClosedRefusals: fleetRefusals,
+      },
+      target: { ratio: 0.9, met: ratio >= 0.9 && failClosedRefusals === 0 },
+    };
+    return result;
+  } finally {
+    await Promise.allSettled(sidecars.map((s) => s.stop()));
+    await cp.stop();
+    try {
+      pg.superuserSql(`drop database if exists ${database} with (force)`);
+      pg.superuserSql(`drop role if exists ${writer}`);
+      pg.superuserSql(`drop role if exists ${auditor}`);
+    } catch {
+      // The PostgreSQL of the bench is thrown away with its run directory anyway.
+    }
+  }
+}

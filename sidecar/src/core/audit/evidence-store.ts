@@ -1,0 +1,149 @@
+// Where the Session writer appends records when Sessions keep only signed heads (docs/evidence-store.md):
+// the interface the writer needs and its PostgreSQL implementation with node-postgres. The sidecar logs in
+// as the store's writer role, which may INSERT and call the counters function and nothing else; an insert
+// of a record already there (same session, seq and time: a replay after a restart) does nothing, so the
+// writer may retry any batch.
+import { readFileSync } from 'node:fs';
+import pg from 'pg';
+import {
+  EVIDENCE_COUNTERS_FUNCTION,
+  EVIDENCE_INSERT_SQL,
+  evidenceRow,
+  type AuditRecord,
+  type EvidenceCounters,
+  type EvidenceLocation,
+} from '@chaperone/api';
+
+/** One record to append, with its canonical text when the caller has it (it is the text hashed). */
+export interface EvidenceEntry {
+  readonly record: AuditRecord;
+  readonly text?: string;
+}
+
+/** The session the records belong to, and where its Session object and pod are. */
+export interface EvidenceSession {
+  readonly sessionId: string;
+  /** Namespace of the Session object. */
+  readonly namespace: string;
+  readonly podNamespace: string;
+  readonly pod: string;
+  readonly resource: string;
+}
+
+export interface EvidenceStore {
+  readonly location: EvidenceLocation;
+  /** Appends records of one session; records already stored are skipped. Throws when the store is unreachable. */
+  append(
+    session: EvidenceSession,
+    entries: readonly EvidenceEntry[],
+    canonical: (r: AuditRecord) => string,
+  ): Promise<void>;
+  /** Counters of a session's stored records with seq ≤ `throughSeq` (after a restart, to resume status.counters). */
+  counters(sessionId: string, throughSeq: number): Promise<EvidenceCounters>;
+  close(): Promise<void>;
+}
+
+export interface PostgresEvidenceStoreOptions {
+  readonly host: string;
+  readonly port: number;
+  readonly database: string;
+  /** The writer role. */
+  readonly user: string;
+  /** File holding the writer role's password (a mounted Secret key); read at every new connection. */
+  readonly passwordFile?: string;
+  /** CA bundle to verify the server's certificate; with it, TLS with verify-full. */
+  readonly caFile?: string;
+  /** Server name the certificate must carry. Default `host`. */
+  readonly serverName?: string;
+  /** Connections kept. Default 4 (the writer's concurrency). */
+  readonly maxConnections?: number;
+  /** Deadline of one statement, ms. Default 30 s. */
+  readonly statementTimeoutMs?: number;
+  /** Called on an error of an idle connection (the pool replaces it). */
+  readonly onIdleError?: (err: Error) => void;
+}
+
+export class PostgresEvidenceStore implements EvidenceStore {
+  readonly location: EvidenceLocation;
+  private readonly pool: pg.Pool;
+
+  constructor(options: PostgresEvidenceStoreOptions) {
+    this.location = { type: 'postgres', location: `${options.host}:${String(options.port)}/${options.database}` };
+    const passwordFile = options.passwordFile;
+    this.pool = new pg.Pool({
+      host: options.host,
+      port: options.port,
+      database: options.database,
+      user: options.user,
+      ...(passwordFile === undefined ? {} : { password: () => readFileSync(passwordFile, 'utf8').trim() }),
+      ...(options.caFile === undefined
+        ? {}
+        : { ssl: { ca: readFileSync(options.caFile, 'utf8'), servername: options.serverName ?? options.host } }),
+      max: options.maxConnections ?? 4,
+      connectionTimeoutMillis: 10_000,
+      idleTimeoutMillis: 60_000,
+      query_timeout: options.statementTimeoutMs ?? 30_000,
+      application_name: 'chaperone-sidecar',
+    });
+    this.pool.on('error', (err) => options.onIdleError?.(err));
+  }
+
+  async append(
+    session: EvidenceSession,
+    entries: readonly EvidenceEntry[],
+    canonical: (r: AuditRecord) => string,
+  ): Promise<void> {
+    if (entries.length === 0) return;
+    const seq: number[] = [];
+    const time: string[] = [];
+    const type: string[] = [];
+    const result: (string | null)[] = [];
+    const hash: string[] = [];
+    const prevHash: string[] = [];
+    const record: string[] = [];
+    for (const e of entries) {
+      const row = evidenceRow(session.sessionId, e.record);
+      seq.push(row.seq);
+      time.push(row.time);
+      type.push(row.type);
+      result.push(row.result);
+      hash.push(row.hash);
+      prevHash.push(row.prevHash);
+      record.push(e.text ?? canonical(e.record));
+    }
+    await this.pool.query(EVIDENCE_INSERT_SQL, [
+      session.sessionId,
+      session.namespace,
+      session.podNamespace,
+      session.pod,
+      session.resource,
+      seq,
+      time,
+      type,
+      result,
+      hash,
+      prevHash,
+      record,
+    ]);
+  }
+
+  async counters(sessionId: string, throughSeq: number): Promise<EvidenceCounters> {
+    const { rows } = await this.pool.query<Record<keyof EvidenceCounters, string>>(
+      `select * from ${EVIDENCE_COUNTERS_FUNCTION}($1, $2)`,
+      [sessionId, throughSeq],
+    );
+    const row = rows[0];
+    const n = (v: string | undefined) => Number(v ?? 0);
+    return {
+      commands: n(row?.commands),
+      allowed: n(row?.allowed),
+      denied: n(row?.denied),
+      held: n(row?.held),
+      errors: n(row?.errors),
+    };
+  }
+
+  async close(): Promise<void> {
+    await this.pool.end();
+  }
+}
