@@ -117,7 +117,12 @@ function writeTlsFiles(dir: string): { caFile: string; certFile: string; keyFile
   return { caFile, certFile, keyFile };
 }
 
-export async function startPostgres(runDir: string): Promise<PostgresCluster> {
+export interface PostgresOptions {
+  /** Further server settings (`-c name=value`), after the harness's own (so they win). */
+  readonly settings?: Readonly<Record<string, string>>;
+}
+
+export async function startPostgres(runDir: string, options: PostgresOptions = {}): Promise<PostgresCluster> {
   const bin = postgresBinDir();
   const root = join(runDir, 'postgres');
   const dataDir = join(root, 'data');
@@ -201,6 +206,7 @@ export async function startPostgres(runDir: string): Promise<PostgresCluster> {
       // Who and which database on every line, so a test can read its own statements from the server log.
       '-c',
       'log_line_prefix=%m [%p] %q%u@%d ',
+      ...Object.entries(options.settings ?? {}).flatMap(([name, value]) => ['-c', `${name}=${value}`]),
     ],
     { ...asOwner, stdio: ['ignore', 'pipe', 'pipe'] },
   );

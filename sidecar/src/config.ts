@@ -75,6 +75,8 @@ export const PostgresListenerConfig = Type.Object(
     maxUnauthenticatedMessageBytes: Type.Integer({ minimum: 1024, maximum: 1 << 20, default: 16 * 1024 }),
     /** Connections from one client address that may be in startup or authentication at once. Default 16. */
     maxUnauthenticatedPerSource: Type.Integer({ minimum: 1, default: 16 }),
+    /** Client connections open at once; the next one is refused with 53300 (TooManyConnections). Default 256. */
+    maxConnections: Type.Integer({ minimum: 1, maximum: 65_535, default: 256 }),
   },
   { additionalProperties: false },
 );

@@ -6,6 +6,7 @@
 import type { Socket } from 'node:net';
 import type { ResourceType } from '@chaperone/api';
 import type { AuditSink } from './audit/audit-sink.ts';
+import type { SidecarError } from './errors.ts';
 import type { PodChain } from './audit/pod-chain.ts';
 import type { TokenVerifier } from './identity/token-verifier.ts';
 import type { Logger } from './observability/logger.ts';
@@ -30,6 +31,8 @@ export interface ResourceListenerConfig {
   readonly type: ResourceType;
   /** host:port. */
   readonly listen: string;
+  /** Client connections open at once; past it the listener refuses new ones (TooManyConnections). */
+  readonly maxConnections?: number;
 }
 
 /** One client connection, as the listener that accepted it sees it. */
@@ -42,6 +45,12 @@ export interface ConnectionHandler {
 export interface ResourceEndpoint {
   /** Takes over an accepted socket; called once per connection. */
   accept(socket: Socket): ConnectionHandler;
+  /**
+   * Takes over a socket the listener will not serve (its connection limit is reached) to send `refusal` in
+   * the engine's protocol once the client has said enough to understand it, then close. Without it the
+   * listener just closes such sockets.
+   */
+  refuse?(socket: Socket, refusal: SidecarError): ConnectionHandler;
 }
 
 export interface Engine<Config extends ResourceListenerConfig = ResourceListenerConfig> {

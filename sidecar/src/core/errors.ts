@@ -128,6 +128,26 @@ export const SIDECAR_ERRORS = {
     fatal: true,
     summary: 'Malformed or out-of-order client bytes; only that connection ends.',
   },
+  TooManyConnections: {
+    sqlState: '53300',
+    httpStatus: 503,
+    fatal: true,
+    summary: "The listener's maxConnections is reached; a new connection works once others have closed.",
+  },
+  UpstreamTooManyConnections: {
+    sqlState: '53300',
+    httpStatus: 503,
+    fatal: true,
+    summary:
+      "The protected database refused the sidecar's login with too_many_connections (max_connections, or a role's or database's limit); its message is included.",
+  },
+  UpstreamNotAccepting: {
+    sqlState: '57P03',
+    httpStatus: 503,
+    fatal: true,
+    summary:
+      'The protected database is starting up, shutting down or in recovery (cannot_connect_now); its message is included.',
+  },
   UpstreamUnavailable: {
     sqlState: '08006',
     httpStatus: 502,

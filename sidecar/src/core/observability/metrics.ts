@@ -8,6 +8,7 @@ export interface SidecarMetrics {
   readonly registry: Registry;
   readonly connections: Counter<'listener'>;
   readonly activeConnections: Gauge<'listener'>;
+  readonly refusedConnections: Counter<'listener'>;
   readonly statements: Counter<'listener' | 'decision'>;
   readonly decisionSeconds: Histogram<'listener' | 'cached'>;
   readonly bytes: Counter<'listener' | 'direction'>;
@@ -73,6 +74,12 @@ export function createSidecarMetrics(options: { defaultMetrics?: boolean } = {})
     activeConnections: new Gauge({
       name: 'chaperone_connections_active',
       help: 'Client connections open now.',
+      labelNames: ['listener'],
+      registers,
+    }),
+    refusedConnections: new Counter({
+      name: 'chaperone_connections_refused_total',
+      help: "Client connections refused because the listener's maxConnections was reached.",
       labelNames: ['listener'],
       registers,
     }),

@@ -14,7 +14,7 @@ import { RecordChain } from '../../core/audit/record-chain.ts';
 import { auditUnavailableReason, type SidecarError } from '../../core/errors.ts';
 import { AuthenticationFailed, tokenHash } from '../../core/identity/token-verifier.ts';
 import type { ConnectionContext } from './connection-context.ts';
-import { sqlStateOf } from './error-responses.ts';
+import { sqlStateOf, upstreamRefusal } from './error-responses.ts';
 import { AUTHENTICATION_OK, backendKeyData, parameterStatus, readyForQuery } from './protocol/backend-encoder.ts';
 import type { StartupMessage } from './protocol/frontend-messages.ts';
 import { UpstreamError, type UpstreamConnection } from './protocol/upstream-connection.ts';
@@ -173,11 +173,9 @@ export async function loginUpstream(
     });
   } catch (err) {
     const reason = err instanceof UpstreamError ? err.reason : 'connect';
-    ctx.logger.error('upstream connection failed', { reason, error: err, subject, login });
-    throw new StartupRefused({
-      id: 'UpstreamUnavailable',
-      message: `chaperone: could not connect to the protected database (${reason})`,
-    });
+    const serverError = err instanceof UpstreamError ? err.fields : undefined;
+    ctx.logger.error('upstream connection failed', { reason, sqlState: serverError?.code, error: err, subject, login });
+    throw new StartupRefused(upstreamRefusal(reason, serverError));
   }
 }
 

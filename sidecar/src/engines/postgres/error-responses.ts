@@ -57,3 +57,41 @@ const REFUSALS: ReadonlySet<SidecarErrorId> = new Set([
 export function sessionEnding(error: SidecarError): SessionEnding {
   return { status: REFUSALS.has(error.id) ? 'denied' : 'error', code: sqlStateOf(error.id) };
 }
+
+/** SQLSTATE class 53 (insufficient resources) and cannot_connect_now: refusals a client backs off on and retries. */
+const TOO_MANY_CONNECTIONS = '53300';
+const CANNOT_CONNECT_NOW = '57P03';
+
+/**
+ * The refusal for a failed upstream login. The upstream's own too_many_connections (max_connections, a
+ * role's or a database's CONNECTION LIMIT) and cannot_connect_now keep their SQLSTATE, so a client or pooler
+ * that backs off on them can tell them from the database being down; the upstream's message is kept, with
+ * the sidecar's context. Everything else is UpstreamUnavailable (08006), naming the upstream's SQLSTATE
+ * when it sent one.
+ */
+export function upstreamRefusal(
+  reason: string,
+  serverError: { readonly code?: string; readonly message?: string } | undefined,
+): SidecarError {
+  const code = serverError?.code;
+  const theirs = serverError?.message ?? '';
+  if (code === TOO_MANY_CONNECTIONS) {
+    return {
+      id: 'UpstreamTooManyConnections',
+      message: `chaperone: the protected database refused the connection: ${theirs}`,
+      hint: 'The database has no free connection slot for the sidecar; retry later or close other sessions.',
+    };
+  }
+  if (code === CANNOT_CONNECT_NOW) {
+    return {
+      id: 'UpstreamNotAccepting',
+      message: `chaperone: the protected database is not accepting connections: ${theirs}`,
+      hint: 'Retry later.',
+    };
+  }
+  return {
+    id: 'UpstreamUnavailable',
+    message: `chaperone: could not connect to the protected database (${reason})`,
+    ...(code === undefined ? {} : { detail: `the database answered SQLSTATE ${code}` }),
+  };
+}

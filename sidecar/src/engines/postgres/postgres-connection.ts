@@ -100,8 +100,12 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
   /** Client-facing cancel key; the upstream's own key never leaves the sidecar. */
   readonly cancelKey = { processId: randomBytes(4).readInt32BE(0) & 0x7fffffff, secretKey: randomBytes(4) };
 
-  constructor(ctx: ConnectionContext, socket: Socket) {
+  /** Set on a connection the listener will not serve: its StartupMessage is answered with this (FATAL). */
+  private readonly refusal: SidecarError | undefined;
+
+  constructor(ctx: ConnectionContext, socket: Socket, refusal?: SidecarError) {
     this.ctx = ctx;
+    this.refusal = refusal;
     this.rawClient = socket;
     this.client = socket;
     // Until the client has authenticated, its messages are small (the password message holds a token).
@@ -264,7 +268,9 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
           });
           return undefined;
         }
-        const refusal = refuseStartup(msg, listenerPins(this.ctx, false));
+        // PostgreSQL's order: a connection it cannot serve (the listener's maxConnections) is told so after SSL
+        // negotiation and the startup packet, so libpq and drivers report the SQLSTATE (53300).
+        const refusal = this.refusal ?? refuseStartup(msg, listenerPins(this.ctx, false));
         if (refusal !== undefined) {
           this.refuseConnection(refusal);
           return undefined;

@@ -10,6 +10,7 @@ import { timingSafeEqual } from 'node:crypto';
 import type { PostgresListenerConfig } from '../../config.ts';
 import type { ResourceContext } from '../../core/agent-session.ts';
 import type { Engine, EngineServices, ResourceEndpoint } from '../../core/engine.ts';
+import type { SidecarError } from '../../core/errors.ts';
 import type { Logger } from '../../core/observability/logger.ts';
 import { localCounter, type LocalCounter } from '../../core/observability/metrics.ts';
 import { loadSqlParser } from './analysis/analyze-sql.ts';
@@ -94,6 +95,11 @@ class PostgresEndpoint implements ResourceEndpoint, ConnectionContext {
 
   accept(socket: Socket): PostgresConnection {
     return new PostgresConnection(this, socket);
+  }
+
+  /** Answers the StartupMessage with `refusal` (a CancelRequest on such a connection is still forwarded). */
+  refuse(socket: Socket, refusal: SidecarError): PostgresConnection {
+    return new PostgresConnection(this, socket, refusal);
   }
 
   upstreamTls(): UpstreamTlsOptions {
