@@ -36,6 +36,7 @@ import { runAuditBench } from './audit.ts';
 import { runEvidenceStoreBench, type EvidenceStoreBenchResult } from './evidence-store.ts';
 import { runTokenExchangeBench } from './token-exchange.ts';
 import { formatProfileSummary, summariseProfile, type ProfileSummary } from './cpu-profile.ts';
+import { footprintTargets, runFootprintBench, type FootprintResult } from './footprint.ts';
 import { freePort, startPostgres, type PostgresCluster } from '../e2e/harness/postgres.ts';
 import { createRunDirectory, recordServer, stopProcess } from '../e2e/harness/processes.ts';
 import {
@@ -109,6 +110,8 @@ const { values: args } = parseArgs({
     baseline: { type: 'string' },
     /** Only the evidence-store benchmark (and the JSON-lines yardstick it is measured against). */
     evidence: { type: 'boolean' },
+    /** Only the footprint part (bench/footprint.ts): memory, connection storm, 150 clients, audit size. */
+    'footprint-only': { type: 'boolean' },
   },
   strict: true,
 });
@@ -297,8 +300,9 @@ async function startPgbouncer(dir: string, pg: PostgresCluster): Promise<{ port:
       'auth_type = scram-sha-256',
       `auth_file = ${userlist}`,
       'pool_mode = session',
-      'max_client_conn = 100',
-      'default_pool_size = 20',
+      // Room for the footprint part's 150 clients (session pooling: one server connection each).
+      'max_client_conn = 200',
+      'default_pool_size = 160',
       'server_tls_sslmode = disable',
       'client_tls_sslmode = disable',
       'ignore_startup_parameters = extra_float_digits',
@@ -683,7 +687,8 @@ async function startSidecar(
 async function setUp(): Promise<PostgresCluster> {
   runDir = createRunDirectory();
   console.log(`bench: run directory ${runDir}`);
-  const pg = await startPostgres(runDir);
+  // As in the issue's measurements: room for 150 clients through PgBouncer and the sidecar at once.
+  const pg = await startPostgres(runDir, { settings: { max_connections: '400' } });
   postgres = pg;
   const started = Date.now();
   await run(pgTool('pgbench'), ['-i', '-s', String(SCALE), '-q'], directEnv(pg));
@@ -795,8 +800,12 @@ async function benchmark(): Promise<void> {
   await side.stop();
   sidecar = undefined;
   const evidenceStore = await evidenceBench(pg);
+  const footprint = await runFootprint(envs.direct, envs.pgbouncer);
   const ratios = computeRatios(runs);
-  const checks = checkTargets(ratios, policy, durableAudit.flushRecordsPerSecond, evidenceStore);
+  const checks = [
+    ...checkTargets(ratios, policy, durableAudit.flushRecordsPerSecond, evidenceStore),
+    ...footprintTargets(footprint),
+  ];
   const loadAfter = uptime();
 
   printRuns(runs);
@@ -848,6 +857,56 @@ async function benchmark(): Promise<void> {
     durableAudit,
     evidenceStore,
     sidecarAudit: { records: audit.lines, bytes: audit.bytes, pgbenchTransactions: sidecarTxns },
+    footprint,
+    targets: checks,
+    allTargetsMet: checks.every((c) => c.met),
+  };
+  writeFileSync(RESULTS_FILE, `${JSON.stringify(results, null, 2)}\n`);
+  console.log(`\nbench: results in ${RESULTS_FILE}`);
+}
+
+/** bench/footprint.ts against PgBouncer and direct PostgreSQL, with a fresh sidecar of its own. */
+async function runFootprint(direct: NodeJS.ProcessEnv, bouncer: NodeJS.ProcessEnv): Promise<FootprintResult> {
+  const pg = postgres;
+  if (pg === undefined) throw new Error('no PostgreSQL');
+  console.log(
+    'bench: footprint: memory at rest and after load, connection storm, 150 clients, audit bytes per statement',
+  );
+  return runFootprintBench({
+    envs: { direct, pgbouncer: bouncer },
+    pgbouncerPid: pgbouncer?.pid,
+    startSidecar: async (dir) => {
+      const s = await startSidecar(pg, dir);
+      sidecar = s;
+      return s;
+    },
+    token: sidecarToken,
+    pgbench: async (argv, env) => {
+      const { stdout, stderr } = await run(pgTool('pgbench'), argv, env);
+      return `${stdout}\n${stderr}`;
+    },
+    dir: runDir ?? '',
+    quick: args.quick === true,
+  });
+}
+
+/** `--footprint-only`: PostgreSQL, PgBouncer and the footprint part; results.json gets `footprint` and its targets. */
+async function footprintOnly(): Promise<void> {
+  const startedAt = new Date();
+  const loadBefore = uptime();
+  console.log(`bench: ${loadBefore}`);
+  const pg = await setUp();
+  const bouncer = await startPgbouncer(join(runDir ?? '', 'pgbouncer'), pg);
+  const footprint = await runFootprint(directEnv(pg), { ...directEnv(pg), PGPORT: String(bouncer.port) });
+  const checks = footprintTargets(footprint);
+  printTargets(checks);
+  const loadAfter = uptime();
+  console.log(`\nload: before ${loadBefore}\n      after  ${loadAfter}`);
+  const results = {
+    startedAt: startedAt.toISOString(),
+    finishedAt: new Date().toISOString(),
+    environment: { node: process.version, cpus: cpus().length, uptimeBefore: loadBefore, uptimeAfter: loadAfter },
+    footprint,
     targets: checks,
     allTargetsMet: checks.every((c) => c.met),
   };
@@ -1015,6 +1074,7 @@ let status = 0;
 try {
   if (args.profile === true) await profile();
   else if (args.evidence === true) await evidenceOnly();
+  else if (args['footprint-only'] === true) await footprintOnly();
   else await benchmark();
 } catch (err) {
   // An interrupt kills pgbench under a run; the signal handler reports that and sets the exit status.

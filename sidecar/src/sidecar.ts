@@ -6,21 +6,15 @@ import type { SidecarConfig } from './config.ts';
 import { parseHostPort } from './config.ts';
 import { join } from 'node:path';
 import { JsonLinesSink, type AuditSink } from './core/audit/audit-sink.ts';
-import { DurableAuditSink } from './core/audit/durable-audit-sink.ts';
 import { PodChain } from './core/audit/pod-chain.ts';
-import { KubernetesSessionStore } from './core/audit/session-store.ts';
-import { PostgresEvidenceStore } from './core/audit/evidence-store.ts';
-import { OperatorSessionStore } from './core/audit/operator-session-store.ts';
 import { CredentialFetcher } from './core/credentials/credential-fetcher.ts';
-import { SignerCertifier } from './core/audit/signer-certification.ts';
-import { loadOrCreateSigningKey } from './core/audit/signing-key.ts';
+import type { SignerCertifier } from './core/audit/signer-certification.ts';
 
 const IN_CLUSTER_TOKEN_FILE = '/var/run/secrets/kubernetes.io/serviceaccount/token';
 import { TokenVerifier } from './core/identity/token-verifier.ts';
 import { createLogger, type Logger } from './core/observability/logger.ts';
 import { createSidecarMetrics, serveMetrics, type SidecarMetrics } from './core/observability/metrics.ts';
 import { BundleWatcher } from './core/policy/bundle-directory.ts';
-import { PolicySetSource } from './core/policy/policy-set-source.ts';
 import { PolicyEngine } from './core/policy/policy-engine.ts';
 import type { Engine, EngineServices } from './core/engine.ts';
 import { ResourceListener } from './core/resource-listener.ts';
@@ -52,6 +46,22 @@ export async function createAuditSink(
 ): Promise<AuditSink> {
   const audit = config.audit;
   if (audit.spoolDir === undefined) return new JsonLinesSink(audit.path);
+  // Loaded only when used: the Session writer's Kubernetes client is about 80 MB of the sidecar's memory.
+  const [
+    { DurableAuditSink },
+    { KubernetesSessionStore },
+    { OperatorSessionStore },
+    { SignerCertifier },
+    { loadOrCreateSigningKey },
+    { PostgresEvidenceStore },
+  ] = await Promise.all([
+    import('./core/audit/durable-audit-sink.ts'),
+    import('./core/audit/session-store.ts'),
+    import('./core/audit/operator-session-store.ts'),
+    import('./core/audit/signer-certification.ts'),
+    import('./core/audit/signing-key.ts'),
+    import('./core/audit/evidence-store.ts'),
+  ]);
   const namespace = audit.kubernetes?.namespace ?? config.pod.namespace;
   const signingKey = await loadOrCreateSigningKey(audit.signingKeyFile ?? join(audit.spoolDir, 'signing-key.jwk'));
   const certification = audit.certification;
@@ -148,7 +158,7 @@ export async function startSidecar(config: SidecarConfig, options: StartOptions 
           pollIntervalMs: config.policy.pollIntervalMs,
           onReload: (result) => metrics.bundleReloads.inc({ result }),
         })
-      : new PolicySetSource({
+      : new (await import('./core/policy/policy-set-source.ts')).PolicySetSource({
           configMap: policySet.configMap,
           namespace: policySet.namespace ?? config.pod.namespace,
           access: policySet,

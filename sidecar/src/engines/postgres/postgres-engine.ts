@@ -63,7 +63,8 @@ class PostgresEndpoint implements ResourceEndpoint, ConnectionContext {
   readonly bytesToClients: LocalCounter;
   private readonly byCancelKey = new Map<number, CancelTarget>();
   private readonly unauthenticated = new Map<string, number>();
-  private readonly upstreamCa: string | undefined;
+  /** Built once: a connection storm would otherwise parse the CA and build a TLS context per connection. */
+  private readonly upstreamTlsOptions: UpstreamTlsOptions;
 
   constructor(config: PostgresListenerConfig, services: EngineServices, analyzers: SqlAnalyzers) {
     this.config = config;
@@ -89,8 +90,14 @@ class PostgresEndpoint implements ResourceEndpoint, ConnectionContext {
       tls === undefined
         ? undefined
         : createSecureContext({ cert: readFileSync(tls.certFile), key: readFileSync(tls.keyFile) });
-    const caFile = config.upstream.tls.caFile;
-    this.upstreamCa = caFile === undefined ? undefined : readFileSync(caFile, 'utf8');
+    const t = config.upstream.tls;
+    const ca = t.caFile === undefined ? undefined : readFileSync(t.caFile, 'utf8');
+    this.upstreamTlsOptions = {
+      mode: t.mode,
+      ...(ca === undefined ? {} : { ca }),
+      ...(t.serverName === undefined ? {} : { servername: t.serverName }),
+      ...(t.mode === 'disable' ? {} : { secureContext: createSecureContext(ca === undefined ? {} : { ca }) }),
+    };
   }
 
   accept(socket: Socket): PostgresConnection {
@@ -103,12 +110,7 @@ class PostgresEndpoint implements ResourceEndpoint, ConnectionContext {
   }
 
   upstreamTls(): UpstreamTlsOptions {
-    const t = this.config.upstream.tls;
-    return {
-      mode: t.mode,
-      ...(this.upstreamCa === undefined ? {} : { ca: this.upstreamCa }),
-      ...(t.serverName === undefined ? {} : { servername: t.serverName }),
-    };
+    return this.upstreamTlsOptions;
   }
 
   connect(options: UpstreamConnectOptions): Promise<UpstreamConnection> {

@@ -25,6 +25,27 @@ describe('ScramClient', () => {
     assert.equal(c.isVerified, true);
   });
 
+  it('a second login with the same salt (derived keys reused) still answers its own nonces, and another password is not mistaken for it', () => {
+    for (let i = 0; i < 3; i++) {
+      const c = rfcClient();
+      c.clientFirstMessage();
+      assert.equal(c.clientFinalMessage(SERVER_FIRST), CLIENT_FINAL, `login ${String(i + 1)}`);
+      c.verifyServerFinal(SERVER_FINAL);
+    }
+    // Same salt, iterations and nonces, another password: another proof, and the RFC server signature fails.
+    const other = new ScramClient({ username: 'user', password: 'pencil2', nonce: NONCE });
+    other.clientFirstMessage();
+    assert.notEqual(other.clientFinalMessage(SERVER_FIRST), CLIENT_FINAL);
+    assert.throws(() => {
+      other.verifyServerFinal(SERVER_FINAL);
+    }, /server signature does not match/);
+    // A different client nonce with the cached keys: the proof changes with the nonce (it is not replayed).
+    const fresh = new ScramClient({ username: 'user', password: 'pencil', nonce: 'anotherNonce' });
+    fresh.clientFirstMessage();
+    const final = fresh.clientFinalMessage(SERVER_FIRST.replace(NONCE, 'anotherNonce'));
+    assert.notEqual(final.slice(final.indexOf(',p=')), CLIENT_FINAL.slice(CLIENT_FINAL.indexOf(',p=')));
+  });
+
   it('sends an empty user name by default, as libpq does', () => {
     const c = new ScramClient({ password: 'x', nonce: 'abc' });
     assert.equal(c.clientFirstMessage(), 'n,,n=,r=abc');

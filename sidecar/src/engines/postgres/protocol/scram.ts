@@ -107,16 +107,13 @@ export class ScramClient {
       throw new ScramError('malformed-server-message', 'invalid salt encoding');
     }
 
-    const saltedPassword = pbkdf2Sync(saslPrep(this.password), salt, iterations, 32, 'sha256');
-    const clientKey = hmac(saltedPassword, 'Client Key');
-    const storedKey = createHash('sha256').update(clientKey).digest();
+    const { clientKey, storedKey, serverKey } = derivedKeys(this.password, salt, iterations);
     // "biws" is base64("n,,"): the gs2 header repeated, with no channel binding data.
     const clientFinalWithoutProof = `c=biws,r=${combinedNonce}`;
     const authMessage = `${this.clientFirstBare},${serverFirstMessage},${clientFinalWithoutProof}`;
     const clientSignature = hmac(storedKey, authMessage);
     const proof = Buffer.alloc(clientKey.length);
     for (let i = 0; i < proof.length; i++) proof[i] = (clientKey[i] ?? 0) ^ (clientSignature[i] ?? 0);
-    const serverKey = hmac(saltedPassword, 'Server Key');
     this.expectedServerSignature = hmac(serverKey, authMessage);
     return `${clientFinalWithoutProof},p=${proof.toString('base64')}`;
   }
@@ -139,6 +136,48 @@ export class ScramClient {
     }
     this.verified = true;
   }
+}
+
+interface DerivedKeys {
+  readonly clientKey: Buffer;
+  readonly storedKey: Buffer;
+  readonly serverKey: Buffer;
+}
+
+/** Derived keys by (password, salt, iterations); see derivedKeys. */
+const derivedKeyCache = new Map<string, DerivedKeys>();
+const DERIVED_KEY_CACHE_SIZE = 16;
+
+/**
+ * ClientKey, StoredKey and ServerKey of RFC 5802 for a password, salt and iteration count. PBKDF2 over 4096
+ * or more iterations is the dearest step of a login (about a millisecond of CPU, on the event loop), and
+ * a server answers every login of a role with that role's one salt, so the keys are kept for the next
+ * login: what SCRAM clients such as PgBouncer do. Each login still proves itself afresh with its own
+ * nonces; the keys stand for the password, which the caller holds anyway. The cache is keyed by a hash
+ * (never the password) and bounded; a rotated password or a new salt is a new entry.
+ */
+function derivedKeys(password: string, salt: Buffer, iterations: number): DerivedKeys {
+  const id = createHash('sha256')
+    .update(password, 'utf8')
+    .update('\0')
+    .update(salt)
+    .update(`\0${String(iterations)}`)
+    .digest('base64');
+  const cached = derivedKeyCache.get(id);
+  if (cached !== undefined) return cached;
+  const saltedPassword = pbkdf2Sync(saslPrep(password), salt, iterations, 32, 'sha256');
+  const clientKey = hmac(saltedPassword, 'Client Key');
+  const keys = {
+    clientKey,
+    storedKey: createHash('sha256').update(clientKey).digest(),
+    serverKey: hmac(saltedPassword, 'Server Key'),
+  };
+  if (derivedKeyCache.size >= DERIVED_KEY_CACHE_SIZE) {
+    const oldest = derivedKeyCache.keys().next().value;
+    if (oldest !== undefined) derivedKeyCache.delete(oldest);
+  }
+  derivedKeyCache.set(id, keys);
+  return keys;
 }
 
 function hmac(key: Buffer, data: string): Buffer {

@@ -50,6 +50,13 @@ export interface UpstreamTlsOptions {
   /** Client certificate and key (PEM) for `cert` authentication. Default: none. */
   readonly cert?: string | Buffer;
   readonly key?: string | Buffer;
+  /**
+   * The TLS context made of `ca`, `cert` and `key` once (tls.createSecureContext), for a caller that opens
+   * many connections: without it every connection parses the CA bundle and builds a context of its own.
+   * Whoever sets it must build it from the same `ca`, `cert` and `key`; verification settings still come
+   * from `mode` and `servername`.
+   */
+  readonly secureContext?: tls.SecureContext;
 }
 
 /** Authentication methods the sidecar will answer; `none` means the server skipped authentication. */
@@ -336,9 +343,12 @@ async function handshake(
   };
   // SNI must be a DNS name (RFC 6066), never an IP address.
   if (net.isIP(verifyName) === 0) connectOptions.servername = verifyName;
-  if (options.ca !== undefined) connectOptions.ca = options.ca;
-  if (options.cert !== undefined) connectOptions.cert = options.cert;
-  if (options.key !== undefined) connectOptions.key = options.key;
+  if (options.secureContext !== undefined) connectOptions.secureContext = options.secureContext;
+  else {
+    if (options.ca !== undefined) connectOptions.ca = options.ca;
+    if (options.cert !== undefined) connectOptions.cert = options.cert;
+    if (options.key !== undefined) connectOptions.key = options.key;
+  }
   const secure = tls.connect(connectOptions);
   try {
     await new Promise<void>((resolve, reject) => {

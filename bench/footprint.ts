@@ -1,0 +1,436 @@
+// The sidecar's footprint and load behaviour (issue 20), part of `make bench`: memory at rest and after
+// load, connection storms (`pgbench -C`), many clients (`-c 150`) and audit bytes per statement, with
+// PgBouncer (and direct PostgreSQL) beside it. A fresh sidecar is started for this part, so its memory
+// history is only what is measured here. The numbers go into results.json under `footprint`; the keys are
+// documented in bench/README.md.
+import { closeSync, openSync, readFileSync, readSync, statSync } from 'node:fs';
+import { loadavg } from 'node:os';
+import type { SidecarProcess } from '../e2e/harness/sidecar-process.ts';
+
+export type FootprintTarget = 'direct' | 'pgbouncer' | 'sidecar';
+
+export interface FootprintContext {
+  /** libpq environments of direct PostgreSQL and PgBouncer. */
+  readonly envs: { readonly direct: NodeJS.ProcessEnv; readonly pgbouncer: NodeJS.ProcessEnv };
+  readonly pgbouncerPid: number | undefined;
+  /** Starts a fresh sidecar (allow-all, audit as JSON lines) in `dir`. */
+  startSidecar(dir: string): Promise<SidecarProcess>;
+  /** Issues a token for the sidecar valid for `seconds`. */
+  token(sidecar: SidecarProcess, seconds: number): Promise<string>;
+  /** Runs pgbench to completion (tracked for cleanup by the caller); rejects on a non-zero exit. */
+  pgbench(argv: readonly string[], env: NodeJS.ProcessEnv): Promise<string>;
+  readonly dir: string;
+  readonly quick: boolean;
+}
+
+/** Memory of a process: RSS from /proc, the V8 and external figures from the sidecar's /metrics. */
+export interface MemorySample {
+  readonly rssMiB: number;
+  /** Anonymous memory (heap, wasm memories, malloc); the rest of RSS is file-backed (the node binary). */
+  readonly rssAnonMiB: number;
+  readonly rssFileMiB: number;
+  readonly heapUsedMiB?: number;
+  readonly heapTotalMiB?: number;
+  readonly externalMiB?: number;
+  readonly loadavg1: number;
+}
+
+export interface StormResult {
+  readonly connectionsPerSecond: number;
+  readonly connections: number;
+  /** CPU of the proxy process per connection (user + sys), µs; undefined for direct. */
+  readonly proxyCpuUsPerConnection: number | undefined;
+}
+
+export interface ManyClientsResult {
+  readonly tps: number;
+  readonly latencyMs: number;
+  readonly proxyCpuUsPerTxn: number | undefined;
+}
+
+export interface FootprintResult {
+  readonly idle: { readonly sidecar: MemorySample; readonly pgbouncer: MemorySample | undefined };
+  readonly storm: {
+    readonly argv: string;
+    readonly rounds: number;
+    readonly byTarget: Readonly<Record<FootprintTarget, StormResult>>;
+    readonly sidecarOverPgbouncer: number;
+    readonly sidecarOverDirect: number;
+    readonly sidecarAfter: MemorySample;
+  };
+  readonly clients150: {
+    readonly argv: string;
+    readonly byTarget: Readonly<Record<FootprintTarget, ManyClientsResult>>;
+    readonly sidecarOverPgbouncer: number;
+    readonly sidecarAfter: MemorySample;
+    readonly pgbouncerAfter: MemorySample | undefined;
+  };
+  readonly audit: {
+    readonly simple: AuditBytes;
+    readonly prepared: AuditBytes;
+  };
+  readonly load: {
+    readonly argv: string;
+    readonly seconds: number;
+    readonly pauseSeconds: number;
+    readonly before: MemorySample;
+    readonly peakRssMiB: number;
+    readonly endOfLoad: MemorySample;
+    /** Samples during the pause after the load, every few seconds; the last one is `after`. */
+    readonly pause: readonly (MemorySample & { readonly second: number })[];
+    readonly after: MemorySample;
+    /** after.rssMiB / before.rssMiB. */
+    readonly afterOverBefore: number;
+    readonly tps: number;
+  };
+}
+
+export interface AuditBytes {
+  readonly statements: number;
+  readonly records: number;
+  readonly bytes: number;
+  readonly bytesPerStatement: number;
+  readonly recordsPerStatement: number;
+}
+
+const MiB = 1024 * 1024;
+
+function procStatus(pid: number): { rss: number; anon: number; file: number } | undefined {
+  try {
+    const text = readFileSync(`/proc/${String(pid)}/status`, 'utf8');
+    const kb = (name: string) => Number(new RegExp(`^${name}:\\s+(\\d+) kB`, 'm').exec(text)?.[1] ?? 0) * 1024;
+    return { rss: kb('VmRSS'), anon: kb('RssAnon'), file: kb('RssFile') };
+  } catch {
+    return undefined;
+  }
+}
+
+/** User + system CPU time of a process, µs (CLK_TCK 100). */
+function cpuMicros(pid: number | undefined): number | undefined {
+  if (pid === undefined) return undefined;
+  try {
+    const stat = readFileSync(`/proc/${String(pid)}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(fields[11]) + Number(fields[12])) * 10_000;
+  } catch {
+    return undefined;
+  }
+}
+
+async function sidecarMetrics(port: number): Promise<Map<string, number>> {
+  const text = await (await fetch(`http://127.0.0.1:${String(port)}/metrics`)).text();
+  const values = new Map<string, number>();
+  for (const line of text.split('\n')) {
+    if (line.startsWith('#') || line === '') continue;
+    const space = line.lastIndexOf(' ');
+    values.set(line.slice(0, space), Number(line.slice(space + 1)));
+  }
+  return values;
+}
+
+export async function memorySample(pid: number | undefined, metricsPort?: number): Promise<MemorySample | undefined> {
+  if (pid === undefined) return undefined;
+  const status = procStatus(pid);
+  if (status === undefined) return undefined;
+  const sample = {
+    rssMiB: status.rss / MiB,
+    rssAnonMiB: status.anon / MiB,
+    rssFileMiB: status.file / MiB,
+    loadavg1: loadavg()[0] ?? 0,
+  };
+  if (metricsPort === undefined) return sample;
+  const m = await sidecarMetrics(metricsPort);
+  const mib = (name: string) => (m.get(name) ?? 0) / MiB;
+  return {
+    ...sample,
+    heapUsedMiB: mib('chaperone_sidecar_nodejs_heap_size_used_bytes'),
+    heapTotalMiB: mib('chaperone_sidecar_nodejs_heap_size_total_bytes'),
+    externalMiB: mib('chaperone_sidecar_nodejs_external_memory_bytes'),
+  };
+}
+
+function numberIn(text: string, pattern: RegExp, what: string): number {
+  const m = pattern.exec(text);
+  if (m?.[1] === undefined) throw new Error(`pgbench output has no ${what}:\n${text}`);
+  return Number(m[1]);
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+function fileSize(path: string): number {
+  try {
+    return statSync(path).size;
+  } catch {
+    return 0;
+  }
+}
+
+/** Newlines in the file from byte `from` on. */
+function countLines(path: string, from: number): number {
+  const fd = openSync(path, 'r');
+  try {
+    const buf = Buffer.allocUnsafe(1 << 20);
+    let lines = 0;
+    let position = from;
+    for (let n = readSync(fd, buf, 0, buf.length, position); n > 0; n = readSync(fd, buf, 0, buf.length, position)) {
+      position += n;
+      for (let i = buf.indexOf(10); i >= 0 && i < n; i = buf.indexOf(10, i + 1)) lines++;
+    }
+    return lines;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Waits until the audit file has stopped growing (the sink writes in batches). */
+async function settledSize(path: string): Promise<number> {
+  let size = fileSize(path);
+  for (;;) {
+    await sleep(300);
+    const now = fileSize(path);
+    if (now === size) return now;
+    size = now;
+  }
+}
+
+function median<T>(values: readonly T[], key: (v: T) => number): T {
+  const sorted = [...values].sort((a, b) => key(a) - key(b));
+  const m = sorted[Math.floor((sorted.length - 1) / 2)];
+  if (m === undefined) throw new Error('no rounds');
+  return m;
+}
+
+const mib = (s: MemorySample | undefined) => (s === undefined ? '-' : `${s.rssMiB.toFixed(1)} MiB`);
+
+export async function runFootprintBench(ctx: FootprintContext): Promise<FootprintResult> {
+  const stormSeconds = ctx.quick ? 3 : 8;
+  const stormRounds = ctx.quick ? 1 : 2;
+  const manySeconds = ctx.quick ? 6 : 8;
+  const loadSeconds = ctx.quick ? 10 : 60;
+  const pauseSeconds = ctx.quick ? 6 : 30;
+
+  const side = await ctx.startSidecar(`${ctx.dir}/sidecar-footprint`);
+  const pid = side.process.pid;
+  try {
+    const token = await ctx.token(side, 3600);
+    const envs: Record<FootprintTarget, NodeJS.ProcessEnv> = {
+      direct: ctx.envs.direct,
+      pgbouncer: ctx.envs.pgbouncer,
+      sidecar: side.libpqEnv(token, { PGAPPNAME: 'chaperone-bench' }),
+    };
+    const pids: Record<FootprintTarget, number | undefined> = {
+      direct: undefined,
+      pgbouncer: ctx.pgbouncerPid,
+      sidecar: pid,
+    };
+    const sample = async () => {
+      const s = await memorySample(pid, side.metricsPort);
+      if (s === undefined) throw new Error('the footprint sidecar is gone');
+      return s;
+    };
+
+    // ---- at rest: the sidecar as started, after a moment to settle ------------------------------------
+    await sleep(5_000);
+    const idle = { sidecar: await sample(), pgbouncer: await memorySample(ctx.pgbouncerPid) };
+    console.log(
+      `  idle RSS: sidecar ${mib(idle.sidecar)} (heap used ${(idle.sidecar.heapUsedMiB ?? 0).toFixed(1)} MiB, total ${(idle.sidecar.heapTotalMiB ?? 0).toFixed(1)} MiB, external ${(idle.sidecar.externalMiB ?? 0).toFixed(1)} MiB); PgBouncer ${mib(idle.pgbouncer)}`,
+    );
+
+    // A short warm-up, so that the storm measures connections rather than the first statements' compiling.
+    await ctx.pgbench(['-n', '-S', '-c', '8', '-j', '2', '-T', '2'], envs.sidecar);
+
+    // ---- connection storm: a new connection per transaction -------------------------------------------
+    const stormArgv = ['-n', '-S', '-C', '-c', '8', '-j', '2', '-T', String(stormSeconds)];
+    const stormRuns = new Map<FootprintTarget, StormResult[]>();
+    for (let round = 0; round < stormRounds; round++) {
+      for (const target of ['direct', 'pgbouncer', 'sidecar'] as const) {
+        const cpuBefore = cpuMicros(pids[target]);
+        const out = await ctx.pgbench(stormArgv, envs[target]);
+        const cpuAfter = cpuMicros(pids[target]);
+        const connections = numberIn(out, /number of transactions actually processed: (\d+)/, 'transactions');
+        const r: StormResult = {
+          connections,
+          connectionsPerSecond: connections / stormSeconds,
+          proxyCpuUsPerConnection:
+            cpuBefore === undefined || cpuAfter === undefined ? undefined : (cpuAfter - cpuBefore) / connections,
+        };
+        stormRuns.set(target, [...(stormRuns.get(target) ?? []), r]);
+        console.log(
+          `  storm ${target.padEnd(9)} round ${String(round + 1)}: ${r.connectionsPerSecond.toFixed(1)} connections/s, proxy CPU ${r.proxyCpuUsPerConnection === undefined ? '-' : `${r.proxyCpuUsPerConnection.toFixed(0)} µs`}/connection (load ${(loadavg()[0] ?? 0).toFixed(2)})`,
+        );
+      }
+    }
+    const stormBy = Object.fromEntries(
+      (['direct', 'pgbouncer', 'sidecar'] as const).map((t) => [
+        t,
+        median(stormRuns.get(t) ?? [], (r) => r.connectionsPerSecond),
+      ]),
+    ) as Record<FootprintTarget, StormResult>;
+    const storm = {
+      argv: `pgbench ${stormArgv.join(' ')}`,
+      rounds: stormRounds,
+      byTarget: stormBy,
+      sidecarOverPgbouncer: stormBy.sidecar.connectionsPerSecond / stormBy.pgbouncer.connectionsPerSecond,
+      sidecarOverDirect: stormBy.sidecar.connectionsPerSecond / stormBy.direct.connectionsPerSecond,
+      sidecarAfter: await sample(),
+    };
+
+    // ---- 150 clients ----------------------------------------------------------------------------------
+    const manyArgv = ['-n', '-S', '-c', '150', '-j', '2', '-T', String(manySeconds)];
+    const manyBy = {} as Record<FootprintTarget, ManyClientsResult>;
+    for (const target of ['direct', 'pgbouncer', 'sidecar'] as const) {
+      const cpuBefore = cpuMicros(pids[target]);
+      const out = await ctx.pgbench(manyArgv, envs[target]);
+      const cpuAfter = cpuMicros(pids[target]);
+      const txns = numberIn(out, /number of transactions actually processed: (\d+)/, 'transactions');
+      manyBy[target] = {
+        tps: numberIn(out, /tps = ([\d.]+) \(without initial connection time\)/, 'tps'),
+        latencyMs: numberIn(out, /latency average = ([\d.]+) ms/, 'latency'),
+        proxyCpuUsPerTxn: cpuBefore === undefined || cpuAfter === undefined ? undefined : (cpuAfter - cpuBefore) / txns,
+      };
+      console.log(
+        `  150 clients ${target.padEnd(9)}: ${manyBy[target].tps.toFixed(0)} tps, ${manyBy[target].latencyMs.toFixed(2)} ms (load ${(loadavg()[0] ?? 0).toFixed(2)})`,
+      );
+    }
+    const clients150 = {
+      argv: `pgbench ${manyArgv.join(' ')}`,
+      byTarget: manyBy,
+      sidecarOverPgbouncer: manyBy.sidecar.tps / manyBy.pgbouncer.tps,
+      sidecarAfter: await sample(),
+      pgbouncerAfter: await memorySample(ctx.pgbouncerPid),
+    };
+
+    // ---- audit bytes per statement: pgbench's select, simple protocol ---------------------------------
+    const auditSimple = await auditBytes(ctx, side, envs.sidecar, [
+      '-n',
+      '-S',
+      '-M',
+      'simple',
+      '-c',
+      '8',
+      '-j',
+      '2',
+      '-T',
+      ctx.quick ? '2' : '5',
+    ]);
+    console.log(
+      `  audit, simple select: ${auditSimple.bytesPerStatement.toFixed(0)} bytes and ${auditSimple.recordsPerStatement.toFixed(2)} records per statement`,
+    );
+
+    // ---- memory over a 60-second load and after a 30-second pause -------------------------------------
+    await sleep(5_000);
+    const before = await sample();
+    const loadArgv = ['-n', '-S', '-M', 'prepared', '-c', '8', '-j', '2', '-T', String(loadSeconds)];
+    const auditFrom = await settledSize(side.auditFile);
+    let peak = before.rssMiB;
+    const watch = { running: true };
+    const watching = (async () => {
+      while (watch.running) {
+        await sleep(1_000);
+        const s = procStatus(pid ?? 0);
+        if (s !== undefined) peak = Math.max(peak, s.rss / MiB);
+      }
+    })();
+    let out: string;
+    try {
+      out = await ctx.pgbench(loadArgv, envs.sidecar);
+    } finally {
+      watch.running = false;
+      await watching;
+    }
+    const endOfLoad = await sample();
+    const statements = numberIn(out, /number of transactions actually processed: (\d+)/, 'transactions');
+    const auditTo = await settledSize(side.auditFile);
+    const records = countLines(side.auditFile, auditFrom);
+    const auditPrepared: AuditBytes = {
+      statements,
+      records,
+      bytes: auditTo - auditFrom,
+      bytesPerStatement: (auditTo - auditFrom) / statements,
+      recordsPerStatement: records / statements,
+    };
+    const pause: (MemorySample & { second: number })[] = [];
+    const step = pauseSeconds / 3;
+    for (let i = 1; i <= 3; i++) {
+      await sleep(step * 1000);
+      pause.push({ ...(await sample()), second: step * i });
+    }
+    const after = pause[pause.length - 1] ?? endOfLoad;
+    const load = {
+      argv: `pgbench ${loadArgv.join(' ')}`,
+      seconds: loadSeconds,
+      pauseSeconds,
+      before,
+      peakRssMiB: peak,
+      endOfLoad,
+      pause,
+      after,
+      afterOverBefore: after.rssMiB / before.rssMiB,
+      tps: numberIn(out, /tps = ([\d.]+) \(without initial connection time\)/, 'tps'),
+    };
+    console.log(
+      `  load: RSS before ${mib(before)}, peak ${peak.toFixed(1)} MiB, end ${mib(endOfLoad)}, ${String(pauseSeconds)} s later ${mib(after)} (×${load.afterOverBefore.toFixed(3)}); audit, prepared select: ${auditPrepared.bytesPerStatement.toFixed(0)} bytes per statement`,
+    );
+    return { idle, storm, clients150, audit: { simple: auditSimple, prepared: auditPrepared }, load };
+  } finally {
+    await side.stop();
+  }
+}
+
+async function auditBytes(
+  ctx: FootprintContext,
+  side: SidecarProcess,
+  env: NodeJS.ProcessEnv,
+  argv: readonly string[],
+): Promise<AuditBytes> {
+  const from = await settledSize(side.auditFile);
+  const out = await ctx.pgbench(argv, env);
+  const statements = numberIn(out, /number of transactions actually processed: (\d+)/, 'transactions');
+  const to = await settledSize(side.auditFile);
+  const records = countLines(side.auditFile, from);
+  return {
+    statements,
+    records,
+    bytes: to - from,
+    bytesPerStatement: (to - from) / statements,
+    recordsPerStatement: records / statements,
+  };
+}
+
+/** The issue-20 targets, checked on one run's result. */
+export function footprintTargets(
+  f: FootprintResult,
+): { name: string; target: string; measured: number; met: boolean }[] {
+  return [
+    {
+      name: 'idle sidecar RSS (MiB)',
+      target: '≤ 96',
+      measured: f.idle.sidecar.rssMiB,
+      met: f.idle.sidecar.rssMiB <= 96,
+    },
+    {
+      name: `RSS ${String(f.load.pauseSeconds)} s after a ${String(f.load.seconds)} s load ÷ before it`,
+      target: '≤ 1.2',
+      measured: f.load.afterOverBefore,
+      met: Math.abs(f.load.afterOverBefore - 1) <= 0.2,
+    },
+    {
+      name: 'connection storm, sidecar/PgBouncer connections/s',
+      target: '≥ 0.9',
+      measured: f.storm.sidecarOverPgbouncer,
+      met: f.storm.sidecarOverPgbouncer >= 0.9,
+    },
+    {
+      name: '150 clients, sidecar/PgBouncer TPS',
+      target: '≥ 0.6',
+      measured: f.clients150.sidecarOverPgbouncer,
+      met: f.clients150.sidecarOverPgbouncer >= 0.6,
+    },
+    {
+      name: 'audit bytes per statement, pgbench select',
+      target: '≤ 600',
+      measured: f.audit.simple.bytesPerStatement,
+      met: f.audit.simple.bytesPerStatement <= 600,
+    },
+  ];
+}
