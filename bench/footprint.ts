@@ -32,6 +32,12 @@ export interface MemorySample {
   readonly heapUsedMiB?: number;
   readonly heapTotalMiB?: number;
   readonly externalMiB?: number;
+  /**
+   * The sidecar's event-loop delay since the previous sample (prom-client resets it on every scrape), ms:
+   * how long a ready socket could wait for the loop.
+   */
+  readonly eventLoopDelayP99Ms?: number;
+  readonly eventLoopDelayMaxMs?: number;
   readonly loadavg1: number;
 }
 
@@ -146,6 +152,8 @@ export async function memorySample(pid: number | undefined, metricsPort?: number
     heapUsedMiB: mib('chaperone_sidecar_nodejs_heap_size_used_bytes'),
     heapTotalMiB: mib('chaperone_sidecar_nodejs_heap_size_total_bytes'),
     externalMiB: mib('chaperone_sidecar_nodejs_external_memory_bytes'),
+    eventLoopDelayP99Ms: (m.get('chaperone_sidecar_nodejs_eventloop_lag_p99_seconds') ?? 0) * 1000,
+    eventLoopDelayMaxMs: (m.get('chaperone_sidecar_nodejs_eventloop_lag_max_seconds') ?? 0) * 1000,
   };
 }
 
@@ -299,6 +307,9 @@ export async function runFootprintBench(ctx: FootprintContext): Promise<Footprin
       sidecarAfter: await sample(),
       pgbouncerAfter: await memorySample(ctx.pgbouncerPid),
     };
+    console.log(
+      `  150 clients: sidecar CPU ${manyBy.sidecar.proxyCpuUsPerTxn?.toFixed(1) ?? '-'} µs/txn, PgBouncer ${manyBy.pgbouncer.proxyCpuUsPerTxn?.toFixed(1) ?? '-'} µs/txn; sidecar event-loop delay p99 ${(clients150.sidecarAfter.eventLoopDelayP99Ms ?? 0).toFixed(1)} ms, max ${(clients150.sidecarAfter.eventLoopDelayMaxMs ?? 0).toFixed(1)} ms; RSS sidecar ${mib(clients150.sidecarAfter)}, PgBouncer ${mib(clients150.pgbouncerAfter)}`,
+    );
 
     // ---- audit bytes per statement: pgbench's select, simple protocol ---------------------------------
     const auditSimple = await auditBytes(ctx, side, envs.sidecar, [
