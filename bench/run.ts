@@ -46,6 +46,7 @@ import {
   type SidecarProcessOptions,
 } from '../e2e/harness/sidecar-process.ts';
 import { postgresBinDir, REPO_ROOT } from '../e2e/harness/tools.ts';
+import { SIDECAR_NODE_FLAGS } from '../sidecar/src/bin/node-flags.ts';
 
 type Target = 'direct' | 'pgbouncer' | 'pipe' | 'sidecar';
 type Mode = 'simple' | 'prepared' | 'extended';
@@ -668,6 +669,8 @@ async function startSidecar(
 ): Promise<SidecarProcess> {
   return spawnSidecar({
     ...extra,
+    // The flags the image runs the sidecar with (sidecar/src/bin/node-flags.ts), before any of the caller's.
+    nodeArgs: [...SIDECAR_NODE_FLAGS, ...(extra.nodeArgs ?? [])],
     dir,
     upstream: {
       host: 'localhost',

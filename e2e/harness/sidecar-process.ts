@@ -18,7 +18,6 @@ import { createInterface } from 'node:readline';
 import { stringify } from 'yaml';
 import { BUNDLE_MANIFEST_FILE, BUNDLE_WASM_FILE, type AccessPolicySpec, type AuditRecord } from '@chaperone/api';
 import { compilePolicy } from '../../operator/src/policy/compile-policy.ts';
-import { SIDECAR_NODE_FLAGS } from '../../sidecar/src/bin/node-flags.ts';
 import { stopProcess } from './processes.ts';
 import { createTestIssuer, type TestIssuer } from './tokens.ts';
 import { REPO_ROOT } from './tools.ts';
@@ -187,7 +186,7 @@ export async function spawnSidecar(options: SidecarProcessOptions): Promise<Side
   const log = createWriteStream(logFile);
   const child = spawn(
     process.execPath,
-    [...SIDECAR_NODE_FLAGS, ...(options.nodeArgs ?? []), options.bin ?? SIDECAR_BIN, '--config', configFile],
+    [...(options.nodeArgs ?? []), options.bin ?? SIDECAR_BIN, '--config', configFile],
     {
       stdio: ['ignore', 'pipe', 'pipe'],
       ...(options.env === undefined ? {} : { env: options.env }),

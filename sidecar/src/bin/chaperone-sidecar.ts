@@ -3,7 +3,6 @@
 import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig } from '../config.ts';
 import { startSidecar } from '../sidecar.ts';
-import { SIDECAR_NODE_FLAGS } from './node-flags.ts';
 
 const HELP = `Usage: chaperone-sidecar --config FILE
 
@@ -44,12 +43,6 @@ try {
     process.exit(0);
   }
   const sidecar = await startSidecar(config);
-  const missing = SIDECAR_NODE_FLAGS.filter((f) => !process.execArgv.includes(f));
-  if (missing.length > 0) {
-    process.stderr.write(
-      `${JSON.stringify({ level: 'warn', msg: 'node runs without the sidecar flags; memory use will be higher', missing })}\n`,
-    );
-  }
   // One JSON line on stdout-independent stderr log is written by the listeners; this line is for launchers.
   process.stderr.write(
     `${JSON.stringify({ msg: 'ready', listeners: sidecar.listeners, metrics: sidecar.metricsAddress })}\n`,
