@@ -100,9 +100,8 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
   /** Client-facing cancel key; the upstream's own key never leaves the sidecar. */
   readonly cancelKey = { processId: randomBytes(4).readInt32BE(0) & 0x7fffffff, secretKey: randomBytes(4) };
 
-  /** Set on a connection the listener will not serve: its StartupMessage is answered with this (FATAL). */
+  /** Set when the listener will not serve this connection (maxConnections): the StartupMessage's answer. */
   private readonly refusal: SidecarError | undefined;
-
   constructor(ctx: ConnectionContext, socket: Socket, refusal?: SidecarError) {
     this.ctx = ctx;
     this.refusal = refusal;
@@ -268,8 +267,7 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
           });
           return undefined;
         }
-        // PostgreSQL's order: a connection it cannot serve (the listener's maxConnections) is told so after SSL
-        // negotiation and the startup packet, so libpq and drivers report the SQLSTATE (53300).
+        // As PostgreSQL: after SSL negotiation and the startup packet, so clients see the SQLSTATE (53300).
         const refusal = this.refusal ?? refuseStartup(msg, listenerPins(this.ctx, false));
         if (refusal !== undefined) {
           this.refuseConnection(refusal);
