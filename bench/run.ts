@@ -32,6 +32,7 @@ import { runPolicyDecisionBench, type PolicyDecisionBenchResult } from './policy
 import { runSqlAnalysisBench } from './sql-analysis.ts';
 import { runAdmissionBench } from './admission.ts';
 import { runAuditBench } from './audit.ts';
+import { formatMaskingBench, runMaskingBench } from './masking.ts';
 import { runTokenExchangeBench } from './token-exchange.ts';
 import { formatProfileSummary, summariseProfile, type ProfileSummary } from './cpu-profile.ts';
 import { freePort, startPostgres, type PostgresCluster } from '../e2e/harness/postgres.ts';
@@ -661,6 +662,9 @@ async function benchmark(): Promise<void> {
 
   const pg = await setUp();
   const pgVersion = pg.superuserSql('select version()').trim();
+  console.log('bench: result masking, 1,000,000 rows × 10 columns, 2 masked, against unmasked and direct');
+  const masking = await runMaskingBench(pg, join(runDir ?? '', 'sidecar-masking'), runDir ?? '');
+  console.log(formatMaskingBench(masking));
   const bouncer = await startPgbouncer(join(runDir ?? '', 'pgbouncer'), pg);
   const pipe = await startBytePipe(pg);
   const side = await startSidecar(pg, join(runDir ?? '', 'sidecar'));
@@ -766,6 +770,7 @@ async function benchmark(): Promise<void> {
     admission,
     tokenExchange,
     durableAudit,
+    masking,
     sidecarAudit: { records: audit.lines, bytes: audit.bytes, pgbenchTransactions: sidecarTxns },
     targets: checks,
     allTargetsMet: checks.every((c) => c.met),

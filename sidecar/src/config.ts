@@ -75,6 +75,17 @@ export const PostgresListenerConfig = Type.Object(
     maxUnauthenticatedMessageBytes: Type.Integer({ minimum: 1024, maximum: 1 << 20, default: 16 * 1024 }),
     /** Connections from one client address that may be in startup or authentication at once. Default 16. */
     maxUnauthenticatedPerSource: Type.Integer({ minimum: 1, default: 16 }),
+    /** Result masking (docs/masking.md). */
+    masking: Type.Optional(
+      Type.Object({
+        hashKeyFile: Type.Optional(
+          Type.String({
+            description:
+              'File holding the key of the hash strategy (a mounted Secret key shared by every pod of the resource, so hashed values join across pods). Default: a random key per process.',
+          }),
+        ),
+      }),
+    ),
   },
   { additionalProperties: false },
 );

@@ -41,6 +41,7 @@ import {
 import type { CancelTarget, ConnectionContext } from './connection-context.ts';
 import { errorResponseFor, sessionEnding } from './error-responses.ts';
 import { OutboundBytes } from './outbound-bytes.ts';
+import { ResultMasking } from './masking/result-masking.ts';
 import { ResponseTracker, TRACKED_FRAMES, type UnitKind } from './response-tracker.ts';
 import { StatementGate, substituteFrame, type GateVerdict, type SettledVerdict } from './statement-gate.ts';
 import {
@@ -364,7 +365,14 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
       onOutcome: (command, outcome) => session.complete(command, 'sql', outcome),
     });
     this.tracker = tracker;
-    this.gate = new StatementGate({ analyzer, session, upstream: tracker, logger: this.ctx.logger, pins });
+    this.gate = new StatementGate({
+      analyzer,
+      session,
+      upstream: tracker,
+      logger: this.ctx.logger,
+      pins,
+      masking: new ResultMasking({ catalog: this.ctx.catalog, hashKey: this.ctx.maskingHashKey }),
+    });
     this.ctx.register(this);
     const socket = upstream.socket;
     socket.on('data', this.onUpstreamData);
@@ -435,7 +443,7 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
         return;
       case 'Describe':
         this.forward(msg.frame);
-        if (!discarding) tracker.expect('describe');
+        if (!discarding) tracker.expect('describe', undefined, undefined, undefined, gate.describe(msg.kind, msg.name));
         return;
       case 'Close':
         gate.close(msg.kind, msg.name);
@@ -482,7 +490,7 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
     const tracker = this.tracker as ResponseTracker;
     if (verdict.action === 'forward') {
       this.forward(frame);
-      tracker.expect(UNIT_OF[type], verdict.command);
+      tracker.expect(UNIT_OF[type], verdict.command, undefined, verdict.rows);
     } else {
       this.forward(substituteFrame(type, name));
       tracker.expect(UNIT_OF[type], verdict.command, verdict.denial);
@@ -496,8 +504,10 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
     const tracker = this.tracker as ResponseTracker;
     const out = this.toClientBytes;
     try {
-      // DataRows are looked at only while a queued command rewrites its rows (result masking).
-      this.scanner.setInterested(BackendCode.DataRow, tracker.wantsDataRows);
+      // DataRows and notices are looked at only while a queued command rewrites its response (result masking).
+      const masking = tracker.wantsDataRows;
+      this.scanner.setInterested(BackendCode.DataRow, masking);
+      this.scanner.setInterested(BackendCode.NoticeResponse, masking);
       this.scanner.push(chunk);
       for (let seg = this.scanner.next(); seg !== null; seg = this.scanner.next()) {
         if (seg.kind === 'raw') out.push(seg.bytes);

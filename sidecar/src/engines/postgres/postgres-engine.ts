@@ -16,6 +16,8 @@ import { loadSqlParser } from './analysis/analyze-sql.ts';
 import { createSqlAnalyzers, type SqlAnalyzers } from './analysis/sql-analyzer.ts';
 import type { CancelTarget, ConnectionContext } from './connection-context.ts';
 import { PostgresConnection } from './postgres-connection.ts';
+import { RelationCatalog } from './masking/relation-catalog.ts';
+import { PROCESS_HASH_KEY } from '../../core/masking/mask-value.ts';
 import {
   connectUpstream,
   sendCancelRequest,
@@ -63,6 +65,8 @@ class PostgresEndpoint implements ResourceEndpoint, ConnectionContext {
   private readonly byCancelKey = new Map<number, CancelTarget>();
   private readonly unauthenticated = new Map<string, number>();
   private readonly upstreamCa: string | undefined;
+  readonly catalog: RelationCatalog;
+  readonly maskingHashKey: Buffer;
 
   constructor(config: PostgresListenerConfig, services: EngineServices, analyzers: SqlAnalyzers) {
     this.config = config;
@@ -90,6 +94,26 @@ class PostgresEndpoint implements ResourceEndpoint, ConnectionContext {
         : createSecureContext({ cert: readFileSync(tls.certFile), key: readFileSync(tls.keyFile) });
     const caFile = config.upstream.tls.caFile;
     this.upstreamCa = caFile === undefined ? undefined : readFileSync(caFile, 'utf8');
+    const keyFile = config.masking?.hashKeyFile;
+    this.maskingHashKey = keyFile === undefined ? PROCESS_HASH_KEY : readFileSync(keyFile);
+    this.catalog = new RelationCatalog(() => this.connectCatalog());
+  }
+
+  /** The catalogue connection: the resource's credential, nothing passed from a client. */
+  private async connectCatalog(): Promise<UpstreamConnection> {
+    const up = this.config.upstream;
+    const connection = await this.connect({
+      host: up.host,
+      port: up.port,
+      database: up.database,
+      user: readFileSync(up.usernameFile, 'utf8').trim(),
+      password: readFileSync(up.passwordFile, 'utf8').replace(/\r?\n$/, ''),
+      tls: this.upstreamTls(),
+      parameters: [['application_name', 'chaperone-masking-catalogue']],
+    });
+    // The catalogue connection never keeps the process alive.
+    (connection.socket as Partial<Socket>).unref?.();
+    return connection;
   }
 
   accept(socket: Socket): PostgresConnection {
