@@ -365,14 +365,8 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
       onOutcome: (command, outcome) => session.complete(command, 'sql', outcome),
     });
     this.tracker = tracker;
-    this.gate = new StatementGate({
-      analyzer,
-      session,
-      upstream: tracker,
-      logger: this.ctx.logger,
-      pins,
-      masking: new ResultMasking({ catalog: this.ctx.catalog, hashKey: this.ctx.maskingHashKey }),
-    });
+    const masking = new ResultMasking({ catalog: this.ctx.catalog, hashKey: this.ctx.maskingHashKey });
+    this.gate = new StatementGate({ analyzer, session, upstream: tracker, logger: this.ctx.logger, pins, masking });
     this.ctx.register(this);
     const socket = upstream.socket;
     socket.on('data', this.onUpstreamData);
