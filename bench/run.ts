@@ -34,6 +34,7 @@ import { runSqlAnalysisBench } from './sql-analysis.ts';
 import { runAdmissionBench } from './admission.ts';
 import { runAuditBench } from './audit.ts';
 import { runEvidenceStoreBench, type EvidenceStoreBenchResult } from './evidence-store.ts';
+import { formatMaskingBench, runMaskingBench } from './masking.ts';
 import { runTokenExchangeBench } from './token-exchange.ts';
 import { formatProfileSummary, summariseProfile, type ProfileSummary } from './cpu-profile.ts';
 import { footprintTargets, runFootprintBench, type FootprintResult } from './footprint.ts';
@@ -746,6 +747,9 @@ async function benchmark(): Promise<void> {
 
   const pg = await setUp();
   const pgVersion = pg.superuserSql('select version()').trim();
+  console.log('bench: result masking, 1,000,000 rows × 10 columns, 2 masked, against unmasked and direct');
+  const masking = await runMaskingBench(pg, join(runDir ?? '', 'sidecar-masking'), runDir ?? '');
+  console.log(formatMaskingBench(masking));
   const bouncer = await startPgbouncer(join(runDir ?? '', 'pgbouncer'), pg);
   const pipe = await startBytePipe(pg);
   const side = await startSidecar(pg, join(runDir ?? '', 'sidecar'));
@@ -859,6 +863,7 @@ async function benchmark(): Promise<void> {
     tokenExchange,
     durableAudit,
     evidenceStore,
+    masking,
     sidecarAudit: { records: audit.lines, bytes: audit.bytes, pgbenchTransactions: sidecarTxns },
     footprint,
     targets: checks,

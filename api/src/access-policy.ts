@@ -37,6 +37,9 @@ export type StatementKind = (typeof STATEMENT_KINDS)[number];
 export const MASKING_STRATEGIES = ['redact', 'hash', 'partial', 'null'] as const;
 export type MaskingStrategy = (typeof MASKING_STRATEGIES)[number];
 
+export const UNTRACEABLE_ACTIONS = ['redact', 'detect', 'deny'] as const;
+export type UntraceableAction = (typeof UNTRACEABLE_ACTIONS)[number];
+
 export const CONTENT_DETECTORS = [
   'email',
   'credit-card',
@@ -44,6 +47,7 @@ export const CONTENT_DETECTORS = [
   'phone',
   'iban',
   'ipv4',
+  'ipv6',
   'jwt',
   'secret-key',
 ] as const;
@@ -247,16 +251,46 @@ export const MaskingRule = Type.Object(
         maxItems: CONTENT_DETECTORS.length,
       }),
     ),
+    types: Type.Optional(
+      Type.Array(Type.String({ description: 'A PostgreSQL type name, for example inet or bytea.', maxLength: 63 }), {
+        description: 'Result columns of these types are masked, whatever they derive from.',
+        maxItems: 32,
+      }),
+    ),
     strategy: StringEnum(MASKING_STRATEGIES, {
       description:
-        'redact (fixed mask), hash (keyed SHA-256 prefix, stable for joins), partial (keep the last 4), null.',
+        'redact (a fixed value valid for the column type), hash (keyed HMAC-SHA-256 prefix, stable for joins), partial (keep the last keepLast characters), null.',
       default: 'redact',
     }),
+    keepLast: Type.Optional(
+      Type.Integer({
+        description: 'Characters partial keeps at the end of a value. Default 4.',
+        minimum: 0,
+        maximum: 64,
+      }),
+    ),
+    untraceable: Type.Optional(
+      StringEnum(UNTRACEABLE_ACTIONS, {
+        description:
+          'What happens to a result column whose lineage cannot be proven (an opaque function, an unknown relation): redact it (default), run every detector on it (detect), or deny the statement.',
+        default: 'redact',
+      }),
+    ),
+    denyPredicates: Type.Optional(
+      Type.Boolean({
+        description:
+          'Deny statements that filter, join, group or order on a masked column (the predicate-oracle class). Default false.',
+        default: false,
+      }),
+    ),
   },
   {
     description: 'Masks result fields by column or by content.',
     'x-kubernetes-validations': [
-      { rule: 'has(self.columns) || has(self.detectors)', message: 'a masking rule needs columns or detectors' },
+      {
+        rule: 'has(self.columns) || has(self.detectors) || has(self.types)',
+        message: 'a masking rule needs columns, types or detectors',
+      },
     ],
   },
 );

@@ -128,6 +128,23 @@ export const AuditRecord = Type.Object(
           code: Type.Optional(Type.String({ description: 'SQLSTATE or HTTP status code.', maxLength: 16 })),
           message: Type.Optional(Type.String({ description: 'Error message, if any.', maxLength: 1024 })),
           rows: Type.Optional(Type.Integer({ description: 'Rows returned or affected.', minimum: 0 })),
+          masked: Type.Optional(
+            Type.Array(
+              Type.Object(
+                {
+                  column: Type.String({
+                    description: 'The result column (its label, and the masked source column when known).',
+                    maxLength: 512,
+                  }),
+                  rule: Type.String({ description: 'policy/rule that masked it.', maxLength: 512 }),
+                  strategy: Type.String({ description: 'Strategy applied (or detect, untraceable).', maxLength: 32 }),
+                  count: Type.Integer({ description: 'Values masked in this column.', minimum: 0 }),
+                },
+                { description: 'Masked values of one result column: counts only, never a value.' },
+              ),
+              { description: 'What result masking replaced, per column and strategy.', maxItems: 64 },
+            ),
+          ),
           durationMicros: Type.Optional(
             Type.Integer({ description: 'Time from forward to completion, µs.', minimum: 0 }),
           ),

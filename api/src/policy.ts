@@ -3,7 +3,7 @@
 // POLICY_ENTRYPOINT; the sidecar evaluates every bundle that applies to its resource and combines the
 // results with combineDecisions (deny beats approve beats allow).
 import { currentActor, type Actor, type Identity } from './identity.ts';
-import type { Decision, MaskingStrategy, ContentDetector, StatementKind } from './access-policy.ts';
+import type { Decision, MaskingStrategy, ContentDetector, StatementKind, UntraceableAction } from './access-policy.ts';
 import type { ResourceType } from './protected-resource.ts';
 
 /** Version of the input document; bumped on incompatible change. */
@@ -123,6 +123,14 @@ export interface MaskingInstruction {
   readonly columns: readonly string[];
   readonly detectors: readonly ContentDetector[];
   readonly strategy: MaskingStrategy;
+  /** PostgreSQL type names whose result columns are masked. Absent: none. */
+  readonly types?: readonly string[];
+  /** partial: characters kept at the end. Absent: 4. */
+  readonly keepLast?: number;
+  /** A result column whose lineage cannot be proven. Absent: redact. */
+  readonly untraceable?: UntraceableAction;
+  /** Deny predicates, joins, grouping and ordering on masked columns. Absent: false. */
+  readonly denyPredicates?: boolean;
 }
 
 export interface ApprovalRequirement {

@@ -77,6 +77,17 @@ export const PostgresListenerConfig = Type.Object(
     maxUnauthenticatedPerSource: Type.Integer({ minimum: 1, default: 16 }),
     /** Client connections open at once; the next one is refused with 53300 (TooManyConnections). Default 256. */
     maxConnections: Type.Integer({ minimum: 1, maximum: 65_535, default: 256 }),
+    /** Result masking (docs/masking.md). */
+    masking: Type.Optional(
+      Type.Object({
+        hashKeyFile: Type.Optional(
+          Type.String({
+            description:
+              'File holding the key of the hash strategy (a mounted Secret key shared by every pod of the resource, so hashed values join across pods). Default: a random key per process.',
+          }),
+        ),
+      }),
+    ),
   },
   { additionalProperties: false },
 );

@@ -194,6 +194,10 @@ function maskingOf(policy: string, masking: readonly MaskingRule[] | undefined):
     columns: m.columns ?? [],
     detectors: m.detectors ?? [],
     strategy: orDefault(m.strategy, 'redact'),
+    types: m.types ?? [],
+    keepLast: orDefault(m.keepLast, 4),
+    untraceable: orDefault(m.untraceable, 'redact'),
+    denyPredicates: orDefault(m.denyPredicates, false),
   }));
 }
 

@@ -281,6 +281,14 @@ export class AgentSession {
     const recorded = {} as NonNullable<AuditRecord['outcome']>;
     if (outcome.code !== undefined) recorded.code = outcome.code;
     recorded.durationMicros = Math.round((performance.now() - command.startedAt) * 1000);
+    if (outcome.masked !== undefined && outcome.masked.length > 0) {
+      recorded.masked = outcome.masked.slice(0, 64).map((m) => ({
+        column: m.column.slice(0, 512),
+        count: m.count,
+        rule: m.rule.slice(0, 512),
+        strategy: m.strategy,
+      }));
+    }
     if (outcome.message !== undefined) recorded.message = outcome.message.slice(0, 1024);
     if (outcome.rows !== undefined) recorded.rows = outcome.rows;
     recorded.status = outcome.status;

@@ -50,4 +50,13 @@ export interface CommandOutcome {
   readonly code?: string;
   readonly message?: string;
   readonly rows?: number;
+  /** Result values masked, per column and strategy (counts only, never a value). */
+  readonly masked?: readonly MaskedCount[];
+}
+
+export interface MaskedCount {
+  readonly column: string;
+  readonly rule: string;
+  readonly strategy: string;
+  readonly count: number;
 }

@@ -59,6 +59,13 @@ export const SIDECAR_ERRORS = {
     fatal: false,
     summary: 'Execute of a portal the sidecar did not see bound.',
   },
+  MaskingRefused: {
+    sqlState: '42501',
+    httpStatus: 403,
+    fatal: false,
+    summary:
+      'The statement would hand out values of masked columns on a path masking cannot cover (COPY, EXPLAIN, statistics views, file reads, writes elsewhere, an oracle predicate) or its lineage cannot be proven.',
+  },
   AuditUnavailable: {
     sqlState: '53100',
     httpStatus: 503,

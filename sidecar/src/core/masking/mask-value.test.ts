@@ -1,7 +1,8 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import type { MaskingInstruction } from '@chaperone/api';
-import { applyStrategy, createValueMasker, REDACTED } from './mask-value.ts';
+import { createHmac } from 'node:crypto';
+import { applyStrategy, createValueMasker, keyedHash, REDACTED } from './mask-value.ts';
 
 const KEY = Buffer.alloc(32, 7);
 
@@ -51,6 +52,14 @@ describe('createValueMasker', () => {
     assert.equal(applyStrategy('hash', 'ada@example.com', KEY), hashed, 'stable for one key (joins)');
     assert.notEqual(applyStrategy('hash', 'ada@example.com', Buffer.alloc(32, 8)), hashed, 'keyed');
     assert.equal(masker({ detectors: ['email'], strategy: 'hash' }).mask('ada@example.com'), hashed);
+  });
+
+  it('keyedHash is HMAC-SHA-256', () => {
+    for (const key of [KEY, Buffer.alloc(100, 3), Buffer.alloc(0)]) {
+      for (const value of ['', 'ada@example.com', 'x'.repeat(1000)]) {
+        assert.deepEqual(keyedHash(key, value), createHmac('sha256', key).update(value).digest());
+      }
+    }
   });
 
   it('no instructions: no masker', () => {

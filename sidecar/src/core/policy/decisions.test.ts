@@ -16,7 +16,17 @@ const APPROVAL_OUT = {
   timeoutSeconds: 1800,
   allowSelfApproval: false,
 };
-const PII = { rule: 'team/sql/pii', columns: ['email', 'public.users.ssn'], detectors: ['email'], strategy: 'hash' };
+const PII = {
+  rule: 'team/sql/pii',
+  columns: ['email', 'public.users.ssn'],
+  detectors: ['email'],
+  strategy: 'hash',
+  // The compiler's defaults for what the rule leaves out.
+  types: [],
+  keepLast: 4,
+  untraceable: 'redact',
+  denyPredicates: false,
+};
 
 const POLICIES: Readonly<Record<string, AccessPolicySpec>> = {
   subjects: spec({

@@ -1,11 +1,12 @@
 // Runtime check of what a compiled policy returned. A bundle is code from outside the sidecar's build;
 // anything that does not have the PolicyResult shape becomes a deny with a reason, never a crash.
-import { CONTENT_DETECTORS, DECISIONS, MASKING_STRATEGIES } from '@chaperone/api';
+import { CONTENT_DETECTORS, DECISIONS, MASKING_STRATEGIES, UNTRACEABLE_ACTIONS } from '@chaperone/api';
 import type { ApprovalRequirement, MaskingInstruction, PolicyResult } from '@chaperone/api';
 
 const decisions: ReadonlySet<unknown> = new Set(DECISIONS);
 const strategies: ReadonlySet<unknown> = new Set(MASKING_STRATEGIES);
 const detectors: ReadonlySet<unknown> = new Set(CONTENT_DETECTORS);
+const untraceable: ReadonlySet<unknown> = new Set(UNTRACEABLE_ACTIONS);
 
 function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -34,6 +35,11 @@ function isMasking(v: unknown): v is MaskingInstruction {
     return false;
   if (!Array.isArray(v.detectors)) return false;
   for (const d of v.detectors) if (!detectors.has(d)) return false;
+  if (v.types !== undefined && !isStringArray(v.types)) return false;
+  if (v.keepLast !== undefined && (typeof v.keepLast !== 'number' || !Number.isInteger(v.keepLast) || v.keepLast < 0))
+    return false;
+  if (v.untraceable !== undefined && !untraceable.has(v.untraceable)) return false;
+  if (v.denyPredicates !== undefined && typeof v.denyPredicates !== 'boolean') return false;
   return true;
 }
 

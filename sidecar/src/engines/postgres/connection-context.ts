@@ -6,6 +6,7 @@ import type { ResourceContext } from '../../core/agent-session.ts';
 import type { EngineServices } from '../../core/engine.ts';
 import type { Logger } from '../../core/observability/logger.ts';
 import type { SqlAnalyzers } from './analysis/sql-analyzer.ts';
+import type { RelationCatalog } from './masking/relation-catalog.ts';
 import type {
   UpstreamConnectOptions,
   UpstreamConnection,
@@ -29,6 +30,10 @@ export interface ConnectionContext {
   readonly logger: Logger;
   /** The analyzer per upstream major version (one per process, shared by every resource). */
   readonly analyzers: SqlAnalyzers;
+  /** The relations result masking looks up (one catalogue connection per resource). */
+  readonly catalog: RelationCatalog;
+  /** Key of the hash masking strategy (config masking.hashKeyFile, else one per process). */
+  readonly maskingHashKey: Buffer;
   /** Client-facing TLS, when the listener has it. */
   readonly tls: SecureContext | undefined;
   /** chaperone_bytes_total children of this listener, counted locally (core/observability/metrics.ts). */

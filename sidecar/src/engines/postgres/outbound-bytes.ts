@@ -10,6 +10,8 @@
 
 /** Above this many bytes, pieces are written as they are (corked: one writev) rather than copied into one. */
 const CONCAT_LIMIT = 16 * 1024;
+/** Above this many pieces they are copied into one Buffer whatever their size. */
+const MAX_WRITES = 16;
 
 export class OutboundBytes {
   private readonly pieces: Buffer[] = [];
@@ -53,7 +55,8 @@ export class OutboundBytes {
     const total = this.bytes;
     const pieces = this.take();
     if (pieces.length === 1) return sink.write(pieces[0] as Buffer);
-    if (total <= CONCAT_LIMIT) return sink.write(Buffer.concat(pieces, total));
+    // Many pieces (rewritten DataRows between raw runs) are copied into one: a write per piece costs more.
+    if (total <= CONCAT_LIMIT || pieces.length > MAX_WRITES) return sink.write(Buffer.concat(pieces, total));
     let ok = true;
     sink.cork();
     for (const p of pieces) ok = sink.write(p) && ok;

@@ -9,11 +9,6 @@
 // started with the pinned settings (analysis/session-state.ts), every ParameterStatus the server sends is
 // checked against what the analysis assumes (a change that makes it read statements differently ends the
 // session), and statements are parsed with the grammar of the server's major version.
-//
-// The sidecar decides what the server will execute (docs/postgres-engine.md): the upstream session is
-// started with the pinned settings (analysis/session-state.ts), every ParameterStatus the server sends is
-// checked against what the analysis assumes (a change that makes it read statements differently ends the
-// session), and statements are parsed with the grammar of the server's major version.
 import { randomBytes } from 'node:crypto';
 import type { Duplex } from 'node:stream';
 import { TLSSocket } from 'node:tls';
@@ -41,6 +36,7 @@ import {
 import type { CancelTarget, ConnectionContext } from './connection-context.ts';
 import { errorResponseFor, sessionEnding } from './error-responses.ts';
 import { OutboundBytes } from './outbound-bytes.ts';
+import { ResultMasking } from './masking/result-masking.ts';
 import { ResponseTracker, TRACKED_FRAMES, type UnitKind } from './response-tracker.ts';
 import { StatementGate, substituteFrame, type GateVerdict, type SettledVerdict } from './statement-gate.ts';
 import {
@@ -368,7 +364,8 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
       onOutcome: (command, outcome) => session.complete(command, 'sql', outcome),
     });
     this.tracker = tracker;
-    this.gate = new StatementGate({ analyzer, session, upstream: tracker, logger: this.ctx.logger, pins });
+    const masking = new ResultMasking({ catalog: this.ctx.catalog, hashKey: this.ctx.maskingHashKey });
+    this.gate = new StatementGate({ analyzer, session, upstream: tracker, logger: this.ctx.logger, pins, masking });
     this.ctx.register(this);
     const socket = upstream.socket;
     socket.on('data', this.onUpstreamData);
@@ -439,7 +436,7 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
         return;
       case 'Describe':
         this.forward(msg.frame);
-        if (!discarding) tracker.expect('describe');
+        if (!discarding) tracker.expect('describe', undefined, undefined, undefined, gate.describe(msg.kind, msg.name));
         return;
       case 'Close':
         gate.close(msg.kind, msg.name);
@@ -486,7 +483,7 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
     const tracker = this.tracker as ResponseTracker;
     if (verdict.action === 'forward') {
       this.forward(frame);
-      tracker.expect(UNIT_OF[type], verdict.command);
+      tracker.expect(UNIT_OF[type], verdict.command, undefined, verdict.rows);
     } else {
       this.forward(substituteFrame(type, name));
       tracker.expect(UNIT_OF[type], verdict.command, verdict.denial);
@@ -500,8 +497,10 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
     const tracker = this.tracker as ResponseTracker;
     const out = this.toClientBytes;
     try {
-      // DataRows are looked at only while a queued command rewrites its rows (result masking).
-      this.scanner.setInterested(BackendCode.DataRow, tracker.wantsDataRows);
+      // DataRows and notices are looked at only while a queued command rewrites its response (result masking).
+      const masking = tracker.wantsDataRows;
+      this.scanner.setInterested(BackendCode.DataRow, masking);
+      this.scanner.setInterested(BackendCode.NoticeResponse, masking);
       this.scanner.push(chunk);
       for (let seg = this.scanner.next(); seg !== null; seg = this.scanner.next()) {
         if (seg.kind === 'raw') out.push(seg.bytes);

@@ -17,6 +17,8 @@ import { loadSqlParser } from './analysis/analyze-sql.ts';
 import { createSqlAnalyzers, type SqlAnalyzers } from './analysis/sql-analyzer.ts';
 import type { CancelTarget, ConnectionContext } from './connection-context.ts';
 import { PostgresConnection } from './postgres-connection.ts';
+import { RelationCatalog } from './masking/relation-catalog.ts';
+import { PROCESS_HASH_KEY } from '../../core/masking/mask-value.ts';
 import {
   connectUpstream,
   sendCancelRequest,
@@ -65,6 +67,8 @@ class PostgresEndpoint implements ResourceEndpoint, ConnectionContext {
   private readonly unauthenticated = new Map<string, number>();
   /** Built once: a connection storm would otherwise parse the CA and build a TLS context per connection. */
   private readonly upstreamTlsOptions: UpstreamTlsOptions;
+  readonly catalog: RelationCatalog;
+  readonly maskingHashKey: Buffer;
 
   constructor(config: PostgresListenerConfig, services: EngineServices, analyzers: SqlAnalyzers) {
     this.config = config;
@@ -98,6 +102,26 @@ class PostgresEndpoint implements ResourceEndpoint, ConnectionContext {
       ...(t.serverName === undefined ? {} : { servername: t.serverName }),
       ...(t.mode === 'disable' ? {} : { secureContext: createSecureContext(ca === undefined ? {} : { ca }) }),
     };
+    const keyFile = config.masking?.hashKeyFile;
+    this.maskingHashKey = keyFile === undefined ? PROCESS_HASH_KEY : readFileSync(keyFile);
+    this.catalog = new RelationCatalog(() => this.connectCatalog());
+  }
+
+  /** The catalogue connection: the resource's credential, nothing passed from a client. */
+  private async connectCatalog(): Promise<UpstreamConnection> {
+    const up = this.config.upstream;
+    const connection = await this.connect({
+      host: up.host,
+      port: up.port,
+      database: up.database,
+      user: readFileSync(up.usernameFile, 'utf8').trim(),
+      password: readFileSync(up.passwordFile, 'utf8').replace(/\r?\n$/, ''),
+      tls: this.upstreamTls(),
+      parameters: [['application_name', 'chaperone-masking-catalogue']],
+    });
+    // The catalogue connection never keeps the process alive.
+    (connection.socket as Partial<Socket>).unref?.();
+    return connection;
   }
 
   accept(socket: Socket): PostgresConnection {

@@ -1,5 +1,6 @@
 // The response tracker on its own: frames built by the simple test helper (test-wire.ts), commands as
 // plain objects, outcomes collected from the callback. No sockets.
+import type { ResultRewriter } from './masking/row-masker.ts';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { CombinedDecision } from '@chaperone/api';
@@ -167,11 +168,22 @@ test('cancelAll records every command still waiting as cancelled', () => {
   assert.equal(t.pending, 0);
 });
 
-test('DataRow interest: a unit with a RowRewriter sees its own rows and no other unit’s', () => {
-  const { t } = tracker();
+test('DataRow interest: a unit with a ResultRewriter sees its own rows and no other unit’s', () => {
+  const { t, outcomes } = tracker();
   const row = (v: string): Buffer => msg('D', Buffer.from([0, 1]), Buffer.from([0, 0, 0, v.length]), Buffer.from(v));
+  let ends = 0;
+  const rewriter: ResultRewriter = {
+    rowDescription: (frame) => frame,
+    dataRow: (frame) => row(`masked:${frame.length}`),
+    statementEnd: () => {
+      ends += 1;
+    },
+    error: (frame) => frame,
+    notice: () => Buffer.alloc(0),
+    counts: () => [{ column: 'c', rule: 'p/r', strategy: 'redact', count: ends }],
+  };
   t.expect('query', command(1));
-  t.expect('query', command(2), undefined, (frame) => row(`masked:${frame.length}`));
+  t.expect('query', command(2), undefined, rewriter);
   assert.equal(t.wantsDataRows, true);
   const first = row('abc');
   assert.equal(feed(t, first)[0], first, 'the first command has no rewriter: its row passes');
@@ -180,6 +192,11 @@ test('DataRow interest: a unit with a RowRewriter sees its own rows and no other
   assert.deepEqual(masked, row(`masked:${row('secret').length}`));
   feed(t, complete('SELECT 1'), ready('I'));
   assert.equal(t.wantsDataRows, false, 'interest ends with the last rewriting unit');
+  assert.equal(ends, 1, 'the rewriter heard its statement end');
+  assert.deepEqual(outcomes.at(-1), [
+    2,
+    { status: 'success', rows: 1, masked: [{ column: 'c', rule: 'p/r', strategy: 'redact', count: 1 }] },
+  ]);
 });
 
 test('thousands of pipelined units keep order and bounded memory', () => {

@@ -10,15 +10,17 @@ import type { CommandOutcome, DecidedCommand } from '../../core/command.ts';
 import { QUERY_CANCELED, type Denial } from './error-responses.ts';
 import { BackendCode, type ErrorFields, type TransactionStatus } from './protocol/backend-messages.ts';
 import { decodeCommandComplete, decodeErrorFields, decodeReadyForQuery } from './protocol/backend-scanner.ts';
+import type { ResultRewriter } from './masking/row-masker.ts';
 
 /** The kinds of client message that get a response of their own; `copy-end` marks a COPY the client ended. */
 export type UnitKind = 'query' | 'parse' | 'bind' | 'describe' | 'execute' | 'close' | 'sync' | 'copy-end';
 
 /**
- * Rewrites the DataRows of one command's result (result masking plugs in here). Called for every DataRow
- * while its unit is the head of the pipeline; returns the frame to send instead.
+ * Rewrites one command's response (result masking, masking/row-masker.ts): called for its RowDescription,
+ * every DataRow, ErrorResponse and NoticeResponse while its unit is the head of the pipeline, and at the end
+ * of each statement; each call returns the frame to send instead. Its counts go to the outcome record.
  */
-export type RowRewriter = (dataRow: Buffer) => Buffer;
+export type { ResultRewriter } from './masking/row-masker.ts';
 
 /** Backend frames the tracker must see whole; everything else streams to the client untouched. */
 export const TRACKED_FRAMES: readonly BackendCode[] = [
@@ -41,7 +43,9 @@ interface ResponseUnit {
   readonly command: DecidedCommand | undefined;
   /** Our ErrorResponse, sent instead of the upstream's error for the substituted message. */
   readonly denial: Denial | undefined;
-  readonly rows: RowRewriter | undefined;
+  readonly rows: ResultRewriter | undefined;
+  /** A Describe's unit: told the RowDescription it gets (the row shape of a later Execute). */
+  readonly described: ((rowDescription: Buffer) => void) | undefined;
   rowCount: number;
   error: ErrorFields | undefined;
 }
@@ -61,7 +65,7 @@ export class ResponseTracker {
   private skipping = false;
   /** The upstream entered copy-in and the client has not sent CopyDone/CopyFail yet. */
   private clientInCopyIn = false;
-  /** Units queued that carry a RowRewriter. */
+  /** Units queued that carry a ResultRewriter. */
   private rewriters = 0;
   /** From the upstream's latest ReadyForQuery. */
   transactionStatus: TransactionStatus;
@@ -79,7 +83,7 @@ export class ResponseTracker {
     return this.skipping;
   }
 
-  /** True while some queued command has a RowRewriter: DataRows must then be shown to onFrame. */
+  /** True while some queued command has a ResultRewriter: DataRows and notices must then be shown to onFrame. */
   get wantsDataRows(): boolean {
     return this.rewriters > 0;
   }
@@ -92,9 +96,15 @@ export class ResponseTracker {
   // ---- what the client sent --------------------------------------------------------------------
 
   /** The connection forwarded a message (or its substitute) that the upstream answers. */
-  expect(kind: UnitKind, command?: DecidedCommand, denial?: Denial, rows?: RowRewriter): void {
+  expect(
+    kind: UnitKind,
+    command?: DecidedCommand,
+    denial?: Denial,
+    rows?: ResultRewriter,
+    described?: (rowDescription: Buffer) => void,
+  ): void {
     if (rows !== undefined) this.rewriters += 1;
-    this.units.push({ kind, command, denial, rows, rowCount: 0, error: undefined });
+    this.units.push({ kind, command, denial, rows, described, rowCount: 0, error: undefined });
   }
 
   /** The client sent Sync. */
@@ -119,22 +129,29 @@ export class ResponseTracker {
     const unit = this.units[this.head];
     switch (code) {
       case BackendCode.DataRow:
-        return unit?.rows === undefined ? frame : unit.rows(frame);
+        return unit?.rows === undefined ? frame : unit.rows.dataRow(frame);
+      case BackendCode.NoticeResponse:
+        return unit?.rows === undefined ? frame : unit.rows.notice(frame);
       case BackendCode.CommandComplete:
         if (unit !== undefined) {
+          unit.rows?.statementEnd();
           unit.rowCount += decodeCommandComplete(frame).rows ?? 0;
           if (unit.kind === 'execute') this.finish(this.shift(), 'success');
         }
         return frame;
       case BackendCode.EmptyQueryResponse:
       case BackendCode.PortalSuspended:
+        unit?.rows?.statementEnd();
         if (unit?.kind === 'execute') this.finish(this.shift(), 'success');
         return frame;
+      case BackendCode.RowDescription:
+        if (unit?.kind === 'describe') unit.described?.(frame);
+        if (unit !== undefined && completes(unit.kind, code)) this.shift();
+        return unit?.rows === undefined ? frame : unit.rows.rowDescription(frame);
       case BackendCode.ParseComplete:
       case BackendCode.BindComplete:
       case BackendCode.CloseComplete:
       case BackendCode.NoData:
-      case BackendCode.RowDescription:
         if (unit !== undefined && completes(unit.kind, code)) this.shift();
         return frame;
       case BackendCode.CopyInResponse:
@@ -201,8 +218,10 @@ export class ResponseTracker {
     if (end === -1) this.clientInCopyIn = true;
   }
 
-  private onError(unit: ResponseUnit | undefined, frame: Buffer): Buffer {
-    if (unit === undefined) return frame; // e.g. a FATAL error before shutdown
+  private onError(unit: ResponseUnit | undefined, upstreamFrame: Buffer): Buffer {
+    if (unit === undefined) return upstreamFrame; // e.g. a FATAL error before shutdown
+    // A statement that read masked data may echo a value in its error: scrubbed before it is read or sent.
+    const frame = unit.rows === undefined ? upstreamFrame : unit.rows.error(upstreamFrame);
     if (unit.kind === 'query') {
       // In a simple query the error ends the statements; ReadyForQuery completes the unit.
       unit.error = unit.denial === undefined ? decodeErrorFields(frame) : DENIED;
@@ -244,8 +263,10 @@ export class ResponseTracker {
       return;
     }
     const error = unit.error;
+    const masked = unit.rows?.counts();
+    const counts = masked === undefined || masked.length === 0 ? {} : { masked };
     if (error === undefined) {
-      this.onOutcome(command, { status, rows: unit.rowCount });
+      this.onOutcome(command, { status, rows: unit.rowCount, ...counts });
       return;
     }
     this.onOutcome(command, {
@@ -253,6 +274,7 @@ export class ResponseTracker {
       code: error.code,
       message: error.message,
       rows: unit.rowCount,
+      ...counts,
     });
   }
 }

@@ -20,9 +20,12 @@ import type { TransactionStatus } from './protocol/backend-messages.ts';
 import { encodeParse, encodeQuery } from './protocol/frontend-encoder.ts';
 import type { Bind } from './protocol/frontend-messages.ts';
 import { auditParameters, describeRefused, describeStatements } from './sql-command.ts';
+import type { MaskingVerdict, ResultMasking } from './masking/result-masking.ts';
+import type { ResultRewriter } from './masking/row-masker.ts';
 
 export type GateVerdict =
-  | { readonly action: 'forward'; readonly command: DecidedCommand | undefined }
+  /** `rows`: the result masking of the command's response, when its decision masks anything. */
+  | { readonly action: 'forward'; readonly command: DecidedCommand | undefined; readonly rows?: ResultRewriter }
   /** `denial` undefined: the upstream's own error for the substitute is what the client should see. */
   | { readonly action: 'substitute'; readonly command: DecidedCommand | undefined; readonly denial: Denial | undefined }
   | { readonly action: 'hold'; readonly until: Promise<SettledVerdict> };
@@ -87,6 +90,15 @@ export interface StatementGateOptions {
   readonly logger: Logger;
   /** What the sidecar enforces on this session: the pinned schema, the read-only guard. */
   readonly pins: SessionPins;
+  /** Result masking of this connection (masking/result-masking.ts); without it nothing is masked. */
+  readonly masking?: ResultMasking;
+}
+
+/** The portal an Execute runs, as result masking needs it (its row shape). */
+interface PortalShape {
+  readonly portal: string;
+  readonly statement: string;
+  readonly resultFormats: readonly number[];
 }
 
 export class StatementGate {
@@ -95,7 +107,11 @@ export class StatementGate {
   private readonly upstream: StatementGateOptions['upstream'];
   private readonly logger: Logger;
   private readonly statements = new Map<string, PreparedStatement>();
-  private readonly portals = new Map<string, { statement: PreparedStatement; params: readonly string[] }>();
+  private readonly portals = new Map<
+    string,
+    { statement: PreparedStatement; params: readonly string[]; shape: PortalShape }
+  >();
+  private readonly masking: ResultMasking | undefined;
   /** SQL-level PREPARE name → analysed inner statement, so EXECUTE name is decided as what it runs. */
   private readonly sqlPrepared = new Map<string, AnalyzedStatement>();
   private readonly pins: SessionPins;
@@ -108,6 +124,13 @@ export class StatementGate {
     this.logger = options.logger;
     this.pins = options.pins;
     this.searchPath = pinnedSearchPath(options.pins);
+    this.masking = options.masking;
+  }
+
+  /** What a Describe's unit does with the RowDescription it gets: remembers the row shape for masking. */
+  describe(kind: 'S' | 'P', name: string): ((rowDescription: Buffer) => void) | undefined {
+    const masking = this.masking;
+    return masking?.describing(kind, name);
   }
 
   /** A simple Query: the whole string is decided at once; any refusal refuses all of it. */
@@ -123,6 +146,7 @@ export class StatementGate {
    * decided again and recorded at each Execute, with its parameters, so a policy change reaches it too.
    */
   parse(name: string, text: string): SettledVerdict {
+    this.masking?.rebound('S', name);
     const statements = this.analyse(text);
     if (isDenial(statements)) {
       this.statements.set(name, { text, analysis: undefined, refusal: statements });
@@ -149,8 +173,12 @@ export class StatementGate {
     const statement =
       this.statements.get(msg.statement) ??
       (sqlPrepared === undefined ? undefined : { text: sqlPrepared.text, analysis: [sqlPrepared] });
+    this.masking?.rebound('P', msg.portal);
     if (statement === undefined) this.portals.delete(msg.portal);
-    else this.portals.set(msg.portal, { statement, params: auditParameters(msg) });
+    else {
+      const shape = { portal: msg.portal, statement: msg.statement, resultFormats: msg.resultFormats };
+      this.portals.set(msg.portal, { statement, params: auditParameters(msg), shape });
+    }
   }
 
   /** Execute: decided (again) as the portal's statement with its bound parameters. */
@@ -172,11 +200,12 @@ export class StatementGate {
     const analysis = statement.analysis;
     if (analysis === undefined || analysis.length === 0) return FORWARD; // empty statement: EmptyQueryResponse
     const description = describeStatements(statement.text, analysis, portal.params);
-    return this.decide(this.agentSession.decide(description, this.facts()), analysis);
+    return this.decide(this.agentSession.decide(description, this.facts()), analysis, portal.shape);
   }
 
   /** Close of a statement ('S') or portal ('P'). */
   close(kind: 'S' | 'P', name: string): void {
+    this.masking?.rebound(kind, name);
     if (kind === 'S') this.statements.delete(name);
     else this.portals.delete(name);
   }
@@ -196,30 +225,63 @@ export class StatementGate {
   }
 
   /** The verdict for a decided command: refused by the audit trail, by policy, or cleared (now or later). */
-  private decide(command: DecidedCommand, statements: readonly AnalyzedStatement[]): GateVerdict {
+  private decide(command: DecidedCommand, statements: readonly AnalyzedStatement[], portal?: PortalShape): GateVerdict {
     const audit = command.audit;
-    if (audit.state === 'refused') return this.settle(command, audit, statements);
+    if (audit.state === 'refused') return this.auditRefused(command, audit);
     if (command.decision.decision !== 'allow') {
       return { action: 'substitute', command, denial: denial(policyRefusal(command.decision)) };
     }
-    if (audit.state === 'clear') return this.settle(command, audit, statements);
-    return { action: 'hold', until: audit.settled.then((settled) => this.settle(command, settled, statements)) };
+    if (audit.state === 'clear') {
+      const settled = this.settle(command, audit, statements, portal);
+      // Masking waits for the relations it must look up in the catalogue: the command is held meanwhile.
+      return settled instanceof Promise ? { action: 'hold', until: settled } : settled;
+    }
+    return {
+      action: 'hold',
+      until: audit.settled.then((settled) => this.settle(command, settled, statements, portal)),
+    };
+  }
+
+  private auditRefused(
+    command: DecidedCommand,
+    audit: Extract<SettledClearance, { state: 'refused' }>,
+  ): SettledVerdict {
+    this.logger.warn('statement denied: audit trail unavailable', {
+      sessionId: this.agentSession.id,
+      reason: audit.error.reason,
+    });
+    return { action: 'substitute', command, denial: denial(auditRefusal(audit.error)) };
   }
 
   private settle(
     command: DecidedCommand,
     audit: SettledClearance,
     statements: readonly AnalyzedStatement[],
-  ): SettledVerdict {
-    if (audit.state === 'refused') {
-      this.logger.warn('statement denied: audit trail unavailable', {
-        sessionId: this.agentSession.id,
-        reason: audit.error.reason,
-      });
-      return { action: 'substitute', command, denial: denial(auditRefusal(audit.error)) };
+    portal?: PortalShape,
+  ): SettledVerdict | Promise<SettledVerdict> {
+    if (audit.state === 'refused') return this.auditRefused(command, audit);
+    const masking = this.masking;
+    if (masking === undefined) {
+      this.noteAllowed(statements);
+      return { action: 'forward', command };
     }
-    this.noteAllowed(statements);
-    return { action: 'forward', command };
+    const apply = (v: MaskingVerdict): SettledVerdict => {
+      if (v.kind === 'deny') {
+        return {
+          action: 'substitute',
+          command,
+          denial: denial({ id: 'MaskingRefused', message: `chaperone: ${v.reason}` }),
+        };
+      }
+      this.noteAllowed(statements);
+      return v.kind === 'rows' ? { action: 'forward', command, rows: v.rewriter } : { action: 'forward', command };
+    };
+    const planned = masking.plan(statements, command.decision.masking, this.searchPath, portal);
+    return planned instanceof Promise
+      ? planned.then(apply, (): SettledVerdict =>
+          apply({ kind: 'deny', reason: 'result masking could not be planned' }),
+        )
+      : apply(planned);
   }
 
   /** Records a command refused before policy (unparsable text, a forbidden setting, an unknown portal). */

@@ -1,0 +1,151 @@
+// Column lineage over the real PostgreSQL 15 parser, with a fixed catalogue: which source columns each
+// result column carries, through every construct result masking must follow.
+import { before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { loadSqlParser } from './analyze-sql.ts';
+import {
+  sqlLineage,
+  viewLineage,
+  type RelationInfo,
+  type RelationLookup,
+  type StatementLineage,
+} from './column-lineage.ts';
+
+const TABLES: Record<string, readonly string[]> = {
+  'public.users': ['id', 'name', 'email', 'ssn'],
+  'public.orders': ['id', 'user_id', 'total'],
+};
+const VIEWS: Record<string, string> = {
+  'public.user_emails': 'SELECT u.id, lower(u.email) AS mail, u.name FROM users u',
+  'public.plain_names': 'SELECT name FROM users',
+};
+
+const lookup: RelationLookup = {
+  relation(schema, name) {
+    const id = `${schema ?? 'public'}.${name}`;
+    const columns = TABLES[id];
+    if (columns !== undefined) return { id, columns };
+    const view = VIEWS[id];
+    if (view === undefined) return undefined;
+    const walked = viewLineage(view, lookup, 1);
+    const info: RelationInfo = {
+      id,
+      columns: id === 'public.user_emails' ? ['id', 'mail', 'name'] : ['name'],
+      ...(walked.columns === undefined ? {} : { viewColumns: walked.columns }),
+    };
+    return info;
+  },
+};
+
+function one(sql: string): StatementLineage {
+  const [l] = sqlLineage(sql, lookup);
+  assert.ok(l !== undefined);
+  return l;
+}
+
+/** Sources of each result column (sorted), '?' for an opaque one; undefined when the shape is unknown. */
+function shape(sql: string): (string[] | '?')[] | undefined {
+  return one(sql).columns?.map((c) => (c.opaque ? '?' : [...c.sources].sort()));
+}
+
+const E = 'public.users.email';
+const N = 'public.users.name';
+const I = 'public.users.id';
+const S = 'public.users.ssn';
+
+describe('column lineage', () => {
+  before(async () => {
+    await loadSqlParser();
+  });
+
+  it('follows aliases, expressions, casts, functions, aggregates and CASE', () => {
+    assert.deepEqual(shape('select email as e, name from users'), [[E], [N]]);
+    assert.deepEqual(shape("select upper(email)||'x', email::text, format('%s', email) from users u"), [[E], [E], [E]]);
+    assert.deepEqual(shape("select string_agg(email, ','), count(*), array_agg(u.email) from users u"), [[E], [], [E]]);
+    assert.deepEqual(shape("select case when id > 1 then email else 'n' end from users"), [[E, I].sort()]);
+    assert.equal(one('select email from users').columns?.[0]?.direct, true);
+    assert.equal(one('select lower(email) from users').columns?.[0]?.direct, false);
+  });
+
+  it('expands * and u.* in attribute order, including positional slides', () => {
+    assert.deepEqual(shape('select * from users'), [[I], [N], [E], [S]]);
+    assert.deepEqual(shape('select id, * from users'), [[I], [I], [N], [E], [S]]);
+    assert.deepEqual(shape('select o.*, u.email from orders o join users u on u.id = o.user_id'), [
+      ['public.orders.id'],
+      ['public.orders.user_id'],
+      ['public.orders.total'],
+      [E],
+    ]);
+    assert.deepEqual(shape('select * from users join orders using (id)')?.[0], [I, 'public.orders.id'].sort());
+  });
+
+  it('whole-row values carry every column', () => {
+    for (const sql of [
+      'select row_to_json(u) from users u',
+      'select to_jsonb(u.*) from users u',
+      'select u from users u',
+      'select (u).email from users u',
+      'select json_agg(users) from users',
+    ]) {
+      assert.deepEqual(shape(sql), [[E, I, N, S].sort()], sql);
+    }
+  });
+
+  it('through subqueries, CTEs, lateral joins, set operations and set-returning functions', () => {
+    assert.deepEqual(shape('select e from (select email as e from users) s'), [[E]]);
+    assert.deepEqual(shape('with x(a, b) as (select name, email from users) select b, a from x'), [[E], [N]]);
+    assert.deepEqual(shape('select id::text from orders intersect select email from users'), [
+      [E, 'public.orders.id'].sort(),
+    ]);
+    assert.deepEqual(shape('select total::text from orders union all select email from users'), [
+      [E, 'public.orders.total'].sort(),
+    ]);
+    assert.deepEqual(shape('select l.x from users u, lateral (select u.email as x) l'), [[E]]);
+    assert.deepEqual(shape('select t from users u, unnest(array[u.email, u.name]) t'), [[E, N].sort()]);
+    assert.deepEqual(shape('select (select max(email) from users) as m'), [[E]]);
+    assert.deepEqual(shape('with recursive r(v) as (select email from users union select v from r) select v from r'), [
+      [E],
+    ]);
+  });
+
+  it('through views, to the base columns', () => {
+    assert.deepEqual(shape('select mail, name from user_emails'), [
+      ['public.user_emails.mail', E].sort(),
+      ['public.user_emails.name', N].sort(),
+    ]);
+    assert.deepEqual(shape('select * from plain_names'), [['public.plain_names.name', N].sort()]);
+  });
+
+  it('RETURNING, writes, predicates, COPY, EXPLAIN, cursors and prepared statements', () => {
+    assert.deepEqual(shape("update users set name = 'x' where id = 1 returning email"), [[E]]);
+    assert.deepEqual(one('insert into orders(total) select length(email) from users').written, [E]);
+    assert.deepEqual([...one('update orders set total = (select length(email) from users limit 1)').written], [E]);
+    assert.deepEqual(
+      [...one("select id from users where email like 'a%' order by name").predicates].sort(),
+      [E, N].sort(),
+    );
+    assert.deepEqual(one('select id from users group by 1').predicates, [I]);
+    assert.equal(one('copy users to stdout').export, 'COPY');
+    assert.ok(one('copy (select email from users) to stdout').touched.includes(E));
+    assert.equal(one('explain verbose select email from users').export, 'EXPLAIN');
+    assert.equal(one('declare c cursor for select email from users').declares, 'c');
+    assert.equal(one('fetch 5 from c').fetches, 'c');
+    assert.equal(one('prepare p as select email from users').prepares, 'p');
+    assert.equal(one('execute p').executes, 'p');
+    assert.deepEqual(one('create table t2 as select email from users').written, [E]);
+    assert.deepEqual(one('select email into t3 from users').written, [E]);
+  });
+
+  it('refuses statistics views and server-side reads; opaque functions and unknown relations are opaque', () => {
+    assert.match(one('select most_common_vals from pg_stats').refusal ?? '', /pg_stats/);
+    assert.match(one('select * from pg_catalog.pg_stats_ext').refusal ?? '', /pg_stats_ext/);
+    assert.match(one("select pg_read_file('x')").refusal ?? '', /pg_read_file/);
+    assert.match(one('select lo_get(1)').refusal ?? '', /lo_get/);
+    assert.match(one("select query_to_xml('select email from users', true, false, '')").refusal ?? '', /query_to_xml/);
+    assert.deepEqual(shape('select my_func(email) from users'), ['?']);
+    assert.equal(one('select * from nowhere').columns, undefined);
+    assert.equal(one('select * from nowhere').opaque, true);
+    assert.deepEqual(one('select * from nowhere').missing, [['', 'nowhere']]);
+    assert.deepEqual(one("select pg_notify('c', email) from users").written, [E]);
+  });
+});

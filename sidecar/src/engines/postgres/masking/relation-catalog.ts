@@ -1,0 +1,250 @@
+// The relations result masking needs to know (column names in order, view definitions), read from the
+// upstream's own catalogue over one connection of the resource's credential, cached per resource and
+// dropped after DDL through the sidecar and after CACHE_TTL_MS (DDL by others). Unqualified names resolve
+// the way the server does: pg_catalog first, then the session's search_path; a name some session has as a
+// temporary relation resolves to nothing (unknown), because which session's it is cannot be known here.
+import type { ColumnLineage } from '../../../core/masking/result-plan.ts';
+import { viewLineage, type RelationInfo, type RelationLookup } from '../analysis/column-lineage.ts';
+import { BackendCode } from '../protocol/backend-messages.ts';
+import { BackendScanner, decodeDataRow, decodeErrorFields } from '../protocol/backend-scanner.ts';
+import { encodeQuery } from '../protocol/frontend-encoder.ts';
+import type { UpstreamConnection } from '../protocol/upstream-connection.ts';
+
+/** How long a relation's entry is trusted without DDL through this sidecar. */
+export const CACHE_TTL_MS = 10_000;
+
+interface CatalogRow {
+  readonly schema: string;
+  readonly name: string;
+  readonly columns: readonly string[];
+  readonly definition: string | undefined;
+}
+
+interface Entry {
+  readonly fetchedAt: number;
+  /** Every relation of that name, any schema. */
+  readonly rows: readonly CatalogRow[];
+}
+
+const CATALOG_SQL = (names: readonly string[]): string =>
+  `SELECT n.nspname, c.relname,
+     coalesce((SELECT json_agg(a.attname ORDER BY a.attnum) FROM pg_catalog.pg_attribute a
+               WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '[]')::text,
+     CASE WHEN c.relkind IN ('v', 'm') THEN pg_catalog.pg_get_viewdef(c.oid) END
+   FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+   WHERE c.relname = ANY (ARRAY[${names.map(quoteLiteral).join(', ')}]::text[])`;
+
+function quoteLiteral(value: string): string {
+  return `'${value.replace(/'/g, "''")}'`;
+}
+
+export class RelationCatalog {
+  private readonly connect: () => Promise<UpstreamConnection>;
+  private readonly now: () => number;
+  private connection: Promise<QueryChannel> | undefined;
+  private readonly entries = new Map<string, Entry>();
+  private readonly viewCache = new Map<string, readonly ColumnLineage[] | undefined>();
+  private generation = 0;
+
+  constructor(connect: () => Promise<UpstreamConnection>, now: () => number = Date.now) {
+    this.connect = connect;
+    this.now = now;
+  }
+
+  /** Forgets everything (DDL went through the sidecar). */
+  invalidate(): void {
+    this.entries.clear();
+    this.viewCache.clear();
+    this.generation++;
+  }
+
+  /** Whether every name is cached and fresh. */
+  has(names: readonly string[]): boolean {
+    const now = this.now();
+    return names.every((n) => {
+      const e = this.entries.get(n);
+      return e !== undefined && now - e.fetchedAt < CACHE_TTL_MS;
+    });
+  }
+
+  /** Reads the relations named `names` (every schema) from the upstream catalogue. */
+  async fetch(names: readonly string[]): Promise<void> {
+    const wanted = [...new Set(names)].filter((n) => !this.has([n]));
+    if (wanted.length === 0) return;
+    const generation = this.generation;
+    let rows: (Buffer | null)[][];
+    try {
+      const channel = await (this.connection ??= this.open());
+      rows = await channel.query(CATALOG_SQL(wanted));
+    } catch (err) {
+      this.connection = undefined;
+      throw err;
+    }
+    if (generation !== this.generation) return; // invalidated meanwhile: fetch again on the next use
+    const fetchedAt = this.now();
+    const byName = new Map<string, CatalogRow[]>(wanted.map((n) => [n, []]));
+    for (const r of rows) {
+      const row: CatalogRow = {
+        schema: r[0]?.toString('utf8') ?? '',
+        name: r[1]?.toString('utf8') ?? '',
+        columns: JSON.parse(r[2]?.toString('utf8') ?? '[]') as string[],
+        definition: r[3] === null || r[3] === undefined ? undefined : r[3].toString('utf8'),
+      };
+      byName.get(row.name)?.push(row);
+    }
+    for (const [name, found] of byName) this.entries.set(name, { fetchedAt, rows: found });
+    for (const key of this.viewCache.keys()) if (wanted.some((n) => key.endsWith(`.${n}`))) this.viewCache.delete(key);
+  }
+
+  /** Closes the catalogue connection. */
+  close(): void {
+    void this.connection?.then(
+      (c) => {
+        c.close();
+      },
+      () => undefined,
+    );
+    this.connection = undefined;
+  }
+
+  /**
+   * A lookup for one session's search_path. Names not cached (also those a view's definition reads) are
+   * collected in `missing`; the caller fetches them and walks again.
+   */
+  lookup(searchPath: readonly string[]): CatalogLookup {
+    const entries = this.entries;
+    const viewCache = this.viewCache;
+    const now = this.now;
+    const resolving = new Set<string>();
+    const lookup: CatalogLookup = {
+      missing: new Set(),
+      relation(schema, name) {
+        const entry = entries.get(name);
+        if (entry === undefined || now() - entry.fetchedAt >= CACHE_TTL_MS) {
+          lookup.missing.add(name);
+          return undefined;
+        }
+        let row: CatalogRow | undefined;
+        if (schema !== undefined) {
+          row = entry.rows.find((r) => r.schema === schema);
+        } else {
+          if (entry.rows.some((r) => r.schema.startsWith('pg_temp'))) return undefined;
+          for (const s of ['pg_catalog', ...searchPath]) {
+            row = entry.rows.find((r) => r.schema === s);
+            if (row !== undefined) break;
+          }
+        }
+        if (row === undefined) return undefined;
+        const id = `${row.schema}.${row.name}`;
+        if (row.definition === undefined) return { id, columns: row.columns };
+        // A view: its columns' lineage from its definition (cycles and unknown parts: opaque).
+        if (resolving.has(id)) return { id, columns: row.columns, viewColumns: row.columns.map(() => OPAQUE_COLUMN) };
+        let viewColumns = viewCache.get(id);
+        if (!viewCache.has(id)) {
+          resolving.add(id);
+          const walked = viewLineage(row.definition, lookup, resolving.size);
+          resolving.delete(id);
+          if (walked.missing.length > 0) return undefined; // fetch what the view reads first (lookup.missing)
+          viewColumns = walked.columns;
+          viewCache.set(id, viewColumns);
+        }
+        return {
+          id,
+          columns: row.columns,
+          viewColumns:
+            viewColumns === undefined || viewColumns.length !== row.columns.length
+              ? row.columns.map(() => OPAQUE_COLUMN)
+              : viewColumns,
+        } satisfies RelationInfo;
+      },
+    };
+    return lookup;
+  }
+
+  private async open(): Promise<QueryChannel> {
+    return new QueryChannel(await this.connect());
+  }
+}
+
+/** A RelationLookup that also collects the names it did not have cached (directly or in a view's definition). */
+export interface CatalogLookup extends RelationLookup {
+  readonly missing: Set<string>;
+}
+
+const OPAQUE_COLUMN: ColumnLineage = Object.freeze({ sources: [], direct: false, opaque: true });
+
+/** One simple query at a time over an upstream connection; rows as raw column values. */
+class QueryChannel {
+  private readonly upstream: UpstreamConnection;
+  private readonly scanner = new BackendScanner({
+    interest: [BackendCode.DataRow, BackendCode.ErrorResponse, BackendCode.ReadyForQuery],
+  });
+  private queue: Promise<unknown> = Promise.resolve();
+  private current: { rows: (Buffer | null)[][]; error?: Error; done: (err?: Error) => void } | undefined;
+  private failed: Error | undefined;
+
+  constructor(upstream: UpstreamConnection) {
+    this.upstream = upstream;
+    const socket = upstream.socket;
+    socket.on('error', (err: Error) => {
+      this.fail(err);
+    });
+    socket.on('close', () => {
+      this.fail(new Error('catalogue connection closed'));
+    });
+    socket.on('data', (chunk: Buffer) => {
+      try {
+        this.scanner.push(chunk);
+        for (let seg = this.scanner.next(); seg !== null; seg = this.scanner.next()) {
+          if (seg.kind !== 'frame' || this.current === undefined) continue;
+          if (seg.code === BackendCode.DataRow) this.current.rows.push(decodeDataRow(Buffer.from(seg.frame)));
+          else if (seg.code === BackendCode.ErrorResponse) {
+            this.current.error = new Error(`catalogue query failed: ${decodeErrorFields(seg.frame).message}`);
+          } else if (seg.code === BackendCode.ReadyForQuery) {
+            const c = this.current;
+            this.current = undefined;
+            c.done(c.error);
+          }
+        }
+      } catch (err) {
+        this.fail(err instanceof Error ? err : new Error(String(err)));
+        socket.destroy();
+      }
+    });
+    socket.resume();
+  }
+
+  query(sql: string): Promise<(Buffer | null)[][]> {
+    const run = this.queue.then(
+      () =>
+        new Promise<(Buffer | null)[][]>((resolve, reject) => {
+          if (this.failed !== undefined) {
+            reject(this.failed);
+            return;
+          }
+          const rows: (Buffer | null)[][] = [];
+          this.current = {
+            rows,
+            done: (err) => {
+              if (err === undefined) resolve(rows);
+              else reject(err);
+            },
+          };
+          this.upstream.socket.write(encodeQuery(sql));
+        }),
+    );
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+
+  close(): void {
+    this.upstream.socket.destroy();
+  }
+
+  private fail(err: Error): void {
+    this.failed ??= err;
+    const c = this.current;
+    this.current = undefined;
+    c?.done(err);
+  }
+}

@@ -1,0 +1,205 @@
+// Result masking for one PostgreSQL connection: for each allowed command whose decision carries masking
+// instructions, the lineage of every statement (analysis/column-lineage.ts, with relations from the
+// resource's RelationCatalog), the plan per statement (core/masking/result-plan.ts), and the RowMasker the
+// response tracker runs over the command's response. It keeps what lineage needs across statements: the
+// lineage of each open cursor (FETCH returns the DECLARE's rows) and of each SQL-level prepared statement
+// (EXECUTE returns the PREPARE's), and the row shapes Describe answered (an Execute's DataRows come without
+// a RowDescription).
+import type { MaskingInstruction } from '@chaperone/api';
+import { maskingRules, planIsClear, planResult, type ResultPlan } from '../../../core/masking/result-plan.ts';
+import type { AnalyzedStatement } from '../analysis/analyze-sql.ts';
+import { sqlLineage, type StatementLineage } from '../analysis/column-lineage.ts';
+import type { FieldDescription } from '../protocol/backend-messages.ts';
+import { decodeRowDescription } from '../protocol/backend-scanner.ts';
+import type { RelationCatalog } from './relation-catalog.ts';
+import { RowMasker } from './row-masker.ts';
+
+export type MaskingVerdict =
+  | { readonly kind: 'none' }
+  | { readonly kind: 'rows'; readonly rewriter: RowMasker }
+  | { readonly kind: 'deny'; readonly reason: string };
+
+interface ShapeSlot {
+  fields?: readonly FieldDescription[] | undefined;
+}
+
+const NONE: MaskingVerdict = Object.freeze({ kind: 'none' });
+
+/** Rows of a cursor or prepared statement the sidecar did not see declared: nothing is known of them. */
+const UNKNOWN: StatementLineage = Object.freeze({
+  columns: undefined,
+  touched: [],
+  predicates: [],
+  written: [],
+  opaque: true,
+  missing: [],
+});
+
+/** Walks again after fetching what a walk found missing (views over views need a round per level). */
+const MAX_FETCH_ROUNDS = 6;
+
+export interface ResultMaskingOptions {
+  readonly catalog: RelationCatalog;
+  readonly hashKey: Buffer;
+}
+
+export class ResultMasking {
+  private readonly catalog: RelationCatalog;
+  private readonly hashKey: Buffer;
+  private readonly cursors = new Map<string, StatementLineage>();
+  private readonly prepared = new Map<string, StatementLineage>();
+  /**
+   * Row shapes by 'S:statement' / 'P:portal'. A slot is made new at each Parse / Bind, and a Describe and an
+   * Execute hold on to the slot current when the client sent them: pipelined responses then fill and read
+   * the shape of their own binding, even when the next Bind of the same name is already on its way.
+   */
+  private readonly slots = new Map<string, ShapeSlot>();
+
+  constructor(options: ResultMaskingOptions) {
+    this.catalog = options.catalog;
+    this.hashKey = options.hashKey;
+  }
+
+  /**
+   * The masking of one allowed command. Synchronous when the catalogue has every relation it reads; a
+   * promise when some must be fetched first (the gate holds the command meanwhile).
+   */
+  plan(
+    statements: readonly AnalyzedStatement[],
+    instructions: readonly MaskingInstruction[],
+    searchPath: readonly string[],
+    portal?: { readonly portal: string; readonly statement: string; readonly resultFormats: readonly number[] },
+  ): MaskingVerdict | Promise<MaskingVerdict> {
+    if (statements.some((s) => s.kind === 'ddl' || s.kind === 'dcl')) this.catalog.invalidate();
+    if (instructions.length === 0) return NONE;
+    const first = this.walk(statements, searchPath);
+    if (first.missing.length === 0) return this.decide(first.lineages, instructions, portal);
+    return this.fetchAndWalk(statements, searchPath, first.missing).then((lineages) =>
+      this.decide(lineages, instructions, portal),
+    );
+  }
+
+  /** A Describe was sent: the returned callback takes its RowDescription (the shape of that binding). */
+  describing(kind: 'S' | 'P', name: string): (rowDescription: Buffer) => void {
+    const key = `${kind}:${name}`;
+    let slot = this.slots.get(key);
+    if (slot === undefined) {
+      slot = {};
+      this.slots.set(key, slot);
+    }
+    const target = slot;
+    return (frame) => {
+      try {
+        target.fields = decodeRowDescription(frame);
+      } catch {
+        target.fields = undefined;
+      }
+    };
+  }
+
+  /** A statement was parsed or a portal bound (a new binding of the name), or either was closed. */
+  rebound(kind: 'S' | 'P', name: string): void {
+    this.slots.set(`${kind}:${name}`, {});
+  }
+
+  private async fetchAndWalk(
+    statements: readonly AnalyzedStatement[],
+    searchPath: readonly string[],
+    missing: readonly string[],
+  ): Promise<StatementLineage[]> {
+    let wanted = missing;
+    let lineages: StatementLineage[] = [];
+    for (let round = 0; round < MAX_FETCH_ROUNDS; round++) {
+      try {
+        await this.catalog.fetch(wanted);
+      } catch {
+        // The catalogue cannot be read: what is missing stays unknown, and unknown is masked or denied.
+        return this.walk(statements, searchPath).lineages;
+      }
+      const walked = this.walk(statements, searchPath);
+      lineages = walked.lineages;
+      if (walked.missing.length === 0) break;
+      wanted = walked.missing;
+    }
+    return lineages;
+  }
+
+  private walk(
+    statements: readonly AnalyzedStatement[],
+    searchPath: readonly string[],
+  ): { lineages: StatementLineage[]; missing: string[] } {
+    const lookup = this.catalog.lookup(searchPath);
+    const lineages = statements.map((s): StatementLineage => {
+      try {
+        return sqlLineage(s.text, lookup)[0] ?? UNKNOWN;
+      } catch {
+        return UNKNOWN;
+      }
+    });
+    return { lineages, missing: [...lookup.missing] };
+  }
+
+  private decide(
+    walked: readonly StatementLineage[],
+    instructions: readonly MaskingInstruction[],
+    portal:
+      { readonly portal: string; readonly statement: string; readonly resultFormats: readonly number[] } | undefined,
+  ): MaskingVerdict {
+    const rules = maskingRules(instructions);
+    const plans: ResultPlan[] = [];
+    // In order: a FETCH later in the same query string reads the cursor an earlier DECLARE opened.
+    for (const statement of walked) {
+      const l = this.resolve(statement);
+      const plan = planResult(l, rules);
+      if (plan.kind === 'deny') return { kind: 'deny', reason: plan.reason };
+      plans.push(plan);
+      this.remember(l);
+    }
+    if (plans.every(planIsClear)) return NONE;
+    const described = portal === undefined ? undefined : this.shapeOf(portal);
+    return {
+      kind: 'rows',
+      rewriter: new RowMasker({ plans, hashKey: this.hashKey, ...(described === undefined ? {} : { described }) }),
+    };
+  }
+
+  /** FETCH and EXECUTE return the rows of what DECLARE and PREPARE stored. */
+  private resolve(l: StatementLineage): StatementLineage {
+    if (l.fetches !== undefined) return this.cursors.get(l.fetches) ?? UNKNOWN;
+    if (l.executes !== undefined) {
+      const p = this.prepared.get(l.executes) ?? UNKNOWN;
+      return { ...p, touched: [...p.touched, ...l.touched], written: [...p.written, ...l.written] };
+    }
+    return l;
+  }
+
+  private remember(l: StatementLineage): void {
+    if (l.declares !== undefined) this.cursors.set(l.declares, l);
+    if (l.prepares !== undefined) this.prepared.set(l.prepares, l);
+    if (l.closes !== undefined) {
+      if (l.closes === '*') this.cursors.clear();
+      else this.cursors.delete(l.closes);
+    }
+  }
+
+  /**
+   * The row shape of a portal's Execute, read when its first DataRow arrives (its Describe's answer comes
+   * just before): the portal's Describe, or its statement's with the Bind's result formats.
+   */
+  private shapeOf(p: {
+    readonly portal: string;
+    readonly statement: string;
+    readonly resultFormats: readonly number[];
+  }): () => readonly FieldDescription[] | undefined {
+    const byPortal = this.slots.get(`P:${p.portal}`);
+    const byStatement = this.slots.get(`S:${p.statement}`);
+    const formats = p.resultFormats;
+    return () => {
+      if (byPortal?.fields !== undefined) return byPortal.fields;
+      return byStatement?.fields?.map((f, i) => ({
+        ...f,
+        format: formats.length === 0 ? 0 : formats.length === 1 ? (formats[0] ?? 0) : (formats[i] ?? 0),
+      }));
+    };
+  }
+}
