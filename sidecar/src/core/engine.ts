@@ -42,6 +42,11 @@ export interface ConnectionHandler {
 export interface ResourceEndpoint {
   /** Takes over an accepted socket; called once per connection. */
   accept(socket: Socket): ConnectionHandler;
+  /**
+   * Called once the listener is open, before the sidecar reports ready: finishes what needs I/O (a generated
+   * certificate) and writes what clients need to reach the endpoint (the agent's kubeconfig). Optional.
+   */
+  ready?(address: { readonly host: string; readonly port: number }): Promise<void>;
 }
 
 export interface Engine<Config extends ResourceListenerConfig = ResourceListenerConfig> {

@@ -3,6 +3,7 @@
 // entry here and one listener configuration type in config.ts.
 import type { ListenerConfig } from '../config.ts';
 import type { Engine } from '../core/engine.ts';
+import { createKubernetesEngine } from './kubernetes/kubernetes-engine.ts';
 import { createPostgresEngine } from './postgres/postgres-engine.ts';
 
 type EngineFactories = {
@@ -11,4 +12,5 @@ type EngineFactories = {
 
 export const ENGINES: EngineFactories = {
   postgres: createPostgresEngine,
+  kubernetes: createKubernetesEngine,
 };
