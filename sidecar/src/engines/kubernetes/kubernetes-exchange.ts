@@ -124,6 +124,14 @@ export class KubernetesExchange {
       if (!(await this.admit(reply))) return;
       const { session, info } = this.admitted();
       let body: Buffer | undefined;
+      const declared = this.checked?.body ?? 0;
+      if (typeof declared === 'number' && declared > this.ctx.config.maxRequestBodyBytes) {
+        this.refuse(session, info, reply, 'request-too-large', {
+          id: 'RequestTooLarge',
+          message: `chaperone: the request body is larger than ${String(this.ctx.config.maxRequestBodyBytes)} bytes`,
+        });
+        return;
+      }
       if (this.req.method !== 'GET' && this.req.method !== 'HEAD') {
         try {
           body = await readBody(this.req, this.ctx.config.maxRequestBodyBytes);
