@@ -151,7 +151,49 @@ export const KubernetesListenerConfig = Type.Object(
 );
 export type KubernetesListenerConfig = Static<typeof KubernetesListenerConfig>;
 
-const LISTENER_SCHEMAS = { postgres: PostgresListenerConfig, kubernetes: KubernetesListenerConfig } as const;
+/** The HTTP engine (docs/http-engine.md): a reverse proxy for one HTTP API. */
+export const HttpListenerConfig = Type.Object(
+  {
+    name: Type.String({ description: 'ProtectedResource name; recorded in every audit record.', minLength: 1 }),
+    type: Type.Literal('http'),
+    listen: HostPort,
+    /** Client-facing TLS. Without it the listener must be on loopback: agents send their token as a bearer token. */
+    tls: AgentFacingTls,
+    upstream: Type.Object({
+      /** Base URL of the API; request paths are appended to its path. */
+      url: Type.String({ pattern: '^https?://' }),
+      tls: HttpUpstreamTls,
+      /** The credential the sidecar adds to every request; the agent never sees it. */
+      credential: Type.Optional(
+        Type.Object(
+          {
+            /** Header carrying it. Default authorization. */
+            header: Type.String({ minLength: 1, default: 'authorization' }),
+            /** Written before the file's value. Default `Bearer `. */
+            prefix: Type.String({ default: 'Bearer ' }),
+            /** File holding the value (mounted Secret key); re-read every 10 s. */
+            valueFile: Type.String({ minLength: 1 }),
+          },
+          { additionalProperties: false },
+        ),
+      ),
+    }),
+    resource: ResourceFacts,
+    auditFailureMode: literalUnion(AUDIT_FAILURE_MODES, 'FailClosed (default) or FailOpen.'),
+    /** Largest request body accepted (and recorded), bytes. Default 10 MiB. */
+    maxRequestBodyBytes: Type.Integer({ minimum: 1024, maximum: 1 << 30, default: 10 * 1024 * 1024 }),
+    /** Largest JSON response held to mask, bytes; larger ones are refused. Default 16 MiB. */
+    maxMaskedResponseBytes: Type.Integer({ minimum: 1024, maximum: 1 << 30, default: 16 * 1024 * 1024 }),
+  },
+  { additionalProperties: false },
+);
+export type HttpListenerConfig = Static<typeof HttpListenerConfig>;
+
+const LISTENER_SCHEMAS = {
+  postgres: PostgresListenerConfig,
+  kubernetes: KubernetesListenerConfig,
+  http: HttpListenerConfig,
+} as const;
 
 function listenerSchema(listener: unknown): (typeof LISTENER_SCHEMAS)[keyof typeof LISTENER_SCHEMAS] | undefined {
   const type = (listener as { type?: unknown } | null)?.type;
@@ -172,8 +214,8 @@ function defaultListeners(document: unknown): unknown {
 }
 
 /** One listener: the resource it protects and how, per engine (`type`). */
-export const ListenerConfig = Type.Union([PostgresListenerConfig, KubernetesListenerConfig]);
-export type ListenerConfig = PostgresListenerConfig | KubernetesListenerConfig;
+export const ListenerConfig = Type.Union([PostgresListenerConfig, KubernetesListenerConfig, HttpListenerConfig]);
+export type ListenerConfig = PostgresListenerConfig | KubernetesListenerConfig | HttpListenerConfig;
 
 export const TrustedIssuerConfig = Type.Object(
   {
