@@ -116,13 +116,21 @@ function maskParameters(parameters: readonly string[], decision: CombinedDecisio
   return masker === undefined ? [...parameters] : parameters.map((p) => (p === 'NULL' ? p : masker.mask(p)));
 }
 
-/** A text recorded whole (a request body), masked where the decision's detectors find something. */
+/** Detector-only maskers per masking list, for free text where no column can be named. */
+const textMaskers = new WeakMap<readonly MaskingInstruction[], ValueMasker | undefined>();
+
+/**
+ * A request body as recorded: what the decision's detectors find is masked. Column (field) rules name
+ * structure the core cannot see in free text; the engine masks those fields before it hands the body over
+ * (the HTTP engine's JSON fields, the Kubernetes engine's Secret values).
+ */
 function maskText(text: string, decision: CombinedDecision): string {
   if (decision.masking.length === 0) return text;
-  let masker = maskers.get(decision.masking);
-  if (!maskers.has(decision.masking)) {
-    masker = createValueMasker(decision.masking, PROCESS_HASH_KEY);
-    maskers.set(decision.masking, masker);
+  let masker = textMaskers.get(decision.masking);
+  if (!textMaskers.has(decision.masking)) {
+    const detectorsOnly = decision.masking.filter((m) => m.detectors.length > 0).map((m) => ({ ...m, columns: [] }));
+    masker = createValueMasker(detectorsOnly, PROCESS_HASH_KEY);
+    textMaskers.set(decision.masking, masker);
   }
   return masker === undefined ? text : masker.mask(text);
 }

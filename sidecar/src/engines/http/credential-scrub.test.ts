@@ -32,3 +32,18 @@ test('text without the credential passes unchanged; header values are scrubbed t
   assert.equal(scrubText('Bearer s3cr3t', 's3cr3t'), `Bearer ${SCRUBBED}`);
   assert.equal(scrubText('x', ''), 'x');
 });
+
+test('a stream without the credential is passed on at once, held back only where it could begin', async () => {
+  const scrubber = new CredentialScrubber('secret-value');
+  const out: string[] = [];
+  scrubber.on('data', (c: Buffer) => out.push(c.toString()));
+  scrubber.write(Buffer.from('first part\n'));
+  await new Promise((r) => setImmediate(r));
+  assert.deepEqual(out, ['first part\n']);
+  scrubber.write(Buffer.from('then secr'));
+  await new Promise((r) => setImmediate(r));
+  assert.deepEqual(out, ['first part\n', 'then ']);
+  scrubber.end(Buffer.from('et-value!'));
+  await new Promise((r) => scrubber.once('end', r));
+  assert.equal(out.join(''), `first part\nthen ${SCRUBBED}!`);
+});

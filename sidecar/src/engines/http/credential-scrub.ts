@@ -1,7 +1,7 @@
 // Keeps the sidecar's upstream credential from reaching the agent through the response: an upstream that
 // echoes request headers (a debug endpoint, TRACE, an error page quoting the request) would otherwise hand
 // the agent the very secret the sidecar holds for it. Every occurrence of the credential value in response
-// headers and body is replaced, also across chunk boundaries (a tail of length-1 bytes is held back).
+// headers and body is replaced, also across chunk boundaries (an end of a chunk that could begin the credential is held back).
 // Pure transform of Buffers.
 import { Transform, type TransformCallback } from 'node:stream';
 
@@ -21,14 +21,24 @@ export class CredentialScrubber extends Transform {
 
   override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
     const data = this.replace(this.tail.length === 0 ? chunk : Buffer.concat([this.tail, chunk]));
-    // Hold back what could be the start of an occurrence that the next chunk completes.
-    const keep = Math.min(this.secret.length - 1, data.length);
+    // Hold back only an end that is the start of the credential (the next chunk may complete it), so a
+    // stream that never contains it passes through without delay.
+    const keep = this.partialAtEnd(data);
     this.tail = Buffer.from(data.subarray(data.length - keep));
     callback(null, data.subarray(0, data.length - keep));
   }
 
   override _flush(callback: TransformCallback): void {
     callback(null, this.tail);
+  }
+
+  /** Length of the longest suffix of `data` that is a proper prefix of the credential. */
+  private partialAtEnd(data: Buffer): number {
+    for (let k = Math.min(this.secret.length - 1, data.length); k > 0; k--) {
+      if (data[data.length - 1] !== this.secret[k - 1]) continue;
+      if (data.subarray(data.length - k).equals(this.secret.subarray(0, k))) return k;
+    }
+    return 0;
   }
 
   private replace(data: Buffer): Buffer {

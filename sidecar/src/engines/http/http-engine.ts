@@ -213,7 +213,15 @@ class HttpEndpoint implements ResourceEndpoint {
         );
         return;
       }
-      const decided = session.decide(describe(body), OUTSIDE_TRANSACTION);
+      // Decided first, recorded with the body's JSON fields masked by that decision's masking rules.
+      const description = describe(body);
+      const decision = session.evaluate(description, OUTSIDE_TRANSACTION);
+      const decided = session.record(
+        description.body === undefined
+          ? description
+          : { ...description, body: maskJsonBody(description.body, decision) },
+        decision,
+      );
       if (decided.decision.decision !== 'allow') {
         const error = policyRefusal(decided.decision);
         this.send(res, error, requestId);
@@ -396,6 +404,20 @@ class HttpEndpoint implements ResourceEndpoint {
     socket.end(
       `HTTP/1.1 ${String(problem.code)} Bad Request\r\nContent-Type: ${PROBLEM_CONTENT_TYPE}\r\nContent-Length: ${String(Buffer.byteLength(problem.body))}\r\nConnection: close\r\n\r\n${problem.body}`,
     );
+  }
+}
+
+/** A recorded body with the decision's field rules applied when it is JSON (detectors are the core's). */
+function maskJsonBody(body: string, decision: CombinedDecision): string {
+  const masker = createJsonMasker(decision.masking.filter((m) => m.columns.length > 0));
+  if (masker === undefined) return body;
+  try {
+    const doc: unknown = JSON.parse(body);
+    masker.mask(doc);
+    return JSON.stringify(doc);
+  } catch {
+    // Not JSON: no field can be named, so none is kept.
+    return '[body not recorded: field masking rules apply and it is not JSON]';
   }
 }
 
