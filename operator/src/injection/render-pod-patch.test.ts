@@ -291,10 +291,10 @@ test('a read-only credential is mounted into the sidecar only, beside the main o
     parse(pinnedPod.metadata?.annotations?.[ANNOTATION_SIDECAR_CONFIG] ?? ''),
     kubeletEnv(pinnedPod, podFields),
   );
-  const pinned = pinnedConfig.listeners[0];
-  assert.ok(pinned?.type === 'postgres');
-  assert.equal(pinned.searchPath, 'reporting');
-  assert.equal(pinned.upstream.readOnlyUsernameFile, undefined);
+  const pinnedListener = pinnedConfig.listeners[0];
+  assert.ok(pinnedListener?.type === 'postgres');
+  assert.equal(pinnedListener.searchPath, 'reporting');
+  assert.equal(pinnedListener.upstream.readOnlyUsernameFile, undefined);
 });
 
 test("token exchange: the sidecar trusts the operator's exchange, with its JWKS on the webhook server and its CA", () => {
