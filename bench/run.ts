@@ -36,6 +36,7 @@ import { runAuditBench } from './audit.ts';
 import { runEvidenceStoreBench, type EvidenceStoreBenchResult } from './evidence-store.ts';
 import { formatMaskingBench, runMaskingBench } from './masking.ts';
 import { runTokenExchangeBench } from './token-exchange.ts';
+import { runKubernetesApiBench } from './kubernetes-api.ts';
 import { formatProfileSummary, summariseProfile, type ProfileSummary } from './cpu-profile.ts';
 import { footprintTargets, runFootprintBench, type FootprintResult } from './footprint.ts';
 import { freePort, startPostgres, type PostgresCluster } from '../e2e/harness/postgres.ts';
@@ -739,6 +740,14 @@ async function benchmark(): Promise<void> {
     );
   }
 
+  console.log(
+    'bench: Kubernetes engine: added latency per GET against the same API server, watch events/s (own control plane)',
+  );
+  const kubernetesApi = await runKubernetesApiBench();
+  console.log(
+    `  GET direct p50 ${fmt(kubernetesApi.directMs.p50, 2)} ms, p99 ${fmt(kubernetesApi.directMs.p99, 2)} ms; through the sidecar p50 ${fmt(kubernetesApi.sidecarMs.p50, 2)} ms, p99 ${fmt(kubernetesApi.sidecarMs.p99, 2)} ms; added p50 ${fmt(kubernetesApi.addedMs.p50, 2)} ms, p99 ${fmt(kubernetesApi.addedMs.p99, 2)} ms (target added p50 ≤ ${String(kubernetesApi.targetAddedP50Ms)} ms: ${kubernetesApi.met ? 'met' : 'not met'}); watch ${String(kubernetesApi.watch.events)} events: direct ${fmt(kubernetesApi.watch.directPerSecond)}/s, sidecar ${fmt(kubernetesApi.watch.sidecarPerSecond)}/s`,
+  );
+
   console.log('bench: durable audit: spool throughput, flush into Session objects, latency added per statement');
   const durableAudit = await runAuditBench();
   console.log(
@@ -864,6 +873,7 @@ async function benchmark(): Promise<void> {
     durableAudit,
     evidenceStore,
     masking,
+    kubernetesApi,
     sidecarAudit: { records: audit.lines, bytes: audit.bytes, pgbenchTransactions: sidecarTxns },
     footprint,
     targets: checks,

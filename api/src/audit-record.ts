@@ -64,6 +64,20 @@ export const AuditRecord = Type.Object(
             minimum: 1,
           }),
           kind: StringEnum(COMMAND_KINDS, { description: 'Protocol family of the command.' }),
+          requestId: Type.Optional(
+            Type.String({
+              description:
+                "The protocol's own id of the request, shared with the target's logs: the Kubernetes API server's Audit-ID, an HTTP request's X-Request-Id.",
+              maxLength: 128,
+            }),
+          ),
+          body: Type.Optional(
+            Type.String({
+              description:
+                'Request body of a mutating Kubernetes or HTTP request (cut to 8192 bytes; Secret values and what masking rules cover are masked); on decision records.',
+              maxLength: 16384,
+            }),
+          ),
           text: Type.Optional(
             Type.String({
               description: 'Statement or request line as sent (cut to 8192 bytes); on decision and approval records.',

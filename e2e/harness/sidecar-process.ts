@@ -76,7 +76,10 @@ export interface SidecarUpstream {
 export interface SidecarProcessOptions {
   /** Directory for the config, bundles, JWKS, credentials, audit file and log; created if missing. */
   readonly dir: string;
-  readonly upstream: SidecarUpstream;
+  /** The PostgreSQL upstream of the default listener; not needed when `listeners` replaces it. */
+  readonly upstream?: SidecarUpstream;
+  /** Listeners replacing the default PostgreSQL one (a Kubernetes or HTTP listener, in the config's form). */
+  readonly listeners?: Record<string, unknown>[];
   /** Bundles by name; default one bundle `allow-all` with ALLOW_ALL. */
   readonly policies?: Record<string, AccessPolicySpec>;
   /** Namespace the bundles are compiled for (the listener's resource namespace). Default `default`. */
@@ -136,9 +139,11 @@ export async function spawnSidecar(options: SidecarProcessOptions): Promise<Side
     await writePolicyBundle(bundleDir, name, spec, options.policyNamespace);
   }
   const issuer = await createTestIssuer(join(dir, 'jwks.json'));
-  writeFileSync(join(dir, 'username'), upstream.user);
-  writeFileSync(join(dir, 'password'), upstream.password);
-  if (upstream.readOnly !== undefined) {
+  if (upstream !== undefined) {
+    writeFileSync(join(dir, 'username'), upstream.user);
+    writeFileSync(join(dir, 'password'), upstream.password);
+  }
+  if (upstream?.readOnly !== undefined) {
     writeFileSync(join(dir, 'read-only-username'), upstream.readOnly.user);
     writeFileSync(join(dir, 'read-only-password'), upstream.readOnly.password);
   }
@@ -146,19 +151,19 @@ export async function spawnSidecar(options: SidecarProcessOptions): Promise<Side
   const logFile = join(dir, 'sidecar.log');
   const config = {
     pod: { namespace: 'tests', name: 'test-pod', uid: 'test-pod-uid' },
-    listeners: [
+    listeners: options.listeners ?? [
       {
         name: 'test-db',
         type: 'postgres',
         listen: '127.0.0.1:0',
         upstream: {
-          host: upstream.host ?? 'localhost',
-          port: upstream.port,
-          database: upstream.database,
-          tls: { mode: upstream.tlsMode ?? 'verify-full', caFile: upstream.caFile },
+          host: upstream?.host ?? 'localhost',
+          port: upstream?.port,
+          database: upstream?.database,
+          tls: { mode: upstream?.tlsMode ?? 'verify-full', caFile: upstream?.caFile },
           usernameFile: join(dir, 'username'),
           passwordFile: join(dir, 'password'),
-          ...(upstream.readOnly === undefined
+          ...(upstream?.readOnly === undefined
             ? {}
             : {
                 readOnlyUsernameFile: join(dir, 'read-only-username'),

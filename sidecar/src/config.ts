@@ -93,9 +93,142 @@ export const PostgresListenerConfig = Type.Object(
 );
 export type PostgresListenerConfig = Static<typeof PostgresListenerConfig>;
 
-/** One listener: the resource it protects and how, per engine (`type`). More types arrive with their engines. */
-export const ListenerConfig = PostgresListenerConfig;
-export type ListenerConfig = PostgresListenerConfig;
+/** TLS of an HTTP-speaking engine's upstream (the API server, an HTTP service): libpq-like modes on an https URL. */
+const HttpUpstreamTls = Type.Object(
+  {
+    /** verify-full (default): the certificate chains to caFile (or the system roots) and names the host; verify-ca: chains only; require: encrypted, unverified. disable is for http:// URLs. */
+    mode: literalUnion(TLS_MODES, 'Default verify-full.'),
+    caFile: Type.Optional(Type.String()),
+    serverName: Type.Optional(Type.String()),
+  },
+  { default: { mode: 'verify-full' } },
+);
+
+/**
+ * Client-facing TLS of an HTTP-speaking listener: a certificate and key from files, or a self-signed loopback
+ * certificate made at every start whose PEM is written to `selfSignedCertFile` (the CA of the agent's
+ * kubeconfig; kubectl sends bearer tokens only over TLS).
+ */
+const AgentFacingTls = Type.Optional(
+  Type.Object(
+    {
+      certFile: Type.Optional(Type.String({ minLength: 1 })),
+      keyFile: Type.Optional(Type.String({ minLength: 1 })),
+      selfSignedCertFile: Type.Optional(Type.String({ minLength: 1 })),
+    },
+    { additionalProperties: false },
+  ),
+);
+
+const ResourceFacts = Type.Object(
+  {
+    namespace: Type.String({ default: 'default' }),
+    labels: Type.Record(Type.String(), Type.String(), { default: {} }),
+  },
+  { default: {} },
+);
+
+/** The Kubernetes API engine (docs/kubernetes-engine.md): a kube-apiserver-compatible endpoint for kubectl and client-go. */
+export const KubernetesListenerConfig = Type.Object(
+  {
+    name: Type.String({ description: 'ProtectedResource name; recorded in every audit record.', minLength: 1 }),
+    type: Type.Literal('kubernetes'),
+    listen: HostPort,
+    /** Client-facing TLS (HTTP/1.1). Without it the listener must be on loopback: agents send their token as a bearer token. */
+    tls: AgentFacingTls,
+    upstream: Type.Object({
+      /** The API server, https://host:port. */
+      url: Type.String({ pattern: '^https?://' }),
+      tls: HttpUpstreamTls,
+      /** File holding the bearer token the sidecar presents (mounted Secret key); re-read every 10 s. */
+      tokenFile: Type.String({ minLength: 1 }),
+    }),
+    /**
+     * A kubeconfig for the agent, written at every start once the listener is open: the listener's https
+     * address, the serving certificate as CA, and `tokenFile` (the agent's own projected token) as the user.
+     */
+    agentKubeconfig: Type.Optional(
+      Type.Object(
+        { path: Type.String({ minLength: 1 }), tokenFile: Type.String({ minLength: 1 }) },
+        { additionalProperties: false },
+      ),
+    ),
+    resource: ResourceFacts,
+    auditFailureMode: literalUnion(AUDIT_FAILURE_MODES, 'FailClosed (default) or FailOpen.'),
+    /** Largest request body accepted (and recorded), bytes. Default 3 MiB, the API server's own limit. */
+    maxRequestBodyBytes: Type.Integer({ minimum: 1024, maximum: 64 * 1024 * 1024, default: 3 * 1024 * 1024 }),
+    /** Largest response the engine holds to mask (Secrets), bytes; larger ones are refused. Default 64 MiB. */
+    maxMaskedResponseBytes: Type.Integer({ minimum: 1024, maximum: 1 << 30, default: 64 * 1024 * 1024 }),
+  },
+  { additionalProperties: false },
+);
+export type KubernetesListenerConfig = Static<typeof KubernetesListenerConfig>;
+
+/** The HTTP engine (docs/http-engine.md): a reverse proxy for one HTTP API. */
+export const HttpListenerConfig = Type.Object(
+  {
+    name: Type.String({ description: 'ProtectedResource name; recorded in every audit record.', minLength: 1 }),
+    type: Type.Literal('http'),
+    listen: HostPort,
+    /** Client-facing TLS. Without it the listener must be on loopback: agents send their token as a bearer token. */
+    tls: AgentFacingTls,
+    upstream: Type.Object({
+      /** Base URL of the API; request paths are appended to its path. */
+      url: Type.String({ pattern: '^https?://' }),
+      tls: HttpUpstreamTls,
+      /** The credential the sidecar adds to every request; the agent never sees it. */
+      credential: Type.Optional(
+        Type.Object(
+          {
+            /** Header carrying it. Default authorization. */
+            header: Type.String({ minLength: 1, default: 'authorization' }),
+            /** Written before the file's value. Default `Bearer `. */
+            prefix: Type.String({ default: 'Bearer ' }),
+            /** File holding the value (mounted Secret key); re-read every 10 s. */
+            valueFile: Type.String({ minLength: 1 }),
+          },
+          { additionalProperties: false },
+        ),
+      ),
+    }),
+    resource: ResourceFacts,
+    auditFailureMode: literalUnion(AUDIT_FAILURE_MODES, 'FailClosed (default) or FailOpen.'),
+    /** Largest request body accepted (and recorded), bytes. Default 10 MiB. */
+    maxRequestBodyBytes: Type.Integer({ minimum: 1024, maximum: 1 << 30, default: 10 * 1024 * 1024 }),
+    /** Largest JSON response held to mask, bytes; larger ones are refused. Default 16 MiB. */
+    maxMaskedResponseBytes: Type.Integer({ minimum: 1024, maximum: 1 << 30, default: 16 * 1024 * 1024 }),
+  },
+  { additionalProperties: false },
+);
+export type HttpListenerConfig = Static<typeof HttpListenerConfig>;
+
+const LISTENER_SCHEMAS = {
+  postgres: PostgresListenerConfig,
+  kubernetes: KubernetesListenerConfig,
+  http: HttpListenerConfig,
+} as const;
+
+function listenerSchema(listener: unknown): (typeof LISTENER_SCHEMAS)[keyof typeof LISTENER_SCHEMAS] | undefined {
+  const type = (listener as { type?: unknown } | null)?.type;
+  return typeof type === 'string' && Object.hasOwn(LISTENER_SCHEMAS, type)
+    ? LISTENER_SCHEMAS[type as keyof typeof LISTENER_SCHEMAS]
+    : undefined;
+}
+
+/** TypeBox applies no defaults inside a union, so each listener gets the defaults of the engine its type names. */
+function defaultListeners(document: unknown): unknown {
+  const listeners = (document as { listeners?: unknown } | null)?.listeners;
+  if (!Array.isArray(listeners)) return document;
+  for (const [i, l] of listeners.entries()) {
+    const schema = listenerSchema(l);
+    if (schema !== undefined) listeners[i] = Value.Default(schema, l);
+  }
+  return document;
+}
+
+/** One listener: the resource it protects and how, per engine (`type`). */
+export const ListenerConfig = Type.Union([PostgresListenerConfig, KubernetesListenerConfig, HttpListenerConfig]);
+export type ListenerConfig = PostgresListenerConfig | KubernetesListenerConfig | HttpListenerConfig;
 
 export const TrustedIssuerConfig = Type.Object(
   {
@@ -376,8 +509,16 @@ export function isLoopback(host: string): boolean {
  * knows (POD_ENV, the in-cluster API server). Throws ConfigError listing every problem.
  */
 export function validateConfig(document: unknown, env: ConfigEnvironment = {}): SidecarConfig {
-  const withDefaults = Value.Default(SidecarConfig, structuredClone(document ?? {}));
-  const errors = [...Value.Errors(SidecarConfig, withDefaults)].map((e) => `${e.path || '/'}: ${e.message}`);
+  const withDefaults = Value.Default(SidecarConfig, defaultListeners(structuredClone(document ?? {})));
+  const errors = [...Value.Errors(SidecarConfig, withDefaults)].flatMap((e) => {
+    // A listener that fits no engine's schema: say what is wrong with it for the engine its type names.
+    const listener = /^\/listeners\/(\d+)$/.exec(e.path);
+    if (listener === null) return [`${e.path || '/'}: ${e.message}`];
+    const value: unknown = (withDefaults as { listeners: unknown[] }).listeners[Number(listener[1])];
+    const schema = listenerSchema(value);
+    if (schema === undefined) return [`${e.path}/type: must be one of ${Object.keys(LISTENER_SCHEMAS).join(', ')}`];
+    return [...Value.Errors(schema, value)].map((inner) => `${e.path}${inner.path}: ${inner.message}`);
+  });
   if (errors.length > 0) throw new ConfigError(`invalid configuration:\n  ${errors.join('\n  ')}`);
   const config = withDefaults as SidecarConfig;
   const problems: string[] = [];
@@ -398,11 +539,37 @@ export function validateConfig(document: unknown, env: ConfigEnvironment = {}): 
     if (l.upstream.tls.mode === 'verify-ca' && l.upstream.tls.caFile === undefined) {
       problems.push(`/listeners/${i}/upstream/tls: verify-ca needs caFile`);
     }
-    if ((l.upstream.readOnlyUsernameFile === undefined) !== (l.upstream.readOnlyPasswordFile === undefined)) {
+    if (
+      l.type === 'postgres' &&
+      (l.upstream.readOnlyUsernameFile === undefined) !== (l.upstream.readOnlyPasswordFile === undefined)
+    ) {
       problems.push(`/listeners/${i}/upstream: set both readOnlyUsernameFile and readOnlyPasswordFile, or neither`);
     }
-    if (l.searchPath.startsWith('pg_')) {
+    if (l.type === 'postgres' && l.searchPath.startsWith('pg_')) {
       problems.push(`/listeners/${i}/searchPath: a system schema (pg_*) cannot be the pinned schema`);
+    }
+    if (l.type !== 'postgres' && l.tls !== undefined) {
+      const files = l.tls.certFile !== undefined && l.tls.keyFile !== undefined;
+      const generated = l.tls.selfSignedCertFile !== undefined;
+      if (files === generated || (!files && (l.tls.certFile !== undefined || l.tls.keyFile !== undefined))) {
+        problems.push(`/listeners/${i}/tls: set certFile and keyFile, or selfSignedCertFile`);
+      }
+      if (generated && !isLoopback(host)) {
+        problems.push(
+          `/listeners/${i}/tls/selfSignedCertFile: a self-signed certificate names loopback addresses only`,
+        );
+      }
+    }
+    if (l.type === 'kubernetes' && l.agentKubeconfig !== undefined && l.tls === undefined) {
+      problems.push(`/listeners/${i}/agentKubeconfig: needs tls (kubectl sends tokens only over TLS)`);
+    }
+    if (l.type !== 'postgres') {
+      const https = l.upstream.url.startsWith('https://');
+      if (https === (l.upstream.tls.mode === 'disable')) {
+        problems.push(
+          `/listeners/${i}/upstream: tls.mode disable goes with an http:// url, the other modes with https://`,
+        );
+      }
     }
   }
   for (const [i, issuer] of config.identity.issuers.entries()) {

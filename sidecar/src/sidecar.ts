@@ -197,8 +197,10 @@ export async function startSidecar(config: SidecarConfig, options: StartOptions 
       const engine = engines.get(l.type) as Engine;
       // Tokens the exchange narrowed to other resources are refused on this one.
       const verifierHere = verifier.forResource({ namespace: l.resource.namespace, name: l.name });
-      const listener = new ResourceListener(l, engine.bind(l, { ...services, verifier: verifierHere }), services);
+      const endpoint = engine.bind(l, { ...services, verifier: verifierHere });
+      const listener = new ResourceListener(l, endpoint, services);
       const address = await listener.listen();
+      await endpoint.ready?.(address);
       listeners.push(listener);
       addresses.push({ name: l.name, ...address });
     }

@@ -124,9 +124,11 @@ test('the patch applies, the config validates with the sidecar, and a second pas
     parse(patched.metadata?.annotations?.[ANNOTATION_SIDECAR_CONFIG] ?? ''),
     kubeletEnv(patched, podFields),
   );
-  assert.equal(config.listeners[0]?.upstream.passwordFile, '/etc/chaperone/credentials/orders/password');
-  assert.equal(config.listeners[0].upstream.tls.caFile, '/etc/chaperone/credentials/orders/ca.crt');
-  assert.deepEqual(config.listeners[0].resource.labels, { tier: 'gold' });
+  const listener = config.listeners[0];
+  assert.ok(listener?.type === 'postgres');
+  assert.equal(listener.upstream.passwordFile, '/etc/chaperone/credentials/orders/password');
+  assert.equal(listener.upstream.tls.caFile, '/etc/chaperone/credentials/orders/ca.crt');
+  assert.deepEqual(listener.resource.labels, { tier: 'gold' });
 
   const again = renderPodPatch(input(patched));
   assert.deepEqual(again, { kind: 'patch', patch: [], warnings: [] });
@@ -276,9 +278,11 @@ test('a read-only credential is mounted into the sidecar only, beside the main o
     .find((c) => c.name === SIDECAR_CONTAINER)
     ?.volumeMounts?.find((m) => m.name === credentials.name)?.mountPath;
   assert.ok(mountPath !== undefined);
-  assert.equal(config.listeners[0]?.upstream.readOnlyUsernameFile, `${mountPath}/orders/read-only/username`);
-  assert.equal(config.listeners[0].upstream.readOnlyPasswordFile, `${mountPath}/orders/read-only/password`);
-  assert.equal(config.listeners[0].searchPath, 'public', 'the default pinned schema');
+  const readOnlyListener = config.listeners[0];
+  assert.ok(readOnlyListener?.type === 'postgres');
+  assert.equal(readOnlyListener.upstream.readOnlyUsernameFile, `${mountPath}/orders/read-only/username`);
+  assert.equal(readOnlyListener.upstream.readOnlyPasswordFile, `${mountPath}/orders/read-only/password`);
+  assert.equal(readOnlyListener.searchPath, 'public', 'the default pinned schema');
 
   const pinned = renderPodPatch(input(pod(), { resources: [resource('orders', { searchPath: 'reporting' })] }));
   assert.equal(pinned.kind, 'patch');
@@ -287,8 +291,10 @@ test('a read-only credential is mounted into the sidecar only, beside the main o
     parse(pinnedPod.metadata?.annotations?.[ANNOTATION_SIDECAR_CONFIG] ?? ''),
     kubeletEnv(pinnedPod, podFields),
   );
-  assert.equal(pinnedConfig.listeners[0]?.searchPath, 'reporting');
-  assert.equal(pinnedConfig.listeners[0].upstream.readOnlyUsernameFile, undefined);
+  const pinnedListener = pinnedConfig.listeners[0];
+  assert.ok(pinnedListener?.type === 'postgres');
+  assert.equal(pinnedListener.searchPath, 'reporting');
+  assert.equal(pinnedListener.upstream.readOnlyUsernameFile, undefined);
 });
 
 test("token exchange: the sidecar trusts the operator's exchange, with its JWKS on the webhook server and its CA", () => {

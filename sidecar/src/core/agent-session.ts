@@ -116,6 +116,25 @@ function maskParameters(parameters: readonly string[], decision: CombinedDecisio
   return masker === undefined ? [...parameters] : parameters.map((p) => (p === 'NULL' ? p : masker.mask(p)));
 }
 
+/** Detector-only maskers per masking list, for free text where no column can be named. */
+const textMaskers = new WeakMap<readonly MaskingInstruction[], ValueMasker | undefined>();
+
+/**
+ * A request body as recorded: what the decision's detectors find is masked. Column (field) rules name
+ * structure the core cannot see in free text; the engine masks those fields before it hands the body over
+ * (the HTTP engine's JSON fields, the Kubernetes engine's Secret values).
+ */
+function maskText(text: string, decision: CombinedDecision): string {
+  if (decision.masking.length === 0) return text;
+  let masker = textMaskers.get(decision.masking);
+  if (!textMaskers.has(decision.masking)) {
+    const detectorsOnly = decision.masking.filter((m) => m.detectors.length > 0).map((m) => ({ ...m, columns: [] }));
+    masker = createValueMasker(detectorsOnly, PROCESS_HASH_KEY);
+    textMaskers.set(decision.masking, masker);
+  }
+  return masker === undefined ? text : masker.mask(text);
+}
+
 export class AgentSession {
   readonly id = randomUUID();
   readonly identity: Identity;
@@ -217,16 +236,25 @@ export class AgentSession {
     const { text, truncated } = truncateUtf8(description.text);
     // Built field by field rather than with conditional spreads (this runs for every statement), in the
     // sorted key order of the canonical form, so the chain serialises it with one JSON.stringify.
-    const command: NonNullable<AuditRecord['command']> = { id, kind: description.command.type };
+    const command = {} as NonNullable<AuditRecord['command']>;
+    let bodyTruncated = false;
+    if (description.body !== undefined) {
+      const body = truncateUtf8(maskText(description.body, decision));
+      command.body = body.text;
+      bodyTruncated = body.truncated;
+    }
+    command.id = id;
+    command.kind = description.command.type;
     if (description.parameters !== undefined) command.parameters = maskParameters(description.parameters, decision);
     // Frozen arrays (the engine shares them between statements) go into the record as they are.
     if (description.relations !== undefined) {
       const relations = description.relations;
       command.relations = relations.length > 64 ? relations.slice(0, 64) : ownCopy(relations);
     }
+    if (description.requestId !== undefined) command.requestId = description.requestId;
     if (description.statementKinds !== undefined) command.statementKinds = ownCopy(description.statementKinds);
     command.text = text;
-    if (truncated) command.truncated = truncated;
+    if (truncated || bodyTruncated) command.truncated = true;
     const result = {} as NonNullable<AuditRecord['decision']>;
     if (decision.bundleDigest !== '') result.bundleDigest = decision.bundleDigest;
     if (decision.policy !== '') result.policy = decision.policy;

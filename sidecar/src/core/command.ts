@@ -11,6 +11,10 @@ export interface CommandDescription {
   /** Text recorded (cut to MAX_COMMAND_TEXT bytes). */
   readonly text: string;
   readonly parameters?: readonly string[];
+  /** The protocol's id of the request (a Kubernetes Audit-ID), recorded to tie the record to the target's logs. */
+  readonly requestId?: string;
+  /** Request body recorded with the decision (cut to MAX_COMMAND_TEXT bytes, masked by the decision's masking rules). */
+  readonly body?: string;
   readonly statementKinds?: readonly string[];
   readonly relations?: readonly string[];
 }

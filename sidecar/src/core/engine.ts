@@ -51,6 +51,11 @@ export interface ResourceEndpoint {
    * listener just closes such sockets.
    */
   refuse?(socket: Socket, refusal: SidecarError): ConnectionHandler;
+  /**
+   * Called once the listener is open, before the sidecar reports ready: finishes what needs I/O (a generated
+   * certificate) and writes what clients need to reach the endpoint (the agent's kubeconfig). Optional.
+   */
+  ready?(address: { readonly host: string; readonly port: number }): Promise<void>;
 }
 
 export interface Engine<Config extends ResourceListenerConfig = ResourceListenerConfig> {

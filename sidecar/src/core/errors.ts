@@ -167,6 +167,39 @@ export const SIDECAR_ERRORS = {
     fatal: true,
     summary: 'The protected resource sent bytes the sidecar cannot frame.',
   },
+  RequestRefused: {
+    sqlState: '42501',
+    httpStatus: 403,
+    fatal: false,
+    summary:
+      'An HTTP request the sidecar refuses whatever the policy: impersonation headers, non-resource Kubernetes URLs other than discovery, writing back a masked value.',
+  },
+  AmbiguousRequest: {
+    sqlState: '08P01',
+    httpStatus: 400,
+    fatal: true,
+    summary:
+      'An HTTP request the target could read differently (duplicate or conflicting framing headers, encoded slashes, dot segments); the connection ends.',
+  },
+  RequestTooLarge: {
+    sqlState: '54000',
+    httpStatus: 413,
+    fatal: true,
+    summary: 'An HTTP request body larger than maxRequestBodyBytes.',
+  },
+  StreamRefused: {
+    sqlState: '0A000',
+    httpStatus: 400,
+    fatal: false,
+    summary: 'An upgrade to a stream the sidecar cannot inspect (SPDY, or any upgrade on an HTTP resource).',
+  },
+  UnmaskableResponse: {
+    sqlState: '08P01',
+    httpStatus: 502,
+    fatal: false,
+    summary:
+      'A response that must be masked arrived in a form the sidecar cannot mask (not JSON, compressed, too large).',
+  },
   Internal: {
     sqlState: 'XX000',
     httpStatus: 500,

@@ -3,6 +3,8 @@
 // entry here and one listener configuration type in config.ts.
 import type { ListenerConfig } from '../config.ts';
 import type { Engine } from '../core/engine.ts';
+import { createHttpEngine } from './http/http-engine.ts';
+import { createKubernetesEngine } from './kubernetes/kubernetes-engine.ts';
 import { createPostgresEngine } from './postgres/postgres-engine.ts';
 
 type EngineFactories = {
@@ -11,4 +13,6 @@ type EngineFactories = {
 
 export const ENGINES: EngineFactories = {
   postgres: createPostgresEngine,
+  kubernetes: createKubernetesEngine,
+  http: createHttpEngine,
 };

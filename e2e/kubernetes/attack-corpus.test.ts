@@ -1,0 +1,280 @@
+// Hostile requests sent as raw bytes over TLS to the real sidecar in front of the real API server: request
+// smuggling (Content-Length with Transfer-Encoding, duplicate lengths, odd codings, obs-fold, bare LF),
+// duplicate or foreign Host, paths the API server would read differently (encoded slashes, dot segments,
+// empty segments), ambiguous queries, impersonation, SPDY, non-resource URLs, oversize bodies, and every way
+// a Secret's value could come back unmasked (protobuf, gzip, Tables with objects, writing a mask back). Each
+// must be refused with the expected status (or come back masked), and the API server's state shows that
+// nothing smuggled ran.
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { connect } from 'node:tls';
+import { test } from 'node:test';
+import type { AccessPolicySpec } from '@chaperone/api';
+import { RESOURCE, startKubeFixture } from './kube-fixture.ts';
+
+function policy(namespace: string): Record<string, AccessPolicySpec> {
+  return {
+    kube: {
+      resources: { names: [RESOURCE] },
+      rules: [
+        { name: 'keep-keepers', decision: 'deny', match: { kubernetes: { verbs: ['delete'], names: ['keep-*'] } } },
+        { name: 'in-namespace', decision: 'allow', match: { kubernetes: { namespaces: [namespace] } } },
+      ],
+      defaultDecision: 'deny',
+    },
+  };
+}
+
+interface RawResponse {
+  readonly status: number;
+  readonly head: string;
+  readonly body: string;
+}
+
+/** Sends bytes over a fresh TLS connection and reads until the server closes it (every case ends the connection). */
+function exchange(port: number, ca: Buffer, bytes: string): Promise<RawResponse> {
+  return new Promise((resolve, reject) => {
+    const socket = connect({ host: '127.0.0.1', port, ca, servername: 'localhost' }, () => socket.write(bytes));
+    const chunks: Buffer[] = [];
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(new Error(`no end of response in 30 s: ${Buffer.concat(chunks).toString('latin1')}`));
+    }, 30_000);
+    socket.on('data', (c: Buffer) => chunks.push(c));
+    socket.once('error', (err: Error) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+    socket.once('close', () => {
+      clearTimeout(timer);
+      const text = Buffer.concat(chunks).toString('latin1');
+      const split = text.indexOf('\r\n\r\n');
+      resolve({
+        status: Number(/^HTTP\/1\.1 (\d{3})/.exec(text)?.[1] ?? 0),
+        head: text.slice(0, split),
+        body: text.slice(split + 4),
+      });
+    });
+  });
+}
+
+test('attack corpus against the Kubernetes engine', async (t) => {
+  const f = await startKubeFixture(t, policy);
+  const ns = f.namespace;
+  const ca = readFileSync(f.servingCertFile);
+  const host = `127.0.0.1:${String(f.sidecar.port)}`;
+  const auth = `Authorization: Bearer ${f.agentToken}`;
+  await f.admin(['create', 'configmap', 'keep-me', '-n', ns]);
+  await f.admin(['create', 'configmap', 'victim', '-n', ns]);
+  await f.admin(['create', 'secret', 'generic', 'db', '--from-literal=password=hunter2-secret', '-n', ns]);
+  const plain = Buffer.from('hunter2-secret').toString('base64');
+  const smuggled = `DELETE /api/v1/namespaces/${ns}/configmaps/victim HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\n\r\n`;
+
+  const cases: readonly { name: string; bytes: string; status: number; body?: RegExp }[] = [
+    {
+      name: 'Content-Length with Transfer-Encoding smuggling a DELETE',
+      bytes: `POST /api/v1/namespaces/${ns}/configmaps HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n${smuggled}`,
+      status: 400,
+    },
+    {
+      name: 'two Content-Length headers',
+      bytes: `POST /api/v1/namespaces/${ns}/configmaps HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nContent-Length: 0\r\nContent-Length: ${String(smuggled.length)}\r\n\r\n${smuggled}`,
+      status: 400,
+    },
+    {
+      name: 'Transfer-Encoding other than a lone chunked',
+      bytes: `POST /api/v1/namespaces/${ns}/configmaps HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n`,
+      status: 400,
+    },
+    {
+      name: 'obs-fold continuation line',
+      bytes: `GET /api/v1/namespaces/${ns}/configmaps HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nX-Folded: a\r\n Impersonate-User: admin\r\nConnection: close\r\n\r\n`,
+      status: 400,
+    },
+    {
+      name: 'bare LF line endings',
+      bytes: `GET /api/v1/namespaces/${ns}/configmaps HTTP/1.1\nHost: ${host}\n${auth}\nConnection: close\n\n`,
+      status: 400,
+    },
+    {
+      name: 'two Host headers',
+      bytes: `GET /api/v1/namespaces/${ns}/configmaps HTTP/1.1\r\nHost: ${host}\r\nHost: kubernetes.default.svc\r\n${auth}\r\nConnection: close\r\n\r\n`,
+      status: 400,
+    },
+    {
+      name: 'absolute-form naming another host',
+      bytes: `GET https://kubernetes.default.svc/api/v1/namespaces/${ns}/secrets HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nConnection: close\r\n\r\n`,
+      status: 400,
+    },
+    {
+      name: 'encoded slash turning a configmap get into a secret read',
+      bytes: `GET /api/v1/namespaces/${ns}/configmaps%2F..%2Fsecrets/db HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nConnection: close\r\n\r\n`,
+      status: 400,
+      body: /encoded slash/,
+    },
+    {
+      name: 'dot segments',
+      bytes: `GET /api/v1/namespaces/kube-system/../${ns}/configmaps HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nConnection: close\r\n\r\n`,
+      status: 400,
+      body: /dot segment/,
+    },
+    {
+      name: 'encoded dot segments',
+      bytes: `GET /api/v1/namespaces/kube-system/%2e%2e/${ns}/configmaps HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nConnection: close\r\n\r\n`,
+      status: 400,
+      body: /dot segment/,
+    },
+    {
+      name: 'empty path segment',
+      bytes: `GET /api/v1/namespaces//configmaps HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nConnection: close\r\n\r\n`,
+      status: 400,
+    },
+    {
+      name: 'semicolon in the query (Go drops the pair)',
+      bytes: `GET /api/v1/namespaces/${ns}/configmaps?watch=false;watch=true HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nConnection: close\r\n\r\n`,
+      status: 400,
+    },
+    {
+      name: 'an unclear watch flag',
+      bytes: `GET /api/v1/namespaces/${ns}/configmaps?watch=yes HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nConnection: close\r\n\r\n`,
+      status: 400,
+    },
+    {
+      name: 'Impersonate-User',
+      bytes: `GET /api/v1/namespaces/${ns}/configmaps HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nImpersonate-User: system:admin\r\nConnection: close\r\n\r\n`,
+      status: 403,
+      body: /impersonation/,
+    },
+    {
+      name: 'Impersonate-Group alone',
+      bytes: `GET /api/v1/namespaces/${ns}/configmaps HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nImpersonate-Group: system:masters\r\nConnection: close\r\n\r\n`,
+      status: 403,
+    },
+    {
+      name: 'no token',
+      bytes: `GET /api/v1/namespaces/${ns}/configmaps HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n`,
+      status: 401,
+    },
+    {
+      name: 'the sidecar credential is not what the agent holds: a service-account-looking token',
+      bytes: `GET /api/v1/namespaces/${ns}/configmaps HTTP/1.1\r\nHost: ${host}\r\nAuthorization: Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.\r\nConnection: close\r\n\r\n`,
+      status: 401,
+    },
+    {
+      name: 'SPDY upgrade of an allowed attach',
+      bytes: `POST /api/v1/namespaces/${ns}/pods/p/attach?stdout=true HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\n\r\n`,
+      status: 400,
+      body: /spdy\/3\.1 upgrade is not supported/,
+    },
+    {
+      name: 'non-resource URL /metrics',
+      bytes: `GET /metrics HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nConnection: close\r\n\r\n`,
+      status: 403,
+    },
+    {
+      name: 'non-resource URL /logs/',
+      bytes: `GET /logs/ HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nConnection: close\r\n\r\n`,
+      status: 403,
+    },
+    {
+      name: 'a body larger than the limit, announced',
+      bytes: `POST /api/v1/namespaces/${ns}/configmaps HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nContent-Type: application/json\r\nContent-Length: 999999999\r\n\r\n{`,
+      status: 413,
+    },
+    {
+      name: 'writing the mask back into a Secret',
+      bytes: (() => {
+        const body = JSON.stringify({ data: { password: Buffer.from('chaperone:masked').toString('base64') } });
+        return `PATCH /api/v1/namespaces/${ns}/secrets/db HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nContent-Type: application/merge-patch+json\r\nContent-Length: ${String(body.length)}\r\nConnection: close\r\n\r\n${body}`;
+      })(),
+      status: 403,
+      body: /masked/,
+    },
+  ];
+
+  for (const c of cases) {
+    await t.test(c.name, async () => {
+      const res = await exchange(f.sidecar.port, ca, c.bytes);
+      assert.equal(res.status, c.status, `${res.head}\n${res.body}`);
+      if (c.body !== undefined) assert.match(res.body, c.body);
+      if (c.status !== 401) assert.match(res.body, /"kind":"Status"/);
+    });
+  }
+
+  await t.test('nothing smuggled reached the API server', async () => {
+    assert.match(
+      await f.admin(['get', 'configmap', 'victim', 'keep-me', '-n', ns, '-o', 'name']),
+      /victim[\s\S]*keep-me/,
+    );
+    assert.equal(await f.admin(['get', 'secret', 'db', '-n', ns, '-o', 'jsonpath={.data.password}']), plain);
+  });
+
+  const secretReads: readonly { name: string; path: string; headers: string }[] = [
+    {
+      name: 'protobuf accepted',
+      path: `/api/v1/namespaces/${ns}/secrets/db`,
+      headers: 'Accept: application/vnd.kubernetes.protobuf\r\n',
+    },
+    { name: 'gzip accepted', path: `/api/v1/namespaces/${ns}/secrets`, headers: 'Accept-Encoding: gzip\r\n' },
+    {
+      name: 'Table with whole objects',
+      path: `/api/v1/namespaces/${ns}/secrets?includeObject=Object`,
+      headers: 'Accept: application/json;as=Table;v=v1;g=meta.k8s.io\r\n',
+    },
+    {
+      name: 'list pinned by field selector',
+      path: `/api/v1/namespaces/${ns}/secrets?fieldSelector=metadata.name%3Ddb`,
+      headers: '',
+    },
+    { name: 'YAML accepted', path: `/api/v1/namespaces/${ns}/secrets/db`, headers: 'Accept: application/yaml\r\n' },
+  ];
+  for (const r of secretReads) {
+    await t.test(`Secret values stay masked: ${r.name}`, async () => {
+      const res = await exchange(
+        f.sidecar.port,
+        ca,
+        `GET ${r.path} HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\n${r.headers}Connection: close\r\n\r\n`,
+      );
+      assert.equal(res.status, 200, res.head);
+      assert.ok(!res.body.includes(plain) && !res.body.includes('hunter2-secret'), res.body);
+      assert.ok(res.body.includes(Buffer.from('chaperone:masked').toString('base64')), res.body);
+    });
+  }
+
+  await t.test('every refused request after authentication is a denied decision with its outcome', async () => {
+    const entries = await f.sidecar.settledRecords();
+    const denied = entries.filter((e) => e.record.type === 'command.decision' && e.record.decision?.result === 'deny');
+    const rules = new Set(denied.map((e) => e.record.decision?.rule));
+    for (const rule of [
+      'unclassifiable',
+      'impersonation',
+      'non-resource-url',
+      'request-too-large',
+      'masked-value-write',
+    ]) {
+      assert.ok(rules.has(rule), `a ${rule} denial is recorded (${[...rules].join(', ')})`);
+    }
+    for (const d of denied) {
+      const outcome = entries.find(
+        (e) =>
+          e.session.sessionId === d.session.sessionId &&
+          e.record.type === 'command.outcome' &&
+          e.record.command?.id === d.record.command?.id,
+      );
+      assert.equal(outcome?.record.outcome?.status, 'denied');
+    }
+    assert.ok(entries.some((e) => e.record.type === 'auth.failure'));
+    // SPDY: the policy allowed the attach, the engine refused the stream it cannot inspect.
+    const spdy = entries.find(
+      (e) => e.record.type === 'command.decision' && (e.record.command?.text ?? '').includes('/pods/p/attach'),
+    );
+    assert.ok(spdy);
+    const spdyOutcome = entries.find(
+      (e) =>
+        e.session.sessionId === spdy.session.sessionId &&
+        e.record.type === 'command.outcome' &&
+        e.record.command?.id === spdy.record.command?.id,
+    );
+    assert.deepEqual([spdyOutcome?.record.outcome?.status, spdyOutcome?.record.outcome?.code], ['denied', '400']);
+  });
+});

@@ -1,0 +1,143 @@
+// Who is asking on an HTTP connection: the agent's bearer token, verified once per connection and token (and
+// again once it expires), and the AgentSession it opens. HTTP clients keep connections alive across many
+// requests, so one connection is one agent session as long as it presents the same token; a different
+// token on the same connection ends that session and opens another. Shared by the Kubernetes and HTTP engines.
+import type { Socket } from 'node:net';
+import type { Identity } from '@chaperone/api';
+import { AgentSession, type ClientSource, type ResourceContext } from '../../core/agent-session.ts';
+import { AuditUnavailable } from '../../core/audit/audit-sink.ts';
+import { RecordChain } from '../../core/audit/record-chain.ts';
+import type { EngineServices } from '../../core/engine.ts';
+import { auditRefusal, type SidecarError } from '../../core/errors.ts';
+import { AuthenticationFailed, tokenHash } from '../../core/identity/token-verifier.ts';
+import type { Logger } from '../../core/observability/logger.ts';
+
+export interface SessionEndpoint {
+  readonly listener: string;
+  readonly services: EngineServices;
+  readonly resource: ResourceContext;
+  readonly logger: Logger;
+  readonly auditFailureMode: 'FailClosed' | 'FailOpen';
+}
+
+interface ConnectionIdentity {
+  readonly token: string;
+  readonly session: AgentSession;
+  /** exp of the token, ms since the epoch. */
+  readonly expiresAt: number;
+}
+
+/** The `exp` claim of a token that was just verified (so its payload decodes), ms. */
+function expiryOf(token: string): number {
+  try {
+    const payload = JSON.parse(Buffer.from(token.split('.')[1] ?? '', 'base64url').toString('utf8')) as {
+      exp?: unknown;
+    };
+    return typeof payload.exp === 'number' ? payload.exp * 1000 : 0;
+  } catch {
+    return 0;
+  }
+}
+
+export type Authenticated = { readonly session: AgentSession } | { readonly refusal: SidecarError };
+
+export class ClientSessions {
+  private readonly endpoint: SessionEndpoint;
+  private readonly byConnection = new WeakMap<Socket, ConnectionIdentity>();
+  private readonly now: () => number;
+  private failures = 0;
+
+  constructor(endpoint: SessionEndpoint, now: () => number = Date.now) {
+    this.endpoint = endpoint;
+    this.now = now;
+  }
+
+  /**
+   * The session of the agent presenting `token` on `socket`: the connection's current one while the token
+   * is the same and unexpired, else a new one after verifying the token. A refusal is logged with the
+   * token's hash (never the token) and recorded as auth.failure.
+   */
+  async authenticate(socket: Socket, token: string | undefined, source: ClientSource): Promise<Authenticated> {
+    const current = this.byConnection.get(socket);
+    if (current !== undefined && token === current.token && this.now() < current.expiresAt) {
+      return { session: current.session };
+    }
+    if (token === undefined) {
+      return this.refuse(new AuthenticationFailed('missing', 'no bearer token was presented'), '', source);
+    }
+    let identity: Identity;
+    try {
+      identity = await this.endpoint.services.verifier.verify(token);
+    } catch (err) {
+      const failure =
+        err instanceof AuthenticationFailed
+          ? err
+          : new AuthenticationFailed('malformed', 'identity token could not be verified');
+      return this.refuse(failure, token, source);
+    }
+    if (current !== undefined) current.session.end('token changed');
+    let session: AgentSession;
+    try {
+      session = new AgentSession({
+        policy: this.endpoint.services.policy,
+        sink: this.endpoint.services.sink,
+        podChain: this.endpoint.services.podChain,
+        metrics: this.endpoint.services.metrics,
+        listener: this.endpoint.listener,
+        resource: this.endpoint.resource,
+        pod: this.endpoint.services.pod,
+        identity,
+        source,
+        auditFailureMode: this.endpoint.auditFailureMode,
+      });
+    } catch (err) {
+      if (!(err instanceof AuditUnavailable)) throw err;
+      this.byConnection.delete(socket);
+      return { refusal: auditRefusal(err) };
+    }
+    this.byConnection.set(socket, { token, session, expiresAt: expiryOf(token) });
+    if (current === undefined) socket.once('close', () => this.end(socket));
+    return { session };
+  }
+
+  /** Ends the connection's session (its session.end record). */
+  end(socket: Socket, reason = 'connection closed'): void {
+    const current = this.byConnection.get(socket);
+    this.byConnection.delete(socket);
+    current?.session.end(reason);
+  }
+
+  private refuse(failure: AuthenticationFailed, token: string, source: ClientSource): Authenticated {
+    const { services, listener, logger } = this.endpoint;
+    services.metrics.authFailures.inc({ listener, reason: failure.reason });
+    logger.warn('authentication failed', {
+      reason: failure.reason,
+      ...(token === '' ? {} : { tokenHash: tokenHash(token) }),
+      client: source.address,
+    });
+    const chain = new RecordChain(
+      services.sink,
+      {
+        sessionId: `auth-${Date.now().toString(36)}-${String(this.failures++)}`,
+        resource: listener,
+        resourceType: this.endpoint.resource.type,
+        namespace: services.pod.namespace,
+        pod: services.pod.name,
+      },
+      services.podChain,
+    );
+    try {
+      chain.record({
+        type: 'auth.failure',
+        source: { ...source },
+        outcome: { status: 'denied', code: '401', message: `${failure.reason}: ${failure.message}` },
+      });
+    } catch (err) {
+      // The request is refused anyway; the log line is what remains of it.
+      if (!(err instanceof AuditUnavailable)) throw err;
+    }
+    return {
+      refusal: { id: 'AuthenticationFailed', message: `chaperone: authentication failed: ${failure.message}` },
+    };
+  }
+}

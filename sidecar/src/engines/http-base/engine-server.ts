@@ -1,0 +1,110 @@
+// The HTTP/1.1 server of an HTTP-speaking engine (Kubernetes API, HTTP). It never listens: the core's
+// ResourceListener accepts sockets and the engine feeds them to it. Strict parsing (no lenient llhttp
+// flags, Host required), TLS from files or a self-signed loopback certificate made at start, HTTP/1.1 only
+// over ALPN (upgrades and the framing checks are HTTP/1.1's), and a 400 in the engine's own error body for
+// bytes Node's parser refuses. Sockets accepted before the server is ready wait for it.
+import { readFile, writeFile } from 'node:fs/promises';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
+import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import type { Logger } from '../../core/observability/logger.ts';
+import { createLoopbackCertificate } from './loopback-certificate.ts';
+
+export interface EngineServerOptions {
+  readonly tls?: { readonly certFile?: string; readonly keyFile?: string; readonly selfSignedCertFile?: string };
+  readonly logger: Logger;
+  readonly onRequest: (req: IncomingMessage, res: ServerResponse) => void;
+  readonly onUpgrade: (req: IncomingMessage, socket: Duplex, head: Buffer) => void;
+  /** The engine's body (content type and text) for a request Node's parser refused. */
+  readonly malformed: (code: string) => { readonly contentType: string; readonly body: string };
+}
+
+export class EngineServer {
+  private server: Server | undefined;
+  private readonly prepared: Promise<Server>;
+  private readonly options: EngineServerOptions;
+
+  constructor(options: EngineServerOptions) {
+    this.options = options;
+    this.prepared = this.prepare().then(
+      (server) => {
+        this.server = server;
+        return server;
+      },
+      (err: unknown) => {
+        options.logger.error('cannot serve TLS', { error: err });
+        throw err;
+      },
+    );
+    // accept() and ready() report the failure; until then it must not be an unhandled rejection.
+    this.prepared.catch(() => undefined);
+  }
+
+  /** Resolves once the server exists (its certificate made); rejects when it cannot. */
+  ready(): Promise<unknown> {
+    return this.prepared;
+  }
+
+  /** The serving certificate's file (the CA of clients' configuration), when the listener has TLS. */
+  get certFile(): string | undefined {
+    return this.options.tls?.selfSignedCertFile ?? this.options.tls?.certFile;
+  }
+
+  accept(socket: Socket): void {
+    socket.setNoDelay(true);
+    if (this.server !== undefined) this.server.emit('connection', socket);
+    else {
+      this.prepared.then(
+        (server) => server.emit('connection', socket),
+        () => socket.destroy(),
+      );
+    }
+  }
+
+  private async prepare(): Promise<Server> {
+    const { tls, logger } = this.options;
+    const options = {
+      insecureHTTPParser: false,
+      requireHostHeader: true,
+      maxHeaderSize: 64 * 1024,
+      // Watches, log streams and exec sessions are long; the upstream's own timeouts bound them.
+      requestTimeout: 0,
+      headersTimeout: 60_000,
+      keepAliveTimeout: 65_000,
+    };
+    let server: Server;
+    if (tls === undefined) {
+      server = createServer(options, this.options.onRequest);
+    } else {
+      let cert: string;
+      let key: string;
+      if (tls.selfSignedCertFile !== undefined) {
+        ({ certPem: cert, keyPem: key } = await createLoopbackCertificate());
+        await writeFile(tls.selfSignedCertFile, cert, { mode: 0o644 });
+      } else {
+        cert = await readFile(tls.certFile ?? '', 'utf8');
+        key = await readFile(tls.keyFile ?? '', 'utf8');
+      }
+      server = createHttpsServer(
+        { ...options, cert, key, ALPNProtocols: ['http/1.1'], minVersion: 'TLSv1.2' },
+        this.options.onRequest,
+      );
+      server.on('tlsClientError', (err: Error) => logger.debug('TLS handshake failed', { error: err.message }));
+    }
+    server.on('upgrade', this.options.onUpgrade);
+    server.on('clientError', (err: Error & { code?: string }, socket: Duplex) => {
+      // Bytes Node's parser refuses (smuggling attempts among them): a 400, then the connection ends.
+      logger.warn('malformed HTTP request', { code: err.code, error: err.message });
+      if (!socket.writable) {
+        socket.destroy();
+        return;
+      }
+      const { contentType, body } = this.options.malformed(err.code ?? 'parse error');
+      socket.end(
+        `HTTP/1.1 400 Bad Request\r\nContent-Type: ${contentType}\r\nContent-Length: ${String(Buffer.byteLength(body))}\r\nConnection: close\r\n\r\n${body}`,
+      );
+    });
+    return server;
+  }
+}

@@ -1,0 +1,442 @@
+// The HTTP engine (core/engine.ts, docs/http-engine.md): a reverse proxy for one HTTP API. Each request is
+// checked for framing the upstream could read differently, identified by the agent's bearer token, decided
+// on its method and normalised path, forwarded with the credential only the sidecar holds, and recorded;
+// JSON responses are masked by the decision's masking rules and the credential never comes back.
+import { randomUUID } from 'node:crypto';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import type { CombinedDecision } from '@chaperone/api';
+import type { HttpListenerConfig } from '../../config.ts';
+import type { AgentSession, ResourceContext } from '../../core/agent-session.ts';
+import type { CommandDescription, DecidedCommand } from '../../core/command.ts';
+import type { ConnectionHandler, Engine, EngineServices, ResourceEndpoint } from '../../core/engine.ts';
+import { auditRefusal, policyRefusal, type SidecarError } from '../../core/errors.ts';
+import type { Logger } from '../../core/observability/logger.ts';
+import { ClientSessions } from '../http-base/client-sessions.ts';
+import { EngineServer } from '../http-base/engine-server.ts';
+import {
+  AmbiguousRequest,
+  bearerToken,
+  checkHeaders,
+  forwardableHeaders,
+  forwardableResponseHeaders,
+  splitTarget,
+  type CheckedHeaders,
+} from '../http-base/request-hygiene.ts';
+import { CredentialFile, Upstream } from '../http-base/upstream.ts';
+import { CredentialScrubber, scrubText } from './credential-scrub.ts';
+import { createJsonMasker } from './json-masking.ts';
+import { normalisePath, UnnormalisablePath } from './path-normalisation.ts';
+import { PROBLEM_CONTENT_TYPE, problemFor } from './problem.ts';
+
+const OUTSIDE_TRANSACTION = { inTransaction: false } as const;
+/** Methods that can change state: their bodies are recorded. */
+const MUTATING: ReadonlySet<string> = new Set(['POST', 'PUT', 'PATCH', 'DELETE']);
+/** Never proxied: TRACE echoes the request (with the injected credential), CONNECT opens a tunnel. */
+const REFUSED_METHODS: ReadonlySet<string> = new Set(['TRACE', 'TRACK', 'CONNECT']);
+
+export function createHttpEngine(): Engine<HttpListenerConfig> {
+  return {
+    type: 'http',
+    init: () => Promise.resolve(),
+    bind: (config, services) => new HttpEndpoint(config, services),
+  };
+}
+
+function builtIn(rule: string, reason: string): CombinedDecision {
+  return { decision: 'deny', policy: '', rule, bundleDigest: '', reasons: [reason], masking: [] };
+}
+
+class HttpEndpoint implements ResourceEndpoint {
+  readonly config: HttpListenerConfig;
+  readonly services: EngineServices;
+  readonly resource: ResourceContext;
+  readonly logger: Logger;
+  readonly upstream: Upstream;
+  readonly credential: CredentialFile | undefined;
+  readonly sessions: ClientSessions;
+  private readonly server: EngineServer;
+
+  constructor(config: HttpListenerConfig, services: EngineServices) {
+    this.config = config;
+    this.services = services;
+    this.logger = services.logger.child({ listener: config.name, engine: 'http' });
+    this.resource = {
+      name: config.name,
+      namespace: config.resource.namespace,
+      type: 'http',
+      labels: config.resource.labels,
+    };
+    this.upstream = new Upstream(config.upstream);
+    const credential = config.upstream.credential;
+    this.credential = credential === undefined ? undefined : new CredentialFile(credential.valueFile);
+    this.sessions = new ClientSessions({
+      listener: config.name,
+      services,
+      resource: this.resource,
+      logger: this.logger,
+      auditFailureMode: config.auditFailureMode,
+    });
+    this.server = new EngineServer({
+      ...(config.tls === undefined ? {} : { tls: config.tls }),
+      logger: this.logger,
+      onRequest: (req, res) => void this.serve(req, res),
+      onUpgrade: (req, socket) => void this.refuseUpgrade(req, socket),
+      malformed: (code) => ({
+        contentType: PROBLEM_CONTENT_TYPE,
+        body: problemFor({ id: 'AmbiguousRequest', message: `chaperone: malformed HTTP request (${code})` }).body,
+      }),
+    });
+  }
+
+  async ready(): Promise<void> {
+    await this.server.ready();
+  }
+
+  accept(socket: Socket): ConnectionHandler {
+    this.server.accept(socket);
+    return {
+      close: (reason: string) => {
+        this.sessions.end(socket, reason);
+        socket.destroy();
+      },
+    };
+  }
+
+  private send(res: ServerResponse, error: SidecarError, requestId: string): void {
+    const problem = problemFor(error, requestId);
+    const fatal = error.id === 'AmbiguousRequest' || error.id === 'RequestTooLarge';
+    res.writeHead(problem.code, {
+      'content-type': PROBLEM_CONTENT_TYPE,
+      'content-length': Buffer.byteLength(problem.body),
+      'x-request-id': requestId,
+      ...(error.id === 'AuthenticationFailed' ? { 'www-authenticate': 'Bearer realm="chaperone"' } : {}),
+      ...(fatal ? { connection: 'close' } : {}),
+    });
+    res.end(problem.body);
+  }
+
+  private async serve(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    let requestId: string = randomUUID();
+    try {
+      let checked: CheckedHeaders;
+      let rawPath: string;
+      let rawQuery: string;
+      try {
+        checked = checkHeaders(req.rawHeaders);
+        ({ rawPath, rawQuery } = splitTarget(req.url ?? '', checked.host));
+      } catch (err) {
+        if (!(err instanceof AmbiguousRequest)) throw err;
+        this.logger.warn('ambiguous request refused', { reason: err.message });
+        this.send(res, { id: 'AmbiguousRequest', message: `chaperone: ${err.message}` }, requestId);
+        return;
+      }
+      const clientId = checked.headers.get('x-request-id');
+      if (clientId !== undefined && /^[A-Za-z0-9._:-]{1,128}$/.test(clientId)) requestId = clientId;
+      const socket = req.socket;
+      const auth = await this.sessions.authenticate(socket, bearerToken(checked.headers.get('authorization')), {
+        address: `${socket.remoteAddress ?? ''}:${String(socket.remotePort ?? '')}`,
+        applicationName: (checked.headers.get('user-agent') ?? '').slice(0, 256),
+        user: '',
+        database: '',
+      });
+      if ('refusal' in auth) {
+        this.send(res, auth.refusal, requestId);
+        return;
+      }
+      const session = auth.session;
+      const method = req.method ?? '';
+      const line = `${method} ${req.url ?? ''}`;
+      const refuse = (rule: string, error: SidecarError, description?: CommandDescription) => {
+        const decided = session.record(
+          description ?? {
+            command: { type: 'http', method, path: '' },
+            fingerprint: 'refused',
+            text: line,
+            requestId,
+          },
+          builtIn(rule, error.message),
+        );
+        this.send(res, error, requestId);
+        session.complete(decided, 'http', {
+          status: 'denied',
+          code: String(problemFor(error).code),
+          message: error.message,
+        });
+      };
+      let path: string;
+      try {
+        path = normalisePath(rawPath);
+      } catch (err) {
+        if (!(err instanceof UnnormalisablePath)) throw err;
+        refuse('unnormalisable-path', { id: 'AmbiguousRequest', message: `chaperone: ${err.message}` });
+        return;
+      }
+      const target = rawQuery === '' ? path : `${path}?${rawQuery}`;
+      const describe = (body?: Buffer): CommandDescription => {
+        const base = {
+          command: { type: 'http' as const, method, path },
+          fingerprint: `http\0${method}\0${path}`,
+          text: `${method} ${target}`,
+          requestId,
+        };
+        return body === undefined || body.length === 0 || !MUTATING.has(method)
+          ? base
+          : { ...base, body: body.toString('utf8') };
+      };
+      if (REFUSED_METHODS.has(method)) {
+        refuse('method', { id: 'RequestRefused', message: `chaperone: ${method} is never proxied` }, describe());
+        return;
+      }
+      const declared = checked.body;
+      if (typeof declared === 'number' && declared > this.config.maxRequestBodyBytes) {
+        refuse(
+          'request-too-large',
+          {
+            id: 'RequestTooLarge',
+            message: `chaperone: the request body is larger than ${String(this.config.maxRequestBodyBytes)} bytes`,
+          },
+          describe(),
+        );
+        return;
+      }
+      const body = await readBody(req, this.config.maxRequestBodyBytes);
+      if (body === undefined) {
+        refuse(
+          'request-too-large',
+          {
+            id: 'RequestTooLarge',
+            message: `chaperone: the request body is larger than ${String(this.config.maxRequestBodyBytes)} bytes`,
+          },
+          describe(),
+        );
+        return;
+      }
+      // Decided first, recorded with the body's JSON fields masked by that decision's masking rules.
+      const description = describe(body);
+      const decision = session.evaluate(description, OUTSIDE_TRANSACTION);
+      const decided = session.record(
+        description.body === undefined
+          ? description
+          : { ...description, body: maskJsonBody(description.body, decision) },
+        decision,
+      );
+      if (decided.decision.decision !== 'allow') {
+        const error = policyRefusal(decided.decision);
+        this.send(res, error, requestId);
+        session.complete(decided, 'http', {
+          status: 'denied',
+          code: String(problemFor(error).code),
+          message: error.message,
+        });
+        return;
+      }
+      let audit = decided.audit;
+      if (audit.state === 'pending') audit = await audit.settled;
+      if (audit.state === 'refused') {
+        this.send(res, auditRefusal(audit.error), requestId);
+        return;
+      }
+      this.forward(req, res, session, decided, checked, target, body, requestId);
+    } catch (err) {
+      this.logger.error('request failed', { error: err, requestId });
+      if (!res.headersSent)
+        this.send(res, { id: 'Internal', message: 'chaperone: internal error; see the sidecar log' }, requestId);
+      else res.destroy();
+    }
+  }
+
+  private forward(
+    req: IncomingMessage,
+    res: ServerResponse,
+    session: AgentSession,
+    decided: DecidedCommand,
+    checked: CheckedHeaders,
+    target: string,
+    body: Buffer,
+    requestId: string,
+  ): void {
+    const credential = this.config.upstream.credential;
+    const secret = this.credential?.current() ?? '';
+    const headers = forwardableHeaders(
+      checked,
+      (n) =>
+        n === 'authorization' ||
+        n === 'x-request-id' ||
+        n === 'accept-encoding' ||
+        n === credential?.header.toLowerCase(),
+    );
+    // Identity only: a compressed body could hide the credential from the scrubber and fields from masking.
+    headers['accept-encoding'] = 'identity';
+    headers['x-request-id'] = requestId;
+    if (credential !== undefined) headers[credential.header.toLowerCase()] = `${credential.prefix}${secret}`;
+    if (body.length > 0 || MUTATING.has(req.method ?? '')) headers['content-length'] = String(body.length);
+    const upstreamReq = this.upstream.request({
+      method: req.method ?? 'GET',
+      path: `${this.upstream.pathPrefix}${target}`,
+      headers,
+    });
+    let done = false;
+    const finish = (status: 'success' | 'error' | 'cancelled', code: string, message?: string) => {
+      if (done) return;
+      done = true;
+      session.complete(decided, 'http', message === undefined ? { status, code } : { status, code, message });
+    };
+    upstreamReq.on('error', (err) => {
+      this.logger.warn('upstream request failed', { error: err.message, requestId });
+      if (!res.headersSent) {
+        const error: SidecarError = {
+          id: 'UpstreamUnavailable',
+          message: `chaperone: the upstream could not be reached (${err.message})`,
+        };
+        this.send(res, error, requestId);
+        finish('error', '502', error.message);
+      } else {
+        res.destroy();
+        finish('error', String(res.statusCode), 'upstream connection lost');
+      }
+    });
+    res.once('close', () => {
+      if (!res.writableFinished) {
+        upstreamReq.destroy();
+        finish('cancelled', String(res.statusCode), 'client closed the connection');
+      }
+    });
+    upstreamReq.on('response', (upstreamRes) => {
+      const code = upstreamRes.statusCode ?? 502;
+      const outcome = code < 400 ? 'success' : 'error';
+      const encoding = (upstreamRes.headers['content-encoding'] ?? 'identity').toLowerCase();
+      const fail = (reason: string) => {
+        upstreamRes.destroy();
+        const error: SidecarError = {
+          id: 'UnmaskableResponse',
+          message: `chaperone: the response cannot be checked (${reason}); it was not passed on`,
+        };
+        if (res.headersSent) res.destroy();
+        else this.send(res, error, requestId);
+        finish('error', '502', error.message);
+      };
+      if (encoding !== 'identity') {
+        fail(`content-encoding ${encoding}`);
+        return;
+      }
+      const responseHeaders = forwardableResponseHeaders(upstreamRes.rawHeaders).map(
+        ([name, value]): [string, string] => [name, scrubText(value, secret)],
+      );
+      const masker = createJsonMasker(decided.decision.masking);
+      const json = /^application\/(?:[\w.+-]+\+)?json/i.test(upstreamRes.headers['content-type'] ?? '');
+      if (masker === undefined || !json) {
+        // Streamed: only the credential scrubber looks at the bytes, and it changes their length.
+        const scrubber = new CredentialScrubber(secret);
+        res.writeHead(code, responseHeaders.filter(([n]) => n.toLowerCase() !== 'content-length').flat());
+        upstreamRes.pipe(scrubber).pipe(res);
+        res.once('finish', () =>
+          finish(
+            outcome,
+            String(code),
+            scrubber.found > 0 ? `credential scrubbed ${String(scrubber.found)}x` : undefined,
+          ),
+        );
+        return;
+      }
+      const chunks: Buffer[] = [];
+      let size = 0;
+      upstreamRes.on('data', (chunk: Buffer) => {
+        size += chunk.length;
+        if (size > this.config.maxMaskedResponseBytes) fail('larger than maxMaskedResponseBytes');
+        else chunks.push(chunk);
+      });
+      upstreamRes.once('end', () => {
+        if (size > this.config.maxMaskedResponseBytes) return;
+        let text: string;
+        try {
+          const doc: unknown = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+          masker.mask(doc);
+          text = scrubText(JSON.stringify(doc), secret);
+        } catch {
+          fail('the JSON body does not parse');
+          return;
+        }
+        res.writeHead(
+          code,
+          [
+            ...responseHeaders.filter(([n]) => n.toLowerCase() !== 'content-length'),
+            ['Content-Length', String(Buffer.byteLength(text))],
+          ].flat(),
+        );
+        res.end(text);
+        finish(outcome, String(code));
+      });
+    });
+    upstreamReq.end(body.length > 0 ? body : undefined);
+  }
+
+  /** Upgrades (WebSocket, h2c) open streams the engine cannot inspect: refused. */
+  private async refuseUpgrade(req: IncomingMessage, socket: Duplex): Promise<void> {
+    const problem = problemFor({
+      id: 'StreamRefused',
+      message: 'chaperone: protocol upgrades are not proxied by the HTTP engine',
+    });
+    // Identify and record when possible; the refusal stands either way.
+    try {
+      const checked = checkHeaders(req.rawHeaders);
+      const auth = await this.sessions.authenticate(req.socket, bearerToken(checked.headers.get('authorization')), {
+        address: `${req.socket.remoteAddress ?? ''}:${String(req.socket.remotePort ?? '')}`,
+        applicationName: '',
+        user: '',
+        database: '',
+      });
+      if ('session' in auth) {
+        const decided = auth.session.record(
+          {
+            command: { type: 'http', method: req.method ?? '', path: '' },
+            fingerprint: 'refused',
+            text: `${req.method ?? ''} ${req.url ?? ''}`,
+          },
+          builtIn('upgrade', problem.body),
+        );
+        auth.session.complete(decided, 'http', { status: 'denied', code: String(problem.code) });
+      }
+    } catch {
+      // Malformed as well: the same refusal.
+    }
+    socket.end(
+      `HTTP/1.1 ${String(problem.code)} Bad Request\r\nContent-Type: ${PROBLEM_CONTENT_TYPE}\r\nContent-Length: ${String(Buffer.byteLength(problem.body))}\r\nConnection: close\r\n\r\n${problem.body}`,
+    );
+  }
+}
+
+/** A recorded body with the decision's field rules applied when it is JSON (detectors are the core's). */
+function maskJsonBody(body: string, decision: CombinedDecision): string {
+  const masker = createJsonMasker(decision.masking.filter((m) => m.columns.length > 0));
+  if (masker === undefined) return body;
+  try {
+    const doc: unknown = JSON.parse(body);
+    masker.mask(doc);
+    return JSON.stringify(doc);
+  } catch {
+    // Not JSON: no field can be named, so none is kept.
+    return '[body not recorded: field masking rules apply and it is not JSON]';
+  }
+}
+
+/** The whole body, or undefined when it is larger than `limit`. */
+function readBody(req: IncomingMessage, limit: number): Promise<Buffer | undefined> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on('data', (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > limit) {
+        req.removeAllListeners('data');
+        req.pause();
+        resolve(undefined);
+        return;
+      }
+      chunks.push(chunk);
+    });
+    req.once('end', () => resolve(Buffer.concat(chunks)));
+    req.once('error', reject);
+  });
+}

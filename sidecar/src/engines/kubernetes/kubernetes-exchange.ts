@@ -1,0 +1,762 @@
+// One Kubernetes API request through the sidecar, socket to record: check the framing (request-hygiene.ts),
+// identify the agent by its bearer token (client-sessions.ts), classify the request as the API server does
+// (request-info.ts), decide it (AgentSession.decide: the decision record, with the Audit-ID and the request
+// body of a mutation), and either answer with a Status or forward it with the sidecar's credential, masking
+// Secrets on the way back (secret-redaction.ts); the outcome record follows the response. Upgrades (exec,
+// attach, port-forward) are decided before the upgrade is forwarded.
+import { randomUUID } from 'node:crypto';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import { parse as parseYaml } from 'yaml';
+import type { CombinedDecision, KubernetesCommand } from '@chaperone/api';
+import type { AgentSession, ResourceContext } from '../../core/agent-session.ts';
+import type { CommandDescription, DecidedCommand } from '../../core/command.ts';
+import type { EngineServices } from '../../core/engine.ts';
+import { auditRefusal, policyRefusal, type SidecarError } from '../../core/errors.ts';
+import type { Logger } from '../../core/observability/logger.ts';
+import type { KubernetesListenerConfig } from '../../config.ts';
+import type { ClientSessions } from '../http-base/client-sessions.ts';
+import {
+  AmbiguousRequest,
+  bearerToken,
+  checkHeaders,
+  forwardableHeaders,
+  forwardableResponseHeaders,
+  splitTarget,
+  type CheckedHeaders,
+  type RequestTarget,
+} from '../http-base/request-hygiene.ts';
+import type { CredentialFile, Upstream } from '../http-base/upstream.ts';
+import {
+  accessReviewResponse,
+  MalformedReview,
+  parseReview,
+  reviewedCommand,
+  rulesReviewResponse,
+  selfReviewKind,
+  subjectReviewResponse,
+} from './access-review.ts';
+import { decodeProtobufReview } from './protobuf-review.ts';
+import { classifyRequest, MUTATING_VERBS, UnclassifiableRequest, type RequestInfo } from './request-info.ts';
+import { containsMaskedValue, redactSecrets } from './secret-redaction.ts';
+import { statusFor } from './status.ts';
+
+/** What an exchange needs from its endpoint (kubernetes-engine.ts), so the two do not import each other. */
+export interface ExchangeContext {
+  readonly config: KubernetesListenerConfig;
+  readonly services: EngineServices;
+  readonly resource: ResourceContext;
+  readonly logger: Logger;
+  readonly upstream: Upstream;
+  readonly credential: CredentialFile;
+  readonly sessions: ClientSessions;
+}
+
+const OUTSIDE_TRANSACTION = { inTransaction: false } as const;
+
+/** Non-resource URLs every authenticated client may read (the API server's system:discovery and public-info roles). */
+const DISCOVERY = /^\/(?:apis?(?:\/[^/]+){0,2}|version|openapi\/v2|openapi\/v3(?:\/.*)?|healthz|livez|readyz)\/?$/;
+
+/** Subresources whose upgrade the API server authorizes as `create` whatever the method (websocket GETs too). */
+const STREAM_SUBRESOURCES: ReadonlySet<string> = new Set(['exec', 'attach', 'portforward']);
+
+/** A decision the engine makes itself (discovery, self-reviews, refusals before policy), recorded like any other. */
+function builtIn(decision: 'allow' | 'deny', rule: string, reason: string): CombinedDecision {
+  return { decision, policy: '', rule, bundleDigest: '', reasons: [reason], masking: [] };
+}
+
+class TooLarge extends Error {}
+
+function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on('data', (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > limit) {
+        req.removeAllListeners('data');
+        req.pause();
+        reject(new TooLarge());
+        return;
+      }
+      chunks.push(chunk);
+    });
+    req.once('end', () => resolve(chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks)));
+    req.once('error', reject);
+  });
+}
+
+/** The Accept header for a response the engine must read: JSON only (protobuf and YAML cannot be masked here). */
+function jsonAccept(accept: string | undefined): string {
+  const kept = (accept ?? '')
+    .split(',')
+    .map((a) => a.trim())
+    .filter((a) => /^application\/json(?:;|$)/i.test(a));
+  return kept.length === 0 ? 'application/json' : kept.join(',');
+}
+
+/** Whether a request's responses carry Secret values. */
+function touchesSecrets(info: RequestInfo): boolean {
+  return info.isResourceRequest && info.apiGroup === '' && info.resource === 'secrets';
+}
+
+export class KubernetesExchange {
+  private readonly ctx: ExchangeContext;
+  private readonly req: IncomingMessage;
+  private readonly socket: Socket;
+  private auditId: string = randomUUID();
+  private session: AgentSession | undefined;
+  private info: RequestInfo | undefined;
+  private checked: CheckedHeaders | undefined;
+  private target: RequestTarget | undefined;
+
+  constructor(ctx: ExchangeContext, req: IncomingMessage) {
+    this.ctx = ctx;
+    this.req = req;
+    this.socket = req.socket;
+  }
+
+  /** A plain request: answered here or forwarded, and recorded. */
+  async serve(res: ServerResponse): Promise<void> {
+    const reply = (error: SidecarError) => this.sendStatus(res, error);
+    try {
+      if (!(await this.admit(reply))) return;
+      const { session, info } = this.admitted();
+      let body: Buffer | undefined;
+      const declared = this.checked?.body ?? 0;
+      if (typeof declared === 'number' && declared > this.ctx.config.maxRequestBodyBytes) {
+        this.refuse(session, info, reply, 'request-too-large', {
+          id: 'RequestTooLarge',
+          message: `chaperone: the request body is larger than ${String(this.ctx.config.maxRequestBodyBytes)} bytes`,
+        });
+        return;
+      }
+      if (this.req.method !== 'GET' && this.req.method !== 'HEAD') {
+        try {
+          body = await readBody(this.req, this.ctx.config.maxRequestBodyBytes);
+        } catch (err) {
+          if (!(err instanceof TooLarge)) throw err;
+          this.refuse(session, info, reply, 'request-too-large', {
+            id: 'RequestTooLarge',
+            message: `chaperone: the request body is larger than ${String(this.ctx.config.maxRequestBodyBytes)} bytes`,
+          });
+          return;
+        }
+      }
+      const review = selfReviewKind(info);
+      if (review !== undefined) {
+        await this.answerSelfReview(res, session, info, review, body ?? Buffer.alloc(0));
+        return;
+      }
+      if (!info.isResourceRequest) {
+        if (!DISCOVERY.test(info.path) || (this.req.method !== 'GET' && this.req.method !== 'HEAD')) {
+          this.refuse(session, info, reply, 'non-resource-url', {
+            id: 'RequestRefused',
+            message: `chaperone: the non-resource URL ${info.path} is not served through the sidecar (only discovery, version and health)`,
+          });
+          return;
+        }
+        const decided = session.record(
+          this.describe(info, undefined),
+          builtIn('allow', 'discovery', 'discovery documents are public to every authenticated client'),
+        );
+        if (!(await this.cleared(decided, reply))) return;
+        this.forward(res, session, info, decided, undefined);
+        return;
+      }
+      if (body !== undefined && touchesSecrets(info) && containsMaskedValue(body.toString('latin1'))) {
+        this.refuse(
+          session,
+          info,
+          reply,
+          'masked-value-write',
+          {
+            id: 'RequestRefused',
+            message:
+              'chaperone: the request writes a Secret value the sidecar masked; it would replace the real value with the mask',
+          },
+          body,
+        );
+        return;
+      }
+      const decided = session.decide(this.describe(info, body), OUTSIDE_TRANSACTION);
+      if (decided.decision.decision !== 'allow') {
+        this.deny(res, session, info, decided);
+        return;
+      }
+      if (!(await this.cleared(decided, reply))) return;
+      this.forward(res, session, info, decided, body);
+    } catch (err) {
+      this.ctx.logger.error('request failed', { error: err, auditId: this.auditId });
+      if (!res.headersSent) reply({ id: 'Internal', message: 'chaperone: internal error; see the sidecar log' });
+      else res.destroy();
+    }
+  }
+
+  /** An upgrade (exec, attach, port-forward): decided first; a WebSocket upgrade is forwarded, SPDY refused. */
+  async serveUpgrade(socket: Duplex, head: Buffer): Promise<void> {
+    const reply = (error: SidecarError) => this.writeRawStatus(socket, error);
+    try {
+      if (!(await this.admit(reply))) return;
+      const { session, info } = this.admitted();
+      const protocol = (this.checked?.headers.get('upgrade') ?? '').trim().toLowerCase();
+      // Policy first, so a denied exec reads as the denial whichever stream protocol the client tried.
+      const decided = session.decide(this.describe(info, undefined), OUTSIDE_TRANSACTION);
+      let refusal: SidecarError | undefined;
+      if (decided.decision.decision !== 'allow') refusal = policyRefusal(decided.decision);
+      else if (protocol !== 'websocket') {
+        refusal = {
+          id: 'StreamRefused',
+          message: `chaperone: ${protocol === '' ? 'this' : protocol} upgrade is not supported through the sidecar: its streams cannot be inspected; use a kubectl that speaks WebSocket (v5.channel.k8s.io)`,
+        };
+      }
+      if (refusal !== undefined) {
+        reply(refusal);
+        session.complete(decided, 'kubernetes', {
+          status: 'denied',
+          code: String(statusFor(refusal).code),
+          message: refusal.message,
+        });
+        return;
+      }
+      if (!(await this.cleared(decided, reply))) return;
+      this.forwardUpgrade(socket, head, session, decided);
+    } catch (err) {
+      this.ctx.logger.error('upgrade failed', { error: err, auditId: this.auditId });
+      socket.destroy();
+    }
+  }
+
+  /** Framing, identity, impersonation and classification; false when the request was answered already. */
+  private async admit(reply: (error: SidecarError) => void): Promise<boolean> {
+    try {
+      this.checked = checkHeaders(this.req.rawHeaders);
+      this.target = splitTarget(this.req.url ?? '', this.checked.host);
+    } catch (err) {
+      if (!(err instanceof AmbiguousRequest)) throw err;
+      this.ctx.logger.warn('ambiguous request refused', { reason: err.message });
+      reply({ id: 'AmbiguousRequest', message: `chaperone: ${err.message}` });
+      return false;
+    }
+    const checked = this.checked;
+    const clientAuditId = checked.headers.get('audit-id');
+    if (clientAuditId !== undefined && /^[0-9a-fA-F-]{36}$/.test(clientAuditId)) this.auditId = clientAuditId;
+    const auth = await this.ctx.sessions.authenticate(this.socket, bearerToken(checked.headers.get('authorization')), {
+      address: `${this.socket.remoteAddress ?? ''}:${String(this.socket.remotePort ?? '')}`,
+      applicationName: (checked.headers.get('user-agent') ?? '').slice(0, 256),
+      user: '',
+      database: '',
+    });
+    if ('refusal' in auth) {
+      reply(auth.refusal);
+      return false;
+    }
+    this.session = auth.session;
+    const method = this.req.method ?? '';
+    try {
+      this.info = classifyRequest(method, this.target.rawPath, this.target.rawQuery);
+    } catch (err) {
+      if (!(err instanceof UnclassifiableRequest)) throw err;
+      const described: CommandDescription = {
+        command: {
+          type: 'kubernetes',
+          verb: method.toLowerCase(),
+          apiGroup: '',
+          resource: '',
+          subresource: '',
+          namespace: '',
+          name: '',
+        },
+        fingerprint: 'unclassifiable',
+        text: this.requestLine(),
+        requestId: this.auditId,
+      };
+      const error: SidecarError = { id: 'AmbiguousRequest', message: `chaperone: ${err.message}` };
+      const decided = auth.session.record(described, builtIn('deny', 'unclassifiable', err.message));
+      reply(error);
+      auth.session.complete(decided, 'kubernetes', {
+        status: 'denied',
+        code: String(statusFor(error).code),
+        message: error.message,
+      });
+      return false;
+    }
+    // Streams are authorized as create by the API server, whichever method opened them.
+    if (
+      this.req.headers.upgrade !== undefined &&
+      STREAM_SUBRESOURCES.has(this.info.subresource) &&
+      this.info.verb === 'get'
+    ) {
+      this.info = { ...this.info, verb: 'create' };
+    }
+    for (const name of checked.headers.keys()) {
+      if (name.startsWith('impersonate-')) {
+        this.refuse(auth.session, this.info, reply, 'impersonation', {
+          id: 'RequestRefused',
+          message: 'chaperone: impersonation headers are not allowed through the sidecar; the agent acts as itself',
+        });
+        return false;
+      }
+    }
+    return true;
+  }
+
+  private admitted(): { session: AgentSession; info: RequestInfo } {
+    if (this.session === undefined || this.info === undefined) throw new Error('request not admitted');
+    return { session: this.session, info: this.info };
+  }
+
+  private requestLine(): string {
+    return `${this.req.method ?? ''} ${this.req.url ?? ''}`;
+  }
+
+  /** The protocol-neutral command: the classified request, its Audit-ID, and a mutation's body as recorded. */
+  private describe(info: RequestInfo, body: Buffer | undefined): CommandDescription {
+    const command: KubernetesCommand = {
+      type: 'kubernetes',
+      verb: info.verb,
+      apiGroup: info.apiGroup,
+      resource: info.resource,
+      subresource: info.subresource,
+      namespace: info.namespace,
+      name: info.name,
+    };
+    const fingerprint = `k8s\0${info.verb}\0${info.apiGroup}\0${info.resource}\0${info.subresource}\0${info.namespace}\0${info.name}\0${info.isResourceRequest ? '' : info.path}`;
+    const text = info.dryRun ? `${this.requestLine()} (dry run)` : this.requestLine();
+    const recorded =
+      body !== undefined && body.length > 0 && MUTATING_VERBS.has(info.verb)
+        ? this.recordedBody(info, body)
+        : undefined;
+    return recorded === undefined
+      ? { command, fingerprint, text, requestId: this.auditId }
+      : { command, fingerprint, text, requestId: this.auditId, body: recorded };
+  }
+
+  /** A mutation's body as the audit record keeps it: text, with Secret values masked. */
+  private recordedBody(info: RequestInfo, body: Buffer): string {
+    const type = (this.checked?.headers.get('content-type') ?? '').toLowerCase();
+    if (type.includes('protobuf')) return `[protobuf body, ${String(body.length)} bytes]`;
+    const text = body.toString('utf8');
+    if (!touchesSecrets(info)) return text;
+    try {
+      const doc: unknown = type.includes('yaml') ? parseYaml(text) : JSON.parse(text);
+      redactSecrets(doc);
+      return JSON.stringify(doc);
+    } catch {
+      return `[Secret body of ${String(body.length)} bytes not recorded: not readable as JSON or YAML]`;
+    }
+  }
+
+  /** Waits for the decision record's durability; false (and a 503 sent) when the trail refused it. */
+  private async cleared(decided: DecidedCommand, reply: (error: SidecarError) => void): Promise<boolean> {
+    let audit = decided.audit;
+    if (audit.state === 'pending') audit = await audit.settled;
+    if (audit.state === 'refused') {
+      reply(auditRefusal(audit.error));
+      return false;
+    }
+    return true;
+  }
+
+  /** Records a refusal the engine makes whatever the policy, and answers it. */
+  private refuse(
+    session: AgentSession,
+    info: RequestInfo,
+    reply: (error: SidecarError) => void,
+    rule: string,
+    error: SidecarError,
+    body?: Buffer,
+  ): void {
+    const decided = session.record(this.describe(info, body), builtIn('deny', rule, error.message));
+    reply(error);
+    session.complete(decided, 'kubernetes', {
+      status: 'denied',
+      code: String(statusFor(error, info).code),
+      message: error.message,
+    });
+  }
+
+  private deny(res: ServerResponse, session: AgentSession, info: RequestInfo, decided: DecidedCommand): void {
+    // An approve decision lands here too: until approvals are enabled, the core words it as a refusal.
+    const error = policyRefusal(decided.decision);
+    this.sendStatus(res, error, info);
+    session.complete(decided, 'kubernetes', {
+      status: 'denied',
+      code: String(statusFor(error, info).code),
+      message: error.message,
+    });
+  }
+
+  private sendStatus(res: ServerResponse, error: SidecarError, info = this.info): void {
+    const status = statusFor(error, info);
+    const fatal = error.id === 'AmbiguousRequest' || error.id === 'RequestTooLarge';
+    res.writeHead(status.code, {
+      'content-type': 'application/json',
+      'content-length': Buffer.byteLength(status.body),
+      'audit-id': this.auditId,
+      ...(error.id === 'AuthenticationFailed' ? { 'www-authenticate': 'Bearer realm="chaperone"' } : {}),
+      ...(fatal ? { connection: 'close' } : {}),
+    });
+    res.end(status.body);
+  }
+
+  private writeRawStatus(socket: Duplex, error: SidecarError): void {
+    const status = statusFor(error, this.info);
+    socket.end(
+      `HTTP/1.1 ${String(status.code)} ${error.id}\r\nContent-Type: application/json\r\nContent-Length: ${String(Buffer.byteLength(status.body))}\r\nAudit-Id: ${this.auditId}\r\nConnection: close\r\n\r\n${status.body}`,
+    );
+  }
+
+  private upstreamHeaders(masked: boolean): Record<string, string> {
+    const checked = this.checked;
+    if (checked === undefined) throw new Error('request not admitted');
+    const headers = forwardableHeaders(
+      checked,
+      (n) =>
+        n === 'authorization' ||
+        n === 'audit-id' ||
+        n.startsWith('impersonate-') ||
+        (masked && n === 'accept-encoding'),
+    );
+    headers.authorization = `Bearer ${this.ctx.credential.current()}`;
+    headers['audit-id'] = this.auditId;
+    if (masked) headers.accept = jsonAccept(headers.accept);
+    return headers;
+  }
+
+  private upstreamPath(): string {
+    const target = this.target;
+    if (target === undefined) throw new Error('request not admitted');
+    return `${this.ctx.upstream.pathPrefix}${target.rawPath}${target.rawQuery === '' ? '' : `?${target.rawQuery}`}`;
+  }
+
+  private forward(
+    res: ServerResponse,
+    session: AgentSession,
+    info: RequestInfo,
+    decided: DecidedCommand,
+    body: Buffer | undefined,
+  ): void {
+    const masked = touchesSecrets(info);
+    const headers = this.upstreamHeaders(masked);
+    if (body !== undefined) headers['content-length'] = String(body.length);
+    const upstreamReq = this.ctx.upstream.request({
+      method: this.req.method ?? 'GET',
+      path: this.upstreamPath(),
+      headers,
+    });
+    let done = false;
+    const finish = (status: 'success' | 'error' | 'cancelled', code: string, message?: string) => {
+      if (done) return;
+      done = true;
+      session.complete(decided, 'kubernetes', message === undefined ? { status, code } : { status, code, message });
+    };
+    upstreamReq.on('error', (err) => {
+      this.ctx.logger.warn('upstream request failed', { error: err.message, auditId: this.auditId });
+      if (!res.headersSent) {
+        const error: SidecarError = {
+          id: 'UpstreamUnavailable',
+          message: `chaperone: the API server could not be reached (${err.message})`,
+        };
+        this.sendStatus(res, error, info);
+        finish('error', String(statusFor(error).code), error.message);
+      } else {
+        res.destroy();
+        finish('error', String(res.statusCode), 'upstream connection lost');
+      }
+    });
+    // The client went away (a watch or logs -f stopped): stop the upstream request too.
+    res.once('close', () => {
+      if (!res.writableFinished) {
+        upstreamReq.destroy();
+        finish('cancelled', String(res.statusCode), 'client closed the connection');
+      }
+    });
+    upstreamReq.on('response', (upstreamRes) => {
+      const code = upstreamRes.statusCode ?? 502;
+      const outcome = code < 400 ? 'success' : 'error';
+      if (!masked) {
+        res.writeHead(code, forwardableResponseHeaders(upstreamRes.rawHeaders).flat());
+        upstreamRes.pipe(res);
+        upstreamRes.once('end', () => finish(outcome, String(code)));
+        return;
+      }
+      this.relayMasked(res, upstreamRes, info, code, (failure) =>
+        failure === undefined ? finish(outcome, String(code)) : finish('error', '502', failure),
+      );
+    });
+    upstreamReq.end(body);
+  }
+
+  /** Relays a response about Secrets with every value masked: a watch event by event, anything else whole. */
+  private relayMasked(
+    res: ServerResponse,
+    upstreamRes: IncomingMessage,
+    info: RequestInfo,
+    code: number,
+    done: (failure?: string) => void,
+  ): void {
+    const limit = this.ctx.config.maxMaskedResponseBytes;
+    const fail = (reason: string) => {
+      upstreamRes.destroy();
+      if (res.headersSent) res.destroy();
+      else
+        this.sendStatus(
+          res,
+          {
+            id: 'UnmaskableResponse',
+            message: `chaperone: the response cannot be masked (${reason}); it was not passed on`,
+          },
+          info,
+        );
+      done(reason);
+    };
+    const encoding = (upstreamRes.headers['content-encoding'] ?? 'identity').toLowerCase();
+    const type = (upstreamRes.headers['content-type'] ?? '').toLowerCase();
+    if (encoding !== 'identity') {
+      fail(`content-encoding ${encoding}`);
+      return;
+    }
+    if (!type.startsWith('application/json')) {
+      fail(`content-type ${type === '' ? 'missing' : type}`);
+      return;
+    }
+    const headers = forwardableResponseHeaders(upstreamRes.rawHeaders, (n) => n === 'content-length');
+    if (info.verb === 'watch' && code === 200) {
+      res.writeHead(code, headers.flat());
+      let pending = '';
+      upstreamRes.setEncoding('utf8');
+      upstreamRes.on('data', (chunk: string) => {
+        pending += chunk;
+        let newline = pending.indexOf('\n');
+        while (newline !== -1) {
+          const line = pending.slice(0, newline);
+          pending = pending.slice(newline + 1);
+          if (line.trim() !== '') {
+            try {
+              const event: unknown = JSON.parse(line);
+              redactSecrets(event);
+              res.write(`${JSON.stringify(event)}\n`);
+            } catch {
+              fail('a watch event is not JSON');
+              return;
+            }
+          }
+          newline = pending.indexOf('\n');
+        }
+        if (pending.length > limit) fail('a watch event is larger than maxMaskedResponseBytes');
+      });
+      upstreamRes.once('end', () => {
+        if (pending.trim() !== '') {
+          fail('the watch ended inside an event');
+          return;
+        }
+        res.end();
+        done();
+      });
+      return;
+    }
+    const chunks: Buffer[] = [];
+    let size = 0;
+    upstreamRes.on('data', (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > limit) fail('larger than maxMaskedResponseBytes');
+      else chunks.push(chunk);
+    });
+    upstreamRes.once('end', () => {
+      if (size > limit) return;
+      let text: string;
+      try {
+        const doc: unknown = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+        redactSecrets(doc);
+        text = JSON.stringify(doc);
+      } catch {
+        fail('the body is not JSON');
+        return;
+      }
+      res.writeHead(code, [...headers, ['Content-Length', String(Buffer.byteLength(text))]].flat());
+      res.end(text);
+      done();
+    });
+  }
+
+  /** The upgrade request, sent on a connection of its own; the 101 and both streams are relayed as bytes. */
+  private forwardUpgrade(socket: Duplex, head: Buffer, session: AgentSession, decided: DecidedCommand): void {
+    const headers = this.upstreamHeaders(false);
+    headers.connection = 'Upgrade';
+    headers.upgrade = this.checked?.headers.get('upgrade') ?? 'websocket';
+    const upstreamReq = this.ctx.upstream.requestOwnConnection({
+      method: this.req.method ?? 'GET',
+      path: this.upstreamPath(),
+      headers,
+    });
+    let fromClient = 0;
+    let toClient = 0;
+    let done = false;
+    const finish = (status: 'success' | 'error', code: string, message: string) => {
+      if (done) return;
+      done = true;
+      session.complete(decided, 'kubernetes', { status, code, message });
+    };
+    upstreamReq.on('error', (err) => {
+      this.writeRawStatus(socket, {
+        id: 'UpstreamUnavailable',
+        message: `chaperone: the API server could not be reached (${err.message})`,
+      });
+      finish('error', '502', err.message);
+    });
+    upstreamReq.on('response', (upstreamRes) => {
+      // Not upgraded: the API server's answer (a Status) goes to the client as it is.
+      const code = upstreamRes.statusCode ?? 502;
+      const lines = [`HTTP/1.1 ${String(code)} ${upstreamRes.statusMessage ?? ''}`];
+      for (const [name, value] of forwardableResponseHeaders(upstreamRes.rawHeaders)) lines.push(`${name}: ${value}`);
+      lines.push('Connection: close', '', '');
+      socket.write(lines.join('\r\n'));
+      upstreamRes.pipe(socket);
+      upstreamRes.once('end', () => finish('error', String(code), 'the API server did not upgrade the connection'));
+    });
+    upstreamReq.on('upgrade', (upstreamRes, upstreamSocket: Socket, upstreamHead: Buffer) => {
+      const lines = ['HTTP/1.1 101 Switching Protocols'];
+      for (let i = 0; i + 1 < upstreamRes.rawHeaders.length; i += 2) {
+        lines.push(`${upstreamRes.rawHeaders[i] ?? ''}: ${upstreamRes.rawHeaders[i + 1] ?? ''}`);
+      }
+      lines.push('', '');
+      socket.write(lines.join('\r\n'));
+      if (upstreamHead.length > 0) socket.write(upstreamHead);
+      if (head.length > 0) upstreamSocket.write(head);
+      socket.on('data', (c: Buffer) => (fromClient += c.length));
+      upstreamSocket.on('data', (c: Buffer) => (toClient += c.length));
+      socket.pipe(upstreamSocket);
+      upstreamSocket.pipe(socket);
+      const close = () => {
+        socket.destroy();
+        upstreamSocket.destroy();
+        finish(
+          'success',
+          '101',
+          `stream closed: ${String(fromClient)} bytes from the client, ${String(toClient)} to it`,
+        );
+      };
+      socket.once('close', close);
+      upstreamSocket.once('close', close);
+      socket.on('error', close);
+      upstreamSocket.on('error', close);
+    });
+    upstreamReq.end();
+  }
+
+  /** kubectl auth can-i / whoami: answered for the agent, never for the sidecar's credential. */
+  private async answerSelfReview(
+    res: ServerResponse,
+    session: AgentSession,
+    info: RequestInfo,
+    kind: 'access' | 'rules' | 'subject',
+    body: Buffer,
+  ): Promise<void> {
+    const decided = session.record(
+      this.describe(info, body),
+      builtIn('allow', 'self-review', 'self-reviews are answered by the sidecar for the agent'),
+    );
+    if (!(await this.cleared(decided, (e) => this.sendStatus(res, e, info)))) return;
+    let answer: string;
+    try {
+      const protobuf = (this.checked?.headers.get('content-type') ?? '').includes('protobuf');
+      const doc = protobuf ? decodeProtobufReview(body) : parseReview(body.toString('utf8'));
+      if (kind === 'subject') answer = subjectReviewResponse(doc, session.identity);
+      else if (kind === 'rules') answer = rulesReviewResponse(doc);
+      else answer = accessReviewResponse(doc, await this.reviewAccess(session, doc));
+    } catch (err) {
+      if (!(err instanceof MalformedReview)) throw err;
+      const error: SidecarError = { id: 'AmbiguousRequest', message: `chaperone: malformed review: ${err.message}` };
+      this.sendStatus(res, error, info);
+      session.complete(decided, 'kubernetes', { status: 'error', code: '400', message: error.message });
+      return;
+    }
+    res.writeHead(201, {
+      'content-type': 'application/json',
+      'content-length': Buffer.byteLength(answer),
+      'audit-id': this.auditId,
+    });
+    res.end(answer);
+    session.complete(decided, 'kubernetes', { status: 'success', code: '201' });
+  }
+
+  private async reviewAccess(
+    session: AgentSession,
+    doc: ReturnType<typeof parseReview>,
+  ): Promise<{ allowed: boolean; denied?: boolean; reason: string }> {
+    const asked = reviewedCommand(doc);
+    if ('nonResourcePath' in asked) {
+      const allowed = DISCOVERY.test(asked.nonResourcePath);
+      return allowed
+        ? { allowed, reason: 'chaperone: discovery is open to every agent' }
+        : {
+            allowed,
+            denied: true,
+            reason: 'chaperone: non-resource URLs other than discovery are refused by the sidecar',
+          };
+    }
+    const c = asked.command;
+    const decision = session.evaluate(
+      {
+        command: c,
+        fingerprint: `k8s\0${c.verb}\0${c.apiGroup}\0${c.resource}\0${c.subresource}\0${c.namespace}\0${c.name}\0`,
+        text: 'access review',
+      },
+      OUTSIDE_TRANSACTION,
+    );
+    const who = decision.policy === '' ? 'no policy' : `policy ${decision.policy}`;
+    if (decision.decision !== 'allow') {
+      return {
+        allowed: false,
+        denied: true,
+        reason: `chaperone: ${decision.decision === 'approve' ? 'requires approval' : 'denied'} by ${who}, rule ${decision.rule}`,
+      };
+    }
+    // The policy allows it; the API server must also accept the sidecar's credential for it.
+    const upstream = await this.upstreamAccessReview(Buffer.from(JSON.stringify(doc)));
+    if (upstream === undefined || !upstream.allowed) {
+      return {
+        allowed: false,
+        reason: `chaperone: allowed by ${who}, rule ${decision.rule}, but the sidecar's credential may not (${upstream?.reason ?? 'the API server did not answer'})`,
+      };
+    }
+    return { allowed: true, reason: `chaperone: allowed by ${who}, rule ${decision.rule}` };
+  }
+
+  private upstreamAccessReview(body: Buffer): Promise<{ allowed: boolean; reason: string } | undefined> {
+    return new Promise((resolve) => {
+      const req = this.ctx.upstream.request({
+        method: 'POST',
+        path: `${this.ctx.upstream.pathPrefix}/apis/authorization.k8s.io/v1/selfsubjectaccessreviews`,
+        headers: {
+          authorization: `Bearer ${this.ctx.credential.current()}`,
+          'content-type': 'application/json',
+          accept: 'application/json',
+          'content-length': String(body.length),
+          'audit-id': this.auditId,
+        },
+      });
+      req.on('error', () => resolve(undefined));
+      req.on('response', (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.once('end', () => {
+          try {
+            const doc = JSON.parse(Buffer.concat(chunks).toString('utf8')) as {
+              status?: { allowed?: boolean; reason?: string };
+            };
+            resolve({
+              allowed: doc.status?.allowed === true,
+              reason: doc.status?.reason ?? `HTTP ${String(res.statusCode)}`,
+            });
+          } catch {
+            resolve(undefined);
+          }
+        });
+      });
+      req.end(body);
+    });
+  }
+}

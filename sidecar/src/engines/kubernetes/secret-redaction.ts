@@ -1,0 +1,73 @@
+// Secret values never reach the agent or the audit trail through the Kubernetes engine: every `data` and
+// `stringData` value of a Secret is replaced, in single objects, lists, watch events and Tables, and so is
+// the copy of the whole object kubectl keeps in the last-applied-configuration annotation. Pure; works on
+// parsed JSON. Which objects are Secrets is the caller's knowledge (the request named the secrets resource),
+// because list items and Table rows carry no kind of their own.
+//
+// The masked value of `data` stays valid base64 (clients decode it into bytes); its text is MASKED_TEXT, so
+// a write that sends a masked value back (kubectl edit of a masked Secret) can be recognised and refused.
+
+/** What a masked Secret value reads as once decoded. */
+export const MASKED_TEXT = 'chaperone:masked';
+/** A masked `data` value (base64 of MASKED_TEXT). */
+export const MASKED_DATA = Buffer.from(MASKED_TEXT).toString('base64');
+
+const LAST_APPLIED = 'kubectl.kubernetes.io/last-applied-configuration';
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+function maskMap(map: unknown, replacement: string): number {
+  if (!isRecord(map)) return 0;
+  let n = 0;
+  for (const key of Object.keys(map)) {
+    map[key] = replacement;
+    n++;
+  }
+  return n;
+}
+
+/** Masks one Secret object in place; returns how many values were masked. */
+function maskSecret(secret: Record<string, unknown>): number {
+  let n = maskMap(secret.data, MASKED_DATA) + maskMap(secret.stringData, MASKED_TEXT);
+  const metadata = secret.metadata;
+  if (isRecord(metadata) && isRecord(metadata.annotations)) {
+    const applied = metadata.annotations[LAST_APPLIED];
+    if (typeof applied === 'string') {
+      // The annotation holds the whole applied object as JSON; mask it the same way, or drop it if unreadable.
+      try {
+        const inner: unknown = JSON.parse(applied);
+        if (isRecord(inner)) n += maskSecret(inner);
+        metadata.annotations[LAST_APPLIED] = JSON.stringify(inner);
+      } catch {
+        metadata.annotations[LAST_APPLIED] = MASKED_TEXT;
+        n++;
+      }
+    }
+  }
+  return n;
+}
+
+/**
+ * Masks every Secret in a response document about secrets: a Secret, a SecretList (`items`), a watch event
+ * (`object`), a Table (`rows[].object`), or a Status (nothing to mask). Mutates `doc`; returns the count.
+ */
+export function redactSecrets(doc: unknown): number {
+  if (!isRecord(doc)) return 0;
+  let n = 0;
+  if (Array.isArray(doc.items)) {
+    for (const item of doc.items) if (isRecord(item)) n += maskSecret(item);
+  }
+  if (Array.isArray(doc.rows)) {
+    for (const row of doc.rows) if (isRecord(row) && isRecord(row.object)) n += redactSecrets(row.object);
+  }
+  if (typeof doc.type === 'string' && isRecord(doc.object)) n += redactSecrets(doc.object);
+  if (doc.kind !== 'Status' && doc.kind !== 'Table' && !Array.isArray(doc.items)) n += maskSecret(doc);
+  return n;
+}
+
+/** Whether a request body writes a value the engine masked (a masked Secret sent back would overwrite the real one). */
+export function containsMaskedValue(body: string): boolean {
+  return body.includes(MASKED_DATA) || body.includes(MASKED_TEXT);
+}
