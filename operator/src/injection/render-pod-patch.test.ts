@@ -9,35 +9,10 @@ import { parse } from 'yaml';
 import { SEAL_ANNOTATION, statementSigner, type ProtectedResource } from '@chaperone/api';
 import { validateConfig } from '@chaperone/sidecar/config';
 import { ANNOTATION_SIDECAR_CONFIG, SIDECAR_CONTAINER, VOLUME_AUDIT, VOLUME_SIDECAR_API_ACCESS } from './constants.ts';
-import type { JsonPatchOperation } from './json-patch.ts';
+import { applyJsonPatch } from './json-patch.ts';
 import { renderPodPatch, type InjectionInput } from './render-pod-patch.ts';
 import { attestationProblems, sealProblems } from './sealed-pod.ts';
 import { validateInjectionSettings } from './settings.ts';
-
-/** A deliberately small RFC 6902 applier (add/replace/remove) for the patches the injector emits. */
-function applyPatch<T>(doc: T, patch: readonly JsonPatchOperation[]): T {
-  const root = structuredClone(doc) as unknown as Record<string, unknown>;
-  for (const op of patch) {
-    const tokens = op.path
-      .split('/')
-      .slice(1)
-      .map((t) => t.replaceAll('~1', '/').replaceAll('~0', '~'));
-    const last = tokens.pop() ?? '';
-    let parent: unknown = root;
-    for (const t of tokens) parent = (parent as Record<string, unknown>)[t];
-    if (Array.isArray(parent)) {
-      const index = last === '-' ? parent.length : Number(last);
-      if (op.op === 'add') parent.splice(index, 0, op.value);
-      else if (op.op === 'replace') parent[index] = op.value;
-      else parent.splice(index, 1);
-    } else {
-      const obj = parent as Record<string, unknown>;
-      if (op.op === 'remove') Reflect.deleteProperty(obj, last);
-      else obj[last] = op.value;
-    }
-  }
-  return root as unknown as T;
-}
 
 const settings = validateInjectionSettings({ image: 'sidecar:test', operatorNamespace: 'chaperone-system' });
 
@@ -112,7 +87,7 @@ const input = (p: V1Pod, overrides: Partial<InjectionInput> = {}): InjectionInpu
 test('the patch applies, the config validates with the sidecar, and a second pass is empty', () => {
   const result = renderPodPatch(input(pod()));
   assert.equal(result.kind, 'patch');
-  const patched = applyPatch(pod(), result.patch);
+  const patched = applyJsonPatch(pod(), result.patch);
   assert.equal(patched.spec?.initContainers?.[0]?.name, SIDECAR_CONTAINER);
   assert.equal(patched.spec.automountServiceAccountToken, false);
   assert.ok(!patched.spec.volumes?.some((v) => v.name.startsWith('kube-api-access-')));
@@ -159,7 +134,7 @@ test('a generateName pod: the sidecar learns its pod from the downward API and w
   generated.metadata = { generateName: 'nightly-report-', annotations: pod().metadata?.annotations ?? {} };
   const result = renderPodPatch(input(generated));
   assert.equal(result.kind, 'patch');
-  const patched = applyPatch(generated, result.patch);
+  const patched = applyJsonPatch(generated, result.patch);
   const sidecar = patched.spec?.initContainers?.[0];
   assert.equal(sidecar?.name, SIDECAR_CONTAINER);
   const rendered: unknown = parse(patched.metadata?.annotations?.[ANNOTATION_SIDECAR_CONFIG] ?? '');
@@ -206,7 +181,7 @@ test('settings: the spool bound sizes the emptyDir, and JSON lines on stdout are
   });
   const result = renderPodPatch(input(pod(), { settings: exporting }));
   assert.equal(result.kind, 'patch');
-  const patched = applyPatch(pod(), result.patch);
+  const patched = applyJsonPatch(pod(), result.patch);
   const config = validateConfig(
     parse(patched.metadata?.annotations?.[ANNOTATION_SIDECAR_CONFIG] ?? ''),
     kubeletEnv(patched, podFields),
@@ -229,7 +204,7 @@ test("signer certification: the sidecar is pointed at the operator's endpoint wi
   };
   const result = renderPodPatch(input(pod(), { signerCertification: endpoint }));
   assert.equal(result.kind, 'patch');
-  const patched = applyPatch(pod(), result.patch);
+  const patched = applyJsonPatch(pod(), result.patch);
   const config = validateConfig(
     parse(patched.metadata?.annotations?.[ANNOTATION_SIDECAR_CONFIG] ?? ''),
     kubeletEnv(patched, podFields),
@@ -241,7 +216,7 @@ test("signer certification: the sidecar is pointed at the operator's endpoint wi
 
   const without = renderPodPatch(input(pod()));
   assert.equal(without.kind, 'patch');
-  const plain = applyPatch(pod(), without.patch);
+  const plain = applyJsonPatch(pod(), without.patch);
   const plainConfig = validateConfig(
     parse(plain.metadata?.annotations?.[ANNOTATION_SIDECAR_CONFIG] ?? ''),
     kubeletEnv(plain, podFields),
@@ -255,7 +230,7 @@ test('a read-only credential is mounted into the sidecar only, beside the main o
   });
   const result = renderPodPatch(input(pod(), { resources: [withReader] }));
   assert.equal(result.kind, 'patch');
-  const patched = applyPatch(pod(), result.patch);
+  const patched = applyJsonPatch(pod(), result.patch);
   const credentials = patched.spec?.volumes?.find((v) =>
     v.projected?.sources?.some((s) => s.secret?.name === 'db-reader'),
   );
@@ -286,7 +261,7 @@ test('a read-only credential is mounted into the sidecar only, beside the main o
 
   const pinned = renderPodPatch(input(pod(), { resources: [resource('orders', { searchPath: 'reporting' })] }));
   assert.equal(pinned.kind, 'patch');
-  const pinnedPod = applyPatch(pod(), pinned.patch);
+  const pinnedPod = applyJsonPatch(pod(), pinned.patch);
   const pinnedConfig = validateConfig(
     parse(pinnedPod.metadata?.annotations?.[ANNOTATION_SIDECAR_CONFIG] ?? ''),
     kubeletEnv(pinnedPod, podFields),
@@ -305,7 +280,7 @@ test("token exchange: the sidecar trusts the operator's exchange, with its JWKS 
   };
   const result = renderPodPatch(input(pod(), { tokenExchange: endpoint }));
   assert.equal(result.kind, 'patch');
-  const patched = applyPatch(pod(), result.patch);
+  const patched = applyJsonPatch(pod(), result.patch);
   const config = validateConfig(
     parse(patched.metadata?.annotations?.[ANNOTATION_SIDECAR_CONFIG] ?? ''),
     kubeletEnv(patched, podFields),
@@ -325,8 +300,8 @@ test("token exchange: the sidecar trusts the operator's exchange, with its JWKS 
   const without = renderPodPatch(input(pod()));
   assert.equal(without.kind, 'patch');
   const plain = validateConfig(
-    parse(applyPatch(pod(), without.patch).metadata?.annotations?.[ANNOTATION_SIDECAR_CONFIG] ?? ''),
-    kubeletEnv(applyPatch(pod(), without.patch), podFields),
+    parse(applyJsonPatch(pod(), without.patch).metadata?.annotations?.[ANNOTATION_SIDECAR_CONFIG] ?? ''),
+    kubeletEnv(applyJsonPatch(pod(), without.patch), podFields),
   );
   assert.equal(plain.identity.issuers.length, 1, 'only the service-account issuer without the exchange');
 });
@@ -334,7 +309,7 @@ test("token exchange: the sidecar trusts the operator's exchange, with its JWKS 
 test("the injector seals what it renders, with the API server's defaults written out", () => {
   const result = renderPodPatch(input(pod()));
   assert.equal(result.kind, 'patch');
-  const patched = applyPatch(pod(), result.patch);
+  const patched = applyJsonPatch(pod(), result.patch);
   assert.ok(patched.metadata?.annotations?.[SEAL_ANNOTATION]);
   assert.deepEqual(attestationProblems(patched, 'ci', [operator.publicJwk]), []);
   const sidecar = patched.spec?.initContainers?.[0];
@@ -386,7 +361,7 @@ test("a pod that brings the injector's names without the operator's seal is refu
   // A genuine injected pod copied under the same namespace is recognised; altered, it is refused.
   const genuine = renderPodPatch(input(pod()));
   assert.equal(genuine.kind, 'patch');
-  const copy = applyPatch(pod(), genuine.patch);
+  const copy = applyJsonPatch(pod(), genuine.patch);
   assert.deepEqual(renderPodPatch(input(copy)), { kind: 'patch', patch: [], warnings: [] });
   const altered = structuredClone(copy);
   const sidecar = altered.spec?.initContainers?.[0];
