@@ -5,13 +5,42 @@ import { Identity } from './identity.ts';
 import { COMMAND_KINDS } from './audit-record.ts';
 import type { KubernetesObject } from './meta.ts';
 
-export const APPROVAL_PHASES = ['Pending', 'Approved', 'Denied', 'Expired', 'Cancelled'] as const;
+/**
+ * Pending until decided; Approved, Denied, Expired (nobody decided in time), Cancelled (the client cancelled
+ * the held statement or went away) or Abandoned (the sidecar holding it stopped, so it can never run).
+ * Every phase but Pending is final.
+ */
+export const APPROVAL_PHASES = ['Pending', 'Approved', 'Denied', 'Expired', 'Cancelled', 'Abandoned'] as const;
+export type ApprovalPhase = (typeof APPROVAL_PHASES)[number];
+
+/** Label naming the pod whose sidecar filed a request (it marks its leftovers Abandoned after a restart). */
+export const APPROVAL_POD_LABEL = 'chaperone.dev/pod';
+
+const sha256Hash = (description: string) =>
+  Type.String({ description, maxLength: 80, pattern: '^sha256:[0-9a-f]{64}$' });
 
 export const ApprovalRequestSpec = Type.Object(
   {
     resource: Type.String({ description: 'ProtectedResource the command targets.', ...dnsSubdomain }),
     session: Type.String({ description: 'Session the command belongs to.', ...dnsSubdomain }),
+    pod: Type.Optional(
+      Type.Object(
+        {
+          name: Type.String({ description: 'Pod name.', maxLength: 253 }),
+          uid: Type.Optional(Type.String({ description: 'Pod UID.', maxLength: 64 })),
+        },
+        { description: 'The pod whose sidecar holds the command.' },
+      ),
+    ),
     requester: Identity,
+    bindingHash: Type.Optional(
+      sha256Hash(
+        'sha256 over the canonical form of exactly what runs on approval: resource, session, requester chain, statement text and bound parameters (unmasked). The sidecar runs only a statement with this hash (docs/approvals.md).',
+      ),
+    ),
+    commandId: Type.Optional(
+      Type.Integer({ description: 'Command number within the session (as in its audit records).', minimum: 1 }),
+    ),
     command: Type.Object(
       {
         kind: StringEnum(COMMAND_KINDS, { description: 'Protocol family.' }),

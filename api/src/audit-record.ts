@@ -166,6 +166,49 @@ export const AuditRecord = Type.Object(
         { description: 'The result, on command.outcome.' },
       ),
     ),
+    approval: Type.Optional(
+      Type.Object(
+        {
+          request: Type.String({ description: 'ApprovalRequest name (in the pod namespace).', maxLength: 253 }),
+          bindingHash: hashString('Hash of exactly what runs on approval (the request spec.bindingHash).'),
+          phase: Type.Optional(
+            StringEnum(['Pending', 'Approved', 'Denied', 'Expired', 'Cancelled', 'Abandoned', 'Withdrawn'], {
+              description:
+                'Pending on approval.requested; how it ended on approval.decided (Withdrawn: the request was deleted or replaced while pending).',
+            }),
+          ),
+          requiredApprovals: Type.Optional(Type.Integer({ description: 'Distinct approvals needed.', minimum: 1 })),
+          expiresTime: Type.Optional(Type.String({ description: 'When the request expires.', maxLength: 32 })),
+          decisions: Type.Optional(
+            Type.Array(
+              Type.Object(
+                {
+                  approver: Type.String({
+                    description: 'User name as the API server authenticated it.',
+                    maxLength: 256,
+                  }),
+                  uid: Type.Optional(Type.String({ description: 'User UID, when known.', maxLength: 256 })),
+                  groups: Type.Optional(
+                    Type.Array(Type.String({ description: 'A group.', maxLength: 256 }), {
+                      description: 'Groups the decision was counted under.',
+                      maxItems: 64,
+                    }),
+                  ),
+                  decision: StringEnum(['approve', 'deny'], { description: 'approve or deny.' }),
+                  time: Type.String({ description: 'When the approver decided.', maxLength: 32 }),
+                  comment: Type.Optional(Type.String({ description: 'Why.', maxLength: 1024 })),
+                },
+                { description: 'One counted decision.' },
+              ),
+              { description: 'The decisions that counted (distinct approvers), on approval.decided.', maxItems: 32 },
+            ),
+          ),
+        },
+        {
+          description: 'The approval a command was held for, on approval.* records and the outcome of a held command.',
+        },
+      ),
+    ),
     gap: Type.Optional(
       Type.Object(
         {

@@ -20,3 +20,4 @@ export * from './audit-signature.ts';
 export * from './operator-statements.ts';
 export * from './duration.ts';
 export * from './logger.ts';
+export * from './approval-tally.ts';

@@ -48,11 +48,11 @@ describe('kubectl-chaperone dispatch', () => {
   });
 
   it('an unknown command exits 2 with a message, with or without --help', async () => {
-    for (const args of [['approvals'], ['approvals', '--help'], ['approvals', '-h', 'x'], ['help', 'approvals']]) {
+    for (const args of [['frobnicate'], ['frobnicate', '--help'], ['frobnicate', '-h', 'x'], ['help', 'frobnicate']]) {
       const result = await capture(args);
       assert.equal(result.code, 2, args.join(' '));
       assert.equal(result.stdout, '', args.join(' '));
-      assert.match(result.stderr, /^error: unknown command "approvals" for "kubectl chaperone"\n/);
+      assert.match(result.stderr, /^error: unknown command "frobnicate" for "kubectl chaperone"\n/);
     }
     const sub = await capture(['evidence', 'import', '--help']);
     assert.equal(sub.code, 2);

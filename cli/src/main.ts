@@ -5,6 +5,7 @@
 // the help (or the success) of a command it misspelled.
 import type { CommandIo } from './audit/cluster.ts';
 import { versionLine } from './build-info.ts';
+import { APPROVALS_USAGE, run as runApprovals } from './commands/approvals.ts';
 import { AUDIT_VERIFY_USAGE, run as runAuditVerify } from './commands/audit-verify.ts';
 import { EVIDENCE_USAGE, run as runEvidence } from './commands/evidence.ts';
 import { POLICY_COMPILE_USAGE, run as runPolicyCompile } from './commands/policy-compile.ts';
@@ -72,6 +73,27 @@ export const COMMANDS: readonly Command[] = [
     summary: 'Verify JSON-lines audit files a sidecar wrote (audit.path): hashes, links, seq continuity',
     usage: AUDIT_VERIFY_USAGE,
     run: (args, io) => runAuditVerify(['verify', ...args], io),
+  },
+  {
+    name: 'approvals',
+    synopsis: '[--all] [-n NS|-A] [-o json|yaml]',
+    summary: 'List held commands waiting for approval: age, requester chain, approvals so far, statement',
+    usage: APPROVALS_USAGE,
+    run: (args, io) => runApprovals('approvals', args, io),
+  },
+  {
+    name: 'approve',
+    synopsis: 'NAME [--comment TEXT] [-n NS]',
+    summary: 'Approve a held command as yourself (the API server authenticates you; admission checks it)',
+    usage: APPROVALS_USAGE,
+    run: (args, io) => runApprovals('approve', args, io),
+  },
+  {
+    name: 'deny',
+    synopsis: 'NAME [--comment TEXT] [-n NS]',
+    summary: 'Deny a held command; one deny by an approver ends the request',
+    usage: APPROVALS_USAGE,
+    run: (args, io) => runApprovals('deny', args, io),
   },
   {
     name: 'policy test',

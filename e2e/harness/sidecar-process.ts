@@ -90,6 +90,10 @@ export interface SidecarProcessOptions {
   readonly listener?: Record<string, unknown>;
   /** Extra keys of the config's `audit` section (spoolDir, kubernetes, ...); `path` stays the JSON-lines file. */
   readonly audit?: Record<string, unknown>;
+  /** The pod written into records (default tests/test-pod); approvals need a real one. */
+  readonly pod?: { readonly namespace: string; readonly name: string; readonly uid: string };
+  /** The config's `approvals` section (holding commands for approval); default none. */
+  readonly approvals?: Record<string, unknown>;
   /** Sidecar log level; default debug (what tests want to read on failure). */
   readonly logLevel?: 'debug' | 'info' | 'warn' | 'error';
   /** Entry point run with `node` instead of the chaperone-sidecar bin (same `--config FILE` interface). */
@@ -150,7 +154,7 @@ export async function spawnSidecar(options: SidecarProcessOptions): Promise<Side
   const auditFile = join(dir, 'audit.jsonl');
   const logFile = join(dir, 'sidecar.log');
   const config = {
-    pod: { namespace: 'tests', name: 'test-pod', uid: 'test-pod-uid' },
+    pod: options.pod ?? { namespace: 'tests', name: 'test-pod', uid: 'test-pod-uid' },
     listeners: options.listeners ?? [
       {
         name: 'test-db',
@@ -183,6 +187,7 @@ export async function spawnSidecar(options: SidecarProcessOptions): Promise<Side
       ],
     },
     audit: { path: auditFile, ...options.audit },
+    ...(options.approvals === undefined ? {} : { approvals: options.approvals }),
     metrics: { listen: '127.0.0.1:0' },
     log: { level: options.logLevel ?? 'debug' },
   };

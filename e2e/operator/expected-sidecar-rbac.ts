@@ -8,6 +8,7 @@ export function expectedSidecarRules(policies: readonly string[] = []) {
     { apiGroups: ['chaperone.dev'], resources: ['sessions'], verbs: ['create', 'get', 'list', 'watch', 'patch'] },
     { apiGroups: ['chaperone.dev'], resources: ['sessions/status'], verbs: ['get', 'patch'] },
     { apiGroups: ['chaperone.dev'], resources: ['approvalrequests'], verbs: ['create', 'get', 'list', 'watch'] },
+    { apiGroups: ['chaperone.dev'], resources: ['approvalrequests/status'], verbs: ['get', 'patch'] },
     {
       apiGroups: ['chaperone.dev'],
       resources: ['accesspolicies', 'protectedresources'],

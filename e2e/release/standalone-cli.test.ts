@@ -78,9 +78,9 @@ test('the single executable works as a kubectl plugin without Node.js or the rep
   });
 
   await t.test('usage errors exit 2; --help names the command', async () => {
-    const unknown = await chaperone('approvals', '--help');
+    const unknown = await chaperone('frobnicate', '--help');
     assert.equal(unknown.code, 2);
-    assert.match(unknown.stderr, /^error: unknown command "approvals" for "kubectl chaperone"/);
+    assert.match(unknown.stderr, /^error: unknown command "frobnicate" for "kubectl chaperone"/);
     assert.equal(unknown.stdout, '');
     const help = await chaperone('evidence', 'verify', '--help');
     assert.equal(help.code, 0);

@@ -169,7 +169,23 @@ test('approval decisions: approverGroups, approvers, self-approval, once each, o
   });
 
   await t.test('no decision is added once the request is decided', async () => {
-    await fx.custom.patchNamespacedCustomObjectStatus(
+    // Only the sidecar sets the phase; an administrator cannot (nor the requester, nor an approver).
+    const byAdmin = await refusal(
+      fx.custom.patchNamespacedCustomObjectStatus(
+        {
+          group: GROUP,
+          version: VERSION,
+          namespace: ns,
+          plural,
+          name: 'dba-only',
+          body: { status: { phase: 'Approved' } },
+        },
+        k8s.setHeaderOptions('Content-Type', k8s.PatchStrategy.MergePatch),
+      ),
+    );
+    assert.equal(byAdmin.code, 403);
+    assert.match(byAdmin.message ?? '', /only the sidecar holding the command sets the phase/);
+    await sidecar.patchNamespacedCustomObjectStatus(
       {
         group: GROUP,
         version: VERSION,
@@ -195,6 +211,22 @@ test('approval decisions: approverGroups, approvers, self-approval, once each, o
       ),
     );
     assert.equal(late.code, 403);
+    // A final phase stays final, even for the sidecar.
+    const reopened = await refusal(
+      sidecar.patchNamespacedCustomObjectStatus(
+        {
+          group: GROUP,
+          version: VERSION,
+          namespace: ns,
+          plural,
+          name: 'dba-only',
+          body: { status: { phase: 'Pending' } },
+        },
+        k8s.setHeaderOptions('Content-Type', k8s.PatchStrategy.MergePatch),
+      ),
+    );
+    assert.equal(reopened.code, 403);
+    assert.match(reopened.message ?? '', /a final phase does not change/);
   });
 
   await t.test('approvers by name, and self-approval when the request allows it', async () => {

@@ -457,6 +457,27 @@ export const SidecarConfig = Type.Object(
         { additionalProperties: false },
       ),
     ),
+    /**
+     * Holding commands for approval (docs/approvals.md): approve decisions file an ApprovalRequest in
+     * `kubernetes.namespace` (default the pod's) with this access (the sidecar's own pod-bound token), and
+     * the command waits on its connection for the decisions. Without this section approve rules refuse
+     * (ApprovalRequired).
+     */
+    approvals: Type.Optional(
+      Type.Object(
+        {
+          kubernetes: Type.Object(
+            {
+              ...apiAccessFields,
+              /** Namespace of the ApprovalRequests; default the pod's namespace. */
+              namespace: Type.Optional(Type.String({ minLength: 1, maxLength: 63 })),
+            },
+            { additionalProperties: false, default: {} },
+          ),
+        },
+        { additionalProperties: false },
+      ),
+    ),
     metrics: Type.Object(
       {
         /** host:port of the Prometheus endpoint; empty disables it. Default 127.0.0.1:9090. */
@@ -606,6 +627,18 @@ export function validateConfig(document: unknown, env: ConfigEnvironment = {}): 
     const resolved = resolveApiAccess(config.audit.kubernetes ?? {}, env, '/audit/kubernetes');
     if (typeof resolved === 'string') problems.push(resolved);
     else config.audit.kubernetes = resolved;
+  }
+  const approvals = config.approvals;
+  if (approvals !== undefined) {
+    approvals.kubernetes.namespace ??= config.pod.namespace === '' ? undefined : config.pod.namespace;
+    if (approvals.kubernetes.namespace === undefined) {
+      problems.push(`/approvals/kubernetes/namespace: set it (or pod.namespace, or ${POD_ENV.namespace})`);
+    }
+    // Requests name the pod whose sidecar holds them (it marks its leftovers Abandoned after a restart).
+    if (config.pod.name === '') problems.push(`/pod/name: set it (or ${POD_ENV.name}) when approvals are enabled`);
+    const resolved = resolveApiAccess(approvals.kubernetes, env, '/approvals/kubernetes');
+    if (typeof resolved === 'string') problems.push(resolved);
+    else approvals.kubernetes = resolved;
   }
   const policy = config.policy;
   if ((policy.bundleDir === undefined) === (policy.kubernetes === undefined)) {

@@ -18,6 +18,9 @@ import { BundleWatcher } from './core/policy/bundle-directory.ts';
 import { PolicyEngine } from './core/policy/policy-engine.ts';
 import type { Engine, EngineServices } from './core/engine.ts';
 import { ResourceListener } from './core/resource-listener.ts';
+import { ApprovalDesk } from './core/approvals/approval-desk.ts';
+import { ApprovalRequestStore } from './core/approvals/approval-requests.ts';
+import { kubeConfigFor } from './core/policy/policy-set-source.ts';
 import { ENGINES } from './engines/registry.ts';
 
 export interface RunningSidecar {
@@ -179,6 +182,20 @@ export async function startSidecar(config: SidecarConfig, options: StartOptions 
     issuers: config.identity.issuers,
     clockToleranceSeconds: config.identity.clockToleranceSeconds,
   });
+  const approvals =
+    config.approvals === undefined
+      ? undefined
+      : new ApprovalDesk({
+          store: new ApprovalRequestStore(
+            kubeConfigFor(config.approvals.kubernetes),
+            config.approvals.kubernetes.namespace ?? config.pod.namespace,
+          ),
+          pod: { name: config.pod.name, uid: config.pod.uid },
+          logger: logger.child({ component: 'approvals' }),
+          registry: metrics.registry,
+        });
+  // Requests a previous run of this sidecar left Pending can never run: say so before serving.
+  await approvals?.start();
   const services: EngineServices = {
     pod: { name: config.pod.name, namespace: config.pod.namespace },
     verifier,
@@ -187,6 +204,7 @@ export async function startSidecar(config: SidecarConfig, options: StartOptions 
     podChain,
     metrics,
     logger,
+    ...(approvals === undefined ? {} : { approvals }),
   };
 
   const listeners: ResourceListener[] = [];
@@ -228,6 +246,8 @@ export async function startSidecar(config: SidecarConfig, options: StartOptions 
     async close() {
       watcher.stop();
       credentials?.stop();
+      // Held commands first: their clients get ApprovalAbandoned and the requests say Abandoned.
+      await approvals?.close();
       await Promise.allSettled(listeners.map((l) => l.close()));
       await new Promise<void>((resolve) => {
         if (metricsServer === undefined) resolve();

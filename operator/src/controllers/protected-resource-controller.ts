@@ -99,6 +99,8 @@ export function sidecarRules(
           { apiGroups: [GROUP], resources: ['sessions/status'], verbs: ['get', 'patch'] },
         ]),
     { apiGroups: [GROUP], resources: ['approvalrequests'], verbs: ['create', 'get', 'list', 'watch'] },
+    // The phase of the requests it holds (Approved, Expired, Cancelled, Abandoned); decisions are the approvers'.
+    { apiGroups: [GROUP], resources: ['approvalrequests/status'], verbs: ['get', 'patch'] },
     { apiGroups: [GROUP], resources: ['accesspolicies', 'protectedresources'], verbs: ['get', 'list', 'watch'] },
     { apiGroups: [''], resources: ['configmaps'], resourceNames: configMaps, verbs: ['get', 'list', 'watch'] },
     { apiGroups: [''], resources: ['events'], verbs: ['create'] },

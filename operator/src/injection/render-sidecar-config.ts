@@ -184,6 +184,9 @@ export function renderSidecarConfig(input: RenderSidecarConfigInput): Record<str
             },
           }),
     },
+    // Approve rules hold commands: requests are filed in the pod's namespace (where its approvers work) with
+    // the sidecar's pod-bound token, whose Role allows exactly that (docs/approvals.md).
+    approvals: { kubernetes: { tokenFile, caFile: `${SIDECAR_API_ACCESS_DIR}/ca.crt` } },
     // Credentials of another namespace are delivered by the operator into the sidecar's memory volume.
     ...(delivered.length === 0 || operator === undefined
       ? {}

@@ -20,6 +20,8 @@ import type { PodChain } from './audit/pod-chain.ts';
 import { createValueMasker, PROCESS_HASH_KEY, type ValueMasker } from './masking/mask-value.ts';
 import { auditMetrics } from './audit/audit-metrics.ts';
 import { RecordChain, type RecordContent } from './audit/record-chain.ts';
+import type { ApprovalDesk, HeldCommand, HoldResult } from './approvals/approval-desk.ts';
+import { auditRefusal, type SidecarError } from './errors.ts';
 import { listenerCommandMetrics, type ListenerCommandMetrics, type SidecarMetrics } from './observability/metrics.ts';
 import {
   CLEAR,
@@ -76,6 +78,21 @@ export interface AgentSessionOptions {
    * says how many once writing works again.
    */
   readonly auditFailureMode?: 'FailClosed' | 'FailOpen';
+  /**
+   * Where commands an approve rule holds are filed (core/approvals). Without it an approve decision
+   * refuses the command (ApprovalRequired).
+   */
+  readonly approvals?: ApprovalDesk;
+}
+
+/** A command held for approval: the filed request, and whether the command runs once it settles. */
+export interface HeldForApproval {
+  readonly held: HeldCommand;
+  /** Never rejects. `run`: forward the command (exactly once); else refuse it with `error`. */
+  readonly verdict: Promise<
+    | { readonly run: true; readonly command: DecidedCommand }
+    | { readonly run: false; readonly command: DecidedCommand; readonly error: SidecarError }
+  >;
 }
 
 /** The policy view of an identity: subject, acting party, the whole verified chain and its depth. */
@@ -300,6 +317,104 @@ export class AgentSession {
     return { state: 'refused', error };
   }
 
+  /** Whether approve decisions hold commands for approval here (an approval desk is configured). */
+  get holdsForApproval(): boolean {
+    return this.options.approvals !== undefined;
+  }
+
+  /**
+   * Holds a command decided `approve`: files an ApprovalRequest bound to exactly `exact` (the text as sent,
+   * the parameters as bound), records `approval.requested` once it is filed and `approval.decided` when it
+   * settles, and says whether the command may run. A FailClosed resource runs it only when the
+   * approval.decided record is durable.
+   */
+  holdForApproval(
+    command: DecidedCommand,
+    description: CommandDescription,
+    exact: { readonly text: string; readonly parameters: readonly string[] },
+  ): HeldForApproval {
+    const desk = this.options.approvals;
+    const approval = command.decision.approval;
+    if (desk === undefined || approval === undefined) throw new Error('holdForApproval without an approval desk');
+    const kind = description.command.type;
+    const shownParameters =
+      description.parameters === undefined ? undefined : maskParameters(description.parameters, command.decision);
+    const held = desk.hold({
+      resource: { name: this.resourceView.name, namespace: this.resourceView.namespace },
+      session: this.id,
+      requester: this.identity,
+      commandId: command.id,
+      kind,
+      exact,
+      shown: {
+        text: truncateUtf8(description.text).text,
+        ...(shownParameters === undefined ? {} : { parameters: shownParameters }),
+      },
+      decision: command.decision,
+      approval,
+    });
+    const binding = { request: held.name, bindingHash: held.bindingHash };
+    void held.filed.then((filed) => {
+      if (!filed) return;
+      const { text, truncated } = truncateUtf8(description.text);
+      const recorded: NonNullable<AuditRecord['command']> = { id: command.id, kind };
+      if (shownParameters !== undefined) recorded.parameters = shownParameters;
+      recorded.text = text;
+      if (truncated) recorded.truncated = true;
+      this.write({
+        type: 'approval.requested',
+        command: recorded,
+        approval: {
+          ...binding,
+          phase: 'Pending',
+          requiredApprovals: held.requiredApprovals,
+          expiresTime: held.expiresTime,
+        },
+      });
+    });
+    const verdict = held.result.then(async (result) => this.approvalSettled(command, kind, held, result));
+    return { held, verdict };
+  }
+
+  private async approvalSettled(
+    command: DecidedCommand,
+    kind: PolicyCommand['type'],
+    held: HeldCommand,
+    result: HoldResult,
+  ): Promise<
+    | { readonly run: true; readonly command: DecidedCommand }
+    | { readonly run: false; readonly command: DecidedCommand; readonly error: SidecarError }
+  > {
+    const binding = { request: held.name, bindingHash: held.bindingHash };
+    const filed = await held.filed;
+    const tally = result.tally;
+    const decisions = (tally?.counted ?? []).map((d) => ({
+      approver: d.approver.username,
+      ...(d.approver.uid === undefined ? {} : { uid: d.approver.uid }),
+      ...(d.approver.groups === undefined ? {} : { groups: d.approver.groups.slice(0, 64) }),
+      decision: d.decision,
+      time: d.time,
+      ...(d.comment === undefined ? {} : { comment: d.comment.slice(0, 1024) }),
+    }));
+    const phase = result.state === 'approved' ? 'Approved' : result.phase;
+    if (filed) {
+      const refusal = this.write(
+        {
+          type: 'approval.decided',
+          command: { id: command.id, kind },
+          approval: { ...binding, phase, ...(decisions.length === 0 ? {} : { decisions }) },
+        },
+        result.state === 'approved',
+      );
+      if (refusal !== undefined) return { run: false, command, error: auditRefusal(refusal) };
+    }
+    if (result.state !== 'approved') return { run: false, command, error: result.error };
+    const clearance = this.clearance();
+    const settled = clearance.state === 'pending' ? await clearance.settled : clearance;
+    if (settled.state === 'refused') return { run: false, command, error: auditRefusal(settled.error) };
+    return { run: true, command: { ...command, approval: binding } };
+  }
+
   /** Records how a decided command ended. */
   complete(command: DecidedCommand, kind: PolicyCommand['type'], outcome: CommandOutcome): void {
     // A command whose decision record was refused has no trail to continue.
@@ -321,7 +436,11 @@ export class AgentSession {
     if (outcome.rows !== undefined) recorded.rows = outcome.rows;
     recorded.status = outcome.status;
     // An outcome gates nothing: it is recorded once the engine has passed the response on.
-    this.writeSoon({ command: { id: command.id, kind }, outcome: recorded, type: 'command.outcome' });
+    this.writeSoon(
+      command.approval === undefined
+        ? { command: { id: command.id, kind }, outcome: recorded, type: 'command.outcome' }
+        : { approval: command.approval, command: { id: command.id, kind }, outcome: recorded, type: 'command.outcome' },
+    );
   }
 
   /**

@@ -46,6 +46,8 @@ export interface DecidedCommand {
   /** False when the decision record was refused (FailClosed): the command has no trail, so no outcome is recorded. */
   readonly recorded: boolean;
   readonly audit: AuditClearance;
+  /** The approval a held command ran under (its outcome record names it). */
+  readonly approval?: { readonly request: string; readonly bindingHash: string };
 }
 
 export interface CommandOutcome {

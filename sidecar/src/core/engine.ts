@@ -5,6 +5,7 @@
 // the verdict in its own protocol and reports each command's outcome. The core never imports an engine.
 import type { Socket } from 'node:net';
 import type { ResourceType } from '@chaperone/api';
+import type { ApprovalDesk } from './approvals/approval-desk.ts';
 import type { AuditSink } from './audit/audit-sink.ts';
 import type { SidecarError } from './errors.ts';
 import type { PodChain } from './audit/pod-chain.ts';
@@ -22,6 +23,8 @@ export interface EngineServices {
   readonly podChain: PodChain;
   readonly metrics: SidecarMetrics;
   readonly logger: Logger;
+  /** Where approve decisions file their requests; absent: approvals are not enabled (approve refuses). */
+  readonly approvals?: ApprovalDesk;
 }
 
 /** The part of a listener's configuration the core reads; everything else belongs to the engine. */

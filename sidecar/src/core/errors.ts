@@ -28,6 +28,45 @@ export const SIDECAR_ERRORS = {
     fatal: false,
     summary: 'An approve rule matched and approvals are not enabled on this sidecar.',
   },
+  ApprovalPending: {
+    sqlState: '55000',
+    httpStatus: 409,
+    fatal: false,
+    summary:
+      'Held for approval by a rule with wait: false; the message names the request. Retry the identical command once it is approved.',
+  },
+  ApprovalDenied: {
+    sqlState: '42501',
+    httpStatus: 403,
+    fatal: false,
+    summary: 'An approver denied the held command; it did not run.',
+  },
+  ApprovalExpired: {
+    sqlState: '57014',
+    httpStatus: 408,
+    fatal: false,
+    summary: 'Nobody approved the held command before the request expired; it did not run.',
+  },
+  ApprovalCancelled: {
+    sqlState: '57014',
+    httpStatus: 499,
+    fatal: false,
+    summary: 'The client cancelled the held command (a cancel request); it did not run.',
+  },
+  ApprovalUnavailable: {
+    sqlState: '58000',
+    httpStatus: 503,
+    fatal: false,
+    summary:
+      'The approval request could not be filed or followed (API server unreachable, request deleted or replaced); the command did not run.',
+  },
+  ApprovalAbandoned: {
+    sqlState: '57P01',
+    httpStatus: 503,
+    fatal: true,
+    summary:
+      'The sidecar is shutting down while the command is held; the request is marked Abandoned and nothing runs.',
+  },
   NoPolicy: {
     sqlState: '42501',
     httpStatus: 403,

@@ -193,6 +193,7 @@ export function openSession(ctx: ConnectionContext, identity: Identity, source: 
       identity,
       source,
       auditFailureMode: ctx.config.auditFailureMode,
+      ...(ctx.services.approvals === undefined ? {} : { approvals: ctx.services.approvals }),
     });
   } catch (err) {
     if (!(err instanceof AuditUnavailable)) throw err;

@@ -17,7 +17,7 @@ import type {
 /** A connection's client-facing cancel key (BackendKeyData), and how to cancel what it runs. */
 export interface CancelTarget {
   readonly cancelKey: { readonly processId: number; readonly secretKey: Buffer };
-  /** Sends a CancelRequest for this session to the upstream with the upstream's own key. */
+  /** Withdraws a command waiting for approval, or else sends a CancelRequest upstream with the upstream's own key. */
   cancelUpstream(): Promise<void>;
 }
 

@@ -3,7 +3,8 @@
 // SQLSTATEs of the upstream's own errors the engine reads. No other file of the engine spells a SQLSTATE.
 import type { SessionEnding } from '../../core/agent-session.ts';
 import { SIDECAR_ERRORS, type SidecarError, type SidecarErrorId } from '../../core/errors.ts';
-import { errorResponse } from './protocol/backend-encoder.ts';
+import type { ClientNotice } from '../../core/approvals/approval-notice.ts';
+import { errorResponse, noticeResponse } from './protocol/backend-encoder.ts';
 
 /** One of our ErrorResponses, sent in place of the upstream's answer to a substituted message. */
 export interface Denial {
@@ -94,4 +95,18 @@ export function upstreamRefusal(
     message: `chaperone: could not connect to the protected database (${reason})`,
     ...(code === undefined ? {} : { detail: `the database answered SQLSTATE ${code}` }),
   };
+}
+
+/** SQLSTATE successful_completion: the code PostgreSQL's own NOTICE messages carry. */
+const SUCCESSFUL_COMPLETION = '00000';
+
+/** A NoticeResponse (severity NOTICE) for a message of the sidecar that is not an error. */
+export function noticeFor(notice: ClientNotice): Buffer {
+  return noticeResponse({
+    severity: 'NOTICE',
+    code: SUCCESSFUL_COMPLETION,
+    message: notice.message,
+    ...(notice.detail === undefined ? {} : { detail: notice.detail }),
+    ...(notice.hint === undefined ? {} : { hint: notice.hint }),
+  });
 }

@@ -34,18 +34,19 @@ import {
   verifyToken,
 } from './client-startup.ts';
 import type { CancelTarget, ConnectionContext } from './connection-context.ts';
+import { ApprovalWait } from './approval-wait.ts';
 import { errorResponseFor, sessionEnding } from './error-responses.ts';
 import { OutboundBytes } from './outbound-bytes.ts';
 import { ResultMasking } from './masking/result-masking.ts';
 import { ResponseTracker, TRACKED_FRAMES, type UnitKind } from './response-tracker.ts';
-import { StatementGate, substituteFrame, type GateVerdict, type SettledVerdict } from './statement-gate.ts';
+import { StatementGate, substituteFrame, type GateVerdict, type RelayVerdict } from './statement-gate.ts';
 import {
   AUTHENTICATION_CLEARTEXT_PASSWORD,
   negotiateProtocolVersion,
   sslResponse,
 } from './protocol/backend-encoder.ts';
 import { BackendCode } from './protocol/backend-messages.ts';
-import { BackendScanner, decodeParameterStatus } from './protocol/backend-scanner.ts';
+import { BackendScanner, decodeParameterStatus, withNotifierPid } from './protocol/backend-scanner.ts';
 import { FrontendDecoder } from './protocol/frontend-decoder.ts';
 import {
   protocolNegotiation,
@@ -92,6 +93,7 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
   private readonly toUpstream = new OutboundBytes();
   private readonly toClientBytes = new OutboundBytes();
   private busy = false;
+  private readonly approvalWait = new ApprovalWait();
   private authTimer: NodeJS.Timeout | undefined;
   /** Client-facing cancel key; the upstream's own key never leaves the sidecar. */
   readonly cancelKey = { processId: randomBytes(4).readInt32BE(0) & 0x7fffffff, secretKey: randomBytes(4) };
@@ -204,10 +206,10 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
     }
   }
 
-  /** Reads nothing more from the client until `step` settles (a hold, the authentication). */
+  /** Handles nothing more until `step` settles (a hold, the authentication); reads on for approvals (approval-wait.ts). */
   private pauseFor(step: Promise<void>): void {
     this.busy = true;
-    this.client.pause();
+    if (!this.approvalWait.active) this.client.pause();
     step.then(
       () => {
         this.busy = false;
@@ -315,6 +317,7 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
   }
 
   async cancelUpstream(): Promise<void> {
+    if (this.approvalWait.cancel('cancel request')) return; // a held command: the upstream runs nothing of it
     const key = this.upstream?.backendKey;
     if (key == null) return;
     const up = this.ctx.config.upstream;
@@ -469,17 +472,18 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
   /** Applies the gate's verdict on one message: forwards it or its substitute, or waits for a held one. */
   private apply(verdict: GateVerdict, type: GatedMessage, frame: Buffer, name?: string): Promise<void> | undefined {
     if (verdict.action === 'hold') {
+      const held = this.approvalWait.begin(verdict, frame, this.client, this.decoder, this.scanner);
       return verdict.until.then((settled) => {
         if (this.isClosed()) return;
-        this.applySettled(settled, type, frame, name);
-        this.flushUpstream();
+        if (settled.action === 'end') this.fatal(settled.error);
+        else this.applySettled(settled, type, held, name); // sent by the drain that resumes the client
       });
     }
     this.applySettled(verdict, type, frame, name);
     return undefined;
   }
 
-  private applySettled(verdict: SettledVerdict, type: GatedMessage, frame: Buffer, name?: string): void {
+  private applySettled(verdict: RelayVerdict, type: GatedMessage, frame: Buffer, name?: string): void {
     const tracker = this.tracker as ResponseTracker;
     if (verdict.action === 'forward') {
       this.forward(frame);
@@ -504,8 +508,11 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
       this.scanner.push(chunk);
       for (let seg = this.scanner.next(); seg !== null; seg = this.scanner.next()) {
         if (seg.kind === 'raw') out.push(seg.bytes);
-        else if (seg.code === BackendCode.NotificationResponse) out.push(this.rewriteNotifierPid(seg.frame));
-        else if (seg.code === BackendCode.ParameterStatus) {
+        else if (seg.code === BackendCode.NotificationResponse) {
+          // Notifications from this session's own backend carry the pid the client knows: ours.
+          const pid = this.upstream?.backendKey?.processId;
+          out.push(pid == null ? seg.frame : withNotifierPid(seg.frame, pid, this.cancelKey.processId));
+        } else if (seg.code === BackendCode.ParameterStatus) {
           const { name, value } = decodeParameterStatus(seg.frame);
           const refusal = this.serverState?.note(name, value);
           if (refusal !== undefined) {
@@ -528,18 +535,10 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
       });
       return;
     }
+    this.approvalWait.flushTo(out, this.scanner.atFrameBoundary);
     // Usually the chunk as it was read: nothing in it was replaced.
     if (!out.flushTo(this.client)) this.upstream?.socket.pause();
   };
-
-  /** NotificationResponses from this session's own backend carry the pid the client knows: ours. */
-  private rewriteNotifierPid(frame: Buffer): Buffer {
-    const key = this.upstream?.backendKey;
-    if (key == null || frame.length < 9 || frame.readInt32BE(5) !== key.processId) return frame;
-    const copy = Buffer.from(frame);
-    copy.writeInt32BE(this.cancelKey.processId, 5);
-    return copy;
-  }
 
   // ---- errors and teardown ------------------------------------------------------------------------
 

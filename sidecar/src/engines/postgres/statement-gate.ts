@@ -3,19 +3,21 @@
 // - forward: send the client's frame as it is;
 // - substitute: send a message that fails in the upstream instead, and our Denial in place of its error
 //   (so responses keep pipeline order and PostgreSQL's own failed-transaction semantics hold);
-// - hold: wait for a promise that settles into one of the other two (the audit trail's group commit today;
-//   an approval later).
+// - hold: wait for a promise that settles into one of the others (the audit trail's group commit; an
+//   approval, core/approvals: the request is filed and the client gets a notice while it waits);
+// - end: the connection ends with a FATAL error (the sidecar stopped while a command was held).
 // It keeps the session state the analysis depends on (prepared statements, portals, SQL-level PREPAREs);
 // search_path is pinned (analysis/session-state.ts), never tracked from forwarded statements, and every
 // statement the session's pins forbid is refused before policy (settingRefusal). No sockets: tested on its own.
 import type { AgentSession } from '../../core/agent-session.ts';
-import type { DecidedCommand, SettledClearance } from '../../core/command.ts';
-import { auditRefusal, policyRefusal } from '../../core/errors.ts';
+import { approvalNotice, type ClientNotice } from '../../core/approvals/approval-notice.ts';
+import type { CommandDescription, DecidedCommand, SettledClearance } from '../../core/command.ts';
+import { auditRefusal, policyRefusal, type SidecarError } from '../../core/errors.ts';
 import type { Logger } from '../../core/observability/logger.ts';
 import { resolveSqlExecute, type AnalyzedStatement } from './analysis/analyze-sql.ts';
 import { pinnedSearchPath, settingRefusal, type SessionPins } from './analysis/session-state.ts';
 import type { SqlAnalyzer } from './analysis/sql-analyzer.ts';
-import { denial, type Denial } from './error-responses.ts';
+import { denial, sqlStateOf, type Denial } from './error-responses.ts';
 import type { TransactionStatus } from './protocol/backend-messages.ts';
 import { encodeParse, encodeQuery } from './protocol/frontend-encoder.ts';
 import type { Bind } from './protocol/frontend-messages.ts';
@@ -23,17 +25,44 @@ import { auditParameters, describeRefused, describeStatements } from './sql-comm
 import type { MaskingVerdict, ResultMasking } from './masking/result-masking.ts';
 import type { ResultRewriter } from './masking/row-masker.ts';
 
-export type GateVerdict =
+/** What the connection relays at once: the frame, or a failing substitute with our denial. */
+export type RelayVerdict =
   /** `rows`: the result masking of the command's response, when its decision masks anything. */
   | { readonly action: 'forward'; readonly command: DecidedCommand | undefined; readonly rows?: ResultRewriter }
   /** `denial` undefined: the upstream's own error for the substitute is what the client should see. */
-  | { readonly action: 'substitute'; readonly command: DecidedCommand | undefined; readonly denial: Denial | undefined }
-  | { readonly action: 'hold'; readonly until: Promise<SettledVerdict> };
+  | {
+      readonly action: 'substitute';
+      readonly command: DecidedCommand | undefined;
+      readonly denial: Denial | undefined;
+    };
 
-export type SettledVerdict = Exclude<GateVerdict, { action: 'hold' }>;
+/** What a hold settles into: a relay verdict, or the end of the connection (the sidecar stopped meanwhile). */
+export type SettledVerdict =
+  RelayVerdict | { readonly action: 'end'; readonly command: DecidedCommand | undefined; readonly error: SidecarError };
+
+export type GateVerdict =
+  | RelayVerdict
+  | {
+      readonly action: 'hold';
+      readonly until: Promise<SettledVerdict>;
+      /**
+       * A hold for approval: the notice for the client once the request is filed (undefined when it could not
+       * be; the refusal follows), and how a cancel request withdraws it.
+       */
+      readonly approval?: { readonly notice: Promise<ClientNotice | undefined>; cancel(why: string): void };
+    };
+
+/** An approval hold binds to the bytes that run; bound parameters as format-tagged hex, NULL as NULL. */
+function exactParameters(bind: Bind): string[] {
+  return bind.params.map((p, i) => {
+    if (p === null) return 'NULL';
+    const format = bind.paramFormats.length === 1 ? bind.paramFormats[0] : bind.paramFormats[i];
+    return `${format === 1 ? 'binary' : 'text'}:${p.toString('hex')}`;
+  });
+}
 
 /** Forward, with no decided command (an empty query, a Parse decided again at Execute). */
-const FORWARD: SettledVerdict = Object.freeze({ action: 'forward', command: undefined });
+const FORWARD: RelayVerdict = Object.freeze({ action: 'forward', command: undefined });
 
 /** Statement text that fails in the upstream's parser at once; its error is replaced by the denial. */
 const FAILING_SQL = 'CHAPERONE_DENIED';
@@ -80,6 +109,17 @@ interface PreparedStatement {
   readonly analysis: readonly AnalyzedStatement[] | undefined;
   /** Our denial when the statement was refused at Parse; every use of it fails upstream. */
   readonly refusal?: Denial;
+  /** An approve rule matched at Parse: Binds keep the exact parameters, which an approval is bound to. */
+  readonly mayHold?: boolean;
+}
+
+interface Portal {
+  readonly statement: PreparedStatement;
+  readonly params: readonly string[];
+  /** Its row shape, for result masking. */
+  readonly shape: PortalShape;
+  /** The exact bound parameters, kept only for statements that may be held for approval. */
+  readonly exact: readonly string[] | undefined;
 }
 
 export interface StatementGateOptions {
@@ -107,10 +147,7 @@ export class StatementGate {
   private readonly upstream: StatementGateOptions['upstream'];
   private readonly logger: Logger;
   private readonly statements = new Map<string, PreparedStatement>();
-  private readonly portals = new Map<
-    string,
-    { statement: PreparedStatement; params: readonly string[]; shape: PortalShape }
-  >();
+  private readonly portals = new Map<string, Portal>();
   private readonly masking: ResultMasking | undefined;
   /** SQL-level PREPARE name → analysed inner statement, so EXECUTE name is decided as what it runs. */
   private readonly sqlPrepared = new Map<string, AnalyzedStatement>();
@@ -138,14 +175,18 @@ export class StatementGate {
     const statements = this.analyse(text);
     if (isDenial(statements)) return this.refuse(text, statements);
     if (statements.length === 0) return FORWARD; // empty query: EmptyQueryResponse, nothing to decide
-    return this.decide(this.agentSession.decide(describeStatements(text, statements), this.facts()), statements);
+    const description = describeStatements(text, statements);
+    return this.decide(this.agentSession.decide(description, this.facts()), statements, description, {
+      text,
+      parameters: NO_PARAMETERS,
+    });
   }
 
   /**
    * Parse: a forbidden statement is never prepared. Only a refusal is recorded here; an allowed statement is
    * decided again and recorded at each Execute, with its parameters, so a policy change reaches it too.
    */
-  parse(name: string, text: string): SettledVerdict {
+  parse(name: string, text: string): RelayVerdict {
     this.masking?.rebound('S', name);
     const statements = this.analyse(text);
     if (isDenial(statements)) {
@@ -155,6 +196,11 @@ export class StatementGate {
     if (statements.length > 0) {
       const description = describeStatements(text, statements);
       const decision = this.agentSession.evaluate(description, this.facts());
+      if (decision.decision === 'approve' && this.agentSession.holdsForApproval) {
+        // Held at each Execute, with the parameters bound then; nothing is recorded until it is.
+        this.statements.set(name, { text, analysis: statements, mayHold: true });
+        return FORWARD;
+      }
       if (decision.decision !== 'allow') {
         const command = this.agentSession.record(description, decision);
         const refusal = denial(policyRefusal(decision));
@@ -176,8 +222,12 @@ export class StatementGate {
     this.masking?.rebound('P', msg.portal);
     if (statement === undefined) this.portals.delete(msg.portal);
     else {
-      const shape = { portal: msg.portal, statement: msg.statement, resultFormats: msg.resultFormats };
-      this.portals.set(msg.portal, { statement, params: auditParameters(msg), shape });
+      this.portals.set(msg.portal, {
+        statement,
+        params: auditParameters(msg),
+        shape: { portal: msg.portal, statement: msg.statement, resultFormats: msg.resultFormats },
+        exact: statement.mayHold === true ? exactParameters(msg) : undefined,
+      });
     }
   }
 
@@ -200,7 +250,13 @@ export class StatementGate {
     const analysis = statement.analysis;
     if (analysis === undefined || analysis.length === 0) return FORWARD; // empty statement: EmptyQueryResponse
     const description = describeStatements(statement.text, analysis, portal.params);
-    return this.decide(this.agentSession.decide(description, this.facts()), analysis, portal.shape);
+    return this.decide(
+      this.agentSession.decide(description, this.facts()),
+      analysis,
+      description,
+      portal.exact === undefined ? undefined : { text: statement.text, parameters: portal.exact },
+      portal.shape,
+    );
   }
 
   /** Close of a statement ('S') or portal ('P'). */
@@ -211,7 +267,7 @@ export class StatementGate {
   }
 
   /** The fast-path interface calls any function by OID, out of sight of statement analysis: refused and recorded. */
-  functionCall(functionOid: number): SettledVerdict {
+  functionCall(functionOid: number): RelayVerdict {
     return this.refuse(
       `FUNCTION CALL ${String(functionOid)}`,
       denial({ id: 'FastPathRefused', message: 'chaperone: the fast-path function call interface is not allowed' }),
@@ -224,10 +280,34 @@ export class StatementGate {
     return this.upstream.transactionStatus === 'I' ? NOT_IN_TRANSACTION : IN_TRANSACTION;
   }
 
-  /** The verdict for a decided command: refused by the audit trail, by policy, or cleared (now or later). */
-  private decide(command: DecidedCommand, statements: readonly AnalyzedStatement[], portal?: PortalShape): GateVerdict {
+  /**
+   * The verdict for a decided command: refused by the audit trail, by policy, held for approval, or cleared
+   * (now or later). `exact` is what an approval binds to (undefined: the parameters were not kept); `portal`
+   * the row shape result masking needs (an Execute).
+   */
+  private decide(
+    command: DecidedCommand,
+    statements: readonly AnalyzedStatement[],
+    description: CommandDescription,
+    exact: { readonly text: string; readonly parameters: readonly string[] } | undefined,
+    portal?: PortalShape,
+  ): GateVerdict {
     const audit = command.audit;
     if (audit.state === 'refused') return this.auditRefused(command, audit);
+    if (command.decision.decision === 'approve' && this.agentSession.holdsForApproval) {
+      if (exact === undefined || command.decision.approval === undefined) {
+        // A statement prepared while no approve rule matched it: its parameters were not kept exactly.
+        return {
+          action: 'substitute',
+          command,
+          denial: denial({
+            id: 'ApprovalRequired',
+            message: `chaperone: statement requires approval (policy ${command.decision.policy}, rule ${command.decision.rule}); prepare it again so that it can be held`,
+          }),
+        };
+      }
+      return this.holdForApproval(command, statements, description, exact, portal);
+    }
     if (command.decision.decision !== 'allow') {
       return { action: 'substitute', command, denial: denial(policyRefusal(command.decision)) };
     }
@@ -245,7 +325,7 @@ export class StatementGate {
   private auditRefused(
     command: DecidedCommand,
     audit: Extract<SettledClearance, { state: 'refused' }>,
-  ): SettledVerdict {
+  ): RelayVerdict {
     this.logger.warn('statement denied: audit trail unavailable', {
       sessionId: this.agentSession.id,
       reason: audit.error.reason,
@@ -253,19 +333,61 @@ export class StatementGate {
     return { action: 'substitute', command, denial: denial(auditRefusal(audit.error)) };
   }
 
+  /** Files the approval request, holds the command until it settles, then runs it once or refuses it. */
+  private holdForApproval(
+    command: DecidedCommand,
+    statements: readonly AnalyzedStatement[],
+    description: CommandDescription,
+    exact: { readonly text: string; readonly parameters: readonly string[] },
+    portal: PortalShape | undefined,
+  ): GateVerdict {
+    const { held, verdict } = this.agentSession.holdForApproval(command, description, exact);
+    const audit = command.audit;
+    const recorded: Promise<SettledClearance> = audit.state === 'pending' ? audit.settled : Promise.resolve(audit);
+    const until = recorded.then(async (clearance): Promise<SettledVerdict> => {
+      if (clearance.state === 'refused') {
+        held.cancel('the audit trail refused the decision record');
+        await verdict;
+        return this.auditRefused(command, clearance);
+      }
+      const settled = await verdict;
+      // Approved: planned as an allowed command is, so its result is masked by the decision's rules.
+      if (settled.run) return this.settle(settled.command, { state: 'clear' }, statements, portal);
+      if (settled.error.id === 'ApprovalAbandoned') {
+        this.agentSession.complete(settled.command, 'sql', {
+          status: 'cancelled',
+          code: sqlStateOf('ApprovalAbandoned'),
+          message: settled.error.message,
+        });
+        return { action: 'end', command: settled.command, error: settled.error };
+      }
+      return { action: 'substitute', command: settled.command, denial: denial(settled.error) };
+    });
+    return {
+      action: 'hold',
+      until,
+      approval: {
+        notice: held.filed.then((filed) => (filed ? approvalNotice(held, command.decision) : undefined)),
+        cancel: (why) => {
+          held.cancel(why);
+        },
+      },
+    };
+  }
+
   private settle(
     command: DecidedCommand,
     audit: SettledClearance,
     statements: readonly AnalyzedStatement[],
     portal?: PortalShape,
-  ): SettledVerdict | Promise<SettledVerdict> {
+  ): RelayVerdict | Promise<RelayVerdict> {
     if (audit.state === 'refused') return this.auditRefused(command, audit);
     const masking = this.masking;
     if (masking === undefined) {
       this.noteAllowed(statements);
       return { action: 'forward', command };
     }
-    const apply = (v: MaskingVerdict): SettledVerdict => {
+    const apply = (v: MaskingVerdict): RelayVerdict => {
       if (v.kind === 'deny') {
         return {
           action: 'substitute',
@@ -278,14 +400,14 @@ export class StatementGate {
     };
     const planned = masking.plan(statements, command.decision.masking, this.searchPath, portal);
     return planned instanceof Promise
-      ? planned.then(apply, (): SettledVerdict =>
+      ? planned.then(apply, (): RelayVerdict =>
           apply({ kind: 'deny', reason: 'result masking could not be planned' }),
         )
       : apply(planned);
   }
 
   /** Records a command refused before policy (unparsable text, a forbidden setting, an unknown portal). */
-  private refuse(text: string, refusal: Denial): SettledVerdict {
+  private refuse(text: string, refusal: Denial): RelayVerdict {
     // Refused either way; when the record itself is refused (FailClosed) the command just has no trail.
     return {
       action: 'substitute',
@@ -337,6 +459,7 @@ export class StatementGate {
   }
 }
 
+const NO_PARAMETERS: readonly string[] = Object.freeze([]);
 const IN_TRANSACTION = Object.freeze({ inTransaction: true });
 const NOT_IN_TRANSACTION = Object.freeze({ inTransaction: false });
 

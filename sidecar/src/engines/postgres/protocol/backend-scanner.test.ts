@@ -17,6 +17,7 @@ import {
   decodeReadyForQuery,
   decodeRowDescription,
   scanChunk,
+  withNotifierPid,
   type BackendScannerOptions,
 } from './backend-scanner.ts';
 import { ProtocolViolation } from './protocol-violation.ts';
@@ -336,5 +337,16 @@ describe('backend frame decoders', () => {
     assert.throws(() => decodeRowDescription(msg('T', i16(1000))), /fields extends past/);
     assert.throws(() => decodeErrorFields(msg('E', i8(0x53), Buffer.from('ERROR'))), /missing its NUL/);
     assert.throws(() => decodeCommandComplete(msg('C', Buffer.from('SELECT 1'))), /missing its NUL/);
+  });
+
+  it('give a notification of the own backend of the session the pid the client knows, in a copy', () => {
+    const frame = msg('A', i32(4242), cstr('chan'), cstr('payload'));
+    const rewritten = withNotifierPid(frame, 4242, 7);
+    assert.deepEqual(rewritten, msg('A', i32(7), cstr('chan'), cstr('payload')));
+    assert.equal(frame.readInt32BE(5), 4242, 'the scanned frame is left as it was');
+    const other = msg('A', i32(99), cstr('chan'), cstr(''));
+    assert.equal(withNotifierPid(other, 4242, 7), other, 'another backend keeps its pid');
+    const status = msg('S', cstr('a'), cstr('b'));
+    assert.equal(withNotifierPid(status, status.readInt32BE(5), 7), status, 'only NotificationResponse');
   });
 });

@@ -436,6 +436,17 @@ export function decodeParameterStatus(frame: Buffer): { readonly name: string; r
   return { name, value };
 }
 
+/**
+ * A NotificationResponse 'A' with the notifying process id `from` replaced by `to` (a copy); any other frame
+ * as it is. The sidecar gives clients its own process id, so notifications of their own backend carry that.
+ */
+export function withNotifierPid(frame: Buffer, from: number, to: number): Buffer {
+  if (frame.length < 9 || frame[0] !== BackendCode.NotificationResponse || frame.readInt32BE(5) !== from) return frame;
+  const copy = Buffer.from(frame);
+  copy.writeInt32BE(to, 5);
+  return copy;
+}
+
 /** Decoded BackendKeyData. */
 export interface BackendKey {
   readonly processId: number;
