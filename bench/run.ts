@@ -1,6 +1,6 @@
 // `make bench`: pgbench -S against direct PostgreSQL, PgBouncer (session mode), a bare Node.js byte pipe
 // (bench/byte-pipe.ts, the runtime's floor) and the Chaperone sidecar (allow-all policy, audit on) in one
-// run on one throwaway PostgreSQL, plus the policy decision, admission and durable audit benchmarks. Prints
+// run on one throwaway PostgreSQL, plus the policy decision, admission, durable audit and approval latency benchmarks. Prints
 // a table, checks the targets (reported, never fatal) and writes bench/results.json.
 //
 //   node bench/run.ts              the full benchmark (about 5 minutes)
@@ -33,6 +33,7 @@ import { runPolicyDecisionBench, type PolicyDecisionBenchResult } from './policy
 import { runSqlAnalysisBench } from './sql-analysis.ts';
 import { runAdmissionBench } from './admission.ts';
 import { runAuditBench } from './audit.ts';
+import { runApprovalLatencyBench } from './approval-latency.ts';
 import { runEvidenceStoreBench, type EvidenceStoreBenchResult } from './evidence-store.ts';
 import { formatMaskingBench, runMaskingBench } from './masking.ts';
 import { runTokenExchangeBench } from './token-exchange.ts';
@@ -754,6 +755,12 @@ async function benchmark(): Promise<void> {
     `  spool ${fmt(durableAudit.spoolRecordsPerSecond)} records/s (target ≥ 20000); flush ${fmt(durableAudit.flushRecordsPerSecond)} records/s (target ≥ 2000; writer CPU ${fmt(durableAudit.flushWriterCpuMs)} ms of ${fmt(durableAudit.flushWallMs)} ms); added per statement p50 ${fmt(durableAudit.statementLatencyMicros.p50)} µs, p99 ${fmt(durableAudit.statementLatencyMicros.p99)} µs (target p99 ≤ 2000 µs)`,
   );
 
+  console.log('bench: approval latency, decision written → held statement running (own control plane)');
+  const approvals = await runApprovalLatencyBench({ count: args.quick === true ? 10 : 40 });
+  console.log(
+    `  decision sent → running p50 ${fmt(approvals.sentToRunning.p50Ms, 2)} ms, p99 ${fmt(approvals.sentToRunning.p99Ms, 2)} ms; acknowledged → running p50 ${fmt(approvals.acknowledgedToRunning.p50Ms, 2)} ms, p99 ${fmt(approvals.acknowledgedToRunning.p99Ms, 2)} ms; decision write p50 ${fmt(approvals.decisionWrite.p50Ms, 2)} ms, p99 ${fmt(approvals.decisionWrite.p99Ms, 2)} ms (${approvals.approvals} approvals)`,
+  );
+
   const pg = await setUp();
   const pgVersion = pg.superuserSql('select version()').trim();
   console.log('bench: result masking, 1,000,000 rows × 10 columns, 2 masked, against unmasked and direct');
@@ -874,6 +881,7 @@ async function benchmark(): Promise<void> {
     evidenceStore,
     masking,
     kubernetesApi,
+    approvals,
     sidecarAudit: { records: audit.lines, bytes: audit.bytes, pgbenchTransactions: sidecarTxns },
     footprint,
     targets: checks,

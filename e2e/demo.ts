@@ -25,6 +25,7 @@ import { freePort, startPostgres, type PostgresCluster } from './harness/postgre
 import { createRunDirectory, stopProcess } from './harness/processes.ts';
 import { REPO_ROOT, toolPath } from './harness/tools.ts';
 import { nestedAgents } from './identity/demo-nested-agents.ts';
+import { heldStatementApproved } from './approvals/demo-held-statement.ts';
 
 const keep = process.argv.includes('--keep');
 const started = Date.now();
@@ -618,6 +619,36 @@ spec:
   await live.run('select pg_backend_pid() as upstream_pid, count(*) as orders from orders;');
   await live.close();
   note('same upstream backend pid: the connection was never dropped; the new rule applied to its next statement');
+
+  agentSessions += await heldStatementApproved({
+    step,
+    note,
+    show,
+    until,
+    kube,
+    kubectl,
+    custom: kc.makeApiClient(k8s.CustomObjectsApi),
+    runDir,
+    controlPlane,
+    directEnv: direct,
+    agentEnv: agentProcessEnv,
+    currentDigest: () => currentDigest(kubectl),
+    policyReloaded: async (previous) => {
+      const digest = await until('the operator to publish the new digest', () => {
+        const d = currentDigest(kubectl);
+        return d !== previous ? d : undefined;
+      });
+      await until(
+        'the sidecar to load the new bundle',
+        () =>
+          sidecarLog().some((l) => l.includes('"msg":"policy bundles loaded"') && l.includes(digest))
+            ? true
+            : undefined,
+        30_000,
+      );
+      return digest;
+    },
+  });
 
   step("The auditor's view: the Session objects the sidecar wrote");
   note("every record was fdatasync'ed to the sidecar's spool (an emptyDir) before its statement went on, and");

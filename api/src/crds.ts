@@ -157,8 +157,14 @@ export const KINDS: readonly KindDefinition[] = [
         description: 'Rule that held the command.',
         priority: 1,
       },
-      { name: 'Phase', type: 'string', jsonPath: '.status.phase', description: 'Pending, Approved, Denied, Expired.' },
-      { name: 'Expires', type: 'date', jsonPath: '.spec.expiresTime', description: 'Expiry.' },
+      {
+        name: 'Phase',
+        type: 'string',
+        jsonPath: '.status.phase',
+        description: 'Pending, Approved, Denied, Expired, Cancelled, Abandoned.',
+      },
+      // A string, not a date: kubectl prints a date in the future as <invalid>.
+      { name: 'Expires', type: 'string', jsonPath: '.spec.expiresTime', description: 'Expiry (RFC 3339).' },
       ageColumn,
     ],
   },
