@@ -630,7 +630,16 @@ spec:
     custom: kc.makeApiClient(k8s.CustomObjectsApi),
     runDir,
     controlPlane,
-    directEnv: direct,
+    directEnv: {
+      ...process.env,
+      PGHOST: 'localhost',
+      PGPORT: String(postgres.port),
+      PGUSER: postgres.user,
+      PGPASSWORD: postgres.password,
+      PGDATABASE: postgres.database,
+      PGSSLMODE: 'verify-full',
+      PGSSLROOTCERT: postgres.caFile,
+    },
     agentEnv: agentProcessEnv,
     currentDigest: () => currentDigest(kubectl),
     policyReloaded: async (previous) => {
