@@ -140,6 +140,13 @@ async function decide(
       io.stderr.write(`error: approvalrequest ${name} is ${phase}; it can no longer be decided\n`);
       return 1;
     }
+    // Admission refuses a second decision too; an identical one (same second) would otherwise look like none.
+    if ((request.status?.decisions ?? []).some((d) => d.approver.username === me.username)) {
+      io.stderr.write(
+        `error: ${me.username} decided approvalrequest ${name} already: an approver decides a request once\n`,
+      );
+      return 1;
+    }
     const entry = {
       approver: { username: me.username, ...(me.uid === undefined ? {} : { uid: me.uid }), groups: me.groups },
       decision,
