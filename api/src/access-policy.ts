@@ -236,6 +236,12 @@ export const PolicyRule = Type.Object(
     message: Type.Optional(
       Type.String({ description: 'Message shown to the client when this rule denies.', maxLength: 1024 }),
     ),
+    wait: Type.Optional(
+      Type.Boolean({
+        description:
+          'approve rules only. true (default): the command waits on its connection until it is decided. false: the client is answered at once with ApprovalPending (SQLSTATE 55000) naming the ApprovalRequest, and the identical command sent again on the same session runs once after approval (docs/approvals.md).',
+      }),
+    ),
   },
   { description: 'An ordered rule; the first rule that matches decides.' },
 );

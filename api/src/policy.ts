@@ -139,6 +139,11 @@ export interface ApprovalRequirement {
   readonly requiredApprovals: number;
   readonly timeoutSeconds: number;
   readonly allowSelfApproval: boolean;
+  /**
+   * false when the approve rule that decided says `wait: false`: the command is not held on its connection;
+   * it is answered at once and an identical retry runs once approved. Absent: the command waits.
+   */
+  readonly wait?: boolean;
 }
 
 /** What one compiled policy returns for one input. */

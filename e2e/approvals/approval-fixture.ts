@@ -61,12 +61,54 @@ export const POLICIES: Record<string, AccessPolicySpec> = {
     timeout: '3s',
     allowSelfApproval: false,
   }),
+  // Writes to reports are answered at once (wait: false); the identical statement sent again runs once approved.
+  reports: {
+    resources: { names: ['test-db'] },
+    rules: [
+      {
+        name: 'report-writes',
+        decision: 'approve',
+        wait: false,
+        match: { sql: { statementKinds: ['insert', 'update', 'delete'], relations: ['public.reports'] } },
+      },
+      { name: 'everything-else', decision: 'allow', match: {} },
+    ],
+    defaultDecision: 'deny',
+    approval: { approverGroups: ['dba'], requiredApprovals: 1, timeout: '10m', allowSelfApproval: false },
+  },
 };
+
+/**
+ * A sidecar of its own for masked reads (startSidecar's `policies`): reading accounts is held, and what an
+ * approved read returns is masked (IBANs redacted). Alone, since masking rules also mask recorded parameters.
+ */
+export const MASKED_READS: Record<string, AccessPolicySpec> = {
+  accounts: {
+    resources: { names: ['test-db'] },
+    rules: [
+      {
+        name: 'account-reads',
+        decision: 'approve',
+        match: { sql: { statementKinds: ['select'], relations: ['public.accounts'] } },
+      },
+      { name: 'everything-else', decision: 'allow', match: {} },
+    ],
+    defaultDecision: 'deny',
+    approval: { approverGroups: ['dba'], requiredApprovals: 1, timeout: '10m', allowSelfApproval: false },
+    masking: [{ name: 'ibans', columns: ['public.accounts.iban'], strategy: 'redact' }],
+  },
+};
+
+/** The accounts' IBANs, which must never reach the agent. */
+export const IBANS = ['DE89370400440532013000', 'GB29NWBK60161331926819'];
 
 export const SETUP_SQL = `
   create table payouts (id serial primary key, amount int not null, note text);
   create table transfers (id serial primary key, amount int not null);
   create table refunds (id serial primary key, amount int not null);
+  create table reports (id serial primary key, amount int not null);
+  create table accounts (id int primary key, owner text not null, iban text not null);
+  insert into accounts values (1, 'Ada', 'DE89370400440532013000'), (2, 'Ben', 'GB29NWBK60161331926819');
 `;
 
 /** The requester: bob's pipeline, started by alice, run by an AI agent (the current actor). */
@@ -81,8 +123,11 @@ export interface ApprovalWorld {
   readonly pod: k8s.V1Pod;
   /** People: bob (the requester) and alice (in its chain) are dba members too; mallory is not. */
   readonly people: Record<'bob' | 'alice' | 'carol' | 'dave' | 'erin' | 'mallory', TestIdentity>;
-  /** Starts the sidecar (in `dir`, default a fresh one) holding commands in `ns` with its pod-bound token. */
-  startSidecar(t: TestContext, dir?: string): Promise<SidecarProcess>;
+  /**
+   * Starts the sidecar (in `dir`, default a fresh one) holding commands in `ns` with its pod-bound token,
+   * enforcing `policies` (default POLICIES).
+   */
+  startSidecar(t: TestContext, dir?: string, policies?: Record<string, AccessPolicySpec>): Promise<SidecarProcess>;
   /** A token for the requester with its delegation chain, signed by the sidecar's trusted test issuer. */
   requesterToken(sidecar: SidecarProcess): Promise<string>;
   /** Rows of a table, read directly (not through the sidecar). */
@@ -223,7 +268,7 @@ export async function createApprovalWorld(t: TestContext): Promise<ApprovalWorld
     custom,
     pod,
     people,
-    async startSidecar(t2, dir = join(testDir(t2), `sidecar-${randomBytes(3).toString('hex')}`)) {
+    async startSidecar(t2, dir = join(testDir(t2), `sidecar-${randomBytes(3).toString('hex')}`), policies = POLICIES) {
       mkdirSync(dir, { recursive: true });
       const tokenFile = join(dir, 'pod-token');
       writeFileSync(tokenFile, await kubeletToken(pod, undefined));
@@ -238,7 +283,7 @@ export async function createApprovalWorld(t: TestContext): Promise<ApprovalWorld
           password: pgEnv.password,
           caFile: pgEnv.caFile,
         },
-        policies: POLICIES,
+        policies,
         policyNamespace: ns,
         listener: { resource: { namespace: ns, labels: {} } },
         pod: { namespace: ns, name: pod.metadata?.name ?? '', uid: pod.metadata?.uid ?? '' },

@@ -20,6 +20,8 @@ import { poll } from '../harness/poll.ts';
 import {
   AGENT,
   CHAIN_ACTOR,
+  IBANS,
+  MASKED_READS,
   PLURAL,
   REQUESTER,
   createApprovalWorld,
@@ -374,4 +376,47 @@ test('approvals: a held statement waits on its connection for authenticated peop
       assert.equal(verified.code, 0, verified.stdout + verified.stderr);
     },
   );
+});
+
+test('approvals: a held SELECT, once approved, returns its rows masked by the policy (psql and node-postgres)', async (t) => {
+  // A world of its own: masking rules also mask recorded parameters, which the tests above read.
+  const world = await createApprovalWorld(t);
+  const { ns, people } = world;
+  const masked = await world.startSidecar(t, undefined, MASKED_READS);
+  const maskedEnv = masked.libpqEnv(await world.requesterToken(masked));
+  const run = startPsql(maskedEnv, ['-A', '-t', '-c', 'SELECT owner, iban FROM accounts ORDER BY id']);
+  const name = await requestNamed(run.stderr);
+  assert.equal(run.exitCode(), null, 'held');
+  assert.equal((await cli(people.dave, ['approve', name, '-n', ns])).code, 0);
+  assert.equal(await run.exited, 0, run.stderr());
+  assert.equal(run.stdout().trim(), 'Ada|[MASKED]\nBen|[MASKED]');
+
+  // Extended protocol (Parse, Bind, Describe, Execute held, Sync), text and binary results.
+  for (const binary of [false, true]) {
+    const client = new pg.Client({
+      host: masked.host,
+      port: masked.port,
+      user: 'agent',
+      database: 'agent-db',
+      password: await world.requesterToken(masked),
+      ssl: false,
+      binary,
+    } as pg.ClientConfig);
+    const notices: string[] = [];
+    client.on('notice', (n) => notices.push(n.message ?? ''));
+    await client.connect();
+    try {
+      const held = outcomeOf(client.query('SELECT id, owner, iban FROM accounts WHERE id = $1', [2]));
+      const heldName = await requestNamed(() => notices.join('\n'));
+      assert.equal((await cli(people.carol, ['approve', heldName, '-n', ns])).code, 0);
+      const ran = await held;
+      assert.ok('value' in ran, 'error' in ran ? ran.error.message : '');
+      assert.deepEqual(ran.value.rows, [{ id: 2, owner: 'Ben', iban: '[MASKED]' }], `binary=${String(binary)}`);
+    } finally {
+      await client.end();
+    }
+  }
+  for (const iban of IBANS) assert.doesNotMatch(run.stdout(), new RegExp(iban));
+  // The rows are there in the clear: it is the sidecar that masked them.
+  assert.equal(await world.count(`accounts where iban = '${IBANS[1] ?? ''}'`), 1);
 });

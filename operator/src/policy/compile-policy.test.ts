@@ -109,6 +109,16 @@ describe('compilePolicy', () => {
     assert.deepEqual(errors.map((e) => e.code).sort(), ['invalid_time_zone', 'missing_approval']);
   });
 
+  it('rejects wait on a rule that does not approve', async () => {
+    const errors = errorsOf(
+      await compile(spec({ rules: [{ name: 'reads', decision: 'allow', wait: false, match: {} }] })),
+    );
+    assert.deepEqual(
+      errors.map((e) => [e.code, e.message]),
+      [['wait_without_approve', 'rule "reads": wait applies to approve rules only']],
+    );
+  });
+
   it('rejects reserved rule names', async () => {
     const errors = errorsOf(await compile(spec({ rules: [{ name: 'default', decision: 'allow', match: {} }] })));
     assert.equal(errors[0]?.code, 'reserved_rule_name');

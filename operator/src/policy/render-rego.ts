@@ -405,6 +405,14 @@ export function renderRego(source: PolicySource): RenderedPolicy {
   if (approval === undefined && spec.rules.some((r) => r.decision === 'approve')) {
     problems.push({ code: 'missing_approval', message: 'a policy with approve rules needs an approval section' });
   }
+  for (const r of spec.rules) {
+    if (r.wait !== undefined && r.decision !== 'approve') {
+      problems.push({
+        code: 'wait_without_approve',
+        message: `rule ${JSON.stringify(r.name)}: wait applies to approve rules only`,
+      });
+    }
+  }
   const rawRego = spec.rego !== undefined && spec.rego.trim() !== '';
   if (rawRego) {
     const p = checkCustomPackage(spec.rego ?? '');
@@ -668,9 +676,16 @@ export function renderRego(source: PolicySource): RenderedPolicy {
     out.push(
       'final := outcome',
       '',
-      `approval_part := {"approval": ${regoLiteral(approval)}} if final.decision == "approve"`,
+      `approval_part := {"approval": object.union(${regoLiteral(approval)}, wait_part)} if final.decision == "approve"`,
       '',
       'default approval_part := {}',
+      '',
+      '# Approve rules with wait: false answer at once; an identical retry runs once approved.',
+      `rule_no_wait := ${regoLiteral(Object.fromEntries(spec.rules.filter((r) => r.wait === false).map((r) => [r.name, true])))}`,
+      '',
+      'wait_part := {"wait": false} if rule_no_wait[final.rule]',
+      '',
+      'default wait_part := {}',
       '',
     );
   }

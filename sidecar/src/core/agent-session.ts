@@ -20,7 +20,9 @@ import type { PodChain } from './audit/pod-chain.ts';
 import { createValueMasker, PROCESS_HASH_KEY, type ValueMasker } from './masking/mask-value.ts';
 import { auditMetrics } from './audit/audit-metrics.ts';
 import { RecordChain, type RecordContent } from './audit/record-chain.ts';
-import type { ApprovalDesk, HeldCommand, HoldResult } from './approvals/approval-desk.ts';
+import { bindingHashOf, type ApprovalDesk, type HeldCommand, type HoldResult } from './approvals/approval-desk.ts';
+import { approvalPending } from './approvals/approval-notice.ts';
+import { DeferredApprovals, MAX_DEFERRED_PER_SESSION } from './approvals/deferred-approvals.ts';
 import { auditRefusal, type SidecarError } from './errors.ts';
 import { listenerCommandMetrics, type ListenerCommandMetrics, type SidecarMetrics } from './observability/metrics.ts';
 import {
@@ -85,14 +87,16 @@ export interface AgentSessionOptions {
   readonly approvals?: ApprovalDesk;
 }
 
+/** Whether a command an approve rule decided runs: `run`, exactly once; else it is refused with `error`. */
+export type ApprovalVerdict =
+  | { readonly run: true; readonly command: DecidedCommand }
+  | { readonly run: false; readonly command: DecidedCommand; readonly error: SidecarError };
+
 /** A command held for approval: the filed request, and whether the command runs once it settles. */
 export interface HeldForApproval {
   readonly held: HeldCommand;
-  /** Never rejects. `run`: forward the command (exactly once); else refuse it with `error`. */
-  readonly verdict: Promise<
-    | { readonly run: true; readonly command: DecidedCommand }
-    | { readonly run: false; readonly command: DecidedCommand; readonly error: SidecarError }
-  >;
+  /** Never rejects. */
+  readonly verdict: Promise<ApprovalVerdict>;
 }
 
 /** The policy view of an identity: subject, acting party, the whole verified chain and its depth. */
@@ -175,6 +179,8 @@ export class AgentSession {
   /** Records refused by the sink and not yet reported in an audit.gap record. */
   private lost = 0;
   private lostReason = '';
+  /** Requests filed for approve rules with wait: false, until their command comes again. */
+  private readonly deferred = new DeferredApprovals();
 
   constructor(options: AgentSessionOptions) {
     this.options = options;
@@ -376,15 +382,67 @@ export class AgentSession {
     return { held, verdict };
   }
 
+  /**
+   * A command an approve rule with `wait: false` decided: never held. The request filed earlier for the
+   * identical command answers it (core/approvals/deferred-approvals.ts): still pending, ApprovalPending;
+   * approved, it runs (once; the command carries the approval); refused, that refusal. Otherwise a request is
+   * filed and recorded as for a held command (holdForApproval), and the answer, once it is filed, is
+   * ApprovalPending naming it. Never rejects.
+   */
+  async requestApproval(
+    command: DecidedCommand,
+    description: CommandDescription,
+    exact: { readonly text: string; readonly parameters: readonly string[] },
+  ): Promise<ApprovalVerdict> {
+    const bindingHash = bindingHashOf({
+      resource: { name: this.resourceView.name, namespace: this.resourceView.namespace },
+      session: this.id,
+      requester: this.identity,
+      kind: description.command.type,
+      exact,
+    });
+    const earlier = this.deferred.claim(bindingHash);
+    switch (earlier.kind) {
+      case 'pending':
+        await earlier.held.filed;
+        return { run: false, command, error: approvalPending(earlier.held, command.decision, true) };
+      case 'settled': {
+        const outcome = earlier.outcome;
+        if (!outcome.run) return { run: false, command, error: outcome.error };
+        return { run: true, command: { ...command, approval: outcome.approval } };
+      }
+      case 'full':
+        return {
+          run: false,
+          command,
+          error: {
+            id: 'ApprovalUnavailable',
+            message: `chaperone: this session already has ${String(MAX_DEFERRED_PER_SESSION)} approval requests pending; the statement did not run and no request was filed`,
+            hint: 'Wait for the pending requests to be decided, or send their statements again once approved.',
+          },
+        };
+      case 'none':
+        break;
+    }
+    const { held, verdict } = this.holdForApproval(command, description, exact);
+    this.deferred.remember(
+      held,
+      Promise.all([held.filed, verdict]).then(([filed, v]) => {
+        if (!filed) return undefined;
+        if (!v.run) return { run: false, error: v.error };
+        return { run: true, approval: v.command.approval ?? { request: held.name, bindingHash: held.bindingHash } };
+      }),
+    );
+    if (await held.filed) return { run: false, command, error: approvalPending(held, command.decision, false) };
+    return verdict; // not filed: ApprovalUnavailable
+  }
+
   private async approvalSettled(
     command: DecidedCommand,
     kind: PolicyCommand['type'],
     held: HeldCommand,
     result: HoldResult,
-  ): Promise<
-    | { readonly run: true; readonly command: DecidedCommand }
-    | { readonly run: false; readonly command: DecidedCommand; readonly error: SidecarError }
-  > {
+  ): Promise<ApprovalVerdict> {
     const binding = { request: held.name, bindingHash: held.bindingHash };
     const filed = await held.filed;
     const tally = result.tally;
@@ -451,6 +509,7 @@ export class AgentSession {
   end(reason: string, how: SessionEnding = ENDED_IN_ORDER): void {
     if (this.ended) return;
     this.ended = true;
+    this.deferred.withdrawAll('the session ended before the statement was sent again');
     const outcome = {} as NonNullable<AuditRecord['outcome']>;
     if (how.code !== undefined) outcome.code = how.code;
     outcome.message = reason.slice(0, 1024);

@@ -33,7 +33,7 @@ export const SIDECAR_ERRORS = {
     httpStatus: 409,
     fatal: false,
     summary:
-      'Held for approval by a rule with wait: false; the message names the request. Retry the identical command once it is approved.',
+      'An approve rule with wait: false filed a request and answered at once; the message names it. The identical command sent again on the same session runs once it is approved.',
   },
   ApprovalDenied: {
     sqlState: '42501',

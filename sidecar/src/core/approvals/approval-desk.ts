@@ -73,6 +73,21 @@ export interface ApprovalDeskOptions {
   readonly now?: () => number;
 }
 
+/**
+ * What an approval is bound to (docs/approvals.md): the hash its request carries, and by which the identical
+ * command sent again is recognised (deferred-approvals.ts).
+ */
+export function bindingHashOf(
+  request: Pick<HoldRequest, 'resource' | 'session' | 'requester' | 'kind' | 'exact'>,
+): string {
+  return approvalBindingHash({
+    resource: request.resource,
+    session: request.session,
+    requester: request.requester,
+    command: { kind: request.kind, text: request.exact.text, parameters: request.exact.parameters },
+  });
+}
+
 /** RFC 3339 without fractions (as the CRD's date-time fields are written elsewhere). */
 function rfc3339(ms: number): string {
   return new Date(ms).toISOString().replace(/\.\d+Z$/, 'Z');
@@ -112,6 +127,8 @@ class Hold implements HeldCommand {
   private tally: ApprovalTally | undefined;
   private readonly desk: ApprovalDesk;
   private readonly spec: ApprovalRequest['spec'];
+  /** wait: false: nobody waits on a connection; the identical command sent again runs once approved. */
+  private readonly answeredAtOnce: boolean;
   /** Phase write in flight after settling (awaited on shutdown). */
   phaseWritten: Promise<void> = Promise.resolve();
 
@@ -120,13 +137,9 @@ class Hold implements HeldCommand {
     const store = desk.options.store;
     this.namespace = store.namespace;
     this.name = requestName(request.resource.name);
-    this.bindingHash = approvalBindingHash({
-      resource: request.resource,
-      session: request.session,
-      requester: request.requester,
-      command: { kind: request.kind, text: request.exact.text, parameters: request.exact.parameters },
-    });
+    this.bindingHash = bindingHashOf(request);
     const approval = request.approval;
+    this.answeredAtOnce = approval.wait === false;
     this.requiredApprovals = Math.min(10, Math.max(1, approval.requiredApprovals));
     const timeoutMs = Math.max(1, approval.timeoutSeconds) * 1000;
     this.expiresTime = rfc3339(now + timeoutMs);
@@ -398,7 +411,7 @@ class Hold implements HeldCommand {
     if (result.state === 'refused' && result.phase === 'Withdrawn' && this.uid === undefined) return;
     const message =
       result.state === 'approved'
-        ? `approved by ${result.tally.counted.map((d) => d.approver.username).join(', ')}; the sidecar runs the statement`
+        ? `approved by ${result.tally.counted.map((d) => d.approver.username).join(', ')}; ${this.answeredAtOnce ? 'the statement runs once when the client sends it again on its session' : 'the sidecar runs the statement'}`
         : result.error.message;
     const reason = result.state === 'approved' ? 'Approved' : REASONS[result.phase];
     this.phaseWritten = this.desk.options.store.setPhase(this.name, phase, reason, message).catch((err: unknown) => {

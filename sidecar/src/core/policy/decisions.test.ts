@@ -65,6 +65,7 @@ const POLICIES: Readonly<Record<string, AccessPolicySpec>> = {
       {
         name: 'approve-writes',
         decision: 'approve',
+        wait: false,
         match: { sql: { statementKinds: ['insert', 'update', 'delete', 'merge'], relations: ['public.*'] } },
       },
     ],
@@ -394,10 +395,10 @@ const CASES: readonly Case[] = [
     expect: { decision: 'approve', rule: 'approve-ddl', approval: APPROVAL_OUT, masking: [PII] },
   },
   {
-    name: 'insert needs approval',
+    name: 'insert needs approval, answered at once (wait: false on its rule only)',
     policies: ['sql'],
     command: sql(stmt('insert', ['public.orders'], [], true)),
-    expect: { decision: 'approve', rule: 'approve-writes' },
+    expect: { decision: 'approve', rule: 'approve-writes', approval: { ...APPROVAL_OUT, wait: false } },
   },
   {
     name: 'update needs approval',

@@ -26,7 +26,8 @@ function isApproval(v: unknown): v is ApprovalRequirement {
     Number.isInteger(v.requiredApprovals) &&
     typeof v.timeoutSeconds === 'number' &&
     v.timeoutSeconds >= 0 &&
-    typeof v.allowSelfApproval === 'boolean'
+    typeof v.allowSelfApproval === 'boolean' &&
+    (v.wait === undefined || typeof v.wait === 'boolean')
   );
 }
 

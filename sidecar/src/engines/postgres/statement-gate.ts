@@ -9,7 +9,7 @@
 // It keeps the session state the analysis depends on (prepared statements, portals, SQL-level PREPAREs);
 // search_path is pinned (analysis/session-state.ts), never tracked from forwarded statements, and every
 // statement the session's pins forbid is refused before policy (settingRefusal). No sockets: tested on its own.
-import type { AgentSession } from '../../core/agent-session.ts';
+import type { AgentSession, ApprovalVerdict } from '../../core/agent-session.ts';
 import { approvalNotice, type ClientNotice } from '../../core/approvals/approval-notice.ts';
 import type { CommandDescription, DecidedCommand, SettledClearance } from '../../core/command.ts';
 import { auditRefusal, policyRefusal, type SidecarError } from '../../core/errors.ts';
@@ -306,6 +306,8 @@ export class StatementGate {
           }),
         };
       }
+      if (command.decision.approval.wait === false)
+        return this.answerApproval(command, statements, description, exact, portal);
       return this.holdForApproval(command, statements, description, exact, portal);
     }
     if (command.decision.decision !== 'allow') {
@@ -322,10 +324,7 @@ export class StatementGate {
     };
   }
 
-  private auditRefused(
-    command: DecidedCommand,
-    audit: Extract<SettledClearance, { state: 'refused' }>,
-  ): RelayVerdict {
+  private auditRefused(command: DecidedCommand, audit: Extract<SettledClearance, { state: 'refused' }>): RelayVerdict {
     this.logger.warn('statement denied: audit trail unavailable', {
       sessionId: this.agentSession.id,
       reason: audit.error.reason,
@@ -350,18 +349,7 @@ export class StatementGate {
         await verdict;
         return this.auditRefused(command, clearance);
       }
-      const settled = await verdict;
-      // Approved: planned as an allowed command is, so its result is masked by the decision's rules.
-      if (settled.run) return this.settle(settled.command, { state: 'clear' }, statements, portal);
-      if (settled.error.id === 'ApprovalAbandoned') {
-        this.agentSession.complete(settled.command, 'sql', {
-          status: 'cancelled',
-          code: sqlStateOf('ApprovalAbandoned'),
-          message: settled.error.message,
-        });
-        return { action: 'end', command: settled.command, error: settled.error };
-      }
-      return { action: 'substitute', command: settled.command, denial: denial(settled.error) };
+      return this.approvalVerdict(await verdict, statements, portal);
     });
     return {
       action: 'hold',
@@ -373,6 +361,50 @@ export class StatementGate {
         },
       },
     };
+  }
+
+  /**
+   * An approve rule with wait: false: the command is not held for people. Once its decision record is
+   * durable, the session answers it from the identical command's earlier request or files one
+   * (AgentSession.requestApproval): it runs, or is refused (ApprovalPending naming the request, or how that
+   * request ended).
+   */
+  private answerApproval(
+    command: DecidedCommand,
+    statements: readonly AnalyzedStatement[],
+    description: CommandDescription,
+    exact: { readonly text: string; readonly parameters: readonly string[] },
+    portal: PortalShape | undefined,
+  ): GateVerdict {
+    const audit = command.audit;
+    const recorded: Promise<SettledClearance> = audit.state === 'pending' ? audit.settled : Promise.resolve(audit);
+    const until = recorded.then(async (clearance): Promise<SettledVerdict> => {
+      if (clearance.state === 'refused') return this.auditRefused(command, clearance);
+      return this.approvalVerdict(
+        await this.agentSession.requestApproval(command, description, exact),
+        statements,
+        portal,
+      );
+    });
+    return { action: 'hold', until };
+  }
+
+  /** Approved: planned as an allowed command is (its result masked by the decision's rules); else refused. */
+  private approvalVerdict(
+    settled: ApprovalVerdict,
+    statements: readonly AnalyzedStatement[],
+    portal: PortalShape | undefined,
+  ): SettledVerdict | Promise<SettledVerdict> {
+    if (settled.run) return this.settle(settled.command, { state: 'clear' }, statements, portal);
+    if (settled.error.id === 'ApprovalAbandoned') {
+      this.agentSession.complete(settled.command, 'sql', {
+        status: 'cancelled',
+        code: sqlStateOf('ApprovalAbandoned'),
+        message: settled.error.message,
+      });
+      return { action: 'end', command: settled.command, error: settled.error };
+    }
+    return { action: 'substitute', command: settled.command, denial: denial(settled.error) };
   }
 
   private settle(
@@ -400,9 +432,7 @@ export class StatementGate {
     };
     const planned = masking.plan(statements, command.decision.masking, this.searchPath, portal);
     return planned instanceof Promise
-      ? planned.then(apply, (): RelayVerdict =>
-          apply({ kind: 'deny', reason: 'result masking could not be planned' }),
-        )
+      ? planned.then(apply, (): RelayVerdict => apply({ kind: 'deny', reason: 'result masking could not be planned' }))
       : apply(planned);
   }
 
