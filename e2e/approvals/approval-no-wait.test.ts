@@ -118,6 +118,37 @@ test('approvals with wait: false: answered at once, and the identical statement 
     },
   );
 
+  await t.test('in a transaction block that already failed: 25P02, no request filed, the approval kept', async () => {
+    const client = new pg.Client({
+      host: sidecar.host,
+      port: sidecar.port,
+      user: 'agent',
+      database: 'agent-db',
+      password: await world.requesterToken(sidecar),
+      ssl: false,
+    });
+    await client.connect();
+    try {
+      const insert = 'INSERT INTO reports(amount) VALUES (99)'; // no parameters: the simple query protocol
+      const first = await errorOf(client.query(insert));
+      assert.equal(first.code, '55000');
+      const name = new RegExp(`ApprovalRequest ${ns}/([a-z0-9-]+) `).exec(first.message)?.[1] ?? '';
+      const bindingHash = (await world.request(name)).spec.bindingHash ?? '';
+      assert.equal((await cli(people.dave, ['approve', name, '-n', ns])).code, 0);
+      await phaseOf(world, name, 'Approved');
+      await client.query('BEGIN');
+      assert.equal((await errorOf(client.query('SELECT 1/0'))).code, '22012');
+      assert.equal((await errorOf(client.query(insert))).code, '25P02', 'as PostgreSQL');
+      await client.query('ROLLBACK');
+      assert.equal(await world.count('reports where amount = 99'), 0);
+      assert.deepEqual(await requestsBoundTo(world, bindingHash), [name], 'no request was filed for it');
+      assert.equal((await client.query(insert)).rowCount, 1, 'the approval was kept for it');
+      assert.equal(await world.count('reports where amount = 99'), 1);
+    } finally {
+      await client.end();
+    }
+  });
+
   await t.test(
     'node-postgres: other parameters and another session are not covered; a denial answers once; the trail',
     async () => {

@@ -35,6 +35,13 @@ export const SIDECAR_ERRORS = {
     summary:
       'An approve rule with wait: false filed a request and answered at once; the message names it. The identical command sent again on the same session runs once it is approved.',
   },
+  ApprovalInFailedTransaction: {
+    sqlState: '25P02',
+    httpStatus: 409,
+    fatal: false,
+    summary:
+      'An approve rule matched inside a transaction block that already failed: as PostgreSQL, the command is ignored until the block ends; no request is filed and no approval is used.',
+  },
   ApprovalDenied: {
     sqlState: '42501',
     httpStatus: 403,

@@ -295,6 +295,14 @@ export class StatementGate {
     const audit = command.audit;
     if (audit.state === 'refused') return this.auditRefused(command, audit);
     if (command.decision.decision === 'approve' && this.agentSession.holdsForApproval) {
+      // In a transaction block that already failed the server would ignore the statement: so do we, with its
+      // error (25P02), filing no request and using no approval for a statement that cannot run. (Transaction
+      // control, which the server does run there, is held as usual.)
+      if (this.upstream.transactionStatus === 'E' && !statements.some((s) => s.transaction !== undefined)) {
+        const message =
+          'chaperone: current transaction is aborted, commands ignored until end of transaction block; the statement needs approval and was not filed for it';
+        return { action: 'substitute', command, denial: denial({ id: 'ApprovalInFailedTransaction', message }) };
+      }
       if (exact === undefined || command.decision.approval === undefined) {
         // A statement prepared while no approve rule matched it: its parameters were not kept exactly.
         return {
