@@ -3,7 +3,9 @@
 // components end to end on real pods: a local node (e2e/harness/node.ts), `helm install` of the chart with
 // the images `make images` built (the operator as two pods), an agent Deployment injected by the webhook
 // and run by the kubelet with its sidecar, psql inside the agent container with only its env and token, a
-// policy change reaching a live session, and the auditor's view of the Session objects the sidecar wrote.
+// policy change reaching a live session, a statement held for approval and approved by another person with
+// `kubectl chaperone approve` (e2e/approvals/demo-held-statement.ts), and the auditor's view of the Session
+// objects the sidecar wrote.
 // When the node cannot start (or with --no-node), the same story with the operator bin and the injected
 // sidecar as local processes (the sidecar started from the stored pod spec), plus nested agents through the
 // token exchange (e2e/identity/demo-nested-agents.ts), which the chart does not enable yet.
@@ -640,7 +642,11 @@ spec:
       PGSSLMODE: 'verify-full',
       PGSSLROOTCERT: postgres.caFile,
     },
-    agentEnv: agentProcessEnv,
+    startAgentPsql: (sql) => ({
+      child: spawn('psql', ['-X', '-c', sql], { env: agentProcessEnv, stdio: ['pipe', 'pipe', 'pipe'] }),
+      display: `PGPASSWORD="$(cat $CHAPERONE_TOKEN_FILE)" psql -c "${sql}"`,
+    }),
+    admissionInstalled: false,
     currentDigest: () => currentDigest(kubectl),
     policyReloaded: async (previous) => {
       const digest = await until('the operator to publish the new digest', () => {
@@ -988,6 +994,54 @@ spec:
   await live.run('select pg_backend_pid() as upstream_pid, count(*) as orders from orders;');
   await live.close();
   note('same upstream backend pid: the connection was never dropped; the new rule applied to its next statement');
+
+  agentSessions += await heldStatementApproved({
+    step,
+    note,
+    show,
+    until,
+    kube,
+    kubectl,
+    custom: kc.makeApiClient(k8s.CustomObjectsApi),
+    runDir,
+    controlPlane,
+    directEnv: {
+      ...process.env,
+      PGHOST: 'localhost',
+      PGPORT: String(postgres.port),
+      PGUSER: postgres.user,
+      PGPASSWORD: postgres.password,
+      PGDATABASE: postgres.database,
+      PGSSLMODE: 'verify-full',
+      PGSSLROOTCERT: postgres.caFile,
+    },
+    startAgentPsql: (sql) => {
+      const script = `PGPASSWORD="$(cat "$CHAPERONE_TOKEN_FILE")" psql -X -c "${sql}"`;
+      return {
+        child: spawn(kubectl, [...inAgent, 'sh', '-c', script], { stdio: ['pipe', 'pipe', 'pipe'] }),
+        display: `kubectl exec ${podName} -c agent -- sh -c '${script}'`,
+      };
+    },
+    admissionInstalled: true,
+    currentDigest: () => currentDigest(kubectl),
+    policyReloaded: async (previous) => {
+      const digest = await until('the operator to publish the new digest', () => {
+        const d = currentDigest(kubectl);
+        return d !== previous ? d : undefined;
+      });
+      await until(
+        'the sidecar to load the new bundle',
+        () =>
+          sidecarLogs()
+            .split('\n')
+            .some((l) => l.includes('"msg":"policy bundles loaded"') && l.includes(digest))
+            ? true
+            : undefined,
+        180_000,
+      );
+      return digest;
+    },
+  });
 
   step("The auditor's view: the Session objects the sidecar pod wrote");
   note('the sidecar writes them with its own pod-bound token; the chart installed the admission policy that');

@@ -1,8 +1,9 @@
-// The approvals step of `make demo` (e2e/demo.ts): the agent's write to public.refunds is held by the
-// example policy's approve rule; psql shows the notice and waits; a person of the payments-oncall group
-// (her own client certificate) lists and approves the request with `kubectl chaperone`; the statement runs
-// once on the agent's still-open connection.
-import { spawn } from 'node:child_process';
+// The approvals step of `make demo` (e2e/demo.ts), on real pods and in the local-process fallback alike: the
+// agent's write to public.refunds is held by the example policy's approve rule; psql (in the agent container,
+// or as a local process) shows the notice and waits; a person of the payments-oncall group (her own client
+// certificate) lists and approves the request with `kubectl chaperone`; the statement runs once on the
+// agent's still-open connection.
+import type { ChildProcessWithoutNullStreams } from 'node:child_process';
 import { mkdirSync, symlinkSync } from 'node:fs';
 import { delimiter, dirname, join } from 'node:path';
 import type * as k8s from '@kubernetes/client-node';
@@ -22,8 +23,16 @@ export interface HeldStatementDemo {
   readonly controlPlane: { readonly server: string; readonly caFile: string };
   /** psql straight to PostgreSQL as the table owner (setup only). */
   readonly directEnv: NodeJS.ProcessEnv;
-  /** The agent container's env with its token as PGPASSWORD. */
-  readonly agentEnv: NodeJS.ProcessEnv;
+  /**
+   * Starts psql as the agent, with its token, through its sidecar, running `sql` (in the agent container on
+   * real pods, as a local process otherwise), and how the command is shown.
+   */
+  readonly startAgentPsql: (sql: string) => {
+    readonly child: ChildProcessWithoutNullStreams;
+    readonly display: string;
+  };
+  /** The chart installed the admission policies already (real pods); else they are applied here. */
+  readonly admissionInstalled: boolean;
   /** Resolves once the sidecar enforces a policy bundle other than `before`. */
   readonly policyReloaded: (before: string) => Promise<string>;
   readonly currentDigest: () => string;
@@ -70,12 +79,12 @@ export async function heldStatementApproved(demo: HeldStatementDemo): Promise<nu
     '--clusterrole=chaperone-approver',
     '--group=payments-oncall',
   );
-  kube('apply', '-f', join(REPO_ROOT, 'config/admission/approval-decisions.yaml'));
+  if (!demo.admissionInstalled) kube('apply', '-f', join(REPO_ROOT, 'config/admission/approval-decisions.yaml'));
 
   note('the agent, as before (its token, through the sidecar); psql prints the notice and waits:');
   const sql = 'INSERT INTO refunds (order_id, amount) VALUES (1002, 42.00)';
-  console.log(`\x1b[2m$ PGPASSWORD="$(cat $CHAPERONE_TOKEN_FILE)" psql -c "${sql}" &\x1b[0m`);
-  const agent = spawn('psql', ['-X', '-c', sql], { env: demo.agentEnv, stdio: ['ignore', 'pipe', 'pipe'] });
+  const { child: agent, display } = demo.startAgentPsql(sql);
+  console.log(`\x1b[2m$ ${display} &\x1b[0m`);
   let out = '';
   let err = '';
   agent.stdout.on('data', (d: Buffer) => (out += d.toString('utf8')));
