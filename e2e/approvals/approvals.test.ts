@@ -11,6 +11,7 @@ import assert from 'node:assert/strict';
 import * as k8s from '@kubernetes/client-node';
 import pg from 'pg';
 import { GROUP, VERSION, type AuditRecord, type Session } from '@chaperone/api';
+import { buildEvidence } from '../../cli/src/audit/evidence.ts';
 import { runCli } from '../audit/run-cli.ts';
 import { listSessions, verifySessions } from '../audit/durability-helpers.ts';
 import { controlPlaneEnv } from '../harness/env.ts';
@@ -371,7 +372,20 @@ test('approvals: a held statement waits on its connection for authenticated peop
       assert.equal(outcome.outcome?.status, 'success');
       assert.equal(outcome.command?.id, commandId);
       // As an auditor checks it: every session's chain and signed heads, then the CLI.
-      await verifySessions(await listSessions(admin, ns), ns);
+      const sessions = await listSessions(admin, ns);
+      await verifySessions(sessions, ns);
+      // The evidence export names the approvals under AC-3 (what ran under one) and AU-10 (who decided).
+      const bundle = await buildEvidence(sessions, {
+        namespaces: [ns],
+        source: { context: 'test' },
+        retention: new Map(),
+      });
+      const evidenceOf = (control: string) => bundle.nist.find((n) => n.control === control)?.evidence.join('\n') ?? '';
+      assert.match(
+        evidenceOf('AC-3'),
+        /records\[type=command\.outcome\]\.approval: [1-9]\d* command\(s\) ran under an approval/,
+      );
+      assert.match(evidenceOf('AU-10'), /records\[type=approval\.decided\]: [1-9]\d*;/);
       const verified = await runCli(['verify', '--all', '-n', ns, '--kubeconfig', admin]);
       assert.equal(verified.code, 0, verified.stdout + verified.stderr);
     },

@@ -403,9 +403,15 @@ export class AgentSession {
     });
     const earlier = this.deferred.claim(bindingHash);
     switch (earlier.kind) {
-      case 'pending':
-        await earlier.held.filed;
-        return { run: false, command, error: approvalPending(earlier.held, command.decision, true) };
+      case 'pending': {
+        if (await earlier.held.filed) {
+          return { run: false, command, error: approvalPending(earlier.held, command.decision, true) };
+        }
+        // Its request could not be filed after all: the same refusal (ApprovalUnavailable).
+        const result = await earlier.held.result;
+        if (result.state === 'refused') return { run: false, command, error: result.error };
+        return { run: false, command, error: { id: 'ApprovalUnavailable', message: 'chaperone: no approval request' } };
+      }
       case 'settled': {
         const outcome = earlier.outcome;
         if (!outcome.run) return { run: false, command, error: outcome.error };
