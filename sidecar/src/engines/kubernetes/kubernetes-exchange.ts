@@ -9,21 +9,27 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { parse as parseYaml } from 'yaml';
-import type { CombinedDecision, KubernetesCommand } from '@chaperone/api';
+import type { KubernetesCommand } from '@chaperone/api';
 import type { AgentSession, ResourceContext } from '../../core/agent-session.ts';
 import type { CommandDescription, DecidedCommand } from '../../core/command.ts';
 import type { EngineServices } from '../../core/engine.ts';
-import { auditRefusal, policyRefusal, type SidecarError } from '../../core/errors.ts';
+import { policyRefusal, type SidecarError } from '../../core/errors.ts';
 import type { Logger } from '../../core/observability/logger.ts';
 import type { KubernetesListenerConfig } from '../../config.ts';
 import type { ClientSessions } from '../http-base/client-sessions.ts';
 import {
-  AmbiguousRequest,
-  bearerToken,
-  checkHeaders,
+  admitRequest,
+  auditCleared,
+  builtInDecision as builtIn,
+  outcomeOnce,
+  readBody,
+  relayFailures,
+  sendError,
+  writeRawError,
+} from '../http-base/http-exchange.ts';
+import {
   forwardableHeaders,
   forwardableResponseHeaders,
-  splitTarget,
   type CheckedHeaders,
   type RequestTarget,
 } from '../http-base/request-hygiene.ts';
@@ -61,32 +67,6 @@ const DISCOVERY = /^\/(?:apis?(?:\/[^/]+){0,2}|version|openapi\/v2|openapi\/v3(?
 /** Subresources whose upgrade the API server authorizes as `create` whatever the method (websocket GETs too). */
 const STREAM_SUBRESOURCES: ReadonlySet<string> = new Set(['exec', 'attach', 'portforward']);
 
-/** A decision the engine makes itself (discovery, self-reviews, refusals before policy), recorded like any other. */
-function builtIn(decision: 'allow' | 'deny', rule: string, reason: string): CombinedDecision {
-  return { decision, policy: '', rule, bundleDigest: '', reasons: [reason], masking: [] };
-}
-
-class TooLarge extends Error {}
-
-function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    req.on('data', (chunk: Buffer) => {
-      size += chunk.length;
-      if (size > limit) {
-        req.removeAllListeners('data');
-        req.pause();
-        reject(new TooLarge());
-        return;
-      }
-      chunks.push(chunk);
-    });
-    req.once('end', () => resolve(chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks)));
-    req.once('error', reject);
-  });
-}
-
 /** The Accept header for a response the engine must read: JSON only (protobuf and YAML cannot be masked here). */
 function jsonAccept(accept: string | undefined): string {
   const kept = (accept ?? '')
@@ -104,7 +84,6 @@ function touchesSecrets(info: RequestInfo): boolean {
 export class KubernetesExchange {
   private readonly ctx: ExchangeContext;
   private readonly req: IncomingMessage;
-  private readonly socket: Socket;
   private auditId: string = randomUUID();
   private session: AgentSession | undefined;
   private info: RequestInfo | undefined;
@@ -114,7 +93,6 @@ export class KubernetesExchange {
   constructor(ctx: ExchangeContext, req: IncomingMessage) {
     this.ctx = ctx;
     this.req = req;
-    this.socket = req.socket;
   }
 
   /** A plain request: answered here or forwarded, and recorded. */
@@ -124,23 +102,21 @@ export class KubernetesExchange {
       if (!(await this.admit(reply))) return;
       const { session, info } = this.admitted();
       let body: Buffer | undefined;
+      const limit = this.ctx.config.maxRequestBodyBytes;
       const declared = this.checked?.body ?? 0;
-      if (typeof declared === 'number' && declared > this.ctx.config.maxRequestBodyBytes) {
+      const tooLarge = () =>
         this.refuse(session, info, reply, 'request-too-large', {
           id: 'RequestTooLarge',
-          message: `chaperone: the request body is larger than ${String(this.ctx.config.maxRequestBodyBytes)} bytes`,
+          message: `chaperone: the request body is larger than ${String(limit)} bytes`,
         });
+      if (typeof declared === 'number' && declared > limit) {
+        tooLarge();
         return;
       }
       if (this.req.method !== 'GET' && this.req.method !== 'HEAD') {
-        try {
-          body = await readBody(this.req, this.ctx.config.maxRequestBodyBytes);
-        } catch (err) {
-          if (!(err instanceof TooLarge)) throw err;
-          this.refuse(session, info, reply, 'request-too-large', {
-            id: 'RequestTooLarge',
-            message: `chaperone: the request body is larger than ${String(this.ctx.config.maxRequestBodyBytes)} bytes`,
-          });
+        body = await readBody(this.req, limit);
+        if (body === undefined) {
+          tooLarge();
           return;
         }
       }
@@ -230,32 +206,26 @@ export class KubernetesExchange {
 
   /** Framing, identity, impersonation and classification; false when the request was answered already. */
   private async admit(reply: (error: SidecarError) => void): Promise<boolean> {
-    try {
-      this.checked = checkHeaders(this.req.rawHeaders);
-      this.target = splitTarget(this.req.url ?? '', this.checked.host);
-    } catch (err) {
-      if (!(err instanceof AmbiguousRequest)) throw err;
-      this.ctx.logger.warn('ambiguous request refused', { reason: err.message });
-      reply({ id: 'AmbiguousRequest', message: `chaperone: ${err.message}` });
-      return false;
-    }
-    const checked = this.checked;
-    const clientAuditId = checked.headers.get('audit-id');
-    if (clientAuditId !== undefined && /^[0-9a-fA-F-]{36}$/.test(clientAuditId)) this.auditId = clientAuditId;
-    const auth = await this.ctx.sessions.authenticate(this.socket, bearerToken(checked.headers.get('authorization')), {
-      address: `${this.socket.remoteAddress ?? ''}:${String(this.socket.remotePort ?? '')}`,
-      applicationName: (checked.headers.get('user-agent') ?? '').slice(0, 256),
-      user: '',
-      database: '',
+    const admitted = await admitRequest(this.req, {
+      sessions: this.ctx.sessions,
+      logger: this.ctx.logger,
+      idHeader: 'audit-id',
+      idPattern: /^[0-9a-fA-F-]{36}$/,
+      requestId: this.auditId,
+      reply: (error, requestId) => {
+        this.auditId = requestId;
+        reply(error);
+      },
     });
-    if ('refusal' in auth) {
-      reply(auth.refusal);
-      return false;
-    }
-    this.session = auth.session;
+    if (admitted === undefined) return false;
+    const { checked, target, session } = admitted;
+    this.checked = checked;
+    this.target = target;
+    this.auditId = admitted.requestId;
+    this.session = session;
     const method = this.req.method ?? '';
     try {
-      this.info = classifyRequest(method, this.target.rawPath, this.target.rawQuery);
+      this.info = classifyRequest(method, target.rawPath, target.rawQuery);
     } catch (err) {
       if (!(err instanceof UnclassifiableRequest)) throw err;
       const described: CommandDescription = {
@@ -273,9 +243,9 @@ export class KubernetesExchange {
         requestId: this.auditId,
       };
       const error: SidecarError = { id: 'AmbiguousRequest', message: `chaperone: ${err.message}` };
-      const decided = auth.session.record(described, builtIn('deny', 'unclassifiable', err.message));
+      const decided = session.record(described, builtIn('deny', 'unclassifiable', err.message));
       reply(error);
-      auth.session.complete(decided, 'kubernetes', {
+      session.complete(decided, 'kubernetes', {
         status: 'denied',
         code: String(statusFor(error).code),
         message: error.message,
@@ -292,7 +262,7 @@ export class KubernetesExchange {
     }
     for (const name of checked.headers.keys()) {
       if (name.startsWith('impersonate-')) {
-        this.refuse(auth.session, this.info, reply, 'impersonation', {
+        this.refuse(session, this.info, reply, 'impersonation', {
           id: 'RequestRefused',
           message: 'chaperone: impersonation headers are not allowed through the sidecar; the agent acts as itself',
         });
@@ -350,13 +320,9 @@ export class KubernetesExchange {
 
   /** Waits for the decision record's durability; false (and a 503 sent) when the trail refused it. */
   private async cleared(decided: DecidedCommand, reply: (error: SidecarError) => void): Promise<boolean> {
-    let audit = decided.audit;
-    if (audit.state === 'pending') audit = await audit.settled;
-    if (audit.state === 'refused') {
-      reply(auditRefusal(audit.error));
-      return false;
-    }
-    return true;
+    const refusal = await auditCleared(decided);
+    if (refusal !== undefined) reply(refusal);
+    return refusal === undefined;
   }
 
   /** Records a refusal the engine makes whatever the policy, and answers it. */
@@ -389,23 +355,13 @@ export class KubernetesExchange {
   }
 
   private sendStatus(res: ServerResponse, error: SidecarError, info = this.info): void {
-    const status = statusFor(error, info);
-    const fatal = error.id === 'AmbiguousRequest' || error.id === 'RequestTooLarge';
-    res.writeHead(status.code, {
-      'content-type': 'application/json',
-      'content-length': Buffer.byteLength(status.body),
-      'audit-id': this.auditId,
-      ...(error.id === 'AuthenticationFailed' ? { 'www-authenticate': 'Bearer realm="chaperone"' } : {}),
-      ...(fatal ? { connection: 'close' } : {}),
-    });
-    res.end(status.body);
+    sendError(res, error, { contentType: 'application/json', ...statusFor(error, info) }, 'audit-id', this.auditId);
   }
 
   private writeRawStatus(socket: Duplex, error: SidecarError): void {
-    const status = statusFor(error, this.info);
-    socket.end(
-      `HTTP/1.1 ${String(status.code)} ${error.id}\r\nContent-Type: application/json\r\nContent-Length: ${String(Buffer.byteLength(status.body))}\r\nAudit-Id: ${this.auditId}\r\nConnection: close\r\n\r\n${status.body}`,
-    );
+    writeRawError(socket, { contentType: 'application/json', ...statusFor(error, this.info) }, error.id, [
+      `Audit-Id: ${this.auditId}`,
+    ]);
   }
 
   private upstreamHeaders(masked: boolean): Record<string, string> {
@@ -446,32 +402,14 @@ export class KubernetesExchange {
       path: this.upstreamPath(),
       headers,
     });
-    let done = false;
-    const finish = (status: 'success' | 'error' | 'cancelled', code: string, message?: string) => {
-      if (done) return;
-      done = true;
-      session.complete(decided, 'kubernetes', message === undefined ? { status, code } : { status, code, message });
-    };
-    upstreamReq.on('error', (err) => {
-      this.ctx.logger.warn('upstream request failed', { error: err.message, auditId: this.auditId });
-      if (!res.headersSent) {
-        const error: SidecarError = {
-          id: 'UpstreamUnavailable',
-          message: `chaperone: the API server could not be reached (${err.message})`,
-        };
-        this.sendStatus(res, error, info);
-        finish('error', String(statusFor(error).code), error.message);
-      } else {
-        res.destroy();
-        finish('error', String(res.statusCode), 'upstream connection lost');
-      }
-    });
-    // The client went away (a watch or logs -f stopped): stop the upstream request too.
-    res.once('close', () => {
-      if (!res.writableFinished) {
-        upstreamReq.destroy();
-        finish('cancelled', String(res.statusCode), 'client closed the connection');
-      }
+    const finish = outcomeOnce(session, decided, 'kubernetes');
+    relayFailures(upstreamReq, res, this.ctx.logger.child({ auditId: this.auditId }), finish, (reason) => {
+      const error: SidecarError = {
+        id: 'UpstreamUnavailable',
+        message: `chaperone: the API server could not be reached (${reason})`,
+      };
+      this.sendStatus(res, error, info);
+      finish('error', String(statusFor(error).code), error.message);
     });
     upstreamReq.on('response', (upstreamRes) => {
       const code = upstreamRes.statusCode ?? 502;
@@ -557,28 +495,27 @@ export class KubernetesExchange {
       });
       return;
     }
-    const chunks: Buffer[] = [];
-    let size = 0;
-    upstreamRes.on('data', (chunk: Buffer) => {
-      size += chunk.length;
-      if (size > limit) fail('larger than maxMaskedResponseBytes');
-      else chunks.push(chunk);
-    });
-    upstreamRes.once('end', () => {
-      if (size > limit) return;
-      let text: string;
-      try {
-        const doc: unknown = JSON.parse(Buffer.concat(chunks).toString('utf8'));
-        redactSecrets(doc);
-        text = JSON.stringify(doc);
-      } catch {
-        fail('the body is not JSON');
-        return;
-      }
-      res.writeHead(code, [...headers, ['Content-Length', String(Buffer.byteLength(text))]].flat());
-      res.end(text);
-      done();
-    });
+    void readBody(upstreamRes, limit).then(
+      (whole) => {
+        if (whole === undefined) {
+          fail('larger than maxMaskedResponseBytes');
+          return;
+        }
+        let text: string;
+        try {
+          const doc: unknown = JSON.parse(whole.toString('utf8'));
+          redactSecrets(doc);
+          text = JSON.stringify(doc);
+        } catch {
+          fail('the body is not JSON');
+          return;
+        }
+        res.writeHead(code, [...headers, ['Content-Length', String(Buffer.byteLength(text))]].flat());
+        res.end(text);
+        done();
+      },
+      (err: unknown) => fail(String(err)),
+    );
   }
 
   /** The upgrade request, sent on a connection of its own; the 101 and both streams are relayed as bytes. */
@@ -593,12 +530,7 @@ export class KubernetesExchange {
     });
     let fromClient = 0;
     let toClient = 0;
-    let done = false;
-    const finish = (status: 'success' | 'error', code: string, message: string) => {
-      if (done) return;
-      done = true;
-      session.complete(decided, 'kubernetes', { status, code, message });
-    };
+    const finish = outcomeOnce(session, decided, 'kubernetes');
     upstreamReq.on('error', (err) => {
       this.writeRawStatus(socket, {
         id: 'UpstreamUnavailable',
