@@ -136,6 +136,9 @@ export const RuleMatch = Type.Object(
           subresources: patternList('Subresources, for example exec, log or status.'),
           namespaces: patternList('Namespaces.'),
           names: patternList('Object names.'),
+          nonResourceURLs: patternList(
+            'Paths of non-resource requests (/healthz, /metrics, /debug/**; * within a segment, /** across segments). A rule with it matches only non-resource requests, a rule without it only resource requests.',
+          ),
         },
         { description: 'Kubernetes API request matcher (kubernetes resources).' },
       ),
@@ -145,6 +148,35 @@ export const RuleMatch = Type.Object(
         {
           methods: patternList('HTTP methods.'),
           paths: patternList('URL path patterns; ** matches across slashes.'),
+          hosts: patternList('Upstream host names (lower case; the agent cannot choose the host).'),
+          query: Type.Optional(
+            Type.Unsafe<Record<string, string[]>>({
+              type: 'object',
+              description:
+                'Query parameter name to value patterns. The parameter must be present; allow rules need every value (every reading) to match, deny and approve rules any one.',
+              maxProperties: 16,
+              additionalProperties: {
+                type: 'array',
+                description: 'Value patterns; * matches any run of characters.',
+                maxItems: 64,
+                items: { type: 'string', description: 'A pattern.', maxLength: 253 },
+              },
+            }),
+          ),
+          headers: Type.Optional(
+            Type.Unsafe<Record<string, string[]>>({
+              type: 'object',
+              description:
+                'Request header name (any case) to value patterns. The header must be present; allow rules need every value to match, deny and approve rules any one.',
+              maxProperties: 16,
+              additionalProperties: {
+                type: 'array',
+                description: 'Value patterns; * matches any run of characters.',
+                maxItems: 64,
+                items: { type: 'string', description: 'A pattern.', maxLength: 253 },
+              },
+            }),
+          ),
         },
         { description: 'HTTP request matcher (http resources).' },
       ),

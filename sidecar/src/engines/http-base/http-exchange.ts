@@ -189,3 +189,37 @@ export function relayFailures(
     }
   });
 }
+
+/**
+ * Reads a JSON response whole (up to `limit` bytes), rewrites it (masking) and sends it with its new length;
+ * `fail` says why when it is too large, does not parse or breaks, `done` when it was sent.
+ */
+export function relayRewrittenJson(
+  upstreamRes: IncomingMessage,
+  res: ServerResponse,
+  response: { readonly code: number; readonly headers: readonly [string, string][]; readonly limit: number },
+  rewrite: (doc: unknown) => string,
+  fail: (reason: string) => void,
+  done: () => void,
+): void {
+  readBody(upstreamRes, response.limit).then(
+    (whole) => {
+      if (whole === undefined) {
+        fail('larger than maxMaskedResponseBytes');
+        return;
+      }
+      let text: string;
+      try {
+        text = rewrite(JSON.parse(whole.toString('utf8')));
+      } catch {
+        fail('the JSON body does not parse');
+        return;
+      }
+      const headers = response.headers.filter(([n]) => n.toLowerCase() !== 'content-length');
+      res.writeHead(response.code, [...headers, ['Content-Length', String(Buffer.byteLength(text))]].flat());
+      res.end(text);
+      done();
+    },
+    (err: unknown) => fail(String(err)),
+  );
+}

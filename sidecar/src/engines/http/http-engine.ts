@@ -5,7 +5,7 @@
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
-import type { CombinedDecision } from '@chaperone/api';
+import type { CombinedDecision, HttpCommand } from '@chaperone/api';
 import type { HttpListenerConfig } from '../../config.ts';
 import type { AgentSession } from '../../core/agent-session.ts';
 import type { CommandDescription, DecidedCommand } from '../../core/command.ts';
@@ -19,6 +19,7 @@ import {
   outcomeOnce,
   readBody,
   relayFailures,
+  relayRewrittenJson,
   sendError,
   writeRawError,
 } from '../http-base/http-exchange.ts';
@@ -33,6 +34,7 @@ import { CredentialFile } from '../http-base/upstream.ts';
 import { CredentialScrubber, scrubText } from './credential-scrub.ts';
 import { createJsonMasker } from './json-masking.ts';
 import { normalisePath, UnnormalisablePath } from './path-normalisation.ts';
+import { readHeaders, readQuery, UnreadableQuery } from './request-reading.ts';
 import { PROBLEM_CONTENT_TYPE, problemFor } from './problem.ts';
 
 const OUTSIDE_TRANSACTION = { inTransaction: false } as const;
@@ -97,10 +99,11 @@ class HttpEndpoint extends HttpSpeakingEndpoint {
       requestId = admitted.requestId;
       const method = req.method ?? '';
       const line = `${method} ${req.url ?? ''}`;
+      const host = this.upstream.base.hostname.toLowerCase();
       const refuse = (rule: string, error: SidecarError, description?: CommandDescription) => {
         const decided = session.record(
           description ?? {
-            command: { type: 'http', method, path: '' },
+            command: { type: 'http', method, path: '', host, query: {}, headers: {} },
             fingerprint: 'refused',
             text: line,
             requestId,
@@ -122,11 +125,24 @@ class HttpEndpoint extends HttpSpeakingEndpoint {
         refuse('unnormalisable-path', { id: 'AmbiguousRequest', message: `chaperone: ${err.message}` });
         return;
       }
+      let query: Record<string, string[]>;
+      try {
+        query = readQuery(rawQuery);
+      } catch (err) {
+        if (!(err instanceof UnreadableQuery)) throw err;
+        refuse('unreadable-query', { id: 'AmbiguousRequest', message: `chaperone: ${err.message}` });
+        return;
+      }
       const target = rawQuery === '' ? path : `${path}?${rawQuery}`;
+      // The headers the upstream will read (the agent's credentials and what the engine sets itself left out).
+      const forwarded = this.forwardedHeaders(checked);
+      const headers = readHeaders(forwarded);
+      const command: HttpCommand = { type: 'http', method, path, host, query, headers };
+      const fingerprint = `http\0${method}\0${path}\0${host}\0${JSON.stringify(query)}\0${JSON.stringify(headers)}`;
       const describe = (body?: Buffer): CommandDescription => {
         const base = {
-          command: { type: 'http' as const, method, path },
-          fingerprint: `http\0${method}\0${path}`,
+          command,
+          fingerprint,
           text: `${method} ${target}`,
           requestId,
         };
@@ -186,7 +202,7 @@ class HttpEndpoint extends HttpSpeakingEndpoint {
         this.send(res, auditRefused, requestId);
         return;
       }
-      this.forward(req, res, session, decided, checked, target, body, requestId);
+      this.forward(req, res, session, decided, forwarded, target, body, requestId);
     } catch (err) {
       this.logger.error('request failed', { error: err, requestId });
       if (!res.headersSent)
@@ -200,21 +216,14 @@ class HttpEndpoint extends HttpSpeakingEndpoint {
     res: ServerResponse,
     session: AgentSession,
     decided: DecidedCommand,
-    checked: CheckedHeaders,
+    forwarded: Readonly<Record<string, string>>,
     target: string,
     body: Buffer,
     requestId: string,
   ): void {
     const credential = this.config.upstream.credential;
     const secret = this.credential?.current() ?? '';
-    const headers = forwardableHeaders(
-      checked,
-      (n) =>
-        n === 'authorization' ||
-        n === 'x-request-id' ||
-        n === 'accept-encoding' ||
-        n === credential?.header.toLowerCase(),
-    );
+    const headers = { ...forwarded };
     // Identity only: a compressed body could hide the credential from the scrubber and fields from masking.
     headers['accept-encoding'] = 'identity';
     headers['x-request-id'] = requestId;
@@ -271,35 +280,28 @@ class HttpEndpoint extends HttpSpeakingEndpoint {
         );
         return;
       }
-      void readBody(upstreamRes, this.config.maxMaskedResponseBytes).then(
-        (whole) => {
-          if (whole === undefined) {
-            fail('larger than maxMaskedResponseBytes');
-            return;
-          }
-          let text: string;
-          try {
-            const doc: unknown = JSON.parse(whole.toString('utf8'));
-            masker.mask(doc);
-            text = scrubText(JSON.stringify(doc), secret);
-          } catch {
-            fail('the JSON body does not parse');
-            return;
-          }
-          res.writeHead(
-            code,
-            [
-              ...responseHeaders.filter(([n]) => n.toLowerCase() !== 'content-length'),
-              ['Content-Length', String(Buffer.byteLength(text))],
-            ].flat(),
-          );
-          res.end(text);
-          finish(outcome, String(code));
+      relayRewrittenJson(
+        upstreamRes,
+        res,
+        { code, headers: responseHeaders, limit: this.config.maxMaskedResponseBytes },
+        (doc) => {
+          masker.mask(doc);
+          return scrubText(JSON.stringify(doc), secret);
         },
-        (err: unknown) => fail(String(err)),
+        fail,
+        () => finish(outcome, String(code)),
       );
     });
     upstreamReq.end(body.length > 0 ? body : undefined);
+  }
+
+  /** The agent's headers that travel upstream: not its credentials, nor those the engine sets itself. */
+  private forwardedHeaders(checked: CheckedHeaders): Record<string, string> {
+    const credential = this.config.upstream.credential?.header.toLowerCase();
+    return forwardableHeaders(
+      checked,
+      (n) => n === 'authorization' || n === 'x-request-id' || n === 'accept-encoding' || n === credential,
+    );
   }
 
   /** Upgrades (WebSocket, h2c) open streams the engine cannot inspect: refused. */
@@ -320,7 +322,14 @@ class HttpEndpoint extends HttpSpeakingEndpoint {
       if ('session' in auth) {
         const decided = auth.session.record(
           {
-            command: { type: 'http', method: req.method ?? '', path: '' },
+            command: {
+              type: 'http',
+              method: req.method ?? '',
+              path: '',
+              host: this.upstream.base.hostname.toLowerCase(),
+              query: {},
+              headers: {},
+            },
             fingerprint: 'refused',
             text: `${req.method ?? ''} ${req.url ?? ''}`,
           },

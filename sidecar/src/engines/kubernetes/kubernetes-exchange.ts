@@ -9,7 +9,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { parse as parseYaml } from 'yaml';
-import type { KubernetesCommand } from '@chaperone/api';
+import type { CombinedDecision, KubernetesCommand } from '@chaperone/api';
 import type { AgentSession, ResourceContext } from '../../core/agent-session.ts';
 import type { CommandDescription, DecidedCommand } from '../../core/command.ts';
 import type { EngineServices } from '../../core/engine.ts';
@@ -24,6 +24,7 @@ import {
   outcomeOnce,
   readBody,
   relayFailures,
+  relayRewrittenJson,
   sendError,
   writeRawError,
 } from '../http-base/http-exchange.ts';
@@ -63,6 +64,27 @@ const OUTSIDE_TRANSACTION = { inTransaction: false } as const;
 
 /** Non-resource URLs every authenticated client may read (the API server's system:discovery and public-info roles). */
 const DISCOVERY = /^\/(?:apis?(?:\/[^/]+){0,2}|version|openapi\/v2|openapi\/v3(?:\/.*)?|healthz|livez|readyz)\/?$/;
+
+/** The decision cache's key of a Kubernetes command: every field the policy reads. */
+function kubernetesFingerprint(c: KubernetesCommand): string {
+  return `k8s\0${c.verb}\0${c.apiGroup}\0${c.resource}\0${c.subresource}\0${c.namespace}\0${c.name}\0${c.nonResourcePath}`;
+}
+
+/**
+ * A non-resource request (`/healthz`, `/metrics`, `/apis`) is decided by policy (rules with
+ * `nonResourceURLs`). Discovery, version and health documents, which the API server opens to every
+ * authenticated client (system:discovery, system:public-info-viewer), stay readable when no rule names
+ * them — kubectl cannot work without them — and a rule can still deny them.
+ */
+function decideNonResource(session: AgentSession, command: KubernetesCommand, path: string): CombinedDecision {
+  const description = { command, fingerprint: kubernetesFingerprint(command), text: `${command.verb} ${path}` };
+  const decision = session.evaluate(description, OUTSIDE_TRANSACTION);
+  const noRule = decision.rule === 'default' || decision.rule === 'no-policy';
+  if (noRule && DISCOVERY.test(path) && (command.verb === 'get' || command.verb === 'head')) {
+    return builtIn('allow', 'discovery', 'discovery documents are public to every authenticated client');
+  }
+  return decision;
+}
 
 /** Subresources whose upgrade the API server authorizes as `create` whatever the method (websocket GETs too). */
 const STREAM_SUBRESOURCES: ReadonlySet<string> = new Set(['exec', 'attach', 'portforward']);
@@ -126,19 +148,14 @@ export class KubernetesExchange {
         return;
       }
       if (!info.isResourceRequest) {
-        if (!DISCOVERY.test(info.path) || (this.req.method !== 'GET' && this.req.method !== 'HEAD')) {
-          this.refuse(session, info, reply, 'non-resource-url', {
-            id: 'RequestRefused',
-            message: `chaperone: the non-resource URL ${info.path} is not served through the sidecar (only discovery, version and health)`,
-          });
+        const description = this.describe(info, body);
+        const decided = session.record(description, decideNonResource(session, description.command, info.path));
+        if (decided.decision.decision !== 'allow') {
+          this.deny(res, session, info, decided);
           return;
         }
-        const decided = session.record(
-          this.describe(info, undefined),
-          builtIn('allow', 'discovery', 'discovery documents are public to every authenticated client'),
-        );
         if (!(await this.cleared(decided, reply))) return;
-        this.forward(res, session, info, decided, undefined);
+        this.forward(res, session, info, decided, body);
         return;
       }
       if (body !== undefined && touchesSecrets(info) && containsMaskedValue(body.toString('latin1'))) {
@@ -237,6 +254,7 @@ export class KubernetesExchange {
           subresource: '',
           namespace: '',
           name: '',
+          nonResourcePath: '',
         },
         fingerprint: 'unclassifiable',
         text: this.requestLine(),
@@ -282,7 +300,10 @@ export class KubernetesExchange {
   }
 
   /** The protocol-neutral command: the classified request, its Audit-ID, and a mutation's body as recorded. */
-  private describe(info: RequestInfo, body: Buffer | undefined): CommandDescription {
+  private describe(
+    info: RequestInfo,
+    body: Buffer | undefined,
+  ): CommandDescription & { readonly command: KubernetesCommand } {
     const command: KubernetesCommand = {
       type: 'kubernetes',
       verb: info.verb,
@@ -291,8 +312,9 @@ export class KubernetesExchange {
       subresource: info.subresource,
       namespace: info.namespace,
       name: info.name,
+      nonResourcePath: info.isResourceRequest ? '' : info.path,
     };
-    const fingerprint = `k8s\0${info.verb}\0${info.apiGroup}\0${info.resource}\0${info.subresource}\0${info.namespace}\0${info.name}\0${info.isResourceRequest ? '' : info.path}`;
+    const fingerprint = kubernetesFingerprint(command);
     const text = info.dryRun ? `${this.requestLine()} (dry run)` : this.requestLine();
     const recorded =
       body !== undefined && body.length > 0 && MUTATING_VERBS.has(info.verb)
@@ -495,26 +517,16 @@ export class KubernetesExchange {
       });
       return;
     }
-    void readBody(upstreamRes, limit).then(
-      (whole) => {
-        if (whole === undefined) {
-          fail('larger than maxMaskedResponseBytes');
-          return;
-        }
-        let text: string;
-        try {
-          const doc: unknown = JSON.parse(whole.toString('utf8'));
-          redactSecrets(doc);
-          text = JSON.stringify(doc);
-        } catch {
-          fail('the body is not JSON');
-          return;
-        }
-        res.writeHead(code, [...headers, ['Content-Length', String(Buffer.byteLength(text))]].flat());
-        res.end(text);
-        done();
+    relayRewrittenJson(
+      upstreamRes,
+      res,
+      { code, headers, limit },
+      (doc) => {
+        redactSecrets(doc);
+        return JSON.stringify(doc);
       },
-      (err: unknown) => fail(String(err)),
+      fail,
+      done,
     );
   }
 
@@ -618,26 +630,12 @@ export class KubernetesExchange {
     session: AgentSession,
     doc: ReturnType<typeof parseReview>,
   ): Promise<{ allowed: boolean; denied?: boolean; reason: string }> {
-    const asked = reviewedCommand(doc);
-    if ('nonResourcePath' in asked) {
-      const allowed = DISCOVERY.test(asked.nonResourcePath);
-      return allowed
-        ? { allowed, reason: 'chaperone: discovery is open to every agent' }
-        : {
-            allowed,
-            denied: true,
-            reason: 'chaperone: non-resource URLs other than discovery are refused by the sidecar',
-          };
-    }
-    const c = asked.command;
-    const decision = session.evaluate(
-      {
-        command: c,
-        fingerprint: `k8s\0${c.verb}\0${c.apiGroup}\0${c.resource}\0${c.subresource}\0${c.namespace}\0${c.name}\0`,
-        text: 'access review',
-      },
-      OUTSIDE_TRANSACTION,
-    );
+    const c = reviewedCommand(doc);
+    const description = { command: c, fingerprint: kubernetesFingerprint(c), text: 'access review' };
+    const decision =
+      c.nonResourcePath === ''
+        ? session.evaluate(description, OUTSIDE_TRANSACTION)
+        : decideNonResource(session, c, c.nonResourcePath);
     const who = decision.policy === '' ? 'no policy' : `policy ${decision.policy}`;
     if (decision.decision !== 'allow') {
       return {
