@@ -187,6 +187,8 @@ class HttpEndpoint extends HttpSpeakingEndpoint {
           : { ...description, body: maskJsonBody(description.body, decision) },
         decision,
       );
+      // The approval seam: an `approve` decision is refused here until holds land (docs/http-engine.md); a hold
+      // would wait for its ApprovalRequest at this point, with the body read and recorded, then forward.
       if (decided.decision.decision !== 'allow') {
         const error = policyRefusal(decided.decision);
         this.send(res, error, requestId);

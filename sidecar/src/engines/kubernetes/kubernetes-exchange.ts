@@ -10,7 +10,7 @@ import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { parse as parseYaml } from 'yaml';
 import type { CombinedDecision, KubernetesCommand } from '@chaperone/api';
-import type { AgentSession, ResourceContext } from '../../core/agent-session.ts';
+import { maskText, type AgentSession, type ResourceContext } from '../../core/agent-session.ts';
 import type { CommandDescription, DecidedCommand } from '../../core/command.ts';
 import type { EngineServices } from '../../core/engine.ts';
 import { policyRefusal, type SidecarError } from '../../core/errors.ts';
@@ -44,6 +44,7 @@ import {
   selfReviewKind,
   subjectReviewResponse,
 } from './access-review.ts';
+import { ExecTranscript } from './exec-transcript.ts';
 import { decodeProtobufReview } from './protobuf-review.ts';
 import { classifyRequest, MUTATING_VERBS, UnclassifiableRequest, type RequestInfo } from './request-info.ts';
 import { containsMaskedValue, redactSecrets } from './secret-redaction.ts';
@@ -64,6 +65,14 @@ const OUTSIDE_TRANSACTION = { inTransaction: false } as const;
 
 /** Non-resource URLs every authenticated client may read (the API server's system:discovery and public-info roles). */
 const DISCOVERY = /^\/(?:apis?(?:\/[^/]+){0,2}|version|openapi\/v2|openapi\/v3(?:\/.*)?|healthz|livez|readyz)\/?$/;
+
+/** Bytes of each exec/attach channel kept for the outcome record (stdin, stdout, stderr, error). */
+const EXEC_TRANSCRIPT_BYTES = 192;
+
+/** An outcome message fits the record's 1024 characters. */
+function truncateMessage(text: string): string {
+  return text.length <= 1024 ? text : `${text.slice(0, 1023)}…`;
+}
 
 /** The decision cache's key of a Kubernetes command: every field the policy reads. */
 function kubernetesFingerprint(c: KubernetesCommand): string {
@@ -174,6 +183,7 @@ export class KubernetesExchange {
         return;
       }
       const decided = session.decide(this.describe(info, body), OUTSIDE_TRANSACTION);
+      // The approval seam (docs/kubernetes-engine.md): an `approve` decision goes to deny() until holds land.
       if (decided.decision.decision !== 'allow') {
         this.deny(res, session, info, decided);
         return;
@@ -535,6 +545,9 @@ export class KubernetesExchange {
     const headers = this.upstreamHeaders(false);
     headers.connection = 'Upgrade';
     headers.upgrade = this.checked?.headers.get('upgrade') ?? 'websocket';
+    // No compression extension: the transcript reads the frames as they pass.
+    delete headers['sec-websocket-extensions'];
+    const transcript = new ExecTranscript(EXEC_TRANSCRIPT_BYTES);
     const upstreamReq = this.ctx.upstream.requestOwnConnection({
       method: this.req.method ?? 'GET',
       path: this.upstreamPath(),
@@ -569,17 +582,29 @@ export class KubernetesExchange {
       socket.write(lines.join('\r\n'));
       if (upstreamHead.length > 0) socket.write(upstreamHead);
       if (head.length > 0) upstreamSocket.write(head);
-      socket.on('data', (c: Buffer) => (fromClient += c.length));
-      upstreamSocket.on('data', (c: Buffer) => (toClient += c.length));
+      if (head.length > 0) transcript.fromClient.push(head);
+      if (upstreamHead.length > 0) transcript.toClient.push(upstreamHead);
+      socket.on('data', (c: Buffer) => {
+        fromClient += c.length;
+        transcript.fromClient.push(c);
+      });
+      upstreamSocket.on('data', (c: Buffer) => {
+        toClient += c.length;
+        transcript.toClient.push(c);
+      });
       socket.pipe(upstreamSocket);
       upstreamSocket.pipe(socket);
       const close = () => {
         socket.destroy();
         upstreamSocket.destroy();
+        // The decision's detectors mask what was typed and printed, as they mask recorded bodies.
+        const seen = maskText(transcript.summary(), decided.decision);
         finish(
           'success',
           '101',
-          `stream closed: ${String(fromClient)} bytes from the client, ${String(toClient)} to it`,
+          truncateMessage(
+            `stream closed: ${String(fromClient)} bytes from the client, ${String(toClient)} to it${seen === '' ? '' : `; ${seen}`}`,
+          ),
         );
       };
       socket.once('close', close);
