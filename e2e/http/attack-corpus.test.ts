@@ -8,12 +8,12 @@
 import assert from 'node:assert/strict';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { createServer, type IncomingHttpHeaders } from 'node:http';
-import { connect } from 'node:net';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import type { AccessPolicySpec } from '@chaperone/api';
 import { testDir } from '../harness/env.ts';
 import { spawnSidecar } from '../harness/sidecar-process.ts';
+import { raw } from './raw-request.ts';
 
 const POLICY: AccessPolicySpec = {
   resources: { names: ['api'] },
@@ -33,21 +33,6 @@ const POLICY: AccessPolicySpec = {
 interface Received {
   readonly url: string;
   readonly headers: IncomingHttpHeaders;
-}
-
-function raw(port: number, bytes: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const socket = connect(port, '127.0.0.1', () => socket.write(bytes));
-    const chunks: Buffer[] = [];
-    // A failure bound only: every case asks for Connection: close or is refused with it.
-    const timer = setTimeout(() => socket.destroy(), 20_000);
-    socket.on('data', (c: Buffer) => chunks.push(c));
-    socket.once('error', reject);
-    socket.once('close', () => {
-      clearTimeout(timer);
-      resolve(Buffer.concat(chunks).toString('latin1'));
-    });
-  });
 }
 
 test('attack corpus against the HTTP engine', async (t) => {
