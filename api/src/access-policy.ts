@@ -63,6 +63,22 @@ const patternList = (description: string, maxItems = 64) =>
     }),
   );
 
+/** A map of names (query parameters, headers) to value patterns. */
+const valuePatternMap = (description: string) =>
+  Type.Optional(
+    Type.Unsafe<Record<string, string[]>>({
+      type: 'object',
+      description,
+      maxProperties: 16,
+      additionalProperties: {
+        type: 'array',
+        description: 'Value patterns; * matches any run of characters.',
+        maxItems: 64,
+        items: { type: 'string', description: 'A pattern.', maxLength: 253 },
+      },
+    }),
+  );
+
 const clockTime = (description: string) => Type.String({ description, pattern: '^([01][0-9]|2[0-3]):[0-5][0-9]$' });
 
 export const SubjectMatcher = Type.Object(
@@ -136,6 +152,9 @@ export const RuleMatch = Type.Object(
           subresources: patternList('Subresources, for example exec, log or status.'),
           namespaces: patternList('Namespaces.'),
           names: patternList('Object names.'),
+          nonResourceURLs: patternList(
+            'Paths of non-resource requests (/healthz, /metrics, /debug/**; * within a segment, /** across segments). A rule with it matches only non-resource requests, a rule without it only resource requests.',
+          ),
         },
         { description: 'Kubernetes API request matcher (kubernetes resources).' },
       ),
@@ -145,6 +164,13 @@ export const RuleMatch = Type.Object(
         {
           methods: patternList('HTTP methods.'),
           paths: patternList('URL path patterns; ** matches across slashes.'),
+          hosts: patternList('Upstream host names (lower case; the agent cannot choose the host).'),
+          query: valuePatternMap(
+            'Query parameter name to value patterns. The parameter must be present; allow rules need every value (every reading) to match, deny and approve rules any one.',
+          ),
+          headers: valuePatternMap(
+            'Request header name (any case) to value patterns. The header must be present; allow rules need every value to match, deny and approve rules any one.',
+          ),
         },
         { description: 'HTTP request matcher (http resources).' },
       ),

@@ -77,12 +77,27 @@ export interface KubernetesCommand {
   readonly subresource: string;
   readonly namespace: string;
   readonly name: string;
+  /**
+   * The path of a non-resource request (`/healthz`, `/metrics`, `/apis`), '' for resource requests. Rules
+   * with `nonResourceURLs` match only non-resource requests; other kubernetes rules only resource requests.
+   */
+  readonly nonResourcePath: string;
 }
 
 export interface HttpCommand {
   readonly type: 'http';
   readonly method: string;
+  /** Normalised as the upstream reads it (docs/http-engine.md), without the query. */
   readonly path: string;
+  /** The upstream's host name (lower case): the agent's Host header is not forwarded. */
+  readonly host: string;
+  /**
+   * Query parameters, every reading of each one: repeated names, and `+` or a second percent-decoding
+   * where upstreams differ, give several values; allow rules need all of them to match, deny any one.
+   */
+  readonly query: Readonly<Record<string, readonly string[]>>;
+  /** Forwarded request headers (lower-case names; the agent's credentials never among them). */
+  readonly headers: Readonly<Record<string, readonly string[]>>;
 }
 
 export type PolicyCommand = SqlCommand | KubernetesCommand | HttpCommand;

@@ -13,6 +13,7 @@ import { promisify } from 'node:util';
 import type { AccessPolicySpec } from '@chaperone/api';
 import { testDir } from '../harness/env.ts';
 import { spawnSidecar } from '../harness/sidecar-process.ts';
+import { raw } from './raw-request.ts';
 
 const execFileAsync = promisify(execFile);
 const CREDENTIAL = 'upstream-api-key-7f3e9c1d';
@@ -93,21 +94,6 @@ async function startUpstream(): Promise<{
         server.close(() => resolve());
       }),
   };
-}
-
-function raw(port: number, bytes: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const socket = connect(port, '127.0.0.1', () => socket.write(bytes));
-    const chunks: Buffer[] = [];
-    // A failure bound only: every refusal ends the connection, so a kept-alive one is the failure to report.
-    const timer = setTimeout(() => socket.destroy(), 20_000);
-    socket.on('data', (c: Buffer) => chunks.push(c));
-    socket.once('error', reject);
-    socket.once('close', () => {
-      clearTimeout(timer);
-      resolve(Buffer.concat(chunks).toString('latin1'));
-    });
-  });
 }
 
 test('an HTTP API through the HTTP engine', async (t) => {

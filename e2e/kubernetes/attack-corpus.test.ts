@@ -18,6 +18,8 @@ function policy(namespace: string): Record<string, AccessPolicySpec> {
       resources: { names: [RESOURCE] },
       rules: [
         { name: 'keep-keepers', decision: 'deny', match: { kubernetes: { verbs: ['delete'], names: ['keep-*'] } } },
+        { name: 'no-version', decision: 'deny', match: { kubernetes: { nonResourceURLs: ['/version'] } } },
+        { name: 'pings', decision: 'allow', match: { kubernetes: { verbs: ['get'], nonResourceURLs: ['/livez/*'] } } },
         { name: 'in-namespace', decision: 'allow', match: { kubernetes: { namespaces: [namespace] } } },
       ],
       defaultDecision: 'deny',
@@ -177,6 +179,22 @@ test('attack corpus against the Kubernetes engine', async (t) => {
       status: 403,
     },
     {
+      name: 'discovery denied by a nonResourceURLs rule: /version',
+      bytes: `GET /version HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nConnection: close\r\n\r\n`,
+      status: 403,
+      body: /rule no-version/,
+    },
+    {
+      name: 'a non-resource URL a namespace rule does not cover, even in its namespace: /api/v1/namespaces/../metrics',
+      bytes: `GET /api/v1/namespaces/${ns}/../../../metrics HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nConnection: close\r\n\r\n`,
+      status: 400,
+    },
+    {
+      name: 'a POST to discovery is decided by policy, not opened as discovery',
+      bytes: `POST /apis HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n`,
+      status: 403,
+    },
+    {
       name: 'a body larger than the limit, announced',
       bytes: `POST /api/v1/namespaces/${ns}/configmaps HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nContent-Type: application/json\r\nContent-Length: 999999999\r\n\r\n{`,
       status: 413,
@@ -241,6 +259,33 @@ test('attack corpus against the Kubernetes engine', async (t) => {
     });
   }
 
+  await t.test('a non-resource URL allowed by a nonResourceURLs rule is forwarded: /livez/ping', async () => {
+    const res = await exchange(
+      f.sidecar.port,
+      ca,
+      `GET /livez/ping HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nConnection: close\r\n\r\n`,
+    );
+    // The API server answers (its own 200, or its own 403 for the sidecar's credential), not the sidecar.
+    assert.ok(!res.body.includes('chaperone: '), `${res.head}\n${res.body}`);
+    assert.match(res.head, /X-Kubernetes-Pf-Flowschema-Uid/i, 'answered by the API server');
+    const entries = await f.sidecar.settledRecords();
+    const decision = entries.find(
+      (e) => e.record.type === 'command.decision' && (e.record.command?.text ?? '').includes('/livez/ping'),
+    );
+    assert.equal(decision?.record.decision?.result, 'allow');
+    assert.equal(decision.record.decision.rule, 'pings');
+  });
+
+  await t.test('discovery no rule names stays open: /apis', async () => {
+    const res = await exchange(
+      f.sidecar.port,
+      ca,
+      `GET /apis HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nConnection: close\r\n\r\n`,
+    );
+    assert.equal(res.status, 200, res.head);
+    assert.match(res.body, /"kind":"APIGroupList"/);
+  });
+
   await t.test('every refused request after authentication is a denied decision with its outcome', async () => {
     const entries = await f.sidecar.settledRecords();
     const denied = entries.filter((e) => e.record.type === 'command.decision' && e.record.decision?.result === 'deny');
@@ -248,7 +293,8 @@ test('attack corpus against the Kubernetes engine', async (t) => {
     for (const rule of [
       'unclassifiable',
       'impersonation',
-      'non-resource-url',
+      'no-version',
+      'default',
       'request-too-large',
       'masked-value-write',
     ]) {

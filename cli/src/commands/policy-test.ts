@@ -134,6 +134,15 @@ function stringList(v: unknown, where: string): string[] {
   return v;
 }
 
+/** A `{name: [values]}` map (query parameters, headers); a single string stands for a one-value list. */
+function valuesMap(v: unknown, where: string): Record<string, string[]> {
+  if (v === undefined) return {};
+  if (!isObject(v)) throw new PolicyTestInputError(`${where} must be a map of names to lists of strings`);
+  return Object.fromEntries(
+    Object.entries(v).map(([k, x]) => [k, typeof x === 'string' ? [x] : stringList(x, `${where}.${k}`)]),
+  );
+}
+
 /** Fills the defaults a hand-written case may leave out (statement lists, chain, depth, session, labels). */
 function normaliseCase(raw: unknown, defaults: Json, index: number, namespace: string): PolicyTestCase {
   if (!isObject(raw)) throw new PolicyTestInputError(`case ${index + 1} is not an object`);
@@ -206,12 +215,16 @@ function normaliseCase(raw: unknown, defaults: Json, index: number, namespace: s
       subresource: field('subresource'),
       namespace: field('namespace'),
       name: field('name'),
+      nonResourcePath: field('nonResourcePath'),
     };
   } else if (cmd.type === 'http') {
     command = {
       type: 'http',
       method: typeof cmd.method === 'string' ? cmd.method : 'GET',
       path: typeof cmd.path === 'string' ? cmd.path : '/',
+      host: typeof cmd.host === 'string' ? cmd.host.toLowerCase() : '',
+      query: valuesMap(cmd.query, `${where}: query`),
+      headers: valuesMap(cmd.headers, `${where}: headers`),
     };
   } else {
     throw new PolicyTestInputError(`${where}: unknown command type ${JSON.stringify(cmd.type)}`);

@@ -26,6 +26,11 @@ export const VOLUME_POLICIES = 'chaperone-policies';
 export const VOLUME_SIDECAR_API_ACCESS = 'chaperone-sidecar-api-access';
 export const VOLUME_AGENT_IDENTITY = 'chaperone-agent-identity';
 export const VOLUME_AUDIT = 'chaperone-audit';
+/**
+ * The certificates of the sidecar's loopback TLS listeners (kubernetes resources): written by the sidecar,
+ * mounted read-only by agents (the CA of their kubeconfig). The one volume both sides mount; public data only.
+ */
+export const VOLUME_LOOPBACK_TLS = 'chaperone-loopback-tls';
 
 /** Everything the sidecar reads lives under these paths; the agent never has them mounted. */
 export const SIDECAR_CONFIG_DIR = '/etc/chaperone/config';
@@ -52,6 +57,8 @@ export const SIDECAR_POD_ENV: Readonly<Record<string, string>> = {
 export const AGENT_IDENTITY_DIR = '/var/run/secrets/chaperone';
 export const AGENT_TOKEN_FILE = 'token';
 export const AGENT_KUBECONFIG_FILE = 'kubeconfig';
+/** Where VOLUME_LOOPBACK_TLS is mounted, in the sidecar (writable) and in agents (read-only). */
+export const AGENT_LOOPBACK_TLS_DIR = '/var/run/chaperone/loopback-tls';
 
 /** Audience of agent tokens: the API server rejects them, the sidecar accepts them. */
 export const AGENT_TOKEN_AUDIENCE = 'chaperone';

@@ -18,6 +18,7 @@ import { SEAL_ANNOTATION } from '@chaperone/api';
 import {
   AGENT_IDENTITY_DIR,
   AGENT_KUBECONFIG_FILE,
+  AGENT_LOOPBACK_TLS_DIR,
   AGENT_TOKEN_AUDIENCE,
   AGENT_TOKEN_FILE,
   ALWAYS_EXCLUDED_NAMESPACES,
@@ -38,6 +39,7 @@ import {
   VOLUME_AUDIT,
   VOLUME_CONFIG,
   VOLUME_CREDENTIALS,
+  VOLUME_LOOPBACK_TLS,
   VOLUME_SIDECAR_API_ACCESS,
 } from './constants.ts';
 import {
@@ -201,7 +203,8 @@ export function renderPodPatch(input: InjectionInput): InjectionResult {
   }
 
   const ops: JsonPatchOperation[] = [];
-  const kubernetesResource = input.resources.find((r) => r.spec.type === 'kubernetes');
+  const kubernetesResources = input.resources.filter((r) => r.spec.type === 'kubernetes');
+  const kubernetesResource = kubernetesResources.length > 0;
 
   // 1. No API-server token for agents: drop the automounted volume and its mounts, and turn automount off.
   removeAutomountVolumes(pod, automountVolumes, ops);
@@ -215,14 +218,18 @@ export function renderPodPatch(input: InjectionInput): InjectionResult {
 
   // 2. Agents: the identity volume, and env pointing every client at the sidecar.
   const agentEnv = renderAgentEnv(input.resources);
-  const agentMount: V1VolumeMount = { name: VOLUME_AGENT_IDENTITY, mountPath: AGENT_IDENTITY_DIR, readOnly: true };
+  const agentMounts: V1VolumeMount[] = [
+    { name: VOLUME_AGENT_IDENTITY, mountPath: AGENT_IDENTITY_DIR, readOnly: true },
+    // The CA of the kubeconfig: the sidecar's loopback certificate (public; read-only, see sealed-pod.ts).
+    ...(kubernetesResource ? [{ name: VOLUME_LOOPBACK_TLS, mountPath: AGENT_LOOPBACK_TLS_DIR, readOnly: true }] : []),
+  ];
   for (const { list, index, container } of agentContainers(pod)) {
     ensureEnv(container, pointer('spec', list, index), agentEnv, ops);
-    ensureMount(container, pointer('spec', list, index), agentMount, ops);
+    for (const mount of agentMounts) ensureMount(container, pointer('spec', list, index), mount, ops);
   }
 
   // 3. Volumes (only those missing) and, unless present, the sidecar itself, its annotations and the seal.
-  const volumes: V1Volume[] = [agentIdentityVolume(settings, kubernetesResource !== undefined)];
+  const volumes: V1Volume[] = [agentIdentityVolume(settings, kubernetesResource)];
   if (alreadyInjected) {
     const attestation = sidecarIsolationProblems(pod);
     if (attestation.length > 0) {
@@ -244,8 +251,8 @@ export function renderPodPatch(input: InjectionInput): InjectionResult {
     ...(input.operatorEndpoint === undefined ? {} : { operatorEndpoint: input.operatorEndpoint }),
   });
   annotations[ANNOTATION_SIDECAR_CONFIG] = configYaml;
-  if (kubernetesResource !== undefined) {
-    annotations[ANNOTATION_AGENT_KUBECONFIG] = renderAgentKubeconfig(namespace, kubernetesResource);
+  if (kubernetesResource) {
+    annotations[ANNOTATION_AGENT_KUBECONFIG] = renderAgentKubeconfig(namespace, kubernetesResources);
   }
   annotations[ANNOTATION_INJECTED] = injectionHash(annotations, settings);
   const sidecarVolumes = [
@@ -253,9 +260,13 @@ export function renderPodPatch(input: InjectionInput): InjectionResult {
     credentialsVolume(served),
     sidecarApiAccessVolume(settings),
     auditVolume(settings),
+    ...(kubernetesResource ? [loopbackTlsVolume()] : []),
   ];
   volumes.push(...sidecarVolumes);
-  const sidecar = sidecarContainer(settings, { deliveredCredentials: delivered.length > 0 });
+  const sidecar = sidecarContainer(settings, {
+    deliveredCredentials: delivered.length > 0,
+    loopbackTls: kubernetesResource,
+  });
   // The seal: what the operator rendered, exactly as the API server stores it (the renderer writes the
   // server's defaults out), signed with the operator's key. Everything that trusts a sidecar checks it.
   annotations[SEAL_ANNOTATION] = sealPod(
@@ -453,15 +464,16 @@ function credentialsVolume(resources: readonly ProtectedResource[]): V1Volume {
     const paths = credentialPaths(name);
     const ref = r.spec.credentialSecretRef;
     if (ref !== undefined) {
-      sources.push({
-        secret: {
-          name: ref.name,
-          items: [
-            { key: ref.usernameKey, path: paths.username },
-            { key: ref.passwordKey, path: paths.password },
-          ],
-        },
-      });
+      // Kubernetes and HTTP credentials are one bearer token or header value (the password key); a username
+      // key is not asked for (a projected Secret item whose key is missing keeps the pod from starting).
+      const items =
+        r.spec.type === 'postgres'
+          ? [
+              { key: ref.usernameKey, path: paths.username },
+              { key: ref.passwordKey, path: paths.password },
+            ]
+          : [{ key: ref.passwordKey, path: paths.password }];
+      sources.push({ secret: { name: ref.name, items } });
     }
     const readOnly = r.spec.readOnlyCredentialSecretRef;
     if (readOnly !== undefined) {
@@ -481,6 +493,11 @@ function credentialsVolume(resources: readonly ProtectedResource[]): V1Volume {
   // The sidecar runs as a non-root UID without a pod-wide fsGroup, so files must be world-readable inside
   // the one container that mounts them; no agent container mounts this volume.
   return { name: VOLUME_CREDENTIALS, projected: { sources, defaultMode: 0o444 } };
+}
+
+/** The sidecar's loopback certificates (public), in memory: written at every start, read by agents. */
+function loopbackTlsVolume(): V1Volume {
+  return { name: VOLUME_LOOPBACK_TLS, emptyDir: { medium: 'Memory', sizeLimit: '1Mi' } };
 }
 
 function sidecarApiAccessVolume(settings: InjectionSettings): V1Volume {
@@ -518,7 +535,7 @@ function auditVolume(settings: InjectionSettings): V1Volume {
  */
 export function sidecarContainer(
   settings: InjectionSettings,
-  options: { readonly deliveredCredentials?: boolean } = {},
+  options: { readonly deliveredCredentials?: boolean; readonly loopbackTls?: boolean } = {},
 ): V1Container {
   const probe = {
     httpGet: { path: '/healthz', port: settings.metricsPort, scheme: 'HTTP' },
@@ -560,6 +577,7 @@ export function sidecarContainer(
       },
       { name: VOLUME_SIDECAR_API_ACCESS, mountPath: SIDECAR_API_ACCESS_DIR, readOnly: true },
       { name: VOLUME_AUDIT, mountPath: SIDECAR_AUDIT_DIR },
+      ...(options.loopbackTls === true ? [{ name: VOLUME_LOOPBACK_TLS, mountPath: AGENT_LOOPBACK_TLS_DIR }] : []),
     ],
   };
 }

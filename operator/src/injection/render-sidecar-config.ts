@@ -11,6 +11,7 @@ import {
 } from '@chaperone/api';
 import {
   AGENT_IDENTITY_DIR,
+  AGENT_LOOPBACK_TLS_DIR,
   AGENT_TOKEN_FILE,
   SIDECAR_API_ACCESS_DIR,
   SIDECAR_AUDIT_DIR,
@@ -20,7 +21,7 @@ import type { PublicKeys } from './sealed-pod.ts';
 import type { InjectionSettings } from './settings.ts';
 
 /** Resource types the sidecar has an engine for today; the others are refused or skipped with a warning. */
-export const SIDECAR_ENGINES: readonly ResourceType[] = ['postgres'];
+export const SIDECAR_ENGINES: readonly ResourceType[] = ['postgres', 'kubernetes', 'http'];
 
 export function listenPortOf(resource: ProtectedResource): number {
   return resource.spec.listenPort ?? DEFAULT_LISTEN_PORTS[resource.spec.type];
@@ -41,6 +42,71 @@ export function credentialPaths(resourceName: string): {
     readOnlyPassword: `${resourceName}/read-only/password`,
     ca: `${resourceName}/ca.crt`,
   };
+}
+
+/**
+ * The certificate of a kubernetes listener's self-signed loopback TLS: written by the sidecar at every start
+ * into the loopback-TLS volume, which agents mount read-only; the CA of the agents' kubeconfig.
+ */
+export function loopbackCertPath(resourceName: string): string {
+  return `${AGENT_LOOPBACK_TLS_DIR}/${resourceName}.crt`;
+}
+
+/** The upstream TLS of a resource as the sidecar reads it (libpq-like modes; `disable` for http:// URLs). */
+function upstreamTls(resource: ProtectedResource): Record<string, string> {
+  const spec = resource.spec;
+  const plain = spec.type !== 'postgres' && (spec.endpoint.url ?? '').startsWith('http://');
+  return {
+    mode: plain ? 'disable' : (spec.tls?.mode ?? 'verify-full'),
+    ...(spec.tls?.caSecretRef === undefined
+      ? {}
+      : { caFile: `${SIDECAR_CREDENTIALS_DIR}/${credentialPaths(resource.metadata.name ?? '').ca}` }),
+    ...(spec.tls?.serverName === undefined ? {} : { serverName: spec.tls.serverName }),
+  };
+}
+
+/** The engine-specific part of a listener: where and how the sidecar reaches the target, with which credential. */
+function targetOf(resource: ProtectedResource): Record<string, unknown> {
+  const name = resource.metadata.name ?? '';
+  const spec = resource.spec;
+  const paths = credentialPaths(name);
+  const credential = `${SIDECAR_CREDENTIALS_DIR}/${paths.password}`;
+  switch (spec.type) {
+    case 'postgres':
+      return {
+        upstream: {
+          host: spec.endpoint.host ?? '',
+          port: spec.endpoint.port ?? 5432,
+          database: spec.endpoint.database ?? '',
+          tls: upstreamTls(resource),
+          usernameFile: `${SIDECAR_CREDENTIALS_DIR}/${paths.username}`,
+          passwordFile: credential,
+          // The least-privilege login for sessions whose policies grant no write (render-pod-patch.ts mounts it).
+          ...(spec.readOnlyCredentialSecretRef === undefined
+            ? {}
+            : {
+                readOnlyUsernameFile: `${SIDECAR_CREDENTIALS_DIR}/${paths.readOnlyUsername}`,
+                readOnlyPasswordFile: `${SIDECAR_CREDENTIALS_DIR}/${paths.readOnlyPassword}`,
+              }),
+        },
+        ...(spec.searchPath === undefined ? {} : { searchPath: spec.searchPath }),
+      };
+    case 'kubernetes':
+      // kubectl sends a bearer token only over TLS: a self-signed loopback certificate, made at every start,
+      // whose PEM the agents' kubeconfig (renderAgentKubeconfig) names as its CA.
+      return {
+        tls: { selfSignedCertFile: loopbackCertPath(name) },
+        upstream: { url: spec.endpoint.url ?? '', tls: upstreamTls(resource), tokenFile: credential },
+      };
+    case 'http':
+      return {
+        upstream: {
+          url: spec.endpoint.url ?? '',
+          tls: upstreamTls(resource),
+          ...(spec.credentialSecretRef === undefined ? {} : { credential: { valueFile: credential } }),
+        },
+      };
+  }
 }
 
 export interface RenderSidecarConfigInput {
@@ -89,39 +155,14 @@ export function renderSidecarConfig(input: RenderSidecarConfigInput): Record<str
   const delivered = input.resources.filter(isDelivered).map((r) => r.metadata.name ?? '');
   return {
     pod: { namespace: input.namespace, name: input.podName, uid: '' },
-    listeners: input.resources.map((r) => {
-      const name = r.metadata.name ?? '';
-      const spec = r.spec;
-      const paths = credentialPaths(name);
-      const tlsMode = spec.tls?.mode ?? 'verify-full';
-      return {
-        name,
-        type: spec.type,
-        listen: `127.0.0.1:${String(listenPortOf(r))}`,
-        upstream: {
-          host: spec.endpoint.host ?? '',
-          port: spec.endpoint.port ?? 5432,
-          database: spec.endpoint.database ?? '',
-          tls: {
-            mode: tlsMode,
-            ...(spec.tls?.caSecretRef === undefined ? {} : { caFile: `${SIDECAR_CREDENTIALS_DIR}/${paths.ca}` }),
-            ...(spec.tls?.serverName === undefined ? {} : { serverName: spec.tls.serverName }),
-          },
-          usernameFile: `${SIDECAR_CREDENTIALS_DIR}/${paths.username}`,
-          passwordFile: `${SIDECAR_CREDENTIALS_DIR}/${paths.password}`,
-          // The least-privilege login for sessions whose policies grant no write (render-pod-patch.ts mounts it).
-          ...(spec.readOnlyCredentialSecretRef === undefined
-            ? {}
-            : {
-                readOnlyUsernameFile: `${SIDECAR_CREDENTIALS_DIR}/${paths.readOnlyUsername}`,
-                readOnlyPasswordFile: `${SIDECAR_CREDENTIALS_DIR}/${paths.readOnlyPassword}`,
-              }),
-        },
-        ...(spec.searchPath === undefined ? {} : { searchPath: spec.searchPath }),
-        resource: { namespace: input.namespace, labels: { ...(r.metadata.labels ?? {}) } },
-        auditFailureMode: spec.audit.failureMode,
-      };
-    }),
+    listeners: input.resources.map((r) => ({
+      name: r.metadata.name ?? '',
+      type: r.spec.type,
+      listen: `127.0.0.1:${String(listenPortOf(r))}`,
+      ...targetOf(r),
+      resource: { namespace: input.namespace, labels: { ...(r.metadata.labels ?? {}) } },
+      auditFailureMode: r.spec.audit.failureMode,
+    })),
     // Policies arrive through the API: the namespace's signed policy set (one ConfigMap, watched, readable
     // by name only) and the bundles it names, verified against the operator's keys pinned here.
     policy: {
@@ -210,16 +251,25 @@ export function renderSidecarConfigYaml(input: RenderSidecarConfigInput): string
 }
 
 /**
- * The agents' kubeconfig for a kubernetes resource: the sidecar's loopback listener and the agent's own
- * audience-bound token (re-read by kubectl and client-go on every request, so rotation just works).
+ * The agents' kubeconfig for a kubernetes resource: the sidecar's loopback listener over TLS (its self-signed
+ * certificate as the CA; kubectl sends bearer tokens only over TLS) and the agent's own audience-bound token
+ * (re-read by kubectl and client-go on every request, so rotation just works). No cluster credential.
  */
-export function renderAgentKubeconfig(namespace: string, resource: ProtectedResource): string {
+export function renderAgentKubeconfig(namespace: string, resources: readonly ProtectedResource[]): string {
+  const names = resources.map((r) => r.metadata.name ?? '');
   return stringify({
     apiVersion: 'v1',
     kind: 'Config',
-    clusters: [{ name: 'chaperone', cluster: { server: `http://127.0.0.1:${String(listenPortOf(resource))}` } }],
+    clusters: resources.map((r) => ({
+      name: r.metadata.name ?? '',
+      cluster: {
+        server: `https://127.0.0.1:${String(listenPortOf(r))}`,
+        'certificate-authority': loopbackCertPath(r.metadata.name ?? ''),
+      },
+    })),
     users: [{ name: 'agent', user: { tokenFile: `${AGENT_IDENTITY_DIR}/${AGENT_TOKEN_FILE}` } }],
-    contexts: [{ name: 'chaperone', context: { cluster: 'chaperone', user: 'agent', namespace } }],
-    'current-context': 'chaperone',
+    // One context per resource, named after it; the first named in the pod's annotation is current.
+    contexts: names.map((name) => ({ name, context: { cluster: name, user: 'agent', namespace } })),
+    'current-context': names[0] ?? '',
   });
 }

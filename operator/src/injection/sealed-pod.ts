@@ -25,6 +25,7 @@ import {
   VOLUME_AUDIT,
   VOLUME_CONFIG,
   VOLUME_CREDENTIALS,
+  VOLUME_LOOPBACK_TLS,
   VOLUME_POLICIES,
   VOLUME_SIDECAR_API_ACCESS,
 } from './constants.ts';
@@ -53,6 +54,7 @@ export const INJECTOR_VOLUMES: readonly string[] = [
   VOLUME_SIDECAR_API_ACCESS,
   VOLUME_AGENT_IDENTITY,
   VOLUME_AUDIT,
+  VOLUME_LOOPBACK_TLS,
 ];
 
 /** Names the pod uses that belong to the injector: the sidecar container, its volumes and annotations. */
@@ -172,6 +174,9 @@ export function otherContainerProblems(pod: V1Pod, container: AnyContainer, labe
   const sidecarVolumes = new Set('problem' in sidecar ? [] : (sidecar.container.volumeMounts ?? []).map((m) => m.name));
   const volumes = new Map((pod.spec?.volumes ?? []).map((v) => [v.name, v]));
   for (const mount of container.volumeMounts ?? []) {
+    // The loopback certificates are public (the CA of the agents' kubeconfig); read-only, an agent can read
+    // them and nothing else. Writable, it could plant a symlink the sidecar would write through.
+    if (mount.name === VOLUME_LOOPBACK_TLS && mount.readOnly === true) continue;
     if (sidecarVolumes.has(mount.name)) {
       problems.push(`${label} mounts ${mount.name}, a volume of ${SIDECAR_CONTAINER}`);
       continue;

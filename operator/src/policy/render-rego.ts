@@ -300,12 +300,41 @@ function renderRule(rule: PolicyRule, index: number, ctx: RuleContext): string[]
     for (const [patterns, field] of fields) {
       if (nonEmpty(patterns)) conds.push(`${helpers.helper(patterns, 'plain')}(input.command.${field})`);
     }
+    // RBAC's split: resource rules never match a non-resource request, nonResourceURLs rules only those.
+    const nonResource = 'object.get(input.command, "nonResourcePath", "")';
+    if (nonEmpty(k.nonResourceURLs)) {
+      conds.push(`${nonResource} != ""`, `${helpers.helper(k.nonResourceURLs, 'path')}(${nonResource})`);
+    } else conds.push(`${nonResource} == ""`);
   }
   if (m.http !== undefined) {
     conds.push('input.command.type == "http"');
     if (nonEmpty(m.http.methods))
       conds.push(`${helpers.helper(m.http.methods, 'method')}(upper(input.command.method))`);
     if (nonEmpty(m.http.paths)) conds.push(`${helpers.helper(m.http.paths, 'path')}(input.command.path)`);
+    if (nonEmpty(m.http.hosts)) {
+      const h = helpers.helper(
+        m.http.hosts.map((p) => p.toLowerCase()),
+        'plain',
+      );
+      conds.push(`${h}(lower(object.get(input.command, "host", "")))`);
+    }
+    // Every reading of a named parameter (header) must match for allow rules, any one for deny/approve;
+    // a missing one never matches.
+    const valuesCond = (field: 'query' | 'headers', entries: [string, readonly string[]][]) => {
+      entries.forEach(([name, patterns], i) => {
+        if (patterns.length === 0) return;
+        const h = helpers.helper(patterns, 'plain');
+        const values = `object.get(object.get(input.command, ${regoLiteral(field)}, {}), ${regoLiteral(name)}, [])`;
+        const v = `${field === 'query' ? 'q' : 'h'}${String(i)}`;
+        conds.push(`count(${values}) > 0`);
+        conds.push(...(allow ? [`every ${v} in ${values} { ${h}(${v}) }`] : [`some ${v} in ${values}`, `${h}(${v})`]));
+      });
+    };
+    valuesCond('query', Object.entries(m.http.query ?? {}));
+    valuesCond(
+      'headers',
+      Object.entries(m.http.headers ?? {}).map(([n, p]): [string, readonly string[]] => [n.toLowerCase(), p]),
+    );
   }
   const windows = renderTimeWindows(rule, index, ctx);
   if (windows.length > 0) conds.push(`rule_${index}_when`);

@@ -145,7 +145,7 @@ const textMaskers = new WeakMap<readonly MaskingInstruction[], ValueMasker | und
  * structure the core cannot see in free text; the engine masks those fields before it hands the body over
  * (the HTTP engine's JSON fields, the Kubernetes engine's Secret values).
  */
-function maskText(text: string, decision: CombinedDecision): string {
+export function maskText(text: string, decision: CombinedDecision): string {
   if (decision.masking.length === 0) return text;
   let masker = textMaskers.get(decision.masking);
   if (!textMaskers.has(decision.masking)) {

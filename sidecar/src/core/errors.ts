@@ -281,7 +281,7 @@ export function policyRefusal(decision: CombinedDecision): SidecarError {
   const refusal = {
     id: decision.policy === '' ? 'NoPolicy' : 'PolicyDenied',
     message: `chaperone: permission denied by ${who}, rule ${decision.rule}${why === '' ? '' : `: ${why}`}`,
-    hint: 'The statement was not sent to the database. Ask the owner of the AccessPolicy if you need it.',
+    hint: 'It was not sent to the target. Ask the owner of the AccessPolicy if you need it.',
   } as const;
   return decision.bundleDigest === '' ? refusal : { ...refusal, detail: `policy bundle ${decision.bundleDigest}` };
 }
@@ -292,7 +292,7 @@ export function auditRefusal(error: AuditUnavailable): SidecarError {
     id: 'AuditUnavailable',
     message: `chaperone: audit trail unavailable (${auditUnavailableReason(error)}); resource is fail-closed`,
     detail: error.message,
-    hint: 'The statement was not sent to the database. Retry when the audit trail has room again.',
+    hint: 'It was not sent to the target. Retry when the audit trail has room again.',
   };
 }
 

@@ -78,6 +78,8 @@ const POLICIES: Readonly<Record<string, AccessPolicySpec>> = {
   k8s: spec({
     resources: { names: ['cluster'] },
     rules: [
+      { name: 'deny-debug', decision: 'deny', match: { kubernetes: { nonResourceURLs: ['/debug/**'] } } },
+      { name: 'metrics', decision: 'allow', match: { kubernetes: { verbs: ['get'], nonResourceURLs: ['/metrics'] } } },
       {
         name: 'deny-exec',
         decision: 'deny',
@@ -103,6 +105,18 @@ const POLICIES: Readonly<Record<string, AccessPolicySpec>> = {
       { name: 'post', decision: 'approve', match: { http: { methods: ['POST'], paths: ['/v1/**'] } } },
     ],
     approval: APPROVAL,
+  }),
+  'http-params': spec({
+    resources: { selector: { matchLabels: { tier: 'api' } } },
+    rules: [
+      { name: 'no-admin-role', decision: 'deny', match: { http: { query: { role: ['admin'] } } } },
+      { name: 'no-debug-header', decision: 'deny', match: { http: { headers: { 'X-Debug': ['*'] } } } },
+      {
+        name: 'search',
+        decision: 'allow',
+        match: { http: { methods: ['GET'], paths: ['/search'], hosts: ['API.example.com'], query: { q: ['safe*'] } } },
+      },
+    ],
   }),
   time: spec({
     rules: [
@@ -534,6 +548,78 @@ const CASES: readonly Case[] = [
     policies: ['k8s'],
     command: sql(sel),
     req: K8S,
+    expect: { decision: 'deny', rule: 'default' },
+  },
+  // Kubernetes non-resource URLs
+  {
+    name: 'k8s /metrics allowed by its nonResourceURLs rule',
+    policies: ['k8s'],
+    command: kube({ verb: 'get', resource: '', namespace: '', nonResourcePath: '/metrics' }),
+    req: K8S,
+    expect: { decision: 'allow', rule: 'metrics' },
+  },
+  {
+    name: 'k8s a resource rule (verbs get) does not match a non-resource request',
+    policies: ['k8s'],
+    command: kube({ verb: 'get', resource: '', namespace: '', nonResourcePath: '/logs/kube-apiserver.log' }),
+    req: K8S,
+    expect: { decision: 'deny', rule: 'default' },
+  },
+  {
+    name: 'k8s /debug/** denies deep paths',
+    policies: ['k8s'],
+    command: kube({ verb: 'get', resource: '', namespace: '', nonResourcePath: '/debug/pprof/profile' }),
+    req: K8S,
+    expect: { decision: 'deny', rule: 'deny-debug' },
+  },
+  {
+    name: 'k8s a nonResourceURLs rule does not match a resource request',
+    policies: ['k8s'],
+    command: kube({ verb: 'get', resource: 'pods', namespace: 'x' }),
+    req: K8S,
+    expect: { decision: 'allow', rule: 'read' },
+  },
+  // HTTP host, query and headers
+  {
+    name: 'http query: every reading allowed',
+    policies: ['http-params'],
+    command: http('GET', '/search', { query: { q: ['safe one'] } }),
+    req: API,
+    expect: { decision: 'allow', rule: 'search' },
+  },
+  {
+    name: 'http query: one reading not allowed fails the allow rule',
+    policies: ['http-params'],
+    command: http('GET', '/search', { query: { q: ['safe one', 'drop table'] } }),
+    req: API,
+    expect: { decision: 'deny', rule: 'default' },
+  },
+  {
+    name: 'http query: a missing parameter does not match',
+    policies: ['http-params'],
+    command: http('GET', '/search'),
+    req: API,
+    expect: { decision: 'deny', rule: 'default' },
+  },
+  {
+    name: 'http query: any reading matching a deny rule denies',
+    policies: ['http-params'],
+    command: http('GET', '/search', { query: { q: ['safe'], role: ['user', 'admin'] } }),
+    req: API,
+    expect: { decision: 'deny', rule: 'no-admin-role' },
+  },
+  {
+    name: 'http headers: names compared case-insensitively',
+    policies: ['http-params'],
+    command: http('GET', '/search', { query: { q: ['safe'] }, headers: { 'x-debug': ['1'] } }),
+    req: API,
+    expect: { decision: 'deny', rule: 'no-debug-header' },
+  },
+  {
+    name: 'http hosts: another host does not match',
+    policies: ['http-params'],
+    command: http('GET', '/search', { query: { q: ['safe'] }, host: 'evil.example.com' }),
+    req: API,
     expect: { decision: 'deny', rule: 'default' },
   },
   // HTTP

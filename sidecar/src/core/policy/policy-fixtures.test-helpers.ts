@@ -52,12 +52,13 @@ export function kube(overrides: Partial<Omit<KubernetesCommand, 'type'>> = {}): 
     subresource: '',
     namespace: 'dev',
     name: '',
+    nonResourcePath: '',
     ...overrides,
   };
 }
 
-export function http(method: string, path: string): HttpCommand {
-  return { type: 'http', method, path };
+export function http(method: string, path: string, more: Partial<Omit<HttpCommand, 'type'>> = {}): HttpCommand {
+  return { type: 'http', method, path, host: 'api.example.com', query: {}, headers: {}, ...more };
 }
 
 export function request(command: PolicyCommand, overrides: Partial<PolicyRequest> = {}): PolicyRequest {

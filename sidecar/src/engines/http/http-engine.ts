@@ -4,30 +4,37 @@
 // JSON responses are masked by the decision's masking rules and the credential never comes back.
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import type { CombinedDecision } from '@chaperone/api';
+import type { CombinedDecision, HttpCommand } from '@chaperone/api';
 import type { HttpListenerConfig } from '../../config.ts';
-import type { AgentSession, ResourceContext } from '../../core/agent-session.ts';
+import type { AgentSession } from '../../core/agent-session.ts';
 import type { CommandDescription, DecidedCommand } from '../../core/command.ts';
-import type { ConnectionHandler, Engine, EngineServices, ResourceEndpoint } from '../../core/engine.ts';
-import { auditRefusal, policyRefusal, type SidecarError } from '../../core/errors.ts';
-import type { Logger } from '../../core/observability/logger.ts';
-import { ClientSessions } from '../http-base/client-sessions.ts';
-import { EngineServer } from '../http-base/engine-server.ts';
+import type { Engine, EngineServices } from '../../core/engine.ts';
+import { policyRefusal, type SidecarError } from '../../core/errors.ts';
+import { HttpEndpoint as HttpSpeakingEndpoint, type RenderedError } from '../http-base/http-endpoint.ts';
 import {
-  AmbiguousRequest,
+  admitRequest,
+  auditCleared,
+  builtInDecision,
+  outcomeOnce,
+  readBody,
+  relayFailures,
+  relayRewrittenJson,
+  sendError,
+  writeRawError,
+} from '../http-base/http-exchange.ts';
+import {
   bearerToken,
   checkHeaders,
   forwardableHeaders,
   forwardableResponseHeaders,
-  splitTarget,
   type CheckedHeaders,
 } from '../http-base/request-hygiene.ts';
-import { CredentialFile, Upstream } from '../http-base/upstream.ts';
+import { CredentialFile } from '../http-base/upstream.ts';
 import { CredentialScrubber, scrubText } from './credential-scrub.ts';
 import { createJsonMasker } from './json-masking.ts';
 import { normalisePath, UnnormalisablePath } from './path-normalisation.ts';
+import { readHeaders, readQuery, UnreadableQuery } from './request-reading.ts';
 import { PROBLEM_CONTENT_TYPE, problemFor } from './problem.ts';
 
 const OUTSIDE_TRANSACTION = { inTransaction: false } as const;
@@ -45,113 +52,58 @@ export function createHttpEngine(): Engine<HttpListenerConfig> {
 }
 
 function builtIn(rule: string, reason: string): CombinedDecision {
-  return { decision: 'deny', policy: '', rule, bundleDigest: '', reasons: [reason], masking: [] };
+  return builtInDecision('deny', rule, reason);
 }
 
-class HttpEndpoint implements ResourceEndpoint {
+class HttpEndpoint extends HttpSpeakingEndpoint {
   readonly config: HttpListenerConfig;
-  readonly services: EngineServices;
-  readonly resource: ResourceContext;
-  readonly logger: Logger;
-  readonly upstream: Upstream;
   readonly credential: CredentialFile | undefined;
-  readonly sessions: ClientSessions;
-  private readonly server: EngineServer;
 
   constructor(config: HttpListenerConfig, services: EngineServices) {
+    super('http', config, services);
     this.config = config;
-    this.services = services;
-    this.logger = services.logger.child({ listener: config.name, engine: 'http' });
-    this.resource = {
-      name: config.name,
-      namespace: config.resource.namespace,
-      type: 'http',
-      labels: config.resource.labels,
-    };
-    this.upstream = new Upstream(config.upstream);
     const credential = config.upstream.credential;
     this.credential = credential === undefined ? undefined : new CredentialFile(credential.valueFile);
-    this.sessions = new ClientSessions({
-      listener: config.name,
-      services,
-      resource: this.resource,
-      logger: this.logger,
-      auditFailureMode: config.auditFailureMode,
-    });
-    this.server = new EngineServer({
-      ...(config.tls === undefined ? {} : { tls: config.tls }),
-      logger: this.logger,
-      onRequest: (req, res) => void this.serve(req, res),
-      onUpgrade: (req, socket) => void this.refuseUpgrade(req, socket),
-      malformed: (code) => ({
-        contentType: PROBLEM_CONTENT_TYPE,
-        body: problemFor({ id: 'AmbiguousRequest', message: `chaperone: malformed HTTP request (${code})` }).body,
-      }),
-    });
   }
 
-  async ready(): Promise<void> {
-    await this.server.ready();
+  protected onRequest(req: IncomingMessage, res: ServerResponse): void {
+    void this.serve(req, res);
   }
 
-  accept(socket: Socket): ConnectionHandler {
-    this.server.accept(socket);
-    return {
-      close: (reason: string) => {
-        this.sessions.end(socket, reason);
-        socket.destroy();
-      },
-    };
+  protected onUpgrade(req: IncomingMessage, socket: Duplex): void {
+    void this.refuseUpgrade(req, socket);
+  }
+
+  protected renderError(error: SidecarError, requestId?: string): RenderedError {
+    return { contentType: PROBLEM_CONTENT_TYPE, ...problemFor(error, requestId) };
   }
 
   private send(res: ServerResponse, error: SidecarError, requestId: string): void {
-    const problem = problemFor(error, requestId);
-    const fatal = error.id === 'AmbiguousRequest' || error.id === 'RequestTooLarge';
-    res.writeHead(problem.code, {
-      'content-type': PROBLEM_CONTENT_TYPE,
-      'content-length': Buffer.byteLength(problem.body),
-      'x-request-id': requestId,
-      ...(error.id === 'AuthenticationFailed' ? { 'www-authenticate': 'Bearer realm="chaperone"' } : {}),
-      ...(fatal ? { connection: 'close' } : {}),
-    });
-    res.end(problem.body);
+    sendError(res, error, this.renderError(error, requestId), 'x-request-id', requestId);
   }
 
   private async serve(req: IncomingMessage, res: ServerResponse): Promise<void> {
     let requestId: string = randomUUID();
     try {
-      let checked: CheckedHeaders;
-      let rawPath: string;
-      let rawQuery: string;
-      try {
-        checked = checkHeaders(req.rawHeaders);
-        ({ rawPath, rawQuery } = splitTarget(req.url ?? '', checked.host));
-      } catch (err) {
-        if (!(err instanceof AmbiguousRequest)) throw err;
-        this.logger.warn('ambiguous request refused', { reason: err.message });
-        this.send(res, { id: 'AmbiguousRequest', message: `chaperone: ${err.message}` }, requestId);
-        return;
-      }
-      const clientId = checked.headers.get('x-request-id');
-      if (clientId !== undefined && /^[A-Za-z0-9._:-]{1,128}$/.test(clientId)) requestId = clientId;
-      const socket = req.socket;
-      const auth = await this.sessions.authenticate(socket, bearerToken(checked.headers.get('authorization')), {
-        address: `${socket.remoteAddress ?? ''}:${String(socket.remotePort ?? '')}`,
-        applicationName: (checked.headers.get('user-agent') ?? '').slice(0, 256),
-        user: '',
-        database: '',
+      const admitted = await admitRequest(req, {
+        sessions: this.sessions,
+        logger: this.logger,
+        idHeader: 'x-request-id',
+        idPattern: /^[A-Za-z0-9._:-]{1,128}$/,
+        requestId,
+        reply: (error, id) => this.send(res, error, id),
       });
-      if ('refusal' in auth) {
-        this.send(res, auth.refusal, requestId);
-        return;
-      }
-      const session = auth.session;
+      if (admitted === undefined) return;
+      const { checked, session } = admitted;
+      const { rawPath, rawQuery } = admitted.target;
+      requestId = admitted.requestId;
       const method = req.method ?? '';
       const line = `${method} ${req.url ?? ''}`;
+      const host = this.upstream.base.hostname.toLowerCase();
       const refuse = (rule: string, error: SidecarError, description?: CommandDescription) => {
         const decided = session.record(
           description ?? {
-            command: { type: 'http', method, path: '' },
+            command: { type: 'http', method, path: '', host, query: {}, headers: {} },
             fingerprint: 'refused',
             text: line,
             requestId,
@@ -173,11 +125,24 @@ class HttpEndpoint implements ResourceEndpoint {
         refuse('unnormalisable-path', { id: 'AmbiguousRequest', message: `chaperone: ${err.message}` });
         return;
       }
+      let query: Record<string, string[]>;
+      try {
+        query = readQuery(rawQuery);
+      } catch (err) {
+        if (!(err instanceof UnreadableQuery)) throw err;
+        refuse('unreadable-query', { id: 'AmbiguousRequest', message: `chaperone: ${err.message}` });
+        return;
+      }
       const target = rawQuery === '' ? path : `${path}?${rawQuery}`;
+      // The headers the upstream will read (the agent's credentials and what the engine sets itself left out).
+      const forwarded = this.forwardedHeaders(checked);
+      const headers = readHeaders(forwarded);
+      const command: HttpCommand = { type: 'http', method, path, host, query, headers };
+      const fingerprint = `http\0${method}\0${path}\0${host}\0${JSON.stringify(query)}\0${JSON.stringify(headers)}`;
       const describe = (body?: Buffer): CommandDescription => {
         const base = {
-          command: { type: 'http' as const, method, path },
-          fingerprint: `http\0${method}\0${path}`,
+          command,
+          fingerprint,
           text: `${method} ${target}`,
           requestId,
         };
@@ -222,6 +187,8 @@ class HttpEndpoint implements ResourceEndpoint {
           : { ...description, body: maskJsonBody(description.body, decision) },
         decision,
       );
+      // The approval seam: an `approve` decision is refused here until holds land (docs/http-engine.md); a hold
+      // would wait for its ApprovalRequest at this point, with the body read and recorded, then forward.
       if (decided.decision.decision !== 'allow') {
         const error = policyRefusal(decided.decision);
         this.send(res, error, requestId);
@@ -232,13 +199,12 @@ class HttpEndpoint implements ResourceEndpoint {
         });
         return;
       }
-      let audit = decided.audit;
-      if (audit.state === 'pending') audit = await audit.settled;
-      if (audit.state === 'refused') {
-        this.send(res, auditRefusal(audit.error), requestId);
+      const auditRefused = await auditCleared(decided);
+      if (auditRefused !== undefined) {
+        this.send(res, auditRefused, requestId);
         return;
       }
-      this.forward(req, res, session, decided, checked, target, body, requestId);
+      this.forward(req, res, session, decided, forwarded, target, body, requestId);
     } catch (err) {
       this.logger.error('request failed', { error: err, requestId });
       if (!res.headersSent)
@@ -252,21 +218,14 @@ class HttpEndpoint implements ResourceEndpoint {
     res: ServerResponse,
     session: AgentSession,
     decided: DecidedCommand,
-    checked: CheckedHeaders,
+    forwarded: Readonly<Record<string, string>>,
     target: string,
     body: Buffer,
     requestId: string,
   ): void {
     const credential = this.config.upstream.credential;
     const secret = this.credential?.current() ?? '';
-    const headers = forwardableHeaders(
-      checked,
-      (n) =>
-        n === 'authorization' ||
-        n === 'x-request-id' ||
-        n === 'accept-encoding' ||
-        n === credential?.header.toLowerCase(),
-    );
+    const headers = { ...forwarded };
     // Identity only: a compressed body could hide the credential from the scrubber and fields from masking.
     headers['accept-encoding'] = 'identity';
     headers['x-request-id'] = requestId;
@@ -277,31 +236,14 @@ class HttpEndpoint implements ResourceEndpoint {
       path: `${this.upstream.pathPrefix}${target}`,
       headers,
     });
-    let done = false;
-    const finish = (status: 'success' | 'error' | 'cancelled', code: string, message?: string) => {
-      if (done) return;
-      done = true;
-      session.complete(decided, 'http', message === undefined ? { status, code } : { status, code, message });
-    };
-    upstreamReq.on('error', (err) => {
-      this.logger.warn('upstream request failed', { error: err.message, requestId });
-      if (!res.headersSent) {
-        const error: SidecarError = {
-          id: 'UpstreamUnavailable',
-          message: `chaperone: the upstream could not be reached (${err.message})`,
-        };
-        this.send(res, error, requestId);
-        finish('error', '502', error.message);
-      } else {
-        res.destroy();
-        finish('error', String(res.statusCode), 'upstream connection lost');
-      }
-    });
-    res.once('close', () => {
-      if (!res.writableFinished) {
-        upstreamReq.destroy();
-        finish('cancelled', String(res.statusCode), 'client closed the connection');
-      }
+    const finish = outcomeOnce(session, decided, 'http');
+    relayFailures(upstreamReq, res, this.logger.child({ requestId }), finish, (reason) => {
+      const error: SidecarError = {
+        id: 'UpstreamUnavailable',
+        message: `chaperone: the upstream could not be reached (${reason})`,
+      };
+      this.send(res, error, requestId);
+      finish('error', '502', error.message);
     });
     upstreamReq.on('response', (upstreamRes) => {
       const code = upstreamRes.statusCode ?? 502;
@@ -340,36 +282,28 @@ class HttpEndpoint implements ResourceEndpoint {
         );
         return;
       }
-      const chunks: Buffer[] = [];
-      let size = 0;
-      upstreamRes.on('data', (chunk: Buffer) => {
-        size += chunk.length;
-        if (size > this.config.maxMaskedResponseBytes) fail('larger than maxMaskedResponseBytes');
-        else chunks.push(chunk);
-      });
-      upstreamRes.once('end', () => {
-        if (size > this.config.maxMaskedResponseBytes) return;
-        let text: string;
-        try {
-          const doc: unknown = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+      relayRewrittenJson(
+        upstreamRes,
+        res,
+        { code, headers: responseHeaders, limit: this.config.maxMaskedResponseBytes },
+        (doc) => {
           masker.mask(doc);
-          text = scrubText(JSON.stringify(doc), secret);
-        } catch {
-          fail('the JSON body does not parse');
-          return;
-        }
-        res.writeHead(
-          code,
-          [
-            ...responseHeaders.filter(([n]) => n.toLowerCase() !== 'content-length'),
-            ['Content-Length', String(Buffer.byteLength(text))],
-          ].flat(),
-        );
-        res.end(text);
-        finish(outcome, String(code));
-      });
+          return scrubText(JSON.stringify(doc), secret);
+        },
+        fail,
+        () => finish(outcome, String(code)),
+      );
     });
     upstreamReq.end(body.length > 0 ? body : undefined);
+  }
+
+  /** The agent's headers that travel upstream: not its credentials, nor those the engine sets itself. */
+  private forwardedHeaders(checked: CheckedHeaders): Record<string, string> {
+    const credential = this.config.upstream.credential?.header.toLowerCase();
+    return forwardableHeaders(
+      checked,
+      (n) => n === 'authorization' || n === 'x-request-id' || n === 'accept-encoding' || n === credential,
+    );
   }
 
   /** Upgrades (WebSocket, h2c) open streams the engine cannot inspect: refused. */
@@ -390,7 +324,14 @@ class HttpEndpoint implements ResourceEndpoint {
       if ('session' in auth) {
         const decided = auth.session.record(
           {
-            command: { type: 'http', method: req.method ?? '', path: '' },
+            command: {
+              type: 'http',
+              method: req.method ?? '',
+              path: '',
+              host: this.upstream.base.hostname.toLowerCase(),
+              query: {},
+              headers: {},
+            },
             fingerprint: 'refused',
             text: `${req.method ?? ''} ${req.url ?? ''}`,
           },
@@ -401,9 +342,7 @@ class HttpEndpoint implements ResourceEndpoint {
     } catch {
       // Malformed as well: the same refusal.
     }
-    socket.end(
-      `HTTP/1.1 ${String(problem.code)} Bad Request\r\nContent-Type: ${PROBLEM_CONTENT_TYPE}\r\nContent-Length: ${String(Buffer.byteLength(problem.body))}\r\nConnection: close\r\n\r\n${problem.body}`,
-    );
+    writeRawError(socket, { contentType: PROBLEM_CONTENT_TYPE, ...problem }, 'Bad Request');
   }
 }
 
@@ -419,24 +358,4 @@ function maskJsonBody(body: string, decision: CombinedDecision): string {
     // Not JSON: no field can be named, so none is kept.
     return '[body not recorded: field masking rules apply and it is not JSON]';
   }
-}
-
-/** The whole body, or undefined when it is larger than `limit`. */
-function readBody(req: IncomingMessage, limit: number): Promise<Buffer | undefined> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    req.on('data', (chunk: Buffer) => {
-      size += chunk.length;
-      if (size > limit) {
-        req.removeAllListeners('data');
-        req.pause();
-        resolve(undefined);
-        return;
-      }
-      chunks.push(chunk);
-    });
-    req.once('end', () => resolve(Buffer.concat(chunks)));
-    req.once('error', reject);
-  });
 }

@@ -42,7 +42,15 @@ test('what upstreams disagree about is refused', () => {
     '/a%zz',
     '/a%',
     '/a%ff',
+    '/public/%252e%252e/admin',
+    '/a%252Fb',
+    '/a%2561',
   ]) {
     assert.throws(() => normalisePath(raw), UnnormalisablePath, raw);
   }
+});
+
+test('a percent sign that forms no escape after decoding is a plain character', () => {
+  assert.equal(normalisePath('/100%25'), '/100%25');
+  assert.equal(normalisePath('/a%25zz'), '/a%25zz');
 });

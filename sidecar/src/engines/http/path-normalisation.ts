@@ -7,7 +7,8 @@
 //   is refused.
 // - Refused outright, because upstreams disagree about them: encoded slashes and backslashes (%2F, %5C;
 //   decoded by some servers and not others), raw backslashes (a separator on IIS and some routers), `;`
-//   (path parameters: Tomcat and Spring cut `/admin;x` to `/admin`), control characters and NUL.
+//   (path parameters: Tomcat and Spring cut `/admin;x` to `/admin`), control characters and NUL, and
+//   double encoding (`%252e`: one decoding or two?).
 // The normalised path is what the upstream receives, so the decision and the forwarded request agree.
 
 export class UnnormalisablePath extends Error {
@@ -50,6 +51,9 @@ export function normalisePath(rawPath: string): string {
   if (!rawPath.startsWith('/')) throw new UnnormalisablePath('the path is not absolute');
   // eslint-disable-next-line no-control-regex -- control characters are exactly what is refused here
   if (/[\x00-\x1f\x7f\\;]/.test(rawPath)) throw new UnnormalisablePath('backslash, semicolon or control character');
+  // `%252e` is `%2e` to a server that decodes once and `.` to one that decodes twice (some proxies, some
+  // frameworks): which one the upstream is cannot be known here.
+  if (/%25[0-9A-Fa-f]{2}/.test(rawPath)) throw new UnnormalisablePath('double percent-encoding');
   const decoded = decodeUnreserved(rawPath);
   checkUtf8(decoded);
   const segments = decoded.split('/').slice(1);

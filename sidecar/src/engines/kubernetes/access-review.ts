@@ -57,24 +57,35 @@ export function parseReview(body: string): ReviewDocument {
  * are passed as they are: policy patterns compare text, so a review of `*` is allowed only by a rule that
  * allows everything.
  */
-export function reviewedCommand(doc: ReviewDocument): { command: KubernetesCommand } | { nonResourcePath: string } {
+export function reviewedCommand(doc: ReviewDocument): KubernetesCommand {
   const spec = doc.spec;
   if (spec?.resourceAttributes !== undefined) {
     const a = spec.resourceAttributes;
     return {
-      command: {
-        type: 'kubernetes',
-        verb: field(a, 'verb'),
-        apiGroup: field(a, 'group'),
-        resource: field(a, 'resource'),
-        subresource: field(a, 'subresource'),
-        namespace: field(a, 'namespace'),
-        name: field(a, 'name'),
-      },
+      type: 'kubernetes',
+      verb: field(a, 'verb'),
+      apiGroup: field(a, 'group'),
+      resource: field(a, 'resource'),
+      subresource: field(a, 'subresource'),
+      namespace: field(a, 'namespace'),
+      name: field(a, 'name'),
+      nonResourcePath: '',
     };
   }
   if (spec?.nonResourceAttributes !== undefined) {
-    return { nonResourcePath: field(spec.nonResourceAttributes, 'path') };
+    const a = spec.nonResourceAttributes;
+    const path = field(a, 'path');
+    if (!path.startsWith('/')) throw new MalformedReview('spec.nonResourceAttributes.path must start with /');
+    return {
+      type: 'kubernetes',
+      verb: field(a, 'verb'),
+      apiGroup: '',
+      resource: '',
+      subresource: '',
+      namespace: '',
+      name: '',
+      nonResourcePath: path,
+    };
   }
   throw new MalformedReview('spec has neither resourceAttributes nor nonResourceAttributes');
 }

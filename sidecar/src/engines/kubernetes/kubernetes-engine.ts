@@ -1,18 +1,17 @@
 // The Kubernetes API engine (core/engine.ts, docs/kubernetes-engine.md): a kube-apiserver-compatible endpoint
 // on loopback for kubectl and client-go. Node's HTTP/1.1 parser frames requests (the server never listens;
 // the core's ResourceListener hands it sockets); each request goes through kubernetes-exchange.ts. The
-// endpoint holds what every request shares: the upstream API server with the sidecar's own credential, and
-// the connection's agent sessions.
+// endpoint (http-base/http-endpoint.ts) holds what every request shares: the upstream API server, the
+// sidecar's own credential and the connection's agent sessions; this file adds the agent's kubeconfig.
 import { writeFile } from 'node:fs/promises';
-import type { Socket } from 'node:net';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
 import { stringify } from 'yaml';
 import type { KubernetesListenerConfig } from '../../config.ts';
-import type { ResourceContext } from '../../core/agent-session.ts';
-import type { ConnectionHandler, Engine, EngineServices, ResourceEndpoint } from '../../core/engine.ts';
-import type { Logger } from '../../core/observability/logger.ts';
-import { ClientSessions } from '../http-base/client-sessions.ts';
-import { EngineServer } from '../http-base/engine-server.ts';
-import { CredentialFile, Upstream } from '../http-base/upstream.ts';
+import type { Engine, EngineServices } from '../../core/engine.ts';
+import type { SidecarError } from '../../core/errors.ts';
+import { HttpEndpoint, type RenderedError } from '../http-base/http-endpoint.ts';
+import { CredentialFile } from '../http-base/upstream.ts';
 import { KubernetesExchange, type ExchangeContext } from './kubernetes-exchange.ts';
 import { statusFor } from './status.ts';
 
@@ -24,49 +23,30 @@ export function createKubernetesEngine(): Engine<KubernetesListenerConfig> {
   };
 }
 
-class KubernetesEndpoint implements ResourceEndpoint, ExchangeContext {
+class KubernetesEndpoint extends HttpEndpoint implements ExchangeContext {
   readonly config: KubernetesListenerConfig;
-  readonly services: EngineServices;
-  readonly resource: ResourceContext;
-  readonly logger: Logger;
-  readonly upstream: Upstream;
   readonly credential: CredentialFile;
-  readonly sessions: ClientSessions;
-  private readonly server: EngineServer;
 
   constructor(config: KubernetesListenerConfig, services: EngineServices) {
+    super('kubernetes', config, services);
     this.config = config;
-    this.services = services;
-    this.logger = services.logger.child({ listener: config.name, engine: 'kubernetes' });
-    this.resource = {
-      name: config.name,
-      namespace: config.resource.namespace,
-      type: 'kubernetes',
-      labels: config.resource.labels,
-    };
-    this.upstream = new Upstream(config.upstream);
     this.credential = new CredentialFile(config.upstream.tokenFile);
-    this.sessions = new ClientSessions({
-      listener: config.name,
-      services,
-      resource: this.resource,
-      logger: this.logger,
-      auditFailureMode: config.auditFailureMode,
-    });
-    this.server = new EngineServer({
-      ...(config.tls === undefined ? {} : { tls: config.tls }),
-      logger: this.logger,
-      onRequest: (req, res) => void new KubernetesExchange(this, req).serve(res),
-      onUpgrade: (req, socket, head) => void new KubernetesExchange(this, req).serveUpgrade(socket, head),
-      malformed: (code) => ({
-        contentType: 'application/json',
-        body: statusFor({ id: 'AmbiguousRequest', message: `chaperone: malformed HTTP request (${code})` }).body,
-      }),
-    });
   }
 
-  async ready(address: { host: string; port: number }): Promise<void> {
-    await this.server.ready();
+  protected onRequest(req: IncomingMessage, res: ServerResponse): void {
+    void new KubernetesExchange(this, req).serve(res);
+  }
+
+  protected onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+    void new KubernetesExchange(this, req).serveUpgrade(socket, head);
+  }
+
+  protected renderError(error: SidecarError): RenderedError {
+    return { contentType: 'application/json', ...statusFor(error) };
+  }
+
+  override async ready(address: { readonly host: string; readonly port: number }): Promise<void> {
+    await super.ready(address);
     const out = this.config.agentKubeconfig;
     const certFile = this.server.certFile;
     if (out === undefined || certFile === undefined) return;
@@ -88,15 +68,5 @@ class KubernetesEndpoint implements ResourceEndpoint, ExchangeContext {
       }),
       { mode: 0o644 },
     );
-  }
-
-  accept(socket: Socket): ConnectionHandler {
-    this.server.accept(socket);
-    return {
-      close: (reason: string) => {
-        this.sessions.end(socket, reason);
-        socket.destroy();
-      },
-    };
   }
 }

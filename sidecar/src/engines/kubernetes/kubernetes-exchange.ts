@@ -10,20 +10,27 @@ import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { parse as parseYaml } from 'yaml';
 import type { CombinedDecision, KubernetesCommand } from '@chaperone/api';
-import type { AgentSession, ResourceContext } from '../../core/agent-session.ts';
+import { maskText, type AgentSession, type ResourceContext } from '../../core/agent-session.ts';
 import type { CommandDescription, DecidedCommand } from '../../core/command.ts';
 import type { EngineServices } from '../../core/engine.ts';
-import { auditRefusal, policyRefusal, type SidecarError } from '../../core/errors.ts';
+import { policyRefusal, type SidecarError } from '../../core/errors.ts';
 import type { Logger } from '../../core/observability/logger.ts';
 import type { KubernetesListenerConfig } from '../../config.ts';
 import type { ClientSessions } from '../http-base/client-sessions.ts';
 import {
-  AmbiguousRequest,
-  bearerToken,
-  checkHeaders,
+  admitRequest,
+  auditCleared,
+  builtInDecision as builtIn,
+  outcomeOnce,
+  readBody,
+  relayFailures,
+  relayRewrittenJson,
+  sendError,
+  writeRawError,
+} from '../http-base/http-exchange.ts';
+import {
   forwardableHeaders,
   forwardableResponseHeaders,
-  splitTarget,
   type CheckedHeaders,
   type RequestTarget,
 } from '../http-base/request-hygiene.ts';
@@ -37,6 +44,7 @@ import {
   selfReviewKind,
   subjectReviewResponse,
 } from './access-review.ts';
+import { ExecTranscript } from './exec-transcript.ts';
 import { decodeProtobufReview } from './protobuf-review.ts';
 import { classifyRequest, MUTATING_VERBS, UnclassifiableRequest, type RequestInfo } from './request-info.ts';
 import { containsMaskedValue, redactSecrets } from './secret-redaction.ts';
@@ -58,34 +66,37 @@ const OUTSIDE_TRANSACTION = { inTransaction: false } as const;
 /** Non-resource URLs every authenticated client may read (the API server's system:discovery and public-info roles). */
 const DISCOVERY = /^\/(?:apis?(?:\/[^/]+){0,2}|version|openapi\/v2|openapi\/v3(?:\/.*)?|healthz|livez|readyz)\/?$/;
 
+/** Bytes of each exec/attach channel kept for the outcome record (stdin, stdout, stderr, error). */
+const EXEC_TRANSCRIPT_BYTES = 192;
+
+/** An outcome message fits the record's 1024 characters. */
+function truncateMessage(text: string): string {
+  return text.length <= 1024 ? text : `${text.slice(0, 1023)}…`;
+}
+
+/** The decision cache's key of a Kubernetes command: every field the policy reads. */
+function kubernetesFingerprint(c: KubernetesCommand): string {
+  return `k8s\0${c.verb}\0${c.apiGroup}\0${c.resource}\0${c.subresource}\0${c.namespace}\0${c.name}\0${c.nonResourcePath}`;
+}
+
+/**
+ * A non-resource request (`/healthz`, `/metrics`, `/apis`) is decided by policy (rules with
+ * `nonResourceURLs`). Discovery, version and health documents, which the API server opens to every
+ * authenticated client (system:discovery, system:public-info-viewer), stay readable when no rule names
+ * them — kubectl cannot work without them — and a rule can still deny them.
+ */
+function decideNonResource(session: AgentSession, command: KubernetesCommand, path: string): CombinedDecision {
+  const description = { command, fingerprint: kubernetesFingerprint(command), text: `${command.verb} ${path}` };
+  const decision = session.evaluate(description, OUTSIDE_TRANSACTION);
+  const noRule = decision.rule === 'default' || decision.rule === 'no-policy';
+  if (noRule && DISCOVERY.test(path) && (command.verb === 'get' || command.verb === 'head')) {
+    return builtIn('allow', 'discovery', 'discovery documents are public to every authenticated client');
+  }
+  return decision;
+}
+
 /** Subresources whose upgrade the API server authorizes as `create` whatever the method (websocket GETs too). */
 const STREAM_SUBRESOURCES: ReadonlySet<string> = new Set(['exec', 'attach', 'portforward']);
-
-/** A decision the engine makes itself (discovery, self-reviews, refusals before policy), recorded like any other. */
-function builtIn(decision: 'allow' | 'deny', rule: string, reason: string): CombinedDecision {
-  return { decision, policy: '', rule, bundleDigest: '', reasons: [reason], masking: [] };
-}
-
-class TooLarge extends Error {}
-
-function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    req.on('data', (chunk: Buffer) => {
-      size += chunk.length;
-      if (size > limit) {
-        req.removeAllListeners('data');
-        req.pause();
-        reject(new TooLarge());
-        return;
-      }
-      chunks.push(chunk);
-    });
-    req.once('end', () => resolve(chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks)));
-    req.once('error', reject);
-  });
-}
 
 /** The Accept header for a response the engine must read: JSON only (protobuf and YAML cannot be masked here). */
 function jsonAccept(accept: string | undefined): string {
@@ -104,7 +115,6 @@ function touchesSecrets(info: RequestInfo): boolean {
 export class KubernetesExchange {
   private readonly ctx: ExchangeContext;
   private readonly req: IncomingMessage;
-  private readonly socket: Socket;
   private auditId: string = randomUUID();
   private session: AgentSession | undefined;
   private info: RequestInfo | undefined;
@@ -114,7 +124,6 @@ export class KubernetesExchange {
   constructor(ctx: ExchangeContext, req: IncomingMessage) {
     this.ctx = ctx;
     this.req = req;
-    this.socket = req.socket;
   }
 
   /** A plain request: answered here or forwarded, and recorded. */
@@ -124,23 +133,21 @@ export class KubernetesExchange {
       if (!(await this.admit(reply))) return;
       const { session, info } = this.admitted();
       let body: Buffer | undefined;
+      const limit = this.ctx.config.maxRequestBodyBytes;
       const declared = this.checked?.body ?? 0;
-      if (typeof declared === 'number' && declared > this.ctx.config.maxRequestBodyBytes) {
+      const tooLarge = () =>
         this.refuse(session, info, reply, 'request-too-large', {
           id: 'RequestTooLarge',
-          message: `chaperone: the request body is larger than ${String(this.ctx.config.maxRequestBodyBytes)} bytes`,
+          message: `chaperone: the request body is larger than ${String(limit)} bytes`,
         });
+      if (typeof declared === 'number' && declared > limit) {
+        tooLarge();
         return;
       }
       if (this.req.method !== 'GET' && this.req.method !== 'HEAD') {
-        try {
-          body = await readBody(this.req, this.ctx.config.maxRequestBodyBytes);
-        } catch (err) {
-          if (!(err instanceof TooLarge)) throw err;
-          this.refuse(session, info, reply, 'request-too-large', {
-            id: 'RequestTooLarge',
-            message: `chaperone: the request body is larger than ${String(this.ctx.config.maxRequestBodyBytes)} bytes`,
-          });
+        body = await readBody(this.req, limit);
+        if (body === undefined) {
+          tooLarge();
           return;
         }
       }
@@ -150,19 +157,14 @@ export class KubernetesExchange {
         return;
       }
       if (!info.isResourceRequest) {
-        if (!DISCOVERY.test(info.path) || (this.req.method !== 'GET' && this.req.method !== 'HEAD')) {
-          this.refuse(session, info, reply, 'non-resource-url', {
-            id: 'RequestRefused',
-            message: `chaperone: the non-resource URL ${info.path} is not served through the sidecar (only discovery, version and health)`,
-          });
+        const description = this.describe(info, body);
+        const decided = session.record(description, decideNonResource(session, description.command, info.path));
+        if (decided.decision.decision !== 'allow') {
+          this.deny(res, session, info, decided);
           return;
         }
-        const decided = session.record(
-          this.describe(info, undefined),
-          builtIn('allow', 'discovery', 'discovery documents are public to every authenticated client'),
-        );
         if (!(await this.cleared(decided, reply))) return;
-        this.forward(res, session, info, decided, undefined);
+        this.forward(res, session, info, decided, body);
         return;
       }
       if (body !== undefined && touchesSecrets(info) && containsMaskedValue(body.toString('latin1'))) {
@@ -181,6 +183,7 @@ export class KubernetesExchange {
         return;
       }
       const decided = session.decide(this.describe(info, body), OUTSIDE_TRANSACTION);
+      // The approval seam (docs/kubernetes-engine.md): an `approve` decision goes to deny() until holds land.
       if (decided.decision.decision !== 'allow') {
         this.deny(res, session, info, decided);
         return;
@@ -230,32 +233,26 @@ export class KubernetesExchange {
 
   /** Framing, identity, impersonation and classification; false when the request was answered already. */
   private async admit(reply: (error: SidecarError) => void): Promise<boolean> {
-    try {
-      this.checked = checkHeaders(this.req.rawHeaders);
-      this.target = splitTarget(this.req.url ?? '', this.checked.host);
-    } catch (err) {
-      if (!(err instanceof AmbiguousRequest)) throw err;
-      this.ctx.logger.warn('ambiguous request refused', { reason: err.message });
-      reply({ id: 'AmbiguousRequest', message: `chaperone: ${err.message}` });
-      return false;
-    }
-    const checked = this.checked;
-    const clientAuditId = checked.headers.get('audit-id');
-    if (clientAuditId !== undefined && /^[0-9a-fA-F-]{36}$/.test(clientAuditId)) this.auditId = clientAuditId;
-    const auth = await this.ctx.sessions.authenticate(this.socket, bearerToken(checked.headers.get('authorization')), {
-      address: `${this.socket.remoteAddress ?? ''}:${String(this.socket.remotePort ?? '')}`,
-      applicationName: (checked.headers.get('user-agent') ?? '').slice(0, 256),
-      user: '',
-      database: '',
+    const admitted = await admitRequest(this.req, {
+      sessions: this.ctx.sessions,
+      logger: this.ctx.logger,
+      idHeader: 'audit-id',
+      idPattern: /^[0-9a-fA-F-]{36}$/,
+      requestId: this.auditId,
+      reply: (error, requestId) => {
+        this.auditId = requestId;
+        reply(error);
+      },
     });
-    if ('refusal' in auth) {
-      reply(auth.refusal);
-      return false;
-    }
-    this.session = auth.session;
+    if (admitted === undefined) return false;
+    const { checked, target, session } = admitted;
+    this.checked = checked;
+    this.target = target;
+    this.auditId = admitted.requestId;
+    this.session = session;
     const method = this.req.method ?? '';
     try {
-      this.info = classifyRequest(method, this.target.rawPath, this.target.rawQuery);
+      this.info = classifyRequest(method, target.rawPath, target.rawQuery);
     } catch (err) {
       if (!(err instanceof UnclassifiableRequest)) throw err;
       const described: CommandDescription = {
@@ -267,15 +264,16 @@ export class KubernetesExchange {
           subresource: '',
           namespace: '',
           name: '',
+          nonResourcePath: '',
         },
         fingerprint: 'unclassifiable',
         text: this.requestLine(),
         requestId: this.auditId,
       };
       const error: SidecarError = { id: 'AmbiguousRequest', message: `chaperone: ${err.message}` };
-      const decided = auth.session.record(described, builtIn('deny', 'unclassifiable', err.message));
+      const decided = session.record(described, builtIn('deny', 'unclassifiable', err.message));
       reply(error);
-      auth.session.complete(decided, 'kubernetes', {
+      session.complete(decided, 'kubernetes', {
         status: 'denied',
         code: String(statusFor(error).code),
         message: error.message,
@@ -292,7 +290,7 @@ export class KubernetesExchange {
     }
     for (const name of checked.headers.keys()) {
       if (name.startsWith('impersonate-')) {
-        this.refuse(auth.session, this.info, reply, 'impersonation', {
+        this.refuse(session, this.info, reply, 'impersonation', {
           id: 'RequestRefused',
           message: 'chaperone: impersonation headers are not allowed through the sidecar; the agent acts as itself',
         });
@@ -312,7 +310,10 @@ export class KubernetesExchange {
   }
 
   /** The protocol-neutral command: the classified request, its Audit-ID, and a mutation's body as recorded. */
-  private describe(info: RequestInfo, body: Buffer | undefined): CommandDescription {
+  private describe(
+    info: RequestInfo,
+    body: Buffer | undefined,
+  ): CommandDescription & { readonly command: KubernetesCommand } {
     const command: KubernetesCommand = {
       type: 'kubernetes',
       verb: info.verb,
@@ -321,8 +322,9 @@ export class KubernetesExchange {
       subresource: info.subresource,
       namespace: info.namespace,
       name: info.name,
+      nonResourcePath: info.isResourceRequest ? '' : info.path,
     };
-    const fingerprint = `k8s\0${info.verb}\0${info.apiGroup}\0${info.resource}\0${info.subresource}\0${info.namespace}\0${info.name}\0${info.isResourceRequest ? '' : info.path}`;
+    const fingerprint = kubernetesFingerprint(command);
     const text = info.dryRun ? `${this.requestLine()} (dry run)` : this.requestLine();
     const recorded =
       body !== undefined && body.length > 0 && MUTATING_VERBS.has(info.verb)
@@ -350,13 +352,9 @@ export class KubernetesExchange {
 
   /** Waits for the decision record's durability; false (and a 503 sent) when the trail refused it. */
   private async cleared(decided: DecidedCommand, reply: (error: SidecarError) => void): Promise<boolean> {
-    let audit = decided.audit;
-    if (audit.state === 'pending') audit = await audit.settled;
-    if (audit.state === 'refused') {
-      reply(auditRefusal(audit.error));
-      return false;
-    }
-    return true;
+    const refusal = await auditCleared(decided);
+    if (refusal !== undefined) reply(refusal);
+    return refusal === undefined;
   }
 
   /** Records a refusal the engine makes whatever the policy, and answers it. */
@@ -389,23 +387,13 @@ export class KubernetesExchange {
   }
 
   private sendStatus(res: ServerResponse, error: SidecarError, info = this.info): void {
-    const status = statusFor(error, info);
-    const fatal = error.id === 'AmbiguousRequest' || error.id === 'RequestTooLarge';
-    res.writeHead(status.code, {
-      'content-type': 'application/json',
-      'content-length': Buffer.byteLength(status.body),
-      'audit-id': this.auditId,
-      ...(error.id === 'AuthenticationFailed' ? { 'www-authenticate': 'Bearer realm="chaperone"' } : {}),
-      ...(fatal ? { connection: 'close' } : {}),
-    });
-    res.end(status.body);
+    sendError(res, error, { contentType: 'application/json', ...statusFor(error, info) }, 'audit-id', this.auditId);
   }
 
   private writeRawStatus(socket: Duplex, error: SidecarError): void {
-    const status = statusFor(error, this.info);
-    socket.end(
-      `HTTP/1.1 ${String(status.code)} ${error.id}\r\nContent-Type: application/json\r\nContent-Length: ${String(Buffer.byteLength(status.body))}\r\nAudit-Id: ${this.auditId}\r\nConnection: close\r\n\r\n${status.body}`,
-    );
+    writeRawError(socket, { contentType: 'application/json', ...statusFor(error, this.info) }, error.id, [
+      `Audit-Id: ${this.auditId}`,
+    ]);
   }
 
   private upstreamHeaders(masked: boolean): Record<string, string> {
@@ -446,32 +434,14 @@ export class KubernetesExchange {
       path: this.upstreamPath(),
       headers,
     });
-    let done = false;
-    const finish = (status: 'success' | 'error' | 'cancelled', code: string, message?: string) => {
-      if (done) return;
-      done = true;
-      session.complete(decided, 'kubernetes', message === undefined ? { status, code } : { status, code, message });
-    };
-    upstreamReq.on('error', (err) => {
-      this.ctx.logger.warn('upstream request failed', { error: err.message, auditId: this.auditId });
-      if (!res.headersSent) {
-        const error: SidecarError = {
-          id: 'UpstreamUnavailable',
-          message: `chaperone: the API server could not be reached (${err.message})`,
-        };
-        this.sendStatus(res, error, info);
-        finish('error', String(statusFor(error).code), error.message);
-      } else {
-        res.destroy();
-        finish('error', String(res.statusCode), 'upstream connection lost');
-      }
-    });
-    // The client went away (a watch or logs -f stopped): stop the upstream request too.
-    res.once('close', () => {
-      if (!res.writableFinished) {
-        upstreamReq.destroy();
-        finish('cancelled', String(res.statusCode), 'client closed the connection');
-      }
+    const finish = outcomeOnce(session, decided, 'kubernetes');
+    relayFailures(upstreamReq, res, this.ctx.logger.child({ auditId: this.auditId }), finish, (reason) => {
+      const error: SidecarError = {
+        id: 'UpstreamUnavailable',
+        message: `chaperone: the API server could not be reached (${reason})`,
+      };
+      this.sendStatus(res, error, info);
+      finish('error', String(statusFor(error).code), error.message);
     });
     upstreamReq.on('response', (upstreamRes) => {
       const code = upstreamRes.statusCode ?? 502;
@@ -557,28 +527,17 @@ export class KubernetesExchange {
       });
       return;
     }
-    const chunks: Buffer[] = [];
-    let size = 0;
-    upstreamRes.on('data', (chunk: Buffer) => {
-      size += chunk.length;
-      if (size > limit) fail('larger than maxMaskedResponseBytes');
-      else chunks.push(chunk);
-    });
-    upstreamRes.once('end', () => {
-      if (size > limit) return;
-      let text: string;
-      try {
-        const doc: unknown = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+    relayRewrittenJson(
+      upstreamRes,
+      res,
+      { code, headers, limit },
+      (doc) => {
         redactSecrets(doc);
-        text = JSON.stringify(doc);
-      } catch {
-        fail('the body is not JSON');
-        return;
-      }
-      res.writeHead(code, [...headers, ['Content-Length', String(Buffer.byteLength(text))]].flat());
-      res.end(text);
-      done();
-    });
+        return JSON.stringify(doc);
+      },
+      fail,
+      done,
+    );
   }
 
   /** The upgrade request, sent on a connection of its own; the 101 and both streams are relayed as bytes. */
@@ -586,6 +545,9 @@ export class KubernetesExchange {
     const headers = this.upstreamHeaders(false);
     headers.connection = 'Upgrade';
     headers.upgrade = this.checked?.headers.get('upgrade') ?? 'websocket';
+    // No compression extension: the transcript reads the frames as they pass.
+    delete headers['sec-websocket-extensions'];
+    const transcript = new ExecTranscript(EXEC_TRANSCRIPT_BYTES);
     const upstreamReq = this.ctx.upstream.requestOwnConnection({
       method: this.req.method ?? 'GET',
       path: this.upstreamPath(),
@@ -593,12 +555,7 @@ export class KubernetesExchange {
     });
     let fromClient = 0;
     let toClient = 0;
-    let done = false;
-    const finish = (status: 'success' | 'error', code: string, message: string) => {
-      if (done) return;
-      done = true;
-      session.complete(decided, 'kubernetes', { status, code, message });
-    };
+    const finish = outcomeOnce(session, decided, 'kubernetes');
     upstreamReq.on('error', (err) => {
       this.writeRawStatus(socket, {
         id: 'UpstreamUnavailable',
@@ -625,17 +582,29 @@ export class KubernetesExchange {
       socket.write(lines.join('\r\n'));
       if (upstreamHead.length > 0) socket.write(upstreamHead);
       if (head.length > 0) upstreamSocket.write(head);
-      socket.on('data', (c: Buffer) => (fromClient += c.length));
-      upstreamSocket.on('data', (c: Buffer) => (toClient += c.length));
+      if (head.length > 0) transcript.fromClient.push(head);
+      if (upstreamHead.length > 0) transcript.toClient.push(upstreamHead);
+      socket.on('data', (c: Buffer) => {
+        fromClient += c.length;
+        transcript.fromClient.push(c);
+      });
+      upstreamSocket.on('data', (c: Buffer) => {
+        toClient += c.length;
+        transcript.toClient.push(c);
+      });
       socket.pipe(upstreamSocket);
       upstreamSocket.pipe(socket);
       const close = () => {
         socket.destroy();
         upstreamSocket.destroy();
+        // The decision's detectors mask what was typed and printed, as they mask recorded bodies.
+        const seen = maskText(transcript.summary(), decided.decision);
         finish(
           'success',
           '101',
-          `stream closed: ${String(fromClient)} bytes from the client, ${String(toClient)} to it`,
+          truncateMessage(
+            `stream closed: ${String(fromClient)} bytes from the client, ${String(toClient)} to it${seen === '' ? '' : `; ${seen}`}`,
+          ),
         );
       };
       socket.once('close', close);
@@ -686,26 +655,12 @@ export class KubernetesExchange {
     session: AgentSession,
     doc: ReturnType<typeof parseReview>,
   ): Promise<{ allowed: boolean; denied?: boolean; reason: string }> {
-    const asked = reviewedCommand(doc);
-    if ('nonResourcePath' in asked) {
-      const allowed = DISCOVERY.test(asked.nonResourcePath);
-      return allowed
-        ? { allowed, reason: 'chaperone: discovery is open to every agent' }
-        : {
-            allowed,
-            denied: true,
-            reason: 'chaperone: non-resource URLs other than discovery are refused by the sidecar',
-          };
-    }
-    const c = asked.command;
-    const decision = session.evaluate(
-      {
-        command: c,
-        fingerprint: `k8s\0${c.verb}\0${c.apiGroup}\0${c.resource}\0${c.subresource}\0${c.namespace}\0${c.name}\0`,
-        text: 'access review',
-      },
-      OUTSIDE_TRANSACTION,
-    );
+    const c = reviewedCommand(doc);
+    const description = { command: c, fingerprint: kubernetesFingerprint(c), text: 'access review' };
+    const decision =
+      c.nonResourcePath === ''
+        ? session.evaluate(description, OUTSIDE_TRANSACTION)
+        : decideNonResource(session, c, c.nonResourcePath);
     const who = decision.policy === '' ? 'no policy' : `policy ${decision.policy}`;
     if (decision.decision !== 'allow') {
       return {
