@@ -17,11 +17,13 @@ import { postgresBinDir } from '../e2e/harness/tools.ts';
 
 export interface EvidencePgbenchRun {
   /**
-   * json-lines: the yardstick; evidence-store: Kubernetes mode with the store; session-objects: records in
-   * Session objects (no store), for comparison; evidence-store-tmpfs-spool: a diagnostic, the same with the
-   * spool on tmpfs (its fdatasync does not reach a disk), to separate the disk's sync latency from the rest.
+   * json-lines: the yardstick; evidence-store: Kubernetes mode with the store, spool durability `Written`
+   * (a statement waits for its record to be in the spool file); evidence-store-synced: the same with
+   * `Synced` (it waits for the fdatasync); session-objects: records in Session objects (no store, `Synced`),
+   * for comparison; evidence-store-tmpfs-spool: a diagnostic, `Synced` with the spool on tmpfs (its
+   * fdatasync does not reach a disk), to separate the disk's sync latency from the rest.
    */
-  readonly target: 'json-lines' | 'evidence-store' | 'session-objects' | 'evidence-store-tmpfs-spool';
+  readonly target: EvidenceTarget;
   readonly seconds: number;
   readonly tps: number;
   readonly transactions: number;
@@ -29,10 +31,21 @@ export interface EvidencePgbenchRun {
   readonly latencyMs: number;
 }
 
+const TARGETS = [
+  'json-lines',
+  'evidence-store',
+  'evidence-store-synced',
+  'session-objects',
+  'evidence-store-tmpfs-spool',
+] as const;
+type EvidenceTarget = (typeof TARGETS)[number];
+
 export interface EvidenceStoreBenchResult {
   readonly runs: readonly EvidencePgbenchRun[];
-  /** Median evidence-store TPS over median JSON-lines TPS (target ≥ 0.9). */
+  /** Median evidence-store TPS (durability `Written`) over median JSON-lines TPS (target ≥ 0.9). */
   readonly ratio: number;
+  /** The same with durability `Synced` (a statement waits for the spool's fdatasync). */
+  readonly syncedRatio: number;
   /** The same for the diagnostic with the spool on tmpfs, and for records in Session objects. */
   readonly tmpfsSpoolRatio: number;
   readonly sessionObjectsRatio: number;
@@ -180,6 +193,8 @@ export interface EvidenceStoreBenchOptions {
   readonly fleetSeconds: number;
   /** Called with each sidecar's PID (so the runner can stop it on interrupt). */
   readonly onSidecar?: (s: SidecarProcess) => void;
+  /** Profile the evidence-store sidecar (`Written`) with `node --cpu-prof` into this directory. */
+  readonly cpuProfileDir?: string;
 }
 
 export async function runEvidenceStoreBench(options: EvidenceStoreBenchOptions): Promise<EvidenceStoreBenchResult> {
@@ -216,6 +231,7 @@ export async function runEvidenceStoreBench(options: EvidenceStoreBenchOptions):
       name: string,
       mode: 'json-lines' | 'store' | 'sessions',
       spoolBase?: string,
+      extra: { durability?: 'Synced' | 'Written'; nodeArgs?: readonly string[] } = {},
     ): Promise<SidecarProcess> => {
       const dir = join(runDir, name);
       const s = await spawnSidecar({
@@ -225,11 +241,13 @@ export async function runEvidenceStoreBench(options: EvidenceStoreBenchOptions):
         listener: { authTimeoutMs: 60_000 },
         policies: { 'allow-all': ALLOW_ALL },
         logLevel: 'info',
+        ...(extra.nodeArgs === undefined ? {} : { nodeArgs: extra.nodeArgs }),
         ...(mode === 'json-lines'
           ? {}
           : {
               audit: {
                 spoolDir: join(spoolBase ?? dir, 'audit'),
+                spoolDurability: extra.durability ?? 'Synced',
                 kubernetes: { kubeconfig: cp.kubeconfig, namespace },
                 ...(mode === 'store'
                   ? {
@@ -255,17 +273,24 @@ export async function runEvidenceStoreBench(options: EvidenceStoreBenchOptions):
     const token = (s: SidecarProcess) =>
       s.issuer.sign({ sub: 'system:serviceaccount:bench:pgbench' }, { expiresIn: 3 * 3600 });
     const yardstick = await start('evidence-yardstick', 'json-lines');
-    const stored = await start('evidence-sidecar', 'store');
+    const stored = await start('evidence-sidecar', 'store', undefined, {
+      durability: 'Written',
+      ...(options.cpuProfileDir === undefined
+        ? {}
+        : { nodeArgs: ['--cpu-prof', '--cpu-prof-dir', options.cpuProfileDir] }),
+    });
+    const synced = await start('evidence-sidecar-synced', 'store', undefined, { durability: 'Synced' });
     const embedded = await start('evidence-session-objects', 'sessions');
     const tmpfsSpool = mkdtempSync('/dev/shm/chaperone-bench-spool-');
     const onTmpfs = await start('evidence-tmpfs-spool', 'store', tmpfsSpool);
-    const envs = {
+    const envs: Record<EvidenceTarget, NodeJS.ProcessEnv> = {
       'json-lines': yardstick.libpqEnv(await token(yardstick), { PGAPPNAME: 'chaperone-bench' }),
       'evidence-store': stored.libpqEnv(await token(stored), { PGAPPNAME: 'chaperone-bench' }),
+      'evidence-store-synced': synced.libpqEnv(await token(synced), { PGAPPNAME: 'chaperone-bench' }),
       'session-objects': embedded.libpqEnv(await token(embedded), { PGAPPNAME: 'chaperone-bench' }),
       'evidence-store-tmpfs-spool': onTmpfs.libpqEnv(await token(onTmpfs), { PGAPPNAME: 'chaperone-bench' }),
-    } as const;
-    const targets = ['json-lines', 'evidence-store', 'session-objects', 'evidence-store-tmpfs-spool'] as const;
+    };
+    const targets = TARGETS;
     // Warm both paths up (JIT, caches, the writer's first Session objects).
     for (const target of targets) await pgbench(envs[target], 8, 5);
     await drained(stored);
@@ -314,12 +339,14 @@ export async function runEvidenceStoreBench(options: EvidenceStoreBenchOptions):
       'chaperone_audit_spool_rejected_total',
       '{reason="spool-full"}',
     );
-    for (const s of [yardstick, stored, embedded, onTmpfs]) await s.stop();
+    for (const s of [yardstick, stored, synced, embedded, onTmpfs]) await s.stop();
     rmSync(tmpfsSpool, { recursive: true, force: true });
 
     // The fleet: N sidecars at once, one pgbench -c 1 each, one API server, one store.
     const fleet: SidecarProcess[] = [];
-    for (let i = 0; i < options.fleetSidecars; i++) fleet.push(await start(`evidence-fleet-${String(i)}`, 'store'));
+    for (let i = 0; i < options.fleetSidecars; i++) {
+      fleet.push(await start(`evidence-fleet-${String(i)}`, 'store', undefined, { durability: 'Written' }));
+    }
     const fleetEnvs = await Promise.all(
       fleet.map(async (s) => s.libpqEnv(await token(s), { PGAPPNAME: 'chaperone-bench' })),
     );
@@ -350,6 +377,7 @@ export async function runEvidenceStoreBench(options: EvidenceStoreBenchOptions):
     const result: EvidenceStoreBenchResult = {
       runs,
       ratio,
+      syncedRatio: ratioOf('evidence-store-synced'),
       tmpfsSpoolRatio: ratioOf('evidence-store-tmpfs-spool'),
       sessionObjectsRatio: ratioOf('session-objects'),
       failClosedRefusals,

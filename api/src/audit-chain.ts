@@ -3,7 +3,7 @@
 // session of the pod for seq 1, or GENESIS_HASH). Any implementation can recompute it (docs/audit.md).
 import { createHash, hash as cryptoHash } from 'node:crypto';
 import canonicalize from 'canonicalize';
-import type { AuditRecord } from './audit-record.ts';
+import { AUDIT_RECORD_VERSIONS, type AuditRecord } from './audit-record.ts';
 import { jcs, jcsMembersAround } from './jcs.ts';
 
 export { jcs } from './jcs.ts';
@@ -96,16 +96,32 @@ export function nowMicros(): bigint {
 
 export interface ChainProblem {
   readonly seq: number;
-  readonly problem: 'hash-mismatch' | 'broken-link' | 'seq-gap' | 'seq-order';
+  readonly problem: 'hash-mismatch' | 'broken-link' | 'seq-gap' | 'seq-order' | 'record-format';
   readonly detail: string;
 }
 
-/** Checks hashes, links and seq continuity of records in order; `prevHash` is the expected first link. */
+const KNOWN_VERSIONS: ReadonlySet<number> = new Set(AUDIT_RECORD_VERSIONS);
+
+/**
+ * Checks hashes, links and seq continuity of records in order; `prevHash` is the expected first link. The
+ * records are one session's (or one part's): each must be of a known format version, all of the same one
+ * (one sidecar process writes a session).
+ */
 export function verifyChain(records: readonly AuditRecord[], prevHash?: string): ChainProblem[] {
   const problems: ChainProblem[] = [];
   let expectedPrev = prevHash;
   let expectedSeq: number | undefined;
+  const version = records[0]?.v;
   for (const r of records) {
+    if (!KNOWN_VERSIONS.has(r.v)) {
+      problems.push({ seq: r.seq, problem: 'record-format', detail: `unknown record format version ${String(r.v)}` });
+    } else if (r.v !== version) {
+      problems.push({
+        seq: r.seq,
+        problem: 'record-format',
+        detail: `record format version ${String(r.v)} in a session of version ${String(version)} records`,
+      });
+    }
     if (expectedSeq !== undefined && r.seq !== expectedSeq) {
       problems.push({
         seq: r.seq,

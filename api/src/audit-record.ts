@@ -1,9 +1,13 @@
-// The audit record: one event of a session, hash-chained to the one before it. Version 1.
-// Field meanings, the canonical form and the chain are specified in docs/audit.md.
+// The audit record: one event of a session, hash-chained to the one before it. Version 2 (written now): the
+// session's identity is on its session.start record only, and every later record is bound to it by the
+// chain; version 1 (still verified) repeated the identity on every record. Field meanings, the canonical
+// form and the chain are specified in docs/audit.md.
 import { Type, type Static, StringEnum } from './schema.ts';
 import { Identity } from './identity.ts';
 
-export const AUDIT_RECORD_VERSION = 1;
+export const AUDIT_RECORD_VERSION = 2;
+/** Record format versions a verifier accepts. */
+export const AUDIT_RECORD_VERSIONS = [1, 2] as const;
 
 export const AUDIT_EVENT_TYPES = [
   'session.start',
@@ -29,7 +33,11 @@ const hashString = (description: string) =>
 
 export const AuditRecord = Type.Object(
   {
-    v: Type.Integer({ description: 'Record format version.', minimum: 1, maximum: 1 }),
+    v: Type.Integer({
+      description: 'Record format version: 2 (identity on session.start only) or 1 (identity on every record).',
+      minimum: 1,
+      maximum: 2,
+    }),
     seq: Type.Integer({
       description: 'Position in the session, from 1, contiguous across continuation objects.',
       minimum: 1,

@@ -2,7 +2,14 @@
 // append-only guards and grants are all there, and a record becomes the row verifiers and counters read.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { evidencePartitionSql, evidenceRow, evidenceSchemaSql, EVIDENCE_TABLE } from './evidence-store.ts';
+import {
+  evidencePartitionDay,
+  evidencePartitionSql,
+  evidenceRow,
+  evidenceSchemaSql,
+  EVIDENCE_TABLE,
+  planEvidencePartitions,
+} from './evidence-store.ts';
 
 test('evidenceSchemaSql refuses role names that are not plain identifiers', () => {
   for (const bad of ['writer; drop table x', 'Writer', '1writer', 'a"b', '', 'x'.repeat(64)]) {
@@ -48,4 +55,36 @@ test('evidenceRow keeps what counters count: decision result, outcome status', (
   });
   assert.equal(evidenceRow('s', { ...base, type: 'command.outcome', outcome: { status: 'error' } }).result, 'error');
   assert.equal(evidenceRow('s', { ...base, type: 'session.start' }).result, null);
+});
+
+test('evidencePartitionDay reads only daily partition names of real days', () => {
+  assert.equal(evidencePartitionDay('audit_records_20261204')?.toISOString(), '2026-12-04T00:00:00.000Z');
+  for (const other of ['audit_records_default', 'audit_records_20261332', 'audit_records_2026120', 'x_20261204']) {
+    assert.equal(evidencePartitionDay(other), undefined, other);
+  }
+});
+
+test('planEvidencePartitions creates the missing days ahead and expires whole days past retention only', () => {
+  const existing = [
+    'audit_records_default',
+    'audit_records_20261001', // ended 65 days before now: expired with 30 days of retention
+    'audit_records_20261104', // ended 2026-11-05 00:00, exactly 30 days + 12 h before now: expired
+    'audit_records_20261105', // ends 2026-11-06 00:00, 29.5 days before now: kept
+    'audit_records_20261204',
+    'audit_records_20261205',
+    'something_else_20200101',
+  ];
+  const now = new Date('2026-12-05T12:00:00Z');
+  const plan = planEvidencePartitions(existing, now, 3, 30);
+  assert.deepEqual(
+    plan.create.map((d) => d.toISOString().slice(0, 10)),
+    ['2026-12-06', '2026-12-07', '2026-12-08'],
+  );
+  assert.deepEqual(plan.expire, ['audit_records_20261001', 'audit_records_20261104']);
+  assert.deepEqual(planEvidencePartitions(existing, now, 3).expire, [], 'no retention: nothing expires');
+  assert.deepEqual(
+    planEvidencePartitions([], now, 0).create.map((d) => d.toISOString().slice(0, 10)),
+    ['2026-12-04', '2026-12-05'],
+    'yesterday and today at least',
+  );
 });

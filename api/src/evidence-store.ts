@@ -82,6 +82,53 @@ end $$;
 comment on table ${name} is 'Audit records of ${day(from)} (UTC); dropped whole by retention (${bare}).';`;
 }
 
+const PARTITION_NAME = /^audit_records_([0-9]{4})([0-9]{2})([0-9]{2})$/;
+
+/** The UTC day a daily partition (`audit_records_YYYYMMDD`, without schema) holds; undefined for any other table. */
+export function evidencePartitionDay(name: string): Date | undefined {
+  const m = PARTITION_NAME.exec(name);
+  if (m === null) return undefined;
+  const date = new Date(Date.UTC(Number(m[1]), Number(m[2]) - 1, Number(m[3])));
+  return day(date) === `${m[1] ?? ''}-${m[2] ?? ''}-${m[3] ?? ''}` ? date : undefined;
+}
+
+/** What one maintenance run does: the days whose partitions to create, and the partitions past retention. */
+export interface EvidencePartitionPlan {
+  /** UTC days (midnight) from yesterday to `aheadDays` after today without a partition yet. */
+  readonly create: readonly Date[];
+  /** Daily partitions (names without schema) whose whole day ended more than `retainDays` before now. */
+  readonly expire: readonly string[];
+}
+
+/**
+ * Plans the partition maintenance of an evidence database from the partitions it has (table names without
+ * schema; the default partition and any other table are never touched). `retainDays` undefined: nothing
+ * expires. A day expires once its end is more than `retainDays` × 24 h before `now`.
+ */
+export function planEvidencePartitions(
+  existing: readonly string[],
+  now: Date,
+  aheadDays: number,
+  retainDays?: number,
+): EvidencePartitionPlan {
+  const have = new Set(existing.filter((n) => evidencePartitionDay(n) !== undefined));
+  const today = Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), now.getUTCDate());
+  const create: Date[] = [];
+  for (let i = -1; i <= aheadDays; i++) {
+    const date = new Date(today + i * 86_400_000);
+    if (!have.has(`audit_records_${day(date).replaceAll('-', '')}`)) create.push(date);
+  }
+  const expire: string[] = [];
+  if (retainDays !== undefined) {
+    const cutoff = now.getTime() - retainDays * 86_400_000;
+    for (const name of [...have].sort()) {
+      const start = evidencePartitionDay(name);
+      if (start !== undefined && start.getTime() + 86_400_000 <= cutoff) expire.push(name);
+    }
+  }
+  return { create, expire };
+}
+
 /**
  * DDL that prepares an evidence database (idempotent): the schema, the records table partitioned by day of
  * the record's time with a default partition as a safety net, the append-only guards (no UPDATE, DELETE or

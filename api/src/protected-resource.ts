@@ -12,6 +12,14 @@ export type TlsMode = (typeof TLS_MODES)[number];
 export const AUDIT_FAILURE_MODES = ['FailClosed', 'FailOpen'] as const;
 export type AuditFailureMode = (typeof AUDIT_FAILURE_MODES)[number];
 
+/**
+ * What a statement waits for before it is forwarded when the sidecar spools records (docs/audit-durability.md):
+ * `Synced`, its record fdatasync'ed (survives a node crash); `Written`, its record written into the spool file,
+ * i.e. handed to the kernel (survives the sidecar's crash, SIGKILL or OOM kill), fdatasync'ed right behind.
+ */
+export const AUDIT_SPOOL_DURABILITIES = ['Synced', 'Written'] as const;
+export type AuditSpoolDurability = (typeof AUDIT_SPOOL_DURABILITIES)[number];
+
 /** Default local port the sidecar listens on for each resource type, when `listenPort` is not set. */
 export const DEFAULT_LISTEN_PORTS: Readonly<Record<ResourceType, number>> = {
   postgres: 5432,

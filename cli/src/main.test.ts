@@ -56,7 +56,10 @@ describe('kubectl-chaperone dispatch', () => {
     }
     const sub = await capture(['evidence', 'import', '--help']);
     assert.equal(sub.code, 2);
-    assert.match(sub.stderr, /unknown command "evidence import".*\nCommands of "evidence": export, verify\./);
+    assert.match(
+      sub.stderr,
+      /unknown command "evidence import".*\nCommands of "evidence": export, verify, partitions\./,
+    );
   });
 
   it('the main help goes to stdout with exit 0; no command or a leading unknown flag is a usage error', async () => {

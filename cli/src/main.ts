@@ -68,6 +68,13 @@ export const COMMANDS: readonly Command[] = [
     run: (args, io) => runEvidence(['verify', ...args], io),
   },
   {
+    name: 'evidence partitions',
+    synopsis: '--evidence-store URL [--ahead DAYS] [--retain DURATION] [--detach] [--dry-run]',
+    summary: "Create the evidence store's daily partitions ahead; drop or detach days past retention",
+    usage: EVIDENCE_USAGE,
+    run: (args, io) => runEvidence(['partitions', ...args], io),
+  },
+  {
     name: 'audit verify',
     synopsis: 'FILE... [-o json|yaml]',
     summary: 'Verify JSON-lines audit files a sidecar wrote (audit.path): hashes, links, seq continuity',

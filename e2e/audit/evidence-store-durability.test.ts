@@ -197,6 +197,70 @@ test('evidence store: after SIGKILL mid-session the restarted sidecar replays it
   assert.deepEqual(status.counters, expectedCounters(v.records), 'counters resumed from the store');
 });
 
+test('evidence store, spool durability Written: SIGKILL under load from 4 clients, every answered statement is stored once', async (t) => {
+  // Written hands each record to the kernel before its statement is forwarded and syncs behind: a killed
+  // sidecar (SIGKILL, OOM kill) loses nothing the clients saw answered (docs/audit-durability.md).
+  const db = createEvidenceDatabase(t);
+  const namespace = await createTestNamespace(t);
+  const { kubeconfig } = controlPlaneEnv();
+  const dir = testDir(t);
+  const options = {
+    kubeconfig,
+    namespace,
+    dir,
+    flushIntervalMs: 300,
+    audit: { evidenceStore: { ...db.sidecarConfig, batchRecords: 200 }, spoolDurability: 'Written' },
+  };
+  const first = await startAuditSidecar(t, options);
+  const clients = await Promise.all([0, 1, 2, 3].map((i) => client(first, `written-${String(i)}`)));
+  const answered: string[] = [];
+  const loads = clients.map(async (c, k) => {
+    for (let i = 0; ; i++) {
+      const text = `select ${String(k)} as client, ${String(i)} as n`;
+      try {
+        await c.query(text);
+      } catch {
+        return;
+      }
+      answered.push(text);
+    }
+  });
+  await waitFor('statements flowing from every client', () =>
+    Promise.resolve(answered.length >= 1500 ? true : undefined),
+  );
+  first.process.kill('SIGKILL');
+  await waitForExit(first.process, 10_000);
+  await Promise.all(loads);
+  await startAuditSidecar(t, options);
+  const sessions = await waitFor(
+    'the 4 sessions Abandoned',
+    async () => {
+      const list = await listSessions(kubeconfig, namespace);
+      return list.filter((s) => s.status?.phase === 'Abandoned').length === 4 ? list : undefined;
+    },
+    300_000,
+  );
+  const verified = await verifySessions(await db.withRecords(sessions), namespace);
+  const recorded = new Map<string, number>();
+  for (const v of verified) {
+    for (const r of v.records) {
+      if (r.type !== 'command.decision') continue;
+      const text = r.command?.text ?? '';
+      recorded.set(text, (recorded.get(text) ?? 0) + 1);
+    }
+  }
+  assert.deepEqual(
+    answered.filter((text) => recorded.get(text) !== 1),
+    [],
+    'every answered statement is in the store exactly once',
+  );
+  assert.ok(
+    [...recorded.keys()].filter((text) => text.startsWith('select ')).length - answered.length <= 4,
+    'at most the statement in flight per client is recorded unanswered',
+  );
+  assert.deepEqual(await storedTwice(db), []);
+});
+
 test('evidence store: spool full while the store is unreachable refuses FailClosed writes with 53100, each accounted for', async (t) => {
   const db = createEvidenceDatabase(t);
   const outage = await startTcpOutage(t, postgresEnv().port);

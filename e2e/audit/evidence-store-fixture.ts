@@ -37,7 +37,8 @@ export interface EvidenceDatabase {
   connect(role: EvidenceRole): Promise<pg.Client>;
 }
 
-function psql(database: string, sql: string): string {
+/** Runs SQL in `database` as the superuser, over the server's socket; returns psql's unaligned tuples. */
+export function psql(database: string, sql: string): string {
   const env = postgresEnv();
   return execFileSync(
     'psql',

@@ -99,7 +99,7 @@ test('evidence store: a sidecar keeps records in the store, Sessions keep signed
     audit: { evidenceStore: { ...db.sidecarConfig, batchRecords: 100 } },
   });
   const token = await sidecar.issuer.sign({ sub: 'system:serviceaccount:ci:evidence' }, { expiresIn: 3600 });
-  // One long session (600 statements: more records than a Session object could hold) and seven short ones.
+  // One long session (600 statements: more records than a Session object could hold) and eight short ones.
   const session = async (statements: number, tag: string) => {
     const c = new pg.Client({ host: sidecar.host, port: sidecar.port, user: 'agent', password: token, database: 'a' });
     await c.connect();
@@ -107,12 +107,12 @@ test('evidence store: a sidecar keeps records in the store, Sessions keep signed
     await c.end();
   };
   await session(600, 'long');
-  const tags = ['clean', 'edited', 'deleted', 'reordered', 'truncated', 'removed', 'forged'];
+  const tags = ['clean', 'edited', 'deleted', 'reordered', 'truncated', 'removed', 'forged', 'identity'];
   for (const tag of tags) await session(5, tag);
 
   const sessions = await waitFor('every session Closed', async () => {
     const list = await listSessions(kubeconfig, namespace);
-    return list.length === 8 && list.every((s) => s.status?.phase === 'Closed') ? list : undefined;
+    return list.length === 9 && list.every((s) => s.status?.phase === 'Closed') ? list : undefined;
   });
   for (const s of sessions) {
     assert.deepEqual(s.spec.records, [], 'the Session object keeps no records');
@@ -125,6 +125,11 @@ test('evidence store: a sidecar keeps records in the store, Sessions keep signed
   const stored = verified.flatMap((v) => v.records);
   const written = (await sidecar.settledRecords()).map((l) => l.record);
   assert.equal(stored.length, written.length);
+  // Record format version 2: the identity once, on session.start; the chain binds every later record to it.
+  for (const r of stored) {
+    assert.equal(r.v, 2);
+    assert.equal(r.identity !== undefined, r.type === 'session.start', `seq ${String(r.seq)} ${r.type}`);
+  }
   assert.deepEqual(
     new Set(stored.map((r) => r.hash)),
     new Set(written.map((r) => r.hash)),
@@ -143,13 +148,13 @@ test('evidence store: a sidecar keeps records in the store, Sessions keep signed
     });
   const all = await verify('--all');
   assert.equal(all.code, 0, all.stdout + all.stderr);
-  assert.match(all.stdout, /8 session\(s\)/);
+  assert.match(all.stdout, /9 session\(s\)/);
   // Without the store the verifier says where the records are instead of passing or guessing.
   const without = await runCli(['verify', '-n', namespace, '--all'], { KUBECONFIG: kubeconfig });
   assert.equal(without.code, 1);
   assert.match(
     without.stderr,
-    /8 Session\(s\) keep their records in an evidence store \(postgres localhost:\d+\/evidence_\w+\): pass --evidence-store URL/,
+    /9 Session\(s\) keep their records in an evidence store \(postgres localhost:\d+\/evidence_\w+\): pass --evidence-store URL/,
   );
 
   // Tamper as a database superuser (row triggers off for this session only).
@@ -172,6 +177,10 @@ test('evidence store: a sidecar keeps records in the store, Sessions keep signed
   );
   tamper(`delete from chaperone.audit_records where session_id = '${id('truncated')}' and seq > 8`);
   tamper(`delete from chaperone.audit_records where session_id = '${id('removed')}'`);
+  // The identity the whole session was recorded under, on its session.start row, changed to someone else's.
+  tamper(
+    `update chaperone.audit_records set record = replace(record, 'system:serviceaccount:ci:evidence', 'system:serviceaccount:ci:someone-else') where session_id = '${id('identity')}' and seq = 1`,
+  );
   // The writer role can add rows (that is its job): a forged record at a seq already taken.
   const writer = await db.connect(db.writer);
   const victim = filled.find((s) => s.spec.sessionId === id('forged'))?.spec.records[3];
@@ -211,6 +220,9 @@ test('evidence store: a sidecar keeps records in the store, Sessions keep signed
   assert.ok((await kinds('truncated')).some((k) => k.startsWith('head-mismatch@')));
   assert.ok((await kinds('removed')).some((k) => k.startsWith('head-mismatch@')));
   assert.ok((await kinds('forged')).some((k) => k.startsWith('seq-order@') || k.startsWith('hash-mismatch@')));
+  const identity = await kinds('identity');
+  assert.ok(identity.includes('hash-mismatch@1'), identity.join(', '));
+  assert.ok(identity.includes('metadata-mismatch@1'), 'spec.identity no longer matches session.start');
 
   // A whole Session object deleted (its records still in the store): the pod's chain names it.
   const victimObject = byTag.get('clean')?.metadata.name ?? '';

@@ -52,6 +52,11 @@ export interface TrailOptions {
   readonly closed?: boolean;
   /** The operator's certificate for the signer key, written into spec.signer. */
   readonly certificate?: string;
+  /**
+   * Record format version; default the one the sidecar writes (2: identity on session.start only). 1 puts
+   * the identity on every record, as version 1 did; anything else is written as asked (an unknown version).
+   */
+  readonly version?: number;
 }
 
 export const DEFAULT_IDENTITY: Identity = {
@@ -88,8 +93,10 @@ export function buildRecords(options: TrailOptions): AuditRecord[] {
   });
   if (options.closed !== false) contents.push({ type: 'session.end' });
   let prevHash = options.prevHash ?? GENESIS_HASH;
+  const v = options.version ?? AUDIT_RECORD_VERSION;
   return contents.map((c, i) => {
-    const unhashed: UnhashedRecord = { v: AUDIT_RECORD_VERSION, seq: i + 1, time: micros(start, i), ...c, prevHash };
+    const content = v === 1 ? { ...c, identity: structuredClone(identity) } : c;
+    const unhashed: UnhashedRecord = { v, seq: i + 1, time: micros(start, i), ...content, prevHash };
     const record: AuditRecord = { ...unhashed, hash: hashRecord(unhashed) };
     prevHash = record.hash;
     return record;

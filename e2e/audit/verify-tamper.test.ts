@@ -25,8 +25,12 @@ test('in-place tampering after the CEL rules are removed is detected', { timeout
   const crd = JSON.parse(
     await kubectl(['get', 'crd', 'sessions.chaperone.dev', '-o', 'json'], { kubeconfig: cp.kubeconfig }),
   );
-  for (const v of crd.spec.versions)
-    delete v.schema.openAPIV3Schema.properties.spec.properties.records['x-kubernetes-validations'];
+  for (const v of crd.spec.versions) {
+    const records = v.schema.openAPIV3Schema.properties.spec.properties.records;
+    delete records['x-kubernetes-validations'];
+    // And the bound on the record format version, so a record of an unknown version can be stored.
+    delete records.items.properties.v.maximum;
+  }
   await kubectl(['replace', '-f', '-'], { kubeconfig: cp.kubeconfig, input: JSON.stringify(crd) });
   const after = JSON.parse(
     await kubectl(['get', 'crd', 'sessions.chaperone.dev', '-o', 'json'], { kubeconfig: cp.kubeconfig }),
@@ -41,8 +45,11 @@ test('in-place tampering after the CEL rules are removed is detected', { timeout
   const custom = kc.makeApiClient(k8s.CustomObjectsApi);
   const signer = await createSigner();
   const commands = [{ text: 'select * from orders' }, { text: 'delete from orders', decision: 'deny' as const }];
-  const names = ['clean', 'edited', 'deleted', 'swapped'];
+  const names = ['clean', 'edited', 'deleted', 'swapped', 'identity'];
   for (const name of names) await createTrail(kc, await buildTrail({ name, namespace: NS, signer, commands }));
+  // Format version 1 (identity on every record) still verifies; an unknown version does not, even hashed and signed.
+  await createTrail(kc, await buildTrail({ name: 'version-1', namespace: NS, signer, commands, version: 1 }));
+  await createTrail(kc, await buildTrail({ name: 'version-3', namespace: NS, signer, commands, version: 3 }));
 
   const tamper = async (name: string, change: (records: Session['spec']['records']) => void) => {
     const s = (await custom.getNamespacedCustomObject({
@@ -74,6 +81,16 @@ test('in-place tampering after the CEL rules are removed is detected', { timeout
   await tamper('swapped', (r) => {
     [r[1], r[2]] = [r[2]!, r[1]!];
   });
+  // Version 2 names the caller once, on session.start; every later record is chained to it.
+  await tamper('identity', (r) => {
+    assert.equal(r[0]!.v, 2);
+    assert.equal(r[0]!.type, 'session.start');
+    assert.ok(
+      r.slice(1).every((x) => x.identity === undefined),
+      'version 2: identity on session.start only',
+    );
+    r[0]!.identity!.subject = 'system:serviceaccount:ci:someone-else';
+  });
 
   const verify = (...args: string[]) => runCli(['verify', ...args], { KUBECONFIG: cp.kubeconfig });
 
@@ -101,9 +118,24 @@ test('in-place tampering after the CEL rules are removed is detected', { timeout
   assert.match(swapped.stdout, /ERROR seq-order\s+default\/swapped, part 0, seq 2: expected seq 4, found 2/);
   assert.match(swapped.stdout, /ERROR broken-link\s+default\/swapped, part 0, seq 3/);
 
+  const identity = await verify('identity', '-o', 'json');
+  assert.equal(identity.code, 1);
+  const identityProblems = JSON.parse(identity.stdout).problems.map(
+    (p: { kind: string; seq?: number }) => `${p.kind}@${String(p.seq)}`,
+  );
+  assert.ok(identityProblems.includes('hash-mismatch@1'), identityProblems.join(', '));
+  assert.ok(identityProblems.includes('metadata-mismatch@1'), 'spec.identity no longer matches session.start');
+
+  const v1 = await verify('version-1');
+  assert.equal(v1.code, 0, v1.stdout + v1.stderr);
+  const v3 = await verify('version-3');
+  assert.equal(v3.code, 1);
+  assert.match(v3.stdout, /ERROR record-format\s+default\/version-3, part 0, seq 1: unknown record format version 3/);
+
   const all = await verify('--all');
   assert.equal(all.code, 1);
   assert.match(all.stdout, /^OK\s+default\/clean/m);
   assert.match(all.stdout, /^FAIL default\/edited/m);
-  assert.match(all.stdout, /1 session\(s\)|4 session\(s\)/);
+  assert.match(all.stdout, /^OK\s+default\/version-1/m);
+  assert.match(all.stdout, /7 session\(s\)/);
 });

@@ -6,7 +6,7 @@ import { isIP } from 'node:net';
 import { parse } from 'yaml';
 import { Type, type Static } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
-import { AUDIT_FAILURE_MODES, TLS_MODES } from '@chaperone/api';
+import { AUDIT_FAILURE_MODES, AUDIT_SPOOL_DURABILITIES, TLS_MODES } from '@chaperone/api';
 
 const literalUnion = <const T extends readonly string[]>(values: T, description: string) =>
   Type.Union(
@@ -348,6 +348,15 @@ export const SidecarConfig = Type.Object(
         spoolDir: Type.Optional(Type.String({ minLength: 1 })),
         /** Bound of the spool, bytes; a full spool refuses records (FailClosed resources deny). Default 256 MiB. */
         spoolMaxBytes: Type.Integer({ minimum: 64 * 1024, default: 256 * 1024 * 1024 }),
+        /**
+         * What a statement waits for before it is forwarded (docs/audit-durability.md): `Synced` (default), its
+         * record fdatasync'ed, surviving a node crash; `Written`, its record written into the spool file,
+         * surviving the sidecar's crash (SIGKILL, OOM kill) but not the node's; fdatasync'ed right behind.
+         */
+        spoolDurability: Type.Union(
+          AUDIT_SPOOL_DURABILITIES.map((v) => Type.Literal(v)),
+          { description: 'Synced (default) or Written.', default: 'Synced' },
+        ),
         /** Time between writes of spooled records into Session objects, ms. Default 1000. */
         flushIntervalMs: Type.Integer({ minimum: 10, maximum: 60_000, default: 1000 }),
         /** With `spoolDir`: also write every record as JSON lines to `path` (an export for a SIEM). Default false. */

@@ -94,6 +94,7 @@ export async function createAuditSink(
     spoolDir: join(audit.spoolDir, 'spool'),
     ...(evidence === undefined ? {} : { evidence, writer: { storeBatchRecords: storeConfig?.batchRecords } }),
     spoolMaxBytes: audit.spoolMaxBytes,
+    spoolDurability: audit.spoolDurability,
     flushIntervalMs: audit.flushIntervalMs,
     store:
       audit.operator === undefined

@@ -16,6 +16,8 @@ export const JSON_LINES_PROBLEM_KINDS = [
   'broken-link',
   'seq-gap',
   'seq-order',
+  /** A record of an unknown format version, or of another version than the rest of its session. */
+  'record-format',
   /** A session's first record in the file is not seq 1. */
   'missing-start',
   /** Records of one session name another resource or pod. */

@@ -28,6 +28,8 @@ export const TRAIL_PROBLEM_KINDS = [
   'seq-gap',
   /** seq goes backwards or repeats: records were reordered or duplicated. */
   'seq-order',
+  /** A record of an unknown format version, or of another version than the rest of its session. */
+  'record-format',
   /** The part this one continues (spec.previousPart) is gone, or a part index is missing. */
   'part-missing',
   /** A part says it was continued (or is not the last index) but no later part exists. */

@@ -8,6 +8,8 @@ import { readTrail } from '../audit/read-trail.ts';
 import { buildEvidence, evidenceDigest, serializeEvidence, verifyEvidence } from '../audit/evidence.ts';
 import { AUTHORITY_OPTIONS, AUTHORITY_USAGE } from '../audit/authority.ts';
 import { EVIDENCE_STORE_OPTIONS, EVIDENCE_STORE_USAGE } from '../audit/evidence-records.ts';
+import { maintainEvidencePartitions } from '../audit/evidence-partitions.ts';
+import { parseGoDuration } from '@chaperone/api';
 import { renderReport } from '../audit/render-report.ts';
 import { parseTimeFlag } from '../audit/session-view.ts';
 import { loadTrustedKeys } from '../audit/trusted-keys.ts';
@@ -22,6 +24,13 @@ export const EVIDENCE_USAGE = `Usage:
   kubectl chaperone evidence verify FILE [--trusted-keys FILE] [--authority-keys FILE] [-o json|yaml]
       Recomputes every hash, link, signature, certificate and checkpoint from the file alone (with the
       authority keys the file carries unless --authority-keys pins them). Exit 0 verified, 1 not.
+  kubectl chaperone evidence partitions --evidence-store URL [--ahead DAYS] [--retain DURATION] [--detach]
+      [--dry-run]
+      Maintains the evidence store's daily partitions: creates those from yesterday to DAYS ahead (default
+      7) and, with --retain (a Go duration, e.g. 2160h), drops the days whose end is older than that, or
+      with --detach detaches them (kept as plain tables, for archiving). URL logs in as a member of the
+      records table's owner (the installer's role; password from PGPASSWORD or ~/.pgpass). Run it daily
+      (a CronJob). Exit 0 done, 1 failed.
 
 Authority flags (export):
 ${AUTHORITY_USAGE}${EVIDENCE_STORE_USAGE}`;
@@ -30,11 +39,12 @@ export async function run(args: string[], io: CommandIo, now: Date = new Date())
   const [sub, ...rest] = args;
   if (sub === 'export') return exportEvidence(rest, io, now);
   if (sub === 'verify') return verifyFile(rest, io);
+  if (sub === 'partitions') return partitions(rest, io, now);
   if (sub === '--help' || sub === '-h' || sub === 'help') {
     io.stdout.write(EVIDENCE_USAGE);
     return 0;
   }
-  io.stderr.write(`error: evidence needs export or verify\n\n${EVIDENCE_USAGE}`);
+  io.stderr.write(`error: evidence needs export, verify or partitions\n\n${EVIDENCE_USAGE}`);
   return 2;
 }
 
@@ -92,6 +102,62 @@ async function exportEvidence(args: string[], io: CommandIo, now: Date): Promise
         `${evidenceDigest(text)}  ${values.output}\n`,
     );
     return bundle.report.ok ? 0 : 1;
+  } catch (err) {
+    io.stderr.write(`error: ${describeError(err)}\n`);
+    return 1;
+  }
+}
+
+async function partitions(args: string[], io: CommandIo, now: Date): Promise<number> {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args,
+      options: {
+        ...EVIDENCE_STORE_OPTIONS,
+        ahead: { type: 'string', default: '7' },
+        retain: { type: 'string' },
+        detach: { type: 'boolean', default: false },
+        'dry-run': { type: 'boolean', default: false },
+      },
+    }));
+  } catch (err) {
+    io.stderr.write(`error: ${(err as Error).message}\n\n${EVIDENCE_USAGE}`);
+    return 2;
+  }
+  const url = values['evidence-store'];
+  const ahead = Number(values.ahead);
+  if (url === undefined || !Number.isInteger(ahead) || ahead < 0 || ahead > 366) {
+    io.stderr.write(`error: evidence partitions needs --evidence-store URL and --ahead 0..366\n`);
+    return 2;
+  }
+  let retainDays: number | undefined;
+  try {
+    retainDays = values.retain === undefined ? undefined : parseGoDuration(values.retain) / 86_400_000;
+  } catch (err) {
+    io.stderr.write(`error: --retain: ${(err as Error).message}\n`);
+    return 2;
+  }
+  if (retainDays !== undefined && retainDays < 1) {
+    io.stderr.write(`error: --retain must be at least 24h (a day is dropped whole)\n`);
+    return 2;
+  }
+  try {
+    const result = await maintainEvidencePartitions(
+      url,
+      { aheadDays: ahead, retainDays, detach: values.detach, dryRun: values['dry-run'], now },
+      (line) => io.stdout.write(`${line}\n`),
+    );
+    io.stdout.write(
+      `${String(result.created.length)} created, ${String(result.expired.length)} ${values.detach ? 'detached' : 'dropped'}, ` +
+        `${String(result.kept)} kept; ${String(result.defaultRows)} row(s) in the default partition\n`,
+    );
+    if (result.defaultRows > 0) {
+      io.stderr.write(
+        `warning: ${String(result.defaultRows)} record(s) in chaperone.audit_records_default: their days had no partition; retention cannot drop them by day\n`,
+      );
+    }
+    return 0;
   } catch (err) {
     io.stderr.write(`error: ${describeError(err)}\n`);
     return 1;

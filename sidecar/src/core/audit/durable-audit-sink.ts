@@ -3,7 +3,7 @@
 // objects by the SessionWriter. Spool entries are acknowledged, and their segments deleted, only once
 // their records are in Kubernetes; on start the spool is replayed, and the writer skips what is already
 // there. See docs/audit-durability.md.
-import { canonicalRecordText, type AuditRecord } from '@chaperone/api';
+import { canonicalRecordText, type AuditRecord, type AuditSpoolDurability } from '@chaperone/api';
 import type { Registry } from 'prom-client';
 import type { Logger } from '../observability/logger.ts';
 import { auditMetrics, type AuditMetrics } from './audit-metrics.ts';
@@ -25,6 +25,8 @@ export interface DurableAuditSinkOptions {
   readonly spoolDir: string;
   /** Bound of the spool, bytes (audit.spoolMaxBytes). */
   readonly spoolMaxBytes: number;
+  /** What a statement waits for before it is forwarded (audit.spoolDurability). Default `Synced`. */
+  readonly spoolDurability?: AuditSpoolDurability;
   /** Spool segment size; default min(16 MiB, spoolMaxBytes / 8). */
   readonly spoolSegmentBytes?: number;
   readonly flushIntervalMs: number;
@@ -109,6 +111,7 @@ export class DurableAuditSink implements AuditSink {
     const { spool, entries, repairs } = Spool.open({
       dir: options.spoolDir,
       maxBytes: options.spoolMaxBytes,
+      ...(options.spoolDurability === undefined ? {} : { durability: options.spoolDurability }),
       ...(options.spoolSegmentBytes === undefined ? {} : { segmentBytes: options.spoolSegmentBytes }),
       onCommit: (_entries, _bytes, seconds) => {
         metrics?.fsyncSeconds.observe(seconds);
@@ -163,7 +166,7 @@ export class DurableAuditSink implements AuditSink {
   }
 
   async flush(): Promise<void> {
-    await this.spool.whenDurable();
+    await this.spool.whenSynced();
     await this.writer.flush();
     await this.also?.flush();
   }
@@ -172,7 +175,7 @@ export class DurableAuditSink implements AuditSink {
     if (this.closed) return;
     this.closed = true;
     this.onClose?.();
-    await this.spool.whenDurable()?.catch(() => undefined);
+    await this.spool.whenSynced()?.catch(() => undefined);
     const emptied = await this.writer.flush(this.closeTimeoutMs);
     await this.writer.stop();
     await this.spool.close();

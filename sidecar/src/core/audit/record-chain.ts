@@ -1,6 +1,7 @@
 // The chain of one agent session's audit records: assigns seq and microsecond UTC time, links each record
 // to the previous one by hash (the first to the pod's previous session, through the PodChain), puts the
-// session's verified identity (with its whole delegation chain) into every record, and hands it to the sink.
+// session's verified identity (with its whole delegation chain) into its session.start record (format
+// version 2: every later record is bound to that one by the chain), and hands it to the sink.
 // Engines describe what happened; this makes it a record.
 import {
   AUDIT_RECORD_VERSION,
@@ -26,7 +27,7 @@ export class RecordChain {
   private prevHash: string | undefined;
   private commandId = 0;
 
-  /** The verified identity every record of the session carries (its whole delegation chain). */
+  /** The verified identity the session.start record carries (its whole delegation chain). */
   private readonly identity: Identity | undefined;
 
   constructor(
@@ -62,7 +63,7 @@ export class RecordChain {
       v: AUDIT_RECORD_VERSION,
       seq: this.seq + 1,
       time: formatAuditTime(this.clock()),
-      ...(this.identity === undefined ? {} : { identity: this.identity }),
+      ...(this.identity === undefined || content.type !== 'session.start' ? {} : { identity: this.identity }),
       ...content,
       prevHash: this.lastHash,
     };

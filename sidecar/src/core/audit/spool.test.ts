@@ -83,6 +83,64 @@ describe('Spool', () => {
     await spool.close();
   });
 
+  it('with durability Written, whenDurable() waits for one write of the pending entries and the sync follows', async () => {
+    const dir = tempDir();
+    const commits: number[] = [];
+    const { spool } = Spool.open({ dir, maxBytes: 1 << 20, durability: 'Written', onCommit: (n) => commits.push(n) });
+    spool.append(Buffer.from('one'));
+    spool.append(Buffer.from('two'));
+    const written = spool.whenDurable();
+    assert.ok(written !== undefined);
+    assert.equal(spool.whenDurable(), written, 'appends of one turn share one write');
+    assert.deepEqual(segmentFiles(dir), [], 'nothing written before the commit');
+    await written;
+    assert.equal(spool.whenDurable(), undefined, 'nothing to wait for once written');
+    const [file] = segmentFiles(dir);
+    assert.ok(file !== undefined);
+    assert.deepEqual(readFileSync(join(dir, file)), Buffer.concat([handFrame(1, 'one'), handFrame(2, 'two')]));
+    const synced = spool.whenSynced();
+    assert.ok(synced !== undefined);
+    await synced;
+    assert.equal(spool.durableId, 2);
+    assert.deepEqual(commits, [2], 'one fdatasync for both');
+    assert.equal(spool.whenSynced(), undefined);
+    await spool.close();
+  });
+
+  it('with durability Written, entries written while a sync runs are synced by the next one, across segment roll-overs', async () => {
+    const dir = tempDir();
+    const commits: number[] = [];
+    const { spool } = Spool.open({
+      dir,
+      maxBytes: 1 << 22,
+      segmentBytes: 4096,
+      durability: 'Written',
+      onCommit: (n) => commits.push(n),
+    });
+    const payload = (i: number) => Buffer.from(`${String(i)}:${'y'.repeat(300)}`);
+    let n = 0;
+    for (let round = 0; round < 40; round++) {
+      for (let i = 0; i < 7; i++) spool.append(payload(++n));
+      // Every other round waits for the write, so later writes land while the fdatasync runs.
+      if (round % 2 === 0) await spool.whenDurable();
+    }
+    await spool.whenSynced();
+    assert.equal(spool.durableId, n);
+    assert.equal(
+      commits.reduce((a, b) => a + b, 0),
+      n,
+      'every entry was covered by exactly one group commit',
+    );
+    assert.ok(segmentFiles(dir).length > 5, 'segments rolled over');
+    await spool.close();
+    const reopened = Spool.open({ dir, maxBytes: 1 << 22 });
+    assert.deepEqual(
+      reopened.entries.map((e) => e.payload.toString()),
+      Array.from({ length: n }, (_, i) => payload(i + 1).toString()),
+    );
+    await reopened.spool.close();
+  });
+
   it('refuses entries beyond its bound, keeps a reserve for priority entries, and frees space on acknowledge', async () => {
     const dir = tempDir();
     const { spool } = Spool.open({ dir, maxBytes: 16 * 1024, segmentBytes: 2048, reserveBytes: 1024 });
@@ -194,6 +252,48 @@ describe('Spool', () => {
       script,
       `import { Spool } from ${JSON.stringify(new URL('./spool.ts', import.meta.url).pathname)};
 const { spool } = Spool.open({ dir: ${JSON.stringify(spoolDir)}, maxBytes: 256 * 1024 * 1024, segmentBytes: 64 * 1024 });
+let n = 0;
+const payload = 'x'.repeat(300);
+for (;;) {
+  for (let i = 0; i < 50; i++) { n += 1; spool.append(Buffer.from(n + ':' + payload)); }
+  await spool.whenDurable();
+  process.stdout.write('durable ' + n + '\\n');
+}
+`,
+    );
+    const child = spawn(process.execPath, [script], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let durable = 0;
+    await new Promise<void>((resolve, reject) => {
+      child.once('error', reject);
+      createInterface({ input: child.stdout }).on('line', (line) => {
+        durable = Number(line.split(' ')[1]);
+        // Kill while it is writing at full speed, somewhere in the middle of a batch.
+        if (durable >= 2000 && child.exitCode === null) {
+          child.kill('SIGKILL');
+          resolve();
+        }
+      });
+    });
+    await new Promise((resolve) => child.once('exit', resolve));
+    const { entries, spool } = Spool.open({ dir: spoolDir, maxBytes: 256 * 1024 * 1024 });
+    assert.ok(entries.length >= durable, `${String(entries.length)} entries, ${String(durable)} reported durable`);
+    entries.forEach((e, i) => {
+      assert.equal(e.id, i + 1);
+      assert.ok(e.payload.toString().startsWith(`${String(i + 1)}:`));
+    });
+    const next = spool.append(Buffer.from('after restart'));
+    assert.equal(next, entries.length + 1);
+    await spool.close();
+  });
+
+  it('with durability Written, keeps every entry whenDurable() reported written when the process is killed with SIGKILL', async () => {
+    const dir = tempDir();
+    const script = join(dir, 'writer.ts');
+    const spoolDir = join(dir, 'spool');
+    writeFileSync(
+      script,
+      `import { Spool } from ${JSON.stringify(new URL('./spool.ts', import.meta.url).pathname)};
+const { spool } = Spool.open({ dir: ${JSON.stringify(spoolDir)}, maxBytes: 256 * 1024 * 1024, segmentBytes: 64 * 1024, durability: 'Written' });
 let n = 0;
 const payload = 'x'.repeat(300);
 for (;;) {

@@ -1,6 +1,8 @@
 // The local audit spool: an append-only log of framed entries in segment files, made durable by group
 // commit (one fdatasync per batch; appends made while a batch is being synced join the next one) and
-// bounded in size. Entries are deleted a whole segment at a time once acknowledged (they are in Kubernetes).
+// bounded in size. With durability `Written`, `whenDurable()` waits only until the pending frames are
+// written into the file (one write per event-loop turn for all of them, on the event loop, no thread-pool
+// round trip); the fdatasync still runs per batch behind, and writes go on while it runs. Entries are deleted a whole segment at a time once acknowledged (they are in Kubernetes).
 // After a crash, `Spool.open` returns every unacknowledged entry and truncates a torn tail write.
 //
 // Frame: u32 payload length | u32 CRC-32 of (id, payload) | u32 id high | u32 id low | payload.
@@ -9,6 +11,7 @@
 import {
   closeSync,
   fdatasync,
+  fdatasyncSync,
   fsync,
   ftruncateSync,
   mkdirSync,
@@ -23,6 +26,7 @@ import {
 } from 'node:fs';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
+import type { AuditSpoolDurability as SpoolDurability } from '@chaperone/api';
 import { AuditUnavailable } from './audit-sink.ts';
 
 export const FRAME_HEADER_BYTES = 16;
@@ -43,6 +47,12 @@ export interface SpoolOptions {
   readonly reserveBytes?: number;
   /** How long after a failed write appends keep failing with `disk-error` before the next try, ms. Default 1000. */
   readonly writeRetryMs?: number;
+  /**
+   * What `whenDurable()` waits for: `Synced`, the entry's batch written and fdatasync'ed (survives a node
+   * crash); `Written`, the entry written into the segment file (survives the process's crash), synced behind.
+   * Default `Synced`.
+   */
+  readonly durability?: SpoolDurability;
   /** Called after each batch is durable, with its size and how long the fdatasync took (seconds). */
   readonly onCommit?: (entries: number, bytes: number, syncSeconds: number) => void;
   /** Called when a write or fsync fails. */
@@ -66,9 +76,18 @@ export interface SpoolOpenResult {
 interface Segment {
   readonly base: number;
   readonly path: string;
-  /** Last durable id in the segment (base - 1 when empty). */
+  /** Last id written into the segment (base - 1 when empty). */
   last: number;
+  /** Bytes written into the segment. */
   bytes: number;
+}
+
+/** The fdatasync in flight: the batch it settles, the last id it covers, the file it syncs. */
+interface Sync {
+  readonly batch: Batch;
+  readonly throughId: number;
+  readonly fd: number;
+  readonly bytes: number;
 }
 
 interface Batch {
@@ -139,6 +158,7 @@ export class Spool {
   private readonly segmentBytes: number;
   private readonly reserveBytes: number;
   private readonly writeRetryMs: number;
+  private readonly durability: SpoolDurability;
   private readonly onCommit: SpoolOptions['onCommit'];
   private readonly onError: SpoolOptions['onError'];
   /** Closed segments, oldest first; the active one is separate. */
@@ -147,12 +167,23 @@ export class Spool {
   private activeFd = -1;
   private nextId: number;
   private acked: number;
+  /** Highest id fdatasync'ed, and highest written into a segment file. */
   private durable: number;
+  private written: number;
+  /** Bytes written since the last sync started (reported by onCommit). */
+  private writtenBytes = 0;
   private used = 0;
   private pending: Buffer[] = [];
   private pendingBytes = 0;
+  /** Settled by the next sync to start: it covers everything appended before it starts. */
   private pendingBatch: Batch | undefined;
-  private committing: Batch | undefined;
+  /** With `Written`: settled when the pending frames are written (the next commit). */
+  private writeBatch: Batch | undefined;
+  private syncing: Sync | undefined;
+  /** A segment file was created since the last sync started: the directory needs an fsync too. */
+  private dirDirty = false;
+  /** Files of segments rolled over while a sync on them ran: closed when it ends. */
+  private retiredFds: number[] = [];
   private scheduled = false;
   private writeFailedUntil = 0;
   private syncFailed: Error | undefined;
@@ -164,11 +195,13 @@ export class Spool {
     this.segmentBytes = options.segmentBytes ?? Math.min(16 * 1024 * 1024, Math.floor(options.maxBytes / 8));
     this.reserveBytes = options.reserveBytes ?? Math.floor(options.maxBytes / 16);
     this.writeRetryMs = options.writeRetryMs ?? 1000;
+    this.durability = options.durability ?? 'Synced';
     this.onCommit = options.onCommit;
     this.onError = options.onError;
     this.nextId = nextId;
     this.acked = acked;
     this.durable = nextId - 1;
+    this.written = nextId - 1;
   }
 
   /** Opens (or creates) the spool in `options.dir` and reads back every unacknowledged entry. */
@@ -279,23 +312,32 @@ export class Spool {
     this.pending.push(encodeFrame(id, payload));
     this.pendingBytes += size;
     this.used += size;
-    if (this.committing === undefined && !this.scheduled) {
-      this.scheduled = true;
-      setImmediate(this.commit);
-    }
+    this.schedule();
     return id;
   }
 
   /**
-   * Resolves when every entry appended so far is durable (rejects with AuditUnavailable if its batch
-   * failed); undefined when nothing is waiting, so callers on the fast path allocate nothing.
+   * Resolves when every entry appended so far is durable in the spool's durability (rejects with
+   * AuditUnavailable if that failed); undefined when nothing is waiting, so callers on the fast path
+   * allocate nothing. `Written`: when the pending entries are written into the file (the commit at the end
+   * of this event-loop turn writes everything appended in it at once).
    */
   whenDurable(): Promise<void> | undefined {
-    if (this.pending.length > 0) {
+    if (this.durability === 'Synced') return this.whenSynced();
+    if (this.pending.length === 0) return undefined;
+    this.writeBatch ??= newBatch();
+    return this.writeBatch.promise;
+  }
+
+  /** Resolves when every entry appended so far is fdatasync'ed (whatever the durability); undefined when it is. */
+  whenSynced(): Promise<void> | undefined {
+    // After a failed sync nothing more becomes durable; the failure was reported to the waiters then.
+    if (this.syncFailed !== undefined) return undefined;
+    if (this.pending.length > 0 || this.written > Math.max(this.durable, this.syncing?.throughId ?? 0)) {
       this.pendingBatch ??= newBatch();
       return this.pendingBatch.promise;
     }
-    return this.committing?.promise;
+    return this.syncing?.batch.promise;
   }
 
   /** Marks every entry up to `id` as delivered; whole segments at or below it are deleted. */
@@ -311,7 +353,7 @@ export class Spool {
     if (
       active !== undefined &&
       active.last <= upTo &&
-      this.committing === undefined &&
+      this.syncing === undefined &&
       this.pending.length === 0 &&
       active.bytes > 0
     ) {
@@ -334,7 +376,7 @@ export class Spool {
   /** Waits for pending batches and closes the files. Appends after this throw `closed`. */
   async close(): Promise<void> {
     this.closed = true;
-    for (let b = this.whenDurable(); b !== undefined; b = this.whenDurable()) {
+    for (let b = this.whenSynced(); b !== undefined; b = this.whenSynced()) {
       await b.catch(() => undefined);
     }
     if (this.activeFd >= 0) closeSync(this.activeFd);
@@ -350,81 +392,153 @@ export class Spool {
     this.used -= s.bytes;
   }
 
-  private readonly commit = (): void => {
-    this.scheduled = false;
-    if (this.pending.length === 0 || this.committing !== undefined) return;
+  private schedule(): void {
+    if (this.scheduled) return;
+    // `Synced` writes a batch only when its sync can start; `Written` writes while a sync runs.
+    if (this.durability === 'Synced' && this.syncing !== undefined) return;
+    this.scheduled = true;
+    setImmediate(this.commit);
+  }
+
+  /**
+   * Writes the pending frames into the active segment with one write (rolling over to a new segment at a
+   * batch boundary) and returns undefined, or fails their batch and returns the error.
+   */
+  private writePending(): AuditUnavailable | undefined {
     const frames = this.pending;
     const bytes = this.pendingBytes;
-    const batch = this.pendingBatch ?? newBatch();
     const lastId = this.nextId - 1;
     const firstId = lastId - frames.length + 1;
     this.pending = [];
     this.pendingBytes = 0;
-    this.pendingBatch = undefined;
-    this.committing = batch;
-
-    let createdSegment = false;
-    let segment: Segment;
     let startOffset = 0;
     try {
       if (this.active !== undefined && this.active.bytes > 0 && this.active.bytes + bytes > this.segmentBytes) {
-        closeSync(this.activeFd);
-        this.activeFd = -1;
-        this.segments.push(this.active);
-        this.active = undefined;
+        this.retireActive();
       }
       if (this.active === undefined) {
         const path = join(this.dir, segmentName(firstId));
         this.activeFd = openSync(path, 'a', 0o600);
         this.active = { base: firstId, path, last: firstId - 1, bytes: statSync(path).size };
-        createdSegment = true;
+        // A new segment's directory entry must be durable too, or a crash could lose the whole file.
+        this.dirDirty = true;
       }
-      segment = this.active;
+      const segment = this.active;
       startOffset = segment.bytes;
       const data = frames.length === 1 ? (frames[0] as Buffer) : Buffer.concat(frames, bytes);
-      let written = 0;
-      while (written < data.length) written += writeSync(this.activeFd, data, written);
+      let done = 0;
+      while (done < data.length) done += writeSync(this.activeFd, data, done);
+      segment.bytes += bytes;
+      segment.last = lastId;
     } catch (err) {
-      this.failWrite(err as Error, batch, bytes, startOffset);
+      return this.failWrite(err as Error, bytes, startOffset);
+    }
+    this.written = lastId;
+    this.writtenBytes += bytes;
+    return undefined;
+  }
+
+  /** Closes the active segment (after a sync of what the running sync may not cover) and keeps it for deletion. */
+  private retireActive(): void {
+    const active = this.active;
+    if (active === undefined) return;
+    if (this.written > this.durable) {
+      // Writes a running sync may not cover are in this file (only with `Written`): sync them now, once a
+      // segment. Earlier segments were synced when they rolled over, so everything written is durable.
+      const started = process.hrtime.bigint();
+      this.syncNow();
+      this.onCommit?.(this.written - this.durable, this.writtenBytes, Number(process.hrtime.bigint() - started) / 1e9);
+      this.durable = this.written;
+      this.writtenBytes = 0;
+    }
+    // A running sync still uses the file: close it when that sync ends.
+    if (this.syncing !== undefined && this.syncing.fd === this.activeFd) this.retiredFds.push(this.activeFd);
+    else closeSync(this.activeFd);
+    this.activeFd = -1;
+    this.segments.push(active);
+    this.active = undefined;
+  }
+
+  /** One group commit: write what is pending, then one fdatasync for everything written so far. */
+  private readonly commit = (): void => {
+    this.scheduled = false;
+    if (this.pending.length > 0 && (this.durability === 'Written' || this.syncing === undefined)) {
+      const written = this.writeBatch;
+      this.writeBatch = undefined;
+      const failed = this.writePending();
+      if (failed !== undefined) {
+        written?.reject(failed);
+        return;
+      }
+      written?.resolve();
+    }
+    if (this.syncing !== undefined) return;
+    if (this.written <= this.durable || this.activeFd < 0) {
+      // Nothing to sync (or the last segment was dropped by acknowledge(), its entries all delivered).
+      this.durable = this.written;
+      const batch = this.pendingBatch;
+      this.pendingBatch = undefined;
+      batch?.resolve();
       return;
     }
+    const batch = this.pendingBatch ?? newBatch();
+    this.pendingBatch = undefined;
+    const sync: Sync = { batch, throughId: this.written, fd: this.activeFd, bytes: this.writtenBytes };
+    this.syncing = sync;
+    this.writtenBytes = 0;
+    const syncDir = this.dirDirty;
+    this.dirDirty = false;
     const started = process.hrtime.bigint();
-    const syncDir = createdSegment;
-    fdatasync(this.activeFd, (err) => {
+    fdatasync(sync.fd, (err) => {
       if (err !== null) {
-        this.failSync(err, batch);
+        this.failSync(err);
         return;
       }
       const finish = () => {
-        segment.last = lastId;
-        segment.bytes += bytes;
-        this.durable = lastId;
-        this.committing = undefined;
-        this.onCommit?.(frames.length, bytes, Number(process.hrtime.bigint() - started) / 1e9);
+        // A roll-over during the sync may have made more durable already (retireActive).
+        const entries = sync.throughId - this.durable;
+        this.durable = Math.max(this.durable, sync.throughId);
+        this.syncing = undefined;
+        this.closeRetired();
+        if (entries > 0) this.onCommit?.(entries, sync.bytes, Number(process.hrtime.bigint() - started) / 1e9);
         batch.resolve();
-        if (this.pending.length > 0) this.commit();
+        if (this.pending.length > 0 || this.written > this.durable) this.commit();
       };
       if (!syncDir) {
         finish();
         return;
       }
-      // A new segment's directory entry must be durable too, or a crash could lose the whole file.
       let dirFd: number;
       try {
         dirFd = openSync(this.dir, 'r');
       } catch (dirErr) {
-        this.failSync(dirErr as Error, batch);
+        this.failSync(dirErr as Error);
         return;
       }
       fsync(dirFd, (dirErr) => {
         closeSync(dirFd);
-        if (dirErr !== null) this.failSync(dirErr, batch);
+        if (dirErr !== null) this.failSync(dirErr);
         else finish();
       });
     });
   };
 
-  private failWrite(err: Error, batch: Batch, bytes: number, startOffset: number): void {
+  /** fdatasync of the active segment on the event loop (only when one rolls over behind a running sync). */
+  private syncNow(): void {
+    try {
+      fdatasyncSync(this.activeFd);
+    } catch (err) {
+      this.syncFailed = err as Error;
+      throw err;
+    }
+  }
+
+  private closeRetired(): void {
+    for (const fd of this.retiredFds) closeSync(fd);
+    this.retiredFds = [];
+  }
+
+  private failWrite(err: Error, bytes: number, startOffset: number): AuditUnavailable {
     // Cut a partial write back off so the segment stays a clean sequence of frames; the batch is lost.
     if (this.activeFd >= 0) {
       try {
@@ -435,24 +549,31 @@ export class Spool {
     }
     this.used -= bytes;
     this.writeFailedUntil = Date.now() + this.writeRetryMs;
-    this.committing = undefined;
     this.onError?.(err);
-    batch.reject(new AuditUnavailable('disk-error', `audit spool write failed: ${err.message}`, { cause: err }));
-    this.failPending(err);
+    const failure = new AuditUnavailable('disk-error', `audit spool write failed: ${err.message}`, { cause: err });
+    // Entries appended before it may already be written; those wait for the next sync as usual.
+    const batch = this.pendingBatch;
+    this.pendingBatch = undefined;
+    batch?.reject(failure);
+    return failure;
   }
 
-  private failSync(err: Error, batch: Batch): void {
+  private failSync(err: Error): void {
     // After a failed fsync the page cache can no longer be trusted (the kernel may have dropped the
     // dirty pages); the spool refuses everything from now on.
     this.syncFailed = err;
-    this.committing = undefined;
+    const sync = this.syncing;
+    this.syncing = undefined;
+    this.closeRetired();
     this.onError?.(err);
-    batch.reject(new AuditUnavailable('disk-error', `audit spool fsync failed: ${err.message}`, { cause: err }));
+    sync?.batch.reject(new AuditUnavailable('disk-error', `audit spool fsync failed: ${err.message}`, { cause: err }));
     this.failPending(err);
   }
 
   private failPending(err: Error): void {
-    if (this.pending.length === 0) return;
+    const written = this.writeBatch;
+    this.writeBatch = undefined;
+    written?.reject(new AuditUnavailable('disk-error', `audit spool fsync failed: ${err.message}`, { cause: err }));
     const batch = this.pendingBatch;
     this.used -= this.pendingBytes;
     this.pending = [];
