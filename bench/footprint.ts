@@ -55,7 +55,13 @@ export interface ManyClientsResult {
 }
 
 export interface FootprintResult {
-  readonly idle: { readonly sidecar: MemorySample; readonly pgbouncer: MemorySample | undefined };
+  readonly idle: {
+    /** 5 s after `ready`: no session yet, so the SQL parser is not loaded (it loads with the first one). */
+    readonly sidecar: MemorySample;
+    readonly pgbouncer: MemorySample | undefined;
+    /** 5 s after one single-transaction session: at rest with the SQL parser loaded. */
+    readonly sidecarAfterFirstSession: MemorySample;
+  };
   readonly storm: {
     readonly argv: string;
     readonly rounds: number;
@@ -239,9 +245,17 @@ export async function runFootprintBench(ctx: FootprintContext): Promise<Footprin
 
     // ---- at rest: the sidecar as started, after a moment to settle ------------------------------------
     await sleep(5_000);
-    const idle = { sidecar: await sample(), pgbouncer: await memorySample(ctx.pgbouncerPid) };
+    const idleSidecar = await sample();
+    const idlePgbouncer = await memorySample(ctx.pgbouncerPid);
     console.log(
-      `  idle RSS: sidecar ${mib(idle.sidecar)} (heap used ${(idle.sidecar.heapUsedMiB ?? 0).toFixed(1)} MiB, total ${(idle.sidecar.heapTotalMiB ?? 0).toFixed(1)} MiB, external ${(idle.sidecar.externalMiB ?? 0).toFixed(1)} MiB); PgBouncer ${mib(idle.pgbouncer)}`,
+      `  idle RSS: sidecar ${mib(idleSidecar)} (${idleSidecar.rssAnonMiB.toFixed(1)} anonymous; heap used ${(idleSidecar.heapUsedMiB ?? 0).toFixed(1)} MiB, total ${(idleSidecar.heapTotalMiB ?? 0).toFixed(1)} MiB, external ${(idleSidecar.externalMiB ?? 0).toFixed(1)} MiB); PgBouncer ${mib(idlePgbouncer)}`,
+    );
+    // One session of one transaction loads the SQL parser; then at rest again.
+    await ctx.pgbench(['-n', '-S', '-c', '1', '-t', '1'], envs.sidecar);
+    await sleep(5_000);
+    const idle = { sidecar: idleSidecar, pgbouncer: idlePgbouncer, sidecarAfterFirstSession: await sample() };
+    console.log(
+      `  idle RSS after one session: sidecar ${mib(idle.sidecarAfterFirstSession)} (${idle.sidecarAfterFirstSession.rssAnonMiB.toFixed(1)} anonymous)`,
     );
 
     // A short warm-up, so that the storm measures connections rather than the first statements' compiling.
@@ -287,6 +301,9 @@ export async function runFootprintBench(ctx: FootprintContext): Promise<Footprin
     const manyArgv = ['-n', '-S', '-c', '150', '-j', '2', '-T', String(manySeconds)];
     const manyBy = {} as Record<FootprintTarget, ManyClientsResult>;
     for (const target of ['direct', 'pgbouncer', 'sidecar'] as const) {
+      // Unmeasured warm-up: PgBouncer opens its server connections one login at a time, which on a busy
+      // machine can take longer than the measured run (0 transactions in 8 s was seen at load ~20).
+      await ctx.pgbench(['-n', '-S', '-c', '150', '-j', '2', '-T', '3'], envs[target]);
       const cpuBefore = cpuMicros(pids[target]);
       const out = await ctx.pgbench(manyArgv, envs[target]);
       const cpuAfter = cpuMicros(pids[target]);

@@ -354,7 +354,11 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
       }
       // What the server reported before its first ReadyForQuery, checked before AuthenticationOk reaches the client.
       const state = checkServerReports(upstream, pins);
-      analyzer = analyzerFor(this.ctx, state);
+      analyzer = await analyzerFor(this.ctx, state);
+      if (this.isClosed()) {
+        upstream.socket.destroy();
+        return;
+      }
       this.serverState = state;
       clearTimeout(this.authTimer);
     } catch (err) {

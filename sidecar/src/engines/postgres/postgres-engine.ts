@@ -1,4 +1,5 @@
-// The PostgreSQL engine (core/engine.ts): loads the SQL parser once per process (one analyzer per upstream
+// The PostgreSQL engine (core/engine.ts): loads the SQL parser once per process, on the first client
+// connection rather than at start (an idle sidecar does not carry its ~25 MiB; one analyzer per upstream
 // major version, shared by every resource), and for each configured resource binds an endpoint that keeps
 // the resource's TLS context, upstream settings, the table of client-facing cancel keys (so a CancelRequest
 // on a new connection reaches the right upstream session) and the count of unauthenticated connections per
@@ -39,15 +40,22 @@ export interface PostgresEngineOptions {
 }
 
 export function createPostgresEngine(options: PostgresEngineOptions = {}): Engine<PostgresListenerConfig> {
-  let analyzers: SqlAnalyzers | undefined;
+  let loading: Promise<SqlAnalyzers> | undefined;
+  const analyzers = (): Promise<SqlAnalyzers> => {
+    loading ??= loadSqlParser().then(
+      () => options.analyzers?.() ?? createSqlAnalyzers({ cacheSize: ANALYSIS_CACHE_SIZE }),
+      (err: unknown) => {
+        loading = undefined; // the next connection tries again
+        throw err;
+      },
+    );
+    return loading;
+  };
   return {
     type: 'postgres',
-    async init() {
-      await loadSqlParser();
-      analyzers = options.analyzers?.() ?? createSqlAnalyzers({ cacheSize: ANALYSIS_CACHE_SIZE });
-    },
+    // The parser is loaded by the first connection (analyzers()), not here.
+    init: () => Promise.resolve(),
     bind(config, services) {
-      if (analyzers === undefined) throw new Error('the PostgreSQL engine is bound before init()');
       return new PostgresEndpoint(config, services, analyzers);
     },
   };
@@ -58,7 +66,7 @@ class PostgresEndpoint implements ResourceEndpoint, ConnectionContext {
   readonly services: EngineServices;
   readonly resource: ResourceContext;
   readonly logger: Logger;
-  readonly analyzers: SqlAnalyzers;
+  readonly analyzers: () => Promise<SqlAnalyzers>;
   readonly tls: SecureContext | undefined;
   readonly sendCancel = sendCancelRequest;
   readonly bytesFromClients: LocalCounter;
@@ -70,7 +78,7 @@ class PostgresEndpoint implements ResourceEndpoint, ConnectionContext {
   readonly catalog: RelationCatalog;
   readonly maskingHashKey: Buffer;
 
-  constructor(config: PostgresListenerConfig, services: EngineServices, analyzers: SqlAnalyzers) {
+  constructor(config: PostgresListenerConfig, services: EngineServices, analyzers: () => Promise<SqlAnalyzers>) {
     this.config = config;
     this.services = services;
     this.analyzers = analyzers;
