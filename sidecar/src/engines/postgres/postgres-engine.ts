@@ -18,6 +18,7 @@ import { loadSqlParser } from './analysis/analyze-sql.ts';
 import { createSqlAnalyzers, type SqlAnalyzers } from './analysis/sql-analyzer.ts';
 import type { CancelTarget, ConnectionContext } from './connection-context.ts';
 import { PostgresConnection } from './postgres-connection.ts';
+import { cachedLookup } from './upstream-address-cache.ts';
 import { RelationCatalog } from './masking/relation-catalog.ts';
 import { PROCESS_HASH_KEY } from '../../core/masking/mask-value.ts';
 import {
@@ -77,6 +78,8 @@ class PostgresEndpoint implements ResourceEndpoint, ConnectionContext {
   private readonly upstreamTlsOptions: UpstreamTlsOptions;
   readonly catalog: RelationCatalog;
   readonly maskingHashKey: Buffer;
+  /** The upstream host's addresses, reused for a few seconds (upstream-address-cache.ts). */
+  private readonly lookup = cachedLookup();
 
   constructor(config: PostgresListenerConfig, services: EngineServices, analyzers: () => Promise<SqlAnalyzers>) {
     this.config = config;
@@ -146,7 +149,7 @@ class PostgresEndpoint implements ResourceEndpoint, ConnectionContext {
   }
 
   connect(options: UpstreamConnectOptions): Promise<UpstreamConnection> {
-    return connectUpstream(options);
+    return connectUpstream({ lookup: this.lookup, ...options });
   }
 
   register(connection: CancelTarget): void {
