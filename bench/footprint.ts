@@ -55,7 +55,13 @@ export interface ManyClientsResult {
 }
 
 export interface FootprintResult {
-  readonly idle: { readonly sidecar: MemorySample; readonly pgbouncer: MemorySample | undefined };
+  readonly idle: {
+    /** 5 s after `ready`: no session yet, so the SQL parser is not loaded (it loads with the first one). */
+    readonly sidecar: MemorySample;
+    readonly pgbouncer: MemorySample | undefined;
+    /** 5 s after one single-transaction session: at rest with the SQL parser loaded. */
+    readonly sidecarAfterFirstSession: MemorySample;
+  };
   readonly storm: {
     readonly argv: string;
     readonly rounds: number;
@@ -239,9 +245,17 @@ export async function runFootprintBench(ctx: FootprintContext): Promise<Footprin
 
     // ---- at rest: the sidecar as started, after a moment to settle ------------------------------------
     await sleep(5_000);
-    const idle = { sidecar: await sample(), pgbouncer: await memorySample(ctx.pgbouncerPid) };
+    const idleSidecar = await sample();
+    const idlePgbouncer = await memorySample(ctx.pgbouncerPid);
     console.log(
-      `  idle RSS: sidecar ${mib(idle.sidecar)} (heap used ${(idle.sidecar.heapUsedMiB ?? 0).toFixed(1)} MiB, total ${(idle.sidecar.heapTotalMiB ?? 0).toFixed(1)} MiB, external ${(idle.sidecar.externalMiB ?? 0).toFixed(1)} MiB); PgBouncer ${mib(idle.pgbouncer)}`,
+      `  idle RSS: sidecar ${mib(idleSidecar)} (${idleSidecar.rssAnonMiB.toFixed(1)} anonymous; heap used ${(idleSidecar.heapUsedMiB ?? 0).toFixed(1)} MiB, total ${(idleSidecar.heapTotalMiB ?? 0).toFixed(1)} MiB, external ${(idleSidecar.externalMiB ?? 0).toFixed(1)} MiB); PgBouncer ${mib(idlePgbouncer)}`,
+    );
+    // One session of one transaction loads the SQL parser; then at rest again.
+    await ctx.pgbench(['-n', '-S', '-c', '1', '-t', '1'], envs.sidecar);
+    await sleep(5_000);
+    const idle = { sidecar: idleSidecar, pgbouncer: idlePgbouncer, sidecarAfterFirstSession: await sample() };
+    console.log(
+      `  idle RSS after one session: sidecar ${mib(idle.sidecarAfterFirstSession)} (${idle.sidecarAfterFirstSession.rssAnonMiB.toFixed(1)} anonymous)`,
     );
 
     // A short warm-up, so that the storm measures connections rather than the first statements' compiling.
@@ -287,12 +301,26 @@ export async function runFootprintBench(ctx: FootprintContext): Promise<Footprin
     const manyArgv = ['-n', '-S', '-c', '150', '-j', '2', '-T', String(manySeconds)];
     const manyBy = {} as Record<FootprintTarget, ManyClientsResult>;
     for (const target of ['direct', 'pgbouncer', 'sidecar'] as const) {
-      const cpuBefore = cpuMicros(pids[target]);
-      const out = await ctx.pgbench(manyArgv, envs[target]);
+      // pgbench's -T includes logging in its 150 clients, 75 per thread one after the other: on a busy
+      // machine (load ~20) that took longer than 8 s for every target (0 transactions). So an unmeasured
+      // warm-up first (PgBouncer's server pool fills), and a run that processed nothing is repeated once
+      // with twice the time.
+      await ctx.pgbench(['-n', '-S', '-c', '150', '-j', '2', '-T', '3'], envs[target]);
+      let argv = manyArgv;
+      let cpuBefore = cpuMicros(pids[target]);
+      let out = await ctx.pgbench(argv, envs[target]);
+      if (/number of transactions actually processed: 0\b/.test(out)) {
+        argv = [...manyArgv.slice(0, -1), String(2 * manySeconds)];
+        console.log(
+          `  150 clients ${target}: no transaction in ${String(manySeconds)} s (logging in took longer); again`,
+        );
+        cpuBefore = cpuMicros(pids[target]);
+        out = await ctx.pgbench(argv, envs[target]);
+      }
       const cpuAfter = cpuMicros(pids[target]);
-      const txns = numberIn(out, /number of transactions actually processed: (\d+)/, 'transactions');
+      const txns = numberIn(out, /number of transactions actually processed: (\d+)/, `transactions (${target})`);
       manyBy[target] = {
-        tps: numberIn(out, /tps = ([\d.]+) \(without initial connection time\)/, 'tps'),
+        tps: numberIn(out, /tps = ([\d.]+) \(without initial connection time\)/, `tps (${target})`),
         latencyMs: numberIn(out, /latency average = ([\d.]+) ms/, 'latency'),
         proxyCpuUsPerTxn: cpuBefore === undefined || cpuAfter === undefined ? undefined : (cpuAfter - cpuBefore) / txns,
       };

@@ -116,6 +116,11 @@ const { values: args } = parseArgs({
     evidence: { type: 'boolean' },
     /** Only the footprint part (bench/footprint.ts): memory, connection storm, 150 clients, audit size. */
     'footprint-only': { type: 'boolean' },
+    /**
+     * A CPU profile of the sidecar under one footprint shape: `storm` (pgbench -C -c 8) or `clients150`
+     * (pgbench -S -c 150), BENCH_SECONDS long (default 15); summary printed, profile in tmp/bench-profiles.
+     */
+    'footprint-profile': { type: 'string' },
   },
   strict: true,
 });
@@ -949,6 +954,44 @@ async function footprintOnly(): Promise<void> {
   console.log(`\nbench: results in ${RESULTS_FILE}`);
 }
 
+/** `--footprint-profile storm|clients150`: the sidecar under `node --cpu-prof` for one footprint shape. */
+async function footprintProfile(shape: string): Promise<void> {
+  const argvOf: Record<string, string[]> = {
+    storm: ['-n', '-S', '-C', '-c', '8', '-j', '2'],
+    clients150: ['-n', '-S', '-c', '150', '-j', '2'],
+  };
+  const argv = argvOf[shape];
+  if (argv === undefined) throw new Error(`--footprint-profile: one of ${Object.keys(argvOf).join(', ')}`);
+  const seconds = Number(process.env.BENCH_SECONDS ?? 15);
+  const pg = await setUp();
+  mkdirSync(PROFILE_DIR, { recursive: true });
+  const profDir = join(runDir ?? '', `prof-footprint-${shape}`);
+  mkdirSync(profDir, { recursive: true });
+  const side = await startSidecar(pg, join(runDir ?? '', `sidecar-prof-${shape}`), {
+    nodeArgs: ['--cpu-prof', `--cpu-prof-dir=${profDir}`, '--cpu-prof-interval=200'],
+  });
+  sidecar = side;
+  const env = side.libpqEnv(await sidecarToken(side, 3600));
+  const pid = side.process.pid;
+  await run(pgTool('pgbench'), [...argv, '-T', '2'], env); // warm-up
+  const cpuOf = (c: ReturnType<typeof cpuMicros>) => (c === undefined ? 0 : c.user + c.sys);
+  const cpuBefore = cpuOf(cpuMicros(pid));
+  const { stdout } = await run(pgTool('pgbench'), [...argv, '-T', String(seconds)], env);
+  const cpu = cpuOf(cpuMicros(pid)) - cpuBefore;
+  const txns = Number(/number of transactions actually processed: (\d+)/.exec(stdout)?.[1] ?? NaN);
+  await side.stop();
+  sidecar = undefined;
+  const file = readdirSync(profDir).find((f) => f.endsWith('.cpuprofile'));
+  if (file === undefined) throw new Error(`the sidecar wrote no .cpuprofile into ${profDir}`);
+  const kept = join(PROFILE_DIR, `sidecar-footprint-${shape}.cpuprofile`);
+  copyFileSync(join(profDir, file), kept);
+  const text = formatProfileSummary(summariseProfile(kept, 40));
+  writeFileSync(join(PROFILE_DIR, `sidecar-footprint-${shape}.txt`), `${text}\n`);
+  console.log(
+    `\n== footprint ${shape}: ${String(txns)} transactions in ${String(seconds)} s, sidecar CPU ${(cpu / txns).toFixed(0)} µs each (profiler on; ${uptime()}) ==\n${text}`,
+  );
+}
+
 interface Variant {
   readonly name: string;
   readonly description: string;
@@ -1110,6 +1153,7 @@ try {
   if (args.profile === true) await profile();
   else if (args.evidence === true) await evidenceOnly();
   else if (args['footprint-only'] === true) await footprintOnly();
+  else if (args['footprint-profile'] !== undefined) await footprintProfile(args['footprint-profile']);
   else await benchmark();
 } catch (err) {
   // An interrupt kills pgbench under a run; the signal handler reports that and sets the exit status.

@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { imageStage } from '../../images/dockerfile.ts';
 import { LAYERS, NONROOT_UID } from '../../images/rootfs.ts';
 import { REPO_ROOT } from '../harness/tools.ts';
+import { SIDECAR_NODE_FLAGS } from '../../sidecar/src/bin/node-flags.ts';
 
 const dockerfile = readFileSync(join(REPO_ROOT, 'images', 'Dockerfile'), 'utf8');
 
@@ -27,11 +28,11 @@ test('the operator, sidecar and agent stages are understood entirely, as non-roo
   assert.deepEqual(Object.keys(operator.config.ExposedPorts).sort(), ['8080/tcp', '9443/tcp']);
   const sidecar = imageStage(dockerfile, 'sidecar');
   assert.deepEqual(sidecar.layers, ['node-runtime', 'sidecar']);
-  assert.deepEqual(sidecar.config.Entrypoint, [
-    '/usr/local/bin/node',
-    '--liftoff-only',
-    '/app/sidecar/src/bin/chaperone-sidecar.ts',
-  ]);
+  assert.deepEqual(
+    sidecar.config.Entrypoint,
+    ['/usr/local/bin/node', ...SIDECAR_NODE_FLAGS, '/app/sidecar/src/bin/chaperone-sidecar.ts'],
+    'the image runs the sidecar with the V8 flags the bench measures (sidecar/src/bin/node-flags.ts)',
+  );
   assert.deepEqual(imageStage(dockerfile, 'agent').layers, ['agent']);
 });
 

@@ -37,12 +37,14 @@ function blindToDeletes(analyzer: SqlAnalyzer): SqlAnalyzer {
 
 Object.assign(ENGINES, {
   postgres: () =>
-    createPostgresEngine({
-      analyzers: () => {
-        const real = createSqlAnalyzers({ cacheSize: 0 });
-        return { forServerVersion: (version: string) => blindToDeletes(real.forServerVersion(version)) };
-      },
-    }),
+    Promise.resolve(
+      createPostgresEngine({
+        analyzers: () => {
+          const real = createSqlAnalyzers({ cacheSize: 0 });
+          return { forServerVersion: (version: string) => blindToDeletes(real.forServerVersion(version)) };
+        },
+      }),
+    ),
 });
 
 const { values } = parseArgs({ options: { config: { type: 'string', short: 'c' } }, strict: true });

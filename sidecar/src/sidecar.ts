@@ -176,7 +176,7 @@ export async function startSidecar(config: SidecarConfig, options: StartOptions 
   // One engine per type in use, initialised once (a parser to load, ...).
   const engines = new Map<string, Engine>();
   for (const l of config.listeners) {
-    if (!engines.has(l.type)) engines.set(l.type, ENGINES[l.type]());
+    if (!engines.has(l.type)) engines.set(l.type, await ENGINES[l.type]());
   }
   await Promise.all([...[...engines.values()].map((e) => e.init()), watcher.start()]);
   const verifier = new TokenVerifier({

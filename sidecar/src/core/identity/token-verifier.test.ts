@@ -147,3 +147,44 @@ test('another issuer cannot name the subject issuer: only the exchange is believ
   assert.equal(identity.issuer, issuer.issuer);
   assert.equal(identity.exchange, undefined);
 });
+
+test('a verified token is reused only while it has not expired and its issuer still has the key it was signed with', async () => {
+  const jwksFile = join(dir, `jwks-${Math.random()}.json`);
+  const issuer = await createTestIssuer(jwksFile);
+  let now = Date.now();
+  const verifier = new TokenVerifier({
+    issuers: [{ issuer: issuer.issuer, jwksFile, audiences: ['chaperone'], algorithms: ['RS256'] }],
+    clockToleranceSeconds: 5,
+    now: () => now,
+  });
+  const token = await issuer.sign({ sub: 'agent:storm' }, { expiresIn: 30 });
+  const first = await verifier.verify(token);
+  const again = await verifier.verify(token);
+  assert.equal(verifier.reusedVerifications, 1, 'the second connection reuses the verification');
+  assert.deepEqual(again, first);
+  assert.ok(Object.isFrozen(again) && Object.isFrozen(again.groups), 'a shared identity cannot be changed');
+  // A tampered copy is a different token: verified in full, and refused.
+  const [h, p, s] = token.split('.');
+  const tampered = `${h ?? ''}.${Buffer.from(JSON.stringify({ sub: 'agent:admin' })).toString('base64url')}.${s ?? ''}`;
+  assert.notEqual(tampered.split('.')[1], p);
+  await assert.rejects(verifier.verify(tampered), (err) => err instanceof AuthenticationFailed);
+
+  // Past exp (and the clock tolerance) the reuse ends and the full verification refuses it.
+  now += 36_000;
+  await assert.rejects(
+    verifier.verify(token),
+    (err) => err instanceof AuthenticationFailed && err.reason === 'expired',
+  );
+
+  // A rotated key set: a token verified with the old key is verified again, against the new keys.
+  now = Date.now();
+  const other = await issuer.sign({ sub: 'agent:rotated' });
+  await verifier.verify(other);
+  const reusedBefore = verifier.reusedVerifications;
+  await createTestIssuer(jwksFile, issuer.issuer); // a new key pair (same kid) replaces the file
+  await assert.rejects(
+    verifier.verify(other),
+    (err) => err instanceof AuthenticationFailed && err.reason === 'signature',
+  );
+  assert.equal(verifier.reusedVerifications, reusedBefore);
+});

@@ -147,6 +147,37 @@ interface TrustedIssuer {
   source: KeySource;
 }
 
+/** Verified tokens kept; the oldest is dropped first. */
+const VERIFIED_TOKENS_KEPT = 256;
+/** How long a verification is reused at most, even for a token that expires later (ms). */
+const VERIFIED_TOKEN_REUSE_MS = 60_000;
+
+/**
+ * A token whose signature and claims were verified, reused for the same token text while the key set it
+ * was verified with is still the issuer's, it has not expired (checked at every use, with the clock
+ * tolerance jose applies), and for at most VERIFIED_TOKEN_REUSE_MS. An agent that opens a connection per
+ * statement presents the same token each time; its RSA/ECDSA verification was the largest single cost of
+ * a connection in the storm profile (bench/README.md). Refusals are never kept: every bad token is verified.
+ */
+interface VerifiedToken {
+  readonly identity: Identity;
+  /** The issuer's key source, and the key set the signature was checked with. */
+  readonly source: KeySource;
+  readonly keys: ReturnType<typeof createLocalJWKSet>;
+  /** exp claim, seconds since epoch. */
+  readonly exp: number;
+  readonly verifiedAt: number;
+}
+
+/** Deep-frozen, because one verified Identity is shared by every session that presents the same token. */
+function deepFreeze<T>(value: T): T {
+  if (typeof value === 'object' && value !== null && !Object.isFrozen(value)) {
+    Object.freeze(value);
+    for (const v of Object.values(value)) deepFreeze(v);
+  }
+  return value;
+}
+
 export interface TokenVerifierOptions {
   issuers: readonly TrustedIssuerConfig[];
   clockToleranceSeconds: number;
@@ -166,15 +197,25 @@ export class TokenVerifier {
   private readonly clockTolerance: number;
   /** URI of the resource this verifier serves; tokens narrowed to other resources are refused. */
   private readonly resource: string | undefined;
+  /**
+   * Verified tokens by tokenHash, shared with the verifiers forResource() makes (the verification does not
+   * depend on the resource; the narrowing is checked at every use).
+   */
+  private readonly verified: Map<string, VerifiedToken>;
 
-  constructor(options: TokenVerifierOptions, shared?: { issuers: Map<string, TrustedIssuer>; resource: string }) {
+  constructor(
+    options: TokenVerifierOptions,
+    shared?: { issuers: Map<string, TrustedIssuer>; resource: string; verified: Map<string, VerifiedToken> },
+  ) {
     this.now = options.now ?? Date.now;
     this.clockTolerance = options.clockToleranceSeconds;
     this.resource = shared?.resource;
     if (shared !== undefined) {
       this.issuers = shared.issuers;
+      this.verified = shared.verified;
       return;
     }
+    this.verified = new Map();
     this.issuers = new Map();
     for (const config of options.issuers) {
       const source =
@@ -198,7 +239,7 @@ export class TokenVerifier {
   forResource(resource: ResourceRef): TokenVerifier {
     return new TokenVerifier(
       { issuers: [], clockToleranceSeconds: this.clockTolerance, now: this.now },
-      { issuers: this.issuers, resource: resourceUri(resource.namespace, resource.name) },
+      { issuers: this.issuers, resource: resourceUri(resource.namespace, resource.name), verified: this.verified },
     );
   }
 
@@ -207,6 +248,42 @@ export class TokenVerifier {
     if (token.length === 0 || token.length > MAX_TOKEN_BYTES) {
       throw new AuthenticationFailed('malformed', 'identity token missing or too long');
     }
+    const identity = (await this.reuseVerified(token)) ?? (await this.verifySignature(token));
+    if (
+      this.resource !== undefined &&
+      identity.resources !== undefined &&
+      !identity.resources.includes(this.resource)
+    ) {
+      throw new AuthenticationFailed(
+        'resource',
+        `identity token is narrowed to other resources and not valid for ${this.resource}`,
+      );
+    }
+    return identity;
+  }
+
+  /** How many verifications were reused rather than repeated (for tests). */
+  reusedVerifications = 0;
+
+  /** The identity of an earlier verification of exactly this token, when it may still be used. */
+  private async reuseVerified(token: string): Promise<Identity | undefined> {
+    const key = tokenHash(token);
+    const entry = this.verified.get(key);
+    if (entry === undefined) return undefined;
+    const now = this.now();
+    // As jose: expired once exp is at or before now minus the tolerance. Then the full verification runs
+    // and refuses the token with its reason.
+    const expired = entry.exp <= now / 1000 - this.clockTolerance;
+    if (expired || now - entry.verifiedAt > VERIFIED_TOKEN_REUSE_MS || (await entry.source.keys()) !== entry.keys) {
+      this.verified.delete(key);
+      return undefined;
+    }
+    this.reusedVerifications++;
+    return entry.identity;
+  }
+
+  /** The full verification: the issuer's keys, the signature, the claims; kept for reuse when it passes. */
+  private async verifySignature(token: string): Promise<Identity> {
     let header: ReturnType<typeof decodeProtectedHeader>;
     let unverified: JWTPayload;
     try {
@@ -231,12 +308,14 @@ export class TokenVerifier {
       requiredClaims: ['exp', 'sub'],
     };
     let payload: JWTPayload;
+    let keys = await trusted.source.keys();
     try {
-      ({ payload } = await jwtVerify(token, await trusted.source.keys(), options));
+      ({ payload } = await jwtVerify(token, keys, options));
     } catch (err) {
       if (err instanceof errors.JWKSNoMatchingKey && (await trusted.source.refresh())) {
         try {
-          ({ payload } = await jwtVerify(token, await trusted.source.keys(), options));
+          keys = await trusted.source.keys();
+          ({ payload } = await jwtVerify(token, keys, options));
         } catch (retryErr) {
           throw mapJoseError(retryErr);
         }
@@ -246,21 +325,26 @@ export class TokenVerifier {
     }
     let identity: Identity;
     try {
-      identity = identityFromClaims(payload, token, trusted.config.tokenExchange === true);
+      identity = deepFreeze(identityFromClaims(payload, token, trusted.config.tokenExchange === true));
     } catch (err) {
       throw new AuthenticationFailed('malformed', `identity token claims are malformed: ${(err as Error).message}`, {
         cause: err,
       });
     }
-    if (
-      this.resource !== undefined &&
-      identity.resources !== undefined &&
-      !identity.resources.includes(this.resource)
-    ) {
-      throw new AuthenticationFailed(
-        'resource',
-        `identity token is narrowed to other resources and not valid for ${this.resource}`,
-      );
+    if (typeof payload.exp === 'number' && identity.tokenHash !== undefined) {
+      if (this.verified.size >= VERIFIED_TOKENS_KEPT) {
+        for (const oldest of this.verified.keys()) {
+          this.verified.delete(oldest);
+          break;
+        }
+      }
+      this.verified.set(identity.tokenHash, {
+        identity,
+        source: trusted.source,
+        keys,
+        exp: payload.exp,
+        verifiedAt: this.now(),
+      });
     }
     return identity;
   }

@@ -25,7 +25,7 @@ import {
   type SessionPins,
   type StartupParameters,
 } from './analysis/session-state.ts';
-import { UnsupportedServerVersion, type SqlAnalyzer } from './analysis/sql-analyzer.ts';
+import { UnsupportedServerVersion, type SqlAnalyzer, type SqlAnalyzers } from './analysis/sql-analyzer.ts';
 import { policiesGrantWrite } from './write-grant.ts';
 
 /** A refusal during startup; the connection sends `refusal` as a FATAL ErrorResponse and closes. */
@@ -272,11 +272,21 @@ export function checkServerReports(upstream: UpstreamConnection, pins: SessionPi
   return state;
 }
 
-/** The analyzer of the upstream's major version; a version without a grammar here refuses the session. */
-export function analyzerFor(ctx: ConnectionContext, state: ServerReportedState): SqlAnalyzer {
+/**
+ * The analyzer of the upstream's major version (the first session loads the parser); a version without a
+ * grammar here, or a parser that cannot be loaded, refuses the session.
+ */
+export async function analyzerFor(ctx: ConnectionContext, state: ServerReportedState): Promise<SqlAnalyzer> {
   const version = state.get('server_version') ?? '';
+  let analyzers: SqlAnalyzers;
   try {
-    return ctx.analyzers.forServerVersion(version);
+    analyzers = await ctx.analyzers();
+  } catch (err) {
+    ctx.logger.error('the SQL parser could not be loaded', { error: err });
+    throw new StartupRefused({ id: 'Internal', message: 'chaperone: the SQL parser could not be loaded' });
+  }
+  try {
+    return analyzers.forServerVersion(version);
   } catch (err) {
     if (!(err instanceof UnsupportedServerVersion)) throw err;
     throw new StartupRefused(serverStateRefusal(err.message));

@@ -28,8 +28,12 @@ export interface ConnectionContext {
   readonly resource: ResourceContext;
   /** The services' logger, labelled with this listener. */
   readonly logger: Logger;
-  /** The analyzer per upstream major version (one per process, shared by every resource). */
-  readonly analyzers: SqlAnalyzers;
+  /**
+   * The analyzers per upstream major version (one set per process, shared by every resource). The first
+   * call loads the SQL parser (WebAssembly); later calls return the same set. Rejects when the parser
+   * cannot be loaded (the next call tries again).
+   */
+  analyzers(): Promise<SqlAnalyzers>;
   /** The relations result masking looks up (one catalogue connection per resource). */
   readonly catalog: RelationCatalog;
   /** Key of the hash masking strategy (config masking.hashKeyFile, else one per process). */

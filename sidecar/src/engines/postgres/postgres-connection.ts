@@ -103,8 +103,7 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
   constructor(ctx: ConnectionContext, socket: Socket, refusal?: SidecarError) {
     this.ctx = ctx;
     this.refusal = refusal;
-    this.rawClient = socket;
-    this.client = socket;
+    this.client = this.rawClient = socket;
     // Until the client has authenticated, its messages are small (the password message holds a token).
     this.decoder = new FrontendDecoder({ maxMessageLength: ctx.config.maxUnauthenticatedMessageBytes });
     socket.setNoDelay(true);
@@ -354,7 +353,8 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
       }
       // What the server reported before its first ReadyForQuery, checked before AuthenticationOk reaches the client.
       const state = checkServerReports(upstream, pins);
-      analyzer = analyzerFor(this.ctx, state);
+      analyzer = await analyzerFor(this.ctx, state); // the first session loads the parser
+      if (this.isClosed()) return; // gone while it loaded; close() ended the upstream
       this.serverState = state;
       clearTimeout(this.authTimer);
     } catch (err) {

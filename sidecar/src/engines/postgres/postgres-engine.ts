@@ -1,4 +1,5 @@
-// The PostgreSQL engine (core/engine.ts): loads the SQL parser once per process (one analyzer per upstream
+// The PostgreSQL engine (core/engine.ts): loads the SQL parser once per process, on the first client
+// connection rather than at start (an idle sidecar does not carry its ~25 MiB; one analyzer per upstream
 // major version, shared by every resource), and for each configured resource binds an endpoint that keeps
 // the resource's TLS context, upstream settings, the table of client-facing cancel keys (so a CancelRequest
 // on a new connection reaches the right upstream session) and the count of unauthenticated connections per
@@ -17,6 +18,7 @@ import { loadSqlParser } from './analysis/analyze-sql.ts';
 import { createSqlAnalyzers, type SqlAnalyzers } from './analysis/sql-analyzer.ts';
 import type { CancelTarget, ConnectionContext } from './connection-context.ts';
 import { PostgresConnection } from './postgres-connection.ts';
+import { cachedLookup } from './upstream-address-cache.ts';
 import { RelationCatalog } from './masking/relation-catalog.ts';
 import { PROCESS_HASH_KEY } from '../../core/masking/mask-value.ts';
 import {
@@ -39,15 +41,22 @@ export interface PostgresEngineOptions {
 }
 
 export function createPostgresEngine(options: PostgresEngineOptions = {}): Engine<PostgresListenerConfig> {
-  let analyzers: SqlAnalyzers | undefined;
+  let loading: Promise<SqlAnalyzers> | undefined;
+  const analyzers = (): Promise<SqlAnalyzers> => {
+    loading ??= loadSqlParser().then(
+      () => options.analyzers?.() ?? createSqlAnalyzers({ cacheSize: ANALYSIS_CACHE_SIZE }),
+      (err: unknown) => {
+        loading = undefined; // the next connection tries again
+        throw err;
+      },
+    );
+    return loading;
+  };
   return {
     type: 'postgres',
-    async init() {
-      await loadSqlParser();
-      analyzers = options.analyzers?.() ?? createSqlAnalyzers({ cacheSize: ANALYSIS_CACHE_SIZE });
-    },
+    // The parser is loaded by the first connection (analyzers()), not here.
+    init: () => Promise.resolve(),
     bind(config, services) {
-      if (analyzers === undefined) throw new Error('the PostgreSQL engine is bound before init()');
       return new PostgresEndpoint(config, services, analyzers);
     },
   };
@@ -58,7 +67,7 @@ class PostgresEndpoint implements ResourceEndpoint, ConnectionContext {
   readonly services: EngineServices;
   readonly resource: ResourceContext;
   readonly logger: Logger;
-  readonly analyzers: SqlAnalyzers;
+  readonly analyzers: () => Promise<SqlAnalyzers>;
   readonly tls: SecureContext | undefined;
   readonly sendCancel = sendCancelRequest;
   readonly bytesFromClients: LocalCounter;
@@ -69,8 +78,10 @@ class PostgresEndpoint implements ResourceEndpoint, ConnectionContext {
   private readonly upstreamTlsOptions: UpstreamTlsOptions;
   readonly catalog: RelationCatalog;
   readonly maskingHashKey: Buffer;
+  /** The upstream host's addresses, reused for a few seconds (upstream-address-cache.ts). */
+  private readonly lookup = cachedLookup();
 
-  constructor(config: PostgresListenerConfig, services: EngineServices, analyzers: SqlAnalyzers) {
+  constructor(config: PostgresListenerConfig, services: EngineServices, analyzers: () => Promise<SqlAnalyzers>) {
     this.config = config;
     this.services = services;
     this.analyzers = analyzers;
@@ -138,7 +149,7 @@ class PostgresEndpoint implements ResourceEndpoint, ConnectionContext {
   }
 
   connect(options: UpstreamConnectOptions): Promise<UpstreamConnection> {
-    return connectUpstream(options);
+    return connectUpstream({ lookup: this.lookup, ...options });
   }
 
   register(connection: CancelTarget): void {

@@ -4,8 +4,22 @@
 // `system_user` is a column reference to 15 and a built-in to 16+). Each supported major has its own
 // libpg-query line (npm aliases libpg-query-NN, WebAssembly, no install scripts) and its own pg_catalog
 // name lists (pg-catalog.ts). A major without both is not supported: the caller must refuse the session.
-import { fingerprintSync, loadModule as loadModule18 } from 'libpg-query';
-import { loadModule as loadModule15, parseSync as parseSync15 } from 'libpg-query-15';
+import type * as FingerprinterModule from 'libpg-query';
+import type * as Grammar15Module from 'libpg-query-15';
+
+// The libpg-query modules are imported by loadSqlGrammars(), not at module load: together with their
+// WebAssembly instances they are ~25 MiB of the sidecar's memory, which a sidecar that has not served a
+// PostgreSQL session yet does not need (the engine loads them on the first connection; bench/README.md).
+type Grammar15 = typeof Grammar15Module;
+type Fingerprinter = typeof FingerprinterModule;
+
+let grammar15: Grammar15 | undefined;
+let fingerprinter: Fingerprinter | undefined;
+
+function loaded<T>(module: T | undefined): T {
+  if (module === undefined) throw new Error('the SQL grammars are used before loadSqlGrammars() resolved');
+  return module;
+}
 
 /** Server majors the analysis models exactly: grammar and pg_catalog lists of that major. */
 export const SUPPORTED_SERVER_MAJORS: readonly number[] = [15];
@@ -20,12 +34,16 @@ export interface SqlGrammar {
 }
 
 const GRAMMARS: ReadonlyMap<number, SqlGrammar> = new Map([
-  [15, { major: 15, parse: (sql): unknown => parseSync15(sql) as unknown }],
+  [15, { major: 15, parse: (sql): unknown => loaded(grammar15).parseSync(sql) as unknown }],
 ]);
 
-/** Loads every supported grammar's WebAssembly module (and the fingerprinter); call once at start-up. */
+/** Loads every supported grammar's WebAssembly module (and the fingerprinter); once before the first parse. */
 export async function loadSqlGrammars(): Promise<void> {
-  await Promise.all([loadModule15(), loadModule18()]);
+  if (grammar15 !== undefined && fingerprinter !== undefined) return;
+  const [g15, fp] = await Promise.all([import('libpg-query-15'), import('libpg-query')]);
+  await Promise.all([g15.loadModule(), fp.loadModule()]);
+  grammar15 = g15;
+  fingerprinter = fp;
 }
 
 /** The grammar of `major`, or undefined when that major is not supported. */
@@ -60,8 +78,9 @@ export function unsupportedServerReason(serverVersion: string): string | undefin
  * major; text that grammar does not accept gets undefined (the caller falls back to a content hash).
  */
 export function fingerprintStatement(statement: string): string | undefined {
+  const module = loaded(fingerprinter);
   try {
-    return fingerprintSync(statement);
+    return module.fingerprintSync(statement);
   } catch {
     return undefined;
   }

@@ -86,6 +86,8 @@ export interface UpstreamConnectOptions {
   readonly allowedAuthMethods?: readonly UpstreamAuthMethod[];
   /** Deadline for the whole startup, in ms. Default 10000. */
   readonly connectTimeoutMs?: number;
+  /** Resolves `host` (net.connect's `lookup` option); default dns.lookup. */
+  readonly lookup?: net.LookupFunction;
 }
 
 /** A logged-in upstream session, ready for queries. */
@@ -149,7 +151,13 @@ export async function connectUpstream(options: UpstreamConnectOptions): Promise<
   const deadline = new Deadline(options.connectTimeoutMs ?? DEFAULT_TIMEOUT_MS);
   let socket: net.Socket | tls.TLSSocket | null = null;
   try {
-    const opened = await openTransport(options.host, options.port ?? DEFAULT_PORT, options.tls, deadline);
+    const opened = await openTransport(
+      options.host,
+      options.port ?? DEFAULT_PORT,
+      options.tls,
+      deadline,
+      options.lookup,
+    );
     socket = opened.socket;
     socket.write(encodeStartupMessage(startup));
     const session = await runStartup(socket, options, deadline);
@@ -255,11 +263,12 @@ async function openTransport(
   port: number,
   tlsOptions: UpstreamTlsOptions | undefined,
   deadline: Deadline,
+  lookup?: net.LookupFunction,
 ): Promise<Transport> {
   const unix = host.startsWith('/');
   const plain = unix
     ? net.createConnection({ path: `${host.replace(/\/+$/, '')}/.s.PGSQL.${port}` })
-    : net.createConnection({ host, port });
+    : net.createConnection({ host, port, ...(lookup === undefined ? {} : { lookup }) });
   plain.setNoDelay(true);
   try {
     await new Promise<void>((resolve, reject) => {
