@@ -78,4 +78,3 @@ export class RecordChain {
     return record;
   }
 }
-
