@@ -4,9 +4,9 @@
 import { createHash, hash as cryptoHash } from 'node:crypto';
 import canonicalize from 'canonicalize';
 import { AUDIT_RECORD_VERSIONS, type AuditRecord } from './audit-record.ts';
-import { jcs, jcsMembersAround } from './jcs.ts';
+import { jcs, jcsMembersAround, type KnownMember } from './jcs.ts';
 
-export { jcs } from './jcs.ts';
+export { jcs, type KnownMember } from './jcs.ts';
 
 export const GENESIS_HASH = `sha256:${'0'.repeat(64)}`;
 
@@ -34,9 +34,10 @@ export interface SealedRecord {
  * Adds the hash to a record and returns its canonical text as well, so that writing the record (JSON lines,
  * the spool) does not serialise it again: the record is canonicalised once, and the text with `hash` is
  * that text with the hash member inserted at its sorted place. The hash is the one hashRecord computes.
+ * `known`: members whose canonical text the caller has already (a cached decision's, see KnownMember).
  */
-export function sealRecord(unhashed: UnhashedRecord): SealedRecord {
-  const parts = jcsMembersAround(unhashed, 'hash');
+export function sealRecord(unhashed: UnhashedRecord, known?: readonly KnownMember[]): SealedRecord {
+  const parts = jcsMembersAround(unhashed, 'hash', known);
   if (parts === undefined) {
     // Not a plain object of plain data (or it has a hash already): the reference path, same result.
     const record: AuditRecord = { ...unhashed, hash: hashRecord(unhashed) };
@@ -44,12 +45,17 @@ export function sealRecord(unhashed: UnhashedRecord): SealedRecord {
   }
   const { before, after } = parts;
   const unhashedText = before === '' || after === '' ? `{${before}${after}}` : `{${before},${after}}`;
+  // Hashing flattens the text; the canonical text is made of slices of it, not of the members again, so
+  // whoever copies it next (the JSON-lines batch, the spool) reads one flat string.
   const hash = `sha256:${cryptoHash('sha256', unhashedText, 'hex')}`;
-  const hashMember = `"hash":${JSON.stringify(hash)}`;
-  return {
-    record: { ...unhashed, hash },
-    canonical: `{${before === '' ? '' : `${before},`}${hashMember}${after === '' ? '' : `,${after}`}}`,
-  };
+  // A hash is hex: its JSON form needs no escaping.
+  const hashMember = `"hash":"${hash}"`;
+  const at = before.length + 1; // where `,after}` starts
+  let canonical: string;
+  if (before === '') canonical = after === '' ? `{${hashMember}}` : `{${hashMember},${unhashedText.slice(1)}`;
+  else if (after === '') canonical = `${unhashedText.slice(0, -1)},${hashMember}}`;
+  else canonical = `${unhashedText.slice(0, at)},${hashMember}${unhashedText.slice(at)}`;
+  return { record: { ...unhashed, hash }, canonical };
 }
 
 /** The JCS text of a record with its hash (what JSON-lines output and the spool carry). */

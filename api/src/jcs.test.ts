@@ -363,6 +363,27 @@ describe('sealRecord', () => {
     }
   });
 
+  it('uses a known member text only for that very object, and seals as without it', () => {
+    const identity = Object.freeze({ subject: 'a', groups: Object.freeze(['g']), issuer: 'https://i' });
+    const known = [{ key: 'identity', value: identity, text: jcs(identity) ?? '' }];
+    // A stale text for another object of equal content must not be used: only the same object counts.
+    const stale = [{ key: 'identity', value: { ...identity }, text: '{"subject":"forged"}' }];
+    const g = gen(prng(5));
+    for (let i = 0; i < 500; i++) {
+      const unhashed = { ...g.unhashed(), seq: i + 1, identity } as unknown as UnhashedRecord;
+      const plain = sealRecord(unhashed);
+      for (const k of [known, stale]) {
+        const sealed = sealRecord(unhashed, k);
+        assert.equal(sealed.record.hash, plain.record.hash);
+        assert.equal(sealed.canonical, plain.canonical);
+        assert.equal(sealed.canonical, canonicalize(sealed.record));
+      }
+    }
+    // A member sorting between `hash` and the known key: the known text is not spliced in first.
+    const between = { v: 1, i: 2, identity } as unknown as UnhashedRecord;
+    assert.equal(sealRecord(between, known).canonical, canonicalize(sealRecord(between).record));
+  });
+
   it('canonicalRecordText computes the text of a record that was not sealed', () => {
     const record = { v: 1, seq: 1, hash: 'sha256:x', type: 'session.end' } as unknown as AuditRecord;
     assert.equal(canonicalRecordText(record), canonicalize(record));

@@ -146,41 +146,72 @@ export function jcs(v: unknown): string | undefined {
 }
 
 /**
+ * A member value whose canonical text is known already: `text` is used for the member `key` when the
+ * object's value there is `value` itself (the same object). The caller keeps `value` from changing (a
+ * frozen object, as the decision member a cached decision's records share).
+ */
+export interface KnownMember {
+  readonly key: string;
+  readonly value: unknown;
+  readonly text: string;
+}
+
+/** Quoted member names seen so far (records use a handful); bounded, since keys can come from data. */
+const keyTexts = new Map<string, string>();
+
+function keyText(key: string): string {
+  let text = keyTexts.get(key);
+  if (text === undefined) {
+    text = str(key);
+    if (keyTexts.size < 256) keyTexts.set(key, text);
+  }
+  return text;
+}
+
+/** The canonical text of one member value (one level down); throws NEEDS_REFERENCE where value() does. */
+function memberValue(v: unknown, known: readonly KnownMember[] | undefined, key: string): string | undefined {
+  if (known !== undefined) {
+    for (const k of known) if (k.key === key && k.value === v) return k.text;
+  }
+  switch (typeof v) {
+    case 'string':
+      return str(v);
+    case 'number':
+      if (!Number.isFinite(v)) throw NEEDS_REFERENCE;
+      return JSON.stringify(v);
+    case 'object':
+      // One native JSON.stringify when the value is canonical as it is (records build theirs in sorted order).
+      if (v !== null && isCanonicalAsIs(v, 1)) return JSON.stringify(v);
+      return value(v, 0);
+    default:
+      return value(v, 0);
+  }
+}
+
+/**
  * A plain object's canonical members split around one key that is not in it: `before` holds the members
  * whose keys sort before `key`, `after` the rest. `{before,"key":x,after}` is then the canonical form of
- * the object with that key added, without serialising it again. Undefined when the object needs the
+ * the object with that key added, without serialising it again. Each member is serialised on its own;
+ * `known` members (see KnownMember) are not serialised at all. Undefined when the object needs the
  * reference implementation (the caller then uses `jcs` on both forms).
  */
 export function jcsMembersAround(
   object: Readonly<Record<string, unknown>>,
   key: string,
+  known?: readonly KnownMember[],
 ): { readonly before: string; readonly after: string } | undefined {
   if (Object.getPrototypeOf(object) !== Object.prototype || typeof object.toJSON === 'function') return undefined;
   const keys = sortKeys(Object.keys(object));
-  // Fast path: the members on either side, copied in sorted order, are canonical as they are.
-  const low: Record<string, unknown> = {};
-  const high: Record<string, unknown> = {};
-  let copied = true;
-  for (const k of keys) {
-    if (k === key) return undefined;
-    // Assigning __proto__ would set the prototype, not copy the member.
-    if (k === '__proto__') copied = false;
-    else if (k < key) low[k] = object[k];
-    else high[k] = object[k];
-  }
-  if (copied && isCanonicalAsIs(low, 0) && isCanonicalAsIs(high, 0)) {
-    return { before: JSON.stringify(low).slice(1, -1), after: JSON.stringify(high).slice(1, -1) };
-  }
   let before = '';
   let after = '';
   try {
     for (const k of keys) {
       if (k === key) return undefined;
-      const text = value(object[k], 0);
+      const text = memberValue(object[k], known, k);
       if (text === undefined) continue;
-      const member = `${str(k)}:${text}`;
-      if (k < key) before += before === '' ? member : `,${member}`;
-      else after += after === '' ? member : `,${member}`;
+      const member = `${keyText(k)}:${text}`;
+      if (k < key) before = before === '' ? member : `${before},${member}`;
+      else after = after === '' ? member : `${after},${member}`;
     }
   } catch (err) {
     if (err === NEEDS_REFERENCE) return undefined;

@@ -4,8 +4,10 @@
 // record means (the resource's audit failure mode, NIST AU-5) is decided here and nowhere else.
 import { randomUUID } from 'node:crypto';
 import {
+  jcs,
   MAX_COMMAND_TEXT,
   type AuditRecord,
+  type KnownMember,
   type CombinedDecision,
   type MaskingInstruction,
   type Identity,
@@ -156,6 +158,54 @@ export function maskText(text: string, decision: CombinedDecision): string {
   return masker === undefined ? text : masker.mask(text);
 }
 
+/** A decision as its records show it, with its canonical text (see decisionMember). */
+interface DecisionMember {
+  readonly source: CombinedDecision;
+  /** The source's reasons when the member was made: it is reused only while they are still these. */
+  readonly reasons: readonly string[];
+  readonly known: KnownMember & { readonly value: NonNullable<AuditRecord['decision']> };
+}
+
+/** Decisions repeat (the policy engine's cache returns the same object): their record member is made once. */
+const decisionMembers = new WeakMap<CombinedDecision, DecisionMember>();
+
+/**
+ * The `decision` member of a decision record, frozen, and its canonical text. Made again whenever a field
+ * the record shows differs from when it was made, so a changed decision object can never be recorded with
+ * an old text.
+ */
+function decisionMember(decision: CombinedDecision): DecisionMember['known'] {
+  const memo = decisionMembers.get(decision);
+  if (memo !== undefined && sameRecordedFields(memo, decision)) return memo.known;
+  // In the sorted key order of the canonical form (see record()).
+  const result = {} as NonNullable<AuditRecord['decision']>;
+  if (decision.bundleDigest !== '') result.bundleDigest = decision.bundleDigest;
+  if (decision.policy !== '') result.policy = decision.policy;
+  if (decision.reasons.length > 0) {
+    result.reasons = Object.freeze(decision.reasons.slice(0, 16).map((r) => r.slice(0, 1024))) as string[];
+  }
+  result.result = decision.decision;
+  result.rule = decision.rule;
+  Object.freeze(result);
+  const known = { key: 'decision', value: result, text: jcs(result) ?? '{}' };
+  decisionMembers.set(decision, { source: decision, reasons: [...decision.reasons], known });
+  return known;
+}
+
+function sameRecordedFields(memo: DecisionMember, d: CombinedDecision): boolean {
+  const v = memo.known.value;
+  if ((v.bundleDigest ?? '') !== d.bundleDigest || (v.policy ?? '') !== d.policy) return false;
+  if (v.result !== d.decision || v.rule !== d.rule || memo.reasons.length !== d.reasons.length) return false;
+  for (let i = 0; i < d.reasons.length; i++) if (memo.reasons[i] !== d.reasons[i]) return false;
+  return true;
+}
+
+/** A record waiting to be written, and the member whose text its maker keeps. */
+interface QueuedRecord {
+  readonly content: RecordContent;
+  readonly known: KnownMember | undefined;
+}
+
 export class AgentSession {
   readonly id = randomUUID();
   readonly identity: Identity;
@@ -174,7 +224,7 @@ export class AgentSession {
   private readonly sessionFacts: readonly [PolicyRequest['session'], PolicyRequest['session']];
   private ended = false;
   /** Records whose writing waits until the engine's current step is done (see writeSoon). */
-  private readonly soon: RecordContent[] = [];
+  private readonly soon: QueuedRecord[] = [];
   private soonScheduled = false;
   /** Records refused by the sink and not yet reported in an audit.gap record. */
   private lost = 0;
@@ -278,19 +328,14 @@ export class AgentSession {
     if (description.statementKinds !== undefined) command.statementKinds = ownCopy(description.statementKinds);
     command.text = text;
     if (truncated || bodyTruncated) command.truncated = true;
-    const result = {} as NonNullable<AuditRecord['decision']>;
-    if (decision.bundleDigest !== '') result.bundleDigest = decision.bundleDigest;
-    if (decision.policy !== '') result.policy = decision.policy;
-    if (decision.reasons.length > 0) result.reasons = decision.reasons.slice(0, 16).map((r) => r.slice(0, 1024));
-    result.result = decision.decision;
-    result.rule = decision.rule;
-    const content: RecordContent = { command, decision: result, type: 'command.decision' };
+    const result = decisionMember(decision);
+    const content: RecordContent = { command, decision: result.value, type: 'command.decision' };
     if (this.options.sink.deferrable) {
       // Nothing to wait for and nothing can be refused: the record is made after the command is on its way.
-      this.writeSoon(content);
+      this.writeSoon(content, result);
       return { id, decision, startedAt, recorded: true, audit: CLEAR };
     }
-    const refusal = this.write(content, true);
+    const refusal = this.write(content, true, result);
     if (refusal !== undefined) return { id, decision, startedAt, recorded: false, audit: this.refuse(refusal) };
     return { id, decision, startedAt, recorded: true, audit: this.clearance() };
   }
@@ -528,8 +573,8 @@ export class AgentSession {
    * the bytes it forwarded are handed to the socket, so hashing and formatting the record add nothing to the
    * command's latency. Order is kept: every immediate write first writes what is queued.
    */
-  private writeSoon(content: RecordContent): void {
-    this.soon.push(content);
+  private writeSoon(content: RecordContent, known?: KnownMember): void {
+    this.soon.push({ content, known });
     if (this.soonScheduled) return;
     this.soonScheduled = true;
     queueMicrotask(this.writeQueued);
@@ -537,9 +582,9 @@ export class AgentSession {
 
   private readonly writeQueued = (): void => {
     this.soonScheduled = false;
-    for (let content = this.soon.shift(); content !== undefined; content = this.soon.shift()) {
+    for (let queued = this.soon.shift(); queued !== undefined; queued = this.soon.shift()) {
       try {
-        this.writeNow(content);
+        this.writeNow(queued.content, false, queued.known);
       } catch (err) {
         // Not the engine's step any more, so nothing can fail closed here: count it as a lost record.
         this.lose(err instanceof Error ? err.message : String(err));
@@ -552,12 +597,12 @@ export class AgentSession {
    * a command) and the resource is FailClosed, and thrown for the session.start record then; otherwise it is
    * counted as lost and reported by an audit.gap record before the next record that can be written.
    */
-  private write(content: RecordContent, gate = false): AuditUnavailable | undefined {
+  private write(content: RecordContent, gate = false, known?: KnownMember): AuditUnavailable | undefined {
     if (this.soon.length > 0) this.writeQueued();
-    return this.writeNow(content, gate);
+    return this.writeNow(content, gate, known);
   }
 
-  private writeNow(content: RecordContent, gate = false): AuditUnavailable | undefined {
+  private writeNow(content: RecordContent, gate = false, known?: KnownMember): AuditUnavailable | undefined {
     const failOpen = this.options.auditFailureMode === 'FailOpen';
     try {
       if (this.lost > 0) {
@@ -566,7 +611,7 @@ export class AgentSession {
         this.lost = 0;
         this.lostReason = '';
       }
-      this.records.record(content);
+      this.records.record(content, known);
       this.metrics.auditRecords.inc();
       return undefined;
     } catch (err) {

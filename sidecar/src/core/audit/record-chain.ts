@@ -10,6 +10,7 @@ import {
   sealRecord,
   type AuditRecord,
   type Identity,
+  type KnownMember,
   type UnhashedRecord,
 } from '@chaperone/api';
 import type { AuditSink, RecordOrigin } from './audit-sink.ts';
@@ -57,8 +58,9 @@ export class RecordChain {
   /**
    * Builds the next record and writes it. If the sink refuses it (AuditUnavailable), the chain does not
    * advance: the next record takes the same seq, so a refused record leaves no hole in the chain.
+   * `known`: a member of `content` whose canonical text the caller keeps (see KnownMember).
    */
-  record(content: RecordContent): AuditRecord {
+  record(content: RecordContent, known?: KnownMember): AuditRecord {
     const unhashed: UnhashedRecord = {
       v: AUDIT_RECORD_VERSION,
       seq: this.seq + 1,
@@ -68,7 +70,7 @@ export class RecordChain {
       prevHash: this.lastHash,
     };
     // Canonicalised once: the sink writes the text the hash was computed over (plus the hash member).
-    const { record, canonical } = sealRecord(unhashed);
+    const { record, canonical } = sealRecord(unhashed, known === undefined ? undefined : [known]);
     this.sink.write(this.origin, record, canonical);
     this.seq = record.seq;
     this.prevHash = record.hash;

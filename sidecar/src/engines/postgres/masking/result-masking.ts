@@ -20,7 +20,19 @@ export type MaskingVerdict =
   | { readonly kind: 'deny'; readonly reason: string };
 
 interface ShapeSlot {
-  fields?: readonly FieldDescription[] | undefined;
+  /** The RowDescription a Describe got (a copy), decoded only when a masked Execute needs its shape. */
+  rowDescription?: Buffer | undefined;
+}
+
+/** The row shape a slot holds; undefined when it holds none or its RowDescription does not decode. */
+function fieldsOf(slot: ShapeSlot | undefined): readonly FieldDescription[] | undefined {
+  const frame = slot?.rowDescription;
+  if (frame === undefined) return undefined;
+  try {
+    return decodeRowDescription(frame);
+  } catch {
+    return undefined;
+  }
 }
 
 const NONE: MaskingVerdict = Object.freeze({ kind: 'none' });
@@ -88,12 +100,10 @@ export class ResultMasking {
       this.slots.set(key, slot);
     }
     const target = slot;
+    // Most Describes (libpq sends one with every prepared Execute) precede commands nothing is masked in:
+    // the frame is kept, not decoded; a copy, since the chunk it is a view of goes on to the client.
     return (frame) => {
-      try {
-        target.fields = decodeRowDescription(frame);
-      } catch {
-        target.fields = undefined;
-      }
+      target.rowDescription = Buffer.from(frame);
     };
   }
 
@@ -195,8 +205,9 @@ export class ResultMasking {
     const byStatement = this.slots.get(`S:${p.statement}`);
     const formats = p.resultFormats;
     return () => {
-      if (byPortal?.fields !== undefined) return byPortal.fields;
-      return byStatement?.fields?.map((f, i) => ({
+      const portalFields = fieldsOf(byPortal);
+      if (portalFields !== undefined) return portalFields;
+      return fieldsOf(byStatement)?.map((f, i) => ({
         ...f,
         format: formats.length === 0 ? 0 : formats.length === 1 ? (formats[0] ?? 0) : (formats[i] ?? 0),
       }));
