@@ -219,7 +219,7 @@ export class StatementGate {
     const statement =
       this.statements.get(msg.statement) ??
       (sqlPrepared === undefined ? undefined : { text: sqlPrepared.text, analysis: [sqlPrepared] });
-    this.masking?.rebound('P', msg.portal);
+    this.masking?.rebound('P', msg.portal, msg.statement);
     if (statement === undefined) this.portals.delete(msg.portal);
     else {
       this.portals.set(msg.portal, {

@@ -21,6 +21,8 @@ export type MaskingVerdict =
 
 interface ShapeSlot {
   fields?: readonly FieldDescription[] | undefined;
+  /** A portal's: the slot of the statement it was bound from (a portal's Describe tells its statement's shape too). */
+  readonly statement?: ShapeSlot;
 }
 
 const NONE: MaskingVerdict = Object.freeze({ kind: 'none' });
@@ -94,12 +96,22 @@ export class ResultMasking {
       } catch {
         target.fields = undefined;
       }
+      // The row shape of a statement does not change between its bindings (only the formats do, and an
+      // Execute takes those from its Bind): a driver that describes the portal at the first execution and
+      // only binds and executes afterwards (pgJDBC's named statements) gets the shape for those too.
+      if (target.statement !== undefined && target.statement.fields === undefined) {
+        target.statement.fields = target.fields;
+      }
     };
   }
 
-  /** A statement was parsed or a portal bound (a new binding of the name), or either was closed. */
-  rebound(kind: 'S' | 'P', name: string): void {
-    this.slots.set(`${kind}:${name}`, {});
+  /**
+   * A statement was parsed or a portal bound (a new binding of the name; a portal's from `statement`), or
+   * either was closed.
+   */
+  rebound(kind: 'S' | 'P', name: string, statement?: string): void {
+    const from = statement === undefined ? undefined : this.slots.get(`S:${statement}`);
+    this.slots.set(`${kind}:${name}`, from === undefined ? {} : { statement: from });
   }
 
   private async fetchAndWalk(
