@@ -34,7 +34,7 @@ export const STATEMENT_KINDS = [
 ] as const;
 export type StatementKind = (typeof STATEMENT_KINDS)[number];
 
-export const MASKING_STRATEGIES = ['redact', 'hash', 'partial', 'null'] as const;
+export const MASKING_STRATEGIES = ['redact', 'hash', 'partial', 'null', 'fixed'] as const;
 export type MaskingStrategy = (typeof MASKING_STRATEGIES)[number];
 
 export const UNTRACEABLE_ACTIONS = ['redact', 'detect', 'deny'] as const;
@@ -291,7 +291,7 @@ export const MaskingRule = Type.Object(
     ),
     strategy: StringEnum(MASKING_STRATEGIES, {
       description:
-        'redact (a fixed value valid for the column type), hash (keyed HMAC-SHA-256 prefix, stable for joins), partial (keep the last keepLast characters), null.',
+        'redact ([MASKED] in text, a fixed value valid for other types), hash (keyed HMAC-SHA-256, stable for joins), partial (keep the last keepLast characters), null, fixed (value in text, a fixed value valid for other types).',
       default: 'redact',
     }),
     keepLast: Type.Optional(
@@ -299,6 +299,12 @@ export const MaskingRule = Type.Object(
         description: 'Characters partial keeps at the end of a value. Default 4.',
         minimum: 0,
         maximum: 64,
+      }),
+    ),
+    value: Type.Optional(
+      Type.String({
+        description: 'What fixed writes in text, json and bytea columns. Default the empty string.',
+        maxLength: 256,
       }),
     ),
     untraceable: Type.Optional(

@@ -142,6 +142,8 @@ export interface MaskingInstruction {
   readonly types?: readonly string[];
   /** partial: characters kept at the end. Absent: 4. */
   readonly keepLast?: number;
+  /** fixed: the text written in text-like columns. Absent: the empty string. */
+  readonly value?: string;
   /** A result column whose lineage cannot be proven. Absent: redact. */
   readonly untraceable?: UntraceableAction;
   /** Deny predicates, joins, grouping and ordering on masked columns. Absent: false. */

@@ -46,6 +46,9 @@ test('the bypass corpus: no original value of a masked column reaches the client
     const where = `[${attempt.class}] ${attempt.sql}`;
     const leak = leakIn(bytes);
     if (leak !== undefined) failures.push(`${where}: LEAKED ${leak}`);
+    for (const part of attempt.absent ?? []) {
+      if (bytes.toString('latin1').includes(part)) failures.push(`${where}: LEAKED ${part}`);
+    }
     const errors = messages.filter((m) => m.type === 'E').map((m) => errorFields(m.body));
     if (attempt.expect === 'masked' && errors.length > 0) {
       failures.push(`${where}: expected masked rows, got ${errors.map((e) => `${e.code} ${e.message}`).join('; ')}`);

@@ -196,6 +196,7 @@ function maskingOf(policy: string, masking: readonly MaskingRule[] | undefined):
     strategy: orDefault(m.strategy, 'redact'),
     types: m.types ?? [],
     keepLast: orDefault(m.keepLast, 4),
+    value: orDefault(m.value, ''),
     untraceable: orDefault(m.untraceable, 'redact'),
     denyPredicates: orDefault(m.denyPredicates, false),
   }));

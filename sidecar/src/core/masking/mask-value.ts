@@ -20,10 +20,18 @@ export interface ValueMasker {
 }
 
 /** Applies one strategy to one value (a whole value, or a detected substring). */
-export function applyStrategy(strategy: MaskingStrategy, value: string, hashKey: Buffer, keepLast = 4): string {
+export function applyStrategy(
+  strategy: MaskingStrategy,
+  value: string,
+  hashKey: Buffer,
+  keepLast = 4,
+  fixedValue = '',
+): string {
   switch (strategy) {
     case 'redact':
       return REDACTED;
+    case 'fixed':
+      return fixedValue;
     case 'null':
       return 'NULL';
     case 'partial': {
@@ -69,11 +77,11 @@ export function createValueMasker(
   const whole = instructions.find((i) => i.columns.length > 0 || (i.types?.length ?? 0) > 0);
   return {
     mask(value: string): string {
-      if (whole !== undefined) return applyStrategy(whole.strategy, value, hashKey, whole.keepLast);
+      if (whole !== undefined) return applyStrategy(whole.strategy, value, hashKey, whole.keepLast, whole.value);
       let out = value;
       for (const i of instructions) {
         if (i.detectors.length === 0) continue;
-        out = replaceDetected(out, i.detectors, (m) => applyStrategy(i.strategy, m, hashKey, i.keepLast)).text;
+        out = replaceDetected(out, i.detectors, (m) => applyStrategy(i.strategy, m, hashKey, i.keepLast, i.value)).text;
       }
       return out;
     },

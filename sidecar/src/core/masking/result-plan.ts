@@ -42,6 +42,8 @@ export type ColumnAction =
       readonly kind: 'mask';
       readonly strategy: MaskingStrategy;
       readonly keepLast: number;
+      /** fixed: the text written in text-like columns. */
+      readonly value: string;
       readonly rule: string;
       /** Why: the masked source column, `type <name>`, or `untraceable`. */
       readonly source: string;
@@ -52,6 +54,7 @@ export type ColumnAction =
         readonly detector: ContentDetector;
         readonly strategy: MaskingStrategy;
         readonly keepLast: number;
+        readonly value: string;
         readonly rule: string;
       }[];
     };
@@ -125,7 +128,13 @@ export function maskingRules(instructions: readonly MaskingInstruction[]): Maski
     if (STRICTNESS[u] > STRICTNESS[untraceable]) untraceable = u;
   }
   const detectors = instructions.flatMap((i) =>
-    i.detectors.map((detector) => ({ detector, strategy: i.strategy, keepLast: i.keepLast ?? 4, rule: i.rule })),
+    i.detectors.map((detector) => ({
+      detector,
+      strategy: i.strategy,
+      keepLast: i.keepLast ?? 4,
+      value: i.value ?? '',
+      rule: i.rule,
+    })),
   );
   const typeRules = new Map<string, ColumnAction>();
   for (const i of instructions) {
@@ -152,11 +161,17 @@ export function maskingRules(instructions: readonly MaskingInstruction[]): Maski
   return rules;
 }
 
-function maskAction(i: MaskingInstruction, source: string): ColumnAction {
-  return { kind: 'mask', strategy: i.strategy, keepLast: i.keepLast ?? 4, rule: i.rule, source };
+function maskAction(i: MaskingInstruction, source: string, strategy = i.strategy): ColumnAction {
+  return { kind: 'mask', strategy, keepLast: i.keepLast ?? 4, value: i.value ?? '', rule: i.rule, source };
 }
 
-const STRATEGY_STRICTNESS: Readonly<Record<MaskingStrategy, number>> = { partial: 0, hash: 1, redact: 2, null: 3 };
+const STRATEGY_STRICTNESS: Readonly<Record<MaskingStrategy, number>> = {
+  partial: 0,
+  hash: 1,
+  fixed: 2,
+  redact: 3,
+  null: 4,
+};
 
 /** The fallback for untraceable values: redact under the strictest column rule, or detectors everywhere. */
 function untraceableAction(rules: MaskingRules): ColumnAction {
@@ -168,11 +183,12 @@ function untraceableAction(rules: MaskingRules): ColumnAction {
         detector,
         strategy: 'redact' as const,
         keepLast: 0,
+        value: '',
         rule: rule?.rule ?? 'untraceable',
       })),
     };
   }
-  return { kind: 'mask', strategy: 'redact', keepLast: 0, rule: rule.rule, source: 'untraceable' };
+  return { kind: 'mask', strategy: 'redact', keepLast: 0, value: '', rule: rule.rule, source: 'untraceable' };
 }
 
 /** Decides the plan for one statement's result under `rules`. */
@@ -229,7 +245,13 @@ export function planResult(lineage: ResultLineage, rules: MaskingRules): ResultP
         source = id;
       }
     }
-    return strictest === undefined ? PASS : maskAction(strictest, c.direct ? source : `${source} (derived)`);
+    if (strictest === undefined) return PASS;
+    if (c.direct) return maskAction(strictest, source);
+    // A value computed from a masked column keeps nothing of it: partial would keep the tail of any
+    // expression (`repeat('x', 8) || substr(card, 1, 4)` shows the first four digits) and a hash tells which
+    // rows agree on any predicate written into the expression (`case when email like 'a%' …`).
+    const derived = strictest.strategy === 'hash' || strictest.strategy === 'partial' ? 'redact' : strictest.strategy;
+    return maskAction(strictest, `${source} (derived)`, derived);
   });
   return {
     kind: 'mask',

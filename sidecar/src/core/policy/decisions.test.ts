@@ -24,6 +24,7 @@ const PII = {
   // The compiler's defaults for what the rule leaves out.
   types: [],
   keepLast: 4,
+  value: '',
   untraceable: 'redact',
   denyPredicates: false,
 };

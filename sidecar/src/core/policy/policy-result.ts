@@ -39,6 +39,7 @@ function isMasking(v: unknown): v is MaskingInstruction {
   if (v.types !== undefined && !isStringArray(v.types)) return false;
   if (v.keepLast !== undefined && (typeof v.keepLast !== 'number' || !Number.isInteger(v.keepLast) || v.keepLast < 0))
     return false;
+  if (v.value !== undefined && typeof v.value !== 'string') return false;
   if (v.untraceable !== undefined && !untraceable.has(v.untraceable)) return false;
   if (v.denyPredicates !== undefined && typeof v.denyPredicates !== 'boolean') return false;
   return true;

@@ -128,7 +128,13 @@ class PostgresEndpoint implements ResourceEndpoint, ConnectionContext {
       user: readFileSync(up.usernameFile, 'utf8').trim(),
       password: readFileSync(up.passwordFile, 'utf8').replace(/\r?\n$/, ''),
       tls: this.upstreamTls(),
-      parameters: [['application_name', 'chaperone-masking-catalogue']],
+      // A session holding a lock on a relation (an uncommitted CREATE OR REPLACE VIEW) must not stall the
+      // catalogue queries of every session: they give up, and what stays unknown is masked or denied.
+      parameters: [
+        ['application_name', 'chaperone-masking-catalogue'],
+        ['lock_timeout', '2s'],
+        ['statement_timeout', '10s'],
+      ],
     });
     // The catalogue connection never keeps the process alive.
     (connection.socket as Partial<Socket>).unref?.();

@@ -126,7 +126,7 @@ export interface StatementGateOptions {
   readonly analyzer: SqlAnalyzer;
   readonly session: AgentSession;
   /** Where the upstream's transaction status is kept (the response tracker): policy input `inTransaction`. */
-  readonly upstream: { readonly transactionStatus: TransactionStatus };
+  readonly upstream: { readonly transactionStatus: TransactionStatus; readonly pending: number };
   readonly logger: Logger;
   /** What the sidecar enforces on this session: the pinned schema, the read-only guard. */
   readonly pins: SessionPins;
@@ -219,7 +219,7 @@ export class StatementGate {
     const statement =
       this.statements.get(msg.statement) ??
       (sqlPrepared === undefined ? undefined : { text: sqlPrepared.text, analysis: [sqlPrepared] });
-    this.masking?.rebound('P', msg.portal);
+    this.masking?.rebound('P', msg.portal, msg.statement);
     if (statement === undefined) this.portals.delete(msg.portal);
     else {
       this.portals.set(msg.portal, {
@@ -438,7 +438,10 @@ export class StatementGate {
       this.noteAllowed(statements);
       return v.kind === 'rows' ? { action: 'forward', command, rows: v.rewriter } : { action: 'forward', command };
     };
-    const planned = masking.plan(statements, command.decision.masking, this.searchPath, portal);
+    // Nothing of this connection is in flight and no transaction is open: whatever it changed in the
+    // catalogue is committed (or rolled back) and visible to the catalogue connection.
+    const settled = this.upstream.pending === 0 && this.upstream.transactionStatus === 'I';
+    const planned = masking.plan(statements, command.decision.masking, this.searchPath, portal, settled);
     return planned instanceof Promise
       ? planned.then(apply, (): RelayVerdict => apply({ kind: 'deny', reason: 'result masking could not be planned' }))
       : apply(planned);

@@ -4,7 +4,12 @@
 // the way the server does: pg_catalog first, then the session's search_path; a name some session has as a
 // temporary relation resolves to nothing (unknown), because which session's it is cannot be known here.
 import type { ColumnLineage } from '../../../core/masking/result-plan.ts';
-import { viewLineage, type RelationInfo, type RelationLookup } from '../analysis/column-lineage.ts';
+import {
+  viewLineage,
+  type RelationInfo,
+  type RelationLookup,
+  type StatementLineage,
+} from '../analysis/column-lineage.ts';
 import { BackendCode } from '../protocol/backend-messages.ts';
 import { BackendScanner, decodeDataRow, decodeErrorFields } from '../protocol/backend-scanner.ts';
 import { encodeQuery } from '../protocol/frontend-encoder.ts';
@@ -45,6 +50,9 @@ export class RelationCatalog {
   private readonly entries = new Map<string, Entry>();
   private readonly viewCache = new Map<string, readonly ColumnLineage[] | undefined>();
   private generation = 0;
+  /** Changes whenever what a lookup can answer changes: DDL through the sidecar, any fetch stored. */
+  private version = 0;
+  private readonly lineages = new LineageCache();
 
   constructor(connect: () => Promise<UpstreamConnection>, now: () => number = Date.now) {
     this.connect = connect;
@@ -56,6 +64,23 @@ export class RelationCatalog {
     this.entries.clear();
     this.viewCache.clear();
     this.generation++;
+    this.version++;
+    this.lineages.clear();
+  }
+
+  /**
+   * The lineage of a statement walked before, when nothing it read from the catalogue has changed since:
+   * the same text and search_path (`key`), the same catalogue version (no DDL through the sidecar, no entry
+   * fetched again), and every entry the walk read still fresh.
+   */
+  cachedLineage(key: string): StatementLineage | undefined {
+    return this.lineages.get(key, this.version, this.now());
+  }
+
+  /** Keeps a complete walk (nothing missing) made with `lookup` of this catalogue's current version. */
+  rememberLineage(key: string, lineage: StatementLineage, lookup: CatalogLookup): void {
+    if (lineage.missing.length > 0 || lookup.missing.size > 0 || lookup.version !== this.version) return;
+    this.lineages.set(key, lineage, this.version, lookup.oldestRead + CACHE_TTL_MS);
   }
 
   /** Whether every name is cached and fresh. */
@@ -93,6 +118,9 @@ export class RelationCatalog {
       byName.get(row.name)?.push(row);
     }
     for (const [name, found] of byName) this.entries.set(name, { fetchedAt, rows: found });
+    // What any cached walk read may have changed (a view redefined, a column renamed by another client).
+    this.version++;
+    this.lineages.clear();
     for (const key of this.viewCache.keys()) if (wanted.some((n) => key.endsWith(`.${n}`))) this.viewCache.delete(key);
   }
 
@@ -118,12 +146,15 @@ export class RelationCatalog {
     const resolving = new Set<string>();
     const lookup: CatalogLookup = {
       missing: new Set(),
+      version: this.version,
+      oldestRead: Infinity,
       relation(schema, name) {
         const entry = entries.get(name);
         if (entry === undefined || now() - entry.fetchedAt >= CACHE_TTL_MS) {
           lookup.missing.add(name);
           return undefined;
         }
+        lookup.oldestRead = Math.min(lookup.oldestRead, entry.fetchedAt);
         let row: CatalogRow | undefined;
         if (schema !== undefined) {
           row = entry.rows.find((r) => r.schema === schema);
@@ -169,6 +200,61 @@ export class RelationCatalog {
 /** A RelationLookup that also collects the names it did not have cached (directly or in a view's definition). */
 export interface CatalogLookup extends RelationLookup {
   readonly missing: Set<string>;
+  /** The catalogue version the lookup answers from. */
+  readonly version: number;
+  /** When the oldest entry the lookup answered from was fetched (Infinity: none). */
+  oldestRead: number;
+}
+
+/** How many statements' lineages a resource keeps (distinct statement texts; the oldest go first). */
+export const LINEAGE_CACHE_SIZE = 2_000;
+
+/**
+ * Walked lineages by statement text and search_path, each valid for one catalogue version and until the
+ * first catalogue entry it read expires. Pure bookkeeping (the catalogue decides versions and times).
+ */
+export class LineageCache {
+  private readonly entries = new Map<
+    string,
+    { readonly lineage: StatementLineage; readonly version: number; readonly validUntil: number }
+  >();
+  private readonly capacity: number;
+
+  constructor(capacity = LINEAGE_CACHE_SIZE) {
+    this.capacity = capacity;
+  }
+
+  get(key: string, version: number, now: number): StatementLineage | undefined {
+    const e = this.entries.get(key);
+    if (e === undefined) return undefined;
+    if (e.version !== version || now >= e.validUntil) {
+      this.entries.delete(key);
+      return undefined;
+    }
+    return e.lineage;
+  }
+
+  set(key: string, lineage: StatementLineage, version: number, validUntil: number): void {
+    this.entries.delete(key);
+    if (this.entries.size >= this.capacity) {
+      const oldest = this.entries.keys().next();
+      if (oldest.done !== true) this.entries.delete(oldest.value);
+    }
+    this.entries.set(key, { lineage, version, validUntil });
+  }
+
+  clear(): void {
+    this.entries.clear();
+  }
+
+  get size(): number {
+    return this.entries.size;
+  }
+}
+
+/** The cache key of a statement's lineage: its exact text under one search_path. */
+export function lineageKey(text: string, searchPath: readonly string[]): string {
+  return `${searchPath.join('\u0000')}\u0001${text}`;
 }
 
 const OPAQUE_COLUMN: ColumnLineage = Object.freeze({ sources: [], direct: false, opaque: true });

@@ -11,7 +11,7 @@ import type { AnalyzedStatement } from '../analysis/analyze-sql.ts';
 import { sqlLineage, type StatementLineage } from '../analysis/column-lineage.ts';
 import type { FieldDescription } from '../protocol/backend-messages.ts';
 import { decodeRowDescription } from '../protocol/backend-scanner.ts';
-import type { RelationCatalog } from './relation-catalog.ts';
+import { lineageKey, type RelationCatalog } from './relation-catalog.ts';
 import { RowMasker } from './row-masker.ts';
 
 export type MaskingVerdict =
@@ -22,6 +22,8 @@ export type MaskingVerdict =
 interface ShapeSlot {
   /** The RowDescription a Describe got (a copy), decoded only when a masked Execute needs its shape. */
   rowDescription?: Buffer | undefined;
+  /** A portal's: the slot of the statement it was bound from (a portal's Describe tells its statement's shape too). */
+  readonly statement?: ShapeSlot;
 }
 
 /** The row shape a slot holds; undefined when it holds none or its RowDescription does not decode. */
@@ -47,6 +49,23 @@ const UNKNOWN: StatementLineage = Object.freeze({
   missing: [],
 });
 
+/** Statements that may change what the catalogue says (DDL, grants, bodies and utilities not modelled). */
+const CATALOG_CHANGING: ReadonlySet<string> = new Set(['ddl', 'dcl', 'do', 'call', 'utility', 'other']);
+
+/** Statements that neither read nor write relations: allowed while the catalogue is being changed. */
+const CATALOG_INERT: ReadonlySet<string> = new Set([
+  'transaction',
+  'set',
+  'show',
+  'listen',
+  'notify',
+  'lock',
+  'maintenance',
+]);
+
+const CHANGED_CATALOG =
+  'statements after a catalogue change (DDL, grants, DO, CALL) in the same transaction or pipeline cannot be traced for masking; commit the change first';
+
 /** Walks again after fetching what a walk found missing (views over views need a round per level). */
 const MAX_FETCH_ROUNDS = 6;
 
@@ -66,6 +85,8 @@ export class ResultMasking {
    * the shape of their own binding, even when the next Bind of the same name is already on its way.
    */
   private readonly slots = new Map<string, ShapeSlot>();
+  /** This connection ran a statement that may change the catalogue, and has not been settled since. */
+  private catalogChanged = false;
 
   constructor(options: ResultMaskingOptions) {
     this.catalog = options.catalog;
@@ -81,9 +102,29 @@ export class ResultMasking {
     instructions: readonly MaskingInstruction[],
     searchPath: readonly string[],
     portal?: { readonly portal: string; readonly statement: string; readonly resultFormats: readonly number[] },
+    settled = false,
   ): MaskingVerdict | Promise<MaskingVerdict> {
-    if (statements.some((s) => s.kind === 'ddl' || s.kind === 'dcl')) this.catalog.invalidate();
+    if (this.catalogChanged && settled) {
+      // The change is committed or gone: read the catalogue again (a walk meanwhile may have cached the
+      // definitions from before it).
+      this.catalogChanged = false;
+      this.catalog.invalidate();
+    }
+    let changed = this.catalogChanged;
+    if (statements.some((s) => CATALOG_CHANGING.has(s.kind))) {
+      this.catalog.invalidate();
+      this.catalogChanged = true;
+    }
     if (instructions.length === 0) return NONE;
+    if (maskingRules(instructions).byColumn.length > 0) {
+      // After this session changed the catalogue in a transaction or pipeline not yet settled, the catalogue
+      // connection still sees the definitions from before (a view redefined to expose a masked column, a
+      // column renamed): what the session reads or writes then cannot be traced. Refused until it commits.
+      for (const s of statements) {
+        if (changed && !CATALOG_INERT.has(s.kind)) return { kind: 'deny', reason: CHANGED_CATALOG };
+        if (CATALOG_CHANGING.has(s.kind)) changed = true;
+      }
+    }
     const first = this.walk(statements, searchPath);
     if (first.missing.length === 0) return this.decide(first.lineages, instructions, portal);
     return this.fetchAndWalk(statements, searchPath, first.missing).then((lineages) =>
@@ -104,12 +145,22 @@ export class ResultMasking {
     // the frame is kept, not decoded; a copy, since the chunk it is a view of goes on to the client.
     return (frame) => {
       target.rowDescription = Buffer.from(frame);
+      // The row shape of a statement does not change between its bindings (only the formats do, and an
+      // Execute takes those from its Bind): a driver that describes the portal at the first execution and
+      // only binds and executes afterwards (pgJDBC's named statements) gets the shape for those too.
+      if (target.statement !== undefined && target.statement.rowDescription === undefined) {
+        target.statement.rowDescription = target.rowDescription;
+      }
     };
   }
 
-  /** A statement was parsed or a portal bound (a new binding of the name), or either was closed. */
-  rebound(kind: 'S' | 'P', name: string): void {
-    this.slots.set(`${kind}:${name}`, {});
+  /**
+   * A statement was parsed or a portal bound (a new binding of the name; a portal's from `statement`), or
+   * either was closed.
+   */
+  rebound(kind: 'S' | 'P', name: string, statement?: string): void {
+    const from = statement === undefined ? undefined : this.slots.get(`S:${statement}`);
+    this.slots.set(`${kind}:${name}`, from === undefined ? {} : { statement: from });
   }
 
   private async fetchAndWalk(
@@ -138,15 +189,25 @@ export class ResultMasking {
     statements: readonly AnalyzedStatement[],
     searchPath: readonly string[],
   ): { lineages: StatementLineage[]; missing: string[] } {
-    const lookup = this.catalog.lookup(searchPath);
+    const missing = new Set<string>();
     const lineages = statements.map((s): StatementLineage => {
+      // The walk depends on the exact text, the search_path and the catalogue; the catalogue keeps it for
+      // as long as none of those changed (relation-catalog.ts).
+      const key = lineageKey(s.text, searchPath);
+      const cached = this.catalog.cachedLineage(key);
+      if (cached !== undefined) return cached;
+      const lookup = this.catalog.lookup(searchPath);
+      let lineage: StatementLineage;
       try {
-        return sqlLineage(s.text, lookup)[0] ?? UNKNOWN;
+        lineage = sqlLineage(s.text, lookup)[0] ?? UNKNOWN;
       } catch {
         return UNKNOWN;
       }
+      for (const name of lookup.missing) missing.add(name);
+      this.catalog.rememberLineage(key, lineage, lookup);
+      return lineage;
     });
-    return { lineages, missing: [...lookup.missing] };
+    return { lineages, missing: [...missing] };
   }
 
   private decide(

@@ -3,16 +3,18 @@
 // counts name column, rule and strategy.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import type { ContentDetector, MaskingStrategy } from '@chaperone/api';
 import type { ColumnAction, ResultPlan } from '../../../core/masking/result-plan.ts';
 import { PASS } from '../../../core/masking/result-plan.ts';
 import { cstr, i16, i32, msg, u32 } from '../protocol/test-wire.ts';
 import { RowMasker } from './row-masker.ts';
 
 const KEY = Buffer.alloc(32, 1);
-const mask = (strategy: 'redact' | 'hash' | 'partial' | 'null', source = 'public.t.c'): ColumnAction => ({
+const mask = (strategy: MaskingStrategy, source = 'public.t.c', value = ''): ColumnAction => ({
   kind: 'mask',
   strategy,
   keepLast: 4,
+  value,
   rule: 'ns/p/r',
   source,
 });
@@ -40,6 +42,11 @@ function rowDescription(fields: [name: string, type: number, format: number][]):
 
 function dataRow(values: (Buffer | null)[]): Buffer {
   return msg('D', i16(values.length), ...values.map((v) => (v === null ? i32(-1) : Buffer.concat([i32(v.length), v]))));
+}
+
+function present(v: Buffer | null | undefined): Buffer {
+  assert.ok(v !== null && v !== undefined, 'a value, not NULL');
+  return v;
 }
 
 /** The values of a DataRow, read the plain way. */
@@ -149,4 +156,186 @@ test('errors of a statement that reads masked data lose their text; notices are 
   assert.equal(m.notice(msg('N', cstr('SNOTICE'), cstr('Mada@example.com'), Buffer.from([0]))).length, 0);
   const clear = new RowMasker({ plans: [plan([PASS], false)], hashKey: KEY });
   assert.equal(clear.error(error), error, 'a statement that read nothing masked keeps its error');
+});
+
+/** The keyed hash strategy writes a value of the column's own type, equal in text and binary format. */
+test('hash: integers, numerics, UUIDs, bytea and jsonb get hashed values of their type, the same in both formats', () => {
+  const columns: [string, number][] = [
+    ['n', 23],
+    ['b', 20],
+    ['s', 21],
+    ['num', 1700],
+    ['u', 2950],
+    ['raw', 17],
+    ['jb', 3802],
+    ['d', 1082],
+  ];
+  const masker = (format: number): RowMasker => {
+    const m = new RowMasker({ plans: [plan(columns.map(() => mask('hash')))], hashKey: KEY });
+    m.rowDescription(rowDescription(columns.map(([n, t]) => [n, t, format])));
+    return m;
+  };
+  const text = values(
+    masker(0).dataRow(
+      dataRow(
+        [
+          '424242',
+          '9000000001',
+          '7',
+          '12345.60',
+          'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11',
+          '\\xdeadbeef',
+          '{"k": 1}',
+          '2021-03-04',
+        ].map((v) => Buffer.from(v)),
+      ),
+    ),
+  );
+  const uuid = Buffer.from('a0eebc999c0b4ef8bb6d6bb9bd380a11', 'hex');
+  // numeric_send of 12345.60: ndigits 3, weight 1, positive, dscale 2, digits 1 2345 6000.
+  const numeric = Buffer.concat([i16(3), i16(1), i16(0), i16(2), i16(1), i16(2345), i16(6000)]);
+  const int8 = Buffer.alloc(8);
+  int8.writeBigInt64BE(9000000001n);
+  const binary = values(
+    masker(1).dataRow(
+      dataRow([
+        i32(424242),
+        int8,
+        i16(7),
+        numeric,
+        uuid,
+        Buffer.from('deadbeef', 'hex'),
+        Buffer.concat([Buffer.from([1]), Buffer.from('{"k": 1}')]),
+        i32(7733),
+      ]),
+    ),
+  );
+  const n = Number(String(text[0]));
+  assert.ok(Number.isInteger(n) && n >= 0 && n !== 424242, String(text[0]));
+  assert.equal(binary[0]?.readInt32BE(0), n, 'int4: the same hashed integer in both formats');
+  assert.equal(binary[1]?.readBigInt64BE(0).toString(), String(text[1]));
+  assert.equal(binary[2]?.readInt16BE(0), Number(String(text[2])));
+  assert.match(String(text[3]), /^\d{1,15}$/);
+  assert.equal(numericDigits(binary[3] ?? Buffer.alloc(0)), String(text[3]), 'numeric: the same hashed integer');
+  assert.match(String(text[4]), /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/);
+  assert.equal(binary[4]?.toString('hex'), String(text[4]).replace(/-/g, ''), 'uuid: the same in both formats');
+  const hashed = /^hmac:[0-9a-f]{16}$/;
+  assert.match(Buffer.from(String(text[5]).slice(2), 'hex').toString(), hashed, 'bytea text: hex of the hash text');
+  assert.equal(binary[5]?.toString(), Buffer.from(String(text[5]).slice(2), 'hex').toString());
+  assert.match(JSON.parse(String(text[6])) as string, hashed);
+  assert.equal(binary[6]?.[0], 1, 'jsonb binary keeps its version byte');
+  assert.equal(String(present(binary[6]).subarray(1)), String(text[6]));
+  assert.equal(String(text[7]), '1970-01-01', 'a date has no hashed form: its fixed value');
+});
+
+/** numeric_send bytes of a non-negative integer, back to its decimal digits. */
+function numericDigits(b: Buffer): string {
+  const ndigits = b.readInt16BE(0);
+  const weight = b.readInt16BE(2);
+  assert.equal(b.readInt16BE(4), 0);
+  assert.equal(b.readInt16BE(6), 0);
+  let out = '';
+  for (let i = 0; i <= weight; i++) {
+    const d = i < ndigits ? b.readInt16BE(8 + 2 * i) : 0;
+    out += i === 0 ? String(d) : String(d).padStart(4, '0');
+  }
+  return out === '' ? '0' : out;
+}
+
+test("fixed writes its value in text, the type's fixed value elsewhere; arrays get an empty array", () => {
+  const cols: [string, number, number][] = [
+    ['t', 25, 0],
+    ['v', 1043, 1],
+    ['j', 114, 0],
+    ['arr', 1009, 0],
+    ['arrb', 1007, 1],
+    ['ts', 1184, 1],
+    ['rec', 2249, 0],
+  ];
+  const m = new RowMasker({ plans: [plan(cols.map(() => mask('fixed', 'public.t.c', 'n/a')))], hashKey: KEY });
+  m.rowDescription(rowDescription(cols));
+  const out = values(
+    m.dataRow(
+      dataRow([
+        Buffer.from('secret'),
+        Buffer.from('secret'),
+        Buffer.from('{"a":"secret"}'),
+        Buffer.from('{secret}'),
+        Buffer.concat([i32(1), i32(0), i32(23), i32(1), i32(1), i32(4), i32(5)]),
+        Buffer.alloc(8, 7),
+        Buffer.from('(secret,1)'),
+      ]),
+    ),
+  );
+  assert.deepEqual(out.slice(0, 4).map(String), ['n/a', 'n/a', '"n/a"', '{}']);
+  assert.deepEqual(out[4], Buffer.concat([i32(0), i32(0), i32(23)]), 'array_send of an empty int4[]');
+  const epoch = Buffer.alloc(8);
+  epoch.writeBigInt64BE(BigInt(Date.UTC(1970, 0, 1) - Date.UTC(2000, 0, 1)) * 1000n);
+  assert.deepEqual(out[5], epoch, 'timestamptz: 1970-01-01 in binary (µs before 2000-01-01)');
+  assert.equal(out[6], null, 'a record has no fixed value: NULL');
+});
+
+test('detectors keep JSON valid, replace numbers and arrays whole, and never break a value of another type', () => {
+  const detect = (detectors: ContentDetector[], strategy: MaskingStrategy): ColumnAction => ({
+    kind: 'detect',
+    detectors: detectors.map((detector) => ({ detector, strategy, keepLast: 4, value: '', rule: 'ns/p/d' })),
+  });
+  const cols: [string, number, number][] = [
+    ['j', 114, 0],
+    ['jb', 3802, 1],
+    ['pem', 3802, 0],
+    ['arr', 1016, 0],
+    ['big', 20, 1],
+    ['t', 25, 0],
+  ];
+  const action = detect(['credit-card', 'email', 'secret-key'], 'partial');
+  const m = new RowMasker({ plans: [plan(cols.map(() => action))], hashKey: KEY });
+  m.rowDescription(rowDescription(cols));
+  const int8 = Buffer.alloc(8);
+  int8.writeBigInt64BE(4111111111111111n);
+  const out = values(
+    m.dataRow(
+      dataRow([
+        Buffer.from('{"card": 4111111111111111, "mail": "a.b@example.com", "n": 5}'),
+        Buffer.concat([Buffer.from([1]), Buffer.from('{"card": "4111 1111 1111 1111"}')]),
+        Buffer.from('{"k": "-----BEGIN RSA PRIVATE KEY-----\\nMIIB", "after": 1}'),
+        Buffer.from('{4111111111111111,5}'),
+        int8,
+        Buffer.from('mail a.b@example.com now'),
+      ]),
+    ),
+  );
+  assert.deepEqual(JSON.parse(String(out[0])), { card: '************1111', mail: '***********.com', n: 5 });
+  assert.equal(out[1]?.[0], 1);
+  assert.deepEqual(JSON.parse(String(present(out[1]).subarray(1))), { card: '***************1111' });
+  const pem = JSON.parse(String(out[2])) as { k: string; after: number };
+  assert.equal(pem.after, 1, 'a match that runs to the end of the text stays inside its JSON string');
+  assert.ok(!pem.k.includes('BEGIN'), pem.k);
+  assert.equal(String(out[3]), '{}', 'an int8[] in which a card number was found: an empty array');
+  assert.deepEqual(out[4], Buffer.alloc(8), 'a binary int8 that is a card number: 0');
+  assert.equal(String(out[5]), 'mail ***********.com now');
+});
+
+test('a type rule written with an alias (integer) covers the catalogue type (int4)', () => {
+  const byType = mask('null', 'type integer');
+  const m = new RowMasker({
+    plans: [
+      {
+        kind: 'mask',
+        columns: [PASS, PASS],
+        fallback: PASS,
+        typeRules: new Map([['integer', byType]]),
+        detect: undefined,
+        sensitive: false,
+      },
+    ],
+    hashKey: KEY,
+  });
+  m.rowDescription(
+    rowDescription([
+      ['n', 23, 0],
+      ['t', 25, 0],
+    ]),
+  );
+  assert.deepEqual(values(m.dataRow(dataRow([Buffer.from('5'), Buffer.from('x')]))), [null, Buffer.from('x')]);
 });

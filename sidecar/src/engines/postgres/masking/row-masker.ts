@@ -5,11 +5,21 @@
 // value. One plan per statement of the command, in order: a simple Query may carry several.
 import type { MaskedCount } from '../../../core/command.ts';
 import { replaceDetected } from '../../../core/masking/detectors.ts';
-import { applyStrategy, keyedHash, REDACTED } from '../../../core/masking/mask-value.ts';
+import { applyStrategy, REDACTED } from '../../../core/masking/mask-value.ts';
 import { PASS, type ColumnAction, type ResultPlan } from '../../../core/masking/result-plan.ts';
 import { BackendCode, type FieldDescription } from '../protocol/backend-messages.ts';
 import { decodeErrorFields, decodeRowDescription } from '../protocol/backend-scanner.ts';
 import { errorResponse } from '../protocol/backend-encoder.ts';
+import {
+  canonicalText,
+  fixedValue,
+  hashedValue,
+  jsonbBinary,
+  maskJsonTokens,
+  T,
+  TEXT_LIKE,
+  textValue,
+} from './typed-values.ts';
 
 /** What the response tracker calls while a masked command's response flows; each returns the bytes to send. */
 export interface ResultRewriter {
@@ -22,34 +32,6 @@ export interface ResultRewriter {
   /** Values masked so far, per column and strategy. */
   counts(): MaskedCount[];
 }
-
-/** Type OIDs of pg_catalog types the masker writes values for (pg_type.dat). */
-const T = {
-  bool: 16,
-  bytea: 17,
-  char: 18,
-  name: 19,
-  int8: 20,
-  int2: 21,
-  int4: 23,
-  text: 25,
-  oid: 26,
-  json: 114,
-  xml: 142,
-  cidr: 650,
-  float4: 700,
-  float8: 701,
-  unknown: 705,
-  inet: 869,
-  bpchar: 1042,
-  varchar: 1043,
-  date: 1082,
-  timestamp: 1114,
-  timestamptz: 1184,
-  numeric: 1700,
-  uuid: 2950,
-  jsonb: 3802,
-} as const;
 
 const TYPE_NAMES: ReadonlyMap<number, string> = new Map(Object.entries(T).map(([name, oid]) => [oid, name]));
 /** Type names as policies write them (aliases of the catalogue names). */
@@ -77,40 +59,20 @@ export function canonicalTypeName(name: string): string {
   return TYPE_ALIASES[lower] ?? lower;
 }
 
-const TEXT_LIKE: ReadonlySet<number> = new Set([T.text, T.varchar, T.bpchar, T.name, T.unknown, T.xml]);
+/** A plan's type rules keyed by catalogue type name (a policy may write `integer` for int4). */
+const canonicalRules = new WeakMap<ReadonlyMap<string, ColumnAction>, ReadonlyMap<string, ColumnAction>>();
+function typeRulesByName(rules: ReadonlyMap<string, ColumnAction>): ReadonlyMap<string, ColumnAction> {
+  let byName = canonicalRules.get(rules);
+  if (byName === undefined) {
+    const m = new Map<string, ColumnAction>();
+    for (const [name, action] of rules) if (!m.has(canonicalTypeName(name))) m.set(canonicalTypeName(name), action);
+    byName = m;
+    canonicalRules.set(rules, byName);
+  }
+  return byName;
+}
+
 const NULL_VALUE = null;
-
-function fixed(text: string, binary: Buffer): { text: Buffer; binary: Buffer } {
-  return { text: Buffer.from(text), binary };
-}
-/** The value redact writes for types whose values are not text: fixed, valid, and saying nothing. */
-const FIXED: ReadonlyMap<number, { text: Buffer; binary: Buffer }> = new Map([
-  [T.bool, fixed('f', Buffer.from([0]))],
-  [T.int2, fixed('0', Buffer.alloc(2))],
-  [T.int4, fixed('0', Buffer.alloc(4))],
-  [T.oid, fixed('0', Buffer.alloc(4))],
-  [T.int8, fixed('0', Buffer.alloc(8))],
-  [T.float4, fixed('0', Buffer.alloc(4))],
-  [T.float8, fixed('0', Buffer.alloc(8))],
-  [T.numeric, fixed('0', Buffer.alloc(8))],
-  [T.uuid, fixed('00000000-0000-0000-0000-000000000000', Buffer.alloc(16))],
-  [T.date, fixed('1970-01-01', int32(-10957))],
-  [T.timestamp, fixed('1970-01-01 00:00:00', int64(-946684800000000n))],
-  [T.timestamptz, fixed('1970-01-01 00:00:00+00', int64(-946684800000000n))],
-  [T.inet, fixed('0.0.0.0', Buffer.from([2, 32, 0, 4, 0, 0, 0, 0]))],
-  [T.cidr, fixed('0.0.0.0/0', Buffer.from([2, 0, 1, 4, 0, 0, 0, 0]))],
-]);
-
-function int32(v: number): Buffer {
-  const b = Buffer.alloc(4);
-  b.writeInt32BE(v);
-  return b;
-}
-function int64(v: bigint): Buffer {
-  const b = Buffer.alloc(8);
-  b.writeBigInt64BE(v);
-  return b;
-}
 
 /** One result column as the masker needs it. */
 interface Column {
@@ -273,7 +235,7 @@ export class RowMasker implements ResultRewriter {
           plan.columns !== undefined && plan.columns.length === fields.length ? plan.columns[i] : undefined;
         action = planned ?? plan.fallback;
         if (action.kind === 'pass') {
-          const byType = plan.typeRules.get(typeName(f.typeOid) ?? '');
+          const byType = typeRulesByName(plan.typeRules).get(typeName(f.typeOid) ?? '');
           action = byType ?? plan.detect ?? PASS;
         }
       }
@@ -299,83 +261,74 @@ export class RowMasker implements ResultRewriter {
     if (action.kind === 'detect') return this.detect(column, original);
     if (action.kind === 'pass') return original;
     column.count += 1;
-    if (action.strategy === 'null') return NULL_VALUE;
-    // The hot cases without a detour through strings: one redacted value per column, ASCII partials in place.
-    if (action.strategy === 'redact') return (column.redacted ??= { value: this.replacement(column, REDACTED) }).value;
-    if (action.strategy === 'partial' && TEXT_LIKE.has(column.type) && isAscii(original)) {
-      const keep = original.length >= 2 * action.keepLast ? action.keepLast : 0;
-      const out = Buffer.alloc(original.length, 0x2a);
-      original.copy(out, original.length - keep, original.length - keep);
-      return out;
+    switch (action.strategy) {
+      case 'null':
+        return NULL_VALUE;
+      // One value per column, made once.
+      case 'redact':
+        return (column.redacted ??= { value: this.replacement(column, REDACTED) }).value;
+      case 'fixed':
+        return (column.redacted ??= { value: this.replacement(column, action.value) }).value;
+      case 'hash':
+        return column.type === UNKNOWN_TYPE
+          ? NULL_VALUE
+          : hashedValue(column.type, column.binary, original, this.hashKey);
+      case 'partial': {
+        if (TEXT_LIKE.has(column.type) && isAscii(original)) {
+          // The hot case without a detour through strings: ASCII text in place.
+          const keep = original.length >= 2 * action.keepLast ? action.keepLast : 0;
+          const out = Buffer.alloc(original.length, 0x2a);
+          original.copy(out, original.length - keep, original.length - keep);
+          return out;
+        }
+        const text = canonicalText(column.type, column.binary, original);
+        if (text === undefined) return this.replacement(column, REDACTED);
+        return this.replacement(column, applyStrategy('partial', text, this.hashKey, action.keepLast));
+      }
     }
-    return this.replacement(
-      column,
-      applyStrategy(action.strategy, this.textOf(column, original), this.hashKey, action.keepLast),
-      action.strategy === 'hash' ? original : undefined,
-    );
   }
 
   /** A masked text in the column's type and format, or the type's fixed value, or NULL. */
-  private replacement(column: Column, masked: string, hashed?: Buffer): Buffer | null {
-    const { type, binary } = column;
-    if (type === UNKNOWN_TYPE) return NULL_VALUE;
-    if (TEXT_LIKE.has(type) || type === 0) return Buffer.from(masked);
-    if (type === T.json) return Buffer.from(JSON.stringify(masked));
-    if (type === T.jsonb)
-      return binary
-        ? Buffer.concat([JSONB_VERSION, Buffer.from(JSON.stringify(masked))])
-        : Buffer.from(JSON.stringify(masked));
-    if (type === T.bytea)
-      return binary ? Buffer.from(masked) : Buffer.from(`\\x${Buffer.from(masked).toString('hex')}`);
-    if (type === T.uuid && hashed !== undefined) {
-      const h = keyedHash(this.hashKey, hashed).subarray(0, 16);
-      return binary
-        ? Buffer.from(h)
-        : Buffer.from(h.toString('hex').replace(/^(.{8})(.{4})(.{4})(.{4})/, '$1-$2-$3-$4-'));
-    }
-    const f = FIXED.get(type);
-    if (f === undefined) return NULL_VALUE;
-    return binary ? f.binary : f.text;
-  }
-
-  /** The value as text for strategies and detectors (binary values of text-like types are UTF-8 too). */
-  private textOf(column: Column, value: Buffer): string {
-    if (!column.binary || TEXT_LIKE.has(column.type) || column.type === T.json) return value.toString('utf8');
-    if (column.type === T.jsonb) return value.subarray(1).toString('utf8');
-    if (column.type === T.int8 && value.length === 8) return value.readBigInt64BE(0).toString();
-    if (column.type === T.int4 && value.length === 4) return String(value.readInt32BE(0));
-    return value.toString('hex');
+  private replacement(column: Column, masked: string): Buffer | null {
+    if (column.type === UNKNOWN_TYPE) return NULL_VALUE;
+    return textValue(column.type, column.binary, masked);
   }
 
   private detect(column: Column, original: Buffer): Buffer | null {
     if (column.action.kind !== 'detect') return original;
-    const text = this.textOf(column, original);
-    let first: { strategy: string } | undefined;
-    let out = text;
+    const text = canonicalText(column.type, column.binary, original) ?? original.toString('hex');
     let count = 0;
-    for (const d of column.action.detectors) {
-      const r = replaceDetected(out, [d.detector], (m) => applyStrategy(d.strategy, m, this.hashKey, d.keepLast));
-      if (r.count > 0) {
-        first ??= d;
-        out = r.text;
-        count += r.count;
+    const detectors = column.action.detectors;
+    const mask = (value: string): string => {
+      let out = value;
+      for (const d of detectors) {
+        const r = replaceDetected(out, [d.detector], (m) =>
+          applyStrategy(d.strategy, m, this.hashKey, d.keepLast, d.value),
+        );
+        if (r.count > 0) {
+          out = r.text;
+          count += r.count;
+        }
       }
-    }
+      return out;
+    };
+    const json = column.type === T.json || column.type === T.jsonb;
+    // In JSON, token by token (the result stays JSON); in other text, the whole text.
+    const out = json ? maskJsonTokens(text, mask) : mask(text);
     if (count === 0) return original;
     column.count += count;
-    const textType =
-      TEXT_LIKE.has(column.type) || column.type === T.json || column.type === T.jsonb || column.type === 0;
-    // A value of another type (or of an unknown shape) in which something was found is replaced whole.
-    if (column.type === UNKNOWN_TYPE || (column.binary && !textType) || (!column.binary && FIXED.has(column.type))) {
-      return this.replacement(column, REDACTED);
-    }
-    if (column.type === T.jsonb && column.binary) return Buffer.concat([JSONB_VERSION, Buffer.from(out)]);
-    return Buffer.from(out);
+    if (json) return column.type === T.jsonb && column.binary ? jsonbBinary(out) : Buffer.from(out);
+    // Plain text takes the replacement in place; xml, values of other types (numbers, arrays, composites),
+    // and values of an unknown shape in which something was found are replaced whole: a substitution could
+    // make them invalid for their type.
+    if (column.type === UNKNOWN_TYPE) return NULL_VALUE;
+    if ((TEXT_LIKE.has(column.type) || column.type === 0) && column.type !== T.xml) return Buffer.from(out);
+    if (column.type === T.xml) return Buffer.from(REDACTED);
+    return fixedValue(column.type, column.binary);
   }
 }
 
 /** The shape of the rows is not known: masked values become NULL, valid in any type and format. */
 const UNKNOWN_TYPE = -1;
 const EMPTY = Buffer.alloc(0);
-const JSONB_VERSION = Buffer.from([1]);
 const FALLBACK_COLUMN: Column = { action: PASS, type: 0, binary: false, label: '', count: 0 };
