@@ -353,9 +353,12 @@ test('approvals: a held statement waits on its connection for authenticated peop
       const decision = records.find((r) => r.type === 'command.decision' && r.command?.id === commandId);
       assert.equal(decision?.decision?.result, 'approve');
       assert.equal(decision.decision.rule, 'payouts-writes');
-      assert.equal(requested.identity?.subject, REQUESTER);
+      // The requester chain: on the session's session.start record (record format 2), which the hash chain
+      // binds every later record of the session to.
+      const start = records.find((r) => r.type === 'session.start');
+      assert.equal(start?.identity?.subject, REQUESTER);
       assert.deepEqual(
-        requested.identity.chain?.map((a) => a.subject),
+        start.identity.chain?.map((a) => a.subject),
         [AGENT, CHAIN_ACTOR],
       );
       assert.equal(requested.command?.text, 'INSERT INTO payouts(amount) VALUES (100)');
