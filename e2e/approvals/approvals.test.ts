@@ -353,9 +353,12 @@ test('approvals: a held statement waits on its connection for authenticated peop
       const decision = records.find((r) => r.type === 'command.decision' && r.command?.id === commandId);
       assert.equal(decision?.decision?.result, 'approve');
       assert.equal(decision.decision.rule, 'payouts-writes');
-      assert.equal(requested.identity?.subject, REQUESTER);
+      // Record format 2: the requester is named on the session's session.start, which the chain binds this record to.
+      assert.equal(requested.identity, undefined);
+      const start = records.find((r) => r.type === 'session.start') as AuditRecord;
+      assert.equal(start.identity?.subject, REQUESTER);
       assert.deepEqual(
-        requested.identity.chain?.map((a) => a.subject),
+        start.identity.chain?.map((a) => a.subject),
         [AGENT, CHAIN_ACTOR],
       );
       assert.equal(requested.command?.text, 'INSERT INTO payouts(amount) VALUES (100)');
