@@ -353,10 +353,10 @@ test('approvals: a held statement waits on its connection for authenticated peop
       const decision = records.find((r) => r.type === 'command.decision' && r.command?.id === commandId);
       assert.equal(decision?.decision?.result, 'approve');
       assert.equal(decision.decision.rule, 'payouts-writes');
-      // The requester chain: on the session's session.start record (record format 2), which the hash chain
-      // binds every later record of the session to.
-      const start = records.find((r) => r.type === 'session.start');
-      assert.equal(start?.identity?.subject, REQUESTER);
+      // Record format 2: the requester is named on the session's session.start, which the chain binds this record to.
+      assert.equal(requested.identity, undefined);
+      const start = records.find((r) => r.type === 'session.start') as AuditRecord;
+      assert.equal(start.identity?.subject, REQUESTER);
       assert.deepEqual(
         start.identity.chain?.map((a) => a.subject),
         [AGENT, CHAIN_ACTOR],
