@@ -10,6 +10,7 @@
 //                                                         architecture; OCI layout + docker manifest.json,
 //                                                         as `make images` builds them)
 //   RELEASE-NOTES.md, THIRD_PARTY_NOTICES.md, BUILD-INFO.json
+// Chaperone's LICENSE (Apache-2.0) is inside the CLI archives, the npm package and the chart.
 //   SHA256SUMS (+ SHA256SUMS.sig, SHA256SUMS.pub with --signing-key: Ed25519, base64 signature)
 // VERSION is the only place a release's version is written: nothing in the tree is edited for it.
 // CHANGELOG.md must have a `## [VERSION]` entry; the tree must be clean (--allow-dirty for trials).
@@ -303,6 +304,7 @@ export async function release(options: ReleaseOptions): Promise<ReleaseResult> {
       readFileSync(`${executable}.inputs-sha256`, 'utf8'),
       sha256File(opa),
       notices,
+      readFileSync(join(REPO, 'LICENSE'), 'utf8'),
       String(commitTime),
     );
     const made = await cached(archive, key, async () => {
@@ -311,6 +313,7 @@ export async function release(options: ReleaseOptions): Promise<ReleaseResult> {
       mkdirSync(staging);
       cpSync(executable, join(staging, 'kubectl-chaperone'));
       cpSync(opa, join(staging, 'opa'));
+      cpSync(join(REPO, 'LICENSE'), join(staging, 'LICENSE'));
       writeFileSync(join(staging, 'THIRD_PARTY_NOTICES.md'), notices);
       await tarGz(staging, archive, commitTime);
       rmSync(staging, { recursive: true, force: true });
@@ -327,6 +330,7 @@ export async function release(options: ReleaseOptions): Promise<ReleaseResult> {
   mkdirSync(npmDir, { recursive: true });
   cpSync(built.bundle.file, join(npmDir, 'kubectl-chaperone.cjs'));
   writeFileSync(join(npmDir, 'THIRD_PARTY_NOTICES.md'), notices);
+  cpSync(join(REPO, 'LICENSE'), join(npmDir, 'LICENSE'));
   writeFileSync(
     join(npmDir, 'README.md'),
     `# kubectl-chaperone ${version}\n\nThe kubectl plugin of Chaperone: \`kubectl chaperone sessions | show | verify | evidence | policy test\`.\n` +
@@ -346,7 +350,7 @@ export async function release(options: ReleaseOptions): Promise<ReleaseResult> {
         keywords: cliManifest.keywords,
         engines: cliManifest.engines,
         bin: { 'kubectl-chaperone': 'kubectl-chaperone.cjs' },
-        files: ['kubectl-chaperone.cjs', 'THIRD_PARTY_NOTICES.md', 'README.md'],
+        files: ['kubectl-chaperone.cjs', 'LICENSE', 'THIRD_PARTY_NOTICES.md', 'README.md'],
       },
       null,
       2,
@@ -360,6 +364,8 @@ export async function release(options: ReleaseOptions): Promise<ReleaseResult> {
   const chartDir = join(workDir, 'chart', 'chaperone');
   rmSync(join(workDir, 'chart'), { recursive: true, force: true });
   cpSync(join(REPO, 'charts', 'chaperone'), chartDir, { recursive: true });
+  // helm package takes a LICENSE file at the chart's root into the archive.
+  cpSync(join(REPO, 'LICENSE'), join(chartDir, 'LICENSE'));
   const values = parseDocument(readFileSync(join(chartDir, 'values.yaml'), 'utf8'));
   values.setIn(['image', 'tag'], version);
   values.setIn(['sidecarImage', 'tag'], version);

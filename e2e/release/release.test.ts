@@ -84,6 +84,31 @@ test('CHANGELOG.md entries: the version section, or a clear refusal', () => {
   assert.match(readFileSync(join(REPO_ROOT, 'CHANGELOG.md'), 'utf8'), /^## \[Unreleased\]$/m);
 });
 
+test('one licence, Apache-2.0, declared the same everywhere it is declared', () => {
+  const license = readFileSync(join(REPO_ROOT, 'LICENSE'), 'utf8');
+  assert.match(license, /^\s+Apache License\n\s+Version 2\.0, January 2004\n/);
+  assert.match(license, /END OF TERMS AND CONDITIONS/);
+  for (const dir of ['.', 'api', 'operator', 'sidecar', 'cli']) {
+    const pkg = JSON.parse(readFileSync(join(REPO_ROOT, dir, 'package.json'), 'utf8')) as { license?: string };
+    assert.equal(pkg.license, 'Apache-2.0', `${dir}/package.json`);
+  }
+  const chart = parse(readFileSync(join(REPO_ROOT, 'charts', 'chaperone', 'Chart.yaml'), 'utf8'));
+  assert.equal(chart.annotations['artifacthub.io/license'], 'Apache-2.0');
+  const dockerfile = readFileSync(join(REPO_ROOT, 'images', 'Dockerfile'), 'utf8');
+  const titles = [...dockerfile.matchAll(/^LABEL org\.opencontainers\.image\.title=/gm)].length;
+  const licences = [...dockerfile.matchAll(/^LABEL org\.opencontainers\.image\.licenses="([^"]*)"/gm)].map((m) => m[1]);
+  assert.ok(titles > 0);
+  assert.deepEqual(licences, Array<string>(titles).fill('Apache-2.0'), 'every image stage is labelled Apache-2.0');
+  // krew's index asks for the licence in every platform's files.
+  const krew = parse(readFileSync(join(REPO_ROOT, 'cli', 'krew', 'chaperone.yaml'), 'utf8'));
+  for (const platform of krew.spec.platforms) {
+    assert.ok(
+      platform.files.some((f: { from: string }) => f.from === 'LICENSE'),
+      platform.selector.matchLabels.arch,
+    );
+  }
+});
+
 test('make release refuses without a version, with a malformed one, and without a changelog entry', async () => {
   const noVersion = await runIn('make', ['-s', 'release'], { cwd: REPO_ROOT });
   assert.equal(noVersion.code, 2);
@@ -210,9 +235,10 @@ test('the release artefacts install and verify as users use them', { timeout: 1_
           .trim()
           .split('\n')
           .map((l) => l.split(/\s+/).slice(-1)[0]),
-        ['THIRD_PARTY_NOTICES.md', 'kubectl-chaperone', 'opa'],
+        ['LICENSE', 'THIRD_PARTY_NOTICES.md', 'kubectl-chaperone', 'opa'],
       );
       assert.match(listing.stdout, /^-rwxr-xr-x 0\/0 .* kubectl-chaperone$/m);
+      assert.equal(readFileSync(join(dir, 'LICENSE'), 'utf8'), readFileSync(join(REPO_ROOT, 'LICENSE'), 'utf8'));
       for (const file of ['kubectl-chaperone', 'opa'])
         assert.equal(elfMachine(join(dir, file)), machine, `${archive}: ${file}`);
       // The single-executable blob is in, and the fuse that makes node run it is flipped.
@@ -338,6 +364,11 @@ test('the release artefacts install and verify as users use them', { timeout: 1_
     );
     assert.equal(packaged.version, VERSION);
     assert.equal(packaged.dependencies, undefined, 'everything is bundled');
+    assert.equal(packaged.license, 'Apache-2.0');
+    assert.equal(
+      readFileSync(join(prefix, 'lib', 'node_modules', '@chaperone', 'cli', 'LICENSE'), 'utf8'),
+      readFileSync(join(REPO_ROOT, 'LICENSE'), 'utf8'),
+    );
     const path = `${join(prefix, 'bin')}:${dirname(node)}:${kubectlDir}`;
     const version = await clean(path, home, work, ['kubectl', 'chaperone', 'version']);
     assert.equal(version.code, 0, version.stderr);
@@ -359,6 +390,9 @@ test('the release artefacts install and verify as users use them', { timeout: 1_
     const shown = parse((await runIn(helm, ['show', 'chart', join(out, chart)])).stdout);
     assert.equal(shown.version, VERSION);
     assert.equal(shown.appVersion, VERSION);
+    assert.equal(shown.annotations['artifacthub.io/license'], 'Apache-2.0');
+    const chartLicense = await runIn('tar', ['-xzOf', join(out, chart), 'chaperone/LICENSE']);
+    assert.equal(chartLicense.stdout, readFileSync(join(REPO_ROOT, 'LICENSE'), 'utf8'));
     const values = parse((await runIn(helm, ['show', 'values', join(out, chart)])).stdout);
     assert.equal(values.image.tag, VERSION);
     assert.equal(values.sidecarImage.tag, VERSION);
