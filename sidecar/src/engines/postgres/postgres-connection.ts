@@ -589,10 +589,7 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
       setTimeout(() => upstream.destroy(), 1000).unref();
     }
     if (!this.client.destroyed) {
-      // Nothing more is read (onClientData would only drop it): a client still sending, for example the
-      // body of an oversized message before authentication, is held back by TCP instead of making this
-      // process read and discard megabytes during the second before the socket is destroyed.
-      this.client.pause();
+      this.client.pause(); // nothing more is read: a refused body is held back by TCP, not read and dropped
       this.client.end();
       setTimeout(() => this.client.destroy(), 1000).unref();
     }
