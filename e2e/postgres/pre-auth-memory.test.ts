@@ -52,7 +52,7 @@ async function peakRss(pid: number): Promise<number> {
 
 const mib = (bytes: number) => `${(bytes / 1048576).toFixed(1)} MiB`;
 
-test('a pre-authentication flood keeps the sidecar within a bounded RSS, and the memory comes back', async (t) => {
+test('pre-authentication floods keep the sidecar within a bounded RSS, and repeated floods level off', async (t) => {
   const sidecar = await startTestSidecar(t, {
     policies: { 'read-only': READ_ONLY },
     // One address may hold every connection, and for long enough to be measured while it does: the
