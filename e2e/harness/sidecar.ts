@@ -35,6 +35,8 @@ export interface SidecarOptions {
   readOnly?: { user: string; password: string };
   /** Entry point run instead of the chaperone-sidecar bin (same command line). */
   bin?: string;
+  /** How often the sidecar polls its bundle directory, ms (default 200). */
+  policyPollIntervalMs?: number;
   /** Tells apart several sidecars of one test: each gets its own directory (config, bundles, audit file). */
   instance?: string;
 }
@@ -56,6 +58,7 @@ export async function startTestSidecar(t: TestContext, options: SidecarOptions =
     ...(options.extraIssuers === undefined ? {} : { extraIssuers: options.extraIssuers }),
     ...(options.listener === undefined ? {} : { listener: options.listener }),
     ...(options.bin === undefined ? {} : { bin: options.bin }),
+    ...(options.policyPollIntervalMs === undefined ? {} : { policyPollIntervalMs: options.policyPollIntervalMs }),
     logLevel: 'debug',
   });
   t.after(() => running.stop());

@@ -1,5 +1,5 @@
-// The whole story on real pods, as a user lives it: `helm install` of charts/chaperone with the images
-// `make images` built, on a local node (containerd, kubelet, kube-proxy, kube-scheduler, CoreDNS; see
+// The whole story on real pods, as a user lives it: `make release` (scripts/release.ts for a test version),
+// the release's image archives imported and `helm install` of its packaged chart, on a local node (containerd, kubelet, kube-proxy, kube-scheduler, CoreDNS; see
 // e2e/harness/node.ts) joined to the harness's control plane. The operator runs as two pods with leader
 // election and serves its webhooks through its Service; a ProtectedResource for the harness's PostgreSQL
 // (reached from pods through a selector-less Service); a read-only AccessPolicy; an annotated Job. The
@@ -12,13 +12,16 @@
 // namespace and the operator delivers it to the attested sidecar, and the operator writes the Sessions
 // into the chart's audit namespace; `kubectl chaperone verify --require-certified` passes there. The
 // sidecar's pod-bound tokens come from the node's kubelet, the only minter the chart's admission policy
-// allows. Both namespaces with pods enforce the restricted Pod Security Standard.
+// allows. Both namespaces with pods enforce the restricted Pod Security Standard. The release's own
+// kubectl-chaperone, run from a clean environment, lists and verifies the Sessions; `helm uninstall`
+// removes the operator and its webhooks and keeps the evidence, which still verifies.
 import { after, before, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import * as k8s from '@kubernetes/client-node';
 import { parseAllDocuments } from 'yaml';
@@ -41,7 +44,6 @@ import {
   SIDECAR_CONTAINER,
   VOLUME_CREDENTIALS,
 } from '../../operator/src/injection/constants.ts';
-import { runCli } from '../audit/run-cli.ts';
 import { buildTrail, createSigner } from '../audit/trail-fixture.ts';
 import { createTestDatabase } from '../harness/databases.ts';
 import { ENV, controlPlaneEnv, postgresEnv } from '../harness/env.ts';
@@ -55,9 +57,9 @@ import {
 } from '../harness/node.ts';
 import { poll } from '../harness/poll.ts';
 import { REPO_ROOT, toolPath } from '../harness/tools.ts';
+import { makeTestRelease } from '../release/test-release.ts';
 
 const run = promisify(execFile);
-const CHART = join(REPO_ROOT, 'charts', 'chaperone');
 /** Pods start on a shared 2-core machine: images unpack, Node.js starts, probes pass. */
 const POD_DEADLINE_MS = 240_000;
 
@@ -114,6 +116,7 @@ async function describePods(namespace: string): Promise<string> {
  */
 async function installChartAdmissionPolicies(
   t: TestContext,
+  chart: string,
   release: string,
   system: string,
   namespaces: readonly string[],
@@ -121,7 +124,7 @@ async function installChartAdmissionPolicies(
   const rendered = await helm([
     'template',
     release,
-    CHART,
+    chart,
     '--namespace',
     system,
     '--kube-version',
@@ -247,17 +250,23 @@ test('helm install on a local node, then an annotated Job reads through its inje
   await core.createNamespace({ body: { metadata: { name: system, labels: { ...RESTRICTED } } } });
   const cp = controlPlaneEnv();
 
-  // 1. helm install, with the images `make images` imported into the node and the chart's defaults
-  // otherwise: two replicas, leader election, webhooks behind their Service, audit authority. Scoped to
-  // the story's namespace, because other test files share this control plane.
-  const operatorImage = builtImageRef('operator');
-  const sidecarImage = builtImageRef('sidecar');
-  const split = (ref: string) => ({
-    repository: ref.slice(0, ref.lastIndexOf(':')),
-    tag: ref.slice(ref.lastIndexOf(':') + 1),
+  // 1. `make release` as a release manager runs it, and `helm install` of the packaged chart as an operator
+  // of the cluster would: its images (tagged with the release's version, as the packaged chart names them)
+  // imported from the release's image archives into the node's containerd, no image value overridden. The
+  // chart's defaults otherwise: two replicas, leader election, webhooks behind their Service, audit
+  // authority. Scoped to the story's namespace, because other test files share this control plane.
+  const root = mkdtempSync(join(tmpdir(), 'chaperone-story-'));
+  t.after(() => {
+    rmSync(root, { recursive: true, force: true });
   });
+  const made = await makeTestRelease(root);
+  assert.equal(made.exitCode, 0, made.stderr);
+  await node.importImages([made.images.operator, made.images.sidecar]);
+  const operatorImage = `ghcr.io/chaperone/chaperone-operator:${made.version}`;
+  const sidecarImage = `ghcr.io/chaperone/chaperone-sidecar:${made.version}`;
+  const uninstall = () => helm(['uninstall', release, '--namespace', system, '--wait', '--timeout', '2m']);
   t.after(async () => {
-    await helm(['uninstall', release, '--namespace', system, '--wait', '--timeout', '2m']).catch(() => undefined);
+    await uninstall().catch(() => undefined);
     for (const name of [system, auditNamespace, credentialNamespace]) {
       await core.deleteNamespace({ name }).catch(() => undefined);
     }
@@ -265,20 +274,12 @@ test('helm install on a local node, then an annotated Job reads through its inje
   await helm([
     'install',
     release,
-    CHART,
+    made.chart,
     '--namespace',
     system,
     '--wait',
     '--timeout',
     `${String(POD_DEADLINE_MS / 1000)}s`,
-    '--set',
-    `image.repository=${split(operatorImage).repository}`,
-    '--set',
-    `image.tag=${split(operatorImage).tag}`,
-    '--set',
-    `sidecarImage.repository=${split(sidecarImage).repository}`,
-    '--set',
-    `sidecarImage.tag=${split(sidecarImage).tag}`,
     '--set',
     `serviceAccountIssuer=${cp.issuer}`,
     '--set',
@@ -333,7 +334,7 @@ test('helm install on a local node, then an annotated Job reads through its inje
   });
   assert.equal(mutating.webhooks?.[0]?.clientConfig.service?.name, webhookService);
 
-  await installChartAdmissionPolicies(t, release, system, [ns, auditNamespace]);
+  await installChartAdmissionPolicies(t, made.chart, release, system, [ns, auditNamespace]);
   // The restricted standard is enforced here: a pod that does not meet it is refused.
   const unrestricted = await core
     .createNamespacedPod({
@@ -616,19 +617,122 @@ test('helm install on a local node, then an annotated Job reads through its inje
     const certificate = await verifySignerCertificate(session.spec.signer?.certificate ?? '', authorityJwks.keys);
     assert.deepEqual(certificate.pod, { namespace: ns, name: pod.metadata.name, uid: pod.metadata.uid ?? '' });
   }
-  const verify = await runCli([
+  // 9. The auditor's view with the release's kubectl-chaperone, installed as a user installs it: the single
+  // executable unpacked into an empty directory, run through kubectl from a clean environment (no Node.js,
+  // no repository file on PATH, the working directory outside the repository, a self-contained kubeconfig).
+  const auditor = await unpackReleasedCli(root, made.cliArchive.amd64);
+  const listed = await auditor(['kubectl', 'chaperone', 'sessions', '-n', auditNamespace]);
+  assert.equal(listed.code, 0, listed.stdout + listed.stderr);
+  const listedRows = listed.stdout.trim().split('\n').slice(1);
+  assert.ok(listedRows.length >= 3, listed.stdout);
+  const objectNames = new Set(sessions.map((x) => x.metadata.name));
+  for (const row of listedRows) {
+    const [name, subject, resource, podName] = row.split(/\s+/);
+    assert.ok(objectNames.has(name), `${name ?? ''} is one of the Session objects`);
+    assert.deepEqual(
+      [subject, resource, podName],
+      [`system:serviceaccount:${ns}:default`, 'orders-db', pod.metadata.name],
+    );
+    assert.match(row, /\sClosed\s/);
+  }
+  const verifyArgs = [
+    'kubectl',
+    'chaperone',
     'verify',
     '--all',
     '-n',
     auditNamespace,
-    '--kubeconfig',
-    cp.kubeconfig,
     '--authority-namespace',
     system,
     '--require-certified',
     '-o',
     'json',
-  ]);
+  ];
+  const verify = await auditor(verifyArgs);
   assert.equal(verify.code, 0, `kubectl chaperone verify:\n${verify.stdout}${verify.stderr}`);
   assert.equal((JSON.parse(verify.stdout) as { keyTrust: string }).keyTrust, 'certified');
+
+  // 10. helm uninstall removes what the chart installed: the operator pods, its webhooks (a pod in the
+  // injection-enabled namespace is admitted untouched afterwards), its cluster-wide RBAC. It keeps what
+  // docs/helm.md says it keeps: the CRDs and their objects, the audit and credential namespaces, and the
+  // audit authority the operator made, so the evidence still verifies after the operator is gone.
+  await uninstall();
+  const instance = `app.kubernetes.io/instance=${release}`;
+  await poll('the operator pods to be gone', async () =>
+    (await core.listNamespacedPod({ namespace: system })).items.length === 0 ? true : undefined,
+  );
+  const rbac = kc.makeApiClient(k8s.RbacAuthorizationV1Api);
+  const leftovers = [
+    ...(await admission.listMutatingWebhookConfiguration({ labelSelector: instance })).items,
+    ...(await admission.listValidatingWebhookConfiguration({ labelSelector: instance })).items,
+    ...(await rbac.listClusterRole({ labelSelector: instance })).items,
+    ...(await rbac.listClusterRoleBinding({ labelSelector: instance })).items,
+    ...(await apps.listNamespacedDeployment({ namespace: system })).items,
+    ...(await core.listNamespacedService({ namespace: system })).items,
+    ...(await core.listNamespacedServiceAccount({ namespace: system, labelSelector: instance })).items,
+  ].map((o) => o.metadata?.name);
+  assert.deepEqual(leftovers, [], 'helm uninstall left objects of the release');
+  const admitted = await core.createNamespacedPod({
+    namespace: ns,
+    dryRun: 'All',
+    body: {
+      metadata: {
+        name: 'after-uninstall',
+        annotations: { [ANNOTATION_INJECT]: 'true', [ANNOTATION_RESOURCES]: 'orders-db' },
+      },
+      spec: {
+        containers: [
+          {
+            name: 'agent',
+            image: agentImage,
+            securityContext: {
+              runAsNonRoot: true,
+              allowPrivilegeEscalation: false,
+              capabilities: { drop: ['ALL'] },
+              seccompProfile: { type: 'RuntimeDefault' },
+            },
+          },
+        ],
+      },
+    },
+  });
+  assert.deepEqual(
+    (admitted.spec?.initContainers ?? []).map((c) => c.name),
+    [],
+    'no webhook injects after uninstall',
+  );
+  for (const name of [auditNamespace, credentialNamespace]) {
+    assert.equal((await core.readNamespace({ name })).status?.phase, 'Active', `${name} is kept`);
+  }
+  const afterUninstall = await auditor(verifyArgs);
+  assert.equal(afterUninstall.code, 0, `verify after uninstall:\n${afterUninstall.stdout}${afterUninstall.stderr}`);
 });
+
+/**
+ * kubectl-chaperone from a release archive, unpacked into an empty directory; returns a runner of
+ * commands in a clean environment (env -i) whose PATH is that directory and kubectl's.
+ */
+async function unpackReleasedCli(root: string, archive: string) {
+  const bin = join(root, 'bin');
+  const home = join(root, 'home');
+  const work = join(root, 'work');
+  for (const d of [bin, join(home, '.kube'), work]) mkdirSync(d, { recursive: true });
+  await run('tar', ['-xzf', archive, '-C', bin]);
+  const kubectlDir = dirname(realpathSync(toolPath('kubectl')));
+  for (const dir of [bin, kubectlDir]) assert.ok(!existsSync(join(dir, 'node')), `no node in ${dir}`);
+  assert.ok(!work.startsWith(REPO_ROOT));
+  writeFileSync(join(home, '.kube', 'config'), await kubectl(['config', 'view', '--flatten', '--minify', '--raw']));
+  return (args: readonly string[]): Promise<{ code: number; stdout: string; stderr: string }> =>
+    new Promise((resolve, reject) => {
+      execFile(
+        '/usr/bin/env',
+        ['-i', `PATH=${bin}:${kubectlDir}`, `HOME=${home}`, ...args],
+        { cwd: work, encoding: 'utf8', maxBuffer: 64 << 20 },
+        (err, stdout, stderr) => {
+          if (err !== null && typeof err.code !== 'number')
+            reject(new Error(`could not run ${args.join(' ')}: ${err.message}`));
+          else resolve({ code: typeof err?.code === 'number' ? err.code : 0, stdout, stderr });
+        },
+      );
+    });
+}

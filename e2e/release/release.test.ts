@@ -5,7 +5,7 @@
 // real API server with its images pinned to the version. Every run goes from a clean environment.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import {
   existsSync,
   mkdirSync,
@@ -26,8 +26,9 @@ import { changelogEntry, ReleaseError } from '../../scripts/release.ts';
 import { createTestNamespace, kubeConfig, kubectl } from '../harness/kube.ts';
 import { REPO_ROOT, toolPath } from '../harness/tools.ts';
 import { buildTrail, createSigner, createTrail } from '../audit/trail-fixture.ts';
+import { makeTestRelease, TEST_RELEASE_VERSION } from './test-release.ts';
 
-const VERSION = '0.0.0-test.1';
+const VERSION = TEST_RELEASE_VERSION;
 
 interface Run {
   readonly code: number;
@@ -83,6 +84,31 @@ test('CHANGELOG.md entries: the version section, or a clear refusal', () => {
   assert.match(readFileSync(join(REPO_ROOT, 'CHANGELOG.md'), 'utf8'), /^## \[Unreleased\]$/m);
 });
 
+test('one licence, Apache-2.0, declared the same everywhere it is declared', () => {
+  const license = readFileSync(join(REPO_ROOT, 'LICENSE'), 'utf8');
+  assert.match(license, /^\s+Apache License\n\s+Version 2\.0, January 2004\n/);
+  assert.match(license, /END OF TERMS AND CONDITIONS/);
+  for (const dir of ['.', 'api', 'operator', 'sidecar', 'cli']) {
+    const pkg = JSON.parse(readFileSync(join(REPO_ROOT, dir, 'package.json'), 'utf8')) as { license?: string };
+    assert.equal(pkg.license, 'Apache-2.0', `${dir}/package.json`);
+  }
+  const chart = parse(readFileSync(join(REPO_ROOT, 'charts', 'chaperone', 'Chart.yaml'), 'utf8'));
+  assert.equal(chart.annotations['artifacthub.io/license'], 'Apache-2.0');
+  const dockerfile = readFileSync(join(REPO_ROOT, 'images', 'Dockerfile'), 'utf8');
+  const titles = [...dockerfile.matchAll(/^LABEL org\.opencontainers\.image\.title=/gm)].length;
+  const licences = [...dockerfile.matchAll(/^LABEL org\.opencontainers\.image\.licenses="([^"]*)"/gm)].map((m) => m[1]);
+  assert.ok(titles > 0);
+  assert.deepEqual(licences, Array<string>(titles).fill('Apache-2.0'), 'every image stage is labelled Apache-2.0');
+  // krew's index asks for the licence in every platform's files.
+  const krew = parse(readFileSync(join(REPO_ROOT, 'cli', 'krew', 'chaperone.yaml'), 'utf8'));
+  for (const platform of krew.spec.platforms) {
+    assert.ok(
+      platform.files.some((f: { from: string }) => f.from === 'LICENSE'),
+      platform.selector.matchLabels.arch,
+    );
+  }
+});
+
 test('make release refuses without a version, with a malformed one, and without a changelog entry', async () => {
   const noVersion = await runIn('make', ['-s', 'release'], { cwd: REPO_ROOT });
   assert.equal(noVersion.code, 2);
@@ -101,35 +127,16 @@ test('the release artefacts install and verify as users use them', { timeout: 1_
   t.after(() => {
     rmSync(root, { recursive: true, force: true });
   });
-  const out = join(root, 'release');
   const home = join(root, 'home');
   const work = join(root, 'work');
   for (const d of [home, join(home, '.kube'), work]) mkdirSync(d, { recursive: true });
   writeFileSync(join(home, '.kube', 'config'), await kubectl(['config', 'view', '--flatten', '--minify', '--raw']));
-  const changelog = join(root, 'CHANGELOG.md');
-  writeFileSync(changelog, `# Changelog\n\n## [${VERSION}] - 2026-12-04\n\n- A release made by the release test.\n`);
   const key = join(root, 'signing-key.pem');
   assert.equal((await runIn('openssl', ['genpkey', '-algorithm', 'ed25519', '-out', key])).code, 0);
 
-  const made = await runIn(
-    process.execPath,
-    [
-      join(REPO_ROOT, 'scripts', 'release.ts'),
-      '--version',
-      VERSION,
-      '--out',
-      out,
-      '--changelog',
-      changelog,
-      '--signing-key',
-      key,
-      '--allow-dirty',
-      '--base-url',
-      'https://downloads.example.com/chaperone',
-    ],
-    { cwd: REPO_ROOT, env: { ...process.env, PATH: `${dirname(toolPath('helm'))}:${process.env.PATH ?? ''}` } },
-  );
-  assert.equal(made.code, 0, made.stderr);
+  const made = await makeTestRelease(root, { signingKey: key });
+  assert.equal(made.exitCode, 0, made.stderr);
+  const out = made.outDir;
   const amd64 = `kubectl-chaperone_${VERSION}_linux_amd64.tar.gz`;
   const arm64 = `kubectl-chaperone_${VERSION}_linux_arm64.tar.gz`;
   const chart = `chaperone-${VERSION}.tgz`;
@@ -142,16 +149,21 @@ test('the release artefacts install and verify as users use them', { timeout: 1_
       .trim()
       .split('\n')
       .map((l) => l.split('  ')[1]);
-    assert.deepEqual(listed, [
-      'BUILD-INFO.json',
-      'RELEASE-NOTES.md',
-      'THIRD_PARTY_NOTICES.md',
-      chart,
-      npmPackage,
-      'chaperone-krew.yaml',
-      amd64,
-      arm64,
-    ]);
+    assert.deepEqual(
+      listed,
+      [
+        'BUILD-INFO.json',
+        'RELEASE-NOTES.md',
+        'THIRD_PARTY_NOTICES.md',
+        chart,
+        npmPackage,
+        'chaperone-krew.yaml',
+        amd64,
+        arm64,
+        `chaperone-operator_${VERSION}_linux_amd64.tar`,
+        `chaperone-sidecar_${VERSION}_linux_amd64.tar`,
+      ].sort(),
+    );
     const check = await runIn('sha256sum', ['--check', '--strict', 'SHA256SUMS'], { cwd: out });
     assert.equal(check.code, 0, check.stdout + check.stderr);
     const signature = join(root, 'SHA256SUMS.sig.raw');
@@ -183,9 +195,18 @@ test('the release artefacts install and verify as users use them', { timeout: 1_
       notes,
       new RegExp(`^# Chaperone ${VERSION.replace(/\./g, '\\.')}\n\n- A release made by the release test\\.\n`),
     );
-    assert.match(notes, /Container images: not part of this release/);
+    assert.match(notes, new RegExp(`chaperone-operator_${VERSION.replace(/\./g, '\\.')}_linux_amd64\\.tar`));
     const info = JSON.parse(readFileSync(join(out, 'BUILD-INFO.json'), 'utf8'));
     assert.equal(info.version, VERSION);
+    for (const image of ['operator', 'sidecar']) {
+      assert.equal(info.images[image].ref, `ghcr.io/chaperone/chaperone-${image}:${VERSION}`);
+      assert.match(info.images[image].manifestDigest, /^sha256:[0-9a-f]{64}$/);
+      // The archive is an OCI layout whose index names the image as the packaged chart does.
+      const archive = join(out, `chaperone-${image}_${VERSION}_linux_amd64.tar`);
+      const index = JSON.parse(execFileSync('tar', ['-xOf', archive, 'index.json'], { encoding: 'utf8' }));
+      assert.equal(index.manifests[0].digest, info.images[image].manifestDigest);
+      assert.equal(index.manifests[0].annotations['io.containerd.image.name'], info.images[image].ref);
+    }
     assert.match(info.commit, /^[0-9a-f]{40}$/);
     const notices = readFileSync(join(out, 'THIRD_PARTY_NOTICES.md'), 'utf8');
     for (const name of [
@@ -214,9 +235,10 @@ test('the release artefacts install and verify as users use them', { timeout: 1_
           .trim()
           .split('\n')
           .map((l) => l.split(/\s+/).slice(-1)[0]),
-        ['THIRD_PARTY_NOTICES.md', 'kubectl-chaperone', 'opa'],
+        ['LICENSE', 'THIRD_PARTY_NOTICES.md', 'kubectl-chaperone', 'opa'],
       );
       assert.match(listing.stdout, /^-rwxr-xr-x 0\/0 .* kubectl-chaperone$/m);
+      assert.equal(readFileSync(join(dir, 'LICENSE'), 'utf8'), readFileSync(join(REPO_ROOT, 'LICENSE'), 'utf8'));
       for (const file of ['kubectl-chaperone', 'opa'])
         assert.equal(elfMachine(join(dir, file)), machine, `${archive}: ${file}`);
       // The single-executable blob is in, and the fuse that makes node run it is flipped.
@@ -342,6 +364,11 @@ test('the release artefacts install and verify as users use them', { timeout: 1_
     );
     assert.equal(packaged.version, VERSION);
     assert.equal(packaged.dependencies, undefined, 'everything is bundled');
+    assert.equal(packaged.license, 'Apache-2.0');
+    assert.equal(
+      readFileSync(join(prefix, 'lib', 'node_modules', '@chaperone', 'cli', 'LICENSE'), 'utf8'),
+      readFileSync(join(REPO_ROOT, 'LICENSE'), 'utf8'),
+    );
     const path = `${join(prefix, 'bin')}:${dirname(node)}:${kubectlDir}`;
     const version = await clean(path, home, work, ['kubectl', 'chaperone', 'version']);
     assert.equal(version.code, 0, version.stderr);
@@ -363,6 +390,9 @@ test('the release artefacts install and verify as users use them', { timeout: 1_
     const shown = parse((await runIn(helm, ['show', 'chart', join(out, chart)])).stdout);
     assert.equal(shown.version, VERSION);
     assert.equal(shown.appVersion, VERSION);
+    assert.equal(shown.annotations['artifacthub.io/license'], 'Apache-2.0');
+    const chartLicense = await runIn('tar', ['-xzOf', join(out, chart), 'chaperone/LICENSE']);
+    assert.equal(chartLicense.stdout, readFileSync(join(REPO_ROOT, 'LICENSE'), 'utf8'));
     const values = parse((await runIn(helm, ['show', 'values', join(out, chart)])).stdout);
     assert.equal(values.image.tag, VERSION);
     assert.equal(values.sidecarImage.tag, VERSION);

@@ -87,6 +87,27 @@ test('the single executable works as a kubectl plugin without Node.js or the rep
     assert.match(help.stdout, /kubectl chaperone evidence verify FILE/);
   });
 
+  await t.test('no kubeconfig: one line naming where it looked, exit 1', async () => {
+    const empty = join(root, 'empty-home');
+    mkdirSync(empty);
+    const none = await new Promise<Run>((resolve) => {
+      execFile(
+        '/usr/bin/env',
+        ['-i', `PATH=${path}`, `HOME=${empty}`, 'kubectl', 'chaperone', 'sessions'],
+        { cwd: work, encoding: 'utf8' },
+        (err, stdout, stderr) => {
+          resolve({ code: typeof err?.code === 'number' ? err.code : 0, stdout, stderr });
+        },
+      );
+    });
+    assert.equal(none.code, 1);
+    assert.equal(
+      none.stderr,
+      `error: no Kubernetes configuration found: no --kubeconfig flag, KUBECONFIG not set, no ${join(empty, '.kube', 'config')}, ` +
+        'and not in a cluster (KUBERNETES_SERVICE_HOST not set); give --kubeconfig FILE or set KUBECONFIG\n',
+    );
+  });
+
   const ns = await createTestNamespace(t);
   const signer = await createSigner();
   const now = Date.now();

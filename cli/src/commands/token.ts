@@ -20,7 +20,14 @@ import {
   type Session,
   type TokenExchangeLog,
 } from '@chaperone/api';
-import { CLUSTER_OPTIONS, connect, describeError, listSessions, type CommandIo } from '../audit/cluster.ts';
+import {
+  CLUSTER_OPTIONS,
+  connect,
+  describeError,
+  listSessions,
+  unreachable,
+  type CommandIo,
+} from '../audit/cluster.ts';
 import { formatTable } from '../table.ts';
 
 export const TOKEN_USAGE = `Usage:
@@ -285,7 +292,9 @@ async function log(args: string[], io: CommandIo, now: Date): Promise<number> {
   });
   const cluster = connect(values);
   const namespace = values['exchange-namespace'] ?? 'chaperone-system';
-  const logs = await readLogs(cluster.custom, namespace);
+  const logs = await readLogs(cluster.custom, namespace).catch((err: unknown) => {
+    throw unreachable(cluster, err);
+  });
   const records = logs.flatMap((l) => l.spec.records.map((r) => ({ stream: l.spec.stream, record: r })));
   if (values.output === 'json' || values.output === 'yaml') {
     const list = records.map((r) => r.record);
@@ -328,7 +337,11 @@ async function trace(args: string[], io: CommandIo): Promise<number> {
   }
   const cluster = connect(values);
   const records = new Map(
-    (await readLogs(cluster.custom, values['exchange-namespace'] ?? 'chaperone-system'))
+    (
+      await readLogs(cluster.custom, values['exchange-namespace'] ?? 'chaperone-system').catch((err: unknown) => {
+        throw unreachable(cluster, err);
+      })
+    )
       .flatMap((l) => l.spec.records)
       .map((r) => [r.id, r]),
   );

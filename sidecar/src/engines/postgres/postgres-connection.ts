@@ -589,6 +589,7 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
       setTimeout(() => upstream.destroy(), 1000).unref();
     }
     if (!this.client.destroyed) {
+      this.client.pause(); // nothing more is read: a refused body is held back by TCP, not read and dropped
       this.client.end();
       setTimeout(() => this.client.destroy(), 1000).unref();
     }

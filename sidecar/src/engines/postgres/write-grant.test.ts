@@ -2,10 +2,13 @@
 // write probes. A session may write when any policy could allow (or hold for approval) any write.
 import { before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import type { PolicyRule } from '@chaperone/api';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { parse } from 'yaml';
+import type { AccessPolicySpec, PolicyRule } from '@chaperone/api';
 import { compilePolicy } from '@chaperone/operator/policy-compiler';
 import { PolicyEngine, type PolicyBundle } from '../../core/policy/policy-engine.ts';
-import { request, spec, sql } from '../../core/policy/policy-fixtures.test-helpers.ts';
+import { identity, request, spec, sql, stmt } from '../../core/policy/policy-fixtures.test-helpers.ts';
 import { policiesGrantWrite, WRITE_PROBES } from './write-grant.ts';
 
 const CASES: readonly { name: string; rules: PolicyRule[]; mayWrite: boolean }[] = [
@@ -83,6 +86,33 @@ describe('policiesGrantWrite', () => {
       assert.equal(policiesGrantWrite(engine, base), c.mayWrite);
     });
   }
+
+  it("the repository's examples: the read-only policy makes sessions read-only (the demo's reader login), the approval one does not", async () => {
+    const examples = join(import.meta.dirname, '..', '..', '..', '..', 'examples');
+    for (const [file, subject, mayWrite] of [
+      ['accesspolicy-readonly.yaml', 'system:serviceaccount:ci:report-agent', false],
+      ['accesspolicy-refunds-approval.yaml', 'system:serviceaccount:payments:refund-agent', true],
+    ] as const) {
+      const policy = parse(readFileSync(join(examples, file), 'utf8')) as {
+        metadata: { name: string };
+        spec: AccessPolicySpec;
+      };
+      const r = await compilePolicy({ namespace: 'ci', name: policy.metadata.name, spec: policy.spec });
+      if (!r.ok) throw new Error(`${file}: ${JSON.stringify(r.errors)}`);
+      const engine = new PolicyEngine();
+      await engine.replaceBundles([{ wasm: r.wasm, manifest: r.manifest, digest: r.digest }]);
+      const { command: _command, ...base } = request(sql(), {
+        identity: identity({ subject, issuer: 'https://kubernetes.default.svc.cluster.local' }),
+        resource: { name: 'orders-db', namespace: 'ci', type: 'postgres', labels: {} },
+      });
+      assert.equal(policiesGrantWrite(engine, base), mayWrite, file);
+      assert.equal(
+        engine.decide({ ...base, command: sql(stmt('select', ['public.orders'])) }).decision,
+        'allow',
+        `${file} lets its own subjects read`,
+      );
+    }
+  });
 
   it('probes every writing kind with and without side effects, and reads with side effects', () => {
     const probes = WRITE_PROBES.map((p) => {
