@@ -89,6 +89,7 @@ export class ClientSessions {
         identity,
         source,
         auditFailureMode: this.endpoint.auditFailureMode,
+        ...(this.endpoint.services.approvals === undefined ? {} : { approvals: this.endpoint.services.approvals }),
       });
     } catch (err) {
       if (!(err instanceof AuditUnavailable)) throw err;

@@ -11,6 +11,7 @@ import type { AgentSession } from '../../core/agent-session.ts';
 import type { CommandDescription, DecidedCommand } from '../../core/command.ts';
 import type { Engine, EngineServices } from '../../core/engine.ts';
 import { policyRefusal, type SidecarError } from '../../core/errors.ts';
+import { awaitApproval, exactRequest, holdable } from '../http-base/approval-hold.ts';
 import { HttpEndpoint as HttpSpeakingEndpoint, type RenderedError } from '../http-base/http-endpoint.ts';
 import {
   admitRequest,
@@ -181,14 +182,39 @@ class HttpEndpoint extends HttpSpeakingEndpoint {
       // Decided first, recorded with the body's JSON fields masked by that decision's masking rules.
       const description = describe(body);
       const decision = session.evaluate(description, OUTSIDE_TRANSACTION);
-      const decided = session.record(
+      const recorded =
         description.body === undefined
           ? description
-          : { ...description, body: maskJsonBody(description.body, decision) },
-        decision,
-      );
-      // The approval seam: an `approve` decision is refused here until holds land (docs/http-engine.md); a hold
-      // would wait for its ApprovalRequest at this point, with the body read and recorded, then forward.
+          : { ...description, body: maskJsonBody(description.body, decision) };
+      const decided = session.record(recorded, decision);
+      // An approve decision holds the request (docs/http-engine.md, "Approval holds") when approvals are
+      // enabled, with the body read and recorded; otherwise it is refused ApprovalRequired below.
+      if (holdable(session, decided)) {
+        const auditRefused = await auditCleared(decided);
+        if (auditRefused !== undefined) {
+          this.send(res, auditRefused, requestId);
+          return;
+        }
+        const verdict = await awaitApproval(
+          session,
+          decided,
+          recorded,
+          exactRequest(req, body),
+          res,
+          this.logger.child({ requestId }),
+        );
+        if (!verdict.run) {
+          if (!res.destroyed) this.send(res, verdict.error, requestId);
+          session.complete(verdict.command, 'http', {
+            status: 'denied',
+            code: String(problemFor(verdict.error).code),
+            message: verdict.error.message,
+          });
+          return;
+        }
+        this.forward(req, res, session, verdict.command, forwarded, target, body, requestId);
+        return;
+      }
       if (decided.decision.decision !== 'allow') {
         const error = policyRefusal(decided.decision);
         this.send(res, error, requestId);

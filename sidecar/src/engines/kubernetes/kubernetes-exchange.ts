@@ -16,6 +16,7 @@ import type { EngineServices } from '../../core/engine.ts';
 import { policyRefusal, type SidecarError } from '../../core/errors.ts';
 import type { Logger } from '../../core/observability/logger.ts';
 import type { KubernetesListenerConfig } from '../../config.ts';
+import { awaitApproval, exactRequest, holdable } from '../http-base/approval-hold.ts';
 import type { ClientSessions } from '../http-base/client-sessions.ts';
 import {
   admitRequest,
@@ -182,8 +183,27 @@ export class KubernetesExchange {
         );
         return;
       }
-      const decided = session.decide(this.describe(info, body), OUTSIDE_TRANSACTION);
-      // The approval seam (docs/kubernetes-engine.md): an `approve` decision goes to deny() until holds land.
+      const description = this.describe(info, body);
+      const decided = session.decide(description, OUTSIDE_TRANSACTION);
+      // An approve decision holds the request (docs/kubernetes-engine.md, "Approval holds") when approvals
+      // are enabled; otherwise deny() answers it ApprovalRequired.
+      if (holdable(session, decided)) {
+        if (!(await this.cleared(decided, reply))) return;
+        const verdict = await awaitApproval(
+          session,
+          decided,
+          description,
+          exactRequest(this.req, body),
+          res,
+          this.ctx.logger.child({ auditId: this.auditId }),
+        );
+        if (!verdict.run) {
+          this.refuseHeld(res, session, info, verdict.command, verdict.error);
+          return;
+        }
+        this.forward(res, session, info, verdict.command, body);
+        return;
+      }
       if (decided.decision.decision !== 'allow') {
         this.deny(res, session, info, decided);
         return;
@@ -376,9 +396,25 @@ export class KubernetesExchange {
   }
 
   private deny(res: ServerResponse, session: AgentSession, info: RequestInfo, decided: DecidedCommand): void {
-    // An approve decision lands here too: until approvals are enabled, the core words it as a refusal.
+    // An approve decision lands here when approvals are not enabled: the core words it as ApprovalRequired.
     const error = policyRefusal(decided.decision);
     this.sendStatus(res, error, info);
+    session.complete(decided, 'kubernetes', {
+      status: 'denied',
+      code: String(statusFor(error, info).code),
+      message: error.message,
+    });
+  }
+
+  /** A held request that will not be forwarded (denied, expired, cancelled, ...): a Status, if anyone listens. */
+  private refuseHeld(
+    res: ServerResponse,
+    session: AgentSession,
+    info: RequestInfo,
+    decided: DecidedCommand,
+    error: SidecarError,
+  ): void {
+    if (!res.destroyed) this.sendStatus(res, error, info);
     session.complete(decided, 'kubernetes', {
       status: 'denied',
       code: String(statusFor(error, info).code),

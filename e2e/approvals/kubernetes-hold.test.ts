@@ -1,0 +1,176 @@
+// Approval holds in the Kubernetes engine (issues 13 and 15), all real: the real kubectl deletes a ConfigMap
+// in a protected namespace through the sidecar; the approve rule holds the DELETE while the sidecar files an
+// ApprovalRequest with its own pod-bound token; a person decides it with `kubectl chaperone approve|deny`
+// against the real API server; approved, the delete reaches the API server exactly once and kubectl reports
+// it; denied, kubectl prints the 403 Status and the ConfigMap stays. The trail holds the decision, the
+// approval.requested and approval.decided records with the same binding hash, and the outcome.
+import assert from 'node:assert/strict';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { GROUP, VERSION, type AccessPolicySpec, type ApprovalRequest } from '@chaperone/api';
+import { runCli } from '../audit/run-cli.ts';
+import { controlPlaneEnv, testDir } from '../harness/env.ts';
+import { kubeletToken } from '../harness/identities.ts';
+import { kubectl } from '../harness/kube.ts';
+import { poll } from '../harness/poll.ts';
+import { spawnSidecar } from '../harness/sidecar-process.ts';
+import { runKubectl } from '../kubernetes/kube-fixture.ts';
+import { createApprovalWorld, PLURAL } from './approval-fixture.ts';
+
+const RESOURCE = 'cluster-api';
+const AGENT = 'system:serviceaccount:agents:deploy-bot';
+
+function policies(ns: string): Record<string, AccessPolicySpec> {
+  return {
+    kube: {
+      resources: { names: [RESOURCE] },
+      rules: [
+        {
+          name: 'hold-deletes',
+          decision: 'approve',
+          match: { kubernetes: { verbs: ['delete'], namespaces: [ns], resources: ['configmaps'] } },
+          message: 'deletes in this namespace need a second person',
+        },
+        { name: 'work', decision: 'allow', match: { kubernetes: { namespaces: [ns], resources: ['configmaps'] } } },
+      ],
+      defaultDecision: 'deny',
+      approval: { approverGroups: ['dba'], requiredApprovals: 1, timeout: '5m', allowSelfApproval: false },
+    },
+  };
+}
+
+test('a delete in a protected namespace waits for approval through the Kubernetes engine', async (t) => {
+  const world = await createApprovalWorld(t);
+  const { ns, people, custom, pod } = world;
+  const dir = join(testDir(t), 'kube-sidecar');
+  mkdirSync(dir, { recursive: true });
+  // The sidecar's upstream credential: a service account with `admin` in this namespace only.
+  await kubectl(['create', 'serviceaccount', 'kube-upstream', '-n', ns]);
+  await kubectl([
+    'create',
+    'rolebinding',
+    'kube-upstream',
+    '--clusterrole=admin',
+    `--serviceaccount=${ns}:kube-upstream`,
+    '-n',
+    ns,
+  ]);
+  const upstreamToken = join(dir, 'upstream-token');
+  writeFileSync(upstreamToken, (await kubectl(['create', 'token', 'kube-upstream', '-n', ns, '--duration=1h'])).trim());
+  const podToken = join(dir, 'pod-token');
+  writeFileSync(podToken, await kubeletToken(pod, undefined));
+  const cp = controlPlaneEnv();
+  const access = { server: cp.server, tokenFile: podToken, caFile: cp.caFile };
+  const agentTokenFile = join(dir, 'agent-token');
+  const agentKubeconfig = join(dir, 'agent.kubeconfig');
+  const sidecar = await spawnSidecar({
+    dir,
+    policies: policies(ns),
+    policyNamespace: ns,
+    listeners: [
+      {
+        name: RESOURCE,
+        type: 'kubernetes',
+        listen: '127.0.0.1:0',
+        tls: { selfSignedCertFile: join(dir, 'serving.crt') },
+        agentKubeconfig: { path: agentKubeconfig, tokenFile: agentTokenFile },
+        upstream: { url: cp.server, tls: { mode: 'verify-full', caFile: cp.caFile }, tokenFile: upstreamToken },
+        resource: { namespace: ns, labels: {} },
+        auditFailureMode: 'FailClosed',
+      },
+    ],
+    pod: { namespace: ns, name: pod.metadata?.name ?? '', uid: pod.metadata?.uid ?? '' },
+    approvals: { kubernetes: { ...access, namespace: ns } },
+    logLevel: 'debug',
+  });
+  t.after(() => sidecar.stop());
+  writeFileSync(agentTokenFile, await sidecar.issuer.sign({ sub: AGENT }));
+  const agent = (args: string[]) => runKubectl(agentKubeconfig, args);
+  const cli = (args: string[]) => runCli([...args, '--kubeconfig', people.carol.kubeconfig]);
+
+  /** The pending ApprovalRequest whose request line names `configMap`, once the sidecar filed it. */
+  const pendingFor = (configMap: string) =>
+    poll('the ApprovalRequest of the held delete', async () => {
+      const list = (await custom.listNamespacedCustomObject({
+        group: GROUP,
+        version: VERSION,
+        namespace: ns,
+        plural: PLURAL,
+      })) as { items: ApprovalRequest[] };
+      return list.items.find(
+        (r) => r.spec.command.kind === 'kubernetes' && r.spec.command.text.includes(`/configmaps/${configMap}`),
+      );
+    });
+  const exists = async (name: string) =>
+    (await runKubectl(cp.kubeconfig, ['get', 'configmap', name, '-n', ns, '-o', 'name'])).code === 0;
+
+  await t.test('approved: the held delete proceeds, once', async () => {
+    await kubectl(['create', 'configmap', 'doomed', '-n', ns, '--from-literal=a=1']);
+    const deleting = agent(['delete', 'configmap', 'doomed', '-n', ns, '--wait=false']);
+    const request = await pendingFor('doomed');
+    assert.equal(request.spec.policy.rule, 'hold-deletes');
+    assert.match(request.spec.command.text, new RegExp(`^DELETE /api/v1/namespaces/${ns}/configmaps/doomed`));
+    assert.equal(request.spec.requester.subject, AGENT);
+    // Held: the ConfigMap is still there while nobody has decided.
+    assert.equal(await exists('doomed'), true);
+    const approved = await cli(['approve', request.metadata.name ?? '', '-n', ns, '--comment', 'cleanup']);
+    assert.equal(approved.code, 0, approved.stderr);
+    const result = await deleting;
+    assert.equal(result.code, 0, result.stderr);
+    assert.match(result.stdout, /configmap "doomed" deleted/);
+    assert.equal(await exists('doomed'), false);
+
+    const records = await poll('the approved delete in the trail', async () => {
+      const all = (await sidecar.settledRecords()).map((r) => r.record);
+      const decided = all.find((r) => r.type === 'approval.decided' && r.approval?.request === request.metadata.name);
+      const outcome = all.find((r) => r.type === 'command.outcome' && r.approval?.request === request.metadata.name);
+      return decided !== undefined && outcome !== undefined ? all : undefined;
+    });
+    const name = request.metadata.name;
+    const requested = records.find((r) => r.type === 'approval.requested' && r.approval?.request === name);
+    const decided = records.find((r) => r.type === 'approval.decided' && r.approval?.request === name);
+    const outcomes = records.filter((r) => r.type === 'command.outcome' && r.approval?.request === name);
+    assert.equal(requested?.approval?.phase, 'Pending');
+    assert.equal(decided?.approval?.phase, 'Approved');
+    assert.equal(decided.approval.bindingHash, requested.approval.bindingHash);
+    assert.equal(request.spec.bindingHash, requested.approval.bindingHash);
+    assert.deepEqual(
+      decided.approval.decisions?.map((d) => [d.approver, d.decision]),
+      [['carol@example.com', 'approve']],
+    );
+    assert.equal(outcomes.length, 1, 'the delete ran exactly once');
+    assert.equal(outcomes[0]?.outcome?.status, 'success');
+    assert.equal(outcomes[0].outcome.code, '200');
+    const decision = records.find((r) => r.type === 'command.decision' && r.command?.id === requested.command?.id);
+    assert.equal(decision?.decision?.result, 'approve');
+    assert.match(decision.command?.requestId ?? '', /^[0-9a-f-]{36}$/, 'the Audit-ID is recorded');
+  });
+
+  await t.test('denied: kubectl prints the 403 Status and the ConfigMap stays', async () => {
+    await kubectl(['create', 'configmap', 'keeper', '-n', ns, '--from-literal=a=1']);
+    const deleting = agent(['delete', 'configmap', 'keeper', '-n', ns, '--wait=false']);
+    const request = await pendingFor('keeper');
+    const denied = await cli(['deny', request.metadata.name ?? '', '-n', ns, '--comment', 'not today']);
+    assert.equal(denied.code, 0, denied.stderr);
+    const result = await deleting;
+    assert.notEqual(result.code, 0);
+    assert.match(result.stderr, /Error from server \(Forbidden\)/);
+    assert.match(
+      result.stderr,
+      new RegExp(`approval request ${request.metadata.name ?? ''} was denied by carol@example.com`),
+    );
+    assert.equal(await exists('keeper'), true);
+    const records = await poll('the denied delete in the trail', async () => {
+      const all = (await sidecar.settledRecords()).map((r) => r.record);
+      return all.some((r) => r.type === 'approval.decided' && r.approval?.request === request.metadata.name)
+        ? all
+        : undefined;
+    });
+    const decided = records.find((r) => r.type === 'approval.decided' && r.approval?.request === request.metadata.name);
+    assert.equal(decided?.approval?.phase, 'Denied');
+    const outcome = records.find((r) => r.type === 'command.outcome' && r.command?.id === decided.command?.id);
+    assert.equal(outcome?.outcome?.status, 'denied');
+    assert.equal(outcome.outcome.code, '403');
+  });
+});
