@@ -161,16 +161,24 @@ test('a delete in a protected namespace waits for approval through the Kubernete
       new RegExp(`approval request ${request.metadata.name ?? ''} was denied by carol@example.com`),
     );
     assert.equal(await exists('keeper'), true);
-    const records = await poll('the denied delete in the trail', async () => {
-      const all = (await sidecar.settledRecords()).map((r) => r.record);
-      return all.some((r) => r.type === 'approval.decided' && r.approval?.request === request.metadata.name)
-        ? all
-        : undefined;
+    const entries = await poll('the denied delete in the trail', async () => {
+      const all = await sidecar.settledRecords();
+      const decided = all.find(
+        (e) => e.record.type === 'approval.decided' && e.record.approval?.request === request.metadata.name,
+      );
+      if (decided === undefined) return undefined;
+      // Command ids count per session: the outcome of this command is in the decided record's session.
+      const outcome = all.find(
+        (e) =>
+          e.session.sessionId === decided.session.sessionId &&
+          e.record.type === 'command.outcome' &&
+          e.record.command?.id === decided.record.command?.id,
+      );
+      return outcome === undefined ? undefined : { decided: decided.record, outcome: outcome.record };
     });
-    const decided = records.find((r) => r.type === 'approval.decided' && r.approval?.request === request.metadata.name);
-    assert.equal(decided?.approval?.phase, 'Denied');
-    const outcome = records.find((r) => r.type === 'command.outcome' && r.command?.id === decided.command?.id);
-    assert.equal(outcome?.outcome?.status, 'denied');
+    assert.equal(entries.decided.approval?.phase, 'Denied');
+    const outcome = entries.outcome;
+    assert.equal(outcome.outcome?.status, 'denied');
     assert.equal(outcome.outcome.code, '403');
   });
 });

@@ -1,0 +1,164 @@
+// Approval holds in the HTTP engine (issues 13 and 15), all real: curl POSTs through the sidecar's HTTP
+// engine to a real HTTP server on loopback; the approve rule holds the request while the sidecar files an
+// ApprovalRequest with its own pod-bound token; approved with `kubectl chaperone approve`, the upstream
+// receives it exactly once, with the exact body; a client that goes away while held withdraws the request
+// (phase Cancelled) and the upstream never sees it.
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { GROUP, VERSION, type AccessPolicySpec, type ApprovalRequest } from '@chaperone/api';
+import { runCli } from '../audit/run-cli.ts';
+import { controlPlaneEnv, testDir } from '../harness/env.ts';
+import { kubeletToken } from '../harness/identities.ts';
+import { poll } from '../harness/poll.ts';
+import { spawnSidecar } from '../harness/sidecar-process.ts';
+import { createApprovalWorld, PLURAL } from './approval-fixture.ts';
+
+const POLICY: AccessPolicySpec = {
+  resources: { names: ['refunds-api'] },
+  rules: [
+    { name: 'hold-refunds', decision: 'approve', match: { http: { methods: ['POST'], paths: ['/api/refunds'] } } },
+  ],
+  defaultDecision: 'deny',
+  approval: { approverGroups: ['dba'], requiredApprovals: 1, timeout: '5m', allowSelfApproval: false },
+};
+
+test('a POST through the HTTP engine waits for approval', async (t) => {
+  const world = await createApprovalWorld(t);
+  const { ns, people, custom, pod } = world;
+  const received: { method: string; url: string; body: string }[] = [];
+  const upstream = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      received.push({ method: req.method ?? '', url: req.url ?? '', body: Buffer.concat(chunks).toString('utf8') });
+      res.writeHead(201, { 'content-type': 'application/json' });
+      res.end('{"refund":"created"}');
+    });
+  });
+  await new Promise<void>((resolve) => upstream.listen(0, '127.0.0.1', resolve));
+  t.after(
+    () =>
+      new Promise<void>((resolve) => {
+        upstream.closeAllConnections();
+        upstream.close(() => resolve());
+      }),
+  );
+  const address = upstream.address();
+  if (address === null || typeof address === 'string') throw new Error('no address');
+
+  const dir = join(testDir(t), 'http-sidecar');
+  mkdirSync(dir, { recursive: true });
+  const podToken = join(dir, 'pod-token');
+  writeFileSync(podToken, await kubeletToken(pod, undefined));
+  const cp = controlPlaneEnv();
+  const sidecar = await spawnSidecar({
+    dir,
+    policies: { refunds: POLICY },
+    policyNamespace: ns,
+    listeners: [
+      {
+        name: 'refunds-api',
+        type: 'http',
+        listen: '127.0.0.1:0',
+        upstream: { url: `http://127.0.0.1:${String(address.port)}`, tls: { mode: 'disable' } },
+        resource: { namespace: ns, labels: {} },
+        auditFailureMode: 'FailClosed',
+      },
+    ],
+    pod: { namespace: ns, name: pod.metadata?.name ?? '', uid: pod.metadata?.uid ?? '' },
+    approvals: { kubernetes: { server: cp.server, tokenFile: podToken, caFile: cp.caFile, namespace: ns } },
+    logLevel: 'debug',
+  });
+  t.after(() => sidecar.stop());
+  const token = await sidecar.issuer.sign({ sub: 'system:serviceaccount:agents:refunder' });
+  const url = `http://${sidecar.host}:${String(sidecar.port)}/api/refunds`;
+  const curl = (body: string) => {
+    const child = spawn(
+      'curl',
+      [
+        '-sS',
+        '-X',
+        'POST',
+        '-H',
+        `Authorization: Bearer ${token}`,
+        '-H',
+        'Content-Type: application/json',
+        '--data-binary',
+        body,
+        '-w',
+        '\n%{http_code}',
+        url,
+      ],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    let out = '';
+    child.stdout.on('data', (c: Buffer) => (out += c.toString('utf8')));
+    const done = new Promise<{ body: string; status: number }>((resolve) => {
+      child.once('close', () => {
+        const i = out.lastIndexOf('\n');
+        resolve({ body: out.slice(0, i), status: Number(out.slice(i + 1)) });
+      });
+    });
+    return { done, kill: () => child.kill('SIGKILL') };
+  };
+  const requests = async () =>
+    (
+      (await custom.listNamespacedCustomObject({ group: GROUP, version: VERSION, namespace: ns, plural: PLURAL })) as {
+        items: ApprovalRequest[];
+      }
+    ).items;
+  const filedFor = (amount: string) =>
+    poll('the ApprovalRequest of the held POST', async () =>
+      (await requests()).find((r) => r.spec.command.kind === 'http' && r.spec.command.text.includes(amount)),
+    );
+
+  await t.test('approved: forwarded exactly once, with the exact body', async () => {
+    const body = '{"order":7,"amount":"1234.50"}';
+    const posting = curl(body);
+    const request = await filedFor('1234.50');
+    assert.equal(request.spec.policy.rule, 'hold-refunds');
+    assert.match(request.spec.command.text, /^POST \/api\/refunds/);
+    assert.equal(received.length, 0, 'nothing reaches the upstream while held');
+    const approved = await runCli([
+      'approve',
+      request.metadata.name ?? '',
+      '-n',
+      ns,
+      '--kubeconfig',
+      people.carol.kubeconfig,
+    ]);
+    assert.equal(approved.code, 0, approved.stderr);
+    const result = await posting.done;
+    assert.equal(result.status, 201);
+    assert.equal(result.body, '{"refund":"created"}');
+    assert.deepEqual(received, [{ method: 'POST', url: '/api/refunds', body }]);
+  });
+
+  await t.test('the client going away withdraws the request; nothing is forwarded', async () => {
+    const before = received.length;
+    const posting = curl('{"order":8,"amount":"999.99"}');
+    const request = await filedFor('999.99');
+    posting.kill();
+    await posting.done;
+    const settled = await poll('the request to be cancelled', async () => {
+      const current = await world.request(request.metadata.name ?? '');
+      return current.status?.phase === 'Cancelled' ? current : undefined;
+    });
+    assert.equal(settled.status?.phase, 'Cancelled');
+    // Approving it now runs nothing: the request is settled and its connection is gone.
+    await runCli(['approve', request.metadata.name ?? '', '-n', ns, '--kubeconfig', people.carol.kubeconfig]);
+    const records = await poll('the cancelled hold in the trail', async () => {
+      const all = (await sidecar.settledRecords()).map((e) => e.record);
+      return all.some((r) => r.type === 'approval.decided' && r.approval?.request === request.metadata.name)
+        ? all
+        : undefined;
+    });
+    const decided = records.find((r) => r.type === 'approval.decided' && r.approval?.request === request.metadata.name);
+    assert.equal(decided?.approval?.phase, 'Cancelled');
+    assert.equal(received.length, before, 'the upstream never saw the withdrawn request');
+  });
+});
