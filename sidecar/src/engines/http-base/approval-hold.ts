@@ -16,7 +16,7 @@ const BOUND_HEADERS = ['content-type', 'content-encoding'] as const;
  * another command that needs its own approval.
  */
 export function exactRequest(
-  req: IncomingMessage,
+  req: Pick<IncomingMessage, 'method' | 'url' | 'headers'>,
   body: Buffer | undefined,
 ): { readonly text: string; readonly parameters: readonly string[] } {
   const parameters = BOUND_HEADERS.map((name) => {
