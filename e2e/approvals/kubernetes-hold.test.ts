@@ -3,8 +3,10 @@
 // ApprovalRequest with its own pod-bound token; a person decides it with `kubectl chaperone approve|deny`
 // against the real API server; approved, the delete reaches the API server exactly once and kubectl reports
 // it; denied, kubectl prints the 403 Status and the ConfigMap stays. The trail holds the decision, the
-// approval.requested and approval.decided records with the same binding hash, and the outcome.
+// approval.requested and approval.decided records with the same binding hash, and the outcome. kubectl
+// killed while held cancels the request, and approving it afterwards deletes nothing.
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -15,6 +17,7 @@ import { kubeletToken } from '../harness/identities.ts';
 import { kubectl } from '../harness/kube.ts';
 import { poll } from '../harness/poll.ts';
 import { spawnSidecar } from '../harness/sidecar-process.ts';
+import { toolPath } from '../harness/tools.ts';
 import { runKubectl } from '../kubernetes/kube-fixture.ts';
 import { createApprovalWorld, PLURAL } from './approval-fixture.ts';
 
@@ -180,5 +183,36 @@ test('a delete in a protected namespace waits for approval through the Kubernete
     const outcome = entries.outcome;
     assert.equal(outcome.outcome?.status, 'denied');
     assert.equal(outcome.outcome.code, '403');
+  });
+
+  await t.test('kubectl going away while held withdraws the request; nothing is deleted', async () => {
+    await kubectl(['create', 'configmap', 'abandoned', '-n', ns, '--from-literal=a=1']);
+    const child = spawn(toolPath('kubectl'), [
+      '--kubeconfig',
+      agentKubeconfig,
+      'delete',
+      'configmap',
+      'abandoned',
+      '-n',
+      ns,
+      '--wait=false',
+    ]);
+    const exited = new Promise((resolve) => child.once('close', resolve));
+    const request = await pendingFor('abandoned');
+    child.kill('SIGKILL');
+    await exited;
+    const settled = await poll('the request to be cancelled', async () => {
+      const current = await world.request(request.metadata.name ?? '');
+      return current.status?.phase === 'Cancelled' ? current : undefined;
+    });
+    assert.equal(settled.status?.phase, 'Cancelled');
+    // Approving it now forwards nothing: the request is settled and its connection is gone.
+    await cli(['approve', request.metadata.name ?? '', '-n', ns]);
+    await poll('the cancelled hold in the trail', async () => {
+      const all = (await sidecar.settledRecords()).map((e) => e.record);
+      const decided = all.find((r) => r.type === 'approval.decided' && r.approval?.request === request.metadata.name);
+      return decided?.approval?.phase === 'Cancelled' ? decided : undefined;
+    });
+    assert.equal(await exists('abandoned'), true);
   });
 });
