@@ -275,7 +275,7 @@ insert into orders values (1001, 1, 'shipped', 129.90), (1002, 2, 'pending', 42.
 
   const reader = createReaderLogin(postgres, direct);
 
-  const demo: DemoContext = { controlPlane, postgres, reader, kubectl, kube, kubeIn, kc, core };
+  const demo: DemoContext = { controlPlane, postgres, direct, reader, kubectl, kube, kubeIn, kc, core };
   let finish: () => Promise<void>;
   node = process.argv.includes('--no-node') ? undefined : await startNodeOrExplain(controlPlane);
   if (node === undefined) finish = await localProcessDemo(demo);
@@ -414,6 +414,8 @@ function createReaderSecret(demo: DemoContext, secretsDir: string): void {
 interface DemoContext {
   readonly controlPlane: ControlPlane;
   readonly postgres: PostgresCluster;
+  /** psql's environment for the database owner, straight to PostgreSQL (verify-full TLS). */
+  readonly direct: NodeJS.ProcessEnv;
   /** The read-only login the database restricts (docs/postgres-engine.md, "Least-privilege credential"). */
   readonly reader: { readonly user: string; readonly password: string };
   readonly kubectl: string;
@@ -700,16 +702,7 @@ spec:
     custom: kc.makeApiClient(k8s.CustomObjectsApi),
     runDir,
     controlPlane,
-    directEnv: {
-      ...process.env,
-      PGHOST: 'localhost',
-      PGPORT: String(postgres.port),
-      PGUSER: postgres.user,
-      PGPASSWORD: postgres.password,
-      PGDATABASE: postgres.database,
-      PGSSLMODE: 'verify-full',
-      PGSSLROOTCERT: postgres.caFile,
-    },
+    directEnv: demo.direct,
     startAgentPsql: (sql) => ({
       child: spawn('psql', ['-X', '-c', sql], { env: agentProcessEnv, stdio: ['pipe', 'pipe', 'pipe'] }),
       display: `PGPASSWORD="$(cat $CHAPERONE_TOKEN_FILE)" psql -c "${sql}"`,
@@ -1077,16 +1070,7 @@ spec:
     custom: kc.makeApiClient(k8s.CustomObjectsApi),
     runDir,
     controlPlane,
-    directEnv: {
-      ...process.env,
-      PGHOST: 'localhost',
-      PGPORT: String(postgres.port),
-      PGUSER: postgres.user,
-      PGPASSWORD: postgres.password,
-      PGDATABASE: postgres.database,
-      PGSSLMODE: 'verify-full',
-      PGSSLROOTCERT: postgres.caFile,
-    },
+    directEnv: demo.direct,
     startAgentPsql: (sql) => {
       const script = `PGPASSWORD="$(cat "$CHAPERONE_TOKEN_FILE")" psql -X -c "${sql}"`;
       return {
