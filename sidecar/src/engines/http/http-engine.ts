@@ -155,28 +155,21 @@ class HttpEndpoint extends HttpSpeakingEndpoint {
         refuse('method', { id: 'RequestRefused', message: `chaperone: ${method} is never proxied` }, describe());
         return;
       }
-      const declared = checked.body;
-      if (typeof declared === 'number' && declared > this.config.maxRequestBodyBytes) {
+      const limit = this.config.maxRequestBodyBytes;
+      const tooLarge = () =>
         refuse(
           'request-too-large',
-          {
-            id: 'RequestTooLarge',
-            message: `chaperone: the request body is larger than ${String(this.config.maxRequestBodyBytes)} bytes`,
-          },
+          { id: 'RequestTooLarge', message: `chaperone: the request body is larger than ${String(limit)} bytes` },
           describe(),
         );
+      const declared = checked.body;
+      if (typeof declared === 'number' && declared > limit) {
+        tooLarge();
         return;
       }
-      const body = await readBody(req, this.config.maxRequestBodyBytes);
+      const body = await readBody(req, limit);
       if (body === undefined) {
-        refuse(
-          'request-too-large',
-          {
-            id: 'RequestTooLarge',
-            message: `chaperone: the request body is larger than ${String(this.config.maxRequestBodyBytes)} bytes`,
-          },
-          describe(),
-        );
+        tooLarge();
         return;
       }
       // Decided first, recorded with the body's JSON fields masked by that decision's masking rules.
