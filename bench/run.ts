@@ -50,6 +50,7 @@ import {
 } from '../e2e/harness/sidecar-process.ts';
 import { postgresBinDir, REPO_ROOT } from '../e2e/harness/tools.ts';
 import { SIDECAR_NODE_FLAGS } from '../sidecar/src/bin/node-flags.ts';
+import { bundleSidecar } from '../sidecar/scripts/build.ts';
 
 type Target = 'direct' | 'pgbouncer' | 'pipe' | 'sidecar';
 type Mode = 'simple' | 'prepared' | 'extended';
@@ -678,6 +679,17 @@ function uptime(): string {
 
 // ---- main -----------------------------------------------------------------------------------------------
 
+let shippedBin: string | undefined;
+
+/**
+ * The sidecar as its image runs it: the bundle of sidecar/scripts/build.ts, built once per bench run from
+ * this checkout's sources into dist/sidecar-bundle (it imports its external packages from node_modules).
+ */
+function shippedSidecar(): string {
+  shippedBin ??= bundleSidecar();
+  return shippedBin;
+}
+
 async function startSidecar(
   pg: PostgresCluster,
   dir: string,
@@ -686,6 +698,7 @@ async function startSidecar(
 ): Promise<SidecarProcess> {
   return spawnSidecar({
     ...extra,
+    bin: extra.bin ?? shippedSidecar(),
     // The flags the image runs the sidecar with (sidecar/src/bin/node-flags.ts), before any of the caller's.
     nodeArgs: [...SIDECAR_NODE_FLAGS, ...(extra.nodeArgs ?? [])],
     dir,

@@ -25,6 +25,7 @@ import { parseArgs } from 'node:util';
 import { imageStage, type ImageConfig } from './dockerfile.ts';
 import { packLayer, writeImageArchive, type ImageArchive, type Layer } from './oci-archive.ts';
 import { assembleLayer, defaultSources, sharedLibraries, type LayerName, type RootfsSources } from './rootfs.ts';
+import { bundleSidecar } from '../sidecar/scripts/build.ts';
 
 const REPO = join(import.meta.dirname, '..');
 
@@ -103,6 +104,8 @@ function fingerprint(image: ImageName, ref: string, layers: LayerName[], sources
       hash.update(readFileSync(join(REPO, pkg, 'package.json')));
       hashTree(hash, join(REPO, pkg, 'src'));
     }
+    // The sidecar runs as a bundle: its build script and the bundler are inputs too.
+    if (image === 'sidecar') hashTree(hash, join(REPO, 'sidecar', 'scripts'));
   }
   const binaries: Record<ImageName, string[]> = {
     operator: [sources.node, sources.opa],
@@ -166,7 +169,14 @@ export function buildImages(options: BuildOptions = {}): BuiltImage[] {
       if (layer === undefined) {
         const tree = join(work, 'rootfs', name);
         rmSync(tree, { recursive: true, force: true });
-        assembleLayer(name, tree, sources);
+        let layerSources = sources;
+        if (name === 'sidecar') {
+          // The sidecar layer ships its bundle, built here from this run's sources (never a stale dist/).
+          const bundleDir = join(work, 'sidecar-bundle');
+          bundleSidecar(bundleDir);
+          layerSources = { ...sources, sidecarBundle: bundleDir };
+        }
+        assembleLayer(name, tree, layerSources);
         layer = packLayer(name, tree, join(work, 'layers', `${name}.tar`));
         rmSync(tree, { recursive: true, force: true });
         packed.set(name, layer);
@@ -189,6 +199,7 @@ export function buildImages(options: BuildOptions = {}): BuiltImage[] {
   }
   rmSync(join(work, 'layers'), { recursive: true, force: true });
   rmSync(join(work, 'rootfs'), { recursive: true, force: true });
+  rmSync(join(work, 'sidecar-bundle'), { recursive: true, force: true });
   const record = [...readRecord(out).filter((r) => !built.some((b) => b.image === r.image)), ...built]
     .map(({ image, ref, path, manifestDigest, configDigest }) => ({ image, ref, path, manifestDigest, configDigest }))
     .sort((a, b) => a.image.localeCompare(b.image));

@@ -8,13 +8,14 @@
 //   node-runtime  /usr/local/bin/node and the shared libraries it links, the nonroot user (65532), CA
 //                 certificates, /tmp; the base of the operator and sidecar images
 //   operator      /usr/local/bin/opa and /app: the operator's sources, @chaperone/api, its npm closure
-//   sidecar       /app: the sidecar's sources, @chaperone/api, its npm closure
+//   sidecar       /app: the sidecar's bundle (sidecar/scripts/build.ts) in /app/sidecar, its npm closure
+//                 (the packages the bundle leaves external, and the licences of those inside it)
 //   agent         a small agent image: /bin/sh, psql, kubectl (+ libraries), the nonroot user, CA certificates
 //   pause         the node's sandbox image: the static /pause binary (images/pause), local node only
 //
 // Usage (the Dockerfile's build stage):
 //   node images/rootfs.ts --out DIR [--repo DIR] [--node BIN] [--opa BIN] [--kubectl BIN] [--psql BIN]
-//        [--shell BIN] [--pause BIN] LAYER...
+//        [--shell BIN] [--pause BIN] [--sidecar-bundle DIR] LAYER...
 // writes DIR/LAYER for every LAYER named.
 import { execFileSync } from 'node:child_process';
 import {
@@ -56,6 +57,8 @@ export interface RootfsSources {
   readonly pause?: string;
   /** PEM bundle of public CAs. */
   readonly caBundle: string;
+  /** The sidecar's bundle directory (sidecar/scripts/build.ts); the sidecar layer needs it. */
+  readonly sidecarBundle?: string;
 }
 
 /** Default inputs on a Debian machine with the repository's own tools (`make tools`, `make deps`, `make packages`). */
@@ -98,7 +101,9 @@ export function assembleLayer(layer: LayerName, dest: string, sources: RootfsSou
       installApp(dest, sources.repo, 'operator');
       break;
     case 'sidecar':
-      installApp(dest, sources.repo, 'sidecar');
+      if (sources.sidecarBundle === undefined)
+        throw new Error('the sidecar layer needs --sidecar-bundle DIR (node sidecar/scripts/build.ts --out DIR)');
+      installApp(dest, sources.repo, 'sidecar', sources.sidecarBundle);
       break;
     case 'agent':
       writeBase(dest, sources);
@@ -243,18 +248,26 @@ function shipped(path: string): boolean {
   return !/\.test(-helpers)?\.ts$|\.d\.[cm]?ts$|\.map$/.test(path);
 }
 
-/** /app/<workspace> and its closure: workspace sources, linked workspaces, npm packages (without nested node_modules). */
-function installApp(dest: string, repo: string, workspace: string): void {
+/**
+ * /app/<workspace> and its closure: workspace sources, linked workspaces, npm packages (without nested
+ * node_modules). With `bundle`, /app/<workspace> is that bundle directory instead of the sources, and no
+ * workspace is linked (the bundle has them inside); the npm closure is shipped as for sources.
+ */
+function installApp(dest: string, repo: string, workspace: string, bundle?: string): void {
   const lock = JSON.parse(readFileSync(join(repo, 'package-lock.json'), 'utf8')) as {
     packages: Record<string, LockPackage>;
   };
   const app = join(dest, 'app');
   const { packages, links } = runtimeClosure(lock, workspace);
-  for (const pkg of [workspace, ...new Set(links.values())]) copyWorkspace(join(repo, pkg), join(app, pkg));
-  for (const [linkPath, target] of links) {
-    const at = join(app, linkPath);
-    mkdirSync(dirname(at), { recursive: true });
-    symlinkSync(relative(dirname(at), join(app, target)), at);
+  if (bundle === undefined) {
+    for (const pkg of [workspace, ...new Set(links.values())]) copyWorkspace(join(repo, pkg), join(app, pkg));
+    for (const [linkPath, target] of links) {
+      const at = join(app, linkPath);
+      mkdirSync(dirname(at), { recursive: true });
+      symlinkSync(relative(dirname(at), join(app, target)), at);
+    }
+  } else {
+    cpSync(bundle, join(app, workspace), { recursive: true, filter: shipped });
   }
   for (const pkg of packages) {
     const from = join(repo, pkg);
@@ -284,6 +297,7 @@ function main(): void {
       psql: { type: 'string' },
       shell: { type: 'string' },
       pause: { type: 'string' },
+      'sidecar-bundle': { type: 'string' },
     },
     allowPositionals: true,
   });
@@ -301,6 +315,7 @@ function main(): void {
     ...(values.psql === undefined ? {} : { psql: values.psql }),
     ...(values.shell === undefined ? {} : { shell: values.shell }),
     ...(values.pause === undefined ? {} : { pause: values.pause }),
+    ...(values['sidecar-bundle'] === undefined ? {} : { sidecarBundle: values['sidecar-bundle'] }),
   };
   for (const layer of positionals) {
     if (!(LAYERS as readonly string[]).includes(layer)) {

@@ -22,7 +22,12 @@ import { stopProcess } from './processes.ts';
 import { createTestIssuer, type TestIssuer } from './tokens.ts';
 import { REPO_ROOT } from './tools.ts';
 
-export const SIDECAR_BIN = join(REPO_ROOT, 'sidecar', 'src', 'bin', 'chaperone-sidecar.ts');
+/**
+ * The sidecar the tests run: its sources, or what CHAPERONE_SIDECAR_BIN names (for example the bundle the
+ * image runs, `make build` → dist/sidecar-bundle/chaperone-sidecar.js), to run the same tests against it.
+ */
+export const SIDECAR_BIN =
+  process.env.CHAPERONE_SIDECAR_BIN ?? join(REPO_ROOT, 'sidecar', 'src', 'bin', 'chaperone-sidecar.ts');
 
 /** Allows everything; the policy for tests that exercise the protocol rather than the rules. */
 export const ALLOW_ALL: AccessPolicySpec = {

@@ -95,11 +95,14 @@ test('building twice from the same inputs gives byte-identical archives', (t) =>
   );
   const app = extract(appLayer ?? '');
   const paths = app.map((l) => l.split(' ').at(-1) ?? '');
-  assert.ok(paths.includes('app/sidecar/src/bin/chaperone-sidecar.ts'));
+  // The sidecar's bundle, not its sources (sidecar/scripts/build.ts): no .ts file, no workspace inside.
+  assert.ok(paths.includes('app/sidecar/chaperone-sidecar.js'));
   assert.ok(
-    app.some((l) => / app\/node_modules\/@chaperone\/api -> \.\.\/\.\.\/api$/.test(l)),
-    'the workspace link',
+    paths.some((p) => /^app\/sidecar\/chunks\/.+\.js$/.test(p)),
+    'the lazily loaded chunks',
   );
+  assert.ok(!paths.some((p) => p.startsWith('app/sidecar/') && p.endsWith('.ts')), 'no TypeScript to strip at start');
+  assert.ok(!paths.some((p) => p.startsWith('app/api/') || p.startsWith('app/node_modules/@chaperone/')));
   assert.ok(paths.includes('app/node_modules/libpg-query/wasm/libpg-query.wasm'));
   assert.ok(!paths.some((p) => p.endsWith('.test.ts')), 'no tests');
   assert.ok(!paths.some((p) => /node_modules\/(typescript|eslint|@chaperone\/operator)\//.test(p)), 'no dev deps');

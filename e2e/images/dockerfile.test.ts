@@ -30,7 +30,7 @@ test('the operator, sidecar and agent stages are understood entirely, as non-roo
   assert.deepEqual(sidecar.layers, ['node-runtime', 'sidecar']);
   assert.deepEqual(
     sidecar.config.Entrypoint,
-    ['/usr/local/bin/node', ...SIDECAR_NODE_FLAGS, '/app/sidecar/src/bin/chaperone-sidecar.ts'],
+    ['/usr/local/bin/node', ...SIDECAR_NODE_FLAGS, '/app/sidecar/chaperone-sidecar.js'],
     'the image runs the sidecar with the V8 flags the bench measures (sidecar/src/bin/node-flags.ts)',
   );
   assert.deepEqual(imageStage(dockerfile, 'agent').layers, ['agent']);

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { BUNDLE_MANIFEST_FILE, BUNDLE_WASM_FILE } from '@chaperone/api';
 import { compilePolicy } from '@chaperone/operator/policy-compiler';
 import { silentLogger } from '../observability/logger.ts';
-import { BundleWatcher } from './bundle-directory.ts';
+import { BundleWatcher, readBundleDirectory } from './bundle-directory.ts';
 import { PolicyEngine } from './policy-engine.ts';
 import type { PolicyBundle } from './policy-engine.ts';
 import { request, spec, sql, stmt } from './policy-fixtures.test-helpers.ts';
@@ -81,6 +81,33 @@ describe('BundleWatcher', () => {
       await watcher.check();
       assert.deepEqual(engine.bundleDigests, []);
       assert.equal(engine.decide(request(sql(stmt('select', ['public.t'])))).decision, 'deny');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('reads a module only for a digest it has not read before: a known digest is the bundle already checked', () => {
+    const v1 = bundles.get('v1') ?? assert.fail();
+    const v2 = bundles.get('v2') ?? assert.fail();
+    const dir = mkdtempSync(join(tmpdir(), 'chaperone-bundles-test-'));
+    try {
+      writeEntry(dir, 'p', v1, v1);
+      const first = readBundleDirectory(dir);
+      assert.deepEqual(first.errors, []);
+      const read = first.byEntry.get('p') ?? assert.fail();
+      assert.equal(read.digest, v1.digest);
+
+      // The poll of an unchanged entry: the module on disk is not read (it is not even there).
+      rmSync(join(dir, 'p', BUNDLE_WASM_FILE));
+      const again = readBundleDirectory(dir, new Map([[v1.digest, read]]));
+      assert.deepEqual(again.errors, []);
+      assert.equal(again.byEntry.get('p'), read, 'the known bundle itself');
+
+      // A digest not known is read and checked: a module that does not match it is unreadable.
+      writeEntry(dir, 'p', v2, v1);
+      const torn = readBundleDirectory(dir, new Map([[v1.digest, read]]));
+      assert.deepEqual(torn.unreadable, ['p']);
+      assert.match(torn.errors[0] ?? '', /do not match the manifest digest/);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
