@@ -112,6 +112,10 @@ const { values: args } = parseArgs({
     'profiles-only': { type: 'boolean' },
     /** With --profile: also measure the sidecar of another checkout (its root directory), interleaved. */
     baseline: { type: 'string' },
+    /** With --profile: only these variants of the table, comma-separated (e.g. `as shipped,baseline`). */
+    variants: { type: 'string' },
+    /** With --profile: only these shapes, comma-separated `<mode>-c<clients>` (e.g. `prepared-c8`). */
+    shapes: { type: 'string' },
     /** Only the evidence-store benchmark (and the JSON-lines yardstick it is measured against). */
     evidence: { type: 'boolean' },
     /** Only the footprint part (bench/footprint.ts): memory, connection storm, 150 clients, audit size. */
@@ -1018,12 +1022,14 @@ async function profile(): Promise<void> {
   const pg = await setUp();
   mkdirSync(PROFILE_DIR, { recursive: true });
   const seconds = Number(process.env.BENCH_SECONDS ?? 8);
-  const shapes = [
+  const allShapes = [
     { mode: 'simple', clients: 1 },
     { mode: 'simple', clients: 8 },
     { mode: 'prepared', clients: 1 },
     { mode: 'prepared', clients: 8 },
   ] as const;
+  const shapeNames = args.shapes?.split(',');
+  const shapes = allShapes.filter((s) => shapeNames?.includes(`${s.mode}-c${String(s.clients)}`) ?? true);
 
   const profiled = VARIANTS.find((v) => v.name === (args['profile-variant'] ?? 'as shipped'));
   if (profiled === undefined) throw new Error(`unknown variant; one of: ${VARIANTS.map((v) => v.name).join(', ')}`);
@@ -1032,7 +1038,8 @@ async function profile(): Promise<void> {
 
   // CPU profiles of one variant (default: the sidecar as shipped).
   const summaries: Record<string, ProfileSummary> = {};
-  for (const shape of [shapes[0], shapes[1], shapes[3]]) {
+  const profiledShapes = shapeNames === undefined ? [allShapes[0], allShapes[1], allShapes[3]] : shapes;
+  for (const shape of profiledShapes) {
     const label = `${profiled.name.replace(/\W+/g, '-')}-${shape.mode}-c${shape.clients}`;
     const profDir = join(runDir ?? '', `prof-${label}`);
     mkdirSync(profDir, { recursive: true });
@@ -1090,7 +1097,8 @@ async function compareVariants(
 ): Promise<void> {
   const bouncer = await startPgbouncer(join(runDir ?? '', 'pgbouncer'), pg);
   const pipe = await startBytePipe(pg);
-  const variants: Variant[] = [...VARIANTS];
+  const variantNames = args.variants?.split(',');
+  const variants: Variant[] = VARIANTS.filter((v) => variantNames?.includes(v.name) ?? true);
   if (args.baseline !== undefined) {
     const bin = join(args.baseline, 'sidecar', 'src', 'bin', 'chaperone-sidecar.ts');
     variants.push({
@@ -1126,10 +1134,14 @@ async function compareVariants(
     });
   }
   for (const t of targets) await pgbench(t.target, t.env, 'simple', 8, WARMUP_SECONDS, t.pid);
+  // BENCH_ROUNDS rounds (default 1), the targets interleaved within each, every round printed.
+  const rounds = Number(process.env.BENCH_ROUNDS ?? 1);
   for (const shape of shapes) {
-    for (const t of targets) {
-      const r = await pgbench(t.target, t.env, shape.mode, shape.clients, seconds, t.pid);
-      variantRows.push({ variant: t.name, run: r });
+    for (let round = 0; round < rounds; round++) {
+      for (const t of targets) {
+        const r = await pgbench(t.target, t.env, shape.mode, shape.clients, seconds, t.pid);
+        variantRows.push({ variant: t.name, run: r });
+      }
     }
   }
   for (const s of variantSidecars) await s.stop();
