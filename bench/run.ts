@@ -51,7 +51,7 @@ import {
 import { postgresBinDir, REPO_ROOT } from '../e2e/harness/tools.ts';
 import { SIDECAR_NODE_FLAGS } from '../sidecar/src/bin/node-flags.ts';
 
-type Target = 'direct' | 'pgbouncer' | 'pipe' | 'sidecar';
+type Target = 'direct' | 'pgbouncer' | 'pgbouncer-tls' | 'pipe' | 'sidecar';
 type Mode = 'simple' | 'prepared' | 'extended';
 
 interface RunResult {
@@ -84,13 +84,14 @@ interface Ratio {
   /** CPU time of the proxy process per transaction, µs (user + system). */
   readonly proxyCpuUsPerTxn: {
     readonly pgbouncer: number | undefined;
+    readonly 'pgbouncer-tls': number | undefined;
     readonly pipe: number | undefined;
     readonly sidecar: number | undefined;
   };
-  /** Sidecar TPS divided by each other target's. */
-  readonly sidecarTpsOver: { readonly pgbouncer: number; readonly pipe: number; readonly direct: number };
+  /** Sidecar TPS divided by each other target's (the targets are set against plain `pgbouncer`). */
+  readonly sidecarTpsOver: Readonly<Record<Exclude<Target, 'sidecar'>, number>>;
   /** Average latency the sidecar adds over each other target, µs. */
-  readonly sidecarAddedLatencyUsOver: { readonly pgbouncer: number; readonly pipe: number; readonly direct: number };
+  readonly sidecarAddedLatencyUsOver: Readonly<Record<Exclude<Target, 'sidecar'>, number>>;
   readonly pgbouncerTpsOverDirect: number;
   readonly pipeTpsOverPgbouncer: number;
 }
@@ -137,7 +138,7 @@ const EXTENDED_SECONDS = Math.max(1, Math.round((MEASURED_SECONDS * 3) / 5));
 const WARMUP_SECONDS = args.quick === true ? 2 : 3;
 const CLIENTS = [1, 8] as const;
 const MODES: readonly Mode[] = ['simple', 'prepared', 'extended'];
-const TARGETS: readonly Target[] = ['direct', 'pgbouncer', 'pipe', 'sidecar'];
+const TARGETS: readonly Target[] = ['direct', 'pgbouncer', 'pgbouncer-tls', 'pipe', 'sidecar'];
 const RESULTS_FILE = join(REPO_ROOT, 'bench', 'results.json');
 /** Seconds of each evidence-store pgbench run (the issue asks for at least 60), rounds, and the fleet run. */
 const EVIDENCE_SECONDS = Number(process.env.BENCH_EVIDENCE_SECONDS ?? (args.quick === true ? 5 : 60));
@@ -151,6 +152,8 @@ const PROFILE_DIR = join(REPO_ROOT, 'tmp', 'bench-profiles');
 const children = new Set<ChildProcess>();
 let postgres: PostgresCluster | undefined;
 let pgbouncer: ChildProcess | undefined;
+/** PgBouncer with TLS verify-full to PostgreSQL, as the sidecar's upstream: a yardstick, never a target. */
+let pgbouncerTls: ChildProcess | undefined;
 let bytePipe: ChildProcess | undefined;
 let sidecar: SidecarProcess | undefined;
 /** Sidecars of the --profile variant table, all running at once. */
@@ -169,11 +172,13 @@ function cleanup(): Promise<void> {
     if (sidecar !== undefined) stops.push(sidecar.stop());
     for (const s of variantSidecars) stops.push(s.stop());
     if (pgbouncer !== undefined) stops.push(stopProcess(pgbouncer, 5_000));
+    if (pgbouncerTls !== undefined) stops.push(stopProcess(pgbouncerTls, 5_000));
     if (bytePipe !== undefined) stops.push(stopProcess(bytePipe, 5_000));
     await Promise.allSettled(stops);
     if (postgres !== undefined) await postgres.stop().catch(() => undefined);
     sidecar = undefined;
     pgbouncer = undefined;
+    pgbouncerTls = undefined;
     bytePipe = undefined;
     postgres = undefined;
     if (runDir !== undefined && process.env.CHAPERONE_KEEP_RUN_DIR === undefined) {
@@ -290,7 +295,15 @@ function directEnv(pg: PostgresCluster): NodeJS.ProcessEnv {
 
 // ---- PgBouncer --------------------------------------------------------------------------------------------
 
-async function startPgbouncer(dir: string, pg: PostgresCluster): Promise<{ port: number; version: string }> {
+/**
+ * Starts PgBouncer. `serverTls`: it logs in to PostgreSQL over TLS `verify-full` against the cluster's CA, as
+ * the sidecar's upstream does (the cluster's certificate names 127.0.0.1); otherwise without TLS.
+ */
+async function startPgbouncer(
+  dir: string,
+  pg: PostgresCluster,
+  serverTls = false,
+): Promise<{ port: number; version: string }> {
   const bin = '/usr/sbin/pgbouncer';
   if (!existsSync(bin)) throw new Error(`${bin} not found; run \`make packages\``);
   mkdirSync(dir, { recursive: true });
@@ -316,7 +329,9 @@ async function startPgbouncer(dir: string, pg: PostgresCluster): Promise<{ port:
       // Room for the footprint part's 150 clients (session pooling: one server connection each).
       'max_client_conn = 200',
       'default_pool_size = 160',
-      'server_tls_sslmode = disable',
+      ...(serverTls
+        ? ['server_tls_sslmode = verify-full', `server_tls_ca_file = ${pg.caFile}`]
+        : ['server_tls_sslmode = disable']),
       'client_tls_sslmode = disable',
       'ignore_startup_parameters = extra_float_digits',
       'log_connections = 0',
@@ -334,8 +349,9 @@ async function startPgbouncer(dir: string, pg: PostgresCluster): Promise<{ port:
   const version = execFileSync(bin, ['--version'], { encoding: 'utf8' }).split('\n')[0] ?? '';
   const child = spawn(bin, [ini], { ...(owner ?? {}), stdio: ['ignore', 'pipe', 'pipe'] });
   if (child.pid === undefined) throw new Error('could not start pgbouncer');
-  pgbouncer = child;
-  recordServer(runDir ?? dir, 'pgbouncer', child.pid);
+  if (serverTls) pgbouncerTls = child;
+  else pgbouncer = child;
+  recordServer(runDir ?? dir, serverTls ? 'pgbouncer-tls' : 'pgbouncer', child.pid);
   let output = '';
   child.stdout.setEncoding('utf8').on('data', (d: string) => (output += d));
   child.stderr.setEncoding('utf8').on('data', (d: string) => (output += d));
@@ -470,23 +486,51 @@ function computeRatios(runs: readonly RunResult[]): Ratio[] {
         runs.find((r) => r.target === target && r.mode === mode && r.clients === clients);
       const direct = find('direct');
       const bouncer = find('pgbouncer');
+      const bouncerTls = find('pgbouncer-tls');
       const pipe = find('pipe');
       const side = find('sidecar');
-      if (direct === undefined || bouncer === undefined || pipe === undefined || side === undefined) continue;
+      if (
+        direct === undefined ||
+        bouncer === undefined ||
+        bouncerTls === undefined ||
+        pipe === undefined ||
+        side === undefined
+      ) {
+        continue;
+      }
       const us = (r: RunResult) => r.latencyMs * 1000;
       ratios.push({
         mode,
         clients,
-        tps: { direct: direct.tps, pgbouncer: bouncer.tps, pipe: pipe.tps, sidecar: side.tps },
-        latencyUs: { direct: us(direct), pgbouncer: us(bouncer), pipe: us(pipe), sidecar: us(side) },
+        tps: {
+          direct: direct.tps,
+          pgbouncer: bouncer.tps,
+          'pgbouncer-tls': bouncerTls.tps,
+          pipe: pipe.tps,
+          sidecar: side.tps,
+        },
+        latencyUs: {
+          direct: us(direct),
+          pgbouncer: us(bouncer),
+          'pgbouncer-tls': us(bouncerTls),
+          pipe: us(pipe),
+          sidecar: us(side),
+        },
         proxyCpuUsPerTxn: {
           pgbouncer: bouncer.proxyCpuUsPerTxn,
+          'pgbouncer-tls': bouncerTls.proxyCpuUsPerTxn,
           pipe: pipe.proxyCpuUsPerTxn,
           sidecar: side.proxyCpuUsPerTxn,
         },
-        sidecarTpsOver: { pgbouncer: side.tps / bouncer.tps, pipe: side.tps / pipe.tps, direct: side.tps / direct.tps },
+        sidecarTpsOver: {
+          pgbouncer: side.tps / bouncer.tps,
+          'pgbouncer-tls': side.tps / bouncerTls.tps,
+          pipe: side.tps / pipe.tps,
+          direct: side.tps / direct.tps,
+        },
         sidecarAddedLatencyUsOver: {
           pgbouncer: us(side) - us(bouncer),
+          'pgbouncer-tls': us(side) - us(bouncerTls),
           pipe: us(side) - us(pipe),
           direct: us(side) - us(direct),
         },
@@ -506,6 +550,7 @@ function ratiosByShape(ratios: readonly Ratio[]): Record<string, Ratio> {
 function printRatios(ratios: readonly Ratio[]): void {
   const head = [
     'sidecar/pgbouncer',
+    'sidecar/pgb-tls',
     'sidecar/pipe',
     'sidecar/direct',
     'pipe/pgbouncer',
@@ -516,6 +561,7 @@ function printRatios(ratios: readonly Ratio[]): void {
   for (const r of ratios) {
     const cells = [
       fmt(r.sidecarTpsOver.pgbouncer, 3),
+      fmt(r.sidecarTpsOver['pgbouncer-tls'], 3),
       fmt(r.sidecarTpsOver.pipe, 3),
       fmt(r.sidecarTpsOver.direct, 3),
       fmt(r.pipeTpsOverPgbouncer, 3),
@@ -785,6 +831,7 @@ async function benchmark(): Promise<void> {
   const masking = await runMaskingBench(pg, join(runDir ?? '', 'sidecar-masking'), runDir ?? '');
   console.log(formatMaskingBench(masking));
   const bouncer = await startPgbouncer(join(runDir ?? '', 'pgbouncer'), pg);
+  const bouncerTls = await startPgbouncer(join(runDir ?? '', 'pgbouncer-tls'), pg, true);
   const pipe = await startBytePipe(pg);
   const side = await startSidecar(pg, join(runDir ?? '', 'sidecar'));
   sidecar = side;
@@ -794,17 +841,19 @@ async function benchmark(): Promise<void> {
   const envs: Record<Target, NodeJS.ProcessEnv> = {
     direct: directEnv(pg),
     pgbouncer: { ...directEnv(pg), PGPORT: String(bouncer.port) },
+    'pgbouncer-tls': { ...directEnv(pg), PGPORT: String(bouncerTls.port) },
     pipe: { ...directEnv(pg), PGPORT: String(pipe.port) },
     sidecar: side.libpqEnv(token, { PGAPPNAME: 'chaperone-bench' }),
   };
   const proxyPid: Record<Target, number | undefined> = {
     direct: undefined,
     pgbouncer: pgbouncer?.pid,
+    'pgbouncer-tls': pgbouncerTls?.pid,
     pipe: bytePipe?.pid,
     sidecar: side.process.pid,
   };
   console.log(
-    `bench: PostgreSQL 127.0.0.1:${pg.port}, PgBouncer 127.0.0.1:${bouncer.port}, byte pipe 127.0.0.1:${pipe.port}, sidecar ${side.host}:${side.port}; ` +
+    `bench: PostgreSQL 127.0.0.1:${pg.port}, PgBouncer 127.0.0.1:${bouncer.port} (TLS upstream: ${bouncerTls.port}), byte pipe 127.0.0.1:${pipe.port}, sidecar ${side.host}:${side.port}; ` +
       `about ${Math.round(totalSeconds / 60)} min of pgbench`,
   );
 
@@ -840,6 +889,8 @@ async function benchmark(): Promise<void> {
   const sidecarTxns = transactionsByTarget.get('sidecar') ?? 0;
   await side.stop();
   sidecar = undefined;
+  if (pgbouncerTls !== undefined) await stopProcess(pgbouncerTls, 5_000);
+  pgbouncerTls = undefined;
   const evidenceStore = await evidenceBench(pg);
   const footprint = await runFootprint(envs.direct, envs.pgbouncer);
   const ratios = computeRatios(runs);
@@ -885,6 +936,8 @@ async function benchmark(): Promise<void> {
       pgbench: 'pgbench -n -S -M <mode> -c <clients> -j <1|2> -T <seconds>; runs = median-TPS round of rounds',
       direct: 'TCP 127.0.0.1, sslmode=disable, scram-sha-256',
       pgbouncer: 'session pooling, auth_type scram-sha-256, TCP 127.0.0.1 both sides, no TLS',
+      'pgbouncer-tls':
+        'as pgbouncer, but server_tls_sslmode verify-full to PostgreSQL (as the sidecar upstream); a yardstick, not a target',
       pipe: 'bench/byte-pipe.ts: net.Socket pipe() both ways, TCP 127.0.0.1 both sides, no TLS; SCRAM passes through',
       sidecar: 'allow-all policy, audit JSON lines to a file, log level info, upstream TLS verify-full + SCRAM',
     },
@@ -1096,6 +1149,7 @@ async function compareVariants(
   variantRows: { variant: string; run: RunResult }[],
 ): Promise<void> {
   const bouncer = await startPgbouncer(join(runDir ?? '', 'pgbouncer'), pg);
+  const bouncerTls = await startPgbouncer(join(runDir ?? '', 'pgbouncer-tls'), pg, true);
   const pipe = await startBytePipe(pg);
   const variantNames = args.variants?.split(',');
   const variants: Variant[] = VARIANTS.filter((v) => variantNames?.includes(v.name) ?? true);
@@ -1115,6 +1169,12 @@ async function compareVariants(
       target: 'pgbouncer',
       env: { ...directEnv(pg), PGPORT: String(bouncer.port) },
       pid: pgbouncer?.pid,
+    },
+    {
+      name: 'pgbouncer-tls',
+      target: 'pgbouncer-tls',
+      env: { ...directEnv(pg), PGPORT: String(bouncerTls.port) },
+      pid: pgbouncerTls?.pid,
     },
     { name: 'pipe', target: 'pipe', env: { ...directEnv(pg), PGPORT: String(pipe.port) }, pid: bytePipe?.pid },
   ];
@@ -1148,6 +1208,8 @@ async function compareVariants(
   variantSidecars.clear();
   if (pgbouncer !== undefined) await stopProcess(pgbouncer, 5_000);
   pgbouncer = undefined;
+  if (pgbouncerTls !== undefined) await stopProcess(pgbouncerTls, 5_000);
+  pgbouncerTls = undefined;
   if (bytePipe !== undefined) await stopProcess(bytePipe, 5_000);
   bytePipe = undefined;
   console.log(
