@@ -52,7 +52,7 @@ import { postgresBinDir, REPO_ROOT } from '../e2e/harness/tools.ts';
 import { SIDECAR_NODE_FLAGS } from '../sidecar/src/bin/node-flags.ts';
 import { bundleSidecar } from '../sidecar/scripts/build.ts';
 
-type Target = 'direct' | 'pgbouncer' | 'pipe' | 'sidecar';
+type Target = 'direct' | 'pgbouncer' | 'pgbouncer-tls' | 'pipe' | 'sidecar';
 type Mode = 'simple' | 'prepared' | 'extended';
 
 interface RunResult {
@@ -85,13 +85,14 @@ interface Ratio {
   /** CPU time of the proxy process per transaction, µs (user + system). */
   readonly proxyCpuUsPerTxn: {
     readonly pgbouncer: number | undefined;
+    readonly 'pgbouncer-tls': number | undefined;
     readonly pipe: number | undefined;
     readonly sidecar: number | undefined;
   };
-  /** Sidecar TPS divided by each other target's. */
-  readonly sidecarTpsOver: { readonly pgbouncer: number; readonly pipe: number; readonly direct: number };
+  /** Sidecar TPS divided by each other target's (the targets are set against plain `pgbouncer`). */
+  readonly sidecarTpsOver: Readonly<Record<Exclude<Target, 'sidecar'>, number>>;
   /** Average latency the sidecar adds over each other target, µs. */
-  readonly sidecarAddedLatencyUsOver: { readonly pgbouncer: number; readonly pipe: number; readonly direct: number };
+  readonly sidecarAddedLatencyUsOver: Readonly<Record<Exclude<Target, 'sidecar'>, number>>;
   readonly pgbouncerTpsOverDirect: number;
   readonly pipeTpsOverPgbouncer: number;
 }
@@ -113,6 +114,10 @@ const { values: args } = parseArgs({
     'profiles-only': { type: 'boolean' },
     /** With --profile: also measure the sidecar of another checkout (its root directory), interleaved. */
     baseline: { type: 'string' },
+    /** With --profile: only these variants of the table, comma-separated (e.g. `as shipped,baseline`). */
+    variants: { type: 'string' },
+    /** With --profile: only these shapes, comma-separated `<mode>-c<clients>` (e.g. `prepared-c8`). */
+    shapes: { type: 'string' },
     /** Only the evidence-store benchmark (and the JSON-lines yardstick it is measured against). */
     evidence: { type: 'boolean' },
     /** Only the footprint part (bench/footprint.ts): memory, connection storm, 150 clients, audit size. */
@@ -134,7 +139,7 @@ const EXTENDED_SECONDS = Math.max(1, Math.round((MEASURED_SECONDS * 3) / 5));
 const WARMUP_SECONDS = args.quick === true ? 2 : 3;
 const CLIENTS = [1, 8] as const;
 const MODES: readonly Mode[] = ['simple', 'prepared', 'extended'];
-const TARGETS: readonly Target[] = ['direct', 'pgbouncer', 'pipe', 'sidecar'];
+const TARGETS: readonly Target[] = ['direct', 'pgbouncer', 'pgbouncer-tls', 'pipe', 'sidecar'];
 const RESULTS_FILE = join(REPO_ROOT, 'bench', 'results.json');
 /** Seconds of each evidence-store pgbench run (the issue asks for at least 60), rounds, and the fleet run. */
 const EVIDENCE_SECONDS = Number(process.env.BENCH_EVIDENCE_SECONDS ?? (args.quick === true ? 5 : 60));
@@ -148,6 +153,8 @@ const PROFILE_DIR = join(REPO_ROOT, 'tmp', 'bench-profiles');
 const children = new Set<ChildProcess>();
 let postgres: PostgresCluster | undefined;
 let pgbouncer: ChildProcess | undefined;
+/** PgBouncer with TLS verify-full to PostgreSQL, as the sidecar's upstream: a yardstick, never a target. */
+let pgbouncerTls: ChildProcess | undefined;
 let bytePipe: ChildProcess | undefined;
 let sidecar: SidecarProcess | undefined;
 /** Sidecars of the --profile variant table, all running at once. */
@@ -166,11 +173,13 @@ function cleanup(): Promise<void> {
     if (sidecar !== undefined) stops.push(sidecar.stop());
     for (const s of variantSidecars) stops.push(s.stop());
     if (pgbouncer !== undefined) stops.push(stopProcess(pgbouncer, 5_000));
+    if (pgbouncerTls !== undefined) stops.push(stopProcess(pgbouncerTls, 5_000));
     if (bytePipe !== undefined) stops.push(stopProcess(bytePipe, 5_000));
     await Promise.allSettled(stops);
     if (postgres !== undefined) await postgres.stop().catch(() => undefined);
     sidecar = undefined;
     pgbouncer = undefined;
+    pgbouncerTls = undefined;
     bytePipe = undefined;
     postgres = undefined;
     if (runDir !== undefined && process.env.CHAPERONE_KEEP_RUN_DIR === undefined) {
@@ -287,7 +296,15 @@ function directEnv(pg: PostgresCluster): NodeJS.ProcessEnv {
 
 // ---- PgBouncer --------------------------------------------------------------------------------------------
 
-async function startPgbouncer(dir: string, pg: PostgresCluster): Promise<{ port: number; version: string }> {
+/**
+ * Starts PgBouncer. `serverTls`: it logs in to PostgreSQL over TLS `verify-full` against the cluster's CA, as
+ * the sidecar's upstream does (the cluster's certificate names 127.0.0.1); otherwise without TLS.
+ */
+async function startPgbouncer(
+  dir: string,
+  pg: PostgresCluster,
+  serverTls = false,
+): Promise<{ port: number; version: string }> {
   const bin = '/usr/sbin/pgbouncer';
   if (!existsSync(bin)) throw new Error(`${bin} not found; run \`make packages\``);
   mkdirSync(dir, { recursive: true });
@@ -313,7 +330,9 @@ async function startPgbouncer(dir: string, pg: PostgresCluster): Promise<{ port:
       // Room for the footprint part's 150 clients (session pooling: one server connection each).
       'max_client_conn = 200',
       'default_pool_size = 160',
-      'server_tls_sslmode = disable',
+      ...(serverTls
+        ? ['server_tls_sslmode = verify-full', `server_tls_ca_file = ${pg.caFile}`]
+        : ['server_tls_sslmode = disable']),
       'client_tls_sslmode = disable',
       'ignore_startup_parameters = extra_float_digits',
       'log_connections = 0',
@@ -331,8 +350,9 @@ async function startPgbouncer(dir: string, pg: PostgresCluster): Promise<{ port:
   const version = execFileSync(bin, ['--version'], { encoding: 'utf8' }).split('\n')[0] ?? '';
   const child = spawn(bin, [ini], { ...(owner ?? {}), stdio: ['ignore', 'pipe', 'pipe'] });
   if (child.pid === undefined) throw new Error('could not start pgbouncer');
-  pgbouncer = child;
-  recordServer(runDir ?? dir, 'pgbouncer', child.pid);
+  if (serverTls) pgbouncerTls = child;
+  else pgbouncer = child;
+  recordServer(runDir ?? dir, serverTls ? 'pgbouncer-tls' : 'pgbouncer', child.pid);
   let output = '';
   child.stdout.setEncoding('utf8').on('data', (d: string) => (output += d));
   child.stderr.setEncoding('utf8').on('data', (d: string) => (output += d));
@@ -467,23 +487,51 @@ function computeRatios(runs: readonly RunResult[]): Ratio[] {
         runs.find((r) => r.target === target && r.mode === mode && r.clients === clients);
       const direct = find('direct');
       const bouncer = find('pgbouncer');
+      const bouncerTls = find('pgbouncer-tls');
       const pipe = find('pipe');
       const side = find('sidecar');
-      if (direct === undefined || bouncer === undefined || pipe === undefined || side === undefined) continue;
+      if (
+        direct === undefined ||
+        bouncer === undefined ||
+        bouncerTls === undefined ||
+        pipe === undefined ||
+        side === undefined
+      ) {
+        continue;
+      }
       const us = (r: RunResult) => r.latencyMs * 1000;
       ratios.push({
         mode,
         clients,
-        tps: { direct: direct.tps, pgbouncer: bouncer.tps, pipe: pipe.tps, sidecar: side.tps },
-        latencyUs: { direct: us(direct), pgbouncer: us(bouncer), pipe: us(pipe), sidecar: us(side) },
+        tps: {
+          direct: direct.tps,
+          pgbouncer: bouncer.tps,
+          'pgbouncer-tls': bouncerTls.tps,
+          pipe: pipe.tps,
+          sidecar: side.tps,
+        },
+        latencyUs: {
+          direct: us(direct),
+          pgbouncer: us(bouncer),
+          'pgbouncer-tls': us(bouncerTls),
+          pipe: us(pipe),
+          sidecar: us(side),
+        },
         proxyCpuUsPerTxn: {
           pgbouncer: bouncer.proxyCpuUsPerTxn,
+          'pgbouncer-tls': bouncerTls.proxyCpuUsPerTxn,
           pipe: pipe.proxyCpuUsPerTxn,
           sidecar: side.proxyCpuUsPerTxn,
         },
-        sidecarTpsOver: { pgbouncer: side.tps / bouncer.tps, pipe: side.tps / pipe.tps, direct: side.tps / direct.tps },
+        sidecarTpsOver: {
+          pgbouncer: side.tps / bouncer.tps,
+          'pgbouncer-tls': side.tps / bouncerTls.tps,
+          pipe: side.tps / pipe.tps,
+          direct: side.tps / direct.tps,
+        },
         sidecarAddedLatencyUsOver: {
           pgbouncer: us(side) - us(bouncer),
+          'pgbouncer-tls': us(side) - us(bouncerTls),
           pipe: us(side) - us(pipe),
           direct: us(side) - us(direct),
         },
@@ -503,6 +551,7 @@ function ratiosByShape(ratios: readonly Ratio[]): Record<string, Ratio> {
 function printRatios(ratios: readonly Ratio[]): void {
   const head = [
     'sidecar/pgbouncer',
+    'sidecar/pgb-tls',
     'sidecar/pipe',
     'sidecar/direct',
     'pipe/pgbouncer',
@@ -513,6 +562,7 @@ function printRatios(ratios: readonly Ratio[]): void {
   for (const r of ratios) {
     const cells = [
       fmt(r.sidecarTpsOver.pgbouncer, 3),
+      fmt(r.sidecarTpsOver['pgbouncer-tls'], 3),
       fmt(r.sidecarTpsOver.pipe, 3),
       fmt(r.sidecarTpsOver.direct, 3),
       fmt(r.pipeTpsOverPgbouncer, 3),
@@ -794,6 +844,7 @@ async function benchmark(): Promise<void> {
   const masking = await runMaskingBench(pg, join(runDir ?? '', 'sidecar-masking'), runDir ?? '');
   console.log(formatMaskingBench(masking));
   const bouncer = await startPgbouncer(join(runDir ?? '', 'pgbouncer'), pg);
+  const bouncerTls = await startPgbouncer(join(runDir ?? '', 'pgbouncer-tls'), pg, true);
   const pipe = await startBytePipe(pg);
   const side = await startSidecar(pg, join(runDir ?? '', 'sidecar'));
   sidecar = side;
@@ -803,17 +854,19 @@ async function benchmark(): Promise<void> {
   const envs: Record<Target, NodeJS.ProcessEnv> = {
     direct: directEnv(pg),
     pgbouncer: { ...directEnv(pg), PGPORT: String(bouncer.port) },
+    'pgbouncer-tls': { ...directEnv(pg), PGPORT: String(bouncerTls.port) },
     pipe: { ...directEnv(pg), PGPORT: String(pipe.port) },
     sidecar: side.libpqEnv(token, { PGAPPNAME: 'chaperone-bench' }),
   };
   const proxyPid: Record<Target, number | undefined> = {
     direct: undefined,
     pgbouncer: pgbouncer?.pid,
+    'pgbouncer-tls': pgbouncerTls?.pid,
     pipe: bytePipe?.pid,
     sidecar: side.process.pid,
   };
   console.log(
-    `bench: PostgreSQL 127.0.0.1:${pg.port}, PgBouncer 127.0.0.1:${bouncer.port}, byte pipe 127.0.0.1:${pipe.port}, sidecar ${side.host}:${side.port}; ` +
+    `bench: PostgreSQL 127.0.0.1:${pg.port}, PgBouncer 127.0.0.1:${bouncer.port} (TLS upstream: ${bouncerTls.port}), byte pipe 127.0.0.1:${pipe.port}, sidecar ${side.host}:${side.port}; ` +
       `about ${Math.round(totalSeconds / 60)} min of pgbench`,
   );
 
@@ -849,6 +902,8 @@ async function benchmark(): Promise<void> {
   const sidecarTxns = transactionsByTarget.get('sidecar') ?? 0;
   await side.stop();
   sidecar = undefined;
+  if (pgbouncerTls !== undefined) await stopProcess(pgbouncerTls, 5_000);
+  pgbouncerTls = undefined;
   const evidenceStore = await evidenceBench(pg);
   const footprint = await runFootprint(envs.direct, envs.pgbouncer);
   const ratios = computeRatios(runs);
@@ -894,6 +949,8 @@ async function benchmark(): Promise<void> {
       pgbench: 'pgbench -n -S -M <mode> -c <clients> -j <1|2> -T <seconds>; runs = median-TPS round of rounds',
       direct: 'TCP 127.0.0.1, sslmode=disable, scram-sha-256',
       pgbouncer: 'session pooling, auth_type scram-sha-256, TCP 127.0.0.1 both sides, no TLS',
+      'pgbouncer-tls':
+        'as pgbouncer, but server_tls_sslmode verify-full to PostgreSQL (as the sidecar upstream); a yardstick, not a target',
       pipe: 'bench/byte-pipe.ts: net.Socket pipe() both ways, TCP 127.0.0.1 both sides, no TLS; SCRAM passes through',
       sidecar: 'allow-all policy, audit JSON lines to a file, log level info, upstream TLS verify-full + SCRAM',
     },
@@ -1031,12 +1088,14 @@ async function profile(): Promise<void> {
   const pg = await setUp();
   mkdirSync(PROFILE_DIR, { recursive: true });
   const seconds = Number(process.env.BENCH_SECONDS ?? 8);
-  const shapes = [
+  const allShapes = [
     { mode: 'simple', clients: 1 },
     { mode: 'simple', clients: 8 },
     { mode: 'prepared', clients: 1 },
     { mode: 'prepared', clients: 8 },
   ] as const;
+  const shapeNames = args.shapes?.split(',');
+  const shapes = allShapes.filter((s) => shapeNames?.includes(`${s.mode}-c${String(s.clients)}`) ?? true);
 
   const profiled = VARIANTS.find((v) => v.name === (args['profile-variant'] ?? 'as shipped'));
   if (profiled === undefined) throw new Error(`unknown variant; one of: ${VARIANTS.map((v) => v.name).join(', ')}`);
@@ -1045,7 +1104,8 @@ async function profile(): Promise<void> {
 
   // CPU profiles of one variant (default: the sidecar as shipped).
   const summaries: Record<string, ProfileSummary> = {};
-  for (const shape of [shapes[0], shapes[1], shapes[3]]) {
+  const profiledShapes = shapeNames === undefined ? [allShapes[0], allShapes[1], allShapes[3]] : shapes;
+  for (const shape of profiledShapes) {
     const label = `${profiled.name.replace(/\W+/g, '-')}-${shape.mode}-c${shape.clients}`;
     const profDir = join(runDir ?? '', `prof-${label}`);
     mkdirSync(profDir, { recursive: true });
@@ -1102,8 +1162,10 @@ async function compareVariants(
   variantRows: { variant: string; run: RunResult }[],
 ): Promise<void> {
   const bouncer = await startPgbouncer(join(runDir ?? '', 'pgbouncer'), pg);
+  const bouncerTls = await startPgbouncer(join(runDir ?? '', 'pgbouncer-tls'), pg, true);
   const pipe = await startBytePipe(pg);
-  const variants: Variant[] = [...VARIANTS];
+  const variantNames = args.variants?.split(',');
+  const variants: Variant[] = VARIANTS.filter((v) => variantNames?.includes(v.name) ?? true);
   if (args.baseline !== undefined) {
     const bin = join(args.baseline, 'sidecar', 'src', 'bin', 'chaperone-sidecar.ts');
     variants.push({
@@ -1120,6 +1182,12 @@ async function compareVariants(
       target: 'pgbouncer',
       env: { ...directEnv(pg), PGPORT: String(bouncer.port) },
       pid: pgbouncer?.pid,
+    },
+    {
+      name: 'pgbouncer-tls',
+      target: 'pgbouncer-tls',
+      env: { ...directEnv(pg), PGPORT: String(bouncerTls.port) },
+      pid: pgbouncerTls?.pid,
     },
     { name: 'pipe', target: 'pipe', env: { ...directEnv(pg), PGPORT: String(pipe.port) }, pid: bytePipe?.pid },
   ];
@@ -1139,16 +1207,22 @@ async function compareVariants(
     });
   }
   for (const t of targets) await pgbench(t.target, t.env, 'simple', 8, WARMUP_SECONDS, t.pid);
+  // BENCH_ROUNDS rounds (default 1), the targets interleaved within each, every round printed.
+  const rounds = Number(process.env.BENCH_ROUNDS ?? 1);
   for (const shape of shapes) {
-    for (const t of targets) {
-      const r = await pgbench(t.target, t.env, shape.mode, shape.clients, seconds, t.pid);
-      variantRows.push({ variant: t.name, run: r });
+    for (let round = 0; round < rounds; round++) {
+      for (const t of targets) {
+        const r = await pgbench(t.target, t.env, shape.mode, shape.clients, seconds, t.pid);
+        variantRows.push({ variant: t.name, run: r });
+      }
     }
   }
   for (const s of variantSidecars) await s.stop();
   variantSidecars.clear();
   if (pgbouncer !== undefined) await stopProcess(pgbouncer, 5_000);
   pgbouncer = undefined;
+  if (pgbouncerTls !== undefined) await stopProcess(pgbouncerTls, 5_000);
+  pgbouncerTls = undefined;
   if (bytePipe !== undefined) await stopProcess(bytePipe, 5_000);
   bytePipe = undefined;
   console.log(

@@ -8,6 +8,7 @@ import { bundleDigest, combineDecisions, POLICY_ENTRYPOINT, POLICY_INPUT_VERSION
 import type { BundleManifest } from '@chaperone/api';
 import type { CombinedDecision, EvaluatedPolicy, PolicyIdentity, PolicyInput, PolicyResult } from '@chaperone/api';
 import { DecisionCache } from './decision-cache.ts';
+import { policyEvaluation, type PolicyEvaluation } from './opa-evaluation.ts';
 import type { CacheStats } from './decision-cache.ts';
 import { checkPolicyResult, failedResult } from './policy-result.ts';
 import { ZonedClock } from './zoned-time.ts';
@@ -44,8 +45,14 @@ interface LoadedBundle {
   readonly policy: string;
   readonly digest: string;
   readonly manifest: BundleManifest;
-  readonly instance: LoadedPolicy | undefined;
+  readonly instance: PolicyEvaluation | undefined;
   readonly entrypoint: number;
+  /**
+   * What each result text the policy returned stood for, checked. A policy returns a handful of distinct
+   * texts (one per rule and statement kind it decides), so parsing and checking each once saves most of a
+   * cache miss's JavaScript. The results are shared as cached decisions are: nothing modifies them.
+   */
+  readonly results: Map<string, PolicyResult>;
   readonly error: string | undefined;
 }
 
@@ -60,6 +67,27 @@ interface BundleSet {
 
 export { bundleDigest } from '@chaperone/api';
 
+/** Bound on the result texts remembered per bundle (LoadedBundle.results); all are dropped when it is reached. */
+const RESULT_TEXTS_PER_BUNDLE = 512;
+
+/** The PolicyResult a result set's JSON text stands for; a failed result when it has not the right shape. */
+function checkedResult(policy: string, text: string): PolicyResult {
+  let resultSet: unknown;
+  try {
+    resultSet = JSON.parse(text);
+  } catch (e) {
+    return failedResult('evaluation-error', `policy ${policy}: evaluation failed: ${describe(e)}`);
+  }
+  if (!Array.isArray(resultSet) || resultSet.length === 0) {
+    return failedResult('invalid-result', `policy ${policy}: result is undefined`);
+  }
+  const first: unknown = resultSet[0];
+  const checked = checkPolicyResult(
+    typeof first === 'object' && first !== null ? (first as { result?: unknown }).result : undefined,
+  );
+  return typeof checked === 'string' ? failedResult('invalid-result', `policy ${policy}: ${checked}`) : checked;
+}
+
 function describe(e: unknown): string {
   if (e instanceof Error) return e.message;
   if (typeof e === 'object' && e !== null && typeof (e as { message?: unknown }).message === 'string') {
@@ -67,8 +95,6 @@ function describe(e: unknown): string {
   }
   return String(e);
 }
-
-const encoder = new TextEncoder();
 
 export class PolicyEngine {
   private current: BundleSet = { bundles: [], clock: new ZonedClock([]), timeBucketed: false, cacheable: true };
@@ -123,17 +149,19 @@ export class PolicyEngine {
       manifest,
       instance: undefined,
       entrypoint: 0,
+      results: new Map(),
       error,
     });
     try {
       if (this.verifyDigests && bundleDigest(bundle.wasm, manifest) !== digest)
         return broken('bundle digest does not match its contents');
       for (const zone of manifest.timeZones) new Intl.DateTimeFormat('en-US', { timeZone: zone });
-      const instance = await loadPolicy(bundle.wasm);
-      const entrypoints = instance.entrypoints as Record<string, unknown>;
+      const loaded: LoadedPolicy = await loadPolicy(bundle.wasm);
+      const entrypoints = loaded.entrypoints as Record<string, unknown>;
       const entrypoint = entrypoints[POLICY_ENTRYPOINT];
       if (typeof entrypoint !== 'number') return broken(`bundle has no entrypoint ${POLICY_ENTRYPOINT}`);
-      return { policy: manifest.policy, digest, manifest, instance, entrypoint, error: undefined };
+      const instance = policyEvaluation(loaded);
+      return { policy: manifest.policy, digest, manifest, instance, entrypoint, results: new Map(), error: undefined };
     } catch (e) {
       return broken(`bundle failed to load: ${describe(e)}`);
     }
@@ -202,35 +230,32 @@ export class PolicyEngine {
   private evaluateEach(set: BundleSet, request: PolicyRequest, now: number): EvaluatedPolicy[] {
     const out: EvaluatedPolicy[] = [];
     if (set.bundles.length === 0) return out;
-    // One serialisation per decision, shared by every bundle; the SDK copies an ArrayBuffer as is.
+    // One serialisation per decision, shared by every bundle (each encodes it into its own memory).
     const json =
       `{"version":${POLICY_INPUT_VERSION},"identity":${this.json(request.identity)},"resource":${this.json(request.resource)},` +
       `"command":${JSON.stringify(request.command)},"session":${JSON.stringify(request.session)},` +
       `"time":{"unixMillis":${now},"zones":${set.clock.jsonAt(now)}}}`;
-    const bytes = encoder.encode(json);
-    const input = bytes.byteLength === bytes.buffer.byteLength ? bytes.buffer : bytes.slice().buffer;
     for (const b of set.bundles) {
-      out.push({ policy: b.policy, bundleDigest: b.digest, result: this.evaluateOne(b, input) });
+      out.push({ policy: b.policy, bundleDigest: b.digest, result: this.evaluateOne(b, json) });
     }
     return out;
   }
 
-  private evaluateOne(b: LoadedBundle, input: ArrayBuffer): PolicyResult {
+  private evaluateOne(b: LoadedBundle, input: string): PolicyResult {
     if (b.instance === undefined) return failedResult('load-error', `policy ${b.policy}: ${b.error ?? 'not loaded'}`);
-    let resultSet: unknown;
+    let text: string;
     try {
-      resultSet = b.instance.evaluate(input, b.entrypoint);
+      text = b.instance.evaluate(input, b.entrypoint);
     } catch (e) {
       return failedResult('evaluation-error', `policy ${b.policy}: evaluation failed: ${describe(e)}`);
     }
-    if (!Array.isArray(resultSet) || resultSet.length === 0) {
-      return failedResult('invalid-result', `policy ${b.policy}: result is undefined`);
+    let result = b.results.get(text);
+    if (result === undefined) {
+      result = checkedResult(b.policy, text);
+      if (b.results.size >= RESULT_TEXTS_PER_BUNDLE) b.results.clear();
+      b.results.set(text, result);
     }
-    const first: unknown = resultSet[0];
-    const checked = checkPolicyResult(
-      typeof first === 'object' && first !== null ? (first as { result?: unknown }).result : undefined,
-    );
-    return typeof checked === 'string' ? failedResult('invalid-result', `policy ${b.policy}: ${checked}`) : checked;
+    return result;
   }
 
   private json(o: PolicyIdentity | PolicyRequest['resource']): string {

@@ -9,7 +9,7 @@
 import type { CommandOutcome, DecidedCommand } from '../../core/command.ts';
 import { QUERY_CANCELED, type Denial } from './error-responses.ts';
 import { BackendCode, type ErrorFields, type TransactionStatus } from './protocol/backend-messages.ts';
-import { decodeCommandComplete, decodeErrorFields, decodeReadyForQuery } from './protocol/backend-scanner.ts';
+import { commandCompleteRows, decodeErrorFields, decodeReadyForQuery } from './protocol/backend-scanner.ts';
 import type { ResultRewriter } from './masking/row-masker.ts';
 
 /** The kinds of client message that get a response of their own; `copy-end` marks a COPY the client ended. */
@@ -135,7 +135,7 @@ export class ResponseTracker {
       case BackendCode.CommandComplete:
         if (unit !== undefined) {
           unit.rows?.statementEnd();
-          unit.rowCount += decodeCommandComplete(frame).rows ?? 0;
+          unit.rowCount += commandCompleteRows(frame) ?? 0;
           if (unit.kind === 'execute') this.finish(this.shift(), 'success');
         }
         return frame;

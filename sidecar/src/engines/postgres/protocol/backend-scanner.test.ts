@@ -7,6 +7,7 @@ import {
   BackendScanner,
   decodeAuthentication,
   decodeBackendKeyData,
+  commandCompleteRows,
   decodeCommandComplete,
   decodeCopyResponse,
   decodeDataRow,
@@ -250,6 +251,49 @@ describe('backend frame decoders', () => {
     assert.deepEqual(cc('UPDATE 0'), { tag: 'UPDATE 0', command: 'UPDATE', rows: 0 });
     assert.deepEqual(cc('CREATE TABLE'), { tag: 'CREATE TABLE', command: 'CREATE TABLE', rows: null });
     assert.deepEqual(cc('BEGIN'), { tag: 'BEGIN', command: 'BEGIN', rows: null });
+  });
+
+  it('read a CommandComplete row count from the bytes as decodeCommandComplete does', () => {
+    const tags = [
+      'SELECT 3',
+      'INSERT 0 5',
+      'UPDATE 0',
+      'DELETE 12345678901234567890',
+      'MERGE 7',
+      'FETCH 2',
+      'MOVE 1',
+      'COPY 100',
+      'CREATE TABLE',
+      'BEGIN',
+      '',
+      'SELECT',
+      'SELECT ',
+      'SELECT  4',
+      'SELECT 4 ',
+      'SELECT x4',
+      'SELECT -4',
+      'SELECTED 4',
+      'select 4',
+      'INSERT 0 1e3',
+      'SELECT 0004',
+      'ÜPDATE 3',
+      'UPDATE ３',
+    ];
+    const random = (n: number) => {
+      const alphabet = ['SELECT', 'INSERT', ' ', '0', '9', '5', 'x', 'DELETE', '\u00e9', '-'];
+      let t = '';
+      for (let i = 0; i < n; i++) t += alphabet[Math.floor(Math.random() * alphabet.length)] ?? '';
+      return t;
+    };
+    for (let i = 0; i < 2000; i++) tags.push(random(1 + (i % 7)));
+    for (const tag of tags) {
+      const frame = msg('C', cstr(tag));
+      assert.equal(commandCompleteRows(frame), decodeCommandComplete(frame).rows, JSON.stringify(tag));
+    }
+    // Malformed frames are refused as the full decoder refuses them.
+    assert.throws(() => commandCompleteRows(msg('C', Buffer.from('SELECT 1'))), /missing its NUL/);
+    assert.throws(() => commandCompleteRows(msg('C', cstr('SELECT 1'), cstr('x'))), /trailing byte/);
+    assert.throws(() => commandCompleteRows(msg('Z', i8(0x49))), /expected C/);
   });
 
   it('decode errors, notices, status, parameters, keys, notifications, COPY and auth', () => {

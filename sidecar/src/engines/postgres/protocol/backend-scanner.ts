@@ -366,6 +366,35 @@ export function decodeCommandComplete(frame: Buffer): CommandCompleteInfo {
   return { tag, command: tag, rows: null };
 }
 
+/** COUNTED_COMMANDS as the bytes of their tag's first word. */
+const COUNTED_COMMAND_BYTES: readonly Buffer[] = [...COUNTED_COMMANDS].map((c) => Buffer.from(c, 'latin1'));
+
+/**
+ * The row count of a CommandComplete, as `decodeCommandComplete(frame).rows`, read from the tag's bytes
+ * without making strings of it: the response tracker needs only this, once per statement.
+ */
+export function commandCompleteRows(frame: Buffer): number | null {
+  if (frame.length < 5 || frame[0] !== BackendCode.CommandComplete) return decodeCommandComplete(frame).rows;
+  const end = frame.length - 1; // where the tag's NUL must be
+  if (frame.readInt32BE(1) !== frame.length - 1 || frame[end] !== 0 || frame.indexOf(0, 5) !== end) {
+    return decodeCommandComplete(frame).rows; // malformed: the full decoder names what is wrong
+  }
+  const firstSpace = frame.indexOf(0x20, 5);
+  if (firstSpace < 0 || firstSpace >= end) return null;
+  const first = frame.subarray(5, firstSpace);
+  if (!COUNTED_COMMAND_BYTES.some((c) => c.equals(first))) return null;
+  const lastSpace = frame.lastIndexOf(0x20, end - 1);
+  if (lastSpace + 1 === end) return null; // an empty last word
+  let rows = 0;
+  for (let i = lastSpace + 1; i < end; i++) {
+    const digit = (frame[i] as number) - 0x30;
+    if (digit < 0 || digit > 9) return null;
+    rows = rows * 10 + digit;
+  }
+  // Beyond 15 digits the sum above may round differently from Number() of the text.
+  return end - lastSpace - 1 > 15 ? Number(frame.toString('latin1', lastSpace + 1, end)) : rows;
+}
+
 const FIELD_NAME_BY_CODE = new Map<string, OptionalErrorField>(
   (Object.entries(ERROR_FIELD_CODES) as [OptionalErrorField, string][]).map(([name, c]) => [c, name]),
 );
