@@ -68,14 +68,19 @@ export function sealRecord(unhashed: UnhashedRecord, known?: readonly KnownMembe
   return sealLinked(members, prevHash, known);
 }
 
-/** sealRecord for a record given without its `prevHash` (what RecordChain builds): no copy of the record. */
+/**
+ * sealRecord for a record given without its `prevHash` (what RecordChain builds): no copy of the record.
+ * `ownHash`: prevHash is a hash this function returned (RecordChain's previous record), so its form is known;
+ * any other is checked first, since it goes into the texts unescaped.
+ */
 export function sealLinked(
   members: Omit<UnhashedRecord, 'prevHash'>,
   prevHash: string,
   known?: readonly KnownMember[],
+  ownHash = false,
 ): SealedRecord {
   const parts = jcsMembersBetween(members, 'hash', 'prevHash', known);
-  if (parts === undefined || typeof prevHash !== 'string' || !/^sha256:[0-9a-f]{64}$/.test(prevHash)) {
+  if (parts === undefined || !(ownHash || /^sha256:[0-9a-f]{64}$/.test(prevHash))) {
     // Not a plain object of plain data (or it has a hash already): the reference path, same result.
     const unhashed: UnhashedRecord = { ...members, prevHash };
     const record: AuditRecord = { ...unhashed, hash: hashRecord(unhashed) };

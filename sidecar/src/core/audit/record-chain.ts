@@ -74,7 +74,12 @@ export class RecordChain {
       ...content,
     };
     // Canonicalised once: the sink writes the text the hash was computed over (plus the hash member).
-    const sealed = sealLinked(members, this.lastHash, known === undefined ? undefined : [known]);
+    const sealed = sealLinked(
+      members,
+      this.lastHash,
+      known === undefined ? undefined : [known],
+      this.prevHash !== undefined,
+    );
     const record = sealed.record;
     this.sink.write(this.origin, record, sealed);
     this.seq = record.seq;
