@@ -250,3 +250,12 @@ export const AuditRecord = Type.Object(
   { description: 'One audit record. Immutable once written.' },
 );
 export type AuditRecord = Static<typeof AuditRecord>;
+
+/**
+ * Whether a record says how a command ended: a command.outcome, or a command.decision with its outcome in it
+ * (format 3 writes one record per statement to JSON lines when the outcome follows before the decision is
+ * written, docs/audit.md).
+ */
+export function carriesCommandOutcome(record: Pick<AuditRecord, 'type' | 'outcome'>): boolean {
+  return record.outcome !== undefined && (record.type === 'command.outcome' || record.type === 'command.decision');
+}

@@ -61,12 +61,21 @@ export class RecordChain {
    * advance: the next record takes the same seq, so a refused record leaves no hole in the chain.
    * `known`: a member of `content` whose canonical text the caller keeps (see KnownMember).
    */
-  record(content: RecordContent, known?: KnownMember): AuditRecord {
+  /** The chain's clock, epoch microseconds: what a record's time is taken from. */
+  now(): bigint {
+    return this.clock();
+  }
+
+  /**
+   * `time`: when the event happened (from now()), when it is recorded later than that (a decision held
+   * until its outcome, AgentSession); default now.
+   */
+  record(content: RecordContent, known?: KnownMember, time?: bigint): AuditRecord {
     const first = this.seq === 0;
     const members: Omit<UnhashedRecord, 'prevHash'> = {
       v: AUDIT_RECORD_VERSION,
       seq: this.seq + 1,
-      time: formatAuditTime(this.clock()),
+      time: formatAuditTime(time ?? this.clock()),
       ...(this.identity === undefined || content.type !== 'session.start' ? {} : { identity: this.identity }),
       // Format 3: where the session runs, on its first record (session.start, or a lone auth.failure), bound
       // by the chain to every later record; JSON lines state it there once (docs/audit.md).
