@@ -259,3 +259,19 @@ export type AuditRecord = Static<typeof AuditRecord>;
 export function carriesCommandOutcome(record: Pick<AuditRecord, 'type' | 'outcome'>): boolean {
   return record.outcome !== undefined && (record.type === 'command.outcome' || record.type === 'command.decision');
 }
+
+/**
+ * The bundle digest each record's decision was made under (undefined for records without a decision): the
+ * digest it names, or, in format 3, where a decision leaves it out, the one the latest earlier decision of
+ * the same policy in the session named. `records`: one session's records in seq order.
+ */
+export function decisionBundleDigests(records: readonly AuditRecord[]): (string | undefined)[] {
+  const named = new Map<string, string>();
+  return records.map((r) => {
+    const d = r.decision;
+    if (d === undefined) return undefined;
+    const policy = d.policy ?? '';
+    if (d.bundleDigest !== undefined) named.set(policy, d.bundleDigest);
+    return d.bundleDigest ?? named.get(policy);
+  });
+}

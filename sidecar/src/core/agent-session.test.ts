@@ -2,7 +2,7 @@
 // right after the engine's step), in which order, and what a refused record means per failure mode.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { verifyChain, type AuditRecord, type CombinedDecision } from '@chaperone/api';
+import { decisionBundleDigests, verifyChain, type AuditRecord, type CombinedDecision } from '@chaperone/api';
 import { AgentSession } from './agent-session.ts';
 import { AuditUnavailable, type AuditSink, type RecordOrigin } from './audit/audit-sink.ts';
 import { PodChain } from './audit/pod-chain.ts';
@@ -218,5 +218,56 @@ test('session.end says how the session ended: in order by default, or the error 
       { code: '08P01', message: 'chaperone: protocol violation: bad frame', status: 'error' },
       { code: '0A000', message: 'chaperone: the server turned standard_conforming_strings off', status: 'denied' },
     ],
+  );
+});
+
+test("a policy's bundle digest is named by its first decision in the session and again when it changes", () => {
+  const sink = new ListSink(false);
+  const digest = (c: string): string => `sha256:${c.repeat(64)}`;
+  let current: CombinedDecision = { ...ALLOW, policy: 'ns/a', bundleDigest: digest('a') };
+  const s = new AgentSession({
+    policy: { decide: () => current },
+    sink,
+    podChain: PodChain.inMemory({ namespace: 'ns', name: 'pod' }),
+    metrics: createSidecarMetrics({ defaultMetrics: false }),
+    listener: 'db',
+    resource: { name: 'db', namespace: 'ns', type: 'postgres', labels: {} },
+    pod: { name: 'pod', namespace: 'ns' },
+    identity: { subject: 'agent', issuer: 'https://issuer' },
+    source: { address: '127.0.0.1:1', applicationName: 'a', user: 'u', database: 'd' },
+    auditFailureMode: 'FailClosed',
+  });
+  const decideOne = (): void => {
+    s.decide(SELECT, { inTransaction: false });
+  };
+  decideOne(); // ns/a under a: named
+  decideOne(); // the same: left out
+  current = { ...ALLOW, policy: 'ns/b', bundleDigest: digest('b') };
+  decideOne(); // another policy: named
+  current = { ...ALLOW, policy: 'ns/a', bundleDigest: digest('a') };
+  decideOne(); // ns/a still under a: left out
+  current = { ...ALLOW, policy: 'ns/a', bundleDigest: digest('c') };
+  decideOne(); // reloaded: named
+  sink.refuse = new AuditUnavailable('spool-full', 'full');
+  decideOne(); // refused, not written
+  sink.refuse = undefined;
+  decideOne(); // after a refused record: named again
+  assert.deepEqual(
+    sink.records
+      .filter((r) => r.type === 'command.decision')
+      .map((r) => [r.decision?.policy, r.decision?.bundleDigest]),
+    [
+      ['ns/a', digest('a')],
+      ['ns/a', undefined],
+      ['ns/b', digest('b')],
+      ['ns/a', undefined],
+      ['ns/a', digest('c')],
+      ['ns/a', digest('c')],
+    ],
+  );
+  // What a reader resolves: the digest each decision was made under.
+  assert.deepEqual(
+    decisionBundleDigests(sink.records).filter((d) => d !== undefined),
+    [digest('a'), digest('a'), digest('b'), digest('a'), digest('c'), digest('c')],
   );
 });

@@ -164,6 +164,8 @@ interface DecisionMember {
   /** The source's reasons when the member was made: it is reused only while they are still these. */
   readonly reasons: readonly string[];
   readonly known: KnownMember & { readonly value: NonNullable<AuditRecord['decision']> };
+  /** The same without bundleDigest: for a decision whose policy's digest an earlier record of the session names. */
+  readonly knownWithoutDigest: KnownMember & { readonly value: NonNullable<AuditRecord['decision']> };
 }
 
 /** Decisions repeat (the policy engine's cache returns the same object): their record member is made once. */
@@ -174,9 +176,9 @@ const decisionMembers = new WeakMap<CombinedDecision, DecisionMember>();
  * the record shows differs from when it was made, so a changed decision object can never be recorded with
  * an old text.
  */
-function decisionMember(decision: CombinedDecision): DecisionMember['known'] {
+function decisionMember(decision: CombinedDecision): DecisionMember {
   const memo = decisionMembers.get(decision);
-  if (memo !== undefined && sameRecordedFields(memo, decision)) return memo.known;
+  if (memo !== undefined && sameRecordedFields(memo, decision)) return memo;
   // In the sorted key order of the canonical form (see record()).
   const result = {} as NonNullable<AuditRecord['decision']>;
   if (decision.bundleDigest !== '') result.bundleDigest = decision.bundleDigest;
@@ -188,8 +190,12 @@ function decisionMember(decision: CombinedDecision): DecisionMember['known'] {
   result.rule = decision.rule;
   Object.freeze(result);
   const known = { key: 'decision', value: result, text: jcs(result) ?? '{}' };
-  decisionMembers.set(decision, { source: decision, reasons: [...decision.reasons], known });
-  return known;
+  const { bundleDigest: _named, ...rest } = result;
+  const withoutDigest = Object.freeze(rest);
+  const knownWithoutDigest = { key: 'decision', value: withoutDigest, text: jcs(withoutDigest) ?? '{}' };
+  const made = { source: decision, reasons: [...decision.reasons], known, knownWithoutDigest };
+  decisionMembers.set(decision, made);
+  return made;
 }
 
 function sameRecordedFields(memo: DecisionMember, d: CombinedDecision): boolean {
@@ -262,6 +268,8 @@ export class AgentSession {
   private ended = false;
   /** Records whose writing waits until the engine's current step is done (see writeSoon). */
   private readonly soon: QueuedRecord[] = [];
+  /** Per policy, the bundle digest the session's records named last (see record()). */
+  private readonly namedDigests = new Map<string, string>();
   /** The newest decision, held for its outcome (deferrable sinks only); older than anything else unwritten. */
   private held: HeldDecision | undefined;
   private soonScheduled = false;
@@ -367,7 +375,14 @@ export class AgentSession {
     if (description.statementKinds !== undefined) command.statementKinds = ownCopy(description.statementKinds);
     command.text = text;
     if (truncated || bodyTruncated) command.truncated = true;
-    const result = decisionMember(decision);
+    // Format 3: the bundle digest is named by the first decision of its policy in the session (and again
+    // when a reload changes it); later decisions of that policy under the same bundle leave it out.
+    const member = decisionMember(decision);
+    let result = member.known;
+    if (decision.bundleDigest !== '') {
+      if (this.namedDigests.get(decision.policy) === decision.bundleDigest) result = member.knownWithoutDigest;
+      else this.namedDigests.set(decision.policy, decision.bundleDigest);
+    }
     const content: RecordContent = { command, decision: result.value, type: 'command.decision' };
     if (this.options.sink.deferrable) {
       // Nothing to wait for and nothing can be refused: the record is made after the command is on its way,
@@ -378,7 +393,11 @@ export class AgentSession {
       return { id, decision, startedAt, recorded: true, audit: CLEAR };
     }
     const refusal = this.write(content, true, result);
-    if (refusal !== undefined) return { id, decision, startedAt, recorded: false, audit: this.refuse(refusal) };
+    if (refusal !== undefined) {
+      // Not written: the next decision names its digest again.
+      this.namedDigests.clear();
+      return { id, decision, startedAt, recorded: false, audit: this.refuse(refusal) };
+    }
     return { id, decision, startedAt, recorded: true, audit: this.clearance() };
   }
 
@@ -703,6 +722,8 @@ export class AgentSession {
   }
 
   private lose(reason: string): void {
+    // A lost record may have been the one naming a bundle digest: name them again.
+    this.namedDigests.clear();
     this.lost += 1;
     this.lostReason = reason.slice(0, 1024);
     auditMetrics(this.options.metrics.registry).lostRecords.inc({ listener: this.options.listener });
