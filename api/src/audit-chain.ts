@@ -88,12 +88,38 @@ export function sealLinked(
   }
   const [before, between, after] = parts;
   // A sha256: hex hash needs no JSON escaping.
-  const prevMember = `"prevHash":"${prevHash}"`;
-  const digest = cryptoHash('sha256', `{${andThen(andThen(andThen(before, between), prevMember), after)}}`, 'buffer');
-  const hash = `sha256:${digest.toString('hex')}`;
-  const canonical = `{${andThen(andThen(andThen(andThen(before, `"hash":"${hash}"`), between), prevMember), after)}}`;
-  const compact = `{${andThen(andThen(andThen(before, `"hash":"${digest.toString('base64url')}"`), between), after)}}`;
-  return { record: { ...members, prevHash, hash }, canonical, compact };
+  const hashed = `{${andThen(andThen(andThen(before, between), `"prevHash":"${prevHash}"`), after)}}`;
+  const hash = `sha256:${cryptoHash('sha256', hashed, 'hex')}`;
+  // Hashing flattened `hashed`: the canonical text is made of slices of it (the hash member goes right after
+  // `before`; `prevHash` is never the first member, so something follows), not of the members again.
+  const at = before.length + 1;
+  const canonical =
+    before === ''
+      ? `{"hash":"${hash}",${hashed.slice(1)}`
+      : `${hashed.slice(0, at)},"hash":"${hash}"${hashed.slice(at)}`;
+  return new LinkedRecord({ ...members, prevHash, hash }, canonical, before, between, after);
+}
+
+/** A sealed record whose compact text is made when a sink asks for it (only JSON lines do). */
+class LinkedRecord implements SealedRecord {
+  readonly record: AuditRecord;
+  readonly canonical: string;
+  readonly #before: string;
+  readonly #between: string;
+  readonly #after: string;
+
+  constructor(record: AuditRecord, canonical: string, before: string, between: string, after: string) {
+    this.record = record;
+    this.canonical = canonical;
+    this.#before = before;
+    this.#between = between;
+    this.#after = after;
+  }
+
+  get compact(): string {
+    const hash = `"hash":"${compactHash(this.record.hash)}"`;
+    return `{${andThen(andThen(andThen(this.#before, hash), this.#between), this.#after)}}`;
+  }
 }
 
 /** The JCS text of a record with its hash (what JSON-lines output and the spool carry). */
