@@ -226,7 +226,7 @@ interface HeldDecision extends QueuedRecord {
  * command's decision is not kept out of the file for long. One timer for every session, armed only while
  * some session holds a decision.
  */
-const HELD_DECISION_MS = 20;
+const HELD_DECISION_MS = 50;
 const heldDecisions = {
   round: 0,
   sessions: new Set<AgentSession>(),
