@@ -216,7 +216,7 @@ interface QueuedRecord {
 /** A decision record held for its command's outcome (deferrable sinks, see AgentSession.record). */
 interface HeldDecision extends QueuedRecord {
   readonly id: number;
-  /** HeldDecisions.round when it was held. */
+  /** heldDecisions.round when it was held. */
   readonly round: number;
 }
 
