@@ -51,12 +51,12 @@ describe('verifyChain', () => {
   });
 
   it('reports an unknown format version and a session mixing versions as record-format', () => {
-    const future = verifyChain(session(3, false));
+    const future = verifyChain(session(4, false));
     assert.deepEqual(
       future.map((p) => `${p.problem}@${String(p.seq)}`),
       ['record-format@1', 'record-format@2', 'record-format@3', 'record-format@4'],
     );
-    assert.match(future[0]?.detail ?? '', /unknown record format version 3/);
+    assert.match(future[0]?.detail ?? '', /unknown record format version 4/);
     const v1 = session(1);
     const v2 = session(2);
     // Version-1 records continuing a version-2 session (re-linked so only the versions differ).

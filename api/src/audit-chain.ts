@@ -4,7 +4,7 @@
 import { createHash, hash as cryptoHash } from 'node:crypto';
 import canonicalize from 'canonicalize';
 import { AUDIT_RECORD_VERSIONS, type AuditRecord } from './audit-record.ts';
-import { jcs, jcsMembersAround, type KnownMember } from './jcs.ts';
+import { jcs, jcsMembersBetween, type KnownMember } from './jcs.ts';
 
 export { jcs, type KnownMember } from './jcs.ts';
 
@@ -24,38 +24,102 @@ export function hashRecord(record: UnhashedRecord | AuditRecord): string {
   return `sha256:${createHash('sha256').update(canonicalRecord(record)).digest('hex')}`;
 }
 
-/** A record with its hash, and its canonical (JCS) text including the hash. */
+/** A record with its hash, its canonical (JCS) text including the hash, and its compact JSON-lines text. */
 export interface SealedRecord {
   readonly record: AuditRecord;
   readonly canonical: string;
+  /**
+   * The record as a compact JSON-lines line carries it after its session's first line (docs/audit.md, "JSON
+   * lines"): the canonical text without `prevHash` (the previous line's hash) and with the hash as
+   * base64url SHA-256. compactRecordText computes the same for a record that was not sealed.
+   */
+  readonly compact: string;
+}
+
+/** Base64url of the 32 bytes of a `sha256:` hex hash (43 characters, no padding). */
+export function compactHash(hash: string): string {
+  return Buffer.from(hash.slice(7), 'hex').toString('base64url');
+}
+
+/** The `sha256:` hex form of a compact (base64url) hash; undefined when `text` is not 43 base64url characters. */
+export function expandCompactHash(text: string): string | undefined {
+  if (!/^[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]$/.test(text)) return undefined;
+  return `sha256:${Buffer.from(text, 'base64url').toString('hex')}`;
+}
+
+/** The compact text of a record (see SealedRecord.compact), by the reference JCS path. */
+export function compactRecordText(record: AuditRecord): string {
+  const { prevHash: _prevHash, hash, ...rest } = record;
+  return jcs({ ...rest, hash: compactHash(hash) }) ?? '{}';
+}
+
+/** `a,b` of two member lists, either possibly empty. */
+const andThen = (a: string, b: string): string => (b === '' ? a : a === '' ? b : `${a},${b}`);
+
+/**
+ * Adds the hash to a record and returns its canonical text and its compact text as well, so that writing the
+ * record (JSON lines, the spool) does not serialise it again: the record's members are canonicalised once,
+ * and both texts are made of those members with the hash (and for the canonical text `prevHash`) inserted
+ * at their sorted places. The hash is the one hashRecord computes. `known`: members whose canonical text the
+ * caller has already (a cached decision's, see KnownMember).
+ */
+export function sealRecord(unhashed: UnhashedRecord, known?: readonly KnownMember[]): SealedRecord {
+  const { prevHash, ...members } = unhashed;
+  return sealLinked(members, prevHash, known);
 }
 
 /**
- * Adds the hash to a record and returns its canonical text as well, so that writing the record (JSON lines,
- * the spool) does not serialise it again: the record is canonicalised once, and the text with `hash` is
- * that text with the hash member inserted at its sorted place. The hash is the one hashRecord computes.
- * `known`: members whose canonical text the caller has already (a cached decision's, see KnownMember).
+ * sealRecord for a record given without its `prevHash` (what RecordChain builds): no copy of the record.
+ * `ownHash`: prevHash is a hash this function returned (RecordChain's previous record), so its form is known;
+ * any other is checked first, since it goes into the texts unescaped.
  */
-export function sealRecord(unhashed: UnhashedRecord, known?: readonly KnownMember[]): SealedRecord {
-  const parts = jcsMembersAround(unhashed, 'hash', known);
-  if (parts === undefined) {
+export function sealLinked(
+  members: Omit<UnhashedRecord, 'prevHash'>,
+  prevHash: string,
+  known?: readonly KnownMember[],
+  ownHash = false,
+): SealedRecord {
+  const parts = jcsMembersBetween(members, 'hash', 'prevHash', known);
+  if (parts === undefined || !(ownHash || /^sha256:[0-9a-f]{64}$/.test(prevHash))) {
     // Not a plain object of plain data (or it has a hash already): the reference path, same result.
+    const unhashed: UnhashedRecord = { ...members, prevHash };
     const record: AuditRecord = { ...unhashed, hash: hashRecord(unhashed) };
-    return { record, canonical: jcs(record) ?? '{}' };
+    return { record, canonical: jcs(record) ?? '{}', compact: compactRecordText(record) };
   }
-  const { before, after } = parts;
-  const unhashedText = before === '' || after === '' ? `{${before}${after}}` : `{${before},${after}}`;
-  // Hashing flattens the text; the canonical text is made of slices of it, not of the members again, so
-  // whoever copies it next (the JSON-lines batch, the spool) reads one flat string.
-  const hash = `sha256:${cryptoHash('sha256', unhashedText, 'hex')}`;
-  // A hash is hex: its JSON form needs no escaping.
-  const hashMember = `"hash":"${hash}"`;
-  const at = before.length + 1; // where `,after}` starts
-  let canonical: string;
-  if (before === '') canonical = after === '' ? `{${hashMember}}` : `{${hashMember},${unhashedText.slice(1)}`;
-  else if (after === '') canonical = `${unhashedText.slice(0, -1)},${hashMember}}`;
-  else canonical = `${unhashedText.slice(0, at)},${hashMember}${unhashedText.slice(at)}`;
-  return { record: { ...unhashed, hash }, canonical };
+  const [before, between, after] = parts;
+  // A sha256: hex hash needs no JSON escaping.
+  const hashed = `{${andThen(andThen(andThen(before, between), `"prevHash":"${prevHash}"`), after)}}`;
+  const hash = `sha256:${cryptoHash('sha256', hashed, 'hex')}`;
+  // Hashing flattened `hashed`: the canonical text is made of slices of it (the hash member goes right after
+  // `before`; `prevHash` is never the first member, so something follows), not of the members again.
+  const at = before.length + 1;
+  const canonical =
+    before === ''
+      ? `{"hash":"${hash}",${hashed.slice(1)}`
+      : `${hashed.slice(0, at)},"hash":"${hash}"${hashed.slice(at)}`;
+  return new LinkedRecord({ ...members, prevHash, hash }, canonical, before, between, after);
+}
+
+/** A sealed record whose compact text is made when a sink asks for it (only JSON lines do). */
+class LinkedRecord implements SealedRecord {
+  readonly record: AuditRecord;
+  readonly canonical: string;
+  readonly #before: string;
+  readonly #between: string;
+  readonly #after: string;
+
+  constructor(record: AuditRecord, canonical: string, before: string, between: string, after: string) {
+    this.record = record;
+    this.canonical = canonical;
+    this.#before = before;
+    this.#between = between;
+    this.#after = after;
+  }
+
+  get compact(): string {
+    const hash = `"hash":"${compactHash(this.record.hash)}"`;
+    return `{${andThen(andThen(andThen(this.#before, hash), this.#between), this.#after)}}`;
+  }
 }
 
 /** The JCS text of a record with its hash (what JSON-lines output and the spool carry). */
@@ -102,6 +166,8 @@ export function nowMicros(): bigint {
 
 export interface ChainProblem {
   readonly seq: number;
+  /** Position of the record in the list verified (seq alone is ambiguous when records are replayed). */
+  readonly index: number;
   readonly problem: 'hash-mismatch' | 'broken-link' | 'seq-gap' | 'seq-order' | 'record-format';
   readonly detail: string;
 }
@@ -118,12 +184,18 @@ export function verifyChain(records: readonly AuditRecord[], prevHash?: string):
   let expectedPrev = prevHash;
   let expectedSeq: number | undefined;
   const version = records[0]?.v;
-  for (const r of records) {
+  for (const [index, r] of records.entries()) {
     if (!KNOWN_VERSIONS.has(r.v)) {
-      problems.push({ seq: r.seq, problem: 'record-format', detail: `unknown record format version ${String(r.v)}` });
+      problems.push({
+        seq: r.seq,
+        index,
+        problem: 'record-format',
+        detail: `unknown record format version ${String(r.v)}`,
+      });
     } else if (r.v !== version) {
       problems.push({
         seq: r.seq,
+        index,
         problem: 'record-format',
         detail: `record format version ${String(r.v)} in a session of version ${String(version)} records`,
       });
@@ -131,6 +203,7 @@ export function verifyChain(records: readonly AuditRecord[], prevHash?: string):
     if (expectedSeq !== undefined && r.seq !== expectedSeq) {
       problems.push({
         seq: r.seq,
+        index,
         problem: r.seq < expectedSeq ? 'seq-order' : 'seq-gap',
         detail: `expected seq ${String(expectedSeq)}, found ${String(r.seq)}`,
       });
@@ -139,6 +212,7 @@ export function verifyChain(records: readonly AuditRecord[], prevHash?: string):
     if (computed !== r.hash) {
       problems.push({
         seq: r.seq,
+        index,
         problem: 'hash-mismatch',
         detail: `record content does not match its hash (computed ${computed})`,
       });
@@ -146,6 +220,7 @@ export function verifyChain(records: readonly AuditRecord[], prevHash?: string):
     if (expectedPrev !== undefined && r.prevHash !== expectedPrev) {
       problems.push({
         seq: r.seq,
+        index,
         problem: 'broken-link',
         detail: `prevHash ${r.prevHash} does not match the previous record ${expectedPrev}`,
       });

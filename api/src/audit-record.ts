@@ -1,13 +1,15 @@
-// The audit record: one event of a session, hash-chained to the one before it. Version 2 (written now): the
-// session's identity is on its session.start record only, and every later record is bound to it by the
-// chain; version 1 (still verified) repeated the identity on every record. Field meanings, the canonical
-// form and the chain are specified in docs/audit.md.
+// The audit record: one event of a session, hash-chained to the one before it. Version 3 (written now): the
+// session's identity and where it runs (session id, resource, pod) are on its session.start record only, and
+// every later record is bound to it by the chain; version 2 (still verified) had no `session` member, version 1
+// repeated the identity on every record. Field meanings, the canonical form and the chain are specified in
+// docs/audit.md.
 import { Type, type Static, StringEnum } from './schema.ts';
 import { Identity } from './identity.ts';
+import { RESOURCE_TYPES } from './protected-resource.ts';
 
-export const AUDIT_RECORD_VERSION = 2;
+export const AUDIT_RECORD_VERSION = 3;
 /** Record format versions a verifier accepts. */
-export const AUDIT_RECORD_VERSIONS = [1, 2] as const;
+export const AUDIT_RECORD_VERSIONS = [1, 2, 3] as const;
 
 export const AUDIT_EVENT_TYPES = [
   'session.start',
@@ -34,9 +36,10 @@ const hashString = (description: string) =>
 export const AuditRecord = Type.Object(
   {
     v: Type.Integer({
-      description: 'Record format version: 2 (identity on session.start only) or 1 (identity on every record).',
+      description:
+        'Record format version: 3 (identity and session on session.start only), 2 (identity on session.start only) or 1 (identity on every record).',
       minimum: 1,
-      maximum: 2,
+      maximum: 3,
     }),
     seq: Type.Integer({
       description: 'Position in the session, from 1, contiguous across continuation objects.',
@@ -49,6 +52,21 @@ export const AuditRecord = Type.Object(
     }),
     type: StringEnum(AUDIT_EVENT_TYPES, { description: 'Event type.' }),
     identity: Type.Optional(Identity),
+    session: Type.Optional(
+      Type.Object(
+        {
+          sessionId: Type.String({ description: 'The session id (Session spec.sessionId).', maxLength: 64 }),
+          resource: Type.String({ description: 'The ProtectedResource the session is on.', maxLength: 253 }),
+          resourceType: StringEnum(RESOURCE_TYPES, { description: 'Its type.' }),
+          namespace: Type.String({ description: "The sidecar's pod namespace.", maxLength: 63 }),
+          pod: Type.String({ description: "The sidecar's pod.", maxLength: 253 }),
+        },
+        {
+          description:
+            'Where the session runs, on session.start (version 3): bound by the chain to every record of the session.',
+        },
+      ),
+    ),
     source: Type.Optional(
       Type.Object(
         {
@@ -232,3 +250,28 @@ export const AuditRecord = Type.Object(
   { description: 'One audit record. Immutable once written.' },
 );
 export type AuditRecord = Static<typeof AuditRecord>;
+
+/**
+ * Whether a record says how a command ended: a command.outcome, or a command.decision with its outcome in it
+ * (format 3 writes one record per statement to JSON lines when the outcome follows before the decision is
+ * written, docs/audit.md).
+ */
+export function carriesCommandOutcome(record: Pick<AuditRecord, 'type' | 'outcome'>): boolean {
+  return record.outcome !== undefined && (record.type === 'command.outcome' || record.type === 'command.decision');
+}
+
+/**
+ * The bundle digest each record's decision was made under (undefined for records without a decision): the
+ * digest it names, or, in format 3, where a decision leaves it out, the one the latest earlier decision of
+ * the same policy in the session named. `records`: one session's records in seq order.
+ */
+export function decisionBundleDigests(records: readonly AuditRecord[]): (string | undefined)[] {
+  const named = new Map<string, string>();
+  return records.map((r) => {
+    const d = r.decision;
+    if (d === undefined) return undefined;
+    const policy = d.policy ?? '';
+    if (d.bundleDigest !== undefined) named.set(policy, d.bundleDigest);
+    return d.bundleDigest ?? named.get(policy);
+  });
+}

@@ -14,6 +14,7 @@ export * from './audit-record.ts';
 export * from './crds.ts';
 export * from './policy.ts';
 export * from './audit-chain.ts';
+export * from './audit-json-lines.ts';
 export * from './evidence-store.ts';
 export * from './policy-bundle.ts';
 export * from './audit-signature.ts';

@@ -328,11 +328,15 @@ describe('sealRecord', () => {
       const generated = { ...g.unhashed(), seq: i + 1, prevHash };
       // Half with sorted keys (the JSON.stringify path), half as generated (the general path).
       const unhashed = (i % 2 === 0 ? sortedCopy(generated) : generated) as UnhashedRecord;
-      const { record: sealed, canonical } = sealRecord(unhashed);
+      const { record: sealed, canonical, compact } = sealRecord(unhashed);
       assert.equal(sealed.hash, hashRecord(unhashed));
       assert.equal(sealed.hash, hashRecord(sealed));
       assert.equal(canonical, canonicalize(sealed));
       assert.equal(canonicalRecordText(sealed), canonical);
+      // The compact JSON-lines text: the same record without prevHash, the hash in base64url.
+      const { prevHash: _link, hash, ...rest } = sealed;
+      const b64 = Buffer.from(hash.slice('sha256:'.length), 'hex').toString('base64url');
+      assert.equal(compact, canonicalize({ ...rest, hash: b64 }));
       chain.push(sealed);
       prevHash = sealed.hash;
     }

@@ -219,3 +219,35 @@ export function jcsMembersAround(
   }
   return { before, after };
 }
+
+/**
+ * As jcsMembersAround, split around two keys `first` < `second`, neither in the object: the members before
+ * `first`, those between the two, and those after `second`.
+ */
+export function jcsMembersBetween(
+  object: Readonly<Record<string, unknown>>,
+  first: string,
+  second: string,
+  known?: readonly KnownMember[],
+): readonly [before: string, between: string, after: string] | undefined {
+  if (Object.getPrototypeOf(object) !== Object.prototype || typeof object.toJSON === 'function') return undefined;
+  const keys = sortKeys(Object.keys(object));
+  let before = '';
+  let between = '';
+  let after = '';
+  try {
+    for (const k of keys) {
+      if (k === first || k === second) return undefined;
+      const text = memberValue(object[k], known, k);
+      if (text === undefined) continue;
+      const member = `${keyText(k)}:${text}`;
+      if (k < first) before = before === '' ? member : `${before},${member}`;
+      else if (k < second) between = between === '' ? member : `${between},${member}`;
+      else after = after === '' ? member : `${after},${member}`;
+    }
+  } catch (err) {
+    if (err === NEEDS_REFERENCE) return undefined;
+    throw err;
+  }
+  return [before, between, after];
+}

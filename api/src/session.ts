@@ -2,7 +2,7 @@
 // a long session continues in linked objects (part 1, 2, ...). See docs/audit.md.
 import { Type, type Static, StringEnum, DateTime, dnsSubdomain } from './schema.ts';
 import { Identity } from './identity.ts';
-import { AuditRecord } from './audit-record.ts';
+import { AuditRecord, carriesCommandOutcome } from './audit-record.ts';
 import { RESOURCE_TYPES } from './protected-resource.ts';
 import { EVIDENCE_STORE_TYPES } from './evidence-store.ts';
 import type { KubernetesObject } from './meta.ts';
@@ -201,7 +201,9 @@ export function countRecord(counters: SessionStatus['counters'], record: AuditRe
     if (result === 'allow') counters.allowed += 1;
     else if (result === 'deny') counters.denied += 1;
     else if (result === 'approve') counters.held += 1;
-  } else if (record.type === 'command.outcome' && record.outcome?.status === 'error') {
+  }
+  // A decision record with its outcome in it (format 3, JSON lines) counts as both.
+  if (carriesCommandOutcome(record) && record.outcome?.status === 'error') {
     counters.errors += 1;
   }
 }

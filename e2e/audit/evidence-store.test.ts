@@ -125,10 +125,12 @@ test('evidence store: a sidecar keeps records in the store, Sessions keep signed
   const stored = verified.flatMap((v) => v.records);
   const written = (await sidecar.settledRecords()).map((l) => l.record);
   assert.equal(stored.length, written.length);
-  // Record format version 2: the identity once, on session.start; the chain binds every later record to it.
+  // Record format version 3: the identity and the session once, on session.start; the chain binds every
+  // later record to it.
   for (const r of stored) {
-    assert.equal(r.v, 2);
+    assert.equal(r.v, 3);
     assert.equal(r.identity !== undefined, r.type === 'session.start', `seq ${String(r.seq)} ${r.type}`);
+    assert.equal(r.session !== undefined, r.type === 'session.start', `seq ${String(r.seq)} ${r.type}`);
   }
   assert.deepEqual(
     new Set(stored.map((r) => r.hash)),

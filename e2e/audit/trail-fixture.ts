@@ -50,14 +50,19 @@ export interface TrailOptions {
   readonly start?: Date;
   /** Default true: a session.end record and phase Closed. */
   readonly closed?: boolean;
+  /** The pod namespace format-3 session.start states; default `namespace` (as a sidecar writes it). */
+  readonly statedNamespace?: string;
   /** The operator's certificate for the signer key, written into spec.signer. */
   readonly certificate?: string;
   /**
-   * Record format version; default the one the sidecar writes (2: identity on session.start only). 1 puts
-   * the identity on every record, as version 1 did; anything else is written as asked (an unknown version).
+   * Record format version; default the one the sidecar writes (3: identity and the session on
+   * session.start only). 1 puts the identity on every record, as version 1 did; 2 leaves the session out;
+   * anything else is written as asked (an unknown version).
    */
   readonly version?: number;
 }
+
+const DEFAULT_POD = { name: 'nightly-report-7x2kq' };
 
 export const DEFAULT_IDENTITY: Identity = {
   subject: 'chaperone:agent:report-writer',
@@ -71,13 +76,28 @@ function micros(d: Date, plusSeconds: number): string {
 }
 
 /** The records of one session, hash-chained from `prevHash`. */
-export function buildRecords(options: TrailOptions): AuditRecord[] {
+export function buildRecords(options: TrailOptions, sessionId: string = randomUUID()): AuditRecord[] {
   const start = options.start ?? new Date();
   const identity = options.identity ?? DEFAULT_IDENTITY;
+  const v = options.version ?? AUDIT_RECORD_VERSION;
+  // Format 3: where the session runs, stated (and hashed) on session.start.
+  const statedSession =
+    v >= 3
+      ? {
+          session: {
+            sessionId,
+            resource: options.resource ?? 'orders-db',
+            resourceType: 'postgres' as const,
+            namespace: options.statedNamespace ?? options.namespace,
+            pod: (options.pod ?? DEFAULT_POD).name,
+          },
+        }
+      : {};
   const contents: Omit<UnhashedRecord, 'v' | 'seq' | 'time' | 'prevHash'>[] = [
     {
       type: 'session.start',
       identity: structuredClone(identity),
+      ...statedSession,
       source: { address: '127.0.0.1:50312', user: 'agent', database: 'orders' },
     },
   ];
@@ -93,7 +113,6 @@ export function buildRecords(options: TrailOptions): AuditRecord[] {
   });
   if (options.closed !== false) contents.push({ type: 'session.end' });
   let prevHash = options.prevHash ?? GENESIS_HASH;
-  const v = options.version ?? AUDIT_RECORD_VERSION;
   return contents.map((c, i) => {
     const content = v === 1 ? { ...c, identity: structuredClone(identity) } : c;
     const unhashed: UnhashedRecord = { v, seq: i + 1, time: micros(start, i), ...content, prevHash };
@@ -105,9 +124,9 @@ export function buildRecords(options: TrailOptions): AuditRecord[] {
 
 /** Every part of one session, each with its signer and a head signed over its last record. */
 export async function buildTrail(options: TrailOptions): Promise<Session[]> {
-  const records = buildRecords(options);
-  const per = options.recordsPerPart ?? records.length;
   const sessionId = randomUUID();
+  const records = buildRecords(options, sessionId);
+  const per = options.recordsPerPart ?? records.length;
   const start = options.start ?? new Date();
   const parts: Session[] = [];
   for (let i = 0, part = 0; i < records.length; i += per, part++) {
@@ -125,7 +144,7 @@ export async function buildTrail(options: TrailOptions): Promise<Session[]> {
         sessionId,
         part,
         ...(part === 0 ? {} : { previousPart: parts[part - 1]!.metadata.name }),
-        pod: options.pod ?? { name: 'nightly-report-7x2kq' },
+        pod: options.pod ?? DEFAULT_POD,
         resource: { name: options.resource ?? 'orders-db', type: 'postgres' },
         identity: structuredClone(options.identity ?? DEFAULT_IDENTITY),
         startTime: `${start.toISOString().slice(0, 19)}Z`,

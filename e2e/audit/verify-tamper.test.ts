@@ -47,9 +47,17 @@ test('in-place tampering after the CEL rules are removed is detected', { timeout
   const commands = [{ text: 'select * from orders' }, { text: 'delete from orders', decision: 'deny' as const }];
   const names = ['clean', 'edited', 'deleted', 'swapped', 'identity'];
   for (const name of names) await createTrail(kc, await buildTrail({ name, namespace: NS, signer, commands }));
-  // Format version 1 (identity on every record) still verifies; an unknown version does not, even hashed and signed.
+  // Format versions 1 (identity on every record) and 2 (no session stated) still verify; an unknown version
+  // does not, even hashed and signed.
   await createTrail(kc, await buildTrail({ name: 'version-1', namespace: NS, signer, commands, version: 1 }));
-  await createTrail(kc, await buildTrail({ name: 'version-3', namespace: NS, signer, commands, version: 3 }));
+  await createTrail(kc, await buildTrail({ name: 'version-2', namespace: NS, signer, commands, version: 2 }));
+  await createTrail(kc, await buildTrail({ name: 'version-4', namespace: NS, signer, commands, version: 4 }));
+  // Format 3: session.start states the pod's namespace under its hash; a spec that says another (written
+  // so, and signed) is found.
+  await createTrail(
+    kc,
+    await buildTrail({ name: 'moved', namespace: NS, signer, commands, statedNamespace: 'elsewhere' }),
+  );
 
   const tamper = async (name: string, change: (records: Session['spec']['records']) => void) => {
     const s = (await custom.getNamespacedCustomObject({
@@ -81,13 +89,13 @@ test('in-place tampering after the CEL rules are removed is detected', { timeout
   await tamper('swapped', (r) => {
     [r[1], r[2]] = [r[2]!, r[1]!];
   });
-  // Version 2 names the caller once, on session.start; every later record is chained to it.
+  // Versions 2 and 3 name the caller once, on session.start; every later record is chained to it.
   await tamper('identity', (r) => {
-    assert.equal(r[0]!.v, 2);
+    assert.equal(r[0]!.v, 3);
     assert.equal(r[0]!.type, 'session.start');
     assert.ok(
-      r.slice(1).every((x) => x.identity === undefined),
-      'version 2: identity on session.start only',
+      r.slice(1).every((x) => x.identity === undefined && x.session === undefined),
+      'version 3: identity and session on session.start only',
     );
     r[0]!.identity!.subject = 'system:serviceaccount:ci:someone-else';
   });
@@ -128,14 +136,23 @@ test('in-place tampering after the CEL rules are removed is detected', { timeout
 
   const v1 = await verify('version-1');
   assert.equal(v1.code, 0, v1.stdout + v1.stderr);
-  const v3 = await verify('version-3');
-  assert.equal(v3.code, 1);
-  assert.match(v3.stdout, /ERROR record-format\s+default\/version-3, part 0, seq 1: unknown record format version 3/);
+  const v2 = await verify('version-2');
+  assert.equal(v2.code, 0, v2.stdout + v2.stderr);
+  const v4 = await verify('version-4');
+  assert.equal(v4.code, 1);
+  assert.match(v4.stdout, /ERROR record-format\s+default\/version-4, part 0, seq 1: unknown record format version 4/);
+  const moved = await verify('moved');
+  assert.equal(moved.code, 1);
+  assert.match(
+    moved.stdout,
+    /ERROR metadata-mismatch\s+default\/moved, part 0, seq 1: spec differs from the session stated in the signed session.start record \(namespace\)/,
+  );
 
   const all = await verify('--all');
   assert.equal(all.code, 1);
   assert.match(all.stdout, /^OK\s+default\/clean/m);
   assert.match(all.stdout, /^FAIL default\/edited/m);
   assert.match(all.stdout, /^OK\s+default\/version-1/m);
-  assert.match(all.stdout, /7 session\(s\)/);
+  assert.match(all.stdout, /^OK\s+default\/version-2/m);
+  assert.match(all.stdout, /9 session\(s\)/);
 });

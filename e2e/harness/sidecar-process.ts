@@ -16,7 +16,13 @@ import {
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { stringify } from 'yaml';
-import { BUNDLE_MANIFEST_FILE, BUNDLE_WASM_FILE, type AccessPolicySpec, type AuditRecord } from '@chaperone/api';
+import {
+  BUNDLE_MANIFEST_FILE,
+  BUNDLE_WASM_FILE,
+  decodeAuditJsonLines,
+  type AccessPolicySpec,
+  type AuditRecord,
+} from '@chaperone/api';
 import { compilePolicy } from '../../operator/src/policy/compile-policy.ts';
 import { stopProcess } from './processes.ts';
 import { createTestIssuer, type TestIssuer } from './tokens.ts';
@@ -252,10 +258,12 @@ export async function spawnSidecar(options: SidecarProcessOptions): Promise<Side
     } catch {
       return [];
     }
-    return text
-      .split('\n')
-      .filter((l) => l !== '')
-      .map((l) => JSON.parse(l) as { session: { sessionId: string }; record: AuditRecord });
+    // Whole records, whichever line form the file uses (compact lines leave prevHash out, docs/audit.md).
+    const decoded = decodeAuditJsonLines(text);
+    // A last line being written may be cut; anything else wrong is a sidecar bug.
+    const problem = decoded.problems.find((p) => p.kind !== 'malformed-line' || p.line < decoded.lines);
+    if (problem !== undefined) throw new Error(`audit file line ${String(problem.line)}: ${problem.detail}`);
+    return decoded.entries.map(({ session, record }) => ({ session, record }));
   };
   return {
     host: listener.host,

@@ -2,6 +2,7 @@
 // which records what it received and can echo request headers back): allowed and denied paths, paths the
 // upstream would read differently, the injected credential never visible to the agent, masked JSON fields,
 // streamed bodies, smuggling attempts, and the records.
+import { carriesCommandOutcome } from '@chaperone/api';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
@@ -254,7 +255,7 @@ test('an HTTP API through the HTTP engine', async (t) => {
       const outcome = entries.find(
         (e) =>
           e.session.sessionId === d.session.sessionId &&
-          e.record.type === 'command.outcome' &&
+          carriesCommandOutcome(e.record) &&
           e.record.command?.id === d.record.command?.id,
       );
       assert.ok(outcome, `an outcome for ${d.record.command?.text ?? ''}`);

@@ -5,6 +5,7 @@
 // a Secret's value could come back unmasked (protobuf, gzip, Tables with objects, writing a mask back). Each
 // must be refused with the expected status (or come back masked), and the API server's state shows that
 // nothing smuggled ran.
+import { carriesCommandOutcome } from '@chaperone/api';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { connect } from 'node:tls';
@@ -304,7 +305,7 @@ test('attack corpus against the Kubernetes engine', async (t) => {
       const outcome = entries.find(
         (e) =>
           e.session.sessionId === d.session.sessionId &&
-          e.record.type === 'command.outcome' &&
+          carriesCommandOutcome(e.record) &&
           e.record.command?.id === d.record.command?.id,
       );
       assert.equal(outcome?.record.outcome?.status, 'denied');
@@ -318,7 +319,7 @@ test('attack corpus against the Kubernetes engine', async (t) => {
     const spdyOutcome = entries.find(
       (e) =>
         e.session.sessionId === spdy.session.sessionId &&
-        e.record.type === 'command.outcome' &&
+        carriesCommandOutcome(e.record) &&
         e.record.command?.id === spdy.record.command?.id,
     );
     assert.deepEqual([spdyOutcome?.record.outcome?.status, spdyOutcome?.record.outcome?.code], ['denied', '400']);

@@ -3,6 +3,7 @@
 // fails with kubectl's own Forbidden error naming the policy and rule, Secrets come back masked, an approve
 // rule holds nothing through (approvals are not enabled: refused), every request is one decision record with
 // the Audit-ID the API server saw, and the agent's token is refused by the API server itself.
+import { carriesCommandOutcome } from '@chaperone/api';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
@@ -163,7 +164,7 @@ test('kubectl through the Kubernetes engine', async (t) => {
       const outcome = entries.find(
         (e) =>
           e.session.sessionId === decision.session.sessionId &&
-          e.record.type === 'command.outcome' &&
+          carriesCommandOutcome(e.record) &&
           e.record.command?.id === decision.record.command?.id,
       );
       assert.ok(outcome);
@@ -267,7 +268,7 @@ test('kubectl through the Kubernetes engine', async (t) => {
     const outcome = entries.find(
       (e) =>
         e.session.sessionId === mine.session.sessionId &&
-        e.record.type === 'command.outcome' &&
+        carriesCommandOutcome(e.record) &&
         e.record.command?.id === mine.record.command?.id,
     );
     assert.equal(outcome?.record.outcome?.code, '200');

@@ -3,6 +3,7 @@
 // masked value in text, reversed, hex, base64 and JSON form; masked attempts succeed, refused ones get 42501
 // from the sidecar, errors that could echo a value arrive with their text withheld. Unmasked columns and
 // other tables come through unchanged, and the audit trail counts what was masked without any value.
+import { carriesCommandOutcome } from '@chaperone/api';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
@@ -83,7 +84,7 @@ test('the bypass corpus: no original value of a masked column reaches the client
   const records = await sidecar.settledRecords();
   const outcome = records
     .map((r) => r.record)
-    .filter((r) => r.type === 'command.outcome' && r.outcome?.masked !== undefined)
+    .filter((r) => carriesCommandOutcome(r) && r.outcome?.masked !== undefined)
     .at(-1);
   assert.deepEqual(
     outcome?.outcome?.masked?.map((m) => [m.column, m.strategy, m.count]),

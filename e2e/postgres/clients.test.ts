@@ -2,6 +2,7 @@
 // prepared statements, transactions, savepoints, LISTEN/NOTIFY), psql (COPY in and out, cancel of a
 // pg_sleep with Ctrl-C, a 1,000,000-row result) and pgbench (initialisation with COPY, and -S with the
 // simple, extended and prepared protocols).
+import { carriesCommandOutcome } from '@chaperone/api';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
@@ -161,7 +162,7 @@ test('psql: Ctrl-C sends a CancelRequest that really cancels pg_sleep', async (t
   // The server's own words: the statement ended because of the cancel, not because it finished.
   assert.match(stderr, /canceling statement due to user request/);
   const outcome = (await sidecar.settledRecords()).find(
-    (r) => r.record.type === 'command.outcome' && r.record.outcome?.code === '57014',
+    (r) => carriesCommandOutcome(r.record) && r.record.outcome?.code === '57014',
   );
   assert.equal(outcome?.record.outcome?.status, 'cancelled');
 });

@@ -3,6 +3,7 @@
 // (e2e/postgres/drivers/) that prints one JSON line per step; the test asserts every step and the audit
 // trail. The drivers come from scripts/drivers.sh (`make drivers`), linked under .tools/drivers; when
 // they are missing the tests fail, never skip.
+import { carriesCommandOutcome } from '@chaperone/api';
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
@@ -60,7 +61,7 @@ function outcomeOf(records: readonly SessionRecord[], decision: AuditRecord): Au
   return records.find(
     (r) =>
       r.session.sessionId === session &&
-      r.record.type === 'command.outcome' &&
+      carriesCommandOutcome(r.record) &&
       r.record.command?.id === decision.command?.id,
   )?.record;
 }

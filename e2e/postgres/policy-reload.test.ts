@@ -3,7 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import pg from 'pg';
-import type { AccessPolicySpec } from '@chaperone/api';
+import { decisionBundleDigests, type AccessPolicySpec } from '@chaperone/api';
 import { READ_ONLY, startTestSidecar, writePolicyBundle } from '../harness/sidecar.ts';
 import { createTestDatabase } from '../harness/databases.ts';
 import { poll } from '../harness/poll.ts';
@@ -40,14 +40,20 @@ test('an edited policy takes effect on a live session once loaded, and the conne
     // Same backend: the connection was never dropped.
     assert.equal((await c.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]?.pid, pid);
 
-    const decisions = (await sidecar.settledRecords()).filter((r) => r.record.type === 'command.decision');
-    const lastDeny = decisions.findLast((r) => r.record.decision?.result === 'deny');
-    assert.equal(lastDeny?.record.decision?.policy, 'default/team');
-    assert.equal(lastDeny.record.decision.rule, 'default');
-    assert.equal(lastDeny.record.decision.bundleDigest, newDigest);
-    const firstAllow = decisions.find((r) => r.record.command?.text === 'insert into notes values (1)');
-    assert.equal(firstAllow?.record.decision?.rule, 'writes-too');
-    assert.notEqual(firstAllow.record.decision.bundleDigest, newDigest);
+    const records = (await sidecar.settledRecords()).map((r) => r.record);
+    // Format 3: a policy's first decision in the session names its digest, later ones under the same bundle
+    // leave it out; the first decision after the reload names the new one.
+    const digests = decisionBundleDigests(records);
+    const lastDeny = records.findLast((r) => r.type === 'command.decision' && r.decision?.result === 'deny');
+    assert.equal(lastDeny?.decision?.policy, 'default/team');
+    assert.equal(lastDeny.decision.rule, 'default');
+    assert.equal(lastDeny.decision.bundleDigest, newDigest, 'named by the first decision under it');
+    const firstAllow = records.find((r) => r.command?.text === 'insert into notes values (1)');
+    assert.equal(firstAllow?.decision?.rule, 'writes-too');
+    assert.equal(firstAllow.decision.bundleDigest, undefined, 'named by the select before it');
+    const inForce = digests[records.indexOf(firstAllow)];
+    assert.match(inForce ?? '', /^sha256:[0-9a-f]{64}$/);
+    assert.notEqual(inForce, newDigest);
   } finally {
     await c.end();
   }

@@ -4,6 +4,7 @@
 // says otherwise; a server report the analysis cannot follow ends the session; a database in another
 // encoding is refused; sessions whose policies grant no write run read-only in the database, with the
 // least-privilege login when the resource has one.
+import { carriesCommandOutcome } from '@chaperone/api';
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
@@ -382,7 +383,7 @@ test('a statement kind the analysis is blind to: the policy lets the DELETE thro
     assert.equal(decision?.command?.text, 'DELETE FROM victim');
     assert.deepEqual(decision.command.statementKinds, ['select'], 'the blind analysis called it a read');
     assert.equal(decision.decision?.result, 'allow');
-    assert.equal(records.find((r) => r.type === 'command.outcome')?.outcome?.code, '25006');
+    assert.equal(records.find((r) => carriesCommandOutcome(r))?.outcome?.code, '25006');
     assert.equal(await count(), 2, 'nothing deleted');
     await sidecar.stop();
   }

@@ -3,6 +3,7 @@
 // one client address may have only so many connections in startup at once; a fast-path FunctionCall, a
 // cancel request matching no session, an Execute of a statement refused at Parse and a session ended by a
 // FATAL all leave records saying what happened; the substitutes' internal names never reach a client.
+import { carriesCommandOutcome } from '@chaperone/api';
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
@@ -335,7 +336,7 @@ test('refusals in a session are recorded: a fast-path FunctionCall, an Execute o
       ['SELECT 2 AS still_here', 'allow'],
     ],
   );
-  const outcomes = records.filter((r) => r.type === 'command.outcome').map((r) => r.outcome?.status);
+  const outcomes = records.filter((r) => carriesCommandOutcome(r)).map((r) => r.outcome?.status);
   assert.deepEqual(outcomes, ['denied', 'denied', 'denied', 'denied', 'success']);
   assert.deepEqual(records.at(-1)?.outcome, { message: 'client terminated the session', status: 'success' });
 });

@@ -8,6 +8,7 @@
 // body), a denied pod's logs are Forbidden, and each request is recorded with its Audit-ID, the follow
 // ending `cancelled` when kubectl goes away. An exec over WebSocket v5 (kubectl's default) records what was
 // typed and printed in its outcome, bounded and masked by the policy's detectors.
+import { carriesCommandOutcome } from '@chaperone/api';
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -176,7 +177,7 @@ test('kubectl logs, logs -f and exec -i through the sidecar against a running po
         (e) =>
           decision !== undefined &&
           e.session.sessionId === decision.session.sessionId &&
-          e.record.type === 'command.outcome' &&
+          carriesCommandOutcome(e.record) &&
           e.record.command?.id === decision.record.command?.id,
       );
     });
@@ -200,7 +201,7 @@ test('kubectl logs, logs -f and exec -i through the sidecar against a running po
       const outcome = all.find(
         (e) =>
           e.session.sessionId === follow.session.sessionId &&
-          e.record.type === 'command.outcome' &&
+          carriesCommandOutcome(e.record) &&
           e.record.command?.id === follow.record.command?.id,
       );
       return outcome === undefined ? undefined : { all, follow, outcome };

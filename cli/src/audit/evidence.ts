@@ -350,7 +350,7 @@ export function nistMap(records: readonly AuditRecord[]): NistEvidence[] {
       control: 'AC-3',
       title: 'Access enforcement',
       evidence: [
-        `records[type=command.decision].decision: ${decisions('allow')} allow, ${decisions('deny')} deny, ${decisions('approve')} held for approval; decision.policy, rule and bundleDigest name the enforcing policy`,
+        `records[type=command.decision].decision: ${decisions('allow')} allow, ${decisions('deny')} deny, ${decisions('approve')} held for approval; decision.policy, rule and bundleDigest name the enforcing policy (format 3: bundleDigest on a policy's first decision in a session and after a reload, docs/audit.md)`,
         `records[type=command.outcome].approval: ${count((r) => r.type === 'command.outcome' && r.approval !== undefined)} command(s) ran under an approval, each naming its ApprovalRequest and the bindingHash of the exact statement, parameters, session and requester chain it was bound to (docs/approvals.md)`,
       ],
     },

@@ -7,10 +7,16 @@
 // inserted or reordered record inside the file is found; records cut from the end of a session show as a
 // session without its session.end; a whole file rewritten with fresh hashes is not found, because JSON
 // lines carry no signature: that is what Session objects and `kubectl chaperone verify` are for.
-import { GENESIS_HASH, verifyChain, type AuditRecord } from '@chaperone/api';
+import {
+  decodeAuditJsonLines,
+  GENESIS_HASH,
+  verifyChain,
+  type AuditRecord,
+  type JsonLinesSessionRef,
+} from '@chaperone/api';
 
 export const JSON_LINES_PROBLEM_KINDS = [
-  /** A line that is not a JSON object with `session` and `record`. */
+  /** A line that is not a JSON object with `session` and `record` (of either line form). */
   'malformed-line',
   'hash-mismatch',
   'broken-link',
@@ -18,9 +24,9 @@ export const JSON_LINES_PROBLEM_KINDS = [
   'seq-order',
   /** A record of an unknown format version, or of another version than the rest of its session. */
   'record-format',
-  /** A session's first record in the file is not seq 1. */
+  /** A session's first record in the file is not seq 1, or a compact line comes before its session's first line. */
   'missing-start',
-  /** Records of one session name another resource or pod. */
+  /** Records of one session name another resource or pod, or a line another session than its record states. */
   'session-mismatch',
 ] as const;
 export type JsonLinesProblemKind = (typeof JSON_LINES_PROBLEM_KINDS)[number];
@@ -70,54 +76,19 @@ export interface JsonLinesReport {
 }
 
 interface SessionLines {
-  readonly ref: { sessionId: string; resource: string; namespace: string; pod: string };
+  readonly ref: JsonLinesSessionRef;
   readonly records: AuditRecord[];
   readonly lines: number[];
 }
 
-const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
-
-/** Verifies the text of a JSON-lines audit file. */
+/** Verifies the text of a JSON-lines audit file (either line form, docs/audit.md "JSON lines"). */
 export function verifyJsonLines(text: string): JsonLinesReport {
-  const problems: JsonLinesProblem[] = [];
+  const decoded = decodeAuditJsonLines(text);
+  const problems: JsonLinesProblem[] = [...decoded.problems];
   const notes: JsonLinesNote[] = [];
   const sessions = new Map<string, SessionLines>();
-  const lines = text.split('\n');
-  if (lines.at(-1) === '') lines.pop();
-  let records = 0;
-  lines.forEach((raw, i) => {
-    const line = i + 1;
-    let parsed: unknown;
-    try {
-      parsed = JSON.parse(raw);
-    } catch {
-      problems.push({ kind: 'malformed-line', line, detail: 'not JSON' });
-      return;
-    }
-    const session = isObject(parsed) ? parsed.session : undefined;
-    const record = isObject(parsed) ? parsed.record : undefined;
-    if (
-      !isObject(session) ||
-      typeof session.sessionId !== 'string' ||
-      !isObject(record) ||
-      typeof record.seq !== 'number' ||
-      typeof record.hash !== 'string' ||
-      typeof record.prevHash !== 'string'
-    ) {
-      problems.push({
-        kind: 'malformed-line',
-        line,
-        detail: 'expected {"session": {sessionId, ...}, "record": {seq, hash, prevHash, ...}}',
-      });
-      return;
-    }
-    records++;
-    const ref = {
-      sessionId: session.sessionId,
-      resource: typeof session.resource === 'string' ? session.resource : '',
-      namespace: typeof session.namespace === 'string' ? session.namespace : '',
-      pod: typeof session.pod === 'string' ? session.pod : '',
-    };
+  const records = decoded.entries.length;
+  for (const { line, session: ref, record } of decoded.entries) {
     let entry = sessions.get(ref.sessionId);
     if (entry === undefined) {
       entry = { ref, records: [], lines: [] };
@@ -135,9 +106,9 @@ export function verifyJsonLines(text: string): JsonLinesReport {
         detail: `session ${ref.sessionId} was ${entry.ref.namespace}/${entry.ref.pod} ${entry.ref.resource}, this record says ${ref.namespace}/${ref.pod} ${ref.resource}`,
       });
     }
-    entry.records.push(record as unknown as AuditRecord);
+    entry.records.push(record);
     entry.lines.push(line);
-  });
+  }
 
   // The first record of each session, by hash: what the next session of the pod links to.
   const firstHashes = new Map<string, string>();
@@ -149,9 +120,14 @@ export function verifyJsonLines(text: string): JsonLinesReport {
   const summaries: JsonLinesSession[] = [];
   for (const s of sessions.values()) {
     const before = problems.length;
-    const lineOf = (seq: number): number => s.lines[s.records.findIndex((r) => r.seq === seq)] ?? 0;
     for (const p of verifyChain(s.records)) {
-      problems.push({ kind: p.problem, line: lineOf(p.seq), sessionId: s.ref.sessionId, seq: p.seq, detail: p.detail });
+      problems.push({
+        kind: p.problem,
+        line: s.lines[p.index] ?? 0,
+        sessionId: s.ref.sessionId,
+        seq: p.seq,
+        detail: p.detail,
+      });
     }
     const first = s.records[0];
     if (first !== undefined) {
@@ -208,7 +184,7 @@ export function verifyJsonLines(text: string): JsonLinesReport {
   return {
     apiVersion: 'chaperone.dev/v1alpha1',
     kind: 'AuditFileReport',
-    lines: lines.length,
+    lines: decoded.lines,
     records,
     sessions: summaries,
     problems,

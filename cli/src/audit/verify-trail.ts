@@ -421,6 +421,27 @@ async function verifyOneSession(
         detail: 'spec.identity differs from the identity in the signed session.start record',
       });
     }
+    // Format 3: session.start states where the session runs, under its hash; the spec must say the same.
+    const stated = head?.type === 'session.start' ? head.session : undefined;
+    if (stated !== undefined) {
+      const specSays = {
+        sessionId: p.spec.sessionId,
+        resource: p.spec.resource.name,
+        resourceType: p.spec.resource.type,
+        namespace: p.spec.pod.namespace ?? p.metadata.namespace ?? '',
+        pod: p.spec.pod.name,
+      };
+      const differs = (Object.keys(specSays) as (keyof typeof specSays)[]).filter((k) => stated[k] !== specSays[k]);
+      if (differs.length > 0) {
+        add({
+          kind: 'metadata-mismatch',
+          object: name,
+          part: p.spec.part,
+          seq: head?.seq,
+          detail: `spec differs from the session stated in the signed session.start record (${differs.join(', ')})`,
+        });
+      }
+    }
     if (p.spec.part > 0 && !isDeepStrictEqual(p.spec.identity, first.spec.identity)) {
       add({ kind: 'metadata-mismatch', object: name, part: p.spec.part, detail: 'spec.identity differs from part 0' });
     }

@@ -164,6 +164,8 @@ interface DecisionMember {
   /** The source's reasons when the member was made: it is reused only while they are still these. */
   readonly reasons: readonly string[];
   readonly known: KnownMember & { readonly value: NonNullable<AuditRecord['decision']> };
+  /** The same without bundleDigest: for a decision whose policy's digest an earlier record of the session names. */
+  readonly knownWithoutDigest: KnownMember & { readonly value: NonNullable<AuditRecord['decision']> };
 }
 
 /** Decisions repeat (the policy engine's cache returns the same object): their record member is made once. */
@@ -174,9 +176,9 @@ const decisionMembers = new WeakMap<CombinedDecision, DecisionMember>();
  * the record shows differs from when it was made, so a changed decision object can never be recorded with
  * an old text.
  */
-function decisionMember(decision: CombinedDecision): DecisionMember['known'] {
+function decisionMember(decision: CombinedDecision): DecisionMember {
   const memo = decisionMembers.get(decision);
-  if (memo !== undefined && sameRecordedFields(memo, decision)) return memo.known;
+  if (memo !== undefined && sameRecordedFields(memo, decision)) return memo;
   // In the sorted key order of the canonical form (see record()).
   const result = {} as NonNullable<AuditRecord['decision']>;
   if (decision.bundleDigest !== '') result.bundleDigest = decision.bundleDigest;
@@ -188,8 +190,12 @@ function decisionMember(decision: CombinedDecision): DecisionMember['known'] {
   result.rule = decision.rule;
   Object.freeze(result);
   const known = { key: 'decision', value: result, text: jcs(result) ?? '{}' };
-  decisionMembers.set(decision, { source: decision, reasons: [...decision.reasons], known });
-  return known;
+  const { bundleDigest: _named, ...rest } = result;
+  const withoutDigest = Object.freeze(rest);
+  const knownWithoutDigest = { key: 'decision', value: withoutDigest, text: jcs(withoutDigest) ?? '{}' };
+  const made = { source: decision, reasons: [...decision.reasons], known, knownWithoutDigest };
+  decisionMembers.set(decision, made);
+  return made;
 }
 
 function sameRecordedFields(memo: DecisionMember, d: CombinedDecision): boolean {
@@ -200,10 +206,47 @@ function sameRecordedFields(memo: DecisionMember, d: CombinedDecision): boolean 
   return true;
 }
 
-/** A record waiting to be written, and the member whose text its maker keeps. */
+/** A record waiting to be written, the member whose text its maker keeps, and when it happened (if not now). */
 interface QueuedRecord {
   readonly content: RecordContent;
   readonly known: KnownMember | undefined;
+  readonly time: bigint | undefined;
+}
+
+/** A decision record held for its command's outcome (deferrable sinks, see AgentSession.record). */
+interface HeldDecision extends QueuedRecord {
+  readonly id: number;
+  /** heldDecisions.round when it was held. */
+  readonly round: number;
+}
+
+/**
+ * Decisions held for their outcome are written alone when the outcome has not come within one to two
+ * rounds of HELD_DECISION_MS (a long statement, or a client that never reads its result), so a running
+ * command's decision is not kept out of the file for long. One timer for every session, armed only while
+ * some session holds a decision.
+ */
+const HELD_DECISION_MS = 50;
+const heldDecisions = {
+  round: 0,
+  sessions: new Set<AgentSession>(),
+  timer: undefined as NodeJS.Timeout | undefined,
+};
+
+function watchHeldDecision(session: AgentSession): void {
+  heldDecisions.sessions.add(session);
+  heldDecisions.timer ??= setTimeout(releaseStaleDecisions, HELD_DECISION_MS).unref();
+}
+
+function releaseStaleDecisions(): void {
+  heldDecisions.timer = undefined;
+  const round = heldDecisions.round;
+  heldDecisions.round += 1;
+  for (const session of heldDecisions.sessions) {
+    if (!session.releaseHeldDecision(round)) heldDecisions.sessions.delete(session);
+  }
+  if (heldDecisions.sessions.size > 0)
+    heldDecisions.timer = setTimeout(releaseStaleDecisions, HELD_DECISION_MS).unref();
 }
 
 export class AgentSession {
@@ -225,6 +268,10 @@ export class AgentSession {
   private ended = false;
   /** Records whose writing waits until the engine's current step is done (see writeSoon). */
   private readonly soon: QueuedRecord[] = [];
+  /** Per policy, the bundle digest the session's records named last (see record()). */
+  private readonly namedDigests = new Map<string, string>();
+  /** The newest decision, held for its outcome (deferrable sinks only); older than anything else unwritten. */
+  private held: HeldDecision | undefined;
   private soonScheduled = false;
   /** Records refused by the sink and not yet reported in an audit.gap record. */
   private lost = 0;
@@ -328,15 +375,29 @@ export class AgentSession {
     if (description.statementKinds !== undefined) command.statementKinds = ownCopy(description.statementKinds);
     command.text = text;
     if (truncated || bodyTruncated) command.truncated = true;
-    const result = decisionMember(decision);
+    // Format 3: the bundle digest is named by the first decision of its policy in the session (and again
+    // when a reload changes it); later decisions of that policy under the same bundle leave it out.
+    const member = decisionMember(decision);
+    let result = member.known;
+    if (decision.bundleDigest !== '') {
+      if (this.namedDigests.get(decision.policy) === decision.bundleDigest) result = member.knownWithoutDigest;
+      else this.namedDigests.set(decision.policy, decision.bundleDigest);
+    }
     const content: RecordContent = { command, decision: result.value, type: 'command.decision' };
     if (this.options.sink.deferrable) {
-      // Nothing to wait for and nothing can be refused: the record is made after the command is on its way.
-      this.writeSoon(content, result);
+      // Nothing to wait for and nothing can be refused: the record is made after the command is on its way,
+      // and it waits for the command's outcome to be one record with it (format 3; see complete()).
+      this.releaseHeld();
+      this.held = { content, known: result, time: this.records.now(), id, round: heldDecisions.round };
+      watchHeldDecision(this);
       return { id, decision, startedAt, recorded: true, audit: CLEAR };
     }
     const refusal = this.write(content, true, result);
-    if (refusal !== undefined) return { id, decision, startedAt, recorded: false, audit: this.refuse(refusal) };
+    if (refusal !== undefined) {
+      // Not written: the next decision names its digest again.
+      this.namedDigests.clear();
+      return { id, decision, startedAt, recorded: false, audit: this.refuse(refusal) };
+    }
     return { id, decision, startedAt, recorded: true, audit: this.clearance() };
   }
 
@@ -544,7 +605,15 @@ export class AgentSession {
     if (outcome.message !== undefined) recorded.message = outcome.message.slice(0, 1024);
     if (outcome.rows !== undefined) recorded.rows = outcome.rows;
     recorded.status = outcome.status;
-    // An outcome gates nothing: it is recorded once the engine has passed the response on.
+    // An outcome gates nothing: it is recorded once the engine has passed the response on. When its
+    // decision is still held (nothing else was recorded since), the two are one record: the decision's
+    // record with the outcome in it, at the decision's time.
+    const held = this.held;
+    if (held !== undefined && held.id === command.id && command.approval === undefined) {
+      this.held = undefined;
+      this.writeSoon({ ...held.content, outcome: recorded }, held.known, held.time);
+      return;
+    }
     this.writeSoon(
       command.approval === undefined
         ? { command: { id: command.id, kind }, outcome: recorded, type: 'command.outcome' }
@@ -573,18 +642,42 @@ export class AgentSession {
    * the bytes it forwarded are handed to the socket, so hashing and formatting the record add nothing to the
    * command's latency. Order is kept: every immediate write first writes what is queued.
    */
-  private writeSoon(content: RecordContent, known?: KnownMember): void {
-    this.soon.push({ content, known });
+  private writeSoon(content: RecordContent, known?: KnownMember, time?: bigint): void {
+    this.releaseHeld();
+    this.soon.push({ content, known, time });
     if (this.soonScheduled) return;
     this.soonScheduled = true;
     queueMicrotask(this.writeQueued);
+  }
+
+  /** Queues the held decision, if any, to be written alone (something else is recorded after it). */
+  private releaseHeld(): void {
+    const held = this.held;
+    if (held === undefined) return;
+    this.held = undefined;
+    this.soon.push(held);
+    if (this.soonScheduled) return;
+    this.soonScheduled = true;
+    queueMicrotask(this.writeQueued);
+  }
+
+  /**
+   * For the held-decision timer only: writes the held decision alone if it was held in `round` or before;
+   * returns whether a decision is still held.
+   */
+  releaseHeldDecision(round: number): boolean {
+    const held = this.held;
+    if (held === undefined) return false;
+    if (held.round > round) return true;
+    this.releaseHeld();
+    return false;
   }
 
   private readonly writeQueued = (): void => {
     this.soonScheduled = false;
     for (let queued = this.soon.shift(); queued !== undefined; queued = this.soon.shift()) {
       try {
-        this.writeNow(queued.content, false, queued.known);
+        this.writeNow(queued.content, false, queued.known, queued.time);
       } catch (err) {
         // Not the engine's step any more, so nothing can fail closed here: count it as a lost record.
         this.lose(err instanceof Error ? err.message : String(err));
@@ -598,11 +691,17 @@ export class AgentSession {
    * counted as lost and reported by an audit.gap record before the next record that can be written.
    */
   private write(content: RecordContent, gate = false, known?: KnownMember): AuditUnavailable | undefined {
+    this.releaseHeld();
     if (this.soon.length > 0) this.writeQueued();
     return this.writeNow(content, gate, known);
   }
 
-  private writeNow(content: RecordContent, gate = false, known?: KnownMember): AuditUnavailable | undefined {
+  private writeNow(
+    content: RecordContent,
+    gate = false,
+    known?: KnownMember,
+    time?: bigint,
+  ): AuditUnavailable | undefined {
     const failOpen = this.options.auditFailureMode === 'FailOpen';
     try {
       if (this.lost > 0) {
@@ -611,7 +710,7 @@ export class AgentSession {
         this.lost = 0;
         this.lostReason = '';
       }
-      this.records.record(content, known);
+      this.records.record(content, known, time);
       this.metrics.auditRecords.inc();
       return undefined;
     } catch (err) {
@@ -623,6 +722,8 @@ export class AgentSession {
   }
 
   private lose(reason: string): void {
+    // A lost record may have been the one naming a bundle digest: name them again.
+    this.namedDigests.clear();
     this.lost += 1;
     this.lostReason = reason.slice(0, 1024);
     auditMetrics(this.options.metrics.registry).lostRecords.inc({ listener: this.options.listener });

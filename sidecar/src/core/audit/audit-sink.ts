@@ -1,7 +1,14 @@
 // Where audit records go. The sink is the one interface every engine writes through: JSON lines to a file
 // or stdout here; the durable spool and the Session writer sit behind the same interface.
 import { createWriteStream, type WriteStream } from 'node:fs';
-import { canonicalRecordText, jcs, type AuditRecord, type ResourceType } from '@chaperone/api';
+import {
+  canonicalRecordText,
+  compactRecordText,
+  jcs,
+  type AuditRecord,
+  type ResourceType,
+  type SealedRecord,
+} from '@chaperone/api';
 
 /** Where a record comes from: the agent session, its resource and pod. Not part of the hashed record; the Session objects carry it. */
 export interface RecordOrigin {
@@ -23,6 +30,9 @@ export class AuditUnavailable extends Error {
   }
 }
 
+/** The texts of a sealed record a sink may write (see SealedRecord). */
+export type SealedText = Pick<SealedRecord, 'canonical' | 'compact'>;
+
 export interface AuditSink {
   /**
    * True when the sink neither refuses records nor makes them durable (JSON lines): what it is given may be
@@ -33,10 +43,10 @@ export interface AuditSink {
   /**
    * Accepts one record. Records of one session arrive in seq order. Throws AuditUnavailable when the record
    * cannot be accepted; the caller decides (per the resource's audit failure mode) what that means.
-   * `canonical` is the record's JCS text when the caller has it (RecordChain computed it to hash the
-   * record): sinks that write the canonical form use it instead of serialising the record again.
+   * `sealed` carries the record's JCS text and its compact JSON-lines text when the caller has them
+   * (RecordChain made them to hash the record): sinks use them instead of serialising the record again.
    */
-  write(session: RecordOrigin, record: AuditRecord, canonical?: string): void;
+  write(session: RecordOrigin, record: AuditRecord, sealed?: SealedText): void;
   /**
    * Resolves when every record written so far is on durable storage (group commit); undefined when that is
    * already so or the sink has no durability of its own. Engines forward a command only after this.
@@ -60,28 +70,39 @@ export function recordOriginJson(session: RecordOrigin): string {
 }
 
 /**
- * One JSON object per line: `{"session": {...}, "record": {...}}` with the record in canonical (JCS) form;
- * `canonical` is that form when the caller has it already (AuditSink.write).
+ * A full line: `{"session": {...}, "record": {...}}` with the session stated beside the record and the record
+ * in canonical (JCS) form; `canonical` is that form when the caller has it already (AuditSink.write).
  */
 export function formatJsonLine(session: RecordOrigin, record: AuditRecord, canonical?: string): string {
   return `{"session":${recordOriginJson(session)},"record":${canonical ?? canonicalRecordText(record)}}\n`;
 }
 
 /**
- * How long JSON lines wait to be written together, ms, and how many characters are written at once without
+ * How long JSON lines wait to be written together, ms, and how many bytes are written at once without
  * waiting. The sink promises no durability (the durable spool does), so lines are written off the latency
  * path: one write per 10 ms instead of one per event-loop turn, which at one client was a thread-pool round
  * trip for every statement.
  */
 const JSON_LINES_BATCH_MS = 10;
-const JSON_LINES_BATCH_CHARS = 256 * 1024;
+const JSON_LINES_BATCH_BYTES = 256 * 1024;
+/** UTF-8 bytes one UTF-16 code unit can take at most: what a line is sized by before it is encoded. */
+const MAX_UTF8_PER_UNIT = 3;
 
+/**
+ * Audit records as JSON lines (docs/audit.md, "JSON lines"). A session's first line states the session:
+ * for a format-3 record that states it itself (its first record's `session` member, in the chain), the line
+ * is `{"session":"<id>","record":<canonical record>}`, otherwise a full line (formatJsonLine). Every later
+ * line of the session is compact: `{"session":"<id>","record":<record without prevHash, hash in base64url>}`.
+ * Lines are UTF-8-encoded straight into one batch buffer, written once per batch.
+ */
 export class JsonLinesSink implements AuditSink {
   readonly deferrable = true;
   private readonly stream: WriteStream | NodeJS.WriteStream;
   private readonly ownsStream: boolean;
-  private pending: string[] = [];
-  private pendingChars = 0;
+  /** Per session whose first line this sink wrote: the `{"session":"<id>","record":` every line starts with. */
+  private readonly linePrefix = new WeakMap<RecordOrigin, string>();
+  private batch: Buffer | undefined;
+  private used = 0;
   private timer: NodeJS.Timeout | undefined;
 
   /** `path` is a file (appended to) or `-` for stdout. */
@@ -96,22 +117,54 @@ export class JsonLinesSink implements AuditSink {
   }
 
   /** Lines are collected and written together, at most JSON_LINES_BATCH_MS after the first of a batch. */
-  write(session: RecordOrigin, record: AuditRecord, canonical?: string): void {
-    const line = formatJsonLine(session, record, canonical);
-    this.pending.push(line);
-    this.pendingChars += line.length;
-    if (this.pendingChars >= JSON_LINES_BATCH_CHARS) this.writePending();
-    else this.timer ??= setTimeout(this.writePending, JSON_LINES_BATCH_MS);
+  write(session: RecordOrigin, record: AuditRecord, sealed?: SealedText): void {
+    let prefix = this.linePrefix.get(session);
+    let text: string;
+    if (prefix === undefined) {
+      if (record.session === undefined) {
+        // A session that does not state itself in its first record (formats 1 and 2): a full line.
+        this.append(formatJsonLine(session, record, sealed?.canonical), '');
+        return;
+      }
+      prefix = `{"session":${JSON.stringify(session.sessionId)},"record":`;
+      this.linePrefix.set(session, prefix);
+      text = sealed?.canonical ?? canonicalRecordText(record);
+    } else {
+      text = sealed?.compact ?? compactRecordText(record);
+    }
+    this.append(prefix, text);
+  }
+
+  /** Appends `head + body + "}\n"` (or `head` alone when body is empty) to the batch. */
+  private append(head: string, body: string): void {
+    const closing = body === '' ? '' : '}\n';
+    const worst = (head.length + body.length + 2) * MAX_UTF8_PER_UNIT;
+    if (worst > JSON_LINES_BATCH_BYTES - this.used) {
+      this.writePending();
+      if (worst > JSON_LINES_BATCH_BYTES) {
+        // Larger than a batch (long parameters): written on its own, after what came before it.
+        this.stream.write(`${head}${body}${closing}`);
+        return;
+      }
+    }
+    const batch = (this.batch ??= Buffer.allocUnsafe(JSON_LINES_BATCH_BYTES));
+    this.used += batch.write(head, this.used);
+    if (body !== '') {
+      this.used += batch.write(body, this.used);
+      this.used += batch.write(closing, this.used, 'latin1');
+    }
+    this.timer ??= setTimeout(this.writePending, JSON_LINES_BATCH_MS);
   }
 
   private readonly writePending = (): void => {
     clearTimeout(this.timer);
     this.timer = undefined;
-    if (this.pending.length === 0) return;
-    const text = this.pending.join('');
-    this.pending = [];
-    this.pendingChars = 0;
-    this.stream.write(text);
+    const batch = this.batch;
+    if (batch === undefined || this.used === 0) return;
+    // The stream keeps the bytes until they are written: the next batch gets a new buffer.
+    this.stream.write(batch.subarray(0, this.used));
+    this.batch = undefined;
+    this.used = 0;
   };
 
   whenDurable(): undefined {

@@ -7,7 +7,13 @@ import { canonicalRecordText, type AuditRecord, type AuditSpoolDurability } from
 import type { Registry } from 'prom-client';
 import type { Logger } from '../observability/logger.ts';
 import { auditMetrics, type AuditMetrics } from './audit-metrics.ts';
-import { AuditUnavailable, recordOriginJson, type AuditSink, type RecordOrigin } from './audit-sink.ts';
+import {
+  AuditUnavailable,
+  recordOriginJson,
+  type AuditSink,
+  type RecordOrigin,
+  type SealedText,
+} from './audit-sink.ts';
 import { SessionWriter, type SessionWriterOptions } from './session-writer.ts';
 import type { EvidenceStore } from './evidence-store.ts';
 import type { SessionStore } from './session-store.ts';
@@ -145,9 +151,9 @@ export class DurableAuditSink implements AuditSink {
     return sink;
   }
 
-  write(session: RecordOrigin, record: AuditRecord, canonical?: string): void {
+  write(session: RecordOrigin, record: AuditRecord, sealed?: SealedText): void {
     let id: number;
-    const text = canonical ?? canonicalRecordText(record);
+    const text = sealed?.canonical ?? canonicalRecordText(record);
     try {
       // `{"s": session, "r": record}`, both in canonical form (the record's is the text it was hashed from).
       const payload = `{"s":${recordOriginJson(session)},"r":${text}}`;
@@ -157,7 +163,7 @@ export class DurableAuditSink implements AuditSink {
       throw err;
     }
     this.writer.enqueue(id, session, record, false, Buffer.byteLength(text), text);
-    this.also?.write(session, record, text);
+    this.also?.write(session, record, sealed);
     if (!this.high && this.spool.usedBytes >= this.highBytes) this.checkPressure();
   }
 

@@ -1,13 +1,14 @@
 // The chain of one agent session's audit records: assigns seq and microsecond UTC time, links each record
 // to the previous one by hash (the first to the pod's previous session, through the PodChain), puts the
-// session's verified identity (with its whole delegation chain) into its session.start record (format
-// version 2: every later record is bound to that one by the chain), and hands it to the sink.
+// session's verified identity (with its whole delegation chain) and where it runs (session id, resource,
+// pod) into its session.start record (format version 3: every later record is bound to that one by the
+// chain), and hands it to the sink.
 // Engines describe what happened; this makes it a record.
 import {
   AUDIT_RECORD_VERSION,
   formatAuditTime,
   nowMicros,
-  sealRecord,
+  sealLinked,
   type AuditRecord,
   type Identity,
   type KnownMember,
@@ -60,18 +61,36 @@ export class RecordChain {
    * advance: the next record takes the same seq, so a refused record leaves no hole in the chain.
    * `known`: a member of `content` whose canonical text the caller keeps (see KnownMember).
    */
-  record(content: RecordContent, known?: KnownMember): AuditRecord {
-    const unhashed: UnhashedRecord = {
+  /** The chain's clock, epoch microseconds: what a record's time is taken from. */
+  now(): bigint {
+    return this.clock();
+  }
+
+  /**
+   * `time`: when the event happened (from now()), when it is recorded later than that (a decision held
+   * until its outcome, AgentSession); default now.
+   */
+  record(content: RecordContent, known?: KnownMember, time?: bigint): AuditRecord {
+    const first = this.seq === 0;
+    const members: Omit<UnhashedRecord, 'prevHash'> = {
       v: AUDIT_RECORD_VERSION,
       seq: this.seq + 1,
-      time: formatAuditTime(this.clock()),
+      time: formatAuditTime(time ?? this.clock()),
       ...(this.identity === undefined || content.type !== 'session.start' ? {} : { identity: this.identity }),
+      // Format 3: where the session runs, on its first record (session.start, or a lone auth.failure), bound
+      // by the chain to every later record; JSON lines state it there once (docs/audit.md).
+      ...(first ? { session: { ...this.origin } } : {}),
       ...content,
-      prevHash: this.lastHash,
     };
     // Canonicalised once: the sink writes the text the hash was computed over (plus the hash member).
-    const { record, canonical } = sealRecord(unhashed, known === undefined ? undefined : [known]);
-    this.sink.write(this.origin, record, canonical);
+    const sealed = sealLinked(
+      members,
+      this.lastHash,
+      known === undefined ? undefined : [known],
+      this.prevHash !== undefined,
+    );
+    const record = sealed.record;
+    this.sink.write(this.origin, record, sealed);
     this.seq = record.seq;
     this.prevHash = record.hash;
     if (record.seq === 1) this.chain.advance(record.hash);

@@ -1,0 +1,119 @@
+// Audit bytes and CPU per statement in process, without sockets: AgentSession decides and completes
+// pgbench's simple select (`SELECT abalance FROM pgbench_accounts WHERE aid = N;`, an allow-all decision as
+// the policy cache returns it, one object) and writes through the JSON-lines sink, or through a spool-like
+// sink (the canonical text UTF-8-encoded, as the spool appends it). Between decide and complete it lets
+// queued microtasks run, as the engine's turns do. CPU is process.cpuUsage per statement over rounds (min and median), so it
+// can be compared under load, A/B against another tree (an unchanged copy of main).
+// Run: node bench/audit-statement.ts [--sink json-lines|spool-like] [--tree DIR]
+import { readFileSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import type * as AgentSessionModule from '../sidecar/src/core/agent-session.ts';
+import type * as AuditSinkModule from '../sidecar/src/core/audit/audit-sink.ts';
+import type * as PodChainModule from '../sidecar/src/core/audit/pod-chain.ts';
+import type * as MetricsModule from '../sidecar/src/core/observability/metrics.ts';
+
+const { values } = parseArgs({
+  options: { sink: { type: 'string', default: 'json-lines' }, tree: { type: 'string' } },
+});
+const tree = resolve(values.tree ?? join(import.meta.dirname, '..'));
+const core = join(tree, 'sidecar', 'src', 'core');
+const { AgentSession } = (await import(join(core, 'agent-session.ts'))) as typeof AgentSessionModule;
+const { JsonLinesSink } = (await import(join(core, 'audit', 'audit-sink.ts'))) as typeof AuditSinkModule;
+const { PodChain } = (await import(join(core, 'audit', 'pod-chain.ts'))) as typeof PodChainModule;
+const { createSidecarMetrics } = (await import(join(core, 'observability', 'metrics.ts'))) as typeof MetricsModule;
+type Sink = ConstructorParameters<typeof AgentSession>[0]['sink'];
+type Session = InstanceType<typeof AgentSession>;
+
+const DECISION = {
+  decision: 'allow',
+  policy: 'bench/allow-all',
+  rule: 'everything',
+  bundleDigest: `sha256:${'ab'.repeat(32)}`,
+  reasons: ['rule everything decided allow for statement 1 (select)'],
+  masking: [],
+} as const;
+const relations = Object.freeze(['public.pgbench_accounts']);
+const statementKinds = Object.freeze(['select']);
+const command = {
+  type: 'sql',
+  statements: [{ kind: 'select', relations, functions: [], sideEffects: false }],
+} as const;
+const metrics = createSidecarMetrics({ defaultMetrics: false });
+
+function session(sink: Sink): Session {
+  return new AgentSession({
+    policy: { decide: () => DECISION },
+    sink,
+    podChain: PodChain.inMemory({ namespace: 'bench', name: 'bench-sidecar-7f9c' }),
+    metrics,
+    listener: 'postgres',
+    resource: { name: 'bench-postgres', namespace: 'bench', type: 'postgres', labels: {} },
+    pod: { name: 'bench-sidecar-7f9c', namespace: 'bench' },
+    identity: { subject: 'system:serviceaccount:bench:agent', issuer: 'https://issuer.example' },
+    source: { address: '127.0.0.1:51234', applicationName: 'pgbench', user: 'agent', database: 'bench' },
+    auditFailureMode: 'FailClosed',
+  });
+}
+
+async function statements(s: Session, n: number): Promise<void> {
+  for (let i = 0; i < n; i++) {
+    const text = `SELECT abalance FROM pgbench_accounts WHERE aid = ${String(1 + ((i * 7919) % 100000))};`;
+    const decided = s.decide({ command, fingerprint: 'f', text, statementKinds, relations }, { inTransaction: false });
+    await Promise.resolve();
+    s.complete(decided, 'sql', { status: 'success', rows: 1 });
+    await Promise.resolve();
+  }
+}
+
+/** What the spool does with a record: its canonical text, UTF-8-encoded (`canonical` a string before format 3). */
+function spoolLikeSink(): Sink {
+  let bytes = 0;
+  return {
+    deferrable: false,
+    write(_origin, _record, sealed?: unknown) {
+      const text = typeof sealed === 'string' ? sealed : (sealed as { canonical: string }).canonical;
+      bytes += Buffer.from(`{"r":${text}}`).length;
+    },
+    whenDurable: () => undefined,
+    flush: () => Promise.resolve(),
+    close: () => {
+      console.log(`spool-like: ${String(bytes)} bytes encoded`);
+      return Promise.resolve();
+    },
+  };
+}
+
+// Bytes and records per statement, from a file.
+const file = join(tmpdir(), `audit-statement-${String(process.pid)}.jsonl`);
+const STATEMENTS = 10_000;
+{
+  const sink = new JsonLinesSink(file);
+  const s = session(sink);
+  await statements(s, STATEMENTS);
+  s.end('client disconnected');
+  await sink.close();
+  const lines = readFileSync(file, 'utf8').trimEnd().split('\n').length;
+  console.log(
+    `json-lines: ${(statSync(file).size / STATEMENTS).toFixed(1)} bytes, ${(lines / STATEMENTS).toFixed(3)} records per statement`,
+  );
+  rmSync(file);
+}
+
+const sink = values.sink === 'spool-like' ? spoolLikeSink() : new JsonLinesSink('/dev/null');
+const s = session(sink);
+await statements(s, 2 * STATEMENTS); // warm-up
+const perStatement: number[] = [];
+for (let round = 0; round < 15; round++) {
+  const before = process.cpuUsage();
+  await statements(s, STATEMENTS);
+  await sink.flush();
+  const used = process.cpuUsage(before);
+  perStatement.push((used.user + used.system) / STATEMENTS);
+}
+perStatement.sort((a, b) => a - b);
+console.log(
+  `${values.sink} CPU per statement: min ${(perStatement[0] ?? 0).toFixed(2)} µs, median ${(perStatement[7] ?? 0).toFixed(2)} µs (tree ${tree})`,
+);
+await sink.close();
