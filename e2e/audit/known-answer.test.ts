@@ -75,10 +75,15 @@ test('known answers through the real sidecar: token hashes, and every record re-
   // session.start, the statement's decision with its outcome (one record in JSON lines, format 3),
   // session.end, and the refused connection's auth.failure.
   assert.ok(written.length >= 4, `${String(written.length)} records`);
-  assert.ok(
-    written.some((r) => r.type === 'command.decision' && r.outcome !== undefined),
-    'a decision record carrying its outcome',
+  // The decision carries its outcome when the outcome came within the hold limit; on a loaded machine it
+  // may not, and then the outcome is a record of its own. Either way the statement's outcome is recorded once.
+  const decided = written.filter((r) => r.type === 'command.decision');
+  const outcomes = written.filter(
+    (r) => r.outcome !== undefined && (r.type === 'command.outcome' || r.type === 'command.decision'),
   );
+  assert.equal(decided.length, 1, 'one decision for the one statement');
+  assert.equal(outcomes.length, 1, 'one outcome for the one statement, on the decision or on its own record');
+  assert.equal(outcomes[0]?.outcome?.status, 'success');
   const rehashed = execFileSync('python3', [SCRIPT, 'rehash'], {
     input: written.map((r) => JSON.stringify(r)).join('\n'),
     encoding: 'utf8',
