@@ -51,7 +51,10 @@ const hasDigit = (v: string): boolean => /\d/.test(v);
 
 export const DETECTORS: Readonly<Record<ContentDetector, Detector>> = {
   email: {
-    pattern: /[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}/g,
+    // The lookbehind starts a candidate only where a run of local-part characters starts: the same matches
+    // (a run either reaches the @ or does not, wherever in it one starts), but linear instead of quadratic
+    // in the run's length.
+    pattern: /(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}/g,
     mayContain: (v) => v.includes('@'),
   },
   'credit-card': {
@@ -61,7 +64,7 @@ export const DETECTORS: Readonly<Record<ContentDetector, Detector>> = {
   },
   'us-ssn': {
     pattern: /(?<!\d)(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?!\d)/g,
-    mayContain: (v) => v.includes('-'),
+    mayContain: (v) => /\d-\d/.test(v),
   },
   phone: {
     pattern:
@@ -71,16 +74,17 @@ export const DETECTORS: Readonly<Record<ContentDetector, Detector>> = {
   iban: {
     pattern: /\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b/g,
     check: ibanValid,
-    mayContain: hasDigit,
+    mayContain: (v) => /[A-Z]{2}\d\d/.test(v),
   },
   ipv4: {
     pattern: /(?<!\d\.?)(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?!\.?\d)/g,
-    mayContain: (v) => v.includes('.'),
+    mayContain: (v) => /\d\.\d/.test(v),
   },
   ipv6: {
     pattern: /(?<![0-9A-Fa-f:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![0-9A-Fa-f:])/g,
     check: ipv6Valid,
-    mayContain: (v) => v.includes(':'),
+    // A valid address has `::` or a group between two colons (ipv6Valid): most text with a colon has neither.
+    mayContain: (v) => /::|[0-9A-Fa-f]:[0-9A-Fa-f]{0,4}:/.test(v),
   },
   jwt: {
     pattern: /\beyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{10,}/g,

@@ -2,7 +2,7 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import type { MaskingInstruction } from '@chaperone/api';
 import { createHmac } from 'node:crypto';
-import { applyStrategy, createValueMasker, keyedHash, REDACTED } from './mask-value.ts';
+import { applyStrategy, createValueMasker, keyedHash, keyedHasher, REDACTED } from './mask-value.ts';
 
 const KEY = Buffer.alloc(32, 7);
 
@@ -55,9 +55,27 @@ describe('createValueMasker', () => {
   });
 
   it('keyedHash is HMAC-SHA-256', () => {
+    // Short and long (past the scratch buffer), ASCII and not, in an order that reuses the scratch with
+    // shorter messages after longer ones.
+    const values = [
+      '',
+      'ada@example.com',
+      'x'.repeat(1000),
+      'é€😀'.repeat(400),
+      'y'.repeat(5000),
+      'a',
+      'ü'.repeat(2047),
+    ];
     for (const key of [KEY, Buffer.alloc(100, 3), Buffer.alloc(0)]) {
-      for (const value of ['', 'ada@example.com', 'x'.repeat(1000)]) {
-        assert.deepEqual(keyedHash(key, value), createHmac('sha256', key).update(value).digest());
+      for (const value of values) {
+        const expected = createHmac('sha256', key).update(value).digest();
+        assert.deepEqual(keyedHash(key, value), expected, `text of ${String(value.length)}`);
+        assert.deepEqual(keyedHash(key, Buffer.from(value)), expected, `bytes of ${String(value.length)}`);
+        // A value inside a larger buffer (a DataRow), by offsets.
+        const framed = Buffer.concat([Buffer.from('head'), Buffer.from(value), Buffer.from('tail')]);
+        const end = framed.length - 4;
+        assert.deepEqual(keyedHasher(key).digest(framed, 4, end), expected);
+        assert.equal(keyedHasher(key).hex16(framed, 4, end), expected.toString('hex', 0, 8));
       }
     }
   });

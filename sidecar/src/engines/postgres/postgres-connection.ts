@@ -82,6 +82,7 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
   private tracker: ResponseTracker | undefined;
   private readonly scanner = new BackendScanner({
     interest: [...TRACKED_FRAMES, BackendCode.NotificationResponse, BackendCode.ParameterStatus],
+    dataRowRuns: true,
   });
   /** The server's reported settings, checked as they change. */
   private serverState: ServerReportedState | undefined;

@@ -174,7 +174,7 @@ test('DataRow interest: a unit with a ResultRewriter sees its own rows and no ot
   let ends = 0;
   const rewriter: ResultRewriter = {
     rowDescription: (frame) => frame,
-    dataRow: (frame) => row(`masked:${frame.length}`),
+    dataRows: (frame) => row(`masked:${frame.length}`),
     statementEnd: () => {
       ends += 1;
     },

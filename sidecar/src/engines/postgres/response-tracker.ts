@@ -129,7 +129,8 @@ export class ResponseTracker {
     const unit = this.units[this.head];
     switch (code) {
       case BackendCode.DataRow:
-        return unit?.rows === undefined ? frame : unit.rows.dataRow(frame);
+        // One or more whole DataRows (the scanner's dataRowRuns).
+        return unit?.rows === undefined ? frame : unit.rows.dataRows(frame);
       case BackendCode.NoticeResponse:
         return unit?.rows === undefined ? frame : unit.rows.notice(frame);
       case BackendCode.CommandComplete:

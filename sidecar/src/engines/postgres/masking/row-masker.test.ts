@@ -3,9 +3,11 @@
 // counts name column, rule and strategy.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { createHmac } from 'node:crypto';
 import type { ContentDetector, MaskingStrategy } from '@chaperone/api';
 import type { ColumnAction, ResultPlan } from '../../../core/masking/result-plan.ts';
 import { PASS } from '../../../core/masking/result-plan.ts';
+import { ProtocolViolation } from '../protocol/protocol-violation.ts';
 import { cstr, i16, i32, msg, u32 } from '../protocol/test-wire.ts';
 import { RowMasker } from './row-masker.ts';
 
@@ -79,7 +81,7 @@ test('binary format: fixed values of the column type; text columns redacted; unt
   );
   const id = i32(42);
   const out = values(
-    m.dataRow(
+    m.dataRows(
       dataRow([
         id,
         i32(123456789),
@@ -113,8 +115,8 @@ test('text format: hash is keyed and stable, partial keeps the tail, a statement
       ['card', 1043, 0],
     ]),
   );
-  const a = values(m.dataRow(dataRow([Buffer.from('ada@example.com'), Buffer.from('4111111111111111')])));
-  const b = values(m.dataRow(dataRow([Buffer.from('ada@example.com'), null])));
+  const a = values(m.dataRows(dataRow([Buffer.from('ada@example.com'), Buffer.from('4111111111111111')])));
+  const b = values(m.dataRows(dataRow([Buffer.from('ada@example.com'), null])));
   assert.match(String(a[0]), /^hmac:[0-9a-f]{16}$/);
   assert.deepEqual(a[0], b[0]);
   assert.equal(String(a[1]), '************1111');
@@ -122,7 +124,7 @@ test('text format: hash is keyed and stable, partial keeps the tail, a statement
   m.statementEnd();
   m.rowDescription(rowDescription([['e', 25, 0]]));
   const row = dataRow([Buffer.from('ada@example.com')]);
-  assert.equal(m.dataRow(row), row, 'the second statement passes its rows as they are');
+  assert.equal(m.dataRows(row), row, 'the second statement passes its rows as they are');
 });
 
 test('a result wider or narrower than the lineage said takes the fallback in every column', () => {
@@ -133,7 +135,7 @@ test('a result wider or narrower than the lineage said takes the fallback in eve
       ['b', 25, 0],
     ]),
   );
-  assert.deepEqual(values(m.dataRow(dataRow([Buffer.from('x'), Buffer.from('y')]))).map(String), [
+  assert.deepEqual(values(m.dataRows(dataRow([Buffer.from('x'), Buffer.from('y')]))).map(String), [
     '[MASKED]',
     '[MASKED]',
   ]);
@@ -176,7 +178,7 @@ test('hash: integers, numerics, UUIDs, bytea and jsonb get hashed values of thei
     return m;
   };
   const text = values(
-    masker(0).dataRow(
+    masker(0).dataRows(
       dataRow(
         [
           '424242',
@@ -197,7 +199,7 @@ test('hash: integers, numerics, UUIDs, bytea and jsonb get hashed values of thei
   const int8 = Buffer.alloc(8);
   int8.writeBigInt64BE(9000000001n);
   const binary = values(
-    masker(1).dataRow(
+    masker(1).dataRows(
       dataRow([
         i32(424242),
         int8,
@@ -255,7 +257,7 @@ test("fixed writes its value in text, the type's fixed value elsewhere; arrays g
   const m = new RowMasker({ plans: [plan(cols.map(() => mask('fixed', 'public.t.c', 'n/a')))], hashKey: KEY });
   m.rowDescription(rowDescription(cols));
   const out = values(
-    m.dataRow(
+    m.dataRows(
       dataRow([
         Buffer.from('secret'),
         Buffer.from('secret'),
@@ -294,7 +296,7 @@ test('detectors keep JSON valid, replace numbers and arrays whole, and never bre
   const int8 = Buffer.alloc(8);
   int8.writeBigInt64BE(4111111111111111n);
   const out = values(
-    m.dataRow(
+    m.dataRows(
       dataRow([
         Buffer.from('{"card": 4111111111111111, "mail": "a.b@example.com", "n": 5}'),
         Buffer.concat([Buffer.from([1]), Buffer.from('{"card": "4111 1111 1111 1111"}')]),
@@ -337,5 +339,142 @@ test('a type rule written with an alias (integer) covers the catalogue type (int
       ['t', 25, 0],
     ]),
   );
-  assert.deepEqual(values(m.dataRow(dataRow([Buffer.from('5'), Buffer.from('x')]))), [null, Buffer.from('x')]);
+  assert.deepEqual(values(m.dataRows(dataRow([Buffer.from('5'), Buffer.from('x')]))), [null, Buffer.from('x')]);
+});
+
+/** The masked text of `value` as the strategies define it, written the plain way. */
+function expectedText(strategy: 'redact' | 'partial' | 'hash', value: string): string {
+  if (strategy === 'redact') return '[MASKED]';
+  if (strategy === 'hash') return `hmac:${createHmac('sha256', KEY).update(value).digest('hex').slice(0, 16)}`;
+  const chars = Array.from(value); // code points, as the strategy counts them
+  const keep = chars.length >= 8 ? 4 : 0;
+  return '*'.repeat(chars.length - keep) + chars.slice(chars.length - keep).join('');
+}
+
+test('a run of DataRows is masked row by row into one buffer: NULLs, empty, non-ASCII, short rows, unmasked tail', () => {
+  const cols: [string, number, number][] = [
+    ['id', 23, 0],
+    ['r', 25, 0],
+    ['p', 1043, 0],
+    ['h', 25, 1],
+    ['n', 23, 0],
+    ['tail', 25, 0],
+  ];
+  const plans = [plan([PASS, mask('redact'), mask('partial'), mask('hash'), mask('hash'), PASS])];
+  const samples = [
+    '',
+    'a',
+    'ada@example.com',
+    '123456789',
+    'Zoë Brontë-Ångström',
+    '😀😀😀😀😀😀😀😀😀',
+    'x'.repeat(300),
+  ];
+  const input: (string | null)[][] = [];
+  for (let i = 0; i < 400; i++) {
+    const s = (k: number): string | null => (i % 7 === k ? null : (samples[(i + k) % samples.length] ?? ''));
+    input.push([
+      String(i),
+      s(1),
+      s(2),
+      s(3),
+      i % 5 === 0 ? null : String(i * 7919),
+      `tail ${String(i)} ${'t'.repeat(i % 40)}`,
+    ]);
+  }
+  // Every few rows one narrower than the description (a server would not send it; the masker must not misread it).
+  input[17] = ['17', 'secret'];
+  const frame = (vals: (string | null)[]): Buffer => dataRow(vals.map((v) => (v === null ? null : Buffer.from(v))));
+  const run = Buffer.concat(input.map(frame));
+
+  const m = new RowMasker({ plans, hashKey: KEY });
+  m.rowDescription(rowDescription(cols));
+  const out = m.dataRows(run);
+
+  const single = new RowMasker({ plans, hashKey: KEY });
+  single.rowDescription(rowDescription(cols));
+  assert.deepEqual(out, Buffer.concat(input.map((vals) => single.dataRows(frame(vals)))), 'the same as row by row');
+
+  // Split the output back into rows and compare each value with what the strategy says.
+  let at = 0;
+  for (const vals of input) {
+    const len = out.readInt32BE(at + 1);
+    const got: (string | null)[] = values(out.subarray(at, at + 1 + len)).map((v) =>
+      v === null ? null : v.toString(),
+    );
+    at += 1 + len;
+    const want = vals.map((v, i) => {
+      if (v === null) return null;
+      switch (i) {
+        case 1:
+          return expectedText('redact', v);
+        case 2:
+          return expectedText('partial', v);
+        case 3:
+          return expectedText('hash', v);
+        case 4:
+          return null; // checked below: a hashed int4
+        default:
+          return v;
+      }
+    });
+    if (vals[4] !== null && vals[4] !== undefined) {
+      const n = Number(got[4]);
+      assert.ok(Number.isInteger(n) && n >= 0 && String(n) !== vals[4], `int4 hashed: ${String(got[4])}`);
+      got[4] = null;
+    }
+    assert.deepEqual(got, want, `row ${String(vals[0])}`);
+  }
+  assert.equal(at, out.length);
+  const counted = Object.fromEntries(m.counts().map((c) => [c.column.split(' ')[0], c.count]));
+  const nonNull = (k: number): number => input.filter((v) => v[k] !== null && v[k] !== undefined).length;
+  assert.deepEqual(counted, { r: nonNull(1), p: nonNull(2), h: nonNull(3), n: nonNull(4) });
+});
+
+test('rows that grow past the first output slab, and values that grow their row (hashed integers)', () => {
+  const m = new RowMasker({
+    plans: [plan([mask('hash'), mask('fixed', 'public.t.c', 'n/a'.repeat(100))])],
+    hashKey: KEY,
+  });
+  m.rowDescription(
+    rowDescription([
+      ['n', 23, 0],
+      ['t', 25, 0],
+    ]),
+  );
+  const rows = Array.from({ length: 3000 }, (_, i) => dataRow([Buffer.from(String(i % 10)), Buffer.from('s')]));
+  const out = m.dataRows(Buffer.concat(rows));
+  let at = 0;
+  for (let i = 0; i < rows.length; i++) {
+    const len = out.readInt32BE(at + 1);
+    const [n, t] = values(out.subarray(at, at + 1 + len));
+    assert.match(String(n), /^\d+$/);
+    assert.equal(String(t), 'n/a'.repeat(100));
+    at += 1 + len;
+  }
+  assert.equal(at, out.length);
+  assert.ok(out.length > 3000 * 300, 'every row grew');
+});
+
+test('a malformed run is a protocol violation, not a misread', () => {
+  const m = new RowMasker({ plans: [plan([mask('redact'), PASS])], hashKey: KEY });
+  m.rowDescription(
+    rowDescription([
+      ['a', 25, 0],
+      ['b', 25, 0],
+    ]),
+  );
+  const good = dataRow([Buffer.from('secret'), Buffer.from('x')]);
+  const valueTooLong = Buffer.from(good);
+  valueTooLong.writeInt32BE(100, 7);
+  const rowTooLong = Buffer.from(good);
+  rowTooLong.writeInt32BE(good.length + 10, 1);
+  for (const bad of [
+    valueTooLong,
+    rowTooLong,
+    Buffer.concat([good, good.subarray(0, 6)]),
+    Buffer.concat([good, msg('C', cstr('SELECT 1'))]),
+  ]) {
+    assert.throws(() => m.dataRows(bad), ProtocolViolation);
+  }
 });

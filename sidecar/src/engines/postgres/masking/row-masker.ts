@@ -5,11 +5,12 @@
 // value. One plan per statement of the command, in order: a simple Query may carry several.
 import type { MaskedCount } from '../../../core/command.ts';
 import { replaceDetected } from '../../../core/masking/detectors.ts';
-import { applyStrategy, REDACTED } from '../../../core/masking/mask-value.ts';
+import { applyStrategy, keyedHasher, REDACTED, type KeyedHasher } from '../../../core/masking/mask-value.ts';
 import { PASS, type ColumnAction, type ResultPlan } from '../../../core/masking/result-plan.ts';
 import { BackendCode, type FieldDescription } from '../protocol/backend-messages.ts';
 import { decodeErrorFields, decodeRowDescription } from '../protocol/backend-scanner.ts';
 import { errorResponse } from '../protocol/backend-encoder.ts';
+import { ProtocolViolation } from '../protocol/protocol-violation.ts';
 import {
   canonicalText,
   fixedValue,
@@ -24,7 +25,8 @@ import {
 /** What the response tracker calls while a masked command's response flows; each returns the bytes to send. */
 export interface ResultRewriter {
   rowDescription(frame: Buffer): Buffer;
-  dataRow(frame: Buffer): Buffer;
+  /** One or more whole DataRow frames, back to back (the scanner's dataRowRuns): the rows to send instead. */
+  dataRows(frames: Buffer): Buffer;
   /** A statement of the command ended (CommandComplete, EmptyQueryResponse, PortalSuspended). */
   statementEnd(): void;
   error(frame: Buffer): Buffer;
@@ -74,6 +76,21 @@ function typeRulesByName(rules: ReadonlyMap<string, ColumnAction>): ReadonlyMap<
 
 const NULL_VALUE = null;
 
+/** What the row walk does with a column's non-NULL values. */
+const Op = {
+  /** Leave the bytes where they are. */
+  pass: 0,
+  /** Write `Column.constant` (redact, fixed, null: one value per column, made once). */
+  constant: 1,
+  /** partial on text: stars and the kept tail written in place of an ASCII value. */
+  partialText: 2,
+  /** hash on text: `hmac:` and 16 hex digits written straight from the value's bytes. */
+  hashText: 3,
+  /** Anything else: maskValue on a view of the value. */
+  value: 4,
+} as const;
+type Op = (typeof Op)[keyof typeof Op];
+
 /** One result column as the masker needs it. */
 interface Column {
   readonly action: ColumnAction;
@@ -81,13 +98,48 @@ interface Column {
   readonly binary: boolean;
   readonly label: string;
   count: number;
-  /** The column's redacted value, made once. */
-  redacted?: { readonly value: Buffer | null };
+  readonly op: Op;
+  /** Op.constant: the value's length word and bytes (length -1 alone for NULL). */
+  readonly constant: Buffer | undefined;
+  /** Op.partialText: characters kept at the end. */
+  readonly keepLast: number;
 }
 
-function isAscii(b: Buffer): boolean {
-  for (let i = 0; i < b.length; i++) if ((b[i] ?? 0) > 0x7f) return false;
-  return true;
+/** A value as a DataRow carries it: its length word, then its bytes; NULL as length -1. */
+function lengthPrefixed(value: Buffer | null): Buffer {
+  if (value === null) return NULL_LENGTH;
+  const out = Buffer.alloc(4 + value.length);
+  out.writeInt32BE(value.length, 0);
+  value.copy(out, 4);
+  return out;
+}
+
+const NULL_LENGTH = Buffer.from([0xff, 0xff, 0xff, 0xff]);
+const HMAC_PREFIX = Buffer.from('hmac:');
+/** `hmac:` and 16 hex digits. */
+const HASHED_TEXT_LENGTH = HMAC_PREFIX.length + 16;
+
+function readInt32(b: Buffer, at: number): number {
+  return ((b[at] ?? 0) << 24) | ((b[at + 1] ?? 0) << 16) | ((b[at + 2] ?? 0) << 8) | (b[at + 3] ?? 0);
+}
+
+function writeInt32(b: Buffer, at: number, v: number): void {
+  b[at] = v >>> 24;
+  b[at + 1] = v >>> 16;
+  b[at + 2] = v >>> 8;
+  b[at + 3] = v;
+}
+
+/** Copies `src[from, to)` to `dst` at `at`, returns the end: short spans by a loop, cheaper than a native call. */
+function copySpan(src: Buffer, from: number, to: number, dst: Buffer, at: number): number {
+  const n = to - from;
+  if (n > 16) return at + src.copy(dst, at, from, to);
+  for (let i = 0; i < n; i++) dst[at + i] = src[from + i] ?? 0;
+  return at + n;
+}
+
+function malformedRow(what: string): ProtocolViolation {
+  return new ProtocolViolation(`DataRow: ${what}`);
 }
 
 export interface RowMaskerOptions {
@@ -102,11 +154,24 @@ export class RowMasker implements ResultRewriter {
   private readonly hashKey: Buffer;
   private statement = 0;
   private columns: Column[] | undefined;
+  /** Columns up to the last one that is not passed: the row walk reads no further. */
+  private walked = 0;
+  /** Bytes a row may grow by through constant and hashed-text columns. */
+  private growth = 0;
+  /**
+   * Where rewritten runs are written, one after another; `slabUsed` bytes of it are handed out (views that
+   * may still be queued on the client socket), and never written again: a full slab is replaced, not reused.
+   */
+  private slab: Buffer = EMPTY;
+  private slabUsed = 0;
   private readonly done: MaskedCount[] = [];
+
+  private readonly hasher: KeyedHasher;
 
   constructor(options: RowMaskerOptions) {
     this.plans = options.plans;
     this.hashKey = options.hashKey;
+    this.hasher = keyedHasher(options.hashKey);
     this.described = options.described;
   }
 
@@ -117,13 +182,15 @@ export class RowMasker implements ResultRewriter {
   }
 
   rowDescription(frame: Buffer): Buffer {
-    this.columns = this.shape(decodeRowDescription(frame));
+    this.use(this.shape(decodeRowDescription(frame)));
     return frame;
   }
 
   statementEnd(): void {
     this.collect();
     this.columns = undefined;
+    this.walked = 0;
+    this.growth = 0;
     this.statement += 1;
   }
 
@@ -147,47 +214,120 @@ export class RowMasker implements ResultRewriter {
     return this.sensitive() ? EMPTY : frame;
   }
 
-  dataRow(frame: Buffer): Buffer {
-    const columns = this.columns ?? this.lateShape() ?? this.shapeless(frame);
-    if (columns === undefined) return frame;
-    const count = frame.readInt16BE(5);
-    // Offsets of each value (start of its length word), to copy untouched spans whole.
-    let pos = 7;
-    let replacements: { start: number; end: number; value: Buffer | null }[] | undefined;
-    for (let i = 0; i < count; i++) {
-      const len = frame.readInt32BE(pos);
-      const start = pos;
-      const end = pos + 4 + (len < 0 ? 0 : len);
-      const column = columns[i] ?? FALLBACK_COLUMN;
-      if (column.action.kind !== 'pass' && len >= 0) {
-        const original = frame.subarray(pos + 4, end);
-        const masked = this.maskValue(column, original);
-        if (masked !== original) {
-          (replacements ??= []).push({ start, end, value: masked });
+  /**
+   * Rewrites a run of DataRows into one Buffer: the bytes between masked values (the rest of a row, the next
+   * row's header and its first values) are copied as one span, masked values are written in their place,
+   * and a row whose size changed gets its length word patched. Value lengths are read only up to the last
+   * masked column. Returns `frames` itself when nothing of this statement is masked.
+   */
+  dataRows(frames: Buffer): Buffer {
+    const columns = this.columns ?? this.lateShape() ?? this.shapeless(frames);
+    if (columns === undefined || this.walked === 0) return frames;
+    const walked = this.walked;
+    const growth = this.growth;
+    // Runs are written one after another into a slab, so most runs cost no allocation but their view.
+    const estimate = frames.length + (frames.length >>> 2) + growth;
+    if (this.slab.length - this.slabUsed < estimate) {
+      // Small for a small result, growing to SLAB_SIZE for a long one.
+      this.slab = Buffer.allocUnsafe(Math.max(Math.min(SLAB_SIZE, 2 * this.slab.length), FIRST_SLAB_SIZE, estimate));
+      this.slabUsed = 0;
+    }
+    let out = this.slab;
+    let begin = this.slabUsed;
+    let o = begin;
+    /** Start of the input bytes not copied yet; they go out unchanged. */
+    let from = 0;
+    for (let at = 0; at < frames.length;) {
+      if (frames.length - at < 7 || frames[at] !== BackendCode.DataRow) throw malformedRow('truncated run');
+      const rowEnd = at + 1 + readInt32(frames, at + 1);
+      if (rowEnd > frames.length || rowEnd < at + 7) throw malformedRow('length out of bounds');
+      if (o + (rowEnd - from) + growth > out.length) {
+        out = this.grow(begin, o, o - begin + (rowEnd - from) + growth);
+        o -= begin;
+        begin = 0;
+      }
+      // Where this row's header lands: it goes out with the span before the row's first masked value.
+      let rowStart = o + (at - from);
+      let changed = false;
+      const count = ((frames[at + 5] ?? 0) << 8) | (frames[at + 6] ?? 0);
+      const last = count < walked ? count : walked;
+      let pos = at + 7;
+      for (let i = 0; i < last; i++) {
+        if (rowEnd - pos < 4) throw malformedRow('value length out of bounds');
+        const len = readInt32(frames, pos);
+        const valueEnd = len < 0 ? pos + 4 : pos + 4 + len;
+        if (valueEnd > rowEnd) throw malformedRow('value out of bounds');
+        const column = columns[i] as Column;
+        const op = column.op;
+        if (op === Op.pass || len < 0) {
+          pos = valueEnd;
+          continue;
         }
+        const start = pos + 4;
+        if (op === Op.partialText && isAscii(frames, start, valueEnd)) {
+          // The value keeps its length (and its length word): stars, then the kept tail.
+          o = copySpan(frames, from, start, out, o);
+          const keep = len >= 2 * column.keepLast ? column.keepLast : 0;
+          const stars = o + len - keep;
+          if (len - keep > 16) out.fill(0x2a, o, stars);
+          else for (let k = o; k < stars; k++) out[k] = 0x2a;
+          o = copySpan(frames, valueEnd - keep, valueEnd, out, stars);
+        } else if (op === Op.constant) {
+          o = copySpan(frames, from, pos, out, o);
+          const constant = column.constant as Buffer;
+          o = copySpan(constant, 0, constant.length, out, o);
+        } else if (op === Op.hashText) {
+          o = copySpan(frames, from, pos, out, o);
+          writeInt32(out, o, HASHED_TEXT_LENGTH);
+          o = copySpan(HMAC_PREFIX, 0, HMAC_PREFIX.length, out, o + 4);
+          o += out.write(this.hasher.hex16(frames, start, valueEnd), o, 'latin1');
+        } else {
+          const original = frames.subarray(start, valueEnd);
+          const masked = this.maskValue(column, original); // counts for itself
+          if (masked === original) {
+            pos = valueEnd;
+            continue;
+          }
+          const size = masked === null ? 4 : 4 + masked.length;
+          const needed = o + (pos - from) + size + (rowEnd - valueEnd) + growth;
+          if (needed > out.length) {
+            out = this.grow(begin, o, needed - begin);
+            o -= begin;
+            rowStart -= begin;
+            begin = 0;
+          }
+          o = copySpan(frames, from, pos, out, o);
+          if (masked === null) {
+            writeInt32(out, o, -1);
+            o += 4;
+          } else {
+            writeInt32(out, o, masked.length);
+            o = copySpan(masked, 0, masked.length, out, o + 4);
+          }
+          changed = true;
+          pos = from = valueEnd;
+          continue;
+        }
+        column.count += 1;
+        changed = true;
+        pos = from = valueEnd;
       }
-      pos = end;
+      // The header went out before the first masked value; the row ends where its unchanged rest will.
+      if (changed) writeInt32(out, rowStart + 1, o + (rowEnd - from) - rowStart - 1);
+      at = rowEnd;
     }
-    if (replacements === undefined) return frame;
-    let size = frame.length;
-    for (const r of replacements) size += (r.value === null ? 4 : 4 + r.value.length) - (r.end - r.start);
-    const out = Buffer.allocUnsafe(size);
-    out[0] = BackendCode.DataRow;
-    out.writeInt32BE(size - 1, 1);
-    let from = 5;
-    let at = 5;
-    for (const r of replacements) {
-      at += frame.copy(out, at, from, r.start);
-      if (r.value === null) {
-        at = out.writeInt32BE(-1, at);
-      } else {
-        at = out.writeInt32BE(r.value.length, at);
-        at += r.value.copy(out, at);
-      }
-      from = r.end;
-    }
-    frame.copy(out, at, from);
-    return out;
+    o = copySpan(frames, from, frames.length, out, o);
+    this.slabUsed = o;
+    return out.subarray(begin, o);
+  }
+
+  /** A new slab holding the run written so far (`slab[begin, used)`) at its start, with room for `needed` bytes. */
+  private grow(begin: number, used: number, needed: number): Buffer {
+    const next = Buffer.allocUnsafe(Math.max(Math.min(SLAB_SIZE, 2 * this.slab.length), needed));
+    this.slab.copy(next, 0, begin, used);
+    this.slab = next;
+    this.slabUsed = 0;
+    return next;
   }
 
   // ---- internals -------------------------------------------------------------------------------
@@ -200,29 +340,23 @@ export class RowMasker implements ResultRewriter {
   private lateShape(): Column[] | undefined {
     const fields = this.described?.();
     if (fields === undefined) return undefined;
-    this.columns = this.shape(fields);
-    return this.columns;
+    return this.use(this.shape(fields));
   }
 
   /** Rows without a known shape (no RowDescription seen): every value takes the plan's fallback. */
-  private shapeless(frame: Buffer): Column[] | undefined {
+  private shapeless(frames: Buffer): Column[] | undefined {
     const plan = this.plan;
     if (plan === undefined || plan.kind === 'deny') return undefined;
-    const count = frame.readInt16BE(5);
+    if (frames.length < 7) throw malformedRow('truncated');
+    // The first row's width; rows of a result all have the same.
+    const count = frames.readInt16BE(5);
     const columns: Column[] = [];
     for (let i = 0; i < count; i++) {
       const action = plan.columns?.[i] ?? plan.fallback;
       const effective = action.kind === 'pass' ? (plan.detect ?? PASS) : action;
-      columns.push({
-        action: effective,
-        type: UNKNOWN_TYPE,
-        binary: false,
-        label: `column ${String(i + 1)}`,
-        count: 0,
-      });
+      columns.push(this.column(effective, UNKNOWN_TYPE, false, `column ${String(i + 1)}`));
     }
-    this.columns = columns;
-    return columns;
+    return this.use(columns);
   }
 
   private shape(fields: readonly FieldDescription[]): Column[] {
@@ -240,8 +374,47 @@ export class RowMasker implements ResultRewriter {
         }
       }
       const source = action.kind === 'mask' ? ` (${action.source})` : '';
-      return { action, type: f.typeOid, binary: f.format === 1, label: `${f.name}${source}`, count: 0 };
+      return this.column(action, f.typeOid, f.format === 1, `${f.name}${source}`);
     });
+  }
+
+  /** A column and how the row walk treats it. */
+  private column(action: ColumnAction, type: number, binary: boolean, label: string): Column {
+    const base = { action, type, binary, label, count: 0, constant: undefined, keepLast: 0 };
+    if (action.kind === 'pass') return { ...base, op: Op.pass };
+    if (action.kind === 'detect') return { ...base, op: Op.value };
+    const constant = (value: Buffer | null): Column => ({ ...base, op: Op.constant, constant: lengthPrefixed(value) });
+    // Rows of an unknown shape: whatever the strategy, NULL (valid in every type and format).
+    if (type === UNKNOWN_TYPE) return constant(NULL_VALUE);
+    switch (action.strategy) {
+      case 'null':
+        return constant(NULL_VALUE);
+      case 'redact':
+        return constant(this.replacement(base, REDACTED));
+      case 'fixed':
+        return constant(this.replacement(base, action.value));
+      case 'partial':
+        // ASCII text in place; other values (and text that is not ASCII) through maskValue.
+        return { ...base, op: TEXT_LIKE.has(type) ? Op.partialText : Op.value, keepLast: action.keepLast };
+      case 'hash':
+        // Text in either format is its own canonical text: hashed from its bytes, written as `hmac:…`.
+        return { ...base, op: TEXT_LIKE.has(type) || type === 0 ? Op.hashText : Op.value };
+    }
+  }
+
+  /** Takes the columns of a statement's rows, and what the row walk needs of them. */
+  private use(columns: Column[]): Column[] {
+    this.columns = columns;
+    let walked = 0;
+    let growth = 0;
+    columns.forEach((c, i) => {
+      if (c.op !== Op.pass) walked = i + 1;
+      if (c.op === Op.constant) growth += Math.max(0, (c.constant?.length ?? 0) - 4);
+      if (c.op === Op.hashText) growth += HASHED_TEXT_LENGTH;
+    });
+    this.walked = walked;
+    this.growth = growth;
+    return columns;
   }
 
   private collect(): void {
@@ -264,23 +437,15 @@ export class RowMasker implements ResultRewriter {
     switch (action.strategy) {
       case 'null':
         return NULL_VALUE;
-      // One value per column, made once.
       case 'redact':
-        return (column.redacted ??= { value: this.replacement(column, REDACTED) }).value;
+        return this.replacement(column, REDACTED);
       case 'fixed':
-        return (column.redacted ??= { value: this.replacement(column, action.value) }).value;
+        return this.replacement(column, action.value);
       case 'hash':
         return column.type === UNKNOWN_TYPE
           ? NULL_VALUE
           : hashedValue(column.type, column.binary, original, this.hashKey);
       case 'partial': {
-        if (TEXT_LIKE.has(column.type) && isAscii(original)) {
-          // The hot case without a detour through strings: ASCII text in place.
-          const keep = original.length >= 2 * action.keepLast ? action.keepLast : 0;
-          const out = Buffer.alloc(original.length, 0x2a);
-          original.copy(out, original.length - keep, original.length - keep);
-          return out;
-        }
         const text = canonicalText(column.type, column.binary, original);
         if (text === undefined) return this.replacement(column, REDACTED);
         return this.replacement(column, applyStrategy('partial', text, this.hashKey, action.keepLast));
@@ -289,7 +454,7 @@ export class RowMasker implements ResultRewriter {
   }
 
   /** A masked text in the column's type and format, or the type's fixed value, or NULL. */
-  private replacement(column: Column, masked: string): Buffer | null {
+  private replacement(column: { readonly type: number; readonly binary: boolean }, masked: string): Buffer | null {
     if (column.type === UNKNOWN_TYPE) return NULL_VALUE;
     return textValue(column.type, column.binary, masked);
   }
@@ -331,4 +496,12 @@ export class RowMasker implements ResultRewriter {
 /** The shape of the rows is not known: masked values become NULL, valid in any type and format. */
 const UNKNOWN_TYPE = -1;
 const EMPTY = Buffer.alloc(0);
-const FALLBACK_COLUMN: Column = { action: PASS, type: 0, binary: false, label: '', count: 0 };
+
+function isAscii(b: Buffer, from: number, to: number): boolean {
+  for (let i = from; i < to; i++) if ((b[i] ?? 0) > 0x7f) return false;
+  return true;
+}
+
+/** Size of the masker's first output slab, and of the largest (each next one twice the last). */
+const FIRST_SLAB_SIZE = 16 * 1024;
+const SLAB_SIZE = 256 * 1024;

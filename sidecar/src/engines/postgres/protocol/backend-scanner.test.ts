@@ -211,6 +211,55 @@ describe('BackendScanner', () => {
     assert.ok(s.isInterested(BackendCode.ReadyForQuery));
   });
 
+  it('dataRowRuns: whole DataRows in a row come back as one segment, at every split point', () => {
+    const rows = [row('1', 'a'), row('2', null), row('3', 'ccc'), row('4', 'dddd'), row('5', '')];
+    const input = Buffer.concat([frames[4] as Buffer, ...rows, msg('C', cstr('SELECT 5')), ...rows.slice(0, 2)]);
+    const dataRows = (segmentFrames: Buffer[]): Buffer[] => {
+      // Split each DataRow segment back into frames by their length words.
+      const out: Buffer[] = [];
+      for (const f of segmentFrames) {
+        for (let at = 0; at < f.length; at += 1 + f.readInt32BE(at + 1)) {
+          assert.equal(f[at], BackendCode.DataRow);
+          out.push(f.subarray(at, at + 1 + f.readInt32BE(at + 1)));
+        }
+      }
+      return out;
+    };
+    const interest = [BackendCode.DataRow, BackendCode.CommandComplete, BackendCode.RowDescription];
+    for (let i = 0; i <= input.length; i++) {
+      const s = new BackendScanner({ interest, dataRowRuns: true });
+      const out: Buffer[] = [];
+      const rowSegments: Buffer[] = [];
+      for (const chunk of [input.subarray(0, i), input.subarray(i)]) {
+        for (const b of scanChunk(s, chunk, (code, frame) => {
+          if (code === BackendCode.DataRow) rowSegments.push(Buffer.from(frame));
+          else assert.equal(frame.readInt32BE(1), frame.length - 1, 'other frames stay one per segment');
+          return undefined;
+        })) {
+          out.push(Buffer.from(b));
+        }
+      }
+      assert.deepEqual(Buffer.concat(out), input, `split at ${i}`);
+      assert.deepEqual(dataRows(rowSegments), [...rows, ...rows.slice(0, 2)], `split at ${i}`);
+      if (i === 0) assert.equal(rowSegments.length, 2, 'one segment per run when the chunk holds it whole');
+    }
+  });
+
+  it('dataRowRuns: a bad length inside a run is found like any other', () => {
+    for (const len of [3, 2048]) {
+      const s = new BackendScanner({
+        interest: [BackendCode.DataRow],
+        dataRowRuns: true,
+        maxBufferedFrameLength: 1024,
+      });
+      s.push(Buffer.concat([row('1', 'a'), Buffer.from('D'), i32(len), Buffer.alloc(8)]));
+      const first = s.next();
+      assert.ok(first?.kind === 'frame');
+      assert.deepEqual(first.frame, row('1', 'a'), 'the run ends before the bad frame');
+      assert.throws(() => s.next(), ProtocolViolation);
+    }
+  });
+
   it('hands back unread bytes at a frame boundary', () => {
     const s = new BackendScanner({ interest: [BackendCode.ReadyForQuery] });
     s.push(Buffer.concat([msg('Z', Buffer.from('I')), msg('S', cstr('a'), cstr('b'))]));

@@ -28,6 +28,7 @@ export const DEFAULT_MAX_BUFFERED_FRAME_LENGTH = 64 * 1024 * 1024;
  * reproduces the input exactly.
  * - `raw`: bytes of frames nobody asked for (possibly starting or ending mid-frame); forward as is.
  * - `frame`: one complete frame (type byte, length, body) of an interesting type; forward it or replace it.
+ *   With `dataRowRuns`, a DataRow segment may hold several whole DataRows in a row.
  */
 export type ScanSegment =
   | { readonly kind: 'raw'; readonly bytes: Buffer }
@@ -41,6 +42,11 @@ export interface BackendScannerOptions {
    * streamed and only need a valid length (4..2^31-1). Default {@link DEFAULT_MAX_BUFFERED_FRAME_LENGTH}.
    */
   readonly maxBufferedFrameLength?: number;
+  /**
+   * When DataRow is interesting: consecutive DataRows that lie whole in one chunk come back as one `frame`
+   * segment holding all of them (one call per run instead of one per row, for the row masker). Default false.
+   */
+  readonly dataRowRuns?: boolean;
 }
 
 const MIN_PARTIAL_CAPACITY = 256;
@@ -61,6 +67,7 @@ const MIN_PARTIAL_CAPACITY = 256;
 export class BackendScanner {
   private readonly interest = new Uint8Array(256);
   private readonly maxBuffered: number;
+  private readonly dataRowRuns: boolean;
   private failed: ProtocolViolation | null = null;
 
   private chunk: Buffer = Buffer.alloc(0);
@@ -79,6 +86,7 @@ export class BackendScanner {
 
   constructor(options: BackendScannerOptions = {}) {
     this.maxBuffered = options.maxBufferedFrameLength ?? DEFAULT_MAX_BUFFERED_FRAME_LENGTH;
+    this.dataRowRuns = options.dataRowRuns ?? false;
     if (!Number.isInteger(this.maxBuffered) || this.maxBuffered < 4 || this.maxBuffered > 0x7fffffff) {
       throw new RangeError(`maxBufferedFrameLength must be an integer in [4, 2^31-1], got ${this.maxBuffered}`);
     }
@@ -202,9 +210,10 @@ export class BackendScanner {
         continue;
       }
       if (avail >= total) {
-        const frame = chunk.subarray(this.pos, this.pos + total);
+        const start = this.pos;
         this.pos += total;
-        return { kind: 'frame', code, frame };
+        if (code === BackendCode.DataRow && this.dataRowRuns) this.pos = this.endOfDataRowRun(chunk, this.pos);
+        return { kind: 'frame', code, frame: chunk.subarray(start, this.pos) };
       }
       this.startPartial(total, chunk, this.pos + avail, this.pos);
       this.pos = end;
@@ -225,6 +234,22 @@ export class BackendScanner {
       );
     }
     return len + 1;
+  }
+
+  /** Where the run of DataRows that lie whole in `chunk` from `at` ends (their headers validated as any frame's). */
+  private endOfDataRowRun(chunk: Buffer, at: number): number {
+    let pos = at;
+    while (chunk.length - pos >= 5 && chunk[pos] === BackendCode.DataRow) {
+      const len =
+        ((chunk[pos + 1] ?? 0) << 24) |
+        ((chunk[pos + 2] ?? 0) << 16) |
+        ((chunk[pos + 3] ?? 0) << 8) |
+        (chunk[pos + 4] ?? 0);
+      // Out of bounds: left for step() to find at this frame, which throws the usual error.
+      if (len < 4 || len > this.maxBuffered || chunk.length - pos <= len) break;
+      pos += len + 1;
+    }
+    return pos;
   }
 
   /** Starts assembling an interesting frame from `src[from..to)`. */
