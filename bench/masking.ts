@@ -6,6 +6,8 @@
 //
 //   node bench/masking.ts            standalone: starts its own PostgreSQL (about 2 minutes)
 //   run.ts calls runMaskingBench(pg, dir) with the PostgreSQL of `make bench`.
+//   BENCH_MASKING_BASELINE=DIR       also runs DIR's sidecar (another checkout) beside this one, the same
+//                                    queries interleaved, and prints its CPU per row too (an A/B on a busy machine).
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { AccessPolicySpec } from '@chaperone/api';
@@ -119,6 +121,11 @@ export interface MaskingBenchResult {
   };
   /** The sidecar's CPU per row (median round): stable where wall time is not, on a shared machine. */
   readonly sidecarCpuNsPerRow: { readonly clear: number; readonly masked: number; readonly hashed: number };
+  /** BENCH_MASKING_BASELINE: the other checkout's sidecar CPU per row, measured in the same rounds. */
+  readonly baseline?: {
+    readonly dir: string;
+    readonly sidecarCpuNsPerRow: { readonly clear: number; readonly masked: number; readonly hashed: number };
+  };
   readonly megabytes: number;
   /** masked ÷ unmasked through the sidecar, as throughput (target ≥ 0.6, goal 0.8). */
   readonly maskedOverClear: number;
@@ -131,44 +138,58 @@ export interface MaskingBenchResult {
 
 const median = (xs: readonly number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? NaN;
 
-/** Content detectors (all of them) over mixed text with a few findings per KiB: MB/s. */
+/** Content detectors (all of them) over mixed text with a few findings per KiB: MB/s of CPU time. */
 export function detectorThroughput(): number {
   const line =
     'order 12345 shipped to ada@example.com from 10.1.2.3, card 4111 1111 1111 1111, note: nothing else here; ' +
     'customer asked about delivery times and the invoice number INV-2024-000123 for the last purchase.\n';
   const text = line.repeat(Math.ceil((8 * 1024 * 1024) / line.length));
   const values = text.match(/[^\n]+/g) ?? [];
-  const started = performance.now();
+  // CPU time of this process, not wall time: on a shared machine the wall clock measures the neighbours.
+  const started = process.cpuUsage();
   let found = 0;
   for (const v of values) found += replaceDetected(v, ALL_DETECTORS, () => '[MASKED]').count;
-  const seconds = (performance.now() - started) / 1000;
+  const used = process.cpuUsage(started);
+  const seconds = (used.user + used.system) / 1e6;
   if (found === 0) throw new Error('the detectors found nothing in the bench text');
   return Buffer.byteLength(text) / (1024 * 1024) / seconds;
 }
 
-export async function runMaskingBench(pg: PostgresCluster, dir: string, runDir = dir): Promise<MaskingBenchResult> {
+export async function runMaskingBench(
+  pg: PostgresCluster,
+  dir: string,
+  runDir = dir,
+  baselineDir = process.env.BENCH_MASKING_BASELINE,
+): Promise<MaskingBenchResult> {
   pg.superuserSql(`set role ${pg.user}; ${SETUP_SQL(ROWS)}`, pg.database);
-  const sidecar: SidecarProcess = await spawnSidecar({
-    dir,
-    upstream: {
-      host: 'localhost',
-      port: pg.port,
-      database: pg.database,
-      user: pg.user,
-      password: pg.password,
-      caFile: pg.caFile,
-    },
-    policies: POLICIES,
-    logLevel: 'info',
-    ...(process.env.BENCH_MASKING_PROFILE === undefined
-      ? {}
-      : { nodeArgs: ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_MASKING_PROFILE}`] }),
-    onSpawn: (pid) => recordServer(runDir, `sidecar-masking-${pid}`, pid),
-  });
+  const spawn = (sidecarDir: string, bin?: string): Promise<SidecarProcess> =>
+    spawnSidecar({
+      dir: sidecarDir,
+      ...(bin === undefined ? {} : { bin }),
+      upstream: {
+        host: 'localhost',
+        port: pg.port,
+        database: pg.database,
+        user: pg.user,
+        password: pg.password,
+        caFile: pg.caFile,
+      },
+      policies: POLICIES,
+      logLevel: 'info',
+      ...(process.env.BENCH_MASKING_PROFILE === undefined
+        ? {}
+        : { nodeArgs: ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_MASKING_PROFILE}`] }),
+      onSpawn: (pid) => recordServer(runDir, `sidecar-masking-${pid}`, pid),
+    });
+  const sidecar = await spawn(dir);
+  const baseline =
+    baselineDir === undefined
+      ? undefined
+      : await spawn(`${dir}-baseline`, join(baselineDir, 'sidecar', 'src', 'bin', 'chaperone-sidecar.ts'));
   try {
-    const through = async (subject: string): Promise<Duplex> => {
-      const token = await sidecar.issuer.sign({ sub: subject }, { expiresIn: 3600 });
-      return (await authenticatedClient(sidecar.host, sidecar.port, token, 30_000)).socket;
+    const through = async (subject: string, via = sidecar): Promise<Duplex> => {
+      const token = await via.issuer.sign({ sub: subject }, { expiresIn: 3600 });
+      return (await authenticatedClient(via.host, via.port, token, 30_000)).socket;
     };
     const direct = await connectUpstream({
       host: '127.0.0.1',
@@ -179,19 +200,34 @@ export async function runMaskingBench(pg: PostgresCluster, dir: string, runDir =
       tls: { mode: 'verify-full', ca: readFileSync(pg.caFile, 'utf8'), servername: 'localhost' },
     });
     direct.socket.resume();
-    const targets = {
-      direct: direct.socket,
-      clear: await through(CLEAR),
-      masked: await through(MASKED),
-      hashed: await through(HASHED),
+    type Target = 'direct' | 'clear' | 'masked' | 'hashed' | 'baseClear' | 'baseMasked' | 'baseHashed';
+    const targets: [Target, Duplex, number | undefined][] = [
+      ['direct', direct.socket, undefined],
+      ['clear', await through(CLEAR), sidecar.process.pid],
+      ['masked', await through(MASKED), sidecar.process.pid],
+      ['hashed', await through(HASHED), sidecar.process.pid],
+    ];
+    if (baseline !== undefined) {
+      targets.push(
+        ['baseClear', await through(CLEAR, baseline), baseline.process.pid],
+        ['baseMasked', await through(MASKED, baseline), baseline.process.pid],
+        ['baseHashed', await through(HASHED, baseline), baseline.process.pid],
+      );
+    }
+    const times: Record<Target, number[]> = {
+      direct: [],
+      clear: [],
+      masked: [],
+      hashed: [],
+      baseClear: [],
+      baseMasked: [],
+      baseHashed: [],
     };
-    const times: Record<keyof typeof targets, number[]> = { direct: [], clear: [], masked: [], hashed: [] };
-    const cpu: Record<keyof typeof targets, number[]> = { direct: [], clear: [], masked: [], hashed: [] };
-    const pid = sidecar.process.pid;
+    const cpu: Record<Target, number[]> = structuredClone(times);
     let megabytes = 0;
-    for (const socket of Object.values(targets)) await timeQuery(socket, `${QUERY} limit 1000`); // warm-up
+    for (const [, socket] of targets) await timeQuery(socket, `${QUERY} limit 1000`); // warm-up
     for (let round = 0; round < ROUNDS; round++) {
-      for (const [name, socket] of Object.entries(targets) as [keyof typeof targets, Duplex][]) {
+      for (const [name, socket, pid] of targets) {
         const cpuBefore = cpuMicros(pid);
         const r = await timeQuery(socket, QUERY);
         times[name].push(r.ms);
@@ -199,7 +235,7 @@ export async function runMaskingBench(pg: PostgresCluster, dir: string, runDir =
         if (name === 'clear') megabytes = r.bytes / (1024 * 1024);
       }
     }
-    for (const socket of Object.values(targets)) socket.destroy();
+    for (const [, socket] of targets) socket.destroy();
     const m = {
       direct: median(times.direct),
       clear: median(times.clear),
@@ -213,6 +249,18 @@ export async function runMaskingBench(pg: PostgresCluster, dir: string, runDir =
       maskedColumns: 2,
       medianMs: m,
       sidecarCpuNsPerRow: { clear: median(cpu.clear), masked: median(cpu.masked), hashed: median(cpu.hashed) },
+      ...(baselineDir === undefined
+        ? {}
+        : {
+            baseline: {
+              dir: baselineDir,
+              sidecarCpuNsPerRow: {
+                clear: median(cpu.baseClear),
+                masked: median(cpu.baseMasked),
+                hashed: median(cpu.baseHashed),
+              },
+            },
+          }),
       megabytes,
       maskedOverClear,
       hashedOverClear: m.clear / m.hashed,
@@ -223,6 +271,7 @@ export async function runMaskingBench(pg: PostgresCluster, dir: string, runDir =
     };
   } finally {
     await sidecar.stop();
+    await baseline?.stop();
   }
 }
 
@@ -234,6 +283,11 @@ export function formatMaskingBench(r: MaskingBenchResult): string {
     `    masked ÷ unmasked through the sidecar ${f(r.maskedOverClear, 2)}× (target ≥ 0.6×, goal 0.8×: ${r.met ? 'met' : 'not met'}); hashed ${f(r.hashedOverClear, 2)}×; masked ÷ direct ${f(r.maskedOverDirect, 2)}×; unmasked ÷ direct ${f(r.clearOverDirect, 2)}×`,
     `    sidecar CPU per row: unmasked ${f(r.sidecarCpuNsPerRow.clear)} ns, 2 masked ${f(r.sidecarCpuNsPerRow.masked)} ns, 2 hashed ${f(r.sidecarCpuNsPerRow.hashed)} ns (CPU ratio unmasked ÷ masked ${f(r.sidecarCpuNsPerRow.clear / r.sidecarCpuNsPerRow.masked, 2)}×)`,
     `    content detectors (all ${String(ALL_DETECTORS.length)}) ${f(r.detectorMegabytesPerSecond, 1)} MB/s on mixed text`,
+    ...(r.baseline === undefined
+      ? []
+      : [
+          `    baseline ${r.baseline.dir}, sidecar CPU per row: unmasked ${f(r.baseline.sidecarCpuNsPerRow.clear)} ns, 2 masked ${f(r.baseline.sidecarCpuNsPerRow.masked)} ns, 2 hashed ${f(r.baseline.sidecarCpuNsPerRow.hashed)} ns`,
+        ]),
   ].join('\n');
 }
 
