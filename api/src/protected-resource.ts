@@ -146,6 +146,12 @@ export const ProtectedResourceSpec = Type.Object(
         },
       ),
     ),
+    maskingKeySecretRef: Type.Optional(
+      SecretKeyRef(
+        "Secret key holding the key of the masking strategy hash (HMAC-SHA-256) of a postgres target: at least 32 bytes, the file's bytes as they are. Every pod of the resource gets the same key, so hashed values are equal across pods and joins on them work. Mounted only into the sidecar; the sidecar reads it at start (rotating it takes a pod restart; hashes from before and after do not join). Without it each sidecar process hashes with a random key of its own. See docs/masking.md.",
+        'key',
+      ),
+    ),
     searchPath: Type.Optional(
       Type.String({
         description:
@@ -206,6 +212,11 @@ export const ProtectedResourceSpec = Type.Object(
         rule: "self.type == 'postgres' || !has(self.readOnlyCredentialSecretRef)",
         message: 'readOnlyCredentialSecretRef is used by a postgres resource only',
         fieldPath: '.readOnlyCredentialSecretRef',
+      },
+      {
+        rule: "self.type == 'postgres' || !has(self.maskingKeySecretRef)",
+        message: 'maskingKeySecretRef is used by a postgres resource only',
+        fieldPath: '.maskingKeySecretRef',
       },
       {
         rule: "self.type == 'postgres' || !has(self.searchPath)",

@@ -71,6 +71,10 @@ export const REASON_SECRET_KEY_MISSING = 'SecretKeyMissing';
 export const REASON_INVALID_CA = 'InvalidCA';
 export const REASON_INVALID_ENDPOINT = 'InvalidEndpoint';
 export const REASON_SECRET_NOT_ALLOWED = 'SecretNotAllowed';
+export const REASON_INVALID_MASKING_KEY = 'InvalidMaskingKey';
+
+/** Shortest key of the hash masking strategy: 256 bits, the HMAC-SHA-256 output size (RFC 2104 section 3). */
+export const MIN_MASKING_KEY_BYTES = 32;
 /** Name of the Role and RoleBinding written in each namespace with ProtectedResources. */
 export const SIDECAR_RBAC_NAME = 'chaperone-sidecar';
 export const SIDECAR_RBAC_COMPONENT = 'sidecar-rbac';
@@ -270,9 +274,33 @@ export function resolve(
         message: `key ${JSON.stringify(ca.key)} of Secret ${JSON.stringify(ca.name)} (spec.tls.caSecretRef) ${bad}`,
       };
   }
-  const refs = [...new Set([spec.credentialSecretRef?.name, spec.readOnlyCredentialSecretRef?.name, ca?.name])].filter(
-    (n) => n !== undefined,
-  );
+  const maskingKey = spec.maskingKeySecretRef;
+  if (maskingKey !== undefined) {
+    const secret = lookup(maskingKey.name, namespace);
+    if (secret === undefined)
+      return {
+        ready: false,
+        reason: REASON_SECRET_NOT_FOUND,
+        message: `Secret ${JSON.stringify(maskingKey.name)} (spec.maskingKeySecretRef) not found in namespace ${namespace}`,
+      };
+    const key = secretValue(secret, maskingKey.key);
+    if (key === undefined || key.length === 0)
+      return {
+        ready: false,
+        reason: REASON_SECRET_KEY_MISSING,
+        message: `Secret ${JSON.stringify(maskingKey.name)} has ${key === undefined ? 'no' : 'an empty'} key ${JSON.stringify(maskingKey.key)} (spec.maskingKeySecretRef.key)`,
+      };
+    // Only the length is told: the key itself is never logged or written into a status.
+    if (key.length < MIN_MASKING_KEY_BYTES)
+      return {
+        ready: false,
+        reason: REASON_INVALID_MASKING_KEY,
+        message: `key ${JSON.stringify(maskingKey.key)} of Secret ${JSON.stringify(maskingKey.name)} (spec.maskingKeySecretRef) holds ${String(key.length)} bytes; the masking key needs at least ${String(MIN_MASKING_KEY_BYTES)}`,
+      };
+  }
+  const refs = [
+    ...new Set([spec.credentialSecretRef?.name, spec.readOnlyCredentialSecretRef?.name, ca?.name, maskingKey?.name]),
+  ].filter((n) => n !== undefined);
   return {
     ready: true,
     message: refs.length === 0 ? 'endpoint is valid' : `references resolved: Secret ${refs.join(', Secret ')}`,
@@ -286,6 +314,7 @@ export function referencedSecrets(resource: ProtectedResource): string[] {
     resource.spec.credentialSecretRef?.name,
     resource.spec.readOnlyCredentialSecretRef?.name,
     resource.spec.tls?.caSecretRef?.name,
+    resource.spec.maskingKeySecretRef?.name,
   ];
   return names.filter((n) => n !== undefined);
 }

@@ -64,12 +64,13 @@ export function isAutomountTokenVolume(volume: V1Volume): boolean {
   return volume.name.startsWith('kube-api-access-') && carriesApiServerToken(volume);
 }
 
-/** Names of the Secrets holding the targets' credentials and CAs. */
+/** Names of the Secrets holding the targets' credentials and masking keys (no agent container may mount them). */
 export function credentialSecretNames(resources: readonly ProtectedResource[]): Set<string> {
   const names = new Set<string>();
   for (const r of resources) {
     if (r.spec.credentialSecretRef !== undefined) names.add(r.spec.credentialSecretRef.name);
     if (r.spec.readOnlyCredentialSecretRef !== undefined) names.add(r.spec.readOnlyCredentialSecretRef.name);
+    if (r.spec.maskingKeySecretRef !== undefined) names.add(r.spec.maskingKeySecretRef.name);
   }
   return names;
 }

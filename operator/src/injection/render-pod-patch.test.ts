@@ -272,6 +272,60 @@ test('a read-only credential is mounted into the sidecar only, beside the main o
   assert.equal(pinnedListener.upstream.readOnlyUsernameFile, undefined);
 });
 
+test('a masking key is mounted into the sidecar only and named as its hash key file; an agent may not mount it', () => {
+  const keyed = resource('orders', { maskingKeySecretRef: { name: 'orders-masking', key: 'hmac' } });
+  const result = renderPodPatch(input(pod(), { resources: [keyed] }));
+  assert.equal(result.kind, 'patch');
+  const patched = applyJsonPatch(pod(), result.patch);
+  const credentials = patched.spec?.volumes?.find((v) =>
+    v.projected?.sources?.some((s) => s.secret?.name === 'orders-masking'),
+  );
+  assert.ok(credentials, 'the masking key Secret is projected');
+  assert.deepEqual(credentials.projected?.sources?.find((s) => s.secret?.name === 'orders-masking')?.secret?.items, [
+    { key: 'hmac', path: 'orders/masking-key' },
+  ]);
+  const containers = [...(patched.spec?.initContainers ?? []), ...(patched.spec?.containers ?? [])];
+  assert.deepEqual(
+    containers.filter((c) => c.volumeMounts?.some((m) => m.name === credentials.name)).map((c) => c.name),
+    [SIDECAR_CONTAINER],
+  );
+  const mountPath = containers
+    .find((c) => c.name === SIDECAR_CONTAINER)
+    ?.volumeMounts?.find((m) => m.name === credentials.name)?.mountPath;
+  const config = validateConfig(
+    parse(patched.metadata?.annotations?.[ANNOTATION_SIDECAR_CONFIG] ?? ''),
+    kubeletEnv(patched, podFields),
+  );
+  const listener = config.listeners[0];
+  assert.ok(listener?.type === 'postgres');
+  assert.equal(listener.masking?.hashKeyFile, `${String(mountPath)}/orders/masking-key`);
+
+  const plain = renderPodPatch(input(pod(), { resources: [resource('orders')] }));
+  assert.equal(plain.kind, 'patch');
+  const plainPod = applyJsonPatch(pod(), plain.patch);
+  const plainListener = validateConfig(
+    parse(plainPod.metadata?.annotations?.[ANNOTATION_SIDECAR_CONFIG] ?? ''),
+    kubeletEnv(plainPod, podFields),
+  ).listeners[0];
+  assert.ok(plainListener?.type === 'postgres');
+  assert.equal(plainListener.masking, undefined, 'no key configured: the sidecar keeps a random one');
+
+  // An agent container that mounts the masking key Secret itself is treated as one mounting a credential:
+  // refused in strict mode, warned about otherwise.
+  const greedy = (): V1Pod => {
+    const p = pod();
+    p.spec?.volumes?.push({ name: 'key', secret: { secretName: 'orders-masking' } });
+    p.spec?.containers[0]?.volumeMounts?.push({ name: 'key', mountPath: '/key' });
+    return p;
+  };
+  const refused = renderPodPatch(
+    input(greedy(), { resources: [keyed], namespaceLabels: { 'chaperone.dev/strict': 'true' } }),
+  );
+  assert.match(refused.kind === 'deny' ? refused.message : '', /credential Secret orders-masking/);
+  const warned = renderPodPatch(input(greedy(), { resources: [keyed] }));
+  assert.ok(warned.kind === 'patch' && warned.warnings.some((w) => w.includes('credential Secret orders-masking')));
+});
+
 test("token exchange: the sidecar trusts the operator's exchange, with its JWKS on the webhook server and its CA", () => {
   const endpoint = {
     issuer: 'https://chaperone-webhook.chaperone-system.svc/identity/v1',

@@ -172,6 +172,13 @@ export function renderPodPatch(input: InjectionInput): InjectionResult {
         `ProtectedResource ${readOnly.map((r) => r.metadata.name ?? '').join(', ')} has a delivered credential and a readOnlyCredentialSecretRef; the read-only credential is not delivered (yet): drop one of the two`,
       );
     }
+    const maskingKey = delivered.filter((r) => r.spec.maskingKeySecretRef !== undefined);
+    if (maskingKey.length > 0) {
+      return deny(
+        400,
+        `ProtectedResource ${maskingKey.map((r) => r.metadata.name ?? '').join(', ')} has a delivered credential and a maskingKeySecretRef; the masking key is not delivered (yet): drop one of the two`,
+      );
+    }
     if (delivered.length !== served.length) {
       return deny(
         400,
@@ -486,6 +493,10 @@ function credentialsVolume(resources: readonly ProtectedResource[]): V1Volume {
           ],
         },
       });
+    }
+    const maskingKey = r.spec.maskingKeySecretRef;
+    if (maskingKey !== undefined) {
+      sources.push({ secret: { name: maskingKey.name, items: [{ key: maskingKey.key, path: paths.maskingKey }] } });
     }
     const ca = r.spec.tls?.caSecretRef;
     if (ca !== undefined) sources.push({ secret: { name: ca.name, items: [{ key: ca.key, path: paths.ca }] } });

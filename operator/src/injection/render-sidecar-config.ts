@@ -33,6 +33,7 @@ export function credentialPaths(resourceName: string): {
   password: string;
   readOnlyUsername: string;
   readOnlyPassword: string;
+  maskingKey: string;
   ca: string;
 } {
   return {
@@ -40,6 +41,7 @@ export function credentialPaths(resourceName: string): {
     password: `${resourceName}/password`,
     readOnlyUsername: `${resourceName}/read-only/username`,
     readOnlyPassword: `${resourceName}/read-only/password`,
+    maskingKey: `${resourceName}/masking-key`,
     ca: `${resourceName}/ca.crt`,
   };
 }
@@ -90,6 +92,10 @@ function targetOf(resource: ProtectedResource): Record<string, unknown> {
               }),
         },
         ...(spec.searchPath === undefined ? {} : { searchPath: spec.searchPath }),
+        // The key of the hash strategy, one for every pod of the resource (render-pod-patch.ts mounts it).
+        ...(spec.maskingKeySecretRef === undefined
+          ? {}
+          : { masking: { hashKeyFile: `${SIDECAR_CREDENTIALS_DIR}/${paths.maskingKey}` } }),
       };
     case 'kubernetes':
       // kubectl sends a bearer token only over TLS: a self-signed loopback certificate, made at every start,
