@@ -89,6 +89,19 @@ function showFailure(
   throw new Error(`${options.display ?? command} succeeded but was expected to fail`);
 }
 
+/** Card numbers of the demo's customers (Luhn-valid test numbers), masked for agents by the example policy. */
+const CARDS = ['4111 1111 1111 1111', '5500 0000 0000 0004'] as const;
+const CARD_QUERY = 'select id, name, card_number from customers order by id';
+
+/** The masking step's check: the agent saw no card number but its last four digits; the platform team all of them. */
+function checkMasked(agentOutput: string, directOutput: string): void {
+  for (const card of CARDS) {
+    if (agentOutput.includes(card) || !agentOutput.includes(card.slice(-4)) || !directOutput.includes(card)) {
+      throw new Error(`masking step: expected ${card} masked for the agent and clear for the platform team`);
+    }
+  }
+}
+
 async function until<T>(what: string, fn: () => Promise<T | undefined> | T | undefined, ms = 60_000): Promise<T> {
   const deadline = Date.now() + ms;
   let last: unknown;
@@ -266,8 +279,8 @@ try {
       '-q',
       '-c',
       `create table orders (id int primary key, customer_id int, status text, total numeric(10,2));
-create table customers (id int primary key, name text, email text);
-insert into customers values (1, 'Ada Lovelace', 'ada@example.com'), (2, 'Grace Hopper', 'grace@example.com');
+create table customers (id int primary key, name text, email text, card_number text);
+insert into customers values (1, 'Ada Lovelace', 'ada@example.com', '${CARDS[0]}'), (2, 'Grace Hopper', 'grace@example.com', '${CARDS[1]}');
 insert into orders values (1001, 1, 'shipped', 129.90), (1002, 2, 'pending', 42.00), (1003, 1, 'pending', 7.50);`,
     ],
     { env: direct },
@@ -622,6 +635,13 @@ spec:
   };
   note('an allowed read (rule reads):');
   psqlAsAgent('select id, status, total from orders order by id');
+  note('card numbers are masked for the agent (masking rule card-numbers: partial, the last 4 digits kept):');
+  const maskedCards = psqlAsAgent(CARD_QUERY);
+  note('the same query by the platform team, straight at the database, shows them clear:');
+  checkMasked(
+    maskedCards,
+    show('psql', ['-X', '-c', CARD_QUERY], { env: demo.direct, display: `psql -X -c "${CARD_QUERY}"` }),
+  );
   note('the policy grants no write, so the sidecar logged in with the read-only login, read-only by default:');
   psqlAsAgent("select current_user, current_setting('default_transaction_read_only') as read_only");
   note('a denied write (rule deny-ddl): SQLSTATE 42501, naming the policy and the rule');
@@ -997,6 +1017,13 @@ spec:
   };
   note('an allowed read (rule reads):');
   psqlInAgent('select id, status, total from orders order by id');
+  note('card numbers are masked for the agent (masking rule card-numbers: partial, the last 4 digits kept):');
+  const maskedCards = psqlInAgent(CARD_QUERY);
+  note('the same query by the platform team, straight at the database, shows them clear:');
+  checkMasked(
+    maskedCards,
+    show('psql', ['-X', '-c', CARD_QUERY], { env: demo.direct, display: `psql -X -c "${CARD_QUERY}"` }),
+  );
   note('the policy grants no write, so the sidecar logged in with the read-only login, read-only by default:');
   psqlInAgent("select current_user, current_setting('default_transaction_read_only') as read_only");
   note('a denied write (rule deny-ddl): SQLSTATE 42501, naming the policy and the rule');
