@@ -109,6 +109,12 @@ interface SessionState {
   continued: { name: string; status: SessionStatus }[];
   /** With an evidence store: the highest seq inserted whose head may still be unwritten. */
   storedThrough: number;
+  /**
+   * With an evidence store: the highest seq that may be in the store without this process knowing (sent in
+   * an insert whose outcome is unknown, or by an earlier process). Batches reaching down to it skip what is
+   * there; later ones take the cheaper COPY.
+   */
+  mayExistThrough: number;
 }
 
 const UNAUTHENTICATED: Identity = { subject: 'unauthenticated', issuer: '' };
@@ -217,6 +223,8 @@ export class SessionWriter {
         longNames: false,
         continued: [],
         storedThrough: 0,
+        // A session that starts here has nothing in the store; a replayed or resumed one may have anything.
+        mayExistThrough: !replayed && record.seq === 1 ? 0 : Number.MAX_SAFE_INTEGER,
       };
       this.sessions.set(session.sessionId, s);
     }
@@ -585,7 +593,10 @@ export class SessionWriter {
       const unstored = batch.filter((q) => q.record.seq > s.storedThrough);
       if (unstored.length > 0) {
         const started = process.hrtime.bigint();
-        await evidence.append(session, unstored, canonicalRecordText);
+        const mayExist = (unstored[0] as Queued).record.seq <= s.mayExistThrough;
+        // Until it answers, the outcome is unknown: a failure leaves these seq possibly stored.
+        s.mayExistThrough = Math.max(s.mayExistThrough, last.seq);
+        await evidence.append(session, unstored, canonicalRecordText, mayExist);
         this.options.metrics?.storeSeconds?.observe(Number(process.hrtime.bigint() - started) / 1e9);
         s.storedThrough = Math.max(s.storedThrough, last.seq);
       }
