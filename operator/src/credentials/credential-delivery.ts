@@ -140,9 +140,10 @@ export function createCredentialDeliveryHandler(
   const deliverEvidenceStore = async (
     token: string,
   ): Promise<{ body: DeliveredCredential; log: Record<string, unknown> }> => {
+    // Attested first: an unauthenticated caller learns nothing, not even whether there is a store.
+    const { pod, config } = await attestStrict(token);
     const store = options.evidenceStore;
     if (store === undefined) throw new Refused(404, 'NotFound', 'this installation has no evidence store');
-    const { pod, config } = await attestStrict(token);
     if (config?.audit?.evidenceStore === undefined) {
       throw new Refused(
         403,
