@@ -3,6 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
+  evidenceCopyRows,
   evidencePartitionDay,
   evidencePartitionSql,
   evidenceRow,
@@ -87,4 +88,28 @@ test('planEvidencePartitions creates the missing days ahead and expires whole da
     ['2026-12-04', '2026-12-05'],
     'yesterday and today at least',
   );
+});
+
+test('evidenceCopyRows escapes what COPY text format reads specially, in every column', () => {
+  const origin = { sessionId: 's\\1', namespace: 'n\tx', podNamespace: 'pn', pod: 'p\nq', resource: 'r\rs' };
+  const row = (seq: number, result: string | null) => ({
+    sessionId: origin.sessionId,
+    seq,
+    time: '2026-12-04T10:00:00.000001Z',
+    type: 'command.decision',
+    result,
+    hash: 'sha256:h',
+    prevHash: 'sha256:p',
+  });
+  const text = evidenceCopyRows(origin, [
+    { row: row(1, 'allow'), text: '{"text":"a\\tb \\\\N \\."}' },
+    { row: row(2, null), text: '{}' },
+  ]);
+  assert.equal(
+    text,
+    's\\\\1\t1\t2026-12-04T10:00:00.000001Z\tcommand.decision\tallow\tsha256:h\tsha256:p\tn\\tx\tpn\tp\\nq\tr\\rs\t{"text":"a\\\\tb \\\\\\\\N \\\\."}\n' +
+      's\\\\1\t2\t2026-12-04T10:00:00.000001Z\tcommand.decision\t\\N\tsha256:h\tsha256:p\tn\\tx\tpn\tp\\nq\tr\\rs\t{}\n',
+  );
+  // Exactly one unescaped tab between columns and one newline per row: the record text cannot add a column.
+  for (const line of text.slice(0, -1).split('\n')) assert.equal(line.split('\t').length, 12);
 });

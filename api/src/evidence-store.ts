@@ -162,7 +162,6 @@ create table if not exists ${EVIDENCE_TABLE} (
 ) partition by range (time);
 comment on table ${EVIDENCE_TABLE} is 'Chaperone audit records, append-only; record is the canonical JSON that hash covers (docs/audit.md).';
 create table if not exists ${EVIDENCE_TABLE}_default partition of ${EVIDENCE_TABLE} default;
-create index if not exists audit_records_namespace_time on ${EVIDENCE_TABLE} (namespace, time);
 create or replace function ${EVIDENCE_SCHEMA}.refuse_change() returns trigger language plpgsql as $$
 begin
   raise exception 'chaperone audit records are append-only: % refused', tg_op
@@ -211,6 +210,45 @@ select $1, r.seq, r.time, r.type, r.result, r.hash, r.prev_hash, $2, $3, $4, $5,
   from unnest($6::bigint[], $7::timestamptz[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[])
     as r (seq, time, type, result, hash, prev_hash, record)
 on conflict do nothing`;
+
+/**
+ * The sidecar's fast path for records nobody can have stored yet (a live session, past anything it tried
+ * before): one COPY per batch, rows in text format (evidenceCopyRows). COPY cannot skip a row already
+ * there: a batch that may hold stored records (a replay, a retry after an unknown outcome) goes through
+ * EVIDENCE_INSERT_SQL instead.
+ */
+export const EVIDENCE_COPY_SQL = `copy ${EVIDENCE_TABLE}
+  (session_id, seq, time, type, result, hash, prev_hash, namespace, pod_namespace, pod, resource, record) from stdin`;
+
+/** A field of COPY's text format: backslash, newline, carriage return and tab escaped (canonical JSON has only backslashes). */
+function copyField(value: string): string {
+  return /[\\\n\r\t]/.test(value)
+    ? value.replace(/[\\\n\r\t]/g, (c) => (c === '\\' ? '\\\\' : c === '\n' ? '\\n' : c === '\r' ? '\\r' : '\\t'))
+    : value;
+}
+
+/** Where the records of one session come from: the columns every row of it repeats. */
+export interface EvidenceRowOrigin {
+  readonly sessionId: string;
+  readonly namespace: string;
+  readonly podNamespace: string;
+  readonly pod: string;
+  readonly resource: string;
+}
+
+/** The COPY text of rows of one session (EVIDENCE_COPY_SQL's columns), each row with its record's canonical text. */
+export function evidenceCopyRows(
+  origin: EvidenceRowOrigin,
+  rows: readonly { readonly row: EvidenceRow; readonly text: string }[],
+): string {
+  const tail = `\t${copyField(origin.namespace)}\t${copyField(origin.podNamespace)}\t${copyField(origin.pod)}\t${copyField(origin.resource)}\t`;
+  const session = copyField(origin.sessionId);
+  let out = '';
+  for (const { row, text } of rows) {
+    out += `${session}\t${String(row.seq)}\t${copyField(row.time)}\t${copyField(row.type)}\t${row.result === null ? '\\N' : copyField(row.result)}\t${copyField(row.hash)}\t${copyField(row.prevHash)}${tail}${copyField(text)}\n`;
+  }
+  return out;
+}
 
 /** What verifiers read: every row of some sessions, in seq order (duplicates of a seq next to each other). */
 export const EVIDENCE_SELECT_SQL = `select session_id, seq, record from ${EVIDENCE_TABLE}

@@ -17,6 +17,14 @@ export type AuditFailureMode = (typeof AUDIT_FAILURE_MODES)[number];
  * `Synced`, its record fdatasync'ed (survives a node crash); `Written`, its record written into the spool file,
  * i.e. handed to the kernel (survives the sidecar's crash, SIGKILL or OOM kill), fdatasync'ed right behind.
  */
+/**
+ * Where the records of a resource's sessions are kept (docs/evidence-store.md): `SessionObjects`, in the
+ * Session objects themselves; `EvidenceStore`, in the installation's evidence store, the Session objects
+ * keeping the signed heads.
+ */
+export const AUDIT_RECORD_STORES = ['SessionObjects', 'EvidenceStore'] as const;
+export type AuditRecordStore = (typeof AUDIT_RECORD_STORES)[number];
+
 export const AUDIT_SPOOL_DURABILITIES = ['Synced', 'Written'] as const;
 export type AuditSpoolDurability = (typeof AUDIT_SPOOL_DURABILITIES)[number];
 
@@ -183,6 +191,12 @@ export const ProtectedResourceSpec = Type.Object(
             'How long Session objects of this resource are kept before the retention controller removes them. Default 720h.',
           default: '720h',
         }),
+        records: Type.Optional(
+          StringEnum(AUDIT_RECORD_STORES, {
+            description:
+              "Where the records of this resource's sessions are kept: SessionObjects (in the Session objects) or EvidenceStore (in the installation's evidence store; Session objects keep the signed heads). Default: EvidenceStore when the operator has an evidence store configured and the pod's namespace is strict, SessionObjects otherwise. All resources of one pod must agree.",
+          }),
+        ),
       },
       {
         description: 'Audit settings for sessions on this resource.',

@@ -12,7 +12,7 @@ import { REPO_ROOT, toolPath } from '../harness/tools.ts';
 const CHART = join(REPO_ROOT, 'charts', 'chaperone');
 const run = promisify(execFile);
 
-function template(values: Record<string, string>): Promise<{ stdout: string }> {
+function template(values: Record<string, string>, show = 'templates/evidence-store.yaml'): Promise<{ stdout: string }> {
   const set = Object.entries(values).flatMap(([k, v]) => ['--set', `${k}=${v}`]);
   return run(toolPath('helm'), [
     'template',
@@ -23,7 +23,7 @@ function template(values: Record<string, string>): Promise<{ stdout: string }> {
     '--kube-version',
     '1.37.2',
     '--show-only',
-    'templates/evidence-store.yaml',
+    show,
     ...set,
   ]);
 }
@@ -48,6 +48,43 @@ test('helm: evidenceStore renders the store location and roles, and where the pa
     caSecret: 'chaperone-credentials/chaperone-evidence-ca',
     batchRecords: '4096',
   });
+});
+
+test('helm: with evidenceStore the operator reads the ConfigMap, mounted, and nothing else of the store', async () => {
+  const values = {
+    'evidenceStore.enabled': 'true',
+    'evidenceStore.postgres.host': 'evidence.db.svc',
+    'credentials.namespace': 'chaperone-credentials',
+  };
+  const { stdout } = await template(values, 'templates/deployment.yaml');
+  const [deployment] = parseAllDocuments(stdout).map(
+    (d) =>
+      d.toJS() as {
+        spec: {
+          template: {
+            spec: {
+              containers: { args: string[]; volumeMounts: { name: string; mountPath: string; readOnly?: boolean }[] }[];
+              volumes: { name: string; configMap?: { name: string } }[];
+            };
+          };
+        };
+      },
+  );
+  const pod = deployment?.spec.template.spec;
+  const operator = pod?.containers[0];
+  assert.ok(operator !== undefined);
+  assert.ok(operator.args.includes('--evidence-store-config=/etc/chaperone/evidence-store'));
+  assert.ok(operator.args.includes('--credential-namespace=chaperone-credentials'));
+  assert.deepEqual(
+    operator.volumeMounts.find((m) => m.name === 'evidence-store'),
+    { name: 'evidence-store', mountPath: '/etc/chaperone/evidence-store', readOnly: true },
+  );
+  assert.deepEqual(pod?.volumes.find((v) => v.name === 'evidence-store')?.configMap, {
+    name: 'r-chaperone-evidence-store',
+  });
+  // Without the store: no flag, no volume.
+  const plain = await template({ 'credentials.namespace': 'chaperone-credentials' }, 'templates/deployment.yaml');
+  assert.doesNotMatch(plain.stdout, /evidence-store/);
 });
 
 test('helm: evidenceStore without a host or without a credential namespace is refused', async () => {

@@ -15,6 +15,7 @@ import { LABEL_INJECTION, LABEL_INJECTION_ENABLED, LABEL_STRICT } from '../../op
 import { validateInjectionSettings } from '../../operator/src/injection/settings.ts';
 import { createLogger } from '../../operator/src/observability/logger.ts';
 import { startOperator, type RunningOperator } from '../../operator/src/operator.ts';
+import type { EvidenceStoreSettings } from '../../operator/src/injection/settings.ts';
 import { controlPlaneEnv, testDir } from '../harness/env.ts';
 import { clientIdentity, nodeIdentity, type TestIdentity } from '../harness/identities.ts';
 import { kubectl, kubeConfig, statusOf } from '../harness/kube.ts';
@@ -87,6 +88,8 @@ export interface TrustFixtureOptions {
   readonly auditNamespace?: boolean;
   /** Deliver credentials from a credential namespace the editors have no rights in. */
   readonly credentialNamespace?: boolean;
+  /** The installation's evidence store (needs credentialNamespace, where its Secrets are). */
+  readonly evidenceStore?: EvidenceStoreSettings;
 }
 
 /** A client for `identity`. */
@@ -325,6 +328,7 @@ export async function startTrustFixture(t: TestContext, options: TrustFixtureOpt
     },
     ...(auditNamespace === undefined ? {} : { sessions: { auditNamespace } }),
     ...(credentialNamespace === undefined ? {} : { credentials: { namespace: credentialNamespace } }),
+    ...(options.evidenceStore === undefined ? {} : { evidenceStore: options.evidenceStore }),
   });
   cleanups.unshift(() => operator.stop());
   let done = false;

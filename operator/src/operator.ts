@@ -25,7 +25,7 @@ import {
 } from './identity/start-token-exchange.ts';
 import { createSessionProxyHandler } from './audit/session-proxy.ts';
 import { createCredentialDeliveryHandler } from './credentials/credential-delivery.ts';
-import { validateInjectionSettings } from './injection/settings.ts';
+import { validateInjectionSettings, type EvidenceStoreSettings } from './injection/settings.ts';
 import type { Clock } from './controller-runtime/clock.ts';
 import type { Controller } from './controller-runtime/controller.ts';
 import { createEventRecorder } from './controller-runtime/event-recorder.ts';
@@ -98,6 +98,12 @@ export interface OperatorOptions {
    * Needs the webhooks. Default: off.
    */
   readonly credentials?: { readonly namespace: string };
+  /**
+   * The installation's evidence store (docs/evidence-store.md): injected sidecars keep their records there
+   * (ProtectedResource spec.audit.records) and get its writer credential delivered from the credential
+   * namespace. Needs `credentials`. Default none: records in Session objects.
+   */
+  readonly evidenceStore?: EvidenceStoreSettings;
   /** Serve the injection webhooks (on every replica, leader or not). Default: off. */
   readonly webhooks?: Omit<InjectionWebhooksOptions, 'kubeConfig' | 'logger' | 'registry'>;
   readonly logger: Logger;
@@ -225,6 +231,9 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
   if ((options.sessions !== undefined || options.credentials !== undefined) && options.webhooks === undefined) {
     throw new Error('keeping Sessions in an audit namespace and delivering credentials need the webhooks');
   }
+  if (options.evidenceStore !== undefined && options.credentials === undefined) {
+    throw new Error("an evidence store needs a credential namespace: the writer's password is delivered from there");
+  }
   if (options.sessions !== undefined) await checkAuditNamespace(core, options.sessions.auditNamespace, logger);
   const tokenExchange =
     options.tokenExchange === undefined
@@ -251,6 +260,7 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
               ...options.webhooks.settings,
               ...(options.sessions === undefined ? {} : { sessionNamespace: options.sessions.auditNamespace }),
               ...(options.credentials === undefined ? {} : { credentialNamespace: options.credentials.namespace }),
+              ...(options.evidenceStore === undefined ? {} : { evidenceStore: options.evidenceStore }),
             }),
             kubeConfig,
             logger,
@@ -400,6 +410,7 @@ function operatorRoutes(
     routes[CREDENTIAL_DELIVERY_PATH] = createCredentialDeliveryHandler({
       kubeConfig,
       credentialNamespace: options.credentials.namespace,
+      ...(options.evidenceStore === undefined ? {} : { evidenceStore: options.evidenceStore }),
       publicKeys: () => authority.publicKeys,
       logger: logger.child({ component: 'credential-delivery' }),
       registry: metrics.registry,

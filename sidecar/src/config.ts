@@ -448,7 +448,9 @@ export const SidecarConfig = Type.Object(
     /**
      * Delivered credentials (docs/injection.md): the operator hands the listed resources' credentials to this
      * sidecar after attesting it; they are written under `dir` (`<resource>/username|password|ca.crt`), where
-     * the listeners' usernameFile/passwordFile/caFile point, and refreshed every `refreshSeconds`.
+     * the listeners' usernameFile/passwordFile/caFile point, and refreshed every `refreshSeconds`. With
+     * `evidenceStore`, the evidence store's writer password and CA too, into `evidenceStore.dir`
+     * (`password`, `ca.crt`), where audit.evidenceStore.postgres.passwordFile/caFile point.
      */
     credentials: Type.Optional(
       Type.Object(
@@ -457,7 +459,11 @@ export const SidecarConfig = Type.Object(
           url: Type.String({ pattern: '^https://' }),
           ...operatorTrustFields,
           dir: Type.String({ minLength: 1 }),
-          resources: Type.Array(Type.String({ minLength: 1 }), { minItems: 1 }),
+          /** Resources whose credential is delivered; may be empty when only the evidence store's is. */
+          resources: Type.Array(Type.String({ minLength: 1 })),
+          evidenceStore: Type.Optional(
+            Type.Object({ dir: Type.String({ minLength: 1 }) }, { additionalProperties: false }),
+          ),
           /** Default 60. */
           refreshSeconds: Type.Integer({ minimum: 5, default: 60 }),
           /** How long start-up waits for the credentials. Default 30. */
@@ -612,6 +618,13 @@ export function validateConfig(document: unknown, env: ConfigEnvironment = {}): 
     if (issuer.algorithms.some((a) => a.toLowerCase() === 'none' || a.startsWith('HS'))) {
       problems.push(`/identity/issuers/${i}/algorithms: only asymmetric algorithms are allowed`);
     }
+  }
+  if (
+    config.credentials !== undefined &&
+    config.credentials.resources.length === 0 &&
+    config.credentials.evidenceStore === undefined
+  ) {
+    problems.push('/credentials: names no resource and no evidenceStore: nothing to deliver');
   }
   if (config.audit.evidenceStore !== undefined && config.audit.spoolDir === undefined) {
     problems.push('/audit/evidenceStore: needs audit.spoolDir (records reach the store through the spool)');

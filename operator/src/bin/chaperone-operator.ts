@@ -7,6 +7,7 @@ import { KubeConfig } from '@kubernetes/client-node';
 import { SIGNER_CERTIFICATION_PATH } from '@chaperone/api';
 import { LABEL_INJECTION } from '../injection/constants.ts';
 import { InjectionSettingsError, validateInjectionSettings } from '../injection/settings.ts';
+import { readEvidenceStoreConfig } from '../injection/evidence-store-config.ts';
 import { createLogger, isLogLevel } from '../observability/logger.ts';
 import { startOperator, type OperatorOptions } from '../operator.ts';
 import { DEFAULT_MUTATING_NAME, DEFAULT_VALIDATING_NAME } from '../webhooks/webhook-registration.ts';
@@ -94,6 +95,11 @@ Evidence and credentials out of the agents' editors' reach (docs/audit.md, docs/
                                       credentialSecretRef names a Secret of NS (annotated
                                       chaperone.dev/allowed-namespaces) to attested sidecars in strict
                                       namespaces, instead of mounting Secrets (default: off)
+      --evidence-store-config DIR     keep injected sidecars' records in the evidence store described by
+                                      DIR (the chart's <release>-evidence-store ConfigMap, mounted: host,
+                                      port, database, writerUser, passwordSecret, caSecret, batchRecords;
+                                      docs/evidence-store.md); its Secrets are in --credential-namespace,
+                                      which it needs (default: records in Session objects)
 
 Signals: SIGTERM and SIGINT stop the reconcilers and the webhook server, release the Lease and exit 0.
 Losing the Lease exits 1.`;
@@ -137,6 +143,7 @@ const parse = () =>
       'token-exchange-max-lifetime': { type: 'string' },
       'audit-session-namespace': { type: 'string' },
       'credential-namespace': { type: 'string' },
+      'evidence-store-config': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
     strict: true,
@@ -192,6 +199,7 @@ const WEBHOOK_ONLY = [
   'validating-webhook-configuration',
   'audit-session-namespace',
   'credential-namespace',
+  'evidence-store-config',
 ] as const;
 
 /** The webhook options from the flags, or undefined without --enable-webhooks. Exits 2 on a bad combination. */
@@ -304,6 +312,18 @@ try {
   process.exit(1);
 }
 
+const evidenceStore = (() => {
+  const dir = values['evidence-store-config'];
+  if (dir === undefined) return undefined;
+  const credentialNamespace = values['credential-namespace'];
+  if (credentialNamespace === undefined) fail('--evidence-store-config needs --credential-namespace');
+  try {
+    return readEvidenceStoreConfig(dir, credentialNamespace);
+  } catch (err) {
+    return fail(`--evidence-store-config ${dir}: ${err instanceof Error ? err.message : String(err)}`);
+  }
+})();
+
 try {
   const operator = await startOperator({
     kubeConfig,
@@ -328,6 +348,7 @@ try {
     ...(values['credential-namespace'] === undefined
       ? {}
       : { credentials: { namespace: values['credential-namespace'] } }),
+    ...(evidenceStore === undefined ? {} : { evidenceStore }),
   });
   let stopping = false;
   const stop = () => {

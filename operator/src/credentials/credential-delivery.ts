@@ -12,6 +12,11 @@
 //     the pod's namespace.
 // The answer carries the username, the password and the CA (when the resource names one), base64; the
 // operator logs a hash of the credential, never the values.
+//
+// The evidence store's writer credential (docs/evidence-store.md) is delivered the same way, for the body
+// `{"evidenceStore": true}`: to an attested sidecar of a strict namespace whose sealed configuration keeps
+// records in the evidence store (audit.evidenceStore), from the installation's Secrets in the credential
+// namespace (the writer's `password`, the server's `ca.crt`); the username is the configured writer role.
 import { createHash } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import {
@@ -27,6 +32,7 @@ import { parse } from 'yaml';
 import { GROUP, VERSION, type ProtectedResource } from '@chaperone/api';
 import { ANNOTATION_SIDECAR_CONFIG, LABEL_STRICT } from '../injection/constants.ts';
 import type { PublicKeys } from '../injection/sealed-pod.ts';
+import type { EvidenceStoreSettings } from '../injection/settings.ts';
 import type { Logger } from '../observability/logger.ts';
 import { bearerToken, PodAttestor, Refused, statusBody } from '../audit/pod-attestation.ts';
 
@@ -47,6 +53,8 @@ export interface CredentialDeliveryOptions {
   readonly publicKeys: () => PublicKeys;
   readonly logger: Logger;
   readonly registry?: Registry;
+  /** The installation's evidence store, whose writer credential attested sidecars may fetch. Default none. */
+  readonly evidenceStore?: EvidenceStoreSettings;
 }
 
 /** Whether a Secret of the credential namespace allows `namespace` (its allowed-namespaces annotation). */
@@ -104,16 +112,8 @@ export function createCredentialDeliveryHandler(
     registers: options.registry === undefined ? [] : [options.registry],
   });
 
-  const deliver = async (
-    req: IncomingMessage,
-  ): Promise<{ body: DeliveredCredential; log: Record<string, unknown> }> => {
-    if (req.method !== 'POST') throw new Refused(400, 'BadRequest', 'use POST');
-    const token = bearerToken(req);
-    const body = (await readJson(req)) as { resource?: unknown } | null;
-    const resourceName = body?.resource;
-    if (typeof resourceName !== 'string' || !/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/.test(resourceName)) {
-      throw new Refused(400, 'BadRequest', 'resource (a ProtectedResource name) is required');
-    }
+  /** The attested pod of `token`, in a strict namespace, and its sealed sidecar configuration. */
+  const attestStrict = async (token: string) => {
     const pod = await attestor.attest(token);
     const namespace = await core.readNamespace({ name: pod.namespace });
     if (namespace.metadata?.labels?.[LABEL_STRICT] !== 'true') {
@@ -123,10 +123,70 @@ export function createCredentialDeliveryHandler(
         `credentials are delivered only into strict namespaces (label ${LABEL_STRICT}=true); ${pod.namespace} is not`,
       );
     }
-    // The sealed configuration (the seal covers it) names the resources this sidecar serves.
+    // The sealed configuration (the seal covers it) says what this sidecar serves and where its records go.
     const config = parse(pod.pod.metadata?.annotations?.[ANNOTATION_SIDECAR_CONFIG] ?? '') as {
       listeners?: { name?: string }[];
+      audit?: { evidenceStore?: unknown };
     } | null;
+    return { pod, config };
+  };
+
+  const readSecret = (name: string) =>
+    core.readNamespacedSecret({ namespace: credentialNamespace, name }).catch((err: unknown) => {
+      if (notFound(err)) throw new Refused(404, 'NotFound', `Secret ${credentialNamespace}/${name} not found`);
+      throw err;
+    });
+
+  const deliverEvidenceStore = async (
+    token: string,
+  ): Promise<{ body: DeliveredCredential; log: Record<string, unknown> }> => {
+    // Attested first: an unauthenticated caller learns nothing, not even whether there is a store.
+    const { pod, config } = await attestStrict(token);
+    const store = options.evidenceStore;
+    if (store === undefined) throw new Refused(404, 'NotFound', 'this installation has no evidence store');
+    if (config?.audit?.evidenceStore === undefined) {
+      throw new Refused(
+        403,
+        'Forbidden',
+        `the sidecar of pod ${pod.namespace}/${pod.name} does not keep its records in the evidence store`,
+      );
+    }
+    const secret = await readSecret(store.passwordSecret);
+    const password = secret.data?.password;
+    if (password === undefined) {
+      throw new Refused(404, 'NotFound', `Secret ${credentialNamespace}/${store.passwordSecret} lacks password`);
+    }
+    let ca: string | undefined;
+    if (store.caSecret !== undefined) {
+      ca = (await readSecret(store.caSecret)).data?.['ca.crt'];
+      if (ca === undefined)
+        throw new Refused(404, 'NotFound', `Secret ${credentialNamespace}/${store.caSecret} lacks ca.crt`);
+    }
+    const username = Buffer.from(store.writerUser).toString('base64');
+    const hash = createHash('sha256').update(username).update('\0').update(password).digest('hex').slice(0, 16);
+    return {
+      body: { username, password, ...(ca === undefined ? {} : { ca }) },
+      log: {
+        pod: `${pod.namespace}/${pod.name}`,
+        evidenceStore: `${store.host}:${String(store.port)}/${store.database}`,
+        secret: `${credentialNamespace}/${store.passwordSecret}`,
+        credentialHash: hash,
+      },
+    };
+  };
+
+  const deliver = async (
+    req: IncomingMessage,
+  ): Promise<{ body: DeliveredCredential; log: Record<string, unknown> }> => {
+    if (req.method !== 'POST') throw new Refused(400, 'BadRequest', 'use POST');
+    const token = bearerToken(req);
+    const body = (await readJson(req)) as { resource?: unknown; evidenceStore?: unknown } | null;
+    if (body?.evidenceStore === true && body.resource === undefined) return deliverEvidenceStore(token);
+    const resourceName = body?.resource;
+    if (typeof resourceName !== 'string' || !/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/.test(resourceName)) {
+      throw new Refused(400, 'BadRequest', 'resource (a ProtectedResource name) is required');
+    }
+    const { pod, config } = await attestStrict(token);
     if (!(config?.listeners ?? []).some((l) => l.name === resourceName)) {
       throw new Refused(
         403,
@@ -155,12 +215,7 @@ export function createCredentialDeliveryHandler(
         `ProtectedResource ${pod.namespace}/${resourceName} does not name a Secret of the credential namespace ${credentialNamespace}`,
       );
     }
-    const secret = await core
-      .readNamespacedSecret({ namespace: credentialNamespace, name: ref.name })
-      .catch((err: unknown) => {
-        if (notFound(err)) throw new Refused(404, 'NotFound', `Secret ${credentialNamespace}/${ref.name} not found`);
-        throw err;
-      });
+    const secret = await readSecret(ref.name);
     if (!secretAllows(secret, pod.namespace)) {
       throw new Refused(
         403,

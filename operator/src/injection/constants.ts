@@ -32,6 +32,9 @@ export const VOLUME_AUDIT = 'chaperone-audit';
  */
 export const VOLUME_LOOPBACK_TLS = 'chaperone-loopback-tls';
 
+/** The evidence store's writer password and CA, delivered by the operator: memory, the sidecar's alone. */
+export const VOLUME_EVIDENCE_CREDENTIALS = 'chaperone-evidence-credentials';
+
 /** Everything the sidecar reads lives under these paths; the agent never has them mounted. */
 export const SIDECAR_CONFIG_DIR = '/etc/chaperone/config';
 export const SIDECAR_CONFIG_FILE = 'sidecar.yaml';
@@ -39,6 +42,8 @@ export const SIDECAR_CONFIG_FILE = 'sidecar.yaml';
 export const SIDECAR_CONFIG_PATH = '/etc/chaperone/sidecar.yaml';
 export const SIDECAR_CREDENTIALS_DIR = '/etc/chaperone/credentials';
 export const SIDECAR_POLICIES_DIR = '/etc/chaperone/policies';
+/** Where VOLUME_EVIDENCE_CREDENTIALS is mounted (`password`, `ca.crt`). */
+export const SIDECAR_EVIDENCE_DIR = '/etc/chaperone/evidence';
 /** The standard in-cluster path, so the sidecar's Kubernetes client finds its token, CA and namespace. */
 export const SIDECAR_API_ACCESS_DIR = '/var/run/secrets/kubernetes.io/serviceaccount';
 /** The audit spool, Session writer state and the signing key: writable, and the sidecar's alone. */

@@ -473,3 +473,88 @@ test('attestation: allow-lists for volumes, capabilities and token audiences; st
   ]);
   assert.equal(renderPodPatch(input(chaperoneAudience, strict)).kind, 'patch');
 });
+
+test('records in the evidence store: rendered (no password) and validated by the sidecar; mixed or unavailable stores refused', () => {
+  const withStore = validateInjectionSettings({
+    image: 'sidecar:test',
+    operatorNamespace: 'chaperone-system',
+    credentialNamespace: 'chaperone-credentials',
+    evidenceStore: {
+      host: 'evidence.db',
+      port: 5432,
+      database: 'evidence',
+      writerUser: 'chaperone_writer',
+      passwordSecret: 'evidence-writer',
+      caSecret: 'evidence-ca',
+      batchRecords: 4096,
+    },
+  });
+  const strict = { 'chaperone.dev/strict': 'true' };
+  const operatorEndpoint = { baseUrl: 'https://chaperone-webhook.chaperone-system.svc', caPem: 'CA' };
+  const stored = renderPodPatch(input(pod(), { settings: withStore, namespaceLabels: strict, operatorEndpoint }));
+  assert.equal(stored.kind, 'patch');
+  const patched = applyJsonPatch(pod(), stored.patch);
+  const config = validateConfig(
+    parse(patched.metadata?.annotations?.[ANNOTATION_SIDECAR_CONFIG] ?? ''),
+    kubeletEnv(patched, podFields),
+  );
+  assert.deepEqual(config.audit.evidenceStore?.postgres, {
+    host: 'evidence.db',
+    port: 5432,
+    database: 'evidence',
+    user: 'chaperone_writer',
+    passwordFile: '/etc/chaperone/evidence/password',
+    caFile: '/etc/chaperone/evidence/ca.crt',
+  });
+  assert.deepEqual(config.credentials?.evidenceStore, { dir: '/etc/chaperone/evidence' });
+  assert.deepEqual(config.credentials.resources, []);
+  const sidecar = patched.spec?.initContainers?.find((c) => c.name === SIDECAR_CONTAINER);
+  assert.ok(sidecar?.volumeMounts?.some((m) => m.name === 'chaperone-evidence-credentials' && m.readOnly !== true));
+  assert.ok(
+    !patched.spec?.containers.some((c) => c.volumeMounts?.some((m) => m.name === 'chaperone-evidence-credentials')),
+  );
+  assert.deepEqual(attestationProblems(patched, 'ci', [operator.publicJwk]), []);
+
+  // Not strict: the default falls back to Session objects; asking for the store explicitly is refused.
+  const relaxed = renderPodPatch(input(pod(), { settings: withStore, operatorEndpoint }));
+  assert.equal(relaxed.kind, 'patch');
+  const relaxedConfig = parse(
+    applyJsonPatch(pod(), relaxed.patch).metadata?.annotations?.[ANNOTATION_SIDECAR_CONFIG] ?? '',
+  ) as {
+    audit: Record<string, unknown>;
+  };
+  assert.equal(relaxedConfig.audit.evidenceStore, undefined);
+  const explicit = resource('orders', {
+    audit: { failureMode: 'FailClosed', retention: '720h', records: 'EvidenceStore' },
+  });
+  const refused = renderPodPatch(input(pod(), { settings: withStore, operatorEndpoint, resources: [explicit] }));
+  assert.equal(refused.kind, 'deny');
+  assert.match(JSON.stringify(refused), /delivered only into strict namespaces/);
+  // No store configured, asked for: refused, never downgraded to Session objects.
+  const none = renderPodPatch(input(pod(), { namespaceLabels: strict, operatorEndpoint, resources: [explicit] }));
+  assert.equal(none.kind, 'deny');
+  assert.match(JSON.stringify(none), /the operator has none configured/);
+  // Two resources of one pod that disagree.
+  const two = pod();
+  two.metadata = {
+    name: 'agent',
+    annotations: { 'chaperone.dev/inject': 'true', 'chaperone.dev/resources': 'orders,billing' },
+  };
+  const objects = resource('billing', {
+    listenPort: 15433,
+    audit: { failureMode: 'FailClosed', retention: '720h', records: 'SessionObjects' },
+  });
+  const mixed = renderPodPatch(
+    input(two, {
+      settings: withStore,
+      namespaceLabels: strict,
+      operatorEndpoint,
+      resources: [resource('orders'), objects],
+    }),
+  );
+  assert.equal(mixed.kind, 'deny');
+  assert.match(
+    JSON.stringify(mixed),
+    /keep their records in different places \(orders: EvidenceStore; billing: SessionObjects\)/,
+  );
+});

@@ -13,7 +13,7 @@ import type {
   V1VolumeMount,
   V1VolumeProjection,
 } from '@kubernetes/client-node';
-import type { ProtectedResource, StatementSigner } from '@chaperone/api';
+import type { AuditRecordStore, ProtectedResource, StatementSigner } from '@chaperone/api';
 import { SEAL_ANNOTATION } from '@chaperone/api';
 import {
   AGENT_IDENTITY_DIR,
@@ -34,11 +34,13 @@ import {
   SIDECAR_CONFIG_PATH,
   SIDECAR_CONTAINER,
   SIDECAR_CREDENTIALS_DIR,
+  SIDECAR_EVIDENCE_DIR,
   SIDECAR_POD_ENV,
   VOLUME_AGENT_IDENTITY,
   VOLUME_AUDIT,
   VOLUME_CONFIG,
   VOLUME_CREDENTIALS,
+  VOLUME_EVIDENCE_CREDENTIALS,
   VOLUME_LOOPBACK_TLS,
   VOLUME_SIDECAR_API_ACCESS,
 } from './constants.ts';
@@ -186,7 +188,13 @@ export function renderPodPatch(input: InjectionInput): InjectionResult {
       );
     }
   }
-  if ((delivered.length > 0 || settings.sessionNamespace !== undefined) && input.operatorEndpoint === undefined) {
+  const records = recordStore(served, settings, strict);
+  if ('problem' in records) return deny(records.code, records.problem);
+  const evidenceStore = records.store === 'EvidenceStore';
+  if (
+    (delivered.length > 0 || evidenceStore || settings.sessionNamespace !== undefined) &&
+    input.operatorEndpoint === undefined
+  ) {
     return deny(500, 'chaperone: the operator endpoint for the Session proxy and credential delivery is not known');
   }
 
@@ -256,6 +264,7 @@ export function renderPodPatch(input: InjectionInput): InjectionResult {
     ...(input.signerCertification === undefined ? {} : { signerCertification: input.signerCertification }),
     ...(input.tokenExchange === undefined ? {} : { tokenExchange: input.tokenExchange }),
     ...(input.operatorEndpoint === undefined ? {} : { operatorEndpoint: input.operatorEndpoint }),
+    evidenceStore,
   });
   annotations[ANNOTATION_SIDECAR_CONFIG] = configYaml;
   if (kubernetesResource) {
@@ -268,11 +277,13 @@ export function renderPodPatch(input: InjectionInput): InjectionResult {
     sidecarApiAccessVolume(settings),
     auditVolume(settings),
     ...(kubernetesResource ? [loopbackTlsVolume()] : []),
+    ...(evidenceStore ? [{ name: VOLUME_EVIDENCE_CREDENTIALS, emptyDir: { medium: 'Memory', sizeLimit: '1Mi' } }] : []),
   ];
   volumes.push(...sidecarVolumes);
   const sidecar = sidecarContainer(settings, {
     deliveredCredentials: delivered.length > 0,
     loopbackTls: kubernetesResource,
+    evidenceStore,
   });
   // The seal: what the operator rendered, exactly as the API server stores it (the renderer writes the
   // server's defaults out), signed with the operator's key. Everything that trusts a sidecar checks it.
@@ -300,6 +311,50 @@ export function renderPodPatch(input: InjectionInput): InjectionResult {
       : { op: 'add', path: '/spec/initContainers/0', value: sidecar },
   );
   return { kind: 'patch', patch: ops, warnings };
+}
+
+/**
+ * Where the records of the pod's sessions go (ProtectedResource spec.audit.records): unset means the evidence
+ * store when the installation has one and the namespace is strict (its writer credential is delivered to
+ * attested sidecars only), Session objects otherwise. The sidecar keeps one trail, so the resources of one
+ * pod must agree; a resource that asks for the store where it cannot be had is refused, never downgraded.
+ */
+export function recordStore(
+  resources: readonly ProtectedResource[],
+  settings: InjectionSettings,
+  strict: boolean,
+): { store: AuditRecordStore } | { problem: string; code: number } {
+  const fallback: AuditRecordStore =
+    settings.evidenceStore !== undefined && strict ? 'EvidenceStore' : 'SessionObjects';
+  const chosen = new Map<AuditRecordStore, string[]>();
+  for (const r of resources) {
+    const store = r.spec.audit.records ?? fallback;
+    chosen.set(store, [...(chosen.get(store) ?? []), r.metadata.name ?? '']);
+  }
+  if (chosen.size > 1) {
+    const list = [...chosen].map(([store, names]) => `${names.join(', ')}: ${store}`).join('; ');
+    return {
+      code: 400,
+      problem: `the pod's ProtectedResources keep their records in different places (${list}); a sidecar keeps one trail`,
+    };
+  }
+  const store = [...chosen.keys()][0] ?? 'SessionObjects';
+  if (store === 'EvidenceStore') {
+    const names = chosen.get(store)?.join(', ') ?? '';
+    if (settings.evidenceStore === undefined) {
+      return {
+        code: 400,
+        problem: `ProtectedResource ${names} keeps its records in the evidence store (spec.audit.records), and the operator has none configured`,
+      };
+    }
+    if (!strict) {
+      return {
+        code: 403,
+        problem: `ProtectedResource ${names} keeps its records in the evidence store, whose writer credential is delivered only into strict namespaces (label ${LABEL_STRICT}=true)`,
+      };
+    }
+  }
+  return { store };
 }
 
 /** The pod as it will be stored, as far as the attestation checks look: automount gone, volumes and sidecar in. */
@@ -546,7 +601,11 @@ function auditVolume(settings: InjectionSettings): V1Volume {
  */
 export function sidecarContainer(
   settings: InjectionSettings,
-  options: { readonly deliveredCredentials?: boolean; readonly loopbackTls?: boolean } = {},
+  options: {
+    readonly deliveredCredentials?: boolean;
+    readonly loopbackTls?: boolean;
+    readonly evidenceStore?: boolean;
+  } = {},
 ): V1Container {
   const probe = {
     httpGet: { path: '/healthz', port: settings.metricsPort, scheme: 'HTTP' },
@@ -589,6 +648,9 @@ export function sidecarContainer(
       { name: VOLUME_SIDECAR_API_ACCESS, mountPath: SIDECAR_API_ACCESS_DIR, readOnly: true },
       { name: VOLUME_AUDIT, mountPath: SIDECAR_AUDIT_DIR },
       ...(options.loopbackTls === true ? [{ name: VOLUME_LOOPBACK_TLS, mountPath: AGENT_LOOPBACK_TLS_DIR }] : []),
+      ...(options.evidenceStore === true
+        ? [{ name: VOLUME_EVIDENCE_CREDENTIALS, mountPath: SIDECAR_EVIDENCE_DIR }]
+        : []),
     ],
   };
 }

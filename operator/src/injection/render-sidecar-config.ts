@@ -16,6 +16,7 @@ import {
   SIDECAR_API_ACCESS_DIR,
   SIDECAR_AUDIT_DIR,
   SIDECAR_CREDENTIALS_DIR,
+  SIDECAR_EVIDENCE_DIR,
 } from './constants.ts';
 import type { PublicKeys } from './sealed-pod.ts';
 import type { InjectionSettings } from './settings.ts';
@@ -130,6 +131,11 @@ export interface RenderSidecarConfigInput {
   readonly tokenExchange?: TokenExchangeEndpoint;
   /** The operator's HTTPS server, for the Session proxy and credential delivery when settings ask for them. */
   readonly operatorEndpoint?: OperatorEndpoint;
+  /**
+   * Keep records in the installation's evidence store (settings.evidenceStore; resolved by the pod patch from
+   * the resources' spec.audit.records): its location in audit.evidenceStore, its writer credential delivered.
+   */
+  readonly evidenceStore?: boolean;
 }
 
 export interface TokenExchangeEndpoint {
@@ -159,6 +165,7 @@ export function renderSidecarConfig(input: RenderSidecarConfigInput): Record<str
   const tokenFile = `${SIDECAR_API_ACCESS_DIR}/token`;
   const operator = input.operatorEndpoint;
   const delivered = input.resources.filter(isDelivered).map((r) => r.metadata.name ?? '');
+  const store = input.evidenceStore === true ? settings.evidenceStore : undefined;
   return {
     pod: { namespace: input.namespace, name: input.podName, uid: '' },
     listeners: input.resources.map((r) => ({
@@ -220,6 +227,23 @@ export function renderSidecarConfig(input: RenderSidecarConfigInput): Record<str
         ? {}
         : { operator: { url: `${operator.baseUrl}${SESSION_PROXY_PATH}`, ca: operator.caPem, tokenFile } }),
       ...(settings.auditExportJsonLines ? { exportJsonLines: true, path: '-' } : {}),
+      // Records in the evidence store as its INSERT-only writer, whose password and CA the operator delivers
+      // (credentials.evidenceStore below) into the sidecar's own memory volume: never in this config or env.
+      ...(store === undefined
+        ? {}
+        : {
+            evidenceStore: {
+              postgres: {
+                host: store.host,
+                port: store.port,
+                database: store.database,
+                user: store.writerUser,
+                passwordFile: `${SIDECAR_EVIDENCE_DIR}/password`,
+                ...(store.caSecret === undefined ? {} : { caFile: `${SIDECAR_EVIDENCE_DIR}/ca.crt` }),
+              },
+              batchRecords: store.batchRecords,
+            },
+          }),
       // The same pod-bound token proves the pod to the operator (TokenReview) when it certifies the key.
       ...(input.signerCertification === undefined
         ? {}
@@ -234,8 +258,9 @@ export function renderSidecarConfig(input: RenderSidecarConfigInput): Record<str
     // Approve rules hold commands: requests are filed in the pod's namespace (where its approvers work) with
     // the sidecar's pod-bound token, whose Role allows exactly that (docs/approvals.md).
     approvals: { kubernetes: { tokenFile, caFile: `${SIDECAR_API_ACCESS_DIR}/ca.crt` } },
-    // Credentials of another namespace are delivered by the operator into the sidecar's memory volume.
-    ...(delivered.length === 0 || operator === undefined
+    // Credentials of another namespace, and the evidence store's, are delivered by the operator into the
+    // sidecar's memory volumes.
+    ...((delivered.length === 0 && store === undefined) || operator === undefined
       ? {}
       : {
           credentials: {
@@ -244,6 +269,7 @@ export function renderSidecarConfig(input: RenderSidecarConfigInput): Record<str
             tokenFile,
             dir: SIDECAR_CREDENTIALS_DIR,
             resources: delivered,
+            ...(store === undefined ? {} : { evidenceStore: { dir: SIDECAR_EVIDENCE_DIR } }),
           },
         }),
     // Probes come from the kubelet on the pod IP, so /healthz cannot be loopback-only.

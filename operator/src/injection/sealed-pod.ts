@@ -25,6 +25,7 @@ import {
   VOLUME_AUDIT,
   VOLUME_CONFIG,
   VOLUME_CREDENTIALS,
+  VOLUME_EVIDENCE_CREDENTIALS,
   VOLUME_LOOPBACK_TLS,
   VOLUME_POLICIES,
   VOLUME_SIDECAR_API_ACCESS,
@@ -55,6 +56,7 @@ export const INJECTOR_VOLUMES: readonly string[] = [
   VOLUME_AGENT_IDENTITY,
   VOLUME_AUDIT,
   VOLUME_LOOPBACK_TLS,
+  VOLUME_EVIDENCE_CREDENTIALS,
 ];
 
 /** Names the pod uses that belong to the injector: the sidecar container, its volumes and annotations. */

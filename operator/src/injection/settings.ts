@@ -40,6 +40,31 @@ export interface InjectionSettings {
    * delivered to attested sidecars instead of a mounted Secret (docs/injection.md). Default unset.
    */
   readonly credentialNamespace?: string;
+  /**
+   * The evidence store injected sidecars keep records in (ProtectedResource spec.audit.records); needs the
+   * credential namespace, from which its writer password is delivered. Default unset: Session objects.
+   */
+  readonly evidenceStore?: EvidenceStoreSettings;
+}
+
+/**
+ * The installation's evidence store (docs/evidence-store.md), as the chart's `<release>-evidence-store`
+ * ConfigMap describes it: where sidecars append records and as which role. The writer's password and the
+ * server's CA are Secrets of the credential namespace, delivered to attested sidecars, never rendered.
+ */
+export interface EvidenceStoreSettings {
+  readonly host: string;
+  /** Default 5432. */
+  readonly port: number;
+  readonly database: string;
+  /** The INSERT-only role sidecars log in as. */
+  readonly writerUser: string;
+  /** Secret of the credential namespace holding the writer's password (key `password`). */
+  readonly passwordSecret: string;
+  /** Secret of the credential namespace holding the server's CA (key `ca.crt`); unset: only a loopback host. */
+  readonly caSecret?: string;
+  /** Records per insert and per signed head. Default 4096. */
+  readonly batchRecords: number;
 }
 
 export const DEFAULT_INJECTION_SETTINGS: Omit<InjectionSettings, 'image' | 'operatorNamespace'> = {
@@ -85,6 +110,26 @@ export function validateInjectionSettings(
   for (const key of ['sessionNamespace', 'credentialNamespace'] as const) {
     const value = settings[key];
     if (value !== undefined && !dnsLabel.test(value)) problems.push(`${key}: a namespace name`);
+  }
+  const store = settings.evidenceStore;
+  if (store !== undefined) {
+    if (settings.credentialNamespace === undefined) {
+      problems.push("evidenceStore: needs credentialNamespace (the writer's password is delivered from there)");
+    }
+    if (store.host.trim() === '') problems.push('evidenceStore.host: required');
+    if (!Number.isInteger(store.port) || store.port < 1 || store.port > 65535)
+      problems.push('evidenceStore.port: 1..65535');
+    const identifier = /^[a-z_][a-z0-9_]{0,62}$/;
+    if (!identifier.test(store.database)) problems.push('evidenceStore.database: a plain SQL identifier');
+    if (!identifier.test(store.writerUser)) problems.push('evidenceStore.writerUser: a plain SQL identifier');
+    const secretName = /^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/;
+    if (!secretName.test(store.passwordSecret)) problems.push('evidenceStore.passwordSecret: a Secret name');
+    if (store.caSecret !== undefined && !secretName.test(store.caSecret)) {
+      problems.push('evidenceStore.caSecret: a Secret name');
+    }
+    if (!Number.isInteger(store.batchRecords) || store.batchRecords < 1 || store.batchRecords > 65536) {
+      problems.push('evidenceStore.batchRecords: an integer in 1..65536');
+    }
   }
   if (problems.length > 0) throw new InjectionSettingsError(`invalid injection settings: ${problems.join('; ')}`);
   return settings;

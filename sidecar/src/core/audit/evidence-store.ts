@@ -1,13 +1,18 @@
 // Where the Session writer appends records when Sessions keep only signed heads (docs/evidence-store.md):
 // the interface the writer needs and its PostgreSQL implementation with node-postgres. The sidecar logs in
-// as the store's writer role, which may INSERT and call the counters function and nothing else; an insert
-// of a record already there (same session, seq and time: a replay after a restart) does nothing, so the
-// writer may retry any batch.
+// as the store's writer role, which may INSERT (and so COPY) and call the counters function and nothing
+// else. Records of a live session go in with COPY; a batch that may hold records already there (a replay
+// after a restart, a retry after an unknown outcome) with an insert that skips them, so the writer may
+// retry any batch.
 import { readFileSync } from 'node:fs';
+import { finished } from 'node:stream/promises';
 import pg from 'pg';
+import { from as copyFrom } from 'pg-copy-streams';
 import {
+  EVIDENCE_COPY_SQL,
   EVIDENCE_COUNTERS_FUNCTION,
   EVIDENCE_INSERT_SQL,
+  evidenceCopyRows,
   evidenceRow,
   type AuditRecord,
   type EvidenceCounters,
@@ -32,11 +37,17 @@ export interface EvidenceSession {
 
 export interface EvidenceStore {
   readonly location: EvidenceLocation;
-  /** Appends records of one session; records already stored are skipped. Throws when the store is unreachable. */
+  /**
+   * Appends records of one session. With `mayExist` (a replay, a retry after an unknown outcome) records
+   * already stored are skipped; without, none of them may be there yet (the cheaper path; a record already
+   * there makes the whole batch fail, and the caller retries with `mayExist`). Throws when the store is
+   * unreachable.
+   */
   append(
     session: EvidenceSession,
     entries: readonly EvidenceEntry[],
     canonical: (r: AuditRecord) => string,
+    mayExist: boolean,
   ): Promise<void>;
   /** Counters of a session's stored records with seq ≤ `throughSeq` (after a restart, to resume status.counters). */
   counters(sessionId: string, throughSeq: number): Promise<EvidenceCounters>;
@@ -92,8 +103,39 @@ export class PostgresEvidenceStore implements EvidenceStore {
     session: EvidenceSession,
     entries: readonly EvidenceEntry[],
     canonical: (r: AuditRecord) => string,
+    mayExist: boolean,
   ): Promise<void> {
     if (entries.length === 0) return;
+    if (mayExist) {
+      await this.insert(session, entries, canonical);
+      return;
+    }
+    // COPY: no array literals to build and escape here, none to parse on the server, no conflict check.
+    const text = evidenceCopyRows(
+      session,
+      entries.map((e) => ({ row: evidenceRow(session.sessionId, e.record), text: e.text ?? canonical(e.record) })),
+    );
+    const client = await this.pool.connect();
+    let broken: Error | undefined;
+    try {
+      const copy = client.query(copyFrom(EVIDENCE_COPY_SQL));
+      copy.end(Buffer.from(text, 'utf8'));
+      await finished(copy);
+    } catch (err) {
+      // The connection may be mid-COPY: never hand it back to the pool.
+      broken = err as Error;
+      throw err;
+    } finally {
+      client.release(broken ?? false);
+    }
+  }
+
+  /** The idempotent insert: one statement, records already there (same session, seq, time) skipped. */
+  private async insert(
+    session: EvidenceSession,
+    entries: readonly EvidenceEntry[],
+    canonical: (r: AuditRecord) => string,
+  ): Promise<void> {
     const seq: number[] = [];
     const time: string[] = [];
     const type: string[] = [];

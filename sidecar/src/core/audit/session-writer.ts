@@ -109,6 +109,14 @@ interface SessionState {
   continued: { name: string; status: SessionStatus }[];
   /** With an evidence store: the highest seq inserted whose head may still be unwritten. */
   storedThrough: number;
+  /** When its last flush began (Date.now()); with an evidence store a session is flushed once per interval. */
+  lastFlushAt: number;
+  /**
+   * With an evidence store: the highest seq that may be in the store without this process knowing (sent in
+   * an insert whose outcome is unknown, or by an earlier process). Batches reaching down to it skip what is
+   * there; later ones take the cheaper COPY.
+   */
+  mayExistThrough: number;
 }
 
 const UNAUTHENTICATED: Identity = { subject: 'unauthenticated', issuer: '' };
@@ -148,6 +156,8 @@ export class SessionWriter {
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<void> | undefined;
   private rerun = false;
+  /** flush() wants every session written, due or not. */
+  private forced = false;
   private stopped = false;
   private pending = 0;
   private sinceKick = 0;
@@ -217,6 +227,9 @@ export class SessionWriter {
         longNames: false,
         continued: [],
         storedThrough: 0,
+        lastFlushAt: 0,
+        // A session that starts here has nothing in the store; a replayed or resumed one may have anything.
+        mayExistThrough: !replayed && record.seq === 1 ? 0 : Number.MAX_SAFE_INTEGER,
       };
       this.sessions.set(session.sessionId, s);
     }
@@ -234,8 +247,12 @@ export class SessionWriter {
     this.lastEnqueuedId = Math.max(this.lastEnqueuedId, id);
     this.options.metrics?.pendingRecords.set(this.pending);
     this.sinceKick += 1;
-    if (this.sinceKick >= this.kickRecords && this.running === undefined && !this.stopped) {
-      // A full part is waiting: write it now rather than at the next tick.
+    // With a store a batch is per session: its own queue decides (one busy session, not the sum of all).
+    // (Once, as its queue reaches a batch: a session backing off would otherwise kick on every record.)
+    const full =
+      this.evidence === undefined ? this.sinceKick >= this.kickRecords : s.queue.length - s.head === this.kickRecords;
+    if (full && this.running === undefined && !this.stopped) {
+      // A full part (or batch) is waiting: write it now rather than at the next tick.
       this.sinceKick = 0;
       this.schedule(0);
     }
@@ -250,6 +267,7 @@ export class SessionWriter {
       resolve = res;
     });
     this.waiters.push({ id: target, resolve });
+    this.forced = true;
     this.schedule(0);
     if (timeoutMs === Infinity) {
       await promise;
@@ -289,7 +307,9 @@ export class SessionWriter {
     if (this.running !== undefined) return;
     this.rerun = false;
     this.sinceKick = 0;
-    this.running = this.flushOnce().catch((err: unknown) => {
+    const forced = this.forced;
+    this.forced = false;
+    this.running = this.flushOnce(forced).catch((err: unknown) => {
       this.logger.error('audit flush failed unexpectedly', { error: err });
     });
     await this.running;
@@ -298,16 +318,38 @@ export class SessionWriter {
     this.schedule(more ? 0 : this.intervalMs);
   }
 
-  /** A flush was asked for while one ran, or a full part's worth of records arrived meanwhile. */
+  /** A flush was asked for while one ran, or a full part's (or a session's batch's) worth of records arrived meanwhile. */
   private wantsRerun(): boolean {
-    return this.rerun || this.sinceKick >= this.kickRecords;
+    if (this.rerun) return true;
+    if (this.evidence === undefined) return this.sinceKick >= this.kickRecords;
+    // Not a session backing off after a failure: that would spin until its retry time.
+    const now = Date.now();
+    for (const s of this.sessions.values()) if (this.batchWaiting(s) && s.retryAt <= now) return true;
+    return false;
   }
 
-  private async flushOnce(): Promise<void> {
+  /** With a store: a whole batch of the session's records is queued. */
+  private batchWaiting(s: SessionState): boolean {
+    return s.queue.length - s.head >= this.kickRecords;
+  }
+
+  /**
+   * Whether a session with work is flushed in this run. With an evidence store each flush costs a head and a
+   * status write on the API server whatever the batch's size, so a session is flushed once per interval,
+   * or at once when a whole batch is queued, it ended, or a flush() asked for everything. Without a store
+   * (Session objects, one write per part anyway) every session with work is.
+   */
+  private due(s: SessionState, now: number, forced: boolean): boolean {
+    if (this.evidence === undefined || forced || s.ended || s.abandoned || !s.synced) return true;
+    return this.batchWaiting(s) || now - s.lastFlushAt >= this.intervalMs || s.head >= s.queue.length;
+  }
+
+  private async flushOnce(forced: boolean): Promise<void> {
     const now = Date.now();
     const ready: SessionState[] = [];
     for (const s of this.sessions.values()) {
-      if (!s.busy && (s.head < s.queue.length || s.statusDirty) && s.retryAt <= now) ready.push(s);
+      const work = s.head < s.queue.length || s.statusDirty;
+      if (!s.busy && work && s.retryAt <= now && this.due(s, now, forced)) ready.push(s);
     }
     let next = 0;
     const worker = async () => {
@@ -347,6 +389,7 @@ export class SessionWriter {
 
   private async flushSession(s: SessionState): Promise<void> {
     s.busy = true;
+    s.lastFlushAt = Date.now();
     try {
       if (!s.synced) await this.sync(s);
       await this.markContinued(s);
@@ -585,7 +628,10 @@ export class SessionWriter {
       const unstored = batch.filter((q) => q.record.seq > s.storedThrough);
       if (unstored.length > 0) {
         const started = process.hrtime.bigint();
-        await evidence.append(session, unstored, canonicalRecordText);
+        const mayExist = (unstored[0] as Queued).record.seq <= s.mayExistThrough;
+        // Until it answers, the outcome is unknown: a failure leaves these seq possibly stored.
+        s.mayExistThrough = Math.max(s.mayExistThrough, last.seq);
+        await evidence.append(session, unstored, canonicalRecordText, mayExist);
         this.options.metrics?.storeSeconds?.observe(Number(process.hrtime.bigint() - started) / 1e9);
         s.storedThrough = Math.max(s.storedThrough, last.seq);
       }

@@ -4,6 +4,8 @@
 // and writes it where its listeners read it (`<dir>/<resource>/username`, `password`, `ca.crt`): a memory
 // emptyDir mounted in the sidecar alone. It asks again every refreshSeconds, so a rotated credential is
 // picked up without a restart (new upstream connections read the files). Files are replaced atomically.
+// The evidence store's writer password and CA (docs/evidence-store.md) come the same way, asked for with
+// `{"evidenceStore": true}`, into their own memory volume (`password`, `ca.crt`).
 import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from '../observability/logger.ts';
@@ -12,9 +14,14 @@ import { callOperator, type OperatorEndpoint } from '../operator-client.ts';
 export interface CredentialFetcherOptions extends OperatorEndpoint {
   readonly dir: string;
   readonly resources: readonly string[];
+  /** Also fetch the evidence store's writer password and CA into this directory. */
+  readonly evidenceStore?: { readonly dir: string };
   readonly refreshMs: number;
   readonly logger: Logger;
 }
+
+/** The evidence store's entry among what was fetched (not a resource name: those are DNS subdomains). */
+const EVIDENCE_STORE = ':evidence-store';
 
 interface Delivered {
   readonly username?: unknown;
@@ -37,20 +44,26 @@ export class CredentialFetcher {
     this.options = options;
   }
 
+  /** What is to be fetched: the resources' names and, for the evidence store's, EVIDENCE_STORE. */
+  private get wanted(): string[] {
+    return [...this.options.resources, ...(this.options.evidenceStore === undefined ? [] : [EVIDENCE_STORE])];
+  }
+
   /** Fetches every credential once, retrying for up to `waitMs`, then keeps refreshing in the background. */
   async start(waitMs: number): Promise<void> {
     const until = Date.now() + waitMs;
     let delay = 500;
     for (;;) {
       await this.refresh();
-      if (this.fetched.size === this.options.resources.length || Date.now() >= until) break;
+      if (this.fetched.size === this.wanted.length || Date.now() >= until) break;
       await new Promise((r) => setTimeout(r, delay));
       delay = Math.min(delay * 2, 5000);
     }
-    if (this.fetched.size < this.options.resources.length) {
-      this.options.logger.error('not every credential was delivered; connections to those resources fail until it is', {
-        missing: this.options.resources.filter((r) => !this.fetched.has(r)),
-      });
+    if (this.fetched.size < this.wanted.length) {
+      this.options.logger.error(
+        'not every credential was delivered; connections to those resources (or the evidence store) fail until it is',
+        { missing: this.wanted.filter((r) => !this.fetched.has(r)) },
+      );
     }
     this.timer = setInterval(() => void this.refresh(), this.options.refreshMs);
     this.timer.unref();
@@ -76,6 +89,21 @@ export class CredentialFetcher {
         this.fetched.add(resource);
       } catch (err) {
         this.options.logger.warn('credential delivery failed; keeping the last one', { resource, error: err });
+      }
+    }
+    const store = this.options.evidenceStore;
+    if (store !== undefined) {
+      try {
+        const answer = (await callOperator(this.options, { evidenceStore: true })) as Delivered | null;
+        if (typeof answer?.password !== 'string') throw new Error('the answer holds no password');
+        mkdirSync(store.dir, { recursive: true, mode: 0o700 });
+        writeAtomically(join(store.dir, 'password'), Buffer.from(answer.password, 'base64'));
+        if (typeof answer.ca === 'string') writeAtomically(join(store.dir, 'ca.crt'), Buffer.from(answer.ca, 'base64'));
+        if (!this.fetched.has(EVIDENCE_STORE))
+          this.options.logger.info('evidence store credential delivered by the operator');
+        this.fetched.add(EVIDENCE_STORE);
+      } catch (err) {
+        this.options.logger.warn('evidence store credential delivery failed; keeping the last one', { error: err });
       }
     }
   }
