@@ -69,7 +69,10 @@ class DirectEvaluation implements PolicyEvaluation {
   private readonly opaEval: OpaEval;
   private readonly memory: WasmMemory;
   private readonly dataAddr: number;
-  /** Where the input goes: the heap as it was after the (empty) data document was loaded, as in the SDK. */
+  /**
+   * Where the input goes: the heap as it was after the (empty) data document was loaded, as in the SDK. Both
+   * addresses are fixed because the engine never replaces the data document (LoadedPolicy.setData).
+   */
   private readonly inputAddr: number;
   /** A view of the memory; made again when the memory grew (growing detaches the old buffer). */
   private view: Uint8Array;
