@@ -38,7 +38,13 @@ function policies(ns: string): Record<string, AccessPolicySpec> {
         { name: 'work', decision: 'allow', match: { kubernetes: { namespaces: [ns], resources: ['configmaps'] } } },
       ],
       defaultDecision: 'deny',
-      approval: { approverGroups: ['dba'], requiredApprovals: 1, timeout: '5m', allowSelfApproval: false },
+      approval: {
+        approverGroups: ['dba'],
+        requiredApprovals: 1,
+        timeout: '5m',
+        allowSelfApproval: false,
+        grants: { scopes: ['fingerprint', 'resource'], maxDuration: '10m' },
+      },
     },
   };
 }
@@ -214,5 +220,55 @@ test('a delete in a protected namespace waits for approval through the Kubernete
       return decided?.approval?.phase === 'Cancelled' ? decided : undefined;
     });
     assert.equal(await exists('abandoned'), true);
+  });
+
+  await t.test('a resource grant: later deletes run unheld until it is revoked', async () => {
+    for (const name of ['granted-1', 'granted-2', 'granted-3']) {
+      await kubectl(['create', 'configmap', name, '-n', ns, '--from-literal=a=1']);
+    }
+    const first = agent(['delete', 'configmap', 'granted-1', '-n', ns, '--wait=false']);
+    const request = await pendingFor('granted-1');
+    const name = request.metadata.name ?? '';
+    const approved = await cli(['approve', name, '-n', ns, '--for', '5m', '--scope', 'resource']);
+    assert.equal(approved.code, 0, approved.stderr);
+    assert.equal((await first).code, 0);
+    // Another object, a new kubectl run: deleted at once, and no request names it.
+    const second = await agent(['delete', 'configmap', 'granted-2', '-n', ns, '--wait=false']);
+    assert.equal(second.code, 0, second.stderr);
+    assert.equal(await exists('granted-2'), false);
+    const list = (await custom.listNamespacedCustomObject({
+      group: GROUP,
+      version: VERSION,
+      namespace: ns,
+      plural: PLURAL,
+    })) as {
+      items: ApprovalRequest[];
+    };
+    assert.equal(list.items.filter((r) => r.spec.command.text.includes('/configmaps/granted-2')).length, 0);
+    const used = await poll('the delete under the grant in the trail', async () => {
+      const all = (await sidecar.settledRecords()).map((e) => e.record);
+      return all.find(
+        (r) =>
+          r.type === 'approval.decided' &&
+          r.approval?.request === name &&
+          r.approval.bindingHash !== request.spec.bindingHash,
+      );
+    });
+    assert.deepEqual(used.approval?.grant?.scopes, ['resource']);
+    assert.deepEqual(
+      used.approval.decisions?.map((d) => d.approver),
+      ['carol@example.com'],
+    );
+
+    assert.equal((await cli(['revoke', name, '-n', ns])).code, 0);
+    await poll('the grant to be revoked', async () =>
+      (await world.request(name)).status?.grant?.endReason === 'Revoked' ? true : undefined,
+    );
+    const third = agent(['delete', 'configmap', 'granted-3', '-n', ns, '--wait=false']);
+    const held = await pendingFor('granted-3');
+    assert.equal(await exists('granted-3'), true);
+    assert.equal((await cli(['deny', held.metadata.name ?? '', '-n', ns])).code, 0);
+    assert.notEqual((await third).code, 0);
+    assert.equal(await exists('granted-3'), true);
   });
 });
