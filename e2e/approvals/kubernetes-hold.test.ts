@@ -36,6 +36,16 @@ function policies(ns: string): Record<string, AccessPolicySpec> {
           message: 'deletes in this namespace need a second person',
         },
         { name: 'work', decision: 'allow', match: { kubernetes: { namespaces: [ns], resources: ['configmaps'] } } },
+        {
+          name: 'hold-exec',
+          decision: 'approve',
+          match: { kubernetes: { namespaces: [ns], resources: ['pods'], subresources: ['exec'] } },
+        },
+        {
+          name: 'read-pods',
+          decision: 'allow',
+          match: { kubernetes: { verbs: ['get'], namespaces: [ns], resources: ['pods'] } },
+        },
       ],
       defaultDecision: 'deny',
       approval: {
@@ -220,6 +230,65 @@ test('a delete in a protected namespace waits for approval through the Kubernete
       return decided?.approval?.phase === 'Cancelled' ? decided : undefined;
     });
     assert.equal(await exists('abandoned'), true);
+  });
+
+  await t.test('exec is held before the upgrade: denied, nothing is forwarded; approved, forwarded once', async () => {
+    const podName = pod.metadata?.name ?? '';
+    const pendingExec = (after: readonly string[]) =>
+      poll('the ApprovalRequest of the held exec', async () => {
+        const list = (await custom.listNamespacedCustomObject({
+          group: GROUP,
+          version: VERSION,
+          namespace: ns,
+          plural: PLURAL,
+        })) as { items: ApprovalRequest[] };
+        return list.items.find(
+          (r) => r.spec.command.text.includes(`/pods/${podName}/exec`) && !after.includes(r.metadata.name ?? ''),
+        );
+      });
+    const outcomesOf = async (name: string) =>
+      (await sidecar.settledRecords())
+        .map((e) => e.record)
+        .filter((r) => r.type === 'command.outcome' && r.approval?.request === name);
+
+    const denied = agent(['exec', podName, '-n', ns, '-c', 'agent', '--', 'rm', '-rf', '/data']);
+    const first = await pendingExec([]);
+    const firstName = first.metadata.name ?? '';
+    assert.equal(first.spec.policy.rule, 'hold-exec');
+    assert.match(first.spec.command.text, /command=rm/, 'the approval names the command it runs');
+    assert.equal((await cli(['deny', firstName, '-n', ns, '--comment', 'no'])).code, 0);
+    const deniedRun = await denied;
+    t.diagnostic(`kubectl after the denial: ${deniedRun.stderr.trim()}`);
+    assert.notEqual(deniedRun.code, 0);
+    assert.deepEqual(await outcomesOf(firstName), [], 'nothing ran under the denied request');
+
+    const approvedRun = agent(['exec', podName, '-n', ns, '-c', 'agent', '--', 'true']);
+    const second = await pendingExec([firstName]);
+    const secondName = second.metadata.name ?? '';
+    assert.equal((await cli(['approve', secondName, '-n', ns])).code, 0);
+    const result = await approvedRun;
+    t.diagnostic(`kubectl after the approval: ${result.stderr.trim()}`);
+    // Forwarded: the API server answers it (no kubelet runs for this pod's node), once.
+    const outcomes = await poll('the forwarded exec in the trail', async () => {
+      const found = await outcomesOf(secondName);
+      return found.length > 0 ? found : undefined;
+    });
+    assert.equal(outcomes.length, 1, 'forwarded exactly once');
+    // The API server's own answer (no kubelet serves this pod), not a refusal by the sidecar.
+    assert.match(outcomes[0]?.outcome?.message ?? '', /the API server did not upgrade the connection/);
+    assert.notEqual(outcomes[0]?.outcome?.code, '403');
+    assert.equal((await world.request(secondName)).status?.phase, 'Approved');
+    assert.equal((await world.request(firstName)).status?.phase, 'Denied');
+    // kubectl then falls back to SPDY, which the sidecar refuses without filing anything (docs/approvals.md).
+    assert.notEqual(result.code, 0);
+    const list = (await custom.listNamespacedCustomObject({
+      group: GROUP,
+      version: VERSION,
+      namespace: ns,
+      plural: PLURAL,
+    })) as { items: ApprovalRequest[] };
+    const execs = list.items.filter((r) => r.spec.command.text.includes(`/pods/${podName}/exec`));
+    assert.equal(execs.length, 2, 'one request per exec, none for the SPDY fallbacks');
   });
 
   await t.test('a resource grant: later deletes run unheld until it is revoked', async () => {
