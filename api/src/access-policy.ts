@@ -1,5 +1,6 @@
 // AccessPolicy: who may do what on which ProtectedResources, what needs approval, what is masked.
 // Written by the security team; compiled by the operator into a WebAssembly bundle (docs/policy.md).
+import { GRANT_SCOPES } from './approval-request.ts';
 import { Type, type Static, StringEnum, StringMap, Conditions, Duration, DateTime, dnsSubdomain } from './schema.ts';
 import type { KubernetesObject } from './meta.ts';
 
@@ -393,6 +394,29 @@ export const AccessPolicySpec = Type.Object(
             description: 'Whether anyone in the requester chain may approve. Default false.',
             default: false,
           }),
+          grants: Type.Optional(
+            Type.Object(
+              {
+                scopes: Type.Array(
+                  StringEnum(GRANT_SCOPES, {
+                    description:
+                      'fingerprint: the same normalised statement by the same requester; session: any command this rule holds in the same session; resource: any command this rule holds for the same requester on the resource.',
+                  }),
+                  {
+                    description: 'Scopes approvers may grant.',
+                    minItems: 1,
+                    maxItems: GRANT_SCOPES.length,
+                    'x-kubernetes-list-type': 'set',
+                  },
+                ),
+                maxDuration: Duration({ description: 'Longest grant, at most 24h. Default 1h.', default: '1h' }),
+              },
+              {
+                description:
+                  'Lets approvers approve, with the same approvals, later matching commands for a bounded time (a time-bound grant, docs/approvals.md). Absent: every approval covers one command.',
+              },
+            ),
+          ),
         },
         {
           description: 'Who approves commands held by approve rules.',

@@ -2,6 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   approvalBindingHash,
+  grantOf,
   tallyDecisions,
   type ApprovalBinding,
   type ApprovalDecisionEntry,
@@ -103,4 +104,44 @@ test('the binding hash changes with the text, every parameter, the session, the 
   ];
   const hashes = new Set([h, ...variants.map(approvalBindingHash)]);
   assert.equal(hashes.size, variants.length + 1);
+});
+
+test('a grant is made only when every counted approval asks for one within spec.grants; the narrowest applies', () => {
+  const grants = {
+    scopes: ['fingerprint', 'session', 'resource'] as ('fingerprint' | 'session' | 'resource')[],
+    maxDurationSeconds: 3600,
+  };
+  const asking = (username: string, scope: 'fingerprint' | 'session' | 'resource', durationSeconds: number) => ({
+    ...d(username),
+    grant: { scope, durationSeconds },
+  });
+  const withGrants = { ...spec, grants };
+  // Both ask: every scope applies (session and fingerprint), the shorter duration.
+  const both = tallyDecisions(withGrants, [asking('carol', 'session', 900), asking('dave', 'fingerprint', 1800)]);
+  assert.deepEqual(grantOf(withGrants, both), {
+    scopes: ['fingerprint', 'session'],
+    durationSeconds: 900,
+    approvers: ['carol', 'dave'],
+  });
+  // One of the two approved only the command: no grant.
+  assert.equal(
+    grantOf(withGrants, tallyDecisions(withGrants, [asking('carol', 'resource', 900), d('dave')])),
+    undefined,
+  );
+  // Not approved yet, or a policy without grants, or a scope the spec does not list: no grant.
+  assert.equal(grantOf(withGrants, tallyDecisions(withGrants, [asking('carol', 'resource', 900)])), undefined);
+  const approvedTally = tallyDecisions(withGrants, [asking('carol', 'resource', 900), asking('dave', 'resource', 60)]);
+  assert.equal(grantOf({}, approvedTally), undefined, 'a request whose policy allows no grant');
+  const sessionOnly = { ...spec, grants: { scopes: ['session' as const], maxDurationSeconds: 3600 } };
+  assert.equal(grantOf(sessionOnly, approvedTally), undefined);
+  // A duration above the spec's maximum (admission refuses it; the tally caps it anyway).
+  const long = tallyDecisions(withGrants, [asking('carol', 'resource', 86_400), asking('dave', 'resource', 86_400)]);
+  assert.equal(grantOf(withGrants, long)?.durationSeconds, 3600);
+  // Ineligible decisions do not count, so their grant asks do not either: the requester's chain asking.
+  const chain = tallyDecisions(withGrants, [
+    asking('alice@example.com', 'resource', 60),
+    asking('carol', 'resource', 600),
+    asking('dave', 'resource', 600),
+  ]);
+  assert.equal(grantOf(withGrants, chain)?.durationSeconds, 600);
 });

@@ -5,7 +5,12 @@
 // mis-bound admission policy fails closed instead of open.
 import { createHash } from 'node:crypto';
 import canonicalize from 'canonicalize';
-import type { ApprovalRequestSpec, ApprovalRequestStatus } from './approval-request.ts';
+import {
+  GRANT_SCOPES,
+  type ApprovalRequestSpec,
+  type ApprovalRequestStatus,
+  type GrantScope,
+} from './approval-request.ts';
 import type { Identity } from './identity.ts';
 
 export type ApprovalDecisionEntry = NonNullable<ApprovalRequestStatus['decisions']>[number];
@@ -113,4 +118,40 @@ export function tallyDecisions(spec: TallySpec, decisions: readonly ApprovalDeci
   const required = Math.max(1, spec.requiredApprovals);
   const state = denied ? 'denied' : approvals >= required ? 'approved' : 'pending';
   return { state, counted, ignored, approvals, required };
+}
+
+/** What an approved request grants beyond its own command (docs/approvals.md, "Time-bound grants"). */
+export interface GrantTerms {
+  /** Every scope asked for: a later command must be within each (fingerprint and session narrow it). */
+  readonly scopes: readonly GrantScope[];
+  readonly durationSeconds: number;
+  /** The approvers whose decisions made it, in the order counted. */
+  readonly approvers: readonly string[];
+}
+
+/**
+ * The grant an approved tally makes, or undefined: only when the request's spec allows grants and every
+ * counted approval asks for one within them (an approver who approved just the one command is not made to
+ * approve more); the narrowest combination of what they asked (every scope applies; the shortest
+ * duration, capped by the spec).
+ */
+export function grantOf(spec: Pick<ApprovalRequestSpec, 'grants'>, tally: ApprovalTally): GrantTerms | undefined {
+  const allowed = spec.grants;
+  if (tally.state !== 'approved' || allowed === undefined) return undefined;
+  const approving = tally.counted.filter((d) => d.decision === 'approve');
+  if (approving.length === 0) return undefined;
+  const scopes = new Set<GrantScope>();
+  let duration = allowed.maxDurationSeconds;
+  for (const d of approving) {
+    const asked = d.grant;
+    if (asked === undefined || !allowed.scopes.includes(asked.scope)) return undefined;
+    scopes.add(asked.scope);
+    duration = Math.min(duration, asked.durationSeconds);
+  }
+  if (!(duration >= 1)) return undefined;
+  return {
+    scopes: GRANT_SCOPES.filter((s) => scopes.has(s)),
+    durationSeconds: Math.floor(duration),
+    approvers: approving.map((d) => d.approver.username),
+  };
 }

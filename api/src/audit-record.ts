@@ -229,6 +229,24 @@ export const AuditRecord = Type.Object(
               { description: 'The decisions that counted (distinct approvers), on approval.decided.', maxItems: 32 },
             ),
           ),
+          grant: Type.Optional(
+            Type.Object(
+              {
+                scopes: Type.Array(
+                  Type.String({ description: 'A scope: fingerprint, session or resource.', maxLength: 16 }),
+                  {
+                    description: 'What later commands it covers (every scope applies).',
+                    maxItems: 3,
+                  },
+                ),
+                expiresTime: Type.String({ description: 'When it ends at the latest.', maxLength: 32 }),
+              },
+              {
+                description:
+                  "A time-bound grant: made by this approval (approval.decided of the approved command), or the grant a command ran under (approval.decided of that command, whose decisions are the grant's).",
+              },
+            ),
+          ),
         },
         {
           description: 'The approval a command was held for, on approval.* records and the outcome of a held command.',

@@ -2,6 +2,7 @@
 // (docs/policy.md). Each AccessPolicy compiles to one WebAssembly module with the entrypoint
 // POLICY_ENTRYPOINT; the sidecar evaluates every bundle that applies to its resource and combines the
 // results with combineDecisions (deny beats approve beats allow).
+import type { GrantScope } from './approval-request.ts';
 import { currentActor, type Actor, type Identity } from './identity.ts';
 import type { Decision, MaskingStrategy, ContentDetector, StatementKind, UntraceableAction } from './access-policy.ts';
 import type { ResourceType } from './protected-resource.ts';
@@ -161,6 +162,11 @@ export interface ApprovalRequirement {
    * it is answered at once and an identical retry runs once approved. Absent: the command waits.
    */
   readonly wait?: boolean;
+  /**
+   * Time-bound grants approvers may give instead of approving one command (docs/approvals.md): the scopes
+   * allowed and the longest duration. Absent: none.
+   */
+  readonly grants?: { readonly scopes: readonly GrantScope[]; readonly maxSeconds: number };
 }
 
 /** What one compiled policy returns for one input. */

@@ -90,7 +90,7 @@ export const COMMANDS: readonly Command[] = [
   },
   {
     name: 'approve',
-    synopsis: 'NAME [--comment TEXT] [-n NS]',
+    synopsis: 'NAME [--for DURATION [--scope SCOPE]] [--comment TEXT] [-n NS]',
     summary: 'Approve a held command as yourself (the API server authenticates you; admission checks it)',
     usage: APPROVALS_USAGE,
     run: (args, io) => runApprovals('approve', args, io),
@@ -101,6 +101,13 @@ export const COMMANDS: readonly Command[] = [
     summary: 'Deny a held command; one deny by an approver ends the request',
     usage: APPROVALS_USAGE,
     run: (args, io) => runApprovals('deny', args, io),
+  },
+  {
+    name: 'revoke',
+    synopsis: 'NAME [--comment TEXT] [-n NS]',
+    summary: "End an approved request's time-bound grant at once",
+    usage: APPROVALS_USAGE,
+    run: (args, io) => runApprovals('revoke', args, io),
   },
   {
     name: 'policy test',

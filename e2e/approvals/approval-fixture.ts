@@ -249,12 +249,26 @@ export async function createApprovalWorld(t: TestContext): Promise<ApprovalWorld
     },
   });
 
+  // The Node must exist: the pod garbage collector deletes a pod bound to a missing node after 40 s, and with
+  // it every token bound to the pod (the sidecar's requests then fail with 401). No kubelet runs for it, so
+  // it is tainted (nothing else is scheduled there) and the pod tolerates every taint (never-Ready evictions).
   const nodeName = `approvals-node-${instance}`;
+  await core.createNode({
+    body: {
+      metadata: { name: nodeName, labels: { [LABEL]: instance } },
+      spec: { taints: [{ key: 'chaperone.dev/approvals-test', effect: 'NoSchedule' }] },
+    },
+  });
+  t.after(() => core.deleteNode({ name: nodeName }).then(() => undefined));
   const created = await core.createNamespacedPod({
     namespace: ns,
     body: {
       metadata: { name: 'agent' },
-      spec: { nodeName, containers: [{ name: 'agent', image: 'busybox', command: ['sleep', 'infinity'] }] },
+      spec: {
+        nodeName,
+        tolerations: [{ operator: 'Exists' }],
+        containers: [{ name: 'agent', image: 'busybox', command: ['sleep', 'infinity'] }],
+      },
     },
   });
   const pod = await core.readNamespacedPod({ namespace: ns, name: created.metadata?.name ?? '' });

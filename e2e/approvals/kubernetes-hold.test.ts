@@ -36,9 +36,25 @@ function policies(ns: string): Record<string, AccessPolicySpec> {
           message: 'deletes in this namespace need a second person',
         },
         { name: 'work', decision: 'allow', match: { kubernetes: { namespaces: [ns], resources: ['configmaps'] } } },
+        {
+          name: 'hold-exec',
+          decision: 'approve',
+          match: { kubernetes: { namespaces: [ns], resources: ['pods'], subresources: ['exec'] } },
+        },
+        {
+          name: 'read-pods',
+          decision: 'allow',
+          match: { kubernetes: { verbs: ['get'], namespaces: [ns], resources: ['pods'] } },
+        },
       ],
       defaultDecision: 'deny',
-      approval: { approverGroups: ['dba'], requiredApprovals: 1, timeout: '5m', allowSelfApproval: false },
+      approval: {
+        approverGroups: ['dba'],
+        requiredApprovals: 1,
+        timeout: '5m',
+        allowSelfApproval: false,
+        grants: { scopes: ['fingerprint', 'resource'], maxDuration: '10m' },
+      },
     },
   };
 }
@@ -214,5 +230,114 @@ test('a delete in a protected namespace waits for approval through the Kubernete
       return decided?.approval?.phase === 'Cancelled' ? decided : undefined;
     });
     assert.equal(await exists('abandoned'), true);
+  });
+
+  await t.test('exec is held before the upgrade: denied, nothing is forwarded; approved, forwarded once', async () => {
+    const podName = pod.metadata?.name ?? '';
+    const pendingExec = (after: readonly string[]) =>
+      poll('the ApprovalRequest of the held exec', async () => {
+        const list = (await custom.listNamespacedCustomObject({
+          group: GROUP,
+          version: VERSION,
+          namespace: ns,
+          plural: PLURAL,
+        })) as { items: ApprovalRequest[] };
+        return list.items.find(
+          (r) => r.spec.command.text.includes(`/pods/${podName}/exec`) && !after.includes(r.metadata.name ?? ''),
+        );
+      });
+    const outcomesOf = async (name: string) =>
+      (await sidecar.settledRecords())
+        .map((e) => e.record)
+        .filter((r) => r.type === 'command.outcome' && r.approval?.request === name);
+
+    const denied = agent(['exec', podName, '-n', ns, '-c', 'agent', '--', 'rm', '-rf', '/data']);
+    const first = await pendingExec([]);
+    const firstName = first.metadata.name ?? '';
+    assert.equal(first.spec.policy.rule, 'hold-exec');
+    assert.match(first.spec.command.text, /command=rm/, 'the approval names the command it runs');
+    assert.equal((await cli(['deny', firstName, '-n', ns, '--comment', 'no'])).code, 0);
+    const deniedRun = await denied;
+    t.diagnostic(`kubectl after the denial: ${deniedRun.stderr.trim()}`);
+    assert.notEqual(deniedRun.code, 0);
+    assert.deepEqual(await outcomesOf(firstName), [], 'nothing ran under the denied request');
+
+    const approvedRun = agent(['exec', podName, '-n', ns, '-c', 'agent', '--', 'true']);
+    const second = await pendingExec([firstName]);
+    const secondName = second.metadata.name ?? '';
+    assert.equal((await cli(['approve', secondName, '-n', ns])).code, 0);
+    const result = await approvedRun;
+    t.diagnostic(`kubectl after the approval: ${result.stderr.trim()}`);
+    // Forwarded: the API server answers it (no kubelet runs for this pod's node), once.
+    const outcomes = await poll('the forwarded exec in the trail', async () => {
+      const found = await outcomesOf(secondName);
+      return found.length > 0 ? found : undefined;
+    });
+    assert.equal(outcomes.length, 1, 'forwarded exactly once');
+    // The API server's own answer (no kubelet serves this pod), not a refusal by the sidecar.
+    assert.match(outcomes[0]?.outcome?.message ?? '', /the API server did not upgrade the connection/);
+    assert.notEqual(outcomes[0]?.outcome?.code, '403');
+    assert.equal((await world.request(secondName)).status?.phase, 'Approved');
+    assert.equal((await world.request(firstName)).status?.phase, 'Denied');
+    // kubectl then falls back to SPDY, which the sidecar refuses without filing anything (docs/approvals.md).
+    assert.notEqual(result.code, 0);
+    const list = (await custom.listNamespacedCustomObject({
+      group: GROUP,
+      version: VERSION,
+      namespace: ns,
+      plural: PLURAL,
+    })) as { items: ApprovalRequest[] };
+    const execs = list.items.filter((r) => r.spec.command.text.includes(`/pods/${podName}/exec`));
+    assert.equal(execs.length, 2, 'one request per exec, none for the SPDY fallbacks');
+  });
+
+  await t.test('a resource grant: later deletes run unheld until it is revoked', async () => {
+    for (const name of ['granted-1', 'granted-2', 'granted-3']) {
+      await kubectl(['create', 'configmap', name, '-n', ns, '--from-literal=a=1']);
+    }
+    const first = agent(['delete', 'configmap', 'granted-1', '-n', ns, '--wait=false']);
+    const request = await pendingFor('granted-1');
+    const name = request.metadata.name ?? '';
+    const approved = await cli(['approve', name, '-n', ns, '--for', '5m', '--scope', 'resource']);
+    assert.equal(approved.code, 0, approved.stderr);
+    assert.equal((await first).code, 0);
+    // Another object, a new kubectl run: deleted at once, and no request names it.
+    const second = await agent(['delete', 'configmap', 'granted-2', '-n', ns, '--wait=false']);
+    assert.equal(second.code, 0, second.stderr);
+    assert.equal(await exists('granted-2'), false);
+    const list = (await custom.listNamespacedCustomObject({
+      group: GROUP,
+      version: VERSION,
+      namespace: ns,
+      plural: PLURAL,
+    })) as {
+      items: ApprovalRequest[];
+    };
+    assert.equal(list.items.filter((r) => r.spec.command.text.includes('/configmaps/granted-2')).length, 0);
+    const used = await poll('the delete under the grant in the trail', async () => {
+      const all = (await sidecar.settledRecords()).map((e) => e.record);
+      return all.find(
+        (r) =>
+          r.type === 'approval.decided' &&
+          r.approval?.request === name &&
+          r.approval.bindingHash !== request.spec.bindingHash,
+      );
+    });
+    assert.deepEqual(used.approval?.grant?.scopes, ['resource']);
+    assert.deepEqual(
+      used.approval.decisions?.map((d) => d.approver),
+      ['carol@example.com'],
+    );
+
+    assert.equal((await cli(['revoke', name, '-n', ns])).code, 0);
+    await poll('the grant to be revoked', async () =>
+      (await world.request(name)).status?.grant?.endReason === 'Revoked' ? true : undefined,
+    );
+    const third = agent(['delete', 'configmap', 'granted-3', '-n', ns, '--wait=false']);
+    const held = await pendingFor('granted-3');
+    assert.equal(await exists('granted-3'), true);
+    assert.equal((await cli(['deny', held.metadata.name ?? '', '-n', ns])).code, 0);
+    assert.notEqual((await third).code, 0);
+    assert.equal(await exists('granted-3'), true);
   });
 });

@@ -33,6 +33,7 @@ import { defaultIdentity, LeaderElector } from './controller-runtime/leader-elec
 import { createAccessPolicyController, FIELD_MANAGER } from './controllers/access-policy-controller.ts';
 import { createProtectedResourceController } from './controllers/protected-resource-controller.ts';
 import { createSessionRetentionController } from './controllers/session-retention-controller.ts';
+import { createApprovalNotifierController, type ApprovalWebhookOptions } from './approvals/approval-notifier.ts';
 import type { CompileOptions } from './policy/compile-policy.ts';
 import type { Logger } from './observability/logger.ts';
 import {
@@ -104,6 +105,11 @@ export interface OperatorOptions {
    * namespace. Needs `credentials`. Default none: records in Session objects.
    */
   readonly evidenceStore?: EvidenceStoreSettings;
+  /**
+   * Post every new ApprovalRequest and its resolution, HMAC-signed, to this URL (docs/approvals.md,
+   * "Notifications"). Sent by the leader only. Default: off.
+   */
+  readonly approvalWebhook?: ApprovalWebhookOptions;
   /** Serve the injection webhooks (on every replica, leader or not). Default: off. */
   readonly webhooks?: Omit<InjectionWebhooksOptions, 'kubeConfig' | 'logger' | 'registry'>;
   readonly logger: Logger;
@@ -205,6 +211,21 @@ export async function startOperator(options: OperatorOptions): Promise<RunningOp
   const startControllers = async () => {
     leading = true;
     const started = [newController(), newResourceController(), newRetentionController()];
+    if (options.approvalWebhook !== undefined) {
+      started.push(
+        createApprovalNotifierController({
+          kubeConfig,
+          core,
+          custom,
+          events,
+          webhook: options.approvalWebhook,
+          logger,
+          metrics,
+          ...(options.namespace === undefined ? {} : { namespace: options.namespace }),
+          ...(options.clock === undefined ? {} : { clock: options.clock }),
+        }),
+      );
+    }
     controllers = started;
     if (authority !== undefined && options.audit !== undefined) {
       checkpointWriter = new CheckpointWriter({

@@ -1,11 +1,19 @@
-// kubectl chaperone approvals | approve NAME | deny NAME: the approver's side of held commands
-// (docs/approvals.md). Listing shows what waits, with the requester chain and the statement; approve and
+// kubectl chaperone approvals | approve NAME [--for D --scope S] | deny NAME | revoke NAME: the approver's
+// side of held commands and time-bound grants (docs/approvals.md). Listing shows what waits, with the requester chain and the statement; approve and
 // deny append one decision naming the caller as the API server authenticates it (a SelfSubjectReview), so
 // the decision passes admission only when that is who is calling. The sidecar counts the decisions itself.
 import { parseArgs } from 'node:util';
 import * as k8s from '@kubernetes/client-node';
 import { stringify } from 'yaml';
-import { GROUP, VERSION, tallyDecisions, type ApprovalRequest } from '@chaperone/api';
+import {
+  GRANT_SCOPES,
+  GROUP,
+  VERSION,
+  parseGoDuration,
+  tallyDecisions,
+  type ApprovalRequest,
+  type GrantScope,
+} from '@chaperone/api';
 import { CLUSTER_OPTIONS, connect, describeError, type Cluster, type CommandIo } from '../audit/cluster.ts';
 import { formatTable } from '../table.ts';
 
@@ -14,7 +22,9 @@ const PLURAL = 'approvalrequests';
 export const APPROVALS_USAGE = `Usage:
   kubectl chaperone approvals [flags]                  held commands waiting for approval
   kubectl chaperone approve NAME [--comment TEXT] [flags]
+  kubectl chaperone approve NAME --for DURATION [--scope fingerprint|session|resource] [--comment TEXT] [flags]
   kubectl chaperone deny NAME [--comment TEXT] [flags]
+  kubectl chaperone revoke NAME [--comment TEXT] [flags]
 
 approvals lists Pending requests (--all: every phase) with age, requester and its delegation chain,
 approvals counted so far, expiry and the statement (parameters as masked by policy).
@@ -25,8 +35,20 @@ requester or anyone in its delegation chain (unless the policy allows self-appro
 it already, and it is still Pending. One deny ends the request; it is approved when requiredApprovals
 distinct people approved. The held statement then runs once, on the agent's open connection.
 
+approve --for DURATION (15m, 1h; within the policy's approval.grants.maxDuration) also grants, for that
+long from the approval, later commands the same rule holds for the same requester chain on the resource,
+limited by --scope (one of the policy's approval.grants.scopes; default fingerprint): fingerprint, the same
+statement up to its constants; session, any such command of the same session; resource, any such command.
+They run without a new request, each recorded with this request's name and its approvers. The grant is
+made only when every counted approval asks for one (the narrowest combination applies).
+
+revoke ends the grant of an approved request at once (the sidecar follows the request); approvers of the
+request and anyone of its requester chain may revoke. Commands already running are not stopped.
+
 Flags:
   --comment TEXT          why (kept in the request and in the audit trail)
+  --for DURATION          (approve) also grant later matching commands for this long
+  --scope SCOPE           (approve, with --for) fingerprint (default), session or resource
   --all                   (approvals) every phase, not only Pending
   -n, --namespace NS      namespace (default: the context's)
   -A, --all-namespaces    (approvals) every namespace
@@ -70,6 +92,17 @@ async function listRequests(cluster: Cluster): Promise<ApprovalRequest[]> {
   return list.items ?? [];
 }
 
+/** The phase, with a grant's state: "Approved (grant session until …)", "Approved (grant Revoked)". */
+export function phaseText(r: ApprovalRequest, now: Date): string {
+  const phase = r.status?.phase ?? 'Pending';
+  const grant = r.status?.grant;
+  if (grant === undefined) return phase;
+  const ended = grant.endReason ?? (Date.parse(grant.expiresTime) <= now.getTime() ? 'Expired' : undefined);
+  return ended === undefined
+    ? `${phase} (grant ${grant.scopes.join('+')} until ${grant.expiresTime})`
+    : `${phase} (grant ${ended})`;
+}
+
 export function approvalsTable(requests: readonly ApprovalRequest[], now: Date, namespaces: boolean): string {
   const rows = requests.map((r) => {
     const tally = tallyDecisions(r.spec, r.status?.decisions ?? []);
@@ -79,7 +112,7 @@ export function approvalsTable(requests: readonly ApprovalRequest[], now: Date, 
       ...(namespaces ? [r.metadata.namespace ?? ''] : []),
       r.metadata.name ?? '',
       age(r.metadata.creationTimestamp, now),
-      r.status?.phase ?? 'Pending',
+      phaseText(r, now),
       requesterChain(r),
       r.spec.resource,
       `${String(tally.approvals)}/${String(tally.required)}`,
@@ -122,6 +155,7 @@ async function decide(
   name: string,
   decision: 'approve' | 'deny',
   comment: string | undefined,
+  grant: { readonly scope: GrantScope; readonly durationSeconds: number } | undefined,
   io: CommandIo,
 ): Promise<number> {
   const namespace = cluster.namespace ?? 'default';
@@ -152,7 +186,23 @@ async function decide(
       decision,
       time: new Date().toISOString().replace(/\.\d+Z$/, 'Z'),
       ...(comment === undefined ? {} : { comment }),
+      ...(grant === undefined ? {} : { grant }),
     };
+    if (grant !== undefined) {
+      const allowed = request.spec.grants;
+      if (allowed === undefined || !allowed.scopes.includes(grant.scope)) {
+        io.stderr.write(
+          `error: approvalrequest ${name} allows ${allowed === undefined ? 'no grant (its policy has no approval.grants)' : `grants of scope ${allowed.scopes.join(', ')} only`}\n`,
+        );
+        return 1;
+      }
+      if (grant.durationSeconds > allowed.maxDurationSeconds) {
+        io.stderr.write(
+          `error: approvalrequest ${name} allows grants of at most ${String(allowed.maxDurationSeconds)}s\n`,
+        );
+        return 1;
+      }
+    }
     try {
       await cluster.custom.patchNamespacedCustomObjectStatus(
         {
@@ -180,6 +230,7 @@ async function decide(
     io.stdout.write(
       `approvalrequest.chaperone.dev/${name} ${decision === 'approve' ? 'approved' : 'denied'} by ${me.username}` +
         (decision === 'approve' ? ` (${String(after.approvals)}/${String(after.required)} approvals)` : '') +
+        (grant === undefined ? '' : `, granting ${grant.scope} for ${String(grant.durationSeconds)}s`) +
         '\n',
     );
     return 0;
@@ -188,9 +239,84 @@ async function decide(
   return 1;
 }
 
-/** `kubectl chaperone approvals|approve|deny`; `verb` is which one. */
+/** Ends the grant of an approved request: sets status.revocation naming the caller. */
+async function revoke(cluster: Cluster, name: string, comment: string | undefined, io: CommandIo): Promise<number> {
+  const namespace = cluster.namespace ?? 'default';
+  const me = await whoAmI(cluster.kc);
+  const request = (await cluster.custom.getNamespacedCustomObject({
+    group: GROUP,
+    version: VERSION,
+    namespace,
+    plural: PLURAL,
+    name,
+  })) as ApprovalRequest;
+  const grant = request.status?.grant;
+  if (grant === undefined) {
+    io.stderr.write(`error: approvalrequest ${name} has no grant to revoke\n`);
+    return 1;
+  }
+  if (request.status?.revocation !== undefined) {
+    io.stderr.write(
+      `error: the grant of approvalrequest ${name} was revoked already by ${request.status.revocation.revokedBy.username}\n`,
+    );
+    return 1;
+  }
+  await cluster.custom.patchNamespacedCustomObjectStatus(
+    {
+      group: GROUP,
+      version: VERSION,
+      namespace,
+      plural: PLURAL,
+      name,
+      body: {
+        metadata: { resourceVersion: request.metadata.resourceVersion },
+        status: {
+          revocation: {
+            revokedBy: {
+              username: me.username,
+              ...(me.uid === undefined ? {} : { uid: me.uid }),
+              groups: me.groups,
+            },
+            time: new Date().toISOString().replace(/\.\d+Z$/, 'Z'),
+            ...(comment === undefined ? {} : { comment }),
+          },
+        },
+      },
+    },
+    k8s.setHeaderOptions('Content-Type', k8s.PatchStrategy.MergePatch),
+  );
+  io.stdout.write(
+    `approvalrequest.chaperone.dev/${name} grant revoked by ${me.username}` +
+      (grant.endReason === undefined ? '' : ` (it had ended already: ${grant.endReason})`) +
+      '\n',
+  );
+  return 0;
+}
+
+/** `--for` and `--scope` as a decision's grant; a message when they are wrong. */
+export function grantFlags(
+  forValue: string | undefined,
+  scopeValue: string | undefined,
+): { readonly scope: GrantScope; readonly durationSeconds: number } | undefined | string {
+  if (forValue === undefined) return scopeValue === undefined ? undefined : '--scope needs --for DURATION';
+  let ms: number;
+  try {
+    ms = parseGoDuration(forValue);
+  } catch {
+    return `--for ${forValue} is not a duration (for example 15m or 1h)`;
+  }
+  const seconds = Math.floor(ms / 1000);
+  if (seconds < 1 || seconds > 86_400) return '--for must be between 1s and 24h';
+  const scope = scopeValue ?? 'fingerprint';
+  if (!(GRANT_SCOPES as readonly string[]).includes(scope)) {
+    return `--scope must be one of ${GRANT_SCOPES.join(', ')}, not ${scope}`;
+  }
+  return { scope: scope as GrantScope, durationSeconds: seconds };
+}
+
+/** `kubectl chaperone approvals|approve|deny|revoke`; `verb` is which one. */
 export async function run(
-  verb: 'approvals' | 'approve' | 'deny',
+  verb: 'approvals' | 'approve' | 'deny' | 'revoke',
   args: string[],
   io: CommandIo,
   now: Date = new Date(),
@@ -204,6 +330,8 @@ export async function run(
         ...CLUSTER_OPTIONS,
         output: { type: 'string', short: 'o' },
         comment: { type: 'string' },
+        for: { type: 'string' },
+        scope: { type: 'string' },
         all: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
       },
@@ -236,6 +364,11 @@ export async function run(
     io.stderr.write(`error: --comment is at most 1024 characters\n`);
     return 2;
   }
+  const grant = grantFlags(values.for, values.scope);
+  if (typeof grant === 'string' || (grant !== undefined && verb !== 'approve')) {
+    io.stderr.write(`error: ${typeof grant === 'string' ? grant : '--for and --scope go with approve only'}\n`);
+    return 2;
+  }
   let cluster: Cluster;
   try {
     cluster = connect(values);
@@ -244,7 +377,8 @@ export async function run(
     return 1;
   }
   try {
-    if (verb !== 'approvals') return await decide(cluster, positionals[0] ?? '', verb, values.comment, io);
+    if (verb === 'revoke') return await revoke(cluster, positionals[0] ?? '', values.comment, io);
+    if (verb !== 'approvals') return await decide(cluster, positionals[0] ?? '', verb, values.comment, grant, io);
     const requests = (await listRequests(cluster))
       .filter((r) => values.all === true || (r.status?.phase ?? 'Pending') === 'Pending')
       .sort((a, b) => (a.metadata.creationTimestamp ?? '').localeCompare(b.metadata.creationTimestamp ?? ''));

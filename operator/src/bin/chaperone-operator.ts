@@ -101,6 +101,14 @@ Evidence and credentials out of the agents' editors' reach (docs/audit.md, docs/
                                       docs/evidence-store.md); its Secrets are in --credential-namespace,
                                       which it needs (default: records in Session objects)
 
+Approval notifications (docs/approvals.md, "Notifications"; sent by the leader only):
+      --approval-webhook-url URL      POST every new ApprovalRequest and its resolution here as JSON, signed
+                                      with X-Chaperone-Signature (HMAC-SHA256 over timestamp.body)
+      --approval-webhook-secret NAME  Secret holding the HMAC key, in --operator-namespace, else
+                                      $POD_NAMESPACE, else chaperone-system (required with the URL)
+      --approval-webhook-secret-key KEY
+                                      key of that Secret's data (default: key)
+
 Signals: SIGTERM and SIGINT stop the reconcilers and the webhook server, release the Lease and exit 0.
 Losing the Lease exits 1.`;
 
@@ -144,6 +152,9 @@ const parse = () =>
       'audit-session-namespace': { type: 'string' },
       'credential-namespace': { type: 'string' },
       'evidence-store-config': { type: 'string' },
+      'approval-webhook-url': { type: 'string' },
+      'approval-webhook-secret': { type: 'string' },
+      'approval-webhook-secret-key': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
     strict: true,
@@ -302,6 +313,36 @@ function tokenExchangeOptions(): OperatorOptions['tokenExchange'] {
 }
 const tokenExchange = tokenExchangeOptions();
 
+/** The approval webhook from the flags, or undefined without --approval-webhook-url. */
+function approvalWebhookOptions(): OperatorOptions['approvalWebhook'] {
+  const url = values['approval-webhook-url'];
+  if (url === undefined) {
+    const stray = (['approval-webhook-secret', 'approval-webhook-secret-key'] as const).filter(
+      (flag) => values[flag] !== undefined,
+    );
+    if (stray.length > 0) fail(`${stray.map((f) => `--${f}`).join(', ')} need --approval-webhook-url`);
+    return undefined;
+  }
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    fail(`--approval-webhook-url ${url} is not a URL`);
+  }
+  if (parsed.protocol !== 'https:' && parsed.protocol !== 'http:') fail('--approval-webhook-url must be http(s)');
+  const name = values['approval-webhook-secret'];
+  if (name === undefined || name === '') fail('--approval-webhook-url needs --approval-webhook-secret');
+  return {
+    url,
+    secret: {
+      namespace: values['operator-namespace'] ?? process.env.POD_NAMESPACE ?? 'chaperone-system',
+      name,
+      key: values['approval-webhook-secret-key'] ?? 'key',
+    },
+  };
+}
+const approvalWebhook = approvalWebhookOptions();
+
 const logger = createLogger({ level, base: { component: 'chaperone-operator' } });
 const kubeConfig = new KubeConfig();
 try {
@@ -341,6 +382,7 @@ try {
     ...(retentionSeconds === undefined ? {} : { retentionIntervalMs: retentionSeconds * 1000 }),
     ...(webhooks === undefined ? {} : { webhooks }),
     ...(audit === undefined ? {} : { audit }),
+    ...(approvalWebhook === undefined ? {} : { approvalWebhook }),
     ...(tokenExchange === undefined ? {} : { tokenExchange }),
     ...(values['audit-session-namespace'] === undefined
       ? {}

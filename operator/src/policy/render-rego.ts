@@ -4,7 +4,7 @@
 // always renders the same bytes (and the compiled bundle gets the same digest).
 import type { BundleManifest } from '@chaperone/api';
 import type { AccessPolicySpec, ActorCondition, MaskingRule, PolicyRule, ApprovalRequirement } from '@chaperone/api';
-import { POLICY_ENTRYPOINT, CUSTOM_REGO_PACKAGE, WEEKDAYS } from '@chaperone/api';
+import { POLICY_ENTRYPOINT, CUSTOM_REGO_PACKAGE, MAX_GRANT_SECONDS, WEEKDAYS } from '@chaperone/api';
 
 export interface PolicySource {
   readonly namespace: string;
@@ -176,6 +176,9 @@ function nonEmpty(list: readonly string[] | undefined): list is readonly string[
   return list !== undefined && list.length > 0;
 }
 
+/** approval.grants.maxDuration when absent. */
+const DEFAULT_GRANT_SECONDS = 3600;
+
 function approvalOf(spec: AccessPolicySpec): ApprovalRequirement | undefined {
   const a = spec.approval;
   if (a === undefined) return undefined;
@@ -185,6 +188,17 @@ function approvalOf(spec: AccessPolicySpec): ApprovalRequirement | undefined {
     requiredApprovals: orDefault(a.requiredApprovals, 1),
     timeoutSeconds: durationSeconds(orDefault(a.timeout, `${DEFAULT_TIMEOUT_SECONDS}s`)),
     allowSelfApproval: orDefault(a.allowSelfApproval, false),
+    ...(a.grants === undefined
+      ? {}
+      : {
+          grants: {
+            scopes: [...new Set(a.grants.scopes)],
+            maxSeconds: Math.min(
+              MAX_GRANT_SECONDS,
+              Math.max(1, durationSeconds(orDefault(a.grants.maxDuration, `${DEFAULT_GRANT_SECONDS}s`))),
+            ),
+          },
+        }),
   };
 }
 
@@ -430,7 +444,20 @@ export function renderRego(source: PolicySource): RenderedPolicy {
   try {
     approval = approvalOf(spec);
   } catch (e) {
-    problems.push({ code: 'invalid_duration', message: `approval.timeout: ${(e as Error).message}` });
+    problems.push({ code: 'invalid_duration', message: `approval: ${(e as Error).message}` });
+  }
+  const grants = spec.approval?.grants;
+  if (grants !== undefined) {
+    try {
+      if (durationSeconds(orDefault(grants.maxDuration, '1h')) > MAX_GRANT_SECONDS) {
+        problems.push({ code: 'invalid_duration', message: 'approval.grants.maxDuration: at most 24h' });
+      }
+    } catch {
+      // reported above
+    }
+    if (grants.scopes.length === 0) {
+      problems.push({ code: 'invalid_grants', message: 'approval.grants.scopes: name at least one scope' });
+    }
   }
   if (approval === undefined && spec.rules.some((r) => r.decision === 'approve')) {
     problems.push({ code: 'missing_approval', message: 'a policy with approve rules needs an approval section' });

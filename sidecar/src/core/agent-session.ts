@@ -6,6 +6,7 @@ import { randomUUID } from 'node:crypto';
 import {
   jcs,
   MAX_COMMAND_TEXT,
+  type ApprovalDecisionEntry,
   type AuditRecord,
   type KnownMember,
   type CombinedDecision,
@@ -99,6 +100,30 @@ export interface HeldForApproval {
   readonly held: HeldCommand;
   /** Never rejects. */
   readonly verdict: Promise<ApprovalVerdict>;
+}
+
+/**
+ * Exactly what an approval binds to (the text as sent, the parameters as bound), and the normalised command
+ * a fingerprint-scoped grant is limited to (default: the description's fingerprint).
+ */
+export interface ExactCommand {
+  readonly text: string;
+  readonly parameters: readonly string[];
+  readonly normalized?: string;
+}
+
+/** A counted decision as approval.decided records it. */
+function recordedDecision(
+  d: ApprovalDecisionEntry,
+): NonNullable<NonNullable<AuditRecord['approval']>['decisions']>[number] {
+  return {
+    approver: d.approver.username,
+    ...(d.approver.uid === undefined ? {} : { uid: d.approver.uid }),
+    ...(d.approver.groups === undefined ? {} : { groups: d.approver.groups.slice(0, 64) }),
+    decision: d.decision,
+    time: d.time,
+    ...(d.comment === undefined ? {} : { comment: d.comment.slice(0, 1024) }),
+  };
 }
 
 /** The policy view of an identity: subject, acting party, the whole verified chain and its depth. */
@@ -440,14 +465,12 @@ export class AgentSession {
    * settles, and says whether the command may run. A FailClosed resource runs it only when the
    * approval.decided record is durable.
    */
-  holdForApproval(
-    command: DecidedCommand,
-    description: CommandDescription,
-    exact: { readonly text: string; readonly parameters: readonly string[] },
-  ): HeldForApproval {
+  holdForApproval(command: DecidedCommand, description: CommandDescription, exact: ExactCommand): HeldForApproval {
     const desk = this.options.approvals;
     const approval = command.decision.approval;
     if (desk === undefined || approval === undefined) throw new Error('holdForApproval without an approval desk');
+    const granted = this.underGrant(desk, command, description, exact);
+    if (granted !== undefined) return granted;
     const kind = description.command.type;
     const shownParameters =
       description.parameters === undefined ? undefined : maskParameters(description.parameters, command.decision);
@@ -458,6 +481,7 @@ export class AgentSession {
       commandId: command.id,
       kind,
       exact,
+      normalized: exact.normalized ?? description.fingerprint,
       shown: {
         text: truncateUtf8(description.text).text,
         ...(shownParameters === undefined ? {} : { parameters: shownParameters }),
@@ -498,8 +522,11 @@ export class AgentSession {
   async requestApproval(
     command: DecidedCommand,
     description: CommandDescription,
-    exact: { readonly text: string; readonly parameters: readonly string[] },
+    exact: ExactCommand,
   ): Promise<ApprovalVerdict> {
+    const desk = this.options.approvals;
+    const granted = desk === undefined ? undefined : this.underGrant(desk, command, description, exact);
+    if (granted !== undefined) return granted.verdict;
     const bindingHash = bindingHashOf({
       resource: { name: this.resourceView.name, namespace: this.resourceView.namespace },
       session: this.id,
@@ -549,6 +576,78 @@ export class AgentSession {
     return verdict; // not filed: ApprovalUnavailable
   }
 
+  /**
+   * A command a live time-bound grant covers (core/approvals/approval-grants.ts): not held, no request filed.
+   * Its approval.decided record names the grant's request, the approvers whose decisions made the grant and
+   * the grant, bound to this command's own hash; it runs once that record is durable (FailClosed). Undefined
+   * when no grant covers it.
+   */
+  private underGrant(
+    desk: ApprovalDesk,
+    command: DecidedCommand,
+    description: CommandDescription,
+    exact: ExactCommand,
+  ): HeldForApproval | undefined {
+    const approval = command.decision.approval;
+    if (approval === undefined || desk.grants.size === 0) return undefined;
+    const resource = { name: this.resourceView.name, namespace: this.resourceView.namespace };
+    const grant = desk.grants.find({
+      resource,
+      requester: this.identity,
+      policy: command.decision.policy,
+      rule: command.decision.rule,
+      session: this.id,
+      normalized: exact.normalized ?? description.fingerprint,
+      allowed: approval.grants,
+    });
+    if (grant === undefined) return undefined;
+    desk.countGranted();
+    const kind = description.command.type;
+    const binding = {
+      request: grant.request,
+      bindingHash: bindingHashOf({ resource, session: this.id, requester: this.identity, kind, exact }),
+    };
+    const decisions = grant.decisions.map((d) => recordedDecision(d));
+    const tally = {
+      state: 'approved' as const,
+      counted: grant.decisions,
+      ignored: [],
+      approvals: grant.decisions.length,
+      required: grant.decisions.length,
+    };
+    const held: HeldCommand = {
+      name: grant.request,
+      namespace: desk.options.store.namespace,
+      bindingHash: binding.bindingHash,
+      expiresTime: grant.expiresTime,
+      requiredApprovals: approval.requiredApprovals,
+      filed: Promise.resolve(false),
+      result: Promise.resolve({ state: 'approved', tally, grant }),
+      cancel: () => undefined,
+    };
+    const verdict = (async (): Promise<ApprovalVerdict> => {
+      const refusal = this.write(
+        {
+          type: 'approval.decided',
+          command: { id: command.id, kind },
+          approval: {
+            ...binding,
+            phase: 'Approved',
+            ...(decisions.length === 0 ? {} : { decisions }),
+            grant: { scopes: [...grant.scopes], expiresTime: grant.expiresTime },
+          },
+        },
+        true,
+      );
+      if (refusal !== undefined) return { run: false, command, error: auditRefusal(refusal) };
+      const clearance = this.clearance();
+      const settled = clearance.state === 'pending' ? await clearance.settled : clearance;
+      if (settled.state === 'refused') return { run: false, command, error: auditRefusal(settled.error) };
+      return { run: true, command: { ...command, approval: binding } };
+    })();
+    return { held, verdict };
+  }
+
   private async approvalSettled(
     command: DecidedCommand,
     kind: PolicyCommand['type'],
@@ -558,21 +657,20 @@ export class AgentSession {
     const binding = { request: held.name, bindingHash: held.bindingHash };
     const filed = await held.filed;
     const tally = result.tally;
-    const decisions = (tally?.counted ?? []).map((d) => ({
-      approver: d.approver.username,
-      ...(d.approver.uid === undefined ? {} : { uid: d.approver.uid }),
-      ...(d.approver.groups === undefined ? {} : { groups: d.approver.groups.slice(0, 64) }),
-      decision: d.decision,
-      time: d.time,
-      ...(d.comment === undefined ? {} : { comment: d.comment.slice(0, 1024) }),
-    }));
+    const decisions = (tally?.counted ?? []).map((d) => recordedDecision(d));
     const phase = result.state === 'approved' ? 'Approved' : result.phase;
+    const grant = result.state === 'approved' ? result.grant : undefined;
     if (filed) {
       const refusal = this.write(
         {
           type: 'approval.decided',
           command: { id: command.id, kind },
-          approval: { ...binding, phase, ...(decisions.length === 0 ? {} : { decisions }) },
+          approval: {
+            ...binding,
+            phase,
+            ...(decisions.length === 0 ? {} : { decisions }),
+            ...(grant === undefined ? {} : { grant: { scopes: [...grant.scopes], expiresTime: grant.expiresTime } }),
+          },
         },
         result.state === 'approved',
       );
@@ -630,6 +728,7 @@ export class AgentSession {
     if (this.ended) return;
     this.ended = true;
     this.deferred.withdrawAll('the session ended before the statement was sent again');
+    this.options.approvals?.grants.endSession(this.id);
     const outcome = {} as NonNullable<AuditRecord['outcome']>;
     if (how.code !== undefined) outcome.code = how.code;
     outcome.message = reason.slice(0, 1024);

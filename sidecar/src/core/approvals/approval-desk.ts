@@ -11,6 +11,7 @@ import {
   API_VERSION,
   APPROVAL_POD_LABEL,
   approvalBindingHash,
+  grantOf,
   tallyDecisions,
   type ApprovalPhase,
   type ApprovalRequest,
@@ -22,12 +23,14 @@ import {
 import type { SidecarError } from '../errors.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { ApprovalRequestStore, ObservedRequest } from './approval-requests.ts';
+import { ApprovalGrants, type ActiveGrant } from './approval-grants.ts';
 
 /** How a held command ended. `Withdrawn`: the request was deleted or replaced while pending. */
 export type HoldPhase = Exclude<ApprovalPhase, 'Pending'> | 'Withdrawn';
 
 export type HoldResult =
-  | { readonly state: 'approved'; readonly tally: ApprovalTally }
+  /** `grant`: the approvers also granted later matching commands for a while (approval-grants.ts). */
+  | { readonly state: 'approved'; readonly tally: ApprovalTally; readonly grant?: ActiveGrant }
   | {
       readonly state: 'refused';
       readonly phase: HoldPhase;
@@ -44,6 +47,8 @@ export interface HoldRequest {
   readonly kind: 'sql' | 'kubernetes' | 'http';
   /** Exactly what runs: the text as sent and the parameters as bound (bound into the hash, never stored). */
   readonly exact: { readonly text: string; readonly parameters: readonly string[] };
+  /** The normalised command a fingerprint-scoped grant is limited to. */
+  readonly normalized: string;
   /** What the request shows: the text cut as in records, parameters masked as in records. */
   readonly shown: { readonly text: string; readonly parameters?: readonly string[] };
   readonly decision: CombinedDecision;
@@ -56,7 +61,10 @@ export interface HeldCommand {
   readonly bindingHash: string;
   readonly expiresTime: string;
   readonly requiredApprovals: number;
-  /** Settles when the request is filed (true) or could not be (false; `result` says why). */
+  /**
+   * Settles when the request is filed (true), or false when none was: it could not be (`result` says why),
+   * or a grant covers the command (`result` is approved at once).
+   */
   readonly filed: Promise<boolean>;
   /** Settles once; never rejects. */
   readonly result: Promise<HoldResult>;
@@ -127,6 +135,11 @@ class Hold implements HeldCommand {
   private tally: ApprovalTally | undefined;
   private readonly desk: ApprovalDesk;
   private readonly spec: ApprovalRequest['spec'];
+  /** What a grant made from this request's approval is for. */
+  private readonly grantFor: Pick<HoldRequest, 'resource' | 'requester' | 'session' | 'normalized'> & {
+    readonly policy: string;
+    readonly rule: string;
+  };
   /** wait: false: nobody waits on a connection; the identical command sent again runs once approved. */
   private readonly answeredAtOnce: boolean;
   /** Phase write in flight after settling (awaited on shutdown). */
@@ -147,6 +160,14 @@ class Hold implements HeldCommand {
       this.settleWith = resolve;
     });
     const requester = request.requester;
+    this.grantFor = {
+      resource: request.resource,
+      requester,
+      session: request.session,
+      normalized: request.normalized,
+      policy: request.decision.policy,
+      rule: request.decision.rule,
+    };
     this.spec = {
       resource: request.resource.name,
       session: request.session,
@@ -179,6 +200,14 @@ class Hold implements HeldCommand {
       ...(approval.approvers.length === 0 ? {} : { approvers: approval.approvers.slice(0, 32) }),
       allowSelfApproval: approval.allowSelfApproval,
       expiresTime: this.expiresTime,
+      ...(approval.grants === undefined || approval.grants.scopes.length === 0
+        ? {}
+        : {
+            grants: {
+              scopes: [...approval.grants.scopes],
+              maxDurationSeconds: Math.min(86_400, Math.max(1, Math.floor(approval.grants.maxSeconds))),
+            },
+          }),
     };
     // The timer runs from now, not from filing: the expiry written into the request is what counts.
     this.timer = setTimeout(() => {
@@ -400,9 +429,28 @@ class Hold implements HeldCommand {
     clearTimeout(this.timer);
     this.abort?.abort();
     this.abort = undefined;
-    this.desk.settled(this, result);
-    this.settleWith(result);
     if (write && this.uid !== undefined) this.writePhase(result);
+    let final = result;
+    const terms = result.state === 'approved' ? grantOf(this.spec, result.tally) : undefined;
+    if (result.state === 'approved' && terms !== undefined && this.uid !== undefined) {
+      const grant = this.desk.grants.start(
+        {
+          request: this.name,
+          uid: this.uid,
+          resourceVersion: this.resourceVersion,
+          party: this.grantFor,
+          session: this.grantFor.session,
+          normalized: this.grantFor.normalized,
+          terms,
+          decisions: result.tally.counted.filter((d) => d.decision === 'approve'),
+        },
+        this.phaseWritten,
+      );
+      final = { ...result, grant };
+      this.settled = final;
+    }
+    this.desk.settled(this, final);
+    this.settleWith(final);
   }
 
   private writePhase(result: HoldResult): void {
@@ -423,18 +471,25 @@ class Hold implements HeldCommand {
 
 export class ApprovalDesk {
   readonly options: ApprovalDeskOptions;
+  /** Time-bound grants made by approvals of this sidecar's requests. */
+  readonly grants: ApprovalGrants;
   private readonly held = new Set<Hold>();
   private readonly outcomes: Counter<'result'> | undefined;
   private closed = false;
 
   constructor(options: ApprovalDeskOptions) {
     this.options = options;
+    this.grants = new ApprovalGrants({
+      store: options.store,
+      logger: options.logger,
+      ...(options.now === undefined ? {} : { now: options.now }),
+    });
     this.outcomes =
       options.registry === undefined
         ? undefined
         : new Counter({
             name: 'chaperone_approvals_total',
-            help: 'Commands held for approval, by how the hold ended.',
+            help: 'Commands held for approval, by how the hold ended (Granted: run under a time-bound grant, not held).',
             labelNames: ['result'],
             registers: [options.registry],
           });
@@ -446,16 +501,32 @@ export class ApprovalDesk {
    */
   async start(): Promise<void> {
     const { store, pod, logger } = this.options;
-    let leftovers: ApprovalRequest[];
+    let mine: ApprovalRequest[];
     try {
-      leftovers = (await store.listOfPod(pod.name)).filter(
-        (r) =>
-          (r.status?.phase ?? 'Pending') === 'Pending' &&
-          (pod.uid === '' || r.spec.pod?.uid === undefined || r.spec.pod.uid === pod.uid),
-      );
+      mine = await store.listOfPod(pod.name);
     } catch (err) {
       logger.warn('pending approval requests of an earlier run could not be listed', { error: err });
       return;
+    }
+    const ofThisPod = (r: ApprovalRequest): boolean =>
+      pod.uid === '' || r.spec.pod?.uid === undefined || r.spec.pod.uid === pod.uid;
+    const leftovers = mine.filter((r) => (r.status?.phase ?? 'Pending') === 'Pending' && ofThisPod(r));
+    // Grants an earlier run made died with it: say so in their requests.
+    const granted = mine.filter(
+      (r) => r.status?.grant !== undefined && r.status.grant.endReason === undefined && ofThisPod(r),
+    );
+    for (const r of granted) {
+      const grant = r.status?.grant;
+      if (grant === undefined) continue;
+      await store
+        .setGrant(r.metadata.name ?? '', {
+          ...grant,
+          endTime: rfc3339((this.options.now ?? Date.now)()),
+          endReason: 'SidecarStopped',
+        })
+        .catch((err: unknown) => {
+          logger.warn('approval grant of an earlier run not marked ended', { request: r.metadata.name, error: err });
+        });
     }
     for (const r of leftovers) {
       const name = r.metadata.name ?? '';
@@ -495,11 +566,22 @@ export class ApprovalDesk {
     });
   }
 
-  /** Abandons every held command (their clients get ApprovalAbandoned) and waits for the phases to be written. */
+  /** A command ran under a grant instead of being held. */
+  countGranted(): void {
+    this.outcomes?.inc({ result: 'Granted' });
+  }
+
+  /**
+   * Abandons every held command (their clients get ApprovalAbandoned), ends every grant, and waits for the
+   * phases and grants to be written.
+   */
   async close(): Promise<void> {
     this.closed = true;
     const holds = [...this.held];
     for (const h of holds) h.abandon();
-    await Promise.race([Promise.allSettled(holds.map((h) => h.phaseWritten)), sleep(3000)]);
+    await Promise.all([
+      Promise.race([Promise.allSettled(holds.map((h) => h.phaseWritten)), sleep(3000)]),
+      this.grants.close(),
+    ]);
   }
 }

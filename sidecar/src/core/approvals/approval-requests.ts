@@ -10,7 +10,14 @@ import {
   setHeaderOptions,
   type KubeConfig,
 } from '@kubernetes/client-node';
-import { APPROVAL_POD_LABEL, GROUP, VERSION, type ApprovalPhase, type ApprovalRequest } from '@chaperone/api';
+import {
+  APPROVAL_POD_LABEL,
+  GROUP,
+  VERSION,
+  type ApprovalGrant,
+  type ApprovalPhase,
+  type ApprovalRequest,
+} from '@chaperone/api';
 
 const PLURAL = 'approvalrequests';
 const MERGE_PATCH = setHeaderOptions('Content-Type', PatchStrategy.MergePatch);
@@ -98,6 +105,14 @@ export class ApprovalRequestStore {
           },
         },
       },
+      MERGE_PATCH,
+    );
+  }
+
+  /** Writes the grant made from the approving decisions, or how it ended (status.grant; only the sidecar may). */
+  async setGrant(name: string, grant: ApprovalGrant): Promise<void> {
+    await this.custom.patchNamespacedCustomObjectStatus(
+      { group: GROUP, version: VERSION, namespace: this.namespace, plural: PLURAL, name, body: { status: { grant } } },
       MERGE_PATCH,
     );
   }

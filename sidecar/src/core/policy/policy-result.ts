@@ -1,6 +1,13 @@
 // Runtime check of what a compiled policy returned. A bundle is code from outside the sidecar's build;
 // anything that does not have the PolicyResult shape becomes a deny with a reason, never a crash.
-import { CONTENT_DETECTORS, DECISIONS, MASKING_STRATEGIES, UNTRACEABLE_ACTIONS } from '@chaperone/api';
+import {
+  CONTENT_DETECTORS,
+  DECISIONS,
+  GRANT_SCOPES,
+  MASKING_STRATEGIES,
+  MAX_GRANT_SECONDS,
+  UNTRACEABLE_ACTIONS,
+} from '@chaperone/api';
 import type { ApprovalRequirement, MaskingInstruction, PolicyResult } from '@chaperone/api';
 
 const decisions: ReadonlySet<unknown> = new Set(DECISIONS);
@@ -27,7 +34,22 @@ function isApproval(v: unknown): v is ApprovalRequirement {
     typeof v.timeoutSeconds === 'number' &&
     v.timeoutSeconds >= 0 &&
     typeof v.allowSelfApproval === 'boolean' &&
-    (v.wait === undefined || typeof v.wait === 'boolean')
+    (v.wait === undefined || typeof v.wait === 'boolean') &&
+    (v.grants === undefined || isGrants(v.grants))
+  );
+}
+
+const grantScopes: ReadonlySet<unknown> = new Set(GRANT_SCOPES);
+
+function isGrants(v: unknown): boolean {
+  return (
+    isRecord(v) &&
+    Array.isArray(v.scopes) &&
+    v.scopes.every((s) => grantScopes.has(s)) &&
+    typeof v.maxSeconds === 'number' &&
+    Number.isInteger(v.maxSeconds) &&
+    v.maxSeconds >= 1 &&
+    v.maxSeconds <= MAX_GRANT_SECONDS
   );
 }
 

@@ -2,7 +2,7 @@
 // bound to (the method, the exact URL as sent, the headers that change how the body is read, and the exact
 // body bytes), and the wait itself, withdrawn when the client goes away. The request body is already read:
 // once approved it is forwarded exactly once, as it was bound.
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { IncomingMessage } from 'node:http';
 import type { AgentSession, ApprovalVerdict } from '../../core/agent-session.ts';
 import type { CommandDescription, DecidedCommand } from '../../core/command.ts';
 import type { Logger } from '../../core/observability/logger.ts';
@@ -27,6 +27,13 @@ export function exactRequest(
   return { text: `${req.method ?? ''} ${req.url ?? ''}`, parameters };
 }
 
+/** What waits for the answer: a response, or the socket of an upgrade request (exec, attach). */
+export interface ClientEnd {
+  readonly writableEnded: boolean;
+  once(event: 'close', listener: () => void): unknown;
+  off(event: 'close', listener: () => void): unknown;
+}
+
 /** Whether an approve decision can be held here: approvals are enabled and the rule says how. */
 export function holdable(session: AgentSession, decided: DecidedCommand): boolean {
   return decided.decision.decision === 'approve' && session.holdsForApproval && decided.decision.approval !== undefined;
@@ -35,14 +42,14 @@ export function holdable(session: AgentSession, decided: DecidedCommand): boolea
 /**
  * Holds the request until its ApprovalRequest settles (or, for a `wait: false` rule, answers at once:
  * AgentSession.requestApproval) and says whether it may be forwarded. The client closing the connection
- * meanwhile cancels the request. Never rejects.
+ * meanwhile (a response or an upgrade request's socket closing) cancels the request. Never rejects.
  */
 export async function awaitApproval(
   session: AgentSession,
   decided: DecidedCommand,
   description: CommandDescription,
   exact: { readonly text: string; readonly parameters: readonly string[] },
-  res: ServerResponse,
+  client: ClientEnd,
   logger: Logger,
 ): Promise<ApprovalVerdict> {
   // The approver sees the body too (as recorded: masked), not only the request line.
@@ -53,9 +60,9 @@ export async function awaitApproval(
   if (decided.decision.approval?.wait === false) return session.requestApproval(decided, shown, exact);
   const { held, verdict } = session.holdForApproval(decided, shown, exact);
   const onClose = (): void => {
-    if (!res.writableEnded) held.cancel('client disconnected');
+    if (!client.writableEnded) held.cancel('client disconnected');
   };
-  res.once('close', onClose);
+  client.once('close', onClose);
   void held.filed.then((filed) => {
     if (filed) {
       logger.info('request held for approval', {
@@ -66,6 +73,6 @@ export async function awaitApproval(
     }
   });
   const settled = await verdict;
-  res.off('close', onClose);
+  client.off('close', onClose);
   return settled;
 }

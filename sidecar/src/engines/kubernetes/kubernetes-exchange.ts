@@ -225,9 +225,11 @@ export class KubernetesExchange {
       const { session, info } = this.admitted();
       const protocol = (this.checked?.headers.get('upgrade') ?? '').trim().toLowerCase();
       // Policy first, so a denied exec reads as the denial whichever stream protocol the client tried.
-      const decided = session.decide(this.describe(info, undefined), OUTSIDE_TRANSACTION);
+      const description = this.describe(info, undefined);
+      const decided = session.decide(description, OUTSIDE_TRANSACTION);
       let refusal: SidecarError | undefined;
-      if (decided.decision.decision !== 'allow') refusal = policyRefusal(decided.decision);
+      const held = holdable(session, decided);
+      if (decided.decision.decision !== 'allow' && !held) refusal = policyRefusal(decided.decision);
       else if (protocol !== 'websocket') {
         refusal = {
           id: 'StreamRefused',
@@ -244,6 +246,29 @@ export class KubernetesExchange {
         return;
       }
       if (!(await this.cleared(decided, reply))) return;
+      if (held) {
+        // Held before the upgrade (docs/approvals.md): bound to the exact URL, which names the pod, the
+        // container and the command; the client waits for its 101 meanwhile.
+        const verdict = await awaitApproval(
+          session,
+          decided,
+          description,
+          exactRequest(this.req, undefined),
+          socket,
+          this.ctx.logger.child({ auditId: this.auditId }),
+        );
+        if (!verdict.run) {
+          if (!socket.destroyed) reply(verdict.error);
+          session.complete(verdict.command, 'kubernetes', {
+            status: 'denied',
+            code: String(statusFor(verdict.error).code),
+            message: verdict.error.message,
+          });
+          return;
+        }
+        this.forwardUpgrade(socket, head, session, verdict.command);
+        return;
+      }
       this.forwardUpgrade(socket, head, session, decided);
     } catch (err) {
       this.ctx.logger.error('upgrade failed', { error: err, auditId: this.auditId });

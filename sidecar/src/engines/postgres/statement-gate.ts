@@ -9,7 +9,7 @@
 // It keeps the session state the analysis depends on (prepared statements, portals, SQL-level PREPAREs);
 // search_path is pinned (analysis/session-state.ts), never tracked from forwarded statements, and every
 // statement the session's pins forbid is refused before policy (settingRefusal). No sockets: tested on its own.
-import type { AgentSession, ApprovalVerdict } from '../../core/agent-session.ts';
+import type { AgentSession, ApprovalVerdict, ExactCommand } from '../../core/agent-session.ts';
 import { approvalNotice, type ClientNotice } from '../../core/approvals/approval-notice.ts';
 import type { CommandDescription, DecidedCommand, SettledClearance } from '../../core/command.ts';
 import { auditRefusal, policyRefusal, type SidecarError } from '../../core/errors.ts';
@@ -314,9 +314,11 @@ export class StatementGate {
           }),
         };
       }
+      // A fingerprint-scoped grant covers the same statements up to their constants (libpg-query fingerprints).
+      const bound = { ...exact, normalized: statements.map((s) => s.fingerprint).join(';') };
       if (command.decision.approval.wait === false)
-        return this.answerApproval(command, statements, description, exact, portal);
-      return this.holdForApproval(command, statements, description, exact, portal);
+        return this.answerApproval(command, statements, description, bound, portal);
+      return this.holdForApproval(command, statements, description, bound, portal);
     }
     if (command.decision.decision !== 'allow') {
       return { action: 'substitute', command, denial: denial(policyRefusal(command.decision)) };
@@ -345,7 +347,7 @@ export class StatementGate {
     command: DecidedCommand,
     statements: readonly AnalyzedStatement[],
     description: CommandDescription,
-    exact: { readonly text: string; readonly parameters: readonly string[] },
+    exact: ExactCommand,
     portal: PortalShape | undefined,
   ): GateVerdict {
     const { held, verdict } = this.agentSession.holdForApproval(command, description, exact);
@@ -381,7 +383,7 @@ export class StatementGate {
     command: DecidedCommand,
     statements: readonly AnalyzedStatement[],
     description: CommandDescription,
-    exact: { readonly text: string; readonly parameters: readonly string[] },
+    exact: ExactCommand,
     portal: PortalShape | undefined,
   ): GateVerdict {
     const audit = command.audit;
