@@ -117,6 +117,13 @@ export class PostgresEvidenceStore implements EvidenceStore {
     );
     const client = await this.pool.connect();
     let broken: Error | undefined;
+    // A checked-out client has no error listener (the pool's is for idle clients), and pg emits 'error'
+    // on the client when its socket fails mid-COPY: unheard, that is an uncaught exception that ends the
+    // sidecar. The COPY stream gets the same error and rejects below.
+    const onSocketError = (err: Error) => {
+      broken = err;
+    };
+    client.on('error', onSocketError);
     try {
       const copy = client.query(copyFrom(EVIDENCE_COPY_SQL));
       copy.end(Buffer.from(text, 'utf8'));
@@ -126,6 +133,7 @@ export class PostgresEvidenceStore implements EvidenceStore {
       broken = err as Error;
       throw err;
     } finally {
+      client.removeListener('error', onSocketError);
       client.release(broken ?? false);
     }
   }
