@@ -162,13 +162,7 @@ async function decide(
   const me = await whoAmI(cluster.kc);
   // Optimistic concurrency: the decision is appended to the list as read, at that resourceVersion.
   for (let attempt = 0; attempt < 5; attempt++) {
-    const request = (await cluster.custom.getNamespacedCustomObject({
-      group: GROUP,
-      version: VERSION,
-      namespace,
-      plural: PLURAL,
-      name,
-    })) as ApprovalRequest;
+    const request = await readRequest(cluster, namespace, name);
     const phase = request.status?.phase ?? 'Pending';
     if (phase !== 'Pending') {
       io.stderr.write(`error: approvalrequest ${name} is ${phase}; it can no longer be decided\n`);
@@ -204,24 +198,11 @@ async function decide(
       }
     }
     try {
-      await cluster.custom.patchNamespacedCustomObjectStatus(
-        {
-          group: GROUP,
-          version: VERSION,
-          namespace,
-          plural: PLURAL,
-          name,
-          body: {
-            metadata: { resourceVersion: request.metadata.resourceVersion },
-            // A request the sidecar has not marked Pending yet has no status, whose phase is required.
-            status: {
-              ...(request.status === undefined ? { phase: 'Pending' } : {}),
-              decisions: [...(request.status?.decisions ?? []), entry],
-            },
-          },
-        },
-        k8s.setHeaderOptions('Content-Type', k8s.PatchStrategy.MergePatch),
-      );
+      await patchRequestStatus(cluster, namespace, name, request, {
+        // A request the sidecar has not marked Pending yet has no status, whose phase is required.
+        ...(request.status === undefined ? { phase: 'Pending' } : {}),
+        decisions: [...(request.status?.decisions ?? []), entry],
+      });
     } catch (err) {
       if (err instanceof k8s.ApiException && (err as k8s.ApiException<unknown>).code === 409) continue;
       throw err;
@@ -243,13 +224,7 @@ async function decide(
 async function revoke(cluster: Cluster, name: string, comment: string | undefined, io: CommandIo): Promise<number> {
   const namespace = cluster.namespace ?? 'default';
   const me = await whoAmI(cluster.kc);
-  const request = (await cluster.custom.getNamespacedCustomObject({
-    group: GROUP,
-    version: VERSION,
-    namespace,
-    plural: PLURAL,
-    name,
-  })) as ApprovalRequest;
+  const request = await readRequest(cluster, namespace, name);
   const grant = request.status?.grant;
   if (grant === undefined) {
     io.stderr.write(`error: approvalrequest ${name} has no grant to revoke\n`);
@@ -261,6 +236,43 @@ async function revoke(cluster: Cluster, name: string, comment: string | undefine
     );
     return 1;
   }
+  await patchRequestStatus(cluster, namespace, name, request, {
+    revocation: {
+      revokedBy: {
+        username: me.username,
+        ...(me.uid === undefined ? {} : { uid: me.uid }),
+        groups: me.groups,
+      },
+      time: new Date().toISOString().replace(/\.\d+Z$/, 'Z'),
+      ...(comment === undefined ? {} : { comment }),
+    },
+  });
+  io.stdout.write(
+    `approvalrequest.chaperone.dev/${name} grant revoked by ${me.username}` +
+      (grant.endReason === undefined ? '' : ` (it had ended already: ${grant.endReason})`) +
+      '\n',
+  );
+  return 0;
+}
+
+function readRequest(cluster: Cluster, namespace: string, name: string): Promise<ApprovalRequest> {
+  return cluster.custom.getNamespacedCustomObject({
+    group: GROUP,
+    version: VERSION,
+    namespace,
+    plural: PLURAL,
+    name,
+  }) as Promise<ApprovalRequest>;
+}
+
+/** Merges `status` into the request at the resourceVersion it was read at (a 409 when it changed since). */
+async function patchRequestStatus(
+  cluster: Cluster,
+  namespace: string,
+  name: string,
+  request: ApprovalRequest,
+  status: Record<string, unknown>,
+): Promise<void> {
   await cluster.custom.patchNamespacedCustomObjectStatus(
     {
       group: GROUP,
@@ -268,29 +280,10 @@ async function revoke(cluster: Cluster, name: string, comment: string | undefine
       namespace,
       plural: PLURAL,
       name,
-      body: {
-        metadata: { resourceVersion: request.metadata.resourceVersion },
-        status: {
-          revocation: {
-            revokedBy: {
-              username: me.username,
-              ...(me.uid === undefined ? {} : { uid: me.uid }),
-              groups: me.groups,
-            },
-            time: new Date().toISOString().replace(/\.\d+Z$/, 'Z'),
-            ...(comment === undefined ? {} : { comment }),
-          },
-        },
-      },
+      body: { metadata: { resourceVersion: request.metadata.resourceVersion }, status },
     },
     k8s.setHeaderOptions('Content-Type', k8s.PatchStrategy.MergePatch),
   );
-  io.stdout.write(
-    `approvalrequest.chaperone.dev/${name} grant revoked by ${me.username}` +
-      (grant.endReason === undefined ? '' : ` (it had ended already: ${grant.endReason})`) +
-      '\n',
-  );
-  return 0;
 }
 
 /** `--for` and `--scope` as a decision's grant; a message when they are wrong. */
