@@ -26,6 +26,17 @@ describe('ResultMemo', () => {
     assert.equal(memo.get(bytes('aaa')), undefined);
   });
 
+  it('keeps at most 8 results of one length, dropping the oldest of them', () => {
+    const memo = new ResultMemo<number>(512);
+    for (let i = 10; i < 20; i++) memo.set(bytes(`statement ${String(i)}`), i);
+    assert.equal(memo.get(bytes('statement 10')), undefined);
+    assert.equal(memo.get(bytes('statement 11')), undefined);
+    for (let i = 12; i < 20; i++) assert.equal(memo.get(bytes(`statement ${String(i)}`)), i);
+    memo.set(bytes('statement 9'), 9); // another length: unaffected
+    assert.equal(memo.get(bytes('statement 9')), 9);
+    assert.equal(memo.get(bytes('statement 19')), 19);
+  });
+
   it('drops everything when full, and keeps working', () => {
     const memo = new ResultMemo<number>(2);
     memo.set(bytes('a'), 1);

@@ -1,7 +1,12 @@
 // What each result a policy returned stood for, found by the result's bytes. A policy returns a handful of
 // distinct result sets (one per rule and statement kind it decides), so on a decision-cache miss comparing
 // the bytes in the module's memory with those seen before (a memcmp) replaces decoding them into a string
-// and hashing that string, which cost about a microsecond of each miss.
+// and hashing that string, which cost about a microsecond of each miss. Results of one length are few
+// (a reason names the statement's number and kind), and at most SAME_LENGTH of them are kept, so a lookup
+// compares a bounded number of byte strings whatever a client sends.
+
+/** Results of one length remembered at most; the oldest of them goes first. */
+const SAME_LENGTH = 8;
 
 interface Known<V> {
   readonly bytes: Buffer;
@@ -36,7 +41,13 @@ export class ResultMemo<V> {
     const known = { bytes: Buffer.from(bytes), value };
     const same = this.byLength.get(bytes.length);
     if (same === undefined) this.byLength.set(bytes.length, [known]);
-    else same.push(known);
+    else {
+      if (same.length >= SAME_LENGTH) {
+        same.shift();
+        this.size -= 1;
+      }
+      same.push(known);
+    }
     this.size += 1;
   }
 }
