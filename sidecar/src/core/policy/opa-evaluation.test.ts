@@ -60,7 +60,7 @@ describe('policyEvaluation (opa_eval called directly)', () => {
     ];
     const decisions = new Set<string>();
     for (const input of inputs) {
-      const text = evaluation.evaluate(input, direct.entrypoint);
+      const text = new TextDecoder().decode(evaluation.evaluate(input, direct.entrypoint));
       const expected = sdkEvaluate(sdk.policy, input, sdk.entrypoint);
       assert.deepEqual(JSON.parse(text), expected);
       decisions.add((JSON.parse(text) as [{ result: { decision: string } }])[0].result.decision);
@@ -74,7 +74,7 @@ describe('policyEvaluation (opa_eval called directly)', () => {
     const evaluation = policyEvaluation(direct.policy);
     for (const input of ['{"version":', inputJson(['public.orders'])]) {
       assert.deepEqual(
-        JSON.parse(evaluation.evaluate(input, direct.entrypoint)),
+        JSON.parse(new TextDecoder().decode(evaluation.evaluate(input, direct.entrypoint))),
         sdkEvaluate(sdk.policy, input, sdk.entrypoint),
       );
     }
@@ -89,7 +89,10 @@ describe('policyEvaluation (opa_eval called directly)', () => {
         return [{ result: { decision: 'deny' } }];
       },
     } as unknown as LoadedPolicy;
-    assert.equal(policyEvaluation(old).evaluate('{"a":1}', 3), '[{"result":{"decision":"deny"}}]');
+    assert.equal(
+      new TextDecoder().decode(policyEvaluation(old).evaluate('{"a":1}', 3)),
+      '[{"result":{"decision":"deny"}}]',
+    );
     assert.deepEqual(calls, [['{"a":1}', 3]]);
   });
 });

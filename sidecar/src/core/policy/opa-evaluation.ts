@@ -2,8 +2,8 @@
 // (@open-policy-agent/opa-wasm LoadedPolicy.evaluate) does it, minus three per-call costs on the policy-cache
 // miss path: the input JSON is encoded straight into the module's memory (the SDK takes a copy first), the
 // result's terminating NUL is found with a native search (the SDK loops over the bytes in JavaScript), and
-// one TextDecoder serves every call (the SDK makes one per call). The result comes back as text, so the
-// caller can reuse what it made of the same text before. A module older than ABI 1.2, or an SDK whose
+// the result comes back as its bytes in the module's memory, undecoded (the SDK decodes and parses it), so
+// the caller can reuse what it made of the same bytes before. A module older than ABI 1.2, or an SDK whose
 // instance does not have the fields this relies on, is evaluated by the SDK as before.
 import type { LoadedPolicy } from '@open-policy-agent/opa-wasm';
 
@@ -34,12 +34,12 @@ function isWasmMemory(m: unknown): m is WasmMemory {
 }
 
 const encoder = new TextEncoder();
-const decoder = new TextDecoder('utf-8', { fatal: true });
 const WASM_PAGE = 64 * 1024;
 
-/** Evaluates one loaded policy: input and result set as JSON text. */
+/** Evaluates one loaded policy: input as JSON text, result set as UTF-8 JSON. */
 export interface PolicyEvaluation {
-  evaluate(inputJson: string, entrypoint: number): string;
+  /** The result set's bytes; a view that is only valid until the next call. */
+  evaluate(inputJson: string, entrypoint: number): Uint8Array;
 }
 
 export function policyEvaluation(policy: LoadedPolicy): PolicyEvaluation {
@@ -59,7 +59,7 @@ export function policyEvaluation(policy: LoadedPolicy): PolicyEvaluation {
   ) {
     return {
       evaluate: (inputJson, entrypoint) =>
-        JSON.stringify(policy.evaluate(encoder.encode(inputJson).buffer, entrypoint) as unknown),
+        encoder.encode(JSON.stringify(policy.evaluate(encoder.encode(inputJson).buffer, entrypoint) as unknown)),
     };
   }
   return new DirectEvaluation(opaEval as OpaEval, memory, dataAddr, heapStart);
@@ -90,7 +90,7 @@ class DirectEvaluation implements PolicyEvaluation {
     return this.view;
   }
 
-  evaluate(inputJson: string, entrypoint: number): string {
+  evaluate(inputJson: string, entrypoint: number): Uint8Array {
     const at = this.inputAddr;
     // UTF-8 needs at most 3 bytes per UTF-16 code unit: room for the worst case before encoding in place.
     const needed = at + inputJson.length * 3 - this.bytes().byteLength;
@@ -101,6 +101,6 @@ class DirectEvaluation implements PolicyEvaluation {
     const memory = this.bytes(); // evaluation may have grown the memory
     const end = memory.indexOf(0, result);
     if (result <= 0 || end < 0) throw new Error('policy result is not a NUL-terminated string');
-    return decoder.decode(memory.subarray(result, end));
+    return memory.subarray(result, end);
   }
 }

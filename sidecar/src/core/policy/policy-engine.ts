@@ -11,6 +11,7 @@ import { DecisionCache } from './decision-cache.ts';
 import { policyEvaluation, type PolicyEvaluation } from './opa-evaluation.ts';
 import type { CacheStats } from './decision-cache.ts';
 import { checkPolicyResult, failedResult } from './policy-result.ts';
+import { ResultMemo } from './result-memo.ts';
 import { ZonedClock } from './zoned-time.ts';
 
 export type { BundleManifest } from '@chaperone/api';
@@ -48,12 +49,20 @@ interface LoadedBundle {
   readonly instance: PolicyEvaluation | undefined;
   readonly entrypoint: number;
   /**
-   * What each result text the policy returned stood for, checked. A policy returns a handful of distinct
-   * texts (one per rule and statement kind it decides), so parsing and checking each once saves most of a
-   * cache miss's JavaScript. The results are shared as cached decisions are: nothing modifies them.
+   * What each result the policy returned stood for, checked, by the result's bytes. A policy returns a
+   * handful of distinct results (one per rule and statement kind it decides), so decoding, parsing and
+   * checking each once saves most of a cache miss's JavaScript. The results are shared as cached decisions
+   * are: nothing modifies them.
    */
-  readonly results: Map<string, PolicyResult>;
+  readonly results: ResultMemo<KnownResult>;
   readonly error: string | undefined;
+}
+
+/** A policy's checked result, and the decision it makes when its bundle is the only one loaded. */
+interface KnownResult {
+  readonly evaluated: EvaluatedPolicy;
+  /** combineDecisions([evaluated]), made once: with one bundle loaded (the usual case) a miss combines nothing. */
+  readonly alone: CombinedDecision;
 }
 
 interface BundleSet {
@@ -67,14 +76,16 @@ interface BundleSet {
 
 export { bundleDigest } from '@chaperone/api';
 
-/** Bound on the result texts remembered per bundle (LoadedBundle.results); all are dropped when it is reached. */
+/** Bound on the results remembered per bundle (LoadedBundle.results); all are dropped when it is reached. */
 const RESULT_TEXTS_PER_BUNDLE = 512;
 
-/** The PolicyResult a result set's JSON text stands for; a failed result when it has not the right shape. */
-function checkedResult(policy: string, text: string): PolicyResult {
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+
+/** The PolicyResult a result set's UTF-8 JSON stands for; a failed result when it has not the right shape. */
+function checkedResult(policy: string, bytes: Uint8Array): PolicyResult {
   let resultSet: unknown;
   try {
-    resultSet = JSON.parse(text);
+    resultSet = JSON.parse(utf8.decode(bytes));
   } catch (e) {
     return failedResult('evaluation-error', `policy ${policy}: evaluation failed: ${describe(e)}`);
   }
@@ -86,6 +97,11 @@ function checkedResult(policy: string, text: string): PolicyResult {
     typeof first === 'object' && first !== null ? (first as { result?: unknown }).result : undefined,
   );
   return typeof checked === 'string' ? failedResult('invalid-result', `policy ${policy}: ${checked}`) : checked;
+}
+
+function known(b: LoadedBundle, result: PolicyResult): KnownResult {
+  const evaluated: EvaluatedPolicy = { policy: b.policy, bundleDigest: b.digest, result };
+  return { evaluated, alone: combineDecisions([evaluated]) };
 }
 
 function describe(e: unknown): string {
@@ -149,7 +165,7 @@ export class PolicyEngine {
       manifest,
       instance: undefined,
       entrypoint: 0,
-      results: new Map(),
+      results: new ResultMemo(0),
       error,
     });
     try {
@@ -161,7 +177,8 @@ export class PolicyEngine {
       const entrypoint = entrypoints[POLICY_ENTRYPOINT];
       if (typeof entrypoint !== 'number') return broken(`bundle has no entrypoint ${POLICY_ENTRYPOINT}`);
       const instance = policyEvaluation(loaded);
-      return { policy: manifest.policy, digest, manifest, instance, entrypoint, results: new Map(), error: undefined };
+      const results = new ResultMemo<KnownResult>(RESULT_TEXTS_PER_BUNDLE);
+      return { policy: manifest.policy, digest, manifest, instance, entrypoint, results, error: undefined };
     } catch (e) {
       return broken(`bundle failed to load: ${describe(e)}`);
     }
@@ -224,6 +241,8 @@ export class PolicyEngine {
   }
 
   private evaluate(set: BundleSet, request: PolicyRequest, now: number): CombinedDecision {
+    const only = set.bundles.length === 1 ? set.bundles[0] : undefined;
+    if (only !== undefined) return this.evaluateOne(only, this.inputJson(set, request, now)).alone;
     return combineDecisions(this.evaluateEach(set, request, now));
   }
 
@@ -231,29 +250,33 @@ export class PolicyEngine {
     const out: EvaluatedPolicy[] = [];
     if (set.bundles.length === 0) return out;
     // One serialisation per decision, shared by every bundle (each encodes it into its own memory).
-    const json =
-      `{"version":${POLICY_INPUT_VERSION},"identity":${this.json(request.identity)},"resource":${this.json(request.resource)},` +
-      `"command":${JSON.stringify(request.command)},"session":${JSON.stringify(request.session)},` +
-      `"time":{"unixMillis":${now},"zones":${set.clock.jsonAt(now)}}}`;
-    for (const b of set.bundles) {
-      out.push({ policy: b.policy, bundleDigest: b.digest, result: this.evaluateOne(b, json) });
-    }
+    const json = this.inputJson(set, request, now);
+    for (const b of set.bundles) out.push(this.evaluateOne(b, json).evaluated);
     return out;
   }
 
-  private evaluateOne(b: LoadedBundle, input: string): PolicyResult {
-    if (b.instance === undefined) return failedResult('load-error', `policy ${b.policy}: ${b.error ?? 'not loaded'}`);
-    let text: string;
-    try {
-      text = b.instance.evaluate(input, b.entrypoint);
-    } catch (e) {
-      return failedResult('evaluation-error', `policy ${b.policy}: evaluation failed: ${describe(e)}`);
+  private inputJson(set: BundleSet, request: PolicyRequest, now: number): string {
+    return (
+      `{"version":${POLICY_INPUT_VERSION},"identity":${this.json(request.identity)},"resource":${this.json(request.resource)},` +
+      `"command":${JSON.stringify(request.command)},"session":${JSON.stringify(request.session)},` +
+      `"time":{"unixMillis":${now},"zones":${set.clock.jsonAt(now)}}}`
+    );
+  }
+
+  private evaluateOne(b: LoadedBundle, input: string): KnownResult {
+    if (b.instance === undefined) {
+      return known(b, failedResult('load-error', `policy ${b.policy}: ${b.error ?? 'not loaded'}`));
     }
-    let result = b.results.get(text);
+    let bytes: Uint8Array;
+    try {
+      bytes = b.instance.evaluate(input, b.entrypoint);
+    } catch (e) {
+      return known(b, failedResult('evaluation-error', `policy ${b.policy}: evaluation failed: ${describe(e)}`));
+    }
+    let result = b.results.get(bytes);
     if (result === undefined) {
-      result = checkedResult(b.policy, text);
-      if (b.results.size >= RESULT_TEXTS_PER_BUNDLE) b.results.clear();
-      b.results.set(text, result);
+      result = known(b, checkedResult(b.policy, bytes));
+      b.results.set(bytes, result);
     }
     return result;
   }
