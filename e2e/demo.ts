@@ -250,6 +250,8 @@ try {
   kube('apply', '-n', 'demo', '-f', join(REPO_ROOT, 'examples'));
 
   step('Everything Chaperone manages, by category');
+  note('the examples as the API server stored them: no operator runs yet, so READY, REASON and PHASE are');
+  note('empty; the objects the demo makes later, with the operator running, get them');
   kube('get', 'chaperone', '-n', 'demo');
 
   step('The auditor view of sessions');
@@ -320,8 +322,10 @@ insert into orders values (1001, 1, 'shipped', 129.90), (1002, 2, 'pending', 42.
   // Ctrl-C tears the servers down under the running step; its error is not news.
   if (interrupt.requested) await new Promise(() => undefined);
   console.error(`\n\x1b[31mdemo failed: ${err instanceof Error ? err.message : String(err)}\x1b[0m`);
+  // execFileSync's message already ends with the command's stderr; print it only when it does not.
   const stderr = (err as { stderr?: string }).stderr;
-  if (typeof stderr === 'string' && stderr !== '') console.error(stderr);
+  const message = err instanceof Error ? err.message : '';
+  if (typeof stderr === 'string' && stderr.trim() !== '' && !message.includes(stderr.trim())) console.error(stderr);
   process.exitCode = 1;
 } finally {
   if (!keep || process.exitCode === 1) await cleanup();
