@@ -350,6 +350,11 @@ function summarisePod(pod: k8s.V1Pod): string {
         `restartPolicy=${String(sidecarContainer.restartPolicy)} (native sidecar) args=${JSON.stringify(sidecarContainer.args)}`,
       `  env: ${(sidecarContainer.env ?? []).map((e) => `${e.name}=(${e.valueFrom?.fieldRef?.fieldPath ?? 'ref'})`).join(' ')}`,
       `  mounts: ${(sidecarContainer.volumeMounts ?? []).map((m) => `${m.name}→${m.mountPath}`).join(', ')}`,
+      `  resources: ${JSON.stringify(sidecarContainer.resources)} imagePullPolicy=${String(sidecarContainer.imagePullPolicy)}`,
+      `  probes: ${(['startupProbe', 'readinessProbe', 'livenessProbe'] as const)
+        .map((p) => `${p.replace('Probe', '')}=${sidecarContainer[p]?.httpGet?.path ?? '-'}`)
+        .join(' ')}`,
+      `  securityContext: ${JSON.stringify(sidecarContainer.securityContext)}`,
     );
   }
   for (const container of spec?.containers ?? []) {
