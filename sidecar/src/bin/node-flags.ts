@@ -8,7 +8,7 @@
 // The test harness passes these flags when CHAPERONE_SIDECAR_BIN names what to run (e2e/harness/
 // sidecar-process.ts; the image's form: the bundle with these flags), and the real-node story runs the image.
 // An earlier session saw e2e/audit/durability-restart.test.ts time out with --liftoff-only (no record
-// acknowledged within 120 s, three runs of three); the seventh session did not reproduce it in eight runs,
+// acknowledged within 120 s, three runs of three); the seventh session did not reproduce it in ten runs,
 // with the bundle and with the sources, at load averages of 5 to 23 (bench/README.md, "Footprint"). By
 // default the harness still runs the sources without flags.
 //
