@@ -58,9 +58,10 @@ generate: deps ## Regenerate crds/ from the schemas in api/src and copy CRDs and
 	node api/scripts/generate-crds.ts
 
 .PHONY: build
-build: deps ## Typecheck and compile every package to dist/, and bundle the sidecar as its image runs it (dist/sidecar-bundle).
+build: deps ## Typecheck and compile every package to dist/, and bundle the sidecar and the operator as their images run them (dist/*-bundle).
 	tsc -p tsconfig.build.json
 	node sidecar/scripts/build.ts
+	node operator/scripts/build.ts
 
 .PHONY: cli
 cli: deps ## Build kubectl-chaperone as one executable for this machine into dist/cli (skipped when unchanged).

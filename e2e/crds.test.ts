@@ -106,6 +106,19 @@ test('all CRDs are Established with the chaperone category', async () => {
   }
 });
 
+test('kubectl apply -n NS -f examples, as make demo and a user run it, applies every example into NS', async (t) => {
+  // Examples that belong in a namespace of their own (the partition CronJob, in the credential namespace)
+  // live in examples/operations, which a non-recursive apply of examples/ does not read.
+  const ns = await createTestNamespace(t);
+  const out = await kubectl(['apply', '-n', ns, '-f', join(REPO_ROOT, 'examples')]);
+  const applied = out.split('\n').filter((l) => / created$/.test(l));
+  const expected = readdirSync(join(REPO_ROOT, 'examples'))
+    .filter((f) => f.endsWith('.yaml'))
+    .flatMap((f) => parseAllDocuments(readFileSync(join(REPO_ROOT, 'examples', f), 'utf8')))
+    .filter((d) => d.toJS() !== null);
+  assert.equal(applied.length, expected.length, out);
+});
+
 test('every example is accepted', async (t) => {
   const ns = await createTestNamespace(t);
   const core = kc.makeApiClient(k8s.CoreV1Api);

@@ -167,6 +167,21 @@ function claims(token: string): Record<string, unknown> {
   return JSON.parse(Buffer.from(token.split('.')[1] ?? '', 'base64url').toString('utf8')) as Record<string, unknown>;
 }
 
+/** The live session's statement (the step "A policy change reaches a live session"). */
+const LIVE_SESSION_STATEMENT = 'select pg_backend_pid() as upstream_pid';
+
+/**
+ * The Session object of the live session: the one whose records hold its statement. (Not the newest one:
+ * the held statement's session comes after it.)
+ */
+function liveSessionOf(sessions: readonly Session[]): Session {
+  const live = sessions.find((s) =>
+    s.spec.records.some((r) => r.command?.text?.startsWith(LIVE_SESSION_STATEMENT) === true),
+  );
+  if (live === undefined) throw new Error('no Session object holds the live session');
+  return live;
+}
+
 /** psql as a long-lived process driven through its stdin: one client session, statement by statement. */
 function startLiveSession(env: NodeJS.ProcessEnv): LiveSession {
   const child = spawn('psql', ['-X', '-v', 'VERBOSITY=verbose'], { env, stdio: ['pipe', 'pipe', 'pipe'] });
@@ -235,6 +250,8 @@ try {
   kube('apply', '-n', 'demo', '-f', join(REPO_ROOT, 'examples'));
 
   step('Everything Chaperone manages, by category');
+  note('the examples as the API server stored them: no operator runs yet, so READY, REASON and PHASE are');
+  note('empty; the objects the demo makes later, with the operator running, get them');
   kube('get', 'chaperone', '-n', 'demo');
 
   step('The auditor view of sessions');
@@ -305,8 +322,10 @@ insert into orders values (1001, 1, 'shipped', 129.90), (1002, 2, 'pending', 42.
   // Ctrl-C tears the servers down under the running step; its error is not news.
   if (interrupt.requested) await new Promise(() => undefined);
   console.error(`\n\x1b[31mdemo failed: ${err instanceof Error ? err.message : String(err)}\x1b[0m`);
+  // execFileSync's message already ends with the command's stderr; print it only when it does not.
   const stderr = (err as { stderr?: string }).stderr;
-  if (typeof stderr === 'string' && stderr !== '') console.error(stderr);
+  const message = err instanceof Error ? err.message : '';
+  if (typeof stderr === 'string' && stderr.trim() !== '' && !message.includes(stderr.trim())) console.error(stderr);
   process.exitCode = 1;
 } finally {
   if (!keep || process.exitCode === 1) await cleanup();
@@ -331,6 +350,11 @@ function summarisePod(pod: k8s.V1Pod): string {
         `restartPolicy=${String(sidecarContainer.restartPolicy)} (native sidecar) args=${JSON.stringify(sidecarContainer.args)}`,
       `  env: ${(sidecarContainer.env ?? []).map((e) => `${e.name}=(${e.valueFrom?.fieldRef?.fieldPath ?? 'ref'})`).join(' ')}`,
       `  mounts: ${(sidecarContainer.volumeMounts ?? []).map((m) => `${m.name}→${m.mountPath}`).join(', ')}`,
+      `  resources: ${JSON.stringify(sidecarContainer.resources)} imagePullPolicy=${String(sidecarContainer.imagePullPolicy)}`,
+      `  probes: ${(['startupProbe', 'readinessProbe', 'livenessProbe'] as const)
+        .map((p) => `${p.replace('Probe', '')}=${sidecarContainer[p]?.httpGet?.path ?? '-'}`)
+        .join(' ')}`,
+      `  securityContext: ${JSON.stringify(sidecarContainer.securityContext)}`,
     );
   }
   for (const container of spec?.containers ?? []) {
@@ -669,7 +693,7 @@ spec:
   step('A policy change reaches a live session: same connection, new decision');
   const live = startLiveSession(agentProcessEnv);
   agentSessions++;
-  await live.run('select pg_backend_pid() as upstream_pid, count(*) as customers from customers;');
+  await live.run(`${LIVE_SESSION_STATEMENT}, count(*) as customers from customers;`);
   const before = currentDigest(kubectl);
   note('the security team forbids customer data to CI jobs, while that session stays open:');
   const patchedAt = Date.now();
@@ -707,8 +731,8 @@ spec:
   console.log(
     `sidecar enforces ${after.slice(0, 19)}… ${((Date.now() - patchedAt) / 1000).toFixed(1)} s after the edit`,
   );
-  await live.run('select pg_backend_pid() as upstream_pid, count(*) as customers from customers;');
-  await live.run('select pg_backend_pid() as upstream_pid, count(*) as orders from orders;');
+  await live.run(`${LIVE_SESSION_STATEMENT}, count(*) as customers from customers;`);
+  await live.run(`${LIVE_SESSION_STATEMENT}, count(*) as orders from orders;`);
   await live.close();
   note('same upstream backend pid: the connection was never dropped; the new rule applied to its next statement');
 
@@ -778,11 +802,11 @@ spec:
   };
   const chaperone = (...args: string[]) => show(kubectl, ['chaperone', ...args], { env: pluginEnv });
   chaperone('sessions', '-n', 'ci');
-  const newest = sessions.reduce((a, b) => ((a.spec.records[0]?.time ?? '') > (b.spec.records[0]?.time ?? '') ? a : b));
+  const liveSessionObject = liveSessionOf(sessions);
   note('the live session, with the policy change in the middle of it:');
-  chaperone('sessions', 'show', newest.metadata.name ?? '', '-n', 'ci');
+  chaperone('sessions', 'show', liveSessionObject.metadata.name ?? '', '-n', 'ci');
   note("the sidecar's signing key, certified by the operator after a TokenReview of the pod's own token:");
-  const signer = newest.spec.signer;
+  const signer = liveSessionObject.spec.signer;
   console.log(
     `  key ${signer?.keyId ?? '?'}, certificate ${signer?.certificate === undefined ? 'MISSING' : 'present'}`,
   );
@@ -1047,7 +1071,7 @@ spec:
     'PGPASSWORD="$(cat "$CHAPERONE_TOKEN_FILE")" exec psql -X -v VERBOSITY=verbose',
   ]);
   agentSessions++;
-  await live.run('select pg_backend_pid() as upstream_pid, count(*) as customers from customers;');
+  await live.run(`${LIVE_SESSION_STATEMENT}, count(*) as customers from customers;`);
   const before = currentDigest(kubectl);
   note('the security team forbids customer data to CI jobs, while that session stays open:');
   const patchedAt = Date.now();
@@ -1082,8 +1106,8 @@ spec:
   console.log(
     `sidecar enforces ${after.slice(0, 19)}… ${((Date.now() - patchedAt) / 1000).toFixed(1)} s after the edit`,
   );
-  await live.run('select pg_backend_pid() as upstream_pid, count(*) as customers from customers;');
-  await live.run('select pg_backend_pid() as upstream_pid, count(*) as orders from orders;');
+  await live.run(`${LIVE_SESSION_STATEMENT}, count(*) as customers from customers;`);
+  await live.run(`${LIVE_SESSION_STATEMENT}, count(*) as orders from orders;`);
   await live.close();
   note('same upstream backend pid: the connection was never dropped; the new rule applied to its next statement');
 
@@ -1154,9 +1178,8 @@ spec:
   };
   const chaperone = (...args: string[]) => show(kubectl, ['chaperone', ...args], { env: pluginEnv });
   chaperone('sessions', '-n', 'ci');
-  const newest = sessions.reduce((a, b) => ((a.spec.records[0]?.time ?? '') > (b.spec.records[0]?.time ?? '') ? a : b));
   note('the live session, with the policy change in the middle of it:');
-  chaperone('sessions', 'show', newest.metadata.name ?? '', '-n', 'ci');
+  chaperone('sessions', 'show', liveSessionOf(sessions).metadata.name ?? '', '-n', 'ci');
   await until(
     "the operator's checkpoint to state every session head",
     async () => {

@@ -100,6 +100,51 @@ test("the chart's webhook configurations are the ones the operator renders", asy
   assert.ok(!policies.includes('chaperone-system:chaperone-operator'));
 });
 
+test('the chart sets the injected sidecar and keeps an operator pod up through disruptions', async () => {
+  const deploymentOf = (manifests: Manifest[]) =>
+    manifests.find((m) => m.kind === 'Deployment') as unknown as k8s.V1Deployment;
+  const defaults = await helmTemplate('chap', 'chaperone-system', {});
+  const pod = deploymentOf(defaults).spec?.template.spec;
+  const args = pod?.containers[0]?.args ?? [];
+  assert.ok(args.includes('--sidecar-image-pull-policy=IfNotPresent'));
+  const resources = args.find((a) => a.startsWith('--sidecar-resources='))?.slice('--sidecar-resources='.length);
+  assert.deepEqual(JSON.parse(resources ?? 'null'), {
+    requests: { cpu: '50m', memory: '64Mi' },
+    limits: { memory: '256Mi' },
+  });
+  // Two replicas: a PodDisruptionBudget of the operator's pods, and a preference for different nodes.
+  const budget = defaults.find((m) => m.kind === 'PodDisruptionBudget') as unknown as k8s.V1PodDisruptionBudget;
+  assert.equal(budget.spec?.maxUnavailable, 1);
+  assert.deepEqual(budget.spec.selector?.matchLabels, pod?.topologySpreadConstraints?.[0]?.labelSelector?.matchLabels);
+  assert.deepEqual(budget.spec.selector?.matchLabels, deploymentOf(defaults).spec?.selector.matchLabels);
+  assert.equal(pod?.topologySpreadConstraints?.[0]?.whenUnsatisfiable, 'ScheduleAnyway');
+  assert.equal(pod.priorityClassName, undefined);
+
+  const tuned = await helmTemplate('chap', 'chaperone-system', {
+    replicaCount: '1',
+    spreadAcrossNodes: 'false',
+    priorityClassName: 'system-cluster-critical',
+    'sidecarImage.pullPolicy': 'Always',
+    'sidecarResources.limits.memory': '1Gi',
+  });
+  const tunedPod = deploymentOf(tuned).spec?.template.spec;
+  assert.ok(!tuned.some((m) => m.kind === 'PodDisruptionBudget'), 'one replica: a budget would block every drain');
+  assert.equal(tunedPod?.topologySpreadConstraints, undefined);
+  assert.equal(tunedPod?.priorityClassName, 'system-cluster-critical');
+  const tunedArgs = tunedPod.containers[0]?.args ?? [];
+  assert.ok(tunedArgs.includes('--sidecar-image-pull-policy=Always'));
+  assert.match(tunedArgs.find((a) => a.startsWith('--sidecar-resources=')) ?? '', /"limits":\{"memory":"1Gi"\}/);
+  // The schema refuses what the operator would refuse anyway.
+  await assert.rejects(
+    helmTemplate('chap', 'chaperone-system', { 'sidecarResources.limits.memory': 'lots' }),
+    /sidecarResources\/limits\/memory/,
+  );
+  await assert.rejects(
+    helmTemplate('chap', 'chaperone-system', { 'sidecarImage.pullPolicy': 'Sometimes' }),
+    /pullPolicy/,
+  );
+});
+
 test('with certManager.enabled, cert-manager issues the certificate the operator serves and injects caBundle', async () => {
   const manifests = await helmTemplate('chap', 'chaperone-system', { 'certManager.enabled': 'true' });
   const certificate = manifests.find((m) => m.kind === 'Certificate') as unknown as {

@@ -25,7 +25,8 @@ import { parseArgs } from 'node:util';
 import { imageStage, type ImageConfig } from './dockerfile.ts';
 import { packLayer, writeImageArchive, type ImageArchive, type Layer } from './oci-archive.ts';
 import { assembleLayer, defaultSources, sharedLibraries, type LayerName, type RootfsSources } from './rootfs.ts';
-import { bundleSidecar } from '../sidecar/scripts/build.ts';
+import { buildSidecarBundle } from '../sidecar/scripts/build.ts';
+import { buildOperatorBundle } from '../operator/scripts/build.ts';
 
 const REPO = join(import.meta.dirname, '..');
 
@@ -104,8 +105,9 @@ function fingerprint(image: ImageName, ref: string, layers: LayerName[], sources
       hash.update(readFileSync(join(REPO, pkg, 'package.json')));
       hashTree(hash, join(REPO, pkg, 'src'));
     }
-    // The sidecar runs as a bundle: its build script and the bundler are inputs too.
-    if (image === 'sidecar') hashTree(hash, join(REPO, 'sidecar', 'scripts'));
+    // Both run as bundles: their build scripts and the bundler are inputs too.
+    hashTree(hash, join(REPO, image, 'scripts'));
+    hash.update(readFileSync(join(REPO, 'scripts', 'bundle.ts')));
   }
   const binaries: Record<ImageName, string[]> = {
     operator: [sources.node, sources.opa],
@@ -170,11 +172,15 @@ export function buildImages(options: BuildOptions = {}): BuiltImage[] {
         const tree = join(work, 'rootfs', name);
         rmSync(tree, { recursive: true, force: true });
         let layerSources = sources;
+        // The operator and sidecar layers ship their bundles, built here from this run's sources (never a stale dist/).
         if (name === 'sidecar') {
-          // The sidecar layer ships its bundle, built here from this run's sources (never a stale dist/).
           const bundleDir = join(work, 'sidecar-bundle');
-          bundleSidecar(bundleDir);
+          buildSidecarBundle(bundleDir);
           layerSources = { ...sources, sidecarBundle: bundleDir };
+        } else if (name === 'operator') {
+          const bundleDir = join(work, 'operator-bundle');
+          buildOperatorBundle(bundleDir);
+          layerSources = { ...sources, operatorBundle: bundleDir };
         }
         assembleLayer(name, tree, layerSources);
         layer = packLayer(name, tree, join(work, 'layers', `${name}.tar`));
@@ -200,6 +206,7 @@ export function buildImages(options: BuildOptions = {}): BuiltImage[] {
   rmSync(join(work, 'layers'), { recursive: true, force: true });
   rmSync(join(work, 'rootfs'), { recursive: true, force: true });
   rmSync(join(work, 'sidecar-bundle'), { recursive: true, force: true });
+  rmSync(join(work, 'operator-bundle'), { recursive: true, force: true });
   const record = [...readRecord(out).filter((r) => !built.some((b) => b.image === r.image)), ...built]
     .map(({ image, ref, path, manifestDigest, configDigest }) => ({ image, ref, path, manifestDigest, configDigest }))
     .sort((a, b) => a.image.localeCompare(b.image));

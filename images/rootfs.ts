@@ -7,15 +7,17 @@
 // Layers:
 //   node-runtime  /usr/local/bin/node and the shared libraries it links, the nonroot user (65532), CA
 //                 certificates, /tmp; the base of the operator and sidecar images
-//   operator      /usr/local/bin/opa and /app: the operator's sources, @chaperone/api, its npm closure
-//   sidecar       /app: the sidecar's bundle (sidecar/scripts/build.ts) in /app/sidecar, its npm closure
-//                 (the packages the bundle leaves external, and the licences of those inside it)
+//   operator      /usr/local/bin/opa and /app/operator: the operator's bundle (operator/scripts/build.ts)
+//   sidecar       /app: the sidecar's bundle (sidecar/scripts/build.ts) in /app/sidecar, and in
+//                 /app/node_modules only the npm packages the bundle leaves external and what they need
+// A bundle directory carries the licences of the npm packages inside it (scripts/bundle.ts); the
+// packages shipped whole carry their own.
 //   agent         a small agent image: /bin/sh, psql, kubectl (+ libraries), the nonroot user, CA certificates
 //   pause         the node's sandbox image: the static /pause binary (images/pause), local node only
 //
 // Usage (the Dockerfile's build stage):
 //   node images/rootfs.ts --out DIR [--repo DIR] [--node BIN] [--opa BIN] [--kubectl BIN] [--psql BIN]
-//        [--shell BIN] [--pause BIN] [--sidecar-bundle DIR] LAYER...
+//        [--shell BIN] [--pause BIN] [--sidecar-bundle DIR] [--operator-bundle DIR] LAYER...
 // writes DIR/LAYER for every LAYER named.
 import { execFileSync } from 'node:child_process';
 import {
@@ -28,11 +30,11 @@ import {
   readdirSync,
   realpathSync,
   rmSync,
-  symlinkSync,
   writeFileSync,
 } from 'node:fs';
 import { dirname, join, relative } from 'node:path';
 import { parseArgs } from 'node:util';
+import { BUNDLE_MANIFEST, type BundleManifest } from '../scripts/bundle.ts';
 
 export const LAYERS = ['node-runtime', 'operator', 'sidecar', 'agent', 'pause'] as const;
 export type LayerName = (typeof LAYERS)[number];
@@ -59,6 +61,8 @@ export interface RootfsSources {
   readonly caBundle: string;
   /** The sidecar's bundle directory (sidecar/scripts/build.ts); the sidecar layer needs it. */
   readonly sidecarBundle?: string;
+  /** The operator's bundle directory (operator/scripts/build.ts); the operator layer needs it. */
+  readonly operatorBundle?: string;
 }
 
 /** Default inputs on a Debian machine with the repository's own tools (`make tools`, `make deps`, `make packages`). */
@@ -97,13 +101,15 @@ export function assembleLayer(layer: LayerName, dest: string, sources: RootfsSou
       break;
     case 'operator':
       // libc and the loader come with node-runtime; opa links nothing else (checked below).
+      if (sources.operatorBundle === undefined)
+        throw new Error('the operator layer needs --operator-bundle DIR (node operator/scripts/build.ts --out DIR)');
       installBinary(dest, sources.opa, '/usr/local/bin/opa', sharedLibraries(sources.node));
-      installApp(dest, sources.repo, 'operator');
+      installBundle(dest, sources.repo, 'operator', sources.operatorBundle);
       break;
     case 'sidecar':
       if (sources.sidecarBundle === undefined)
         throw new Error('the sidecar layer needs --sidecar-bundle DIR (node sidecar/scripts/build.ts --out DIR)');
-      installApp(dest, sources.repo, 'sidecar', sources.sidecarBundle);
+      installBundle(dest, sources.repo, 'sidecar', sources.sidecarBundle);
       break;
     case 'agent':
       writeBase(dest, sources);
@@ -193,6 +199,8 @@ interface LockPackage {
 export function runtimeClosure(
   lock: { packages: Record<string, LockPackage> },
   workspace: string,
+  /** Follow only these direct dependencies of the workspace (a bundle's externals); default all. */
+  only?: readonly string[],
 ): { packages: string[]; links: Map<string, string> } {
   const packages = new Set<string>();
   const links = new Map<string, string>();
@@ -203,11 +211,14 @@ export function runtimeClosure(
     const entry = lock.packages[path];
     if (entry === undefined) throw new Error(`package-lock.json has no entry ${path}`);
     const optionalPeers = entry.peerDependenciesMeta ?? {};
-    const names = [
-      ...Object.keys(entry.dependencies ?? {}),
-      ...Object.keys(entry.optionalDependencies ?? {}),
-      ...Object.keys(entry.peerDependencies ?? {}).filter((n) => optionalPeers[n]?.optional !== true),
-    ];
+    const names =
+      path === workspace && only !== undefined
+        ? only
+        : [
+            ...Object.keys(entry.dependencies ?? {}),
+            ...Object.keys(entry.optionalDependencies ?? {}),
+            ...Object.keys(entry.peerDependencies ?? {}).filter((n) => optionalPeers[n]?.optional !== true),
+          ];
     for (const name of names) {
       const resolved = resolveInLock(lock, path, name);
       if (resolved === undefined) {
@@ -249,41 +260,31 @@ function shipped(path: string): boolean {
 }
 
 /**
- * /app/<workspace> and its closure: workspace sources, linked workspaces, npm packages (without nested
- * node_modules). With `bundle`, /app/<workspace> is that bundle directory instead of the sources, and no
- * workspace is linked (the bundle has them inside); the npm closure is shipped as for sources.
+ * /app/<workspace>: the workspace's bundle directory (its JavaScript, chunks, licences and manifest), and
+ * /app/node_modules: the npm packages the bundle leaves external, with their closure by package-lock.json
+ * (resolved from the workspace, as Node.js resolves the bundle's imports from /app/<workspace>).
  */
-function installApp(dest: string, repo: string, workspace: string, bundle?: string): void {
+function installBundle(dest: string, repo: string, workspace: string, bundle: string): void {
   const lock = JSON.parse(readFileSync(join(repo, 'package-lock.json'), 'utf8')) as {
     packages: Record<string, LockPackage>;
   };
+  const manifest = JSON.parse(readFileSync(join(bundle, BUNDLE_MANIFEST), 'utf8')) as BundleManifest;
   const app = join(dest, 'app');
-  const { packages, links } = runtimeClosure(lock, workspace);
-  if (bundle === undefined) {
-    for (const pkg of [workspace, ...new Set(links.values())]) copyWorkspace(join(repo, pkg), join(app, pkg));
-    for (const [linkPath, target] of links) {
-      const at = join(app, linkPath);
-      mkdirSync(dirname(at), { recursive: true });
-      symlinkSync(relative(dirname(at), join(app, target)), at);
-    }
-  } else {
-    cpSync(bundle, join(app, workspace), { recursive: true, filter: shipped });
-  }
+  const { packages, links } = runtimeClosure(lock, workspace, manifest.external);
+  if (links.size > 0)
+    throw new Error(`${workspace}'s bundle leaves workspace packages external: ${[...links.keys()].join(', ')}`);
+  cpSync(bundle, join(app, workspace), { recursive: true, filter: shipped });
   for (const pkg of packages) {
     const from = join(repo, pkg);
     if (!existsSync(from)) throw new Error(`${pkg} is not installed; run \`npm ci\``);
+    // Nested copies (node_modules/a/node_modules/b, sidecar/node_modules/c) are packages of the closure of
+    // their own, shipped at the same place, so Node.js resolves them from /app as it does in the repository.
     cpSync(from, join(app, pkg), {
       recursive: true,
       verbatimSymlinks: true,
       filter: (src) => relative(from, src).split('/')[0] !== 'node_modules' && shipped(src),
     });
   }
-}
-
-function copyWorkspace(from: string, to: string): void {
-  mkdirSync(to, { recursive: true });
-  copyFileSync(join(from, 'package.json'), join(to, 'package.json'));
-  cpSync(join(from, 'src'), join(to, 'src'), { recursive: true, filter: shipped });
 }
 
 function main(): void {
@@ -298,6 +299,7 @@ function main(): void {
       shell: { type: 'string' },
       pause: { type: 'string' },
       'sidecar-bundle': { type: 'string' },
+      'operator-bundle': { type: 'string' },
     },
     allowPositionals: true,
   });
@@ -316,6 +318,7 @@ function main(): void {
     ...(values.shell === undefined ? {} : { shell: values.shell }),
     ...(values.pause === undefined ? {} : { pause: values.pause }),
     ...(values['sidecar-bundle'] === undefined ? {} : { sidecarBundle: values['sidecar-bundle'] }),
+    ...(values['operator-bundle'] === undefined ? {} : { operatorBundle: values['operator-bundle'] }),
   };
   for (const layer of positionals) {
     if (!(LAYERS as readonly string[]).includes(layer)) {

@@ -1,4 +1,4 @@
-// The documented partition-maintenance CronJob (examples/evidence-partitions-cronjob.yaml): the real API
+// The documented partition-maintenance CronJob (examples/operations/evidence-partitions-cronjob.yaml): the real API
 // server accepts it (server-side dry run: schema, schedule, time zone), and its container's arguments are
 // ones the CLI runs with against the real evidence store (as the maintainer, pointed at the harness server).
 import { test } from 'node:test';
@@ -14,7 +14,7 @@ import { REPO_ROOT } from '../harness/tools.ts';
 import { createEvidenceDatabase, psql } from './evidence-store-fixture.ts';
 import { runCli } from './run-cli.ts';
 
-const EXAMPLE = join(REPO_ROOT, 'examples', 'evidence-partitions-cronjob.yaml');
+const EXAMPLE = join(REPO_ROOT, 'examples', 'operations', 'evidence-partitions-cronjob.yaml');
 
 test('evidence partitions CronJob example: accepted by the API server, its arguments run by the CLI', async (t) => {
   const cronJob = parse(readFileSync(EXAMPLE, 'utf8')) as {

@@ -24,6 +24,7 @@ import {
   type AuditRecord,
 } from '@chaperone/api';
 import { compilePolicy } from '../../operator/src/policy/compile-policy.ts';
+import { SIDECAR_NODE_FLAGS } from '../../sidecar/src/bin/node-flags.ts';
 import { stopProcess } from './processes.ts';
 import { createTestIssuer, type TestIssuer } from './tokens.ts';
 import { REPO_ROOT } from './tools.ts';
@@ -34,6 +35,10 @@ import { REPO_ROOT } from './tools.ts';
  */
 export const SIDECAR_BIN =
   process.env.CHAPERONE_SIDECAR_BIN ?? join(REPO_ROOT, 'sidecar', 'src', 'bin', 'chaperone-sidecar.ts');
+
+/** The V8 flags the sidecar runs with: the image's (node-flags.ts) when the tests run what CHAPERONE_SIDECAR_BIN names. */
+export const SIDECAR_BIN_NODE_FLAGS: readonly string[] =
+  process.env.CHAPERONE_SIDECAR_BIN === undefined ? [] : SIDECAR_NODE_FLAGS;
 
 /** Allows everything; the policy for tests that exercise the protocol rather than the rules. */
 export const ALLOW_ALL: AccessPolicySpec = {
@@ -209,7 +214,7 @@ export async function spawnSidecar(options: SidecarProcessOptions): Promise<Side
   const log = createWriteStream(logFile);
   const child = spawn(
     process.execPath,
-    [...(options.nodeArgs ?? []), options.bin ?? SIDECAR_BIN, '--config', configFile],
+    [...SIDECAR_BIN_NODE_FLAGS, ...(options.nodeArgs ?? []), options.bin ?? SIDECAR_BIN, '--config', configFile],
     {
       stdio: ['ignore', 'pipe', 'pipe'],
       ...(options.env === undefined ? {} : { env: options.env }),

@@ -10,6 +10,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { buildImages } from '../../images/build-images.ts';
 import { runtimeClosure } from '../../images/rootfs.ts';
+import type { BundleManifest } from '../../scripts/bundle.ts';
+import { EXTERNAL_PACKAGES } from '../../sidecar/scripts/build.ts';
 import { REPO_ROOT } from '../harness/tools.ts';
 
 const sha256 = (path: string) => createHash('sha256').update(readFileSync(path)).digest('hex');
@@ -106,6 +108,72 @@ test('building twice from the same inputs gives byte-identical archives', (t) =>
   assert.ok(paths.includes('app/node_modules/libpg-query/wasm/libpg-query.wasm'));
   assert.ok(!paths.some((p) => p.endsWith('.test.ts')), 'no tests');
   assert.ok(!paths.some((p) => /node_modules\/(typescript|eslint|@chaperone\/operator)\//.test(p)), 'no dev deps');
+  // node_modules holds only the packages the bundle leaves external and what they depend on: exactly the
+  // closure package-lock.json gives for them; what is bundled is not shipped again.
+  const lock = JSON.parse(readFileSync(join(REPO_ROOT, 'package-lock.json'), 'utf8')) as Parameters<
+    typeof runtimeClosure
+  >[0];
+  const shippedPackages = new Set(
+    paths.flatMap((p) => {
+      const match = /^app\/((?:[^/]+\/)*?node_modules\/(?:@[^/]+\/)?[^/@][^/]*)\/package\.json$/.exec(p);
+      return match?.[1] === undefined ? [] : [match[1]];
+    }),
+  );
+  assert.deepEqual(
+    [...shippedPackages].sort(),
+    runtimeClosure(lock, 'sidecar', EXTERNAL_PACKAGES).packages,
+    'node_modules: the external packages and their closure',
+  );
+  for (const bundled of ['@kubernetes/client-node', 'jose', '@open-policy-agent/opa-wasm', 'yaml', 'prom-client']) {
+    assert.ok(!shippedPackages.has(`node_modules/${bundled}`), `${bundled} is inside the bundle, not shipped again`);
+  }
+  // The licences of what the bundle has inside: one directory per bundled package, with its files.
+  const manifest = JSON.parse(
+    execFileSync('tar', ['-xOf', layerFile, 'app/sidecar/bundle.json'], { encoding: 'utf8' }),
+  ) as BundleManifest;
+  assert.ok(manifest.bundledPackages.includes('node_modules/@kubernetes/client-node'));
+  for (const pkg of manifest.bundledPackages) {
+    const { name, version } = JSON.parse(readFileSync(join(REPO_ROOT, pkg, 'package.json'), 'utf8')) as {
+      name: string;
+      version: string;
+    };
+    const dir = `app/sidecar/licenses/${name.replace('/', '+')}@${version}/`;
+    assert.ok(
+      paths.some((p) => p.startsWith(dir) && p.length > dir.length),
+      `the licence of ${name}@${version} is shipped`,
+    );
+  }
+  assert.match(
+    execFileSync('tar', ['-xOf', layerFile, 'app/sidecar/licenses/jose@6.2.18/LICENSE.md'], { encoding: 'utf8' }),
+    /MIT License/,
+  );
+});
+
+test('the operator image runs its bundle: opa, the bundle and its licences, no node_modules', (t) => {
+  const out = mkdtempSync(join(tmpdir(), 'chaperone-images-'));
+  t.after(() => rmSync(out, { recursive: true, force: true }));
+  const [built] = buildImages({ out, images: ['operator'] });
+  assert.ok(built);
+  const archive = join(out, 'operator.tar');
+  const [entry] = JSON.parse(readFromTar(archive, 'manifest.json').toString()) as { Layers: string[] }[];
+  const appLayer = entry?.Layers[1];
+  assert.ok(appLayer !== undefined, 'the Node.js runtime layer and the operator layer');
+  const layerFile = join(out, 'layer.tar');
+  execFileSync('sh', ['-c', `tar -xOf "$1" "$2" > "$3"`, 'sh', archive, appLayer, layerFile]);
+  const paths = listTar(layerFile).map((l) => l.split(' ').at(-1) ?? '');
+  assert.ok(paths.includes('usr/local/bin/opa'));
+  assert.ok(paths.includes('app/operator/chaperone-operator.js'));
+  assert.ok(!paths.some((p) => p.includes('node_modules/')), 'every package is inside the bundle');
+  assert.ok(!paths.some((p) => p.endsWith('.ts')), 'no TypeScript');
+  assert.ok(paths.some((p) => p.startsWith('app/operator/licenses/@kubernetes+client-node@')));
+  // The bundle runs with nothing but itself: its --help from a directory without node_modules.
+  const bundleDir = mkdtempSync(join(tmpdir(), 'chaperone-operator-bundle-'));
+  t.after(() => rmSync(bundleDir, { recursive: true, force: true }));
+  execFileSync('tar', ['-xf', layerFile, '-C', bundleDir, 'app/operator/chaperone-operator.js']);
+  const help = execFileSync(process.execPath, [join(bundleDir, 'app/operator/chaperone-operator.js'), '--help'], {
+    encoding: 'utf8',
+  });
+  assert.match(help, /^Usage: chaperone-operator/);
 });
 
 function sha256Buffer(buffer: Buffer): string {
@@ -147,4 +215,21 @@ test('the runtime closure follows package-lock.json the way Node.js resolves, wo
   };
   assert.deepEqual(runtimeClosure(fake, 'w').packages, ['node_modules/a', 'node_modules/a/node_modules/b']);
   assert.throws(() => runtimeClosure({ packages: { w: { dependencies: { missing: '1' } } } }, 'w'), /does not have/);
+  // A bundle's externals: only those direct dependencies, with everything they need.
+  const two = {
+    ...fake,
+    packages: { ...fake.packages, w: { dependencies: { a: '1', c: '1' } }, 'node_modules/c': {} },
+  };
+  assert.deepEqual(runtimeClosure(two, 'w', ['a']).packages, ['node_modules/a', 'node_modules/a/node_modules/b']);
+  assert.deepEqual(runtimeClosure(two, 'w', []).packages, []);
+  const externals = runtimeClosure(lock, 'sidecar', EXTERNAL_PACKAGES).packages;
+  for (const needed of [
+    'node_modules/libpg-query',
+    'node_modules/pg',
+    'node_modules/pg-protocol',
+    'node_modules/pg-pool',
+  ]) {
+    assert.ok(externals.includes(needed), needed);
+  }
+  assert.ok(!externals.includes('node_modules/@kubernetes/client-node'));
 });

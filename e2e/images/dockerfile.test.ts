@@ -23,7 +23,11 @@ test('the operator, sidecar and agent stages are understood entirely, as non-roo
   }
   const operator = imageStage(dockerfile, 'operator');
   assert.deepEqual(operator.layers, ['node-runtime', 'operator'], 'the Node.js runtime layer is shared');
-  assert.deepEqual(operator.config.Entrypoint, ['/usr/local/bin/node', '/app/operator/src/bin/chaperone-operator.ts']);
+  assert.deepEqual(
+    operator.config.Entrypoint,
+    ['/usr/local/bin/node', '/app/operator/chaperone-operator.js'],
+    "the operator's bundle (operator/scripts/build.ts), not its sources",
+  );
   assert.ok(operator.config.Env.includes('CHAPERONE_OPA=/usr/local/bin/opa'), 'the operator finds opa in its image');
   assert.deepEqual(Object.keys(operator.config.ExposedPorts).sort(), ['8080/tcp', '9443/tcp']);
   const sidecar = imageStage(dockerfile, 'sidecar');

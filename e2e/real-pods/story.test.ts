@@ -84,6 +84,7 @@ const coordination = kc.makeApiClient(k8s.CoordinationV1Api);
 const discovery = kc.makeApiClient(k8s.DiscoveryV1Api);
 const admission = kc.makeApiClient(k8s.AdmissionregistrationV1Api);
 const custom = kc.makeApiClient(k8s.CustomObjectsApi);
+const disruption = kc.makeApiClient(k8s.PolicyV1Api);
 
 /** The Kubernetes version tools.env pins (what the harness's control plane runs). */
 function kubernetesVersion(): string {
@@ -182,6 +183,9 @@ async function installChartAdmissionPolicies(
     );
   }
 }
+
+/** The injected sidecar's resources as the story's platform team sets them (chart value sidecarResources). */
+const SIDECAR_RESOURCES = { requests: { cpu: '20m', memory: '96Mi' }, limits: { memory: '320Mi' } } as const;
 
 const RESTRICTED = { 'pod-security.kubernetes.io/enforce': 'restricted' } as const;
 
@@ -292,6 +296,11 @@ test('helm install on a local node, then an annotated Job reads through its inje
     `credentials.namespace=${credentialNamespace}`,
     '--set-json',
     `tolerations=${JSON.stringify([LOCAL_NODE_TOLERATION])}`,
+    // The injected sidecar as a platform team tunes it (the image was imported, never pulled: Never).
+    '--set',
+    'sidecarImage.pullPolicy=Never',
+    '--set-json',
+    `sidecarResources=${JSON.stringify(SIDECAR_RESOURCES)}`,
   ]).catch(async (err: unknown) => {
     throw new Error(`helm install failed: ${String(err)}\n${await describePods(system)}`, { cause: err });
   });
@@ -299,6 +308,13 @@ test('helm install on a local node, then an annotated Job reads through its inje
   const deployment = (await apps.listNamespacedDeployment({ namespace: system })).items[0];
   assert.ok(deployment?.metadata?.name);
   assert.equal(deployment.status?.readyReplicas, 2, 'both operator replicas pass their readiness probe');
+  // The webhooks fail closed: a PodDisruptionBudget keeps one operator pod up through a drain.
+  const budget = await poll('the PodDisruptionBudget to count both replicas', async () => {
+    const b = await disruption.readNamespacedPodDisruptionBudget({ namespace: system, name: `${release}-chaperone` });
+    return b.status?.currentHealthy === 2 ? b : undefined;
+  });
+  assert.equal(budget.spec?.maxUnavailable, 1);
+  assert.equal(budget.status?.disruptionsAllowed, 1);
   const operatorPods = (
     await core.listNamespacedPod({ namespace: system, labelSelector: `app.kubernetes.io/instance=${release}` })
   ).items;
@@ -526,6 +542,15 @@ test('helm install on a local node, then an annotated Job reads through its inje
   const sidecarSpec = pod.spec.initContainers?.find((c) => c.name === SIDECAR_CONTAINER);
   assert.equal(sidecarSpec?.restartPolicy, 'Always', 'a native sidecar');
   assert.equal(sidecarSpec.image, sidecarImage);
+  // The chart's sidecar values reached the pod through the operator's flags; the kubelet ran it hardened.
+  assert.equal(sidecarSpec.imagePullPolicy, 'Never');
+  assert.deepEqual(JSON.parse(JSON.stringify(sidecarSpec.resources)), SIDECAR_RESOURCES);
+  assert.equal(sidecarSpec.livenessProbe?.httpGet?.path, '/healthz');
+  assert.deepEqual(
+    [sidecarSpec.securityContext?.readOnlyRootFilesystem, sidecarSpec.securityContext?.seccompProfile?.type],
+    [true, 'RuntimeDefault'],
+  );
+  assert.deepEqual(sidecarSpec.securityContext?.capabilities?.drop, ['ALL']);
   const sidecarStatus = pod.status.initContainerStatuses?.find((c) => c.name === SIDECAR_CONTAINER);
   const sidecarEnded = sidecarStatus?.state?.terminated;
   assert.ok(sidecarEnded, 'the kubelet stopped the sidecar when the Job finished');

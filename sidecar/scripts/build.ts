@@ -11,19 +11,18 @@
 //
 // Packages left outside (EXTERNAL_PACKAGES) are imported from node_modules as usual: libpg-query's two
 // builds find their .wasm files next to their own code, pg has an optional native binding esbuild cannot
-// resolve. @kubernetes/client-node is bundled (into the chunk of the durable trail, policy sets and
-// approvals, which injected pods load): from node_modules it cost 79 MiB at import (~870 modules), bundled
-// and tree-shaken 37 MiB.
+// resolve. The image ships only those (and what they depend on) next to the bundle, with the licences of
+// the packages inside it (scripts/bundle.ts). @kubernetes/client-node is bundled (into the chunk of the
+// durable trail, policy sets and approvals, which injected pods load): from node_modules it cost 79 MiB at
+// import (~870 modules), bundled and tree-shaken 37 MiB.
 //
 // Usage: node sidecar/scripts/build.ts [--out DIR]   (default dist/sidecar-bundle; `make build` runs it)
 // The bundle resolves the external packages from the node_modules above DIR, so DIR must be inside the
 // repository (or, in the image, next to /app/node_modules).
-import { realpathSync, rmSync } from 'node:fs';
+import { realpathSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import * as esbuild from 'esbuild';
-
-const REPO = join(import.meta.dirname, '..', '..');
+import { REPO, bundleProgram, type Bundle } from '../../scripts/bundle.ts';
 
 /** Default output directory of the bundle. */
 export const SIDECAR_BUNDLE_DIR = join(REPO, 'dist', 'sidecar-bundle');
@@ -36,27 +35,18 @@ export const EXTERNAL_PACKAGES: readonly string[] = ['libpg-query', 'libpg-query
 
 /** Writes the bundle into `outDir` (emptied first, so no chunk of an earlier build is left); returns the entry's path. */
 export function bundleSidecar(outDir: string = SIDECAR_BUNDLE_DIR): string {
-  rmSync(outDir, { recursive: true, force: true });
-  esbuild.buildSync({
-    entryPoints: { 'chaperone-sidecar': join(REPO, 'sidecar', 'src', 'bin', 'chaperone-sidecar.ts') },
-    // Paths in the bundle's comments are relative to the repository, wherever the build runs from.
-    absWorkingDir: REPO,
-    bundle: true,
+  return buildSidecarBundle(outDir).entry;
+}
+
+/** The bundle and what is inside it (the image builder ships the licences and the external packages). */
+export function buildSidecarBundle(outDir: string = SIDECAR_BUNDLE_DIR): Bundle {
+  return bundleProgram({
+    name: 'chaperone-sidecar',
+    entry: 'sidecar/src/bin/chaperone-sidecar.ts',
+    outDir,
+    external: EXTERNAL_PACKAGES,
     splitting: true,
-    format: 'esm',
-    platform: 'node',
-    target: 'node24',
-    outdir: outDir,
-    chunkNames: 'chunks/[name]-[hash]',
-    external: [...EXTERNAL_PACKAGES],
-    // CommonJS packages inside an ES module bundle call require() for Node's built-in modules.
-    banner: {
-      js: "import { createRequire as __chaperoneCreateRequire } from 'node:module';\nconst require = __chaperoneCreateRequire(import.meta.url);",
-    },
-    legalComments: 'eof',
-    logLevel: 'warning',
   });
-  return join(outDir, SIDECAR_BUNDLE_ENTRY);
 }
 
 function main(): void {

@@ -6,7 +6,7 @@ import { parseArgs } from 'node:util';
 import { KubeConfig } from '@kubernetes/client-node';
 import { SIGNER_CERTIFICATION_PATH } from '@chaperone/api';
 import { LABEL_INJECTION } from '../injection/constants.ts';
-import { InjectionSettingsError, validateInjectionSettings } from '../injection/settings.ts';
+import { InjectionSettingsError, validateInjectionSettings, type InjectionSettings } from '../injection/settings.ts';
 import { readEvidenceStoreConfig } from '../injection/evidence-store-config.ts';
 import { createLogger, isLogLevel } from '../observability/logger.ts';
 import { startOperator, type OperatorOptions } from '../operator.ts';
@@ -40,6 +40,10 @@ Options:
 Admission webhooks:
       --enable-webhooks               serve the pod injection and validation webhooks (every replica)
       --sidecar-image IMAGE           image of the injected sidecar (required with --enable-webhooks)
+      --sidecar-image-pull-policy P   Always, IfNotPresent or Never (default: IfNotPresent)
+      --sidecar-resources JSON        the injected sidecar's resources, e.g.
+                                      '{"requests":{"cpu":"50m","memory":"64Mi"},"limits":{"memory":"256Mi"}}'
+                                      (that is the default; docs/injection.md, "Resources")
       --service-account-issuer URL    the API server's --service-account-issuer, trusted by sidecars
                                       (default: https://kubernetes.default.svc.cluster.local)
       --webhook-host HOST             address the webhook server binds (default: 0.0.0.0)
@@ -117,6 +121,18 @@ function fail(message: string): never {
   process.exit(2);
 }
 
+/** A flag whose value is a JSON object (validated further by whoever uses it). */
+function parseJsonFlag(flag: string, raw: string): Record<string, unknown> {
+  let value: unknown;
+  try {
+    value = JSON.parse(raw);
+  } catch {
+    fail(`--${flag} must be a JSON object, not ${raw}`);
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) fail(`--${flag} must be a JSON object`);
+  return value as Record<string, unknown>;
+}
+
 const parse = () =>
   parseArgs({
     options: {
@@ -133,6 +149,8 @@ const parse = () =>
       'log-level': { type: 'string' },
       'enable-webhooks': { type: 'boolean' },
       'sidecar-image': { type: 'string' },
+      'sidecar-image-pull-policy': { type: 'string' },
+      'sidecar-resources': { type: 'string' },
       'service-account-issuer': { type: 'string' },
       'webhook-host': { type: 'string' },
       'webhook-port': { type: 'string' },
@@ -199,6 +217,8 @@ const audit: OperatorOptions['audit'] =
 
 const WEBHOOK_ONLY = [
   'sidecar-image',
+  'sidecar-image-pull-policy',
+  'sidecar-resources',
   'service-account-issuer',
   'webhook-host',
   'webhook-port',
@@ -236,6 +256,12 @@ function webhookOptions(): OperatorOptions['webhooks'] {
       image,
       operatorNamespace,
       ...(values['service-account-issuer'] === undefined ? {} : { issuer: values['service-account-issuer'] }),
+      ...(values['sidecar-image-pull-policy'] === undefined
+        ? {}
+        : { imagePullPolicy: values['sidecar-image-pull-policy'] as InjectionSettings['imagePullPolicy'] }),
+      ...(values['sidecar-resources'] === undefined
+        ? {}
+        : { resources: parseJsonFlag('sidecar-resources', values['sidecar-resources']) }),
     });
   } catch (err) {
     if (err instanceof InjectionSettingsError) fail(err.message);

@@ -197,6 +197,64 @@ test('settings: the spool bound sizes the emptyDir, and JSON lines on stdout are
   );
 });
 
+test('settings: the sidecar runs hardened, with the pull policy, resources and probes a platform team sets', () => {
+  const sidecarOf = (p: V1Pod) => p.spec?.initContainers?.find((c) => c.name === SIDECAR_CONTAINER);
+  // Defaults: IfNotPresent, requests 50m/64Mi, a 256Mi memory limit and no CPU limit.
+  const defaults = renderPodPatch(input(pod()));
+  assert.equal(defaults.kind, 'patch');
+  const plain = sidecarOf(applyJsonPatch(pod(), defaults.patch));
+  assert.equal(plain?.imagePullPolicy, 'IfNotPresent');
+  assert.deepEqual(plain.resources, { requests: { cpu: '50m', memory: '64Mi' }, limits: { memory: '256Mi' } });
+  // The restricted Pod Security Standard and more: non-root, read-only root, no capabilities, RuntimeDefault.
+  assert.deepEqual(plain.securityContext, {
+    runAsNonRoot: true,
+    runAsUser: 65532,
+    allowPrivilegeEscalation: false,
+    readOnlyRootFilesystem: true,
+    capabilities: { drop: ['ALL'] },
+    seccompProfile: { type: 'RuntimeDefault' },
+  });
+  // Started, ready and alive on /healthz of its metrics port; liveness only after a minute without an answer.
+  for (const probe of [plain.startupProbe, plain.readinessProbe, plain.livenessProbe]) {
+    assert.deepEqual(probe?.httpGet, { path: '/healthz', port: 9091, scheme: 'HTTP' });
+  }
+  assert.deepEqual(
+    [plain.livenessProbe?.periodSeconds, plain.livenessProbe?.failureThreshold, plain.livenessProbe?.timeoutSeconds],
+    [10, 6, 5],
+  );
+  assert.equal(plain.livenessProbe?.successThreshold, 1, 'written out as the API server defaults it (the seal)');
+
+  const tuned = validateInjectionSettings({
+    image: 'registry.example/chaperone-sidecar@sha256:' + 'a'.repeat(64),
+    operatorNamespace: 'chaperone-system',
+    imagePullPolicy: 'Always',
+    resources: { requests: { cpu: '0.2', memory: '128Mi' }, limits: { cpu: '1', memory: '1Gi' } },
+  });
+  const result = renderPodPatch(input(pod(), { settings: tuned }));
+  assert.equal(result.kind, 'patch');
+  const patched = applyJsonPatch(pod(), result.patch);
+  const sidecar = sidecarOf(patched);
+  assert.equal(sidecar?.imagePullPolicy, 'Always');
+  assert.deepEqual(sidecar.resources, {
+    requests: { cpu: '0.2', memory: '128Mi' },
+    limits: { cpu: '1', memory: '1Gi' },
+  });
+  assert.deepEqual(attestationProblems(patched, 'ci', [operator.publicJwk]), [], 'sealed as rendered');
+
+  const refused = (overrides: Record<string, unknown>) => () =>
+    validateInjectionSettings({ image: 'x', operatorNamespace: 'y', ...overrides });
+  assert.throws(refused({ imagePullPolicy: 'Sometimes' }), /imagePullPolicy: one of Always, IfNotPresent, Never/);
+  assert.throws(refused({ resources: { limits: { memory: 'lots' } } }), /resources.limits.memory: a quantity/);
+  assert.throws(refused({ resources: { limits: { gpu: '1' } } }), /resources.limits.gpu: one of cpu, memory/);
+  assert.throws(refused({ resources: { claims: [] } }), /resources.claims: only requests and limits/);
+  assert.throws(
+    refused({ resources: { requests: { memory: '512Mi' }, limits: { memory: '256Mi' } } }),
+    /resources.requests.memory: must not exceed resources.limits.memory/,
+  );
+  assert.throws(refused({ resources: { limits: { memory: '64Mi' } } }), /at least 128Mi/);
+  assert.throws(refused({ resources: { limits: { memory: '100M' } } }), /at least 128Mi/, '100 MB < 128 MiB');
+});
+
 test("signer certification: the sidecar is pointed at the operator's endpoint with its CA and its own pod-bound token", () => {
   const endpoint = {
     url: 'https://chaperone-webhook.chaperone-system.svc:443/audit/v1/certify',

@@ -625,6 +625,10 @@ export function sidecarContainer(
     ports: [{ name: 'chaperone-mtr', containerPort: settings.metricsPort, protocol: 'TCP' }],
     startupProbe: { ...probe, periodSeconds: 1, failureThreshold: 60 },
     readinessProbe: { ...probe, periodSeconds: 5, failureThreshold: 3 },
+    // /healthz answers whenever the event loop runs: this restarts only a sidecar wedged for a minute (its
+    // agent's connections are lost then anyway; the spool keeps the records). Generous, so that a loaded node
+    // does not restart a working proxy.
+    livenessProbe: { ...probe, timeoutSeconds: 5, periodSeconds: 10, failureThreshold: 6 },
     resources: settings.resources,
     terminationMessagePath: '/dev/termination-log',
     terminationMessagePolicy: 'File',

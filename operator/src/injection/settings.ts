@@ -5,7 +5,7 @@ import type { V1ResourceRequirements } from '@kubernetes/client-node';
 export interface InjectionSettings {
   /** Sidecar image. Required; pin it by digest in production. */
   readonly image: string;
-  /** Default IfNotPresent. */
+  /** Pull policy of the sidecar image. Default IfNotPresent (pin the image by digest, or use Always with a moving tag). */
   readonly imagePullPolicy: 'Always' | 'IfNotPresent' | 'Never';
   /** Namespace the operator runs in; never injected. */
   readonly operatorNamespace: string;
@@ -17,7 +17,10 @@ export interface InjectionSettings {
   readonly metricsPort: number;
   /** Lifetime requested for projected tokens, seconds (kubelet refreshes at 80 %). Default 3600. */
   readonly tokenExpirationSeconds: number;
-  /** Sidecar resources. Default requests 50m CPU / 64Mi, limit 256Mi memory. */
+  /**
+   * Sidecar resources: requests and limits of cpu, memory, ephemeral-storage. Default requests 50m CPU /
+   * 64Mi, limit 256Mi memory (no CPU limit: throttling a proxy adds latency to every statement).
+   */
   readonly resources: V1ResourceRequirements;
   /** UID the sidecar runs as. Default 65532 (distroless nonroot). */
   readonly runAsUser: number;
@@ -102,6 +105,10 @@ export function validateInjectionSettings(
     problems.push('tokenExpirationSeconds: an integer >= 600');
   }
   if (!Number.isInteger(settings.runAsUser) || settings.runAsUser < 1) problems.push('runAsUser: a non-root UID');
+  if (!IMAGE_PULL_POLICIES.includes(settings.imagePullPolicy)) {
+    problems.push(`imagePullPolicy: one of ${IMAGE_PULL_POLICIES.join(', ')}`);
+  }
+  problems.push(...resourceProblems(settings.resources));
   // The sidecar's own minimum for audit.spoolMaxBytes.
   if (!Number.isInteger(settings.auditSpoolMaxBytes) || settings.auditSpoolMaxBytes < 64 * 1024) {
     problems.push('auditSpoolMaxBytes: an integer >= 65536');
@@ -133,4 +140,80 @@ export function validateInjectionSettings(
   }
   if (problems.length > 0) throw new InjectionSettingsError(`invalid injection settings: ${problems.join('; ')}`);
   return settings;
+}
+
+export const IMAGE_PULL_POLICIES: readonly InjectionSettings['imagePullPolicy'][] = ['Always', 'IfNotPresent', 'Never'];
+
+/** Resource names the sidecar's requests and limits may set. */
+const SIDECAR_RESOURCE_NAMES = ['cpu', 'memory', 'ephemeral-storage'] as const;
+
+/**
+ * The least memory limit accepted for the sidecar: at rest it is ~82 MiB resident and its SQL parser and
+ * first session add ~19 MiB (docs/install.md, "Memory"), so a lower limit gets it OOM-killed at the first
+ * statement rather than refused here. The default, 256Mi, is what the tests run.
+ */
+export const SIDECAR_MIN_MEMORY_LIMIT = 128 * 1024 * 1024;
+
+const QUANTITY = /^(\d+(?:\.\d+)?|\.\d+)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$/;
+const QUANTITY_FACTORS: Readonly<Record<string, number>> = {
+  '': 1,
+  m: 1e-3,
+  k: 1e3,
+  M: 1e6,
+  G: 1e9,
+  T: 1e12,
+  P: 1e15,
+  E: 1e18,
+  Ki: 2 ** 10,
+  Mi: 2 ** 20,
+  Gi: 2 ** 30,
+  Ti: 2 ** 40,
+  Pi: 2 ** 50,
+  Ei: 2 ** 60,
+};
+
+/** A Kubernetes quantity (`50m`, `256Mi`, `0.5`) as a number of base units, or undefined when it is not one. */
+export function parseQuantity(text: string): number | undefined {
+  const match = QUANTITY.exec(text);
+  if (match === null) return undefined;
+  return Number(match[1]) * (QUANTITY_FACTORS[match[2] ?? ''] ?? Number.NaN);
+}
+
+/**
+ * What is wrong with the sidecar's resources, checked at start so that a bad value is the operator's
+ * error rather than every injected pod's (the API server would refuse the pod the webhook patched).
+ */
+function resourceProblems(resources: V1ResourceRequirements): string[] {
+  const problems: string[] = [];
+  const amounts: Record<'requests' | 'limits', Map<string, number>> = { requests: new Map(), limits: new Map() };
+  for (const [key, list] of Object.entries(resources as Record<string, unknown>)) {
+    if (key !== 'requests' && key !== 'limits') {
+      problems.push(`resources.${key}: only requests and limits are set`);
+      continue;
+    }
+    if (typeof list !== 'object' || list === null) {
+      problems.push(`resources.${key}: a map of resource names to quantities`);
+      continue;
+    }
+    for (const [name, value] of Object.entries(list as Record<string, unknown>)) {
+      if (!(SIDECAR_RESOURCE_NAMES as readonly string[]).includes(name)) {
+        problems.push(`resources.${key}.${name}: one of ${SIDECAR_RESOURCE_NAMES.join(', ')}`);
+        continue;
+      }
+      const amount = typeof value === 'string' ? parseQuantity(value) : undefined;
+      if (amount === undefined) problems.push(`resources.${key}.${name}: a quantity such as 100m or 256Mi`);
+      else amounts[key].set(name, amount);
+    }
+  }
+  for (const [name, limit] of amounts.limits) {
+    const request = amounts.requests.get(name);
+    if (request !== undefined && request > limit) {
+      problems.push(`resources.requests.${name}: must not exceed resources.limits.${name}`);
+    }
+  }
+  const memory = amounts.limits.get('memory');
+  if (memory !== undefined && memory < SIDECAR_MIN_MEMORY_LIMIT) {
+    problems.push('resources.limits.memory: at least 128Mi (the sidecar needs ~100 MiB once its first session ran)');
+  }
+  return problems;
 }

@@ -5,10 +5,12 @@
 // of ~500 MB of compiler memory that the process keeps as RSS afterwards, and seconds of CPU (measured:
 // 20,000 distinct statements 2.2 s against 4.6 s with the tier-up running, peak RSS 68 MB against 588 MB).
 //
-// Not yet the default of the test harness: with it, e2e/audit/durability-restart.test.ts saw statements
-// flow but the durable trail's Session writer never acknowledge a record within 120 s (three runs; it
-// passes without the flag). Until that is understood, bench/footprint.ts and the JSON-lines benchmarks
-// pass it explicitly (measured there) and the durable trail runs without it. See bench/README.md.
+// The test harness passes these flags when CHAPERONE_SIDECAR_BIN names what to run (e2e/harness/
+// sidecar-process.ts; the image's form: the bundle with these flags), and the real-node story runs the image.
+// An earlier session saw e2e/audit/durability-restart.test.ts time out with --liftoff-only (no record
+// acknowledged within 120 s, three runs of three); the seventh session did not reproduce it in ten runs,
+// with the bundle and with the sources, at load averages of 5 to 23 (bench/README.md, "Footprint"). By
+// default the harness still runs the sources without flags.
 //
 // --max-semi-space-size=8: V8's young generation grows to at most 2 × 8 MiB. By default it grows much
 // larger under load, and the pages it grew into stayed resident after the load (measured: RSS 262 MiB at the
