@@ -34,7 +34,9 @@ import { ANNOTATION_SIDECAR_CONFIG, LABEL_STRICT } from '../injection/constants.
 import type { PublicKeys } from '../injection/sealed-pod.ts';
 import type { EvidenceStoreSettings } from '../injection/settings.ts';
 import type { Logger } from '../observability/logger.ts';
-import { bearerToken, PodAttestor, Refused, statusBody } from '../audit/pod-attestation.ts';
+import { bearerToken, PodAttestor, readJson, Refused, statusBody } from '../audit/pod-attestation.ts';
+
+const MAX_BODY_BYTES = 4096;
 
 /** Annotation of a delivered credential Secret: the namespaces whose ProtectedResources may use it. */
 export const ANNOTATION_ALLOWED_NAMESPACES = 'chaperone.dev/allowed-namespaces';
@@ -64,30 +66,6 @@ export function secretAllows(secret: V1Secret, namespace: string): boolean {
     .split(',')
     .map((n) => n.trim())
     .includes(namespace);
-}
-
-function readJson(req: IncomingMessage): Promise<unknown> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    req.on('data', (chunk: Buffer) => {
-      size += chunk.length;
-      if (size > 4096) {
-        reject(new Refused(413, 'RequestEntityTooLarge', 'request body over 4096 bytes'));
-        req.destroy();
-        return;
-      }
-      chunks.push(chunk);
-    });
-    req.on('end', () => {
-      try {
-        resolve(JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown);
-      } catch {
-        reject(new Refused(400, 'BadRequest', 'body is not JSON'));
-      }
-    });
-    req.on('error', reject);
-  });
 }
 
 const notFound = (err: unknown) => err instanceof ApiException && (err as ApiException<unknown>).code === 404;
@@ -180,7 +158,7 @@ export function createCredentialDeliveryHandler(
   ): Promise<{ body: DeliveredCredential; log: Record<string, unknown> }> => {
     if (req.method !== 'POST') throw new Refused(400, 'BadRequest', 'use POST');
     const token = bearerToken(req);
-    const body = (await readJson(req)) as { resource?: unknown; evidenceStore?: unknown } | null;
+    const body = (await readJson(req, MAX_BODY_BYTES)) as { resource?: unknown; evidenceStore?: unknown } | null;
     if (body?.evidenceStore === true && body.resource === undefined) return deliverEvidenceStore(token);
     const resourceName = body?.resource;
     if (typeof resourceName !== 'string' || !/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/.test(resourceName)) {
