@@ -10,8 +10,9 @@
 //   * the resource is one of the listeners of the sidecar's sealed configuration,
 //   * the ProtectedResource of the pod's namespace names a Secret of the credential namespace that allows
 //     the pod's namespace.
-// The answer carries the username, the password and the CA (when the resource names one), base64; the
-// operator logs a hash of the credential, never the values.
+// The answer carries the username, the password, the CA (when the resource names one) and the key of the
+// hash masking strategy (when it names maskingKeySecretRef: read from the resource's namespace, as the CA
+// is), base64; the operator logs a hash of the credential, never the values, and nothing of the key.
 //
 // The evidence store's writer credential (docs/evidence-store.md) is delivered the same way, for the body
 // `{"evidenceStore": true}`: to an attested sidecar of a strict namespace whose sealed configuration keeps
@@ -46,6 +47,8 @@ export interface DeliveredCredential {
   readonly username: string;
   readonly password: string;
   readonly ca?: string;
+  /** The masking key's bytes (docs/masking.md, "The hash key"). */
+  readonly maskingKey?: string;
 }
 
 export interface CredentialDeliveryOptions {
@@ -216,9 +219,28 @@ export function createCredentialDeliveryHandler(
       const caSecret = await core.readNamespacedSecret({ namespace: pod.namespace, name: caRef.name });
       ca = caSecret.data?.[caRef.key];
     }
+    let maskingKey: string | undefined;
+    const keyRef = resource.spec.maskingKeySecretRef;
+    if (keyRef !== undefined) {
+      // Never an answer without it: the sidecar would hash with a key of its own, and hashes would not join.
+      maskingKey = (
+        await core.readNamespacedSecret({ namespace: pod.namespace, name: keyRef.name }).catch((err: unknown) => {
+          if (notFound(err)) throw new Refused(404, 'NotFound', `Secret ${pod.namespace}/${keyRef.name} not found`);
+          throw err;
+        })
+      ).data?.[keyRef.key];
+      if (maskingKey === undefined) {
+        throw new Refused(404, 'NotFound', `Secret ${pod.namespace}/${keyRef.name} lacks ${keyRef.key}`);
+      }
+    }
     const hash = createHash('sha256').update(username).update('\0').update(password).digest('hex').slice(0, 16);
     return {
-      body: { username, password, ...(ca === undefined ? {} : { ca }) },
+      body: {
+        username,
+        password,
+        ...(ca === undefined ? {} : { ca }),
+        ...(maskingKey === undefined ? {} : { maskingKey }),
+      },
       log: {
         pod: `${pod.namespace}/${pod.name}`,
         resource: resourceName,
