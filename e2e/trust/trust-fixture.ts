@@ -17,7 +17,7 @@ import { createLogger } from '../../operator/src/observability/logger.ts';
 import { startOperator, type RunningOperator } from '../../operator/src/operator.ts';
 import type { EvidenceStoreSettings } from '../../operator/src/injection/settings.ts';
 import { controlPlaneEnv, testDir } from '../harness/env.ts';
-import { clientIdentity, nodeIdentity, type TestIdentity } from '../harness/identities.ts';
+import { clientIdentity, createTestNode, nodeIdentity, type TestIdentity } from '../harness/identities.ts';
 import { kubectl, kubeConfig, statusOf } from '../harness/kube.ts';
 import { materialiseSidecar, materialiseVolumes, type MaterialisedSidecar } from '../harness/materialise-pod.ts';
 import { poll } from '../harness/poll.ts';
@@ -279,6 +279,8 @@ export async function startTrustFixture(t: TestContext, options: TrustFixtureOpt
 
   const editor = await clientIdentity(EDITOR, ['developers']);
   const debuggerUser = await clientIdentity(DEBUGGER, ['developers']);
+  // The pods of these tests are bound to it: it must exist (createTestNode says why).
+  await createTestNode(core, t, nodeName, { [INSTANCE_LABEL]: instance });
   const node = await nodeIdentity(nodeName);
   const grantEditor = async (namespace: string) => {
     const edit = { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: 'edit' };
@@ -377,6 +379,8 @@ export async function startTrustFixture(t: TestContext, options: TrustFixtureOpt
         },
         spec: {
           nodeName,
+          // The node never reports Ready: tolerate its taints rather than be evicted after 300 s.
+          tolerations: [{ operator: 'Exists' }],
           ...(podOptions.serviceAccountName === undefined ? {} : { serviceAccountName: podOptions.serviceAccountName }),
           containers: [{ name: 'agent', image: 'postgres:17', command: ['sleep', 'infinity'] }],
           ...podOptions.spec,
