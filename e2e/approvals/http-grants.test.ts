@@ -5,18 +5,13 @@
 // another path of the same rule nor another method; a resource grant any request of its rule; nothing after
 // `kubectl chaperone revoke` or expiry. Each request run under a grant is in the trail with the grant.
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { mkdirSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:http';
-import { join } from 'node:path';
 import { test } from 'node:test';
 import { GROUP, VERSION, type AccessPolicySpec, type ApprovalRequest } from '@chaperone/api';
 import { runCli } from '../audit/run-cli.ts';
-import { controlPlaneEnv, testDir } from '../harness/env.ts';
-import { kubeletToken, type TestIdentity } from '../harness/identities.ts';
+import { type TestIdentity } from '../harness/identities.ts';
 import { poll } from '../harness/poll.ts';
-import { spawnSidecar } from '../harness/sidecar-process.ts';
 import { createApprovalWorld, PLURAL } from './approval-fixture.ts';
+import { curl, startHttpApprovalTarget } from './http-approval-fixture.ts';
 
 const POLICY: AccessPolicySpec = {
   resources: { names: ['payments-api'] },
@@ -40,85 +35,16 @@ const POLICY: AccessPolicySpec = {
 
 test('HTTP time-bound grants: a grant lets exactly its scope through for its time, and no more', async (t) => {
   const world = await createApprovalWorld(t);
-  const { ns, people, custom, pod } = world;
-  const received: string[] = [];
-  const upstream = createServer((req, res) => {
-    const chunks: Buffer[] = [];
-    req.on('data', (c: Buffer) => chunks.push(c));
-    req.on('end', () => {
-      received.push(`${req.method ?? ''} ${req.url ?? ''} ${Buffer.concat(chunks).toString('utf8')}`);
-      res.writeHead(201, { 'content-type': 'application/json' });
-      res.end('{"ok":true}');
-    });
-  });
-  await new Promise<void>((resolve) => upstream.listen(0, '127.0.0.1', resolve));
-  t.after(
-    () =>
-      new Promise<void>((resolve) => {
-        upstream.closeAllConnections();
-        upstream.close(() => resolve());
-      }),
-  );
-  const address = upstream.address();
-  if (address === null || typeof address === 'string') throw new Error('no address');
-
-  const dir = join(testDir(t), 'http-sidecar');
-  mkdirSync(dir, { recursive: true });
-  const podToken = join(dir, 'pod-token');
-  writeFileSync(podToken, await kubeletToken(pod, undefined));
-  const cp = controlPlaneEnv();
-  const sidecar = await spawnSidecar({
-    dir,
-    policies: { payments: POLICY },
-    policyNamespace: ns,
-    listeners: [
-      {
-        name: 'payments-api',
-        type: 'http',
-        listen: '127.0.0.1:0',
-        upstream: { url: `http://127.0.0.1:${String(address.port)}`, tls: { mode: 'disable' } },
-        resource: { namespace: ns, labels: {} },
-        auditFailureMode: 'FailClosed',
-      },
-    ],
-    pod: { namespace: ns, name: pod.metadata?.name ?? '', uid: pod.metadata?.uid ?? '' },
-    approvals: { kubernetes: { server: cp.server, tokenFile: podToken, caFile: cp.caFile, namespace: ns } },
-    logLevel: 'debug',
-  });
-  t.after(() => sidecar.stop());
+  const { ns, people, custom } = world;
+  const target = await startHttpApprovalTarget(t, world, 'payments-api', { payments: POLICY });
+  const { sidecar } = target;
+  /** What reached the upstream, as `METHOD url body`. */
+  const received = () => target.received.map((r) => `${r.method} ${r.url} ${r.body}`);
   const token = await sidecar.issuer.sign({ sub: 'system:serviceaccount:agents:payer' });
   const base = `http://${sidecar.host}:${String(sidecar.port)}`;
 
   /** One curl, one connection (so one agent session) per request. */
-  const curl = (method: string, path: string, body: string) => {
-    const child = spawn(
-      'curl',
-      [
-        '-sS',
-        '-X',
-        method,
-        '-H',
-        `Authorization: Bearer ${token}`,
-        '-H',
-        'Content-Type: application/json',
-        '--data-binary',
-        body,
-        '-w',
-        '\n%{http_code}',
-        `${base}${path}`,
-      ],
-      { stdio: ['ignore', 'pipe', 'pipe'] },
-    );
-    let out = '';
-    child.stdout.on('data', (c: Buffer) => (out += c.toString('utf8')));
-    const done = new Promise<{ body: string; status: number }>((resolve) => {
-      child.once('close', () => {
-        const i = out.lastIndexOf('\n');
-        resolve({ body: out.slice(0, i), status: Number(out.slice(i + 1)) });
-      });
-    });
-    return { done, kill: () => child.kill('SIGKILL') };
-  };
+  const send = (method: string, path: string, body: string) => curl(`${base}${path}`, token, method, body);
   const requests = async () =>
     (
       (await custom.listNamespacedCustomObject({ group: GROUP, version: VERSION, namespace: ns, plural: PLURAL })) as {
@@ -133,7 +59,7 @@ test('HTTP time-bound grants: a grant lets exactly its scope through for its tim
   const cli = (who: TestIdentity, args: string[]) => runCli([...args, '-n', ns, '--kubeconfig', who.kubeconfig]);
   /** Holds `method path` (its body marked), then lets `settle` decide it; resolves with the request's name. */
   const heldThen = async (method: string, path: string, marker: string, settle: (name: string) => Promise<void>) => {
-    const sent = curl(method, path, `{"marker":"${marker}"}`);
+    const sent = send(method, path, `{"marker":"${marker}"}`);
     const request = await filedFor(marker);
     const name = request.metadata.name ?? '';
     await settle(name);
@@ -147,7 +73,7 @@ test('HTTP time-bound grants: a grant lets exactly its scope through for its tim
 
   await t.test('fingerprint: the same method and path runs unheld in a new connection, with any body', async () => {
     const first = await heldThen('POST', '/api/refunds', 'f-1', async (name) => {
-      assert.equal(received.length, 0, 'nothing reaches the upstream while held');
+      assert.equal(received().length, 0, 'nothing reaches the upstream while held');
       const approved = await cli(people.carol, ['approve', name, '--for', '10m', '--scope', 'fingerprint']);
       assert.equal(approved.code, 0, approved.stderr);
       assert.match(approved.stdout, /granting fingerprint for 600s/);
@@ -159,10 +85,10 @@ test('HTTP time-bound grants: a grant lets exactly its scope through for its tim
     assert.deepEqual(grant.approvers, ['carol@example.com']);
 
     const before = (await requests()).length;
-    const again = await curl('POST', '/api/refunds', '{"marker":"f-2","amount":"other"}').done;
+    const again = await send('POST', '/api/refunds', '{"marker":"f-2","amount":"other"}').done;
     assert.equal(again.status, 201, again.body);
     assert.equal((await requests()).length, before, 'no new ApprovalRequest');
-    assert.deepEqual(received, [
+    assert.deepEqual(received(), [
       'POST /api/refunds {"marker":"f-1"}',
       'POST /api/refunds {"marker":"f-2","amount":"other"}',
     ]);
@@ -180,7 +106,7 @@ test('HTTP time-bound grants: a grant lets exactly its scope through for its tim
       // A query string makes another fingerprint too.
       const query = await heldThen('POST', '/api/refunds?force=1', 'f-5', deny);
       assert.equal(query.result.status, 403, 'ApprovalDenied');
-      assert.equal(received.length, 2, 'none of them reached the upstream');
+      assert.equal(received().length, 2, 'none of them reached the upstream');
     },
   );
 
@@ -196,7 +122,7 @@ test('HTTP time-bound grants: a grant lets exactly its scope through for its tim
     const after = await heldThen('POST', '/api/refunds', 'r-1', deny);
     assert.notEqual(after.name, fingerprintGrant);
     assert.equal(after.result.status, 403, 'ApprovalDenied');
-    assert.equal(received.length, 2);
+    assert.equal(received().length, 2);
   });
 
   let resourceGrant = '';
@@ -208,13 +134,13 @@ test('HTTP time-bound grants: a grant lets exactly its scope through for its tim
     resourceGrant = first.name;
     assert.equal(first.result.status, 201);
     const before = (await requests()).length;
-    const refunds = await curl('POST', '/api/refunds?force=1', '{"marker":"x-2"}').done;
+    const refunds = await send('POST', '/api/refunds?force=1', '{"marker":"x-2"}').done;
     assert.equal(refunds.status, 201, refunds.body);
     assert.equal((await requests()).length, before, 'no new ApprovalRequest');
     // Another rule (DELETE): not covered.
     const deletes = await heldThen('DELETE', '/api/refunds', 'x-3', deny);
     assert.equal(deletes.result.status, 403, 'ApprovalDenied');
-    assert.deepEqual(received.slice(2), [
+    assert.deepEqual(received().slice(2), [
       'POST /api/credits {"marker":"x-1"}',
       'POST /api/refunds?force=1 {"marker":"x-2"}',
     ]);
@@ -227,7 +153,7 @@ test('HTTP time-bound grants: a grant lets exactly its scope through for its tim
     const expired = await heldThen('POST', '/api/credits', 'x-4', deny);
     assert.notEqual(expired.name, resourceGrant);
     assert.equal(expired.result.status, 403, 'ApprovalDenied');
-    assert.equal(received.length, 4);
+    assert.equal(received().length, 4);
   });
 
   await t.test('each request run under a grant is in the trail with the grant and its approvers', async () => {

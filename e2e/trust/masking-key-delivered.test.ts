@@ -8,8 +8,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { createHmac, randomBytes } from 'node:crypto';
-import { readdirSync, readFileSync, statSync } from 'node:fs';
-import { request } from 'node:https';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import pg from 'pg';
 import { CREDENTIAL_DELIVERY_PATH, GROUP, VERSION } from '@chaperone/api';
@@ -17,7 +16,8 @@ import { SIDECAR_CREDENTIALS_DIR } from '../../operator/src/injection/constants.
 import { postgresEnv } from '../harness/env.ts';
 import { poll } from '../harness/poll.ts';
 import { freePort } from '../harness/postgres.ts';
-import { kubectlAs, startTrustFixture } from './trust-fixture.ts';
+import { filesUnder, keyEncodings } from '../harness/secret-scan.ts';
+import { kubectlAs, postToOperator, startTrustFixture } from './trust-fixture.ts';
 
 const RESOURCE = 'vault-db';
 const KEY_SECRET = 'vault-db-masking-key';
@@ -39,33 +39,6 @@ function resourceDatabaseSql(sql: string): void {
     '-c',
     sql,
   ]);
-}
-
-/** Every regular file under `path`, with its content. */
-function filesUnder(path: string): Buffer[] {
-  if (!statSync(path).isDirectory()) return [readFileSync(path)];
-  return readdirSync(path).flatMap((e) => filesUnder(join(path, e)));
-}
-
-/** The encodings a key could be written in. */
-function encodingsOf(key: Buffer): string[] {
-  return [key.toString('base64'), key.toString('hex'), key.toString('base64url'), key.toString('latin1')];
-}
-
-function post(url: string, ca: string, token: string, body: unknown): Promise<{ status: number; text: string }> {
-  return new Promise((resolve, reject) => {
-    const req = request(
-      url,
-      { method: 'POST', ca, headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' } },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString('utf8') }));
-      },
-    );
-    req.on('error', reject);
-    req.end(JSON.stringify(body));
-  });
 }
 
 test('a masking key with a delivered credential: delivered to the attested sidecar alone, hashes under exactly that key', async (t) => {
@@ -190,7 +163,7 @@ test('a masking key with a delivered credential: delivered to the attested sidec
       ['pod', JSON.stringify(await core.readNamespacedPod({ namespace: ns, name: pod.metadata?.name ?? '' }))],
     ];
     for (const [where, text] of places) {
-      for (const encoded of encodingsOf(key)) assert.ok(!text.includes(encoded), `${where} holds the key`);
+      for (const encoded of keyEncodings(key)) assert.ok(!text.includes(encoded), `${where} holds the key`);
     }
     assert.ok(held.length >= 3, `only ${String(held.length)} agent values looked at`);
   });
@@ -199,13 +172,13 @@ test('a masking key with a delivered credential: delivered to the attested sidec
     const webhooks = fx.operator.webhooks;
     assert.ok(webhooks);
     const unbound = (await kubectlAs(fx.editor, ['create', 'token', 'default', '-n', ns])).stdout.trim();
-    const answer = await post(
+    const answer = await postToOperator(
       webhooks.server.url(CREDENTIAL_DELIVERY_PATH),
       webhooks.certificates.current().caBundlePem,
       unbound,
       { resource: RESOURCE },
     );
     assert.equal(answer.status, 403);
-    for (const encoded of encodingsOf(key)) assert.ok(!answer.text.includes(encoded));
+    for (const encoded of keyEncodings(key)) assert.ok(!answer.text.includes(encoded));
   });
 });
