@@ -84,6 +84,7 @@ export async function runApprovalLatencyBench(options: { count?: number } = {}):
   const suffix = randomBytes(4).toString('hex');
   const ns = `chaperone-bench-approvals-${suffix}`;
   const policyNames: string[] = [];
+  const nodes: string[] = [];
   try {
     await core.createNamespace({ body: { metadata: { name: ns, labels: { 'chaperone.dev/bench': suffix } } } });
     for (let i = 0; i < 600; i++) {
@@ -145,11 +146,26 @@ export async function runApprovalLatencyBench(options: { count?: number } = {}):
         subjects: [{ kind: 'User', apiGroup: 'rbac.authorization.k8s.io', name: approver.user }],
       },
     });
+    // The Node the pod is bound to must exist: the pod garbage collector deletes a pod on a missing Node
+    // after ~40 s, and with it the token the sidecar files requests with (e2e/harness/identities.ts,
+    // createTestNode). No kubelet runs for it: tainted, and the pod tolerates every taint.
+    const nodeName = `bench-node-${suffix}`;
+    await core.createNode({
+      body: {
+        metadata: { name: nodeName },
+        spec: { taints: [{ key: 'chaperone.dev/test-node', effect: 'NoSchedule' }] },
+      },
+    });
+    nodes.push(nodeName);
     const created = await core.createNamespacedPod({
       namespace: ns,
       body: {
         metadata: { name: 'agent' },
-        spec: { nodeName: `bench-node-${suffix}`, containers: [{ name: 'agent', image: 'busybox' }] },
+        spec: {
+          nodeName,
+          tolerations: [{ operator: 'Exists' }],
+          containers: [{ name: 'agent', image: 'busybox' }],
+        },
       },
     });
     const pod = await core.readNamespacedPod({ namespace: ns, name: created.metadata?.name ?? '' });
@@ -262,6 +278,7 @@ export async function runApprovalLatencyBench(options: { count?: number } = {}):
       await admission.deleteValidatingAdmissionPolicy({ name }).catch(() => undefined);
     }
     await core.deleteNamespace({ name: ns }).catch(() => undefined);
+    for (const name of nodes) await core.deleteNode({ name }).catch(() => undefined);
     await controlPlane?.stop();
   }
 }

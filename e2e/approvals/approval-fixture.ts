@@ -14,7 +14,7 @@ import pg from 'pg';
 import { parseAllDocuments } from 'yaml';
 import { GROUP, VERSION, type AccessPolicySpec, type ApprovalRequest } from '@chaperone/api';
 import { controlPlaneEnv, directPgOptions, postgresEnv, testDir } from '../harness/env.ts';
-import { clientIdentity, kubeletToken, type TestIdentity } from '../harness/identities.ts';
+import { clientIdentity, createTestNode, kubeletToken, type TestIdentity } from '../harness/identities.ts';
 import { createTestNamespace, kubeConfig, statusOf } from '../harness/kube.ts';
 import { poll } from '../harness/poll.ts';
 import { spawnSidecar, type SidecarProcess } from '../harness/sidecar-process.ts';
@@ -249,17 +249,8 @@ export async function createApprovalWorld(t: TestContext): Promise<ApprovalWorld
     },
   });
 
-  // The Node must exist: the pod garbage collector deletes a pod bound to a missing node after 40 s, and with
-  // it every token bound to the pod (the sidecar's requests then fail with 401). No kubelet runs for it, so
-  // it is tainted (nothing else is scheduled there) and the pod tolerates every taint (never-Ready evictions).
-  const nodeName = `approvals-node-${instance}`;
-  await core.createNode({
-    body: {
-      metadata: { name: nodeName, labels: { [LABEL]: instance } },
-      spec: { taints: [{ key: 'chaperone.dev/approvals-test', effect: 'NoSchedule' }] },
-    },
-  });
-  t.after(() => core.deleteNode({ name: nodeName }).then(() => undefined));
+  // The Node must exist (createTestNode says why); the pod tolerates every taint (never-Ready evictions).
+  const nodeName = await createTestNode(core, t, `approvals-node-${instance}`, { [LABEL]: instance });
   const created = await core.createNamespacedPod({
     namespace: ns,
     body: {

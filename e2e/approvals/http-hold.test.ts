@@ -4,18 +4,12 @@
 // receives it exactly once, with the exact body; a client that goes away while held withdraws the request
 // (phase Cancelled) and the upstream never sees it.
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { mkdirSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:http';
-import { join } from 'node:path';
 import { test } from 'node:test';
 import { GROUP, VERSION, type AccessPolicySpec, type ApprovalRequest } from '@chaperone/api';
 import { runCli } from '../audit/run-cli.ts';
-import { controlPlaneEnv, testDir } from '../harness/env.ts';
-import { kubeletToken } from '../harness/identities.ts';
 import { poll } from '../harness/poll.ts';
-import { spawnSidecar } from '../harness/sidecar-process.ts';
 import { createApprovalWorld, PLURAL } from './approval-fixture.ts';
+import { curl, startHttpApprovalTarget } from './http-approval-fixture.ts';
 
 const POLICY: AccessPolicySpec = {
   resources: { names: ['refunds-api'] },
@@ -28,83 +22,17 @@ const POLICY: AccessPolicySpec = {
 
 test('a POST through the HTTP engine waits for approval', async (t) => {
   const world = await createApprovalWorld(t);
-  const { ns, people, custom, pod } = world;
-  const received: { method: string; url: string; body: string }[] = [];
-  const upstream = createServer((req, res) => {
-    const chunks: Buffer[] = [];
-    req.on('data', (c: Buffer) => chunks.push(c));
-    req.on('end', () => {
-      received.push({ method: req.method ?? '', url: req.url ?? '', body: Buffer.concat(chunks).toString('utf8') });
-      res.writeHead(201, { 'content-type': 'application/json' });
-      res.end('{"refund":"created"}');
-    });
-  });
-  await new Promise<void>((resolve) => upstream.listen(0, '127.0.0.1', resolve));
-  t.after(
-    () =>
-      new Promise<void>((resolve) => {
-        upstream.closeAllConnections();
-        upstream.close(() => resolve());
-      }),
+  const { ns, people, custom } = world;
+  const { sidecar, received } = await startHttpApprovalTarget(
+    t,
+    world,
+    'refunds-api',
+    { refunds: POLICY },
+    '{"refund":"created"}',
   );
-  const address = upstream.address();
-  if (address === null || typeof address === 'string') throw new Error('no address');
-
-  const dir = join(testDir(t), 'http-sidecar');
-  mkdirSync(dir, { recursive: true });
-  const podToken = join(dir, 'pod-token');
-  writeFileSync(podToken, await kubeletToken(pod, undefined));
-  const cp = controlPlaneEnv();
-  const sidecar = await spawnSidecar({
-    dir,
-    policies: { refunds: POLICY },
-    policyNamespace: ns,
-    listeners: [
-      {
-        name: 'refunds-api',
-        type: 'http',
-        listen: '127.0.0.1:0',
-        upstream: { url: `http://127.0.0.1:${String(address.port)}`, tls: { mode: 'disable' } },
-        resource: { namespace: ns, labels: {} },
-        auditFailureMode: 'FailClosed',
-      },
-    ],
-    pod: { namespace: ns, name: pod.metadata?.name ?? '', uid: pod.metadata?.uid ?? '' },
-    approvals: { kubernetes: { server: cp.server, tokenFile: podToken, caFile: cp.caFile, namespace: ns } },
-    logLevel: 'debug',
-  });
-  t.after(() => sidecar.stop());
   const token = await sidecar.issuer.sign({ sub: 'system:serviceaccount:agents:refunder' });
   const url = `http://${sidecar.host}:${String(sidecar.port)}/api/refunds`;
-  const curl = (body: string) => {
-    const child = spawn(
-      'curl',
-      [
-        '-sS',
-        '-X',
-        'POST',
-        '-H',
-        `Authorization: Bearer ${token}`,
-        '-H',
-        'Content-Type: application/json',
-        '--data-binary',
-        body,
-        '-w',
-        '\n%{http_code}',
-        url,
-      ],
-      { stdio: ['ignore', 'pipe', 'pipe'] },
-    );
-    let out = '';
-    child.stdout.on('data', (c: Buffer) => (out += c.toString('utf8')));
-    const done = new Promise<{ body: string; status: number }>((resolve) => {
-      child.once('close', () => {
-        const i = out.lastIndexOf('\n');
-        resolve({ body: out.slice(0, i), status: Number(out.slice(i + 1)) });
-      });
-    });
-    return { done, kill: () => child.kill('SIGKILL') };
-  };
+  const post = (body: string) => curl(url, token, 'POST', body);
   const requests = async () =>
     (
       (await custom.listNamespacedCustomObject({ group: GROUP, version: VERSION, namespace: ns, plural: PLURAL })) as {
@@ -118,7 +46,7 @@ test('a POST through the HTTP engine waits for approval', async (t) => {
 
   await t.test('approved: forwarded exactly once, with the exact body', async () => {
     const body = '{"order":7,"amount":"1234.50"}';
-    const posting = curl(body);
+    const posting = post(body);
     const request = await filedFor('1234.50');
     assert.equal(request.spec.policy.rule, 'hold-refunds');
     assert.match(request.spec.command.text, /^POST \/api\/refunds/);
@@ -140,7 +68,7 @@ test('a POST through the HTTP engine waits for approval', async (t) => {
 
   await t.test('the client going away withdraws the request; nothing is forwarded', async () => {
     const before = received.length;
-    const posting = curl('{"order":8,"amount":"999.99"}');
+    const posting = post('{"order":8,"amount":"999.99"}');
     const request = await filedFor('999.99');
     posting.kill();
     await posting.done;

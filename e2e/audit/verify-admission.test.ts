@@ -13,7 +13,7 @@ import { applyCrds, kubectl, statusOf } from '../harness/kube.ts';
 import { testDir } from '../harness/env.ts';
 import { poll } from '../harness/poll.ts';
 import { REPO_ROOT } from '../harness/tools.ts';
-import { kubeletToken } from '../harness/identities.ts';
+import { createTestNode, kubeletToken } from '../harness/identities.ts';
 import { buildTrail, createSigner } from './trail-fixture.ts';
 
 const NS = 'agents';
@@ -121,6 +121,8 @@ test('admission protection of Sessions and approval decisions', { timeout: 300_0
       subjects,
     },
   });
+  // The pods are bound to this Node: it must exist (createTestNode says why).
+  await createTestNode(core, t, 'node-agents');
   const podBody = (name: string): k8s.V1Pod => ({
     metadata: { name },
     spec: {

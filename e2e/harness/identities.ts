@@ -7,6 +7,7 @@
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
+import type { TestContext } from 'node:test';
 import * as k8s from '@kubernetes/client-node';
 import { issueClientCertificate } from '../../operator/src/certificates/certificate-authority.ts';
 import { stringify } from 'yaml';
@@ -135,4 +136,33 @@ export async function bindPod(core: k8s.CoreV1Api, pod: k8s.V1Pod, nodeName: str
     });
   }
   return core.readNamespacedPod({ namespace, name });
+}
+
+/**
+ * Creates the Node `name` that pods of a test are bound to, deleted when the test ends. It must exist: the
+ * pod garbage collector deletes a pod bound to a missing Node after ~40 s, and with it every token bound to
+ * the pod (a sidecar's requests then fail with 401). No kubelet runs for it, so it is tainted NoSchedule
+ * (nothing else is scheduled there); the node lifecycle controller marks it unreachable after its grace
+ * period, and pods without a toleration are evicted 300 s later (tolerate every taint to outlive that).
+ */
+export async function createTestNode(
+  core: k8s.CoreV1Api,
+  t: TestContext,
+  name: string,
+  labels: Record<string, string> = {},
+): Promise<string> {
+  await core.createNode({
+    body: {
+      metadata: { name, labels },
+      spec: { taints: [{ key: 'chaperone.dev/test-node', effect: 'NoSchedule' }] },
+    },
+  });
+  // A private control plane may be gone by then, with its Nodes.
+  t.after(() =>
+    core.deleteNode({ name }).then(
+      () => undefined,
+      () => undefined,
+    ),
+  );
+  return name;
 }

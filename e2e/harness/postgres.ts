@@ -57,7 +57,8 @@ function serverUser(): ServerUser | undefined {
   return { uid: Number(out), gid: Number(gid), name: 'postgres' };
 }
 
-function writeTlsFiles(dir: string): { caFile: string; certFile: string; keyFile: string } {
+/** A fresh CA and a server certificate it signs (CN and SAN localhost, 127.0.0.1), as PEM files in `dir`. */
+export function writeTlsFiles(dir: string): { caFile: string; certFile: string; keyFile: string } {
   const caKey = join(dir, 'ca.key');
   const caFile = join(dir, 'ca.crt');
   const keyFile = join(dir, 'server.key');

@@ -3,6 +3,8 @@
 // assertion that none of them occurs in a haystack (client bytes, logs, records, objects, metrics).
 import assert from 'node:assert/strict';
 import { createHash, createHmac, pbkdf2Sync } from 'node:crypto';
+import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
 import { postgresEnv, superuserSql } from './env.ts';
 
 export interface Secret {
@@ -24,6 +26,19 @@ export function encodings(secret: Buffer | string): string[] {
   ];
   if (!Buffer.isBuffer(secret)) forms.unshift(secret);
   return [...new Set(forms)];
+}
+
+/** A key's bytes in the forms of `encodings`, and as raw bytes read as latin1 (for text read as latin1). */
+export function keyEncodings(key: Buffer): string[] {
+  return [...encodings(key), key.toString('latin1')];
+}
+
+/** Every regular file under `path`, with its content (kubelet-style `..data` links skipped). */
+export function filesUnder(path: string): Buffer[] {
+  if (!statSync(path).isDirectory()) return [readFileSync(path)];
+  return readdirSync(path)
+    .filter((e) => !e.startsWith('..'))
+    .flatMap((e) => filesUnder(join(path, e)));
 }
 
 /** A secret string searched for in every encoding. */

@@ -9,7 +9,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { createHmac, randomBytes } from 'node:crypto';
-import { mkdirSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import * as k8s from '@kubernetes/client-node';
 import {
@@ -33,6 +33,7 @@ import { materialiseSidecar, materialiseVolumes, resolvedContainerEnv } from '..
 import { startOperatorProcess } from '../harness/operator-process.ts';
 import { poll } from '../harness/poll.ts';
 import { freePort } from '../harness/postgres.ts';
+import { filesUnder, keyEncodings } from '../harness/secret-scan.ts';
 import { agentPod, createPostgresResource, RESOURCE, waitForServiceAccount } from './injection-fixture.ts';
 
 const KEY_SECRET = 'orders-db-masking-key';
@@ -58,19 +59,6 @@ function resourceDatabaseSql(sql: string): void {
     '-c',
     sql,
   ]);
-}
-
-/** Every regular file under `path`, with its content (kubelet-style `..data` links skipped). */
-function filesUnder(path: string): Buffer[] {
-  if (!statSync(path).isDirectory()) return [readFileSync(path)];
-  return readdirSync(path)
-    .filter((e) => !e.startsWith('..'))
-    .flatMap((e) => filesUnder(join(path, e)));
-}
-
-/** The encodings a key could be written in. */
-function encodingsOf(key: Buffer): string[] {
-  return [key.toString('base64'), key.toString('hex'), key.toString('base64url'), key.toString('latin1')];
 }
 
 test('the masking key of a ProtectedResource reaches its sidecar, and only its sidecar', async (t) => {
@@ -229,7 +217,7 @@ test('the masking key of a ProtectedResource reaches its sidecar, and only its s
         [key, 'key'],
         [short, 'short key'],
       ] as const) {
-        for (const encoded of encodingsOf(k)) assert.ok(!text.includes(encoded), `${where} holds the ${name}`);
+        for (const encoded of keyEncodings(k)) assert.ok(!text.includes(encoded), `${where} holds the ${name}`);
       }
     }
     assert.ok(held.length >= 3, `only ${String(held.length)} agent values looked at`);

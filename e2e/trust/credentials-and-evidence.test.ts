@@ -5,7 +5,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { request } from 'node:https';
 import * as k8s from '@kubernetes/client-node';
 import pg from 'pg';
 import { CREDENTIAL_DELIVERY_PATH, GROUP, SESSION_PROXY_PATH, VERSION, type Session } from '@chaperone/api';
@@ -14,33 +13,7 @@ import { kubeletToken } from '../harness/identities.ts';
 import { poll } from '../harness/poll.ts';
 import { runCli } from '../audit/run-cli.ts';
 import { buildTrail, createSigner } from '../audit/trail-fixture.ts';
-import { api, kubectlAs, refusal, startTrustFixture } from './trust-fixture.ts';
-
-function post(
-  url: string,
-  ca: string,
-  token: string,
-  body: unknown,
-): Promise<{ status: number; body: Record<string, unknown> }> {
-  return new Promise((resolve, reject) => {
-    const req = request(
-      url,
-      { method: 'POST', ca, headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' } },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () =>
-          resolve({
-            status: res.statusCode ?? 0,
-            body: JSON.parse(Buffer.concat(chunks).toString('utf8')) as Record<string, unknown>,
-          }),
-        );
-      },
-    );
-    req.on('error', reject);
-    req.end(JSON.stringify(body));
-  });
-}
+import { api, kubectlAs, postToOperator, refusal, startTrustFixture } from './trust-fixture.ts';
 
 test("credentials and evidence out of the editors' reach: delivery from a credential namespace, Sessions in an audit namespace", async (t) => {
   const fx = await startTrustFixture(t, { auditNamespace: true, credentialNamespace: true });
@@ -161,14 +134,14 @@ test("credentials and evidence out of the editors' reach: delivery from a creden
     async (t2) => {
       const url = webhooks.server.url(CREDENTIAL_DELIVERY_PATH);
       const unbound = (await kubectlAs(fx.editor, ['create', 'token', 'default', '-n', ns])).stdout.trim();
-      const r1 = await post(url, ca, unbound, { resource: 'vault-db' });
+      const r1 = await postToOperator(url, ca, unbound, { resource: 'vault-db' });
       assert.equal(r1.status, 403);
       assert.match(String(r1.body.message), /not a service-account token bound to a pod/);
       // The genuine sidecar asking for a resource its sealed configuration does not name.
-      const r2 = await post(url, ca, running.sidecarToken, { resource: 'orders-db' });
+      const r2 = await postToOperator(url, ca, running.sidecarToken, { resource: 'orders-db' });
       assert.equal(r2.status, 403);
       assert.match(String(r2.body.message), /does not serve orders-db/);
-      const r2b = await post(url, ca, running.sidecarToken, { resource: 'Vault_DB; drop' });
+      const r2b = await postToOperator(url, ca, running.sidecarToken, { resource: 'Vault_DB; drop' });
       assert.equal(r2b.status, 400);
       // An impostor where no webhook runs, with the pod-bound token its node would give it.
       const plain = await fx.namespace(t2);
@@ -186,7 +159,7 @@ test("credentials and evidence out of the editors' reach: delivery from a creden
         },
       });
       const impostor = await core.readNamespacedPod({ namespace: plain, name: 'impostor' });
-      const r3 = await post(url, ca, await kubeletToken(impostor, undefined), { resource: 'vault-db' });
+      const r3 = await postToOperator(url, ca, await kubeletToken(impostor, undefined), { resource: 'vault-db' });
       assert.equal(r3.status, 403);
       assert.match(String(r3.body.message), /does not run the Chaperone sidecar as the operator sealed it/);
       // The allow-list on the Secret: withdrawn, delivery stops.
@@ -198,7 +171,7 @@ test("credentials and evidence out of the editors' reach: delivery from a creden
         },
         k8s.setHeaderOptions('Content-Type', k8s.PatchStrategy.MergePatch),
       );
-      const r4 = await post(url, ca, running.sidecarToken, { resource: 'vault-db' });
+      const r4 = await postToOperator(url, ca, running.sidecarToken, { resource: 'vault-db' });
       assert.equal(r4.status, 403);
       assert.match(String(r4.body.message), /does not allow namespace/);
       await poll('the ProtectedResource to report SecretNotAllowed', async () => {
@@ -312,7 +285,7 @@ test("credentials and evidence out of the editors' reach: delivery from a creden
     });
     assert.ok(other);
     other.spec.pod = { name: 'worker', namespace: ns, uid: 'x' };
-    const r1 = await post(url, ca, running.sidecarToken, { op: 'create', session: other });
+    const r1 = await postToOperator(url, ca, running.sidecarToken, { op: 'create', session: other });
     assert.equal(r1.status, 403);
     assert.match(String(r1.body.message), /must name the calling pod/);
     const theirs = (await custom.listNamespacedCustomObject({
@@ -323,7 +296,7 @@ test("credentials and evidence out of the editors' reach: delivery from a creden
     })) as { items: Session[] };
     const name = theirs.items[0]?.metadata.name ?? '';
     const unbound = (await kubectlAs(fx.editor, ['create', 'token', 'default', '-n', ns])).stdout.trim();
-    const r2 = await post(url, ca, unbound, {
+    const r2 = await postToOperator(url, ca, unbound, {
       op: 'status',
       name,
       status: { phase: 'Active', counters: { commands: 0, allowed: 0, denied: 0, held: 0, errors: 0 } },

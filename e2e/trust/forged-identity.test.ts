@@ -6,7 +6,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { request } from 'node:https';
 import * as k8s from '@kubernetes/client-node';
 import { GROUP, SIGNER_CERTIFICATION_PATH, VERSION, type Session } from '@chaperone/api';
 import { controlPlaneEnv, postgresEnv } from '../harness/env.ts';
@@ -14,28 +13,7 @@ import { kubeletToken } from '../harness/identities.ts';
 import { poll } from '../harness/poll.ts';
 import { runCli } from '../audit/run-cli.ts';
 import { buildTrail, createSigner } from '../audit/trail-fixture.ts';
-import { api, kubectlAs, refusal, startTrustFixture } from './trust-fixture.ts';
-
-/** POST to the operator's certification endpoint as a raw client. */
-function certify(url: string, ca: string, token: string): Promise<{ status: number; message: string }> {
-  const body = JSON.stringify({ publicKey: { kty: 'OKP', crv: 'Ed25519', x: 'A'.repeat(43) } });
-  return new Promise((resolve, reject) => {
-    const req = request(
-      url,
-      { method: 'POST', ca, headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' } },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => {
-          const parsed = JSON.parse(Buffer.concat(chunks).toString('utf8')) as { message?: string };
-          resolve({ status: res.statusCode ?? 0, message: parsed.message ?? '' });
-        });
-      },
-    );
-    req.on('error', reject);
-    req.end(body);
-  });
-}
+import { api, certify, kubectlAs, refusal, startTrustFixture } from './trust-fixture.ts';
 
 /** A client authenticating with a bearer token against the shared control plane. */
 function tokenClient<T extends k8s.ApiType>(token: string, type: new (config: k8s.Configuration) => T): T {

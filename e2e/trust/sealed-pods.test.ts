@@ -4,14 +4,13 @@
 // user bound to the built-in `edit` role, and one who may also add ephemeral containers.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { request } from 'node:https';
 import * as k8s from '@kubernetes/client-node';
 import { SIGNER_CERTIFICATION_PATH } from '@chaperone/api';
 import { LABEL_INJECTION, LABEL_INJECTION_ENABLED } from '../../operator/src/injection/constants.ts';
 import { sealProblems } from '../../operator/src/injection/sealed-pod.ts';
 import { controlPlaneEnv } from '../harness/env.ts';
 import { kubeletToken } from '../harness/identities.ts';
-import { api, kubectlAs, refusal, startTrustFixture, type TrustFixture } from './trust-fixture.ts';
+import { api, certify, kubectlAs, refusal, startTrustFixture, type TrustFixture } from './trust-fixture.ts';
 import type { TestIdentity } from '../harness/identities.ts';
 
 const SIDECAR = 'chaperone-sidecar';
@@ -36,26 +35,6 @@ function copyOf(pod: k8s.V1Pod, name: string): k8s.V1Pod {
   };
   delete copy.status;
   return copy;
-}
-
-function certify(url: string, ca: string, token: string): Promise<{ status: number; message: string }> {
-  const body = JSON.stringify({ publicKey: { kty: 'OKP', crv: 'Ed25519', x: 'A'.repeat(43) } });
-  return new Promise((resolve, reject) => {
-    const req = request(
-      url,
-      { method: 'POST', ca, headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' } },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => {
-          const parsed = JSON.parse(Buffer.concat(chunks).toString('utf8')) as { message?: string };
-          resolve({ status: res.statusCode ?? 0, message: parsed.message ?? '' });
-        });
-      },
-    );
-    req.on('error', reject);
-    req.end(body);
-  });
 }
 
 async function expectRefused(what: string, r: Promise<{ code: number; stderr: string }>, pattern: RegExp) {

@@ -6,6 +6,7 @@
 // and the agent and the sidecar as a materialised pod's tokens.
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { request } from 'node:https';
 import { join } from 'node:path';
 import type { TestContext } from 'node:test';
 import * as k8s from '@kubernetes/client-node';
@@ -17,7 +18,7 @@ import { createLogger } from '../../operator/src/observability/logger.ts';
 import { startOperator, type RunningOperator } from '../../operator/src/operator.ts';
 import type { EvidenceStoreSettings } from '../../operator/src/injection/settings.ts';
 import { controlPlaneEnv, testDir } from '../harness/env.ts';
-import { clientIdentity, nodeIdentity, type TestIdentity } from '../harness/identities.ts';
+import { clientIdentity, createTestNode, nodeIdentity, type TestIdentity } from '../harness/identities.ts';
 import { kubectl, kubeConfig, statusOf } from '../harness/kube.ts';
 import { materialiseSidecar, materialiseVolumes, type MaterialisedSidecar } from '../harness/materialise-pod.ts';
 import { poll } from '../harness/poll.ts';
@@ -217,6 +218,45 @@ async function bindRole(
   });
 }
 
+/** POSTs `body` as JSON to an operator endpoint with `token`; the answer's status, text and JSON (or {}). */
+export function postToOperator(
+  url: string,
+  ca: string,
+  token: string,
+  body: unknown,
+): Promise<{ status: number; text: string; body: Record<string, unknown> }> {
+  return new Promise((resolve, reject) => {
+    const req = request(
+      url,
+      { method: 'POST', ca, headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' } },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => {
+          const text = Buffer.concat(chunks).toString('utf8');
+          let parsed: Record<string, unknown> = {};
+          try {
+            parsed = JSON.parse(text) as Record<string, unknown>;
+          } catch {
+            // Not JSON: the text says what came.
+          }
+          resolve({ status: res.statusCode ?? 0, text, body: parsed });
+        });
+      },
+    );
+    req.on('error', reject);
+    req.end(JSON.stringify(body));
+  });
+}
+
+/** Asks the operator's signer certification endpoint to certify a made-up Ed25519 key, as a raw client. */
+export async function certify(url: string, ca: string, token: string): Promise<{ status: number; message: string }> {
+  const answer = await postToOperator(url, ca, token, {
+    publicKey: { kty: 'OKP', crv: 'Ed25519', x: 'A'.repeat(43) },
+  });
+  return { status: answer.status, message: typeof answer.body.message === 'string' ? answer.body.message : '' };
+}
+
 export async function startTrustFixture(t: TestContext, options: TrustFixtureOptions = {}): Promise<TrustFixture> {
   const admin = kubeConfig();
   const core = admin.makeApiClient(k8s.CoreV1Api);
@@ -279,6 +319,8 @@ export async function startTrustFixture(t: TestContext, options: TrustFixtureOpt
 
   const editor = await clientIdentity(EDITOR, ['developers']);
   const debuggerUser = await clientIdentity(DEBUGGER, ['developers']);
+  // The pods of these tests are bound to it: it must exist (createTestNode says why).
+  await createTestNode(core, t, nodeName, { [INSTANCE_LABEL]: instance });
   const node = await nodeIdentity(nodeName);
   const grantEditor = async (namespace: string) => {
     const edit = { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: 'edit' };
@@ -377,6 +419,8 @@ export async function startTrustFixture(t: TestContext, options: TrustFixtureOpt
         },
         spec: {
           nodeName,
+          // The node never reports Ready: tolerate its taints rather than be evicted after 300 s.
+          tolerations: [{ operator: 'Exists' }],
           ...(podOptions.serviceAccountName === undefined ? {} : { serviceAccountName: podOptions.serviceAccountName }),
           containers: [{ name: 'agent', image: 'postgres:17', command: ['sleep', 'infinity'] }],
           ...podOptions.spec,

@@ -2,7 +2,6 @@
 // side of held commands and time-bound grants (docs/approvals.md). Listing shows what waits, with the requester chain and the statement; approve and
 // deny append one decision naming the caller as the API server authenticates it (a SelfSubjectReview), so
 // the decision passes admission only when that is who is calling. The sidecar counts the decisions itself.
-import { parseArgs } from 'node:util';
 import * as k8s from '@kubernetes/client-node';
 import { stringify } from 'yaml';
 import {
@@ -16,6 +15,7 @@ import {
 } from '@chaperone/api';
 import { CLUSTER_OPTIONS, connect, describeError, type Cluster, type CommandIo } from '../audit/cluster.ts';
 import { formatTable } from '../table.ts';
+import { parseCommandLine } from '../command-line.ts';
 
 const PLURAL = 'approvalrequests';
 
@@ -314,30 +314,21 @@ export async function run(
   io: CommandIo,
   now: Date = new Date(),
 ): Promise<number> {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args,
-      allowPositionals: true,
-      options: {
-        ...CLUSTER_OPTIONS,
-        output: { type: 'string', short: 'o' },
-        comment: { type: 'string' },
-        for: { type: 'string' },
-        scope: { type: 'string' },
-        all: { type: 'boolean' },
-        help: { type: 'boolean', short: 'h' },
-      },
-    });
-  } catch (err) {
-    io.stderr.write(`error: ${(err as Error).message}\n\n${APPROVALS_USAGE}`);
-    return 2;
-  }
+  const parsed = parseCommandLine(
+    args,
+    {
+      ...CLUSTER_OPTIONS,
+      output: { type: 'string', short: 'o' },
+      comment: { type: 'string' },
+      for: { type: 'string' },
+      scope: { type: 'string' },
+      all: { type: 'boolean' },
+    },
+    APPROVALS_USAGE,
+    io,
+  );
+  if (typeof parsed === 'number') return parsed;
   const { values, positionals } = parsed;
-  if (values.help === true) {
-    io.stdout.write(APPROVALS_USAGE);
-    return 0;
-  }
   const output = values.output;
   if (output !== undefined && (verb !== 'approvals' || (output !== 'json' && output !== 'yaml'))) {
     io.stderr.write(`error: --output must be json or yaml, and only for approvals\n`);

@@ -2,11 +2,11 @@
 // (`audit.path`, standalone or exported). Exit 0 when every file verifies, 1 when any record was altered,
 // removed, inserted or reordered (or a file cannot be read), 2 on usage.
 import { readFile } from 'node:fs/promises';
-import { parseArgs } from 'node:util';
 import { stringify } from 'yaml';
 import type { CommandIo } from '../audit/cluster.ts';
 import { verifyJsonLines, type JsonLinesReport } from '../audit/verify-json-lines.ts';
 import { formatTable } from '../table.ts';
+import { parseCommandLine } from '../command-line.ts';
 
 export const AUDIT_VERIFY_USAGE = `Usage:
   kubectl chaperone audit verify FILE... [-o json|yaml]
@@ -44,22 +44,9 @@ function render(file: string, report: JsonLinesReport): string {
 }
 
 export async function run(args: string[], io: CommandIo): Promise<number> {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args,
-      allowPositionals: true,
-      options: { output: { type: 'string', short: 'o' }, help: { type: 'boolean', short: 'h' } },
-    });
-  } catch (err) {
-    io.stderr.write(`error: ${(err as Error).message}\n\n${AUDIT_VERIFY_USAGE}`);
-    return 2;
-  }
+  const parsed = parseCommandLine(args, { output: { type: 'string', short: 'o' } }, AUDIT_VERIFY_USAGE, io);
+  if (typeof parsed === 'number') return parsed;
   const { values, positionals } = parsed;
-  if (values.help === true) {
-    io.stdout.write(AUDIT_VERIFY_USAGE);
-    return 0;
-  }
   if (positionals[0] !== 'verify' || positionals.length < 2) {
     io.stderr.write(`error: name the files to verify\n\n${AUDIT_VERIFY_USAGE}`);
     return 2;

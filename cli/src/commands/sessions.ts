@@ -2,7 +2,6 @@
 //   sessions [--identity S] [--actor S] [--resource R] [--since T] [--until T] [--decision allow|deny|approve]
 //            [-n NS | -A] [-o json|yaml]
 //   sessions show SESSION [-n NS] [-o json|yaml]     (SESSION: object name of any part, or the session id)
-import { parseArgs } from 'node:util';
 import { stringify } from 'yaml';
 import type { Session } from '@chaperone/api';
 import { CLUSTER_OPTIONS, connect, describeError, listSessions, type CommandIo } from '../audit/cluster.ts';
@@ -15,6 +14,7 @@ import {
   sessionTable,
   type SessionGroup,
 } from '../audit/session-view.ts';
+import { parseCommandLine } from '../command-line.ts';
 
 export const SESSIONS_USAGE = `Usage:
   kubectl chaperone sessions [flags]              list sessions (one row per session, all parts together)
@@ -39,33 +39,24 @@ ${EVIDENCE_STORE_USAGE}`;
 const DECISIONS = ['allow', 'deny', 'approve'] as const;
 
 export async function run(args: string[], io: CommandIo, now: Date = new Date()): Promise<number> {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args,
-      allowPositionals: true,
-      options: {
-        ...CLUSTER_OPTIONS,
-        output: { type: 'string', short: 'o' },
-        identity: { type: 'string' },
-        actor: { type: 'string' },
-        resource: { type: 'string' },
-        since: { type: 'string' },
-        until: { type: 'string' },
-        decision: { type: 'string' },
-        ...EVIDENCE_STORE_OPTIONS,
-        help: { type: 'boolean', short: 'h' },
-      },
-    });
-  } catch (err) {
-    io.stderr.write(`error: ${(err as Error).message}\n\n${SESSIONS_USAGE}`);
-    return 2;
-  }
+  const parsed = parseCommandLine(
+    args,
+    {
+      ...CLUSTER_OPTIONS,
+      output: { type: 'string', short: 'o' },
+      identity: { type: 'string' },
+      actor: { type: 'string' },
+      resource: { type: 'string' },
+      since: { type: 'string' },
+      until: { type: 'string' },
+      decision: { type: 'string' },
+      ...EVIDENCE_STORE_OPTIONS,
+    },
+    SESSIONS_USAGE,
+    io,
+  );
+  if (typeof parsed === 'number') return parsed;
   const { values, positionals } = parsed;
-  if (values.help === true) {
-    io.stdout.write(SESSIONS_USAGE);
-    return 0;
-  }
   const output = values.output;
   if (output !== undefined && output !== 'json' && output !== 'yaml') {
     io.stderr.write(`error: --output must be json or yaml\n`);

@@ -1,7 +1,6 @@
 // kubectl chaperone verify [SESSION] [--all]: proves the audit trail was not altered or cut.
 // Exit 0 when clean, 1 when any error-level problem is found (or the cluster cannot be read), 2 on usage.
 import { readFile } from 'node:fs/promises';
-import { parseArgs } from 'node:util';
 import { stringify } from 'yaml';
 import { CLUSTER_OPTIONS, describeError, type CommandIo } from '../audit/cluster.ts';
 import { readTrail } from '../audit/read-trail.ts';
@@ -13,6 +12,7 @@ import { groupSessions } from '../audit/session-view.ts';
 import { loadTrustedKeys } from '../audit/trusted-keys.ts';
 import { restrictReport, verifyTrail, type BaselineHead } from '../audit/verify-trail.ts';
 import { findSession } from './sessions.ts';
+import { parseCommandLine } from '../command-line.ts';
 
 export const VERIFY_USAGE = `Usage:
   kubectl chaperone verify SESSION [flags]   one session (object name of any part, or session id)
@@ -33,31 +33,22 @@ ${AUTHORITY_USAGE}${EVIDENCE_STORE_USAGE}  -n, --namespace NS      namespace (de
 `;
 
 export async function run(args: string[], io: CommandIo): Promise<number> {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args,
-      allowPositionals: true,
-      options: {
-        ...CLUSTER_OPTIONS,
-        all: { type: 'boolean' },
-        output: { type: 'string', short: 'o' },
-        'trusted-keys': { type: 'string' },
-        baseline: { type: 'string' },
-        ...AUTHORITY_OPTIONS,
-        ...EVIDENCE_STORE_OPTIONS,
-        help: { type: 'boolean', short: 'h' },
-      },
-    });
-  } catch (err) {
-    io.stderr.write(`error: ${(err as Error).message}\n\n${VERIFY_USAGE}`);
-    return 2;
-  }
+  const parsed = parseCommandLine(
+    args,
+    {
+      ...CLUSTER_OPTIONS,
+      all: { type: 'boolean' },
+      output: { type: 'string', short: 'o' },
+      'trusted-keys': { type: 'string' },
+      baseline: { type: 'string' },
+      ...AUTHORITY_OPTIONS,
+      ...EVIDENCE_STORE_OPTIONS,
+    },
+    VERIFY_USAGE,
+    io,
+  );
+  if (typeof parsed === 'number') return parsed;
   const { values, positionals } = parsed;
-  if (values.help === true) {
-    io.stdout.write(VERIFY_USAGE);
-    return 0;
-  }
   const target = positionals[0];
   if (positionals.length > 1 || (target === undefined) === (values.all !== true)) {
     io.stderr.write(`error: name one SESSION or use --all\n\n${VERIFY_USAGE}`);

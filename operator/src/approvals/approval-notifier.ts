@@ -7,14 +7,11 @@
 // `maxAgeMs` is given up (a Warning Event says so). Approvals never wait for any of this: the sidecar files
 // and follows requests on its own; the notifier only reads them and writes its annotation.
 import {
-  makeInformer,
   PatchStrategy,
   setHeaderOptions,
   type CoreV1Api,
   type CustomObjectsApi,
   type KubeConfig,
-  type KubernetesListObject,
-  type KubernetesObject,
   type ObjectCache,
 } from '@kubernetes/client-node';
 import { Counter } from 'prom-client';
@@ -30,6 +27,7 @@ import type {
   ReconcileResult,
 } from '../controller-runtime/reconcile.ts';
 import { InformerSource } from '../controller-runtime/source.ts';
+import { cacheOf, customObjectInformer } from '../controller-runtime/custom-object-informer.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { OperatorMetrics } from '../observability/metrics.ts';
 import { signatureHeader } from './webhook-signature.ts';
@@ -332,20 +330,7 @@ export interface ApprovalNotifierControllerOptions {
 /** The leader's notifier: one worker, so notifications leave in the order requests change. */
 export function createApprovalNotifierController(options: ApprovalNotifierControllerOptions): Controller {
   const { kubeConfig, custom, namespace } = options;
-  const base = `/apis/${GROUP}/${VERSION}`;
-  const informer = makeInformer<KubernetesObject>(
-    kubeConfig,
-    namespace === undefined ? `${base}/${PLURAL}` : `${base}/namespaces/${namespace}/${PLURAL}`,
-    async () =>
-      (namespace === undefined
-        ? await custom.listClusterCustomObject({ group: GROUP, version: VERSION, plural: PLURAL })
-        : await custom.listNamespacedCustomObject({
-            group: GROUP,
-            version: VERSION,
-            namespace,
-            plural: PLURAL,
-          })) as KubernetesListObject<KubernetesObject>,
-  );
+  const informer = customObjectInformer(kubeConfig, custom, PLURAL, namespace);
   const logger = options.logger.child({ controller: APPROVAL_NOTIFIER_NAME });
   const source = new InformerSource({
     name: PLURAL,
@@ -356,7 +341,7 @@ export function createApprovalNotifierController(options: ApprovalNotifierContro
   const reconciler = new ApprovalNotifier({
     core: options.core,
     custom,
-    requests: informer as unknown as ObjectCache<ApprovalRequest>,
+    requests: cacheOf<ApprovalRequest>(informer),
     events: options.events,
     webhook: options.webhook,
     metrics: options.metrics,

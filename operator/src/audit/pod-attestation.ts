@@ -33,6 +33,35 @@ export function statusBody(code: number, reason: string, message: string): strin
   return JSON.stringify({ kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Failure', message, reason, code });
 }
 
+/** The request body, refused (413) beyond `maxBytes`: the sidecar-facing endpoints read small bodies only. */
+export function readBody(req: IncomingMessage, maxBytes: number): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on('data', (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > maxBytes) {
+        reject(new Refused(413, 'RequestEntityTooLarge', `request body over ${String(maxBytes)} bytes`));
+        req.destroy();
+        return;
+      }
+      chunks.push(chunk);
+    });
+    req.on('end', () => resolve(Buffer.concat(chunks)));
+    req.on('error', reject);
+  });
+}
+
+/** readBody parsed as JSON; a body that is not JSON is refused (400). */
+export async function readJson(req: IncomingMessage, maxBytes: number): Promise<unknown> {
+  const body = await readBody(req, maxBytes);
+  try {
+    return JSON.parse(body.toString('utf8')) as unknown;
+  } catch {
+    throw new Refused(400, 'BadRequest', 'body is not JSON');
+  }
+}
+
 export interface AttestedPod {
   readonly namespace: string;
   readonly name: string;

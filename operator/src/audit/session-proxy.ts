@@ -21,7 +21,7 @@ import { Counter, type Registry } from 'prom-client';
 import { GROUP, VERSION, type AuditRecord, type Session, type SessionSpec, type SessionStatus } from '@chaperone/api';
 import type { PublicKeys } from '../injection/sealed-pod.ts';
 import type { Logger } from '../observability/logger.ts';
-import { bearerToken, PodAttestor, Refused, statusBody, type AttestedPod } from './pod-attestation.ts';
+import { bearerToken, PodAttestor, readJson, Refused, statusBody, type AttestedPod } from './pod-attestation.ts';
 
 const SESSION_ID_LABEL = 'chaperone.dev/session-id';
 /** Session objects are bounded (SESSION_MAX_BYTES); an append or create is at most a part. */
@@ -55,30 +55,6 @@ export interface SessionProxyOptions {
   readonly publicKeys: () => PublicKeys;
   readonly logger: Logger;
   readonly registry?: Registry;
-}
-
-function readJson(req: IncomingMessage): Promise<unknown> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    req.on('data', (chunk: Buffer) => {
-      size += chunk.length;
-      if (size > MAX_BODY_BYTES) {
-        reject(new Refused(413, 'RequestEntityTooLarge', `request body over ${String(MAX_BODY_BYTES)} bytes`));
-        req.destroy();
-        return;
-      }
-      chunks.push(chunk);
-    });
-    req.on('end', () => {
-      try {
-        resolve(JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown);
-      } catch {
-        reject(new Refused(400, 'BadRequest', 'body is not JSON'));
-      }
-    });
-    req.on('error', reject);
-  });
 }
 
 function belongsTo(session: Session, pod: AttestedPod): boolean {
@@ -116,7 +92,7 @@ export function createSessionProxyHandler(
   const handle = async (req: IncomingMessage, call: { op: string }): Promise<unknown> => {
     if (req.method !== 'POST') throw new Refused(400, 'BadRequest', 'use POST');
     const token = bearerToken(req);
-    const body = (await readJson(req)) as Partial<SessionProxyRequest> | null;
+    const body = (await readJson(req, MAX_BODY_BYTES)) as Partial<SessionProxyRequest> | null;
     if (typeof body?.op === 'string' && ['list', 'create', 'append', 'status', 'event'].includes(body.op)) {
       call.op = body.op;
     }

@@ -16,7 +16,7 @@ import {
 } from '@chaperone/api';
 import type { Logger } from '../observability/logger.ts';
 import type { AuditAuthority } from './audit-authority.ts';
-import { bearerToken, PodAttestor, Refused, statusBody } from './pod-attestation.ts';
+import { bearerToken, PodAttestor, readBody, Refused, statusBody } from './pod-attestation.ts';
 
 export interface SignerCertificationOptions {
   readonly authority: AuditAuthority;
@@ -29,24 +29,6 @@ export interface SignerCertificationOptions {
 
 const MAX_BODY_BYTES = 4096;
 const ED25519_X = /^[A-Za-z0-9_-]{43}$/;
-
-function readBody(req: IncomingMessage): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    req.on('data', (chunk: Buffer) => {
-      size += chunk.length;
-      if (size > MAX_BODY_BYTES) {
-        reject(new Refused(413, 'RequestEntityTooLarge', `request body over ${String(MAX_BODY_BYTES)} bytes`));
-        req.destroy();
-        return;
-      }
-      chunks.push(chunk);
-    });
-    req.on('end', () => resolve(Buffer.concat(chunks)));
-    req.on('error', reject);
-  });
-}
 
 function parsePublicKey(body: Buffer): string {
   let parsed: unknown;
@@ -85,7 +67,7 @@ export function createSignerCertificationHandler(
   const certify = async (req: IncomingMessage): Promise<{ jws: string; certificate: SignerCertificate }> => {
     if (req.method !== 'POST') throw new Refused(400, 'BadRequest', 'use POST');
     const token = bearerToken(req);
-    const x = parsePublicKey(await readBody(req));
+    const x = parsePublicKey(await readBody(req, MAX_BODY_BYTES));
     const pod = await attestor.attest(token);
     const certificate: SignerCertificate = {
       typ: SIGNER_CERTIFICATE_TYPE,

@@ -293,9 +293,13 @@ export class WebhookCertificates {
       const next = b64(union.join(''));
       return next === current ? undefined : next;
     };
-    for (const name of this.options.mutatingWebhookConfigurations) {
-      await retryConflicts(async () => {
-        const config = await api.readMutatingWebhookConfiguration({ name }).catch(ignore404);
+    // Mutating and validating configurations differ in type only; their webhooks' caBundle is merged alike.
+    const refresh = <C extends { webhooks?: { clientConfig: { caBundle?: string } }[] }>(
+      read: () => Promise<C | undefined>,
+      replace: (config: C) => Promise<unknown>,
+    ) =>
+      retryConflicts(async () => {
+        const config = await read();
         if (config === undefined) return;
         let changed = false;
         for (const w of config.webhooks ?? []) {
@@ -305,23 +309,19 @@ export class WebhookCertificates {
             changed = true;
           }
         }
-        if (changed) await api.replaceMutatingWebhookConfiguration({ name, body: config });
+        if (changed) await replace(config);
       });
+    for (const name of this.options.mutatingWebhookConfigurations) {
+      await refresh(
+        () => api.readMutatingWebhookConfiguration({ name }).catch(ignore404),
+        (body) => api.replaceMutatingWebhookConfiguration({ name, body }),
+      );
     }
     for (const name of this.options.validatingWebhookConfigurations) {
-      await retryConflicts(async () => {
-        const config = await api.readValidatingWebhookConfiguration({ name }).catch(ignore404);
-        if (config === undefined) return;
-        let changed = false;
-        for (const w of config.webhooks ?? []) {
-          const next = merge(w.clientConfig.caBundle);
-          if (next !== undefined) {
-            w.clientConfig.caBundle = next;
-            changed = true;
-          }
-        }
-        if (changed) await api.replaceValidatingWebhookConfiguration({ name, body: config });
-      });
+      await refresh(
+        () => api.readValidatingWebhookConfiguration({ name }).catch(ignore404),
+        (body) => api.replaceValidatingWebhookConfiguration({ name, body }),
+      );
     }
   }
 }

@@ -26,8 +26,6 @@ import {
   type CoreV1Api,
   type CustomObjectsApi,
   type KubeConfig,
-  type KubernetesListObject,
-  type KubernetesObject,
   type ObjectCache,
   type V1ConfigMap,
 } from '@kubernetes/client-node';
@@ -35,9 +33,7 @@ import {
   API_VERSION,
   BUNDLE_MANIFEST_FILE,
   BUNDLE_WASM_FILE,
-  GROUP,
   POLICY_SET_CONFIGMAP,
-  VERSION,
   bundleDigest,
   type AccessPolicy,
   type AccessPolicyStatus,
@@ -68,6 +64,7 @@ import {
   type Reconciler,
 } from '../controller-runtime/reconcile.ts';
 import { InformerSource, keyOfObject, keyOfOwner } from '../controller-runtime/source.ts';
+import { cacheOf, customObjectInformer } from '../controller-runtime/custom-object-informer.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { OperatorMetrics } from '../observability/metrics.ts';
 import { POLICY_SET_COMPONENT, POLICY_SET_KEY_NAME, PolicySetPublisher } from './policy-set.ts';
@@ -528,24 +525,7 @@ export function policySetKey(namespace: string): string {
  */
 export function createAccessPolicyController(options: AccessPolicyControllerOptions): Controller {
   const { kubeConfig, namespace, custom, core, logger } = options;
-  const base = `/apis/${GROUP}/${VERSION}`;
-  // Watch events carry plain JSON (timestamps as strings), which is what api's AccessPolicy type describes;
-  // client-node's KubernetesObject types metadata as its V1ObjectMeta class, hence the cast for the cache.
-  const policyInformer = makeInformer<KubernetesObject>(
-    kubeConfig,
-    namespace === undefined
-      ? `${base}/${ACCESS_POLICY_PLURAL}`
-      : `${base}/namespaces/${namespace}/${ACCESS_POLICY_PLURAL}`,
-    async () =>
-      (namespace === undefined
-        ? await custom.listClusterCustomObject({ group: GROUP, version: VERSION, plural: ACCESS_POLICY_PLURAL })
-        : await custom.listNamespacedCustomObject({
-            group: GROUP,
-            version: VERSION,
-            namespace,
-            plural: ACCESS_POLICY_PLURAL,
-          })) as KubernetesListObject<KubernetesObject>,
-  );
+  const policyInformer = customObjectInformer(kubeConfig, custom, ACCESS_POLICY_PLURAL, namespace);
   const configMapInformer = makeInformer<V1ConfigMap>(
     kubeConfig,
     namespace === undefined ? '/api/v1/configmaps' : `/api/v1/namespaces/${namespace}/configmaps`,
@@ -582,7 +562,7 @@ export function createAccessPolicyController(options: AccessPolicyControllerOpti
   const reconciler = new AccessPolicyReconciler({
     custom,
     core,
-    policies: policyInformer as unknown as ObjectCache<AccessPolicy>,
+    policies: cacheOf<AccessPolicy>(policyInformer),
     configMaps: configMapInformer,
     events: options.events,
     metrics: options.metrics,

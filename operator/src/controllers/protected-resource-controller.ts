@@ -28,7 +28,6 @@ import {
   type CoreV1Api,
   type CustomObjectsApi,
   type KubeConfig,
-  type KubernetesListObject,
   type KubernetesObject,
   type ObjectCache,
   type RbacAuthorizationV1Api,
@@ -40,7 +39,7 @@ import {
   type V1Secret,
   type RbacV1Subject,
 } from '@kubernetes/client-node';
-import { API_VERSION, GROUP, VERSION, type ProtectedResource, type ProtectedResourceStatus } from '@chaperone/api';
+import { API_VERSION, GROUP, type ProtectedResource, type ProtectedResourceStatus } from '@chaperone/api';
 import { systemClock, type Clock } from '../controller-runtime/clock.ts';
 import { conditionsEqual, findCondition, rfc3339, setCondition } from '../controller-runtime/conditions.ts';
 import { patchStatus } from '../controller-runtime/status-patch.ts';
@@ -54,6 +53,7 @@ import {
   type Reconciler,
 } from '../controller-runtime/reconcile.ts';
 import { InformerSource } from '../controller-runtime/source.ts';
+import { cacheOf, customObjectInformer } from '../controller-runtime/custom-object-informer.ts';
 import { POLICY_SET_CONFIGMAP, type AccessPolicy } from '@chaperone/api';
 import { attestationProblems, injectorNamesIn, type PublicKeys } from '../injection/sealed-pod.ts';
 import { ANNOTATION_ALLOWED_NAMESPACES, secretAllows } from '../credentials/credential-delivery.ts';
@@ -617,23 +617,10 @@ export interface ProtectedResourceControllerOptions {
  */
 export function createProtectedResourceController(options: ProtectedResourceControllerOptions): Controller {
   const { kubeConfig, namespace, custom, core, rbac, logger } = options;
-  const base = `/apis/${GROUP}/${VERSION}`;
   const path = (group: string, plural: string) =>
     namespace === undefined ? `${group}/${plural}` : `${group}/namespaces/${namespace}/${plural}`;
-  const resourceInformer = makeInformer<KubernetesObject>(
-    kubeConfig,
-    path(base, PROTECTED_RESOURCE_PLURAL),
-    async () =>
-      (namespace === undefined
-        ? await custom.listClusterCustomObject({ group: GROUP, version: VERSION, plural: PROTECTED_RESOURCE_PLURAL })
-        : await custom.listNamespacedCustomObject({
-            group: GROUP,
-            version: VERSION,
-            namespace,
-            plural: PROTECTED_RESOURCE_PLURAL,
-          })) as KubernetesListObject<KubernetesObject>,
-  );
-  const resources = resourceInformer as unknown as ObjectCache<ProtectedResource>;
+  const resourceInformer = customObjectInformer(kubeConfig, custom, PROTECTED_RESOURCE_PLURAL, namespace);
+  const resources = cacheOf<ProtectedResource>(resourceInformer);
   const secretInformer = makeInformer<V1Secret>(kubeConfig, path('/api/v1', 'secrets'), () =>
     namespace === undefined ? core.listSecretForAllNamespaces() : core.listNamespacedSecret({ namespace }),
   );
@@ -647,19 +634,7 @@ export function createProtectedResourceController(options: ProtectedResourceCont
   const podInformer = makeInformer<V1Pod>(kubeConfig, path('/api/v1', 'pods'), () =>
     namespace === undefined ? core.listPodForAllNamespaces() : core.listNamespacedPod({ namespace }),
   );
-  const policyInformer = makeInformer<KubernetesObject>(
-    kubeConfig,
-    path(base, ACCESS_POLICY_PLURAL),
-    async () =>
-      (namespace === undefined
-        ? await custom.listClusterCustomObject({ group: GROUP, version: VERSION, plural: ACCESS_POLICY_PLURAL })
-        : await custom.listNamespacedCustomObject({
-            group: GROUP,
-            version: VERSION,
-            namespace,
-            plural: ACCESS_POLICY_PLURAL,
-          })) as KubernetesListObject<KubernetesObject>,
-  );
+  const policyInformer = customObjectInformer(kubeConfig, custom, ACCESS_POLICY_PLURAL, namespace);
   const rbacBase = '/apis/rbac.authorization.k8s.io/v1';
   const roleInformer = makeInformer<V1Role>(
     kubeConfig,
@@ -757,7 +732,7 @@ export function createProtectedResourceController(options: ProtectedResourceCont
     resources,
     secrets: secretInformer,
     pods: podInformer,
-    policies: policyInformer as unknown as ObjectCache<AccessPolicy>,
+    policies: cacheOf<AccessPolicy>(policyInformer),
     roles: roleInformer,
     roleBindings: roleBindingInformer,
     events: options.events,

@@ -4,15 +4,8 @@
 // retention applies at once). Every reconcile prunes that namespace with pruneExpiredSessions
 // (session-retention.ts) and asks to be requeued after the retention interval, or sooner when a kept
 // session expires earlier (capped at one hour). The controller only runs while this replica leads.
-import {
-  makeInformer,
-  type CustomObjectsApi,
-  type KubeConfig,
-  type KubernetesListObject,
-  type KubernetesObject,
-  type ObjectCache,
-} from '@kubernetes/client-node';
-import { GROUP, VERSION, type ProtectedResource } from '@chaperone/api';
+import { type CustomObjectsApi, type KubeConfig, type ObjectCache } from '@kubernetes/client-node';
+import { type ProtectedResource } from '@chaperone/api';
 import { systemClock, type Clock } from '../controller-runtime/clock.ts';
 import { Controller } from '../controller-runtime/controller.ts';
 import type {
@@ -22,6 +15,7 @@ import type {
   ReconcileResult,
 } from '../controller-runtime/reconcile.ts';
 import { InformerSource } from '../controller-runtime/source.ts';
+import { cacheOf, customObjectInformer } from '../controller-runtime/custom-object-informer.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { OperatorMetrics } from '../observability/metrics.ts';
 import { pruneExpiredSessions, retentionFromResources } from './session-retention.ts';
@@ -99,20 +93,7 @@ export interface SessionRetentionControllerOptions {
 
 export function createSessionRetentionController(options: SessionRetentionControllerOptions): Controller {
   const { kubeConfig, custom, namespace } = options;
-  const base = `/apis/${GROUP}/${VERSION}`;
-  const informer = makeInformer<KubernetesObject>(
-    kubeConfig,
-    namespace === undefined ? `${base}/${PR_PLURAL}` : `${base}/namespaces/${namespace}/${PR_PLURAL}`,
-    async () =>
-      (namespace === undefined
-        ? await custom.listClusterCustomObject({ group: GROUP, version: VERSION, plural: PR_PLURAL })
-        : await custom.listNamespacedCustomObject({
-            group: GROUP,
-            version: VERSION,
-            namespace,
-            plural: PR_PLURAL,
-          })) as KubernetesListObject<KubernetesObject>,
-  );
+  const informer = customObjectInformer(kubeConfig, custom, PR_PLURAL, namespace);
   const source = new InformerSource({
     name: 'protectedresources',
     informer,
@@ -123,7 +104,7 @@ export function createSessionRetentionController(options: SessionRetentionContro
   });
   const reconciler = new SessionRetentionReconciler({
     custom,
-    resources: informer as unknown as ObjectCache<ProtectedResource>,
+    resources: cacheOf<ProtectedResource>(informer),
     metrics: options.metrics,
     intervalMs: options.intervalMs ?? DEFAULT_RETENTION_INTERVAL_MS,
     ...(options.clock === undefined ? {} : { clock: options.clock }),

@@ -10,8 +10,9 @@
 //   * the resource is one of the listeners of the sidecar's sealed configuration,
 //   * the ProtectedResource of the pod's namespace names a Secret of the credential namespace that allows
 //     the pod's namespace.
-// The answer carries the username, the password and the CA (when the resource names one), base64; the
-// operator logs a hash of the credential, never the values.
+// The answer carries the username, the password, the CA (when the resource names one) and the key of the
+// hash masking strategy (when it names maskingKeySecretRef: read from the resource's namespace, as the CA
+// is), base64; the operator logs a hash of the credential, never the values, and nothing of the key.
 //
 // The evidence store's writer credential (docs/evidence-store.md) is delivered the same way, for the body
 // `{"evidenceStore": true}`: to an attested sidecar of a strict namespace whose sealed configuration keeps
@@ -34,7 +35,9 @@ import { ANNOTATION_SIDECAR_CONFIG, LABEL_STRICT } from '../injection/constants.
 import type { PublicKeys } from '../injection/sealed-pod.ts';
 import type { EvidenceStoreSettings } from '../injection/settings.ts';
 import type { Logger } from '../observability/logger.ts';
-import { bearerToken, PodAttestor, Refused, statusBody } from '../audit/pod-attestation.ts';
+import { bearerToken, PodAttestor, readJson, Refused, statusBody } from '../audit/pod-attestation.ts';
+
+const MAX_BODY_BYTES = 4096;
 
 /** Annotation of a delivered credential Secret: the namespaces whose ProtectedResources may use it. */
 export const ANNOTATION_ALLOWED_NAMESPACES = 'chaperone.dev/allowed-namespaces';
@@ -44,6 +47,8 @@ export interface DeliveredCredential {
   readonly username: string;
   readonly password: string;
   readonly ca?: string;
+  /** The masking key's bytes (docs/masking.md, "The hash key"). */
+  readonly maskingKey?: string;
 }
 
 export interface CredentialDeliveryOptions {
@@ -64,30 +69,6 @@ export function secretAllows(secret: V1Secret, namespace: string): boolean {
     .split(',')
     .map((n) => n.trim())
     .includes(namespace);
-}
-
-function readJson(req: IncomingMessage): Promise<unknown> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    req.on('data', (chunk: Buffer) => {
-      size += chunk.length;
-      if (size > 4096) {
-        reject(new Refused(413, 'RequestEntityTooLarge', 'request body over 4096 bytes'));
-        req.destroy();
-        return;
-      }
-      chunks.push(chunk);
-    });
-    req.on('end', () => {
-      try {
-        resolve(JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown);
-      } catch {
-        reject(new Refused(400, 'BadRequest', 'body is not JSON'));
-      }
-    });
-    req.on('error', reject);
-  });
 }
 
 const notFound = (err: unknown) => err instanceof ApiException && (err as ApiException<unknown>).code === 404;
@@ -180,7 +161,7 @@ export function createCredentialDeliveryHandler(
   ): Promise<{ body: DeliveredCredential; log: Record<string, unknown> }> => {
     if (req.method !== 'POST') throw new Refused(400, 'BadRequest', 'use POST');
     const token = bearerToken(req);
-    const body = (await readJson(req)) as { resource?: unknown; evidenceStore?: unknown } | null;
+    const body = (await readJson(req, MAX_BODY_BYTES)) as { resource?: unknown; evidenceStore?: unknown } | null;
     if (body?.evidenceStore === true && body.resource === undefined) return deliverEvidenceStore(token);
     const resourceName = body?.resource;
     if (typeof resourceName !== 'string' || !/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/.test(resourceName)) {
@@ -238,9 +219,28 @@ export function createCredentialDeliveryHandler(
       const caSecret = await core.readNamespacedSecret({ namespace: pod.namespace, name: caRef.name });
       ca = caSecret.data?.[caRef.key];
     }
+    let maskingKey: string | undefined;
+    const keyRef = resource.spec.maskingKeySecretRef;
+    if (keyRef !== undefined) {
+      // Never an answer without it: the sidecar would hash with a key of its own, and hashes would not join.
+      maskingKey = (
+        await core.readNamespacedSecret({ namespace: pod.namespace, name: keyRef.name }).catch((err: unknown) => {
+          if (notFound(err)) throw new Refused(404, 'NotFound', `Secret ${pod.namespace}/${keyRef.name} not found`);
+          throw err;
+        })
+      ).data?.[keyRef.key];
+      if (maskingKey === undefined) {
+        throw new Refused(404, 'NotFound', `Secret ${pod.namespace}/${keyRef.name} lacks ${keyRef.key}`);
+      }
+    }
     const hash = createHash('sha256').update(username).update('\0').update(password).digest('hex').slice(0, 16);
     return {
-      body: { username, password, ...(ca === undefined ? {} : { ca }) },
+      body: {
+        username,
+        password,
+        ...(ca === undefined ? {} : { ca }),
+        ...(maskingKey === undefined ? {} : { maskingKey }),
+      },
       log: {
         pod: `${pod.namespace}/${pod.name}`,
         resource: resourceName,

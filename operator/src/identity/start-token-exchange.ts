@@ -6,17 +6,15 @@ import {
   AuthenticationV1Api,
   CoreV1Api,
   CustomObjectsApi,
-  makeInformer,
   type Informer,
   type KubeConfig,
-  type KubernetesListObject,
   type KubernetesObject,
-  type ObjectCache,
 } from '@kubernetes/client-node';
 import type { Registry } from 'prom-client';
-import { GROUP, TOKEN_EXCHANGE_BASE_PATH, VERSION, type DelegationPolicy, type TrustedIssuer } from '@chaperone/api';
+import { TOKEN_EXCHANGE_BASE_PATH, type DelegationPolicy, type TrustedIssuer } from '@chaperone/api';
 import { setCondition, conditionsEqual, type ConditionUpdate } from '../controller-runtime/conditions.ts';
 import { patchStatus } from '../controller-runtime/status-patch.ts';
+import { cacheOf, customObjectInformer } from '../controller-runtime/custom-object-informer.ts';
 import type { Logger } from '../observability/logger.ts';
 import { ExchangeLog } from './exchange-log.ts';
 import type { FetchReport } from './oidc-keys.ts';
@@ -103,18 +101,10 @@ export async function startTokenExchange(options: TokenExchangeOptions): Promise
     onFetch: (object, report) => statusWriter.issuerFetched(object, report),
   });
 
-  const base = `/apis/${GROUP}/${VERSION}/namespaces/${namespace}`;
-  const list = (plural: string) => async () =>
-    (await custom.listNamespacedCustomObject({
-      group: GROUP,
-      version: VERSION,
-      namespace,
-      plural,
-    })) as KubernetesListObject<KubernetesObject>;
-  const issuersInformer = makeInformer<KubernetesObject>(kubeConfig, `${base}/${TI_PLURAL}`, list(TI_PLURAL));
-  const policiesInformer = makeInformer<KubernetesObject>(kubeConfig, `${base}/${DP_PLURAL}`, list(DP_PLURAL));
-  const issuerCache = issuersInformer as unknown as ObjectCache<TrustedIssuer>;
-  const policyCache = policiesInformer as unknown as ObjectCache<DelegationPolicy>;
+  const issuersInformer = customObjectInformer(kubeConfig, custom, TI_PLURAL, namespace);
+  const policiesInformer = customObjectInformer(kubeConfig, custom, DP_PLURAL, namespace);
+  const issuerCache = cacheOf<TrustedIssuer>(issuersInformer);
+  const policyCache = cacheOf<DelegationPolicy>(policiesInformer);
   let policies: readonly DelegationPolicy[] = [];
   const reloadIssuers = () => {
     const objects = issuerCache.list(namespace);

@@ -384,6 +384,56 @@ test('a masking key is mounted into the sidecar only and named as its hash key f
   assert.ok(warned.kind === 'patch' && warned.warnings.some((w) => w.includes('credential Secret orders-masking')));
 });
 
+test('a masking key with a delivered credential: no Secret projected, the key file in the memory volume the delivery fills', () => {
+  const settings = validateInjectionSettings({
+    image: 'sidecar:test',
+    operatorNamespace: 'chaperone-system',
+    credentialNamespace: 'chaperone-credentials',
+  });
+  const keyed = resource('orders', {
+    credentialSecretRef: {
+      name: 'orders-db',
+      namespace: 'chaperone-credentials',
+      usernameKey: 'username',
+      passwordKey: 'password',
+    },
+    maskingKeySecretRef: { name: 'orders-masking', key: 'hmac' },
+  });
+  const result = renderPodPatch(
+    input(pod(), {
+      settings,
+      resources: [keyed],
+      namespaceLabels: { 'chaperone.dev/strict': 'true' },
+      operatorEndpoint: { baseUrl: 'https://chaperone-webhook.chaperone-system.svc', caPem: 'CA' },
+    }),
+  );
+  assert.equal(result.kind, 'patch', JSON.stringify(result));
+  const patched = applyJsonPatch(pod(), result.patch);
+  assert.ok(
+    !JSON.stringify(patched.spec?.volumes ?? []).includes('orders-masking'),
+    'no volume names the masking key Secret',
+  );
+  const credentials = patched.spec?.volumes?.find((v) => v.name === 'chaperone-credentials');
+  assert.deepEqual(credentials?.emptyDir, { medium: 'Memory', sizeLimit: '1Mi' });
+  const containers = [...(patched.spec?.initContainers ?? []), ...(patched.spec?.containers ?? [])];
+  const mounting = containers.filter((c) => c.volumeMounts?.some((m) => m.name === 'chaperone-credentials'));
+  assert.deepEqual(
+    mounting.map((c) => c.name),
+    [SIDECAR_CONTAINER],
+  );
+  const mountPath = mounting[0]?.volumeMounts?.find((m) => m.name === 'chaperone-credentials')?.mountPath;
+  const config = validateConfig(
+    parse(patched.metadata?.annotations?.[ANNOTATION_SIDECAR_CONFIG] ?? ''),
+    kubeletEnv(patched, podFields),
+  );
+  const listener = config.listeners[0];
+  assert.ok(listener?.type === 'postgres');
+  // The fetcher writes <credentials.dir>/<resource>/masking-key (sidecar/src/core/credentials/credential-fetcher.ts).
+  assert.equal(config.credentials?.dir, mountPath);
+  assert.deepEqual(config.credentials?.resources, ['orders']);
+  assert.equal(listener.masking?.hashKeyFile, `${String(mountPath)}/orders/masking-key`);
+});
+
 test("token exchange: the sidecar trusts the operator's exchange, with its JWKS on the webhook server and its CA", () => {
   const endpoint = {
     issuer: 'https://chaperone-webhook.chaperone-system.svc/identity/v1',

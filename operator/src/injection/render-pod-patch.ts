@@ -174,13 +174,6 @@ export function renderPodPatch(input: InjectionInput): InjectionResult {
         `ProtectedResource ${readOnly.map((r) => r.metadata.name ?? '').join(', ')} has a delivered credential and a readOnlyCredentialSecretRef; the read-only credential is not delivered (yet): drop one of the two`,
       );
     }
-    const maskingKey = delivered.filter((r) => r.spec.maskingKeySecretRef !== undefined);
-    if (maskingKey.length > 0) {
-      return deny(
-        400,
-        `ProtectedResource ${maskingKey.map((r) => r.metadata.name ?? '').join(', ')} has a delivered credential and a maskingKeySecretRef; the masking key is not delivered (yet): drop one of the two`,
-      );
-    }
     if (delivered.length !== served.length) {
       return deny(
         400,

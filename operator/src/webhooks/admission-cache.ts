@@ -9,12 +9,11 @@ import {
   makeInformer,
   type Informer,
   type KubeConfig,
-  type KubernetesListObject,
   type KubernetesObject,
-  type ObjectCache,
   type V1Namespace,
 } from '@kubernetes/client-node';
 import { GROUP, VERSION, type AccessPolicy, type ProtectedResource } from '@chaperone/api';
+import { cacheOf, customObjectInformer } from '../controller-runtime/custom-object-informer.ts';
 import type { Logger } from '../observability/logger.ts';
 
 export interface AdmissionLookups {
@@ -52,28 +51,9 @@ export async function startAdmissionCache(options: {
   const { kubeConfig, logger } = options;
   const core = kubeConfig.makeApiClient(CoreV1Api);
   const custom = kubeConfig.makeApiClient(CustomObjectsApi);
-  const base = `/apis/${GROUP}/${VERSION}`;
   const namespaces = makeInformer<V1Namespace>(kubeConfig, '/api/v1/namespaces', () => core.listNamespace());
-  const resources = makeInformer<KubernetesObject>(
-    kubeConfig,
-    `${base}/${PR_PLURAL}`,
-    async () =>
-      (await custom.listClusterCustomObject({
-        group: GROUP,
-        version: VERSION,
-        plural: PR_PLURAL,
-      })) as KubernetesListObject<KubernetesObject>,
-  );
-  const policies = makeInformer<KubernetesObject>(
-    kubeConfig,
-    `${base}/${AP_PLURAL}`,
-    async () =>
-      (await custom.listClusterCustomObject({
-        group: GROUP,
-        version: VERSION,
-        plural: AP_PLURAL,
-      })) as KubernetesListObject<KubernetesObject>,
-  );
+  const resources = customObjectInformer(kubeConfig, custom, PR_PLURAL);
+  const policies = customObjectInformer(kubeConfig, custom, AP_PLURAL);
   let stopped = false;
   const informers: [string, Informer<KubernetesObject>][] = [
     ['namespaces', namespaces],
@@ -95,9 +75,8 @@ export async function startAdmissionCache(options: {
   }
   await Promise.all(informers.map(([, i]) => i.start()));
 
-  // Watch events carry plain JSON, which is what api's types describe.
-  const prCache = resources as unknown as ObjectCache<ProtectedResource>;
-  const apCache = policies as unknown as ObjectCache<AccessPolicy>;
+  const prCache = cacheOf<ProtectedResource>(resources);
+  const apCache = cacheOf<AccessPolicy>(policies);
 
   return {
     async namespaceLabels(namespace) {

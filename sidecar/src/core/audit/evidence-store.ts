@@ -62,7 +62,7 @@ export interface PostgresEvidenceStoreOptions {
   readonly user: string;
   /** File holding the writer role's password (a mounted Secret key); read at every new connection. */
   readonly passwordFile?: string;
-  /** CA bundle to verify the server's certificate; with it, TLS with verify-full. */
+  /** CA bundle to verify the server's certificate; with it, TLS with verify-full. Read at every new connection. */
   readonly caFile?: string;
   /** Server name the certificate must carry. Default `host`. */
   readonly serverName?: string;
@@ -87,9 +87,7 @@ export class PostgresEvidenceStore implements EvidenceStore {
       database: options.database,
       user: options.user,
       ...(passwordFile === undefined ? {} : { password: () => readFileSync(passwordFile, 'utf8').trim() }),
-      ...(options.caFile === undefined
-        ? {}
-        : { ssl: { ca: readFileSync(options.caFile, 'utf8'), servername: options.serverName ?? options.host } }),
+      ...(options.caFile === undefined ? {} : { ssl: rereadCaTls(options.caFile, options.serverName ?? options.host) }),
       max: options.maxConnections ?? 4,
       connectionTimeoutMillis: 10_000,
       idleTimeoutMillis: 60_000,
@@ -196,4 +194,26 @@ export class PostgresEvidenceStore implements EvidenceStore {
   async close(): Promise<void> {
     await this.pool.end();
   }
+}
+
+/**
+ * TLS options whose CA is read from `caFile` at every new connection, as the password file is, so a rotated
+ * CA (a mounted Secret updated in place) reaches new connections without a restart. node-postgres copies
+ * these options into tls.connect per connection (Object.assign, which calls the getter); a file that
+ * cannot be read then keeps the last CA read (an error there would be thrown from a socket callback), and
+ * it must be readable at start.
+ */
+function rereadCaTls(caFile: string, servername: string): { readonly ca: string; readonly servername: string } {
+  let last = readFileSync(caFile, 'utf8');
+  return {
+    servername,
+    get ca() {
+      try {
+        last = readFileSync(caFile, 'utf8');
+      } catch {
+        // Keep the last CA; the connection is verified against it (fails closed if the server moved on).
+      }
+      return last;
+    },
+  };
 }

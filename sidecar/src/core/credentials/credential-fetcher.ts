@@ -1,7 +1,8 @@
 // Delivered credentials (docs/injection.md, "Credentials out of the editors' reach"): when the upstream
 // credential lives in the operator's credential namespace, which the agents' editors cannot read, the
 // sidecar asks the operator for it with its pod-bound token (operator/src/credentials/credential-delivery.ts)
-// and writes it where its listeners read it (`<dir>/<resource>/username`, `password`, `ca.crt`): a memory
+// and writes it where its listeners read it (`<dir>/<resource>/username`, `password`, `ca.crt`, and the
+// key of the hash masking strategy, `masking-key`, which the engine reads at start): a memory
 // emptyDir mounted in the sidecar alone. It asks again every refreshSeconds, so a rotated credential is
 // picked up without a restart (new upstream connections read the files). Files are replaced atomically.
 // The evidence store's writer password and CA (docs/evidence-store.md) come the same way, asked for with
@@ -27,6 +28,7 @@ interface Delivered {
   readonly username?: unknown;
   readonly password?: unknown;
   readonly ca?: unknown;
+  readonly maskingKey?: unknown;
 }
 
 function writeAtomically(path: string, content: Buffer): void {
@@ -85,6 +87,9 @@ export class CredentialFetcher {
         writeAtomically(join(dir, 'username'), Buffer.from(answer.username, 'base64'));
         writeAtomically(join(dir, 'password'), Buffer.from(answer.password, 'base64'));
         if (typeof answer.ca === 'string') writeAtomically(join(dir, 'ca.crt'), Buffer.from(answer.ca, 'base64'));
+        if (typeof answer.maskingKey === 'string') {
+          writeAtomically(join(dir, 'masking-key'), Buffer.from(answer.maskingKey, 'base64'));
+        }
         if (!this.fetched.has(resource)) this.options.logger.info('credential delivered by the operator', { resource });
         this.fetched.add(resource);
       } catch (err) {
