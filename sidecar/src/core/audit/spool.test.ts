@@ -181,6 +181,34 @@ describe('Spool', () => {
     await reopened.spool.close();
   });
 
+  it('rewrites the ack file at most once a second, but always before a segment is deleted', async () => {
+    const dir = tempDir();
+    const { spool } = Spool.open({ dir, maxBytes: 1 << 20, segmentBytes: 256 });
+    // Ten batches of ten (a segment rolls over only between batches).
+    for (let i = 1; i <= 100; i++) {
+      spool.append(Buffer.from(`entry ${String(i)}`));
+      if (i % 10 === 0) await spool.whenDurable();
+    }
+    const segments = segmentFiles(dir).length;
+    assert.ok(segments > 2);
+    const ackFile = () => readFileSync(join(dir, 'ack'), 'utf8');
+    spool.acknowledge(5);
+    assert.equal(ackFile(), '5\n');
+    // Within the second and inside the first segment: only memory moves (a replay would re-send 6).
+    spool.acknowledge(6);
+    assert.equal(ackFile(), '5\n');
+    assert.equal(segmentFiles(dir).length, segments);
+    // Deleting the first segment writes the file first.
+    spool.acknowledge(60);
+    assert.ok(segmentFiles(dir).length < segments, 'a segment was deleted');
+    assert.equal(ackFile(), '60\n');
+    // A crash now (no close): the replay starts right after the acknowledged entries and repairs nothing.
+    const reopened = Spool.open({ dir, maxBytes: 1 << 20 });
+    assert.deepEqual(reopened.repairs, []);
+    assert.equal(reopened.entries[0]?.id, 61);
+    await reopened.spool.close();
+  });
+
   it('replays only unacknowledged entries', async () => {
     const dir = tempDir();
     const { spool } = Spool.open({ dir, maxBytes: 1 << 20, segmentBytes: 1024 });
