@@ -107,6 +107,33 @@ describe('Spool', () => {
     await spool.close();
   });
 
+  it('with durability Written, background syncs start no more often than the interval, and close syncs at once', async () => {
+    const dir = tempDir();
+    const commits: number[] = [];
+    const { spool } = Spool.open({
+      dir,
+      maxBytes: 1 << 20,
+      durability: 'Written',
+      writtenSyncIntervalMs: 3_600_000,
+      onCommit: (n) => commits.push(n),
+    });
+    spool.append(Buffer.from('first'));
+    await spool.whenDurable();
+    await spool.whenSynced();
+    assert.deepEqual(commits, [1], 'the first sync starts at once');
+    for (let i = 2; i <= 10; i++) {
+      spool.append(Buffer.from(`entry ${String(i)}`));
+      await spool.whenDurable();
+    }
+    assert.deepEqual(commits, [1], 'written, but no second sync within the interval');
+    assert.equal(spool.durableId, 1);
+    await spool.close();
+    assert.deepEqual(commits, [1, 9], 'close syncs the rest without waiting for the interval');
+    const reopened = Spool.open({ dir, maxBytes: 1 << 20 });
+    assert.equal(reopened.entries.length, 10);
+    await reopened.spool.close();
+  });
+
   it('with durability Written, entries written while a sync runs are synced by the next one, across segment roll-overs', async () => {
     const dir = tempDir();
     const commits: number[] = [];
