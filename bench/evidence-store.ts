@@ -22,7 +22,8 @@ export interface EvidencePgbenchRun {
    * (a statement waits for its record to be in the spool file); evidence-store-synced: the same with
    * `Synced` (it waits for the fdatasync); session-objects: records in Session objects (no store, `Synced`),
    * for comparison; evidence-store-tmpfs-spool: a diagnostic, `Synced` with the spool on tmpfs (its
-   * fdatasync does not reach a disk), to separate the disk's sync latency from the rest.
+   * fdatasync does not reach a disk), to separate the disk's sync latency from the rest;
+   * evidence-store-baseline: `evidence-store` with the sidecar of another checkout (`baselineDir`), for A/B.
    */
   readonly target: EvidenceTarget;
   readonly seconds: number;
@@ -45,6 +46,7 @@ export const TARGETS = [
   'evidence-store-synced',
   'session-objects',
   'evidence-store-tmpfs-spool',
+  'evidence-store-baseline',
 ] as const;
 export type EvidenceTarget = (typeof TARGETS)[number];
 
@@ -209,6 +211,8 @@ export interface EvidenceStoreBenchOptions {
   readonly targets?: readonly EvidenceTarget[];
   /** pgbench `-R`: the same offered load (transactions/s) for every target instead of as fast as it goes. */
   readonly rate?: number;
+  /** Root of another checkout whose sidecar runs the `evidence-store-baseline` target (only with it). */
+  readonly baselineDir?: string;
   /** Profile the JSON-lines sidecar too (with `cpuProfileDir`), to set the two profiles side by side. */
   readonly profileYardstick?: boolean;
 }
@@ -247,7 +251,7 @@ export async function runEvidenceStoreBench(options: EvidenceStoreBenchOptions):
       name: string,
       mode: 'json-lines' | 'store' | 'sessions',
       spoolBase?: string,
-      extra: { durability?: 'Synced' | 'Written'; nodeArgs?: readonly string[] } = {},
+      extra: { durability?: 'Synced' | 'Written'; nodeArgs?: readonly string[]; bin?: string } = {},
     ): Promise<SidecarProcess> => {
       const dir = join(runDir, name);
       const s = await spawnSidecar({
@@ -258,6 +262,7 @@ export async function runEvidenceStoreBench(options: EvidenceStoreBenchOptions):
         policies: { 'allow-all': ALLOW_ALL },
         logLevel: 'info',
         ...(extra.nodeArgs === undefined ? {} : { nodeArgs: extra.nodeArgs }),
+        ...(extra.bin === undefined ? {} : { bin: extra.bin }),
         ...(mode === 'json-lines'
           ? {}
           : {
@@ -288,8 +293,13 @@ export async function runEvidenceStoreBench(options: EvidenceStoreBenchOptions):
     };
     const token = (s: SidecarProcess) =>
       s.issuer.sign({ sub: 'system:serviceaccount:bench:pgbench' }, { expiresIn: 3 * 3600 });
+    const baselineDir = options.baselineDir;
     const targets = TARGETS.filter(
-      (t) => t === 'evidence-store' || options.targets === undefined || options.targets.includes(t),
+      (t) =>
+        t === 'evidence-store' ||
+        (t === 'evidence-store-baseline'
+          ? baselineDir !== undefined
+          : options.targets === undefined || options.targets.includes(t)),
     );
     const profiled = (profile: boolean) =>
       profile && options.cpuProfileDir !== undefined
@@ -304,6 +314,11 @@ export async function runEvidenceStoreBench(options: EvidenceStoreBenchOptions):
       'evidence-store-synced': () => start('evidence-sidecar-synced', 'store', undefined, { durability: 'Synced' }),
       'session-objects': () => start('evidence-session-objects', 'sessions'),
       'evidence-store-tmpfs-spool': () => start('evidence-tmpfs-spool', 'store', tmpfsSpool),
+      'evidence-store-baseline': () =>
+        start('evidence-sidecar-baseline', 'store', undefined, {
+          durability: 'Written',
+          bin: join(baselineDir ?? '', 'sidecar', 'src', 'bin', 'chaperone-sidecar.ts'),
+        }),
     };
     const running = new Map<EvidenceTarget, SidecarProcess>();
     const envs = new Map<EvidenceTarget, NodeJS.ProcessEnv>();
@@ -315,18 +330,22 @@ export async function runEvidenceStoreBench(options: EvidenceStoreBenchOptions):
     const envOf = (target: EvidenceTarget): NodeJS.ProcessEnv => envs.get(target) ?? {};
     const pgbenchBin = join(postgresBinDir(), 'pgbench');
     const samplerFor = (sidecar: SidecarProcess) =>
-      new ProcessCpuSampler((pid, ppid, cmd) => {
-        if (pid === sidecar.process.pid) return 'sidecar';
-        if (pid === cp.process.pid) return 'control plane';
-        if (cmd.startsWith(pgbenchBin)) return 'pgbench';
-        if (ppid !== pg.process.pid) return undefined;
-        // `postgres: USER DATABASE HOST(PORT) STATE` for a backend, `postgres: walwriter` and the like otherwise.
-        const title = cmd.split(' ');
-        if (title[2] === database) return 'store backends';
-        if (title[2] === pg.database) return 'pgbench backends';
-        if (title[1] === 'walwriter') return 'wal writer';
-        return 'postgres other';
-      });
+      new ProcessCpuSampler(
+        (pid, ppid, cmd) => {
+          if (pid === sidecar.process.pid) return 'sidecar';
+          if (pid === cp.process.pid) return 'control plane';
+          if (cmd.startsWith(pgbenchBin)) return 'pgbench';
+          if (ppid !== pg.process.pid) return undefined;
+          // `postgres: USER DATABASE HOST(PORT) STATE` for a backend, `postgres: walwriter` and the like otherwise.
+          const title = cmd.split(' ');
+          if (title[2] === database) return 'store backends';
+          if (title[2] === pg.database) return 'pgbench backends';
+          if (title[1] === 'walwriter') return 'wal writer';
+          return 'postgres other';
+        },
+        200,
+        sidecar.process.pid === undefined ? [] : [sidecar.process.pid],
+      );
     // Warm both paths up (JIT, caches, the writer's first Session objects).
     for (const target of targets) await pgbench(envOf(target), 8, 5);
     await drained(stored);

@@ -13,9 +13,9 @@ interface ProcStat {
   readonly ticks: number;
 }
 
-function procStat(pid: number): ProcStat | undefined {
+function procStat(pid: number, path = `/proc/${String(pid)}/stat`): ProcStat | undefined {
   try {
-    const text = readFileSync(`/proc/${String(pid)}/stat`, 'utf8');
+    const text = readFileSync(path, 'utf8');
     const fields = text.slice(text.lastIndexOf(') ') + 2).split(' ');
     // After the command name: state(0) ppid(1) … utime(11) stime(12)
     return { ppid: Number(fields[1]), ticks: Number(fields[11]) + Number(fields[12]) };
@@ -44,17 +44,25 @@ export interface CpuWindow {
 }
 
 export class ProcessCpuSampler {
-  private readonly start = new Map<number, number>();
-  private readonly latest = new Map<number, { group: string; ticks: number }>();
+  private readonly start = new Map<string, number>();
+  private readonly latest = new Map<string, { group: string; ticks: number }>();
   private timer: NodeJS.Timeout | undefined;
   private startedAt = 0;
 
   private readonly classify: ProcessClassifier;
   private readonly intervalMs: number;
+  /** Processes whose threads are also counted by thread name, as `GROUP/THREAD` (e.g. `sidecar/libuv-worker`). */
+  private readonly byThread: ReadonlySet<number>;
 
-  constructor(classify: ProcessClassifier, intervalMs = 200) {
+  constructor(classify: ProcessClassifier, intervalMs = 200, byThread: readonly number[] = []) {
     this.classify = classify;
     this.intervalMs = intervalMs;
+    this.byThread = new Set(byThread);
+  }
+
+  private note(key: string, group: string, ticks: number, initial: boolean): void {
+    if (initial) this.start.set(key, ticks);
+    this.latest.set(key, { group, ticks });
   }
 
   private sample(initial: boolean): void {
@@ -63,11 +71,22 @@ export class ProcessCpuSampler {
       if (!Number.isInteger(pid)) continue;
       const stat = procStat(pid);
       if (stat === undefined) continue;
-      const known = this.latest.get(pid);
+      const known = this.latest.get(name);
       const group = known?.group ?? this.classify(pid, stat.ppid, cmdline(pid));
       if (group === undefined) continue;
-      if (initial) this.start.set(pid, stat.ticks);
-      this.latest.set(pid, { group, ticks: stat.ticks });
+      this.note(name, group, stat.ticks, initial);
+      if (!this.byThread.has(pid)) continue;
+      for (const tid of readdirSync(`/proc/${name}/task`)) {
+        const thread = procStat(Number(tid), `/proc/${name}/task/${tid}/stat`);
+        if (thread === undefined) continue;
+        let comm: string;
+        try {
+          comm = readFileSync(`/proc/${name}/task/${tid}/comm`, 'utf8').trim();
+        } catch {
+          continue;
+        }
+        this.note(`${name}/${tid}`, `${group}/${comm}`, thread.ticks, initial);
+      }
     }
   }
 
