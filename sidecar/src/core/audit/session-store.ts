@@ -81,7 +81,7 @@ type Dispatcher = NonNullable<ReturnType<RequestContext['getDispatcher']>>;
 /**
  * A KubeConfig whose requests share one connection pool. client-node (2.x) builds a new undici Agent for
  * every request, so every Session write paid a new TCP connection and TLS handshake, in the sidecar and in
- * the API server (measured: the API server's CPU per audited statement 22 µs with the evidence store,
+ * the API server (in the sidecar's profile ~15 µs per statement with the evidence store under load,
  * bench/README.md). The pool is replaced every DISPATCHER_REUSE_MS, so a rotated CA or client certificate
  * is picked up as before within a minute; the old pool closes once its requests are done.
  */
