@@ -14,6 +14,7 @@ import { applyCrds, kubectl } from '../e2e/harness/kube.ts';
 import type { PostgresCluster } from '../e2e/harness/postgres.ts';
 import { ALLOW_ALL, spawnSidecar, type SidecarProcess } from '../e2e/harness/sidecar-process.ts';
 import { postgresBinDir } from '../e2e/harness/tools.ts';
+import { machineIdleSeconds, ProcessCpuSampler } from './process-cpu.ts';
 
 export interface EvidencePgbenchRun {
   /**
@@ -21,7 +22,8 @@ export interface EvidencePgbenchRun {
    * (a statement waits for its record to be in the spool file); evidence-store-synced: the same with
    * `Synced` (it waits for the fdatasync); session-objects: records in Session objects (no store, `Synced`),
    * for comparison; evidence-store-tmpfs-spool: a diagnostic, `Synced` with the spool on tmpfs (its
-   * fdatasync does not reach a disk), to separate the disk's sync latency from the rest.
+   * fdatasync does not reach a disk), to separate the disk's sync latency from the rest;
+   * evidence-store-baseline: `evidence-store` with the sidecar of another checkout (`baselineDir`), for A/B.
    */
   readonly target: EvidenceTarget;
   readonly seconds: number;
@@ -29,16 +31,24 @@ export interface EvidencePgbenchRun {
   readonly transactions: number;
   readonly failed: number;
   readonly latencyMs: number;
+  /**
+   * CPU seconds over the run by process group (the target's sidecar, pgbench, pgbench's PostgreSQL
+   * backends, the store's backends, the WAL writer, other PostgreSQL processes, the control plane), and the
+   * machine's idle CPU seconds (both cores, idle + iowait) in the same window.
+   */
+  readonly cpu: Readonly<Record<string, number>>;
+  readonly machineIdleSeconds: number;
 }
 
-const TARGETS = [
+export const TARGETS = [
   'json-lines',
   'evidence-store',
   'evidence-store-synced',
   'session-objects',
   'evidence-store-tmpfs-spool',
+  'evidence-store-baseline',
 ] as const;
-type EvidenceTarget = (typeof TARGETS)[number];
+export type EvidenceTarget = (typeof TARGETS)[number];
 
 export interface EvidenceStoreBenchResult {
   readonly runs: readonly EvidencePgbenchRun[];
@@ -103,7 +113,8 @@ function pgbench(
   env: NodeJS.ProcessEnv,
   clients: number,
   seconds: number,
-): Promise<Omit<EvidencePgbenchRun, 'target'>> {
+  rate?: number,
+): Promise<Omit<EvidencePgbenchRun, 'target' | 'cpu' | 'machineIdleSeconds'>> {
   const bin = join(postgresBinDir(), 'pgbench');
   const argv = [
     '-n',
@@ -116,6 +127,7 @@ function pgbench(
     String(Math.min(2, clients)),
     '-T',
     String(seconds),
+    ...(rate === undefined ? [] : ['-R', String(rate)]),
   ];
   return new Promise((resolve, reject) => {
     const child = spawn(bin, argv, { env, stdio: ['ignore', 'pipe', 'pipe'] });
@@ -195,6 +207,14 @@ export interface EvidenceStoreBenchOptions {
   readonly onSidecar?: (s: SidecarProcess) => void;
   /** Profile the evidence-store sidecar (`Written`) with `node --cpu-prof` into this directory. */
   readonly cpuProfileDir?: string;
+  /** Only these targets (default all); `evidence-store` always runs (its metrics are reported). */
+  readonly targets?: readonly EvidenceTarget[];
+  /** pgbench `-R`: the same offered load (transactions/s) for every target instead of as fast as it goes. */
+  readonly rate?: number;
+  /** Root of another checkout whose sidecar runs the `evidence-store-baseline` target (only with it). */
+  readonly baselineDir?: string;
+  /** Profile the JSON-lines sidecar too (with `cpuProfileDir`), to set the two profiles side by side. */
+  readonly profileYardstick?: boolean;
 }
 
 export async function runEvidenceStoreBench(options: EvidenceStoreBenchOptions): Promise<EvidenceStoreBenchResult> {
@@ -231,7 +251,7 @@ export async function runEvidenceStoreBench(options: EvidenceStoreBenchOptions):
       name: string,
       mode: 'json-lines' | 'store' | 'sessions',
       spoolBase?: string,
-      extra: { durability?: 'Synced' | 'Written'; nodeArgs?: readonly string[] } = {},
+      extra: { durability?: 'Synced' | 'Written'; nodeArgs?: readonly string[]; bin?: string } = {},
     ): Promise<SidecarProcess> => {
       const dir = join(runDir, name);
       const s = await spawnSidecar({
@@ -242,6 +262,7 @@ export async function runEvidenceStoreBench(options: EvidenceStoreBenchOptions):
         policies: { 'allow-all': ALLOW_ALL },
         logLevel: 'info',
         ...(extra.nodeArgs === undefined ? {} : { nodeArgs: extra.nodeArgs }),
+        ...(extra.bin === undefined ? {} : { bin: extra.bin }),
         ...(mode === 'json-lines'
           ? {}
           : {
@@ -272,27 +293,61 @@ export async function runEvidenceStoreBench(options: EvidenceStoreBenchOptions):
     };
     const token = (s: SidecarProcess) =>
       s.issuer.sign({ sub: 'system:serviceaccount:bench:pgbench' }, { expiresIn: 3 * 3600 });
-    const yardstick = await start('evidence-yardstick', 'json-lines');
-    const stored = await start('evidence-sidecar', 'store', undefined, {
-      durability: 'Written',
-      ...(options.cpuProfileDir === undefined
-        ? {}
-        : { nodeArgs: ['--cpu-prof', '--cpu-prof-dir', options.cpuProfileDir] }),
-    });
-    const synced = await start('evidence-sidecar-synced', 'store', undefined, { durability: 'Synced' });
-    const embedded = await start('evidence-session-objects', 'sessions');
+    const baselineDir = options.baselineDir;
+    const targets = TARGETS.filter(
+      (t) =>
+        t === 'evidence-store' ||
+        (t === 'evidence-store-baseline'
+          ? baselineDir !== undefined
+          : options.targets === undefined || options.targets.includes(t)),
+    );
+    const profiled = (profile: boolean) =>
+      profile && options.cpuProfileDir !== undefined
+        ? { nodeArgs: ['--cpu-prof', '--cpu-prof-dir', options.cpuProfileDir] }
+        : {};
+    const stored = await start('evidence-sidecar', 'store', undefined, { durability: 'Written', ...profiled(true) });
     const tmpfsSpool = mkdtempSync('/dev/shm/chaperone-bench-spool-');
-    const onTmpfs = await start('evidence-tmpfs-spool', 'store', tmpfsSpool);
-    const envs: Record<EvidenceTarget, NodeJS.ProcessEnv> = {
-      'json-lines': yardstick.libpqEnv(await token(yardstick), { PGAPPNAME: 'chaperone-bench' }),
-      'evidence-store': stored.libpqEnv(await token(stored), { PGAPPNAME: 'chaperone-bench' }),
-      'evidence-store-synced': synced.libpqEnv(await token(synced), { PGAPPNAME: 'chaperone-bench' }),
-      'session-objects': embedded.libpqEnv(await token(embedded), { PGAPPNAME: 'chaperone-bench' }),
-      'evidence-store-tmpfs-spool': onTmpfs.libpqEnv(await token(onTmpfs), { PGAPPNAME: 'chaperone-bench' }),
+    const sidecarOf: Record<EvidenceTarget, () => Promise<SidecarProcess>> = {
+      'json-lines': () =>
+        start('evidence-yardstick', 'json-lines', undefined, profiled(options.profileYardstick === true)),
+      'evidence-store': () => Promise.resolve(stored),
+      'evidence-store-synced': () => start('evidence-sidecar-synced', 'store', undefined, { durability: 'Synced' }),
+      'session-objects': () => start('evidence-session-objects', 'sessions'),
+      'evidence-store-tmpfs-spool': () => start('evidence-tmpfs-spool', 'store', tmpfsSpool),
+      'evidence-store-baseline': () =>
+        start('evidence-sidecar-baseline', 'store', undefined, {
+          durability: 'Written',
+          bin: join(baselineDir ?? '', 'sidecar', 'src', 'bin', 'chaperone-sidecar.ts'),
+        }),
     };
-    const targets = TARGETS;
+    const running = new Map<EvidenceTarget, SidecarProcess>();
+    const envs = new Map<EvidenceTarget, NodeJS.ProcessEnv>();
+    for (const target of targets) {
+      const s = await sidecarOf[target]();
+      running.set(target, s);
+      envs.set(target, s.libpqEnv(await token(s), { PGAPPNAME: 'chaperone-bench' }));
+    }
+    const envOf = (target: EvidenceTarget): NodeJS.ProcessEnv => envs.get(target) ?? {};
+    const pgbenchBin = join(postgresBinDir(), 'pgbench');
+    const samplerFor = (sidecar: SidecarProcess) =>
+      new ProcessCpuSampler(
+        (pid, ppid, cmd) => {
+          if (pid === sidecar.process.pid) return 'sidecar';
+          if (pid === cp.process.pid) return 'control plane';
+          if (cmd.startsWith(pgbenchBin)) return 'pgbench';
+          if (ppid !== pg.process.pid) return undefined;
+          // `postgres: USER DATABASE HOST(PORT) STATE` for a backend, `postgres: walwriter` and the like otherwise.
+          const title = cmd.split(' ');
+          if (title[2] === database) return 'store backends';
+          if (title[2] === pg.database) return 'pgbench backends';
+          if (title[1] === 'walwriter') return 'wal writer';
+          return 'postgres other';
+        },
+        200,
+        sidecar.process.pid === undefined ? [] : [sidecar.process.pid],
+      );
     // Warm both paths up (JIT, caches, the writer's first Session objects).
-    for (const target of targets) await pgbench(envs[target], 8, 5);
+    for (const target of targets) await pgbench(envOf(target), 8, 5);
     await drained(stored);
     // The tmpfs diagnostic writes into the same store: count this sidecar's records by its own metric.
     const flushedBefore = await metric(stored, 'chaperone_audit_flushed_records_total');
@@ -307,10 +362,24 @@ export async function runEvidenceStoreBench(options: EvidenceStoreBenchOptions):
     const runs: EvidencePgbenchRun[] = [];
     for (let round = 0; round < options.rounds; round++) {
       for (const target of targets) {
-        const r = { target, ...(await pgbench(envs[target], 8, options.seconds)) };
+        const sampler = samplerFor(running.get(target) ?? stored);
+        const idleBefore = machineIdleSeconds();
+        sampler.begin();
+        const measured = await pgbench(envOf(target), 8, options.seconds, options.rate);
+        const window = sampler.end();
+        const r: EvidencePgbenchRun = {
+          target,
+          ...measured,
+          cpu: window.cpu,
+          machineIdleSeconds: machineIdleSeconds() - idleBefore,
+        };
         runs.push(r);
+        const perStatement = Object.entries(r.cpu)
+          .map(([group, s]) => `${group} ${((s / Math.max(1, r.transactions)) * 1e6).toFixed(1)}`)
+          .join(', ');
         console.log(
-          `  ${target.padEnd(14)} -c 8 round ${String(round + 1)}/${String(options.rounds)}: ${r.tps.toFixed(0)} tps, ${r.latencyMs.toFixed(3)} ms, ${String(r.failed)} failed`,
+          `  ${target.padEnd(14)} -c 8 round ${String(round + 1)}/${String(options.rounds)}: ${r.tps.toFixed(0)} tps, ${r.latencyMs.toFixed(3)} ms, ${String(r.failed)} failed; ` +
+            `CPU µs/statement: ${perStatement}; machine idle ${r.machineIdleSeconds.toFixed(1)} CPU-s of ${(window.seconds * 2).toFixed(1)}`,
         );
       }
     }
@@ -334,12 +403,12 @@ export async function runEvidenceStoreBench(options: EvidenceStoreBenchOptions):
     const apiWritesDone = Object.fromEntries(
       Object.entries(writesAfter).map(([k, v]) => [k, v - (writesBefore[k] ?? 0)]),
     );
-    const sessionObjectsRefusals = await metric(
-      embedded,
-      'chaperone_audit_spool_rejected_total',
-      '{reason="spool-full"}',
-    );
-    for (const s of [yardstick, stored, synced, embedded, onTmpfs]) await s.stop();
+    const embedded = running.get('session-objects');
+    const sessionObjectsRefusals =
+      embedded === undefined
+        ? 0
+        : await metric(embedded, 'chaperone_audit_spool_rejected_total', '{reason="spool-full"}');
+    for (const s of running.values()) await s.stop();
     rmSync(tmpfsSpool, { recursive: true, force: true });
 
     // The fleet: N sidecars at once, one pgbench -c 1 each, one API server, one store.

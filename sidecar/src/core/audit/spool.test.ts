@@ -107,6 +107,33 @@ describe('Spool', () => {
     await spool.close();
   });
 
+  it('with durability Written, background syncs start no more often than the interval, and close syncs at once', async () => {
+    const dir = tempDir();
+    const commits: number[] = [];
+    const { spool } = Spool.open({
+      dir,
+      maxBytes: 1 << 20,
+      durability: 'Written',
+      writtenSyncIntervalMs: 3_600_000,
+      onCommit: (n) => commits.push(n),
+    });
+    spool.append(Buffer.from('first'));
+    await spool.whenDurable();
+    await spool.whenSynced();
+    assert.deepEqual(commits, [1], 'the first sync starts at once');
+    for (let i = 2; i <= 10; i++) {
+      spool.append(Buffer.from(`entry ${String(i)}`));
+      await spool.whenDurable();
+    }
+    assert.deepEqual(commits, [1], 'written, but no second sync within the interval');
+    assert.equal(spool.durableId, 1);
+    await spool.close();
+    assert.deepEqual(commits, [1, 9], 'close syncs the rest without waiting for the interval');
+    const reopened = Spool.open({ dir, maxBytes: 1 << 20 });
+    assert.equal(reopened.entries.length, 10);
+    await reopened.spool.close();
+  });
+
   it('with durability Written, entries written while a sync runs are synced by the next one, across segment roll-overs', async () => {
     const dir = tempDir();
     const commits: number[] = [];
@@ -178,6 +205,34 @@ describe('Spool', () => {
     const reopened = Spool.open({ dir, maxBytes: 16 * 1024 });
     assert.deepEqual(reopened.entries, [], 'acknowledged entries are not replayed');
     assert.equal(reopened.spool.append(payload), ids + 2, 'ids continue after the acknowledged ones');
+    await reopened.spool.close();
+  });
+
+  it('rewrites the ack file at most once a second, but always before a segment is deleted', async () => {
+    const dir = tempDir();
+    const { spool } = Spool.open({ dir, maxBytes: 1 << 20, segmentBytes: 256 });
+    // Ten batches of ten (a segment rolls over only between batches).
+    for (let i = 1; i <= 100; i++) {
+      spool.append(Buffer.from(`entry ${String(i)}`));
+      if (i % 10 === 0) await spool.whenDurable();
+    }
+    const segments = segmentFiles(dir).length;
+    assert.ok(segments > 2);
+    const ackFile = () => readFileSync(join(dir, 'ack'), 'utf8');
+    spool.acknowledge(5);
+    assert.equal(ackFile(), '5\n');
+    // Within the second and inside the first segment: only memory moves (a replay would re-send 6).
+    spool.acknowledge(6);
+    assert.equal(ackFile(), '5\n');
+    assert.equal(segmentFiles(dir).length, segments);
+    // Deleting the first segment writes the file first.
+    spool.acknowledge(60);
+    assert.ok(segmentFiles(dir).length < segments, 'a segment was deleted');
+    assert.equal(ackFile(), '60\n');
+    // A crash now (no close): the replay starts right after the acknowledged entries and repairs nothing.
+    const reopened = Spool.open({ dir, maxBytes: 1 << 20 });
+    assert.deepEqual(reopened.repairs, []);
+    assert.equal(reopened.entries[0]?.id, 61);
     await reopened.spool.close();
   });
 

@@ -2,7 +2,8 @@
 // commit (one fdatasync per batch; appends made while a batch is being synced join the next one) and
 // bounded in size. With durability `Written`, `whenDurable()` waits only until the pending frames are
 // written into the file (one write per event-loop turn for all of them, on the event loop, no thread-pool
-// round trip); the fdatasync still runs per batch behind, and writes go on while it runs. Entries are deleted a whole segment at a time once acknowledged (they are in Kubernetes).
+// round trip); the fdatasync still runs behind (at most one every `writtenSyncIntervalMs`), and writes go on
+// while it runs. Entries are deleted a whole segment at a time once acknowledged (they are in Kubernetes).
 // After a crash, `Spool.open` returns every unacknowledged entry and truncates a torn tail write.
 //
 // Frame: u32 payload length | u32 CRC-32 of (id, payload) | u32 id high | u32 id low | payload.
@@ -35,6 +36,12 @@ export const MAX_ENTRY_BYTES = 16 * 1024 * 1024;
 const SEGMENT_PREFIX = 'segment-';
 const SEGMENT_SUFFIX = '.log';
 const ACK_FILE = 'ack';
+/**
+ * The `ack` file is rewritten at most this often (ms), and always before a segment is deleted: it only spares
+ * a replay from re-sending delivered entries, and rewriting it (write + rename) on every acknowledgement
+ * cost the sidecar ~1 ms of a busy event loop per batch stored (bench/README.md).
+ */
+const ACK_FILE_INTERVAL_MS = 1000;
 
 export interface SpoolOptions {
   /** Directory of the segment files; created if missing. One spool per directory. */
@@ -53,6 +60,12 @@ export interface SpoolOptions {
    * Default `Synced`.
    */
   readonly durability?: SpoolDurability;
+  /**
+   * With `Written`: the least time between the starts of two background fdatasyncs, ms (what a crash of the
+   * node may lose grows by as much). Default 20. Back to back, a sync per batch cost the sidecar ~20 µs of
+   * CPU per statement in the kernel at 2,500 statements/s (bench/README.md); nobody waits for them.
+   */
+  readonly writtenSyncIntervalMs?: number;
   /** Called after each batch is durable, with its size and how long the fdatasync took (seconds). */
   readonly onCommit?: (entries: number, bytes: number, syncSeconds: number) => void;
   /** Called when a write or fsync fails. */
@@ -186,6 +199,13 @@ export class Spool {
   private retiredFds: number[] = [];
   private scheduled = false;
   private writeFailedUntil = 0;
+  private readonly writtenSyncIntervalMs: number;
+  /** With `Written`: when the last background sync started (performance.now()), and the timer of the next. */
+  private syncStartedAt = -Infinity;
+  private syncTimer: NodeJS.Timeout | undefined;
+  /** The id the `ack` file holds, and when it was written (Date.now()). */
+  private ackFileId: number;
+  private ackFileAt = 0;
   private syncFailed: Error | undefined;
   private closed = false;
 
@@ -196,10 +216,12 @@ export class Spool {
     this.reserveBytes = options.reserveBytes ?? Math.floor(options.maxBytes / 16);
     this.writeRetryMs = options.writeRetryMs ?? 1000;
     this.durability = options.durability ?? 'Synced';
+    this.writtenSyncIntervalMs = options.writtenSyncIntervalMs ?? 20;
     this.onCommit = options.onCommit;
     this.onError = options.onError;
     this.nextId = nextId;
     this.acked = acked;
+    this.ackFileId = acked;
     this.durable = nextId - 1;
     this.written = nextId - 1;
   }
@@ -345,6 +367,10 @@ export class Spool {
     const upTo = Math.min(id, this.durable);
     if (upTo <= this.acked) return;
     this.acked = upTo;
+    // Before any segment goes: a replay must never find the ack file behind a deleted segment's entries.
+    const deletes =
+      (this.segments[0]?.last ?? Infinity) <= upTo || (this.active !== undefined && this.active.last <= upTo);
+    if (deletes || Date.now() - this.ackFileAt >= ACK_FILE_INTERVAL_MS) this.writeAckFile();
     while (this.segments.length > 0 && (this.segments[0]?.last ?? Infinity) <= upTo) {
       const s = this.segments.shift();
       if (s !== undefined) this.removeSegment(s);
@@ -363,10 +389,16 @@ export class Spool {
       this.active = undefined;
       this.removeSegment(active);
     }
+  }
+
+  private writeAckFile(): void {
+    if (this.acked <= this.ackFileId) return;
     try {
       const tmp = join(this.dir, `${ACK_FILE}.tmp`);
-      writeFileSync(tmp, `${String(upTo)}\n`);
+      writeFileSync(tmp, `${String(this.acked)}\n`);
       renameSync(tmp, join(this.dir, ACK_FILE));
+      this.ackFileId = this.acked;
+      this.ackFileAt = Date.now();
     } catch (err) {
       // Only an optimisation: without it replay re-sends entries the writer then skips as already present.
       this.onError?.(err as Error);
@@ -376,9 +408,17 @@ export class Spool {
   /** Waits for pending batches and closes the files. Appends after this throw `closed`. */
   async close(): Promise<void> {
     this.closed = true;
+    if (this.syncTimer !== undefined) {
+      // Closing does not wait out the interval between background syncs.
+      clearTimeout(this.syncTimer);
+      this.syncTimer = undefined;
+      this.syncStartedAt = -Infinity;
+      this.commit();
+    }
     for (let b = this.whenSynced(); b !== undefined; b = this.whenSynced()) {
       await b.catch(() => undefined);
     }
+    this.writeAckFile();
     if (this.activeFd >= 0) closeSync(this.activeFd);
     this.activeFd = -1;
   }
@@ -480,6 +520,18 @@ export class Spool {
       this.pendingBatch = undefined;
       batch?.resolve();
       return;
+    }
+    if (this.durability === 'Written') {
+      // Nobody waits for this sync: start it no sooner than the interval after the last one.
+      const wait = this.syncStartedAt + this.writtenSyncIntervalMs - performance.now();
+      if (wait > 0 && !this.closed) {
+        this.syncTimer ??= setTimeout(() => {
+          this.syncTimer = undefined;
+          this.commit();
+        }, wait);
+        return;
+      }
+      this.syncStartedAt = performance.now();
     }
     const batch = this.pendingBatch ?? newBatch();
     this.pendingBatch = undefined;
