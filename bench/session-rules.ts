@@ -122,6 +122,20 @@ function records(count: number): AuditRecord[] {
   return out;
 }
 
+/** The API server's count of requests on sessions so far, by verb (and subresource). */
+async function sessionRequests(kubeconfig: string): Promise<Map<string, number>> {
+  const stdout = await kubectl(['get', '--raw', '/metrics'], { kubeconfig });
+  const counts = new Map<string, number>();
+  for (const line of stdout.split('\n')) {
+    if (!line.startsWith('apiserver_request_total{') || !line.includes('resource="sessions"')) continue;
+    const verb = /verb="([A-Z]+)"/.exec(line)?.[1] ?? '?';
+    const sub = /subresource="([a-z]*)"/.exec(line)?.[1] ?? '';
+    const key = sub === '' ? verb : `${verb} ${sub}`;
+    counts.set(key, (counts.get(key) ?? 0) + Number(line.slice(line.lastIndexOf(' ') + 1)));
+  }
+  return counts;
+}
+
 /** CPU (user + system) of a process so far, in ms. */
 function cpuMsOf(pid: number): number {
   const stat = readFileSync(`/proc/${String(pid)}/stat`, 'utf8');
@@ -170,6 +184,7 @@ try {
       }));
       let n = 0;
       for (const r of stream) for (const ref of refs) writer.enqueue(++n, ref, r);
+      const requestsBefore = await sessionRequests(cp.kubeconfig);
       const before = cpuMsOf(pid);
       const started = performance.now();
       writer.start();
@@ -177,10 +192,16 @@ try {
       const wall = performance.now() - started;
       const used = cpuMsOf(pid) - before;
       await writer.stop();
+      const requestsAfter = await sessionRequests(cp.kubeconfig);
+      const requests = [...requestsAfter]
+        .map(([k, v]) => [k, v - (requestsBefore.get(k) ?? 0)] as const)
+        .filter(([, v]) => v > 0)
+        .map(([k, v]) => `${k} ${String(v)}`)
+        .join(', ');
       const perRecordUs = (used * 1000) / n;
       if (round > 0) results[name]?.push(perRecordUs);
       console.log(
-        `${round === 0 ? 'warm-up ' : ''}${name}: ${String(n)} records, control plane ${used.toFixed(0)} ms CPU (${perRecordUs.toFixed(0)} µs/record), ${((n / wall) * 1000).toFixed(0)} records/s, load ${loadavg()[0]?.toFixed(1) ?? '?'}`,
+        `${round === 0 ? 'warm-up ' : ''}${name}: ${String(n)} records, control plane ${used.toFixed(0)} ms CPU (${perRecordUs.toFixed(0)} µs/record), ${((n / wall) * 1000).toFixed(0)} records/s, load ${loadavg()[0]?.toFixed(1) ?? '?'}; requests: ${requests}`,
       );
     }
   }
