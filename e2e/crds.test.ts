@@ -292,6 +292,53 @@ describe('invalid objects are rejected with the field that is wrong', () => {
       message: /no gaps/,
     },
     {
+      // The seqs still span size - 1 (1, 1, 3): only the duplicate check refuses it.
+      name: 'Session records with a duplicate seq that keeps the range',
+      object: () =>
+        variant('Session', 'dup-range', (s) => {
+          const [a, b] = s.records;
+          s.records = [a, { ...b, seq: a.seq }, { ...b, seq: a.seq + 2 }];
+        }),
+      field: 'spec.records',
+      message: /no gaps/,
+    },
+    {
+      name: 'Session records with a repeated seq in the middle that keeps the range',
+      object: () =>
+        variant('Session', 'dup-middle', (s) => {
+          const [a, b] = s.records;
+          s.records = [a, b, { ...b, seq: b.seq }, { ...b, seq: b.seq + 2 }];
+        }),
+      field: 'spec.records',
+      message: /no gaps/,
+    },
+    {
+      name: 'Session records in descending order',
+      object: () => variant('Session', 'descending', (s) => (s.records = [...s.records].reverse())),
+      field: 'spec.records',
+      message: /no gaps/,
+    },
+    {
+      name: 'Session record after session.end',
+      object: () =>
+        variant('Session', 'end-middle', (s) => {
+          const [a, b] = s.records;
+          s.records = [a, { ...b, type: 'session.end' }, { ...b, seq: b.seq + 1 }];
+        }),
+      field: 'spec.records',
+      message: /no record may follow session\.end/,
+    },
+    {
+      name: 'Session with a second session.end',
+      object: () =>
+        variant('Session', 'end-twice', (s) => {
+          const [a, b] = s.records;
+          s.records = [a, { ...b, type: 'session.end' }, { ...b, seq: b.seq + 1, type: 'session.end' }];
+        }),
+      field: 'spec.records',
+      message: /no record may follow session\.end/,
+    },
+    {
       name: 'Session record time without microseconds',
       object: () => variant('Session', 'bad-time', (s) => (s.records[0].time = '2026-11-27T10:00:00Z')),
       field: 'spec.records[0].time',
@@ -351,6 +398,53 @@ describe('transition rules', () => {
     appended.spec.records = [...records(), { ...last, seq: last.seq + 1, prevHash: last.hash }];
     const updated = (await replace(ns, appended)) as { spec: { records: unknown[] } };
     assert.equal(updated.spec.records.length, 3);
+  });
+
+  test('Session appends keep seq order and a closed session stays closed', async (t) => {
+    const ns = await createTestNamespace(t);
+    const created = await create(
+      ns,
+      variant('Session', 'sess', () => undefined),
+    );
+    type Records = Obj & { spec: { records: Record<string, any>[] } };
+    const withRecords = (base: Obj, extra: Record<string, any>[]): Records => {
+      const o = structuredClone(base) as Records;
+      o.spec.records = [...o.spec.records, ...extra];
+      return o;
+    };
+    const last = (o: Obj) => (o as Records).spec.records.at(-1)!;
+    const next = (o: Obj, seq: number, type?: string) => ({ ...last(o), seq, ...(type ? { type } : {}) });
+    const top = last(created).seq as number;
+
+    await assertInvalid(replace(ns, withRecords(created, [next(created, top + 2)])), 'spec.records', /no gaps/);
+    await assertInvalid(replace(ns, withRecords(created, [next(created, top)])), 'spec.records', /no gaps/);
+    await assertInvalid(
+      replace(ns, withRecords(created, [next(created, top + 1), next(created, top + 1)])),
+      'spec.records',
+      /no gaps/,
+    );
+    await assertInvalid(
+      replace(ns, withRecords(created, [next(created, top + 1, 'session.end'), next(created, top + 2)])),
+      'spec.records',
+      /no record may follow session\.end/,
+    );
+
+    // Two records at once, the last a session.end: accepted.
+    const closed = await replace(
+      ns,
+      withRecords(created, [next(created, top + 1), next(created, top + 2, 'session.end')]),
+    );
+    assert.equal((closed as Records).spec.records.length, 4);
+    await assertInvalid(
+      replace(ns, withRecords(closed, [next(closed, top + 3, 'command.decision')])),
+      'spec.records',
+      /session\.end/,
+    );
+    await assertInvalid(
+      replace(ns, withRecords(closed, [next(closed, top + 3, 'session.end')])),
+      'spec.records',
+      /no record may follow session\.end/,
+    );
   });
 
   test('ApprovalRequest spec is immutable and decisions are append-only', async (t) => {

@@ -48,11 +48,12 @@ export const TokenExchangeLogSpec = Type.Object(
       'x-kubernetes-list-type': 'atomic',
       'x-kubernetes-validations': [
         {
-          rule: 'size(self) >= size(oldSelf) && self.slice(0, size(oldSelf)) == oldSelf',
+          rule: 'size(self) >= size(oldSelf) && oldSelf.all(i, r, self[i] == r)',
           message: 'records are append-only: existing records cannot be changed, removed or reordered',
         },
         {
-          rule: 'self.map(r, r.seq).isSorted() && self.map(r, r.seq).distinct().size() == size(self) && (size(self) == 0 || self[size(self) - 1].seq - self[0].seq == size(self) - 1)',
+          // The same one-pass forms as the Session records' rules (api/src/session.ts).
+          rule: 'self.all(i, r, r.seq == self[0].seq + i)',
           message: 'records must be ordered by seq with no gaps',
         },
       ],
