@@ -463,3 +463,18 @@ test('a session that loaded a library (an extension function first called) is no
   assert.notEqual(await backendPid(next), pid);
   assert.match(sidecar.logs(), /"msg":"upstream session not reused".*pg_trgm\.similarity_threshold/);
 });
+
+test('upstreamReuse.enabled false: every agent connection logs in and its session is closed with it', async (t) => {
+  const sidecar = await startTestSidecar(t, { listener: { upstreamReuse: { enabled: false } } });
+  const pids: number[] = [];
+  for (let i = 0; i < 3; i++) {
+    const c = await agent(t, sidecar);
+    pids.push(await backendPid(c));
+    await c.end();
+    await discarded(sidecar, 'disabled', i + 1);
+  }
+  assert.equal(new Set(pids).size, 3, 'three backends');
+  assert.equal(await metric(sidecar, 'chaperone_upstream_connections_parked'), 0);
+  assert.equal(await metric(sidecar, 'chaperone_upstream_reuses_total'), 0);
+  assert.equal(await metric(sidecar, 'chaperone_upstream_logins_total'), 3);
+});
