@@ -77,6 +77,44 @@ export const PostgresListenerConfig = Type.Object(
     maxUnauthenticatedPerSource: Type.Integer({ minimum: 1, default: 16 }),
     /** Client connections open at once; the next one is refused with 53300 (TooManyConnections). Default 256. */
     maxConnections: Type.Integer({ minimum: 1, maximum: 65_535, default: 256 }),
+    /**
+     * Upstream session reuse (docs/postgres-engine.md): an upstream session whose agent connection ended
+     * cleanly is reset with DISCARD ALL and kept for the next agent connection with the same login.
+     */
+    upstreamReuse: Type.Object(
+      {
+        enabled: Type.Boolean({ default: true, description: 'Keep reset upstream sessions for reuse. Default true.' }),
+        maxParkedPerKey: Type.Integer({
+          minimum: 1,
+          maximum: 1024,
+          default: 8,
+          description: 'Parked sessions per login (credential, login kind, startup parameters). Default 8.',
+        }),
+        maxParked: Type.Integer({
+          minimum: 1,
+          maximum: 4096,
+          default: 16,
+          description: 'Parked sessions of this resource in all. Default 16.',
+        }),
+        idleTimeoutMs: Type.Integer({
+          minimum: 100,
+          default: 60_000,
+          description: 'A session parked this long is closed (PgBouncer server_idle_timeout), ms. Default 60 s.',
+        }),
+        maxLifetimeMs: Type.Integer({
+          minimum: 1000,
+          default: 3_600_000,
+          description:
+            'A session this old (since its login) is closed instead of reused (server_lifetime), ms. Default 1 h.',
+        }),
+        resetTimeoutMs: Type.Integer({
+          minimum: 100,
+          default: 5_000,
+          description: 'How long DISCARD ALL and the check after it may take before the session is closed, ms.',
+        }),
+      },
+      { default: {}, additionalProperties: false },
+    ),
     /** Result masking (docs/masking.md). */
     masking: Type.Optional(
       Type.Object({

@@ -16,6 +16,10 @@ export interface SidecarMetrics {
   readonly authFailures: Counter<'listener' | 'reason'>;
   readonly bundleReloads: Counter<'result'>;
   readonly auditRecords: Counter<'listener'>;
+  readonly upstreamParked: Gauge<'listener'>;
+  readonly upstreamLogins: Counter<'listener'>;
+  readonly upstreamReuses: Counter<'listener'>;
+  readonly upstreamDiscards: Counter<'listener' | 'reason'>;
 }
 
 /**
@@ -229,6 +233,30 @@ export function createSidecarMetrics(options: { defaultMetrics?: boolean } = {})
       collect: collectLocalCounts,
       help: 'Audit records written.',
       labelNames: ['listener'],
+      registers,
+    }),
+    upstreamParked: new Gauge({
+      name: 'chaperone_upstream_connections_parked',
+      help: 'Reset upstream sessions waiting to be reused.',
+      labelNames: ['listener'],
+      registers,
+    }),
+    upstreamLogins: new Counter({
+      name: 'chaperone_upstream_logins_total',
+      help: 'Upstream sessions opened with a new login.',
+      labelNames: ['listener'],
+      registers,
+    }),
+    upstreamReuses: new Counter({
+      name: 'chaperone_upstream_reuses_total',
+      help: 'Agent connections served by a parked upstream session instead of a new login.',
+      labelNames: ['listener'],
+      registers,
+    }),
+    upstreamDiscards: new Counter({
+      name: 'chaperone_upstream_discards_total',
+      help: 'Upstream sessions closed instead of parked or reused, by reason.',
+      labelNames: ['listener', 'reason'],
       registers,
     }),
   };

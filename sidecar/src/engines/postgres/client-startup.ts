@@ -27,6 +27,7 @@ import {
 } from './analysis/session-state.ts';
 import { UnsupportedServerVersion, type SqlAnalyzer, type SqlAnalyzers } from './analysis/sql-analyzer.ts';
 import { policiesGrantWrite } from './write-grant.ts';
+import { loginKey, type LeasedUpstream } from './upstream-reuse.ts';
 
 /** A refusal during startup; the connection sends `refusal` as a FATAL ErrorResponse and closes. */
 export class StartupRefused extends Error {
@@ -147,30 +148,29 @@ export function recordRefusedConnection(
 export type UpstreamLogin = 'full' | 'read-only';
 
 /**
- * Logs in upstream with the sidecar's own credential (or its least-privilege one), sending `parameters`
- * (upstreamStartupParameters: the client's allowed settings plus the pins). The credential files are read
- * per connection, so a rotated Secret reaches new connections.
+ * An upstream session for `parameters` (upstreamStartupParameters: the client's allowed settings plus the
+ * pins) with the sidecar's own credential (or its least-privilege one): a parked session of exactly this
+ * login when there is one (upstream-reuse.ts), else a new login. The credential files are read per
+ * connection, so a rotated Secret changes the login key and reaches new connections.
  */
 export async function loginUpstream(
   ctx: ConnectionContext,
   parameters: readonly (readonly [string, string])[],
   login: UpstreamLogin,
   subject: string,
-): Promise<UpstreamConnection> {
+): Promise<LeasedUpstream> {
   const up = ctx.config.upstream;
   const usernameFile = login === 'read-only' ? up.readOnlyUsernameFile : up.usernameFile;
   const passwordFile = login === 'read-only' ? up.readOnlyPasswordFile : up.passwordFile;
   if (usernameFile === undefined || passwordFile === undefined) throw new Error(`no ${login} credential configured`);
+  const user = readFileSync(usernameFile, 'utf8').trim();
+  const password = readFileSync(passwordFile, 'utf8').replace(/\r?\n$/, '');
+  const tls = ctx.upstreamTls();
+  const key = loginKey({ host: up.host, port: up.port, database: up.database, login, user, password, tls, parameters });
   try {
-    return await ctx.connect({
-      host: up.host,
-      port: up.port,
-      database: up.database,
-      user: readFileSync(usernameFile, 'utf8').trim(),
-      password: readFileSync(passwordFile, 'utf8').replace(/\r?\n$/, ''),
-      tls: ctx.upstreamTls(),
-      parameters,
-    });
+    return await ctx.upstreamReuse.lease(key, () =>
+      ctx.connect({ host: up.host, port: up.port, database: up.database, user, password, tls, parameters }),
+    );
   } catch (err) {
     const reason = err instanceof UpstreamError ? err.reason : 'connect';
     const serverError = err instanceof UpstreamError ? err.fields : undefined;
@@ -249,7 +249,7 @@ export async function loginPinned(
   startup: StartupMessage,
   pins: SessionPins,
   subject: string,
-): Promise<UpstreamConnection> {
+): Promise<LeasedUpstream> {
   const parameters = upstreamStartupParameters(startup.parameters, pins);
   if (!parameters.ok) throw new StartupRefused(startupParameterRefusal(parameters));
   const login = pins.readOnly && ctx.config.upstream.readOnlyUsernameFile !== undefined ? 'read-only' : 'full';

@@ -7,6 +7,7 @@ import type { EngineServices } from '../../core/engine.ts';
 import type { Logger } from '../../core/observability/logger.ts';
 import type { SqlAnalyzers } from './analysis/sql-analyzer.ts';
 import type { RelationCatalog } from './masking/relation-catalog.ts';
+import type { UpstreamReuse } from './upstream-reuse.ts';
 import type {
   UpstreamConnectOptions,
   UpstreamConnection,
@@ -45,6 +46,8 @@ export interface ConnectionContext {
   readonly bytesToClients: { inc(value: number): void };
   upstreamTls(): UpstreamTlsOptions;
   connect(options: UpstreamConnectOptions): Promise<UpstreamConnection>;
+  /** The resource's parked upstream sessions (upstream-reuse.ts). */
+  readonly upstreamReuse: UpstreamReuse;
   readonly sendCancel: typeof sendCancelRequest;
   /** The listener's table of client-facing cancel keys. */
   register(connection: CancelTarget): void;

@@ -57,6 +57,7 @@ import {
 } from './protocol/frontend-messages.ts';
 import { ProtocolViolation } from './protocol/protocol-violation.ts';
 import type { UpstreamConnection } from './protocol/upstream-connection.ts';
+import type { LeasedUpstream } from './upstream-reuse.ts';
 
 type Phase = 'startup' | 'authenticating' | 'connecting' | 'ready' | 'closed';
 
@@ -77,6 +78,8 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
   private phase: Phase = 'startup';
   private startup: StartupMessage | undefined;
   private upstream: UpstreamConnection | undefined;
+  /** The upstream session this connection holds (upstream-reuse.ts); handed back when it closes. */
+  private lease: LeasedUpstream | undefined;
   private agentSession: AgentSession | undefined;
   private gate: StatementGate | undefined;
   private tracker: ResponseTracker | undefined;
@@ -320,6 +323,7 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
     if (this.approvalWait.cancel('cancel request')) return; // a held command: the upstream runs nothing of it
     const key = this.upstream?.backendKey;
     if (key == null) return;
+    this.lease?.noteCancel();
     const up = this.ctx.config.upstream;
     try {
       await this.ctx.sendCancel(up.host, up.port, this.ctx.upstreamTls(), key.processId, key.secretKey);
@@ -334,6 +338,7 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
     const source = sessionSource(startup, this.rawClient);
     let session: AgentSession;
     let upstream: UpstreamConnection;
+    let lease: LeasedUpstream;
     let analyzer: SqlAnalyzer;
     let pins: SessionPins;
     try {
@@ -345,13 +350,14 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
       session = openSession(this.ctx, identity, source);
       this.agentSession = session;
       pins = sessionPins(this.ctx, identity, session, source);
-      upstream = await loginPinned(this.ctx, startup, pins, identity.subject);
-      this.upstream = upstream;
+      lease = await loginPinned(this.ctx, startup, pins, identity.subject);
       if (this.isClosed()) {
         // The client went away (or timed out) while the upstream login was in flight.
-        upstream.socket.destroy();
+        this.ctx.upstreamReuse.release(lease);
         return;
       }
+      this.lease = lease;
+      upstream = this.upstream = lease.connection;
       // What the server reported before its first ReadyForQuery, checked before AuthenticationOk reaches the client.
       const state = checkServerReports(upstream, pins);
       analyzer = await analyzerFor(this.ctx, state); // the first session loads the parser
@@ -371,23 +377,15 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
     const masking = new ResultMasking({ catalog: this.ctx.catalog, hashKey: this.ctx.maskingHashKey });
     this.gate = new StatementGate({ analyzer, session, upstream: tracker, logger: this.ctx.logger, pins, masking });
     this.ctx.register(this);
-    const socket = upstream.socket;
-    socket.on('data', this.onUpstreamData);
-    socket.on('error', () => {
-      this.fatal({ id: 'UpstreamUnavailable', message: 'chaperone: connection to the protected database was lost' });
-    });
-    socket.on('close', () => {
-      this.fatal({ id: 'UpstreamUnavailable', message: 'chaperone: the protected database closed the connection' });
-    });
-    socket.on('drain', () => {
-      this.client.resume();
-    });
-    this.client.on('drain', () => {
-      socket.resume();
+    lease.attach(this.client, this.onUpstreamData, (closed) => {
+      const message = closed
+        ? 'the protected database closed the connection'
+        : 'connection to the protected database was lost';
+      this.fatal({ id: 'UpstreamUnavailable', message: `chaperone: ${message}` });
     });
     this.client.write(greeting(upstream, this.cancelKey));
     this.phase = 'ready';
-    socket.resume();
+    upstream.socket.resume();
     const identity = session.identity;
     this.ctx.logger.info('session started', {
       sessionId: session.id,
@@ -395,6 +393,10 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
       chain: identity.chain?.map((a) => a.subject),
       tokenHash: identity.tokenHash,
       readOnly: pins.readOnly,
+      // The server backend serving the session, to correlate with the server's logs; reused: it served an
+      // earlier agent connection and was reset since (docs/postgres-engine.md, "Upstream session reuse").
+      upstreamPid: lease.backendPid,
+      upstreamReused: lease.reused,
     });
   }
 
@@ -417,6 +419,7 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
     const tracker = this.tracker as ResponseTracker;
     // After an extended-protocol error the upstream discards everything until Sync: nothing is decided.
     const discarding = tracker.discardingUntilSync;
+    (this.lease as LeasedUpstream).noteClientMessage(msg.type);
     switch (msg.type) {
       case 'Query':
         if (!discarding) return this.apply(gate.query(msg.query), 'Query', msg.frame);
@@ -461,8 +464,11 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
         this.forward(msg.frame);
         return;
       case 'Terminate':
-        this.forward(msg.frame);
-        this.flushUpstream();
+        // An idle upstream session stays open for the next agent connection, after its reset.
+        if (!(this.lease as LeasedUpstream).handBack(tracker, this.approvalWait.active, this.scanner.atFrameBoundary)) {
+          this.forward(msg.frame);
+          this.flushUpstream();
+        }
         this.close('client terminated the session');
         return;
       default:
@@ -515,6 +521,7 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
           out.push(pid == null ? seg.frame : withNotifierPid(seg.frame, pid, this.cancelKey.processId));
         } else if (seg.code === BackendCode.ParameterStatus) {
           const { name, value } = decodeParameterStatus(seg.frame);
+          this.lease?.noteParameter(name, value);
           const refusal = this.serverState?.note(name, value);
           if (refusal !== undefined) {
             // The server now reads statements differently from the analysis (or dropped the read-only
@@ -581,14 +588,7 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
     // Outstanding commands never got their responses.
     this.tracker?.cancelAll();
     this.agentSession?.end(reason, ending);
-    const upstream = this.upstream?.socket;
-    if (upstream !== undefined) {
-      upstream.removeAllListeners('close');
-      upstream.removeAllListeners('error');
-      upstream.on('error', () => undefined);
-      upstream.end();
-      setTimeout(() => upstream.destroy(), 1000).unref();
-    }
+    if (this.lease !== undefined) this.ctx.upstreamReuse.release(this.lease);
     if (!this.client.destroyed) {
       this.client.pause(); // nothing more is read: a refused body is held back by TCP, not read and dropped
       this.client.end();

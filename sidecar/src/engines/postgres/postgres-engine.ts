@@ -20,6 +20,7 @@ import type { CancelTarget, ConnectionContext } from './connection-context.ts';
 import { PostgresConnection } from './postgres-connection.ts';
 import { cachedLookup } from './upstream-address-cache.ts';
 import { RelationCatalog } from './masking/relation-catalog.ts';
+import { UpstreamReuse } from './upstream-reuse.ts';
 import { PROCESS_HASH_KEY } from '../../core/masking/mask-value.ts';
 import {
   connectUpstream,
@@ -78,6 +79,7 @@ class PostgresEndpoint implements ResourceEndpoint, ConnectionContext {
   private readonly upstreamTlsOptions: UpstreamTlsOptions;
   readonly catalog: RelationCatalog;
   readonly maskingHashKey: Buffer;
+  readonly upstreamReuse: UpstreamReuse;
   /** The upstream host's addresses, reused for a few seconds (upstream-address-cache.ts). */
   private readonly lookup = cachedLookup();
 
@@ -116,6 +118,12 @@ class PostgresEndpoint implements ResourceEndpoint, ConnectionContext {
     const keyFile = config.masking?.hashKeyFile;
     this.maskingHashKey = keyFile === undefined ? PROCESS_HASH_KEY : readFileSync(keyFile);
     this.catalog = new RelationCatalog(() => this.connectCatalog());
+    this.upstreamReuse = new UpstreamReuse({
+      config: config.upstreamReuse,
+      listener: config.name,
+      metrics: services.metrics,
+      logger: this.logger,
+    });
   }
 
   /** The catalogue connection: the resource's credential, nothing passed from a client. */

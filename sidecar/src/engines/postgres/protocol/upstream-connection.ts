@@ -14,6 +14,7 @@ import {
   BackendScanner,
   decodeAuthentication,
   decodeBackendKeyData,
+  decodeDataRow,
   decodeErrorFields,
   decodeParameterStatus,
   decodeReadyForQuery,
@@ -22,6 +23,7 @@ import {
 import {
   encodeCancelRequest,
   encodePasswordMessage,
+  encodeQuery,
   encodeSASLInitialResponse,
   encodeSASLResponse,
   encodeSSLRequest,
@@ -212,6 +214,115 @@ export async function sendCancelRequest(
     deadline.clear();
     socket?.destroy();
   }
+}
+
+/** What one simple Query of {@link runSimpleQueries} answered. */
+export interface SimpleQueryResult {
+  /** The first column of the first row, as text (`null` for SQL NULL, `undefined` when there was no row). */
+  readonly firstValue: string | null | undefined;
+  /** The ErrorResponse, when the statement failed. */
+  readonly error: ErrorFields | undefined;
+}
+
+export interface SimpleQueriesOutcome {
+  readonly results: readonly SimpleQueryResult[];
+  /** Status of the last ReadyForQuery. */
+  readonly transactionStatus: TransactionStatus;
+  /** Every ParameterStatus the server sent meanwhile, in order. */
+  readonly parameterStatus: readonly (readonly [string, string])[];
+}
+
+/**
+ * Runs `queries` as simple Query messages (pipelined) on an idle session the caller owns (paused, no data
+ * listener of anyone else), and reads up to the ReadyForQuery of the last one. Notifications and notices
+ * are dropped; bytes after the last ReadyForQuery, a COPY, or the connection ending reject with
+ * UpstreamError; so does `timeoutMs` passing. The socket is paused again afterwards.
+ */
+export function runSimpleQueries(
+  socket: Duplex,
+  queries: readonly string[],
+  timeoutMs: number = DEFAULT_TIMEOUT_MS,
+): Promise<SimpleQueriesOutcome> {
+  const scanner = new BackendScanner({ interest: Object.values(BackendCode) });
+  const results: SimpleQueryResult[] = [];
+  const parameterStatus: [string, string][] = [];
+  let firstValue: string | null | undefined;
+  let error: ErrorFields | undefined;
+  return new Promise<SimpleQueriesOutcome>((resolve, reject) => {
+    const timer = setTimeout(() => {
+      fail(new UpstreamError('timeout', 'timed out waiting for the server to answer'));
+    }, timeoutMs);
+    const cleanup = (): void => {
+      clearTimeout(timer);
+      socket.off('data', onData);
+      socket.off('error', onError);
+      socket.off('close', onClose);
+      socket.off('end', onClose);
+      socket.pause();
+    };
+    const fail = (err: unknown): void => {
+      cleanup();
+      reject(toUpstreamError(err));
+    };
+    const handle = (code: BackendCode, frame: Buffer): TransactionStatus | null => {
+      switch (code) {
+        case BackendCode.DataRow:
+          if (firstValue === undefined) firstValue = decodeDataRow(frame)[0]?.toString('utf8') ?? null;
+          return null;
+        case BackendCode.ErrorResponse:
+          error ??= decodeErrorFields(frame);
+          return null;
+        case BackendCode.ParameterStatus: {
+          const { name, value } = decodeParameterStatus(frame);
+          parameterStatus.push([name, value]);
+          return null;
+        }
+        case BackendCode.ReadyForQuery:
+          return decodeReadyForQuery(frame);
+        case BackendCode.CopyInResponse:
+        case BackendCode.CopyOutResponse:
+        case BackendCode.CopyBothResponse:
+          throw new UpstreamError('protocol', 'unexpected COPY in answer to a session reset');
+        default:
+          // RowDescription, CommandComplete, EmptyQueryResponse, notices, notifications.
+          return null;
+      }
+    };
+    const onData = (chunk: Buffer): void => {
+      try {
+        scanner.push(chunk);
+        for (let seg = scanner.next(); seg !== null; seg = scanner.next()) {
+          if (seg.kind !== 'frame') continue;
+          const status = handle(seg.code, seg.frame);
+          if (status === null) continue;
+          results.push({ firstValue, error });
+          firstValue = undefined;
+          error = undefined;
+          if (results.length < queries.length) continue;
+          if (!scanner.atFrameBoundary || scanner.next() !== null) {
+            throw new UpstreamError('protocol', 'the server sent more than was asked for');
+          }
+          cleanup();
+          resolve({ results, transactionStatus: status, parameterStatus });
+          return;
+        }
+      } catch (err) {
+        fail(err);
+      }
+    };
+    const onError = (err: Error): void => {
+      fail(new UpstreamError('closed', `connection failed: ${err.message}`, { cause: err }));
+    };
+    const onClose = (): void => {
+      fail(new UpstreamError('closed', 'the server closed the connection'));
+    };
+    socket.on('data', onData);
+    socket.on('error', onError);
+    socket.on('close', onClose);
+    socket.on('end', onClose);
+    socket.write(Buffer.concat(queries.map((q) => encodeQuery(q))));
+    socket.resume();
+  });
 }
 
 function startupParameters(options: UpstreamConnectOptions): [string, string][] {

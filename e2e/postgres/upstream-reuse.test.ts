@@ -1,0 +1,480 @@
+// Upstream session reuse (docs/postgres-engine.md, "Upstream session reuse"): an agent connection that
+// ends cleanly leaves its upstream session, reset with DISCARD ALL, to the next agent connection with the
+// same login. The attack corpus: session state one agent connection leaves behind that must not reach the
+// next one through the reused backend (each case checks, through the same backend pid, that the state was
+// there before the disconnect and is gone after it); connections that must not be reused at all (open or
+// failed transaction, mid-COPY, mid-extended-protocol); logins that must never share a session (another
+// application_name, read-only against read-write, a rotated credential); a backend killed while parked.
+import { test, type TestContext } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import pg from 'pg';
+import type { AccessPolicySpec } from '@chaperone/api';
+import { createTestDatabase } from '../harness/databases.ts';
+import { directPgOptions, postgresEnv, superuserSql } from '../harness/env.ts';
+import { poll } from '../harness/poll.ts';
+import { ALLOW_ALL, READ_ONLY, startTestSidecar, type RunningTestSidecar } from '../harness/sidecar.ts';
+import { authenticatedClient, cstr, i16, i32, msg, parseBackend, query, SYNC, TERMINATE } from './raw-client.ts';
+
+const WAIT = 10_000;
+const AGENT = 'system:serviceaccount:ci:agent';
+
+async function agent(
+  t: TestContext,
+  sidecar: RunningTestSidecar,
+  subject = AGENT,
+  extra: Partial<pg.ClientConfig> = {},
+): Promise<pg.Client> {
+  const token = await sidecar.issuer.sign({ sub: subject });
+  const client = new pg.Client({
+    host: sidecar.host,
+    port: sidecar.port,
+    user: 'agent',
+    password: token,
+    database: 'agent',
+    ...extra,
+  });
+  client.on('error', () => undefined);
+  await client.connect();
+  t.after(() => client.end().catch(() => undefined));
+  return client;
+}
+
+async function scalar(client: pg.Client, sql: string): Promise<string | null> {
+  const r = await client.query<Record<string, string | null>>(sql);
+  return Object.values(r.rows[0] ?? {})[0] ?? null;
+}
+
+async function backendPid(client: pg.Client): Promise<number> {
+  return Number(await scalar(client, 'SELECT pg_backend_pid()'));
+}
+
+/** One sample of a metric of the sidecar (the sum over label sets matching `labels`). */
+async function metric(sidecar: RunningTestSidecar, name: string, labels: Record<string, string> = {}): Promise<number> {
+  const text = await (await fetch(`http://127.0.0.1:${sidecar.metricsPort}/metrics`)).text();
+  let total = 0;
+  for (const line of text.split('\n')) {
+    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
+    if (m?.[1] !== name) continue;
+    const got = Object.fromEntries([...(m[2] ?? '').matchAll(/(\w+)="([^"]*)"/g)].map((x) => [x[1], x[2]]));
+    if (Object.entries(labels).every(([k, v]) => got[k] === v)) total += Number(m[3]);
+  }
+  return total;
+}
+
+/** Waits until `n` upstream sessions are parked (a released session is reset asynchronously). */
+async function parked(sidecar: RunningTestSidecar, n: number): Promise<void> {
+  await poll(`${String(n)} parked upstream sessions`, async () =>
+    (await metric(sidecar, 'chaperone_upstream_connections_parked')) === n ? true : undefined,
+  );
+}
+
+/** Waits until the discards counter with `reason` reached `n`. */
+async function discarded(sidecar: RunningTestSidecar, reason: string, n: number): Promise<void> {
+  await poll(`${String(n)} upstream sessions discarded (${reason})`, async () =>
+    (await metric(sidecar, 'chaperone_upstream_discards_total', { reason })) >= n ? true : undefined,
+  );
+}
+
+/** A raw agent connection's single-value answer to `sql` (its DataRow's first column). */
+async function rawScalar(c: Awaited<ReturnType<typeof authenticatedClient>>, sql: string): Promise<string> {
+  const from = c.receivedLength;
+  c.write(query(sql));
+  const done = (): boolean => parseBackend(c.received.subarray(from), 0, true).messages.some((m) => m.type === 'Z');
+  assert.ok(await c.until(done, WAIT), `no answer to ${sql}`);
+  const row = parseBackend(c.received.subarray(from), 0, true).messages.find((m) => m.type === 'D');
+  assert.ok(row !== undefined, `no row for ${sql}`);
+  const len = row.body.readInt32BE(2);
+  return row.body.subarray(6, 6 + len).toString('utf8');
+}
+
+/** Drops a role of the test, ending its sessions first (a parked one of a stopped sidecar may linger). */
+function dropRole(role: string): void {
+  try {
+    superuserSql(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '${role}'`);
+    superuserSql(`DROP OWNED BY ${role}; DROP ROLE IF EXISTS ${role}`);
+  } catch (err) {
+    console.error(`role ${role} not dropped: ${String(err)}`);
+  }
+}
+
+interface LeakCase {
+  readonly name: string;
+  /** Leaves state behind (run by the first agent connection). */
+  readonly leave: (c: pg.Client) => Promise<void>;
+  /** What the state looks like from a session: must differ after `leave`, and be back for the next connection. */
+  readonly probe: (c: pg.Client) => Promise<string>;
+}
+
+const orError = async (run: () => Promise<string | null>): Promise<string> => {
+  try {
+    return String(await run());
+  } catch (err) {
+    return `error ${String((err as { code?: string }).code)}`;
+  }
+};
+
+function leakCases(role: string): LeakCase[] {
+  // A custom placeholder (myapp.secret) keeps existing in the backend after RESET ALL, empty: its value is
+  // what must not cross, so unset and empty read the same here (docs/postgres-engine.md).
+  const setting = (names: string[]) => (c: pg.Client) =>
+    orError(() =>
+      scalar(c, `SELECT concat_ws('|', ${names.map((n) => `coalesce(current_setting('${n}', true), '')`).join(', ')})`),
+    );
+  return [
+    {
+      name: 'a temporary table',
+      leave: async (c) => {
+        await c.query(`CREATE TEMP TABLE leak_temp (secret text); INSERT INTO leak_temp VALUES ('s3cret')`);
+      },
+      probe: (c) => orError(() => scalar(c, `SELECT pg_catalog.to_regclass('leak_temp')::text`)),
+    },
+    {
+      name: 'settings changed with SET (a placeholder, a reported one, a planner one, the time zone)',
+      leave: async (c) => {
+        await c.query(`SET myapp.secret = 's3cret'`);
+        await c.query(`SET application_name = 'leaky'`);
+        await c.query(`SET work_mem = '7MB'`);
+        await c.query(`SET TimeZone = 'Asia/Tokyo'`);
+        await c.query(`SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE`);
+      },
+      probe: setting(['myapp.secret', 'application_name', 'work_mem', 'TimeZone', 'default_transaction_isolation']),
+    },
+    {
+      name: 'settings changed with set_config(..., false)',
+      leave: async (c) => {
+        await c.query(
+          `SELECT set_config('myapp.other', 'leak', false), set_config('statement_timeout', '4321', false)`,
+        );
+      },
+      probe: setting(['myapp.other', 'statement_timeout']),
+    },
+    {
+      name: 'SET ROLE',
+      leave: async (c) => {
+        await c.query(`SET ROLE ${role}`);
+      },
+      probe: (c) => orError(() => scalar(c, 'SELECT current_user::text')),
+    },
+    {
+      name: 'prepared statements (PREPARE and a named protocol-level one)',
+      leave: async (c) => {
+        await c.query('PREPARE leak_prepared AS SELECT 1');
+        await c.query({ name: 'leak_named', text: 'SELECT $1::int', values: [2] });
+      },
+      probe: (c) => orError(() => scalar(c, 'SELECT count(*)::text FROM pg_prepared_statements')),
+    },
+    {
+      name: 'a session advisory lock',
+      leave: async (c) => {
+        await c.query('SELECT pg_advisory_lock(4242)');
+      },
+      probe: (c) =>
+        orError(() =>
+          scalar(c, `SELECT count(*)::text FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()`),
+        ),
+    },
+    {
+      name: 'LISTEN',
+      leave: async (c) => {
+        await c.query('LISTEN leak_channel');
+      },
+      probe: (c) => orError(() => scalar(c, "SELECT string_agg(c, ',') FROM pg_listening_channels() AS c")),
+    },
+    {
+      name: 'a cursor WITH HOLD',
+      leave: async (c) => {
+        await c.query(`DECLARE leak_cursor CURSOR WITH HOLD FOR SELECT 's3cret'`);
+      },
+      probe: (c) => orError(() => scalar(c, "SELECT string_agg(name, ',') FROM pg_cursors")),
+    },
+    {
+      name: "a sequence's currval and lastval",
+      leave: async (c) => {
+        await c.query(`SELECT nextval('leak_seq')`);
+      },
+      probe: async (c) =>
+        `${await orError(() => scalar(c, `SELECT currval('leak_seq')::text`))}/${await orError(() => scalar(c, 'SELECT lastval()::text'))}`,
+    },
+    {
+      name: 'a failed statement as the last thing (the session itself is idle and fine)',
+      leave: async (c) => {
+        await assert.rejects(c.query('SELECT 1/0'), { code: '22012' });
+      },
+      probe: (c) => orError(() => scalar(c, `SELECT 'same'`)),
+    },
+  ];
+}
+
+test('session state does not leak through a reused upstream session: every case on the same backend, state there before the disconnect and gone after', async (t) => {
+  const database = await createTestDatabase(t, 'CREATE TABLE leak_rows (v text); CREATE SEQUENCE leak_seq;');
+  const role = `leak_role_${randomBytes(4).toString('hex')}`;
+  superuserSql(`CREATE ROLE ${role} NOLOGIN; GRANT ${role} TO ${postgresEnv().user}`);
+  t.after(() => dropRole(role));
+  const sidecar = await startTestSidecar(t, { database });
+
+  // The first connection logs in; every later one in this test reuses its backend.
+  const first = await agent(t, sidecar);
+  const pid = await backendPid(first);
+  await first.end();
+  await parked(sidecar, 1);
+
+  for (const leak of leakCases(role)) {
+    const before = await agent(t, sidecar);
+    assert.equal(await backendPid(before), pid, `${leak.name}: the backend was reused`);
+    const clean = await leak.probe(before);
+    await leak.leave(before);
+    const left = await leak.probe(before);
+    if (leak.name.startsWith('a failed statement')) assert.equal(left, clean);
+    else assert.notEqual(left, clean, `${leak.name}: the case left state behind (${left})`);
+    await before.end();
+    await parked(sidecar, 1);
+
+    const after = await agent(t, sidecar);
+    assert.equal(await backendPid(after), pid, `${leak.name}: the next connection reused the backend`);
+    assert.equal(await leak.probe(after), clean, `${leak.name}: nothing of it is left`);
+    await after.end();
+    await parked(sidecar, 1);
+  }
+  // The lock was released for others too, and a notification on the old channel reaches nobody through the sidecar.
+  const direct = new pg.Client(directPgOptions(database));
+  direct.on('error', () => undefined); // the database is dropped with (force) after the test
+  await direct.connect();
+  t.after(() => direct.end().catch(() => undefined));
+  assert.equal(await scalar(direct, 'SELECT pg_try_advisory_lock(4242)::text'), 'true');
+  const listener = await agent(t, sidecar);
+  assert.equal(await backendPid(listener), pid);
+  const notifications: string[] = [];
+  listener.on('notification', (n) => notifications.push(n.channel));
+  await direct.query('NOTIFY leak_channel');
+  await scalar(listener, 'SELECT pg_sleep(0.2)');
+  await scalar(listener, 'SELECT 1');
+  assert.deepEqual(notifications, []);
+  await listener.end();
+  await parked(sidecar, 1);
+
+  assert.ok((await metric(sidecar, 'chaperone_upstream_reuses_total')) >= 2 * leakCases(role).length + 1);
+  assert.equal(await metric(sidecar, 'chaperone_upstream_logins_total'), 1, 'one login served every connection');
+  // The log line of every session names the backend and whether it was reused (auditors correlate server logs).
+  const started = sidecar
+    .logs()
+    .split('\n')
+    .filter((l) => l.includes('"msg":"session started"'))
+    .map((l) => JSON.parse(l) as { upstreamPid: number; upstreamReused: boolean });
+  assert.ok(started.length >= 2 * leakCases(role).length + 2);
+  assert.ok(started.every((s) => s.upstreamPid === pid));
+  assert.deepEqual(
+    started.map((s) => s.upstreamReused),
+    started.map((_, i) => i > 0),
+  );
+});
+
+test('a connection that ends inside a transaction, a failed transaction, a COPY or an extended-protocol exchange is never reused, and nothing of it commits', async (t) => {
+  const database = await createTestDatabase(t, 'CREATE TABLE leak_rows (v text)');
+  const sidecar = await startTestSidecar(t, { database });
+  const token = await sidecar.issuer.sign({ sub: AGENT });
+  const direct = new pg.Client(directPgOptions(database));
+  direct.on('error', () => undefined); // the database is dropped with (force) after the test
+  await direct.connect();
+  t.after(() => direct.end().catch(() => undefined));
+  let unclean = 0;
+
+  /** Ends `pid`'s connection with `end`, then checks the next connection gets another backend. */
+  const notReused = async (label: string, pid: number, end: () => Promise<void>): Promise<void> => {
+    await end();
+    unclean += 1;
+    await discarded(sidecar, 'unclean', unclean);
+    assert.equal(await metric(sidecar, 'chaperone_upstream_connections_parked'), 0, label);
+    const next = await agent(t, sidecar);
+    assert.notEqual(await backendPid(next), pid, `${label}: not reused`);
+    await next.end();
+    await parked(sidecar, 1);
+    // Take the parked one out again so the next case starts from an empty pool.
+    const holder = await agent(t, sidecar);
+    await holder.query('SELECT 1');
+    t.after(() => holder.end().catch(() => undefined));
+    holders.push(holder);
+  };
+  const holders: pg.Client[] = [];
+
+  const open = await agent(t, sidecar);
+  const openPid = await backendPid(open);
+  await open.query('BEGIN');
+  await open.query(`INSERT INTO leak_rows VALUES ('open transaction')`);
+  await notReused('open transaction', openPid, () => open.end());
+
+  const failed = await agent(t, sidecar);
+  const failedPid = await backendPid(failed);
+  await failed.query('BEGIN');
+  await failed.query(`INSERT INTO leak_rows VALUES ('failed transaction')`);
+  await assert.rejects(failed.query('SELECT 1/0'));
+  await notReused('failed transaction', failedPid, () => failed.end());
+
+  // Raw clients: Terminate right after CopyData, and right after Parse/Bind/Execute without Sync.
+  const copying = await authenticatedClient(sidecar.host, sidecar.port, token, WAIT);
+  t.after(() => copying.destroy());
+  const copyPid = Number(await rawScalar(copying, 'SELECT pg_backend_pid()'));
+  const from = copying.receivedLength;
+  copying.write(query('COPY leak_rows FROM STDIN'));
+  assert.ok(await copying.until(() => copying.received.subarray(from).includes(0x47 /* G */), WAIT), 'CopyInResponse');
+  copying.write(msg('d', Buffer.from('mid copy\n')));
+  await notReused('mid-COPY', copyPid, async () => {
+    copying.write(TERMINATE);
+    await copying.untilClosed(WAIT);
+  });
+
+  const extended = await authenticatedClient(sidecar.host, sidecar.port, token, WAIT);
+  t.after(() => extended.destroy());
+  const extendedPid = Number(await rawScalar(extended, 'SELECT pg_backend_pid()'));
+  extended.write(
+    Buffer.concat([
+      msg('P', cstr(''), cstr(`INSERT INTO leak_rows VALUES ('mid extended')`), i16(0)),
+      msg('B', cstr(''), cstr(''), i16(0), i16(0), i16(0)),
+      msg('E', cstr(''), i32(0)),
+      msg('H'),
+    ]),
+  );
+  assert.ok(
+    await extended.until(() => parseBackend(extended.received, 0, true).messages.some((m) => m.type === 'C'), WAIT),
+    'the INSERT ran (CommandComplete after Flush)',
+  );
+  await notReused('mid-extended-protocol', extendedPid, async () => {
+    extended.write(TERMINATE);
+    await extended.untilClosed(WAIT);
+  });
+
+  assert.equal(
+    await scalar(direct, 'SELECT count(*)::text FROM leak_rows'),
+    '0',
+    'nothing of those sessions committed',
+  );
+  // A Sync-terminated exchange is a clean end: reused.
+  const synced = await authenticatedClient(sidecar.host, sidecar.port, token, WAIT);
+  t.after(() => synced.destroy());
+  const syncedPid = Number(await rawScalar(synced, 'SELECT pg_backend_pid()'));
+  synced.write(Buffer.concat([msg('P', cstr(''), cstr('SELECT 1'), i16(0)), SYNC]));
+  assert.ok(
+    await synced.until(
+      () => parseBackend(synced.received, 0, true).messages.filter((m) => m.type === 'Z').length >= 3,
+      WAIT,
+    ),
+  );
+  synced.write(TERMINATE);
+  await synced.untilClosed(WAIT);
+  await parked(sidecar, 1);
+  const reuser = await agent(t, sidecar);
+  assert.equal(await backendPid(reuser), syncedPid, 'after Sync and its ReadyForQuery the session is reused');
+  for (const h of holders) await h.end();
+});
+
+test('logins that differ never share a session: another application_name, read-only against read-write', async (t) => {
+  const WRITER = 'system:serviceaccount:ci:writer';
+  const READER = 'system:serviceaccount:ci:reader';
+  const policies: Record<string, AccessPolicySpec> = {
+    writer: { ...ALLOW_ALL, subjects: [{ subject: WRITER }] },
+    reader: { ...READ_ONLY, subjects: [{ subject: READER }] },
+  };
+  const sidecar = await startTestSidecar(t, { policies });
+  const pidAs = async (subject: string, extra: Partial<pg.ClientConfig> = {}) => {
+    const c = await agent(t, sidecar, subject, extra);
+    const pid = await backendPid(c);
+    const readOnly = await scalar(c, 'SHOW default_transaction_read_only');
+    await c.end();
+    return { pid, readOnly };
+  };
+  const writer = await pidAs(WRITER);
+  assert.equal(writer.readOnly, 'off');
+  await parked(sidecar, 1);
+  const reader = await pidAs(READER);
+  assert.equal(reader.readOnly, 'on');
+  assert.notEqual(reader.pid, writer.pid, 'a read-only session never gets a read-write backend');
+  await parked(sidecar, 2);
+  assert.deepEqual(await pidAs(WRITER), writer, 'the writer gets its own backend back');
+  await parked(sidecar, 2);
+  assert.deepEqual(await pidAs(READER), reader, 'the reader gets its own backend back, still read-only');
+  await parked(sidecar, 2);
+  const other = await pidAs(WRITER, { application_name: 'another-app' });
+  assert.notEqual(other.pid, writer.pid);
+  assert.notEqual(other.pid, reader.pid);
+  await parked(sidecar, 3);
+});
+
+test('a backend killed while parked is dropped and the next connection logs in anew; a rotated credential never reuses the old login', async (t) => {
+  // Created first so that its sessions are ended (hooks run in order) before the database is dropped.
+  const login = `leak_login_${randomBytes(4).toString('hex')}`;
+  superuserSql(`CREATE ROLE ${login} LOGIN PASSWORD 'first-password'`);
+  t.after(() => dropRole(login));
+  const database = await createTestDatabase(t);
+  const sidecar = await startTestSidecar(t, { database });
+  const direct = new pg.Client(directPgOptions(database));
+  direct.on('error', () => undefined); // the database is dropped with (force) after the test
+  await direct.connect();
+  t.after(() => direct.end().catch(() => undefined));
+
+  const first = await agent(t, sidecar);
+  const killed = await backendPid(first);
+  await first.end();
+  await parked(sidecar, 1);
+  assert.equal(await scalar(direct, `SELECT pg_terminate_backend(${String(killed)})::text`), 'true');
+  await discarded(sidecar, 'closed', 1);
+  await parked(sidecar, 0);
+  const second = await agent(t, sidecar);
+  const fresh = await backendPid(second);
+  assert.notEqual(fresh, killed);
+  assert.equal(await scalar(second, 'SELECT 1::text'), '1');
+  await second.end();
+  await parked(sidecar, 1);
+
+  // Rotation: the sidecar's credential files now name another login, then that login's password changes.
+  writeFileSync(join(sidecar.dir, 'username'), login);
+  writeFileSync(join(sidecar.dir, 'password'), 'first-password');
+  const asLogin = await agent(t, sidecar);
+  const loginPid = await backendPid(asLogin);
+  assert.notEqual(loginPid, fresh, 'another user is another login');
+  assert.equal(await scalar(asLogin, 'SELECT session_user::text'), login);
+  await asLogin.end();
+  await parked(sidecar, 2);
+  superuserSql(`ALTER ROLE ${login} PASSWORD 'second-password'`);
+  writeFileSync(join(sidecar.dir, 'password'), 'second-password');
+  const rotated = await agent(t, sidecar);
+  const rotatedPid = await backendPid(rotated);
+  assert.notEqual(rotatedPid, loginPid, 'the parked session of the old password is not reused');
+  assert.equal(await scalar(rotated, 'SELECT session_user::text'), login);
+  await rotated.end();
+});
+
+test('a session that loaded a library (an extension function first called) is not reused: DISCARD ALL cannot unload it', async (t) => {
+  const database = await createTestDatabase(t, 'CREATE EXTENSION pg_trgm');
+  const sidecar = await startTestSidecar(t, { database });
+  const first = await agent(t, sidecar);
+  const pid = await backendPid(first);
+  await first.end();
+  await parked(sidecar, 1);
+  const loader = await agent(t, sidecar);
+  assert.equal(await backendPid(loader), pid, 'reused before the library was loaded');
+  assert.equal(await scalar(loader, `SELECT similarity('chaperone', 'chaperon') > 0`), true);
+  assert.notEqual(await scalar(loader, `SELECT current_setting('pg_trgm.similarity_threshold', true)`), null);
+  await loader.end();
+  await discarded(sidecar, 'reset-failed', 1);
+  assert.equal(await metric(sidecar, 'chaperone_upstream_connections_parked'), 0);
+  const next = await agent(t, sidecar);
+  assert.notEqual(await backendPid(next), pid);
+  assert.match(sidecar.logs(), /"msg":"upstream session not reused".*pg_trgm\.similarity_threshold/);
+});
+
+test('upstreamReuse.enabled false: every agent connection logs in and its session is closed with it', async (t) => {
+  const sidecar = await startTestSidecar(t, { listener: { upstreamReuse: { enabled: false } } });
+  const pids: number[] = [];
+  for (let i = 0; i < 3; i++) {
+    const c = await agent(t, sidecar);
+    pids.push(await backendPid(c));
+    await c.end();
+    await discarded(sidecar, 'disabled', i + 1);
+  }
+  assert.equal(new Set(pids).size, 3, 'three backends');
+  assert.equal(await metric(sidecar, 'chaperone_upstream_connections_parked'), 0);
+  assert.equal(await metric(sidecar, 'chaperone_upstream_reuses_total'), 0);
+  assert.equal(await metric(sidecar, 'chaperone_upstream_logins_total'), 3);
+});
