@@ -3,7 +3,7 @@
 import { randomBytes } from 'node:crypto';
 import type { TestContext } from 'node:test';
 import pg from 'pg';
-import { directPgOptions } from './env.ts';
+import { directPgOptions, superuserSql } from './env.ts';
 
 async function adminQuery(sql: string): Promise<void> {
   const client = new pg.Client(directPgOptions());
@@ -16,21 +16,21 @@ async function adminQuery(sql: string): Promise<void> {
 }
 
 /**
- * Drops a test database, forcing its sessions off. An autovacuum worker that happens to be in the new
- * database makes `with (force)` fail for a role that may not signal it (42501, the worker is no member of
- * the test role), and one that is still starting makes the drop see other users (55006): both are over in
- * moments, so the drop is tried again. A drop that still fails throws, and since a failing `after` hook
- * skips the hooks registered after it (the test's sidecar would then never be stopped and keep the test
- * file's process alive), the retries matter.
+ * Drops a test database, forcing its sessions off, as the superuser over the cluster's Unix socket: the
+ * test role may not terminate backends of other roles (an autovacuum worker that happens to be in the new
+ * database, or a least-privilege login's session a sidecar keeps for reuse, docs/postgres-engine.md), and
+ * `with (force)` then fails with 42501 — and a failing `after` hook skips the hooks registered after it, so
+ * the test's sidecar would never be stopped and keep the test file's process alive. A drop that sees a
+ * worker still starting (55006) is tried again.
  */
 async function dropTestDatabase(name: string): Promise<void> {
   for (let attempt = 1; ; attempt++) {
     try {
-      await adminQuery(`drop database if exists ${name} with (force)`);
+      superuserSql(`drop database if exists ${name} with (force)`);
       return;
     } catch (err) {
-      const code = (err as { code?: unknown }).code;
-      if (attempt >= 40 || (code !== '42501' && code !== '55006')) throw err;
+      if (attempt >= 20 || !/is being accessed by other users/.test(String((err as { stderr?: unknown }).stderr)))
+        throw err;
       await new Promise((r) => setTimeout(r, 250));
     }
   }

@@ -14,6 +14,7 @@ import {
   writeFileSync,
 } from 'node:fs';
 import { join } from 'node:path';
+import { after } from 'node:test';
 import { createInterface } from 'node:readline';
 import { stringify } from 'yaml';
 import {
@@ -152,6 +153,18 @@ interface ReadyLine {
   metrics: { port: number };
 }
 
+/**
+ * Sidecars of this process not stopped yet. A failing `after` hook skips the hooks registered after it, so a
+ * test whose cleanup failed early would leave its sidecar running and the test file's process waiting on it
+ * forever: under the test runner, one hook of the whole file kills what is left.
+ */
+const running = new Set<ChildProcess>();
+if (process.env.NODE_TEST_CONTEXT !== undefined) {
+  after(() => {
+    for (const child of running) child.kill('SIGKILL');
+  });
+}
+
 /** Writes the configuration, spawns the sidecar and resolves once it has reported `ready`. */
 export async function spawnSidecar(options: SidecarProcessOptions): Promise<SidecarProcess> {
   const { dir, upstream } = options;
@@ -221,6 +234,8 @@ export async function spawnSidecar(options: SidecarProcessOptions): Promise<Side
     },
   );
   if (child.pid !== undefined) options.onSpawn?.(child.pid);
+  running.add(child);
+  child.once('exit', () => running.delete(child));
   child.stdout.pipe(log, { end: false });
   // 'close' comes after the exit and after every byte of stdout and stderr was read (and written to the log).
   const outputRead = new Promise<void>((resolve) => child.once('close', () => resolve()));
