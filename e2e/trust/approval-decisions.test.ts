@@ -74,6 +74,33 @@ test('approval decisions: approverGroups, approvers, self-approval, once each, o
     },
   });
 
+  // The API server loads admission policies one at a time and asynchronously; the fixture waits for the
+  // pod-bound token policy only. Wait until this one refuses the editor too (a probe that got through is
+  // deleted), or the first steps below race its loading.
+  const adminCustom = fx.admin.makeApiClient(k8s.CustomObjectsApi);
+  let probes = 0;
+  await poll(
+    'the approval decisions policy to refuse an editor filing a request',
+    async () => {
+      const name = `probe-${String(++probes)}`;
+      const status = await refusal(
+        api(fx.editor, k8s.CustomObjectsApi).createNamespacedCustomObject({
+          group: GROUP,
+          version: VERSION,
+          namespace: ns,
+          plural,
+          body: request(name, ns, {}),
+        }),
+      ).catch(() => undefined);
+      if (status === undefined) {
+        await adminCustom.deleteNamespacedCustomObject({ group: GROUP, version: VERSION, namespace: ns, plural, name });
+        return undefined;
+      }
+      return status.code === 403 && /filed by the sidecar/.test(status.message ?? '') ? true : undefined;
+    },
+    60_000,
+  );
+
   // The sidecar files the requests, with the pod-bound token its kubelet projects.
   const pod = await fx.injectedPod(ns, 'agent');
   const sidecarKc = new k8s.KubeConfig();
