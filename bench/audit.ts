@@ -41,7 +41,7 @@ export interface AuditBenchResult {
 }
 
 /** A realistic decision/outcome record pair stream for one session (texts and sizes like pgbench -S). */
-function records(count: number): AuditRecord[] {
+export function pgbenchSessionRecords(count: number): AuditRecord[] {
   const out: AuditRecord[] = [];
   let prev = GENESIS_HASH;
   for (let seq = 1; seq <= count; seq++) {
@@ -90,7 +90,7 @@ function percentile(sorted: readonly number[], p: number): number {
 
 async function spoolThroughput(dir: string, total: number): Promise<number> {
   const { spool } = Spool.open({ dir, maxBytes: 1024 * 1024 * 1024 });
-  const payloads = records(1000).map((r) => JSON.stringify({ s: { sessionId: 'bench' }, r }));
+  const payloads = pgbenchSessionRecords(1000).map((r) => JSON.stringify({ s: { sessionId: 'bench' }, r }));
   const started = process.hrtime.bigint();
   // 64 appends per batch in flight, as from many concurrent clients; each batch awaits its group commit.
   let pending: Promise<void> | undefined;
@@ -150,7 +150,7 @@ export async function runAuditBench(
       pod: 'p',
     };
     const latency: number[] = [];
-    const rs = records(statements * 2);
+    const rs = pgbenchSessionRecords(statements * 2);
     for (let i = 0; i < rs.length; i += 2) {
       const started = process.hrtime.bigint();
       sink.write(ref, rs[i] as AuditRecord);
@@ -171,7 +171,7 @@ export async function runAuditBench(
         flushIntervalMs: 100,
       });
       const sessions = 8;
-      const stream = records(Math.ceil(flushRecords / sessions));
+      const stream = pgbenchSessionRecords(Math.ceil(flushRecords / sessions));
       let n = 0;
       const refs: RecordOrigin[] = Array.from({ length: sessions }, (_, i) => ({
         sessionId: `${tag}${String(i).padStart(7, '0')}-0000-4000-8000-${String(Date.now()).padStart(12, '0')}`,

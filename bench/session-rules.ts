@@ -7,7 +7,7 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { GENESIS_HASH, hashRecord, silentLogger, type AuditRecord, type UnhashedRecord } from '@chaperone/api';
+import { silentLogger } from '@chaperone/api';
 import {
   KubernetesSessionStore,
   SessionWriter,
@@ -17,6 +17,7 @@ import {
 import { startControlPlane } from '../e2e/harness/control-plane.ts';
 import { REPO_ROOT } from '../e2e/harness/tools.ts';
 import { applyCrds, kubectl } from '../e2e/harness/kube.ts';
+import { pgbenchSessionRecords } from './audit.ts';
 
 /** The three rules' texts as the generated CRD has them now (api/src/session.ts). */
 const CURRENT = [
@@ -84,44 +85,6 @@ function crdWith(form: readonly string[] | undefined): string {
   return result;
 }
 
-function records(count: number): AuditRecord[] {
-  const out: AuditRecord[] = [];
-  let prev = GENESIS_HASH;
-  for (let seq = 1; seq <= count; seq++) {
-    const id = Math.ceil(seq / 2);
-    const unhashed: UnhashedRecord =
-      seq % 2 === 1
-        ? {
-            v: 1,
-            seq,
-            time: '2026-11-27T10:00:00.000001Z',
-            type: 'command.decision',
-            command: {
-              id,
-              kind: 'sql',
-              text: `SELECT abalance FROM pgbench_accounts WHERE aid = ${String(seq * 7919)};`,
-              statementKinds: ['select'],
-              relations: ['public.pgbench_accounts'],
-            },
-            decision: { result: 'allow', policy: 'bench/allow-all', rule: 'everything' },
-            prevHash: prev,
-          }
-        : {
-            v: 1,
-            seq,
-            time: '2026-11-27T10:00:00.000002Z',
-            type: 'command.outcome',
-            command: { id, kind: 'sql' },
-            outcome: { status: 'success', rows: 1, durationMicros: 250 },
-            prevHash: prev,
-          };
-    const r = { ...unhashed, hash: hashRecord(unhashed) };
-    prev = r.hash;
-    out.push(r);
-  }
-  return out;
-}
-
 /** The API server's count of requests on sessions so far, by verb (and subresource). */
 async function sessionRequests(kubeconfig: string): Promise<Map<string, number>> {
   const stdout = await kubectl(['get', '--raw', '/metrics'], { kubeconfig });
@@ -155,7 +118,7 @@ try {
   await kubectl(['create', 'namespace', namespace], { kubeconfig: cp.kubeconfig });
   const key = await loadOrCreateSigningKey(join(root, 'signing-key.jwk'));
   const store = new KubernetesSessionStore({ kubeconfig: cp.kubeconfig, namespace });
-  const stream = records(perSession);
+  const stream = pgbenchSessionRecords(perSession);
   const names = Object.keys(FORMS).filter((n) => only === undefined || only.includes(n));
   const results: Record<string, number[]> = Object.fromEntries(names.map((n) => [n, []]));
   let run = 0;
