@@ -7,7 +7,16 @@
 // copied from each package's own LICENSE/NOTICE files: the bundle is a copy of their code, which MIT,
 // ISC, BSD and Apache-2.0 let us distribute only with their notices. esbuild's `legalComments: 'eof'`
 // keeps the /*! @license */ comments too, but most packages have none; the files are what counts.
-import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import {
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  readFileSync,
+  readdirSync,
+  realpathSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import * as esbuild from 'esbuild';
 
@@ -111,5 +120,14 @@ function writeLicenses(packages: readonly string[], dir: string): void {
           `(its package.json); the package ships no licence file.\n`,
       );
     }
+  }
+}
+
+/** Whether `filename` (a module's `import.meta.filename`) is the program node was started with. */
+export function isMainModule(filename: string): boolean {
+  try {
+    return realpathSync(process.argv[1] ?? '') === realpathSync(filename);
+  } catch {
+    return false;
   }
 }

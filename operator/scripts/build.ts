@@ -6,10 +6,9 @@
 // it spares the image the npm dependency set and Node.js its type stripper at start.
 //
 // Usage: node operator/scripts/build.ts [--out DIR]   (default dist/operator-bundle)
-import { realpathSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { REPO, bundleProgram, type Bundle } from '../../scripts/bundle.ts';
+import { REPO, bundleProgram, isMainModule, type Bundle } from '../../scripts/bundle.ts';
 
 /** Default output directory of the bundle. */
 export const OPERATOR_BUNDLE_DIR = join(REPO, 'dist', 'operator-bundle');
@@ -37,13 +36,4 @@ function main(): void {
   console.log(`operator bundle: ${entry}`);
 }
 
-if (runAsProgram()) main();
-
-/** Whether this file is the program node was started with (not a module imported by another). */
-function runAsProgram(): boolean {
-  try {
-    return realpathSync(process.argv[1] ?? '') === realpathSync(import.meta.filename);
-  } catch {
-    return false;
-  }
-}
+if (isMainModule(import.meta.filename)) main();

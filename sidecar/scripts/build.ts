@@ -19,10 +19,9 @@
 // Usage: node sidecar/scripts/build.ts [--out DIR]   (default dist/sidecar-bundle; `make build` runs it)
 // The bundle resolves the external packages from the node_modules above DIR, so DIR must be inside the
 // repository (or, in the image, next to /app/node_modules).
-import { realpathSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { REPO, bundleProgram, type Bundle } from '../../scripts/bundle.ts';
+import { REPO, bundleProgram, isMainModule, type Bundle } from '../../scripts/bundle.ts';
 
 /** Default output directory of the bundle. */
 export const SIDECAR_BUNDLE_DIR = join(REPO, 'dist', 'sidecar-bundle');
@@ -55,13 +54,4 @@ function main(): void {
   console.log(`sidecar bundle: ${entry}`);
 }
 
-if (runAsProgram()) main();
-
-/** Whether this file is the program node was started with (not a module imported by another). */
-function runAsProgram(): boolean {
-  try {
-    return realpathSync(process.argv[1] ?? '') === realpathSync(import.meta.filename);
-  } catch {
-    return false;
-  }
-}
+if (isMainModule(import.meta.filename)) main();
