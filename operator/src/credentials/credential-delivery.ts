@@ -11,8 +11,8 @@
 //   * the ProtectedResource of the pod's namespace names a Secret of the credential namespace that allows
 //     the pod's namespace.
 // The answer carries the username, the password, the CA (when the resource names one) and the key of the
-// hash masking strategy (when it names maskingKeySecretRef: read from the resource's namespace, as the CA
-// is), base64; the operator logs a hash of the credential, never the values, and nothing of the key.
+// hash masking strategy (when it names maskingKeySecretRef: from the credential namespace when its
+// namespace says so, with the same allow-list, else from the resource's namespace, as the CA is), base64; the operator logs a hash of the credential, never the values, and nothing of the key.
 //
 // The evidence store's writer credential (docs/evidence-store.md) is delivered the same way, for the body
 // `{"evidenceStore": true}`: to an attested sidecar of a strict namespace whose sealed configuration keeps
@@ -223,14 +223,31 @@ export function createCredentialDeliveryHandler(
     const keyRef = resource.spec.maskingKeySecretRef;
     if (keyRef !== undefined) {
       // Never an answer without it: the sidecar would hash with a key of its own, and hashes would not join.
-      maskingKey = (
-        await core.readNamespacedSecret({ namespace: pod.namespace, name: keyRef.name }).catch((err: unknown) => {
-          if (notFound(err)) throw new Refused(404, 'NotFound', `Secret ${pod.namespace}/${keyRef.name} not found`);
+      // Next to the credential (keyRef.namespace) it is out of the resource namespace's editors' reach.
+      const keyNamespace = keyRef.namespace ?? pod.namespace;
+      if (keyRef.namespace !== undefined && keyRef.namespace !== credentialNamespace) {
+        throw new Refused(
+          403,
+          'Forbidden',
+          `ProtectedResource ${pod.namespace}/${resourceName} names a masking key outside the credential namespace ${credentialNamespace}`,
+        );
+      }
+      const keySecret = await core
+        .readNamespacedSecret({ namespace: keyNamespace, name: keyRef.name })
+        .catch((err: unknown) => {
+          if (notFound(err)) throw new Refused(404, 'NotFound', `Secret ${keyNamespace}/${keyRef.name} not found`);
           throw err;
-        })
-      ).data?.[keyRef.key];
+        });
+      if (keyRef.namespace !== undefined && !secretAllows(keySecret, pod.namespace)) {
+        throw new Refused(
+          403,
+          'Forbidden',
+          `Secret ${keyNamespace}/${keyRef.name} does not allow namespace ${pod.namespace} (annotation ${ANNOTATION_ALLOWED_NAMESPACES})`,
+        );
+      }
+      maskingKey = keySecret.data?.[keyRef.key];
       if (maskingKey === undefined) {
-        throw new Refused(404, 'NotFound', `Secret ${pod.namespace}/${keyRef.name} lacks ${keyRef.key}`);
+        throw new Refused(404, 'NotFound', `Secret ${keyNamespace}/${keyRef.name} lacks ${keyRef.key}`);
       }
     }
     const hash = createHash('sha256').update(username).update('\0').update(password).digest('hex').slice(0, 16);
