@@ -141,7 +141,14 @@ export const ProtectedResourceSpec = Type.Object(
     readOnlyCredentialSecretRef: Type.Optional(
       Type.Object(
         {
-          name: Type.String({ description: 'Name of the Secret in this namespace.', ...dnsSubdomain }),
+          name: Type.String({ description: 'Name of the Secret.', ...dnsSubdomain }),
+          namespace: Type.Optional(
+            Type.String({
+              description:
+                "Namespace of the Secret when the credential is delivered: the operator's credential namespace, the same as credentialSecretRef.namespace (a delivered credential and a mounted read-only one do not mix). Delivered to attested sidecars only; the Secret must list this namespace in its annotation chaperone.dev/allowed-namespaces.",
+              maxLength: 63,
+            }),
+          ),
           usernameKey: Type.String({
             description: 'Key holding the user name. Default username.',
             default: 'username',
@@ -245,6 +252,12 @@ export const ProtectedResourceSpec = Type.Object(
         rule: "self.type == 'postgres' || !has(self.maskingKeySecretRef)",
         message: 'maskingKeySecretRef is used by a postgres resource only',
         fieldPath: '.maskingKeySecretRef',
+      },
+      {
+        rule: '!has(self.readOnlyCredentialSecretRef) || !has(self.credentialSecretRef) || (has(self.readOnlyCredentialSecretRef.__namespace__) ? has(self.credentialSecretRef.__namespace__) && self.credentialSecretRef.__namespace__ == self.readOnlyCredentialSecretRef.__namespace__ : !has(self.credentialSecretRef.__namespace__))',
+        message:
+          'readOnlyCredentialSecretRef.namespace must be credentialSecretRef.namespace: both credentials are delivered, or both mounted',
+        fieldPath: '.readOnlyCredentialSecretRef',
       },
       {
         // `namespace` is a CEL reserved word: the field is `__namespace__` in a rule (as written, `.namespace`

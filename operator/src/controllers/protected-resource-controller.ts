@@ -209,8 +209,8 @@ export function resolve(
   ] as const;
   for (const [refField, cred] of credentials) {
     if (cred === undefined) continue;
-    // Only the main credential may live in the credential namespace (delivered to attested sidecars).
-    const delivered = 'namespace' in cred ? cred.namespace : undefined;
+    // Delivered to attested sidecars from the credential namespace (both credentials alike, a CRD rule).
+    const delivered = cred.namespace;
     const secretNamespace = delivered ?? namespace;
     if (delivered !== undefined && delivered !== credentialNamespace) {
       return {
@@ -707,6 +707,8 @@ export function createProtectedResourceController(options: ProtectedResourceCont
                   (r) =>
                     (r.spec.credentialSecretRef?.namespace === credentialNamespace &&
                       r.spec.credentialSecretRef?.name === secret.metadata?.name) ||
+                    (r.spec.readOnlyCredentialSecretRef?.namespace === credentialNamespace &&
+                      r.spec.readOnlyCredentialSecretRef?.name === secret.metadata?.name) ||
                     (r.spec.maskingKeySecretRef?.namespace === credentialNamespace &&
                       r.spec.maskingKeySecretRef?.name === secret.metadata?.name),
                 )

@@ -10,7 +10,9 @@
 //   * the resource is one of the listeners of the sidecar's sealed configuration,
 //   * the ProtectedResource of the pod's namespace names a Secret of the credential namespace that allows
 //     the pod's namespace.
-// The answer carries the username, the password, the CA (when the resource names one) and the key of the
+// The answer carries the username, the password, the read-only login (readOnlyUsername/readOnlyPassword,
+// when the resource names readOnlyCredentialSecretRef: from the credential namespace, same allow-list), the
+// CA (when the resource names one) and the key of the
 // hash masking strategy (when it names maskingKeySecretRef: from the credential namespace when its
 // namespace says so, with the same allow-list, else from the resource's namespace, as the CA is), base64; the operator logs a hash of the credential, never the values, and nothing of the key.
 //
@@ -49,6 +51,9 @@ export interface DeliveredCredential {
   readonly ca?: string;
   /** The masking key's bytes (docs/masking.md, "The hash key"). */
   readonly maskingKey?: string;
+  /** The least-privilege read-only login (readOnlyCredentialSecretRef, docs/postgres-engine.md). */
+  readonly readOnlyUsername?: string;
+  readonly readOnlyPassword?: string;
 }
 
 export interface CredentialDeliveryOptions {
@@ -213,6 +218,37 @@ export function createCredentialDeliveryHandler(
         `Secret ${credentialNamespace}/${ref.name} lacks ${ref.usernameKey} or ${ref.passwordKey}`,
       );
     }
+    // The read-only login comes from the same namespace under the same allow-list, or the answer is refused:
+    // the sidecar's configuration names its files, and a session must never get the full login instead.
+    let readOnly: { username: string; password: string } | undefined;
+    const readOnlyRef = resource.spec.readOnlyCredentialSecretRef;
+    if (readOnlyRef !== undefined) {
+      if (readOnlyRef.namespace !== credentialNamespace) {
+        throw new Refused(
+          403,
+          'Forbidden',
+          `ProtectedResource ${pod.namespace}/${resourceName} names a read-only credential outside the credential namespace ${credentialNamespace}`,
+        );
+      }
+      const readOnlySecret = await readSecret(readOnlyRef.name);
+      if (!secretAllows(readOnlySecret, pod.namespace)) {
+        throw new Refused(
+          403,
+          'Forbidden',
+          `Secret ${credentialNamespace}/${readOnlyRef.name} does not allow namespace ${pod.namespace} (annotation ${ANNOTATION_ALLOWED_NAMESPACES})`,
+        );
+      }
+      const roUsername = readOnlySecret.data?.[readOnlyRef.usernameKey];
+      const roPassword = readOnlySecret.data?.[readOnlyRef.passwordKey];
+      if (roUsername === undefined || roPassword === undefined) {
+        throw new Refused(
+          404,
+          'NotFound',
+          `Secret ${credentialNamespace}/${readOnlyRef.name} lacks ${readOnlyRef.usernameKey} or ${readOnlyRef.passwordKey}`,
+        );
+      }
+      readOnly = { username: roUsername, password: roPassword };
+    }
     let ca: string | undefined;
     const caRef = resource.spec.tls?.caSecretRef;
     if (caRef !== undefined) {
@@ -257,6 +293,7 @@ export function createCredentialDeliveryHandler(
         password,
         ...(ca === undefined ? {} : { ca }),
         ...(maskingKey === undefined ? {} : { maskingKey }),
+        ...(readOnly === undefined ? {} : { readOnlyUsername: readOnly.username, readOnlyPassword: readOnly.password }),
       },
       log: {
         pod: `${pod.namespace}/${pod.name}`,
