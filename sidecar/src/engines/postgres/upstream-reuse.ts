@@ -94,6 +94,7 @@ export function statementResidue(statements: readonly AnalyzedStatement[]): Stat
   const placeholders: string[] = [];
   let unresettable: string | undefined;
   for (const s of statements) {
+    if (!mayLeaveResidue(s)) continue;
     if (s.kind === 'do') unresettable ??= 'a DO block ran (code the analysis does not look into)';
     // Every utility statement that mentions the word: LOAD itself, however it is commented or spaced.
     else if (s.kind === 'utility' && /\bload\b/i.test(s.text))
@@ -105,6 +106,11 @@ export function statementResidue(statements: readonly AnalyzedStatement[]): Stat
     }
   }
   return { placeholders, unresettable };
+}
+
+/** Whether statementResidue has anything to look at in `s` (most statements: no; checked per statement). */
+function mayLeaveResidue(s: AnalyzedStatement): boolean {
+  return s.kind === 'do' || s.kind === 'utility' || s.setting !== undefined || s.configures !== undefined;
 }
 
 /** What shaped an upstream login; equal keys mean interchangeable sessions. */
@@ -283,6 +289,7 @@ export class LeasedUpstream {
 
   /** The analysis of statements the agent sent (allowed or not): what they may leave that a reset cannot see. */
   noteStatements(statements: readonly AnalyzedStatement[]): void {
+    if (!statements.some(mayLeaveResidue)) return; // no allocation on the hot path
     const residue = statementResidue(statements);
     this.unresettable ??= residue.unresettable;
     for (const name of residue.placeholders) this.placeholders.add(name);
