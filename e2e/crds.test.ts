@@ -213,6 +213,25 @@ describe('invalid objects are rejected with the field that is wrong', () => {
       message: /another credential/,
     },
     {
+      name: 'masking key in another namespace without a credential delivered from it',
+      object: () =>
+        variant('ProtectedResource', 'key-elsewhere', (s) => {
+          s.maskingKeySecretRef = { name: 'k', namespace: 'chaperone-credentials' };
+        }),
+      field: 'spec.maskingKeySecretRef.namespace',
+      message: /needs a delivered credential from the same namespace/,
+    },
+    {
+      name: 'read-only credential mounted next to a delivered one',
+      object: () =>
+        variant('ProtectedResource', 'ro-mixed', (s) => {
+          s.credentialSecretRef = { ...s.credentialSecretRef, namespace: 'chaperone-credentials' };
+          s.readOnlyCredentialSecretRef = { name: 'reader' };
+        }),
+      field: 'spec.readOnlyCredentialSecretRef',
+      message: /both credentials are delivered, or both mounted/,
+    },
+    {
       name: 'search path in a system schema',
       object: () => variant('ProtectedResource', 'pg-schema', (s) => (s.searchPath = 'pg_catalog')),
       field: 'spec.searchPath',

@@ -35,6 +35,11 @@ export const DEFAULT_LISTEN_PORTS: Readonly<Record<ResourceType, number>> = {
   http: 8080,
 };
 
+const MASKING_KEY_REF = SecretKeyRef(
+  "Secret key holding the key of the masking strategy hash (HMAC-SHA-256) of a postgres target: at least 32 bytes, the file's bytes as they are. Every pod of the resource gets the same key, so hashed values are equal across pods and joins on them work. Mounted only into the sidecar, or delivered with a delivered credential; the sidecar reads it at start (rotating it takes a pod restart; hashes from before and after do not join). Without it each sidecar process hashes with a random key of its own. See docs/masking.md.",
+  'key',
+);
+
 export const ProtectedResourceSpec = Type.Object(
   {
     type: StringEnum(RESOURCE_TYPES, {
@@ -136,7 +141,14 @@ export const ProtectedResourceSpec = Type.Object(
     readOnlyCredentialSecretRef: Type.Optional(
       Type.Object(
         {
-          name: Type.String({ description: 'Name of the Secret in this namespace.', ...dnsSubdomain }),
+          name: Type.String({ description: 'Name of the Secret.', ...dnsSubdomain }),
+          namespace: Type.Optional(
+            Type.String({
+              description:
+                "Namespace of the Secret when the credential is delivered: the operator's credential namespace, the same as credentialSecretRef.namespace (a delivered credential and a mounted read-only one do not mix). Delivered to attested sidecars only; the Secret must list this namespace in its annotation chaperone.dev/allowed-namespaces.",
+              maxLength: 63,
+            }),
+          ),
           usernameKey: Type.String({
             description: 'Key holding the user name. Default username.',
             default: 'username',
@@ -155,9 +167,18 @@ export const ProtectedResourceSpec = Type.Object(
       ),
     ),
     maskingKeySecretRef: Type.Optional(
-      SecretKeyRef(
-        "Secret key holding the key of the masking strategy hash (HMAC-SHA-256) of a postgres target: at least 32 bytes, the file's bytes as they are. Every pod of the resource gets the same key, so hashed values are equal across pods and joins on them work. Mounted only into the sidecar; the sidecar reads it at start (rotating it takes a pod restart; hashes from before and after do not join). Without it each sidecar process hashes with a random key of its own. See docs/masking.md.",
-        'key',
+      Type.Object(
+        {
+          ...MASKING_KEY_REF.properties,
+          namespace: Type.Optional(
+            Type.String({
+              description:
+                "Namespace of the Secret when it is not this one: the operator's credential namespace, the same as credentialSecretRef.namespace, so that this namespace's editors cannot read the key (whoever holds it can confirm a guessed value from its hash). Delivered to attested sidecars only; the Secret must list this namespace in its annotation chaperone.dev/allowed-namespaces.",
+              maxLength: 63,
+            }),
+          ),
+        },
+        { description: MASKING_KEY_REF.description },
       ),
     ),
     searchPath: Type.Optional(
@@ -231,6 +252,20 @@ export const ProtectedResourceSpec = Type.Object(
         rule: "self.type == 'postgres' || !has(self.maskingKeySecretRef)",
         message: 'maskingKeySecretRef is used by a postgres resource only',
         fieldPath: '.maskingKeySecretRef',
+      },
+      {
+        rule: '!has(self.readOnlyCredentialSecretRef) || !has(self.credentialSecretRef) || (has(self.readOnlyCredentialSecretRef.__namespace__) ? has(self.credentialSecretRef.__namespace__) && self.credentialSecretRef.__namespace__ == self.readOnlyCredentialSecretRef.__namespace__ : !has(self.credentialSecretRef.__namespace__))',
+        message:
+          'readOnlyCredentialSecretRef.namespace must be credentialSecretRef.namespace: both credentials are delivered, or both mounted',
+        fieldPath: '.readOnlyCredentialSecretRef',
+      },
+      {
+        // `namespace` is a CEL reserved word: the field is `__namespace__` in a rule (as written, `.namespace`
+        // would be an untyped value, and comparing two of them costs the API server more than it allows).
+        rule: '!has(self.maskingKeySecretRef) || !has(self.maskingKeySecretRef.__namespace__) || (has(self.credentialSecretRef) && has(self.credentialSecretRef.__namespace__) && self.credentialSecretRef.__namespace__ == self.maskingKeySecretRef.__namespace__)',
+        message:
+          'maskingKeySecretRef.namespace needs a delivered credential from the same namespace (credentialSecretRef.namespace)',
+        fieldPath: '.maskingKeySecretRef.namespace',
       },
       {
         rule: "self.type == 'postgres' || !has(self.searchPath)",

@@ -98,13 +98,13 @@ export function directPgOptions(database?: string): {
 
 /**
  * Runs SQL as the superuser `postgres` over the harness cluster's Unix socket (pg_hba trusts only that
- * socket) and returns psql's unaligned, tuples-only output.
+ * socket) in `database` and returns psql's unaligned, tuples-only output.
  */
-export function superuserSql(sql: string): string {
+export function superuserSql(sql: string, database = 'postgres'): string {
   const pg = postgresEnv();
   return execFileSync(
     'psql',
-    ['-X', '-A', '-t', '-h', pg.socketDir, '-p', String(pg.port), '-U', 'postgres', '-d', 'postgres', '-c', sql],
+    ['-X', '-A', '-t', '-h', pg.socketDir, '-p', String(pg.port), '-U', 'postgres', '-d', database, '-c', sql],
     { encoding: 'utf8' },
   );
 }

@@ -4,11 +4,13 @@
 // next one through the reused backend (each case checks, through the same backend pid, that the state was
 // there before the disconnect and is gone after it); connections that must not be reused at all (open or
 // failed transaction, mid-COPY, mid-extended-protocol); logins that must never share a session (another
-// application_name, read-only against read-write, a rotated credential); a backend killed while parked.
+// application_name, read-only against read-write, a rotated credential); a backend killed while parked;
+// what DISCARD ALL cannot undo or a query cannot see (custom setting placeholders, LOAD, DO blocks,
+// dblink), which closes the session; parked sessions ended with Terminate when the sidecar stops.
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import pg from 'pg';
 import type { AccessPolicySpec } from '@chaperone/api';
@@ -117,12 +119,9 @@ const orError = async (run: () => Promise<string | null>): Promise<string> => {
 };
 
 function leakCases(role: string): LeakCase[] {
-  // A custom placeholder (myapp.secret) keeps existing in the backend after RESET ALL, empty: its value is
-  // what must not cross, so unset and empty read the same here (docs/postgres-engine.md).
+  // Custom placeholders (SET myapp.x) are not here: a session that made one is closed, not reused (below).
   const setting = (names: string[]) => (c: pg.Client) =>
-    orError(() =>
-      scalar(c, `SELECT concat_ws('|', ${names.map((n) => `coalesce(current_setting('${n}', true), '')`).join(', ')})`),
-    );
+    orError(() => scalar(c, `SELECT concat_ws('|', ${names.map((n) => `current_setting('${n}')`).join(', ')})`));
   return [
     {
       name: 'a temporary table',
@@ -132,24 +131,21 @@ function leakCases(role: string): LeakCase[] {
       probe: (c) => orError(() => scalar(c, `SELECT pg_catalog.to_regclass('leak_temp')::text`)),
     },
     {
-      name: 'settings changed with SET (a placeholder, a reported one, a planner one, the time zone)',
+      name: 'settings changed with SET (a reported one, a planner one, the time zone, session characteristics)',
       leave: async (c) => {
-        await c.query(`SET myapp.secret = 's3cret'`);
         await c.query(`SET application_name = 'leaky'`);
         await c.query(`SET work_mem = '7MB'`);
         await c.query(`SET TimeZone = 'Asia/Tokyo'`);
         await c.query(`SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE`);
       },
-      probe: setting(['myapp.secret', 'application_name', 'work_mem', 'TimeZone', 'default_transaction_isolation']),
+      probe: setting(['application_name', 'work_mem', 'TimeZone', 'default_transaction_isolation']),
     },
     {
       name: 'settings changed with set_config(..., false)',
       leave: async (c) => {
-        await c.query(
-          `SELECT set_config('myapp.other', 'leak', false), set_config('statement_timeout', '4321', false)`,
-        );
+        await c.query(`SELECT set_config('statement_timeout', '4321', false)`);
       },
-      probe: setting(['myapp.other', 'statement_timeout']),
+      probe: setting(['statement_timeout']),
     },
     {
       name: 'SET ROLE',
@@ -477,4 +473,164 @@ test('upstreamReuse.enabled false: every agent connection logs in and its sessio
   assert.equal(await metric(sidecar, 'chaperone_upstream_connections_parked'), 0);
   assert.equal(await metric(sidecar, 'chaperone_upstream_reuses_total'), 0);
   assert.equal(await metric(sidecar, 'chaperone_upstream_logins_total'), 3);
+});
+
+/** An agent connection on the parked backend `pid` (asserted), which runs `run` and ends cleanly. */
+async function onParkedBackend(
+  t: TestContext,
+  sidecar: RunningTestSidecar,
+  pid: number,
+  run: (c: pg.Client) => Promise<void>,
+): Promise<void> {
+  const c = await agent(t, sidecar);
+  assert.equal(await backendPid(c), pid, 'the connection reused the parked backend');
+  await run(c);
+  await c.end();
+}
+
+test('a custom setting (SET x.y, set_config, SET LOCAL) leaves a placeholder DISCARD ALL cannot remove: that session is closed, the next one has no such name', async (t) => {
+  const database = await createTestDatabase(t);
+  const sidecar = await startTestSidecar(t, { database });
+  const cases: { readonly name: string; readonly run: (c: pg.Client) => Promise<unknown> }[] = [
+    { name: 'myapp.secret', run: (c) => c.query(`SET myapp.secret = 's3cret'`) },
+    { name: 'myapp.other', run: (c) => c.query(`SELECT set_config('myapp.other', 'leak', false)`) },
+    { name: 'tenant_42.marker', run: (c) => c.query(`BEGIN; SET LOCAL "Tenant_42".marker = 'x'; COMMIT`) },
+    { name: 'myapp.defaulted', run: (c) => c.query('SET myapp.defaulted TO DEFAULT') },
+  ];
+  let closed = 0;
+  for (const leak of cases) {
+    const first = await agent(t, sidecar);
+    const pid = await backendPid(first);
+    await first.end();
+    await parked(sidecar, 1);
+    await onParkedBackend(t, sidecar, pid, async (c) => {
+      await leak.run(c);
+      assert.notEqual(await scalar(c, `SELECT current_setting('${leak.name}', true)`), null, 'the placeholder exists');
+    });
+    closed += 1;
+    await discarded(sidecar, 'reset-failed', closed);
+    assert.equal(await metric(sidecar, 'chaperone_upstream_connections_parked'), 0, leak.name);
+    const next = await agent(t, sidecar);
+    assert.notEqual(await backendPid(next), pid, `${leak.name}: not reused`);
+    assert.equal(await scalar(next, `SELECT current_setting('${leak.name}', true)`), null, `${leak.name}: unknown`);
+    await next.end();
+    await parked(sidecar, 1);
+    const holder = await agent(t, sidecar); // empties the pool for the next case
+    t.after(() => holder.end().catch(() => undefined));
+  }
+  assert.match(sidecar.logs(), /"msg":"upstream session not reused".*session state left after DISCARD ALL/);
+  // A real setting of the server's (not a placeholder) is reset by DISCARD ALL: that session is reused.
+  const first = await agent(t, sidecar);
+  const pid = await backendPid(first);
+  await first.end();
+  await parked(sidecar, 1);
+  await onParkedBackend(t, sidecar, pid, async (c) => {
+    await c.query(`SET work_mem = '9MB'`);
+  });
+  await parked(sidecar, 1);
+  const again = await agent(t, sidecar);
+  assert.equal(await backendPid(again), pid);
+  assert.equal(await scalar(again, 'SHOW work_mem'), '4MB');
+});
+
+test('a session that ran LOAD, a DO block or a set_config of a computed name is never reused: no reset can undo or see what they did', async (t) => {
+  // LOAD of a library outside $libdir/plugins needs a superuser: this test's sidecar logs in as one.
+  const login = `load_login_${randomBytes(4).toString('hex')}`;
+  superuserSql(`CREATE ROLE ${login} LOGIN SUPERUSER PASSWORD 'load-password'`);
+  t.after(() => dropRole(login));
+  const database = await createTestDatabase(t);
+  const sidecar = await startTestSidecar(t, { database });
+  writeFileSync(join(sidecar.dir, 'username'), login);
+  writeFileSync(join(sidecar.dir, 'password'), 'load-password');
+  const cases: { readonly label: string; readonly run: (c: pg.Client) => Promise<unknown>; readonly why: RegExp }[] = [
+    // passwordcheck defines no setting in PostgreSQL 15 and installs a hook DISCARD ALL leaves in place.
+    { label: 'LOAD', run: (c) => c.query(`/* quiet */ load 'passwordcheck'`), why: /LOAD ran/ },
+    {
+      label: 'a DO block that makes a placeholder of a computed name',
+      run: (c) => c.query(`DO $$ BEGIN PERFORM set_config('dyn' || '.name', 'x', false); END $$`),
+      why: /a DO block ran/,
+    },
+    {
+      // Refused by the sidecar (settingRefusal), and still counted: the analysis saw it.
+      label: 'set_config of a computed name',
+      run: (c) => assert.rejects(c.query(`SELECT set_config(concat('dyn2', '.name'), 'x', false)`), { code: '42501' }),
+      why: /set_config with a name that is not a literal/,
+    },
+  ];
+  let closed = 0;
+  for (const leak of cases) {
+    const first = await agent(t, sidecar);
+    assert.equal(await scalar(first, 'SELECT session_user::text'), login);
+    const pid = await backendPid(first);
+    await first.end();
+    await parked(sidecar, 1);
+    await onParkedBackend(t, sidecar, pid, async (c) => {
+      await leak.run(c);
+    });
+    closed += 1;
+    await discarded(sidecar, 'unresettable', closed);
+    assert.equal(await metric(sidecar, 'chaperone_upstream_connections_parked'), 0, leak.label);
+    assert.match(sidecar.logs(), leak.why);
+    const next = await agent(t, sidecar);
+    assert.notEqual(await backendPid(next), pid, `${leak.label}: not reused`);
+    await next.end();
+    await parked(sidecar, 1);
+    const holder = await agent(t, sidecar); // empties the pool for the next case
+    t.after(() => holder.end().catch(() => undefined));
+  }
+});
+
+test('state DISCARD ALL does end: a sequence cache, a large-object descriptor; with dblink installed no session is reused', async (t) => {
+  const database = await createTestDatabase(t, 'CREATE SEQUENCE cached_seq CACHE 20');
+  const sidecar = await startTestSidecar(t, { database });
+  const first = await agent(t, sidecar);
+  const pid = await backendPid(first);
+  assert.equal(await scalar(first, `SELECT nextval('cached_seq')::text`), '1'); // this backend holds 2..20
+  // A large-object descriptor ends with its transaction: none is left to the next agent.
+  const lo = await scalar(first, `SELECT lo_from_bytea(0, 's3cret')::text`);
+  await first.query(`BEGIN; SELECT lo_open(${String(lo)}, 262144); COMMIT`);
+  await first.end();
+  await parked(sidecar, 1);
+  const next = await agent(t, sidecar);
+  assert.equal(await backendPid(next), pid);
+  assert.equal(await scalar(next, `SELECT nextval('cached_seq')::text`), '21', 'the cached values were discarded');
+  await assert.rejects(next.query('SELECT loread(0, 6)'), { code: '42704' });
+  await next.end();
+  await parked(sidecar, 1);
+
+  // dblink's connections (to another server, as another role) survive DISCARD ALL: with it installed, none is reused.
+  superuserSql('CREATE EXTENSION dblink', database);
+  const withDblink = await agent(t, sidecar);
+  assert.equal(await backendPid(withDblink), pid);
+  await withDblink.end();
+  await discarded(sidecar, 'reset-failed', 1);
+  assert.equal(await metric(sidecar, 'chaperone_upstream_connections_parked'), 0);
+});
+
+test('a graceful stop ends every parked session with Terminate: the backends are gone, none saw its client vanish', async (t) => {
+  const database = await createTestDatabase(t);
+  // DEBUG1 makes a backend whose client disappeared without Terminate log "unexpected EOF on client connection".
+  superuserSql(`ALTER DATABASE ${database} SET log_min_messages = debug1`);
+  const sidecar = await startTestSidecar(t, { database });
+  const clients = [await agent(t, sidecar), await agent(t, sidecar)];
+  const pids = await Promise.all(clients.map(backendPid));
+  for (const c of clients) await c.end();
+  await parked(sidecar, 2);
+  await sidecar.stop();
+  await poll('the parked backends to end', () => {
+    const left = superuserSql(`SELECT count(*) FROM pg_stat_activity WHERE pid IN (${pids.join(', ')})`).trim();
+    return Promise.resolve(left === '0' ? true : undefined);
+  });
+  // The control: a client of the same database that vanishes without Terminate is logged so.
+  const vanishing = new pg.Client(directPgOptions(database));
+  vanishing.on('error', () => undefined);
+  await vanishing.connect();
+  const vanishedPid = await backendPid(vanishing);
+  (vanishing as unknown as { connection: { stream: { destroy(): void } } }).connection.stream.destroy();
+  const eofOf = (pid: number): boolean =>
+    readFileSync(postgresEnv().logFile, 'utf8')
+      .split('\n')
+      .some((l) => l.includes(`[${String(pid)}]`) && l.includes('unexpected EOF on client connection'));
+  await poll('the vanished client logged', () => Promise.resolve(eofOf(vanishedPid) ? true : undefined));
+  for (const pid of pids) assert.ok(!eofOf(pid), `backend ${String(pid)} got Terminate`);
 });

@@ -182,6 +182,12 @@ test('approval decisions: approverGroups, approvers, self-approval, once each, o
     // Claiming a group one does not have changes nothing.
     const claimed = await refusal(decide(users.bob!, 'dba-only', [decision('bob@example.com', ['dba'])]));
     assert.equal(claimed.code, 403);
+    // Two decisions of one approver in one update count once: refused too.
+    const double = await refusal(
+      decide(users.dave!, 'dba-only', [decision('dave@example.com'), decision('dave@example.com')]),
+    );
+    assert.equal(double.code, 403);
+    assert.match(double.message ?? '', /decides a request once/);
     await decide(users.dave!, 'dba-only', [decision('dave@example.com')]);
     const before = await current('dba-only');
     const twice = await refusal(decide(users.dave!, 'dba-only', [...before, decision('dave@example.com')]));

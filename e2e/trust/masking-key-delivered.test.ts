@@ -4,12 +4,13 @@
 // hashes a masked column with exactly that key: the client receives `hmac:` and the first 16 hex digits of
 // HMAC-SHA-256(key, value), which this test computes itself. The key appears in no agent env or file, no
 // log of the sidecar or the operator, no status, no pod object; an unattested caller does not get it.
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { createHmac, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import * as k8s from '@kubernetes/client-node';
 import pg from 'pg';
 import { CREDENTIAL_DELIVERY_PATH, GROUP, VERSION } from '@chaperone/api';
 import { SIDECAR_CREDENTIALS_DIR } from '../../operator/src/injection/constants.ts';
@@ -41,7 +42,12 @@ function resourceDatabaseSql(sql: string): void {
   ]);
 }
 
-test('a masking key with a delivered credential: delivered to the attested sidecar alone, hashes under exactly that key', async (t) => {
+/**
+ * A ProtectedResource with a delivered credential and a masking key, in the resource's namespace or (`keyIn:
+ * 'credential namespace'`) next to the credential, a policy hashing a table's emails, and an injected pod
+ * whose sidecar runs.
+ */
+async function deliveredKey(t: TestContext, keyIn: 'resource namespace' | 'credential namespace') {
   const fx = await startTrustFixture(t, { credentialNamespace: true });
   const { ns, core, custom } = fx;
   const credentials = fx.credentialNamespace;
@@ -66,9 +72,16 @@ test('a masking key with a delivered credential: delivered to the attested sidec
     },
   });
   const key = randomBytes(32);
+  const nextToCredential = keyIn === 'credential namespace';
   await core.createNamespacedSecret({
-    namespace: ns,
-    body: { metadata: { name: KEY_SECRET }, data: { hmac: key.toString('base64') } },
+    namespace: nextToCredential ? credentials : ns,
+    body: {
+      metadata: {
+        name: KEY_SECRET,
+        ...(nextToCredential ? { annotations: { 'chaperone.dev/allowed-namespaces': ns } } : {}),
+      },
+      data: { hmac: key.toString('base64') },
+    },
   });
   await custom.createNamespacedCustomObject({
     group: GROUP,
@@ -91,7 +104,7 @@ test('a masking key with a delivered credential: delivered to the attested sidec
           usernameKey: 'username',
           passwordKey: 'password',
         },
-        maskingKeySecretRef: { name: KEY_SECRET, key: 'hmac' },
+        maskingKeySecretRef: { name: KEY_SECRET, key: 'hmac', ...(nextToCredential ? { namespace: credentials } : {}) },
       },
     },
   });
@@ -109,40 +122,53 @@ test('a masking key with a delivered credential: delivered to the attested sidec
     'no volume of the pod names the masking key Secret',
   );
   const running = await fx.runSidecar(t, pod);
+  return { fx, ns, credentials, key, pod, running, table, emails };
+}
+
+/** The rows of the test's table through the sidecar: the masked emails are HMAC-SHA-256 under `key`. */
+async function assertHashedUnder(scenario: Awaited<ReturnType<typeof deliveredKey>>): Promise<void> {
+  const { running, table, emails, key } = scenario;
+  const options = {
+    host: running.agentEnv.PGHOST,
+    port: Number(running.agentEnv.PGPORT),
+    user: 'agent',
+    database: running.agentEnv.PGDATABASE,
+    password: running.agentToken,
+    ssl: false,
+  };
+  const rows = await poll('the policy and the delivered credential', async () => {
+    const c = new pg.Client(options);
+    try {
+      await c.connect();
+      const r = await c.query<{ id: number; email: string; note: string }>(
+        `select id, email, note from public.${table} order by id`,
+      );
+      return r.rows;
+    } catch {
+      return undefined;
+    } finally {
+      await c.end().catch(() => undefined);
+    }
+  });
+  assert.deepEqual(
+    rows.map((r) => `${String(r.id)}|${r.email}|${r.note}`),
+    emails.map(
+      (e, i) =>
+        `${String(i + 1)}|hmac:${createHmac('sha256', key).update(e).digest('hex').slice(0, 16)}|note ${String(i + 1)}`,
+    ),
+  );
+  // Delivered, not mounted: the sidecar's memory volume holds the key the fetcher wrote.
+  assert.deepEqual(readFileSync(join(running.root, SIDECAR_CREDENTIALS_DIR, RESOURCE, 'masking-key')), key);
+  assert.match(readFileSync(running.sidecar.logFile, 'utf8'), /credential delivered by the operator/);
+}
+
+test('a masking key with a delivered credential: delivered to the attested sidecar alone, hashes under exactly that key', async (t) => {
+  const scenario = await deliveredKey(t, 'resource namespace');
+  const { fx, ns, key, pod, running } = scenario;
+  const { core, custom } = fx;
 
   await t.test('the client receives HMAC-SHA-256 under the Secret key, the other columns clear', async () => {
-    const options = {
-      host: running.agentEnv.PGHOST,
-      port: Number(running.agentEnv.PGPORT),
-      user: 'agent',
-      database: running.agentEnv.PGDATABASE,
-      password: running.agentToken,
-      ssl: false,
-    };
-    const rows = await poll('the policy and the delivered credential', async () => {
-      const c = new pg.Client(options);
-      try {
-        await c.connect();
-        const r = await c.query<{ id: number; email: string; note: string }>(
-          `select id, email, note from public.${table} order by id`,
-        );
-        return r.rows;
-      } catch {
-        return undefined;
-      } finally {
-        await c.end().catch(() => undefined);
-      }
-    });
-    assert.deepEqual(
-      rows.map((r) => `${String(r.id)}|${r.email}|${r.note}`),
-      emails.map(
-        (e, i) =>
-          `${String(i + 1)}|hmac:${createHmac('sha256', key).update(e).digest('hex').slice(0, 16)}|note ${String(i + 1)}`,
-      ),
-    );
-    // Delivered, not mounted: the sidecar's memory volume holds the key the fetcher wrote.
-    assert.deepEqual(readFileSync(join(running.root, SIDECAR_CREDENTIALS_DIR, RESOURCE, 'masking-key')), key);
-    assert.match(readFileSync(running.sidecar.logFile, 'utf8'), /credential delivered by the operator/);
+    await assertHashedUnder(scenario);
   });
 
   await t.test('the key is in no agent env or file, no log, no status, no pod object', async () => {
@@ -179,6 +205,59 @@ test('a masking key with a delivered credential: delivered to the attested sidec
       { resource: RESOURCE },
     );
     assert.equal(answer.status, 403);
+    for (const encoded of keyEncodings(key)) assert.ok(!answer.text.includes(encoded));
+  });
+});
+
+test("a masking key next to the delivered credential: out of the resource namespace's editors' reach, delivered only while the Secret allows the namespace", async (t) => {
+  const scenario = await deliveredKey(t, 'credential namespace');
+  const { fx, ns, credentials, key, running } = scenario;
+  const { core, custom } = fx;
+
+  await t.test('the client receives HMAC-SHA-256 under the key of the credential namespace', async () => {
+    await assertHashedUnder(scenario);
+  });
+
+  await t.test("an editor of the resource's namespace can read no Secret holding the key", async () => {
+    const denied = await kubectlAs(fx.editor, ['get', 'secret', KEY_SECRET, '-n', credentials, '-o', 'yaml']);
+    assert.notEqual(denied.code, 0);
+    assert.match(denied.stderr, /forbidden/);
+    const own = await kubectlAs(fx.editor, ['get', 'secrets', '-n', ns, '-o', 'json']);
+    assert.equal(own.code, 0, own.stderr);
+    for (const encoded of keyEncodings(key))
+      assert.ok(!own.stdout.includes(encoded), 'no Secret of the namespace holds it');
+  });
+
+  await t.test('a Secret that no longer allows the namespace: not Ready, and the delivery is refused', async () => {
+    await core.patchNamespacedSecret(
+      {
+        namespace: credentials,
+        name: KEY_SECRET,
+        body: { metadata: { annotations: { 'chaperone.dev/allowed-namespaces': 'someone-else' } } },
+      },
+      k8s.setHeaderOptions('Content-Type', k8s.PatchStrategy.MergePatch),
+    );
+    await poll('the ProtectedResource to report SecretNotAllowed', async () => {
+      const r = (await custom.getNamespacedCustomObject({
+        group: GROUP,
+        version: VERSION,
+        namespace: ns,
+        plural: 'protectedresources',
+        name: RESOURCE,
+      })) as { status?: { conditions?: { reason: string; message: string }[] } };
+      const c = r.status?.conditions?.find((x) => x.reason === 'SecretNotAllowed');
+      return c?.message.includes(KEY_SECRET) === true ? true : undefined;
+    });
+    const webhooks = fx.operator.webhooks;
+    assert.ok(webhooks);
+    const answer = await postToOperator(
+      webhooks.server.url(CREDENTIAL_DELIVERY_PATH),
+      webhooks.certificates.current().caBundlePem,
+      running.sidecarToken,
+      { resource: RESOURCE },
+    );
+    assert.equal(answer.status, 403);
+    assert.match(answer.text, /does not allow namespace/);
     for (const encoded of keyEncodings(key)) assert.ok(!answer.text.includes(encoded));
   });
 });

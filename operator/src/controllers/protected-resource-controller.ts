@@ -209,8 +209,8 @@ export function resolve(
   ] as const;
   for (const [refField, cred] of credentials) {
     if (cred === undefined) continue;
-    // Only the main credential may live in the credential namespace (delivered to attested sidecars).
-    const delivered = 'namespace' in cred ? cred.namespace : undefined;
+    // Delivered to attested sidecars from the credential namespace (both credentials alike, a CRD rule).
+    const delivered = cred.namespace;
     const secretNamespace = delivered ?? namespace;
     if (delivered !== undefined && delivered !== credentialNamespace) {
       return {
@@ -276,12 +276,28 @@ export function resolve(
   }
   const maskingKey = spec.maskingKeySecretRef;
   if (maskingKey !== undefined) {
-    const secret = lookup(maskingKey.name, namespace);
+    // In the credential namespace (delivered with the credential) the key is out of this namespace's editors' reach.
+    const keyNamespace = maskingKey.namespace ?? namespace;
+    if (maskingKey.namespace !== undefined && maskingKey.namespace !== credentialNamespace) {
+      return {
+        ready: false,
+        reason: REASON_SECRET_NOT_ALLOWED,
+        message: `spec.maskingKeySecretRef.namespace ${maskingKey.namespace} is not the operator's credential namespace (${credentialNamespace ?? 'none configured'})`,
+      };
+    }
+    const secret = lookup(maskingKey.name, keyNamespace);
+    if (secret !== undefined && maskingKey.namespace !== undefined && !secretAllows(secret, namespace)) {
+      return {
+        ready: false,
+        reason: REASON_SECRET_NOT_ALLOWED,
+        message: `Secret ${JSON.stringify(maskingKey.name)} of namespace ${maskingKey.namespace} does not list ${namespace} in its annotation ${ANNOTATION_ALLOWED_NAMESPACES}`,
+      };
+    }
     if (secret === undefined)
       return {
         ready: false,
         reason: REASON_SECRET_NOT_FOUND,
-        message: `Secret ${JSON.stringify(maskingKey.name)} (spec.maskingKeySecretRef) not found in namespace ${namespace}`,
+        message: `Secret ${JSON.stringify(maskingKey.name)} (spec.maskingKeySecretRef) not found in namespace ${keyNamespace}`,
       };
     const key = secretValue(secret, maskingKey.key);
     if (key === undefined || key.length === 0)
@@ -689,8 +705,12 @@ export function createProtectedResourceController(options: ProtectedResourceCont
                 .list()
                 .filter(
                   (r) =>
-                    r.spec.credentialSecretRef?.namespace === credentialNamespace &&
-                    r.spec.credentialSecretRef?.name === secret.metadata?.name,
+                    (r.spec.credentialSecretRef?.namespace === credentialNamespace &&
+                      r.spec.credentialSecretRef?.name === secret.metadata?.name) ||
+                    (r.spec.readOnlyCredentialSecretRef?.namespace === credentialNamespace &&
+                      r.spec.readOnlyCredentialSecretRef?.name === secret.metadata?.name) ||
+                    (r.spec.maskingKeySecretRef?.namespace === credentialNamespace &&
+                      r.spec.maskingKeySecretRef?.name === secret.metadata?.name),
                 )
                 .map((r) => objectKey(r.metadata.namespace ?? '', r.metadata.name ?? '')),
             logger: sourceLogger,

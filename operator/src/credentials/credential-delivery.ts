@@ -10,9 +10,11 @@
 //   * the resource is one of the listeners of the sidecar's sealed configuration,
 //   * the ProtectedResource of the pod's namespace names a Secret of the credential namespace that allows
 //     the pod's namespace.
-// The answer carries the username, the password, the CA (when the resource names one) and the key of the
-// hash masking strategy (when it names maskingKeySecretRef: read from the resource's namespace, as the CA
-// is), base64; the operator logs a hash of the credential, never the values, and nothing of the key.
+// The answer carries the username, the password, the read-only login (readOnlyUsername/readOnlyPassword,
+// when the resource names readOnlyCredentialSecretRef: from the credential namespace, same allow-list), the
+// CA (when the resource names one) and the key of the
+// hash masking strategy (when it names maskingKeySecretRef: from the credential namespace when its
+// namespace says so, with the same allow-list, else from the resource's namespace, as the CA is), base64; the operator logs a hash of the credential, never the values, and nothing of the key.
 //
 // The evidence store's writer credential (docs/evidence-store.md) is delivered the same way, for the body
 // `{"evidenceStore": true}`: to an attested sidecar of a strict namespace whose sealed configuration keeps
@@ -49,6 +51,9 @@ export interface DeliveredCredential {
   readonly ca?: string;
   /** The masking key's bytes (docs/masking.md, "The hash key"). */
   readonly maskingKey?: string;
+  /** The least-privilege read-only login (readOnlyCredentialSecretRef, docs/postgres-engine.md). */
+  readonly readOnlyUsername?: string;
+  readonly readOnlyPassword?: string;
 }
 
 export interface CredentialDeliveryOptions {
@@ -213,6 +218,37 @@ export function createCredentialDeliveryHandler(
         `Secret ${credentialNamespace}/${ref.name} lacks ${ref.usernameKey} or ${ref.passwordKey}`,
       );
     }
+    // The read-only login comes from the same namespace under the same allow-list, or the answer is refused:
+    // the sidecar's configuration names its files, and a session must never get the full login instead.
+    let readOnly: { username: string; password: string } | undefined;
+    const readOnlyRef = resource.spec.readOnlyCredentialSecretRef;
+    if (readOnlyRef !== undefined) {
+      if (readOnlyRef.namespace !== credentialNamespace) {
+        throw new Refused(
+          403,
+          'Forbidden',
+          `ProtectedResource ${pod.namespace}/${resourceName} names a read-only credential outside the credential namespace ${credentialNamespace}`,
+        );
+      }
+      const readOnlySecret = await readSecret(readOnlyRef.name);
+      if (!secretAllows(readOnlySecret, pod.namespace)) {
+        throw new Refused(
+          403,
+          'Forbidden',
+          `Secret ${credentialNamespace}/${readOnlyRef.name} does not allow namespace ${pod.namespace} (annotation ${ANNOTATION_ALLOWED_NAMESPACES})`,
+        );
+      }
+      const roUsername = readOnlySecret.data?.[readOnlyRef.usernameKey];
+      const roPassword = readOnlySecret.data?.[readOnlyRef.passwordKey];
+      if (roUsername === undefined || roPassword === undefined) {
+        throw new Refused(
+          404,
+          'NotFound',
+          `Secret ${credentialNamespace}/${readOnlyRef.name} lacks ${readOnlyRef.usernameKey} or ${readOnlyRef.passwordKey}`,
+        );
+      }
+      readOnly = { username: roUsername, password: roPassword };
+    }
     let ca: string | undefined;
     const caRef = resource.spec.tls?.caSecretRef;
     if (caRef !== undefined) {
@@ -223,14 +259,31 @@ export function createCredentialDeliveryHandler(
     const keyRef = resource.spec.maskingKeySecretRef;
     if (keyRef !== undefined) {
       // Never an answer without it: the sidecar would hash with a key of its own, and hashes would not join.
-      maskingKey = (
-        await core.readNamespacedSecret({ namespace: pod.namespace, name: keyRef.name }).catch((err: unknown) => {
-          if (notFound(err)) throw new Refused(404, 'NotFound', `Secret ${pod.namespace}/${keyRef.name} not found`);
+      // Next to the credential (keyRef.namespace) it is out of the resource namespace's editors' reach.
+      const keyNamespace = keyRef.namespace ?? pod.namespace;
+      if (keyRef.namespace !== undefined && keyRef.namespace !== credentialNamespace) {
+        throw new Refused(
+          403,
+          'Forbidden',
+          `ProtectedResource ${pod.namespace}/${resourceName} names a masking key outside the credential namespace ${credentialNamespace}`,
+        );
+      }
+      const keySecret = await core
+        .readNamespacedSecret({ namespace: keyNamespace, name: keyRef.name })
+        .catch((err: unknown) => {
+          if (notFound(err)) throw new Refused(404, 'NotFound', `Secret ${keyNamespace}/${keyRef.name} not found`);
           throw err;
-        })
-      ).data?.[keyRef.key];
+        });
+      if (keyRef.namespace !== undefined && !secretAllows(keySecret, pod.namespace)) {
+        throw new Refused(
+          403,
+          'Forbidden',
+          `Secret ${keyNamespace}/${keyRef.name} does not allow namespace ${pod.namespace} (annotation ${ANNOTATION_ALLOWED_NAMESPACES})`,
+        );
+      }
+      maskingKey = keySecret.data?.[keyRef.key];
       if (maskingKey === undefined) {
-        throw new Refused(404, 'NotFound', `Secret ${pod.namespace}/${keyRef.name} lacks ${keyRef.key}`);
+        throw new Refused(404, 'NotFound', `Secret ${keyNamespace}/${keyRef.name} lacks ${keyRef.key}`);
       }
     }
     const hash = createHash('sha256').update(username).update('\0').update(password).digest('hex').slice(0, 16);
@@ -240,6 +293,7 @@ export function createCredentialDeliveryHandler(
         password,
         ...(ca === undefined ? {} : { ca }),
         ...(maskingKey === undefined ? {} : { maskingKey }),
+        ...(readOnly === undefined ? {} : { readOnlyUsername: readOnly.username, readOnlyPassword: readOnly.password }),
       },
       log: {
         pod: `${pod.namespace}/${pod.name}`,

@@ -70,7 +70,8 @@ export function credentialSecretNames(resources: readonly ProtectedResource[]): 
   for (const r of resources) {
     if (r.spec.credentialSecretRef !== undefined) names.add(r.spec.credentialSecretRef.name);
     if (r.spec.readOnlyCredentialSecretRef !== undefined) names.add(r.spec.readOnlyCredentialSecretRef.name);
-    if (r.spec.maskingKeySecretRef !== undefined) names.add(r.spec.maskingKeySecretRef.name);
+    const key = r.spec.maskingKeySecretRef;
+    if (key !== undefined && key.namespace === undefined) names.add(key.name); // else in the credential namespace
   }
   return names;
 }

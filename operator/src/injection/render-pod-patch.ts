@@ -167,11 +167,15 @@ export function renderPodPatch(input: InjectionInput): InjectionResult {
         `ProtectedResource ${wrong.map((r) => r.metadata.name ?? '').join(', ')} names a credential Secret of another namespace, and the operator delivers credentials only from ${settings.credentialNamespace ?? '(no credential namespace configured)'}`,
       );
     }
-    const readOnly = delivered.filter((r) => r.spec.readOnlyCredentialSecretRef !== undefined);
+    const readOnly = delivered.filter(
+      (r) =>
+        r.spec.readOnlyCredentialSecretRef !== undefined &&
+        r.spec.readOnlyCredentialSecretRef.namespace !== settings.credentialNamespace,
+    );
     if (readOnly.length > 0) {
       return deny(
         400,
-        `ProtectedResource ${readOnly.map((r) => r.metadata.name ?? '').join(', ')} has a delivered credential and a readOnlyCredentialSecretRef; the read-only credential is not delivered (yet): drop one of the two`,
+        `ProtectedResource ${readOnly.map((r) => r.metadata.name ?? '').join(', ')} has a delivered credential and a read-only one outside the credential namespace ${settings.credentialNamespace ?? '(none configured)'}: both are delivered from it or both mounted`,
       );
     }
     if (delivered.length !== served.length) {

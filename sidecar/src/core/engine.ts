@@ -59,6 +59,11 @@ export interface ResourceEndpoint {
    * certificate) and writes what clients need to reach the endpoint (the agent's kubeconfig). Optional.
    */
   ready?(address: { readonly host: string; readonly port: number }): Promise<void>;
+  /**
+   * Called once the listener is closed and every connection of it ended (the sidecar stops): ends what the
+   * endpoint keeps beyond its connections (parked upstream sessions). Optional.
+   */
+  close?(): Promise<void>;
 }
 
 export interface Engine<Config extends ResourceListenerConfig = ResourceListenerConfig> {

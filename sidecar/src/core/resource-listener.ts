@@ -111,5 +111,6 @@ export class ResourceListener {
     for (const c of this.open) c.close('sidecar shutting down');
     for (const c of this.refusing) c.close('sidecar shutting down');
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
+    await this.endpoint.close?.();
   }
 }

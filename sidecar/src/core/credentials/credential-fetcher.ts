@@ -1,8 +1,9 @@
 // Delivered credentials (docs/injection.md, "Credentials out of the editors' reach"): when the upstream
 // credential lives in the operator's credential namespace, which the agents' editors cannot read, the
 // sidecar asks the operator for it with its pod-bound token (operator/src/credentials/credential-delivery.ts)
-// and writes it where its listeners read it (`<dir>/<resource>/username`, `password`, `ca.crt`, and the
-// key of the hash masking strategy, `masking-key`, which the engine reads at start): a memory
+// and writes it where its listeners read it (`<dir>/<resource>/username`, `password`, `ca.crt`, the
+// read-only login's `read-only/username` and `read-only/password`, and the key of the hash masking
+// strategy, `masking-key`, which the engine reads at start): a memory
 // emptyDir mounted in the sidecar alone. It asks again every refreshSeconds, so a rotated credential is
 // picked up without a restart (new upstream connections read the files). Files are replaced atomically.
 // The evidence store's writer password and CA (docs/evidence-store.md) come the same way, asked for with
@@ -29,6 +30,8 @@ interface Delivered {
   readonly password?: unknown;
   readonly ca?: unknown;
   readonly maskingKey?: unknown;
+  readonly readOnlyUsername?: unknown;
+  readonly readOnlyPassword?: unknown;
 }
 
 function writeAtomically(path: string, content: Buffer): void {
@@ -89,6 +92,12 @@ export class CredentialFetcher {
         if (typeof answer.ca === 'string') writeAtomically(join(dir, 'ca.crt'), Buffer.from(answer.ca, 'base64'));
         if (typeof answer.maskingKey === 'string') {
           writeAtomically(join(dir, 'masking-key'), Buffer.from(answer.maskingKey, 'base64'));
+        }
+        if (typeof answer.readOnlyUsername === 'string' && typeof answer.readOnlyPassword === 'string') {
+          // The least-privilege login, where the listener's readOnlyUsernameFile/readOnlyPasswordFile point.
+          mkdirSync(join(dir, 'read-only'), { recursive: true, mode: 0o700 });
+          writeAtomically(join(dir, 'read-only', 'username'), Buffer.from(answer.readOnlyUsername, 'base64'));
+          writeAtomically(join(dir, 'read-only', 'password'), Buffer.from(answer.readOnlyPassword, 'base64'));
         }
         if (!this.fetched.has(resource)) this.options.logger.info('credential delivered by the operator', { resource });
         this.fetched.add(resource);

@@ -375,7 +375,8 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
     });
     this.tracker = tracker;
     const masking = new ResultMasking({ catalog: this.ctx.catalog, hashKey: this.ctx.maskingHashKey });
-    this.gate = new StatementGate({ analyzer, session, upstream: tracker, logger: this.ctx.logger, pins, masking });
+    const gate = { analyzer, session, upstream: tracker, logger: this.ctx.logger, pins, masking };
+    this.gate = new StatementGate({ ...gate, onAnalysed: (statements) => lease.noteStatements(statements) });
     this.ctx.register(this);
     lease.attach(this.client, this.onUpstreamData, (closed) => {
       const message = closed

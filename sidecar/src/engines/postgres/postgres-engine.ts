@@ -158,6 +158,11 @@ class PostgresEndpoint implements ResourceEndpoint, ConnectionContext {
     return new PostgresConnection(this, socket, refusal);
   }
 
+  /** The listener closed: parked upstream sessions get Terminate (docs/postgres-engine.md, "Upstream session reuse"). */
+  close(): Promise<void> {
+    return this.upstreamReuse.close();
+  }
+
   upstreamTls(): UpstreamTlsOptions {
     return this.upstreamTlsOptions;
   }

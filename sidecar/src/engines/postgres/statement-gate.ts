@@ -132,6 +132,8 @@ export interface StatementGateOptions {
   readonly pins: SessionPins;
   /** Result masking of this connection (masking/result-masking.ts); without it nothing is masked. */
   readonly masking?: ResultMasking;
+  /** Told every analysed statement, allowed or not (upstream reuse looks for what a reset cannot undo). */
+  readonly onAnalysed?: (statements: readonly AnalyzedStatement[]) => void;
 }
 
 /** The portal an Execute runs, as result masking needs it (its row shape). */
@@ -153,6 +155,7 @@ export class StatementGate {
   private readonly sqlPrepared = new Map<string, AnalyzedStatement>();
   private readonly pins: SessionPins;
   private readonly searchPath: readonly string[];
+  private readonly onAnalysed: StatementGateOptions['onAnalysed'];
 
   constructor(options: StatementGateOptions) {
     this.analyzer = options.analyzer;
@@ -162,6 +165,7 @@ export class StatementGate {
     this.pins = options.pins;
     this.searchPath = pinnedSearchPath(options.pins);
     this.masking = options.masking;
+    this.onAnalysed = options.onAnalysed;
   }
 
   /** What a Describe's unit does with the RowDescription it gets: remembers the row shape for masking. */
@@ -470,6 +474,7 @@ export class StatementGate {
         ...(analysis.error.position === undefined ? {} : { position: analysis.error.position }),
       });
     }
+    this.onAnalysed?.(analysis.statements);
     for (const s of analysis.statements) {
       if (s.setting === undefined && s.configures === undefined && s.transaction !== 'begin') continue;
       const refusal = settingRefusal(s, this.pins);

@@ -10,6 +10,8 @@ export type DiscardReason =
   | 'unclean'
   /** DISCARD ALL or the check after it failed, timed out, or left the session different from its login. */
   | 'reset-failed'
+  /** The connection ran something no reset can undo or see (LOAD, a DO block; upstream-reuse.ts statementResidue). */
+  | 'unresettable'
   /** The key already had maxParkedPerKey, or the pool maxParked. */
   | 'full'
   | 'idle-timeout'

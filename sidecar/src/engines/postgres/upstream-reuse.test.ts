@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { loginKey, resetProblem, type LoginKeyParts } from './upstream-reuse.ts';
+import { analyzeSql, loadSqlParser } from './analysis/analyze-sql.ts';
+import { loginKey, resetCheckSql, resetProblem, statementResidue, type LoginKeyParts } from './upstream-reuse.ts';
 
 const LOGIN = new Map([
   ['application_name', 'app'],
@@ -75,4 +76,39 @@ test('loginKey differs for every part that shaped the login, and is stable other
     },
   ];
   for (const v of variants) assert.notEqual(loginKey({ ...parts, ...v }), key, JSON.stringify(v));
+});
+
+function residueOf(sql: string): ReturnType<typeof statementResidue> {
+  const analysis = analyzeSql(sql);
+  assert.ok(analysis.ok, sql);
+  return statementResidue(analysis.statements);
+}
+
+test('statementResidue names the custom settings a connection used and what no reset can undo', async () => {
+  await loadSqlParser();
+  assert.deepEqual(residueOf(`SET myapp.secret = 'x'; SET work_mem = '8MB'; RESET other.name`), {
+    placeholders: ['myapp.secret', 'other.name'],
+    unresettable: undefined,
+  });
+  assert.deepEqual(residueOf(`SELECT set_config('a.b', 'x', false), set_config('statement_timeout', '1', false)`), {
+    placeholders: ['a.b'],
+    unresettable: undefined,
+  });
+  assert.deepEqual(residueOf(`BEGIN; SET LOCAL "Tenant".x = 'y'; COMMIT`).placeholders, ['tenant.x']);
+  for (const [sql, why] of [
+    [`LOAD 'passwordcheck'`, /LOAD ran/],
+    [`/* c */ load\n'auto_explain'`, /LOAD ran/],
+    [`DO $$ BEGIN EXECUTE 'LO' || 'AD ''x'''; END $$`, /DO block/],
+    [`SELECT set_config(name, 'x', false) FROM t`, /not a literal/],
+  ] as const) {
+    assert.match(residueOf(sql).unresettable ?? '', why, sql);
+  }
+  assert.equal(residueOf(`SELECT 'load' AS word; CHECKPOINT`).unresettable, undefined);
+});
+
+test('resetCheckSql asks for each placeholder by a quoted literal', () => {
+  assert.doesNotMatch(resetCheckSql([]), /current_setting/);
+  const sql = resetCheckSql(['a.b', "o'x.y"]);
+  assert.match(sql, /ARRAY\['a\.b', 'o''x\.y'\]/);
+  assert.match(sql, /current_setting\(p\.name, true\) IS NOT NULL/);
 });

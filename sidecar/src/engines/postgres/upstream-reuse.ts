@@ -11,6 +11,7 @@ import type { Duplex } from 'node:stream';
 import type { PostgresListenerConfig } from '../../config.ts';
 import type { SidecarMetrics } from '../../core/observability/metrics.ts';
 import type { Logger } from '../../core/observability/logger.ts';
+import type { AnalyzedStatement } from './analysis/analyze-sql.ts';
 import { TERMINATE_FRAME } from './protocol/frontend-encoder.ts';
 import {
   runSimpleQueries,
@@ -39,7 +40,7 @@ export const SETTINGS_FINGERPRINT_SQL = `SELECT ${LOADED_SETTINGS_SQL}`;
  * postgres_fdw, which exist only when one of them is installed. Names are qualified: the check must not
  * run a function or read a relation the session made.
  */
-export const RESET_CHECK_SQL = [
+const RESET_CHECK_SQL_PARTS = [
   'SELECT ((SELECT pg_catalog.count(*) FROM pg_catalog.pg_cursors)',
   ' + (SELECT pg_catalog.count(*) FROM pg_catalog.pg_prepared_statements)',
   ' + (SELECT pg_catalog.count(*) FROM pg_catalog.pg_listening_channels())',
@@ -47,9 +48,70 @@ export const RESET_CHECK_SQL = [
   ' AND pid = pg_catalog.pg_backend_pid())',
   ' + (SELECT pg_catalog.count(*) FROM pg_catalog.pg_class WHERE relnamespace = pg_catalog.pg_my_temp_schema())',
   " + (SELECT pg_catalog.count(*) FROM pg_catalog.pg_extension WHERE extname IN ('dblink', 'postgres_fdw'))",
-  ' + (CASE WHEN current_user = session_user THEN 0 ELSE 1 END))::text',
-  ` || '/' || ${LOADED_SETTINGS_SQL}`,
-].join('');
+  ' + (CASE WHEN current_user = session_user THEN 0 ELSE 1 END)',
+];
+const RESET_CHECK_SQL_END = `)::text || '/' || ${LOADED_SETTINGS_SQL}`;
+
+/**
+ * The reset check, also counting the custom settings in `placeholders` that still exist after DISCARD ALL:
+ * `SET x.y` and `set_config('x.y', ...)` make a placeholder that RESET ALL empties but never removes, and
+ * PostgreSQL lists placeholders nowhere (not in pg_settings, not in SHOW ALL), so only the names the
+ * connection's statements used can be asked for. A name a loaded library defines is a real setting (in
+ * pg_settings, reset by RESET ALL) and is not counted; one that existed at login (ALTER ROLE ... SET x.y)
+ * is, which closes such a session rather than reusing it.
+ */
+export function resetCheckSql(placeholders: readonly string[]): string {
+  if (placeholders.length === 0) return RESET_CHECK_SQL_PARTS.join('') + RESET_CHECK_SQL_END;
+  const names = placeholders.map((n) => `'${n.replaceAll("'", "''")}'`).join(', ');
+  return [
+    ...RESET_CHECK_SQL_PARTS,
+    ` + (SELECT pg_catalog.count(*) FROM pg_catalog.unnest(ARRAY[${names}]::pg_catalog.text[]) AS p(name)`,
+    ' WHERE pg_catalog.current_setting(p.name, true) IS NOT NULL',
+    ' AND NOT EXISTS (SELECT FROM pg_catalog.pg_settings AS s WHERE s.name = pg_catalog.lower(p.name)))',
+    RESET_CHECK_SQL_END,
+  ].join('');
+}
+
+/** More custom setting names than this in one agent connection: the session is closed, not checked name by name. */
+const MAX_CHECKED_PLACEHOLDERS = 64;
+
+/** What an agent connection's statements leave that the reset must look for, or why no reset can be trusted. */
+export interface StatementResidue {
+  /** Lower-case custom (dotted) setting names set, reset or defaulted by the statements. */
+  readonly placeholders: readonly string[];
+  /** Why the session must be closed whatever its reset shows; undefined when nothing of the kind ran. */
+  readonly unresettable: string | undefined;
+}
+
+/**
+ * What `statements` (as the analysis saw them, whether or not they were then allowed) may leave in the
+ * session beyond what DISCARD ALL and its check can see: custom setting names (placeholders), a LOAD (a
+ * library without settings leaves no trace a query can find, and none can be unloaded), a DO block (code
+ * the analysis does not look into, which may LOAD or set_config a computed name), a set_config whose
+ * name is not a literal.
+ */
+export function statementResidue(statements: readonly AnalyzedStatement[]): StatementResidue {
+  const placeholders: string[] = [];
+  let unresettable: string | undefined;
+  for (const s of statements) {
+    if (!mayLeaveResidue(s)) continue;
+    if (s.kind === 'do') unresettable ??= 'a DO block ran (code the analysis does not look into)';
+    // Every utility statement that mentions the word: LOAD itself, however it is commented or spaced.
+    else if (s.kind === 'utility' && /\bload\b/i.test(s.text))
+      unresettable ??= 'LOAD ran (a library cannot be unloaded)';
+    const named = [...(s.configures ?? []), ...(s.setting === undefined ? [] : [s.setting.name])];
+    for (const name of named) {
+      if (name === '*') unresettable ??= 'set_config with a name that is not a literal';
+      else if (name.includes('.')) placeholders.push(name);
+    }
+  }
+  return { placeholders, unresettable };
+}
+
+/** Whether statementResidue has anything to look at in `s` (most statements: no; checked per statement). */
+function mayLeaveResidue(s: AnalyzedStatement): boolean {
+  return s.kind === 'do' || s.kind === 'utility' || s.setting !== undefined || s.configures !== undefined;
+}
 
 /** What shaped an upstream login; equal keys mean interchangeable sessions. */
 export interface LoginKeyParts {
@@ -189,6 +251,10 @@ export class LeasedUpstream {
   private cancelSent = false;
   /** handBack() said yes: the agent connection ended cleanly on an idle session. */
   clean = false;
+  /** Custom setting names the connection's statements used: the reset check asks whether they still exist. */
+  readonly placeholders = new Set<string>();
+  /** Why the session must not be reused whatever its reset shows (statementResidue). */
+  unresettable: string | undefined;
   private detach: (() => void) | undefined;
 
   constructor(session: UpstreamSession, reused: boolean) {
@@ -219,6 +285,17 @@ export class LeasedUpstream {
   /** The client sent a message of this type (Terminate leaves the state as the message before it made it). */
   noteClientMessage(type: string): void {
     if (type !== 'Terminate') this.atSyncPoint = SYNC_POINTS.has(type);
+  }
+
+  /** The analysis of statements the agent sent (allowed or not): what they may leave that a reset cannot see. */
+  noteStatements(statements: readonly AnalyzedStatement[]): void {
+    if (!statements.some(mayLeaveResidue)) return; // no allocation on the hot path
+    const residue = statementResidue(statements);
+    this.unresettable ??= residue.unresettable;
+    for (const name of residue.placeholders) this.placeholders.add(name);
+    if (this.placeholders.size > MAX_CHECKED_PLACEHOLDERS) {
+      this.unresettable ??= `more than ${String(MAX_CHECKED_PLACEHOLDERS)} custom settings used`;
+    }
   }
 
   /** A CancelRequest is being sent upstream with this session's key. */
@@ -279,6 +356,8 @@ export class UpstreamReuse {
   private readonly logger: Logger;
   private readonly now: () => number;
   private sweeper: NodeJS.Timeout | undefined;
+  /** Set by close(): the sockets of sessions closed since, until they are closed. */
+  private closing: Promise<void>[] | undefined;
 
   constructor(options: UpstreamReuseOptions) {
     this.config = options.config;
@@ -341,6 +420,7 @@ export class UpstreamReuse {
     }
     const session = new UpstreamSession(connection, key, this.now(), loginSettings, (reason) => {
       this.metrics.upstreamDiscards.inc({ listener: this.listener, reason });
+      if (this.closing !== undefined) this.closing.push(socketClosed(connection.socket));
     });
     session.uses = 1;
     return new LeasedUpstream(session, false);
@@ -354,14 +434,26 @@ export class UpstreamReuse {
     lease.release();
     const session = lease.session;
     if (!this.config.enabled) session.discard('disabled');
+    else if (this.closing !== undefined) session.discard('shutdown');
     else if (!lease.clean) session.discard('unclean');
-    else if (this.pool.expired(session.loggedInAt)) session.discard('lifetime');
-    else void this.resetAndPark(session, lease.connection.parameters);
+    else if (lease.unresettable !== undefined) {
+      this.logger.info('upstream session not reused', { backendPid: lease.backendPid, reason: lease.unresettable });
+      session.discard('unresettable');
+    } else if (this.pool.expired(session.loggedInAt)) session.discard('lifetime');
+    else void this.resetAndPark(session, lease.connection.parameters, [...lease.placeholders]);
   }
 
-  /** Closes every parked session (the sidecar stops). */
-  close(): void {
-    this.pool.clear('shutdown');
+  /**
+   * The sidecar stops: every parked session gets Terminate and is closed, and so is every session released
+   * from now on (one being reset is closed when its reset ends). Resolves once their sockets closed (each
+   * is destroyed a second after its Terminate at the latest).
+   */
+  close(): Promise<void> {
+    if (this.closing === undefined) {
+      this.closing = [];
+      this.pool.clear('shutdown');
+    }
+    return Promise.all(this.closing).then(() => undefined);
   }
 
   /** Closes parked sessions past their idle timeout or lifetime (also run by a timer while any is parked). */
@@ -369,13 +461,21 @@ export class UpstreamReuse {
     return this.pool.sweep();
   }
 
-  private async resetAndPark(session: UpstreamSession, sessionParameters: ReadonlyMap<string, string>): Promise<void> {
+  private async resetAndPark(
+    session: UpstreamSession,
+    sessionParameters: ReadonlyMap<string, string>,
+    placeholders: readonly string[],
+  ): Promise<void> {
     const socket = session.socket;
     const swallow = (): void => undefined;
     socket.on('error', swallow); // errors surface through runSimpleQueries
     let problem: string | undefined;
     try {
-      const outcome = await runSimpleQueries(socket, ['DISCARD ALL', RESET_CHECK_SQL], this.config.resetTimeoutMs);
+      const outcome = await runSimpleQueries(
+        socket,
+        ['DISCARD ALL', resetCheckSql(placeholders)],
+        this.config.resetTimeoutMs,
+      );
       problem = resetProblem(session.loginParameters, sessionParameters, session.loginSettings, outcome);
     } catch (err) {
       problem = err instanceof Error ? err.message : String(err);
@@ -388,6 +488,10 @@ export class UpstreamReuse {
         reason: problem,
       });
       session.discard('reset-failed');
+      return;
+    }
+    if (this.closing !== undefined) {
+      session.discard('shutdown');
       return;
     }
     if (!this.pool.park(session.key, session)) return;
@@ -406,6 +510,11 @@ export class UpstreamReuse {
       this.sweeper.unref();
     }
   }
+}
+
+/** Resolves when `socket` has closed. */
+function socketClosed(socket: Duplex): Promise<void> {
+  return socket.destroyed ? Promise.resolve() : new Promise((resolve) => socket.once('close', () => resolve()));
 }
 
 /** Why a reset left the session unfit for another agent connection; undefined when it is fit. */
