@@ -28,6 +28,9 @@ export class RecordChain {
   /** Unset until the first record: a session links to the pod's newest session when it records, not when it opens. */
   private prevHash: string | undefined;
   private commandId = 0;
+  /** The link and the time of the last record written: what amendLast() seals its replacement with. */
+  private lastPrev = '';
+  private lastTime = '';
 
   /** The verified identity the session.start record carries (its whole delegation chain). */
   private readonly identity: Identity | undefined;
@@ -90,10 +93,40 @@ export class RecordChain {
       this.prevHash !== undefined,
     );
     const record = sealed.record;
+    const prev = this.lastHash;
     this.sink.write(this.origin, record, sealed);
     this.seq = record.seq;
+    this.lastPrev = prev;
+    this.lastTime = record.time;
     this.prevHash = record.hash;
     if (record.seq === 1) this.chain.advance(record.hash);
     return record;
+  }
+
+  /** Seq of the last record written (0 before the first). */
+  get lastSeq(): number {
+    return this.seq;
+  }
+
+  /**
+   * Replaces the last record written (a command.decision, seq `seq`) by `content`, the same decision with
+   * its command's outcome in it: same seq, time and link, a new hash (one record per statement, docs/audit.md
+   * "One record per statement"). Only when the sink can still replace it (AuditSink.amend: it has not passed
+   * the decision on); then the chain continues from the new record. False: nothing changed, the outcome is
+   * to be written as a record of its own.
+   */
+  amendLast(seq: number, content: RecordContent, known?: KnownMember): boolean {
+    const sink = this.sink;
+    if (sink.amend === undefined || seq !== this.seq || seq < 2) return false;
+    const members: Omit<UnhashedRecord, 'prevHash'> = {
+      v: AUDIT_RECORD_VERSION,
+      seq,
+      time: this.lastTime,
+      ...content,
+    };
+    const sealed = sealLinked(members, this.lastPrev, known === undefined ? undefined : [known], true);
+    if (!sink.amend(this.origin, sealed.record, sealed)) return false;
+    this.prevHash = sealed.record.hash;
+    return true;
   }
 }

@@ -63,6 +63,7 @@ export interface SessionWriterOptions {
 }
 
 interface Queued {
+  /** Its spool entry (the decision's, for a decision merged with its outcome). */
   readonly id: number;
   readonly record: AuditRecord;
   readonly bytes: number;
@@ -117,6 +118,11 @@ interface SessionState {
    * there; later ones take the cheaper COPY.
    */
   mayExistThrough: number;
+  /**
+   * The highest seq handed to a write (whose outcome may be unknown): a record up to it may be in Kubernetes
+   * or the store as it was, so it is never replaced by a merged one (amend).
+   */
+  takenThrough: number;
 }
 
 const UNAUTHENTICATED: Identity = { subject: 'unauthenticated', issuer: '' };
@@ -230,6 +236,7 @@ export class SessionWriter {
         lastFlushAt: 0,
         // A session that starts here has nothing in the store; a replayed or resumed one may have anything.
         mayExistThrough: !replayed && record.seq === 1 ? 0 : Number.MAX_SAFE_INTEGER,
+        takenThrough: 0,
       };
       this.sessions.set(session.sessionId, s);
     }
@@ -256,6 +263,50 @@ export class SessionWriter {
       this.sinceKick = 0;
       this.schedule(0);
     }
+  }
+
+  /**
+   * Whether the record `seq` of the session is the last one queued and not yet handed to a write, so that
+   * amend() may replace it.
+   */
+  canAmend(sessionId: string, seq: number): boolean {
+    const s = this.sessions.get(sessionId);
+    if (s === undefined || s.head >= s.queue.length || seq <= s.takenThrough) return false;
+    return (s.queue[s.queue.length - 1] as Queued).record.seq === seq;
+  }
+
+  /**
+   * Replaces the queued record `record.seq` of the session by `record` (its decision merged with its
+   * outcome, which is spool entry `id`); the caller checked canAmend (or replays the spool). Keeps the
+   * decision's entry id, so the spool is acknowledged past the outcome's entry only once the merged record
+   * is written (every later record has a higher id).
+   */
+  amend(id: number, sessionId: string, record: AuditRecord, text: string): void {
+    const s = this.sessions.get(sessionId);
+    if (s === undefined) return;
+    for (let i = s.queue.length - 1; i >= s.head; i--) {
+      const q = s.queue[i] as Queued;
+      if (q.record.seq !== record.seq) continue;
+      s.queue[i] = { id: q.id, record, bytes: Buffer.byteLength(text) + 1, text };
+      break;
+    }
+    this.lastEnqueuedId = Math.max(this.lastEnqueuedId, id);
+  }
+
+  /** The queued, unwritten record `seq` of the session (spool replay). */
+  queuedRecord(sessionId: string, seq: number): AuditRecord | undefined {
+    const s = this.sessions.get(sessionId);
+    if (s === undefined) return undefined;
+    for (let i = s.queue.length - 1; i >= s.head; i--) {
+      const q = s.queue[i] as Queued;
+      if (q.record.seq === seq) return q.record;
+    }
+    return undefined;
+  }
+
+  /** A spool entry with nothing left to write (a replayed outcome whose decision was written): acknowledged with what precedes it. */
+  acknowledgeLater(id: number): void {
+    this.lastEnqueuedId = Math.max(this.lastEnqueuedId, id);
   }
 
   /** Resolves once every record queued so far is in Kubernetes, or after `timeoutMs` (then false). */
@@ -456,6 +507,7 @@ export class SessionWriter {
       bytes += q.bytes;
       seq = q.record.seq;
     }
+    if (seq !== undefined) s.takenThrough = Math.max(s.takenThrough, seq);
     return batch;
   }
 
@@ -612,6 +664,9 @@ export class SessionWriter {
     // What is queued now, not what arrives meanwhile: the flush ends, the status is written, and the next
     // flush (at once, when a batch's worth arrived) takes the rest.
     let remaining = s.queue.length - s.head;
+    // Every record queued now may be sent (its outcome unknown until it answers): none is replaced after this.
+    const lastQueued = s.queue[s.queue.length - 1];
+    if (lastQueued !== undefined) s.takenThrough = Math.max(s.takenThrough, lastQueued.record.seq);
     while (s.head < s.queue.length && remaining > 0) {
       const cur = s.current;
       const first = s.queue[s.head] as Queued;
