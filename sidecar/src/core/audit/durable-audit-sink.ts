@@ -70,6 +70,7 @@ export interface DurableAuditSinkOptions {
       | 'concurrency'
       | 'eventIntervalMs'
       | 'storeBatchRecords'
+      | 'storeHeadIntervalMs'
     >
   >;
 }

@@ -60,6 +60,12 @@ export interface SessionWriterOptions {
   readonly evidence?: EvidenceStore;
   /** With an evidence store: records inserted (and covered by one head) per batch. Default 4096. */
   readonly storeBatchRecords?: number;
+  /**
+   * With an evidence store: the shortest time between two head (and status) writes of one session, ms; records
+   * are inserted every flush interval meanwhile. A full batch, the session's end, the sidecar stopping or
+   * flush() write the head at once. Default 5000.
+   */
+  readonly storeHeadIntervalMs?: number;
 }
 
 interface Queued {
@@ -112,6 +118,8 @@ interface SessionState {
   storedThrough: number;
   /** When its last flush began (Date.now()); with an evidence store a session is flushed once per interval. */
   lastFlushAt: number;
+  /** With an evidence store: when its head was last written (Date.now()). */
+  lastHeadAt: number;
   /**
    * With an evidence store: the highest seq that may be in the store without this process knowing (sent in
    * an insert whose outcome is unknown, or by an earlier process). Batches reaching down to it skip what is
@@ -158,6 +166,7 @@ export class SessionWriter {
   private readonly evidence: EvidenceStore | undefined;
   /** Records that make a flush start at once rather than at the next tick. */
   private readonly kickRecords: number;
+  private readonly headIntervalMs: number;
   private readonly now: () => Date;
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<void> | undefined;
@@ -184,6 +193,7 @@ export class SessionWriter {
     // With a store, heads (API writes) follow batches: kick per batch, not per Session part.
     this.kickRecords = this.evidence === undefined ? this.maxRecords : (options.storeBatchRecords ?? 4096);
     this.now = options.now ?? (() => new Date());
+    this.headIntervalMs = options.storeHeadIntervalMs ?? 5000;
   }
 
   /** Records accepted and not yet in Kubernetes. */
@@ -234,6 +244,7 @@ export class SessionWriter {
         continued: [],
         storedThrough: 0,
         lastFlushAt: 0,
+        lastHeadAt: 0,
         // A session that starts here has nothing in the store; a replayed or resumed one may have anything.
         mayExistThrough: !replayed && record.seq === 1 ? 0 : Number.MAX_SAFE_INTEGER,
         takenThrough: 0,
@@ -407,7 +418,7 @@ export class SessionWriter {
       while (next < ready.length) {
         const s = ready[next] as SessionState;
         next += 1;
-        await this.flushSession(s);
+        await this.flushSession(s, forced);
       }
     };
     await Promise.all(Array.from({ length: Math.min(this.options.concurrency ?? 4, ready.length) }, worker));
@@ -438,7 +449,7 @@ export class SessionWriter {
     }
   }
 
-  private async flushSession(s: SessionState): Promise<void> {
+  private async flushSession(s: SessionState, forced: boolean): Promise<void> {
     s.busy = true;
     s.lastFlushAt = Date.now();
     try {
@@ -448,7 +459,7 @@ export class SessionWriter {
       // A session begun in Session objects before a store was configured stays in them.
       const evidence = s.current?.stored === false ? undefined : this.evidence;
       const inStore = evidence !== undefined;
-      if (evidence !== undefined) written = await this.flushToStore(s, evidence);
+      if (evidence !== undefined) written = await this.flushToStore(s, evidence, forced);
       while (!inStore && s.head < s.queue.length) {
         const cur = s.current;
         const first = s.queue[s.head] as Queued;
@@ -651,7 +662,7 @@ export class SessionWriter {
    * Evidence-store mode: inserts the queued records in batches and after each writes the signed head that
    * covers it into the session's Session object (created with the first batch). Returns batches written.
    */
-  private async flushToStore(s: SessionState, evidence: EvidenceStore): Promise<number> {
+  private async flushToStore(s: SessionState, evidence: EvidenceStore, forced: boolean): Promise<number> {
     const ref = s.ref;
     const session = {
       sessionId: ref.sessionId,
@@ -690,6 +701,18 @@ export class SessionWriter {
         this.options.metrics?.storeSeconds?.observe(Number(process.hrtime.bigint() - started) / 1e9);
         s.storedThrough = Math.max(s.storedThrough, last.seq);
       }
+      // A head (and the status after it) costs the API server the same whatever it covers: between heads
+      // records are only inserted, and stay in the spool until a head covers them (docs/evidence-store.md).
+      const headDue =
+        cur === undefined ||
+        forced ||
+        s.ended ||
+        s.abandoned ||
+        this.stopped ||
+        batch.length >= this.kickRecords ||
+        Date.now() - s.lastHeadAt >= this.headIntervalMs;
+      if (!headDue) break;
+      s.lastHeadAt = Date.now();
       if (cur === undefined) {
         await this.createPart(s, 0, undefined, batch);
       } else {
