@@ -1,4 +1,4 @@
-// One record per statement with the durable spool and the evidence store (docs/audit-durability.md, "One
+// One record per statement with the durable spool (docs/audit-durability.md, "One
 // record per statement"): a statement's decision is durable before it runs, and when its outcome comes
 // before the writer has taken the decision, the store gets one merged record. Here: merged records verify
 // and count; an outcome that comes after the decision was stored gets its own record; a sidecar killed
@@ -140,10 +140,16 @@ test('evidence store: a decision and its outcome are one record; a late outcome 
   const quickName = quickTrail.parts[0]?.metadata.name ?? '';
   const shown = await cli('sessions', 'show', quickName);
   assert.equal(shown.code, 0, shown.stderr);
-  const errorLine = shown.stdout
-    .split('\n')
-    .find((l) => l.includes('select 1/0') && /\bcommand\.(decision|outcome)\b.*error 22012/.test(l));
-  assert.ok(errorLine !== undefined, shown.stdout);
+  const lines = shown.stdout.split('\n');
+  assert.equal(
+    lines.filter((l) => /\bcommand\.decision\b.*=> ALLOW.* {2}(success|error)\b/.test(l)).length,
+    quickCount.merged,
+    'each merged record shows its decision and its outcome',
+  );
+  assert.ok(
+    lines.some((l) => /\bcommand\.(decision|outcome)\b.*error 22012/.test(l)),
+    'select 1/0 fails with division_by_zero',
+  );
 
   // An auditor with database superuser rights edits a merged record: the error becomes a success.
   const mergedError = quickTrail.records.find((r) => r.type === 'command.decision' && r.outcome?.status === 'error');
@@ -217,4 +223,29 @@ test('evidence store: SIGKILL between a decision and its outcome leaves a verifi
     PGPASSWORD: db.auditor.password,
   });
   assert.equal(verify.code, 0, verify.stdout + verify.stderr);
+});
+
+test('Session objects: a decision and its outcome are one record there too', async (t) => {
+  const namespace = await createTestNamespace(t);
+  const { kubeconfig } = controlPlaneEnv();
+  const sidecar = await startAuditSidecar(t, {
+    kubeconfig,
+    namespace,
+    flushIntervalMs: 200,
+    audit: { exportJsonLines: false },
+  });
+  const c = await client(sidecar, 'objects');
+  for (let i = 0; i < 300; i++) await c.query(`select ${String(i)} as n`);
+  await c.end();
+  const sessions = await waitFor('the session Closed', async () => {
+    const list = await listSessions(kubeconfig, namespace);
+    return list.length > 0 && list.some((s) => s.status?.phase === 'Closed') ? list : undefined;
+  });
+  const [v] = await verifySessions(sessions, namespace);
+  assert.ok(v !== undefined);
+  const count = checkOnePerStatement(v);
+  assert.equal(count.merged + count.separate, 300);
+  assert.ok(count.merged > 0);
+  assert.equal(v.records.length, 2 + 300 + count.separate);
+  assert.deepEqual(lastStatus(v).counters, expectedCounters(v.records));
 });

@@ -237,18 +237,16 @@ interface QueuedRecord {
   readonly known: KnownMember | undefined;
   readonly time: bigint | undefined;
   /**
-   * Set when `content` is a decision with its outcome that replaces the decision record `seq` (RecordChain.
-   * amendLast); `outcome` is what is written instead when the sink has passed that decision on.
+   * Set when `content` is a command.outcome whose `outcome` is first to be merged into the decision record
+   * `seq` (RecordChain.amendLast); `content` is written only when that cannot be done.
    */
-  readonly amends?: { readonly seq: number; readonly outcome: RecordContent };
+  readonly amends?: number;
 }
 
 /** The last decision written to a sink that can merge its outcome into it later (AuditSink.amend). */
 interface WrittenDecision {
   readonly id: number;
   readonly seq: number;
-  readonly content: RecordContent;
-  readonly known: KnownMember;
 }
 
 /** A decision record held for its command's outcome (deferrable sinks, see AgentSession.record). */
@@ -440,7 +438,7 @@ export class AgentSession {
     }
     // The durable spool: the decision is written (and durable) before the command runs, and its outcome
     // replaces it by one merged record if the sink has not passed it on by then (complete()).
-    if (this.options.sink.amend !== undefined) this.written = { id, seq: this.records.lastSeq, content, known: result };
+    if (this.options.sink.amend !== undefined) this.written = { id, seq: this.records.lastSeq };
     return { id, decision, startedAt, recorded: true, audit: this.clearance() };
   }
 
@@ -739,12 +737,7 @@ export class AgentSession {
       // Its decision is written and durable; if nothing was recorded since and the sink still has it, the
       // two become one record (writeQueued), or else the outcome is a record of its own.
       this.written = undefined;
-      this.queueSoon({
-        content: { ...written.content, outcome: recorded },
-        known: written.known,
-        time: undefined,
-        amends: { seq: written.seq, outcome: alone },
-      });
+      this.queueSoon({ content: alone, known: undefined, time: undefined, amends: written.seq });
       return;
     }
     this.writeSoon(alone);
@@ -813,8 +806,12 @@ export class AgentSession {
       try {
         const amends = queued.amends;
         if (amends === undefined) this.writeNow(queued.content, false, queued.known, queued.time);
-        else if (this.lost > 0 || !this.records.amendLast(amends.seq, queued.content, queued.known))
-          this.writeNow(amends.outcome);
+        else if (
+          this.lost > 0 ||
+          queued.content.outcome === undefined ||
+          !this.records.amendLast(amends, queued.content.outcome)
+        )
+          this.writeNow(queued.content);
       } catch (err) {
         // Not the engine's step any more, so nothing can fail closed here: count it as a lost record.
         this.lose(err instanceof Error ? err.message : String(err));

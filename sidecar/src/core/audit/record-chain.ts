@@ -9,12 +9,13 @@ import {
   formatAuditTime,
   nowMicros,
   sealLinked,
+  sealWithOutcome,
   type AuditRecord,
   type Identity,
   type KnownMember,
   type UnhashedRecord,
 } from '@chaperone/api';
-import type { AuditSink, RecordOrigin } from './audit-sink.ts';
+import type { AuditSink, RecordOrigin, SealedText } from './audit-sink.ts';
 import type { PodChain } from './pod-chain.ts';
 
 export type RecordContent = Omit<AuditRecord, 'v' | 'seq' | 'time' | 'prevHash' | 'hash'>;
@@ -28,9 +29,8 @@ export class RecordChain {
   /** Unset until the first record: a session links to the pod's newest session when it records, not when it opens. */
   private prevHash: string | undefined;
   private commandId = 0;
-  /** The link and the time of the last record written: what amendLast() seals its replacement with. */
-  private lastPrev = '';
-  private lastTime = '';
+  /** The last record written and its canonical text: what amendLast() merges an outcome into. */
+  private last: (SealedText & { readonly record: AuditRecord }) | undefined;
 
   /** The verified identity the session.start record carries (its whole delegation chain). */
   private readonly identity: Identity | undefined;
@@ -93,11 +93,9 @@ export class RecordChain {
       this.prevHash !== undefined,
     );
     const record = sealed.record;
-    const prev = this.lastHash;
     this.sink.write(this.origin, record, sealed);
     this.seq = record.seq;
-    this.lastPrev = prev;
-    this.lastTime = record.time;
+    this.last = sealed;
     this.prevHash = record.hash;
     if (record.seq === 1) this.chain.advance(record.hash);
     return record;
@@ -109,24 +107,21 @@ export class RecordChain {
   }
 
   /**
-   * Replaces the last record written (a command.decision, seq `seq`) by `content`, the same decision with
-   * its command's outcome in it: same seq, time and link, a new hash (one record per statement, docs/audit.md
-   * "One record per statement"). Only when the sink can still replace it (AuditSink.amend: it has not passed
-   * the decision on); then the chain continues from the new record. False: nothing changed, the outcome is
-   * to be written as a record of its own.
+   * Replaces the last record written (the command.decision `seq`) by the same decision with its command's
+   * outcome in it: same seq, time and link, a new hash (one record per statement, docs/audit-durability.md).
+   * Only when the sink can still replace it (AuditSink.amend: it has not passed the decision on); then the
+   * chain continues from the new record. False: nothing changed, the outcome is to be written as a record of
+   * its own.
    */
-  amendLast(seq: number, content: RecordContent, known?: KnownMember): boolean {
+  amendLast(seq: number, outcome: NonNullable<AuditRecord['outcome']>): boolean {
     const sink = this.sink;
-    if (sink.amend === undefined || seq !== this.seq || seq < 2) return false;
-    const members: Omit<UnhashedRecord, 'prevHash'> = {
-      v: AUDIT_RECORD_VERSION,
-      seq,
-      time: this.lastTime,
-      ...content,
-    };
-    const sealed = sealLinked(members, this.lastPrev, known === undefined ? undefined : [known], true);
-    if (!sink.amend(this.origin, sealed.record, sealed)) return false;
-    this.prevHash = sealed.record.hash;
+    const last = this.last;
+    if (sink.amend === undefined || last === undefined) return false;
+    if (last.record.seq !== seq || last.record.type !== 'command.decision') return false;
+    const merged = sealWithOutcome(last, outcome);
+    if (merged === undefined || !sink.amend(this.origin, merged.record, merged)) return false;
+    this.last = merged;
+    this.prevHash = merged.record.hash;
     return true;
   }
 }
