@@ -118,6 +118,16 @@ test('evidence store: a decision and its outcome are one record; a late outcome 
   for (const r of quickTrail.records) assert.equal(r.v, 3);
   assert.deepEqual(lastStatus(quickTrail).counters, expectedCounters(quickTrail.records));
   assert.equal(lastStatus(quickTrail).counters.errors, 1, 'the error is counted whether merged or not');
+  // What a restarted writer resumes from: the store's counters function counts merged records the same way.
+  const writer = await db.connect(db.writer);
+  const { rows } = await writer.query<Record<string, string>>('select * from chaperone.session_counters($1, $2)', [
+    quickTrail.sessionId,
+    quickTrail.records.length,
+  ]);
+  assert.deepEqual(
+    Object.fromEntries(Object.entries(rows[0] ?? {}).map(([k, n]) => [k, Number(n)])),
+    expectedCounters(quickTrail.records),
+  );
 
   // The late statement: its decision was stored alone, so its outcome is the next record, on its own.
   const late = byText(lateTrail.records, 'late-outcome');
