@@ -73,8 +73,11 @@ interface Queued {
   readonly id: number;
   readonly record: AuditRecord;
   readonly bytes: number;
-  /** The canonical text, when the caller had it (the evidence store keeps exactly the text hashed). */
-  readonly text: string | undefined;
+  /**
+   * The canonical text, when the caller had it (the evidence store keeps exactly the text hashed); dropped
+   * once the record is in the store, where it may wait for its head for seconds.
+   */
+  text: string | undefined;
 }
 
 interface Part {
@@ -700,6 +703,7 @@ export class SessionWriter {
         await evidence.append(session, unstored, canonicalRecordText, mayExist);
         this.options.metrics?.storeSeconds?.observe(Number(process.hrtime.bigint() - started) / 1e9);
         s.storedThrough = Math.max(s.storedThrough, last.seq);
+        for (const q of unstored) q.text = undefined;
       }
       // A head (and the status after it) costs the API server the same whatever it covers: between heads
       // records are only inserted, and stay in the spool until a head covers them (docs/evidence-store.md).
