@@ -26,8 +26,9 @@ const HIGH_WATER = 0.8;
 /** A session reference as read back from the spool. */
 type SpooledOrigin = Omit<RecordOrigin, 'resourceType'> & Partial<Pick<RecordOrigin, 'resourceType'>>;
 /**
- * A spool entry that merges a command's outcome into its decision record spooled before it (the same
- * session, `seq`): the merged record is that decision with `outcome` and the new `hash`.
+ * A spool entry (`{"i": sessionId, "m": SpooledOutcome}`) that merges a command's outcome into its decision
+ * record spooled before it (that session's `seq`): the merged record is that decision with `outcome` and
+ * the new `hash`.
  */
 interface SpooledOutcome {
   readonly seq: number;
@@ -141,20 +142,23 @@ export class DurableAuditSink implements AuditSink {
     for (const r of repairs) options.logger.warn('audit spool repaired on replay', { repair: r });
     let replayed = 0;
     for (const e of entries) {
-      let parsed: { s: SpooledOrigin; r?: AuditRecord; m?: SpooledOutcome };
+      let parsed: { s?: SpooledOrigin; r?: AuditRecord; i?: string; m?: SpooledOutcome };
       try {
-        parsed = JSON.parse(e.payload.toString('utf8')) as { s: SpooledOrigin; r?: AuditRecord; m?: SpooledOutcome };
+        parsed = JSON.parse(e.payload.toString('utf8')) as typeof parsed;
       } catch (err) {
         options.logger.error('unreadable audit spool entry skipped', { id: e.id, error: err });
         continue;
       }
-      // Entries spooled before references carried the resource type were all PostgreSQL's (the only engine then).
-      const ref: RecordOrigin = { ...parsed.s, resourceType: parsed.s.resourceType ?? 'postgres' };
       if (parsed.m !== undefined) {
-        sink.replayOutcome(e.id, ref, parsed.m);
+        sink.replayOutcome(e.id, parsed.i ?? '', parsed.m);
         continue;
       }
-      if (parsed.r === undefined) continue;
+      if (parsed.s === undefined || parsed.r === undefined) {
+        options.logger.error('unreadable audit spool entry skipped', { id: e.id });
+        continue;
+      }
+      // Entries spooled before references carried the resource type were all PostgreSQL's (the only engine then).
+      const ref: RecordOrigin = { ...parsed.s, resourceType: parsed.s.resourceType ?? 'postgres' };
       sink.writer.enqueue(e.id, ref, parsed.r, true);
       replayed += 1;
     }
@@ -195,7 +199,11 @@ export class DurableAuditSink implements AuditSink {
     const merge: SpooledOutcome = { seq: record.seq, hash: record.hash, outcome: record.outcome };
     let id: number;
     try {
-      id = this.spool.append(Buffer.from(`{"s":${recordOriginJson(session)},"m":${JSON.stringify(merge)}}`), true);
+      // The session id is enough: the decision entry it merges into states the session.
+      id = this.spool.append(
+        Buffer.from(`{"i":${JSON.stringify(session.sessionId)},"m":${JSON.stringify(merge)}}`),
+        true,
+      );
     } catch (err) {
       if (err instanceof AuditUnavailable) this.refused(err);
       return false;
@@ -205,8 +213,8 @@ export class DurableAuditSink implements AuditSink {
   }
 
   /** A replayed outcome entry: merged into its decision when that is replayed too (else it is stored already). */
-  private replayOutcome(id: number, ref: RecordOrigin, merge: SpooledOutcome): void {
-    const decision = this.writer.queuedRecord(ref.sessionId, merge.seq);
+  private replayOutcome(id: number, sessionId: string, merge: SpooledOutcome): void {
+    const decision = this.writer.queuedRecord(sessionId, merge.seq);
     if (decision === undefined || decision.type !== 'command.decision' || decision.outcome !== undefined) {
       this.writer.acknowledgeLater(id);
       return;
@@ -217,13 +225,13 @@ export class DurableAuditSink implements AuditSink {
       // Never so unless the spool was edited: keep the decision as spooled; verify shows the broken link.
       this.logger.error('audit spool outcome entry does not match its decision; decision kept alone', {
         id,
-        sessionId: ref.sessionId,
+        sessionId,
         seq: merge.seq,
       });
       this.writer.acknowledgeLater(id);
       return;
     }
-    this.writer.amend(id, ref.sessionId, record, canonicalRecordText(record));
+    this.writer.amend(id, sessionId, record, canonicalRecordText(record));
   }
 
   whenDurable(): Promise<void> | undefined {
