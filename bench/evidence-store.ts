@@ -253,6 +253,10 @@ export async function runEvidenceStoreBench(options: EvidenceStoreBenchOptions):
       spoolBase?: string,
       extra: { durability?: 'Synced' | 'Written'; nodeArgs?: readonly string[]; bin?: string } = {},
     ): Promise<SidecarProcess> => {
+      // BENCH_EVIDENCE_HEAD_INTERVAL_MS: this checkout's audit.evidenceStore.headIntervalMs (0: a head per
+      // flush, as before it existed); not passed to a baseline checkout, whose configuration may not know it.
+      const headInterval = process.env.BENCH_EVIDENCE_HEAD_INTERVAL_MS;
+      const headIntervalMs = headInterval === undefined || extra.bin !== undefined ? undefined : Number(headInterval);
       const dir = join(runDir, name);
       const s = await spawnSidecar({
         dir,
@@ -281,6 +285,7 @@ export async function runEvidenceStoreBench(options: EvidenceStoreBenchOptions):
                           passwordFile,
                           caFile: pg.caFile,
                         },
+                        ...(headIntervalMs === undefined ? {} : { headIntervalMs }),
                       },
                     }
                   : {}),

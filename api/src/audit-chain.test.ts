@@ -1,6 +1,13 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { GENESIS_HASH, hashRecord, verifyChain, type UnhashedRecord } from './audit-chain.ts';
+import {
+  GENESIS_HASH,
+  hashRecord,
+  sealLinked,
+  sealWithOutcome,
+  verifyChain,
+  type UnhashedRecord,
+} from './audit-chain.ts';
 import type { AuditRecord } from './audit-record.ts';
 
 const IDENTITY = { subject: 'system:serviceaccount:ci:report', issuer: 'https://issuer.test', groups: ['ci'] };
@@ -73,5 +80,52 @@ describe('verifyChain', () => {
       verifyChain(mixed).map((p) => `${p.problem}@${String(p.seq)}`),
       ['record-format@2', 'record-format@3', 'record-format@4'],
     );
+  });
+});
+
+describe('sealWithOutcome', () => {
+  const prevHash = `sha256:${'ab'.repeat(32)}`;
+  // Texts and parameters that carry what the edit looks for: member names with quotes, a hash, a prevHash.
+  const texts = [
+    'select 1',
+    `select '"hash":"sha256:${'0'.repeat(64)}","prevHash":' as x`,
+    'select "outcome", "prevHash" from t where "hash" = $1',
+    'ünïcødé \u2028 \\ "quoted"',
+  ];
+  const outcomes: NonNullable<AuditRecord['outcome']>[] = [
+    { status: 'success', rows: 1, durationMicros: 120 },
+    { code: '22012', durationMicros: 7, message: 'division by zero "x"', status: 'error' },
+    { durationMicros: 3, masked: [{ column: 'email', count: 2, rule: 'r', strategy: 'hash' }], status: 'success' },
+  ];
+  for (const text of texts) {
+    for (const outcome of outcomes) {
+      it(`gives the record and text sealLinked gives the merged record (${JSON.stringify(text).slice(0, 30)}, ${outcome.status})`, () => {
+        const members = {
+          v: 3,
+          seq: 7,
+          time: '2026-12-05T10:00:00.000001Z',
+          type: 'command.decision' as const,
+          command: { id: 3, kind: 'sql' as const, parameters: ['"hash":"x"', 'NULL'], text },
+          decision: { policy: 'ns/p', reasons: ['"prevHash":'], result: 'allow' as const, rule: 'r' },
+        };
+        const decision = sealLinked(members, prevHash, undefined, true);
+        const merged = sealWithOutcome(decision, outcome);
+        const expected = sealLinked({ ...members, outcome }, prevHash, undefined, true);
+        assert.ok(merged !== undefined);
+        assert.equal(merged.canonical, expected.canonical);
+        assert.deepEqual(merged.record, expected.record);
+        assert.equal(merged.record.hash, hashRecord(merged.record));
+        assert.equal(merged.compact, expected.compact);
+      });
+    }
+  }
+  it('refuses a record that already carries an outcome', () => {
+    const sealed = sealLinked(
+      { v: 3, seq: 2, time: '2026-12-05T10:00:00.000001Z', type: 'command.decision', outcome: { status: 'success' } },
+      prevHash,
+      undefined,
+      true,
+    );
+    assert.equal(sealWithOutcome(sealed, { status: 'error' }), undefined);
   });
 });

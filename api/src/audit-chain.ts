@@ -122,6 +122,38 @@ class LinkedRecord implements SealedRecord {
   }
 }
 
+/**
+ * A sealed command.decision (`canonical`: its JCS text with the hash) with `outcome` added: the same record
+ * merged with its command's outcome (one record per statement, docs/audit-durability.md), sealed by editing
+ * the decision's canonical text instead of canonicalising the record again. In JCS order `outcome` comes
+ * right after `hash` and before `prevHash`, and a decision has neither an outcome nor a nested `hash` key, so
+ * the text hashed is the decision's with its hash member replaced by the outcome member; the result is the
+ * text sealLinked would give (tested against it). Undefined when the text is not of that shape.
+ */
+export function sealWithOutcome(
+  decision: { readonly record: AuditRecord; readonly canonical: string },
+  outcome: NonNullable<AuditRecord['outcome']>,
+): SealedRecord | undefined {
+  const { record, canonical } = decision;
+  if (record.outcome !== undefined) return undefined;
+  const member = `"hash":"${record.hash}",`;
+  const at = canonical.lastIndexOf(member);
+  const outcomeText = jcs(outcome);
+  if (at < 0 || outcomeText === undefined || !canonical.startsWith('"prevHash":', at + member.length)) return undefined;
+  const before = canonical.slice(0, at);
+  const after = canonical.slice(at + member.length);
+  const hashed = `${before}"outcome":${outcomeText},${after}`;
+  const hash = `sha256:${cryptoHash('sha256', hashed, 'hex')}`;
+  const merged: AuditRecord = { ...record, outcome, hash };
+  return {
+    record: merged,
+    canonical: `${before}"hash":"${hash}","outcome":${outcomeText},${after}`,
+    get compact() {
+      return compactRecordText(merged);
+    },
+  };
+}
+
 /** The JCS text of a record with its hash (what JSON-lines output and the spool carry). */
 export function canonicalRecordText(record: AuditRecord): string {
   return jcs(record) ?? '{}';

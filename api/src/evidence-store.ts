@@ -191,7 +191,9 @@ create or replace function ${EVIDENCE_COUNTERS_FUNCTION}(p_session text, p_throu
          count(*) filter (where type = 'command.decision' and result = 'allow'),
          count(*) filter (where type = 'command.decision' and result = 'deny'),
          count(*) filter (where type = 'command.decision' and result = 'approve'),
-         count(*) filter (where type = 'command.outcome' and result = 'error')
+         count(*) filter (where (type = 'command.outcome' and result = 'error')
+           or (type = 'command.decision' and strpos(record, '"outcome":') > 0
+               and record::jsonb #>> '{outcome,status}' = 'error'))
     from ${EVIDENCE_TABLE} where session_id = p_session and seq <= p_through
 $$;
 revoke all on function ${EVIDENCE_COUNTERS_FUNCTION}(text, bigint) from public;

@@ -5,6 +5,7 @@ import type { TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import * as k8s from '@kubernetes/client-node';
 import {
+  carriesCommandOutcome,
   GENESIS_HASH,
   GROUP,
   VERSION,
@@ -207,7 +208,8 @@ export function expectedCounters(records: readonly AuditRecord[]): {
       if (r.decision?.result === 'deny') c.denied += 1;
       if (r.decision?.result === 'approve') c.held += 1;
     }
-    if (r.type === 'command.outcome' && r.outcome?.status === 'error') c.errors += 1;
+    // A command.outcome, or a decision with its outcome merged in (one record per statement).
+    if (carriesCommandOutcome(r) && r.outcome?.status === 'error') c.errors += 1;
   }
   return c;
 }

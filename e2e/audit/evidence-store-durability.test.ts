@@ -212,7 +212,9 @@ test('evidence store: after SIGKILL mid-session the restarted sidecar replays it
 
 test('evidence store, spool durability Written: SIGKILL under load from 4 clients, every answered statement is stored once', async (t) => {
   // Written hands each record to the kernel before its statement is forwarded and syncs behind: a killed
-  // sidecar (SIGKILL, OOM kill) loses nothing the clients saw answered (docs/audit-durability.md).
+  // sidecar (SIGKILL, OOM kill) loses nothing the clients saw answered (docs/audit-durability.md). Without
+  // the JSON-lines export, so outcomes merge into their decisions: the kill falls among decisions, outcome
+  // entries and merged records in the spool.
   const db = createEvidenceDatabase(t);
   const namespace = await createTestNamespace(t);
   const { kubeconfig } = controlPlaneEnv();
@@ -222,7 +224,11 @@ test('evidence store, spool durability Written: SIGKILL under load from 4 client
     namespace,
     dir,
     flushIntervalMs: 300,
-    audit: { evidenceStore: { ...db.sidecarConfig, batchRecords: 200 }, spoolDurability: 'Written' },
+    audit: {
+      exportJsonLines: false,
+      evidenceStore: { ...db.sidecarConfig, batchRecords: 200 },
+      spoolDurability: 'Written',
+    },
   };
   const first = await startAuditSidecar(t, options);
   const clients = await Promise.all([0, 1, 2, 3].map((i) => client(first, `written-${String(i)}`)));
@@ -272,6 +278,10 @@ test('evidence store, spool durability Written: SIGKILL under load from 4 client
     'at most the statement in flight per client is recorded unanswered',
   );
   assert.deepEqual(await storedTwice(db), []);
+  assert.ok(
+    verified.some((v) => v.records.some((r) => r.type === 'command.decision' && r.outcome !== undefined)),
+    'statements recorded as one merged record',
+  );
 });
 
 test('evidence store: spool full while the store is unreachable refuses FailClosed writes with 53100, each accounted for', async (t) => {

@@ -439,6 +439,11 @@ export const SidecarConfig = Type.Object(
               ),
               /** Records per insert, each batch covered by one head written to its Session. Default 4096. */
               batchRecords: Type.Integer({ minimum: 1, maximum: 65_536, default: 4096 }),
+              /**
+               * Shortest time between two signed head (and status) writes of one session, ms; records are
+               * inserted every flush interval meanwhile (docs/evidence-store.md). Default 5000.
+               */
+              headIntervalMs: Type.Integer({ minimum: 0, maximum: 60_000, default: 5000 }),
             },
             { additionalProperties: false },
           ),

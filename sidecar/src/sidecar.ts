@@ -90,7 +90,12 @@ export async function createAuditSink(
         });
   const sink = DurableAuditSink.open({
     spoolDir: join(audit.spoolDir, 'spool'),
-    ...(evidence === undefined ? {} : { evidence, writer: { storeBatchRecords: storeConfig?.batchRecords } }),
+    ...(evidence === undefined
+      ? {}
+      : {
+          evidence,
+          writer: { storeBatchRecords: storeConfig?.batchRecords, storeHeadIntervalMs: storeConfig?.headIntervalMs },
+        }),
     spoolMaxBytes: audit.spoolMaxBytes,
     spoolDurability: audit.spoolDurability,
     flushIntervalMs: audit.flushIntervalMs,

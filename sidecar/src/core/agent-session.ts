@@ -236,6 +236,17 @@ interface QueuedRecord {
   readonly content: RecordContent;
   readonly known: KnownMember | undefined;
   readonly time: bigint | undefined;
+  /**
+   * Set when `content` is a command.outcome whose `outcome` is first to be merged into the decision record
+   * `seq` (RecordChain.amendLast); `content` is written only when that cannot be done.
+   */
+  readonly amends?: number;
+}
+
+/** The last decision written to a sink that can merge its outcome into it later (AuditSink.amend). */
+interface WrittenDecision {
+  readonly id: number;
+  readonly seq: number;
 }
 
 /** A decision record held for its command's outcome (deferrable sinks, see AgentSession.record). */
@@ -297,6 +308,8 @@ export class AgentSession {
   private readonly namedDigests = new Map<string, string>();
   /** The newest decision, held for its outcome (deferrable sinks only); older than anything else unwritten. */
   private held: HeldDecision | undefined;
+  /** The newest decision written to an amending sink (durable spool), while its outcome may still join it. */
+  private written: WrittenDecision | undefined;
   private soonScheduled = false;
   /** Records refused by the sink and not yet reported in an audit.gap record. */
   private lost = 0;
@@ -423,6 +436,9 @@ export class AgentSession {
       this.namedDigests.clear();
       return { id, decision, startedAt, recorded: false, audit: this.refuse(refusal) };
     }
+    // The durable spool: the decision is written (and durable) before the command runs, and its outcome
+    // replaces it by one merged record if the sink has not passed it on by then (complete()).
+    if (this.options.sink.amend !== undefined) this.written = { id, seq: this.records.lastSeq };
     return { id, decision, startedAt, recorded: true, audit: this.clearance() };
   }
 
@@ -712,11 +728,19 @@ export class AgentSession {
       this.writeSoon({ ...held.content, outcome: recorded }, held.known, held.time);
       return;
     }
-    this.writeSoon(
+    const alone: RecordContent =
       command.approval === undefined
         ? { command: { id: command.id, kind }, outcome: recorded, type: 'command.outcome' }
-        : { approval: command.approval, command: { id: command.id, kind }, outcome: recorded, type: 'command.outcome' },
-    );
+        : { approval: command.approval, command: { id: command.id, kind }, outcome: recorded, type: 'command.outcome' };
+    const written = this.written;
+    if (written !== undefined && written.id === command.id && command.approval === undefined) {
+      // Its decision is written and durable; if nothing was recorded since and the sink still has it, the
+      // two become one record (writeQueued), or else the outcome is a record of its own.
+      this.written = undefined;
+      this.queueSoon({ content: alone, known: undefined, time: undefined, amends: written.seq });
+      return;
+    }
+    this.writeSoon(alone);
   }
 
   /**
@@ -742,8 +766,12 @@ export class AgentSession {
    * command's latency. Order is kept: every immediate write first writes what is queued.
    */
   private writeSoon(content: RecordContent, known?: KnownMember, time?: bigint): void {
+    this.queueSoon({ content, known, time });
+  }
+
+  private queueSoon(queued: QueuedRecord): void {
     this.releaseHeld();
-    this.soon.push({ content, known, time });
+    this.soon.push(queued);
     if (this.soonScheduled) return;
     this.soonScheduled = true;
     queueMicrotask(this.writeQueued);
@@ -776,7 +804,14 @@ export class AgentSession {
     this.soonScheduled = false;
     for (let queued = this.soon.shift(); queued !== undefined; queued = this.soon.shift()) {
       try {
-        this.writeNow(queued.content, false, queued.known, queued.time);
+        const amends = queued.amends;
+        if (amends === undefined) this.writeNow(queued.content, false, queued.known, queued.time);
+        else if (
+          this.lost > 0 ||
+          queued.content.outcome === undefined ||
+          !this.records.amendLast(amends, queued.content.outcome)
+        )
+          this.writeNow(queued.content);
       } catch (err) {
         // Not the engine's step any more, so nothing can fail closed here: count it as a lost record.
         this.lose(err instanceof Error ? err.message : String(err));

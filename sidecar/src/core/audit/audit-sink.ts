@@ -48,6 +48,14 @@ export interface AuditSink {
    */
   write(session: RecordOrigin, record: AuditRecord, sealed?: SealedText): void;
   /**
+   * Optional (the durable sink): replaces the session's last record written, a command.decision, by `record`,
+   * the same decision with its command's outcome in it (same seq, time and prevHash; a new hash), if the
+   * sink has not passed the decision on yet. The decision stays as durable as it was; the sink keeps what it
+   * needs to rebuild the merged record after a crash. False when the decision was passed on (or the sink
+   * cannot): then nothing changed and the outcome is written as its own record.
+   */
+  amend?(session: RecordOrigin, record: AuditRecord, sealed: SealedText): boolean;
+  /**
    * Resolves when every record written so far is on durable storage (group commit); undefined when that is
    * already so or the sink has no durability of its own. Engines forward a command only after this.
    */

@@ -3,7 +3,7 @@
 // objects by the SessionWriter. Spool entries are acknowledged, and their segments deleted, only once
 // their records are in Kubernetes; on start the spool is replayed, and the writer skips what is already
 // there. See docs/audit-durability.md.
-import { canonicalRecordText, type AuditRecord, type AuditSpoolDurability } from '@chaperone/api';
+import { canonicalRecordText, hashRecord, type AuditRecord, type AuditSpoolDurability } from '@chaperone/api';
 import type { Registry } from 'prom-client';
 import type { Logger } from '../observability/logger.ts';
 import { auditMetrics, type AuditMetrics } from './audit-metrics.ts';
@@ -25,6 +25,16 @@ const PRIORITY_TYPES: ReadonlySet<AuditRecord['type']> = new Set(['command.outco
 const HIGH_WATER = 0.8;
 /** A session reference as read back from the spool. */
 type SpooledOrigin = Omit<RecordOrigin, 'resourceType'> & Partial<Pick<RecordOrigin, 'resourceType'>>;
+/**
+ * A spool entry (`{"i": sessionId, "m": SpooledOutcome}`) that merges a command's outcome into its decision
+ * record spooled before it (that session's `seq`): the merged record is that decision with `outcome` and
+ * the new `hash`.
+ */
+interface SpooledOutcome {
+  readonly seq: number;
+  readonly hash: string;
+  readonly outcome: NonNullable<AuditRecord['outcome']>;
+}
 const LOW_WATER = 0.7;
 
 export interface DurableAuditSinkOptions {
@@ -61,6 +71,7 @@ export interface DurableAuditSinkOptions {
       | 'concurrency'
       | 'eventIntervalMs'
       | 'storeBatchRecords'
+      | 'storeHeadIntervalMs'
     >
   >;
 }
@@ -131,11 +142,19 @@ export class DurableAuditSink implements AuditSink {
     for (const r of repairs) options.logger.warn('audit spool repaired on replay', { repair: r });
     let replayed = 0;
     for (const e of entries) {
-      let parsed: { s: SpooledOrigin; r: AuditRecord };
+      let parsed: { s?: SpooledOrigin; r?: AuditRecord; i?: string; m?: SpooledOutcome };
       try {
-        parsed = JSON.parse(e.payload.toString('utf8')) as { s: SpooledOrigin; r: AuditRecord };
+        parsed = JSON.parse(e.payload.toString('utf8')) as typeof parsed;
       } catch (err) {
         options.logger.error('unreadable audit spool entry skipped', { id: e.id, error: err });
+        continue;
+      }
+      if (parsed.m !== undefined) {
+        sink.replayOutcome(e.id, parsed.i ?? '', parsed.m);
+        continue;
+      }
+      if (parsed.s === undefined || parsed.r === undefined) {
+        options.logger.error('unreadable audit spool entry skipped', { id: e.id });
         continue;
       }
       // Entries spooled before references carried the resource type were all PostgreSQL's (the only engine then).
@@ -165,6 +184,54 @@ export class DurableAuditSink implements AuditSink {
     this.writer.enqueue(id, session, record, false, Buffer.byteLength(text), text);
     this.also?.write(session, record, sealed);
     if (!this.high && this.spool.usedBytes >= this.highBytes) this.checkPressure();
+  }
+
+  /**
+   * One record per statement (docs/audit-durability.md): the decision is in the spool already; the outcome
+   * goes in as a small entry naming the decision's seq, and the writer forwards the merged record in the
+   * decision's place. Refused when the writer has taken the decision (then the outcome is its own record),
+   * when a JSON-lines export also gets every record (it has the decision already), or when the spool cannot
+   * take the entry.
+   */
+  amend(session: RecordOrigin, record: AuditRecord, sealed: SealedText): boolean {
+    if (this.also !== undefined || record.outcome === undefined) return false;
+    if (!this.writer.canAmend(session.sessionId, record.seq)) return false;
+    const merge: SpooledOutcome = { seq: record.seq, hash: record.hash, outcome: record.outcome };
+    let id: number;
+    try {
+      // The session id is enough: the decision entry it merges into states the session.
+      id = this.spool.append(
+        Buffer.from(`{"i":${JSON.stringify(session.sessionId)},"m":${JSON.stringify(merge)}}`),
+        true,
+      );
+    } catch (err) {
+      if (err instanceof AuditUnavailable) this.refused(err);
+      return false;
+    }
+    this.writer.amend(id, session.sessionId, record, sealed.canonical);
+    return true;
+  }
+
+  /** A replayed outcome entry: merged into its decision when that is replayed too (else it is stored already). */
+  private replayOutcome(id: number, sessionId: string, merge: SpooledOutcome): void {
+    const decision = this.writer.queuedRecord(sessionId, merge.seq);
+    if (decision === undefined || decision.type !== 'command.decision' || decision.outcome !== undefined) {
+      this.writer.acknowledgeLater(id);
+      return;
+    }
+    const { hash: _, ...unhashed } = { ...decision, outcome: merge.outcome };
+    const record: AuditRecord = { ...unhashed, hash: hashRecord(unhashed) };
+    if (record.hash !== merge.hash) {
+      // Never so unless the spool was edited: keep the decision as spooled; verify shows the broken link.
+      this.logger.error('audit spool outcome entry does not match its decision; decision kept alone', {
+        id,
+        sessionId,
+        seq: merge.seq,
+      });
+      this.writer.acknowledgeLater(id);
+      return;
+    }
+    this.writer.amend(id, sessionId, record, canonicalRecordText(record));
   }
 
   whenDurable(): Promise<void> | undefined {

@@ -9,12 +9,13 @@ import {
   formatAuditTime,
   nowMicros,
   sealLinked,
+  sealWithOutcome,
   type AuditRecord,
   type Identity,
   type KnownMember,
   type UnhashedRecord,
 } from '@chaperone/api';
-import type { AuditSink, RecordOrigin } from './audit-sink.ts';
+import type { AuditSink, RecordOrigin, SealedText } from './audit-sink.ts';
 import type { PodChain } from './pod-chain.ts';
 
 export type RecordContent = Omit<AuditRecord, 'v' | 'seq' | 'time' | 'prevHash' | 'hash'>;
@@ -28,6 +29,8 @@ export class RecordChain {
   /** Unset until the first record: a session links to the pod's newest session when it records, not when it opens. */
   private prevHash: string | undefined;
   private commandId = 0;
+  /** The last record written and its canonical text: what amendLast() merges an outcome into. */
+  private last: (SealedText & { readonly record: AuditRecord }) | undefined;
 
   /** The verified identity the session.start record carries (its whole delegation chain). */
   private readonly identity: Identity | undefined;
@@ -92,8 +95,33 @@ export class RecordChain {
     const record = sealed.record;
     this.sink.write(this.origin, record, sealed);
     this.seq = record.seq;
+    this.last = sealed;
     this.prevHash = record.hash;
     if (record.seq === 1) this.chain.advance(record.hash);
     return record;
+  }
+
+  /** Seq of the last record written (0 before the first). */
+  get lastSeq(): number {
+    return this.seq;
+  }
+
+  /**
+   * Replaces the last record written (the command.decision `seq`) by the same decision with its command's
+   * outcome in it: same seq, time and link, a new hash (one record per statement, docs/audit-durability.md).
+   * Only when the sink can still replace it (AuditSink.amend: it has not passed the decision on); then the
+   * chain continues from the new record. False: nothing changed, the outcome is to be written as a record of
+   * its own.
+   */
+  amendLast(seq: number, outcome: NonNullable<AuditRecord['outcome']>): boolean {
+    const sink = this.sink;
+    const last = this.last;
+    if (sink.amend === undefined || last === undefined) return false;
+    if (last.record.seq !== seq || last.record.type !== 'command.decision') return false;
+    const merged = sealWithOutcome(last, outcome);
+    if (merged === undefined || !sink.amend(this.origin, merged.record, merged)) return false;
+    this.last = merged;
+    this.prevHash = merged.record.hash;
+    return true;
   }
 }

@@ -60,14 +60,24 @@ export interface SessionWriterOptions {
   readonly evidence?: EvidenceStore;
   /** With an evidence store: records inserted (and covered by one head) per batch. Default 4096. */
   readonly storeBatchRecords?: number;
+  /**
+   * With an evidence store: the shortest time between two head (and status) writes of one session, ms; records
+   * are inserted every flush interval meanwhile. A full batch, the session's end, the sidecar stopping or
+   * flush() write the head at once. Default 5000.
+   */
+  readonly storeHeadIntervalMs?: number;
 }
 
 interface Queued {
+  /** Its spool entry (the decision's, for a decision merged with its outcome). */
   readonly id: number;
   readonly record: AuditRecord;
   readonly bytes: number;
-  /** The canonical text, when the caller had it (the evidence store keeps exactly the text hashed). */
-  readonly text: string | undefined;
+  /**
+   * The canonical text, when the caller had it (the evidence store keeps exactly the text hashed); dropped
+   * once the record is in the store, where it may wait for its head for seconds.
+   */
+  text: string | undefined;
 }
 
 interface Part {
@@ -111,12 +121,19 @@ interface SessionState {
   storedThrough: number;
   /** When its last flush began (Date.now()); with an evidence store a session is flushed once per interval. */
   lastFlushAt: number;
+  /** With an evidence store: when its head was last written (Date.now()). */
+  lastHeadAt: number;
   /**
    * With an evidence store: the highest seq that may be in the store without this process knowing (sent in
    * an insert whose outcome is unknown, or by an earlier process). Batches reaching down to it skip what is
    * there; later ones take the cheaper COPY.
    */
   mayExistThrough: number;
+  /**
+   * The highest seq handed to a write (whose outcome may be unknown): a record up to it may be in Kubernetes
+   * or the store as it was, so it is never replaced by a merged one (amend).
+   */
+  takenThrough: number;
 }
 
 const UNAUTHENTICATED: Identity = { subject: 'unauthenticated', issuer: '' };
@@ -152,6 +169,7 @@ export class SessionWriter {
   private readonly evidence: EvidenceStore | undefined;
   /** Records that make a flush start at once rather than at the next tick. */
   private readonly kickRecords: number;
+  private readonly headIntervalMs: number;
   private readonly now: () => Date;
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<void> | undefined;
@@ -178,6 +196,7 @@ export class SessionWriter {
     // With a store, heads (API writes) follow batches: kick per batch, not per Session part.
     this.kickRecords = this.evidence === undefined ? this.maxRecords : (options.storeBatchRecords ?? 4096);
     this.now = options.now ?? (() => new Date());
+    this.headIntervalMs = options.storeHeadIntervalMs ?? 5000;
   }
 
   /** Records accepted and not yet in Kubernetes. */
@@ -228,8 +247,10 @@ export class SessionWriter {
         continued: [],
         storedThrough: 0,
         lastFlushAt: 0,
+        lastHeadAt: 0,
         // A session that starts here has nothing in the store; a replayed or resumed one may have anything.
         mayExistThrough: !replayed && record.seq === 1 ? 0 : Number.MAX_SAFE_INTEGER,
+        takenThrough: 0,
       };
       this.sessions.set(session.sessionId, s);
     }
@@ -256,6 +277,50 @@ export class SessionWriter {
       this.sinceKick = 0;
       this.schedule(0);
     }
+  }
+
+  /**
+   * Whether the record `seq` of the session is the last one queued and not yet handed to a write, so that
+   * amend() may replace it.
+   */
+  canAmend(sessionId: string, seq: number): boolean {
+    const s = this.sessions.get(sessionId);
+    if (s === undefined || s.head >= s.queue.length || seq <= s.takenThrough) return false;
+    return (s.queue[s.queue.length - 1] as Queued).record.seq === seq;
+  }
+
+  /**
+   * Replaces the queued record `record.seq` of the session by `record` (its decision merged with its
+   * outcome, which is spool entry `id`); the caller checked canAmend (or replays the spool). Keeps the
+   * decision's entry id, so the spool is acknowledged past the outcome's entry only once the merged record
+   * is written (every later record has a higher id).
+   */
+  amend(id: number, sessionId: string, record: AuditRecord, text: string): void {
+    const s = this.sessions.get(sessionId);
+    if (s === undefined) return;
+    for (let i = s.queue.length - 1; i >= s.head; i--) {
+      const q = s.queue[i] as Queued;
+      if (q.record.seq !== record.seq) continue;
+      s.queue[i] = { id: q.id, record, bytes: Buffer.byteLength(text) + 1, text };
+      break;
+    }
+    this.lastEnqueuedId = Math.max(this.lastEnqueuedId, id);
+  }
+
+  /** The queued, unwritten record `seq` of the session (spool replay). */
+  queuedRecord(sessionId: string, seq: number): AuditRecord | undefined {
+    const s = this.sessions.get(sessionId);
+    if (s === undefined) return undefined;
+    for (let i = s.queue.length - 1; i >= s.head; i--) {
+      const q = s.queue[i] as Queued;
+      if (q.record.seq === seq) return q.record;
+    }
+    return undefined;
+  }
+
+  /** A spool entry with nothing left to write (a replayed outcome whose decision was written): acknowledged with what precedes it. */
+  acknowledgeLater(id: number): void {
+    this.lastEnqueuedId = Math.max(this.lastEnqueuedId, id);
   }
 
   /** Resolves once every record queued so far is in Kubernetes, or after `timeoutMs` (then false). */
@@ -356,7 +421,7 @@ export class SessionWriter {
       while (next < ready.length) {
         const s = ready[next] as SessionState;
         next += 1;
-        await this.flushSession(s);
+        await this.flushSession(s, forced);
       }
     };
     await Promise.all(Array.from({ length: Math.min(this.options.concurrency ?? 4, ready.length) }, worker));
@@ -387,7 +452,7 @@ export class SessionWriter {
     }
   }
 
-  private async flushSession(s: SessionState): Promise<void> {
+  private async flushSession(s: SessionState, forced: boolean): Promise<void> {
     s.busy = true;
     s.lastFlushAt = Date.now();
     try {
@@ -397,7 +462,7 @@ export class SessionWriter {
       // A session begun in Session objects before a store was configured stays in them.
       const evidence = s.current?.stored === false ? undefined : this.evidence;
       const inStore = evidence !== undefined;
-      if (evidence !== undefined) written = await this.flushToStore(s, evidence);
+      if (evidence !== undefined) written = await this.flushToStore(s, evidence, forced);
       while (!inStore && s.head < s.queue.length) {
         const cur = s.current;
         const first = s.queue[s.head] as Queued;
@@ -456,6 +521,7 @@ export class SessionWriter {
       bytes += q.bytes;
       seq = q.record.seq;
     }
+    if (seq !== undefined) s.takenThrough = Math.max(s.takenThrough, seq);
     return batch;
   }
 
@@ -599,7 +665,7 @@ export class SessionWriter {
    * Evidence-store mode: inserts the queued records in batches and after each writes the signed head that
    * covers it into the session's Session object (created with the first batch). Returns batches written.
    */
-  private async flushToStore(s: SessionState, evidence: EvidenceStore): Promise<number> {
+  private async flushToStore(s: SessionState, evidence: EvidenceStore, forced: boolean): Promise<number> {
     const ref = s.ref;
     const session = {
       sessionId: ref.sessionId,
@@ -612,6 +678,9 @@ export class SessionWriter {
     // What is queued now, not what arrives meanwhile: the flush ends, the status is written, and the next
     // flush (at once, when a batch's worth arrived) takes the rest.
     let remaining = s.queue.length - s.head;
+    // Every record queued now may be sent (its outcome unknown until it answers): none is replaced after this.
+    const lastQueued = s.queue[s.queue.length - 1];
+    if (lastQueued !== undefined) s.takenThrough = Math.max(s.takenThrough, lastQueued.record.seq);
     while (s.head < s.queue.length && remaining > 0) {
       const cur = s.current;
       const first = s.queue[s.head] as Queued;
@@ -634,7 +703,20 @@ export class SessionWriter {
         await evidence.append(session, unstored, canonicalRecordText, mayExist);
         this.options.metrics?.storeSeconds?.observe(Number(process.hrtime.bigint() - started) / 1e9);
         s.storedThrough = Math.max(s.storedThrough, last.seq);
+        for (const q of unstored) q.text = undefined;
       }
+      // A head (and the status after it) costs the API server the same whatever it covers: between heads
+      // records are only inserted, and stay in the spool until a head covers them (docs/evidence-store.md).
+      const headDue =
+        cur === undefined ||
+        forced ||
+        s.ended ||
+        s.abandoned ||
+        this.stopped ||
+        batch.length >= this.kickRecords ||
+        Date.now() - s.lastHeadAt >= this.headIntervalMs;
+      if (!headDue) break;
+      s.lastHeadAt = Date.now();
       if (cur === undefined) {
         await this.createPart(s, 0, undefined, batch);
       } else {
