@@ -25,10 +25,19 @@ import { auditParameters, describeRefused, describeStatements } from './sql-comm
 import type { MaskingVerdict, ResultMasking } from './masking/result-masking.ts';
 import type { ResultRewriter } from './masking/row-masker.ts';
 
-/** What the connection relays at once: the frame, or a failing substitute with our denial. */
+/**
+ * What the connection relays at once: the frame, or a failing substitute with our denial. `undo` (for the
+ * response tracker's onFailure): what the gate assumed the forwarded message did to the names of statements,
+ * portals and cursors, taken back when the upstream refuses or skips it.
+ */
 export type RelayVerdict =
   /** `rows`: the result masking of the command's response, when its decision masks anything. */
-  | { readonly action: 'forward'; readonly command: DecidedCommand | undefined; readonly rows?: ResultRewriter }
+  | {
+      readonly action: 'forward';
+      readonly command: DecidedCommand | undefined;
+      readonly rows?: ResultRewriter;
+      readonly undo?: () => void;
+    }
   /** `denial` undefined: the upstream's own error for the substitute is what the client should see. */
   | {
       readonly action: 'substitute';
@@ -153,6 +162,12 @@ export class StatementGate {
   private readonly masking: ResultMasking | undefined;
   /** SQL-level PREPARE name → analysed inner statement, so EXECUTE name is decided as what it runs. */
   private readonly sqlPrepared = new Map<string, AnalyzedStatement>();
+  /**
+   * Statement names (one namespace on the server for Parse and PREPARE) whose last Parse, PREPARE, Close or
+   * DEALLOCATE the upstream refused or skipped: it may hold an older statement of that name, or none. Every
+   * use is refused until the name is parsed, prepared, closed or deallocated again.
+   */
+  private readonly uncertain = new Set<string>();
   private readonly pins: SessionPins;
   private readonly searchPath: readonly string[];
   private readonly onAnalysed: StatementGateOptions['onAnalysed'];
@@ -192,6 +207,9 @@ export class StatementGate {
    */
   parse(name: string, text: string): RelayVerdict {
     this.masking?.rebound('S', name);
+    this.masking?.forgetPrepared(name);
+    this.sqlPrepared.delete(name);
+    this.uncertain.delete(name);
     const statements = this.analyse(text);
     if (isDenial(statements)) {
       this.statements.set(name, { text, analysis: undefined, refusal: statements });
@@ -203,7 +221,7 @@ export class StatementGate {
       if (decision.decision === 'approve' && this.agentSession.holdsForApproval) {
         // Held at each Execute, with the parameters bound then; nothing is recorded until it is.
         this.statements.set(name, { text, analysis: statements, mayHold: true });
-        return FORWARD;
+        return { action: 'forward', command: undefined, undo: this.uncertainFrom(name) };
       }
       if (decision.decision !== 'allow') {
         const command = this.agentSession.record(description, decision);
@@ -213,16 +231,29 @@ export class StatementGate {
       }
     }
     this.statements.set(name, { text, analysis: statements });
-    return FORWARD;
+    return { action: 'forward', command: undefined, undo: this.uncertainFrom(name) };
   }
 
-  /** Bind: remembers which statement (and which parameters) a portal runs. */
-  bind(msg: Bind): void {
+  /** Taken back when a Parse, PREPARE, Close or DEALLOCATE of `name` did not complete upstream. */
+  private uncertainFrom(name: string): () => void {
+    return () => {
+      this.uncertain.add(name);
+      this.sqlPrepared.delete(name);
+      this.masking?.forgetPrepared(name);
+    };
+  }
+
+  /**
+   * Bind: remembers which statement (and which parameters) a portal runs. Returns what to take back when the
+   * Bind fails upstream: the portal is then not what the sidecar took it to be (an older one may be open).
+   */
+  bind(msg: Bind): () => void {
     // Protocol-level Bind may name a statement created by SQL PREPARE: it is decided as what it holds.
     const sqlPrepared = this.sqlPrepared.get(msg.statement);
-    const statement =
-      this.statements.get(msg.statement) ??
-      (sqlPrepared === undefined ? undefined : { text: sqlPrepared.text, analysis: [sqlPrepared] });
+    const statement = this.uncertain.has(msg.statement)
+      ? { text: `BIND ${JSON.stringify(msg.statement)}`, analysis: undefined, refusal: uncertainRefusal(msg.statement) }
+      : (this.statements.get(msg.statement) ??
+        (sqlPrepared === undefined ? undefined : { text: sqlPrepared.text, analysis: [sqlPrepared] }));
     this.masking?.rebound('P', msg.portal, msg.statement);
     if (statement === undefined) this.portals.delete(msg.portal);
     else {
@@ -233,6 +264,7 @@ export class StatementGate {
         exact: statement.mayHold === true ? exactParameters(msg) : undefined,
       });
     }
+    return () => this.portals.delete(msg.portal);
   }
 
   /** Execute: decided (again) as the portal's statement with its bound parameters. */
@@ -263,11 +295,18 @@ export class StatementGate {
     );
   }
 
-  /** Close of a statement ('S') or portal ('P'). */
-  close(kind: 'S' | 'P', name: string): void {
+  /** Close of a statement ('S', also one SQL PREPAREd) or portal ('P'); returns what to take back if it fails. */
+  close(kind: 'S' | 'P', name: string): (() => void) | undefined {
     this.masking?.rebound(kind, name);
-    if (kind === 'S') this.statements.delete(name);
-    else this.portals.delete(name);
+    if (kind === 'P') {
+      this.portals.delete(name);
+      return undefined;
+    }
+    this.statements.delete(name);
+    this.sqlPrepared.delete(name);
+    this.masking?.forgetPrepared(name);
+    this.uncertain.delete(name);
+    return this.uncertainFrom(name);
   }
 
   /** The fast-path interface calls any function by OID, out of sight of statement analysis: refused and recorded. */
@@ -430,8 +469,8 @@ export class StatementGate {
     if (audit.state === 'refused') return this.auditRefused(command, audit);
     const masking = this.masking;
     if (masking === undefined) {
-      this.noteAllowed(statements);
-      return { action: 'forward', command };
+      const undo = this.noteAllowed(statements);
+      return undo === undefined ? { action: 'forward', command } : { action: 'forward', command, undo };
     }
     const apply = (v: MaskingVerdict): RelayVerdict => {
       if (v.kind === 'deny') {
@@ -441,8 +480,13 @@ export class StatementGate {
           denial: denial({ id: 'MaskingRefused', message: `chaperone: ${v.reason}` }),
         };
       }
-      this.noteAllowed(statements);
-      return v.kind === 'rows' ? { action: 'forward', command, rows: v.rewriter } : { action: 'forward', command };
+      const undo = this.noteAllowed(statements);
+      return {
+        action: 'forward',
+        command,
+        ...(v.kind === 'rows' ? { rows: v.rewriter } : {}),
+        ...(undo === undefined ? {} : { undo }),
+      };
     };
     // Nothing of this connection is in flight and no transaction is open: whatever it changed in the
     // catalogue is committed (or rolled back) and visible to the catalogue connection.
@@ -476,6 +520,7 @@ export class StatementGate {
     }
     this.onAnalysed?.(analysis.statements);
     for (const s of analysis.statements) {
+      if (s.executes !== undefined && this.uncertain.has(s.executes)) return uncertainRefusal(s.executes);
       if (s.setting === undefined && s.configures === undefined && s.transaction !== 'begin') continue;
       const refusal = settingRefusal(s, this.pins);
       if (refusal !== undefined) return denial({ id: 'SettingRefused', message: `chaperone: ${refusal}` });
@@ -495,19 +540,59 @@ export class StatementGate {
     return resolveSqlExecute(s, this.sqlPrepared.get(s.executes));
   }
 
-  /** Tracks session state the analysis depends on, once a statement is allowed to run. */
-  private noteAllowed(statements: readonly AnalyzedStatement[]): void {
+  /**
+   * Tracks session state the analysis depends on, once a statement is allowed to run: as if it completes.
+   * Returns what to take back when the Query fails (a statement of the string errs: the PREPARE or DEALLOCATE
+   * may have failed, or not run at all, and a DECLARE may have met a cursor of that name).
+   */
+  private noteAllowed(statements: readonly AnalyzedStatement[]): (() => void) | undefined {
+    const names: string[] = [];
+    const cursors: string[] = [];
     for (const s of statements) {
-      if (s.prepares !== undefined) this.sqlPrepared.set(s.prepares, s);
-      if (s.deallocates !== undefined) {
-        if (s.deallocates === '*') this.sqlPrepared.clear();
-        else this.sqlPrepared.delete(s.deallocates);
+      if (s.prepares !== undefined) {
+        // One namespace with protocol-level statements: a name in use fails in the server (42P05).
+        this.statements.delete(s.prepares);
+        this.uncertain.delete(s.prepares);
+        this.sqlPrepared.set(s.prepares, s);
+        names.push(s.prepares);
       }
+      if (s.deallocates !== undefined) {
+        const dropped =
+          s.deallocates === '*'
+            ? [...this.sqlPrepared.keys(), ...this.statements.keys(), ...this.uncertain].filter((n) => n !== '')
+            : [s.deallocates];
+        for (const name of dropped) {
+          this.sqlPrepared.delete(name);
+          this.statements.delete(name);
+          this.uncertain.delete(name);
+          this.masking?.forgetPrepared(name);
+        }
+        names.push(...dropped);
+      }
+      // DECLARE and CLOSE name portals too: a portal the sidecar saw bound is not what such a name runs now.
+      if (s.declares !== undefined) {
+        this.portals.delete(s.declares);
+        cursors.push(s.declares);
+      }
+      if (s.closes === '*') this.portals.clear();
+      else if (s.closes !== undefined) this.portals.delete(s.closes);
     }
+    if (names.length === 0 && cursors.length === 0) return undefined;
+    return () => {
+      for (const name of names) this.uncertainFrom(name)();
+      for (const cursor of cursors) this.masking?.forgetCursor(cursor);
+    };
   }
 }
 
 const NO_PARAMETERS: readonly string[] = Object.freeze([]);
+
+function uncertainRefusal(name: string): Denial {
+  return denial({
+    id: 'UncertainStatement',
+    message: `chaperone: prepared statement ${JSON.stringify(name)} may not be what the sidecar saw prepared (its last Parse, PREPARE, Close or DEALLOCATE failed or was skipped); close or deallocate it and prepare it again`,
+  });
+}
 const IN_TRANSACTION = Object.freeze({ inTransaction: true });
 const NOT_IN_TRANSACTION = Object.freeze({ inTransaction: false });
 

@@ -96,6 +96,10 @@ export interface AnalyzedStatement extends SqlStatementFacts {
   readonly executeArguments?: SqlStatementFacts;
   /** DEALLOCATE name; `*` for DEALLOCATE ALL. */
   readonly deallocates?: string;
+  /** DECLARE name CURSOR: a portal of that name on the server (one namespace with protocol-level portals). */
+  readonly declares?: string;
+  /** CLOSE name; `*` for CLOSE ALL. */
+  readonly closes?: string;
   readonly transaction?: TransactionAction;
   /** Savepoint name (savepoint, release, rollback-to) or global transaction id (two-phase forms). */
   readonly transactionName?: string;
@@ -701,7 +705,7 @@ function classify(node: unknown, collect: FactCollector): Classified {
     case 'PrepareStmt':
       return inner(body.query, { prepares: text(body.name) ?? '' });
     case 'DeclareCursorStmt':
-      return inner(body.query, {});
+      return inner(body.query, { declares: text(body.portalname) ?? '' });
     case 'ExecuteStmt': {
       collect.visit(body.params, noScope);
       const args = facts('execute', false);
@@ -720,9 +724,10 @@ function classify(node: unknown, collect: FactCollector): Classified {
       // DEALLOCATE ALL: no name (PostgreSQL 15), `isall` (17+).
       return { ...facts('prepare', false), deallocates: body.isall === true ? '*' : (text(body.name) ?? '*') };
     case 'FetchStmt':
-    case 'ClosePortalStmt':
       // The cursor's query was decided when it was declared.
       return facts('select', false);
+    case 'ClosePortalStmt':
+      return { ...facts('select', false), closes: text(body.portalname) ?? '*' };
     case 'TransactionStmt': {
       const action = TRANSACTION_ACTIONS[text(body.kind) ?? ''];
       const twoPhase =

@@ -155,6 +155,19 @@ export class ResultMasking {
   }
 
   /**
+   * The server may not hold this prepared statement (or cursor) as this connection last planned it: a Parse,
+   * Close or DEALLOCATE of the name, or a PREPARE or DECLARE that failed. EXECUTE / FETCH of it are then
+   * planned as unknown rows (masked or refused), never with a stale lineage.
+   */
+  forgetPrepared(name: string): void {
+    this.prepared.delete(name);
+  }
+
+  forgetCursor(name: string): void {
+    this.cursors.delete(name);
+  }
+
+  /**
    * A statement was parsed or a portal bound (a new binding of the name; a portal's from `statement`), or
    * either was closed.
    */
