@@ -8,8 +8,10 @@
 // (the same names reused the way drivers do) must keep working, with masked rows.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import pg from 'pg';
 import { startTestSidecar } from '../harness/sidecar.ts';
 import { createTestDatabase } from '../harness/databases.ts';
+import { directPgOptions } from '../harness/env.ts';
 import {
   authenticatedClient,
   cstr,
@@ -223,4 +225,77 @@ test('names the server refused or skipped: no masked value gets out through a st
     }
   }
   assert.deepEqual(failures, [], failures.join('\n'));
+});
+
+/** DDL that would put masked values under a name no masking rule knows, then the read of that name. */
+const RENAMES: readonly [ddl: string, read: string][] = [
+  ['alter table customers rename column email to contact', 'select contact from customers'],
+  ['alter table customers rename to clients', 'select email, ssn from clients'],
+  ['alter schema public rename to elsewhere', 'select email from elsewhere.customers'],
+  ['alter table customers set schema other', 'select email from other.customers'],
+  ['alter table customers add column e2 text generated always as (email) stored', 'select e2 from customers'],
+  ['alter table customers alter column name type text using email', 'select name from customers'],
+  [
+    'create rule copy_out as on update to customers do also update products set name = new.email where id = 1',
+    'update customers set score = score where id = 1; select name from products',
+  ],
+  ['alter view customer_contacts rename column contact to c2', 'select c2 from customer_contacts'],
+];
+
+test('DDL that renames, moves or copies a masked column is refused to a masked identity; its values stay masked', async (t) => {
+  const database = await createTestDatabase(t, `${MASKING_SCHEMA_SQL} create schema other;`);
+  const sidecar = await startTestSidecar(t, { policies: { masked: MASKED_POLICY }, database });
+  const token = await sidecar.issuer.sign({ sub: 'system:serviceaccount:ci:agent' });
+  const failures: string[] = [];
+  for (const [ddl, read] of RENAMES) {
+    const client = await authenticatedClient(sidecar.host, sidecar.port, token, 30_000);
+    try {
+      const refused = await step(client, ddl);
+      if (!refused.errors.some((e) => e.code === '42501' && /masking rules name columns/.test(e.message))) {
+        failures.push(`${ddl}: not refused: ${JSON.stringify(refused.errors)}`);
+      }
+      const after = await step(client, read);
+      const leak = leakIn(after.bytes);
+      if (leak !== undefined) failures.push(`${ddl}; ${read}: LEAKED ${leak}`);
+    } finally {
+      client.destroy();
+    }
+  }
+  assert.deepEqual(failures, [], failures.join('\n'));
+  // Nothing changed in the database: the masked columns are where the rules name them.
+  const direct = new pg.Client(directPgOptions(database));
+  await direct.connect();
+  try {
+    const columns = await direct.query<{ c: string }>(
+      "select table_schema || '.' || table_name || '.' || column_name as c from information_schema.columns where table_name in ('customers', 'clients', 'customer_contacts') order by 1",
+    );
+    assert.deepEqual(
+      columns.rows.map((r) => r.c),
+      [
+        'public.customer_contacts.contact',
+        'public.customer_contacts.id',
+        'public.customer_contacts.name',
+        'public.customers.card',
+        'public.customers.created',
+        'public.customers.email',
+        'public.customers.id',
+        'public.customers.name',
+        'public.customers.score',
+        'public.customers.ssn',
+      ],
+    );
+    const rules = await direct.query('select rulename from pg_rules where tablename = $1', ['customers']);
+    assert.equal(rules.rowCount, 0);
+  } finally {
+    await direct.end();
+  }
+  // DDL that renames nothing stays allowed to the same identity.
+  const client = await authenticatedClient(sidecar.host, sidecar.port, token, 30_000);
+  try {
+    for (const ddl of ['create index customers_created on customers (created)', 'create table notes (id int)']) {
+      assert.deepEqual((await step(client, ddl)).errors, [], ddl);
+    }
+  } finally {
+    client.destroy();
+  }
 });

@@ -100,6 +100,12 @@ export interface AnalyzedStatement extends SqlStatementFacts {
   readonly declares?: string;
   /** CLOSE name; `*` for CLOSE ALL. */
   readonly closes?: string;
+  /**
+   * DDL that can put a column's values under another name than the one masking rules know them by (a
+   * rename, a move to another schema, a generated column, ALTER COLUMN TYPE … USING, a trigger or rule):
+   * what it does, for the refusal (masking/result-masking.ts).
+   */
+  readonly renamesColumns?: string;
   readonly transaction?: TransactionAction;
   /** Savepoint name (savepoint, release, rollback-to) or global transaction id (two-phase forms). */
   readonly transactionName?: string;
@@ -784,12 +790,37 @@ function classify(node: unknown, collect: FactCollector): Classified {
     const dcl = list(body.cmds).some((c) =>
       DCL_ALTER_TABLE_COMMANDS.has(text(record(record(c).AlterTableCmd).subtype) ?? ''),
     );
-    return facts(dcl ? 'dcl' : 'ddl', true);
+    const copies = list(body.cmds)
+      .map((c) => columnCopy(record(record(c).AlterTableCmd)))
+      .find((r) => r !== undefined);
+    return { ...facts(dcl ? 'dcl' : 'ddl', true), ...(copies === undefined ? {} : { renamesColumns: copies }) };
   }
+  const renames = RENAMING_STATEMENTS[type];
+  if (renames !== undefined) return { ...facts('ddl', true), renamesColumns: renames };
   if (DDL_STATEMENTS.has(type)) return facts('ddl', true);
   if (DCL_STATEMENTS.has(type)) return facts('dcl', true);
   if (MAINTENANCE_STATEMENTS.has(type)) return facts('maintenance', true);
   return facts('other', true);
+}
+
+/** Statements that give values another name (see AnalyzedStatement.renamesColumns). */
+const RENAMING_STATEMENTS: Readonly<Record<string, string>> = {
+  RenameStmt: 'renaming an object',
+  AlterObjectSchemaStmt: 'moving an object to another schema',
+  CreateTrigStmt: 'creating a trigger',
+  RuleStmt: 'creating a rule',
+};
+
+/** An ALTER TABLE command that fills a column from other columns: a generated column, or TYPE … USING. */
+function columnCopy(cmd: Json): string | undefined {
+  const def = record(record(cmd.def).ColumnDef);
+  const subtype = text(cmd.subtype);
+  if (subtype === 'AT_AlterColumnType' && def.raw_default !== undefined) return 'changing a column type with USING';
+  if (subtype !== 'AT_AddColumn') return undefined;
+  const generated = list(def.constraints).some(
+    (c) => text(record(record(c).Constraint).contype) === 'CONSTR_GENERATED',
+  );
+  return generated ? 'adding a generated column' : undefined;
 }
 
 interface SqlErrorLike {

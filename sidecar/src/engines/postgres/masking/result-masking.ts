@@ -63,6 +63,9 @@ const CATALOG_INERT: ReadonlySet<string> = new Set([
   'maintenance',
 ]);
 
+const RENAMING =
+  ' is not allowed to an identity whose results are masked: masking rules name columns, and values under another name would not be masked';
+
 const CHANGED_CATALOG =
   'statements after a catalogue change (DDL, grants, DO, CALL) in the same transaction or pipeline cannot be traced for masking; commit the change first';
 
@@ -117,6 +120,10 @@ export class ResultMasking {
     }
     if (instructions.length === 0) return NONE;
     if (maskingRules(instructions).byColumn.length > 0) {
+      // Rules name columns: a column renamed, moved or copied into another by DDL would no longer be masked.
+      const renaming = statements.find((s) => s.renamesColumns !== undefined);
+      if (renaming?.renamesColumns !== undefined)
+        return { kind: 'deny', reason: `${renaming.renamesColumns}${RENAMING}` };
       // After this session changed the catalogue in a transaction or pipeline not yet settled, the catalogue
       // connection still sees the definitions from before (a view redefined to expose a masked column, a
       // column renamed): what the session reads or writes then cannot be traced. Refused until it commits.
