@@ -472,3 +472,22 @@ test('substitutes fail upstream: an unknown statement, a portal name that is not
   assert.deepEqual([...execute], [0x45, 0, 0, 0, 10, 0xff, 0, 0, 0, 0, 0]);
   assert.equal(execute.readInt32BE(1), execute.length - 1);
 });
+
+test('FETCH and MOVE only of cursors DECLAREd through the gate: never of a portal bound by the protocol', () => {
+  const { gate } = setup();
+  gate.parse('s', 'SELECT * FROM orders');
+  gate.bind(bind('p', 's'));
+  for (const sql of ['FETCH ALL FROM p', 'MOVE NEXT IN p', 'FETCH 1 FROM never_declared']) {
+    const v = settled(gate.query(sql));
+    assert.ok(v.action === 'substitute', sql);
+    assert.match(errorFields(v.denial?.frame).M ?? '', /not declared/);
+  }
+  assert.equal(settled(gate.query('DECLARE c CURSOR FOR SELECT * FROM orders; FETCH 1 FROM c')).action, 'forward');
+  assert.equal(settled(gate.query('FETCH ALL FROM c')).action, 'forward');
+  // A Bind of the cursor's name: FETCH of it would now read a protocol portal.
+  gate.bind(bind('c', 's'));
+  assert.equal(settled(gate.query('FETCH ALL FROM c')).action, 'substitute');
+  settled(gate.query('DECLARE d CURSOR FOR SELECT 1'));
+  settled(gate.query('CLOSE d'));
+  assert.equal(settled(gate.query('FETCH ALL FROM d')).action, 'substitute');
+});

@@ -19,7 +19,7 @@ import { pinnedSearchPath, settingRefusal, type SessionPins } from './analysis/s
 import type { SqlAnalyzer } from './analysis/sql-analyzer.ts';
 import { denial, sqlStateOf, type Denial } from './error-responses.ts';
 import type { TransactionStatus } from './protocol/backend-messages.ts';
-import { encodeParse, encodeQuery } from './protocol/frontend-encoder.ts';
+
 import type { Bind } from './protocol/frontend-messages.ts';
 import { auditParameters, describeRefused, describeStatements } from './sql-command.ts';
 import type { MaskingVerdict, ResultMasking } from './masking/result-masking.ts';
@@ -73,45 +73,7 @@ function exactParameters(bind: Bind): string[] {
 /** Forward, with no decided command (an empty query, a Parse decided again at Execute). */
 const FORWARD: RelayVerdict = Object.freeze({ action: 'forward', command: undefined });
 
-/** Statement text that fails in the upstream's parser at once; its error is replaced by the denial. */
-const FAILING_SQL = 'CHAPERONE_DENIED';
-const FAILING_QUERY = encodeQuery(FAILING_SQL);
-/**
- * An Execute whose portal name is not valid UTF-8 (the byte 0xFF): the server refuses the message itself
- * ("invalid byte sequence", the client encoding is pinned to UTF8), so it fails whatever portals exist. No
- * client can create a portal of that name (a Bind naming it fails the same way, and SQL text must be valid
- * UTF-8), unlike any printable name, which a client could Bind or DECLARE to have a substitute run it.
- */
-const FAILING_EXECUTE = Buffer.from([
-  0x45, // 'E'
-  0x00,
-  0x00,
-  0x00,
-  0x0a, // length: itself, the name and its NUL, maxRows
-  0xff,
-  0x00, // portal name: one invalid byte
-  0x00,
-  0x00,
-  0x00,
-  0x00, // maxRows 0
-]);
-
-/**
- * What is sent upstream instead of a refused message of this kind: a message that fails at once there. Also
- * sent for messages the upstream discards (after an extended-protocol error until Sync): if the proxy's view
- * of the stream were ever wrong, that fails closed, not open.
- */
-export function substituteFrame(type: 'Query' | 'Parse' | 'Execute' | 'FunctionCall', statementName = ''): Buffer {
-  switch (type) {
-    case 'Query':
-    case 'FunctionCall':
-      return FAILING_QUERY;
-    case 'Parse':
-      return encodeParse(statementName, FAILING_SQL);
-    case 'Execute':
-      return FAILING_EXECUTE;
-  }
-}
+export { substituteFrame } from './substitute-frames.ts';
 
 interface PreparedStatement {
   readonly text: string;
@@ -168,6 +130,11 @@ export class StatementGate {
    * use is refused until the name is parsed, prepared, closed or deallocated again.
    */
   private readonly uncertain = new Set<string>();
+  /**
+   * Cursors DECLAREd through this gate. FETCH and MOVE of any other portal are refused: a portal bound by the
+   * protocol would run its statement without the decision every Execute gets (an approval, a policy reload).
+   */
+  private readonly cursors = new Set<string>();
   private readonly pins: SessionPins;
   private readonly searchPath: readonly string[];
   private readonly onAnalysed: StatementGateOptions['onAnalysed'];
@@ -255,6 +222,7 @@ export class StatementGate {
       : (this.statements.get(msg.statement) ??
         (sqlPrepared === undefined ? undefined : { text: sqlPrepared.text, analysis: [sqlPrepared] }));
     this.masking?.rebound('P', msg.portal, msg.statement);
+    this.cursors.delete(msg.portal); // one namespace: FETCH of this name now reads a protocol portal
     if (statement === undefined) this.portals.delete(msg.portal);
     else {
       this.portals.set(msg.portal, {
@@ -519,8 +487,13 @@ export class StatementGate {
       });
     }
     this.onAnalysed?.(analysis.statements);
+    const declared = new Set<string>(); // cursors DECLAREd earlier in this string
     for (const s of analysis.statements) {
       if (s.executes !== undefined && this.uncertain.has(s.executes)) return uncertainRefusal(s.executes);
+      if (s.declares !== undefined) declared.add(s.declares);
+      if (s.fetches !== undefined && !this.cursors.has(s.fetches) && !declared.has(s.fetches)) {
+        return undeclaredCursor(s.fetches);
+      }
       if (s.setting === undefined && s.configures === undefined && s.transaction !== 'begin') continue;
       const refusal = settingRefusal(s, this.pins);
       if (refusal !== undefined) return denial({ id: 'SettingRefused', message: `chaperone: ${refusal}` });
@@ -572,20 +545,36 @@ export class StatementGate {
       // DECLARE and CLOSE name portals too: a portal the sidecar saw bound is not what such a name runs now.
       if (s.declares !== undefined) {
         this.portals.delete(s.declares);
+        this.cursors.add(s.declares);
         cursors.push(s.declares);
       }
-      if (s.closes === '*') this.portals.clear();
-      else if (s.closes !== undefined) this.portals.delete(s.closes);
+      if (s.closes === '*') {
+        this.portals.clear();
+        this.cursors.clear();
+      } else if (s.closes !== undefined) {
+        this.portals.delete(s.closes);
+        this.cursors.delete(s.closes);
+      }
     }
     if (names.length === 0 && cursors.length === 0) return undefined;
     return () => {
       for (const name of names) this.uncertainFrom(name)();
-      for (const cursor of cursors) this.masking?.forgetCursor(cursor);
+      for (const cursor of cursors) {
+        this.cursors.delete(cursor);
+        this.masking?.forgetCursor(cursor);
+      }
     };
   }
 }
 
 const NO_PARAMETERS: readonly string[] = Object.freeze([]);
+
+function undeclaredCursor(name: string): Denial {
+  return denial({
+    id: 'UnknownPortal',
+    message: `chaperone: FETCH or MOVE of ${JSON.stringify(name)}, which was not declared as a cursor through the sidecar (a portal bound by the protocol, or a DECLARE that failed), is not allowed`,
+  });
+}
 
 function uncertainRefusal(name: string): Denial {
   return denial({

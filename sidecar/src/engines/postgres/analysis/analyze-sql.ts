@@ -100,6 +100,8 @@ export interface AnalyzedStatement extends SqlStatementFacts {
   readonly declares?: string;
   /** CLOSE name; `*` for CLOSE ALL. */
   readonly closes?: string;
+  /** FETCH or MOVE name: runs the portal of that name (a cursor, or a portal bound by the protocol). */
+  readonly fetches?: string;
   /**
    * DDL that can put a column's values under another name than the one masking rules know them by (a
    * rename, a move to another schema, a generated column, ALTER COLUMN TYPE … USING, a trigger or rule):
@@ -730,8 +732,8 @@ function classify(node: unknown, collect: FactCollector): Classified {
       // DEALLOCATE ALL: no name (PostgreSQL 15), `isall` (17+).
       return { ...facts('prepare', false), deallocates: body.isall === true ? '*' : (text(body.name) ?? '*') };
     case 'FetchStmt':
-      // The cursor's query was decided when it was declared.
-      return facts('select', false);
+      // The cursor's query was decided when it was declared (the engine refuses names it did not see declared).
+      return { ...facts('select', false), fetches: text(body.portalname) ?? '' };
     case 'ClosePortalStmt':
       return { ...facts('select', false), closes: text(body.portalname) ?? '*' };
     case 'TransactionStmt': {
