@@ -487,11 +487,11 @@ export class StatementGate {
       });
     }
     this.onAnalysed?.(analysis.statements);
-    const declared = new Set<string>(); // cursors DECLAREd earlier in this string
+    let declared: Set<string> | undefined; // cursors DECLAREd earlier in this string (rare: made when needed)
     for (const s of analysis.statements) {
       if (s.executes !== undefined && this.uncertain.has(s.executes)) return uncertainRefusal(s.executes);
-      if (s.declares !== undefined) declared.add(s.declares);
-      if (s.fetches !== undefined && !this.cursors.has(s.fetches) && !declared.has(s.fetches)) {
+      if (s.declares !== undefined) (declared ??= new Set()).add(s.declares);
+      if (s.fetches !== undefined && !this.cursors.has(s.fetches) && declared?.has(s.fetches) !== true) {
         return undeclaredCursor(s.fetches);
       }
       if (s.setting === undefined && s.configures === undefined && s.transaction !== 'begin') continue;
