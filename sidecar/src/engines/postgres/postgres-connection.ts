@@ -439,8 +439,7 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
       case 'Bind':
         this.forward(msg.frame);
         if (discarding) return;
-        tracker.expect('bind');
-        tracker.onFailure(gate.bind(msg)); // a Bind the upstream refused leaves no portal the sidecar knows
+        tracker.expectUndoable('bind', gate.bind(msg)); // a refused Bind leaves no portal the sidecar knows
         return;
       case 'Describe':
         this.forward(msg.frame);
@@ -448,8 +447,7 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
         return;
       case 'Close':
         this.forward(msg.frame);
-        if (!discarding) tracker.expect('close'); // skipped upstream while discarding: nothing closes
-        if (!discarding) tracker.onFailure(gate.close(msg.kind, msg.name));
+        if (!discarding) tracker.expectUndoable('close', gate.close(msg.kind, msg.name)); // else skipped upstream
         return;
       case 'Sync':
         this.forward(msg.frame);

@@ -119,6 +119,12 @@ export class ResponseTracker {
     if (unit !== undefined && undo !== undefined) unit.undo = undo;
   }
 
+  /** expect, then onFailure: a message whose effect on names the gate assumed (Bind, Close). */
+  expectUndoable(kind: UnitKind, undo: (() => void) | undefined): void {
+    this.expect(kind);
+    this.onFailure(undo);
+  }
+
   /** The client sent Sync. */
   sync(): void {
     // PostgreSQL ignores Sync during copy-in (libpq sends one right after an extended-protocol COPY FROM
