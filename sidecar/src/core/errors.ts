@@ -105,6 +105,13 @@ export const SIDECAR_ERRORS = {
     fatal: false,
     summary: 'Execute of a portal the sidecar did not see bound.',
   },
+  UncertainStatement: {
+    sqlState: '42501',
+    httpStatus: 403,
+    fatal: false,
+    summary:
+      'Use of a prepared statement whose last Parse, PREPARE, Close or DEALLOCATE the server refused or skipped.',
+  },
   MaskingRefused: {
     sqlState: '42501',
     httpStatus: 403,

@@ -439,17 +439,15 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
       case 'Bind':
         this.forward(msg.frame);
         if (discarding) return;
-        gate.bind(msg);
-        tracker.expect('bind');
+        tracker.expectUndoable('bind', gate.bind(msg)); // a refused Bind leaves no portal the sidecar knows
         return;
       case 'Describe':
         this.forward(msg.frame);
         if (!discarding) tracker.expect('describe', undefined, undefined, undefined, gate.describe(msg.kind, msg.name));
         return;
       case 'Close':
-        gate.close(msg.kind, msg.name);
         this.forward(msg.frame);
-        if (!discarding) tracker.expect('close');
+        if (!discarding) tracker.expectUndoable('close', gate.close(msg.kind, msg.name)); // else skipped upstream
         return;
       case 'Sync':
         this.forward(msg.frame);
@@ -496,6 +494,7 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
     if (verdict.action === 'forward') {
       this.forward(frame);
       tracker.expect(UNIT_OF[type], verdict.command, undefined, verdict.rows);
+      tracker.onFailure(verdict.undo);
     } else {
       this.forward(substituteFrame(type, name));
       tracker.expect(UNIT_OF[type], verdict.command, verdict.denial);

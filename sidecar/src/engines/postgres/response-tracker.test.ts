@@ -207,3 +207,41 @@ test('thousands of pipelined units keep order and bounded memory', () => {
   assert.ok(outcomes.every(([id], i) => id === i + 1));
   assert.equal(t.pending, 0);
 });
+
+test('onFailure: a message that completes keeps what the gate assumed; one that fails or is skipped takes it back', () => {
+  const { t } = tracker();
+  const undone: string[] = [];
+  const note = (name: string) => () => {
+    undone.push(name);
+  };
+  // Completed: nothing taken back.
+  t.expect('parse');
+  t.onFailure(note('ok'));
+  t.expect('sync');
+  feed(t, parseComplete, ready('I'));
+  assert.deepEqual(undone, []);
+  // The first Parse fails (42P05), the Bind and Close after it are skipped: all three are taken back, once.
+  t.expect('parse');
+  t.onFailure(note('parse'));
+  t.expect('bind');
+  t.onFailure(note('bind'));
+  t.expect('close');
+  t.onFailure(note('close'));
+  t.expect('sync');
+  feed(t, error('42P05', 'prepared statement "s" already exists'), ready('I'));
+  assert.deepEqual(undone, ['parse', 'bind', 'close']);
+  // A simple query with an error (in any of its statements) takes back what it assumed; a successful one does not.
+  t.expect('query', command(1));
+  t.onFailure(note('query ok'));
+  feed(t, complete('PREPARE'), ready('I'));
+  t.expect('query', command(2));
+  t.onFailure(note('query failed'));
+  feed(t, error('22012', 'division by zero'), ready('I'));
+  assert.deepEqual(undone, ['parse', 'bind', 'close', 'query failed']);
+  // A message that got no response of its own before ReadyForQuery did not complete either.
+  t.expect('close');
+  t.onFailure(note('no answer'));
+  t.expect('sync');
+  feed(t, ready('I'));
+  assert.deepEqual(undone, ['parse', 'bind', 'close', 'query failed', 'no answer']);
+});

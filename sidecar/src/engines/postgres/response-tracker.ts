@@ -48,6 +48,8 @@ interface ResponseUnit {
   readonly described: ((rowDescription: Buffer) => void) | undefined;
   rowCount: number;
   error: ErrorFields | undefined;
+  /** Called when the message does not complete in the upstream (its error, or skipped until Sync). */
+  undo: (() => void) | undefined;
 }
 
 export interface ResponseTrackerOptions {
@@ -104,7 +106,23 @@ export class ResponseTracker {
     described?: (rowDescription: Buffer) => void,
   ): void {
     if (rows !== undefined) this.rewriters += 1;
-    this.units.push({ kind, command, denial, rows, described, rowCount: 0, error: undefined });
+    this.units.push({ kind, command, denial, rows, described, rowCount: 0, error: undefined, undo: undefined });
+  }
+
+  /**
+   * What to do when the message queued last does not complete in the upstream (its own error, an error in
+   * an earlier statement of its Query string, or skipped after an earlier error until Sync): the gate takes
+   * back what it assumed the message did to the names of statements, portals and cursors (statement-gate.ts).
+   */
+  onFailure(undo: (() => void) | undefined): void {
+    const unit = this.units.at(-1);
+    if (unit !== undefined && undo !== undefined) unit.undo = undo;
+  }
+
+  /** expect, then onFailure: a message whose effect on names the gate assumed (Bind, Close). */
+  expectUndoable(kind: UnitKind, undo: (() => void) | undefined): void {
+    this.expect(kind);
+    this.onFailure(undo);
   }
 
   /** The client sent Sync. */
@@ -168,6 +186,7 @@ export class ResponseTracker {
             if (u.kind === 'query') this.finish(u, u.error === undefined ? 'success' : 'error');
             break;
           }
+          undo(u);
           this.finish(u, 'cancelled');
         }
         return frame;
@@ -226,12 +245,14 @@ export class ResponseTracker {
     if (unit.kind === 'query') {
       // In a simple query the error ends the statements; ReadyForQuery completes the unit.
       unit.error = unit.denial === undefined ? decodeErrorFields(frame) : DENIED;
+      undo(unit); // a statement of the string failed: the ones after it did not run, and may not have stuck
       return unit.denial?.frame ?? frame;
     }
     // Extended protocol: this message failed and the upstream now skips everything until Sync.
     const failed = this.shift();
     let cause: ErrorFields | undefined;
     if (failed !== undefined) {
+      undo(failed);
       failed.error = failed.denial === undefined ? decodeErrorFields(frame) : undefined;
       this.finish(failed, failed.denial === undefined ? 'error' : 'denied');
       // A Parse or Bind failed: the Execute that follows in this batch failed because of it.
@@ -244,6 +265,7 @@ export class ResponseTracker {
         break;
       }
       const skipped = this.shift();
+      if (skipped !== undefined) undo(skipped);
       if (cause !== undefined && skipped?.kind === 'execute' && skipped.command !== undefined) {
         skipped.error = cause;
         cause = undefined;
@@ -278,6 +300,13 @@ export class ResponseTracker {
       ...counts,
     });
   }
+}
+
+/** Runs a failed unit's undo once. */
+function undo(unit: ResponseUnit): void {
+  const taken = unit.undo;
+  unit.undo = undefined;
+  taken?.();
 }
 
 /** Marks a simple query whose error was our denial (the outcome record takes the denial's code). */

@@ -243,7 +243,9 @@ test('an empty query is forwarded without a decision', () => {
 
 test('Parse: allowed statements are prepared unrecorded and decided at every Execute with their parameters', () => {
   const { gate, sink, policy } = setup();
-  assert.deepEqual(gate.parse('s1', 'SELECT * FROM orders WHERE id = $1'), { action: 'forward', command: undefined });
+  const parsed = gate.parse('s1', 'SELECT * FROM orders WHERE id = $1');
+  assert.equal(parsed.action, 'forward');
+  assert.equal(parsed.command, undefined);
   assert.equal(records(sink).filter((r) => r.type === 'command.decision').length, 0);
   gate.bind(bind('', 's1', '42'));
   const first = settled(gate.execute(''));
@@ -292,6 +294,63 @@ test('Close forgets a statement: binding it again finds nothing, so its Execute 
   gate.close('S', 's');
   gate.bind(bind('p', 's'));
   assert.equal(settled(gate.execute('p')).action, 'substitute');
+});
+
+test('a Parse, Close or Bind the upstream refused or skipped: every later use of the name is refused until it is parsed again', () => {
+  const { gate } = setup();
+  // The upstream refused the second Parse of "s" (42P05: it still holds the first): Bind of "s" is refused.
+  gate.parse('s', 'SELECT * FROM orders');
+  const again = gate.parse('s', 'SELECT 1');
+  assert.ok(again.action === 'forward' && again.undo !== undefined);
+  again.undo();
+  gate.bind(bind('p', 's'));
+  const refused = settled(gate.execute('p'));
+  assert.equal(refused.action, 'substitute');
+  assert.match(errorFields(refused.denial?.frame).M ?? '', /may not be what the sidecar saw prepared/);
+  // SQL EXECUTE of the name too.
+  assert.equal(settled(gate.query('EXECUTE s')).action, 'substitute');
+  // A Close that completes, then a Parse: the name is known again.
+  gate.close('S', 's');
+  const fresh = gate.parse('s', 'SELECT 2');
+  assert.equal(fresh.action, 'forward');
+  gate.bind(bind('p', 's'));
+  assert.equal(settled(gate.execute('p')).action, 'forward');
+  // A Close the upstream skipped: it may still hold "s".
+  gate.close('S', 's')?.();
+  gate.bind(bind('p', 's'));
+  assert.equal(settled(gate.execute('p')).action, 'substitute');
+  // A Bind the upstream refused: the portal is not known (an older one of that name may be open).
+  gate.parse('t', 'SELECT 3');
+  gate.bind(bind('q', 't'));
+  gate.bind(bind('q', 't'))();
+  assert.equal(settled(gate.execute('q')).action, 'substitute');
+});
+
+test('a SQL PREPARE or DEALLOCATE in a Query that failed leaves the name refused; DECLARE and CLOSE forget the portal of that name', () => {
+  const { gate } = setup();
+  settled(gate.query('PREPARE a AS SELECT * FROM orders'));
+  const failed = settled(gate.query('PREPARE a AS SELECT 1'));
+  assert.ok(failed.action === 'forward' && failed.undo !== undefined);
+  failed.undo(); // 42P05: the server still holds the first
+  assert.equal(settled(gate.query('EXECUTE a')).action, 'substitute');
+  gate.bind(bind('p', 'a'));
+  assert.equal(settled(gate.execute('p')).action, 'substitute');
+  // SQL DEALLOCATE drops a protocol-level statement too.
+  gate.parse('b', 'SELECT 1');
+  settled(gate.query('DEALLOCATE b'));
+  gate.bind(bind('p', 'b'));
+  assert.equal(settled(gate.execute('p')).action, 'substitute', 'the sidecar no longer knows "b"');
+  // A portal bound by the protocol, then a cursor DECLAREd with its name: the portal is forgotten.
+  gate.parse('', 'SELECT 1');
+  gate.bind(bind('c', ''));
+  settled(gate.query('DECLARE c CURSOR WITH HOLD FOR SELECT * FROM orders'));
+  assert.equal(settled(gate.execute('c')).action, 'substitute');
+  gate.bind(bind('d', ''));
+  settled(gate.query('CLOSE ALL'));
+  assert.equal(settled(gate.execute('d')).action, 'substitute');
+  // A Query without names to take back has no undo.
+  const plain = settled(gate.query('SELECT 1'));
+  assert.ok(plain.action === 'forward' && plain.undo === undefined);
 });
 
 test('SQL EXECUTE is decided as what PREPARE stored; a Bind may name a SQL-prepared statement too', () => {
@@ -412,4 +471,23 @@ test('substitutes fail upstream: an unknown statement, a portal name that is not
   // 'E', length 10, the portal name 0xFF (invalid UTF-8: no client can have such a portal), maxRows 0.
   assert.deepEqual([...execute], [0x45, 0, 0, 0, 10, 0xff, 0, 0, 0, 0, 0]);
   assert.equal(execute.readInt32BE(1), execute.length - 1);
+});
+
+test('FETCH and MOVE only of cursors DECLAREd through the gate: never of a portal bound by the protocol', () => {
+  const { gate } = setup();
+  gate.parse('s', 'SELECT * FROM orders');
+  gate.bind(bind('p', 's'));
+  for (const sql of ['FETCH ALL FROM p', 'MOVE NEXT IN p', 'FETCH 1 FROM never_declared']) {
+    const v = settled(gate.query(sql));
+    assert.ok(v.action === 'substitute', sql);
+    assert.match(errorFields(v.denial?.frame).M ?? '', /not declared/);
+  }
+  assert.equal(settled(gate.query('DECLARE c CURSOR FOR SELECT * FROM orders; FETCH 1 FROM c')).action, 'forward');
+  assert.equal(settled(gate.query('FETCH ALL FROM c')).action, 'forward');
+  // A Bind of the cursor's name: FETCH of it would now read a protocol portal.
+  gate.bind(bind('c', 's'));
+  assert.equal(settled(gate.query('FETCH ALL FROM c')).action, 'substitute');
+  settled(gate.query('DECLARE d CURSOR FOR SELECT 1'));
+  settled(gate.query('CLOSE d'));
+  assert.equal(settled(gate.query('FETCH ALL FROM d')).action, 'substitute');
 });

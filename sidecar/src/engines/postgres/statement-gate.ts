@@ -19,16 +19,25 @@ import { pinnedSearchPath, settingRefusal, type SessionPins } from './analysis/s
 import type { SqlAnalyzer } from './analysis/sql-analyzer.ts';
 import { denial, sqlStateOf, type Denial } from './error-responses.ts';
 import type { TransactionStatus } from './protocol/backend-messages.ts';
-import { encodeParse, encodeQuery } from './protocol/frontend-encoder.ts';
+
 import type { Bind } from './protocol/frontend-messages.ts';
 import { auditParameters, describeRefused, describeStatements } from './sql-command.ts';
 import type { MaskingVerdict, ResultMasking } from './masking/result-masking.ts';
 import type { ResultRewriter } from './masking/row-masker.ts';
 
-/** What the connection relays at once: the frame, or a failing substitute with our denial. */
+/**
+ * What the connection relays at once: the frame, or a failing substitute with our denial. `undo` (for the
+ * response tracker's onFailure): what the gate assumed the forwarded message did to the names of statements,
+ * portals and cursors, taken back when the upstream refuses or skips it.
+ */
 export type RelayVerdict =
   /** `rows`: the result masking of the command's response, when its decision masks anything. */
-  | { readonly action: 'forward'; readonly command: DecidedCommand | undefined; readonly rows?: ResultRewriter }
+  | {
+      readonly action: 'forward';
+      readonly command: DecidedCommand | undefined;
+      readonly rows?: ResultRewriter;
+      readonly undo?: () => void;
+    }
   /** `denial` undefined: the upstream's own error for the substitute is what the client should see. */
   | {
       readonly action: 'substitute';
@@ -64,45 +73,7 @@ function exactParameters(bind: Bind): string[] {
 /** Forward, with no decided command (an empty query, a Parse decided again at Execute). */
 const FORWARD: RelayVerdict = Object.freeze({ action: 'forward', command: undefined });
 
-/** Statement text that fails in the upstream's parser at once; its error is replaced by the denial. */
-const FAILING_SQL = 'CHAPERONE_DENIED';
-const FAILING_QUERY = encodeQuery(FAILING_SQL);
-/**
- * An Execute whose portal name is not valid UTF-8 (the byte 0xFF): the server refuses the message itself
- * ("invalid byte sequence", the client encoding is pinned to UTF8), so it fails whatever portals exist. No
- * client can create a portal of that name (a Bind naming it fails the same way, and SQL text must be valid
- * UTF-8), unlike any printable name, which a client could Bind or DECLARE to have a substitute run it.
- */
-const FAILING_EXECUTE = Buffer.from([
-  0x45, // 'E'
-  0x00,
-  0x00,
-  0x00,
-  0x0a, // length: itself, the name and its NUL, maxRows
-  0xff,
-  0x00, // portal name: one invalid byte
-  0x00,
-  0x00,
-  0x00,
-  0x00, // maxRows 0
-]);
-
-/**
- * What is sent upstream instead of a refused message of this kind: a message that fails at once there. Also
- * sent for messages the upstream discards (after an extended-protocol error until Sync): if the proxy's view
- * of the stream were ever wrong, that fails closed, not open.
- */
-export function substituteFrame(type: 'Query' | 'Parse' | 'Execute' | 'FunctionCall', statementName = ''): Buffer {
-  switch (type) {
-    case 'Query':
-    case 'FunctionCall':
-      return FAILING_QUERY;
-    case 'Parse':
-      return encodeParse(statementName, FAILING_SQL);
-    case 'Execute':
-      return FAILING_EXECUTE;
-  }
-}
+export { substituteFrame } from './substitute-frames.ts';
 
 interface PreparedStatement {
   readonly text: string;
@@ -153,6 +124,17 @@ export class StatementGate {
   private readonly masking: ResultMasking | undefined;
   /** SQL-level PREPARE name → analysed inner statement, so EXECUTE name is decided as what it runs. */
   private readonly sqlPrepared = new Map<string, AnalyzedStatement>();
+  /**
+   * Statement names (one namespace on the server for Parse and PREPARE) whose last Parse, PREPARE, Close or
+   * DEALLOCATE the upstream refused or skipped: it may hold an older statement of that name, or none. Every
+   * use is refused until the name is parsed, prepared, closed or deallocated again.
+   */
+  private readonly uncertain = new Set<string>();
+  /**
+   * Cursors DECLAREd through this gate. FETCH and MOVE of any other portal are refused: a portal bound by the
+   * protocol would run its statement without the decision every Execute gets (an approval, a policy reload).
+   */
+  private readonly cursors = new Set<string>();
   private readonly pins: SessionPins;
   private readonly searchPath: readonly string[];
   private readonly onAnalysed: StatementGateOptions['onAnalysed'];
@@ -192,6 +174,9 @@ export class StatementGate {
    */
   parse(name: string, text: string): RelayVerdict {
     this.masking?.rebound('S', name);
+    this.masking?.forgetPrepared(name);
+    this.sqlPrepared.delete(name);
+    this.uncertain.delete(name);
     const statements = this.analyse(text);
     if (isDenial(statements)) {
       this.statements.set(name, { text, analysis: undefined, refusal: statements });
@@ -203,7 +188,7 @@ export class StatementGate {
       if (decision.decision === 'approve' && this.agentSession.holdsForApproval) {
         // Held at each Execute, with the parameters bound then; nothing is recorded until it is.
         this.statements.set(name, { text, analysis: statements, mayHold: true });
-        return FORWARD;
+        return { action: 'forward', command: undefined, undo: this.uncertainFrom(name) };
       }
       if (decision.decision !== 'allow') {
         const command = this.agentSession.record(description, decision);
@@ -213,17 +198,31 @@ export class StatementGate {
       }
     }
     this.statements.set(name, { text, analysis: statements });
-    return FORWARD;
+    return { action: 'forward', command: undefined, undo: this.uncertainFrom(name) };
   }
 
-  /** Bind: remembers which statement (and which parameters) a portal runs. */
-  bind(msg: Bind): void {
+  /** Taken back when a Parse, PREPARE, Close or DEALLOCATE of `name` did not complete upstream. */
+  private uncertainFrom(name: string): () => void {
+    return () => {
+      this.uncertain.add(name);
+      this.sqlPrepared.delete(name);
+      this.masking?.forgetPrepared(name);
+    };
+  }
+
+  /**
+   * Bind: remembers which statement (and which parameters) a portal runs. Returns what to take back when the
+   * Bind fails upstream: the portal is then not what the sidecar took it to be (an older one may be open).
+   */
+  bind(msg: Bind): () => void {
     // Protocol-level Bind may name a statement created by SQL PREPARE: it is decided as what it holds.
     const sqlPrepared = this.sqlPrepared.get(msg.statement);
-    const statement =
-      this.statements.get(msg.statement) ??
-      (sqlPrepared === undefined ? undefined : { text: sqlPrepared.text, analysis: [sqlPrepared] });
+    const statement = this.uncertain.has(msg.statement)
+      ? { text: `BIND ${JSON.stringify(msg.statement)}`, analysis: undefined, refusal: uncertainRefusal(msg.statement) }
+      : (this.statements.get(msg.statement) ??
+        (sqlPrepared === undefined ? undefined : { text: sqlPrepared.text, analysis: [sqlPrepared] }));
     this.masking?.rebound('P', msg.portal, msg.statement);
+    this.cursors.delete(msg.portal); // one namespace: FETCH of this name now reads a protocol portal
     if (statement === undefined) this.portals.delete(msg.portal);
     else {
       this.portals.set(msg.portal, {
@@ -233,6 +232,7 @@ export class StatementGate {
         exact: statement.mayHold === true ? exactParameters(msg) : undefined,
       });
     }
+    return () => this.portals.delete(msg.portal);
   }
 
   /** Execute: decided (again) as the portal's statement with its bound parameters. */
@@ -263,11 +263,18 @@ export class StatementGate {
     );
   }
 
-  /** Close of a statement ('S') or portal ('P'). */
-  close(kind: 'S' | 'P', name: string): void {
+  /** Close of a statement ('S', also one SQL PREPAREd) or portal ('P'); returns what to take back if it fails. */
+  close(kind: 'S' | 'P', name: string): (() => void) | undefined {
     this.masking?.rebound(kind, name);
-    if (kind === 'S') this.statements.delete(name);
-    else this.portals.delete(name);
+    if (kind === 'P') {
+      this.portals.delete(name);
+      return undefined;
+    }
+    this.statements.delete(name);
+    this.sqlPrepared.delete(name);
+    this.masking?.forgetPrepared(name);
+    this.uncertain.delete(name);
+    return this.uncertainFrom(name);
   }
 
   /** The fast-path interface calls any function by OID, out of sight of statement analysis: refused and recorded. */
@@ -430,8 +437,8 @@ export class StatementGate {
     if (audit.state === 'refused') return this.auditRefused(command, audit);
     const masking = this.masking;
     if (masking === undefined) {
-      this.noteAllowed(statements);
-      return { action: 'forward', command };
+      const undo = this.noteAllowed(statements);
+      return undo === undefined ? { action: 'forward', command } : { action: 'forward', command, undo };
     }
     const apply = (v: MaskingVerdict): RelayVerdict => {
       if (v.kind === 'deny') {
@@ -441,8 +448,13 @@ export class StatementGate {
           denial: denial({ id: 'MaskingRefused', message: `chaperone: ${v.reason}` }),
         };
       }
-      this.noteAllowed(statements);
-      return v.kind === 'rows' ? { action: 'forward', command, rows: v.rewriter } : { action: 'forward', command };
+      const undo = this.noteAllowed(statements);
+      return {
+        action: 'forward',
+        command,
+        ...(v.kind === 'rows' ? { rows: v.rewriter } : {}),
+        ...(undo === undefined ? {} : { undo }),
+      };
     };
     // Nothing of this connection is in flight and no transaction is open: whatever it changed in the
     // catalogue is committed (or rolled back) and visible to the catalogue connection.
@@ -475,7 +487,13 @@ export class StatementGate {
       });
     }
     this.onAnalysed?.(analysis.statements);
+    let declared: Set<string> | undefined; // cursors DECLAREd earlier in this string (rare: made when needed)
     for (const s of analysis.statements) {
+      if (s.executes !== undefined && this.uncertain.has(s.executes)) return uncertainRefusal(s.executes);
+      if (s.declares !== undefined) (declared ??= new Set()).add(s.declares);
+      if (s.fetches !== undefined && !this.cursors.has(s.fetches) && declared?.has(s.fetches) !== true) {
+        return undeclaredCursor(s.fetches);
+      }
       if (s.setting === undefined && s.configures === undefined && s.transaction !== 'begin') continue;
       const refusal = settingRefusal(s, this.pins);
       if (refusal !== undefined) return denial({ id: 'SettingRefused', message: `chaperone: ${refusal}` });
@@ -495,19 +513,75 @@ export class StatementGate {
     return resolveSqlExecute(s, this.sqlPrepared.get(s.executes));
   }
 
-  /** Tracks session state the analysis depends on, once a statement is allowed to run. */
-  private noteAllowed(statements: readonly AnalyzedStatement[]): void {
+  /**
+   * Tracks session state the analysis depends on, once a statement is allowed to run: as if it completes.
+   * Returns what to take back when the Query fails (a statement of the string errs: the PREPARE or DEALLOCATE
+   * may have failed, or not run at all, and a DECLARE may have met a cursor of that name).
+   */
+  private noteAllowed(statements: readonly AnalyzedStatement[]): (() => void) | undefined {
+    const names: string[] = [];
+    const cursors: string[] = [];
     for (const s of statements) {
-      if (s.prepares !== undefined) this.sqlPrepared.set(s.prepares, s);
+      if (s.prepares !== undefined) {
+        // One namespace with protocol-level statements: a name in use fails in the server (42P05).
+        this.statements.delete(s.prepares);
+        this.uncertain.delete(s.prepares);
+        this.sqlPrepared.set(s.prepares, s);
+        names.push(s.prepares);
+      }
       if (s.deallocates !== undefined) {
-        if (s.deallocates === '*') this.sqlPrepared.clear();
-        else this.sqlPrepared.delete(s.deallocates);
+        const dropped =
+          s.deallocates === '*'
+            ? [...this.sqlPrepared.keys(), ...this.statements.keys(), ...this.uncertain].filter((n) => n !== '')
+            : [s.deallocates];
+        for (const name of dropped) {
+          this.sqlPrepared.delete(name);
+          this.statements.delete(name);
+          this.uncertain.delete(name);
+          this.masking?.forgetPrepared(name);
+        }
+        names.push(...dropped);
+      }
+      // DECLARE and CLOSE name portals too: a portal the sidecar saw bound is not what such a name runs now.
+      if (s.declares !== undefined) {
+        this.portals.delete(s.declares);
+        this.cursors.add(s.declares);
+        cursors.push(s.declares);
+      }
+      if (s.closes === '*') {
+        this.portals.clear();
+        this.cursors.clear();
+      } else if (s.closes !== undefined) {
+        this.portals.delete(s.closes);
+        this.cursors.delete(s.closes);
       }
     }
+    if (names.length === 0 && cursors.length === 0) return undefined;
+    return () => {
+      for (const name of names) this.uncertainFrom(name)();
+      for (const cursor of cursors) {
+        this.cursors.delete(cursor);
+        this.masking?.forgetCursor(cursor);
+      }
+    };
   }
 }
 
 const NO_PARAMETERS: readonly string[] = Object.freeze([]);
+
+function undeclaredCursor(name: string): Denial {
+  return denial({
+    id: 'UnknownPortal',
+    message: `chaperone: FETCH or MOVE of ${JSON.stringify(name)}, which was not declared as a cursor through the sidecar (a portal bound by the protocol, or a DECLARE that failed), is not allowed`,
+  });
+}
+
+function uncertainRefusal(name: string): Denial {
+  return denial({
+    id: 'UncertainStatement',
+    message: `chaperone: prepared statement ${JSON.stringify(name)} may not be what the sidecar saw prepared (its last Parse, PREPARE, Close or DEALLOCATE failed or was skipped); close or deallocate it and prepare it again`,
+  });
+}
 const IN_TRANSACTION = Object.freeze({ inTransaction: true });
 const NOT_IN_TRANSACTION = Object.freeze({ inTransaction: false });
 

@@ -495,3 +495,35 @@ describe('corpus under a read-only policy', () => {
     });
   }
 });
+
+describe('names a statement gives to server objects', () => {
+  it('DECLARE and CLOSE name cursors (portals); CLOSE ALL is *', () => {
+    assert.equal(statementsOf('DECLARE c CURSOR WITH HOLD FOR SELECT 1')[0]?.declares, 'c');
+    assert.equal(statementsOf('CLOSE c')[0]?.closes, 'c');
+    assert.equal(statementsOf('CLOSE ALL')[0]?.closes, '*');
+    assert.equal(statementsOf('FETCH ALL FROM c')[0]?.closes, undefined);
+  });
+
+  it('DDL that puts column values under another name is flagged; other DDL is not', () => {
+    const flagged = [
+      'ALTER TABLE t RENAME COLUMN a TO b',
+      'ALTER TABLE t RENAME TO u',
+      'ALTER SCHEMA public RENAME TO p2',
+      'ALTER VIEW v RENAME COLUMN a TO b',
+      'ALTER TABLE t SET SCHEMA other',
+      'ALTER TABLE t ADD COLUMN c text GENERATED ALWAYS AS (a) STORED',
+      'ALTER TABLE t ALTER COLUMN b TYPE text USING a',
+      'CREATE TRIGGER tr BEFORE UPDATE ON t FOR EACH ROW EXECUTE FUNCTION f()',
+      'CREATE RULE r AS ON UPDATE TO t DO ALSO NOTIFY x',
+    ];
+    for (const sql of flagged) assert.ok(statementsOf(sql)[0]?.renamesColumns !== undefined, sql);
+    for (const sql of [
+      'ALTER TABLE t ADD COLUMN c text DEFAULT 1',
+      'ALTER TABLE t ALTER COLUMN b TYPE text',
+      'CREATE INDEX ON t (a)',
+    ]) {
+      assert.equal(statementsOf(sql)[0]?.renamesColumns, undefined, sql);
+      assert.equal(statementsOf(sql)[0]?.kind, 'ddl', sql);
+    }
+  });
+});

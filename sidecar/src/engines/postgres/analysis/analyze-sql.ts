@@ -96,6 +96,18 @@ export interface AnalyzedStatement extends SqlStatementFacts {
   readonly executeArguments?: SqlStatementFacts;
   /** DEALLOCATE name; `*` for DEALLOCATE ALL. */
   readonly deallocates?: string;
+  /** DECLARE name CURSOR: a portal of that name on the server (one namespace with protocol-level portals). */
+  readonly declares?: string;
+  /** CLOSE name; `*` for CLOSE ALL. */
+  readonly closes?: string;
+  /** FETCH or MOVE name: runs the portal of that name (a cursor, or a portal bound by the protocol). */
+  readonly fetches?: string;
+  /**
+   * DDL that can put a column's values under another name than the one masking rules know them by (a
+   * rename, a move to another schema, a generated column, ALTER COLUMN TYPE … USING, a trigger or rule):
+   * what it does, for the refusal (masking/result-masking.ts).
+   */
+  readonly renamesColumns?: string;
   readonly transaction?: TransactionAction;
   /** Savepoint name (savepoint, release, rollback-to) or global transaction id (two-phase forms). */
   readonly transactionName?: string;
@@ -701,7 +713,7 @@ function classify(node: unknown, collect: FactCollector): Classified {
     case 'PrepareStmt':
       return inner(body.query, { prepares: text(body.name) ?? '' });
     case 'DeclareCursorStmt':
-      return inner(body.query, {});
+      return inner(body.query, { declares: text(body.portalname) ?? '' });
     case 'ExecuteStmt': {
       collect.visit(body.params, noScope);
       const args = facts('execute', false);
@@ -720,9 +732,10 @@ function classify(node: unknown, collect: FactCollector): Classified {
       // DEALLOCATE ALL: no name (PostgreSQL 15), `isall` (17+).
       return { ...facts('prepare', false), deallocates: body.isall === true ? '*' : (text(body.name) ?? '*') };
     case 'FetchStmt':
+      // The cursor's query was decided when it was declared (the engine refuses names it did not see declared).
+      return { ...facts('select', false), fetches: text(body.portalname) ?? '' };
     case 'ClosePortalStmt':
-      // The cursor's query was decided when it was declared.
-      return facts('select', false);
+      return { ...facts('select', false), closes: text(body.portalname) ?? '*' };
     case 'TransactionStmt': {
       const action = TRANSACTION_ACTIONS[text(body.kind) ?? ''];
       const twoPhase =
@@ -779,12 +792,37 @@ function classify(node: unknown, collect: FactCollector): Classified {
     const dcl = list(body.cmds).some((c) =>
       DCL_ALTER_TABLE_COMMANDS.has(text(record(record(c).AlterTableCmd).subtype) ?? ''),
     );
-    return facts(dcl ? 'dcl' : 'ddl', true);
+    const copies = list(body.cmds)
+      .map((c) => columnCopy(record(record(c).AlterTableCmd)))
+      .find((r) => r !== undefined);
+    return { ...facts(dcl ? 'dcl' : 'ddl', true), ...(copies === undefined ? {} : { renamesColumns: copies }) };
   }
+  const renames = RENAMING_STATEMENTS[type];
+  if (renames !== undefined) return { ...facts('ddl', true), renamesColumns: renames };
   if (DDL_STATEMENTS.has(type)) return facts('ddl', true);
   if (DCL_STATEMENTS.has(type)) return facts('dcl', true);
   if (MAINTENANCE_STATEMENTS.has(type)) return facts('maintenance', true);
   return facts('other', true);
+}
+
+/** Statements that give values another name (see AnalyzedStatement.renamesColumns). */
+const RENAMING_STATEMENTS: Readonly<Record<string, string>> = {
+  RenameStmt: 'renaming an object',
+  AlterObjectSchemaStmt: 'moving an object to another schema',
+  CreateTrigStmt: 'creating a trigger',
+  RuleStmt: 'creating a rule',
+};
+
+/** An ALTER TABLE command that fills a column from other columns: a generated column, or TYPE … USING. */
+function columnCopy(cmd: Json): string | undefined {
+  const def = record(record(cmd.def).ColumnDef);
+  const subtype = text(cmd.subtype);
+  if (subtype === 'AT_AlterColumnType' && def.raw_default !== undefined) return 'changing a column type with USING';
+  if (subtype !== 'AT_AddColumn') return undefined;
+  const generated = list(def.constraints).some(
+    (c) => text(record(record(c).Constraint).contype) === 'CONSTR_GENERATED',
+  );
+  return generated ? 'adding a generated column' : undefined;
 }
 
 interface SqlErrorLike {

@@ -63,6 +63,9 @@ const CATALOG_INERT: ReadonlySet<string> = new Set([
   'maintenance',
 ]);
 
+const RENAMING =
+  ' is not allowed to an identity whose results are masked: masking rules name columns, and values under another name would not be masked';
+
 const CHANGED_CATALOG =
   'statements after a catalogue change (DDL, grants, DO, CALL) in the same transaction or pipeline cannot be traced for masking; commit the change first';
 
@@ -117,6 +120,10 @@ export class ResultMasking {
     }
     if (instructions.length === 0) return NONE;
     if (maskingRules(instructions).byColumn.length > 0) {
+      // Rules name columns: a column renamed, moved or copied into another by DDL would no longer be masked.
+      const renaming = statements.find((s) => s.renamesColumns !== undefined);
+      if (renaming?.renamesColumns !== undefined)
+        return { kind: 'deny', reason: `${renaming.renamesColumns}${RENAMING}` };
       // After this session changed the catalogue in a transaction or pipeline not yet settled, the catalogue
       // connection still sees the definitions from before (a view redefined to expose a masked column, a
       // column renamed): what the session reads or writes then cannot be traced. Refused until it commits.
@@ -152,6 +159,19 @@ export class ResultMasking {
         target.statement.rowDescription = target.rowDescription;
       }
     };
+  }
+
+  /**
+   * The server may not hold this prepared statement (or cursor) as this connection last planned it: a Parse,
+   * Close or DEALLOCATE of the name, or a PREPARE or DECLARE that failed. EXECUTE / FETCH of it are then
+   * planned as unknown rows (masked or refused), never with a stale lineage.
+   */
+  forgetPrepared(name: string): void {
+    this.prepared.delete(name);
+  }
+
+  forgetCursor(name: string): void {
+    this.cursors.delete(name);
   }
 
   /**
