@@ -70,6 +70,11 @@ interface RunResult {
   /** The same split into user and kernel (system) time, µs per transaction. */
   readonly proxyUserUsPerTxn: number | undefined;
   readonly proxySysUsPerTxn: number | undefined;
+  /**
+   * Time the proxy's main thread spent runnable but waiting for a CPU (the 2nd field of
+   * /proc/PID/task/PID/schedstat), µs per transaction: how long the serial stage queued behind others.
+   */
+  readonly proxyRunQueueWaitUsPerTxn: number | undefined;
   readonly loadavgBefore: readonly number[];
   readonly loadavgAfter: readonly number[];
 }
@@ -112,6 +117,8 @@ const { values: args } = parseArgs({
     'profile-variant': { type: 'string' },
     /** With --profile: only the CPU profiles, not the variant table. */
     'profiles-only': { type: 'boolean' },
+    /** With --profile: only the variant table, no CPU profiles. */
+    'variants-only': { type: 'boolean' },
     /** With --profile: also measure the sidecar of another checkout (its root directory), interleaved. */
     baseline: { type: 'string' },
     /** With --profile: only these variants of the table, comma-separated (e.g. `as shipped,baseline`). */
@@ -268,6 +275,17 @@ function run(
   });
 }
 
+/** Nanoseconds a process's main thread has waited on a run queue (schedstat's 2nd field; needs schedstats). */
+function runQueueWaitNs(pid: number | undefined): number | undefined {
+  if (pid === undefined) return undefined;
+  try {
+    const fields = readFileSync(`/proc/${pid}/task/${pid}/schedstat`, 'utf8').trim().split(' ');
+    return Number(fields[1]);
+  } catch {
+    return undefined;
+  }
+}
+
 /** User and system CPU time of a process in µs, from /proc (Linux). */
 function cpuMicros(pid: number | undefined): { user: number; sys: number } | undefined {
   if (pid === undefined) return undefined;
@@ -414,8 +432,10 @@ async function pgbench(
   const argv = ['-n', '-S', '-M', mode, '-c', String(clients), '-j', String(threads), '-T', String(seconds)];
   const loadavgBefore = loadavg();
   const cpuBefore = cpuMicros(proxyPid);
+  const waitBefore = runQueueWaitNs(proxyPid);
   const { stdout, stderr } = await run(pgTool('pgbench'), argv, env);
   const cpuAfter = cpuMicros(proxyPid);
+  const waitAfter = runQueueWaitNs(proxyPid);
   const out = `${stdout}\n${stderr}`;
   const transactions = parseNumber(out, /number of transactions actually processed: (\d+)/, 'transaction count');
   transactionsByTarget.set(target, (transactionsByTarget.get(target) ?? 0) + transactions);
@@ -433,6 +453,10 @@ async function pgbench(
     transactions,
     failed,
     ...perTxn(cpuBefore, cpuAfter, transactions),
+    proxyRunQueueWaitUsPerTxn:
+      waitBefore === undefined || waitAfter === undefined || transactions === 0
+        ? undefined
+        : (waitAfter - waitBefore) / 1000 / transactions,
     loadavgBefore,
     loadavgAfter: loadavg(),
   };
@@ -774,11 +798,11 @@ async function startSidecar(
   });
 }
 
-async function setUp(): Promise<PostgresCluster> {
+async function setUp(maxConnections = 400): Promise<PostgresCluster> {
   runDir = createRunDirectory();
   console.log(`bench: run directory ${runDir}`);
   // As in the issue's measurements: room for 150 clients through PgBouncer and the sidecar at once.
-  const pg = await startPostgres(runDir, { settings: { max_connections: '400' } });
+  const pg = await startPostgres(runDir, { settings: { max_connections: String(maxConnections) } });
   postgres = pg;
   const started = Date.now();
   await run(pgTool('pgbench'), ['-i', '-s', String(SCALE), '-q'], directEnv(pg));
@@ -1092,7 +1116,9 @@ const VARIANTS: readonly Variant[] = [
 ];
 
 async function profile(): Promise<void> {
-  const pg = await setUp();
+  // The variant table's sidecars all run at once, and each keeps the upstream sessions of its 150 clients
+  // parked for the next run (docs/postgres-engine.md, "How many are kept"), as PgBouncer keeps its pool.
+  const pg = await setUp(args.shapes?.includes('c150') === true ? 1000 : 400);
   mkdirSync(PROFILE_DIR, { recursive: true });
   const seconds = Number(process.env.BENCH_SECONDS ?? 8);
   const allShapes = [
@@ -1101,13 +1127,28 @@ async function profile(): Promise<void> {
     { mode: 'prepared', clients: 1 },
     { mode: 'prepared', clients: 8 },
   ] as const;
+  // The footprint part's many-clients shape, only when asked for by name (`--shapes simple-c150`).
+  const manyClientShapes = [
+    { mode: 'simple', clients: 150 },
+    { mode: 'prepared', clients: 150 },
+  ] as const;
   const shapeNames = args.shapes?.split(',');
-  const shapes = allShapes.filter((s) => shapeNames?.includes(`${s.mode}-c${String(s.clients)}`) ?? true);
+  const shapes = [
+    ...allShapes.filter((s) => shapeNames?.includes(`${s.mode}-c${String(s.clients)}`) ?? true),
+    ...manyClientShapes.filter((s) => shapeNames?.includes(`${s.mode}-c${String(s.clients)}`) ?? false),
+  ];
 
   const profiled = VARIANTS.find((v) => v.name === (args['profile-variant'] ?? 'as shipped'));
   if (profiled === undefined) throw new Error(`unknown variant; one of: ${VARIANTS.map((v) => v.name).join(', ')}`);
   const variantRows: { variant: string; run: RunResult }[] = [];
   if (args['profiles-only'] !== true) await compareVariants(pg, shapes, seconds, variantRows);
+  if (args['variants-only'] === true) {
+    writeFileSync(
+      join(PROFILE_DIR, 'variants.json'),
+      `${JSON.stringify({ uptime: uptime(), variants: VARIANTS, runs: variantRows }, null, 2)}\n`,
+    );
+    return;
+  }
 
   // CPU profiles of one variant (default: the sidecar as shipped).
   const summaries: Record<string, ProfileSummary> = {};
@@ -1219,6 +1260,15 @@ async function compareVariants(
   for (const shape of shapes) {
     for (let round = 0; round < rounds; round++) {
       for (const t of targets) {
+        // PgBouncer-with-TLS's 150 idle server connections would not leave room in max_connections (400).
+        if (shape.clients > 8 && t.target === 'pgbouncer-tls') continue;
+        // Many clients: an unmeasured run of the same shape first, as the footprint part does (PgBouncer
+        // fills its server pool, the sidecar parks what it may keep).
+        // (On a busy machine its logins can take all of it: its output is not read.)
+        if (shape.clients > 8) {
+          const argv = ['-n', '-S', '-M', shape.mode, '-c', String(shape.clients), '-j', '2'];
+          await run(pgTool('pgbench'), [...argv, '-T', String(WARMUP_SECONDS)], t.env);
+        }
         const r = await pgbench(t.target, t.env, shape.mode, shape.clients, seconds, t.pid);
         variantRows.push({ variant: t.name, run: r });
       }
@@ -1233,11 +1283,12 @@ async function compareVariants(
   if (bytePipe !== undefined) await stopProcess(bytePipe, 5_000);
   bytePipe = undefined;
   console.log(
-    `\n${'variant'.padEnd(16)} ${'mode'.padEnd(9)} ${'clients'.padStart(7)} ${'TPS'.padStart(8)} ${'avg lat ms'.padStart(10)} ${'proxy CPU µs/txn (user+sys)'.padStart(27)}`,
+    `\n${'variant'.padEnd(16)} ${'mode'.padEnd(9)} ${'clients'.padStart(7)} ${'TPS'.padStart(8)} ${'avg lat ms'.padStart(10)} ${'proxy CPU µs/txn (user+sys)'.padStart(27)} ${'run-queue µs/txn'.padStart(16)} ${'load1'.padStart(6)}`,
   );
   for (const { variant, run: r } of variantRows) {
+    const wait = r.proxyRunQueueWaitUsPerTxn === undefined ? '-' : fmt(r.proxyRunQueueWaitUsPerTxn, 1);
     console.log(
-      `${variant.padEnd(16)} ${r.mode.padEnd(9)} ${String(r.clients).padStart(7)} ${fmt(r.tps).padStart(8)} ${fmt(r.latencyMs, 3).padStart(10)} ${cpuText(r).padStart(27)}`,
+      `${variant.padEnd(16)} ${r.mode.padEnd(9)} ${String(r.clients).padStart(7)} ${fmt(r.tps).padStart(8)} ${fmt(r.latencyMs, 3).padStart(10)} ${cpuText(r).padStart(27)} ${wait.padStart(16)} ${fmt(r.loadavgAfter[0] ?? 0, 2).padStart(6)}`,
     );
   }
 }

@@ -84,17 +84,20 @@ export const PostgresListenerConfig = Type.Object(
     upstreamReuse: Type.Object(
       {
         enabled: Type.Boolean({ default: true, description: 'Keep reset upstream sessions for reuse. Default true.' }),
+        // Per login the pool never holds more sessions than agent connections were open at once (a login
+        // happens only when none of its key is parked), so these defaults are the listener's maxConnections:
+        // 150 clients that reconnect find their 150 backends (bench/README.md, "150 clients").
         maxParkedPerKey: Type.Integer({
           minimum: 1,
           maximum: 1024,
-          default: 8,
-          description: 'Parked sessions per login (credential, login kind, startup parameters). Default 8.',
+          default: 256,
+          description: 'Parked sessions per login (credential, login kind, startup parameters). Default 256.',
         }),
         maxParked: Type.Integer({
           minimum: 1,
           maximum: 4096,
-          default: 16,
-          description: 'Parked sessions of this resource in all. Default 16.',
+          default: 256,
+          description: 'Parked sessions of this resource in all. Default 256.',
         }),
         idleTimeoutMs: Type.Integer({
           minimum: 100,

@@ -1,0 +1,105 @@
+// How many upstream sessions the sidecar keeps for reuse (docs/postgres-engine.md, "How many are kept"):
+// by default as many as the agent connections a login had open at once, so many clients that reconnect
+// find their backends instead of each logging in again (TLS handshake and SCRAM: the 150-client bench),
+// and never more than that; configured bounds still cap it.
+import { test, type TestContext } from 'node:test';
+import assert from 'node:assert/strict';
+import pg from 'pg';
+import { poll } from '../harness/poll.ts';
+import { startTestSidecar, type RunningTestSidecar } from '../harness/sidecar.ts';
+
+const AGENT = 'system:serviceaccount:ci:agent';
+
+/** One sample of a metric of the sidecar (the sum over label sets matching `labels`). */
+async function metric(sidecar: RunningTestSidecar, name: string, labels: Record<string, string> = {}): Promise<number> {
+  const text = await (await fetch(`http://127.0.0.1:${sidecar.metricsPort}/metrics`)).text();
+  let total = 0;
+  for (const line of text.split('\n')) {
+    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$/.exec(line);
+    if (m?.[1] !== name) continue;
+    const got = Object.fromEntries([...(m[2] ?? '').matchAll(/(\w+)="([^"]*)"/g)].map((x) => [x[1], x[2]]));
+    if (Object.entries(labels).every(([k, v]) => got[k] === v)) total += Number(m[3]);
+  }
+  return total;
+}
+
+/** Waits until `n` upstream sessions are parked (a released session is reset asynchronously). */
+async function parked(sidecar: RunningTestSidecar, n: number): Promise<void> {
+  await poll(`${String(n)} parked upstream sessions`, async () =>
+    (await metric(sidecar, 'chaperone_upstream_connections_parked')) === n ? true : undefined,
+  );
+}
+
+/** Opens `n` agent connections that stay open together; each reports its backend pid. */
+async function connectAll(
+  t: TestContext,
+  sidecar: RunningTestSidecar,
+  n: number,
+): Promise<{ clients: pg.Client[]; pids: number[] }> {
+  const token = await sidecar.issuer.sign({ sub: AGENT });
+  const clients = Array.from({ length: n }, () => {
+    const client = new pg.Client({
+      host: sidecar.host,
+      port: sidecar.port,
+      user: 'agent',
+      password: token,
+      database: 'agent',
+    });
+    client.on('error', () => undefined);
+    t.after(() => client.end().catch(() => undefined));
+    return client;
+  });
+  // In groups: one client address may have maxUnauthenticatedPerSource (16) connections logging in at once.
+  for (let i = 0; i < n; i += 8) await Promise.all(clients.slice(i, i + 8).map((c) => c.connect()));
+  const pids = await Promise.all(
+    clients.map(async (c) => Number((await c.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0]?.pid)),
+  );
+  return { clients, pids };
+}
+
+const sorted = (pids: readonly number[]) => [...pids].sort((a, b) => a - b);
+
+test('by default, 40 agent connections that reconnect at once find their 40 backends, and no more than 40 are kept', async (t) => {
+  const sidecar = await startTestSidecar(t);
+  const first = await connectAll(t, sidecar, 40);
+  assert.equal(new Set(first.pids).size, 40);
+  assert.equal(await metric(sidecar, 'chaperone_upstream_logins_total'), 40);
+  await Promise.all(first.clients.map((c) => c.end()));
+  await parked(sidecar, 40);
+
+  const again = await connectAll(t, sidecar, 40);
+  assert.deepEqual(sorted(again.pids), sorted(first.pids), 'the same backends serve the reconnecting clients');
+  assert.equal(await metric(sidecar, 'chaperone_upstream_logins_total'), 40, 'no new login');
+  assert.equal(await metric(sidecar, 'chaperone_upstream_reuses_total'), 40);
+  assert.equal(await metric(sidecar, 'chaperone_upstream_connections_parked'), 0);
+
+  // Fewer connections take parked sessions and log in nobody; the pool never exceeds what was open at once.
+  await Promise.all(again.clients.slice(0, 30).map((c) => c.end()));
+  await parked(sidecar, 30);
+  const few = await connectAll(t, sidecar, 20);
+  assert.ok(few.pids.every((p) => first.pids.includes(p)));
+  assert.equal(await metric(sidecar, 'chaperone_upstream_logins_total'), 40);
+  await Promise.all([...few.clients, ...again.clients.slice(30)].map((c) => c.end()));
+  await parked(sidecar, 40);
+  assert.equal(await metric(sidecar, 'chaperone_upstream_discards_total'), 0);
+  // Direct check on the server: the sidecar's login holds 40 backends, the ones it logged in.
+  const holder = await connectAll(t, sidecar, 1);
+  const held = await holder.clients[0]?.query<{ n: string }>(
+    `SELECT count(*) AS n FROM pg_stat_activity WHERE pid = ANY($1::int[])`,
+    [first.pids],
+  );
+  assert.equal(Number(held?.rows[0]?.n), 40, 'the 39 parked and the one serving this query');
+});
+
+test('configured bounds still cap what is kept: past maxParked a released session is closed', async (t) => {
+  const sidecar = await startTestSidecar(t, { listener: { upstreamReuse: { maxParked: 5 } } });
+  const all = await connectAll(t, sidecar, 12);
+  await Promise.all(all.clients.map((c) => c.end()));
+  await parked(sidecar, 5);
+  await poll('7 sessions closed as the pool was full', async () =>
+    (await metric(sidecar, 'chaperone_upstream_discards_total', { reason: 'full' })) === 7 ? true : undefined,
+  );
+  const again = await connectAll(t, sidecar, 12);
+  assert.equal(again.pids.filter((p) => all.pids.includes(p)).length, 5, 'the five parked backends are reused');
+  assert.equal(await metric(sidecar, 'chaperone_upstream_logins_total'), 19);
+});
