@@ -10,7 +10,6 @@ import { execFileSync } from 'node:child_process';
 import { createHmac, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import * as k8s from '@kubernetes/client-node';
 import pg from 'pg';
 import { CREDENTIAL_DELIVERY_PATH, GROUP, VERSION } from '@chaperone/api';
 import { SIDECAR_CREDENTIALS_DIR } from '../../operator/src/injection/constants.ts';
@@ -18,7 +17,7 @@ import { postgresEnv } from '../harness/env.ts';
 import { poll } from '../harness/poll.ts';
 import { freePort } from '../harness/postgres.ts';
 import { filesUnder, keyEncodings } from '../harness/secret-scan.ts';
-import { kubectlAs, postToOperator, startTrustFixture } from './trust-fixture.ts';
+import { kubectlAs, postToOperator, startTrustFixture, withdrawDelivery } from './trust-fixture.ts';
 
 const RESOURCE = 'vault-db';
 const KEY_SECRET = 'vault-db-masking-key';
@@ -212,7 +211,6 @@ test('a masking key with a delivered credential: delivered to the attested sidec
 test("a masking key next to the delivered credential: out of the resource namespace's editors' reach, delivered only while the Secret allows the namespace", async (t) => {
   const scenario = await deliveredKey(t, 'credential namespace');
   const { fx, ns, credentials, key, running } = scenario;
-  const { core, custom } = fx;
 
   await t.test('the client receives HMAC-SHA-256 under the key of the credential namespace', async () => {
     await assertHashedUnder(scenario);
@@ -229,33 +227,11 @@ test("a masking key next to the delivered credential: out of the resource namesp
   });
 
   await t.test('a Secret that no longer allows the namespace: not Ready, and the delivery is refused', async () => {
-    await core.patchNamespacedSecret(
-      {
-        namespace: credentials,
-        name: KEY_SECRET,
-        body: { metadata: { annotations: { 'chaperone.dev/allowed-namespaces': 'someone-else' } } },
-      },
-      k8s.setHeaderOptions('Content-Type', k8s.PatchStrategy.MergePatch),
-    );
-    await poll('the ProtectedResource to report SecretNotAllowed', async () => {
-      const r = (await custom.getNamespacedCustomObject({
-        group: GROUP,
-        version: VERSION,
-        namespace: ns,
-        plural: 'protectedresources',
-        name: RESOURCE,
-      })) as { status?: { conditions?: { reason: string; message: string }[] } };
-      const c = r.status?.conditions?.find((x) => x.reason === 'SecretNotAllowed');
-      return c?.message.includes(KEY_SECRET) === true ? true : undefined;
+    const answer = await withdrawDelivery(fx, {
+      secret: KEY_SECRET,
+      resource: RESOURCE,
+      sidecarToken: running.sidecarToken,
     });
-    const webhooks = fx.operator.webhooks;
-    assert.ok(webhooks);
-    const answer = await postToOperator(
-      webhooks.server.url(CREDENTIAL_DELIVERY_PATH),
-      webhooks.certificates.current().caBundlePem,
-      running.sidecarToken,
-      { resource: RESOURCE },
-    );
     assert.equal(answer.status, 403);
     assert.match(answer.text, /does not allow namespace/);
     for (const encoded of keyEncodings(key)) assert.ok(!answer.text.includes(encoded));

@@ -9,15 +9,14 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import * as k8s from '@kubernetes/client-node';
 import pg from 'pg';
-import { CREDENTIAL_DELIVERY_PATH, GROUP, VERSION } from '@chaperone/api';
+import { GROUP, VERSION } from '@chaperone/api';
 import { SIDECAR_CREDENTIALS_DIR } from '../../operator/src/injection/constants.ts';
 import { postgresEnv, superuserSql } from '../harness/env.ts';
 import { poll } from '../harness/poll.ts';
 import { freePort } from '../harness/postgres.ts';
 import { filesUnder } from '../harness/secret-scan.ts';
-import { kubectlAs, postToOperator, startTrustFixture } from './trust-fixture.ts';
+import { kubectlAs, startTrustFixture, withdrawDelivery } from './trust-fixture.ts';
 
 const RESOURCE = 'vault-db';
 const READER_SECRET = 'vault-db-reader';
@@ -131,33 +130,11 @@ test('a read-only login with a delivered credential: delivered to the attested s
   );
 
   await t.test('a reader Secret that no longer allows the namespace: not Ready, and no delivery at all', async () => {
-    await core.patchNamespacedSecret(
-      {
-        namespace: credentials,
-        name: READER_SECRET,
-        body: { metadata: { annotations: { 'chaperone.dev/allowed-namespaces': 'someone-else' } } },
-      },
-      k8s.setHeaderOptions('Content-Type', k8s.PatchStrategy.MergePatch),
-    );
-    await poll('the ProtectedResource to report SecretNotAllowed', async () => {
-      const r = (await custom.getNamespacedCustomObject({
-        group: GROUP,
-        version: VERSION,
-        namespace: ns,
-        plural: 'protectedresources',
-        name: RESOURCE,
-      })) as { status?: { conditions?: { reason: string; message: string }[] } };
-      const c = r.status?.conditions?.find((x) => x.reason === 'SecretNotAllowed');
-      return c?.message.includes(READER_SECRET) === true ? true : undefined;
+    const answer = await withdrawDelivery(fx, {
+      secret: READER_SECRET,
+      resource: RESOURCE,
+      sidecarToken: running.sidecarToken,
     });
-    const webhooks = fx.operator.webhooks;
-    assert.ok(webhooks);
-    const answer = await postToOperator(
-      webhooks.server.url(CREDENTIAL_DELIVERY_PATH),
-      webhooks.certificates.current().caBundlePem,
-      running.sidecarToken,
-      { resource: RESOURCE },
-    );
     assert.equal(answer.status, 403);
     assert.match(answer.text, /does not allow namespace/);
     assert.ok(!answer.text.includes(Buffer.from(pgEnv.password).toString('base64')), 'not the main login either');

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import type { TestContext } from 'node:test';
 import * as k8s from '@kubernetes/client-node';
 import { parseAllDocuments } from 'yaml';
-import { GROUP, VERSION, type AccessPolicySpec } from '@chaperone/api';
+import { CREDENTIAL_DELIVERY_PATH, GROUP, VERSION, type AccessPolicySpec } from '@chaperone/api';
 import { LABEL_INJECTION, LABEL_INJECTION_ENABLED, LABEL_STRICT } from '../../operator/src/injection/constants.ts';
 import { validateInjectionSettings } from '../../operator/src/injection/settings.ts';
 import { createLogger } from '../../operator/src/observability/logger.ts';
@@ -247,6 +247,46 @@ export function postToOperator(
     req.on('error', reject);
     req.end(JSON.stringify(body));
   });
+}
+
+/**
+ * Withdraws the fixture's namespace from a credential-namespace Secret's allow-list, waits until the
+ * ProtectedResource reports SecretNotAllowed naming that Secret, then asks the operator for the resource's
+ * delivery as the pod's sidecar would: the answer, for the caller to check that nothing was delivered.
+ */
+export async function withdrawDelivery(
+  fx: TrustFixture,
+  options: { secret: string; resource: string; sidecarToken: string },
+): Promise<{ status: number; text: string }> {
+  const credentials = fx.credentialNamespace;
+  if (credentials === undefined) throw new Error('withdrawDelivery needs a fixture with a credential namespace');
+  await fx.core.patchNamespacedSecret(
+    {
+      namespace: credentials,
+      name: options.secret,
+      body: { metadata: { annotations: { 'chaperone.dev/allowed-namespaces': 'someone-else' } } },
+    },
+    k8s.setHeaderOptions('Content-Type', k8s.PatchStrategy.MergePatch),
+  );
+  await poll('the ProtectedResource to report SecretNotAllowed', async () => {
+    const r = (await fx.custom.getNamespacedCustomObject({
+      group: GROUP,
+      version: VERSION,
+      namespace: fx.ns,
+      plural: 'protectedresources',
+      name: options.resource,
+    })) as { status?: { conditions?: { reason: string; message: string }[] } };
+    const c = r.status?.conditions?.find((x) => x.reason === 'SecretNotAllowed');
+    return c?.message.includes(options.secret) === true ? true : undefined;
+  });
+  const webhooks = fx.operator.webhooks;
+  if (webhooks === undefined) throw new Error('withdrawDelivery needs the operator webhooks');
+  return postToOperator(
+    webhooks.server.url(CREDENTIAL_DELIVERY_PATH),
+    webhooks.certificates.current().caBundlePem,
+    options.sidecarToken,
+    { resource: options.resource },
+  );
 }
 
 /** Asks the operator's signer certification endpoint to certify a made-up Ed25519 key, as a raw client. */
