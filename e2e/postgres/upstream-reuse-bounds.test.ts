@@ -5,6 +5,8 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import pg from 'pg';
+import { createTestDatabase } from '../harness/databases.ts';
+import { superuserSql } from '../harness/env.ts';
 import { poll } from '../harness/poll.ts';
 import { startTestSidecar, type RunningTestSidecar } from '../harness/sidecar.ts';
 
@@ -35,6 +37,7 @@ async function connectAll(
   t: TestContext,
   sidecar: RunningTestSidecar,
   n: number,
+  applicationName?: string,
 ): Promise<{ clients: pg.Client[]; pids: number[] }> {
   const token = await sidecar.issuer.sign({ sub: AGENT });
   const clients = Array.from({ length: n }, () => {
@@ -44,6 +47,7 @@ async function connectAll(
       user: 'agent',
       password: token,
       database: 'agent',
+      ...(applicationName === undefined ? {} : { application_name: applicationName }),
     });
     client.on('error', () => undefined);
     t.after(() => client.end().catch(() => undefined));
@@ -102,4 +106,34 @@ test('configured bounds still cap what is kept: past maxParked a released sessio
   const again = await connectAll(t, sidecar, 12);
   assert.equal(again.pids.filter((p) => all.pids.includes(p)).length, 5, 'the five parked backends are reused');
   assert.equal(await metric(sidecar, 'chaperone_upstream_logins_total'), 19);
+});
+
+test("parked sessions give their slots back when another login finds the server's connection slots taken", async (t) => {
+  // The database admits 3 connections; 3 parked sessions of one login (application_name "first") fill it.
+  const database = await createTestDatabase(t);
+  superuserSql(`ALTER DATABASE ${database} CONNECTION LIMIT 3`);
+  const sidecar = await startTestSidecar(t, { database });
+  const first = await connectAll(t, sidecar, 3, 'first');
+  await Promise.all(first.clients.map((c) => c.end()));
+  await parked(sidecar, 3);
+
+  // Another login (another key) gets 53300 from the server: the sidecar closes the parked sessions and
+  // logs in again instead of passing the refusal on.
+  const second = await connectAll(t, sidecar, 1, 'second');
+  assert.ok(!first.pids.includes(second.pids[0] ?? -1), 'a new backend, not a parked one of the other login');
+  assert.equal(await metric(sidecar, 'chaperone_upstream_discards_total', { reason: 'slots' }), 3);
+  assert.equal(await metric(sidecar, 'chaperone_upstream_connections_parked'), 0);
+
+  // With nothing parked, the limit is the server's again: the 4th connection gets its 53300.
+  await connectAll(t, sidecar, 2, 'second');
+  const token = await sidecar.issuer.sign({ sub: AGENT });
+  const late = new pg.Client({
+    host: sidecar.host,
+    port: sidecar.port,
+    user: 'agent',
+    password: token,
+    database: 'agent',
+  });
+  late.on('error', () => undefined);
+  await assert.rejects(late.connect(), (err: { code?: string }) => err.code === '53300');
 });

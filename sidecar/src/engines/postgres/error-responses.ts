@@ -63,6 +63,11 @@ export function sessionEnding(error: SidecarError): SessionEnding {
 const TOO_MANY_CONNECTIONS = '53300';
 const CANNOT_CONNECT_NOW = '57P03';
 
+/** Whether a failed login's SQLSTATE says the server (or the role, or the database) has no free connection slot. */
+export function isOutOfConnectionSlots(sqlState: string | undefined): boolean {
+  return sqlState === TOO_MANY_CONNECTIONS;
+}
+
 /**
  * The refusal for a failed upstream login. The upstream's own too_many_connections (max_connections, a
  * role's or a database's CONNECTION LIMIT) and cannot_connect_now keep their SQLSTATE, so a client or pooler

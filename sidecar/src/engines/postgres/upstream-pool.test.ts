@@ -114,7 +114,7 @@ test('remove takes out a connection that went away while parked; clear closes ev
   assert.equal(a.discarded, 'closed');
   assert.equal(p.remove(a, 'closed'), false, 'not parked any more');
   assert.equal(p.take('k'), undefined);
-  p.clear('shutdown');
+  assert.deepEqual(p.clear('shutdown'), [b], 'clear returns what it closed');
   assert.equal(b.discarded, 'shutdown');
   assert.equal(p.size, 0);
   assert.equal(sizes.at(-1), 0);

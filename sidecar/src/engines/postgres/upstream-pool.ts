@@ -21,7 +21,9 @@ export type DiscardReason =
   /** Reuse is switched off. */
   | 'disabled'
   /** The sidecar is stopping. */
-  | 'shutdown';
+  | 'shutdown'
+  /** A new login found the server out of connection slots: parked sessions give theirs back. */
+  | 'slots';
 
 export interface UpstreamPoolBounds {
   /** Parked connections per login key. */
@@ -149,14 +151,15 @@ export class UpstreamPool<T extends Parkable> {
     return closed;
   }
 
-  /** Closes every parked connection. */
-  clear(reason: DiscardReason): void {
-    const lists = [...this.byKey.values()];
+  /** Closes every parked connection; returns them (closed). */
+  clear(reason: DiscardReason): T[] {
+    const items = [...this.byKey.values()].flatMap((list) => list.map((entry) => entry.item));
     this.byKey.clear();
     const closed = this.count;
     this.count = 0;
-    for (const list of lists) for (const entry of list) entry.item.discard(reason);
+    for (const item of items) item.discard(reason);
     if (closed > 0) this.onSizeChange(0);
+    return items;
   }
 
   private resized(delta: number): void {

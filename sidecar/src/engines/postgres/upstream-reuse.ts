@@ -19,6 +19,7 @@ import {
   type UpstreamConnection,
   type UpstreamTlsOptions,
 } from './protocol/upstream-connection.ts';
+import { isOutOfConnectionSlots } from './error-responses.ts';
 import { UpstreamPool, type DiscardReason, type Parkable } from './upstream-pool.ts';
 
 export type UpstreamReuseConfig = PostgresListenerConfig['upstreamReuse'];
@@ -397,7 +398,7 @@ export class UpstreamReuse {
         return new LeasedUpstream(session, true);
       }
     }
-    const connection = await connect();
+    const connection = await this.login(connect);
     this.metrics.upstreamLogins.inc({ listener: this.listener });
     let loginSettings = '';
     if (this.config.enabled) {
@@ -424,6 +425,26 @@ export class UpstreamReuse {
     });
     session.uses = 1;
     return new LeasedUpstream(session, false);
+  }
+
+  /**
+   * A new login by `connect`. When the server answers that it has no free connection slot (53300: its
+   * max_connections, the role's or the database's CONNECTION LIMIT) while sessions of other logins are
+   * parked here, those may be what fills it: they are closed, and once their sockets closed (the backends
+   * gone) the login is tried once more. A second refusal propagates.
+   */
+  private async login(connect: () => Promise<UpstreamConnection>): Promise<UpstreamConnection> {
+    try {
+      return await connect();
+    } catch (err) {
+      if (!(err instanceof UpstreamError) || !isOutOfConnectionSlots(err.sqlState) || this.pool.size === 0) throw err;
+      const closed = this.pool.clear('slots');
+      this.logger.info('upstream out of connection slots: parked sessions closed before a second login', {
+        closed: closed.length,
+      });
+      await Promise.all(closed.map((session) => socketClosed(session.socket)));
+      return connect();
+    }
   }
 
   /**
