@@ -13,7 +13,7 @@ import { kubeletToken } from '../harness/identities.ts';
 import { poll } from '../harness/poll.ts';
 import { runCli } from '../audit/run-cli.ts';
 import { buildTrail, createSigner } from '../audit/trail-fixture.ts';
-import { api, kubectlAs, postToOperator, refusal, startTrustFixture } from './trust-fixture.ts';
+import { agentPgOptions, api, kubectlAs, postToOperator, refusal, startTrustFixture } from './trust-fixture.ts';
 
 test("credentials and evidence out of the editors' reach: delivery from a credential namespace, Sessions in an audit namespace", async (t) => {
   const fx = await startTrustFixture(t, { auditNamespace: true, credentialNamespace: true });
@@ -103,14 +103,7 @@ test("credentials and evidence out of the editors' reach: delivery from a creden
   );
 
   await t.test('N-1: the attested sidecar receives it and the agent works through the sidecar', async () => {
-    const options = {
-      host: running.agentEnv.PGHOST,
-      port: Number(running.agentEnv.PGPORT),
-      user: 'agent',
-      database: running.agentEnv.PGDATABASE,
-      password: running.agentToken,
-      ssl: false,
-    };
+    const options = agentPgOptions(running);
     const user = await poll('the policy and the delivered credential', async () => {
       const c = new pg.Client(options);
       try {

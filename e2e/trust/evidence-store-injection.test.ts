@@ -17,7 +17,7 @@ import { postgresEnv, testDir } from '../harness/env.ts';
 import { materialiseSidecar } from '../harness/materialise-pod.ts';
 import { poll } from '../harness/poll.ts';
 import { createEvidenceDatabase } from '../audit/evidence-store-fixture.ts';
-import { kubectlAs, startTrustFixture } from './trust-fixture.ts';
+import { agentPgOptions, kubectlAs, startTrustFixture } from './trust-fixture.ts';
 
 function post(url: string, ca: string, token: string, body: unknown): Promise<{ status: number; text: string }> {
   return new Promise((resolve, reject) => {
@@ -106,14 +106,7 @@ test('evidence store in injected pods: rendered from the installation, the write
   const running = await fx.runSidecar(t, pod);
 
   await t.test("the agent's statements land in the store, the Session keeps the signed head", async () => {
-    const client = new pg.Client({
-      host: running.agentEnv.PGHOST,
-      port: Number(running.agentEnv.PGPORT),
-      user: 'agent',
-      database: running.agentEnv.PGDATABASE,
-      password: running.agentToken,
-      ssl: false,
-    });
+    const client = new pg.Client(agentPgOptions(running));
     await poll('the policy and the sidecar', async () => {
       try {
         await client.connect();

@@ -17,7 +17,7 @@ import { postgresEnv } from '../harness/env.ts';
 import { poll } from '../harness/poll.ts';
 import { freePort } from '../harness/postgres.ts';
 import { filesUnder, keyEncodings } from '../harness/secret-scan.ts';
-import { kubectlAs, postToOperator, startTrustFixture, withdrawDelivery } from './trust-fixture.ts';
+import { agentPgOptions, kubectlAs, postToOperator, startTrustFixture, withdrawDelivery } from './trust-fixture.ts';
 
 const RESOURCE = 'vault-db';
 const KEY_SECRET = 'vault-db-masking-key';
@@ -127,14 +127,7 @@ async function deliveredKey(t: TestContext, keyIn: 'resource namespace' | 'crede
 /** The rows of the test's table through the sidecar: the masked emails are HMAC-SHA-256 under `key`. */
 async function assertHashedUnder(scenario: Awaited<ReturnType<typeof deliveredKey>>): Promise<void> {
   const { running, table, emails, key } = scenario;
-  const options = {
-    host: running.agentEnv.PGHOST,
-    port: Number(running.agentEnv.PGPORT),
-    user: 'agent',
-    database: running.agentEnv.PGDATABASE,
-    password: running.agentToken,
-    ssl: false,
-  };
+  const options = agentPgOptions(running);
   const rows = await poll('the policy and the delivered credential', async () => {
     const c = new pg.Client(options);
     try {

@@ -26,7 +26,7 @@ import { bundleConfigMap, holdsBundle } from '../../operator/src/controllers/acc
 import { compilePolicy } from '../../operator/src/policy/compile-policy.ts';
 import { directPgOptions } from '../harness/env.ts';
 import { poll } from '../harness/poll.ts';
-import { api, startTrustFixture, type RunningPod } from './trust-fixture.ts';
+import { agentPgOptions, api, type RunningPod, startTrustFixture } from './trust-fixture.ts';
 
 const policy = (statementKinds: ('select' | 'insert')[]): AccessPolicySpec => ({
   resources: { names: ['orders-db'] },
@@ -41,14 +41,7 @@ const ALLOW_ALL: AccessPolicySpec = {
 
 /** One statement through the sidecar as the agent: 'ok' or the SQLSTATE it failed with. */
 async function asAgent(running: RunningPod, sql: string): Promise<string> {
-  const client = new pg.Client({
-    host: running.agentEnv.PGHOST,
-    port: Number(running.agentEnv.PGPORT),
-    user: 'agent',
-    database: running.agentEnv.PGDATABASE,
-    password: running.agentToken,
-    ssl: false,
-  });
+  const client = new pg.Client(agentPgOptions(running));
   await client.connect();
   try {
     await client.query(sql);

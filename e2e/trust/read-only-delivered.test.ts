@@ -16,7 +16,7 @@ import { postgresEnv, superuserSql } from '../harness/env.ts';
 import { poll } from '../harness/poll.ts';
 import { freePort } from '../harness/postgres.ts';
 import { filesUnder } from '../harness/secret-scan.ts';
-import { kubectlAs, startTrustFixture, withdrawDelivery } from './trust-fixture.ts';
+import { agentPgOptions, kubectlAs, startTrustFixture, withdrawDelivery } from './trust-fixture.ts';
 
 const RESOURCE = 'vault-db';
 const READER_SECRET = 'vault-db-reader';
@@ -79,14 +79,7 @@ test('a read-only login with a delivered credential: delivered to the attested s
   const running = await fx.runSidecar(t, pod);
 
   await t.test('a read-only session logs in as the reader, read-only', async () => {
-    const options = {
-      host: running.agentEnv.PGHOST,
-      port: Number(running.agentEnv.PGPORT),
-      user: 'agent',
-      database: running.agentEnv.PGDATABASE,
-      password: running.agentToken,
-      ssl: false,
-    };
+    const options = agentPgOptions(running);
     const row = await poll('the policy and the delivered credentials', async () => {
       const c = new pg.Client(options);
       try {

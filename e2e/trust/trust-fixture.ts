@@ -82,6 +82,25 @@ export interface RunningPod {
   readonly root: string;
 }
 
+/** How the pod's agent connects to its sidecar: the env the agent container gets and its token as password. */
+export function agentPgOptions(running: RunningPod): {
+  host: string | undefined;
+  port: number;
+  user: string;
+  database: string | undefined;
+  password: string;
+  ssl: false;
+} {
+  return {
+    host: running.agentEnv.PGHOST,
+    port: Number(running.agentEnv.PGPORT),
+    user: 'agent',
+    database: running.agentEnv.PGDATABASE,
+    password: running.agentToken,
+    ssl: false,
+  };
+}
+
 export interface TrustFixtureOptions {
   /** Strict mode in the agent namespace. Default true. */
   readonly strict?: boolean;
