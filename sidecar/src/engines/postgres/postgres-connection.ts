@@ -513,6 +513,7 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
       this.scanner.setInterested(BackendCode.DataRow, masking);
       this.scanner.setInterested(BackendCode.NoticeResponse, masking);
       this.scanner.push(chunk);
+      out.readFrom(chunk);
       for (let seg = this.scanner.next(); seg !== null; seg = this.scanner.next()) {
         if (seg.kind === 'raw') out.push(seg.bytes);
         else if (seg.code === BackendCode.NotificationResponse) {
