@@ -50,7 +50,7 @@ import {
 } from '../e2e/harness/sidecar-process.ts';
 import { postgresBinDir, REPO_ROOT } from '../e2e/harness/tools.ts';
 import { SIDECAR_NODE_FLAGS } from '../sidecar/src/bin/node-flags.ts';
-import { bundleSidecar } from '../sidecar/scripts/build.ts';
+import { bundleSidecar, SIDECAR_BUNDLE_ENTRY } from '../sidecar/scripts/build.ts';
 
 type Target = 'direct' | 'pgbouncer' | 'pgbouncer-tls' | 'pipe' | 'sidecar';
 type Mode = 'simple' | 'prepared' | 'extended';
@@ -771,6 +771,17 @@ function shippedSidecar(): string {
   return shippedBin;
 }
 
+/**
+ * The sidecar of another checkout (--baseline) as its image runs it, like `as shipped`: that checkout's
+ * build script bundles its sources into this checkout's dist/ (nothing is written into the other
+ * checkout; the bundle imports its external packages from this node_modules).
+ */
+function baselineBundle(root: string): string {
+  const out = join(REPO_ROOT, 'dist', 'baseline-sidecar-bundle');
+  execFileSync(process.execPath, [join(root, 'sidecar', 'scripts', 'build.ts'), '--out', out], { stdio: 'inherit' });
+  return join(out, SIDECAR_BUNDLE_ENTRY);
+}
+
 async function startSidecar(
   pg: PostgresCluster,
   dir: string,
@@ -1215,7 +1226,7 @@ async function compareVariants(
   const variantNames = args.variants?.split(',');
   const variants: Variant[] = VARIANTS.filter((v) => variantNames?.includes(v.name) ?? true);
   if (args.baseline !== undefined) {
-    const bin = join(args.baseline, 'sidecar', 'src', 'bin', 'chaperone-sidecar.ts');
+    const bin = baselineBundle(args.baseline);
     variants.push({
       name: 'baseline',
       description: `as shipped in ${args.baseline}`,

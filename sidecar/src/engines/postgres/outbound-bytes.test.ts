@@ -90,3 +90,32 @@ test('flushTo reports backpressure', () => {
   out.push(Buffer.from('x'));
   assert.equal(out.flushTo({ write: () => false, cork: () => undefined, uncork: () => undefined }), false);
 });
+
+test('readFrom: a run that spans the whole chunk leaves as that chunk; a run over part of it as a view', () => {
+  const chunk = Buffer.from('TdataCdoneZI');
+  const out = new OutboundBytes();
+  const whole = recorder();
+  out.readFrom(chunk);
+  out.push(chunk.subarray(0, 5));
+  out.push(chunk.subarray(5, 10));
+  out.push(chunk.subarray(10));
+  out.flushTo(whole.sink);
+  assert.equal(whole.writes[0], chunk, 'the chunk object itself');
+
+  const part = recorder();
+  out.readFrom(chunk);
+  out.push(chunk.subarray(0, 5));
+  out.push(chunk.subarray(5, 10));
+  out.flushTo(part.sink);
+  assert.notEqual(part.writes[0], chunk);
+  assert.equal(part.writes[0]?.toString(), 'TdataCdone');
+
+  // Taken once, the chunk is forgotten: a later run of other memory is never mistaken for it.
+  const later = recorder();
+  const other = Buffer.from(chunk);
+  out.push(other.subarray(0, 5));
+  out.push(other.subarray(5));
+  out.flushTo(later.sink);
+  assert.equal(later.writes[0]?.toString(), chunk.toString());
+  assert.equal(later.writes[0].buffer, other.buffer);
+});

@@ -19,10 +19,20 @@ export class OutboundBytes {
   private runHead: Buffer | undefined;
   private runEnd = 0;
   private bytes = 0;
+  /** The chunk the pieces of this turn are views of (readFrom): a run that spans it all leaves as it. */
+  private source: Buffer | undefined;
 
   /** Bytes collected and not taken yet. */
   get length(): number {
     return this.bytes;
+  }
+
+  /**
+   * The pieces pushed next are views of `chunk` (until taken): a run that covers the whole chunk is written
+   * as `chunk` itself rather than as a new view of its memory.
+   */
+  readFrom(chunk: Buffer): void {
+    this.source = chunk;
   }
 
   push(piece: Buffer): void {
@@ -43,6 +53,7 @@ export class OutboundBytes {
     this.closeRun();
     const out = this.pieces.splice(0, this.pieces.length);
     this.bytes = 0;
+    this.source = undefined;
     return out;
   }
 
@@ -53,6 +64,14 @@ export class OutboundBytes {
   flushTo(sink: { write(b: Buffer): boolean; cork(): void; uncork(): void }): boolean {
     if (this.bytes === 0) return true;
     const total = this.bytes;
+    if (this.pieces.length === 0) {
+      // One run (the usual turn): written without collecting it into an array first.
+      const run = this.closedRun() as Buffer;
+      this.runHead = undefined;
+      this.source = undefined;
+      this.bytes = 0;
+      return sink.write(run);
+    }
     const pieces = this.take();
     if (pieces.length === 1) return sink.write(pieces[0] as Buffer);
     // Many pieces (rewritten DataRows between raw runs) are copied into one: a write per piece costs more.
@@ -65,11 +84,27 @@ export class OutboundBytes {
   }
 
   private closeRun(): void {
-    const head = this.runHead;
-    if (head === undefined) return;
-    const length = this.runEnd - head.byteOffset;
-    // The run is `head` itself unless later views were merged into it.
-    this.pieces.push(length === head.length ? head : Buffer.from(head.buffer, head.byteOffset, length));
+    const run = this.closedRun();
+    if (run === undefined) return;
+    this.pieces.push(run);
     this.runHead = undefined;
+  }
+
+  /** The run being extended as one Buffer: `head` itself, the chunk it spans, or a new view of both. */
+  private closedRun(): Buffer | undefined {
+    const head = this.runHead;
+    if (head === undefined) return undefined;
+    const length = this.runEnd - head.byteOffset;
+    if (length === head.length) return head;
+    const source = this.source;
+    if (
+      source !== undefined &&
+      source.buffer === head.buffer &&
+      source.byteOffset === head.byteOffset &&
+      source.length === length
+    ) {
+      return source;
+    }
+    return Buffer.from(head.buffer, head.byteOffset, length);
   }
 }

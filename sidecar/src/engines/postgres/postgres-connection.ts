@@ -174,6 +174,7 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
       this.protocolError(err);
       return;
     }
+    this.toUpstream.readFrom(chunk); // messages forwarded as they came leave as this very chunk
     this.drain();
   };
 
@@ -513,6 +514,7 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
       this.scanner.setInterested(BackendCode.DataRow, masking);
       this.scanner.setInterested(BackendCode.NoticeResponse, masking);
       this.scanner.push(chunk);
+      out.readFrom(chunk); // usually written as it was read: nothing in it is replaced
       for (let seg = this.scanner.next(); seg !== null; seg = this.scanner.next()) {
         if (seg.kind === 'raw') out.push(seg.bytes);
         else if (seg.code === BackendCode.NotificationResponse) {
@@ -544,7 +546,6 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
       return;
     }
     this.approvalWait.flushTo(out, this.scanner.atFrameBoundary);
-    // Usually the chunk as it was read: nothing in it was replaced.
     if (!out.flushTo(this.client)) this.upstream?.socket.pause();
   };
 

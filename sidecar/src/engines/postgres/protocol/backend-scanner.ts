@@ -394,6 +394,14 @@ export function decodeCommandComplete(frame: Buffer): CommandCompleteInfo {
 /** COUNTED_COMMANDS as the bytes of their tag's first word. */
 const COUNTED_COMMAND_BYTES: readonly Buffer[] = [...COUNTED_COMMANDS].map((c) => Buffer.from(c, 'latin1'));
 
+/** Whether `frame[from..to)` is one of COUNTED_COMMAND_BYTES, compared in place (no view of it is made). */
+function isCountedCommand(frame: Buffer, from: number, to: number): boolean {
+  for (const c of COUNTED_COMMAND_BYTES) {
+    if (c.length === to - from && c.compare(frame, from, to) === 0) return true;
+  }
+  return false;
+}
+
 /**
  * The row count of a CommandComplete, as `decodeCommandComplete(frame).rows`, read from the tag's bytes
  * without making strings of it: the response tracker needs only this, once per statement.
@@ -406,8 +414,7 @@ export function commandCompleteRows(frame: Buffer): number | null {
   }
   const firstSpace = frame.indexOf(0x20, 5);
   if (firstSpace < 0 || firstSpace >= end) return null;
-  const first = frame.subarray(5, firstSpace);
-  if (!COUNTED_COMMAND_BYTES.some((c) => c.equals(first))) return null;
+  if (!isCountedCommand(frame, 5, firstSpace)) return null;
   const lastSpace = frame.lastIndexOf(0x20, end - 1);
   if (lastSpace + 1 === end) return null; // an empty last word
   let rows = 0;
