@@ -180,7 +180,8 @@ export const SIDECAR_ERRORS = {
     sqlState: '0A000',
     httpStatus: 400,
     fatal: true,
-    summary: 'A protocol major version other than 3.',
+    summary:
+      'A protocol major version other than 3, or SSLRequest or GSSENCRequest sent twice (as PostgreSQL answers them).',
   },
   ProtocolViolation: {
     sqlState: '08P01',

@@ -559,7 +559,8 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
       message,
       client: this.rawClient.remoteAddress,
     });
-    this.fatal({ id: 'ProtocolViolation', message: `chaperone: protocol violation: ${message}` });
+    const id = err instanceof ProtocolViolation ? err.errorId : 'ProtocolViolation';
+    this.fatal({ id, message: `chaperone: protocol violation: ${message}` });
   }
 
   private internalError(err: unknown): void {
