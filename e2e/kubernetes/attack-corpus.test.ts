@@ -249,6 +249,17 @@ test('attack corpus against the Kubernetes engine', async (t) => {
       status: 403,
     },
     {
+      name: 'X-Forwarded-For (the API server would put it in its audit sourceIPs)',
+      bytes: `GET /api/v1/namespaces/${ns}/configmaps HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nX-Forwarded-For: 10.1.2.3\r\nConnection: close\r\n\r\n`,
+      status: 403,
+      body: /x-forwarded-for/,
+    },
+    {
+      name: 'X-Real-IP',
+      bytes: `GET /api/v1/namespaces/${ns}/configmaps HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nX-Real-IP: 10.1.2.3\r\nConnection: close\r\n\r\n`,
+      status: 403,
+    },
+    {
       name: 'a dry run is decided like the real request: deleting a keeper',
       bytes: `DELETE /api/v1/namespaces/${ns}/configmaps/keep-me?dryRun=All HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nConnection: close\r\n\r\n`,
       status: 403,
@@ -259,6 +270,35 @@ test('attack corpus against the Kubernetes engine', async (t) => {
       bytes: `DELETE /api/v1/namespaces/${ns}/configmaps/victim?dryRun=All&dryRun= HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nConnection: close\r\n\r\n`,
       status: 400,
     },
+    // The body names another namespace than the path the policy decided on: the API server refuses it.
+    ...Object.entries({
+      'a body naming kube-system under our namespace path': {
+        path: `/api/v1/namespaces/${ns}/configmaps`,
+        body: { apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'moved', namespace: 'kube-system' } },
+        status: 400,
+      },
+      'a namespaced create without a namespace in the path, the body naming ours': {
+        path: '/api/v1/configmaps',
+        body: { apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'moved', namespace: ns } },
+        status: 403,
+      },
+      'a List of objects posted as one create': {
+        path: `/api/v1/namespaces/${ns}/configmaps`,
+        body: {
+          apiVersion: 'v1',
+          kind: 'List',
+          items: [{ apiVersion: 'v1', kind: 'Secret', metadata: { name: 'listed', namespace: ns } }],
+        },
+        status: 400,
+      },
+    }).map(([name, c]) => {
+      const body = JSON.stringify(c.body);
+      return {
+        name,
+        bytes: `POST ${c.path} HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nContent-Type: application/json\r\nContent-Length: ${String(body.length)}\r\nConnection: close\r\n\r\n${body}`,
+        status: c.status,
+      };
+    }),
     // One signed token, other texts: jose alone would accept them, each with a token hash nobody issued.
     ...Object.entries({
       padded: `${f.agentToken}==`,
@@ -303,6 +343,14 @@ test('attack corpus against the Kubernetes engine', async (t) => {
   });
 
   await t.test('nothing smuggled reached the API server', async () => {
+    for (const [namespace, name] of [
+      ['kube-system', 'moved'],
+      [ns, 'moved'],
+      [ns, 'listed'],
+    ] as const) {
+      const found = await f.admin(['get', 'configmap,secret', '-n', namespace, '--ignore-not-found', '-o', 'name']);
+      assert.ok(!found.split('\n').some((l) => l.endsWith(`/${name}`)), `${namespace}/${name}: ${found}`);
+    }
     assert.match(
       await f.admin(['get', 'configmap', 'victim', 'keep-me', '-n', ns, '-o', 'name']),
       /victim[\s\S]*keep-me/,
@@ -349,6 +397,23 @@ test('attack corpus against the Kubernetes engine', async (t) => {
     });
   }
 
+  // An Upgrade header on a request the API server does not upgrade (a get) or upgrades to a WebSocket
+  // stream of its own (a watch): the answer must not pass by the masking unread.
+  const ws = `Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ${Buffer.from('chaperone-corpus!').toString('base64')}\r\n`;
+  for (const [name, path] of [
+    ['a Secret get with a WebSocket upgrade', `/api/v1/namespaces/${ns}/secrets/db`],
+    ['a Secret watch over WebSocket', `/api/v1/namespaces/${ns}/secrets?watch=1&timeoutSeconds=1`],
+    ['a Secret list with a WebSocket upgrade', `/api/v1/namespaces/${ns}/secrets`],
+    ['a ConfigMap watch over WebSocket', `/api/v1/namespaces/${ns}/configmaps?watch=1&timeoutSeconds=1`],
+  ] as const) {
+    await t.test(`refused: ${name}`, async () => {
+      const res = await exchange(f.sidecar.port, ca, `GET ${path} HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\n${ws}\r\n`);
+      assert.equal(res.status, 400, `${res.head}\n${res.body}`);
+      assert.match(res.body, /upgrade/);
+      assert.ok(!res.body.includes(plain) && !res.body.includes('hunter2-secret'), res.body);
+    });
+  }
+
   await t.test('a non-resource URL allowed by a nonResourceURLs rule is forwarded: /livez/ping', async () => {
     const res = await exchange(
       f.sidecar.port,
@@ -387,6 +452,7 @@ test('attack corpus against the Kubernetes engine', async (t) => {
       'default',
       'request-too-large',
       'masked-value-write',
+      'forwarding-header',
     ]) {
       assert.ok(rules.has(rule), `a ${rule} denial is recorded (${[...rules].join(', ')})`);
     }

@@ -5,8 +5,9 @@
 // or `X-Rewrite-URL` (IIS, older Symfony), or trusts `X-Forwarded-For`/`Forwarded` from its proxy (an
 // allow-list by address, a prefix that reroutes) would run what the policy never decided. The sidecar is
 // that proxy, so the agent may not send them: such a request is refused, never forwarded. Pure.
+import { FORWARDING_HEADERS } from '../http-base/request-hygiene.ts';
 
-/** Request headers (lower case) refused whatever their value. */
+/** Request headers (lower case) refused whatever their value, besides FORWARDING_HEADERS. */
 const OVERRIDE_HEADERS: ReadonlySet<string> = new Set([
   'x-http-method-override',
   'x-http-method',
@@ -16,22 +17,6 @@ const OVERRIDE_HEADERS: ReadonlySet<string> = new Set([
   'x-rewrite-url',
   'x-original-uri',
   'x-envoy-original-path',
-  'forwarded',
-  'x-forwarded-for',
-  'x-forwarded-host',
-  'x-forwarded-proto',
-  'x-forwarded-port',
-  'x-forwarded-prefix',
-  'x-forwarded-path',
-  'x-forwarded-uri',
-  'x-forwarded-server',
-  'x-forwarded-scheme',
-  'x-forwarded-ssl',
-  'x-real-ip',
-  'x-client-ip',
-  'true-client-ip',
-  'x-cluster-client-ip',
-  'client-ip',
 ]);
 
 /** The method-override parameter frameworks read from the query or a form body. */
@@ -48,7 +33,9 @@ export function requestOverride(
   body: Buffer,
   contentType: string | undefined,
 ): string | undefined {
-  for (const name of headers) if (OVERRIDE_HEADERS.has(name)) return `the ${name} header`;
+  for (const name of headers) {
+    if (OVERRIDE_HEADERS.has(name) || FORWARDING_HEADERS.has(name)) return `the ${name} header`;
+  }
   for (const name of Object.keys(query)) {
     if (name.toLowerCase() === METHOD_PARAMETER) return `the ${METHOD_PARAMETER} query parameter`;
   }
