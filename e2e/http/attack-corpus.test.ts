@@ -197,6 +197,12 @@ test('attack corpus against the HTTP engine', async (t) => {
     { name: 'Forwarded', bytes: get('/public/items', 'Forwarded: for=127.0.0.1;host=admin\r\n'), status: 403 },
     { name: 'X-Real-IP', bytes: get('/public/items', 'X-Real-IP: 10.0.0.1\r\n'), status: 403 },
     {
+      name: 'headers of 100 KiB: a clear 431, nothing forwarded',
+      bytes: get('/public/items', `X-Padding: ${'a'.repeat(100 * 1024)}\r\n`),
+      status: 431,
+    },
+    { name: 'a bare CR inside a header value', bytes: get('/public/items', 'X-Note: a\rX-Debug: 1\r\n'), status: 400 },
+    {
       name: 'a harmless custom header is forwarded',
       bytes: get('/public/items', 'X-Trace-Note: method override\r\n'),
       status: 200,
@@ -219,6 +225,23 @@ test('attack corpus against the HTTP engine', async (t) => {
       assert.equal(seen.headers.host, `127.0.0.1:${String(upstreamPort)}`);
     });
   }
+
+  await t.test('two pipelined requests in one write are decided one by one', async () => {
+    const before = received.length;
+    const keepAlive = `GET /public/items HTTP/1.1\r\nHost: x\r\n${auth}\r\n\r\n`;
+    const response = await raw(sidecar.port, `${keepAlive}${get('/admin/x')}`);
+    const statuses = [...response.matchAll(/^HTTP\/1\.1 (\d{3}) /gm)].map((m) => m[1]);
+    assert.deepEqual(statuses, ['200', '403'], response);
+    assert.deepEqual(
+      received.slice(before).map((r) => r.url),
+      ['/public/items'],
+    );
+  });
+
+  await t.test('the sidecar still serves after the corpus', async () => {
+    const response = await raw(sidecar.port, get('/public/items'));
+    assert.match(response, /^HTTP\/1\.1 200 /);
+  });
 
   await t.test('the upstream never saw what the policy denies', () => {
     for (const r of received) {

@@ -255,6 +255,11 @@ test('attack corpus against the Kubernetes engine', async (t) => {
       body: /x-forwarded-for/,
     },
     {
+      name: 'headers of 100 KiB: a clear 431 Status',
+      bytes: `GET /api/v1/namespaces/${ns}/configmaps HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nX-Padding: ${'a'.repeat(100 * 1024)}\r\nConnection: close\r\n\r\n`,
+      status: 431,
+    },
+    {
       name: 'X-Real-IP',
       bytes: `GET /api/v1/namespaces/${ns}/configmaps HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nX-Real-IP: 10.1.2.3\r\nConnection: close\r\n\r\n`,
       status: 403,
