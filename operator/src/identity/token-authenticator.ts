@@ -246,7 +246,11 @@ export class TokenAuthenticator {
       throw new ExchangeRefusal('invalid_request', 'malformed', `${role} is empty or longer than 16 KiB`);
     }
     if (!canonicalCompactJws(token)) {
-      throw new ExchangeRefusal('invalid_grant', 'malformed', `${role} is not a compact JWS in canonical base64url`);
+      throw new ExchangeRefusal(
+        'invalid_grant',
+        'malformed',
+        `${role} is not a JWT in its one canonical text (compact, base64url without padding or whitespace)`,
+      );
     }
     let unverified: JWTPayload;
     let alg: string | undefined;

@@ -273,7 +273,10 @@ export class TokenVerifier {
       throw new AuthenticationFailed('malformed', 'identity token missing or too long');
     }
     if (!canonicalCompactJws(token)) {
-      throw new AuthenticationFailed('malformed', 'identity token is not a compact JWS in canonical base64url');
+      throw new AuthenticationFailed(
+        'malformed',
+        'identity token is not a JWT in its one canonical text (compact, base64url without padding or whitespace)',
+      );
     }
     const identity = (await this.reuseVerified(token)) ?? (await this.verifySignature(token));
     if (
