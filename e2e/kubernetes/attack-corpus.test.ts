@@ -238,6 +238,12 @@ test('attack corpus against the Kubernetes engine', async (t) => {
       body: /impersonation/,
     },
     {
+      name: 'X-Remote-User and X-Remote-Group (front-proxy authentication headers)',
+      bytes: `GET /api/v1/namespaces/${ns}/configmaps HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nX-Remote-User: system:admin\r\nX-Remote-Group: system:masters\r\nConnection: close\r\n\r\n`,
+      status: 403,
+      body: /impersonation/,
+    },
+    {
       name: 'Impersonate-Extra-* in mixed case',
       bytes: `GET /api/v1/namespaces/${ns}/configmaps HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nIMPERSONATE-EXTRA-scopes: admin\r\nConnection: close\r\n\r\n`,
       status: 403,

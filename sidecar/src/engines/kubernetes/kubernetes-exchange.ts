@@ -353,7 +353,9 @@ export class KubernetesExchange {
         });
         return false;
       }
-      if (name.startsWith('impersonate-')) {
+      // X-Remote-*: the front-proxy's asserted user, groups and extras (--requestheader-*), believed from a
+      // client with the front-proxy certificate; the agent asserts nothing about who it is.
+      if (name.startsWith('impersonate-') || name.startsWith('x-remote-')) {
         this.refuse(session, this.info, reply, 'impersonation', {
           id: 'RequestRefused',
           message: 'chaperone: impersonation headers are not allowed through the sidecar; the agent acts as itself',
