@@ -1,6 +1,6 @@
 // A throwaway token issuer for tests: an RS256 key pair, its JWKS file, and valid or deliberately broken
 // tokens (the attacks the sidecar must refuse).
-import { createHmac, generateKeyPairSync } from 'node:crypto';
+import { createHmac, createSign, generateKeyPairSync } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { SignJWT, exportJWK, type JWTPayload } from 'jose';
 
@@ -13,6 +13,11 @@ export interface TestIssuer {
     claims: JWTPayload & { sub: string },
     options?: { expiresIn?: number; notBefore?: number; audience?: string; issuer?: string; kid?: string },
   ): Promise<string>;
+  /**
+   * Signs a header and payload given as JSON text exactly as written (duplicate keys, odd types), with the
+   * issuer's key: what a trusted but sloppy or compromised signer could produce.
+   */
+  signRaw(headerJson: string, payloadJson: string): string;
   /** The attacks, each a complete token string. */
   attacks(sub: string): Promise<Record<string, string>>;
 }
@@ -41,12 +46,18 @@ export async function createTestIssuer(
     return jwt.sign(privateKey);
   };
 
+  const signRaw: TestIssuer['signRaw'] = (headerJson, payloadJson) => {
+    const input = `${Buffer.from(headerJson).toString('base64url')}.${Buffer.from(payloadJson).toString('base64url')}`;
+    return `${input}.${createSign('RSA-SHA256').update(input).sign(privateKey).toString('base64url')}`;
+  };
+
   return {
     issuer,
     kid,
     jwksFile,
     publicKeyPem,
     sign,
+    signRaw,
     async attacks(sub) {
       const valid = await sign({ sub });
       const [header, payload, signature] = valid.split('.') as [string, string, string];

@@ -33,12 +33,26 @@ const POLICY: AccessPolicySpec = {
 interface Received {
   readonly url: string;
   readonly headers: IncomingHttpHeaders;
+  /** The method the upstream acted on: it honours method overrides, as many frameworks do. */
+  readonly method: string;
+}
+
+/** The method a framework with method-override support runs (header first, then `_method`). */
+function effectiveMethod(method: string, url: string, headers: IncomingHttpHeaders): string {
+  const header = headers['x-http-method-override'] ?? headers['x-http-method'] ?? headers['x-method-override'];
+  if (typeof header === 'string') return header.toUpperCase();
+  const param = new URL(url, 'http://upstream').searchParams.get('_method');
+  return param === null ? method : param.toUpperCase();
 }
 
 test('attack corpus against the HTTP engine', async (t) => {
   const received: Received[] = [];
   const upstream = createServer((req, res) => {
-    received.push({ url: req.url ?? '', headers: req.headers });
+    received.push({
+      url: req.url ?? '',
+      headers: req.headers,
+      method: effectiveMethod(req.method ?? '', req.url ?? '', req.headers),
+    });
     const body = JSON.stringify({ url: req.url });
     res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
     res.end(body);
@@ -161,6 +175,39 @@ test('attack corpus against the HTTP engine', async (t) => {
       status: 400,
     },
     { name: 'a lower-case method', bytes: `get /public/items HTTP/1.1\r\nHost: x\r\n${auth}\r\n\r\n`, status: 400 },
+    // Overrides: the upstream would run another method or path, or trust an address, than the one decided.
+    {
+      name: 'X-HTTP-Method-Override: DELETE',
+      bytes: get('/public/items', 'X-HTTP-Method-Override: DELETE\r\n'),
+      status: 403,
+    },
+    { name: 'x-http-method in lower case', bytes: get('/public/items', 'x-http-method: DELETE\r\n'), status: 403 },
+    { name: 'X-Method-Override', bytes: get('/public/items', 'X-Method-Override: PUT\r\n'), status: 403 },
+    { name: '_method in the query', bytes: get('/public/items?_method=DELETE'), status: 403 },
+    { name: '_method escaped in the query', bytes: get('/public/items?%5Fmethod=DELETE'), status: 403 },
+    { name: 'X-Original-URL naming /admin', bytes: get('/public/items', 'X-Original-URL: /admin/x\r\n'), status: 403 },
+    { name: 'X-Rewrite-URL naming /admin', bytes: get('/public/items', 'X-Rewrite-URL: /admin/x\r\n'), status: 403 },
+    {
+      name: 'X-Forwarded-For a loopback address',
+      bytes: get('/public/items', 'X-Forwarded-For: 127.0.0.1\r\n'),
+      status: 403,
+    },
+    { name: 'X-Forwarded-Host', bytes: get('/public/items', 'X-Forwarded-Host: admin.internal\r\n'), status: 403 },
+    { name: 'X-Forwarded-Prefix', bytes: get('/public/items', 'X-Forwarded-Prefix: /admin\r\n'), status: 403 },
+    { name: 'Forwarded', bytes: get('/public/items', 'Forwarded: for=127.0.0.1;host=admin\r\n'), status: 403 },
+    { name: 'X-Real-IP', bytes: get('/public/items', 'X-Real-IP: 10.0.0.1\r\n'), status: 403 },
+    {
+      name: 'headers of 100 KiB: a clear 431, nothing forwarded',
+      bytes: get('/public/items', `X-Padding: ${'a'.repeat(100 * 1024)}\r\n`),
+      status: 431,
+    },
+    { name: 'a bare CR inside a header value', bytes: get('/public/items', 'X-Note: a\rX-Debug: 1\r\n'), status: 400 },
+    {
+      name: 'a harmless custom header is forwarded',
+      bytes: get('/public/items', 'X-Trace-Note: method override\r\n'),
+      status: 200,
+      upstreamUrl: '/public/items',
+    },
   ];
 
   for (const c of cases) {
@@ -179,9 +226,30 @@ test('attack corpus against the HTTP engine', async (t) => {
     });
   }
 
+  await t.test('two pipelined requests in one write are decided one by one', async () => {
+    const before = received.length;
+    const keepAlive = `GET /public/items HTTP/1.1\r\nHost: x\r\n${auth}\r\n\r\n`;
+    const response = await raw(sidecar.port, `${keepAlive}${get('/admin/x')}`);
+    const statuses = [...response.matchAll(/^HTTP\/1\.1 (\d{3}) /gm)].map((m) => m[1]);
+    assert.deepEqual(statuses, ['200', '403'], response);
+    assert.deepEqual(
+      received.slice(before).map((r) => r.url),
+      ['/public/items'],
+    );
+  });
+
+  await t.test('the sidecar still serves after the corpus', async () => {
+    const response = await raw(sidecar.port, get('/public/items'));
+    assert.match(response, /^HTTP\/1\.1 200 /);
+  });
+
   await t.test('the upstream never saw what the policy denies', () => {
     for (const r of received) {
       assert.ok(!/admin/i.test(r.url), r.url);
+      assert.equal(r.method, 'GET', `the upstream only ever ran what the policy allows: ${r.url}`);
+      for (const name of ['x-original-url', 'x-rewrite-url', 'x-forwarded-for', 'forwarded', 'x-real-ip']) {
+        assert.equal(r.headers[name], undefined, name);
+      }
       assert.equal(r.headers['x-debug'], undefined);
       assert.equal(r.headers.authorization, 'Bearer corpus-upstream-key');
     }
@@ -194,7 +262,14 @@ test('attack corpus against the HTTP engine', async (t) => {
         .filter((e) => e.record.type === 'command.decision' && e.record.decision?.result === 'deny')
         .map((e) => e.record.decision?.rule),
     );
-    for (const rule of ['unnormalisable-path', 'unreadable-query', 'no-admin', 'no-admin-role', 'no-debug']) {
+    for (const rule of [
+      'unnormalisable-path',
+      'unreadable-query',
+      'no-admin',
+      'no-admin-role',
+      'no-debug',
+      'request-override',
+    ]) {
       assert.ok(rules.has(rule), `a ${rule} denial is recorded (${[...rules].join(', ')})`);
     }
   });

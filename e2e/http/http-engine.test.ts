@@ -17,7 +17,8 @@ import { spawnSidecar } from '../harness/sidecar-process.ts';
 import { raw } from './raw-request.ts';
 
 const execFileAsync = promisify(execFile);
-const CREDENTIAL = 'upstream-api-key-7f3e9c1d';
+// Characters that JSON (PHP's json_encode), URL and HTML encoders spell differently: each spelling of an echo must be scrubbed.
+const CREDENTIAL = 'upstream/api+key=7f3e&9c1d';
 
 const POLICY: AccessPolicySpec = {
   resources: { names: ['orders-api'] },
@@ -71,8 +72,17 @@ async function startUpstream(): Promise<{
       if (req.url === '/api/users/1') {
         json(200, { id: 1, name: 'Ada', email: 'ada@example.com', notes: 'ssn 123-45-6789' });
       } else if (req.url === '/echo') {
-        res.writeHead(200, { 'content-type': 'text/plain', 'x-echo-auth': req.headers.authorization ?? '' });
-        res.end(JSON.stringify(req.headers));
+        const auth = req.headers.authorization ?? '';
+        res.writeHead(200, { 'content-type': 'text/plain', 'x-echo-auth': encodeURIComponent(auth) });
+        // The headers as JSON, as PHP's json_encode writes them (slashes escaped), in a URL, in HTML.
+        res.end(
+          [
+            JSON.stringify(req.headers),
+            JSON.stringify(req.headers).replaceAll('/', '\\/'),
+            `/callback?auth=${encodeURIComponent(auth).toLowerCase()}`,
+            `<p>${auth.replaceAll('&', '&amp;')}</p>`,
+          ].join('\n'),
+        );
       } else if (req.url === '/api/orders' && req.method === 'POST') {
         json(201, { created: JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown });
       } else if (req.url === '/stream') {
@@ -177,8 +187,17 @@ test('an HTTP API through the HTTP engine', async (t) => {
       `Authorization: Bearer ${token}`,
       `${base}/echo`,
     ]);
-    assert.ok(!stdout.includes(CREDENTIAL), stdout);
-    assert.match(stdout, /\[chaperone:credential\]/);
+    for (const spelling of [
+      CREDENTIAL,
+      CREDENTIAL.replaceAll('/', '\\/'),
+      encodeURIComponent(CREDENTIAL),
+      encodeURIComponent(CREDENTIAL).toLowerCase(),
+      CREDENTIAL.replaceAll('&', '&amp;'),
+      'upstream',
+    ]) {
+      assert.ok(!stdout.includes(spelling), `${spelling} in ${stdout}`);
+    }
+    assert.equal(stdout.split('[chaperone:credential]').length - 1, 5, stdout);
     assert.ok(!stdout.includes(token), 'nor is the agent token forwarded');
     const trace = await curl(['-X', 'TRACE', `${base}/echo`]);
     assert.equal(trace.status, 403);

@@ -366,6 +366,15 @@ test('token exchange: delegation with narrowing, every refusal, hostile requests
         'invalid_grant',
       ],
       ['a 20 KiB token', ex.post({ ...form, subject_token: 'a'.repeat(20_000) }), 400, 'invalid_request'],
+      // One signed token, other texts (jose alone accepts them): each would carry a hash the holder never had.
+      ['a padded subject token', ex.post({ ...form, subject_token: `${ci}==` }), 400, 'invalid_grant'],
+      ['a subject token with a trailing newline', ex.post({ ...form, subject_token: `${ci}\n` }), 400, 'invalid_grant'],
+      [
+        'a padded actor token',
+        ex.post(exchangeForm(ci, { actor: `${agentToken}=`, resources: [ordersDb] })),
+        400,
+        'invalid_grant',
+      ],
       ['JSON body', ex.postRaw(JSON.stringify(form), { 'content-type': 'application/json' }), 415, 'invalid_request'],
       ['GET', ex.postRaw('', {}, 'GET'), 405, 'invalid_request'],
       [

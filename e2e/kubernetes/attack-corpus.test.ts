@@ -71,6 +71,7 @@ test('attack corpus against the Kubernetes engine', async (t) => {
   await f.admin(['create', 'configmap', 'victim', '-n', ns]);
   await f.admin(['create', 'secret', 'generic', 'db', '--from-literal=password=hunter2-secret', '-n', ns]);
   const plain = Buffer.from('hunter2-secret').toString('base64');
+  const maskedData = Buffer.from('chaperone:masked').toString('base64');
   const smuggled = `DELETE /api/v1/namespaces/${ns}/configmaps/victim HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\n\r\n`;
 
   const cases: readonly { name: string; bytes: string; status: number; body?: RegExp }[] = [
@@ -209,6 +210,120 @@ test('attack corpus against the Kubernetes engine', async (t) => {
       status: 403,
       body: /masked/,
     },
+    // The mask written back under spellings the API server decodes to the same bytes (Go's base64 skips
+    // line breaks and ignores the last character's unused bits; JSON and YAML escapes).
+    ...Object.entries({
+      'JSON escapes': `{"data":{"password":"${maskedData.replace(/=/g, '\\u003d')}"}}`,
+      'a line break in the base64': `{"data":{"password":"${maskedData.slice(0, 12)}\\n${maskedData.slice(12)}"}}`,
+      'another last character': `{"data":{"password":"${maskedData.slice(0, -3)}B=="}}`,
+    }).map(([spelling, body]) => ({
+      name: `writing the mask back into a Secret: ${spelling}`,
+      bytes: `PATCH /api/v1/namespaces/${ns}/secrets/db HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nContent-Type: application/merge-patch+json\r\nContent-Length: ${String(body.length)}\r\nConnection: close\r\n\r\n${body}`,
+      status: 403,
+      body: /masked/,
+    })),
+    {
+      name: 'writing the mask back as a YAML apply patch split across lines',
+      bytes: (() => {
+        const body = `apiVersion: v1\nkind: Secret\nmetadata:\n  name: db\ndata:\n  password: |\n    ${maskedData.slice(0, 12)}\n    ${maskedData.slice(12)}\n`;
+        return `PATCH /api/v1/namespaces/${ns}/secrets/db?fieldManager=agent&force=true HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nContent-Type: application/apply-patch+yaml\r\nContent-Length: ${String(body.length)}\r\nConnection: close\r\n\r\n${body}`;
+      })(),
+      status: 403,
+      body: /masked/,
+    },
+    {
+      name: 'Impersonate-Uid',
+      bytes: `GET /api/v1/namespaces/${ns}/configmaps HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nImpersonate-Uid: 0\r\nConnection: close\r\n\r\n`,
+      status: 403,
+      body: /impersonation/,
+    },
+    {
+      name: 'X-Remote-User and X-Remote-Group (front-proxy authentication headers)',
+      bytes: `GET /api/v1/namespaces/${ns}/configmaps HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nX-Remote-User: system:admin\r\nX-Remote-Group: system:masters\r\nConnection: close\r\n\r\n`,
+      status: 403,
+      body: /impersonation/,
+    },
+    {
+      name: 'Impersonate-Extra-* in mixed case',
+      bytes: `GET /api/v1/namespaces/${ns}/configmaps HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nIMPERSONATE-EXTRA-scopes: admin\r\nConnection: close\r\n\r\n`,
+      status: 403,
+      body: /impersonation/,
+    },
+    {
+      name: 'Secrets of every namespace, a field selector naming ours',
+      bytes: `GET /api/v1/secrets?fieldSelector=metadata.namespace%3D${ns} HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nConnection: close\r\n\r\n`,
+      status: 403,
+    },
+    {
+      name: 'X-Forwarded-For (the API server would put it in its audit sourceIPs)',
+      bytes: `GET /api/v1/namespaces/${ns}/configmaps HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nX-Forwarded-For: 10.1.2.3\r\nConnection: close\r\n\r\n`,
+      status: 403,
+      body: /x-forwarded-for/,
+    },
+    {
+      name: 'headers of 100 KiB: a clear 431 Status',
+      bytes: `GET /api/v1/namespaces/${ns}/configmaps HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nX-Padding: ${'a'.repeat(100 * 1024)}\r\nConnection: close\r\n\r\n`,
+      status: 431,
+    },
+    {
+      name: 'X-Real-IP',
+      bytes: `GET /api/v1/namespaces/${ns}/configmaps HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nX-Real-IP: 10.1.2.3\r\nConnection: close\r\n\r\n`,
+      status: 403,
+    },
+    {
+      name: 'a dry run is decided like the real request: deleting a keeper',
+      bytes: `DELETE /api/v1/namespaces/${ns}/configmaps/keep-me?dryRun=All HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nConnection: close\r\n\r\n`,
+      status: 403,
+      body: /keep-keepers/,
+    },
+    {
+      name: 'a dry run spelled so Go reads another value',
+      bytes: `DELETE /api/v1/namespaces/${ns}/configmaps/victim?dryRun=All&dryRun= HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nConnection: close\r\n\r\n`,
+      status: 400,
+    },
+    // The body names another namespace than the path the policy decided on: the API server refuses it.
+    ...Object.entries({
+      'a body naming kube-system under our namespace path': {
+        path: `/api/v1/namespaces/${ns}/configmaps`,
+        body: { apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'moved', namespace: 'kube-system' } },
+        status: 400,
+      },
+      'a namespaced create without a namespace in the path, the body naming ours': {
+        path: '/api/v1/configmaps',
+        body: { apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'moved', namespace: ns } },
+        status: 403,
+      },
+      'a List of objects posted as one create': {
+        path: `/api/v1/namespaces/${ns}/configmaps`,
+        body: {
+          apiVersion: 'v1',
+          kind: 'List',
+          items: [{ apiVersion: 'v1', kind: 'Secret', metadata: { name: 'listed', namespace: ns } }],
+        },
+        status: 400,
+      },
+    }).map(([name, c]) => {
+      const body = JSON.stringify(c.body);
+      return {
+        name,
+        bytes: `POST ${c.path} HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nContent-Type: application/json\r\nContent-Length: ${String(body.length)}\r\nConnection: close\r\n\r\n${body}`,
+        status: c.status,
+      };
+    }),
+    // One signed token, other texts: jose alone would accept them, each with a token hash nobody issued.
+    ...Object.entries({
+      padded: `${f.agentToken}==`,
+      'another last character of the signature': (() => {
+        const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+        const last = f.agentToken.slice(-1);
+        return `${f.agentToken.slice(0, -1)}${alphabet[alphabet.indexOf(last) + 1] ?? 'A'}`;
+      })(),
+      'alg None': `eyJhbGciOiJOb25lIn0.${f.agentToken.split('.')[1] ?? ''}.`,
+    }).map(([spelling, token]) => ({
+      name: `a bearer token in another spelling: ${spelling}`,
+      bytes: `GET /api/v1/namespaces/${ns}/configmaps HTTP/1.1\r\nHost: ${host}\r\nAuthorization: Bearer ${token}\r\nConnection: close\r\n\r\n`,
+      status: 401,
+    })),
   ];
 
   for (const c of cases) {
@@ -220,7 +335,33 @@ test('attack corpus against the Kubernetes engine', async (t) => {
     });
   }
 
+  await t.test('the API server itself reads the other spellings of the mask as the mask', async () => {
+    // Why they are refused: written by the admin to a Secret of its own, they come back as the mask.
+    await f.admin(['create', 'secret', 'generic', 'spellings', '--from-literal=p=x', '-n', ns]);
+    for (const value of [`${maskedData.slice(0, 12)}\n${maskedData.slice(12)}`, `${maskedData.slice(0, -3)}B==`]) {
+      await f.admin([
+        'patch',
+        'secret',
+        'spellings',
+        '-n',
+        ns,
+        '--type=merge',
+        '-p',
+        JSON.stringify({ data: { p: value } }),
+      ]);
+      assert.equal(await f.admin(['get', 'secret', 'spellings', '-n', ns, '-o', 'jsonpath={.data.p}']), maskedData);
+    }
+  });
+
   await t.test('nothing smuggled reached the API server', async () => {
+    for (const [namespace, name] of [
+      ['kube-system', 'moved'],
+      [ns, 'moved'],
+      [ns, 'listed'],
+    ] as const) {
+      const found = await f.admin(['get', 'configmap,secret', '-n', namespace, '--ignore-not-found', '-o', 'name']);
+      assert.ok(!found.split('\n').some((l) => l.endsWith(`/${name}`)), `${namespace}/${name}: ${found}`);
+    }
     assert.match(
       await f.admin(['get', 'configmap', 'victim', 'keep-me', '-n', ns, '-o', 'name']),
       /victim[\s\S]*keep-me/,
@@ -246,6 +387,13 @@ test('attack corpus against the Kubernetes engine', async (t) => {
       headers: '',
     },
     { name: 'YAML accepted', path: `/api/v1/namespaces/${ns}/secrets/db`, headers: 'Accept: application/yaml\r\n' },
+    { name: 'watch=1', path: `/api/v1/namespaces/${ns}/secrets?watch=1&timeoutSeconds=1`, headers: '' },
+    { name: 'the legacy /watch/ path', path: `/api/v1/watch/namespaces/${ns}/secrets?timeoutSeconds=1`, headers: '' },
+    {
+      name: 'a watch event stream asked for as protobuf',
+      path: `/api/v1/namespaces/${ns}/secrets?watch=true&timeoutSeconds=1`,
+      headers: 'Accept: application/vnd.kubernetes.protobuf;stream=watch\r\n',
+    },
   ];
   for (const r of secretReads) {
     await t.test(`Secret values stay masked: ${r.name}`, async () => {
@@ -257,6 +405,23 @@ test('attack corpus against the Kubernetes engine', async (t) => {
       assert.equal(res.status, 200, res.head);
       assert.ok(!res.body.includes(plain) && !res.body.includes('hunter2-secret'), res.body);
       assert.ok(res.body.includes(Buffer.from('chaperone:masked').toString('base64')), res.body);
+    });
+  }
+
+  // An Upgrade header on a request the API server does not upgrade (a get) or upgrades to a WebSocket
+  // stream of its own (a watch): the answer must not pass by the masking unread.
+  const ws = `Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ${Buffer.from('chaperone-corpus!').toString('base64')}\r\n`;
+  for (const [name, path] of [
+    ['a Secret get with a WebSocket upgrade', `/api/v1/namespaces/${ns}/secrets/db`],
+    ['a Secret watch over WebSocket', `/api/v1/namespaces/${ns}/secrets?watch=1&timeoutSeconds=1`],
+    ['a Secret list with a WebSocket upgrade', `/api/v1/namespaces/${ns}/secrets`],
+    ['a ConfigMap watch over WebSocket', `/api/v1/namespaces/${ns}/configmaps?watch=1&timeoutSeconds=1`],
+  ] as const) {
+    await t.test(`refused: ${name}`, async () => {
+      const res = await exchange(f.sidecar.port, ca, `GET ${path} HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\n${ws}\r\n`);
+      assert.equal(res.status, 400, `${res.head}\n${res.body}`);
+      assert.match(res.body, /upgrade/);
+      assert.ok(!res.body.includes(plain) && !res.body.includes('hunter2-secret'), res.body);
     });
   }
 
@@ -298,6 +463,7 @@ test('attack corpus against the Kubernetes engine', async (t) => {
       'default',
       'request-too-large',
       'masked-value-write',
+      'forwarding-header',
     ]) {
       assert.ok(rules.has(rule), `a ${rule} denial is recorded (${[...rules].join(', ')})`);
     }

@@ -114,6 +114,7 @@ interface Category {
 }
 
 const fatal08 = { kind: 'fatal', code: '08P01' } as const;
+const fatal0A = { kind: 'fatal', code: '0A000' } as const;
 const one = (b: Buffer): Step[] => [{ bytes: b }];
 
 /** Valid frontend messages to build batches and mutations from. */
@@ -192,7 +193,8 @@ const CATEGORIES: readonly Category[] = [
       const code = ((major << 16) | int(r, 0, 65535)) >>> 0;
       const body = Buffer.concat([Buffer.alloc(4), bytes(r, int(r, 0, 120))]);
       body.writeUInt32BE(code, 0);
-      return { steps: one(packet(body)), expect: fatal08 };
+      // As PostgreSQL: an unsupported protocol version is feature_not_supported.
+      return { steps: one(packet(body)), expect: fatal0A };
     },
   },
   {
@@ -247,19 +249,20 @@ const CATEGORIES: readonly Category[] = [
     name: "startup: SSLRequest, the 'N' answer, then garbage",
     weight: 2,
     prelude: 'none',
-    make: (r) => ({
-      steps: [
-        { bytes: SSL_REQUEST, awaitBytes: 1 },
-        {
-          bytes: pick(r, [
-            () => SSL_REQUEST, // sent twice
-            () => Buffer.concat([i32(pick(r, [0, 3, -1, 20000, 0x7fffffff])), bytes(r, 8)]),
-            () => msg('Q', cstr('select 1')), // a typed message where a startup packet belongs
-          ])(),
-        },
-      ],
-      expect: { kind: 'fatal', code: '08P01', sslAnswers: 1 },
-    }),
+    make: (r) => {
+      const garbage = {
+        bytes: pick(r, [
+          () => SSL_REQUEST, // sent twice
+          () => Buffer.concat([i32(pick(r, [0, 3, -1, 20000, 0x7fffffff])), bytes(r, 8)]),
+          () => msg('Q', cstr('select 1')), // a typed message where a startup packet belongs
+        ])(),
+      };
+      return {
+        steps: [{ bytes: SSL_REQUEST, awaitBytes: 1 }, garbage],
+        // SSLRequest twice is a request for protocol 1234.5679 to PostgreSQL: feature_not_supported.
+        expect: { kind: 'fatal', code: garbage.bytes === SSL_REQUEST ? '0A000' : '08P01', sslAnswers: 1 },
+      };
+    },
   },
   {
     name: 'startup: CancelRequest with a bad key length',
@@ -602,7 +605,8 @@ async function runCase(
       const last = parseBackend(received, c.expect.kind === 'fatal' ? (c.expect.sslAnswers ?? 0) : 0).messages.at(-1);
       if (last?.type === 'E' && last.single !== true) {
         const f = errorFields(last.body);
-        fatal08 = f.severity === 'FATAL' && f.code === '08P01';
+        // Counted by chaperone_protocol_errors_total: violations, and protocol versions the decoder refuses.
+        fatal08 = f.severity === 'FATAL' && (f.code === '08P01' || f.code === '0A000');
       }
     } catch {
       // reported by check()
@@ -723,7 +727,7 @@ test(`hostile bytes: ${FRAMES} seeded frames (seed ${SEED}) each end only their 
   assert.equal(crashed, undefined, crashed);
   assert.equal(completed, cases.length, 'every frame was sent and ended');
   t.diagnostic(
-    `${cases.length} frames, ${perCategory.size} categories, ${fatal08Count} ended with FATAL 08P01, ${pings} pings`,
+    `${cases.length} frames, ${perCategory.size} categories, ${fatal08Count} ended with FATAL 08P01 or 0A000, ${pings} pings`,
   );
   for (const [name, count] of [...perCategory.entries()].sort()) t.diagnostic(`${count}\t${name}`);
   assert.equal(perCategory.size, CATEGORIES.length, 'every category was exercised');

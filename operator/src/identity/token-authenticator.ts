@@ -75,6 +75,21 @@ interface IssuerEntry {
   readonly keys?: OidcKeySource;
 }
 
+/** A compact JWS: three base64url parts, no padding or whitespace (RFC 7515 §7.1); an empty signature is refused later, by its algorithm. */
+const COMPACT_JWS = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/;
+
+/**
+ * Whether `token` is the one spelling of its signature. jose decodes a signature leniently (padding,
+ * whitespace, the unused low bits of its last character), so one signed token would otherwise have many
+ * texts, each with its own tokenHash, and a record's subject or actor hash would not name the token its
+ * holder was given. The header and payload are covered by the signature itself.
+ */
+function canonicalCompactJws(token: string): boolean {
+  if (!COMPACT_JWS.test(token)) return false;
+  const signature = token.slice(token.lastIndexOf('.') + 1);
+  return Buffer.from(signature, 'base64url').toString('base64url') === signature;
+}
+
 export function tokenHash(token: string): string {
   return `sha256:${createHash('sha256').update(token).digest('hex')}`;
 }
@@ -229,6 +244,13 @@ export class TokenAuthenticator {
   private async verify(token: string, role: TokenRole): Promise<AuthenticatedToken> {
     if (token.length === 0 || token.length > MAX_TOKEN_BYTES) {
       throw new ExchangeRefusal('invalid_request', 'malformed', `${role} is empty or longer than 16 KiB`);
+    }
+    if (!canonicalCompactJws(token)) {
+      throw new ExchangeRefusal(
+        'invalid_grant',
+        'malformed',
+        `${role} is not a JWT in its one canonical text (compact, base64url without padding or whitespace)`,
+      );
     }
     let unverified: JWTPayload;
     let alg: string | undefined;

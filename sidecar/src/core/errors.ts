@@ -180,7 +180,8 @@ export const SIDECAR_ERRORS = {
     sqlState: '0A000',
     httpStatus: 400,
     fatal: true,
-    summary: 'A protocol major version other than 3.',
+    summary:
+      'A protocol major version other than 3, or SSLRequest or GSSENCRequest sent twice (as PostgreSQL answers them).',
   },
   ProtocolViolation: {
     sqlState: '08P01',
@@ -240,11 +241,18 @@ export const SIDECAR_ERRORS = {
     fatal: true,
     summary: 'An HTTP request body larger than maxRequestBodyBytes.',
   },
+  RequestHeadersTooLarge: {
+    sqlState: '54000',
+    httpStatus: 431,
+    fatal: true,
+    summary: 'HTTP request headers larger than 64 KiB; the connection ends.',
+  },
   StreamRefused: {
     sqlState: '0A000',
     httpStatus: 400,
     fatal: false,
-    summary: 'An upgrade to a stream the sidecar cannot inspect (SPDY, or any upgrade on an HTTP resource).',
+    summary:
+      'An upgrade to a stream the sidecar cannot inspect (SPDY, any upgrade on an HTTP resource, a Kubernetes request other than exec, attach, port-forward or proxy).',
   },
   UnmaskableResponse: {
     sqlState: '08P01',

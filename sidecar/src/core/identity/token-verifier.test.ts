@@ -188,3 +188,202 @@ test('a verified token is reused only while it has not expired and its issuer st
   );
   assert.equal(verifier.reusedVerifications, reusedBefore);
 });
+
+/** Rejects with AuthenticationFailed of `reason`, never echoing the token. */
+async function refused(verifier: TokenVerifier, token: string, reason: string, name: string): Promise<void> {
+  await assert.rejects(verifier.verify(token), (err) => {
+    assert.ok(err instanceof AuthenticationFailed, `${name}: ${String(err)}`);
+    assert.equal(err.reason, reason, `${name}: ${err.message}`);
+    assert.ok(!err.message.includes(token), `${name}: the message never echoes the token`);
+    return true;
+  });
+}
+
+test('header attacks: alg spellings, embedded or remote keys, crit, duplicate keys — refused', async () => {
+  const { issuer, verifier } = await setup();
+  const now = Math.floor(Date.now() / 1000);
+  const payload = JSON.stringify({ sub: 'agent:x', iss: issuer.issuer, aud: 'chaperone', exp: now + 600 });
+  const b64 = (v: string) => Buffer.from(v).toString('base64url');
+  const unsigned = (header: object) => `${b64(JSON.stringify(header))}.${b64(payload)}.`;
+  for (const alg of ['none', 'None', 'nOnE', 'NONE']) {
+    await refused(verifier, unsigned({ alg, typ: 'JWT' }), 'algorithm', `alg ${alg} without a signature`);
+    await refused(verifier, `${unsigned({ alg })}c2ln`, 'algorithm', `alg ${alg} with a signature`);
+  }
+  // A key the attacker holds, offered in the header: jwk, jku, x5u are never consulted.
+  const { generateKeyPairSync, createSign } = await import('node:crypto');
+  const { exportJWK } = await import('jose');
+  const attacker = generateKeyPairSync('rsa', { modulusLength: 2048 });
+  const attackerJwk = await exportJWK(attacker.publicKey);
+  const signedByAttacker = (header: object) => {
+    const input = `${b64(JSON.stringify(header))}.${b64(payload)}`;
+    return `${input}.${createSign('RSA-SHA256').update(input).sign(attacker.privateKey).toString('base64url')}`;
+  };
+  await refused(verifier, signedByAttacker({ alg: 'RS256', kid: issuer.kid, jwk: attackerJwk }), 'signature', 'jwk');
+  await refused(verifier, signedByAttacker({ alg: 'RS256', jwk: attackerJwk }), 'signature', 'jwk without kid');
+  await refused(
+    verifier,
+    signedByAttacker({ alg: 'RS256', kid: issuer.kid, jku: 'https://evil.example.com/jwks' }),
+    'signature',
+    'jku',
+  );
+  await refused(
+    verifier,
+    signedByAttacker({ alg: 'RS256', kid: issuer.kid, x5u: 'https://evil.example.com/cert' }),
+    'signature',
+    'x5u',
+  );
+  // Signed by the issuer's own key but with a header the verifier must not ignore.
+  await refused(
+    verifier,
+    issuer.signRaw(JSON.stringify({ alg: 'RS256', kid: issuer.kid, crit: ['exp-claim'], 'exp-claim': 1 }), payload),
+    'malformed',
+    'crit naming an unknown extension',
+  );
+  await refused(
+    verifier,
+    issuer.signRaw(`{"alg":"RS256","kid":"${issuer.kid}","alg":"none"}`, payload),
+    'algorithm',
+    'duplicate alg, the last none',
+  );
+  // Duplicate claims: the issuer is picked and verified from the same (last) value jose reads.
+  await refused(
+    verifier,
+    issuer.signRaw(
+      JSON.stringify({ alg: 'RS256', kid: issuer.kid }),
+      `{"sub":"agent:x","iss":"${issuer.issuer}","iss":"https://evil.example.com","aud":"chaperone","exp":${String(now + 600)}}`,
+    ),
+    'issuer',
+    'duplicate iss, the last foreign',
+  );
+});
+
+test('claims attacks: exp/nbf types and bounds, audiences, issuer spellings — refused, the harmless accepted', async () => {
+  const { issuer, verifier } = await setup();
+  const now = Math.floor(Date.now() / 1000);
+  const header = JSON.stringify({ alg: 'RS256', kid: issuer.kid });
+  const base = { sub: 'agent:x', iss: issuer.issuer, aud: 'chaperone', exp: now + 600 };
+  const raw = (claims: Record<string, unknown>) => issuer.signRaw(header, JSON.stringify({ ...base, ...claims }));
+  const cases: [string, Record<string, unknown>, string][] = [
+    ['exp as a string', { exp: String(now + 600) }, 'claims'],
+    ['exp missing', { exp: undefined }, 'claims'],
+    ['exp in the past beyond the tolerance', { exp: now - 60 }, 'expired'],
+    ['nbf as a string', { nbf: String(now - 10) }, 'claims'],
+    ['nbf in the future beyond the tolerance', { nbf: now + 60 }, 'not-yet-valid'],
+    ['iat as a string', { iat: String(now) }, 'claims'],
+    ['aud as a list without ours', { aud: ['kubernetes', 'chaperone-other'] }, 'audience'],
+    ['aud as an empty list', { aud: [] }, 'audience'],
+    ['aud missing', { aud: undefined }, 'claims'],
+    ['issuer with a trailing slash', { iss: `${issuer.issuer}/` }, 'issuer'],
+    ['issuer in upper case', { iss: issuer.issuer.toUpperCase() }, 'issuer'],
+    ['sub missing', { sub: undefined }, 'claims'],
+    ['sub empty', { sub: '' }, 'malformed'],
+    ['sub a number', { sub: 42 }, 'malformed'],
+    ['sub longer than 512', { sub: 'a'.repeat(513) }, 'malformed'],
+  ];
+  for (const [name, claims, reason] of cases) await refused(verifier, raw(claims), reason, name);
+  // Harmless: within the clock tolerance, a float expiry, a huge expiry, aud as a list with ours.
+  for (const [name, claims] of Object.entries({
+    'expired within the tolerance': { exp: now - 2 },
+    'not yet valid within the tolerance': { nbf: now + 2 },
+    'a float exp': { exp: now + 600.5 },
+    'an exp far away': { exp: 1e12 },
+    'aud as a list with ours': { aud: ['kubernetes', 'chaperone'] },
+  })) {
+    assert.equal((await verifier.verify(raw(claims))).subject, 'agent:x', name);
+  }
+});
+
+test('one signed token has one text: padding, whitespace and other spellings of the signature are refused', async () => {
+  const { issuer, verifier } = await setup();
+  const token = await issuer.sign({ sub: 'agent:x' });
+  const [h, p, s] = token.split('.') as [string, string, string];
+  // The last character's unused low bits: the same signature bytes under another spelling.
+  const last = s.slice(-1);
+  const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+  const sibling = alphabet[alphabet.indexOf(last) + 1] ?? 'A';
+  assert.deepEqual(
+    Buffer.from(`${s.slice(0, -1)}${sibling}`, 'base64url'),
+    Buffer.from(s, 'base64url'),
+    'the sibling spelling decodes to the same bytes',
+  );
+  const variants: Record<string, string> = {
+    'padding on the signature': `${token}==`,
+    'padding on the payload': `${h}.${p}=.${s}`,
+    'a trailing space': `${token} `,
+    'a trailing newline': `${token}\n`,
+    'a space inside the signature': `${h}.${p}.${s.slice(0, 10)} ${s.slice(10)}`,
+    'standard base64 alphabet': `${h}.${p}.${s.replace(/-/g, '+').replace(/_/g, '/')}+/`,
+    'the last character with other unused bits': `${h}.${p}.${s.slice(0, -1)}${sibling}`,
+    'a fourth part': `${token}.AAAA`,
+    'JWE-shaped (five parts)': `${h}..${p}.${s}.AAAA`,
+  };
+  for (const [name, variant] of Object.entries(variants)) await refused(verifier, variant, 'malformed', name);
+  assert.equal((await verifier.verify(token)).subject, 'agent:x', 'the canonical text is accepted');
+});
+
+test('a delegation chain is taken whole or refused: deep, cyclic-looking, broken or oversized claims', async () => {
+  const { issuer, verifier } = await setup();
+  const nest = (depth: number): Record<string, unknown> | undefined => {
+    let act: Record<string, unknown> | undefined;
+    for (let i = depth; i > 0; i--) act = act === undefined ? { sub: `a${String(i)}` } : { sub: `a${String(i)}`, act };
+    return act;
+  };
+  // 16 actors is the limit; 17 or 1,000 (fits in 16 KiB) used to be cut to 16 silently.
+  assert.equal((await verifier.verify(await issuer.sign({ sub: 's', act: nest(16) }))).chain?.length, 16);
+  const deep = await issuer.sign({ sub: 's', act: nest(17) });
+  await refused(verifier, deep, 'malformed', 'a chain of 17');
+  const nested = (depth: number) =>
+    issuer.signRaw(
+      JSON.stringify({ alg: 'RS256', kid: issuer.kid }),
+      `{"sub":"s","iss":"${issuer.issuer}","aud":"chaperone","exp":${String(Math.floor(Date.now() / 1000) + 600)},"act":${'{"sub":"a","act":'.repeat(depth)}{"sub":"z"}${'}'.repeat(depth)}}`,
+    );
+  const sixHundred = nested(600);
+  assert.ok(sixHundred.length < 16 * 1024, 'fits under the size bound: refused for its depth');
+  await refused(verifier, sixHundred, 'malformed', 'a chain 600 deep');
+  const thousand = nested(1000);
+  assert.ok(thousand.length > 16 * 1024, 'over the size bound: refused before any parsing');
+  await refused(verifier, thousand, 'malformed', 'a chain 1,000 deep');
+  await refused(verifier, `${'A'.repeat(10 * 1024 * 1024)}.e30.AAAA`, 'malformed', 'a token of 10 MB');
+  // A chain that repeats an actor is what it says (the exchange refuses cycles when it issues); a repeated
+  // link is kept as signed, not collapsed.
+  const repeated = await verifier.verify(await issuer.sign({ sub: 's', act: { sub: 'a', act: { sub: 'a' } } }));
+  assert.deepEqual(
+    repeated.chain?.map((a) => a.subject),
+    ['a', 'a'],
+  );
+  const broken: Record<string, Record<string, unknown>> = {
+    'an actor without sub (the rest of the chain used to be dropped)': { act: { iss: 'x', act: { sub: 'a' } } },
+    'an inner actor without sub': { act: { sub: 'a', act: { client_id: 'b' } } },
+    'act as a list': { act: [{ sub: 'a' }] },
+    'act as a string': { act: 'agent:a' },
+    'act null': { act: null },
+    'an actor sub as a number': { act: { sub: 7 } },
+    'an actor kind longer than 63': { act: { sub: 'a', [CLAIMS.agentKind]: 'k'.repeat(64) } },
+    'a kind longer than 63': { [CLAIMS.agentKind]: 'k'.repeat(64) },
+    'a kind as a list': { [CLAIMS.agentKind]: ['ci'] },
+    'groups as a string': { groups: 'admins' },
+    'groups with a number': { groups: ['a', 1] },
+    'more than 64 groups (a deny on the 65th used to be cut away)': {
+      groups: Array.from({ length: 65 }, (_, i) => `g${String(i)}`),
+    },
+    'a group longer than 256': { groups: ['g'.repeat(257)] },
+    'more than 64 scopes': { scope: Array.from({ length: 65 }, (_, i) => `s${String(i)}`).join(' ') },
+  };
+  for (const [name, claims] of Object.entries(broken)) {
+    await refused(verifier, await issuer.sign({ sub: 's', ...claims }), 'malformed', name);
+  }
+  // A service account with 63 groups in its token would end with 65 once Kubernetes' groups are added.
+  await refused(
+    verifier,
+    await issuer.sign({
+      sub: 'system:serviceaccount:ci:runner',
+      groups: Array.from({ length: 63 }, (_, i) => `g${String(i)}`),
+    }),
+    'malformed',
+    'service-account groups past 64',
+  );
+  const many = await verifier.verify(
+    await issuer.sign({ sub: 's', groups: Array.from({ length: 64 }, (_, i) => `g${String(i)}`) }),
+  );
+  assert.equal(many.groups?.length, 64, '64 groups are kept whole');
+});

@@ -14,6 +14,30 @@ import type { TrustedIssuerConfig } from '../../config.ts';
 export const AGENT_KIND_CLAIM = CLAIMS.agentKind;
 const MAX_TOKEN_BYTES = 16 * 1024;
 const MAX_CHAIN = 16;
+/** Limits of the Identity schema (api/src/identity.ts): a claim past them is refused, never cut to fit. */
+const MAX_GROUPS = 64;
+const MAX_GROUP_LENGTH = 256;
+const MAX_KIND_LENGTH = 63;
+const MAX_SCOPES = 64;
+const MAX_SCOPE_LENGTH = 256;
+/**
+ * A compact JWS: three base64url parts, no padding, no whitespace (RFC 7515 §7.1). The signature may be
+ * empty here so that an unsigned (`alg: none`) token is refused for its algorithm, as it is.
+ */
+const COMPACT_JWS = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/;
+
+/**
+ * Whether `token` is the one spelling of its signature. jose decodes the signature leniently (padding,
+ * whitespace, and the unused low bits of its last character are ignored), so without this one signed
+ * token has many texts that verify, each with its own tokenHash: a Session would then name a token hash
+ * the exchange never recorded and `token trace` could not follow it. The header and payload need no such
+ * check: the signature covers their text.
+ */
+function canonicalCompactJws(token: string): boolean {
+  if (!COMPACT_JWS.test(token)) return false;
+  const signature = token.slice(token.lastIndexOf('.') + 1);
+  return Buffer.from(signature, 'base64url').toString('base64url') === signature;
+}
 
 export class AuthenticationFailed extends Error {
   override name = 'AuthenticationFailed';
@@ -248,6 +272,12 @@ export class TokenVerifier {
     if (token.length === 0 || token.length > MAX_TOKEN_BYTES) {
       throw new AuthenticationFailed('malformed', 'identity token missing or too long');
     }
+    if (!canonicalCompactJws(token)) {
+      throw new AuthenticationFailed(
+        'malformed',
+        'identity token is not a JWT in its one canonical text (compact, base64url without padding or whitespace)',
+      );
+    }
     const identity = (await this.reuseVerified(token)) ?? (await this.verifySignature(token));
     if (
       this.resource !== undefined &&
@@ -296,6 +326,10 @@ export class TokenVerifier {
     // The issuer picks the key set; the signature check below is what makes the claim trustworthy.
     const trusted = typeof unverified.iss === 'string' ? this.issuers.get(unverified.iss) : undefined;
     if (trusted === undefined) throw new AuthenticationFailed('issuer', 'identity token issuer is not trusted');
+    // No critical header extension is understood here (RFC 7515 §4.1.11): such a token is refused whole.
+    if (header.crit !== undefined) {
+      throw new AuthenticationFailed('malformed', 'identity token names critical header extensions');
+    }
     if (header.alg === undefined || !trusted.config.algorithms.includes(header.alg)) {
       throw new AuthenticationFailed('algorithm', `identity token algorithm ${String(header.alg)} is not allowed`);
     }
@@ -355,6 +389,12 @@ function mapJoseError(err: unknown): AuthenticationFailed {
   if (err instanceof errors.JWTExpired)
     return new AuthenticationFailed('expired', 'identity token has expired', { cause: err });
   if (err instanceof errors.JWTClaimValidationFailed) {
+    // A claim of the wrong type (exp as a string) or a required one missing is malformed, not out of range.
+    if (err.reason === 'invalid' || err.reason === 'missing') {
+      return new AuthenticationFailed('claims', `identity token has an unacceptable ${err.claim} claim`, {
+        cause: err,
+      });
+    }
     const reason =
       err.claim === 'nbf'
         ? 'not-yet-valid'
@@ -384,39 +424,43 @@ function stringClaim(value: unknown): string | undefined {
   return typeof value === 'string' && value.length <= 512 ? value : undefined;
 }
 
-function stringList(value: unknown, what: string): string[] {
-  if (!Array.isArray(value) || value.length > 64 || !value.every((v) => typeof v === 'string' && v.length <= 512)) {
-    throw new Error(`${what} is not a list of at most 64 strings`);
+/** An optional string claim: absent, or a string of 1 to `max` characters; anything else is malformed. */
+function optionalString(value: unknown, what: string, max: number): string | undefined {
+  if (value === undefined) return undefined;
+  if (typeof value !== 'string' || value.length === 0 || value.length > max) {
+    throw new Error(`${what} is not a string of at most ${String(max)} characters`);
+  }
+  return value;
+}
+
+function stringList(value: unknown, what: string, maxItems = 64, maxLength = 512): string[] {
+  if (
+    !Array.isArray(value) ||
+    value.length > maxItems ||
+    !value.every((v) => typeof v === 'string' && v.length <= maxLength)
+  ) {
+    throw new Error(`${what} is not a list of at most ${String(maxItems)} strings`);
   }
   return value as string[];
 }
 
 /**
- * Builds the Identity from verified claims; `act` claims nest outward (RFC 8693 §4.1), the current actor
- * outermost. `exchange`: the issuer is Chaperone's token exchange, whose `chaperone.dev/subject-issuer`
- * names the issuer that authenticated the subject and whose every actor names its issuer. The object is
- * built with its keys in sorted order at every level, so audit records carrying it canonicalise fast.
+ * The delegation chain of nested `act` claims, current actor first. Every actor must be an object with a
+ * `sub`; a chain is never cut short: an actor the sidecar cannot read, or a chain deeper than MAX_CHAIN,
+ * refuses the token, because policies match on the chain's depth and on every actor in it
+ * (maxDelegationDepth, actor, actorKinds) and a shortened chain would match where the whole one does not.
  */
-export function identityFromClaims(payload: JWTPayload, token: string, exchange = false): Identity {
-  const subject = stringClaim(payload.sub) ?? '';
-  const groups = Array.isArray(payload.groups)
-    ? payload.groups.filter((g): g is string => typeof g === 'string').slice(0, 64)
-    : [];
-  // Kubernetes adds these groups at authentication time rather than in the token.
-  const sa = /^system:serviceaccount:([^:]+):[^:]+$/.exec(subject);
-  if (sa !== null) groups.push('system:serviceaccounts', `system:serviceaccounts:${sa[1] ?? ''}`);
+function chainFromClaims(act: unknown, exchange: boolean): Actor[] {
   const chain: Actor[] = [];
-  let act: unknown = payload.act;
-  while (typeof act === 'object' && act !== null && chain.length < MAX_CHAIN) {
+  while (act !== undefined) {
+    if (typeof act !== 'object' || act === null || Array.isArray(act)) throw new Error('an act claim is not an object');
+    if (chain.length >= MAX_CHAIN) throw new Error(`the act chain is deeper than ${String(MAX_CHAIN)}`);
     const a = act as Record<string, unknown>;
-    const actorSubject = stringClaim(a.sub);
-    if (actorSubject === undefined) {
-      if (exchange) throw new Error('an act claim without sub');
-      break;
-    }
-    const actorIssuer = stringClaim(a.iss);
+    const actorSubject = optionalString(a.sub, "an act claim's sub", 512);
+    if (actorSubject === undefined) throw new Error('an act claim without sub');
+    const actorIssuer = optionalString(a.iss, "an act claim's iss", 2048);
     if (exchange && actorIssuer === undefined) throw new Error('an act claim without iss');
-    const actorKind = stringClaim(a[AGENT_KIND_CLAIM]);
+    const actorKind = optionalString(a[AGENT_KIND_CLAIM], `an act claim's ${AGENT_KIND_CLAIM}`, MAX_KIND_LENGTH);
     const actor = {} as Actor;
     if (actorIssuer !== undefined) actor.issuer = actorIssuer;
     if (actorKind !== undefined) actor.kind = actorKind;
@@ -424,7 +468,27 @@ export function identityFromClaims(payload: JWTPayload, token: string, exchange 
     chain.push(actor);
     act = a.act;
   }
-  if (exchange && act !== undefined && chain.length >= MAX_CHAIN) throw new Error('the act chain is too deep');
+  return chain;
+}
+
+/**
+ * Builds the Identity from verified claims; `act` claims nest outward (RFC 8693 §4.1), the current actor
+ * outermost. `exchange`: the issuer is Chaperone's token exchange, whose `chaperone.dev/subject-issuer`
+ * names the issuer that authenticated the subject and whose every actor names its issuer. The object is
+ * built with its keys in sorted order at every level, so audit records carrying it canonicalise fast.
+ * A claim the Identity cannot hold as signed (a `sub` that is not a short string, groups past the schema's
+ * limits, a kind too long) refuses the token rather than being dropped or cut: policies match on them.
+ */
+export function identityFromClaims(payload: JWTPayload, token: string, exchange = false): Identity {
+  const subject = optionalString(payload.sub, 'sub', 512);
+  if (subject === undefined) throw new Error('no sub');
+  const groups =
+    payload.groups === undefined ? [] : [...stringList(payload.groups, 'groups', MAX_GROUPS, MAX_GROUP_LENGTH)];
+  // Kubernetes adds these groups at authentication time rather than in the token.
+  const sa = /^system:serviceaccount:([^:]+):[^:]+$/.exec(subject);
+  if (sa !== null) groups.push('system:serviceaccounts', `system:serviceaccounts:${sa[1] ?? ''}`);
+  if (groups.length > MAX_GROUPS) throw new Error(`more than ${String(MAX_GROUPS)} groups`);
+  const chain = chainFromClaims(payload.act, exchange);
   const claims: Record<string, string> = {};
   const k8s = payload['kubernetes.io'] as { pod?: { name?: unknown; uid?: unknown }; namespace?: unknown } | undefined;
   if (typeof k8s?.namespace === 'string') claims.namespace = k8s.namespace;
@@ -447,7 +511,12 @@ export function identityFromClaims(payload: JWTPayload, token: string, exchange 
   let scopes: string[] | undefined;
   if (payload.scope !== undefined) {
     if (typeof payload.scope !== 'string') throw new Error('scope is not a string');
-    scopes = [...new Set(payload.scope.split(' ').filter((s) => s !== ''))].slice(0, 64);
+    scopes = [...new Set(payload.scope.split(' ').filter((s) => s !== ''))];
+    if (scopes.length > MAX_SCOPES || scopes.some((s) => s.length > MAX_SCOPE_LENGTH)) {
+      throw new Error(
+        `scope names more than ${String(MAX_SCOPES)} scopes or one longer than ${String(MAX_SCOPE_LENGTH)}`,
+      );
+    }
   }
   // Keys in sorted order (see above).
   const identity = {} as Identity;
@@ -456,7 +525,7 @@ export function identityFromClaims(payload: JWTPayload, token: string, exchange 
   if (link !== undefined) identity.exchange = link;
   identity.groups = groups;
   identity.issuer = issuer;
-  const kind = stringClaim(payload[AGENT_KIND_CLAIM]);
+  const kind = optionalString(payload[AGENT_KIND_CLAIM], AGENT_KIND_CLAIM, MAX_KIND_LENGTH);
   if (kind !== undefined) identity.kind = kind;
   if (resources !== undefined) identity.resources = resources;
   if (scopes !== undefined) identity.scopes = scopes;

@@ -4,12 +4,15 @@
 // over ALPN (upgrades and the framing checks are HTTP/1.1's), and a 400 in the engine's own error body for
 // bytes Node's parser refuses. Sockets accepted before the server is ready wait for it.
 import { readFile, writeFile } from 'node:fs/promises';
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer, STATUS_CODES, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Logger } from '../../core/observability/logger.ts';
 import { createLoopbackCertificate } from './loopback-certificate.ts';
+
+/** How long a refused connection's remaining bytes are read and dropped before it is closed (ms). */
+const LINGER_MS = 2000;
 
 export interface EngineServerOptions {
   readonly tls?: { readonly certFile?: string; readonly keyFile?: string; readonly selfSignedCertFile?: string };
@@ -17,7 +20,8 @@ export interface EngineServerOptions {
   readonly onRequest: (req: IncomingMessage, res: ServerResponse) => void;
   readonly onUpgrade: (req: IncomingMessage, socket: Duplex, head: Buffer) => void;
   /** The engine's body (content type and text) for a request Node's parser refused. */
-  readonly malformed: (code: string) => { readonly contentType: string; readonly body: string };
+  /** The answer to bytes Node's parser refuses, by its error code (HPE_HEADER_OVERFLOW: headers too large). */
+  readonly malformed: (code: string) => { readonly code: number; readonly contentType: string; readonly body: string };
 }
 
 export class EngineServer {
@@ -93,16 +97,26 @@ export class EngineServer {
       server.on('tlsClientError', (err: Error) => logger.debug('TLS handshake failed', { error: err.message }));
     }
     server.on('upgrade', this.options.onUpgrade);
+    const answered = new WeakSet<Duplex>();
     server.on('clientError', (err: Error & { code?: string }, socket: Duplex) => {
-      // Bytes Node's parser refuses (smuggling attempts among them): a 400, then the connection ends.
+      // Bytes Node's parser refuses (smuggling attempts among them): a 400, then the connection ends. On a
+      // TLS socket the parser reads from 'data' events and reports every later chunk again: answered once.
+      if (answered.has(socket)) return;
+      answered.add(socket);
       logger.warn('malformed HTTP request', { code: err.code, error: err.message });
       if (!socket.writable) {
         socket.destroy();
         return;
       }
-      const { contentType, body } = this.options.malformed(err.code ?? 'parse error');
+      const { code, contentType, body } = this.options.malformed(err.code ?? 'parse error');
+      // A lingering close (RFC 9112 §9.6): what the client still sends (the rest of oversized headers) is
+      // read and dropped, so that closing with unread bytes does not reset the connection and lose this
+      // answer; bounded, so a client that keeps sending is cut off.
+      socket.removeAllListeners('data');
+      socket.on('data', () => undefined);
+      setTimeout(() => socket.destroy(), LINGER_MS).unref();
       socket.end(
-        `HTTP/1.1 400 Bad Request\r\nContent-Type: ${contentType}\r\nContent-Length: ${String(Buffer.byteLength(body))}\r\nConnection: close\r\n\r\n${body}`,
+        `HTTP/1.1 ${String(code)} ${STATUS_CODES[code] ?? ''}\r\nContent-Type: ${contentType}\r\nContent-Length: ${String(Buffer.byteLength(body))}\r\nConnection: close\r\n\r\n${body}`,
       );
     });
     return server;

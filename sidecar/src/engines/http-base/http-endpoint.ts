@@ -56,7 +56,11 @@ export abstract class HttpEndpoint implements ResourceEndpoint {
       onRequest: (req, res) => this.onRequest(req, res),
       onUpgrade: (req, socket, head) => this.onUpgrade(req, socket, head),
       malformed: (code) =>
-        this.renderError({ id: 'AmbiguousRequest', message: `chaperone: malformed HTTP request (${code})` }),
+        this.renderError(
+          code === 'HPE_HEADER_OVERFLOW'
+            ? { id: 'RequestHeadersTooLarge', message: 'chaperone: the request headers are larger than 64 KiB' }
+            : { id: 'AmbiguousRequest', message: `chaperone: malformed HTTP request (${code})` },
+        ),
     });
   }
 

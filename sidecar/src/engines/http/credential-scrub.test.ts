@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { CredentialScrubber, SCRUBBED, scrubText } from './credential-scrub.ts';
+import { CredentialScrubber, credentialSpellings, SCRUBBED, scrubText } from './credential-scrub.ts';
 
 async function run(secret: string, chunks: readonly Buffer[]): Promise<{ out: string; found: number }> {
   const scrubber = new CredentialScrubber(secret);
@@ -46,4 +46,28 @@ test('a stream without the credential is passed on at once, held back only where
   scrubber.end(Buffer.from('et-value!'));
   await new Promise((r) => scrubber.once('end', r));
   assert.equal(out.join(''), `first part\nthen ${SCRUBBED}!`);
+});
+
+test('an echo in another spelling is scrubbed too: JSON-escaped, percent-encoded, HTML', async () => {
+  const secret = 'k3y/with+chars=&"';
+  const spelled = [
+    JSON.stringify(secret).slice(1, -1),
+    JSON.stringify(secret).slice(1, -1).replaceAll('/', '\\/'),
+    encodeURIComponent(secret),
+    encodeURIComponent(secret).replace(/%[0-9A-F]{2}/g, (e) => e.toLowerCase()),
+    secret.replace(/[&<>"']/g, (c) => `&#${String(c.charCodeAt(0))};`),
+    secret.replaceAll('&', '&amp;').replaceAll('"', '&quot;'),
+  ];
+  assert.equal(new Set(spelled).size, spelled.length, 'six different texts');
+  for (const spelling of spelled) {
+    const wrap = (inner: string) => `{"echo":"${inner}"} and more`;
+    const bytes = Buffer.from(wrap(spelling));
+    for (let a = 0; a <= bytes.length; a++) {
+      const { out, found } = await run(secret, [bytes.subarray(0, a), bytes.subarray(a)]);
+      assert.equal(out, wrap(SCRUBBED), `${spelling} cut at ${String(a)}`);
+      assert.equal(found, 1);
+    }
+    assert.equal(scrubText(`Bearer ${spelling}`, secret), `Bearer ${SCRUBBED}`);
+  }
+  assert.deepEqual(credentialSpellings(''), []);
 });

@@ -36,6 +36,7 @@ import { CredentialScrubber, scrubText } from './credential-scrub.ts';
 import { createJsonMasker } from './json-masking.ts';
 import { normalisePath, UnnormalisablePath } from './path-normalisation.ts';
 import { readHeaders, readQuery, UnreadableQuery } from './request-reading.ts';
+import { requestOverride } from './request-override.ts';
 import { PROBLEM_CONTENT_TYPE, problemFor } from './problem.ts';
 
 const OUTSIDE_TRANSACTION = { inTransaction: false } as const;
@@ -170,6 +171,12 @@ class HttpEndpoint extends HttpSpeakingEndpoint {
       const body = await readBody(req, limit);
       if (body === undefined) {
         tooLarge();
+        return;
+      }
+      const override = requestOverride(checked.headers.keys(), query, body, checked.headers.get('content-type'));
+      if (override !== undefined) {
+        const message = `chaperone: ${override} could make the upstream act on another method, path or client than the one decided`;
+        refuse('request-override', { id: 'RequestRefused', message }, describe());
         return;
       }
       // Decided first, recorded with the body's JSON fields masked by that decision's masking rules.

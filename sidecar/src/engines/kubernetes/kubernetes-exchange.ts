@@ -30,6 +30,7 @@ import {
   writeRawError,
 } from '../http-base/http-exchange.ts';
 import {
+  FORWARDING_HEADERS,
   forwardableHeaders,
   forwardableResponseHeaders,
   type CheckedHeaders,
@@ -98,6 +99,12 @@ function decideNonResource(session: AgentSession, command: KubernetesCommand, pa
 
 /** Subresources whose upgrade the API server authorizes as `create` whatever the method (websocket GETs too). */
 const STREAM_SUBRESOURCES: ReadonlySet<string> = new Set(['exec', 'attach', 'portforward']);
+/**
+ * Subresources whose upgrade is forwarded. Any other request with an Upgrade header is refused: the API
+ * server answers a get or list it does not upgrade as usual, and streams a watch over a WebSocket of its
+ * own, and either answer would pass to the client as raw bytes, past the Secret masking.
+ */
+const UPGRADABLE_SUBRESOURCES: ReadonlySet<string> = new Set([...STREAM_SUBRESOURCES, 'proxy']);
 
 /** The Accept header for a response the engine must read: JSON only (protobuf and YAML cannot be masked here). */
 function jsonAccept(accept: string | undefined): string {
@@ -230,7 +237,12 @@ export class KubernetesExchange {
       let refusal: SidecarError | undefined;
       const held = holdable(session, decided);
       if (decided.decision.decision !== 'allow' && !held) refusal = policyRefusal(decided.decision);
-      else if (protocol !== 'websocket') {
+      else if (!info.isResourceRequest || !UPGRADABLE_SUBRESOURCES.has(info.subresource)) {
+        refusal = {
+          id: 'StreamRefused',
+          message: `chaperone: only exec, attach, port-forward and proxy connections can be upgraded through the sidecar, not ${info.verb} ${info.subresource === '' ? info.resource || info.path : `${info.resource}/${info.subresource}`}: its answer would pass unread`,
+        };
+      } else if (protocol !== 'websocket') {
         refusal = {
           id: 'StreamRefused',
           message: `chaperone: ${protocol === '' ? 'this' : protocol} upgrade is not supported through the sidecar: its streams cannot be inspected; use a kubectl that speaks WebSocket (v5.channel.k8s.io)`,
@@ -334,7 +346,16 @@ export class KubernetesExchange {
       this.info = { ...this.info, verb: 'create' };
     }
     for (const name of checked.headers.keys()) {
-      if (name.startsWith('impersonate-')) {
+      if (FORWARDING_HEADERS.has(name)) {
+        this.refuse(session, this.info, reply, 'forwarding-header', {
+          id: 'RequestRefused',
+          message: `chaperone: the ${name} header is not allowed through the sidecar: the API server would record a client address the sidecar never saw`,
+        });
+        return false;
+      }
+      // X-Remote-*: the front-proxy's asserted user, groups and extras (--requestheader-*), believed from a
+      // client with the front-proxy certificate; the agent asserts nothing about who it is.
+      if (name.startsWith('impersonate-') || name.startsWith('x-remote-')) {
         this.refuse(session, this.info, reply, 'impersonation', {
           id: 'RequestRefused',
           message: 'chaperone: impersonation headers are not allowed through the sidecar; the agent acts as itself',

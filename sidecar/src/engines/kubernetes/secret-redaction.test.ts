@@ -55,3 +55,33 @@ test('writing a masked value back is recognised', () => {
   assert.ok(containsMaskedValue(`stringData: {p: ${MASKED_TEXT}}`));
   assert.ok(!containsMaskedValue('{"data":{"p":"c2VjcmV0"}}'));
 });
+
+test('the mask is recognised however the body spells it, as the API server decodes it', () => {
+  const [head, tail] = [MASKED_DATA.slice(0, 12), MASKED_DATA.slice(12)];
+  // The last character before the padding with other unused low bits: Go's decoder reads the same bytes.
+  const sibling = `${MASKED_DATA.slice(0, -3)}B==`;
+  assert.equal(Buffer.from(sibling, 'base64').toString(), MASKED_TEXT);
+  const spelled: Record<string, string> = {
+    'JSON escapes in the base64': `{"data":{"p":"${MASKED_DATA.replace(/=/g, '\\u003d')}"}}`,
+    'JSON escapes in stringData': `{"stringData":{"p":"chaperone\\u003amasked"}}`,
+    'a line break inside the base64 (JSON)': `{"data":{"p":"${head}\\n${tail}"}}`,
+    'CRLF inside the base64 (JSON)': `{"data":{"p":"${head}\\r\\n${tail}"}}`,
+    'a YAML block scalar across lines': `data:\n  p: |\n    ${head}\n    ${tail}\n`,
+    'a YAML double-quoted escape': `data:\n  p: "${MASKED_DATA.replace(/=/g, '\\x3d')}"\n`,
+    'another spelling of the last character': `{"data":{"p":"${sibling}"}}`,
+    'a JSON patch': `[{"op":"replace","path":"/data/p","value":"${head}\\n${tail}"}]`,
+  };
+  for (const [name, body] of Object.entries(spelled)) {
+    assert.ok(!body.includes(MASKED_DATA) && !body.includes(MASKED_TEXT), `${name}: not a plain copy`);
+    assert.ok(containsMaskedValue(body), name);
+  }
+  // Harmless: real values, names that look like base64, bodies that do not parse.
+  for (const body of [
+    '{"data":{"p":"c2VjcmV0"},"metadata":{"name":"chaperone"}}',
+    'data:\n  p: c2VjcmV0\n',
+    '{"data":',
+    `[${'0,'.repeat(200_000)}0]`,
+  ]) {
+    assert.ok(!containsMaskedValue(body), body.slice(0, 60));
+  }
+});

@@ -7,6 +7,8 @@
 // The masked value of `data` stays valid base64 (clients decode it into bytes); its text is MASKED_TEXT, so
 // a write that sends a masked value back (kubectl edit of a masked Secret) can be recognised and refused.
 
+import { parse as parseYaml } from 'yaml';
+
 /** What a masked Secret value reads as once decoded. */
 export const MASKED_TEXT = 'chaperone:masked';
 /** A masked `data` value (base64 of MASKED_TEXT). */
@@ -67,7 +69,47 @@ export function redactSecrets(doc: unknown): number {
   return n;
 }
 
-/** Whether a request body writes a value the engine masked (a masked Secret sent back would overwrite the real one). */
+const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
+
+/**
+ * Whether one string of a request body, as the API server reads it, carries the mask: as text (stringData),
+ * or as base64 (data). Go's decoder skips CR and LF inside base64 and ignores the unused low bits of the
+ * last character, so the base64 is decoded rather than compared as text.
+ */
+function carriesMask(value: string): boolean {
+  if (value.includes(MASKED_TEXT)) return true;
+  const compact = value.replace(/[\r\n]/g, '');
+  return BASE64.test(compact) && Buffer.from(compact, 'base64').toString('latin1').includes(MASKED_TEXT);
+}
+
+/**
+ * Whether a request body writes a value the engine masked (a masked Secret sent back would overwrite the
+ * real one). The text is searched as it is (a protobuf body holds the bytes raw), then read as JSON or YAML
+ * and every string checked as the API server would decode it: a JSON escape (`\u003d`), a line break in
+ * the base64, or another spelling of its last character must not hide the mask.
+ */
 export function containsMaskedValue(body: string): boolean {
-  return body.includes(MASKED_DATA) || body.includes(MASKED_TEXT);
+  if (body.includes(MASKED_DATA) || body.includes(MASKED_TEXT)) return true;
+  let doc: unknown;
+  try {
+    doc = JSON.parse(body);
+  } catch {
+    try {
+      doc = parseYaml(body);
+    } catch {
+      return false; // neither JSON nor YAML: the API server refuses it too
+    }
+  }
+  const pending: unknown[] = [doc];
+  while (pending.length > 0) {
+    const value = pending.pop();
+    if (typeof value === 'string') {
+      if (carriesMask(value)) return true;
+    } else if (Array.isArray(value)) {
+      for (const inner of value as unknown[]) pending.push(inner);
+    } else if (isRecord(value)) {
+      for (const inner of Object.values(value)) pending.push(inner);
+    }
+  }
+  return false;
 }

@@ -553,13 +553,13 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
 
   private protocolError(err: unknown): void {
     this.ctx.services.metrics.protocolErrors.inc({ listener: this.ctx.config.name });
-    const message = err instanceof ProtocolViolation ? err.message : 'invalid message';
+    const violation = err instanceof ProtocolViolation ? err : new ProtocolViolation('invalid message');
     this.ctx.logger.warn('protocol violation', {
       sessionId: this.agentSession?.id,
-      message,
+      message: violation.message,
       client: this.rawClient.remoteAddress,
     });
-    this.fatal({ id: 'ProtocolViolation', message: `chaperone: protocol violation: ${message}` });
+    this.fatal({ id: violation.errorId, message: `chaperone: protocol violation: ${violation.message}` });
   }
 
   private internalError(err: unknown): void {

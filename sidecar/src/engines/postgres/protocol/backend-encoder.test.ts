@@ -93,7 +93,9 @@ describe('backend encoder: byte-exact', () => {
     assert.deepEqual(backendKeyData(7, Buffer.alloc(32, 9)), msg('K', i32(7), Buffer.alloc(32, 9)));
     assert.throws(() => backendKeyData(7, Buffer.alloc(3)), RangeError);
     assert.deepEqual(commandComplete('INSERT 0 5'), msg('C', cstr('INSERT 0 5')));
-    assert.deepEqual(negotiateProtocolVersion(0, ['_pq_.a']), msg('v', i32(0), i32(1), cstr('_pq_.a')));
+    // The version field is the whole code, 3.0 = 0x00030000, as PostgreSQL sends it.
+    assert.deepEqual(negotiateProtocolVersion(0, ['_pq_.a']), msg('v', i32(0x00030000), i32(1), cstr('_pq_.a')));
+    assert.deepEqual(negotiateProtocolVersion(2, []), msg('v', i32(0x00030002), i32(0)));
     assert.throws(() => commandComplete('bad\0tag'), RangeError);
   });
 

@@ -139,10 +139,15 @@ export function backendKeyData(processId: number, secretKey: number | Uint8Array
   return w.finish();
 }
 
-/** NegotiateProtocolVersion 'v': the newest minor version supported and the protocol options not recognised. */
+/**
+ * NegotiateProtocolVersion 'v': the newest 3.x version supported and the protocol options not recognised.
+ * The field holds the whole version code (major << 16 | minor), as PostgreSQL sends it (PG_PROTOCOL_LATEST,
+ * 0x00030000 for 3.0) and libpq 18 reads it: a bare minor (0) reads as a downgrade to 0.0, which libpq
+ * refuses ("server requested downgrade to pre-3.0 protocol version").
+ */
 export function negotiateProtocolVersion(newestMinorVersion: number, unrecognizedOptions: readonly string[]): Buffer {
   const w = new MessageWriter(BackendCode.NegotiateProtocolVersion, 16);
-  w.int32(newestMinorVersion).int32(unrecognizedOptions.length);
+  w.int32(((3 << 16) | newestMinorVersion) >>> 0).int32(unrecognizedOptions.length);
   for (const o of unrecognizedOptions) w.cstring(o);
   return w.finish();
 }

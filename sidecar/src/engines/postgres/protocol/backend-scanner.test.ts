@@ -414,10 +414,12 @@ describe('backend frame decoders', () => {
       mechanisms: ['SCRAM-SHA-256'],
     });
     assert.throws(() => decodeAuthentication(msg('R', i32(99))), /unknown request code 99/);
-    assert.deepEqual(decodeNegotiateProtocolVersion(msg('v', i32(0), i32(1), cstr('_pq_.x'))), {
+    // As PostgreSQL sends it: the whole version code (3.0 = 0x00030000).
+    assert.deepEqual(decodeNegotiateProtocolVersion(msg('v', i32(0x00030000), i32(1), cstr('_pq_.x'))), {
       newestMinorVersion: 0,
       unrecognizedOptions: ['_pq_.x'],
     });
+    assert.throws(() => decodeNegotiateProtocolVersion(msg('v', i32(0), i32(0))), /other than 3\.x/);
   });
 
   it('reject malformed frames', () => {

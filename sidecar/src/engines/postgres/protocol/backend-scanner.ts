@@ -615,13 +615,16 @@ export function decodeAuthentication(frame: Buffer): AuthenticationRequest {
   }
 }
 
-/** NegotiateProtocolVersion 'v' → newest minor version and unrecognised options. */
+/** NegotiateProtocolVersion 'v' → newest 3.x minor version and unrecognised options. */
 export function decodeNegotiateProtocolVersion(frame: Buffer): {
   readonly newestMinorVersion: number;
   readonly unrecognizedOptions: readonly string[];
 } {
   const r = body(frame, BackendCode.NegotiateProtocolVersion, 'NegotiateProtocolVersion');
-  const newestMinorVersion = r.int32('minor version');
+  // The whole version code (major << 16 | minor), as PostgreSQL sends it.
+  const version = r.int32('protocol version');
+  if (version >>> 16 !== 3) throw new ProtocolViolation('NegotiateProtocolVersion: a version other than 3.x');
+  const newestMinorVersion = version & 0xffff;
   const count = r.int32('option count');
   if (count < 0) throw new ProtocolViolation('NegotiateProtocolVersion: negative option count');
   r.need(count, 'options');

@@ -10,7 +10,7 @@ import {
   type PasswordMessage,
   type StartupMessage,
 } from './frontend-messages.ts';
-import { ProtocolViolation } from './protocol-violation.ts';
+import { ProtocolViolation, UnsupportedProtocolVersion } from './protocol-violation.ts';
 import { cstr, i16, i32, i8, msg, packet, prng, u32 } from './test-wire.ts';
 
 /** Turns messages into plain data (Buffers as hex, Maps as entry lists) for deep comparison. */
@@ -316,6 +316,25 @@ describe('FrontendDecoder', () => {
       expectViolation(r(Buffer.concat([packet(i32(80877103)), startup])), /unencrypted data after SSLRequest/);
       expectViolation(r(Buffer.concat([packet(i32(80877104)), i8(0)])), /unencrypted data after GSSENCRequest/);
       expectViolation(r(packet(i32(80877103)), packet(i32(80877103))), /SSLRequest sent twice/);
+      // PostgreSQL answers these as a protocol it does not support (0A000), not as a violation (08P01): the
+      // connection answers an UnsupportedProtocolVersion with the catalogue's UnsupportedProtocol.
+      for (const frames of [
+        [packet(i32(80877103)), packet(i32(80877103))],
+        [packet(i32(80877104)), packet(i32(80877104))],
+        [packet(i32(131072), cstr('user'), cstr('x'), i8(0))],
+        [packet(i32(262144), cstr('user'), cstr('x'), i8(0))],
+      ]) {
+        const d = new FrontendDecoder();
+        assert.throws(
+          () => {
+            for (const f of frames) {
+              d.push(f);
+              while (d.next() !== null);
+            }
+          },
+          (err: unknown) => err instanceof UnsupportedProtocolVersion,
+        );
+      }
       expectViolation(r(Buffer.concat([packet(i32(80877102), i32(1), i32(2)), i8(0)])), /after CancelRequest/);
     });
     const reg: FrontendDecoderOptions = { initialPhase: 'regular' };

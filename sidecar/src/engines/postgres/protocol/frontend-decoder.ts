@@ -16,7 +16,7 @@ import {
   type StartupPhaseMessage,
   type TargetKind,
 } from './frontend-messages.ts';
-import { ProtocolViolation } from './protocol-violation.ts';
+import { ProtocolViolation, UnsupportedProtocolVersion } from './protocol-violation.ts';
 import { WireReader } from './wire-reader.ts';
 
 /** Smallest startup packet: Int32 length + Int32 code. */
@@ -280,7 +280,9 @@ export class FrontendDecoder {
         const name = isSsl ? 'SSLRequest' : 'GSSENCRequest';
         if (frame.length !== 8) throw new ProtocolViolation(`${name} has length ${frame.length}, expected 8`);
         if (isSsl ? this.sslRequested : this.gssRequested) {
-          throw new ProtocolViolation(`${name} sent twice`);
+          throw new UnsupportedProtocolVersion(
+            `${name} sent twice: unsupported frontend protocol 1234.${String(code & 0xffff)}: server supports 3.0 to 3.0`,
+          );
         }
         if (this.bufferedBytes > 0) {
           throw new ProtocolViolation(`received unencrypted data after ${name}`);
@@ -306,7 +308,9 @@ export class FrontendDecoder {
         const major = code >>> 16;
         const minor = code & 0xffff;
         if (major !== 3) {
-          throw new ProtocolViolation(`unsupported frontend protocol ${major}.${minor}: server supports 3.0 to 3.x`);
+          throw new UnsupportedProtocolVersion(
+            `unsupported frontend protocol ${major}.${minor}: server supports 3.0 to 3.0`,
+          );
         }
         const message = decodeStartupParameters(frame, code, major, minor);
         this.currentPhase = 'regular';
