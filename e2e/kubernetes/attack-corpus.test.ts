@@ -276,6 +276,19 @@ test('attack corpus against the Kubernetes engine', async (t) => {
       status: 403,
       body: /keep-keepers/,
     },
+    // A deny rule naming objects covers the collection requests that reach them (docs/policy.md).
+    {
+      name: 'deletecollection past a deny rule naming keep-*',
+      bytes: `DELETE /api/v1/namespaces/${ns}/configmaps HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nConnection: close\r\n\r\n`,
+      status: 403,
+      body: /keep-keepers/,
+    },
+    {
+      name: 'deletecollection pinned to the keeper by a field selector',
+      bytes: `DELETE /api/v1/namespaces/${ns}/configmaps?fieldSelector=metadata.name%3Dkeep-me HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nConnection: close\r\n\r\n`,
+      status: 403,
+      body: /keep-keepers/,
+    },
     {
       name: 'a dry run spelled so Go reads another value',
       bytes: `DELETE /api/v1/namespaces/${ns}/configmaps/victim?dryRun=All&dryRun= HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nConnection: close\r\n\r\n`,

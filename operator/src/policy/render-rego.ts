@@ -278,6 +278,19 @@ function renderTimeWindows(rule: PolicyRule, index: number, ctx: RuleContext): s
   return out;
 }
 
+/** The verbs that do what a deny or approve rule's verbs name (see renderRule). */
+const COVERED_VERBS: Readonly<Record<string, readonly string[]>> = {
+  get: ['list', 'watch'],
+  delete: ['deletecollection'],
+  update: ['patch'],
+  patch: ['update'],
+};
+
+function coveringVerbs(verbs: readonly string[] | undefined): readonly string[] | undefined {
+  if (verbs === undefined) return undefined;
+  return [...new Set(verbs.flatMap((v) => [v, ...(COVERED_VERBS[v] ?? [])]))];
+}
+
 function renderRule(rule: PolicyRule, index: number, ctx: RuleContext): string[] {
   const { helpers } = ctx;
   const allow = rule.decision === 'allow';
@@ -304,13 +317,17 @@ function renderRule(rule: PolicyRule, index: number, ctx: RuleContext): string[]
   if (m.kubernetes !== undefined) {
     conds.push('input.command.type == "kubernetes"');
     const k = m.kubernetes;
+    // A deny or approve rule covers every request that can do what it names to the objects it names: a
+    // collection request (no name: list, watch, deletecollection, create) may touch a named object, and
+    // list/watch read what get reads, deletecollection deletes, patch and update both change an object.
+    // Allow rules keep RBAC's exact reading (docs/policy.md "Kubernetes").
     const fields: [readonly string[] | undefined, string][] = [
-      [k.verbs, 'verb'],
+      [allow ? k.verbs : coveringVerbs(k.verbs), 'verb'],
       [k.apiGroups, 'apiGroup'],
       [k.resources, 'resource'],
       [k.subresources, 'subresource'],
       [k.namespaces, 'namespace'],
-      [k.names, 'name'],
+      [allow || !nonEmpty(k.names) ? k.names : [...k.names, ''], 'name'],
     ];
     for (const [patterns, field] of fields) {
       if (nonEmpty(patterns)) conds.push(`${helpers.helper(patterns, 'plain')}(input.command.${field})`);
