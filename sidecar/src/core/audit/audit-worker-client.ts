@@ -50,11 +50,12 @@ export class AuditWorker {
   private readonly started: Promise<void>;
   private failure: Error | undefined;
   private closing = false;
+  private isReady = false;
   private pending = 0;
 
   constructor(options: AuditWorkerOptions) {
     this.options = options;
-    this.worker = new Worker(workerScript(), { workerData: options.data, stdout: false, stderr: false });
+    this.worker = new Worker(workerScript(), { workerData: options.data });
     let ready: () => void = () => undefined;
     let failed: (err: Error) => void = () => undefined;
     this.started = new Promise<void>((res, rej) => {
@@ -66,6 +67,7 @@ export class AuditWorker {
     this.worker.on('message', (message: FromWorker) => {
       switch (message.t) {
         case 'ready':
+          this.isReady = true;
           ready();
           break;
         case 'ack':
@@ -207,6 +209,8 @@ export class AuditWorker {
     this.failure = err;
     for (const w of this.flushWaiters.values()) w.reject(err);
     this.flushWaiters.clear();
+    // Before `ready` the failure is ready()'s rejection: the sidecar does not start (its stores' configuration).
+    if (!this.isReady) return;
     this.options.logger.error('audit worker thread failed', { error: err });
     this.options.onFailure(err);
   }

@@ -226,7 +226,7 @@ export class DurableAuditSink implements AuditSink {
     let id: number;
     const text = sealed?.canonical ?? canonicalRecordText(record);
     if (this.workerFailure !== undefined) {
-      const err = new AuditUnavailable('closed', 'the audit worker thread failed; the sidecar is stopping');
+      const err = this.workerFailed();
       this.metrics?.spoolRejected.inc({ reason: err.reason });
       throw err;
     }
@@ -304,6 +304,12 @@ export class DurableAuditSink implements AuditSink {
     }
   }
 
+  private workerFailed(): AuditUnavailable {
+    return new AuditUnavailable('closed', 'the audit worker thread failed; the sidecar is stopping', {
+      cause: this.workerFailure,
+    });
+  }
+
   /** Every open decision may be written now (flush, close). */
   private releaseAll(): void {
     for (const [sessionId, o] of this.open) this.worker?.release(sessionId, o.seq);
@@ -327,6 +333,7 @@ export class DurableAuditSink implements AuditSink {
 
   async flush(): Promise<void> {
     await this.spool.whenSynced();
+    if (this.workerFailure !== undefined) throw this.workerFailed();
     if (this.worker !== undefined) {
       this.sweep();
       this.releaseAll();
