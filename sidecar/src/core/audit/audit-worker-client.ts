@@ -1,5 +1,5 @@
-// The main thread's side of the audit worker thread (audit-worker.ts): starts it, passes it each
-// event-loop turn's spool entries in one message, applies its acknowledgements and metric updates, and asks
+// The main thread's side of the audit worker thread (audit-worker.ts): starts it, passes it the spool
+// entries of every 20 ms in one message, applies its acknowledgements and metric updates, and asks
 // it to flush and to stop. A worker that fails (an exception, an exit nobody asked for) is reported once to
 // `onFailure`; what follows is the durable sink's decision (docs/audit-durability.md "Threads").
 import { existsSync } from 'node:fs';
@@ -14,6 +14,16 @@ import {
   type WorkerMetrics,
 } from './audit-worker-protocol.ts';
 import type { StoreEvent } from './session-store.ts';
+
+/**
+ * How long entries wait on the main thread before they go to the worker in one message, ms. Each message
+ * wakes the worker thread, and waking it costs the main thread a system call and a cross-CPU wake-up: once
+ * per event-loop turn that cost more main-thread CPU per statement than the writer saved (bench/README.md).
+ * The writer flushes once a second anyway; flush() and close() send at once.
+ */
+const POST_INTERVAL_MS = 20;
+/** Entries (array items) after which a message goes at once, so that no message grows large. */
+const POST_MAX_ITEMS = 5 * 4096;
 
 export interface AuditWorkerOptions {
   readonly data: AuditWorkerData;
@@ -43,7 +53,7 @@ export class AuditWorker {
   private readonly worker: Worker;
   private readonly options: AuditWorkerOptions;
   private entries: (string | number)[] = [];
-  private scheduled = false;
+  private timer: NodeJS.Timeout | undefined;
   private flushes = 0;
   private readonly flushWaiters = new Map<number, { resolve: () => void; reject: (err: Error) => void }>();
   private closeWaiter: ((result: { emptied: boolean; pending: number }) => void) | undefined;
@@ -131,9 +141,7 @@ export class AuditWorker {
   /** An entry read back from the spool of an earlier process. */
   replay(id: number, payload: string): void {
     this.entries.push(ENTRY.replay, id, payload);
-    // A large spool goes over in parts, not as one message of its whole size.
-    if (this.entries.length >= 3 * 4096) this.post();
-    else this.schedule();
+    this.schedule();
   }
 
   podEvent(event: Omit<StoreEvent, 'involved'>): void {
@@ -179,14 +187,19 @@ export class AuditWorker {
   }
 
   private schedule(): void {
-    if (this.scheduled) return;
-    this.scheduled = true;
-    setImmediate(this.post);
+    // A large batch (a busy interval, a replayed spool) goes at once, in parts rather than one huge message.
+    if (this.entries.length >= POST_MAX_ITEMS) {
+      this.post();
+      return;
+    }
+    if (this.timer !== undefined) return;
+    this.timer = setTimeout(this.post, POST_INTERVAL_MS);
   }
 
-  /** One message with everything of this turn. */
+  /** One message with every entry since the last. */
   private readonly post = (): void => {
-    this.scheduled = false;
+    clearTimeout(this.timer);
+    this.timer = undefined;
     if (this.entries.length === 0) return;
     const entries = this.entries;
     this.entries = [];

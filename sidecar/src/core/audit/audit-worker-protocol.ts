@@ -46,8 +46,8 @@ export interface AuditWorkerData {
 }
 
 /**
- * Spool entries in the order they were appended, flattened into one array per event-loop turn (cheaper
- * to clone than an object per entry): each entry is its kind and then its fields.
+ * Spool entries in the order they were appended, flattened into one array per message (cheaper to clone
+ * than an object per entry): each entry is its kind and then its fields.
  */
 export const ENTRY = {
   /** id, the session reference's canonical JSON, the record's canonical text, 1 if an open decision (else 0). */

@@ -1,7 +1,7 @@
 // The audit worker thread (docs/audit-durability.md "Threads"): owns the Session writer and everything it
 // talks to (the Kubernetes or operator Session store, the evidence store's pg pool, head signing), so that
 // the sidecar's main thread, the serial stage of every statement (bench/README.md), only seals and spools
-// records. The main thread passes each turn's spool entries (audit-worker-protocol.ts); the worker
+// records. The main thread passes the spool entries in batches (audit-worker-protocol.ts); the worker
 // acknowledges what is written so the main thread can delete spool segments. Started by AuditWorker
 // (audit-worker-client.ts); never imported by the main thread.
 import { writeSync } from 'node:fs';
