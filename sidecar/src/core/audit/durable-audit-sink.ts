@@ -269,7 +269,8 @@ export class DurableAuditSink implements AuditSink {
     }
     let id: number;
     try {
-      id = this.spool.append(Buffer.from(outcomeEntryText(session.sessionId, { ...record, outcome })), true);
+      const merge = { seq: record.seq, hash: record.hash, outcome };
+      id = this.spool.append(Buffer.from(outcomeEntryText(session.sessionId, merge)), true);
     } catch (err) {
       if (err instanceof AuditUnavailable) this.refused(err);
       return false;

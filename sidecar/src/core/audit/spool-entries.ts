@@ -22,11 +22,7 @@ export interface SpooledOutcome {
 }
 
 /** The payload of an outcome entry. */
-export function outcomeEntryText(
-  sessionId: string,
-  record: AuditRecord & { outcome: SpooledOutcome['outcome'] },
-): string {
-  const merge: SpooledOutcome = { seq: record.seq, hash: record.hash, outcome: record.outcome };
+export function outcomeEntryText(sessionId: string, merge: SpooledOutcome): string {
   // The session id is enough: the decision entry it merges into states the session.
   return `{"i":${JSON.stringify(sessionId)},"m":${JSON.stringify(merge)}}`;
 }
