@@ -72,7 +72,7 @@ export async function createAuditSink(
   }
   const storeConfig = audit.evidenceStore;
   const auditLogger = logger.child({ component: 'audit' });
-  const sink = DurableAuditSink.open({
+  const sink = await DurableAuditSink.open({
     spoolDir: join(audit.spoolDir, 'spool'),
     ...(storeConfig === undefined
       ? {}

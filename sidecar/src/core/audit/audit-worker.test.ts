@@ -33,7 +33,7 @@ test('a failed audit worker: reported once, later records refused, flush fails, 
   const failedOnce = new Promise<void>((resolve) => {
     failed = resolve;
   });
-  const sink = DurableAuditSink.open({
+  const sink = await DurableAuditSink.open({
     spoolDir: join(dir, 'spool'),
     spoolMaxBytes: 1024 * 1024,
     flushIntervalMs: 60_000,

@@ -17,7 +17,9 @@ import {
 } from './audit-sink.ts';
 import { AuditWorker } from './audit-worker-client.ts';
 import type { AuditWorkerStores } from './audit-worker-protocol.ts';
-import { SessionWriter, type SessionWriterOptions } from './session-writer.ts';
+// Types only: the writer (and through its Session store the Kubernetes client, ~40 MiB) is loaded by open()
+// for the in-thread writer alone; with the worker only the worker thread loads it.
+import type { SessionWriter, SessionWriterOptions } from './session-writer.ts';
 import type { EvidenceStore } from './evidence-store.ts';
 import type { SessionStore, StoreEvent } from './session-store.ts';
 import type { SigningKey } from './signing-key.ts';
@@ -114,7 +116,7 @@ export class DurableAuditSink implements AuditSink {
   private full = false;
   private closed = false;
 
-  private constructor(options: DurableAuditSinkOptions, spool: Spool) {
+  private constructor(options: DurableAuditSinkOptions, spool: Spool, Writer: typeof SessionWriter | undefined) {
     this.spool = spool;
     this.logger = options.logger;
     this.metrics = options.registry === undefined ? undefined : auditMetrics(options.registry);
@@ -165,7 +167,8 @@ export class DurableAuditSink implements AuditSink {
       return;
     }
     this.worker = undefined;
-    this.writer = new SessionWriter({
+    if (Writer === undefined) throw new Error('the in-thread Session writer is not loaded');
+    this.writer = new Writer({
       ...options.writer,
       store: options.store,
       ...(options.evidence === undefined ? {} : { evidence: options.evidence }),
@@ -179,7 +182,8 @@ export class DurableAuditSink implements AuditSink {
   }
 
   /** Opens the spool, hands every unacknowledged record to the writer and starts flushing. */
-  static open(options: DurableAuditSinkOptions): DurableAuditSink {
+  static async open(options: DurableAuditSinkOptions): Promise<DurableAuditSink> {
+    const Writer = options.worker === undefined ? (await import('./session-writer.ts')).SessionWriter : undefined;
     // Memoized per registry: the same object the constructor gets.
     const metrics = options.registry === undefined ? undefined : auditMetrics(options.registry);
     const { spool, entries, repairs } = Spool.open({
@@ -195,7 +199,7 @@ export class DurableAuditSink implements AuditSink {
         options.logger.error('audit spool I/O error', { error: err, dir: options.spoolDir });
       },
     });
-    const sink = new DurableAuditSink(options, spool);
+    const sink = new DurableAuditSink(options, spool, Writer);
     for (const r of repairs) options.logger.warn('audit spool repaired on replay', { repair: r });
     if (sink.writer !== undefined) {
       let replayed = 0;
