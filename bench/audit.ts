@@ -133,7 +133,7 @@ export async function runAuditBench(
     spawnSync('sync');
     const sinkDir = join(root, 'sink');
     mkdirSync(sinkDir, { recursive: true });
-    const sink = DurableAuditSink.open({
+    const sink = await DurableAuditSink.open({
       spoolDir: sinkDir,
       spoolMaxBytes: 256 * 1024 * 1024,
       flushIntervalMs: 1000,

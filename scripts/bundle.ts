@@ -47,6 +47,8 @@ export interface BundleOptions {
   readonly external: readonly string[];
   /** Split into chunks at dynamic imports (loaded only when first used). */
   readonly splitting: boolean;
+  /** Further entry points (worker threads' scripts), by output name, relative to the repository. */
+  readonly workers?: Readonly<Record<string, string>>;
 }
 
 export interface Bundle {
@@ -60,7 +62,10 @@ export interface Bundle {
 export function bundleProgram(options: BundleOptions): Bundle {
   rmSync(options.outDir, { recursive: true, force: true });
   const result = esbuild.buildSync({
-    entryPoints: { [options.name]: join(REPO, options.entry) },
+    entryPoints: {
+      [options.name]: join(REPO, options.entry),
+      ...Object.fromEntries(Object.entries(options.workers ?? {}).map(([name, entry]) => [name, join(REPO, entry)])),
+    },
     // Paths in the bundle's comments (and the metafile) are relative to the repository, wherever the build runs from.
     absWorkingDir: REPO,
     bundle: true,

@@ -47,6 +47,7 @@ test('helm: evidenceStore renders the store location and roles, and where the pa
     passwordSecret: 'chaperone-credentials/chaperone-evidence-writer',
     caSecret: 'chaperone-credentials/chaperone-evidence-ca',
     batchRecords: '4096',
+    headIntervalMs: '5000',
   });
 });
 

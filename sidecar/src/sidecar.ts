@@ -47,21 +47,12 @@ export async function createAuditSink(
 ): Promise<AuditSink> {
   const audit = config.audit;
   if (audit.spoolDir === undefined) return new JsonLinesSink(audit.path);
-  // Loaded only when used: the Session writer's Kubernetes client is about 80 MB of the sidecar's memory.
-  const [
-    { DurableAuditSink },
-    { KubernetesSessionStore },
-    { OperatorSessionStore },
-    { SignerCertifier },
-    { loadOrCreateSigningKey },
-    { PostgresEvidenceStore },
-  ] = await Promise.all([
+  // Loaded only when used. The Session writer and its stores (the Kubernetes client, pg) run in the audit
+  // worker thread, which loads them there (core/audit/audit-worker.ts; docs/audit-durability.md "Threads").
+  const [{ DurableAuditSink }, { SignerCertifier }, { loadOrCreateSigningKey }] = await Promise.all([
     import('./core/audit/durable-audit-sink.ts'),
-    import('./core/audit/session-store.ts'),
-    import('./core/audit/operator-session-store.ts'),
     import('./core/audit/signer-certification.ts'),
     import('./core/audit/signing-key.ts'),
-    import('./core/audit/evidence-store.ts'),
   ]);
   const namespace = audit.kubernetes?.namespace ?? config.pod.namespace;
   const signingKey = await loadOrCreateSigningKey(audit.signingKeyFile ?? join(audit.spoolDir, 'signing-key.jwk'));
@@ -81,32 +72,37 @@ export async function createAuditSink(
   }
   const storeConfig = audit.evidenceStore;
   const auditLogger = logger.child({ component: 'audit' });
-  const evidence =
-    storeConfig === undefined
-      ? undefined
-      : new PostgresEvidenceStore({
-          ...storeConfig.postgres,
-          onIdleError: (err) => auditLogger.warn('evidence store connection failed while idle', { error: err }),
-        });
-  const sink = DurableAuditSink.open({
+  const sink = await DurableAuditSink.open({
     spoolDir: join(audit.spoolDir, 'spool'),
-    ...(evidence === undefined
+    ...(storeConfig === undefined
       ? {}
       : {
-          evidence,
-          writer: { storeBatchRecords: storeConfig?.batchRecords, storeHeadIntervalMs: storeConfig?.headIntervalMs },
+          writer: { storeBatchRecords: storeConfig.batchRecords, storeHeadIntervalMs: storeConfig.headIntervalMs },
         }),
     spoolMaxBytes: audit.spoolMaxBytes,
     spoolDurability: audit.spoolDurability,
     flushIntervalMs: audit.flushIntervalMs,
-    store:
-      audit.operator === undefined
-        ? new KubernetesSessionStore({ ...audit.kubernetes, namespace, host: config.pod.name })
-        : new OperatorSessionStore({
-            ...audit.operator,
-            tokenFile: audit.operator.tokenFile ?? audit.kubernetes?.tokenFile ?? IN_CLUSTER_TOKEN_FILE,
-            namespace,
-          }),
+    worker: {
+      sessionStore:
+        audit.operator === undefined
+          ? { kind: 'kubernetes', options: { ...audit.kubernetes, namespace, host: config.pod.name } }
+          : {
+              kind: 'operator',
+              options: {
+                ...audit.operator,
+                tokenFile: audit.operator.tokenFile ?? audit.kubernetes?.tokenFile ?? IN_CLUSTER_TOKEN_FILE,
+                namespace,
+              },
+            },
+      ...(storeConfig === undefined ? {} : { evidenceStore: storeConfig.postgres }),
+      log: { level: config.log.level, base: { component: 'audit' } },
+    },
+    // Fail closed (docs/audit-durability.md "Threads"): records are refused from now on, and the sidecar
+    // stops as on SIGTERM, with a non-zero status; on the next start the spool is replayed.
+    onWorkerFailure: () => {
+      process.exitCode = 70;
+      process.kill(process.pid, 'SIGTERM');
+    },
     signingKey,
     pod: { name: config.pod.name, namespace: config.pod.namespace, uid: config.pod.uid },
     logger: auditLogger,
@@ -114,9 +110,10 @@ export async function createAuditSink(
     ...(audit.exportJsonLines ? { also: new JsonLinesSink(audit.path) } : {}),
     ...(certifier === undefined ? {} : { onClose: () => certifier.stop() }),
   });
+  await sink.ready();
   if (certifier !== undefined && signingKey.certificate === undefined) {
     // Sessions written now carry a self-asserted key; say so where the pod's owner looks first.
-    sink.writer.podEvent({
+    sink.podEvent({
       type: 'Warning',
       reason: 'SignerNotCertified',
       message: `The operator has not certified this sidecar's signing key (${signingKey.keyId}) yet; Sessions are written with a self-asserted key until it does (retrying).`,
@@ -127,7 +124,10 @@ export async function createAuditSink(
     namespace,
     server: audit.kubernetes?.server ?? audit.kubernetes?.kubeconfig,
     keyId: signingKey.keyId,
-    evidenceStore: evidence?.location.location,
+    evidenceStore:
+      storeConfig === undefined
+        ? undefined
+        : `${storeConfig.postgres.host}:${String(storeConfig.postgres.port)}/${storeConfig.postgres.database}`,
     certified: signingKey.certificate !== undefined,
   });
   return sink;

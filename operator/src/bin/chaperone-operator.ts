@@ -101,9 +101,10 @@ Evidence and credentials out of the agents' editors' reach (docs/audit.md, docs/
                                       namespaces, instead of mounting Secrets (default: off)
       --evidence-store-config DIR     keep injected sidecars' records in the evidence store described by
                                       DIR (the chart's <release>-evidence-store ConfigMap, mounted: host,
-                                      port, database, writerUser, passwordSecret, caSecret, batchRecords;
-                                      docs/evidence-store.md); its Secrets are in --credential-namespace,
-                                      which it needs (default: records in Session objects)
+                                      port, database, writerUser, passwordSecret, caSecret, batchRecords,
+                                      headIntervalMs; docs/evidence-store.md); its Secrets are in
+                                      --credential-namespace, which it needs (default: records in Session
+                                      objects)
 
 Approval notifications (docs/approvals.md, "Notifications"; sent by the leader only):
       --approval-webhook-url URL      POST every new ApprovalRequest and its resolution here as JSON, signed

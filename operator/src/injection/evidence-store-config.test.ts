@@ -26,6 +26,7 @@ const CHART = {
   passwordSecret: 'chaperone-credentials/chaperone-evidence-writer',
   caSecret: 'chaperone-credentials/chaperone-evidence-ca',
   batchRecords: '4096',
+  headIntervalMs: '2000',
 };
 
 test('readEvidenceStoreConfig reads what the chart renders', (t) => {
@@ -38,6 +39,7 @@ test('readEvidenceStoreConfig reads what the chart renders', (t) => {
     passwordSecret: 'chaperone-evidence-writer',
     caSecret: 'chaperone-evidence-ca',
     batchRecords: 4096,
+    headIntervalMs: 2000,
   });
   // And the settings pass validation with the credential namespace, not without it.
   const base = { image: 'sidecar:1', operatorNamespace: 'chaperone-system', evidenceStore: settings };
@@ -46,6 +48,15 @@ test('readEvidenceStoreConfig reads what the chart renders', (t) => {
     settings,
   );
   assert.throws(() => validateInjectionSettings(base), /evidenceStore: needs credentialNamespace/);
+  assert.throws(
+    () =>
+      validateInjectionSettings({
+        ...base,
+        credentialNamespace: 'chaperone-credentials',
+        evidenceStore: { ...settings, headIntervalMs: 60_001 },
+      }),
+    /evidenceStore.headIntervalMs: an integer in 0..60000/,
+  );
 });
 
 test('readEvidenceStoreConfig refuses Secrets outside the credential namespace and missing keys', (t) => {

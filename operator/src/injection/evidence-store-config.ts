@@ -47,5 +47,6 @@ export function readEvidenceStoreConfig(dir: string, credentialNamespace: string
     passwordSecret: secret('passwordSecret'),
     ...(ca === undefined || ca === '' ? {} : { caSecret: secret('caSecret') }),
     batchRecords: number('batchRecords', 4096),
+    headIntervalMs: number('headIntervalMs', 5000),
   };
 }

@@ -595,6 +595,7 @@ test('records in the evidence store: rendered (no password) and validated by the
       passwordSecret: 'evidence-writer',
       caSecret: 'evidence-ca',
       batchRecords: 4096,
+      headIntervalMs: 2000,
     },
   });
   const strict = { 'chaperone.dev/strict': 'true' };
@@ -614,6 +615,7 @@ test('records in the evidence store: rendered (no password) and validated by the
     passwordFile: '/etc/chaperone/evidence/password',
     caFile: '/etc/chaperone/evidence/ca.crt',
   });
+  assert.equal(config.audit.evidenceStore.headIntervalMs, 2000, 'the chart value reaches the sidecar');
   assert.deepEqual(config.credentials?.evidenceStore, { dir: '/etc/chaperone/evidence' });
   assert.deepEqual(config.credentials.resources, []);
   const sidecar = patched.spec?.initContainers?.find((c) => c.name === SIDECAR_CONTAINER);

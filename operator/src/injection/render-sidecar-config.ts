@@ -242,6 +242,7 @@ export function renderSidecarConfig(input: RenderSidecarConfigInput): Record<str
                 ...(store.caSecret === undefined ? {} : { caFile: `${SIDECAR_EVIDENCE_DIR}/ca.crt` }),
               },
               batchRecords: store.batchRecords,
+              ...(store.headIntervalMs === undefined ? {} : { headIntervalMs: store.headIntervalMs }),
             },
           }),
       // The same pod-bound token proves the pod to the operator (TokenReview) when it certifies the key.

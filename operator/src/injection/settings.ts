@@ -68,6 +68,8 @@ export interface EvidenceStoreSettings {
   readonly caSecret?: string;
   /** Records per insert and per signed head. Default 4096. */
   readonly batchRecords: number;
+  /** Shortest time between two signed head writes of one session, ms (0: every flush). Default the sidecar's, 5000. */
+  readonly headIntervalMs?: number;
 }
 
 export const DEFAULT_INJECTION_SETTINGS: Omit<InjectionSettings, 'image' | 'operatorNamespace'> = {
@@ -136,6 +138,10 @@ export function validateInjectionSettings(
     }
     if (!Number.isInteger(store.batchRecords) || store.batchRecords < 1 || store.batchRecords > 65536) {
       problems.push('evidenceStore.batchRecords: an integer in 1..65536');
+    }
+    const headInterval = store.headIntervalMs;
+    if (headInterval !== undefined && (!Number.isInteger(headInterval) || headInterval < 0 || headInterval > 60_000)) {
+      problems.push('evidenceStore.headIntervalMs: an integer in 0..60000');
     }
   }
   if (problems.length > 0) throw new InjectionSettingsError(`invalid injection settings: ${problems.join('; ')}`);

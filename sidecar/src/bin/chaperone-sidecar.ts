@@ -51,7 +51,8 @@ try {
   const stop = () => {
     if (stopping) return;
     stopping = true;
-    void sidecar.close().then(() => process.exit(0));
+    // A stop the sidecar asked for itself (its audit worker thread failed) set a non-zero exitCode.
+    void sidecar.close().then(() => process.exit(process.exitCode ?? 0));
   };
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);

@@ -27,11 +27,22 @@ import {
   countRecord,
 } from '@chaperone/api';
 import type { Logger } from '../observability/logger.ts';
-import type { AuditMetrics } from './audit-metrics.ts';
 import type { RecordOrigin } from './audit-sink.ts';
 import type { EvidenceStore } from './evidence-store.ts';
 import type { SigningKey } from './signing-key.ts';
 import { SESSION_ID_LABEL, SessionStoreError, type SessionStore, type StoreEvent } from './session-store.ts';
+
+/**
+ * The audit metrics the writer updates: prom-client's metrics on the sidecar's registry, or, in the audit
+ * worker thread, their stand-ins that pass the updates to the main thread (audit-worker.ts).
+ */
+export interface WriterMetrics {
+  readonly pendingRecords: { set(value: number): void };
+  readonly flushedRecords: { inc(value?: number): void };
+  readonly flushFailures: { inc(labels: { reason: string }): void };
+  readonly sessionObjects: { inc(labels: { operation: string }): void };
+  readonly storeSeconds?: { observe(value: number): void };
+}
 
 export interface SessionWriterOptions {
   readonly store: SessionStore;
@@ -39,7 +50,7 @@ export interface SessionWriterOptions {
   /** The pod whose sidecar writes; spec.pod of every Session. */
   readonly pod: { readonly name: string; readonly namespace: string; readonly uid?: string };
   readonly logger: Logger;
-  readonly metrics?: AuditMetrics;
+  readonly metrics?: WriterMetrics;
   /** Called with the highest spool entry id below which every record is in Kubernetes. */
   readonly onAcknowledge?: (entryId: number) => void;
   /** Time between flushes, ms. Default 1000. */
@@ -134,6 +145,12 @@ interface SessionState {
    * or the store as it was, so it is never replaced by a merged one (amend).
    */
   takenThrough: number;
+  /**
+   * The seq of the session's last queued record when it is a decision whose outcome may still be merged
+   * into it (enqueue's `open`; audit worker mode), else 0: it is not taken until amended, followed by
+   * another record, or released.
+   */
+  openSeq: number;
 }
 
 const UNAUTHENTICATED: Identity = { subject: 'unauthenticated', issuer: '' };
@@ -213,6 +230,9 @@ export class SessionWriter {
    * Queues one record of `session` (spool entry `id`). `replayed` marks records read back from the spool
    * of an earlier process: their parts may already exist, and their sessions are over. `serializedLength`
    * is the record's JSON size in UTF-8 bytes when the caller has it (sizing parts; computed otherwise).
+   * `open`: a decision whose outcome may still be merged into it (amend) by a caller that cannot ask
+   * canAmend synchronously (the main thread, with the writer in the audit worker): held back until amended,
+   * followed by another record of the session, or released.
    */
   enqueue(
     id: number,
@@ -221,6 +241,7 @@ export class SessionWriter {
     replayed = false,
     serializedLength?: number,
     text?: string,
+    open = false,
   ): void {
     let s = this.sessions.get(session.sessionId);
     if (s === undefined) {
@@ -251,6 +272,7 @@ export class SessionWriter {
         // A session that starts here has nothing in the store; a replayed or resumed one may have anything.
         mayExistThrough: !replayed && record.seq === 1 ? 0 : Number.MAX_SAFE_INTEGER,
         takenThrough: 0,
+        openSeq: 0,
       };
       this.sessions.set(session.sessionId, s);
     }
@@ -263,6 +285,7 @@ export class SessionWriter {
       s.endTime = record.time;
     }
     s.lastTime = record.time;
+    s.openSeq = open ? record.seq : 0;
     s.queue.push({ id, record, bytes: (serializedLength ?? Buffer.byteLength(JSON.stringify(record))) + 1, text });
     this.pending += 1;
     this.lastEnqueuedId = Math.max(this.lastEnqueuedId, id);
@@ -304,7 +327,21 @@ export class SessionWriter {
       s.queue[i] = { id: q.id, record, bytes: Buffer.byteLength(text) + 1, text };
       break;
     }
+    if (s.openSeq === record.seq) s.openSeq = 0;
     this.lastEnqueuedId = Math.max(this.lastEnqueuedId, id);
+  }
+
+  /** The open decision `seq` of the session will not be amended: it may be written (see enqueue's `open`). */
+  release(sessionId: string, seq: number): void {
+    const s = this.sessions.get(sessionId);
+    if (s !== undefined && s.openSeq === seq) s.openSeq = 0;
+  }
+
+  /** End of the records of the session that may be taken now: all queued but an open decision. */
+  private takeable(s: SessionState): number {
+    if (s.openSeq === 0) return s.queue.length;
+    const last = s.queue[s.queue.length - 1];
+    return last !== undefined && last.record.seq === s.openSeq ? s.queue.length - 1 : s.queue.length;
   }
 
   /** The queued, unwritten record `seq` of the session (spool replay). */
@@ -463,7 +500,7 @@ export class SessionWriter {
       const evidence = s.current?.stored === false ? undefined : this.evidence;
       const inStore = evidence !== undefined;
       if (evidence !== undefined) written = await this.flushToStore(s, evidence, forced);
-      while (!inStore && s.head < s.queue.length) {
+      while (!inStore && s.head < this.takeable(s)) {
         const cur = s.current;
         const first = s.queue[s.head] as Queued;
         if (cur !== undefined && first.record.seq <= cur.lastSeq) {
@@ -512,7 +549,8 @@ export class SessionWriter {
     let records = part?.records ?? 0;
     let bytes = part?.bytes ?? baseBytes;
     let seq = part?.lastSeq;
-    for (let i = s.head; i < s.queue.length; i++) {
+    const end = this.takeable(s);
+    for (let i = s.head; i < end; i++) {
       const q = s.queue[i] as Queued;
       if (records >= this.maxRecords || bytes + q.bytes > this.maxBytes) break;
       if (seq !== undefined && q.record.seq !== seq + 1) break;
@@ -677,9 +715,10 @@ export class SessionWriter {
     let written = 0;
     // What is queued now, not what arrives meanwhile: the flush ends, the status is written, and the next
     // flush (at once, when a batch's worth arrived) takes the rest.
-    let remaining = s.queue.length - s.head;
+    const end = this.takeable(s);
+    let remaining = end - s.head;
     // Every record queued now may be sent (its outcome unknown until it answers): none is replaced after this.
-    const lastQueued = s.queue[s.queue.length - 1];
+    const lastQueued = s.queue[end - 1];
     if (lastQueued !== undefined) s.takenThrough = Math.max(s.takenThrough, lastQueued.record.seq);
     while (s.head < s.queue.length && remaining > 0) {
       const cur = s.current;

@@ -1,0 +1,230 @@
+// The main thread's side of the audit worker thread (audit-worker.ts): starts it, passes it the spool
+// entries of every 20 ms in one message, applies its acknowledgements and metric updates, and asks
+// it to flush and to stop. A worker that fails (an exception, an exit nobody asked for) is reported once to
+// `onFailure`; what follows is the durable sink's decision (docs/audit-durability.md "Threads").
+import { existsSync } from 'node:fs';
+import { Worker } from 'node:worker_threads';
+import type { Logger } from '../observability/logger.ts';
+import type { AuditMetrics } from './audit-metrics.ts';
+import {
+  ENTRY,
+  type AuditWorkerData,
+  type FromWorker,
+  type ToWorker,
+  type WorkerMetrics,
+} from './audit-worker-protocol.ts';
+import type { StoreEvent } from './session-store.ts';
+
+/**
+ * How long entries wait on the main thread before they go to the worker in one message, ms. Each message
+ * wakes the worker thread, and waking it costs the main thread a system call and a cross-CPU wake-up: once
+ * per event-loop turn that cost more main-thread CPU per statement than the writer saved (bench/README.md).
+ * The writer flushes once a second anyway; flush() and close() send at once.
+ */
+const POST_INTERVAL_MS = 20;
+/** Entries (array items) after which a message goes at once, so that no message grows large. */
+const POST_MAX_ITEMS = 5 * 4096;
+
+export interface AuditWorkerOptions {
+  readonly data: AuditWorkerData;
+  readonly logger: Logger;
+  readonly metrics?: AuditMetrics;
+  /** Every spool entry up to this id is written (records and heads). */
+  readonly onAcknowledge: (id: number) => void;
+  /** Called once when the worker fails; it is not restarted. */
+  readonly onFailure: (err: Error) => void;
+}
+
+/**
+ * The worker's script: next to this module in the sources (and tsc's output); in the sidecar's bundle
+ * (sidecar/scripts/build.ts) an entry of its own at the bundle's root, this module being in a chunk.
+ */
+function workerScript(): URL {
+  const here = import.meta.url;
+  if (here.endsWith('.ts')) return new URL('./audit-worker.ts', here);
+  for (const candidate of ['./audit-worker.js', '../audit-worker.js']) {
+    const url = new URL(candidate, here);
+    if (existsSync(url)) return url;
+  }
+  throw new Error(`the audit worker's script is not next to ${here}`);
+}
+
+export class AuditWorker {
+  private readonly worker: Worker;
+  private readonly options: AuditWorkerOptions;
+  private entries: (string | number)[] = [];
+  private timer: NodeJS.Timeout | undefined;
+  private flushes = 0;
+  private readonly flushWaiters = new Map<number, { resolve: () => void; reject: (err: Error) => void }>();
+  private closeWaiter: ((result: { emptied: boolean; pending: number }) => void) | undefined;
+  private readonly started: Promise<void>;
+  private failure: Error | undefined;
+  private closing = false;
+  private isReady = false;
+  private pending = 0;
+
+  constructor(options: AuditWorkerOptions) {
+    this.options = options;
+    this.worker = new Worker(workerScript(), { workerData: options.data });
+    let ready: () => void = () => undefined;
+    let failed: (err: Error) => void = () => undefined;
+    this.started = new Promise<void>((res, rej) => {
+      ready = res;
+      failed = rej;
+    });
+    // Rejected only before `ready`; whoever awaits ready() sees it, and later failures go to onFailure.
+    this.started.catch(() => undefined);
+    this.worker.on('message', (message: FromWorker) => {
+      switch (message.t) {
+        case 'ready':
+          this.isReady = true;
+          ready();
+          break;
+        case 'ack':
+          options.onAcknowledge(message.id);
+          break;
+        case 'metrics':
+          this.applyMetrics(message.metrics);
+          break;
+        case 'flushed': {
+          const waiter = this.flushWaiters.get(message.n);
+          this.flushWaiters.delete(message.n);
+          waiter?.resolve();
+          break;
+        }
+        case 'closed':
+          this.pending = message.pending;
+          this.closeWaiter?.({ emptied: message.emptied, pending: message.pending });
+          break;
+      }
+    });
+    this.worker.on('error', (err: Error) => {
+      failed(err);
+      this.failed(err);
+    });
+    this.worker.on('exit', (code) => {
+      const err = new Error(`the audit worker thread exited (code ${String(code)})`);
+      failed(err);
+      if (!this.closing) this.failed(err);
+      this.closeWaiter?.({ emptied: false, pending: this.pending });
+    });
+  }
+
+  /** Resolves once the worker has built its stores and started flushing; rejects if it could not. */
+  ready(): Promise<void> {
+    return this.started;
+  }
+
+  /** Records accepted and not yet written, as of the worker's last report. */
+  get pendingRecords(): number {
+    return this.pending;
+  }
+
+  /** A record (its spool entry `id`); `open`: a decision whose outcome may still be merged (amend). */
+  record(id: number, originJson: string, text: string, open: boolean): void {
+    this.entries.push(ENTRY.record, id, originJson, text, open ? 1 : 0);
+    this.schedule();
+  }
+
+  /** The open decision of `sessionId` merged with its outcome (spool entry `id`), as `text`. */
+  amend(id: number, sessionId: string, text: string): void {
+    this.entries.push(ENTRY.amend, id, sessionId, text);
+    this.schedule();
+  }
+
+  /** The open decision `seq` of `sessionId` will not be amended. */
+  release(sessionId: string, seq: number): void {
+    this.entries.push(ENTRY.release, sessionId, seq);
+    this.schedule();
+  }
+
+  /** An entry read back from the spool of an earlier process. */
+  replay(id: number, payload: string): void {
+    this.entries.push(ENTRY.replay, id, payload);
+    this.schedule();
+  }
+
+  podEvent(event: Omit<StoreEvent, 'involved'>): void {
+    this.send({ t: 'event', event });
+  }
+
+  certificate(certificate: string): void {
+    this.send({ t: 'certificate', certificate });
+  }
+
+  /** Resolves once every entry passed so far is written (records and heads). */
+  flush(): Promise<void> {
+    if (this.failure !== undefined) return Promise.reject(this.failure);
+    this.post();
+    const n = ++this.flushes;
+    return new Promise<void>((resolve, reject) => {
+      this.flushWaiters.set(n, { resolve, reject });
+      this.send({ t: 'flush', n });
+    });
+  }
+
+  /**
+   * Writes what it can within `timeoutMs`, stops the worker and ends the thread. `emptied`: everything passed
+   * was written; else `pending` records stay in the spool for the next start.
+   */
+  async close(timeoutMs: number): Promise<{ emptied: boolean; pending: number }> {
+    this.post();
+    this.closing = true;
+    let result = { emptied: false, pending: this.pending };
+    if (this.failure === undefined) {
+      result = await new Promise<{ emptied: boolean; pending: number }>((resolve) => {
+        this.closeWaiter = resolve;
+        this.send({ t: 'close', timeoutMs });
+      });
+    }
+    await this.worker.terminate();
+    return result;
+  }
+
+  private send(message: ToWorker): void {
+    if (this.failure !== undefined) return;
+    this.worker.postMessage(message);
+  }
+
+  private schedule(): void {
+    // A large batch (a busy interval, a replayed spool) goes at once, in parts rather than one huge message.
+    if (this.entries.length >= POST_MAX_ITEMS) {
+      this.post();
+      return;
+    }
+    if (this.timer !== undefined) return;
+    this.timer = setTimeout(this.post, POST_INTERVAL_MS);
+  }
+
+  /** One message with every entry since the last. */
+  private readonly post = (): void => {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    if (this.entries.length === 0) return;
+    const entries = this.entries;
+    this.entries = [];
+    this.send({ t: 'entries', entries });
+  };
+
+  private applyMetrics(m: WorkerMetrics): void {
+    this.pending = m.pending;
+    const metrics = this.options.metrics;
+    if (metrics === undefined) return;
+    metrics.pendingRecords.set(m.pending);
+    if (m.flushed > 0) metrics.flushedRecords.inc(m.flushed);
+    for (const [reason, n] of Object.entries(m.failures)) metrics.flushFailures.inc({ reason }, n);
+    for (const [operation, n] of Object.entries(m.objects)) metrics.sessionObjects.inc({ operation }, n);
+    for (const s of m.storeSeconds) metrics.storeSeconds?.observe(s);
+  }
+
+  private failed(err: Error): void {
+    if (this.failure !== undefined) return;
+    this.failure = err;
+    for (const w of this.flushWaiters.values()) w.reject(err);
+    this.flushWaiters.clear();
+    // Before `ready` the failure is ready()'s rejection: the sidecar does not start (its stores' configuration).
+    if (!this.isReady) return;
+    this.options.logger.error('audit worker thread failed', { error: err });
+    this.options.onFailure(err);
+  }
+}

@@ -1,0 +1,84 @@
+// What the sidecar's main thread and its audit worker thread (audit-worker.ts) say to each other: the
+// worker's configuration and the messages both ways. Plain data only (structured clone): store
+// credentials travel as file paths, read in the worker; the signing key as its JWK, never logged.
+import type { JWK } from 'jose';
+import type { LogLevel } from '../observability/logger.ts';
+import type { PostgresEvidenceStoreOptions } from './evidence-store.ts';
+import type { OperatorSessionStoreOptions } from './operator-session-store.ts';
+import type { KubernetesSessionStoreOptions, StoreEvent } from './session-store.ts';
+import type { SessionWriterOptions } from './session-writer.ts';
+
+/** Where the worker writes Sessions and records: the stores it builds itself (the sidecar's configuration). */
+export interface AuditWorkerStores {
+  readonly sessionStore:
+    | { readonly kind: 'kubernetes'; readonly options: KubernetesSessionStoreOptions }
+    | { readonly kind: 'operator'; readonly options: OperatorSessionStoreOptions };
+  /** Records in this evidence store, Session objects keep only heads (docs/evidence-store.md). */
+  readonly evidenceStore?: Omit<PostgresEvidenceStoreOptions, 'onIdleError'>;
+  /** The worker's structured logs (stderr, as the main thread's). */
+  readonly log: { readonly level: LogLevel; readonly base: Readonly<Record<string, unknown>> };
+}
+
+/** workerData of the audit worker. */
+export interface AuditWorkerData {
+  readonly stores: AuditWorkerStores;
+  readonly signingKey: {
+    readonly keyId: string;
+    readonly privateJwk: JWK & { kid: string };
+    readonly publicJwk: JWK & { kid: string };
+    readonly certificate?: string;
+  };
+  readonly pod: SessionWriterOptions['pod'];
+  readonly flushIntervalMs: number;
+  readonly writer: Partial<
+    Pick<
+      SessionWriterOptions,
+      | 'maxRecordsPerPart'
+      | 'maxBytesPerPart'
+      | 'backoffInitialMs'
+      | 'backoffMaxMs'
+      | 'concurrency'
+      | 'eventIntervalMs'
+      | 'storeBatchRecords'
+      | 'storeHeadIntervalMs'
+    >
+  >;
+}
+
+/**
+ * Spool entries in the order they were appended, flattened into one array per message (cheaper to clone
+ * than an object per entry): each entry is its kind and then its fields.
+ */
+export const ENTRY = {
+  /** id, the session reference's canonical JSON, the record's canonical text, 1 if an open decision (else 0). */
+  record: 0,
+  /** id of the outcome entry, session id, the merged record's canonical text. */
+  amend: 1,
+  /** session id, seq: that open decision will not be amended. */
+  release: 2,
+  /** id, payload: an entry read back from the spool of an earlier process. */
+  replay: 3,
+} as const;
+
+export type ToWorker =
+  | { readonly t: 'entries'; readonly entries: readonly (string | number)[] }
+  | { readonly t: 'flush'; readonly n: number }
+  | { readonly t: 'close'; readonly timeoutMs: number }
+  | { readonly t: 'event'; readonly event: Omit<StoreEvent, 'involved'> }
+  | { readonly t: 'certificate'; readonly certificate: string };
+
+/** The writer's metric updates since the last message (the main thread applies them to its registry). */
+export interface WorkerMetrics {
+  readonly pending: number;
+  readonly flushed: number;
+  readonly failures: Readonly<Record<string, number>>;
+  readonly objects: Readonly<Record<string, number>>;
+  readonly storeSeconds: readonly number[];
+}
+
+export type FromWorker =
+  | { readonly t: 'ready' }
+  | { readonly t: 'ack'; readonly id: number }
+  | { readonly t: 'metrics'; readonly metrics: WorkerMetrics }
+  | { readonly t: 'flushed'; readonly n: number }
+  | { readonly t: 'closed'; readonly emptied: boolean; readonly pending: number };
