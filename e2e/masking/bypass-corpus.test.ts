@@ -9,7 +9,17 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { startTestSidecar } from '../harness/sidecar.ts';
 import { createTestDatabase } from '../harness/databases.ts';
-import { authenticatedClient, errorFields, parseBackend, query, type RawClient } from '../postgres/raw-client.ts';
+import {
+  authenticatedClient,
+  cstr,
+  errorFields,
+  i16,
+  i32,
+  msg,
+  parseBackend,
+  query,
+  type RawClient,
+} from '../postgres/raw-client.ts';
 import { BYPASS_CORPUS, CLEAR_VALUES, leakIn, MASKED_POLICY, MASKING_SCHEMA_SQL } from './bypass-corpus.ts';
 
 async function run(
@@ -151,4 +161,66 @@ test('partitions and inheritance children: a rule naming a table covers its ance
   // Unmasked columns of the same tables come through.
   const clear = await run(client, 'select payer from payments_2025');
   assert.ok(clear.bytes.toString('utf8').includes('Bob'));
+});
+
+test('a deferred constraint failing at COMMIT or at Sync: its error is withheld and the connection stays in step', async (t) => {
+  const database = await createTestDatabase(
+    t,
+    `${MASKING_SCHEMA_SQL}
+     create table fk_pairs (i int, e text, primary key (i, e));
+     alter table customers add constraint later_fk foreign key (id, email) references fk_pairs (i, e)
+       deferrable initially deferred not valid;`,
+  );
+  const sidecar = await startTestSidecar(t, { policies: { masked: MASKED_POLICY }, database });
+  const token = await sidecar.issuer.sign({ sub: 'system:serviceaccount:ci:agent' });
+  const client = await authenticatedClient(sidecar.host, sidecar.port, token, 30_000);
+  t.after(() => {
+    client.destroy();
+  });
+  const withheld = (messages: { type: string; body: Buffer }[], what: string): void => {
+    const errors = messages.filter((m) => m.type === 'E').map((m) => errorFields(m.body));
+    assert.deepEqual(
+      errors.map((e) => e.code),
+      ['23503'],
+      `${what}: ${JSON.stringify(errors)}`,
+    );
+    assert.match(errors[0]?.message ?? '', /withheld/, what);
+  };
+
+  // COMMIT as a statement of its own: the write's response came before, in its own Query.
+  assert.equal((await run(client, 'begin')).messages.at(-1)?.body.toString(), 'T');
+  const write = await run(client, 'update customers set id = id + 100 where id = 1');
+  assert.equal(write.messages.filter((m) => m.type === 'E').length, 0, 'the check is deferred');
+  const commit = await run(client, 'commit');
+  assert.equal(leakIn(commit.bytes), undefined, 'COMMIT echoed a masked value');
+  withheld(commit.messages, 'COMMIT');
+
+  // Extended protocol without BEGIN: the implicit transaction commits at Sync, after the Execute's response.
+  const before = client.receivedLength;
+  const readyBefore = parseBackend(client.received, 0, true).messages.filter((m) => m.type === 'Z').length;
+  client.write(
+    Buffer.concat([
+      msg('P', cstr(''), cstr('update customers set id = id + 100 where id = 1'), i16(0)),
+      msg('B', cstr(''), cstr(''), i16(0), i16(0), i16(0)),
+      msg('E', cstr(''), i32(0)),
+      msg('S'),
+    ]),
+  );
+  assert.ok(
+    await client.until(
+      () => parseBackend(client.received, 0, true).messages.filter((m) => m.type === 'Z').length > readyBefore,
+      30_000,
+    ),
+  );
+  const sync = client.received.subarray(before);
+  assert.equal(leakIn(sync), undefined, 'the commit at Sync echoed a masked value');
+  withheld(parseBackend(sync).messages, 'Sync');
+
+  // The connection is still in step: statements after it run and are masked (before the fix every later
+  // statement got the raw error of a refused substitute).
+  const after = await run(client, 'select name, email from customers order by id');
+  assert.equal(after.messages.filter((m) => m.type === 'E').length, 0);
+  const text = after.bytes.toString('utf8');
+  assert.ok(text.includes('Alice Example') && text.includes('hmac:'), text);
+  assert.equal(leakIn(after.bytes), undefined);
 });

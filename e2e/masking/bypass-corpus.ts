@@ -285,6 +285,20 @@ export const BYPASS_CORPUS: readonly Attempt[] = [
     "merge into customers c using (values (1)) v(id) on c.id = v.id when matched then update set name = 'x'",
   ),
   ...a('failing row of a write', 'runs', 'alter table customers drop constraint never'),
+  // A deferred foreign key is checked at the commit, which may come after the write's own response.
+  ...a(
+    'failing row of a write',
+    'runs',
+    'create table fk_pairs (i int, e text, primary key (i, e))',
+    'alter table customers add constraint later_fk foreign key (id, email) references fk_pairs (i, e) deferrable initially deferred not valid',
+  ),
+  ...a(
+    'failing row of a write',
+    'error',
+    'begin; update customers set id = id + 100 where id = 1; commit',
+    'update customers set id = id + 100 where id = 1; select 1',
+  ),
+  ...a('failing row of a write', 'runs', 'alter table customers drop constraint later_fk'),
   ...a('failing row of a write', 'denied', 'explain analyze update customers set id = null where id = 1'),
   // MERGE was not walked at all: the values its actions write went into other tables unmasked.
   ...a(

@@ -157,6 +157,9 @@ describe('column lineage', () => {
     assert.equal(one('alter table users add constraint c check (email::int > 0)').opaque, true);
     assert.equal(one('create index on users ((ssn::int))').opaque, true);
     assert.equal(one('analyze users').opaque, true);
+    // COMMIT runs deferred constraint checks, whose errors echo the rows written.
+    assert.equal(one('commit').opaque, true);
+    assert.equal(one('begin').opaque, false);
   });
 
   it('refuses statistics views and server-side reads; opaque functions and unknown relations are opaque', () => {

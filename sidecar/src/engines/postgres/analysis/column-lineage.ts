@@ -797,9 +797,13 @@ export function statementLineage(stmt: unknown, lookup: RelationLookup): Stateme
       walk.opaque = true;
       columns = undefined;
       break;
+    case 'TransactionStmt':
+      // COMMIT and PREPARE TRANSACTION run the deferred constraint checks, whose errors echo the rows the
+      // transaction wrote ("Key (id, email)=(…) is not present"): withheld like a write's.
+      if (n.body.kind === 'TRANS_STMT_COMMIT' || n.body.kind === 'TRANS_STMT_PREPARE') walk.opaque = true;
+      break;
     case 'VariableSetStmt':
     case 'VariableShowStmt':
-    case 'TransactionStmt':
     case 'DeallocateStmt':
     case 'ListenStmt':
     case 'UnlistenStmt':
