@@ -9,6 +9,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { startTestSidecar } from '../harness/sidecar.ts';
 import { createTestDatabase } from '../harness/databases.ts';
+import { postgresEnv, superuserSql } from '../harness/env.ts';
 import {
   authenticatedClient,
   cstr,
@@ -223,4 +224,41 @@ test('a deferred constraint failing at COMMIT or at Sync: its error is withheld 
   const text = after.bytes.toString('utf8');
   assert.ok(text.includes('Alice Example') && text.includes('hmac:'), text);
   assert.equal(leakIn(after.bytes), undefined);
+});
+
+test('a foreign table is opaque: one pointing back at a masked table shows no clear value', async (t) => {
+  const database = await createTestDatabase(t, MASKING_SCHEMA_SQL);
+  const pgEnv = postgresEnv();
+  // As the superuser (postgres_fdw is not a trusted extension): a loopback server onto this very database.
+  superuserSql(
+    `create extension postgres_fdw;
+     create server loopback foreign data wrapper postgres_fdw
+       options (host '${pgEnv.socketDir}', port '${String(pgEnv.port)}', dbname '${database}');
+     create user mapping for ${pgEnv.user} server loopback options (user 'postgres', password_required 'false');
+     create foreign table public.customer_mirror (id int, email text, ssn text)
+       server loopback options (schema_name 'public', table_name 'customers');
+     grant select on public.customer_mirror to ${pgEnv.user};`,
+    database,
+  );
+  const sidecar = await startTestSidecar(t, { policies: { masked: MASKED_POLICY }, database });
+  const token = await sidecar.issuer.sign({ sub: 'system:serviceaccount:ci:agent' });
+  const client = await authenticatedClient(sidecar.host, sidecar.port, token, 30_000);
+  t.after(() => {
+    client.destroy();
+  });
+  for (const sql of [
+    'select * from customer_mirror order by id',
+    'select email, ssn from public.customer_mirror m',
+    'select row_to_json(m) from customer_mirror m',
+  ]) {
+    const { bytes, messages } = await run(client, sql);
+    assert.equal(leakIn(bytes), undefined, `${sql}: LEAKED ${String(leakIn(bytes))}`);
+    assert.deepEqual(
+      messages.filter((m) => m.type === 'E').map((m) => errorFields(m.body).message),
+      [],
+      sql,
+    );
+    assert.equal(messages.filter((m) => m.type === 'D').length, 2, sql);
+    assert.ok(bytes.toString('utf8').includes('[MASKED]'), `${sql}: untraceable columns are redacted`);
+  }
 });

@@ -25,6 +25,8 @@ interface CatalogRow {
   readonly definition: string | undefined;
   /** Its inheritance ancestors and descendants (partitions too), `schema.name`: they hold the same rows. */
   readonly related: readonly string[];
+  /** A foreign table: its rows come from wherever its server points (this database's masked table too). */
+  readonly foreign: boolean;
 }
 
 interface Entry {
@@ -46,7 +48,8 @@ const CATALOG_SQL = (names: readonly string[]): string =>
         UNION SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN down ON i.inhparent = down.oid)
       SELECT coalesce(json_agg(rn.nspname || '.' || r.relname), '[]')::text
       FROM (SELECT oid FROM up UNION SELECT oid FROM down) x
-      JOIN pg_catalog.pg_class r ON r.oid = x.oid JOIN pg_catalog.pg_namespace rn ON rn.oid = r.relnamespace)
+      JOIN pg_catalog.pg_class r ON r.oid = x.oid JOIN pg_catalog.pg_namespace rn ON rn.oid = r.relnamespace),
+     c.relkind = 'f'
    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
    WHERE c.relname = ANY (ARRAY[${names.map(quoteLiteral).join(', ')}]::text[])`;
 
@@ -126,6 +129,7 @@ export class RelationCatalog {
         columns: JSON.parse(r[2]?.toString('utf8') ?? '[]') as string[],
         definition: r[3] === null || r[3] === undefined ? undefined : r[3].toString('utf8'),
         related: JSON.parse(r[4]?.toString('utf8') ?? '[]') as string[],
+        foreign: r[5]?.toString('utf8') === 't',
       };
       byName.get(row.name)?.push(row);
     }
@@ -179,6 +183,7 @@ export class RelationCatalog {
         }
         if (row === undefined) return undefined;
         const id = `${row.schema}.${row.name}`;
+        if (row.foreign) return { id, columns: row.columns, viewColumns: row.columns.map(() => OPAQUE_COLUMN) };
         if (row.definition === undefined) {
           if (row.related.length === 0) return { id, columns: row.columns };
           // A partition or an inheritance child holds rows of its ancestors, and a parent shows its
