@@ -21,7 +21,7 @@ import { denial, sqlStateOf, type Denial } from './error-responses.ts';
 import type { TransactionStatus } from './protocol/backend-messages.ts';
 
 import type { Bind } from './protocol/frontend-messages.ts';
-import { auditParameters, describeRefused, describeStatements } from './sql-command.ts';
+import { auditParameters, describeRefused, describeStatements, withParameterTypes } from './sql-command.ts';
 import type { MaskingVerdict, ResultMasking } from './masking/result-masking.ts';
 import type { ResultRewriter } from './masking/row-masker.ts';
 
@@ -172,12 +172,12 @@ export class StatementGate {
    * Parse: a forbidden statement is never prepared. Only a refusal is recorded here; an allowed statement is
    * decided again and recorded at each Execute, with its parameters, so a policy change reaches it too.
    */
-  parse(name: string, text: string): RelayVerdict {
+  parse(name: string, text: string, paramTypes: readonly number[] = []): RelayVerdict {
     this.masking?.rebound('S', name);
     this.masking?.forgetPrepared(name);
     this.sqlPrepared.delete(name);
     this.uncertain.delete(name);
-    const statements = this.analyse(text);
+    const statements = withParameterTypes(this.analyse(text), paramTypes);
     if (isDenial(statements)) {
       this.statements.set(name, { text, analysis: undefined, refusal: statements });
       return this.refuse(text, statements);
