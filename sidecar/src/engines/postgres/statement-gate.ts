@@ -20,7 +20,7 @@ import type { SqlAnalyzer } from './analysis/sql-analyzer.ts';
 import { denial, sqlStateOf, type Denial } from './error-responses.ts';
 import type { TransactionStatus } from './protocol/backend-messages.ts';
 
-import type { Bind } from './protocol/frontend-messages.ts';
+import type { Bind, Parse } from './protocol/frontend-messages.ts';
 import { auditParameters, describeRefused, describeStatements, withParameterTypes } from './sql-command.ts';
 import type { MaskingVerdict, ResultMasking } from './masking/result-masking.ts';
 import type { ResultRewriter } from './masking/row-masker.ts';
@@ -199,6 +199,10 @@ export class StatementGate {
     }
     this.statements.set(name, { text, analysis: statements });
     return { action: 'forward', command: undefined, undo: this.uncertainFrom(name) };
+  }
+
+  parseMessage(msg: Parse): RelayVerdict {
+    return this.parse(msg.name, msg.query, msg.paramTypes);
   }
 
   /** Taken back when a Parse, PREPARE, Close or DEALLOCATE of `name` did not complete upstream. */
