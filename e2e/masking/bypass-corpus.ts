@@ -5,7 +5,11 @@
 // encoding, whether the attempt was masked or denied.
 //
 // `expect`: `masked` — the statement runs and its result is masked; `denied` — the sidecar refuses it
-// (42501, MaskingRefused); `error` — the server's own error reaches the client, with its text withheld.
+// (42501, MaskingRefused); `error` — the server's own error reaches the client, with its text withheld;
+// `runs` — a step of a longer attempt (DDL that prepares the next one) that must succeed.
+//
+// Attempts run in order on one connection: the classes at the end change the schema (constraints, an
+// inheritance parent, statistics) for the attempts after them and undo it in their last step.
 
 import type { AccessPolicySpec } from '@chaperone/api';
 
@@ -39,7 +43,7 @@ export const SECRETS: readonly string[] = [
 /** Unmasked values that must come through unchanged. */
 export const CLEAR_VALUES: readonly string[] = ['Alice Example', 'Bob Example', 'Widget', 'Gadget'];
 
-export type Expectation = 'masked' | 'denied' | 'error';
+export type Expectation = 'masked' | 'denied' | 'error' | 'runs';
 
 export interface Attempt {
   readonly class: string;
@@ -232,6 +236,101 @@ export const BYPASS_CORPUS: readonly Attempt[] = [
     'prepare p1 as select email from customers; execute p1; deallocate p1',
     'prepare p2(int) as select ssn from customers where id = $1; execute p2(1); deallocate p2',
   ),
+  // The server evaluates expressions over existing rows for DDL and maintenance, and its errors echo the
+  // values: a cast in a CHECK or an index expression ("invalid input syntax for type integer: "<email>""), a
+  // foreign key validated ("Key (email)=(<email>) is not present"), extended statistics at ANALYZE. Found by
+  // the ninth session's red team: every one of these passed the clear value before.
+  ...a('server error of DDL and maintenance over masked rows', 'runs', 'create table fk_target (e text primary key)'),
+  ...a(
+    'server error of DDL and maintenance over masked rows',
+    'error',
+    'alter table customers add constraint leak_fk foreign key (email) references fk_target (e)',
+    'alter table customers add constraint leak_check check (email::int > 0)',
+    'create index leak_index on customers ((ssn::int))',
+    'create index leak_partial on customers (id) where email::int > 0',
+  ),
+  ...a(
+    'server error of DDL and maintenance over masked rows',
+    'runs',
+    'alter table customers add constraint leak_later check (ssn::int > 0) not valid',
+    'create statistics leak_stats on (email::int) from customers',
+  ),
+  ...a(
+    'server error of DDL and maintenance over masked rows',
+    'error',
+    'alter table customers validate constraint leak_later',
+    'analyze customers',
+  ),
+  ...a(
+    'server error of DDL and maintenance over masked rows',
+    'runs',
+    'alter table customers drop constraint leak_later',
+    'drop statistics leak_stats',
+  ),
+  // A NOT NULL or CHECK violation's detail is "Failing row contains (…)": the whole row, masked columns
+  // included, for a write that names none of them (no DDL needed where the table has any constraint).
+  ...a(
+    'failing row of a write',
+    'error',
+    'update customers set id = null where id = 1',
+    'update customers set name = name, id = null',
+    'insert into customers (id, name) select null, name from customers where id = 1',
+  ),
+  ...a('failing row of a write', 'runs', 'alter table customers add constraint never check (score < 0) not valid'),
+  ...a(
+    'failing row of a write',
+    'error',
+    'update customers set score = score where id = 1',
+    'with u as (update customers set score = score returning id) select count(*) from u',
+    "merge into customers c using (values (1)) v(id) on c.id = v.id when matched then update set name = 'x'",
+  ),
+  ...a('failing row of a write', 'runs', 'alter table customers drop constraint never'),
+  // A deferred foreign key is checked at the commit, which may come after the write's own response.
+  ...a(
+    'failing row of a write',
+    'runs',
+    'create table fk_pairs (i int, e text, primary key (i, e))',
+    'alter table customers add constraint later_fk foreign key (id, email) references fk_pairs (i, e) deferrable initially deferred not valid',
+  ),
+  ...a(
+    'failing row of a write',
+    'error',
+    'begin; update customers set id = id + 100 where id = 1; commit',
+    'update customers set id = id + 100 where id = 1; select 1',
+  ),
+  ...a('failing row of a write', 'runs', 'alter table customers drop constraint later_fk'),
+  ...a('failing row of a write', 'denied', 'explain analyze update customers set id = null where id = 1'),
+  // MERGE was not walked at all: the values its actions write went into other tables unmasked.
+  ...a(
+    'merge and on conflict write masked values elsewhere',
+    'denied',
+    'merge into products p using customers c on p.id = c.id when matched then update set name = c.email',
+    'merge into products p using customers c on p.id = c.id + 10 when not matched then insert values (c.id + 10, c.ssn, 0)',
+    "merge into products p using (select id, card from customers) c on p.id = c.id when matched then update set name = 'x' || c.card",
+    "insert into products (id, name) values (1, 'x') on conflict (id) do update set name = (select email from customers limit 1)",
+    'insert into products (id, name) select id, name from customers where id = 1 on conflict (id) do update set name = excluded.name || (select ssn from customers limit 1)',
+  ),
+  ...a(
+    'merge and on conflict write masked values elsewhere',
+    'runs',
+    "merge into products p using customers c on p.id = c.id when matched and c.email like 'a%' then update set price = p.price",
+    "insert into products (id, name) values (2, 'Gadget') on conflict (id) do update set name = excluded.name",
+  ),
+  // A table whose parent is made by the agent shows the table's rows under the parent's name.
+  ...a(
+    'inheritance parent of a masked table',
+    'runs',
+    'create table customers_parent (id int, name text, email text, ssn text, card text, created date, score int)',
+    'alter table customers inherit customers_parent',
+  ),
+  ...a(
+    'inheritance parent of a masked table',
+    'masked',
+    'select * from customers_parent',
+    'select email, ssn from customers_parent p',
+    'select row_to_json(p) from customers_parent p',
+  ),
+  ...a('inheritance parent of a masked table', 'runs', 'alter table customers no inherit customers_parent'),
 ];
 
 export const MASKED_POLICY: AccessPolicySpec = {

@@ -240,10 +240,19 @@ const RENAMES: readonly [ddl: string, read: string][] = [
     'update customers set score = score where id = 1; select name from products',
   ],
   ['alter view customer_contacts rename column contact to c2', 'select c2 from customer_contacts'],
+  // A row-level security policy runs on every read of its table (customers has RLS forced here, with a
+  // permissive policy of the owner's) and its errors echo values, whatever the statement names.
+  ['create policy leak on customers as restrictive using (email::int > 0)', 'select id from customers'],
+  ['alter policy everyone on customers using (ssn::int > 0)', 'select count(*) from customers'],
 ];
 
 test('DDL that renames, moves or copies a masked column is refused to a masked identity; its values stay masked', async (t) => {
-  const database = await createTestDatabase(t, `${MASKING_SCHEMA_SQL} create schema other;`);
+  const database = await createTestDatabase(
+    t,
+    `${MASKING_SCHEMA_SQL} create schema other;
+     create policy everyone on customers using (true);
+     alter table customers enable row level security, force row level security;`,
+  );
   const sidecar = await startTestSidecar(t, { policies: { masked: MASKED_POLICY }, database });
   const token = await sidecar.issuer.sign({ sub: 'system:serviceaccount:ci:agent' });
   const failures: string[] = [];
@@ -286,6 +295,13 @@ test('DDL that renames, moves or copies a masked column is refused to a masked i
     );
     const rules = await direct.query('select rulename from pg_rules where tablename = $1', ['customers']);
     assert.equal(rules.rowCount, 0);
+    const policies = await direct.query<{ p: string }>(
+      "select policyname || ' ' || qual as p from pg_policies where tablename = 'customers'",
+    );
+    assert.deepEqual(
+      policies.rows.map((r) => r.p),
+      ['everyone true'],
+    );
   } finally {
     await direct.end();
   }

@@ -17,6 +17,7 @@ import { READ_ONLY, startTestSidecar } from '../harness/sidecar.ts';
 import { createTestDatabase } from '../harness/databases.ts';
 import { directPgOptions, postgresEnv, superuserSql } from '../harness/env.ts';
 import { poll } from '../harness/poll.ts';
+import { authenticatedClient, cstr, errorFields, i16, i32, msg, parseBackend, query } from './raw-client.ts';
 
 test('read-only policy: every corpus write is denied with 42501, every read allowed, each audited once', async (t) => {
   assert.ok(WRITE_CORPUS.length >= 40, 'the issue asks for at least 40 tricky statements');
@@ -159,3 +160,75 @@ async function waitFor(condition: () => boolean, timeoutMs = 10_000): Promise<vo
     await new Promise((r) => setTimeout(r, 50));
   }
 }
+
+test('read-only: a Parse typing its parameter by a user domain (whose CHECK takes a lock) and PREPARE TRANSACTION are refused; built-in types are not', async (t) => {
+  const database = await createTestDatabase(
+    t,
+    `${CORPUS_SCHEMA_SQL}
+     CREATE FUNCTION public.lock_it(int) RETURNS boolean LANGUAGE sql AS $$ SELECT pg_try_advisory_lock($1) $$;
+     CREATE DOMAIN public.locking AS int CHECK (public.lock_it(VALUE));`,
+  );
+  const direct = new pg.Client(directPgOptions(database));
+  await direct.connect();
+  const oid = Number(
+    (await direct.query<{ oid: string }>("select 'public.locking'::regtype::oid::text as oid")).rows[0]?.oid,
+  );
+  const sidecar = await startTestSidecar(t, { policies: { 'read-only': READ_ONLY }, database });
+  const token = await sidecar.issuer.sign({ sub: 'system:serviceaccount:ci:reader' });
+  const client = await authenticatedClient(sidecar.host, sidecar.port, token, 30_000);
+  const extended = async (typeOid: number): Promise<{ code: string; message: string }[] | string> => {
+    const before = client.receivedLength;
+    const readyBefore = parseBackend(client.received, 0, true).messages.filter((m) => m.type === 'Z').length;
+    client.write(
+      Buffer.concat([
+        msg('P', cstr(''), cstr('select $1::text as v'), i16(1), i32(typeOid)),
+        msg('B', cstr(''), cstr(''), i16(0), i16(1), i32(4), Buffer.from('4242'), i16(0)),
+        msg('E', cstr(''), i32(0)),
+        msg('S'),
+      ]),
+    );
+    assert.ok(
+      await client.until(
+        () => parseBackend(client.received, 0, true).messages.filter((m) => m.type === 'Z').length > readyBefore,
+        30_000,
+      ),
+    );
+    const messages = parseBackend(client.received.subarray(before)).messages;
+    const errors = messages.filter((m) => m.type === 'E').map((m) => errorFields(m.body));
+    if (errors.length > 0) return errors.map((e) => ({ code: e.code, message: e.message }));
+    const row = messages.find((m) => m.type === 'D');
+    return row === undefined ? '' : row.body.subarray(6).toString('utf8');
+  };
+  const refused = await extended(oid);
+  assert.ok(Array.isArray(refused), `not refused: ${JSON.stringify(refused)}`);
+  assert.deepEqual(
+    refused.map((e) => e.code),
+    ['42501'],
+  );
+  assert.match(refused[0]?.message ?? '', /^chaperone: permission denied by policy default\/read-only/);
+  const locks = await direct.query("select count(*)::int as n from pg_locks where locktype = 'advisory'");
+  assert.equal(locks.rows[0]?.n, 0, 'the domain CHECK ran: an advisory lock is held');
+  assert.equal(await extended(23), '4242', 'a built-in parameter type is allowed');
+  assert.equal(await extended(0), '4242', 'an unspecified parameter type is allowed');
+
+  // Two-phase commit outlives the session: refused, and nothing is prepared on the server.
+  for (const sql of ["begin; prepare transaction 'ro'", "commit prepared 'ro'", "rollback prepared 'ro'"]) {
+    const before = client.receivedLength;
+    const readyBefore = parseBackend(client.received, 0, true).messages.filter((m) => m.type === 'Z').length;
+    client.write(query(sql));
+    assert.ok(
+      await client.until(
+        () => parseBackend(client.received, 0, true).messages.filter((m) => m.type === 'Z').length > readyBefore,
+        30_000,
+      ),
+    );
+    const messages = parseBackend(client.received.subarray(before)).messages;
+    const errors = messages.filter((m) => m.type === 'E').map((m) => errorFields(m.body));
+    assert.equal(errors[0]?.code, '42501', `${sql}: ${JSON.stringify(errors)}`);
+    if (messages.at(-1)?.body.toString() !== 'I') client.write(query('rollback'));
+  }
+  const prepared = await direct.query('select count(*)::int as n from pg_prepared_xacts');
+  assert.equal(prepared.rows[0]?.n, 0);
+  client.destroy();
+  await direct.end();
+});

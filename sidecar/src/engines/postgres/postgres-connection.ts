@@ -428,7 +428,7 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
         this.forward(substituteFrame('Query'));
         return;
       case 'Parse':
-        if (!discarding) return this.apply(gate.parse(msg.name, msg.query), 'Parse', msg.frame, msg.name);
+        if (!discarding) return this.apply(gate.parseMessage(msg), 'Parse', msg.frame, msg.name);
         this.forward(substituteFrame('Parse', msg.name));
         return;
       case 'Execute':

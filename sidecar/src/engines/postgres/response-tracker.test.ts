@@ -130,6 +130,39 @@ test('an extended error before the client sent Sync: messages are discarded unti
   assert.equal(t.pending, 0);
 });
 
+test('an error at Sync (the implicit commit: a deferred constraint) is the Sync’s, scrubbed by the committed commands’ rewriters', () => {
+  const { t, outcomes } = tracker();
+  const scrubbed = Buffer.from('withheld');
+  const rewriter: ResultRewriter = {
+    rowDescription: (frame) => frame,
+    dataRows: (frame) => frame,
+    statementEnd: () => undefined,
+    error: () => scrubbed,
+    notice: () => Buffer.alloc(0),
+    counts: () => [],
+  };
+  t.expect('parse');
+  t.expect('bind');
+  t.expect('execute', command(1), undefined, rewriter);
+  t.sync();
+  feed(t, parseComplete, bindComplete, complete('UPDATE 1'));
+  assert.deepEqual(outcomes, [[1, { status: 'success', rows: 1 }]]);
+  const [sent] = feed(t, error('23503', 'Key (id, email)=(101, alice@example.com) is not present'));
+  assert.equal(sent, scrubbed, 'the commit’s error echoes what the Execute wrote');
+  assert.equal(t.discardingUntilSync, false, 'nothing after the Sync is skipped');
+  feed(t, ready('I'));
+  assert.equal(t.pending, 0);
+  // The next batch is tracked as before, and its commit error (no rewriter since) passes unchanged.
+  t.expect('execute', command(2));
+  t.sync();
+  const upstream = error('40001', 'could not serialize access');
+  feed(t, complete('UPDATE 1'));
+  assert.equal(feed(t, upstream)[0], upstream);
+  feed(t, ready('I'));
+  assert.equal(t.pending, 0);
+  assert.deepEqual(outcomes.at(-1), [2, { status: 'success', rows: 1 }]);
+});
+
 test('COPY: a Sync sent during copy-in gets no ReadyForQuery and is not waited for', () => {
   const { t, outcomes } = tracker();
   t.expect('parse');

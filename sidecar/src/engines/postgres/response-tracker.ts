@@ -69,6 +69,8 @@ export class ResponseTracker {
   private clientInCopyIn = false;
   /** Units queued that carry a ResultRewriter. */
   private rewriters = 0;
+  /** The rewriters of the commands answered since the last ReadyForQuery: what the next Sync commits. */
+  private committing: ResultRewriter[] = [];
   /** From the upstream's latest ReadyForQuery. */
   transactionStatus: TransactionStatus;
 
@@ -150,6 +152,7 @@ export class ResponseTracker {
         // One or more whole DataRows (the scanner's dataRowRuns).
         return unit?.rows === undefined ? frame : unit.rows.dataRows(frame);
       case BackendCode.NoticeResponse:
+        if (unit?.kind === 'sync') return this.committing.reduce((f, r) => r.notice(f), frame);
         return unit?.rows === undefined ? frame : unit.rows.notice(frame);
       case BackendCode.CommandComplete:
         if (unit !== undefined) {
@@ -180,6 +183,7 @@ export class ResponseTracker {
         return this.onError(unit, frame);
       case BackendCode.ReadyForQuery:
         this.transactionStatus = decodeReadyForQuery(frame);
+        if (this.committing.length > 0) this.committing = [];
         // Whatever is still queued up to here belonged to this Sync/Query and got no response of its own.
         for (let u = this.shift(); u !== undefined; u = this.shift()) {
           if (u.kind === 'query' || u.kind === 'sync') {
@@ -206,7 +210,10 @@ export class ResponseTracker {
     const unit = this.units[this.head];
     if (unit === undefined) return undefined;
     this.head += 1;
-    if (unit.rows !== undefined) this.rewriters -= 1;
+    if (unit.rows !== undefined) {
+      this.rewriters -= 1;
+      this.committing.push(unit.rows);
+    }
     if (this.head === this.units.length) {
       // Drained (the common case after every ReadyForQuery): reuse the array from the start.
       this.units.length = 0;
@@ -240,6 +247,13 @@ export class ResponseTracker {
 
   private onError(unit: ResponseUnit | undefined, upstreamFrame: Buffer): Buffer {
     if (unit === undefined) return upstreamFrame; // e.g. a FATAL error before shutdown
+    if (unit.kind === 'sync') {
+      // Raised while the upstream processed Sync: the commit of the implicit transaction (a deferred
+      // constraint, a serialization failure). Its ReadyForQuery follows and nothing is skipped. It may echo
+      // rows the committed statements wrote ("Key (id, email)=(…) is not present"): scrubbed by each of their
+      // rewriters.
+      return this.committing.reduce((f, r) => r.error(f), upstreamFrame);
+    }
     // A statement that read masked data may echo a value in its error: scrubbed before it is read or sent.
     const frame = unit.rows === undefined ? upstreamFrame : unit.rows.error(upstreamFrame);
     if (unit.kind === 'query') {

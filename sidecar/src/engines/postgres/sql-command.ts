@@ -6,6 +6,7 @@ import type { CommandDescription } from '../../core/command.ts';
 import type { AnalyzedStatement } from './analysis/analyze-sql.ts';
 import { factsSource } from './analysis/sql-analyzer.ts';
 import type { Bind } from './protocol/frontend-messages.ts';
+import type { Denial } from './error-responses.ts';
 
 /** What describeStatements derives from a list of analysed statements; the same for every use of one analysis. */
 interface DescribedFacts {
@@ -94,4 +95,20 @@ export function auditParameters(bind: Bind): string[] {
     const format = bind.paramFormats.length === 1 ? bind.paramFormats[0] : bind.paramFormats[i];
     return format === 1 ? `\\x${p.subarray(0, 512).toString('hex')}` : p.subarray(0, 1024).toString('utf8');
   });
+}
+
+/** The first OID of objects made after initdb: a type with it or above was made by CREATE TYPE / DOMAIN. */
+const FIRST_NORMAL_OBJECT_ID = 16384;
+
+/**
+ * A Parse may type its parameters by OID, which the text never shows: the server converts each bound value
+ * with that type's input function and, for a domain, its CHECK, so a type made by a user runs its code as a
+ * cast to it in the text would (analysis/README.md, "Functions"). Such a Parse is side-effecting.
+ */
+export function withParameterTypes(
+  analysed: readonly AnalyzedStatement[] | Denial,
+  paramTypes: readonly number[],
+): readonly AnalyzedStatement[] | Denial {
+  if (!Array.isArray(analysed) || !paramTypes.some((oid) => oid >= FIRST_NORMAL_OBJECT_ID)) return analysed;
+  return analysed.map((s: AnalyzedStatement) => ({ ...s, sideEffects: true }));
 }

@@ -261,6 +261,20 @@ test('Parse: allowed statements are prepared unrecorded and decided at every Exe
   assert.equal(policy.requests.length, 3, 'decided at Parse and at each Execute');
 });
 
+test('Parse typing a parameter by a user type’s OID is side-effecting (its input function and domain CHECK run); built-in types are not', () => {
+  const { gate, policy } = setup();
+  assert.equal(gate.parse('builtin', 'SELECT $1', [23, 0, 25]).action, 'forward');
+  assert.equal(policy.requests.at(-1)?.command.type, 'sql');
+  const v = gate.parse('domain', 'SELECT $1', [23, 16390]);
+  assert.equal(v.action, 'substitute');
+  assert.equal(v.denial?.code, '42501');
+  const facts = (policy.requests.at(-1)?.command as SqlCommand).statements;
+  assert.deepEqual(
+    facts.map((f) => f.sideEffects),
+    [true],
+  );
+});
+
 test('Parse of a forbidden statement is substituted and recorded; its Execute is refused and recorded with the same reason', () => {
   const { gate, sink } = setup();
   const v = gate.parse('bad', 'UPDATE orders SET paid = true');

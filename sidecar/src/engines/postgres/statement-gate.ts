@@ -20,8 +20,8 @@ import type { SqlAnalyzer } from './analysis/sql-analyzer.ts';
 import { denial, sqlStateOf, type Denial } from './error-responses.ts';
 import type { TransactionStatus } from './protocol/backend-messages.ts';
 
-import type { Bind } from './protocol/frontend-messages.ts';
-import { auditParameters, describeRefused, describeStatements } from './sql-command.ts';
+import type { Bind, Parse } from './protocol/frontend-messages.ts';
+import { auditParameters, describeRefused, describeStatements, withParameterTypes } from './sql-command.ts';
 import type { MaskingVerdict, ResultMasking } from './masking/result-masking.ts';
 import type { ResultRewriter } from './masking/row-masker.ts';
 
@@ -172,12 +172,12 @@ export class StatementGate {
    * Parse: a forbidden statement is never prepared. Only a refusal is recorded here; an allowed statement is
    * decided again and recorded at each Execute, with its parameters, so a policy change reaches it too.
    */
-  parse(name: string, text: string): RelayVerdict {
+  parse(name: string, text: string, paramTypes: readonly number[] = []): RelayVerdict {
     this.masking?.rebound('S', name);
     this.masking?.forgetPrepared(name);
     this.sqlPrepared.delete(name);
     this.uncertain.delete(name);
-    const statements = this.analyse(text);
+    const statements = withParameterTypes(this.analyse(text), paramTypes);
     if (isDenial(statements)) {
       this.statements.set(name, { text, analysis: undefined, refusal: statements });
       return this.refuse(text, statements);
@@ -199,6 +199,10 @@ export class StatementGate {
     }
     this.statements.set(name, { text, analysis: statements });
     return { action: 'forward', command: undefined, undo: this.uncertainFrom(name) };
+  }
+
+  parseMessage(msg: Parse): RelayVerdict {
+    return this.parse(msg.name, msg.query, msg.paramTypes);
   }
 
   /** Taken back when a Parse, PREPARE, Close or DEALLOCATE of `name` did not complete upstream. */

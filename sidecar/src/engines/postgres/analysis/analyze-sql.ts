@@ -798,7 +798,8 @@ function classify(node: unknown, collect: FactCollector): Classified {
     return { ...facts(dcl ? 'dcl' : 'ddl', true), ...(copies === undefined ? {} : { renamesColumns: copies }) };
   }
   const renames = RENAMING_STATEMENTS[type];
-  if (renames !== undefined) return { ...facts('ddl', true), renamesColumns: renames };
+  if (renames !== undefined)
+    return { ...facts(DCL_STATEMENTS.has(type) ? 'dcl' : 'ddl', true), renamesColumns: renames };
   if (DDL_STATEMENTS.has(type)) return facts('ddl', true);
   if (DCL_STATEMENTS.has(type)) return facts('dcl', true);
   if (MAINTENANCE_STATEMENTS.has(type)) return facts('maintenance', true);
@@ -811,6 +812,10 @@ const RENAMING_STATEMENTS: Readonly<Record<string, string>> = {
   AlterObjectSchemaStmt: 'moving an object to another schema',
   CreateTrigStmt: 'creating a trigger',
   RuleStmt: 'creating a rule',
+  // A policy's expression runs on every read of its table, whatever the statement names, and its errors
+  // echo values (`using (email::int > 0)`, then `select id from customers`).
+  CreatePolicyStmt: 'creating a row-level security policy',
+  AlterPolicyStmt: 'changing a row-level security policy',
 };
 
 /** An ALTER TABLE command that fills a column from other columns: a generated column, or TYPE … USING. */

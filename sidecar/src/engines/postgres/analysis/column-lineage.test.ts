@@ -136,6 +136,32 @@ describe('column lineage', () => {
     assert.deepEqual(one('select email into t3 from users').written, [E]);
   });
 
+  it('MERGE and ON CONFLICT write what they set; a write reads its whole target; DDL is opaque', () => {
+    const merge = one(
+      "merge into orders o using users u on o.user_id = u.id when matched and u.ssn <> '' then update set total = length(u.email) when not matched then insert (id) values (length(u.name))",
+    );
+    assert.deepEqual([...merge.written].sort(), [E, N].sort());
+    assert.ok(merge.predicates.includes('public.users.ssn'));
+    assert.deepEqual(
+      [
+        ...one(
+          'insert into orders (id) values (1) on conflict (id) do update set total = (select length(ssn) from users)',
+        ).written,
+      ],
+      ['public.users.ssn'],
+    );
+    // A NOT NULL or CHECK violation's detail echoes the whole row ("Failing row contains (…)").
+    assert.ok(one('update users set id = null').touched.includes(E));
+    assert.ok(one('delete from users where id = 1').touched.includes('public.users.ssn'));
+    // The server evaluates CHECK, index and foreign-key expressions over existing rows and echoes values.
+    assert.equal(one('alter table users add constraint c check (email::int > 0)').opaque, true);
+    assert.equal(one('create index on users ((ssn::int))').opaque, true);
+    assert.equal(one('analyze users').opaque, true);
+    // COMMIT runs deferred constraint checks, whose errors echo the rows written.
+    assert.equal(one('commit').opaque, true);
+    assert.equal(one('begin').opaque, false);
+  });
+
   it('refuses statistics views and server-side reads; opaque functions and unknown relations are opaque', () => {
     assert.match(one('select most_common_vals from pg_stats').refusal ?? '', /pg_stats/);
     assert.match(one('select * from pg_catalog.pg_stats_ext').refusal ?? '', /pg_stats_ext/);

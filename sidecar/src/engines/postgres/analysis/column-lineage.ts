@@ -258,6 +258,9 @@ class Walk {
     this.withClause(s.withClause, scope);
     const target = this.rangeVar(rec(s.relation), scope);
     scope.sources.push(...target.sources);
+    // The server's errors about a written row echo the whole row ("Failing row contains (…)" of a NOT NULL
+    // or CHECK violation, a cast in a CHECK): every column of the target counts as read.
+    for (const c of target.star ?? []) this.use(c.lin);
     const items = [
       target,
       ...list(type === 'DeleteStmt' ? s.usingClause : s.fromClause).map((f) => this.fromItem(f, scope)),
@@ -271,12 +274,36 @@ class Walk {
       const cols = query === undefined ? [] : this.statementColumns(query, scope);
       if (cols === undefined) this.writesAll = true;
       else for (const c of cols) write(c.lin);
+      const conflict = rec(s.onConflictClause);
+      for (const t of list(conflict.targetList)) write(this.expr(rec(unwrap(t)?.body).val, scope));
+      this.predicate(() => this.expr(conflict.whereClause, scope));
     } else if (type === 'UpdateStmt') {
       for (const t of list(s.targetList)) write(this.expr(rec(unwrap(t)?.body).val, scope));
     }
     this.predicate(() => this.expr(s.whereClause, scope));
     const returning = list(s.returningList);
     return returning.length === 0 ? [] : this.targets(returning, scope, items);
+  }
+
+  /** MERGE: the values its actions write are `written`; the join and WHEN conditions are predicates. */
+  merge(s: Json): void {
+    const scope: Scope = { sources: [], ctes: new Map(), parent: undefined };
+    this.withClause(s.withClause, scope);
+    const target = this.rangeVar(rec(s.relation), scope);
+    scope.sources.push(...target.sources);
+    for (const c of target.star ?? []) this.use(c.lin);
+    this.fromItem(s.sourceRelation, scope);
+    const write = (lin: Lin): void => {
+      for (const src of lin.sources) this.written.add(src);
+      if (lin.opaque) this.opaque = true;
+    };
+    this.predicate(() => this.expr(s.joinCondition, scope));
+    for (const w of list(s.mergeWhenClauses)) {
+      const when = rec(unwrap(w)?.body);
+      this.predicate(() => this.expr(when.condition, scope));
+      for (const t of list(when.targetList)) write(this.expr(rec(unwrap(t)?.body).val, scope));
+      for (const v of list(when.values)) write(this.expr(v, scope));
+    }
   }
 
   private predicate(run: () => void): void {
@@ -700,7 +727,7 @@ function toColumnLineage(cols: readonly Col[] | undefined): ColumnLineage[] | un
 }
 
 /** The lineage of one parsed statement (`stmt` is the RawStmt's `stmt`). */
-export function statementLineage(stmt: unknown, lookup: RelationLookup, depth = 0): StatementLineage {
+export function statementLineage(stmt: unknown, lookup: RelationLookup): StatementLineage {
   const walk = new Walk(lookup);
   const n = unwrap(stmt);
   let columns: Col[] | undefined = [];
@@ -712,6 +739,9 @@ export function statementLineage(stmt: unknown, lookup: RelationLookup, depth = 
     case 'UpdateStmt':
     case 'DeleteStmt':
       columns = walk.statementColumns(n, undefined);
+      break;
+    case 'MergeStmt':
+      walk.merge(n.body);
       break;
     case 'DeclareCursorStmt':
       extra.declares = str(n.body.portalname) ?? '';
@@ -767,9 +797,13 @@ export function statementLineage(stmt: unknown, lookup: RelationLookup, depth = 
       walk.opaque = true;
       columns = undefined;
       break;
+    case 'TransactionStmt':
+      // COMMIT and PREPARE TRANSACTION run the deferred constraint checks, whose errors echo the rows the
+      // transaction wrote ("Key (id, email)=(…) is not present"): withheld like a write's.
+      if (n.body.kind === 'TRANS_STMT_COMMIT' || n.body.kind === 'TRANS_STMT_PREPARE') walk.opaque = true;
+      break;
     case 'VariableSetStmt':
     case 'VariableShowStmt':
-    case 'TransactionStmt':
     case 'DeallocateStmt':
     case 'ListenStmt':
     case 'UnlistenStmt':
@@ -777,8 +811,11 @@ export function statementLineage(stmt: unknown, lookup: RelationLookup, depth = 
     case 'DiscardStmt':
       break;
     default:
-      // DDL and utilities read no rows out; what they could read is still traced as far as known.
-      walk.opaque = depth === 0 ? walk.opaque : true;
+      // DDL, maintenance and utilities read no rows out, but the server evaluates expressions over existing
+      // rows for them (a CHECK or a foreign key validated, an index or statistics expression, ANALYZE), and
+      // its errors echo the values ("invalid input syntax for type integer: "<email>"", "Key (email)=(…)"):
+      // opaque, so their error texts and notices are withheld from an identity with masked columns.
+      walk.opaque = true;
       break;
   }
   const written = walk.writesAll ? [...walk.touched, ...walk.written] : [...walk.written];
@@ -819,6 +856,6 @@ export function viewLineage(
   if (depth > MAX_VIEW_DEPTH) return { columns: undefined, missing: [] };
   const grammar = sqlGrammar(DEFAULT_SERVER_MAJOR);
   const stmt = rec(list(rec(grammar?.parse(definition)).stmts)[0]).stmt;
-  const lineage = statementLineage(stmt, lookup, depth + 1);
+  const lineage = statementLineage(stmt, lookup);
   return { columns: lineage.columns, missing: lineage.missing };
 }

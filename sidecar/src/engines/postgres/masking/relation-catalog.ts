@@ -23,6 +23,10 @@ interface CatalogRow {
   readonly name: string;
   readonly columns: readonly string[];
   readonly definition: string | undefined;
+  /** Its inheritance ancestors and descendants (partitions too), `schema.name`: they hold the same rows. */
+  readonly related: readonly string[];
+  /** A foreign table: its rows come from wherever its server points (this database's masked table too). */
+  readonly foreign: boolean;
 }
 
 interface Entry {
@@ -35,7 +39,17 @@ const CATALOG_SQL = (names: readonly string[]): string =>
   `SELECT n.nspname, c.relname,
      coalesce((SELECT json_agg(a.attname ORDER BY a.attnum) FROM pg_catalog.pg_attribute a
                WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped), '[]')::text,
-     CASE WHEN c.relkind IN ('v', 'm') THEN pg_catalog.pg_get_viewdef(c.oid) END
+     CASE WHEN c.relkind IN ('v', 'm') THEN pg_catalog.pg_get_viewdef(c.oid) END,
+     (WITH RECURSIVE up(oid) AS (
+        SELECT i.inhparent FROM pg_catalog.pg_inherits i WHERE i.inhrelid = c.oid
+        UNION SELECT i.inhparent FROM pg_catalog.pg_inherits i JOIN up ON i.inhrelid = up.oid),
+      down(oid) AS (
+        SELECT i.inhrelid FROM pg_catalog.pg_inherits i WHERE i.inhparent = c.oid
+        UNION SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN down ON i.inhparent = down.oid)
+      SELECT coalesce(json_agg(rn.nspname || '.' || r.relname), '[]')::text
+      FROM (SELECT oid FROM up UNION SELECT oid FROM down) x
+      JOIN pg_catalog.pg_class r ON r.oid = x.oid JOIN pg_catalog.pg_namespace rn ON rn.oid = r.relnamespace),
+     c.relkind = 'f'
    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
    WHERE c.relname = ANY (ARRAY[${names.map(quoteLiteral).join(', ')}]::text[])`;
 
@@ -114,6 +128,8 @@ export class RelationCatalog {
         name: r[1]?.toString('utf8') ?? '',
         columns: JSON.parse(r[2]?.toString('utf8') ?? '[]') as string[],
         definition: r[3] === null || r[3] === undefined ? undefined : r[3].toString('utf8'),
+        related: JSON.parse(r[4]?.toString('utf8') ?? '[]') as string[],
+        foreign: r[5]?.toString('utf8') === 't',
       };
       byName.get(row.name)?.push(row);
     }
@@ -167,7 +183,23 @@ export class RelationCatalog {
         }
         if (row === undefined) return undefined;
         const id = `${row.schema}.${row.name}`;
-        if (row.definition === undefined) return { id, columns: row.columns };
+        if (row.foreign) return { id, columns: row.columns, viewColumns: row.columns.map(() => OPAQUE_COLUMN) };
+        if (row.definition === undefined) {
+          if (row.related.length === 0) return { id, columns: row.columns };
+          // A partition or an inheritance child holds rows of its ancestors, and a parent shows its
+          // descendants' rows: a rule naming any of them covers the column here too (a child's own columns
+          // under a wildcard rule of its parent are masked as well: fail closed).
+          const related = row.related;
+          return {
+            id,
+            columns: row.columns,
+            viewColumns: row.columns.map((c) => ({
+              sources: related.map((r) => `${r}.${c}`),
+              direct: true,
+              opaque: false,
+            })),
+          };
+        }
         // A view: its columns' lineage from its definition (cycles and unknown parts: opaque).
         if (resolving.has(id)) return { id, columns: row.columns, viewColumns: row.columns.map(() => OPAQUE_COLUMN) };
         let viewColumns = viewCache.get(id);

@@ -64,7 +64,7 @@ const CATALOG_INERT: ReadonlySet<string> = new Set([
 ]);
 
 const RENAMING =
-  ' is not allowed to an identity whose results are masked: masking rules name columns, and values under another name would not be masked';
+  ' is not allowed to an identity whose results are masked: masking rules name columns, and values under another name, or handed to code the server runs on reads and writes, would not be masked';
 
 const CHANGED_CATALOG =
   'statements after a catalogue change (DDL, grants, DO, CALL) in the same transaction or pipeline cannot be traced for masking; commit the change first';
