@@ -101,6 +101,20 @@ export interface ParsedRequest {
   readonly ask: ExchangeAsk;
 }
 
+/**
+ * A token read from a file keeps the file's last line break (curl's `--data-urlencode name@file`, a file
+ * written by `kubectl create token > file`): one trailing LF or CRLF is not part of the token. The token is
+ * then checked as its one canonical text (token-authenticator.ts), and its record's hash is of that text.
+ */
+export function withoutLineBreak(token: string): string {
+  if (token.endsWith('\r\n')) return token.slice(0, -2);
+  return token.endsWith('\n') ? token.slice(0, -1) : token;
+}
+
+function optionalToken(token: string | undefined): string | undefined {
+  return token === undefined ? undefined : withoutLineBreak(token);
+}
+
 /** Validates the form parameters of a token exchange request (RFC 8693 §2.1 plus the extensions). */
 export function parseExchangeRequest(params: URLSearchParams): ParsedRequest {
   for (const name of new Set(params.keys())) {
@@ -116,9 +130,9 @@ export function parseExchangeRequest(params: URLSearchParams): ParsedRequest {
       `grant_type must be ${TOKEN_EXCHANGE_GRANT_TYPE}`,
     );
   }
-  const subjectToken = required(params, 'subject_token');
+  const subjectToken = withoutLineBreak(required(params, 'subject_token'));
   tokenType('subject_token_type', required(params, 'subject_token_type'));
-  const actorToken = one(params, 'actor_token');
+  const actorToken = optionalToken(one(params, 'actor_token'));
   const actorType = one(params, 'actor_token_type');
   if (actorToken !== undefined && actorToken !== '') {
     if (actorType === undefined) {
