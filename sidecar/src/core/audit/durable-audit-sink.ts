@@ -237,7 +237,7 @@ export class DurableAuditSink implements AuditSink {
     try {
       // `{"s": session, "r": record}`, both in canonical form (the record's is the text it was hashed from).
       const payload = `{"s":${recordOriginJson(session)},"r":${text}}`;
-      id = this.spool.append(Buffer.from(payload), PRIORITY_TYPES.has(record.type));
+      id = this.spool.appendText(payload, PRIORITY_TYPES.has(record.type));
     } catch (err) {
       if (err instanceof AuditUnavailable) this.refused(err);
       throw err;
@@ -274,7 +274,7 @@ export class DurableAuditSink implements AuditSink {
     let id: number;
     try {
       const merge = { seq: record.seq, hash: record.hash, outcome };
-      id = this.spool.append(Buffer.from(outcomeEntryText(session.sessionId, merge)), true);
+      id = this.spool.appendText(outcomeEntryText(session.sessionId, merge), true);
     } catch (err) {
       if (err instanceof AuditUnavailable) this.refused(err);
       return false;
