@@ -249,7 +249,7 @@ export class DurableAuditSink implements AuditSink {
       const open = this.also === undefined && record.type === 'command.decision' && record.outcome === undefined;
       if (open) this.open.set(session.sessionId, { seq: record.seq, sweep: this.sweeps });
       else this.open.delete(session.sessionId);
-      this.worker.record(id, recordOriginJson(session), text, open);
+      this.worker.record(id, session.sessionId, recordOriginJson(session), text, open);
     }
     this.also?.write(session, record, sealed);
     if (!this.high && this.spool.usedBytes >= this.highBytes) this.checkPressure();
