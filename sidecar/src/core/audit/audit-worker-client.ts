@@ -53,6 +53,11 @@ export class AuditWorker {
   private readonly worker: Worker;
   private readonly options: AuditWorkerOptions;
   private entries: (string | number)[] = [];
+  /**
+   * Per session, where in `entries` (not yet posted) the text of its open decision's record entry is: an
+   * amend before the post replaces that text by the merged record's instead of sending a second record.
+   */
+  private readonly openTexts = new Map<string, number>();
   private timer: NodeJS.Timeout | undefined;
   private flushes = 0;
   private readonly flushWaiters = new Map<number, { resolve: () => void; reject: (err: Error) => void }>();
@@ -120,20 +125,35 @@ export class AuditWorker {
     return this.pending;
   }
 
-  /** A record (its spool entry `id`); `open`: a decision whose outcome may still be merged (amend). */
-  record(id: number, originJson: string, text: string, open: boolean): void {
+  /**
+   * A record of `sessionId` (its spool entry `id`); `open`: a decision whose outcome may still be merged
+   * (amend). The session's open decision is its last record: what amend() merges into.
+   */
+  record(id: number, sessionId: string, originJson: string, text: string, open: boolean): void {
+    if (open) this.openTexts.set(sessionId, this.entries.length + 3);
+    else this.openTexts.delete(sessionId);
     this.entries.push(ENTRY.record, id, originJson, text, open ? 1 : 0);
     this.schedule();
   }
 
   /** The open decision of `sessionId` merged with its outcome (spool entry `id`), as `text`. */
   amend(id: number, sessionId: string, text: string): void {
-    this.entries.push(ENTRY.amend, id, sessionId, text);
+    const at = this.openTexts.get(sessionId);
+    if (at === undefined) {
+      this.entries.push(ENTRY.amend, id, sessionId, text);
+    } else {
+      // The decision is still here: it goes to the worker merged (one record to clone and parse, not two).
+      this.openTexts.delete(sessionId);
+      this.entries[at] = text;
+      this.entries[at + 1] = 0;
+      this.entries.push(ENTRY.merged, id);
+    }
     this.schedule();
   }
 
   /** The open decision `seq` of `sessionId` will not be amended. */
   release(sessionId: string, seq: number): void {
+    this.openTexts.delete(sessionId);
     this.entries.push(ENTRY.release, sessionId, seq);
     this.schedule();
   }
@@ -203,6 +223,7 @@ export class AuditWorker {
     if (this.entries.length === 0) return;
     const entries = this.entries;
     this.entries = [];
+    this.openTexts.clear();
     this.send({ t: 'entries', entries });
   };
 

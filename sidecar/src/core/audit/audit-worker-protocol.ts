@@ -58,6 +58,11 @@ export const ENTRY = {
   release: 2,
   /** id, payload: an entry read back from the spool of an earlier process. */
   replay: 3,
+  /**
+   * id of an outcome entry merged on the main thread into the open decision's record entry earlier in the
+   * same message (its text replaced by the merged record's, no longer open): acknowledged with the rest.
+   */
+  merged: 4,
 } as const;
 
 export type ToWorker =

@@ -169,6 +169,8 @@ function main(): void {
       } else if (kind === ENTRY.release) {
         const sessionId = str();
         writer.release(sessionId, num());
+      } else if (kind === ENTRY.merged) {
+        writer.acknowledgeLater(num());
       } else if (kind === ENTRY.replay) {
         const id = num();
         replaySpoolEntry(writer, logger, id, str());

@@ -237,7 +237,7 @@ export class DurableAuditSink implements AuditSink {
     try {
       // `{"s": session, "r": record}`, both in canonical form (the record's is the text it was hashed from).
       const payload = `{"s":${recordOriginJson(session)},"r":${text}}`;
-      id = this.spool.append(Buffer.from(payload), PRIORITY_TYPES.has(record.type));
+      id = this.spool.appendText(payload, PRIORITY_TYPES.has(record.type));
     } catch (err) {
       if (err instanceof AuditUnavailable) this.refused(err);
       throw err;
@@ -249,7 +249,7 @@ export class DurableAuditSink implements AuditSink {
       const open = this.also === undefined && record.type === 'command.decision' && record.outcome === undefined;
       if (open) this.open.set(session.sessionId, { seq: record.seq, sweep: this.sweeps });
       else this.open.delete(session.sessionId);
-      this.worker.record(id, recordOriginJson(session), text, open);
+      this.worker.record(id, session.sessionId, recordOriginJson(session), text, open);
     }
     this.also?.write(session, record, sealed);
     if (!this.high && this.spool.usedBytes >= this.highBytes) this.checkPressure();
@@ -274,7 +274,7 @@ export class DurableAuditSink implements AuditSink {
     let id: number;
     try {
       const merge = { seq: record.seq, hash: record.hash, outcome };
-      id = this.spool.append(Buffer.from(outcomeEntryText(session.sessionId, merge)), true);
+      id = this.spool.appendText(outcomeEntryText(session.sessionId, merge), true);
     } catch (err) {
       if (err instanceof AuditUnavailable) this.refused(err);
       return false;

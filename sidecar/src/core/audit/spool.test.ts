@@ -64,6 +64,28 @@ describe('Spool', () => {
     await reopened.spool.close();
   });
 
+  it('frames text entries (multi-byte, one larger than the pending buffer) as append() frames their bytes', async () => {
+    const dir = tempDir();
+    const { spool } = Spool.open({ dir, maxBytes: 1 << 22, durability: 'Written' });
+    const texts = ['{"a":"é€😀"}', 'x'.repeat(200_000), '', 'lone \ud800 surrogate', 'last'];
+    texts.forEach((t, i) => assert.equal(spool.appendText(t, i % 2 === 0), i + 1));
+    assert.equal(spool.append(Buffer.from('bytes')), texts.length + 1);
+    await spool.whenDurable();
+    // A second turn reuses the pending buffer: its frames must not carry the first turn's bytes.
+    assert.equal(spool.appendText('next turn'), texts.length + 2);
+    await spool.close();
+    const [file] = segmentFiles(dir);
+    assert.ok(file !== undefined);
+    const expected = [...texts, 'bytes', 'next turn'].map((t, i) => handFrame(i + 1, t));
+    assert.deepEqual(readFileSync(join(dir, file)), Buffer.concat(expected));
+    const reopened = Spool.open({ dir, maxBytes: 1 << 22 });
+    assert.deepEqual(
+      reopened.entries.map((e) => e.payload.toString()),
+      [...texts.map((t) => Buffer.from(t).toString()), 'bytes', 'next turn'],
+    );
+    await reopened.spool.close();
+  });
+
   it('commits appends made while a sync runs in one further batch', async () => {
     const dir = tempDir();
     const commits: number[] = [];

@@ -42,6 +42,13 @@ const ACK_FILE = 'ack';
  * cost the sidecar ~1 ms of a busy event loop per batch stored (bench/README.md).
  */
 const ACK_FILE_INTERVAL_MS = 1000;
+/**
+ * The frames appended in one event-loop turn are encoded straight into one buffer, which the commit writes
+ * with one writeSync and then reuses: no Buffer per payload, per frame and per batch (bench/README.md). It
+ * starts this large and is dropped back to it after a batch that made it grow past PENDING_KEEP_BYTES.
+ */
+const PENDING_INITIAL_BYTES = 64 * 1024;
+const PENDING_KEEP_BYTES = 1024 * 1024;
 
 export interface SpoolOptions {
   /** Directory of the segment files; created if missing. One spool per directory. */
@@ -123,12 +130,18 @@ function newBatch(): Batch {
 
 export function encodeFrame(id: number, payload: Buffer): Buffer {
   const frame = Buffer.allocUnsafe(FRAME_HEADER_BYTES + payload.length);
-  frame.writeUInt32BE(payload.length, 0);
-  frame.writeUInt32BE(Math.floor(id / 0x1_0000_0000), 8);
-  frame.writeUInt32BE(id >>> 0, 12);
   payload.copy(frame, FRAME_HEADER_BYTES);
-  frame.writeUInt32BE(crc32(frame.subarray(8)), 4);
+  sealFrame(frame, 0, id, payload.length);
   return frame;
+}
+
+/** Writes the header of the frame at `offset` of `buf` whose `length` payload bytes follow the header already. */
+function sealFrame(buf: Buffer, offset: number, id: number, length: number): void {
+  buf.writeUInt32BE(length, offset);
+  buf.writeUInt32BE(Math.floor(id / 0x1_0000_0000), offset + 8);
+  buf.writeUInt32BE(id >>> 0, offset + 12);
+  const end = offset + FRAME_HEADER_BYTES + length;
+  buf.writeUInt32BE(crc32(buf.subarray(offset + 8, end)), offset + 4);
 }
 
 /** Decodes the frames of one segment; stops at the first incomplete or corrupt frame and reports where. */
@@ -186,8 +199,10 @@ export class Spool {
   /** Bytes written since the last sync started (reported by onCommit). */
   private writtenBytes = 0;
   private used = 0;
-  private pending: Buffer[] = [];
+  /** The frames appended and not yet written: `pendingBytes` bytes of `pending`, `pendingCount` frames. */
+  private pending = Buffer.allocUnsafe(PENDING_INITIAL_BYTES);
   private pendingBytes = 0;
+  private pendingCount = 0;
   /** Settled by the next sync to start: it covers everything appended before it starts. */
   private pendingBatch: Batch | undefined;
   /** With `Written`: settled when the pending frames are written (the next commit). */
@@ -310,6 +325,21 @@ export class Spool {
    * Throws AuditUnavailable (`spool-full`, `disk-error`, `closed`) when the entry cannot be accepted.
    */
   append(payload: Buffer, priority = false): number {
+    const id = this.reserve(payload.length, priority);
+    payload.copy(this.pending, this.pendingBytes + FRAME_HEADER_BYTES);
+    return this.appended(id, payload.length);
+  }
+
+  /** append() of `text` in UTF-8, encoded straight into the pending frames. */
+  appendText(text: string, priority = false): number {
+    const length = Buffer.byteLength(text);
+    const id = this.reserve(length, priority);
+    const written = this.pending.write(text, this.pendingBytes + FRAME_HEADER_BYTES, length, 'utf8');
+    return this.appended(id, written);
+  }
+
+  /** Checks that an entry of `length` bytes can be taken, makes room for its frame and returns its id. */
+  private reserve(length: number, priority: boolean): number {
     if (this.closed) throw new AuditUnavailable('closed', 'audit spool is closed');
     if (this.syncFailed !== undefined) {
       throw new AuditUnavailable('disk-error', `audit spool cannot sync: ${this.syncFailed.message}`);
@@ -320,8 +350,8 @@ export class Spool {
       }
       this.writeFailedUntil = 0;
     }
-    const size = FRAME_HEADER_BYTES + payload.length;
-    if (payload.length > MAX_ENTRY_BYTES) throw new AuditUnavailable('disk-error', 'audit entry too large');
+    const size = FRAME_HEADER_BYTES + length;
+    if (length > MAX_ENTRY_BYTES) throw new AuditUnavailable('disk-error', 'audit entry too large');
     const limit = priority ? this.maxBytes : this.maxBytes - this.reserveBytes;
     if (this.used + size > limit) {
       throw new AuditUnavailable(
@@ -329,10 +359,22 @@ export class Spool {
         `audit spool is full (${String(this.used)} of ${String(this.maxBytes)} bytes unacknowledged)`,
       );
     }
-    const id = this.nextId;
-    this.nextId += 1;
-    this.pending.push(encodeFrame(id, payload));
+    const need = this.pendingBytes + size;
+    if (need > this.pending.length) {
+      const grown = Buffer.allocUnsafe(Math.max(need, this.pending.length * 2));
+      this.pending.copy(grown, 0, 0, this.pendingBytes);
+      this.pending = grown;
+    }
+    return this.nextId;
+  }
+
+  /** The frame of entry `id` (its payload in place after the header) is complete: seals and counts it. */
+  private appended(id: number, length: number): number {
+    const size = FRAME_HEADER_BYTES + length;
+    sealFrame(this.pending, this.pendingBytes, id, length);
+    this.nextId = id + 1;
     this.pendingBytes += size;
+    this.pendingCount += 1;
     this.used += size;
     this.schedule();
     return id;
@@ -346,7 +388,7 @@ export class Spool {
    */
   whenDurable(): Promise<void> | undefined {
     if (this.durability === 'Synced') return this.whenSynced();
-    if (this.pending.length === 0) return undefined;
+    if (this.pendingCount === 0) return undefined;
     this.writeBatch ??= newBatch();
     return this.writeBatch.promise;
   }
@@ -355,7 +397,7 @@ export class Spool {
   whenSynced(): Promise<void> | undefined {
     // After a failed sync nothing more becomes durable; the failure was reported to the waiters then.
     if (this.syncFailed !== undefined) return undefined;
-    if (this.pending.length > 0 || this.written > Math.max(this.durable, this.syncing?.throughId ?? 0)) {
+    if (this.pendingCount > 0 || this.written > Math.max(this.durable, this.syncing?.throughId ?? 0)) {
       this.pendingBatch ??= newBatch();
       return this.pendingBatch.promise;
     }
@@ -380,7 +422,7 @@ export class Spool {
       active !== undefined &&
       active.last <= upTo &&
       this.syncing === undefined &&
-      this.pending.length === 0 &&
+      this.pendingCount === 0 &&
       active.bytes > 0
     ) {
       // Everything in the active segment is delivered: drop it so its space comes back now.
@@ -445,12 +487,14 @@ export class Spool {
    * batch boundary) and returns undefined, or fails their batch and returns the error.
    */
   private writePending(): AuditUnavailable | undefined {
-    const frames = this.pending;
     const bytes = this.pendingBytes;
     const lastId = this.nextId - 1;
-    const firstId = lastId - frames.length + 1;
-    this.pending = [];
+    const firstId = lastId - this.pendingCount + 1;
+    // Written synchronously below, so the buffer can take the next turn's frames once this returns.
+    const data = this.pending.subarray(0, bytes);
     this.pendingBytes = 0;
+    this.pendingCount = 0;
+    if (this.pending.length > PENDING_KEEP_BYTES) this.pending = Buffer.allocUnsafe(PENDING_INITIAL_BYTES);
     let startOffset = 0;
     try {
       if (this.active !== undefined && this.active.bytes > 0 && this.active.bytes + bytes > this.segmentBytes) {
@@ -465,7 +509,6 @@ export class Spool {
       }
       const segment = this.active;
       startOffset = segment.bytes;
-      const data = frames.length === 1 ? (frames[0] as Buffer) : Buffer.concat(frames, bytes);
       let done = 0;
       while (done < data.length) done += writeSync(this.activeFd, data, done);
       segment.bytes += bytes;
@@ -502,7 +545,7 @@ export class Spool {
   /** One group commit: write what is pending, then one fdatasync for everything written so far. */
   private readonly commit = (): void => {
     this.scheduled = false;
-    if (this.pending.length > 0 && (this.durability === 'Written' || this.syncing === undefined)) {
+    if (this.pendingCount > 0 && (this.durability === 'Written' || this.syncing === undefined)) {
       const written = this.writeBatch;
       this.writeBatch = undefined;
       const failed = this.writePending();
@@ -554,7 +597,7 @@ export class Spool {
         this.closeRetired();
         if (entries > 0) this.onCommit?.(entries, sync.bytes, Number(process.hrtime.bigint() - started) / 1e9);
         batch.resolve();
-        if (this.pending.length > 0 || this.written > this.durable) this.commit();
+        if (this.pendingCount > 0 || this.written > this.durable) this.commit();
       };
       if (!syncDir) {
         finish();
@@ -628,8 +671,8 @@ export class Spool {
     written?.reject(new AuditUnavailable('disk-error', `audit spool fsync failed: ${err.message}`, { cause: err }));
     const batch = this.pendingBatch;
     this.used -= this.pendingBytes;
-    this.pending = [];
     this.pendingBytes = 0;
+    this.pendingCount = 0;
     this.pendingBatch = undefined;
     batch?.reject(new AuditUnavailable('disk-error', `audit spool write failed: ${err.message}`, { cause: err }));
   }
