@@ -350,3 +350,32 @@ test('onFailure: a message that completes keeps what the gate assumed; one that 
   feed(t, ready('I'));
   assert.deepEqual(undone, ['parse', 'bind', 'close', 'query failed', 'no answer']);
 });
+
+test('COPY: a CopyDone or CopyFail sent when no COPY is active gets no answer and takes no statement’s response', () => {
+  const { t, outcomes } = tracker();
+  let rowsSeen = 0;
+  const rewriter: ResultRewriter = {
+    rowDescription: (frame) => frame,
+    dataRows: (frame) => {
+      rowsSeen += 1;
+      return frame;
+    },
+    statementEnd: () => undefined,
+    error: (frame) => frame,
+    notice: (frame) => frame,
+    counts: () => [],
+  };
+  t.copyEnd(); // stray: the server ignores it
+  t.expect('query', command(1), undefined, rewriter);
+  t.copyEnd(); // stray again, pipelined after the query
+  t.expect('query', command(2), undefined, rewriter);
+  assert.equal(t.wantsDataRows, true);
+  feed(t, msg('T'), msg('D'), complete('SELECT 1'), ready('I'));
+  feed(t, msg('T'), msg('D'), complete('SELECT 1'), ready('I'));
+  assert.equal(rowsSeen, 2, 'each query’s rows went through its own rewriter');
+  assert.deepEqual(outcomes, [
+    [1, { status: 'success', rows: 1 }],
+    [2, { status: 'success', rows: 1 }],
+  ]);
+  assert.equal(t.pending, 0);
+});

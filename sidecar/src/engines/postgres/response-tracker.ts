@@ -155,7 +155,14 @@ export class ResponseTracker {
 
   /** Looks at one frame of a tracked type (or a DataRow while wantsDataRows); returns the bytes to send in its place. */
   onFrame(code: BackendCode, frame: Buffer): Buffer {
-    const unit = this.units[this.head];
+    let unit = this.units[this.head];
+    // A copy-end marker waits behind the COPY it ends (onCopyIn takes it); at the head it marks a CopyDone
+    // or CopyFail sent when no COPY was active, which the server ignores without an answer. Left there, it
+    // would take the next statement's response (its rows unmasked, its outcome lost).
+    while (unit?.kind === 'copy-end') {
+      this.shift();
+      unit = this.units[this.head];
+    }
     switch (code) {
       case BackendCode.DataRow:
         // One or more whole DataRows (the scanner's dataRowRuns).
