@@ -85,7 +85,7 @@ test('an upstream error in a simple query is recorded with its SQLSTATE; 57014 i
   ]);
 });
 
-test('extended protocol: Parse/Bind/Describe/Execute/Sync complete in order; the Execute outcome comes at CommandComplete', () => {
+test('extended protocol: Parse/Bind/Describe/Execute/Sync complete in order; the Execute outcome comes when its transaction ends', () => {
   const { t, outcomes } = tracker();
   t.expect('parse');
   t.expect('bind');
@@ -95,8 +95,9 @@ test('extended protocol: Parse/Bind/Describe/Execute/Sync complete in order; the
   feed(t, parseComplete, bindComplete, noData);
   assert.equal(t.pending, 2);
   feed(t, complete('UPDATE 4'));
-  assert.deepEqual(outcomes, [[3, { status: 'success', rows: 4 }]]);
+  assert.deepEqual(outcomes, [], 'the implicit transaction commits at Sync');
   feed(t, ready('I'));
+  assert.deepEqual(outcomes, [[3, { status: 'success', rows: 4 }]]);
   assert.equal(t.pending, 0);
 });
 
@@ -146,12 +147,19 @@ test('an error at Sync (the implicit commit: a deferred constraint) is the Sync�
   t.expect('execute', command(1), undefined, rewriter);
   t.sync();
   feed(t, parseComplete, bindComplete, complete('UPDATE 1'));
-  assert.deepEqual(outcomes, [[1, { status: 'success', rows: 1 }]]);
+  assert.equal(outcomes.length, 0, 'not committed yet');
   const [sent] = feed(t, error('23503', 'Key (id, email)=(101, alice@example.com) is not present'));
   assert.equal(sent, scrubbed, 'the commit’s error echoes what the Execute wrote');
   assert.equal(t.discardingUntilSync, false, 'nothing after the Sync is skipped');
   feed(t, ready('I'));
   assert.equal(t.pending, 0);
+  const rolledBack = {
+    status: 'error',
+    code: '23503',
+    message: 'rolled back: the transaction failed with 23503',
+    rows: 1,
+  };
+  assert.deepEqual(outcomes, [[1, rolledBack]], 'the commit failed: the UPDATE did not happen, and no value is echoed');
   // The next batch is tracked as before, and its commit error (no rewriter since) passes unchanged.
   t.expect('execute', command(2));
   t.sync();
@@ -160,7 +168,69 @@ test('an error at Sync (the implicit commit: a deferred constraint) is the Sync�
   assert.equal(feed(t, upstream)[0], upstream);
   feed(t, ready('I'));
   assert.equal(t.pending, 0);
-  assert.deepEqual(outcomes.at(-1), [2, { status: 'success', rows: 1 }]);
+  const serialization = { status: 'error', code: '40001', message: 'rolled back: the transaction failed with 40001' };
+  assert.deepEqual(outcomes.at(-1), [2, { ...serialization, rows: 1 }]);
+});
+
+test('an error later in an extended batch rolls back the implicit transaction: earlier Executes did not happen', () => {
+  const { t, outcomes } = tracker();
+  t.expect('execute', command(1));
+  t.expect('execute', command(2)); // fails
+  t.expect('execute', command(3)); // skipped
+  t.sync();
+  feed(t, complete('INSERT 0 1'), error('23505', 'duplicate key'), ready('I'));
+  assert.deepEqual(outcomes, [
+    [2, { status: 'error', code: '23505', message: 'duplicate key', rows: 0 }],
+    [3, { status: 'cancelled', rows: 0 }],
+    [1, { status: 'error', code: '23505', message: 'rolled back: the transaction failed with 23505', rows: 1 }],
+  ]);
+});
+
+test('a denial later in an extended batch rolls back the earlier Executes with the denial’s code', () => {
+  const { t, outcomes } = tracker();
+  t.expect('execute', command(1));
+  t.expect('execute', command(2), ourDenial);
+  t.sync();
+  feed(t, complete('INSERT 0 1'), error('34000', 'portal does not exist'), ready('I'));
+  assert.deepEqual(outcomes, [
+    [2, { status: 'denied', code: '42501' }],
+    [1, { status: 'error', code: '42501', message: 'rolled back: the transaction failed with 42501', rows: 1 }],
+  ]);
+});
+
+test('in an explicit transaction block an error leaves earlier statements to the block: their outcome is success', () => {
+  const { t, outcomes } = tracker();
+  t.expect('execute', command(1));
+  t.expect('execute', command(2));
+  t.sync();
+  feed(t, complete('INSERT 0 1'), error('23505', 'duplicate key'), ready('E'));
+  assert.deepEqual(outcomes.at(-1), [1, { status: 'success', rows: 1 }]);
+});
+
+test('an Execute of COMMIT settles the Executes before it; only those after wait for Sync', () => {
+  const { t, outcomes } = tracker();
+  t.expect('execute', command(1));
+  t.expect('execute', command(2)); // COMMIT
+  t.expect('execute', command(3));
+  t.sync();
+  feed(t, complete('INSERT 0 1'), complete('COMMIT'));
+  assert.deepEqual(outcomes, [
+    [1, { status: 'success', rows: 1 }],
+    [2, { status: 'success', rows: 0 }],
+  ]);
+  feed(t, complete('INSERT 0 1'), error('23503', 'violates foreign key'), ready('I'));
+  assert.deepEqual(outcomes.at(-1), [
+    3,
+    { status: 'error', code: '23503', message: 'rolled back: the transaction failed with 23503', rows: 1 },
+  ]);
+});
+
+test('the connection ends before Sync: Executes whose transaction never ended are recorded as cancelled', () => {
+  const { t, outcomes } = tracker();
+  t.expect('execute', command(1));
+  feed(t, complete('INSERT 0 1'));
+  t.cancelAll();
+  assert.deepEqual(outcomes, [[1, { status: 'cancelled', rows: 1 }]]);
 });
 
 test('COPY: a Sync sent during copy-in gets no ReadyForQuery and is not waited for', () => {
@@ -235,7 +305,9 @@ test('DataRow interest: a unit with a ResultRewriter sees its own rows and no ot
 test('thousands of pipelined units keep order and bounded memory', () => {
   const { t, outcomes } = tracker();
   for (let i = 1; i <= 5000; i++) t.expect('execute', command(i));
+  t.sync();
   for (let i = 1; i <= 5000; i++) feed(t, complete('SELECT 1'));
+  feed(t, ready('I'));
   assert.equal(outcomes.length, 5000);
   assert.ok(outcomes.every(([id], i) => id === i + 1));
   assert.equal(t.pending, 0);
@@ -277,4 +349,33 @@ test('onFailure: a message that completes keeps what the gate assumed; one that 
   t.expect('sync');
   feed(t, ready('I'));
   assert.deepEqual(undone, ['parse', 'bind', 'close', 'query failed', 'no answer']);
+});
+
+test('COPY: a CopyDone or CopyFail sent when no COPY is active gets no answer and takes no statement’s response', () => {
+  const { t, outcomes } = tracker();
+  let rowsSeen = 0;
+  const rewriter: ResultRewriter = {
+    rowDescription: (frame) => frame,
+    dataRows: (frame) => {
+      rowsSeen += 1;
+      return frame;
+    },
+    statementEnd: () => undefined,
+    error: (frame) => frame,
+    notice: (frame) => frame,
+    counts: () => [],
+  };
+  t.copyEnd(); // stray: the server ignores it
+  t.expect('query', command(1), undefined, rewriter);
+  t.copyEnd(); // stray again, pipelined after the query
+  t.expect('query', command(2), undefined, rewriter);
+  assert.equal(t.wantsDataRows, true);
+  feed(t, msg('T'), msg('D'), complete('SELECT 1'), ready('I'));
+  feed(t, msg('T'), msg('D'), complete('SELECT 1'), ready('I'));
+  assert.equal(rowsSeen, 2, 'each query’s rows went through its own rewriter');
+  assert.deepEqual(outcomes, [
+    [1, { status: 'success', rows: 1 }],
+    [2, { status: 'success', rows: 1 }],
+  ]);
+  assert.equal(t.pending, 0);
 });

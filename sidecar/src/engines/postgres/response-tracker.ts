@@ -71,6 +71,15 @@ export class ResponseTracker {
   private rewriters = 0;
   /** The rewriters of the commands answered since the last ReadyForQuery: what the next Sync commits. */
   private committing: ResultRewriter[] = [];
+  /**
+   * Executes that completed since the last ReadyForQuery or transaction-control statement: their outcome
+   * waits for the transaction they ran in. An implicit transaction commits at Sync (or at a Query, or an
+   * Execute of COMMIT) and may still fail there (a deferred constraint, a serialization failure), or an
+   * error later in the batch rolls it back: the outcome must say so, not `success`.
+   */
+  private uncommitted: ResponseUnit[] = [];
+  /** The first error since the last ReadyForQuery: what ended the transaction if it ends idle ('I'). */
+  private transactionError: ErrorFields | undefined;
   /** From the upstream's latest ReadyForQuery. */
   transactionStatus: TransactionStatus;
 
@@ -146,7 +155,14 @@ export class ResponseTracker {
 
   /** Looks at one frame of a tracked type (or a DataRow while wantsDataRows); returns the bytes to send in its place. */
   onFrame(code: BackendCode, frame: Buffer): Buffer {
-    const unit = this.units[this.head];
+    let unit = this.units[this.head];
+    // A copy-end marker waits behind the COPY it ends (onCopyIn takes it); at the head it marks a CopyDone
+    // or CopyFail sent when no COPY was active, which the server ignores without an answer. Left there, it
+    // would take the next statement's response (its rows unmasked, its outcome lost).
+    while (unit?.kind === 'copy-end') {
+      this.shift();
+      unit = this.units[this.head];
+    }
     switch (code) {
       case BackendCode.DataRow:
         // One or more whole DataRows (the scanner's dataRowRuns).
@@ -158,13 +174,13 @@ export class ResponseTracker {
         if (unit !== undefined) {
           unit.rows?.statementEnd();
           unit.rowCount += commandCompleteRows(frame) ?? 0;
-          if (unit.kind === 'execute') this.finish(this.shift(), 'success');
+          if (unit.kind === 'execute') this.executed(frame);
         }
         return frame;
       case BackendCode.EmptyQueryResponse:
       case BackendCode.PortalSuspended:
         unit?.rows?.statementEnd();
-        if (unit?.kind === 'execute') this.finish(this.shift(), 'success');
+        if (unit?.kind === 'execute') this.executed(undefined);
         return frame;
       case BackendCode.RowDescription:
         if (unit?.kind === 'describe') unit.described?.(frame);
@@ -193,6 +209,7 @@ export class ResponseTracker {
           undo(u);
           this.finish(u, 'cancelled');
         }
+        this.transactionEnded();
         return frame;
       default:
         return frame;
@@ -201,10 +218,48 @@ export class ResponseTracker {
 
   /** The connection ends: every command still waiting for its response is recorded as cancelled. */
   cancelAll(): void {
+    // Executes whose transaction never ended: the server rolls it back when the session goes.
+    for (const u of this.uncommitted.splice(0)) this.finish(u, 'cancelled');
     for (let u = this.shift(); u !== undefined; u = this.shift()) this.finish(u, 'cancelled');
   }
 
   // ---- internals -------------------------------------------------------------------------------
+
+  /** The head Execute completed (`complete`: its CommandComplete; none for an empty query or a suspended portal). */
+  private executed(complete: Buffer | undefined): void {
+    const unit = this.shift();
+    if (unit?.command === undefined || unit.denial !== undefined) return;
+    this.uncommitted.push(unit);
+    // A transaction-control statement ended the transaction the earlier ones ran in: COMMIT committed them
+    // (its failure is an ErrorResponse, not a CommandComplete), ROLLBACK is itself on the record.
+    if (complete !== undefined && ENDS_TRANSACTION.test(complete.toString('latin1', 5, complete.length - 1))) {
+      for (const u of this.uncommitted.splice(0)) this.finish(u, 'success');
+    }
+  }
+
+  /**
+   * At ReadyForQuery: the Executes held since the last one ran in a transaction that is now either still
+   * open ('T', 'E': their statements succeeded; the block's end is recorded with its own statement),
+   * committed, or, if an error came since and the session is idle, rolled back — then they did not happen,
+   * and their outcome says which SQLSTATE undid them.
+   */
+  private transactionEnded(): void {
+    const cause = this.transactionError;
+    this.transactionError = undefined;
+    if (this.uncommitted.length === 0) return;
+    const rolledBack = cause !== undefined && this.transactionStatus === 'I';
+    for (const u of this.uncommitted.splice(0)) {
+      if (rolledBack) {
+        // The cause's own message may echo rows this command may not see: its code only.
+        u.error = {
+          severity: 'ERROR',
+          code: cause.code,
+          message: `rolled back: the transaction failed with ${cause.code}`,
+        };
+        this.finish(u, 'error');
+      } else this.finish(u, 'success');
+    }
+  }
 
   private shift(): ResponseUnit | undefined {
     const unit = this.units[this.head];
@@ -247,6 +302,9 @@ export class ResponseTracker {
 
   private onError(unit: ResponseUnit | undefined, upstreamFrame: Buffer): Buffer {
     if (unit === undefined) return upstreamFrame; // e.g. a FATAL error before shutdown
+    // Our denial fails its substitute upstream, which ends the transaction too: recorded with the denial's code.
+    this.transactionError ??=
+      unit.denial === undefined ? decodeErrorFields(upstreamFrame) : { ...DENIED, code: unit.denial.code };
     if (unit.kind === 'sync') {
       // Raised while the upstream processed Sync: the commit of the implicit transaction (a deferred
       // constraint, a serialization failure). Its ReadyForQuery follows and nothing is skipped. It may echo
@@ -322,6 +380,9 @@ function undo(unit: ResponseUnit): void {
   unit.undo = undefined;
   taken?.();
 }
+
+/** CommandComplete tags of statements that end a transaction (ROLLBACK also ends a savepoint's work). */
+const ENDS_TRANSACTION = /^(COMMIT|ROLLBACK|PREPARE TRANSACTION|COMMIT PREPARED|ROLLBACK PREPARED)$/;
 
 /** Marks a simple query whose error was our denial (the outcome record takes the denial's code). */
 const DENIED: ErrorFields = Object.freeze({ severity: 'ERROR', code: '', message: 'denied' });
