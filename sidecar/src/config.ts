@@ -196,6 +196,10 @@ export const KubernetesListenerConfig = Type.Object(
     ),
     resource: ResourceFacts,
     auditFailureMode: literalUnion(AUDIT_FAILURE_MODES, 'FailClosed (default) or FailOpen.'),
+    /** How long a client may take to send a request's headers, ms (slow-header clients). Default 60 s. */
+    requestHeadersTimeoutMs: Type.Integer({ minimum: 1000, maximum: 600_000, default: 60_000 }),
+    /** How long a client may take to send a whole request, headers and body, ms (slow-body clients). Default 5 min. */
+    requestTimeoutMs: Type.Integer({ minimum: 1000, maximum: 3_600_000, default: 300_000 }),
     /** Largest request body accepted (and recorded), bytes. Default 3 MiB, the API server's own limit. */
     maxRequestBodyBytes: Type.Integer({ minimum: 1024, maximum: 64 * 1024 * 1024, default: 3 * 1024 * 1024 }),
     /** Largest response the engine holds to mask (Secrets), bytes; larger ones are refused. Default 64 MiB. */
@@ -234,6 +238,10 @@ export const HttpListenerConfig = Type.Object(
     }),
     resource: ResourceFacts,
     auditFailureMode: literalUnion(AUDIT_FAILURE_MODES, 'FailClosed (default) or FailOpen.'),
+    /** How long a client may take to send a request's headers, ms (slow-header clients). Default 60 s. */
+    requestHeadersTimeoutMs: Type.Integer({ minimum: 1000, maximum: 600_000, default: 60_000 }),
+    /** How long a client may take to send a whole request, headers and body, ms (slow-body clients). Default 5 min. */
+    requestTimeoutMs: Type.Integer({ minimum: 1000, maximum: 3_600_000, default: 300_000 }),
     /** Largest request body accepted (and recorded), bytes. Default 10 MiB. */
     maxRequestBodyBytes: Type.Integer({ minimum: 1024, maximum: 1 << 30, default: 10 * 1024 * 1024 }),
     /** Largest JSON response held to mask, bytes; larger ones are refused. Default 16 MiB. */

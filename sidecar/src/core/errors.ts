@@ -241,6 +241,13 @@ export const SIDECAR_ERRORS = {
     fatal: true,
     summary: 'An HTTP request body larger than maxRequestBodyBytes.',
   },
+  RequestTimeout: {
+    sqlState: '08006',
+    httpStatus: 408,
+    fatal: true,
+    summary:
+      'An HTTP request whose headers or whole body did not arrive within requestHeadersTimeoutMs / requestTimeoutMs (slow clients); the connection ends.',
+  },
   RequestHeadersTooLarge: {
     sqlState: '54000',
     httpStatus: 431,

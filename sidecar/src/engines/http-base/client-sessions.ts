@@ -1,7 +1,11 @@
-// Who is asking on an HTTP connection: the agent's bearer token, verified once per connection and token (and
-// again once it expires), and the AgentSession it opens. HTTP clients keep connections alive across many
-// requests, so one connection is one agent session as long as it presents the same token; a different
-// token on the same connection ends that session and opens another. Shared by the Kubernetes and HTTP engines.
+// Who is asking on an HTTP connection: the agent's bearer token, verified on every request, and the
+// AgentSession it opens. HTTP clients keep connections alive across many requests, so one connection is one
+// agent session as long as it presents the same token; a different token on the same connection ends that
+// session and opens another. Every request's token is verified on its own (docs/identity.md, "Kept-alive
+// connections"): the verifier reuses a verification for at most a minute and only while the issuer's key
+// set is the one it was checked with, so a key rotated away, an expired token, a malformed one or none
+// refuses that request however many requests the connection carried before. Shared by the Kubernetes and
+// HTTP engines.
 import type { Socket } from 'node:net';
 import type { Identity } from '@chaperone/api';
 import { AgentSession, type ClientSource, type ResourceContext } from '../../core/agent-session.ts';
@@ -21,22 +25,9 @@ export interface SessionEndpoint {
 }
 
 interface ConnectionIdentity {
-  readonly token: string;
+  /** tokenHash of the token the session was opened with. */
+  readonly tokenHash: string;
   readonly session: AgentSession;
-  /** exp of the token, ms since the epoch. */
-  readonly expiresAt: number;
-}
-
-/** The `exp` claim of a token that was just verified (so its payload decodes), ms. */
-function expiryOf(token: string): number {
-  try {
-    const payload = JSON.parse(Buffer.from(token.split('.')[1] ?? '', 'base64url').toString('utf8')) as {
-      exp?: unknown;
-    };
-    return typeof payload.exp === 'number' ? payload.exp * 1000 : 0;
-  } catch {
-    return 0;
-  }
 }
 
 export type Authenticated = { readonly session: AgentSession } | { readonly refusal: SidecarError };
@@ -44,24 +35,18 @@ export type Authenticated = { readonly session: AgentSession } | { readonly refu
 export class ClientSessions {
   private readonly endpoint: SessionEndpoint;
   private readonly byConnection = new WeakMap<Socket, ConnectionIdentity>();
-  private readonly now: () => number;
   private failures = 0;
 
-  constructor(endpoint: SessionEndpoint, now: () => number = Date.now) {
+  constructor(endpoint: SessionEndpoint) {
     this.endpoint = endpoint;
-    this.now = now;
   }
 
   /**
-   * The session of the agent presenting `token` on `socket`: the connection's current one while the token
-   * is the same and unexpired, else a new one after verifying the token. A refusal is logged with the
-   * token's hash (never the token) and recorded as auth.failure.
+   * The session of the agent presenting `token` on `socket`, once the token is verified: the connection's
+   * current one when it was opened with the same token, else a new one. A refusal is logged with the
+   * token's hash (never the token) and recorded as auth.failure; the connection's session stays as it was.
    */
   async authenticate(socket: Socket, token: string | undefined, source: ClientSource): Promise<Authenticated> {
-    const current = this.byConnection.get(socket);
-    if (current !== undefined && token === current.token && this.now() < current.expiresAt) {
-      return { session: current.session };
-    }
     if (token === undefined) {
       return this.refuse(new AuthenticationFailed('missing', 'no bearer token was presented'), '', source);
     }
@@ -75,6 +60,11 @@ export class ClientSessions {
           : new AuthenticationFailed('malformed', 'identity token could not be verified');
       return this.refuse(failure, token, source);
     }
+    // Read after the verification: pipelined requests of one connection are verified concurrently, and
+    // from here to the map's update nothing yields, so each sees the session the one before it left.
+    const hash = tokenHash(token);
+    const current = this.byConnection.get(socket);
+    if (current?.tokenHash === hash) return { session: current.session };
     if (current !== undefined) current.session.end('token changed');
     let session: AgentSession;
     try {
@@ -96,7 +86,7 @@ export class ClientSessions {
       this.byConnection.delete(socket);
       return { refusal: auditRefusal(err) };
     }
-    this.byConnection.set(socket, { token, session, expiresAt: expiryOf(token) });
+    this.byConnection.set(socket, { tokenHash: hash, session });
     if (current === undefined) socket.once('close', () => this.end(socket));
     return { session };
   }

@@ -17,10 +17,14 @@ const LINGER_MS = 2000;
 export interface EngineServerOptions {
   readonly tls?: { readonly certFile?: string; readonly keyFile?: string; readonly selfSignedCertFile?: string };
   readonly logger: Logger;
+  /** How long a client may take to send a request's headers, and the whole request, ms. */
+  readonly timeouts: { readonly headersMs: number; readonly requestMs: number };
   readonly onRequest: (req: IncomingMessage, res: ServerResponse) => void;
   readonly onUpgrade: (req: IncomingMessage, socket: Duplex, head: Buffer) => void;
-  /** The engine's body (content type and text) for a request Node's parser refused. */
-  /** The answer to bytes Node's parser refuses, by its error code (HPE_HEADER_OVERFLOW: headers too large). */
+  /**
+   * The answer to bytes Node's parser refuses, by its error code (HPE_HEADER_OVERFLOW: headers too large;
+   * ERR_HTTP_REQUEST_TIMEOUT: headers or request not received within the timeouts).
+   */
   readonly malformed: (code: string) => { readonly code: number; readonly contentType: string; readonly body: string };
 }
 
@@ -67,14 +71,18 @@ export class EngineServer {
   }
 
   private async prepare(): Promise<Server> {
-    const { tls, logger } = this.options;
+    const { tls, logger, timeouts } = this.options;
     const options = {
       insecureHTTPParser: false,
       requireHostHeader: true,
       maxHeaderSize: 64 * 1024,
-      // Watches, log streams and exec sessions are long; the upstream's own timeouts bound them.
-      requestTimeout: 0,
-      headersTimeout: 60_000,
+      // Slow-header and slow-body clients (slowloris) are cut off with a 408 (clientError below). Both
+      // bound only how the request arrives: watches, log streams and exec sessions answer for long after
+      // their request is complete, and the upstream's own timeouts bound them.
+      headersTimeout: timeouts.headersMs,
+      requestTimeout: Math.max(timeouts.requestMs, timeouts.headersMs),
+      // Node checks the two timeouts at this interval (30 s by default): a timeout is kept within a quarter.
+      connectionsCheckingInterval: Math.max(250, Math.min(30_000, Math.floor(timeouts.headersMs / 4))),
       keepAliveTimeout: 65_000,
     };
     let server: Server;
@@ -97,6 +105,10 @@ export class EngineServer {
       server.on('tlsClientError', (err: Error) => logger.debug('TLS handshake failed', { error: err.message }));
     }
     server.on('upgrade', this.options.onUpgrade);
+    // Node enforces headersTimeout and requestTimeout only on the connections of a server that listened: its
+    // connection tracking starts on 'listening'. This one never listens (the core's listener feeds it
+    // sockets), so without this event slow clients were never cut off at all.
+    server.emit('listening');
     const answered = new WeakSet<Duplex>();
     server.on('clientError', (err: Error & { code?: string }, socket: Duplex) => {
       // Bytes Node's parser refuses (smuggling attempts among them): a 400, then the connection ends. On a

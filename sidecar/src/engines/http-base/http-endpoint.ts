@@ -21,6 +21,8 @@ export interface HttpEndpointConfig {
   readonly upstream: UpstreamConfig;
   readonly resource: { readonly namespace: string; readonly labels: Readonly<Record<string, string>> };
   readonly auditFailureMode: 'FailClosed' | 'FailOpen';
+  readonly requestHeadersTimeoutMs: number;
+  readonly requestTimeoutMs: number;
 }
 
 /** An error as the engine's protocol writes it: status code, content type and body. */
@@ -53,13 +55,19 @@ export abstract class HttpEndpoint implements ResourceEndpoint {
     this.server = new EngineServer({
       ...(config.tls === undefined ? {} : { tls: config.tls }),
       logger: this.logger,
+      timeouts: { headersMs: config.requestHeadersTimeoutMs, requestMs: config.requestTimeoutMs },
       onRequest: (req, res) => this.onRequest(req, res),
       onUpgrade: (req, socket, head) => this.onUpgrade(req, socket, head),
       malformed: (code) =>
         this.renderError(
           code === 'HPE_HEADER_OVERFLOW'
             ? { id: 'RequestHeadersTooLarge', message: 'chaperone: the request headers are larger than 64 KiB' }
-            : { id: 'AmbiguousRequest', message: `chaperone: malformed HTTP request (${code})` },
+            : code === 'ERR_HTTP_REQUEST_TIMEOUT'
+              ? {
+                  id: 'RequestTimeout',
+                  message: `chaperone: the request did not arrive in time (headers within ${String(config.requestHeadersTimeoutMs)} ms, the whole request within ${String(config.requestTimeoutMs)} ms)`,
+                }
+              : { id: 'AmbiguousRequest', message: `chaperone: malformed HTTP request (${code})` },
         ),
     });
   }
