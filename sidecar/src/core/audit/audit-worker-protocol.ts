@@ -6,7 +6,7 @@ import type { LogLevel } from '../observability/logger.ts';
 import type { PostgresEvidenceStoreOptions } from './evidence-store.ts';
 import type { OperatorSessionStoreOptions } from './operator-session-store.ts';
 import type { KubernetesSessionStoreOptions, StoreEvent } from './session-store.ts';
-import type { SessionWriterOptions } from './session-writer.ts';
+import type { SessionWriterOptions, SessionWriterTuning } from './session-writer.ts';
 
 /** Where the worker writes Sessions and records: the stores it builds itself (the sidecar's configuration). */
 export interface AuditWorkerStores {
@@ -30,19 +30,7 @@ export interface AuditWorkerData {
   };
   readonly pod: SessionWriterOptions['pod'];
   readonly flushIntervalMs: number;
-  readonly writer: Partial<
-    Pick<
-      SessionWriterOptions,
-      | 'maxRecordsPerPart'
-      | 'maxBytesPerPart'
-      | 'backoffInitialMs'
-      | 'backoffMaxMs'
-      | 'concurrency'
-      | 'eventIntervalMs'
-      | 'storeBatchRecords'
-      | 'storeHeadIntervalMs'
-    >
-  >;
+  readonly writer: SessionWriterTuning;
 }
 
 /**

@@ -19,7 +19,7 @@ import { AuditWorker } from './audit-worker-client.ts';
 import type { AuditWorkerStores } from './audit-worker-protocol.ts';
 // Types only: the writer (and through its Session store the Kubernetes client, ~40 MiB) is loaded by open()
 // for the in-thread writer alone; with the worker only the worker thread loads it.
-import type { SessionWriter, SessionWriterOptions } from './session-writer.ts';
+import type { SessionWriter, SessionWriterTuning } from './session-writer.ts';
 import type { EvidenceStore } from './evidence-store.ts';
 import type { SessionStore, StoreEvent } from './session-store.ts';
 import type { SigningKey } from './signing-key.ts';
@@ -52,19 +52,7 @@ interface DurableAuditSinkCommon {
   /** Called once when the sink closes (stops helpers that live as long as it, such as the certifier). */
   readonly onClose?: () => void;
   /** Tuning of the Session writer (tests and the bench). */
-  readonly writer?: Partial<
-    Pick<
-      SessionWriterOptions,
-      | 'maxRecordsPerPart'
-      | 'maxBytesPerPart'
-      | 'backoffInitialMs'
-      | 'backoffMaxMs'
-      | 'concurrency'
-      | 'eventIntervalMs'
-      | 'storeBatchRecords'
-      | 'storeHeadIntervalMs'
-    >
-  >;
+  readonly writer?: SessionWriterTuning;
 }
 
 /** The Session writer in this thread, writing into these stores (tests, `bench/audit.ts`). */

@@ -44,6 +44,21 @@ export interface WriterMetrics {
   readonly storeSeconds?: { observe(value: number): void };
 }
 
+/** The Session writer's tuning that the sidecar's configuration, tests and the bench may set. */
+export type SessionWriterTuning = Partial<
+  Pick<
+    SessionWriterOptions,
+    | 'maxRecordsPerPart'
+    | 'maxBytesPerPart'
+    | 'backoffInitialMs'
+    | 'backoffMaxMs'
+    | 'concurrency'
+    | 'eventIntervalMs'
+    | 'storeBatchRecords'
+    | 'storeHeadIntervalMs'
+  >
+>;
+
 export interface SessionWriterOptions {
   readonly store: SessionStore;
   readonly signingKey: SigningKey;
