@@ -5,12 +5,12 @@
 // and the upstream receives only what those identities were allowed.
 import assert from 'node:assert/strict';
 import { copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:http';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import type { AccessPolicySpec } from '@chaperone/api';
 import { testDir } from '../harness/env.ts';
+import { startLoopbackHttpServer } from '../harness/loopback-http.ts';
 import { KeptAliveConnection } from '../harness/kept-alive-connection.ts';
 import { spawnSidecar } from '../harness/sidecar-process.ts';
 import { createTestIssuer } from '../harness/tokens.ts';
@@ -27,19 +27,11 @@ const only = (subject: string, path: string): AccessPolicySpec => ({
 
 test('each request on a kept-alive connection is decided under its own verified token', async (t) => {
   const received: string[] = [];
-  const upstream = createServer((req, res) => {
+  const upstream = await startLoopbackHttpServer(t, (req, res) => {
     received.push(req.url ?? '');
     res.writeHead(200, { 'content-type': 'application/json', 'content-length': 2 });
     res.end('{}');
   });
-  await new Promise<void>((resolve) => upstream.listen(0, '127.0.0.1', resolve));
-  t.after(
-    () =>
-      new Promise<void>((resolve) => {
-        upstream.closeAllConnections();
-        upstream.close(() => resolve());
-      }),
-  );
   const dir = testDir(t);
   mkdirSync(dir, { recursive: true });
   writeFileSync(join(dir, 'credential'), 'identity-upstream-key');
@@ -138,18 +130,10 @@ test('each request on a kept-alive connection is decided under its own verified 
 });
 
 test('a token that expires while the connection stays open stops working at its exp', async (t) => {
-  const upstream = createServer((_req, res) => {
+  const upstream = await startLoopbackHttpServer(t, (_req, res) => {
     res.writeHead(200, { 'content-length': 2 });
     res.end('{}');
   });
-  await new Promise<void>((resolve) => upstream.listen(0, '127.0.0.1', resolve));
-  t.after(
-    () =>
-      new Promise<void>((resolve) => {
-        upstream.closeAllConnections();
-        upstream.close(() => resolve());
-      }),
-  );
   const dir = testDir(t);
   mkdirSync(dir, { recursive: true });
   writeFileSync(join(dir, 'credential'), 'identity-upstream-key');

@@ -5,11 +5,11 @@
 // close events; the timeouts are only what ends them.
 import assert from 'node:assert/strict';
 import { mkdirSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:http';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { testDir } from '../harness/env.ts';
+import { startLoopbackHttpServer } from '../harness/loopback-http.ts';
 import { ALLOW_ALL, spawnSidecar } from '../harness/sidecar-process.ts';
 import { raw } from './raw-request.ts';
 
@@ -37,19 +37,11 @@ function dripping(port: number, head: string, drip: string): Promise<string> {
 
 test('slow-header and slow-body clients are cut off with a 408 while others are served', async (t) => {
   const received: string[] = [];
-  const upstream = createServer((req, res) => {
+  const upstream = await startLoopbackHttpServer(t, (req, res) => {
     received.push(`${req.method ?? ''} ${req.url ?? ''}`);
     res.writeHead(200, { 'content-length': 2 });
     res.end('{}');
   });
-  await new Promise<void>((resolve) => upstream.listen(0, '127.0.0.1', resolve));
-  t.after(
-    () =>
-      new Promise<void>((resolve) => {
-        upstream.closeAllConnections();
-        upstream.close(() => resolve());
-      }),
-  );
   const dir = testDir(t);
   mkdirSync(dir, { recursive: true });
   writeFileSync(join(dir, 'credential'), 'slow-upstream-key');
