@@ -109,7 +109,7 @@ test('the chart sets the injected sidecar and keeps an operator pod up through d
   assert.ok(args.includes('--sidecar-image-pull-policy=IfNotPresent'));
   const resources = args.find((a) => a.startsWith('--sidecar-resources='))?.slice('--sidecar-resources='.length);
   assert.deepEqual(JSON.parse(resources ?? 'null'), {
-    requests: { cpu: '50m', memory: '64Mi' },
+    requests: { cpu: '50m', memory: '96Mi' },
     limits: { memory: '256Mi' },
   });
   // Two replicas: a PodDisruptionBudget of the operator's pods, and a preference for different nodes.

@@ -42,7 +42,7 @@ Admission webhooks:
       --sidecar-image IMAGE           image of the injected sidecar (required with --enable-webhooks)
       --sidecar-image-pull-policy P   Always, IfNotPresent or Never (default: IfNotPresent)
       --sidecar-resources JSON        the injected sidecar's resources, e.g.
-                                      '{"requests":{"cpu":"50m","memory":"64Mi"},"limits":{"memory":"256Mi"}}'
+                                      '{"requests":{"cpu":"50m","memory":"96Mi"},"limits":{"memory":"256Mi"}}'
                                       (that is the default; docs/injection.md, "Resources")
       --service-account-issuer URL    the API server's --service-account-issuer, trusted by sidecars
                                       (default: https://kubernetes.default.svc.cluster.local)

@@ -199,12 +199,12 @@ test('settings: the spool bound sizes the emptyDir, and JSON lines on stdout are
 
 test('settings: the sidecar runs hardened, with the pull policy, resources and probes a platform team sets', () => {
   const sidecarOf = (p: V1Pod) => p.spec?.initContainers?.find((c) => c.name === SIDECAR_CONTAINER);
-  // Defaults: IfNotPresent, requests 50m/64Mi, a 256Mi memory limit and no CPU limit.
+  // Defaults: IfNotPresent, requests 50m/96Mi, a 256Mi memory limit and no CPU limit.
   const defaults = renderPodPatch(input(pod()));
   assert.equal(defaults.kind, 'patch');
   const plain = sidecarOf(applyJsonPatch(pod(), defaults.patch));
   assert.equal(plain?.imagePullPolicy, 'IfNotPresent');
-  assert.deepEqual(plain.resources, { requests: { cpu: '50m', memory: '64Mi' }, limits: { memory: '256Mi' } });
+  assert.deepEqual(plain.resources, { requests: { cpu: '50m', memory: '96Mi' }, limits: { memory: '256Mi' } });
   // The restricted Pod Security Standard and more: non-root, read-only root, no capabilities, RuntimeDefault.
   assert.deepEqual(plain.securityContext, {
     runAsNonRoot: true,

@@ -19,7 +19,7 @@ export interface InjectionSettings {
   readonly tokenExpirationSeconds: number;
   /**
    * Sidecar resources: requests and limits of cpu, memory, ephemeral-storage. Default requests 50m CPU /
-   * 64Mi, limit 256Mi memory (no CPU limit: throttling a proxy adds latency to every statement).
+   * 96Mi, limit 256Mi memory (no CPU limit: throttling a proxy adds latency to every statement).
    */
   readonly resources: V1ResourceRequirements;
   /** UID the sidecar runs as. Default 65532 (distroless nonroot). */
@@ -78,7 +78,7 @@ export const DEFAULT_INJECTION_SETTINGS: Omit<InjectionSettings, 'image' | 'oper
   jwksUrl: 'https://kubernetes.default.svc/openid/v1/jwks',
   metricsPort: 9091,
   tokenExpirationSeconds: 3600,
-  resources: { requests: { cpu: '50m', memory: '64Mi' }, limits: { memory: '256Mi' } },
+  resources: { requests: { cpu: '50m', memory: '96Mi' }, limits: { memory: '256Mi' } },
   runAsUser: 65532,
   logLevel: 'info',
   auditSpoolMaxBytes: 256 * 1024 * 1024,
