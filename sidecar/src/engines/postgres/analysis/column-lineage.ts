@@ -107,9 +107,12 @@ interface Scope {
   readonly parent: Scope | undefined;
 }
 
-/** Functions that read server files, large objects, WAL or run SQL given as text: refused for masked identities. */
+/**
+ * Functions that read server files, large objects, WAL, other sessions' statement texts (the functions
+ * behind pg_stat_activity and pg_prepared_xacts) or run SQL given as text: refused for masked identities.
+ */
 const REFUSED_FUNCTIONS =
-  /^(?:pg_read_file|pg_read_binary_file|pg_ls_\w+|pg_stat_file|lo_\w+|loread|lowrite|(?:query|table|schema|database|cursor)_to_xml\w*|ts_stat|pg_logical_slot_\w+|pg_current_logfile|dblink\w*)$/;
+  /^(?:pg_read_file|pg_read_binary_file|pg_ls_\w+|pg_stat_file|lo_\w+|loread|lowrite|(?:query|table|schema|database|cursor)_to_xml\w*|ts_stat|pg_logical_slot_\w+|pg_current_logfile|dblink\w*|pg_stat_get_activity|pg_stat_get_backend_activity|pg_prepared_xact)$/;
 /** Views and tables that expose values of any column (statistics, other sessions' statement texts, large objects). */
 const REFUSED_RELATIONS: ReadonlySet<string> = new Set([
   'pg_stats',
@@ -124,11 +127,14 @@ const REFUSED_RELATIONS: ReadonlySet<string> = new Set([
 ]);
 /** Built-ins whose call writes their argument somewhere a later read would find it unmasked. */
 const WRITING_FUNCTIONS: ReadonlySet<string> = new Set(['pg_notify', 'set_config', 'setval', 'pg_advisory_lock']);
-/** Set-returning built-ins with one output column, so `*` over them has a known shape. */
+/**
+ * Set-returning built-ins with one output column, so `*` over them has a known shape. Not `unnest`: of an
+ * array of rows it returns the row type's columns (`select email from unnest(array(select c from customers c))`),
+ * and of several arrays one column each.
+ */
 const SCALAR_SET_FUNCTIONS: ReadonlySet<string> = new Set([
   'generate_series',
   'generate_subscripts',
-  'unnest',
   'regexp_split_to_table',
   'string_to_table',
   'json_array_elements',
@@ -232,7 +238,7 @@ class Walk {
       } else {
         cols = this.statementColumns(query, scope);
       }
-      const renamed = renameColumns(cols, aliases);
+      const renamed = withSearchAndCycleColumns(renameColumns(cols, aliases), cte);
       scope.ctes.set(name, { names: [name], columns: renamed, uniform: union(renamed?.map((x) => x.lin) ?? [OPAQUE]) });
     }
   }
@@ -468,27 +474,28 @@ class Walk {
 
   private rangeFunction(body: Json, scope: Scope): FromItem {
     const lins: Lin[] = [];
-    let width: number | undefined = 0;
+    // The result's column names, in order; undefined when they are not known (a record or a row type).
+    let named: string[] | undefined = [];
     let fname = '';
     for (const f of list(body.functions)) {
       const [call, coldefs] = list(rec(unwrap(f)?.body).items);
       lins.push(this.expr(call, scope));
       const c = unwrap(call);
       fname = names(c?.body.funcname).at(-1) ?? '';
-      const defs = list(coldefs);
-      if (defs.length > 0 && width !== undefined) width += defs.length;
-      else if (c?.type === 'FuncCall' && SCALAR_SET_FUNCTIONS.has(fname) && width !== undefined) width += 1;
-      else width = undefined;
+      const defs = columnDefinitionNames(coldefs);
+      if (defs.length > 0) named?.push(...defs);
+      else if (c?.type === 'FuncCall' && SCALAR_SET_FUNCTIONS.has(fname)) named?.push(fname);
+      else named = undefined;
     }
-    if (list(body.coldeflist).length > 0) width = list(body.coldeflist).length;
+    const coldeflist = columnDefinitionNames(body.coldeflist);
+    if (coldeflist.length > 0) named = coldeflist;
     const lin = union(lins);
-    const withOrdinality = body.ordinality === true;
     const cols =
-      width === undefined
+      named === undefined
         ? undefined
         : [
-            ...Array.from({ length: width }, (_, i) => ({ name: width === 1 ? fname : `column${String(i + 1)}`, lin })),
-            ...(withOrdinality ? [{ name: 'ordinality', lin: CLEAN }] : []),
+            ...named.map((name) => ({ name, lin })),
+            ...(body.ordinality === true ? [{ name: 'ordinality', lin: CLEAN }] : []),
           ];
     return this.aliased(body.alias, cols, lin, [fname]);
   }
@@ -545,12 +552,18 @@ class Walk {
 
   /** An unqualified column name: the innermost scope where some source has it. */
   private findColumn(name: string, scope: Scope): Lin | undefined {
+    // What sources of inner levels whose columns are not known (a record-returning function) may hold
+    // under this name: the server takes an unqualified name from the innermost level that has it, so a
+    // column of an outer query (a clean `email` of `(values (1)) o(email)`) only stands for it when no
+    // inner source can have it.
+    const maybe: Lin[] = [];
     for (let s: Scope | undefined = scope; s !== undefined; s = s.parent) {
       const hits = s.sources.flatMap((src) => src.columns?.filter((c) => c.name === name).map((c) => c.lin) ?? []);
-      if (hits.length === 1) return hits[0];
-      if (hits.length > 1) return union(hits);
+      if (hits.length === 1 && maybe.length === 0) return hits[0];
+      if (hits.length > 0) return union([...maybe, ...hits]);
+      for (const src of s.sources) if (src.columns === undefined) maybe.push(src.uniform);
     }
-    return undefined;
+    return maybe.length > 0 ? union(maybe) : undefined;
   }
 
   private columnRef(fields: readonly unknown[], scope: Scope): Lin {
@@ -677,6 +690,28 @@ class Walk {
     }
     return union([args]);
   }
+}
+
+/** The column names of a column definition list (`AS t(a int, b text)`). */
+function columnDefinitionNames(defs: unknown): string[] {
+  return list(defs).map((d) => str(rec(unwrap(d)?.body).colname) ?? '');
+}
+
+/**
+ * A recursive CTE's SEARCH and CYCLE clauses add columns to its result: the search sequence (a row of the
+ * searched columns' values), the cycle mark and the cycle path (an array of rows of the cycle columns'
+ * values). Each carries what the CTE's columns carry.
+ */
+function withSearchAndCycleColumns(cols: Col[] | undefined, cte: Json): Col[] | undefined {
+  if (cols === undefined) return undefined;
+  const search = rec(cte.search_clause);
+  const cycle = rec(cte.cycle_clause);
+  const added = [str(search.search_seq_column), str(cycle.cycle_mark_column), str(cycle.cycle_path_column)].filter(
+    (n): n is string => n !== undefined,
+  );
+  if (added.length === 0) return cols;
+  const all = union(cols.map((c) => c.lin));
+  return [...cols, ...added.map((name) => ({ name, lin: all }))];
 }
 
 function sourceWhole(source: Source): Lin {
