@@ -202,5 +202,27 @@ describe('column lineage', () => {
       'with recursive r(e) as (select email from users union all select e from r where false) search depth first by e set name cycle e set is_cycle using path';
     assert.deepEqual(shape(`${cte} select (select name from r limit 1) from orders o(name)`), [[E]]);
     assert.deepEqual(shape(`${cte} select path, is_cycle from r`), [[E], [E]]);
+
+    // WITH RECURSIVE: a CTE reads a later one of the same WITH, not the table of that name.
+    assert.deepEqual(
+      shape(
+        'with recursive a as (select total from orders), orders(total) as (select email from users) select total from a',
+      ),
+      [[E]],
+    );
+    assert.deepEqual(
+      shape('with a as (select total from orders), orders(total) as (select email from users) select total from a'),
+      [['public.orders.total']],
+    );
+  });
+
+  it('ordered-set aggregates return a value of their WITHIN GROUP ordering; ts_rewrite runs SQL text', () => {
+    assert.deepEqual(shape('select mode() within group (order by email) from users'), [[E]]);
+    assert.deepEqual(shape('select percentile_disc(0.5) within group (order by ssn) from users'), [[S]]);
+    assert.deepEqual(shape('select array_agg(id order by email) from users'), [[I]]);
+    assert.match(
+      one("select ts_rewrite('a'::tsquery, 'select ''a''::tsquery, plainto_tsquery(email) from users')").refusal ?? '',
+      /ts_rewrite/,
+    );
   });
 });

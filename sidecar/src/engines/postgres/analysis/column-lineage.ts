@@ -109,10 +109,11 @@ interface Scope {
 
 /**
  * Functions that read server files, large objects, WAL, other sessions' statement texts (the functions
- * behind pg_stat_activity and pg_prepared_xacts) or run SQL given as text: refused for masked identities.
+ * behind pg_stat_activity and pg_prepared_xacts) or run SQL given as text (ts_stat, ts_rewrite's two-argument
+ * form): refused for masked identities.
  */
 const REFUSED_FUNCTIONS =
-  /^(?:pg_read_file|pg_read_binary_file|pg_ls_\w+|pg_stat_file|lo_\w+|loread|lowrite|(?:query|table|schema|database|cursor)_to_xml\w*|ts_stat|pg_logical_slot_\w+|pg_current_logfile|dblink\w*|pg_stat_get_activity|pg_stat_get_backend_activity|pg_prepared_xact)$/;
+  /^(?:pg_read_file|pg_read_binary_file|pg_ls_\w+|pg_stat_file|lo_\w+|loread|lowrite|(?:query|table|schema|database|cursor)_to_xml\w*|ts_stat|ts_rewrite|pg_logical_slot_\w+|pg_current_logfile|dblink\w*|pg_stat_get_activity|pg_stat_get_backend_activity|pg_prepared_xact)$/;
 /** Views and tables that expose values of any column (statistics, other sessions' statement texts, large objects). */
 const REFUSED_RELATIONS: ReadonlySet<string> = new Set([
   'pg_stats',
@@ -214,33 +215,46 @@ class Walk {
   private withClause(w: unknown, scope: Scope): void {
     if (!isRecord(w)) return;
     const body = w;
-    for (const c of list(body.ctes)) {
-      const cte = rec(unwrap(c)?.body);
-      const name = str(cte.ctename) ?? '';
-      const query = unwrap(cte.ctequery);
-      let cols: Col[] | undefined;
-      const aliases = names(cte.aliascolnames);
-      if (body.recursive === true && query?.type === 'SelectStmt' && query.body.op !== 'SETOP_NONE') {
-        // The recursive term reads the CTE itself: from the seed (the non-recursive term) on, every column
-        // may carry whatever any column carries; two rounds reach the fixed point of that union.
-        const seed = this.select(rec(query.body.larg), scope);
-        let all = union(seed?.map((col) => col.lin) ?? [OPAQUE]);
-        for (let round = 0; round < 2; round++) {
-          const bound = renameColumns(
-            seed?.map((col) => ({ name: col.name, lin: all })),
-            aliases,
-          );
-          scope.ctes.set(name, { names: [name], columns: bound, uniform: all });
-          const again = this.select(query.body, scope);
-          all = union([all, ...(again?.map((col) => col.lin) ?? [OPAQUE])]);
-        }
-        cols = seed?.map((col) => ({ name: col.name, lin: all }));
-      } else {
-        cols = this.statementColumns(query, scope);
+    const ctes = list(body.ctes).map((c) => rec(unwrap(c)?.body));
+    // In WITH RECURSIVE every CTE sees every other, whatever their order (the server walks them in the order
+    // of their references): `with recursive a as (select name from products), products(name) as (select
+    // email from customers) select name from a` reads the CTE products, not the table. A CTE not walked
+    // yet is opaque; each round resolves one more step of a chain of forward references.
+    if (body.recursive === true) {
+      for (const cte of ctes) {
+        const name = str(cte.ctename) ?? '';
+        scope.ctes.set(name, { names: [name], columns: undefined, uniform: OPAQUE });
       }
-      const renamed = withSearchAndCycleColumns(renameColumns(cols, aliases), cte);
-      scope.ctes.set(name, { names: [name], columns: renamed, uniform: union(renamed?.map((x) => x.lin) ?? [OPAQUE]) });
     }
+    const rounds = body.recursive === true ? ctes.length : 1;
+    for (let round = 0; round < rounds; round++) for (const cte of ctes) this.commonTableExpression(cte, body, scope);
+  }
+
+  private commonTableExpression(cte: Json, body: Json, scope: Scope): void {
+    const name = str(cte.ctename) ?? '';
+    const query = unwrap(cte.ctequery);
+    let cols: Col[] | undefined;
+    const aliases = names(cte.aliascolnames);
+    if (body.recursive === true && query?.type === 'SelectStmt' && query.body.op !== 'SETOP_NONE') {
+      // The recursive term reads the CTE itself: from the seed (the non-recursive term) on, every column
+      // may carry whatever any column carries; two rounds reach the fixed point of that union.
+      const seed = this.select(rec(query.body.larg), scope);
+      let all = union(seed?.map((col) => col.lin) ?? [OPAQUE]);
+      for (let round = 0; round < 2; round++) {
+        const bound = renameColumns(
+          seed?.map((col) => ({ name: col.name, lin: all })),
+          aliases,
+        );
+        scope.ctes.set(name, { names: [name], columns: bound, uniform: all });
+        const again = this.select(query.body, scope);
+        all = union([all, ...(again?.map((col) => col.lin) ?? [OPAQUE])]);
+      }
+      cols = seed?.map((col) => ({ name: col.name, lin: all }));
+    } else {
+      cols = this.statementColumns(query, scope);
+    }
+    const renamed = withSearchAndCycleColumns(renameColumns(cols, aliases), cte);
+    scope.ctes.set(name, { names: [name], columns: renamed, uniform: union(renamed?.map((x) => x.lin) ?? [OPAQUE]) });
   }
 
   /** Columns a nested statement returns: a SELECT, or a data-modifying statement's RETURNING. */
@@ -673,8 +687,10 @@ class Walk {
     if (builtin && REFUSED_FUNCTIONS.test(name)) {
       this.refuse(`${name}() is not allowed for an identity with masked columns (it reads data around the masking)`);
     }
-    const args = this.expr(f.args, scope);
-    this.expr(f.agg_order, scope);
+    // An ordered-set aggregate returns a value of its WITHIN GROUP ordering (`mode() within group (order by
+    // email)` is an email); elsewhere the ORDER BY of an aggregate only orders its arguments.
+    const order = this.expr(f.agg_order, scope);
+    const args = f.agg_within_group === true ? union([this.expr(f.args, scope), order]) : this.expr(f.args, scope);
     this.predicate(() => {
       this.expr(f.agg_filter, scope);
       const over = rec(f.over);
