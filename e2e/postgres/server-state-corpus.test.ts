@@ -58,6 +58,16 @@ const READ_ONLY_ATTACKS: readonly ReadOnlyAttack[] = [
   { sql: 'WITH l AS MATERIALIZED (SELECT pg_try_advisory_lock_shared(7)) SELECT 1', why: 'lock in an unused CTE' },
   { sql: 'SELECT pg_current_xact_id()::text', why: 'assigns a transaction id' },
   { sql: "SELECT txid_current() FROM accounts WHERE owner = 'nobody'", why: 'transaction id over no rows' },
+  // Lexing: the lock the server would take hides in quoting or comments only to a reader that lexes differently.
+  { sql: `SELECT U&"!0070g_advisory_lock" UESCAPE '!' (1)`, why: 'UESCAPE identifier naming a lock function' },
+  { sql: 'SELECT $x$ $y$ ; $x$; SELECT pg_advisory_lock(1)', why: 'dollar quotes with a tag inside a tag' },
+  { sql: "SELECT E'\\''; SELECT pg_advisory_lock(1); --'", why: 'escaped quote in an E string' },
+  {
+    sql: 'SELECT 1 /* /* */ ; SELECT 2; /* */ */ ; SELECT pg_try_advisory_lock(1)',
+    why: 'nested comments before a lock',
+  },
+  { sql: 'SELECT pg_catalog . pg_advisory_lock /**/ (1)', why: 'whitespace and a comment inside the name' },
+  { sql: `SELECT U&"set\\005Fconfig"('default_transaction_read_only', 'off', false)`, why: 'escaped set_config' },
   // Other sessions and the server.
   { sql: 'SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid()', why: 'ends others' },
   { sql: 'SELECT pg_cancel_backend(pid) FROM pg_stat_activity', why: 'cancels sessions' },
