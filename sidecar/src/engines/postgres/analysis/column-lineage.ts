@@ -107,9 +107,13 @@ interface Scope {
   readonly parent: Scope | undefined;
 }
 
-/** Functions that read server files, large objects, WAL or run SQL given as text: refused for masked identities. */
+/**
+ * Functions that read server files, large objects, WAL, other sessions' statement texts (the functions
+ * behind pg_stat_activity and pg_prepared_xacts) or run SQL given as text (ts_stat, ts_rewrite's two-argument
+ * form): refused for masked identities.
+ */
 const REFUSED_FUNCTIONS =
-  /^(?:pg_read_file|pg_read_binary_file|pg_ls_\w+|pg_stat_file|lo_\w+|loread|lowrite|(?:query|table|schema|database|cursor)_to_xml\w*|ts_stat|pg_logical_slot_\w+|pg_current_logfile|dblink\w*)$/;
+  /^(?:pg_read_file|pg_read_binary_file|pg_ls_\w+|pg_stat_file|lo_\w+|loread|lowrite|(?:query|table|schema|database|cursor)_to_xml\w*|ts_stat|ts_rewrite|pg_logical_slot_\w+|pg_current_logfile|dblink\w*|pg_stat_get_activity|pg_stat_get_backend_activity|pg_prepared_xact)$/;
 /** Views and tables that expose values of any column (statistics, other sessions' statement texts, large objects). */
 const REFUSED_RELATIONS: ReadonlySet<string> = new Set([
   'pg_stats',
@@ -124,11 +128,14 @@ const REFUSED_RELATIONS: ReadonlySet<string> = new Set([
 ]);
 /** Built-ins whose call writes their argument somewhere a later read would find it unmasked. */
 const WRITING_FUNCTIONS: ReadonlySet<string> = new Set(['pg_notify', 'set_config', 'setval', 'pg_advisory_lock']);
-/** Set-returning built-ins with one output column, so `*` over them has a known shape. */
+/**
+ * Set-returning built-ins with one output column, so `*` over them has a known shape. Not `unnest`: of an
+ * array of rows it returns the row type's columns (`select email from unnest(array(select c from customers c))`),
+ * and of several arrays one column each.
+ */
 const SCALAR_SET_FUNCTIONS: ReadonlySet<string> = new Set([
   'generate_series',
   'generate_subscripts',
-  'unnest',
   'regexp_split_to_table',
   'string_to_table',
   'json_array_elements',
@@ -208,33 +215,46 @@ class Walk {
   private withClause(w: unknown, scope: Scope): void {
     if (!isRecord(w)) return;
     const body = w;
-    for (const c of list(body.ctes)) {
-      const cte = rec(unwrap(c)?.body);
-      const name = str(cte.ctename) ?? '';
-      const query = unwrap(cte.ctequery);
-      let cols: Col[] | undefined;
-      const aliases = names(cte.aliascolnames);
-      if (body.recursive === true && query?.type === 'SelectStmt' && query.body.op !== 'SETOP_NONE') {
-        // The recursive term reads the CTE itself: from the seed (the non-recursive term) on, every column
-        // may carry whatever any column carries; two rounds reach the fixed point of that union.
-        const seed = this.select(rec(query.body.larg), scope);
-        let all = union(seed?.map((col) => col.lin) ?? [OPAQUE]);
-        for (let round = 0; round < 2; round++) {
-          const bound = renameColumns(
-            seed?.map((col) => ({ name: col.name, lin: all })),
-            aliases,
-          );
-          scope.ctes.set(name, { names: [name], columns: bound, uniform: all });
-          const again = this.select(query.body, scope);
-          all = union([all, ...(again?.map((col) => col.lin) ?? [OPAQUE])]);
-        }
-        cols = seed?.map((col) => ({ name: col.name, lin: all }));
-      } else {
-        cols = this.statementColumns(query, scope);
+    const ctes = list(body.ctes).map((c) => rec(unwrap(c)?.body));
+    // In WITH RECURSIVE every CTE sees every other, whatever their order (the server walks them in the order
+    // of their references): `with recursive a as (select name from products), products(name) as (select
+    // email from customers) select name from a` reads the CTE products, not the table. A CTE not walked
+    // yet is opaque; each round resolves one more step of a chain of forward references.
+    if (body.recursive === true) {
+      for (const cte of ctes) {
+        const name = str(cte.ctename) ?? '';
+        scope.ctes.set(name, { names: [name], columns: undefined, uniform: OPAQUE });
       }
-      const renamed = renameColumns(cols, aliases);
-      scope.ctes.set(name, { names: [name], columns: renamed, uniform: union(renamed?.map((x) => x.lin) ?? [OPAQUE]) });
     }
+    const rounds = body.recursive === true ? ctes.length : 1;
+    for (let round = 0; round < rounds; round++) for (const cte of ctes) this.commonTableExpression(cte, body, scope);
+  }
+
+  private commonTableExpression(cte: Json, body: Json, scope: Scope): void {
+    const name = str(cte.ctename) ?? '';
+    const query = unwrap(cte.ctequery);
+    let cols: Col[] | undefined;
+    const aliases = names(cte.aliascolnames);
+    if (body.recursive === true && query?.type === 'SelectStmt' && query.body.op !== 'SETOP_NONE') {
+      // The recursive term reads the CTE itself: from the seed (the non-recursive term) on, every column
+      // may carry whatever any column carries; two rounds reach the fixed point of that union.
+      const seed = this.select(rec(query.body.larg), scope);
+      let all = union(seed?.map((col) => col.lin) ?? [OPAQUE]);
+      for (let round = 0; round < 2; round++) {
+        const bound = renameColumns(
+          seed?.map((col) => ({ name: col.name, lin: all })),
+          aliases,
+        );
+        scope.ctes.set(name, { names: [name], columns: bound, uniform: all });
+        const again = this.select(query.body, scope);
+        all = union([all, ...(again?.map((col) => col.lin) ?? [OPAQUE])]);
+      }
+      cols = seed?.map((col) => ({ name: col.name, lin: all }));
+    } else {
+      cols = this.statementColumns(query, scope);
+    }
+    const renamed = withSearchAndCycleColumns(renameColumns(cols, aliases), cte);
+    scope.ctes.set(name, { names: [name], columns: renamed, uniform: union(renamed?.map((x) => x.lin) ?? [OPAQUE]) });
   }
 
   /** Columns a nested statement returns: a SELECT, or a data-modifying statement's RETURNING. */
@@ -468,27 +488,28 @@ class Walk {
 
   private rangeFunction(body: Json, scope: Scope): FromItem {
     const lins: Lin[] = [];
-    let width: number | undefined = 0;
+    // The result's column names, in order; undefined when they are not known (a record or a row type).
+    let named: string[] | undefined = [];
     let fname = '';
     for (const f of list(body.functions)) {
       const [call, coldefs] = list(rec(unwrap(f)?.body).items);
       lins.push(this.expr(call, scope));
       const c = unwrap(call);
       fname = names(c?.body.funcname).at(-1) ?? '';
-      const defs = list(coldefs);
-      if (defs.length > 0 && width !== undefined) width += defs.length;
-      else if (c?.type === 'FuncCall' && SCALAR_SET_FUNCTIONS.has(fname) && width !== undefined) width += 1;
-      else width = undefined;
+      const defs = columnDefinitionNames(coldefs);
+      if (defs.length > 0) named?.push(...defs);
+      else if (c?.type === 'FuncCall' && SCALAR_SET_FUNCTIONS.has(fname)) named?.push(fname);
+      else named = undefined;
     }
-    if (list(body.coldeflist).length > 0) width = list(body.coldeflist).length;
+    const coldeflist = columnDefinitionNames(body.coldeflist);
+    if (coldeflist.length > 0) named = coldeflist;
     const lin = union(lins);
-    const withOrdinality = body.ordinality === true;
     const cols =
-      width === undefined
+      named === undefined
         ? undefined
         : [
-            ...Array.from({ length: width }, (_, i) => ({ name: width === 1 ? fname : `column${String(i + 1)}`, lin })),
-            ...(withOrdinality ? [{ name: 'ordinality', lin: CLEAN }] : []),
+            ...named.map((name) => ({ name, lin })),
+            ...(body.ordinality === true ? [{ name: 'ordinality', lin: CLEAN }] : []),
           ];
     return this.aliased(body.alias, cols, lin, [fname]);
   }
@@ -545,12 +566,18 @@ class Walk {
 
   /** An unqualified column name: the innermost scope where some source has it. */
   private findColumn(name: string, scope: Scope): Lin | undefined {
+    // What sources of inner levels whose columns are not known (a record-returning function) may hold
+    // under this name: the server takes an unqualified name from the innermost level that has it, so a
+    // column of an outer query (a clean `email` of `(values (1)) o(email)`) only stands for it when no
+    // inner source can have it.
+    const maybe: Lin[] = [];
     for (let s: Scope | undefined = scope; s !== undefined; s = s.parent) {
       const hits = s.sources.flatMap((src) => src.columns?.filter((c) => c.name === name).map((c) => c.lin) ?? []);
-      if (hits.length === 1) return hits[0];
-      if (hits.length > 1) return union(hits);
+      if (hits.length === 1 && maybe.length === 0) return hits[0];
+      if (hits.length > 0) return union([...maybe, ...hits]);
+      for (const src of s.sources) if (src.columns === undefined) maybe.push(src.uniform);
     }
-    return undefined;
+    return maybe.length > 0 ? union(maybe) : undefined;
   }
 
   private columnRef(fields: readonly unknown[], scope: Scope): Lin {
@@ -660,8 +687,10 @@ class Walk {
     if (builtin && REFUSED_FUNCTIONS.test(name)) {
       this.refuse(`${name}() is not allowed for an identity with masked columns (it reads data around the masking)`);
     }
-    const args = this.expr(f.args, scope);
-    this.expr(f.agg_order, scope);
+    // An ordered-set aggregate returns a value of its WITHIN GROUP ordering (`mode() within group (order by
+    // email)` is an email); elsewhere the ORDER BY of an aggregate only orders its arguments.
+    const order = this.expr(f.agg_order, scope);
+    const args = f.agg_within_group === true ? union([this.expr(f.args, scope), order]) : this.expr(f.args, scope);
     this.predicate(() => {
       this.expr(f.agg_filter, scope);
       const over = rec(f.over);
@@ -677,6 +706,28 @@ class Walk {
     }
     return union([args]);
   }
+}
+
+/** The column names of a column definition list (`AS t(a int, b text)`). */
+function columnDefinitionNames(defs: unknown): string[] {
+  return list(defs).map((d) => str(rec(unwrap(d)?.body).colname) ?? '');
+}
+
+/**
+ * A recursive CTE's SEARCH and CYCLE clauses add columns to its result: the search sequence (a row of the
+ * searched columns' values), the cycle mark and the cycle path (an array of rows of the cycle columns'
+ * values). Each carries what the CTE's columns carry.
+ */
+function withSearchAndCycleColumns(cols: Col[] | undefined, cte: Json): Col[] | undefined {
+  if (cols === undefined) return undefined;
+  const search = rec(cte.search_clause);
+  const cycle = rec(cte.cycle_clause);
+  const added = [str(search.search_seq_column), str(cycle.cycle_mark_column), str(cycle.cycle_path_column)].filter(
+    (n): n is string => n !== undefined,
+  );
+  if (added.length === 0) return cols;
+  const all = union(cols.map((c) => c.lin));
+  return [...cols, ...added.map((name) => ({ name, lin: all }))];
 }
 
 function sourceWhole(source: Source): Lin {
