@@ -175,7 +175,8 @@ export class KubernetesExchange {
         this.forward(res, session, info, decided, body);
         return;
       }
-      if (body !== undefined && touchesSecrets(info) && containsMaskedValue(body.toString('latin1'))) {
+      const bodyType = this.checked?.headers.get('content-type');
+      if (body !== undefined && touchesSecrets(info) && containsMaskedValue(body.toString('latin1'), bodyType)) {
         this.refuse(
           session,
           info,
@@ -184,7 +185,7 @@ export class KubernetesExchange {
           {
             id: 'RequestRefused',
             message:
-              'chaperone: the request writes a Secret value the sidecar masked; it would replace the real value with the mask',
+              'chaperone: the request writes a Secret value the sidecar masked (or in a format it cannot read for one: JSON, YAML and protobuf only); it would replace the real value with the mask',
           },
           body,
         );
