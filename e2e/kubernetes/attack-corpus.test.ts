@@ -240,6 +240,12 @@ test('attack corpus against the Kubernetes engine', async (t) => {
       body: /impersonation/,
     },
     {
+      name: "a bearer token in Sec-WebSocket-Protocol (the API server's fallback authenticator reads it)",
+      bytes: `GET /api/v1/namespaces/${ns}/pods/p/exec?command=id&stdout=true HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ${Buffer.from('chaperone-corpus!').toString('base64')}\r\nSec-WebSocket-Protocol: base64url.bearer.authorization.k8s.io.${Buffer.from('another-token').toString('base64url')}, v5.channel.k8s.io\r\n\r\n`,
+      status: 403,
+      body: /Sec-WebSocket-Protocol/,
+    },
+    {
       name: 'X-Remote-User and X-Remote-Group (front-proxy authentication headers)',
       bytes: `GET /api/v1/namespaces/${ns}/configmaps HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nX-Remote-User: system:admin\r\nX-Remote-Group: system:masters\r\nConnection: close\r\n\r\n`,
       status: 403,

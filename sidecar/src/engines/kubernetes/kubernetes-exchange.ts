@@ -346,7 +346,16 @@ export class KubernetesExchange {
     ) {
       this.info = { ...this.info, verb: 'create' };
     }
-    for (const name of checked.headers.keys()) {
+    for (const [name, value] of checked.headers) {
+      // A bearer token in the WebSocket subprotocol list: the API server's fallback authenticator reads it
+      // when the Authorization header does not authenticate, so it could act as whoever that token names.
+      if (name === 'sec-websocket-protocol' && value.toLowerCase().includes('bearer.authorization.k8s.io')) {
+        this.refuse(session, this.info, reply, 'impersonation', {
+          id: 'RequestRefused',
+          message: 'chaperone: a bearer token in Sec-WebSocket-Protocol is not allowed; the agent acts as itself',
+        });
+        return false;
+      }
       if (FORWARDING_HEADERS.has(name)) {
         this.refuse(session, this.info, reply, 'forwarding-header', {
           id: 'RequestRefused',
