@@ -284,15 +284,6 @@ export class TokenAuthenticator {
   }
 
   private async verifyOwn(token: string, role: TokenRole): Promise<AuthenticatedToken> {
-    // The exchange signs only low-S ECDSA signatures: the high-S twin verifies too, but is a re-spelling
-    // whose hash no record names (canonical-jws.ts).
-    if (ecdsaHighS(token, SIGNING_ALGORITHM)) {
-      throw new ExchangeRefusal(
-        'invalid_grant',
-        'malformed',
-        `${role} is not in its one canonical text (an ECDSA signature with a high S)`,
-      );
-    }
     const options = {
       issuer: this.options.selfIssuer,
       audience: this.ownAudiences,
@@ -310,6 +301,16 @@ export class TokenAuthenticator {
       this.lastOwnRefresh = this.now();
       await this.options.keys.refresh();
       ({ payload } = await jwtVerify(token, this.options.keys.keySet(), options));
+    }
+    // The exchange signs only low-S ECDSA signatures: the high-S twin verifies too, but is a re-spelling
+    // whose hash no record names (canonical-jws.ts). Checked once the signature holds, so a forgery is
+    // still refused for its signature or key.
+    if (ecdsaHighS(token, SIGNING_ALGORITHM)) {
+      throw new ExchangeRefusal(
+        'invalid_grant',
+        'malformed',
+        `${role} is not in its one canonical text (an ECDSA signature with a high S)`,
+      );
     }
     const subjectIssuer = stringClaim(payload[CLAIMS.subjectIssuer], 2048);
     const subject = stringClaim(payload.sub);

@@ -343,14 +343,6 @@ export class TokenVerifier {
     if (header.alg === undefined || !trusted.config.algorithms.includes(header.alg)) {
       throw new AuthenticationFailed('algorithm', `identity token algorithm ${String(header.alg)} is not allowed`);
     }
-    // ECDSA's twin signature (r, n − s) verifies too: the exchange issues only the low-S twin, so the other
-    // is a re-spelling by the holder, with a tokenHash the exchange never issued (canonical-jws.ts).
-    if (trusted.config.tokenExchange === true && ecdsaHighS(token, header.alg)) {
-      throw new AuthenticationFailed(
-        'malformed',
-        'identity token is not in its one canonical text (an ECDSA signature with a high S)',
-      );
-    }
     const options = {
       issuer: trusted.config.issuer,
       audience: trusted.config.audiences,
@@ -374,6 +366,15 @@ export class TokenVerifier {
       } else {
         throw mapJoseError(err);
       }
+    }
+    // ECDSA's twin signature (r, n − s) verifies too: the exchange issues only the low-S twin, so the other
+    // is a re-spelling by the holder, with a tokenHash the exchange never issued (canonical-jws.ts). Checked
+    // once the signature holds, so a forgery is still refused for its signature or key.
+    if (trusted.config.tokenExchange === true && ecdsaHighS(token, header.alg)) {
+      throw new AuthenticationFailed(
+        'malformed',
+        'identity token is not in its one canonical text (an ECDSA signature with a high S)',
+      );
     }
     let identity: Identity;
     try {
