@@ -10,6 +10,7 @@ export * from './trusted-issuer.ts';
 export * from './delegation-policy.ts';
 export * from './token-exchange.ts';
 export * from './token-exchange-log.ts';
+export * from './canonical-jws.ts';
 export * from './audit-record.ts';
 export * from './crds.ts';
 export * from './policy.ts';

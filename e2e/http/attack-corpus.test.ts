@@ -202,6 +202,43 @@ test('attack corpus against the HTTP engine', async (t) => {
       status: 431,
     },
     { name: 'a bare CR inside a header value', bytes: get('/public/items', 'X-Note: a\rX-Debug: 1\r\n'), status: 400 },
+    // Other protocols on the HTTP/1.1 listener: the upgrade or the HTTP/2 connection would carry streams
+    // the engine never reads.
+    {
+      name: 'HTTP/2 prior-knowledge preface',
+      bytes: 'PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00',
+      status: 400,
+    },
+    {
+      name: 'h2c upgrade of an allowed GET',
+      bytes: get(
+        '/public/items',
+        'Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n',
+      ),
+      status: 400,
+    },
+    {
+      name: 'Connection: upgrade without an Upgrade header is an ordinary request',
+      bytes: `GET /public/items HTTP/1.1\r\nHost: x\r\n${auth}\r\nConnection: upgrade, close\r\n\r\n`,
+      status: 200,
+      upstreamUrl: '/public/items',
+    },
+    {
+      name: 'Transfer-Encoding: chunked with a trailing space is read as chunked, as the upstream reads it',
+      bytes: `GET /public/items HTTP/1.1\r\nHost: x\r\n${auth}\r\nTransfer-Encoding: chunked \r\nConnection: close\r\n\r\n0\r\n\r\n`,
+      status: 200,
+      upstreamUrl: '/public/items',
+    },
+    {
+      name: 'a request smuggled after the last chunk of a Connection: close request',
+      bytes: `POST /public/items HTTP/1.1\r\nHost: x\r\n${auth}\r\nTransfer-Encoding: chunked \r\nConnection: close\r\n\r\n0\r\n\r\nGET /admin/x HTTP/1.1\r\nHost: x\r\n\r\n`,
+      status: 400,
+    },
+    {
+      name: 'two Authorization headers (the upstream or a logger could read the other)',
+      bytes: get('/public/items', `Authorization: Bearer ${token}\r\n`),
+      status: 400,
+    },
     {
       name: 'a harmless custom header is forwarded',
       bytes: get('/public/items', 'X-Trace-Note: method override\r\n'),

@@ -14,6 +14,7 @@ import { startLoopbackHttpServer } from '../harness/loopback-http.ts';
 import { KeptAliveConnection } from '../harness/kept-alive-connection.ts';
 import { spawnSidecar } from '../harness/sidecar-process.ts';
 import { createTestIssuer } from '../harness/tokens.ts';
+import { JWKS_FILE_CHECK_MS } from '../../sidecar/src/core/identity/token-verifier.ts';
 
 const AGENT_A = 'system:serviceaccount:agents:alpha';
 const AGENT_B = 'system:serviceaccount:agents:bravo';
@@ -82,9 +83,11 @@ test('each request on a kept-alive connection is decided under its own verified 
   assert.equal(conn.closed, false, 'refusals leave the connection open');
 
   assert.equal(await one('/a/13', tokenA), 200, 'A after the pipelined requests');
-  // The issuer rotates its key away: A's token, verified on this connection before, is refused on it now.
+  // The issuer rotates its key away: A's token, verified on this connection before, is refused on it once
+  // the sidecar has next checked the file (at most JWKS_FILE_CHECK_MS later, docs/identity.md).
   const other = await createTestIssuer(join(dir, 'rotated-jwks.json'), sidecar.issuer.issuer);
   copyFileSync(other.jwksFile, sidecar.issuer.jwksFile);
+  await new Promise((resolve) => setTimeout(resolve, JWKS_FILE_CHECK_MS + 100));
   assert.equal(await one('/a/14', tokenA), 401, 'a token whose key was rotated away');
   assert.equal(await one('/a/15', await other.sign({ sub: AGENT_A })), 200, 'a token of the new key');
 

@@ -34,10 +34,12 @@ interface RawResponse {
   readonly body: string;
 }
 
-/** Sends bytes over a fresh TLS connection and reads until the server closes it (every case ends the connection). */
+/** Sends bytes (one character, one byte) over a fresh TLS connection and reads until the server closes it (every case ends the connection). */
 function exchange(port: number, ca: Buffer, bytes: string): Promise<RawResponse> {
   return new Promise((resolve, reject) => {
-    const socket = connect({ host: '127.0.0.1', port, ca, servername: 'localhost' }, () => socket.write(bytes));
+    const socket = connect({ host: '127.0.0.1', port, ca, servername: 'localhost' }, () =>
+      socket.write(bytes, 'latin1'),
+    );
     const chunks: Buffer[] = [];
     const timer = setTimeout(() => {
       socket.destroy();
@@ -238,6 +240,12 @@ test('attack corpus against the Kubernetes engine', async (t) => {
       body: /impersonation/,
     },
     {
+      name: "a bearer token in Sec-WebSocket-Protocol (the API server's fallback authenticator reads it)",
+      bytes: `GET /api/v1/namespaces/${ns}/pods/p/exec?command=id&stdout=true HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: ${Buffer.from('chaperone-corpus!').toString('base64')}\r\nSec-WebSocket-Protocol: base64url.bearer.authorization.k8s.io.${Buffer.from('another-token').toString('base64url')}, v5.channel.k8s.io\r\n\r\n`,
+      status: 403,
+      body: /Sec-WebSocket-Protocol/,
+    },
+    {
       name: 'X-Remote-User and X-Remote-Group (front-proxy authentication headers)',
       bytes: `GET /api/v1/namespaces/${ns}/configmaps HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nX-Remote-User: system:admin\r\nX-Remote-Group: system:masters\r\nConnection: close\r\n\r\n`,
       status: 403,
@@ -323,6 +331,82 @@ test('attack corpus against the Kubernetes engine', async (t) => {
         status: c.status,
       };
     }),
+    // Paths and queries the API server reads as the request the policy denies.
+    {
+      name: 'a trailing slash on a denied delete',
+      bytes: `DELETE /api/v1/namespaces/${ns}/configmaps/keep-me/ HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nConnection: close\r\n\r\n`,
+      status: 403,
+      body: /keep-keepers/,
+    },
+    {
+      name: 'an escaped name on a denied delete (%6Beep-me)',
+      bytes: `DELETE /api/v1/namespaces/${ns}/configmaps/%6Beep-me HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nConnection: close\r\n\r\n`,
+      status: 403,
+      body: /keep-keepers/,
+    },
+    {
+      name: 'upper-case /API is no resource request a namespace rule covers',
+      bytes: `GET /API/v1/namespaces/${ns}/secrets HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nConnection: close\r\n\r\n`,
+      status: 403,
+    },
+    {
+      name: 'watch=1 on a namespace no rule allows',
+      bytes: `GET /api/v1/namespaces/kube-system/secrets?watch=1 HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nConnection: close\r\n\r\n`,
+      status: 403,
+    },
+    {
+      name: 'fieldManager and dryRun on a denied delete',
+      bytes: `DELETE /api/v1/namespaces/${ns}/configmaps/keep-me?fieldManager=kubectl&dryRun=All HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nConnection: close\r\n\r\n`,
+      status: 403,
+      body: /keep-keepers/,
+    },
+    // The mask written back through the other patch types.
+    ...Object.entries({
+      'application/json-patch+json': `[{"op":"replace","path":"/data/password","value":"${maskedData}"}]`,
+      'application/strategic-merge-patch+json': `{"data":{"password":"${maskedData}"}}`,
+      'application/json-patch+json, the mask as stringData': `[{"op":"add","path":"/stringData","value":{"password":"chaperone:masked"}}]`,
+    }).map(([type, body]) => ({
+      name: `writing the mask back into a Secret: ${type}`,
+      bytes: `PATCH /api/v1/namespaces/${ns}/secrets/db HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nContent-Type: ${type.split(',')[0] ?? ''}\r\nContent-Length: ${String(body.length)}\r\nConnection: close\r\n\r\n${body}`,
+      status: 403,
+      body: /masked/,
+    })),
+    {
+      // CBOR (a media type the API server may accept) lets a string come in chunks: "chaperone:" + "masked".
+      name: 'writing the mask back into a Secret: CBOR with a chunked string',
+      bytes: (() => {
+        const text = (v: string) => Buffer.concat([Buffer.from([0x60 + v.length]), Buffer.from(v)]);
+        const body = Buffer.concat([
+          Buffer.from([0xa1]),
+          text('stringData'),
+          Buffer.from([0xa1]),
+          text('password'),
+          Buffer.from([0x7f]),
+          text('chaperone:'),
+          text('masked'),
+          Buffer.from([0xff]),
+        ]).toString('latin1');
+        return `PATCH /api/v1/namespaces/${ns}/secrets/db HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nContent-Type: application/merge-patch+cbor\r\nContent-Length: ${String(body.length)}\r\nConnection: close\r\n\r\n${body}`;
+      })(),
+      status: 403,
+      body: /masked/,
+    },
+    // Other protocols on the HTTP/1.1 listener.
+    {
+      name: 'HTTP/2 prior-knowledge preface',
+      bytes: 'PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00',
+      status: 400,
+    },
+    {
+      name: 'h2c upgrade of a Secret get',
+      bytes: `GET /api/v1/namespaces/${ns}/secrets/db HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n`,
+      status: 400,
+    },
+    {
+      name: 'two Authorization headers, the second a token of nobody',
+      bytes: `GET /api/v1/namespaces/${ns}/configmaps HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nAuthorization: Bearer x.y.z\r\nConnection: close\r\n\r\n`,
+      status: 400,
+    },
     // One signed token, other texts: jose alone would accept them, each with a token hash nobody issued.
     ...Object.entries({
       padded: `${f.agentToken}==`,

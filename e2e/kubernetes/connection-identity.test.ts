@@ -9,6 +9,7 @@ import { test } from 'node:test';
 import { connect } from 'node:tls';
 import { KeptAliveConnection } from '../harness/kept-alive-connection.ts';
 import { createTestIssuer } from '../harness/tokens.ts';
+import { JWKS_FILE_CHECK_MS } from '../../sidecar/src/core/identity/token-verifier.ts';
 import { AGENT, RESOURCE, startKubeFixture } from './kube-fixture.ts';
 
 const OTHER = 'system:serviceaccount:agents:onlooker';
@@ -64,6 +65,8 @@ test('each request on a kept-alive connection to the Kubernetes engine is decide
   assert.equal(await one(create('before-rotation', f.agentToken)), 201);
   const rotated = await createTestIssuer(join(f.sidecar.dir, 'rotated-jwks.json'), f.sidecar.issuer.issuer);
   copyFileSync(rotated.jwksFile, f.sidecar.issuer.jwksFile);
+  // Refused once the sidecar has next checked the file: at most JWKS_FILE_CHECK_MS later (docs/identity.md).
+  await new Promise((resolve) => setTimeout(resolve, JWKS_FILE_CHECK_MS + 100));
   const refused = (await conn.send(create('after-rotation', f.agentToken)))[0];
   assert.equal(refused?.status, 401, 'a token whose key was rotated away');
   assert.match(refused.body, /"kind":"Status"/);

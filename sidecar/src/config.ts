@@ -285,7 +285,9 @@ export const TrustedIssuerConfig = Type.Object(
     jwksUrl: Type.Optional(
       Type.String({ description: 'JWKS URL (https), fetched and cached; refetched on unknown kid.' }),
     ),
-    jwksFile: Type.Optional(Type.String({ description: 'JWKS file, re-read when it changes.' })),
+    jwksFile: Type.Optional(
+      Type.String({ description: 'JWKS file, re-read when it changes (checked at most once a second).' }),
+    ),
     jwksCaFile: Type.Optional(Type.String({ description: 'CA bundle for the JWKS URL.' })),
     jwksCa: Type.Optional(Type.String({ minLength: 1, description: 'CA bundle for the JWKS URL, inline PEM.' })),
     tokenExchange: Type.Optional(

@@ -6,7 +6,15 @@
 import { createHash } from 'node:crypto';
 import type { V1TokenReviewStatus } from '@kubernetes/client-node';
 import { decodeJwt, decodeProtectedHeader, errors, jwtVerify, type JWTPayload, type createLocalJWKSet } from 'jose';
-import { CLAIMS, type Actor, type ExchangeLink, type TrustedIssuer, type TrustedIssuerSpec } from '@chaperone/api';
+import {
+  CLAIMS,
+  canonicalCompactJws,
+  ecdsaHighS,
+  type Actor,
+  type ExchangeLink,
+  type TrustedIssuer,
+  type TrustedIssuerSpec,
+} from '@chaperone/api';
 import { ExchangeRefusal } from './exchange-refusal.ts';
 import { IssuerUnavailable, OidcKeySource, type FetchReport } from './oidc-keys.ts';
 import { matchesPattern } from './pattern.ts';
@@ -75,21 +83,6 @@ interface IssuerEntry {
   readonly keys?: OidcKeySource;
 }
 
-/** A compact JWS: three base64url parts, no padding or whitespace (RFC 7515 §7.1); an empty signature is refused later, by its algorithm. */
-const COMPACT_JWS = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/;
-
-/**
- * Whether `token` is the one spelling of its signature. jose decodes a signature leniently (padding,
- * whitespace, the unused low bits of its last character), so one signed token would otherwise have many
- * texts, each with its own tokenHash, and a record's subject or actor hash would not name the token its
- * holder was given. The header and payload are covered by the signature itself.
- */
-function canonicalCompactJws(token: string): boolean {
-  if (!COMPACT_JWS.test(token)) return false;
-  const signature = token.slice(token.lastIndexOf('.') + 1);
-  return Buffer.from(signature, 'base64url').toString('base64url') === signature;
-}
-
 export function tokenHash(token: string): string {
   return `sha256:${createHash('sha256').update(token).digest('hex')}`;
 }
@@ -117,6 +110,15 @@ function scopesOf(payload: JWTPayload): string[] | undefined {
   if (payload.scope === undefined) return undefined;
   if (typeof payload.scope !== 'string') throw new Error('scope claim is not a string');
   return [...new Set(payload.scope.split(' ').filter((s) => s !== ''))];
+}
+
+/** The resources claim (`chaperone.dev/resources`), or undefined when absent; anything but a list is malformed. */
+function resourcesOf(payload: JWTPayload): string[] | undefined {
+  const claim = payload[CLAIMS.resources];
+  if (claim === undefined) return undefined;
+  const resources = stringList(claim, 64);
+  if (resources === undefined) throw new Error('malformed resources claim');
+  return resources;
 }
 
 function mayActOf(payload: JWTPayload): MayAct | undefined {
@@ -300,6 +302,16 @@ export class TokenAuthenticator {
       await this.options.keys.refresh();
       ({ payload } = await jwtVerify(token, this.options.keys.keySet(), options));
     }
+    // The exchange signs only low-S ECDSA signatures: the high-S twin verifies too, but is a re-spelling
+    // whose hash no record names (canonical-jws.ts). Checked once the signature holds, so a forgery is
+    // still refused for its signature or key.
+    if (ecdsaHighS(token, SIGNING_ALGORITHM)) {
+      throw new ExchangeRefusal(
+        'invalid_grant',
+        'malformed',
+        `${role} is not in its one canonical text (an ECDSA signature with a high S)`,
+      );
+    }
     const subjectIssuer = stringClaim(payload[CLAIMS.subjectIssuer], 2048);
     const subject = stringClaim(payload.sub);
     const exchange = payload[CLAIMS.exchange] as { id?: unknown; record?: unknown } | undefined;
@@ -312,9 +324,7 @@ export class TokenAuthenticator {
       throw new ExchangeRefusal('invalid_grant', 'malformed', `${role} has a malformed exchange claim`);
     }
     const kind = stringClaim(payload[CLAIMS.agentKind], 63);
-    const resourcesClaim = payload[CLAIMS.resources];
-    const resources = resourcesClaim === undefined ? undefined : stringList(resourcesClaim, 64);
-    if (resourcesClaim !== undefined && resources === undefined) throw new Error('malformed resources claim');
+    const resources = resourcesOf(payload);
     const scopes = scopesOf(payload);
     const mayAct = mayActOf(payload);
     return {
@@ -406,6 +416,9 @@ export class TokenAuthenticator {
     if (subject === undefined) throw new ExchangeRefusal('invalid_grant', 'malformed', `${role} has no usable sub`);
     const kind = kindOf(spec, subject, payload);
     const scopes = scopesOf(payload);
+    // A token its issuer narrowed to resources stays narrowed: sidecars honour the claim from any issuer, so
+    // ignoring it here would let a child name resources its parent is refused on.
+    const resources = resourcesOf(payload);
     const mayAct = mayActOf(payload);
     return {
       party: { subject, issuer: spec.issuer, ...(kind === undefined ? {} : { kind }) },
@@ -413,6 +426,7 @@ export class TokenAuthenticator {
       expiresAt: (payload.exp ?? 0) * 1000,
       chain: [],
       ...(scopes === undefined ? {} : { scopes }),
+      ...(resources === undefined ? {} : { resources }),
       ...(mayAct === undefined ? {} : { mayAct }),
       own: false,
     };

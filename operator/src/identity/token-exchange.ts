@@ -8,6 +8,7 @@ import {
   ACCEPTED_TOKEN_TYPES,
   CLAIMS,
   EXTENSION_PARAMETERS,
+  lowSEcdsa,
   TOKEN_EXCHANGE_GRANT_TYPE,
   TOKEN_TYPES,
   type Actor,
@@ -402,7 +403,9 @@ export class TokenExchangeService {
           }),
       [CLAIMS.exchange]: { id: jti, record: recordHash },
     };
-    return new SignJWT(claims)
+    // The low-S twin of the ECDSA signature: the one text of the token, the only one sidecars and this
+    // exchange accept (canonical-jws.ts).
+    const signed = new SignJWT(claims)
       .setProtectedHeader({ alg: SIGNING_ALGORITHM, kid: key.kid, typ: 'JWT' })
       .setIssuer(this.options.issuer)
       .setSubject(grant.subject.subject)
@@ -412,6 +415,7 @@ export class TokenExchangeService {
       .setExpirationTime(expiresAt)
       .setJti(jti)
       .sign(await this.importKey(key));
+    return lowSEcdsa(await signed, SIGNING_ALGORITHM);
   }
 
   private importKey(key: ExchangeSigningKey): ReturnType<typeof importJWK> {

@@ -1,9 +1,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { AuthenticationFailed, TokenVerifier, tokenHash } from './token-verifier.ts';
+import { AuthenticationFailed, JWKS_FILE_CHECK_MS, TokenVerifier, tokenHash } from './token-verifier.ts';
 import { CLAIMS, jcs, resourceUri } from '@chaperone/api';
 import { createTestIssuer } from '../../../../e2e/harness/tokens.ts';
 
@@ -182,11 +182,16 @@ test('a verified token is reused only while it has not expired and its issuer st
   await verifier.verify(other);
   const reusedBefore = verifier.reusedVerifications;
   await createTestIssuer(jwksFile, issuer.issuer); // a new key pair (same kid) replaces the file
+  // The file is asked whether it changed at most once per JWKS_FILE_CHECK_MS (no stat on every token):
+  // within that the verification is still reused; once it has passed, the old key is gone.
+  assert.equal((await verifier.verify(other)).subject, 'agent:rotated', 'within the check interval');
+  assert.equal(verifier.reusedVerifications, reusedBefore + 1);
+  now += JWKS_FILE_CHECK_MS;
   await assert.rejects(
     verifier.verify(other),
     (err) => err instanceof AuthenticationFailed && err.reason === 'signature',
   );
-  assert.equal(verifier.reusedVerifications, reusedBefore);
+  assert.equal(verifier.reusedVerifications, reusedBefore + 1);
 });
 
 /** Rejects with AuthenticationFailed of `reason`, never echoing the token. */
@@ -386,4 +391,177 @@ test('a delegation chain is taken whole or refused: deep, cyclic-looking, broken
     await issuer.sign({ sub: 's', groups: Array.from({ length: 64 }, (_, i) => `g${String(i)}`) }),
   );
   assert.equal(many.groups?.length, 64, '64 groups are kept whole');
+});
+
+/** The P-256 group order, written out here rather than taken from the module under test. */
+const P256_ORDER = 0xffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551n;
+
+/** The same token with its ECDSA signature's other twin (r, n − s): a re-spelling that still verifies. */
+function ecdsaTwin(token: string): string {
+  const cut = token.lastIndexOf('.') + 1;
+  const signature = Buffer.from(token.slice(cut), 'base64url');
+  const s = BigInt(`0x${signature.subarray(32).toString('hex')}`);
+  const twin = Buffer.from((P256_ORDER - s).toString(16).padStart(64, '0'), 'hex');
+  return `${token.slice(0, cut)}${Buffer.concat([signature.subarray(0, 32), twin]).toString('base64url')}`;
+}
+
+/** A minimal DER encoding of an ECDSA signature given as r || s (what OpenSSL emits by default). */
+function derSignature(raw: Buffer): Buffer {
+  const integer = (bytes: Buffer) => {
+    let b = bytes;
+    while (b.length > 1 && b[0] === 0 && (b[1] ?? 0) < 0x80) b = b.subarray(1);
+    if ((b[0] ?? 0) >= 0x80) b = Buffer.concat([Buffer.from([0]), b]);
+    return Buffer.concat([Buffer.from([0x02, b.length]), b]);
+  };
+  const body = Buffer.concat([integer(raw.subarray(0, 32)), integer(raw.subarray(32))]);
+  return Buffer.concat([Buffer.from([0x30, body.length]), body]);
+}
+
+test('ECDSA tokens of the exchange have one text: the high-S twin, zero, DER and out-of-range signatures are refused', async () => {
+  const { generateKeyPair, exportJWK, SignJWT } = await import('jose');
+  const { writeFileSync } = await import('node:fs');
+  const { privateKey, publicKey } = await generateKeyPair('ES256');
+  const jwksFile = join(dir, `exchange-jwks-${Math.random()}.json`);
+  writeFileSync(jwksFile, JSON.stringify({ keys: [{ ...(await exportJWK(publicKey)), kid: 'ex', alg: 'ES256' }] }));
+  const issuer = 'https://exchange.test.chaperone.dev/identity/v1';
+  const verifier = new TokenVerifier({
+    issuers: [{ issuer, jwksFile, tokenExchange: true, audiences: ['chaperone'], algorithms: ['ES256'] }],
+    clockToleranceSeconds: 5,
+  });
+  const sign = (sub: string) =>
+    new SignJWT({
+      [CLAIMS.subjectIssuer]: 'https://kubernetes.default.svc',
+      [CLAIMS.exchange]: { id: 'x', record: `sha256:${'0'.repeat(64)}` },
+      act: { sub: 'agent:a', iss: 'https://agents.example' },
+    })
+      .setProtectedHeader({ alg: 'ES256', kid: 'ex', typ: 'JWT' })
+      .setIssuer(issuer)
+      .setSubject(sub)
+      .setAudience('chaperone')
+      .setExpirationTime('10m')
+      .sign(privateKey);
+  const highS = (token: string) => {
+    const s = BigInt(
+      `0x${Buffer.from(token.slice(token.lastIndexOf('.') + 1), 'base64url')
+        .subarray(32)
+        .toString('hex')}`,
+    );
+    return s > P256_ORDER / 2n;
+  };
+  // Twenty signatures: about half come out of the signer with a high S; each is taken in its low twin.
+  let sawHigh = 0;
+  for (let i = 0; i < 20; i++) {
+    const signed = await sign(`system:serviceaccount:ci:runner-${String(i)}`);
+    if (highS(signed)) sawHigh++;
+    const low = highS(signed) ? ecdsaTwin(signed) : signed;
+    const high = ecdsaTwin(low);
+    assert.equal((await verifier.verify(low)).subject, `system:serviceaccount:ci:runner-${String(i)}`);
+    await refused(verifier, high, 'malformed', `the high-S twin of token ${String(i)}`);
+  }
+  assert.ok(sawHigh > 0, 'the signer does emit high-S signatures: the refusal is not vacuous');
+  const token = await sign('system:serviceaccount:ci:runner');
+  const [h, p, s] = token.split('.') as [string, string, string];
+  const raw = Buffer.from(s, 'base64url');
+  await refused(
+    verifier,
+    `${h}.${p}.${Buffer.alloc(64).toString('base64url')}`,
+    'signature',
+    'r = s = 0 (psychic signature)',
+  );
+  const order = Buffer.from(P256_ORDER.toString(16), 'hex');
+  const one = Buffer.alloc(32);
+  one[31] = 1;
+  await refused(
+    verifier,
+    `${h}.${p}.${Buffer.concat([order, one]).toString('base64url')}`,
+    'signature',
+    'r = n, s = 1',
+  );
+  await refused(verifier, `${h}.${p}.${derSignature(raw).toString('base64url')}`, 'signature', 'the signature in DER');
+  await refused(verifier, `${h}.${p}.${raw.subarray(0, 32).toString('base64url')}`, 'signature', 'r alone');
+});
+
+test('issuer key sets: short RSA keys, hostile kids, a half-written JWKS file', async () => {
+  const { createSign, generateKeyPairSync } = await import('node:crypto');
+  const { exportJWK } = await import('jose');
+  const { writeFileSync } = await import('node:fs');
+  let now = Date.now();
+  const jwksFile = join(dir, `jwks-short-${Math.random()}.json`);
+  const issuer = await createTestIssuer(jwksFile);
+  const legitimate = readFileSync(jwksFile, 'utf8');
+  const verifier = new TokenVerifier({
+    issuers: [{ issuer: issuer.issuer, jwksFile, audiences: ['chaperone'], algorithms: ['RS256'] }],
+    clockToleranceSeconds: 5,
+    now: () => now,
+  });
+  // A JWKS publishing a 1024-bit key (RFC 7518 §3.3 asks for 2048 at least): its tokens are refused.
+  const short = generateKeyPairSync('rsa', { modulusLength: 1024 });
+  writeFileSync(
+    jwksFile,
+    JSON.stringify({ keys: [{ ...(await exportJWK(short.publicKey)), kid: 'short', alg: 'RS256', use: 'sig' }] }),
+  );
+  // jose will not sign with such a key either: signed by hand.
+  const shortInput = `${Buffer.from(JSON.stringify({ alg: 'RS256', kid: 'short' })).toString('base64url')}.${Buffer.from(
+    JSON.stringify({ sub: 'agent:short', iss: issuer.issuer, aud: 'chaperone', exp: Math.floor(now / 1000) + 600 }),
+  ).toString('base64url')}`;
+  const shortToken = `${shortInput}.${createSign('RSA-SHA256').update(shortInput).sign(short.privateKey).toString('base64url')}`;
+  await refused(verifier, shortToken, 'malformed', 'a token of a 1024-bit RSA key');
+  writeFileSync(jwksFile, legitimate);
+  now += JWKS_FILE_CHECK_MS;
+  const header = (kid: string | undefined) => JSON.stringify({ alg: 'RS256', ...(kid === undefined ? {} : { kid }) });
+  const claims = JSON.stringify({
+    sub: 'agent:x',
+    iss: issuer.issuer,
+    aud: 'chaperone',
+    exp: Math.floor(now / 1000) + 600,
+  });
+  for (const kid of ['../../../../etc/passwd', "test-key-1' OR '1'='1", 'test-key-1\u0000', 'TEST-KEY-1', '']) {
+    await refused(verifier, issuer.signRaw(header(kid), claims), 'unknown-key', `kid ${JSON.stringify(kid)}`);
+  }
+  // Without a kid the one key of the set is tried: the issuer's own signature is what counts.
+  assert.equal((await verifier.verify(issuer.signRaw(header(undefined), claims))).subject, 'agent:x');
+  // A JWKS file caught half-written: no key is trusted until it is whole again.
+  writeFileSync(jwksFile, legitimate.slice(0, 20));
+  now += JWKS_FILE_CHECK_MS;
+  await refused(verifier, await issuer.sign({ sub: 'agent:torn' }), 'jwks-unavailable', 'a torn JWKS file');
+  writeFileSync(jwksFile, legitimate);
+  now += JWKS_FILE_CHECK_MS;
+  assert.equal((await verifier.verify(await issuer.sign({ sub: 'agent:whole' }))).subject, 'agent:whole');
+});
+
+test('nested and unencoded payloads are refused; a duplicate claim is read as its last value, as every parser here does', async () => {
+  const { issuer, verifier } = await setup();
+  const exp = Math.floor(Date.now() / 1000) + 600;
+  // cty: JWT — the payload is another token (say, one the attacker signed naming an admin): never unwrapped.
+  const inner = issuer.signRaw(
+    JSON.stringify({ alg: 'RS256', kid: issuer.kid }),
+    JSON.stringify({ sub: 'system:admin', iss: issuer.issuer, aud: 'chaperone', exp }),
+  );
+  await refused(
+    verifier,
+    issuer.signRaw(JSON.stringify({ alg: 'RS256', kid: issuer.kid, cty: 'JWT' }), JSON.stringify(inner)),
+    'issuer',
+    'a nested JWT (cty JWT): its payload is no claims set, so names no trusted issuer',
+  );
+  await refused(
+    verifier,
+    issuer.signRaw(
+      JSON.stringify({ alg: 'RS256', kid: issuer.kid, b64: false, crit: ['b64'] }),
+      JSON.stringify({ sub: 'agent:x', iss: issuer.issuer, aud: 'chaperone', exp }),
+    ),
+    'malformed',
+    'an unencoded payload (b64 false, crit)',
+  );
+  // RFC 7519 §4: a parser either refuses duplicate claim names or takes the lexically last; jose, the
+  // sidecar's issuer choice and the exchange (decodeJwt) all take the last, so they agree on who this is.
+  const duplicated = issuer.signRaw(
+    JSON.stringify({ alg: 'RS256', kid: issuer.kid }),
+    `{"sub":"agent:first","iss":"${issuer.issuer}","aud":"chaperone","exp":${String(exp)},"sub":"agent:last","act":{"sub":"a"},"act":{"sub":"b"}}`,
+  );
+  const identity = await verifier.verify(duplicated);
+  assert.equal(identity.subject, 'agent:last');
+  assert.deepEqual(
+    identity.chain?.map((a) => a.subject),
+    ['b'],
+  );
 });

@@ -7,7 +7,7 @@ import { createHash } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import { request } from 'node:https';
 import { createLocalJWKSet, decodeProtectedHeader, errors, jwtVerify, type JSONWebKeySet, type JWTPayload } from 'jose';
-import { CLAIMS, resourceUri, type Actor, type Identity } from '@chaperone/api';
+import { CLAIMS, canonicalCompactJws, ecdsaHighS, resourceUri, type Actor, type Identity } from '@chaperone/api';
 import type { TrustedIssuerConfig } from '../../config.ts';
 
 /** Claim naming the kind of agent (ci, ai-agent, script, human) in tokens Chaperone issues. */
@@ -20,25 +20,6 @@ const MAX_GROUP_LENGTH = 256;
 const MAX_KIND_LENGTH = 63;
 const MAX_SCOPES = 64;
 const MAX_SCOPE_LENGTH = 256;
-/**
- * A compact JWS: three base64url parts, no padding, no whitespace (RFC 7515 §7.1). The signature may be
- * empty here so that an unsigned (`alg: none`) token is refused for its algorithm, as it is.
- */
-const COMPACT_JWS = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/;
-
-/**
- * Whether `token` is the one spelling of its signature. jose decodes the signature leniently (padding,
- * whitespace, and the unused low bits of its last character are ignored), so without this one signed
- * token has many texts that verify, each with its own tokenHash: a Session would then name a token hash
- * the exchange never recorded and `token trace` could not follow it. The header and payload need no such
- * check: the signature covers their text.
- */
-function canonicalCompactJws(token: string): boolean {
-  if (!COMPACT_JWS.test(token)) return false;
-  const signature = token.slice(token.lastIndexOf('.') + 1);
-  return Buffer.from(signature, 'base64url').toString('base64url') === signature;
-}
-
 export class AuthenticationFailed extends Error {
   override name = 'AuthenticationFailed';
   /** Machine-readable reason, also the metrics label: expired, not-yet-valid, audience, issuer, algorithm, signature, unknown-key, malformed, jwks-unavailable, resource. */
@@ -60,24 +41,53 @@ interface KeySource {
   refresh(): Promise<boolean>;
 }
 
+/** How often a jwksFile is checked for a change at most (ms): a rotated-away key stops working within it. */
+export const JWKS_FILE_CHECK_MS = 1000;
+
+/**
+ * A JWKS file, re-read when it changed. Whether it changed is asked of the file system at most once per
+ * JWKS_FILE_CHECK_MS (and at once when a token names a kid the keys lack), not on every token: the check is
+ * a synchronous stat on the event loop. Changed means another inode (a ConfigMap or Secret volume swaps a
+ * symlink to a new file), size, modification or status-change time.
+ */
 class FileKeySource implements KeySource {
-  private mtimeMs = -1;
+  private version = '';
+  private checkedAt = Number.NEGATIVE_INFINITY;
   private set: ReturnType<typeof createLocalJWKSet> | undefined;
   private readonly path: string;
-  constructor(path: string) {
+  private readonly now: () => number;
+  constructor(path: string, now: () => number) {
     this.path = path;
+    this.now = now;
   }
   keys(): Promise<ReturnType<typeof createLocalJWKSet>> {
-    const mtime = statSync(this.path).mtimeMs;
-    if (this.set === undefined || mtime !== this.mtimeMs) {
-      this.set = createLocalJWKSet(JSON.parse(readFileSync(this.path, 'utf8')) as JSONWebKeySet);
-      this.mtimeMs = mtime;
+    const sinceCheck = this.now() - this.checkedAt;
+    // A clock that went back counts as due, so a check is never postponed by more than the interval.
+    if (this.set === undefined || sinceCheck < 0 || sinceCheck >= JWKS_FILE_CHECK_MS) this.check();
+    if (this.set === undefined) {
+      return Promise.reject(new AuthenticationFailed('jwks-unavailable', 'token issuer keys file cannot be read'));
     }
     return Promise.resolve(this.set);
   }
   refresh(): Promise<boolean> {
-    this.mtimeMs = -1;
-    return Promise.resolve(true);
+    const before = this.set;
+    this.check();
+    return Promise.resolve(this.set !== before);
+  }
+  /** Re-reads the file when it changed; a file that cannot be read or parsed leaves no keys (fail closed). */
+  private check(): void {
+    this.checkedAt = this.now();
+    try {
+      const stat = statSync(this.path);
+      const version = `${String(stat.ino)}:${String(stat.size)}:${String(stat.mtimeMs)}:${String(stat.ctimeMs)}`;
+      if (this.set !== undefined && version === this.version) return;
+      this.set = createLocalJWKSet(JSON.parse(readFileSync(this.path, 'utf8')) as JSONWebKeySet);
+      this.version = version;
+    } catch {
+      // Half-written or removed: no key is trusted until the file is whole again (checked again next time).
+      this.set = undefined;
+      this.version = '';
+    }
   }
 }
 
@@ -244,7 +254,7 @@ export class TokenVerifier {
     for (const config of options.issuers) {
       const source =
         config.jwksFile !== undefined
-          ? new FileKeySource(config.jwksFile)
+          ? new FileKeySource(config.jwksFile, this.now)
           : new RemoteKeySource(
               config.jwksUrl ?? '',
               config.jwksCaFile,
@@ -356,6 +366,15 @@ export class TokenVerifier {
       } else {
         throw mapJoseError(err);
       }
+    }
+    // ECDSA's twin signature (r, n − s) verifies too: the exchange issues only the low-S twin, so the other
+    // is a re-spelling by the holder, with a tokenHash the exchange never issued (canonical-jws.ts). Checked
+    // once the signature holds, so a forgery is still refused for its signature or key.
+    if (trusted.config.tokenExchange === true && ecdsaHighS(token, header.alg)) {
+      throw new AuthenticationFailed(
+        'malformed',
+        'identity token is not in its one canonical text (an ECDSA signature with a high S)',
+      );
     }
     let identity: Identity;
     try {

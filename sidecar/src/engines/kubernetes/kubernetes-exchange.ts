@@ -175,7 +175,8 @@ export class KubernetesExchange {
         this.forward(res, session, info, decided, body);
         return;
       }
-      if (body !== undefined && touchesSecrets(info) && containsMaskedValue(body.toString('latin1'))) {
+      const bodyType = this.checked?.headers.get('content-type');
+      if (body !== undefined && touchesSecrets(info) && containsMaskedValue(body.toString('latin1'), bodyType)) {
         this.refuse(
           session,
           info,
@@ -184,7 +185,7 @@ export class KubernetesExchange {
           {
             id: 'RequestRefused',
             message:
-              'chaperone: the request writes a Secret value the sidecar masked; it would replace the real value with the mask',
+              'chaperone: the request writes a Secret value the sidecar masked (or in a format it cannot read for one: JSON, YAML and protobuf only); it would replace the real value with the mask',
           },
           body,
         );
@@ -345,7 +346,16 @@ export class KubernetesExchange {
     ) {
       this.info = { ...this.info, verb: 'create' };
     }
-    for (const name of checked.headers.keys()) {
+    for (const [name, value] of checked.headers) {
+      // A bearer token in the WebSocket subprotocol list: the API server's fallback authenticator reads it
+      // when the Authorization header does not authenticate, so it could act as whoever that token names.
+      if (name === 'sec-websocket-protocol' && value.toLowerCase().includes('bearer.authorization.k8s.io')) {
+        this.refuse(session, this.info, reply, 'impersonation', {
+          id: 'RequestRefused',
+          message: 'chaperone: a bearer token in Sec-WebSocket-Protocol is not allowed; the agent acts as itself',
+        });
+        return false;
+      }
       if (FORWARDING_HEADERS.has(name)) {
         this.refuse(session, this.info, reply, 'forwarding-header', {
           id: 'RequestRefused',

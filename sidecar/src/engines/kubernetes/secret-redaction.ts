@@ -83,13 +83,27 @@ function carriesMask(value: string): boolean {
 }
 
 /**
+ * Request media types whose strings this module reads as the API server does: JSON and YAML (parsed), and
+ * protobuf (its strings and bytes are contiguous, so the text search finds them). No type is read as JSON.
+ */
+function readableMediaType(contentType: string): boolean {
+  const type = (contentType.split(';')[0] ?? '').trim().toLowerCase();
+  return (
+    type === '' || type.endsWith('json') || type.endsWith('yaml') || type === 'application/vnd.kubernetes.protobuf'
+  );
+}
+
+/**
  * Whether a request body writes a value the engine masked (a masked Secret sent back would overwrite the
  * real one). The text is searched as it is (a protobuf body holds the bytes raw), then read as JSON or YAML
  * and every string checked as the API server would decode it: a JSON escape (`\u003d`), a line break in
  * the base64, or another spelling of its last character must not hide the mask.
  */
-export function containsMaskedValue(body: string): boolean {
+export function containsMaskedValue(body: string, contentType = ''): boolean {
   if (body.includes(MASKED_DATA) || body.includes(MASKED_TEXT)) return true;
+  // A body this module cannot read as the API server would (CBOR, whose strings may come in chunks that a
+  // text search never sees whole; any other media type) may carry the mask: counted as carrying it.
+  if (!readableMediaType(contentType)) return true;
   let doc: unknown;
   try {
     doc = JSON.parse(body);
