@@ -1,7 +1,7 @@
 // The audit worker's side of the spool (LiveSpoolEntries): the frames the spool writes, decoded, reach the
 // Session writer as the main thread's sink meant them — each record with its canonical text and session, a
-// decision held until its outcome entry merges into it (the merged record's hash the main thread's), released
-// or superseded; an outcome entry that does not match is not merged, and an unreadable entry throws.
+// decision held until its outcome entry merges into it (the merged record the main thread's), released or
+// superseded; an outcome entry naming another decision is not merged, and an unreadable entry throws.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -142,7 +142,7 @@ test('records reach the writer with their canonical text; a decision is held unt
   assert.equal(c4.open, false);
 });
 
-test('a released or superseded decision is not merged; an outcome entry that does not match is logged, not merged', async (t) => {
+test('a released or superseded decision is not merged; an outcome entry naming another decision is logged, not merged', async (t) => {
   const { chain, feed, amends, logs, logger } = setup(t);
   const calls: Call[] = [];
   const live = new LiveSpoolEntries(recordingWriter(calls), logger, true);
@@ -154,7 +154,7 @@ test('a released or superseded decision is not merged; an outcome entry that doe
 
   const d2 = chain.record(decision(2));
   amends.outcome = outcomeEntryText(origin.sessionId, {
-    seq: d2.seq,
+    seq: d1.seq,
     hash: `sha256:${'1'.repeat(64)}`,
     outcome: { status: 'success' },
   });

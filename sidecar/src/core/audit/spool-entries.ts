@@ -91,7 +91,7 @@ function replayOutcome(
  * what the main thread's sink did with each record before, done here from the entry's text. A decision
  * without an outcome is held (`holdDecisions`) until the outcome entry merging into it, the session's next
  * record or a release; the merged record is the decision's canonical text edited as the main thread did
- * (sealWithOutcome), its hash checked against the outcome entry's.
+ * (sealWithOutcome), with the hash the main thread computed (the outcome entry's).
  */
 export class LiveSpoolEntries {
   private readonly writer: SessionWriter;
@@ -150,9 +150,12 @@ export class LiveSpoolEntries {
 
   private outcome(id: number, sessionId: string, merge: SpooledOutcome): void {
     const decision = this.open.get(sessionId);
-    const merged = decision?.record.seq === merge.seq ? sealWithOutcome(decision, merge.outcome) : undefined;
-    if (merged === undefined || merged.record.hash !== merge.hash) {
-      // Never so unless this thread and the main thread disagree: the decision is written alone, and verify
+    // The main thread computed the merged record's hash from the same decision text and outcome a moment
+    // ago: taken from the entry, not computed again (the replay of an earlier process's spool checks it).
+    const merged =
+      decision?.record.seq === merge.seq ? sealWithOutcome(decision, merge.outcome, merge.hash) : undefined;
+    if (merged === undefined) {
+      // Never so unless the threads disagree on which decision is open: it is written alone, and verify
       // shows the broken link to the next record.
       this.logger.error('audit spool outcome entry does not match its open decision; decision kept alone', {
         id,
