@@ -23,7 +23,13 @@ import type * as PodChainModule from '../sidecar/src/core/audit/pod-chain.ts';
 import type * as MetricsModule from '../sidecar/src/core/observability/metrics.ts';
 
 const { values } = parseArgs({
-  options: { sink: { type: 'string', default: 'json-lines' }, tree: { type: 'string' } },
+  options: {
+    sink: { type: 'string', default: 'json-lines' },
+    tree: { type: 'string' },
+    /** Statements per round, and rounds (smaller under valgrind: `--tool=callgrind --separate-threads=yes`). */
+    statements: { type: 'string' },
+    rounds: { type: 'string' },
+  },
 });
 const tree = resolve(values.tree ?? join(import.meta.dirname, '..'));
 const core = join(tree, 'sidecar', 'src', 'core');
@@ -96,7 +102,7 @@ function spoolLikeSink(): Sink {
 
 // Bytes and records per statement, from a file.
 const file = join(tmpdir(), `audit-statement-${String(process.pid)}.jsonl`);
-const STATEMENTS = 10_000;
+const STATEMENTS = Number(values.statements ?? 10_000);
 {
   const sink = new JsonLinesSink(file);
   const s = session(sink);
@@ -148,7 +154,7 @@ const sink =
     : values.sink === 'spool-like'
       ? spoolLikeSink()
       : new JsonLinesSink('/dev/null');
-const rounds = spoolDir === undefined ? 15 : 9;
+const rounds = Number(values.rounds ?? (spoolDir === undefined ? 15 : 9));
 const s = session(sink);
 await statements(s, 2 * STATEMENTS); // warm-up
 const perStatement: number[] = [];

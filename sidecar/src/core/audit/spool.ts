@@ -149,8 +149,14 @@ function sealFrame(buf: Buffer, offset: number, id: number, length: number): voi
   buf.writeUInt32BE(crc32(buf.subarray(offset + 8, end)), offset + 4);
 }
 
-/** Decodes the frames of one segment; stops at the first incomplete or corrupt frame and reports where. */
-export function decodeFrames(data: Buffer): { entries: SpoolEntry[]; validBytes: number; problem?: string } {
+/**
+ * Decodes the frames of one segment; stops at the first incomplete or corrupt frame and reports where.
+ * `checkCrc` false: frames this process encoded a moment ago, not read from a file (the audit worker's).
+ */
+export function decodeFrames(
+  data: Buffer,
+  checkCrc = true,
+): { entries: SpoolEntry[]; validBytes: number; problem?: string } {
   const entries: SpoolEntry[] = [];
   let offset = 0;
   while (offset < data.length) {
@@ -169,7 +175,7 @@ export function decodeFrames(data: Buffer): { entries: SpoolEntry[]; validBytes:
     if (end > data.length) {
       return { entries, validBytes: offset, problem: `incomplete frame at ${String(offset)}` };
     }
-    if (crc32(data.subarray(offset + 8, end)) !== data.readUInt32BE(offset + 4)) {
+    if (checkCrc && crc32(data.subarray(offset + 8, end)) !== data.readUInt32BE(offset + 4)) {
       return { entries, validBytes: offset, problem: `CRC mismatch at ${String(offset)}` };
     }
     const id = data.readUInt32BE(offset + 8) * 0x1_0000_0000 + data.readUInt32BE(offset + 12);
