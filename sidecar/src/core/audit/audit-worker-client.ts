@@ -1,7 +1,8 @@
 // The main thread's side of the audit worker thread (audit-worker.ts): starts it, passes it the spool's
-// frames of every 20 ms in one message (their bytes, transferred: no string per record to clone), applies its acknowledgements and metric updates, and asks
-// it to flush and to stop. A worker that fails (an exception, an exit nobody asked for) is reported once to
-// `onFailure`; what follows is the durable sink's decision (docs/audit-durability.md "Threads").
+// frames of every 20 ms in one message (their bytes, transferred: no string per record to clone), applies
+// its acknowledgements and metric updates, and asks it to flush and to stop. A worker that fails (an
+// exception, an exit nobody asked for) is reported once to `onFailure`; what follows is the durable sink's
+// decision (docs/audit-durability.md "Threads").
 import { existsSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
 import type { Logger } from '../observability/logger.ts';
