@@ -116,6 +116,11 @@ describe('sealWithOutcome', () => {
         assert.deepEqual(merged.record, expected.record);
         assert.equal(merged.record.hash, hashRecord(merged.record));
         assert.equal(merged.compact, expected.compact);
+        // With the hash known (the sidecar's audit worker): the same record and text, no hash computed.
+        const known = sealWithOutcome(decision, outcome, merged.record.hash);
+        assert.ok(known !== undefined);
+        assert.equal(known.canonical, expected.canonical);
+        assert.deepEqual(known.record, expected.record);
       });
     }
   }

@@ -129,10 +129,13 @@ class LinkedRecord implements SealedRecord {
  * right after `hash` and before `prevHash`, and a decision has neither an outcome nor a nested `hash` key, so
  * the text hashed is the decision's with its hash member replaced by the outcome member; the result is the
  * text sealLinked would give (tested against it). Undefined when the text is not of that shape.
+ * `knownHash`: the merged record's hash as the caller already has it from the process that sealed it (the
+ * sidecar's audit worker, from the spool's outcome entry): taken as it is, not computed again.
  */
 export function sealWithOutcome(
   decision: { readonly record: AuditRecord; readonly canonical: string },
   outcome: NonNullable<AuditRecord['outcome']>,
+  knownHash?: string,
 ): SealedRecord | undefined {
   const { record, canonical } = decision;
   if (record.outcome !== undefined) return undefined;
@@ -142,8 +145,7 @@ export function sealWithOutcome(
   if (at < 0 || outcomeText === undefined || !canonical.startsWith('"prevHash":', at + member.length)) return undefined;
   const before = canonical.slice(0, at);
   const after = canonical.slice(at + member.length);
-  const hashed = `${before}"outcome":${outcomeText},${after}`;
-  const hash = `sha256:${cryptoHash('sha256', hashed, 'hex')}`;
+  const hash = knownHash ?? `sha256:${cryptoHash('sha256', `${before}"outcome":${outcomeText},${after}`, 'hex')}`;
   const merged: AuditRecord = { ...record, outcome, hash };
   return {
     record: merged,

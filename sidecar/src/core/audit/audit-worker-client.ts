@@ -1,18 +1,13 @@
-// The main thread's side of the audit worker thread (audit-worker.ts): starts it, passes it the spool
-// entries of every 20 ms in one message, applies its acknowledgements and metric updates, and asks
-// it to flush and to stop. A worker that fails (an exception, an exit nobody asked for) is reported once to
-// `onFailure`; what follows is the durable sink's decision (docs/audit-durability.md "Threads").
+// The main thread's side of the audit worker thread (audit-worker.ts): starts it, passes it the spool's
+// frames of every 20 ms in one message (their bytes, transferred: no string per record to clone), applies
+// its acknowledgements and metric updates, and asks it to flush and to stop. A worker that fails (an
+// exception, an exit nobody asked for) is reported once to `onFailure`; what follows is the durable sink's
+// decision (docs/audit-durability.md "Threads").
 import { existsSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
 import type { Logger } from '../observability/logger.ts';
 import type { AuditMetrics } from './audit-metrics.ts';
-import {
-  ENTRY,
-  type AuditWorkerData,
-  type FromWorker,
-  type ToWorker,
-  type WorkerMetrics,
-} from './audit-worker-protocol.ts';
+import { type AuditWorkerData, type FromWorker, type ToWorker, type WorkerMetrics } from './audit-worker-protocol.ts';
 import type { StoreEvent } from './session-store.ts';
 
 /**
@@ -22,8 +17,11 @@ import type { StoreEvent } from './session-store.ts';
  * The writer flushes once a second anyway; flush() and close() send at once.
  */
 const POST_INTERVAL_MS = 20;
-/** Entries (array items) after which a message goes at once, so that no message grows large. */
-const POST_MAX_ITEMS = 5 * 4096;
+/** Frame bytes (or replayed entries) after which a message goes at once, so that no message grows large. */
+const POST_MAX_BYTES = 4 * 1024 * 1024;
+const POST_MAX_ITEMS = 2 * 4096;
+/** The first frames buffer's size; later ones start at the size the last one grew to. */
+const FRAMES_INITIAL_BYTES = 256 * 1024;
 
 export interface AuditWorkerOptions {
   readonly data: AuditWorkerData;
@@ -52,12 +50,14 @@ function workerScript(): URL {
 export class AuditWorker {
   private readonly worker: Worker;
   private readonly options: AuditWorkerOptions;
-  private entries: (string | number)[] = [];
+  private replayed: (string | number)[] = [];
+  private releases: (string | number)[] = [];
   /**
-   * Per session, where in `entries` (not yet posted) the text of its open decision's record entry is: an
-   * amend before the post replaces that text by the merged record's instead of sending a second record.
+   * The spool's frames since the last message: `framesBytes` bytes of `frames`, a buffer of its own (not
+   * Node's pool) whose memory the message transfers to the worker.
    */
-  private readonly openTexts = new Map<string, number>();
+  private frames = Buffer.allocUnsafeSlow(FRAMES_INITIAL_BYTES);
+  private framesBytes = 0;
   private timer: NodeJS.Timeout | undefined;
   private flushes = 0;
   private readonly flushWaiters = new Map<number, { resolve: () => void; reject: (err: Error) => void }>();
@@ -125,42 +125,28 @@ export class AuditWorker {
     return this.pending;
   }
 
-  /**
-   * A record of `sessionId` (its spool entry `id`); `open`: a decision whose outcome may still be merged
-   * (amend). The session's open decision is its last record: what amend() merges into.
-   */
-  record(id: number, sessionId: string, originJson: string, text: string, open: boolean): void {
-    if (open) this.openTexts.set(sessionId, this.entries.length + 3);
-    else this.openTexts.delete(sessionId);
-    this.entries.push(ENTRY.record, id, originJson, text, open ? 1 : 0);
-    this.schedule();
-  }
-
-  /** The open decision of `sessionId` merged with its outcome (spool entry `id`), as `text`. */
-  amend(id: number, sessionId: string, text: string): void {
-    const at = this.openTexts.get(sessionId);
-    if (at === undefined) {
-      this.entries.push(ENTRY.amend, id, sessionId, text);
-    } else {
-      // The decision is still here: it goes to the worker merged (one record to clone and parse, not two).
-      this.openTexts.delete(sessionId);
-      this.entries[at] = text;
-      this.entries[at + 1] = 0;
-      this.entries.push(ENTRY.merged, id);
+  /** Frames the spool writes (Spool's onFrames): copied, they go to the worker with the next message. */
+  forward(data: Buffer): void {
+    const need = this.framesBytes + data.length;
+    if (need > this.frames.length) {
+      const grown = Buffer.allocUnsafeSlow(Math.max(need, this.frames.length * 2));
+      this.frames.copy(grown, 0, 0, this.framesBytes);
+      this.frames = grown;
     }
+    data.copy(this.frames, this.framesBytes);
+    this.framesBytes = need;
     this.schedule();
   }
 
   /** The open decision `seq` of `sessionId` will not be amended. */
   release(sessionId: string, seq: number): void {
-    this.openTexts.delete(sessionId);
-    this.entries.push(ENTRY.release, sessionId, seq);
+    this.releases.push(sessionId, seq);
     this.schedule();
   }
 
   /** An entry read back from the spool of an earlier process. */
   replay(id: number, payload: string): void {
-    this.entries.push(ENTRY.replay, id, payload);
+    this.replayed.push(id, payload);
     this.schedule();
   }
 
@@ -208,7 +194,7 @@ export class AuditWorker {
 
   private schedule(): void {
     // A large batch (a busy interval, a replayed spool) goes at once, in parts rather than one huge message.
-    if (this.entries.length >= POST_MAX_ITEMS) {
+    if (this.framesBytes >= POST_MAX_BYTES || this.replayed.length >= POST_MAX_ITEMS) {
       this.post();
       return;
     }
@@ -216,15 +202,24 @@ export class AuditWorker {
     this.timer = setTimeout(this.post, POST_INTERVAL_MS);
   }
 
-  /** One message with every entry since the last. */
+  /** One message with every frame, replayed entry and release since the last. */
   private readonly post = (): void => {
     clearTimeout(this.timer);
     this.timer = undefined;
-    if (this.entries.length === 0) return;
-    const entries = this.entries;
-    this.entries = [];
-    this.openTexts.clear();
-    this.send({ t: 'entries', entries });
+    if (this.framesBytes === 0 && this.replayed.length === 0 && this.releases.length === 0) return;
+    const { replayed, releases, framesBytes } = this;
+    this.replayed = [];
+    this.releases = [];
+    if (this.failure !== undefined) return;
+    if (framesBytes === 0) {
+      this.worker.postMessage({ t: 'entries', replay: replayed, releases } satisfies ToWorker);
+      return;
+    }
+    const frames = new Uint8Array(this.frames.buffer, this.frames.byteOffset, framesBytes);
+    // The next buffer as large as this one became (a burst's stays no larger than a message's bound).
+    this.frames = Buffer.allocUnsafeSlow(Math.min(this.frames.length, POST_MAX_BYTES));
+    this.framesBytes = 0;
+    this.worker.postMessage({ t: 'entries', replay: replayed, frames, releases } satisfies ToWorker, [frames.buffer]);
   };
 
   private applyMetrics(m: WorkerMetrics): void {

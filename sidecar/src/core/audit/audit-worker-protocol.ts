@@ -31,30 +31,31 @@ export interface AuditWorkerData {
   readonly pod: SessionWriterOptions['pod'];
   readonly flushIntervalMs: number;
   readonly writer: SessionWriterTuning;
+  /**
+   * Decisions without an outcome are held back until the outcome entry that merges into them, another record
+   * of their session, or a release: the main thread may still amend them (false when a JSON-lines export
+   * gets every record too: the durable sink then never amends).
+   */
+  readonly holdDecisions: boolean;
 }
 
-/**
- * Spool entries in the order they were appended, flattened into one array per message (cheaper to clone
- * than an object per entry): each entry is its kind and then its fields.
- */
-export const ENTRY = {
-  /** id, the session reference's canonical JSON, the record's canonical text, 1 if an open decision (else 0). */
-  record: 0,
-  /** id of the outcome entry, session id, the merged record's canonical text. */
-  amend: 1,
-  /** session id, seq: that open decision will not be amended. */
-  release: 2,
-  /** id, payload: an entry read back from the spool of an earlier process. */
-  replay: 3,
-  /**
-   * id of an outcome entry merged on the main thread into the open decision's record entry earlier in the
-   * same message (its text replaced by the merged record's, no longer open): acknowledged with the rest.
-   */
-  merged: 4,
-} as const;
-
 export type ToWorker =
-  | { readonly t: 'entries'; readonly entries: readonly (string | number)[] }
+  | {
+      readonly t: 'entries';
+      /** Entries read back from the spool of an earlier process (id, payload, id, payload, …): before any frame. */
+      readonly replay: readonly (string | number)[];
+      /**
+       * The spool's frames written since the last message, in id order, as in its segment files (spool.ts);
+       * their buffer is transferred, not copied. Record entries are `{"s": origin, "r": record}`, outcome
+       * entries `{"i": sessionId, "m": SpooledOutcome}` (spool-entries.ts).
+       */
+      readonly frames?: Uint8Array;
+      /**
+       * Open decisions that will not be amended (session id, seq, …), after the frames (which may hold them).
+       * Flat arrays: cheaper to clone than an object per item.
+       */
+      readonly releases: readonly (string | number)[];
+    }
   | { readonly t: 'flush'; readonly n: number }
   | { readonly t: 'close'; readonly timeoutMs: number }
   | { readonly t: 'event'; readonly event: Omit<StoreEvent, 'involved'> }

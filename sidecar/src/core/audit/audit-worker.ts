@@ -1,21 +1,20 @@
 // The audit worker thread (docs/audit-durability.md "Threads"): owns the Session writer and everything it
 // talks to (the Kubernetes or operator Session store, the evidence store's pg pool, head signing), so that
 // the sidecar's main thread, the serial stage of every statement (bench/README.md), only seals and spools
-// records. The main thread passes the spool entries in batches (audit-worker-protocol.ts); the worker
+// records. The main thread passes the spool's frames in batches (audit-worker-protocol.ts); the worker
 // acknowledges what is written so the main thread can delete spool segments. Started by AuditWorker
 // (audit-worker-client.ts); never imported by the main thread.
 import { writeSync } from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
-import type { AuditRecord } from '@chaperone/api';
 import { createLogger } from '../observability/logger.ts';
-import type { RecordOrigin } from './audit-sink.ts';
-import { ENTRY, type AuditWorkerData, type FromWorker, type ToWorker } from './audit-worker-protocol.ts';
+import type { AuditWorkerData, FromWorker, ToWorker } from './audit-worker-protocol.ts';
 import { PostgresEvidenceStore } from './evidence-store.ts';
 import { OperatorSessionStore } from './operator-session-store.ts';
 import { KubernetesSessionStore, type SessionStore } from './session-store.ts';
 import { SessionWriter, type WriterMetrics } from './session-writer.ts';
 import type { SigningKey } from './signing-key.ts';
-import { replaySpoolEntry } from './spool-entries.ts';
+import { LiveSpoolEntries, replaySpoolEntry } from './spool-entries.ts';
+import { decodeFrames } from './spool.ts';
 
 /** How often the writer's metric updates go to the main thread, ms. */
 const METRICS_INTERVAL_MS = 250;
@@ -136,53 +135,25 @@ function main(): void {
       send({ t: 'ack', id });
     },
   });
-  /** Session references by their canonical JSON (one parse per session). */
-  const origins = new Map<string, RecordOrigin>();
-  const originOf = (json: string): RecordOrigin => {
-    let origin = origins.get(json);
-    if (origin === undefined) {
-      origin = JSON.parse(json) as RecordOrigin;
-      // Bounded by the sessions live at once; a session's reference is not needed once it ended.
-      if (origins.size >= 10_000) origins.clear();
-      origins.set(json, origin);
+  const live = new LiveSpoolEntries(writer, logger, data.holdDecisions);
+  const entries = (message: Extract<ToWorker, { t: 'entries' }>) => {
+    const { replay, frames, releases } = message;
+    for (let i = 0; i < replay.length; i += 2) {
+      replaySpoolEntry(writer, logger, replay[i] as number, replay[i + 1] as string);
     }
-    return origin;
-  };
-  const entries = (list: readonly (string | number)[]) => {
-    let i = 0;
-    const num = () => list[i++] as number;
-    const str = () => list[i++] as string;
-    while (i < list.length) {
-      const kind = num();
-      if (kind === ENTRY.record) {
-        const id = num();
-        const origin = originOf(str());
-        const text = str();
-        const open = num() === 1;
-        const record = JSON.parse(text) as AuditRecord;
-        writer.enqueue(id, origin, record, false, Buffer.byteLength(text), text, open);
-      } else if (kind === ENTRY.amend) {
-        const id = num();
-        const sessionId = str();
-        const text = str();
-        writer.amend(id, sessionId, JSON.parse(text) as AuditRecord, text);
-      } else if (kind === ENTRY.release) {
-        const sessionId = str();
-        writer.release(sessionId, num());
-      } else if (kind === ENTRY.merged) {
-        writer.acknowledgeLater(num());
-      } else if (kind === ENTRY.replay) {
-        const id = num();
-        replaySpoolEntry(writer, logger, id, str());
-      } else {
-        throw new Error(`audit worker: unknown entry kind ${String(kind)}`);
-      }
+    if (frames !== undefined) {
+      // Encoded by the main thread a moment ago, never read from a file: their CRCs are not checked again.
+      const decoded = decodeFrames(Buffer.from(frames.buffer, frames.byteOffset, frames.byteLength), false);
+      // A bad frame is a bug, and the rest cannot be trusted.
+      if (decoded.problem !== undefined) throw new Error(`audit worker: spool frames: ${decoded.problem}`);
+      for (const e of decoded.entries) live.entry(e.id, e.payload.toString('utf8'));
     }
+    for (let i = 0; i < releases.length; i += 2) live.release(releases[i] as string, releases[i + 1] as number);
   };
   port.on('message', (message: ToWorker) => {
     switch (message.t) {
       case 'entries':
-        entries(message.entries);
+        entries(message);
         break;
       case 'flush':
         void writer.flush().then(() => {

@@ -3,18 +3,13 @@
 // objects by the SessionWriter. Spool entries are acknowledged, and their segments deleted, only once
 // their records are in Kubernetes; on start the spool is replayed, and the writer skips what is already
 // there. With `worker` the Session writer runs in the audit worker thread (audit-worker.ts) and this sink,
-// on the main thread, only seals and spools (docs/audit-durability.md "Threads").
+// on the main thread, only spools: the worker reads the records from the frames the spool writes
+// (docs/audit-durability.md "Threads").
 import { canonicalRecordText, type AuditRecord, type AuditSpoolDurability } from '@chaperone/api';
 import type { Registry } from 'prom-client';
 import type { Logger } from '../observability/logger.ts';
 import { auditMetrics, type AuditMetrics } from './audit-metrics.ts';
-import {
-  AuditUnavailable,
-  recordOriginJson,
-  type AuditSink,
-  type RecordOrigin,
-  type SealedText,
-} from './audit-sink.ts';
+import { AuditUnavailable, type AuditSink, type RecordOrigin, type SealedText } from './audit-sink.ts';
 import { AuditWorker } from './audit-worker-client.ts';
 import type { AuditWorkerStores } from './audit-worker-protocol.ts';
 // Types only: the writer (and through its Session store the Kubernetes client, ~40 MiB) is loaded by open()
@@ -23,7 +18,7 @@ import type { SessionWriter, SessionWriterTuning } from './session-writer.ts';
 import type { EvidenceStore } from './evidence-store.ts';
 import type { SessionStore, StoreEvent } from './session-store.ts';
 import type { SigningKey } from './signing-key.ts';
-import { outcomeEntryText, replaySpoolEntry } from './spool-entries.ts';
+import { outcomeEntryText, recordEntryText, replaySpoolEntry } from './spool-entries.ts';
 import { Spool } from './spool.ts';
 
 /** Records that may use the spool's reserve: they describe what already happened and cannot be refused. */
@@ -137,6 +132,7 @@ export class DurableAuditSink implements AuditSink {
           pod: options.pod,
           flushIntervalMs: options.flushIntervalMs,
           writer: options.writer ?? {},
+          holdDecisions: options.also === undefined,
         },
         logger: options.logger,
         ...(this.metrics === undefined ? {} : { metrics: this.metrics }),
@@ -186,6 +182,14 @@ export class DurableAuditSink implements AuditSink {
       onError: (err) => {
         options.logger.error('audit spool I/O error', { error: err, dir: options.spoolDir });
       },
+      // With the worker, the records reach it as the frames the spool writes (after the replay below).
+      ...(options.worker === undefined
+        ? {}
+        : {
+            onFrames: (frames: Buffer) => {
+              sink.worker?.forward(frames);
+            },
+          }),
     });
     const sink = new DurableAuditSink(options, spool, Writer);
     for (const r of repairs) options.logger.warn('audit spool repaired on replay', { repair: r });
@@ -223,21 +227,24 @@ export class DurableAuditSink implements AuditSink {
       throw err;
     }
     try {
-      // `{"s": session, "r": record}`, both in canonical form (the record's is the text it was hashed from).
-      const payload = `{"s":${recordOriginJson(session)},"r":${text}}`;
-      id = this.spool.appendText(payload, PRIORITY_TYPES.has(record.type));
+      id = this.spool.appendText(recordEntryText(session, text), PRIORITY_TYPES.has(record.type));
     } catch (err) {
       if (err instanceof AuditUnavailable) this.refused(err);
       throw err;
     }
     if (this.worker === undefined) {
       this.writer?.enqueue(id, session, record, false, Buffer.byteLength(text), text);
+    } else if (this.also === undefined && record.type === 'command.decision' && record.outcome === undefined) {
+      // A decision the worker holds back until its outcome is merged, another record follows, or a sweep
+      // (it reads the record from the spool's frames).
+      const open = this.open.get(session.sessionId);
+      if (open === undefined) this.open.set(session.sessionId, { seq: record.seq, sweep: this.sweeps });
+      else {
+        open.seq = record.seq;
+        open.sweep = this.sweeps;
+      }
     } else {
-      // A decision the worker holds back until its outcome is merged, another record follows, or a sweep.
-      const open = this.also === undefined && record.type === 'command.decision' && record.outcome === undefined;
-      if (open) this.open.set(session.sessionId, { seq: record.seq, sweep: this.sweeps });
-      else this.open.delete(session.sessionId);
-      this.worker.record(id, session.sessionId, recordOriginJson(session), text, open);
+      this.open.delete(session.sessionId);
     }
     this.also?.write(session, record, sealed);
     if (!this.high && this.spool.usedBytes >= this.highBytes) this.checkPressure();
@@ -268,8 +275,8 @@ export class DurableAuditSink implements AuditSink {
       return false;
     }
     if (this.worker !== undefined) {
+      // The worker merges the outcome entry into the decision it holds.
       this.open.delete(session.sessionId);
-      this.worker.amend(id, session.sessionId, sealed.canonical);
     } else {
       this.writer?.amend(id, session.sessionId, record, sealed.canonical);
     }

@@ -1,11 +1,11 @@
 // What a spool entry holds and how one read back from the spool reaches the Session writer: by the durable
-// sink on start (replay), or by the audit worker thread, which gets the replayed entries from the main
-// thread (docs/audit-durability.md). Two kinds of entry:
+// sink on start (replay), or by the audit worker thread, which gets the replayed entries and then the frames
+// the spool writes from the main thread (docs/audit-durability.md). Two kinds of entry:
 //   {"s": RecordOrigin, "r": AuditRecord}    one record, both in canonical form;
 //   {"i": sessionId, "m": SpooledOutcome}    a command's outcome merged into its decision spooled before.
-import { canonicalRecordText, hashRecord, type AuditRecord } from '@chaperone/api';
+import { canonicalRecordText, hashRecord, sealWithOutcome, type AuditRecord } from '@chaperone/api';
 import type { Logger } from '../observability/logger.ts';
-import type { RecordOrigin } from './audit-sink.ts';
+import { recordOriginJson, type RecordOrigin } from './audit-sink.ts';
 import type { SessionWriter } from './session-writer.ts';
 
 /** A session reference as read back from the spool. */
@@ -19,6 +19,11 @@ export interface SpooledOutcome {
   readonly seq: number;
   readonly hash: string;
   readonly outcome: NonNullable<AuditRecord['outcome']>;
+}
+
+/** The payload of a record entry: `canonical` is the record's canonical text (the one its hash was computed from). */
+export function recordEntryText(session: RecordOrigin, canonical: string): string {
+  return `{"s":${recordOriginJson(session)},"r":${canonical}}`;
 }
 
 /** The payload of an outcome entry. */
@@ -79,4 +84,89 @@ function replayOutcome(
     return;
   }
   writer.amend(id, sessionId, record, canonicalRecordText(record));
+}
+
+/**
+ * The entries of this process's spool as its frames are written (the audit worker thread), to the writer:
+ * what the main thread's sink did with each record before, done here from the entry's text. A decision
+ * without an outcome is held (`holdDecisions`) until the outcome entry merging into it, the session's next
+ * record or a release; the merged record is the decision's canonical text edited as the main thread did
+ * (sealWithOutcome), with the hash the main thread computed (the outcome entry's).
+ */
+export class LiveSpoolEntries {
+  private readonly writer: SessionWriter;
+  private readonly logger: Logger;
+  private readonly holdDecisions: boolean;
+  /** Per session: its reference and the reference's canonical JSON (the record entry's text starts after it). */
+  private readonly origins = new Map<string, { readonly origin: RecordOrigin; readonly json: string }>();
+  /** Per session: its open decision (held), with its canonical text. */
+  private readonly open = new Map<string, { readonly record: AuditRecord; readonly canonical: string }>();
+
+  constructor(writer: SessionWriter, logger: Logger, holdDecisions: boolean) {
+    this.writer = writer;
+    this.logger = logger;
+    this.holdDecisions = holdDecisions;
+  }
+
+  /**
+   * Entry `id` of the spool, written by this process a moment ago: one it cannot read is a bug, and throws
+   * (the worker thread ends, the sidecar fails closed).
+   */
+  entry(id: number, payload: string): void {
+    const parsed = JSON.parse(payload) as { s?: RecordOrigin; r?: AuditRecord; i?: string; m?: SpooledOutcome };
+    if (parsed.m !== undefined) {
+      this.outcome(id, parsed.i ?? '', parsed.m);
+      return;
+    }
+    const { s, r: record } = parsed;
+    if (s === undefined || record === undefined)
+      throw new Error(`audit spool entry ${String(id)} is neither a record nor an outcome`);
+    let known = this.origins.get(s.sessionId);
+    if (known === undefined) {
+      // Bounded by the sessions live at once; a session's reference is not needed once it ended.
+      if (this.origins.size >= 10_000) this.origins.clear();
+      known = { origin: s, json: recordOriginJson(s) };
+      this.origins.set(s.sessionId, known);
+    }
+    // `{"s":<origin>,"r":<record's canonical text>}` as the sink wrote it: the text is the rest.
+    const at = 5 + known.json.length;
+    const text =
+      payload.startsWith(known.json, 5) && payload.startsWith(',"r":', at)
+        ? payload.slice(at + 5, -1)
+        : canonicalRecordText(record);
+    const sessionId = s.sessionId;
+    const open = this.holdDecisions && record.type === 'command.decision' && record.outcome === undefined;
+    if (open) this.open.set(sessionId, { record, canonical: text });
+    else this.open.delete(sessionId);
+    if (record.type === 'session.end') this.origins.delete(sessionId);
+    this.writer.enqueue(id, known.origin, record, false, Buffer.byteLength(text), text, open);
+  }
+
+  /** The open decision `seq` of the session will not be amended: the writer may take it. */
+  release(sessionId: string, seq: number): void {
+    if (this.open.get(sessionId)?.record.seq === seq) this.open.delete(sessionId);
+    this.writer.release(sessionId, seq);
+  }
+
+  private outcome(id: number, sessionId: string, merge: SpooledOutcome): void {
+    const decision = this.open.get(sessionId);
+    // The main thread computed the merged record's hash from the same decision text and outcome a moment
+    // ago: taken from the entry, not computed again (the replay of an earlier process's spool checks it).
+    const merged =
+      decision?.record.seq === merge.seq ? sealWithOutcome(decision, merge.outcome, merge.hash) : undefined;
+    if (merged === undefined) {
+      // Never so unless the threads disagree on which decision is open: it is written alone, and verify
+      // shows the broken link to the next record.
+      this.logger.error('audit spool outcome entry does not match its open decision; decision kept alone', {
+        id,
+        sessionId,
+        seq: merge.seq,
+      });
+      this.writer.acknowledgeLater(id);
+      if (decision !== undefined) this.release(sessionId, decision.record.seq);
+      return;
+    }
+    this.open.delete(sessionId);
+    this.writer.amend(id, sessionId, merged.record, merged.canonical);
+  }
 }

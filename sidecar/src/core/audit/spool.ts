@@ -19,12 +19,11 @@ import {
   openSync,
   readFileSync,
   readdirSync,
-  renameSync,
   statSync,
   unlinkSync,
-  writeFileSync,
   writeSync,
 } from 'node:fs';
+import { rename, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import type { AuditSpoolDurability as SpoolDurability } from '@chaperone/api';
@@ -77,6 +76,12 @@ export interface SpoolOptions {
   readonly onCommit?: (entries: number, bytes: number, syncSeconds: number) => void;
   /** Called when a write or fsync fails. */
   readonly onError?: (err: Error) => void;
+  /**
+   * Called with the frames of every write (encoded as in the segment files, in id order), just before they
+   * are written; a view valid during the call only. Also with frames a failed sync discards: whoever reads
+   * them sees every entry appended (the audit worker thread, docs/audit-durability.md "Threads").
+   */
+  readonly onFrames?: (frames: Buffer) => void;
 }
 
 export interface SpoolEntry {
@@ -144,8 +149,14 @@ function sealFrame(buf: Buffer, offset: number, id: number, length: number): voi
   buf.writeUInt32BE(crc32(buf.subarray(offset + 8, end)), offset + 4);
 }
 
-/** Decodes the frames of one segment; stops at the first incomplete or corrupt frame and reports where. */
-export function decodeFrames(data: Buffer): { entries: SpoolEntry[]; validBytes: number; problem?: string } {
+/**
+ * Decodes the frames of one segment; stops at the first incomplete or corrupt frame and reports where.
+ * `checkCrc` false: frames this process encoded a moment ago, not read from a file (the audit worker's).
+ */
+export function decodeFrames(
+  data: Buffer,
+  checkCrc = true,
+): { entries: SpoolEntry[]; validBytes: number; problem?: string } {
   const entries: SpoolEntry[] = [];
   let offset = 0;
   while (offset < data.length) {
@@ -164,7 +175,7 @@ export function decodeFrames(data: Buffer): { entries: SpoolEntry[]; validBytes:
     if (end > data.length) {
       return { entries, validBytes: offset, problem: `incomplete frame at ${String(offset)}` };
     }
-    if (crc32(data.subarray(offset + 8, end)) !== data.readUInt32BE(offset + 4)) {
+    if (checkCrc && crc32(data.subarray(offset + 8, end)) !== data.readUInt32BE(offset + 4)) {
       return { entries, validBytes: offset, problem: `CRC mismatch at ${String(offset)}` };
     }
     const id = data.readUInt32BE(offset + 8) * 0x1_0000_0000 + data.readUInt32BE(offset + 12);
@@ -187,6 +198,7 @@ export class Spool {
   private readonly durability: SpoolDurability;
   private readonly onCommit: SpoolOptions['onCommit'];
   private readonly onError: SpoolOptions['onError'];
+  private readonly onFrames: SpoolOptions['onFrames'];
   /** Closed segments, oldest first; the active one is separate. */
   private readonly segments: Segment[] = [];
   private active: Segment | undefined;
@@ -221,6 +233,10 @@ export class Spool {
   /** The id the `ack` file holds, and when it was written (Date.now()). */
   private ackFileId: number;
   private ackFileAt = 0;
+  /** Acknowledged segments to delete, and the work writing the `ack` file and deleting them (one at a time). */
+  private deleting: Segment[] = [];
+  private ackWork: Promise<void> | undefined;
+  private ackAgain = false;
   private syncFailed: Error | undefined;
   private closed = false;
 
@@ -234,6 +250,7 @@ export class Spool {
     this.writtenSyncIntervalMs = options.writtenSyncIntervalMs ?? 20;
     this.onCommit = options.onCommit;
     this.onError = options.onError;
+    this.onFrames = options.onFrames;
     this.nextId = nextId;
     this.acked = acked;
     this.ackFileId = acked;
@@ -404,18 +421,22 @@ export class Spool {
     return this.syncing?.batch.promise;
   }
 
-  /** Marks every entry up to `id` as delivered; whole segments at or below it are deleted. */
+  /**
+   * Marks every entry up to `id` as delivered; whole segments at or below it are deleted. Their space counts
+   * as free at once; the `ack` file and the deletions are done on libuv's threads (whenAcknowledged()): a
+   * rename and the unlink of a 16 MiB segment each held the event loop for milliseconds (bench/README.md).
+   */
   acknowledge(id: number): void {
     const upTo = Math.min(id, this.durable);
     if (upTo <= this.acked) return;
     this.acked = upTo;
-    // Before any segment goes: a replay must never find the ack file behind a deleted segment's entries.
-    const deletes =
-      (this.segments[0]?.last ?? Infinity) <= upTo || (this.active !== undefined && this.active.last <= upTo);
-    if (deletes || Date.now() - this.ackFileAt >= ACK_FILE_INTERVAL_MS) this.writeAckFile();
+    let deletes = false;
     while (this.segments.length > 0 && (this.segments[0]?.last ?? Infinity) <= upTo) {
       const s = this.segments.shift();
-      if (s !== undefined) this.removeSegment(s);
+      if (s === undefined) break;
+      this.used -= s.bytes;
+      this.deleting.push(s);
+      deletes = true;
     }
     const active = this.active;
     if (
@@ -429,17 +450,52 @@ export class Spool {
       closeSync(this.activeFd);
       this.activeFd = -1;
       this.active = undefined;
-      this.removeSegment(active);
+      this.used -= active.bytes;
+      this.deleting.push(active);
+      deletes = true;
+    }
+    if (deletes || Date.now() - this.ackFileAt >= ACK_FILE_INTERVAL_MS) this.startAckWork();
+  }
+
+  /** Resolves once the `ack` file and the segment deletions of every acknowledge() so far are done. */
+  async whenAcknowledged(): Promise<void> {
+    while (this.ackWork !== undefined) await this.ackWork;
+  }
+
+  private startAckWork(): void {
+    if (this.ackWork !== undefined) {
+      this.ackAgain = true;
+      return;
+    }
+    this.ackAgain = false;
+    this.ackWork = this.ackFileAndDeletions().finally(() => {
+      this.ackWork = undefined;
+      // Acknowledged meanwhile: once more, with what came in.
+      if (this.ackAgain) this.startAckWork();
+    });
+  }
+
+  /** The `ack` file, then the segments it covers (never the other way round). */
+  private async ackFileAndDeletions(): Promise<void> {
+    const deleting = this.deleting;
+    this.deleting = [];
+    // Before any segment goes: a replay must never find the ack file behind a deleted segment's entries.
+    await this.writeAckFile();
+    for (const s of deleting) {
+      await unlink(s.path).catch((err: unknown) => {
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') this.onError?.(err as Error);
+      });
     }
   }
 
-  private writeAckFile(): void {
-    if (this.acked <= this.ackFileId) return;
+  private async writeAckFile(): Promise<void> {
+    const acked = this.acked;
+    if (acked <= this.ackFileId) return;
     try {
       const tmp = join(this.dir, `${ACK_FILE}.tmp`);
-      writeFileSync(tmp, `${String(this.acked)}\n`);
-      renameSync(tmp, join(this.dir, ACK_FILE));
-      this.ackFileId = this.acked;
+      await writeFile(tmp, `${String(acked)}\n`);
+      await rename(tmp, join(this.dir, ACK_FILE));
+      this.ackFileId = acked;
       this.ackFileAt = Date.now();
     } catch (err) {
       // Only an optimisation: without it replay re-sends entries the writer then skips as already present.
@@ -460,18 +516,10 @@ export class Spool {
     for (let b = this.whenSynced(); b !== undefined; b = this.whenSynced()) {
       await b.catch(() => undefined);
     }
-    this.writeAckFile();
+    this.startAckWork();
+    await this.whenAcknowledged();
     if (this.activeFd >= 0) closeSync(this.activeFd);
     this.activeFd = -1;
-  }
-
-  private removeSegment(s: Segment): void {
-    try {
-      unlinkSync(s.path);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') this.onError?.(err as Error);
-    }
-    this.used -= s.bytes;
   }
 
   private schedule(): void {
@@ -492,6 +540,7 @@ export class Spool {
     const firstId = lastId - this.pendingCount + 1;
     // Written synchronously below, so the buffer can take the next turn's frames once this returns.
     const data = this.pending.subarray(0, bytes);
+    this.onFrames?.(data);
     this.pendingBytes = 0;
     this.pendingCount = 0;
     if (this.pending.length > PENDING_KEEP_BYTES) this.pending = Buffer.allocUnsafe(PENDING_INITIAL_BYTES);
@@ -670,6 +719,7 @@ export class Spool {
     this.writeBatch = undefined;
     written?.reject(new AuditUnavailable('disk-error', `audit spool fsync failed: ${err.message}`, { cause: err }));
     const batch = this.pendingBatch;
+    if (this.pendingBytes > 0) this.onFrames?.(this.pending.subarray(0, this.pendingBytes));
     this.used -= this.pendingBytes;
     this.pendingBytes = 0;
     this.pendingCount = 0;
