@@ -50,10 +50,11 @@ export class UpstreamFrames {
    */
   relay(chunk: Buffer, out: OutboundBytes): StateRefusal | undefined {
     const tracker = this.tracker;
-    // DataRows and notices are looked at only while a queued command rewrites its response (result masking).
-    const masking = tracker.wantsDataRows;
-    this.scanner.setInterested(BackendCode.DataRow, masking);
-    this.scanner.setInterested(BackendCode.NoticeResponse, masking);
+    // DataRows are looked at only while a queued command rewrites its response (result masking), notices
+    // also for good once the session is masked (masking/server-messages.ts).
+    const server = tracker.serverMessages;
+    this.scanner.setInterested(BackendCode.DataRow, tracker.wantsDataRows);
+    this.scanner.setInterested(BackendCode.NoticeResponse, tracker.wantsNotices);
     this.scanner.push(chunk);
     out.readFrom(chunk); // usually written as it was read: nothing in it is replaced
     for (let seg = this.scanner.next(); seg !== null; seg = this.scanner.next()) {
@@ -61,7 +62,10 @@ export class UpstreamFrames {
       else if (seg.code === BackendCode.NotificationResponse) {
         // Notifications from this session's own backend carry the pid the client knows: ours.
         const pid = this.upstreamPid;
-        out.push(pid == null ? seg.frame : withNotifierPid(seg.frame, pid, this.clientPid));
+        const frame = pid == null ? seg.frame : withNotifierPid(seg.frame, pid, this.clientPid);
+        const scrubbed = server.notification(frame);
+        if (scrubbed !== undefined) tracker.noteWithheld('NotificationResponse');
+        out.push(scrubbed ?? frame);
       } else if (seg.code === BackendCode.ParameterStatus) {
         const { name, value } = decodeParameterStatus(seg.frame);
         this.lease.noteParameter(name, value);
@@ -69,7 +73,8 @@ export class UpstreamFrames {
         // The server now reads statements differently from the analysis (or dropped the read-only guard):
         // nothing more may reach it.
         if (reason !== undefined) return { name, value, reason };
-        out.push(seg.frame);
+        if (server.reports(name)) out.push(seg.frame);
+        else tracker.noteWithheld('ParameterStatus');
       } else out.push(tracker.onFrame(seg.code, seg.frame));
     }
     return undefined;
