@@ -179,7 +179,11 @@ const ATTACKS: readonly Attack[] = [
 ];
 
 /** Runs `steps` as simple Queries on a new agent connection; returns every message it received after login. */
-async function run(sidecar: RunningTestSidecar, steps: readonly Step[]): Promise<BackendMessage[]> {
+async function run(
+  sidecar: RunningTestSidecar,
+  steps: readonly Step[],
+  leakCheck: (bytes: Buffer) => string | undefined = leakIn,
+): Promise<BackendMessage[]> {
   const token = await sidecar.issuer.sign({ sub: AGENT });
   const client = await authenticatedClient(sidecar.host, sidecar.port, token, 30_000);
   try {
@@ -190,7 +194,7 @@ async function run(sidecar: RunningTestSidecar, steps: readonly Step[]): Promise
       assert.ok(answered, `step ${String(i + 1)}: answered (${client.end})`);
     }
     const bytes = client.received.subarray(start);
-    assert.equal(leakIn(bytes), undefined, `a masked value reached the agent`);
+    assert.equal(leakCheck(bytes), undefined, `a masked value reached the agent`);
     return parseBackend(bytes).messages;
   } finally {
     client.destroy();
@@ -310,4 +314,37 @@ test('owner code cannot reach a masking session through notices, errors, notific
     assert.deepEqual(withheld, { column: 'NoticeResponse', rule: 'server-messages', strategy: 'withheld', count: 2 });
     assert.equal(leakIn(Buffer.from(JSON.stringify(records))), undefined, 'a masked value reached the audit trail');
   });
+});
+
+test('a detector-only identity: what the detectors find in notices, errors and notification payloads is masked', async (t) => {
+  const database = await createTestDatabase(t, OWNER_SQL);
+  const policy = {
+    ...MASKED_POLICY,
+    masking: [{ name: 'found', detectors: ['email' as const], strategy: 'redact' as const }],
+  };
+  const sidecar = await startTestSidecar(t, { policies: { found: policy }, database });
+  // Only emails are detected (the ssn digits a WARNING carries are not an email).
+  const emailIn = (bytes: Buffer): string | undefined =>
+    ['alice.secret@example.com', 'bob.hidden@example.org'].find((e) => bytes.includes(e));
+  const messages = await run(
+    sidecar,
+    [
+      'insert into row_insert values (1)',
+      'insert into insert_error values (1)',
+      'listen jobs',
+      'insert into notifying values (1)',
+    ],
+    emailIn,
+  );
+  const texts = messages.filter((m) => m.type === 'N' || m.type === 'E').map((m) => errorFields(m.body));
+  assert.ok(
+    texts.some((f) => f.message === '[MASKED]'),
+    'the notice is there, its email masked',
+  );
+  assert.ok(
+    texts.some((f) => f.code === '42601' && f.message === '[MASKED]'),
+    'the error too',
+  );
+  const notification = messages.find((m) => m.type === 'A');
+  assert.deepEqual(notification?.body.subarray(4).toString('utf8').split('\0'), ['jobs', '[MASKED]', '']);
 });

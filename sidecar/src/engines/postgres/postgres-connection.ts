@@ -369,6 +369,7 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
     }
     const tracker = new ResponseTracker({
       transactionStatus: upstream.transactionStatus,
+      hashKey: this.ctx.maskingHashKey,
       onOutcome: (command, outcome) => session.complete(command, 'sql', outcome),
     });
     this.tracker = tracker;

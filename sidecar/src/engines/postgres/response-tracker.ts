@@ -60,6 +60,8 @@ export interface ResponseTrackerOptions {
   readonly onOutcome: (command: DecidedCommand, outcome: CommandOutcome) => void;
   /** Transaction status from the upstream's ReadyForQuery at login. */
   readonly transactionStatus?: TransactionStatus;
+  /** The masking hash key: detectors with the hash strategy in server messages (masking/server-messages.ts). */
+  readonly hashKey?: Buffer;
 }
 
 export class ResponseTracker {
@@ -86,11 +88,12 @@ export class ResponseTracker {
   /** From the upstream's latest ReadyForQuery. */
   transactionStatus: TransactionStatus;
   /** What a masking session's notices, errors, notifications and reported settings keep. */
-  readonly serverMessages = new ServerMessages();
+  readonly serverMessages: ServerMessages;
 
   constructor(options: ResponseTrackerOptions) {
     this.onOutcome = options.onOutcome;
     this.transactionStatus = options.transactionStatus ?? 'I';
+    this.serverMessages = new ServerMessages(options.hashKey);
   }
 
   /**

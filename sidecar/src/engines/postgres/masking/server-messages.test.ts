@@ -54,9 +54,9 @@ test('only a decision with column or type rules makes the session a masking one,
   const s = new ServerMessages();
   s.noteCommand(undefined);
   s.noteCommand(decidedWith([]));
+  assert.equal(s.notice(noticeResponse(raised)), undefined, 'sent as it is');
   s.noteCommand(decidedWith([DETECTOR_RULE]));
   assert.equal(s.active, false);
-  assert.equal(s.notice(noticeResponse(raised)), undefined, 'sent as it is');
   s.noteCommand(decidedWith([{ ...DETECTOR_RULE, types: ['int4'] }]));
   assert.equal(s.active, true);
   s.noteCommand(decidedWith([]));
@@ -156,4 +156,30 @@ test('the tracker withholds notice and error texts of a masking command and coun
     { column: 'NoticeResponse', rule: 'server-messages', strategy: 'withheld', count: 1 },
     { column: 'ErrorResponse', rule: 'server-messages', strategy: 'withheld', count: 1 },
   ]);
+});
+
+test('a detector-only session: what the detectors find is masked in notice and error texts and notification payloads', () => {
+  const s = new ServerMessages(Buffer.from('key'));
+  s.noteCommand(decidedWith([DETECTOR_RULE]));
+  assert.equal(s.active, false);
+  const n = decodeErrorFields(
+    s.notice(noticeResponse({ ...raised, severity: 'NOTICE', message: `found ${EMAIL}` })) ?? Buffer.alloc(0),
+  );
+  assert.equal(n.message, 'found [MASKED]');
+  assert.equal(n.detail, '[MASKED]');
+  const e = s.error(errorResponse({ ...raised, where: `PL/pgSQL function f(${EMAIL})` }));
+  assert.equal(e?.withheld, false);
+  assert.ok(!e.frame.toString('latin1').includes(EMAIL));
+  assert.equal(s.notice(noticeResponse({ severity: 'NOTICE', code: '00000', message: 'nothing found' })), undefined);
+  const channel = Buffer.from('jobs\0');
+  const payload = Buffer.from(`to ${EMAIL}\0`);
+  const frame = Buffer.alloc(9 + channel.length + payload.length);
+  frame[0] = BackendCode.NotificationResponse;
+  frame.writeInt32BE(frame.length - 1, 1);
+  channel.copy(frame, 9);
+  payload.copy(frame, 9 + channel.length);
+  const out = s.notification(frame) ?? Buffer.alloc(0);
+  assert.equal(out.readInt32BE(1), out.length - 1);
+  assert.deepEqual(out.subarray(9).toString('utf8').split('\0'), ['jobs', 'to [MASKED]', '']);
+  assert.equal(s.reports('application_name'), true);
 });

@@ -10,7 +10,10 @@
 //   its fields show parse analysis or the permission check of the agent's own statement text raised it;
 // - a NotificationResponse keeps its channel and pid, its payload is withheld (LISTEN still wakes a job queue);
 // - a ParameterStatus is passed only for settings whose values are a closed set drivers decode by.
+// A session whose decisions carry detector rules only gets its notice and error texts and notification
+// payloads through those detectors instead.
 import type { DecidedCommand } from '../../../core/command.ts';
+import { createValueMasker, type ValueMasker } from '../../../core/masking/mask-value.ts';
 import { maskingRules } from '../../../core/masking/result-plan.ts';
 import { decodeErrorFields } from '../protocol/backend-scanner.ts';
 import { errorResponse, noticeResponse } from '../protocol/backend-encoder.ts';
@@ -47,8 +50,29 @@ const CLOSED_SETTINGS: ReadonlySet<string> = new Set([
 /** What was withheld, for the outcome record (MaskedCount's column). */
 export type WithheldMessage = 'NoticeResponse' | 'ErrorResponse' | 'NotificationResponse' | 'ParameterStatus';
 
+/** The text fields of a notice or error that detectors scan in a detector-only session. */
+const TEXT_FIELDS = [
+  'message',
+  'detail',
+  'hint',
+  'where',
+  'internalQuery',
+  'schema',
+  'table',
+  'column',
+  'dataType',
+  'constraint',
+] as const;
+
 export class ServerMessages {
   private masking = false;
+  /** The detectors of a session whose decisions carry no column or type rules (the first such decision's). */
+  private detectors: ValueMasker | undefined;
+  private readonly hashKey: Buffer;
+
+  constructor(hashKey: Buffer = Buffer.alloc(0)) {
+    this.hashKey = hashKey;
+  }
 
   /** Whether the session's messages are scrubbed: a command of it carried column or type rules. */
   get active(): boolean {
@@ -58,12 +82,35 @@ export class ServerMessages {
   /** A command was sent: when its decision carries column or type rules, from now on, for good. */
   noteCommand(command: DecidedCommand | undefined): void {
     if (this.masking || command === undefined || command.decision.masking.length === 0) return;
-    this.masking = maskingRules(command.decision.masking).byColumn.length > 0;
+    const instructions = command.decision.masking;
+    this.masking = maskingRules(instructions).byColumn.length > 0;
+    this.detectors ??= createValueMasker(
+      instructions.filter((i) => i.detectors.length > 0),
+      this.hashKey,
+    );
+  }
+
+  /** A notice or error with what the detectors find in its text fields masked; undefined when none found. */
+  private detected(frame: Buffer): Buffer | undefined {
+    const detectors = this.detectors;
+    if (detectors === undefined) return undefined;
+    const f = decodeErrorFields(frame);
+    const masked: Partial<Record<(typeof TEXT_FIELDS)[number], string>> = {};
+    let changed = false;
+    for (const name of TEXT_FIELDS) {
+      const text = f[name];
+      if (text === undefined) continue;
+      masked[name] = detectors.mask(text);
+      changed ||= masked[name] !== text;
+    }
+    if (!changed) return undefined;
+    const fields: ErrorFields = { ...f, ...masked };
+    return frame[0] === BackendCode.NoticeResponse ? noticeResponse(fields) : errorResponse(fields);
   }
 
   /** The NoticeResponse to send instead; undefined when the session is not masked (send it as it is). */
   notice(frame: Buffer): Buffer | undefined {
-    if (!this.masking) return undefined;
+    if (!this.masking) return this.detected(frame);
     const f = decodeErrorFields(frame);
     return noticeResponse({
       severity: f.severity,
@@ -75,7 +122,10 @@ export class ServerMessages {
 
   /** The ErrorResponse to send instead, and whether its text was withheld; undefined when the session is not masked. */
   error(frame: Buffer): { readonly frame: Buffer; readonly withheld: boolean } | undefined {
-    if (!this.masking) return undefined;
+    if (!this.masking) {
+      const detected = this.detected(frame);
+      return detected === undefined ? undefined : { frame: detected, withheld: false };
+    }
     const f = decodeErrorFields(frame);
     const kept: ErrorFields = {
       severity: f.severity,
@@ -96,12 +146,28 @@ export class ServerMessages {
 
   /** The NotificationResponse to send instead (its payload empty); undefined when the session is not masked. */
   notification(frame: Buffer): Buffer | undefined {
-    if (!this.masking) return undefined;
+    if (!this.masking && this.detectors === undefined) return undefined;
     if (frame.length < 9 || frame[0] !== BackendCode.NotificationResponse) return undefined;
     const channelEnd = frame.indexOf(0, 9);
     if (channelEnd < 0) return undefined; // malformed: the scanner's framing is all that was checked
+    if (!this.masking) return this.detectedPayload(frame, channelEnd);
     const out = Buffer.alloc(channelEnd + 2); // the last byte, zero: the empty payload's NUL
     frame.copy(out, 0, 0, channelEnd + 1);
+    out.writeInt32BE(out.length - 1, 1);
+    return out;
+  }
+
+  /** A notification whose payload has what the detectors find masked; undefined when none found. */
+  private detectedPayload(frame: Buffer, channelEnd: number): Buffer | undefined {
+    const payloadEnd = frame.indexOf(0, channelEnd + 1);
+    if (payloadEnd < 0) return undefined;
+    const payload = frame.toString('utf8', channelEnd + 1, payloadEnd);
+    const masked = this.detectors?.mask(payload) ?? payload;
+    if (masked === payload) return undefined;
+    const text = Buffer.from(masked.replaceAll('\0', ''));
+    const out = Buffer.alloc(channelEnd + 2 + text.length);
+    frame.copy(out, 0, 0, channelEnd + 1);
+    text.copy(out, channelEnd + 1);
     out.writeInt32BE(out.length - 1, 1);
     return out;
   }
