@@ -1,14 +1,10 @@
 // One client connection through the PostgreSQL engine: the socket wiring. Client bytes are decoded
 // (protocol/frontend-decoder.ts); during startup each message goes to client-startup.ts, afterwards every
 // SQL-carrying message goes through the statement gate, whose verdict (forward, substitute, hold) is applied
-// here, and the response tracker is told what the upstream will answer. Upstream bytes are forwarded raw;
-// only the frames the tracker needs are looked at (protocol/backend-scanner.ts), and it reports each
-// command's outcome to the AgentSession. Backpressure is propagated both ways.
-//
-// The sidecar decides what the server will execute (docs/postgres-engine.md): the upstream session is
-// started with the pinned settings (analysis/session-state.ts), every ParameterStatus the server sends is
-// checked against what the analysis assumes (a change that makes it read statements differently ends the
-// session), and statements are parsed with the grammar of the server's major version.
+// here, and the response tracker is told what the upstream will answer. Upstream bytes are forwarded raw,
+// looked at only where upstream-frames.ts must (the tracker reports each command's outcome to the
+// AgentSession; a ParameterStatus that makes the server read statements differently from the analysis ends
+// the session, docs/postgres-engine.md). Backpressure is propagated both ways.
 import { randomBytes } from 'node:crypto';
 import type { Duplex } from 'node:stream';
 import { TLSSocket } from 'node:tls';
@@ -46,7 +42,7 @@ import {
   sslResponse,
 } from './protocol/backend-encoder.ts';
 import { BackendCode } from './protocol/backend-messages.ts';
-import { BackendScanner, decodeParameterStatus, withNotifierPid } from './protocol/backend-scanner.ts';
+import { BackendScanner } from './protocol/backend-scanner.ts';
 import { FrontendDecoder } from './protocol/frontend-decoder.ts';
 import {
   protocolNegotiation,
@@ -58,6 +54,7 @@ import {
 import { ProtocolViolation } from './protocol/protocol-violation.ts';
 import type { UpstreamConnection } from './protocol/upstream-connection.ts';
 import type { LeasedUpstream } from './upstream-reuse.ts';
+import { UpstreamFrames } from './upstream-frames.ts';
 
 type Phase = 'startup' | 'authenticating' | 'connecting' | 'ready' | 'closed';
 
@@ -83,12 +80,11 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
   private agentSession: AgentSession | undefined;
   private gate: StatementGate | undefined;
   private tracker: ResponseTracker | undefined;
+  private upstreamFrames: UpstreamFrames | undefined;
   private readonly scanner = new BackendScanner({
     interest: [...TRACKED_FRAMES, BackendCode.NotificationResponse, BackendCode.ParameterStatus],
     dataRowRuns: true,
   });
-  /** The server's reported settings, checked as they change. */
-  private serverState: ServerReportedState | undefined;
   /** Whether this connection's refusal before any session was recorded already (auth.failure). */
   private refusalRecorded = false;
   /** The client address while this connection counts against maxUnauthenticatedPerSource. */
@@ -342,6 +338,7 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
     let lease: LeasedUpstream;
     let analyzer: SqlAnalyzer;
     let pins: SessionPins;
+    let serverState: ServerReportedState;
     try {
       const identity = await verifyToken(this.ctx, token, source, this.cancelKey.processId);
       if (this.isClosed()) return; // the client went away, or timed out, during verification
@@ -363,7 +360,7 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
       const state = checkServerReports(upstream, pins);
       analyzer = await analyzerFor(this.ctx, state); // the first session loads the parser
       if (this.isClosed()) return; // gone while it loaded; close() ended the upstream
-      this.serverState = state;
+      serverState = state;
       clearTimeout(this.authTimer);
     } catch (err) {
       if (!(err instanceof StartupRefused)) throw err;
@@ -372,9 +369,18 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
     }
     const tracker = new ResponseTracker({
       transactionStatus: upstream.transactionStatus,
+      hashKey: this.ctx.maskingHashKey,
       onOutcome: (command, outcome) => session.complete(command, 'sql', outcome),
     });
     this.tracker = tracker;
+    this.upstreamFrames = new UpstreamFrames({
+      scanner: this.scanner,
+      tracker,
+      serverState,
+      lease,
+      upstreamPid: upstream.backendKey?.processId,
+      clientPid: this.cancelKey.processId,
+    });
     const masking = new ResultMasking({ catalog: this.ctx.catalog, hashKey: this.ctx.maskingHashKey });
     const gate = { analyzer, session, upstream: tracker, logger: this.ctx.logger, pins, masking };
     this.gate = new StatementGate({ ...gate, onAnalysed: (statements) => lease.noteStatements(statements) });
@@ -506,35 +512,19 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
 
   private readonly onUpstreamData = (chunk: Buffer): void => {
     this.ctx.bytesToClients.inc(chunk.length);
-    const tracker = this.tracker as ResponseTracker;
     const out = this.toClientBytes;
     try {
-      // DataRows and notices are looked at only while a queued command rewrites its response (result masking).
-      const masking = tracker.wantsDataRows;
-      this.scanner.setInterested(BackendCode.DataRow, masking);
-      this.scanner.setInterested(BackendCode.NoticeResponse, masking);
-      this.scanner.push(chunk);
-      out.readFrom(chunk); // usually written as it was read: nothing in it is replaced
-      for (let seg = this.scanner.next(); seg !== null; seg = this.scanner.next()) {
-        if (seg.kind === 'raw') out.push(seg.bytes);
-        else if (seg.code === BackendCode.NotificationResponse) {
-          // Notifications from this session's own backend carry the pid the client knows: ours.
-          const pid = this.upstream?.backendKey?.processId;
-          out.push(pid == null ? seg.frame : withNotifierPid(seg.frame, pid, this.cancelKey.processId));
-        } else if (seg.code === BackendCode.ParameterStatus) {
-          const { name, value } = decodeParameterStatus(seg.frame);
-          this.lease?.noteParameter(name, value);
-          const refusal = this.serverState?.note(name, value);
-          if (refusal !== undefined) {
-            // The server now reads statements differently from the analysis (or dropped the read-only
-            // guard): nothing more may reach it. What came before the report goes to the client.
-            out.flushTo(this.client);
-            this.ctx.logger.warn('server state refused', { sessionId: this.agentSession?.id, name, value });
-            this.fatal(serverStateRefusal(refusal));
-            return;
-          }
-          out.push(seg.frame);
-        } else out.push(tracker.onFrame(seg.code, seg.frame));
+      const refused = (this.upstreamFrames as UpstreamFrames).relay(chunk, out);
+      if (refused !== undefined) {
+        // What came before the report goes to the client, then the FATAL.
+        out.flushTo(this.client);
+        this.ctx.logger.warn('server state refused', {
+          sessionId: this.agentSession?.id,
+          name: refused.name,
+          value: refused.value,
+        });
+        this.fatal(serverStateRefusal(refused.reason));
+        return;
       }
     } catch (err) {
       out.flushTo(this.client); // what came before the bad frame, then the FATAL

@@ -6,11 +6,12 @@
 // Denials travel through the upstream (statement-gate.ts): the substituted message fails there, and the
 // upstream's ErrorResponse for it is replaced here by the unit's Denial, so responses keep pipeline order and
 // PostgreSQL's own failed-transaction and skip-until-Sync semantics hold.
-import type { CommandOutcome, DecidedCommand } from '../../core/command.ts';
+import type { CommandOutcome, DecidedCommand, MaskedCount } from '../../core/command.ts';
 import { QUERY_CANCELED, type Denial } from './error-responses.ts';
 import { BackendCode, type ErrorFields, type TransactionStatus } from './protocol/backend-messages.ts';
 import { commandCompleteRows, decodeErrorFields, decodeReadyForQuery } from './protocol/backend-scanner.ts';
 import type { ResultRewriter } from './masking/row-masker.ts';
+import { ServerMessages, type WithheldMessage } from './masking/server-messages.ts';
 
 /** The kinds of client message that get a response of their own; `copy-end` marks a COPY the client ended. */
 export type UnitKind = 'query' | 'parse' | 'bind' | 'describe' | 'execute' | 'close' | 'sync' | 'copy-end';
@@ -50,6 +51,8 @@ interface ResponseUnit {
   error: ErrorFields | undefined;
   /** Called when the message does not complete in the upstream (its error, or skipped until Sync). */
   undo: (() => void) | undefined;
+  /** Server messages withheld while this unit was the head (masking/server-messages.ts), by kind. */
+  withheld: Map<WithheldMessage, number> | undefined;
 }
 
 export interface ResponseTrackerOptions {
@@ -57,6 +60,8 @@ export interface ResponseTrackerOptions {
   readonly onOutcome: (command: DecidedCommand, outcome: CommandOutcome) => void;
   /** Transaction status from the upstream's ReadyForQuery at login. */
   readonly transactionStatus?: TransactionStatus;
+  /** The masking hash key: detectors with the hash strategy in server messages (masking/server-messages.ts). */
+  readonly hashKey?: Buffer;
 }
 
 export class ResponseTracker {
@@ -82,10 +87,13 @@ export class ResponseTracker {
   private transactionError: ErrorFields | undefined;
   /** From the upstream's latest ReadyForQuery. */
   transactionStatus: TransactionStatus;
+  /** What a masking session's notices, errors, notifications and reported settings keep. */
+  readonly serverMessages: ServerMessages;
 
   constructor(options: ResponseTrackerOptions) {
     this.onOutcome = options.onOutcome;
     this.transactionStatus = options.transactionStatus ?? 'I';
+    this.serverMessages = new ServerMessages(options.hashKey);
   }
 
   /**
@@ -96,9 +104,22 @@ export class ResponseTracker {
     return this.skipping;
   }
 
-  /** True while some queued command has a ResultRewriter: DataRows and notices must then be shown to onFrame. */
+  /** True while some queued command has a ResultRewriter: DataRows must then be shown to onFrame. */
   get wantsDataRows(): boolean {
     return this.rewriters > 0;
+  }
+
+  /** True while notices must be shown to onFrame: a command rewrites its response, or the session is masked. */
+  get wantsNotices(): boolean {
+    return this.rewriters > 0 || this.serverMessages.active;
+  }
+
+  /** A server message of `kind` was withheld: counted on the outcome of the command being answered. */
+  noteWithheld(kind: WithheldMessage): void {
+    const unit = this.units[this.head];
+    if (unit?.command === undefined) return;
+    unit.withheld ??= new Map();
+    unit.withheld.set(kind, (unit.withheld.get(kind) ?? 0) + 1);
   }
 
   /** Responses still expected. */
@@ -117,7 +138,18 @@ export class ResponseTracker {
     described?: (rowDescription: Buffer) => void,
   ): void {
     if (rows !== undefined) this.rewriters += 1;
-    this.units.push({ kind, command, denial, rows, described, rowCount: 0, error: undefined, undo: undefined });
+    this.serverMessages.noteCommand(command);
+    this.units.push({
+      kind,
+      command,
+      denial,
+      rows,
+      described,
+      rowCount: 0,
+      error: undefined,
+      undo: undefined,
+      withheld: undefined,
+    });
   }
 
   /**
@@ -167,9 +199,19 @@ export class ResponseTracker {
       case BackendCode.DataRow:
         // One or more whole DataRows (the scanner's dataRowRuns).
         return unit?.rows === undefined ? frame : unit.rows.dataRows(frame);
-      case BackendCode.NoticeResponse:
-        if (unit?.kind === 'sync') return this.committing.reduce((f, r) => r.notice(f), frame);
-        return unit?.rows === undefined ? frame : unit.rows.notice(frame);
+      case BackendCode.NoticeResponse: {
+        // A statement that read masked data drops its notices; a masking session withholds the text of the rest.
+        const rewritten =
+          unit?.kind === 'sync'
+            ? this.committing.reduce((f, r) => r.notice(f), frame)
+            : unit?.rows === undefined
+              ? frame
+              : unit.rows.notice(frame);
+        const scrubbed = rewritten.length === 0 ? undefined : this.serverMessages.notice(rewritten);
+        if (scrubbed === undefined) return rewritten;
+        this.noteWithheld('NoticeResponse');
+        return scrubbed;
+      }
       case BackendCode.CommandComplete:
         if (unit !== undefined) {
           unit.rows?.statementEnd();
@@ -300,7 +342,11 @@ export class ResponseTracker {
     if (end === -1) this.clientInCopyIn = true;
   }
 
-  private onError(unit: ResponseUnit | undefined, upstreamFrame: Buffer): Buffer {
+  private onError(unit: ResponseUnit | undefined, serverFrame: Buffer): Buffer {
+    // In a masking session, before anything reads it: owner code may have raised it (masking/server-messages.ts).
+    const scrubbed = this.serverMessages.error(serverFrame);
+    if (scrubbed?.withheld === true) this.noteWithheld('ErrorResponse');
+    const upstreamFrame = scrubbed?.frame ?? serverFrame;
     if (unit === undefined) return upstreamFrame; // e.g. a FATAL error before shutdown
     // Our denial fails its substitute upstream, which ends the transaction too: recorded with the denial's code.
     this.transactionError ??=
@@ -358,8 +404,8 @@ export class ResponseTracker {
       return;
     }
     const error = unit.error;
-    const masked = unit.rows?.counts();
-    const counts = masked === undefined || masked.length === 0 ? {} : { masked };
+    const masked = [...(unit.rows?.counts() ?? []), ...withheldCounts(unit.withheld)];
+    const counts = masked.length === 0 ? {} : { masked };
     if (error === undefined) {
       this.onOutcome(command, { status, rows: unit.rowCount, ...counts });
       return;
@@ -372,6 +418,12 @@ export class ResponseTracker {
       ...counts,
     });
   }
+}
+
+/** Withheld server messages as outcome counts: a kind of message, never its text. */
+function withheldCounts(withheld: ReadonlyMap<WithheldMessage, number> | undefined): MaskedCount[] {
+  if (withheld === undefined) return [];
+  return [...withheld].map(([column, count]) => ({ column, rule: 'server-messages', strategy: 'withheld', count }));
 }
 
 /** Runs a failed unit's undo once. */

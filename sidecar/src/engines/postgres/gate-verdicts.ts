@@ -1,0 +1,70 @@
+// The verdicts the statement gate gives the connection (statement-gate.ts), and the refusals it makes of
+// names the sidecar cannot vouch for: what crosses from the gate to the connection and the response tracker.
+import type { ClientNotice } from '../../core/approvals/approval-notice.ts';
+import type { DecidedCommand } from '../../core/command.ts';
+import type { SidecarError } from '../../core/errors.ts';
+import { denial, type Denial } from './error-responses.ts';
+import type { Bind } from './protocol/frontend-messages.ts';
+import type { ResultRewriter } from './masking/row-masker.ts';
+
+/**
+ * What the connection relays at once: the frame, or a failing substitute with our denial. `undo` (for the
+ * response tracker's onFailure): what the gate assumed the forwarded message did to the names of statements,
+ * portals and cursors, taken back when the upstream refuses or skips it.
+ */
+export type RelayVerdict =
+  /** `rows`: the result masking of the command's response, when its decision masks anything. */
+  | {
+      readonly action: 'forward';
+      readonly command: DecidedCommand | undefined;
+      readonly rows?: ResultRewriter;
+      readonly undo?: () => void;
+    }
+  /** `denial` undefined: the upstream's own error for the substitute is what the client should see. */
+  | {
+      readonly action: 'substitute';
+      readonly command: DecidedCommand | undefined;
+      readonly denial: Denial | undefined;
+    };
+
+/** What a hold settles into: a relay verdict, or the end of the connection (the sidecar stopped meanwhile). */
+export type SettledVerdict =
+  RelayVerdict | { readonly action: 'end'; readonly command: DecidedCommand | undefined; readonly error: SidecarError };
+
+export type GateVerdict =
+  | RelayVerdict
+  | {
+      readonly action: 'hold';
+      readonly until: Promise<SettledVerdict>;
+      /**
+       * A hold for approval: the notice for the client once the request is filed (undefined when it could not
+       * be; the refusal follows), and how a cancel request withdraws it.
+       */
+      readonly approval?: { readonly notice: Promise<ClientNotice | undefined>; cancel(why: string): void };
+    };
+
+/** An approval hold binds to the bytes that run; bound parameters as format-tagged hex, NULL as NULL. */
+export function exactParameters(bind: Bind): string[] {
+  return bind.params.map((p, i) => {
+    if (p === null) return 'NULL';
+    const format = bind.paramFormats.length === 1 ? bind.paramFormats[0] : bind.paramFormats[i];
+    return `${format === 1 ? 'binary' : 'text'}:${p.toString('hex')}`;
+  });
+}
+
+/** Forward, with no decided command (an empty query, a Parse decided again at Execute). */
+export const FORWARD: RelayVerdict = Object.freeze({ action: 'forward', command: undefined });
+
+export function undeclaredCursor(name: string): Denial {
+  return denial({
+    id: 'UnknownPortal',
+    message: `chaperone: FETCH or MOVE of ${JSON.stringify(name)}, which was not declared as a cursor through the sidecar (a portal bound by the protocol, or a DECLARE that failed), is not allowed`,
+  });
+}
+
+export function uncertainRefusal(name: string): Denial {
+  return denial({
+    id: 'UncertainStatement',
+    message: `chaperone: prepared statement ${JSON.stringify(name)} may not be what the sidecar saw prepared (its last Parse, PREPARE, Close or DEALLOCATE failed or was skipped); close or deallocate it and prepare it again`,
+  });
+}
