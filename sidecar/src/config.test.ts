@@ -84,3 +84,30 @@ test('explicit API access: server and files as given, or a kubeconfig alone', ()
     /\/audit\/kubernetes: kubeconfig excludes server, caFile/,
   );
 });
+
+test('eventLoops: default 1, at most 16; more than one refuses what only one loop would see (fail closed)', () => {
+  assert.equal(validateConfig(base).eventLoops, 1);
+  assert.equal(validateConfig({ ...base, eventLoops: 2 }).eventLoops, 2);
+  for (const bad of [0, 17, 1.5]) {
+    assert.throws(() => validateConfig({ ...base, eventLoops: bad }), /\/eventLoops: /);
+  }
+  const unsupported = {
+    ...durable,
+    eventLoops: 2,
+    approvals: {},
+    credentials: { dir: '/var/run/chaperone/credentials', url: 'https://operator', resources: ['orders-db'] },
+  };
+  assert.throws(
+    () => validateConfig(unsupported, { ...downward, ...inCluster }),
+    (err: unknown) => {
+      assert.ok(err instanceof ConfigError);
+      for (const what of ['the durable audit spool', 'approvals', 'delivered credentials']) {
+        assert.match(err.message, new RegExp(`/eventLoops: more than one event loop does not support ${what} yet`));
+      }
+      assert.match(err.message, /set eventLoops: 1/);
+      return true;
+    },
+  );
+  // The same configuration with one loop has none of these problems.
+  assert.equal(validateConfig({ ...unsupported, eventLoops: 1 }, { ...downward, ...inCluster }).eventLoops, 1);
+});

@@ -8,6 +8,9 @@ import { Type, type Static } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
 import { AUDIT_FAILURE_MODES, AUDIT_SPOOL_DURABILITIES, TLS_MODES } from '@chaperone/api';
 
+/** Upper bound of `eventLoops`: a loop is a V8 isolate of its own (tens of MiB). */
+export const MAX_EVENT_LOOPS = 16;
+
 const literalUnion = <const T extends readonly string[]>(values: T, description: string) =>
   Type.Union(
     values.map((v: T[number]) => Type.Literal(v)),
@@ -554,6 +557,11 @@ export const SidecarConfig = Type.Object(
       },
       { default: {} },
     ),
+    /**
+     * Event loops serving the listeners: the main thread plus `eventLoops - 1` worker threads, each
+     * accepting on the same ports (SO_REUSEPORT) (docs/sidecar-event-loops.md). Default 1.
+     */
+    eventLoops: Type.Integer({ minimum: 1, maximum: MAX_EVENT_LOOPS, default: 1 }),
     log: Type.Object(
       { level: literalUnion(['debug', 'info', 'warn', 'error'] as const, 'Default info.') },
       { default: { level: 'info' } },
@@ -716,6 +724,7 @@ export function validateConfig(document: unknown, env: ConfigEnvironment = {}): 
     if (typeof resolved === 'string') problems.push(resolved);
     else approvals.kubernetes = resolved;
   }
+  if (config.eventLoops > 1) problems.push(...eventLoopProblems(config));
   const policy = config.policy;
   if ((policy.bundleDir === undefined) === (policy.kubernetes === undefined)) {
     problems.push('/policy: set exactly one of bundleDir and kubernetes');
@@ -736,6 +745,24 @@ export function validateConfig(document: unknown, env: ConfigEnvironment = {}): 
   }
   if (problems.length > 0) throw new ConfigError(`invalid configuration:\n  ${problems.join('\n  ')}`);
   return config;
+}
+
+/**
+ * What more than one event loop does not support yet (docs/sidecar-event-loops.md, "What is built"): refused
+ * at start rather than run with per-pod state that only one loop would see.
+ */
+function eventLoopProblems(config: SidecarConfig): string[] {
+  const problems: string[] = [];
+  const unsupported = (path: string, what: string) =>
+    problems.push(`/eventLoops: more than one event loop does not support ${what} yet (${path}); set eventLoops: 1`);
+  if (config.audit.spoolDir !== undefined) unsupported('audit.spoolDir', 'the durable audit spool');
+  if (config.approvals !== undefined) unsupported('approvals', 'approvals');
+  if (config.credentials !== undefined) unsupported('credentials', 'delivered credentials');
+  if (config.policy.kubernetes !== undefined) unsupported('policy.kubernetes', 'policy sets from Kubernetes');
+  for (const [i, l] of config.listeners.entries()) {
+    if (l.type !== 'postgres') unsupported(`listeners/${String(i)}`, `${l.type} listeners`);
+  }
+  return problems;
 }
 
 /** API access completed: a kubeconfig, or server, tokenFile and caFile with in-cluster defaults; or a problem. */
