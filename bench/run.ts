@@ -814,10 +814,11 @@ async function startSidecar(
   });
 }
 
-async function setUp(maxConnections = 400): Promise<PostgresCluster> {
+async function setUp(maxConnections = 500): Promise<PostgresCluster> {
   runDir = createRunDirectory();
   console.log(`bench: run directory ${runDir}`);
-  // As in the issue's measurements: room for 150 clients through PgBouncer and the sidecar at once.
+  // Room for 150 clients through PgBouncer and two sidecars at once (the footprint's event-loop shape keeps
+  // PgBouncer's pool and both sidecars' parked upstream sessions, 150 each).
   const pg = await startPostgres(runDir, { settings: { max_connections: String(maxConnections) } });
   postgres = pg;
   const started = Date.now();
@@ -1092,8 +1093,9 @@ async function eventLoopsOnly(): Promise<void> {
     Number(process.env.BENCH_ROUNDS ?? 3),
   );
   console.log(`bench: ${uptime()}`);
-  writeFileSync(join(runDir ?? '', 'event-loops.json'), `${JSON.stringify(result, null, 2)}\n`);
-  console.log(`bench: results in ${join(runDir ?? '', 'event-loops.json')}`);
+  const file = join(REPO_ROOT, 'bench', 'event-loops.json');
+  writeFileSync(file, `${JSON.stringify(result, null, 2)}\n`);
+  console.log(`bench: results in ${file}`);
 }
 
 /** `--footprint-profile storm|clients150`: the sidecar under `node --cpu-prof` for one footprint shape. */
@@ -1159,7 +1161,7 @@ const VARIANTS: readonly Variant[] = [
 async function profile(): Promise<void> {
   // The variant table's sidecars all run at once, and each keeps the upstream sessions of its 150 clients
   // parked for the next run (docs/postgres-engine.md, "How many are kept"), as PgBouncer keeps its pool.
-  const pg = await setUp(args.shapes?.includes('c150') === true ? 1000 : 400);
+  const pg = await setUp(args.shapes?.includes('c150') === true ? 1000 : 500);
   mkdirSync(PROFILE_DIR, { recursive: true });
   const seconds = Number(process.env.BENCH_SECONDS ?? 8);
   const allShapes = [
@@ -1301,7 +1303,7 @@ async function compareVariants(
   for (const shape of shapes) {
     for (let round = 0; round < rounds; round++) {
       for (const t of targets) {
-        // PgBouncer-with-TLS's 150 idle server connections would not leave room in max_connections (400).
+        // PgBouncer-with-TLS's 150 idle server connections would not leave room in max_connections (500).
         if (shape.clients > 8 && t.target === 'pgbouncer-tls') continue;
         // Many clients: an unmeasured run of the same shape first, as the footprint part does (PgBouncer
         // fills its server pool, the sidecar parks what it may keep).

@@ -2,7 +2,7 @@
 // file leaves it empty, and the in-cluster API server for the durable audit trail.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { ConfigError, validateConfig } from './config.ts';
+import { ConfigError, perLoopLimits, validateConfig } from './config.ts';
 
 const base = {
   listeners: [
@@ -110,4 +110,26 @@ test('eventLoops: default 1, at most 16; more than one refuses what only one loo
   );
   // The same configuration with one loop has none of these problems.
   assert.equal(validateConfig({ ...unsupported, eventLoops: 1 }, { ...downward, ...inCluster }).eventLoops, 1);
+});
+
+test('eventLoops: the bounds a loop counts alone are split into equal shares; each loop needs one', () => {
+  const listener = base.listeners[0];
+  const three = validateConfig({
+    ...base,
+    eventLoops: 3,
+    listeners: [{ ...listener, maxUnauthenticatedPerSource: 16, upstreamReuse: { maxParkedPerKey: 10 } }],
+  });
+  const share = perLoopLimits(three).listeners[0];
+  assert.equal(share?.type, 'postgres');
+  assert.equal(share.maxUnauthenticatedPerSource, 5);
+  assert.equal(share.upstreamReuse.maxParkedPerKey, 3);
+  assert.equal(share.upstreamReuse.maxParked, 85);
+  // maxConnections is counted across the loops, not split.
+  assert.equal(share.maxConnections, 256);
+  const one = validateConfig(base);
+  assert.equal(perLoopLimits(one), one, 'one loop keeps the configuration as it is');
+  assert.throws(
+    () => validateConfig({ ...base, eventLoops: 4, listeners: [{ ...listener, maxUnauthenticatedPerSource: 3 }] }),
+    /\/listeners\/0\/maxUnauthenticatedPerSource: at least eventLoops \(4\); every loop gets an equal share/,
+  );
 });

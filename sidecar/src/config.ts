@@ -760,9 +760,52 @@ function eventLoopProblems(config: SidecarConfig): string[] {
   if (config.credentials !== undefined) unsupported('credentials', 'delivered credentials');
   if (config.policy.kubernetes !== undefined) unsupported('policy.kubernetes', 'policy sets from Kubernetes');
   for (const [i, l] of config.listeners.entries()) {
-    if (l.type !== 'postgres') unsupported(`listeners/${String(i)}`, `${l.type} listeners`);
+    if (l.type !== 'postgres') {
+      unsupported(`listeners/${String(i)}`, `${l.type} listeners`);
+      continue;
+    }
+    // Split into equal shares per loop (perLoopLimits): each loop needs one.
+    const shared = {
+      maxUnauthenticatedPerSource: l.maxUnauthenticatedPerSource,
+      'upstreamReuse/maxParkedPerKey': l.upstreamReuse.maxParkedPerKey,
+      'upstreamReuse/maxParked': l.upstreamReuse.maxParked,
+    };
+    for (const [key, value] of Object.entries(shared)) {
+      if (value < config.eventLoops) {
+        problems.push(
+          `/listeners/${String(i)}/${key}: at least eventLoops (${String(config.eventLoops)}); every loop gets an equal share`,
+        );
+      }
+    }
   }
   return problems;
+}
+
+/**
+ * The configuration one of `eventLoops` loops runs with: the per-listener bounds a loop counts by itself
+ * (unauthenticated connections per source, parked upstream sessions) split into equal shares, rounded down,
+ * so the sidecar never holds more than configured (it may refuse a little earlier when a source's
+ * connections land unevenly). maxConnections is counted across loops instead (ResourceListener).
+ */
+export function perLoopLimits(config: SidecarConfig): SidecarConfig {
+  const n = config.eventLoops;
+  if (n === 1) return config;
+  return {
+    ...config,
+    listeners: config.listeners.map((l) =>
+      l.type !== 'postgres'
+        ? l
+        : {
+            ...l,
+            maxUnauthenticatedPerSource: Math.floor(l.maxUnauthenticatedPerSource / n),
+            upstreamReuse: {
+              ...l.upstreamReuse,
+              maxParkedPerKey: Math.floor(l.upstreamReuse.maxParkedPerKey / n),
+              maxParked: Math.floor(l.upstreamReuse.maxParked / n),
+            },
+          },
+    ),
+  };
 }
 
 /** API access completed: a kubeconfig, or server, tokenFile and caFile with in-cluster defaults; or a problem. */

@@ -4,7 +4,7 @@
 // everything.
 import type { Server } from 'node:http';
 import type { SidecarConfig } from './config.ts';
-import { parseHostPort } from './config.ts';
+import { parseHostPort, perLoopLimits } from './config.ts';
 import { join } from 'node:path';
 import { JsonLinesSink, type AuditSink } from './core/audit/audit-sink.ts';
 import { PodChain, sharedPodChainHead } from './core/audit/pod-chain.ts';
@@ -200,7 +200,7 @@ export async function startSidecar(config: SidecarConfig, options: StartOptions 
   let metricsServer: Server | undefined;
   try {
     loop = await startLoop(
-      config,
+      perLoopLimits(config),
       {
         pod: { name: config.pod.name, namespace: config.pod.namespace },
         sink,
@@ -212,7 +212,7 @@ export async function startSidecar(config: SidecarConfig, options: StartOptions 
       shared === undefined ? undefined : { index: 0, openConnections: shared.openConnections, peers },
     );
     if (shared !== undefined) {
-      workers = await WorkerLoops.start(config, shared, loop, sink as JsonLinesSink, logger, (err) => {
+      workers = await WorkerLoops.start(perLoopLimits(config), shared, loop, sink as JsonLinesSink, logger, (err) => {
         // Fail closed, as when the audit worker fails: the sidecar stops with a non-zero status.
         logger.error('an event loop failed; stopping', { error: err });
         process.exitCode = 70;
