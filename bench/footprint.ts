@@ -13,8 +13,8 @@ export interface FootprintContext {
   /** libpq environments of direct PostgreSQL and PgBouncer. */
   readonly envs: { readonly direct: NodeJS.ProcessEnv; readonly pgbouncer: NodeJS.ProcessEnv };
   readonly pgbouncerPid: number | undefined;
-  /** Starts a fresh sidecar (allow-all, audit as JSON lines) in `dir`. */
-  startSidecar(dir: string): Promise<SidecarProcess>;
+  /** Starts a fresh sidecar (allow-all, audit as JSON lines) in `dir`; `eventLoops` default 1. */
+  startSidecar(dir: string, eventLoops?: number): Promise<SidecarProcess>;
   /** Issues a token for the sidecar valid for `seconds`. */
   token(sidecar: SidecarProcess, seconds: number): Promise<string>;
   /** Runs pgbench to completion (tracked for cleanup by the caller); rejects on a non-zero exit. */
@@ -81,6 +81,7 @@ export interface FootprintResult {
     readonly simple: AuditBytes;
     readonly prepared: AuditBytes;
   };
+  readonly eventLoops: EventLoopsResult;
   readonly load: {
     readonly argv: string;
     readonly seconds: number;
@@ -96,6 +97,24 @@ export interface FootprintResult {
     readonly tps: number;
   };
 }
+
+/** 150 clients through a sidecar of one event loop and one of two, PgBouncer beside them (runEventLoopsBench). */
+export interface EventLoopsResult {
+  readonly argv: string;
+  readonly rounds: number;
+  /** Per target, the median round's TPS and the proxy's CPU per transaction (µs). */
+  readonly byTarget: Readonly<Record<EventLoopsTarget, ManyClientsResult>>;
+  /** Every round, in the order run. */
+  readonly runs: readonly (ManyClientsResult & { readonly target: EventLoopsTarget; readonly loadavg1: number })[];
+  readonly twoLoopsOverOne: number;
+  readonly oneLoopOverPgbouncer: number;
+  readonly twoLoopsOverPgbouncer: number;
+  /** RSS of each sidecar after the rounds. */
+  readonly oneLoopAfter: MemorySample;
+  readonly twoLoopsAfter: MemorySample;
+}
+
+export type EventLoopsTarget = 'pgbouncer' | 'sidecar-1-loop' | 'sidecar-2-loops';
 
 export interface AuditBytes {
   readonly statements: number;
@@ -410,9 +429,109 @@ export async function runFootprintBench(ctx: FootprintContext): Promise<Footprin
     console.log(
       `  load: RSS before ${mib(before)}, peak ${peak.toFixed(1)} MiB, end ${mib(endOfLoad)}, ${String(pauseSeconds)} s later ${mib(after)} (×${load.afterOverBefore.toFixed(3)}); audit, prepared select: ${auditPrepared.bytesPerStatement.toFixed(0)} bytes per statement`,
     );
-    return { idle, storm, clients150, audit: { simple: auditSimple, prepared: auditPrepared }, load };
+    await side.stop();
+    const eventLoops = await runEventLoopsBench(ctx, ctx.quick ? 1 : 3);
+    return { idle, storm, clients150, audit: { simple: auditSimple, prepared: auditPrepared }, eventLoops, load };
   } finally {
     await side.stop();
+  }
+}
+
+/**
+ * `pgbench -S -c 150` through a fresh sidecar of one event loop and a fresh one of two (eventLoops: 2,
+ * docs/sidecar-event-loops.md), PgBouncer beside them: `rounds` interleaved rounds (the order rotates), each
+ * target warmed up first; the median round per target.
+ */
+export async function runEventLoopsBench(ctx: FootprintContext, rounds: number): Promise<EventLoopsResult> {
+  const seconds = ctx.quick ? 5 : 8;
+  const argv = ['-n', '-S', '-c', '150', '-j', '2', '-T', String(seconds)];
+  const one = await ctx.startSidecar(`${ctx.dir}/sidecar-1-loop`, 1);
+  try {
+    const two = await ctx.startSidecar(`${ctx.dir}/sidecar-2-loops`, 2);
+    try {
+      const envs: Record<EventLoopsTarget, NodeJS.ProcessEnv> = {
+        pgbouncer: ctx.envs.pgbouncer,
+        'sidecar-1-loop': one.libpqEnv(await ctx.token(one, 3600), { PGAPPNAME: 'chaperone-bench' }),
+        'sidecar-2-loops': two.libpqEnv(await ctx.token(two, 3600), { PGAPPNAME: 'chaperone-bench' }),
+      };
+      const pids: Record<EventLoopsTarget, number | undefined> = {
+        pgbouncer: ctx.pgbouncerPid,
+        'sidecar-1-loop': one.process.pid,
+        'sidecar-2-loops': two.process.pid,
+      };
+      const targets: EventLoopsTarget[] = ['pgbouncer', 'sidecar-1-loop', 'sidecar-2-loops'];
+      // Warm-up: PgBouncer opens its 150 server connections one login at a time.
+      for (const target of targets) await ctx.pgbench(['-n', '-S', '-c', '150', '-j', '2', '-T', '10'], envs[target]);
+      const runs: (ManyClientsResult & { target: EventLoopsTarget; loadavg1: number })[] = [];
+      for (let r = 0; r < rounds; r++) {
+        for (const target of [...targets.slice(r % 3), ...targets.slice(0, r % 3)]) {
+          let before = cpuMicros(pids[target]);
+          let out = await ctx.pgbench(argv, envs[target]);
+          if (/number of transactions actually processed: 0\b/.test(out)) {
+            // Logging in 150 clients took longer than the run (a busy machine): once more, twice as long.
+            console.log(`  event loops, ${target}: no transaction in ${String(seconds)} s; again`);
+            before = cpuMicros(pids[target]);
+            out = await ctx.pgbench([...argv.slice(0, -1), String(2 * seconds)], envs[target]);
+          }
+          const after = cpuMicros(pids[target]);
+          const txns = numberIn(out, /number of transactions actually processed: (\d+)/, `transactions (${target})`);
+          const result = {
+            target,
+            // Still nothing (PgBouncer's logins on a machine at load 20): the round counts 0, not in the medians.
+            tps:
+              txns === 0 ? 0 : numberIn(out, /tps = ([\d.]+) \(without initial connection time\)/, `tps (${target})`),
+            latencyMs: txns === 0 ? Number.NaN : numberIn(out, /latency average = ([\d.]+) ms/, 'latency'),
+            proxyCpuUsPerTxn:
+              before === undefined || after === undefined || txns === 0 ? undefined : (after - before) / txns,
+            loadavg1: loadavg()[0] ?? 0,
+          };
+          runs.push(result);
+          console.log(
+            `  event loops, round ${String(r + 1)} ${target.padEnd(15)}: ${result.tps.toFixed(0)} tps, CPU ${result.proxyCpuUsPerTxn?.toFixed(1) ?? '-'} µs/txn (load ${result.loadavg1.toFixed(2)})`,
+          );
+        }
+      }
+      const of = (target: EventLoopsTarget): ManyClientsResult => {
+        const mine = runs.filter((x) => x.target === target && x.tps > 0);
+        if (mine.length === 0) return { tps: Number.NaN, latencyMs: Number.NaN, proxyCpuUsPerTxn: undefined };
+        const cpu = mine.flatMap((x) => (x.proxyCpuUsPerTxn === undefined ? [] : [x.proxyCpuUsPerTxn]));
+        return {
+          tps: median(
+            mine.map((x) => x.tps),
+            Number,
+          ),
+          latencyMs: median(
+            mine.map((x) => x.latencyMs),
+            Number,
+          ),
+          proxyCpuUsPerTxn: cpu.length === 0 ? undefined : median(cpu, Number),
+        };
+      };
+      const byTarget = {
+        pgbouncer: of('pgbouncer'),
+        'sidecar-1-loop': of('sidecar-1-loop'),
+        'sidecar-2-loops': of('sidecar-2-loops'),
+      };
+      const result: EventLoopsResult = {
+        argv: `pgbench ${argv.join(' ')}`,
+        rounds,
+        byTarget,
+        runs,
+        twoLoopsOverOne: byTarget['sidecar-2-loops'].tps / byTarget['sidecar-1-loop'].tps,
+        oneLoopOverPgbouncer: byTarget['sidecar-1-loop'].tps / byTarget.pgbouncer.tps,
+        twoLoopsOverPgbouncer: byTarget['sidecar-2-loops'].tps / byTarget.pgbouncer.tps,
+        oneLoopAfter: (await memorySample(one.process.pid, one.metricsPort)) as MemorySample,
+        twoLoopsAfter: (await memorySample(two.process.pid, two.metricsPort)) as MemorySample,
+      };
+      console.log(
+        `  event loops: 2 loops ÷ 1 loop ${result.twoLoopsOverOne.toFixed(3)}; ÷ PgBouncer: 1 loop ${result.oneLoopOverPgbouncer.toFixed(3)}, 2 loops ${result.twoLoopsOverPgbouncer.toFixed(3)}; RSS 1 loop ${mib(result.oneLoopAfter)}, 2 loops ${mib(result.twoLoopsAfter)}`,
+      );
+      return result;
+    } finally {
+      await two.stop();
+    }
+  } finally {
+    await one.stop();
   }
 }
 

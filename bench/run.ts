@@ -39,7 +39,7 @@ import { formatMaskingBench, runMaskingBench } from './masking.ts';
 import { runTokenExchangeBench } from './token-exchange.ts';
 import { runKubernetesApiBench } from './kubernetes-api.ts';
 import { formatProfileSummary, summariseProfile, type ProfileSummary } from './cpu-profile.ts';
-import { footprintTargets, runFootprintBench, type FootprintResult } from './footprint.ts';
+import { footprintTargets, runEventLoopsBench, runFootprintBench, type FootprintResult } from './footprint.ts';
 import { freePort, startPostgres, type PostgresCluster } from '../e2e/harness/postgres.ts';
 import { createRunDirectory, recordServer, stopProcess } from '../e2e/harness/processes.ts';
 import {
@@ -134,6 +134,11 @@ const { values: args } = parseArgs({
      * (pgbench -S -c 150), BENCH_SECONDS long (default 15); summary printed, profile in tmp/bench-profiles.
      */
     'footprint-profile': { type: 'string' },
+    /**
+     * Only the footprint's event-loop shape: pgbench -S -c 150 through a sidecar of one event loop and one
+     * of two, PgBouncer beside them, BENCH_ROUNDS (default 3) interleaved rounds.
+     */
+    'event-loops-only': { type: 'boolean' },
   },
   strict: true,
 });
@@ -785,7 +790,7 @@ function baselineBundle(root: string): string {
 async function startSidecar(
   pg: PostgresCluster,
   dir: string,
-  extra: Partial<Pick<SidecarProcessOptions, 'bin' | 'env' | 'nodeArgs'>> = {},
+  extra: Partial<Pick<SidecarProcessOptions, 'bin' | 'env' | 'nodeArgs' | 'eventLoops'>> = {},
   tlsMode: 'verify-full' | 'disable' = 'verify-full',
 ): Promise<SidecarProcess> {
   return spawnSidecar({
@@ -809,10 +814,11 @@ async function startSidecar(
   });
 }
 
-async function setUp(maxConnections = 400): Promise<PostgresCluster> {
+async function setUp(maxConnections = 500): Promise<PostgresCluster> {
   runDir = createRunDirectory();
   console.log(`bench: run directory ${runDir}`);
-  // As in the issue's measurements: room for 150 clients through PgBouncer and the sidecar at once.
+  // Room for 150 clients through PgBouncer and two sidecars at once (the footprint's event-loop shape keeps
+  // PgBouncer's pool and both sidecars' parked upstream sessions, 150 each).
   const pg = await startPostgres(runDir, { settings: { max_connections: String(maxConnections) } });
   postgres = pg;
   const started = Date.now();
@@ -1027,8 +1033,8 @@ async function runFootprint(direct: NodeJS.ProcessEnv, bouncer: NodeJS.ProcessEn
   return runFootprintBench({
     envs: { direct, pgbouncer: bouncer },
     pgbouncerPid: pgbouncer?.pid,
-    startSidecar: async (dir) => {
-      const s = await startSidecar(pg, dir);
+    startSidecar: async (dir, eventLoops) => {
+      const s = await startSidecar(pg, dir, eventLoops === undefined ? {} : { eventLoops });
       sidecar = s;
       return s;
     },
@@ -1064,6 +1070,32 @@ async function footprintOnly(): Promise<void> {
   };
   writeFileSync(RESULTS_FILE, `${JSON.stringify(results, null, 2)}\n`);
   console.log(`\nbench: results in ${RESULTS_FILE}`);
+}
+
+/** `--event-loops-only`: PostgreSQL, PgBouncer and the footprint's event-loop shape (runEventLoopsBench). */
+async function eventLoopsOnly(): Promise<void> {
+  console.log(`bench: ${uptime()}`);
+  const pg = await setUp();
+  const bouncer = await startPgbouncer(join(runDir ?? '', 'pgbouncer'), pg);
+  const result = await runEventLoopsBench(
+    {
+      envs: { direct: directEnv(pg), pgbouncer: { ...directEnv(pg), PGPORT: String(bouncer.port) } },
+      pgbouncerPid: pgbouncer?.pid,
+      startSidecar: (dir, eventLoops) => startSidecar(pg, dir, eventLoops === undefined ? {} : { eventLoops }),
+      token: sidecarToken,
+      pgbench: async (argv, env) => {
+        const { stdout, stderr } = await run(pgTool('pgbench'), argv, env);
+        return `${stdout}\n${stderr}`;
+      },
+      dir: runDir ?? '',
+      quick: args.quick === true,
+    },
+    Number(process.env.BENCH_ROUNDS ?? 3),
+  );
+  console.log(`bench: ${uptime()}`);
+  const file = join(REPO_ROOT, 'bench', 'event-loops.json');
+  writeFileSync(file, `${JSON.stringify(result, null, 2)}\n`);
+  console.log(`bench: results in ${file}`);
 }
 
 /** `--footprint-profile storm|clients150`: the sidecar under `node --cpu-prof` for one footprint shape. */
@@ -1129,7 +1161,7 @@ const VARIANTS: readonly Variant[] = [
 async function profile(): Promise<void> {
   // The variant table's sidecars all run at once, and each keeps the upstream sessions of its 150 clients
   // parked for the next run (docs/postgres-engine.md, "How many are kept"), as PgBouncer keeps its pool.
-  const pg = await setUp(args.shapes?.includes('c150') === true ? 1000 : 400);
+  const pg = await setUp(args.shapes?.includes('c150') === true ? 1000 : 500);
   mkdirSync(PROFILE_DIR, { recursive: true });
   const seconds = Number(process.env.BENCH_SECONDS ?? 8);
   const allShapes = [
@@ -1271,7 +1303,7 @@ async function compareVariants(
   for (const shape of shapes) {
     for (let round = 0; round < rounds; round++) {
       for (const t of targets) {
-        // PgBouncer-with-TLS's 150 idle server connections would not leave room in max_connections (400).
+        // PgBouncer-with-TLS's 150 idle server connections would not leave room in max_connections (500).
         if (shape.clients > 8 && t.target === 'pgbouncer-tls') continue;
         // Many clients: an unmeasured run of the same shape first, as the footprint part does (PgBouncer
         // fills its server pool, the sidecar parks what it may keep).
@@ -1310,6 +1342,7 @@ try {
   else if (args.evidence === true) await evidenceOnly();
   else if (args['footprint-only'] === true) await footprintOnly();
   else if (args['footprint-profile'] !== undefined) await footprintProfile(args['footprint-profile']);
+  else if (args['event-loops-only'] === true) await eventLoopsOnly();
   else await benchmark();
 } catch (err) {
   // An interrupt kills pgbench under a run; the signal handler reports that and sets the exit status.

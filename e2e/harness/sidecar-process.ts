@@ -115,6 +115,8 @@ export interface SidecarProcessOptions {
   readonly policyPollIntervalMs?: number;
   /** Sidecar log level; default debug (what tests want to read on failure). */
   readonly logLevel?: 'debug' | 'info' | 'warn' | 'error';
+  /** The sidecar's eventLoops (docs/sidecar-event-loops.md); default the config's (1). */
+  readonly eventLoops?: number;
   /** Entry point run with `node` instead of the chaperone-sidecar bin (same `--config FILE` interface). */
   readonly bin?: string;
   /** Environment of the sidecar process; default this process's. */
@@ -220,6 +222,7 @@ export async function spawnSidecar(options: SidecarProcessOptions): Promise<Side
     audit: { path: auditFile, ...options.audit },
     ...(options.approvals === undefined ? {} : { approvals: options.approvals }),
     metrics: { listen: '127.0.0.1:0' },
+    ...(options.eventLoops === undefined ? {} : { eventLoops: options.eventLoops }),
     log: { level: options.logLevel ?? 'debug' },
   };
   const configFile = join(dir, 'sidecar.yaml');

@@ -37,6 +37,8 @@ export interface SidecarOptions {
   bin?: string;
   /** How often the sidecar polls its bundle directory, ms (default 200). */
   policyPollIntervalMs?: number;
+  /** The sidecar's eventLoops (docs/sidecar-event-loops.md). */
+  eventLoops?: number;
   /** Tells apart several sidecars of one test: each gets its own directory (config, bundles, audit file). */
   instance?: string;
 }
@@ -59,6 +61,7 @@ export async function startTestSidecar(t: TestContext, options: SidecarOptions =
     ...(options.listener === undefined ? {} : { listener: options.listener }),
     ...(options.bin === undefined ? {} : { bin: options.bin }),
     ...(options.policyPollIntervalMs === undefined ? {} : { policyPollIntervalMs: options.policyPollIntervalMs }),
+    ...(options.eventLoops === undefined ? {} : { eventLoops: options.eventLoops }),
     logLevel: 'debug',
   });
   t.after(() => running.stop());

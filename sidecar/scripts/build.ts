@@ -45,8 +45,12 @@ export function buildSidecarBundle(outDir: string = SIDECAR_BUNDLE_DIR): Bundle 
     outDir,
     external: EXTERNAL_PACKAGES,
     splitting: true,
-    // The audit worker thread's script, next to the entry (core/audit/audit-worker-client.ts finds it there).
-    workers: { 'audit-worker': 'sidecar/src/core/audit/audit-worker.ts' },
+    // The worker threads' scripts, next to the entry (core/audit/audit-worker-client.ts and event-loops.ts
+    // find them there).
+    workers: {
+      'audit-worker': 'sidecar/src/core/audit/audit-worker.ts',
+      'loop-worker': 'sidecar/src/loop-worker.ts',
+    },
   });
 }
 

@@ -2,7 +2,7 @@
 // file leaves it empty, and the in-cluster API server for the durable audit trail.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { ConfigError, validateConfig } from './config.ts';
+import { ConfigError, perLoopLimits, validateConfig } from './config.ts';
 
 const base = {
   listeners: [
@@ -82,5 +82,54 @@ test('explicit API access: server and files as given, or a kubeconfig alone', ()
         audit: { ...durable.audit, kubernetes: { kubeconfig: '/k', server: 'https://api', caFile: '/ca' } },
       }),
     /\/audit\/kubernetes: kubeconfig excludes server, caFile/,
+  );
+});
+
+test('eventLoops: default 1, at most 16; more than one refuses what only one loop would see (fail closed)', () => {
+  assert.equal(validateConfig(base).eventLoops, 1);
+  assert.equal(validateConfig({ ...base, eventLoops: 2 }).eventLoops, 2);
+  for (const bad of [0, 17, 1.5]) {
+    assert.throws(() => validateConfig({ ...base, eventLoops: bad }), /\/eventLoops: /);
+  }
+  const unsupported = {
+    ...durable,
+    eventLoops: 2,
+    approvals: {},
+    credentials: { dir: '/var/run/chaperone/credentials', url: 'https://operator', resources: ['orders-db'] },
+  };
+  assert.throws(
+    () => validateConfig(unsupported, { ...downward, ...inCluster }),
+    (err: unknown) => {
+      assert.ok(err instanceof ConfigError);
+      for (const what of ['the durable audit spool', 'approvals', 'delivered credentials']) {
+        assert.match(err.message, new RegExp(`/eventLoops: more than one event loop does not support ${what} yet`));
+      }
+      assert.match(err.message, /set eventLoops: 1/);
+      return true;
+    },
+  );
+  // The same configuration with one loop has none of these problems.
+  assert.equal(validateConfig({ ...unsupported, eventLoops: 1 }, { ...downward, ...inCluster }).eventLoops, 1);
+});
+
+test('eventLoops: the bounds a loop counts alone are split into equal shares; each loop needs one', () => {
+  const listener = base.listeners[0];
+  const three = validateConfig({
+    ...base,
+    eventLoops: 3,
+    listeners: [{ ...listener, maxUnauthenticatedPerSource: 16, upstreamReuse: { maxParkedPerKey: 10 } }],
+  });
+  const share = perLoopLimits(three).listeners[0];
+  assert.equal(share?.type, 'postgres');
+  assert.equal(share.maxUnauthenticatedPerSource, 5);
+  assert.equal(share.upstreamReuse.maxParkedPerKey, 3);
+  assert.equal(share.upstreamReuse.maxParked, 85);
+  // maxConnections is counted across the loops, not split.
+  assert.equal(share.maxConnections, 256);
+  const one = validateConfig(base);
+  assert.equal(perLoopLimits(one), one, 'one loop keeps the configuration as it is');
+  assert.throws(
+    () => validateConfig({ ...base, eventLoops: 4, listeners: [{ ...listener, maxUnauthenticatedPerSource: 3 }] }),
+    /\/listeners\/0\/maxUnauthenticatedPerSource: at least eventLoops \(4\); every loop gets an equal share/,
   );
 });

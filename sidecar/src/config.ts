@@ -8,6 +8,9 @@ import { Type, type Static } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
 import { AUDIT_FAILURE_MODES, AUDIT_SPOOL_DURABILITIES, TLS_MODES } from '@chaperone/api';
 
+/** Upper bound of `eventLoops`: a loop is a V8 isolate of its own (tens of MiB). */
+export const MAX_EVENT_LOOPS = 16;
+
 const literalUnion = <const T extends readonly string[]>(values: T, description: string) =>
   Type.Union(
     values.map((v: T[number]) => Type.Literal(v)),
@@ -556,6 +559,11 @@ export const SidecarConfig = Type.Object(
       },
       { default: {} },
     ),
+    /**
+     * Event loops serving the listeners: the main thread plus `eventLoops - 1` worker threads, each
+     * accepting on the same ports (SO_REUSEPORT) (docs/sidecar-event-loops.md). Default 1.
+     */
+    eventLoops: Type.Integer({ minimum: 1, maximum: MAX_EVENT_LOOPS, default: 1 }),
     log: Type.Object(
       { level: literalUnion(['debug', 'info', 'warn', 'error'] as const, 'Default info.') },
       { default: { level: 'info' } },
@@ -718,6 +726,7 @@ export function validateConfig(document: unknown, env: ConfigEnvironment = {}): 
     if (typeof resolved === 'string') problems.push(resolved);
     else approvals.kubernetes = resolved;
   }
+  if (config.eventLoops > 1) problems.push(...eventLoopProblems(config));
   const policy = config.policy;
   if ((policy.bundleDir === undefined) === (policy.kubernetes === undefined)) {
     problems.push('/policy: set exactly one of bundleDir and kubernetes');
@@ -738,6 +747,67 @@ export function validateConfig(document: unknown, env: ConfigEnvironment = {}): 
   }
   if (problems.length > 0) throw new ConfigError(`invalid configuration:\n  ${problems.join('\n  ')}`);
   return config;
+}
+
+/**
+ * What more than one event loop does not support yet (docs/sidecar-event-loops.md, "What is built"): refused
+ * at start rather than run with per-pod state that only one loop would see.
+ */
+function eventLoopProblems(config: SidecarConfig): string[] {
+  const problems: string[] = [];
+  const unsupported = (path: string, what: string) =>
+    problems.push(`/eventLoops: more than one event loop does not support ${what} yet (${path}); set eventLoops: 1`);
+  if (config.audit.spoolDir !== undefined) unsupported('audit.spoolDir', 'the durable audit spool');
+  if (config.approvals !== undefined) unsupported('approvals', 'approvals');
+  if (config.credentials !== undefined) unsupported('credentials', 'delivered credentials');
+  if (config.policy.kubernetes !== undefined) unsupported('policy.kubernetes', 'policy sets from Kubernetes');
+  for (const [i, l] of config.listeners.entries()) {
+    if (l.type !== 'postgres') {
+      unsupported(`listeners/${String(i)}`, `${l.type} listeners`);
+      continue;
+    }
+    // Split into equal shares per loop (perLoopLimits): each loop needs one.
+    const shared = {
+      maxUnauthenticatedPerSource: l.maxUnauthenticatedPerSource,
+      'upstreamReuse/maxParkedPerKey': l.upstreamReuse.maxParkedPerKey,
+      'upstreamReuse/maxParked': l.upstreamReuse.maxParked,
+    };
+    for (const [key, value] of Object.entries(shared)) {
+      if (value < config.eventLoops) {
+        problems.push(
+          `/listeners/${String(i)}/${key}: at least eventLoops (${String(config.eventLoops)}); every loop gets an equal share`,
+        );
+      }
+    }
+  }
+  return problems;
+}
+
+/**
+ * The configuration one of `eventLoops` loops runs with: the per-listener bounds a loop counts by itself
+ * (unauthenticated connections per source, parked upstream sessions) split into equal shares, rounded down,
+ * so the sidecar never holds more than configured (it may refuse a little earlier when a source's
+ * connections land unevenly). maxConnections is counted across loops instead (ResourceListener).
+ */
+export function perLoopLimits(config: SidecarConfig): SidecarConfig {
+  const n = config.eventLoops;
+  if (n === 1) return config;
+  return {
+    ...config,
+    listeners: config.listeners.map((l) =>
+      l.type !== 'postgres'
+        ? l
+        : {
+            ...l,
+            maxUnauthenticatedPerSource: Math.floor(l.maxUnauthenticatedPerSource / n),
+            upstreamReuse: {
+              ...l.upstreamReuse,
+              maxParkedPerKey: Math.floor(l.upstreamReuse.maxParkedPerKey / n),
+              maxParked: Math.floor(l.upstreamReuse.maxParked / n),
+            },
+          },
+    ),
+  };
 }
 
 /** API access completed: a kubeconfig, or server, tokenFile and caFile with in-cluster defaults; or a problem. */

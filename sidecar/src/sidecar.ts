@@ -1,25 +1,25 @@
-// Wires the sidecar together from a validated configuration: identity, policy bundles, audit sink,
-// metrics and, per configured resource, a listener served by the engine registered for its type
-// (engines/registry.ts). Returns a handle that stops everything.
+// Wires the sidecar together from a validated configuration: what is per pod (audit sink, pod chain,
+// credentials, approvals, the metrics endpoint) and the event loops that serve the listeners (loop.ts: the
+// main thread's, plus worker threads with `eventLoops` > 1, event-loops.ts). Returns a handle that stops
+// everything.
 import type { Server } from 'node:http';
 import type { SidecarConfig } from './config.ts';
-import { parseHostPort } from './config.ts';
+import { parseHostPort, perLoopLimits } from './config.ts';
 import { join } from 'node:path';
 import { JsonLinesSink, type AuditSink } from './core/audit/audit-sink.ts';
-import { PodChain } from './core/audit/pod-chain.ts';
+import { PodChain, sharedPodChainHead } from './core/audit/pod-chain.ts';
 import { CredentialFetcher } from './core/credentials/credential-fetcher.ts';
 import type { SignerCertifier } from './core/audit/signer-certification.ts';
 
 const IN_CLUSTER_TOKEN_FILE = '/var/run/secrets/kubernetes.io/serviceaccount/token';
-import { TokenVerifier } from './core/identity/token-verifier.ts';
 import { createLogger, type Logger } from './core/observability/logger.ts';
 import { createSidecarMetrics, serveMetrics, type SidecarMetrics } from './core/observability/metrics.ts';
-import { BundleWatcher } from './core/policy/bundle-directory.ts';
-import { PolicyEngine } from './core/policy/policy-engine.ts';
-import type { Engine, EngineServices } from './core/engine.ts';
-import { ResourceListener } from './core/resource-listener.ts';
+import type { PolicyEngine } from './core/policy/policy-engine.ts';
+import type { LoopPeers } from './core/engine.ts';
 import type { ApprovalDesk } from './core/approvals/approval-desk.ts';
-import { ENGINES } from './engines/registry.ts';
+import { PROCESS_HASH_KEY } from './core/masking/mask-value.ts';
+import { WorkerLoops, type LoopShared } from './event-loops.ts';
+import { OPEN_CONNECTIONS_BYTES, startLoop, type RunningLoop } from './loop.ts';
 
 export interface RunningSidecar {
   readonly listeners: readonly { name: string; host: string; port: number }[];
@@ -172,99 +172,93 @@ export async function startSidecar(config: SidecarConfig, options: StartOptions 
         });
   await credentials?.start(delivery?.waitSeconds === undefined ? 0 : delivery.waitSeconds * 1000);
   const sink = options.sink ?? (await createAuditSink(config, logger, metrics));
+  // More than one event loop (docs/sidecar-event-loops.md): what every loop shares, in shared memory.
+  const shared: LoopShared | undefined =
+    config.eventLoops === 1
+      ? undefined
+      : {
+          podChainHead: sharedPodChainHead(),
+          openConnections: new SharedArrayBuffer(OPEN_CONNECTIONS_BYTES * config.listeners.length),
+          processHashKey: new Uint8Array(PROCESS_HASH_KEY),
+        };
+  if (shared !== undefined && !(sink instanceof JsonLinesSink)) {
+    throw new Error('more than one event loop needs the JSON-lines audit sink (docs/sidecar-event-loops.md)');
+  }
   // With a spool the head is kept beside it, so sessions stay linked across sidecar restarts in one pod.
   const podChain =
-    config.audit.spoolDir === undefined
-      ? PodChain.inMemory(config.pod)
-      : PodChain.open(config.pod, join(config.audit.spoolDir, 'pod-chain-head.json'), logger);
-  const policy = new PolicyEngine({ cacheSize: config.policy.decisionCacheSize });
-  const policySet = config.policy.kubernetes;
-  const watcher =
-    policySet === undefined
-      ? new BundleWatcher({
-          dir: config.policy.bundleDir ?? '',
-          engine: policy,
-          logger,
-          pollIntervalMs: config.policy.pollIntervalMs,
-          onReload: (result) => metrics.bundleReloads.inc({ result }),
-        })
-      : new (await import('./core/policy/policy-set-source.ts')).PolicySetSource({
-          configMap: policySet.configMap,
-          namespace: policySet.namespace ?? config.pod.namespace,
-          access: policySet,
-          trustedKeys: config.policy.trustedKeys ?? [],
-          engine: policy,
-          logger: logger.child({ component: 'policy-set' }),
-          resyncMs: policySet.resyncSeconds * 1000,
-          pod: { name: config.pod.name, uid: config.pod.uid },
-          onReload: (result) => metrics.bundleReloads.inc({ result }),
-        });
-  // One engine per type in use, initialised once (a parser to load, ...).
-  const engines = new Map<string, Engine>();
-  for (const l of config.listeners) {
-    if (!engines.has(l.type)) engines.set(l.type, await ENGINES[l.type]());
-  }
-  await Promise.all([...[...engines.values()].map((e) => e.init()), watcher.start()]);
-  const verifier = new TokenVerifier({
-    issuers: config.identity.issuers,
-    clockToleranceSeconds: config.identity.clockToleranceSeconds,
-  });
+    shared !== undefined
+      ? PodChain.shared(config.pod, shared.podChainHead)
+      : config.audit.spoolDir === undefined
+        ? PodChain.inMemory(config.pod)
+        : PodChain.open(config.pod, join(config.audit.spoolDir, 'pod-chain-head.json'), logger);
   const approvals = config.approvals === undefined ? undefined : await approvalDesk(config, logger, metrics);
   // Requests a previous run of this sidecar left Pending can never run: say so before serving.
   await approvals?.start();
-  const services: EngineServices = {
-    pod: { name: config.pod.name, namespace: config.pod.namespace },
-    verifier,
-    policy,
-    sink,
-    podChain,
-    metrics,
-    logger,
-    ...(approvals === undefined ? {} : { approvals }),
-  };
-
-  const listeners: ResourceListener[] = [];
-  const addresses: { name: string; host: string; port: number }[] = [];
+  let workers: WorkerLoops | undefined;
+  const peers: LoopPeers = { ask: (listener, message) => workers?.askLoops(listener, message) ?? Promise.resolve([]) };
+  let loop: RunningLoop | undefined;
   let metricsServer: Server | undefined;
   try {
-    for (const l of config.listeners) {
-      const engine = engines.get(l.type) as Engine;
-      // Tokens the exchange narrowed to other resources are refused on this one.
-      const verifierHere = verifier.forResource({ namespace: l.resource.namespace, name: l.name });
-      const endpoint = engine.bind(l, { ...services, verifier: verifierHere });
-      const listener = new ResourceListener(l, endpoint, services);
-      const address = await listener.listen();
-      await endpoint.ready?.(address);
-      listeners.push(listener);
-      addresses.push({ name: l.name, ...address });
+    loop = await startLoop(
+      perLoopLimits(config),
+      {
+        pod: { name: config.pod.name, namespace: config.pod.namespace },
+        sink,
+        podChain,
+        metrics,
+        logger,
+        ...(approvals === undefined ? {} : { approvals }),
+      },
+      shared === undefined ? undefined : { index: 0, openConnections: shared.openConnections, peers },
+    );
+    if (shared !== undefined) {
+      workers = await WorkerLoops.start(perLoopLimits(config), shared, loop, sink as JsonLinesSink, logger, (err) => {
+        // Fail closed, as when the audit worker fails: the sidecar stops with a non-zero status.
+        logger.error('an event loop failed; stopping', { error: err });
+        process.exitCode = 70;
+        process.kill(process.pid, 'SIGTERM');
+      });
     }
     if (config.metrics.listen !== '') {
       const { host, port } = parseHostPort(config.metrics.listen);
-      metricsServer = await serveMetrics(metrics.registry, host, port);
+      const loops = workers;
+      metricsServer = await serveMetrics(
+        loops === undefined
+          ? metrics.registry
+          : {
+              contentType: metrics.registry.contentType,
+              metrics: async () => (await loops.metrics(metrics.registry)).metrics(),
+            },
+        host,
+        port,
+      );
     }
   } catch (err) {
-    watcher.stop();
     credentials?.stop();
-    await Promise.allSettled(listeners.map((l) => l.close()));
+    await workers?.close();
+    await loop?.close();
     if (options.sink === undefined) await sink.close().catch(() => undefined);
     throw err;
   }
+  const main = loop;
   const metricsAddr = metricsServer?.address();
   return {
-    listeners: addresses,
+    listeners: main.addresses,
     metricsAddress:
       metricsAddr === undefined || metricsAddr === null || typeof metricsAddr === 'string'
         ? undefined
         : { host: metricsAddr.address, port: metricsAddr.port },
-    policy,
+    policy: main.policy,
     metrics,
-    reloadPolicies: () => watcher.check(),
+    async reloadPolicies() {
+      await Promise.all([main.reloadPolicies(), workers?.reloadPolicies()]);
+    },
     async close() {
-      watcher.stop();
       credentials?.stop();
       // Held commands first: their clients get ApprovalAbandoned and the requests say Abandoned.
       await approvals?.close();
-      await Promise.allSettled(listeners.map((l) => l.close()));
+      // The workers' last audit lines reach the sink before it closes.
+      await Promise.all([main.close(), workers?.close()]);
       await new Promise<void>((resolve) => {
         if (metricsServer === undefined) resolve();
         else metricsServer.close(() => resolve());

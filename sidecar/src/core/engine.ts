@@ -25,6 +25,20 @@ export interface EngineServices {
   readonly logger: Logger;
   /** Where approve decisions file their requests; absent: approvals are not enabled (approve refuses). */
   readonly approvals?: ApprovalDesk;
+  /** The other event loops serving the same listeners; absent with one loop (docs/sidecar-event-loops.md). */
+  readonly peers?: LoopPeers;
+}
+
+/**
+ * The sidecar's other event loops (worker threads), as one loop's engines reach them: for what arrives on
+ * one loop but belongs to a connection of another (a PostgreSQL CancelRequest).
+ */
+export interface LoopPeers {
+  /**
+   * Hands `message` (structured-cloneable) to the same listener's endpoint on every other loop
+   * (ResourceEndpoint.fromPeer); resolves to their answers.
+   */
+  ask(listener: string, message: unknown): Promise<unknown[]>;
 }
 
 /** The part of a listener's configuration the core reads; everything else belongs to the engine. */
@@ -64,6 +78,8 @@ export interface ResourceEndpoint {
    * endpoint keeps beyond its connections (parked upstream sessions). Optional.
    */
   close?(): Promise<void>;
+  /** Answers a message of the same listener's endpoint on another event loop (LoopPeers.ask). Optional. */
+  fromPeer?(message: unknown): Promise<unknown>;
 }
 
 export interface Engine<Config extends ResourceListenerConfig = ResourceListenerConfig> {

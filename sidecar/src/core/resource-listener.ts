@@ -14,6 +14,17 @@ const MAX_REFUSING = 64;
 /** At most one log line per this many ms about refused connections. */
 const REFUSAL_LOG_INTERVAL_MS = 10_000;
 
+/** How a listener is one of several event loops' listeners on the same port (docs/sidecar-event-loops.md). */
+export interface ListenerLoop {
+  /** This loop's index (0: the main thread), the `loop` label of chaperone_event_loop_connections_total. */
+  readonly index: number;
+  /**
+   * The listener's open connections on every loop, one Int32 in shared memory (new Int32Array(shared, i, 1)):
+   * maxConnections holds for the listener, not per loop.
+   */
+  readonly openConnections: Int32Array;
+}
+
 export class ResourceListener {
   private readonly config: ResourceListenerConfig;
   private readonly logger: Logger;
@@ -23,29 +34,39 @@ export class ResourceListener {
   private readonly endpoint: ResourceEndpoint;
   private refusedSinceLog = 0;
   private lastRefusalLog = 0;
+  private readonly loop: ListenerLoop | undefined;
 
+  /** `loop`: when more than one event loop listens on this port (SO_REUSEPORT), which one this is. */
   constructor(
     config: ResourceListenerConfig,
     endpoint: ResourceEndpoint,
     services: { readonly metrics: SidecarMetrics; readonly logger: Logger },
+    loop?: ListenerLoop,
   ) {
     this.config = config;
     this.endpoint = endpoint;
+    this.loop = loop;
     this.logger = services.logger.child({ listener: config.name, engine: config.type });
     const metrics = services.metrics;
     const labels = { listener: config.name };
+    const loopLabels = { listener: config.name, loop: String(loop?.index ?? 0) };
     const max = config.maxConnections ?? Infinity;
+    const shared = loop?.openConnections;
     this.server = createServer({ noDelay: true }, (socket) => {
-      if (this.open.size >= max) {
+      const open = shared === undefined ? this.open.size : Atomics.add(shared, 0, 1);
+      if (open >= max) {
+        if (shared !== undefined) Atomics.sub(shared, 0, 1);
         metrics.refusedConnections.inc(labels);
         this.refuse(socket, max);
         return;
       }
       metrics.connections.inc(labels);
+      metrics.loopConnections.inc(loopLabels);
       metrics.activeConnections.inc(labels);
       const connection = this.endpoint.accept(socket);
       this.open.add(connection);
       socket.once('close', () => {
+        if (shared !== undefined) Atomics.sub(shared, 0, 1);
         metrics.activeConnections.dec(labels);
         this.open.delete(connection);
       });
@@ -96,7 +117,8 @@ export class ResourceListener {
     const { host, port } = parseHostPort(this.config.listen);
     await new Promise<void>((resolve, reject) => {
       this.server.once('error', reject);
-      this.server.listen(port, host, () => {
+      // Every loop's socket sets SO_REUSEPORT, the first one's too; the kernel spreads new connections.
+      this.server.listen({ port, host, reusePort: this.loop !== undefined }, () => {
         this.server.removeListener('error', reject);
         resolve();
       });

@@ -105,7 +105,7 @@ const MAX_UTF8_PER_UNIT = 3;
  */
 export class JsonLinesSink implements AuditSink {
   readonly deferrable = true;
-  private readonly stream: WriteStream | NodeJS.WriteStream;
+  private readonly stream: NodeJS.WritableStream;
   private readonly ownsStream: boolean;
   /** Per session whose first line this sink wrote: the `{"session":"<id>","record":` every line starts with. */
   private readonly linePrefix = new WeakMap<RecordOrigin, string>();
@@ -113,9 +113,15 @@ export class JsonLinesSink implements AuditSink {
   private used = 0;
   private timer: NodeJS.Timeout | undefined;
 
-  /** `path` is a file (appended to) or `-` for stdout. */
-  constructor(path: string) {
-    if (path === '-') {
+  /**
+   * `path` is a file (appended to) or `-` for stdout; or a stream to write the batches to (an event loop's
+   * batches posted to the loop that owns the file, docs/sidecar-event-loops.md).
+   */
+  constructor(path: string | NodeJS.WritableStream) {
+    if (typeof path !== 'string') {
+      this.stream = path;
+      this.ownsStream = false;
+    } else if (path === '-') {
       this.stream = process.stdout;
       this.ownsStream = false;
     } else {
@@ -174,6 +180,12 @@ export class JsonLinesSink implements AuditSink {
     this.batch = undefined;
     this.used = 0;
   };
+
+  /** Appends whole lines another event loop's JsonLinesSink batched (after this sink's pending lines). */
+  appendLines(lines: Uint8Array): void {
+    this.writePending();
+    this.stream.write(lines);
+  }
 
   whenDurable(): undefined {
     return undefined;

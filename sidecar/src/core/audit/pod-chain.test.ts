@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { GENESIS_HASH } from '@chaperone/api';
 import { createLogger } from '../observability/logger.ts';
-import { PodChain } from './pod-chain.ts';
+import { PodChain, sharedPodChainHead } from './pod-chain.ts';
 
 const POD = { namespace: 'ci', name: 'job-abc12', uid: 'u-1' };
 const H1 = `sha256:${'1'.repeat(64)}`;
@@ -51,5 +51,34 @@ describe('PodChain', () => {
       assert.equal(PodChain.open(POD, file, logger(warnings)).head, GENESIS_HASH);
       assert.match(warnings.at(-1) ?? '', /unreadable/);
     });
+  });
+
+  it('shared by event loops: each session links to the one linked before it on any loop; a refused seal keeps the head', () => {
+    const buffer = sharedPodChainHead();
+    const loop0 = PodChain.shared(POD, buffer);
+    const loop1 = PodChain.shared(POD, buffer);
+    assert.equal(loop1.head, GENESIS_HASH);
+    const seen: string[] = [];
+    loop0.linkSession((head) => {
+      seen.push(head);
+      return H1;
+    });
+    loop1.linkSession((head) => {
+      seen.push(head);
+      return H2;
+    });
+    assert.deepEqual(seen, [GENESIS_HASH, H1]);
+    assert.equal(loop0.head, H2);
+    assert.throws(() =>
+      loop0.linkSession(() => {
+        throw new Error('sink refused');
+      }),
+    );
+    // The lock was released and the head kept: the next session links to H2.
+    loop1.linkSession((head) => {
+      assert.equal(head, H2);
+      return H1;
+    });
+    assert.equal(loop0.head, H1);
   });
 });

@@ -86,18 +86,27 @@ export class RecordChain {
       ...content,
     };
     // Canonicalised once: the sink writes the text the hash was computed over (plus the hash member).
-    const sealed = sealLinked(
-      members,
-      this.lastHash,
-      known === undefined ? undefined : [known],
-      this.prevHash !== undefined,
-    );
+    const seal = (prevHash: string): ReturnType<typeof sealLinked> => {
+      const sealed = sealLinked(members, prevHash, known === undefined ? undefined : [known], !first);
+      this.sink.write(this.origin, sealed.record, sealed);
+      return sealed;
+    };
+    let sealed: ReturnType<typeof sealLinked>;
+    if (this.prevHash === undefined) {
+      // The session's first record links to the pod's newest session, as one step with the head's advance.
+      let linked: ReturnType<typeof sealLinked> | undefined;
+      this.chain.linkSession((head) => {
+        linked = seal(head);
+        return linked.record.hash;
+      });
+      sealed = linked as ReturnType<typeof sealLinked>;
+    } else {
+      sealed = seal(this.prevHash);
+    }
     const record = sealed.record;
-    this.sink.write(this.origin, record, sealed);
     this.seq = record.seq;
     this.last = sealed;
     this.prevHash = record.hash;
-    if (record.seq === 1) this.chain.advance(record.hash);
     return record;
   }
 

@@ -9,6 +9,8 @@ export interface SidecarMetrics {
   readonly connections: Counter<'listener'>;
   readonly activeConnections: Gauge<'listener'>;
   readonly refusedConnections: Counter<'listener'>;
+  /** Client connections accepted per event loop (docs/sidecar-event-loops.md). */
+  readonly loopConnections: Counter<'listener' | 'loop'>;
   readonly statements: Counter<'listener' | 'decision'>;
   readonly decisionSeconds: LocalHistogram<'listener' | 'cached'>;
   readonly bytes: Counter<'listener' | 'direction'>;
@@ -189,6 +191,12 @@ export function createSidecarMetrics(options: { defaultMetrics?: boolean } = {})
       labelNames: ['listener'],
       registers,
     }),
+    loopConnections: new Counter({
+      name: 'chaperone_event_loop_connections_total',
+      help: 'Client connections accepted, by the event loop that serves them (0: the main thread).',
+      labelNames: ['listener', 'loop'],
+      registers,
+    }),
     statements: new Counter({
       name: 'chaperone_statements_total',
       collect: collectLocalCounts,
@@ -295,8 +303,11 @@ export function listenerCommandMetrics(metrics: SidecarMetrics, listener: string
   return m;
 }
 
+/** What /metrics serves: a registry, or the sum of several event loops' registries (event-loops.ts). */
+export type MetricsSource = Pick<Registry, 'contentType' | 'metrics'>;
+
 /** Serves /metrics (and /healthz) on host:port; resolves once listening. */
-export async function serveMetrics(registry: Registry, host: string, port: number): Promise<Server> {
+export async function serveMetrics(registry: MetricsSource, host: string, port: number): Promise<Server> {
   const server = createServer((req, res) => {
     if (req.url === '/metrics') {
       registry.metrics().then(

@@ -53,6 +53,8 @@ export interface ConnectionContext {
   register(connection: CancelTarget): void;
   unregister(connection: CancelTarget): void;
   findByCancelKey(processId: number, secretKey: Buffer): CancelTarget | undefined;
+  /** Hands a cancel key no connection of this loop has to the other event loops; true when one cancelled. */
+  cancelOnOtherLoops(processId: number, secretKey: Buffer): Promise<boolean>;
   /**
    * Counts a connection from `address` that has not authenticated yet; false when that address already
    * has maxUnauthenticatedPerSource of them (the connection is then refused, and not counted).

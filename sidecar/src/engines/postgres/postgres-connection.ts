@@ -304,7 +304,7 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
   private async forwardCancel(msg: CancelRequest): Promise<void> {
     // A cancel request carries no identity: its 8-byte key is the credential, as in PostgreSQL itself.
     const target = this.ctx.findByCancelKey(msg.processId, msg.secretKey);
-    if (target === undefined) {
+    if (target === undefined && !(await this.ctx.cancelOnOtherLoops(msg.processId, msg.secretKey))) {
       // A guessed or stale key: recorded, since trying keys is how a cancel would be abused.
       this.ctx.logger.warn('cancel request matches no session', { client: this.rawClient.remoteAddress });
       recordRefusedConnection(this.ctx, sessionSource(undefined, this.rawClient), this.cancelKey.processId, {

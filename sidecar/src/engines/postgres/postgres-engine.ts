@@ -63,6 +63,11 @@ export function createPostgresEngine(options: PostgresEngineOptions = {}): Engin
   };
 }
 
+/** A CancelRequest handed to the other event loops (LoopPeers.ask). */
+interface PeerCancel {
+  readonly cancel: { readonly processId: number; readonly secretKey: string };
+}
+
 class PostgresEndpoint implements ResourceEndpoint, ConnectionContext {
   readonly config: PostgresListenerConfig;
   readonly services: EngineServices;
@@ -198,5 +203,23 @@ class PostgresEndpoint implements ResourceEndpoint, ConnectionContext {
     const c = this.byCancelKey.get(processId);
     if (c === undefined || secretKey.length !== c.cancelKey.secretKey.length) return undefined;
     return timingSafeEqual(secretKey, c.cancelKey.secretKey) ? c : undefined;
+  }
+
+  async cancelOnOtherLoops(processId: number, secretKey: Buffer): Promise<boolean> {
+    const peers = this.services.peers;
+    if (peers === undefined) return false;
+    const message: PeerCancel = { cancel: { processId, secretKey: secretKey.toString('base64') } };
+    return (await peers.ask(this.config.name, message)).includes(true);
+  }
+
+  /** Another event loop's CancelRequest (cancelOnOtherLoops): true when a connection of this loop had its key. */
+  async fromPeer(message: unknown): Promise<boolean> {
+    const cancel = (message as Partial<PeerCancel>).cancel;
+    if (cancel === undefined) return false;
+    const target = this.findByCancelKey(cancel.processId, Buffer.from(cancel.secretKey, 'base64'));
+    if (target === undefined) return false;
+    this.logger.info('cancel request from another event loop', { processId: cancel.processId });
+    await target.cancelUpstream();
+    return true;
   }
 }

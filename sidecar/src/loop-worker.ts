@@ -1,0 +1,106 @@
+// A worker thread running one of the sidecar's event loops (event-loops.ts, docs/sidecar-event-loops.md):
+// its own engines, policy engine and listeners on the main thread's ports; its audit lines are batched as in
+// the main loop and each batch is posted to the main thread, which writes the one audit file; the pod chain's
+// head and the connection counts are in memory shared with every loop.
+import { Writable } from 'node:stream';
+import { parentPort, workerData } from 'node:worker_threads';
+import { JsonLinesSink } from './core/audit/audit-sink.ts';
+import { PodChain } from './core/audit/pod-chain.ts';
+import type { LoopPeers } from './core/engine.ts';
+import { PROCESS_HASH_KEY } from './core/masking/mask-value.ts';
+import { createLogger } from './core/observability/logger.ts';
+import { createSidecarMetrics } from './core/observability/metrics.ts';
+import type { FromLoop, LoopWorkerData, ToLoop } from './event-loops.ts';
+import { startLoop, type RunningLoop } from './loop.ts';
+
+const port = parentPort;
+if (port === null) throw new Error('loop-worker.ts runs as a worker thread (event-loops.ts)');
+const data = workerData as LoopWorkerData;
+const { config, index, shared } = data;
+const post = (msg: FromLoop, transfer?: ArrayBuffer[]) => port.postMessage(msg, transfer);
+
+// The same key as the main thread's, copied in before any connection: a value masks alike on every loop.
+PROCESS_HASH_KEY.set(shared.processHashKey);
+
+const logger = createLogger({ level: config.log.level, base: { component: 'chaperone-sidecar', loop: index } });
+// The process-wide default metrics (CPU, memory) are the main thread's; loops add their own counts.
+const metrics = createSidecarMetrics({ defaultMetrics: false });
+/** The JSON-lines sink's batches, posted to the main thread (its buffer moves, nothing is copied). */
+const toOwner = new Writable({
+  write(chunk: Buffer, _encoding, done) {
+    if (chunk.length > 0) {
+      // A batch owns its ArrayBuffer (JsonLinesSink allocates one per batch); anything else is copied.
+      const own = chunk.byteOffset === 0 && chunk.buffer.byteLength >= chunk.length && chunk.length > 4096;
+      const lines = own ? new Uint8Array(chunk.buffer as ArrayBuffer, 0, chunk.length) : new Uint8Array(chunk);
+      post({ type: 'audit', lines }, own ? [lines.buffer] : undefined);
+    }
+    done();
+  },
+});
+const sink = new JsonLinesSink(toOwner);
+
+const asked = new Map<number, (answers: unknown[]) => void>();
+let nextAsk = 1;
+const peers: LoopPeers = {
+  ask(listener, message) {
+    const id = nextAsk++;
+    return new Promise((resolve) => {
+      asked.set(id, resolve);
+      post({ type: 'ask', id, listener, message });
+    });
+  },
+};
+
+let loop: RunningLoop;
+try {
+  loop = await startLoop(
+    config,
+    {
+      pod: { name: config.pod.name, namespace: config.pod.namespace },
+      sink,
+      podChain: PodChain.shared(config.pod, shared.podChainHead),
+      metrics,
+      logger,
+    },
+    { index, openConnections: shared.openConnections, peers },
+  );
+} catch (err) {
+  post({ type: 'failed', error: err instanceof Error ? err.message : String(err) });
+  throw err;
+}
+
+port.on('message', (msg: ToLoop) => {
+  switch (msg.type) {
+    case 'answers':
+      asked.get(msg.id)?.(msg.answers);
+      asked.delete(msg.id);
+      return;
+    case 'ask': {
+      const endpoint = loop.endpoints.get(msg.listener);
+      void Promise.resolve(endpoint?.fromPeer?.(msg.message)).then((answer) => {
+        post({ type: 'answer', id: msg.id, answer });
+      });
+      return;
+    }
+    case 'metrics':
+      void metrics.registry.getMetricsAsJSON().then((m) => {
+        post({ type: 'metrics', id: msg.id, metrics: m });
+      });
+      return;
+    case 'reload':
+      void loop.reloadPolicies().then(() => {
+        post({ type: 'reloaded', id: msg.id });
+      });
+      return;
+    case 'close':
+      void loop
+        .close()
+        .then(() => sink.close())
+        .then(() => {
+          post({ type: 'closed' });
+          port.close();
+        });
+      return;
+  }
+});
+post({ type: 'ready' });
