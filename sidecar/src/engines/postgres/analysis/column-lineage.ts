@@ -23,7 +23,30 @@ export interface RelationInfo {
 /** Finds relations by (possibly unqualified) name. `undefined`: not known (yet); the caller may fetch it. */
 export interface RelationLookup {
   relation(schema: string | undefined, name: string): RelationInfo | undefined;
+  /**
+   * The names defined outside pg_catalog; `undefined`: not known (a catalogue lookup reports them missing),
+   * and then every name not qualified with `pg_catalog.` counts as defined elsewhere. Without the method the
+   * walk trusts built-in names (pure tests of other rules).
+   */
+  routines?(): RoutineNames | undefined;
 }
+
+/**
+ * Functions, operators and casts defined outside pg_catalog. The server resolves a call by its argument types
+ * across the search_path, so a call of such a name may run that code (`public.now(int)` for `now(1)`, an
+ * operator `+(text, text)` for `'a' + 'b'`), not the built-in: its result is opaque.
+ */
+export interface RoutineNames {
+  readonly functions: ReadonlySet<string>;
+  readonly operators: ReadonlySet<string>;
+  /** Target type names of casts whose function lies outside pg_catalog. */
+  readonly castTargets: ReadonlySet<string>;
+  /** Whether such a cast may also apply implicitly or in assignment (anywhere: every value is opaque). */
+  readonly implicitCasts: boolean;
+}
+
+/** What a walk assumes when the routine names could not be read: anything not pinned to pg_catalog. */
+const UNKNOWN_ROUTINES = 'unknown';
 
 /** Lineage of one statement, plus the cursor and prepared-statement facts the engine tracks. */
 export interface StatementLineage extends ResultLineage {
@@ -158,9 +181,18 @@ class Walk {
   refusal: string | undefined;
   private inPredicate = 0;
   private readonly lookup: RelationLookup;
+  /** Names defined outside pg_catalog (routine-catalog.ts); none when the lookup does not tell. */
+  readonly routines: RoutineNames | typeof UNKNOWN_ROUTINES | undefined;
 
   constructor(lookup: RelationLookup) {
     this.lookup = lookup;
+    this.routines = lookup.routines === undefined ? undefined : (lookup.routines() ?? UNKNOWN_ROUTINES);
+  }
+
+  /** Whether an unqualified or non-pg_catalog name of this kind may resolve to code outside pg_catalog. */
+  shadowed(kind: 'functions' | 'operators' | 'castTargets', schema: string | undefined, name: string): boolean {
+    if (schema === 'pg_catalog' || this.routines === undefined) return false;
+    return this.routines === UNKNOWN_ROUTINES || this.routines[kind].has(name);
   }
 
   refuse(reason: string): void {
@@ -642,6 +674,17 @@ class Walk {
       }
       case 'FuncCall':
         return this.call(n.body, scope);
+      case 'A_Expr':
+        return this.operator(n.body, scope);
+      case 'TypeCast': {
+        const lin = this.expr(n.body.arg, scope);
+        const type = names(rec(n.body.typeName).names);
+        // A cast to this type (whatever schema names the type) may run a function outside pg_catalog
+        // (`create cast (customers as text) with function public.f(customers)`): not the argument's value.
+        if (!this.shadowed('castTargets', undefined, type.at(-1) ?? '')) return lin;
+        this.opaque = true;
+        return union([lin, OPAQUE]);
+      }
       case 'SubLink': {
         const inner: Scope = { sources: [], ctes: new Map(), parent: scope };
         const test = this.expr(n.body.testexpr, scope);
@@ -683,7 +726,13 @@ class Walk {
     const fn = names(f.funcname);
     const name = fn[fn.length - 1] ?? '';
     const schema = fn.length > 1 ? fn[fn.length - 2] : undefined;
-    const builtin = (schema === undefined || schema === 'pg_catalog') && PG_CATALOG_FUNCTIONS.has(name);
+    // A built-in name not pinned by `pg_catalog.` may resolve to a function of that name elsewhere (by its
+    // argument types), and a type name called like a function (`text(c)`) to a cast outside pg_catalog.
+    const builtin =
+      (schema === undefined || schema === 'pg_catalog') &&
+      PG_CATALOG_FUNCTIONS.has(name) &&
+      !this.shadowed('functions', schema, name) &&
+      !this.shadowed('castTargets', undefined, name);
     if (builtin && REFUSED_FUNCTIONS.test(name)) {
       this.refuse(`${name}() is not allowed for an identity with masked columns (it reads data around the masking)`);
     }
@@ -706,7 +755,33 @@ class Walk {
     }
     return union([args]);
   }
+
+  /**
+   * An operator expression carries its operands, unless an operator it runs may be defined outside
+   * pg_catalog: `OPERATOR(pg_catalog.+)` pins the schema, a bare `+` resolves by the operands' types across
+   * the search_path. IS DISTINCT FROM, NULLIF, IN, LIKE, SIMILAR TO and BETWEEN run comparison operators by
+   * those names.
+   */
+  private operator(e: Json, scope: Scope): Lin {
+    const parts: Lin[] = [];
+    for (const key of ['lexpr', 'rexpr'] as const) parts.push(this.expr(e[key], scope));
+    const lin = union(parts);
+    const opName = names(e.name);
+    const schema = opName.length > 1 ? opName[opName.length - 2] : undefined;
+    const kind = str(e.kind) ?? '';
+    const run =
+      kind === 'AEXPR_OP' || kind === 'AEXPR_OP_ANY' || kind === 'AEXPR_OP_ALL'
+        ? [opName.at(-1) ?? '']
+        : IMPLIED_OPERATORS;
+    if (!run.some((o) => this.shadowed('operators', schema, o))) return lin;
+    for (const s of lin.sources) this.written.add(s);
+    this.opaque = true;
+    return union([lin, OPAQUE]);
+  }
 }
+
+/** The operators the server looks up by name for the A_Expr kinds other than a plain operator. */
+const IMPLIED_OPERATORS = ['=', '<>', '<', '>', '<=', '>=', '~~', '!~~', '~~*', '!~~*', '~', '!~'];
 
 /** The column names of a column definition list (`AS t(a int, b text)`). */
 function columnDefinitionNames(defs: unknown): string[] {
@@ -868,6 +943,12 @@ export function statementLineage(stmt: unknown, lookup: RelationLookup): Stateme
       // opaque, so their error texts and notices are withheld from an identity with masked columns.
       walk.opaque = true;
       break;
+  }
+  if (walk.routines === UNKNOWN_ROUTINES || walk.routines?.implicitCasts === true) {
+    // A cast outside pg_catalog the server may apply implicitly or in assignment (to any value of its
+    // source type, wherever one meets another type) runs code the walk cannot see: every value is opaque.
+    walk.opaque = true;
+    columns = columns?.map((c) => ({ name: c.name, lin: union([c.lin, OPAQUE]) }));
   }
   const written = walk.writesAll ? [...walk.touched, ...walk.written] : [...walk.written];
   return {

@@ -8,9 +8,11 @@ import {
   viewLineage,
   type RelationInfo,
   type RelationLookup,
+  type RoutineNames,
   type StatementLineage,
 } from '../analysis/column-lineage.ts';
 import { BackendCode } from '../protocol/backend-messages.ts';
+import { ROUTINE_CATALOG_SQL, ROUTINE_NAMES_KEY, routineNamesFromRows } from './routine-catalog.ts';
 import { BackendScanner, decodeDataRow, decodeErrorFields } from '../protocol/backend-scanner.ts';
 import { encodeQuery } from '../protocol/frontend-encoder.ts';
 import type { UpstreamConnection } from '../protocol/upstream-connection.ts';
@@ -62,6 +64,8 @@ export class RelationCatalog {
   private readonly now: () => number;
   private connection: Promise<QueryChannel> | undefined;
   private readonly entries = new Map<string, Entry>();
+  /** Functions, operators and casts outside pg_catalog (routine-catalog.ts), cached like a relation. */
+  private routineNames: { readonly fetchedAt: number; readonly names: RoutineNames } | undefined;
   private readonly viewCache = new Map<string, readonly ColumnLineage[] | undefined>();
   private generation = 0;
   /** Changes whenever what a lookup can answer changes: DDL through the sidecar, any fetch stored. */
@@ -76,6 +80,7 @@ export class RelationCatalog {
   /** Forgets everything (DDL went through the sidecar). */
   invalidate(): void {
     this.entries.clear();
+    this.routineNames = undefined;
     this.viewCache.clear();
     this.generation++;
     this.version++;
@@ -101,26 +106,33 @@ export class RelationCatalog {
   has(names: readonly string[]): boolean {
     const now = this.now();
     return names.every((n) => {
-      const e = this.entries.get(n);
+      const e = n === ROUTINE_NAMES_KEY ? this.routineNames : this.entries.get(n);
       return e !== undefined && now - e.fetchedAt < CACHE_TTL_MS;
     });
   }
 
   /** Reads the relations named `names` (every schema) from the upstream catalogue. */
   async fetch(names: readonly string[]): Promise<void> {
-    const wanted = [...new Set(names)].filter((n) => !this.has([n]));
-    if (wanted.length === 0) return;
+    const wanted = [...new Set(names)].filter((n) => !this.has([n]) && n !== ROUTINE_NAMES_KEY);
+    const routines = names.includes(ROUTINE_NAMES_KEY) && !this.has([ROUTINE_NAMES_KEY]);
+    if (wanted.length === 0 && !routines) return;
     const generation = this.generation;
-    let rows: (Buffer | null)[][];
+    let rows: (Buffer | null)[][] = [];
+    let routineRows: (Buffer | null)[][] = [];
     try {
       const channel = await (this.connection ??= this.open());
-      rows = await channel.query(CATALOG_SQL(wanted));
+      if (wanted.length > 0) rows = await channel.query(CATALOG_SQL(wanted));
+      if (routines) routineRows = await channel.query(ROUTINE_CATALOG_SQL);
     } catch (err) {
       this.connection = undefined;
       throw err;
     }
     if (generation !== this.generation) return; // invalidated meanwhile: fetch again on the next use
     const fetchedAt = this.now();
+    if (routines) {
+      this.routineNames = { fetchedAt, names: routineNamesFromRows(routineRows) };
+      this.viewCache.clear(); // a view's calls may resolve elsewhere now
+    }
     const byName = new Map<string, CatalogRow[]>(wanted.map((n) => [n, []]));
     for (const r of rows) {
       const row: CatalogRow = {
@@ -157,6 +169,7 @@ export class RelationCatalog {
    */
   lookup(searchPath: readonly string[]): CatalogLookup {
     const entries = this.entries;
+    const routineNames = this.routineNames;
     const viewCache = this.viewCache;
     const now = this.now;
     const resolving = new Set<string>();
@@ -164,6 +177,14 @@ export class RelationCatalog {
       missing: new Set(),
       version: this.version,
       oldestRead: Infinity,
+      routines() {
+        if (routineNames === undefined || now() - routineNames.fetchedAt >= CACHE_TTL_MS) {
+          lookup.missing.add(ROUTINE_NAMES_KEY);
+          return undefined;
+        }
+        lookup.oldestRead = Math.min(lookup.oldestRead, routineNames.fetchedAt);
+        return routineNames.names;
+      },
       relation(schema, name) {
         const entry = entries.get(name);
         if (entry === undefined || now() - entry.fetchedAt >= CACHE_TTL_MS) {
