@@ -76,7 +76,38 @@ test('attack corpus against the Kubernetes engine', async (t) => {
   const maskedData = Buffer.from('chaperone:masked').toString('base64');
   const smuggled = `DELETE /api/v1/namespaces/${ns}/configmaps/victim HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\n\r\n`;
 
+  // Parser-error tails (docs/http-engine.md): a request the parser refuses bytes after, in the same write, is
+  // not forwarded, and a body a chunk-size error cuts never is (checked in "nothing smuggled").
+  await f.admin(['create', 'configmap', 'tail-victim', '-n', ns]);
+  const create = (name: string) => JSON.stringify({ apiVersion: 'v1', kind: 'ConfigMap', metadata: { name } });
+  const post = (extra: string) =>
+    `POST /api/v1/namespaces/${ns}/configmaps HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nContent-Type: application/json\r\n${extra}`;
+  const chunk = (text: string) => `${text.length.toString(16)}\r\n${text}\r\n`;
+  const tails: readonly { name: string; bytes: string; status: number }[] = [
+    {
+      name: 'tail: a malformed request after a Content-Length create',
+      bytes: `${post(`Content-Length: ${String(create('tail-length').length)}\r\n`)}\r\n${create('tail-length')}GARBAGE / HTTP/1.1\r\n\r\n`,
+      status: 400,
+    },
+    {
+      name: 'tail: a chunk-size error inside a chunked create',
+      bytes: `${post('Transfer-Encoding: chunked\r\n')}\r\n${chunk(create('tail-cut').slice(0, 20))}ZZ\r\n${chunk(create('tail-cut').slice(20))}0\r\n\r\n`,
+      status: 400,
+    },
+    {
+      name: 'tail: a pipelined request with a bad header after a DELETE',
+      bytes: `DELETE /api/v1/namespaces/${ns}/configmaps/tail-victim HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\n\r\nGET / HTTP/1.1\r\nBad Header: y\r\n\r\n`,
+      status: 400,
+    },
+    {
+      name: 'tail: bytes after a Connection: close create',
+      bytes: `${post(`Content-Length: ${String(create('tail-closed').length)}\r\nConnection: close\r\n`)}\r\n${create('tail-closed')}${smuggled}`,
+      status: 400,
+    },
+  ];
+
   const cases: readonly { name: string; bytes: string; status: number; body?: RegExp }[] = [
+    ...tails,
     {
       name: 'Content-Length with Transfer-Encoding smuggling a DELETE',
       bytes: `POST /api/v1/namespaces/${ns}/configmaps HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n${smuggled}`,
@@ -464,6 +495,11 @@ test('attack corpus against the Kubernetes engine', async (t) => {
       /victim[\s\S]*keep-me/,
     );
     assert.equal(await f.admin(['get', 'secret', 'db', '-n', ns, '-o', 'jsonpath={.data.password}']), plain);
+    // The parser-error tails: nothing created, nothing deleted.
+    const configMaps = (await f.admin(['get', 'configmap', '-n', ns, '-o', 'name'])).split('\n');
+    for (const name of ['tail-length', 'tail-cut', 'tail-closed'])
+      assert.ok(!configMaps.includes(`configmap/${name}`), configMaps.join(' '));
+    assert.ok(configMaps.includes('configmap/tail-victim'), configMaps.join(' '));
   });
 
   const secretReads: readonly { name: string; path: string; headers: string }[] = [
@@ -561,6 +597,7 @@ test('attack corpus against the Kubernetes engine', async (t) => {
       'request-too-large',
       'masked-value-write',
       'forwarding-header',
+      'malformed-connection',
     ]) {
       assert.ok(rules.has(rule), `a ${rule} denial is recorded (${[...rules].join(', ')})`);
     }

@@ -32,6 +32,8 @@ export class EngineServer {
   private server: Server | undefined;
   private readonly prepared: Promise<Server>;
   private readonly options: EngineServerOptions;
+  /** Connections whose bytes Node's parser refused, with its error code: answered 400 and ending. */
+  private readonly refusedConnections = new WeakMap<Duplex, string>();
 
   constructor(options: EngineServerOptions) {
     this.options = options;
@@ -57,6 +59,15 @@ export class EngineServer {
   /** The serving certificate's file (the CA of clients' configuration), when the listener has TLS. */
   get certFile(): string | undefined {
     return this.options.tls?.selfSignedCertFile ?? this.options.tls?.certFile;
+  }
+
+  /**
+   * The parser's error code when bytes on this request's connection were refused (after or inside the
+   * request): such a connection has had its 400 and is ending, and a request on it that has not been
+   * forwarded yet must not be (its client was told the connection was malformed, and a body may be cut).
+   */
+  refusal(socket: Duplex): string | undefined {
+    return this.refusedConnections.get(socket);
   }
 
   accept(socket: Socket): void {
@@ -109,12 +120,11 @@ export class EngineServer {
     // connection tracking starts on 'listening'. This one never listens (the core's listener feeds it
     // sockets), so without this event slow clients were never cut off at all.
     server.emit('listening');
-    const answered = new WeakSet<Duplex>();
     server.on('clientError', (err: Error & { code?: string }, socket: Duplex) => {
       // Bytes Node's parser refuses (smuggling attempts among them): a 400, then the connection ends. On a
       // TLS socket the parser reads from 'data' events and reports every later chunk again: answered once.
-      if (answered.has(socket)) return;
-      answered.add(socket);
+      if (this.refusedConnections.has(socket)) return;
+      this.refusedConnections.set(socket, err.code ?? 'parse error');
       logger.warn('malformed HTTP request', { code: err.code, error: err.message });
       if (!socket.writable) {
         socket.destroy();

@@ -79,6 +79,21 @@ export abstract class HttpEndpoint implements ResourceEndpoint {
   /** The engine's protocol for an error of the catalogue. */
   protected abstract renderError(error: SidecarError): RenderedError;
 
+  /**
+   * The refusal of a request whose connection Node's parser has refused since (a malformed request after
+   * it, bytes after `Connection: close`, a chunk-size error inside its body): it is not forwarded, and its
+   * record says why. Undefined while the connection is sound.
+   */
+  connectionRefusal(req: IncomingMessage): SidecarError | undefined {
+    const code = this.server.refusal(req.socket);
+    return code === undefined
+      ? undefined
+      : {
+          id: 'AmbiguousRequest',
+          message: `chaperone: not forwarded: bytes Node's HTTP parser refused (${code}) followed it on its connection, which was answered 400 and closed`,
+        };
+  }
+
   async ready(_address: { readonly host: string; readonly port: number }): Promise<void> {
     await this.server.ready();
   }

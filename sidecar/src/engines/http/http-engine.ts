@@ -168,9 +168,23 @@ class HttpEndpoint extends HttpSpeakingEndpoint {
         tooLarge();
         return;
       }
-      const body = await readBody(req, limit);
+      let body: Buffer | undefined;
+      try {
+        body = await readBody(req, limit);
+      } catch (err) {
+        // A body cut by a parser error ends in 'aborted' once the refused connection closes: recorded.
+        const cut = this.connectionRefusal(req);
+        if (cut === undefined) throw err;
+        refuse('malformed-connection', cut, describe());
+        return;
+      }
       if (body === undefined) {
         tooLarge();
+        return;
+      }
+      const refused = this.connectionRefusal(req);
+      if (refused !== undefined) {
+        refuse('malformed-connection', refused, describe(body));
         return;
       }
       const override = requestOverride(checked.headers.keys(), query, body, checked.headers.get('content-type'));
@@ -249,6 +263,12 @@ class HttpEndpoint extends HttpSpeakingEndpoint {
     body: Buffer,
     requestId: string,
   ): void {
+    // Refused since it was decided (a later request on its connection was malformed, or during a hold).
+    const refused = this.connectionRefusal(req);
+    if (refused !== undefined) {
+      session.complete(decided, 'http', { status: 'denied', code: '400', message: refused.message });
+      return;
+    }
     const credential = this.config.upstream.credential;
     const secret = this.credential?.current() ?? '';
     const headers = { ...forwarded };

@@ -61,6 +61,7 @@ export interface ExchangeContext {
   readonly upstream: Upstream;
   readonly credential: CredentialFile;
   readonly sessions: ClientSessions;
+  connectionRefusal(req: IncomingMessage): SidecarError | undefined;
 }
 
 const OUTSIDE_TRANSACTION = { inTransaction: false } as const;
@@ -153,11 +154,20 @@ export class KubernetesExchange {
         return;
       }
       if (this.req.method !== 'GET' && this.req.method !== 'HEAD') {
-        body = await readBody(this.req, limit);
+        body = await readBody(this.req, limit).catch((err: unknown) => {
+          // A body cut by a parser error ends in 'aborted' once the refused connection closes: recorded below.
+          if (this.ctx.connectionRefusal(this.req) === undefined) throw err;
+          return Buffer.alloc(0);
+        });
         if (body === undefined) {
           tooLarge();
           return;
         }
+      }
+      const refused = this.ctx.connectionRefusal(this.req);
+      if (refused !== undefined) {
+        this.refuse(session, info, reply, 'malformed-connection', refused, body);
+        return;
       }
       const review = selfReviewKind(info);
       if (review !== undefined) {
@@ -518,6 +528,12 @@ export class KubernetesExchange {
     decided: DecidedCommand,
     body: Buffer | undefined,
   ): void {
+    // Refused since it was decided (a later request on its connection was malformed, or during a hold).
+    const refused = this.ctx.connectionRefusal(this.req);
+    if (refused !== undefined) {
+      session.complete(decided, 'kubernetes', { status: 'denied', code: '400', message: refused.message });
+      return;
+    }
     const masked = touchesSecrets(info);
     const headers = this.upstreamHeaders(masked);
     if (body !== undefined) headers['content-length'] = String(body.length);
