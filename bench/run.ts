@@ -39,7 +39,13 @@ import { formatMaskingBench, runMaskingBench } from './masking.ts';
 import { runTokenExchangeBench } from './token-exchange.ts';
 import { runKubernetesApiBench } from './kubernetes-api.ts';
 import { formatProfileSummary, summariseProfile, type ProfileSummary } from './cpu-profile.ts';
-import { footprintTargets, runEventLoopsBench, runFootprintBench, type FootprintResult } from './footprint.ts';
+import {
+  footprintTargets,
+  runEventLoopsBench,
+  runFootprintBench,
+  type FootprintContext,
+  type FootprintResult,
+} from './footprint.ts';
 import { freePort, startPostgres, type PostgresCluster } from '../e2e/harness/postgres.ts';
 import { createRunDirectory, recordServer, stopProcess } from '../e2e/harness/processes.ts';
 import {
@@ -1030,12 +1036,26 @@ async function runFootprint(direct: NodeJS.ProcessEnv, bouncer: NodeJS.ProcessEn
   console.log(
     'bench: footprint: memory at rest and after load, connection storm, 150 clients, audit bytes per statement',
   );
-  return runFootprintBench({
+  return runFootprintBench(
+    footprintContext(pg, direct, bouncer, (s) => {
+      sidecar = s;
+    }),
+  );
+}
+
+/** What the footprint shapes need: the targets' environments, a sidecar starter, pgbench. */
+function footprintContext(
+  pg: PostgresCluster,
+  direct: NodeJS.ProcessEnv,
+  bouncer: NodeJS.ProcessEnv,
+  onSidecar: (s: SidecarProcess) => void = () => undefined,
+): FootprintContext {
+  return {
     envs: { direct, pgbouncer: bouncer },
     pgbouncerPid: pgbouncer?.pid,
     startSidecar: async (dir, eventLoops) => {
       const s = await startSidecar(pg, dir, eventLoops === undefined ? {} : { eventLoops });
-      sidecar = s;
+      onSidecar(s);
       return s;
     },
     token: sidecarToken,
@@ -1045,7 +1065,7 @@ async function runFootprint(direct: NodeJS.ProcessEnv, bouncer: NodeJS.ProcessEn
     },
     dir: runDir ?? '',
     quick: args.quick === true,
-  });
+  };
 }
 
 /** `--footprint-only`: PostgreSQL, PgBouncer and the footprint part; results.json gets `footprint` and its targets. */
@@ -1078,18 +1098,7 @@ async function eventLoopsOnly(): Promise<void> {
   const pg = await setUp();
   const bouncer = await startPgbouncer(join(runDir ?? '', 'pgbouncer'), pg);
   const result = await runEventLoopsBench(
-    {
-      envs: { direct: directEnv(pg), pgbouncer: { ...directEnv(pg), PGPORT: String(bouncer.port) } },
-      pgbouncerPid: pgbouncer?.pid,
-      startSidecar: (dir, eventLoops) => startSidecar(pg, dir, eventLoops === undefined ? {} : { eventLoops }),
-      token: sidecarToken,
-      pgbench: async (argv, env) => {
-        const { stdout, stderr } = await run(pgTool('pgbench'), argv, env);
-        return `${stdout}\n${stderr}`;
-      },
-      dir: runDir ?? '',
-      quick: args.quick === true,
-    },
+    footprintContext(pg, directEnv(pg), { ...directEnv(pg), PGPORT: String(bouncer.port) }),
     Number(process.env.BENCH_ROUNDS ?? 3),
   );
   console.log(`bench: ${uptime()}`);
