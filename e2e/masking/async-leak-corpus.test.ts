@@ -160,8 +160,10 @@ const ATTACKS: readonly Attack[] = [
   notice('domain CHECK', 'insert into with_domain values (1)'),
   notice('generated column', 'insert into with_generated (id) values (1)'),
   notice('index expression', 'insert into with_index values (1)'),
-  notice('user-defined operator in a plain select', 'select 1 === 1'),
-  notice('user-defined cast in a plain select', "select 'calm'::mood::int"),
+  // An operator or cast outside pg_catalog makes the statement opaque (routine-shadowing), and the notices of a
+  // statement that reads opaque data are dropped whole rather than sent withheld.
+  quiet('user-defined operator in a plain select', 'select 1 === 1'),
+  quiet('user-defined cast in a plain select', "select 'calm'::mood::int"),
   notice('row-level security policy on a read', 'select label from guarded'),
   notice('row BEFORE INSERT trigger, extended protocol', extended('insert into row_insert values (2)')),
   notice(
