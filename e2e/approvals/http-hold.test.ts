@@ -4,6 +4,7 @@
 // receives it exactly once, with the exact body; a client that goes away while held withdraws the request
 // (phase Cancelled) and the upstream never sees it.
 import assert from 'node:assert/strict';
+import { connect, type Socket } from 'node:net';
 import { test } from 'node:test';
 import { GROUP, VERSION, type AccessPolicySpec, type ApprovalRequest } from '@chaperone/api';
 import { runCli } from '../audit/run-cli.ts';
@@ -88,5 +89,51 @@ test('a POST through the HTTP engine waits for approval', async (t) => {
     const decided = records.find((r) => r.type === 'approval.decided' && r.approval?.request === request.metadata.name);
     assert.equal(decided?.approval?.phase, 'Cancelled');
     assert.equal(received.length, before, 'the upstream never saw the withdrawn request');
+  });
+
+  await t.test('pipelined held requests: the client going away withdraws each; nothing is forwarded', async () => {
+    const before = received.length;
+    const post = (amount: string) => {
+      const body = `{"order":9,"amount":"${amount}"}`;
+      return `POST /api/refunds HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${token}\r\nContent-Type: application/json\r\nContent-Length: ${String(body.length)}\r\n\r\n${body}`;
+    };
+    const socket = await new Promise<Socket>((resolve, reject) => {
+      const s = connect(sidecar.port, sidecar.host, () => resolve(s));
+      s.once('error', reject);
+    });
+    // The second request's response waits behind the first: it is not attached to the connection while held.
+    socket.write(post('111.11') + post('222.22'));
+    const first = await filedFor('111.11');
+    const second = await filedFor('222.22');
+    socket.destroy();
+    for (const request of [first, second]) {
+      const settled = await poll(`${request.metadata.name ?? ''} to be cancelled`, async () => {
+        const current = await world.request(request.metadata.name ?? '');
+        return current.status?.phase === 'Cancelled' ? current : undefined;
+      });
+      assert.equal(settled.status?.phase, 'Cancelled');
+      await runCli(['approve', request.metadata.name ?? '', '-n', ns, '--kubeconfig', people.carol.kubeconfig]);
+    }
+    // Each decided request of that connection's session has one outcome: cancelled (499), never forwarded.
+    const outcomes = await poll('both outcomes in the trail', async () => {
+      const entries = await sidecar.settledRecords();
+      const sessionId = entries.find(
+        (e) => e.record.type === 'approval.requested' && e.record.approval?.request === second.metadata.name,
+      )?.session.sessionId;
+      const mine = entries.filter((e) => e.session.sessionId === sessionId).map((e) => e.record);
+      const decisions = mine.filter((r) => r.type === 'command.decision');
+      const found = decisions.map((d) => [
+        ...(d.outcome === undefined ? [] : [d.outcome]),
+        ...mine.filter((r) => r.type === 'command.outcome' && r.command?.id === d.command?.id).map((r) => r.outcome),
+      ]);
+      return decisions.length === 2 && found.every((o) => o.length > 0) ? found : undefined;
+    });
+    for (const found of outcomes) {
+      assert.equal(found.length, 1, JSON.stringify(outcomes));
+      assert.equal(found[0]?.status, 'denied');
+      assert.equal(found[0].code, '499');
+      assert.match(found[0].message ?? '', /cancelled \(client disconnected\)/);
+    }
+    assert.equal(received.length, before, 'the upstream never saw the withdrawn requests');
   });
 });

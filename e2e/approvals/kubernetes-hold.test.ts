@@ -7,9 +7,10 @@
 // killed while held cancels the request, and approving it afterwards deletes nothing.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
+import { connect as connectTls, type TLSSocket } from 'node:tls';
 import { GROUP, VERSION, type AccessPolicySpec, type ApprovalRequest } from '@chaperone/api';
 import { runCli } from '../audit/run-cli.ts';
 import { controlPlaneEnv, testDir } from '../harness/env.ts';
@@ -230,6 +231,55 @@ test('a delete in a protected namespace waits for approval through the Kubernete
       return decided?.approval?.phase === 'Cancelled' ? decided : undefined;
     });
     assert.equal(await exists('abandoned'), true);
+  });
+
+  await t.test('pipelined held deletes: the client going away withdraws each; nothing is deleted', async () => {
+    await kubectl(['create', 'configmap', 'piped-1', '-n', ns, '--from-literal=a=1']);
+    await kubectl(['create', 'configmap', 'piped-2', '-n', ns, '--from-literal=a=1']);
+    const token = readFileSync(agentTokenFile, 'utf8');
+    const del = (name: string) =>
+      `DELETE /api/v1/namespaces/${ns}/configmaps/${name} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer ${token}\r\n\r\n`;
+    const socket = await new Promise<TLSSocket>((resolve, reject) => {
+      const s = connectTls(
+        { host: sidecar.host, port: sidecar.port, ca: readFileSync(join(dir, 'serving.crt')), servername: 'localhost' },
+        () => resolve(s),
+      );
+      s.once('error', reject);
+    });
+    // The second delete's response waits behind the first: it is not attached to the connection while held.
+    socket.write(del('piped-1') + del('piped-2'));
+    const first = await pendingFor('piped-1');
+    const second = await pendingFor('piped-2');
+    socket.destroy();
+    for (const request of [first, second]) {
+      const settled = await poll(`${request.metadata.name ?? ''} to be cancelled`, async () => {
+        const current = await world.request(request.metadata.name ?? '');
+        return current.status?.phase === 'Cancelled' ? current : undefined;
+      });
+      assert.equal(settled.status?.phase, 'Cancelled');
+      // Approving it now forwards nothing: the request is settled and its connection is gone.
+      await cli(['approve', request.metadata.name ?? '', '-n', ns]);
+    }
+    const outcomes = await poll('both outcomes in the trail', async () => {
+      const entries = await sidecar.settledRecords();
+      const sessionId = entries.find(
+        (e) => e.record.type === 'approval.requested' && e.record.approval?.request === second.metadata.name,
+      )?.session.sessionId;
+      const mine = entries.filter((e) => e.session.sessionId === sessionId).map((e) => e.record);
+      const decisions = mine.filter((r) => r.type === 'command.decision');
+      const found = decisions.map((d) => [
+        ...(d.outcome === undefined ? [] : [d.outcome]),
+        ...mine.filter((r) => r.type === 'command.outcome' && r.command?.id === d.command?.id).map((r) => r.outcome),
+      ]);
+      return decisions.length === 2 && found.every((o) => o.length > 0) ? found : undefined;
+    });
+    for (const found of outcomes) {
+      assert.equal(found.length, 1, JSON.stringify(outcomes));
+      assert.equal(found[0]?.status, 'denied');
+      assert.equal(found[0].code, '499');
+    }
+    assert.equal(await exists('piped-1'), true);
+    assert.equal(await exists('piped-2'), true);
   });
 
   await t.test('exec is held before the upgrade: denied, nothing is forwarded; approved, forwarded once', async () => {

@@ -1,7 +1,11 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { approvalBindingHash } from '@chaperone/api';
-import { exactRequest } from './approval-hold.ts';
+import type { AgentSession } from '../../core/agent-session.ts';
+import type { CommandDescription, DecidedCommand } from '../../core/command.ts';
+import type { Logger } from '../../core/observability/logger.ts';
+import { awaitApproval, exactRequest } from './approval-hold.ts';
+import type { ClientWatch } from './http-exchange.ts';
 
 const hash = (exact: { text: string; parameters: readonly string[] }) =>
   approvalBindingHash({
@@ -43,4 +47,25 @@ test('any other method, URL, patch type, encoding or body byte is another comman
   const hashes = new Set([base, ...variants.map(hash)]);
   assert.equal(hashes.size, variants.length + 1);
   assert.equal(hash(exactRequest({ ...PATCH }, Buffer.from(BODY))), base, 'the identical request is the same command');
+});
+
+test('a client gone before the hold begins files nothing and is cancelled', async () => {
+  const decided = { decision: { decision: 'approve', approval: { wait: true } } } as unknown as DecidedCommand;
+  const session = {
+    holdForApproval: () => assert.fail('nothing is held for a client that has gone'),
+    requestApproval: () => assert.fail('nothing is filed for a client that has gone'),
+  } as unknown as AgentSession;
+  const gone: ClientWatch = { gone: () => true, onGone: () => assert.fail('not watched') };
+  const verdict = await awaitApproval(
+    session,
+    decided,
+    { command: { type: 'http' }, fingerprint: 'f', text: 'POST /x' } as unknown as CommandDescription,
+    exactRequest(PATCH, BODY),
+    gone,
+    {} as Logger,
+  );
+  assert.equal(verdict.run, false);
+  assert.equal(verdict.command, decided);
+  assert.equal(verdict.error.id, 'ApprovalCancelled');
+  assert.match(verdict.error.message, /before the request was held; no approval request was filed/);
 });

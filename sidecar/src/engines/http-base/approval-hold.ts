@@ -6,6 +6,7 @@ import type { IncomingMessage } from 'node:http';
 import type { AgentSession, ApprovalVerdict } from '../../core/agent-session.ts';
 import type { CommandDescription, DecidedCommand } from '../../core/command.ts';
 import type { Logger } from '../../core/observability/logger.ts';
+import type { ClientWatch } from './http-exchange.ts';
 
 /** Headers that change what the upstream does with the same body bytes (a patch type, an encoding). */
 const BOUND_HEADERS = ['content-type', 'content-encoding'] as const;
@@ -27,13 +28,6 @@ export function exactRequest(
   return { text: `${req.method ?? ''} ${req.url ?? ''}`, parameters };
 }
 
-/** What waits for the answer: a response, or the socket of an upgrade request (exec, attach). */
-export interface ClientEnd {
-  readonly writableEnded: boolean;
-  once(event: 'close', listener: () => void): unknown;
-  off(event: 'close', listener: () => void): unknown;
-}
-
 /** Whether an approve decision can be held here: approvals are enabled and the rule says how. */
 export function holdable(session: AgentSession, decided: DecidedCommand): boolean {
   return decided.decision.decision === 'approve' && session.holdsForApproval && decided.decision.approval !== undefined;
@@ -42,16 +36,22 @@ export function holdable(session: AgentSession, decided: DecidedCommand): boolea
 /**
  * Holds the request until its ApprovalRequest settles (or, for a `wait: false` rule, answers at once:
  * AgentSession.requestApproval) and says whether it may be forwarded. The client closing the connection
- * meanwhile (a response or an upgrade request's socket closing) cancels the request. Never rejects.
+ * meanwhile cancels the request; a client gone before the hold begins (while the decision record became
+ * durable) files nothing. Never rejects.
  */
 export async function awaitApproval(
   session: AgentSession,
   decided: DecidedCommand,
   description: CommandDescription,
   exact: { readonly text: string; readonly parameters: readonly string[] },
-  client: ClientEnd,
+  client: ClientWatch,
   logger: Logger,
 ): Promise<ApprovalVerdict> {
+  if (client.gone()) {
+    const message =
+      'chaperone: the client closed the connection before the request was held; no approval request was filed and it was not forwarded';
+    return { run: false, command: decided, error: { id: 'ApprovalCancelled', message } };
+  }
   // The approver sees the body too (as recorded: masked), not only the request line.
   const shown =
     description.body === undefined || description.body === ''
@@ -59,10 +59,7 @@ export async function awaitApproval(
       : { ...description, text: `${description.text}\n${description.body}` };
   if (decided.decision.approval?.wait === false) return session.requestApproval(decided, shown, exact);
   const { held, verdict } = session.holdForApproval(decided, shown, exact);
-  const onClose = (): void => {
-    if (!client.writableEnded) held.cancel('client disconnected');
-  };
-  client.once('close', onClose);
+  const stopWatching = client.onGone(() => held.cancel('client disconnected'));
   void held.filed.then((filed) => {
     if (filed) {
       logger.info('request held for approval', {
@@ -73,6 +70,6 @@ export async function awaitApproval(
     }
   });
   const settled = await verdict;
-  client.off('close', onClose);
+  stopWatching();
   return settled;
 }

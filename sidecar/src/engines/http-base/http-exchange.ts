@@ -122,9 +122,17 @@ export async function admitRequest(req: IncomingMessage, options: AdmissionOptio
   return { checked, target, session: auth.session, requestId };
 }
 
-/** The whole body of a message, or undefined when it is larger than `limit` (the rest is not read). */
+/**
+ * The whole body of a message, or undefined when it is larger than `limit` (the rest is not read). Rejects
+ * when the message is cut before its end (its connection closed, even before reading began).
+ */
 export function readBody(message: IncomingMessage, limit: number): Promise<Buffer | undefined> {
   return new Promise((resolve, reject) => {
+    const cut = () => reject(new Error('the message was cut before its end: its connection closed'));
+    if (message.destroyed && !message.readableEnded) {
+      cut();
+      return;
+    }
     const chunks: Buffer[] = [];
     let size = 0;
     message.on('data', (chunk: Buffer) => {
@@ -139,6 +147,10 @@ export function readBody(message: IncomingMessage, limit: number): Promise<Buffe
     });
     message.once('end', () => resolve(chunks.length === 1 ? chunks[0] : Buffer.concat(chunks)));
     message.once('error', reject);
+    // Destroyed without an error event (none is emitted to a message nobody listened to for errors before).
+    message.once('close', () => {
+      if (!message.readableEnded) cut();
+    });
   });
 }
 
@@ -162,6 +174,75 @@ export function outcomeOnce(session: AgentSession, decided: DecidedCommand, kind
   };
 }
 
+/** The HTTP status an outcome record gives a request whose client went away before its answer (nginx's). */
+export const CLIENT_CLOSED_STATUS = '499';
+
+/**
+ * The client's end of one request: whether it has gone, and a subscription to its going (the returned
+ * function unsubscribes). Gone is the connection closing before the answer was delivered, however it closes.
+ */
+export interface ClientWatch {
+  gone(): boolean;
+  onGone(listener: () => void): () => void;
+}
+
+/**
+ * The client of a plain request. gone() asks the connection, which knows even when its close came before
+ * anyone listened (while the request was decided or its decision record became durable). The connection is
+ * watched as well as the response: a pipelined request's response is not attached to the connection until
+ * those before it are answered (Node 20 never told it of the connection closing). Listening stops once the
+ * response is finished.
+ */
+export function watchClient(req: IncomingMessage, res: ServerResponse): ClientWatch {
+  const socket = req.socket;
+  return {
+    gone: () => socket.destroyed || (res.destroyed && !res.writableFinished),
+    onGone: (listener) => {
+      let stopped = false;
+      const stop = (): void => {
+        stopped = true;
+        res.off('close', onClose);
+        socket.off('close', onClose);
+      };
+      // Once: the response's close is emitted from inside the connection's, whose listeners are already taken.
+      const onClose = (): void => {
+        if (stopped) return;
+        stop();
+        if (!res.writableFinished) listener();
+      };
+      res.once('close', onClose);
+      socket.once('close', onClose);
+      return stop;
+    },
+  };
+}
+
+/** The client of an upgrade request: its socket, which is no HTTP response any more. */
+export function watchSocket(socket: Duplex): ClientWatch {
+  return {
+    gone: () => socket.destroyed,
+    onGone: (listener) => {
+      socket.once('close', listener);
+      return () => socket.off('close', listener);
+    },
+  };
+}
+
+/**
+ * Whether a decided request may still be forwarded: not when its client has gone (while its body was read,
+ * while it was decided or held, while its decision record became durable), since nobody would read the
+ * answer and a write would run unseen. Then its outcome is recorded `cancelled` here.
+ */
+export function clientStillThere(client: ClientWatch, finish: Finish): boolean {
+  if (!client.gone()) return true;
+  finish(
+    'cancelled',
+    CLIENT_CLOSED_STATUS,
+    'client closed the connection before the request was forwarded; not forwarded',
+  );
+  return false;
+}
+
 /**
  * The failure paths of a forwarded request: the upstream unreachable before a response (`unavailable`
  * answers it), lost mid-response (the client's connection is cut), or the client gone first (a stopped
@@ -169,6 +250,7 @@ export function outcomeOnce(session: AgentSession, decided: DecidedCommand, kind
  */
 export function relayFailures(
   upstreamReq: ClientRequest,
+  client: ClientWatch,
   res: ServerResponse,
   logger: Logger,
   finish: Finish,
@@ -182,11 +264,14 @@ export function relayFailures(
       finish('error', String(res.statusCode), 'upstream connection lost');
     }
   });
-  res.once('close', () => {
-    if (!res.writableFinished) {
-      upstreamReq.destroy();
-      finish('cancelled', String(res.statusCode), 'client closed the connection');
-    }
+  client.onGone(() => {
+    upstreamReq.destroy();
+    // Forwarded already: the upstream may have acted; its status when the answer had begun.
+    finish(
+      'cancelled',
+      res.headersSent ? String(res.statusCode) : CLIENT_CLOSED_STATUS,
+      'client closed the connection before the answer was delivered (forwarded)',
+    );
   });
 }
 

@@ -17,11 +17,13 @@ import {
   admitRequest,
   auditCleared,
   builtInDecision,
+  clientStillThere,
   outcomeOnce,
   readBody,
   relayFailures,
   relayRewrittenJson,
   sendError,
+  watchClient,
   writeRawError,
 } from '../http-base/http-exchange.ts';
 import {
@@ -174,6 +176,11 @@ class HttpEndpoint extends HttpSpeakingEndpoint {
       } catch (err) {
         // A body cut by a parser error ends in 'aborted' once the refused connection closes: recorded.
         const cut = this.connectionRefusal(req);
+        if (cut === undefined && watchClient(req, res).gone()) {
+          // Cut by the client going away: never whole, so never decided, and nobody to answer.
+          this.logger.info('client closed the connection while sending the request body', { requestId });
+          return;
+        }
         if (cut === undefined) throw err;
         refuse('malformed-connection', cut, describe());
         return;
@@ -214,7 +221,7 @@ class HttpEndpoint extends HttpSpeakingEndpoint {
           decided,
           recorded,
           exactRequest(req, body),
-          res,
+          watchClient(req, res),
           this.logger.child({ requestId }),
         );
         if (!verdict.run) {
@@ -269,6 +276,10 @@ class HttpEndpoint extends HttpSpeakingEndpoint {
       session.complete(decided, 'http', { status: 'denied', code: '400', message: refused.message });
       return;
     }
+    // Gone since it was decided (while its decision record became durable, while held): not forwarded.
+    const client = watchClient(req, res);
+    const finish = outcomeOnce(session, decided, 'http');
+    if (!clientStillThere(client, finish)) return;
     const credential = this.config.upstream.credential;
     const secret = this.credential?.current() ?? '';
     const headers = { ...forwarded };
@@ -282,8 +293,7 @@ class HttpEndpoint extends HttpSpeakingEndpoint {
       path: `${this.upstream.pathPrefix}${target}`,
       headers,
     });
-    const finish = outcomeOnce(session, decided, 'http');
-    relayFailures(upstreamReq, res, this.logger.child({ requestId }), finish, (reason) => {
+    relayFailures(upstreamReq, client, res, this.logger.child({ requestId }), finish, (reason) => {
       const error: SidecarError = {
         id: 'UpstreamUnavailable',
         message: `chaperone: the upstream could not be reached (${reason})`,

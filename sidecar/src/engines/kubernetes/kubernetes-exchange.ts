@@ -22,11 +22,15 @@ import {
   admitRequest,
   auditCleared,
   builtInDecision as builtIn,
+  CLIENT_CLOSED_STATUS,
+  clientStillThere,
   outcomeOnce,
   readBody,
   relayFailures,
   relayRewrittenJson,
   sendError,
+  watchClient,
+  watchSocket,
   writeRawError,
 } from '../http-base/http-exchange.ts';
 import {
@@ -154,11 +158,20 @@ export class KubernetesExchange {
         return;
       }
       if (this.req.method !== 'GET' && this.req.method !== 'HEAD') {
-        body = await readBody(this.req, limit).catch((err: unknown) => {
+        const read = await readBody(this.req, limit).catch((err: unknown) => {
           // A body cut by a parser error ends in 'aborted' once the refused connection closes: recorded below.
-          if (this.ctx.connectionRefusal(this.req) === undefined) throw err;
-          return Buffer.alloc(0);
+          if (this.ctx.connectionRefusal(this.req) !== undefined) return Buffer.alloc(0);
+          // Cut by the client going away: never whole, so never decided, and nobody to answer.
+          if (watchClient(this.req, res).gone()) return 'gone' as const;
+          throw err;
         });
+        if (read === 'gone') {
+          this.ctx.logger.info('client closed the connection while sending the request body', {
+            auditId: this.auditId,
+          });
+          return;
+        }
+        body = read;
         if (body === undefined) {
           tooLarge();
           return;
@@ -212,7 +225,7 @@ export class KubernetesExchange {
           decided,
           description,
           exactRequest(this.req, body),
-          res,
+          watchClient(this.req, res),
           this.ctx.logger.child({ auditId: this.auditId }),
         );
         if (!verdict.run) {
@@ -277,7 +290,7 @@ export class KubernetesExchange {
           decided,
           description,
           exactRequest(this.req, undefined),
-          socket,
+          watchSocket(socket),
           this.ctx.logger.child({ auditId: this.auditId }),
         );
         if (!verdict.run) {
@@ -534,6 +547,10 @@ export class KubernetesExchange {
       session.complete(decided, 'kubernetes', { status: 'denied', code: '400', message: refused.message });
       return;
     }
+    // Gone since it was decided (while its decision record became durable, while held): not forwarded.
+    const client = watchClient(this.req, res);
+    const finish = outcomeOnce(session, decided, 'kubernetes');
+    if (!clientStillThere(client, finish)) return;
     const masked = touchesSecrets(info);
     const headers = this.upstreamHeaders(masked);
     if (body !== undefined) headers['content-length'] = String(body.length);
@@ -542,8 +559,7 @@ export class KubernetesExchange {
       path: this.upstreamPath(),
       headers,
     });
-    const finish = outcomeOnce(session, decided, 'kubernetes');
-    relayFailures(upstreamReq, res, this.ctx.logger.child({ auditId: this.auditId }), finish, (reason) => {
+    relayFailures(upstreamReq, client, res, this.ctx.logger.child({ auditId: this.auditId }), finish, (reason) => {
       const error: SidecarError = {
         id: 'UpstreamUnavailable',
         message: `chaperone: the API server could not be reached (${reason})`,
@@ -650,6 +666,9 @@ export class KubernetesExchange {
 
   /** The upgrade request, sent on a connection of its own; the 101 and both streams are relayed as bytes. */
   private forwardUpgrade(socket: Duplex, head: Buffer, session: AgentSession, decided: DecidedCommand): void {
+    const finish = outcomeOnce(session, decided, 'kubernetes');
+    // Gone since it was decided: an exec nobody reads would still run in the pod. Not forwarded.
+    if (!clientStillThere(watchSocket(socket), finish)) return;
     const headers = this.upstreamHeaders(false);
     headers.connection = 'Upgrade';
     headers.upgrade = this.checked?.headers.get('upgrade') ?? 'websocket';
@@ -663,7 +682,15 @@ export class KubernetesExchange {
     });
     let fromClient = 0;
     let toClient = 0;
-    const finish = outcomeOnce(session, decided, 'kubernetes');
+    // Until the API server answers the upgrade, the client going away cancels it.
+    const stopWatching = watchSocket(socket).onGone(() => {
+      upstreamReq.destroy();
+      finish(
+        'cancelled',
+        CLIENT_CLOSED_STATUS,
+        'client closed the connection before the upgrade was answered (forwarded)',
+      );
+    });
     upstreamReq.on('error', (err) => {
       this.writeRawStatus(socket, {
         id: 'UpstreamUnavailable',
@@ -672,7 +699,8 @@ export class KubernetesExchange {
       finish('error', '502', err.message);
     });
     upstreamReq.on('response', (upstreamRes) => {
-      // Not upgraded: the API server's answer (a Status) goes to the client as it is.
+      // Not upgraded: the API server's answer (a Status) goes to the client as it is (still watched: a
+      // client gone before its end cancels it).
       const code = upstreamRes.statusCode ?? 502;
       const lines = [`HTTP/1.1 ${String(code)} ${upstreamRes.statusMessage ?? ''}`];
       for (const [name, value] of forwardableResponseHeaders(upstreamRes.rawHeaders)) lines.push(`${name}: ${value}`);
@@ -682,6 +710,16 @@ export class KubernetesExchange {
       upstreamRes.once('end', () => finish('error', String(code), 'the API server did not upgrade the connection'));
     });
     upstreamReq.on('upgrade', (upstreamRes, upstreamSocket: Socket, upstreamHead: Buffer) => {
+      stopWatching();
+      if (socket.destroyed) {
+        upstreamSocket.destroy();
+        finish(
+          'cancelled',
+          CLIENT_CLOSED_STATUS,
+          'client closed the connection before the upgrade was answered (forwarded)',
+        );
+        return;
+      }
       const lines = ['HTTP/1.1 101 Switching Protocols'];
       for (let i = 0; i + 1 < upstreamRes.rawHeaders.length; i += 2) {
         lines.push(`${upstreamRes.rawHeaders[i] ?? ''}: ${upstreamRes.rawHeaders[i + 1] ?? ''}`);
