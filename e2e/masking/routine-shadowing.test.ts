@@ -7,30 +7,8 @@ import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { startTestSidecar } from '../harness/sidecar.ts';
 import { createTestDatabase } from '../harness/databases.ts';
-import { authenticatedClient, errorFields, parseBackend, query, type RawClient } from '../postgres/raw-client.ts';
+import { authenticatedClient, simpleQueryRound as run, type RawClient } from '../postgres/raw-client.ts';
 import { leakIn, MASKED_POLICY, MASKING_SCHEMA_SQL } from './bypass-corpus.ts';
-
-async function run(client: RawClient, sql: string): Promise<{ bytes: Buffer; errors: string[]; status: string }> {
-  const before = client.receivedLength;
-  const readyBefore = parseBackend(client.received, 0, true).messages.filter((m) => m.type === 'Z').length;
-  client.write(query(sql));
-  const ok = await client.until(
-    () => parseBackend(client.received, 0, true).messages.filter((m) => m.type === 'Z').length > readyBefore,
-    30_000,
-  );
-  assert.ok(ok, `no ReadyForQuery after ${sql} (${client.end})`);
-  const bytes = client.received.subarray(before);
-  const messages = parseBackend(bytes).messages;
-  return {
-    bytes,
-    errors: messages.filter((m) => m.type === 'E').map((m) => errorFields(m.body).code),
-    status:
-      messages
-        .filter((m) => m.type === 'Z')
-        .at(-1)
-        ?.body.toString() ?? '',
-  };
-}
 
 /** Owner code under built-in names that returns masked values. */
 const OWNER_SHADOWS_SQL = `
@@ -68,13 +46,13 @@ test('functions, operators and casts under built-in names outside pg_catalog do 
     'select cast(row(1)::tag as pg_catalog.text)',
     // Whole rows stay masked with a cast to text in public.
     'select c::text from customers c',
-    // Made by the agent, outside a transaction: the DDL through the sidecar drops the cached names.
+    // Made by the agent, outside a transaction (refused: an identity with column rules creates no functions).
     `create function public.abs(text) returns text language sql as $$ select email from customers order by id limit 1 $$`,
     "select abs('x')",
     'create function public.concat_secret(int, int) returns text language sql as $$ select ssn from customers limit 1 $$',
     'create operator public.|| (leftarg = int, rightarg = int, function = public.concat_secret)',
     'select 1 || 2',
-    // Made in the same transaction (not visible to the catalogue connection yet): refused after DDL.
+    // Made in the same transaction (not visible to the catalogue connection yet): refused as well.
     `begin; create function public.upper(int) returns text language sql as $$ select email from customers order by id limit 1 $$; select upper(1)`,
     'rollback',
     'begin',
@@ -87,8 +65,8 @@ test('functions, operators and casts under built-in names outside pg_catalog do 
     const r = await run(client, sql);
     const leak = leakIn(r.bytes);
     if (leak !== undefined) failures.push(`${sql}: LEAKED ${leak}`);
-    // The catalogue connection cannot see the function yet: the catalogue-change rule refuses the read.
-    if (sql === 'select initcap(1)' && !r.errors.includes('42501')) failures.push(`${sql}: not refused`);
+    // An identity with column rules may not create functions (docs/masking.md), in a transaction or not.
+    if (/^(begin; )?create function/.test(sql) && !r.errors.includes('42501')) failures.push(`${sql}: not refused`);
     if (r.status === 'E') await run(client, 'rollback');
   }
   assert.deepEqual(failures, [], failures.join('\n'));

@@ -276,3 +276,28 @@ export async function authenticatedClient(
   }
   return c;
 }
+
+/** What one simple Query round trip received: its bytes, the SQLSTATEs of its ErrorResponses, the last ReadyForQuery status. */
+export interface QueryRound {
+  readonly bytes: Buffer;
+  readonly errors: readonly string[];
+  readonly status: string;
+}
+
+/** Sends `sql` as one simple Query and waits for its ReadyForQuery; throws when none arrives in time. */
+export async function simpleQueryRound(client: RawClient, sql: string, timeoutMs = 30_000): Promise<QueryRound> {
+  const before = client.receivedLength;
+  const readyCount = (): number => parseBackend(client.received, 0, true).messages.filter((m) => m.type === 'Z').length;
+  const readyBefore = readyCount();
+  client.write(query(sql));
+  if (!(await client.until(() => readyCount() > readyBefore, timeoutMs))) {
+    throw new Error(`no ReadyForQuery after ${sql} (${client.end})`);
+  }
+  const bytes = client.received.subarray(before);
+  const messages = parseBackend(bytes).messages;
+  return {
+    bytes,
+    errors: messages.filter((m) => m.type === 'E').map((m) => errorFields(m.body).code),
+    status: messages.findLast((m) => m.type === 'Z')?.body.toString() ?? '',
+  };
+}

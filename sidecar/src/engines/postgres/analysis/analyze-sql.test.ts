@@ -515,12 +515,38 @@ describe('names a statement gives to server objects', () => {
       'ALTER TABLE t ALTER COLUMN b TYPE text USING a',
       'CREATE TRIGGER tr BEFORE UPDATE ON t FOR EACH ROW EXECUTE FUNCTION f()',
       'CREATE RULE r AS ON UPDATE TO t DO ALSO NOTIFY x',
+      // Code a DEFAULT runs: not pinned to pg_catalog's built-ins.
+      'CREATE TABLE t (x text DEFAULT f())',
+      'CREATE TABLE t (x text DEFAULT pg_catalog.upper(s.f()))',
+      "CREATE TABLE t (x text DEFAULT 'a' === 'b')",
+      "CREATE TABLE t (x text DEFAULT '1'::mytype::text)",
+      'CREATE TABLE t (x text DEFAULT public.now())',
+      'CREATE FOREIGN TABLE ft (x text DEFAULT f()) SERVER s',
+      'CREATE TABLE t PARTITION OF p (x DEFAULT f()) FOR VALUES IN (1)',
+      'ALTER TABLE t ADD COLUMN c text DEFAULT f()',
+      'ALTER TABLE t ALTER COLUMN c SET DEFAULT f()',
+      'ALTER VIEW v ALTER COLUMN c SET DEFAULT f()',
+      'ALTER TABLE t ALTER COLUMN c DROP NOT NULL, ALTER COLUMN c SET DEFAULT f()',
+      'CREATE DOMAIN d AS text DEFAULT f()',
+      'ALTER DOMAIN d SET DEFAULT f()',
+      // Routines: their bodies are not traced.
+      "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+      "CREATE OR REPLACE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+      'CREATE PROCEDURE p() LANGUAGE sql BEGIN ATOMIC SELECT 1; END',
+      'CREATE AGGREGATE a(text) (SFUNC = textcat, STYPE = text)',
     ];
     for (const sql of flagged) assert.ok(statementsOf(sql)[0]?.renamesColumns !== undefined, sql);
     for (const sql of [
       'ALTER TABLE t ADD COLUMN c text DEFAULT 1',
       'ALTER TABLE t ALTER COLUMN b TYPE text',
       'CREATE INDEX ON t (a)',
+      "CREATE TABLE t (id serial, at timestamptz DEFAULT now(), who text DEFAULT current_user, n text DEFAULT 'a' || lower('B'))",
+      "CREATE TABLE t (s bigint DEFAULT nextval('s'), c text DEFAULT pg_catalog.upper(md5(random()::text)))",
+      'ALTER TABLE t ALTER COLUMN c SET DEFAULT 0, ALTER COLUMN d DROP DEFAULT',
+      'CREATE DOMAIN d AS int DEFAULT 1 CHECK (VALUE > 0)',
+      'ALTER DOMAIN d SET DEFAULT 2',
+      'ALTER DOMAIN d DROP DEFAULT',
+      'CREATE TABLE t (x d, LIKE u INCLUDING DEFAULTS)',
     ]) {
       assert.equal(statementsOf(sql)[0]?.renamesColumns, undefined, sql);
       assert.equal(statementsOf(sql)[0]?.kind, 'ddl', sql);

@@ -384,6 +384,19 @@ class FactCollector {
     if (name === 'pg_notify') this.notifies = first;
   }
 
+  /**
+   * Whether these expressions call anything but pg_catalog's built-ins (a function, operator or cast
+   * defined elsewhere, or a built-in name the search_path lets another schema shadow).
+   */
+  callsCodeOutsideCatalog(expressions: readonly unknown[]): boolean {
+    const before = this.callsUserFunction;
+    this.callsUserFunction = false;
+    this.visit(expressions, EMPTY_SET);
+    const calls = this.callsUserFunction;
+    this.callsUserFunction = before || calls;
+    return calls;
+  }
+
   /** Visits a WITH clause and returns the scope its statement body sees. */
   private visitWith(withClause: Json, scope: ReadonlySet<string>): ReadonlySet<string> {
     const ctes = list(withClause.ctes).map((c) => record(record(c).CommonTableExpr));
@@ -788,16 +801,23 @@ function classify(node: unknown, collect: FactCollector): Classified {
     }
     return facts(objtype === 'OBJECT_POLICY' ? 'dcl' : 'ddl', true);
   }
+  const defaults = defaultExpressions(type, body);
+  const copiesByDefault =
+    defaults.length > 0 && collect.callsCodeOutsideCatalog(defaults) ? DEFAULT_CALLING_CODE : undefined;
   if (type === 'AlterTableStmt') {
     const dcl = list(body.cmds).some((c) =>
       DCL_ALTER_TABLE_COMMANDS.has(text(record(record(c).AlterTableCmd).subtype) ?? ''),
     );
-    const copies = list(body.cmds)
-      .map((c) => columnCopy(record(record(c).AlterTableCmd)))
-      .find((r) => r !== undefined);
+    const copies =
+      list(body.cmds)
+        .map((c) => columnCopy(record(record(c).AlterTableCmd)))
+        .find((r) => r !== undefined) ?? copiesByDefault;
     return { ...facts(dcl ? 'dcl' : 'ddl', true), ...(copies === undefined ? {} : { renamesColumns: copies }) };
   }
-  const renames = RENAMING_STATEMENTS[type];
+  const renames =
+    copiesByDefault ??
+    RENAMING_STATEMENTS[type] ??
+    (type === 'DefineStmt' && text(body.kind) === 'OBJECT_AGGREGATE' ? CREATING_ROUTINE : undefined);
   if (renames !== undefined)
     return { ...facts(DCL_STATEMENTS.has(type) ? 'dcl' : 'ddl', true), renamesColumns: renames };
   if (DDL_STATEMENTS.has(type)) return facts('ddl', true);
@@ -806,8 +826,23 @@ function classify(node: unknown, collect: FactCollector): Classified {
   return facts('other', true);
 }
 
+/**
+ * A function's body reads and writes anything, untraced: calling it is a DO block by another name (a
+ * `select copy_emails()` that inserts the masked column into a table of the agent's). Also procedures
+ * (CREATE PROCEDURE) and aggregates (CREATE AGGREGATE), and CREATE OR REPLACE of an existing one.
+ */
+const CREATING_ROUTINE = 'creating a function, procedure or aggregate';
+
+/**
+ * A DEFAULT runs code the statement that fills it does not name (`insert into t default values` runs
+ * `f()`), and the column it fills is clean to the lineage: a default calling anything but the pg_catalog
+ * built-ins could copy masked values into it.
+ */
+const DEFAULT_CALLING_CODE = 'setting a column or domain DEFAULT that calls code outside pg_catalog';
+
 /** Statements that give values another name (see AnalyzedStatement.renamesColumns). */
 const RENAMING_STATEMENTS: Readonly<Record<string, string>> = {
+  CreateFunctionStmt: CREATING_ROUTINE,
   RenameStmt: 'renaming an object',
   AlterObjectSchemaStmt: 'moving an object to another schema',
   CreateTrigStmt: 'creating a trigger',
@@ -817,6 +852,40 @@ const RENAMING_STATEMENTS: Readonly<Record<string, string>> = {
   CreatePolicyStmt: 'creating a row-level security policy',
   AlterPolicyStmt: 'changing a row-level security policy',
 };
+
+/**
+ * The DEFAULT expressions a statement sets: of columns (CREATE TABLE, CREATE FOREIGN TABLE, ALTER TABLE ADD
+ * COLUMN, ALTER COLUMN SET DEFAULT, also of views) and of domains (CREATE DOMAIN, ALTER DOMAIN SET DEFAULT).
+ */
+export function defaultExpressions(type: string, body: Json): unknown[] {
+  const found: unknown[] = [];
+  if (type === 'AlterDomainStmt' && text(body.subtype) === 'T' && body.def !== undefined) found.push(body.def);
+  for (const c of list(body.cmds)) {
+    const cmd = record(record(c).AlterTableCmd);
+    if (text(cmd.subtype) === 'AT_ColumnDefault' && cmd.def !== undefined) found.push(cmd.def);
+  }
+  const visit = (value: unknown): void => {
+    if (Array.isArray(value)) {
+      for (const v of value) visit(v);
+      return;
+    }
+    if (!isRecord(value)) return;
+    const constraint = value.Constraint;
+    if (isRecord(constraint) && constraint.contype === 'CONSTR_DEFAULT' && constraint.raw_expr !== undefined)
+      found.push(constraint.raw_expr);
+    for (const key in value) visit(value[key]);
+  };
+  if (DEFAULT_SETTING_STATEMENTS.has(type)) visit(body);
+  return found;
+}
+
+/** Statements whose parse tree can hold a column or domain DEFAULT constraint. */
+const DEFAULT_SETTING_STATEMENTS: ReadonlySet<string> = new Set([
+  'CreateStmt',
+  'CreateForeignTableStmt',
+  'AlterTableStmt',
+  'CreateDomainStmt',
+]);
 
 /** An ALTER TABLE command that fills a column from other columns: a generated column, or TYPE … USING. */
 function columnCopy(cmd: Json): string | undefined {

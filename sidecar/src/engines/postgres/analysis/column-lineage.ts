@@ -7,6 +7,7 @@
 // Fail closed: whatever is not modelled (an unknown relation, a function outside pg_catalog, a construct
 // the walk does not know) makes the value `opaque`, and the plan then masks it or denies the statement.
 import type { ColumnLineage, ResultLineage } from '../../../core/masking/result-plan.ts';
+import { defaultExpressions } from './analyze-sql.ts';
 import { PG_CATALOG_FUNCTIONS } from './pg-catalog.ts';
 import { sqlGrammar, DEFAULT_SERVER_MAJOR } from './sql-grammar.ts';
 
@@ -942,6 +943,18 @@ export function statementLineage(stmt: unknown, lookup: RelationLookup): Stateme
       // its errors echo the values ("invalid input syntax for type integer: "<email>"", "Key (email)=(…)"):
       // opaque, so their error texts and notices are withheld from an identity with masked columns.
       walk.opaque = true;
+      // A DEFAULT it sets fills a column the lineage sees as clean: one whose value is not the built-ins'
+      // (a name resolved to code outside pg_catalog by the catalogue, a function reading data around the
+      // masking) could copy masked values into it. analyze-sql.ts refuses names outside pg_catalog already.
+      if (n !== undefined) {
+        const defaults = defaultExpressions(n.type, n.body);
+        const scope: Scope = { sources: [], ctes: new Map(), parent: undefined };
+        if (defaults.length > 0 && walk.expr(defaults, scope).opaque) {
+          walk.refuse(
+            'a DEFAULT that calls code outside pg_catalog is not allowed for an identity with masked columns',
+          );
+        }
+      }
       break;
   }
   if (walk.routines === UNKNOWN_ROUTINES || walk.routines?.implicitCasts === true) {

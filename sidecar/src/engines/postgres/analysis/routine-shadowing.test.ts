@@ -94,4 +94,22 @@ describe('routine shadowing in column lineage', () => {
       [['now'], ['+'], ['text'], false],
     );
   });
+
+  it('a DEFAULT whose names resolve outside pg_catalog, or that reads data around the masking, is refused', () => {
+    const refusal = (sql: string, routines: RoutineNames | undefined): string | undefined =>
+      sqlLineage(sql, lookupWith(routines))[0]?.refusal;
+    const r = with_({ functions: new Set(['now']), operators: new Set(['+']) });
+    for (const sql of [
+      'create table t (x text default now(1))',
+      "alter table users alter column email set default 'a' + 'b'",
+      'alter domain d set default now(1)',
+    ]) {
+      assert.ok(refusal(sql, r) !== undefined, sql);
+      assert.equal(refusal(sql, NONE), undefined, sql);
+    }
+    assert.ok(refusal("create table t (x xml default query_to_xml('select 1', false, false, ''))", NONE));
+    // Names unknown until the catalogue is read: every unpinned name counts as defined elsewhere.
+    assert.ok(refusal('create table t (x timestamptz default now())', undefined) !== undefined);
+    assert.equal(refusal("create table t (y int default 1, z text default 'n/a')", undefined), undefined);
+  });
 });
