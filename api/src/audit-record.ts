@@ -188,6 +188,19 @@ export const AuditRecord = Type.Object(
           durationMicros: Type.Optional(
             Type.Integer({ description: 'Time from forward to completion, µs.', minimum: 0 }),
           ),
+          rolledBack: Type.Optional(
+            Type.Object(
+              {
+                commands: Type.Integer({ description: 'How many commands it undid.', minimum: 1 }),
+                first: Type.Integer({ description: 'Id of the first command it undid.', minimum: 1 }),
+                last: Type.Integer({ description: 'Id of the last command it undid.', minimum: 1 }),
+              },
+              {
+                description:
+                  'On the outcome of a ROLLBACK, ROLLBACK TO SAVEPOINT or a COMMIT the server rolled back, and on session.end inside a transaction: the commands of this session recorded success whose work it undid (those between first and last not undone by an earlier rollback record).',
+              },
+            ),
+          ),
         },
         { description: 'The result, on command.outcome.' },
       ),

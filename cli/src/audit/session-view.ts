@@ -172,11 +172,18 @@ export function describeRecord(r: AuditRecord, session?: Identity): string {
     const o = r.outcome;
     parts.push(
       `${o.status}${o.code === undefined ? '' : ` ${o.code}`}${o.rows === undefined ? '' : `, ${o.rows} row(s)`}` +
-        `${o.durationMicros === undefined ? '' : `, ${(o.durationMicros / 1000).toFixed(1)} ms`}${o.message === undefined ? '' : `: ${o.message}`}`,
+        `${o.durationMicros === undefined ? '' : `, ${(o.durationMicros / 1000).toFixed(1)} ms`}${o.message === undefined ? '' : `: ${o.message}`}` +
+        (o.rolledBack === undefined ? '' : `; rolled back ${rolledBackText(o.rolledBack)}`),
     );
   }
   if (r.gap !== undefined) parts.push(`${r.gap.lostRecords} record(s) lost: ${r.gap.reason}`);
   return `${r.time}  ${String(r.seq).padStart(4)}  ${r.type.padEnd(18)}  ${parts.join('  ')}`.trimEnd();
+}
+
+/** The commands a rollback undid, as `show` prints them: `3 command(s) recorded success, #4..#9`. */
+export function rolledBackText(r: { commands: number; first: number; last: number }): string {
+  const range = r.first === r.last ? `#${r.first}` : `#${r.first}..#${r.last}`;
+  return `${r.commands} command(s) recorded success, ${range}`;
 }
 
 export function describeSession(g: SessionGroup): string {

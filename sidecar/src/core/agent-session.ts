@@ -34,6 +34,7 @@ import {
   type CommandDescription,
   type CommandOutcome,
   type DecidedCommand,
+  type RolledBack,
   type SettledClearance,
 } from './command.ts';
 
@@ -717,6 +718,7 @@ export class AgentSession {
       }));
     }
     if (outcome.message !== undefined) recorded.message = outcome.message.slice(0, 1024);
+    if (outcome.rolledBack !== undefined) recorded.rolledBack = { ...outcome.rolledBack };
     if (outcome.rows !== undefined) recorded.rows = outcome.rows;
     recorded.status = outcome.status;
     // An outcome gates nothing: it is recorded once the engine has passed the response on. When its
@@ -746,9 +748,10 @@ export class AgentSession {
   /**
    * Records the end of the session and how it ended: `success` when the client or the sidecar closed it in
    * order, `error` when it broke (a protocol violation, the upstream lost), `denied` when the sidecar ended
-   * it as a refusal; `code` is the error's SQLSTATE or HTTP status.
+   * it as a refusal; `code` is the error's SQLSTATE or HTTP status. `rolledBack`: the session ended inside a
+   * transaction, which the server rolls back, undoing these commands recorded `success`.
    */
-  end(reason: string, how: SessionEnding = ENDED_IN_ORDER): void {
+  end(reason: string, how: SessionEnding = ENDED_IN_ORDER, rolledBack?: RolledBack): void {
     if (this.ended) return;
     this.ended = true;
     this.deferred.withdrawAll('the session ended before the statement was sent again');
@@ -756,6 +759,7 @@ export class AgentSession {
     const outcome = {} as NonNullable<AuditRecord['outcome']>;
     if (how.code !== undefined) outcome.code = how.code;
     outcome.message = reason.slice(0, 1024);
+    if (rolledBack !== undefined) outcome.rolledBack = { ...rolledBack };
     outcome.status = how.status;
     this.write({ type: 'session.end', outcome });
   }

@@ -58,6 +58,15 @@ export interface CommandOutcome {
   readonly rows?: number;
   /** Result values masked, per column and strategy (counts only, never a value). */
   readonly masked?: readonly MaskedCount[];
+  /** On a rollback's outcome: the commands recorded `success` whose work it undid (docs/audit.md). */
+  readonly rolledBack?: RolledBack;
+}
+
+/** Commands recorded `success` that a rollback undid: how many, and the first and last command id. */
+export interface RolledBack {
+  readonly commands: number;
+  readonly first: number;
+  readonly last: number;
 }
 
 export interface MaskedCount {

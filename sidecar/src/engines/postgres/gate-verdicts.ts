@@ -6,6 +6,7 @@ import type { SidecarError } from '../../core/errors.ts';
 import { denial, type Denial } from './error-responses.ts';
 import type { Bind } from './protocol/frontend-messages.ts';
 import type { ResultRewriter } from './masking/row-masker.ts';
+import type { TransactionControl } from './transaction-log.ts';
 
 /**
  * What the connection relays at once: the frame, or a failing substitute with our denial. `undo` (for the
@@ -19,6 +20,8 @@ export type RelayVerdict =
       readonly command: DecidedCommand | undefined;
       readonly rows?: ResultRewriter;
       readonly undo?: () => void;
+      /** What the command does to the transaction, for the rollback records (transaction-log.ts). */
+      readonly control?: TransactionControl;
     }
   /** `denial` undefined: the upstream's own error for the substitute is what the client should see. */
   | {

@@ -500,7 +500,7 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
     const tracker = this.tracker as ResponseTracker;
     if (verdict.action === 'forward') {
       this.forward(frame);
-      tracker.expect(UNIT_OF[type], verdict.command, undefined, verdict.rows);
+      tracker.expect(UNIT_OF[type], verdict.command, undefined, verdict.rows, undefined, verdict.control);
       tracker.onFailure(verdict.undo);
     } else {
       this.forward(substituteFrame(type, name));
@@ -577,8 +577,9 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
     this.releaseUnauthenticated();
     this.ctx.unregister(this);
     // Outstanding commands never got their responses.
-    this.tracker?.cancelAll();
-    this.agentSession?.end(reason, ending);
+    // A transaction left open: the server rolls it back, and the session's end record names what it undid.
+    const rolledBack = this.tracker?.cancelAll();
+    this.agentSession?.end(reason, ending, rolledBack);
     if (this.lease !== undefined) this.ctx.upstreamReuse.release(this.lease);
     if (!this.client.destroyed) {
       this.client.pause(); // nothing more is read: a refused body is held back by TCP, not read and dropped

@@ -6,12 +6,13 @@
 // Denials travel through the upstream (statement-gate.ts): the substituted message fails there, and the
 // upstream's ErrorResponse for it is replaced here by the unit's Denial, so responses keep pipeline order and
 // PostgreSQL's own failed-transaction and skip-until-Sync semantics hold.
-import type { CommandOutcome, DecidedCommand, MaskedCount } from '../../core/command.ts';
+import type { CommandOutcome, DecidedCommand, MaskedCount, RolledBack } from '../../core/command.ts';
 import { QUERY_CANCELED, type Denial } from './error-responses.ts';
 import { BackendCode, type ErrorFields, type TransactionStatus } from './protocol/backend-messages.ts';
 import { commandCompleteRows, decodeErrorFields, decodeReadyForQuery } from './protocol/backend-scanner.ts';
 import type { ResultRewriter } from './masking/row-masker.ts';
 import { ServerMessages, type WithheldMessage } from './masking/server-messages.ts';
+import { TransactionLog, type TransactionControl } from './transaction-log.ts';
 
 /** The kinds of client message that get a response of their own; `copy-end` marks a COPY the client ended. */
 export type UnitKind = 'query' | 'parse' | 'bind' | 'describe' | 'execute' | 'close' | 'sync' | 'copy-end';
@@ -53,6 +54,10 @@ interface ResponseUnit {
   undo: (() => void) | undefined;
   /** Server messages withheld while this unit was the head (masking/server-messages.ts), by kind. */
   withheld: Map<WithheldMessage, number> | undefined;
+  /** What the command does to the transaction (transaction-log.ts). */
+  readonly control: TransactionControl | undefined;
+  /** A transaction-control command answered with the tag ROLLBACK (also a COMMIT of a failed transaction). */
+  rollbackTag: boolean;
 }
 
 export interface ResponseTrackerOptions {
@@ -85,6 +90,10 @@ export class ResponseTracker {
   private uncommitted: ResponseUnit[] = [];
   /** The first error since the last ReadyForQuery: what ended the transaction if it ends idle ('I'). */
   private transactionError: ErrorFields | undefined;
+  /** The commands recorded `success` in the open transaction block: what a rollback undoes. */
+  private readonly transactionLog = new TransactionLog();
+  /** While a COMMIT or ROLLBACK Execute settles the Executes before it: they ran in its transaction. */
+  private ending = false;
   /** From the upstream's latest ReadyForQuery. */
   transactionStatus: TransactionStatus;
   /** What a masking session's notices, errors, notifications and reported settings keep. */
@@ -136,6 +145,7 @@ export class ResponseTracker {
     denial?: Denial,
     rows?: ResultRewriter,
     described?: (rowDescription: Buffer) => void,
+    control?: TransactionControl,
   ): void {
     if (rows !== undefined) this.rewriters += 1;
     this.serverMessages.noteCommand(command);
@@ -149,6 +159,8 @@ export class ResponseTracker {
       error: undefined,
       undo: undefined,
       withheld: undefined,
+      control,
+      rollbackTag: false,
     });
   }
 
@@ -216,6 +228,9 @@ export class ResponseTracker {
         if (unit !== undefined) {
           unit.rows?.statementEnd();
           unit.rowCount += commandCompleteRows(frame) ?? 0;
+          if (unit.control !== undefined && frame.toString('latin1', 5, frame.length - 1) === 'ROLLBACK') {
+            unit.rollbackTag = true;
+          }
           if (unit.kind === 'execute') this.executed(frame);
         }
         return frame;
@@ -252,17 +267,22 @@ export class ResponseTracker {
           this.finish(u, 'cancelled');
         }
         this.transactionEnded();
+        if (this.transactionStatus === 'I') this.transactionLog.clear();
         return frame;
       default:
         return frame;
     }
   }
 
-  /** The connection ends: every command still waiting for its response is recorded as cancelled. */
-  cancelAll(): void {
+  /**
+   * The connection ends: every command still waiting for its response is recorded as cancelled. Returns the
+   * commands recorded `success` in a transaction left open, which the server rolls back as the session goes.
+   */
+  cancelAll(): RolledBack | undefined {
     // Executes whose transaction never ended: the server rolls it back when the session goes.
     for (const u of this.uncommitted.splice(0)) this.finish(u, 'cancelled');
     for (let u = this.shift(); u !== undefined; u = this.shift()) this.finish(u, 'cancelled');
+    return this.transactionLog.end();
   }
 
   // ---- internals -------------------------------------------------------------------------------
@@ -275,7 +295,9 @@ export class ResponseTracker {
     // A transaction-control statement ended the transaction the earlier ones ran in: COMMIT committed them
     // (its failure is an ErrorResponse, not a CommandComplete), ROLLBACK is itself on the record.
     if (complete !== undefined && ENDS_TRANSACTION.test(complete.toString('latin1', 5, complete.length - 1))) {
+      this.ending = true;
       for (const u of this.uncommitted.splice(0)) this.finish(u, 'success');
+      this.ending = false;
     }
   }
 
@@ -404,10 +426,27 @@ export class ResponseTracker {
       return;
     }
     const error = unit.error;
+    const succeeded = error === undefined && status === 'success';
+    const control = unit.control;
+    let rolledBack: RolledBack | undefined;
+    if (control !== undefined) {
+      // A COMMIT that failed ended its transaction rolled back (a simple query's only if the session is idle
+      // after it: an earlier statement of its string may have failed instead, leaving the block open).
+      const commitFailed = status === 'error' && (unit.kind !== 'query' || this.transactionStatus === 'I');
+      rolledBack = this.transactionLog.apply(control, succeeded, unit.rollbackTag || commitFailed);
+    }
+    // Outside a transaction block (the common case) nothing is kept: an implicit transaction ended already.
+    if (succeeded && (this.transactionStatus !== 'I' || this.ending) && control?.alone !== true) {
+      this.transactionLog.note(command.id);
+    }
     const masked = [...(unit.rows?.counts() ?? []), ...withheldCounts(unit.withheld)];
     const counts = masked.length === 0 ? {} : { masked };
     if (error === undefined) {
-      this.onOutcome(command, { status, rows: unit.rowCount, ...counts });
+      const rows = unit.rowCount;
+      this.onOutcome(
+        command,
+        rolledBack === undefined ? { status, rows, ...counts } : { status, rows, ...counts, rolledBack },
+      );
       return;
     }
     this.onOutcome(command, {
@@ -416,6 +455,7 @@ export class ResponseTracker {
       message: error.message,
       rows: unit.rowCount,
       ...counts,
+      ...(rolledBack === undefined ? {} : { rolledBack }),
     });
   }
 }

@@ -22,6 +22,7 @@ import type { TransactionStatus } from './protocol/backend-messages.ts';
 
 import type { Bind, Parse } from './protocol/frontend-messages.ts';
 import { auditParameters, describeRefused, describeStatements, withParameterTypes } from './sql-command.ts';
+import { transactionControl } from './transaction-log.ts';
 import type { MaskingVerdict, ResultMasking } from './masking/result-masking.ts';
 import {
   exactParameters,
@@ -401,8 +402,11 @@ export class StatementGate {
   ): RelayVerdict | Promise<RelayVerdict> {
     if (audit.state === 'refused') return this.auditRefused(command, audit);
     const masking = this.masking;
+    const control = transactionControl(statements);
     if (masking === undefined) {
       const undo = this.noteAllowed(statements);
+      if (control !== undefined)
+        return { action: 'forward', command, control, ...(undo === undefined ? {} : { undo }) };
       return undo === undefined ? { action: 'forward', command } : { action: 'forward', command, undo };
     }
     const apply = (v: MaskingVerdict): RelayVerdict => {
@@ -419,6 +423,7 @@ export class StatementGate {
         command,
         ...(v.kind === 'rows' ? { rows: v.rewriter } : {}),
         ...(undo === undefined ? {} : { undo }),
+        ...(control === undefined ? {} : { control }),
       };
     };
     // Nothing of this connection is in flight and no transaction is open: whatever it changed in the
