@@ -149,6 +149,9 @@ interface SessionState {
   lastFlushAt: number;
   /** With an evidence store: when its head was last written (Date.now()). */
   lastHeadAt: number;
+  /** The phase of its last status write (undefined before the first), and when (Date.now()). */
+  statusPhase: SessionStatus['phase'] | undefined;
+  lastStatusAt: number;
   /**
    * With an evidence store: the highest seq that may be in the store without this process knowing (sent in
    * an insert whose outcome is unknown, or by an earlier process). Batches reaching down to it skip what is
@@ -167,6 +170,12 @@ interface SessionState {
    */
   openSeq: number;
 }
+
+/**
+ * With an evidence store: the shortest time between two status writes of a live session whose phase did not
+ * change, ms (docs/evidence-store.md, "How records flow").
+ */
+const STORE_STATUS_INTERVAL_MS = 30_000;
 
 const UNAUTHENTICATED: Identity = { subject: 'unauthenticated', issuer: '' };
 
@@ -284,6 +293,8 @@ export class SessionWriter {
         storedThrough: 0,
         lastFlushAt: 0,
         lastHeadAt: 0,
+        statusPhase: undefined,
+        lastStatusAt: 0,
         // A session that starts here has nothing in the store; a replayed or resumed one may have anything.
         mayExistThrough: !replayed && record.seq === 1 ? 0 : Number.MAX_SAFE_INTEGER,
         takenThrough: 0,
@@ -538,13 +549,16 @@ export class SessionWriter {
       }
       // Give the spool its space back as soon as this session's records are in.
       if (written > 0) this.acknowledge();
-      if (s.statusDirty && s.current !== undefined) {
+      const status = s.statusDirty && s.current !== undefined ? this.status(s) : undefined;
+      if (status !== undefined && s.current !== undefined && this.statusDue(s, status, inStore, forced)) {
         const cur = s.current;
         // The status write moves the object's resourceVersion: keep it, or the next guarded append is refused.
-        const resourceVersion = await this.store.patchStatus(cur.name, this.status(s));
+        const resourceVersion = await this.store.patchStatus(cur.name, status);
         if (resourceVersion !== undefined) cur.resourceVersion = resourceVersion;
         this.options.metrics?.sessionObjects.inc({ operation: 'status' });
         s.statusDirty = false;
+        s.statusPhase = status.phase;
+        s.lastStatusAt = Date.now();
       }
       if (s.failures > 0) this.recovered(s);
     } catch (err) {
@@ -552,6 +566,18 @@ export class SessionWriter {
     } finally {
       s.busy = false;
     }
+  }
+
+  /**
+   * Whether a changed status is written now. With an evidence store, a live session's counters are written
+   * at most every STORE_STATUS_INTERVAL_MS (each status write costs the API server as much as a head); a
+   * phase change (the first status, Closed, Abandoned), flush(), a waiter and stop write it at once. Only a
+   * finished session's counters are checked against its records (verify's `status-mismatch`), and its last
+   * status is always written. In Session objects every change is written, as before.
+   */
+  private statusDue(s: SessionState, status: SessionStatus, inStore: boolean, forced: boolean): boolean {
+    if (!inStore || forced || this.stopped || this.waiters.length > 0) return true;
+    return status.phase !== s.statusPhase || Date.now() - s.lastStatusAt >= STORE_STATUS_INTERVAL_MS;
   }
 
   private fits(part: Part, q: Queued): boolean {
