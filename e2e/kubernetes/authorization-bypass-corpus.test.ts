@@ -9,9 +9,11 @@
 import { carriesCommandOutcome } from '@chaperone/api';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
+import { request as httpsRequest, type RequestOptions } from 'node:https';
 import { test } from 'node:test';
 import { gzipSync } from 'node:zlib';
 import type { AccessPolicySpec } from '@chaperone/api';
+import { kubeConfig } from '../harness/kube.ts';
 import { RESOURCE, startKubeFixture } from './kube-fixture.ts';
 import { exchange } from './raw-tls.ts';
 
@@ -64,6 +66,28 @@ function policy(namespace: string): Record<string, AccessPolicySpec> {
       defaultDecision: 'deny',
     },
   };
+}
+
+/** A DELETE with a body sent straight to the API server as the cluster admin: its HTTP status. */
+async function adminDelete(path: string, body: string): Promise<number> {
+  const kc = kubeConfig();
+  const server = new URL(kc.getCurrentCluster()?.server ?? '');
+  const options: RequestOptions = {
+    method: 'DELETE',
+    hostname: server.hostname,
+    port: server.port,
+    path,
+    headers: { 'content-type': 'application/json', 'content-length': String(Buffer.byteLength(body)) },
+  };
+  await kc.applyToHTTPSOptions(options);
+  return new Promise((resolve, reject) => {
+    const req = httpsRequest(options, (res) => {
+      res.resume();
+      res.once('end', () => resolve(res.statusCode ?? 0));
+    });
+    req.once('error', reject);
+    req.end(body);
+  });
 }
 
 interface Attack {
@@ -438,6 +462,13 @@ test('authorization bypass corpus against the Kubernetes engine', async (t) => {
   await t.test('the API server reads an upper-case resource as no resource it serves', async () => {
     // Why refusing case variants costs nothing: resources are lower-case, the API server matches them exactly.
     await assert.rejects(f.admin(['get', '--raw', `/api/v1/namespaces/${ns}/SECRETS/db`]), /NotFound|not found/i);
+  });
+
+  await t.test('why: the API server ignores dryRun in the query of a DELETE with a body, and deletes', async () => {
+    await f.admin(['create', 'configmap', 'dry-admin', '-n', ns]);
+    const path = `/api/v1/namespaces/${ns}/configmaps/dry-admin?dryRun=All`;
+    assert.equal(await adminDelete(path, deleteOptions()), 200);
+    assert.equal(await f.admin(['get', 'configmap', 'dry-admin', '-n', ns, '--ignore-not-found', '-o', 'name']), '');
   });
 
   await t.test('the API server state: nothing denied ran', async () => {
