@@ -8,10 +8,10 @@
 import { carriesCommandOutcome } from '@chaperone/api';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { connect } from 'node:tls';
 import { test } from 'node:test';
 import type { AccessPolicySpec } from '@chaperone/api';
 import { RESOURCE, startKubeFixture } from './kube-fixture.ts';
+import { exchange } from './raw-tls.ts';
 
 function policy(namespace: string): Record<string, AccessPolicySpec> {
   return {
@@ -26,41 +26,6 @@ function policy(namespace: string): Record<string, AccessPolicySpec> {
       defaultDecision: 'deny',
     },
   };
-}
-
-interface RawResponse {
-  readonly status: number;
-  readonly head: string;
-  readonly body: string;
-}
-
-/** Sends bytes (one character, one byte) over a fresh TLS connection and reads until the server closes it (every case ends the connection). */
-function exchange(port: number, ca: Buffer, bytes: string): Promise<RawResponse> {
-  return new Promise((resolve, reject) => {
-    const socket = connect({ host: '127.0.0.1', port, ca, servername: 'localhost' }, () =>
-      socket.write(bytes, 'latin1'),
-    );
-    const chunks: Buffer[] = [];
-    const timer = setTimeout(() => {
-      socket.destroy();
-      reject(new Error(`no end of response in 30 s: ${Buffer.concat(chunks).toString('latin1')}`));
-    }, 30_000);
-    socket.on('data', (c: Buffer) => chunks.push(c));
-    socket.once('error', (err: Error) => {
-      clearTimeout(timer);
-      reject(err);
-    });
-    socket.once('close', () => {
-      clearTimeout(timer);
-      const text = Buffer.concat(chunks).toString('latin1');
-      const split = text.indexOf('\r\n\r\n');
-      resolve({
-        status: Number(/^HTTP\/1\.1 (\d{3})/.exec(text)?.[1] ?? 0),
-        head: text.slice(0, split),
-        body: text.slice(split + 4),
-      });
-    });
-  });
 }
 
 test('attack corpus against the Kubernetes engine', async (t) => {

@@ -39,6 +39,12 @@ function policy(namespace: string): Record<string, AccessPolicySpec> {
           decision: 'allow',
           match: { kubernetes: { namespaces: [namespace], resources: ['configmaps', 'secrets', 'pods'] } },
         },
+        // A rule naming pods does not open their subresources (RBAC's reading, docs/policy.md).
+        {
+          name: 'attach-in-namespace',
+          decision: 'allow',
+          match: { kubernetes: { namespaces: [namespace], resources: ['pods'], subresources: ['attach'] } },
+        },
       ],
       defaultDecision: 'deny',
       approval: { approverGroups: ['sre'], requiredApprovals: 1, timeout: '5m', allowSelfApproval: false },

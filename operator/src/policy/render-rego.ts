@@ -110,6 +110,7 @@ export function globToRegex(pattern: string, mode: PatternMode): string {
 class PatternHelpers {
   private readonly byKey = new Map<string, string>();
   private readonly bodies: string[] = [];
+  private verbsDoneUsed = false;
 
   helper(patterns: readonly string[], mode: PatternMode): string {
     const normalised = [...new Set(mode === 'method' ? patterns.map((p) => p.toUpperCase()) : patterns)].sort();
@@ -138,6 +139,25 @@ class PatternHelpers {
     if (literals.length > 0) clauses.unshift(`${name}(x) if x in ${regoSet(literals)}`);
     this.bodies.push(`# ${regoLiteral(normalised)} (${mode})`, ...clauses, '');
     return name;
+  }
+
+  /**
+   * The verbs a Kubernetes request does, for deny and approve rules: its own, and `delete` for an eviction
+   * (`create` of `pods/eviction`), which deletes the pod as surely as a delete does.
+   */
+  verbsDone(): string {
+    if (!this.verbsDoneUsed) {
+      this.verbsDoneUsed = true;
+      this.bodies.push(
+        '# The verbs a Kubernetes request does: an eviction deletes its pod.',
+        'kubernetes_verbs_done(c) := {c.verb, "delete"} if {',
+        '\tc.verb == "create"',
+        '\tc.subresource == "eviction"',
+        '} else := {c.verb}',
+        '',
+      );
+    }
+    return 'kubernetes_verbs_done';
   }
 
   render(): string[] {
@@ -322,7 +342,7 @@ function renderRule(rule: PolicyRule, index: number, ctx: RuleContext): string[]
     // list/watch read what get reads, deletecollection deletes, patch and update both change an object.
     // Allow rules keep RBAC's exact reading (docs/policy.md "Kubernetes").
     const fields: [readonly string[] | undefined, string][] = [
-      [allow ? k.verbs : coveringVerbs(k.verbs), 'verb'],
+      [allow ? k.verbs : undefined, 'verb'],
       [k.apiGroups, 'apiGroup'],
       [k.resources, 'resource'],
       [k.subresources, 'subresource'],
@@ -331,6 +351,16 @@ function renderRule(rule: PolicyRule, index: number, ctx: RuleContext): string[]
     ];
     for (const [patterns, field] of fields) {
       if (nonEmpty(patterns)) conds.push(`${helpers.helper(patterns, 'plain')}(input.command.${field})`);
+    }
+    const covering = coveringVerbs(k.verbs);
+    if (!allow && nonEmpty(covering)) {
+      conds.push(`some verb in ${helpers.verbsDone()}(input.command)`, `${helpers.helper(covering, 'plain')}(verb)`);
+    }
+    // RBAC's reading for allow rules: `pods` is the pods themselves, not pods/exec, pods/log, pods/eviction,
+    // pods/ephemeralcontainers or serviceaccounts/token; a subresource is allowed only by a rule naming it
+    // (or naming no resources, or `*`). Deny and approve rules without subresources cover them all.
+    if (allow && nonEmpty(k.resources) && !nonEmpty(k.subresources) && !k.resources.some((r) => /^\*+$/.test(r))) {
+      conds.push('input.command.subresource == ""');
     }
     // RBAC's split: resource rules never match a non-resource request, nonResourceURLs rules only those.
     const nonResource = 'object.get(input.command, "nonResourcePath", "")';

@@ -109,6 +109,25 @@ const POLICIES: Readonly<Record<string, AccessPolicySpec>> = {
     ],
     approval: APPROVAL,
   }),
+  // RBAC's reading of resources for allow rules; an eviction deletes its pod for deny rules.
+  'k8s-subresources': spec({
+    resources: { names: ['cluster'] },
+    rules: [
+      { name: 'no-pod-delete', decision: 'deny', match: { kubernetes: { verbs: ['delete'], resources: ['pods'] } } },
+      {
+        name: 'pods',
+        decision: 'allow',
+        match: { kubernetes: { verbs: ['get', 'create', 'patch'], resources: ['pods'] } },
+      },
+      {
+        name: 'logs',
+        decision: 'allow',
+        match: { kubernetes: { verbs: ['get'], resources: ['pods'], subresources: ['log'] } },
+      },
+      { name: 'updates', decision: 'allow', match: { kubernetes: { verbs: ['update'], resources: ['*'] } } },
+    ],
+    defaultDecision: 'deny',
+  }),
   http: spec({
     resources: { selector: { matchLabels: { tier: 'api' } } },
     rules: [
@@ -648,6 +667,55 @@ const CASES: readonly Case[] = [
     command: kube({ verb: 'get', resource: 'pods', namespace: 'x' }),
     req: K8S,
     expect: { decision: 'allow', rule: 'read' },
+  },
+  {
+    name: 'k8s an allow rule naming pods allows the pods themselves',
+    policies: ['k8s-subresources'],
+    command: kube({ verb: 'create' }),
+    req: K8S,
+    expect: { decision: 'allow', rule: 'pods' },
+  },
+  {
+    name: 'k8s an allow rule naming pods does not allow pods/exec',
+    policies: ['k8s-subresources'],
+    command: kube({ verb: 'create', subresource: 'exec', name: 'web-1' }),
+    req: K8S,
+    expect: { decision: 'deny', rule: 'default' },
+  },
+  {
+    name: 'k8s an allow rule naming pods does not allow pods/ephemeralcontainers',
+    policies: ['k8s-subresources'],
+    command: kube({ verb: 'patch', subresource: 'ephemeralcontainers', name: 'web-1' }),
+    req: K8S,
+    expect: { decision: 'deny', rule: 'default' },
+  },
+  {
+    name: 'k8s an allow rule naming pods does not allow pods/proxy',
+    policies: ['k8s-subresources'],
+    command: kube({ verb: 'get', subresource: 'proxy', name: 'web-1' }),
+    req: K8S,
+    expect: { decision: 'deny', rule: 'default' },
+  },
+  {
+    name: 'k8s an allow rule naming pods/log allows it',
+    policies: ['k8s-subresources'],
+    command: kube({ verb: 'get', subresource: 'log', name: 'web-1' }),
+    req: K8S,
+    expect: { decision: 'allow', rule: 'logs' },
+  },
+  {
+    name: 'k8s an allow rule naming * allows subresources',
+    policies: ['k8s-subresources'],
+    command: kube({ verb: 'update', apiGroup: 'apps', resource: 'deployments', subresource: 'scale', name: 'web' }),
+    req: K8S,
+    expect: { decision: 'allow', rule: 'updates' },
+  },
+  {
+    name: 'k8s a deny rule for deleting pods covers an eviction',
+    policies: ['k8s-subresources'],
+    command: kube({ verb: 'create', subresource: 'eviction', name: 'web-1' }),
+    req: K8S,
+    expect: { decision: 'deny', rule: 'no-pod-delete' },
   },
   // HTTP host, query and headers
   {

@@ -44,3 +44,9 @@ test('harmless requests pass', () => {
   assert.equal(requestOverride([], {}, Buffer.from('{"_method":"DELETE"}'), 'application/json'), undefined);
   assert.equal(requestOverride([], {}, Buffer.from('a=1&method=x'), 'application/x-www-form-urlencoded'), undefined);
 });
+
+test('underscore spellings, which CGI and WSGI servers read as the dashed names, are named', () => {
+  assert.equal(requestOverride(['x_http_method_override'], {}, none, undefined), 'the x_http_method_override header');
+  assert.equal(requestOverride(['x-forwarded_for'], {}, none, undefined), 'the x-forwarded_for header');
+  assert.equal(requestOverride(['x_request_note'], {}, none, undefined), undefined);
+});

@@ -33,8 +33,11 @@ export function requestOverride(
   body: Buffer,
   contentType: string | undefined,
 ): string | undefined {
-  for (const name of headers) {
-    if (OVERRIDE_HEADERS.has(name) || FORWARDING_HEADERS.has(name)) return `the ${name} header`;
+  for (const spelled of headers) {
+    // CGI and WSGI servers (and nginx with underscores_in_headers) read `X_HTTP_Method_Override` as the
+    // dashed name (both become HTTP_X_HTTP_METHOD_OVERRIDE).
+    const name = spelled.replaceAll('_', '-');
+    if (OVERRIDE_HEADERS.has(name) || FORWARDING_HEADERS.has(name)) return `the ${spelled} header`;
   }
   for (const name of Object.keys(query)) {
     if (name.toLowerCase() === METHOD_PARAMETER) return `the ${METHOD_PARAMETER} query parameter`;

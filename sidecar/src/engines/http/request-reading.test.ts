@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readQuery, UnreadableQuery } from './request-reading.ts';
+import { readHeaders, readQuery, UnreadableQuery } from './request-reading.ts';
 
 const plain = (q: string) => JSON.parse(JSON.stringify(readQuery(q))) as Record<string, string[]>;
 
@@ -33,4 +33,11 @@ test('ambiguities no list of readings covers are refused', () => {
 test('__proto__ is a parameter like any other', () => {
   const q = readQuery('__proto__=x');
   assert.deepEqual(q.__proto__, ['x']);
+});
+
+test('a header name with _ is also read as its dashed spelling (CGI and WSGI give both one name)', () => {
+  const headers = readHeaders({ x_debug: '1', 'x-tenant': 'a', x_tenant: 'b' });
+  assert.deepEqual(headers['x-debug'], ['1']);
+  assert.deepEqual(headers.x_debug, ['1']);
+  assert.deepEqual(headers['x-tenant'], ['a', 'b']);
 });

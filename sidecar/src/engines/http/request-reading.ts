@@ -59,9 +59,19 @@ export function readQuery(rawQuery: string): Record<string, string[]> {
   return query;
 }
 
-/** Header name → value, as forwarded (one line per name; duplicates were joined by checkHeaders). */
+/**
+ * Header name → values, as forwarded (one line per name; duplicates were joined by checkHeaders). A name
+ * with `_` is also read as its dashed spelling: CGI, WSGI (wsgiref, Werkzeug), PHP and nginx with
+ * underscores_in_headers give `X_Debug` and `X-Debug` one name (HTTP_X_DEBUG), so a rule on `X-Debug`
+ * sees both.
+ */
 export function readHeaders(forwarded: Readonly<Record<string, string>>): Record<string, string[]> {
   const headers: Record<string, string[]> = Object.create(null) as Record<string, string[]>;
-  for (const [name, value] of Object.entries(forwarded)) headers[name] = [value];
+  for (const [name, value] of Object.entries(forwarded)) {
+    for (const reading of name.includes('_') ? [name, name.replaceAll('_', '-')] : [name]) {
+      const list = (headers[reading] ??= []);
+      if (!list.includes(value)) list.push(value);
+    }
+  }
   return headers;
 }

@@ -52,7 +52,13 @@ import {
 } from './access-review.ts';
 import { ExecTranscript } from './exec-transcript.ts';
 import { decodeProtobufReview } from './protobuf-review.ts';
-import { classifyRequest, MUTATING_VERBS, UnclassifiableRequest, type RequestInfo } from './request-info.ts';
+import {
+  classifyRequest,
+  MUTATING_VERBS,
+  UnclassifiableRequest,
+  withDeleteOptions,
+  type RequestInfo,
+} from './request-info.ts';
 import { containsMaskedValue, redactSecrets } from './secret-redaction.ts';
 import { statusFor } from './status.ts';
 
@@ -144,7 +150,8 @@ export class KubernetesExchange {
     const reply = (error: SidecarError) => this.sendStatus(res, error);
     try {
       if (!(await this.admit(reply))) return;
-      const { session, info } = this.admitted();
+      const { session } = this.admitted();
+      let { info } = this.admitted();
       let body: Buffer | undefined;
       const limit = this.ctx.config.maxRequestBodyBytes;
       const declared = this.checked?.body ?? 0;
@@ -181,6 +188,17 @@ export class KubernetesExchange {
       if (refused !== undefined) {
         this.refuse(session, info, reply, 'malformed-connection', refused, body);
         return;
+      }
+      if (this.req.method === 'DELETE' && body !== undefined && body.length > 0) {
+        try {
+          info = withDeleteOptions(info, body, this.checked?.headers.get('content-type') ?? '');
+          this.info = info;
+        } catch (err) {
+          if (!(err instanceof UnclassifiableRequest)) throw err;
+          const error: SidecarError = { id: 'AmbiguousRequest', message: `chaperone: ${err.message}` };
+          this.refuse(session, info, reply, 'unclassifiable', error, body);
+          return;
+        }
       }
       const review = selfReviewKind(info);
       if (review !== undefined) {
@@ -369,7 +387,10 @@ export class KubernetesExchange {
     ) {
       this.info = { ...this.info, verb: 'create' };
     }
-    for (const [name, value] of checked.headers) {
+    for (const [spelled, value] of checked.headers) {
+      // Go keeps `Impersonate_User` apart from `Impersonate-User`, but a proxy or CGI gateway in between may
+      // not (nginx with underscores_in_headers, CGI's HTTP_ names): such names are read as the dashed ones.
+      const name = spelled.replace(/_/g, '-');
       // A bearer token in the WebSocket subprotocol list: the API server's fallback authenticator reads it
       // when the Authorization header does not authenticate, so it could act as whoever that token names.
       if (name === 'sec-websocket-protocol' && value.toLowerCase().includes('bearer.authorization.k8s.io')) {

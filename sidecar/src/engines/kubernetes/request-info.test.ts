@@ -1,6 +1,12 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { classifyRequest, fieldSelectorName, parseQuery, UnclassifiableRequest } from './request-info.ts';
+import {
+  classifyRequest,
+  fieldSelectorName,
+  parseQuery,
+  UnclassifiableRequest,
+  withDeleteOptions,
+} from './request-info.ts';
 
 // Expected classifications written out from the API server's RequestInfoFactory rules (and its own tests'
 // cases), one request per row: method, path?query → verb, group, version, resource, subresource, ns, name.
@@ -182,4 +188,24 @@ test('field selectors pin a name only for an exact metadata.name match; escapes 
   assert.equal(fieldSelectorName('metadata.name!=a'), undefined);
   assert.equal(fieldSelectorName('metadata.name=a\\,b'), 'a,b');
   assert.equal(fieldSelectorName('metadata.name=a,metadata.name=a'), 'a');
+});
+
+test("a DELETE with a body takes its dry run from the body's DeleteOptions, as the API server does", () => {
+  const del = (query: string) => classifyRequest('DELETE', '/api/v1/namespaces/x/configmaps/c', query);
+  const body = (options: unknown) => Buffer.from(JSON.stringify(options));
+  assert.equal(withDeleteOptions(del(''), body({ dryRun: ['All'] }), 'application/json').dryRun, true);
+  assert.equal(withDeleteOptions(del(''), body({ dryRun: [] }), 'application/json').dryRun, false);
+  assert.equal(withDeleteOptions(del(''), body({ propagationPolicy: 'Background' }), 'application/json').dryRun, false);
+  assert.equal(withDeleteOptions(del(''), Buffer.from('dryRun:\n- All\n'), 'application/yaml').dryRun, true);
+  // Unreadable (protobuf): recorded as the real delete it may be.
+  assert.equal(
+    withDeleteOptions(del(''), Buffer.from([0x6b, 0x38, 0x73, 0]), 'application/vnd.kubernetes.protobuf').dryRun,
+    false,
+  );
+  // The query's dryRun is ignored by the API server when there is a body: refused, never recorded as a dry run.
+  assert.throws(() => withDeleteOptions(del('dryRun=All'), body({}), 'application/json'), UnclassifiableRequest);
+  assert.throws(
+    () => withDeleteOptions(del(''), body({ dryRun: ['Some'] }), 'application/json'),
+    UnclassifiableRequest,
+  );
 });

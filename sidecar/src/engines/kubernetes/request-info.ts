@@ -6,6 +6,8 @@
 // differently (encoded slashes, dot segments, empty segments, semicolons in the query, unclear watch or
 // fieldSelector values) the request is refused instead of guessed at.
 
+import { parse as parseYaml } from 'yaml';
+
 /** What the apiserver's RequestInfo holds, plus the facts the sidecar records. */
 export interface RequestInfo {
   readonly isResourceRequest: boolean;
@@ -255,4 +257,30 @@ export function classifyRequest(method: string, rawPath: string, rawQuery: strin
     parts: current,
     dryRun,
   };
+}
+
+/**
+ * A DELETE with a body, as the API server reads it: the DeleteOptions in the body replace the query's
+ * (k8s.io/apiserver handlers/delete.go decodes the query only when the body is empty). So a `dryRun=All` in
+ * the query of such a request is not what runs — the delete is real — and is refused rather than recorded as
+ * a dry run; a `dryRun: ["All"]` in the body (what client-go sends for `kubectl delete --dry-run=server`) is
+ * the dry run. A body the sidecar cannot read (protobuf) is recorded as the real delete it may be.
+ */
+export function withDeleteOptions(info: RequestInfo, body: Buffer, contentType: string): RequestInfo {
+  if (info.dryRun) {
+    throw new UnclassifiableRequest(
+      'dryRun in the query of a DELETE with a body: the API server reads the options in the body and ignores the query',
+    );
+  }
+  let options: unknown;
+  try {
+    const text = body.toString('utf8');
+    options = /yaml/i.test(contentType) ? parseYaml(text) : JSON.parse(text);
+  } catch {
+    return info;
+  }
+  const dryRun = typeof options === 'object' && options !== null ? (options as { dryRun?: unknown }).dryRun : undefined;
+  if (!Array.isArray(dryRun) || dryRun.length === 0) return info;
+  if (!dryRun.every((v) => v === 'All')) throw new UnclassifiableRequest('dryRun must be All');
+  return { ...info, dryRun: true };
 }
