@@ -289,7 +289,17 @@ test('chain forgery corpus: hops, splices, swaps and header tricks against the e
         script,
       ),
       status: 400,
-      reason: 'no-delegation-rule',
+      reason: 'claims',
+      before: '400 no-delegation-rule: refused already, the platform gave it no kind',
+    },
+    'azp/sub swap, only narrowed (no actor, so no rule is asked)': {
+      form: exchangeForm(
+        await world.agents.sign({ sub: `system:serviceaccount:${ns}:ci-runner`, azp: 'agent:report-writer' }),
+        { resources: [world.resource('kube')] },
+      ),
+      status: 400,
+      reason: 'claims',
+      before: "200: a child whose sub is the CI account; sidecars gave it the account's groups",
     },
     'a lookalike actor in fullwidth letters (NFKC would make it agent:report-writer)': {
       form: delegate(await world.ciToken(), await world.agents.sign({ sub: '\uff41gent:report-writer' })),

@@ -433,6 +433,17 @@ export class TokenAuthenticator {
     }
     const subject = stringClaim(payload.sub);
     if (subject === undefined) throw new ExchangeRefusal('invalid_grant', 'malformed', `${role} has no usable sub`);
+    // `system:` names are Kubernetes identities (service accounts, nodes), which only the cluster's issuer
+    // vouches for. Before, an agent platform's token naming `system:serviceaccount:ci:ci-runner` was narrowed
+    // into a child that sidecars took for that service account (its groups included) wherever a policy named
+    // the subject without its issuer.
+    if (subject.startsWith('system:')) {
+      throw new ExchangeRefusal(
+        'invalid_grant',
+        'claims',
+        `${role} of ${shown(spec.issuer)} names a Kubernetes identity (system:…), which only a kubernetes TrustedIssuer may`,
+      );
+    }
     const kind = kindOf(spec, subject, payload);
     const scopes = scopesOf(payload);
     // A token its issuer narrowed to resources stays narrowed: sidecars honour the claim from any issuer, so
