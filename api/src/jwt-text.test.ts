@@ -16,6 +16,7 @@ test('duplicateJsonMember accepts the same name in sibling objects, in values an
   assert.equal(duplicateJsonMember('{"a":"{\\"a\\":1,\\"a\\":2}","b":"\\\\"}'), undefined);
   assert.equal(duplicateJsonMember('{"groups":[{"a":1},{"a":1}],"sub":"x"}'), undefined);
   assert.equal(duplicateJsonMember('{}'), undefined);
+  assert.equal(duplicateJsonMember('{"a":"unterminated\\"}'), undefined, 'not JSON: ends, left to the parser');
 });
 
 test('numericDateProblem refuses dates JSON can spell and a Date cannot hold', () => {

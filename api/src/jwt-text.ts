@@ -24,7 +24,8 @@ export function duplicateJsonMember(text: string): string | undefined {
     else if (c === '}' || c === ']') open.pop();
     else if (c === '"') {
       let end = i + 1;
-      while (text[end] !== '"') end += text[end] === '\\' ? 2 : 1;
+      while (end < text.length && text[end] !== '"') end += text[end] === '\\' ? 2 : 1;
+      if (end >= text.length) return undefined; // not JSON: the caller's parse refuses it
       let next = end + 1;
       while (text[next] === ' ' || text[next] === '\t' || text[next] === '\n' || text[next] === '\r') next++;
       const names = open.at(-1);
