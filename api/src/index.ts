@@ -11,6 +11,7 @@ export * from './delegation-policy.ts';
 export * from './token-exchange.ts';
 export * from './token-exchange-log.ts';
 export * from './canonical-jws.ts';
+export * from './jwt-text.ts';
 export * from './audit-record.ts';
 export * from './crds.ts';
 export * from './policy.ts';

@@ -2,7 +2,7 @@
 // discovery document and a JWKS of keys generated here, and tokens signed with them (as a CI provider or
 // SPIRE's OIDC discovery provider would issue them). It counts the requests it serves, so tests can check
 // that the exchange caches keys and fetches again only when a token names a key it has not seen.
-import { generateKeyPairSync, type KeyObject } from 'node:crypto';
+import { generateKeyPairSync, sign as cryptoSign, type KeyObject } from 'node:crypto';
 import { createServer, type Server } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { SignJWT, exportJWK, type JWK, type JWTPayload } from 'jose';
@@ -27,6 +27,11 @@ export interface OidcIssuer {
     claims: JWTPayload & { sub: string },
     options?: { audience?: string | string[]; expiresIn?: number; notBefore?: number; kid?: string },
   ): Promise<string>;
+  /**
+   * Signs a header and payload given as JSON text, byte for byte (duplicate members, numbers JSON.stringify
+   * cannot write); `{kid}` in the header text is replaced by the current key's id.
+   */
+  signRaw(headerJson: string, payloadJson: string): string;
   /** Adds a new key and signs with it from now on; `retire` drops every older key from the JWKS. */
   rotate(retire?: boolean): Promise<string>;
   close(): Promise<void>;
@@ -91,6 +96,13 @@ export async function startOidcIssuer(): Promise<OidcIssuer> {
         .setExpirationTime(seconds() + (options.expiresIn ?? 600));
       if (options.notBefore !== undefined) jwt.setNotBefore(seconds() + options.notBefore);
       return jwt.sign(key.privateKey);
+    },
+    signRaw(headerJson, payloadJson) {
+      const key = keys.at(-1);
+      if (key === undefined) throw new Error('no key');
+      const input = `${Buffer.from(headerJson.replace('{kid}', key.kid)).toString('base64url')}.${Buffer.from(payloadJson).toString('base64url')}`;
+      const signature = cryptoSign('sha256', Buffer.from(input), { key: key.privateKey, dsaEncoding: 'ieee-p1363' });
+      return `${input}.${signature.toString('base64url')}`;
     },
     async rotate(retire = false) {
       const key = await newKey(keys.length);

@@ -9,7 +9,9 @@ import { decodeJwt, decodeProtectedHeader, errors, jwtVerify, type JWTPayload, t
 import {
   CLAIMS,
   canonicalCompactJws,
+  duplicateJsonMember,
   ecdsaHighS,
+  numericDateProblem,
   type Actor,
   type ExchangeLink,
   type TrustedIssuer,
@@ -256,12 +258,29 @@ export class TokenAuthenticator {
     }
     let unverified: JWTPayload;
     let alg: string | undefined;
+    let duplicate: string | undefined;
+    let crit: unknown;
     try {
-      alg = decodeProtectedHeader(token).alg;
+      ({ alg, crit } = decodeProtectedHeader(token));
       unverified = decodeJwt(token);
+      const [headerPart = '', payloadPart = ''] = token.split('.');
+      duplicate =
+        duplicateJsonMember(Buffer.from(headerPart, 'base64url').toString('utf8')) ??
+        duplicateJsonMember(Buffer.from(payloadPart, 'base64url').toString('utf8'));
     } catch {
       throw new ExchangeRefusal('invalid_grant', 'malformed', `${role} is not a JWT`);
     }
+    // One name, one value (api/src/jwt-text.ts): a reader that takes the first of two `sub`s sees another party.
+    if (duplicate !== undefined) {
+      throw new ExchangeRefusal('invalid_grant', 'malformed', `${role} names a header parameter or claim twice`);
+    }
+    // No critical header extension is understood here (RFC 7515 §4.1.11), as at the sidecar: refused whole.
+    if (crit !== undefined) {
+      throw new ExchangeRefusal('invalid_grant', 'malformed', `${role} names critical header extensions`);
+    }
+    // Before: exp 1e309 (Infinity to a JSON parser) passed jose and failed writing the record, a 500.
+    const badDate = numericDateProblem(unverified);
+    if (badDate !== undefined) throw new ExchangeRefusal('invalid_grant', 'claims', `${role} ${badDate}`);
     if (unverified.iss === this.options.selfIssuer) return this.verifyOwn(token, role);
     const entry = typeof unverified.iss === 'string' ? this.issuers.get(unverified.iss) : undefined;
     if (entry === undefined) {
@@ -414,6 +433,17 @@ export class TokenAuthenticator {
     }
     const subject = stringClaim(payload.sub);
     if (subject === undefined) throw new ExchangeRefusal('invalid_grant', 'malformed', `${role} has no usable sub`);
+    // `system:` names are Kubernetes identities (service accounts, nodes), which only the cluster's issuer
+    // vouches for. Before, an agent platform's token naming `system:serviceaccount:ci:ci-runner` was narrowed
+    // into a child that sidecars took for that service account (its groups included) wherever a policy named
+    // the subject without its issuer.
+    if (subject.startsWith('system:')) {
+      throw new ExchangeRefusal(
+        'invalid_grant',
+        'claims',
+        `${role} of ${shown(spec.issuer)} names a Kubernetes identity (system:…), which only a kubernetes TrustedIssuer may`,
+      );
+    }
     const kind = kindOf(spec, subject, payload);
     const scopes = scopesOf(payload);
     // A token its issuer narrowed to resources stays narrowed: sidecars honour the claim from any issuer, so

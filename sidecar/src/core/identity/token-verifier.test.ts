@@ -247,17 +247,23 @@ test('header attacks: alg spellings, embedded or remote keys, crit, duplicate ke
   await refused(
     verifier,
     issuer.signRaw(`{"alg":"RS256","kid":"${issuer.kid}","alg":"none"}`, payload),
-    'algorithm',
+    'malformed',
     'duplicate alg, the last none',
   );
-  // Duplicate claims: the issuer is picked and verified from the same (last) value jose reads.
+  await refused(
+    verifier,
+    issuer.signRaw(`{"alg":"none","kid":"${issuer.kid}","alg":"RS256"}`, payload),
+    'malformed',
+    'duplicate alg, the last RS256 (before: accepted)',
+  );
+  // Duplicate claims: another reader may take the first value, so such a token names two parties.
   await refused(
     verifier,
     issuer.signRaw(
       JSON.stringify({ alg: 'RS256', kid: issuer.kid }),
       `{"sub":"agent:x","iss":"${issuer.issuer}","iss":"https://evil.example.com","aud":"chaperone","exp":${String(now + 600)}}`,
     ),
-    'issuer',
+    'malformed',
     'duplicate iss, the last foreign',
   );
 });
@@ -529,7 +535,7 @@ test('issuer key sets: short RSA keys, hostile kids, a half-written JWKS file', 
   assert.equal((await verifier.verify(await issuer.sign({ sub: 'agent:whole' }))).subject, 'agent:whole');
 });
 
-test('nested and unencoded payloads are refused; a duplicate claim is read as its last value, as every parser here does', async () => {
+test('nested and unencoded payloads are refused; so is a token naming a claim twice', async () => {
   const { issuer, verifier } = await setup();
   const exp = Math.floor(Date.now() / 1000) + 600;
   // cty: JWT — the payload is another token (say, one the attacker signed naming an admin): never unwrapped.
@@ -552,16 +558,32 @@ test('nested and unencoded payloads are refused; a duplicate claim is read as it
     'malformed',
     'an unencoded payload (b64 false, crit)',
   );
-  // RFC 7519 §4: a parser either refuses duplicate claim names or takes the lexically last; jose, the
-  // sidecar's issuer choice and the exchange (decodeJwt) all take the last, so they agree on who this is.
+  // RFC 7519 §4 lets a parser take the last of two names; an auditor's tool may take the first, so the token
+  // would name two parties (before: accepted as agent:last with the chain [b]).
   const duplicated = issuer.signRaw(
     JSON.stringify({ alg: 'RS256', kid: issuer.kid }),
     `{"sub":"agent:first","iss":"${issuer.issuer}","aud":"chaperone","exp":${String(exp)},"sub":"agent:last","act":{"sub":"a"},"act":{"sub":"b"}}`,
   );
-  const identity = await verifier.verify(duplicated);
-  assert.equal(identity.subject, 'agent:last');
-  assert.deepEqual(
-    identity.chain?.map((a) => a.subject),
-    ['b'],
+  await refused(verifier, duplicated, 'malformed', 'sub and act given twice');
+  await refused(
+    verifier,
+    issuer.signRaw(
+      JSON.stringify({ alg: 'RS256', kid: issuer.kid }),
+      `{"sub":"agent:x","iss":"${issuer.issuer}","aud":"chaperone","exp":${String(exp)},"act":{"sub":"a","s\\u0075b":"b"}}`,
+    ),
+    'malformed',
+    'an actor sub given twice, once escaped',
   );
+  // exp 1e309 is Infinity to JSON.parse, which jose compares without complaint: a token that never expired.
+  for (const dates of ['"exp":1e309', `"exp":${String(exp)},"nbf":-1e309`, '"exp":9.4e12']) {
+    await refused(
+      verifier,
+      issuer.signRaw(
+        JSON.stringify({ alg: 'RS256', kid: issuer.kid }),
+        `{"sub":"agent:x","iss":"${issuer.issuer}","aud":"chaperone",${dates}}`,
+      ),
+      'claims',
+      dates,
+    );
+  }
 });

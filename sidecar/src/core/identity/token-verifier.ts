@@ -7,7 +7,16 @@ import { createHash } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import { request } from 'node:https';
 import { createLocalJWKSet, decodeProtectedHeader, errors, jwtVerify, type JSONWebKeySet, type JWTPayload } from 'jose';
-import { CLAIMS, canonicalCompactJws, ecdsaHighS, resourceUri, type Actor, type Identity } from '@chaperone/api';
+import {
+  CLAIMS,
+  canonicalCompactJws,
+  duplicateJsonMember,
+  ecdsaHighS,
+  numericDateProblem,
+  resourceUri,
+  type Actor,
+  type Identity,
+} from '@chaperone/api';
 import type { TrustedIssuerConfig } from '../../config.ts';
 
 /** Claim naming the kind of agent (ci, ai-agent, script, human) in tokens Chaperone issues. */
@@ -326,13 +335,23 @@ export class TokenVerifier {
   private async verifySignature(token: string): Promise<Identity> {
     let header: ReturnType<typeof decodeProtectedHeader>;
     let unverified: JWTPayload;
+    let duplicate: string | undefined;
     try {
       header = decodeProtectedHeader(token);
-      const part = token.split('.')[1] ?? '';
-      unverified = JSON.parse(Buffer.from(part, 'base64url').toString('utf8')) as JWTPayload;
+      const [headerPart = '', payloadPart = ''] = token.split('.');
+      const payloadText = Buffer.from(payloadPart, 'base64url').toString('utf8');
+      unverified = JSON.parse(payloadText) as JWTPayload;
+      duplicate =
+        duplicateJsonMember(Buffer.from(headerPart, 'base64url').toString('utf8')) ?? duplicateJsonMember(payloadText);
     } catch (err) {
       throw new AuthenticationFailed('malformed', 'identity token is not a JWT', { cause: err });
     }
+    // One name, one value (api/src/jwt-text.ts): a reader that takes the first of two `sub`s sees another party.
+    if (duplicate !== undefined) {
+      throw new AuthenticationFailed('malformed', 'identity token names a header parameter or claim twice');
+    }
+    const badDate = numericDateProblem(unverified);
+    if (badDate !== undefined) throw new AuthenticationFailed('claims', `identity token ${badDate}`);
     // The issuer picks the key set; the signature check below is what makes the claim trustworthy.
     const trusted = typeof unverified.iss === 'string' ? this.issuers.get(unverified.iss) : undefined;
     if (trusted === undefined) throw new AuthenticationFailed('issuer', 'identity token issuer is not trusted');
