@@ -81,6 +81,8 @@ interface RunResult {
    * /proc/PID/task/PID/schedstat), µs per transaction: how long the serial stage queued behind others.
    */
   readonly proxyRunQueueWaitUsPerTxn: number | undefined;
+  /** CPU time of the proxy's main thread alone (schedstat's 1st field), µs per transaction: the serial stage. */
+  readonly proxyMainThreadUsPerTxn: number | undefined;
   readonly loadavgBefore: readonly number[];
   readonly loadavgAfter: readonly number[];
 }
@@ -286,12 +288,15 @@ function run(
   });
 }
 
-/** Nanoseconds a process's main thread has waited on a run queue (schedstat's 2nd field; needs schedstats). */
-function runQueueWaitNs(pid: number | undefined): number | undefined {
+/**
+ * Nanoseconds a process's main thread has run on a CPU and waited on a run queue (schedstat's 1st and 2nd
+ * fields; needs schedstats).
+ */
+function mainThreadSchedNs(pid: number | undefined): { onCpu: number; waiting: number } | undefined {
   if (pid === undefined) return undefined;
   try {
     const fields = readFileSync(`/proc/${pid}/task/${pid}/schedstat`, 'utf8').trim().split(' ');
-    return Number(fields[1]);
+    return { onCpu: Number(fields[0]), waiting: Number(fields[1]) };
   } catch {
     return undefined;
   }
@@ -443,10 +448,12 @@ async function pgbench(
   const argv = ['-n', '-S', '-M', mode, '-c', String(clients), '-j', String(threads), '-T', String(seconds)];
   const loadavgBefore = loadavg();
   const cpuBefore = cpuMicros(proxyPid);
-  const waitBefore = runQueueWaitNs(proxyPid);
+  const schedBefore = mainThreadSchedNs(proxyPid);
+  const perf = perfRecord(target, clients, seconds, proxyPid);
   const { stdout, stderr } = await run(pgTool('pgbench'), argv, env);
   const cpuAfter = cpuMicros(proxyPid);
-  const waitAfter = runQueueWaitNs(proxyPid);
+  const schedAfter = mainThreadSchedNs(proxyPid);
+  await perf;
   const out = `${stdout}\n${stderr}`;
   const transactions = parseNumber(out, /number of transactions actually processed: (\d+)/, 'transaction count');
   transactionsByTarget.set(target, (transactionsByTarget.get(target) ?? 0) + transactions);
@@ -465,12 +472,43 @@ async function pgbench(
     failed,
     ...perTxn(cpuBefore, cpuAfter, transactions),
     proxyRunQueueWaitUsPerTxn:
-      waitBefore === undefined || waitAfter === undefined || transactions === 0
+      schedBefore === undefined || schedAfter === undefined || transactions === 0
         ? undefined
-        : (waitAfter - waitBefore) / 1000 / transactions,
+        : (schedAfter.waiting - schedBefore.waiting) / 1000 / transactions,
+    proxyMainThreadUsPerTxn:
+      schedBefore === undefined || schedAfter === undefined || transactions === 0
+        ? undefined
+        : (schedAfter.onCpu - schedBefore.onCpu) / 1000 / transactions,
     loadavgBefore,
     loadavgAfter: loadavg(),
   };
+}
+
+/**
+ * With BENCH_PERF_DIR set, the --profile variant table records each sidecar (and PgBouncer and the pipe)
+ * under `perf record -g` during its many-client runs, into BENCH_PERF_DIR/<label>-c<clients>-<n>.data
+ * (`bench/perf-areas.ts` splits a recording by area). The sidecars then run with --perf-basic-prof.
+ */
+const PERF_DIR = process.env.BENCH_PERF_DIR;
+/** The label of each process perf records (pid → variant name), set by the variant table. */
+const perfLabels = new Map<number, string>();
+let perfRuns = 0;
+
+/** `perf record` of a process for the middle of a pgbench run (its first and last second left out). */
+async function perfRecord(_target: Target, clients: number, seconds: number, pid: number | undefined): Promise<void> {
+  if (PERF_DIR === undefined || pid === undefined || clients <= 8) return;
+  const label = perfLabels.get(pid);
+  if (label === undefined) return;
+  perfRuns += 1;
+  const out = join(PERF_DIR, `${label.replace(/\W+/g, '-')}-c${String(clients)}-${String(perfRuns)}.data`);
+  await new Promise((resolve) => setTimeout(resolve, 1000));
+  const window = Math.max(1, seconds - 2);
+  await run(
+    'perf',
+    ['record', '-F', '999', '-g', '-p', String(pid), '-o', out, '--', 'sleep', String(window)],
+    process.env,
+  );
+  console.log(`bench: perf ${out} (${String(window)} s of ${label}, pid ${String(pid)})`);
 }
 
 /** The round with the median TPS (rounds carry their own latency and CPU, so one whole round is picked). */
@@ -1295,16 +1333,21 @@ async function compareVariants(
     const side = await startSidecar(
       pg,
       join(runDir ?? '', `sidecar-${v.name.replace(/\W+/g, '-')}`),
-      variantOptions(v),
+      { ...variantOptions(v), ...(PERF_DIR === undefined ? {} : { nodeArgs: ['--perf-basic-prof'] }) },
       v.upstreamTls ? 'verify-full' : 'disable',
     );
     variantSidecars.add(side);
+    if (side.process.pid !== undefined) perfLabels.set(side.process.pid, v.name);
     targets.push({
       name: v.name,
       target: 'sidecar',
       env: side.libpqEnv(await sidecarToken(side, 3600)),
       pid: side.process.pid,
     });
+  }
+  if (PERF_DIR !== undefined) {
+    mkdirSync(PERF_DIR, { recursive: true });
+    for (const t of targets) if (t.target !== 'sidecar' && t.pid !== undefined) perfLabels.set(t.pid, t.name);
   }
   for (const t of targets) await pgbench(t.target, t.env, 'simple', 8, WARMUP_SECONDS, t.pid);
   // BENCH_ROUNDS rounds (default 1), the targets interleaved within each, every round printed.
@@ -1335,12 +1378,18 @@ async function compareVariants(
   if (bytePipe !== undefined) await stopProcess(bytePipe, 5_000);
   bytePipe = undefined;
   console.log(
-    `\n${'variant'.padEnd(16)} ${'mode'.padEnd(9)} ${'clients'.padStart(7)} ${'TPS'.padStart(8)} ${'avg lat ms'.padStart(10)} ${'proxy CPU µs/txn (user+sys)'.padStart(27)} ${'run-queue µs/txn'.padStart(16)} ${'load1'.padStart(6)}`,
+    `\n${'variant'.padEnd(16)} ${'mode'.padEnd(9)} ${'clients'.padStart(7)} ${'TPS'.padStart(8)} ${'÷ PgB'.padStart(6)} ${'avg lat ms'.padStart(10)} ${'proxy CPU µs/txn (user+sys)'.padStart(27)} ${'main thread'.padStart(11)} ${'run-queue µs/txn'.padStart(16)} ${'load1'.padStart(6)}`,
   );
+  // Rows come shape by shape, round by round, PgBouncer first in each round: each row's ratio is to the
+  // PgBouncer run of its own round.
+  let bouncerTps: number | undefined;
   for (const { variant, run: r } of variantRows) {
+    if (variant === 'pgbouncer') bouncerTps = r.tps;
     const wait = r.proxyRunQueueWaitUsPerTxn === undefined ? '-' : fmt(r.proxyRunQueueWaitUsPerTxn, 1);
+    const main = r.proxyMainThreadUsPerTxn === undefined ? '-' : fmt(r.proxyMainThreadUsPerTxn, 1);
+    const ratio = bouncerTps === undefined || bouncerTps === 0 ? '-' : fmt(r.tps / bouncerTps, 3);
     console.log(
-      `${variant.padEnd(16)} ${r.mode.padEnd(9)} ${String(r.clients).padStart(7)} ${fmt(r.tps).padStart(8)} ${fmt(r.latencyMs, 3).padStart(10)} ${cpuText(r).padStart(27)} ${wait.padStart(16)} ${fmt(r.loadavgAfter[0] ?? 0, 2).padStart(6)}`,
+      `${variant.padEnd(16)} ${r.mode.padEnd(9)} ${String(r.clients).padStart(7)} ${fmt(r.tps).padStart(8)} ${ratio.padStart(6)} ${fmt(r.latencyMs, 3).padStart(10)} ${cpuText(r).padStart(27)} ${main.padStart(11)} ${wait.padStart(16)} ${fmt(r.loadavgAfter[0] ?? 0, 2).padStart(6)}`,
     );
   }
 }
