@@ -1183,6 +1183,14 @@ async function footprintProfile(shape: string): Promise<void> {
   );
 }
 
+/** One run of the --profile variant table: which variant, which round (from 1), when it ended. */
+interface VariantRow {
+  readonly variant: string;
+  readonly round: number;
+  readonly at: string;
+  readonly run: RunResult;
+}
+
 interface Variant {
   readonly name: string;
   readonly description: string;
@@ -1230,7 +1238,7 @@ async function profile(): Promise<void> {
 
   const profiled = VARIANTS.find((v) => v.name === (args['profile-variant'] ?? 'as shipped'));
   if (profiled === undefined) throw new Error(`unknown variant; one of: ${VARIANTS.map((v) => v.name).join(', ')}`);
-  const variantRows: { variant: string; run: RunResult }[] = [];
+  const variantRows: VariantRow[] = [];
   if (args['profiles-only'] !== true) await compareVariants(pg, shapes, seconds, variantRows);
   if (args['variants-only'] === true) {
     writeFileSync(
@@ -1297,7 +1305,7 @@ async function compareVariants(
   pg: PostgresCluster,
   shapes: readonly { mode: Mode; clients: number }[],
   seconds: number,
-  variantRows: { variant: string; run: RunResult }[],
+  variantRows: VariantRow[],
 ): Promise<void> {
   const bouncer = await startPgbouncer(join(runDir ?? '', 'pgbouncer'), pg);
   const bouncerTls = await startPgbouncer(join(runDir ?? '', 'pgbouncer-tls'), pg, true);
@@ -1354,7 +1362,9 @@ async function compareVariants(
   const rounds = Number(process.env.BENCH_ROUNDS ?? 1);
   for (const shape of shapes) {
     for (let round = 0; round < rounds; round++) {
-      for (const t of targets) {
+      // The order rotates round by round, so that no target always runs right after the same other one.
+      const shift = round % targets.length;
+      for (const t of [...targets.slice(shift), ...targets.slice(0, shift)]) {
         // PgBouncer-with-TLS's 150 idle server connections would not leave room in max_connections (500).
         if (shape.clients > 8 && t.target === 'pgbouncer-tls') continue;
         // Many clients: an unmeasured run of the same shape first, as the footprint part does (PgBouncer
@@ -1366,7 +1376,7 @@ async function compareVariants(
         }
         try {
           const r = await pgbench(t.target, t.env, shape.mode, shape.clients, seconds, t.pid);
-          variantRows.push({ variant: t.name, run: r });
+          variantRows.push({ variant: t.name, round: round + 1, at: new Date().toISOString(), run: r });
         } catch (err) {
           // On a saturated machine 150 logins can take longer than the run (0 transactions): that round of
           // that target is left out, the others still count.
@@ -1389,11 +1399,14 @@ async function compareVariants(
   console.log(
     `\n${'variant'.padEnd(16)} ${'mode'.padEnd(9)} ${'clients'.padStart(7)} ${'TPS'.padStart(8)} ${'÷ PgB'.padStart(6)} ${'avg lat ms'.padStart(10)} ${'proxy CPU µs/txn (user+sys)'.padStart(27)} ${'main thread'.padStart(11)} ${'run-queue µs/txn'.padStart(16)} ${'load1'.padStart(6)}`,
   );
-  // Rows come shape by shape, round by round, PgBouncer first in each round: each row's ratio is to the
-  // PgBouncer run of its own round.
-  let bouncerTps: number | undefined;
-  for (const { variant, run: r } of variantRows) {
-    if (variant === 'pgbouncer') bouncerTps = r.tps;
+  // Each row's ratio is to the PgBouncer run of its own shape and round (none when that one was left out).
+  const bouncerTpsOf = new Map<string, number>();
+  for (const row of variantRows) {
+    if (row.variant === 'pgbouncer')
+      bouncerTpsOf.set(`${row.run.mode}-${String(row.run.clients)}-${String(row.round)}`, row.run.tps);
+  }
+  for (const { variant, round, run: r } of variantRows) {
+    const bouncerTps = bouncerTpsOf.get(`${r.mode}-${String(r.clients)}-${String(round)}`);
     const wait = r.proxyRunQueueWaitUsPerTxn === undefined ? '-' : fmt(r.proxyRunQueueWaitUsPerTxn, 1);
     const main = r.proxyMainThreadUsPerTxn === undefined ? '-' : fmt(r.proxyMainThreadUsPerTxn, 1);
     const ratio = bouncerTps === undefined || bouncerTps === 0 ? '-' : fmt(r.tps / bouncerTps, 3);
