@@ -81,6 +81,8 @@ interface RunResult {
    * /proc/PID/task/PID/schedstat), µs per transaction: how long the serial stage queued behind others.
    */
   readonly proxyRunQueueWaitUsPerTxn: number | undefined;
+  /** CPU time of the proxy's main thread alone (schedstat's 1st field), µs per transaction: the serial stage. */
+  readonly proxyMainThreadUsPerTxn: number | undefined;
   readonly loadavgBefore: readonly number[];
   readonly loadavgAfter: readonly number[];
 }
@@ -286,12 +288,15 @@ function run(
   });
 }
 
-/** Nanoseconds a process's main thread has waited on a run queue (schedstat's 2nd field; needs schedstats). */
-function runQueueWaitNs(pid: number | undefined): number | undefined {
+/**
+ * Nanoseconds a process's main thread has run on a CPU and waited on a run queue (schedstat's 1st and 2nd
+ * fields; needs schedstats).
+ */
+function mainThreadSchedNs(pid: number | undefined): { onCpu: number; waiting: number } | undefined {
   if (pid === undefined) return undefined;
   try {
     const fields = readFileSync(`/proc/${pid}/task/${pid}/schedstat`, 'utf8').trim().split(' ');
-    return Number(fields[1]);
+    return { onCpu: Number(fields[0]), waiting: Number(fields[1]) };
   } catch {
     return undefined;
   }
@@ -443,10 +448,12 @@ async function pgbench(
   const argv = ['-n', '-S', '-M', mode, '-c', String(clients), '-j', String(threads), '-T', String(seconds)];
   const loadavgBefore = loadavg();
   const cpuBefore = cpuMicros(proxyPid);
-  const waitBefore = runQueueWaitNs(proxyPid);
+  const schedBefore = mainThreadSchedNs(proxyPid);
+  const perf = perfRecord(target, clients, seconds, proxyPid);
   const { stdout, stderr } = await run(pgTool('pgbench'), argv, env);
   const cpuAfter = cpuMicros(proxyPid);
-  const waitAfter = runQueueWaitNs(proxyPid);
+  const schedAfter = mainThreadSchedNs(proxyPid);
+  await perf;
   const out = `${stdout}\n${stderr}`;
   const transactions = parseNumber(out, /number of transactions actually processed: (\d+)/, 'transaction count');
   transactionsByTarget.set(target, (transactionsByTarget.get(target) ?? 0) + transactions);
@@ -465,12 +472,43 @@ async function pgbench(
     failed,
     ...perTxn(cpuBefore, cpuAfter, transactions),
     proxyRunQueueWaitUsPerTxn:
-      waitBefore === undefined || waitAfter === undefined || transactions === 0
+      schedBefore === undefined || schedAfter === undefined || transactions === 0
         ? undefined
-        : (waitAfter - waitBefore) / 1000 / transactions,
+        : (schedAfter.waiting - schedBefore.waiting) / 1000 / transactions,
+    proxyMainThreadUsPerTxn:
+      schedBefore === undefined || schedAfter === undefined || transactions === 0
+        ? undefined
+        : (schedAfter.onCpu - schedBefore.onCpu) / 1000 / transactions,
     loadavgBefore,
     loadavgAfter: loadavg(),
   };
+}
+
+/**
+ * With BENCH_PERF_DIR set, the --profile variant table records each sidecar (and PgBouncer and the pipe)
+ * under `perf record -g` during its many-client runs, into BENCH_PERF_DIR/<label>-c<clients>-<n>.data
+ * (`bench/perf-areas.ts` splits a recording by area). The sidecars then run with --perf-basic-prof.
+ */
+const PERF_DIR = process.env.BENCH_PERF_DIR;
+/** The label of each process perf records (pid → variant name), set by the variant table. */
+const perfLabels = new Map<number, string>();
+let perfRuns = 0;
+
+/** `perf record` of a process for the middle of a pgbench run (its first and last second left out). */
+async function perfRecord(_target: Target, clients: number, seconds: number, pid: number | undefined): Promise<void> {
+  if (PERF_DIR === undefined || pid === undefined || clients <= 8) return;
+  const label = perfLabels.get(pid);
+  if (label === undefined) return;
+  perfRuns += 1;
+  const out = join(PERF_DIR, `${label.replace(/\W+/g, '-')}-c${String(clients)}-${String(perfRuns)}.data`);
+  await new Promise((resolve) => setTimeout(resolve, 1000));
+  const window = Math.max(1, seconds - 2);
+  await run(
+    'perf',
+    ['record', '-F', '999', '-g', '-p', String(pid), '-o', out, '--', 'sleep', String(window)],
+    process.env,
+  );
+  console.log(`bench: perf ${out} (${String(window)} s of ${label}, pid ${String(pid)})`);
 }
 
 /** The round with the median TPS (rounds carry their own latency and CPU, so one whole round is picked). */
@@ -1145,6 +1183,14 @@ async function footprintProfile(shape: string): Promise<void> {
   );
 }
 
+/** One run of the --profile variant table: which variant, which round (from 1), when it ended. */
+interface VariantRow {
+  readonly variant: string;
+  readonly round: number;
+  readonly at: string;
+  readonly run: RunResult;
+}
+
 interface Variant {
   readonly name: string;
   readonly description: string;
@@ -1192,7 +1238,7 @@ async function profile(): Promise<void> {
 
   const profiled = VARIANTS.find((v) => v.name === (args['profile-variant'] ?? 'as shipped'));
   if (profiled === undefined) throw new Error(`unknown variant; one of: ${VARIANTS.map((v) => v.name).join(', ')}`);
-  const variantRows: { variant: string; run: RunResult }[] = [];
+  const variantRows: VariantRow[] = [];
   if (args['profiles-only'] !== true) await compareVariants(pg, shapes, seconds, variantRows);
   if (args['variants-only'] === true) {
     writeFileSync(
@@ -1259,7 +1305,7 @@ async function compareVariants(
   pg: PostgresCluster,
   shapes: readonly { mode: Mode; clients: number }[],
   seconds: number,
-  variantRows: { variant: string; run: RunResult }[],
+  variantRows: VariantRow[],
 ): Promise<void> {
   const bouncer = await startPgbouncer(join(runDir ?? '', 'pgbouncer'), pg);
   const bouncerTls = await startPgbouncer(join(runDir ?? '', 'pgbouncer-tls'), pg, true);
@@ -1295,10 +1341,11 @@ async function compareVariants(
     const side = await startSidecar(
       pg,
       join(runDir ?? '', `sidecar-${v.name.replace(/\W+/g, '-')}`),
-      variantOptions(v),
+      { ...variantOptions(v), ...(PERF_DIR === undefined ? {} : { nodeArgs: ['--perf-basic-prof'] }) },
       v.upstreamTls ? 'verify-full' : 'disable',
     );
     variantSidecars.add(side);
+    if (side.process.pid !== undefined) perfLabels.set(side.process.pid, v.name);
     targets.push({
       name: v.name,
       target: 'sidecar',
@@ -1306,12 +1353,18 @@ async function compareVariants(
       pid: side.process.pid,
     });
   }
+  if (PERF_DIR !== undefined) {
+    mkdirSync(PERF_DIR, { recursive: true });
+    for (const t of targets) if (t.target !== 'sidecar' && t.pid !== undefined) perfLabels.set(t.pid, t.name);
+  }
   for (const t of targets) await pgbench(t.target, t.env, 'simple', 8, WARMUP_SECONDS, t.pid);
   // BENCH_ROUNDS rounds (default 1), the targets interleaved within each, every round printed.
   const rounds = Number(process.env.BENCH_ROUNDS ?? 1);
   for (const shape of shapes) {
     for (let round = 0; round < rounds; round++) {
-      for (const t of targets) {
+      // The order rotates round by round, so that no target always runs right after the same other one.
+      const shift = round % targets.length;
+      for (const t of [...targets.slice(shift), ...targets.slice(0, shift)]) {
         // PgBouncer-with-TLS's 150 idle server connections would not leave room in max_connections (500).
         if (shape.clients > 8 && t.target === 'pgbouncer-tls') continue;
         // Many clients: an unmeasured run of the same shape first, as the footprint part does (PgBouncer
@@ -1321,8 +1374,17 @@ async function compareVariants(
           const argv = ['-n', '-S', '-M', shape.mode, '-c', String(shape.clients), '-j', '2'];
           await run(pgTool('pgbench'), [...argv, '-T', String(WARMUP_SECONDS)], t.env);
         }
-        const r = await pgbench(t.target, t.env, shape.mode, shape.clients, seconds, t.pid);
-        variantRows.push({ variant: t.name, run: r });
+        try {
+          const r = await pgbench(t.target, t.env, shape.mode, shape.clients, seconds, t.pid);
+          variantRows.push({ variant: t.name, round: round + 1, at: new Date().toISOString(), run: r });
+        } catch (err) {
+          // On a saturated machine 150 logins can take longer than the run (0 transactions): that round of
+          // that target is left out, the others still count.
+          if (shape.clients <= 8 || signalled.interrupted) throw err;
+          console.log(
+            `bench: ${t.name} ${shape.mode} -c ${String(shape.clients)} round ${String(round + 1)} left out: ${(err as Error).message.split('\n')[0] ?? ''}`,
+          );
+        }
       }
     }
   }
@@ -1335,12 +1397,21 @@ async function compareVariants(
   if (bytePipe !== undefined) await stopProcess(bytePipe, 5_000);
   bytePipe = undefined;
   console.log(
-    `\n${'variant'.padEnd(16)} ${'mode'.padEnd(9)} ${'clients'.padStart(7)} ${'TPS'.padStart(8)} ${'avg lat ms'.padStart(10)} ${'proxy CPU µs/txn (user+sys)'.padStart(27)} ${'run-queue µs/txn'.padStart(16)} ${'load1'.padStart(6)}`,
+    `\n${'variant'.padEnd(16)} ${'mode'.padEnd(9)} ${'clients'.padStart(7)} ${'TPS'.padStart(8)} ${'÷ PgB'.padStart(6)} ${'avg lat ms'.padStart(10)} ${'proxy CPU µs/txn (user+sys)'.padStart(27)} ${'main thread'.padStart(11)} ${'run-queue µs/txn'.padStart(16)} ${'load1'.padStart(6)}`,
   );
-  for (const { variant, run: r } of variantRows) {
+  // Each row's ratio is to the PgBouncer run of its own shape and round (none when that one was left out).
+  const bouncerTpsOf = new Map<string, number>();
+  for (const row of variantRows) {
+    if (row.variant === 'pgbouncer')
+      bouncerTpsOf.set(`${row.run.mode}-${String(row.run.clients)}-${String(row.round)}`, row.run.tps);
+  }
+  for (const { variant, round, run: r } of variantRows) {
+    const bouncerTps = bouncerTpsOf.get(`${r.mode}-${String(r.clients)}-${String(round)}`);
     const wait = r.proxyRunQueueWaitUsPerTxn === undefined ? '-' : fmt(r.proxyRunQueueWaitUsPerTxn, 1);
+    const main = r.proxyMainThreadUsPerTxn === undefined ? '-' : fmt(r.proxyMainThreadUsPerTxn, 1);
+    const ratio = bouncerTps === undefined || bouncerTps === 0 ? '-' : fmt(r.tps / bouncerTps, 3);
     console.log(
-      `${variant.padEnd(16)} ${r.mode.padEnd(9)} ${String(r.clients).padStart(7)} ${fmt(r.tps).padStart(8)} ${fmt(r.latencyMs, 3).padStart(10)} ${cpuText(r).padStart(27)} ${wait.padStart(16)} ${fmt(r.loadavgAfter[0] ?? 0, 2).padStart(6)}`,
+      `${variant.padEnd(16)} ${r.mode.padEnd(9)} ${String(r.clients).padStart(7)} ${fmt(r.tps).padStart(8)} ${ratio.padStart(6)} ${fmt(r.latencyMs, 3).padStart(10)} ${cpuText(r).padStart(27)} ${main.padStart(11)} ${wait.padStart(16)} ${fmt(r.loadavgAfter[0] ?? 0, 2).padStart(6)}`,
     );
   }
 }

@@ -439,6 +439,11 @@ export class ResponseTracker {
     if (succeeded && (this.transactionStatus !== 'I' || this.ending) && control?.alone !== true) {
       this.transactionLog.note(command.id);
     }
+    if (error === undefined && rolledBack === undefined && unit.rows === undefined && unit.withheld === undefined) {
+      // The common outcome (nothing masked, withheld or rolled back), built without the spreads below.
+      this.onOutcome(command, { status, rows: unit.rowCount });
+      return;
+    }
     const masked = [...(unit.rows?.counts() ?? []), ...withheldCounts(unit.withheld)];
     const counts = masked.length === 0 ? {} : { masked };
     if (error === undefined) {

@@ -44,6 +44,23 @@ describe('createSqlAnalyzer', () => {
     assert.equal(analyzer.size, 2);
   });
 
+  it('keeps the least-recently-used order when the newest entry is hit again and again (many clients, one statement)', () => {
+    const analyzer = createSqlAnalyzer({ cacheSize: 2 });
+    analyzer.analyze('SELECT a FROM t WHERE id = 1');
+    analyzer.analyze('SELECT b FROM t WHERE id = 1');
+    // The first statement again, with other literals: its shared entry becomes the newest, then is hit as such.
+    for (let id = 2; id < 6; id++) analyzer.analyze(`SELECT a FROM t WHERE id = ${String(id)}`);
+    analyzer.analyze('SELECT c FROM t WHERE id = 1'); // evicts b's entry, the least recently used
+    const before = analyzer.stats;
+    analyzer.analyze('SELECT a FROM t WHERE id = 9');
+    assert.equal(analyzer.stats.sharedHits, before.sharedHits + 1, 'a is still cached');
+    analyzer.analyze('SELECT b FROM t WHERE id = 9');
+    assert.equal(analyzer.stats.misses, before.misses + 1, 'b was evicted');
+    analyzer.clear();
+    analyzer.analyze('SELECT a FROM t WHERE id = 1');
+    assert.equal(analyzer.size, 1);
+  });
+
   it('does not cache long text or when the cache is disabled', () => {
     const small = createSqlAnalyzer({ maxCachedTextLength: 5 });
     small.analyze('SELECT 1');

@@ -185,17 +185,22 @@ export function createSqlAnalyzer(options: SqlAnalyzerOptions = {}): SqlAnalyzer
   const stats = { hits: 0, sharedHits: 0, misses: 0 };
   // Map iteration order is insertion order: the first key is the least recently used.
   const cache = new Map<string, Entry>();
+  /** The key most recently used (the cache's last): a hit on it needs no move to the end. */
+  let newestKey: string | undefined;
 
   const lookup = (key: string): Entry | undefined => {
     const hit = cache.get(key);
-    if (hit !== undefined) {
+    if (hit !== undefined && key !== newestKey) {
       cache.delete(key);
       cache.set(key, hit);
+      newestKey = key;
     }
     return hit;
   };
   const store = (key: string, entry: Entry): void => {
+    cache.delete(key); // a key stored again (its exact entry after its shared one was evicted) moves to the end
     cache.set(key, entry);
+    newestKey = key;
     if (cache.size > cacheSize) {
       for (const oldest of cache.keys()) {
         cache.delete(oldest);
@@ -256,6 +261,7 @@ export function createSqlAnalyzer(options: SqlAnalyzerOptions = {}): SqlAnalyzer
     },
     clear() {
       cache.clear();
+      newestKey = undefined;
     },
   };
 }
