@@ -442,7 +442,10 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
         this.forward(substituteFrame('Execute'));
         return;
       case 'FunctionCall':
-        return this.apply(gate.functionCall(msg.functionOid), 'FunctionCall', msg.frame);
+        // Discarded upstream like a Query: no response is expected (else the Sync's would be taken for it).
+        if (!discarding) return this.apply(gate.functionCall(msg.functionOid), 'FunctionCall', msg.frame);
+        this.forward(substituteFrame('FunctionCall'));
+        return;
       case 'Bind':
         this.forward(msg.frame);
         if (discarding) return;
@@ -457,16 +460,18 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
         if (!discarding) tracker.expectUndoable('close', gate.close(msg.kind, msg.name)); // else skipped upstream
         return;
       case 'Sync':
-        this.forward(msg.frame);
-        tracker.sync();
+        if (tracker.sync()) this.forward(msg.frame); // else one the server may or may not answer mid-COPY
         return;
       case 'CopyDone':
       case 'CopyFail':
         this.forward(msg.frame);
         tracker.copyEnd();
         return;
-      case 'Flush':
       case 'CopyData':
+        this.forward(msg.frame);
+        tracker.copyData();
+        return;
+      case 'Flush':
         this.forward(msg.frame);
         return;
       case 'Terminate':
