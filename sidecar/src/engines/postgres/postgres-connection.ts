@@ -427,7 +427,10 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
     const tracker = this.tracker as ResponseTracker;
     // After an extended-protocol error the upstream discards everything until Sync: nothing is decided.
     const discarding = tracker.discardingUntilSync;
-    (this.lease as LeasedUpstream).noteClientMessage(msg.type);
+    // A Sync the tracker holds back (one the server may or may not answer mid-COPY) is not forwarded, and
+    // ends no exchange upstream.
+    const syncForwarded = msg.type === 'Sync' && tracker.sync();
+    if (msg.type !== 'Sync' || syncForwarded) (this.lease as LeasedUpstream).noteClientMessage(msg.type);
     switch (msg.type) {
       case 'Query':
         if (!discarding) return this.apply(gate.query(msg.query), 'Query', msg.frame);
@@ -460,7 +463,7 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
         if (!discarding) tracker.expectUndoable('close', gate.close(msg.kind, msg.name)); // else skipped upstream
         return;
       case 'Sync':
-        if (tracker.sync()) this.forward(msg.frame); // else one the server may or may not answer mid-COPY
+        if (syncForwarded) this.forward(msg.frame);
         return;
       case 'CopyDone':
       case 'CopyFail':
