@@ -744,6 +744,61 @@ test('protocol paths under a policy that denies a table: COPY the server ends ea
     assert.deepEqual((await owner.query('select count(*)::int as n from accounts')).rows, accounts);
   });
 
+  await t.test('SQL EXECUTE of a protocol-prepared statement after a reload that denies its table', async () => {
+    const everything = await writePolicyBundle(sidecar.bundleDir, 'team', {
+      ...TABLE_DENIED,
+      rules: [{ name: 'everything', decision: 'allow', match: {} }],
+    });
+    await poll('the sidecar to load the allow-all bundle', () =>
+      Promise.resolve(sidecar.logs().includes(everything) ? true : undefined),
+    );
+    const client = await authenticatedClient(sidecar.host, sidecar.port, token, TIMEOUT_MS);
+    try {
+      const prepared = await exchange(
+        client,
+        Buffer.concat([parse('s', 'delete from secrets'), parse('r', 'select secret from secrets'), SYNC]),
+        1,
+      );
+      assert.equal(prepared.types, '1 1 Z');
+      const sqlPrepared = await exchange(client, query('prepare q as select secret from secrets'), 1);
+      assert.equal(sqlPrepared.types, 'C Z', sqlPrepared.errors.join('; '));
+      // A digest not loaded before (TABLE_DENIED's is in the logs since startup).
+      const denied = await writePolicyBundle(sidecar.bundleDir, 'team', {
+        ...TABLE_DENIED,
+        rules: [
+          ...TABLE_DENIED.rules,
+          { name: 'after-reload', decision: 'deny', match: { sql: { relations: ['x.y'] } } },
+        ],
+      });
+      await poll('the sidecar to load the table-denying bundle', () =>
+        Promise.resolve(sidecar.logs().includes(denied) ? true : undefined),
+      );
+      // Bind/Execute is decided again as the statement it runs; SQL EXECUTE of the name must be too.
+      const executed = await exchange(client, Buffer.concat([bind('', 's'), execute(''), SYNC]), 1);
+      assert.deepEqual(executed.codes, ['42501'], executed.errors.join('; '));
+      for (const sql of [
+        'execute s',
+        'explain (analyze) execute s',
+        'execute r',
+        'create table stolen as execute r',
+        // A SQL PREPARE is resolved: CREATE TABLE AS EXECUTE of it is decided with the relations it reads.
+        'execute q',
+        'create temp table stolen as execute q',
+      ]) {
+        const reply = await exchange(client, query(sql), 1);
+        assert.deepEqual(reply.codes, ['42501'], `${sql}: ${reply.types} ${reply.errors.join('; ')}`);
+      }
+      const session = firstColumns(await exchange(client, query(SESSION_SQL), 1))[0] ?? '';
+      await assertSane(client, refusedProbe, session);
+    } finally {
+      client.destroy();
+    }
+    assert.deepEqual(await secrets(), kept);
+    assert.deepEqual((await owner.query("select count(*)::int as n from pg_class where relname = 'stolen'")).rows, [
+      { n: 0 },
+    ]);
+  });
+
   await t.test('an Execute with a row limit, re-Executed after a reload that refuses it', async () => {
     const client = await authenticatedClient(sidecar.host, sidecar.port, token, TIMEOUT_MS);
     const sequence = async (): Promise<unknown> =>
