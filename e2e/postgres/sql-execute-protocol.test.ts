@@ -1,7 +1,7 @@
 // SQL EXECUTE of a statement prepared by a protocol Parse: the sidecar does not resolve it (only a SQL
-// PREPARE's text is remembered for EXECUTE), so it is decided as a statement of unknown effect. Under a
-// read-only policy it is refused with 42501 even when the Parse held a SELECT, the server never runs it, and
-// the same statement run by Bind/Execute is answered.
+// PREPARE's text is remembered for EXECUTE), so it is refused under every policy (ProtocolStatementExecute,
+// 42501) even when the Parse held a SELECT, the server never runs it, and the same statement run by
+// Bind/Execute is answered.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { READ_ONLY, startTestSidecar } from '../harness/sidecar.ts';
@@ -41,6 +41,7 @@ test('read-only: SQL EXECUTE of a protocol-prepared statement is refused with 42
   );
   const [refusal] = executed.filter((m) => m.type === 'E').map((m) => errorFields(m.body));
   assert.equal(refusal?.code, '42501');
+  assert.match(refusal.message, /a statement prepared by a protocol Parse/);
   const bound = await send(
     Buffer.concat([msg('B', cstr(''), cstr('ps'), i16(0), i16(0), i16(0)), msg('E', cstr(''), i32(0)), SYNC]),
   );

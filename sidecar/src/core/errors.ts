@@ -112,6 +112,13 @@ export const SIDECAR_ERRORS = {
     summary:
       'Use of a prepared statement whose last Parse, PREPARE, Close or DEALLOCATE the server refused or skipped.',
   },
+  ProtocolStatementExecute: {
+    sqlState: '42501',
+    httpStatus: 403,
+    fatal: false,
+    summary:
+      'SQL EXECUTE (also EXPLAIN EXECUTE, CREATE TABLE AS EXECUTE) of a statement prepared by a protocol Parse: run it with Bind/Execute.',
+  },
   MaskingRefused: {
     sqlState: '42501',
     httpStatus: 403,

@@ -71,3 +71,15 @@ export function uncertainRefusal(name: string): Denial {
     message: `chaperone: prepared statement ${JSON.stringify(name)} may not be what the sidecar saw prepared (its last Parse, PREPARE, Close or DEALLOCATE failed or was skipped); close or deallocate it and prepare it again`,
   });
 }
+
+/**
+ * SQL EXECUTE of a name a protocol Parse prepared is not decided as that statement (only SQL PREPAREs are
+ * resolved), so it would run whatever the name holds under a decision made without it: refused. A policy
+ * reloaded since the Parse reaches Bind/Execute, which is decided again as the statement it runs.
+ */
+export function protocolStatementRefusal(name: string): Denial {
+  return denial({
+    id: 'ProtocolStatementExecute',
+    message: `chaperone: EXECUTE of ${JSON.stringify(name)}, a statement prepared by a protocol Parse, is not allowed; run it with Bind/Execute`,
+  });
+}

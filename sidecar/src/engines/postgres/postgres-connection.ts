@@ -427,7 +427,10 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
     const tracker = this.tracker as ResponseTracker;
     // After an extended-protocol error the upstream discards everything until Sync: nothing is decided.
     const discarding = tracker.discardingUntilSync;
-    (this.lease as LeasedUpstream).noteClientMessage(msg.type);
+    // A Sync the tracker holds back (one the server may or may not answer mid-COPY) is not forwarded, and
+    // ends no exchange upstream.
+    const syncForwarded = msg.type === 'Sync' && tracker.sync();
+    if (msg.type !== 'Sync' || syncForwarded) (this.lease as LeasedUpstream).noteClientMessage(msg.type);
     switch (msg.type) {
       case 'Query':
         if (!discarding) return this.apply(gate.query(msg.query), 'Query', msg.frame);
@@ -442,7 +445,10 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
         this.forward(substituteFrame('Execute'));
         return;
       case 'FunctionCall':
-        return this.apply(gate.functionCall(msg.functionOid), 'FunctionCall', msg.frame);
+        // Discarded upstream like a Query: no response is expected (else the Sync's would be taken for it).
+        if (!discarding) return this.apply(gate.functionCall(msg.functionOid), 'FunctionCall', msg.frame);
+        this.forward(substituteFrame('FunctionCall'));
+        return;
       case 'Bind':
         this.forward(msg.frame);
         if (discarding) return;
@@ -457,16 +463,18 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
         if (!discarding) tracker.expectUndoable('close', gate.close(msg.kind, msg.name)); // else skipped upstream
         return;
       case 'Sync':
-        this.forward(msg.frame);
-        tracker.sync();
+        if (syncForwarded) this.forward(msg.frame);
         return;
       case 'CopyDone':
       case 'CopyFail':
         this.forward(msg.frame);
         tracker.copyEnd();
         return;
-      case 'Flush':
       case 'CopyData':
+        this.forward(msg.frame);
+        tracker.copyData();
+        return;
+      case 'Flush':
         this.forward(msg.frame);
         return;
       case 'Terminate':

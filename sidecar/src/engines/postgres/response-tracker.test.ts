@@ -240,9 +240,9 @@ test('COPY: a Sync sent during copy-in gets no ReadyForQuery and is not waited f
   t.expect('execute', command(1));
   t.sync(); // libpq's Sync right after an extended COPY FROM STDIN: ignored by PostgreSQL in copy-in
   feed(t, parseComplete, bindComplete, msg('G', i8(0), Buffer.from([0, 0])));
-  t.sync(); // still in copy-in: not queued
+  assert.equal(t.sync(), false, 'still in copy-in: neither forwarded nor queued');
   t.copyEnd();
-  t.sync();
+  assert.equal(t.sync(), true);
   feed(t, complete('COPY 10'), ready('I'));
   assert.deepEqual(outcomes, [[1, { status: 'success', rows: 10 }]]);
   assert.equal(t.pending, 0);
@@ -256,6 +256,45 @@ test('COPY: a CopyDone that arrives before the upstream entered copy-in drops th
   feed(t, msg('G', i8(0), Buffer.from([0, 0])), complete('COPY 2'), ready('I'));
   assert.deepEqual(outcomes, [[1, { status: 'success', rows: 2 }]]);
   assert.equal(t.pending, 1, 'the Sync after the CopyDone still waits for its ReadyForQuery');
+});
+
+const COPY_IN = msg('G', i8(0), Buffer.from([0, 0]));
+
+test('COPY: the server ends copy-in with its error; a Sync sent afterwards is forwarded and answered', () => {
+  const { t, outcomes } = tracker();
+  t.expect('query', command(1));
+  feed(t, COPY_IN);
+  t.copyData(); // bad data: the server fails the COPY on it
+  feed(t, error('22P02', 'invalid input syntax'), ready('I'));
+  assert.equal(t.pending, 0);
+  assert.equal(t.sync(), true, 'the server left copy-in: the Sync gets its ReadyForQuery');
+  assert.equal(t.pending, 1);
+  feed(t, ready('I'));
+  assert.equal(t.pending, 0);
+  assert.deepEqual(
+    outcomes.map(([id, o]) => [id, o.status]),
+    [[1, 'error']],
+  );
+});
+
+test('COPY: a Sync behind CopyData a running COPY may have read is not forwarded, whatever the data does', () => {
+  const { t } = tracker();
+  t.expect('query', command(1)); // COPY ... FROM STDIN, its CopyInResponse not seen yet
+  t.copyData();
+  assert.equal(t.sync(), false, 'answered only if the COPY failed on that data: not forwarded');
+  t.expect('query', command(2));
+  feed(t, COPY_IN, error('22P02', 'invalid input syntax'), ready('I'));
+  assert.equal(t.pending, 1, 'the next query still waits for its own response');
+  feed(t, complete('SELECT 1'), ready('I'));
+  assert.equal(t.pending, 0);
+  assert.equal(t.sync(), true, 'nothing from before the CopyData is running any more');
+});
+
+test('COPY: CopyData with nothing in flight is dropped by the server and changes nothing', () => {
+  const { t } = tracker();
+  t.copyData();
+  assert.equal(t.sync(), true);
+  assert.equal(t.pending, 1);
 });
 
 test('cancelAll records every command still waiting as cancelled', () => {

@@ -40,6 +40,8 @@ export const TRACKED_FRAMES: readonly BackendCode[] = [
 ];
 
 interface ResponseUnit {
+  /** Its position in the pipeline (the how-manyth unit queued). */
+  readonly seq: number;
   readonly kind: UnitKind;
   /** The decided command whose outcome this unit reports. */
   readonly command: DecidedCommand | undefined;
@@ -75,8 +77,15 @@ export class ResponseTracker {
   private head = 0;
   /** After an extended-protocol error the upstream ignores messages until Sync; so do we. */
   private skipping = false;
-  /** The upstream entered copy-in and the client has not sent CopyDone/CopyFail yet. */
+  /** The upstream entered copy-in and neither the client (CopyDone/CopyFail) nor the server (its error) ended it. */
   private clientInCopyIn = false;
+  /** Units queued so far: each unit's `seq`, the pipeline position of a client message. */
+  private queued = 0;
+  /**
+   * Set by CopyData the client sent while units queued before it were unanswered (one of them may be a COPY
+   * FROM STDIN the server is running): the `seq` the next unit would get then. Cleared by CopyDone or CopyFail.
+   */
+  private copyDataAfter: number | undefined;
   /** Units queued that carry a ResultRewriter. */
   private rewriters = 0;
   /** The rewriters of the commands answered since the last ReadyForQuery: what the next Sync commits. */
@@ -150,6 +159,7 @@ export class ResponseTracker {
     if (rows !== undefined) this.rewriters += 1;
     this.serverMessages.noteCommand(command);
     this.units.push({
+      seq: this.queued++,
       kind,
       command,
       denial,
@@ -180,17 +190,32 @@ export class ResponseTracker {
     this.onFailure(undo);
   }
 
-  /** The client sent Sync. */
-  sync(): void {
-    // PostgreSQL ignores Sync during copy-in (libpq sends one right after an extended-protocol COPY FROM
-    // STDIN's Execute), so such a Sync gets no ReadyForQuery and must not be waited for.
-    if (this.clientInCopyIn) return;
+  /**
+   * The client sent Sync; returns whether to forward it. PostgreSQL ignores Sync during copy-in (libpq sends
+   * one right after an extended-protocol COPY FROM STDIN's Execute, which CopyInResponse accounts for), but
+   * answers it once the COPY failed — and a COPY fails on the data the client sent, at a point the proxy
+   * cannot know. A Sync sent in copy-in, or after CopyData a COPY still running may have read (before the
+   * client's CopyDone or CopyFail), is therefore not forwarded: the server would have ignored it, or ends up
+   * skipping until the next Sync exactly as the tracker does, and responses never lose their commands.
+   */
+  sync(): boolean {
+    if (this.clientInCopyIn) return false;
+    const oldest = this.units[this.head];
+    if (this.copyDataAfter !== undefined && oldest !== undefined && oldest.seq < this.copyDataAfter) return false;
+    this.copyDataAfter = undefined;
     this.skipping = false;
     this.expect('sync');
+    return true;
+  }
+
+  /** The client sent CopyData: outside any COPY the server drops it; see sync() for why it is noted. */
+  copyData(): void {
+    if (this.copyDataAfter === undefined && (this.clientInCopyIn || this.pending > 0)) this.copyDataAfter = this.queued;
   }
 
   /** The client sent CopyDone or CopyFail. */
   copyEnd(): void {
+    this.copyDataAfter = undefined;
     if (this.clientInCopyIn) this.clientInCopyIn = false;
     else this.expect('copy-end'); // copy-in not seen yet: CopyInResponse will find this marker
   }
@@ -253,8 +278,11 @@ export class ResponseTracker {
         this.onCopyIn();
         return frame;
       case BackendCode.ErrorResponse:
+        // In copy-in the error is the COPY's: the server left copy-in, and answers what comes next.
+        this.clientInCopyIn = false;
         return this.onError(unit, frame);
       case BackendCode.ReadyForQuery:
+        this.clientInCopyIn = false;
         this.transactionStatus = decodeReadyForQuery(frame);
         if (this.committing.length > 0) this.committing = [];
         // Whatever is still queued up to here belonged to this Sync/Query and got no response of its own.

@@ -27,6 +27,7 @@ import type { MaskingVerdict, ResultMasking } from './masking/result-masking.ts'
 import {
   exactParameters,
   FORWARD,
+  protocolStatementRefusal,
   uncertainRefusal,
   undeclaredCursor,
   type GateVerdict,
@@ -460,6 +461,7 @@ export class StatementGate {
     let declared: Set<string> | undefined; // cursors DECLAREd earlier in this string (rare: made when needed)
     for (const s of analysis.statements) {
       if (s.executes !== undefined && this.uncertain.has(s.executes)) return uncertainRefusal(s.executes);
+      if (s.executes !== undefined && this.statements.has(s.executes)) return protocolStatementRefusal(s.executes);
       if (s.declares !== undefined) (declared ??= new Set()).add(s.declares);
       if (s.fetches !== undefined && !this.cursors.has(s.fetches) && declared?.has(s.fetches) !== true) {
         return undeclaredCursor(s.fetches);

@@ -453,6 +453,19 @@ describe('resolveSqlExecute', () => {
     assert.equal(resolveSqlExecute(seq, prepare).sideEffects, true);
   });
 
+  it('decides CREATE TABLE AS EXECUTE as DDL that also runs the prepared statement', () => {
+    const prepare = prepared();
+    const [ctas] = statementsOf('CREATE TEMP TABLE stolen AS EXECUTE r(1)');
+    assert.ok(ctas);
+    assert.equal(ctas.kind, 'ddl');
+    assert.equal(ctas.executes, 'r', 'the gate resolves or refuses the name as for EXECUTE');
+    const resolved = resolveSqlExecute(ctas, prepare);
+    assert.equal(resolved.kind, 'ddl', 'not the prepared SELECT: it creates a table');
+    assert.equal(resolved.sideEffects, true);
+    assert.ok(resolved.relations.includes('public.accounts'), JSON.stringify(resolved.relations));
+    assert.equal(resolved.text, 'CREATE TEMP TABLE stolen AS EXECUTE r(1)');
+  });
+
   it('leaves an EXECUTE of an unknown name, and other statements, as they are', () => {
     const prepare = prepared();
     const [execute] = statementsOf('EXECUTE r(1)');

@@ -727,6 +727,13 @@ function classify(node: unknown, collect: FactCollector): Classified {
       return inner(body.query, { prepares: text(body.name) ?? '' });
     case 'DeclareCursorStmt':
       return inner(body.query, { declares: text(body.portalname) ?? '' });
+    case 'CreateTableAsStmt': {
+      const query = unwrap(body.query);
+      if (query?.type !== 'ExecuteStmt') break;
+      // CREATE TABLE AS EXECUTE name runs what name holds: resolved (or refused) by the gate as EXECUTE is.
+      collect.visit(node, noScope);
+      return { ...facts('ddl', true), executes: text(query.body.name) ?? '' };
+    }
     case 'ExecuteStmt': {
       collect.visit(body.params, noScope);
       const args = facts('execute', false);
@@ -1046,6 +1053,11 @@ export function resolveSqlExecute(
   const args = execute.executeArguments;
   const union = (a: readonly string[], b: readonly string[] | undefined): readonly string[] =>
     b === undefined || b.length === 0 ? a : [...new Set([...a, ...b])];
+  if (execute.kind !== 'execute') {
+    // CREATE TABLE AS EXECUTE: a statement of its own kind that also runs the prepared one.
+    const relations = union(execute.relations, prepared.relations);
+    return { ...execute, relations, functions: union(execute.functions, prepared.functions), sideEffects: true };
+  }
   const { prepares: _prepares, executeArguments: _arguments, ...preparedFacts } = prepared;
   return {
     ...preparedFacts,
