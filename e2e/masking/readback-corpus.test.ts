@@ -27,7 +27,18 @@ import type { AccessPolicySpec } from '@chaperone/api';
 import { startTestSidecar, writePolicyBundle } from '../harness/sidecar.ts';
 import { createTestDatabase } from '../harness/databases.ts';
 import { poll } from '../harness/poll.ts';
-import { authenticatedClient, errorFields, parseBackend, query, type RawClient } from '../postgres/raw-client.ts';
+import {
+  authenticatedClient,
+  cstr,
+  errorFields,
+  i16,
+  i32,
+  msg,
+  parseBackend,
+  query,
+  SYNC,
+  type RawClient,
+} from '../postgres/raw-client.ts';
 import { leakIn, MASKED_POLICY, MASKING_SCHEMA_SQL } from './bypass-corpus.ts';
 
 const AGENT = 'system:serviceaccount:ci:agent';
@@ -127,6 +138,14 @@ export const READBACK_CORPUS: readonly Step[] = [
     'create view plain as select ssn as label from customers',
   ),
   ...steps('prepared statement over a changed view', 'masked', 'execute stale_table'),
+  // CREATE TABLE AS EXECUTE copies the prepared statement's rows into a table of the agent's.
+  ...steps(
+    'prepared statement over a changed view',
+    'runs',
+    'prepare copied as select email, ssn from customers',
+    'create table copied_clean as select name from customers',
+  ),
+  ...steps('prepared statement over a changed view', 'denied', 'create table stolen as execute copied'),
   ...steps('prepared statement over a changed view', 'runs', 'deallocate all'),
   // RETURNING may name every FROM / USING item, not only the target.
   ...steps(
@@ -171,6 +190,8 @@ export const READBACK_CORPUS: readonly Step[] = [
     "select * from json_to_record(json_build_object('e', (select email from customers where id = 1))) as r(e text)",
     'select * from customers c, lateral (select c.ssn) x',
     'select * from (values ((select email from customers where id = 1))) v(e)',
+    "select * from xmltable('/r' passing (select xmlelement(name r, ssn) from customers where id = 1) columns v text path '.')",
+    "select * from xmltable('/r/@e' passing (select xmlelement(name r, xmlattributes(email as e)) from customers where id = 1) columns v text path '.')",
   ),
   ...steps(
     'formats',
@@ -184,16 +205,16 @@ export const READBACK_CORPUS: readonly Step[] = [
 
 async function run(
   client: RawClient,
-  sql: string,
+  sql: string | Buffer,
 ): Promise<{ bytes: Buffer; messages: { type: string; body: Buffer }[] }> {
   const before = client.receivedLength;
   const readyBefore = parseBackend(client.received, 0, true).messages.filter((m) => m.type === 'Z').length;
-  client.write(query(sql));
+  client.write(typeof sql === 'string' ? query(sql) : sql);
   const ok = await client.until(
     () => parseBackend(client.received, 0, true).messages.filter((m) => m.type === 'Z').length > readyBefore,
     30_000,
   );
-  assert.ok(ok, `no ReadyForQuery after ${sql} (${client.end})`);
+  assert.ok(ok, `no ReadyForQuery after ${sql.toString()} (${client.end})`);
   const bytes = client.received.subarray(before);
   return { bytes, messages: parseBackend(bytes).messages };
 }
@@ -233,6 +254,8 @@ test('the read-back corpus: no masked value comes back through what a statement 
     const text = clear.bytes.toString('utf8');
     assert.ok(text.includes('Alice Example') && text.includes('Bob Example'), text);
     assert.match(text, /\b1\b/, 'leak_seq was never set');
+    const made = await run(client, "select count(*)::text || ' stolen' from pg_class where relname = 'stolen'");
+    assert.ok(made.bytes.toString('utf8').includes('0 stolen'), 'CREATE TABLE AS EXECUTE made no table');
   } finally {
     client.destroy();
   }
@@ -269,6 +292,9 @@ test('denyPredicates: a masked value may not decide the rows, their number or th
         "select string_agg(name, ',' order by ssn desc) from customers",
         `select id from customers where id = ${FIRST_DIGIT}`,
         "select count(*) filter (where ssn like '1%') from customers",
+        // The size of a window frame: count(*) over the last N rows is N + 1.
+        `select max(c) from (select count(*) over (order by g rows between ${FIRST_DIGIT} preceding and current row) c from generate_series(1, 20) g) s`,
+        `select max(c) from (select count(*) over w c from generate_series(1, 20) g window w as (order by g rows between current row and ${FIRST_DIGIT} following)) s`,
       ),
       // Controls: masked columns in the result; predicates, limits, set-returning functions and aggregate
       // orderings over clean values. (denyPredicates of any rule applies to every masked column.)
@@ -329,6 +355,51 @@ test('a statement prepared and a cursor declared before masking applied: EXECUTE
       ...steps('after the reload', 'runs', 'close early_cursor', 'deallocate early'),
     ]);
     assert.deepEqual(failures, [], failures.join('\n'));
+  } finally {
+    client.destroy();
+  }
+});
+
+test('a protocol-level named statement over a view redefined after its Parse: each Execute is masked as the server plans it now', async (t) => {
+  const database = await createTestDatabase(t, MASKING_SCHEMA_SQL);
+  const sidecar = await startTestSidecar(t, { policies: { masked: MASKED_POLICY }, database });
+  const token = await sidecar.issuer.sign({ sub: AGENT });
+  const client = await authenticatedClient(sidecar.host, sidecar.port, token, 30_000);
+  const bind = (formats: number[]): Buffer =>
+    msg('B', cstr(''), cstr('sv'), i16(0), i16(0), i16(formats.length), ...formats.map((f) => i16(f)));
+  const execute = msg('E', cstr(''), i32(0));
+  const describe = msg('D', Buffer.from('P'), cstr(''));
+  try {
+    const ddl = async (sql: string): Promise<void> => {
+      const { messages } = await run(client, sql);
+      assert.equal(messages.filter((m) => m.type === 'E').length, 0, sql);
+    };
+    await ddl('create view proto_names as select id, name as label from customers');
+    const parsed = await run(
+      client,
+      Buffer.concat([msg('P', cstr('sv'), cstr('select label from proto_names order by id'), i16(0)), SYNC]),
+    );
+    assert.equal(parsed.messages.filter((m) => m.type === 'E').length, 0);
+    const before = await run(client, Buffer.concat([bind([]), describe, execute, SYNC]));
+    assert.ok(
+      before.bytes.toString('utf8').includes('Alice Example'),
+      `the clean view reads clear names: ${JSON.stringify(before.messages.map((m) => [m.type, m.body.toString('latin1')]))}`,
+    );
+    for (const [label, definition] of [
+      ['email', 'select id, email as label from customers'],
+      ['ssn', 'select id, ssn as label from customers'],
+    ] as const) {
+      await ddl(`create or replace view proto_names as ${definition}`);
+      for (const [how, frames] of [
+        ['text, described', [bind([]), describe, execute, SYNC]],
+        ['binary, described', [bind([1]), describe, execute, SYNC]],
+        ['text, not described', [bind([]), execute, SYNC]],
+      ] as const) {
+        const { bytes, messages } = await run(client, Buffer.concat(frames));
+        assert.equal(leakIn(bytes), undefined, `${label}, ${how}: a masked value leaked`);
+        assert.equal(messages.filter((m) => m.type === 'D').length, 2, `${label}, ${how}: two rows`);
+      }
+    }
   } finally {
     client.destroy();
   }
