@@ -106,6 +106,7 @@ export const READBACK_CORPUS: readonly Step[] = [
     'table stats_snapshot',
     'select x from xml_report',
     'select * from activity_report',
+    'select * from pg_stat_replication',
     'copy (select * from stats_report) to stdout',
     'create view my_report as select * from stats_report',
     'create view my_stats as select histogram_bounds::text from pg_stats',
