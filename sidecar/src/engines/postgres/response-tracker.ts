@@ -145,6 +145,20 @@ export class ResponseTracker {
     return this.units.length - this.head;
   }
 
+  /**
+   * Responses still expected to what runs or commits statements (Query, Execute, the end of a COPY, Sync):
+   * the Parse, Bind, Describe and Close a driver pipelines ahead of an Execute change nothing the catalogue
+   * shows.
+   */
+  get pendingStatements(): number {
+    let n = 0;
+    for (let i = this.head; i < this.units.length; i++) {
+      const kind = this.units[i]?.kind;
+      if (kind === 'query' || kind === 'execute' || kind === 'copy-end' || kind === 'sync') n++;
+    }
+    return n;
+  }
+
   // ---- what the client sent --------------------------------------------------------------------
 
   /** The connection forwarded a message (or its substitute) that the upstream answers. */

@@ -78,7 +78,10 @@ class TestSink implements AuditSink {
 function setup(options: { sink?: MemorySink | TestSink; failOpen?: boolean; pins?: SessionPins } = {}) {
   const sink = options.sink ?? new MemorySink();
   const policy = new FixedDecider();
-  const upstream: { transactionStatus: TransactionStatus; pending: number } = { transactionStatus: 'I', pending: 0 };
+  const upstream: { transactionStatus: TransactionStatus; pendingStatements: number } = {
+    transactionStatus: 'I',
+    pendingStatements: 0,
+  };
   const session = new AgentSession({
     policy,
     sink,

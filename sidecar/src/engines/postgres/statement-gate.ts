@@ -60,7 +60,7 @@ export interface StatementGateOptions {
   readonly analyzer: SqlAnalyzer;
   readonly session: AgentSession;
   /** Where the upstream's transaction status is kept (the response tracker): policy input `inTransaction`. */
-  readonly upstream: { readonly transactionStatus: TransactionStatus; readonly pending: number };
+  readonly upstream: { readonly transactionStatus: TransactionStatus; readonly pendingStatements: number };
   readonly logger: Logger;
   /** What the sidecar enforces on this session: the pinned schema, the read-only guard. */
   readonly pins: SessionPins;
@@ -427,9 +427,10 @@ export class StatementGate {
         ...(control === undefined ? {} : { control }),
       };
     };
-    // Nothing of this connection is in flight and no transaction is open: whatever it changed in the
-    // catalogue is committed (or rolled back) and visible to the catalogue connection.
-    const settled = this.upstream.pending === 0 && this.upstream.transactionStatus === 'I';
+    // No statement of this connection is in flight and no transaction is open: whatever it changed in the
+    // catalogue is committed (or rolled back) and visible to the catalogue connection. The Bind and Describe
+    // a driver pipelines ahead of this Execute run nothing.
+    const settled = this.upstream.pendingStatements === 0 && this.upstream.transactionStatus === 'I';
     const planned = masking.plan(statements, command.decision.masking, this.searchPath, portal, settled);
     return planned instanceof Promise
       ? planned.then(apply, (): RelayVerdict => apply({ kind: 'deny', reason: 'result masking could not be planned' }))

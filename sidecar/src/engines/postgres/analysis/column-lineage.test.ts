@@ -18,6 +18,7 @@ const TABLES: Record<string, readonly string[]> = {
 const VIEWS: Record<string, string> = {
   'public.user_emails': 'SELECT u.id, lower(u.email) AS mail, u.name FROM users u',
   'public.plain_names': 'SELECT name FROM users',
+  'public.stats_report': 'SELECT histogram_bounds::text AS name FROM pg_stats',
 };
 
 const lookup: RelationLookup = {
@@ -32,6 +33,7 @@ const lookup: RelationLookup = {
       id,
       columns: id === 'public.user_emails' ? ['id', 'mail', 'name'] : ['name'],
       ...(walked.columns === undefined ? {} : { viewColumns: walked.columns }),
+      ...(walked.refusal === undefined ? {} : { refusal: walked.refusal }),
     };
     return info;
   },
@@ -224,5 +226,28 @@ describe('column lineage', () => {
       one("select ts_rewrite('a'::tsquery, 'select ''a''::tsquery, plainto_tsquery(email) from users')").refusal ?? '',
       /ts_rewrite/,
     );
+  });
+
+  it('read-back paths: stored arguments, views of refused relations, CREATE TABLE AS EXECUTE', () => {
+    for (const f of ['pg_try_advisory_lock', 'pg_advisory_xact_lock_shared', 'setseed', 'setval']) {
+      assert.deepEqual(one(`select ${f}(length(ssn)) from users`).written, [S], f);
+    }
+    assert.match(one('select * from stats_report').refusal ?? '', /pg_stats/);
+    assert.equal(one('select * from plain_names').refusal, undefined);
+    assert.match(one('create table t4 as execute p').refusal ?? '', /CREATE TABLE AS EXECUTE/);
+  });
+
+  it('what decides the rows, their number or their order counts as a predicate', () => {
+    const predicates = (sql: string): string[] => [...new Set(one(sql).predicates)].sort();
+    assert.deepEqual(predicates('select id from orders limit (select length(ssn) from users limit 1)'), [S]);
+    assert.deepEqual(predicates('select id from orders offset (select length(ssn) from users limit 1)'), [S]);
+    assert.deepEqual(predicates('select count(*) from users, generate_series(1, length(ssn))'), [S]);
+    assert.deepEqual(predicates("select unnest(string_to_array(ssn, '1')) from users"), [S]);
+    assert.deepEqual(predicates('select array_agg(id order by email) from users'), [E]);
+    assert.deepEqual(
+      predicates('select count(*) over (order by id rows between length(ssn) preceding and current row) from users'),
+      [I, S].sort(),
+    );
+    assert.deepEqual(predicates('select upper(email), length(ssn) from users'), []);
   });
 });

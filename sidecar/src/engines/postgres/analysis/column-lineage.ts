@@ -19,6 +19,8 @@ export interface RelationInfo {
   readonly columns: readonly string[];
   /** For a view: each column's lineage, from its definition. */
   readonly viewColumns?: readonly ColumnLineage[];
+  /** For a view: why its definition may not run for an identity with masked columns (it reads pg_stats …). */
+  readonly refusal?: string;
 }
 
 /** Finds relations by (possibly unqualified) name. `undefined`: not known (yet); the caller may fetch it. */
@@ -150,8 +152,49 @@ const REFUSED_RELATIONS: ReadonlySet<string> = new Set([
   'pg_largeobject',
   'pg_prepared_xacts',
 ]);
-/** Built-ins whose call writes their argument somewhere a later read would find it unmasked. */
-const WRITING_FUNCTIONS: ReadonlySet<string> = new Set(['pg_notify', 'set_config', 'setval', 'pg_advisory_lock']);
+/**
+ * Built-ins whose call keeps their argument where a later statement reads it unmasked: a notification
+ * payload, a setting, a sequence's value, an advisory lock's key (every session's keys are in pg_locks), the
+ * random seed (it decides every later random(): whoever seeds with a guess compares the numbers), a WAL message.
+ */
+const WRITING_FUNCTIONS: ReadonlySet<string> = new Set([
+  'pg_notify',
+  'set_config',
+  'setval',
+  'setseed',
+  'pg_advisory_lock',
+  'pg_advisory_lock_shared',
+  'pg_try_advisory_lock',
+  'pg_try_advisory_lock_shared',
+  'pg_advisory_xact_lock',
+  'pg_advisory_xact_lock_shared',
+  'pg_try_advisory_xact_lock',
+  'pg_try_advisory_xact_lock_shared',
+  'pg_logical_emit_message',
+]);
+/**
+ * Set-returning built-ins that take a value: how many rows they return depends on it, so under
+ * denyPredicates a masked argument decides the row count as a WHERE would (`count(*)` over them).
+ */
+const SET_RETURNING_FUNCTIONS: ReadonlySet<string> = new Set([
+  'unnest',
+  'json_each',
+  'json_each_text',
+  'jsonb_each',
+  'jsonb_each_text',
+  'json_populate_recordset',
+  'jsonb_populate_recordset',
+  'json_to_recordset',
+  'jsonb_to_recordset',
+  'jsonb_path_query',
+  'jsonb_path_query_tz',
+  'ts_debug',
+  'ts_parse',
+  'aclexplode',
+  'pg_options_to_table',
+  'txid_snapshot_xip',
+  'pg_snapshot_xip',
+]);
 /**
  * Set-returning built-ins with one output column, so `*` over them has a known shape. Not `unnest`: of an
  * array of rows it returns the row type's columns (`select email from unnest(array(select c from customers c))`),
@@ -237,8 +280,11 @@ class Walk {
       for (const d of list(s.distinctClause)) this.sortKey(d, out, scope);
       for (const w of list(s.windowClause)) this.expr(w, scope);
     });
-    this.expr(s.limitCount, scope);
-    this.expr(s.limitOffset, scope);
+    // LIMIT and OFFSET decide how many rows come back, as a WHERE does.
+    this.predicate(() => {
+      this.expr(s.limitCount, scope);
+      this.expr(s.limitOffset, scope);
+    });
     return out;
   }
 
@@ -359,10 +405,10 @@ class Walk {
     }
   }
 
-  private predicate(run: () => void): void {
+  private predicate<T>(run: () => T): T {
     this.inPredicate++;
     try {
-      run();
+      return run();
     } finally {
       this.inPredicate--;
     }
@@ -509,6 +555,8 @@ class Walk {
       this.opaque = true;
       return this.aliased(rv.alias, undefined, OPAQUE, [name]);
     }
+    // A view (or materialized view) over what is refused here by name: pg_stats through a monitoring view.
+    if (relation.refusal !== undefined) this.refuse(`reading ${relation.id}: ${relation.refusal}`);
     const cols = relation.columns.map((c, i): Col => {
       const id = `${relation.id}.${c}`;
       const view = relation.viewColumns?.[i];
@@ -526,7 +574,8 @@ class Walk {
     let fname = '';
     for (const f of list(body.functions)) {
       const [call, coldefs] = list(rec(unwrap(f)?.body).items);
-      lins.push(this.expr(call, scope));
+      // A function in FROM is a row source: its arguments decide which rows and how many.
+      lins.push(this.predicate(() => this.expr(call, scope)));
       const c = unwrap(call);
       fname = names(c?.body.funcname).at(-1) ?? '';
       const defs = columnDefinitionNames(coldefs);
@@ -699,9 +748,11 @@ class Walk {
       case 'SortBy':
         return this.expr(n.body.node, scope);
       case 'WindowDef': {
+        // Its frame offsets decide which rows each value is computed over (`count(*) over (rows between N
+        // preceding and current row)` is N + 1): predicates, like its keys.
         this.predicate(() => {
-          this.expr(n.body.partitionClause, scope);
-          this.expr(n.body.orderClause, scope);
+          for (const key of ['partitionClause', 'orderClause', 'startOffset', 'endOffset'] as const)
+            this.expr(n.body[key], scope);
         });
         return CLEAN;
       }
@@ -739,13 +790,17 @@ class Walk {
     }
     // An ordered-set aggregate returns a value of its WITHIN GROUP ordering (`mode() within group (order by
     // email)` is an email); elsewhere the ORDER BY of an aggregate only orders its arguments.
-    const order = this.expr(f.agg_order, scope);
-    const args = f.agg_within_group === true ? union([this.expr(f.args, scope), order]) : this.expr(f.args, scope);
+    // The ORDER BY of an aggregate orders the values it returns (`array_agg(id order by ssn)`), and a
+    // set-returning function's arguments decide how many rows there are: predicates both.
+    const order = this.predicate(() => this.expr(f.agg_order, scope));
+    const rows = SET_RETURNING_FUNCTIONS.has(name) || SCALAR_SET_FUNCTIONS.has(name);
+    const values = rows ? this.predicate(() => this.expr(f.args, scope)) : this.expr(f.args, scope);
+    const args = f.agg_within_group === true ? union([values, order]) : values;
     this.predicate(() => {
       this.expr(f.agg_filter, scope);
       const over = rec(f.over);
-      this.expr(over.partitionClause, scope);
-      this.expr(over.orderClause, scope);
+      for (const key of ['partitionClause', 'orderClause', 'startOffset', 'endOffset'] as const)
+        this.expr(over[key], scope);
     });
     if (!builtin || WRITING_FUNCTIONS.has(name)) {
       for (const s of args.sources) this.written.add(s);
@@ -912,6 +967,13 @@ export function statementLineage(stmt: unknown, lookup: RelationLookup): Stateme
       columns = undefined;
       break;
     case 'CreateTableAsStmt':
+      // CREATE TABLE AS EXECUTE copies a prepared statement's rows, planned against the catalogue of now,
+      // into a table: what it copies is not traced here (result-masking.ts walks EXECUTE's text only).
+      if (unwrap(n.body.query)?.type === 'ExecuteStmt') {
+        walk.refuse(
+          'CREATE TABLE AS EXECUTE is not allowed for an identity with masked columns (it copies rows the masking cannot trace into a table)',
+        );
+      }
       walk.statementColumns(unwrap(n.body.query), undefined);
       walk.writesAll = true;
       break;
@@ -997,10 +1059,15 @@ export function viewLineage(
 ): {
   readonly columns: readonly ColumnLineage[] | undefined;
   readonly missing: readonly (readonly [string, string])[];
+  readonly refusal?: string;
 } {
   if (depth > MAX_VIEW_DEPTH) return { columns: undefined, missing: [] };
   const grammar = sqlGrammar(DEFAULT_SERVER_MAJOR);
   const stmt = rec(list(rec(grammar?.parse(definition)).stmts)[0]).stmt;
   const lineage = statementLineage(stmt, lookup);
-  return { columns: lineage.columns, missing: lineage.missing };
+  return {
+    columns: lineage.columns,
+    missing: lineage.missing,
+    ...(lineage.refusal === undefined ? {} : { refusal: lineage.refusal }),
+  };
 }

@@ -66,7 +66,7 @@ export class RelationCatalog {
   private readonly entries = new Map<string, Entry>();
   /** Functions, operators and casts outside pg_catalog (routine-catalog.ts), cached like a relation. */
   private routineNames: { readonly fetchedAt: number; readonly names: RoutineNames } | undefined;
-  private readonly viewCache = new Map<string, readonly ColumnLineage[] | undefined>();
+  private readonly viewCache = new Map<string, WalkedView>();
   private generation = 0;
   /** Changes whenever what a lookup can answer changes: DDL through the sidecar, any fetch stored. */
   private version = 0;
@@ -223,15 +223,16 @@ export class RelationCatalog {
         }
         // A view: its columns' lineage from its definition (cycles and unknown parts: opaque).
         if (resolving.has(id)) return { id, columns: row.columns, viewColumns: row.columns.map(() => OPAQUE_COLUMN) };
-        let viewColumns = viewCache.get(id);
-        if (!viewCache.has(id)) {
+        let view = viewCache.get(id);
+        if (view === undefined) {
           resolving.add(id);
           const walked = viewLineage(row.definition, lookup, resolving.size);
           resolving.delete(id);
           if (walked.missing.length > 0) return undefined; // fetch what the view reads first (lookup.missing)
-          viewColumns = walked.columns;
-          viewCache.set(id, viewColumns);
+          view = { columns: walked.columns, ...(walked.refusal === undefined ? {} : { refusal: walked.refusal }) };
+          viewCache.set(id, view);
         }
+        const viewColumns = view.columns;
         return {
           id,
           columns: row.columns,
@@ -239,6 +240,7 @@ export class RelationCatalog {
             viewColumns === undefined || viewColumns.length !== row.columns.length
               ? row.columns.map(() => OPAQUE_COLUMN)
               : viewColumns,
+          ...(view.refusal === undefined ? {} : { refusal: view.refusal }),
         } satisfies RelationInfo;
       },
     };
@@ -308,6 +310,12 @@ export class LineageCache {
 /** The cache key of a statement's lineage: its exact text under one search_path. */
 export function lineageKey(text: string, searchPath: readonly string[]): string {
   return `${searchPath.join('\u0000')}\u0001${text}`;
+}
+
+/** A view's definition walked: its columns' lineage, and why reading it is refused, if it is. */
+interface WalkedView {
+  readonly columns: readonly ColumnLineage[] | undefined;
+  readonly refusal?: string;
 }
 
 const OPAQUE_COLUMN: ColumnLineage = Object.freeze({ sources: [], direct: false, opaque: true });

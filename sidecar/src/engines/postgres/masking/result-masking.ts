@@ -2,8 +2,9 @@
 // instructions, the lineage of every statement (analysis/column-lineage.ts, with relations from the
 // resource's RelationCatalog), the plan per statement (core/masking/result-plan.ts), and the RowMasker the
 // response tracker runs over the command's response. It keeps what lineage needs across statements: the
-// lineage of each open cursor (FETCH returns the DECLARE's rows) and of each SQL-level prepared statement
-// (EXECUTE returns the PREPARE's), and the row shapes Describe answered (an Execute's DataRows come without
+// lineage of each open cursor (FETCH returns the DECLARE's rows), the text of each SQL-level prepared
+// statement (EXECUTE returns the PREPARE's rows, planned by the server against the current catalogue, so its
+// text is walked again at each EXECUTE), and the row shapes Describe answered (an Execute's DataRows come without
 // a RowDescription).
 import type { MaskingInstruction } from '@chaperone/api';
 import { maskingRules, planIsClear, planResult, type ResultPlan } from '../../../core/masking/result-plan.ts';
@@ -38,6 +39,9 @@ function fieldsOf(slot: ShapeSlot | undefined): readonly FieldDescription[] | un
 }
 
 const NONE: MaskingVerdict = Object.freeze({ kind: 'none' });
+
+/** EXECUTE lineages made by walking the prepared text again (walk()); any other EXECUTE is of unknown rows. */
+const REWALKED = new WeakSet<StatementLineage>();
 
 /** Rows of a cursor or prepared statement the sidecar did not see declared: nothing is known of them. */
 const UNKNOWN: StatementLineage = Object.freeze({
@@ -81,7 +85,8 @@ export class ResultMasking {
   private readonly catalog: RelationCatalog;
   private readonly hashKey: Buffer;
   private readonly cursors = new Map<string, StatementLineage>();
-  private readonly prepared = new Map<string, StatementLineage>();
+  /** The PREPARE statement text of each SQL-level prepared statement, by name. */
+  private readonly preparedTexts = new Map<string, string>();
   /**
    * Row shapes by 'S:statement' / 'P:portal'. A slot is made new at each Parse / Bind, and a Describe and an
    * Execute hold on to the slot current when the client sent them: pipelined responses then fill and read
@@ -133,9 +138,9 @@ export class ResultMasking {
       }
     }
     const first = this.walk(statements, searchPath);
-    if (first.missing.length === 0) return this.decide(first.lineages, instructions, portal);
+    if (first.missing.length === 0) return this.decide(statements, first.lineages, instructions, portal);
     return this.fetchAndWalk(statements, searchPath, first.missing).then((lineages) =>
-      this.decide(lineages, instructions, portal),
+      this.decide(statements, lineages, instructions, portal),
     );
   }
 
@@ -167,7 +172,7 @@ export class ResultMasking {
    * planned as unknown rows (masked or refused), never with a stale lineage.
    */
   forgetPrepared(name: string): void {
-    this.prepared.delete(name);
+    this.preparedTexts.delete(name);
   }
 
   forgetCursor(name: string): void {
@@ -210,27 +215,53 @@ export class ResultMasking {
     searchPath: readonly string[],
   ): { lineages: StatementLineage[]; missing: string[] } {
     const missing = new Set<string>();
+    let preparedHere: Map<string, string> | undefined; // PREPAREs earlier in this string
     const lineages = statements.map((s): StatementLineage => {
-      // The walk depends on the exact text, the search_path and the catalogue; the catalogue keeps it for
-      // as long as none of those changed (relation-catalog.ts).
-      const key = lineageKey(s.text, searchPath);
-      const cached = this.catalog.cachedLineage(key);
-      if (cached !== undefined) return cached;
-      const lookup = this.catalog.lookup(searchPath);
-      let lineage: StatementLineage;
-      try {
-        lineage = sqlLineage(s.text, lookup)[0] ?? UNKNOWN;
-      } catch {
-        return UNKNOWN;
-      }
-      for (const name of lookup.missing) missing.add(name);
-      this.catalog.rememberLineage(key, lineage, lookup);
-      return lineage;
+      const lineage = this.walkText(s.text, searchPath, missing);
+      if (lineage.prepares !== undefined) (preparedHere ??= new Map()).set(lineage.prepares, s.text);
+      if (lineage.executes === undefined) return lineage;
+      // The server plans EXECUTE against the catalogue of now, not of the PREPARE: a view redefined since
+      // (`create or replace view v as select email as label …`) or a table replaced by a view under its name
+      // is what it reads. The prepared text is walked again (cached like any walk of this catalogue).
+      const text = preparedHere?.get(lineage.executes) ?? this.preparedTexts.get(lineage.executes);
+      if (text === undefined) return lineage; // resolve(): unknown rows
+      const { prepares: _prepares, ...prepared } = this.walkText(text, searchPath, missing);
+      const executed: StatementLineage = {
+        ...prepared,
+        executes: lineage.executes,
+        touched: [...prepared.touched, ...lineage.touched],
+        predicates: [...prepared.predicates, ...lineage.predicates],
+        written: [...prepared.written, ...lineage.written],
+        opaque: prepared.opaque || lineage.opaque,
+        ...(lineage.refusal === undefined ? {} : { refusal: lineage.refusal }),
+      };
+      REWALKED.add(executed);
+      return executed;
     });
     return { lineages, missing: [...missing] };
   }
 
+  /** One statement's lineage; the names it found missing go into `missing`. */
+  private walkText(text: string, searchPath: readonly string[], missing: Set<string>): StatementLineage {
+    // The walk depends on the exact text, the search_path and the catalogue; the catalogue keeps it for as
+    // long as none of those changed (relation-catalog.ts).
+    const key = lineageKey(text, searchPath);
+    const cached = this.catalog.cachedLineage(key);
+    if (cached !== undefined) return cached;
+    const lookup = this.catalog.lookup(searchPath);
+    let lineage: StatementLineage;
+    try {
+      lineage = sqlLineage(text, lookup)[0] ?? UNKNOWN;
+    } catch {
+      return UNKNOWN;
+    }
+    for (const name of lookup.missing) missing.add(name);
+    this.catalog.rememberLineage(key, lineage, lookup);
+    return lineage;
+  }
+
   private decide(
+    statements: readonly AnalyzedStatement[],
     walked: readonly StatementLineage[],
     instructions: readonly MaskingInstruction[],
     portal:
@@ -239,12 +270,12 @@ export class ResultMasking {
     const rules = maskingRules(instructions);
     const plans: ResultPlan[] = [];
     // In order: a FETCH later in the same query string reads the cursor an earlier DECLARE opened.
-    for (const statement of walked) {
+    for (const [i, statement] of walked.entries()) {
       const l = this.resolve(statement);
       const plan = planResult(l, rules);
       if (plan.kind === 'deny') return { kind: 'deny', reason: plan.reason };
       plans.push(plan);
-      this.remember(l);
+      this.remember(l, statements[i]?.text);
     }
     if (plans.every(planIsClear)) return NONE;
     const described = portal === undefined ? undefined : this.shapeOf(portal);
@@ -257,16 +288,15 @@ export class ResultMasking {
   /** FETCH and EXECUTE return the rows of what DECLARE and PREPARE stored. */
   private resolve(l: StatementLineage): StatementLineage {
     if (l.fetches !== undefined) return this.cursors.get(l.fetches) ?? UNKNOWN;
-    if (l.executes !== undefined) {
-      const p = this.prepared.get(l.executes) ?? UNKNOWN;
-      return { ...p, touched: [...p.touched, ...l.touched], written: [...p.written, ...l.written] };
+    if (l.executes !== undefined && !REWALKED.has(l)) {
+      return { ...UNKNOWN, touched: l.touched, written: l.written };
     }
     return l;
   }
 
-  private remember(l: StatementLineage): void {
+  private remember(l: StatementLineage, text: string | undefined): void {
     if (l.declares !== undefined) this.cursors.set(l.declares, l);
-    if (l.prepares !== undefined) this.prepared.set(l.prepares, l);
+    if (l.prepares !== undefined && text !== undefined) this.preparedTexts.set(l.prepares, text);
     if (l.closes !== undefined) {
       if (l.closes === '*') this.cursors.clear();
       else this.cursors.delete(l.closes);
