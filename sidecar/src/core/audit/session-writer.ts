@@ -363,6 +363,13 @@ export class SessionWriter {
     if (s !== undefined && s.openSeq === seq) s.openSeq = 0;
   }
 
+  /** Holds the session's last queued record `seq` back again after amend (spool replay): as enqueue's `open`. */
+  hold(sessionId: string, seq: number): void {
+    const s = this.sessions.get(sessionId);
+    if (s === undefined || seq <= s.takenThrough || s.queue[s.queue.length - 1]?.record.seq !== seq) return;
+    s.openSeq = seq;
+  }
+
   /** End of the records of the session that may be taken now: all queued but an open decision. */
   private takeable(s: SessionState): number {
     if (s.openSeq === 0) return s.queue.length;

@@ -34,16 +34,17 @@ export function outcomeEntryText(sessionId: string, merge: SpooledOutcome): stri
 
 /**
  * The entries read back from the spool of an earlier process, to the writer (on start: by the durable sink,
- * or by the audit worker thread, which gets them in messages of a few thousand). A decision without an
- * outcome that is its session's last entry so far is held (the writer's `open`) until the outcome entry
- * merging into it, the session's next record or end(): its outcome entry may be in the next message, and the
- * writer's flush may run between two messages. Taken into a write before it, the decision would be stored
- * alone while the session's next record chains to the merged record's hash, and the outcome would be lost.
+ * or by the audit worker thread, which gets them in messages of a few thousand). A session's last replayed
+ * record so far is held (the writer's `open`) until the session's next record or end(), since the writer's
+ * flush may run between two messages: a decision taken into a write before its outcome entry came would be
+ * stored alone while the session's next record chains to the merged record's hash (its outcome lost), and a
+ * replayed session whose queue a flush emptied is written Abandoned, a final phase its later records could
+ * not follow (the API server refuses them, and they would stay in the spool).
  */
 export class ReplayedSpoolEntries {
   private readonly writer: SessionWriter;
   private readonly logger: Logger;
-  /** Per session: the seq of its held decision. */
+  /** Per session: the seq of its held record (its last so far). */
   private readonly held = new Map<string, number>();
 
   constructor(writer: SessionWriter, logger: Logger) {
@@ -62,8 +63,10 @@ export class ReplayedSpoolEntries {
     }
     if (parsed.m !== undefined) {
       const sessionId = parsed.i ?? '';
-      if (this.held.get(sessionId) === parsed.m.seq) this.held.delete(sessionId);
       replayOutcome(this.writer, this.logger, id, sessionId, parsed.m);
+      // The merged record is still the session's last: held again.
+      const held = this.held.get(sessionId);
+      if (held !== undefined) this.writer.hold(sessionId, held);
       return false;
     }
     if (parsed.s === undefined || parsed.r === undefined) {
@@ -73,14 +76,12 @@ export class ReplayedSpoolEntries {
     // Entries spooled before references carried the resource type were all PostgreSQL's (the only engine then).
     const ref: RecordOrigin = { ...parsed.s, resourceType: parsed.s.resourceType ?? 'postgres' };
     const record = parsed.r;
-    const open = record.type === 'command.decision' && record.outcome === undefined;
-    if (open) this.held.set(ref.sessionId, record.seq);
-    else this.held.delete(ref.sessionId);
-    this.writer.enqueue(id, ref, record, true, undefined, undefined, open);
+    this.held.set(ref.sessionId, record.seq);
+    this.writer.enqueue(id, ref, record, true, undefined, undefined, true);
     return true;
   }
 
-  /** Every entry was passed: held decisions get no outcome entry any more, and may be written alone. */
+  /** Every entry was passed: held records are their sessions' last, and may be written. */
   end(): void {
     for (const [sessionId, seq] of this.held) this.writer.release(sessionId, seq);
     this.held.clear();
@@ -113,7 +114,6 @@ function replayOutcome(
       seq: merge.seq,
     });
     writer.acknowledgeLater(id);
-    writer.release(sessionId, merge.seq);
     return;
   }
   writer.amend(id, sessionId, record, canonicalRecordText(record));
