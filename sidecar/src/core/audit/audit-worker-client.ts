@@ -150,6 +150,12 @@ export class AuditWorker {
     this.schedule();
   }
 
+  /** Every entry read back from the spool was passed to replay(). */
+  endReplay(): void {
+    this.post();
+    this.send({ t: 'replayed' });
+  }
+
   podEvent(event: Omit<StoreEvent, 'involved'>): void {
     this.send({ t: 'event', event });
   }

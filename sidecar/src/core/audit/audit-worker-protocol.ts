@@ -56,6 +56,8 @@ export type ToWorker =
        */
       readonly releases: readonly (string | number)[];
     }
+  /** Every entry of the earlier process's spool was passed (after the last `replay`): see ReplayedSpoolEntries.end. */
+  | { readonly t: 'replayed' }
   | { readonly t: 'flush'; readonly n: number }
   | { readonly t: 'close'; readonly timeoutMs: number }
   | { readonly t: 'event'; readonly event: Omit<StoreEvent, 'involved'> }

@@ -13,7 +13,7 @@ import { OperatorSessionStore } from './operator-session-store.ts';
 import { KubernetesSessionStore, type SessionStore } from './session-store.ts';
 import { SessionWriter, type WriterMetrics } from './session-writer.ts';
 import type { SigningKey } from './signing-key.ts';
-import { LiveSpoolEntries, replaySpoolEntry } from './spool-entries.ts';
+import { LiveSpoolEntries, ReplayedSpoolEntries } from './spool-entries.ts';
 import { decodeFrames } from './spool.ts';
 
 /** How often the writer's metric updates go to the main thread, ms. */
@@ -136,10 +136,11 @@ function main(): void {
     },
   });
   const live = new LiveSpoolEntries(writer, logger, data.holdDecisions);
+  const replayed = new ReplayedSpoolEntries(writer, logger);
   const entries = (message: Extract<ToWorker, { t: 'entries' }>) => {
     const { replay, frames, releases } = message;
     for (let i = 0; i < replay.length; i += 2) {
-      replaySpoolEntry(writer, logger, replay[i] as number, replay[i + 1] as string);
+      replayed.entry(replay[i] as number, replay[i + 1] as string);
     }
     if (frames !== undefined) {
       // Encoded by the main thread a moment ago, never read from a file: their CRCs are not checked again.
@@ -154,6 +155,9 @@ function main(): void {
     switch (message.t) {
       case 'entries':
         entries(message);
+        break;
+      case 'replayed':
+        replayed.end();
         break;
       case 'flush':
         void writer.flush().then(() => {

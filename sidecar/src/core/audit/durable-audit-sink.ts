@@ -18,7 +18,7 @@ import type { SessionWriter, SessionWriterTuning } from './session-writer.ts';
 import type { EvidenceStore } from './evidence-store.ts';
 import type { SessionStore, StoreEvent } from './session-store.ts';
 import type { SigningKey } from './signing-key.ts';
-import { outcomeEntryText, recordEntryText, replaySpoolEntry } from './spool-entries.ts';
+import { outcomeEntryText, recordEntryText, ReplayedSpoolEntries } from './spool-entries.ts';
 import { Spool } from './spool.ts';
 
 /** Records that may use the spool's reserve: they describe what already happened and cannot be refused. */
@@ -195,9 +195,11 @@ export class DurableAuditSink implements AuditSink {
     for (const r of repairs) options.logger.warn('audit spool repaired on replay', { repair: r });
     if (sink.writer !== undefined) {
       let replayed = 0;
+      const replay = new ReplayedSpoolEntries(sink.writer, options.logger);
       for (const e of entries) {
-        if (replaySpoolEntry(sink.writer, options.logger, e.id, e.payload.toString('utf8'))) replayed += 1;
+        if (replay.entry(e.id, e.payload.toString('utf8'))) replayed += 1;
       }
+      replay.end();
       if (replayed > 0) {
         options.logger.info('audit spool replayed', { records: replayed, spoolBytes: spool.usedBytes });
       }
@@ -205,6 +207,7 @@ export class DurableAuditSink implements AuditSink {
     } else if (sink.worker !== undefined) {
       // The worker parses them (and logs what it cannot read).
       for (const e of entries) sink.worker.replay(e.id, e.payload.toString('utf8'));
+      sink.worker.endReplay();
       if (entries.length > 0) {
         options.logger.info('audit spool replayed', { entries: entries.length, spoolBytes: spool.usedBytes });
       }

@@ -363,6 +363,13 @@ export class SessionWriter {
     if (s !== undefined && s.openSeq === seq) s.openSeq = 0;
   }
 
+  /** Holds the session's last queued record `seq` back again after amend (spool replay): as enqueue's `open`. */
+  hold(sessionId: string, seq: number): void {
+    const s = this.sessions.get(sessionId);
+    if (s === undefined || seq <= s.takenThrough || s.queue[s.queue.length - 1]?.record.seq !== seq) return;
+    s.openSeq = seq;
+  }
+
   /** End of the records of the session that may be taken now: all queued but an open decision. */
   private takeable(s: SessionState): number {
     if (s.openSeq === 0) return s.queue.length;
@@ -370,10 +377,13 @@ export class SessionWriter {
     return last !== undefined && last.record.seq === s.openSeq ? s.queue.length - 1 : s.queue.length;
   }
 
-  /** The queued, unwritten record `seq` of the session (spool replay). */
+  /**
+   * The queued record `seq` of the session not yet handed to a write (spool replay): one handed to a write
+   * may be stored as it was, so it is never replaced.
+   */
   queuedRecord(sessionId: string, seq: number): AuditRecord | undefined {
     const s = this.sessions.get(sessionId);
-    if (s === undefined) return undefined;
+    if (s === undefined || seq <= s.takenThrough) return undefined;
     for (let i = s.queue.length - 1; i >= s.head; i--) {
       const q = s.queue[i] as Queued;
       if (q.record.seq === seq) return q.record;

@@ -33,32 +33,65 @@ export function outcomeEntryText(sessionId: string, merge: SpooledOutcome): stri
 }
 
 /**
- * Hands one entry read back from the spool of an earlier process to the writer. Returns whether it was a
- * record (false for an outcome entry or an unreadable one, which is logged and skipped).
+ * The entries read back from the spool of an earlier process, to the writer (on start: by the durable sink,
+ * or by the audit worker thread, which gets them in messages of a few thousand). A session's last replayed
+ * record so far is held (the writer's `open`) until the session's next record or end(), since the writer's
+ * flush may run between two messages: a decision taken into a write before its outcome entry came would be
+ * stored alone while the session's next record chains to the merged record's hash (its outcome lost), and a
+ * replayed session whose queue a flush emptied is written Abandoned, a final phase its later records could
+ * not follow (the API server refuses them, and they would stay in the spool).
  */
-export function replaySpoolEntry(writer: SessionWriter, logger: Logger, id: number, payload: string): boolean {
-  let parsed: { s?: SpooledOrigin; r?: AuditRecord; i?: string; m?: SpooledOutcome };
-  try {
-    parsed = JSON.parse(payload) as typeof parsed;
-  } catch (err) {
-    logger.error('unreadable audit spool entry skipped', { id, error: err });
-    return false;
+export class ReplayedSpoolEntries {
+  private readonly writer: SessionWriter;
+  private readonly logger: Logger;
+  /** Per session: the seq of its held record (its last so far). */
+  private readonly held = new Map<string, number>();
+
+  constructor(writer: SessionWriter, logger: Logger) {
+    this.writer = writer;
+    this.logger = logger;
   }
-  if (parsed.m !== undefined) {
-    replayOutcome(writer, logger, id, parsed.i ?? '', parsed.m);
-    return false;
+
+  /** Entry `id`: returns whether it was a record (false for an outcome entry or an unreadable one, logged and skipped). */
+  entry(id: number, payload: string): boolean {
+    let parsed: { s?: SpooledOrigin; r?: AuditRecord; i?: string; m?: SpooledOutcome };
+    try {
+      parsed = JSON.parse(payload) as typeof parsed;
+    } catch (err) {
+      this.logger.error('unreadable audit spool entry skipped', { id, error: err });
+      return false;
+    }
+    if (parsed.m !== undefined) {
+      const sessionId = parsed.i ?? '';
+      replayOutcome(this.writer, this.logger, id, sessionId, parsed.m);
+      // The merged record is still the session's last: held again.
+      const held = this.held.get(sessionId);
+      if (held !== undefined) this.writer.hold(sessionId, held);
+      return false;
+    }
+    if (parsed.s === undefined || parsed.r === undefined) {
+      this.logger.error('unreadable audit spool entry skipped', { id });
+      return false;
+    }
+    // Entries spooled before references carried the resource type were all PostgreSQL's (the only engine then).
+    const ref: RecordOrigin = { ...parsed.s, resourceType: parsed.s.resourceType ?? 'postgres' };
+    const record = parsed.r;
+    this.held.set(ref.sessionId, record.seq);
+    this.writer.enqueue(id, ref, record, true, undefined, undefined, true);
+    return true;
   }
-  if (parsed.s === undefined || parsed.r === undefined) {
-    logger.error('unreadable audit spool entry skipped', { id });
-    return false;
+
+  /** Every entry was passed: held records are their sessions' last, and may be written. */
+  end(): void {
+    for (const [sessionId, seq] of this.held) this.writer.release(sessionId, seq);
+    this.held.clear();
   }
-  // Entries spooled before references carried the resource type were all PostgreSQL's (the only engine then).
-  const ref: RecordOrigin = { ...parsed.s, resourceType: parsed.s.resourceType ?? 'postgres' };
-  writer.enqueue(id, ref, parsed.r, true);
-  return true;
 }
 
-/** A replayed outcome entry: merged into its decision when that is replayed too (else it is stored already). */
+/**
+ * A replayed outcome entry: merged into its decision when that is replayed too and not yet taken into a
+ * write (else it is stored already: an earlier process wrote it).
+ */
 function replayOutcome(
   writer: SessionWriter,
   logger: Logger,
