@@ -118,16 +118,24 @@ const READ_ONLY_ATTACKS: readonly ReadOnlyAttack[] = [
   { sql: "SELECT 1 FROM accounts WHERE pg_notify('chaperone_ro', owner) IS NULL", why: 'pg_notify in WHERE' },
 ];
 
-/** What the attacks aim at, as the owner and the superuser see it. */
+/**
+ * What the attacks aim at, as the owner and the superuser see it. Cluster-wide catalogues are read for this
+ * test's database only: `make test` runs two files at once on one server (session-pins.test.ts sets
+ * per-database settings meanwhile).
+ */
 async function serverState(owner: pg.Client, database: string, listenerPid: number): Promise<unknown> {
   const q = async (sql: string): Promise<unknown[]> => (await owner.query(sql)).rows;
   return {
     accounts: await q('select id, owner, balance::text, xmax::text from accounts order by id'),
     auditLog: await q('select count(*)::int as n from audit_log'),
     sequence: await q('select last_value::text, is_called from accounts_seq'),
-    advisoryLocks: await q("select count(*)::int as n from pg_locks where locktype = 'advisory'"),
+    advisoryLocks: await q(
+      "select count(*)::int as n from pg_locks where locktype = 'advisory' and database = (select oid from pg_database where datname = current_database())",
+    ),
     largeObjects: await q('select count(*)::int as n from pg_largeobject_metadata'),
-    preparedTransactions: await q('select count(*)::int as n from pg_prepared_xacts'),
+    preparedTransactions: await q(
+      'select count(*)::int as n from pg_prepared_xacts where database = current_database()',
+    ),
     relations: await q(
       `select relname, relkind, relfilenode::text, relacl::text, relispopulated from pg_class
        where relnamespace in ('public'::regnamespace) order by relname`,
@@ -139,7 +147,11 @@ async function serverState(owner: pg.Client, database: string, listenerPid: numb
     tableStatistics: await q("select vacuum_count, analyze_count from pg_stat_user_tables where relname = 'accounts'"),
     configurationLoaded: await q('select pg_conf_load_time()::text'),
     ownerSessionAlive: await q(`select count(*)::int as n from pg_stat_activity where pid = ${String(listenerPid)}`),
-    roleSettings: superuserSql('select setrole, setconfig::text from pg_db_role_setting order by 1', database),
+    roleSettings: superuserSql(
+      `select setrole, setconfig::text from pg_db_role_setting
+       where setdatabase in (0, (select oid from pg_database where datname = current_database())) order by 1, 2`,
+      database,
+    ),
   };
 }
 
