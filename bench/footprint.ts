@@ -570,7 +570,9 @@ export function footprintTargets(
       name: `RSS ${String(f.load.pauseSeconds)} s after a ${String(f.load.seconds)} s load ÷ before it`,
       target: '≤ 1.2',
       measured: f.load.afterOverBefore,
-      met: Math.abs(f.load.afterOverBefore - 1) <= 0.2,
+      // The target is memory kept after load (issue 20): returning more than the load took (RSS below its
+      // value before, e.g. memory the earlier 150-client shape left) is not a miss, as the label says.
+      met: f.load.afterOverBefore <= 1.2,
     },
     {
       name: 'connection storm, sidecar/PgBouncer connections/s',
