@@ -6,13 +6,10 @@
 // status the agent gets and, when forwarded, what the upstream read; at the end the upstream has never
 // seen what the policy denies.
 import assert from 'node:assert/strict';
-import { mkdirSync, writeFileSync } from 'node:fs';
 import { createServer, type IncomingHttpHeaders } from 'node:http';
-import { join } from 'node:path';
 import { test } from 'node:test';
 import type { AccessPolicySpec } from '@chaperone/api';
-import { testDir } from '../harness/env.ts';
-import { spawnSidecar } from '../harness/sidecar-process.ts';
+import { spawnHttpEngineSidecar } from './http-sidecar.ts';
 import { raw } from './raw-request.ts';
 
 const POLICY: AccessPolicySpec = {
@@ -66,27 +63,11 @@ test('attack corpus against the HTTP engine', async (t) => {
       }),
   );
   const upstreamPort = (upstream.address() as { port: number }).port;
-  const dir = testDir(t);
-  mkdirSync(dir, { recursive: true });
-  writeFileSync(join(dir, 'credential'), 'corpus-upstream-key');
-  const sidecar = await spawnSidecar({
-    dir,
+  const sidecar = await spawnHttpEngineSidecar(t, {
+    upstreamPort,
     policies: { corpus: POLICY },
-    listeners: [
-      {
-        name: 'api',
-        type: 'http',
-        listen: '127.0.0.1:0',
-        upstream: {
-          url: `http://127.0.0.1:${String(upstreamPort)}`,
-          tls: { mode: 'disable' },
-          credential: { valueFile: join(dir, 'credential') },
-        },
-        auditFailureMode: 'FailClosed',
-      },
-    ],
+    credential: 'corpus-upstream-key',
   });
-  t.after(() => sidecar.stop());
   const token = await sidecar.issuer.sign({ sub: 'system:serviceaccount:agents:prober' });
   const auth = `Authorization: Bearer ${token}`;
   const get = (target: string, extra = '', host = 'x') =>

@@ -7,14 +7,11 @@
 // ran only what the policy allows (techniques of attack-corpus.test.ts are not repeated here).
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdirSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
-import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { test } from 'node:test';
 import type { AccessPolicySpec } from '@chaperone/api';
-import { testDir } from '../harness/env.ts';
-import { spawnSidecar } from '../harness/sidecar-process.ts';
+import { spawnHttpEngineSidecar } from './http-sidecar.ts';
 import { raw } from './raw-request.ts';
 
 const POLICY: AccessPolicySpec = {
@@ -84,27 +81,11 @@ test('authorization bypass corpus against the HTTP engine: header spellings a WS
     createInterface({ input: wsgi.stdout }).once('line', (line) => resolve(Number(line)));
     wsgi.once('exit', (code) => reject(new Error(`the WSGI server exited (${String(code)})`)));
   });
-  const dir = testDir(t);
-  mkdirSync(dir, { recursive: true });
-  writeFileSync(join(dir, 'credential'), 'wsgi-upstream-key');
-  const sidecar = await spawnSidecar({
-    dir,
+  const sidecar = await spawnHttpEngineSidecar(t, {
+    upstreamPort,
     policies: { corpus: POLICY },
-    listeners: [
-      {
-        name: 'api',
-        type: 'http',
-        listen: '127.0.0.1:0',
-        upstream: {
-          url: `http://127.0.0.1:${String(upstreamPort)}`,
-          tls: { mode: 'disable' },
-          credential: { valueFile: join(dir, 'credential') },
-        },
-        auditFailureMode: 'FailClosed',
-      },
-    ],
+    credential: 'wsgi-upstream-key',
   });
-  t.after(() => sidecar.stop());
   const token = await sidecar.issuer.sign({ sub: 'system:serviceaccount:agents:prober' });
   const get = (target: string, extra = '') =>
     `GET ${target} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${token}\r\n${extra}Connection: close\r\n\r\n`;

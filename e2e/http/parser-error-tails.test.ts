@@ -6,14 +6,11 @@
 // not forwarded yet is not forwarded (its decision record says why), a cut body never is, and no byte of
 // the malformed part reaches the upstream.
 import assert from 'node:assert/strict';
-import { mkdirSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
-import { join } from 'node:path';
 import { test } from 'node:test';
 import type { AccessPolicySpec } from '@chaperone/api';
-import { testDir } from '../harness/env.ts';
 import { startLoopbackHttpServer } from '../harness/loopback-http.ts';
-import { spawnSidecar } from '../harness/sidecar-process.ts';
+import { spawnHttpEngineSidecar } from './http-sidecar.ts';
 import { raw } from './raw-request.ts';
 
 const POLICY: AccessPolicySpec = {
@@ -36,27 +33,11 @@ test('parser-error tails on the HTTP engine', async (t) => {
   });
   upstream.on('connection', (socket) => socket.on('data', (c: Buffer) => upstreamBytes.push(c)));
   const upstreamPort = (upstream.address() as { port: number }).port;
-  const dir = testDir(t);
-  mkdirSync(dir, { recursive: true });
-  writeFileSync(join(dir, 'credential'), 'tails-upstream-key');
-  const sidecar = await spawnSidecar({
-    dir,
+  const sidecar = await spawnHttpEngineSidecar(t, {
+    upstreamPort,
     policies: { tails: POLICY },
-    listeners: [
-      {
-        name: 'api',
-        type: 'http',
-        listen: '127.0.0.1:0',
-        upstream: {
-          url: `http://127.0.0.1:${String(upstreamPort)}`,
-          tls: { mode: 'disable' },
-          credential: { valueFile: join(dir, 'credential') },
-        },
-        auditFailureMode: 'FailClosed',
-      },
-    ],
+    credential: 'tails-upstream-key',
   });
-  t.after(() => sidecar.stop());
   const token = await sidecar.issuer.sign({ sub: 'system:serviceaccount:agents:tails' });
   const head = (line: string, extra = '') =>
     `${line} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${token}\r\n${extra}`;

@@ -1,0 +1,36 @@
+// One sidecar with one HTTP-engine listener in front of a plain-HTTP upstream on loopback, the way the HTTP
+// engine's corpora start it: the injected credential from a file, audit FailClosed, stopped after the test.
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { TestContext } from 'node:test';
+import type { AccessPolicySpec } from '@chaperone/api';
+import { testDir } from '../harness/env.ts';
+import { spawnSidecar, type SidecarProcess } from '../harness/sidecar-process.ts';
+
+export async function spawnHttpEngineSidecar(
+  t: TestContext,
+  options: { upstreamPort: number; policies: Record<string, AccessPolicySpec>; credential: string },
+): Promise<SidecarProcess> {
+  const dir = testDir(t);
+  mkdirSync(dir, { recursive: true });
+  writeFileSync(join(dir, 'credential'), options.credential);
+  const sidecar = await spawnSidecar({
+    dir,
+    policies: options.policies,
+    listeners: [
+      {
+        name: 'api',
+        type: 'http',
+        listen: '127.0.0.1:0',
+        upstream: {
+          url: `http://127.0.0.1:${String(options.upstreamPort)}`,
+          tls: { mode: 'disable' },
+          credential: { valueFile: join(dir, 'credential') },
+        },
+        auditFailureMode: 'FailClosed',
+      },
+    ],
+  });
+  t.after(() => sidecar.stop());
+  return sidecar;
+}
