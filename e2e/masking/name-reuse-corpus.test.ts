@@ -12,26 +12,9 @@ import pg from 'pg';
 import { startTestSidecar } from '../harness/sidecar.ts';
 import { createTestDatabase } from '../harness/databases.ts';
 import { directPgOptions } from '../harness/env.ts';
-import {
-  authenticatedClient,
-  cstr,
-  errorFields,
-  i16,
-  i32,
-  msg,
-  parseBackend,
-  query,
-  SYNC,
-  type RawClient,
-} from '../postgres/raw-client.ts';
+import { authenticatedClient, errorFields, parseBackend, query, SYNC, type RawClient } from '../postgres/raw-client.ts';
+import { bind, close, describe as describeMessage, execute, parse } from '../postgres/protocol-wire.ts';
 import { leakIn, MASKED_POLICY, MASKING_SCHEMA_SQL } from './bypass-corpus.ts';
-
-const parse = (name: string, sql: string): Buffer => msg('P', cstr(name), cstr(sql), i16(0));
-const bind = (portal: string, statement: string): Buffer =>
-  msg('B', cstr(portal), cstr(statement), i16(0), i16(0), i16(0));
-const describePortal = (portal: string): Buffer => msg('D', Buffer.from('P'), cstr(portal));
-const execute = (portal: string): Buffer => msg('E', cstr(portal), i32(0));
-const closeStatement = (name: string): Buffer => msg('C', Buffer.from('S'), cstr(name));
 
 /** One round trip: a simple Query, or extended-protocol messages (a Sync is appended). */
 type Step = string | Buffer[];
@@ -81,7 +64,7 @@ const ATTACKS: readonly NameAttack[] = [
     steps: [
       [parse('ns1', SECRET_READ)],
       [parse('ns1', 'select 1')],
-      [bind('', 'ns1'), describePortal(''), execute('')],
+      [bind('', 'ns1'), describeMessage('P', ''), execute('')],
     ],
     last: 'denied',
   },
@@ -90,7 +73,7 @@ const ATTACKS: readonly NameAttack[] = [
     steps: [
       `prepare ns2 as ${SECRET_READ}`,
       [parse('ns2', 'select 1')],
-      [bind('', 'ns2'), describePortal(''), execute('')],
+      [bind('', 'ns2'), describeMessage('P', ''), execute('')],
     ],
     last: 'denied',
   },
@@ -98,8 +81,8 @@ const ATTACKS: readonly NameAttack[] = [
     why: 'Close and Parse of a statement skipped by the server after a failed Bind in the same batch',
     steps: [
       [parse('ns3', SECRET_READ)],
-      [bind('', 'no_such_statement'), closeStatement('ns3'), parse('ns3', 'select 1')],
-      [bind('', 'ns3'), describePortal(''), execute('')],
+      [bind('', 'no_such_statement'), close('S', 'ns3'), parse('ns3', 'select 1')],
+      [bind('', 'ns3'), describeMessage('P', ''), execute('')],
     ],
     last: 'denied',
   },
@@ -109,7 +92,7 @@ const ATTACKS: readonly NameAttack[] = [
       [parse('ns4', 'select 1')],
       'deallocate ns4',
       `prepare ns4 as ${SECRET_READ}`,
-      [bind('', 'ns4'), describePortal(''), execute('')],
+      [bind('', 'ns4'), describeMessage('P', ''), execute('')],
     ],
     last: 'masked',
   },
@@ -120,7 +103,7 @@ const ATTACKS: readonly NameAttack[] = [
   },
   {
     why: 'Close of a SQL-prepared statement by the protocol, then a Parse of the name',
-    steps: ['prepare ny as select 1', [closeStatement('ny'), parse('ny', SECRET_READ)], 'execute ny'],
+    steps: ['prepare ny as select 1', [close('S', 'ny'), parse('ny', SECRET_READ)], 'execute ny'],
     last: 'denied',
   },
   {
@@ -155,8 +138,8 @@ const CONTROLS: readonly NameAttack[] = [
     why: 'Close a protocol statement, then Parse the name again',
     steps: [
       [parse('oks', 'select 1')],
-      [closeStatement('oks'), parse('oks', SECRET_READ)],
-      [bind('', 'oks'), describePortal(''), execute('')],
+      [close('S', 'oks'), parse('oks', SECRET_READ)],
+      [bind('', 'oks'), describeMessage('P', ''), execute('')],
     ],
     last: 'masked',
   },

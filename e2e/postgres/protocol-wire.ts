@@ -1,4 +1,4 @@
-// Frontend messages built the plainest possible way for the protocol-paths corpus, and one exchange helper
+// Frontend messages built the plainest possible way for the raw-socket tests, and one exchange helper
 // that writes bytes (in pieces, if asked) and reads until a number of ReadyForQuery or the end of the
 // connection. Deliberately independent of the sidecar's codecs (raw-client.ts builds on the same rule).
 import { cstr, errorFields, i16, i32, msg, parseBackend, type BackendMessage, type RawClient } from './raw-client.ts';

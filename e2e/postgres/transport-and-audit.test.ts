@@ -17,7 +17,6 @@ import { createTestDatabase } from '../harness/databases.ts';
 import { directPgOptions, testDir } from '../harness/env.ts';
 import {
   authenticatedClient,
-  cstr,
   errorFields,
   GSSENC_REQUEST,
   i16,
@@ -33,6 +32,7 @@ import {
   SYNC,
   type BackendMessage,
 } from './raw-client.ts';
+import { bind, execute, parse } from './protocol-wire.ts';
 
 const WAIT = 10_000;
 
@@ -68,10 +68,6 @@ async function recordsWhen(
     await new Promise((r) => setTimeout(r, 50));
   }
 }
-
-const parse = (name: string, sql: string) => msg('P', cstr(name), cstr(sql), i16(0));
-const bind = (portal: string, statement: string) => msg('B', cstr(portal), cstr(statement), i16(0), i16(0), i16(0));
-const execute = (portal: string) => msg('E', cstr(portal), i32(0));
 
 /** Bytes of the substitutes that must never reach a client. */
 function assertNoInternalNames(c: RawClient): void {
