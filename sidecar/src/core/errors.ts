@@ -268,6 +268,13 @@ export const SIDECAR_ERRORS = {
     summary:
       'An upgrade to a stream the sidecar cannot inspect (SPDY, any upgrade on an HTTP resource, a Kubernetes request other than exec, attach, port-forward or proxy).',
   },
+  UnsupportedMediaType: {
+    sqlState: '0A000',
+    httpStatus: 415,
+    fatal: false,
+    summary:
+      'A Kubernetes DELETE body in a media type the sidecar cannot read for its DeleteOptions (JSON, YAML and protobuf only).',
+  },
   UnmaskableResponse: {
     sqlState: '08P01',
     httpStatus: 502,

@@ -10,6 +10,7 @@ import { builtInDecision } from '../http-base/http-exchange.ts';
 import type { ClientSessions } from '../http-base/client-sessions.ts';
 import type { CredentialFile, Upstream } from '../http-base/upstream.ts';
 import type { IncomingMessage } from 'node:http';
+import { impliedCommands } from './implied-commands.ts';
 import type { RequestInfo } from './request-info.ts';
 
 /** What an exchange needs from its endpoint (kubernetes-engine.ts), so the two do not import each other. */
@@ -46,6 +47,29 @@ export function decideNonResource(session: AgentSession, command: KubernetesComm
   const noRule = decision.rule === 'default' || decision.rule === 'no-policy';
   if (noRule && DISCOVERY.test(path) && (command.verb === 'get' || command.verb === 'head')) {
     return builtInDecision('allow', 'discovery', 'discovery documents are public to every authenticated client');
+  }
+  return decision;
+}
+
+const STRICTNESS = { allow: 0, approve: 1, deny: 2 } as const;
+
+/**
+ * The decision of a resource request: the strictest of its own and of every command it implies
+ * (implied-commands.ts; `parts` as RequestInfo.parts), ties to its own. Evaluated, not recorded.
+ */
+export function decideResource(
+  session: AgentSession,
+  command: KubernetesCommand,
+  parts: readonly string[],
+  text: string,
+): CombinedDecision {
+  let decision = session.evaluate({ command, fingerprint: kubernetesFingerprint(command), text }, OUTSIDE_TRANSACTION);
+  for (const implied of impliedCommands(command, parts)) {
+    const description = { command: implied.command, fingerprint: kubernetesFingerprint(implied.command), text };
+    const other = session.evaluate(description, OUTSIDE_TRANSACTION);
+    if (STRICTNESS[other.decision] > STRICTNESS[decision.decision]) {
+      decision = { ...other, reasons: [implied.why, ...other.reasons] };
+    }
   }
   return decision;
 }

@@ -27,18 +27,14 @@ import { FORWARDING_HEADERS, type CheckedHeaders, type RequestTarget } from '../
 import { selfReviewKind } from './access-review.ts';
 import {
   decideNonResource,
+  decideResource,
   kubernetesFingerprint,
   OUTSIDE_TRANSACTION,
   touchesSecrets,
   type ExchangeContext,
 } from './exchange-context.ts';
-import {
-  classifyRequest,
-  MUTATING_VERBS,
-  UnclassifiableRequest,
-  withDeleteOptions,
-  type RequestInfo,
-} from './request-info.ts';
+import { UnreadableDeleteOptions, withDeleteOptions } from './delete-options.ts';
+import { classifyRequest, MUTATING_VERBS, UnclassifiableRequest, type RequestInfo } from './request-info.ts';
 import { containsMaskedValue, redactSecrets } from './secret-redaction.ts';
 import { answerSelfReview } from './self-review.ts';
 import { statusFor } from './status.ts';
@@ -118,6 +114,11 @@ export class KubernetesExchange {
           info = withDeleteOptions(info, body, this.checked?.headers.get('content-type') ?? '');
           this.info = info;
         } catch (err) {
+          if (err instanceof UnreadableDeleteOptions) {
+            const error: SidecarError = { id: 'UnsupportedMediaType', message: `chaperone: ${err.message}` };
+            this.refuse(session, info, reply, 'unreadable-body', error, body);
+            return;
+          }
           if (!(err instanceof UnclassifiableRequest)) throw err;
           const error: SidecarError = { id: 'AmbiguousRequest', message: `chaperone: ${err.message}` };
           this.refuse(session, info, reply, 'unclassifiable', error, body);
@@ -162,7 +163,7 @@ export class KubernetesExchange {
         return;
       }
       const description = this.describe(info, body);
-      const decided = session.decide(description, OUTSIDE_TRANSACTION);
+      const decided = this.decide(session, description, info);
       // An approve decision holds the request (docs/kubernetes-engine.md, "Approval holds") when approvals
       // are enabled; otherwise deny() answers it ApprovalRequired.
       if (holdable(session, decided)) {
@@ -204,7 +205,7 @@ export class KubernetesExchange {
       const protocol = (this.checked?.headers.get('upgrade') ?? '').trim().toLowerCase();
       // Policy first, so a denied exec reads as the denial whichever stream protocol the client tried.
       const description = this.describe(info, undefined);
-      const decided = session.decide(description, OUTSIDE_TRANSACTION);
+      const decided = this.decide(session, description, info);
       let refusal: SidecarError | undefined;
       const held = holdable(session, decided);
       if (decided.decision.decision !== 'allow' && !held) refusal = policyRefusal(decided.decision);
@@ -459,6 +460,21 @@ export class KubernetesExchange {
     writeRawError(socket, { contentType: 'application/json', ...statusFor(error, this.info) }, error.id, [
       `Audit-Id: ${this.auditId}`,
     ]);
+  }
+
+  /**
+   * Decides and records a request: a resource request as itself and every command it implies
+   * (implied-commands.ts: the kubelet's exec through nodes/proxy, the Namespace object), the strictest winning.
+   */
+  private decide(
+    session: AgentSession,
+    description: CommandDescription & { readonly command: KubernetesCommand },
+    info: RequestInfo,
+  ): DecidedCommand {
+    const startedAt = performance.now();
+    if (!info.isResourceRequest) return session.decide(description, OUTSIDE_TRANSACTION);
+    const decision = decideResource(session, description.command, info.parts, description.text);
+    return session.record(description, decision, startedAt);
   }
 
   /** The admitted request as the relay and the self-reviews read it. */

@@ -1,12 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import {
-  classifyRequest,
-  fieldSelectorName,
-  parseQuery,
-  UnclassifiableRequest,
-  withDeleteOptions,
-} from './request-info.ts';
+import { classifyRequest, fieldSelectorName, parseQuery, UnclassifiableRequest } from './request-info.ts';
 
 // Expected classifications written out from the API server's RequestInfoFactory rules (and its own tests'
 // cases), one request per row: method, path?query → verb, group, version, resource, subresource, ns, name.
@@ -190,22 +184,18 @@ test('field selectors pin a name only for an exact metadata.name match; escapes 
   assert.equal(fieldSelectorName('metadata.name=a,metadata.name=a'), 'a');
 });
 
-test("a DELETE with a body takes its dry run from the body's DeleteOptions, as the API server does", () => {
-  const del = (query: string) => classifyRequest('DELETE', '/api/v1/namespaces/x/configmaps/c', query);
-  const body = (options: unknown) => Buffer.from(JSON.stringify(options));
-  assert.equal(withDeleteOptions(del(''), body({ dryRun: ['All'] }), 'application/json').dryRun, true);
-  assert.equal(withDeleteOptions(del(''), body({ dryRun: [] }), 'application/json').dryRun, false);
-  assert.equal(withDeleteOptions(del(''), body({ propagationPolicy: 'Background' }), 'application/json').dryRun, false);
-  assert.equal(withDeleteOptions(del(''), Buffer.from('dryRun:\n- All\n'), 'application/yaml').dryRun, true);
-  // Unreadable (protobuf): recorded as the real delete it may be.
-  assert.equal(
-    withDeleteOptions(del(''), Buffer.from([0x6b, 0x38, 0x73, 0]), 'application/vnd.kubernetes.protobuf').dryRun,
-    false,
-  );
-  // The query's dryRun is ignored by the API server when there is a body: refused, never recorded as a dry run.
-  assert.throws(() => withDeleteOptions(del('dryRun=All'), body({}), 'application/json'), UnclassifiableRequest);
+test('dryRun is noted only where the API server runs a dry run', () => {
+  // Reads, connect subresources and non-resource URLs have none (the API server ignores it or answers 400).
+  assert.equal(classifyRequest('GET', '/api/v1/namespaces/a/configmaps/b', 'dryRun=All').dryRun, false);
+  assert.equal(classifyRequest('POST', '/api/v1/namespaces/a/pods/b/exec', 'dryRun=All').dryRun, false);
+  assert.equal(classifyRequest('GET', '/api/v1/nodes/n/proxy/exec/a/b/c', 'dryRun=All').dryRun, false);
+  assert.equal(classifyRequest('POST', '/metrics', 'dryRun=All').dryRun, false);
+  assert.equal(classifyRequest('PATCH', '/api/v1/namespaces/a/configmaps/b', 'dryRun=All').dryRun, true);
+  assert.equal(classifyRequest('POST', '/api/v1/namespaces/a/pods/b/eviction', 'dryRun=All').dryRun, true);
+  // TokenRequest ignores it and mints the token: refused rather than recorded as a dry run.
   assert.throws(
-    () => withDeleteOptions(del(''), body({ dryRun: ['Some'] }), 'application/json'),
+    () => classifyRequest('POST', '/api/v1/namespaces/a/serviceaccounts/b/token', 'dryRun=All'),
     UnclassifiableRequest,
   );
+  assert.equal(classifyRequest('POST', '/api/v1/namespaces/a/serviceaccounts/b/token', '').verb, 'create');
 });

@@ -6,8 +6,6 @@
 // differently (encoded slashes, dot segments, empty segments, semicolons in the query, unclear watch or
 // fieldSelector values) the request is refused instead of guessed at.
 
-import { parse as parseYaml } from 'yaml';
-
 /** What the apiserver's RequestInfo holds, plus the facts the sidecar records. */
 export interface RequestInfo {
   readonly isResourceRequest: boolean;
@@ -23,7 +21,10 @@ export interface RequestInfo {
   readonly name: string;
   /** The path segments after the namespace (RequestInfo.Parts). */
   readonly parts: readonly string[];
-  /** `dryRun=All` was asked for: the apiserver decides and validates but stores nothing. */
+  /**
+   * `dryRun=All` was asked for on a write the apiserver runs as a dry run (it decides and validates but
+   * stores nothing); false for reads, non-resource URLs and connect subresources, which have no dry run.
+   */
   readonly dryRun: boolean;
 }
 
@@ -49,6 +50,9 @@ const METHOD_VERBS: Readonly<Record<string, string>> = {
   PATCH: 'patch',
   DELETE: 'delete',
 };
+
+/** Subresources the API server serves as connections (rest.Connecter), which take no dry run. */
+const CONNECT_SUBRESOURCES: ReadonlySet<string> = new Set(['exec', 'attach', 'portforward', 'proxy']);
 
 /** Verbs that change state; what approval and request-body recording apply to. */
 export const MUTATING_VERBS: ReadonlySet<string> = new Set(['create', 'update', 'patch', 'delete', 'deletecollection']);
@@ -186,7 +190,7 @@ export function classifyRequest(method: string, rawPath: string, rawQuery: strin
     subresource: '',
     name: '',
     parts: [],
-    dryRun,
+    dryRun: false,
   });
 
   // Not an API path, or too short to name a group and version: discovery and other non-resource URLs.
@@ -243,6 +247,10 @@ export function classifyRequest(method: string, rawPath: string, rawQuery: strin
   }
   if (verb === 'delete' && name === '') verb = 'deletecollection';
   if (verb === '') throw new UnclassifiableRequest(`method ${method} is not an API verb`);
+  if (dryRun && apiGroup === '' && resource === 'serviceaccounts' && subresource === 'token') {
+    // TokenREST has no dry run: the API server mints and returns the token and the record would say it did not.
+    throw new UnclassifiableRequest('dryRun on a TokenRequest: the API server ignores it and mints the token');
+  }
   return {
     isResourceRequest: true,
     path,
@@ -255,32 +263,8 @@ export function classifyRequest(method: string, rawPath: string, rawQuery: strin
     subresource,
     name,
     parts: current,
-    dryRun,
+    // The API server refuses dryRun on connect subresources (exec, attach, portforward, proxy: 400) and
+    // ignores it on reads.
+    dryRun: dryRun && MUTATING_VERBS.has(verb) && !CONNECT_SUBRESOURCES.has(subresource) && verb !== 'proxy',
   };
-}
-
-/**
- * A DELETE with a body, as the API server reads it: the DeleteOptions in the body replace the query's
- * (k8s.io/apiserver handlers/delete.go decodes the query only when the body is empty). So a `dryRun=All` in
- * the query of such a request is not what runs — the delete is real — and is refused rather than recorded as
- * a dry run; a `dryRun: ["All"]` in the body (what client-go sends for `kubectl delete --dry-run=server`) is
- * the dry run. A body the sidecar cannot read (protobuf) is recorded as the real delete it may be.
- */
-export function withDeleteOptions(info: RequestInfo, body: Buffer, contentType: string): RequestInfo {
-  if (info.dryRun) {
-    throw new UnclassifiableRequest(
-      'dryRun in the query of a DELETE with a body: the API server reads the options in the body and ignores the query',
-    );
-  }
-  let options: unknown;
-  try {
-    const text = body.toString('utf8');
-    options = /yaml/i.test(contentType) ? parseYaml(text) : JSON.parse(text);
-  } catch {
-    return info;
-  }
-  const dryRun = typeof options === 'object' && options !== null ? (options as { dryRun?: unknown }).dryRun : undefined;
-  if (!Array.isArray(dryRun) || dryRun.length === 0) return info;
-  if (!dryRun.every((v) => v === 'All')) throw new UnclassifiableRequest('dryRun must be All');
-  return { ...info, dryRun: true };
 }

@@ -14,7 +14,7 @@ import {
   rulesReviewResponse,
   subjectReviewResponse,
 } from './access-review.ts';
-import { decideNonResource, kubernetesFingerprint, OUTSIDE_TRANSACTION } from './exchange-context.ts';
+import { decideNonResource, decideResource } from './exchange-context.ts';
 import { decodeProtobufReview } from './protobuf-review.ts';
 import type { RequestInfo } from './request-info.ts';
 import type { RelayedRequest } from './upstream-relay.ts';
@@ -60,10 +60,9 @@ async function reviewAccess(
   doc: ReturnType<typeof parseReview>,
 ): Promise<{ allowed: boolean; denied?: boolean; reason: string }> {
   const c = reviewedCommand(doc);
-  const description = { command: c, fingerprint: kubernetesFingerprint(c), text: 'access review' };
   const decision =
     c.nonResourcePath === ''
-      ? session.evaluate(description, OUTSIDE_TRANSACTION)
+      ? decideResource(session, c, [], 'access review')
       : decideNonResource(session, c, c.nonResourcePath);
   const who = decision.policy === '' ? 'no policy' : `policy ${decision.policy}`;
   if (decision.decision !== 'allow') {

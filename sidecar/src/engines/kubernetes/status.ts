@@ -12,6 +12,7 @@ const REASONS: Readonly<Record<number, string>> = {
   404: 'NotFound',
   408: 'Timeout',
   413: 'RequestEntityTooLarge',
+  415: 'UnsupportedMediaType',
   500: 'InternalError',
   502: 'InternalError',
   503: 'ServiceUnavailable',
