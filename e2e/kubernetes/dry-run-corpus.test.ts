@@ -282,6 +282,13 @@ test('dry-run corpus against the Kubernetes engine', async (t) => {
     },
     { name: 'dryRun=All with an empty body (Content-Length: 0)', query: 'dryRun=All', body: '', effect: 'dry-run' },
     { name: 'DryRun=All (not the parameter name: a real delete)', query: 'DryRun=All', effect: 'deleted' },
+    { name: 'dry%52un=%41ll (escapes in the name and the value)', query: 'dry%52un=%41ll', effect: 'dry-run' },
+    {
+      name: 'dryRun=All and an empty dryRun (the API server refuses it)',
+      query: 'dryRun=All&dryRun=',
+      effect: 'refused',
+      status: 400,
+    },
     { name: 'dryRun=all (the API server refuses it)', query: 'dryRun=all', effect: 'refused', status: 400 },
   ];
 
