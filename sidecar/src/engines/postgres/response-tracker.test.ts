@@ -418,3 +418,17 @@ test('COPY: a CopyDone or CopyFail sent when no COPY is active gets no answer an
   ]);
   assert.equal(t.pending, 0);
 });
+
+test('an Execute answered before its Sync (Flush) stays pending for the catalogue until ReadyForQuery', () => {
+  const { t } = tracker();
+  t.expect('parse');
+  t.expect('bind');
+  t.expect('execute', command(1));
+  assert.equal(t.pendingStatements, 1);
+  feed(t, parseComplete, bindComplete, complete('CREATE VIEW'));
+  assert.equal(t.pending, 0, 'every response arrived');
+  assert.equal(t.pendingStatements, 1, 'the implicit transaction is open until the Sync');
+  t.expect('sync');
+  feed(t, ready('I'));
+  assert.equal(t.pendingStatements, 0);
+});

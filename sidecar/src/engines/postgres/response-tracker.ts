@@ -103,6 +103,8 @@ export class ResponseTracker {
   private readonly transactionLog = new TransactionLog();
   /** While a COMMIT or ROLLBACK Execute settles the Executes before it: they ran in its transaction. */
   private ending = false;
+  /** An Execute was answered since the last ReadyForQuery: what it changed is not committed yet. */
+  private executedBeforeSync = false;
   /** From the upstream's latest ReadyForQuery. */
   transactionStatus: TransactionStatus;
   /** What a masking session's notices, errors, notifications and reported settings keep. */
@@ -148,10 +150,11 @@ export class ResponseTracker {
   /**
    * Responses still expected to what runs or commits statements (Query, Execute, the end of a COPY, Sync):
    * the Parse, Bind, Describe and Close a driver pipelines ahead of an Execute change nothing the catalogue
-   * shows.
+   * shows. An Execute already answered counts until the next ReadyForQuery: its implicit transaction is
+   * open until the client's Sync (a client that pipelines with Flush gets the CommandComplete first).
    */
   get pendingStatements(): number {
-    let n = 0;
+    let n = this.executedBeforeSync ? 1 : 0;
     for (let i = this.head; i < this.units.length; i++) {
       const kind = this.units[i]?.kind;
       if (kind === 'query' || kind === 'execute' || kind === 'copy-end' || kind === 'sync') n++;
@@ -298,6 +301,7 @@ export class ResponseTracker {
       case BackendCode.ReadyForQuery:
         this.clientInCopyIn = false;
         this.transactionStatus = decodeReadyForQuery(frame);
+        this.executedBeforeSync = false;
         if (this.committing.length > 0) this.committing = [];
         // Whatever is still queued up to here belonged to this Sync/Query and got no response of its own.
         for (let u = this.shift(); u !== undefined; u = this.shift()) {
@@ -331,6 +335,7 @@ export class ResponseTracker {
 
   /** The head Execute completed (`complete`: its CommandComplete; none for an empty query or a suspended portal). */
   private executed(complete: Buffer | undefined): void {
+    this.executedBeforeSync = true;
     const unit = this.shift();
     if (unit?.command === undefined || unit.denial !== undefined) return;
     this.uncommitted.push(unit);
