@@ -181,6 +181,18 @@ export class RawClient {
     });
   }
 
+  /** Over a Unix socket: the harness PostgreSQL trusts its superuser there, so tests can speak to it raw. */
+  static connectPath(path: string): Promise<RawClient> {
+    return new Promise((resolve, reject) => {
+      const socket = connect({ path, allowHalfOpen: true });
+      socket.once('connect', () => {
+        socket.removeListener('error', reject);
+        resolve(new RawClient(socket));
+      });
+      socket.once('error', reject);
+    });
+  }
+
   get received(): Buffer {
     return Buffer.concat(this.chunks);
   }

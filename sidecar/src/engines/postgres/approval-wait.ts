@@ -17,6 +17,8 @@ export interface ApprovalHold {
 
 export class ApprovalWait {
   private held: ApprovalHold | undefined;
+  /** When the held command has settled (its records are written by then). */
+  private until: Promise<unknown> | undefined;
   private notice: Buffer | undefined;
 
   get active(): boolean {
@@ -40,6 +42,7 @@ export class ApprovalWait {
     const { approval: hold, until } = verdict;
     if (hold === undefined) return frame;
     this.held = hold;
+    this.until = until;
     const onData = (): void => {
       if (decoder.bufferedBytes > MAX_BUFFERED_WHILE_HELD) client.pause();
     };
@@ -72,7 +75,21 @@ export class ApprovalWait {
   /** The hold settled. */
   end(): void {
     this.held = undefined;
+    this.until = undefined;
     this.notice = undefined;
+  }
+
+  /**
+   * The connection closes: withdraws the waiting command, if any, and calls `then` once it has settled, so
+   * that what its withdrawal records (approval.decided) comes before the session's end; else at once.
+   */
+  withdraw(why: string, then: () => void): void {
+    const until = this.until;
+    if (until === undefined || !this.cancel(why)) {
+      then();
+      return;
+    }
+    void until.then(then, then);
   }
 
   /** Withdraws the waiting command, if any; false when none waits. */
