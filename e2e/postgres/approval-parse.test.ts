@@ -116,17 +116,13 @@ test('approvals on the extended protocol: what a prepared, held statement lets a
         SYNC,
       ]);
       const h1 = await held(client, bytes);
-      const whileHeld = await stampState();
-      const ran = JSON.stringify(whileHeld) !== JSON.stringify(before);
-      judge('planning at Bind runs an immutable function of the held statement', ran);
       const end = await settled(client, h1); // settled first: a client gone while held withdraws the request
       assert.deepEqual(end.codes, ['57014'], `expired: ${end.errors.join('; ')}`);
+      // Nobody approved it, yet the sequence moved and the backend holds the session lock: the Bind planned it.
+      // (Judged after the hold: how soon the backend plans the Bind after the notice is up to the machine.)
+      const ran = JSON.stringify(await stampState()) !== JSON.stringify(before);
+      judge('planning at Bind runs an immutable function of the held statement', ran);
       assert.ok(ran, 'stamp() no longer runs at Bind: the gap is closed, turn this case into a refusal');
-      assert.deepEqual(
-        await stampState(),
-        whileHeld,
-        'nothing more of the expired statement ran than its planning did',
-      );
     } finally {
       client.destroy();
     }
@@ -284,12 +280,18 @@ test('approvals on the extended protocol: what a prepared, held statement lets a
     'a client gone while its statement is held: the withdrawal is recorded before the session end',
     async () => {
       const client = await connect();
+      const requested = (): string[] =>
+        sidecar
+          .records()
+          .filter((r) => r.record.type === 'approval.requested')
+          .map((r) => r.session.sessionId);
+      const earlier = new Set(requested());
       await held(
         client,
         Buffer.concat([parse('', 'insert into refunds(amount) values ($1)'), bind('', '', ['8']), execute(''), SYNC]),
       );
       const session = await poll('the request on the trail', () =>
-        Promise.resolve(sidecar.records().findLast((r) => r.record.type === 'approval.requested')?.session.sessionId),
+        Promise.resolve(requested().find((id) => !earlier.has(id))),
       );
       client.destroy();
       const types = await poll('the session end on the trail', () => {
