@@ -99,7 +99,7 @@ test('approvals on the extended protocol: what a prepared, held statement lets a
     if (ran) succeeded++;
   };
 
-  // KNOWN OPEN (docs/approvals.md, "Extended protocol"): the Bind is forwarded when it arrives, and PostgreSQL
+  // KNOWN OPEN (docs/approvals.md, "The extended protocol"): the Bind is forwarded when it arrives, and PostgreSQL
   // plans the statement at Bind, evaluating IMMUTABLE functions on constant arguments (custom plans substitute
   // the parameters): stamp() takes its sequence value and session lock before anyone approved. Table writes
   // made that way are rolled back with the refused Execute's implicit transaction; a sequence, a session lock
