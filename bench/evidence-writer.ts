@@ -1,14 +1,15 @@
 // The audit worker's share of the evidence path per statement, in process, at a fixed offered rate: what the
-// worker thread does with the spool's entries in Kubernetes mode (LiveSpoolEntries parsing each entry, the
+// worker thread does with the spool's entries in Kubernetes mode (LiveSpoolEntries reading each entry, the
 // Session writer queueing it, flushing each session once per interval, COPY rows built for every batch, a
 // signed head and status per session at most every headIntervalMs), without sockets: the evidence store
 // builds the batch's COPY text (evidenceCopyRows, as PostgresEvidenceStore does) and the Session store
-// answers at once. Entries are pgbench's select as the main thread spools them (one record per statement,
-// the decision with its outcome merged, `{"s":…,"r":…}`), 8 sessions, handed over every 20 ms as the main
+// answers at once. Entries are pgbench's select as the main thread spools them: per statement the decision
+// (`{"s":…,"r":…}`) and the outcome entry merging into it (`{"i":…,"m":…}`; `--entries merged`: one entry of
+// the merged record instead, as before the twelfth session), 8 sessions, handed over every 20 ms as the main
 // thread posts them. CPU per statement of this thread (process.threadCpuUsage: the worker's, with its GC) and
 // of the process (with V8's helper threads), per round; A/B against another tree (`--tree DIR`, an unchanged
 // checkout of main with the same node_modules), alternating.
-// Run: node bench/evidence-writer.ts [--rate 4400] [--seconds 20] [--rounds 3] [--tree DIR]
+// Run: node bench/evidence-writer.ts [--rate 4400] [--seconds 20] [--rounds 3] [--entries pair|merged] [--tree DIR]
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -19,6 +20,7 @@ import type * as SpoolEntriesModule from '../sidecar/src/core/audit/spool-entrie
 import type { EvidenceStore } from '../sidecar/src/core/audit/evidence-store.ts';
 import type { SessionStore } from '../sidecar/src/core/audit/session-store.ts';
 import type { RecordOrigin } from '../sidecar/src/core/audit/audit-sink.ts';
+import { outcomeEntryText } from '../sidecar/src/core/audit/spool-entries.ts';
 import { silentLogger } from '../sidecar/src/core/observability/logger.ts';
 import { loadOrCreateSigningKey } from '../sidecar/src/core/audit/signing-key.ts';
 
@@ -28,12 +30,14 @@ const { values } = parseArgs({
     seconds: { type: 'string', default: '20' },
     rounds: { type: 'string', default: '3' },
     tree: { type: 'string' },
+    entries: { type: 'string', default: 'pair' },
   },
 });
 const RATE = Number(values.rate);
 const SECONDS = Number(values.seconds);
 const SESSIONS = 8;
 const POST_MS = 20;
+const PAIRS = values.entries !== 'merged';
 
 interface Tree {
   readonly name: string;
@@ -63,7 +67,10 @@ class CopyTextStore implements EvidenceStore {
   ): Promise<void> {
     const text = evidenceCopyRows(
       session,
-      entries.map((e) => ({ row: evidenceRow(session.sessionId, e.record), text: e.text ?? canonical(e.record) })),
+      entries.map((e) => ({
+        row: evidenceRow(session.sessionId, e.record),
+        text: e.text === undefined ? canonical(e.record) : e.text,
+      })),
     );
     this.bytes += Buffer.from(text, 'utf8').length;
     return new Promise((r) => setImmediate(r));
@@ -104,12 +111,13 @@ class CountingSessionStore implements SessionStore {
 }
 
 /**
- * pgbench's select as one merged record (decision with its outcome) in its spool entry, as the main thread
- * spools it; made from a template (seq and hashes filled in, cheaply: the writer does not check hashes), so
- * that entries need not be made, and kept alive, in advance.
+ * pgbench's select as the main thread spools it: the decision's entry and then (PAIRS) the outcome entry
+ * merging into it, or one entry of the merged record; made from a template (seq and hashes filled in,
+ * cheaply: the writer does not check hashes), so that entries need not be made, and kept alive, in advance.
  */
-function entryTemplate(originJson: string): (seq: number) => string {
+function entryTemplate(sessionId: string, originJson: string): (seq: number) => string[] {
   const hex = (n: number) => `sha256:${n.toString(16).padStart(64, '0')}`;
+  const outcome = { status: 'success' as const, rows: 1, durationMs: 0.41 };
   const record = {
     v: 3,
     seq: 999_999_999,
@@ -128,7 +136,7 @@ function entryTemplate(originJson: string): (seq: number) => string {
       bundleDigest: `sha256:${'ab'.repeat(32)}`,
       reasons: ['rule everything decided allow for statement 1 (select)'],
     },
-    outcome: { status: 'success', rows: 1, durationMs: 0.41 },
+    ...(PAIRS ? {} : { outcome }),
     prevHash: hex(0xeeeeeeee),
     hash: hex(0xffffffff),
   };
@@ -136,8 +144,11 @@ function entryTemplate(originJson: string): (seq: number) => string {
   const parts = (jcs(record) ?? '{}').split(/424242|sha256:0{56}ffffffff|sha256:0{56}eeeeeeee|999999999/);
   if (parts.length !== 5) throw new Error('evidence-writer: unexpected template');
   const [p0, p1, p2, p3, p4] = parts as [string, string, string, string, string];
-  return (seq) =>
-    `{"s":${originJson},"r":${p0}${String(1 + ((seq * 7919) % 100000))}${p1}${hex(seq)}${p2}${hex(seq - 1)}${p3}${String(seq)}${p4}}`;
+  // The decision's hash and the merged record's differ (the worker takes the merged one from the entry).
+  const entry = (seq: number) =>
+    `{"s":${originJson},"r":${p0}${String(1 + ((seq * 7919) % 100000))}${p1}${hex(seq * 2)}${p2}${hex(seq * 2 - 1)}${p3}${String(seq)}${p4}}`;
+  if (!PAIRS) return (seq) => [entry(seq)];
+  return (seq) => [entry(seq), outcomeEntryText(sessionId, { seq, hash: hex(seq * 2 + 1), outcome })];
 }
 
 async function round(tree: Tree): Promise<{ thread: number; process: number; statements: number; writes: string }> {
@@ -151,7 +162,8 @@ async function round(tree: Tree): Promise<{ thread: number; process: number; sta
     logger: silentLogger,
     flushIntervalMs: 1000,
   });
-  const live = new tree.LiveSpoolEntries(writer, silentLogger, true);
+  // Records in a store: only their fields are read (the fourth argument; trees before it take three).
+  const live = new tree.LiveSpoolEntries(writer, silentLogger, true, true);
   const origins = Array.from({ length: SESSIONS }, (_, i) => {
     const origin: RecordOrigin = {
       sessionId: `0f0e0d0c-0b0a-0908-0706-05040302010${String(i)}`,
@@ -160,7 +172,7 @@ async function round(tree: Tree): Promise<{ thread: number; process: number; sta
       namespace: 'bench',
       pod: 'bench-sidecar-7f9c',
     };
-    return { entry: entryTemplate(jcs(origin) ?? '{}'), seq: 0 };
+    return { entries: entryTemplate(origin.sessionId, jcs(origin) ?? '{}'), seq: 0 };
   });
   const total = RATE * SECONDS;
   writer.start();
@@ -175,7 +187,7 @@ async function round(tree: Tree): Promise<{ thread: number; process: number; sta
       for (; next < end; next++) {
         const o = origins[next % SESSIONS] as (typeof origins)[number];
         o.seq += 1;
-        live.entry(++id, o.entry(o.seq));
+        for (const e of o.entries(o.seq)) live.entry(++id, e);
       }
       if (next >= total) {
         clearInterval(timer);

@@ -139,21 +139,37 @@ export function sealWithOutcome(
 ): SealedRecord | undefined {
   const { record, canonical } = decision;
   if (record.outcome !== undefined) return undefined;
-  const member = `"hash":"${record.hash}",`;
+  const text = mergeOutcomeText(canonical, record.hash, outcome, knownHash);
+  if (text === undefined) return undefined;
+  const merged: AuditRecord = { ...record, outcome, hash: text.hash };
+  return {
+    record: merged,
+    canonical: text.canonical,
+    get compact() {
+      return compactRecordText(merged);
+    },
+  };
+}
+
+/**
+ * sealWithOutcome's text edit alone, for a caller that holds the decision's canonical text and hash but
+ * not the whole record (the sidecar's audit worker): the merged record's canonical text and hash, or
+ * undefined when the text is not of a decision's shape. The decision must have no outcome.
+ */
+export function mergeOutcomeText(
+  canonical: string,
+  decisionHash: string,
+  outcome: NonNullable<AuditRecord['outcome']>,
+  knownHash?: string,
+): { readonly canonical: string; readonly hash: string } | undefined {
+  const member = `"hash":"${decisionHash}",`;
   const at = canonical.lastIndexOf(member);
   const outcomeText = jcs(outcome);
   if (at < 0 || outcomeText === undefined || !canonical.startsWith('"prevHash":', at + member.length)) return undefined;
   const before = canonical.slice(0, at);
   const after = canonical.slice(at + member.length);
   const hash = knownHash ?? `sha256:${cryptoHash('sha256', `${before}"outcome":${outcomeText},${after}`, 'hex')}`;
-  const merged: AuditRecord = { ...record, outcome, hash };
-  return {
-    record: merged,
-    canonical: `${before}"hash":"${hash}","outcome":${outcomeText},${after}`,
-    get compact() {
-      return compactRecordText(merged);
-    },
-  };
+  return { canonical: `${before}"hash":"${hash}","outcome":${outcomeText},${after}`, hash };
 }
 
 /** The JCS text of a record with its hash (what JSON-lines output and the spool carry). */

@@ -287,7 +287,7 @@ export type AuditRecord = Static<typeof AuditRecord>;
  * (format 3 writes one record per statement to JSON lines when the outcome follows before the decision is
  * written, docs/audit.md).
  */
-export function carriesCommandOutcome(record: Pick<AuditRecord, 'type' | 'outcome'>): boolean {
+export function carriesCommandOutcome(record: Pick<AuditRecord, 'type'> & { readonly outcome?: unknown }): boolean {
   return record.outcome !== undefined && (record.type === 'command.outcome' || record.type === 'command.decision');
 }
 

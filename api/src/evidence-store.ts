@@ -47,7 +47,13 @@ export interface EvidenceRow {
   readonly prevHash: string;
 }
 
-export function evidenceRow(sessionId: string, record: AuditRecord): EvidenceRow {
+/** What a row's columns are made of: a record, or only these members of it (the sidecar's worker, record-fields.ts). */
+export type EvidenceRowSource = Pick<AuditRecord, 'seq' | 'time' | 'type' | 'hash' | 'prevHash'> & {
+  readonly decision?: Pick<NonNullable<AuditRecord['decision']>, 'result'>;
+  readonly outcome?: Pick<NonNullable<AuditRecord['outcome']>, 'status'>;
+};
+
+export function evidenceRow(sessionId: string, record: AuditRecord | EvidenceRowSource): EvidenceRow {
   return {
     sessionId,
     seq: record.seq,

@@ -200,7 +200,13 @@ export type Session = KubernetesObject<'Session', SessionSpec, SessionStatus>;
  * Adds one record to a session's counters (status.counters): what the writer counts and what verifiers
  * recount from the records. Decisions count commands and their result; failed outcomes count errors.
  */
-export function countRecord(counters: SessionStatus['counters'], record: AuditRecord): void {
+export function countRecord(
+  counters: SessionStatus['counters'],
+  record: Pick<AuditRecord, 'type'> & {
+    readonly decision?: Pick<NonNullable<AuditRecord['decision']>, 'result'>;
+    readonly outcome?: Pick<NonNullable<AuditRecord['outcome']>, 'status'>;
+  },
+): void {
   if (record.type === 'command.decision') {
     counters.commands += 1;
     const result = record.decision?.result;

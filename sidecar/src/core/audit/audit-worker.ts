@@ -135,7 +135,8 @@ function main(): void {
       send({ t: 'ack', id });
     },
   });
-  const live = new LiveSpoolEntries(writer, logger, data.holdDecisions);
+  // With a store, records are kept as their text: the writer needs only a few fields of each.
+  const live = new LiveSpoolEntries(writer, logger, data.holdDecisions, evidence !== undefined);
   const replayed = new ReplayedSpoolEntries(writer, logger);
   const entries = (message: Extract<ToWorker, { t: 'entries' }>) => {
     const { replay, frames, releases } = message;

@@ -18,11 +18,17 @@ import {
   type EvidenceCounters,
   type EvidenceLocation,
 } from '@chaperone/api';
+import type { RecordFields } from './record-fields.ts';
 
-/** One record to append, with its canonical text when the caller has it (it is the text hashed). */
-export interface EvidenceEntry {
-  readonly record: AuditRecord;
-  readonly text?: string;
+/**
+ * One record to append, with its canonical text (the text hashed, stored as it is): a whole record may come
+ * without it (then `canonical` makes it), the fields of one (record-fields.ts) only with it.
+ */
+export type EvidenceEntry =
+  { readonly record: AuditRecord; readonly text?: string } | { readonly record: RecordFields; readonly text: string };
+
+function entryText(e: EvidenceEntry, canonical: (r: AuditRecord) => string): string {
+  return e.text === undefined ? canonical(e.record) : e.text;
 }
 
 /** The session the records belong to, and where its Session object and pod are. */
@@ -111,7 +117,7 @@ export class PostgresEvidenceStore implements EvidenceStore {
     // COPY: no array literals to build and escape here, none to parse on the server, no conflict check.
     const text = evidenceCopyRows(
       session,
-      entries.map((e) => ({ row: evidenceRow(session.sessionId, e.record), text: e.text ?? canonical(e.record) })),
+      entries.map((e) => ({ row: evidenceRow(session.sessionId, e.record), text: entryText(e, canonical) })),
     );
     const client = await this.pool.connect();
     let broken: Error | undefined;
@@ -157,7 +163,7 @@ export class PostgresEvidenceStore implements EvidenceStore {
       result.push(row.result);
       hash.push(row.hash);
       prevHash.push(row.prevHash);
-      record.push(e.text ?? canonical(e.record));
+      record.push(entryText(e, canonical));
     }
     await this.pool.query(EVIDENCE_INSERT_SQL, [
       session.sessionId,

@@ -29,6 +29,7 @@ import {
 import type { Logger } from '../observability/logger.ts';
 import type { RecordOrigin } from './audit-sink.ts';
 import type { EvidenceStore } from './evidence-store.ts';
+import type { RecordFields } from './record-fields.ts';
 import type { SigningKey } from './signing-key.ts';
 import { SESSION_ID_LABEL, SessionStoreError, type SessionStore, type StoreEvent } from './session-store.ts';
 
@@ -97,7 +98,10 @@ export interface SessionWriterOptions {
 interface Queued {
   /** Its spool entry (the decision's, for a decision merged with its outcome). */
   readonly id: number;
-  readonly record: AuditRecord;
+  /** What the writer reads of the record (the whole record, or only its fields: enqueueFields). */
+  readonly record: RecordFields;
+  /** The whole record when the caller had it; else it is parsed from `text` if Session objects need it. */
+  readonly whole: AuditRecord | undefined;
   readonly bytes: number;
   /**
    * The canonical text, when the caller had it (the evidence store keeps exactly the text hashed); dropped
@@ -267,6 +271,28 @@ export class SessionWriter {
     text?: string,
     open = false,
   ): void {
+    const bytes = (serializedLength ?? Buffer.byteLength(JSON.stringify(record))) + 1;
+    this.push(id, session, record, record, replayed, bytes, text, open);
+  }
+
+  /**
+   * enqueue for a live record of which the caller read only the fields (the audit worker, record-fields.ts),
+   * with its canonical text: what the store keeps; Session objects get the record parsed from the text.
+   */
+  enqueueFields(id: number, session: RecordOrigin, fields: RecordFields, text: string, open: boolean): void {
+    this.push(id, session, fields, undefined, false, Buffer.byteLength(text) + 1, text, open);
+  }
+
+  private push(
+    id: number,
+    session: RecordOrigin,
+    record: RecordFields,
+    whole: AuditRecord | undefined,
+    replayed: boolean,
+    bytes: number,
+    text: string | undefined,
+    open: boolean,
+  ): void {
     let s = this.sessions.get(session.sessionId);
     if (s === undefined) {
       s = {
@@ -312,7 +338,7 @@ export class SessionWriter {
     }
     s.lastTime = record.time;
     s.openSeq = open ? record.seq : 0;
-    s.queue.push({ id, record, bytes: (serializedLength ?? Buffer.byteLength(JSON.stringify(record))) + 1, text });
+    s.queue.push({ id, record, whole, bytes, text });
     this.pending += 1;
     this.lastEnqueuedId = Math.max(this.lastEnqueuedId, id);
     this.options.metrics?.pendingRecords.set(this.pending);
@@ -345,12 +371,27 @@ export class SessionWriter {
    * is written (every later record has a higher id).
    */
   amend(id: number, sessionId: string, record: AuditRecord, text: string): void {
+    this.replace(id, sessionId, record, record, text);
+  }
+
+  /** amend with the merged record's fields only (the audit worker): as enqueueFields. */
+  amendFields(id: number, sessionId: string, fields: RecordFields, text: string): void {
+    this.replace(id, sessionId, fields, undefined, text);
+  }
+
+  private replace(
+    id: number,
+    sessionId: string,
+    record: RecordFields,
+    whole: AuditRecord | undefined,
+    text: string,
+  ): void {
     const s = this.sessions.get(sessionId);
     if (s === undefined) return;
     for (let i = s.queue.length - 1; i >= s.head; i--) {
       const q = s.queue[i] as Queued;
       if (q.record.seq !== record.seq) continue;
-      s.queue[i] = { id: q.id, record, bytes: Buffer.byteLength(text) + 1, text };
+      s.queue[i] = { id: q.id, record, whole, bytes: Buffer.byteLength(text) + 1, text };
       break;
     }
     if (s.openSeq === record.seq) s.openSeq = 0;
@@ -386,9 +427,17 @@ export class SessionWriter {
     if (s === undefined || seq <= s.takenThrough) return undefined;
     for (let i = s.queue.length - 1; i >= s.head; i--) {
       const q = s.queue[i] as Queued;
-      if (q.record.seq === seq) return q.record;
+      if (q.record.seq === seq) return this.whole(q);
     }
     return undefined;
+  }
+
+  /** The whole record of a queued one: given, or parsed from its canonical text. */
+  private whole(q: Queued): AuditRecord {
+    if (q.whole !== undefined) return q.whole;
+    // Dropped only once the record is in the evidence store, whose sessions never need it whole.
+    if (q.text === undefined) throw new Error(`audit record ${String(q.record.seq)} is neither whole nor has its text`);
+    return JSON.parse(q.text) as AuditRecord;
   }
 
   /** A spool entry with nothing left to write (a replayed outcome whose decision was written): acknowledged with what precedes it. */
@@ -627,7 +676,7 @@ export class SessionWriter {
     this.options.metrics?.pendingRecords.set(this.pending);
   }
 
-  private async head(name: string, s: SessionState, last: AuditRecord): Promise<NonNullable<SessionSpec['head']>> {
+  private async head(name: string, s: SessionState, last: RecordFields): Promise<NonNullable<SessionSpec['head']>> {
     const key = this.options.signingKey;
     const signature = await signChainHead(
       {
@@ -697,7 +746,7 @@ export class SessionWriter {
       spec: {
         ...spec,
         ...(store === undefined ? {} : { store }),
-        records: store === undefined ? batch.map((q) => q.record) : [],
+        records: store === undefined ? batch.map((q) => this.whole(q)) : [],
         head: await this.head(name, s, last),
       },
     } satisfies Session);
@@ -739,7 +788,7 @@ export class SessionWriter {
     const updated = await this.store.append(
       cur.name,
       cur.resourceVersion,
-      batch.map((q) => q.record),
+      batch.map((q) => this.whole(q)),
       await this.head(cur.name, s, last),
     );
     this.options.metrics?.sessionObjects.inc({ operation: 'append' });
@@ -790,7 +839,8 @@ export class SessionWriter {
         const mayExist = (unstored[0] as Queued).record.seq <= s.mayExistThrough;
         // Until it answers, the outcome is unknown: a failure leaves these seq possibly stored.
         s.mayExistThrough = Math.max(s.mayExistThrough, last.seq);
-        await evidence.append(session, unstored, canonicalRecordText, mayExist);
+        const entries = unstored.map((q) => ({ record: q.record, text: q.text ?? canonicalRecordText(this.whole(q)) }));
+        await evidence.append(session, entries, canonicalRecordText, mayExist);
         this.options.metrics?.storeSeconds?.observe(Number(process.hrtime.bigint() - started) / 1e9);
         s.storedThrough = Math.max(s.storedThrough, last.seq);
         for (const q of unstored) q.text = undefined;

@@ -14,6 +14,7 @@ import { PodChain } from './pod-chain.ts';
 import { RecordChain } from './record-chain.ts';
 import type { SessionWriter } from './session-writer.ts';
 import { LiveSpoolEntries, outcomeEntryText, recordEntryText } from './spool-entries.ts';
+import { UnreadableRecordText, type RecordFields } from './record-fields.ts';
 import { decodeFrames, Spool } from './spool.ts';
 
 const origin: RecordOrigin = {
@@ -25,8 +26,16 @@ const origin: RecordOrigin = {
 };
 
 type Call =
-  | { op: 'enqueue'; id: number; origin: RecordOrigin; record: AuditRecord; bytes: number; text: string; open: boolean }
-  | { op: 'amend'; id: number; sessionId: string; record: AuditRecord; text: string }
+  | {
+      op: 'enqueue';
+      id: number;
+      origin: RecordOrigin;
+      record: RecordFields;
+      bytes: number;
+      text: string;
+      open: boolean;
+    }
+  | { op: 'amend'; id: number; sessionId: string; record: RecordFields; text: string }
   | { op: 'release'; sessionId: string; seq: number }
   | { op: 'ack'; id: number };
 
@@ -37,6 +46,13 @@ function recordingWriter(calls: Call[]): SessionWriter {
       calls.push({ op: 'enqueue', id, origin: o, record, bytes, text, open });
     },
     amend(id: number, sessionId: string, record: AuditRecord, text: string) {
+      calls.push({ op: 'amend', id, sessionId, record, text });
+    },
+    // With fieldsOnly (an evidence store): the record's fields, its text the whole of it.
+    enqueueFields(id: number, o: RecordOrigin, record: RecordFields, text: string, open: boolean) {
+      calls.push({ op: 'enqueue', id, origin: o, record, bytes: Buffer.byteLength(text), text, open });
+    },
+    amendFields(id: number, sessionId: string, record: RecordFields, text: string) {
       calls.push({ op: 'amend', id, sessionId, record, text });
     },
     release(sessionId: string, seq: number) {
@@ -104,6 +120,23 @@ function setup(t: { after: (fn: () => void) => void }) {
   return { chain, feed, amends, logs, logger };
 }
 
+/** What the writer reads of a record (RecordFields): all of it, or with fieldsOnly these members. */
+function expected(record: AuditRecord | undefined, fieldsOnly: boolean): RecordFields | AuditRecord | undefined {
+  if (record === undefined || !fieldsOnly) return record;
+  const { v, seq, time, type, hash, prevHash, identity, decision, outcome } = record;
+  return {
+    v,
+    seq,
+    time,
+    type,
+    hash,
+    prevHash,
+    ...(identity === undefined ? {} : { identity }),
+    ...(decision === undefined ? {} : { decision: { result: decision.result } }),
+    ...(outcome === undefined ? {} : { outcome: { status: outcome.status } }),
+  };
+}
+
 const decision = (id: number) =>
   ({
     type: 'command.decision',
@@ -111,65 +144,77 @@ const decision = (id: number) =>
     decision: { result: 'allow', rule: 'r' },
   }) as const;
 
-test('records reach the writer with their canonical text; a decision is held until its outcome merges into it', async (t) => {
-  const { chain, feed, logger } = setup(t);
-  const calls: Call[] = [];
-  const live = new LiveSpoolEntries(recordingWriter(calls), logger, true);
-  const start = chain.record({ type: 'session.start', source: { address: '127.0.0.1:5' } });
-  const d1 = chain.record(decision(1));
-  await feed(live);
-  assert.equal(calls.length, 2);
-  const [c1, c2] = calls;
-  assert.ok(c1?.op === 'enqueue' && c2?.op === 'enqueue');
-  assert.deepEqual(c1.origin, origin);
-  assert.deepEqual(c1.record, start);
-  assert.equal(c1.open, false);
-  assert.deepEqual(c2.record, d1);
-  assert.equal(c2.open, true, 'a decision without its outcome is held');
-  assert.equal(c2.bytes, Buffer.byteLength(c2.text));
-  assert.equal(JSON.parse(c2.text).hash, d1.hash);
+for (const fieldsOnly of [false, true]) {
+  test(`records reach the writer with their canonical text; a decision is held until its outcome merges into it${fieldsOnly ? ' (fields only)' : ''}`, async (t) => {
+    const { chain, feed, logger } = setup(t);
+    const calls: Call[] = [];
+    const live = new LiveSpoolEntries(recordingWriter(calls), logger, true, fieldsOnly);
+    const start = chain.record({ type: 'session.start', source: { address: '127.0.0.1:5' } });
+    const d1 = chain.record(decision(1));
+    await feed(live);
+    assert.equal(calls.length, 2);
+    const [c1, c2] = calls;
+    assert.ok(c1?.op === 'enqueue' && c2?.op === 'enqueue');
+    assert.deepEqual(c1.origin, origin);
+    assert.deepEqual(c1.record, expected(start, fieldsOnly));
+    assert.equal(c1.open, false);
+    assert.deepEqual(c2.record, expected(d1, fieldsOnly));
+    assert.equal(c2.open, true, 'a decision without its outcome is held');
+    assert.equal(c2.bytes, Buffer.byteLength(c2.text));
+    assert.equal(JSON.parse(c2.text).hash, d1.hash);
 
-  assert.ok(chain.amendLast(d1.seq, { status: 'success', rows: 1 }));
-  const merged = sealWithOutcome({ record: d1, canonical: c2.text }, { status: 'success', rows: 1 });
-  const end = chain.record({ type: 'session.end', outcome: { status: 'success' } });
-  await feed(live);
-  const [c3, c4] = calls.slice(2);
-  assert.ok(c3?.op === 'amend' && c4?.op === 'enqueue');
-  assert.equal(c3.id, 3, 'the outcome entry');
-  assert.deepEqual(c3.record, merged?.record);
-  assert.equal(c3.text, merged?.canonical);
-  assert.equal(end.prevHash, c3.record.hash, 'the chain goes on from the merged record the worker writes');
-  assert.equal(c4.open, false);
-});
-
-test('a released or superseded decision is not merged; an outcome entry naming another decision is logged, not merged', async (t) => {
-  const { chain, feed, amends, logs, logger } = setup(t);
-  const calls: Call[] = [];
-  const live = new LiveSpoolEntries(recordingWriter(calls), logger, true);
-  chain.record({ type: 'session.start', source: { address: '127.0.0.1:5' } });
-  const d1 = chain.record(decision(1));
-  await feed(live);
-  live.release(origin.sessionId, d1.seq);
-  assert.deepEqual(calls.at(-1), { op: 'release', sessionId: origin.sessionId, seq: d1.seq });
-
-  const d2 = chain.record(decision(2));
-  amends.outcome = outcomeEntryText(origin.sessionId, {
-    seq: d1.seq,
-    hash: `sha256:${'1'.repeat(64)}`,
-    outcome: { status: 'success' },
+    assert.ok(chain.amendLast(d1.seq, { status: 'success', rows: 1 }));
+    const merged = sealWithOutcome({ record: d1, canonical: c2.text }, { status: 'success', rows: 1 });
+    const end = chain.record({ type: 'session.end', outcome: { status: 'success' } });
+    await feed(live);
+    const [c3, c4] = calls.slice(2);
+    assert.ok(c3?.op === 'amend' && c4?.op === 'enqueue');
+    assert.equal(c3.id, 3, 'the outcome entry');
+    // With fieldsOnly the merged fields carry the outcome as the outcome entry had it.
+    const mergedRecord = merged?.record;
+    assert.deepEqual(
+      c3.record,
+      fieldsOnly && mergedRecord !== undefined
+        ? { ...expected(d1, true), outcome: mergedRecord.outcome, hash: mergedRecord.hash }
+        : mergedRecord,
+    );
+    assert.equal(c3.text, merged?.canonical);
+    assert.equal(end.prevHash, c3.record.hash, 'the chain goes on from the merged record the worker writes');
+    assert.equal(c4.open, false);
+    assert.deepEqual(c4.record, expected(end, fieldsOnly));
   });
-  assert.ok(chain.amendLast(d2.seq, { status: 'success' }));
-  await feed(live);
-  const tail = calls.slice(-3);
-  assert.equal(tail[0]?.op, 'enqueue');
-  assert.deepEqual(tail[1], { op: 'ack', id: 4 }, 'the outcome entry is acknowledged with the rest, not merged');
-  assert.deepEqual(
-    tail[2],
-    { op: 'release', sessionId: origin.sessionId, seq: d2.seq },
-    'the decision is written alone',
-  );
-  assert.ok(logs.some((l) => l.includes('does not match its open decision')));
-});
+}
+
+for (const fieldsOnly of [false, true]) {
+  test(`a released or superseded decision is not merged; an outcome entry naming another decision is logged, not merged${fieldsOnly ? ' (fields only)' : ''}`, async (t) => {
+    const { chain, feed, amends, logs, logger } = setup(t);
+    const calls: Call[] = [];
+    const live = new LiveSpoolEntries(recordingWriter(calls), logger, true, fieldsOnly);
+    chain.record({ type: 'session.start', source: { address: '127.0.0.1:5' } });
+    const d1 = chain.record(decision(1));
+    await feed(live);
+    live.release(origin.sessionId, d1.seq);
+    assert.deepEqual(calls.at(-1), { op: 'release', sessionId: origin.sessionId, seq: d1.seq });
+
+    const d2 = chain.record(decision(2));
+    amends.outcome = outcomeEntryText(origin.sessionId, {
+      seq: d1.seq,
+      hash: `sha256:${'1'.repeat(64)}`,
+      outcome: { status: 'success' },
+    });
+    assert.ok(chain.amendLast(d2.seq, { status: 'success' }));
+    await feed(live);
+    const tail = calls.slice(-3);
+    assert.equal(tail[0]?.op, 'enqueue');
+    assert.deepEqual(tail[1], { op: 'ack', id: 4 }, 'the outcome entry is acknowledged with the rest, not merged');
+    assert.deepEqual(
+      tail[2],
+      { op: 'release', sessionId: origin.sessionId, seq: d2.seq },
+      'the decision is written alone',
+    );
+    assert.ok(logs.some((l) => l.includes('does not match its open decision')));
+  });
+}
 
 test('without holding (a JSON-lines export beside the spool) decisions are not open; an unreadable entry throws', async (t) => {
   const { chain, feed, logger } = setup(t);
@@ -184,4 +229,32 @@ test('without holding (a JSON-lines export beside the spool) decisions are not o
   );
   assert.throws(() => live.entry(9, '{"not json'), SyntaxError);
   assert.throws(() => live.entry(9, '{"x":1}'), /neither a record nor an outcome/);
+});
+
+test('fields only: a record entry that cannot be read throws (the worker stops), as a JSON error does', (t) => {
+  const { logger } = setup(t);
+  const calls: Call[] = [];
+  const live = new LiveSpoolEntries(recordingWriter(calls), logger, true, true);
+  const record =
+    '{"hash":"sha256:1","prevHash":"sha256:0","seq":1,"time":"2026-12-06T00:00:00.000000Z","type":"session.start","v":3}';
+  const entry = recordEntryText(origin, record);
+  live.entry(1, entry);
+  assert.equal(calls.length, 1);
+  assert.equal(calls[0]?.op === 'enqueue' && calls[0].text, record);
+  const unreadable = (err: unknown) =>
+    err instanceof UnreadableRecordText ||
+    (err instanceof Error && /not a record entry|names no session/.test(err.message));
+  const originJson = JSON.stringify(origin);
+  for (const [payload, why] of [
+    [entry.slice(0, -3), 'truncated'],
+    [entry.replace('"seq":1', '"seq":1,"seq":2'), 'a member twice'],
+    [`${entry.slice(0, -1)} }`, 'a space before the last brace'],
+    [`${entry}}`, 'a brace too many'],
+    [entry.replace('"sessionId":', '"session":'), 'no session id'],
+    [`{"s":${originJson},"q":{}}`, 'no record member'],
+    [`{"s":${originJson},"r":{"v":3}}`, 'a record without its fields'],
+  ] as const) {
+    assert.throws(() => live.entry(2, payload), unreadable, why);
+  }
+  assert.equal(calls.length, 1, 'nothing unreadable reached the writer');
 });

@@ -3,9 +3,10 @@
 // the spool writes from the main thread (docs/audit-durability.md). Two kinds of entry:
 //   {"s": RecordOrigin, "r": AuditRecord}    one record, both in canonical form;
 //   {"i": sessionId, "m": SpooledOutcome}    a command's outcome merged into its decision spooled before.
-import { canonicalRecordText, hashRecord, sealWithOutcome, type AuditRecord } from '@chaperone/api';
+import { canonicalRecordText, hashRecord, mergeOutcomeText, type AuditRecord } from '@chaperone/api';
 import type { Logger } from '../observability/logger.ts';
 import { recordOriginJson, type RecordOrigin } from './audit-sink.ts';
+import { readRecordFields, type RecordFields } from './record-fields.ts';
 import type { SessionWriter } from './session-writer.ts';
 
 /** A session reference as read back from the spool. */
@@ -124,21 +125,30 @@ function replayOutcome(
  * what the main thread's sink did with each record before, done here from the entry's text. A decision
  * without an outcome is held (`holdDecisions`) until the outcome entry merging into it, the session's next
  * record or a release; the merged record is the decision's canonical text edited as the main thread did
- * (sealWithOutcome), with the hash the main thread computed (the outcome entry's).
+ * (sealWithOutcome), with the hash the main thread computed (the outcome entry's). With `fieldsOnly` (the
+ * writer keeps records in an evidence store, which stores their text) only the fields the writer reads are
+ * taken from a record's text (record-fields.ts), not the whole record.
  */
 export class LiveSpoolEntries {
   private readonly writer: SessionWriter;
   private readonly logger: Logger;
   private readonly holdDecisions: boolean;
+  private readonly fieldsOnly: boolean;
   /** Per session: its reference and the reference's canonical JSON (the record entry's text starts after it). */
   private readonly origins = new Map<string, { readonly origin: RecordOrigin; readonly json: string }>();
-  /** Per session: its open decision (held), with its canonical text. */
-  private readonly open = new Map<string, { readonly record: AuditRecord; readonly canonical: string }>();
+  /** With `fieldsOnly`: the references by their JSON as the record entries carry it. */
+  private readonly originsByJson = new Map<string, RecordOrigin>();
+  /** Per session: its open decision (held), with its canonical text, and the whole record if it was parsed. */
+  private readonly open = new Map<
+    string,
+    { readonly record: RecordFields; readonly canonical: string; readonly whole: AuditRecord | undefined }
+  >();
 
-  constructor(writer: SessionWriter, logger: Logger, holdDecisions: boolean) {
+  constructor(writer: SessionWriter, logger: Logger, holdDecisions: boolean, fieldsOnly = false) {
     this.writer = writer;
     this.logger = logger;
     this.holdDecisions = holdDecisions;
+    this.fieldsOnly = fieldsOnly;
   }
 
   /**
@@ -146,6 +156,10 @@ export class LiveSpoolEntries {
    * (the worker thread ends, the sidecar fails closed).
    */
   entry(id: number, payload: string): void {
+    if (this.fieldsOnly && payload.startsWith('{"s":{')) {
+      this.recordFields(id, payload);
+      return;
+    }
     const parsed = JSON.parse(payload) as { s?: RecordOrigin; r?: AuditRecord; i?: string; m?: SpooledOutcome };
     if (parsed.m !== undefined) {
       this.outcome(id, parsed.i ?? '', parsed.m);
@@ -167,12 +181,50 @@ export class LiveSpoolEntries {
       payload.startsWith(known.json, 5) && payload.startsWith(',"r":', at)
         ? payload.slice(at + 5, -1)
         : canonicalRecordText(record);
-    const sessionId = s.sessionId;
+    if (record.type === 'session.end') this.origins.delete(s.sessionId);
+    this.queue(id, known.origin, record, text, record);
+  }
+
+  /**
+   * A record entry as the durable sink writes it, `{"s":<origin's JSON>,"r":<record's canonical text>}`: the
+   * origin is parsed once per session, the record's fields are read from its text, and the text is what is
+   * stored. (The origin is a flat object of strings, in which `,"r":{` cannot occur: a quote inside a JSON
+   * string is escaped.)
+   */
+  private recordFields(id: number, payload: string): void {
+    const originEnd = payload.indexOf(',"r":{', 6);
+    if (originEnd < 0) throw new Error(`audit spool entry ${String(id)} is not a record entry`);
+    const originJson = payload.slice(5, originEnd);
+    let origin = this.originsByJson.get(originJson);
+    if (origin === undefined) {
+      origin = JSON.parse(originJson) as RecordOrigin;
+      if (typeof origin.sessionId !== 'string' || typeof origin.resource !== 'string')
+        throw new Error(`audit spool entry ${String(id)} names no session`);
+      // Bounded by the sessions live at once; a session's reference is not needed once it ended.
+      if (this.originsByJson.size >= 10_000) this.originsByJson.clear();
+      this.originsByJson.set(originJson, origin);
+    }
+    const start = originEnd + 5;
+    // The record must end where the entry's closing brace is (readRecordFields checks it ends there).
+    if (!payload.endsWith('}')) throw new Error(`audit spool entry ${String(id)} is not a record entry`);
+    const fields = readRecordFields(payload, start, payload.length - 1);
+    if (fields.type === 'session.end') this.originsByJson.delete(originJson);
+    this.queue(id, origin, fields, payload.slice(start, -1), undefined);
+  }
+
+  private queue(
+    id: number,
+    origin: RecordOrigin,
+    record: RecordFields,
+    text: string,
+    whole: AuditRecord | undefined,
+  ): void {
+    const sessionId = origin.sessionId;
     const open = this.holdDecisions && record.type === 'command.decision' && record.outcome === undefined;
-    if (open) this.open.set(sessionId, { record, canonical: text });
+    if (open) this.open.set(sessionId, { record, canonical: text, whole });
     else this.open.delete(sessionId);
-    if (record.type === 'session.end') this.origins.delete(sessionId);
-    this.writer.enqueue(id, known.origin, record, false, Buffer.byteLength(text), text, open);
+    if (whole === undefined) this.writer.enqueueFields(id, origin, record, text, open);
+    else this.writer.enqueue(id, origin, whole, false, Buffer.byteLength(text), text, open);
   }
 
   /** The open decision `seq` of the session will not be amended: the writer may take it. */
@@ -186,8 +238,10 @@ export class LiveSpoolEntries {
     // The main thread computed the merged record's hash from the same decision text and outcome a moment
     // ago: taken from the entry, not computed again (the replay of an earlier process's spool checks it).
     const merged =
-      decision?.record.seq === merge.seq ? sealWithOutcome(decision, merge.outcome, merge.hash) : undefined;
-    if (merged === undefined) {
+      decision?.record.seq === merge.seq && decision.record.outcome === undefined
+        ? mergeOutcomeText(decision.canonical, decision.record.hash, merge.outcome, merge.hash)
+        : undefined;
+    if (decision === undefined || merged === undefined) {
       // Never so unless the threads disagree on which decision is open: it is written alone, and verify
       // shows the broken link to the next record.
       this.logger.error('audit spool outcome entry does not match its open decision; decision kept alone', {
@@ -200,6 +254,12 @@ export class LiveSpoolEntries {
       return;
     }
     this.open.delete(sessionId);
-    this.writer.amend(id, sessionId, merged.record, merged.canonical);
+    const { whole } = decision;
+    if (whole === undefined) {
+      const record = { ...decision.record, outcome: merge.outcome, hash: merged.hash };
+      this.writer.amendFields(id, sessionId, record, merged.canonical);
+    } else {
+      this.writer.amend(id, sessionId, { ...whole, outcome: merge.outcome, hash: merged.hash }, merged.canonical);
+    }
   }
 }
