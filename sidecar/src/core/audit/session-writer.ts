@@ -851,11 +851,14 @@ export class SessionWriter {
     const parts = await this.store.listParts(s.ref.sessionId);
     const counters: Counters = { commands: 0, allowed: 0, denied: 0, held: 0, errors: 0 };
     let lastSeq = 0;
+    // A part's status counts the session up to and including that part (verify's `status-mismatch`).
+    const countedThrough = new Map<Session, Counters>();
     for (const p of parts) {
       for (const r of p.spec.records) {
         countRecord(counters, r);
         lastSeq = Math.max(lastSeq, r.seq);
       }
+      countedThrough.set(p, { ...counters });
     }
     const latest = parts[parts.length - 1];
     if (latest?.spec.store !== undefined) {
@@ -888,7 +891,9 @@ export class SessionWriter {
         if (p.status?.phase !== 'Continued' && p.metadata.name !== undefined) {
           await this.store.patchStatus(p.metadata.name, {
             phase: 'Continued',
-            counters: p.status?.counters ?? { commands: 0, allowed: 0, denied: 0, held: 0, errors: 0 },
+            // From its records, not its status: a process killed after creating the successor, before the
+            // `Continued` status, may never have written this part's status at all (then it has none).
+            counters: countedThrough.get(p) ?? { ...counters },
           });
         }
       }
