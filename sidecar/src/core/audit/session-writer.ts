@@ -177,6 +177,16 @@ interface SessionState {
  */
 const STORE_STATUS_INTERVAL_MS = 30_000;
 
+/**
+ * Whether `err` is the evidence store's server refusing a statement (node-postgres's DatabaseError: a
+ * SQLSTATE and a severity, e.g. the writer's INSERT revoked), rather than the store being unreachable: both
+ * are retried alike, but they are counted apart (`chaperone_audit_flush_failures_total{reason}`).
+ */
+function storeRefusal(err: unknown): boolean {
+  const e = err as { severity?: unknown; code?: unknown } | undefined;
+  return typeof e?.severity === 'string' && typeof e.code === 'string';
+}
+
 const UNAUTHENTICATED: Identity = { subject: 'unauthenticated', issuer: '' };
 
 /**
@@ -929,7 +939,14 @@ export class SessionWriter {
     const max = this.options.backoffMaxMs ?? 5000;
     const delay = Math.min(max, initial * 2 ** Math.min(s.failures - 1, 16));
     s.retryAt = Date.now() + delay * (0.75 + Math.random() * 0.5);
-    const reason = kind === 'unavailable' ? 'unavailable' : kind === 'rejected' ? 'rejected' : 'conflict';
+    const reason =
+      kind !== 'unavailable'
+        ? kind === 'rejected'
+          ? 'rejected'
+          : 'conflict'
+        : storeRefusal(err)
+          ? 'store-refused'
+          : 'unavailable';
     this.options.metrics?.flushFailures.inc({ reason });
     const fields = {
       sessionId: s.ref.sessionId,
