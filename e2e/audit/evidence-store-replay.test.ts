@@ -216,13 +216,12 @@ test('evidence store: the store goes away in the middle of the replay and comes 
   );
   const during = await storedRows(db);
   assert.ok(during > before, `part of the replay stored before the outage (${String(before)} → ${String(during)})`);
-  assert.ok(
-    (await metric(second, /^chaperone_audit_flush_failures_total\{reason="unavailable"\} (\d+)/m)) >= 1,
-    'the failures counted',
-  );
-  assert.ok(
-    (await metric(second, /^chaperone_audit_pending_records (\d+)/m)) > 0,
-    'records wait in the spool meanwhile',
+  // The worker passes its counters to the main thread's registry every 250 ms.
+  await waitFor('the failures counted, records waiting in the spool', async () =>
+    (await metric(second, /^chaperone_audit_flush_failures_total\{reason="unavailable"\} (\d+)/m)) >= 1 &&
+    (await metric(second, /^chaperone_audit_pending_records (\d+)/m)) > 0
+      ? true
+      : undefined,
   );
   await sleep(5000);
   await outage.restore();
@@ -346,9 +345,11 @@ test('evidence store: the store refuses batches (INSERT revoked) under FailClose
         : undefined,
     ),
   );
-  assert.ok(
-    (await metric(sidecar, /^chaperone_audit_flush_failures_total\{reason="store-refused"\} (\d+)/m)) >= 1,
-    'the refusals counted as the store refusing, not as an outage',
+  // The worker passes its counters to the main thread's registry every 250 ms.
+  await waitFor('the refusals counted as the store refusing, not as an outage', async () =>
+    (await metric(sidecar, /^chaperone_audit_flush_failures_total\{reason="store-refused"\} (\d+)/m)) >= 1
+      ? true
+      : undefined,
   );
   const rejected = await metric(sidecar, /^chaperone_audit_spool_rejected_total\{reason="spool-full"\} (\d+)/m);
   assert.equal(rejected, refused.length, 'each refused statement counted once as a refused record');
