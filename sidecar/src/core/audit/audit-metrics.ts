@@ -58,7 +58,7 @@ export function auditMetrics(registry: Registry): AuditMetrics {
     }),
     flushFailures: new Counter({
       name: 'chaperone_audit_flush_failures_total',
-      help: 'Failed attempts to write Session objects, by reason (unavailable, conflict, rejected).',
+      help: 'Failed attempts to write Session objects or the evidence store, by reason (unavailable, conflict, rejected, store-refused).',
       labelNames: ['reason'],
       registers,
     }),

@@ -181,6 +181,16 @@ interface SessionState {
  */
 const STORE_STATUS_INTERVAL_MS = 30_000;
 
+/**
+ * Whether `err` is the evidence store's server refusing a statement (node-postgres's DatabaseError: a
+ * SQLSTATE and a severity, e.g. the writer's INSERT revoked), rather than the store being unreachable: both
+ * are retried alike, but they are counted apart (`chaperone_audit_flush_failures_total{reason}`).
+ */
+function storeRefusal(err: unknown): boolean {
+  const e = err as { severity?: unknown; code?: unknown } | undefined;
+  return typeof e?.severity === 'string' && typeof e.code === 'string';
+}
+
 const UNAUTHENTICATED: Identity = { subject: 'unauthenticated', issuer: '' };
 
 /**
@@ -901,11 +911,14 @@ export class SessionWriter {
     const parts = await this.store.listParts(s.ref.sessionId);
     const counters: Counters = { commands: 0, allowed: 0, denied: 0, held: 0, errors: 0 };
     let lastSeq = 0;
+    // A part's status counts the session up to and including that part (verify's `status-mismatch`).
+    const countedThrough = new Map<Session, Counters>();
     for (const p of parts) {
       for (const r of p.spec.records) {
         countRecord(counters, r);
         lastSeq = Math.max(lastSeq, r.seq);
       }
+      countedThrough.set(p, { ...counters });
     }
     const latest = parts[parts.length - 1];
     if (latest?.spec.store !== undefined) {
@@ -938,7 +951,9 @@ export class SessionWriter {
         if (p.status?.phase !== 'Continued' && p.metadata.name !== undefined) {
           await this.store.patchStatus(p.metadata.name, {
             phase: 'Continued',
-            counters: p.status?.counters ?? { commands: 0, allowed: 0, denied: 0, held: 0, errors: 0 },
+            // From its records, not its status: a process killed after creating the successor, before the
+            // `Continued` status, may never have written this part's status at all (then it has none).
+            counters: countedThrough.get(p) ?? { ...counters },
           });
         }
       }
@@ -974,7 +989,14 @@ export class SessionWriter {
     const max = this.options.backoffMaxMs ?? 5000;
     const delay = Math.min(max, initial * 2 ** Math.min(s.failures - 1, 16));
     s.retryAt = Date.now() + delay * (0.75 + Math.random() * 0.5);
-    const reason = kind === 'unavailable' ? 'unavailable' : kind === 'rejected' ? 'rejected' : 'conflict';
+    const reason =
+      kind !== 'unavailable'
+        ? kind === 'rejected'
+          ? 'rejected'
+          : 'conflict'
+        : storeRefusal(err)
+          ? 'store-refused'
+          : 'unavailable';
     this.options.metrics?.flushFailures.inc({ reason });
     const fields = {
       sessionId: s.ref.sessionId,
