@@ -6,8 +6,10 @@ import {
   compactRecordText,
   jcs,
   type AuditRecord,
+  type KnownMember,
   type ResourceType,
   type SealedRecord,
+  type UnhashedRecord,
 } from '@chaperone/api';
 
 /** Where a record comes from: the agent session, its resource and pod. Not part of the hashed record; the Session objects carry it. */
@@ -47,6 +49,13 @@ export interface AuditSink {
    * (RecordChain made them to hash the record): sinks use them instead of serialising the record again.
    */
   write(session: RecordOrigin, record: AuditRecord, sealed?: SealedText): void;
+  /**
+   * Optional (JSON lines off the event loop, json-lines-writer.ts): the sink seals records itself. RecordChain
+   * then gives it each record's members (seq and time assigned; no prevHash, no hash) instead of calling
+   * write(), in seq order per session; the sink links a session's first record to the pod chain's head and
+   * every later one to the record before it, as RecordChain would. `known` as for sealLinked.
+   */
+  writeMembers?(session: RecordOrigin, members: Omit<UnhashedRecord, 'prevHash'>, known: KnownMember | undefined): void;
   /**
    * Optional (the durable sink): replaces the session's last record written, a command.decision, by `record`,
    * the same decision with its command's outcome in it (same seq, time and prevHash; a new hash), if the
