@@ -49,7 +49,7 @@ export async function createAuditSink(
   const audit = config.audit;
   if (audit.spoolDir === undefined) {
     // Sealed and written by a worker thread (core/audit/json-lines-writer.ts): nothing waits for these records.
-    return JsonLinesWriter.start(audit.path, (err) => {
+    return JsonLinesWriter.open(audit.path, (err) => {
       // Fail closed, as when the audit worker fails: records are refused, and the sidecar stops.
       logger.error('the JSON-lines audit writer failed; stopping', { error: err });
       process.exitCode = 70;

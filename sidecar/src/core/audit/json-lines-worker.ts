@@ -2,7 +2,7 @@
 // head, seals the records the event loops hand over (sealLinked, as RecordChain does on its own thread for
 // the other sinks) and writes their lines through a JsonLinesSink into the one file. Started by
 // JsonLinesWorker; never imported by the main thread.
-import { closeSync, createWriteStream, openSync } from 'node:fs';
+import { createWriteStream } from 'node:fs';
 import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
 import { GENESIS_HASH, sealLinked, type AuditRecord, type KnownMember } from '@chaperone/api';
 import { JsonLinesSink, type RecordOrigin } from './audit-sink.ts';
@@ -17,10 +17,8 @@ import {
 
 const parent = parentPort;
 if (parent === null) throw new Error('json-lines-worker.ts runs as a worker thread (json-lines-writer.ts)');
-const { path } = workerData as JsonLinesWorkerData;
-
-// Opened here, before `ready`: a file that cannot be opened fails the sidecar's start.
-const fd = path === '-' ? 1 : openSync(path, 'a');
+const { fd } = workerData as JsonLinesWorkerData;
+// The main thread opened the file and closes it after `closed`.
 const lines = new JsonLinesSink(createWriteStream('', { fd, autoClose: false }));
 
 /** A session's chain so far: its origin (what JsonLinesSink keys its line prefix by) and its last hash. */
@@ -91,7 +89,6 @@ function serve(port: MessagePort): void {
         return;
       case 'close':
         void lines.close().then(() => {
-          if (fd !== 1) closeSync(fd);
           reply({ type: 'closed', id: message.id });
         });
         return;
@@ -100,4 +97,3 @@ function serve(port: MessagePort): void {
 }
 
 serve(parent);
-parent.postMessage({ type: 'ready' } satisfies FromJsonLinesWorker);

@@ -65,7 +65,7 @@ test('the worker seals and writes the same bytes as the sink on the calling thre
   await sink.close();
 
   const there = join(dir, 'there.jsonl');
-  const writer = await JsonLinesWriter.start(there, (err) => assert.fail(err));
+  const writer = JsonLinesWriter.open(there, (err) => assert.fail(err));
   writeSessions(writer, PodChain.inMemory(owner));
   await writer.flush();
   assert.equal(readFileSync(there, 'utf8'), readFileSync(here, 'utf8'), 'flush() waits until the lines are written');
@@ -96,7 +96,7 @@ test('records handed over sealed are written as they are; a loop port links its 
   const dir = mkdtempSync(join(tmpdir(), 'jsonl-writer-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
   const file = join(dir, 'audit.jsonl');
-  const writer = await JsonLinesWriter.start(file, (err) => assert.fail(err));
+  const writer = JsonLinesWriter.open(file, (err) => assert.fail(err));
   const loop = JsonLinesWriter.overPort(writer.connect());
   const owner = { namespace: 'agents', name: 'agent-0' };
 
@@ -133,9 +133,19 @@ test('records handed over sealed are written as they are; a loop port links its 
   assert.equal(start?.prevHash, GENESIS_HASH);
 });
 
-test('a file that cannot be opened fails the start', async () => {
-  await assert.rejects(
-    JsonLinesWriter.start('/nonexistent-dir/audit.jsonl', () => undefined),
-    /ENOENT/,
+test('a file that cannot be opened fails at once; the worker starts with the first record', async (t) => {
+  assert.throws(
+    () => JsonLinesWriter.open('/nonexistent-dir/audit.jsonl', () => undefined),
+    (err: unknown) => (err as NodeJS.ErrnoException).code === 'ENOENT',
   );
+  const dir = mkdtempSync(join(tmpdir(), 'jsonl-writer-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const file = join(dir, 'audit.jsonl');
+  const threads = (): number => Number(/Threads:\s+(\d+)/.exec(readFileSync('/proc/self/status', 'utf8'))?.[1]);
+  const before = threads();
+  const idle = JsonLinesWriter.open(file, (err) => assert.fail(err));
+  await idle.flush();
+  assert.equal(threads(), before, 'no thread before the first record');
+  await idle.close();
+  assert.equal(readFileSync(file, 'utf8'), '', 'an idle sink closes with the file untouched');
 });

@@ -9,7 +9,7 @@
 //
 // With more than one event loop (docs/sidecar-event-loops.md), every loop's sink posts to the same worker
 // over a MessagePort of its own: one writer, one pod chain head, a session's records in order.
-import { existsSync } from 'node:fs';
+import { closeSync, existsSync, openSync } from 'node:fs';
 import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
 import type { AuditRecord, KnownMember, UnhashedRecord } from '@chaperone/api';
 import { AuditUnavailable, type AuditSink, type RecordOrigin, type SealedText } from './audit-sink.ts';
@@ -51,14 +51,12 @@ export type ToJsonLinesWorker =
 
 /** From the worker, to the sink that asked. */
 export type FromJsonLinesWorker =
-  | { readonly type: 'ready' }
-  | { readonly type: 'flushed'; readonly id: number }
-  | { readonly type: 'closed'; readonly id: number };
+  { readonly type: 'flushed'; readonly id: number } | { readonly type: 'closed'; readonly id: number };
 
 /** workerData of the JSON-lines worker. */
 export interface JsonLinesWorkerData {
-  /** The file appended to, or `-` for standard output. */
-  readonly path: string;
+  /** The file the lines are appended to (opened by the main thread, which closes it), or 1 (standard output). */
+  readonly fd: number;
 }
 
 /** Where a sink's messages go and its answers come from: the worker itself, or a loop's port to it. */
@@ -81,66 +79,73 @@ function workerScript(): URL {
   throw new Error(`the JSON-lines worker's script is not next to ${here}`);
 }
 
-/** The main thread's handle on the worker: starts and stops it, and gives event loops their ports to it. */
-class JsonLinesWorker {
-  private readonly worker: Worker;
-  private readonly started: Promise<void>;
+/**
+ * The main thread's handle on the worker: opens the file, starts the worker with the first message for it
+ * (an idle sidecar has no thread for it: a worker's isolate is ~17 MiB of RSS, bench/README.md), gives event
+ * loops their ports to it, and stops it. It is also the main thread's sink's Channel.
+ */
+class JsonLinesWorker implements Channel {
+  private worker: Worker | undefined;
+  private readonly listeners: ((message: FromJsonLinesWorker) => void)[] = [];
   private closing = false;
+  private readonly fd: number;
+  private readonly onFailure: (err: Error) => void;
   /** The main thread's own sink (its event loop's records). */
   readonly sink: JsonLinesWriter;
 
-  /** `onFailure`: the worker failed after it started (an exception, an exit nobody asked for); called once. */
-  private constructor(path: string, onFailure: (err: Error) => void) {
-    this.worker = new Worker(workerScript(), { workerData: { path } satisfies JsonLinesWorkerData });
+  /** `onFailure`: the worker failed (an exception, an exit nobody asked for); called once. */
+  constructor(path: string, onFailure: (err: Error) => void) {
+    // Opened here, at start: a file that cannot be opened fails the sidecar's start, not its first session.
+    this.fd = path === '-' ? 1 : openSync(path, 'a');
+    this.onFailure = onFailure;
+    this.sink = new JsonLinesWriter(this, this);
+  }
+
+  private started(): Worker {
+    if (this.worker !== undefined) return this.worker;
+    const worker = new Worker(workerScript(), { workerData: { fd: this.fd } satisfies JsonLinesWorkerData });
+    this.worker = worker;
     let failedOnce = false;
     const fail = (err: Error): void => {
       if (failedOnce || this.closing) return;
       failedOnce = true;
       this.sink.fail(err);
-      onFailure(err);
+      this.onFailure(err);
     };
-    this.started = new Promise<void>((resolve, reject) => {
-      this.worker.on('message', (message: FromJsonLinesWorker) => {
-        if (message.type === 'ready') resolve();
-      });
-      this.worker.on('error', (err: Error) => {
-        reject(err);
-        fail(err);
-      });
-      this.worker.on('exit', (code) => {
-        const err = new Error(`the JSON-lines audit worker thread exited (code ${String(code)})`);
-        reject(err);
-        fail(err);
-      });
+    worker.on('error', fail);
+    worker.on('exit', (code) => {
+      fail(new Error(`the JSON-lines audit worker thread exited (code ${String(code)})`));
     });
-    this.started.catch(() => undefined);
-    this.sink = new JsonLinesWriter(this.worker, this);
+    for (const listener of this.listeners) worker.on('message', listener);
+    return worker;
   }
 
-  /** Starts the worker on `path` (a file appended to, or `-`); resolves once it has the file open. */
-  static async start(path: string, onFailure: (err: Error) => void): Promise<JsonLinesWorker> {
-    const writer = new JsonLinesWorker(path, onFailure);
-    try {
-      await writer.started;
-    } catch (err) {
-      writer.closing = true;
-      await writer.worker.terminate();
-      throw err;
-    }
-    return writer;
+  postMessage(message: ToJsonLinesWorker, transfer?: readonly MessagePort[]): void {
+    this.started().postMessage(message, transfer);
+  }
+
+  on(_event: 'message', listener: (message: FromJsonLinesWorker) => void): void {
+    this.listeners.push(listener);
+    this.worker?.on('message', listener);
+  }
+
+  /** Whether the worker runs (the sink has handed it something). */
+  get running(): boolean {
+    return this.worker !== undefined;
   }
 
   /** A port for another event loop's JsonLinesWriter (JsonLinesWriter.overPort in that loop's thread). */
   connect(): MessagePort {
     const { port1, port2 } = new MessageChannel();
-    this.worker.postMessage({ type: 'connect', port: port1 } satisfies ToJsonLinesWorker, [port1]);
+    this.postMessage({ type: 'connect', port: port1 }, [port1]);
     return port2;
   }
 
-  /** After the sink's close: the worker has written and closed the file; it is stopped. */
+  /** After the sink's close: every line is written; the worker is stopped and the file closed. */
   async stop(): Promise<void> {
     this.closing = true;
-    await this.worker.terminate();
+    await this.worker?.terminate();
+    if (this.fd !== 1) closeSync(this.fd);
   }
 }
 
@@ -169,25 +174,24 @@ export class JsonLinesWriter implements AuditSink {
     this.timer ??= setTimeout(this.post, POST_INTERVAL_MS);
   });
 
-  /** Made by start() (the main thread) and overPort() (a loop). */
+  /** Made by open() (the main thread) and overPort() (a loop). */
   constructor(channel: Channel, worker?: JsonLinesWorker) {
     this.channel = channel;
     this.worker = worker;
+    // Every answer (flushed, closed) lets the one who asked go on.
     channel.on('message', (message: FromJsonLinesWorker) => {
-      if (message.type === 'flushed' || message.type === 'closed') {
-        this.waiting.get(message.id)?.();
-        this.waiting.delete(message.id);
-      }
+      this.waiting.get(message.id)?.();
+      this.waiting.delete(message.id);
     });
   }
 
   /**
-   * Starts the worker thread on `path` (a file appended to, or `-` for standard output) and resolves to the
-   * main thread's sink once the file is open. `onFailure`: the worker failed later (an exception, an exit
-   * nobody asked for), once; records are refused from then on.
+   * The main thread's sink, writing to `path` (a file appended to, or `-` for standard output; opened now,
+   * throws if it cannot be). The worker thread starts with the first record. `onFailure`: the worker failed
+   * (an exception, an exit nobody asked for), once; records are refused from then on.
    */
-  static async start(path: string, onFailure: (err: Error) => void): Promise<JsonLinesWriter> {
-    return (await JsonLinesWorker.start(path, onFailure)).sink;
+  static open(path: string, onFailure: (err: Error) => void): JsonLinesWriter {
+    return new JsonLinesWorker(path, onFailure).sink;
   }
 
   /** A loop's sink over the port the main thread's sink gave it (connect()). */
@@ -270,7 +274,8 @@ export class JsonLinesWriter implements AuditSink {
 
   private ask(make: (id: number) => ToJsonLinesWorker): Promise<void> {
     this.post();
-    if (this.failure !== undefined) return Promise.resolve();
+    // Nothing handed over yet (the worker starts with the first record), or the worker failed.
+    if (this.failure !== undefined || this.worker?.running === false) return Promise.resolve();
     const id = this.nextId++;
     return new Promise<void>((resolve) => {
       this.waiting.set(id, resolve);
