@@ -50,6 +50,9 @@ function writeSessions(sink: AuditSink, pod: PodChain): void {
     // A member the caller knows the text of (a cached decision), and one it does not.
     chain.record(content, id % 2 === 0 ? known : undefined);
   }
+  // A member structured clone cannot copy (JCS leaves it out): the batch still goes, the record as here.
+  const odd = { type: 'command.outcome', command: { id: 41, kind: 'sql' }, outcome: { status: 'success' } };
+  chains[2]?.record({ ...odd, hook: () => 1 } as unknown as RecordContent);
   chains[1]?.record({ type: 'session.end', outcome: { status: 'success' } });
   chains[0]?.record({ type: 'audit.gap', gap: { lostRecords: 2, reason: 'spool-full: test' } });
 }
@@ -75,7 +78,7 @@ test('the worker seals and writes the same bytes as the sink on the calling thre
   assert.equal(text, readFileSync(here, 'utf8'));
   const decoded = decodeAuditJsonLines(text);
   assert.deepEqual(decoded.problems, []);
-  assert.equal(decoded.entries.length, 1 + 3 + 40 + 2);
+  assert.equal(decoded.entries.length, 1 + 3 + 40 + 3);
   const sessions = new Map<string, (typeof decoded.entries)[number]['record'][]>();
   for (const e of decoded.entries)
     sessions.set(e.session.sessionId, [...(sessions.get(e.session.sessionId) ?? []), e.record]);

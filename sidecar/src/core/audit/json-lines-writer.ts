@@ -11,7 +11,7 @@
 // over a MessagePort of its own: one writer, one pod chain head, a session's records in order.
 import { closeSync, existsSync, openSync } from 'node:fs';
 import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
-import type { AuditRecord, KnownMember, UnhashedRecord } from '@chaperone/api';
+import { jcs, type AuditRecord, type KnownMember, type UnhashedRecord } from '@chaperone/api';
 import { AuditUnavailable, type AuditSink, type RecordOrigin, type SealedText } from './audit-sink.ts';
 
 /** A record's members as RecordChain builds them: everything but the link and the hash. */
@@ -265,7 +265,23 @@ export class JsonLinesWriter implements AuditSink {
     const message: ToJsonLinesWorker = { type: 'records', entries: this.entries, released: this.released };
     this.entries = [];
     this.released = [];
-    this.channel.postMessage(message);
+    try {
+      this.channel.postMessage(message);
+    } catch (err) {
+      if (!(err instanceof DOMException && err.name === 'DataCloneError')) throw err;
+      // A member structured clone cannot copy (a function, a symbol): its canonical text parsed back is
+      // the same record to seal (JCS drops what JSON has no form for, as it did here).
+      const entries = message.entries;
+      for (let i = 0; i < entries.length; i += ENTRY_SLOTS) {
+        const at = i + 3;
+        try {
+          structuredClone(entries[at]);
+        } catch {
+          entries[at] = JSON.parse(jcs(entries[at]) ?? '{}');
+        }
+      }
+      this.channel.postMessage(message);
+    }
   };
 
   whenDurable(): undefined {
