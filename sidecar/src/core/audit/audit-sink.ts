@@ -1,16 +1,9 @@
 // Where audit records go. The sink is the one interface every engine writes through: JSON lines to a file
 // or stdout here; the durable spool and the Session writer sit behind the same interface.
 import { createWriteStream, type WriteStream } from 'node:fs';
-import {
-  canonicalRecordText,
-  compactRecordText,
-  jcs,
-  type AuditRecord,
-  type KnownMember,
-  type ResourceType,
-  type SealedRecord,
-  type UnhashedRecord,
-} from '@chaperone/api';
+import type { AuditRecord, KnownMember, ResourceType, SealedRecord, UnhashedRecord } from '@chaperone/api';
+// The sealing module alone: the JSON-lines worker thread loads this file (not every schema of the package).
+import { canonicalRecordText, compactRecordText, jcs } from '@chaperone/api/audit-seal';
 
 /** Where a record comes from: the agent session, its resource and pod. Not part of the hashed record; the Session objects carry it. */
 export interface RecordOrigin {

@@ -4,16 +4,16 @@
 // JsonLinesWorker; never imported by the main thread.
 import { createWriteStream } from 'node:fs';
 import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
-import { GENESIS_HASH, sealLinked, type AuditRecord, type KnownMember } from '@chaperone/api';
+import type { AuditRecord, KnownMember } from '@chaperone/api';
+import { GENESIS_HASH, sealLinked } from '@chaperone/api/audit-seal';
 import { JsonLinesSink, type RecordOrigin } from './audit-sink.ts';
-import {
-  ENTRY_MEMBERS,
-  ENTRY_SLOTS,
-  type FromJsonLinesWorker,
-  type JsonLinesWorkerData,
-  type RecordMembers,
-  type ToJsonLinesWorker,
+import type {
+  FromJsonLinesWorker,
+  JsonLinesWorkerData,
+  RecordMembers,
+  ToJsonLinesWorker,
 } from './json-lines-writer.ts';
+import { ENTRY_MEMBERS, ENTRY_SLOTS } from './json-lines-protocol.ts';
 
 const parent = parentPort;
 if (parent === null) throw new Error('json-lines-worker.ts runs as a worker thread (json-lines-writer.ts)');

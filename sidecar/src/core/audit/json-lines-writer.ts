@@ -11,8 +11,10 @@
 // over a MessagePort of its own: one writer, one pod chain head, a session's records in order.
 import { closeSync, existsSync, openSync } from 'node:fs';
 import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
-import { jcs, type AuditRecord, type KnownMember, type UnhashedRecord } from '@chaperone/api';
+import type { AuditRecord, KnownMember, UnhashedRecord } from '@chaperone/api';
+import { jcs } from '@chaperone/api/audit-seal';
 import { AuditUnavailable, type AuditSink, type RecordOrigin, type SealedText } from './audit-sink.ts';
+import { ENTRY_MEMBERS, ENTRY_SEALED, ENTRY_SLOTS } from './json-lines-protocol.ts';
 
 /** A record's members as RecordChain builds them: everything but the link and the hash. */
 export type RecordMembers = Omit<UnhashedRecord, 'prevHash'>;
@@ -25,16 +27,6 @@ export type RecordMembers = Omit<UnhashedRecord, 'prevHash'>;
 const POST_INTERVAL_MS = 20;
 /** Records after which a message goes at once, so that no message grows large. */
 const POST_MAX_RECORDS = 1024;
-
-/**
- * One record in a message: ENTRY_SLOTS slots of a flat array (no object per record to clone).
- * Members: `MEMBERS, key, origin | null, members, knownKey | null, knownText | null`;
- * sealed (AuditSink.write): `SEALED, key, origin | null, record, canonical, compact`.
- * `origin` is set on the session's first record only; `key` names the session within its sender.
- */
-export const ENTRY_MEMBERS = 0;
-export const ENTRY_SEALED = 1;
-export const ENTRY_SLOTS = 6;
 
 /** To the worker, from a sink (its Worker or a loop's MessagePort). */
 export type ToJsonLinesWorker =
