@@ -142,8 +142,9 @@ export interface SidecarProcess {
   /** Every audit record written so far, in order. */
   records(): { session: { sessionId: string }; record: AuditRecord }[];
   /**
-   * The records once the file has stopped growing for a moment: the sidecar writes records in batches
-   * (one write per event-loop turn), so the last ones can trail a client's last answer slightly.
+   * The records once the file has stopped growing for a moment: the sidecar writes records in batches (its
+   * JSON-lines worker thread, every 20–30 ms), so the last ones can trail a client's last answer slightly,
+   * and the first ones the worker's start (up to 3 s are waited for a first line).
    */
   settledRecords(): Promise<{ session: { sessionId: string }; record: AuditRecord }[]>;
   logs(): string;
@@ -320,6 +321,9 @@ export async function spawnSidecar(options: SidecarProcessOptions): Promise<Side
           return -1;
         }
       };
+      // The JSON-lines worker thread starts with the sidecar's first record (docs/audit.md, "Where they are
+      // sealed"): from sources on a busy machine that takes up to about half a second before the first line.
+      for (let waited = 0; size() <= 0 && waited < 3_000; waited += 50) await new Promise((r) => setTimeout(r, 50));
       let last = size();
       for (let quiet = 0; quiet < 2;) {
         await new Promise((r) => setTimeout(r, 100));

@@ -129,8 +129,8 @@ test('secrets: no client byte, log line or audit line carries the upstream passw
   }
 
   // The audit file: same, and one auth.failure record per refused token.
+  const auditTypes = (await sidecar.settledRecords()).map((r) => r.record.type);
   const auditText = readFileSync(sidecar.auditFile, 'utf8');
   assertAbsent(auditText, [...upstreamCredentials(), ...tokenSecrets], 'audit file');
-  const auditTypes = (await sidecar.settledRecords()).map((r) => r.record.type);
   assert.equal(auditTypes.filter((ty) => ty === 'auth.failure').length, refused.length);
 });

@@ -45,11 +45,12 @@ export function buildSidecarBundle(outDir: string = SIDECAR_BUNDLE_DIR): Bundle 
     outDir,
     external: EXTERNAL_PACKAGES,
     splitting: true,
-    // The worker threads' scripts, next to the entry (core/audit/audit-worker-client.ts and event-loops.ts
-    // find them there).
+    // The worker threads' scripts, next to the entry (core/audit/audit-worker-client.ts,
+    // core/audit/json-lines-writer.ts and event-loops.ts find them there).
     workers: {
       'audit-worker': 'sidecar/src/core/audit/audit-worker.ts',
       'loop-worker': 'sidecar/src/loop-worker.ts',
+      'json-lines-worker': 'sidecar/src/core/audit/json-lines-worker.ts',
     },
   });
 }

@@ -1,14 +1,15 @@
 // The sidecar's event loops beyond the main thread (docs/sidecar-event-loops.md): `eventLoops - 1` worker
 // threads, each running a loop (loop.ts) on the same ports as the main thread's (SO_REUSEPORT; the kernel
-// spreads new connections). The main thread owns what is per pod: it writes every loop's JSON lines to the
-// one audit file, holds the pod chain's head and the listeners' connection counts in shared memory, sums the
+// spreads new connections). The main thread owns what is per pod: it connects every loop to the one
+// JSON-lines audit worker (json-lines-writer.ts, which keeps the pod chain's head), holds the listeners'
+// connection counts in shared memory, sums the
 // loops' metrics when /metrics is scraped, relays messages between loops (a cancel request that landed on
 // the loop that does not serve its connection) and has every loop re-read the policies.
 import { existsSync } from 'node:fs';
-import { Worker } from 'node:worker_threads';
+import { Worker, type MessagePort } from 'node:worker_threads';
 import { AggregatorRegistry, type MetricObjectWithValues, type MetricValue, type Registry } from 'prom-client';
 import type { SidecarConfig } from './config.ts';
-import type { JsonLinesSink } from './core/audit/audit-sink.ts';
+import type { JsonLinesWriter } from './core/audit/json-lines-writer.ts';
 import type { Logger } from './core/observability/logger.ts';
 import type { RunningLoop } from './loop.ts';
 
@@ -28,6 +29,8 @@ export interface LoopWorkerData {
   /** The configuration with every listener's `listen` set to the address the main thread's listener got. */
   readonly config: SidecarConfig;
   readonly shared: LoopShared;
+  /** The loop's port to the JSON-lines audit worker (JsonLinesWriter.connect): its records go there. */
+  readonly auditPort: MessagePort;
 }
 
 /** Messages from the main thread to a worker loop. */
@@ -42,7 +45,6 @@ export type ToLoop =
 export type FromLoop =
   | { readonly type: 'ready' }
   | { readonly type: 'failed'; readonly error: string }
-  | { readonly type: 'audit'; readonly lines: Uint8Array }
   | { readonly type: 'ask'; readonly id: number; readonly listener: string; readonly message: unknown }
   | { readonly type: 'answer'; readonly id: number; readonly answer: unknown }
   | { readonly type: 'metrics'; readonly id: number; readonly metrics: MetricObjectWithValues<MetricValue<string>>[] }
@@ -72,12 +74,10 @@ export class WorkerLoops {
   private nextId = 1;
   private closing = false;
   private readonly main: RunningLoop;
-  private readonly sink: JsonLinesSink;
   private readonly logger: Logger;
 
-  private constructor(main: RunningLoop, sink: JsonLinesSink, logger: Logger) {
+  private constructor(main: RunningLoop, logger: Logger) {
     this.main = main;
-    this.sink = sink;
     this.logger = logger;
   }
 
@@ -90,11 +90,11 @@ export class WorkerLoops {
     config: SidecarConfig,
     shared: LoopShared,
     main: RunningLoop,
-    sink: JsonLinesSink,
+    sink: JsonLinesWriter,
     logger: Logger,
     onFailure: (err: Error) => void,
   ): Promise<WorkerLoops> {
-    const loops = new WorkerLoops(main, sink, logger);
+    const loops = new WorkerLoops(main, logger);
     const bound: SidecarConfig = {
       ...config,
       listeners: config.listeners.map((l, i) => ({
@@ -105,7 +105,7 @@ export class WorkerLoops {
     try {
       await Promise.all(
         Array.from({ length: config.eventLoops - 1 }, (_, i) =>
-          loops.startWorker({ index: i + 1, config: bound, shared }, onFailure),
+          loops.startWorker({ index: i + 1, config: bound, shared, auditPort: sink.connect() }, onFailure),
         ),
       );
     } catch (err) {
@@ -116,7 +116,7 @@ export class WorkerLoops {
   }
 
   private startWorker(data: LoopWorkerData, onFailure: (err: Error) => void): Promise<void> {
-    const worker = new Worker(workerScript(), { workerData: data });
+    const worker = new Worker(workerScript(), { workerData: data, transferList: [data.auditPort] });
     this.workers.push(worker);
     return new Promise<void>((resolve, reject) => {
       let started = false;
@@ -140,9 +140,6 @@ export class WorkerLoops {
 
   private onMessage(from: Worker, msg: FromLoop): void {
     switch (msg.type) {
-      case 'audit':
-        this.sink.appendLines(msg.lines);
-        return;
       case 'ask':
         void this.askLoops(msg.listener, msg.message, from).then((answers) => {
           from.postMessage({ type: 'answers', id: msg.id, answers } satisfies ToLoop);

@@ -1,10 +1,9 @@
 // A worker thread running one of the sidecar's event loops (event-loops.ts, docs/sidecar-event-loops.md):
-// its own engines, policy engine and listeners on the main thread's ports; its audit lines are batched as in
-// the main loop and each batch is posted to the main thread, which writes the one audit file; the pod chain's
-// head and the connection counts are in memory shared with every loop.
-import { Writable } from 'node:stream';
+// its own engines, policy engine and listeners on the main thread's ports; its audit records go, as the main
+// loop's, to the one JSON-lines worker (over a port of its own), which seals them, keeps the pod chain's head
+// and writes the one audit file; the connection counts are in memory shared with every loop.
 import { parentPort, workerData } from 'node:worker_threads';
-import { JsonLinesSink } from './core/audit/audit-sink.ts';
+import { JsonLinesWriter } from './core/audit/json-lines-writer.ts';
 import { PodChain } from './core/audit/pod-chain.ts';
 import type { LoopPeers } from './core/engine.ts';
 import { PROCESS_HASH_KEY } from './core/masking/mask-value.ts';
@@ -25,19 +24,8 @@ PROCESS_HASH_KEY.set(shared.processHashKey);
 const logger = createLogger({ level: config.log.level, base: { component: 'chaperone-sidecar', loop: index } });
 // The process-wide default metrics (CPU, memory) are the main thread's; loops add their own counts.
 const metrics = createSidecarMetrics({ defaultMetrics: false });
-/** The JSON-lines sink's batches, posted to the main thread (its buffer moves, nothing is copied). */
-const toOwner = new Writable({
-  write(chunk: Buffer, _encoding, done) {
-    if (chunk.length > 0) {
-      // A batch owns its ArrayBuffer (JsonLinesSink allocates one per batch); anything else is copied.
-      const own = chunk.byteOffset === 0 && chunk.buffer.byteLength >= chunk.length && chunk.length > 4096;
-      const lines = own ? new Uint8Array(chunk.buffer as ArrayBuffer, 0, chunk.length) : new Uint8Array(chunk);
-      post({ type: 'audit', lines }, own ? [lines.buffer] : undefined);
-    }
-    done();
-  },
-});
-const sink = new JsonLinesSink(toOwner);
+/** Records go to the one JSON-lines worker, sealed there, over this loop's own port to it. */
+const sink = JsonLinesWriter.overPort(data.auditPort);
 
 const asked = new Map<number, (answers: unknown[]) => void>();
 let nextAsk = 1;

@@ -7,6 +7,7 @@ import type { SidecarConfig } from './config.ts';
 import { parseHostPort, perLoopLimits } from './config.ts';
 import { join } from 'node:path';
 import { JsonLinesSink, type AuditSink } from './core/audit/audit-sink.ts';
+import { JsonLinesWriter } from './core/audit/json-lines-writer.ts';
 import { PodChain, sharedPodChainHead } from './core/audit/pod-chain.ts';
 import { CredentialFetcher } from './core/credentials/credential-fetcher.ts';
 import type { SignerCertifier } from './core/audit/signer-certification.ts';
@@ -46,7 +47,15 @@ export async function createAuditSink(
   metrics: SidecarMetrics,
 ): Promise<AuditSink> {
   const audit = config.audit;
-  if (audit.spoolDir === undefined) return new JsonLinesSink(audit.path);
+  if (audit.spoolDir === undefined) {
+    // Sealed and written by a worker thread (core/audit/json-lines-writer.ts): nothing waits for these records.
+    return JsonLinesWriter.open(audit.path, (err) => {
+      // Fail closed, as when the audit worker fails: records are refused, and the sidecar stops.
+      logger.error('the JSON-lines audit writer failed; stopping', { error: err });
+      process.exitCode = 70;
+      process.kill(process.pid, 'SIGTERM');
+    });
+  }
   // Loaded only when used. The Session writer and its stores (the Kubernetes client, pg) run in the audit
   // worker thread, which loads them there (core/audit/audit-worker.ts; docs/audit-durability.md "Threads").
   const [{ DurableAuditSink }, { SignerCertifier }, { loadOrCreateSigningKey }] = await Promise.all([
@@ -181,7 +190,7 @@ export async function startSidecar(config: SidecarConfig, options: StartOptions 
           openConnections: new SharedArrayBuffer(OPEN_CONNECTIONS_BYTES * config.listeners.length),
           processHashKey: new Uint8Array(PROCESS_HASH_KEY),
         };
-  if (shared !== undefined && !(sink instanceof JsonLinesSink)) {
+  if (shared !== undefined && !(sink instanceof JsonLinesWriter)) {
     throw new Error('more than one event loop needs the JSON-lines audit sink (docs/sidecar-event-loops.md)');
   }
   // With a spool the head is kept beside it, so sessions stay linked across sidecar restarts in one pod.
@@ -212,7 +221,7 @@ export async function startSidecar(config: SidecarConfig, options: StartOptions 
       shared === undefined ? undefined : { index: 0, openConnections: shared.openConnections, peers },
     );
     if (shared !== undefined) {
-      workers = await WorkerLoops.start(perLoopLimits(config), shared, loop, sink as JsonLinesSink, logger, (err) => {
+      workers = await WorkerLoops.start(perLoopLimits(config), shared, loop, sink as JsonLinesWriter, logger, (err) => {
         // Fail closed, as when the audit worker fails: the sidecar stops with a non-zero status.
         logger.error('an event loop failed; stopping', { error: err });
         process.exitCode = 70;

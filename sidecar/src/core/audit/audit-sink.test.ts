@@ -11,6 +11,12 @@ import { JsonLinesSink, formatJsonLine, type RecordOrigin } from './audit-sink.t
 import { PodChain } from './pod-chain.ts';
 import { RecordChain } from './record-chain.ts';
 
+/** A record sealed by its chain (the sinks here do not seal records themselves). */
+function sealed(record: AuditRecord | undefined): AuditRecord {
+  assert.ok(record !== undefined, 'the chain sealed the record');
+  return record;
+}
+
 const origin = (sessionId: string): RecordOrigin => ({
   sessionId,
   resource: 'orders-db',
@@ -30,19 +36,23 @@ test('a format-3 file decodes to the records as hashed, with the session stated 
   const a = new RecordChain(sink, origin('a'), pod, { clock: tick, identity: { subject: 'ci', issuer: 'https://i' } });
   const b = new RecordChain(sink, origin('b'), pod, { clock: tick });
   const written: AuditRecord[] = [];
-  written.push(a.record({ type: 'session.start', source: { address: '127.0.0.1:5' } }));
-  written.push(b.record({ type: 'auth.failure', outcome: { status: 'denied', code: '28000' } }));
+  written.push(sealed(a.record({ type: 'session.start', source: { address: '127.0.0.1:5' } })));
+  written.push(sealed(b.record({ type: 'auth.failure', outcome: { status: 'denied', code: '28000' } })));
   for (let id = 1; id <= 3; id++) {
     written.push(
-      a.record({
-        type: 'command.decision',
-        command: { id, kind: 'sql', text: `select 'é ${String(id)}'` },
-        decision: { result: 'allow', rule: 'r' },
-      }),
+      sealed(
+        a.record({
+          type: 'command.decision',
+          command: { id, kind: 'sql', text: `select 'é ${String(id)}'` },
+          decision: { result: 'allow', rule: 'r' },
+        }),
+      ),
     );
-    written.push(a.record({ type: 'command.outcome', command: { id, kind: 'sql' }, outcome: { status: 'success' } }));
+    written.push(
+      sealed(a.record({ type: 'command.outcome', command: { id, kind: 'sql' }, outcome: { status: 'success' } })),
+    );
   }
-  written.push(a.record({ type: 'session.end', outcome: { status: 'success' } }));
+  written.push(sealed(a.record({ type: 'session.end', outcome: { status: 'success' } })));
   await sink.close();
 
   const text = readFileSync(file, 'utf8');
@@ -94,8 +104,8 @@ test('a session written by a format-2 sidecar earlier in the file still decodes 
   const oldLines = old.map((r) => formatJsonLine(origin('old'), r)).join('');
   const sink = new JsonLinesSink(file);
   const chain = new RecordChain(sink, origin('new'), PodChain.inMemory({ namespace: 'agents', name: 'agent-0' }));
-  const start = chain.record({ type: 'session.start' });
-  const end = chain.record({ type: 'session.end', outcome: { status: 'success' } });
+  const start = sealed(chain.record({ type: 'session.start' }));
+  const end = sealed(chain.record({ type: 'session.end', outcome: { status: 'success' } }));
   await sink.close();
   const decoded = decodeAuditJsonLines(oldLines + readFileSync(file, 'utf8'));
   assert.deepEqual(decoded.problems, []);

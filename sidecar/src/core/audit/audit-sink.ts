@@ -1,14 +1,9 @@
 // Where audit records go. The sink is the one interface every engine writes through: JSON lines to a file
 // or stdout here; the durable spool and the Session writer sit behind the same interface.
 import { createWriteStream, type WriteStream } from 'node:fs';
-import {
-  canonicalRecordText,
-  compactRecordText,
-  jcs,
-  type AuditRecord,
-  type ResourceType,
-  type SealedRecord,
-} from '@chaperone/api';
+import type { AuditRecord, KnownMember, ResourceType, SealedRecord, UnhashedRecord } from '@chaperone/api';
+// The sealing module alone: the JSON-lines worker thread loads this file (not every schema of the package).
+import { canonicalRecordText, compactRecordText, jcs } from '@chaperone/api/audit-seal';
 
 /** Where a record comes from: the agent session, its resource and pod. Not part of the hashed record; the Session objects carry it. */
 export interface RecordOrigin {
@@ -47,6 +42,13 @@ export interface AuditSink {
    * (RecordChain made them to hash the record): sinks use them instead of serialising the record again.
    */
   write(session: RecordOrigin, record: AuditRecord, sealed?: SealedText): void;
+  /**
+   * Optional (JSON lines off the event loop, json-lines-writer.ts): the sink seals records itself. RecordChain
+   * then gives it each record's members (seq and time assigned; no prevHash, no hash) instead of calling
+   * write(), in seq order per session; the sink links a session's first record to the pod chain's head and
+   * every later one to the record before it, as RecordChain would. `known` as for sealLinked.
+   */
+  writeMembers?(session: RecordOrigin, members: Omit<UnhashedRecord, 'prevHash'>, known: KnownMember | undefined): void;
   /**
    * Optional (the durable sink): replaces the session's last record written, a command.decision, by `record`,
    * the same decision with its command's outcome in it (same seq, time and prevHash; a new hash), if the

@@ -8,12 +8,19 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createLogger } from '../observability/logger.ts';
+import type { AuditRecord } from '@chaperone/api';
 import { AuditUnavailable, type RecordOrigin } from './audit-sink.ts';
 import { DurableAuditSink } from './durable-audit-sink.ts';
 import { PodChain } from './pod-chain.ts';
 import { RecordChain } from './record-chain.ts';
 import { loadOrCreateSigningKey } from './signing-key.ts';
 import { Spool } from './spool.ts';
+
+/** A record sealed by its chain (the sinks here do not seal records themselves). */
+function sealed(record: AuditRecord | undefined): AuditRecord {
+  assert.ok(record !== undefined, 'the chain sealed the record');
+  return record;
+}
 
 const origin: RecordOrigin = {
   sessionId: 'a1b2c3d4e5f60718293a4b5c6d7e8f90',
@@ -55,7 +62,7 @@ test('a failed audit worker: reported once, later records refused, flush fails, 
   });
   await sink.ready();
   const chain = new RecordChain(sink, origin, PodChain.inMemory({ namespace: 'agents', name: 'agent-0' }));
-  const start = chain.record({ type: 'session.start', source: { address: '127.0.0.1:5' } });
+  const start = sealed(chain.record({ type: 'session.start', source: { address: '127.0.0.1:5' } }));
   await sink.whenDurable();
 
   // A record text the worker cannot parse makes it throw: the thread ends.

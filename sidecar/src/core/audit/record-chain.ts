@@ -31,6 +31,8 @@ export class RecordChain {
   private commandId = 0;
   /** The last record written and its canonical text: what amendLast() merges an outcome into. */
   private last: (SealedText & { readonly record: AuditRecord }) | undefined;
+  /** The sink seals this chain's records (AuditSink.writeMembers): prevHash and last stay unset. */
+  private sealedBySink = false;
 
   /** The verified identity the session.start record carries (its whole delegation chain). */
   private readonly identity: Identity | undefined;
@@ -54,26 +56,30 @@ export class RecordChain {
     return this.commandId;
   }
 
-  /** Hash of the last record written; the pod chain's head before the first. */
+  /**
+   * Hash of the last record written; the pod chain's head before the first. Not known here when the sink
+   * seals the records (AuditSink.writeMembers).
+   */
   get lastHash(): string {
+    if (this.sealedBySink) throw new Error('the audit sink seals this chain: its hashes are not known here');
     return this.prevHash ?? this.chain.head;
   }
 
-  /**
-   * Builds the next record and writes it. If the sink refuses it (AuditUnavailable), the chain does not
-   * advance: the next record takes the same seq, so a refused record leaves no hole in the chain.
-   * `known`: a member of `content` whose canonical text the caller keeps (see KnownMember).
-   */
   /** The chain's clock, epoch microseconds: what a record's time is taken from. */
   now(): bigint {
     return this.clock();
   }
 
   /**
+   * Builds the next record and writes it, sealed: the record with its link and hash is returned. When the
+   * sink seals records itself (AuditSink.writeMembers, JSON lines off the event loop) it gets the record's
+   * members instead, and nothing is returned. If the sink refuses it (AuditUnavailable), the chain does not
+   * advance: the next record takes the same seq, so a refused record leaves no hole in the chain.
+   * `known`: a member of `content` whose canonical text the caller keeps (see KnownMember).
    * `time`: when the event happened (from now()), when it is recorded later than that (a decision held
    * until its outcome, AgentSession); default now.
    */
-  record(content: RecordContent, known?: KnownMember, time?: bigint): AuditRecord {
+  record(content: RecordContent, known?: KnownMember, time?: bigint): AuditRecord | undefined {
     const first = this.seq === 0;
     const members: Omit<UnhashedRecord, 'prevHash'> = {
       v: AUDIT_RECORD_VERSION,
@@ -85,6 +91,15 @@ export class RecordChain {
       ...(first ? { session: { ...this.origin } } : {}),
       ...content,
     };
+    const sink = this.sink;
+    if (sink.writeMembers !== undefined) {
+      // The sink seals off this thread (JSON lines, json-lines-writer.ts): it keeps the link and the pod
+      // chain's head; nothing here waits for the hash.
+      sink.writeMembers(this.origin, members, known);
+      this.seq = members.seq;
+      this.sealedBySink = true;
+      return undefined;
+    }
     // Canonicalised once: the sink writes the text the hash was computed over (plus the hash member).
     const seal = (prevHash: string): ReturnType<typeof sealLinked> => {
       const sealed = sealLinked(members, prevHash, known === undefined ? undefined : [known], !first);

@@ -17,6 +17,12 @@ import { LiveSpoolEntries, outcomeEntryText, recordEntryText } from './spool-ent
 import { UnreadableRecordText, type RecordFields } from './record-fields.ts';
 import { decodeFrames, Spool } from './spool.ts';
 
+/** A record sealed by its chain (the sinks here do not seal records themselves). */
+function sealed(record: AuditRecord | undefined): AuditRecord {
+  assert.ok(record !== undefined, 'the chain sealed the record');
+  return record;
+}
+
 const origin: RecordOrigin = {
   sessionId: 'a1b2c3d4e5f60718293a4b5c6d7e8f90',
   resource: 'orders-db',
@@ -149,8 +155,8 @@ for (const fieldsOnly of [false, true]) {
     const { chain, feed, logger } = setup(t);
     const calls: Call[] = [];
     const live = new LiveSpoolEntries(recordingWriter(calls), logger, true, fieldsOnly);
-    const start = chain.record({ type: 'session.start', source: { address: '127.0.0.1:5' } });
-    const d1 = chain.record(decision(1));
+    const start = sealed(chain.record({ type: 'session.start', source: { address: '127.0.0.1:5' } }));
+    const d1 = sealed(chain.record(decision(1)));
     await feed(live);
     assert.equal(calls.length, 2);
     const [c1, c2] = calls;
@@ -165,7 +171,7 @@ for (const fieldsOnly of [false, true]) {
 
     assert.ok(chain.amendLast(d1.seq, { status: 'success', rows: 1 }));
     const merged = sealWithOutcome({ record: d1, canonical: c2.text }, { status: 'success', rows: 1 });
-    const end = chain.record({ type: 'session.end', outcome: { status: 'success' } });
+    const end = sealed(chain.record({ type: 'session.end', outcome: { status: 'success' } }));
     await feed(live);
     const [c3, c4] = calls.slice(2);
     assert.ok(c3?.op === 'amend' && c4?.op === 'enqueue');
@@ -191,12 +197,12 @@ for (const fieldsOnly of [false, true]) {
     const calls: Call[] = [];
     const live = new LiveSpoolEntries(recordingWriter(calls), logger, true, fieldsOnly);
     chain.record({ type: 'session.start', source: { address: '127.0.0.1:5' } });
-    const d1 = chain.record(decision(1));
+    const d1 = sealed(chain.record(decision(1)));
     await feed(live);
     live.release(origin.sessionId, d1.seq);
     assert.deepEqual(calls.at(-1), { op: 'release', sessionId: origin.sessionId, seq: d1.seq });
 
-    const d2 = chain.record(decision(2));
+    const d2 = sealed(chain.record(decision(2)));
     amends.outcome = outcomeEntryText(origin.sessionId, {
       seq: d1.seq,
       hash: `sha256:${'1'.repeat(64)}`,
