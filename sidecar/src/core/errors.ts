@@ -194,7 +194,8 @@ export const SIDECAR_ERRORS = {
     sqlState: '08P01',
     httpStatus: 400,
     fatal: true,
-    summary: 'Malformed or out-of-order client bytes; only that connection ends.',
+    summary:
+      'Malformed or out-of-order client bytes; only that connection ends (also where PostgreSQL answers an ERROR; postgres-engine.md, "Malformed frames").',
   },
   TooManyConnections: {
     sqlState: '53300',
