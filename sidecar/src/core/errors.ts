@@ -194,8 +194,7 @@ export const SIDECAR_ERRORS = {
     sqlState: '08P01',
     httpStatus: 400,
     fatal: true,
-    summary:
-      'Malformed or out-of-order client bytes; only that connection ends (also where PostgreSQL answers an ERROR; postgres-engine.md, "Malformed frames").',
+    summary: 'Malformed or out-of-order client bytes; only that connection ends.',
   },
   TooManyConnections: {
     sqlState: '53300',
