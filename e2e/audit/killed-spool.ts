@@ -92,7 +92,9 @@ export async function fillSpoolAndKill(t: TestContext, options: KilledLoadOption
   const spool = join(options.sidecar.dir, 'audit', 'spool');
   await waitFor('every session has records written', async () => {
     const sessions = await listSessions(options.sidecar.kubeconfig, options.sidecar.namespace);
-    return sessions.length === clients && existsSync(join(spool, 'ack')) ? true : undefined;
+    // Distinct sessions, not objects: a busy session may already have continued into a second part.
+    const written = new Set(sessions.map((s) => s.spec.sessionId)).size;
+    return written === clients && existsSync(join(spool, 'ack')) ? true : undefined;
   });
   await options.outage.cut();
   cut.at = Math.max(...[...answered.values()].map((a) => a.length));
