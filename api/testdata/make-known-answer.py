@@ -284,7 +284,9 @@ def main():
     certificate_jws = compact_jws(jcs(certificate), authority, "chaperone-cert+jws")
     checkpoint_jws = compact_jws(jcs(checkpoint), authority, "chaperone-checkpoint+jws")
 
-    # An identity token: an Ed25519-signed JWT of a test issuer, valid until 2100, with a delegation chain.
+    # An identity token: an Ed25519-signed JWT of a test token exchange, valid until 2100, with a delegation
+    # chain. Sidecars believe chains (and system: subjects other than the cluster's) only from the exchange, so
+    # the token carries what the exchange's tokens carry: the subject's issuer and the exchange link.
     issuer = key("chaperone known-answer token issuer key")
     claims = {
         "iss": "https://known-answer.chaperone.test",
@@ -293,6 +295,8 @@ def main():
         "iat": 1767225600,
         "exp": 4102444800,
         "act": {"sub": "system:serviceaccount:ci:nightly", "iss": "https://kubernetes.default.svc"},
+        "chaperone.dev/subject-issuer": "https://kubernetes.default.svc",
+        "chaperone.dev/exchange": {"id": "known-answer", "record": "known-answer"},
     }
     token_header = '{"alg":"EdDSA","kid":%s,"typ":"JWT"}' % json.dumps(issuer["publicJwk"]["kid"])
     token_input = b64u(token_header.encode("utf-8")) + "." + b64u(jcs(claims).encode("utf-8"))

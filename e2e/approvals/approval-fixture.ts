@@ -12,13 +12,14 @@ import type { TestContext } from 'node:test';
 import * as k8s from '@kubernetes/client-node';
 import pg from 'pg';
 import { parseAllDocuments } from 'yaml';
-import { GROUP, VERSION, type AccessPolicySpec, type ApprovalRequest } from '@chaperone/api';
+import { CLAIMS, GROUP, VERSION, type AccessPolicySpec, type ApprovalRequest } from '@chaperone/api';
 import { controlPlaneEnv, directPgOptions, postgresEnv, testDir } from '../harness/env.ts';
 import { clientIdentity, createTestNode, kubeletToken, type TestIdentity } from '../harness/identities.ts';
 import { createTestNamespace, kubeConfig, statusOf } from '../harness/kube.ts';
 import { poll } from '../harness/poll.ts';
 import { spawnSidecar, type SidecarProcess } from '../harness/sidecar-process.ts';
 import { REPO_ROOT } from '../harness/tools.ts';
+import { createTestIssuer, type TestIssuer } from '../harness/tokens.ts';
 import { createTestDatabase } from '../harness/databases.ts';
 import { waitForServiceAccount } from '../injection/injection-fixture.ts';
 
@@ -128,7 +129,11 @@ export interface ApprovalWorld {
    * enforcing `policies` (default POLICIES).
    */
   startSidecar(t: TestContext, dir?: string, policies?: Record<string, AccessPolicySpec>): Promise<SidecarProcess>;
-  /** A token for the requester with its delegation chain, signed by the sidecar's trusted test issuer. */
+  /**
+   * A token for the requester with its delegation chain, signed by a stand-in for the token exchange (the
+   * sidecar believes chains only from an issuer marked tokenExchange); the subject's issuer is the
+   * sidecar's test issuer.
+   */
   requesterToken(sidecar: SidecarProcess): Promise<string>;
   /** Rows of a table, read directly (not through the sidecar). */
   count(table: string): Promise<number>;
@@ -267,6 +272,7 @@ export async function createApprovalWorld(t: TestContext): Promise<ApprovalWorld
   const cp = controlPlaneEnv();
   const pgEnv = postgresEnv();
 
+  const exchanges = new WeakMap<SidecarProcess, TestIssuer>();
   return {
     ns,
     database,
@@ -278,8 +284,18 @@ export async function createApprovalWorld(t: TestContext): Promise<ApprovalWorld
       const tokenFile = join(dir, 'pod-token');
       writeFileSync(tokenFile, await kubeletToken(pod, undefined));
       const access = { server: cp.server, tokenFile, caFile: cp.caFile };
+      const exchange = await createTestIssuer(join(dir, 'exchange-jwks.json'), 'https://exchange.test.chaperone.dev');
       const sidecar = await spawnSidecar({
         dir,
+        extraIssuers: [
+          {
+            issuer: exchange.issuer,
+            jwksFile: exchange.jwksFile,
+            tokenExchange: true,
+            audiences: ['chaperone'],
+            algorithms: ['RS256'],
+          },
+        ],
         upstream: {
           host: 'localhost',
           port: pgEnv.port,
@@ -303,12 +319,18 @@ export async function createApprovalWorld(t: TestContext): Promise<ApprovalWorld
         logLevel: 'debug',
       });
       t2.after(() => sidecar.stop());
+      exchanges.set(sidecar, exchange);
       return sidecar;
     },
     requesterToken(sidecar) {
-      return sidecar.issuer.sign({
+      const exchange = exchanges.get(sidecar);
+      if (exchange === undefined) throw new Error('requesterToken: a sidecar this fixture did not start');
+      const iss = sidecar.issuer.issuer;
+      return exchange.sign({
         sub: REQUESTER,
-        act: { sub: AGENT, act: { sub: CHAIN_ACTOR } },
+        [CLAIMS.subjectIssuer]: iss,
+        [CLAIMS.exchange]: { id: 'approval-fixture', record: 'approval-fixture' },
+        act: { sub: AGENT, iss, act: { sub: CHAIN_ACTOR, iss } },
       });
     },
     async count(table) {

@@ -198,8 +198,18 @@ test('audit authority: signer certification by TokenReview, certified keys in ve
   });
   for (const s of [first, second, selfSigned]) await createTrail(kc, s);
 
-  await t.test('verify trusts certified keys and warns about self-asserted ones', async () => {
-    const r = await cli('verify', '--all', '-n', ns, '--authority-namespace', operatorNamespace, '-o', 'json');
+  await t.test('verify trusts certified keys; self-asserted ones are errors unless allowed', async () => {
+    const r = await cli(
+      'verify',
+      '--all',
+      '-n',
+      ns,
+      '--authority-namespace',
+      operatorNamespace,
+      '--allow-uncertified',
+      '-o',
+      'json',
+    );
     assert.equal(r.code, 0, r.stdout + r.stderr);
     const report = JSON.parse(r.stdout) as { keyTrust: string; problems: { kind: string; object: string }[] };
     assert.equal(report.keyTrust, 'certified');
@@ -207,17 +217,11 @@ test('audit authority: signer certification by TokenReview, certified keys in ve
       report.problems.map((p) => `${p.kind} ${p.object}`),
       [`uncertified-key ${ns}/other-1`],
     );
-    const strict = await cli(
-      'verify',
-      '--all',
-      '-n',
-      ns,
-      '--authority-namespace',
-      operatorNamespace,
-      '--require-certified',
-    );
-    assert.equal(strict.code, 1);
-    assert.match(strict.stdout, /ERROR uncertified-key\s+.*\/other-1/);
+    for (const flags of [[], ['--require-certified']]) {
+      const strict = await cli('verify', '--all', '-n', ns, '--authority-namespace', operatorNamespace, ...flags);
+      assert.equal(strict.code, 1);
+      assert.match(strict.stdout, /ERROR uncertified-key\s+.*\/other-1/);
+    }
   });
 
   await t.test('a certificate copied onto a session of another pod is refused', async () => {
@@ -248,7 +252,15 @@ test('audit authority: signer certification by TokenReview, certified keys in ve
       'checkpoints are logged for shipping',
     );
 
-    const clean = await cli('verify', '--all', '-n', ns, '--authority-namespace', operatorNamespace);
+    const clean = await cli(
+      'verify',
+      '--all',
+      '-n',
+      ns,
+      '--authority-namespace',
+      operatorNamespace,
+      '--allow-uncertified',
+    );
     assert.equal(clean.code, 0, clean.stdout);
     assert.match(clean.stdout, /Checkpoint \d+ of .*: \d+ head\(s\) stated by the operator, checked/);
 

@@ -271,9 +271,8 @@ test('evidence forgery corpus: what a namespace editor tries, and what verify sa
       ],
       expect: /certificate-invalid\s+.*does not verify with the authority keys/,
     },
-    'a Session of a pod that never existed, signed by her key (certificates required)': {
+    'a Session of a pod that never existed, signed by her key (certificates required, the default)': {
       sessions: async (n) => [await ghostIn(n)],
-      args: ['--require-certified'],
       expect: /ERROR uncertified-key\s+.*ghost-0.*self-asserted/,
     },
     'a Session of a pod that never existed, her key certified by her own authority': {
@@ -299,13 +298,13 @@ test('evidence forgery corpus: what a namespace editor tries, and what verify sa
   }
 
   await t.test(
-    'without --require-certified a self-signed Session of a made-up pod is a warning, as documented',
+    'with --allow-uncertified a self-signed Session of a made-up pod is a warning, as documented',
     async (t2) => {
-      // docs/audit.md: uncertified keys are warnings unless certificates are required (sidecars that started
-      // while the operator was unreachable write such parts); the auditor's procedure requires them.
+      // docs/audit.md: uncertified keys are errors unless the auditor accepts them (sidecars that started
+      // while the operator was unreachable write such parts); then they are named as warnings.
       const namespace = await createTestNamespace(t2);
       await createTrail(admin, [await ghostIn(namespace)]);
-      const r = await verify(namespace);
+      const r = await verify(namespace, '--allow-uncertified');
       assert.equal(r.code, 0, r.stdout + r.stderr);
       assert.match(r.stdout, /WARN\s+uncertified-key\s+.*ghost-0/);
     },

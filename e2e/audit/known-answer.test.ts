@@ -36,7 +36,10 @@ test('known answers through the real sidecar: token hashes, and every record re-
   writeFileSync(jwksFile, JSON.stringify(VECTORS.jwks));
   const sidecar = await startTestSidecar(t, {
     policies: { 'allow-all': ALLOW_ALL },
-    extraIssuers: [{ issuer: VECTORS.issuer, jwksFile, audiences: ['chaperone'], algorithms: ['EdDSA'] }],
+    // The vectors' issuer plays the token exchange: the only issuer whose chains a sidecar believes.
+    extraIssuers: [
+      { issuer: VECTORS.issuer, jwksFile, tokenExchange: true, audiences: ['chaperone'], algorithms: ['EdDSA'] },
+    ],
   });
   const connect = (password: string) =>
     new pg.Client({ host: sidecar.host, port: sidecar.port, user: 'agent', database: 'kat', password, ssl: false });

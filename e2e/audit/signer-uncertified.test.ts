@@ -42,13 +42,20 @@ test('an unreachable certification endpoint: the sidecar serves, writes uncertif
   assert.match(log, /no signer certificate yet/);
   assert.match(log, /signer certification failed; retrying/);
 
-  // An auditor with the authority's key sees a self-asserted key; requiring certificates fails it.
+  // An auditor with the authority's key sees a self-asserted key: an error by default (and with
+  // --require-certified); accepted as a warning only when the auditor says --allow-uncertified.
   const authority = await createSigner();
   const keys = join(testDir(t), 'authority.jwks.json');
   writeFileSync(keys, JSON.stringify({ keys: [authority.publicJwk] }));
-  const strict = await runCli(['verify', '--all', '-n', namespace, '--authority-keys', keys, '--require-certified'], {
-    KUBECONFIG: kubeconfig,
-  });
-  assert.equal(strict.code, 1, strict.stdout + strict.stderr);
-  assert.match(strict.stdout, /ERROR uncertified-key/);
+  const verify = (...flags: string[]) =>
+    runCli(['verify', '--all', '-n', namespace, '--authority-keys', keys, ...flags], { KUBECONFIG: kubeconfig });
+  for (const flags of [[], ['--require-certified']]) {
+    const strict = await verify(...flags);
+    assert.equal(strict.code, 1, strict.stdout + strict.stderr);
+    assert.match(strict.stdout, /ERROR uncertified-key/);
+  }
+  const accepted = await verify('--allow-uncertified');
+  assert.equal(accepted.code, 0, accepted.stdout + accepted.stderr);
+  assert.match(accepted.stdout, /WARN\s+uncertified-key/);
+  assert.equal((await verify('--allow-uncertified', '--require-certified')).code, 2, 'contradicting flags');
 });

@@ -216,7 +216,14 @@ export async function spawnSidecar(options: SidecarProcessOptions): Promise<Side
     policy: { bundleDir, pollIntervalMs: options.policyPollIntervalMs ?? 200 },
     identity: {
       issuers: [
-        { issuer: issuer.issuer, jwksFile: issuer.jwksFile, audiences: ['chaperone'], algorithms: ['RS256'] },
+        // The test issuer stands in for the cluster's service-account issuer (tests name service accounts).
+        {
+          issuer: issuer.issuer,
+          jwksFile: issuer.jwksFile,
+          serviceAccounts: true,
+          audiences: ['chaperone'],
+          algorithms: ['RS256'],
+        },
         ...(options.extraIssuers ?? []),
       ],
     },

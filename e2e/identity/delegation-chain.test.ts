@@ -98,6 +98,7 @@ async function sidecarFor(
       {
         issuer: cp.issuer,
         jwksUrl: `${cp.server}/openid/v1/jwks`,
+        serviceAccounts: true,
         jwksCaFile: cp.caFile,
         jwksBearerTokenFile: join(dir, 'jwks-bearer.token'),
         audiences: ['chaperone'],

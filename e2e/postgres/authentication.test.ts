@@ -82,6 +82,7 @@ test('a TokenRequest token from the control plane authenticates through the API 
       {
         issuer: cp.issuer,
         jwksUrl: `${cp.server}/openid/v1/jwks`,
+        serviceAccounts: true,
         jwksCaFile: cp.caFile,
         jwksBearerTokenFile: bearerFile,
         audiences: ['chaperone'],

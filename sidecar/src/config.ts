@@ -299,6 +299,12 @@ export const TrustedIssuerConfig = Type.Object(
           "Chaperone's token exchange: its tokens name the subject's original issuer and the exchange that issued them (docs/identity.md). Default false.",
       }),
     ),
+    serviceAccounts: Type.Optional(
+      Type.Boolean({
+        description:
+          "The cluster's service-account issuer: only its tokens (and the exchange's) may name system: subjects, and its service accounts get their groups. Default false: such a token of this issuer is refused.",
+      }),
+    ),
     jwksBearerTokenFile: Type.Optional(
       Type.String({ description: 'Token sent when fetching the JWKS (the API server may require authentication).' }),
     ),

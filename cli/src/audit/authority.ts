@@ -27,7 +27,7 @@ export const AUTHORITY_USAGE = `  --authority-keys FILE   JWKS of the operator's
                           (default chaperone-system)
   --checkpoint FILE       operator checkpoints (compact JWS, one per line; repeatable) in place of the
                           newest one in the cluster
-  --require-certified     a signer key without an operator certificate is an error, not a warning
+  --require-certified     a signer key without an operator certificate is an error (verify's default)
 `;
 
 export interface AuthorityFlags {

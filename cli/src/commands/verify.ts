@@ -22,11 +22,15 @@ Checks every record's hash, the hash links and seq continuity within and across 
 links between sessions of one pod, each part's signed chain head, each signer's certificate from the
 operator's audit authority, and that every head in the operator's newest checkpoint is still there.
 Exit 0: verified; 1: altered or incomplete (the report says what and where); 2: usage.
+When the authority's keys are known, a part signed by a key without the operator's certificate is an error
+(exit 1) unless --allow-uncertified makes it a warning.
 
 Flags:
   --trusted-keys FILE     JWKS of sidecar keys to trust (default: each Session's own spec.signer key)
   --baseline FILE         an earlier evidence export; every head it saw must still be there, unchanged
-${AUTHORITY_USAGE}${EVIDENCE_STORE_USAGE}  -n, --namespace NS      namespace (default: the context's)
+${AUTHORITY_USAGE}  --allow-uncertified     a signer key without an operator certificate is a warning, not an error (for
+                          sidecars that wrote while the operator was unreachable; the report names each)
+${EVIDENCE_STORE_USAGE}  -n, --namespace NS      namespace (default: the context's)
   -A, --all-namespaces    every namespace (with --all)
   -o, --output FORMAT     json or yaml (the structured report)
   --kubeconfig FILE, --context NAME
@@ -41,6 +45,7 @@ export async function run(args: string[], io: CommandIo): Promise<number> {
       output: { type: 'string', short: 'o' },
       'trusted-keys': { type: 'string' },
       baseline: { type: 'string' },
+      'allow-uncertified': { type: 'boolean' },
       ...AUTHORITY_OPTIONS,
       ...EVIDENCE_STORE_OPTIONS,
     },
@@ -52,6 +57,10 @@ export async function run(args: string[], io: CommandIo): Promise<number> {
   const target = positionals[0];
   if (positionals.length > 1 || (target === undefined) === (values.all !== true)) {
     io.stderr.write(`error: name one SESSION or use --all\n\n${VERIFY_USAGE}`);
+    return 2;
+  }
+  if (values['allow-uncertified'] === true && values['require-certified'] === true) {
+    io.stderr.write('error: --allow-uncertified and --require-certified contradict each other\n');
     return 2;
   }
   const output = values.output;
@@ -70,7 +79,8 @@ export async function run(args: string[], io: CommandIo): Promise<number> {
       baseline,
       authorityKeys: authority.keys,
       checkpoints: authority.checkpoints,
-      requireCertified: values['require-certified'] === true,
+      // Fail closed by default: an auditor accepts self-asserted keys only by saying so.
+      requireCertified: values['allow-uncertified'] !== true,
       checkpointScope: (e) => namespace === undefined || e.object.startsWith(`${namespace}/`),
       retentionFor: (ns, r) => retention.get(`${ns}/${r}`),
     });

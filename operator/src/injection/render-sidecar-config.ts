@@ -193,6 +193,8 @@ export function renderSidecarConfig(input: RenderSidecarConfigInput): Record<str
           jwksUrl: settings.jwksUrl,
           jwksCaFile: `${SIDECAR_API_ACCESS_DIR}/ca.crt`,
           jwksBearerTokenFile: `${SIDECAR_API_ACCESS_DIR}/token`,
+          // The API server's issuer: the one that names service accounts.
+          serviceAccounts: true,
           audiences: ['chaperone'],
           algorithms: ['RS256', 'ES256'],
         },

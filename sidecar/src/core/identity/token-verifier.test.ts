@@ -4,46 +4,76 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { AuthenticationFailed, JWKS_FILE_CHECK_MS, TokenVerifier, tokenHash } from './token-verifier.ts';
+import type { TrustedIssuerConfig } from '../../config.ts';
 import { CLAIMS, jcs, resourceUri } from '@chaperone/api';
 import { createTestIssuer } from '../../../../e2e/harness/tokens.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'chaperone-token-test-'));
 test.after(() => rmSync(dir, { recursive: true, force: true }));
 
-async function setup() {
+/** A verifier trusting one test issuer; `marks` say what it may assert (tokenExchange, serviceAccounts). */
+async function setup(marks: Pick<TrustedIssuerConfig, 'tokenExchange' | 'serviceAccounts'> = {}) {
   const issuer = await createTestIssuer(join(dir, `jwks-${Math.random()}.json`));
   const verifier = new TokenVerifier({
-    issuers: [{ issuer: issuer.issuer, jwksFile: issuer.jwksFile, audiences: ['chaperone'], algorithms: ['RS256'] }],
+    issuers: [
+      { issuer: issuer.issuer, jwksFile: issuer.jwksFile, audiences: ['chaperone'], algorithms: ['RS256'], ...marks },
+    ],
     clockToleranceSeconds: 5,
   });
   return { issuer, verifier };
 }
 
-test('a valid token yields subject, issuer, groups, kind, delegation chain and a token hash', async () => {
+/** What every token of the exchange carries besides its chain. */
+const EXCHANGE_CLAIMS = {
+  [CLAIMS.subjectIssuer]: 'https://kubernetes.default.svc',
+  [CLAIMS.exchange]: { id: 'jti-1', record: `sha256:${'a'.repeat(64)}` },
+};
+
+test('a valid token yields subject, issuer, groups, kind, an empty chain and a token hash', async () => {
   const { issuer, verifier } = await setup();
   const token = await issuer.sign({
     sub: 'chaperone:agent:report-writer',
     groups: ['ci'],
     'chaperone.dev/agent-kind': 'ai-agent',
-    act: { sub: 'system:serviceaccount:ci:runner', 'chaperone.dev/agent-kind': 'ci', act: { sub: 'user:alice' } },
   });
   const identity = await verifier.verify(token);
   assert.equal(identity.subject, 'chaperone:agent:report-writer');
   assert.equal(identity.issuer, issuer.issuer);
   assert.deepEqual(identity.groups, ['ci']);
   assert.equal(identity.kind, 'ai-agent');
-  assert.deepEqual(identity.chain, [
-    { subject: 'system:serviceaccount:ci:runner', kind: 'ci' },
-    { subject: 'user:alice' },
-  ]);
+  assert.deepEqual(identity.chain, []);
   assert.equal(identity.tokenHash, tokenHash(token));
   assert.ok(!JSON.stringify(identity).includes(token), 'the identity never carries the token');
 });
 
-test('service-account subjects get the groups Kubernetes would add', async () => {
-  const { issuer, verifier } = await setup();
+test("service-account subjects of the cluster's issuer get the groups Kubernetes would add", async () => {
+  const { issuer, verifier } = await setup({ serviceAccounts: true });
   const identity = await verifier.verify(await issuer.sign({ sub: 'system:serviceaccount:ci:runner' }));
   assert.deepEqual(identity.groups, ['system:serviceaccounts', 'system:serviceaccounts:ci']);
+});
+
+test('only the exchange asserts chains, only the cluster issuer system: subjects, and no token a system: group', async () => {
+  const plain = await setup();
+  const cluster = await setup({ serviceAccounts: true });
+  const exchange = await setup({ tokenExchange: true });
+  const chain = { act: { sub: 'agent:parent', iss: 'https://agents.test' } };
+  for (const [name, { issuer, verifier }, claims] of [
+    ['a chain from a directly trusted issuer', plain, { sub: 'user:bob', ...chain }],
+    ["a chain from the cluster's issuer", cluster, { sub: 'system:serviceaccount:ci:runner', ...chain }],
+    ['a service account named by another issuer', plain, { sub: 'system:serviceaccount:ci:runner' }],
+    ['a node named by another issuer', plain, { sub: 'system:node:worker-1' }],
+    ['system:masters claimed as a group', plain, { sub: 'user:bob', groups: ['system:masters'] }],
+    ['a service-account group claimed', plain, { sub: 'user:bob', groups: ['system:serviceaccounts:ci'] }],
+    ["a system: group claimed by the cluster's issuer", cluster, { sub: 'user:bob', groups: ['system:masters'] }],
+  ] as const) {
+    await refused(verifier, await issuer.sign(claims), 'untrusted-claim', name);
+  }
+  const exchanged = await exchange.verifier.verify(
+    await exchange.issuer.sign({ sub: 'system:serviceaccount:ci:runner', ...chain, ...EXCHANGE_CLAIMS }),
+  );
+  assert.deepEqual(exchanged.chain, [{ issuer: 'https://agents.test', subject: 'agent:parent' }]);
+  assert.deepEqual(exchanged.groups, ['system:serviceaccounts', 'system:serviceaccounts:ci']);
+  assert.deepEqual((await plain.verifier.verify(await plain.issuer.sign({ sub: 'user:bob' }))).groups, []);
 });
 
 test('every token attack is refused with its reason', async () => {
@@ -140,7 +170,7 @@ test('another issuer cannot name the subject issuer: only the exchange is believ
   const { issuer, verifier } = await setup();
   const identity = await verifier.verify(
     await issuer.sign({
-      sub: 'system:serviceaccount:kube-system:admin',
+      sub: 'agent:admin',
       [CLAIMS.subjectIssuer]: 'https://kubernetes.default.svc',
     }),
   );
@@ -333,10 +363,19 @@ test('one signed token has one text: padding, whitespace and other spellings of 
 });
 
 test('a delegation chain is taken whole or refused: deep, cyclic-looking, broken or oversized claims', async () => {
-  const { issuer, verifier } = await setup();
+  // Chains are believed only from the exchange: its tokens, each actor naming its issuer.
+  const exchange = await setup({ tokenExchange: true });
+  const { verifier } = exchange;
+  const issuer = {
+    ...exchange.issuer,
+    sign: (claims: Record<string, unknown> & { sub: string }) =>
+      exchange.issuer.sign({ ...EXCHANGE_CLAIMS, ...claims }),
+  };
   const nest = (depth: number): Record<string, unknown> | undefined => {
     let act: Record<string, unknown> | undefined;
-    for (let i = depth; i > 0; i--) act = act === undefined ? { sub: `a${String(i)}` } : { sub: `a${String(i)}`, act };
+    for (let i = depth; i > 0; i--) {
+      act = act === undefined ? { sub: `a${String(i)}`, iss: 'x' } : { sub: `a${String(i)}`, iss: 'x', act };
+    }
     return act;
   };
   // 16 actors is the limit; 17 or 1,000 (fits in 16 KiB) used to be cut to 16 silently.
@@ -346,30 +385,32 @@ test('a delegation chain is taken whole or refused: deep, cyclic-looking, broken
   const nested = (depth: number) =>
     issuer.signRaw(
       JSON.stringify({ alg: 'RS256', kid: issuer.kid }),
-      `{"sub":"s","iss":"${issuer.issuer}","aud":"chaperone","exp":${String(Math.floor(Date.now() / 1000) + 600)},"act":${'{"sub":"a","act":'.repeat(depth)}{"sub":"z"}${'}'.repeat(depth)}}`,
+      `{"sub":"s","iss":"${issuer.issuer}","aud":"chaperone","exp":${String(Math.floor(Date.now() / 1000) + 600)},${JSON.stringify(EXCHANGE_CLAIMS).slice(1, -1)},"act":${'{"sub":"a","iss":"x","act":'.repeat(depth)}{"sub":"z","iss":"x"}${'}'.repeat(depth)}}`,
     );
-  const sixHundred = nested(600);
-  assert.ok(sixHundred.length < 16 * 1024, 'fits under the size bound: refused for its depth');
-  await refused(verifier, sixHundred, 'malformed', 'a chain 600 deep');
+  const threeHundred = nested(300);
+  assert.ok(threeHundred.length < 16 * 1024, 'fits under the size bound: refused for its depth');
+  await refused(verifier, threeHundred, 'malformed', 'a chain 300 deep');
   const thousand = nested(1000);
   assert.ok(thousand.length > 16 * 1024, 'over the size bound: refused before any parsing');
   await refused(verifier, thousand, 'malformed', 'a chain 1,000 deep');
   await refused(verifier, `${'A'.repeat(10 * 1024 * 1024)}.e30.AAAA`, 'malformed', 'a token of 10 MB');
   // A chain that repeats an actor is what it says (the exchange refuses cycles when it issues); a repeated
   // link is kept as signed, not collapsed.
-  const repeated = await verifier.verify(await issuer.sign({ sub: 's', act: { sub: 'a', act: { sub: 'a' } } }));
+  const repeated = await verifier.verify(
+    await issuer.sign({ sub: 's', act: { sub: 'a', iss: 'x', act: { sub: 'a', iss: 'x' } } }),
+  );
   assert.deepEqual(
     repeated.chain?.map((a) => a.subject),
     ['a', 'a'],
   );
   const broken: Record<string, Record<string, unknown>> = {
     'an actor without sub (the rest of the chain used to be dropped)': { act: { iss: 'x', act: { sub: 'a' } } },
-    'an inner actor without sub': { act: { sub: 'a', act: { client_id: 'b' } } },
+    'an inner actor without sub': { act: { sub: 'a', iss: 'x', act: { client_id: 'b', iss: 'x' } } },
     'act as a list': { act: [{ sub: 'a' }] },
     'act as a string': { act: 'agent:a' },
     'act null': { act: null },
-    'an actor sub as a number': { act: { sub: 7 } },
-    'an actor kind longer than 63': { act: { sub: 'a', [CLAIMS.agentKind]: 'k'.repeat(64) } },
+    'an actor sub as a number': { act: { sub: 7, iss: 'x' } },
+    'an actor kind longer than 63': { act: { sub: 'a', iss: 'x', [CLAIMS.agentKind]: 'k'.repeat(64) } },
     'a kind longer than 63': { [CLAIMS.agentKind]: 'k'.repeat(64) },
     'a kind as a list': { [CLAIMS.agentKind]: ['ci'] },
     'groups as a string': { groups: 'admins' },

@@ -31,7 +31,7 @@ const MAX_SCOPES = 64;
 const MAX_SCOPE_LENGTH = 256;
 export class AuthenticationFailed extends Error {
   override name = 'AuthenticationFailed';
-  /** Machine-readable reason, also the metrics label: expired, not-yet-valid, audience, issuer, algorithm, signature, unknown-key, malformed, jwks-unavailable, resource. */
+  /** Machine-readable reason, also the metrics label: expired, not-yet-valid, audience, issuer, algorithm, signature, unknown-key, malformed, claims, untrusted-claim, jwks-unavailable, resource. */
   readonly reason: string;
   constructor(reason: string, message: string, options?: ErrorOptions) {
     super(message, options);
@@ -397,8 +397,14 @@ export class TokenVerifier {
     }
     let identity: Identity;
     try {
-      identity = deepFreeze(identityFromClaims(payload, token, trusted.config.tokenExchange === true));
+      identity = deepFreeze(
+        identityFromClaims(payload, token, {
+          exchange: trusted.config.tokenExchange === true,
+          serviceAccounts: trusted.config.serviceAccounts === true,
+        }),
+      );
     } catch (err) {
+      if (err instanceof AuthenticationFailed) throw err;
       throw new AuthenticationFailed('malformed', `identity token claims are malformed: ${(err as Error).message}`, {
         cause: err,
       });
@@ -483,12 +489,12 @@ function stringList(value: unknown, what: string, maxItems = 64, maxLength = 512
 }
 
 /**
- * The delegation chain of nested `act` claims, current actor first. Every actor must be an object with a
- * `sub`; a chain is never cut short: an actor the sidecar cannot read, or a chain deeper than MAX_CHAIN,
+ * The delegation chain of nested `act` claims (read only from the exchange's tokens), current actor first.
+ * Every actor must be an object with a `sub` and the `iss` that authenticated it; a chain is never cut short: an actor the sidecar cannot read, or a chain deeper than MAX_CHAIN,
  * refuses the token, because policies match on the chain's depth and on every actor in it
  * (maxDelegationDepth, actor, actorKinds) and a shortened chain would match where the whole one does not.
  */
-function chainFromClaims(act: unknown, exchange: boolean): Actor[] {
+function chainFromClaims(act: unknown): Actor[] {
   const chain: Actor[] = [];
   while (act !== undefined) {
     if (typeof act !== 'object' || act === null || Array.isArray(act)) throw new Error('an act claim is not an object');
@@ -497,10 +503,10 @@ function chainFromClaims(act: unknown, exchange: boolean): Actor[] {
     const actorSubject = optionalString(a.sub, "an act claim's sub", 512);
     if (actorSubject === undefined) throw new Error('an act claim without sub');
     const actorIssuer = optionalString(a.iss, "an act claim's iss", 2048);
-    if (exchange && actorIssuer === undefined) throw new Error('an act claim without iss');
+    if (actorIssuer === undefined) throw new Error('an act claim without iss');
     const actorKind = optionalString(a[AGENT_KIND_CLAIM], `an act claim's ${AGENT_KIND_CLAIM}`, MAX_KIND_LENGTH);
     const actor = {} as Actor;
-    if (actorIssuer !== undefined) actor.issuer = actorIssuer;
+    actor.issuer = actorIssuer;
     if (actorKind !== undefined) actor.kind = actorKind;
     actor.subject = actorSubject;
     chain.push(actor);
@@ -509,24 +515,64 @@ function chainFromClaims(act: unknown, exchange: boolean): Actor[] {
   return chain;
 }
 
+/** What an issuer is trusted to assert beyond a plain subject (its TrustedIssuerConfig marks). */
+export interface IssuerTrust {
+  /** Chaperone's token exchange: its chains (`act`) are believed, and it names the subject's issuer. */
+  readonly exchange?: boolean;
+  /** The cluster's service-account issuer: it alone names `system:` subjects (and its service accounts get their groups). */
+  readonly serviceAccounts?: boolean;
+}
+
+/**
+ * Claims only some issuers may make, refused (never stripped) from the others. A chain (`act`) is believed
+ * only from the exchange, which verified every hop; dropping it would record the subject as the party
+ * acting where the issuer says a delegate did. A `system:` subject is a Kubernetes identity that only the
+ * cluster's issuer vouches for (the exchange refuses it from other issuers too); dropping only its groups
+ * would leave a subject that policies naming `system:serviceaccount:ci:*` still match. `system:` groups
+ * are never taken from a claim: the sidecar derives the service-account groups from the subject itself.
+ */
+function refuseUntrustedClaims(payload: JWTPayload, subject: string, trust: IssuerTrust): void {
+  if (trust.exchange === true) return;
+  if (payload.act !== undefined) {
+    throw new AuthenticationFailed(
+      'untrusted-claim',
+      "identity token carries a delegation chain (act), which only Chaperone's token exchange may assert",
+    );
+  }
+  if (subject.startsWith('system:') && trust.serviceAccounts !== true) {
+    throw new AuthenticationFailed(
+      'untrusted-claim',
+      "identity token names a Kubernetes identity (system:…), which only the cluster's service-account issuer may",
+    );
+  }
+  if (Array.isArray(payload.groups) && payload.groups.some((g) => typeof g === 'string' && g.startsWith('system:'))) {
+    throw new AuthenticationFailed(
+      'untrusted-claim',
+      'identity token claims a system: group, which the sidecar derives and never takes from a claim',
+    );
+  }
+}
+
 /**
  * Builds the Identity from verified claims; `act` claims nest outward (RFC 8693 §4.1), the current actor
- * outermost. `exchange`: the issuer is Chaperone's token exchange, whose `chaperone.dev/subject-issuer`
+ * outermost. `trust.exchange`: the issuer is Chaperone's token exchange, whose `chaperone.dev/subject-issuer`
  * names the issuer that authenticated the subject and whose every actor names its issuer. The object is
  * built with its keys in sorted order at every level, so audit records carrying it canonicalise fast.
  * A claim the Identity cannot hold as signed (a `sub` that is not a short string, groups past the schema's
  * limits, a kind too long) refuses the token rather than being dropped or cut: policies match on them.
  */
-export function identityFromClaims(payload: JWTPayload, token: string, exchange = false): Identity {
+export function identityFromClaims(payload: JWTPayload, token: string, trust: IssuerTrust = {}): Identity {
+  const exchange = trust.exchange === true;
   const subject = optionalString(payload.sub, 'sub', 512);
   if (subject === undefined) throw new Error('no sub');
+  refuseUntrustedClaims(payload, subject, trust);
   const groups =
     payload.groups === undefined ? [] : [...stringList(payload.groups, 'groups', MAX_GROUPS, MAX_GROUP_LENGTH)];
   // Kubernetes adds these groups at authentication time rather than in the token.
   const sa = /^system:serviceaccount:([^:]+):[^:]+$/.exec(subject);
   if (sa !== null) groups.push('system:serviceaccounts', `system:serviceaccounts:${sa[1] ?? ''}`);
   if (groups.length > MAX_GROUPS) throw new Error(`more than ${String(MAX_GROUPS)} groups`);
-  const chain = chainFromClaims(payload.act, exchange);
+  const chain = chainFromClaims(payload.act);
   const claims: Record<string, string> = {};
   const k8s = payload['kubernetes.io'] as { pod?: { name?: unknown; uid?: unknown }; namespace?: unknown } | undefined;
   if (typeof k8s?.namespace === 'string') claims.namespace = k8s.namespace;
