@@ -213,3 +213,28 @@ export function expectedCounters(records: readonly AuditRecord[]): {
   }
   return c;
 }
+
+/** What a fail-closed resource did with numbered inserts: each ran (accepted) or was refused with 53100. */
+export interface FailClosedInserts {
+  readonly accepted: number[];
+  readonly refused: number[];
+  /** Inserts `n` (a value of its own, so the table says which statements ran); any other error fails the test. */
+  readonly insert: (n: number) => Promise<void>;
+}
+
+export function failClosedInserts(client: { query(text: string): Promise<unknown> }): FailClosedInserts {
+  const accepted: number[] = [];
+  const refused: number[] = [];
+  const insert = async (n: number): Promise<void> => {
+    try {
+      await client.query(`insert into notes values (${String(n)})`);
+      accepted.push(n);
+    } catch (err) {
+      const e = err as Error & { code?: string };
+      assert.equal(e.code, '53100', `insert ${String(n)}: ${e.message}`);
+      assert.equal(e.message, 'chaperone: audit trail unavailable (spool full); resource is fail-closed');
+      refused.push(n);
+    }
+  };
+  return { accepted, refused, insert };
+}

@@ -10,7 +10,7 @@ import pg from 'pg';
 import { createTestDatabase } from '../harness/databases.ts';
 import { controlPlaneEnv, directPgOptions } from '../harness/env.ts';
 import { createTestNamespace, kubeConfig } from '../harness/kube.ts';
-import { listSessions, startAuditSidecar, verifySessions, waitFor } from './durability-helpers.ts';
+import { failClosedInserts, listSessions, startAuditSidecar, verifySessions, waitFor } from './durability-helpers.ts';
 
 async function laterNamespace(t: TestContext): Promise<{ name: string; create: () => Promise<void> }> {
   const base = await createTestNamespace(t);
@@ -42,19 +42,7 @@ test('durable audit: spool full on a FailClosed resource refuses writes with 531
   const c = new pg.Client({ host: sidecar.host, port: sidecar.port, user: 'agent', password: token, database: 'a' });
   await c.connect();
   // Every statement inserts a value of its own, so the table says exactly which statements ran.
-  const accepted: number[] = [];
-  const refused: number[] = [];
-  const insert = async (n: number): Promise<void> => {
-    try {
-      await c.query(`insert into notes values (${String(n)})`);
-      accepted.push(n);
-    } catch (err) {
-      const e = err as Error & { code?: string };
-      assert.equal(e.code, '53100', `insert ${String(n)}: ${e.message}`);
-      assert.equal(e.message, 'chaperone: audit trail unavailable (spool full); resource is fail-closed');
-      refused.push(n);
-    }
-  };
+  const { accepted, refused, insert } = failClosedInserts(c);
   let n = 0;
   while (refused.length === 0 && n < 2000) await insert(n++);
   assert.equal(refused.length, 1, 'the spool filled up');

@@ -24,6 +24,7 @@ import {
   verifySessions,
   waitFor,
   type VerifiedSession,
+  failClosedInserts,
 } from './durability-helpers.ts';
 import { startTcpOutage } from './tcp-outage.ts';
 
@@ -300,19 +301,7 @@ test('evidence store: spool full while the store is unreachable refuses FailClos
     audit: { evidenceStore: db.sidecarConfigAt(outage.port) },
   });
   const c = await client(sidecar, 'full');
-  const accepted: number[] = [];
-  const refused: number[] = [];
-  const insert = async (n: number): Promise<void> => {
-    try {
-      await c.query(`insert into notes values (${String(n)})`);
-      accepted.push(n);
-    } catch (err) {
-      const e = err as Error & { code?: string };
-      assert.equal(e.code, '53100', `insert ${String(n)}: ${e.message}`);
-      assert.equal(e.message, 'chaperone: audit trail unavailable (spool full); resource is fail-closed');
-      refused.push(n);
-    }
-  };
+  const { accepted, refused, insert } = failClosedInserts(c);
   let n = 0;
   while (refused.length === 0 && n < 2000) await insert(n++);
   assert.equal(refused.length, 1, 'the spool filled up');

@@ -22,6 +22,7 @@ import {
   verifySessions,
   waitFor,
   type VerifiedSession,
+  failClosedInserts,
 } from './durability-helpers.ts';
 import {
   checkStatements,
@@ -315,19 +316,7 @@ test('evidence store: the store refuses batches (INSERT revoked) under FailClose
   const c = new pg.Client({ host: sidecar.host, port: sidecar.port, user: 'agent', password: token, database: 'a' });
   c.on('error', () => undefined);
   await c.connect();
-  const accepted: number[] = [];
-  const refused: number[] = [];
-  const insert = async (n: number): Promise<void> => {
-    try {
-      await c.query(`insert into notes values (${String(n)})`);
-      accepted.push(n);
-    } catch (err) {
-      const e = err as Error & { code?: string };
-      assert.equal(e.code, '53100', `insert ${String(n)}: ${e.message}`);
-      assert.equal(e.message, 'chaperone: audit trail unavailable (spool full); resource is fail-closed');
-      refused.push(n);
-    }
-  };
+  const { accepted, refused, insert } = failClosedInserts(c);
   let n = 0;
   for (; n < 20; n++) await insert(n);
   await waitFor('the first records stored', async () => ((await storedRows(db)) > 0 ? true : undefined));
