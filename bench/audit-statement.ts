@@ -9,13 +9,16 @@
 // write) as the engine does. CPU is per statement over rounds (min and median), of the process
 // (process.cpuUsage), and of its main thread alone (process.threadCpuUsage: with `durable` the worker's is
 // not the serial stage), so it can be compared under load, A/B against another tree (an unchanged copy of main).
-// Run: node bench/audit-statement.ts [--sink json-lines|spool-like|durable] [--tree DIR]
+// `json-lines-worker`: the JSON-lines sink as the sidecar runs it (json-lines-writer.ts: records handed to its
+// worker thread as members, sealed there), writing to /dev/null.
+// Run: node bench/audit-statement.ts [--sink json-lines|json-lines-worker|spool-like|durable] [--tree DIR]
 import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import type * as AgentSessionModule from '../sidecar/src/core/agent-session.ts';
 import type * as AuditSinkModule from '../sidecar/src/core/audit/audit-sink.ts';
+import type * as JsonLinesWriterModule from '../sidecar/src/core/audit/json-lines-writer.ts';
 import type * as DurableSinkModule from '../sidecar/src/core/audit/durable-audit-sink.ts';
 import type * as SigningKeyModule from '../sidecar/src/core/audit/signing-key.ts';
 import type * as LoggerModule from '../sidecar/src/core/observability/logger.ts';
@@ -153,7 +156,13 @@ const sink =
     ? await durableSink(spoolDir)
     : values.sink === 'spool-like'
       ? spoolLikeSink()
-      : new JsonLinesSink('/dev/null');
+      : values.sink === 'json-lines-worker'
+        ? (
+            (await import(join(core, 'audit', 'json-lines-writer.ts'))) as typeof JsonLinesWriterModule
+          ).JsonLinesWriter.open('/dev/null', (err) => {
+            throw err;
+          })
+        : new JsonLinesSink('/dev/null');
 const rounds = Number(values.rounds ?? (spoolDir === undefined ? 15 : 9));
 const s = session(sink);
 await statements(s, 2 * STATEMENTS); // warm-up
