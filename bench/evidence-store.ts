@@ -422,19 +422,21 @@ export async function runEvidenceStoreBench(options: EvidenceStoreBenchOptions):
     const flushedAfter = await metric(stored, 'chaperone_audit_flushed_records_total');
     const writesAfter = await apiWrites(stored);
     const storeRuns = runs.filter((r) => r.target === 'evidence-store');
-    const yardstickTps = median(runs.filter((r) => r.target === 'json-lines').map((r) => r.tps));
-    const ratioOf = (target: EvidencePgbenchRun['target']) =>
-      median(runs.filter((r) => r.target === target).map((r) => r.tps)) / yardstickTps;
-    // Per round, the store against the yardstick measured in the same minutes: the load of the machine moves
-    // between rounds more than between the two runs of one round.
-    const roundRatios: number[] = [];
-    for (let round = 0; round < options.rounds; round++) {
-      const inRound = runs.filter((r) => r.round === round);
-      const json = inRound.find((r) => r.target === 'json-lines');
-      const store = inRound.find((r) => r.target === 'evidence-store');
-      if (json !== undefined && store !== undefined) roundRatios.push(store.tps / json.tps);
-    }
-    const ratio = roundRatios.length === 0 ? ratioOf('evidence-store') : median(roundRatios);
+    // Per round, each target against the yardstick measured in the same minutes (the load of the machine
+    // moves between rounds more than between the runs of one round); a target's ratio is their median.
+    const ratiosOf = (target: EvidenceTarget): number[] => {
+      const ratios: number[] = [];
+      for (let round = 0; round < options.rounds; round++) {
+        const inRound = runs.filter((r) => r.round === round);
+        const json = inRound.find((r) => r.target === 'json-lines');
+        const run = inRound.find((r) => r.target === target);
+        if (json !== undefined && run !== undefined) ratios.push(run.tps / json.tps);
+      }
+      return ratios;
+    };
+    const ratioOf = (target: EvidenceTarget): number => median(ratiosOf(target));
+    const roundRatios = ratiosOf('evidence-store');
+    const ratio = median(roundRatios);
     const failClosedRefusals =
       (await metric(stored, 'chaperone_audit_spool_rejected_total', '{reason="spool-full"}')) -
       refusedBefore +

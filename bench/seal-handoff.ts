@@ -46,7 +46,7 @@ const ORIGIN: RecordOrigin = {
   namespace: 'bench',
   pod: 'bench-sidecar-7f9c',
 };
-const OUTCOME: Outcome = { status: 'success', rows: 1, durationMs: 0.41 };
+const OUTCOME: Outcome = { status: 'success', rows: 1, durationMicros: 410 };
 
 /** pgbench's select decision as RecordChain builds its members. */
 function decisionMembers(seq: number): Members {
