@@ -7,22 +7,19 @@
 // passed to the writer only notes which session each write was for.
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync } from 'node:fs';
-import { join } from 'node:path';
-import { GENESIS_HASH, hashRecord, type AuditRecord, type Session, type UnhashedRecord } from '@chaperone/api';
+import type { AuditRecord, Session } from '@chaperone/api';
 import type { RecordOrigin } from '../../sidecar/src/core/audit/audit-sink.ts';
 import {
   PostgresEvidenceStore,
   type PostgresEvidenceStoreOptions,
 } from '../../sidecar/src/core/audit/evidence-store.ts';
 import { KubernetesSessionStore, type SessionStore } from '../../sidecar/src/core/audit/session-store.ts';
-import { SessionWriter, WRITES_PER_ROUND } from '../../sidecar/src/core/audit/session-writer.ts';
-import { loadOrCreateSigningKey } from '../../sidecar/src/core/audit/signing-key.ts';
-import { silentLogger } from '../../sidecar/src/core/observability/logger.ts';
-import { controlPlaneEnv, testDir } from '../harness/env.ts';
+import { WRITES_PER_ROUND } from '../../sidecar/src/core/audit/session-writer.ts';
+import { controlPlaneEnv } from '../harness/env.ts';
 import { createTestNamespace } from '../harness/kube.ts';
 import { expectedCounters, lastStatus, listSessions, verifySessions } from './durability-helpers.ts';
 import { createEvidenceDatabase, type EvidenceDatabase } from './evidence-store-fixture.ts';
+import { HandChain, replayOrigin, replayWriter, testSigningKey } from './replay-fixture.ts';
 
 const SESSIONS = 6;
 /** Records per Session part (Session objects) or per store batch: one write's worth. */
@@ -32,27 +29,17 @@ const BACKLOG_WRITES = 10;
 /** Writes (all sessions) during which every write brings its session another write's worth of records. */
 const LOADED_WRITES = 60;
 
-/** One session's hash-chained records, made as the load asks for them. */
-class Chain {
-  readonly records: AuditRecord[] = [];
+/** One session's records, made as the load asks for them. */
+class Chain extends HandChain {
   readonly origin: RecordOrigin;
   constructor(origin: RecordOrigin) {
+    super((seq) => new Date(Date.UTC(2026, 11, 6, 10, 0, 0) + seq).toISOString().replace('Z', '000Z'));
     this.origin = origin;
-  }
-
-  next(content: Omit<UnhashedRecord, 'v' | 'seq' | 'time' | 'prevHash'>): AuditRecord {
-    const seq = this.records.length + 1;
-    const time = new Date(Date.UTC(2026, 11, 6, 10, 0, 0) + seq).toISOString().replace('Z', '000Z');
-    const prevHash = this.records.at(-1)?.hash ?? GENESIS_HASH;
-    const unhashed: UnhashedRecord = { v: 1, seq, time, ...content, prevHash };
-    const record = { ...unhashed, hash: hashRecord(unhashed) };
-    this.records.push(record);
-    return record;
   }
 
   command(): AuditRecord {
     const id = this.records.length;
-    return this.next({
+    return this.add({
       type: 'command.decision',
       command: { id, kind: 'sql', text: `select ${String(id)} -- ${this.origin.sessionId}` },
       decision: { result: id % 9 === 0 ? 'deny' : 'allow', rule: 'r' },
@@ -83,19 +70,9 @@ function noteWrites(store: SessionStore, onWrite: (sessionId: string) => void): 
 async function overload(t: TestContext, db: EvidenceDatabase | undefined): Promise<void> {
   const namespace = await createTestNamespace(t);
   const { kubeconfig } = controlPlaneEnv();
-  const dir = testDir(t);
-  mkdirSync(dir, { recursive: true });
-  const key = await loadOrCreateSigningKey(join(dir, 'signing-key.jwk'));
   const chains = Array.from(
     { length: SESSIONS },
-    (_, k) =>
-      new Chain({
-        sessionId: `fa1e000${String(k)}-0000-4000-8000-000000000000`,
-        resource: 'orders-db',
-        resourceType: 'postgres',
-        namespace,
-        pod: 'agent-pod',
-      }),
+    (_, k) => new Chain(replayOrigin(namespace, `fa1e000${String(k)}-0000-4000-8000-000000000000`)),
   );
   const bySession = new Map(chains.map((c) => [c.origin.sessionId, c]));
   let spoolId = 0;
@@ -111,28 +88,21 @@ async function overload(t: TestContext, db: EvidenceDatabase | undefined): Promi
   });
   const evidence =
     db === undefined ? undefined : new PostgresEvidenceStore(db.sidecarConfig.postgres as PostgresEvidenceStoreOptions);
-  const writer = new SessionWriter({
+  const writer = replayWriter(t, namespace, await testSigningKey(t), {
     store,
     ...(evidence === undefined ? {} : { evidence }),
-    signingKey: key,
-    pod: { name: 'agent-pod', namespace, uid: 'uid-1' },
-    logger: silentLogger,
-    flushIntervalMs: 50,
     concurrency: 4,
     maxRecordsPerPart: PER_WRITE,
     storeBatchRecords: PER_WRITE,
     // Heads follow full batches only (and the end): one head write per batch.
     storeHeadIntervalMs: 600_000,
   });
-  t.after(async () => {
-    await writer.stop();
-    await evidence?.close();
-  });
+  t.after(() => evidence?.close()); // after the writer's stop (hooks run in order)
   for (const c of chains) {
     writer.enqueue(
       ++spoolId,
       c.origin,
-      c.next({ type: 'session.start', identity: { subject: `ci:${c.origin.sessionId}`, issuer: 'https://issuer' } }),
+      c.add({ type: 'session.start', identity: { subject: `ci:${c.origin.sessionId}`, issuer: 'https://issuer' } }),
     );
     enqueue(c, BACKLOG_WRITES * PER_WRITE - 1);
   }
@@ -158,7 +128,7 @@ async function overload(t: TestContext, db: EvidenceDatabase | undefined): Promi
     writer.enqueue(
       ++spoolId,
       c.origin,
-      c.next({ type: 'session.end', outcome: { status: 'success', message: 'done' } }),
+      c.add({ type: 'session.end', outcome: { status: 'success', message: 'done' } }),
     );
   }
   assert.equal(await writer.flush(180_000), true, 'every record written');
