@@ -7,49 +7,30 @@
 // PostgreSQL.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync } from 'node:fs';
-import { join } from 'node:path';
-import { GENESIS_HASH, hashRecord, type AuditRecord, type UnhashedRecord } from '@chaperone/api';
-import type { RecordOrigin } from '../../sidecar/src/core/audit/audit-sink.ts';
 import {
   PostgresEvidenceStore,
   type PostgresEvidenceStoreOptions,
 } from '../../sidecar/src/core/audit/evidence-store.ts';
-import { KubernetesSessionStore } from '../../sidecar/src/core/audit/session-store.ts';
-import { SessionWriter } from '../../sidecar/src/core/audit/session-writer.ts';
-import { loadOrCreateSigningKey } from '../../sidecar/src/core/audit/signing-key.ts';
-import { silentLogger } from '../../sidecar/src/core/observability/logger.ts';
-import { controlPlaneEnv, testDir } from '../harness/env.ts';
+import { controlPlaneEnv } from '../harness/env.ts';
 import { createTestNamespace } from '../harness/kube.ts';
 import { expectedCounters, lastStatus, listSessions, verifySessions, waitFor } from './durability-helpers.ts';
 import { createEvidenceDatabase } from './evidence-store-fixture.ts';
+import { HandChain, replayOrigin, replayWriter, testSigningKey, type RecordContent } from './replay-fixture.ts';
 import { runCli } from './run-cli.ts';
 
 test('evidence store: a session straddling midnight replayed with stored, unsigned records: each row once, in its day', async (t) => {
   const db = createEvidenceDatabase(t);
   const namespace = await createTestNamespace(t);
   const { kubeconfig } = controlPlaneEnv();
-  const dir = testDir(t);
-  mkdirSync(dir, { recursive: true });
-  const key = await loadOrCreateSigningKey(join(dir, 'signing-key.jwk'));
-  const origin: RecordOrigin = {
-    sessionId: '7e91c0de-0000-4000-8000-00000000da75',
-    resource: 'orders-db',
-    resourceType: 'postgres',
-    namespace,
-    pod: 'agent-pod',
-  };
+  const key = await testSigningKey(t);
+  const origin = replayOrigin(namespace, '7e91c0de-0000-4000-8000-00000000da75');
   // Today's UTC midnight: the partitions of yesterday and today exist (docs/evidence-store.md).
   const midnight = new Date();
   midnight.setUTCHours(0, 0, 0, 0);
-  const records: AuditRecord[] = [];
-  const add = (content: Omit<UnhashedRecord, 'v' | 'seq' | 'time' | 'prevHash'>) => {
-    const seq = records.length + 1;
-    // 20 records before midnight, the rest after, 1 ms apart.
-    const time = new Date(midnight.getTime() + (seq - 21)).toISOString().replace('Z', '000Z');
-    const unhashed: UnhashedRecord = { v: 1, seq, time, ...content, prevHash: records.at(-1)?.hash ?? GENESIS_HASH };
-    records.push({ ...unhashed, hash: hashRecord(unhashed) });
-  };
+  // 20 records before midnight, the rest after, 1 ms apart.
+  const chain = new HandChain((seq) => new Date(midnight.getTime() + (seq - 21)).toISOString().replace('Z', '000Z'));
+  const { records } = chain;
+  const add = (content: RecordContent) => chain.add(content);
   add({ type: 'session.start', identity: { subject: 'system:serviceaccount:ci:midnight', issuer: 'https://issuer' } });
   for (let i = 1; i <= 38; i++) {
     add({
@@ -62,20 +43,9 @@ test('evidence store: a session straddling midnight replayed with stored, unsign
 
   const writer = () => {
     const evidence = new PostgresEvidenceStore(db.sidecarConfig.postgres as PostgresEvidenceStoreOptions);
-    const w = new SessionWriter({
-      store: new KubernetesSessionStore({ kubeconfig, namespace }),
-      evidence,
-      signingKey: key,
-      pod: { name: 'agent-pod', namespace, uid: 'uid-1' },
-      logger: silentLogger,
-      flushIntervalMs: 50,
-      // Heads lag: after the first one, records are stored and not yet signed.
-      storeHeadIntervalMs: 600_000,
-    });
-    t.after(async () => {
-      await w.stop();
-      await evidence.close();
-    });
+    // Heads lag: after the first one, records are stored and not yet signed.
+    const w = replayWriter(t, namespace, key, { evidence, storeHeadIntervalMs: 600_000 });
+    t.after(() => evidence.close()); // after the writer's stop (hooks run in order)
     return w;
   };
   const first = writer();

@@ -7,44 +7,21 @@
 // (found by durability-replay-large.test.ts). Real SessionWriter, real API server.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync } from 'node:fs';
-import { join } from 'node:path';
-import { GENESIS_HASH, hashRecord, type AuditRecord, type UnhashedRecord } from '@chaperone/api';
-import { SessionWriter } from '../../sidecar/src/core/audit/session-writer.ts';
 import { KubernetesSessionStore, type SessionStore } from '../../sidecar/src/core/audit/session-store.ts';
-import { loadOrCreateSigningKey } from '../../sidecar/src/core/audit/signing-key.ts';
-import { silentLogger } from '../../sidecar/src/core/observability/logger.ts';
-import type { RecordOrigin } from '../../sidecar/src/core/audit/audit-sink.ts';
-import { controlPlaneEnv, testDir } from '../harness/env.ts';
+import { controlPlaneEnv } from '../harness/env.ts';
 import { createTestNamespace } from '../harness/kube.ts';
 import { listSessions, verifySessions } from './durability-helpers.ts';
+import { HandChain, replayOrigin, replayWriter, testSigningKey, type RecordContent } from './replay-fixture.ts';
 import { runCli } from './run-cli.ts';
 
 test('replay: a part left without its Continued status by a dead process gets the counters of its records', async (t) => {
   const namespace = await createTestNamespace(t);
   const { kubeconfig } = controlPlaneEnv();
-  const dir = testDir(t);
-  mkdirSync(dir, { recursive: true });
-  const key = await loadOrCreateSigningKey(join(dir, 'signing-key.jwk'));
-  const origin: RecordOrigin = {
-    sessionId: '7e91c0de-0000-4000-8000-0000000c0417',
-    resource: 'orders-db',
-    resourceType: 'postgres',
-    namespace,
-    pod: 'agent-pod',
-  };
-  const records: AuditRecord[] = [];
-  const add = (content: Omit<UnhashedRecord, 'v' | 'seq' | 'time' | 'prevHash'>) => {
-    const seq = records.length + 1;
-    const unhashed: UnhashedRecord = {
-      v: 1,
-      seq,
-      time: `2026-12-06T02:00:00.${String(seq).padStart(6, '0')}Z`,
-      ...content,
-      prevHash: records.at(-1)?.hash ?? GENESIS_HASH,
-    };
-    records.push({ ...unhashed, hash: hashRecord(unhashed) });
-  };
+  const key = await testSigningKey(t);
+  const origin = replayOrigin(namespace, '7e91c0de-0000-4000-8000-0000000c0417');
+  const chain = new HandChain((seq) => `2026-12-06T02:00:00.${String(seq).padStart(6, '0')}Z`);
+  const { records } = chain;
+  const add = (content: RecordContent) => chain.add(content);
   add({ type: 'session.start', identity: { subject: 'system:serviceaccount:ci:runner', issuer: 'https://issuer' } });
   for (let i = 1; i <= 9; i++) {
     add({
@@ -66,18 +43,8 @@ test('replay: a part left without its Continued status by a dead process gets th
     event: () => Promise.resolve(),
   };
   const writer = (store: SessionStore) =>
-    new SessionWriter({
-      store,
-      signingKey: key,
-      pod: { name: 'agent-pod', namespace, uid: 'uid-1' },
-      logger: silentLogger,
-      flushIntervalMs: 50,
-      maxRecordsPerPart: 4,
-      backoffInitialMs: 50,
-      backoffMaxMs: 100,
-    });
+    replayWriter(t, namespace, key, { store, maxRecordsPerPart: 4, backoffInitialMs: 50, backoffMaxMs: 100 });
   const first = writer(withoutStatus);
-  t.after(() => first.stop());
   first.start();
   // Records 1..6: part 0 (1..4) and part 1 (5..6) are created, part 0's Continued status write fails.
   records.slice(0, 6).forEach((r, i) => first.enqueue(i + 1, origin, r));
@@ -99,7 +66,6 @@ test('replay: a part left without its Continued status by a dead process gets th
 
   // The next process replays the spool: every record again, the session's end among them.
   const second = writer(real);
-  t.after(() => second.stop());
   second.start();
   records.forEach((r, i) => second.enqueue(i + 1, origin, r, true));
   assert.equal(await second.flush(60_000), true, 'every record written');

@@ -5,43 +5,23 @@
 // flush emptied is not written Abandoned before its later records. Real SessionWriter, real API server.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { join } from 'node:path';
-import { mkdirSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { canonicalRecordText, GENESIS_HASH, hashRecord, type AuditRecord, type UnhashedRecord } from '@chaperone/api';
-import { SessionWriter } from '../../sidecar/src/core/audit/session-writer.ts';
-import { KubernetesSessionStore } from '../../sidecar/src/core/audit/session-store.ts';
-import { loadOrCreateSigningKey } from '../../sidecar/src/core/audit/signing-key.ts';
 import { silentLogger } from '../../sidecar/src/core/observability/logger.ts';
 import type { RecordOrigin } from '../../sidecar/src/core/audit/audit-sink.ts';
 import { outcomeEntryText, recordEntryText, ReplayedSpoolEntries } from '../../sidecar/src/core/audit/spool-entries.ts';
-import { controlPlaneEnv, testDir } from '../harness/env.ts';
+import { controlPlaneEnv } from '../harness/env.ts';
 import { createTestNamespace } from '../harness/kube.ts';
 import { listSessions, verifySessions } from './durability-helpers.ts';
+import { replayOrigin, replayWriter, testSigningKey } from './replay-fixture.ts';
 
 test('replay: an outcome entry in the next part of the replay still merges into its decision', async (t) => {
   const namespace = await createTestNamespace(t);
-  const dir = testDir(t);
-  mkdirSync(dir, { recursive: true });
-  const key = await loadOrCreateSigningKey(join(dir, 'signing-key.jwk'));
   const acks: number[] = [];
-  const writer = new SessionWriter({
-    store: new KubernetesSessionStore({ kubeconfig: controlPlaneEnv().kubeconfig, namespace }),
-    signingKey: key,
-    pod: { name: 'agent-pod', namespace, uid: 'uid-1' },
-    logger: silentLogger,
-    onAcknowledge: (id) => acks.push(id),
-    flushIntervalMs: 50,
-  });
-  t.after(() => writer.stop());
+  const writer = replayWriter(t, namespace, await testSigningKey(t), { onAcknowledge: (id) => acks.push(id) });
   writer.start();
-  const origin = (n: number): RecordOrigin => ({
-    sessionId: `7e91c0de-0000-4000-8000-00000000000${String(n)}`,
-    resource: 'orders-db',
-    resourceType: 'postgres',
-    namespace,
-    pod: 'agent-pod',
-  });
+  const origin = (n: number): RecordOrigin =>
+    replayOrigin(namespace, `7e91c0de-0000-4000-8000-00000000000${String(n)}`);
   const trail = (origin: RecordOrigin) => {
     // What the earlier process spooled: start, then two statements whose outcomes merged into their
     // decisions (decision entry, outcome entry), then the end. Each record chains to the merged one before it.

@@ -54,6 +54,7 @@ export type SessionWriterTuning = Partial<
     | 'backoffInitialMs'
     | 'backoffMaxMs'
     | 'concurrency'
+    | 'writesPerRound'
     | 'eventIntervalMs'
     | 'storeBatchRecords'
     | 'storeHeadIntervalMs'
@@ -80,6 +81,11 @@ export interface SessionWriterOptions {
   readonly backoffMaxMs?: number;
   /** Sessions written at once. Default 4. */
   readonly concurrency?: number;
+  /**
+   * Writes one session gets per flush round (Session object writes, or evidence-store batches with their
+   * head) before the other sessions with work get their turn. Default WRITES_PER_ROUND.
+   */
+  readonly writesPerRound?: number;
   /** Shortest time between two flush-failure Events, ms. Default 60 s. */
   readonly eventIntervalMs?: number;
   readonly now?: () => Date;
@@ -145,6 +151,11 @@ interface SessionState {
   busy: boolean;
   /** Short object names collided with another session's objects: use the whole session id. */
   longNames: boolean;
+  /**
+   * Its last flush stopped at the round's budget of writes with records left: it is due in the next round,
+   * which starts at once.
+   */
+  cut: boolean;
   /** Earlier parts whose `Continued` status is still to be written (the write failed). */
   continued: { name: string; status: SessionStatus }[];
   /** With an evidence store: the highest seq inserted whose head may still be unwritten. */
@@ -180,6 +191,14 @@ interface SessionState {
  * change, ms (docs/evidence-store.md, "How records flow").
  */
 const STORE_STATUS_INTERVAL_MS = 30_000;
+
+/**
+ * Writes per session per flush round. A round flushes every session with work (at most `concurrency` at
+ * once) and ends when each has written its backlog or this many writes; a round that left work starts the
+ * next at once. So under a load beyond the API server's write rate no busy session keeps a flush slot while
+ * others wait: each session with work gets its turn every round (docs/audit-durability.md, "Fairness").
+ */
+export const WRITES_PER_ROUND = 4;
 
 /**
  * Whether `err` is the evidence store's server refusing a statement (node-postgres's DatabaseError: a
@@ -225,6 +244,7 @@ export class SessionWriter {
   /** Records that make a flush start at once rather than at the next tick. */
   private readonly kickRecords: number;
   private readonly headIntervalMs: number;
+  private readonly writesPerRound: number;
   private readonly now: () => Date;
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<void> | undefined;
@@ -252,6 +272,7 @@ export class SessionWriter {
     this.kickRecords = this.evidence === undefined ? this.maxRecords : (options.storeBatchRecords ?? 4096);
     this.now = options.now ?? (() => new Date());
     this.headIntervalMs = options.storeHeadIntervalMs ?? 5000;
+    this.writesPerRound = Math.max(1, options.writesPerRound ?? WRITES_PER_ROUND);
   }
 
   /** Records accepted and not yet in Kubernetes. */
@@ -324,6 +345,7 @@ export class SessionWriter {
         retryAt: 0,
         firstFailureAt: 0,
         busy: false,
+        cut: false,
         longNames: false,
         continued: [],
         storedThrough: 0,
@@ -511,13 +533,26 @@ export class SessionWriter {
     });
     await this.running;
     this.running = undefined;
+    // A forced round cut short by the budget: the next round still writes everything for flush()'s waiters.
+    if (forced && this.waiters.length > 0 && this.anyCut()) this.forced = true;
     const more = this.wantsRerun();
     this.schedule(more ? 0 : this.intervalMs);
   }
 
-  /** A flush was asked for while one ran, or a full part's (or a session's batch's) worth of records arrived meanwhile. */
+  /** A session's last flush stopped at the round's budget (and it is not backing off). */
+  private anyCut(): boolean {
+    const now = Date.now();
+    for (const s of this.sessions.values()) if (s.cut && s.retryAt <= now) return true;
+    return false;
+  }
+
+  /**
+   * A flush was asked for while one ran, a round left work (the budget), or a full part's (or a session's
+   * batch's) worth of records arrived meanwhile.
+   */
   private wantsRerun(): boolean {
-    if (this.rerun) return true;
+    // Work left by the budget: no wait between rounds, so one busy session writes as fast as it did unbudgeted.
+    if (this.rerun || this.anyCut()) return true;
     if (this.evidence === undefined) return this.sinceKick >= this.kickRecords;
     // Not a session backing off after a failure: that would spin until its retry time.
     const now = Date.now();
@@ -533,11 +568,11 @@ export class SessionWriter {
   /**
    * Whether a session with work is flushed in this run. With an evidence store each flush costs a head and a
    * status write on the API server whatever the batch's size, so a session is flushed once per interval,
-   * or at once when a whole batch is queued, it ended, or a flush() asked for everything. Without a store
-   * (Session objects, one write per part anyway) every session with work is.
+   * or at once when a whole batch is queued, its last round left work, it ended, or a flush() asked for
+   * everything. Without a store (Session objects, one write per part anyway) every session with work is.
    */
   private due(s: SessionState, now: number, forced: boolean): boolean {
-    if (this.evidence === undefined || forced || s.ended || s.abandoned || !s.synced) return true;
+    if (this.evidence === undefined || forced || s.cut || s.ended || s.abandoned || !s.synced) return true;
     return this.batchWaiting(s) || now - s.lastFlushAt >= this.intervalMs || s.head >= s.queue.length;
   }
 
@@ -586,6 +621,7 @@ export class SessionWriter {
 
   private async flushSession(s: SessionState, forced: boolean): Promise<void> {
     s.busy = true;
+    s.cut = false;
     s.lastFlushAt = Date.now();
     try {
       if (!s.synced) await this.sync(s);
@@ -596,6 +632,11 @@ export class SessionWriter {
       const inStore = evidence !== undefined;
       if (evidence !== undefined) written = await this.flushToStore(s, evidence, forced);
       while (!inStore && s.head < this.takeable(s)) {
+        if (written >= this.writesPerRound) {
+          // The round's budget: the other sessions with work get their turn before this one writes on.
+          s.cut = true;
+          break;
+        }
         const cur = s.current;
         const first = s.queue[s.head] as Queued;
         if (cur !== undefined && first.record.seq <= cur.lastSeq) {
@@ -613,12 +654,14 @@ export class SessionWriter {
           await this.appendRecords(s, cur);
         }
         written += 1;
-        // Give the spool its space back after every write: under steady load this loop may not end soon.
+        // Give the spool its space back after every write.
         this.acknowledge();
       }
       // Give the spool its space back as soon as this session's records are in.
       if (written > 0) this.acknowledge();
-      const status = s.statusDirty && s.current !== undefined ? this.status(s) : undefined;
+      // A session cut short by the budget in Session objects writes its status once it catches up: a status
+      // per round would cost the API server a write per `writesPerRound` while it is the bottleneck.
+      const status = s.statusDirty && s.current !== undefined && (inStore || !s.cut) ? this.status(s) : undefined;
       if (status !== undefined && s.current !== undefined && this.statusDue(s, status, inStore, forced)) {
         const cur = s.current;
         // The status write moves the object's resourceVersion: keep it, or the next guarded append is refused.
@@ -811,7 +854,8 @@ export class SessionWriter {
 
   /**
    * Evidence-store mode: inserts the queued records in batches and after each writes the signed head that
-   * covers it into the session's Session object (created with the first batch). Returns batches written.
+   * covers it into the session's Session object (created with the first batch), at most `writesPerRound`
+   * batches (then `cut`). Returns batches written.
    */
   private async flushToStore(s: SessionState, evidence: EvidenceStore, forced: boolean): Promise<number> {
     const ref = s.ref;
@@ -831,6 +875,11 @@ export class SessionWriter {
     const lastQueued = s.queue[end - 1];
     if (lastQueued !== undefined) s.takenThrough = Math.max(s.takenThrough, lastQueued.record.seq);
     while (s.head < s.queue.length && remaining > 0) {
+      if (written >= this.writesPerRound) {
+        // The round's budget, as in Session objects: the rest waits for this session's turn in the next round.
+        s.cut = true;
+        break;
+      }
       const cur = s.current;
       const first = s.queue[s.head] as Queued;
       if (cur !== undefined && first.record.seq <= cur.lastSeq) {
