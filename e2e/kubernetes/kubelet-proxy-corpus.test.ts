@@ -9,13 +9,18 @@
 // reaches the kubelet: the kubelet's own answer (a PodList naming another namespace's pod, its
 // configuration) is the proof, and a case the sidecar must refuse is answered with its Status.
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
-import { after, before, test } from 'node:test';
+import { mkdirSync, readFileSync } from 'node:fs';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
+import type { AddressInfo } from 'node:net';
+import { join } from 'node:path';
+import { after, before, test, type TestContext } from 'node:test';
 import type { AccessPolicySpec } from '@chaperone/api';
-import { ENV, controlPlaneEnv } from '../harness/env.ts';
+import { ENV, controlPlaneEnv, testDir } from '../harness/env.ts';
 import { createTestNamespace } from '../harness/kube.ts';
 import { LOCAL_NODE_NAME, LOCAL_NODE_TOLERATION, startLocalNode, type LocalNode } from '../harness/node.ts';
 import { poll } from '../harness/poll.ts';
+import { writeTlsFiles } from '../harness/postgres.ts';
 import { RESOURCE, startKubeFixture } from './kube-fixture.ts';
 import { exchange, type RawResponse } from './raw-tls.ts';
 
@@ -295,5 +300,282 @@ test('kubelet paths through nodes/proxy and proxy target spellings against the r
     const out = await f.admin(['get', '--raw', `${kubelet}/pods`, `--as=${sa}`]);
     assert.match(out, /"kind":"PodList"/);
     assert.match(out, new RegExp(`"namespace":"${other}"`));
+  });
+});
+
+const GROUP = 'widgets.chaperone.test';
+
+/**
+ * An aggregated API server on loopback (HTTPS) that serves `widgets` and, as some do, ignores `dryRun`:
+ * every write it receives is real. `received` is its own log of requests.
+ */
+async function startWidgetServer(
+  t: TestContext,
+  dir: string,
+): Promise<{ port: number; received: string[]; widgets: Set<string> }> {
+  mkdirSync(dir, { recursive: true });
+  const tls = writeTlsFiles(dir);
+  const received: string[] = [];
+  const widgets = new Set(['w0', 'w1', 'w2', 'w3', 'w4', 'kept']);
+  const json = (res: ServerResponse, code: number, doc: unknown) => {
+    res.writeHead(code, { 'content-type': 'application/json' });
+    res.end(JSON.stringify(doc));
+  };
+  const server = createHttpsServer(
+    { cert: readFileSync(tls.certFile), key: readFileSync(tls.keyFile) },
+    (req: IncomingMessage, res: ServerResponse) => {
+      req.resume();
+      req.once('end', () => {
+        const url = new URL(req.url ?? '/', 'https://x');
+        const path = url.pathname;
+        if (path.startsWith(`/apis/${GROUP}/v1/namespaces/`)) received.push(`${req.method ?? ''} ${req.url ?? ''}`);
+        if (path === '/apis') {
+          json(res, 200, {
+            kind: 'APIGroupList',
+            apiVersion: 'v1',
+            groups: [{ name: GROUP, versions: [{ groupVersion: `${GROUP}/v1`, version: 'v1' }] }],
+          });
+        } else if (path === `/apis/${GROUP}`) {
+          json(res, 200, {
+            kind: 'APIGroup',
+            apiVersion: 'v1',
+            name: GROUP,
+            versions: [{ groupVersion: `${GROUP}/v1`, version: 'v1' }],
+          });
+        } else if (path === `/apis/${GROUP}/v1`) {
+          json(res, 200, {
+            kind: 'APIResourceList',
+            apiVersion: 'v1',
+            groupVersion: `${GROUP}/v1`,
+            resources: [
+              {
+                name: 'widgets',
+                singularName: 'widget',
+                namespaced: true,
+                kind: 'Widget',
+                verbs: ['get', 'list', 'create', 'delete', 'patch'],
+              },
+            ],
+          });
+        } else {
+          const m = /^\/apis\/[^/]+\/v1\/namespaces\/([^/]+)\/widgets(?:\/([^/]+))?$/.exec(path);
+          if (m === null) {
+            json(res, 404, { kind: 'Status', apiVersion: 'v1', status: 'Failure', code: 404 });
+            return;
+          }
+          const [, namespace, name] = m;
+          const widget = (n: string) => ({
+            apiVersion: `${GROUP}/v1`,
+            kind: 'Widget',
+            metadata: { name: n, namespace, uid: `uid-${n}` },
+          });
+          if (req.method === 'POST') {
+            widgets.add('created');
+            json(res, 201, widget('created'));
+            return;
+          }
+          if (name === undefined || !widgets.has(name)) {
+            json(res, 404, {
+              kind: 'Status',
+              apiVersion: 'v1',
+              status: 'Failure',
+              reason: 'NotFound',
+              code: 404,
+            });
+            return;
+          }
+          // dryRun is not read: the write happens.
+          if (req.method === 'DELETE') widgets.delete(name);
+          json(res, 200, widget(name));
+          return;
+        }
+      });
+    },
+  );
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.after(
+    () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
+  );
+  return { port: (server.address() as AddressInfo).port, received, widgets };
+}
+
+/** Deletes of widgets may be done; `kept` may not be deleted. */
+function widgetPolicy(namespace: string): Record<string, AccessPolicySpec> {
+  return {
+    kube: {
+      resources: { names: [RESOURCE] },
+      rules: [
+        {
+          name: 'keep-kept',
+          decision: 'deny',
+          match: { kubernetes: { verbs: ['delete'], apiGroups: [GROUP], resources: ['widgets'], names: ['kept'] } },
+        },
+        { name: 'everything-in-namespace', decision: 'allow', match: { kubernetes: { namespaces: [namespace] } } },
+      ],
+      defaultDecision: 'deny',
+    },
+  };
+}
+
+test('dry runs and decisions of an aggregated API server that ignores dryRun', async (t) => {
+  const f = await startKubeFixture(t, widgetPolicy);
+  const ns = f.namespace;
+  const backend = await startWidgetServer(t, join(testDir(t), 'widget-server'));
+  const exposed = await (node as LocalNode).exposeHostPort(backend.port);
+  const apiService = `v1.${GROUP}`;
+  await f.admin(
+    ['apply', '-f', '-'],
+    JSON.stringify({
+      apiVersion: 'v1',
+      kind: 'List',
+      items: [
+        {
+          apiVersion: 'v1',
+          kind: 'Service',
+          metadata: { name: 'widgets', namespace: ns },
+          spec: { ports: [{ name: 'https', port: 443, protocol: 'TCP', targetPort: exposed.port }] },
+        },
+        {
+          apiVersion: 'v1',
+          kind: 'Endpoints',
+          metadata: { name: 'widgets', namespace: ns },
+          subsets: [{ addresses: [{ ip: exposed.host }], ports: [{ name: 'https', port: exposed.port }] }],
+        },
+        {
+          apiVersion: 'discovery.k8s.io/v1',
+          kind: 'EndpointSlice',
+          metadata: { name: 'widgets', namespace: ns, labels: { 'kubernetes.io/service-name': 'widgets' } },
+          addressType: 'IPv4',
+          ports: [{ name: 'https', port: exposed.port, protocol: 'TCP' }],
+          endpoints: [{ addresses: [exposed.host], conditions: { ready: true } }],
+        },
+        {
+          apiVersion: 'apiregistration.k8s.io/v1',
+          kind: 'APIService',
+          metadata: { name: apiService },
+          spec: {
+            group: GROUP,
+            version: 'v1',
+            service: { namespace: ns, name: 'widgets', port: 443 },
+            insecureSkipTLSVerify: true,
+            groupPriorityMinimum: 1000,
+            versionPriority: 15,
+          },
+        },
+        {
+          apiVersion: 'rbac.authorization.k8s.io/v1',
+          kind: 'Role',
+          metadata: { name: 'widgets', namespace: ns },
+          rules: [{ apiGroups: [GROUP], resources: ['widgets'], verbs: ['*'] }],
+        },
+        {
+          apiVersion: 'rbac.authorization.k8s.io/v1',
+          kind: 'RoleBinding',
+          metadata: { name: 'widgets', namespace: ns },
+          roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'Role', name: 'widgets' },
+          subjects: [{ kind: 'ServiceAccount', name: 'chaperone-sidecar', namespace: ns }],
+        },
+      ],
+    }),
+  );
+  t.after(async () => {
+    await f.admin(['delete', 'apiservice', apiService, '--ignore-not-found']).catch(() => undefined);
+  });
+  await poll(
+    'the aggregator to proxy to the widget server',
+    async () => {
+      const out = await f.admin(['get', '--raw', `/apis/${GROUP}/v1/namespaces/${ns}/widgets/w0`]).catch(() => '');
+      return out.includes('"kind":"Widget"') ? true : undefined;
+    },
+    120_000,
+  );
+
+  const ca = readFileSync(f.servingCertFile);
+  const host = `127.0.0.1:${String(f.sidecar.port)}`;
+  const auth = `Authorization: Bearer ${f.agentToken}`;
+  const widgets = `/apis/${GROUP}/v1/namespaces/${ns}/widgets`;
+  const send = (method: string, target: string, body?: string) => {
+    const head = `${method} ${target} HTTP/1.1\r\nHost: ${host}\r\n${auth}\r\n`;
+    const bytes =
+      body === undefined
+        ? `${head}Connection: close\r\n\r\n`
+        : `${head}Content-Type: application/json\r\nContent-Length: ${String(Buffer.byteLength(body))}\r\nConnection: close\r\n\r\n${body}`;
+    return exchange(f.sidecar.port, ca, bytes);
+  };
+  /** The decision record of the request whose text holds `needle`. */
+  const recorded = async (needle: string): Promise<string> => {
+    const entries = await f.sidecar.settledRecords();
+    const decision = entries.findLast(
+      (e) => e.record.type === 'command.decision' && (e.record.command?.text ?? '').includes(needle),
+    );
+    return decision?.record.command?.text ?? '(none)';
+  };
+
+  // Each write a dry run by the client's asking; the server performs it. The record must not say it did not.
+  const dryRuns: readonly { name: string; run: () => Promise<RawResponse>; needle: string; gone: string }[] = [
+    {
+      name: 'DELETE ?dryRun=All',
+      run: () => send('DELETE', `${widgets}/w1?dryRun=All`),
+      needle: '/widgets/w1?dryRun=All',
+      gone: 'w1',
+    },
+    {
+      name: 'DELETE with DeleteOptions {"dryRun":["All"]} in the body',
+      run: () => send('DELETE', `${widgets}/w2`, JSON.stringify({ kind: 'DeleteOptions', dryRun: ['All'] })),
+      needle: '/widgets/w2',
+      gone: 'w2',
+    },
+    {
+      name: 'POST ?dryRun=All (create)',
+      run: () => send('POST', `${widgets}?dryRun=All`, JSON.stringify({ metadata: { name: 'created' } })),
+      needle: 'POST /apis/',
+      gone: '',
+    },
+  ];
+  for (const c of dryRuns) {
+    await t.test(`${c.name}: the server wrote for real, and the record says the dry run is not verified`, async () => {
+      const res = await c.run();
+      assert.ok(res.status === 200 || res.status === 201, `${res.head}\n${res.body}`);
+      assert.ok(
+        backend.received.some((r) => r.includes(c.needle.replace(/^POST /, ''))),
+        backend.received.join('\n'),
+      );
+      if (c.gone !== '') assert.ok(!backend.widgets.has(c.gone), `${c.gone} deleted by the server`);
+      else assert.ok(backend.widgets.has('created'), 'created by the server');
+      const text = await recorded(c.needle);
+      assert.doesNotMatch(text, /\(dry run\)$/, `recorded: ${text}`);
+      assert.match(text, /dry run asked.*not verified/, `recorded: ${text}`);
+    });
+  }
+
+  await t.test(
+    'kubectl delete --dry-run=server of a widget: the server deleted it, the record does not say dry run',
+    async () => {
+      const res = await f.agent(['delete', `widgets.${GROUP}`, 'w3', '-n', ns, '--dry-run=server']);
+      assert.equal(res.code, 0, res.stderr);
+      assert.match(res.stdout, /deleted .*\(server dry run\)/);
+      assert.ok(!backend.widgets.has('w3'), 'the server deleted w3 for real');
+      const text = await recorded('/widgets/w3');
+      assert.doesNotMatch(text, /\(dry run\)$/, `recorded: ${text}`);
+      assert.match(text, /dry run asked.*not verified/, `recorded: ${text}`);
+    },
+  );
+
+  await t.test('a deny rule on the aggregated resource holds: the server never sees the delete', async () => {
+    const res = await send('DELETE', `${widgets}/kept`);
+    assert.equal(res.status, 403, `${res.head}\n${res.body}`);
+    assert.match(res.body, /keep-kept/);
+    assert.ok(backend.widgets.has('kept'));
+    assert.ok(!backend.received.some((r) => r.includes('/widgets/kept')), backend.received.join('\n'));
+  });
+
+  await t.test('an allowed read reaches the server', async () => {
+    const res = await send('GET', `${widgets}/w0`);
+    assert.equal(res.status, 200, `${res.head}\n${res.body}`);
+    assert.match(res.body, /"kind":"Widget"/);
   });
 });
