@@ -5,6 +5,8 @@
 //   namespace, environment included), `/configz`, `/stats`, `/logs` (the node's log files), `/debug/pprof`.
 // - services/proxy and pods/proxy: the object may be named `[scheme:]name[:port]`, which a rule naming the
 //   object must not miss; a Service can front the kubelet's port.
+// - An aggregated API server (a real APIService in front of a loopback HTTPS server reached through the
+//   node's link) that ignores `dryRun`: what it did to its own objects is compared with the record.
 // The sidecar's account may use nodes/proxy (granted here, the hazard), so what the policy lets through
 // reaches the kubelet: the kubelet's own answer (a PodList naming another namespace's pod, its
 // configuration) is the proof, and a case the sidecar must refuse is answered with its Status.
