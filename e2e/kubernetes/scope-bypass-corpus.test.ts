@@ -56,9 +56,10 @@ function policy(namespace: string): Record<string, AccessPolicySpec> {
           },
         },
         {
+          // The kubelet's metrics through the node proxy: nodes/proxy and what the kubelet reads it as.
           name: 'node-proxy',
           decision: 'allow',
-          match: { kubernetes: { verbs: ['get', 'create'], resources: ['nodes'], subresources: ['proxy'] } },
+          match: { kubernetes: { verbs: ['get', 'create'], resources: ['nodes'], subresources: ['proxy', 'metrics'] } },
         },
         { name: 'everything-in-namespace', decision: 'allow', match: { kubernetes: { namespaces: [namespace] } } },
         {

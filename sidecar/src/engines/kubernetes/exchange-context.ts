@@ -11,6 +11,7 @@ import type { ClientSessions } from '../http-base/client-sessions.ts';
 import type { CredentialFile, Upstream } from '../http-base/upstream.ts';
 import type { IncomingMessage } from 'node:http';
 import { impliedCommands } from './implied-commands.ts';
+import { proxyRefusal } from './kubelet-paths.ts';
 import type { RequestInfo } from './request-info.ts';
 
 /** What an exchange needs from its endpoint (kubernetes-engine.ts), so the two do not import each other. */
@@ -55,7 +56,8 @@ const STRICTNESS = { allow: 0, approve: 1, deny: 2 } as const;
 
 /**
  * The decision of a resource request: the strictest of its own and of every command it implies
- * (implied-commands.ts; `parts` as RequestInfo.parts), ties to its own. Evaluated, not recorded.
+ * (implied-commands.ts; `parts` as RequestInfo.parts), ties to its own; a proxy the engine cannot read
+ * (an unknown kubelet path, kubelet-paths.ts) is denied whatever the policy says. Evaluated, not recorded.
  */
 export function decideResource(
   session: AgentSession,
@@ -63,6 +65,8 @@ export function decideResource(
   parts: readonly string[],
   text: string,
 ): CombinedDecision {
+  const refused = proxyRefusal(command, parts);
+  if (refused !== undefined) return builtInDecision('deny', 'undecidable-proxy', refused);
   let decision = session.evaluate({ command, fingerprint: kubernetesFingerprint(command), text }, OUTSIDE_TRANSACTION);
   for (const implied of impliedCommands(command, parts)) {
     const description = { command: implied.command, fingerprint: kubernetesFingerprint(implied.command), text };

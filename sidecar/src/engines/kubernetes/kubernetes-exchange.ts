@@ -34,7 +34,13 @@ import {
   type ExchangeContext,
 } from './exchange-context.ts';
 import { UnreadableDeleteOptions, withDeleteOptions } from './delete-options.ts';
-import { classifyRequest, MUTATING_VERBS, UnclassifiableRequest, type RequestInfo } from './request-info.ts';
+import {
+  classifyRequest,
+  dryRunMark,
+  MUTATING_VERBS,
+  UnclassifiableRequest,
+  type RequestInfo,
+} from './request-info.ts';
 import { containsMaskedValue, redactSecrets } from './secret-redaction.ts';
 import { answerSelfReview } from './self-review.ts';
 import { statusFor } from './status.ts';
@@ -375,7 +381,7 @@ export class KubernetesExchange {
       nonResourcePath: info.isResourceRequest ? '' : info.path,
     };
     const fingerprint = kubernetesFingerprint(command);
-    const text = info.dryRun ? `${this.requestLine()} (dry run)` : this.requestLine();
+    const text = `${this.requestLine()}${dryRunMark(info)}`;
     const recorded =
       body !== undefined && body.length > 0 && MUTATING_VERBS.has(info.verb)
         ? this.recordedBody(info, body)

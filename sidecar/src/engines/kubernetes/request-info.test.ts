@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { classifyRequest, fieldSelectorName, parseQuery, UnclassifiableRequest } from './request-info.ts';
+import { classifyRequest, dryRunMark, fieldSelectorName, parseQuery, UnclassifiableRequest } from './request-info.ts';
 
 // Expected classifications written out from the API server's RequestInfoFactory rules (and its own tests'
 // cases), one request per row: method, path?query → verb, group, version, resource, subresource, ns, name.
@@ -198,4 +198,15 @@ test('dryRun is noted only where the API server runs a dry run', () => {
     UnclassifiableRequest,
   );
   assert.equal(classifyRequest('POST', '/api/v1/namespaces/a/serviceaccounts/b/token', '').verb, 'create');
+});
+
+test("a dry run is recorded as verified only in kube-apiserver's built-in groups", () => {
+  const mark = (method: string, path: string) => dryRunMark(classifyRequest(method, path, 'dryRun=All'));
+  assert.equal(mark('DELETE', '/api/v1/namespaces/a/configmaps/b'), ' (dry run)');
+  assert.equal(mark('POST', '/apis/apps/v1/namespaces/a/deployments'), ' (dry run)');
+  // A CRD's or an aggregated API server's group: asked for, not verified.
+  assert.match(mark('DELETE', '/apis/metrics.k8s.io/v1beta1/namespaces/a/pods/b'), /dry run asked, not verified/);
+  assert.match(mark('DELETE', '/apis/x.example.com/v1/namespaces/a/widgets/b'), /group x\.example\.com/);
+  assert.equal(mark('GET', '/apis/x.example.com/v1/namespaces/a/widgets/b'), '');
+  assert.equal(dryRunMark(classifyRequest('DELETE', '/apis/x.example.com/v1/namespaces/a/widgets/b', '')), '');
 });

@@ -54,6 +54,47 @@ const METHOD_VERBS: Readonly<Record<string, string>> = {
 /** Subresources the API server serves as connections (rest.Connecter), which take no dry run. */
 const CONNECT_SUBRESOURCES: ReadonlySet<string> = new Set(['exec', 'attach', 'portforward', 'proxy']);
 
+/**
+ * API groups kube-apiserver serves itself (its built-in storage runs `dryRun`). Any other group is a
+ * CustomResourceDefinition's or an aggregated API server's (an APIService), which may ignore `dryRun` and
+ * write for real; the engine cannot tell which from the request.
+ */
+const BUILT_IN_GROUPS: ReadonlySet<string> = new Set([
+  '',
+  'admissionregistration.k8s.io',
+  'apiextensions.k8s.io',
+  'apiregistration.k8s.io',
+  'apps',
+  'authentication.k8s.io',
+  'authorization.k8s.io',
+  'autoscaling',
+  'batch',
+  'certificates.k8s.io',
+  'coordination.k8s.io',
+  'discovery.k8s.io',
+  'events.k8s.io',
+  'flowcontrol.apiserver.k8s.io',
+  'internal.apiserver.k8s.io',
+  'networking.k8s.io',
+  'node.k8s.io',
+  'policy',
+  'rbac.authorization.k8s.io',
+  'resource.k8s.io',
+  'scheduling.k8s.io',
+  'storage.k8s.io',
+  'storagemigration.k8s.io',
+]);
+
+/**
+ * How a dry run is recorded: `(dry run)` where kube-apiserver runs it itself, and for other groups that it
+ * was asked for but not verified (an aggregated API server may ignore `dryRun` and write). '' for no dry run.
+ */
+export function dryRunMark(info: RequestInfo): string {
+  if (!info.dryRun) return '';
+  if (BUILT_IN_GROUPS.has(info.apiGroup)) return ' (dry run)';
+  return ` (dry run asked, not verified: group ${info.apiGroup} is served by a CustomResourceDefinition or an aggregated API server, which may ignore it)`;
+}
+
 /** Verbs that change state; what approval and request-body recording apply to. */
 export const MUTATING_VERBS: ReadonlySet<string> = new Set(['create', 'update', 'patch', 'delete', 'deletecollection']);
 
