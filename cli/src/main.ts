@@ -48,21 +48,22 @@ export const COMMANDS: readonly Command[] = [
   },
   {
     name: 'verify',
-    synopsis: 'SESSION | --all [--trusted-keys JWKS] [--authority-keys JWKS] [--baseline FILE] [-n NS|-A]',
+    synopsis:
+      'SESSION | --all [--trusted-keys JWKS] [--authority-keys JWKS] [--baseline FILE] [--allow-uncertified] [-n NS|-A]',
     summary: 'Verify hash chains, signatures, certificates and checkpoints; exit 1 on any problem',
     usage: VERIFY_USAGE,
     run: runVerify,
   },
   {
     name: 'evidence export',
-    synopsis: '-o FILE [--from T] [--to T] [-n NS|-A]',
+    synopsis: '-o FILE [--from T] [--to T] [-n NS|-A] [--allow-uncertified]',
     summary: 'Write records, signed heads, keys, the report and a NIST control map to one file',
     usage: EVIDENCE_USAGE,
     run: (args, io) => runEvidence(['export', ...args], io),
   },
   {
     name: 'evidence verify',
-    synopsis: 'FILE [--trusted-keys JWKS] [--authority-keys JWKS]',
+    synopsis: 'FILE [--trusted-keys JWKS] [--authority-keys JWKS] [--allow-uncertified]',
     summary: 'Verify an evidence file offline',
     usage: EVIDENCE_USAGE,
     run: (args, io) => runEvidence(['verify', ...args], io),

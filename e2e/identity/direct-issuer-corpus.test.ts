@@ -1,11 +1,15 @@
 // Claims a directly trusted issuer must not make, against a real sidecar whose trusted issuers are the real
 // kube-apiserver's service-account issuer (JWKS from the API server, marked serviceAccounts) and a second,
 // directly trusted issuer (an agent platform's, no marks). The second issuer signs tokens that name service
-// accounts, carry delegation chains (`act`), claim system: groups or dress up as the token exchange; the
-// policies would let each of them write. What counts is the database: at the end the table holds only the
-// row of the real service account's token, and every forgery was refused at authentication (28P01).
-// Before the fix, all 11 forgeries wrote their row: the sidecar read `act` and `groups` (system: ones
-// included) from every issuer and gave any `system:serviceaccount:` subject the service-account groups.
+// accounts, carry delegation chains (`act`), claim system: groups, assert an agent kind or dress up as the
+// token exchange; the policies would let each of them write. A third issuer, marked `agentKind`, may assign
+// kinds. What counts is the database: at the end the table holds only the rows of the real service
+// account's token and of the marked issuer's agent, and every forgery was refused at authentication (28P01).
+// Before the fix (twelfth session), all 11 forgeries of chains, system: names and groups wrote their row: the
+// sidecar read `act` and `groups` (system: ones included) from every issuer and gave any
+// `system:serviceaccount:` subject the service-account groups. Before the thirteenth session's fix, the 3
+// agent-kind forgeries were all authenticated with the kind they claimed, and 2 wrote (the third was a
+// reader whose own policy denied the write).
 import assert from 'node:assert/strict';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -21,7 +25,7 @@ import { createTestIssuer } from '../harness/tokens.ts';
 
 const allowWritesTo = (subjects: AccessPolicySpec['subjects']): AccessPolicySpec => ({ ...ALLOW_ALL, subjects });
 
-test('a directly trusted issuer can neither name service accounts nor assert chains or system: groups', async (t) => {
+test('a directly trusted issuer can neither name service accounts nor assert chains, system: groups or unmarked agent kinds', async (t) => {
   const ns = await createTestNamespace(t);
   const core = kubeConfig().makeApiClient(k8s.CoreV1Api);
   await core.createNamespacedServiceAccount({ namespace: ns, body: { metadata: { name: 'agent' } } });
@@ -39,6 +43,7 @@ test('a directly trusted issuer can neither name service accounts nor assert cha
   const bearerFile = join(dir, 'jwks-bearer.token');
   writeFileSync(bearerFile, await tokenFor([cp.issuer]));
   const agents = await createTestIssuer(join(dir, 'agents-jwks.json'), 'https://agents.test.chaperone.dev');
+  const kinds = await createTestIssuer(join(dir, 'kinds-jwks.json'), 'https://kinds.test.chaperone.dev');
   const database = await createTestDatabase(t, 'create table ledger (who text not null)');
 
   const sidecar = await startTestSidecar(t, {
@@ -48,6 +53,7 @@ test('a directly trusted issuer can neither name service accounts nor assert cha
       'named-accounts-write': allowWritesTo([{ subject: 'system:serviceaccount:kube-system:*' }]),
       'delegates-of-the-parent-write': allowWritesTo([{ actor: 'agent:approved-parent' }]),
       'masters-write': allowWritesTo([{ groups: ['system:masters'] }]),
+      'ci-kind-writes': allowWritesTo([{ actorKinds: ['ci'] }]),
       'bob-reads': { ...READ_ONLY, subjects: [{ subject: 'user:bob' }] },
     },
     extraIssuers: [
@@ -61,6 +67,13 @@ test('a directly trusted issuer can neither name service accounts nor assert cha
         algorithms: ['RS256'],
       },
       { issuer: agents.issuer, jwksFile: agents.jwksFile, audiences: ['chaperone'], algorithms: ['RS256'] },
+      {
+        issuer: kinds.issuer,
+        jwksFile: kinds.jwksFile,
+        agentKind: true,
+        audiences: ['chaperone'],
+        algorithms: ['RS256'],
+      },
     ],
   });
 
@@ -84,8 +97,13 @@ test('a directly trusted issuer can neither name service accounts nor assert cha
     }
   };
 
-  // The controls: the real service account's token writes; the agent platform's plain subject reads only.
+  // The controls: the real service account's token writes; so does the kind the marked issuer assigns; the
+  // agent platform's plain subject reads only.
   assert.equal(await attempt(await tokenFor(['chaperone']), 'the real service account'), 'written');
+  assert.equal(
+    await attempt(await kinds.sign({ sub: 'agent:nightly', [CLAIMS.agentKind]: 'ci' }), "a marked issuer's ci agent"),
+    'written',
+  );
   assert.equal(
     await attempt(await agents.sign({ sub: 'user:bob' }), 'a plain subject of the agent platform'),
     'denied',
@@ -115,6 +133,9 @@ test('a directly trusted issuer can neither name service accounts nor assert cha
     'the service-account group claimed': { sub: 'user:mallory', groups: [`system:serviceaccounts:${ns}`] },
     'system:masters claimed': { sub: 'user:mallory', groups: ['system:masters'] },
     'a node identity': { sub: 'system:node:worker-1', groups: [`system:serviceaccounts:${ns}`] },
+    'an agent kind the policies let write': { sub: 'user:mallory', [CLAIMS.agentKind]: 'ci' },
+    'a reader claiming the writing kind': { sub: 'user:bob', [CLAIMS.agentKind]: 'ci' },
+    'a kind dressed as the exchange': { sub: 'user:mallory', ...exchangeLook, [CLAIMS.agentKind]: 'ci' },
   };
   const outcomes: Record<string, string> = {};
   for (const [name, claims] of Object.entries(forgeries))
@@ -126,14 +147,14 @@ test('a directly trusted issuer can neither name service accounts nor assert cha
     `${String(through.length)} of ${String(Object.keys(forgeries).length)} forgeries got in`,
   );
 
-  // The server's own state: the real service account's row, nothing else.
+  // The server's own state: the controls' rows, nothing else.
   const direct = new pg.Client(directPgOptions(database));
   await direct.connect();
   try {
     const rows = (await direct.query<{ who: string }>('select who from ledger order by who')).rows;
     assert.deepEqual(
       rows.map((r) => r.who),
-      ['the real service account'],
+      ["a marked issuer's ci agent", 'the real service account'],
     );
   } finally {
     await direct.end();

@@ -305,6 +305,12 @@ export const TrustedIssuerConfig = Type.Object(
           "The cluster's service-account issuer: only its tokens (and the exchange's) may name system: subjects, and its service accounts get their groups. Default false: such a token of this issuer is refused.",
       }),
     ),
+    agentKind: Type.Optional(
+      Type.Boolean({
+        description:
+          "This issuer assigns agent kinds: its chaperone.dev/agent-kind claim is believed (policies match on it). Default false: a token of this issuer that carries the claim is refused. The exchange's kinds are always believed.",
+      }),
+    ),
     jwksBearerTokenFile: Type.Optional(
       Type.String({ description: 'Token sent when fetching the JWKS (the API server may require authentication).' }),
     ),

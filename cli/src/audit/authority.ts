@@ -19,15 +19,41 @@ export const AUTHORITY_OPTIONS = {
   'authority-keys': { type: 'string' },
   'authority-namespace': { type: 'string' },
   checkpoint: { type: 'string', multiple: true },
+} as const;
+
+/** parseArgs option descriptors of the flags that say what an uncertified signer key is. */
+export const UNCERTIFIED_OPTIONS = {
+  'allow-uncertified': { type: 'boolean' },
   'require-certified': { type: 'boolean' },
 } as const;
+
+export const UNCERTIFIED_USAGE = `  --allow-uncertified     a signer key without the operator's certificate for its pod is a warning, not an
+                          error (for sidecars that wrote while the operator was unreachable; the report
+                          names each key and part). Without it such a part fails, unless another part of
+                          the same pod carries a valid certificate for the same key
+  --require-certified     deprecated: refusing uncertified keys is the default (an error with --allow-uncertified)
+`;
+
+/**
+ * Whether uncertified signer keys are refused (the default: an auditor accepts self-asserted keys only by
+ * saying so), or a usage error (exit 2) when the flags contradict each other.
+ */
+export function refuseUncertified(
+  values: { readonly 'allow-uncertified'?: boolean | undefined; readonly 'require-certified'?: boolean | undefined },
+  io: { readonly stderr: { write(text: string): unknown } },
+): boolean | 2 {
+  if (values['allow-uncertified'] === true && values['require-certified'] === true) {
+    io.stderr.write('error: --allow-uncertified and --require-certified contradict each other\n');
+    return 2;
+  }
+  return values['allow-uncertified'] !== true;
+}
 
 export const AUTHORITY_USAGE = `  --authority-keys FILE   JWKS of the operator's audit authority to pin (default: read from the cluster)
   --authority-namespace NS  the operator's namespace, where the authority and checkpoint ConfigMaps are
                           (default chaperone-system)
   --checkpoint FILE       operator checkpoints (compact JWS, one per line; repeatable) in place of the
                           newest one in the cluster
-  --require-certified     a signer key without an operator certificate is an error (verify's default)
 `;
 
 export interface AuthorityFlags {

@@ -69,6 +69,8 @@ export interface ExportOptions {
   readonly trustedKeys?: VerifyTrailOptions['trustedKeys'];
   readonly authorityKeys?: VerifyTrailOptions['authorityKeys'];
   readonly checkpoints?: readonly string[];
+  /** An uncertified signer key is an error (verify's default) rather than a warning. */
+  readonly requireCertified?: boolean;
   readonly now?: Date;
 }
 
@@ -111,8 +113,17 @@ export async function buildEvidence(all: readonly Session[], options: ExportOpti
     trustedKeys: options.trustedKeys,
     authorityKeys: options.authorityKeys,
     checkpoints: options.checkpoints,
+    requireCertified: options.requireCertified,
     now,
   });
+  // A key's certificate from any part in scope, also one outside the window: the offline check finds the
+  // certificate of a key whose certified parts were left out (verify-trail.ts, checkCertificate).
+  const certificateOf = new Map<string, string>();
+  for (const s of all) {
+    const signer = s.spec.signer;
+    if (signer?.certificate !== undefined && !certificateOf.has(signer.keyId))
+      certificateOf.set(signer.keyId, signer.certificate);
+  }
 
   const bySession = new Map<string, Session[]>();
   for (const s of all) bySession.set(s.spec.sessionId, [...(bySession.get(s.spec.sessionId) ?? []), s]);
@@ -151,9 +162,10 @@ export async function buildEvidence(all: readonly Session[], options: ExportOpti
     }
     const signer = s.spec.signer;
     if (signer !== undefined) {
+      const certificate = signer.certificate ?? certificateOf.get(signer.keyId);
       const entry = keys.get(signer.keyId) ?? {
         jwk: JSON.parse(signer.publicKey) as JWK,
-        ...(signer.certificate === undefined ? {} : { certificate: signer.certificate }),
+        ...(certificate === undefined ? {} : { certificate }),
         objects: [],
       };
       entry.objects.push(objectName(s));
@@ -211,6 +223,8 @@ export async function verifyEvidence(
     trustedKeys?: VerifyTrailOptions['trustedKeys'];
     /** Pinned authority keys; default the ones the file carries. */
     authorityKeys?: VerifyTrailOptions['authorityKeys'];
+    /** An uncertified signer key is an error (the auditor's choice, whatever the export accepted). */
+    requireCertified?: boolean;
     now?: Date;
   } = {},
 ): Promise<EvidenceCheck> {
@@ -224,16 +238,27 @@ export async function verifyEvidence(
   const exportedAt = bundle.generatedAt === undefined ? undefined : new Date(bundle.generatedAt);
   const inFile = new Set(sessions.map((s) => s.spec.sessionId));
   const authorityKeys = options.authorityKeys ?? bundle.authority?.keys;
-  const report = await verifyTrail(sessions, {
-    trustedKeys: options.trustedKeys,
-    authorityKeys,
-    checkpoints: bundle.authority?.checkpoints,
-    // The export checked the checkpoints against every Session; offline, only the sessions in the file.
-    checkpointScope: (e) => inFile.has(e.sessionId),
-    retentionFor: (ns, r) => retention[`${ns}/${r}`],
-    externalHashes: new Set(bundle.anchors ?? []),
-    now: options.now ?? exportedAt,
-  });
+  const verifyAs = (requireCertified: boolean) =>
+    verifyTrail(sessions, {
+      trustedKeys: options.trustedKeys,
+      authorityKeys,
+      checkpoints: bundle.authority?.checkpoints,
+      // The export checked the checkpoints against every Session; offline, only the sessions in the file.
+      checkpointScope: (e) => inFile.has(e.sessionId),
+      retentionFor: (ns, r) => retention[`${ns}/${r}`],
+      externalHashes: new Set(bundle.anchors ?? []),
+      // Certificates of the file's keys, for parts whose certified siblings fell outside the window.
+      certificates: (bundle.keys ?? []).flatMap((k) => k.certificate ?? []),
+      requireCertified,
+      now: options.now ?? exportedAt,
+    });
+  const requireCertified = options.requireCertified === true;
+  const report = await verifyAs(requireCertified);
+  // The embedded report is compared with one made the way the export made it (files from before the
+  // export refused uncertified keys accepted them); the verdict is the auditor's own choice above.
+  const exportRefused = (bundle.report?.uncertifiedKeys ?? 'accepted') === 'refused';
+  const asExported =
+    report.keyTrust !== 'certified' || exportRefused === requireCertified ? report : await verifyAs(exportRefused);
   const inconsistencies: string[] = [];
   const byObject = new Map(sessions.map((s) => [objectName(s), s]));
   for (const h of bundle.heads ?? []) {
@@ -263,9 +288,9 @@ export async function verifyEvidence(
         }
       }
     }
-    if (embedded.ok !== report.ok || embedded.summary.errors !== report.summary.errors) {
+    if (embedded.ok !== asExported.ok || embedded.summary.errors !== asExported.summary.errors) {
       inconsistencies.push(
-        `embedded report says ${embedded.ok ? 'verified' : 'not verified'} with ${embedded.summary.errors} error(s); recomputed: ${report.summary.errors} error(s)`,
+        `embedded report says ${embedded.ok ? 'verified' : 'not verified'} with ${embedded.summary.errors} error(s); recomputed: ${asExported.summary.errors} error(s)`,
       );
     }
     if (embedded.summary.records !== report.summary.records) {

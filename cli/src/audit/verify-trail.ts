@@ -17,7 +17,7 @@ import {
   type CheckpointEntry,
   type Session,
 } from '@chaperone/api';
-import type { JWK } from 'jose';
+import { calculateJwkThumbprint, type JWK } from 'jose';
 
 export const TRAIL_PROBLEM_KINDS = [
   /** A record's content does not match its hash: the record was edited. */
@@ -125,6 +125,12 @@ export interface TrailReport {
   readonly keyTrust: 'pinned' | 'certified' | 'self-asserted';
   /** Checkpoints that verified, newest last: when and how many heads each stated. */
   readonly checkpoints: readonly { readonly index: number; readonly time: string; readonly sessions: number }[];
+  /**
+   * With certified key trust: whether a signer key without a certificate was an error (`refused`, the
+   * default) or a warning (`accepted`, --allow-uncertified). Absent in reports made before it was recorded
+   * (they accepted them).
+   */
+  readonly uncertifiedKeys?: 'refused' | 'accepted';
 }
 
 /** What an earlier export saw of one Session object; verify against it to detect deletion and rollback. */
@@ -155,8 +161,16 @@ export interface VerifyTrailOptions {
    * trusted through its certificate, which must bind it to the Session's pod.
    */
   readonly authorityKeys?: readonly (JWK & { kid?: string })[];
-  /** With authorityKeys: a signer without a certificate is an error rather than a warning. */
+  /**
+   * With authorityKeys: a part whose signer key has no valid certificate for its pod (on the part itself or
+   * on another part in scope signed by the same key) is an error rather than a warning.
+   */
   readonly requireCertified?: boolean;
+  /**
+   * Signer certificates known besides those on the parts (an evidence file's key list). Like those on the
+   * parts, one counts for a part only if it verifies with the authority keys for that part's key and pod.
+   */
+  readonly certificates?: readonly string[];
   /** Operator checkpoints (compact JWS, oldest first); every head they state must still be present. */
   readonly checkpoints?: readonly string[];
   /** Which checkpoint entries are in scope (e.g. one namespace); default all of them. */
@@ -213,10 +227,11 @@ export async function verifyTrail(
   }
   const byName = new Map(sessions.map((s) => [objectName(s), s]));
 
+  const knownCertificates = certificatesByKey(sessions, options.certificates ?? []);
   const verified: VerifiedSession[] = [];
   for (const [sessionId, parts] of bySession) {
     parts.sort((a, b) => a.spec.part - b.spec.part || objectName(a).localeCompare(objectName(b)));
-    verified.push(await verifyOneSession(sessionId, parts, byName, { ...options, now }, problems));
+    verified.push(await verifyOneSession(sessionId, parts, byName, { ...options, now, knownCertificates }, problems));
   }
 
   const linked = linkPodSessions(verified, bySession, options, now, problems);
@@ -228,6 +243,8 @@ export async function verifyTrail(
   const result = linked.map((v) => ({ ...v, ok: !failed.has(v.sessionId) }));
   result.sort((a, b) => a.namespace.localeCompare(b.namespace) || (a.parts[0] ?? '').localeCompare(b.parts[0] ?? ''));
   const errors = problems.filter((p) => p.severity === 'error').length;
+  const keyTrust =
+    options.trustedKeys !== undefined ? 'pinned' : options.authorityKeys !== undefined ? 'certified' : 'self-asserted';
   problems.sort(
     (a, b) =>
       a.sessionId.localeCompare(b.sessionId) ||
@@ -247,13 +264,11 @@ export async function verifyTrail(
       errors,
       warnings: problems.length - errors,
     },
-    keyTrust:
-      options.trustedKeys !== undefined
-        ? 'pinned'
-        : options.authorityKeys !== undefined
-          ? 'certified'
-          : 'self-asserted',
+    keyTrust,
     checkpoints,
+    ...(keyTrust === 'certified'
+      ? { uncertifiedKeys: options.requireCertified === true ? ('refused' as const) : ('accepted' as const) }
+      : {}),
   };
 }
 
@@ -282,7 +297,7 @@ async function verifyOneSession(
   sessionId: string,
   parts: readonly [Session, ...Session[]],
   byName: ReadonlyMap<string, Session>,
-  options: VerifyTrailOptions,
+  options: SessionCheckOptions,
   problems: TrailProblem[],
 ): Promise<VerifiedSession> {
   const add = (p: Omit<TrailProblem, 'sessionId' | 'severity'> & { severity?: TrailProblem['severity'] }) =>
@@ -473,7 +488,7 @@ async function verifyOneSession(
   }
   // Status is compared with the records only when they are authentic; altered records are reported already.
   const authentic = !problems.some((p) => p.sessionId === sessionId && p.severity === 'error' && INTEGRITY.has(p.kind));
-  checkClosedStaysClosed(parts, lastSignedAt, { ...options, now: options.now ?? new Date() }, authentic, add);
+  checkClosedStaysClosed(parts, lastSignedAt, options, authentic, add);
   const all = parts.flatMap((p) => p.spec.records);
   return {
     sessionId,
@@ -582,7 +597,7 @@ function checkClosedStaysClosed(
 async function checkHead(
   p: Session,
   sessionId: string,
-  options: VerifyTrailOptions,
+  options: SessionCheckOptions,
   add: (p: Omit<TrailProblem, 'sessionId' | 'severity'> & { severity?: TrailProblem['severity'] }) => void,
 ): Promise<{ seq: number; signedAt: string } | undefined> {
   const name = objectName(p);
@@ -814,41 +829,50 @@ function checkHeadsPresent(
   }
 }
 
+/** What verifying one session needs besides the caller's options: every known certificate, by key id. */
+type SessionCheckOptions = VerifyTrailOptions & {
+  readonly now: Date;
+  readonly knownCertificates: ReadonlyMap<string, readonly string[]>;
+};
+
 /**
- * Verifies a part's signer certificate against the authority keys: signed by the authority, for this key,
- * for this Session's pod. Returns false when the signer must not be trusted.
+ * Every signer certificate in scope (on the parts, and given besides), by the key id it names. The key id
+ * is read from the unverified payload only to pick candidates; each is verified before it counts.
  */
-async function checkCertificate(
+function certificatesByKey(sessions: readonly Session[], extra: readonly string[]): Map<string, string[]> {
+  const byKey = new Map<string, string[]>();
+  const all = new Set([...sessions.flatMap((s) => s.spec.signer?.certificate ?? []), ...extra]);
+  for (const jws of all) {
+    let keyId: unknown;
+    try {
+      keyId = (JSON.parse(Buffer.from(jws.split('.')[1] ?? '', 'base64url').toString('utf8')) as { keyId?: unknown })
+        .keyId;
+    } catch {
+      continue;
+    }
+    if (typeof keyId === 'string') byKey.set(keyId, [...(byKey.get(keyId) ?? []), jws]);
+  }
+  return byKey;
+}
+
+/**
+ * Why a certificate does not vouch for a part's signer key: not the authority's, for another key, or for
+ * another pod than the Session's. Undefined when it does.
+ */
+async function certificateProblem(
   p: Session,
   signerKey: JWK & { kid?: string },
-  options: VerifyTrailOptions,
-  add: (p: Omit<TrailProblem, 'sessionId' | 'severity'> & { severity?: TrailProblem['severity'] }) => void,
-): Promise<boolean> {
-  const name = objectName(p);
-  const part = p.spec.part;
-  const jws = p.spec.signer?.certificate;
-  if (jws === undefined) {
-    add({
-      severity: options.requireCertified === true ? 'error' : 'warning',
-      kind: 'uncertified-key',
-      object: name,
-      part,
-      detail: `signer key ${String(signerKey.kid)} has no certificate from the operator: it is self-asserted`,
-    });
-    return options.requireCertified !== true;
-  }
-  const fail = (detail: string) => {
-    add({ kind: 'certificate-invalid', object: name, part, detail });
-    return false;
-  };
+  jws: string,
+  authorityKeys: readonly (JWK & { kid?: string })[],
+): Promise<string | undefined> {
   let certificate;
   try {
-    certificate = await verifySignerCertificate(jws, options.authorityKeys ?? []);
+    certificate = await verifySignerCertificate(jws, authorityKeys);
   } catch (err) {
-    return fail(`the signer certificate does not verify with the authority keys: ${(err as Error).message}`);
+    return `the signer certificate does not verify with the authority keys: ${(err as Error).message}`;
   }
   if (certificate.keyId !== signerKey.kid || certificate.x !== signerKey.x) {
-    return fail(`the certificate is for key ${certificate.keyId}, not the signer key ${String(signerKey.kid)}`);
+    return `the certificate is for key ${certificate.keyId}, not the signer key ${String(signerKey.kid)}`;
   }
   const pod = p.spec.pod;
   const namespace = podNamespaceOf(p);
@@ -857,12 +881,65 @@ async function checkCertificate(
     certificate.pod.name !== pod.name ||
     (pod.uid !== undefined && certificate.pod.uid !== pod.uid)
   ) {
-    return fail(
+    return (
       `the certificate binds the key to pod ${certificate.pod.namespace}/${certificate.pod.name} (uid ${certificate.pod.uid}), ` +
-        `but the Session says ${namespace}/${pod.name}${pod.uid === undefined ? '' : ` (uid ${pod.uid})`}`,
+      `but the Session says ${namespace}/${pod.name}${pod.uid === undefined ? '' : ` (uid ${pod.uid})`}`
     );
   }
-  return true;
+  return undefined;
+}
+
+/** `sha256 thumbprint T` of a key (RFC 7638), with its kid when that is something else. */
+async function describeKey(key: JWK & { kid?: string }): Promise<string> {
+  let thumbprint: string;
+  try {
+    thumbprint = await calculateJwkThumbprint(key, 'sha256');
+  } catch {
+    return `${String(key.kid)} (no thumbprint: not a complete public key)`;
+  }
+  return key.kid === undefined || key.kid === thumbprint
+    ? `sha256 thumbprint ${thumbprint}`
+    : `sha256 thumbprint ${thumbprint} (kid ${key.kid})`;
+}
+
+/**
+ * Verifies a part's signer certificate against the authority keys: signed by the authority, for this key,
+ * for this Session's pod. A part without one counts as certified when another part in scope carries a
+ * valid certificate for the same key and pod: a certificate binds a key to a pod, not to the parts that
+ * happen to carry it, and any writer of Sessions could have copied it onto the part anyway (docs/audit.md,
+ * "Uncertified keys"). Returns false when the signer must not be trusted.
+ */
+async function checkCertificate(
+  p: Session,
+  signerKey: JWK & { kid?: string },
+  options: SessionCheckOptions,
+  add: (p: Omit<TrailProblem, 'sessionId' | 'severity'> & { severity?: TrailProblem['severity'] }) => void,
+): Promise<boolean> {
+  const name = objectName(p);
+  const part = p.spec.part;
+  const authorityKeys = options.authorityKeys ?? [];
+  const jws = p.spec.signer?.certificate;
+  if (jws === undefined) {
+    for (const other of options.knownCertificates.get(String(signerKey.kid)) ?? []) {
+      if ((await certificateProblem(p, signerKey, other, authorityKeys)) === undefined) return true;
+    }
+    const refused = options.requireCertified === true;
+    add({
+      severity: refused ? 'error' : 'warning',
+      kind: 'uncertified-key',
+      object: name,
+      part,
+      detail:
+        `part ${String(part)} is signed by key ${await describeKey(signerKey)}, for which neither this part nor any other ` +
+        `part of pod ${podNamespaceOf(p)}/${p.spec.pod.name} carries a certificate from the operator: the key is self-asserted` +
+        (refused ? ' (--allow-uncertified accepts it as a warning)' : ''),
+    });
+    return !refused;
+  }
+  const problem = await certificateProblem(p, signerKey, jws, authorityKeys);
+  if (problem === undefined) return true;
+  add({ kind: 'certificate-invalid', object: name, part, detail: problem });
+  return false;
 }
 
 /** Verifies each checkpoint and its link to the one before, then requires every head it states. */

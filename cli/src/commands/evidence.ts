@@ -6,7 +6,13 @@ import { stringify } from 'yaml';
 import { CLUSTER_OPTIONS, describeError, type CommandIo } from '../audit/cluster.ts';
 import { readTrail } from '../audit/read-trail.ts';
 import { buildEvidence, evidenceDigest, serializeEvidence, verifyEvidence } from '../audit/evidence.ts';
-import { AUTHORITY_OPTIONS, AUTHORITY_USAGE } from '../audit/authority.ts';
+import {
+  AUTHORITY_OPTIONS,
+  AUTHORITY_USAGE,
+  UNCERTIFIED_OPTIONS,
+  UNCERTIFIED_USAGE,
+  refuseUncertified,
+} from '../audit/authority.ts';
 import { EVIDENCE_STORE_OPTIONS, EVIDENCE_STORE_USAGE } from '../audit/evidence-records.ts';
 import { maintainEvidencePartitions } from '../audit/evidence-partitions.ts';
 import { parseGoDuration } from '@chaperone/api';
@@ -19,11 +25,15 @@ export const EVIDENCE_USAGE = `Usage:
       Writes every session overlapping [from, to] (all parts), the signed heads, the public keys, the
       verification report and the NIST SP 800-53 map to FILE (canonical JSON; its sha256 is printed).
       TIME is RFC 3339 or a duration before now (e.g. 720h). Exit 1 if the trail does not verify (the file
-      is still written, with the problems in its report). The operator's audit authority keys and its
-      newest checkpoint are included when the cluster has them.
-  kubectl chaperone evidence verify FILE [--trusted-keys FILE] [--authority-keys FILE] [-o json|yaml]
+      is still written, with the problems in its report), as verify would: a signer key without the
+      operator's certificate is an error unless --allow-uncertified. The operator's audit authority keys
+      and its newest checkpoint are included when the cluster has them.
+  kubectl chaperone evidence verify FILE [--trusted-keys FILE] [--authority-keys FILE] [--allow-uncertified]
+      [-o json|yaml]
       Recomputes every hash, link, signature, certificate and checkpoint from the file alone (with the
-      authority keys the file carries unless --authority-keys pins them). Exit 0 verified, 1 not.
+      authority keys the file carries unless --authority-keys pins them). An uncertified signer key fails
+      it unless --allow-uncertified, whatever the export accepted; the embedded report is compared with
+      one recomputed the way the export was made. Exit 0 verified, 1 not.
   kubectl chaperone evidence partitions --evidence-store URL [--ahead DAYS] [--retain DURATION] [--detach]
       [--dry-run]
       Maintains the evidence store's daily partitions: creates those from yesterday to DAYS ahead (default
@@ -33,7 +43,11 @@ export const EVIDENCE_USAGE = `Usage:
       (a CronJob). Exit 0 done, 1 failed.
 
 Authority flags (export):
-${AUTHORITY_USAGE}${EVIDENCE_STORE_USAGE}`;
+${AUTHORITY_USAGE}
+Uncertified signer keys (export and verify):
+${UNCERTIFIED_USAGE}
+Evidence store (export):
+${EVIDENCE_STORE_USAGE}`;
 
 export async function run(args: string[], io: CommandIo, now: Date = new Date()): Promise<number> {
   const [sub, ...rest] = args;
@@ -60,6 +74,7 @@ async function exportEvidence(args: string[], io: CommandIo, now: Date): Promise
         to: { type: 'string' },
         'trusted-keys': { type: 'string' },
         ...AUTHORITY_OPTIONS,
+        ...UNCERTIFIED_OPTIONS,
         ...EVIDENCE_STORE_OPTIONS,
       },
     }));
@@ -71,6 +86,8 @@ async function exportEvidence(args: string[], io: CommandIo, now: Date): Promise
     io.stderr.write(`error: evidence export needs -o FILE\n`);
     return 2;
   }
+  const requireCertified = refuseUncertified(values, io);
+  if (requireCertified === 2) return 2;
   try {
     const from = values.from === undefined ? undefined : parseTimeFlag(values.from, now);
     const to = values.to === undefined ? undefined : parseTimeFlag(values.to, now);
@@ -91,6 +108,7 @@ async function exportEvidence(args: string[], io: CommandIo, now: Date): Promise
       trustedKeys,
       authorityKeys: authority.keys,
       checkpoints: authority.checkpoints,
+      requireCertified,
       now,
     });
     const text = serializeEvidence(bundle);
@@ -174,6 +192,7 @@ async function verifyFile(args: string[], io: CommandIo): Promise<number> {
         output: { type: 'string', short: 'o' },
         'trusted-keys': { type: 'string' },
         'authority-keys': { type: 'string' },
+        ...UNCERTIFIED_OPTIONS,
       },
     });
   } catch (err) {
@@ -181,6 +200,8 @@ async function verifyFile(args: string[], io: CommandIo): Promise<number> {
     return 2;
   }
   const { values, positionals } = parsed;
+  const requireCertified = refuseUncertified(values, io);
+  if (requireCertified === 2) return 2;
   const file = positionals[0];
   if (file === undefined || positionals.length > 1) {
     io.stderr.write(`error: evidence verify needs exactly one FILE\n`);
@@ -198,7 +219,7 @@ async function verifyFile(args: string[], io: CommandIo): Promise<number> {
       values['trusted-keys'] === undefined ? undefined : await loadTrustedKeys(values['trusted-keys']);
     const authorityKeys =
       values['authority-keys'] === undefined ? undefined : await loadTrustedKeys(values['authority-keys']);
-    const check = await verifyEvidence(text, { trustedKeys, authorityKeys });
+    const check = await verifyEvidence(text, { trustedKeys, authorityKeys, requireCertified });
     if (values.output === 'json' || values.output === 'yaml') {
       const doc = {
         ok: check.ok,

@@ -5,7 +5,13 @@ import { stringify } from 'yaml';
 import { CLUSTER_OPTIONS, describeError, type CommandIo } from '../audit/cluster.ts';
 import { readTrail } from '../audit/read-trail.ts';
 import type { EvidenceBundle } from '../audit/evidence.ts';
-import { AUTHORITY_OPTIONS, AUTHORITY_USAGE } from '../audit/authority.ts';
+import {
+  AUTHORITY_OPTIONS,
+  AUTHORITY_USAGE,
+  UNCERTIFIED_OPTIONS,
+  UNCERTIFIED_USAGE,
+  refuseUncertified,
+} from '../audit/authority.ts';
 import { EVIDENCE_STORE_OPTIONS, EVIDENCE_STORE_USAGE } from '../audit/evidence-records.ts';
 import { renderReport } from '../audit/render-report.ts';
 import { groupSessions } from '../audit/session-view.ts';
@@ -22,15 +28,14 @@ Checks every record's hash, the hash links and seq continuity within and across 
 links between sessions of one pod, each part's signed chain head, each signer's certificate from the
 operator's audit authority, and that every head in the operator's newest checkpoint is still there.
 Exit 0: verified; 1: altered or incomplete (the report says what and where); 2: usage.
-When the authority's keys are known, a part signed by a key without the operator's certificate is an error
-(exit 1) unless --allow-uncertified makes it a warning.
+When the authority's keys are known, a part signed by a key without the operator's certificate for its pod
+(on the part or another part of the pod signed by that key) is an error (exit 1) unless --allow-uncertified
+makes it a warning.
 
 Flags:
   --trusted-keys FILE     JWKS of sidecar keys to trust (default: each Session's own spec.signer key)
   --baseline FILE         an earlier evidence export; every head it saw must still be there, unchanged
-${AUTHORITY_USAGE}  --allow-uncertified     a signer key without an operator certificate is a warning, not an error (for
-                          sidecars that wrote while the operator was unreachable; the report names each)
-${EVIDENCE_STORE_USAGE}  -n, --namespace NS      namespace (default: the context's)
+${AUTHORITY_USAGE}${UNCERTIFIED_USAGE}${EVIDENCE_STORE_USAGE}  -n, --namespace NS      namespace (default: the context's)
   -A, --all-namespaces    every namespace (with --all)
   -o, --output FORMAT     json or yaml (the structured report)
   --kubeconfig FILE, --context NAME
@@ -45,8 +50,8 @@ export async function run(args: string[], io: CommandIo): Promise<number> {
       output: { type: 'string', short: 'o' },
       'trusted-keys': { type: 'string' },
       baseline: { type: 'string' },
-      'allow-uncertified': { type: 'boolean' },
       ...AUTHORITY_OPTIONS,
+      ...UNCERTIFIED_OPTIONS,
       ...EVIDENCE_STORE_OPTIONS,
     },
     VERIFY_USAGE,
@@ -59,10 +64,8 @@ export async function run(args: string[], io: CommandIo): Promise<number> {
     io.stderr.write(`error: name one SESSION or use --all\n\n${VERIFY_USAGE}`);
     return 2;
   }
-  if (values['allow-uncertified'] === true && values['require-certified'] === true) {
-    io.stderr.write('error: --allow-uncertified and --require-certified contradict each other\n');
-    return 2;
-  }
+  const requireCertified = refuseUncertified(values, io);
+  if (requireCertified === 2) return 2;
   const output = values.output;
   if (output !== undefined && output !== 'json' && output !== 'yaml') {
     io.stderr.write('error: --output must be json or yaml\n');
@@ -79,8 +82,7 @@ export async function run(args: string[], io: CommandIo): Promise<number> {
       baseline,
       authorityKeys: authority.keys,
       checkpoints: authority.checkpoints,
-      // Fail closed by default: an auditor accepts self-asserted keys only by saying so.
-      requireCertified: values['allow-uncertified'] !== true,
+      requireCertified,
       checkpointScope: (e) => namespace === undefined || e.object.startsWith(`${namespace}/`),
       retentionFor: (ns, r) => retention.get(`${ns}/${r}`),
     });

@@ -1,10 +1,12 @@
 // JSON lines sealed and written by the worker thread (json-lines-writer.ts) against the same records sealed on
 // the calling thread and written by JsonLinesSink: the files are byte for byte the same (so is every hash and
 // the pod chain's links), whatever the records hold, with sessions interleaved, a session's chain collected
-// and a record handed over sealed. Then a loop's port: its sessions link into the same pod chain.
+// and a record handed over sealed. Then a loop's port: its sessions link into the same pod chain. Last, a
+// record that cannot be sealed stops the sidecar with exit status 70, the records before it written.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { decodeAuditJsonLines, GENESIS_HASH, jcs, verifyChain, type KnownMember } from '@chaperone/api';
@@ -151,4 +153,64 @@ test('a file that cannot be opened fails at once; the worker starts with the fir
   assert.equal(threads(), before, 'no thread before the first record');
   await idle.close();
   assert.equal(readFileSync(file, 'utf8'), '', 'an idle sink closes with the file untouched');
+});
+
+test('a record whose canonical text cannot be computed stops the sidecar with exit status 70, unlogged', (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'jsonl-writer-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const module = (path: string) => JSON.stringify(new URL(path, import.meta.url).href);
+  const secret = 'SECRET-7f3a9c';
+  // Unsealable in the worker (a bigint, a cycle), or already on the event loop, where a member structured
+  // clone cannot copy (a function) is handed over as its canonical text, which these have none of.
+  const variants: Record<string, string> = {
+    'a bigint': 'command.rows = 10n;',
+    'a cycle': 'command.self = command;',
+    'a function and a bigint': 'command.rows = 10n; command.hook = () => 1;',
+    'a function and a cycle': 'command.self = command; command.hook = () => 1;',
+  };
+  for (const [name, make] of Object.entries(variants)) {
+    const file = join(dir, `${String(Object.keys(variants).indexOf(name))}.jsonl`);
+    const script = join(dir, 'unsealable.ts');
+    // The sink as the sidecar makes it (createAuditSink), stopped on SIGTERM as bin/chaperone-sidecar.ts does.
+    writeFileSync(
+      script,
+      `import { createAuditSink } from ${module('../../sidecar.ts')};
+import { validateConfig } from ${module('../../config.ts')};
+import { createLogger } from ${module('../observability/logger.ts')};
+import { PodChain } from ${module('./pod-chain.ts')};
+import { RecordChain } from ${module('./record-chain.ts')};
+const config = validateConfig({
+  listeners: [{ name: 'orders-db', type: 'postgres', listen: '127.0.0.1:5432',
+    upstream: { host: 'db', database: 'orders', usernameFile: '/u', passwordFile: '/p' }, auditFailureMode: 'FailClosed' }],
+  policy: { bundleDir: '/policies' },
+  identity: { issuers: [{ issuer: 'https://issuer', jwksFile: '/jwks.json' }] },
+  audit: { path: ${JSON.stringify(file)} },
+}, { POD_NAME: 'agent-0', POD_NAMESPACE: 'agents' });
+const sink = await createAuditSink(config, createLogger({ level: 'info' }), {});
+process.on('SIGTERM', () => void sink.close().then(() => process.exit(process.exitCode ?? 0)));
+const origin = { sessionId: 's', resource: 'orders-db', resourceType: 'postgres', namespace: 'agents', pod: 'agent-0' };
+const chain = new RecordChain(sink, origin, PodChain.inMemory({ namespace: 'agents', name: 'agent-0' }));
+chain.record({ type: 'session.start' });
+chain.record({ type: 'command.decision', command: { id: 1, kind: 'sql', text: 'select 1' } });
+const command = { id: 2, kind: 'sql', text: ${JSON.stringify(secret)} };
+${make}
+chain.record({ type: 'command.decision', command });
+setTimeout(() => process.exit(0), 30_000); // not stopped: the failure went unnoticed
+`,
+    );
+    const run = spawnSync(process.execPath, [script], { encoding: 'utf8', timeout: 60_000 });
+    assert.equal(run.status, 70, `${name}: ${run.stderr}`);
+    assert.match(run.stderr, /the JSON-lines audit writer failed; stopping/, name);
+    assert.match(run.stderr, /JSON-lines audit record \(seq 3\) cannot be sealed/, name);
+    assert.ok(!`${run.stdout}${run.stderr}`.includes(secret), `${name}: the record's content is in no log`);
+    // The records before it are written and chained; the unsealable one is not.
+    const decoded = decodeAuditJsonLines(readFileSync(file, 'utf8'));
+    assert.deepEqual(decoded.problems, [], name);
+    assert.deepEqual(
+      decoded.entries.map((e) => e.record.seq),
+      [1, 2],
+      name,
+    );
+    assert.deepEqual(verifyChain(decoded.entries.map((e) => e.record)), [], name);
+  }
 });

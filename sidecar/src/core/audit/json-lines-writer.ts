@@ -37,6 +37,11 @@ export type ToJsonLinesWorker =
       readonly released: number[];
     }
   | { readonly type: 'flush'; readonly id: number }
+  /**
+   * A record this sink could neither hand over nor seal (its canonical text cannot be computed): the worker
+   * writes what came before it and fails, which stops the sidecar (exit 70). Only its seq, never its content.
+   */
+  | { readonly type: 'unsealable'; readonly seq: number | undefined }
   /** From the main thread: a loop's port (its records come on it). */
   | { readonly type: 'connect'; readonly port: MessagePort }
   | { readonly type: 'close'; readonly id: number };
@@ -269,12 +274,33 @@ export class JsonLinesWriter implements AuditSink {
         try {
           structuredClone(entries[at]);
         } catch {
-          entries[at] = JSON.parse(jcs(entries[at]) ?? '{}');
+          try {
+            entries[at] = JSON.parse(jcs(entries[at]) ?? '{}');
+          } catch {
+            // Nor has it a canonical text (a bigint, a cycle besides): it cannot be sealed. Fail closed as
+            // the worker does for such a record: the records before it go, then the worker is told to fail.
+            this.unsealable({ ...message, entries: entries.slice(0, i) }, entries[at]);
+            return;
+          }
         }
       }
       this.channel.postMessage(message);
     }
   };
+
+  /**
+   * Hands over `before` (the records before an unsealable one) and has the worker fail after writing them;
+   * this sink refuses records from now on. The main thread learns of it from the worker (onFailure).
+   */
+  private unsealable(before: ToJsonLinesWorker & { type: 'records' }, record: unknown): void {
+    const seq = (record as { seq?: unknown } | null)?.seq;
+    try {
+      this.channel.postMessage(before);
+      this.channel.postMessage({ type: 'unsealable', seq: typeof seq === 'number' ? seq : undefined });
+    } finally {
+      this.fail(new Error(`a JSON-lines audit record (seq ${String(seq)}) cannot be sealed`));
+    }
+  }
 
   whenDurable(): undefined {
     return undefined;

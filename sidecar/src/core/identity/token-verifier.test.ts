@@ -11,8 +11,8 @@ import { createTestIssuer } from '../../../../e2e/harness/tokens.ts';
 const dir = mkdtempSync(join(tmpdir(), 'chaperone-token-test-'));
 test.after(() => rmSync(dir, { recursive: true, force: true }));
 
-/** A verifier trusting one test issuer; `marks` say what it may assert (tokenExchange, serviceAccounts). */
-async function setup(marks: Pick<TrustedIssuerConfig, 'tokenExchange' | 'serviceAccounts'> = {}) {
+/** A verifier trusting one test issuer; `marks` say what it may assert (tokenExchange, serviceAccounts, agentKind). */
+async function setup(marks: Pick<TrustedIssuerConfig, 'tokenExchange' | 'serviceAccounts' | 'agentKind'> = {}) {
   const issuer = await createTestIssuer(join(dir, `jwks-${Math.random()}.json`));
   const verifier = new TokenVerifier({
     issuers: [
@@ -30,7 +30,7 @@ const EXCHANGE_CLAIMS = {
 };
 
 test('a valid token yields subject, issuer, groups, kind, an empty chain and a token hash', async () => {
-  const { issuer, verifier } = await setup();
+  const { issuer, verifier } = await setup({ agentKind: true });
   const token = await issuer.sign({
     sub: 'chaperone:agent:report-writer',
     groups: ['ci'],
@@ -74,6 +74,23 @@ test('only the exchange asserts chains, only the cluster issuer system: subjects
   assert.deepEqual(exchanged.chain, [{ issuer: 'https://agents.test', subject: 'agent:parent' }]);
   assert.deepEqual(exchanged.groups, ['system:serviceaccounts', 'system:serviceaccounts:ci']);
   assert.deepEqual((await plain.verifier.verify(await plain.issuer.sign({ sub: 'user:bob' }))).groups, []);
+});
+
+test('an agent kind is believed only from the exchange and issuers marked agentKind', async () => {
+  const kind = { [CLAIMS.agentKind]: 'ci' };
+  for (const [name, marks] of [
+    ['a directly trusted issuer', {}],
+    ["the cluster's issuer", { serviceAccounts: true }],
+  ] as const) {
+    const { issuer, verifier } = await setup(marks);
+    await refused(verifier, await issuer.sign({ sub: 'user:mallory', ...kind }), 'untrusted-claim', name);
+    assert.equal((await verifier.verify(await issuer.sign({ sub: 'user:bob' }))).kind, undefined, `${name}: no kind`);
+  }
+  const marked = await setup({ agentKind: true });
+  assert.equal((await marked.verifier.verify(await marked.issuer.sign({ sub: 'agent:x', ...kind }))).kind, 'ci');
+  const exchange = await setup({ tokenExchange: true });
+  const exchanged = await exchange.issuer.sign({ sub: 'agent:x', ...kind, ...EXCHANGE_CLAIMS });
+  assert.equal((await exchange.verifier.verify(exchanged)).kind, 'ci');
 });
 
 test('every token attack is refused with its reason', async () => {

@@ -401,6 +401,7 @@ export class TokenVerifier {
         identityFromClaims(payload, token, {
           exchange: trusted.config.tokenExchange === true,
           serviceAccounts: trusted.config.serviceAccounts === true,
+          agentKind: trusted.config.agentKind === true,
         }),
       );
     } catch (err) {
@@ -521,6 +522,8 @@ export interface IssuerTrust {
   readonly exchange?: boolean;
   /** The cluster's service-account issuer: it alone names `system:` subjects (and its service accounts get their groups). */
   readonly serviceAccounts?: boolean;
+  /** An issuer marked to assign agent kinds: its `chaperone.dev/agent-kind` claim is believed. */
+  readonly agentKind?: boolean;
 }
 
 /**
@@ -530,6 +533,8 @@ export interface IssuerTrust {
  * cluster's issuer vouches for (the exchange refuses it from other issuers too); dropping only its groups
  * would leave a subject that policies naming `system:serviceaccount:ci:*` still match. `system:` groups
  * are never taken from a claim: the sidecar derives the service-account groups from the subject itself.
+ * An agent kind (`chaperone.dev/agent-kind`) only from the exchange and issuers marked `agentKind`: policies
+ * match on it (actorKinds), so a kind dropped would turn a refused claim into a different decision.
  */
 function refuseUntrustedClaims(payload: JWTPayload, subject: string, trust: IssuerTrust): void {
   if (trust.exchange === true) return;
@@ -549,6 +554,12 @@ function refuseUntrustedClaims(payload: JWTPayload, subject: string, trust: Issu
     throw new AuthenticationFailed(
       'untrusted-claim',
       'identity token claims a system: group, which the sidecar derives and never takes from a claim',
+    );
+  }
+  if (payload[AGENT_KIND_CLAIM] !== undefined && trust.agentKind !== true) {
+    throw new AuthenticationFailed(
+      'untrusted-claim',
+      `identity token asserts an agent kind (${AGENT_KIND_CLAIM}), which this issuer is not marked to assign (agentKind)`,
     );
   }
 }
