@@ -280,7 +280,7 @@ export async function startSidecar(config: SidecarConfig, options: StartOptions 
     }
   } catch (err) {
     credentials?.stop();
-    await lazy?.close();
+    lazy?.stop();
     await workers?.close();
     await loop?.close();
     if (options.sink === undefined) await sink.close().catch(() => undefined);
@@ -304,7 +304,7 @@ export async function startSidecar(config: SidecarConfig, options: StartOptions 
       // Held commands first: their clients get ApprovalAbandoned and the requests say Abandoned.
       await approvals?.close();
       // The workers' last audit lines reach the sink before it closes.
-      await lazy?.close();
+      lazy?.stop();
       await Promise.all([main.close(), workers?.close()]);
       await new Promise<void>((resolve) => {
         if (metricsServer === undefined) resolve();
