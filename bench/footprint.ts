@@ -13,7 +13,7 @@ export interface FootprintContext {
   /** libpq environments of direct PostgreSQL and PgBouncer. */
   readonly envs: { readonly direct: NodeJS.ProcessEnv; readonly pgbouncer: NodeJS.ProcessEnv };
   readonly pgbouncerPid: number | undefined;
-  /** Starts a fresh sidecar (allow-all, audit as JSON lines) in `dir`; `eventLoops` default 1. */
+  /** Starts a fresh sidecar (allow-all, audit as JSON lines) in `dir`; `eventLoops` unset: the default (lazy loops). */
   startSidecar(dir: string, eventLoops?: number): Promise<SidecarProcess>;
   /** Issues a token for the sidecar valid for `seconds`. */
   token(sidecar: SidecarProcess, seconds: number): Promise<string>;
@@ -38,6 +38,8 @@ export interface MemorySample {
    */
   readonly eventLoopDelayP99Ms?: number;
   readonly eventLoopDelayMaxMs?: number;
+  /** Event loops serving at the sample (chaperone_event_loops; 1 with a pinned eventLoops: 1). */
+  readonly eventLoops?: number;
   readonly loadavg1: number;
 }
 
@@ -72,7 +74,14 @@ export interface FootprintResult {
   };
   readonly clients150: {
     readonly argv: string;
+    readonly rounds: number;
+    /** Per target, the median round's TPS and the proxy's CPU per transaction (µs). */
     readonly byTarget: Readonly<Record<FootprintTarget, ManyClientsResult>>;
+    /** Every round, in the order run (sidecar, PgBouncer, direct within a round). */
+    readonly runs: readonly (ManyClientsResult & { readonly target: FootprintTarget; readonly round: number })[];
+    /** Sidecar TPS ÷ PgBouncer TPS per round. */
+    readonly roundRatios: readonly number[];
+    /** The median of roundRatios. */
     readonly sidecarOverPgbouncer: number;
     readonly sidecarAfter: MemorySample;
     readonly pgbouncerAfter: MemorySample | undefined;
@@ -98,7 +107,10 @@ export interface FootprintResult {
   };
 }
 
-/** 150 clients through a sidecar of one event loop and one of two, PgBouncer beside them (runEventLoopsBench). */
+/**
+ * 150 clients through a sidecar pinned to one event loop, one of two from the start and one with the default
+ * lazily started loops, PgBouncer beside them (runEventLoopsBench).
+ */
 export interface EventLoopsResult {
   readonly argv: string;
   readonly rounds: number;
@@ -109,12 +121,17 @@ export interface EventLoopsResult {
   readonly twoLoopsOverOne: number;
   readonly oneLoopOverPgbouncer: number;
   readonly twoLoopsOverPgbouncer: number;
+  readonly lazyOverPgbouncer: number;
   /** RSS of each sidecar after the rounds. */
   readonly oneLoopAfter: MemorySample;
   readonly twoLoopsAfter: MemorySample;
+  readonly lazyAfter: MemorySample;
+  /** The lazy sidecar's RSS 5 s after ready (no loop started yet) and how long its second loop took to start. */
+  readonly lazyIdle: MemorySample;
+  readonly lazyStartSeconds: number | undefined;
 }
 
-export type EventLoopsTarget = 'pgbouncer' | 'sidecar-1-loop' | 'sidecar-2-loops';
+export type EventLoopsTarget = 'pgbouncer' | 'sidecar-1-loop' | 'sidecar-2-loops' | 'sidecar-lazy';
 
 export interface AuditBytes {
   readonly statements: number;
@@ -179,6 +196,7 @@ export async function memorySample(pid: number | undefined, metricsPort?: number
     externalMiB: mib('chaperone_sidecar_nodejs_external_memory_bytes'),
     eventLoopDelayP99Ms: (m.get('chaperone_sidecar_nodejs_eventloop_lag_p99_seconds') ?? 0) * 1000,
     eventLoopDelayMaxMs: (m.get('chaperone_sidecar_nodejs_eventloop_lag_max_seconds') ?? 0) * 1000,
+    eventLoops: m.get('chaperone_event_loops') ?? 1,
   };
 }
 
@@ -239,6 +257,7 @@ export async function runFootprintBench(ctx: FootprintContext): Promise<Footprin
   const stormSeconds = ctx.quick ? 3 : 8;
   const stormRounds = ctx.quick ? 1 : 2;
   const manySeconds = ctx.quick ? 6 : 8;
+  const manyRounds = ctx.quick ? 1 : 3;
   const loadSeconds = ctx.quick ? 10 : 60;
   const pauseSeconds = ctx.quick ? 6 : 30;
 
@@ -317,45 +336,83 @@ export async function runFootprintBench(ctx: FootprintContext): Promise<Footprin
     };
 
     // ---- 150 clients ----------------------------------------------------------------------------------
+    // `manyRounds` interleaved rounds (sidecar, PgBouncer, direct, one after the other each round) and the
+    // median of the per-round ratios: single rounds swung ±10 % between runs on a shared machine.
     const manyArgv = ['-n', '-S', '-c', '150', '-j', '2', '-T', String(manySeconds)];
-    const manyBy = {} as Record<FootprintTarget, ManyClientsResult>;
-    for (const target of ['direct', 'pgbouncer', 'sidecar'] as const) {
-      // pgbench's -T includes logging in its 150 clients, 75 per thread one after the other: on a busy
-      // machine (load ~20) that took longer than 8 s for every target (0 transactions). So an unmeasured
-      // warm-up first (PgBouncer's server pool fills), and a run that processed nothing is repeated once
-      // with twice the time.
-      await ctx.pgbench(['-n', '-S', '-c', '150', '-j', '2', '-T', '3'], envs[target]);
-      let argv = manyArgv;
-      let cpuBefore = cpuMicros(pids[target]);
-      let out = await ctx.pgbench(argv, envs[target]);
-      if (/number of transactions actually processed: 0\b/.test(out)) {
-        argv = [...manyArgv.slice(0, -1), String(2 * manySeconds)];
+    const manyTargets = ['sidecar', 'pgbouncer', 'direct'] as const;
+    // pgbench's -T includes logging in its 150 clients, 75 per thread one after the other: on a busy
+    // machine (load ~20) that took longer than 8 s for every target (0 transactions). So an unmeasured
+    // warm-up first (PgBouncer's server pool fills; the sidecar's lazily started loop starts), and a run
+    // that processed nothing is repeated once with twice the time.
+    for (const target of manyTargets) await ctx.pgbench(['-n', '-S', '-c', '150', '-j', '2', '-T', '3'], envs[target]);
+    const manyRuns: (ManyClientsResult & { target: FootprintTarget; round: number })[] = [];
+    for (let round = 1; round <= manyRounds; round++) {
+      for (const target of manyTargets) {
+        let argv = manyArgv;
+        let cpuBefore = cpuMicros(pids[target]);
+        let out = await ctx.pgbench(argv, envs[target]);
+        if (/number of transactions actually processed: 0\b/.test(out)) {
+          argv = [...manyArgv.slice(0, -1), String(2 * manySeconds)];
+          console.log(
+            `  150 clients ${target}: no transaction in ${String(manySeconds)} s (logging in took longer); again`,
+          );
+          cpuBefore = cpuMicros(pids[target]);
+          out = await ctx.pgbench(argv, envs[target]);
+        }
+        const cpuAfter = cpuMicros(pids[target]);
+        const txns = numberIn(out, /number of transactions actually processed: (\d+)/, `transactions (${target})`);
+        const r = {
+          target,
+          round,
+          tps: numberIn(out, /tps = ([\d.]+) \(without initial connection time\)/, `tps (${target})`),
+          latencyMs: numberIn(out, /latency average = ([\d.]+) ms/, 'latency'),
+          proxyCpuUsPerTxn:
+            cpuBefore === undefined || cpuAfter === undefined || txns === 0 ? undefined : (cpuAfter - cpuBefore) / txns,
+        };
+        manyRuns.push(r);
         console.log(
-          `  150 clients ${target}: no transaction in ${String(manySeconds)} s (logging in took longer); again`,
+          `  150 clients round ${String(round)} ${target.padEnd(9)}: ${r.tps.toFixed(0)} tps, ${r.latencyMs.toFixed(2)} ms, proxy CPU ${r.proxyCpuUsPerTxn?.toFixed(1) ?? '-'} µs/txn (load ${(loadavg()[0] ?? 0).toFixed(2)})`,
         );
-        cpuBefore = cpuMicros(pids[target]);
-        out = await ctx.pgbench(argv, envs[target]);
       }
-      const cpuAfter = cpuMicros(pids[target]);
-      const txns = numberIn(out, /number of transactions actually processed: (\d+)/, `transactions (${target})`);
-      manyBy[target] = {
-        tps: numberIn(out, /tps = ([\d.]+) \(without initial connection time\)/, `tps (${target})`),
-        latencyMs: numberIn(out, /latency average = ([\d.]+) ms/, 'latency'),
-        proxyCpuUsPerTxn: cpuBefore === undefined || cpuAfter === undefined ? undefined : (cpuAfter - cpuBefore) / txns,
-      };
-      console.log(
-        `  150 clients ${target.padEnd(9)}: ${manyBy[target].tps.toFixed(0)} tps, ${manyBy[target].latencyMs.toFixed(2)} ms (load ${(loadavg()[0] ?? 0).toFixed(2)})`,
-      );
     }
+    const tpsOf = (target: FootprintTarget, round: number) =>
+      manyRuns.find((r) => r.target === target && r.round === round)?.tps ?? Number.NaN;
+    const roundRatios = Array.from(
+      { length: manyRounds },
+      (_, i) => tpsOf('sidecar', i + 1) / tpsOf('pgbouncer', i + 1),
+    );
+    const manyBy = Object.fromEntries(
+      manyTargets.map((t) => {
+        const mine = manyRuns.filter((r) => r.target === t);
+        const cpu = mine.flatMap((r) => (r.proxyCpuUsPerTxn === undefined ? [] : [r.proxyCpuUsPerTxn]));
+        return [
+          t,
+          {
+            tps: median(
+              mine.map((r) => r.tps),
+              Number,
+            ),
+            latencyMs: median(
+              mine.map((r) => r.latencyMs),
+              Number,
+            ),
+            proxyCpuUsPerTxn: cpu.length === 0 ? undefined : median(cpu, Number),
+          },
+        ];
+      }),
+    ) as Record<FootprintTarget, ManyClientsResult>;
     const clients150 = {
       argv: `pgbench ${manyArgv.join(' ')}`,
+      rounds: manyRounds,
       byTarget: manyBy,
-      sidecarOverPgbouncer: manyBy.sidecar.tps / manyBy.pgbouncer.tps,
+      runs: manyRuns,
+      roundRatios,
+      sidecarOverPgbouncer: median(roundRatios, Number),
       sidecarAfter: await sample(),
       pgbouncerAfter: await memorySample(ctx.pgbouncerPid),
     };
     console.log(
-      `  150 clients: sidecar CPU ${manyBy.sidecar.proxyCpuUsPerTxn?.toFixed(1) ?? '-'} µs/txn, PgBouncer ${manyBy.pgbouncer.proxyCpuUsPerTxn?.toFixed(1) ?? '-'} µs/txn; sidecar event-loop delay p99 ${(clients150.sidecarAfter.eventLoopDelayP99Ms ?? 0).toFixed(1)} ms, max ${(clients150.sidecarAfter.eventLoopDelayMaxMs ?? 0).toFixed(1)} ms; RSS sidecar ${mib(clients150.sidecarAfter)}, PgBouncer ${mib(clients150.pgbouncerAfter)}`,
+      `  150 clients: sidecar ÷ PgBouncer per round ${roundRatios.map((r) => r.toFixed(3)).join(', ')}, median ${clients150.sidecarOverPgbouncer.toFixed(3)}; sidecar CPU ${manyBy.sidecar.proxyCpuUsPerTxn?.toFixed(1) ?? '-'} µs/txn, PgBouncer ${manyBy.pgbouncer.proxyCpuUsPerTxn?.toFixed(1) ?? '-'} µs/txn (medians); sidecar event loops ${String(clients150.sidecarAfter.eventLoops ?? 1)}, event-loop delay p99 ${(clients150.sidecarAfter.eventLoopDelayP99Ms ?? 0).toFixed(1)} ms, max ${(clients150.sidecarAfter.eventLoopDelayMaxMs ?? 0).toFixed(1)} ms; RSS sidecar ${mib(clients150.sidecarAfter)}, PgBouncer ${mib(clients150.pgbouncerAfter)}`,
     );
 
     // ---- audit bytes per statement: pgbench's select, simple protocol ---------------------------------
@@ -427,7 +484,7 @@ export async function runFootprintBench(ctx: FootprintContext): Promise<Footprin
       tps: numberIn(out, /tps = ([\d.]+) \(without initial connection time\)/, 'tps'),
     };
     console.log(
-      `  load: RSS before ${mib(before)}, peak ${peak.toFixed(1)} MiB, end ${mib(endOfLoad)}, ${String(pauseSeconds)} s later ${mib(after)} (×${load.afterOverBefore.toFixed(3)}); audit, prepared select: ${auditPrepared.bytesPerStatement.toFixed(0)} bytes per statement`,
+      `  load: RSS before ${mib(before)} (${String(before.eventLoops ?? 1)} loops), peak ${peak.toFixed(1)} MiB, end ${mib(endOfLoad)} (${String(endOfLoad.eventLoops ?? 1)}), ${String(pauseSeconds)} s later ${mib(after)} (${String(after.eventLoops ?? 1)}) (×${load.afterOverBefore.toFixed(3)}); audit, prepared select: ${auditPrepared.bytesPerStatement.toFixed(0)} bytes per statement`,
     );
     await side.stop();
     const eventLoops = await runEventLoopsBench(ctx, ctx.quick ? 1 : 3);
@@ -448,23 +505,28 @@ export async function runEventLoopsBench(ctx: FootprintContext, rounds: number):
   const one = await ctx.startSidecar(`${ctx.dir}/sidecar-1-loop`, 1);
   try {
     const two = await ctx.startSidecar(`${ctx.dir}/sidecar-2-loops`, 2);
+    const lazy = await ctx.startSidecar(`${ctx.dir}/sidecar-lazy-loops`);
     try {
+      await sleep(5_000);
+      const lazyIdle = (await memorySample(lazy.process.pid, lazy.metricsPort)) as MemorySample;
       const envs: Record<EventLoopsTarget, NodeJS.ProcessEnv> = {
         pgbouncer: ctx.envs.pgbouncer,
         'sidecar-1-loop': one.libpqEnv(await ctx.token(one, 3600), { PGAPPNAME: 'chaperone-bench' }),
         'sidecar-2-loops': two.libpqEnv(await ctx.token(two, 3600), { PGAPPNAME: 'chaperone-bench' }),
+        'sidecar-lazy': lazy.libpqEnv(await ctx.token(lazy, 3600), { PGAPPNAME: 'chaperone-bench' }),
       };
       const pids: Record<EventLoopsTarget, number | undefined> = {
         pgbouncer: ctx.pgbouncerPid,
         'sidecar-1-loop': one.process.pid,
         'sidecar-2-loops': two.process.pid,
+        'sidecar-lazy': lazy.process.pid,
       };
-      const targets: EventLoopsTarget[] = ['pgbouncer', 'sidecar-1-loop', 'sidecar-2-loops'];
+      const targets: EventLoopsTarget[] = ['pgbouncer', 'sidecar-1-loop', 'sidecar-2-loops', 'sidecar-lazy'];
       // Warm-up: PgBouncer opens its 150 server connections one login at a time.
       for (const target of targets) await ctx.pgbench(['-n', '-S', '-c', '150', '-j', '2', '-T', '10'], envs[target]);
       const runs: (ManyClientsResult & { target: EventLoopsTarget; loadavg1: number })[] = [];
       for (let r = 0; r < rounds; r++) {
-        for (const target of [...targets.slice(r % 3), ...targets.slice(0, r % 3)]) {
+        for (const target of [...targets.slice(r % targets.length), ...targets.slice(0, r % targets.length)]) {
           let before = cpuMicros(pids[target]);
           let out = await ctx.pgbench(argv, envs[target]);
           if (/number of transactions actually processed: 0\b/.test(out)) {
@@ -511,7 +573,9 @@ export async function runEventLoopsBench(ctx: FootprintContext, rounds: number):
         pgbouncer: of('pgbouncer'),
         'sidecar-1-loop': of('sidecar-1-loop'),
         'sidecar-2-loops': of('sidecar-2-loops'),
+        'sidecar-lazy': of('sidecar-lazy'),
       };
+      const lazyMetrics = await sidecarMetrics(lazy.metricsPort);
       const result: EventLoopsResult = {
         argv: `pgbench ${argv.join(' ')}`,
         rounds,
@@ -522,12 +586,17 @@ export async function runEventLoopsBench(ctx: FootprintContext, rounds: number):
         twoLoopsOverPgbouncer: byTarget['sidecar-2-loops'].tps / byTarget.pgbouncer.tps,
         oneLoopAfter: (await memorySample(one.process.pid, one.metricsPort)) as MemorySample,
         twoLoopsAfter: (await memorySample(two.process.pid, two.metricsPort)) as MemorySample,
+        lazyOverPgbouncer: byTarget['sidecar-lazy'].tps / byTarget.pgbouncer.tps,
+        lazyAfter: (await memorySample(lazy.process.pid, lazy.metricsPort)) as MemorySample,
+        lazyIdle,
+        lazyStartSeconds: lazyMetrics.get('chaperone_event_loop_start_seconds'),
       };
       console.log(
-        `  event loops: 2 loops ÷ 1 loop ${result.twoLoopsOverOne.toFixed(3)}; ÷ PgBouncer: 1 loop ${result.oneLoopOverPgbouncer.toFixed(3)}, 2 loops ${result.twoLoopsOverPgbouncer.toFixed(3)}; RSS 1 loop ${mib(result.oneLoopAfter)}, 2 loops ${mib(result.twoLoopsAfter)}`,
+        `  event loops: 2 loops ÷ 1 loop ${result.twoLoopsOverOne.toFixed(3)}; ÷ PgBouncer: 1 loop ${result.oneLoopOverPgbouncer.toFixed(3)}, 2 loops ${result.twoLoopsOverPgbouncer.toFixed(3)}, lazy ${result.lazyOverPgbouncer.toFixed(3)}; RSS 1 loop ${mib(result.oneLoopAfter)}, 2 loops ${mib(result.twoLoopsAfter)}, lazy ${mib(result.lazyIdle)} at rest, ${mib(result.lazyAfter)} after (${String(result.lazyAfter.eventLoops ?? 1)} loops; the second started in ${result.lazyStartSeconds === undefined ? '-' : `${(result.lazyStartSeconds * 1000).toFixed(0)} ms`})`,
       );
       return result;
     } finally {
+      await lazy.stop();
       await two.stop();
     }
   } finally {

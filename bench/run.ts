@@ -864,11 +864,11 @@ async function startSidecar(
   });
 }
 
-async function setUp(maxConnections = 500): Promise<PostgresCluster> {
+async function setUp(maxConnections = 700): Promise<PostgresCluster> {
   runDir = createRunDirectory();
   console.log(`bench: run directory ${runDir}`);
-  // Room for 150 clients through PgBouncer and two sidecars at once (the footprint's event-loop shape keeps
-  // PgBouncer's pool and both sidecars' parked upstream sessions, 150 each).
+  // Room for 150 clients through PgBouncer and three sidecars at once (the footprint's event-loop shape keeps
+  // PgBouncer's pool and the sidecars' parked upstream sessions, 150 each).
   const pg = await startPostgres(runDir, { settings: { max_connections: String(maxConnections) } });
   postgres = pg;
   const started = Date.now();

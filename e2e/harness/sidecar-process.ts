@@ -115,8 +115,10 @@ export interface SidecarProcessOptions {
   readonly policyPollIntervalMs?: number;
   /** Sidecar log level; default debug (what tests want to read on failure). */
   readonly logLevel?: 'debug' | 'info' | 'warn' | 'error';
-  /** The sidecar's eventLoops (docs/sidecar-event-loops.md); default the config's (1). */
+  /** The sidecar's eventLoops (docs/sidecar-event-loops.md); default the config's (unset: lazy loops). */
   readonly eventLoops?: number;
+  /** The sidecar's lazyEventLoops settings (docs/sidecar-config.md). */
+  readonly lazyEventLoops?: Record<string, unknown>;
   /** Entry point run with `node` instead of the chaperone-sidecar bin (same `--config FILE` interface). */
   readonly bin?: string;
   /** Environment of the sidecar process; default this process's. */
@@ -231,6 +233,7 @@ export async function spawnSidecar(options: SidecarProcessOptions): Promise<Side
     ...(options.approvals === undefined ? {} : { approvals: options.approvals }),
     metrics: { listen: '127.0.0.1:0' },
     ...(options.eventLoops === undefined ? {} : { eventLoops: options.eventLoops }),
+    ...(options.lazyEventLoops === undefined ? {} : { lazyEventLoops: options.lazyEventLoops }),
     log: { level: options.logLevel ?? 'debug' },
   };
   const configFile = join(dir, 'sidecar.yaml');

@@ -39,6 +39,8 @@ export interface SidecarOptions {
   policyPollIntervalMs?: number;
   /** The sidecar's eventLoops (docs/sidecar-event-loops.md). */
   eventLoops?: number;
+  /** The sidecar's lazyEventLoops settings (docs/sidecar-config.md). */
+  lazyEventLoops?: Record<string, unknown>;
   /** Tells apart several sidecars of one test: each gets its own directory (config, bundles, audit file). */
   instance?: string;
 }
@@ -62,6 +64,7 @@ export async function startTestSidecar(t: TestContext, options: SidecarOptions =
     ...(options.bin === undefined ? {} : { bin: options.bin }),
     ...(options.policyPollIntervalMs === undefined ? {} : { policyPollIntervalMs: options.policyPollIntervalMs }),
     ...(options.eventLoops === undefined ? {} : { eventLoops: options.eventLoops }),
+    ...(options.lazyEventLoops === undefined ? {} : { lazyEventLoops: options.lazyEventLoops }),
     logLevel: 'debug',
   });
   t.after(() => running.stop());

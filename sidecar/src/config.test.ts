@@ -2,7 +2,7 @@
 // file leaves it empty, and the in-cluster API server for the durable audit trail.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { ConfigError, perLoopLimits, validateConfig } from './config.ts';
+import { ConfigError, eventLoopPlan, perLoopLimits, setLoopShares, validateConfig } from './config.ts';
 
 const base = {
   listeners: [
@@ -85,8 +85,8 @@ test('explicit API access: server and files as given, or a kubeconfig alone', ()
   );
 });
 
-test('eventLoops: default 1, at most 16; more than one refuses what only one loop would see (fail closed)', () => {
-  assert.equal(validateConfig(base).eventLoops, 1);
+test('eventLoops: unset by default, at most 16; more than one refuses what only one loop would see (fail closed)', () => {
+  assert.equal(validateConfig(base).eventLoops, undefined);
   assert.equal(validateConfig({ ...base, eventLoops: 2 }).eventLoops, 2);
   for (const bad of [0, 17, 1.5]) {
     assert.throws(() => validateConfig({ ...base, eventLoops: bad }), /\/eventLoops: /);
@@ -126,10 +126,52 @@ test('eventLoops: the bounds a loop counts alone are split into equal shares; ea
   assert.equal(share.upstreamReuse.maxParked, 85);
   // maxConnections is counted across the loops, not split.
   assert.equal(share.maxConnections, 256);
-  const one = validateConfig(base);
+  const one = validateConfig({ ...base, eventLoops: 1 });
   assert.equal(perLoopLimits(one), one, 'one loop keeps the configuration as it is');
   assert.throws(
     () => validateConfig({ ...base, eventLoops: 4, listeners: [{ ...listener, maxUnauthenticatedPerSource: 3 }] }),
     /\/listeners\/0\/maxUnauthenticatedPerSource: at least eventLoops \(4\); every loop gets an equal share/,
   );
+});
+
+test('lazy event loops: the default where a second loop is allowed; eventLoops pins; off where a loop is refused', () => {
+  assert.deepEqual(eventLoopPlan(validateConfig(base)), { eager: 1, max: 2, lazyOffBecause: [] });
+  assert.deepEqual(eventLoopPlan(validateConfig({ ...base, eventLoops: 1 })), { eager: 1, max: 1, lazyOffBecause: [] });
+  assert.deepEqual(eventLoopPlan(validateConfig({ ...base, eventLoops: 3 })), { eager: 3, max: 3, lazyOffBecause: [] });
+  assert.equal(eventLoopPlan(validateConfig({ ...base, lazyEventLoops: { max: 4 } })).max, 4);
+  assert.equal(eventLoopPlan(validateConfig({ ...base, lazyEventLoops: { max: 1 } })).max, 1);
+  // The durable spool (and approvals, ...) keep the sidecar on one loop, without a configuration error.
+  const spool = eventLoopPlan(validateConfig(durable, { ...downward, ...inCluster }));
+  assert.equal(spool.max, 1);
+  assert.match(spool.lazyOffBecause.join('\n'), /the durable audit spool/);
+  // A bound too small to share keeps one loop too.
+  const listener = base.listeners[0];
+  const small = validateConfig({ ...base, listeners: [{ ...listener, upstreamReuse: { maxParked: 1 } }] });
+  assert.equal(eventLoopPlan(small).max, 1);
+  assert.throws(
+    () => validateConfig({ ...base, lazyEventLoops: { busyUtilisation: 2 } }),
+    /\/lazyEventLoops\/busyUtilisation/,
+  );
+});
+
+test('lazy event loops: the main loop has the whole bounds alone and its share while more loops run', () => {
+  const config = validateConfig(base);
+  const live = structuredClone(config);
+  const bounds = () => {
+    const l = live.listeners[0];
+    assert.equal(l?.type, 'postgres');
+    return [l.maxUnauthenticatedPerSource, l.upstreamReuse.maxParkedPerKey, l.upstreamReuse.maxParked];
+  };
+  const whole = bounds();
+  setLoopShares(live, config, 2);
+  assert.deepEqual(
+    bounds(),
+    whole.map((v) => Math.floor(v / 2)),
+  );
+  setLoopShares(live, config, 1);
+  assert.deepEqual(bounds(), whole);
+  // The workers' shares (perLoopLimits at the most loops) are left as configured by it.
+  const workers = perLoopLimits(config).listeners[0];
+  assert.equal(workers?.type, 'postgres');
+  assert.equal(workers.maxUnauthenticatedPerSource, Math.floor((whole[0] ?? 0) / 2));
 });

@@ -572,10 +572,29 @@ export const SidecarConfig = Type.Object(
       { default: {} },
     ),
     /**
-     * Event loops serving the listeners: the main thread plus `eventLoops - 1` worker threads, each
-     * accepting on the same ports (SO_REUSEPORT) (docs/sidecar-event-loops.md). Default 1.
+     * Event loops serving the listeners from the start: the main thread plus `eventLoops - 1` worker threads,
+     * each accepting on the same ports (SO_REUSEPORT) (docs/sidecar-event-loops.md). Set, it pins that many
+     * (1: one loop, never more); unset, one loop starts and more start when it is busy (lazyEventLoops).
      */
-    eventLoops: Type.Integer({ minimum: 1, maximum: MAX_EVENT_LOOPS, default: 1 }),
+    eventLoops: Type.Optional(Type.Integer({ minimum: 1, maximum: MAX_EVENT_LOOPS })),
+    /**
+     * With `eventLoops` unset: further loops started when the main loop is busy and stopped after they have
+     * had no connection for a while (docs/sidecar-event-loops.md, "Lazily started loops"). Off, one loop, where
+     * a second loop is refused (the durable spool, approvals, ...).
+     */
+    lazyEventLoops: Type.Object(
+      {
+        /** Loops at most, the main thread's included; 1 turns lazy loops off. Default 2. */
+        max: Type.Integer({ minimum: 1, maximum: MAX_EVENT_LOOPS, default: 2 }),
+        /** Open connections (every listener, every loop) from which a further loop may start. Default 32. */
+        startAtConnections: Type.Integer({ minimum: 1, default: 32 }),
+        /** The main loop's utilisation over the last half second from which a further loop starts. Default 0.5. */
+        busyUtilisation: Type.Number({ minimum: 0, maximum: 1, default: 0.5 }),
+        /** A lazily started loop with no connection for this long is stopped; 0 keeps it. Default 60. */
+        stopAfterIdleSeconds: Type.Integer({ minimum: 0, default: 60 }),
+      },
+      { additionalProperties: false, default: {} },
+    ),
     log: Type.Object(
       { level: literalUnion(['debug', 'info', 'warn', 'error'] as const, 'Default info.') },
       { default: { level: 'info' } },
@@ -738,7 +757,9 @@ export function validateConfig(document: unknown, env: ConfigEnvironment = {}): 
     if (typeof resolved === 'string') problems.push(resolved);
     else approvals.kubernetes = resolved;
   }
-  if (config.eventLoops > 1) problems.push(...eventLoopProblems(config));
+  if (config.eventLoops !== undefined && config.eventLoops > 1) {
+    problems.push(...eventLoopProblems(config, config.eventLoops));
+  }
   const policy = config.policy;
   if ((policy.bundleDir === undefined) === (policy.kubernetes === undefined)) {
     problems.push('/policy: set exactly one of bundleDir and kubernetes');
@@ -765,7 +786,7 @@ export function validateConfig(document: unknown, env: ConfigEnvironment = {}): 
  * What more than one event loop does not support yet (docs/sidecar-event-loops.md, "What is built"): refused
  * at start rather than run with per-pod state that only one loop would see.
  */
-function eventLoopProblems(config: SidecarConfig): string[] {
+function eventLoopProblems(config: SidecarConfig, loops: number): string[] {
   const problems: string[] = [];
   const unsupported = (path: string, what: string) =>
     problems.push(`/eventLoops: more than one event loop does not support ${what} yet (${path}); set eventLoops: 1`);
@@ -785,9 +806,9 @@ function eventLoopProblems(config: SidecarConfig): string[] {
       'upstreamReuse/maxParked': l.upstreamReuse.maxParked,
     };
     for (const [key, value] of Object.entries(shared)) {
-      if (value < config.eventLoops) {
+      if (value < loops) {
         problems.push(
-          `/listeners/${String(i)}/${key}: at least eventLoops (${String(config.eventLoops)}); every loop gets an equal share`,
+          `/listeners/${String(i)}/${key}: at least eventLoops (${String(loops)}); every loop gets an equal share`,
         );
       }
     }
@@ -795,14 +816,31 @@ function eventLoopProblems(config: SidecarConfig): string[] {
   return problems;
 }
 
+/** How many event loops serve: `eager` from the start, up to `max` started lazily (docs/sidecar-event-loops.md). */
+export interface EventLoopPlan {
+  readonly eager: number;
+  readonly max: number;
+  /** With `eventLoops` unset and lazy loops off: why (what a second loop does not support yet). */
+  readonly lazyOffBecause: readonly string[];
+}
+
+/** The loops a validated configuration runs: `eventLoops` pins; unset, lazy loops where a second is allowed. */
+export function eventLoopPlan(config: SidecarConfig): EventLoopPlan {
+  if (config.eventLoops !== undefined) return { eager: config.eventLoops, max: config.eventLoops, lazyOffBecause: [] };
+  const max = config.lazyEventLoops.max;
+  if (max === 1) return { eager: 1, max: 1, lazyOffBecause: ['lazyEventLoops.max is 1'] };
+  const problems = eventLoopProblems(config, max);
+  return problems.length === 0 ? { eager: 1, max, lazyOffBecause: [] } : { eager: 1, max: 1, lazyOffBecause: problems };
+}
+
 /**
- * The configuration one of `eventLoops` loops runs with: the per-listener bounds a loop counts by itself
+ * The configuration one of `loops` running loops runs with: the per-listener bounds a loop counts by itself
  * (unauthenticated connections per source, parked upstream sessions) split into equal shares, rounded down,
  * so the sidecar never holds more than configured (it may refuse a little earlier when a source's
  * connections land unevenly). maxConnections is counted across loops instead (ResourceListener).
  */
-export function perLoopLimits(config: SidecarConfig): SidecarConfig {
-  const n = config.eventLoops;
+export function perLoopLimits(config: SidecarConfig, loops = eventLoopPlan(config).max): SidecarConfig {
+  const n = loops;
   if (n === 1) return config;
   return {
     ...config,
@@ -820,6 +858,22 @@ export function perLoopLimits(config: SidecarConfig): SidecarConfig {
           },
     ),
   };
+}
+
+/**
+ * Lazily started loops (eventLoopPlan): the main loop runs with `live`, a copy of the configuration whose
+ * listeners its engines keep; its shares of the bounds are set here whenever the number of running loops
+ * changes (the whole bound while it runs alone).
+ */
+export function setLoopShares(live: SidecarConfig, config: SidecarConfig, loops: number): void {
+  const shares = perLoopLimits(config, loops);
+  for (const [i, l] of live.listeners.entries()) {
+    const share = shares.listeners[i];
+    if (l.type !== 'postgres' || share?.type !== 'postgres') continue;
+    l.maxUnauthenticatedPerSource = share.maxUnauthenticatedPerSource;
+    l.upstreamReuse.maxParkedPerKey = share.upstreamReuse.maxParkedPerKey;
+    l.upstreamReuse.maxParked = share.upstreamReuse.maxParked;
+  }
 }
 
 /** API access completed: a kubeconfig, or server, tokenFile and caFile with in-cluster defaults; or a problem. */

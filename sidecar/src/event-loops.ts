@@ -4,11 +4,19 @@
 // JSON-lines audit worker (json-lines-writer.ts, which keeps the pod chain's head), holds the listeners'
 // connection counts in shared memory, sums the
 // loops' metrics when /metrics is scraped, relays messages between loops (a cancel request that landed on
-// the loop that does not serve its connection) and has every loop re-read the policies.
+// the loop that does not serve its connection) and has every loop re-read the policies. Loops are started
+// at once (`eventLoops`) or one by one while the sidecar runs and stopped again (lazy-event-loops.ts).
 import { existsSync } from 'node:fs';
 import { Worker, type MessagePort } from 'node:worker_threads';
-import { AggregatorRegistry, type MetricObjectWithValues, type MetricValue, type Registry } from 'prom-client';
-import type { SidecarConfig } from './config.ts';
+import {
+  AggregatorRegistry,
+  Counter,
+  Gauge,
+  type MetricObjectWithValues,
+  type MetricValue,
+  type Registry,
+} from 'prom-client';
+import { MAX_EVENT_LOOPS, type SidecarConfig } from './config.ts';
 import type { JsonLinesWriter } from './core/audit/json-lines-writer.ts';
 import type { Logger } from './core/observability/logger.ts';
 import type { RunningLoop } from './loop.ts';
@@ -19,6 +27,8 @@ export interface LoopShared {
   readonly podChainHead: SharedArrayBuffer;
   /** LoopPlace.openConnections. */
   readonly openConnections: SharedArrayBuffer;
+  /** LoopPlace.loopConnections: one slot per loop index, MAX_EVENT_LOOPS of them. */
+  readonly loopConnections: SharedArrayBuffer;
   /** The hash masking strategy's per-process key: one value must mask alike on every loop. */
   readonly processHashKey: Uint8Array;
 }
@@ -39,7 +49,9 @@ export type ToLoop =
   | { readonly type: 'answers'; readonly id: number; readonly answers: unknown[] }
   | { readonly type: 'metrics'; readonly id: number }
   | { readonly type: 'reload'; readonly id: number }
-  | { readonly type: 'close' };
+  | { readonly type: 'close' }
+  /** Stop accepting, wait for this loop's connections to end, flush its audit records: then `drained`. */
+  | { readonly type: 'drain' };
 
 /** Messages from a worker loop to the main thread. */
 export type FromLoop =
@@ -49,7 +61,8 @@ export type FromLoop =
   | { readonly type: 'answer'; readonly id: number; readonly answer: unknown }
   | { readonly type: 'metrics'; readonly id: number; readonly metrics: MetricObjectWithValues<MetricValue<string>>[] }
   | { readonly type: 'reloaded'; readonly id: number }
-  | { readonly type: 'closed' };
+  | { readonly type: 'closed' }
+  | { readonly type: 'drained' };
 
 /** The worker's script: next to this module in the sources; in the bundle an entry of its own at its root. */
 function workerScript(): URL {
@@ -67,73 +80,163 @@ function listenAddress(address: { host: string; port: number }): string {
   return `${address.host.includes(':') ? `[${address.host}]` : address.host}:${String(address.port)}`;
 }
 
+type LoopMetrics = MetricObjectWithValues<MetricValue<string>>[];
+
 /** The worker loops, seen from the main thread (loop 0). */
 export class WorkerLoops {
-  private readonly workers: Worker[] = [];
-  private readonly pending = new Map<number, (value: unknown) => void>();
+  /** Running worker loops by index (1 and up; the main loop is 0). */
+  private readonly workers = new Map<number, Worker>();
+  /** Loops being stopped on purpose (drain): their exit is no failure. */
+  private readonly stopping = new Set<Worker>();
+  private readonly pending = new Map<number, { worker: Worker; resolve: (value: unknown) => void }>();
+  /** The last metrics of loops that were stopped: their counters stay in the sums (counters never go down). */
+  private readonly retired: LoopMetrics[] = [];
   private nextId = 1;
   private closing = false;
   private readonly main: RunningLoop;
   private readonly logger: Logger;
-
-  private constructor(main: RunningLoop, logger: Logger) {
-    this.main = main;
-    this.logger = logger;
-  }
+  private readonly config: SidecarConfig;
+  private readonly shared: LoopShared;
+  private readonly sink: JsonLinesWriter;
+  private readonly onFailure: (err: Error) => void;
+  private readonly running: Gauge;
+  private readonly starts: Counter;
+  private readonly startSeconds: Gauge;
 
   /**
-   * Starts `config.eventLoops - 1` workers on the ports `main` listens on and resolves once each listens.
-   * A worker that fails later stops the sidecar (`onFailure`): its connections are gone and a loop less
-   * would serve half the pod's ports' connections for nothing.
+   * No worker yet: add() starts one on the ports `main` listens on. `config` is what every worker runs with
+   * (the bounds a loop counts alone already split into shares). A worker that fails later stops the sidecar
+   * (`onFailure`): its connections are gone and a loop less would serve part of the ports' connections for
+   * nothing. The loop gauges are registered in `registry` (the main thread's).
    */
-  static async start(
-    config: SidecarConfig,
-    shared: LoopShared,
-    main: RunningLoop,
-    sink: JsonLinesWriter,
-    logger: Logger,
-    onFailure: (err: Error) => void,
-  ): Promise<WorkerLoops> {
-    const loops = new WorkerLoops(main, logger);
-    const bound: SidecarConfig = {
-      ...config,
-      listeners: config.listeners.map((l, i) => ({
+  constructor(options: {
+    config: SidecarConfig;
+    shared: LoopShared;
+    main: RunningLoop;
+    sink: JsonLinesWriter;
+    logger: Logger;
+    registry: Registry;
+    onFailure: (err: Error) => void;
+  }) {
+    const { main } = options;
+    this.main = main;
+    this.logger = options.logger;
+    this.shared = options.shared;
+    this.sink = options.sink;
+    this.onFailure = options.onFailure;
+    this.config = {
+      ...options.config,
+      listeners: options.config.listeners.map((l, i) => ({
         ...l,
         listen: listenAddress(main.addresses[i] ?? { host: '', port: 0 }),
       })),
     };
-    try {
-      await Promise.all(
-        Array.from({ length: config.eventLoops - 1 }, (_, i) =>
-          loops.startWorker({ index: i + 1, config: bound, shared, auditPort: sink.connect() }, onFailure),
-        ),
-      );
-    } catch (err) {
-      await loops.close();
-      throw err;
-    }
-    return loops;
+    const registers = [options.registry];
+    this.running = new Gauge({
+      name: 'chaperone_event_loops',
+      help: 'Event loops serving the listeners now, the main thread included (docs/sidecar-event-loops.md).',
+      registers,
+    });
+    this.running.set(1);
+    this.starts = new Counter({
+      name: 'chaperone_event_loop_starts_total',
+      help: 'Worker event loops started, at start (eventLoops) or lazily (lazyEventLoops).',
+      registers,
+    });
+    this.startSeconds = new Gauge({
+      name: 'chaperone_event_loop_start_seconds',
+      help: 'How long the last worker event loop took from its start to listening.',
+      registers,
+    });
   }
 
-  private startWorker(data: LoopWorkerData, onFailure: (err: Error) => void): Promise<void> {
+  /** Loops serving now, the main one included. */
+  get count(): number {
+    return 1 + this.workers.size;
+  }
+
+  /** The highest running worker index (the one a lazy stop drains), or undefined with none. */
+  get last(): number | undefined {
+    return this.workers.size === 0 ? undefined : Math.max(...this.workers.keys());
+  }
+
+  /** Starts a worker loop at the lowest free index; resolves with the index once it listens. */
+  async add(): Promise<number> {
+    let index = 1;
+    while (this.workers.has(index)) index++;
+    if (index >= MAX_EVENT_LOOPS) throw new Error(`at most ${String(MAX_EVENT_LOOPS)} event loops`);
+    const began = performance.now();
+    await this.startWorker({
+      index,
+      config: this.config,
+      shared: this.shared,
+      auditPort: this.sink.connect(),
+    });
+    const seconds = (performance.now() - began) / 1000;
+    this.starts.inc();
+    this.startSeconds.set(seconds);
+    this.running.set(this.count);
+    this.logger.info('event loop started', { loop: index, loops: this.count, startMs: Math.round(seconds * 1000) });
+    return index;
+  }
+
+  /**
+   * Stops worker `index` without cutting a connection: it stops accepting (the other loops' sockets get the
+   * new ones), its connections end on their own, its last audit records reach the sink; its metrics so far
+   * stay in the sums. Resolves once the thread is gone.
+   */
+  async drain(index: number): Promise<void> {
+    const worker = this.workers.get(index);
+    if (worker === undefined) return;
+    this.stopping.add(worker);
+    await new Promise<void>((resolve) => {
+      worker.on('message', (msg: FromLoop) => {
+        if (msg.type === 'drained') resolve();
+      });
+      worker.once('exit', () => resolve());
+      worker.postMessage({ type: 'drain' } satisfies ToLoop);
+    });
+    const last = await this.request<LoopMetrics | undefined>(worker, (id) => ({ type: 'metrics', id }));
+    this.workers.delete(index);
+    if (last !== undefined) this.retired.push(last);
+    Atomics.store(new Int32Array(this.shared.loopConnections, index * Int32Array.BYTES_PER_ELEMENT, 1), 0, 0);
+    await worker.terminate();
+    this.stopping.delete(worker);
+    this.running.set(this.count);
+    this.logger.info('event loop stopped', { loop: index, loops: this.count });
+  }
+
+  private startWorker(data: LoopWorkerData): Promise<void> {
     const worker = new Worker(workerScript(), { workerData: data, transferList: [data.auditPort] });
-    this.workers.push(worker);
+    this.workers.set(data.index, worker);
     return new Promise<void>((resolve, reject) => {
       let started = false;
+      const failed = (err: Error) => {
+        if (this.workers.get(data.index) === worker) this.workers.delete(data.index);
+        void worker.terminate();
+        reject(err);
+      };
       worker.on('message', (msg: FromLoop) => {
         if (msg.type === 'ready') {
           started = true;
           resolve();
-        } else if (msg.type === 'failed') reject(new Error(`event loop ${String(data.index)}: ${msg.error}`));
+        } else if (msg.type === 'failed') failed(new Error(`event loop ${String(data.index)}: ${msg.error}`));
         else this.onMessage(worker, msg);
       });
       worker.on('error', (err: Error) => {
-        if (!started) reject(err);
-        else if (!this.closing) onFailure(err);
+        if (!started) failed(err);
+        else if (!this.closing && !this.stopping.has(worker)) this.onFailure(err);
       });
       worker.on('exit', (code) => {
-        if (!started) reject(new Error(`event loop ${String(data.index)} exited with ${String(code)}`));
-        else if (!this.closing) onFailure(new Error(`event loop ${String(data.index)} exited with ${String(code)}`));
+        // Requests it will never answer: a scrape or a cancel hand-over goes on without it.
+        for (const [id, p] of this.pending) {
+          if (p.worker !== worker) continue;
+          this.pending.delete(id);
+          p.resolve(undefined);
+        }
+        const err = new Error(`event loop ${String(data.index)} exited with ${String(code)}`);
+        if (!started) failed(err);
+        else if (!this.closing && !this.stopping.has(worker)) this.onFailure(err);
       });
     });
   }
@@ -147,11 +250,11 @@ export class WorkerLoops {
         return;
       case 'answer':
       case 'reloaded':
-        this.pending.get(msg.id)?.(msg.type === 'answer' ? msg.answer : undefined);
+        this.pending.get(msg.id)?.resolve(msg.type === 'answer' ? msg.answer : undefined);
         this.pending.delete(msg.id);
         return;
       case 'metrics':
-        this.pending.get(msg.id)?.(msg.metrics);
+        this.pending.get(msg.id)?.resolve(msg.metrics);
         this.pending.delete(msg.id);
         return;
       default:
@@ -162,14 +265,14 @@ export class WorkerLoops {
   private request<T>(worker: Worker, make: (id: number) => ToLoop): Promise<T> {
     const id = this.nextId++;
     return new Promise<T>((resolve) => {
-      this.pending.set(id, resolve as (value: unknown) => void);
+      this.pending.set(id, { worker, resolve: resolve as (value: unknown) => void });
       worker.postMessage(make(id));
     });
   }
 
   /** LoopPeers.ask for every loop but `except` (a worker, or undefined: the main loop asks). */
   async askLoops(listener: string, message: unknown, except?: Worker): Promise<unknown[]> {
-    const asks: Promise<unknown>[] = this.workers
+    const asks: Promise<unknown>[] = [...this.workers.values()]
       .filter((w) => w !== except)
       .map((w) => this.request(w, (id) => ({ type: 'ask', id, listener, message })));
     const endpoint = this.main.endpoints.get(listener);
@@ -179,36 +282,37 @@ export class WorkerLoops {
 
   /** Every worker loop re-reads its policies; resolves when all have. */
   async reloadPolicies(): Promise<void> {
-    await Promise.all(this.workers.map((w) => this.request(w, (id) => ({ type: 'reload', id }))));
+    await Promise.all([...this.workers.values()].map((w) => this.request(w, (id) => ({ type: 'reload', id }))));
   }
 
-  /** /metrics: the main loop's registry and every worker's, summed per metric and label set. */
+  /** /metrics: the main loop's registry, every worker's and the stopped ones' last, summed per label set. */
   async metrics(main: Registry): Promise<Registry> {
     const all = await Promise.all([
       main.getMetricsAsJSON(),
-      ...this.workers.map((w) =>
-        this.request<MetricObjectWithValues<MetricValue<string>>[]>(w, (id) => ({ type: 'metrics', id })),
+      ...[...this.workers.values()].map((w) =>
+        this.request<LoopMetrics | undefined>(w, (id) => ({ type: 'metrics', id })).then((m) => m ?? []),
       ),
     ]);
-    return AggregatorRegistry.aggregate(all);
+    return AggregatorRegistry.aggregate([...all, ...this.retired]);
   }
 
   /** Closes every worker's listeners and waits for its last audit lines (they arrive before `closed`). */
   async close(): Promise<void> {
     this.closing = true;
+    const workers = [...this.workers.values()];
     await Promise.all(
-      this.workers.map(
+      workers.map(
         (w) =>
           new Promise<void>((resolve) => {
             w.on('message', (msg: FromLoop) => {
-              if (msg.type === 'closed') resolve();
+              if (msg.type === 'closed' || msg.type === 'drained') resolve();
             });
             w.once('exit', () => resolve());
             w.postMessage({ type: 'close' } satisfies ToLoop);
           }),
       ),
     );
-    await Promise.all(this.workers.map((w) => w.terminate()));
-    this.logger.debug('event loops closed', { loops: this.workers.length + 1 });
+    await Promise.all(workers.map((w) => w.terminate()));
+    this.logger.debug('event loops closed', { loops: workers.length + 1 });
   }
 }

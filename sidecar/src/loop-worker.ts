@@ -50,13 +50,15 @@ try {
       metrics,
       logger,
     },
-    { index, openConnections: shared.openConnections, peers },
+    { index, openConnections: shared.openConnections, loopConnections: shared.loopConnections, peers },
   );
 } catch (err) {
   post({ type: 'failed', error: err instanceof Error ? err.message : String(err) });
   throw err;
 }
 
+/** Set once the loop is closing or draining: its records are in the sink when it resolves. */
+let stopped: Promise<void> | undefined;
 port.on('message', (msg: ToLoop) => {
   switch (msg.type) {
     case 'answers':
@@ -81,13 +83,18 @@ port.on('message', (msg: ToLoop) => {
       });
       return;
     case 'close':
-      void loop
-        .close()
-        .then(() => sink.close())
-        .then(() => {
-          post({ type: 'closed' });
-          port.close();
-        });
+      // Also while draining: the connections still open are cut, as on the sidecar's close.
+      stopped = Promise.all([stopped, loop.close()]).then(() => sink.close());
+      void stopped.then(() => {
+        post({ type: 'closed' });
+        port.close();
+      });
+      return;
+    case 'drain':
+      stopped ??= loop.drain().then(() => sink.close());
+      void stopped.then(() => {
+        post({ type: 'drained' });
+      });
       return;
   }
 });

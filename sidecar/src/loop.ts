@@ -20,6 +20,8 @@ export interface LoopPlace {
   readonly index: number;
   /** One Int32 per configured listener, in config order: its open connections on every loop. */
   readonly openConnections: SharedArrayBuffer;
+  /** One Int32 per loop index: the loop's open connections on every listener (LOOP_CONNECTIONS_BYTES each). */
+  readonly loopConnections: SharedArrayBuffer;
   readonly peers: LoopPeers;
 }
 
@@ -32,10 +34,14 @@ export interface RunningLoop {
   reloadPolicies(): Promise<void>;
   /** Stops the watcher and closes the listeners (their connections end); the services stay open. */
   close(): Promise<void>;
+  /** Stops accepting and resolves once this loop's connections have ended on their own, then as close(). */
+  drain(): Promise<void>;
 }
 
 /** Bytes of one listener's connection count in LoopPlace.openConnections. */
 export const OPEN_CONNECTIONS_BYTES = Int32Array.BYTES_PER_ELEMENT;
+/** Bytes of one loop's connection count in LoopPlace.loopConnections. */
+export const LOOP_CONNECTIONS_BYTES = Int32Array.BYTES_PER_ELEMENT;
 
 export async function startLoop(
   config: SidecarConfig,
@@ -96,6 +102,7 @@ export async function startLoop(
           : {
               index: place.index,
               openConnections: new Int32Array(place.openConnections, i * OPEN_CONNECTIONS_BYTES, 1),
+              loopConnections: new Int32Array(place.loopConnections, place.index * LOOP_CONNECTIONS_BYTES, 1),
             };
       const listener = new ResourceListener(l, endpoint, loopServices, listenerLoop);
       const address = await listener.listen();
@@ -117,6 +124,10 @@ export async function startLoop(
     async close() {
       watcher.stop();
       await Promise.allSettled(listeners.map((l) => l.close()));
+    },
+    async drain() {
+      await Promise.allSettled(listeners.map((l) => l.drain()));
+      watcher.stop();
     },
   };
 }

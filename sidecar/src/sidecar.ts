@@ -4,7 +4,7 @@
 // everything.
 import type { Server } from 'node:http';
 import type { SidecarConfig } from './config.ts';
-import { parseHostPort, perLoopLimits } from './config.ts';
+import { eventLoopPlan, parseHostPort, perLoopLimits, setLoopShares, MAX_EVENT_LOOPS } from './config.ts';
 import { join } from 'node:path';
 import { JsonLinesSink, type AuditSink } from './core/audit/audit-sink.ts';
 import { JsonLinesWriter } from './core/audit/json-lines-writer.ts';
@@ -20,7 +20,8 @@ import type { LoopPeers } from './core/engine.ts';
 import type { ApprovalDesk } from './core/approvals/approval-desk.ts';
 import { PROCESS_HASH_KEY } from './core/masking/mask-value.ts';
 import { WorkerLoops, type LoopShared } from './event-loops.ts';
-import { OPEN_CONNECTIONS_BYTES, startLoop, type RunningLoop } from './loop.ts';
+import { LazyEventLoops } from './lazy-event-loops.ts';
+import { LOOP_CONNECTIONS_BYTES, OPEN_CONNECTIONS_BYTES, startLoop, type RunningLoop } from './loop.ts';
 
 export interface RunningSidecar {
   readonly listeners: readonly { name: string; host: string; port: number }[];
@@ -181,13 +182,19 @@ export async function startSidecar(config: SidecarConfig, options: StartOptions 
         });
   await credentials?.start(delivery?.waitSeconds === undefined ? 0 : delivery.waitSeconds * 1000);
   const sink = options.sink ?? (await createAuditSink(config, logger, metrics));
-  // More than one event loop (docs/sidecar-event-loops.md): what every loop shares, in shared memory.
+  // More than one event loop, now or lazily (docs/sidecar-event-loops.md): what every loop shares, in shared
+  // memory, from the start (the main loop counts its connections there before a second loop exists).
+  const plan = eventLoopPlan(config);
+  if (config.eventLoops === undefined && plan.max === 1) {
+    logger.debug('lazy event loops off', { because: plan.lazyOffBecause });
+  }
   const shared: LoopShared | undefined =
-    config.eventLoops === 1
+    plan.max === 1
       ? undefined
       : {
           podChainHead: sharedPodChainHead(),
           openConnections: new SharedArrayBuffer(OPEN_CONNECTIONS_BYTES * config.listeners.length),
+          loopConnections: new SharedArrayBuffer(LOOP_CONNECTIONS_BYTES * MAX_EVENT_LOOPS),
           processHashKey: new Uint8Array(PROCESS_HASH_KEY),
         };
   if (shared !== undefined && !(sink instanceof JsonLinesWriter)) {
@@ -204,12 +211,16 @@ export async function startSidecar(config: SidecarConfig, options: StartOptions 
   // Requests a previous run of this sidecar left Pending can never run: say so before serving.
   await approvals?.start();
   let workers: WorkerLoops | undefined;
+  let lazy: LazyEventLoops | undefined;
+  // Lazy loops: the main loop runs with a copy whose shares of the bounds follow the running loops
+  // (setLoopShares): the whole bounds while it runs alone.
+  const mainConfig = plan.eager === plan.max ? perLoopLimits(config) : structuredClone(config);
   const peers: LoopPeers = { ask: (listener, message) => workers?.askLoops(listener, message) ?? Promise.resolve([]) };
   let loop: RunningLoop | undefined;
   let metricsServer: Server | undefined;
   try {
     loop = await startLoop(
-      perLoopLimits(config),
+      mainConfig,
       {
         pod: { name: config.pod.name, namespace: config.pod.namespace },
         sink,
@@ -218,15 +229,40 @@ export async function startSidecar(config: SidecarConfig, options: StartOptions 
         logger,
         ...(approvals === undefined ? {} : { approvals }),
       },
-      shared === undefined ? undefined : { index: 0, openConnections: shared.openConnections, peers },
+      shared === undefined
+        ? undefined
+        : { index: 0, openConnections: shared.openConnections, loopConnections: shared.loopConnections, peers },
     );
     if (shared !== undefined) {
-      workers = await WorkerLoops.start(perLoopLimits(config), shared, loop, sink as JsonLinesWriter, logger, (err) => {
-        // Fail closed, as when the audit worker fails: the sidecar stops with a non-zero status.
-        logger.error('an event loop failed; stopping', { error: err });
-        process.exitCode = 70;
-        process.kill(process.pid, 'SIGTERM');
+      const loops = new WorkerLoops({
+        config: perLoopLimits(config),
+        shared,
+        main: loop,
+        sink: sink as JsonLinesWriter,
+        logger,
+        registry: metrics.registry,
+        onFailure: (err) => {
+          // Fail closed, as when the audit worker fails: the sidecar stops with a non-zero status.
+          logger.error('an event loop failed; stopping', { error: err });
+          process.exitCode = 70;
+          process.kill(process.pid, 'SIGTERM');
+        },
       });
+      workers = loops;
+      for (let i = 1; i < plan.eager; i++) await loops.add();
+      if (plan.max > plan.eager) {
+        lazy = new LazyEventLoops({
+          loops,
+          max: plan.max,
+          settings: config.lazyEventLoops,
+          listeners: config.listeners.length,
+          openConnections: shared.openConnections,
+          loopConnections: shared.loopConnections,
+          onCountChange: (n) => setLoopShares(mainConfig, config, n),
+          logger,
+        });
+        lazy.start();
+      }
     }
     if (config.metrics.listen !== '') {
       const { host, port } = parseHostPort(config.metrics.listen);
@@ -244,6 +280,7 @@ export async function startSidecar(config: SidecarConfig, options: StartOptions 
     }
   } catch (err) {
     credentials?.stop();
+    lazy?.stop();
     await workers?.close();
     await loop?.close();
     if (options.sink === undefined) await sink.close().catch(() => undefined);
@@ -267,6 +304,7 @@ export async function startSidecar(config: SidecarConfig, options: StartOptions 
       // Held commands first: their clients get ApprovalAbandoned and the requests say Abandoned.
       await approvals?.close();
       // The workers' last audit lines reach the sink before it closes.
+      lazy?.stop();
       await Promise.all([main.close(), workers?.close()]);
       await new Promise<void>((resolve) => {
         if (metricsServer === undefined) resolve();

@@ -23,6 +23,8 @@ export interface ListenerLoop {
    * maxConnections holds for the listener, not per loop.
    */
   readonly openConnections: Int32Array;
+  /** This loop's open connections on every listener, one Int32 in shared memory: whether it is idle. */
+  readonly loopConnections: Int32Array;
 }
 
 export class ResourceListener {
@@ -63,10 +65,12 @@ export class ResourceListener {
       metrics.connections.inc(labels);
       metrics.loopConnections.inc(loopLabels);
       metrics.activeConnections.inc(labels);
+      if (loop !== undefined) Atomics.add(loop.loopConnections, 0, 1);
       const connection = this.endpoint.accept(socket);
       this.open.add(connection);
       socket.once('close', () => {
         if (shared !== undefined) Atomics.sub(shared, 0, 1);
+        if (loop !== undefined) Atomics.sub(loop.loopConnections, 0, 1);
         metrics.activeConnections.dec(labels);
         this.open.delete(connection);
       });
@@ -127,6 +131,15 @@ export class ResourceListener {
     if (address === null || typeof address === 'string') throw new Error('listener has no address');
     this.logger.info('listening', { address: address.address, port: address.port });
     return { host: address.address, port: address.port };
+  }
+
+  /**
+   * Stops accepting (the other loops' sockets on the port get the new connections) and resolves once the
+   * connections it serves have ended on their own; then the endpoint closes (a lazily started loop stopping).
+   */
+  async drain(): Promise<void> {
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+    await this.endpoint.close?.();
   }
 
   async close(): Promise<void> {
