@@ -102,7 +102,6 @@ test('approvals at Bind: planning a held statement runs nothing before the appro
   const world: ApprovalWorld = await createApprovalWorld(t);
   const owner = new pg.Client(directPgOptions(world.database));
   await owner.connect();
-  t.after(() => owner.end());
   await owner.query(OWNER_SQL);
   const sidecar = await world.startSidecar(t, undefined, { ...POLICIES, stamps: STAMPS });
   const token = await world.requesterToken(sidecar);
@@ -129,24 +128,30 @@ test('approvals at Bind: planning a held statement runs nothing before the appro
 
   await t.test('the attack corpus: nothing of a held Bind is planned before the approval', async () => {
     const ran: string[] = [];
+    const answers: string[] = [];
     for (const attack of ATTACKS) {
       const client = await connect();
       try {
-        const mark = await held(client, attack.bytes);
-        const end = await settled(client, mark);
+        // Held, then expired (3 s): the pipeline's ReadyForQuery comes after that.
+        const end = await exchange(client, attack.bytes, 1);
+        // Judged first, on the server: what stamp_write() inserted and the Sync committed.
+        if ((await stamped()).length > 0) ran.push(attack.name);
+        await owner.query('truncate stamp_log');
         // Expired (57014), answered in the Bind's place; whatever followed it up to the Sync was skipped.
-        assert.deepEqual(end.codes, ['57014'], `${attack.name}: ${end.errors.join('; ')}`);
+        answers.push(`${attack.name}: ${end.codes.join(',')}`);
         // The session goes on: the next statement runs.
         const after = await exchange(client, query('select 1'), 1);
         assert.deepEqual(after.codes, [], `${attack.name}: ${after.errors.join('; ')}`);
-        if ((await stamped()).length > 0) ran.push(attack.name);
-        await owner.query('truncate stamp_log');
       } finally {
         client.destroy();
       }
     }
     t.diagnostic(`${String(ran.length)} of ${String(ATTACKS.length)} attacks ran stamp_write() before approval`);
     assert.deepEqual(ran, [], 'planning ran a side effect of a held statement');
+    assert.deepEqual(
+      answers,
+      ATTACKS.map((a) => `${a.name}: 57014`),
+    );
   });
 
   await t.test('Flush after a held Bind: the notice, then the refusal, without a Sync', async () => {
@@ -248,7 +253,8 @@ test('approvals at Bind: planning a held statement runs nothing before the appro
       assert.equal(second, 'none', 'the later Execute of the approved portal filed a request of its own');
       assert.equal((await requests()).length, requestsBefore + 1);
       assert.deepEqual(end.codes, [], end.errors.join('; '));
-      assert.equal(end.types.replace(/N /g, ''), '1 2 D s D C Z');
+      // The second Execute's row, and PortalSuspended: the server cannot know that no row is left.
+      assert.equal(end.types.replace(/N /g, ''), '1 2 D s D s Z');
       assert.equal(await world.count('payouts'), before + 2);
       // Both Executes are on the trail under the one approval.
       const outcomes = await poll('both outcomes on the trail', async () => {
@@ -296,4 +302,5 @@ test('approvals at Bind: planning a held statement runs nothing before the appro
     assert.equal(outcome.outcome.code, '57014');
     assert.equal(outcome.approval, undefined, 'it ran under no approval');
   });
+  await owner.end();
 });
