@@ -19,7 +19,7 @@ import { poll } from '../harness/poll.ts';
 import { createApprovalWorld, PLURAL, POLICIES, type ApprovalWorld } from '../approvals/approval-fixture.ts';
 import { held, requestOf, settled } from './held-wire.ts';
 import { authenticatedClient, query, SYNC, type RawClient } from './raw-client.ts';
-import { bind, describe, exchange, execute, FLUSH, parse } from './protocol-wire.ts';
+import { bind, close, describe, exchange, execute, FLUSH, parse } from './protocol-wire.ts';
 
 const TIMEOUT_MS = 30_000;
 
@@ -267,6 +267,44 @@ test('approvals at Bind: planning a held statement runs nothing before the appro
         outcomes.map((o) => o.record.outcome?.status),
         ['success', 'success'],
       );
+    } finally {
+      client.destroy();
+    }
+  });
+
+  await t.test('approved at Bind, its portal closed before any Execute: an outcome that it did not run', async () => {
+    const client = await connect();
+    try {
+      const before = await world.count('payouts');
+      const mark = await held(
+        client,
+        Buffer.concat([
+          parse('', 'insert into payouts(amount) values ($1)'),
+          bind('c', '', ['35']),
+          close('P', 'c'),
+          SYNC,
+        ]),
+      );
+      const name = requestOf(client, mark);
+      await approve(name);
+      const end = await settled(client, mark);
+      assert.deepEqual(end.codes, [], end.errors.join('; '));
+      assert.equal(end.types.replace(/N /g, ''), '1 2 3 Z');
+      assert.equal(await world.count('payouts'), before);
+      // Command ids count within a session: the outcome is looked up in the request's session.
+      const requested = (await sidecar.settledRecords()).find(
+        (r) => r.record.type === 'approval.requested' && r.record.approval?.request === name,
+      );
+      const outcome = await poll('the outcome of the unexecuted command', async () =>
+        (await sidecar.settledRecords()).find(
+          (r) =>
+            r.session.sessionId === requested?.session.sessionId &&
+            r.record.type === 'command.outcome' &&
+            r.record.command?.id === requested.record.command?.id,
+        ),
+      );
+      assert.equal(outcome.record.outcome?.status, 'cancelled');
+      assert.equal(outcome.record.approval, undefined, 'it ran under no approval');
     } finally {
       client.destroy();
     }

@@ -193,6 +193,7 @@ export class StatementGate {
       ? { text: `BIND ${JSON.stringify(msg.statement)}`, analysis: undefined, refusal: uncertainRefusal(msg.statement) }
       : (this.statements.get(msg.statement) ??
         (sqlPrepared === undefined ? undefined : { text: sqlPrepared.text, analysis: [sqlPrepared] }));
+    this.portalGone(msg.portal);
     this.masking?.rebound('P', msg.portal, msg.statement);
     this.cursors.delete(msg.portal); // one namespace: FETCH of this name now reads a protocol portal
     if (statement === undefined) this.portals.delete(msg.portal);
@@ -228,6 +229,18 @@ export class StatementGate {
     };
     if (verdict.action !== 'hold') return { undo, decided: clear(verdict) as RelayVerdict };
     return { undo, decided: { ...verdict, until: verdict.until.then(clear) } };
+  }
+
+  /**
+   * The portal `name` is bound again or closed: a command decided (approved) at its Bind that no Execute ran
+   * gets its outcome, `cancelled`, without the approval (it ran under none: only its planning happened).
+   */
+  private portalGone(name: string): void {
+    const command = this.portals.get(name)?.cleared?.first?.command;
+    if (command === undefined) return;
+    const { approval: _approval, ...unrun } = command;
+    const message = 'bound, but its portal was bound again or closed before any Execute; it did not run';
+    this.agentSession.complete(unrun, 'sql', { status: 'cancelled', message });
   }
 
   /** Execute: decided (again) as the portal's statement with its bound parameters. */
@@ -274,6 +287,7 @@ export class StatementGate {
   close(kind: 'S' | 'P', name: string): (() => void) | undefined {
     this.masking?.rebound(kind, name);
     if (kind === 'P') {
+      this.portalGone(name);
       this.portals.delete(name);
       return undefined;
     }
