@@ -1,10 +1,9 @@
 // One client connection through the PostgreSQL engine: the socket wiring. Client bytes are decoded
-// (protocol/frontend-decoder.ts); during startup each message goes to client-startup.ts, afterwards every
-// SQL-carrying message goes through the statement gate, whose verdict (forward, substitute, hold) is applied
-// here, and the response tracker is told what the upstream will answer. Upstream bytes are forwarded raw,
-// looked at only where upstream-frames.ts must (the tracker reports each command's outcome to the
-// AgentSession; a ParameterStatus that makes the server read statements differently from the analysis ends
-// the session, docs/postgres-engine.md). Backpressure is propagated both ways.
+// (protocol/frontend-decoder.ts); during startup each message goes to client-startup.ts, afterwards to the
+// session relay (session-relay.ts: the statement gate's verdicts, the response tracker, held commands).
+// Upstream bytes are forwarded raw, looked at only where upstream-frames.ts must (the tracker reports each
+// command's outcome to the AgentSession; a ParameterStatus that makes the server read statements differently
+// from the analysis ends the session, docs/postgres-engine.md). Backpressure is propagated both ways.
 import { randomBytes } from 'node:crypto';
 import type { Duplex } from 'node:stream';
 import { TLSSocket } from 'node:tls';
@@ -34,8 +33,9 @@ import { ApprovalWait } from './approval-wait.ts';
 import { errorResponseFor, sessionEnding } from './error-responses.ts';
 import { OutboundBytes } from './outbound-bytes.ts';
 import { ResultMasking } from './masking/result-masking.ts';
-import { ResponseTracker, TRACKED_FRAMES, type UnitKind } from './response-tracker.ts';
-import { StatementGate, substituteFrame, type GateVerdict, type RelayVerdict } from './statement-gate.ts';
+import { ResponseTracker, TRACKED_FRAMES } from './response-tracker.ts';
+import { SessionRelay } from './session-relay.ts';
+import { StatementGate } from './statement-gate.ts';
 import {
   AUTHENTICATION_CLEARTEXT_PASSWORD,
   negotiateProtocolVersion,
@@ -58,15 +58,6 @@ import { UpstreamFrames } from './upstream-frames.ts';
 
 type Phase = 'startup' | 'authenticating' | 'connecting' | 'ready' | 'closed';
 
-/** What the upstream answers a gated message with, and what replaces it when it is refused. */
-type GatedMessage = 'Query' | 'Parse' | 'Execute' | 'FunctionCall';
-const UNIT_OF: Readonly<Record<GatedMessage, UnitKind>> = {
-  Query: 'query',
-  Parse: 'parse',
-  Execute: 'execute',
-  FunctionCall: 'query',
-};
-
 export class PostgresConnection implements CancelTarget, ConnectionHandler {
   private readonly ctx: ConnectionContext;
   private client: Duplex;
@@ -78,7 +69,7 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
   /** The upstream session this connection holds (upstream-reuse.ts); handed back when it closes. */
   private lease: LeasedUpstream | undefined;
   private agentSession: AgentSession | undefined;
-  private gate: StatementGate | undefined;
+  private relay: SessionRelay | undefined;
   private tracker: ResponseTracker | undefined;
   private upstreamFrames: UpstreamFrames | undefined;
   private readonly scanner = new BackendScanner({
@@ -236,7 +227,7 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
         }
         return this.authenticate(readPasswordString(msg));
       case 'ready':
-        return this.handleReady(msg);
+        return (this.relay as SessionRelay).handle(msg);
       case 'connecting':
       case 'closed':
         return undefined;
@@ -383,7 +374,12 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
     });
     const masking = new ResultMasking({ catalog: this.ctx.catalog, hashKey: this.ctx.maskingHashKey });
     const gate = { analyzer, session, upstream: tracker, logger: this.ctx.logger, pins, masking };
-    this.gate = new StatementGate({ ...gate, onAnalysed: (statements) => lease.noteStatements(statements) });
+    this.relay = this.relayFor(
+      new StatementGate({ ...gate, onAnalysed: (statements) => lease.noteStatements(statements) }),
+      tracker,
+      lease,
+      session,
+    );
     this.ctx.register(this);
     lease.attach(this.client, this.onUpstreamData, (closed) => {
       const message = closed
@@ -408,112 +404,37 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
     });
   }
 
-  // ---- the relay ----------------------------------------------------------------------------------
+  // ---- the relay (session-relay.ts) ----------------------------------------------------------------
 
-  /** Queues bytes for the upstream; they leave together when the drain loop (or a held step) ends. */
-  private forward(frame: Buffer): void {
-    this.toUpstream.push(frame);
+  private relayFor(
+    gate: StatementGate,
+    tracker: ResponseTracker,
+    lease: LeasedUpstream,
+    session: AgentSession,
+  ): SessionRelay {
+    const scanner = this.scanner;
+    return new SessionRelay({
+      gate,
+      tracker,
+      lease,
+      session,
+      approvalWait: this.approvalWait,
+      forward: (frame) => this.toUpstream.push(frame),
+      flushUpstream: () => this.flushUpstream(),
+      beginWait: (verdict, frame) => this.approvalWait.begin(verdict, frame, this.client, this.decoder, this.scanner),
+      isClosed: () => this.isClosed(),
+      fatal: (error) => this.fatal(error),
+      close: (reason) => this.close(reason),
+      get atFrameBoundary() {
+        return scanner.atFrameBoundary;
+      },
+    });
   }
 
   private flushUpstream(): void {
     const upstream = this.upstream?.socket;
     if (upstream === undefined || upstream.destroyed) return;
     if (!this.toUpstream.flushTo(upstream)) this.client.pause();
-  }
-
-  /** Returns a promise when a verdict is on hold (the statement waits for its audit record to be durable). */
-  private handleReady(msg: FrontendMessage): Promise<void> | undefined {
-    const gate = this.gate as StatementGate;
-    const tracker = this.tracker as ResponseTracker;
-    // After an extended-protocol error the upstream discards everything until Sync: nothing is decided.
-    const discarding = tracker.discardingUntilSync;
-    // A Sync the tracker holds back (one the server may or may not answer mid-COPY) is not forwarded, and
-    // ends no exchange upstream.
-    const syncForwarded = msg.type === 'Sync' && tracker.sync();
-    if (msg.type !== 'Sync' || syncForwarded) (this.lease as LeasedUpstream).noteClientMessage(msg.type);
-    switch (msg.type) {
-      case 'Query':
-        if (!discarding) return this.apply(gate.query(msg.query), 'Query', msg.frame);
-        this.forward(substituteFrame('Query'));
-        return;
-      case 'Parse':
-        if (!discarding) return this.apply(gate.parseMessage(msg), 'Parse', msg.frame, msg.name);
-        this.forward(substituteFrame('Parse', msg.name));
-        return;
-      case 'Execute':
-        if (!discarding) return this.apply(gate.execute(msg.portal), 'Execute', msg.frame);
-        this.forward(substituteFrame('Execute'));
-        return;
-      case 'FunctionCall':
-        // Discarded upstream like a Query: no response is expected (else the Sync's would be taken for it).
-        if (!discarding) return this.apply(gate.functionCall(msg.functionOid), 'FunctionCall', msg.frame);
-        this.forward(substituteFrame('FunctionCall'));
-        return;
-      case 'Bind':
-        this.forward(msg.frame);
-        if (discarding) return;
-        tracker.expectUndoable('bind', gate.bind(msg)); // a refused Bind leaves no portal the sidecar knows
-        return;
-      case 'Describe':
-        this.forward(msg.frame);
-        if (!discarding) tracker.expect('describe', undefined, undefined, undefined, gate.describe(msg.kind, msg.name));
-        return;
-      case 'Close':
-        this.forward(msg.frame);
-        if (!discarding) tracker.expectUndoable('close', gate.close(msg.kind, msg.name)); // else skipped upstream
-        return;
-      case 'Sync':
-        if (syncForwarded) this.forward(msg.frame);
-        return;
-      case 'CopyDone':
-      case 'CopyFail':
-        this.forward(msg.frame);
-        tracker.copyEnd();
-        return;
-      case 'CopyData':
-        this.forward(msg.frame);
-        tracker.copyData();
-        return;
-      case 'Flush':
-        this.forward(msg.frame);
-        return;
-      case 'Terminate':
-        // An idle upstream session stays open for the next agent connection, after its reset.
-        if (!(this.lease as LeasedUpstream).handBack(tracker, this.approvalWait.active, this.scanner.atFrameBoundary)) {
-          this.forward(msg.frame);
-          this.flushUpstream();
-        }
-        this.close('client terminated the session');
-        return;
-      default:
-        throw new ProtocolViolation(`unexpected ${msg.type} message during a session`);
-    }
-  }
-
-  /** Applies the gate's verdict on one message: forwards it or its substitute, or waits for a held one. */
-  private apply(verdict: GateVerdict, type: GatedMessage, frame: Buffer, name?: string): Promise<void> | undefined {
-    if (verdict.action === 'hold') {
-      const held = this.approvalWait.begin(verdict, frame, this.client, this.decoder, this.scanner);
-      return verdict.until.then((settled) => {
-        if (this.isClosed()) return;
-        if (settled.action === 'end') this.fatal(settled.error);
-        else this.applySettled(settled, type, held, name); // sent by the drain that resumes the client
-      });
-    }
-    this.applySettled(verdict, type, frame, name);
-    return undefined;
-  }
-
-  private applySettled(verdict: RelayVerdict, type: GatedMessage, frame: Buffer, name?: string): void {
-    const tracker = this.tracker as ResponseTracker;
-    if (verdict.action === 'forward') {
-      this.forward(frame);
-      tracker.expect(UNIT_OF[type], verdict.command, undefined, verdict.rows, undefined, verdict.control);
-      tracker.onFailure(verdict.undo);
-    } else {
-      this.forward(substituteFrame(type, name));
-      tracker.expect(UNIT_OF[type], verdict.command, verdict.denial);
-    }
   }
 
   // ---- upstream → client --------------------------------------------------------------------------

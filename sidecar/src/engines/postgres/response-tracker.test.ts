@@ -432,3 +432,21 @@ test('an Execute answered before its Sync (Flush) stays pending for the catalogu
   feed(t, ready('I'));
   assert.equal(t.pendingStatements, 0);
 });
+
+test('a substitute in the extended protocol fails upstream: what follows it is discarded until Sync, at once', () => {
+  for (const kind of ['parse', 'bind', 'execute'] as const) {
+    const { t, outcomes } = tracker();
+    t.expect(kind, command(1), ourDenial);
+    // Before the upstream's error arrives: a pipelined Execute behind it is not decided (nor held, nor filed).
+    assert.equal(t.discardingUntilSync, true, kind);
+    assert.equal(t.sync(), true);
+    assert.equal(t.discardingUntilSync, false);
+    const out = feed(t, error('22021', 'invalid byte sequence'), ready('I'));
+    assert.equal(out[0]?.toString(), 'our denial');
+    assert.deepEqual(outcomes, [[1, { status: 'denied', code: '42501' }]]);
+  }
+  // A simple query's substitute is answered with its own ReadyForQuery: nothing is skipped.
+  const { t } = tracker();
+  t.expect('query', command(2), ourDenial);
+  assert.equal(t.discardingUntilSync, false);
+});

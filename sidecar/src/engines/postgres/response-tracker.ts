@@ -189,6 +189,9 @@ export class ResponseTracker {
       control,
       rollbackTag: false,
     });
+    // A substitute fails upstream (substitute-frames.ts), which then skips to Sync: what the client pipelined
+    // behind it is not decided either (no request filed, nothing recorded, for messages that cannot run).
+    if (denial !== undefined && (kind === 'parse' || kind === 'bind' || kind === 'execute')) this.skipping = true;
   }
 
   /**

@@ -508,3 +508,11 @@ test('FETCH and MOVE only of cursors DECLAREd through the gate: never of a porta
   settled(gate.query('CLOSE d'));
   assert.equal(settled(gate.query('FETCH ALL FROM d')).action, 'substitute');
 });
+
+test('the substitute Bind fails as it is read: an invalid portal name no client can bind', () => {
+  const frame = substituteFrame('Bind');
+  assert.equal(String.fromCharCode(frame[0] as number), 'B');
+  assert.equal(frame.readInt32BE(1), frame.length - 1);
+  assert.equal(frame[5], 0xff, 'the portal name is the byte 0xFF, invalid UTF-8');
+  assert.equal(frame[6], 0);
+});

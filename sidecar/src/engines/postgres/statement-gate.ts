@@ -9,15 +9,15 @@
 // It keeps the session state the analysis depends on (prepared statements, portals, SQL-level PREPAREs);
 // search_path is pinned (analysis/session-state.ts), never tracked from forwarded statements, and every
 // statement the session's pins forbid is refused before policy (settingRefusal). No sockets: tested on its own.
-import type { AgentSession, ApprovalVerdict, ExactCommand } from '../../core/agent-session.ts';
-import { approvalNotice } from '../../core/approvals/approval-notice.ts';
+import type { AgentSession } from '../../core/agent-session.ts';
 import type { CommandDescription, DecidedCommand, SettledClearance } from '../../core/command.ts';
 import { auditRefusal, policyRefusal } from '../../core/errors.ts';
 import type { Logger } from '../../core/observability/logger.ts';
 import { resolveSqlExecute, type AnalyzedStatement } from './analysis/analyze-sql.ts';
 import { pinnedSearchPath, settingRefusal, type SessionPins } from './analysis/session-state.ts';
 import type { SqlAnalyzer } from './analysis/sql-analyzer.ts';
-import { denial, sqlStateOf, type Denial } from './error-responses.ts';
+import { answerApproval, holdForApproval, type ApprovalRun } from './approval-verdicts.ts';
+import { denial, type Denial } from './error-responses.ts';
 import type { TransactionStatus } from './protocol/backend-messages.ts';
 
 import type { Bind, Parse } from './protocol/frontend-messages.ts';
@@ -54,6 +54,11 @@ interface Portal {
   readonly shape: PortalShape;
   /** The exact bound parameters, kept only for statements that may be held for approval. */
   readonly exact: readonly string[] | undefined;
+  /**
+   * Decided at its Bind (a statement that may be held): `first`, the verdict its first Execute runs under
+   * (taken by it); `approval`, the approval later Executes of the portal, the same run, are covered by.
+   */
+  cleared?: { first: RelayVerdict | undefined; readonly approval: DecidedCommand['approval'] };
 }
 
 export interface StatementGateOptions {
@@ -188,6 +193,7 @@ export class StatementGate {
       ? { text: `BIND ${JSON.stringify(msg.statement)}`, analysis: undefined, refusal: uncertainRefusal(msg.statement) }
       : (this.statements.get(msg.statement) ??
         (sqlPrepared === undefined ? undefined : { text: sqlPrepared.text, analysis: [sqlPrepared] }));
+    this.portalGone(msg.portal);
     this.masking?.rebound('P', msg.portal, msg.statement);
     this.cursors.delete(msg.portal); // one namespace: FETCH of this name now reads a protocol portal
     if (statement === undefined) this.portals.delete(msg.portal);
@@ -200,6 +206,41 @@ export class StatementGate {
       });
     }
     return () => this.portals.delete(msg.portal);
+  }
+
+  /**
+   * Bind of a statement an approve rule matched at Parse: decided here, with its parameters, because
+   * PostgreSQL plans at Bind (the planner runs IMMUTABLE functions on constants and bound values): the Bind
+   * waits for the approval, or is refused, and with it everything after it. Any other Bind is forwarded and
+   * its portal remembered; `undo` takes the portal back when the Bind fails upstream.
+   */
+  bindMessage(msg: Bind): { readonly undo: () => void; readonly decided?: GateVerdict } {
+    const undo = this.bind(msg);
+    const portal = this.portals.get(msg.portal);
+    if (portal?.statement.mayHold !== true || portal.exact === undefined) return { undo };
+    const { text, analysis = [] } = portal.statement;
+    const description = describeStatements(text, analysis, portal.params);
+    const command = this.agentSession.decide(description, this.facts());
+    const exact = { text, parameters: portal.exact };
+    const verdict = this.decide(command, analysis, description, exact, portal.shape);
+    const clear = (settled: SettledVerdict): SettledVerdict => {
+      if (settled.action === 'forward') portal.cleared = { first: settled, approval: settled.command?.approval };
+      return settled;
+    };
+    if (verdict.action !== 'hold') return { undo, decided: clear(verdict) as RelayVerdict };
+    return { undo, decided: { ...verdict, until: verdict.until.then(clear) } };
+  }
+
+  /**
+   * The portal `name` is bound again or closed: a command decided (approved) at its Bind that no Execute ran
+   * gets its outcome, `cancelled`, without the approval (it ran under none: only its planning happened).
+   */
+  private portalGone(name: string): void {
+    const command = this.portals.get(name)?.cleared?.first?.command;
+    if (command === undefined) return;
+    const { approval: _approval, ...unrun } = command;
+    const message = 'bound, but its portal was bound again or closed before any Execute; it did not run';
+    this.agentSession.complete(unrun, 'sql', { status: 'cancelled', message });
   }
 
   /** Execute: decided (again) as the portal's statement with its bound parameters. */
@@ -220,9 +261,21 @@ export class StatementGate {
     if (statement.refusal !== undefined) return this.refuse(statement.text, statement.refusal);
     const analysis = statement.analysis;
     if (analysis === undefined || analysis.length === 0) return FORWARD; // empty statement: EmptyQueryResponse
+    const cleared = portal.cleared;
+    const first = cleared?.first;
+    if (first !== undefined && cleared !== undefined) {
+      cleared.first = undefined;
+      return first; // the command decided (and approved) at the Bind
+    }
     const description = describeStatements(statement.text, analysis, portal.params);
+    const command = this.agentSession.decide(description, this.facts());
+    // Another Execute of a portal approved at its Bind continues that one run (PostgreSQL runs a portal once:
+    // more rows of it, or an error), covered by its approval: no second request for it.
+    if (command.decision.decision === 'approve' && cleared?.approval !== undefined) {
+      return this.cleared({ ...command, approval: cleared.approval }, analysis, portal.shape);
+    }
     return this.decide(
-      this.agentSession.decide(description, this.facts()),
+      command,
       analysis,
       description,
       portal.exact === undefined ? undefined : { text: statement.text, parameters: portal.exact },
@@ -234,6 +287,7 @@ export class StatementGate {
   close(kind: 'S' | 'P', name: string): (() => void) | undefined {
     this.masking?.rebound(kind, name);
     if (kind === 'P') {
+      this.portalGone(name);
       this.portals.delete(name);
       return undefined;
     }
@@ -294,13 +348,28 @@ export class StatementGate {
       }
       // A fingerprint-scoped grant covers the same statements up to their constants (libpg-query fingerprints).
       const bound = { ...exact, normalized: statements.map((s) => s.fingerprint).join(';') };
-      if (command.decision.approval.wait === false)
-        return this.answerApproval(command, statements, description, bound, portal);
-      return this.holdForApproval(command, statements, description, bound, portal);
+      const approving: ApprovalRun = {
+        session: this.agentSession,
+        run: (approved) => this.settle(approved, CLEAR, statements, portal),
+        refused: (refused, clearance) => this.auditRefused(refused, clearance),
+      };
+      if (command.decision.approval.wait === false) return answerApproval(approving, command, description, bound);
+      return holdForApproval(approving, command, description, bound);
     }
     if (command.decision.decision !== 'allow') {
       return { action: 'substitute', command, denial: denial(policyRefusal(command.decision)) };
     }
+    return this.cleared(command, statements, portal);
+  }
+
+  /** A command that may run: once its decision record is durable, with its result masking planned. */
+  private cleared(
+    command: DecidedCommand,
+    statements: readonly AnalyzedStatement[],
+    portal?: PortalShape,
+  ): GateVerdict {
+    const audit = command.audit;
+    if (audit.state === 'refused') return this.auditRefused(command, audit);
     if (audit.state === 'clear') {
       const settled = this.settle(command, audit, statements, portal);
       // Masking waits for the relations it must look up in the catalogue: the command is held meanwhile.
@@ -318,81 +387,6 @@ export class StatementGate {
       reason: audit.error.reason,
     });
     return { action: 'substitute', command, denial: denial(auditRefusal(audit.error)) };
-  }
-
-  /** Files the approval request, holds the command until it settles, then runs it once or refuses it. */
-  private holdForApproval(
-    command: DecidedCommand,
-    statements: readonly AnalyzedStatement[],
-    description: CommandDescription,
-    exact: ExactCommand,
-    portal: PortalShape | undefined,
-  ): GateVerdict {
-    const { held, verdict } = this.agentSession.holdForApproval(command, description, exact);
-    const audit = command.audit;
-    const recorded: Promise<SettledClearance> = audit.state === 'pending' ? audit.settled : Promise.resolve(audit);
-    const until = recorded.then(async (clearance): Promise<SettledVerdict> => {
-      if (clearance.state === 'refused') {
-        held.cancel('the audit trail refused the decision record');
-        await verdict;
-        return this.auditRefused(command, clearance);
-      }
-      return this.approvalVerdict(await verdict, statements, portal);
-    });
-    return {
-      action: 'hold',
-      until,
-      approval: {
-        notice: held.filed.then((filed) => (filed ? approvalNotice(held, command.decision) : undefined)),
-        cancel: (why) => {
-          held.cancel(why);
-        },
-      },
-    };
-  }
-
-  /**
-   * An approve rule with wait: false: the command is not held for people. Once its decision record is
-   * durable, the session answers it from the identical command's earlier request or files one
-   * (AgentSession.requestApproval): it runs, or is refused (ApprovalPending naming the request, or how that
-   * request ended).
-   */
-  private answerApproval(
-    command: DecidedCommand,
-    statements: readonly AnalyzedStatement[],
-    description: CommandDescription,
-    exact: ExactCommand,
-    portal: PortalShape | undefined,
-  ): GateVerdict {
-    const audit = command.audit;
-    const recorded: Promise<SettledClearance> = audit.state === 'pending' ? audit.settled : Promise.resolve(audit);
-    const until = recorded.then(async (clearance): Promise<SettledVerdict> => {
-      if (clearance.state === 'refused') return this.auditRefused(command, clearance);
-      return this.approvalVerdict(
-        await this.agentSession.requestApproval(command, description, exact),
-        statements,
-        portal,
-      );
-    });
-    return { action: 'hold', until };
-  }
-
-  /** Approved: planned as an allowed command is (its result masked by the decision's rules); else refused. */
-  private approvalVerdict(
-    settled: ApprovalVerdict,
-    statements: readonly AnalyzedStatement[],
-    portal: PortalShape | undefined,
-  ): SettledVerdict | Promise<SettledVerdict> {
-    if (settled.run) return this.settle(settled.command, { state: 'clear' }, statements, portal);
-    if (settled.error.id === 'ApprovalAbandoned') {
-      this.agentSession.complete(settled.command, 'sql', {
-        status: 'cancelled',
-        code: sqlStateOf('ApprovalAbandoned'),
-        message: settled.error.message,
-      });
-      return { action: 'end', command: settled.command, error: settled.error };
-    }
-    return { action: 'substitute', command: settled.command, denial: denial(settled.error) };
   }
 
   private settle(
@@ -541,6 +535,7 @@ export class StatementGate {
 }
 
 const NO_PARAMETERS: readonly string[] = Object.freeze([]);
+const CLEAR: SettledClearance = Object.freeze({ state: 'clear' });
 
 const IN_TRANSACTION = Object.freeze({ inTransaction: true });
 const NOT_IN_TRANSACTION = Object.freeze({ inTransaction: false });

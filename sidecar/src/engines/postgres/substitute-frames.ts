@@ -27,17 +27,43 @@ const FAILING_EXECUTE = Buffer.from([
 ]);
 
 /**
+ * A Bind whose portal name is the same invalid byte: refused as the message is read, before the statement it
+ * names is looked up or planned (PostgreSQL plans at Bind), whatever statements exist.
+ */
+const FAILING_BIND = Buffer.from([
+  0x42, // 'B'
+  0x00,
+  0x00,
+  0x00,
+  0x0d, // length: itself, the two names and their NULs, three empty counts
+  0xff,
+  0x00, // portal name: one invalid byte
+  0x00, // statement name: the unnamed one (never read)
+  0x00,
+  0x00, // no parameter formats
+  0x00,
+  0x00, // no parameters
+  0x00,
+  0x00, // no result formats
+]);
+
+/**
  * What is sent upstream instead of a refused message of this kind: a message that fails at once there. Also
  * sent for messages the upstream discards (after an extended-protocol error until Sync): if the proxy's view
  * of the stream were ever wrong, that fails closed, not open.
  */
-export function substituteFrame(type: 'Query' | 'Parse' | 'Execute' | 'FunctionCall', statementName = ''): Buffer {
+export function substituteFrame(
+  type: 'Query' | 'Parse' | 'Bind' | 'Execute' | 'FunctionCall',
+  statementName = '',
+): Buffer {
   switch (type) {
     case 'Query':
     case 'FunctionCall':
       return FAILING_QUERY;
     case 'Parse':
       return encodeParse(statementName, FAILING_SQL);
+    case 'Bind':
+      return FAILING_BIND;
     case 'Execute':
       return FAILING_EXECUTE;
   }
