@@ -45,7 +45,9 @@ async function connectAll(
 const sorted = (pids: readonly number[]) => [...pids].sort((a, b) => a - b);
 
 test('by default, 40 agent connections that reconnect at once find their 40 backends, and no more than 40 are kept', async (t) => {
-  const sidecar = await startTestSidecar(t);
+  // One loop: 40 connections at once on a busy machine can start a lazy second loop, which lowers this loop's
+  // share of the reuse bounds (docs/sidecar-event-loops.md, "Bounds"); the pool's own behaviour is under test.
+  const sidecar = await startTestSidecar(t, { eventLoops: 1 });
   const first = await connectAll(t, sidecar, 40);
   assert.equal(new Set(first.pids).size, 40);
   assert.equal(await metric(sidecar, 'chaperone_upstream_logins_total'), 40);
