@@ -9,41 +9,13 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
-import pg from 'pg';
+import type pg from 'pg';
 import { startTestSidecar, type RunningTestSidecar } from '../harness/sidecar.ts';
 import { REPO_ROOT } from '../harness/tools.ts';
+import { connect, samples } from './event-loops-fixture.ts';
 
 const CLI = join(REPO_ROOT, 'cli', 'src', 'bin', 'kubectl-chaperone.ts');
 const WAIT = 30_000;
-
-async function connect(sidecar: RunningTestSidecar, token: string): Promise<pg.Client> {
-  const client = new pg.Client({
-    host: sidecar.host,
-    port: sidecar.port,
-    user: 'agent',
-    password: token,
-    database: 'a',
-  });
-  client.on('error', () => undefined);
-  try {
-    await client.connect();
-  } catch (err) {
-    await client.end().catch(() => undefined);
-    throw err;
-  }
-  return client;
-}
-
-/** The metric's samples on /metrics: label text → value. */
-async function samples(sidecar: RunningTestSidecar, name: string): Promise<Map<string, number>> {
-  const text = await (await fetch(`http://127.0.0.1:${String(sidecar.metricsPort)}/metrics`)).text();
-  const found = new Map<string, number>();
-  for (const line of text.split('\n')) {
-    const m = /^(\w+)(\{[^}]*\})? (\S+)$/.exec(line);
-    if (m?.[1] === name) found.set(m[2] ?? '', Number(m[3]));
-  }
-  return found;
-}
 
 const loopsRunning = async (sidecar: RunningTestSidecar) => (await samples(sidecar, 'chaperone_event_loops')).get('');
 
