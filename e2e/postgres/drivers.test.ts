@@ -132,16 +132,16 @@ test('psycopg 3: server-side binding, pipelines, savepoints, COPY, LISTEN/NOTIFY
     { status: outcomeOf(all, sleep)?.outcome?.status, code: outcomeOf(all, sleep)?.outcome?.code },
     { status: 'cancelled', code: '57014' },
   );
-  // The reader's denied insert (extended protocol) is refused and recorded at Parse; the server skips its
-  // Bind and Execute to the Sync, and so does the sidecar: one record (docs/postgres-engine.md, "Commands
-  // skipped behind a refusal"); it never ran, so there are no parameters to record.
+  // The reader's denied insert (extended protocol) is refused and recorded at Parse, and its Execute, which
+  // the server skips to the Sync, is refused and recorded again with the Parse's reason (docs/postgres-engine.md,
+  // "Commands skipped behind a refusal"); it never ran, so there are no parameters to record.
   const deniedInserts = records.filter(
     (r) =>
       r.type === 'command.decision' &&
       r.command?.text === 'insert into drivers_psycopg (id, name) values ($1, $2)' &&
       r.decision?.result === 'deny',
   );
-  assert.equal(deniedInserts.length, 1, 'the reader insert is refused once, at its Parse');
+  assert.equal(deniedInserts.length, 2, 'the reader insert is refused at Parse and at its Execute');
   for (const denied of deniedInserts) {
     assert.equal(denied.command?.parameters, undefined);
     assert.equal(outcomeOf(all, denied)?.outcome?.status, 'denied');
@@ -239,7 +239,7 @@ test('pgJDBC: prepared statements, batches, savepoints, CopyManager, notificatio
       r.command?.text === 'insert into drivers_jdbc (id, name) values ($1, $2)' &&
       r.decision?.result === 'deny',
   );
-  assert.equal(deniedInsert.length, 1, 'the reader insert is refused once, at its Parse');
+  assert.equal(deniedInsert.length, 2, 'the reader insert is refused at Parse and at its Execute');
   for (const denied of deniedInsert) assert.equal(outcomeOf(all, denied)?.outcome?.status, 'denied');
 });
 

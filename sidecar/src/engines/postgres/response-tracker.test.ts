@@ -131,6 +131,32 @@ test('an extended error before the client sent Sync: messages are discarded unti
   assert.equal(t.pending, 0);
 });
 
+test('behind our refusal until the Sync: skipped commands are the caller’s, their undos run at the Sync', () => {
+  const { t, outcomes } = tracker();
+  t.expect('parse', command(1), ourDenial);
+  assert.equal(t.refusedUntilSync, true, 'known as the substitute is sent, before the upstream answers');
+  const undone: string[] = [];
+  t.skippedBehindRefusal(() => undone.push('parse s2'));
+  t.skippedBehindRefusal(() => undone.push('bind p2'));
+  feed(t, error('42601', 'syntax error at or near "CHAPERONE_DENIED"'));
+  assert.equal(t.refusedUntilSync, true, 'still skipping after the upstream’s error, up to the Sync');
+  assert.deepEqual(undone, [], 'what the skipped messages named counts until the Sync');
+  t.sync();
+  assert.deepEqual(undone, ['bind p2', 'parse s2'], 'taken back in reverse order');
+  assert.equal(t.refusedUntilSync, false);
+  feed(t, ready('I'));
+  assert.deepEqual(outcomes, [[1, { status: 'denied', code: '42501' }]]);
+  assert.equal(t.pending, 0);
+});
+
+test('an upstream error is not a refusal: nothing behind it is decided', () => {
+  const { t } = tracker();
+  t.expect('execute', command(1));
+  feed(t, error('22012', 'division by zero'));
+  assert.equal(t.discardingUntilSync, true);
+  assert.equal(t.refusedUntilSync, false);
+});
+
 test('an error at Sync (the implicit commit: a deferred constraint) is the Sync’s, scrubbed by the committed commands’ rewriters', () => {
   const { t, outcomes } = tracker();
   const scrubbed = Buffer.from('withheld');

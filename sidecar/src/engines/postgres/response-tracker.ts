@@ -77,6 +77,13 @@ export class ResponseTracker {
   private head = 0;
   /** After an extended-protocol error the upstream ignores messages until Sync; so do we. */
   private skipping = false;
+  /**
+   * The sidecar sent a refusal's substitute (a Parse, Bind or Execute) since the client's last Sync: what the
+   * client pipelines behind it up to its Sync is skipped upstream, but still decided for the record.
+   */
+  private refused = false;
+  /** What the gate assumed the commands skipped behind a refusal did to names: taken back at the Sync. */
+  private readonly skippedUndos: (() => void)[] = [];
   /** The upstream entered copy-in and neither the client (CopyDone/CopyFail) nor the server (its error) ended it. */
   private clientInCopyIn = false;
   /** Units queued so far: each unit's `seq`, the pipeline position of a client message. */
@@ -118,10 +125,26 @@ export class ResponseTracker {
 
   /**
    * True after an extended-protocol error until the client's next Sync: the upstream discards what the
-   * client sends meanwhile, so nothing is decided and no response is expected.
+   * client sends meanwhile, so no response is expected (and, after a server error, nothing is decided).
    */
   get discardingUntilSync(): boolean {
     return this.skipping;
+  }
+
+  /**
+   * True after the sidecar refused a Parse, Bind or Execute until the client's next Sync: the upstream skips
+   * what follows, which is decided and recorded `cancelled` but never held or filed for approval.
+   */
+  get refusedUntilSync(): boolean {
+    return this.refused;
+  }
+
+  /**
+   * A command skipped behind a refusal: `undo` (what the gate assumed it did to the names of statements and
+   * portals) runs at the Sync, so that later commands of the pipeline are decided as what they would run.
+   */
+  skippedBehindRefusal(undo: (() => void) | undefined): void {
+    if (undo !== undefined) this.skippedUndos.push(undo);
   }
 
   /** True while some queued command has a ResultRewriter: DataRows must then be shown to onFrame. */
@@ -190,8 +213,11 @@ export class ResponseTracker {
       rollbackTag: false,
     });
     // A substitute fails upstream (substitute-frames.ts), which then skips to Sync: what the client pipelined
-    // behind it is not decided either (no request filed, nothing recorded, for messages that cannot run).
-    if (denial !== undefined && (kind === 'parse' || kind === 'bind' || kind === 'execute')) this.skipping = true;
+    // behind it cannot run (refusedUntilSync), and gets no response.
+    if (denial !== undefined && (kind === 'parse' || kind === 'bind' || kind === 'execute')) {
+      this.skipping = true;
+      this.refused = true;
+    }
   }
 
   /**
@@ -224,6 +250,10 @@ export class ResponseTracker {
     if (this.copyDataAfter !== undefined && oldest !== undefined && oldest.seq < this.copyDataAfter) return false;
     this.copyDataAfter = undefined;
     this.skipping = false;
+    this.refused = false;
+    if (this.skippedUndos.length > 0) {
+      for (const taken of this.skippedUndos.splice(0).reverse()) taken();
+    }
     this.expect('sync');
     return true;
   }

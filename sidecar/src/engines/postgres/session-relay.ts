@@ -54,31 +54,56 @@ export class SessionRelay {
   /** Returns a promise when a verdict is on hold (the statement waits for its audit record or an approval). */
   handle(msg: FrontendMessage): Promise<void> | undefined {
     const { gate, tracker, lease } = this.host;
-    // After an extended-protocol error the upstream discards everything until Sync: nothing is decided.
+    // After an extended-protocol error the upstream discards everything until Sync: nothing is decided (but
+    // see behindRefusal).
     const discarding = tracker.discardingUntilSync;
+    // Behind the sidecar's own refusal it knows the upstream skips to the Sync: decided for the record only.
+    const behindRefusal = tracker.refusedUntilSync;
     // A Sync the tracker holds back (one the server may or may not answer mid-COPY) is not forwarded, and
     // ends no exchange upstream.
     const syncForwarded = msg.type === 'Sync' && tracker.sync();
     if (msg.type !== 'Sync' || syncForwarded) lease.noteClientMessage(msg.type);
     switch (msg.type) {
       case 'Query':
+        if (behindRefusal) {
+          this.skipped(gate.query(msg.query), 'Query');
+          return;
+        }
         if (!discarding) return this.apply(gate.query(msg.query), 'Query', msg.frame);
         this.host.forward(substituteFrame('Query'));
         return;
       case 'Parse':
+        if (behindRefusal) {
+          this.skipped(gate.parseMessage(msg), 'Parse', msg.name);
+          return;
+        }
         if (!discarding) return this.apply(gate.parseMessage(msg), 'Parse', msg.frame, msg.name);
         this.host.forward(substituteFrame('Parse', msg.name));
         return;
       case 'Execute':
+        if (behindRefusal) {
+          this.skipped(gate.execute(msg.portal), 'Execute');
+          return;
+        }
         if (!discarding) return this.apply(gate.execute(msg.portal), 'Execute', msg.frame);
         this.host.forward(substituteFrame('Execute'));
         return;
       case 'FunctionCall':
         // Discarded upstream like a Query: no response is expected (else the Sync's would be taken for it).
+        if (behindRefusal) {
+          this.skipped(gate.functionCall(msg.functionOid), 'FunctionCall');
+          return;
+        }
         if (!discarding) return this.apply(gate.functionCall(msg.functionOid), 'FunctionCall', msg.frame);
         this.host.forward(substituteFrame('FunctionCall'));
         return;
       case 'Bind': {
+        if (behindRefusal) {
+          const skipped = gate.bindMessage(msg); // never decided behind a refusal: its Execute is
+          this.host.tracker.skippedBehindRefusal(skipped.undo);
+          this.skipped(skipped.decided, 'Bind');
+          return;
+        }
         // Discarded upstream: never the client's Bind, which the server plans (fails closed if that were wrong).
         if (discarding) {
           this.host.forward(substituteFrame('Bind'));
@@ -172,8 +197,34 @@ export class SessionRelay {
     } else {
       this.host.forward(substituteFrame(type, name));
       tracker.expect(UNIT_OF[type], verdict.command, verdict.denial);
-      if (type === 'Bind') undo?.(); // no portal: the substitute binds none
+      // No portal: the substitute binds none. Taken back at the Sync, so that the Execute skipped behind this
+      // refusal is decided as the statement it names.
+      if (type === 'Bind' && tracker.refusedUntilSync) tracker.skippedBehindRefusal(undo);
+      else if (type === 'Bind') undo?.();
     }
+  }
+
+  /**
+   * A message behind the sidecar's refusal, up to the client's Sync: the upstream skips it (its substitute is
+   * sent, failing closed), so it never runs. Its command is on the record all the same, as an attempt:
+   * `cancelled`, or `denied` when it is refused on its own account (an Execute of the refused statement).
+   * What the gate assumed it did to names is taken back at the Sync (the tracker runs the undo).
+   */
+  private skipped(verdict: GateVerdict | undefined, type: GatedMessage, name?: string): void {
+    this.host.forward(substituteFrame(type, name));
+    // The gate never holds a command behind a refusal (statement-gate.ts, decide).
+    if (verdict?.action === 'hold') throw new Error(`a ${type} behind a refusal was held`);
+    if (verdict?.action === 'forward') this.host.tracker.skippedBehindRefusal(verdict.undo);
+    const command = verdict?.command;
+    if (command === undefined) return;
+    const refusal = verdict?.action === 'substitute' ? verdict.denial : undefined;
+    this.host.session.complete(
+      command,
+      'sql',
+      refusal === undefined
+        ? { status: 'cancelled', message: 'skipped behind a refusal in its pipeline (up to the Sync); it did not run' }
+        : { status: 'denied', code: refusal.code },
+    );
   }
 
   /**

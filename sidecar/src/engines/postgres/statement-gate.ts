@@ -65,7 +65,12 @@ export interface StatementGateOptions {
   readonly analyzer: SqlAnalyzer;
   readonly session: AgentSession;
   /** Where the upstream's transaction status is kept (the response tracker): policy input `inTransaction`. */
-  readonly upstream: { readonly transactionStatus: TransactionStatus; readonly pendingStatements: number };
+  readonly upstream: {
+    readonly transactionStatus: TransactionStatus;
+    readonly pendingStatements: number;
+    /** A refusal's substitute failed the pipeline up to the client's Sync: what follows is decided, never run. */
+    readonly refusedUntilSync?: boolean;
+  };
   readonly logger: Logger;
   /** What the sidecar enforces on this session: the pinned schema, the read-only guard. */
   readonly pins: SessionPins;
@@ -217,7 +222,8 @@ export class StatementGate {
   bindMessage(msg: Bind): { readonly undo: () => void; readonly decided?: GateVerdict } {
     const undo = this.bind(msg);
     const portal = this.portals.get(msg.portal);
-    if (portal?.statement.mayHold !== true || portal.exact === undefined) return { undo };
+    // Behind a refusal nothing is planned: its Execute is decided (for the record) instead.
+    if (portal?.statement.mayHold !== true || portal.exact === undefined || this.skippedUpstream) return { undo };
     const { text, analysis = [] } = portal.statement;
     const description = describeStatements(text, analysis, portal.params);
     const command = this.agentSession.decide(description, this.facts());
@@ -261,7 +267,8 @@ export class StatementGate {
     if (statement.refusal !== undefined) return this.refuse(statement.text, statement.refusal);
     const analysis = statement.analysis;
     if (analysis === undefined || analysis.length === 0) return FORWARD; // empty statement: EmptyQueryResponse
-    const cleared = portal.cleared;
+    // Behind a refusal the portal's approved run is not taken: the server skips this Execute.
+    const cleared = this.skippedUpstream ? undefined : portal.cleared;
     const first = cleared?.first;
     if (first !== undefined && cleared !== undefined) {
       cleared.first = undefined;
@@ -308,6 +315,11 @@ export class StatementGate {
 
   // ---- internals -------------------------------------------------------------------------------
 
+  /** The upstream skips this message: it follows a refusal in the client's pipeline, before its Sync. */
+  private get skippedUpstream(): boolean {
+    return this.upstream.refusedUntilSync === true;
+  }
+
   private facts(): { inTransaction: boolean } {
     return this.upstream.transactionStatus === 'I' ? NOT_IN_TRANSACTION : IN_TRANSACTION;
   }
@@ -326,6 +338,11 @@ export class StatementGate {
   ): GateVerdict {
     const audit = command.audit;
     if (audit.state === 'refused') return this.auditRefused(command, audit);
+    if (this.skippedUpstream && command.decision.decision !== 'deny') {
+      // Skipped upstream behind a refusal: decided for the record only (the relay records it `cancelled`),
+      // never held, filed for approval or planned for masking, for a command that cannot run.
+      return { action: 'substitute', command, denial: undefined };
+    }
     if (command.decision.decision === 'approve' && this.agentSession.holdsForApproval) {
       // In a transaction block that already failed the server would ignore the statement: so do we, with its
       // error (25P02), filing no request and using no approval for a statement that cannot run. (Transaction
