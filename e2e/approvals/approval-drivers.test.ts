@@ -6,12 +6,11 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { GROUP, VERSION, type ApprovalRequest } from '@chaperone/api';
 import { runCli } from '../audit/run-cli.ts';
 import { PGJDBC_JAR, passed, PYTHON, requireDriver, runClient, type ClientRun } from '../harness/driver-clients.ts';
 import { poll } from '../harness/poll.ts';
 import { REPO_ROOT } from '../harness/tools.ts';
-import { createApprovalWorld, PLURAL, type ApprovalWorld } from './approval-fixture.ts';
+import { createApprovalWorld, type ApprovalWorld } from './approval-fixture.ts';
 
 const CLIENTS = join(REPO_ROOT, 'e2e', 'approvals', 'drivers');
 
@@ -22,13 +21,7 @@ async function decideTwo(world: ApprovalWorld, note: string): Promise<string[]> 
     const name = await poll(
       `a pending request of the ${note} insert`,
       async () => {
-        const list = (await world.custom.listNamespacedCustomObject({
-          group: GROUP,
-          version: VERSION,
-          namespace: world.ns,
-          plural: PLURAL,
-        })) as { items: ApprovalRequest[] };
-        return list.items.find(
+        return (await world.requests()).find(
           (r) =>
             r.status?.phase === 'Pending' &&
             r.spec.command.parameters?.includes(note) === true &&

@@ -138,6 +138,8 @@ export interface ApprovalWorld {
   /** Rows of a table, read directly (not through the sidecar). */
   count(table: string): Promise<number>;
   request(name: string): Promise<ApprovalRequest>;
+  /** Every ApprovalRequest in the world's namespace. */
+  requests(): Promise<ApprovalRequest[]>;
 }
 
 async function installAdmission(t: TestContext, ns: string, instance: string): Promise<void> {
@@ -351,6 +353,15 @@ export async function createApprovalWorld(t: TestContext): Promise<ApprovalWorld
         plural: PLURAL,
         name,
       })) as ApprovalRequest;
+    },
+    async requests() {
+      const list = (await custom.listNamespacedCustomObject({
+        group: GROUP,
+        version: VERSION,
+        namespace: ns,
+        plural: PLURAL,
+      })) as { items: ApprovalRequest[] };
+      return list.items;
     },
   };
 }

@@ -12,8 +12,7 @@ import pg from 'pg';
 import { runCli } from '../audit/run-cli.ts';
 import type { TestIdentity } from '../harness/identities.ts';
 import { poll } from '../harness/poll.ts';
-import { PLURAL, createApprovalWorld, requestNamed, type ApprovalWorld } from './approval-fixture.ts';
-import { GROUP, VERSION, type ApprovalRequest } from '@chaperone/api';
+import { createApprovalWorld, requestNamed, type ApprovalWorld } from './approval-fixture.ts';
 
 const cli = (who: TestIdentity, args: string[]) => runCli([...args, '--kubeconfig', who.kubeconfig]);
 
@@ -44,13 +43,7 @@ async function phaseOf(world: ApprovalWorld, name: string, phase: string): Promi
 }
 
 async function requestsBoundTo(world: ApprovalWorld, bindingHash: string): Promise<string[]> {
-  const list = (await world.custom.listNamespacedCustomObject({
-    group: GROUP,
-    version: VERSION,
-    namespace: world.ns,
-    plural: PLURAL,
-  })) as { items: ApprovalRequest[] };
-  return list.items.filter((r) => r.spec.bindingHash === bindingHash).map((r) => r.metadata.name ?? '');
+  return (await world.requests()).filter((r) => r.spec.bindingHash === bindingHash).map((r) => r.metadata.name ?? '');
 }
 
 /** The error a query ended with; fails when it succeeded. */

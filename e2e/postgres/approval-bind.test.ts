@@ -10,13 +10,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import pg from 'pg';
-import type { AccessPolicySpec, ApprovalRequest, AuditRecord } from '@chaperone/api';
-import { GROUP, VERSION } from '@chaperone/api';
+import type { AccessPolicySpec, AuditRecord } from '@chaperone/api';
 import { runCli } from '../audit/run-cli.ts';
 import { listSessions, verifySessions } from '../audit/durability-helpers.ts';
 import { controlPlaneEnv, directPgOptions } from '../harness/env.ts';
 import { poll } from '../harness/poll.ts';
-import { createApprovalWorld, PLURAL, POLICIES, type ApprovalWorld } from '../approvals/approval-fixture.ts';
+import { createApprovalWorld, POLICIES, type ApprovalWorld } from '../approvals/approval-fixture.ts';
 import { held, requestOf, settled } from './held-wire.ts';
 import { authenticatedClient, query, SYNC, type RawClient } from './raw-client.ts';
 import { bind, close, describe, exchange, execute, FLUSH, parse } from './protocol-wire.ts';
@@ -108,15 +107,6 @@ test('approvals at Bind: planning a held statement runs nothing before the appro
   const connect = (): Promise<RawClient> => authenticatedClient(sidecar.host, sidecar.port, token, TIMEOUT_MS);
   const stamped = async (): Promise<number[]> =>
     (await owner.query<{ arg: number }>('select arg from stamp_log order by id')).rows.map((r) => r.arg);
-  const requests = async (): Promise<ApprovalRequest[]> =>
-    (
-      (await world.custom.listNamespacedCustomObject({
-        group: GROUP,
-        version: VERSION,
-        namespace: world.ns,
-        plural: PLURAL,
-      })) as { items: ApprovalRequest[] }
-    ).items;
   const approve = async (name: string): Promise<void> => {
     const run = await runCli(['approve', name, '-n', world.ns, '--kubeconfig', world.people.carol.kubeconfig]);
     assert.equal(run.code, 0, run.stdout + run.stderr);
@@ -227,7 +217,7 @@ test('approvals at Bind: planning a held statement runs nothing before the appro
     const client = await connect();
     try {
       const before = await world.count('payouts');
-      const requestsBefore = (await requests()).length;
+      const requestsBefore = (await world.requests()).length;
       // Two rows returned one at a time: the INSERT runs at the first Execute, the second fetches the rest.
       const mark = await held(
         client,
@@ -243,15 +233,15 @@ test('approvals at Bind: planning a held statement runs nothing before the appro
       await approve(first);
       // A second request, if one were filed for the second Execute, is denied so that the test ends.
       const second = await poll('the pipeline to end, or a second request', async () => {
-        if ((await requests()).length > requestsBefore + 1) return 'filed';
+        if ((await world.requests()).length > requestsBefore + 1) return 'filed';
         return client.received.subarray(mark.offset).includes(Buffer.from('Z\x00\x00\x00\x05')) ? 'none' : undefined;
       });
       if (second === 'filed') {
-        for (const r of await requests()) if (r.status?.phase === 'Pending') await deny(r.metadata.name ?? '');
+        for (const r of await world.requests()) if (r.status?.phase === 'Pending') await deny(r.metadata.name ?? '');
       }
       const end = await settled(client, mark);
       assert.equal(second, 'none', 'the later Execute of the approved portal filed a request of its own');
-      assert.equal((await requests()).length, requestsBefore + 1);
+      assert.equal((await world.requests()).length, requestsBefore + 1);
       assert.deepEqual(end.codes, [], end.errors.join('; '));
       // The second Execute's row, and PortalSuspended: the server cannot know that no row is left.
       assert.equal(end.types.replace(/N /g, ''), '1 2 D s D s Z');

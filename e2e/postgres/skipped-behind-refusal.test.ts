@@ -7,12 +7,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import pg from 'pg';
-import { carriesCommandOutcome, GROUP, VERSION } from '@chaperone/api';
-import type { AccessPolicySpec, ApprovalRequest, AuditRecord } from '@chaperone/api';
+import { carriesCommandOutcome } from '@chaperone/api';
+import type { AccessPolicySpec, AuditRecord } from '@chaperone/api';
 import { listSessions, verifySessions } from '../audit/durability-helpers.ts';
 import { controlPlaneEnv, directPgOptions } from '../harness/env.ts';
 import { poll } from '../harness/poll.ts';
-import { createApprovalWorld, PLURAL, POLICIES } from '../approvals/approval-fixture.ts';
+import { createApprovalWorld, POLICIES } from '../approvals/approval-fixture.ts';
 import { authenticatedClient, query, SYNC, TERMINATE } from './raw-client.ts';
 import { bind, exchange, execute, parse } from './protocol-wire.ts';
 
@@ -42,21 +42,12 @@ test('commands pipelined behind a refusal are decided and recorded cancelled, ne
   await owner.connect();
   const sidecar = await world.startSidecar(t, undefined, { payouts: POLICIES.payouts!, guard: GUARD });
   const token = await world.requesterToken(sidecar);
-  const requests = async (): Promise<ApprovalRequest[]> =>
-    (
-      (await world.custom.listNamespacedCustomObject({
-        group: GROUP,
-        version: VERSION,
-        namespace: world.ns,
-        plural: PLURAL,
-      })) as { items: ApprovalRequest[] }
-    ).items;
   const state = async (): Promise<unknown> => ({
     accounts: (await owner.query('select id, owner from accounts order by id')).rows,
     payouts: await world.count('payouts'),
   });
   const before = await state();
-  const requestsBefore = (await requests()).length;
+  const requestsBefore = (await world.requests()).length;
 
   const client = await authenticatedClient(sidecar.host, sidecar.port, token, TIMEOUT_MS);
   try {
@@ -123,5 +114,5 @@ test('commands pipelined behind a refusal are decided and recorded cancelled, ne
     0,
     'nothing behind the refusal was filed for approval',
   );
-  assert.equal((await requests()).length, requestsBefore, 'no ApprovalRequest for a command that cannot run');
+  assert.equal((await world.requests()).length, requestsBefore, 'no ApprovalRequest for a command that cannot run');
 });
