@@ -6,10 +6,10 @@
 import assert from 'node:assert/strict';
 import { connect, type Socket } from 'node:net';
 import { test } from 'node:test';
-import { GROUP, VERSION, type AccessPolicySpec, type ApprovalRequest } from '@chaperone/api';
+import type { AccessPolicySpec } from '@chaperone/api';
 import { runCli } from '../audit/run-cli.ts';
 import { poll } from '../harness/poll.ts';
-import { createApprovalWorld, PLURAL } from './approval-fixture.ts';
+import { createApprovalWorld } from './approval-fixture.ts';
 import { curl, startHttpApprovalTarget } from './http-approval-fixture.ts';
 
 const POLICY: AccessPolicySpec = {
@@ -23,7 +23,7 @@ const POLICY: AccessPolicySpec = {
 
 test('a POST through the HTTP engine waits for approval', async (t) => {
   const world = await createApprovalWorld(t);
-  const { ns, people, custom } = world;
+  const { ns, people } = world;
   const { sidecar, received } = await startHttpApprovalTarget(
     t,
     world,
@@ -34,12 +34,7 @@ test('a POST through the HTTP engine waits for approval', async (t) => {
   const token = await sidecar.issuer.sign({ sub: 'system:serviceaccount:agents:refunder' });
   const url = `http://${sidecar.host}:${String(sidecar.port)}/api/refunds`;
   const post = (body: string) => curl(url, token, 'POST', body);
-  const requests = async () =>
-    (
-      (await custom.listNamespacedCustomObject({ group: GROUP, version: VERSION, namespace: ns, plural: PLURAL })) as {
-        items: ApprovalRequest[];
-      }
-    ).items;
+  const requests = () => world.requests();
   const filedFor = (amount: string) =>
     poll('the ApprovalRequest of the held POST', async () =>
       (await requests()).find((r) => r.spec.command.kind === 'http' && r.spec.command.text.includes(amount)),

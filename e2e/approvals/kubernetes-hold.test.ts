@@ -11,7 +11,7 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { connect as connectTls, type TLSSocket } from 'node:tls';
-import { GROUP, VERSION, type AccessPolicySpec, type ApprovalRequest } from '@chaperone/api';
+import type { AccessPolicySpec } from '@chaperone/api';
 import { runCli } from '../audit/run-cli.ts';
 import { controlPlaneEnv, testDir } from '../harness/env.ts';
 import { kubeletToken } from '../harness/identities.ts';
@@ -20,7 +20,7 @@ import { poll } from '../harness/poll.ts';
 import { spawnSidecar } from '../harness/sidecar-process.ts';
 import { toolPath } from '../harness/tools.ts';
 import { runKubectl } from '../kubernetes/kube-fixture.ts';
-import { createApprovalWorld, PLURAL } from './approval-fixture.ts';
+import { createApprovalWorld } from './approval-fixture.ts';
 
 const RESOURCE = 'cluster-api';
 const AGENT = 'system:serviceaccount:agents:deploy-bot';
@@ -62,7 +62,7 @@ function policies(ns: string): Record<string, AccessPolicySpec> {
 
 test('a delete in a protected namespace waits for approval through the Kubernetes engine', async (t) => {
   const world = await createApprovalWorld(t);
-  const { ns, people, custom, pod } = world;
+  const { ns, people, pod } = world;
   const dir = join(testDir(t), 'kube-sidecar');
   mkdirSync(dir, { recursive: true });
   // The sidecar's upstream credential: a service account with `admin` in this namespace only.
@@ -112,13 +112,7 @@ test('a delete in a protected namespace waits for approval through the Kubernete
   /** The pending ApprovalRequest whose request line names `configMap`, once the sidecar filed it. */
   const pendingFor = (configMap: string) =>
     poll('the ApprovalRequest of the held delete', async () => {
-      const list = (await custom.listNamespacedCustomObject({
-        group: GROUP,
-        version: VERSION,
-        namespace: ns,
-        plural: PLURAL,
-      })) as { items: ApprovalRequest[] };
-      return list.items.find(
+      return (await world.requests()).find(
         (r) => r.spec.command.kind === 'kubernetes' && r.spec.command.text.includes(`/configmaps/${configMap}`),
       );
     });
@@ -286,13 +280,7 @@ test('a delete in a protected namespace waits for approval through the Kubernete
     const podName = pod.metadata?.name ?? '';
     const pendingExec = (after: readonly string[]) =>
       poll('the ApprovalRequest of the held exec', async () => {
-        const list = (await custom.listNamespacedCustomObject({
-          group: GROUP,
-          version: VERSION,
-          namespace: ns,
-          plural: PLURAL,
-        })) as { items: ApprovalRequest[] };
-        return list.items.find(
+        return (await world.requests()).find(
           (r) => r.spec.command.text.includes(`/pods/${podName}/exec`) && !after.includes(r.metadata.name ?? ''),
         );
       });
@@ -331,13 +319,7 @@ test('a delete in a protected namespace waits for approval through the Kubernete
     assert.equal((await world.request(firstName)).status?.phase, 'Denied');
     // kubectl then falls back to SPDY, which the sidecar refuses without filing anything (docs/approvals.md).
     assert.notEqual(result.code, 0);
-    const list = (await custom.listNamespacedCustomObject({
-      group: GROUP,
-      version: VERSION,
-      namespace: ns,
-      plural: PLURAL,
-    })) as { items: ApprovalRequest[] };
-    const execs = list.items.filter((r) => r.spec.command.text.includes(`/pods/${podName}/exec`));
+    const execs = (await world.requests()).filter((r) => r.spec.command.text.includes(`/pods/${podName}/exec`));
     assert.equal(execs.length, 2, 'one request per exec, none for the SPDY fallbacks');
   });
 
@@ -355,15 +337,10 @@ test('a delete in a protected namespace waits for approval through the Kubernete
     const second = await agent(['delete', 'configmap', 'granted-2', '-n', ns, '--wait=false']);
     assert.equal(second.code, 0, second.stderr);
     assert.equal(await exists('granted-2'), false);
-    const list = (await custom.listNamespacedCustomObject({
-      group: GROUP,
-      version: VERSION,
-      namespace: ns,
-      plural: PLURAL,
-    })) as {
-      items: ApprovalRequest[];
-    };
-    assert.equal(list.items.filter((r) => r.spec.command.text.includes('/configmaps/granted-2')).length, 0);
+    assert.equal(
+      (await world.requests()).filter((r) => r.spec.command.text.includes('/configmaps/granted-2')).length,
+      0,
+    );
     const used = await poll('the delete under the grant in the trail', async () => {
       const all = (await sidecar.settledRecords()).map((e) => e.record);
       return all.find(
