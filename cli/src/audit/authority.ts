@@ -46,6 +46,9 @@ export function refuseUncertified(
     io.stderr.write('error: --allow-uncertified and --require-certified contradict each other\n');
     return 2;
   }
+  if (values['require-certified'] === true) {
+    io.stderr.write('warning: --require-certified is deprecated: refusing uncertified keys is the default\n');
+  }
   return values['allow-uncertified'] !== true;
 }
 
