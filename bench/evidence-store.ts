@@ -80,6 +80,17 @@ export interface EvidenceStoreBenchResult {
   readonly ratio: number;
   /** Each round's evidence-store ÷ JSON-lines TPS, in round order (the first round's runs are the longest). */
   readonly roundRatios: readonly number[];
+  /**
+   * Each round's JSON-lines ÷ evidence-store CPU per statement, all of the bench's processes (the runner
+   * aside): on a saturated machine the TPS ratio follows it, whatever else the two runs got of the cores.
+   */
+  readonly roundCpuRatios: readonly number[];
+  /**
+   * The same with the store's PostgreSQL (its backends, autovacuum, checkpointer, WAL writer and the
+   * cluster's other processes: pgbench -S writes nothing) and the control plane costing nothing: an upper
+   * bound of the ratio for any row format of the store on these cores.
+   */
+  readonly roundCpuBounds: readonly number[];
   /** The same with durability `Synced` (a statement waits for the spool's fdatasync). */
   readonly syncedRatio: number;
   /** The same for the diagnostic with the spool on tmpfs, and for records in Session objects. */
@@ -382,6 +393,9 @@ export async function runEvidenceStoreBench(options: EvidenceStoreBenchOptions):
           if (pid === process.pid) return 'bench runner';
           if (cmd.startsWith(pgbenchBin)) return 'pgbench';
           if (ppid !== pg.process.pid) return undefined;
+          // A backend just forked still has the postmaster's command line until it sets its title after the
+          // login: not classed yet (it would stay `postgres other`); the next sample classes it, whole.
+          if (!cmd.startsWith('postgres:')) return undefined;
           // `postgres: USER DATABASE HOST(PORT) STATE` for a backend, `postgres: walwriter` and the like otherwise.
           const title = cmd.split(' ');
           if (title[2] === database) return 'store backends';
@@ -497,6 +511,34 @@ export async function runEvidenceStoreBench(options: EvidenceStoreBenchOptions):
     const ratioOf = (target: EvidenceTarget): number => median(ratiosOf(target));
     const roundRatios = ratiosOf('evidence-store');
     const ratio = median(roundRatios);
+    const cpuPerStatement = (r: EvidencePgbenchRun, free: ReadonlySet<string>) =>
+      Object.entries(r.cpu)
+        .filter(([group]) => !group.includes('/') && group !== 'bench runner' && !free.has(group))
+        .reduce((n, [, s]) => n + s, 0) / Math.max(1, r.transactions);
+    const storeSide = new Set([
+      'store backends',
+      'autovacuum',
+      'checkpointer',
+      'wal writer',
+      'postgres other',
+      'control plane',
+    ]);
+    const cpuRatios = (free: ReadonlySet<string>): number[] => {
+      const ratios: number[] = [];
+      for (let round = 0; round < options.rounds; round++) {
+        const json = runs.find((r) => r.round === round && r.target === 'json-lines');
+        const store = runs.find((r) => r.round === round && r.target === 'evidence-store');
+        if (json !== undefined && store !== undefined)
+          ratios.push(cpuPerStatement(json, new Set()) / cpuPerStatement(store, free));
+      }
+      return ratios;
+    };
+    const roundCpuRatios = cpuRatios(new Set());
+    const roundCpuBounds = cpuRatios(storeSide);
+    console.log(
+      `  JSON lines ÷ evidence store CPU per statement by round: ${roundCpuRatios.map((r) => r.toFixed(3)).join(', ')}; ` +
+        `with the store's PostgreSQL and the control plane at no cost (the bound of any row format): ${roundCpuBounds.map((r) => r.toFixed(3)).join(', ')}`,
+    );
     const failClosedRefusals =
       (await metric(stored, 'chaperone_audit_spool_rejected_total', '{reason="spool-full"}')) -
       refusedBefore +
@@ -549,6 +591,8 @@ export async function runEvidenceStoreBench(options: EvidenceStoreBenchOptions):
       runs,
       ratio,
       roundRatios,
+      roundCpuRatios,
+      roundCpuBounds,
       syncedRatio: ratioOf('evidence-store-synced'),
       tmpfsSpoolRatio: ratioOf('evidence-store-tmpfs-spool'),
       sessionObjectsRatio: ratioOf('session-objects'),
