@@ -49,8 +49,8 @@ export interface EvidencePgbenchRun {
   /** CPU seconds the hypervisor took (steal) in the window, summed over CPUs. */
   readonly stealSeconds: number;
   /**
-   * CPU seconds of processes outside the groups above in the window (another engineer's, the kernel's
-   * threads, the bench runner): the machine's busy time less steal less the groups'.
+   * CPU seconds of processes outside the groups above in the window (another engineer's, anything not the
+   * bench's): the machine's busy time less steal less the groups' (the runner and kernel threads included).
    */
   readonly outsideCpuSeconds: number;
 }
@@ -392,6 +392,8 @@ export async function runEvidenceStoreBench(options: EvidenceStoreBenchOptions):
           // This process: the sampler's own reads of /proc every 200 ms.
           if (pid === process.pid) return 'bench runner';
           if (cmd.startsWith(pgbenchBin)) return 'pgbench';
+          // kthreadd's children: writeback of the spool's and the store's pages, the journal, softirqs.
+          if (ppid === 2) return 'kernel threads';
           if (ppid !== pg.process.pid) return undefined;
           // A backend just forked still has the postmaster's command line until it sets its title after the
           // login: not classed yet (it would stay `postgres other`); the next sample classes it, whole.
@@ -513,7 +515,10 @@ export async function runEvidenceStoreBench(options: EvidenceStoreBenchOptions):
     const ratio = median(roundRatios);
     const cpuPerStatement = (r: EvidencePgbenchRun, free: ReadonlySet<string>) =>
       Object.entries(r.cpu)
-        .filter(([group]) => !group.includes('/') && group !== 'bench runner' && !free.has(group))
+        .filter(
+          ([group]) =>
+            !group.includes('/') && group !== 'bench runner' && group !== 'kernel threads' && !free.has(group),
+        )
         .reduce((n, [, s]) => n + s, 0) / Math.max(1, r.transactions);
     const storeSide = new Set([
       'store backends',
