@@ -14,6 +14,8 @@ import { applyCrds, kubectl } from '../e2e/harness/kube.ts';
 import type { PostgresCluster } from '../e2e/harness/postgres.ts';
 import { ALLOW_ALL, spawnSidecar, type SidecarProcess } from '../e2e/harness/sidecar-process.ts';
 import { postgresBinDir } from '../e2e/harness/tools.ts';
+import { cpus } from 'node:os';
+import { formatStoreState, machineStealSeconds, storeState, type StoreState } from './evidence-state.ts';
 import { machineIdleSeconds, ProcessCpuSampler } from './process-cpu.ts';
 
 export interface EvidencePgbenchRun {
@@ -33,6 +35,10 @@ export interface EvidencePgbenchRun {
   readonly transactions: number;
   readonly failed: number;
   readonly latencyMs: number;
+  /** pgbench's TPS of each 5 s of the run (`-P 5`), to see a decline within it. */
+  readonly tpsSeries: readonly number[];
+  /** What accumulates from run to run, read just after this one (StoreState). */
+  readonly after?: StoreState;
   /**
    * CPU seconds over the run by process group (the target's sidecar, pgbench, pgbench's PostgreSQL
    * backends, the store's backends, the WAL writer, other PostgreSQL processes, the control plane), and the
@@ -40,6 +46,13 @@ export interface EvidencePgbenchRun {
    */
   readonly cpu: Readonly<Record<string, number>>;
   readonly machineIdleSeconds: number;
+  /** CPU seconds the hypervisor took (steal) in the window, summed over CPUs. */
+  readonly stealSeconds: number;
+  /**
+   * CPU seconds of processes outside the groups above in the window (another engineer's, anything not the
+   * bench's): the machine's busy time less steal less the groups' (the runner and kernel threads included).
+   */
+  readonly outsideCpuSeconds: number;
 }
 
 export const TARGETS = [
@@ -67,6 +80,17 @@ export interface EvidenceStoreBenchResult {
   readonly ratio: number;
   /** Each round's evidence-store ÷ JSON-lines TPS, in round order (the first round's runs are the longest). */
   readonly roundRatios: readonly number[];
+  /**
+   * Each round's JSON-lines ÷ evidence-store CPU per statement, all of the bench's processes (the runner
+   * aside): on a saturated machine the TPS ratio follows it, whatever else the two runs got of the cores.
+   */
+  readonly roundCpuRatios: readonly number[];
+  /**
+   * The same with the store's PostgreSQL (its backends, autovacuum, checkpointer, WAL writer and the
+   * cluster's other processes: pgbench -S writes nothing) and the control plane costing nothing: an upper
+   * bound of the ratio for any row format of the store on these cores.
+   */
+  readonly roundCpuBounds: readonly number[];
   /** The same with durability `Synced` (a statement waits for the spool's fdatasync). */
   readonly syncedRatio: number;
   /** The same for the diagnostic with the spool on tmpfs, and for records in Session objects. */
@@ -127,7 +151,12 @@ function pgbench(
   clients: number,
   seconds: number,
   rate?: number,
-): Promise<Omit<EvidencePgbenchRun, 'target' | 'round' | 'cpu' | 'machineIdleSeconds'>> {
+): Promise<
+  Omit<
+    EvidencePgbenchRun,
+    'target' | 'round' | 'cpu' | 'machineIdleSeconds' | 'after' | 'stealSeconds' | 'outsideCpuSeconds'
+  >
+> {
   const bin = join(postgresBinDir(), 'pgbench');
   const argv = [
     '-n',
@@ -140,6 +169,8 @@ function pgbench(
     String(Math.min(2, clients)),
     '-T',
     String(seconds),
+    '-P',
+    '5',
     ...(rate === undefined ? [] : ['-R', String(rate)]),
   ];
   return new Promise((resolve, reject) => {
@@ -161,6 +192,7 @@ function pgbench(
         transactions,
         failed: Number(/number of failed transactions: (\d+)/.exec(out)?.[1] ?? 0),
         latencyMs: num(/latency average = ([\d.]+) ms/),
+        tpsSeries: [...out.matchAll(/^progress: [\d.]+ s, ([\d.]+) tps/gm)].map((m) => Number(m[1])),
       });
     });
   });
@@ -357,13 +389,22 @@ export async function runEvidenceStoreBench(options: EvidenceStoreBenchOptions):
         (pid, ppid, cmd) => {
           if (pid === sidecar.process.pid) return 'sidecar';
           if (pid === cp.process.pid) return 'control plane';
+          // This process: the sampler's own reads of /proc every 200 ms.
+          if (pid === process.pid) return 'bench runner';
           if (cmd.startsWith(pgbenchBin)) return 'pgbench';
+          // kthreadd's children: writeback of the spool's and the store's pages, the journal, softirqs.
+          if (ppid === 2) return 'kernel threads';
           if (ppid !== pg.process.pid) return undefined;
+          // A backend just forked still has the postmaster's command line until it sets its title after the
+          // login: not classed yet (it would stay `postgres other`); the next sample classes it, whole.
+          if (!cmd.startsWith('postgres:')) return undefined;
           // `postgres: USER DATABASE HOST(PORT) STATE` for a backend, `postgres: walwriter` and the like otherwise.
           const title = cmd.split(' ');
           if (title[2] === database) return 'store backends';
           if (title[2] === pg.database) return 'pgbench backends';
           if (title[1] === 'walwriter') return 'wal writer';
+          if (title[1] === 'autovacuum') return 'autovacuum';
+          if (title[1] === 'checkpointer') return 'checkpointer';
           return 'postgres other';
         },
         200,
@@ -382,6 +423,30 @@ export async function runEvidenceStoreBench(options: EvidenceStoreBenchOptions):
     });
     const fsyncBefore = await mean('chaperone_audit_spool_fsync_duration_seconds');
     const insertBefore = await mean('chaperone_audit_store_insert_duration_seconds');
+    const metricsText = async (s: SidecarProcess) =>
+      (await fetch(`http://127.0.0.1:${String(s.metricsPort)}/metrics`)).text();
+    const yardstick = running.get('json-lines');
+    const state = (): Promise<StoreState> =>
+      storeState({
+        pg,
+        database,
+        sidecar: { pid: stored.process.pid, metrics: () => metricsText(stored), spoolDir: join(stored.dir, 'audit') },
+        ...(yardstick === undefined
+          ? {}
+          : {
+              yardstick: {
+                pid: yardstick.process.pid,
+                metrics: () => metricsText(yardstick),
+                auditFile: yardstick.auditFile,
+              },
+            }),
+        controlPlaneDir: cpDir,
+        sessions: async () =>
+          (await kubectl(['get', 'sessions', '-n', namespace, '-o', 'name'], { kubeconfig: cp.kubeconfig }))
+            .split('\n')
+            .filter((l) => l.trim() !== '').length,
+      });
+    console.log(`  before the rounds: ${formatStoreState(await state())}`);
     const runs: EvidencePgbenchRun[] = [];
     for (let round = 0; round < options.rounds; round++) {
       const seconds = round === 0 ? options.seconds : (options.laterSeconds ?? options.seconds);
@@ -394,15 +459,24 @@ export async function runEvidenceStoreBench(options: EvidenceStoreBenchOptions):
         for (const [other, s] of running) if (other !== 'json-lines') await drained(s, 900_000);
         const sampler = samplerFor(running.get(target) ?? stored);
         const idleBefore = machineIdleSeconds();
+        const stealBefore = machineStealSeconds();
         sampler.begin();
         const measured = await pgbench(envOf(target), 8, seconds, options.rate);
         const window = sampler.end();
+        const idle = machineIdleSeconds() - idleBefore;
+        const steal = machineStealSeconds() - stealBefore;
+        const groups = Object.entries(window.cpu)
+          .filter(([group]) => !group.includes('/'))
+          .reduce((n, [, s]) => n + s, 0);
         const r: EvidencePgbenchRun = {
           target,
           round,
           ...measured,
           cpu: window.cpu,
-          machineIdleSeconds: machineIdleSeconds() - idleBefore,
+          machineIdleSeconds: idle,
+          stealSeconds: steal,
+          outsideCpuSeconds: window.seconds * cpus().length - idle - steal - groups,
+          after: await state(),
         };
         runs.push(r);
         const perStatement = Object.entries(r.cpu)
@@ -410,8 +484,10 @@ export async function runEvidenceStoreBench(options: EvidenceStoreBenchOptions):
           .join(', ');
         console.log(
           `  ${target.padEnd(14)} -c 8 round ${String(round + 1)}/${String(options.rounds)}, ${String(seconds)} s: ${r.tps.toFixed(0)} tps, ${r.latencyMs.toFixed(3)} ms, ${String(r.failed)} failed; ` +
-            `CPU µs/statement: ${perStatement}; machine idle ${r.machineIdleSeconds.toFixed(1)} CPU-s of ${(window.seconds * 2).toFixed(1)}`,
+            `CPU µs/statement: ${perStatement}; machine idle ${r.machineIdleSeconds.toFixed(1)} CPU-s of ${(window.seconds * 2).toFixed(1)}, steal ${r.stealSeconds.toFixed(1)}, outside the bench ${r.outsideCpuSeconds.toFixed(1)}`,
         );
+        console.log(`    tps every 5 s: ${r.tpsSeries.map((t) => t.toFixed(0)).join(' ')}`);
+        if (r.after !== undefined) console.log(`    after: ${formatStoreState(r.after)}`);
       }
     }
     const fsyncAfter = await mean('chaperone_audit_spool_fsync_duration_seconds');
@@ -437,6 +513,37 @@ export async function runEvidenceStoreBench(options: EvidenceStoreBenchOptions):
     const ratioOf = (target: EvidenceTarget): number => median(ratiosOf(target));
     const roundRatios = ratiosOf('evidence-store');
     const ratio = median(roundRatios);
+    const cpuPerStatement = (r: EvidencePgbenchRun, free: ReadonlySet<string>) =>
+      Object.entries(r.cpu)
+        .filter(
+          ([group]) =>
+            !group.includes('/') && group !== 'bench runner' && group !== 'kernel threads' && !free.has(group),
+        )
+        .reduce((n, [, s]) => n + s, 0) / Math.max(1, r.transactions);
+    const storeSide = new Set([
+      'store backends',
+      'autovacuum',
+      'checkpointer',
+      'wal writer',
+      'postgres other',
+      'control plane',
+    ]);
+    const cpuRatios = (free: ReadonlySet<string>): number[] => {
+      const ratios: number[] = [];
+      for (let round = 0; round < options.rounds; round++) {
+        const json = runs.find((r) => r.round === round && r.target === 'json-lines');
+        const store = runs.find((r) => r.round === round && r.target === 'evidence-store');
+        if (json !== undefined && store !== undefined)
+          ratios.push(cpuPerStatement(json, new Set()) / cpuPerStatement(store, free));
+      }
+      return ratios;
+    };
+    const roundCpuRatios = cpuRatios(new Set());
+    const roundCpuBounds = cpuRatios(storeSide);
+    console.log(
+      `  JSON lines ÷ evidence store CPU per statement by round: ${roundCpuRatios.map((r) => r.toFixed(3)).join(', ')}; ` +
+        `with the store's PostgreSQL and the control plane at no cost (the bound of any row format): ${roundCpuBounds.map((r) => r.toFixed(3)).join(', ')}`,
+    );
     const failClosedRefusals =
       (await metric(stored, 'chaperone_audit_spool_rejected_total', '{reason="spool-full"}')) -
       refusedBefore +
@@ -489,6 +596,8 @@ export async function runEvidenceStoreBench(options: EvidenceStoreBenchOptions):
       runs,
       ratio,
       roundRatios,
+      roundCpuRatios,
+      roundCpuBounds,
       syncedRatio: ratioOf('evidence-store-synced'),
       tmpfsSpoolRatio: ratioOf('evidence-store-tmpfs-spool'),
       sessionObjectsRatio: ratioOf('session-objects'),
