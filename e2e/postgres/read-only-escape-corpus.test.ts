@@ -62,6 +62,7 @@ export const ESCAPE_ATTACKS: readonly EscapeAttack[] = [
     sql: `BEGIN; DECLARE typed_cursor CURSOR FOR SELECT * FROM json_to_record('{"a": 28}') AS t(a locking); FETCH ALL FROM typed_cursor`,
     why: 'a cursor over the same, fetched',
   },
+  { sql: 'SELECT * FROM accounts TABLESAMPLE system_rows(1)', why: 'a sampling method from outside pg_catalog' },
   // Transaction modes: the last one wins, in every spelling.
   {
     sql: 'START TRANSACTION ISOLATION LEVEL READ COMMITTED /* , READ ONLY */ , READ WRITE',

@@ -365,6 +365,9 @@ const CASES: readonly Case[] = [
   { sql: `SELECT XMLSERIALIZE(CONTENT x AS text)`, expect: [{ kind: 'select', sideEffects: false }] },
   { sql: 'PREPARE p(public.locking) AS SELECT $1', expect: [{ kind: 'select', sideEffects: true, prepares: 'p' }] },
   { sql: 'PREPARE p(int, text) AS SELECT $1', expect: [{ kind: 'select', sideEffects: false, prepares: 'p' }] },
+  { sql: 'SELECT * FROM a TABLESAMPLE system_rows(10)', expect: [{ kind: 'select', sideEffects: true }] },
+  { sql: 'SELECT * FROM a TABLESAMPLE public.bernoulli(10)', expect: [{ kind: 'select', sideEffects: true }] },
+  { sql: 'SELECT * FROM a TABLESAMPLE SYSTEM (10) REPEATABLE (1)', expect: [{ kind: 'select', sideEffects: false }] },
 ];
 
 describe('analyzeSql', () => {

@@ -437,6 +437,11 @@ class FactCollector {
           // XMLTABLE columns and XMLSERIALIZE: a value read as that type goes through its CHECK.
           this.visitTypeName(record(child));
           break;
+        case 'RangeTableSample':
+          // The sampling method is a handler function: BERNOULLI and SYSTEM are pg_catalog's, any other
+          // (tsm_system_rows, or one an owner installed) is code from elsewhere.
+          this.visitSamplingMethod(list(record(child).method));
+          break;
         case 'SubLink':
           // x op ANY / ALL (subquery): the operator is the SubLink's, not an A_Expr's.
           this.visitOperator(list(record(child).operName));
@@ -504,6 +509,16 @@ class FactCollector {
     }
   }
 
+  private visitSamplingMethod(method: readonly unknown[]): void {
+    const parts = method.map((p) => stringNode(p) ?? '');
+    const name = parts[parts.length - 1] ?? '';
+    const schema = parts.length > 1 ? parts[parts.length - 2] : 'pg_catalog';
+    if (schema !== 'pg_catalog' || !BUILT_IN_SAMPLING_METHODS.has(name)) {
+      this.sideEffects = true;
+      this.callsUserFunction = true;
+    }
+  }
+
   /** A cast; its type is checked by visitTypeName (the walk reaches its `typeName`). */
   private visitTypeCast(cast: Json): void {
     const names = list(record(cast.typeName).names).map((n) => stringNode(n));
@@ -512,6 +527,9 @@ class FactCollector {
     if (value !== undefined && unwrap(cast.arg)?.type === 'A_Const') this.addRelationLiteral(value);
   }
 }
+
+/** TABLESAMPLE methods PostgreSQL has built in (pg_catalog's tsm_handler functions). */
+const BUILT_IN_SAMPLING_METHODS: ReadonlySet<string> = new Set(['bernoulli', 'system']);
 
 /** Relation-like object types of DROP / COMMENT / SECURITY LABEL, whose names are String lists. */
 const RELATION_OBJECT_TYPES: ReadonlySet<string> = new Set([
