@@ -55,3 +55,26 @@ export async function createTestDatabase(t: TestContext, setupSql?: string): Pro
   }
   return name;
 }
+
+/**
+ * The least-privilege login docs/postgres-engine.md tells a platform team to create for a database: it may
+ * connect, use schema public and SELECT its tables (those existing now), and its transactions are read-only
+ * by default. Dropped after the test (after the database: the drop forces its sessions off first).
+ */
+export function createReaderLogin(t: TestContext, database: string): { user: string; password: string } {
+  const user = `${database}_reader`;
+  const password = `pw-${database}`;
+  superuserSql(
+    [
+      `create role ${user} login password '${password}'`,
+      `alter role ${user} set default_transaction_read_only = on`,
+      `revoke all on database ${database} from public`,
+      `grant connect on database ${database} to ${user}`,
+      `grant usage on schema public to ${user}`,
+      `grant select on all tables in schema public to ${user}`,
+    ].join(';\n'),
+    database,
+  );
+  t.after(() => superuserSql(`drop role if exists ${user}`));
+  return { user, password };
+}

@@ -19,7 +19,7 @@ import {
 } from '../../sidecar/src/engines/postgres/analysis/differential-corpus.ts';
 import { ALLOW_ALL, startTestSidecar } from '../harness/sidecar.ts';
 import { spawnSidecar, type SidecarProcess } from '../harness/sidecar-process.ts';
-import { createTestDatabase } from '../harness/databases.ts';
+import { createReaderLogin, createTestDatabase } from '../harness/databases.ts';
 import { directPgOptions, postgresEnv, testDir } from '../harness/env.ts';
 
 /** Reads of public (and the catalogs) without side effects; set, transaction control and DEALLOCATE. */
@@ -226,28 +226,7 @@ test('least-privilege login: PostgreSQL refuses the writes the analysis cannot s
   const env = postgresEnv();
   // What docs/postgres-engine.md tells a platform team to create: a login that can only read, whose
   // transactions are read-only by default (the sidecar refuses turning that off).
-  const role = `${database}_reader`;
-  const password = `pw-${database}`;
-  const superuser = new pg.Client({ host: env.socketDir, port: env.port, user: 'postgres', database });
-  await superuser.connect();
-  t.after(async () => {
-    const admin = new pg.Client({ host: env.socketDir, port: env.port, user: 'postgres', database: 'postgres' });
-    await admin.connect();
-    await admin.query(`drop database if exists ${database} with (force)`);
-    await admin.query(`drop role if exists ${role}`);
-    await admin.end();
-  });
-  await superuser.query(
-    [
-      `create role ${role} login password '${password}'`,
-      `alter role ${role} set default_transaction_read_only = on`,
-      `revoke all on database ${database} from public`,
-      `grant connect on database ${database} to ${role}`,
-      `grant usage on schema public to ${role}`,
-      `grant select on all tables in schema public to ${role}`,
-    ].join(';\n'),
-  );
-  await superuser.end();
+  const { user: role, password } = createReaderLogin(t, database);
   const before = await databaseState(database);
 
   const upstream = { port: env.port, database, password, caFile: env.caFile };

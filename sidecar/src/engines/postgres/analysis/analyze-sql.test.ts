@@ -345,6 +345,29 @@ const CASES: readonly Case[] = [
   { sql: "SELECT E'\\'; DELETE FROM a; --'", expect: [{ kind: 'select', sideEffects: false }] },
   { sql: "SELECT E'\\\\'; DELETE FROM a; --'", expect: [{ kind: 'select' }, { kind: 'delete' }] },
   { sql: 'DELETE FROM U&"a\\0062"', expect: [{ kind: 'delete', relations: ['public.ab'] }] },
+  // Operators of `x op ANY / ALL (subquery)` and types named outside a cast (e2e/postgres/read-only-escape-corpus)
+  { sql: 'SELECT 1 WHERE 7 OPERATOR(public.===) ANY (SELECT 1)', expect: [{ kind: 'select', sideEffects: true }] },
+  { sql: 'SELECT 1 WHERE 8 === ALL (SELECT 8)', expect: [{ kind: 'select', sideEffects: true }] },
+  { sql: 'SELECT 1 WHERE 1 IN (SELECT 1) AND 1 < ALL (SELECT 2)', expect: [{ kind: 'select', sideEffects: false }] },
+  {
+    sql: `SELECT * FROM json_to_record('{"a": 1}') AS t(a public.locking)`,
+    expect: [{ kind: 'select', sideEffects: true }],
+  },
+  {
+    sql: `SELECT * FROM json_to_record('{"a": 1}') AS t(a int, b text, c varchar(3), d numeric(3, 1), e int[])`,
+    expect: [{ kind: 'select', sideEffects: false }],
+  },
+  {
+    sql: `SELECT * FROM XMLTABLE('/r' PASSING (x) COLUMNS a locking PATH 'a')`,
+    expect: [{ kind: 'select', sideEffects: true }],
+  },
+  { sql: `SELECT XMLSERIALIZE(CONTENT x AS public.t)`, expect: [{ kind: 'select', sideEffects: true }] },
+  { sql: `SELECT XMLSERIALIZE(CONTENT x AS text)`, expect: [{ kind: 'select', sideEffects: false }] },
+  { sql: 'PREPARE p(public.locking) AS SELECT $1', expect: [{ kind: 'select', sideEffects: true, prepares: 'p' }] },
+  { sql: 'PREPARE p(int, text) AS SELECT $1', expect: [{ kind: 'select', sideEffects: false, prepares: 'p' }] },
+  { sql: 'SELECT * FROM a TABLESAMPLE system_rows(10)', expect: [{ kind: 'select', sideEffects: true }] },
+  { sql: 'SELECT * FROM a TABLESAMPLE public.bernoulli(10)', expect: [{ kind: 'select', sideEffects: true }] },
+  { sql: 'SELECT * FROM a TABLESAMPLE SYSTEM (10) REPEATABLE (1)', expect: [{ kind: 'select', sideEffects: false }] },
 ];
 
 describe('analyzeSql', () => {

@@ -431,6 +431,21 @@ class FactCollector {
         case 'TypeCast':
           this.visitTypeCast(record(child));
           break;
+        case 'TypeName':
+        case 'typeName':
+          // Wrapped in PREPARE's parameter types; a field of casts, column definition lists (`AS t(a d)`),
+          // XMLTABLE columns and XMLSERIALIZE: a value read as that type goes through its CHECK.
+          this.visitTypeName(record(child));
+          break;
+        case 'RangeTableSample':
+          // The sampling method is a handler function: BERNOULLI and SYSTEM are pg_catalog's, any other
+          // (tsm_system_rows, or one an owner installed) is code from elsewhere.
+          this.visitSamplingMethod(list(record(child).method));
+          break;
+        case 'SubLink':
+          // x op ANY / ALL (subquery): the operator is the SubLink's, not an A_Expr's.
+          this.visitOperator(list(record(child).operName));
+          break;
         case 'A_Expr':
           // BETWEEN forms carry the keyword as their name; the comparisons they expand to are built-in.
           if (!(text(record(child).kind) ?? '').includes('BETWEEN')) {
@@ -479,20 +494,42 @@ class FactCollector {
     }
   }
 
-  private visitTypeCast(cast: Json): void {
-    const names = list(record(cast.typeName).names).map((n) => stringNode(n));
-    // A cast to a type outside pg_catalog can run user code: a domain's CHECK constraint, a cast function.
+  /**
+   * A type outside pg_catalog can run user code on every value read as it: a domain's CHECK constraint, an
+   * input or cast function. Wherever the statement names one (a cast, a column definition list, a PREPARE
+   * parameter, an XMLTABLE column, XMLSERIALIZE), the statement calls code.
+   */
+  private visitTypeName(type: Json): void {
+    const names = list(type.names).map((n) => stringNode(n));
     const typeName = names[names.length - 1] ?? '';
     const typeSchema = names.length > 1 ? names[names.length - 2] : undefined;
     if (typeSchema === undefined ? !PG_CATALOG_TYPES.has(typeName) : typeSchema !== 'pg_catalog') {
       this.sideEffects = true;
       this.callsUserFunction = true;
     }
+  }
+
+  private visitSamplingMethod(method: readonly unknown[]): void {
+    const parts = method.map((p) => stringNode(p) ?? '');
+    const name = parts[parts.length - 1] ?? '';
+    const schema = parts.length > 1 ? parts[parts.length - 2] : 'pg_catalog';
+    if (schema !== 'pg_catalog' || !BUILT_IN_SAMPLING_METHODS.has(name)) {
+      this.sideEffects = true;
+      this.callsUserFunction = true;
+    }
+  }
+
+  /** A cast; its type is checked by visitTypeName (the walk reaches its `typeName`). */
+  private visitTypeCast(cast: Json): void {
+    const names = list(record(cast.typeName).names).map((n) => stringNode(n));
     if (names[names.length - 1] !== 'regclass') return;
     const value = constText(cast.arg);
     if (value !== undefined && unwrap(cast.arg)?.type === 'A_Const') this.addRelationLiteral(value);
   }
 }
+
+/** TABLESAMPLE methods PostgreSQL has built in (pg_catalog's tsm_handler functions). */
+const BUILT_IN_SAMPLING_METHODS: ReadonlySet<string> = new Set(['bernoulli', 'system']);
 
 /** Relation-like object types of DROP / COMMENT / SECURITY LABEL, whose names are String lists. */
 const RELATION_OBJECT_TYPES: ReadonlySet<string> = new Set([
@@ -724,6 +761,8 @@ function classify(node: unknown, collect: FactCollector): Classified {
       return facts('explain', collect.callsUserFunction);
     }
     case 'PrepareStmt':
+      // Its parameter types: EXECUTE reads each argument as one (a user domain runs its CHECK).
+      collect.visit(body.argtypes, noScope);
       return inner(body.query, { prepares: text(body.name) ?? '' });
     case 'DeclareCursorStmt':
       return inner(body.query, { declares: text(body.portalname) ?? '' });
