@@ -16,7 +16,7 @@ import { listSessions, verifySessions } from '../audit/durability-helpers.ts';
 import { controlPlaneEnv, directPgOptions } from '../harness/env.ts';
 import { poll } from '../harness/poll.ts';
 import { createApprovalWorld, POLICIES, type ApprovalWorld } from '../approvals/approval-fixture.ts';
-import { held, requestOf, settled } from './held-wire.ts';
+import { held, heldAndDecided, requestOf, settled } from './held-wire.ts';
 import { authenticatedClient, query, SYNC, type RawClient } from './raw-client.ts';
 import { bind, close, describe, exchange, execute, FLUSH, parse } from './protocol-wire.ts';
 
@@ -164,20 +164,17 @@ test('approvals at Bind: planning a held statement runs nothing before the appro
     const client = await connect();
     try {
       const before = await world.count('payouts');
-      const mark = await held(
-        client,
-        Buffer.concat([
-          parse('', 'insert into payouts(amount) values ($1) returning amount'),
-          bind('', '', ['31']),
-          describe('P', ''),
-          execute(''),
-          SYNC,
-        ]),
-      );
-      // Nothing of the statement reached the server: no portal exists to describe there yet.
-      assert.equal(await world.count('payouts'), before);
-      await approve(requestOf(client, mark));
-      const end = await settled(client, mark);
+      const pipeline = Buffer.concat([
+        parse('', 'insert into payouts(amount) values ($1) returning amount'),
+        bind('', '', ['31']),
+        describe('P', ''),
+        execute(''),
+        SYNC,
+      ]);
+      const { reply: end } = await heldAndDecided(client, pipeline, approve, async () => {
+        // Nothing of the statement reached the server: no portal exists to describe there yet.
+        assert.equal(await world.count('payouts'), before);
+      });
       assert.deepEqual(end.codes, [], end.errors.join('; '));
       assert.equal(end.types.replace(/N /g, ''), '1 2 T D C Z');
       assert.equal(await world.count('payouts'), before + 1);
@@ -190,18 +187,14 @@ test('approvals at Bind: planning a held statement runs nothing before the appro
     const client = await connect();
     try {
       const before = await world.count('payouts');
-      const mark = await held(
-        client,
-        Buffer.concat([
-          parse('d', 'insert into payouts(amount) values ($1)'),
-          bind('dp', 'd', ['32']),
-          describe('P', 'dp'),
-          execute('dp'),
-          SYNC,
-        ]),
-      );
-      await deny(requestOf(client, mark));
-      const end = await settled(client, mark);
+      const pipeline = Buffer.concat([
+        parse('d', 'insert into payouts(amount) values ($1)'),
+        bind('dp', 'd', ['32']),
+        describe('P', 'dp'),
+        execute('dp'),
+        SYNC,
+      ]);
+      const { reply: end } = await heldAndDecided(client, pipeline, deny);
       assert.deepEqual(end.codes, ['42501'], end.errors.join('; '));
       assert.equal(end.types.replace(/N /g, ''), '1 E Z');
       // The portal does not exist on the server: executing it fails there (34000), and the sidecar refuses it.
@@ -266,18 +259,13 @@ test('approvals at Bind: planning a held statement runs nothing before the appro
     const client = await connect();
     try {
       const before = await world.count('payouts');
-      const mark = await held(
-        client,
-        Buffer.concat([
-          parse('', 'insert into payouts(amount) values ($1)'),
-          bind('c', '', ['35']),
-          close('P', 'c'),
-          SYNC,
-        ]),
-      );
-      const name = requestOf(client, mark);
-      await approve(name);
-      const end = await settled(client, mark);
+      const pipeline = Buffer.concat([
+        parse('', 'insert into payouts(amount) values ($1)'),
+        bind('c', '', ['35']),
+        close('P', 'c'),
+        SYNC,
+      ]);
+      const { request: name, reply: end } = await heldAndDecided(client, pipeline, approve);
       assert.deepEqual(end.codes, [], end.errors.join('; '));
       assert.equal(end.types.replace(/N /g, ''), '1 2 3 Z');
       assert.equal(await world.count('payouts'), before);

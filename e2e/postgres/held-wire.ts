@@ -46,3 +46,20 @@ export async function settled(client: RawClient, mark: Held, n = 1): Promise<Rep
     closed: client.serverEnded,
   };
 }
+
+/**
+ * Writes a pipeline whose statement is held for approval, runs `whileHeld` (checks while nothing ran), has
+ * `decide` settle the request the notice names, and waits for the pipeline's ReadyForQuery.
+ */
+export async function heldAndDecided(
+  client: RawClient,
+  bytes: Buffer,
+  decide: (request: string) => Promise<void>,
+  whileHeld?: () => Promise<void>,
+): Promise<{ readonly request: string; readonly reply: Reply }> {
+  const mark = await held(client, bytes);
+  await whileHeld?.();
+  const request = requestOf(client, mark);
+  await decide(request);
+  return { request, reply: await settled(client, mark) };
+}

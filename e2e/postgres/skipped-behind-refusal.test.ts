@@ -97,16 +97,26 @@ test('commands pipelined behind a refusal are decided and recorded cancelled, ne
     records
       .filter((r) => r.type === 'command.decision' && r.command?.text === text)
       .map((r) => ({ result: r.decision?.result, status: outcomeOf(r)?.status }));
-  // Refused at its Parse, and its Execute refused again with the Parse's reason (the server skipped it). That
-  // second record is of a command refused before policy (kind `other`: this policy's catch-all allows it).
-  const denied = decided(DENIED);
-  assert.deepEqual(
-    denied.map((d) => d.status),
-    ['denied', 'denied'],
-  );
-  assert.equal(denied[0]?.result, 'deny');
+  // Refused at its Parse, and its Execute refused again with the Parse's reason (the server skipped it): the
+  // sidecar's own deny, not what this policy's catch-all says of kind `other`, the kind it is recorded as.
+  assert.deepEqual(decided(DENIED), [
+    { result: 'deny', status: 'denied' },
+    { result: 'deny', status: 'denied' },
+  ]);
   assert.deepEqual(decided(ALLOWED), [{ result: 'allow', status: 'cancelled' }]);
   assert.deepEqual(decided(APPROVE), [{ result: 'approve', status: 'cancelled' }]);
+  // Outcomes in the order the client sent the commands: the refusal's own (known when the server's error for
+  // its substitute arrives) before those of the commands skipped behind it (known when they were sent).
+  const outcomesAt = [DENIED, ALLOWED, APPROVE].flatMap((text) =>
+    records
+      .filter((r) => r.type === 'command.decision' && r.command?.text === text)
+      .map((d) => records.findIndex((r) => carriesCommandOutcome(r) && r.command?.id === d.command?.id)),
+  );
+  assert.deepEqual(
+    outcomesAt,
+    outcomesAt.toSorted((a, b) => a - b),
+    'outcomes in client order',
+  );
   const skipped = records.find((r) => r.type === 'command.decision' && r.command?.text === APPROVE);
   assert.deepEqual(skipped?.command?.parameters, ['77'], 'decided with what it was bound to');
   assert.equal(

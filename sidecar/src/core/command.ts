@@ -50,6 +50,14 @@ export interface DecidedCommand {
   readonly approval?: { readonly request: string; readonly bindingHash: string };
 }
 
+/**
+ * A decision the sidecar makes itself, not a policy (`policy` ""): a refusal before or outside policy, Kubernetes
+ * discovery, self-reviews. Recorded like any other; `rule` names why, `reasons` say it.
+ */
+export function builtInDecision(decision: 'allow' | 'deny', rule: string, reason: string): CombinedDecision {
+  return { decision, policy: '', rule, bundleDigest: '', reasons: [reason], masking: [] };
+}
+
 export interface CommandOutcome {
   readonly status: 'success' | 'error' | 'denied' | 'cancelled';
   /** The protocol's own code (a SQLSTATE, an HTTP status). */

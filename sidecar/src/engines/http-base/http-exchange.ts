@@ -5,7 +5,7 @@
 // engine; errors are rendered by the engine's own protocol (RenderedError).
 import type { ClientRequest, IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
-import type { CombinedDecision, PolicyCommand } from '@chaperone/api';
+import type { PolicyCommand } from '@chaperone/api';
 import type { AgentSession } from '../../core/agent-session.ts';
 import type { DecidedCommand } from '../../core/command.ts';
 import { auditRefusal, type SidecarError } from '../../core/errors.ts';
@@ -21,10 +21,7 @@ import {
   type RequestTarget,
 } from './request-hygiene.ts';
 
-/** A decision the engine makes itself (refusals before policy, discovery, self-reviews), recorded like any other. */
-export function builtInDecision(decision: 'allow' | 'deny', rule: string, reason: string): CombinedDecision {
-  return { decision, policy: '', rule, bundleDigest: '', reasons: [reason], masking: [] };
-}
+export { builtInDecision } from '../../core/command.ts';
 
 /** Errors after which the connection's framing cannot be trusted: the answer closes it. */
 function closesConnection(error: SidecarError): boolean {

@@ -7,6 +7,7 @@ import { approvalNotice } from '../../core/approvals/approval-notice.ts';
 import type { CommandDescription, DecidedCommand, SettledClearance } from '../../core/command.ts';
 import { denial, sqlStateOf } from './error-responses.ts';
 import type { GateVerdict, RelayVerdict, SettledVerdict } from './gate-verdicts.ts';
+import type { TransactionStatus } from './protocol/backend-messages.ts';
 
 /** What the gate lends an approval: the session, and how an approved or audit-refused command is answered. */
 export interface ApprovalRun {
@@ -82,4 +83,69 @@ function approvalVerdict(approving: ApprovalRun, settled: ApprovalVerdict): Sett
     return { action: 'end', command: settled.command, error: settled.error };
   }
   return { action: 'substitute', command: settled.command, denial: denial(settled.error) };
+}
+
+/** A run approved at its Bind: the verdict its first Execute runs under (taken by it), and its approval. */
+export interface ApprovedRun {
+  first: RelayVerdict | undefined;
+  readonly approval: DecidedCommand['approval'];
+}
+
+/**
+ * The portals whose run was approved at their Bind and whose first Execute has not come (statement-gate.ts).
+ * Each run gets its outcome however its portal ends: from its Execute, or, closed or bound again, its
+ * transaction ended, the connection ended, `cancelled` without the approval (it ran under none: only its
+ * planning happened).
+ */
+export class UnrunApprovals<P extends { cleared?: ApprovedRun }> {
+  private readonly portals = new Set<P>();
+  private readonly session: AgentSession;
+
+  constructor(session: AgentSession) {
+    this.session = session;
+  }
+
+  /** The portal's Bind was approved and forwarded: `run` is what its first Execute runs under. */
+  add(portal: P, run: RelayVerdict): void {
+    portal.cleared = { first: run, approval: run.command?.approval };
+    if (run.command !== undefined) this.portals.add(portal);
+  }
+
+  /** Its first Execute takes the approved run (its outcome comes with the Execute's response). */
+  take(portal: P): RelayVerdict | undefined {
+    const first = portal.cleared?.first;
+    if (portal.cleared !== undefined) portal.cleared.first = undefined;
+    this.portals.delete(portal);
+    return first;
+  }
+
+  /** The run will never be executed: its outcome says so (`why`). */
+  end(portal: P, why: string): void {
+    const command = this.take(portal)?.command;
+    if (command === undefined) return;
+    const { approval: _approval, ...unrun } = command;
+    this.session.complete(unrun, 'sql', { status: 'cancelled', message: `bound, but ${why}; it did not run` });
+  }
+
+  /**
+   * What a ReadyForQuery ends, for a Sync or Query sent now: idle, the runs waiting now end (`forget` drops
+   * their portals). Undefined when none waits.
+   */
+  endingWithTransaction(forget: (portal: P) => void): ((status: TransactionStatus) => void) | undefined {
+    if (this.portals.size === 0) return undefined;
+    const bound = [...this.portals];
+    return (status) => {
+      if (status !== 'I') return;
+      for (const portal of bound) {
+        if (!this.portals.has(portal)) continue;
+        this.end(portal, 'its transaction ended before any Execute');
+        forget(portal);
+      }
+    };
+  }
+
+  /** Every run still waiting ends (the connection ends). */
+  endAll(why: string): void {
+    for (const portal of [...this.portals]) this.end(portal, why);
+  }
 }

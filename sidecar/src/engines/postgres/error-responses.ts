@@ -11,6 +11,9 @@ export interface Denial {
   readonly frame: Buffer;
   /** Its SQLSTATE, for the command's outcome record. */
   readonly code: string;
+  /** The catalogue entry and the words: a refusal made before policy is recorded as the sidecar's own deny. */
+  readonly id: SidecarErrorId;
+  readonly message: string;
 }
 
 /** SQLSTATE query_canceled: the upstream's error for a cancelled statement, recorded as `cancelled`. */
@@ -35,7 +38,12 @@ export function errorResponseFor(error: SidecarError, endsConnection = SIDECAR_E
 
 /** A refusal of one command, delivered in place of the upstream's error for its substitute. */
 export function denial(error: SidecarError): Denial {
-  return { frame: errorResponseFor(error, false), code: SIDECAR_ERRORS[error.id].sqlState };
+  return {
+    frame: errorResponseFor(error, false),
+    code: SIDECAR_ERRORS[error.id].sqlState,
+    id: error.id,
+    message: error.message,
+  };
 }
 
 /** The SQLSTATE of a catalogue entry, for records that carry one without a frame. */

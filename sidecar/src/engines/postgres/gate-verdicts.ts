@@ -1,5 +1,6 @@
 // The verdicts the statement gate gives the connection (statement-gate.ts), and the refusals it makes of
 // names the sidecar cannot vouch for: what crosses from the gate to the connection and the response tracker.
+import type { CombinedDecision } from '@chaperone/api';
 import type { ClientNotice } from '../../core/approvals/approval-notice.ts';
 import type { DecidedCommand } from '../../core/command.ts';
 import type { SidecarError } from '../../core/errors.ts';
@@ -82,4 +83,37 @@ export function protocolStatementRefusal(name: string): Denial {
     id: 'ProtocolStatementExecute',
     message: `chaperone: EXECUTE of ${JSON.stringify(name)}, a statement prepared by a protocol Parse, is not allowed; run it with Bind/Execute`,
   });
+}
+
+/** An Execute of a portal the sidecar did not see bound: it has no analysis to decide on. */
+export function unknownPortal(): Denial {
+  return denial({
+    id: 'UnknownPortal',
+    message: 'chaperone: executing a portal the sidecar did not see bound is not allowed',
+  });
+}
+
+/** A statement an approve rule decided in a failed transaction block: the server would ignore it. */
+export function approvalInFailedTransaction(): Denial {
+  const message =
+    'chaperone: current transaction is aborted, commands ignored until end of transaction block; the statement needs approval and was not filed for it';
+  return denial({ id: 'ApprovalInFailedTransaction', message });
+}
+
+/** A statement prepared while no approve rule matched it: its parameters were not kept exactly. */
+export function prepareAgainForApproval(decision: CombinedDecision): Denial {
+  return denial({
+    id: 'ApprovalRequired',
+    message: `chaperone: statement requires approval (policy ${decision.policy}, rule ${decision.rule}); prepare it again so that it can be held`,
+  });
+}
+
+/** The rule a refusal before policy is recorded under: its catalogue id in kebab case (`UnknownPortal`: `unknown-portal`). */
+export function ruleOf(refusal: Denial): string {
+  return refusal.id.replace(/[A-Z]/g, (c, at: number) => (at === 0 ? '' : '-') + c.toLowerCase());
+}
+
+/** Whether two decisions came from the same rule of the same policy bundle. */
+export function sameDecision(a: CombinedDecision, b: CombinedDecision): boolean {
+  return a.decision === b.decision && a.policy === b.policy && a.rule === b.rule && a.bundleDigest === b.bundleDigest;
 }

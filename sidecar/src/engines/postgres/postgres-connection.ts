@@ -508,6 +508,7 @@ export class PostgresConnection implements CancelTarget, ConnectionHandler {
     // Outstanding commands never got their responses.
     // A transaction left open: the server rolls it back, and the session's end record names what it undid.
     const rolledBack = this.tracker?.cancelAll();
+    this.relay?.connectionEnded();
     // A held command is withdrawn first: what that records comes before session.end, the session's last record.
     this.approvalWait.withdraw(reason, () => this.agentSession?.end(reason, ending, rolledBack));
     if (this.lease !== undefined) this.ctx.upstreamReuse.release(this.lease);

@@ -36,7 +36,7 @@ const error = (code: string, message: string): Buffer =>
 const parseComplete = msg('1');
 const bindComplete = msg('2');
 const noData = msg('n');
-const ourDenial: Denial = { frame: Buffer.from('our denial'), code: '42501' };
+const ourDenial: Denial = { frame: Buffer.from('our denial'), code: '42501', id: 'PolicyDenied', message: 'denied' };
 
 /** Feeds frames as the connection would (only the tracked ones), returning what goes to the client. */
 function feed(t: ResponseTracker, ...frames: Buffer[]): Buffer[] {

@@ -6,16 +6,16 @@
 // Denials travel through the upstream (statement-gate.ts): the substituted message fails there, and the
 // upstream's ErrorResponse for it is replaced here by the unit's Denial, so responses keep pipeline order and
 // PostgreSQL's own failed-transaction and skip-until-Sync semantics hold.
-import type { CommandOutcome, DecidedCommand, MaskedCount, RolledBack } from '../../core/command.ts';
+import type { CommandOutcome, DecidedCommand, RolledBack } from '../../core/command.ts';
 import { QUERY_CANCELED, type Denial } from './error-responses.ts';
 import { BackendCode, type ErrorFields, type TransactionStatus } from './protocol/backend-messages.ts';
 import { commandCompleteRows, decodeErrorFields, decodeReadyForQuery } from './protocol/backend-scanner.ts';
 import type { ResultRewriter } from './masking/row-masker.ts';
 import { ServerMessages, type WithheldMessage } from './masking/server-messages.ts';
 import { TransactionLog, type TransactionControl } from './transaction-log.ts';
+import { completes, undo, withheldCounts, type ResponseUnit, type UnitKind } from './response-unit.ts';
 
-/** The kinds of client message that get a response of their own; `copy-end` marks a COPY the client ended. */
-export type UnitKind = 'query' | 'parse' | 'bind' | 'describe' | 'execute' | 'close' | 'sync' | 'copy-end';
+export type { UnitKind } from './response-unit.ts';
 
 /**
  * Rewrites one command's response (result masking, masking/row-masker.ts): called for its RowDescription,
@@ -39,29 +39,6 @@ export const TRACKED_FRAMES: readonly BackendCode[] = [
   BackendCode.CopyInResponse,
 ];
 
-interface ResponseUnit {
-  /** Its position in the pipeline (the how-manyth unit queued). */
-  readonly seq: number;
-  readonly kind: UnitKind;
-  /** The decided command whose outcome this unit reports. */
-  readonly command: DecidedCommand | undefined;
-  /** Our ErrorResponse, sent instead of the upstream's error for the substituted message. */
-  readonly denial: Denial | undefined;
-  readonly rows: ResultRewriter | undefined;
-  /** A Describe's unit: told the RowDescription it gets (the row shape of a later Execute). */
-  readonly described: ((rowDescription: Buffer) => void) | undefined;
-  rowCount: number;
-  error: ErrorFields | undefined;
-  /** Called when the message does not complete in the upstream (its error, or skipped until Sync). */
-  undo: (() => void) | undefined;
-  /** Server messages withheld while this unit was the head (masking/server-messages.ts), by kind. */
-  withheld: Map<WithheldMessage, number> | undefined;
-  /** What the command does to the transaction (transaction-log.ts). */
-  readonly control: TransactionControl | undefined;
-  /** A transaction-control command answered with the tag ROLLBACK (also a COMMIT of a failed transaction). */
-  rollbackTag: boolean;
-}
-
 export interface ResponseTrackerOptions {
   /** Called once for every decided command, when its outcome is known. */
   readonly onOutcome: (command: DecidedCommand, outcome: CommandOutcome) => void;
@@ -82,6 +59,8 @@ export class ResponseTracker {
    * client pipelines behind it up to its Sync is skipped upstream, but still decided for the record.
    */
   private refused = false;
+  /** The refusal the commands skipped behind wait for, while its own outcome is not recorded yet. */
+  private refusal: ResponseUnit | undefined;
   /** What the gate assumed the commands skipped behind a refusal did to names: taken back at the Sync. */
   private readonly skippedUndos: (() => void)[] = [];
   /** The upstream entered copy-in and neither the client (CopyDone/CopyFail) nor the server (its error) ended it. */
@@ -145,6 +124,23 @@ export class ResponseTracker {
    */
   skippedBehindRefusal(undo: (() => void) | undefined): void {
     if (undo !== undefined) this.skippedUndos.push(undo);
+  }
+
+  /**
+   * The outcome of a command skipped behind a refusal. It is known when the client sends the command, but
+   * the refusal's own outcome only when the upstream's error for its substitute arrives: recorded after that
+   * one, so that outcomes follow the order the client sent the commands in.
+   */
+  skippedOutcome(command: DecidedCommand, outcome: CommandOutcome): void {
+    const refusal = this.refusal;
+    if (refusal === undefined) this.onOutcome(command, outcome);
+    else (refusal.behind ??= []).push([command, outcome]);
+  }
+
+  /** Calls `ready` with the transaction status of the ReadyForQuery that answers the message queued last. */
+  atReady(ready: ((status: TransactionStatus) => void) | undefined): void {
+    const unit = this.units.at(-1);
+    if (unit !== undefined && ready !== undefined) unit.ready = ready;
   }
 
   /** True while some queued command has a ResultRewriter: DataRows must then be shown to onFrame. */
@@ -211,12 +207,15 @@ export class ResponseTracker {
       withheld: undefined,
       control,
       rollbackTag: false,
+      ready: undefined,
+      behind: undefined,
     });
     // A substitute fails upstream (substitute-frames.ts), which then skips to Sync: what the client pipelined
     // behind it cannot run (refusedUntilSync), and gets no response.
     if (denial !== undefined && (kind === 'parse' || kind === 'bind' || kind === 'execute')) {
       this.skipping = true;
       this.refused = true;
+      this.refusal = this.units.at(-1);
     }
   }
 
@@ -331,15 +330,17 @@ export class ResponseTracker {
         // In copy-in the error is the COPY's: the server left copy-in, and answers what comes next.
         this.clientInCopyIn = false;
         return this.onError(unit, frame);
-      case BackendCode.ReadyForQuery:
+      case BackendCode.ReadyForQuery: {
         this.clientInCopyIn = false;
         this.transactionStatus = decodeReadyForQuery(frame);
         this.executedBeforeSync = false;
         if (this.committing.length > 0) this.committing = [];
         // Whatever is still queued up to here belonged to this Sync/Query and got no response of its own.
+        let ready: ResponseUnit['ready'];
         for (let u = this.shift(); u !== undefined; u = this.shift()) {
           if (u.kind === 'query' || u.kind === 'sync') {
             if (u.kind === 'query') this.finish(u, u.error === undefined ? 'success' : 'error');
+            ready = u.ready;
             break;
           }
           undo(u);
@@ -347,7 +348,9 @@ export class ResponseTracker {
         }
         this.transactionEnded();
         if (this.transactionStatus === 'I') this.transactionLog.clear();
+        ready?.(this.transactionStatus);
         return frame;
+      }
       default:
         return frame;
     }
@@ -499,6 +502,13 @@ export class ResponseTracker {
   }
 
   private finish(unit: ResponseUnit | undefined, status: CommandOutcome['status']): void {
+    this.report(unit, status);
+    if (unit === undefined || unit.denial === undefined) return;
+    if (unit === this.refusal) this.refusal = undefined;
+    for (const [command, outcome] of unit.behind ?? []) this.onOutcome(command, outcome);
+  }
+
+  private report(unit: ResponseUnit | undefined, status: CommandOutcome['status']): void {
     const command = unit?.command;
     if (unit === undefined || command === undefined) return;
     if (unit.denial !== undefined) {
@@ -545,36 +555,8 @@ export class ResponseTracker {
   }
 }
 
-/** Withheld server messages as outcome counts: a kind of message, never its text. */
-function withheldCounts(withheld: ReadonlyMap<WithheldMessage, number> | undefined): MaskedCount[] {
-  if (withheld === undefined) return [];
-  return [...withheld].map(([column, count]) => ({ column, rule: 'server-messages', strategy: 'withheld', count }));
-}
-
-/** Runs a failed unit's undo once. */
-function undo(unit: ResponseUnit): void {
-  const taken = unit.undo;
-  unit.undo = undefined;
-  taken?.();
-}
-
 /** CommandComplete tags of statements that end a transaction (ROLLBACK also ends a savepoint's work). */
 const ENDS_TRANSACTION = /^(COMMIT|ROLLBACK|PREPARE TRANSACTION|COMMIT PREPARED|ROLLBACK PREPARED)$/;
 
 /** Marks a simple query whose error was our denial (the outcome record takes the denial's code). */
 const DENIED: ErrorFields = Object.freeze({ severity: 'ERROR', code: '', message: 'denied' });
-
-function completes(kind: UnitKind, code: BackendCode): boolean {
-  switch (kind) {
-    case 'parse':
-      return code === BackendCode.ParseComplete;
-    case 'bind':
-      return code === BackendCode.BindComplete;
-    case 'close':
-      return code === BackendCode.CloseComplete;
-    case 'describe':
-      return code === BackendCode.RowDescription || code === BackendCode.NoData;
-    default:
-      return false;
-  }
-}

@@ -62,6 +62,8 @@ export class SessionRelay {
     // A Sync the tracker holds back (one the server may or may not answer mid-COPY) is not forwarded, and
     // ends no exchange upstream.
     const syncForwarded = msg.type === 'Sync' && tracker.sync();
+    // Its ReadyForQuery may end the transaction, and with it portals approved at their Bind and not run.
+    if (syncForwarded) tracker.atReady(gate.endedWithTransaction());
     if (msg.type !== 'Sync' || syncForwarded) lease.noteClientMessage(msg.type);
     switch (msg.type) {
       case 'Query':
@@ -151,6 +153,11 @@ export class SessionRelay {
     }
   }
 
+  /** The connection ends: what the gate holds that never ran gets its outcome (before the session's end). */
+  connectionEnded(): void {
+    this.host.gate.connectionEnded();
+  }
+
   /**
    * Applies the gate's verdict on one message: forwards it or its substitute, or waits for a held one.
    * `undo`: what to take back when a forwarded Bind fails upstream (its portal).
@@ -194,9 +201,11 @@ export class SessionRelay {
       }
       tracker.expect(UNIT_OF[type], verdict.command, undefined, verdict.rows, undefined, verdict.control);
       tracker.onFailure(verdict.undo);
+      if (type === 'Query') tracker.atReady(this.host.gate.endedWithTransaction());
     } else {
       this.host.forward(substituteFrame(type, name));
       tracker.expect(UNIT_OF[type], verdict.command, verdict.denial);
+      if (type === 'Query') tracker.atReady(this.host.gate.endedWithTransaction());
       // No portal: the substitute binds none. Taken back at the Sync, so that the Execute skipped behind this
       // refusal is decided as the statement it names.
       if (type === 'Bind' && tracker.refusedUntilSync) tracker.skippedBehindRefusal(undo);
@@ -218,9 +227,9 @@ export class SessionRelay {
     const command = verdict?.command;
     if (command === undefined) return;
     const refusal = verdict?.action === 'substitute' ? verdict.denial : undefined;
-    this.host.session.complete(
+    // After the refusal's own outcome (the tracker keeps it until the upstream's error for it arrives).
+    this.host.tracker.skippedOutcome(
       command,
-      'sql',
       refusal === undefined
         ? { status: 'cancelled', message: 'skipped behind a refusal in its pipeline (up to the Sync); it did not run' }
         : { status: 'denied', code: refusal.code },

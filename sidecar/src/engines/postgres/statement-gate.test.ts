@@ -198,13 +198,18 @@ test('text the parser cannot read is refused with 42601 and its position, record
   assert.deepEqual(records(sink).at(-1)?.command?.statementKinds, ['other']);
 });
 
-test('changing a parser-sensitive setting is refused before policy', () => {
-  const { gate, policy } = setup();
+test('changing a parser-sensitive setting is refused before policy, and recorded as the sidecar’s deny', () => {
+  const { gate, policy, sink } = setup();
   const v = settled(gate.query('SET standard_conforming_strings = off'));
   assert.equal(v.action, 'substitute');
   assert.equal(v.denial?.code, '42501');
   assert.match(errorFields(v.denial.frame).M ?? '', /changing standard_conforming_strings is not allowed/);
-  assert.equal(policy.requests.length, 1, 'only the refusal record went through decide (kind other)');
+  assert.equal(policy.requests.length, 0, 'policy is not asked about a command it did not decide');
+  const decision = records(sink).at(-1)?.decision;
+  assert.equal(decision?.result, 'deny');
+  assert.equal(decision.policy ?? '', '', 'no policy decided it');
+  assert.equal(decision.rule, 'setting-refused');
+  assert.match(decision.reasons?.[0] ?? '', /changing standard_conforming_strings is not allowed/);
 });
 
 test('a read-only session refuses every way of lifting the guard, and allows the ways of keeping it', () => {

@@ -10,13 +10,24 @@
 // search_path is pinned (analysis/session-state.ts), never tracked from forwarded statements, and every
 // statement the session's pins forbid is refused before policy (settingRefusal). No sockets: tested on its own.
 import type { AgentSession } from '../../core/agent-session.ts';
-import type { CommandDescription, DecidedCommand, SettledClearance } from '../../core/command.ts';
+import {
+  builtInDecision,
+  type CommandDescription,
+  type DecidedCommand,
+  type SettledClearance,
+} from '../../core/command.ts';
 import { auditRefusal, policyRefusal } from '../../core/errors.ts';
 import type { Logger } from '../../core/observability/logger.ts';
 import { resolveSqlExecute, type AnalyzedStatement } from './analysis/analyze-sql.ts';
 import { pinnedSearchPath, settingRefusal, type SessionPins } from './analysis/session-state.ts';
 import type { SqlAnalyzer } from './analysis/sql-analyzer.ts';
-import { answerApproval, holdForApproval, type ApprovalRun } from './approval-verdicts.ts';
+import {
+  answerApproval,
+  holdForApproval,
+  UnrunApprovals,
+  type ApprovalRun,
+  type ApprovedRun,
+} from './approval-verdicts.ts';
 import { denial, type Denial } from './error-responses.ts';
 import type { TransactionStatus } from './protocol/backend-messages.ts';
 
@@ -25,8 +36,13 @@ import { auditParameters, describeRefused, describeStatements, withParameterType
 import { transactionControl } from './transaction-log.ts';
 import type { MaskingVerdict, ResultMasking } from './masking/result-masking.ts';
 import {
+  approvalInFailedTransaction,
   exactParameters,
   FORWARD,
+  prepareAgainForApproval,
+  ruleOf,
+  sameDecision,
+  unknownPortal,
   protocolStatementRefusal,
   uncertainRefusal,
   undeclaredCursor,
@@ -58,7 +74,9 @@ interface Portal {
    * Decided at its Bind (a statement that may be held): `first`, the verdict its first Execute runs under
    * (taken by it); `approval`, the approval later Executes of the portal, the same run, are covered by.
    */
-  cleared?: { first: RelayVerdict | undefined; readonly approval: DecidedCommand['approval'] };
+  cleared?: ApprovedRun;
+  /** Refused at its Bind (policy, an approver, an expiry): its Execute is that command, decided once already. */
+  refusedAtBind?: boolean;
 }
 
 export interface StatementGateOptions {
@@ -108,6 +126,8 @@ export class StatementGate {
    * protocol would run its statement without the decision every Execute gets (an approval, a policy reload).
    */
   private readonly cursors = new Set<string>();
+  /** Portals approved at their Bind whose first Execute has not come: each gets an outcome however it ends. */
+  private readonly unrun: UnrunApprovals<Portal>;
   private readonly pins: SessionPins;
   private readonly searchPath: readonly string[];
   private readonly onAnalysed: StatementGateOptions['onAnalysed'];
@@ -121,6 +141,7 @@ export class StatementGate {
     this.searchPath = pinnedSearchPath(options.pins);
     this.masking = options.masking;
     this.onAnalysed = options.onAnalysed;
+    this.unrun = new UnrunApprovals(options.session);
   }
 
   /** What a Describe's unit does with the RowDescription it gets: remembers the row shape for masking. */
@@ -230,23 +251,35 @@ export class StatementGate {
     const exact = { text, parameters: portal.exact };
     const verdict = this.decide(command, analysis, description, exact, portal.shape);
     const clear = (settled: SettledVerdict): SettledVerdict => {
-      if (settled.action === 'forward') portal.cleared = { first: settled, approval: settled.command?.approval };
+      if (settled.action === 'forward') this.unrun.add(portal, settled);
+      else portal.refusedAtBind = true;
       return settled;
     };
     if (verdict.action !== 'hold') return { undo, decided: clear(verdict) as RelayVerdict };
     return { undo, decided: { ...verdict, until: verdict.until.then(clear) } };
   }
 
-  /**
-   * The portal `name` is bound again or closed: a command decided (approved) at its Bind that no Execute ran
-   * gets its outcome, `cancelled`, without the approval (it ran under none: only its planning happened).
-   */
+  /** The portal `name` is bound again or closed: a command approved at its Bind that no Execute ran ends. */
   private portalGone(name: string): void {
-    const command = this.portals.get(name)?.cleared?.first?.command;
-    if (command === undefined) return;
-    const { approval: _approval, ...unrun } = command;
-    const message = 'bound, but its portal was bound again or closed before any Execute; it did not run';
-    this.agentSession.complete(unrun, 'sql', { status: 'cancelled', message });
+    const portal = this.portals.get(name);
+    if (portal !== undefined) this.unrun.end(portal, 'its portal was bound again or closed before any Execute');
+  }
+
+  /**
+   * At a Sync or Query: what its ReadyForQuery ends. Idle ('I'), the transaction ended and with it every
+   * portal bound before (PostgreSQL's portals of the protocol never outlive their transaction): the commands
+   * approved at their Bind among them that no Execute ran end, and their portals are forgotten (an Execute
+   * of one is refused as unknown, as the server would fail it). Undefined when there is none (the usual case).
+   */
+  endedWithTransaction(): ((status: TransactionStatus) => void) | undefined {
+    return this.unrun.endingWithTransaction((portal) => {
+      if (this.portals.get(portal.shape.portal) === portal) this.portals.delete(portal.shape.portal);
+    });
+  }
+
+  /** The connection ends: commands approved at their Bind that no Execute ran end with it. */
+  connectionEnded(): void {
+    this.unrun.endAll('the connection ended before any Execute');
   }
 
   /** Execute: decided (again) as the portal's statement with its bound parameters. */
@@ -255,39 +288,43 @@ export class StatementGate {
     if (portal === undefined) {
       // A portal this sidecar did not see bound (e.g. a cursor opened by SQL DECLARE) has no analysis to
       // decide on: fail closed rather than run it unseen.
-      const refusal = denial({
-        id: 'UnknownPortal',
-        message: 'chaperone: executing a portal the sidecar did not see bound is not allowed',
-      });
-      return this.refuse(`EXECUTE PORTAL ${JSON.stringify(portalName)}`, refusal);
+      return this.refuse(`EXECUTE PORTAL ${JSON.stringify(portalName)}`, unknownPortal());
     }
     const statement = portal.statement;
     // Refused (and recorded) at Parse. The upstream may still hold an older statement of that name (the
     // refused Parse failed there), so the Execute is refused and recorded too, with the Parse's reason.
-    if (statement.refusal !== undefined) return this.refuse(statement.text, statement.refusal);
+    if (statement.refusal !== undefined) {
+      const rule = statement.refusal.id === 'UncertainStatement' ? undefined : 'refused-at-parse';
+      return this.refuse(statement.text, statement.refusal, rule);
+    }
+    // Refused at its Bind: the server skips this Execute behind the Bind's error (up to the Sync, when the
+    // portal is forgotten), and the command is on the record once, as the Bind's.
+    if (portal.refusedAtBind === true) return { action: 'substitute', command: undefined, denial: undefined };
     const analysis = statement.analysis;
     if (analysis === undefined || analysis.length === 0) return FORWARD; // empty statement: EmptyQueryResponse
+    const description = describeStatements(statement.text, analysis, portal.params);
+    const exact = portal.exact === undefined ? undefined : { text: statement.text, parameters: portal.exact };
     // Behind a refusal the portal's approved run is not taken: the server skips this Execute.
     const cleared = this.skippedUpstream ? undefined : portal.cleared;
     const first = cleared?.first;
     if (first !== undefined && cleared !== undefined) {
-      cleared.first = undefined;
-      return first; // the command decided (and approved) at the Bind
+      const now = this.agentSession.evaluate(description, this.facts());
+      if (first.command === undefined || sameDecision(now, first.command.decision)) {
+        return this.unrun.take(portal) ?? first; // the command decided (and approved) at the Bind
+      }
+      // What decides it changed since the Bind was approved (a policy reload, the transaction state): the
+      // approved run ends unrun, and the Execute is decided as a command of its own, under what is in force.
+      this.unrun.end(portal, 'the policy in force changed before its Execute, which was decided again');
+      portal.cleared = undefined;
+      return this.decide(this.agentSession.record(description, now), analysis, description, exact, portal.shape);
     }
-    const description = describeStatements(statement.text, analysis, portal.params);
     const command = this.agentSession.decide(description, this.facts());
     // Another Execute of a portal approved at its Bind continues that one run (PostgreSQL runs a portal once:
     // more rows of it, or an error), covered by its approval: no second request for it.
     if (command.decision.decision === 'approve' && cleared?.approval !== undefined) {
       return this.cleared({ ...command, approval: cleared.approval }, analysis, portal.shape);
     }
-    return this.decide(
-      command,
-      analysis,
-      description,
-      portal.exact === undefined ? undefined : { text: statement.text, parameters: portal.exact },
-      portal.shape,
-    );
+    return this.decide(command, analysis, description, exact, portal.shape);
   }
 
   /** Close of a statement ('S', also one SQL PREPAREd) or portal ('P'); returns what to take back if it fails. */
@@ -348,20 +385,11 @@ export class StatementGate {
       // error (25P02), filing no request and using no approval for a statement that cannot run. (Transaction
       // control, which the server does run there, is held as usual.)
       if (this.upstream.transactionStatus === 'E' && !statements.some((s) => s.transaction !== undefined)) {
-        const message =
-          'chaperone: current transaction is aborted, commands ignored until end of transaction block; the statement needs approval and was not filed for it';
-        return { action: 'substitute', command, denial: denial({ id: 'ApprovalInFailedTransaction', message }) };
+        return { action: 'substitute', command, denial: approvalInFailedTransaction() };
       }
       if (exact === undefined || command.decision.approval === undefined) {
         // A statement prepared while no approve rule matched it: its parameters were not kept exactly.
-        return {
-          action: 'substitute',
-          command,
-          denial: denial({
-            id: 'ApprovalRequired',
-            message: `chaperone: statement requires approval (policy ${command.decision.policy}, rule ${command.decision.rule}); prepare it again so that it can be held`,
-          }),
-        };
+        return { action: 'substitute', command, denial: prepareAgainForApproval(command.decision) };
       }
       // A fingerprint-scoped grant covers the same statements up to their constants (libpg-query fingerprints).
       const bound = { ...exact, normalized: statements.map((s) => s.fingerprint).join(';') };
@@ -448,12 +476,17 @@ export class StatementGate {
       : apply(planned);
   }
 
-  /** Records a command refused before policy (unparsable text, a forbidden setting, an unknown portal). */
-  private refuse(text: string, refusal: Denial): RelayVerdict {
+  /**
+   * Records a command refused before policy (unparsable text, a forbidden setting, an unknown portal, the
+   * Execute of a statement refused at Parse): the sidecar's own `deny`, naming the refusal, never what policy
+   * says of kind `other` (a catch-all allow would put `allow` on the record of a command that was refused).
+   */
+  private refuse(text: string, refusal: Denial, rule = ruleOf(refusal)): RelayVerdict {
     // Refused either way; when the record itself is refused (FailClosed) the command just has no trail.
+    const decision = builtInDecision('deny', rule, refusal.message);
     return {
       action: 'substitute',
-      command: this.agentSession.decide(describeRefused(text), this.facts()),
+      command: this.agentSession.record(describeRefused(text), decision),
       denial: refusal,
     };
   }

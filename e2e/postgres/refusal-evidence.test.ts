@@ -1,0 +1,279 @@
+// What the trail says of commands that were refused before or outside policy, refused at their Bind, or
+// approved at their Bind and never run: one decision per command that says what was decided, and one outcome
+// that says what happened on the server, in the order the client sent them (docs/postgres-engine.md, "What is
+// recorded"; docs/approvals.md). Raw frames through the real sidecar (approvals on, the real API server) to a
+// real PostgreSQL; judged on the server's state and on the verified trail of each session once it ended.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { carriesCommandOutcome } from '@chaperone/api';
+import type { AccessPolicySpec, AuditRecord } from '@chaperone/api';
+import { runCli } from '../audit/run-cli.ts';
+import { listSessions, verifySessions } from '../audit/durability-helpers.ts';
+import { controlPlaneEnv } from '../harness/env.ts';
+import { poll } from '../harness/poll.ts';
+import { writePolicyBundle } from '../harness/sidecar-process.ts';
+import { createApprovalWorld, POLICIES, type ApprovalWorld } from '../approvals/approval-fixture.ts';
+import { held, heldAndDecided, requestOf } from './held-wire.ts';
+import { authenticatedClient, parseBackend, query, SYNC, TERMINATE, type RawClient } from './raw-client.ts';
+import { bind, describe, exchange, execute, FLUSH, functionCall, parse } from './protocol-wire.ts';
+
+const TIMEOUT_MS = 30_000;
+
+const DENIED = 'delete from accounts';
+const ALLOWED = "update accounts set owner = 'Zed' where id = 1";
+const PAYOUT = 'insert into payouts(amount) values ($1)';
+
+/** Deleting accounts is denied; everything else is allowed (a catch-all that also covers kind `other`). */
+const GUARD: AccessPolicySpec = {
+  resources: { names: ['test-db'] },
+  rules: [
+    {
+      name: 'no-account-deletes',
+      decision: 'deny',
+      match: { sql: { statementKinds: ['delete'], relations: ['public.accounts'] } },
+    },
+    { name: 'everything-else', decision: 'allow', match: {} },
+  ],
+  defaultDecision: 'deny',
+};
+
+/** The payouts policy after the reload: its writes are denied instead of held. */
+const PAYOUTS_DENIED: AccessPolicySpec = {
+  resources: { names: ['test-db'] },
+  rules: [
+    {
+      name: 'payouts-writes-stopped',
+      decision: 'deny',
+      match: { sql: { statementKinds: ['insert', 'update', 'delete'], relations: ['public.payouts'] } },
+    },
+    { name: 'everything-else', decision: 'allow', match: {} },
+  ],
+  defaultDecision: 'deny',
+};
+
+/** One session's verified records, once it ended: the session whose records `mine` finds one of. */
+async function endedTrail(world: ApprovalWorld, mine: (r: AuditRecord) => boolean): Promise<AuditRecord[]> {
+  return poll('the session, ended, on the trail', async () => {
+    const sessions = await listSessions(controlPlaneEnv().kubeconfig, world.ns);
+    for (const verified of await verifySessions(sessions, world.ns)) {
+      if (verified.records.some(mine) && verified.records.some((r) => r.type === 'session.end')) {
+        return verified.records;
+      }
+    }
+    return undefined;
+  });
+}
+
+/** The decisions a trail holds for `text` (and, given, these parameters), each with its outcome's record. */
+function decided(
+  records: readonly AuditRecord[],
+  text: string,
+  parameters?: readonly string[],
+): { decision: AuditRecord; outcome: AuditRecord | undefined }[] {
+  return records
+    .filter(
+      (r) =>
+        r.type === 'command.decision' &&
+        r.command?.text === text &&
+        (parameters === undefined || JSON.stringify(r.command.parameters) === JSON.stringify(parameters)),
+    )
+    .map((decision) => ({
+      decision,
+      outcome: records.find((r) => carriesCommandOutcome(r) && r.command?.id === decision.command?.id),
+    }));
+}
+
+test('the trail of refused, held and approved commands', async (t) => {
+  const world = await createApprovalWorld(t);
+  const sidecar = await world.startSidecar(t, undefined, { payouts: POLICIES.payouts!, guard: GUARD });
+  const token = await world.requesterToken(sidecar);
+  const connect = (): Promise<RawClient> => authenticatedClient(sidecar.host, sidecar.port, token, TIMEOUT_MS);
+  const decide = async (verb: 'approve' | 'deny', name: string): Promise<void> => {
+    const run = await runCli([verb, name, '-n', world.ns, '--kubeconfig', world.people.carol.kubeconfig]);
+    assert.equal(run.code, 0, run.stdout + run.stderr);
+  };
+  const finish = async (client: RawClient): Promise<void> => {
+    client.write(TERMINATE);
+    await client.untilClosed(TIMEOUT_MS).catch(() => undefined);
+    client.destroy();
+  };
+
+  await t.test('a refusal made before policy is the sidecar’s deny, whatever policy says of kind other', async () => {
+    const refused = [
+      { text: DENIED, rule: 'refused-at-parse', code: '42501' }, // its Execute, after the Parse was refused
+      { text: 'selec 1', rule: 'unanalysable', code: '42601' },
+      { text: 'EXECUTE PORTAL "nowhere"', rule: 'unknown-portal', code: '42501' },
+      { text: 'FUNCTION CALL 1598', rule: 'fast-path-refused', code: '42501' },
+      { text: 'set search_path = elsewhere', rule: 'setting-refused', code: '42501' },
+    ];
+    const client = await connect();
+    try {
+      // The client binds and executes the refused statement anyway (the server skips both behind the refusal).
+      const executed = await exchange(client, Buffer.concat([parse('', DENIED), bind('', ''), execute(''), SYNC]), 1);
+      assert.deepEqual(executed.codes, ['42501'], executed.errors.join('; '));
+      const unparsable = await exchange(client, query('selec 1'), 1);
+      assert.deepEqual(unparsable.codes, ['42601'], unparsable.errors.join('; '));
+      const unknown = await exchange(client, Buffer.concat([execute('nowhere'), SYNC]), 1);
+      assert.deepEqual(unknown.codes, ['42501'], unknown.errors.join('; '));
+      const fastPath = await exchange(client, functionCall(1598, []), 1); // random(): harmless, refused all the same
+      assert.deepEqual(fastPath.codes, ['42501'], fastPath.errors.join('; '));
+      const setting = await exchange(client, query('set search_path = elsewhere'), 1);
+      assert.deepEqual(setting.codes, ['42501'], setting.errors.join('; '));
+    } finally {
+      await finish(client);
+    }
+    const records = await endedTrail(world, (r) => r.command?.text === 'selec 1');
+    const onRecord = refused.map(({ text }) => {
+      const all = decided(records, text);
+      const last = all.at(-1);
+      return {
+        text,
+        rule: last?.decision.decision?.rule,
+        result: last?.decision.decision?.result,
+        policy: last?.decision.decision?.policy ?? '',
+        code: last?.outcome?.outcome?.code,
+        status: last?.outcome?.outcome?.status,
+      };
+    });
+    assert.deepEqual(
+      onRecord,
+      refused.map(({ text, rule, code }) => ({ text, rule, result: 'deny', policy: '', code, status: 'denied' })),
+    );
+    // The refused Parse itself was decided by policy: its rule.
+    assert.equal(decided(records, DENIED)[0]?.decision.decision?.rule, 'no-account-deletes');
+  });
+
+  await t.test('an approved Bind whose portal ends without an Execute: an outcome that it did not run', async () => {
+    const before = await world.count('payouts');
+    const client = await connect();
+    const names: string[] = [];
+    /** Parse and Bind of a payout on `portal`, then Sync: approved, the Bind runs (its planning) and no Execute. */
+    const boundOnly = async (portal: string, amount: string): Promise<void> => {
+      const pipeline = Buffer.concat([parse('', PAYOUT), bind(portal, '', [amount]), SYNC]);
+      const { request, reply } = await heldAndDecided(client, pipeline, (name) => decide('approve', name));
+      names.push(request);
+      assert.equal(reply.types.replace(/N /g, ''), '1 2 Z');
+    };
+    try {
+      // 1. Bind, then Sync: the implicit transaction ends, and the portal with it.
+      await boundOnly('', '41');
+      // 2. In a transaction block the portal outlives the Sync; the COMMIT ends it.
+      await exchange(client, query('begin'), 1);
+      await boundOnly('kept', '42');
+      const committed = await exchange(client, query('commit'), 1);
+      assert.deepEqual(committed.codes, [], committed.errors.join('; '));
+      // Its portal is gone on the server: an Execute of it is refused, not run under the approval.
+      const late = await exchange(client, Buffer.concat([execute('kept'), SYNC]), 1);
+      assert.deepEqual(late.codes, ['42501'], late.errors.join('; '));
+      // 3. The connection ends with the portal open.
+      await exchange(client, query('begin'), 1);
+      await boundOnly('left', '43');
+    } finally {
+      await finish(client);
+    }
+    assert.equal(await world.count('payouts'), before, 'none of them ran');
+    const records = await endedTrail(world, (r) => r.approval?.request === names[2]);
+    const commit = records.findIndex((r) => r.type === 'command.decision' && r.command?.text === 'commit');
+    for (const [i, amount] of ['41', '42', '43'].entries()) {
+      const [run, ...more] = decided(records, PAYOUT, [amount]);
+      assert.equal(more.length, 0, `${amount}: one decision`);
+      const id = run?.decision.command?.id;
+      const own = records.filter((r) => r.command?.id === id);
+      assert.deepEqual(
+        own.map((r) => r.type).filter((type) => type !== 'command.outcome'),
+        ['command.decision', 'approval.requested', 'approval.decided'],
+        amount,
+      );
+      assert.equal(own[1]?.approval?.request, names[i]);
+      assert.equal(run?.outcome?.outcome?.status, 'cancelled', `${amount}: its outcome`);
+      assert.match(run.outcome.outcome.message ?? '', /did not run/);
+      assert.equal(run.outcome.approval, undefined, `${amount}: it ran under no approval`);
+      // In chain order: after its approval, and (the second) after the COMMIT that ended it.
+      const at = records.indexOf(run.outcome);
+      assert.ok(at > records.indexOf(own[2]!), `${amount}: its outcome follows its approval`);
+      if (amount === '42') assert.ok(at > commit, 'the outcome follows the COMMIT that ended the portal');
+    }
+  });
+
+  await t.test(
+    'an Execute behind an approver-refused Bind is the Bind’s command; outcomes in client order',
+    async () => {
+      const client = await connect();
+      try {
+        const pipeline = Buffer.concat([
+          parse('d', PAYOUT),
+          bind('dp', 'd', ['44']),
+          describe('P', 'dp'),
+          execute('dp'),
+          parse('a', ALLOWED),
+          bind('pa', 'a'),
+          execute('pa'),
+          SYNC,
+        ]);
+        const { reply: end } = await heldAndDecided(client, pipeline, (name) => decide('deny', name));
+        assert.deepEqual(end.codes, ['42501'], end.errors.join('; '));
+      } finally {
+        await finish(client);
+      }
+      const records = await endedTrail(world, (r) => JSON.stringify(r.command?.parameters) === '["44"]');
+      const payout = decided(records, PAYOUT, ['44']);
+      assert.deepEqual(
+        payout.map((d) => [d.decision.decision?.result, d.outcome?.outcome?.status]),
+        [['approve', 'denied']],
+        'one decision for the refused Bind and its Execute',
+      );
+      const skipped = decided(records, ALLOWED);
+      assert.deepEqual(
+        skipped.map((d) => [d.decision.decision?.result, d.outcome?.outcome?.status]),
+        [['allow', 'cancelled']],
+      );
+      const refusalAt = records.indexOf(payout[0]!.outcome!);
+      const skippedAt = records.indexOf(skipped[0]!.outcome!);
+      assert.ok(refusalAt < skippedAt, 'the refusal’s outcome comes before that of the command skipped behind it');
+    },
+  );
+
+  await t.test('a policy reload between an approved Bind and its Execute: decided under the new policy', async () => {
+    const before = await world.count('payouts');
+    const client = await connect();
+    let name = '';
+    try {
+      await exchange(client, query('begin'), 1);
+      const mark = await held(client, Buffer.concat([parse('', PAYOUT), bind('', '', ['45']), FLUSH]));
+      name = requestOf(client, mark);
+      await decide('approve', name);
+      // The Bind ran (planned); no Execute yet.
+      const bound = (): boolean =>
+        parseBackend(client.received.subarray(mark.offset), 0, true).messages.some((m) => m.type === '2');
+      assert.ok(await client.until(bound, TIMEOUT_MS), 'BindComplete');
+      const digest = await writePolicyBundle(sidecar.bundleDir, 'payouts', PAYOUTS_DENIED, world.ns);
+      await poll('the sidecar to load the edited bundle', () =>
+        Promise.resolve(
+          sidecar
+            .logs()
+            .split('\n')
+            .some((l) => l.includes('"msg":"policy bundles loaded"') && l.includes(digest))
+            ? true
+            : undefined,
+        ),
+      );
+      const run = await exchange(client, Buffer.concat([execute(''), SYNC]), 1);
+      assert.deepEqual(run.codes, ['42501'], run.errors.join('; '));
+      // COMMIT of the failed block rolls it back; had the Execute run, this would commit its row.
+      await exchange(client, query('commit'), 1);
+    } finally {
+      await finish(client);
+    }
+    assert.equal(await world.count('payouts'), before, 'the approved Bind did not run under the new policy');
+    const records = await endedTrail(world, (r) => r.approval?.request === name);
+    const runs = decided(records, PAYOUT, ['45']);
+    assert.deepEqual(
+      runs.map((d) => [d.decision.decision?.result, d.decision.decision?.rule, d.outcome?.outcome?.status]),
+      [
+        ['approve', 'payouts-writes', 'cancelled'],
+        ['deny', 'payouts-writes-stopped', 'denied'],
+      ],
+    );
+    assert.equal(runs[0]?.outcome?.approval, undefined, 'the approved run ended under no approval: it did not run');
+  });
+});
