@@ -19,7 +19,7 @@ import {
 import { MAX_EVENT_LOOPS, type SidecarConfig } from './config.ts';
 import type { JsonLinesWriter } from './core/audit/json-lines-writer.ts';
 import type { Logger } from './core/observability/logger.ts';
-import type { RunningLoop } from './loop.ts';
+import { LOOP_CONNECTIONS_BYTES, type RunningLoop } from './loop.ts';
 
 /** What every loop shares, created by the main thread and handed to each worker. */
 export interface LoopShared {
@@ -80,6 +80,9 @@ function listenAddress(address: { host: string; port: number }): string {
   return `${address.host.includes(':') ? `[${address.host}]` : address.host}:${String(address.port)}`;
 }
 
+/** Why a worker loop started: configured (`eventLoops`), a busy sample, or a burst of logins (lazy-event-loops.ts). */
+export type LoopStartTrigger = 'configured' | 'busy' | 'logins';
+
 type LoopMetrics = MetricObjectWithValues<MetricValue<string>>[];
 
 /** The worker loops, seen from the main thread (loop 0). */
@@ -100,8 +103,9 @@ export class WorkerLoops {
   private readonly sink: JsonLinesWriter;
   private readonly onFailure: (err: Error) => void;
   private readonly running: Gauge;
-  private readonly starts: Counter;
+  private readonly starts: Counter<'trigger'>;
   private readonly startSeconds: Gauge;
+  private readonly startedAt: Gauge;
 
   /**
    * No worker yet: add() starts one on the ports `main` listens on. `config` is what every worker runs with
@@ -140,13 +144,34 @@ export class WorkerLoops {
     this.running.set(1);
     this.starts = new Counter({
       name: 'chaperone_event_loop_starts_total',
-      help: 'Worker event loops started, at start (eventLoops) or lazily (lazyEventLoops).',
+      help: 'Worker event loops started, by trigger: configured (eventLoops), busy (a busy sample) or logins (a burst of logins).',
+      labelNames: ['trigger'],
       registers,
     });
     this.startSeconds = new Gauge({
       name: 'chaperone_event_loop_start_seconds',
       help: 'How long the last worker event loop took from its start to listening.',
       registers,
+    });
+    this.startedAt = new Gauge({
+      name: 'chaperone_event_loop_last_ready_timestamp_seconds',
+      help: 'When the last worker event loop started listening (Unix time).',
+      registers,
+    });
+    const perLoop = new Int32Array(this.shared.loopConnections);
+    const workers = this.workers;
+    new Gauge({
+      name: 'chaperone_event_loop_open_connections',
+      help: 'Open connections per running event loop (every listener): how the kernel split them (SO_REUSEPORT).',
+      labelNames: ['loop'],
+      registers,
+      collect() {
+        // Read at the scrape from the counts every loop keeps in shared memory; stopped loops are not listed.
+        this.reset();
+        for (const index of [0, ...workers.keys()]) {
+          this.set({ loop: String(index) }, Atomics.load(perLoop, index));
+        }
+      },
     });
   }
 
@@ -161,7 +186,7 @@ export class WorkerLoops {
   }
 
   /** Starts a worker loop at the lowest free index; resolves with the index once it listens. */
-  async add(): Promise<number> {
+  async add(trigger: LoopStartTrigger): Promise<number> {
     let index = 1;
     while (this.workers.has(index)) index++;
     if (index >= MAX_EVENT_LOOPS) throw new Error(`at most ${String(MAX_EVENT_LOOPS)} event loops`);
@@ -173,10 +198,16 @@ export class WorkerLoops {
       auditPort: this.sink.connect(),
     });
     const seconds = (performance.now() - began) / 1000;
-    this.starts.inc();
+    this.starts.inc({ trigger });
     this.startSeconds.set(seconds);
+    this.startedAt.set(Date.now() / 1000);
     this.running.set(this.count);
-    this.logger.info('event loop started', { loop: index, loops: this.count, startMs: Math.round(seconds * 1000) });
+    this.logger.info('event loop started', {
+      loop: index,
+      loops: this.count,
+      trigger,
+      startMs: Math.round(seconds * 1000),
+    });
     return index;
   }
 
@@ -199,7 +230,7 @@ export class WorkerLoops {
     const last = await this.request<LoopMetrics | undefined>(worker, (id) => ({ type: 'metrics', id }));
     this.workers.delete(index);
     if (last !== undefined) this.retired.push(last);
-    Atomics.store(new Int32Array(this.shared.loopConnections, index * Int32Array.BYTES_PER_ELEMENT, 1), 0, 0);
+    Atomics.store(new Int32Array(this.shared.loopConnections, index * LOOP_CONNECTIONS_BYTES, 1), 0, 0);
     await worker.terminate();
     this.stopping.delete(worker);
     this.running.set(this.count);
