@@ -55,7 +55,8 @@ export type ToLoop =
 
 /** Messages from a worker loop to the main thread. */
 export type FromLoop =
-  | { readonly type: 'ready' }
+  /** Listening; when its modules were loaded and when it was serving (performance.timeOrigin + now(), ms). */
+  | { readonly type: 'ready'; readonly modulesLoadedAt: number; readonly servingAt: number }
   | { readonly type: 'failed'; readonly error: string }
   | { readonly type: 'ask'; readonly id: number; readonly listener: string; readonly message: unknown }
   | { readonly type: 'answer'; readonly id: number; readonly answer: unknown }
@@ -191,7 +192,8 @@ export class WorkerLoops {
     while (this.workers.has(index)) index++;
     if (index >= MAX_EVENT_LOOPS) throw new Error(`at most ${String(MAX_EVENT_LOOPS)} event loops`);
     const began = performance.now();
-    await this.startWorker({
+    const beganAt = performance.timeOrigin + began;
+    const phases = await this.startWorker({
       index,
       config: this.config,
       shared: this.shared,
@@ -207,6 +209,9 @@ export class WorkerLoops {
       loops: this.count,
       trigger,
       startMs: Math.round(seconds * 1000),
+      // From the start: the thread's modules loaded; serving (then the SQL parser, the policy, listening).
+      modulesLoadedMs: Math.round(phases.modulesLoadedAt - beganAt),
+      servingMs: Math.round(phases.servingAt - beganAt),
     });
     return index;
   }
@@ -237,10 +242,10 @@ export class WorkerLoops {
     this.logger.info('event loop stopped', { loop: index, loops: this.count });
   }
 
-  private startWorker(data: LoopWorkerData): Promise<void> {
+  private startWorker(data: LoopWorkerData): Promise<{ modulesLoadedAt: number; servingAt: number }> {
     const worker = new Worker(workerScript(), { workerData: data, transferList: [data.auditPort] });
     this.workers.set(data.index, worker);
-    return new Promise<void>((resolve, reject) => {
+    return new Promise((resolve, reject) => {
       let started = false;
       const failed = (err: Error) => {
         if (this.workers.get(data.index) === worker) this.workers.delete(data.index);
@@ -250,7 +255,7 @@ export class WorkerLoops {
       worker.on('message', (msg: FromLoop) => {
         if (msg.type === 'ready') {
           started = true;
-          resolve();
+          resolve({ modulesLoadedAt: msg.modulesLoadedAt, servingAt: msg.servingAt });
         } else if (msg.type === 'failed') failed(new Error(`event loop ${String(data.index)}: ${msg.error}`));
         else this.onMessage(worker, msg);
       });
