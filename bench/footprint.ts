@@ -77,8 +77,17 @@ export interface FootprintResult {
     readonly rounds: number;
     /** Per target, the median round's TPS and the proxy's CPU per transaction (µs). */
     readonly byTarget: Readonly<Record<FootprintTarget, ManyClientsResult>>;
-    /** Every round, in the order run (sidecar, PgBouncer, direct within a round). */
-    readonly runs: readonly (ManyClientsResult & { readonly target: FootprintTarget; readonly round: number })[];
+    /**
+     * Every round, in the order run (sidecar, PgBouncer, direct within a round); the sidecar's with the
+     * connections each loop accepted in it (`loopSplit`, by loop index).
+     */
+    readonly runs: readonly (ManyClientsResult & {
+      readonly target: FootprintTarget;
+      readonly round: number;
+      readonly loopSplit?: readonly number[];
+    })[];
+    /** The sidecar's lazily started loop, read after the warm-up that starts it (its first 150 logins). */
+    readonly lazyLoop: LazyLoopStart;
     /** Sidecar TPS ÷ PgBouncer TPS per round. */
     readonly roundRatios: readonly number[];
     /** The median of roundRatios. */
@@ -117,7 +126,12 @@ export interface EventLoopsResult {
   /** Per target, the median round's TPS and the proxy's CPU per transaction (µs). */
   readonly byTarget: Readonly<Record<EventLoopsTarget, ManyClientsResult>>;
   /** Every round, in the order run. */
-  readonly runs: readonly (ManyClientsResult & { readonly target: EventLoopsTarget; readonly loadavg1: number })[];
+  readonly runs: readonly (ManyClientsResult & {
+    readonly target: EventLoopsTarget;
+    readonly loadavg1: number;
+    /** The sidecars' connections per loop in the round, by loop index. */
+    readonly loopSplit?: readonly number[];
+  })[];
   readonly twoLoopsOverOne: number;
   readonly oneLoopOverPgbouncer: number;
   readonly twoLoopsOverPgbouncer: number;
@@ -129,6 +143,8 @@ export interface EventLoopsResult {
   /** The lazy sidecar's RSS 5 s after ready (no loop started yet) and how long its second loop took to start. */
   readonly lazyIdle: MemorySample;
   readonly lazyStartSeconds: number | undefined;
+  /** The lazy sidecar's loop start, read after its warm-up (its first 150 logins). */
+  readonly lazyLoop: LazyLoopStart;
 }
 
 export type EventLoopsTarget = 'pgbouncer' | 'sidecar-1-loop' | 'sidecar-2-loops' | 'sidecar-lazy';
@@ -175,6 +191,46 @@ async function sidecarMetrics(port: number): Promise<Map<string, number>> {
   }
   return values;
 }
+
+/** Connections each loop accepted so far (chaperone_event_loop_connections_total, every listener), by loop index. */
+async function loopConnections(port: number): Promise<number[]> {
+  const per: number[] = [];
+  for (const [key, value] of await sidecarMetrics(port)) {
+    const m = /^chaperone_event_loop_connections_total\{.*loop="(\d+)"/.exec(key);
+    if (m?.[1] !== undefined) per[Number(m[1])] = (per[Number(m[1])] ?? 0) + value;
+  }
+  return Array.from({ length: per.length }, (_, i) => per[i] ?? 0);
+}
+
+/** Connections per loop between two loopConnections readings: how the kernel split a run's clients. */
+const splitOf = (before: readonly number[], after: readonly number[]) => after.map((n, i) => n - (before[i] ?? 0));
+
+/** The lazily started loop: what started it and when it listened, from the sidecar's metrics. */
+export interface LazyLoopStart {
+  /** chaperone_event_loop_starts_total by trigger (busy, logins). */
+  readonly starts: Readonly<Record<string, number>>;
+  readonly startSeconds: number | undefined;
+  /** The last loop's ready time minus the start of the pgbench run that logged in the first client, ms. */
+  readonly readyAfterFirstLoginMs: number | undefined;
+}
+
+async function lazyLoopStart(port: number, firstLoginAt: number): Promise<LazyLoopStart> {
+  const m = await sidecarMetrics(port);
+  const starts: Record<string, number> = {};
+  for (const [key, value] of m) {
+    const t = /^chaperone_event_loop_starts_total\{trigger="(\w+)"\}$/.exec(key)?.[1];
+    if (t !== undefined) starts[t] = value;
+  }
+  const readyAt = m.get('chaperone_event_loop_last_ready_timestamp_seconds');
+  return {
+    starts,
+    startSeconds: m.get('chaperone_event_loop_start_seconds'),
+    readyAfterFirstLoginMs: readyAt === undefined || readyAt === 0 ? undefined : readyAt * 1000 - firstLoginAt,
+  };
+}
+
+const describeStart = (s: LazyLoopStart) =>
+  `loop starts ${JSON.stringify(s.starts)}, start ${s.startSeconds === undefined ? '-' : `${(s.startSeconds * 1000).toFixed(0)} ms`}, ready ${s.readyAfterFirstLoginMs === undefined ? '-' : `${s.readyAfterFirstLoginMs.toFixed(0)} ms`} after the first login`;
 
 export async function memorySample(pid: number | undefined, metricsPort?: number): Promise<MemorySample | undefined> {
   if (pid === undefined) return undefined;
@@ -344,11 +400,17 @@ export async function runFootprintBench(ctx: FootprintContext): Promise<Footprin
     // machine (load ~20) that took longer than 8 s for every target (0 transactions). So an unmeasured
     // warm-up first (PgBouncer's server pool fills; the sidecar's lazily started loop starts), and a run
     // that processed nothing is repeated once with twice the time.
-    for (const target of manyTargets) await ctx.pgbench(['-n', '-S', '-c', '150', '-j', '2', '-T', '3'], envs[target]);
-    const manyRuns: (ManyClientsResult & { target: FootprintTarget; round: number })[] = [];
+    const firstLoginAt = Date.now();
+    for (const target of manyTargets) {
+      await ctx.pgbench(['-n', '-S', '-c', '150', '-j', '2', '-T', '3'], envs[target]);
+    }
+    const lazyLoop = await lazyLoopStart(side.metricsPort, firstLoginAt);
+    console.log(`  150 clients warm-up: sidecar ${describeStart(lazyLoop)}`);
+    const manyRuns: (ManyClientsResult & { target: FootprintTarget; round: number; loopSplit?: number[] })[] = [];
     for (let round = 1; round <= manyRounds; round++) {
       for (const target of manyTargets) {
         let argv = manyArgv;
+        const acceptedBefore = target === 'sidecar' ? await loopConnections(side.metricsPort) : undefined;
         let cpuBefore = cpuMicros(pids[target]);
         let out = await ctx.pgbench(argv, envs[target]);
         if (/number of transactions actually processed: 0\b/.test(out)) {
@@ -360,10 +422,13 @@ export async function runFootprintBench(ctx: FootprintContext): Promise<Footprin
           out = await ctx.pgbench(argv, envs[target]);
         }
         const cpuAfter = cpuMicros(pids[target]);
+        const loopSplit =
+          acceptedBefore === undefined ? undefined : splitOf(acceptedBefore, await loopConnections(side.metricsPort));
         const txns = numberIn(out, /number of transactions actually processed: (\d+)/, `transactions (${target})`);
         const r = {
           target,
           round,
+          ...(loopSplit === undefined ? {} : { loopSplit }),
           tps: numberIn(out, /tps = ([\d.]+) \(without initial connection time\)/, `tps (${target})`),
           latencyMs: numberIn(out, /latency average = ([\d.]+) ms/, 'latency'),
           proxyCpuUsPerTxn:
@@ -371,7 +436,7 @@ export async function runFootprintBench(ctx: FootprintContext): Promise<Footprin
         };
         manyRuns.push(r);
         console.log(
-          `  150 clients round ${String(round)} ${target.padEnd(9)}: ${r.tps.toFixed(0)} tps, ${r.latencyMs.toFixed(2)} ms, proxy CPU ${r.proxyCpuUsPerTxn?.toFixed(1) ?? '-'} µs/txn (load ${(loadavg()[0] ?? 0).toFixed(2)})`,
+          `  150 clients round ${String(round)} ${target.padEnd(9)}: ${r.tps.toFixed(0)} tps, ${r.latencyMs.toFixed(2)} ms, proxy CPU ${r.proxyCpuUsPerTxn?.toFixed(1) ?? '-'} µs/txn${loopSplit === undefined ? '' : `, connections per loop ${loopSplit.join(' / ')}`} (load ${(loadavg()[0] ?? 0).toFixed(2)})`,
         );
       }
     }
@@ -406,6 +471,7 @@ export async function runFootprintBench(ctx: FootprintContext): Promise<Footprin
       rounds: manyRounds,
       byTarget: manyBy,
       runs: manyRuns,
+      lazyLoop,
       roundRatios,
       sidecarOverPgbouncer: median(roundRatios, Number),
       sidecarAfter: await sample(),
@@ -522,11 +588,24 @@ export async function runEventLoopsBench(ctx: FootprintContext, rounds: number):
         'sidecar-lazy': lazy.process.pid,
       };
       const targets: EventLoopsTarget[] = ['pgbouncer', 'sidecar-1-loop', 'sidecar-2-loops', 'sidecar-lazy'];
+      const ports: Partial<Record<EventLoopsTarget, number>> = {
+        'sidecar-1-loop': one.metricsPort,
+        'sidecar-2-loops': two.metricsPort,
+        'sidecar-lazy': lazy.metricsPort,
+      };
       // Warm-up: PgBouncer opens its 150 server connections one login at a time.
-      for (const target of targets) await ctx.pgbench(['-n', '-S', '-c', '150', '-j', '2', '-T', '10'], envs[target]);
-      const runs: (ManyClientsResult & { target: EventLoopsTarget; loadavg1: number })[] = [];
+      let lazyFirstLoginAt = 0;
+      for (const target of targets) {
+        if (target === 'sidecar-lazy') lazyFirstLoginAt = Date.now();
+        await ctx.pgbench(['-n', '-S', '-c', '150', '-j', '2', '-T', '10'], envs[target]);
+      }
+      const lazyLoop = await lazyLoopStart(lazy.metricsPort, lazyFirstLoginAt);
+      console.log(`  event loops warm-up: lazy sidecar ${describeStart(lazyLoop)}`);
+      const runs: (ManyClientsResult & { target: EventLoopsTarget; loadavg1: number; loopSplit?: number[] })[] = [];
       for (let r = 0; r < rounds; r++) {
         for (const target of [...targets.slice(r % targets.length), ...targets.slice(0, r % targets.length)]) {
+          const port = ports[target];
+          const acceptedBefore = port === undefined ? undefined : await loopConnections(port);
           let before = cpuMicros(pids[target]);
           let out = await ctx.pgbench(argv, envs[target]);
           if (/number of transactions actually processed: 0\b/.test(out)) {
@@ -536,9 +615,14 @@ export async function runEventLoopsBench(ctx: FootprintContext, rounds: number):
             out = await ctx.pgbench([...argv.slice(0, -1), String(2 * seconds)], envs[target]);
           }
           const after = cpuMicros(pids[target]);
+          const loopSplit =
+            port === undefined || acceptedBefore === undefined
+              ? undefined
+              : splitOf(acceptedBefore, await loopConnections(port));
           const txns = numberIn(out, /number of transactions actually processed: (\d+)/, `transactions (${target})`);
           const result = {
             target,
+            ...(loopSplit === undefined ? {} : { loopSplit }),
             // Still nothing (PgBouncer's logins on a machine at load 20): the round counts 0, not in the medians.
             tps:
               txns === 0 ? 0 : numberIn(out, /tps = ([\d.]+) \(without initial connection time\)/, `tps (${target})`),
@@ -549,7 +633,7 @@ export async function runEventLoopsBench(ctx: FootprintContext, rounds: number):
           };
           runs.push(result);
           console.log(
-            `  event loops, round ${String(r + 1)} ${target.padEnd(15)}: ${result.tps.toFixed(0)} tps, CPU ${result.proxyCpuUsPerTxn?.toFixed(1) ?? '-'} µs/txn (load ${result.loadavg1.toFixed(2)})`,
+            `  event loops, round ${String(r + 1)} ${target.padEnd(15)}: ${result.tps.toFixed(0)} tps, CPU ${result.proxyCpuUsPerTxn?.toFixed(1) ?? '-'} µs/txn${loopSplit === undefined ? '' : `, connections per loop ${loopSplit.join(' / ')}`} (load ${result.loadavg1.toFixed(2)})`,
           );
         }
       }
@@ -590,6 +674,7 @@ export async function runEventLoopsBench(ctx: FootprintContext, rounds: number):
         lazyAfter: (await memorySample(lazy.process.pid, lazy.metricsPort)) as MemorySample,
         lazyIdle,
         lazyStartSeconds: lazyMetrics.get('chaperone_event_loop_start_seconds'),
+        lazyLoop,
       };
       console.log(
         `  event loops: 2 loops ÷ 1 loop ${result.twoLoopsOverOne.toFixed(3)}; ÷ PgBouncer: 1 loop ${result.oneLoopOverPgbouncer.toFixed(3)}, 2 loops ${result.twoLoopsOverPgbouncer.toFixed(3)}, lazy ${result.lazyOverPgbouncer.toFixed(3)}; RSS 1 loop ${mib(result.oneLoopAfter)}, 2 loops ${mib(result.twoLoopsAfter)}, lazy ${mib(result.lazyIdle)} at rest, ${mib(result.lazyAfter)} after (${String(result.lazyAfter.eventLoops ?? 1)} loops; the second started in ${result.lazyStartSeconds === undefined ? '-' : `${(result.lazyStartSeconds * 1000).toFixed(0)} ms`})`,

@@ -3,7 +3,8 @@
 // when the first is busy with enough connections, the second takes new connections (per-loop metrics) and
 // audits them into the one JSON-lines file that `kubectl chaperone audit verify` finds verified as one pod
 // chain; an idle lazily started loop is stopped again without cutting a connection and the counters stay
-// summed; a pinned `eventLoops: 1` never starts one. Asserted on the sidecar's own metrics and logs; the
+// summed; a burst of logins starts one at once, a storm of short connections does not; a pinned
+// `eventLoops: 1` never starts one. Asserted on the sidecar's own metrics and logs; the
 // deadlines only bound a failure.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -45,7 +46,7 @@ test('lazy event loops: a busy loop starts a second, which takes new connections
   const token = await sidecar.issuer.sign({ sub: 'system:serviceaccount:ci:lazy' });
   // At rest: one loop, no worker loop started.
   assert.equal(await loopsRunning(sidecar), 1);
-  assert.equal((await samples(sidecar, 'chaperone_event_loop_starts_total')).get(''), 0);
+  assert.equal((await samples(sidecar, 'chaperone_event_loop_starts_total')).size, 0);
 
   const first = await Promise.all(Array.from({ length: 4 }, () => connect(sidecar, token)));
   const stop = { done: false };
@@ -54,7 +55,15 @@ test('lazy event loops: a busy loop starts a second, which takes new connections
   stop.done = true;
   await busy;
   assert.match(sidecar.logs(), /main event loop busy: starting another/);
-  assert.equal((await samples(sidecar, 'chaperone_event_loop_starts_total')).get(''), 1);
+  assert.deepEqual([...(await samples(sidecar, 'chaperone_event_loop_starts_total'))], [['{trigger="busy"}', 1]]);
+  // Open connections per loop, read from the shared counts: the main loop's 4 clients, none on loop 1 yet.
+  assert.deepEqual(
+    [...(await samples(sidecar, 'chaperone_event_loop_open_connections'))],
+    [
+      ['{loop="0"}', 4],
+      ['{loop="1"}', 0],
+    ],
+  );
 
   // New connections: the kernel spreads them over both loops' sockets; bursts of 4 until loop 1 has some.
   const later: pg.Client[] = [];
@@ -73,6 +82,9 @@ test('lazy event loops: a busy loop starts a second, which takes new connections
   const total = clients.length;
   assert.equal((await onLoop(0)) + (await onLoop(1)), total);
   assert.equal((await samples(sidecar, 'chaperone_connections_total')).get('{listener="test-db"}'), total);
+  const open = await samples(sidecar, 'chaperone_event_loop_open_connections');
+  assert.equal((open.get('{loop="0"}') ?? 0) + (open.get('{loop="1"}') ?? 0), total);
+  assert.equal(open.get('{loop="1"}'), await onLoop(1));
   await Promise.all(clients.map((c) => c.end()));
 
   // Every session, on either loop, in the one file; verify finds one pod chain.
@@ -131,7 +143,44 @@ test('lazy event loops: a pinned eventLoops: 1 never starts a second loop, howev
   const perLoop = await samples(sidecar, 'chaperone_event_loop_connections_total');
   assert.deepEqual([...perLoop.keys()], ['{listener="test-db",loop="0"}']);
   // No worker loop exists to count (the gauges are the worker loops' manager's, made only with more loops).
-  assert.equal((await samples(sidecar, 'chaperone_event_loop_starts_total')).get('') ?? 0, 0);
+  assert.equal((await samples(sidecar, 'chaperone_event_loop_starts_total')).size, 0);
   assert.equal(sidecar.logs().includes('starting another'), false);
   assert.equal(sidecar.logs().includes('event loop started'), false);
+});
+
+test('lazy event loops: a burst of logins starts a second loop at once; a storm of short connections does not', async (t) => {
+  // busyUtilisation 1: the half-second sample never starts one here, so a start is the burst's.
+  const sidecar = await startTestSidecar(t, {
+    lazyEventLoops: { startAtConnections: 8, startOnLogins: 8, busyUtilisation: 1, stopAfterIdleSeconds: 0 },
+  });
+  const token = await sidecar.issuer.sign({ sub: 'system:serviceaccount:ci:burst' });
+  // A storm as pgbench -C makes it: 40 logins one after the other, never 8 open at once.
+  for (let i = 0; i < 40; i++) {
+    const c = await connect(sidecar, token);
+    await c.query('select 1');
+    await c.end();
+  }
+  assert.equal((await samples(sidecar, 'chaperone_connections_total')).get('{listener="test-db"}'), 40);
+  assert.equal(await loopsRunning(sidecar), 1);
+  assert.equal((await samples(sidecar, 'chaperone_event_loop_starts_total')).size, 0);
+  assert.equal(sidecar.logs().includes('starting another'), false);
+
+  // 12 logins at once (up to 5 such bursts, should one be spread over more than half a second).
+  const clients: pg.Client[] = [];
+  t.after(() => Promise.allSettled(clients.map((c) => c.end())));
+  for (let burst = 0; burst < 5 && !sidecar.logs().includes('burst of logins'); burst++) {
+    clients.push(...(await Promise.all(Array.from({ length: 12 }, () => connect(sidecar, token)))));
+  }
+  await until('the burst of logins did not start a second loop', async () => (await loopsRunning(sidecar)) === 2);
+  assert.deepEqual([...(await samples(sidecar, 'chaperone_event_loop_starts_total'))], [['{trigger="logins"}', 1]]);
+  assert.match(sidecar.logs(), /burst of logins: starting another event loop/);
+  assert.ok(((await samples(sidecar, 'chaperone_event_loop_start_seconds')).get('') ?? 0) > 0);
+  const readyAt = (await samples(sidecar, 'chaperone_event_loop_last_ready_timestamp_seconds')).get('') ?? 0;
+  assert.ok(readyAt > 0 && readyAt <= Date.now() / 1000);
+  // The clients of the burst are served (on the main loop: they were accepted before the second listened).
+  for (const [i, c] of clients.entries()) {
+    assert.equal((await c.query<{ n: number }>('select $1::int as n', [i])).rows[0]?.n, i);
+  }
+  const open = await samples(sidecar, 'chaperone_event_loop_open_connections');
+  assert.equal((open.get('{loop="0"}') ?? 0) + (open.get('{loop="1"}') ?? 0), clients.length);
 });

@@ -588,6 +588,12 @@ export const SidecarConfig = Type.Object(
         max: Type.Integer({ minimum: 1, maximum: MAX_EVENT_LOOPS, default: 2 }),
         /** Open connections (every listener, every loop) from which a further loop may start. Default 32. */
         startAtConnections: Type.Integer({ minimum: 1, default: 32 }),
+        /**
+         * A burst of logins starts a further loop at once: this many connections accepted by the main loop within
+         * half a second, with at least `startAtConnections` open (the logins are the load). 0: only the
+         * utilisation sample starts one. Default 16.
+         */
+        startOnLogins: Type.Integer({ minimum: 0, default: 16 }),
         /** The main loop's utilisation over the last half second from which a further loop starts. Default 0.5. */
         busyUtilisation: Type.Number({ minimum: 0, maximum: 1, default: 0.5 }),
         /** A lazily started loop with no connection for this long is stopped; 0 keeps it. Default 60. */

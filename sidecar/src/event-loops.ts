@@ -19,7 +19,7 @@ import {
 import { MAX_EVENT_LOOPS, type SidecarConfig } from './config.ts';
 import type { JsonLinesWriter } from './core/audit/json-lines-writer.ts';
 import type { Logger } from './core/observability/logger.ts';
-import type { RunningLoop } from './loop.ts';
+import { LOOP_CONNECTIONS_BYTES, type RunningLoop } from './loop.ts';
 
 /** What every loop shares, created by the main thread and handed to each worker. */
 export interface LoopShared {
@@ -55,7 +55,8 @@ export type ToLoop =
 
 /** Messages from a worker loop to the main thread. */
 export type FromLoop =
-  | { readonly type: 'ready' }
+  /** Listening; when its modules were loaded and when it was serving (performance.timeOrigin + now(), ms). */
+  | { readonly type: 'ready'; readonly modulesLoadedAt: number; readonly servingAt: number }
   | { readonly type: 'failed'; readonly error: string }
   | { readonly type: 'ask'; readonly id: number; readonly listener: string; readonly message: unknown }
   | { readonly type: 'answer'; readonly id: number; readonly answer: unknown }
@@ -80,6 +81,9 @@ function listenAddress(address: { host: string; port: number }): string {
   return `${address.host.includes(':') ? `[${address.host}]` : address.host}:${String(address.port)}`;
 }
 
+/** Why a worker loop started: configured (`eventLoops`), a busy sample, or a burst of logins (lazy-event-loops.ts). */
+export type LoopStartTrigger = 'configured' | 'busy' | 'logins';
+
 type LoopMetrics = MetricObjectWithValues<MetricValue<string>>[];
 
 /** The worker loops, seen from the main thread (loop 0). */
@@ -100,8 +104,9 @@ export class WorkerLoops {
   private readonly sink: JsonLinesWriter;
   private readonly onFailure: (err: Error) => void;
   private readonly running: Gauge;
-  private readonly starts: Counter;
+  private readonly starts: Counter<'trigger'>;
   private readonly startSeconds: Gauge;
+  private readonly startedAt: Gauge;
 
   /**
    * No worker yet: add() starts one on the ports `main` listens on. `config` is what every worker runs with
@@ -140,13 +145,34 @@ export class WorkerLoops {
     this.running.set(1);
     this.starts = new Counter({
       name: 'chaperone_event_loop_starts_total',
-      help: 'Worker event loops started, at start (eventLoops) or lazily (lazyEventLoops).',
+      help: 'Worker event loops started, by trigger: configured (eventLoops), busy (a busy sample) or logins (a burst of logins).',
+      labelNames: ['trigger'],
       registers,
     });
     this.startSeconds = new Gauge({
       name: 'chaperone_event_loop_start_seconds',
       help: 'How long the last worker event loop took from its start to listening.',
       registers,
+    });
+    this.startedAt = new Gauge({
+      name: 'chaperone_event_loop_last_ready_timestamp_seconds',
+      help: 'When the last worker event loop started listening (Unix time).',
+      registers,
+    });
+    const perLoop = new Int32Array(this.shared.loopConnections);
+    const workers = this.workers;
+    new Gauge({
+      name: 'chaperone_event_loop_open_connections',
+      help: 'Open connections per running event loop (every listener): how the kernel split them (SO_REUSEPORT).',
+      labelNames: ['loop'],
+      registers,
+      collect() {
+        // Read at the scrape from the counts every loop keeps in shared memory; stopped loops are not listed.
+        this.reset();
+        for (const index of [0, ...workers.keys()]) {
+          this.set({ loop: String(index) }, Atomics.load(perLoop, index));
+        }
+      },
     });
   }
 
@@ -161,22 +187,32 @@ export class WorkerLoops {
   }
 
   /** Starts a worker loop at the lowest free index; resolves with the index once it listens. */
-  async add(): Promise<number> {
+  async add(trigger: LoopStartTrigger): Promise<number> {
     let index = 1;
     while (this.workers.has(index)) index++;
     if (index >= MAX_EVENT_LOOPS) throw new Error(`at most ${String(MAX_EVENT_LOOPS)} event loops`);
     const began = performance.now();
-    await this.startWorker({
+    const beganAt = performance.timeOrigin + began;
+    const phases = await this.startWorker({
       index,
       config: this.config,
       shared: this.shared,
       auditPort: this.sink.connect(),
     });
     const seconds = (performance.now() - began) / 1000;
-    this.starts.inc();
+    this.starts.inc({ trigger });
     this.startSeconds.set(seconds);
+    this.startedAt.set(Date.now() / 1000);
     this.running.set(this.count);
-    this.logger.info('event loop started', { loop: index, loops: this.count, startMs: Math.round(seconds * 1000) });
+    this.logger.info('event loop started', {
+      loop: index,
+      loops: this.count,
+      trigger,
+      startMs: Math.round(seconds * 1000),
+      // From the start: the thread's modules loaded; serving (then the SQL parser, the policy, listening).
+      modulesLoadedMs: Math.round(phases.modulesLoadedAt - beganAt),
+      servingMs: Math.round(phases.servingAt - beganAt),
+    });
     return index;
   }
 
@@ -199,17 +235,17 @@ export class WorkerLoops {
     const last = await this.request<LoopMetrics | undefined>(worker, (id) => ({ type: 'metrics', id }));
     this.workers.delete(index);
     if (last !== undefined) this.retired.push(last);
-    Atomics.store(new Int32Array(this.shared.loopConnections, index * Int32Array.BYTES_PER_ELEMENT, 1), 0, 0);
+    Atomics.store(new Int32Array(this.shared.loopConnections, index * LOOP_CONNECTIONS_BYTES, 1), 0, 0);
     await worker.terminate();
     this.stopping.delete(worker);
     this.running.set(this.count);
     this.logger.info('event loop stopped', { loop: index, loops: this.count });
   }
 
-  private startWorker(data: LoopWorkerData): Promise<void> {
+  private startWorker(data: LoopWorkerData): Promise<{ modulesLoadedAt: number; servingAt: number }> {
     const worker = new Worker(workerScript(), { workerData: data, transferList: [data.auditPort] });
     this.workers.set(data.index, worker);
-    return new Promise<void>((resolve, reject) => {
+    return new Promise((resolve, reject) => {
       let started = false;
       const failed = (err: Error) => {
         if (this.workers.get(data.index) === worker) this.workers.delete(data.index);
@@ -219,7 +255,7 @@ export class WorkerLoops {
       worker.on('message', (msg: FromLoop) => {
         if (msg.type === 'ready') {
           started = true;
-          resolve();
+          resolve({ modulesLoadedAt: msg.modulesLoadedAt, servingAt: msg.servingAt });
         } else if (msg.type === 'failed') failed(new Error(`event loop ${String(data.index)}: ${msg.error}`));
         else this.onMessage(worker, msg);
       });

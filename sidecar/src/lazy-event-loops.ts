@@ -1,11 +1,12 @@
 // Lazily started event loops (docs/sidecar-event-loops.md, "Lazily started loops"): with `eventLoops` unset the
 // sidecar serves on the main thread alone, and starts a further loop (a worker thread, event-loops.ts) when the
 // main loop is busy: its utilisation over the last half second at `busyUtilisation` or more with at least
-// `startAtConnections` open. A lazily started loop that has had no connection for `stopAfterIdleSeconds` is
+// `startAtConnections` open, or at once on a burst of logins (`startOnLogins` accepted within half a second with
+// at least `startAtConnections` open: the logins are the load). A lazily started loop that has had no connection for `stopAfterIdleSeconds` is
 // drained (it stops accepting; nothing is cut) and its thread ends, which returns its memory.
 import { performance, type EventLoopUtilization } from 'node:perf_hooks';
 import type { SidecarConfig } from './config.ts';
-import type { WorkerLoops } from './event-loops.ts';
+import type { LoopStartTrigger, WorkerLoops } from './event-loops.ts';
 import type { Logger } from './core/observability/logger.ts';
 import { LOOP_CONNECTIONS_BYTES } from './loop.ts';
 
@@ -28,6 +29,25 @@ export interface LazyEventLoopsOptions {
 
 /** What one sample decides (pure: lazyLoopDecision). */
 export type LazyLoopStep = 'start' | 'stop' | 'none';
+
+/**
+ * On an accept of the main loop: whether a burst of logins starts a further loop now instead of at the next
+ * sample. `acceptedWithinWindow`: whether the last `startOnLogins` accepts all fell within LAZY_LOOP_SAMPLE_MS.
+ */
+export function loginBurstStarts(sample: {
+  readonly loops: number;
+  readonly max: number;
+  readonly openConnections: number;
+  readonly acceptedWithinWindow: boolean;
+  readonly settings: SidecarConfig['lazyEventLoops'];
+}): boolean {
+  return (
+    sample.settings.startOnLogins > 0 &&
+    sample.loops < sample.max &&
+    sample.acceptedWithinWindow &&
+    sample.openConnections >= sample.settings.startAtConnections
+  );
+}
 
 /**
  * Start when the main loop is busy with enough connections for a second loop to take some; stop the last
@@ -66,6 +86,9 @@ export class LazyEventLoops {
   private changing: Promise<void> | undefined;
   /** Since when the last worker loop has had no connection (performance.now()). */
   private idleSince: number | undefined;
+  /** The main loop's last `startOnLogins` accept times (performance.now()), a ring; `next` is the oldest. */
+  private readonly accepts: Float64Array;
+  private next = 0;
 
   constructor(options: LazyEventLoopsOptions) {
     this.options = options;
@@ -75,6 +98,7 @@ export class LazyEventLoops {
       0,
       options.loopConnections.byteLength / LOOP_CONNECTIONS_BYTES,
     );
+    this.accepts = new Float64Array(options.settings.startOnLogins);
   }
 
   start(): void {
@@ -83,14 +107,56 @@ export class LazyEventLoops {
     this.timer = setInterval(() => this.sample(), LAZY_LOOP_SAMPLE_MS).unref();
   }
 
+  /**
+   * The main loop accepted a connection (ResourceListener, through LoopPlace.onAccept): a few reads and a
+   * store, nothing else unless a burst of logins starts a loop now.
+   */
+  noteAccept(): void {
+    const ring = this.accepts;
+    if (ring.length === 0) return;
+    const now = performance.now();
+    const oldest = ring[this.next] ?? 0;
+    ring[this.next] = now;
+    this.next = (this.next + 1) % ring.length;
+    if (this.changing !== undefined || oldest === 0 || now - oldest > LAZY_LOOP_SAMPLE_MS) return;
+    const { loops, max, settings } = this.options;
+    const openConnections = this.openConnections();
+    if (!loginBurstStarts({ loops: loops.count, max, openConnections, acceptedWithinWindow: true, settings })) return;
+    this.options.logger.info('burst of logins: starting another event loop', {
+      logins: ring.length,
+      withinMs: Math.round(now - oldest),
+      openConnections,
+      loops: loops.count,
+    });
+    this.startLoop('logins');
+  }
+
+  private openConnections(): number {
+    let open = 0;
+    for (let i = 0; i < this.open.length; i++) open += Atomics.load(this.open, i);
+    return open;
+  }
+
+  private startLoop(trigger: LoopStartTrigger): void {
+    const { loops } = this.options;
+    this.change(async () => {
+      // The main loop's shares are lowered first: the loops never hold more than configured together.
+      this.options.onCountChange(loops.count + 1);
+      try {
+        await loops.add(trigger);
+      } finally {
+        this.options.onCountChange(loops.count);
+      }
+    });
+  }
+
   private sample(): void {
     const now = performance.eventLoopUtilization();
     const utilisation = performance.eventLoopUtilization(now, this.last).utilization;
     this.last = now;
     if (this.changing !== undefined) return;
     const { loops, max, settings } = this.options;
-    let openConnections = 0;
-    for (let i = 0; i < this.open.length; i++) openConnections += Atomics.load(this.open, i);
+    const openConnections = this.openConnections();
     const lastLoop = loops.last;
     const lastIdle = lastLoop !== undefined && Atomics.load(this.perLoop, lastLoop) === 0;
     const at = performance.now();
@@ -110,15 +176,7 @@ export class LazyEventLoops {
         openConnections,
         loops: loops.count,
       });
-      this.change(async () => {
-        // The main loop's shares are lowered first: the loops never hold more than configured together.
-        this.options.onCountChange(loops.count + 1);
-        try {
-          await loops.add();
-        } finally {
-          this.options.onCountChange(loops.count);
-        }
-      });
+      this.startLoop('busy');
     } else if (step === 'stop' && lastLoop !== undefined) {
       this.change(async () => {
         await loops.drain(lastLoop);

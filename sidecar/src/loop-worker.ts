@@ -12,6 +12,9 @@ import { createSidecarMetrics } from './core/observability/metrics.ts';
 import type { FromLoop, LoopWorkerData, ToLoop } from './event-loops.ts';
 import { startLoop, type RunningLoop } from './loop.ts';
 
+// When this thread's modules were loaded (the bundle's share of a loop's start; the rest is the SQL parser,
+// the policy and listening), as a time every thread reads alike.
+const modulesLoadedAt = performance.timeOrigin + performance.now();
 const port = parentPort;
 if (port === null) throw new Error('loop-worker.ts runs as a worker thread (event-loops.ts)');
 const data = workerData as LoopWorkerData;
@@ -98,4 +101,4 @@ port.on('message', (msg: ToLoop) => {
       return;
   }
 });
-post({ type: 'ready' });
+post({ type: 'ready', modulesLoadedAt, servingAt: performance.timeOrigin + performance.now() });

@@ -23,6 +23,8 @@ export interface LoopPlace {
   /** One Int32 per loop index: the loop's open connections on every listener (LOOP_CONNECTIONS_BYTES each). */
   readonly loopConnections: SharedArrayBuffer;
   readonly peers: LoopPeers;
+  /** Called on every connection this loop's listeners accept (the main loop's: lazy loops on a login burst). */
+  readonly onAccept?: () => void;
 }
 
 export interface RunningLoop {
@@ -103,6 +105,7 @@ export async function startLoop(
               index: place.index,
               openConnections: new Int32Array(place.openConnections, i * OPEN_CONNECTIONS_BYTES, 1),
               loopConnections: new Int32Array(place.loopConnections, place.index * LOOP_CONNECTIONS_BYTES, 1),
+              ...(place.onAccept === undefined ? {} : { onAccept: place.onAccept }),
             };
       const listener = new ResourceListener(l, endpoint, loopServices, listenerLoop);
       const address = await listener.listen();

@@ -231,7 +231,14 @@ export async function startSidecar(config: SidecarConfig, options: StartOptions 
       },
       shared === undefined
         ? undefined
-        : { index: 0, openConnections: shared.openConnections, loopConnections: shared.loopConnections, peers },
+        : {
+            index: 0,
+            openConnections: shared.openConnections,
+            loopConnections: shared.loopConnections,
+            peers,
+            // Set below once the lazy loops exist; until then an accept has nothing to tell.
+            onAccept: () => lazy?.noteAccept(),
+          },
     );
     if (shared !== undefined) {
       const loops = new WorkerLoops({
@@ -249,7 +256,7 @@ export async function startSidecar(config: SidecarConfig, options: StartOptions 
         },
       });
       workers = loops;
-      for (let i = 1; i < plan.eager; i++) await loops.add();
+      for (let i = 1; i < plan.eager; i++) await loops.add('configured');
       if (plan.max > plan.eager) {
         lazy = new LazyEventLoops({
           loops,

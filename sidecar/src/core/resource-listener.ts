@@ -25,6 +25,8 @@ export interface ListenerLoop {
   readonly openConnections: Int32Array;
   /** This loop's open connections on every listener, one Int32 in shared memory: whether it is idle. */
   readonly loopConnections: Int32Array;
+  /** Called after each accepted connection is counted (the main loop's lazily started loops watch for bursts). */
+  readonly onAccept?: () => void;
 }
 
 export class ResourceListener {
@@ -65,7 +67,10 @@ export class ResourceListener {
       metrics.connections.inc(labels);
       metrics.loopConnections.inc(loopLabels);
       metrics.activeConnections.inc(labels);
-      if (loop !== undefined) Atomics.add(loop.loopConnections, 0, 1);
+      if (loop !== undefined) {
+        Atomics.add(loop.loopConnections, 0, 1);
+        loop.onAccept?.();
+      }
       const connection = this.endpoint.accept(socket);
       this.open.add(connection);
       socket.once('close', () => {
