@@ -330,7 +330,9 @@ export const BYPASS_CORPUS: readonly Attempt[] = [
     'select email, ssn from customers_parent p',
     'select row_to_json(p) from customers_parent p',
   ),
-  ...a('inheritance parent of a masked table', 'runs', 'alter table customers no inherit customers_parent'),
+  // Taking the table out again would leave the parent's rule (or a materialized view over the parent) with
+  // rows no lineage leads to any more (output-shape-corpus.test.ts): refused.
+  ...a('inheritance parent of a masked table', 'denied', 'alter table customers no inherit customers_parent'),
 ];
 
 export const MASKED_POLICY: AccessPolicySpec = {

@@ -104,7 +104,8 @@ export interface AnalyzedStatement extends SqlStatementFacts {
   readonly fetches?: string;
   /**
    * DDL that can put a column's values under another name than the one masking rules know them by (a
-   * rename, a move to another schema, a generated column, ALTER COLUMN TYPE … USING, a trigger or rule):
+   * rename, a move to another schema, a generated column, ALTER COLUMN TYPE … USING, a trigger or rule, NO
+   * INHERIT or DETACH PARTITION):
    * what it does, for the refusal (masking/result-masking.ts).
    */
   readonly renamesColumns?: string;
@@ -933,11 +934,17 @@ const DEFAULT_SETTING_STATEMENTS: ReadonlySet<string> = new Set([
   'CreateDomainStmt',
 ]);
 
-/** An ALTER TABLE command that fills a column from other columns: a generated column, or TYPE … USING. */
+/**
+ * An ALTER TABLE command that fills a column from other columns (a generated column, TYPE … USING), or takes
+ * a table's rows out from under its parent's name (NO INHERIT, DETACH PARTITION): a rule naming the parent
+ * covers them no longer, and a materialized view over the parent keeps them.
+ */
 function columnCopy(cmd: Json): string | undefined {
   const def = record(record(cmd.def).ColumnDef);
   const subtype = text(cmd.subtype);
   if (subtype === 'AT_AlterColumnType' && def.raw_default !== undefined) return 'changing a column type with USING';
+  if (subtype === 'AT_DropInherit') return 'taking a table out of its inheritance parent (NO INHERIT)';
+  if (subtype === 'AT_DetachPartition' || subtype === 'AT_DetachPartitionFinalize') return 'detaching a partition';
   if (subtype !== 'AT_AddColumn') return undefined;
   const generated = list(def.constraints).some(
     (c) => text(record(record(c).Constraint).contype) === 'CONSTR_GENERATED',

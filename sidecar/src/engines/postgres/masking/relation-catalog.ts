@@ -29,6 +29,12 @@ interface CatalogRow {
   readonly related: readonly string[];
   /** A foreign table: its rows come from wherever its server points (this database's masked table too). */
   readonly foreign: boolean;
+  /**
+   * A materialized view whose definition reads a view: its rows are what that view read at the last REFRESH,
+   * and `CREATE OR REPLACE VIEW` since (`… select id, name as label` over one that read ssn) changes the
+   * definition the walk sees, not the rows.
+   */
+  readonly storedFromView: boolean;
 }
 
 interface Entry {
@@ -51,7 +57,12 @@ const CATALOG_SQL = (names: readonly string[]): string =>
       SELECT coalesce(json_agg(rn.nspname || '.' || r.relname), '[]')::text
       FROM (SELECT oid FROM up UNION SELECT oid FROM down) x
       JOIN pg_catalog.pg_class r ON r.oid = x.oid JOIN pg_catalog.pg_namespace rn ON rn.oid = r.relnamespace),
-     c.relkind = 'f'
+     c.relkind = 'f',
+     c.relkind = 'm' AND EXISTS (
+       SELECT FROM pg_catalog.pg_rewrite rw
+       JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND d.objid = rw.oid
+       JOIN pg_catalog.pg_class v ON d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND v.oid = d.refobjid
+       WHERE rw.ev_class = c.oid AND v.relkind = 'v')
    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
    WHERE c.relname = ANY (ARRAY[${names.map(quoteLiteral).join(', ')}]::text[])`;
 
@@ -142,6 +153,7 @@ export class RelationCatalog {
         definition: r[3] === null || r[3] === undefined ? undefined : r[3].toString('utf8'),
         related: JSON.parse(r[4]?.toString('utf8') ?? '[]') as string[],
         foreign: r[5]?.toString('utf8') === 't',
+        storedFromView: r[6]?.toString('utf8') === 't',
       };
       byName.get(row.name)?.push(row);
     }
@@ -221,7 +233,8 @@ export class RelationCatalog {
             })),
           };
         }
-        // A view: its columns' lineage from its definition (cycles and unknown parts: opaque).
+        // A view: its columns' lineage from its definition (cycles and unknown parts: opaque). A materialized
+        // view over a view keeps the refusals of its definition, but its rows may be another definition's.
         if (resolving.has(id)) return { id, columns: row.columns, viewColumns: row.columns.map(() => OPAQUE_COLUMN) };
         let view = viewCache.get(id);
         if (view === undefined) {
@@ -237,7 +250,7 @@ export class RelationCatalog {
           id,
           columns: row.columns,
           viewColumns:
-            viewColumns === undefined || viewColumns.length !== row.columns.length
+            viewColumns === undefined || viewColumns.length !== row.columns.length || row.storedFromView
               ? row.columns.map(() => OPAQUE_COLUMN)
               : viewColumns,
           ...(view.refusal === undefined ? {} : { refusal: view.refusal }),

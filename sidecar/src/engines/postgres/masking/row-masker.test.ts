@@ -8,6 +8,7 @@ import type { ContentDetector, MaskingStrategy } from '@chaperone/api';
 import type { ColumnAction, ResultPlan } from '../../../core/masking/result-plan.ts';
 import { PASS } from '../../../core/masking/result-plan.ts';
 import { ProtocolViolation } from '../protocol/protocol-violation.ts';
+import { decodeErrorFields } from '../protocol/backend-scanner.ts';
 import { cstr, i16, i32, msg, u32 } from '../protocol/test-wire.ts';
 import { RowMasker } from './row-masker.ts';
 
@@ -158,6 +159,23 @@ test('errors of a statement that reads masked data lose their text; notices are 
   assert.equal(m.notice(msg('N', cstr('SNOTICE'), cstr('Mada@example.com'), Buffer.from([0]))).length, 0);
   const clear = new RowMasker({ plans: [plan([PASS], false)], hashKey: KEY });
   assert.equal(clear.error(error), error, 'a statement that read nothing masked keeps its error');
+});
+
+test('a withheld error keeps its position only when analysis of the agent’s text raised it', () => {
+  const m = new RowMasker({ plans: [plan([mask('redact')])], hashKey: KEY });
+  // `translate(ssn, '5', ',')::regtype`: the grammar run over the value points at its fifth character.
+  const inValue = msg(
+    'E',
+    cstr('SERROR'),
+    cstr('C42601'),
+    cstr('P5'),
+    cstr('Fscan.l'),
+    cstr('Wvalue'),
+    Buffer.from([0]),
+  );
+  assert.equal(decodeErrorFields(m.error(inValue)).position, undefined);
+  const inText = msg('E', cstr('SERROR'), cstr('C42P01'), cstr('P19'), cstr('Fparse_relation.c'), Buffer.from([0]));
+  assert.equal(decodeErrorFields(m.error(inText)).position, '19');
 });
 
 /** The keyed hash strategy writes a value of the column's own type, equal in text and binary format. */

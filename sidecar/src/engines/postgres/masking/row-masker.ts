@@ -10,6 +10,7 @@ import { PASS, type ColumnAction, type ResultPlan } from '../../../core/masking/
 import { BackendCode, type FieldDescription } from '../protocol/backend-messages.ts';
 import { decodeErrorFields, decodeRowDescription } from '../protocol/backend-scanner.ts';
 import { errorResponse } from '../protocol/backend-encoder.ts';
+import { raisedByAnalysis } from './server-messages.ts';
 import { ProtocolViolation } from '../protocol/protocol-violation.ts';
 import {
   canonicalText,
@@ -206,7 +207,9 @@ export class RowMasker implements ResultRewriter {
       severity: f.severity,
       code: f.code,
       message: `chaperone: the error text is withheld because the statement reads masked columns (SQLSTATE ${f.code})`,
-      ...(f.position === undefined ? {} : { position: f.position }),
+      // A position counts characters of the agent's text only when analysis of that text raised the error;
+      // otherwise it may count characters of a value the server parsed (server-messages.ts).
+      ...(f.position === undefined || !raisedByAnalysis(f) ? {} : { position: f.position }),
     });
   }
 

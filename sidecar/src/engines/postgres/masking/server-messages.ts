@@ -6,8 +6,9 @@
 // see which statements run owner code, so once a command of the session carried column or type rules, for
 // the rest of the connection (fail closed, also between statements):
 // - every NoticeResponse keeps its severity and SQLSTATE; its text is withheld;
-// - every ErrorResponse keeps severity, SQLSTATE and position; its message (with detail and hint) only when
-//   its fields show parse analysis or the permission check of the agent's own statement text raised it;
+// - every ErrorResponse keeps severity and SQLSTATE; its message (with detail and hint) and its position only
+//   when its fields show parse analysis or the permission check of the agent's own statement text raised it
+//   (any other position may be one in a value: `ssn::regtype` parses the value and points into it);
 // - a NotificationResponse keeps its channel and pid, its payload is withheld (LISTEN still wakes a job queue);
 // - a ParameterStatus is passed only for settings whose values are a closed set drivers decode by.
 // A session whose decisions carry detector rules only gets its notice and error texts and notification
@@ -132,11 +133,11 @@ export class ServerMessages {
       ...(f.severityNonLocalized === undefined ? {} : { severityNonLocalized: f.severityNonLocalized }),
       code: f.code,
       message: `chaperone: the error text is withheld in a session whose results are masked: code the statement ran may have raised it (SQLSTATE ${f.code})`,
-      ...(f.position === undefined ? {} : { position: f.position }),
     };
     if (!raisedByAnalysis(f)) return { frame: errorResponse(kept), withheld: true };
     const readable = errorResponse({
       ...kept,
+      ...(f.position === undefined ? {} : { position: f.position }),
       message: f.message,
       ...(f.detail === undefined ? {} : { detail: f.detail }),
       ...(f.hint === undefined ? {} : { hint: f.hint }),
@@ -178,7 +179,13 @@ export class ServerMessages {
   }
 }
 
-function raisedByAnalysis(f: ErrorFields): boolean {
+/**
+ * Whether parse analysis or the permission check of the agent's own statement text raised the error: only
+ * then are its text and position about that text. The server parses values too (a cast to regtype,
+ * regprocedure or regoperator runs the grammar over the value, with a CONTEXT), and such a position counts
+ * characters of the value: `translate(ssn, '5', ',')::regtype` fails where the first 5 is.
+ */
+export function raisedByAnalysis(f: ErrorFields): boolean {
   if (f.where !== undefined || f.internalQuery !== undefined || f.internalPosition !== undefined) return false;
   const file = f.file ?? '';
   if (file === PERMISSION_FILE) return true;
