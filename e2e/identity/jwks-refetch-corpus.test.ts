@@ -7,11 +7,11 @@
 // HTTPS. Bounds are per elapsed time, never on how fast the machine is.
 import assert from 'node:assert/strict';
 import { generateKeyPairSync } from 'node:crypto';
-import { createServer } from 'node:http';
 import { test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { SignJWT } from 'jose';
 import type { AccessPolicySpec } from '@chaperone/api';
+import { startLoopbackHttpServer } from '../harness/loopback-http.ts';
 import { spawnHttpEngineSidecar } from '../http/http-sidecar.ts';
 import { raw } from '../http/raw-request.ts';
 import { startOidcIssuer } from './oidc-issuer.ts';
@@ -30,18 +30,10 @@ test('JWKS refetch corpus: unknown kids and an issuer that is down never make th
   const agents = await startOidcIssuer();
   t.after(() => agents.close());
   let received = 0;
-  const upstream = createServer((_req, res) => {
+  const upstream = await startLoopbackHttpServer(t, (_req, res) => {
     received++;
     res.writeHead(200, { 'content-type': 'text/plain', 'content-length': 2 }).end('ok');
   });
-  await new Promise<void>((resolve) => upstream.listen(0, '127.0.0.1', resolve));
-  t.after(
-    () =>
-      new Promise<void>((resolve) => {
-        upstream.closeAllConnections();
-        upstream.close(() => resolve());
-      }),
-  );
   // Down before the sidecar ever fetched its keys.
   agents.setJwksStatus(503);
   const sidecar = await spawnHttpEngineSidecar(t, {
