@@ -9,7 +9,13 @@ import { spawnSidecar, type SidecarProcess } from '../harness/sidecar-process.ts
 
 export async function spawnHttpEngineSidecar(
   t: TestContext,
-  options: { upstreamPort: number; policies: Record<string, AccessPolicySpec>; credential: string },
+  options: {
+    upstreamPort: number;
+    policies: Record<string, AccessPolicySpec>;
+    credential: string;
+    /** Trusted issuers besides the harness's (the config's identity.issuers form). */
+    extraIssuers?: Record<string, unknown>[];
+  },
 ): Promise<SidecarProcess> {
   const dir = testDir(t);
   mkdirSync(dir, { recursive: true });
@@ -30,6 +36,7 @@ export async function spawnHttpEngineSidecar(
         auditFailureMode: 'FailClosed',
       },
     ],
+    ...(options.extraIssuers === undefined ? {} : { extraIssuers: options.extraIssuers }),
   });
   t.after(() => sidecar.stop());
   return sidecar;

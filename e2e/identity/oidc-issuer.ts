@@ -34,6 +34,8 @@ export interface OidcIssuer {
   signRaw(headerJson: string, payloadJson: string): string;
   /** Adds a new key and signs with it from now on; `retire` drops every older key from the JWKS. */
   rotate(retire?: boolean): Promise<string>;
+  /** The status the JWKS is served with from now on: 200, or an outage (503) or a rate limit (429) with no keys. */
+  setJwksStatus(status: number): void;
   close(): Promise<void>;
 }
 
@@ -56,6 +58,7 @@ export async function startOidcIssuer(): Promise<OidcIssuer> {
   });
   let keys: SigningKey[] = [await newKey(0)];
   const requests = new Map<string, number>();
+  let jwksStatus = 200;
   let issuer = '';
   const server: Server = createServer({ cert: serving.certPem, key: serving.keyPem }, (req, res) => {
     const path = (req.url ?? '/').split('?')[0] ?? '/';
@@ -70,6 +73,8 @@ export async function startOidcIssuer(): Promise<OidcIssuer> {
           response_types_supported: ['id_token'],
         }),
       );
+    } else if (path === '/jwks' && jwksStatus !== 200) {
+      res.writeHead(jwksStatus, { 'content-type': 'text/plain', 'retry-after': '60' }).end('unavailable');
     } else if (path === '/jwks') {
       res
         .writeHead(200, { 'content-type': 'application/jwk-set+json' })
@@ -108,6 +113,9 @@ export async function startOidcIssuer(): Promise<OidcIssuer> {
       const key = await newKey(keys.length);
       keys = retire ? [key] : [...keys, key];
       return key.kid;
+    },
+    setJwksStatus(status) {
+      jwksStatus = status;
     },
     close: () =>
       new Promise<void>((resolve) => {

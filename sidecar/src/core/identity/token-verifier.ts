@@ -100,9 +100,26 @@ class FileKeySource implements KeySource {
   }
 }
 
+/** How long a remote JWKS is cached (ms); rotation in between is picked up by refresh() on an unknown kid. */
+const JWKS_CACHE_MS = 300_000;
+/** At most one refetch for unknown kids per this interval (ms), so bad kids can't hammer the issuer. */
+export const JWKS_REFRESH_MS = 10_000;
+/** After a failed fetch, no new one for this long (ms): tokens are refused meanwhile without asking again. */
+export const JWKS_FAILED_FETCH_RETRY_MS = 1000;
+
+/**
+ * A JWKS fetched over HTTPS. Every fetch counts towards the intervals above, whether it succeeded or not: an
+ * issuer that is down, or that answers the sidecar 429, is otherwise asked again on every token, and a flood
+ * of tokens (with unknown kids, or any token while no keys are cached) becomes a flood of JWKS downloads,
+ * each agent request waiting on one. A failed fetch never trusts stale keys past JWKS_CACHE_MS (fail closed).
+ */
 class RemoteKeySource implements KeySource {
   private set: ReturnType<typeof createLocalJWKSet> | undefined;
   private fetchedAt = 0;
+  /** When the last fetch started, whatever its outcome. */
+  private attemptedAt = Number.NEGATIVE_INFINITY;
+  /** Why the last fetch failed; undefined once one succeeded. */
+  private failure: AuthenticationFailed | undefined;
   private inflight: Promise<void> | undefined;
   private readonly url: string;
   private readonly caFile: string | undefined;
@@ -124,28 +141,48 @@ class RemoteKeySource implements KeySource {
   }
 
   async keys(): Promise<ReturnType<typeof createLocalJWKSet>> {
-    // Keys are cached for 5 minutes; rotation in between is handled by refresh() on an unknown kid.
-    if (this.set === undefined || this.now() - this.fetchedAt > 300_000) await this.fetch();
+    if (this.set === undefined || this.now() - this.fetchedAt > JWKS_CACHE_MS) {
+      if (this.failure !== undefined && this.sinceAttempt() < JWKS_FAILED_FETCH_RETRY_MS) throw this.failure;
+      await this.fetch();
+    }
     if (this.set === undefined) throw new AuthenticationFailed('jwks-unavailable', 'token issuer keys are unavailable');
     return this.set;
   }
 
   async refresh(): Promise<boolean> {
-    if (this.now() - this.fetchedAt < 10_000) return false; // at most one refetch per 10 s, so bad kids can't hammer the issuer
+    if (this.sinceAttempt() < JWKS_REFRESH_MS) return false;
     await this.fetch();
     return true;
   }
 
+  /** ms since the last fetch started; a clock that went back counts as due, so no fetch is postponed for long. */
+  private sinceAttempt(): number {
+    const since = this.now() - this.attemptedAt;
+    return since < 0 ? Number.POSITIVE_INFINITY : since;
+  }
+
   private fetch(): Promise<void> {
-    this.inflight ??= this.download()
-      .then((jwks) => {
-        this.set = createLocalJWKSet(jwks);
-        this.fetchedAt = this.now();
-      })
-      .finally(() => {
+    if (this.inflight === undefined) {
+      this.attemptedAt = this.now();
+      this.inflight = this.replaceKeys().finally(() => {
         this.inflight = undefined;
       });
+    }
     return this.inflight;
+  }
+
+  private async replaceKeys(): Promise<void> {
+    try {
+      this.set = createLocalJWKSet(await this.download());
+      this.fetchedAt = this.now();
+      this.failure = undefined;
+    } catch (err) {
+      this.failure =
+        err instanceof AuthenticationFailed
+          ? err
+          : new AuthenticationFailed('jwks-unavailable', 'token issuer keys are unavailable', { cause: err });
+      throw this.failure;
+    }
   }
 
   private download(): Promise<JSONWebKeySet> {

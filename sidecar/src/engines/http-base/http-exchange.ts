@@ -95,6 +95,9 @@ export async function admitRequest(req: IncomingMessage, options: AdmissionOptio
   let checked: CheckedHeaders;
   let target: RequestTarget;
   try {
+    // Node's parser takes any single-digit version; HTTP/2.0 in an HTTP/1 request line is no request this
+    // listener speaks (RFC 9113 §3.3 has the preface for that), so it is refused like HTTP/1.2 is.
+    if (req.httpVersionMajor !== 1) throw new AmbiguousRequest(`HTTP/${req.httpVersion} in an HTTP/1.1 request line`);
     checked = checkHeaders(req.rawHeaders);
     target = splitTarget(req.url ?? '', checked.host);
   } catch (err) {
