@@ -80,14 +80,14 @@ async function databaseState(database: string): Promise<Record<string, unknown>>
     }
     const serverWide: [string, string][] = [
       ['large objects', 'select oid::text from pg_largeobject_metadata order by 1'],
-      // Settings of this database and of the roles an attempt could alter (the owner login, this database's
-      // reader): other test files add and drop their own roles' settings on this server at the same time.
+      // Settings in this database, and those everywhere of the roles an attempt could alter (the owner login,
+      // this database's reader): other test files set their own databases' and roles' settings at the same time.
       [
         'settings',
         `select setdatabase::text, setrole::text, setconfig::text from pg_db_role_setting
          where setdatabase = (select oid from pg_database where datname = current_database())
-            or setrole in (select oid from pg_roles where rolname = '${directPgOptions(database).user}'
-                                                        or rolname = '${database}_reader')
+            or (setdatabase = 0 and setrole in (select oid from pg_roles
+                                                 where rolname in ('${directPgOptions(database).user}', '${database}_reader')))
          order by 1, 2`,
       ],
       // Roles are server-wide and other test files create and drop plain login roles on this server at the

@@ -11,8 +11,8 @@ import { join } from 'node:path';
 import pg from 'pg';
 import type { AccessPolicySpec, AuditRecord } from '@chaperone/api';
 import { ALLOW_ALL, READ_ONLY, startTestSidecar, type RunningTestSidecar } from '../harness/sidecar.ts';
-import { createTestDatabase } from '../harness/databases.ts';
-import { directPgOptions, postgresEnv } from '../harness/env.ts';
+import { createReaderLogin, createTestDatabase } from '../harness/databases.ts';
+import { directPgOptions } from '../harness/env.ts';
 import { errorFields, parseBackend, passwordMessage, RawClient, startupMessage } from './raw-client.ts';
 
 const WAIT = 10_000;
@@ -303,29 +303,8 @@ async function databaseWithReader(t: TestContext): Promise<{ database: string; r
     t,
     'CREATE TABLE public.victim (id int); INSERT INTO public.victim VALUES (1), (2);',
   );
-  const env = postgresEnv();
-  const role = `${database}_reader`;
-  const password = `pw-${database}`;
-  const superuser = new pg.Client({ host: env.socketDir, port: env.port, user: 'postgres', database });
-  await superuser.connect();
-  t.after(async () => {
-    const admin = new pg.Client({ host: env.socketDir, port: env.port, user: 'postgres', database: 'postgres' });
-    await admin.connect();
-    await admin.query(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`);
-    await admin.query(`DROP ROLE IF EXISTS ${role}`);
-    await admin.end();
-  });
-  await superuser.query(
-    [
-      `CREATE ROLE ${role} LOGIN PASSWORD '${password}'`,
-      `ALTER ROLE ${role} SET default_transaction_read_only = on`,
-      `GRANT CONNECT ON DATABASE ${database} TO ${role}`,
-      `GRANT USAGE ON SCHEMA public TO ${role}`,
-      `GRANT SELECT ON ALL TABLES IN SCHEMA public TO ${role}`,
-    ].join(';\n'),
-  );
-  await superuser.end();
-  return { database, role, password };
+  const { user, password } = createReaderLogin(t, database);
+  return { database, role: user, password };
 }
 
 test('the least-privilege login: sessions that may not write use it, sessions that may write use the resource credential', async (t) => {
