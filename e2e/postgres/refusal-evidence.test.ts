@@ -16,26 +16,7 @@ import { createApprovalWorld, POLICIES, type ApprovalWorld } from '../approvals/
 import { held, heldAndDecided, requestOf } from './held-wire.ts';
 import { authenticatedClient, parseBackend, query, SYNC, TERMINATE, type RawClient } from './raw-client.ts';
 import { bind, describe, exchange, execute, FLUSH, functionCall, parse } from './protocol-wire.ts';
-
-const TIMEOUT_MS = 30_000;
-
-const DENIED = 'delete from accounts';
-const ALLOWED = "update accounts set owner = 'Zed' where id = 1";
-const PAYOUT = 'insert into payouts(amount) values ($1)';
-
-/** Deleting accounts is denied; everything else is allowed (a catch-all that also covers kind `other`). */
-const GUARD: AccessPolicySpec = {
-  resources: { names: ['test-db'] },
-  rules: [
-    {
-      name: 'no-account-deletes',
-      decision: 'deny',
-      match: { sql: { statementKinds: ['delete'], relations: ['public.accounts'] } },
-    },
-    { name: 'everything-else', decision: 'allow', match: {} },
-  ],
-  defaultDecision: 'deny',
-};
+import { ALLOWED, DENIED, GUARD, PAYOUT, TIMEOUT_MS } from './refusal-fixture.ts';
 
 /** The payouts policy after the reload: its writes are denied instead of held. */
 const PAYOUTS_DENIED: AccessPolicySpec = {

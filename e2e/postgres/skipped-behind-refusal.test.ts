@@ -8,33 +8,14 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import pg from 'pg';
 import { carriesCommandOutcome } from '@chaperone/api';
-import type { AccessPolicySpec, AuditRecord } from '@chaperone/api';
+import type { AuditRecord } from '@chaperone/api';
 import { listSessions, verifySessions } from '../audit/durability-helpers.ts';
 import { controlPlaneEnv, directPgOptions } from '../harness/env.ts';
 import { poll } from '../harness/poll.ts';
 import { createApprovalWorld, POLICIES } from '../approvals/approval-fixture.ts';
 import { authenticatedClient, query, SYNC, TERMINATE } from './raw-client.ts';
 import { bind, exchange, execute, parse } from './protocol-wire.ts';
-
-const TIMEOUT_MS = 30_000;
-
-const DENIED = 'delete from accounts';
-const ALLOWED = "update accounts set owner = 'Zed' where id = 1";
-const APPROVE = 'insert into payouts(amount) values ($1)';
-
-/** Deleting accounts is denied; payouts writes need approval (POLICIES.payouts); everything else is allowed. */
-const GUARD: AccessPolicySpec = {
-  resources: { names: ['test-db'] },
-  rules: [
-    {
-      name: 'no-account-deletes',
-      decision: 'deny',
-      match: { sql: { statementKinds: ['delete'], relations: ['public.accounts'] } },
-    },
-    { name: 'everything-else', decision: 'allow', match: {} },
-  ],
-  defaultDecision: 'deny',
-};
+import { ALLOWED, DENIED, GUARD, PAYOUT, TIMEOUT_MS } from './refusal-fixture.ts';
 
 test('commands pipelined behind a refusal are decided and recorded cancelled, never filed', async (t) => {
   const world = await createApprovalWorld(t);
@@ -61,7 +42,7 @@ test('commands pipelined behind a refusal are decided and recorded cancelled, ne
         parse('a', ALLOWED),
         bind('pa', 'a'),
         execute('pa'),
-        parse('h', APPROVE),
+        parse('h', PAYOUT),
         bind('ph', 'h', ['77']),
         execute('ph'),
         SYNC,
@@ -104,10 +85,10 @@ test('commands pipelined behind a refusal are decided and recorded cancelled, ne
     { result: 'deny', status: 'denied' },
   ]);
   assert.deepEqual(decided(ALLOWED), [{ result: 'allow', status: 'cancelled' }]);
-  assert.deepEqual(decided(APPROVE), [{ result: 'approve', status: 'cancelled' }]);
+  assert.deepEqual(decided(PAYOUT), [{ result: 'approve', status: 'cancelled' }]);
   // Outcomes in the order the client sent the commands: the refusal's own (known when the server's error for
   // its substitute arrives) before those of the commands skipped behind it (known when they were sent).
-  const outcomesAt = [DENIED, ALLOWED, APPROVE].flatMap((text) =>
+  const outcomesAt = [DENIED, ALLOWED, PAYOUT].flatMap((text) =>
     records
       .filter((r) => r.type === 'command.decision' && r.command?.text === text)
       .map((d) => records.findIndex((r) => carriesCommandOutcome(r) && r.command?.id === d.command?.id)),
@@ -117,7 +98,7 @@ test('commands pipelined behind a refusal are decided and recorded cancelled, ne
     outcomesAt.toSorted((a, b) => a - b),
     'outcomes in client order',
   );
-  const skipped = records.find((r) => r.type === 'command.decision' && r.command?.text === APPROVE);
+  const skipped = records.find((r) => r.type === 'command.decision' && r.command?.text === PAYOUT);
   assert.deepEqual(skipped?.command?.parameters, ['77'], 'decided with what it was bound to');
   assert.equal(
     records.filter((r) => r.type.startsWith('approval.')).length,
