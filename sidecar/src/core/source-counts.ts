@@ -4,7 +4,7 @@
 // the slot of an address chosen by a keyed hash: the key is random per sidecar start (made by the main
 // thread, copied into every loop), so no client can pick addresses that land on one slot. Two addresses
 // that do share a slot share one bound: stricter for both, never looser.
-import { createHmac, randomBytes } from 'node:crypto';
+import { createHmac, createSecretKey, randomBytes, type KeyObject } from 'node:crypto';
 
 /** Slots per listener: a power of two (the slot is the hash's low bits). */
 export const SOURCE_COUNT_SLOTS = 4096;
@@ -19,7 +19,8 @@ export function sourceCountsKey(): Uint8Array {
 /** One listener's counts per source address, shared by every event loop. */
 export class SourceCounts {
   private readonly slots: Int32Array;
-  private readonly key: Uint8Array;
+  /** A KeyObject: an HMAC under it costs ~3 µs of CPU, under the bytes ~20 µs (the key imported each time). */
+  private readonly key: KeyObject;
 
   /** `slots`: the listener's table in shared memory (a power of two of them); `key`: every loop's same key. */
   constructor(slots: Int32Array, key: Uint8Array) {
@@ -27,7 +28,7 @@ export class SourceCounts {
       throw new Error(`source count slots: a power of two, not ${String(slots.length)}`);
     }
     this.slots = slots;
-    this.key = key;
+    this.key = createSecretKey(key);
   }
 
   /** The slot `address` is counted in. */
