@@ -1,8 +1,9 @@
 // A sidecar with two event loops (eventLoops: 2, docs/sidecar-event-loops.md) against real clients: pg
 // connections land on both loops (per-loop metrics, summed on /metrics), every session's records reach the
 // one JSON-lines file and `kubectl chaperone audit verify` finds one pod chain, a CancelRequest that lands on
-// the loop that does not serve its connection still cancels pg_sleep, maxConnections holds for the listener
-// across loops, and a new policy bundle reaches the connections of both loops.
+// the loop that does not serve its connection still cancels pg_sleep, maxConnections and
+// maxUnauthenticatedPerSource hold for the listener across loops, and a new policy bundle reaches the
+// connections of both loops.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -12,6 +13,7 @@ import type pg from 'pg';
 import { startTestSidecar, writePolicyBundle, type RunningTestSidecar } from '../harness/sidecar.ts';
 import { REPO_ROOT } from '../harness/tools.ts';
 import { connect, samples } from './event-loops-fixture.ts';
+import { errorFields, parseBackend, RawClient, startupMessage } from './raw-client.ts';
 
 const CLI = join(REPO_ROOT, 'cli', 'src', 'bin', 'kubectl-chaperone.ts');
 
@@ -35,11 +37,8 @@ function sendCancel(sidecar: RunningTestSidecar, client: pg.Client): Promise<voi
 test('eventLoops 2: connections land on both loops, every session is recorded in one file, verify finds one pod chain', async (t) => {
   const sidecar = await startTestSidecar(t, { eventLoops: 2 });
   const token = await sidecar.issuer.sign({ sub: 'system:serviceaccount:ci:loops' });
-  // Two bursts of 8: a loop admits its share of maxUnauthenticatedPerSource (16 / 2) in startup at once.
-  const clients: pg.Client[] = [];
-  for (let burst = 0; burst < 2; burst++) {
-    clients.push(...(await Promise.all(Array.from({ length: 8 }, () => connect(sidecar, token)))));
-  }
+  // 16 logins at once from one address: maxUnauthenticatedPerSource (16) holds across both loops together.
+  const clients = await Promise.all(Array.from({ length: 16 }, () => connect(sidecar, token)));
   for (const [i, c] of clients.entries()) {
     assert.equal((await c.query<{ n: number }>('select $1::int as n', [i])).rows[0]?.n, i);
     await c.query('select 1');
@@ -145,6 +144,61 @@ test('eventLoops 2: maxConnections holds for the listener across loops; a fresh 
   clients.push(fresh);
   assert.equal((await fresh.query<{ ok: string }>("select 'fresh' as ok")).rows[0]?.ok, 'fresh');
   await assert.rejects(connect(sidecar, token), (err: PgError) => err.code === '53300');
+});
+
+test('eventLoops 2: maxUnauthenticatedPerSource holds for one address across loops; after those close, new logins work', async (t) => {
+  const bound = 4;
+  const sidecar = await startTestSidecar(t, { eventLoops: 2, listener: { maxUnauthenticatedPerSource: bound } });
+  const token = await sidecar.issuer.sign({ sub: 'system:serviceaccount:ci:loops' });
+  const accepted = async () => {
+    const perLoop = await samples(sidecar, 'chaperone_event_loop_connections_total');
+    return [0, 1].map((loop) => perLoop.get(`{listener="test-db",loop="${String(loop)}"}`) ?? 0);
+  };
+  const answers = (c: RawClient) => parseBackend(c.received, 0, true).messages;
+  // Rounds of six connections from 127.0.0.1 that send their StartupMessage and never a password, until one
+  // round landed on both loops (the kernel hashes each connection to one loop's socket).
+  let spread = false;
+  for (let round = 0; round < 5 && !spread; round++) {
+    const before = await accepted();
+    const clients = await Promise.all(Array.from({ length: 6 }, () => RawClient.connect(sidecar.host, sidecar.port)));
+    try {
+      for (const c of clients) c.write(startupMessage());
+      // Each is asked for its token (admitted) or refused with a FATAL ErrorResponse.
+      for (const c of clients) {
+        assert.ok(await c.until(() => answers(c).some((m) => m.type === 'R' || m.type === 'E'), 30_000));
+      }
+      const asked = clients.filter((c) => answers(c).some((m) => m.type === 'R'));
+      const refused = clients.flatMap((c) =>
+        answers(c)
+          .filter((m) => m.type === 'E')
+          .map((m) => errorFields(m.body)),
+      );
+      assert.equal(asked.length, bound, `round ${String(round)}: admitted on both loops together`);
+      assert.equal(refused.length, 6 - bound);
+      for (const error of refused) {
+        assert.equal(error.severity, 'FATAL');
+        assert.equal(error.code, '53300', error.message);
+        assert.match(error.message, /too many connections from 127\.0\.0\.1 are still authenticating \(at most 4\)/);
+      }
+      const after = await accepted();
+      spread = after.every((n, loop) => n > (before[loop] ?? 0));
+    } finally {
+      for (const c of clients) c.destroy();
+    }
+    // Closed on the sidecar's side too (their places are given back before the active count drops).
+    const deadline = Date.now() + 30_000;
+    while ((await samples(sidecar, 'chaperone_connections_active')).get('{listener="test-db"}') !== 0) {
+      assert.ok(Date.now() < deadline, 'the closed connections are still active');
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+  assert.ok(spread, 'no round of six connections landed on both loops in 5 rounds');
+  // Every place is free again: `bound` logins at once, wherever they land, are served.
+  const clients = await Promise.all(Array.from({ length: bound }, () => connect(sidecar, token)));
+  t.after(() => Promise.allSettled(clients.map((c) => c.end())));
+  for (const [i, c] of clients.entries()) {
+    assert.equal((await c.query<{ n: number }>('select $1::int as n', [i])).rows[0]?.n, i);
+  }
 });
 
 test('eventLoops 2: a new policy bundle reaches the connections of both loops', async (t) => {

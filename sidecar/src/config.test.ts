@@ -112,7 +112,7 @@ test('eventLoops: unset by default, at most 16; more than one refuses what only 
   assert.equal(validateConfig({ ...unsupported, eventLoops: 1 }, { ...downward, ...inCluster }).eventLoops, 1);
 });
 
-test('eventLoops: the bounds a loop counts alone are split into equal shares; each loop needs one', () => {
+test('eventLoops: the bounds a loop counts alone (upstream reuse) are split into equal shares; each loop needs one', () => {
   const listener = base.listeners[0];
   const three = validateConfig({
     ...base,
@@ -121,16 +121,26 @@ test('eventLoops: the bounds a loop counts alone are split into equal shares; ea
   });
   const share = perLoopLimits(three).listeners[0];
   assert.equal(share?.type, 'postgres');
-  assert.equal(share.maxUnauthenticatedPerSource, 5);
   assert.equal(share.upstreamReuse.maxParkedPerKey, 3);
   assert.equal(share.upstreamReuse.maxParked, 85);
-  // maxConnections is counted across the loops, not split.
+  // maxConnections and maxUnauthenticatedPerSource are counted across the loops, not split.
   assert.equal(share.maxConnections, 256);
+  assert.equal(share.maxUnauthenticatedPerSource, 16);
   const one = validateConfig({ ...base, eventLoops: 1 });
   assert.equal(perLoopLimits(one), one, 'one loop keeps the configuration as it is');
   assert.throws(
-    () => validateConfig({ ...base, eventLoops: 4, listeners: [{ ...listener, maxUnauthenticatedPerSource: 3 }] }),
-    /\/listeners\/0\/maxUnauthenticatedPerSource: at least eventLoops \(4\); every loop gets an equal share/,
+    () =>
+      validateConfig({ ...base, eventLoops: 4, listeners: [{ ...listener, upstreamReuse: { maxParkedPerKey: 3 } }] }),
+    /\/listeners\/0\/upstreamReuse\/maxParkedPerKey: at least eventLoops \(4\); every loop gets an equal share/,
+  );
+  // A per-source bound below the loops is whole on every loop: no share to be 0.
+  const few = validateConfig({ ...base, eventLoops: 4, listeners: [{ ...listener, maxUnauthenticatedPerSource: 1 }] });
+  const fewShare = perLoopLimits(few).listeners[0];
+  assert.equal(fewShare?.type, 'postgres');
+  assert.equal(fewShare.maxUnauthenticatedPerSource, 1);
+  assert.equal(
+    eventLoopPlan(validateConfig({ ...base, listeners: [{ ...listener, maxUnauthenticatedPerSource: 1 }] })).max,
+    2,
   );
 });
 
@@ -160,18 +170,23 @@ test('lazy event loops: the main loop has the whole bounds alone and its share w
   const bounds = () => {
     const l = live.listeners[0];
     assert.equal(l?.type, 'postgres');
-    return [l.maxUnauthenticatedPerSource, l.upstreamReuse.maxParkedPerKey, l.upstreamReuse.maxParked];
+    return [l.upstreamReuse.maxParkedPerKey, l.upstreamReuse.maxParked];
   };
+  const perSource = () => (live.listeners[0]?.type === 'postgres' ? live.listeners[0].maxUnauthenticatedPerSource : 0);
   const whole = bounds();
   setLoopShares(live, config, 2);
   assert.deepEqual(
     bounds(),
     whole.map((v) => Math.floor(v / 2)),
   );
+  // The per-source bound is counted across loops (core/source-counts.ts): whole while a second loop starts.
+  assert.equal(perSource(), 16);
   setLoopShares(live, config, 1);
   assert.deepEqual(bounds(), whole);
+  assert.equal(perSource(), 16);
   // The workers' shares (perLoopLimits at the most loops) are left as configured by it.
   const workers = perLoopLimits(config).listeners[0];
   assert.equal(workers?.type, 'postgres');
-  assert.equal(workers.maxUnauthenticatedPerSource, Math.floor((whole[0] ?? 0) / 2));
+  assert.equal(workers.upstreamReuse.maxParkedPerKey, Math.floor((whole[0] ?? 0) / 2));
+  assert.equal(workers.maxUnauthenticatedPerSource, 16);
 });

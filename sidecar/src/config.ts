@@ -805,9 +805,9 @@ function eventLoopProblems(config: SidecarConfig, loops: number): string[] {
       unsupported(`listeners/${String(i)}`, `${l.type} listeners`);
       continue;
     }
-    // Split into equal shares per loop (perLoopLimits): each loop needs one.
+    // Split into equal shares per loop (perLoopLimits): each loop needs one. maxUnauthenticatedPerSource is
+    // counted across loops instead (core/source-counts.ts).
     const shared = {
-      maxUnauthenticatedPerSource: l.maxUnauthenticatedPerSource,
       'upstreamReuse/maxParkedPerKey': l.upstreamReuse.maxParkedPerKey,
       'upstreamReuse/maxParked': l.upstreamReuse.maxParked,
     };
@@ -841,9 +841,9 @@ export function eventLoopPlan(config: SidecarConfig): EventLoopPlan {
 
 /**
  * The configuration one of `loops` running loops runs with: the per-listener bounds a loop counts by itself
- * (unauthenticated connections per source, parked upstream sessions) split into equal shares, rounded down,
- * so the sidecar never holds more than configured (it may refuse a little earlier when a source's
- * connections land unevenly). maxConnections is counted across loops instead (ResourceListener).
+ * (parked upstream sessions) split into equal shares, rounded down, so the sidecar never holds more than
+ * configured. maxConnections (ResourceListener) and maxUnauthenticatedPerSource (core/source-counts.ts)
+ * are counted across loops instead and stay whole.
  */
 export function perLoopLimits(config: SidecarConfig, loops = eventLoopPlan(config).max): SidecarConfig {
   const n = loops;
@@ -855,7 +855,6 @@ export function perLoopLimits(config: SidecarConfig, loops = eventLoopPlan(confi
         ? l
         : {
             ...l,
-            maxUnauthenticatedPerSource: Math.floor(l.maxUnauthenticatedPerSource / n),
             upstreamReuse: {
               ...l.upstreamReuse,
               maxParkedPerKey: Math.floor(l.upstreamReuse.maxParkedPerKey / n),
@@ -876,7 +875,6 @@ export function setLoopShares(live: SidecarConfig, config: SidecarConfig, loops:
   for (const [i, l] of live.listeners.entries()) {
     const share = shares.listeners[i];
     if (l.type !== 'postgres' || share?.type !== 'postgres') continue;
-    l.maxUnauthenticatedPerSource = share.maxUnauthenticatedPerSource;
     l.upstreamReuse.maxParkedPerKey = share.upstreamReuse.maxParkedPerKey;
     l.upstreamReuse.maxParked = share.upstreamReuse.maxParked;
   }

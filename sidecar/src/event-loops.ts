@@ -29,6 +29,10 @@ export interface LoopShared {
   readonly openConnections: SharedArrayBuffer;
   /** LoopPlace.loopConnections: one slot per loop index, MAX_EVENT_LOOPS of them. */
   readonly loopConnections: SharedArrayBuffer;
+  /** LoopPlace.sourceCounts: every listener's connections per source address (core/source-counts.ts). */
+  readonly sourceCounts: SharedArrayBuffer;
+  /** LoopPlace.sourceCountsKey. */
+  readonly sourceCountsKey: Uint8Array;
   /** The hash masking strategy's per-process key: one value must mask alike on every loop. */
   readonly processHashKey: Uint8Array;
 }
@@ -110,7 +114,7 @@ export class WorkerLoops {
 
   /**
    * No worker yet: add() starts one on the ports `main` listens on. `config` is what every worker runs with
-   * (the bounds a loop counts alone already split into shares). A worker that fails later stops the sidecar
+   * (the bounds a loop counts alone, upstream reuse's, already split into shares). A worker that fails later stops the sidecar
    * (`onFailure`): its connections are gone and a loop less would serve part of the ports' connections for
    * nothing. The loop gauges are registered in `registry` (the main thread's).
    */

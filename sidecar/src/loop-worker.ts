@@ -53,7 +53,14 @@ try {
       metrics,
       logger,
     },
-    { index, openConnections: shared.openConnections, loopConnections: shared.loopConnections, peers },
+    {
+      index,
+      openConnections: shared.openConnections,
+      loopConnections: shared.loopConnections,
+      sourceCounts: shared.sourceCounts,
+      sourceCountsKey: shared.sourceCountsKey,
+      peers,
+    },
   );
 } catch (err) {
   post({ type: 'failed', error: err instanceof Error ? err.message : String(err) });

@@ -10,10 +10,11 @@ import { BundleWatcher } from './core/policy/bundle-directory.ts';
 import { PolicyEngine } from './core/policy/policy-engine.ts';
 import type { PolicySetSource } from './core/policy/policy-set-source.ts';
 import { ResourceListener, type ListenerLoop } from './core/resource-listener.ts';
+import { SOURCE_COUNT_SLOTS, SOURCE_COUNTS_BYTES, SourceCounts } from './core/source-counts.ts';
 import { ENGINES } from './engines/registry.ts';
 
 /** What a loop is lent: the services but its own policy engine and verifier, and where it stands among loops. */
-export type LoopServices = Omit<EngineServices, 'policy' | 'verifier' | 'peers'>;
+export type LoopServices = Omit<EngineServices, 'policy' | 'verifier' | 'peers' | 'sourceCounts'>;
 
 /** With more than one event loop: this loop's index, the shared connection counts and the other loops. */
 export interface LoopPlace {
@@ -22,6 +23,10 @@ export interface LoopPlace {
   readonly openConnections: SharedArrayBuffer;
   /** One Int32 per loop index: the loop's open connections on every listener (LOOP_CONNECTIONS_BYTES each). */
   readonly loopConnections: SharedArrayBuffer;
+  /** One table of SOURCE_COUNTS_BYTES per configured listener, in config order: its connections per source. */
+  readonly sourceCounts: SharedArrayBuffer;
+  /** The key of the source counts' slot hash, the same on every loop (sourceCountsKey). */
+  readonly sourceCountsKey: Uint8Array;
   readonly peers: LoopPeers;
   /** Called on every connection this loop's listeners accept (the main loop's: lazy loops on a login burst). */
   readonly onAccept?: () => void;
@@ -97,7 +102,18 @@ export async function startLoop(
       const engine = engines.get(l.type) as Engine;
       // Tokens the exchange narrowed to other resources are refused on this one.
       const verifierHere = verifier.forResource({ namespace: l.resource.namespace, name: l.name });
-      const endpoint = engine.bind(l, { ...loopServices, verifier: verifierHere });
+      const sourceCounts =
+        place === undefined
+          ? undefined
+          : new SourceCounts(
+              new Int32Array(place.sourceCounts, i * SOURCE_COUNTS_BYTES, SOURCE_COUNT_SLOTS),
+              place.sourceCountsKey,
+            );
+      const endpoint = engine.bind(l, {
+        ...loopServices,
+        verifier: verifierHere,
+        ...(sourceCounts === undefined ? {} : { sourceCounts }),
+      });
       const listenerLoop: ListenerLoop | undefined =
         place === undefined
           ? undefined

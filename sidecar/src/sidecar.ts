@@ -19,6 +19,7 @@ import type { PolicyEngine } from './core/policy/policy-engine.ts';
 import type { LoopPeers } from './core/engine.ts';
 import type { ApprovalDesk } from './core/approvals/approval-desk.ts';
 import { PROCESS_HASH_KEY } from './core/masking/mask-value.ts';
+import { SOURCE_COUNTS_BYTES, sourceCountsKey } from './core/source-counts.ts';
 import { WorkerLoops, type LoopShared } from './event-loops.ts';
 import { LazyEventLoops } from './lazy-event-loops.ts';
 import { LOOP_CONNECTIONS_BYTES, OPEN_CONNECTIONS_BYTES, startLoop, type RunningLoop } from './loop.ts';
@@ -195,6 +196,8 @@ export async function startSidecar(config: SidecarConfig, options: StartOptions 
           podChainHead: sharedPodChainHead(),
           openConnections: new SharedArrayBuffer(OPEN_CONNECTIONS_BYTES * config.listeners.length),
           loopConnections: new SharedArrayBuffer(LOOP_CONNECTIONS_BYTES * MAX_EVENT_LOOPS),
+          sourceCounts: new SharedArrayBuffer(SOURCE_COUNTS_BYTES * config.listeners.length),
+          sourceCountsKey: sourceCountsKey(),
           processHashKey: new Uint8Array(PROCESS_HASH_KEY),
         };
   if (shared !== undefined && !(sink instanceof JsonLinesWriter)) {
@@ -235,6 +238,8 @@ export async function startSidecar(config: SidecarConfig, options: StartOptions 
             index: 0,
             openConnections: shared.openConnections,
             loopConnections: shared.loopConnections,
+            sourceCounts: shared.sourceCounts,
+            sourceCountsKey: shared.sourceCountsKey,
             peers,
             // Set below once the lazy loops exist; until then an accept has nothing to tell.
             onAccept: () => lazy?.noteAccept(),

@@ -13,6 +13,7 @@ import type { TokenVerifier } from './identity/token-verifier.ts';
 import type { Logger } from './observability/logger.ts';
 import type { SidecarMetrics } from './observability/metrics.ts';
 import type { PolicyEngine } from './policy/policy-engine.ts';
+import type { SourceCounts } from './source-counts.ts';
 
 /** What the core lends every engine: identity, policy, the audit trail, metrics and logging. */
 export interface EngineServices {
@@ -27,6 +28,11 @@ export interface EngineServices {
   readonly approvals?: ApprovalDesk;
   /** The other event loops serving the same listeners; absent with one loop (docs/sidecar-event-loops.md). */
   readonly peers?: LoopPeers;
+  /**
+   * The listener's connections per client address, counted with every event loop's; absent when one loop
+   * serves for good (the engine counts alone). Lent per listener (ResourceEndpoint bind).
+   */
+  readonly sourceCounts?: SourceCounts;
 }
 
 /**

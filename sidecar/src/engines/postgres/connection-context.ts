@@ -57,7 +57,8 @@ export interface ConnectionContext {
   cancelOnOtherLoops(processId: number, secretKey: Buffer): Promise<boolean>;
   /**
    * Counts a connection from `address` that has not authenticated yet; false when that address already
-   * has maxUnauthenticatedPerSource of them (the connection is then refused, and not counted).
+   * has maxUnauthenticatedPerSource of them, on every event loop together (the connection is then refused,
+   * and not counted).
    */
   admitUnauthenticated(address: string): boolean;
   /** Ends the count of an admitted connection: it authenticated, or closed. Call once per admission. */

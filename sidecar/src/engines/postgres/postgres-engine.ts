@@ -3,7 +3,8 @@
 // major version, shared by every resource), and for each configured resource binds an endpoint that keeps
 // the resource's TLS context, upstream settings, the table of client-facing cancel keys (so a CancelRequest
 // on a new connection reaches the right upstream session) and the count of unauthenticated connections per
-// client address, and turns every accepted socket into a PostgresConnection.
+// client address (shared with the other event loops when there may be any), and turns every accepted socket
+// into a PostgresConnection.
 import type { Socket } from 'node:net';
 import { readFileSync } from 'node:fs';
 import { createSecureContext, type SecureContext } from 'node:tls';
@@ -186,7 +187,11 @@ class PostgresEndpoint implements ResourceEndpoint, ConnectionContext {
     }
   }
 
+  // With more than one loop possible the count is every loop's (services.sourceCounts, chosen at bind: a
+  // connection is released where it was admitted); with one loop for good, exact per address here.
   admitUnauthenticated(address: string): boolean {
+    const shared = this.services.sourceCounts;
+    if (shared !== undefined) return shared.admit(address, this.config.maxUnauthenticatedPerSource);
     const count = this.unauthenticated.get(address) ?? 0;
     if (count >= this.config.maxUnauthenticatedPerSource) return false;
     this.unauthenticated.set(address, count + 1);
@@ -194,6 +199,11 @@ class PostgresEndpoint implements ResourceEndpoint, ConnectionContext {
   }
 
   releaseUnauthenticated(address: string): void {
+    const shared = this.services.sourceCounts;
+    if (shared !== undefined) {
+      shared.release(address);
+      return;
+    }
     const count = this.unauthenticated.get(address) ?? 0;
     if (count <= 1) this.unauthenticated.delete(address);
     else this.unauthenticated.set(address, count - 1);
