@@ -21,8 +21,6 @@ import {
   type RequestTarget,
 } from './request-hygiene.ts';
 
-export { builtInDecision } from '../../core/command.ts';
-
 /** Errors after which the connection's framing cannot be trusted: the answer closes it. */
 function closesConnection(error: SidecarError): boolean {
   return error.id === 'AmbiguousRequest' || error.id === 'RequestTooLarge';

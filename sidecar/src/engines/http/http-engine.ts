@@ -8,7 +8,7 @@ import type { Duplex } from 'node:stream';
 import type { CombinedDecision, HttpCommand } from '@chaperone/api';
 import type { HttpListenerConfig } from '../../config.ts';
 import type { AgentSession } from '../../core/agent-session.ts';
-import type { CommandDescription, DecidedCommand } from '../../core/command.ts';
+import { builtInDecision, type CommandDescription, type DecidedCommand } from '../../core/command.ts';
 import type { Engine, EngineServices } from '../../core/engine.ts';
 import { policyRefusal, type SidecarError } from '../../core/errors.ts';
 import { awaitApproval, exactRequest, holdable } from '../http-base/approval-hold.ts';
@@ -16,7 +16,6 @@ import { HttpEndpoint as HttpSpeakingEndpoint, type RenderedError } from '../htt
 import {
   admitRequest,
   auditCleared,
-  builtInDecision,
   clientStillThere,
   outcomeOnce,
   readBody,

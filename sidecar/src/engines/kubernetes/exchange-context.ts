@@ -2,11 +2,11 @@
 // command, the decision of non-resource URLs (discovery stays open) and which requests carry Secrets.
 import type { CombinedDecision, KubernetesCommand } from '@chaperone/api';
 import type { AgentSession, ResourceContext } from '../../core/agent-session.ts';
+import { builtInDecision } from '../../core/command.ts';
 import type { EngineServices } from '../../core/engine.ts';
 import type { SidecarError } from '../../core/errors.ts';
 import type { Logger } from '../../core/observability/logger.ts';
 import type { KubernetesListenerConfig } from '../../config.ts';
-import { builtInDecision } from '../http-base/http-exchange.ts';
 import type { ClientSessions } from '../http-base/client-sessions.ts';
 import type { CredentialFile, Upstream } from '../http-base/upstream.ts';
 import type { IncomingMessage } from 'node:http';

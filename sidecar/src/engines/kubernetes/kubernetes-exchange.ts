@@ -10,13 +10,12 @@ import type { Duplex } from 'node:stream';
 import { parse as parseYaml } from 'yaml';
 import type { KubernetesCommand } from '@chaperone/api';
 import type { AgentSession } from '../../core/agent-session.ts';
-import type { CommandDescription, DecidedCommand } from '../../core/command.ts';
+import { builtInDecision as builtIn, type CommandDescription, type DecidedCommand } from '../../core/command.ts';
 import { policyRefusal, type SidecarError } from '../../core/errors.ts';
 import { awaitApproval, exactRequest, holdable } from '../http-base/approval-hold.ts';
 import {
   admitRequest,
   auditCleared,
-  builtInDecision as builtIn,
   readBody,
   sendError,
   watchClient,
