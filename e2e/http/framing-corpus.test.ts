@@ -162,6 +162,12 @@ test('framing corpus against the HTTP engine', async (t) => {
       statuses: [200],
       upstream: ['GET /public/items '],
     },
+    {
+      name: 'HTTP/1.0 keep-alive, the second request allowed: still never read',
+      bytes: `${head('GET /public/items', 'Connection: keep-alive\r\n', 'HTTP/1.0')}\r\n${head('GET /public/second', '', 'HTTP/1.0')}\r\n`,
+      statuses: [200],
+      upstream: ['GET /public/items '],
+    },
     { name: 'HTTP/1.2', bytes: `${head('GET /public/items', close, 'HTTP/1.2')}\r\n`, statuses: [400], upstream: [] },
     {
       name: 'HTTP/2.0 in an HTTP/1 request line',

@@ -1,7 +1,8 @@
 // Hostile HTTP/1.1 framing sent as raw bytes over TLS to the real sidecar's Kubernetes engine in front of the
 // real API server, angles the attack corpora do not send: an HTTP/2.0 request line, chunk extensions,
 // trailers and headers past Node's count limit carrying impersonation, `Expect: 100-continue` with a body
-// longer than announced, a refused DELETE whose body is an allowed DELETE, an HTTP/1.0 connection kept alive,
+// longer than announced, a refused DELETE whose body is an allowed DELETE, an HTTP/1.0 connection kept alive
+// (its answer closes it whatever the upstream's framing: a second request is never served),
 // chunk data longer than its size. Judged on the API server's state (which ConfigMaps exist) and on its own
 // answers (impersonation would let the sidecar's namespace-bound account read nodes).
 import assert from 'node:assert/strict';
@@ -75,6 +76,12 @@ test('framing corpus against the Kubernetes engine', async (t) => {
     {
       name: 'HTTP/1.0 kept alive, the second request deleting the victim',
       bytes: `${head(`GET ${configMaps}`, 'Connection: keep-alive\r\n', 'HTTP/1.0')}\r\n${head(`DELETE ${configMaps}/victim`, '', 'HTTP/1.0')}\r\n`,
+      status: 200,
+    },
+    {
+      // A single ConfigMap's answer has a length, so Node alone would keep an HTTP/1.0 connection alive.
+      name: 'HTTP/1.0 kept alive behind an answer with a length, the second request deleting the victim',
+      bytes: `${head(`GET ${configMaps}/keep-me`, 'Connection: keep-alive\r\n', 'HTTP/1.0')}\r\n${head(`DELETE ${configMaps}/victim`, '', 'HTTP/1.0')}\r\n`,
       status: 200,
     },
     {

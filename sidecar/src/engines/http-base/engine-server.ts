@@ -34,6 +34,8 @@ export class EngineServer {
   private readonly options: EngineServerOptions;
   /** Connections whose bytes Node's parser refused, with its error code: answered 400 and ending. */
   private readonly refusedConnections = new WeakMap<Duplex, string>();
+  /** Connections that carried an HTTP/1.0 request: its answer closes them, nothing after it is served. */
+  private readonly lastRequestSeen = new WeakSet<Duplex>();
 
   constructor(options: EngineServerOptions) {
     this.options = options;
@@ -81,6 +83,30 @@ export class EngineServer {
     }
   }
 
+  /**
+   * An HTTP/1.0 request is answered with `Connection: close`, and a request pipelined behind it on the same
+   * connection is refused before it is decided. HTTP/1.0 has no chunked framing, so whether Node keeps such a
+   * connection alive would otherwise depend on whether the upstream's answer had a length: a request behind
+   * it was served or not by chance. Node's parser refuses bytes after any other answer that closes.
+   */
+  private readonly onRequest = (req: IncomingMessage, res: ServerResponse): void => {
+    const socket = req.socket;
+    if (this.lastRequestSeen.has(socket)) {
+      this.options.logger.warn('request after an HTTP/1.0 request on its connection refused', {
+        method: req.method,
+      });
+      req.resume();
+      const { code, contentType, body } = this.options.malformed('HPE_CLOSED_CONNECTION');
+      res.writeHead(code, { 'content-type': contentType, connection: 'close' }).end(body);
+      return;
+    }
+    if (req.httpVersionMajor === 1 && req.httpVersionMinor === 0) {
+      this.lastRequestSeen.add(socket);
+      res.setHeader('connection', 'close');
+    }
+    this.options.onRequest(req, res);
+  };
+
   private async prepare(): Promise<Server> {
     const { tls, logger, timeouts } = this.options;
     const options = {
@@ -98,7 +124,7 @@ export class EngineServer {
     };
     let server: Server;
     if (tls === undefined) {
-      server = createServer(options, this.options.onRequest);
+      server = createServer(options, this.onRequest);
     } else {
       let cert: string;
       let key: string;
@@ -111,7 +137,7 @@ export class EngineServer {
       }
       server = createHttpsServer(
         { ...options, cert, key, ALPNProtocols: ['http/1.1'], minVersion: 'TLSv1.2' },
-        this.options.onRequest,
+        this.onRequest,
       );
       server.on('tlsClientError', (err: Error) => logger.debug('TLS handshake failed', { error: err.message }));
     }
