@@ -3,7 +3,8 @@
 // reader of the same token — an auditor's tool, another service — may take the first, so the token would
 // name two identities), and NumericDates (`exp`, `nbf`, `iat`) that a date can hold (JSON has no limit on
 // a number's size: `1e309` parses as Infinity, which jose compares without complaint, so such a token
-// never expires, and the exchange's evidence could not write its expiry).
+// never expires, and the exchange's evidence could not write its expiry), and header parameters that
+// change what the payload is or how it is read.
 
 /** The claims that are NumericDates (RFC 7519 §4.1). */
 const NUMERIC_DATE_CLAIMS = ['exp', 'nbf', 'iat'] as const;
@@ -48,5 +49,24 @@ export function numericDateProblem(payload: Readonly<Record<string, unknown>>): 
       return `${claim} is not a date (${String(value)})`;
     }
   }
+  return undefined;
+}
+
+/**
+ * Why a JWS header makes its token unacceptable as a JWT here, or undefined. Every one of these parameters
+ * makes the payload something other than the base64url of a claims set for a reader that honours it, while
+ * jose (and so the signature check) reads the claims set: one signed text would then say two things.
+ * - `crit` (RFC 7515 §4.1.11): no extension is understood, so such a token must be refused whole.
+ * - `cty` (RFC 7519 §5.2): `JWT` declares a nested token, whose inner token is never unwrapped and trusted
+ *   here; any other value declares a payload that is not a claims set. Issuers of JWTs do not set it.
+ * - `b64` (RFC 7797): `false` declares an unencoded payload; without `crit` jose ignores it, and a JWT never
+ *   has one (RFC 7797 §7). Refused with either value.
+ * - `zip`: compression is JWE's (RFC 7516 §4.1.3), never a JWS's; a reader that inflates reads other bytes.
+ */
+export function jwsHeaderProblem(header: Readonly<Record<string, unknown>>): string | undefined {
+  if (header.crit !== undefined) return 'names critical header extensions';
+  if (header.cty !== undefined) return 'declares a content type (cty), a nested or other payload, not a claims set';
+  if (header.b64 !== undefined) return 'declares its payload encoding (b64, RFC 7797), which a JWT never does';
+  if (header.zip !== undefined) return 'declares a compressed payload (zip), which a JWS never has';
   return undefined;
 }

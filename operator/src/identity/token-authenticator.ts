@@ -11,6 +11,7 @@ import {
   canonicalCompactJws,
   duplicateJsonMember,
   ecdsaHighS,
+  jwsHeaderProblem,
   numericDateProblem,
   type Actor,
   type ExchangeLink,
@@ -174,6 +175,8 @@ function refusal(role: TokenRole, err: unknown): ExchangeRefusal {
     if (err.claim === 'iss') return refuse('untrusted-issuer', 'has an unexpected issuer');
     return refuse('claims', `has an unacceptable ${err.claim} claim`);
   }
+  if (err instanceof errors.JWKSMultipleMatchingKeys)
+    return refuse('unknown-key', 'names no key id and its issuer publishes several keys that could have signed it');
   if (err instanceof errors.JWKSNoMatchingKey)
     return refuse('unknown-key', 'is signed with a key its issuer does not publish');
   if (err instanceof errors.JWSSignatureVerificationFailed) return refuse('signature', 'has an invalid signature');
@@ -259,9 +262,10 @@ export class TokenAuthenticator {
     let unverified: JWTPayload;
     let alg: string | undefined;
     let duplicate: string | undefined;
-    let crit: unknown;
+    let header: ReturnType<typeof decodeProtectedHeader>;
     try {
-      ({ alg, crit } = decodeProtectedHeader(token));
+      header = decodeProtectedHeader(token);
+      ({ alg } = header);
       unverified = decodeJwt(token);
       const [headerPart = '', payloadPart = ''] = token.split('.');
       duplicate =
@@ -274,10 +278,10 @@ export class TokenAuthenticator {
     if (duplicate !== undefined) {
       throw new ExchangeRefusal('invalid_grant', 'malformed', `${role} names a header parameter or claim twice`);
     }
-    // No critical header extension is understood here (RFC 7515 §4.1.11), as at the sidecar: refused whole.
-    if (crit !== undefined) {
-      throw new ExchangeRefusal('invalid_grant', 'malformed', `${role} names critical header extensions`);
-    }
+    // crit, cty, b64, zip: the payload would be read another way by a reader honouring them (jwt-text.ts).
+    const headerProblem = jwsHeaderProblem(header);
+    if (headerProblem !== undefined)
+      throw new ExchangeRefusal('invalid_grant', 'malformed', `${role} ${headerProblem}`);
     // Before: exp 1e309 (Infinity to a JSON parser) passed jose and failed writing the record, a 500.
     const badDate = numericDateProblem(unverified);
     if (badDate !== undefined) throw new ExchangeRefusal('invalid_grant', 'claims', `${role} ${badDate}`);

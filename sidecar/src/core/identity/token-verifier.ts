@@ -12,6 +12,7 @@ import {
   canonicalCompactJws,
   duplicateJsonMember,
   ecdsaHighS,
+  jwsHeaderProblem,
   numericDateProblem,
   resourceUri,
   type Actor,
@@ -126,18 +127,21 @@ class RemoteKeySource implements KeySource {
   private readonly bearerTokenFile: string | undefined;
   private readonly now: () => number;
   private readonly ca: string | undefined;
+  private readonly fetchJwks: ((url: string) => Promise<JSONWebKeySet>) | undefined;
   constructor(
     url: string,
     caFile: string | undefined,
     bearerTokenFile: string | undefined,
     now: () => number,
     ca?: string,
+    fetchJwks?: (url: string) => Promise<JSONWebKeySet>,
   ) {
     this.url = url;
     this.caFile = caFile;
     this.ca = ca;
     this.bearerTokenFile = bearerTokenFile;
     this.now = now;
+    this.fetchJwks = fetchJwks;
   }
 
   async keys(): Promise<ReturnType<typeof createLocalJWKSet>> {
@@ -173,7 +177,7 @@ class RemoteKeySource implements KeySource {
 
   private async replaceKeys(): Promise<void> {
     try {
-      this.set = createLocalJWKSet(await this.download());
+      this.set = createLocalJWKSet(await (this.fetchJwks === undefined ? this.download() : this.fetchJwks(this.url)));
       this.fetchedAt = this.now();
       this.failure = undefined;
     } catch (err) {
@@ -263,6 +267,8 @@ export interface TokenVerifierOptions {
   clockToleranceSeconds: number;
   /** Injected clock, ms since epoch. */
   now?: () => number;
+  /** Injected download of a jwksUrl issuer's key set (unit tests of the refetch intervals): no HTTPS request. */
+  fetchJwks?: (url: string) => Promise<JSONWebKeySet>;
 }
 
 /** The protected resource a verifier admits tokens for. */
@@ -307,6 +313,7 @@ export class TokenVerifier {
               config.jwksBearerTokenFile,
               this.now,
               config.jwksCa,
+              options.fetchJwks,
             );
       this.issuers.set(config.issuer, { config, source });
     }
@@ -392,10 +399,9 @@ export class TokenVerifier {
     // The issuer picks the key set; the signature check below is what makes the claim trustworthy.
     const trusted = typeof unverified.iss === 'string' ? this.issuers.get(unverified.iss) : undefined;
     if (trusted === undefined) throw new AuthenticationFailed('issuer', 'identity token issuer is not trusted');
-    // No critical header extension is understood here (RFC 7515 §4.1.11): such a token is refused whole.
-    if (header.crit !== undefined) {
-      throw new AuthenticationFailed('malformed', 'identity token names critical header extensions');
-    }
+    // crit, cty, b64, zip: the payload would be read another way by a reader honouring them (jwt-text.ts).
+    const headerProblem = jwsHeaderProblem(header);
+    if (headerProblem !== undefined) throw new AuthenticationFailed('malformed', `identity token ${headerProblem}`);
     if (header.alg === undefined || !trusted.config.algorithms.includes(header.alg)) {
       throw new AuthenticationFailed('algorithm', `identity token algorithm ${String(header.alg)} is not allowed`);
     }
@@ -487,6 +493,14 @@ function mapJoseError(err: unknown): AuthenticationFailed {
             : 'claims';
     const what = reason === 'not-yet-valid' ? 'is not valid yet' : `has an unacceptable ${err.claim} claim`;
     return new AuthenticationFailed(reason, `identity token ${what}`, { cause: err });
+  }
+  // No kid, and more than one key of the set fits the header's alg: the issuer's tokens must say which one.
+  if (err instanceof errors.JWKSMultipleMatchingKeys) {
+    return new AuthenticationFailed(
+      'unknown-key',
+      'identity token names no key id (kid) and the issuer publishes several keys that could have signed it',
+      { cause: err },
+    );
   }
   if (err instanceof errors.JWKSNoMatchingKey) {
     return new AuthenticationFailed('unknown-key', 'identity token key id is not among the issuer keys', {
