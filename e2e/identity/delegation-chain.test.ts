@@ -251,7 +251,10 @@ test('a CI job, an AI agent and a script: each level attributed with the full ch
   });
 
   await t.test('a token meant for the exchange (a may_act offer) is not accepted by the sidecar', async () => {
-    const offer = await ex.exchange(ci, { audiences: [ex.issuer], mayAct: { sub: 'agent:report-writer' } });
+    const offer = await ex.exchange(ci, {
+      audiences: [ex.issuer],
+      mayAct: { sub: 'agent:report-writer', iss: world.agents.issuer },
+    });
     const r = await psql(orders.libpqEnv(offer), 'select 1;\n');
     assert.match(r.stderr, /FATAL:\s+chaperone: authentication failed: identity token has an unacceptable aud claim/);
     await recordedRefusal(orders, 'audience');

@@ -44,7 +44,7 @@ export const TOKEN_USAGE = `Usage:
         --scope "S1 S2"           scopes of the child (default: the parent's)
         --audience A              audience of the child (repeatable; default: chaperone)
         --lifetime SECONDS        lifetime asked for; refused if it outlives the parent or the maximum
-        --may-act SUBJECT         only this party may act next on the child (with --may-act-issuer ISS)
+        --may-act SUBJECT         only this party may act next on the child (with --may-act-issuer ISS, its issuer)
         -o, --output FORMAT       token (default: the token alone), json (the whole response)
   kubectl chaperone token log [--exchange-namespace NS] [--verify] [-o json|yaml]
       The exchange records, oldest first: time, id, subject, actor, depth, rule, expiry. --verify checks
@@ -136,8 +136,9 @@ async function exchange(args: string[], io: CommandIo, env: NodeJS.ProcessEnv): 
     io.stderr.write('error: --output must be token or json\n');
     return 2;
   }
-  if (values['may-act-issuer'] !== undefined && values['may-act'] === undefined) {
-    io.stderr.write('error: --may-act-issuer needs --may-act\n');
+  // The exchange refuses a may_act without its issuer: a subject is unique only within its issuer.
+  if ((values['may-act-issuer'] === undefined) !== (values['may-act'] === undefined)) {
+    io.stderr.write('error: --may-act and --may-act-issuer go together\n');
     return 2;
   }
   const form = new URLSearchParams({
@@ -164,7 +165,7 @@ async function exchange(args: string[], io: CommandIo, env: NodeJS.ProcessEnv): 
       'may_act',
       JSON.stringify({
         sub: values['may-act'],
-        ...(values['may-act-issuer'] === undefined ? {} : { iss: values['may-act-issuer'] }),
+        iss: values['may-act-issuer'],
       }),
     );
   }

@@ -20,6 +20,7 @@ function token(overrides: Partial<AuthenticatedToken> = {}): AuthenticatedToken 
     tokenHash: `sha256:${'1'.repeat(64)}`,
     expiresAt: NOW + 3_600_000,
     chain: [],
+    audiences: ['chaperone'],
     own: false,
     ...overrides,
   };
@@ -284,6 +285,31 @@ test('audiences: the rule list, or the default, plus the exchange itself', () =>
     () => decideExchange(token(), undefined, ask({ audiences: ['kubernetes'] }), [], SETTINGS, NOW),
     'invalid_target',
     'audience-not-allowed',
+  );
+});
+
+test("a narrowed token keeps to its parent's audiences: a stolen offer stays an offer", () => {
+  const offer = token({ audiences: [SELF], mayAct: { subject: 'agent:report-writer', issuer: IDP } });
+  for (const audiences of [[], ['chaperone'], [SELF, 'chaperone']]) {
+    refused(
+      () => decideExchange(offer, undefined, ask({ audiences }), [], SETTINGS, NOW),
+      'invalid_target',
+      'audience-widened',
+      /not among the subject token's/,
+    );
+  }
+  assert.deepEqual(decideExchange(offer, undefined, ask({ audiences: [SELF] }), [], SETTINGS, NOW).audiences, [SELF]);
+  // The named actor redeems it for the rule's audiences.
+  const redeemed = decideExchange(offer, agent, ask({ resources: [DB], scopes: ['db:read'] }), POLICIES, SETTINGS, NOW);
+  assert.deepEqual(redeemed.audiences, ['chaperone']);
+});
+
+test('a may_act without an issuer names nobody who can redeem it', () => {
+  const legacy = token({ mayAct: { subject: 'agent:report-writer' } });
+  refused(
+    () => decideExchange(legacy, agent, ask({ resources: [DB], scopes: ['db:read'] }), POLICIES, SETTINGS, NOW),
+    'unauthorized_client',
+    'may-act-mismatch',
   );
 });
 

@@ -171,10 +171,7 @@ export function decideExchange(
   } else {
     if (actor.expiresAt <= now) throw new ExchangeRefusal('invalid_grant', 'expired', 'actor_token has expired');
     const mayAct = subject.mayAct;
-    if (
-      mayAct !== undefined &&
-      (mayAct.subject !== actor.party.subject || (mayAct.issuer !== undefined && mayAct.issuer !== actor.party.issuer))
-    ) {
+    if (mayAct !== undefined && (mayAct.subject !== actor.party.subject || mayAct.issuer !== actor.party.issuer)) {
       throw new ExchangeRefusal(
         'unauthorized_client',
         'may-act-mismatch',
@@ -217,6 +214,16 @@ export function decideExchange(
         'invalid_target',
         'audience-not-allowed',
         `audience ${JSON.stringify(a)} is not allowed${rule === undefined ? '' : ` by rule ${ruleId}`} (${allowedAudiences.join(', ')})`,
+      );
+    }
+    // Narrowing narrows audiences too: without an actor, a child is for the parent's audiences (or the
+    // exchange). Before, a stolen offer (a token for the exchange alone, naming its actor in may_act) was
+    // narrowed by its thief into a token for `chaperone`, which sidecars took as the offer's subject.
+    if (actor === undefined && a !== settings.selfIssuer && !subject.audiences.includes(a)) {
+      throw new ExchangeRefusal(
+        'invalid_target',
+        'audience-widened',
+        `audience ${JSON.stringify(a)} is not among the subject token's (${subject.audiences.join(', ')}); a narrowed token keeps to them`,
       );
     }
   }

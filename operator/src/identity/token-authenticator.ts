@@ -37,6 +37,7 @@ export interface Party {
 
 export interface MayAct {
   readonly subject: string;
+  /** Undefined only in tokens an older exchange issued: such a may_act names nobody who can redeem it. */
   readonly issuer?: string;
 }
 
@@ -51,6 +52,8 @@ export interface AuthenticatedToken {
   readonly scopes?: readonly string[];
   readonly resources?: readonly string[];
   readonly mayAct?: MayAct;
+  /** The token's audiences (its verified `aud`; for a service-account token, those the TokenReview confirmed). */
+  readonly audiences: readonly string[];
   /** The exchange record of an exchange-issued token. */
   readonly exchange?: ExchangeLink;
   /** Whether the exchange itself issued the token. */
@@ -124,14 +127,27 @@ function resourcesOf(payload: JWTPayload): string[] | undefined {
   return resources;
 }
 
-function mayActOf(payload: JWTPayload): MayAct | undefined {
+/**
+ * The may_act claim. A subject is unique only within its issuer (RFC 7519 §4.1.2), so a may_act without
+ * `iss` names a party of `ownIssuer`, the issuer of the token carrying it; before, it named that subject at
+ * any trusted issuer, and another issuer's namesake redeemed it. The exchange's own tokens pass no
+ * `ownIssuer` (their parties come from other issuers; the exchange now always writes `iss`).
+ */
+function mayActOf(payload: JWTPayload, ownIssuer?: string): MayAct | undefined {
   const raw = payload.may_act;
   if (raw === undefined) return undefined;
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw new Error('may_act is not an object');
   const m = raw as { sub?: unknown; iss?: unknown };
   const subject = stringClaim(m.sub);
-  if (typeof raw !== 'object' || raw === null || subject === undefined) throw new Error('may_act has no sub');
-  const issuer = stringClaim(m.iss, 2048);
+  if (subject === undefined) throw new Error('may_act has no sub');
+  if (m.iss !== undefined && stringClaim(m.iss, 2048) === undefined) throw new Error('may_act has a malformed iss');
+  const issuer = stringClaim(m.iss, 2048) ?? ownIssuer;
   return issuer === undefined ? { subject } : { subject, issuer };
+}
+
+/** The verified `aud` claim as a list. */
+function audiencesOf(payload: JWTPayload): string[] {
+  return typeof payload.aud === 'string' ? [payload.aud] : [...(payload.aud ?? [])];
 }
 
 /** The chain of an exchange-issued token, strictly: every level names its subject and issuer. */
@@ -352,6 +368,7 @@ export class TokenAuthenticator {
     const mayAct = mayActOf(payload);
     return {
       party: { subject, issuer: subjectIssuer, ...(kind === undefined ? {} : { kind }) },
+      audiences: audiencesOf(payload),
       tokenHash: tokenHash(token),
       expiresAt: (payload.exp ?? 0) * 1000,
       chain: chainOf(payload),
@@ -400,6 +417,7 @@ export class TokenAuthenticator {
     const kind = kindOf(spec, username, unverified);
     return {
       party: { subject: username, issuer: spec.issuer, ...(kind === undefined ? {} : { kind }) },
+      audiences: (status.audiences ?? []).filter((a) => spec.audiences.includes(a)),
       tokenHash: tokenHash(token),
       expiresAt: unverified.exp * 1000,
       chain: [],
@@ -453,9 +471,10 @@ export class TokenAuthenticator {
     // A token its issuer narrowed to resources stays narrowed: sidecars honour the claim from any issuer, so
     // ignoring it here would let a child name resources its parent is refused on.
     const resources = resourcesOf(payload);
-    const mayAct = mayActOf(payload);
+    const mayAct = mayActOf(payload, spec.issuer);
     return {
       party: { subject, issuer: spec.issuer, ...(kind === undefined ? {} : { kind }) },
+      audiences: audiencesOf(payload),
       tokenHash: tokenHash(token),
       expiresAt: (payload.exp ?? 0) * 1000,
       chain: [],

@@ -87,12 +87,18 @@ function parseMayAct(text: string): MayAct {
     m.sub === '' ||
     m.sub.length > 512
   ) {
-    throw new ExchangeRefusal('invalid_request', 'invalid-parameter', 'may_act must be {"sub": "...", "iss"?: "..."}');
+    throw new ExchangeRefusal('invalid_request', 'invalid-parameter', 'may_act must be {"sub": "...", "iss": "..."}');
   }
-  if (m.iss !== undefined && (typeof m.iss !== 'string' || m.iss === '' || m.iss.length > 2048)) {
-    throw new ExchangeRefusal('invalid_request', 'invalid-parameter', 'may_act.iss must be a string');
+  // A subject is unique only within its issuer: a may_act without iss would name that subject at every
+  // trusted issuer (before, any of them could redeem the offer with a namesake).
+  if (typeof m.iss !== 'string' || m.iss === '' || m.iss.length > 2048) {
+    throw new ExchangeRefusal(
+      'invalid_request',
+      'invalid-parameter',
+      'may_act.iss must name the issuer of the party that may act (a subject is unique only within its issuer)',
+    );
   }
-  return m.iss === undefined ? { subject: m.sub } : { subject: m.sub, issuer: m.iss };
+  return { subject: m.sub, issuer: m.iss };
 }
 
 export interface ParsedRequest {
