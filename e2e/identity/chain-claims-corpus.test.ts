@@ -2,12 +2,14 @@
 // sidecar's HTTP engine trusting it: offers (`may_act`) stolen and narrowed, `may_act` without an issuer met
 // by a namesake of another trusted issuer, `may_act` and `act` in every shape that is not an object, a
 // `may_act` contradicted, an issuer trusted for subjects presented as an actor, and the same subject token
-// exchanged twice (no jti cache: decided, below). A refusal must be the exchange's; what got through is an
-// issued token, and what it reached is the upstream behind the sidecar. Before the fix (fifteenth session), 5
-// of the 20 attacks got through: three narrowings of a stolen offer (asking no audience, `chaperone`, or
-// both it and the exchange) each became a token the sidecar let reach the upstream as the CI job itself; a
-// `may_act` naming `agent:helper` without an issuer was redeemed by another trusted issuer's `agent:helper`
-// (and reached the upstream); and the exchange issued an offer whose `may_act` named no issuer.
+// exchanged twice (no jti cache: decided, below); and token shapes at the exchange (JSON serialisations,
+// `cty`, `b64`, `zip`). A refusal must be the exchange's; what got through is an issued token, and what it
+// reached is the upstream behind the sidecar. Before the fix (fifteenth session), 8 of the 25 attacks got
+// through: three narrowings of a stolen offer (asking no audience, `chaperone`, or both it and the exchange)
+// each became a token the sidecar let reach the upstream as the CI job itself; a `may_act` naming
+// `agent:helper` without an issuer was redeemed by another trusted issuer's `agent:helper` (and reached the
+// upstream); the exchange issued an offer whose `may_act` named no issuer; and an agent platform's token
+// with `cty: JWT`, `b64: false` or `zip: DEF` was exchanged for a clean-headed child that reached the upstream.
 import assert from 'node:assert/strict';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -211,6 +213,31 @@ test('chain claims corpus: offers, may_act and act shapes, namesakes of other is
     ex.post(exchangeForm(await world.agents.sign({ sub: 'agent:boss' }), { actor: await world.ciToken() })),
     'no-delegation-rule',
   );
+
+  // Token shapes at the exchange (as at the sidecars, token-shape-corpus.test.ts): the JSON serialisations
+  // of a valid token, and headers that make the payload something else, signed by the agent platform.
+  const [h, p, sig] = (await world.agents.sign({ sub: 'agent:boss' })).split('.') as [string, string, string];
+  await attack(
+    'the flattened JSON serialisation as the subject token',
+    ex.post(exchangeForm(JSON.stringify({ protected: h, payload: p, signature: sig }))),
+    'malformed',
+  );
+  await attack(
+    'the general JSON serialisation as the actor token',
+    ex.post(
+      exchangeForm(ci, { actor: JSON.stringify({ payload: p, signatures: [{ protected: h, signature: sig }] }) }),
+    ),
+    'malformed',
+  );
+  const claims = (sub: string) =>
+    JSON.stringify({ sub, iss: world.agents.issuer, aud: 'chaperone', exp: Math.floor(Date.now() / 1000) + 600 });
+  for (const extra of ['"cty":"JWT"', '"b64":false', '"zip":"DEF"']) {
+    await attack(
+      `an agent platform's token with ${extra}`,
+      ex.post(exchangeForm(world.agents.signRaw(`{"alg":"ES256","kid":"{kid}",${extra}}`, claims('agent:boss')))),
+      'malformed',
+    );
+  }
 
   assert.deepEqual(through, [], `${String(through.length)} attacks got through`);
 
