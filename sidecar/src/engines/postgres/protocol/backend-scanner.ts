@@ -417,7 +417,12 @@ function isCountedCommand(frame: Buffer, from: number, to: number): boolean {
  */
 export function commandCompleteRows(frame: Buffer): number | null {
   const end = frame.length - 1; // where the tag's NUL must be
-  if (frame.length < 5 || frame[0] !== BackendCode.CommandComplete || frame.readInt32BE(1) !== end || frame[end] !== 0) {
+  if (
+    frame.length < 5 ||
+    frame[0] !== BackendCode.CommandComplete ||
+    frame.readInt32BE(1) !== end ||
+    frame[end] !== 0
+  ) {
     return decodeCommandComplete(frame).rows; // malformed (or not a CommandComplete): the full decoder says what
   }
   let firstSpace = -1;
