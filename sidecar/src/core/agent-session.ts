@@ -727,7 +727,14 @@ export class AgentSession {
     const held = this.held;
     if (held !== undefined && held.id === command.id && command.approval === undefined) {
       this.held = undefined;
-      this.writeSoon({ ...held.content, outcome: recorded }, held.known, held.time);
+      // A held content is always record()'s decision (command, decision, type): built as one literal in
+      // the canonical key order rather than copied by a spread.
+      const content = held.content;
+      this.writeSoon(
+        { command: content.command, decision: content.decision, outcome: recorded, type: content.type },
+        held.known,
+        held.time,
+      );
       return;
     }
     const alone: RecordContent =

@@ -138,7 +138,8 @@ export class StatementGate {
     this.upstream = options.upstream;
     this.logger = options.logger;
     this.pins = options.pins;
-    this.searchPath = pinnedSearchPath(options.pins);
+    // Frozen: the analyzer keys its cache on the array's text, kept per (unchangeable) array.
+    this.searchPath = Object.freeze(pinnedSearchPath(options.pins));
     this.masking = options.masking;
     this.onAnalysed = options.onAnalysed;
     this.unrun = new UnrunApprovals(options.session);

@@ -248,6 +248,20 @@ describe('literal-normalised cache keys', () => {
     checkSame(analyzer, 'SELECT * FROM t WHERE a = 3', ['a']);
   });
 
+  it('keys a frozen search path once per array, and an array that can change every time', () => {
+    const analyzer = createSqlAnalyzer();
+    const pinned = Object.freeze(['a']);
+    checkSame(analyzer, 'SELECT * FROM t WHERE a = 1', pinned);
+    checkSame(analyzer, 'SELECT * FROM t WHERE a = 2', pinned);
+    // The same array changed between statements: the analysis follows it, never the path it had before.
+    const changing = ['a'];
+    checkSame(analyzer, 'SELECT * FROM t WHERE a = 3', changing);
+    changing[0] = 'b';
+    checkSame(analyzer, 'SELECT * FROM t WHERE a = 4', changing);
+    const got = analyzer.analyze('SELECT * FROM t WHERE a = 5', changing);
+    assert.deepEqual(got.ok ? got.statements[0]?.relations : undefined, ['b.t'], 'resolved on the changed path');
+  });
+
   it('falls back to exact keys for unusual text, and analyses it correctly', () => {
     const analyzer = createSqlAnalyzer();
     for (const sql of [

@@ -68,7 +68,7 @@ export interface SqlAnalyzer {
   clear(): void;
 }
 
-const DEFAULT_SEARCH_PATH: readonly string[] = ['public'];
+const DEFAULT_SEARCH_PATH: readonly string[] = Object.freeze(['public']);
 
 type OkAnalysis = Extract<SqlAnalysis, { ok: true }>;
 
@@ -187,6 +187,11 @@ export function createSqlAnalyzer(options: SqlAnalyzerOptions = {}): SqlAnalyzer
   const cache = new Map<string, Entry>();
   /** The key most recently used (the cache's last): a hit on it needs no move to the end. */
   let newestKey: string | undefined;
+  /**
+   * Each frozen search path's key text: a session passes its one pinned array with every statement, and
+   * JSON.stringify of it per statement is a runtime call. Only frozen arrays: they cannot change under it.
+   */
+  const pathKeys = new WeakMap<readonly string[], string>();
 
   const lookup = (key: string): Entry | undefined => {
     const hit = cache.get(key);
@@ -217,7 +222,11 @@ export function createSqlAnalyzer(options: SqlAnalyzerOptions = {}): SqlAnalyzer
       }
       // JSON escapes newlines, so the first raw newline separates the search path from the text. Exact
       // keys start with E, normalised ones with N: the two can never collide.
-      const path = JSON.stringify(searchPath);
+      let path = pathKeys.get(searchPath);
+      if (path === undefined) {
+        path = JSON.stringify(searchPath);
+        if (Object.isFrozen(searchPath)) pathKeys.set(searchPath, path);
+      }
       const normalized = normalize ? normalizeLiterals(text) : undefined;
       if (normalized !== undefined && normalized.literals.length > 0) {
         const sharedKey = `N${path}\n${normalized.key}`;

@@ -392,30 +392,51 @@ export function decodeCommandComplete(frame: Buffer): CommandCompleteInfo {
 }
 
 /** COUNTED_COMMANDS as the bytes of their tag's first word. */
-const COUNTED_COMMAND_BYTES: readonly Buffer[] = [...COUNTED_COMMANDS].map((c) => Buffer.from(c, 'latin1'));
+const COUNTED_COMMAND_BYTES: readonly Uint8Array[] = [...COUNTED_COMMANDS].map((c) => Buffer.from(c, 'latin1'));
 
-/** Whether `frame[from..to)` is one of COUNTED_COMMAND_BYTES, compared in place (no view of it is made). */
+/**
+ * Whether `frame[from..to)` is one of COUNTED_COMMAND_BYTES, compared byte by byte in JavaScript: for a
+ * tag's first word (≤ 6 bytes) that is cheaper than a call into Buffer.compare's C++ per candidate.
+ */
 function isCountedCommand(frame: Buffer, from: number, to: number): boolean {
+  const length = to - from;
   for (const c of COUNTED_COMMAND_BYTES) {
-    if (c.length === to - from && c.compare(frame, from, to) === 0) return true;
+    if (c.length !== length) continue;
+    let i = 0;
+    while (i < length && c[i] === frame[from + i]) i++;
+    if (i === length) return true;
   }
   return false;
 }
 
 /**
  * The row count of a CommandComplete, as `decodeCommandComplete(frame).rows`, read from the tag's bytes
- * without making strings of it: the response tracker needs only this, once per statement.
+ * without making strings of it: the response tracker needs only this, once per statement. One pass in
+ * JavaScript over the tag (a dozen bytes) finds its NUL and its first and last spaces: no Buffer.indexOf
+ * or lastIndexOf, each a call into C++.
  */
 export function commandCompleteRows(frame: Buffer): number | null {
-  if (frame.length < 5 || frame[0] !== BackendCode.CommandComplete) return decodeCommandComplete(frame).rows;
   const end = frame.length - 1; // where the tag's NUL must be
-  if (frame.readInt32BE(1) !== frame.length - 1 || frame[end] !== 0 || frame.indexOf(0, 5) !== end) {
-    return decodeCommandComplete(frame).rows; // malformed: the full decoder names what is wrong
+  if (
+    frame.length < 5 ||
+    frame[0] !== BackendCode.CommandComplete ||
+    frame.readInt32BE(1) !== end ||
+    frame[end] !== 0
+  ) {
+    return decodeCommandComplete(frame).rows; // malformed (or not a CommandComplete): the full decoder says what
   }
-  const firstSpace = frame.indexOf(0x20, 5);
-  if (firstSpace < 0 || firstSpace >= end) return null;
+  let firstSpace = -1;
+  let lastSpace = -1;
+  for (let i = 5; i < end; i++) {
+    const b = frame[i];
+    if (b === 0) return decodeCommandComplete(frame).rows; // a NUL inside: trailing bytes after the tag
+    if (b === 0x20) {
+      if (firstSpace < 0) firstSpace = i;
+      lastSpace = i;
+    }
+  }
+  if (firstSpace < 0) return null;
   if (!isCountedCommand(frame, 5, firstSpace)) return null;
-  const lastSpace = frame.lastIndexOf(0x20, end - 1);
   if (lastSpace + 1 === end) return null; // an empty last word
   let rows = 0;
   for (let i = lastSpace + 1; i < end; i++) {
