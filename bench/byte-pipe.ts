@@ -1,15 +1,27 @@
-// The runtime's floor: a bare Node.js byte pipe between pgbench and PostgreSQL, no decoding, no TLS, no
-// policy, no audit. `make bench` measures it as a fourth target, so the table shows what the sidecar
-// costs over what any proxy written on Node.js pays.
+// The runtime's floor: a bare Node.js byte pipe between pgbench and PostgreSQL, no decoding, no policy, no
+// audit. `make bench` measures it as a fourth target, so the table shows what the sidecar costs over what
+// any proxy written on Node.js pays. With `--upstream-tls-ca` its upstream leg is TLS verify-full, as the
+// sidecar's: per client connection it sends PostgreSQL an SSLRequest, reads `S`, verifies the server's
+// certificate against the CA for the server name, then pipes the client's (plain) bytes through TLS.
 //
 //   node bench/byte-pipe.ts --listen 127.0.0.1:0 --upstream 127.0.0.1:5432
+//   node bench/byte-pipe.ts --listen 127.0.0.1:0 --upstream 127.0.0.1:5432 \
+//     --upstream-tls-ca ca.crt --upstream-tls-servername localhost
 //
 // Prints one JSON line `{"msg":"ready","port":N}` on stderr once it listens; stops on SIGTERM/SIGINT.
-import { connect, createServer } from 'node:net';
+import { readFileSync } from 'node:fs';
+import { connect, createServer, isIP, type Socket } from 'node:net';
+import { connect as tlsConnect } from 'node:tls';
 import { parseArgs } from 'node:util';
 
 const { values } = parseArgs({
-  options: { listen: { type: 'string' }, upstream: { type: 'string' } },
+  options: {
+    listen: { type: 'string' },
+    upstream: { type: 'string' },
+    'upstream-tls-ca': { type: 'string' },
+    /** The name the server's certificate must carry (default: the --upstream host). */
+    'upstream-tls-servername': { type: 'string' },
+  },
   strict: true,
 });
 const split = (value: string | undefined, what: string): { host: string; port: number } => {
@@ -19,17 +31,56 @@ const split = (value: string | undefined, what: string): { host: string; port: n
 };
 const listen = split(values.listen, 'listen');
 const upstream = split(values.upstream, 'upstream');
+const caFile = values['upstream-tls-ca'];
+const ca = caFile === undefined ? undefined : readFileSync(caFile);
+const serverName = values['upstream-tls-servername'] ?? upstream.host;
+
+/** PostgreSQL's SSLRequest: length 8, code 80877103. */
+const SSL_REQUEST = Buffer.from([0x00, 0x00, 0x00, 0x08, 0x04, 0xd2, 0x16, 0x2f]);
+
+/** Connects to PostgreSQL; with a CA, negotiates TLS verify-full before handing the socket back. */
+function connectUpstream(onReady: (target: Socket) => void, onError: () => void): Socket {
+  const raw = connect({ ...upstream, noDelay: true });
+  raw.on('error', onError);
+  if (ca === undefined) {
+    onReady(raw);
+    return raw;
+  }
+  raw.once('connect', () => raw.write(SSL_REQUEST));
+  raw.once('data', (answer: Buffer) => {
+    // One byte `S`, nothing after it (anything more would be bytes injected before the handshake).
+    if (answer.length !== 1 || answer[0] !== 0x53) {
+      onError();
+      return;
+    }
+    const secure = tlsConnect({
+      socket: raw,
+      ca,
+      // Verified against `host` (an IP address is matched to the certificate's IP SANs); SNI only for names.
+      host: serverName,
+      ...(isIP(serverName) === 0 ? { servername: serverName } : {}),
+    });
+    secure.setNoDelay(true);
+    secure.on('error', onError).once('secureConnect', () => onReady(secure));
+  });
+  return raw;
+}
 
 const server = createServer({ noDelay: true }, (client) => {
-  const target = connect({ ...upstream, noDelay: true });
-  client.pipe(target);
-  target.pipe(client);
+  let target: Socket | undefined;
   const end = (): void => {
     client.destroy();
-    target.destroy();
+    raw.destroy();
+    target?.destroy();
   };
+  const raw = connectUpstream((ready) => {
+    target = ready;
+    client.pipe(ready);
+    ready.pipe(client);
+    ready.on('close', end);
+  }, end);
   client.on('error', end).on('close', end);
-  target.on('error', end).on('close', end);
+  raw.on('close', end);
 });
 server.listen(listen.port, listen.host, () => {
   const address = server.address();

@@ -181,6 +181,8 @@ let pgbouncer: ChildProcess | undefined;
 /** PgBouncer with TLS verify-full to PostgreSQL, as the sidecar's upstream: a yardstick, never a target. */
 let pgbouncerTls: ChildProcess | undefined;
 let bytePipe: ChildProcess | undefined;
+/** The byte pipe with its upstream leg TLS verify-full, as the sidecar's: the transport floor's yardstick. */
+let bytePipeTls: ChildProcess | undefined;
 let sidecar: SidecarProcess | undefined;
 /** Sidecars of the --profile variant table, all running at once. */
 const variantSidecars = new Set<SidecarProcess>();
@@ -200,12 +202,14 @@ function cleanup(): Promise<void> {
     if (pgbouncer !== undefined) stops.push(stopProcess(pgbouncer, 5_000));
     if (pgbouncerTls !== undefined) stops.push(stopProcess(pgbouncerTls, 5_000));
     if (bytePipe !== undefined) stops.push(stopProcess(bytePipe, 5_000));
+    if (bytePipeTls !== undefined) stops.push(stopProcess(bytePipeTls, 5_000));
     await Promise.allSettled(stops);
     if (postgres !== undefined) await postgres.stop().catch(() => undefined);
     sidecar = undefined;
     pgbouncer = undefined;
     pgbouncerTls = undefined;
     bytePipe = undefined;
+    bytePipeTls = undefined;
     postgres = undefined;
     if (runDir !== undefined && process.env.CHAPERONE_KEEP_RUN_DIR === undefined) {
       rmSync(runDir, { recursive: true, force: true });
@@ -411,15 +415,25 @@ async function startPgbouncer(
 
 // ---- the bare Node.js byte pipe -------------------------------------------------------------------------
 
-async function startBytePipe(pg: PostgresCluster): Promise<{ port: number }> {
+/** Starts the byte pipe; `upstreamTls`: TLS verify-full to PostgreSQL for the name `localhost`, as the sidecar. */
+async function startBytePipe(pg: PostgresCluster, upstreamTls = false): Promise<{ port: number }> {
+  const tlsArgs = upstreamTls ? ['--upstream-tls-ca', pg.caFile, '--upstream-tls-servername', 'localhost'] : [];
   const child = spawn(
     process.execPath,
-    [join(REPO_ROOT, 'bench', 'byte-pipe.ts'), '--listen', '127.0.0.1:0', '--upstream', `127.0.0.1:${pg.port}`],
+    [
+      join(REPO_ROOT, 'bench', 'byte-pipe.ts'),
+      '--listen',
+      '127.0.0.1:0',
+      '--upstream',
+      `127.0.0.1:${pg.port}`,
+      ...tlsArgs,
+    ],
     { stdio: ['ignore', 'ignore', 'pipe'] },
   );
   if (child.pid === undefined) throw new Error('could not start the byte pipe');
-  bytePipe = child;
-  recordServer(runDir ?? '', 'byte-pipe', child.pid);
+  if (upstreamTls) bytePipeTls = child;
+  else bytePipe = child;
+  recordServer(runDir ?? '', upstreamTls ? 'byte-pipe-tls' : 'byte-pipe', child.pid);
   let output = '';
   return new Promise((resolve, reject) => {
     child.stderr.setEncoding('utf8').on('data', (d: string) => {
@@ -1222,7 +1236,9 @@ const VARIANTS: readonly Variant[] = [
 async function profile(): Promise<void> {
   // The variant table's sidecars all run at once, and each keeps the upstream sessions of its 150 clients
   // parked for the next run (docs/postgres-engine.md, "How many are kept"), as PgBouncer keeps its pool.
-  const pg = await setUp(args.shapes?.includes('c150') === true ? 1000 : 500);
+  // With many clients: room for PgBouncer's and PgBouncer-with-TLS's pools, the pipes' sessions and every
+  // variant's parked sessions (150 each) at once.
+  const pg = await setUp(args.shapes?.includes('c150') === true ? 1600 : 500);
   mkdirSync(PROFILE_DIR, { recursive: true });
   const seconds = Number(process.env.BENCH_SECONDS ?? 8);
   const allShapes = [
@@ -1304,7 +1320,8 @@ function variantOptions(v: Variant): Partial<Pick<SidecarProcessOptions, 'bin' |
 }
 
 /**
- * PgBouncer, the bare pipe and every sidecar variant (plus --baseline), all running at once and measured
+ * PgBouncer (without and with server TLS), the bare pipe (without and with upstream TLS, the transport floor)
+ * and every sidecar variant (plus --baseline), all running at once and measured
  * interleaved, shape by shape, so drifting load on a shared machine hits them alike.
  */
 async function compareVariants(
@@ -1316,6 +1333,7 @@ async function compareVariants(
   const bouncer = await startPgbouncer(join(runDir ?? '', 'pgbouncer'), pg);
   const bouncerTls = await startPgbouncer(join(runDir ?? '', 'pgbouncer-tls'), pg, true);
   const pipe = await startBytePipe(pg);
+  const pipeTls = await startBytePipe(pg, true);
   const variantNames = args.variants?.split(',');
   const variants: Variant[] = VARIANTS.filter((v) => variantNames?.includes(v.name) ?? true);
   if (args.baseline !== undefined) {
@@ -1342,6 +1360,13 @@ async function compareVariants(
       pid: pgbouncerTls?.pid,
     },
     { name: 'pipe', target: 'pipe', env: { ...directEnv(pg), PGPORT: String(pipe.port) }, pid: bytePipe?.pid },
+    // The transport floor: the pipe with the sidecar's upstream TLS verify-full (counted as a pipe).
+    {
+      name: 'pipe-tls',
+      target: 'pipe',
+      env: { ...directEnv(pg), PGPORT: String(pipeTls.port) },
+      pid: bytePipeTls?.pid,
+    },
   ];
   for (const v of variants) {
     const side = await startSidecar(
@@ -1371,8 +1396,6 @@ async function compareVariants(
       // The order rotates round by round, so that no target always runs right after the same other one.
       const shift = round % targets.length;
       for (const t of [...targets.slice(shift), ...targets.slice(0, shift)]) {
-        // PgBouncer-with-TLS's 150 idle server connections would not leave room in max_connections (500).
-        if (shape.clients > 8 && t.target === 'pgbouncer-tls') continue;
         // Many clients: an unmeasured run of the same shape first, as the footprint part does (PgBouncer
         // fills its server pool, the sidecar parks what it may keep).
         // (On a busy machine its logins can take all of it: its output is not read.)
@@ -1402,6 +1425,8 @@ async function compareVariants(
   pgbouncerTls = undefined;
   if (bytePipe !== undefined) await stopProcess(bytePipe, 5_000);
   bytePipe = undefined;
+  if (bytePipeTls !== undefined) await stopProcess(bytePipeTls, 5_000);
+  bytePipeTls = undefined;
   console.log(
     `\n${'variant'.padEnd(16)} ${'mode'.padEnd(9)} ${'clients'.padStart(7)} ${'TPS'.padStart(8)} ${'÷ PgB'.padStart(6)} ${'avg lat ms'.padStart(10)} ${'proxy CPU µs/txn (user+sys)'.padStart(27)} ${'main thread'.padStart(11)} ${'run-queue µs/txn'.padStart(16)} ${'load1'.padStart(6)}`,
   );
