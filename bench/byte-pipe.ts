@@ -66,6 +66,28 @@ function connectUpstream(onReady: (target: Socket) => void, onError: () => void)
   return raw;
 }
 
+/**
+ * libpq refuses a server that offers SCRAM-SHA-256-PLUS over a connection that is not TLS on its side (a
+ * stripped TLS, to it), and the pipe's client leg is plain: the TLS pipe drops that mechanism from the
+ * server's first AuthenticationSASL (`R`, length, 10, NUL-terminated names, NUL), as the sidecar, which ends
+ * the client's authentication itself, never forwards it. Anything else passes unchanged.
+ */
+function withoutScramPlus(chunk: Buffer): Buffer {
+  if (chunk.length < 9 || chunk[0] !== 0x52 || chunk.readInt32BE(5) !== 10) return chunk;
+  const end = 1 + chunk.readInt32BE(1);
+  const names = chunk
+    .subarray(9, end)
+    .toString('latin1')
+    .split('\0')
+    .filter((n) => n !== '' && n !== 'SCRAM-SHA-256-PLUS');
+  const body = Buffer.from(`${names.join('\0')}\0\0`, 'latin1');
+  const head = Buffer.alloc(9);
+  head.write('R', 0, 'latin1');
+  head.writeInt32BE(8 + body.length, 1);
+  head.writeInt32BE(10, 5);
+  return Buffer.concat([head, body, chunk.subarray(end)]);
+}
+
 const server = createServer({ noDelay: true }, (client) => {
   let target: Socket | undefined;
   const end = (): void => {
@@ -76,8 +98,16 @@ const server = createServer({ noDelay: true }, (client) => {
   const raw = connectUpstream((ready) => {
     target = ready;
     client.pipe(ready);
-    ready.pipe(client);
     ready.on('close', end);
+    if (ca === undefined) {
+      ready.pipe(client);
+      return;
+    }
+    // The server's first message is its authentication request, alone (it waits for the client's answer).
+    ready.once('data', (first: Buffer) => {
+      client.write(withoutScramPlus(first));
+      ready.pipe(client);
+    });
   }, end);
   client.on('error', end).on('close', end);
   raw.on('close', end);
