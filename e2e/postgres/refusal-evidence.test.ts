@@ -214,6 +214,59 @@ test('the trail of refused, held and approved commands', async (t) => {
     },
   );
 
+  await t.test('an approved Bind the server refuses: its outcome is the server’s error, once', async () => {
+    const before = await world.count('payouts');
+    const client = await connect();
+    const names: string[] = [];
+    /** An approved payout whose amount the server cannot convert to an integer: the Bind fails (22P02). */
+    const approved = async (pipeline: Buffer): Promise<void> => {
+      const { request, reply } = await heldAndDecided(client, pipeline, (name) => decide('approve', name));
+      names.push(request);
+      assert.deepEqual(reply.codes, ['22P02'], reply.errors.join('; '));
+    };
+    try {
+      // 1. Bind, then Sync: no Execute.
+      await approved(Buffer.concat([parse('', PAYOUT), bind('', '', ['x1']), SYNC]));
+      // 2. Bind, Execute, Sync: the server skips the Execute behind the Bind's error.
+      await approved(Buffer.concat([parse('', PAYOUT), bind('', '', ['x2']), execute(''), SYNC]));
+      // 3. Bind, Flush: the error comes before the client sends its Execute (discarded until the Sync).
+      const mark = await held(client, Buffer.concat([parse('', PAYOUT), bind('', '', ['x3']), FLUSH]));
+      names.push(requestOf(client, mark));
+      await decide('approve', names[2]!);
+      const failed = (): boolean =>
+        parseBackend(client.received.subarray(mark.offset), 0, true).messages.some((m) => m.type === 'E');
+      assert.ok(await client.until(failed, TIMEOUT_MS), 'the Bind’s ErrorResponse');
+      const rest = await exchange(client, Buffer.concat([execute(''), SYNC]), 1);
+      assert.deepEqual(rest.codes, [], rest.errors.join('; '));
+      // The session goes on.
+      const after = await exchange(client, query('select 1'), 1);
+      assert.deepEqual(after.codes, [], after.errors.join('; '));
+    } finally {
+      await finish(client);
+    }
+    assert.equal(await world.count('payouts'), before, 'nothing was inserted');
+    const records = await endedTrail(world, (r) => r.approval?.request === names[2]);
+    const onRecord = ['x1', 'x2', 'x3'].map((amount, i) => {
+      const runs = decided(records, PAYOUT, [amount]);
+      const id = runs[0]?.decision.command?.id;
+      const outcomes = records.filter((r) => carriesCommandOutcome(r) && r.command?.id === id);
+      return {
+        amount,
+        decisions: runs.map((d) => d.decision.decision?.result),
+        outcomes: outcomes.map((r) => [r.outcome?.status, r.outcome?.code, r.approval?.request === names[i]]),
+        message: outcomes[0]?.outcome?.message,
+      };
+    });
+    t.diagnostic(JSON.stringify(onRecord));
+    assert.deepEqual(
+      onRecord.map(({ message: _message, ...rest }) => rest),
+      ['x1', 'x2', 'x3'].map((amount) => ({ amount, decisions: ['approve'], outcomes: [['error', '22P02', true]] })),
+      'one decision each, and one outcome: the server’s error, under the approval',
+    );
+    for (const { amount, message } of onRecord)
+      assert.match(message ?? '', /invalid input syntax for type integer/, amount);
+  });
+
   await t.test('a policy reload between an approved Bind and its Execute: decided under the new policy', async () => {
     const before = await world.count('payouts');
     const client = await connect();
