@@ -7,6 +7,7 @@ import { approvalNotice } from '../../core/approvals/approval-notice.ts';
 import type { CommandDescription, DecidedCommand, SettledClearance } from '../../core/command.ts';
 import { denial, QUERY_CANCELED, sqlStateOf } from './error-responses.ts';
 import type { GateVerdict, RelayVerdict, SettledVerdict } from './gate-verdicts.ts';
+import type { UndoFailed } from './response-unit.ts';
 import type { ErrorFields, TransactionStatus } from './protocol/backend-messages.ts';
 
 /** What the gate lends an approval: the session, and how an approved or audit-refused command is answered. */
@@ -126,6 +127,14 @@ export class UnrunApprovals<P extends { cleared?: ApprovedRun }> {
     if (command === undefined) return;
     const { approval: _approval, ...unrun } = command;
     this.session.complete(unrun, 'sql', { status: 'cancelled', message: `bound, but ${why}; it did not run` });
+  }
+
+  /** What a decided Bind takes back when it fails upstream: its portal (`forget`), and its run (failed). */
+  undoingBind(portal: P, forget: () => void): UndoFailed {
+    return (error) => {
+      forget();
+      this.failed(portal, error);
+    };
   }
 
   /**

@@ -239,20 +239,15 @@ export class StatementGate {
    * Bind of a statement an approve rule matched at Parse: decided here, with its parameters, because
    * PostgreSQL plans at Bind (the planner runs IMMUTABLE functions on constants and bound values): the Bind
    * waits for the approval, or is refused, and with it everything after it. Any other Bind is forwarded and
-   * its portal remembered; `undo` takes the portal back when the Bind fails upstream (and ends a run approved
-   * at the Bind with the server's error, when no Execute took it yet).
+   * its portal remembered; `undo` takes the portal back when the Bind fails upstream (UnrunApprovals.failed).
    */
   bindMessage(msg: Bind): { readonly undo: UndoFailed; readonly decided?: GateVerdict } {
     const forget = this.bind(msg);
     const portal = this.portals.get(msg.portal);
     // Behind a refusal nothing is planned: its Execute is decided (for the record) instead.
-    if (portal?.statement.mayHold !== true || portal.exact === undefined || this.skippedUpstream) {
+    if (portal?.statement.mayHold !== true || portal.exact === undefined || this.skippedUpstream)
       return { undo: forget };
-    }
-    const undo: UndoFailed = (error) => {
-      forget();
-      this.unrun.failed(portal, error);
-    };
+    const undo = this.unrun.undoingBind(portal, forget);
     const { text, analysis = [] } = portal.statement;
     const description = describeStatements(text, analysis, portal.params);
     const command = this.agentSession.decide(description, this.facts());
