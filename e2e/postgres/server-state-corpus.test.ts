@@ -21,6 +21,7 @@ import { readFileSync } from 'node:fs';
 import pg from 'pg';
 import { CORPUS_SCHEMA_SQL } from '../../sidecar/src/engines/postgres/analysis/write-corpus.ts';
 import { READ_ONLY, startTestSidecar } from '../harness/sidecar.ts';
+import { connectAgent } from '../harness/agent-client.ts';
 import { createTestDatabase } from '../harness/databases.ts';
 import { directPgOptions, postgresEnv, superuserSql } from '../harness/env.ts';
 import { poll } from '../harness/poll.ts';
@@ -190,16 +191,7 @@ test('read-only policy, owner login: each attack is refused with 42501, never re
   await owner.query('LISTEN chaperone_ro');
   const ownerPid = Number((await owner.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]?.pid);
 
-  const token = await sidecar.issuer.sign({ sub: 'system:serviceaccount:ci:reader' });
-  const client = new pg.Client({
-    host: sidecar.host,
-    port: sidecar.port,
-    user: 'agent',
-    password: token,
-    database: 'agent',
-  });
-  await client.connect();
-  t.after(() => client.end().catch(() => undefined));
+  const client = await connectAgent(sidecar, { sub: 'system:serviceaccount:ci:reader' }, { endAfter: t });
   await client.query('PREPARE late(int) AS SELECT $1');
   const session = (await client.query(SESSION_STATE_SQL)).rows[0] as Record<string, unknown>;
   assert.equal(session.guard, 'on', 'the sidecar pins the read-only guard for a read-only session');

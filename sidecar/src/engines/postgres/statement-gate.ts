@@ -30,6 +30,7 @@ import {
 } from './approval-verdicts.ts';
 import { denial, type Denial } from './error-responses.ts';
 import type { TransactionStatus } from './protocol/backend-messages.ts';
+import type { UndoFailed } from './response-unit.ts';
 
 import type { Bind, Parse } from './protocol/frontend-messages.ts';
 import { auditParameters, describeRefused, describeStatements, withParameterTypes } from './sql-command.ts';
@@ -239,13 +240,15 @@ export class StatementGate {
    * Bind of a statement an approve rule matched at Parse: decided here, with its parameters, because
    * PostgreSQL plans at Bind (the planner runs IMMUTABLE functions on constants and bound values): the Bind
    * waits for the approval, or is refused, and with it everything after it. Any other Bind is forwarded and
-   * its portal remembered; `undo` takes the portal back when the Bind fails upstream.
+   * its portal remembered; `undo` takes the portal back when the Bind fails upstream (UnrunApprovals.failed).
    */
-  bindMessage(msg: Bind): { readonly undo: () => void; readonly decided?: GateVerdict } {
-    const undo = this.bind(msg);
+  bindMessage(msg: Bind): { readonly undo: UndoFailed; readonly decided?: GateVerdict } {
+    const forget = this.bind(msg);
     const portal = this.portals.get(msg.portal);
     // Behind a refusal nothing is planned: its Execute is decided (for the record) instead.
-    if (portal?.statement.mayHold !== true || portal.exact === undefined || this.skippedUpstream) return { undo };
+    if (portal?.statement.mayHold !== true || portal.exact === undefined || this.skippedUpstream)
+      return { undo: forget };
+    const undo = this.unrun.undoingBind(portal, forget);
     const { text, analysis = [] } = portal.statement;
     const description = describeStatements(text, analysis, portal.params);
     const command = this.agentSession.decide(description, this.facts());
