@@ -12,6 +12,7 @@ import {
   type StatementLineage,
 } from '../analysis/column-lineage.ts';
 import { BackendCode } from '../protocol/backend-messages.ts';
+import type { DroppedTable } from './dropped-relations.ts';
 import { ROUTINE_CATALOG_SQL, ROUTINE_NAMES_KEY, routineNamesFromRows } from './routine-catalog.ts';
 import { BackendScanner, decodeDataRow, decodeErrorFields } from '../protocol/backend-scanner.ts';
 import { encodeQuery } from '../protocol/frontend-encoder.ts';
@@ -162,6 +163,21 @@ export class RelationCatalog {
     this.version++;
     this.lineages.clear();
     for (const key of this.viewCache.keys()) if (wanted.some((n) => key.endsWith(`.${n}`))) this.viewCache.delete(key);
+  }
+
+  /**
+   * Which of `tables` belong to an inheritance hierarchy (have ancestors or descendants, partitions too), as
+   * the catalogue says now. An unqualified name counts in every schema that has a relation of that name; one
+   * whose entry could not be stored (invalidated meanwhile) counts too: fail closed. Throws when the
+   * catalogue cannot be read.
+   */
+  async inHierarchy(tables: readonly DroppedTable[]): Promise<DroppedTable[]> {
+    await this.fetch(tables.map((t) => t.name));
+    return tables.filter((t) => {
+      const entry = this.entries.get(t.name);
+      if (entry === undefined) return true;
+      return entry.rows.some((r) => (t.schema === undefined || r.schema === t.schema) && r.related.length > 0);
+    });
   }
 
   /** Closes the catalogue connection. */
