@@ -10,7 +10,7 @@ import type { MaskingInstruction } from '@chaperone/api';
 import { maskingRules, planIsClear, planResult, type ResultPlan } from '../../../core/masking/result-plan.ts';
 import type { AnalyzedStatement } from '../analysis/analyze-sql.ts';
 import { sqlLineage, type StatementLineage } from '../analysis/column-lineage.ts';
-import type { FieldDescription } from '../protocol/backend-messages.ts';
+import type { FieldDescription, TransactionStatus } from '../protocol/backend-messages.ts';
 import { decodeRowDescription } from '../protocol/backend-scanner.ts';
 import { droppedTables, NO_TABLES_DROPPED, type DroppedTable } from './dropped-relations.ts';
 import { lineageKey, type RelationCatalog } from './relation-catalog.ts';
@@ -180,6 +180,21 @@ export class ResultMasking {
     return this.fetchAndWalk(statements, searchPath, first.missing).then((lineages) =>
       this.decide(statements, lineages, instructions, portal),
     );
+  }
+
+  /**
+   * While this connection has a catalogue change not settled, what to do at the next ReadyForQuery: once no
+   * transaction is open the change is committed (or gone), and the catalogue is read again on every loop.
+   * Other sessions may have read the catalogue of before meanwhile (`begin; alter table …` here, a read
+   * there, then `commit`), and would otherwise walk their statements against it for CACHE_TTL_MS more.
+   * `then`: what else runs at that ReadyForQuery.
+   */
+  settling(then: ((status: TransactionStatus) => void) | undefined): ((status: TransactionStatus) => void) | undefined {
+    if (!this.catalogChanged) return then;
+    return (status) => {
+      then?.(status);
+      if (status === 'I') this.catalog.invalidate();
+    };
   }
 
   /** A Describe was sent: the returned callback takes its RowDescription (the shape of that binding). */
