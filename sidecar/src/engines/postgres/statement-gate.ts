@@ -276,9 +276,11 @@ export class StatementGate {
    * of one is refused as unknown, as the server would fail it). Undefined when there is none (the usual case).
    */
   endedWithTransaction(): ((status: TransactionStatus) => void) | undefined {
-    return this.unrun.endingWithTransaction((portal) => {
+    const unrun = this.unrun.endingWithTransaction((portal) => {
       if (this.portals.get(portal.shape.portal) === portal) this.portals.delete(portal.shape.portal);
     });
+    // A catalogue change of this connection is read again for every session once committed.
+    return this.masking?.settling(unrun) ?? unrun;
   }
 
   /** The connection ends: commands approved at their Bind that no Execute ran end with it. */
