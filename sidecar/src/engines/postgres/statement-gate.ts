@@ -292,13 +292,11 @@ export class StatementGate {
   execute(portalName: string): GateVerdict {
     const portal = this.portals.get(portalName);
     if (portal === undefined) {
-      // A portal this sidecar did not see bound (e.g. a cursor opened by SQL DECLARE) has no analysis to
-      // decide on: fail closed rather than run it unseen.
+      // A portal not seen bound (a cursor of SQL DECLARE) has no analysis to decide on: fail closed.
       return this.refuse(`EXECUTE PORTAL ${JSON.stringify(portalName)}`, unknownPortal());
     }
     const statement = portal.statement;
-    // Refused (and recorded) at Parse. The upstream may still hold an older statement of that name (the
-    // refused Parse failed there), so the Execute is refused and recorded too, with the Parse's reason.
+    // Refused at Parse: the upstream may hold an older statement of that name, so refused again, same reason.
     if (statement.refusal !== undefined) {
       const rule = statement.refusal.id === 'UncertainStatement' ? undefined : 'refused-at-parse';
       return this.refuse(statement.text, statement.refusal, rule);
