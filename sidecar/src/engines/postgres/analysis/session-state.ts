@@ -301,7 +301,7 @@ export function sessionTimeoutsSql(pins: SessionPins, client: TimeoutBounds = {}
   if (rows.length === 0) return undefined;
   // pg_settings.setting of these is in ms; LEAST ignores the NULL of a database value of 0 (none).
   return [
-    'SELECT pg_catalog.count(pg_catalog.set_config(b.name, pg_catalog.least(b.ms,',
+    'SELECT pg_catalog.count(pg_catalog.set_config(b.name, LEAST(b.ms,',
     ' CASE WHEN s.setting::pg_catalog.int8 > 0 THEN s.setting::pg_catalog.int8 END)::pg_catalog.text, false))',
     ` FROM (VALUES ${rows.join(', ')}) AS b(name, ms) JOIN pg_catalog.pg_settings AS s ON s.name = b.name`,
   ].join('');
