@@ -24,6 +24,7 @@ export const TIMEOUT_LIFTS: readonly { sql: string; why: string }[] = [
   { sql: 'SET statement_timeout = 0', why: 'SET to none' },
   { sql: "SET idle_in_transaction_session_timeout = '1h'", why: 'SET above the bound' },
   { sql: 'SET lock_timeout = 0', why: 'lock_timeout to none' },
+  { sql: 'SET idle_session_timeout = 0', why: 'the database’s idle_session_timeout (no bound of the sidecar’s)' },
   { sql: 'SET SESSION "Idle_In_Transaction_Session_Timeout" TO 0', why: 'quoted mixed-case name' },
   { sql: 'set statement_timeout to 100', why: 'even a stricter SET: the pin is the value' },
   { sql: 'SET LOCAL statement_timeout = 0', why: 'SET LOCAL' },
@@ -60,7 +61,7 @@ const STARTUP_LIFTS: readonly Record<string, string>[] = [
 /** The three timeouts, in ms, as the agent's own backend has them (pg_settings of that session). */
 async function timeouts(client: pg.Client): Promise<Record<string, string>> {
   const r = await client.query<{ name: string; setting: string }>(
-    `SELECT name, setting FROM pg_settings WHERE name IN ('statement_timeout', 'lock_timeout', 'idle_in_transaction_session_timeout') ORDER BY name`,
+    `SELECT name, setting FROM pg_settings WHERE name IN ('statement_timeout', 'lock_timeout', 'idle_in_transaction_session_timeout', 'idle_session_timeout') ORDER BY name`,
   );
   return Object.fromEntries(r.rows.map((row) => [row.name, row.setting]));
 }
@@ -117,7 +118,11 @@ async function boundedSession(t: TestContext, readerLogin: boolean): Promise<voi
   // The database's own limits: a statement_timeout stricter than the sidecar's bound (kept), an
   // idle_in_transaction_session_timeout looser than it (bounded).
   superuserSql(
-    `ALTER DATABASE ${database} SET statement_timeout = '42s'; ALTER DATABASE ${database} SET idle_in_transaction_session_timeout = '1h'`,
+    [
+      `ALTER DATABASE ${database} SET statement_timeout = '6s'`,
+      `ALTER DATABASE ${database} SET idle_in_transaction_session_timeout = '1h'`,
+      `ALTER DATABASE ${database} SET idle_session_timeout = '1h'`,
+    ].join('; '),
   );
   const reader = readerLogin ? createReaderLogin(t, database) : undefined;
   const sidecar = await startTestSidecar(t, {
@@ -131,10 +136,12 @@ async function boundedSession(t: TestContext, readerLogin: boolean): Promise<voi
   // Ended before the database is dropped (which forces its sessions off).
   t.after(() => owner.end().catch(() => undefined));
   owner.on('error', () => undefined);
+  await owner.query('SET statement_timeout = 0'); // the writer waits as long as the agent holds its lock
   const bounded = {
     idle_in_transaction_session_timeout: String(IDLE_BOUND_MS),
     lock_timeout: '0',
-    statement_timeout: '42000',
+    statement_timeout: '6000',
+    idle_session_timeout: '3600000',
   };
 
   await t.test('the session starts with the smaller of the database value and the bound', async () => {
@@ -190,10 +197,23 @@ async function boundedSession(t: TestContext, readerLogin: boolean): Promise<voi
     }
     // Stricter values hold, a reused upstream session included (the first one was parked at its Terminate).
     for (let i = 0; i < 2; i++) {
-      const { client } = await agent(sidecar, { options: '-c statement_timeout=5s -c lock_timeout=250ms' });
-      assert.deepEqual(await timeouts(client), { ...bounded, lock_timeout: '250', statement_timeout: '5000' });
+      const { client } = await agent(sidecar, { options: '-c statement_timeout=4s -c lock_timeout=250ms' });
+      assert.deepEqual(await timeouts(client), { ...bounded, lock_timeout: '250', statement_timeout: '4000' });
       await client.end();
     }
+  });
+
+  await t.test('a long statement is ended by the server (57014), whatever it hides behind', async () => {
+    const { client } = await agent(sidecar);
+    for (const sql of ['EXPLAIN (ANALYZE) SELECT pg_sleep(3600)', "SELECT pg_sleep_for('1 day')"]) {
+      const error = await client.query(sql).then(
+        () => undefined,
+        (err: unknown) => err as Error & { code?: string },
+      );
+      assert.equal(error?.code, '57014', `${sql}: ${error?.message ?? 'ran to the end'}`);
+      assert.doesNotMatch(error.message, /^chaperone: /, 'the server’s own cancel, not a refusal');
+    }
+    await client.end();
   });
 
   await t.test(
@@ -205,6 +225,13 @@ async function boundedSession(t: TestContext, readerLogin: boolean): Promise<voi
       await client.query('SELECT count(*) FROM accounts');
       // The writer asks for ACCESS EXCLUSIVE while the agent's transaction holds ACCESS SHARE: it waits for it.
       const altered = owner.query('ALTER TABLE accounts ADD COLUMN note text');
+      // A statement of the transaction that would run for an hour is cancelled at the statement bound; the
+      // failed transaction, idle, then ends at the idle bound.
+      const slept = await client.query('SELECT pg_sleep(3600)').then(
+        () => undefined,
+        (err: unknown) => err as Error & { code?: string },
+      );
+      assert.equal(slept?.code, '57014', slept?.message);
       const error = await ended;
       assert.equal(error.code, '25P03', error.message); // idle_in_transaction_session_timeout
       await altered;

@@ -281,6 +281,7 @@ describe('timeouts a read-only session cannot lift', () => {
       'SET statement_timeout = 1000',
       'SET LOCAL lock_timeout = 0',
       'SET SESSION idle_in_transaction_session_timeout TO 0',
+      'SET idle_session_timeout = 0',
       'SET "Statement_Timeout" = 0',
       'RESET idle_in_transaction_session_timeout',
       'SET statement_timeout TO DEFAULT',

@@ -40,9 +40,15 @@ export interface SessionPins {
 /**
  * The timeouts that end what an agent's read holds (locks, a snapshot, a backend): in a read-only session
  * they are the database's (role, database, server) and the sidecar's bound, the smaller one, and no
- * statement changes them.
+ * statement changes them. idle_session_timeout has no bound of the sidecar's (an idle session outside a
+ * transaction holds no lock), but a DBA's value of it is not lifted either.
  */
-export const BOUNDED_TIMEOUTS = ['statement_timeout', 'lock_timeout', 'idle_in_transaction_session_timeout'] as const;
+export const BOUNDED_TIMEOUTS = [
+  'statement_timeout',
+  'lock_timeout',
+  'idle_in_transaction_session_timeout',
+  'idle_session_timeout',
+] as const;
 export type BoundedTimeout = (typeof BOUNDED_TIMEOUTS)[number];
 export type TimeoutBounds = Readonly<Partial<Record<BoundedTimeout, number>>>;
 const BOUNDED_TIMEOUT_NAMES: ReadonlySet<string> = new Set(BOUNDED_TIMEOUTS);

@@ -198,8 +198,8 @@ export const READ_CORPUS: readonly CorpusEntry[] = [
   { sql: 'BEGIN READ ONLY; SELECT 1; COMMIT', why: 'read-only transaction' },
   { sql: 'START TRANSACTION ISOLATION LEVEL REPEATABLE READ; SELECT 1; ROLLBACK', why: 'isolation level' },
   // Not the timeouts: a read-only session cannot change those (session-state.ts, BOUNDED_TIMEOUTS).
-  { sql: "SET work_mem = '8MB'", why: 'harmless setting' },
-  { sql: "SET application_name = 'agent'; RESET work_mem", why: 'harmless settings' },
+  { sql: "SET TimeZone = 'UTC'", why: 'harmless setting' },
+  { sql: "SET application_name = 'agent'; RESET TimeZone", why: 'harmless settings' },
   { sql: "SELECT 'DELETE FROM audit_log; DROP TABLE accounts'", why: 'write keywords inside a string' },
   { sql: "SELECT 'a'';DELETE FROM audit_log;--'", why: 'doubled quote keeps the write inside the string' },
   { sql: 'SELECT $$ DELETE FROM audit_log $$ AS not_a_write', why: 'write inside dollar quotes' },
