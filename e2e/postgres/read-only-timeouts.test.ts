@@ -46,6 +46,13 @@ export const TIMEOUT_LIFTS: readonly { sql: string; why: string }[] = [
   },
   { sql: 'ALTER DATABASE postgres SET statement_timeout = 0', why: 'database default for later logins' },
   { sql: 'SET SESSION AUTHORIZATION DEFAULT', why: 'another session user' },
+  // A held cursor's query runs at COMMIT, after PostgreSQL switched statement_timeout off: before the fix this
+  // ran for the whole hour holding its ACCESS SHARE locks.
+  {
+    sql: 'BEGIN; DECLARE held CURSOR WITH HOLD FOR SELECT pg_sleep(3600); COMMIT',
+    why: 'a WITH HOLD cursor: its query runs at COMMIT, outside statement_timeout',
+  },
+  { sql: 'DECLARE held CURSOR WITH HOLD FOR SELECT count(*) FROM accounts', why: 'any WITH HOLD cursor' },
 ];
 
 /** Startup parameters that would lift a timeout in a read-only session: each is a FATAL 42501. */
@@ -212,6 +219,7 @@ async function boundedSession(t: TestContext, readerLogin: boolean): Promise<voi
       );
       assert.equal(error?.code, '57014', `${sql}: ${error?.message ?? 'ran to the end'}`);
       assert.doesNotMatch(error.message, /^chaperone: /, 'the server’s own cancel, not a refusal');
+      await client.query('ROLLBACK').catch(() => undefined);
     }
     await client.end();
   });

@@ -289,12 +289,20 @@ describe('timeouts a read-only session cannot lift', () => {
       'RESET ALL',
       "SELECT set_config('idle_in_transaction_session_timeout', '0', false)",
       "SELECT pg_catalog.set_config('LOCK_TIMEOUT', '0', true)",
+      'DECLARE c CURSOR WITH HOLD FOR SELECT pg_sleep(3600)',
+      'DECLARE c BINARY NO SCROLL CURSOR WITH HOLD FOR SELECT 1',
     ]) {
       assert.match(settingRefusal(statement(sql), BOUNDED) ?? '', /read-only/, sql);
       assert.match(settingRefusal(statement(sql), READ_ONLY) ?? '', /read-only/, `${sql} without bounds`);
       assert.equal(settingRefusal(statement(sql), PINS), undefined, `${sql} in a read-write session`);
     }
-    for (const sql of ['SHOW statement_timeout', "SELECT current_setting('lock_timeout')", 'SET work_mem = 65536']) {
+    for (const sql of [
+      'SHOW statement_timeout',
+      "SELECT current_setting('lock_timeout')",
+      'SET work_mem = 65536',
+      'DECLARE c CURSOR WITHOUT HOLD FOR SELECT 1',
+      'DECLARE c SCROLL CURSOR FOR SELECT 1',
+    ]) {
       assert.equal(settingRefusal(statement(sql), BOUNDED), undefined, sql);
     }
   });

@@ -450,7 +450,8 @@ function boundedTimeoutRefusal(name: string): string {
  * the startup value, which is the pin, and are allowed. In a read-only session, anything that could turn
  * the read-only guard off is refused: SET of the guard settings to another value, BEGIN / START
  * TRANSACTION / SET TRANSACTION / SET SESSION CHARACTERISTICS with READ WRITE as their last mode; and
- * any SET, SET LOCAL, RESET or DEFAULT of a bounded timeout, and RESET ALL. set_config() calls of the same settings are refused the same way (setConfigRefusal).
+ * any SET, SET LOCAL, RESET or DEFAULT of a bounded timeout, RESET ALL, and DECLARE ... WITH HOLD (its
+ * query runs at COMMIT, outside statement_timeout). set_config() calls of the same settings are refused the same way (setConfigRefusal).
  */
 export function settingRefusal(statement: AnalyzedStatement, pins: SessionPins): string | undefined {
   for (const name of statement.configures ?? []) {
@@ -485,6 +486,10 @@ export function settingRefusal(statement: AnalyzedStatement, pins: SessionPins):
     if (pins.readOnly && transactionModes && statement.sideEffects) {
       return 'this session is read-only; READ WRITE transactions are not allowed';
     }
+  }
+  if (pins.readOnly && statement.holdsCursor === true) {
+    // The held cursor's query runs at COMMIT, after PostgreSQL has switched statement_timeout off: unbounded.
+    return 'this session is read-only; a WITH HOLD cursor runs its query at COMMIT, where statement_timeout does not apply';
   }
   if (pins.readOnly && statement.transaction === 'begin' && statement.sideEffects) {
     return 'this session is read-only; READ WRITE transactions are not allowed';
