@@ -50,6 +50,15 @@ const READ_ONLY_ATTACKS: readonly ReadOnlyAttack[] = [
   { sql: 'BEGIN; SELECT * FROM accounts FOR UPDATE; COMMIT', why: 'row locks in an explicit transaction' },
   { sql: 'DECLARE c CURSOR WITH HOLD FOR SELECT * FROM accounts FOR UPDATE', why: 'row locks in a held cursor' },
   { sql: 'PREPARE locker AS SELECT * FROM accounts FOR SHARE', why: 'row locks in a prepared statement' },
+  // The fifteenth session: row and table locks in spellings the corpora did not use.
+  { sql: 'WITH l AS (SELECT * FROM accounts FOR KEY SHARE) SELECT 1', why: 'KEY SHARE in an unused CTE' },
+  { sql: 'SELECT * FROM accounts, LATERAL (SELECT 1 FOR SHARE) x', why: 'a lock clause in LATERAL' },
+  { sql: 'SELECT (SELECT id FROM accounts LIMIT 1 FOR NO KEY UPDATE SKIP LOCKED)', why: 'in a scalar subquery' },
+  { sql: 'TABLE accounts FOR UPDATE', why: 'TABLE with a lock clause' },
+  { sql: 'BEGIN; LOCK accounts', why: 'LOCK without TABLE: ACCESS EXCLUSIVE, held' },
+  { sql: 'BEGIN; LOCK TABLE ONLY accounts IN ACCESS SHARE MODE', why: 'the weakest mode, ONLY' },
+  { sql: 'BEGIN; LOCK accounts, audit_log IN ROW SHARE MODE NOWAIT', why: 'two tables, NOWAIT' },
+  { sql: 'CHECKPOINT', why: 'a checkpoint (a superuser’s or pg_checkpoint’s)' },
   // Sequences, transaction ids, advisory locks, spelled so that a name match could miss them.
   { sql: 'SELECT "pg_catalog"."nextval"(\'accounts_seq\')', why: 'quoted, qualified nextval' },
   { sql: 'SELECT U&"\\006Eextval"(\'accounts_seq\')', why: 'nextval with a Unicode-escaped name' },

@@ -515,7 +515,8 @@ export class StatementGate {
       if (s.fetches !== undefined && !this.cursors.has(s.fetches) && declared?.has(s.fetches) !== true) {
         return undeclaredCursor(s.fetches);
       }
-      if (s.setting === undefined && s.configures === undefined && s.transaction !== 'begin') continue;
+      const pinned = s.setting !== undefined || s.configures !== undefined || s.transaction === 'begin';
+      if (!pinned && s.holdsCursor !== true) continue;
       const refusal = settingRefusal(s, this.pins);
       if (refusal !== undefined) return denial({ id: 'SettingRefused', message: `chaperone: ${refusal}` });
     }
