@@ -184,7 +184,7 @@ test('the fields read keep nothing of the record text alive (the worker drops th
   const before = process.memoryUsage().heapUsed;
   for (let i = 0; i < 5000; i++) {
     const text = Buffer.from(
-      canonicalRecordText({ ...record, seq: i + 1, command: { sql: `${pad}${String(i)}` } } as AuditRecord),
+      canonicalRecordText({ ...record, seq: i + 1, command: { id: i + 1, kind: 'sql', text: `${pad}${String(i)}` } }),
     ).toString('utf8');
     kept.push(readRecordFields(text));
   }
