@@ -385,9 +385,8 @@ export class StatementGate {
       return { action: 'substitute', command, denial: undefined };
     }
     if (command.decision.decision === 'approve' && this.agentSession.holdsForApproval) {
-      // In a transaction block that already failed the server would ignore the statement: so do we, with its
-      // error (25P02), filing no request and using no approval for a statement that cannot run. (Transaction
-      // control, which the server does run there, is held as usual.)
+      // In a failed transaction block the server would ignore the statement: so do we, with its error (25P02),
+      // filing no request for it. (Transaction control, which the server does run there, is held as usual.)
       if (this.upstream.transactionStatus === 'E' && !statements.some((s) => s.transaction !== undefined)) {
         return { action: 'substitute', command, denial: approvalInFailedTransaction() };
       }
