@@ -93,7 +93,8 @@ function fileNamed(dir: string, name: string): number {
   return 0;
 }
 
-function rssMiB(pid: number | undefined): number {
+/** VmRSS of `pid` (all its threads), MiB; 0 when it is gone. */
+export function rssMiB(pid: number | undefined): number {
   if (pid === undefined) return 0;
   try {
     const kb = /^VmRSS:\s+(\d+) kB$/m.exec(readFileSync(`/proc/${String(pid)}/status`, 'utf8'))?.[1];

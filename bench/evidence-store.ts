@@ -13,9 +13,10 @@ import { startControlPlane, type ControlPlane } from '../e2e/harness/control-pla
 import { applyCrds, kubectl } from '../e2e/harness/kube.ts';
 import type { PostgresCluster } from '../e2e/harness/postgres.ts';
 import { ALLOW_ALL, spawnSidecar, type SidecarProcess } from '../e2e/harness/sidecar-process.ts';
+import { SIDECAR_NODE_FLAGS } from '../sidecar/src/bin/node-flags.ts';
 import { postgresBinDir } from '../e2e/harness/tools.ts';
 import { cpus } from 'node:os';
-import { formatStoreState, machineStealSeconds, storeState, type StoreState } from './evidence-state.ts';
+import { formatStoreState, machineStealSeconds, rssMiB, storeState, type StoreState } from './evidence-state.ts';
 import { machineIdleSeconds, ProcessCpuSampler } from './process-cpu.ts';
 
 export interface EvidencePgbenchRun {
@@ -39,6 +40,8 @@ export interface EvidencePgbenchRun {
   readonly tpsSeries: readonly number[];
   /** What accumulates from run to run, read just after this one (StoreState). */
   readonly after?: StoreState;
+  /** The highest RSS of the target's sidecar (all threads) during the run, sampled every 200 ms, MiB. */
+  readonly rssPeakMiB: number;
   /**
    * CPU seconds over the run by process group (the target's sidecar, pgbench, pgbench's PostgreSQL
    * backends, the store's backends, the WAL writer, other PostgreSQL processes, the control plane), and the
@@ -112,6 +115,12 @@ export interface EvidenceStoreBenchResult {
    */
   readonly spoolFsyncMeanMs: number;
   readonly storeInsertMeanMs: number;
+  /**
+   * Each single sidecar's RSS once every round is over, its backlog written and it idle for `idleSeconds`
+   * (what it keeps after a load), MiB, by target.
+   */
+  readonly rssAfterIdleMiB: Readonly<Partial<Record<EvidenceTarget, number>>>;
+  readonly idleSeconds: number;
   readonly fleet: {
     readonly sidecars: number;
     readonly seconds: number;
@@ -154,7 +163,7 @@ function pgbench(
 ): Promise<
   Omit<
     EvidencePgbenchRun,
-    'target' | 'round' | 'cpu' | 'machineIdleSeconds' | 'after' | 'stealSeconds' | 'outsideCpuSeconds'
+    'target' | 'round' | 'cpu' | 'machineIdleSeconds' | 'after' | 'stealSeconds' | 'outsideCpuSeconds' | 'rssPeakMiB'
   >
 > {
   const bin = join(postgresBinDir(), 'pgbench');
@@ -265,6 +274,10 @@ export interface EvidenceStoreBenchOptions {
   readonly baselineDir?: string;
   /** Profile the JSON-lines sidecar too (with `cpuProfileDir`), to set the two profiles side by side. */
   readonly profileYardstick?: boolean;
+  /** Node options for every sidecar of this bench, after the image's V8 flags (node-flags.ts) and before the bin. */
+  readonly nodeArgs?: readonly string[];
+  /** Seconds every single sidecar stays idle after the rounds before its RSS is read (default 30). */
+  readonly idleSeconds?: number;
 }
 
 export async function runEvidenceStoreBench(options: EvidenceStoreBenchOptions): Promise<EvidenceStoreBenchResult> {
@@ -315,7 +328,9 @@ export async function runEvidenceStoreBench(options: EvidenceStoreBenchOptions):
         listener: { authTimeoutMs: 60_000 },
         policies: { 'allow-all': ALLOW_ALL },
         logLevel: 'info',
-        ...(extra.nodeArgs === undefined ? {} : { nodeArgs: extra.nodeArgs }),
+        // The image's V8 flags (node-flags.ts), as every pod runs it: without --liftoff-only the SQL parser's
+        // tier-up alone peaked at 1.2 GiB (bench/README.md, issue 18, fifteenth session).
+        nodeArgs: [...SIDECAR_NODE_FLAGS, ...(options.nodeArgs ?? []), ...(extra.nodeArgs ?? [])],
         ...(extra.bin === undefined ? {} : { bin: extra.bin }),
         ...(mode === 'json-lines'
           ? {}
@@ -460,8 +475,15 @@ export async function runEvidenceStoreBench(options: EvidenceStoreBenchOptions):
         const sampler = samplerFor(running.get(target) ?? stored);
         const idleBefore = machineIdleSeconds();
         const stealBefore = machineStealSeconds();
+        const sidecarPid = (running.get(target) ?? stored).process.pid;
+        let rssPeakMiB = rssMiB(sidecarPid);
+        const rssSampler = setInterval(() => {
+          rssPeakMiB = Math.max(rssPeakMiB, rssMiB(sidecarPid));
+        }, 200);
         sampler.begin();
-        const measured = await pgbench(envOf(target), 8, seconds, options.rate);
+        const measured = await pgbench(envOf(target), 8, seconds, options.rate).finally(() => {
+          clearInterval(rssSampler);
+        });
         const window = sampler.end();
         const idle = machineIdleSeconds() - idleBefore;
         const steal = machineStealSeconds() - stealBefore;
@@ -476,6 +498,7 @@ export async function runEvidenceStoreBench(options: EvidenceStoreBenchOptions):
           machineIdleSeconds: idle,
           stealSeconds: steal,
           outsideCpuSeconds: window.seconds * cpus().length - idle - steal - groups,
+          rssPeakMiB,
           after: await state(),
         };
         runs.push(r);
@@ -486,7 +509,9 @@ export async function runEvidenceStoreBench(options: EvidenceStoreBenchOptions):
           `  ${target.padEnd(14)} -c 8 round ${String(round + 1)}/${String(options.rounds)}, ${String(seconds)} s: ${r.tps.toFixed(0)} tps, ${r.latencyMs.toFixed(3)} ms, ${String(r.failed)} failed; ` +
             `CPU µs/statement: ${perStatement}; machine idle ${r.machineIdleSeconds.toFixed(1)} CPU-s of ${(window.seconds * 2).toFixed(1)}, steal ${r.stealSeconds.toFixed(1)}, outside the bench ${r.outsideCpuSeconds.toFixed(1)}`,
         );
-        console.log(`    tps every 5 s: ${r.tpsSeries.map((t) => t.toFixed(0)).join(' ')}`);
+        console.log(
+          `    tps every 5 s: ${r.tpsSeries.map((t) => t.toFixed(0)).join(' ')}; sidecar RSS peak ${rssPeakMiB.toFixed(1)} MiB`,
+        );
         if (r.after !== undefined) console.log(`    after: ${formatStoreState(r.after)}`);
       }
     }
@@ -496,6 +521,17 @@ export async function runEvidenceStoreBench(options: EvidenceStoreBenchOptions):
     const meanMs = (a: { sum: number; count: number }, b: { sum: number; count: number }) =>
       ((b.sum - a.sum) / Math.max(1, b.count - a.count)) * 1000;
     const flushedAfter = await metric(stored, 'chaperone_audit_flushed_records_total');
+    // What each sidecar keeps once the load is over: every backlog written, then idle.
+    for (const [other, s] of running) if (other !== 'json-lines') await drained(s, 900_000);
+    const idleSeconds = options.idleSeconds ?? 30;
+    await new Promise((r) => setTimeout(r, idleSeconds * 1000));
+    const rssAfterIdleMiB: Partial<Record<EvidenceTarget, number>> = {};
+    for (const [target, s] of running) rssAfterIdleMiB[target] = rssMiB(s.process.pid);
+    console.log(
+      `  sidecar RSS after ${String(idleSeconds)} s idle, MiB: ${Object.entries(rssAfterIdleMiB)
+        .map(([t, v]) => `${t} ${v.toFixed(1)}`)
+        .join(', ')}`,
+    );
     const writesAfter = await apiWrites(stored);
     const storeRuns = runs.filter((r) => r.target === 'evidence-store');
     // Per round, each target against the yardstick measured in the same minutes (the load of the machine
@@ -613,6 +649,8 @@ export async function runEvidenceStoreBench(options: EvidenceStoreBenchOptions):
       apiWrites: apiWritesDone,
       spoolFsyncMeanMs: meanMs(fsyncBefore, fsyncAfter),
       storeInsertMeanMs: meanMs(insertBefore, insertAfter),
+      rssAfterIdleMiB,
+      idleSeconds,
       fleet: {
         sidecars: options.fleetSidecars,
         seconds: options.fleetSeconds,

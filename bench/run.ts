@@ -768,6 +768,13 @@ async function evidenceBench(pg: PostgresCluster): Promise<EvidenceStoreBenchRes
       : { targets: process.env.BENCH_EVIDENCE_TARGETS.split(',') as EvidenceTarget[] }),
     ...(process.env.BENCH_EVIDENCE_RATE === undefined ? {} : { rate: Number(process.env.BENCH_EVIDENCE_RATE) }),
     ...(args.baseline === undefined ? {} : { baselineDir: args.baseline }),
+    // BENCH_EVIDENCE_NODE_ARGS: node options for its sidecars (space-separated) after the image's V8 flags.
+    ...(process.env.BENCH_EVIDENCE_NODE_ARGS === undefined
+      ? {}
+      : { nodeArgs: process.env.BENCH_EVIDENCE_NODE_ARGS.split(' ').filter((a) => a !== '') }),
+    ...(process.env.BENCH_EVIDENCE_IDLE_SECONDS === undefined
+      ? {}
+      : { idleSeconds: Number(process.env.BENCH_EVIDENCE_IDLE_SECONDS) }),
     onSidecar: (s) => {
       variantSidecars.add(s);
       if (s.process.pid !== undefined) recordServer(runDir ?? '', `sidecar-${String(s.process.pid)}`, s.process.pid);

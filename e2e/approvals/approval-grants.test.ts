@@ -7,11 +7,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as k8s from '@kubernetes/client-node';
-import pg from 'pg';
 import { GROUP, VERSION, type AccessPolicySpec, type AuditRecord } from '@chaperone/api';
 import { runCli } from '../audit/run-cli.ts';
 import { listSessions, verifySessions } from '../audit/durability-helpers.ts';
 import { controlPlaneEnv } from '../harness/env.ts';
+import { connectAgent } from '../harness/agent-client.ts';
 import type { TestIdentity } from '../harness/identities.ts';
 import { statusOf } from '../harness/kube.ts';
 import { poll } from '../harness/poll.ts';
@@ -85,17 +85,9 @@ test('time-bound grants: one approval covers later matching commands for a while
     return { run, code: await run.exited };
   };
   const connect = async () => {
-    const client = new pg.Client({
-      host: sidecar.host,
-      port: sidecar.port,
-      user: 'agent',
-      database: 'agent-db',
-      password: token,
-      ssl: false,
-    });
+    const client = await connectAgent(sidecar, { token });
     const notices: string[] = [];
     client.on('notice', (n) => notices.push(n.message ?? ''));
-    await client.connect();
     return { client, notices };
   };
   let fingerprintGrant = '';

@@ -8,9 +8,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import pg from 'pg';
+import type pg from 'pg';
 import { runCli } from '../audit/run-cli.ts';
 import type { TestIdentity } from '../harness/identities.ts';
+import { connectAgent } from '../harness/agent-client.ts';
 import { poll } from '../harness/poll.ts';
 import { createApprovalWorld, requestNamed, type ApprovalWorld } from './approval-fixture.ts';
 
@@ -112,15 +113,7 @@ test('approvals with wait: false: answered at once, and the identical statement 
   );
 
   await t.test('in a transaction block that already failed: 25P02, no request filed, the approval kept', async () => {
-    const client = new pg.Client({
-      host: sidecar.host,
-      port: sidecar.port,
-      user: 'agent',
-      database: 'agent-db',
-      password: await world.requesterToken(sidecar),
-      ssl: false,
-    });
-    await client.connect();
+    const client = await connectAgent(sidecar, { token: await world.requesterToken(sidecar) });
     try {
       const insert = 'INSERT INTO reports(amount) VALUES (99)'; // no parameters: the simple query protocol
       const first = await errorOf(client.query(insert));
@@ -145,18 +138,7 @@ test('approvals with wait: false: answered at once, and the identical statement 
   await t.test(
     'node-postgres: other parameters and another session are not covered; a denial answers once; the trail',
     async () => {
-      const connect = async () => {
-        const client = new pg.Client({
-          host: sidecar.host,
-          port: sidecar.port,
-          user: 'agent',
-          database: 'agent-db',
-          password: await world.requesterToken(sidecar),
-          ssl: false,
-        });
-        await client.connect();
-        return client;
-      };
+      const connect = async () => connectAgent(sidecar, { token: await world.requesterToken(sidecar) });
       const a = await connect();
       const b = await connect();
       let bEnded = false;

@@ -15,6 +15,7 @@ import { buildEvidence } from '../../cli/src/audit/evidence.ts';
 import { runCli } from '../audit/run-cli.ts';
 import { listSessions, verifySessions } from '../audit/durability-helpers.ts';
 import { controlPlaneEnv } from '../harness/env.ts';
+import { connectAgent } from '../harness/agent-client.ts';
 import type { TestIdentity } from '../harness/identities.ts';
 import { statusOf } from '../harness/kube.ts';
 import { poll } from '../harness/poll.ts';
@@ -96,17 +97,9 @@ test('approvals: a held statement waits on its connection for authenticated peop
   const sidecar = await world.startSidecar(t);
   const env = sidecar.libpqEnv(await world.requesterToken(sidecar));
   const pgClient = async () => {
-    const client = new pg.Client({
-      host: sidecar.host,
-      port: sidecar.port,
-      user: 'agent',
-      database: 'agent-db',
-      password: await world.requesterToken(sidecar),
-      ssl: false,
-    });
+    const client = await connectAgent(sidecar, { token: await world.requesterToken(sidecar) });
     const notices: string[] = [];
     client.on('notice', (n) => notices.push(n.message ?? ''));
-    await client.connect();
     return { client, notices };
   };
   let approvedName = '';
@@ -410,18 +403,13 @@ test('approvals: a held SELECT, once approved, returns its rows masked by the po
 
   // Extended protocol (Parse, Bind, Describe, Execute held, Sync), text and binary results.
   for (const binary of [false, true]) {
-    const client = new pg.Client({
-      host: masked.host,
-      port: masked.port,
-      user: 'agent',
-      database: 'agent-db',
-      password: await world.requesterToken(masked),
-      ssl: false,
-      binary,
-    } as pg.ClientConfig);
+    const client = await connectAgent(
+      masked,
+      { token: await world.requesterToken(masked) },
+      { client: { binary } as Partial<pg.ClientConfig> },
+    );
     const notices: string[] = [];
     client.on('notice', (n) => notices.push(n.message ?? ''));
-    await client.connect();
     try {
       const held = outcomeOf(client.query('SELECT id, owner, iban FROM accounts WHERE id = $1', [2]));
       const heldName = await requestNamed(() => notices.join('\n'));

@@ -28,6 +28,7 @@ import {
 } from '../postgres/raw-client.ts';
 import { bind, describe, exchange, execute, firstColumns, parse } from '../postgres/protocol-wire.ts';
 import { leakIn, MASKED_POLICY, MASKING_SCHEMA_SQL } from './bypass-corpus.ts';
+import { messageFields, runCorpus, steps, type Step } from './corpus-steps.ts';
 
 /**
  * The owner's objects, made straight at the database: functions that raise or return a value, a reporting
@@ -49,17 +50,6 @@ create table archive.customers (id int, ssn text) partition by range (id);
 create table archive.customers_2023 partition of archive.customers for values from (0) to (100);
 insert into archive.customers values (1, '123-45-6789'), (2, '987-65-4320');
 `;
-
-type Expectation = 'masked' | 'denied' | 'error' | 'runs';
-
-interface Step {
-  readonly class: string;
-  readonly sql: string;
-  readonly expect: Expectation;
-}
-
-const steps = (cls: string, expect: Expectation, ...sqls: string[]): Step[] =>
-  sqls.map((sql) => ({ class: cls, sql, expect }));
 
 const OUTPUT_SHAPE_CORPUS: readonly Step[] = [
   ...steps(
@@ -233,18 +223,6 @@ const OUTPUT_SHAPE_CORPUS: readonly Step[] = [
   ...steps('a partition taken from under its rule', 'masked', 'select * from archive.customers_2023'),
 ];
 
-/** The field codes and values of an ErrorResponse or NoticeResponse body. */
-function fieldsOf(body: Buffer): Map<string, string> {
-  const out = new Map<string, string>();
-  let at = 0;
-  while (at < body.length && body[at] !== 0) {
-    const end = body.indexOf(0, at + 1);
-    out.set(String.fromCharCode(body[at] ?? 0), body.subarray(at + 1, end).toString('utf8'));
-    at = end + 1;
-  }
-  return out;
-}
-
 test('the output-shape corpus: no masked value in any error field, position, cursor, export or stored result', async (t) => {
   const database = await createTestDatabase(t, OWNER_SQL);
   const sidecar = await startTestSidecar(t, { policies: { masked: MASKED_POLICY }, database });
@@ -254,34 +232,13 @@ test('the output-shape corpus: no masked value in any error field, position, cur
     client.destroy();
   });
 
-  const failures: string[] = [];
-  for (const step of OUTPUT_SHAPE_CORPUS) {
-    const round = await simpleQueryRound(client, step.sql);
-    const where = `[${step.class}] ${step.sql}`;
-    const leak = leakIn(round.bytes);
-    if (leak !== undefined) failures.push(`${where}: LEAKED ${leak}`);
-    const errors = parseBackend(round.bytes)
-      .messages.filter((m) => m.type === 'E')
-      .map((m) => fieldsOf(m.body));
-    const described = errors.map((e) => `${e.get('C') ?? ''} ${e.get('M') ?? ''}`).join('; ');
-    for (const e of errors) {
-      if (/withheld/.test(e.get('M') ?? '') && e.has('P'))
-        failures.push(`${where}: a withheld error points at character ${e.get('P') ?? ''}`);
-    }
-    if ((step.expect === 'masked' || step.expect === 'runs') && errors.length > 0)
-      failures.push(`${where}: expected it to run, got ${described}`);
-    if (step.expect === 'denied' && !errors.some((e) => e.get('C') === '42501' && /^chaperone:/.test(e.get('M') ?? '')))
-      failures.push(`${where}: expected a denial, got ${described || 'none'}`);
-    if (step.expect === 'error' && !errors.some((e) => /withheld/.test(e.get('M') ?? '')))
-      failures.push(`${where}: expected an error with its text withheld, got ${described || 'none'}`);
-    if (round.status !== 'I') await simpleQueryRound(client, 'rollback');
-  }
+  const failures = await runCorpus(client, OUTPUT_SHAPE_CORPUS);
   assert.deepEqual(failures, [], failures.join('\n'));
 
   // Errors parse analysis raises on the agent's own text stay readable, with their position in that text.
   const mistake = 'select id from products where name = 1';
   const own = await simpleQueryRound(client, mistake);
-  const ownError = fieldsOf(parseBackend(own.bytes).messages.find((m) => m.type === 'E')?.body ?? Buffer.alloc(1));
+  const ownError = messageFields(parseBackend(own.bytes).messages.find((m) => m.type === 'E')?.body ?? Buffer.alloc(1));
   assert.equal(ownError.get('C'), '42883');
   assert.equal(ownError.get('M'), 'operator does not exist: text = integer');
   assert.equal(ownError.get('P'), String(mistake.indexOf('=') + 1));

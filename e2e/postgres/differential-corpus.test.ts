@@ -18,6 +18,7 @@ import {
   OWNER_OBJECT_WRITES,
 } from '../../sidecar/src/engines/postgres/analysis/differential-corpus.ts';
 import { ALLOW_ALL, startTestSidecar } from '../harness/sidecar.ts';
+import { connectAgent } from '../harness/agent-client.ts';
 import { spawnSidecar, type SidecarProcess } from '../harness/sidecar-process.ts';
 import { createReaderLogin, createTestDatabase } from '../harness/databases.ts';
 import { directPgOptions, postgresEnv, testDir } from '../harness/env.ts';
@@ -168,18 +169,8 @@ function assertRecorded(records: readonly AuditRecord[], sent: readonly SentQuer
   }
 }
 
-async function agentClient(t: TestContext, sidecar: SidecarProcess): Promise<pg.Client> {
-  const token = await sidecar.issuer.sign({ sub: 'system:serviceaccount:ci:reader' });
-  const client = new pg.Client({
-    host: sidecar.host,
-    port: sidecar.port,
-    user: 'agent',
-    password: token,
-    database: 'agent',
-  });
-  await client.connect();
-  t.after(() => client.end().catch(() => undefined));
-  return client;
+function agentClient(t: TestContext, sidecar: SidecarProcess): Promise<pg.Client> {
+  return connectAgent(sidecar, { sub: 'system:serviceaccount:ci:reader' }, { endAfter: t });
 }
 
 test('owner login, read-only policy: each differential attempt is refused with 42501 or runs as recorded, and nothing changes', async (t) => {

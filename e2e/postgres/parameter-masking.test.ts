@@ -3,9 +3,9 @@
 // The statement still runs with the real values.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import pg from 'pg';
 import type { AccessPolicySpec } from '@chaperone/api';
 import { startTestSidecar } from '../harness/sidecar.ts';
+import { connectAgent } from '../harness/agent-client.ts';
 
 function policy(masking: NonNullable<AccessPolicySpec['masking']>): AccessPolicySpec {
   return {
@@ -22,9 +22,7 @@ async function recordedParameters(
   values: string[],
 ): Promise<{ rows: unknown[]; parameters: readonly string[] | undefined }> {
   const sidecar = await startTestSidecar(t, { policies: { masked: spec } });
-  const token = await sidecar.issuer.sign({ sub: 'system:serviceaccount:ci:agent' });
-  const c = new pg.Client({ host: sidecar.host, port: sidecar.port, user: 'agent', password: token, database: 'x' });
-  await c.connect();
+  const c = await connectAgent(sidecar, { sub: 'system:serviceaccount:ci:agent' });
   try {
     const result = await c.query('select $1::text as a, $2::text as b', values);
     const records = await sidecar.settledRecords();

@@ -2,9 +2,9 @@
 // without dropping the connection; decision records name the policy, the rule and the bundle digest in force.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import pg from 'pg';
 import { decisionBundleDigests, type AccessPolicySpec } from '@chaperone/api';
 import { READ_ONLY, startTestSidecar, writePolicyBundle } from '../harness/sidecar.ts';
+import { connectAgent } from '../harness/agent-client.ts';
 import { createTestDatabase } from '../harness/databases.ts';
 import { poll } from '../harness/poll.ts';
 
@@ -17,9 +17,7 @@ const WRITER: AccessPolicySpec = {
 test('an edited policy takes effect on a live session once loaded, and the connection survives', async (t) => {
   const database = await createTestDatabase(t, 'create table notes (n int)');
   const sidecar = await startTestSidecar(t, { policies: { team: WRITER }, database });
-  const token = await sidecar.issuer.sign({ sub: 'system:serviceaccount:ci:agent' });
-  const c = new pg.Client({ host: sidecar.host, port: sidecar.port, user: 'agent', password: token, database: 'x' });
-  await c.connect();
+  const c = await connectAgent(sidecar, { sub: 'system:serviceaccount:ci:agent' });
   try {
     const pid = (await c.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]?.pid;
     await c.query('insert into notes values (1)');

@@ -14,6 +14,7 @@ import {
   WRITE_CORPUS,
 } from '../../sidecar/src/engines/postgres/analysis/write-corpus.ts';
 import { READ_ONLY, startTestSidecar } from '../harness/sidecar.ts';
+import { connectAgent } from '../harness/agent-client.ts';
 import { createTestDatabase } from '../harness/databases.ts';
 import { directPgOptions, postgresEnv, superuserSql } from '../harness/env.ts';
 import { poll } from '../harness/poll.ts';
@@ -25,16 +26,7 @@ test('read-only policy: every corpus write is denied with 42501, every read allo
   // Every statement of a session of this database goes to the server log (from the next login on).
   superuserSql(`alter database ${database} set log_statement = 'all'`);
   const sidecar = await startTestSidecar(t, { policies: { 'read-only': READ_ONLY }, database });
-  const token = await sidecar.issuer.sign({ sub: 'system:serviceaccount:ci:reader' });
-  const client = new pg.Client({
-    host: sidecar.host,
-    port: sidecar.port,
-    user: 'agent',
-    password: token,
-    database: 'agent',
-  });
-  await client.connect();
-  t.after(() => client.end());
+  const client = await connectAgent(sidecar, { sub: 'system:serviceaccount:ci:reader' }, { endAfter: t });
 
   const sent: { sql: string; expect: 'deny' | 'allow' }[] = [];
   for (const entry of WRITE_CORPUS) {

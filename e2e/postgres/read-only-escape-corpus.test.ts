@@ -12,6 +12,7 @@ import assert from 'node:assert/strict';
 import pg from 'pg';
 import { CORPUS_SCHEMA_SQL } from '../../sidecar/src/engines/postgres/analysis/write-corpus.ts';
 import { READ_ONLY, startTestSidecar } from '../harness/sidecar.ts';
+import { connectAgent } from '../harness/agent-client.ts';
 import { createReaderLogin, createTestDatabase } from '../harness/databases.ts';
 import { directPgOptions } from '../harness/env.ts';
 
@@ -106,15 +107,7 @@ async function attackThroughSidecar(t: TestContext, readerLogin: boolean): Promi
   const owner = new pg.Client(directPgOptions(database));
   await owner.connect();
   const before = await serverState(owner);
-  const token = await sidecar.issuer.sign({ sub: 'system:serviceaccount:ci:reader' });
-  const client = new pg.Client({
-    host: sidecar.host,
-    port: sidecar.port,
-    user: 'agent',
-    password: token,
-    database: 'agent',
-  });
-  await client.connect();
+  const client = await connectAgent(sidecar, { sub: 'system:serviceaccount:ci:reader' });
   const login = await client.query<{ u: string; guard: string }>(
     "SELECT current_user AS u, current_setting('default_transaction_read_only') AS guard",
   );

@@ -13,7 +13,7 @@ import { controlPlaneEnv } from '../harness/env.ts';
 import { poll } from '../harness/poll.ts';
 import { writePolicyBundle } from '../harness/sidecar-process.ts';
 import { createApprovalWorld, POLICIES, type ApprovalWorld } from '../approvals/approval-fixture.ts';
-import { held, heldAndDecided, requestOf } from './held-wire.ts';
+import { held, heldAndDecided, requestOf, settled } from './held-wire.ts';
 import { authenticatedClient, parseBackend, query, SYNC, TERMINATE, type RawClient } from './raw-client.ts';
 import { bind, describe, exchange, execute, FLUSH, functionCall, parse } from './protocol-wire.ts';
 import { ALLOWED, DENIED, GUARD, PAYOUT, TIMEOUT_MS } from './refusal-fixture.ts';
@@ -78,6 +78,18 @@ test('the trail of refused, held and approved commands', async (t) => {
     await client.untilClosed(TIMEOUT_MS).catch(() => undefined);
     client.destroy();
   };
+  /** Waits until `sidecar` logs that it loaded the bundle with `digest`. */
+  const loaded = (digest: string, from = sidecar): Promise<true> =>
+    poll('the sidecar to load the edited bundle', () =>
+      Promise.resolve(
+        from
+          .logs()
+          .split('\n')
+          .some((l) => l.includes('"msg":"policy bundles loaded"') && l.includes(digest))
+          ? true
+          : undefined,
+      ),
+    );
 
   await t.test('a refusal made before policy is the sidecar’s deny, whatever policy says of kind other', async () => {
     const refused = [
@@ -214,6 +226,111 @@ test('the trail of refused, held and approved commands', async (t) => {
     },
   );
 
+  await t.test('an approved Bind the server refuses: its outcome is the server’s error, once', async () => {
+    const before = await world.count('payouts');
+    const client = await connect();
+    const names: string[] = [];
+    /** An approved payout whose amount the server cannot convert to an integer: the Bind fails (22P02). */
+    const approved = async (pipeline: Buffer): Promise<void> => {
+      const { request, reply } = await heldAndDecided(client, pipeline, (name) => decide('approve', name));
+      names.push(request);
+      assert.deepEqual(reply.codes, ['22P02'], reply.errors.join('; '));
+    };
+    try {
+      // 1. Bind, then Sync: no Execute.
+      await approved(Buffer.concat([parse('', PAYOUT), bind('', '', ['x1']), SYNC]));
+      // 2. Bind, Execute, Sync: the server skips the Execute behind the Bind's error.
+      await approved(Buffer.concat([parse('', PAYOUT), bind('', '', ['x2']), execute(''), SYNC]));
+      // 3. Bind, Flush: the error comes before the client sends its Execute (discarded until the Sync).
+      const mark = await held(client, Buffer.concat([parse('', PAYOUT), bind('', '', ['x3']), FLUSH]));
+      names.push(requestOf(client, mark));
+      await decide('approve', names[2]!);
+      const failed = (): boolean =>
+        parseBackend(client.received.subarray(mark.offset), 0, true).messages.some((m) => m.type === 'E');
+      assert.ok(await client.until(failed, TIMEOUT_MS), 'the Bind’s ErrorResponse');
+      const rest = await exchange(client, Buffer.concat([execute(''), SYNC]), 1);
+      assert.deepEqual(rest.codes, [], rest.errors.join('; '));
+      // The session goes on.
+      const after = await exchange(client, query('select 1'), 1);
+      assert.deepEqual(after.codes, [], after.errors.join('; '));
+    } finally {
+      await finish(client);
+    }
+    assert.equal(await world.count('payouts'), before, 'nothing was inserted');
+    const records = await endedTrail(world, (r) => r.approval?.request === names[2]);
+    const onRecord = ['x1', 'x2', 'x3'].map((amount, i) => {
+      const runs = decided(records, PAYOUT, [amount]);
+      const id = runs[0]?.decision.command?.id;
+      const outcomes = records.filter((r) => carriesCommandOutcome(r) && r.command?.id === id);
+      return {
+        amount,
+        decisions: runs.map((d) => d.decision.decision?.result),
+        outcomes: outcomes.map((r) => [r.outcome?.status, r.outcome?.code, r.approval?.request === names[i]]),
+        message: outcomes[0]?.outcome?.message,
+      };
+    });
+    t.diagnostic(JSON.stringify(onRecord));
+    assert.deepEqual(
+      onRecord.map(({ message: _message, ...rest }) => rest),
+      ['x1', 'x2', 'x3'].map((amount) => ({ amount, decisions: ['approve'], outcomes: [['error', '22P02', true]] })),
+      'one decision each, and one outcome: the server’s error, under the approval',
+    );
+    for (const { amount, message } of onRecord)
+      assert.match(message ?? '', /invalid input syntax for type integer/, amount);
+  });
+
+  await t.test(
+    'a reload that changes the approval settings: later Executes of a run portal continue under its approval',
+    async () => {
+      const before = await world.count('payouts');
+      const client = await connect();
+      const twice = 'insert into payouts(amount) values ($1), ($1) returning id';
+      let name = '';
+      let digest: string | undefined;
+      try {
+        await exchange(client, query('begin'), 1);
+        // The whole INSERT runs at the first Execute; its rows are fetched one at a time.
+        const mark = await held(client, Buffer.concat([parse('', twice), bind('', '', ['47']), execute('', 1), FLUSH]));
+        name = requestOf(client, mark);
+        await decide('approve', name);
+        const suspended = (): boolean =>
+          parseBackend(client.received.subarray(mark.offset), 0, true).messages.some((m) => m.type === 's');
+        assert.ok(await client.until(suspended, TIMEOUT_MS), 'PortalSuspended after the first row');
+        // The same rule, other approval settings: a new bundle digest.
+        const payouts = POLICIES.payouts!;
+        const settings = { ...payouts.approval!, approverGroups: ['dba', 'auditors'], timeout: '9m' };
+        digest = await writePolicyBundle(sidecar.bundleDir, 'payouts', { ...payouts, approval: settings }, world.ns);
+        await loaded(digest);
+        const rest = await exchange(client, Buffer.concat([execute(''), SYNC]), 1);
+        assert.deepEqual(rest.codes, [], rest.errors.join('; '));
+        assert.ok(rest.types.includes('D') && rest.types.includes('C'), rest.types);
+        const committed = await exchange(client, query('commit'), 1);
+        assert.deepEqual(committed.codes, [], committed.errors.join('; '));
+      } finally {
+        await finish(client);
+      }
+      assert.equal(await world.count('payouts'), before + 2, 'the approved INSERT ran once');
+      const records = await endedTrail(world, (r) => r.approval?.request === name);
+      const runs = decided(records, twice, ['47']);
+      assert.deepEqual(
+        runs.map((d) => [
+          d.decision.decision?.result,
+          d.decision.decision?.rule,
+          d.outcome?.outcome?.status,
+          d.outcome?.approval?.request,
+        ]),
+        [
+          ['approve', 'payouts-writes', 'success', name],
+          ['approve', 'payouts-writes', 'success', name],
+        ],
+        'the second Execute: its own decision under the reloaded bundle, run under the portal’s approval',
+      );
+      assert.equal(runs[1]?.decision.decision?.bundleDigest, digest, 'decided under the reloaded bundle');
+      const requested = records.filter((r) => r.type === 'approval.requested' && r.command?.text === twice);
+      assert.equal(requested.length, 1, 'no second request');
+    },
+  );
+
   await t.test('a policy reload between an approved Bind and its Execute: decided under the new policy', async () => {
     const before = await world.count('payouts');
     const client = await connect();
@@ -227,17 +344,7 @@ test('the trail of refused, held and approved commands', async (t) => {
       const bound = (): boolean =>
         parseBackend(client.received.subarray(mark.offset), 0, true).messages.some((m) => m.type === '2');
       assert.ok(await client.until(bound, TIMEOUT_MS), 'BindComplete');
-      const digest = await writePolicyBundle(sidecar.bundleDir, 'payouts', PAYOUTS_DENIED, world.ns);
-      await poll('the sidecar to load the edited bundle', () =>
-        Promise.resolve(
-          sidecar
-            .logs()
-            .split('\n')
-            .some((l) => l.includes('"msg":"policy bundles loaded"') && l.includes(digest))
-            ? true
-            : undefined,
-        ),
-      );
+      await loaded(await writePolicyBundle(sidecar.bundleDir, 'payouts', PAYOUTS_DENIED, world.ns));
       const run = await exchange(client, Buffer.concat([execute(''), SYNC]), 1);
       assert.deepEqual(run.codes, ['42501'], run.errors.join('; '));
       // COMMIT of the failed block rolls it back; had the Execute run, this would commit its row.
@@ -257,4 +364,82 @@ test('the trail of refused, held and approved commands', async (t) => {
     );
     assert.equal(runs[0]?.outcome?.approval, undefined, 'the approved run ended under no approval: it did not run');
   });
+  await t.test(
+    'an approved Bind decided before BEGIN’s reply, under a rule on inTransaction: decided again at its Execute',
+    async (st) => {
+      // Outside a transaction block `payouts` holds payouts (payouts-writes); inside one `a-in-block` does
+      // (raw Rego on session.inTransaction), and ties go to the first policy by name.
+      const payouts = POLICIES.payouts!;
+      const inBlock: AccessPolicySpec = {
+        resources: { names: ['test-db'] },
+        rules: [{ name: 'everything-else', decision: 'allow', match: {} }],
+        defaultDecision: 'deny',
+        approval: payouts.approval!,
+        rego: [
+          'package chaperone.custom',
+          '',
+          'approve contains "a payout inside a transaction block" if {',
+          '  input.session.inTransaction',
+          '  some s in input.command.statements',
+          '  "public.payouts" in s.relations',
+          '}',
+        ].join('\n'),
+      };
+      const split = await world.startSidecar(st, undefined, { 'a-in-block': inBlock, payouts });
+      const before = await world.count('payouts');
+      const client = await authenticatedClient(split.host, split.port, await world.requesterToken(split), TIMEOUT_MS);
+      const names: string[] = [];
+      try {
+        // BEGIN and the statement in one write: the Bind is decided before BEGIN's ReadyForQuery arrives.
+        const pipeline = Buffer.concat([query('begin'), parse('', PAYOUT), bind('', '', ['46']), execute(''), SYNC]);
+        const mark = await held(client, pipeline);
+        names.push(requestOf(client, mark));
+        await decide('approve', names[0]!);
+        // Its Execute, decided in the block now, is another policy's decision: held again, a new request.
+        const notices = (): string[] => [
+          ...new Set(
+            [
+              ...client.received
+                .subarray(mark.offset)
+                .toString('latin1')
+                .matchAll(/ApprovalRequest [a-z0-9-]+\/([a-z0-9-]+) /g),
+            ].map((m) => m[1] ?? ''),
+          ),
+        ];
+        assert.ok(await client.until(() => notices().length === 2, TIMEOUT_MS), 'a second request');
+        names.push(notices().find((n) => n !== names[0])!);
+        await decide('approve', names[1]!);
+        const end = await settled(client, mark, 2);
+        assert.deepEqual(end.codes, [], end.errors.join('; '));
+        const committed = await exchange(client, query('commit'), 1);
+        assert.deepEqual(committed.codes, [], committed.errors.join('; '));
+        client.write(TERMINATE);
+        await client.untilClosed(TIMEOUT_MS).catch(() => undefined);
+      } finally {
+        client.destroy();
+      }
+      assert.equal(await world.count('payouts'), before + 1, 'it ran once, after the second approval');
+      // Its own sidecar starts a second chain for the pod, which the namespace's verification refuses: its
+      // JSON-lines file is read instead.
+      const records = await poll('the session’s end in the audit file', async () => {
+        const lines = (await split.settledRecords()).map((l) => l.record);
+        return lines.some((r) => r.type === 'session.end') ? lines : undefined;
+      });
+      const runs = decided(records, PAYOUT, ['46']);
+      assert.deepEqual(
+        runs.map((d) => [
+          d.decision.decision?.policy?.split('/').at(-1),
+          d.decision.decision?.rule,
+          d.decision.decision?.result,
+          d.outcome?.outcome?.status,
+          d.outcome?.approval?.request,
+        ]),
+        [
+          ['payouts', 'payouts-writes', 'approve', 'cancelled', undefined],
+          ['a-in-block', 'rego', 'approve', 'success', names[1]],
+        ],
+      );
+      assert.match(runs[0]?.outcome?.outcome?.message ?? '', /policy in force changed before its Execute/);
+    },
+  );
 });

@@ -7,6 +7,7 @@ import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import pg from 'pg';
 import { ALLOW_ALL, startTestSidecar } from '../harness/sidecar.ts';
+import { connectAgent } from '../harness/agent-client.ts';
 import { createTestDatabase } from '../harness/databases.ts';
 import { directPgOptions } from '../harness/env.ts';
 
@@ -51,15 +52,7 @@ async function setUp(t: TestContext): Promise<{
 }> {
   const database = await createTestDatabase(t, SCHEMA);
   const sidecar = await startTestSidecar(t, { policies: { 'allow-all': ALLOW_ALL }, database });
-  const token = await sidecar.issuer.sign({ sub: 'system:serviceaccount:ci:writer' });
-  const client = new pg.Client({
-    host: sidecar.host,
-    port: sidecar.port,
-    user: 'agent',
-    password: token,
-    database: 'agent',
-  });
-  await client.connect();
+  const client = await connectAgent(sidecar, { sub: 'system:serviceaccount:ci:writer' });
   const items = async (): Promise<string[]> => {
     const direct = new pg.Client(directPgOptions(database));
     await direct.connect();

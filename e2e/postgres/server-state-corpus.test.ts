@@ -21,6 +21,7 @@ import { readFileSync } from 'node:fs';
 import pg from 'pg';
 import { CORPUS_SCHEMA_SQL } from '../../sidecar/src/engines/postgres/analysis/write-corpus.ts';
 import { READ_ONLY, startTestSidecar } from '../harness/sidecar.ts';
+import { connectAgent } from '../harness/agent-client.ts';
 import { createTestDatabase } from '../harness/databases.ts';
 import { directPgOptions, postgresEnv, superuserSql } from '../harness/env.ts';
 import { poll } from '../harness/poll.ts';
@@ -49,6 +50,15 @@ const READ_ONLY_ATTACKS: readonly ReadOnlyAttack[] = [
   { sql: 'BEGIN; SELECT * FROM accounts FOR UPDATE; COMMIT', why: 'row locks in an explicit transaction' },
   { sql: 'DECLARE c CURSOR WITH HOLD FOR SELECT * FROM accounts FOR UPDATE', why: 'row locks in a held cursor' },
   { sql: 'PREPARE locker AS SELECT * FROM accounts FOR SHARE', why: 'row locks in a prepared statement' },
+  // The fifteenth session: row and table locks in spellings the corpora did not use.
+  { sql: 'WITH l AS (SELECT * FROM accounts FOR KEY SHARE) SELECT 1', why: 'KEY SHARE in an unused CTE' },
+  { sql: 'SELECT * FROM accounts, LATERAL (SELECT 1 FOR SHARE) x', why: 'a lock clause in LATERAL' },
+  { sql: 'SELECT (SELECT id FROM accounts LIMIT 1 FOR NO KEY UPDATE SKIP LOCKED)', why: 'in a scalar subquery' },
+  { sql: 'TABLE accounts FOR UPDATE', why: 'TABLE with a lock clause' },
+  { sql: 'BEGIN; LOCK accounts', why: 'LOCK without TABLE: ACCESS EXCLUSIVE, held' },
+  { sql: 'BEGIN; LOCK TABLE ONLY accounts IN ACCESS SHARE MODE', why: 'the weakest mode, ONLY' },
+  { sql: 'BEGIN; LOCK accounts, audit_log IN ROW SHARE MODE NOWAIT', why: 'two tables, NOWAIT' },
+  { sql: 'CHECKPOINT', why: 'a checkpoint (a superuser’s or pg_checkpoint’s)' },
   // Sequences, transaction ids, advisory locks, spelled so that a name match could miss them.
   { sql: 'SELECT "pg_catalog"."nextval"(\'accounts_seq\')', why: 'quoted, qualified nextval' },
   { sql: 'SELECT U&"\\006Eextval"(\'accounts_seq\')', why: 'nextval with a Unicode-escaped name' },
@@ -190,16 +200,7 @@ test('read-only policy, owner login: each attack is refused with 42501, never re
   await owner.query('LISTEN chaperone_ro');
   const ownerPid = Number((await owner.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]?.pid);
 
-  const token = await sidecar.issuer.sign({ sub: 'system:serviceaccount:ci:reader' });
-  const client = new pg.Client({
-    host: sidecar.host,
-    port: sidecar.port,
-    user: 'agent',
-    password: token,
-    database: 'agent',
-  });
-  await client.connect();
-  t.after(() => client.end().catch(() => undefined));
+  const client = await connectAgent(sidecar, { sub: 'system:serviceaccount:ci:reader' }, { endAfter: t });
   await client.query('PREPARE late(int) AS SELECT $1');
   const session = (await client.query(SESSION_STATE_SQL)).rows[0] as Record<string, unknown>;
   assert.equal(session.guard, 'on', 'the sidecar pins the read-only guard for a read-only session');

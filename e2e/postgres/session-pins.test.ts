@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import pg from 'pg';
 import type { AccessPolicySpec, AuditRecord } from '@chaperone/api';
 import { ALLOW_ALL, READ_ONLY, startTestSidecar, type RunningTestSidecar } from '../harness/sidecar.ts';
+import { connectAgent } from '../harness/agent-client.ts';
 import { createReaderLogin, createTestDatabase } from '../harness/databases.ts';
 import { directPgOptions } from '../harness/env.ts';
 import { errorFields, parseBackend, passwordMessage, RawClient, startupMessage } from './raw-client.ts';
@@ -37,19 +38,12 @@ const READ_PUBLIC: AccessPolicySpec = {
 };
 
 async function agent(t: TestContext, sidecar: RunningTestSidecar, extra: Partial<pg.ClientConfig> = {}) {
-  const token = await sidecar.issuer.sign({ sub: 'system:serviceaccount:ci:agent' });
-  const client = new pg.Client({
-    host: sidecar.host,
-    port: sidecar.port,
-    user: 'agent',
-    password: token,
-    database: 'agent',
-    ...extra,
-  });
-  client.on('error', () => undefined); // a FATAL arrives as a query error too
-  await client.connect();
-  t.after(() => client.end().catch(() => undefined));
-  return client;
+  // A FATAL arrives as a query error too: its error event is ignored.
+  return connectAgent(
+    sidecar,
+    { sub: 'system:serviceaccount:ci:agent' },
+    { client: extra, ignoreErrors: true, endAfter: t },
+  );
 }
 
 async function show(client: pg.Client, name: string): Promise<string> {

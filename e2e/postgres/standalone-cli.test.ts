@@ -7,8 +7,8 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import pg from 'pg';
 import { startTestSidecar } from '../harness/sidecar.ts';
+import { connectAgent } from '../harness/agent-client.ts';
 import { createTestDatabase } from '../harness/databases.ts';
 import { testDir } from '../harness/env.ts';
 import { REPO_ROOT } from '../harness/tools.ts';
@@ -63,9 +63,7 @@ test('policy compile feeds a standalone sidecar; audit verify checks the file it
   };
   assert.match(manifest.digest, /^sha256:/);
 
-  const token = await sidecar.issuer.sign({ sub: 'system:serviceaccount:ci:reader' });
-  const client = new pg.Client({ host: sidecar.host, port: sidecar.port, user: 'a', password: token, database: 'a' });
-  await client.connect();
+  const client = await connectAgent(sidecar, { sub: 'system:serviceaccount:ci:reader' });
   // Poll until the sidecar has loaded the bundle (it polls its directory every 200 ms).
   const deadline = Date.now() + 20_000;
   for (;;) {

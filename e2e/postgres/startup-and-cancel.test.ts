@@ -9,6 +9,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import pg from 'pg';
 import { ALLOW_ALL, startTestSidecar } from '../harness/sidecar.ts';
+import { connectAgent } from '../harness/agent-client.ts';
 import { createTestDatabase } from '../harness/databases.ts';
 import { directPgOptions } from '../harness/env.ts';
 import { poll } from '../harness/poll.ts';
@@ -213,15 +214,7 @@ test('startup phase: what PostgreSQL refuses, the sidecar refuses with the same 
   });
 
   await t.test('the sidecar is still serving', async () => {
-    const token = await sidecar.issuer.sign({ sub: 'system:serviceaccount:ci:runner' });
-    const client = new pg.Client({
-      host: sidecar.host,
-      port: sidecar.port,
-      user: 'agent',
-      password: token,
-      database: 'agent',
-    });
-    await client.connect();
+    const client = await connectAgent(sidecar, { sub: 'system:serviceaccount:ci:runner' });
     try {
       assert.equal((await client.query<{ n: number }>('select 1 as n')).rows[0]?.n, 1);
     } finally {
@@ -253,18 +246,7 @@ function keyOf(client: pg.Client): { processId: number; secretKey: Buffer } {
 test('cancel isolation: one agent cannot cancel another agent’s statement, only its own key cancels', async (t) => {
   const database = await createTestDatabase(t);
   const sidecar = await startTestSidecar(t, { policies: { 'allow-all': ALLOW_ALL }, database });
-  const connect = async (sub: string) => {
-    const token = await sidecar.issuer.sign({ sub }, { expiresIn: 3600 });
-    const client = new pg.Client({
-      host: sidecar.host,
-      port: sidecar.port,
-      user: 'agent',
-      password: token,
-      database: 'agent',
-    });
-    await client.connect();
-    return client;
-  };
+  const connect = (sub: string) => connectAgent(sidecar, { sub }, { expiresIn: 3600 });
   const observer = new pg.Client(directPgOptions(database));
   // The database is dropped when the test ends, which terminates what is still connected.
   observer.on('error', () => undefined);

@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import pg from 'pg';
 import type { AuditRecord } from '@chaperone/api';
 import { READ_ONLY, startTestSidecar, type RunningTestSidecar } from '../harness/sidecar.ts';
+import { connectAgent } from '../harness/agent-client.ts';
 import { createTestDatabase } from '../harness/databases.ts';
 import { directPgOptions, testDir } from '../harness/env.ts';
 import {
@@ -190,8 +191,7 @@ test('before authentication messages are bounded: an oversized password message 
     assert.notEqual(await c.untilClosed(WAIT), 'open', label);
   }
   // A real token fits, and after authentication the session limit applies: a 1 MiB statement runs.
-  const client = new pg.Client({ host: sidecar.host, port: sidecar.port, user: 'a', password: token, database: 'a' });
-  await client.connect();
+  const client = await connectAgent(sidecar, { token });
   const big = 'y'.repeat(1024 * 1024);
   const r = await client.query<{ n: number }>(`SELECT length('${big}') AS n`);
   assert.equal(r.rows[0]?.n, big.length);
@@ -360,16 +360,7 @@ test('a cancel request matching no session is recorded; a session ended by a FAT
 
   // The upstream session killed under it: FATAL 08006, an error too.
   const app = `victim-${String(process.pid)}`;
-  const killed = new pg.Client({
-    host: sidecar.host,
-    port: sidecar.port,
-    user: 'a',
-    password: token,
-    database: 'a',
-    application_name: app,
-  });
-  killed.on('error', () => undefined);
-  await killed.connect();
+  const killed = await connectAgent(sidecar, { token }, { client: { application_name: app }, ignoreErrors: true });
   const owner = new pg.Client(directPgOptions(database));
   await owner.connect();
   await owner.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1', [app]);

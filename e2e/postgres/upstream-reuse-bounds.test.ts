@@ -6,6 +6,7 @@ import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import pg from 'pg';
 import { createTestDatabase } from '../harness/databases.ts';
+import { connectAgent } from '../harness/agent-client.ts';
 import { superuserSql } from '../harness/env.ts';
 import { poll } from '../harness/poll.ts';
 import { startTestSidecar, type RunningTestSidecar } from '../harness/sidecar.ts';
@@ -109,14 +110,8 @@ test("parked sessions give their slots back when another login finds the server'
 
   // With nothing parked, the limit is the server's again: the 4th connection gets its 53300.
   await connectAll(t, sidecar, 2, 'second');
-  const token = await sidecar.issuer.sign({ sub: AGENT });
-  const late = new pg.Client({
-    host: sidecar.host,
-    port: sidecar.port,
-    user: 'agent',
-    password: token,
-    database: 'agent',
-  });
-  late.on('error', () => undefined);
-  await assert.rejects(late.connect(), (err: { code?: string }) => err.code === '53300');
+  await assert.rejects(
+    connectAgent(sidecar, { sub: AGENT }, { ignoreErrors: true }),
+    (err: { code?: string }) => err.code === '53300',
+  );
 });

@@ -15,6 +15,7 @@ import { join } from 'node:path';
 import pg from 'pg';
 import type { AccessPolicySpec } from '@chaperone/api';
 import { createTestDatabase } from '../harness/databases.ts';
+import { connectAgent } from '../harness/agent-client.ts';
 import { directPgOptions, postgresEnv, superuserSql } from '../harness/env.ts';
 import { poll } from '../harness/poll.ts';
 import { ALLOW_ALL, READ_ONLY, startTestSidecar, type RunningTestSidecar } from '../harness/sidecar.ts';
@@ -30,19 +31,7 @@ async function agent(
   subject = AGENT,
   extra: Partial<pg.ClientConfig> = {},
 ): Promise<pg.Client> {
-  const token = await sidecar.issuer.sign({ sub: subject });
-  const client = new pg.Client({
-    host: sidecar.host,
-    port: sidecar.port,
-    user: 'agent',
-    password: token,
-    database: 'agent',
-    ...extra,
-  });
-  client.on('error', () => undefined);
-  await client.connect();
-  t.after(() => client.end().catch(() => undefined));
-  return client;
+  return connectAgent(sidecar, { sub: subject }, { client: extra, ignoreErrors: true, endAfter: t });
 }
 
 async function scalar(client: pg.Client, sql: string): Promise<string | null> {

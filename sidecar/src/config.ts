@@ -121,6 +121,37 @@ export const PostgresListenerConfig = Type.Object(
       },
       { default: {}, additionalProperties: false },
     ),
+    /**
+     * Ceilings of the timeouts of read-only sessions, ms (docs/postgres-engine.md, "Timeouts a read-only
+     * session cannot lift"): each session gets the smaller of the database's own value and this one, and
+     * no statement of the agent changes them.
+     */
+    readOnlyTimeouts: Type.Object(
+      {
+        idleInTransactionSessionTimeoutMs: Type.Integer({
+          minimum: 1,
+          maximum: 2_147_483_647,
+          default: 300_000,
+          description:
+            'idle_in_transaction_session_timeout at most: an agent transaction idle this long is ended by the server, and its locks with it. Default 5 min.',
+        }),
+        statementTimeoutMs: Type.Integer({
+          minimum: 1,
+          maximum: 2_147_483_647,
+          default: 600_000,
+          description: 'statement_timeout at most (a statement, lock waits included). Default 10 min.',
+        }),
+        lockTimeoutMs: Type.Optional(
+          Type.Integer({
+            minimum: 1,
+            maximum: 2_147_483_647,
+            description:
+              "lock_timeout at most. Default none beyond the database's (statement_timeout bounds lock waits).",
+          }),
+        ),
+      },
+      { default: {}, additionalProperties: false },
+    ),
     /** Result masking (docs/masking.md). */
     masking: Type.Optional(
       Type.Object({

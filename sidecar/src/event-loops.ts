@@ -33,6 +33,8 @@ export interface LoopShared {
   readonly sourceCounts: SharedArrayBuffer;
   /** LoopPlace.sourceCountsKey. */
   readonly sourceCountsKey: Uint8Array;
+  /** LoopPlace.catalogGenerations. */
+  readonly catalogGenerations: SharedArrayBuffer;
   /** The hash masking strategy's per-process key: one value must mask alike on every loop. */
   readonly processHashKey: Uint8Array;
 }

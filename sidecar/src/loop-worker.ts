@@ -59,6 +59,7 @@ try {
       loopConnections: shared.loopConnections,
       sourceCounts: shared.sourceCounts,
       sourceCountsKey: shared.sourceCountsKey,
+      catalogGenerations: shared.catalogGenerations,
       peers,
     },
   );

@@ -14,7 +14,10 @@ import { SOURCE_COUNT_SLOTS, SOURCE_COUNTS_BYTES, SourceCounts } from './core/so
 import { ENGINES } from './engines/registry.ts';
 
 /** What a loop is lent: the services but its own policy engine and verifier, and where it stands among loops. */
-export type LoopServices = Omit<EngineServices, 'policy' | 'verifier' | 'peers' | 'sourceCounts'>;
+export type LoopServices = Omit<EngineServices, 'policy' | 'verifier' | 'peers' | 'sourceCounts' | 'catalogGeneration'>;
+
+/** Bytes of one listener's catalogue generation in LoopPlace.catalogGenerations. */
+export const CATALOG_GENERATION_BYTES = 4;
 
 /** With more than one event loop: this loop's index, the shared connection counts and the other loops. */
 export interface LoopPlace {
@@ -27,6 +30,8 @@ export interface LoopPlace {
   readonly sourceCounts: SharedArrayBuffer;
   /** The key of the source counts' slot hash, the same on every loop (sourceCountsKey). */
   readonly sourceCountsKey: Uint8Array;
+  /** One Int32 per configured listener, in config order: EngineServices.catalogGeneration. */
+  readonly catalogGenerations: SharedArrayBuffer;
   readonly peers: LoopPeers;
   /** Called on every connection this loop's listeners accept (the main loop's: lazy loops on a login burst). */
   readonly onAccept?: () => void;
@@ -113,6 +118,9 @@ export async function startLoop(
         ...loopServices,
         verifier: verifierHere,
         ...(sourceCounts === undefined ? {} : { sourceCounts }),
+        ...(place === undefined
+          ? {}
+          : { catalogGeneration: new Int32Array(place.catalogGenerations, i * CATALOG_GENERATION_BYTES, 1) }),
       });
       const listenerLoop: ListenerLoop | undefined =
         place === undefined

@@ -22,7 +22,13 @@ import { PROCESS_HASH_KEY } from './core/masking/mask-value.ts';
 import { SOURCE_COUNTS_BYTES, sourceCountsKey } from './core/source-counts.ts';
 import { WorkerLoops, type LoopShared } from './event-loops.ts';
 import { LazyEventLoops } from './lazy-event-loops.ts';
-import { LOOP_CONNECTIONS_BYTES, OPEN_CONNECTIONS_BYTES, startLoop, type RunningLoop } from './loop.ts';
+import {
+  CATALOG_GENERATION_BYTES,
+  LOOP_CONNECTIONS_BYTES,
+  OPEN_CONNECTIONS_BYTES,
+  startLoop,
+  type RunningLoop,
+} from './loop.ts';
 
 export interface RunningSidecar {
   readonly listeners: readonly { name: string; host: string; port: number }[];
@@ -198,6 +204,7 @@ export async function startSidecar(config: SidecarConfig, options: StartOptions 
           loopConnections: new SharedArrayBuffer(LOOP_CONNECTIONS_BYTES * MAX_EVENT_LOOPS),
           sourceCounts: new SharedArrayBuffer(SOURCE_COUNTS_BYTES * config.listeners.length),
           sourceCountsKey: sourceCountsKey(),
+          catalogGenerations: new SharedArrayBuffer(CATALOG_GENERATION_BYTES * config.listeners.length),
           processHashKey: new Uint8Array(PROCESS_HASH_KEY),
         };
   if (shared !== undefined && !(sink instanceof JsonLinesWriter)) {
@@ -240,6 +247,7 @@ export async function startSidecar(config: SidecarConfig, options: StartOptions 
             loopConnections: shared.loopConnections,
             sourceCounts: shared.sourceCounts,
             sourceCountsKey: shared.sourceCountsKey,
+            catalogGenerations: shared.catalogGenerations,
             peers,
             // Set below once the lazy loops exist; until then an accept has nothing to tell.
             onAccept: () => lazy?.noteAccept(),

@@ -33,6 +33,12 @@ export interface EngineServices {
    * serves for good (the engine counts alone). Lent per listener (ResourceEndpoint bind).
    */
   readonly sourceCounts?: SourceCounts;
+  /**
+   * One Int32 in memory every event loop's endpoint of the listener shares: an engine that caches what the
+   * upstream's catalogue says bumps it when it learns the catalogue changed, and every loop's engine drops
+   * its cache when it sees it moved (postgres masking/relation-catalog.ts). Absent with one loop for good.
+   */
+  readonly catalogGeneration?: Int32Array;
 }
 
 /**

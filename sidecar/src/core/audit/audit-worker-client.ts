@@ -23,8 +23,32 @@ const POST_MAX_ITEMS = 2 * 4096;
 /** The first frames buffer's size; later ones start at the size the last one grew to. */
 const FRAMES_INITIAL_BYTES = 256 * 1024;
 
+/**
+ * The worker's old generation, MiB: at least WORKER_OLD_GENERATION_MIN_MB, and room for every record the spool
+ * may hold (an outage of the store or the API server queues them all in the worker) at
+ * WORKER_HEAP_PER_SPOOL_BYTE heap bytes per spool byte, above what the worker holds at rest
+ * (WORKER_OLD_GENERATION_BASE_MB: its modules, the Kubernetes client's among them).
+ *
+ * Why a bound at all: V8 lets an old generation grow to up to 4× what survived its last full collection
+ * before the next one when the heap's maximum is 2 GiB or more (the default here), and ~1.3–2× when it is
+ * smaller (heap-controller.h, MaxGrowingFactor). The worker's records live for seconds (until their head is
+ * written), so they are promoted and then wait as garbage: under load its heap grew to ~200 MiB around ~80
+ * MiB live, and stayed there while idle (bench/README.md, issue 18, "The store sidecar's memory under load").
+ */
+const WORKER_OLD_GENERATION_MIN_MB = 512;
+const WORKER_OLD_GENERATION_BASE_MB = 128;
+const WORKER_HEAP_PER_SPOOL_BYTE = 2;
+
+/** The worker's resourceLimits.maxOldGenerationSizeMb for a spool bounded at `spoolMaxBytes`. */
+export function workerOldGenerationMb(spoolMaxBytes: number): number {
+  const forSpool = Math.ceil((spoolMaxBytes * WORKER_HEAP_PER_SPOOL_BYTE) / (1024 * 1024));
+  return Math.max(WORKER_OLD_GENERATION_MIN_MB, WORKER_OLD_GENERATION_BASE_MB + forSpool);
+}
+
 export interface AuditWorkerOptions {
   readonly data: AuditWorkerData;
+  /** The spool's bound (audit.spoolMaxBytes; default its default, 256 MiB): sizes the worker's heap (workerOldGenerationMb). */
+  readonly spoolMaxBytes?: number;
   readonly logger: Logger;
   readonly metrics?: AuditMetrics;
   /** Every spool entry up to this id is written (records and heads). */
@@ -70,7 +94,10 @@ export class AuditWorker {
 
   constructor(options: AuditWorkerOptions) {
     this.options = options;
-    this.worker = new Worker(workerScript(), { workerData: options.data });
+    this.worker = new Worker(workerScript(), {
+      workerData: options.data,
+      resourceLimits: { maxOldGenerationSizeMb: workerOldGenerationMb(options.spoolMaxBytes ?? 256 * 1024 * 1024) },
+    });
     let ready: () => void = () => undefined;
     let failed: (err: Error) => void = () => undefined;
     this.started = new Promise<void>((res, rej) => {

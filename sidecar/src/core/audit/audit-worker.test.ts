@@ -1,7 +1,8 @@
 // The durable sink with its Session writer in the audit worker thread, when that thread fails: the failure
 // is reported once, every record after it is refused (AU-5, reason `closed`), flush() fails instead of
 // waiting forever, close() still ends, and what the spool accepted before is there for the next start.
-// (The worker's normal work is tested end to end through real sidecars in e2e/audit.)
+// (The worker's normal work is tested end to end through real sidecars in e2e/audit.) And the worker's heap
+// bound: room for a full spool's records, never below its floor.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -10,6 +11,7 @@ import { join } from 'node:path';
 import { createLogger } from '../observability/logger.ts';
 import type { AuditRecord } from '@chaperone/api';
 import { AuditUnavailable, type RecordOrigin } from './audit-sink.ts';
+import { workerOldGenerationMb } from './audit-worker-client.ts';
 import { DurableAuditSink } from './durable-audit-sink.ts';
 import { PodChain } from './pod-chain.ts';
 import { RecordChain } from './record-chain.ts';
@@ -91,4 +93,14 @@ test('a failed audit worker: reported once, later records refused, flush fails, 
     payloads.some((p) => p.includes(start.hash)),
     'the session.start record waits in the spool',
   );
+});
+
+test("the worker's old generation has room for a full spool's records, and a floor", () => {
+  const MiB = 1024 * 1024;
+  // The default spool (256 MiB): twice its bytes above the worker's 128 MiB at rest.
+  assert.equal(workerOldGenerationMb(256 * MiB), 640);
+  // A small spool: the floor.
+  assert.equal(workerOldGenerationMb(64 * 1024), 512);
+  // A large one grows with it, so that an outage that fills the spool cannot end the worker.
+  assert.equal(workerOldGenerationMb(1024 * MiB), 2176);
 });

@@ -134,6 +134,7 @@ export class DurableAuditSink implements AuditSink {
           writer: options.writer ?? {},
           holdDecisions: options.also === undefined,
         },
+        spoolMaxBytes: spool.maxBytes,
         logger: options.logger,
         ...(this.metrics === undefined ? {} : { metrics: this.metrics }),
         onAcknowledge,

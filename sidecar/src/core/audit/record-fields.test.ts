@@ -4,6 +4,8 @@
 // anywhere is either refused or read as JSON.parse reads it, never as something else.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { canonicalRecordText, sealRecord, type AuditRecord } from '@chaperone/api';
 import { readRecordFields, UnreadableRecordText, type RecordFields } from './record-fields.ts';
 
@@ -167,4 +169,28 @@ test('a text changed in one place is refused or read as JSON.parse reads it, nev
     assert.deepEqual(fields, projection(parsed), changed);
   }
   assert.ok(refused > 1000 && read > 100, `refused ${String(refused)}, read ${String(read)}`);
+});
+
+test('the fields read keep nothing of the record text alive (the worker drops the text once stored)', () => {
+  // gc() without --expose-gc: the flag set now, the function taken from a fresh context.
+  setFlagsFromString('--expose-gc');
+  const gc = runInNewContext('gc') as () => void;
+  const record = records()[1] as AuditRecord;
+  // Each text large (as a spool entry with a long statement) and its own string, decoded from bytes as the
+  // worker decodes the spool's frames.
+  const pad = 'x'.repeat(4000);
+  const kept: RecordFields[] = [];
+  gc();
+  const before = process.memoryUsage().heapUsed;
+  for (let i = 0; i < 5000; i++) {
+    const text = Buffer.from(
+      canonicalRecordText({ ...record, seq: i + 1, command: { id: i + 1, kind: 'sql', text: `${pad}${String(i)}` } }),
+    ).toString('utf8');
+    kept.push(readRecordFields(text));
+  }
+  gc();
+  const grown = process.memoryUsage().heapUsed - before;
+  // 5,000 texts of ~4 KiB are ~20 MiB; the fields alone well under 4 MiB (sliced, they kept every text).
+  assert.equal(kept.length, 5000);
+  assert.ok(grown < 4 * 1024 * 1024, `${String(Math.round(grown / 1024))} KiB kept for 5,000 records' fields`);
 });

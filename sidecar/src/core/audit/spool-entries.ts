@@ -6,7 +6,7 @@
 import { canonicalRecordText, hashRecord, mergeOutcomeText, type AuditRecord } from '@chaperone/api';
 import type { Logger } from '../observability/logger.ts';
 import { recordOriginJson, type RecordOrigin } from './audit-sink.ts';
-import { readRecordFields, type RecordFields } from './record-fields.ts';
+import { ownString, readRecordFields, type RecordFields } from './record-fields.ts';
 import type { SessionWriter } from './session-writer.ts';
 
 /** A session reference as read back from the spool. */
@@ -202,7 +202,8 @@ export class LiveSpoolEntries {
         throw new Error(`audit spool entry ${String(id)} names no session`);
       // Bounded by the sessions live at once; a session's reference is not needed once it ended.
       if (this.originsByJson.size >= 10_000) this.originsByJson.clear();
-      this.originsByJson.set(originJson, origin);
+      // A key of its own: the slice would keep this session's first entry alive as long as the session.
+      this.originsByJson.set(ownString(originJson), origin);
     }
     const start = originEnd + 5;
     // The record must end where the entry's closing brace is (readRecordFields checks it ends there).

@@ -5,9 +5,10 @@
 import type { AgentSession, ApprovalVerdict, ExactCommand } from '../../core/agent-session.ts';
 import { approvalNotice } from '../../core/approvals/approval-notice.ts';
 import type { CommandDescription, DecidedCommand, SettledClearance } from '../../core/command.ts';
-import { denial, sqlStateOf } from './error-responses.ts';
+import { denial, QUERY_CANCELED, sqlStateOf } from './error-responses.ts';
 import type { GateVerdict, RelayVerdict, SettledVerdict } from './gate-verdicts.ts';
-import type { TransactionStatus } from './protocol/backend-messages.ts';
+import type { UndoFailed } from './response-unit.ts';
+import type { ErrorFields, TransactionStatus } from './protocol/backend-messages.ts';
 
 /** What the gate lends an approval: the session, and how an approved or audit-refused command is answered. */
 export interface ApprovalRun {
@@ -95,7 +96,8 @@ export interface ApprovedRun {
  * The portals whose run was approved at their Bind and whose first Execute has not come (statement-gate.ts).
  * Each run gets its outcome however its portal ends: from its Execute, or, closed or bound again, its
  * transaction ended, the connection ended, `cancelled` without the approval (it ran under none: only its
- * planning happened).
+ * planning happened); its Bind failed on the server, that error, under the approval (as when its Execute
+ * was pipelined behind the Bind and failed with it).
  */
 export class UnrunApprovals<P extends { cleared?: ApprovedRun }> {
   private readonly portals = new Set<P>();
@@ -125,6 +127,30 @@ export class UnrunApprovals<P extends { cleared?: ApprovedRun }> {
     if (command === undefined) return;
     const { approval: _approval, ...unrun } = command;
     this.session.complete(unrun, 'sql', { status: 'cancelled', message: `bound, but ${why}; it did not run` });
+  }
+
+  /** What a decided Bind takes back when it fails upstream: its portal (`forget`), and its run (failed). */
+  undoingBind(portal: P, forget: () => void): UndoFailed {
+    return (error) => {
+      forget();
+      this.failed(portal, error);
+    };
+  }
+
+  /**
+   * Its Bind did not complete upstream: the server refused it (`error`: a parameter it cannot convert, a
+   * cancel), or skipped it after an earlier error of the pipeline (undefined). An Execute that already took
+   * the run records that error itself (response-tracker.ts).
+   */
+  failed(portal: P, error: ErrorFields | undefined): void {
+    if (error === undefined) {
+      this.end(portal, 'its Bind was skipped after an earlier error in its pipeline');
+      return;
+    }
+    const command = this.take(portal)?.command;
+    if (command === undefined) return;
+    const status = error.code === QUERY_CANCELED ? 'cancelled' : 'error';
+    this.session.complete(command, 'sql', { status, code: error.code, message: error.message });
   }
 
   /**

@@ -17,10 +17,11 @@ import type { ConnectionContext } from './connection-context.ts';
 import { sqlStateOf, upstreamRefusal } from './error-responses.ts';
 import { AUTHENTICATION_OK, backendKeyData, parameterStatus, readyForQuery } from './protocol/backend-encoder.ts';
 import type { StartupMessage } from './protocol/frontend-messages.ts';
-import { UpstreamError, type UpstreamConnection } from './protocol/upstream-connection.ts';
+import { runSimpleQueries, UpstreamError, type UpstreamConnection } from './protocol/upstream-connection.ts';
 import {
   DEFAULT_PINNED_SCHEMA,
   ServerReportedState,
+  sessionTimeoutsSql,
   upstreamStartupParameters,
   type SessionPins,
   type StartupParameters,
@@ -214,9 +215,20 @@ export function greeting(upstream: UpstreamConnection, cancelKey: { processId: n
   return Buffer.concat(frames);
 }
 
-/** The pins of a session on this listener: its pinned schema, and whether it is read-only. */
+/** The pins of a session on this listener: its pinned schema, whether it is read-only, and then its timeouts' bounds. */
 export function listenerPins(ctx: ConnectionContext, readOnly: boolean): SessionPins {
-  return { schema: ctx.config.searchPath || DEFAULT_PINNED_SCHEMA, readOnly };
+  const schema = ctx.config.searchPath || DEFAULT_PINNED_SCHEMA;
+  if (!readOnly) return { schema, readOnly };
+  const bounds = ctx.config.readOnlyTimeouts;
+  return {
+    schema,
+    readOnly,
+    timeoutBounds: {
+      statement_timeout: bounds.statementTimeoutMs,
+      idle_in_transaction_session_timeout: bounds.idleInTransactionSessionTimeoutMs,
+      ...(bounds.lockTimeoutMs === undefined ? {} : { lock_timeout: bounds.lockTimeoutMs }),
+    },
+  };
 }
 
 /** The pins of an opened session: read-only when its policies grant no write (write-grant.ts). */
@@ -254,7 +266,39 @@ export async function loginPinned(
   if (!parameters.ok) throw new StartupRefused(startupParameterRefusal(parameters));
   const login = pins.readOnly && ctx.config.upstream.readOnlyUsernameFile !== undefined ? 'read-only' : 'full';
   ctx.logger.debug('upstream login', { subject, login, readOnly: pins.readOnly });
-  return loginUpstream(ctx, parameters.parameters, login, subject);
+  const lease = await loginUpstream(ctx, parameters.parameters, login, subject);
+  const timeouts = sessionTimeoutsSql(pins, parameters.timeouts);
+  if (timeouts !== undefined) await boundTimeouts(ctx, lease, timeouts, subject);
+  return lease;
+}
+
+/**
+ * Sets a read-only session's timeouts (sessionTimeoutsSql) on its upstream before the client is greeted,
+ * on a new login and on a reused one alike (DISCARD ALL reset them). A session whose bounds could not be
+ * set is refused and its upstream closed, never run unbounded.
+ */
+async function boundTimeouts(
+  ctx: ConnectionContext,
+  lease: LeasedUpstream,
+  sql: string,
+  subject: string,
+): Promise<void> {
+  let failure: string | undefined;
+  try {
+    const outcome = await runSimpleQueries(lease.connection.socket, [sql]);
+    const error = outcome.results[0]?.error;
+    if (error !== undefined) failure = `${error.code} ${error.message}`;
+    else if (outcome.transactionStatus !== 'I') failure = `transaction status ${outcome.transactionStatus}`;
+  } catch (err) {
+    failure = err instanceof Error ? err.message : String(err);
+  }
+  if (failure === undefined) return;
+  ctx.logger.error('the timeouts of a read-only session could not be set', { subject, failure });
+  ctx.upstreamReuse.release(lease); // not clean: closed, not parked
+  throw new StartupRefused({
+    id: 'UpstreamUnavailable',
+    message: 'chaperone: the timeouts of a read-only session could not be set on the protected database',
+  });
 }
 
 /**

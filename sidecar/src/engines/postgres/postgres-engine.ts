@@ -123,7 +123,7 @@ class PostgresEndpoint implements ResourceEndpoint, ConnectionContext {
     };
     const keyFile = config.masking?.hashKeyFile;
     this.maskingHashKey = keyFile === undefined ? PROCESS_HASH_KEY : readFileSync(keyFile);
-    this.catalog = new RelationCatalog(() => this.connectCatalog());
+    this.catalog = new RelationCatalog(() => this.connectCatalog(), Date.now, services.catalogGeneration);
     this.upstreamReuse = new UpstreamReuse({
       config: config.upstreamReuse,
       listener: config.name,

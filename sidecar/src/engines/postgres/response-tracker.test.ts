@@ -381,8 +381,10 @@ test('thousands of pipelined units keep order and bounded memory', () => {
 test('onFailure: a message that completes keeps what the gate assumed; one that fails or is skipped takes it back', () => {
   const { t } = tracker();
   const undone: string[] = [];
-  const note = (name: string) => () => {
+  const told: (string | undefined)[] = [];
+  const note = (name: string) => (error?: { code: string }) => {
     undone.push(name);
+    told.push(error?.code);
   };
   // Completed: nothing taken back.
   t.expect('parse');
@@ -400,6 +402,8 @@ test('onFailure: a message that completes keeps what the gate assumed; one that 
   t.expect('sync');
   feed(t, error('42P05', 'prepared statement "s" already exists'), ready('I'));
   assert.deepEqual(undone, ['parse', 'bind', 'close']);
+  // Only the message that failed on its own is told the server's error (an approved Bind records it).
+  assert.deepEqual(told, ['42P05', undefined, undefined]);
   // A simple query with an error (in any of its statements) takes back what it assumed; a successful one does not.
   t.expect('query', command(1));
   t.onFailure(note('query ok'));

@@ -13,9 +13,9 @@ import { commandCompleteRows, decodeErrorFields, decodeReadyForQuery } from './p
 import type { ResultRewriter } from './masking/row-masker.ts';
 import { ServerMessages, type WithheldMessage } from './masking/server-messages.ts';
 import { TransactionLog, type TransactionControl } from './transaction-log.ts';
-import { completes, undo, withheldCounts, type ResponseUnit, type UnitKind } from './response-unit.ts';
+import { completes, undo, withheldCounts, type ResponseUnit, type UndoFailed, type UnitKind } from './response-unit.ts';
 
-export type { UnitKind } from './response-unit.ts';
+export type { UndoFailed, UnitKind } from './response-unit.ts';
 
 /**
  * Rewrites one command's response (result masking, masking/row-masker.ts): called for its RowDescription,
@@ -224,13 +224,13 @@ export class ResponseTracker {
    * an earlier statement of its Query string, or skipped after an earlier error until Sync): the gate takes
    * back what it assumed the message did to the names of statements, portals and cursors (statement-gate.ts).
    */
-  onFailure(undo: (() => void) | undefined): void {
+  onFailure(undo: UndoFailed | undefined): void {
     const unit = this.units.at(-1);
     if (unit !== undefined && undo !== undefined) unit.undo = undo;
   }
 
   /** expect, then onFailure: a message whose effect on names the gate assumed (Bind, Close). */
-  expectUndoable(kind: UnitKind, undo: (() => void) | undefined): void {
+  expectUndoable(kind: UnitKind, undo: UndoFailed | undefined): void {
     this.expect(kind);
     this.onFailure(undo);
   }
@@ -475,8 +475,8 @@ export class ResponseTracker {
     const failed = this.shift();
     let cause: ErrorFields | undefined;
     if (failed !== undefined) {
-      undo(failed);
       failed.error = failed.denial === undefined ? decodeErrorFields(frame) : undefined;
+      undo(failed); // told its error: a Bind approved before it failed records it (statement-gate.ts)
       this.finish(failed, failed.denial === undefined ? 'error' : 'denied');
       // A Parse or Bind failed: the Execute that follows in this batch failed because of it.
       if (failed.command === undefined && failed.denial === undefined) cause = failed.error;

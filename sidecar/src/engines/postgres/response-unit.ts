@@ -24,7 +24,7 @@ export interface ResponseUnit {
   rowCount: number;
   error: ErrorFields | undefined;
   /** Called when the message does not complete in the upstream (its error, or skipped until Sync). */
-  undo: (() => void) | undefined;
+  undo: UndoFailed | undefined;
   /** Server messages withheld while this unit was the head (masking/server-messages.ts), by kind. */
   withheld: Map<WithheldMessage, number> | undefined;
   /** What the command does to the transaction (transaction-log.ts). */
@@ -37,17 +37,23 @@ export interface ResponseUnit {
   behind: [DecidedCommand, CommandOutcome][] | undefined;
 }
 
+/**
+ * What to take back when a message does not complete in the upstream; told the server's error when the
+ * message failed on its own (undefined: skipped after an earlier error, or our refusal's substitute).
+ */
+export type UndoFailed = (error?: ErrorFields) => void;
+
 /** Withheld server messages as outcome counts: a kind of message, never its text. */
 export function withheldCounts(withheld: ReadonlyMap<WithheldMessage, number> | undefined): MaskedCount[] {
   if (withheld === undefined) return [];
   return [...withheld].map(([column, count]) => ({ column, rule: 'server-messages', strategy: 'withheld', count }));
 }
 
-/** Runs a failed unit's undo once. */
+/** Runs a failed unit's undo once, with the unit's own error if the server sent one. */
 export function undo(unit: ResponseUnit): void {
   const taken = unit.undo;
   unit.undo = undefined;
-  taken?.();
+  taken?.(unit.error);
 }
 
 /** Whether `code` is the whole answer to a unit of `kind` (Parse, Bind, Close, Describe). */

@@ -8,7 +8,7 @@ import type { AgentSession } from '../../core/agent-session.ts';
 import type { SidecarError } from '../../core/errors.ts';
 import type { ApprovalWait } from './approval-wait.ts';
 import { sqlStateOf } from './error-responses.ts';
-import type { ResponseTracker, UnitKind } from './response-tracker.ts';
+import type { ResponseTracker, UndoFailed, UnitKind } from './response-tracker.ts';
 import { substituteFrame, type GateVerdict, type RelayVerdict, type SettledVerdict } from './statement-gate.ts';
 import type { StatementGate } from './statement-gate.ts';
 import type { FrontendMessage } from './protocol/frontend-messages.ts';
@@ -167,7 +167,7 @@ export class SessionRelay {
     type: GatedMessage,
     frame: Buffer,
     name?: string,
-    undo?: () => void,
+    undo?: UndoFailed,
   ): Promise<void> | undefined {
     if (verdict.action === 'hold') {
       const held = this.host.beginWait(verdict, frame);
@@ -188,7 +188,7 @@ export class SessionRelay {
     type: GatedMessage,
     frame: Buffer,
     name?: string,
-    undo?: () => void,
+    undo?: UndoFailed,
   ): void {
     const tracker = this.host.tracker;
     if (verdict.action === 'forward') {

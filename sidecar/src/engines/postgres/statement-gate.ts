@@ -30,6 +30,7 @@ import {
 } from './approval-verdicts.ts';
 import { denial, type Denial } from './error-responses.ts';
 import type { TransactionStatus } from './protocol/backend-messages.ts';
+import type { UndoFailed } from './response-unit.ts';
 
 import type { Bind, Parse } from './protocol/frontend-messages.ts';
 import { auditParameters, describeRefused, describeStatements, withParameterTypes } from './sql-command.ts';
@@ -239,13 +240,15 @@ export class StatementGate {
    * Bind of a statement an approve rule matched at Parse: decided here, with its parameters, because
    * PostgreSQL plans at Bind (the planner runs IMMUTABLE functions on constants and bound values): the Bind
    * waits for the approval, or is refused, and with it everything after it. Any other Bind is forwarded and
-   * its portal remembered; `undo` takes the portal back when the Bind fails upstream.
+   * its portal remembered; `undo` takes the portal back when the Bind fails upstream (UnrunApprovals.failed).
    */
-  bindMessage(msg: Bind): { readonly undo: () => void; readonly decided?: GateVerdict } {
-    const undo = this.bind(msg);
+  bindMessage(msg: Bind): { readonly undo: UndoFailed; readonly decided?: GateVerdict } {
+    const forget = this.bind(msg);
     const portal = this.portals.get(msg.portal);
     // Behind a refusal nothing is planned: its Execute is decided (for the record) instead.
-    if (portal?.statement.mayHold !== true || portal.exact === undefined || this.skippedUpstream) return { undo };
+    if (portal?.statement.mayHold !== true || portal.exact === undefined || this.skippedUpstream)
+      return { undo: forget };
+    const undo = this.unrun.undoingBind(portal, forget);
     const { text, analysis = [] } = portal.statement;
     const description = describeStatements(text, analysis, portal.params);
     const command = this.agentSession.decide(description, this.facts());
@@ -273,9 +276,11 @@ export class StatementGate {
    * of one is refused as unknown, as the server would fail it). Undefined when there is none (the usual case).
    */
   endedWithTransaction(): ((status: TransactionStatus) => void) | undefined {
-    return this.unrun.endingWithTransaction((portal) => {
+    const unrun = this.unrun.endingWithTransaction((portal) => {
       if (this.portals.get(portal.shape.portal) === portal) this.portals.delete(portal.shape.portal);
     });
+    // A catalogue change of this connection is read again for every session once committed.
+    return this.masking?.settling(unrun) ?? unrun;
   }
 
   /** The connection ends: commands approved at their Bind that no Execute ran end with it. */
@@ -287,13 +292,11 @@ export class StatementGate {
   execute(portalName: string): GateVerdict {
     const portal = this.portals.get(portalName);
     if (portal === undefined) {
-      // A portal this sidecar did not see bound (e.g. a cursor opened by SQL DECLARE) has no analysis to
-      // decide on: fail closed rather than run it unseen.
+      // A portal not seen bound (a cursor of SQL DECLARE) has no analysis to decide on: fail closed.
       return this.refuse(`EXECUTE PORTAL ${JSON.stringify(portalName)}`, unknownPortal());
     }
     const statement = portal.statement;
-    // Refused (and recorded) at Parse. The upstream may still hold an older statement of that name (the
-    // refused Parse failed there), so the Execute is refused and recorded too, with the Parse's reason.
+    // Refused at Parse: the upstream may hold an older statement of that name, so refused again, same reason.
     if (statement.refusal !== undefined) {
       const rule = statement.refusal.id === 'UncertainStatement' ? undefined : 'refused-at-parse';
       return this.refuse(statement.text, statement.refusal, rule);
@@ -382,9 +385,8 @@ export class StatementGate {
       return { action: 'substitute', command, denial: undefined };
     }
     if (command.decision.decision === 'approve' && this.agentSession.holdsForApproval) {
-      // In a transaction block that already failed the server would ignore the statement: so do we, with its
-      // error (25P02), filing no request and using no approval for a statement that cannot run. (Transaction
-      // control, which the server does run there, is held as usual.)
+      // In a failed transaction block the server would ignore the statement: so do we, with its error (25P02),
+      // filing no request for it. (Transaction control, which the server does run there, is held as usual.)
       if (this.upstream.transactionStatus === 'E' && !statements.some((s) => s.transaction !== undefined)) {
         return { action: 'substitute', command, denial: approvalInFailedTransaction() };
       }
@@ -512,7 +514,8 @@ export class StatementGate {
       if (s.fetches !== undefined && !this.cursors.has(s.fetches) && declared?.has(s.fetches) !== true) {
         return undeclaredCursor(s.fetches);
       }
-      if (s.setting === undefined && s.configures === undefined && s.transaction !== 'begin') continue;
+      const pinned = s.setting !== undefined || s.configures !== undefined || s.transaction === 'begin';
+      if (!pinned && s.holdsCursor !== true) continue;
       const refusal = settingRefusal(s, this.pins);
       if (refusal !== undefined) return denial({ id: 'SettingRefused', message: `chaperone: ${refusal}` });
     }

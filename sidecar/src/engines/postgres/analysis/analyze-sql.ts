@@ -98,6 +98,8 @@ export interface AnalyzedStatement extends SqlStatementFacts {
   readonly deallocates?: string;
   /** DECLARE name CURSOR: a portal of that name on the server (one namespace with protocol-level portals). */
   readonly declares?: string;
+  /** DECLARE ... WITH HOLD: the cursor outlives its transaction, its query run at COMMIT. */
+  readonly holdsCursor?: true;
   /** CLOSE name; `*` for CLOSE ALL. */
   readonly closes?: string;
   /** FETCH or MOVE name: runs the portal of that name (a cursor, or a portal bound by the protocol). */
@@ -659,6 +661,9 @@ const TRANSACTION_ACTIONS: Readonly<Record<string, TransactionAction>> = {
   TRANS_STMT_ROLLBACK_PREPARED: 'rollback-prepared',
 };
 
+/** DECLARE ... WITH HOLD (parsenodes.h). */
+const CURSOR_OPT_HOLD = 0x0020;
+
 const SETTING_ACTIONS: Readonly<Record<string, SettingChange['action']>> = {
   VAR_SET_VALUE: 'set',
   VAR_SET_MULTI: 'set',
@@ -765,8 +770,11 @@ function classify(node: unknown, collect: FactCollector): Classified {
       // Its parameter types: EXECUTE reads each argument as one (a user domain runs its CHECK).
       collect.visit(body.argtypes, noScope);
       return inner(body.query, { prepares: text(body.name) ?? '' });
-    case 'DeclareCursorStmt':
-      return inner(body.query, { declares: text(body.portalname) ?? '' });
+    case 'DeclareCursorStmt': {
+      // CURSOR_OPT_HOLD: its query runs to the end at COMMIT, where PostgreSQL applies no statement_timeout.
+      const holds = typeof body.options === 'number' && (body.options & CURSOR_OPT_HOLD) !== 0;
+      return inner(body.query, { declares: text(body.portalname) ?? '', ...(holds ? { holdsCursor: true } : {}) });
+    }
     case 'CreateTableAsStmt': {
       const query = unwrap(body.query);
       if (query?.type !== 'ExecuteStmt') break;

@@ -317,7 +317,12 @@ export const DIFFERENTIAL_CORPUS: readonly DifferentialAttempt[] = [
   deny('session-state', 'RESET ALL', 'resets role and every setting'),
   allow('session-state', 'SHOW search_path', 'reading the setting is harmless'),
   allow('session-state', "SELECT current_setting('search_path'), current_schemas(true)", 'reads settings'),
-  allow('session-state', 'SET statement_timeout = 0; SELECT * FROM accounts', 'harmless setting before a read'),
+  allow('session-state', "SET TimeZone = 'UTC'; SELECT * FROM accounts", 'harmless setting before a read'),
+  // Timeouts bound what an agent's read holds (locks, a snapshot): a read-only session cannot lift them.
+  deny('session-state', 'SET statement_timeout = 0; SELECT * FROM accounts', 'statement_timeout off before a read'),
+  deny('session-state', 'SET LOCAL lock_timeout = 0', 'lock_timeout off for the transaction'),
+  deny('session-state', 'RESET idle_in_transaction_session_timeout', 'RESET returns to the login value'),
+  deny('session-state', 'SET idle_in_transaction_session_timeout TO DEFAULT', 'DEFAULT is the login value'),
   allow('session-state', 'SELECT * FROM accounts_view', 'plain view in public'),
   // --- Parser version: PostgreSQL 15's grammar, not 18's ---------------------------------------------
   deny('parser-version', "SELECT json_value('{\"a\":1}', '$.a')", 'a call of public.json_value to PostgreSQL 15'),

@@ -5,7 +5,9 @@ import {
   ServerReportedState,
   parseSearchPath,
   pinnedSearchPath,
+  sessionTimeoutsSql,
   settingRefusal,
+  timeoutMs,
   upstreamStartupParameters,
   type SessionPins,
 } from './session-state.ts';
@@ -253,5 +255,96 @@ describe('settingRefusal', () => {
       'a',
       '*',
     ]);
+  });
+});
+
+describe('timeouts a read-only session cannot lift', () => {
+  const BOUNDED: SessionPins = {
+    schema: 'public',
+    readOnly: true,
+    timeoutBounds: { statement_timeout: 600_000, idle_in_transaction_session_timeout: 300_000 },
+  };
+
+  it('reads time values as the server does for a setting in ms', () => {
+    assert.equal(timeoutMs('5000'), 5000);
+    assert.equal(timeoutMs(' 5s '), 5000);
+    assert.equal(timeoutMs('1.5min'), 90_000);
+    assert.equal(timeoutMs('2 h'), 7_200_000);
+    assert.equal(timeoutMs('1500us'), 2);
+    assert.equal(timeoutMs('0'), 0);
+    for (const bad of ['', '-1', '5 sec', '1e3', 'off', '3000000000']) assert.equal(timeoutMs(bad), undefined, bad);
+  });
+
+  it('refuses every statement that sets, resets or defaults them, and RESET ALL, in a read-only session only', () => {
+    for (const sql of [
+      'SET statement_timeout = 0',
+      'SET statement_timeout = 1000',
+      'SET LOCAL lock_timeout = 0',
+      'SET SESSION idle_in_transaction_session_timeout TO 0',
+      'SET idle_session_timeout = 0',
+      'SET "Statement_Timeout" = 0',
+      'RESET idle_in_transaction_session_timeout',
+      'SET statement_timeout TO DEFAULT',
+      'SET lock_timeout FROM CURRENT',
+      'RESET ALL',
+      "SELECT set_config('idle_in_transaction_session_timeout', '0', false)",
+      "SELECT pg_catalog.set_config('LOCK_TIMEOUT', '0', true)",
+      'DECLARE c CURSOR WITH HOLD FOR SELECT pg_sleep(3600)',
+      'DECLARE c BINARY NO SCROLL CURSOR WITH HOLD FOR SELECT 1',
+    ]) {
+      assert.match(settingRefusal(statement(sql), BOUNDED) ?? '', /read-only/, sql);
+      assert.match(settingRefusal(statement(sql), READ_ONLY) ?? '', /read-only/, `${sql} without bounds`);
+      assert.equal(settingRefusal(statement(sql), PINS), undefined, `${sql} in a read-write session`);
+    }
+    for (const sql of [
+      'SHOW statement_timeout',
+      "SELECT current_setting('lock_timeout')",
+      'SET work_mem = 65536',
+      'DECLARE c CURSOR WITHOUT HOLD FOR SELECT 1',
+      'DECLARE c SCROLL CURSOR FOR SELECT 1',
+    ]) {
+      assert.equal(settingRefusal(statement(sql), BOUNDED), undefined, sql);
+    }
+  });
+
+  it('takes a read-only client startup value only when it is stricter than the bound, and not as a startup value', () => {
+    const ok = startup([['options', '-c statement_timeout=5s --lock-timeout=100']], BOUNDED);
+    assert.ok(ok.ok);
+    assert.deepEqual(ok.timeouts, { statement_timeout: 5000, lock_timeout: 100 });
+    assert.ok(!ok.parameters.some(([name]) => name.endsWith('_timeout')));
+    for (const params of [
+      [['statement_timeout', '0']],
+      [['options', '-c idle_in_transaction_session_timeout=0']],
+      [['Idle_In_Transaction_Session_Timeout', '1h']],
+      [['statement_timeout', '-1']],
+      [['lock_timeout', 'forever']],
+      [['options', '--lock-timeout=0']],
+    ] as [string, string][][]) {
+      const refused = startup(params, BOUNDED);
+      assert.ok(!refused.ok && refused.privilege, JSON.stringify(params));
+      assert.match(refused.reason, /read-only; \w+ can only be made stricter/);
+    }
+    // A lock_timeout without a bound is still only made stricter: any positive value.
+    assert.ok(startup([['lock_timeout', '1d']], BOUNDED).ok);
+    // Read-write sessions pass them through as before.
+    assert.deepEqual(startup([['statement_timeout', '0']]), {
+      ok: true,
+      parameters: [
+        ['statement_timeout', '0'],
+        ['client_encoding', 'UTF8'],
+        ['standard_conforming_strings', 'on'],
+        ['search_path', '"public"'],
+      ],
+    });
+  });
+
+  it('sets the smallest of the database value, the bound and the client value, read-only sessions only', () => {
+    assert.equal(sessionTimeoutsSql(PINS), undefined);
+    assert.equal(sessionTimeoutsSql(READ_ONLY), undefined);
+    const sql = sessionTimeoutsSql(BOUNDED, { statement_timeout: 5000, lock_timeout: 100 }) ?? '';
+    assert.match(sql, /\('statement_timeout', 5000::pg_catalog\.int8\)/);
+    assert.match(sql, /\('lock_timeout', 100::pg_catalog\.int8\)/);
+    assert.match(sql, /\('idle_in_transaction_session_timeout', 300000::pg_catalog\.int8\)/);
+    assert.equal(statement(sql).kind, 'select');
   });
 });

@@ -30,7 +30,28 @@ export interface SessionPins {
    * missed).
    */
   readonly readOnly: boolean;
+  /**
+   * A read-only session's ceilings of the timeouts it may not lift, ms (docs/postgres-engine.md,
+   * "Timeouts a read-only session cannot lift"); a name without one keeps the database's own value.
+   */
+  readonly timeoutBounds?: TimeoutBounds;
 }
+
+/**
+ * The timeouts that end what an agent's read holds (locks, a snapshot, a backend): in a read-only session
+ * they are the database's (role, database, server) and the sidecar's bound, the smaller one, and no
+ * statement changes them. idle_session_timeout has no bound of the sidecar's (an idle session outside a
+ * transaction holds no lock), but a DBA's value of it is not lifted either.
+ */
+export const BOUNDED_TIMEOUTS = [
+  'statement_timeout',
+  'lock_timeout',
+  'idle_in_transaction_session_timeout',
+  'idle_session_timeout',
+] as const;
+export type BoundedTimeout = (typeof BOUNDED_TIMEOUTS)[number];
+export type TimeoutBounds = Readonly<Partial<Record<BoundedTimeout, number>>>;
+const BOUNDED_TIMEOUT_NAMES: ReadonlySet<string> = new Set(BOUNDED_TIMEOUTS);
 
 export const DEFAULT_PINNED_SCHEMA = 'public';
 
@@ -78,7 +99,15 @@ const REFUSED_SETTINGS: ReadonlyMap<string, string> = new Map([
 const PROTOCOL_FIELDS: ReadonlySet<string> = new Set(['user', 'database']);
 
 export type StartupParameters =
-  | { readonly ok: true; readonly parameters: readonly (readonly [string, string])[] }
+  | {
+      readonly ok: true;
+      readonly parameters: readonly (readonly [string, string])[];
+      /**
+       * A read-only session's timeouts the client asked for, ms: not sent at login (a startup value would
+       * override a stricter one of the role), applied after it when smaller (sessionTimeoutsSql).
+       */
+      readonly timeouts?: TimeoutBounds;
+    }
   /**
    * `privilege`: the parameter would change privileges or switch off the read-only guard (refuse with
    * 42501); otherwise the sidecar cannot honour it and still read statements as the server does (0A000).
@@ -212,9 +241,22 @@ export function upstreamStartupParameters(
   ]);
   if (pins.readOnly) pinned.set('default_transaction_read_only', 'on');
   const parameters: [string, string][] = [];
+  const timeouts: Partial<Record<BoundedTimeout, number>> = {};
   for (const [name, value] of settings) {
     const refused = REFUSED_SETTINGS.get(name);
     if (refused !== undefined) return { ok: false, reason: refused, privilege: PRIVILEGE_SETTINGS.has(name) };
+    if (pins.readOnly && BOUNDED_TIMEOUT_NAMES.has(name)) {
+      const timeout = name as BoundedTimeout;
+      const ms = timeoutMs(value);
+      const bound = pins.timeoutBounds?.[timeout];
+      if (ms === undefined || ms <= 0 || (bound !== undefined && ms > bound)) {
+        const most = bound === undefined ? '' : ` of at most ${String(bound)} ms`;
+        const reason = `this session is read-only; ${timeout} can only be made stricter (a positive value${most}), not ${JSON.stringify(value)}`;
+        return { ok: false, reason, privilege: true };
+      }
+      timeouts[timeout] = ms;
+      continue;
+    }
     if (PINNED_SETTINGS.has(name)) {
       const reason = pinnedValueRefusal(name, value, pins);
       if (reason !== undefined) return { ok: false, reason, privilege: PRIVILEGE_SETTINGS.has(name) };
@@ -223,7 +265,52 @@ export function upstreamStartupParameters(
     if (PASSED_SETTINGS.has(name)) parameters.push([name, value]);
   }
   for (const [name, value] of pinned) parameters.push([name, value]);
-  return { ok: true, parameters };
+  return Object.keys(timeouts).length === 0 ? { ok: true, parameters } : { ok: true, parameters, timeouts };
+}
+
+const TIME_UNITS_MS: Readonly<Record<string, number>> = {
+  us: 0.001,
+  ms: 1,
+  s: 1000,
+  min: 60_000,
+  h: 3_600_000,
+  d: 86_400_000,
+};
+
+/**
+ * A time setting's value in ms as PostgreSQL reads it for a setting in ms (a number, optionally a unit
+ * us, ms, s, min, h, d; fractions rounded); undefined when it is not one (the server would refuse it too).
+ */
+export function timeoutMs(value: string): number | undefined {
+  const match = /^\s*(\d+(?:\.\d*)?|\.\d+)\s*(us|ms|s|min|h|d)?\s*$/.exec(value);
+  if (match === null) return undefined;
+  const ms = Math.round(Number(match[1]) * (TIME_UNITS_MS[match[2] ?? 'ms'] ?? 1));
+  return Number.isSafeInteger(ms) && ms <= 2_147_483_647 ? ms : undefined;
+}
+
+/**
+ * The statement the sidecar runs on a read-only session's upstream before the client is greeted (and on
+ * every reuse of a parked one, since DISCARD ALL resets it): each bounded timeout becomes the smallest of
+ * the database's own value (role, database, server configuration; 0 is none), the sidecar's bound and
+ * the client's startup value. A SET at session level, so the statements that could return it to the
+ * login's value (RESET, SET ... TO DEFAULT, RESET ALL, DISCARD ALL) are refused with the SETs
+ * (settingRefusal). Undefined when the session has nothing to bound.
+ */
+export function sessionTimeoutsSql(pins: SessionPins, client: TimeoutBounds = {}): string | undefined {
+  if (!pins.readOnly) return undefined;
+  const rows: string[] = [];
+  for (const name of BOUNDED_TIMEOUTS) {
+    const ceilings = [pins.timeoutBounds?.[name], client[name]].filter((ms) => ms !== undefined);
+    if (ceilings.length === 0) continue;
+    rows.push(`('${name}', ${String(Math.min(...ceilings))}::pg_catalog.int8)`);
+  }
+  if (rows.length === 0) return undefined;
+  // pg_settings.setting of these is in ms; LEAST ignores the NULL of a database value of 0 (none).
+  return [
+    'SELECT pg_catalog.count(pg_catalog.set_config(b.name, LEAST(b.ms,',
+    ' CASE WHEN s.setting::pg_catalog.int8 > 0 THEN s.setting::pg_catalog.int8 END)::pg_catalog.text, false))',
+    ` FROM (VALUES ${rows.join(', ')}) AS b(name, ms) JOIN pg_catalog.pg_settings AS s ON s.name = b.name`,
+  ].join('');
 }
 
 const ON_WORDS: ReadonlySet<string> = new Set(['on', 'true', 'yes', '1']);
@@ -349,7 +436,12 @@ function setConfigRefusal(name: string, pins: SessionPins): string | undefined {
   if (LEXER_SETTINGS.has(name)) return `changing ${name} is not allowed (it changes how statements are read)`;
   if (PRIVILEGE_CHANGES.has(name)) return `set_config() of ${name} is not allowed (it changes privileges)`;
   if (pins.readOnly && READ_ONLY_GUARDS.has(name)) return `this session is read-only; ${name} cannot be changed`;
+  if (pins.readOnly && BOUNDED_TIMEOUT_NAMES.has(name)) return boundedTimeoutRefusal(name);
   return undefined;
+}
+
+function boundedTimeoutRefusal(name: string): string {
+  return `this session is read-only; ${name} is set by the database and the chaperone sidecar and cannot be changed`;
 }
 
 /**
@@ -357,8 +449,9 @@ function setConfigRefusal(name: string, pins: SessionPins): string | undefined {
  * may. SET (any form, LOCAL too) of a pinned setting is refused; RESET and SET ... TO DEFAULT return to
  * the startup value, which is the pin, and are allowed. In a read-only session, anything that could turn
  * the read-only guard off is refused: SET of the guard settings to another value, BEGIN / START
- * TRANSACTION / SET TRANSACTION / SET SESSION CHARACTERISTICS with READ WRITE as their last mode.
- * set_config() calls of the same settings are refused the same way (setConfigRefusal).
+ * TRANSACTION / SET TRANSACTION / SET SESSION CHARACTERISTICS with READ WRITE as their last mode; and
+ * any SET, SET LOCAL, RESET or DEFAULT of a bounded timeout, RESET ALL, and DECLARE ... WITH HOLD (its
+ * query runs at COMMIT, outside statement_timeout). set_config() calls of the same settings are refused the same way (setConfigRefusal).
  */
 export function settingRefusal(statement: AnalyzedStatement, pins: SessionPins): string | undefined {
   for (const name of statement.configures ?? []) {
@@ -384,10 +477,19 @@ export function settingRefusal(statement: AnalyzedStatement, pins: SessionPins):
           : setting.name === 'default_transaction_read_only' && setting.action !== 'current';
       if (!keepsGuard) return `this session is read-only; ${setting.name} cannot be changed`;
     }
+    // SET, SET LOCAL, RESET and DEFAULT alike: RESET and DEFAULT return to the login's value, not the bound.
+    if (pins.readOnly && BOUNDED_TIMEOUT_NAMES.has(setting.name)) return boundedTimeoutRefusal(setting.name);
+    if (pins.readOnly && setting.action === 'reset-all') {
+      return 'this session is read-only; RESET ALL would lift the timeouts set by the database and the chaperone sidecar';
+    }
     const transactionModes = setting.name === 'transaction' || setting.name === 'session characteristics';
     if (pins.readOnly && transactionModes && statement.sideEffects) {
       return 'this session is read-only; READ WRITE transactions are not allowed';
     }
+  }
+  if (pins.readOnly && statement.holdsCursor === true) {
+    // The held cursor's query runs at COMMIT, after PostgreSQL has switched statement_timeout off: unbounded.
+    return 'this session is read-only; a WITH HOLD cursor runs its query at COMMIT, where statement_timeout does not apply';
   }
   if (pins.readOnly && statement.transaction === 'begin' && statement.sideEffects) {
     return 'this session is read-only; READ WRITE transactions are not allowed';

@@ -197,8 +197,9 @@ export const READ_CORPUS: readonly CorpusEntry[] = [
   { sql: 'COMMIT', why: 'transaction end alone (a warning outside a transaction)' },
   { sql: 'BEGIN READ ONLY; SELECT 1; COMMIT', why: 'read-only transaction' },
   { sql: 'START TRANSACTION ISOLATION LEVEL REPEATABLE READ; SELECT 1; ROLLBACK', why: 'isolation level' },
-  { sql: 'SET statement_timeout = 0', why: 'harmless setting' },
-  { sql: "SET application_name = 'agent'; RESET statement_timeout", why: 'harmless settings' },
+  // Not the timeouts: a read-only session cannot change those (session-state.ts, BOUNDED_TIMEOUTS).
+  { sql: "SET TimeZone = 'UTC'", why: 'harmless setting' },
+  { sql: "SET application_name = 'agent'; RESET TimeZone", why: 'harmless settings' },
   { sql: "SELECT 'DELETE FROM audit_log; DROP TABLE accounts'", why: 'write keywords inside a string' },
   { sql: "SELECT 'a'';DELETE FROM audit_log;--'", why: 'doubled quote keeps the write inside the string' },
   { sql: 'SELECT $$ DELETE FROM audit_log $$ AS not_a_write', why: 'write inside dollar quotes' },

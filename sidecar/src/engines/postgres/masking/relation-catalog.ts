@@ -12,6 +12,7 @@ import {
   type StatementLineage,
 } from '../analysis/column-lineage.ts';
 import { BackendCode } from '../protocol/backend-messages.ts';
+import type { DroppedTable } from './dropped-relations.ts';
 import { ROUTINE_CATALOG_SQL, ROUTINE_NAMES_KEY, routineNamesFromRows } from './routine-catalog.ts';
 import { BackendScanner, decodeDataRow, decodeErrorFields } from '../protocol/backend-scanner.ts';
 import { encodeQuery } from '../protocol/frontend-encoder.ts';
@@ -83,13 +84,36 @@ export class RelationCatalog {
   private version = 0;
   private readonly lineages = new LineageCache();
 
-  constructor(connect: () => Promise<UpstreamConnection>, now: () => number = Date.now) {
+  /**
+   * Shared with the same listener's catalogues on the other event loops: bumped by invalidate(), and a
+   * catalogue that sees it moved forgets everything too (DDL through another loop). Absent with one loop.
+   */
+  private readonly shared: Int32Array | undefined;
+  private sharedSeen = 0;
+
+  constructor(connect: () => Promise<UpstreamConnection>, now: () => number = Date.now, shared?: Int32Array) {
     this.connect = connect;
     this.now = now;
+    this.shared = shared;
+    if (shared !== undefined) this.sharedSeen = Atomics.load(shared, 0);
   }
 
-  /** Forgets everything (DDL went through the sidecar). */
+  /** Forgets everything (DDL went through the sidecar), on every event loop. */
   invalidate(): void {
+    this.forget();
+    if (this.shared !== undefined) this.sharedSeen = Atomics.add(this.shared, 0, 1) + 1;
+  }
+
+  /** Forgets everything when another loop's catalogue was invalidated since this one last looked. */
+  private sync(): void {
+    if (this.shared === undefined) return;
+    const now = Atomics.load(this.shared, 0);
+    if (now === this.sharedSeen) return;
+    this.sharedSeen = now;
+    this.forget();
+  }
+
+  private forget(): void {
     this.entries.clear();
     this.routineNames = undefined;
     this.viewCache.clear();
@@ -104,6 +128,7 @@ export class RelationCatalog {
    * fetched again), and every entry the walk read still fresh.
    */
   cachedLineage(key: string): StatementLineage | undefined {
+    this.sync();
     return this.lineages.get(key, this.version, this.now());
   }
 
@@ -115,6 +140,7 @@ export class RelationCatalog {
 
   /** Whether every name is cached and fresh. */
   has(names: readonly string[]): boolean {
+    this.sync();
     const now = this.now();
     return names.every((n) => {
       const e = n === ROUTINE_NAMES_KEY ? this.routineNames : this.entries.get(n);
@@ -164,6 +190,21 @@ export class RelationCatalog {
     for (const key of this.viewCache.keys()) if (wanted.some((n) => key.endsWith(`.${n}`))) this.viewCache.delete(key);
   }
 
+  /**
+   * Which of `tables` belong to an inheritance hierarchy (have ancestors or descendants, partitions too), as
+   * the catalogue says now. An unqualified name counts in every schema that has a relation of that name; one
+   * whose entry could not be stored (invalidated meanwhile) counts too: fail closed. Throws when the
+   * catalogue cannot be read.
+   */
+  async inHierarchy(tables: readonly DroppedTable[]): Promise<DroppedTable[]> {
+    await this.fetch(tables.map((t) => t.name));
+    return tables.filter((t) => {
+      const entry = this.entries.get(t.name);
+      if (entry === undefined) return true;
+      return entry.rows.some((r) => (t.schema === undefined || r.schema === t.schema) && r.related.length > 0);
+    });
+  }
+
   /** Closes the catalogue connection. */
   close(): void {
     void this.connection?.then(
@@ -180,6 +221,7 @@ export class RelationCatalog {
    * collected in `missing`; the caller fetches them and walks again.
    */
   lookup(searchPath: readonly string[]): CatalogLookup {
+    this.sync();
     const entries = this.entries;
     const routineNames = this.routineNames;
     const viewCache = this.viewCache;

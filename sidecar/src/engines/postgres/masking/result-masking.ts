@@ -10,8 +10,9 @@ import type { MaskingInstruction } from '@chaperone/api';
 import { maskingRules, planIsClear, planResult, type ResultPlan } from '../../../core/masking/result-plan.ts';
 import type { AnalyzedStatement } from '../analysis/analyze-sql.ts';
 import { sqlLineage, type StatementLineage } from '../analysis/column-lineage.ts';
-import type { FieldDescription } from '../protocol/backend-messages.ts';
+import type { FieldDescription, TransactionStatus } from '../protocol/backend-messages.ts';
 import { decodeRowDescription } from '../protocol/backend-scanner.ts';
+import { droppedTables, NO_TABLES_DROPPED, type DroppedTable } from './dropped-relations.ts';
 import { lineageKey, type RelationCatalog } from './relation-catalog.ts';
 import { RowMasker } from './row-masker.ts';
 
@@ -70,6 +71,13 @@ const CATALOG_INERT: ReadonlySet<string> = new Set([
 const RENAMING =
   ' is not allowed to an identity whose results are masked: masking rules name columns, and values under another name, or handed to code the server runs on reads and writes, would not be masked';
 
+const DROPPING =
+  ' is not allowed to an identity whose results are masked: a materialized view over an inheritance parent keeps the rows of a dropped child, which masking rules reach only through the hierarchy';
+
+/** `schema.name` of each table, or the bare name of an unqualified one. */
+const qualified = (tables: readonly DroppedTable[]): string =>
+  tables.map((t) => (t.schema === undefined ? t.name : `${t.schema}.${t.name}`)).join(', ');
+
 const CHANGED_CATALOG =
   'statements after a catalogue change (DDL, grants, DO, CALL) in the same transaction or pipeline cannot be traced for masking; commit the change first';
 
@@ -124,7 +132,8 @@ export class ResultMasking {
       this.catalogChanged = true;
     }
     if (instructions.length === 0) return NONE;
-    if (maskingRules(instructions).byColumn.length > 0) {
+    const byColumn = maskingRules(instructions).byColumn.length > 0;
+    if (byColumn) {
       // Rules name columns: a column renamed, moved or copied into another by DDL would no longer be masked.
       const renaming = statements.find((s) => s.renamesColumns !== undefined);
       if (renaming?.renamesColumns !== undefined)
@@ -137,11 +146,55 @@ export class ResultMasking {
         if (CATALOG_CHANGING.has(s.kind)) changed = true;
       }
     }
+    const drops = byColumn ? droppedTables(statements) : NO_TABLES_DROPPED;
+    if (drops.sweeping !== undefined) return { kind: 'deny', reason: `${drops.sweeping}${DROPPING}` };
+    if (drops.tables.length > 0) {
+      // The stored rows of a materialized view over a parent are masked by a child's rule only while the
+      // child is in the hierarchy: asked of the catalogue now, before the DROP runs.
+      return this.catalog.inHierarchy(drops.tables).then(
+        (members) =>
+          members.length > 0
+            ? {
+                kind: 'deny',
+                reason: `dropping ${qualified(members)}, a table in an inheritance hierarchy,${DROPPING}`,
+              }
+            : this.walkAndDecide(statements, instructions, searchPath, portal),
+        (): MaskingVerdict => ({
+          kind: 'deny',
+          reason: `dropping a table whose inheritance cannot be read${DROPPING}`,
+        }),
+      );
+    }
+    return this.walkAndDecide(statements, instructions, searchPath, portal);
+  }
+
+  private walkAndDecide(
+    statements: readonly AnalyzedStatement[],
+    instructions: readonly MaskingInstruction[],
+    searchPath: readonly string[],
+    portal:
+      { readonly portal: string; readonly statement: string; readonly resultFormats: readonly number[] } | undefined,
+  ): MaskingVerdict | Promise<MaskingVerdict> {
     const first = this.walk(statements, searchPath);
     if (first.missing.length === 0) return this.decide(statements, first.lineages, instructions, portal);
     return this.fetchAndWalk(statements, searchPath, first.missing).then((lineages) =>
       this.decide(statements, lineages, instructions, portal),
     );
+  }
+
+  /**
+   * While this connection has a catalogue change not settled, what to do at the next ReadyForQuery: once no
+   * transaction is open the change is committed (or gone), and the catalogue is read again on every loop.
+   * Other sessions may have read the catalogue of before meanwhile (`begin; alter table …` here, a read
+   * there, then `commit`), and would otherwise walk their statements against it for CACHE_TTL_MS more.
+   * `then`: what else runs at that ReadyForQuery.
+   */
+  settling(then: ((status: TransactionStatus) => void) | undefined): ((status: TransactionStatus) => void) | undefined {
+    if (!this.catalogChanged) return then;
+    return (status) => {
+      then?.(status);
+      if (status === 'I') this.catalog.invalidate();
+    };
   }
 
   /** A Describe was sent: the returned callback takes its RowDescription (the shape of that binding). */
