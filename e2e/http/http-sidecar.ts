@@ -15,9 +15,15 @@ export async function spawnHttpEngineSidecar(
     credential: string;
     /** Trusted issuers besides the harness's (the config's identity.issuers form). */
     extraIssuers?: Record<string, unknown>[];
+    /** The sidecar's directory when the test runs another sidecar in its own (default: the test's). */
+    dir?: string;
+    /** The namespace of its policies (where delegation rules are read). */
+    policyNamespace?: string;
+    /** The listener's ProtectedResource identity (what records and delegation rules name). */
+    resource?: { namespace: string; labels: Record<string, string> };
   },
 ): Promise<SidecarProcess> {
-  const dir = testDir(t);
+  const dir = options.dir ?? testDir(t);
   mkdirSync(dir, { recursive: true });
   writeFileSync(join(dir, 'credential'), options.credential);
   const sidecar = await spawnSidecar({
@@ -33,9 +39,11 @@ export async function spawnHttpEngineSidecar(
           tls: { mode: 'disable' },
           credential: { valueFile: join(dir, 'credential') },
         },
+        ...(options.resource === undefined ? {} : { resource: options.resource }),
         auditFailureMode: 'FailClosed',
       },
     ],
+    ...(options.policyNamespace === undefined ? {} : { policyNamespace: options.policyNamespace }),
     ...(options.extraIssuers === undefined ? {} : { extraIssuers: options.extraIssuers }),
   });
   t.after(() => sidecar.stop());

@@ -11,13 +11,9 @@
 // upstream); the exchange issued an offer whose `may_act` named no issuer; and an agent platform's token
 // with `cty: JWT`, `b64: false` or `zip: DEF` was exchanged for a clean-headed child that reached the upstream.
 import assert from 'node:assert/strict';
-import { mkdirSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { test } from 'node:test';
-import type { AccessPolicySpec } from '@chaperone/api';
-import { testDir } from '../harness/env.ts';
 import { startLoopbackHttpServer } from '../harness/loopback-http.ts';
-import { spawnSidecar } from '../harness/sidecar-process.ts';
+import { spawnHttpEngineSidecar } from '../http/http-sidecar.ts';
 import { raw } from '../http/raw-request.ts';
 import { exchangeForm, startExchangeFixture, type ExchangeReply } from './exchange-fixture.ts';
 import { ciDelegation, claimsOf, createIdentityWorld } from './identity-fixture.ts';
@@ -54,35 +50,20 @@ test('chain claims corpus: offers, may_act and act shapes, namesakes of other is
     reached.push(decodeURIComponent((req.url ?? '').replace(/^\/\?who=/, '')));
     res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
   });
-  const dir = testDir(t);
-  mkdirSync(dir, { recursive: true });
-  writeFileSync(join(dir, 'credential'), 'chain-claims-upstream-key');
-  const policy: AccessPolicySpec = {
-    resources: { names: ['api'] },
-    rules: [{ name: 'all', decision: 'allow', match: {} }],
-    defaultDecision: 'deny',
-  };
-  const sidecar = await spawnSidecar({
-    dir,
-    policies: { all: policy },
-    policyNamespace: world.namespace,
-    listeners: [
-      {
-        name: 'api',
-        type: 'http',
-        listen: '127.0.0.1:0',
-        upstream: {
-          url: `http://127.0.0.1:${String((upstream.address() as { port: number }).port)}`,
-          tls: { mode: 'disable' },
-          credential: { valueFile: join(dir, 'credential') },
-        },
-        resource: { namespace: world.namespace, labels: {} },
-        auditFailureMode: 'FailClosed',
+  const sidecar = await spawnHttpEngineSidecar(t, {
+    upstreamPort: (upstream.address() as { port: number }).port,
+    policies: {
+      all: {
+        resources: { names: ['api'] },
+        rules: [{ name: 'all', decision: 'allow', match: {} }],
+        defaultDecision: 'deny',
       },
-    ],
+    },
+    credential: 'chain-claims-upstream-key',
+    policyNamespace: world.namespace,
+    resource: { namespace: world.namespace, labels: {} },
     extraIssuers: [ex.sidecarIssuer()],
   });
-  t.after(() => sidecar.stop());
   const atUpstream = async (token: string, said: string) => {
     const answer = await raw(
       sidecar.port,

@@ -19,12 +19,11 @@ import { test } from 'node:test';
 import { deflateRawSync } from 'node:zlib';
 import pg from 'pg';
 import { exportJWK } from 'jose';
-import type { AccessPolicySpec } from '@chaperone/api';
 import { createTestDatabase } from '../harness/databases.ts';
 import { directPgOptions, testDir } from '../harness/env.ts';
 import { startLoopbackHttpServer } from '../harness/loopback-http.ts';
-import { spawnSidecar } from '../harness/sidecar-process.ts';
 import { ALLOW_ALL, startTestSidecar } from '../harness/sidecar.ts';
+import { spawnHttpEngineSidecar } from '../http/http-sidecar.ts';
 import { raw } from '../http/raw-request.ts';
 
 const ISSUER = 'https://shapes.test.chaperone.dev';
@@ -71,32 +70,20 @@ test('token shapes: key selection, JSON serialisations, nested, unencoded and co
   });
   const httpDir = join(dir, 'http');
   mkdirSync(httpDir, { recursive: true });
-  writeFileSync(join(httpDir, 'credential'), 'token-shape-upstream-key');
-  const httpPolicy: AccessPolicySpec = {
-    resources: { names: ['api'] },
-    rules: [{ name: 'all', decision: 'allow', match: {} }],
-    defaultDecision: 'deny',
-  };
-  const httpSidecar = await spawnSidecar({
-    dir: httpDir,
-    policies: { all: httpPolicy },
-    listeners: [
-      {
-        name: 'api',
-        type: 'http',
-        listen: '127.0.0.1:0',
-        upstream: {
-          url: `http://127.0.0.1:${String((upstream.address() as { port: number }).port)}`,
-          tls: { mode: 'disable' },
-          credential: { valueFile: join(httpDir, 'credential') },
-        },
-        resource: { namespace: 'default', labels: {} },
-        auditFailureMode: 'FailClosed',
+  const httpSidecar = await spawnHttpEngineSidecar(t, {
+    upstreamPort: (upstream.address() as { port: number }).port,
+    policies: {
+      all: {
+        resources: { names: ['api'] },
+        rules: [{ name: 'all', decision: 'allow', match: {} }],
+        defaultDecision: 'deny',
       },
-    ],
+    },
+    credential: 'token-shape-upstream-key',
+    dir: httpDir,
+    resource: { namespace: 'default', labels: {} },
     extraIssuers: [issuerEntry],
   });
-  t.after(() => httpSidecar.stop());
 
   const exp = () => Math.floor(Date.now() / 1000) + 600;
   const claims = (sub: string, extra: Record<string, unknown> = {}) =>
