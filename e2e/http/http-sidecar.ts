@@ -7,6 +7,13 @@ import type { AccessPolicySpec } from '@chaperone/api';
 import { testDir } from '../harness/env.ts';
 import { spawnSidecar, type SidecarProcess } from '../harness/sidecar-process.ts';
 
+/** Every request to the listener `api` allowed (rule `all`): for tests of who gets in, not of what policy says. */
+export const HTTP_ALLOW_ALL: AccessPolicySpec = {
+  resources: { names: ['api'] },
+  rules: [{ name: 'all', decision: 'allow', match: {} }],
+  defaultDecision: 'deny',
+};
+
 export async function spawnHttpEngineSidecar(
   t: TestContext,
   options: {

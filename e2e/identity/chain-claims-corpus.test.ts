@@ -13,7 +13,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { startLoopbackHttpServer } from '../harness/loopback-http.ts';
-import { spawnHttpEngineSidecar } from '../http/http-sidecar.ts';
+import { HTTP_ALLOW_ALL, spawnHttpEngineSidecar } from '../http/http-sidecar.ts';
 import { raw } from '../http/raw-request.ts';
 import { exchangeForm, startExchangeFixture, type ExchangeReply } from './exchange-fixture.ts';
 import { ciDelegation, claimsOf, createIdentityWorld } from './identity-fixture.ts';
@@ -52,13 +52,7 @@ test('chain claims corpus: offers, may_act and act shapes, namesakes of other is
   });
   const sidecar = await spawnHttpEngineSidecar(t, {
     upstreamPort: (upstream.address() as { port: number }).port,
-    policies: {
-      all: {
-        resources: { names: ['api'] },
-        rules: [{ name: 'all', decision: 'allow', match: {} }],
-        defaultDecision: 'deny',
-      },
-    },
+    policies: { all: HTTP_ALLOW_ALL },
     credential: 'chain-claims-upstream-key',
     policyNamespace: world.namespace,
     resource: { namespace: world.namespace, labels: {} },

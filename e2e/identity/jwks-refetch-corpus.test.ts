@@ -10,17 +10,11 @@ import { generateKeyPairSync } from 'node:crypto';
 import { test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { SignJWT } from 'jose';
-import type { AccessPolicySpec } from '@chaperone/api';
 import { startLoopbackHttpServer } from '../harness/loopback-http.ts';
-import { spawnHttpEngineSidecar } from '../http/http-sidecar.ts';
+import { HTTP_ALLOW_ALL, spawnHttpEngineSidecar } from '../http/http-sidecar.ts';
 import { raw } from '../http/raw-request.ts';
 import { startOidcIssuer } from './oidc-issuer.ts';
 
-const POLICY: AccessPolicySpec = {
-  resources: { names: ['api'] },
-  rules: [{ name: 'all', decision: 'allow', match: {} }],
-  defaultDecision: 'deny',
-};
 /** The sidecar's bounds (token-verifier.ts): after a failed fetch, and between refetches for unknown kids. */
 const FAILED_FETCH_RETRY_MS = 1000;
 const UNKNOWN_KID_REFETCH_MS = 10_000;
@@ -38,7 +32,7 @@ test('JWKS refetch corpus: unknown kids and an issuer that is down never make th
   agents.setJwksStatus(503);
   const sidecar = await spawnHttpEngineSidecar(t, {
     upstreamPort: (upstream.address() as { port: number }).port,
-    policies: { corpus: POLICY },
+    policies: { corpus: HTTP_ALLOW_ALL },
     credential: 'jwks-corpus-upstream-key',
     extraIssuers: [
       {

@@ -23,7 +23,7 @@ import { createTestDatabase } from '../harness/databases.ts';
 import { directPgOptions, testDir } from '../harness/env.ts';
 import { startLoopbackHttpServer } from '../harness/loopback-http.ts';
 import { ALLOW_ALL, startTestSidecar } from '../harness/sidecar.ts';
-import { spawnHttpEngineSidecar } from '../http/http-sidecar.ts';
+import { HTTP_ALLOW_ALL, spawnHttpEngineSidecar } from '../http/http-sidecar.ts';
 import { raw } from '../http/raw-request.ts';
 
 const ISSUER = 'https://shapes.test.chaperone.dev';
@@ -72,13 +72,7 @@ test('token shapes: key selection, JSON serialisations, nested, unencoded and co
   mkdirSync(httpDir, { recursive: true });
   const httpSidecar = await spawnHttpEngineSidecar(t, {
     upstreamPort: (upstream.address() as { port: number }).port,
-    policies: {
-      all: {
-        resources: { names: ['api'] },
-        rules: [{ name: 'all', decision: 'allow', match: {} }],
-        defaultDecision: 'deny',
-      },
-    },
+    policies: { all: HTTP_ALLOW_ALL },
     credential: 'token-shape-upstream-key',
     dir: httpDir,
     resource: { namespace: 'default', labels: {} },
